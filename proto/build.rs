@@ -1,0 +1,17 @@
+//! Compiles the `.proto` contract with protox (pure Rust), so building never
+//! needs a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/parhelia/v1/agent.proto", "proto/parhelia/v1/coordinator.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        // Events are also the journal's on-disk form (JSON lines), so wire
+        // types carry serde. `default` lets newer readers accept older lines.
+        .message_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .enum_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]")
+        .compile_fds(descriptors)?;
+    Ok(())
+}
