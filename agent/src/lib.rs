@@ -1,0 +1,26 @@
+//! `parhelia-agent`: runs one Claude Code session inside a private tmux server, turns what
+//! it does into a durable, sequenced event journal, and serves that journal, heartbeats
+//! and control over an authenticated gRPC API (`parhelia.v1.Agent`).
+//!
+//! Architecture: one supervisor task ([`supervisor`]) owns the session's state. The gRPC
+//! server ([`server`]), the hook listener ([`hooks`]), the stream follower
+//! ([`headless_io`]), the heartbeat timer ([`heartbeat`]) and the signal handler only
+//! send it messages. tmux is reached only through [`tmux`]; Claude Code's command line,
+//! environment and config only through [`claude`]. The binary (`main.rs`) is a thin
+//! wrapper over [`cli::main`].
+
+pub mod agent;
+pub mod claude;
+pub mod cli;
+pub mod cost;
+pub mod error;
+pub mod headless_io;
+pub mod heartbeat;
+pub mod hooks;
+pub mod journal;
+pub mod layout;
+pub mod server;
+pub mod spec;
+pub mod stream_json;
+pub mod supervisor;
+pub mod tmux;

@@ -1,0 +1,8 @@
+//! Test support for Parhelia: the scripted Anthropic Messages API stand-in that lets the real
+//! Claude Code run offline ([`model_stand_in`]), and a way to find and run that Claude Code in
+//! tests ([`claude_code`]).
+
+pub mod claude_code;
+pub mod model_stand_in;
+
+pub use model_stand_in::{Script, StandIn, StandInOptions, ToolCall, Turn};

@@ -1,0 +1,332 @@
+//! The `run` subcommand: start every part of the agent, run the session, shut down.
+//!
+//! Order (contract, "Agent lifecycle"): validate the spec, open the journal, start the
+//! gRPC server, write `agent.json`; then the supervisor journals `SessionStarted` and
+//! launches Claude Code. On the way out the gRPC server drains its event streams, the
+//! tmux server is stopped and `agent.json` is removed (it exists only while the agent
+//! serves).
+//!
+//! Errors before the server is up are startup errors (exit status 2; nothing was
+//! journaled); a journal failure later is a runtime error (exit status 1).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::claude;
+use crate::cost;
+use crate::heartbeat;
+use crate::hooks;
+use crate::journal::{Journal, JournalError, now_ms};
+use crate::layout::Layout;
+use crate::server::{AgentService, SessionAuth};
+use crate::spec::{LaunchSpec, SessionMode, SpecError};
+use crate::supervisor::{Supervisor, SupervisorContext};
+use crate::tmux::TmuxServer;
+
+/// The environment variable that carries the session secret.
+pub const SECRET_ENV: &str = "PARHELIA_SESSION_SECRET";
+
+/// How long the gRPC server may take to drain its streams on the way out.
+const SERVER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `parhelia-agent run` was given.
+pub struct RunOptions {
+    pub spec_path: PathBuf,
+    /// `--label KEY=VALUE`: recorded in the log; they exist to tag the process (its
+    /// command line) so a backend can find its own agents.
+    pub labels: Vec<(String, String)>,
+    pub secret: String,
+}
+
+/// Why the agent could not run the session. Each message reads after "failed to ".
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The spec is not acceptable.
+    #[error("read the spec: {0}")]
+    Spec(#[from] SpecError),
+    /// Interactive sessions are a later issue.
+    #[error(
+        "start the session: interactive mode is not implemented yet; use \"mode\": \"headless\""
+    )]
+    InteractiveUnsupported,
+    /// No secret was given.
+    #[error("start the agent: {SECRET_ENV} is not set or empty")]
+    MissingSecret,
+    /// A directory or file the agent needs is missing or cannot be written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The journal could not be opened.
+    #[error("open the journal: {0}")]
+    OpenJournal(JournalError),
+    /// The gRPC server could not listen.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// The journal failed while the session ran; the session could not be recorded.
+    #[error("record the session: {0}")]
+    Journal(JournalError),
+}
+
+impl RunError {
+    /// The process exit status for this error: 2 for startup errors, 1 at runtime.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Journal(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RunError {
+    let path = path.to_path_buf();
+    move |source| RunError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// `<runtime_dir>/agent.json`: how to reach this agent (format in `contracts.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentJson {
+    pub version: u32,
+    pub pid: u32,
+    pub grpc_addr: String,
+    pub started_at_ms: i64,
+    pub container_id: String,
+    pub session_id: String,
+    /// Present when the sockets are not in the runtime dir (its path is too long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_dir: Option<String>,
+}
+
+/// Runs one session from its spec to the agent's exit.
+pub async fn run(options: RunOptions) -> Result<(), RunError> {
+    let started_at = Instant::now();
+    let started_at_ms = now_ms();
+    let spec = Arc::new(LaunchSpec::load(&options.spec_path)?);
+    if spec.mode == SessionMode::Interactive {
+        return Err(RunError::InteractiveUnsupported);
+    }
+    if options.secret.is_empty() {
+        return Err(RunError::MissingSecret);
+    }
+    if !spec.workspace_dir.is_dir() {
+        return Err(io_error("use the workspace", &spec.workspace_dir)(
+            std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        ));
+    }
+    let layout = Layout::new(&spec, &std::env::temp_dir());
+    layout
+        .create_directories()
+        .map_err(io_error("create the directories of", &spec.runtime_dir))?;
+    init_logging(&layout.agent_log);
+    tracing::info!(
+        session_id = %spec.session_id,
+        container_id = %spec.container_id,
+        labels = ?options.labels,
+        "parhelia-agent {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let (journal, report) = Journal::open(&layout.journal).map_err(RunError::OpenJournal)?;
+    if report.truncated_bytes > 0 {
+        tracing::warn!(
+            bytes = report.truncated_bytes,
+            "cut a torn last line off the journal"
+        );
+    }
+    // Earlier containers of this session (and this container's agent, if it ran before).
+    let prior_cost_usd = cost::prior_session_cost(&layout.journal_dir);
+
+    // Installed before anything is started, so a SIGTERM at any point is handled.
+    let signals = TerminationSignals::install().map_err(io_error(
+        "install signal handlers for",
+        Path::new("SIGTERM"),
+    ))?;
+
+    let listener = tokio::net::TcpListener::bind(spec.listen_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: spec.listen_addr,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: spec.listen_addr,
+        source,
+    })?;
+
+    let (inbox, inbox_receiver) = mpsc::channel(256);
+    let (heartbeats, _) = broadcast::channel(16);
+    let (shutdown, shutdown_receiver) = watch::channel(false);
+    let (tmux_server_pid, tmux_server_pid_receiver) = watch::channel(None);
+
+    let service = AgentService::new(
+        inbox.clone(),
+        journal.clone(),
+        heartbeats.clone(),
+        shutdown_receiver.clone(),
+    )
+    .into_server(SessionAuth::new(&options.secret));
+    let mut server_shutdown = shutdown_receiver.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = server_shutdown.wait_for(|down| *down).await;
+                },
+            ),
+    );
+    tracing::info!(%grpc_addr, "serving the agent api");
+
+    let agent_json = AgentJson {
+        version: 1,
+        pid: std::process::id(),
+        grpc_addr: grpc_addr.to_string(),
+        started_at_ms,
+        container_id: spec.container_id.clone(),
+        session_id: spec.session_id.clone(),
+        socket_dir: layout
+            .socket_dir_is_fallback
+            .then(|| layout.socket_dir.to_string_lossy().into_owned()),
+    };
+    claude::write_atomically(
+        &layout.agent_json,
+        &serde_json::to_vec(&agent_json).expect("agent.json always serializes"),
+    )
+    .map_err(io_error("write", &layout.agent_json))?;
+
+    let mut background = Vec::new();
+    background.push(tokio::spawn(signals.forward(inbox.clone())));
+    let hook_listener = hooks::bind_listener(&layout.hook_socket)
+        .map_err(io_error("listen on", &layout.hook_socket))?;
+    background.push(tokio::spawn(hooks::serve(hook_listener, inbox.clone())));
+    background.push(tokio::spawn(heartbeat::run_heartbeat_timer(
+        spec.heartbeat_interval(),
+        spec.workspace_dir.clone(),
+        tmux_server_pid_receiver,
+        inbox.clone(),
+    )));
+
+    let agent_exe =
+        std::env::current_exe().map_err(io_error("locate", Path::new("parhelia-agent")))?;
+    let environment = claude::environment(
+        std::env::vars_os().collect::<Vec<(OsString, OsString)>>(),
+        &spec.claude_config_dir,
+        nix::unistd::Uid::effective().is_root(),
+    );
+    let supervisor = Supervisor::new(SupervisorContext {
+        spec: spec.clone(),
+        layout: layout.clone(),
+        journal,
+        tmux: TmuxServer::new(&layout.tmux_socket, environment),
+        agent_exe,
+        prior_cost_usd,
+        started_at,
+        started_at_ms,
+        heartbeats,
+        tmux_server_pid,
+        inbox,
+    });
+    let outcome = supervisor.run(inbox_receiver).await;
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "the journal failed; stopping");
+    }
+
+    // Streams send what is left and end; then the server stops.
+    shutdown.send_replace(true);
+    match tokio::time::timeout(SERVER_DRAIN_TIMEOUT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the grpc server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the grpc server task failed"),
+        Err(_) => tracing::warn!("the grpc server did not drain in time"),
+    }
+    for task in background {
+        task.abort();
+    }
+    for path in [&layout.agent_json, &layout.hook_socket, &layout.tmux_socket] {
+        let _ = std::fs::remove_file(path);
+    }
+    if layout.socket_dir_is_fallback {
+        let _ = std::fs::remove_dir_all(&layout.socket_dir);
+    }
+    tracing::info!("parhelia-agent exiting");
+    outcome.map_err(RunError::Journal)
+}
+
+/// SIGTERM and SIGINT, caught from the moment [`TerminationSignals::install`] returns.
+struct TerminationSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl TerminationSignals {
+    fn install() -> std::io::Result<TerminationSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(TerminationSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Turns each signal into [`SupervisorMessage::Terminate`](crate::supervisor::SupervisorMessage::Terminate).
+    async fn forward(mut self, inbox: mpsc::Sender<crate::supervisor::SupervisorMessage>) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => tracing::info!("received SIGTERM"),
+                _ = self.interrupt.recv() => tracing::info!("received SIGINT"),
+            }
+            if inbox
+                .send(crate::supervisor::SupervisorMessage::Terminate)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Logs to `<runtime_dir>/agent.log` (level from `RUST_LOG`, default info) and warnings
+/// to stderr. A second call (tests) keeps the first subscriber.
+fn init_logging(agent_log: &Path) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(agent_log)
+        .ok()
+        .map(|file| {
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .with_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+        });
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init();
+}

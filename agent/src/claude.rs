@@ -1,0 +1,403 @@
+//! How Claude Code is started: its config dir, command line, environment and the
+//! launcher script tmux runs.
+//!
+//! Promises:
+//! - The config dir is pre-seeded so Claude Code never stops at a first-run dialog and
+//!   never deletes a restored transcript (`cleanupPeriodDays: 36500`); existing files are
+//!   merged, not replaced.
+//! - The environment is the agent's own minus every `PARHELIA_*` variable (the session
+//!   secret among them) and tmux's own variables, plus `CLAUDE_CONFIG_DIR`,
+//!   `DISABLE_TELEMETRY=1`, `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1` and, as root,
+//!   `IS_SANDBOX=1` (required for `--dangerously-skip-permissions`).
+//! - No prompt text is ever on a command line or in the script: prompts go through the
+//!   input FIFO as stream-json user messages ([`user_message_line`]). Every argument in
+//!   the script is single-quoted.
+//! - The launcher script records Claude Code's pid (`claude.pid`, written before `exec`,
+//!   so it is Claude Code's own pid) and its exit status (`exit_status`, written atomically
+//!   after it exits: 126/127 mean it could not be executed).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::layout::Layout;
+use crate::spec::LaunchSpec;
+
+/// Failures preparing a launch. Each message reads after "failed to ".
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A file or directory the launch needs could not be written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An existing Claude Code config file is not a JSON object.
+    #[error("update {path}: it is not a JSON object")]
+    NotAnObject { path: PathBuf },
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError {
+    let path = path.to_path_buf();
+    move |source| LaunchError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Quotes `text` for a POSIX shell: `'…'`, with embedded `'` written as `'\''`.
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Why `path` cannot be run as Claude Code, or `None` when it can.
+pub fn not_executable_reason(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(e) => Some(format!("{}: {e}", path.display())),
+        Ok(meta) if !meta.is_file() => Some(format!("{} is not a file", path.display())),
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => {
+            Some(format!("{} is not executable", path.display()))
+        }
+        Ok(_) => match nix::unistd::access(path, nix::unistd::AccessFlags::X_OK) {
+            Ok(()) => None,
+            Err(e) => Some(format!("{} is not executable: {e}", path.display())),
+        },
+    }
+}
+
+/// Creates the config dir and merges in what Claude Code needs to run unattended.
+pub fn prepare_config_dir(config_dir: &Path, workspace_dir: &Path) -> Result<(), LaunchError> {
+    std::fs::create_dir_all(config_dir).map_err(io_error("create", config_dir))?;
+
+    merge_json_object(&config_dir.join("settings.json"), |settings| {
+        settings.insert("cleanupPeriodDays".into(), 36500.into());
+        settings.insert("skipDangerousModePermissionPrompt".into(), true.into());
+    })?;
+
+    let mut trusted = vec![workspace_dir.to_string_lossy().into_owned()];
+    if let Ok(real) = std::fs::canonicalize(workspace_dir) {
+        let real = real.to_string_lossy().into_owned();
+        if !trusted.contains(&real) {
+            trusted.push(real);
+        }
+    }
+    merge_json_object(&config_dir.join(".claude.json"), |state| {
+        state.insert("hasCompletedOnboarding".into(), true.into());
+        let projects = state
+            .entry("projects")
+            .or_insert_with(|| serde_json::json!({}));
+        if !projects.is_object() {
+            *projects = serde_json::json!({});
+        }
+        for path in &trusted {
+            let project = projects
+                .as_object_mut()
+                .expect("made an object above")
+                .entry(path.clone())
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(project) = project.as_object_mut() {
+                project.insert("hasTrustDialogAccepted".into(), true.into());
+            }
+        }
+    })
+}
+
+fn merge_json_object(
+    path: &Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Result<(), LaunchError> {
+    let mut object = match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(object)) => object,
+            _ => {
+                return Err(LaunchError::NotAnObject {
+                    path: path.to_path_buf(),
+                });
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
+        Err(e) => return Err(io_error("read", path)(e)),
+    };
+    edit(&mut object);
+    let text = serde_json::to_vec_pretty(&serde_json::Value::Object(object))
+        .expect("a JSON map always serializes");
+    write_atomically(path, &text).map_err(io_error("write", path))
+}
+
+/// Writes `bytes` to `path` via a temporary file, fsync and rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{file_name}.tmp"));
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Claude Code's arguments for a headless session.
+pub fn headless_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-p",
+        "--input-format",
+        "stream-json",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--dangerously-skip-permissions",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    args.push(
+        if spec.resume {
+            "--resume"
+        } else {
+            "--session-id"
+        }
+        .into(),
+    );
+    args.push(spec.claude_session_id.clone());
+    args.push("--settings".into());
+    args.push(hooks_settings.to_string_lossy().into_owned());
+    if let Some(model) = &spec.model {
+        args.push("--model".into());
+        args.push(model.clone());
+    }
+    if let Some(max_turns) = spec.max_turns {
+        args.push("--max-turns".into());
+        args.push(max_turns.to_string());
+    }
+    args
+}
+
+/// The environment for tmux and Claude Code, from the agent's own environment.
+pub fn environment(
+    agent_environment: impl IntoIterator<Item = (OsString, OsString)>,
+    config_dir: &Path,
+    running_as_root: bool,
+) -> Vec<(OsString, OsString)> {
+    const DROPPED: &[&str] = &["TMUX", "TMUX_PANE"];
+    let mut environment: Vec<(OsString, OsString)> = agent_environment
+        .into_iter()
+        .filter(|(key, _)| {
+            let key = key.to_string_lossy();
+            !key.starts_with("PARHELIA_") && !DROPPED.contains(&key.as_ref())
+        })
+        .collect();
+    let mut set = |key: &str, value: OsString| {
+        environment.retain(|(k, _)| k != key);
+        environment.push((key.into(), value));
+    };
+    set("CLAUDE_CONFIG_DIR", config_dir.as_os_str().to_owned());
+    set("DISABLE_TELEMETRY", "1".into());
+    set("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into());
+    if running_as_root {
+        set("IS_SANDBOX", "1".into());
+    }
+    environment
+}
+
+/// The launcher script tmux runs in the session's pane.
+pub fn launcher_script(spec: &LaunchSpec, layout: &Layout, claude_arguments: &[String]) -> String {
+    let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    let mut claude = shell_quote(&spec.claude_bin.to_string_lossy());
+    for arg in claude_arguments {
+        claude.push(' ');
+        claude.push_str(&shell_quote(arg));
+    }
+    let exit_status = q(&layout.exit_status);
+    let exit_status_temp = q(&layout.exit_status.with_extension("tmp"));
+    format!(
+        r#"#!/bin/sh
+# Written by parhelia-agent for container {container}. Runs Claude Code once, headless.
+# It holds no secrets: credentials come from the environment, prompts through the FIFO.
+cd {workspace} || exit 126
+# The inner shell writes its own pid, then execs Claude Code, which keeps that pid.
+/bin/sh -c 'echo $$ > "$1.tmp" && mv "$1.tmp" "$1" && shift && exec "$@"' parhelia-launch {pid_file} {claude} < {fifo} >> {stream} 2>> {stderr}
+status=$?
+echo "$status" > {exit_status_temp} && mv {exit_status_temp} {exit_status}
+"#,
+        container = spec.container_id,
+        workspace = q(&spec.workspace_dir),
+        pid_file = q(&layout.claude_pid),
+        fifo = q(&layout.input_fifo),
+        stream = q(&layout.stream),
+        stderr = q(&layout.stderr),
+    )
+}
+
+/// One stream-json user message, the way Claude Code reads a turn from stdin.
+pub fn user_message_line(text: &str) -> String {
+    let mut line = serde_json::json!({
+        "type": "user",
+        "message": {"role": "user", "content": text},
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests::example_json;
+
+    fn spec(edit: impl FnOnce(&mut serde_json::Value)) -> LaunchSpec {
+        let mut value = example_json();
+        edit(&mut value);
+        LaunchSpec::from_json(&value.to_string()).unwrap()
+    }
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        for text in [
+            "plain",
+            "it's",
+            "a b",
+            "$(rm -rf /)",
+            "`x`",
+            "\"q\"",
+            "'",
+            "",
+        ] {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(text)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn arguments_for_new_and_resumed_sessions() {
+        let settings = Path::new("/r/hooks-settings.json");
+        let args = headless_arguments(&spec(|_| {}), settings).join(" ");
+        assert_eq!(
+            args,
+            "-p --input-format stream-json --output-format stream-json --verbose \
+             --dangerously-skip-permissions --session-id 6f1c2d3e-4a5b-4c6d-8e7f-901a2b3c4d5e \
+             --settings /r/hooks-settings.json"
+        );
+        let resumed = spec(|v| {
+            v["resume"] = true.into();
+            v["model"] = "claude-sonnet-4-5".into();
+            v["max_turns"] = 4.into();
+        });
+        let args = headless_arguments(&resumed, settings).join(" ");
+        assert!(args.contains("--resume 6f1c2d3e-"), "{args}");
+        assert!(!args.contains("--session-id"), "{args}");
+        assert!(
+            args.ends_with("--model claude-sonnet-4-5 --max-turns 4"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn environment_drops_parhelia_variables_and_adds_claude_settings() {
+        let agent: Vec<(OsString, OsString)> = [
+            ("PATH", "/usr/bin"),
+            ("PARHELIA_SESSION_SECRET", "s3cret"),
+            ("PARHELIA_ANYTHING", "x"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:1"),
+            ("TMUX", "/tmp/tmux-0/default,1,0"),
+            ("DISABLE_TELEMETRY", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+        let env = environment(agent, Path::new("/c/cfg"), true);
+        let get = |key: &str| {
+            env.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        };
+        assert_eq!(get("PATH").as_deref(), Some("/usr/bin"));
+        assert_eq!(
+            get("ANTHROPIC_BASE_URL").as_deref(),
+            Some("http://127.0.0.1:1")
+        );
+        assert_eq!(get("PARHELIA_SESSION_SECRET"), None);
+        assert_eq!(get("PARHELIA_ANYTHING"), None);
+        assert_eq!(get("TMUX"), None);
+        assert_eq!(get("CLAUDE_CONFIG_DIR").as_deref(), Some("/c/cfg"));
+        assert_eq!(get("DISABLE_TELEMETRY").as_deref(), Some("1"));
+        assert_eq!(get("IS_SANDBOX").as_deref(), Some("1"));
+        assert_eq!(
+            env.iter().filter(|(k, _)| k == "DISABLE_TELEMETRY").count(),
+            1
+        );
+        let env = environment(Vec::new(), Path::new("/c"), false);
+        assert!(!env.iter().any(|(k, _)| k == "IS_SANDBOX"));
+    }
+
+    #[test]
+    fn config_dir_is_seeded_and_existing_settings_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("claude-config");
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::create_dir_all(&workspace).unwrap();
+        std::fs::write(config.join("settings.json"), r#"{"model":"opus"}"#).unwrap();
+
+        prepare_config_dir(&config, &workspace).unwrap();
+        prepare_config_dir(&config, &workspace).unwrap(); // idempotent
+
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(config.join(name)).unwrap()).unwrap()
+        };
+        let settings = read("settings.json");
+        assert_eq!(settings["model"], "opus");
+        assert_eq!(settings["cleanupPeriodDays"], 36500);
+        let state = read(".claude.json");
+        assert_eq!(state["hasCompletedOnboarding"], true);
+        let key = workspace.to_string_lossy().into_owned();
+        assert_eq!(state["projects"][&key]["hasTrustDialogAccepted"], true);
+
+        std::fs::write(config.join("settings.json"), "[1]").unwrap();
+        let err = prepare_config_dir(&config, &workspace).unwrap_err();
+        assert!(err.to_string().contains("not a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn user_messages_are_one_json_line() {
+        let line = user_message_line("two\nlines and \"quotes\"");
+        assert!(line.ends_with('\n'));
+        assert_eq!(line.matches('\n').count(), 1);
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["type"], "user");
+        assert_eq!(value["message"]["content"], "two\nlines and \"quotes\"");
+    }
+
+    #[test]
+    fn executable_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("claude");
+        assert!(not_executable_reason(&missing).is_some());
+        std::fs::write(&missing, "#!/bin/sh\n").unwrap();
+        assert!(
+            not_executable_reason(&missing)
+                .unwrap()
+                .contains("not executable")
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&missing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(not_executable_reason(&missing), None);
+        assert!(
+            not_executable_reason(dir.path())
+                .unwrap()
+                .contains("not a file")
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! The command line of `parhelia-agent`.
+//!
+//! ```text
+//! parhelia-agent run --spec /abs/spec.json [--label KEY=VALUE]...   (needs PARHELIA_SESSION_SECRET)
+//! parhelia-agent hook --socket /abs/hooks.sock                     (run by Claude Code hooks)
+//! ```
+//!
+//! Exit statuses of `run`: 0 after a clean shutdown (also after SIGTERM or `Stop`), 2 when
+//! the session could not start (bad spec, no secret, unsupported mode), 1 when the journal
+//! failed while running. `hook` always exits 0, even on bad arguments: an exit status of
+//! 2 from a hook would block Claude Code's action.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::agent::{self, RunOptions, SECRET_ENV};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "parhelia-agent",
+    version,
+    about = "Runs one Claude Code session in tmux and serves it over gRPC."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the session described by a spec file (the secret comes from PARHELIA_SESSION_SECRET).
+    Run {
+        /// Absolute path of spec.json.
+        #[arg(long)]
+        spec: PathBuf,
+        /// A KEY=VALUE tag for this process (e.g. parhelia.coordinator=<id>); repeatable.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Forward a Claude Code hook payload (stdin) to the agent. Used by Claude Code.
+    Hook {
+        /// The agent's hook socket.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if std::env::args().nth(1).as_deref() == Some("hook") => {
+            eprintln!("parhelia-agent hook: {e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => e.exit(),
+    };
+    match cli.command {
+        Command::Hook { socket } => {
+            crate::hooks::run_hook_client(&socket);
+            ExitCode::SUCCESS
+        }
+        Command::Run { spec, labels } => {
+            let options = RunOptions {
+                spec_path: spec,
+                labels,
+                secret: std::env::var(SECRET_ENV).unwrap_or_default(),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("parhelia-agent: failed to start the async runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(agent::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("parhelia-agent: failed to {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_key_value_pairs() {
+        assert_eq!(
+            parse_label("parhelia.coordinator=c-1"),
+            Ok(("parhelia.coordinator".into(), "c-1".into()))
+        );
+        assert_eq!(parse_label("k="), Ok(("k".into(), String::new())));
+        assert!(parse_label("novalue").is_err());
+        assert!(parse_label("=v").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "parhelia-agent",
+            "run",
+            "--spec",
+            "/s/spec.json",
+            "--label",
+            "parhelia.coordinator=c1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Run { labels, .. } if labels.len() == 1));
+        Cli::command_for_tests().debug_assert();
+    }
+
+    impl Cli {
+        fn command_for_tests() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
+}

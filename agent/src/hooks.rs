@@ -1,0 +1,343 @@
+//! Claude Code hooks: how the agent learns what Claude Code is doing.
+//!
+//! The agent writes a settings file (passed with `--settings`) whose command hooks run
+//! `<this binary> hook --socket <hooks.sock>`. That subcommand ([`run_hook_client`]) reads
+//! the hook's JSON from stdin, forwards the few fields the agent needs over the Unix
+//! socket, waits for the agent's acknowledgement and exits 0.
+//!
+//! Promises:
+//! - The hook client never fails a hook and never blocks Claude Code for long: it always
+//!   exits 0 with empty output (which has no effect on Claude Code), and gives up after
+//!   [`HOOK_CLIENT_TIMEOUT`] or at once when the agent is gone.
+//! - The listener acknowledges a hook only after the supervisor has handled it (journaled
+//!   any status change), so a hook's effect is durable before Claude Code continues.
+//! - Status comes only from hooks, mapped by [`status_for_hook`]:
+//!   SessionStart / UserPromptSubmit / PreToolUse / PostToolUse(Failure) → BUSY,
+//!   Stop → IDLE, Notification → NEEDS_INPUT (detail = its message), SessionEnd → FINISHED.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use parhelia_proto::SessionStatus;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long the hook client waits for the agent, in total, before giving up (exit 0).
+pub const HOOK_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The timeout Claude Code is given for each hook command, in seconds. Longer than the
+/// client's own timeout so Claude Code never has to kill it.
+const HOOK_COMMAND_TIMEOUT_SECS: u64 = 10;
+
+/// The largest report the listener accepts from one hook client.
+const MAX_REPORT_BYTES: u64 = 64 * 1024;
+
+/// The hook events the agent subscribes to.
+pub const HOOK_EVENTS: &[&str] = &[
+    "SessionStart",
+    "UserPromptSubmit",
+    "PreToolUse",
+    "PostToolUse",
+    "PostToolUseFailure",
+    "Notification",
+    "Stop",
+    "SessionEnd",
+];
+
+/// Hook events whose settings entry takes a tool-name matcher.
+const TOOL_EVENTS: &[&str] = &["PreToolUse", "PostToolUse", "PostToolUseFailure"];
+
+/// The fields of a Claude Code hook payload the agent uses; the client forwards only
+/// these (a PreToolUse payload can carry a whole file's content).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HookReport {
+    pub hook_event_name: String,
+    pub session_id: String,
+    /// Notification: the text Claude Code shows the user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Pre/PostToolUse: the tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+    /// SessionStart: startup, resume, clear or compact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// SessionEnd: why the session ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A hook report on its way to the supervisor; `handled` is answered once it is handled.
+#[derive(Debug)]
+pub struct HookDelivery {
+    pub report: HookReport,
+    pub handled: oneshot::Sender<()>,
+}
+
+/// The status a hook implies, with the detail to record, or `None` for hooks that say
+/// nothing about status.
+pub fn status_for_hook(report: &HookReport) -> Option<(SessionStatus, String)> {
+    let status = match report.hook_event_name.as_str() {
+        "SessionStart" | "UserPromptSubmit" | "PreToolUse" | "PostToolUse"
+        | "PostToolUseFailure" => SessionStatus::Busy,
+        "Stop" => SessionStatus::Idle,
+        "Notification" => SessionStatus::NeedsInput,
+        "SessionEnd" => SessionStatus::Finished,
+        _ => return None,
+    };
+    let detail = match status {
+        SessionStatus::NeedsInput => report.message.clone().unwrap_or_default(),
+        SessionStatus::Finished => report.reason.clone().unwrap_or_default(),
+        _ => String::new(),
+    };
+    Some((status, detail))
+}
+
+/// The `--settings` document: every event in [`HOOK_EVENTS`] runs `hook_command`.
+pub fn settings_json(hook_command: &str) -> serde_json::Value {
+    let mut hooks = serde_json::Map::new();
+    for event in HOOK_EVENTS {
+        let handler = serde_json::json!({
+            "type": "command",
+            "command": hook_command,
+            "timeout": HOOK_COMMAND_TIMEOUT_SECS,
+        });
+        let mut entry = serde_json::json!({ "hooks": [handler] });
+        if TOOL_EVENTS.contains(event) {
+            entry["matcher"] = "*".into();
+        }
+        hooks.insert(event.to_string(), serde_json::Value::Array(vec![entry]));
+    }
+    serde_json::json!({ "hooks": hooks })
+}
+
+/// The shell command a hook runs: this binary's `hook` subcommand.
+pub fn hook_command(agent_exe: &Path, socket: &Path) -> String {
+    format!(
+        "{} hook --socket {}",
+        crate::claude::shell_quote(&agent_exe.to_string_lossy()),
+        crate::claude::shell_quote(&socket.to_string_lossy())
+    )
+}
+
+/// Binds the hook socket (replacing a stale one), readable only by this user.
+pub fn bind_listener(socket: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(socket)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts hook clients until `deliveries` closes; one task per connection.
+pub async fn serve<M>(listener: UnixListener, deliveries: mpsc::Sender<M>)
+where
+    M: From<HookDelivery> + Send + 'static,
+{
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to accept a hook connection");
+                continue;
+            }
+        };
+        if deliveries.is_closed() {
+            return;
+        }
+        let deliveries = deliveries.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_connection(stream, deliveries).await {
+                tracing::warn!(error = %e, "failed to handle a hook report");
+            }
+        });
+    }
+}
+
+async fn handle_connection<M>(
+    mut stream: tokio::net::UnixStream,
+    deliveries: mpsc::Sender<M>,
+) -> std::io::Result<()>
+where
+    M: From<HookDelivery>,
+{
+    let mut bytes = Vec::new();
+    let mut limited = (&mut stream).take(MAX_REPORT_BYTES);
+    tokio::time::timeout(HOOK_CLIENT_TIMEOUT, limited.read_to_end(&mut bytes))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "hook client stalled"))??;
+    let report: HookReport = serde_json::from_slice(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let (handled, was_handled) = oneshot::channel();
+    if deliveries
+        .send(M::from(HookDelivery { report, handled }))
+        .await
+        .is_ok()
+    {
+        // The supervisor may be shutting down; the client times out on its own anyway.
+        let _ = was_handled.await;
+    }
+    stream.write_all(b"ok\n").await?;
+    stream.shutdown().await
+}
+
+/// The `hook` subcommand: forward the hook payload on stdin to the agent. Never fails.
+pub fn run_hook_client(socket: &Path) {
+    if let Err(e) = forward_hook(socket, &mut std::io::stdin().lock()) {
+        // stderr of a hook that exits 0 is not shown to the model; it lands in Claude
+        // Code's debug log, which is where someone chasing a missing status would look.
+        eprintln!("parhelia-agent hook: {e}");
+    }
+}
+
+fn forward_hook(socket: &Path, stdin: &mut impl Read) -> std::io::Result<()> {
+    let mut payload = Vec::new();
+    stdin.read_to_end(&mut payload)?;
+    let report: HookReport = serde_json::from_slice(&payload)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_write_timeout(Some(HOOK_CLIENT_TIMEOUT))?;
+    stream.set_read_timeout(Some(HOOK_CLIENT_TIMEOUT))?;
+    stream.write_all(&serde_json::to_vec(&report)?)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut ack = String::new();
+    stream.read_to_string(&mut ack)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(event: &str) -> HookReport {
+        HookReport {
+            hook_event_name: event.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hooks_map_to_statuses() {
+        let cases = [
+            ("SessionStart", Some(SessionStatus::Busy)),
+            ("UserPromptSubmit", Some(SessionStatus::Busy)),
+            ("PreToolUse", Some(SessionStatus::Busy)),
+            ("PostToolUse", Some(SessionStatus::Busy)),
+            ("Stop", Some(SessionStatus::Idle)),
+            ("Notification", Some(SessionStatus::NeedsInput)),
+            ("SessionEnd", Some(SessionStatus::Finished)),
+            ("SubagentStop", None),
+            ("", None),
+        ];
+        for (event, want) in cases {
+            assert_eq!(
+                status_for_hook(&report(event)).map(|s| s.0),
+                want,
+                "{event}"
+            );
+        }
+        let mut notification = report("Notification");
+        notification.message = Some("Claude needs your permission to use Bash".into());
+        assert_eq!(
+            status_for_hook(&notification),
+            Some((
+                SessionStatus::NeedsInput,
+                "Claude needs your permission to use Bash".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_real_payload_reduces_to_a_report() {
+        // Claude Code 2.1.330's PreToolUse payload (trimmed).
+        let payload = r#"{"session_id":"11111111-2222-3333-4444-555555555555","transcript_path":"/c/projects/-w/1.jsonl","cwd":"/w","permission_mode":"bypassPermissions","hook_event_name":"PreToolUse","tool_name":"Write","tool_input":{"file_path":"/w/hello.txt","content":"hi\n"}}"#;
+        let report: HookReport = serde_json::from_str(payload).unwrap();
+        assert_eq!(report.hook_event_name, "PreToolUse");
+        assert_eq!(report.tool_name.as_deref(), Some("Write"));
+        let forwarded = serde_json::to_string(&report).unwrap();
+        assert!(!forwarded.contains("hi\\n"), "tool input is not forwarded");
+    }
+
+    #[test]
+    fn settings_register_every_event_with_the_command() {
+        let command = hook_command(Path::new("/opt/p a/agent"), Path::new("/r/hooks.sock"));
+        assert_eq!(command, "'/opt/p a/agent' hook --socket '/r/hooks.sock'");
+        let settings = settings_json(&command);
+        for event in HOOK_EVENTS {
+            let entry = &settings["hooks"][event][0];
+            assert_eq!(entry["hooks"][0]["command"], command.as_str());
+            assert_eq!(entry["hooks"][0]["type"], "command");
+        }
+        assert_eq!(settings["hooks"]["PreToolUse"][0]["matcher"], "*");
+        assert!(settings["hooks"]["Stop"][0].get("matcher").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_listener_acknowledges_after_the_supervisor_handled_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("hooks.sock");
+        let listener = bind_listener(&socket).unwrap();
+        let (deliveries, mut received) = mpsc::channel::<HookDelivery>(4);
+        tokio::spawn(serve(listener, deliveries));
+
+        let client_socket = socket.clone();
+        let client = tokio::task::spawn_blocking(move || {
+            let mut stream = std::os::unix::net::UnixStream::connect(&client_socket).unwrap();
+            stream
+                .write_all(br#"{"hook_event_name":"Stop","session_id":"s","extra":1}"#)
+                .unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut ack = String::new();
+            stream.read_to_string(&mut ack).unwrap();
+            ack
+        });
+        let delivery = received.recv().await.unwrap();
+        assert_eq!(delivery.report.hook_event_name, "Stop");
+        assert!(
+            !client.is_finished(),
+            "no ack before the supervisor answers"
+        );
+        delivery.handled.send(()).unwrap();
+        assert_eq!(client.await.unwrap(), "ok\n");
+    }
+
+    #[test]
+    fn the_client_reports_an_error_it_can_swallow_when_the_agent_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.sock");
+        let err = forward_hook(&missing, &mut &br#"{"hook_event_name":"Stop"}"#[..]);
+        assert_eq!(err.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    }
+
+    /// Every hook payload captured from the real Claude Code (`tests/fixtures/hooks`)
+    /// reduces to a report with the status the contract names.
+    #[test]
+    fn captured_hook_payloads_map_to_statuses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hooks");
+        let expected = [
+            ("SessionStart.json", Some(SessionStatus::Busy)),
+            ("SessionStart-resume.json", Some(SessionStatus::Busy)),
+            ("UserPromptSubmit.json", Some(SessionStatus::Busy)),
+            ("PreToolUse.json", Some(SessionStatus::Busy)),
+            ("PostToolUse.json", Some(SessionStatus::Busy)),
+            ("PostToolUseFailure.json", Some(SessionStatus::Busy)),
+            ("Stop.json", Some(SessionStatus::Idle)),
+            ("SessionEnd.json", Some(SessionStatus::Finished)),
+        ];
+        for (file, want) in expected {
+            let bytes = std::fs::read(dir.join(file))
+                .unwrap_or_else(|e| panic!("captured fixture {file}: {e}"));
+            let report: HookReport = serde_json::from_slice(&bytes).unwrap();
+            assert!(!report.session_id.is_empty(), "{file}");
+            assert_eq!(status_for_hook(&report).map(|s| s.0), want, "{file}");
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The Agent gRPC service.
+//!
+//! Promises:
+//! - Every RPC is refused with UNAUTHENTICATED unless its `authorization` metadata is
+//!   exactly `Bearer <session secret>`, compared in constant time ([`SessionAuth`]). The
+//!   secret is never logged or echoed.
+//! - `StreamEvents(from_seq, follow)` sends journal events `from_seq..` in seq order with
+//!   no gaps, then (with `follow`) live events as they become durable, interleaved with
+//!   heartbeats. Events are read back from the journal, never from a lossy channel, so a
+//!   slow subscriber only falls behind, it never misses an event (heartbeats may be
+//!   skipped). When the agent shuts down, followers get every remaining event, then the
+//!   stream ends.
+//! - `GetInfo`, `SendInput` and `Stop` are answered by the supervisor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parhelia_proto::agent_server::{Agent, AgentServer};
+use parhelia_proto::{
+    AgentInfo, GetInfoRequest, Heartbeat, SendInputRequest, SendInputResponse, StopRequest,
+    StopResponse, StreamEventsRequest, StreamEventsResponse, stream_events_response,
+};
+use subtle::ConstantTimeEq;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::ServiceError;
+use crate::journal::Journal;
+use crate::supervisor::SupervisorMessage;
+
+/// How many events a subscriber reads from the journal at a time.
+const REPLAY_BATCH: usize = 256;
+
+/// The session secret, held as the exact metadata value it must arrive as.
+#[derive(Clone)]
+pub struct SessionAuth {
+    expected: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for SessionAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionAuth(<redacted>)")
+    }
+}
+
+impl SessionAuth {
+    pub fn new(secret: &str) -> SessionAuth {
+        SessionAuth {
+            expected: parhelia_proto::bearer(secret).into_bytes().into(),
+        }
+    }
+
+    /// Whether `request` carries the session secret.
+    pub fn check<T>(&self, request: &Request<T>) -> Result<(), ServiceError> {
+        let presented = request
+            .metadata()
+            .get(parhelia_proto::AUTH_METADATA_KEY)
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        // `ct_eq` on slices of different lengths is false without comparing contents;
+        // the length of the expected value is not a secret worth hiding.
+        if bool::from(presented.ct_eq(&self.expected)) {
+            Ok(())
+        } else {
+            Err(ServiceError::Unauthenticated)
+        }
+    }
+}
+
+impl tonic::service::Interceptor for SessionAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(&request).map_err(Status::from)?;
+        Ok(request)
+    }
+}
+
+/// The service's view of the agent.
+#[derive(Clone)]
+pub struct AgentService {
+    supervisor: mpsc::Sender<SupervisorMessage>,
+    journal: Journal,
+    heartbeats: broadcast::Sender<Heartbeat>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl AgentService {
+    pub fn new(
+        supervisor: mpsc::Sender<SupervisorMessage>,
+        journal: Journal,
+        heartbeats: broadcast::Sender<Heartbeat>,
+        shutdown: watch::Receiver<bool>,
+    ) -> AgentService {
+        AgentService {
+            supervisor,
+            journal,
+            heartbeats,
+            shutdown,
+        }
+    }
+
+    /// The tonic service with authentication in front of every method.
+    pub fn into_server(
+        self,
+        auth: SessionAuth,
+    ) -> tonic::service::interceptor::InterceptedService<AgentServer<AgentService>, SessionAuth>
+    {
+        AgentServer::with_interceptor(self, auth)
+    }
+
+    async fn ask<T>(
+        &self,
+        message: impl FnOnce(oneshot::Sender<T>) -> SupervisorMessage,
+    ) -> Result<T, ServiceError> {
+        let (reply, answer) = oneshot::channel();
+        self.supervisor
+            .send(message(reply))
+            .await
+            .map_err(|_| ServiceError::ShuttingDown)?;
+        answer.await.map_err(|_| ServiceError::ShuttingDown)
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn get_info(
+        &self,
+        _request: Request<GetInfoRequest>,
+    ) -> Result<Response<AgentInfo>, Status> {
+        let info = self
+            .ask(|reply| SupervisorMessage::GetInfo { reply })
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    type StreamEventsStream = ReceiverStream<Result<StreamEventsResponse, Status>>;
+
+    async fn stream_events(
+        &self,
+        request: Request<StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let request = request.into_inner();
+        let (items, stream) = mpsc::channel(64);
+        // Subscribe before replaying, so no live heartbeat is missed in between.
+        let heartbeats = self.heartbeats.subscribe();
+        tokio::spawn(send_events(
+            self.journal.clone(),
+            request.from_seq,
+            request.follow,
+            heartbeats,
+            self.shutdown.clone(),
+            items,
+        ));
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    async fn send_input(
+        &self,
+        request: Request<SendInputRequest>,
+    ) -> Result<Response<SendInputResponse>, Status> {
+        let text = request.into_inner().text;
+        let response = self
+            .ask(|reply| SupervisorMessage::SendInput { text, reply })
+            .await??;
+        Ok(Response::new(response))
+    }
+
+    async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
+        let request = request.into_inner();
+        let grace = (request.grace_ms > 0).then(|| Duration::from_millis(request.grace_ms.into()));
+        self.ask(|reply| SupervisorMessage::Stop {
+            reason: request.reason,
+            grace,
+            reply,
+        })
+        .await?;
+        Ok(Response::new(StopResponse {}))
+    }
+}
+
+/// One subscriber: replay from `from_seq`, then follow until shutdown or hang-up.
+async fn send_events(
+    journal: Journal,
+    from_seq: u64,
+    follow: bool,
+    mut heartbeats: broadcast::Receiver<Heartbeat>,
+    mut shutdown: watch::Receiver<bool>,
+    items: mpsc::Sender<Result<StreamEventsResponse, Status>>,
+) {
+    let mut last_seq = journal.subscribe();
+    let mut next = from_seq.max(1);
+    let mut ending = false;
+    loop {
+        let durable = *last_seq.borrow_and_update();
+        while next <= durable {
+            let batch = match journal.read_from_async(next, REPLAY_BATCH).await {
+                Ok(batch) if !batch.is_empty() => batch,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "failed to read the journal for a subscriber");
+                    let _ = items.send(Err(Status::from(ServiceError::from(e)))).await;
+                    return;
+                }
+            };
+            for event in batch {
+                next = event.seq + 1;
+                let item = StreamEventsResponse {
+                    item: Some(stream_events_response::Item::Event(event)),
+                };
+                if items.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if !follow || ending || *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            changed = last_seq.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            heartbeat = heartbeats.recv() => match heartbeat {
+                Ok(heartbeat) => {
+                    let item = StreamEventsResponse {
+                        item: Some(stream_events_response::Item::Heartbeat(heartbeat)),
+                    };
+                    if items.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+                // A slow subscriber skips heartbeats, never events.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            // On shutdown, loop once more to send what is left, then end.
+            _ = shutdown.changed() => ending = true,
+            () = items.closed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parhelia_proto::agent_client::AgentClient;
+    use parhelia_proto::{AssistantText, event};
+    use tonic::transport::Channel;
+
+    struct Running {
+        client: AgentClient<Channel>,
+        journal: Journal,
+        heartbeats: broadcast::Sender<Heartbeat>,
+        shutdown: watch::Sender<bool>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn text(n: u64) -> event::Kind {
+        event::Kind::AssistantText(AssistantText {
+            message_id: "m".into(),
+            text: format!("e{n}"),
+        })
+    }
+
+    /// A real server on a real TCP port, with a stand-in supervisor that answers GetInfo.
+    async fn start(events: u64) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(&dir.path().join("j.jsonl")).unwrap();
+        for n in 1..=events {
+            journal.append(text(n)).unwrap();
+        }
+        let (inbox, mut supervisor) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(message) = supervisor.recv().await {
+                if let SupervisorMessage::GetInfo { reply } = message {
+                    let _ = reply.send(AgentInfo {
+                        session_id: "sess-1".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+        });
+        let (heartbeats, _) = broadcast::channel(16);
+        let (shutdown, shutdown_receiver) = watch::channel(false);
+        let service = AgentService::new(
+            inbox,
+            journal.clone(),
+            heartbeats.clone(),
+            shutdown_receiver,
+        )
+        .into_server(SessionAuth::new("right-secret"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let client = AgentClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Running {
+            client,
+            journal,
+            heartbeats,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    fn with_secret<T>(message: T, secret: Option<&str>) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(secret) = secret {
+            request.metadata_mut().insert(
+                parhelia_proto::AUTH_METADATA_KEY,
+                parhelia_proto::bearer(secret).parse().unwrap(),
+            );
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn every_rpc_needs_the_session_secret() {
+        let mut running = start(3).await;
+        for secret in [None, Some("wrong-secret"), Some(""), Some("right-secret ")] {
+            let code = |r: Result<_, Status>| r.err().map(|s: Status| s.code());
+            let client = &mut running.client;
+            assert_eq!(
+                code(
+                    client
+                        .get_info(with_secret(GetInfoRequest {}, secret))
+                        .await
+                        .map(|_| ())
+                ),
+                Some(tonic::Code::Unauthenticated),
+                "{secret:?}"
+            );
+            let stream = StreamEventsRequest {
+                from_seq: 1,
+                follow: false,
+            };
+            assert_eq!(
+                code(
+                    client
+                        .stream_events(with_secret(stream, secret))
+                        .await
+                        .map(|_| ())
+                ),
+                Some(tonic::Code::Unauthenticated)
+            );
+            let input = SendInputRequest { text: "x".into() };
+            assert_eq!(
+                code(
+                    client
+                        .send_input(with_secret(input, secret))
+                        .await
+                        .map(|_| ())
+                ),
+                Some(tonic::Code::Unauthenticated)
+            );
+            let stop = StopRequest::default();
+            assert_eq!(
+                code(client.stop(with_secret(stop, secret)).await.map(|_| ())),
+                Some(tonic::Code::Unauthenticated)
+            );
+        }
+        let info = running
+            .client
+            .get_info(with_secret(GetInfoRequest {}, Some("right-secret")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.session_id, "sess-1");
+    }
+
+    async fn collect(
+        client: &mut AgentClient<Channel>,
+        from_seq: u64,
+        follow: bool,
+        until_seq: Option<u64>,
+    ) -> (Vec<u64>, usize) {
+        let request = with_secret(
+            StreamEventsRequest { from_seq, follow },
+            Some("right-secret"),
+        );
+        let mut stream = client.stream_events(request).await.unwrap().into_inner();
+        let mut seqs = Vec::new();
+        let mut heartbeats = 0;
+        while let Some(item) = stream.message().await.unwrap() {
+            match item.item {
+                Some(stream_events_response::Item::Event(event)) => seqs.push(event.seq),
+                Some(stream_events_response::Item::Heartbeat(_)) => heartbeats += 1,
+                None => {}
+            }
+            if until_seq.is_some() && seqs.last().copied() == until_seq {
+                break;
+            }
+        }
+        (seqs, heartbeats)
+    }
+
+    #[tokio::test]
+    async fn stream_events_resumes_from_the_requested_seq() {
+        let mut running = start(300).await;
+        let (seqs, _) = collect(&mut running.client, 4, false, None).await;
+        assert_eq!(seqs, (4..=300).collect::<Vec<_>>());
+        let (seqs, _) = collect(&mut running.client, 0, false, None).await;
+        assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+        let (seqs, _) = collect(&mut running.client, 301, false, None).await;
+        assert!(seqs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn following_streams_live_events_and_heartbeats_and_ends_at_shutdown() {
+        let mut running = start(2).await;
+        let request = with_secret(
+            StreamEventsRequest {
+                from_seq: 2,
+                follow: true,
+            },
+            Some("right-secret"),
+        );
+        let mut stream = running
+            .client
+            .stream_events(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(
+            matches!(first.item, Some(stream_events_response::Item::Event(ref e)) if e.seq == 2)
+        );
+
+        running.journal.append_async(text(3)).await.unwrap();
+        let live = stream.message().await.unwrap().unwrap();
+        assert!(
+            matches!(live.item, Some(stream_events_response::Item::Event(ref e)) if e.seq == 3)
+        );
+
+        running
+            .heartbeats
+            .send(Heartbeat {
+                last_seq: 3,
+                ..Default::default()
+            })
+            .unwrap();
+        let beat = stream.message().await.unwrap().unwrap();
+        assert!(
+            matches!(beat.item, Some(stream_events_response::Item::Heartbeat(ref h)) if h.last_seq == 3)
+        );
+
+        // Shutdown: the follower gets what was journaled before it, then the stream ends.
+        running.journal.append_async(text(4)).await.unwrap();
+        running.shutdown.send_replace(true);
+        let mut rest = Vec::new();
+        while let Some(item) = stream.message().await.unwrap() {
+            if let Some(stream_events_response::Item::Event(event)) = item.item {
+                rest.push(event.seq);
+            }
+        }
+        assert_eq!(rest, vec![4]);
+    }
+}

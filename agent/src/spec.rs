@@ -1,0 +1,293 @@
+//! The launch spec: what the backend asks this agent to run.
+//!
+//! `spec.json` is written by the backend (see `docs/dev/contracts.md`) and read once at
+//! start. This module promises that a [`LaunchSpec`] that came out of [`LaunchSpec::load`]
+//! or [`LaunchSpec::from_json`] is valid: the version is 1, unknown fields were refused,
+//! ids are safe to use in file names, paths are absolute and numbers are in range. It
+//! does not look at the file system beyond reading the spec itself; whether the Claude
+//! Code binary exists is decided at launch, so that a missing binary becomes a journaled
+//! `SessionFinished{FAILED, E501}` instead of a silent startup failure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The only spec version this agent understands.
+pub const SPEC_VERSION: u32 = 1;
+
+/// How Claude Code runs in this session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionMode {
+    /// `claude -p` with stream-json on stdin and stdout.
+    Headless,
+    /// The Claude Code TUI in tmux. Not implemented yet; refused at startup.
+    Interactive,
+}
+
+impl SessionMode {
+    /// The wire enum value.
+    pub fn to_proto(self) -> parhelia_proto::SessionMode {
+        match self {
+            SessionMode::Headless => parhelia_proto::SessionMode::Headless,
+            SessionMode::Interactive => parhelia_proto::SessionMode::Interactive,
+        }
+    }
+}
+
+/// `spec.json`, exactly as the contract names its fields.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchSpec {
+    pub version: u32,
+    pub session_id: String,
+    pub task_id: String,
+    pub container_id: String,
+    pub prompt: String,
+    pub mode: SessionMode,
+    pub claude_session_id: String,
+    pub resume: bool,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub max_turns: Option<u32>,
+    pub claude_bin: PathBuf,
+    pub workspace_dir: PathBuf,
+    pub claude_config_dir: PathBuf,
+    pub volume_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub listen_addr: SocketAddr,
+    pub heartbeat_interval_ms: u64,
+    pub linger_after_finish_ms: u64,
+    pub stop_grace_ms: u64,
+}
+
+/// Why a spec was refused. Each message reads after "invalid spec: ".
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The spec file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The spec is not the JSON the contract describes (this includes unknown fields).
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// The version is not one this agent understands.
+    #[error("version {0} is not supported (this agent reads version {SPEC_VERSION})")]
+    Version(u32),
+    /// A field is present but its value is not acceptable.
+    #[error("{field}: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+fn field_error(field: &'static str, reason: impl Into<String>) -> SpecError {
+    SpecError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl LaunchSpec {
+    /// Reads and validates a spec file.
+    pub fn load(path: &Path) -> Result<LaunchSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        LaunchSpec::from_json(&text)
+    }
+
+    /// Parses and validates a spec from its JSON text.
+    pub fn from_json(text: &str) -> Result<LaunchSpec, SpecError> {
+        let spec: LaunchSpec = serde_json::from_str(text)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks every rule the contract states, and a few that keep paths safe.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.version != SPEC_VERSION {
+            return Err(SpecError::Version(self.version));
+        }
+        check_file_name_safe("session_id", &self.session_id)?;
+        check_file_name_safe("task_id", &self.task_id)?;
+        // The container id names the journal file, the run directory and the fallback
+        // socket directory, so it must never be able to escape them.
+        check_file_name_safe("container_id", &self.container_id)?;
+        if uuid::Uuid::parse_str(&self.claude_session_id).is_err() {
+            return Err(field_error(
+                "claude_session_id",
+                "must be a UUID (Claude Code's --session-id and --resume take one)",
+            ));
+        }
+        if self.prompt.trim().is_empty() {
+            return Err(field_error("prompt", "must not be empty"));
+        }
+        if let Some(model) = &self.model
+            && (model.is_empty() || model.starts_with('-'))
+        {
+            return Err(field_error("model", "must be a model name or null"));
+        }
+        if self.max_turns == Some(0) {
+            return Err(field_error("max_turns", "must be at least 1 or null"));
+        }
+        for (field, path) in [
+            ("claude_bin", &self.claude_bin),
+            ("workspace_dir", &self.workspace_dir),
+            ("claude_config_dir", &self.claude_config_dir),
+            ("volume_dir", &self.volume_dir),
+            ("runtime_dir", &self.runtime_dir),
+        ] {
+            check_absolute(field, path)?;
+        }
+        if self.heartbeat_interval_ms < 100 {
+            return Err(field_error(
+                "heartbeat_interval_ms",
+                "must be at least 100 milliseconds",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn linger_after_finish(&self) -> Duration {
+        Duration::from_millis(self.linger_after_finish_ms)
+    }
+
+    pub fn stop_grace(&self) -> Duration {
+        Duration::from_millis(self.stop_grace_ms)
+    }
+}
+
+fn check_file_name_safe(field: &'static str, value: &str) -> Result<(), SpecError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if value.is_empty() || value.len() > 64 {
+        return Err(field_error(field, "must be 1 to 64 characters"));
+    }
+    if value.starts_with('.') || !value.chars().all(allowed) {
+        return Err(field_error(
+            field,
+            "may contain only ASCII letters, digits, '-', '_' and '.', and must not start with '.'",
+        ));
+    }
+    Ok(())
+}
+
+fn check_absolute(field: &'static str, path: &Path) -> Result<(), SpecError> {
+    if !path.is_absolute() {
+        return Err(field_error(field, "must be an absolute path"));
+    }
+    let text = path.to_string_lossy();
+    // Paths end up in a shell script (quoted) and in tmux arguments; a newline or NUL in
+    // them is never legitimate and would make both harder to reason about.
+    if text.contains('\n') || text.contains('\0') || path.to_str().is_none() {
+        return Err(field_error(field, "must be valid UTF-8 without newlines"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn example_json() -> serde_json::Value {
+        serde_json::json!({
+            "version": 1,
+            "session_id": "sess-1a2b3c4d",
+            "task_id": "task-5e6f7a8b",
+            "container_id": "ctr-9c0d1e2f",
+            "prompt": "Add a hello.txt that says hi",
+            "mode": "headless",
+            "claude_session_id": "6f1c2d3e-4a5b-4c6d-8e7f-901a2b3c4d5e",
+            "resume": false,
+            "model": null,
+            "max_turns": null,
+            "claude_bin": "/usr/local/bin/claude",
+            "workspace_dir": "/srv/s/workspace",
+            "claude_config_dir": "/srv/c/claude-config",
+            "volume_dir": "/srv/s/volume",
+            "runtime_dir": "/srv/c/runtime",
+            "listen_addr": "127.0.0.1:0",
+            "heartbeat_interval_ms": 5000,
+            "linger_after_finish_ms": 600000,
+            "stop_grace_ms": 10000
+        })
+    }
+
+    /// Applies `edit` to the contract's example and returns the validation outcome as
+    /// `"ok"` or the error message.
+    fn check(edit: impl FnOnce(&mut serde_json::Value), expect: &str) {
+        let mut value = example_json();
+        edit(&mut value);
+        let got = match LaunchSpec::from_json(&value.to_string()) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            got.contains(expect),
+            "expected {expect:?} in {got:?} for {value}"
+        );
+    }
+
+    #[test]
+    fn the_contract_example_is_valid() {
+        let spec = LaunchSpec::from_json(&example_json().to_string()).unwrap();
+        assert_eq!(spec.mode, SessionMode::Headless);
+        assert_eq!(spec.model, None);
+        assert_eq!(spec.heartbeat_interval(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn validation_rules() {
+        check(|_| {}, "ok");
+        check(|v| v["model"] = "claude-sonnet-4-5".into(), "ok");
+        check(|v| v["max_turns"] = 3.into(), "ok");
+        check(|v| v["mode"] = "interactive".into(), "ok");
+        check(
+            |v| {
+                v.as_object_mut().unwrap().remove("model");
+                v.as_object_mut().unwrap().remove("max_turns");
+            },
+            "ok",
+        );
+        check(|v| v["surprise"] = 1.into(), "unknown field `surprise`");
+        check(|v| v["version"] = 2.into(), "version 2 is not supported");
+        check(
+            |v| {
+                v.as_object_mut().unwrap().remove("stop_grace_ms");
+            },
+            "missing field `stop_grace_ms`",
+        );
+        check(|v| v["mode"] = "tui".into(), "unknown variant `tui`");
+        check(|v| v["container_id"] = "../etc".into(), "container_id:");
+        check(|v| v["container_id"] = "".into(), "container_id:");
+        check(|v| v["session_id"] = "a/b".into(), "session_id:");
+        check(|v| v["claude_session_id"] = "nope".into(), "must be a UUID");
+        check(|v| v["prompt"] = "  ".into(), "prompt: must not be empty");
+        check(|v| v["model"] = "--evil".into(), "model:");
+        check(|v| v["max_turns"] = 0.into(), "max_turns:");
+        check(
+            |v| v["workspace_dir"] = "rel/ws".into(),
+            "workspace_dir: must be an absolute path",
+        );
+        check(
+            |v| v["claude_bin"] = "claude".into(),
+            "claude_bin: must be an absolute path",
+        );
+        check(
+            |v| v["listen_addr"] = "localhost".into(),
+            "invalid socket address",
+        );
+        check(
+            |v| v["heartbeat_interval_ms"] = 5.into(),
+            "heartbeat_interval_ms:",
+        );
+    }
+}

@@ -1,0 +1,906 @@
+//! The supervisor: the one task that owns the session's state.
+//!
+//! The gRPC server, the hook listener, the stream follower, the heartbeat timer and the
+//! signal handler only send it [`SupervisorMessage`]s; it alone decides, journals and
+//! acts, so the journal's order is the order in which the supervisor saw things.
+//!
+//! Promises (headless mode; see `docs/dev/contracts.md`, "Agent lifecycle"):
+//! - The journal starts with `SessionStarted`, then `InputAccepted` for the spec's prompt.
+//! - Every stream event is journaled in stream order. `ClaudeInit` is journaled when it
+//!   differs from the previous one of the same process (Claude Code repeats it per turn).
+//!   Every `TurnResult` carries `session_cost_usd` = what earlier processes of the
+//!   session recorded (see [`crate::cost`]) + the sum of this process's turn costs.
+//! - After each `TurnResult` the next queued input is sent, or the input is closed so
+//!   Claude Code exits. `SendInput` during a turn is queued (`queued: true`).
+//! - A `StatusChanged` is journaled only when the status changes; statuses come from
+//!   hooks, except the final FINISHED, which is also set (with an empty `hook_event`)
+//!   when Claude Code exits without a `SessionEnd` hook.
+//! - Claude Code's exit is journaled as `ClaudeExited`, then `SessionFinished` is always
+//!   the last event. After it, the agent lingers for `linger_after_finish_ms` (or until
+//!   `Stop`) and exits. `Stop` and SIGTERM exit as soon as `SessionFinished` is durable.
+//! - Stop: `StopRequested`, input closed, SIGTERM to Claude Code, SIGKILL after the grace
+//!   period; if even that is not reported within [`GIVE_UP_AFTER_KILL`], the tmux server
+//!   is killed and the session finishes with exit code -1.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use parhelia_proto::{
+    AgentInfo, ClaudeExited, ClaudeInit, Heartbeat, InputAccepted, SendInputResponse,
+    SessionFinished, SessionOutcome, SessionStarted, SessionStatus, StatusChanged, StopRequested,
+    TurnResult, event,
+};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::claude::{self, LaunchError};
+use crate::error::ServiceError;
+use crate::headless_io::{self, StreamNews};
+use crate::heartbeat::ResourceSample;
+use crate::hooks::{self, HookDelivery};
+use crate::journal::{Journal, JournalError, now_ms};
+use crate::layout::Layout;
+use crate::spec::LaunchSpec;
+use crate::tmux::{TmuxError, TmuxServer};
+
+/// After SIGKILL, how long to wait for the exit to be reported before giving up on it.
+pub const GIVE_UP_AFTER_KILL: Duration = Duration::from_secs(5);
+
+/// The tmux session that runs Claude Code.
+pub const TMUX_SESSION_NAME: &str = "claude";
+
+/// Everything the supervisor is told.
+#[derive(Debug)]
+pub enum SupervisorMessage {
+    GetInfo {
+        reply: oneshot::Sender<AgentInfo>,
+    },
+    SendInput {
+        text: String,
+        reply: oneshot::Sender<Result<SendInputResponse, ServiceError>>,
+    },
+    /// The `Stop` RPC; `reply` is answered once `SessionFinished` is durable.
+    Stop {
+        reason: String,
+        grace: Option<Duration>,
+        reply: oneshot::Sender<()>,
+    },
+    /// SIGTERM (or SIGINT) to the agent.
+    Terminate,
+    Hook(HookDelivery),
+    Stream(StreamNews),
+    Resources(ResourceSample),
+}
+
+impl From<HookDelivery> for SupervisorMessage {
+    fn from(delivery: HookDelivery) -> Self {
+        SupervisorMessage::Hook(delivery)
+    }
+}
+
+impl From<StreamNews> for SupervisorMessage {
+    fn from(news: StreamNews) -> Self {
+        SupervisorMessage::Stream(news)
+    }
+}
+
+impl From<ResourceSample> for SupervisorMessage {
+    fn from(sample: ResourceSample) -> Self {
+        SupervisorMessage::Resources(sample)
+    }
+}
+
+/// Why Claude Code could not be started. Each message reads after "failed to ".
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error(transparent)]
+    Tmux(#[from] TmuxError),
+    /// A file the launch needs could not be created.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why the session is being stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StopIntent {
+    /// The `Stop` RPC: the outcome is CANCELLED.
+    Cancel { reason: String },
+    /// SIGTERM to the agent: the outcome is INTERRUPTED (the session is resumable).
+    Interrupt,
+}
+
+/// What the supervisor needs from the outside world.
+pub struct SupervisorContext {
+    pub spec: Arc<LaunchSpec>,
+    pub layout: Layout,
+    pub journal: Journal,
+    pub tmux: TmuxServer,
+    /// The path hooks run (`<agent_exe> hook --socket …`).
+    pub agent_exe: PathBuf,
+    /// What earlier Claude Code processes of this session cost ([`crate::cost`]).
+    pub prior_cost_usd: f64,
+    pub started_at: Instant,
+    pub started_at_ms: i64,
+    pub heartbeats: broadcast::Sender<Heartbeat>,
+    pub tmux_server_pid: watch::Sender<Option<u32>>,
+    /// The supervisor's own inbox, for the stream follower.
+    pub inbox: mpsc::Sender<SupervisorMessage>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    Running,
+    Finished,
+}
+
+pub struct Supervisor {
+    context: SupervisorContext,
+    phase: Phase,
+    status: SessionStatus,
+    claude_code_version: String,
+    last_init: Option<ClaudeInit>,
+    pending_inputs: VecDeque<String>,
+    input: Option<mpsc::UnboundedSender<String>>,
+    turn_running: bool,
+    last_result: Option<TurnResult>,
+    /// What this Claude Code process's turns cost, summed turn by turn.
+    process_spent_usd: f64,
+    /// This process's last `total_cost_usd`, for Claude Codes that do not report turns.
+    last_reported_total_usd: Option<f64>,
+    stream_lines: u64,
+    claude_pid: Option<i32>,
+    stop: Option<StopIntent>,
+    stop_waiters: Vec<oneshot::Sender<()>>,
+    kill_at: Option<Instant>,
+    give_up_at: Option<Instant>,
+    linger_until: Option<Instant>,
+    exit_now: bool,
+    tasks: Vec<JoinHandle<()>>,
+    writer_task: Option<JoinHandle<()>>,
+}
+
+/// The outcome of a session whose Claude Code process exited.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub outcome: SessionOutcome,
+    pub error_code: &'static str,
+    pub error_message: String,
+}
+
+/// Decides the outcome from why we stopped (if we did), Claude Code's exit status, its
+/// last `result` line and whether it wrote anything at all. Mapping: `contracts.md`,
+/// "Error codes".
+pub fn verdict(
+    stop: Option<&StopIntent>,
+    exit_code: i32,
+    last_result: Option<&TurnResult>,
+    wrote_output: bool,
+) -> Verdict {
+    let failed = |code, message: String| Verdict {
+        outcome: SessionOutcome::Failed,
+        error_code: code,
+        error_message: message,
+    };
+    match (stop, last_result) {
+        (Some(StopIntent::Cancel { reason }), _) => Verdict {
+            outcome: SessionOutcome::Cancelled,
+            error_code: "E601",
+            error_message: if reason.is_empty() {
+                "the session was stopped on request".into()
+            } else {
+                format!("the session was stopped on request: {reason}")
+            },
+        },
+        (Some(StopIntent::Interrupt), _) => Verdict {
+            outcome: SessionOutcome::Interrupted,
+            error_code: "E602",
+            error_message: "the agent received SIGTERM; the session can be resumed".into(),
+        },
+        (None, Some(result)) if result.is_error || result.subtype.starts_with("error") => {
+            let message = if result.result.is_empty() {
+                format!("claude code finished with {}", result.subtype)
+            } else {
+                result.result.clone()
+            };
+            let code = match (result.subtype.as_str(), result.api_error_status) {
+                ("error_max_budget_usd", _) => "E300",
+                (_, 401 | 403) => "E401",
+                (_, status) if status == 429 || status >= 500 => "E505",
+                _ => "E600",
+            };
+            failed(code, message)
+        }
+        (None, Some(_)) => Verdict {
+            outcome: SessionOutcome::Succeeded,
+            error_code: "",
+            error_message: String::new(),
+        },
+        (None, None) if !wrote_output && (exit_code == 126 || exit_code == 127) => failed(
+            "E501",
+            format!("claude code could not be started (exit status {exit_code})"),
+        ),
+        (None, None) => Verdict {
+            outcome: SessionOutcome::Interrupted,
+            error_code: "E602",
+            error_message: format!("claude code exited with status {exit_code} without a result"),
+        },
+    }
+}
+
+impl Supervisor {
+    pub fn new(context: SupervisorContext) -> Supervisor {
+        Supervisor {
+            context,
+            phase: Phase::Running,
+            status: SessionStatus::Starting,
+            claude_code_version: String::new(),
+            last_init: None,
+            pending_inputs: VecDeque::new(),
+            input: None,
+            turn_running: false,
+            last_result: None,
+            process_spent_usd: 0.0,
+            last_reported_total_usd: None,
+            stream_lines: 0,
+            claude_pid: None,
+            stop: None,
+            stop_waiters: Vec::new(),
+            kill_at: None,
+            give_up_at: None,
+            linger_until: None,
+            exit_now: false,
+            tasks: Vec::new(),
+            writer_task: None,
+        }
+    }
+
+    /// Runs the session to its end. An error means the journal failed: the session can
+    /// no longer be recorded, so the agent stops.
+    pub async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<SupervisorMessage>,
+    ) -> Result<(), JournalError> {
+        let result = self.run_session(&mut inbox).await;
+        self.clean_up().await;
+        result
+    }
+
+    async fn run_session(
+        &mut self,
+        inbox: &mut mpsc::Receiver<SupervisorMessage>,
+    ) -> Result<(), JournalError> {
+        let spec = self.context.spec.clone();
+        self.journal(event::Kind::SessionStarted(SessionStarted {
+            claude_session_id: spec.claude_session_id.clone(),
+            mode: spec.mode.to_proto() as i32,
+            workspace_path: spec.workspace_dir.to_string_lossy().into_owned(),
+            model: spec.model.clone().unwrap_or_default(),
+            resumed: spec.resume,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+        .await?;
+        self.launch().await?;
+        while !self.exit_now {
+            let deadline = [self.kill_at, self.give_up_at, self.linger_until]
+                .into_iter()
+                .flatten()
+                .min();
+            tokio::select! {
+                message = inbox.recv() => match message {
+                    Some(message) => self.handle(message).await?,
+                    None => break,
+                },
+                () = sleep_until(deadline) => self.on_deadline().await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn journal(&self, kind: event::Kind) -> Result<u64, JournalError> {
+        let event = self.context.journal.append_async(kind).await?;
+        Ok(event.seq)
+    }
+
+    async fn launch(&mut self) -> Result<(), JournalError> {
+        let spec = self.context.spec.clone();
+        if let Some(reason) = claude::not_executable_reason(&spec.claude_bin) {
+            return self
+                .finish(Verdict {
+                    outcome: SessionOutcome::Failed,
+                    error_code: "E501",
+                    error_message: format!("claude code cannot be started: {reason}"),
+                })
+                .await;
+        }
+        if let Err(e) = self.start_claude().await {
+            tracing::error!(error = %e, "failed to start claude code");
+            self.context.tmux.kill_server().await.ok();
+            return self
+                .finish(Verdict {
+                    outcome: SessionOutcome::Failed,
+                    error_code: "E501",
+                    error_message: format!("claude code cannot be started: {e}"),
+                })
+                .await;
+        }
+        self.journal(event::Kind::InputAccepted(InputAccepted {
+            text: spec.prompt.clone(),
+            queued: false,
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn start_claude(&mut self) -> Result<(), StartError> {
+        let spec = self.context.spec.clone();
+        let layout = self.context.layout.clone();
+        let io = |action: &'static str, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| StartError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+
+        claude::prepare_config_dir(&spec.claude_config_dir, &spec.workspace_dir)?;
+        let hook_command = hooks::hook_command(&self.context.agent_exe, &layout.hook_socket);
+        let settings = serde_json::to_vec_pretty(&hooks::settings_json(&hook_command))
+            .expect("settings always serialize");
+        claude::write_atomically(&layout.hooks_settings, &settings)
+            .map_err(io("write", &layout.hooks_settings))?;
+        let arguments = claude::headless_arguments(&spec, &layout.hooks_settings);
+        let script = claude::launcher_script(&spec, &layout, &arguments);
+        claude::write_atomically(&layout.launcher_script, script.as_bytes())
+            .map_err(io("write", &layout.launcher_script))?;
+
+        for stale in [&layout.input_fifo, &layout.exit_status, &layout.claude_pid] {
+            match std::fs::remove_file(stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("remove", stale)(e));
+                }
+                _ => {}
+            }
+        }
+        nix::unistd::mkfifo(
+            &layout.input_fifo,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io("create the FIFO", &layout.input_fifo)(e.into()))?;
+        let start_offset = std::fs::metadata(&layout.stream)
+            .map(|m| m.len())
+            .unwrap_or(0);
+
+        // The prompt is queued before Claude Code exists; the writer delivers it as soon
+        // as Claude Code opens its stdin.
+        let (input, lines) = mpsc::unbounded_channel();
+        input
+            .send(claude::user_message_line(&spec.prompt))
+            .expect("the receiver is alive");
+        let shell_command = format!(
+            "exec /bin/sh {}",
+            claude::shell_quote(&layout.launcher_script.to_string_lossy())
+        );
+        let launcher_pid = self
+            .context
+            .tmux
+            .new_session(TMUX_SESSION_NAME, &spec.workspace_dir, &shell_command)
+            .await?;
+        tracing::info!(launcher_pid, socket = %self.context.tmux.socket().display(), "claude code launched in tmux");
+
+        self.writer_task = Some(tokio::spawn(headless_io::run_input_writer(
+            layout.input_fifo.clone(),
+            lines,
+        )));
+        self.input = Some(input);
+        self.turn_running = true;
+        self.tasks.push(tokio::spawn(headless_io::follow_stream(
+            layout.stream.clone(),
+            start_offset,
+            layout.exit_status.clone(),
+            launcher_pid,
+            self.context.inbox.clone(),
+        )));
+        match self.context.tmux.server_pid().await {
+            Ok(pid) => {
+                self.context.tmux_server_pid.send_replace(Some(pid));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to learn the tmux server pid; heartbeats will not cover it")
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, message: SupervisorMessage) -> Result<(), JournalError> {
+        match message {
+            SupervisorMessage::GetInfo { reply } => {
+                let _ = reply.send(self.info());
+            }
+            SupervisorMessage::SendInput { text, reply } => {
+                let response = self.accept_input(text).await?;
+                let _ = reply.send(response);
+            }
+            SupervisorMessage::Stop {
+                reason,
+                grace,
+                reply,
+            } => {
+                if self.phase == Phase::Finished {
+                    let _ = reply.send(());
+                    self.exit_now = true;
+                } else {
+                    self.stop_waiters.push(reply);
+                    if self.stop.is_none() {
+                        let grace = grace.unwrap_or_else(|| self.context.spec.stop_grace());
+                        self.begin_stop(StopIntent::Cancel { reason }, grace)
+                            .await?;
+                    }
+                }
+            }
+            SupervisorMessage::Terminate => {
+                if self.phase == Phase::Finished {
+                    self.exit_now = true;
+                } else if self.stop.is_none() {
+                    let grace = self.context.spec.stop_grace();
+                    self.begin_stop(StopIntent::Interrupt, grace).await?;
+                }
+            }
+            SupervisorMessage::Hook(delivery) => {
+                if let Some((status, detail)) = hooks::status_for_hook(&delivery.report)
+                    && self.phase != Phase::Finished
+                {
+                    self.set_status(status, &delivery.report.hook_event_name, detail)
+                        .await?;
+                }
+                let _ = delivery.handled.send(());
+            }
+            SupervisorMessage::Stream(StreamNews::Line(line)) => {
+                self.stream_lines += 1;
+                for kind in line.kinds {
+                    self.record_stream_event(kind, line.turn_cost_usd).await?;
+                }
+            }
+            SupervisorMessage::Stream(StreamNews::ClaudeExited { exit_code }) => {
+                self.on_claude_exited(exit_code).await?;
+            }
+            SupervisorMessage::Resources(sample) => {
+                let spec = &self.context.spec;
+                let heartbeat = Heartbeat {
+                    ts_ms: now_ms(),
+                    cpu_percent: sample.cpu_percent,
+                    memory_bytes: sample.memory_bytes,
+                    workspace_disk_bytes: sample.workspace_disk_bytes,
+                    status: self.status as i32,
+                    last_seq: self.context.journal.last_seq(),
+                    uptime_ms: self.context.started_at.elapsed().as_millis() as u64,
+                    interval_ms: spec.heartbeat_interval_ms.min(u32::MAX as u64) as u32,
+                };
+                // No subscribers is fine: heartbeats are observations, not journaled.
+                let _ = self.context.heartbeats.send(heartbeat);
+            }
+        }
+        Ok(())
+    }
+
+    fn info(&self) -> AgentInfo {
+        let spec = &self.context.spec;
+        AgentInfo {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            session_id: spec.session_id.clone(),
+            container_id: spec.container_id.clone(),
+            task_id: spec.task_id.clone(),
+            claude_session_id: spec.claude_session_id.clone(),
+            mode: spec.mode.to_proto() as i32,
+            status: self.status as i32,
+            started_at_ms: self.context.started_at_ms,
+            last_seq: self.context.journal.last_seq(),
+            workspace_path: spec.workspace_dir.to_string_lossy().into_owned(),
+            claude_code_version: self.claude_code_version.clone(),
+            pid: std::process::id(),
+        }
+    }
+
+    async fn accept_input(
+        &mut self,
+        text: String,
+    ) -> Result<Result<SendInputResponse, ServiceError>, JournalError> {
+        if text.trim().is_empty() {
+            return Ok(Err(ServiceError::InvalidArgument(
+                "the input text is empty".into(),
+            )));
+        }
+        let refusal = if self.phase == Phase::Finished {
+            Some("the session has finished")
+        } else if self.stop.is_some() {
+            Some("the session is stopping")
+        } else if self.input.is_none() {
+            Some("claude code's input is closed; the session is finishing")
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return Ok(Err(ServiceError::FailedPrecondition(refusal.into())));
+        }
+        // Headless Claude Code takes a new message only between turns, and between turns
+        // the agent immediately sends the queue or closes the input, so input that
+        // arrives while the process is alive always waits for the current turn.
+        let queued = self.turn_running;
+        let seq = self
+            .journal(event::Kind::InputAccepted(InputAccepted {
+                text: text.clone(),
+                queued,
+            }))
+            .await?;
+        if queued {
+            self.pending_inputs.push_back(text);
+        } else {
+            self.send_to_claude(&text);
+        }
+        Ok(Ok(SendInputResponse { queued, seq }))
+    }
+
+    fn send_to_claude(&mut self, text: &str) {
+        if let Some(input) = &self.input {
+            let _ = input.send(claude::user_message_line(text));
+            self.turn_running = true;
+        }
+    }
+
+    async fn record_stream_event(
+        &mut self,
+        kind: event::Kind,
+        turn_cost_usd: Option<f64>,
+    ) -> Result<(), JournalError> {
+        match kind {
+            event::Kind::ClaudeInit(init) => {
+                if self.last_init.as_ref() == Some(&init) {
+                    return Ok(());
+                }
+                self.claude_code_version = init.claude_code_version.clone();
+                self.last_init = Some(init.clone());
+                self.journal(event::Kind::ClaudeInit(init)).await?;
+            }
+            event::Kind::TurnResult(mut result) => {
+                // `total_cost_usd` is cumulative for the whole session as Claude Code
+                // remembers it (restored from the transcript on --resume), so the agent
+                // adds up turns instead; a Claude Code that does not report per-turn cost
+                // falls back to the growth of its total within this process.
+                let turn_cost = turn_cost_usd.unwrap_or_else(|| {
+                    (result.process_cost_usd - self.last_reported_total_usd.unwrap_or(0.0)).max(0.0)
+                });
+                self.last_reported_total_usd = Some(result.process_cost_usd);
+                self.process_spent_usd += turn_cost;
+                result.session_cost_usd = self.session_cost_usd();
+                self.last_result = Some(result.clone());
+                self.journal(event::Kind::TurnResult(result)).await?;
+                self.turn_running = false;
+                if self.stop.is_none() {
+                    match self.pending_inputs.pop_front() {
+                        Some(next) => self.send_to_claude(&next),
+                        // Nothing more to say: closing stdin lets Claude Code exit.
+                        None => self.input = None,
+                    }
+                }
+            }
+            other => {
+                self.journal(other).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn session_cost_usd(&self) -> f64 {
+        self.context.prior_cost_usd + self.process_spent_usd
+    }
+
+    async fn set_status(
+        &mut self,
+        status: SessionStatus,
+        hook_event: &str,
+        detail: String,
+    ) -> Result<(), JournalError> {
+        if self.status == status {
+            return Ok(());
+        }
+        self.status = status;
+        self.journal(event::Kind::StatusChanged(StatusChanged {
+            status: status as i32,
+            hook_event: hook_event.into(),
+            detail,
+        }))
+        .await?;
+        Ok(())
+    }
+
+    fn claude_pid(&mut self) -> Option<i32> {
+        if self.claude_pid.is_none() {
+            self.claude_pid = std::fs::read_to_string(&self.context.layout.claude_pid)
+                .ok()
+                .and_then(|text| text.trim().parse().ok());
+        }
+        self.claude_pid
+    }
+
+    fn signal_claude(&mut self, signal: Signal) -> bool {
+        let Some(pid) = self.claude_pid() else {
+            return false;
+        };
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+            Ok(()) => true,
+            // Already gone: its exit is on its way from the follower.
+            Err(nix::errno::Errno::ESRCH) => true,
+            Err(e) => {
+                tracing::warn!(pid, ?signal, error = %e, "failed to signal claude code");
+                false
+            }
+        }
+    }
+
+    async fn begin_stop(
+        &mut self,
+        intent: StopIntent,
+        grace: Duration,
+    ) -> Result<(), JournalError> {
+        let reason = match &intent {
+            StopIntent::Cancel { reason } => reason.clone(),
+            StopIntent::Interrupt => "SIGTERM".into(),
+        };
+        tracing::info!(%reason, grace_ms = grace.as_millis() as u64, "stopping claude code");
+        self.journal(event::Kind::StopRequested(StopRequested { reason }))
+            .await?;
+        self.stop = Some(intent);
+        self.pending_inputs.clear();
+        self.input = None;
+        // A prompt not yet delivered must not start a turn now.
+        if let Some(writer) = self.writer_task.take() {
+            writer.abort();
+        }
+        if !self.signal_claude(Signal::SIGTERM) {
+            // Claude Code has not exec'd yet: ending the tmux server ends its launcher.
+            self.context.tmux.kill_server().await.ok();
+        }
+        self.kill_at = Some(Instant::now() + grace);
+        Ok(())
+    }
+
+    async fn on_deadline(&mut self) -> Result<(), JournalError> {
+        let now = Instant::now();
+        if self.kill_at.is_some_and(|at| at <= now) {
+            self.kill_at = None;
+            tracing::warn!("claude code outlived the stop grace period; killing it");
+            if !self.signal_claude(Signal::SIGKILL) {
+                self.context.tmux.kill_server().await.ok();
+            }
+            self.give_up_at = Some(now + GIVE_UP_AFTER_KILL);
+        }
+        if self.give_up_at.is_some_and(|at| at <= now) {
+            self.give_up_at = None;
+            tracing::error!("claude code's exit was never reported; ending its tmux server");
+            self.context.tmux.kill_server().await.ok();
+            self.on_claude_exited(-1).await?;
+        }
+        if self.linger_until.is_some_and(|at| at <= now) {
+            self.linger_until = None;
+            self.exit_now = true;
+        }
+        Ok(())
+    }
+
+    async fn on_claude_exited(&mut self, exit_code: i32) -> Result<(), JournalError> {
+        if self.phase == Phase::Finished {
+            return Ok(());
+        }
+        tracing::info!(exit_code, "claude code exited");
+        self.input = None;
+        if let Some(writer) = self.writer_task.take() {
+            writer.abort();
+        }
+        self.kill_at = None;
+        self.give_up_at = None;
+        self.journal(event::Kind::ClaudeExited(ClaudeExited {
+            exit_code,
+            had_result: self.last_result.is_some(),
+        }))
+        .await?;
+        let mut verdict = verdict(
+            self.stop.as_ref(),
+            exit_code,
+            self.last_result.as_ref(),
+            self.stream_lines > 0,
+        );
+        if verdict.error_code == "E501"
+            && let Some(tail) = stderr_tail(&self.context.layout.stderr)
+        {
+            verdict.error_message = format!("{}: {tail}", verdict.error_message);
+        }
+        self.finish(verdict).await
+    }
+
+    async fn finish(&mut self, verdict: Verdict) -> Result<(), JournalError> {
+        if self.status != SessionStatus::Finished {
+            let detail = if verdict.error_message.is_empty() {
+                "claude code exited".to_string()
+            } else {
+                verdict.error_message.clone()
+            };
+            self.set_status(SessionStatus::Finished, "", detail).await?;
+        }
+        let result = self
+            .last_result
+            .as_ref()
+            .map(|r| r.result.clone())
+            .unwrap_or_default();
+        self.journal(event::Kind::SessionFinished(SessionFinished {
+            outcome: verdict.outcome as i32,
+            error_code: verdict.error_code.into(),
+            error_message: verdict.error_message,
+            result,
+            session_cost_usd: self.session_cost_usd(),
+        }))
+        .await?;
+        self.phase = Phase::Finished;
+        for waiter in self.stop_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        if self.stop.is_some() {
+            self.exit_now = true;
+        } else {
+            self.linger_until = Some(Instant::now() + self.context.spec.linger_after_finish());
+        }
+        Ok(())
+    }
+
+    async fn clean_up(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(writer) = self.writer_task.take() {
+            writer.abort();
+        }
+        if let Err(e) = self.context.tmux.kill_server().await {
+            tracing::warn!(error = %e, "failed to stop the tmux server");
+        }
+        let _ = std::fs::remove_file(&self.context.layout.input_fifo);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The last few hundred bytes of Claude Code's stderr, for an error message.
+fn stderr_tail(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
+    let start = text.len().saturating_sub(512);
+    let tail = String::from_utf8_lossy(&text[start..]).trim().to_string();
+    (!tail.is_empty()).then_some(tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(subtype: &str, is_error: bool, api_error_status: u32) -> TurnResult {
+        TurnResult {
+            subtype: subtype.into(),
+            is_error,
+            api_error_status,
+            result: "text".into(),
+            ..Default::default()
+        }
+    }
+
+    #[track_caller]
+    fn check(
+        stop: Option<StopIntent>,
+        exit_code: i32,
+        last: Option<TurnResult>,
+        wrote_output: bool,
+        expect: (SessionOutcome, &str),
+    ) {
+        let got = verdict(stop.as_ref(), exit_code, last.as_ref(), wrote_output);
+        assert_eq!((got.outcome, got.error_code), expect, "{got:?}");
+    }
+
+    #[test]
+    fn verdicts_follow_the_error_code_table() {
+        use SessionOutcome::*;
+        let ok = || Some(result("success", false, 0));
+        check(None, 0, ok(), true, (Succeeded, ""));
+        check(
+            None,
+            1,
+            Some(result("success", true, 401)),
+            true,
+            (Failed, "E401"),
+        );
+        check(
+            None,
+            1,
+            Some(result("success", true, 403)),
+            true,
+            (Failed, "E401"),
+        );
+        check(
+            None,
+            1,
+            Some(result("success", true, 500)),
+            true,
+            (Failed, "E505"),
+        );
+        check(
+            None,
+            1,
+            Some(result("success", true, 529)),
+            true,
+            (Failed, "E505"),
+        );
+        check(
+            None,
+            1,
+            Some(result("success", true, 429)),
+            true,
+            (Failed, "E505"),
+        );
+        check(
+            None,
+            1,
+            Some(result("success", true, 400)),
+            true,
+            (Failed, "E600"),
+        );
+        check(
+            None,
+            1,
+            Some(result("error_max_turns", true, 0)),
+            true,
+            (Failed, "E600"),
+        );
+        check(
+            None,
+            1,
+            Some(result("error_during_execution", true, 0)),
+            true,
+            (Failed, "E600"),
+        );
+        check(
+            None,
+            1,
+            Some(result("error_max_budget_usd", true, 0)),
+            true,
+            (Failed, "E300"),
+        );
+        check(None, 127, None, false, (Failed, "E501"));
+        check(None, 126, None, false, (Failed, "E501"));
+        check(None, 143, None, true, (Interrupted, "E602"));
+        check(None, -1, None, false, (Interrupted, "E602"));
+        let cancel = || {
+            Some(StopIntent::Cancel {
+                reason: "user".into(),
+            })
+        };
+        check(cancel(), 143, None, true, (Cancelled, "E601"));
+        check(cancel(), 0, ok(), true, (Cancelled, "E601"));
+        check(
+            Some(StopIntent::Interrupt),
+            143,
+            None,
+            true,
+            (Interrupted, "E602"),
+        );
+    }
+}

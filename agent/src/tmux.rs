@@ -1,0 +1,224 @@
+//! The agent's private tmux server. Every tmux invocation in the agent goes through here.
+//!
+//! Promises:
+//! - Every command carries `-S <socket>`: the agent never talks to (or starts) the user's
+//!   default tmux server, whatever `TMUX`, `TMUX_TMPDIR` or `~/.tmux.conf` say. It also
+//!   carries `-f /dev/null`, so a user's tmux configuration cannot change how the session
+//!   runs (default shell, hooks, `exit-empty`).
+//! - Every tmux process runs with exactly the environment given to [`TmuxServer::new`]
+//!   (the agent's own environment is cleared first). The server takes its global
+//!   environment from the client that starts it, so this is what Claude Code sees; it is
+//!   how the session secret is kept out of tmux and Claude Code.
+//!
+//! Commands are built with `tmux_interface` (`Tmux::socket_path`, `NewSession`, …) and
+//! converted to a `std::process::Command`, which is then run as a `tokio::process` child:
+//! `tmux_interface` can express every tmux command used here, but it has no way to set the
+//! child's environment and only runs commands synchronously, and the agent needs both.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tmux_interface::{
+    DisplayMessage, HasSession, KillServer, NewSession, StdIO, Tmux, TmuxCommand,
+};
+
+/// tmux failures. Each message reads after "failed to ".
+#[derive(Debug, thiserror::Error)]
+pub enum TmuxError {
+    /// The tmux binary could not be run at all.
+    #[error("run tmux {command}: {source}")]
+    Spawn {
+        command: &'static str,
+        source: std::io::Error,
+    },
+    /// tmux ran and reported an error.
+    #[error("run tmux {command}: exit status {status}: {stderr}")]
+    Failed {
+        command: &'static str,
+        status: String,
+        stderr: String,
+    },
+    /// tmux printed something we could not read.
+    #[error("read the output of tmux {command}: {output:?}")]
+    UnexpectedOutput {
+        command: &'static str,
+        output: String,
+    },
+}
+
+/// A tmux server on its own socket.
+#[derive(Clone, Debug)]
+pub struct TmuxServer {
+    socket: PathBuf,
+    environment: Vec<(OsString, OsString)>,
+}
+
+impl TmuxServer {
+    /// A handle for the server at `socket`; nothing is started until a session is created.
+    pub fn new(socket: &Path, environment: Vec<(OsString, OsString)>) -> TmuxServer {
+        TmuxServer {
+            socket: socket.to_path_buf(),
+            environment,
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn command<'a>(&'a self, subcommand: impl Into<TmuxCommand<'a>>) -> tokio::process::Command {
+        let std_command = Tmux::new()
+            .socket_path(self.socket.to_string_lossy())
+            .file("/dev/null")
+            .add_command(subcommand)
+            .stdin(Some(StdIO::Null))
+            .into_command();
+        let mut command = tokio::process::Command::from(std_command);
+        command
+            .env_clear()
+            .envs(self.environment.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn run<'a>(
+        &'a self,
+        name: &'static str,
+        subcommand: impl Into<TmuxCommand<'a>>,
+    ) -> Result<String, TmuxError> {
+        let output =
+            self.command(subcommand)
+                .output()
+                .await
+                .map_err(|source| TmuxError::Spawn {
+                    command: name,
+                    source,
+                })?;
+        if !output.status.success() {
+            return Err(TmuxError::Failed {
+                command: name,
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    /// Starts a detached session running `shell_command` in `cwd` (starting the server if
+    /// needed) and returns the pid of the pane's process.
+    pub async fn new_session(
+        &self,
+        session_name: &str,
+        cwd: &Path,
+        shell_command: &str,
+    ) -> Result<u32, TmuxError> {
+        let cwd = cwd.to_string_lossy();
+        let output = self
+            .run(
+                "new-session",
+                NewSession::new()
+                    .detached()
+                    .print()
+                    .format("#{pane_pid}")
+                    .session_name(session_name)
+                    .start_directory(cwd)
+                    .width(200)
+                    .height(50)
+                    .shell_command(shell_command),
+            )
+            .await?;
+        output.parse().map_err(|_| TmuxError::UnexpectedOutput {
+            command: "new-session",
+            output,
+        })
+    }
+
+    /// The pid of the tmux server process (the root of the session's process tree).
+    pub async fn server_pid(&self) -> Result<u32, TmuxError> {
+        let output = self
+            .run(
+                "display-message",
+                DisplayMessage::new().print().message("#{pid}"),
+            )
+            .await?;
+        output.parse().map_err(|_| TmuxError::UnexpectedOutput {
+            command: "display-message",
+            output,
+        })
+    }
+
+    /// Whether the server is up and has `session_name`.
+    pub async fn has_session(&self, session_name: &str) -> bool {
+        self.run(
+            "has-session",
+            HasSession::new().target_session(session_name),
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Stops the server and everything running in it (panes get SIGHUP). Succeeds when no
+    /// server is running.
+    pub async fn kill_server(&self) -> Result<(), TmuxError> {
+        match self.run("kill-server", KillServer::new()).await {
+            Ok(_) => Ok(()),
+            Err(TmuxError::Failed { stderr, .. })
+                if stderr.contains("no server running")
+                    || stderr.contains("error connecting")
+                    || stderr.contains("No such file") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path_environment() -> Vec<(OsString, OsString)> {
+        std::env::vars_os()
+            .filter(|(k, _)| k == "PATH" || k == "HOME")
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_private_server_runs_a_command_with_only_the_given_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tmux.sock");
+        let mut environment = path_environment();
+        environment.push(("PARHELIA_TEST_MARK".into(), "visible".into()));
+        let tmux = TmuxServer::new(&socket, environment);
+        assert!(!tmux.has_session("s").await);
+
+        let out = dir.path().join("env.txt");
+        let command = format!("env > '{}'; sleep 30", out.display());
+        let pane_pid = tmux.new_session("s", dir.path(), &command).await.unwrap();
+        assert!(pane_pid > 0);
+        assert!(socket.exists(), "the server listens on our socket");
+        assert!(tmux.has_session("s").await);
+        assert!(tmux.server_pid().await.unwrap() > 0);
+
+        // The environment the pane sees: ours, and nothing of the test process's.
+        let env = loop {
+            if let Ok(text) = std::fs::read_to_string(&out)
+                && text.contains("PARHELIA_TEST_MARK")
+            {
+                break text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(env.contains("PARHELIA_TEST_MARK=visible"));
+        assert!(!env.contains("CARGO_PKG_NAME"), "{env}");
+
+        tmux.kill_server().await.unwrap();
+        assert!(!tmux.has_session("s").await);
+        // Killing a server that is gone is not an error.
+        tmux.kill_server().await.unwrap();
+    }
+}

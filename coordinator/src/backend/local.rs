@@ -1,0 +1,376 @@
+//! The `local` backend: the agent runs as a detached local process, the
+//! "volume" is a directory in the state directory, and the endpoint is
+//! loopback.
+//!
+//! Launch: copy the workspace into `sessions/<sid>/workspace/`, create the
+//! volume, config and runtime directories, write `containers/<cid>/spec.json`
+//! (no secret), then start `parhelia-agent run --spec … --label
+//! parhelia.coordinator=<id>` in its own session (setsid) with stdio going to
+//! `containers/<cid>/runtime/agent.log`. The agent is not a child that dies
+//! with the coordinator or the CLI.
+//!
+//! Detaching without `unsafe`: the agent is started through the `parhelia`
+//! binary's hidden `internal-detach` command, which calls `setsid()` and then
+//! `exec`s the agent, so the process id we get is the agent's.
+//!
+//! Isolation: bubblewrap is **not** used yet. The agent runs with the
+//! coordinator's user and sees the whole file system; only its environment
+//! is cleared down to what Claude Code needs. (Planned: when `bwrap` is on
+//! PATH, wrap the agent so it sees only its session directories, its
+//! container directory and read-only system paths.)
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+
+use super::workspace_copy::copy_tree;
+use super::{Backend, ContainerHandle, Endpoint, LaunchRequest, ObservedContainer};
+use crate::binaries::resolve_agent_bin;
+use crate::error::coded;
+use crate::error_codes;
+use crate::plan::{self, LocalLayout};
+use crate::spec::AgentRuntimeInfo;
+
+/// The label every agent we start carries on its command line.
+pub const LABEL_KEY: &str = "parhelia.coordinator";
+
+/// Environment variables the coordinator passes on from its own
+/// environment when the request does not carry them.
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "TMPDIR", "RUST_LOG", "LANG"];
+
+pub struct LocalBackend {
+    state_root: PathBuf,
+    coordinator_id: String,
+    /// The executable that runs `internal-detach` (normally `parhelia` itself).
+    launcher: PathBuf,
+    endpoint_timeout: Duration,
+    /// Exit statuses of agents this process started and saw exit.
+    exited: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl LocalBackend {
+    pub fn new(state_root: PathBuf, coordinator_id: String, launcher: PathBuf) -> Self {
+        Self {
+            state_root,
+            coordinator_id,
+            launcher,
+            endpoint_timeout: Duration::from_secs(30),
+            exited: Arc::default(),
+        }
+    }
+
+    pub fn with_endpoint_timeout(mut self, timeout: Duration) -> Self {
+        self.endpoint_timeout = timeout;
+        self
+    }
+
+    pub fn label(&self) -> String {
+        format!("{LABEL_KEY}={}", self.coordinator_id)
+    }
+
+    fn layout(&self, session_id: &str, container_id: &str) -> LocalLayout {
+        plan::local_layout(&self.state_root, session_id, container_id)
+    }
+
+    fn container_runtime_dir(&self, container_id: &str) -> PathBuf {
+        self.state_root
+            .join("containers")
+            .join(container_id)
+            .join("runtime")
+    }
+
+    fn read_runtime_info(&self, container_id: &str) -> Option<AgentRuntimeInfo> {
+        let path = self.container_runtime_dir(container_id).join("agent.json");
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Our agent is running as `pid`: the process exists, is not a zombie,
+    /// and its command line names the agent and carries our label.
+    fn is_our_agent(&self, pid: u32) -> bool {
+        process_matches(pid, &self.label())
+    }
+
+    fn exit_status_of(&self, container_id: &str) -> Option<String> {
+        self.exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(container_id)
+            .cloned()
+    }
+}
+
+/// Reads `/proc/<pid>/cmdline` and checks it is a live agent with `label`.
+pub fn process_matches(pid: u32, label: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    args.iter()
+        .any(|a| a.contains(crate::binaries::AGENT_BIN_NAME))
+        && args.iter().any(|a| a == label)
+}
+
+fn private_dir(path: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// Writes a file atomically: temp file, fsync, rename.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// The last `n` lines of a log file, for error messages.
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn launch(&self, request: &LaunchRequest) -> Result<ContainerHandle> {
+        let ids = &request.ids;
+        let layout = self.layout(&ids.session_id, &ids.container_id);
+        for dir in [
+            &layout.session_dir,
+            &layout.volume_dir,
+            &layout.container_dir,
+            &layout.claude_config_dir,
+            &layout.runtime_dir,
+        ] {
+            private_dir(dir)?;
+        }
+
+        match &request.workspace_source {
+            Some(source) => {
+                let (source, target, exclude) = (
+                    source.clone(),
+                    layout.workspace_dir.clone(),
+                    vec![self.state_root.clone()],
+                );
+                let stats =
+                    tokio::task::spawn_blocking(move || copy_tree(&source, &target, &exclude))
+                        .await
+                        .context("the workspace copy panicked")?
+                        .context("copying the workspace into the session")?;
+                tracing::info!(
+                    container_id = %ids.container_id,
+                    files = stats.files,
+                    bytes = stats.bytes,
+                    "workspace copied"
+                );
+            }
+            None => private_dir(&layout.workspace_dir)?,
+        }
+
+        let spec = plan::agent_spec(&request.session, ids, &layout, &request.claude_bin);
+        write_atomically(&layout.spec_path, &serde_json::to_vec_pretty(&spec)?)?;
+
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let agent_bin = resolve_agent_bin(
+            request.agent_bin.as_deref(),
+            std::env::current_exe().ok().as_deref(),
+            std::env::var_os("PATH").as_deref(),
+            &cwd,
+        )?;
+
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&layout.agent_log_path)
+            .with_context(|| format!("opening {}", layout.agent_log_path.display()))?;
+        let mut command = tokio::process::Command::new(&self.launcher);
+        command
+            .arg("internal-detach")
+            .arg("--")
+            .arg(&agent_bin)
+            .arg("run")
+            .arg("--spec")
+            .arg(&layout.spec_path)
+            .arg("--label")
+            .arg(self.label())
+            .current_dir(&layout.workspace_dir)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        for (key, value) in &request.env {
+            if !key.starts_with("PARHELIA_") {
+                command.env(key, value);
+            }
+        }
+        for key in INHERITED_ENV {
+            if !request.env.contains_key(*key)
+                && let Some(value) = std::env::var_os(key)
+            {
+                command.env(key, value);
+            }
+        }
+        command.env("PARHELIA_SESSION_SECRET", request.secret.expose());
+
+        let mut child = command.spawn().map_err(|e| {
+            coded(
+                error_codes::AGENT_FAILED_TO_START,
+                format!("cannot start {}: {e}", agent_bin.display()),
+            )
+        })?;
+        let pid = child.id();
+        tracing::info!(container_id = %ids.container_id, pid, agent = %agent_bin.display(), "agent started");
+
+        // Reap the agent when it exits, and remember how it ended so
+        // `endpoint()` can fail fast instead of waiting out its deadline.
+        let exited = Arc::clone(&self.exited);
+        let container_id = ids.container_id.clone();
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            tracing::info!(%container_id, %status, "agent exited");
+            exited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(container_id, status);
+        });
+
+        Ok(ContainerHandle {
+            container_id: ids.container_id.clone(),
+            pid,
+            workspace_dir: layout.workspace_dir,
+            volume_dir: layout.volume_dir,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedContainer>> {
+        let mut observed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.state_root.join("containers")) else {
+            return Ok(observed);
+        };
+        for entry in entries.flatten() {
+            let container_id = entry.file_name().to_string_lossy().into_owned();
+            let Some(info) = self.read_runtime_info(&container_id) else {
+                continue;
+            };
+            if self.is_our_agent(info.pid) {
+                observed.push(ObservedContainer {
+                    container_id,
+                    session_id: info.session_id.clone(),
+                    pid: Some(info.pid),
+                    endpoint: Some(info.endpoint_uri()),
+                });
+            }
+        }
+        observed.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        Ok(observed)
+    }
+
+    async fn terminate(&self, container_id: &str) -> Result<()> {
+        let Some(info) = self.read_runtime_info(container_id) else {
+            return Ok(());
+        };
+        if !self.is_our_agent(info.pid) {
+            return Ok(());
+        }
+        let pid = nix::unistd::Pid::from_raw(info.pid as i32);
+        match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("signalling the agent of {container_id}")),
+        }
+    }
+
+    async fn endpoint(&self, container_id: &str) -> Result<Endpoint> {
+        let started = Instant::now();
+        let log = self.container_runtime_dir(container_id).join("agent.log");
+        loop {
+            if let Some(info) = self.read_runtime_info(container_id)
+                && (info.container_id.is_empty() || info.container_id == container_id)
+            {
+                if self.is_our_agent(info.pid) {
+                    return Ok(Endpoint {
+                        uri: info.endpoint_uri(),
+                        pid: Some(info.pid),
+                    });
+                }
+                if self.exit_status_of(container_id).is_some()
+                    || started.elapsed() > Duration::from_secs(2)
+                {
+                    return Err(coded(
+                        error_codes::AGENT_UNREACHABLE,
+                        format!(
+                            "the agent of {container_id} (pid {}) is not running",
+                            info.pid
+                        ),
+                    ));
+                }
+            }
+            if let Some(status) = self.exit_status_of(container_id) {
+                let tail = log_tail(&log, 3);
+                let mut message = format!(
+                    "the agent of {container_id} exited ({status}) before it was ready; log: {}",
+                    log.display()
+                );
+                if !tail.is_empty() {
+                    message.push_str(&format!("\n{tail}"));
+                }
+                return Err(coded(error_codes::AGENT_FAILED_TO_START, message));
+            }
+            if started.elapsed() > self.endpoint_timeout {
+                return Err(coded(
+                    error_codes::AGENT_FAILED_TO_START,
+                    format!(
+                        "the agent of {container_id} did not announce its endpoint within {}s; log: {}",
+                        self.endpoint_timeout.as_secs(),
+                        log.display()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The body of `parhelia internal-detach -- PROGRAM ARGS…`: leave the
+/// caller's session and process group, then become `PROGRAM`.
+pub fn detach_and_exec(command: &[OsString]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("parhelia internal-detach: no program given");
+        return 2;
+    };
+    if let Err(e) = nix::unistd::setsid() {
+        eprintln!("parhelia internal-detach: setsid failed: {e}");
+        return 1;
+    }
+    let err = std::process::Command::new(program).args(args).exec();
+    eprintln!(
+        "parhelia internal-detach: cannot exec {}: {err}",
+        Path::new(program).display()
+    );
+    127
+}

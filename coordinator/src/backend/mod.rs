@@ -1,0 +1,80 @@
+//! Where sessions run. A [`Backend`] launches an agent for a container,
+//! lists the containers that are really there, terminates them, and says how
+//! to reach an agent. The first implementation is [`local::LocalBackend`]
+//! (a detached local process, loopback endpoint); Modal comes later behind
+//! the same trait.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::ids::SessionSecret;
+use crate::plan::{LaunchIds, SessionRequest};
+
+pub mod local;
+pub mod workspace_copy;
+
+/// Everything a backend needs to launch one container.
+#[derive(Clone, Debug)]
+pub struct LaunchRequest {
+    pub ids: LaunchIds,
+    pub session: SessionRequest,
+    /// The user's directory to copy into the session, or `None` for an
+    /// empty workspace.
+    pub workspace_source: Option<PathBuf>,
+    /// Absolute path of the `claude` binary.
+    pub claude_bin: PathBuf,
+    /// Explicit agent binary (else the backend's default lookup).
+    pub agent_bin: Option<PathBuf>,
+    /// Environment for Claude Code (no `PARHELIA_*` entries). Held in memory only.
+    pub env: BTreeMap<String, String>,
+    pub secret: SessionSecret,
+}
+
+/// What a launch started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerHandle {
+    pub container_id: String,
+    /// The agent's process id, where the backend has one.
+    pub pid: Option<u32>,
+    /// Where the session's workspace lives, as the backend sees it.
+    pub workspace_dir: PathBuf,
+    pub volume_dir: PathBuf,
+}
+
+/// A container the backend observes running (ours only, found by our label).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub container_id: String,
+    pub session_id: String,
+    pub pid: Option<u32>,
+    pub endpoint: Option<String>,
+}
+
+/// How to reach an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub uri: String,
+    pub pid: Option<u32>,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The backend's name (`local`, `modal`).
+    fn name(&self) -> &'static str;
+
+    /// Prepares the session and starts its agent. Returns once the agent
+    /// process has been started; it need not be answering yet.
+    async fn launch(&self, request: &LaunchRequest) -> anyhow::Result<ContainerHandle>;
+
+    /// Containers of this coordinator that are really running.
+    async fn list(&self) -> anyhow::Result<Vec<ObservedContainer>>;
+
+    /// Stops a container (its agent journals the interruption and exits).
+    async fn terminate(&self, container_id: &str) -> anyhow::Result<()>;
+
+    /// Waits (with a deadline) until the container's agent announces where
+    /// it listens.
+    async fn endpoint(&self, container_id: &str) -> anyhow::Result<Endpoint>;
+}

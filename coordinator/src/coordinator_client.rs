@@ -1,0 +1,118 @@
+//! The CLI's side of the control channel: gRPC over the coordinator's Unix
+//! socket, and starting the coordinator on demand (like a tmux server).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hyper_util::rt::TokioIo;
+use parhelia_proto::coordinator_client::CoordinatorClient;
+use parhelia_proto::{PingRequest, PingResponse};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::error::coded;
+use crate::error_codes;
+use crate::state_dir::StateDir;
+
+/// How long the CLI waits for a coordinator it started to answer.
+/// `$PARHELIA_COORDINATOR_START_TIMEOUT_MS` overrides it.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Connects to the coordinator's socket (no retries, no auto-start).
+pub async fn connect(socket: &Path) -> Result<CoordinatorClient<Channel>> {
+    let socket: PathBuf = socket.to_path_buf();
+    // The URI is required by the API but unused: the connector ignores it.
+    let channel = Endpoint::from_static("http://parhelia.coordinator")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await?;
+    Ok(CoordinatorClient::new(channel))
+}
+
+/// Pings the coordinator of `state`; `None` when nothing answers.
+pub async fn ping(state: &StateDir) -> Option<(CoordinatorClient<Channel>, PingResponse)> {
+    let socket = state.socket_path();
+    if !socket.exists() {
+        return None;
+    }
+    let mut client = connect(&socket).await.ok()?;
+    let mut request = tonic::Request::new(PingRequest {});
+    request.set_timeout(Duration::from_secs(5));
+    let pong = client.ping(request).await.ok()?.into_inner();
+    Some((client, pong))
+}
+
+/// Returns a client for the running coordinator, starting one (detached,
+/// logging to `coordinator.log`) when none answers. E504 if it never does.
+pub async fn connect_or_start(state: &StateDir) -> Result<CoordinatorClient<Channel>> {
+    if let Some((client, _)) = ping(state).await {
+        return Ok(client);
+    }
+    let exe = std::env::current_exe().context("finding the parhelia executable")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.log_path())
+        .with_context(|| format!("opening {}", state.log_path().display()))?;
+    let mut child = std::process::Command::new(exe)
+        .arg("--state-dir")
+        .arg(state.root())
+        .args(["coordinator", "run", "--detached"])
+        .current_dir(state.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| {
+            coded(
+                error_codes::COORDINATOR_UNAVAILABLE,
+                format!("cannot start the coordinator: {e}"),
+            )
+        })?;
+    tracing::debug!(pid = child.id(), "started the coordinator");
+
+    let timeout = std::env::var("PARHELIA_COORDINATOR_START_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_START_TIMEOUT);
+    let started = Instant::now();
+    let mut exited = None;
+    loop {
+        if let Some((client, _)) = ping(state).await {
+            return Ok(client);
+        }
+        if exited.is_none()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            exited = Some(status);
+        }
+        // A coordinator that exited may have lost a start race to another
+        // one; keep pinging briefly before giving up.
+        let deadline = if exited.is_some() {
+            timeout.min(Duration::from_secs(3))
+        } else {
+            timeout
+        };
+        if started.elapsed() > deadline {
+            let why = match exited {
+                Some(status) => format!("it exited ({status})"),
+                None => format!("it did not answer within {}s", timeout.as_secs()),
+            };
+            return Err(coded(
+                error_codes::COORDINATOR_UNAVAILABLE,
+                format!(
+                    "the coordinator is unavailable: {why} on {}; log: {}",
+                    state.socket_path().display(),
+                    state.log_path().display()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

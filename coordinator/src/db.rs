@@ -1,0 +1,1106 @@
+//! The coordinator's SQLite database: what must survive a restart.
+//!
+//! One file, `parhelia.db`, in WAL mode so the CLI reads while the
+//! coordinator writes. The schema is versioned with `PRAGMA user_version`;
+//! [`MIGRATIONS`] is the ordered list of steps, and [`Db::open`] brings any
+//! older file up to date (and refuses a file from a newer Parhelia). The
+//! schema is documented in `docs/formats/database.md`.
+//!
+//! Architecture invariant: the session secret is read only through
+//! [`Db::session_secret`]; no record type that is printed or serialized
+//! carries it.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{Context, Result};
+use parhelia_proto::{Event, Heartbeat, SessionOutcome, SessionStatus, event::Kind};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::error::{CodedError, coded};
+use crate::error_codes;
+use crate::ids::{SessionSecret, new_coordinator_id, now_ms};
+use crate::task_state::{self, TaskStatus};
+
+/// Schema steps; `MIGRATIONS[i]` takes the database from version `i` to
+/// `i + 1`. Never edit a released step: append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the walking skeleton.
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE tasks (
+    id             TEXT PRIMARY KEY,
+    prompt         TEXT NOT NULL,
+    task_type      TEXT NOT NULL,
+    backend        TEXT NOT NULL,
+    workspace      TEXT,
+    model          TEXT,
+    max_turns      INTEGER,
+    status         TEXT NOT NULL CHECK (status IN
+                     ('pending', 'running', 'completed', 'failed', 'cancelled', 'interrupted')),
+    session_id     TEXT,
+    container_id   TEXT,
+    cost_usd       REAL NOT NULL DEFAULT 0,
+    result         TEXT,
+    error_code     TEXT,
+    error_message  TEXT,
+    created_at_ms  INTEGER NOT NULL,
+    started_at_ms  INTEGER,
+    finished_at_ms INTEGER,
+    updated_at_ms  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX tasks_by_status ON tasks (status, created_at_ms);
+
+CREATE TABLE sessions (
+    id                TEXT PRIMARY KEY,
+    task_id           TEXT NOT NULL REFERENCES tasks (id),
+    claude_session_id TEXT NOT NULL,
+    mode              TEXT NOT NULL,
+    secret            TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    outcome           TEXT,
+    workspace_dir     TEXT NOT NULL,
+    volume_dir        TEXT NOT NULL,
+    cost_usd          REAL NOT NULL DEFAULT 0,
+    created_at_ms     INTEGER NOT NULL,
+    finished_at_ms    INTEGER
+) STRICT;
+
+CREATE TABLE containers (
+    id                TEXT PRIMARY KEY,
+    session_id        TEXT NOT NULL REFERENCES sessions (id),
+    task_id           TEXT NOT NULL REFERENCES tasks (id),
+    backend           TEXT NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN
+                        ('launching', 'running', 'terminated', 'failed', 'lost')),
+    endpoint          TEXT,
+    pid               INTEGER,
+    created_at_ms     INTEGER NOT NULL,
+    started_at_ms     INTEGER,
+    terminated_at_ms  INTEGER,
+    last_heartbeat_ms INTEGER
+) STRICT;
+
+CREATE TABLE events (
+    id           INTEGER PRIMARY KEY,
+    container_id TEXT NOT NULL REFERENCES containers (id),
+    session_id   TEXT NOT NULL,
+    task_id      TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    ts_ms        INTEGER NOT NULL,
+    type         TEXT NOT NULL,
+    level        TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    UNIQUE (container_id, seq)
+) STRICT;
+CREATE INDEX events_by_task ON events (task_id, id);
+
+CREATE TABLE heartbeats (
+    id                   INTEGER PRIMARY KEY,
+    container_id         TEXT NOT NULL REFERENCES containers (id),
+    ts_ms                INTEGER NOT NULL,
+    cpu_percent          REAL NOT NULL,
+    memory_bytes         INTEGER NOT NULL,
+    workspace_disk_bytes INTEGER NOT NULL,
+    status               TEXT NOT NULL
+) STRICT;
+CREATE INDEX heartbeats_by_container ON heartbeats (container_id, ts_ms);
+"#,
+];
+
+/// The schema version this build writes.
+pub const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Container states as stored.
+pub mod container_state {
+    pub const LAUNCHING: &str = "launching";
+    pub const RUNNING: &str = "running";
+    pub const TERMINATED: &str = "terminated";
+    pub const FAILED: &str = "failed";
+    pub const LOST: &str = "lost";
+}
+
+/// Brings `conn` to `target` (at most [`LATEST_VERSION`]). Runs in one
+/// immediate transaction, so two processes opening a fresh file at once
+/// migrate it once.
+pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
+    // The common case, an up-to-date file, needs no write lock.
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current == target.min(LATEST_VERSION) {
+        return Ok(current);
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > LATEST_VERSION {
+        return Err(coded(
+            error_codes::STATE_UNAVAILABLE,
+            format!(
+                "database schema version {current} is newer than this parhelia understands ({LATEST_VERSION})"
+            ),
+        ));
+    }
+    for version in current..target.min(LATEST_VERSION) {
+        tx.execute_batch(MIGRATIONS[version as usize])
+            .with_context(|| format!("migrating the database to version {}", version + 1))?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+    }
+    let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    tx.commit()?;
+    Ok(now)
+}
+
+/// A task as stored (never holds the secret).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRecord {
+    pub id: String,
+    pub prompt: String,
+    pub task_type: String,
+    pub backend: String,
+    pub workspace: Option<String>,
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub status: TaskStatus,
+    pub session_id: Option<String>,
+    pub container_id: Option<String>,
+    pub cost_usd: f64,
+    pub result: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// A container as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub session_id: String,
+    pub task_id: String,
+    pub backend: String,
+    pub state: String,
+    pub endpoint: Option<String>,
+    pub pid: Option<u32>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub terminated_at_ms: Option<i64>,
+    pub last_heartbeat_ms: Option<i64>,
+}
+
+/// Everything recorded when a task is submitted, in one transaction.
+#[derive(Clone, Debug)]
+pub struct NewLaunch {
+    pub task_id: String,
+    pub session_id: String,
+    pub container_id: String,
+    pub claude_session_id: String,
+    pub prompt: String,
+    pub task_type: String,
+    pub backend: String,
+    pub workspace: Option<String>,
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub mode: String,
+    pub secret: SessionSecret,
+    pub workspace_dir: PathBuf,
+    pub volume_dir: PathBuf,
+}
+
+/// One stored event, as read back for `task watch`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub rowid: i64,
+    pub container_id: String,
+    pub seq: u64,
+    pub event: Event,
+}
+
+/// A running session, for `parhelia status`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunningSession {
+    pub session_id: String,
+    pub task_id: String,
+    pub container_id: String,
+    pub status: String,
+    pub cost_usd: f64,
+    pub started_at_ms: Option<i64>,
+    pub last_heartbeat_ms: Option<i64>,
+}
+
+/// A session as stored, without its secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub task_id: String,
+    pub claude_session_id: String,
+    pub mode: String,
+    pub status: String,
+    pub outcome: Option<String>,
+    pub workspace_dir: String,
+    pub volume_dir: String,
+    pub cost_usd: f64,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// The session's (latest) container.
+    pub container_id: Option<String>,
+}
+
+/// What storing an event did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// False when (container, seq) was already stored.
+    pub inserted: bool,
+    /// The task's new status when this event ended the session.
+    pub task_finished: Option<TaskStatus>,
+}
+
+/// The identity of a container's stream, attached to every stored event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRef {
+    pub container_id: String,
+    pub session_id: String,
+    pub task_id: String,
+}
+
+/// Fields set together with a status change.
+#[derive(Clone, Debug, Default)]
+pub struct TaskUpdate {
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub result: Option<String>,
+    pub cost_usd: Option<f64>,
+}
+
+/// The database handle. Cheap operations run under a mutex; SQLite calls
+/// are short, so async callers use it directly.
+pub struct Db {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut conn = Connection::open(path).map_err(|e| {
+            CodedError::new(
+                error_codes::STATE_UNAVAILABLE,
+                format!("cannot open the database {}: {e}", path.display()),
+            )
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(mode, "the database is not in WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate_to(&mut conn, LATEST_VERSION)?;
+        // The database holds session secrets: owner only.
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::debug!("cannot restrict {}: {e}", path.display());
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (statements
+        // are atomic), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This state directory's coordinator id (the label on our containers),
+    /// created on first use.
+    pub fn coordinator_id(&self) -> Result<String> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('coordinator_id', ?1)",
+            [new_coordinator_id()],
+        )?;
+        Ok(conn.query_row(
+            "SELECT value FROM meta WHERE key = 'coordinator_id'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Records a new task (pending) with its session and container.
+    pub fn insert_launch(&self, launch: &NewLaunch) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO tasks (id, prompt, task_type, backend, workspace, model, max_turns, status,
+                                session_id, container_id, created_at_ms, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10)",
+            params![
+                launch.task_id,
+                launch.prompt,
+                launch.task_type,
+                launch.backend,
+                launch.workspace,
+                launch.model,
+                launch.max_turns,
+                launch.session_id,
+                launch.container_id,
+                now
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO sessions (id, task_id, claude_session_id, mode, secret, status,
+                                   workspace_dir, volume_dir, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'starting', ?6, ?7, ?8)",
+            params![
+                launch.session_id,
+                launch.task_id,
+                launch.claude_session_id,
+                launch.mode,
+                launch.secret.expose(),
+                launch.workspace_dir.to_string_lossy(),
+                launch.volume_dir.to_string_lossy(),
+                now
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO containers (id, session_id, task_id, backend, state, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, 'launching', ?5)",
+            params![
+                launch.container_id,
+                launch.session_id,
+                launch.task_id,
+                launch.backend,
+                now
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Moves a task to `to` through the state machine (E603 when illegal).
+    pub fn transition_task(
+        &self,
+        task_id: &str,
+        to: TaskStatus,
+        update: &TaskUpdate,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        transition_task_in(&tx, task_id, to, update)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>> {
+        let conn = self.conn();
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+        Ok(conn.query_row(&sql, [task_id], task_from_row).optional()?)
+    }
+
+    /// Tasks, newest first, optionally only those in `status`.
+    pub fn list_tasks(&self, status: Option<TaskStatus>) -> Result<Vec<TaskRecord>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR status = ?1)
+             ORDER BY created_at_ms DESC, rowid DESC"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([status.map(TaskStatus::as_str)], task_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn get_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        let conn = self.conn();
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?1");
+        Ok(conn
+            .query_row(&sql, [session_id], session_from_row)
+            .optional()?)
+    }
+
+    /// Sessions, newest first.
+    pub fn list_sessions(&self) -> Result<Vec<SessionRecord>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s ORDER BY s.created_at_ms DESC, s.rowid DESC"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([], session_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The secret of a session. The only way to read it.
+    pub fn session_secret(&self, session_id: &str) -> Result<Option<SessionSecret>> {
+        let conn = self.conn();
+        let secret: Option<String> = conn
+            .query_row(
+                "SELECT secret FROM sessions WHERE id = ?1",
+                [session_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(secret.map(SessionSecret::from_stored))
+    }
+
+    pub fn get_container(&self, container_id: &str) -> Result<Option<ContainerRecord>> {
+        let conn = self.conn();
+        let sql = format!("SELECT {CONTAINER_COLUMNS} FROM containers WHERE id = ?1");
+        Ok(conn
+            .query_row(&sql, [container_id], container_from_row)
+            .optional()?)
+    }
+
+    /// Sets a container's state; `terminated_at_ms` is stamped for end states.
+    pub fn set_container_state(&self, container_id: &str, state: &str) -> Result<()> {
+        let conn = self.conn();
+        let ended = matches!(
+            state,
+            container_state::TERMINATED | container_state::FAILED | container_state::LOST
+        );
+        conn.execute(
+            "UPDATE containers SET state = ?2,
+                    terminated_at_ms = CASE WHEN ?3 THEN coalesce(terminated_at_ms, ?4) ELSE terminated_at_ms END
+             WHERE id = ?1",
+            params![container_id, state, ended, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The container's agent answered: record where and mark it running.
+    pub fn set_container_running(
+        &self,
+        container_id: &str,
+        endpoint: &str,
+        pid: Option<u32>,
+    ) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE containers SET state = 'running', endpoint = ?2, pid = coalesce(?3, pid),
+                    started_at_ms = coalesce(started_at_ms, ?4)
+             WHERE id = ?1 AND state IN ('launching', 'running')",
+            params![container_id, endpoint, pid, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_container_pid(&self, container_id: &str, pid: u32) -> Result<()> {
+        self.conn().execute(
+            "UPDATE containers SET pid = ?2 WHERE id = ?1",
+            params![container_id, pid],
+        )?;
+        Ok(())
+    }
+
+    /// Containers whose task is still running and whose stream should be
+    /// followed (what a restarted coordinator re-attaches to).
+    pub fn containers_to_follow(&self) -> Result<Vec<ContainerRecord>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {CONTAINER_COLUMNS} FROM containers c
+             WHERE c.state IN ('launching', 'running')
+               AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = c.task_id AND t.status = 'running')
+             ORDER BY c.created_at_ms"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([], container_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The highest stored sequence number for a container (0 when none).
+    pub fn max_seq(&self, container_id: &str) -> Result<u64> {
+        let conn = self.conn();
+        let max: i64 = conn.query_row(
+            "SELECT coalesce(max(seq), 0) FROM events WHERE container_id = ?1",
+            [container_id],
+            |r| r.get(0),
+        )?;
+        Ok(max as u64)
+    }
+
+    /// Stores one event (ignoring a (container, seq) already stored) and
+    /// applies what it means to the session and task, in one transaction.
+    pub fn record_event(&self, target: &ContainerRef, event: &Event) -> Result<RecordedEvent> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (event_type, level) = match &event.kind {
+            Some(kind) => (
+                parhelia_proto::event_type_name(kind),
+                parhelia_proto::event_level(kind),
+            ),
+            None => ("unknown", "info"),
+        };
+        let payload = serde_json::to_string(event)?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO events (container_id, session_id, task_id, seq, ts_ms, type, level, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                target.container_id,
+                target.session_id,
+                target.task_id,
+                event.seq as i64,
+                event.ts_ms,
+                event_type,
+                level,
+                payload
+            ],
+        )? == 1;
+        let mut recorded = RecordedEvent {
+            inserted,
+            task_finished: None,
+        };
+        if inserted {
+            recorded.task_finished = apply_event_effects(&tx, target, event)?;
+        }
+        tx.commit()?;
+        Ok(recorded)
+    }
+
+    pub fn record_heartbeat(&self, container_id: &str, heartbeat: &Heartbeat) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO heartbeats (container_id, ts_ms, cpu_percent, memory_bytes, workspace_disk_bytes, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                container_id,
+                heartbeat.ts_ms,
+                heartbeat.cpu_percent,
+                heartbeat.memory_bytes as i64,
+                heartbeat.workspace_disk_bytes as i64,
+                session_status_name(heartbeat.status)
+            ],
+        )?;
+        tx.execute(
+            "UPDATE containers SET last_heartbeat_ms = max(coalesce(last_heartbeat_ms, 0), ?2) WHERE id = ?1",
+            params![container_id, heartbeat.ts_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A task's events stored after `after_rowid`, in storage order.
+    pub fn task_events_after(
+        &self,
+        task_id: &str,
+        after_rowid: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, container_id, seq, payload FROM events
+             WHERE task_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![task_id, after_rowid, limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (rowid, container_id, seq, payload) = row?;
+            let event: Event = serde_json::from_str(&payload)
+                .with_context(|| format!("reading stored event {container_id}/{seq}"))?;
+            events.push(StoredEvent {
+                rowid,
+                container_id,
+                seq: seq as u64,
+                event,
+            });
+        }
+        Ok(events)
+    }
+
+    /// The stored sequence numbers of a container, in order (for checks).
+    pub fn container_seqs(&self, container_id: &str) -> Result<Vec<u64>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT seq FROM events WHERE container_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([container_id], |r| r.get::<_, i64>(0))?;
+        Ok(rows
+            .map(|r| r.map(|s| s as u64))
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn heartbeat_count(&self, container_id: &str) -> Result<u64> {
+        let conn = self.conn();
+        let n: i64 = conn.query_row(
+            "SELECT count(*) FROM heartbeats WHERE container_id = ?1",
+            [container_id],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Number of tasks per status (every status present, zero or not).
+    pub fn task_counts(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let conn = self.conn();
+        let mut counts: BTreeMap<&'static str, u64> =
+            TaskStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut stmt = conn.prepare("SELECT status, count(*) FROM tasks GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (status, n) = row?;
+            if let Ok(status) = status.parse::<TaskStatus>() {
+                counts.insert(status.as_str(), n as u64);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Model cost over every task.
+    pub fn total_cost_usd(&self) -> Result<f64> {
+        let conn = self.conn();
+        Ok(
+            conn.query_row("SELECT coalesce(sum(cost_usd), 0.0) FROM tasks", [], |r| {
+                r.get(0)
+            })?,
+        )
+    }
+
+    pub fn running_sessions(&self) -> Result<Vec<RunningSession>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT s.id, s.task_id, c.id, s.status, s.cost_usd, c.started_at_ms, c.last_heartbeat_ms
+             FROM sessions s JOIN containers c ON c.session_id = s.id JOIN tasks t ON t.id = s.task_id
+             WHERE t.status = 'running' ORDER BY s.created_at_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RunningSession {
+                session_id: r.get(0)?,
+                task_id: r.get(1)?,
+                container_id: r.get(2)?,
+                status: r.get(3)?,
+                cost_usd: r.get(4)?,
+                started_at_ms: r.get(5)?,
+                last_heartbeat_ms: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+const TASK_COLUMNS: &str = "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
+     container_id, cost_usd, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms";
+
+fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let status: String = r.get(7)?;
+    let status = status.parse::<TaskStatus>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(TaskRecord {
+        id: r.get(0)?,
+        prompt: r.get(1)?,
+        task_type: r.get(2)?,
+        backend: r.get(3)?,
+        workspace: r.get(4)?,
+        model: r.get(5)?,
+        max_turns: r.get(6)?,
+        status,
+        session_id: r.get(8)?,
+        container_id: r.get(9)?,
+        cost_usd: r.get(10)?,
+        result: r.get(11)?,
+        error_code: r.get(12)?,
+        error_message: r.get(13)?,
+        created_at_ms: r.get(14)?,
+        started_at_ms: r.get(15)?,
+        finished_at_ms: r.get(16)?,
+    })
+}
+
+// Never add `secret` here: see the module's invariant.
+const SESSION_COLUMNS: &str = "s.id, s.task_id, s.claude_session_id, s.mode, s.status, s.outcome, s.workspace_dir,
+     s.volume_dir, s.cost_usd, s.created_at_ms, s.finished_at_ms,
+     (SELECT c.id FROM containers c WHERE c.session_id = s.id ORDER BY c.created_at_ms DESC LIMIT 1)";
+
+fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        task_id: r.get(1)?,
+        claude_session_id: r.get(2)?,
+        mode: r.get(3)?,
+        status: r.get(4)?,
+        outcome: r.get(5)?,
+        workspace_dir: r.get(6)?,
+        volume_dir: r.get(7)?,
+        cost_usd: r.get(8)?,
+        created_at_ms: r.get(9)?,
+        finished_at_ms: r.get(10)?,
+        container_id: r.get(11)?,
+    })
+}
+
+const CONTAINER_COLUMNS: &str =
+    "id, session_id, task_id, backend, state, endpoint, pid, created_at_ms,
+     started_at_ms, terminated_at_ms, last_heartbeat_ms";
+
+fn container_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRecord> {
+    Ok(ContainerRecord {
+        id: r.get(0)?,
+        session_id: r.get(1)?,
+        task_id: r.get(2)?,
+        backend: r.get(3)?,
+        state: r.get(4)?,
+        endpoint: r.get(5)?,
+        pid: r.get(6)?,
+        created_at_ms: r.get(7)?,
+        started_at_ms: r.get(8)?,
+        terminated_at_ms: r.get(9)?,
+        last_heartbeat_ms: r.get(10)?,
+    })
+}
+
+fn transition_task_in(
+    tx: &rusqlite::Transaction<'_>,
+    task_id: &str,
+    to: TaskStatus,
+    update: &TaskUpdate,
+) -> Result<()> {
+    let from: Option<String> = tx
+        .query_row("SELECT status FROM tasks WHERE id = ?1", [task_id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let from = from
+        .ok_or_else(|| {
+            coded(
+                error_codes::TASK_NOT_FOUND,
+                format!("task not found: {task_id}"),
+            )
+        })?
+        .parse::<TaskStatus>()?;
+    task_state::transition(task_id, from, to)?;
+    let now = now_ms();
+    tx.execute(
+        "UPDATE tasks SET status = ?2,
+                error_code = coalesce(?3, error_code),
+                error_message = coalesce(?4, error_message),
+                result = coalesce(?5, result),
+                cost_usd = coalesce(?6, cost_usd),
+                started_at_ms = CASE WHEN ?2 = 'running' THEN coalesce(started_at_ms, ?7) ELSE started_at_ms END,
+                finished_at_ms = CASE WHEN ?8 THEN ?7 ELSE NULL END,
+                updated_at_ms = ?7
+         WHERE id = ?1",
+        params![
+            task_id,
+            to.as_str(),
+            update.error_code,
+            update.error_message,
+            update.result,
+            update.cost_usd,
+            now,
+            to.has_ended()
+        ],
+    )?;
+    Ok(())
+}
+
+/// What an event means for the session and task rows.
+fn apply_event_effects(
+    tx: &rusqlite::Transaction<'_>,
+    target: &ContainerRef,
+    event: &Event,
+) -> Result<Option<TaskStatus>> {
+    match &event.kind {
+        Some(Kind::TurnResult(turn)) => {
+            tx.execute(
+                "UPDATE sessions SET cost_usd = ?2 WHERE id = ?1",
+                params![target.session_id, turn.session_cost_usd],
+            )?;
+            tx.execute(
+                "UPDATE tasks SET cost_usd = ?2, result = ?3, updated_at_ms = ?4 WHERE id = ?1",
+                params![target.task_id, turn.session_cost_usd, turn.result, now_ms()],
+            )?;
+            Ok(None)
+        }
+        Some(Kind::StatusChanged(change)) => {
+            tx.execute(
+                "UPDATE sessions SET status = ?2 WHERE id = ?1 AND status != 'finished'",
+                params![target.session_id, session_status_name(change.status)],
+            )?;
+            Ok(None)
+        }
+        Some(Kind::SessionFinished(finished)) => {
+            let outcome =
+                SessionOutcome::try_from(finished.outcome).unwrap_or(SessionOutcome::Unspecified);
+            let status = task_state::status_for_outcome(outcome);
+            let now = now_ms();
+            tx.execute(
+                "UPDATE sessions SET status = 'finished', outcome = ?2, cost_usd = ?3, finished_at_ms = ?4
+                 WHERE id = ?1",
+                params![
+                    target.session_id,
+                    crate::render::outcome_name(finished.outcome),
+                    finished.session_cost_usd,
+                    now
+                ],
+            )?;
+            let error_code = match status {
+                TaskStatus::Completed => None,
+                _ => Some(
+                    non_empty(&finished.error_code)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| {
+                            task_state::default_error_code(status)
+                                .unwrap_or_default()
+                                .to_string()
+                        }),
+                ),
+            };
+            let error_message = error_code.as_ref().map(|code| {
+                non_empty(&finished.error_message)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        crate::error_codes::lookup(code)
+                            .map(|c| c.what.trim_end_matches('.').to_lowercase())
+                            .unwrap_or_else(|| {
+                                format!(
+                                    "the session {}",
+                                    crate::render::outcome_name(finished.outcome)
+                                )
+                            })
+                    })
+            });
+            let update = TaskUpdate {
+                error_code,
+                error_message,
+                result: non_empty(&finished.result).map(str::to_string),
+                cost_usd: Some(finished.session_cost_usd),
+            };
+            match transition_task_in(tx, &target.task_id, status, &update) {
+                Ok(()) => Ok(Some(status)),
+                Err(err) => {
+                    // The event is stored either way; a task already ended
+                    // (e.g. cancelled) keeps the status it has.
+                    tracing::warn!(task_id = %target.task_id, "not applying session end: {err:#}");
+                    Ok(None)
+                }
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+/// snake_case name of a session status, as stored.
+pub fn session_status_name(status: i32) -> &'static str {
+    match SessionStatus::try_from(status).unwrap_or(SessionStatus::Unspecified) {
+        SessionStatus::Unspecified => "unknown",
+        SessionStatus::Starting => "starting",
+        SessionStatus::Busy => "busy",
+        SessionStatus::Idle => "idle",
+        SessionStatus::NeedsInput => "needs_input",
+        SessionStatus::Finished => "finished",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parhelia_proto::{AssistantText, SessionFinished, TurnResult};
+
+    fn schema(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut stmt = conn
+            .prepare("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fresh_and_every_older_version_migrate_to_latest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh_path = tmp.path().join("fresh.db");
+        let fresh = Db::open(&fresh_path).unwrap();
+        let fresh_schema = schema(&fresh.conn());
+        let version: u32 = fresh
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, LATEST_VERSION);
+        let mode: String = fresh
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+
+        for old in 0..=LATEST_VERSION {
+            let path = tmp.path().join(format!("v{old}.db"));
+            {
+                let mut conn = Connection::open(&path).unwrap();
+                assert_eq!(migrate_to(&mut conn, old).unwrap(), old);
+            }
+            let db = Db::open(&path).unwrap();
+            let version: u32 = db
+                .conn()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, LATEST_VERSION, "from v{old}");
+            assert_eq!(schema(&db.conn()), fresh_schema, "from v{old}");
+            drop(db);
+            // Opening again is a no-op.
+            Db::open(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn newer_database_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("future.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", LATEST_VERSION + 1)
+                .unwrap();
+        }
+        let err = Db::open(&path).err().unwrap();
+        assert_eq!(crate::error::find_coded(&err).unwrap().code.code, "E507");
+    }
+
+    pub(crate) fn launch(db: &Db, n: u32) -> ContainerRef {
+        let ids = ContainerRef {
+            task_id: format!("task-0000000{n}"),
+            session_id: format!("sess-0000000{n}"),
+            container_id: format!("ctr-0000000{n}"),
+        };
+        db.insert_launch(&NewLaunch {
+            task_id: ids.task_id.clone(),
+            session_id: ids.session_id.clone(),
+            container_id: ids.container_id.clone(),
+            claude_session_id: "uuid".into(),
+            prompt: "p".into(),
+            task_type: "generic".into(),
+            backend: "local".into(),
+            workspace: None,
+            model: None,
+            max_turns: None,
+            mode: "headless".into(),
+            secret: SessionSecret::from_stored("s3cret".into()),
+            workspace_dir: "/w".into(),
+            volume_dir: "/v".into(),
+        })
+        .unwrap();
+        ids
+    }
+
+    fn text_event(seq: u64) -> Event {
+        Event {
+            seq,
+            ts_ms: seq as i64,
+            kind: Some(Kind::AssistantText(AssistantText {
+                message_id: "m".into(),
+                text: format!("line {seq}"),
+            })),
+        }
+    }
+
+    #[test]
+    fn events_are_deduplicated_by_container_and_seq() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 1);
+        for seq in [1, 2, 3, 2, 3, 4, 1, 5] {
+            db.record_event(&target, &text_event(seq)).unwrap();
+        }
+        assert!(!db.record_event(&target, &text_event(5)).unwrap().inserted);
+        assert_eq!(
+            db.container_seqs(&target.container_id).unwrap(),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(db.max_seq(&target.container_id).unwrap(), 5);
+        let stored = db.task_events_after(&target.task_id, 0, 100).unwrap();
+        assert_eq!(stored.len(), 5);
+        assert_eq!(stored[3].event, text_event(4));
+        let later = db
+            .task_events_after(&target.task_id, stored[2].rowid, 100)
+            .unwrap();
+        assert_eq!(later.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+        let (ty, level): (String, String) = db
+            .conn()
+            .query_row("SELECT type, level FROM events WHERE seq = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((ty.as_str(), level.as_str()), ("assistant_text", "info"));
+    }
+
+    #[test]
+    fn turn_results_and_session_end_update_the_task() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 2);
+        db.transition_task(&target.task_id, TaskStatus::Running, &TaskUpdate::default())
+            .unwrap();
+        let turn = Event {
+            seq: 1,
+            ts_ms: 1,
+            kind: Some(Kind::TurnResult(TurnResult {
+                result: "hi".into(),
+                session_cost_usd: 0.25,
+                ..Default::default()
+            })),
+        };
+        db.record_event(&target, &turn).unwrap();
+        let task = db.get_task(&target.task_id).unwrap().unwrap();
+        assert_eq!((task.cost_usd, task.result.as_deref()), (0.25, Some("hi")));
+        let finished = Event {
+            seq: 2,
+            ts_ms: 2,
+            kind: Some(Kind::SessionFinished(SessionFinished {
+                outcome: SessionOutcome::Failed as i32,
+                error_code: "E505".into(),
+                error_message: "the model API failed".into(),
+                result: String::new(),
+                session_cost_usd: 0.5,
+            })),
+        };
+        let recorded = db.record_event(&target, &finished).unwrap();
+        assert_eq!(recorded.task_finished, Some(TaskStatus::Failed));
+        let task = db.get_task(&target.task_id).unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Failed);
+        assert_eq!(task.error_code.as_deref(), Some("E505"));
+        assert_eq!(task.cost_usd, 0.5);
+        assert_eq!(task.result.as_deref(), Some("hi"));
+        assert!(task.finished_at_ms.is_some());
+        assert!(db.containers_to_follow().unwrap().is_empty());
+        // A completed/failed task never moves again.
+        let err = db
+            .transition_task(&target.task_id, TaskStatus::Running, &TaskUpdate::default())
+            .unwrap_err();
+        assert_eq!(crate::error::find_coded(&err).unwrap().code.code, "E603");
+    }
+
+    #[test]
+    fn secret_is_only_reachable_through_session_secret() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 3);
+        let task = db.get_task(&target.task_id).unwrap().unwrap();
+        assert!(!format!("{task:?}").contains("s3cret"));
+        assert_eq!(
+            db.session_secret(&target.session_id)
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "s3cret"
+        );
+        assert_eq!(db.coordinator_id().unwrap(), db.coordinator_id().unwrap());
+    }
+}

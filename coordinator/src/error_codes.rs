@@ -1,0 +1,324 @@
+//! The one table of Parhelia's user-facing error codes.
+//!
+//! Every error a user can see carries a stable code from this table. The code
+//! says what happened; [`ErrorCode::why`] and [`ErrorCode::recover`] are what
+//! `parhelia help CODE` prints. The agent uses the same strings in
+//! `SessionFinished.error_code` (see `docs/dev/contracts.md`).
+//!
+//! Families, and the exit status of the `parhelia` CLI for each:
+//!
+//! | family | meaning        | exit status |
+//! |--------|----------------|-------------|
+//! | —      | success        | 0           |
+//! | —      | internal error without a code (a bug) | 1 |
+//! | E1xx   | input (also clap's usage errors)      | 2 |
+//! | E2xx   | not found      | 3           |
+//! | E3xx   | budget         | 4           |
+//! | E4xx   | auth           | 5           |
+//! | E5xx   | infrastructure | 6           |
+//! | E6xx   | operations     | 7           |
+//!
+//! `Ex00` in each family is the family's general code, used when nothing more
+//! specific fits (the seeds' `E200`/`E300`/`E500` live on as those).
+//! Codes are never reused for a different meaning; retired codes stay listed.
+
+/// One row of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorCode {
+    /// `E` plus three digits; the first digit is the family.
+    pub code: &'static str,
+    /// SCREAMING_SNAKE_CASE name, stable like the code.
+    pub name: &'static str,
+    /// What happened, as a short sentence.
+    pub what: &'static str,
+    /// Why it usually happens.
+    pub why: &'static str,
+    /// How to recover; the first sentence is printed as the hint under an error.
+    pub recover: &'static str,
+}
+
+impl ErrorCode {
+    /// The CLI's exit status for this code (see the module docs).
+    pub fn exit_status(&self) -> i32 {
+        exit_status_for_code(self.code)
+    }
+
+    /// The one-line hint printed under an error message.
+    pub fn hint(&self) -> String {
+        format!("{} (more: parhelia help {})", self.recover, self.code)
+    }
+}
+
+/// The exit status for any code string, known or not: by family digit.
+/// Anything that is not a well-formed code is an internal error (1).
+pub fn exit_status_for_code(code: &str) -> i32 {
+    let bytes = code.as_bytes();
+    if bytes.len() != 4 || bytes[0] != b'E' || !bytes[1..].iter().all(u8::is_ascii_digit) {
+        return 1;
+    }
+    match bytes[1] {
+        b'1' => 2,
+        b'2' => 3,
+        b'3' => 4,
+        b'4' => 5,
+        b'5' => 6,
+        b'6' => 7,
+        _ => 1,
+    }
+}
+
+/// Looks a code up, case-insensitively (`e201` finds `E201`).
+pub fn lookup(code: &str) -> Option<&'static ErrorCode> {
+    ALL.iter().find(|c| c.code.eq_ignore_ascii_case(code))
+}
+
+/// The row for a code, or, for a code this build does not know (an agent
+/// may be newer), its family's general `Ex00` row; anything else is E500.
+pub fn lookup_or_family(code: &str) -> ErrorCode {
+    if let Some(known) = lookup(code) {
+        return *known;
+    }
+    match exit_status_for_code(code) {
+        2 => INVALID_INPUT,
+        3 => NOT_FOUND,
+        4 => BUDGET_EXCEEDED,
+        5 => AUTH_FAILED,
+        7 => CLAUDE_CODE_ERROR_RESULT,
+        _ => INFRASTRUCTURE_ERROR,
+    }
+}
+
+macro_rules! error_codes {
+    ($( $ident:ident = $code:literal $name:literal {
+        what: $what:literal,
+        why: $why:literal,
+        recover: $recover:literal $(,)?
+    } )*) => {
+        $(
+            #[doc = $what]
+            pub const $ident: ErrorCode = ErrorCode {
+                code: $code,
+                name: $name,
+                what: $what,
+                why: $why,
+                recover: $recover,
+            };
+        )*
+        /// Every code, in table order.
+        pub const ALL: &[ErrorCode] = &[$($ident),*];
+    };
+}
+
+error_codes! {
+    // E1xx: input.
+    INVALID_INPUT = "E100" "INVALID_INPUT" {
+        what: "The command's input is not valid.",
+        why: "An argument or option has a value Parhelia cannot use.",
+        recover: "Check the arguments against `parhelia help` and try again.",
+    }
+    EMPTY_PROMPT = "E101" "EMPTY_PROMPT" {
+        what: "The task prompt is empty.",
+        why: "A task needs an instruction for Claude Code; the prompt was empty or only whitespace.",
+        recover: "Pass the instruction as the first argument, e.g. `parhelia task create \"Fix the failing tests\"`.",
+    }
+    WORKSPACE_NOT_FOUND = "E102" "WORKSPACE_NOT_FOUND" {
+        what: "The workspace directory does not exist.",
+        why: "`--workspace` names a path that is missing or is not a directory.",
+        recover: "Pass an existing directory to `--workspace`, or leave it out to start with an empty workspace.",
+    }
+    UNKNOWN_BACKEND = "E103" "UNKNOWN_BACKEND" {
+        what: "The backend is not known.",
+        why: "`--backend` accepts `local` (and `modal` once it is available).",
+        recover: "Use `--backend local`, or leave the option out.",
+    }
+    UNKNOWN_STATUS = "E104" "UNKNOWN_STATUS" {
+        what: "The task status is not known.",
+        why: "`--status` accepts pending, running, completed, failed, cancelled or interrupted.",
+        recover: "Use one of pending, running, completed, failed, cancelled, interrupted.",
+    }
+
+    // E2xx: not found.
+    NOT_FOUND = "E200" "NOT_FOUND" {
+        what: "The named object was not found.",
+        why: "The id is misspelled, or the object belongs to another state directory.",
+        recover: "List what exists (`parhelia task list`, `parhelia status`) and check which `.parhelia/` directory is in use.",
+    }
+    TASK_NOT_FOUND = "E201" "TASK_NOT_FOUND" {
+        what: "No task has this id.",
+        why: "The id is misspelled, or the task was recorded in another state directory (a `.parhelia/` found by walking up from the current directory wins over `$PARHELIA_HOME` and `~/.parhelia`).",
+        recover: "Run `parhelia task list` to see the task ids in this state directory.",
+    }
+    SESSION_NOT_FOUND = "E202" "SESSION_NOT_FOUND" {
+        what: "No session has this id.",
+        why: "The id is misspelled, or the session was recorded in another state directory.",
+        recover: "Run `parhelia status` to see running sessions, or `parhelia task show TASK_ID` for a task's session.",
+    }
+    CONTAINER_NOT_FOUND = "E203" "CONTAINER_NOT_FOUND" {
+        what: "No container has this id.",
+        why: "The id is misspelled, or the container was recorded in another state directory.",
+        recover: "Run `parhelia task show TASK_ID` to see a task's container.",
+    }
+    HELP_TOPIC_NOT_FOUND = "E204" "HELP_TOPIC_NOT_FOUND" {
+        what: "There is no help for this topic or code.",
+        why: "The topic is not a command name and not a known error code.",
+        recover: "Run `parhelia help codes` for the list of error codes, or `parhelia help` for the commands.",
+    }
+
+    // E3xx: budget.
+    BUDGET_EXCEEDED = "E300" "BUDGET_EXCEEDED" {
+        what: "The session stopped because it reached its budget.",
+        why: "Claude Code stopped at its own `--max-budget-usd` ceiling.",
+        recover: "Raise the budget for the task, or split the work into smaller tasks.",
+    }
+
+    // E4xx: auth.
+    AUTH_FAILED = "E400" "AUTH_FAILED" {
+        what: "Authentication failed.",
+        why: "A credential was missing or refused.",
+        recover: "Check the credentials in your environment and try again.",
+    }
+    MODEL_API_AUTH_REJECTED = "E401" "MODEL_API_AUTH_REJECTED" {
+        what: "The model API refused the credentials.",
+        why: "The API answered 401 or 403: `ANTHROPIC_API_KEY` / `ANTHROPIC_AUTH_TOKEN` is missing, wrong, expired or lacks access.",
+        recover: "Export a valid `ANTHROPIC_API_KEY` in the shell you run `parhelia` from, then create the task again.",
+    }
+    AGENT_AUTH_REJECTED = "E402" "AGENT_AUTH_REJECTED" {
+        what: "The agent refused the coordinator's session secret.",
+        why: "The agent answering on the container's endpoint is not the one this session launched, or the secret in the database does not match.",
+        recover: "Stop the container and create the task again; if it repeats, report it as a bug.",
+    }
+
+    // E5xx: infrastructure.
+    INFRASTRUCTURE_ERROR = "E500" "INFRASTRUCTURE_ERROR" {
+        what: "The infrastructure failed.",
+        why: "A backend, process or file operation Parhelia depends on failed.",
+        recover: "Look at `.parhelia/coordinator.log` for details and try again.",
+    }
+    CLAUDE_CODE_NOT_INSTALLED = "E501" "CLAUDE_CODE_NOT_INSTALLED" {
+        what: "Claude Code could not be found or started.",
+        why: "`claude` is not on PATH (or `$PARHELIA_CLAUDE_BIN` names a file that is missing or not executable).",
+        recover: "Install Claude Code (`npm install -g @anthropic-ai/claude-code`) or set `PARHELIA_CLAUDE_BIN` to the `claude` binary.",
+    }
+    AGENT_FAILED_TO_START = "E502" "AGENT_FAILED_TO_START" {
+        what: "The session's agent did not start.",
+        why: "`parhelia-agent` is missing, exited at once, or did not announce its endpoint in time.",
+        recover: "Read `containers/<container-id>/runtime/agent.log` in the state directory; set `PARHELIA_AGENT_BIN` if the agent lives elsewhere.",
+    }
+    AGENT_UNREACHABLE = "E503" "AGENT_UNREACHABLE" {
+        what: "The session's agent cannot be reached.",
+        why: "The agent process is gone (killed, machine restarted) or its endpoint stopped answering.",
+        recover: "Check `parhelia task show TASK_ID` and the agent log; create the task again if the session was lost.",
+    }
+    COORDINATOR_UNAVAILABLE = "E504" "COORDINATOR_UNAVAILABLE" {
+        what: "The coordinator is not answering.",
+        why: "It could not be started, or it exited; its socket does not answer.",
+        recover: "Read `.parhelia/coordinator.log`, then try again or run `parhelia coordinator run` in the foreground to see why it stops.",
+    }
+    MODEL_API_FAILED = "E505" "MODEL_API_FAILED" {
+        what: "The model API kept failing.",
+        why: "The API returned server errors, 429 or overloaded after all of Claude Code's retries.",
+        recover: "Try again later, or raise `CLAUDE_CODE_MAX_RETRIES`.",
+    }
+    BACKEND_UNAVAILABLE = "E506" "BACKEND_UNAVAILABLE" {
+        what: "The backend is known but not available.",
+        why: "This build does not have the backend yet, or it is not configured.",
+        recover: "Use `--backend local`.",
+    }
+    STATE_UNAVAILABLE = "E507" "STATE_UNAVAILABLE" {
+        what: "The state directory or its database cannot be used.",
+        why: "It is not writable, is corrupt, or was written by a newer Parhelia.",
+        recover: "Check the permissions of the `.parhelia/` directory in use, or upgrade Parhelia.",
+    }
+
+    // E6xx: operations.
+    CLAUDE_CODE_ERROR_RESULT = "E600" "CLAUDE_CODE_ERROR_RESULT" {
+        what: "Claude Code finished with an error result.",
+        why: "Claude Code ended the run with an error (for example `error_max_turns` or `error_during_execution`).",
+        recover: "Read the events with `parhelia task watch TASK_ID`; raise `--max-turns` if it ran out of turns.",
+    }
+    SESSION_CANCELLED = "E601" "SESSION_CANCELLED" {
+        what: "The session was stopped on request.",
+        why: "Someone asked for the session to stop before it finished.",
+        recover: "Create the task again if the work is still wanted.",
+    }
+    SESSION_INTERRUPTED = "E602" "SESSION_INTERRUPTED" {
+        what: "The session was interrupted.",
+        why: "Claude Code died without a result, or its container went away.",
+        recover: "Create the task again; resuming interrupted sessions comes with checkpoints.",
+    }
+    ILLEGAL_TRANSITION = "E603" "ILLEGAL_TRANSITION" {
+        what: "The task cannot move to the requested state.",
+        why: "The task's state machine does not allow this change (for example, a completed task cannot start running again).",
+        recover: "Check the task's current status with `parhelia task show TASK_ID`.",
+    }
+    COORDINATOR_ALREADY_RUNNING = "E604" "COORDINATOR_ALREADY_RUNNING" {
+        what: "A coordinator is already running for this state directory.",
+        why: "Only one coordinator may own a state directory; another process holds `coordinator.lock`.",
+        recover: "Use the running one (`parhelia coordinator status`), or stop it first with `parhelia coordinator stop`.",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_code_is_unique_well_formed_and_has_text() {
+        let mut codes = HashSet::new();
+        let mut names = HashSet::new();
+        for c in ALL {
+            assert!(codes.insert(c.code), "duplicate code {}", c.code);
+            assert!(names.insert(c.name), "duplicate name {}", c.name);
+            assert_ne!(exit_status_for_code(c.code), 1, "malformed code {}", c.code);
+            assert!(
+                c.name
+                    .chars()
+                    .all(|ch| ch.is_ascii_uppercase() || ch == '_'),
+                "{}",
+                c.name
+            );
+            for (field, text) in [("what", c.what), ("why", c.why), ("recover", c.recover)] {
+                assert!(text.len() > 10, "{} has no `{field}` text", c.code);
+                assert!(
+                    text.ends_with('.'),
+                    "{} `{field}` is not a sentence",
+                    c.code
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn codes_the_contract_and_the_cli_rely_on_exist() {
+        for code in [
+            "E101", "E102", "E200", "E201", "E202", "E300", "E401", "E501", "E502", "E503", "E504",
+            "E505", "E600", "E601", "E602",
+        ] {
+            assert!(lookup(code).is_some(), "{code} is missing");
+        }
+        assert_eq!(lookup("e201"), Some(&TASK_NOT_FOUND));
+        assert_eq!(lookup_or_family("E201"), TASK_NOT_FOUND);
+        assert_eq!(lookup_or_family("E299"), NOT_FOUND);
+        assert_eq!(lookup_or_family("E699"), CLAUDE_CODE_ERROR_RESULT);
+        assert_eq!(lookup_or_family("junk"), INFRASTRUCTURE_ERROR);
+    }
+
+    #[test]
+    fn exit_status_follows_the_family() {
+        let cases = [
+            ("E101", 2),
+            ("E201", 3),
+            ("E300", 4),
+            ("E401", 5),
+            ("E599", 6),
+            ("E600", 7),
+            ("E7", 1),
+            ("X101", 1),
+            ("", 1),
+        ];
+        for (code, status) in cases {
+            assert_eq!(exit_status_for_code(code), status, "{code}");
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Event ingestion: one tokio task per live container follows its agent's
+//! event stream into SQLite.
+//!
+//! The stream is resumed from `max(seq stored for the container) + 1`, every
+//! event is stored with `INSERT OR IGNORE` on (container, seq), so a
+//! reconnect (or an agent that replays too much) never loses or duplicates
+//! an event. Heartbeats go to `heartbeats`. When `SessionFinished` arrives
+//! the task's end is recorded (in the same transaction as the event), the
+//! agent is told to stop, and the container is marked terminated.
+//!
+//! If the stream breaks, the follower reconnects with backoff. If the agent
+//! is gone for good (the backend no longer lists the container), the task
+//! becomes `interrupted` with E503.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use parhelia_proto::{StopRequest, StreamEventsRequest, event::Kind, stream_events_response::Item};
+use tokio::sync::watch;
+
+use crate::agent_client::{AuthedAgentClient, connect_agent};
+use crate::backend::Backend;
+use crate::db::{ContainerRef, Db, TaskUpdate, container_state};
+use crate::error::find_coded;
+use crate::error_codes;
+use crate::ids::SessionSecret;
+use crate::task_state::TaskStatus;
+
+/// Reconnection policy.
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Consecutive failed attempts before asking the backend whether the
+    /// container still exists.
+    pub failures_before_liveness_check: u32,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            failures_before_liveness_check: 3,
+        }
+    }
+}
+
+/// What a follower needs.
+#[derive(Clone)]
+pub struct IngestContext {
+    pub db: Arc<Db>,
+    pub backend: Arc<dyn Backend>,
+    pub shutdown: watch::Receiver<bool>,
+    pub settings: IngestSettings,
+}
+
+/// How following a container ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FollowOutcome {
+    /// The session finished; its end is recorded.
+    SessionFinished,
+    /// The coordinator is shutting down; the agent keeps running.
+    Shutdown,
+    /// The agent never started or is gone; the task was marked accordingly.
+    Lost,
+}
+
+enum StreamEnd {
+    Finished(Box<AuthedAgentClient>),
+    Closed,
+    Shutdown,
+}
+
+/// Follows a container until its session finishes, the agent is lost, or
+/// the coordinator shuts down. Errors are logged here, where they are
+/// handled.
+pub async fn follow_container(ctx: IngestContext, target: ContainerRef) -> FollowOutcome {
+    match follow(&ctx, &target).await {
+        Ok(outcome) => {
+            tracing::info!(container_id = %target.container_id, ?outcome, "stopped following");
+            outcome
+        }
+        Err(err) => {
+            tracing::error!(container_id = %target.container_id, "following failed: {err:#}");
+            fail_task(
+                &ctx,
+                &target,
+                &err,
+                TaskStatus::Failed,
+                container_state::LOST,
+            );
+            FollowOutcome::Lost
+        }
+    }
+}
+
+async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutcome> {
+    let secret = ctx.db.session_secret(&target.session_id)?.ok_or_else(|| {
+        crate::error::coded(
+            error_codes::SESSION_NOT_FOUND,
+            format!("session not found: {}", target.session_id),
+        )
+    })?;
+    let mut shutdown = ctx.shutdown.clone();
+    let mut backoff = ctx.settings.initial_backoff;
+    let mut failures = 0u32;
+    let mut first_attempt = true;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(FollowOutcome::Shutdown);
+        }
+        match stream_once(ctx, target, &secret).await {
+            Ok(StreamEnd::Finished(mut client)) => {
+                let stop = client
+                    .stop(StopRequest {
+                        reason: "session finished".into(),
+                        grace_ms: 0,
+                    })
+                    .await;
+                if let Err(status) = stop {
+                    tracing::warn!(container_id = %target.container_id, %status, "stop after finish failed; terminating");
+                    if let Err(err) = ctx.backend.terminate(&target.container_id).await {
+                        tracing::warn!(container_id = %target.container_id, "terminate failed: {err:#}");
+                    }
+                }
+                ctx.db
+                    .set_container_state(&target.container_id, container_state::TERMINATED)?;
+                return Ok(FollowOutcome::SessionFinished);
+            }
+            Ok(StreamEnd::Shutdown) => return Ok(FollowOutcome::Shutdown),
+            Ok(StreamEnd::Closed) => {
+                tracing::info!(container_id = %target.container_id, "event stream closed; reconnecting");
+                failures += 1;
+            }
+            Err(err) => {
+                let code = find_coded(&err).map(|c| c.code.code);
+                // An agent that never came up, or refuses our secret, will not
+                // get better by retrying.
+                if code == Some(error_codes::AGENT_FAILED_TO_START.code)
+                    || code == Some(error_codes::AGENT_AUTH_REJECTED.code)
+                {
+                    let container_state = if first_attempt {
+                        container_state::FAILED
+                    } else {
+                        container_state::LOST
+                    };
+                    tracing::warn!(container_id = %target.container_id, "{err:#}");
+                    fail_task(ctx, target, &err, TaskStatus::Failed, container_state);
+                    return Ok(FollowOutcome::Lost);
+                }
+                tracing::info!(container_id = %target.container_id, "event stream failed: {err:#}");
+                failures += 1;
+            }
+        }
+        first_attempt = false;
+        if failures >= ctx.settings.failures_before_liveness_check {
+            let alive = match ctx.backend.list().await {
+                Ok(list) => list.iter().any(|c| c.container_id == target.container_id),
+                Err(err) => {
+                    tracing::warn!("listing containers failed: {err:#}");
+                    true
+                }
+            };
+            if !alive {
+                let err = crate::error::coded(
+                    error_codes::AGENT_UNREACHABLE,
+                    format!(
+                        "lost the agent of {}: its process is gone",
+                        target.container_id
+                    ),
+                );
+                fail_task(
+                    ctx,
+                    target,
+                    &err,
+                    TaskStatus::Interrupted,
+                    container_state::LOST,
+                );
+                return Ok(FollowOutcome::Lost);
+            }
+            failures = 0;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return Ok(FollowOutcome::Shutdown),
+        }
+        backoff = (backoff * 2).min(ctx.settings.max_backoff);
+    }
+}
+
+/// One connection: find the endpoint, connect, stream from the next
+/// unstored seq until the session finishes or the stream breaks.
+async fn stream_once(
+    ctx: &IngestContext,
+    target: &ContainerRef,
+    secret: &SessionSecret,
+) -> Result<StreamEnd> {
+    let mut shutdown = ctx.shutdown.clone();
+    let endpoint = tokio::select! {
+        endpoint = ctx.backend.endpoint(&target.container_id) => endpoint?,
+        _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
+    };
+    ctx.db
+        .set_container_running(&target.container_id, &endpoint.uri, endpoint.pid)?;
+    let mut client = connect_agent(&endpoint.uri, secret).await?;
+    let from_seq = ctx.db.max_seq(&target.container_id)? + 1;
+    tracing::debug!(container_id = %target.container_id, from_seq, "streaming events");
+    let response = client
+        .stream_events(StreamEventsRequest {
+            from_seq,
+            follow: true,
+        })
+        .await
+        .map_err(classify_status)?;
+    let mut stream = response.into_inner();
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message.map_err(classify_status)?,
+            _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
+        };
+        let Some(message) = message else {
+            return Ok(StreamEnd::Closed);
+        };
+        match message.item {
+            Some(Item::Event(event)) => {
+                let recorded = ctx.db.record_event(target, &event)?;
+                if let Some(status) = recorded.task_finished {
+                    tracing::info!(task_id = %target.task_id, %status, "task ended");
+                }
+                if matches!(event.kind, Some(Kind::SessionFinished(_))) {
+                    return Ok(StreamEnd::Finished(Box::new(client)));
+                }
+            }
+            Some(Item::Heartbeat(heartbeat)) => {
+                ctx.db.record_heartbeat(&target.container_id, &heartbeat)?
+            }
+            None => {}
+        }
+    }
+}
+
+fn classify_status(status: tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::Unauthenticated {
+        crate::error::coded(
+            error_codes::AGENT_AUTH_REJECTED,
+            format!("the agent refused the session secret: {}", status.message()),
+        )
+    } else {
+        anyhow::Error::new(status)
+    }
+}
+
+/// Records that a task ended without its session finishing.
+fn fail_task(
+    ctx: &IngestContext,
+    target: &ContainerRef,
+    err: &anyhow::Error,
+    status: TaskStatus,
+    state: &str,
+) {
+    let (code, message) = match find_coded(err) {
+        Some(coded) => (coded.code.code.to_string(), coded.message.clone()),
+        None => (
+            error_codes::INFRASTRUCTURE_ERROR.code.to_string(),
+            format!("{err:#}"),
+        ),
+    };
+    let update = TaskUpdate {
+        error_code: Some(code),
+        error_message: Some(message),
+        ..TaskUpdate::default()
+    };
+    if let Err(e) = ctx.db.transition_task(&target.task_id, status, &update) {
+        tracing::warn!(task_id = %target.task_id, "cannot record the task's end: {e:#}");
+    }
+    if let Err(e) = ctx.db.set_container_state(&target.container_id, state) {
+        tracing::warn!(container_id = %target.container_id, "cannot record the container's end: {e:#}");
+    }
+}

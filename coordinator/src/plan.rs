@@ -1,0 +1,296 @@
+//! Dispatch planning: validating a task request and deciding exactly what a
+//! launch would do (the layout of the session on disk and the agent's spec).
+//! Pure; the coordinator and `task create --dry-run` call the same functions,
+//! so a dry run shows what a real launch writes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::CodedError;
+use crate::error_codes;
+use crate::spec::{AgentSpec, SPEC_VERSION, SpecMode};
+
+/// Defaults written into every spec.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+pub const LINGER_AFTER_FINISH_MS: u64 = 600_000;
+pub const STOP_GRACE_MS: u64 = 10_000;
+pub const LISTEN_ADDR: &str = "127.0.0.1:0";
+
+/// The backends Parhelia knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Local,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+        }
+    }
+}
+
+/// `--backend`: empty means `local`. `modal` is known but not available yet.
+pub fn parse_backend(name: &str) -> Result<BackendKind, CodedError> {
+    match name {
+        "" | "local" => Ok(BackendKind::Local),
+        "modal" => Err(CodedError::new(
+            error_codes::BACKEND_UNAVAILABLE,
+            "the modal backend is not available in this build yet",
+        )),
+        other => Err(CodedError::new(
+            error_codes::UNKNOWN_BACKEND,
+            format!("unknown backend: {other}"),
+        )),
+    }
+}
+
+/// A prompt must contain something other than whitespace.
+pub fn validate_prompt(prompt: &str) -> Result<(), CodedError> {
+    if prompt.trim().is_empty() {
+        Err(CodedError::new(
+            error_codes::EMPTY_PROMPT,
+            "the task prompt is empty",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Environment variables the CLI forwards from the user's shell to Claude
+/// Code: exact names, plus everything starting with `CLAUDE_CODE_`.
+pub const FORWARDED_ENV: &[&str] = &[
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_MODEL",
+    "CLAUDE_CODE_MAX_RETRIES",
+    "DISABLE_TELEMETRY",
+    "IS_SANDBOX",
+    "HOME",
+    "PATH",
+];
+pub const FORWARDED_ENV_PREFIX: &str = "CLAUDE_CODE_";
+
+/// Launch overrides the CLI resolves and sends along in the env map; the
+/// coordinator consumes them and never passes them to the agent.
+pub const CLAUDE_BIN_ENV: &str = "PARHELIA_CLAUDE_BIN";
+pub const AGENT_BIN_ENV: &str = "PARHELIA_AGENT_BIN";
+
+/// Picks the variables Claude Code needs from an environment.
+pub fn forwarded_env(vars: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    vars.into_iter()
+        .filter(|(k, _)| FORWARDED_ENV.contains(&k.as_str()) || k.starts_with(FORWARDED_ENV_PREFIX))
+        .collect()
+}
+
+/// The identifiers of one launch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchIds {
+    pub task_id: String,
+    pub session_id: String,
+    pub container_id: String,
+    pub claude_session_id: String,
+}
+
+impl LaunchIds {
+    /// Placeholders for a dry run, which assigns nothing.
+    pub fn placeholders() -> Self {
+        Self {
+            task_id: "<task-id>".into(),
+            session_id: "<session-id>".into(),
+            container_id: "<container-id>".into(),
+            claude_session_id: "<claude-session-uuid>".into(),
+        }
+    }
+}
+
+/// Where a local session and its container live inside the state directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LocalLayout {
+    pub session_dir: PathBuf,
+    pub workspace_dir: PathBuf,
+    pub volume_dir: PathBuf,
+    pub container_dir: PathBuf,
+    pub spec_path: PathBuf,
+    pub claude_config_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub agent_log_path: PathBuf,
+    pub agent_json_path: PathBuf,
+}
+
+pub fn local_layout(state_root: &Path, session_id: &str, container_id: &str) -> LocalLayout {
+    let session_dir = state_root.join("sessions").join(session_id);
+    let container_dir = state_root.join("containers").join(container_id);
+    let runtime_dir = container_dir.join("runtime");
+    LocalLayout {
+        workspace_dir: session_dir.join("workspace"),
+        volume_dir: session_dir.join("volume"),
+        session_dir,
+        spec_path: container_dir.join("spec.json"),
+        claude_config_dir: container_dir.join("claude-config"),
+        agent_log_path: runtime_dir.join("agent.log"),
+        agent_json_path: runtime_dir.join("agent.json"),
+        runtime_dir,
+        container_dir,
+    }
+}
+
+/// What the task asks for, after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRequest {
+    pub prompt: String,
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub interactive: bool,
+}
+
+/// The spec a local launch writes.
+pub fn agent_spec(
+    request: &SessionRequest,
+    ids: &LaunchIds,
+    layout: &LocalLayout,
+    claude_bin: &Path,
+) -> AgentSpec {
+    AgentSpec {
+        version: SPEC_VERSION,
+        session_id: ids.session_id.clone(),
+        task_id: ids.task_id.clone(),
+        container_id: ids.container_id.clone(),
+        prompt: request.prompt.clone(),
+        mode: if request.interactive {
+            SpecMode::Interactive
+        } else {
+            SpecMode::Headless
+        },
+        claude_session_id: ids.claude_session_id.clone(),
+        resume: false,
+        model: request.model.clone().filter(|m| !m.is_empty()),
+        max_turns: request.max_turns.filter(|n| *n > 0),
+        claude_bin: claude_bin.to_path_buf(),
+        workspace_dir: layout.workspace_dir.clone(),
+        claude_config_dir: layout.claude_config_dir.clone(),
+        volume_dir: layout.volume_dir.clone(),
+        runtime_dir: layout.runtime_dir.clone(),
+        listen_addr: LISTEN_ADDR.into(),
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+        linger_after_finish_ms: LINGER_AFTER_FINISH_MS,
+        stop_grace_ms: STOP_GRACE_MS,
+    }
+}
+
+/// What `task create --dry-run` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct DryRunPlan {
+    pub dry_run: bool,
+    pub backend: BackendKind,
+    /// The directory copied into the session, or null for an empty workspace.
+    pub workspace_source: Option<PathBuf>,
+    pub claude_bin: PathBuf,
+    pub agent_bin: Option<PathBuf>,
+    pub model: Option<String>,
+    pub task_type: String,
+    pub state_dir: PathBuf,
+    /// Names only: values are never shown.
+    pub env_names: Vec<String>,
+    pub spec: AgentSpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends() {
+        assert_eq!(parse_backend("").unwrap(), BackendKind::Local);
+        assert_eq!(parse_backend("local").unwrap(), BackendKind::Local);
+        assert_eq!(parse_backend("modal").unwrap_err().code.code, "E506");
+        assert_eq!(parse_backend("k8s").unwrap_err().code.code, "E103");
+    }
+
+    #[test]
+    fn prompts() {
+        assert!(validate_prompt("do it").is_ok());
+        for empty in ["", "   ", "\n\t"] {
+            assert_eq!(validate_prompt(empty).unwrap_err().code.code, "E101");
+        }
+    }
+
+    #[test]
+    fn forwarded_env_keeps_only_what_claude_needs() {
+        let env = forwarded_env(
+            [
+                ("ANTHROPIC_API_KEY", "k"),
+                ("CLAUDE_CODE_MAX_RETRIES", "1"),
+                ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+                ("PATH", "/bin"),
+                ("AWS_SECRET_ACCESS_KEY", "no"),
+                ("PARHELIA_SESSION_SECRET", "no"),
+                ("CLAUDE_CONFIG_DIR", "no"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let keys: Vec<_> = env.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "ANTHROPIC_API_KEY",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+                "CLAUDE_CODE_MAX_RETRIES",
+                "PATH"
+            ]
+        );
+    }
+
+    #[test]
+    fn spec_follows_the_layout() {
+        let ids = LaunchIds {
+            task_id: "task-00000001".into(),
+            session_id: "sess-00000002".into(),
+            container_id: "ctr-00000003".into(),
+            claude_session_id: "uuid".into(),
+        };
+        let layout = local_layout(
+            Path::new("/s/.parhelia"),
+            &ids.session_id,
+            &ids.container_id,
+        );
+        let request = SessionRequest {
+            prompt: "p".into(),
+            model: Some(String::new()),
+            max_turns: Some(0),
+            interactive: false,
+        };
+        let spec = agent_spec(&request, &ids, &layout, Path::new("/bin/claude"));
+        assert_eq!(
+            spec.workspace_dir,
+            Path::new("/s/.parhelia/sessions/sess-00000002/workspace")
+        );
+        assert_eq!(
+            spec.volume_dir,
+            Path::new("/s/.parhelia/sessions/sess-00000002/volume")
+        );
+        assert_eq!(
+            spec.runtime_dir,
+            Path::new("/s/.parhelia/containers/ctr-00000003/runtime")
+        );
+        assert_eq!(
+            spec.claude_config_dir,
+            Path::new("/s/.parhelia/containers/ctr-00000003/claude-config")
+        );
+        assert_eq!(
+            layout.spec_path,
+            Path::new("/s/.parhelia/containers/ctr-00000003/spec.json")
+        );
+        assert_eq!(
+            spec.model, None,
+            "an empty model means Claude Code's default"
+        );
+        assert_eq!(spec.max_turns, None, "0 means no limit");
+        assert_eq!(spec.mode, SpecMode::Headless);
+        assert_eq!(spec.version, 1);
+    }
+}

@@ -1,0 +1,491 @@
+//! Turning events into the readable lines `task watch` and `--sync` print.
+//! Pure: an event in, at most one (possibly multi-line) string out.
+//!
+//! Every line starts with a label padded to 9 columns, so a stream of them
+//! reads as two columns; continuation lines are indented to the same column.
+
+use parhelia_proto::{Event, SessionOutcome, SessionStatus, event::Kind};
+
+const LABEL_WIDTH: usize = 9;
+/// Longest summary of a tool input or result shown on one line.
+const SUMMARY_CHARS: usize = 100;
+
+/// The line for one event, or `None` for events that are not worth a line
+/// (busy/idle status changes, events of unknown kind).
+pub fn render_event(event: &Event) -> Option<String> {
+    let kind = event.kind.as_ref()?;
+    let (label, text) = match kind {
+        Kind::SessionStarted(s) => {
+            let mut text = format!(
+                "{} · model {}",
+                if s.resumed { "resumed" } else { "started" },
+                non_empty_or(&s.model, "default")
+            );
+            if !s.workspace_path.is_empty() {
+                text.push_str(&format!(" · {}", s.workspace_path));
+            }
+            ("session", text)
+        }
+        Kind::ClaudeInit(i) => (
+            "claude",
+            format!(
+                "Claude Code {} · model {} · {} tools",
+                non_empty_or(&i.claude_code_version, "(unknown version)"),
+                non_empty_or(&i.model, "default"),
+                i.tools.len()
+            ),
+        ),
+        Kind::AssistantText(t) => {
+            let text = t.text.trim();
+            if text.is_empty() {
+                return None;
+            }
+            ("claude", text.to_string())
+        }
+        Kind::ToolCall(c) => {
+            let summary = tool_input_summary(&c.name, &c.input_json);
+            let text = if summary.is_empty() {
+                c.name.clone()
+            } else {
+                format!("{} {summary}", c.name)
+            };
+            ("tool", text)
+        }
+        Kind::ToolResult(r) => {
+            let brief = brief_content(&r.content, r.truncated);
+            let text = match (r.is_error, brief.is_empty()) {
+                (true, true) => "error".to_string(),
+                (true, false) => format!("error: {brief}"),
+                (false, true) => "ok".to_string(),
+                (false, false) => brief,
+            };
+            ("result", text)
+        }
+        Kind::ApiRetry(r) => {
+            let mut text = String::from("API error");
+            if r.error_status != 0 {
+                text.push_str(&format!(" {}", r.error_status));
+            }
+            if !r.error.is_empty() {
+                text.push_str(&format!(" ({})", one_line(&r.error, 60)));
+            }
+            text.push_str(&format!(
+                " · attempt {}/{} · retrying in {}",
+                r.attempt,
+                r.max_retries,
+                duration(r.retry_delay_ms)
+            ));
+            ("retry", text)
+        }
+        Kind::TurnResult(t) => {
+            let mut parts = Vec::new();
+            if t.is_error {
+                let mut head = format!("error ({})", non_empty_or(&t.subtype, "unknown"));
+                if t.api_error_status != 0 {
+                    head = format!(
+                        "error ({}, HTTP {})",
+                        non_empty_or(&t.subtype, "unknown"),
+                        t.api_error_status
+                    );
+                }
+                parts.push(head);
+            } else {
+                parts.push(non_empty_or(&t.subtype, "done").to_string());
+            }
+            parts.push(format!(
+                "{} turn{}",
+                t.num_turns,
+                if t.num_turns == 1 { "" } else { "s" }
+            ));
+            parts.push(duration(t.duration_ms));
+            parts.push(cost(t.session_cost_usd));
+            let mut text = parts.join(" · ");
+            if t.is_error && !t.result.trim().is_empty() {
+                text.push_str(&format!("\n{}", one_line(&t.result, SUMMARY_CHARS)));
+            }
+            ("turn", text)
+        }
+        Kind::StatusChanged(s) => {
+            if s.status != SessionStatus::NeedsInput as i32 {
+                return None;
+            }
+            let text = if s.detail.is_empty() {
+                "needs input".to_string()
+            } else {
+                format!("needs input: {}", one_line(&s.detail, SUMMARY_CHARS))
+            };
+            ("status", text)
+        }
+        Kind::InputAccepted(i) => (
+            "input",
+            format!(
+                "{}{}",
+                one_line(&i.text, SUMMARY_CHARS),
+                if i.queued {
+                    " (queued for the next turn)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        Kind::ClaudeExited(e) => (
+            "exit",
+            format!(
+                "Claude Code exited with status {}{}",
+                e.exit_code,
+                if e.had_result {
+                    ""
+                } else {
+                    ", without a result"
+                }
+            ),
+        ),
+        Kind::SessionFinished(f) => {
+            let mut parts = vec![outcome_name(f.outcome).to_string()];
+            let message = one_line(&f.error_message, SUMMARY_CHARS);
+            match (f.error_code.is_empty(), message.is_empty()) {
+                (true, true) => {}
+                (false, true) => parts[0].push_str(&format!(": [{}]", f.error_code)),
+                (true, false) => parts[0].push_str(&format!(": {message}")),
+                (false, false) => parts[0].push_str(&format!(": [{}] {message}", f.error_code)),
+            }
+            parts.push(cost(f.session_cost_usd));
+            ("finished", parts.join(" · "))
+        }
+        Kind::AgentError(e) => (
+            "error",
+            if e.code.is_empty() {
+                e.message.clone()
+            } else {
+                format!("[{}] {}", e.code, e.message)
+            },
+        ),
+        Kind::StopRequested(s) => (
+            "stop",
+            format!("requested: {}", non_empty_or(&s.reason, "no reason given")),
+        ),
+    };
+    Some(labelled(label, &text))
+}
+
+/// `label` padded, then `text`; later lines indented under the text.
+pub fn labelled(label: &str, text: &str) -> String {
+    let indent = " ".repeat(LABEL_WIDTH);
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        if i == 0 {
+            out.push_str(&format!("{label:<LABEL_WIDTH$}{line}"));
+        } else {
+            out.push('\n');
+            out.push_str(&indent);
+            out.push_str(line);
+        }
+    }
+    if out.is_empty() {
+        out = label.to_string();
+    }
+    out.trim_end().to_string()
+}
+
+pub fn outcome_name(outcome: i32) -> &'static str {
+    match SessionOutcome::try_from(outcome).unwrap_or(SessionOutcome::Unspecified) {
+        SessionOutcome::Succeeded => "succeeded",
+        SessionOutcome::Failed => "failed",
+        SessionOutcome::Cancelled => "cancelled",
+        SessionOutcome::Interrupted => "interrupted",
+        SessionOutcome::Unspecified => "ended",
+    }
+}
+
+/// `$0.0123`.
+pub fn cost(usd: f64) -> String {
+    format!("${usd:.4}")
+}
+
+/// `850ms`, `4.2s`, `3m05s`, `1h02m`.
+pub fn duration(ms: u64) -> String {
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1_000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1_000)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    }
+}
+
+fn non_empty_or<'a>(s: &'a str, default: &'a str) -> &'a str {
+    if s.is_empty() { default } else { s }
+}
+
+/// The first non-empty line, cut to `max` characters, with `…` when
+/// anything was left out.
+pub fn one_line(text: &str, max: usize) -> String {
+    let trimmed = text.trim();
+    let first = trimmed
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut out: String = first.chars().take(max).collect();
+    if first.chars().count() > max || first.len() < trimmed.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn brief_content(content: &str, truncated: bool) -> String {
+    let mut brief = one_line(content, SUMMARY_CHARS);
+    let extra_lines = content.trim().lines().count().saturating_sub(1);
+    if extra_lines > 0 {
+        brief = format!(
+            "{} (+{extra_lines} line{})",
+            brief.trim_end_matches('…'),
+            if extra_lines == 1 { "" } else { "s" }
+        );
+    } else if truncated && !brief.ends_with('…') {
+        brief.push('…');
+    }
+    brief
+}
+
+/// A short summary of a tool call's input: the one field that says what the
+/// call does (the command, the file, the pattern…).
+pub fn tool_input_summary(tool: &str, input_json: &str) -> String {
+    let Ok(input) = serde_json::from_str::<serde_json::Value>(input_json) else {
+        return one_line(input_json, SUMMARY_CHARS);
+    };
+    let field = |name: &str| input.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    let summary = match tool {
+        "Bash" => field("command").map(|c| format!("$ {c}")),
+        "Write" => {
+            field("file_path").map(|p| match input.get("content").and_then(|c| c.as_str()) {
+                Some(content) => format!("{p} ({} bytes)", content.len()),
+                None => p,
+            })
+        }
+        "Read" | "Edit" | "MultiEdit" => field("file_path"),
+        "NotebookEdit" => field("notebook_path"),
+        "Glob" | "Grep" => field("pattern").map(|p| match field("path") {
+            Some(path) => format!("{p} in {path}"),
+            None => p,
+        }),
+        "WebFetch" => field("url"),
+        "WebSearch" => field("query"),
+        "Task" => field("description"),
+        "TodoWrite" => input
+            .get("todos")
+            .and_then(|t| t.as_array())
+            .map(|t| format!("{} item{}", t.len(), if t.len() == 1 { "" } else { "s" })),
+        _ => None,
+    };
+    match summary {
+        Some(s) => one_line(&s, SUMMARY_CHARS),
+        None if input.as_object().is_some_and(|o| o.is_empty()) => String::new(),
+        None => one_line(&input.to_string(), SUMMARY_CHARS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parhelia_proto::*;
+
+    fn check(kind: Kind, expected: Option<&str>) {
+        let event = Event {
+            seq: 1,
+            ts_ms: 0,
+            kind: Some(kind),
+        };
+        assert_eq!(render_event(&event).as_deref(), expected);
+    }
+
+    #[test]
+    fn session_and_claude_lines() {
+        check(
+            Kind::SessionStarted(SessionStarted {
+                workspace_path: "/w".into(),
+                ..Default::default()
+            }),
+            Some("session  started · model default · /w"),
+        );
+        check(
+            Kind::ClaudeInit(ClaudeInit {
+                model: "claude-sonnet-4-5".into(),
+                tools: vec!["Bash".into(), "Write".into()],
+                claude_code_version: "2.1.3".into(),
+                ..Default::default()
+            }),
+            Some("claude   Claude Code 2.1.3 · model claude-sonnet-4-5 · 2 tools"),
+        );
+        check(
+            Kind::AssistantText(AssistantText {
+                message_id: "m".into(),
+                text: "I'll write it.\nThen check.\n".into(),
+            }),
+            Some("claude   I'll write it.\n         Then check."),
+        );
+        check(Kind::AssistantText(AssistantText::default()), None);
+    }
+
+    #[test]
+    fn tool_lines() {
+        let call = |name: &str, input: &str| {
+            Kind::ToolCall(ToolCall {
+                tool_use_id: "t".into(),
+                name: name.into(),
+                input_json: input.into(),
+            })
+        };
+        check(
+            call("Write", r#"{"file_path":"/w/hello.txt","content":"hi\n"}"#),
+            Some("tool     Write /w/hello.txt (3 bytes)"),
+        );
+        check(
+            call("Bash", r#"{"command":"ls -la\necho done"}"#),
+            Some("tool     Bash $ ls -la…"),
+        );
+        check(
+            call("Grep", r#"{"pattern":"fn main","path":"src"}"#),
+            Some("tool     Grep fn main in src"),
+        );
+        check(
+            call("Mystery", r#"{"a":1}"#),
+            Some(r#"tool     Mystery {"a":1}"#),
+        );
+        check(call("Mystery", "{}"), Some("tool     Mystery"));
+        check(
+            Kind::ToolResult(ToolResult {
+                content: "line one\nline two\nline three".into(),
+                ..Default::default()
+            }),
+            Some("result   line one (+2 lines)"),
+        );
+        check(
+            Kind::ToolResult(ToolResult {
+                is_error: true,
+                content: "No such file".into(),
+                ..Default::default()
+            }),
+            Some("result   error: No such file"),
+        );
+        check(Kind::ToolResult(ToolResult::default()), Some("result   ok"));
+    }
+
+    #[test]
+    fn retry_turn_and_finish_lines() {
+        check(
+            Kind::ApiRetry(ApiRetry {
+                attempt: 2,
+                max_retries: 10,
+                retry_delay_ms: 1_200,
+                error_status: 529,
+                error: "overloaded_error".into(),
+            }),
+            Some("retry    API error 529 (overloaded_error) · attempt 2/10 · retrying in 1.2s"),
+        );
+        check(
+            Kind::TurnResult(TurnResult {
+                subtype: "success".into(),
+                num_turns: 3,
+                duration_ms: 4_200,
+                session_cost_usd: 0.01234,
+                ..Default::default()
+            }),
+            Some("turn     success · 3 turns · 4.2s · $0.0123"),
+        );
+        check(
+            Kind::TurnResult(TurnResult {
+                subtype: "success".into(),
+                is_error: true,
+                api_error_status: 500,
+                result: "API Error: 500 boom".into(),
+                num_turns: 1,
+                duration_ms: 65_000,
+                ..Default::default()
+            }),
+            Some(
+                "turn     error (success, HTTP 500) · 1 turn · 1m05s · $0.0000\n         API Error: 500 boom",
+            ),
+        );
+        check(
+            Kind::SessionFinished(SessionFinished {
+                outcome: SessionOutcome::Succeeded as i32,
+                result: "done".into(),
+                session_cost_usd: 0.5,
+                ..Default::default()
+            }),
+            Some("finished succeeded · $0.5000"),
+        );
+        check(
+            Kind::SessionFinished(SessionFinished {
+                outcome: SessionOutcome::Failed as i32,
+                error_code: "E505".into(),
+                error_message: "the model API failed".into(),
+                ..Default::default()
+            }),
+            Some("finished failed: [E505] the model API failed · $0.0000"),
+        );
+    }
+
+    #[test]
+    fn status_input_exit_error_stop_lines() {
+        check(
+            Kind::StatusChanged(StatusChanged {
+                status: SessionStatus::Busy as i32,
+                ..Default::default()
+            }),
+            None,
+        );
+        check(
+            Kind::StatusChanged(StatusChanged {
+                status: SessionStatus::NeedsInput as i32,
+                hook_event: "Notification".into(),
+                detail: "Claude needs your permission".into(),
+            }),
+            Some("status   needs input: Claude needs your permission"),
+        );
+        check(
+            Kind::InputAccepted(InputAccepted {
+                text: "also add a test".into(),
+                queued: true,
+            }),
+            Some("input    also add a test (queued for the next turn)"),
+        );
+        check(
+            Kind::ClaudeExited(ClaudeExited {
+                exit_code: 143,
+                had_result: false,
+            }),
+            Some("exit     Claude Code exited with status 143, without a result"),
+        );
+        check(
+            Kind::AgentError(AgentError {
+                code: "E501".into(),
+                message: "claude not found".into(),
+            }),
+            Some("error    [E501] claude not found"),
+        );
+        check(
+            Kind::StopRequested(StopRequested {
+                reason: "SIGTERM".into(),
+            }),
+            Some("stop     requested: SIGTERM"),
+        );
+        assert_eq!(render_event(&Event::default()), None);
+    }
+
+    #[test]
+    fn durations() {
+        for (ms, text) in [
+            (5, "5ms"),
+            (1_000, "1.0s"),
+            (59_999, "60.0s"),
+            (61_000, "1m01s"),
+            (3_720_000, "1h02m"),
+        ] {
+            assert_eq!(duration(ms), text);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The files the coordinator and the agent exchange on disk, as fixed by
+//! `docs/dev/contracts.md`: the agent's `spec.json` (written by the backend,
+//! never containing the secret) and `agent.json` (written by the agent once
+//! its gRPC server listens).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The only `spec.json` version this coordinator writes.
+pub const SPEC_VERSION: u32 = 1;
+
+/// Headless (`claude -p` with stream-json) or the interactive TUI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecMode {
+    Headless,
+    Interactive,
+}
+
+/// `containers/<container-id>/spec.json`. Field order is the contract's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    pub version: u32,
+    pub session_id: String,
+    pub task_id: String,
+    pub container_id: String,
+    pub prompt: String,
+    pub mode: SpecMode,
+    pub claude_session_id: String,
+    pub resume: bool,
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub claude_bin: PathBuf,
+    pub workspace_dir: PathBuf,
+    pub claude_config_dir: PathBuf,
+    pub volume_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub listen_addr: String,
+    pub heartbeat_interval_ms: u64,
+    pub linger_after_finish_ms: u64,
+    pub stop_grace_ms: u64,
+}
+
+/// `<runtime_dir>/agent.json`. Unknown fields are accepted: the agent may
+/// announce more than this coordinator needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRuntimeInfo {
+    pub version: u32,
+    pub pid: u32,
+    pub grpc_addr: String,
+    #[serde(default)]
+    pub started_at_ms: i64,
+    #[serde(default)]
+    pub container_id: String,
+    #[serde(default)]
+    pub session_id: String,
+    #[serde(default)]
+    pub socket_dir: Option<PathBuf>,
+}
+
+impl AgentRuntimeInfo {
+    /// The agent's gRPC endpoint URI.
+    pub fn endpoint_uri(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_json_from_the_contract_parses() {
+        let info: AgentRuntimeInfo = serde_json::from_str(
+            r#"{"version": 1, "pid": 12345, "grpc_addr": "127.0.0.1:40123", "started_at_ms": 1700000000000,
+                "container_id": "ctr-9c0d1e2f", "session_id": "sess-1a2b3c4d", "socket_dir": "/tmp/x"}"#,
+        )
+        .unwrap();
+        assert_eq!(info.endpoint_uri(), "http://127.0.0.1:40123");
+        assert_eq!(info.pid, 12345);
+    }
+
+    #[test]
+    fn spec_rejects_unknown_fields_and_keeps_contract_names() {
+        let spec = AgentSpec {
+            version: 1,
+            session_id: "sess-1a2b3c4d".into(),
+            task_id: "task-5e6f7a8b".into(),
+            container_id: "ctr-9c0d1e2f".into(),
+            prompt: "hi".into(),
+            mode: SpecMode::Headless,
+            claude_session_id: "6f1c".into(),
+            resume: false,
+            model: None,
+            max_turns: None,
+            claude_bin: "/bin/claude".into(),
+            workspace_dir: "/w".into(),
+            claude_config_dir: "/c".into(),
+            volume_dir: "/v".into(),
+            runtime_dir: "/r".into(),
+            listen_addr: "127.0.0.1:0".into(),
+            heartbeat_interval_ms: 5000,
+            linger_after_finish_ms: 600_000,
+            stop_grace_ms: 10_000,
+        };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["mode"], "headless");
+        assert_eq!(json["model"], serde_json::Value::Null);
+        let mut extra = json.clone();
+        extra["surprise"] = 1.into();
+        assert!(serde_json::from_value::<AgentSpec>(extra).is_err());
+        assert_eq!(serde_json::from_value::<AgentSpec>(json).unwrap(), spec);
+    }
+}

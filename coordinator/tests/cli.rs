@@ -1,0 +1,526 @@
+//! The real `parhelia` binary: bad input gets coded errors and non-zero
+//! exits, `--dry-run` launches and records nothing, state is found from a
+//! subdirectory, and the coordinator starts on demand, launches a detached
+//! agent over its Unix socket and records a failed start.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const PARHELIA: &str = env!("CARGO_BIN_EXE_parhelia");
+
+/// An isolated world: its own HOME, state dir, PATH and working directory.
+struct World {
+    tmp: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl World {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let world = Self {
+            tmp,
+            env: Vec::new(),
+        };
+        std::fs::create_dir_all(world.work()).unwrap();
+        std::fs::create_dir_all(world.bin()).unwrap();
+        world
+    }
+
+    fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn work(&self) -> PathBuf {
+        self.root().join("work")
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.root().join("bin")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root().join("state")
+    }
+
+    fn with_env(mut self, key: &str, value: impl AsRef<Path>) -> Self {
+        self.env
+            .push((key.into(), value.as_ref().to_string_lossy().into_owned()));
+        self
+    }
+
+    /// Writes an executable script into `bin/`.
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.bin().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn fake_claude(&self) -> PathBuf {
+        self.script("claude", "echo fake claude; exit 0")
+    }
+
+    fn command_in(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(PARHELIA);
+        cmd.args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .env("HOME", self.root())
+            .env("PARHELIA_HOME", self.state())
+            .env("PATH", format!("{}:/usr/bin:/bin", self.bin().display()))
+            .env("TMPDIR", self.root())
+            .env("PARHELIA_COORDINATOR_START_TIMEOUT_MS", "20000");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn run_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        self.command_in(cwd, args).output().unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_in(&self.work(), args)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Never leave a coordinator behind.
+        if self.state().join("coordinator.sock").exists() {
+            let _ = self.run(&["coordinator", "stop"]);
+        }
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a coded failure: `error[CODE]: …` then a hint, and the exit status.
+fn assert_coded(out: &Output, code: &str, status: i32) {
+    let err = stderr(out);
+    assert_eq!(
+        out.status.code(),
+        Some(status),
+        "stderr: {err}\nstdout: {}",
+        stdout(out)
+    );
+    assert!(
+        err.starts_with(&format!("error[{code}]: ")),
+        "stderr: {err}"
+    );
+    assert!(err.contains("\n  hint: "), "stderr: {err}");
+    assert!(
+        err.contains(&format!("parhelia help {code}")),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn unknown_task_id_is_e201() {
+    let world = World::new();
+    let out = world.run(&["task", "show", "task-deadbeef"]);
+    assert_coded(&out, "E201", 3);
+    assert!(stderr(&out).starts_with("error[E201]: task not found: task-deadbeef\n"));
+    assert_coded(
+        &world.run(&["task", "show", "task-deadbeef", "--json"]),
+        "E201",
+        3,
+    );
+    assert_coded(&world.run(&["t", "watch", "task-deadbeef"]), "E201", 3);
+    assert_coded(&world.run(&["session", "show", "sess-deadbeef"]), "E202", 3);
+}
+
+#[test]
+fn empty_prompt_is_e101() {
+    let world = World::new();
+    world.fake_claude();
+    assert_coded(&world.run(&["task", "create", ""]), "E101", 2);
+    assert_coded(
+        &world.run(&["task", "create", "   ", "--dry-run"]),
+        "E101",
+        2,
+    );
+}
+
+#[test]
+fn missing_workspace_is_e102() {
+    let world = World::new();
+    world.fake_claude();
+    let out = world.run(&["task", "create", "do it", "--workspace", "no/such/dir"]);
+    assert_coded(&out, "E102", 2);
+    assert!(stderr(&out).contains("workspace not found: no/such/dir"));
+    // A file is not a workspace either.
+    std::fs::write(world.work().join("file"), "").unwrap();
+    assert_coded(
+        &world.run(&["task", "create", "do it", "--workspace", "file"]),
+        "E102",
+        2,
+    );
+}
+
+#[test]
+fn claude_not_installed_is_e501() {
+    let world = World::new();
+    let empty_bin = world.root().join("empty-bin");
+    std::fs::create_dir(&empty_bin).unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = world.command_in(&world.work(), &["task", "create", "do it"]);
+        cmd.env("PATH", &empty_bin);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&[("PARHELIA_CLAUDE_BIN", "/nonexistent")]);
+    assert_coded(&out, "E501", 6);
+    assert!(stderr(&out).contains("/nonexistent"), "{}", stderr(&out));
+    assert_coded(&run(&[]), "E501", 6);
+    assert!(
+        !world.state().join("coordinator.sock").exists(),
+        "nothing was started"
+    );
+}
+
+#[test]
+fn unknown_backend_and_status_are_input_errors() {
+    let world = World::new();
+    world.fake_claude();
+    assert_coded(
+        &world.run(&["task", "create", "x", "--backend", "k8s"]),
+        "E103",
+        2,
+    );
+    assert_coded(
+        &world.run(&["task", "create", "x", "--backend", "modal"]),
+        "E506",
+        6,
+    );
+    assert_coded(&world.run(&["task", "list", "--status", "done"]), "E104", 2);
+}
+
+#[test]
+fn dry_run_launches_and_records_nothing() {
+    let world = World::new();
+    let claude = world.fake_claude();
+    let workspace = world.work().join("repo");
+    std::fs::create_dir_all(workspace.join(".git")).unwrap();
+    let mut cmd = world.command_in(
+        &world.work(),
+        &[
+            "task",
+            "create",
+            "Add a hello.txt",
+            "--workspace",
+            "repo",
+            "--dry-run",
+            "--model",
+            "m1",
+        ],
+    );
+    cmd.env("ANTHROPIC_API_KEY", "sk-test-never-shown");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("dry run: nothing was launched or recorded\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("claude     {}", claude.display())),
+        "{text}"
+    );
+    assert!(text.contains("ANTHROPIC_API_KEY"), "{text}");
+    assert!(
+        !text.contains("sk-test-never-shown"),
+        "env values are never shown: {text}"
+    );
+    assert!(text.contains(r#""claude_bin": ""#), "{text}");
+    assert!(text.contains(r#""model": "m1""#), "{text}");
+
+    let out = world.run(&["task", "create", "Add a hello.txt", "--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["backend"], "local");
+    assert_eq!(plan["workspace_source"], serde_json::Value::Null);
+    assert_eq!(plan["spec"]["version"], 1);
+    assert_eq!(plan["spec"]["mode"], "headless");
+    assert_eq!(
+        plan["spec"]["claude_bin"],
+        claude.to_string_lossy().as_ref()
+    );
+
+    // Nothing was created: no state directory at all, so no database, no
+    // socket, no session.
+    assert!(!world.state().exists(), "a dry run must not create state");
+}
+
+#[test]
+fn state_is_found_from_a_subdirectory() {
+    let world = World::new();
+    let project = world.root().join("project");
+    let deep = project.join("src/deeper");
+    std::fs::create_dir_all(project.join(".parhelia")).unwrap();
+    std::fs::create_dir_all(&deep).unwrap();
+    let expected = std::fs::canonicalize(project.join(".parhelia")).unwrap();
+
+    // Record a task in the project's state through the library.
+    let db = parhelia::db::Db::open(&expected.join("parhelia.db")).unwrap();
+    db.insert_launch(&parhelia::db::NewLaunch {
+        task_id: "task-00c0ffee".into(),
+        session_id: "sess-00c0ffee".into(),
+        container_id: "ctr-00c0ffee".into(),
+        claude_session_id: "9b2f6c1e-0000-4000-8000-000000000000".into(),
+        prompt: "hello".into(),
+        task_type: "generic".into(),
+        backend: "local".into(),
+        workspace: None,
+        model: None,
+        max_turns: None,
+        mode: "headless".into(),
+        secret: parhelia::ids::SessionSecret::from_stored("super-secret-value".into()),
+        workspace_dir: "/w".into(),
+        volume_dir: "/v".into(),
+    })
+    .unwrap();
+    drop(db);
+
+    for cwd in [&project, &deep] {
+        let out = world.run_in(cwd, &["status", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["state_dir"], expected.to_string_lossy().as_ref());
+        assert_eq!(status["tasks"]["pending"], 1);
+        assert_eq!(status["coordinator"]["running"], false);
+
+        let out = world.run_in(cwd, &["task", "show", "task-00c0ffee", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            !text.contains("super-secret-value"),
+            "the secret is never printed"
+        );
+        let task: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for key in [
+            "id",
+            "status",
+            "session_id",
+            "backend",
+            "workspace",
+            "cost_usd",
+            "created_at",
+            "finished_at",
+            "result",
+        ] {
+            assert!(task.get(key).is_some(), "missing {key}: {text}");
+        }
+        assert_eq!(task["status"], "pending");
+        assert_eq!(task["finished_at"], serde_json::Value::Null);
+    }
+    // PARHELIA_HOME was not used.
+    assert!(!world.state().exists());
+    let out = world.run_in(&deep, &["t", "list"]);
+    assert!(stdout(&out).contains("task-00c0ffee"), "{}", stdout(&out));
+}
+
+#[test]
+fn help_explains_codes_and_commands() {
+    let world = World::new();
+    let out = world.run(&["help", "E201"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(text.starts_with("E201 TASK_NOT_FOUND\n"), "{text}");
+    for heading in ["What happened", "Why", "How to recover", "Exit status: 3"] {
+        assert!(text.contains(heading), "{text}");
+    }
+    let out = world.run(&["help", "codes"]);
+    for code in parhelia::error_codes::ALL {
+        assert!(stdout(&out).contains(code.code), "{} missing", code.code);
+    }
+    let out = world.run(&["help", "task", "create"]);
+    assert!(stdout(&out).contains("--dry-run"), "{}", stdout(&out));
+    assert_coded(&world.run(&["help", "E999"]), "E204", 3);
+    assert_coded(&world.run(&["help", "frobnicate"]), "E204", 3);
+    // Usage errors are clap's, with exit status 2.
+    assert_eq!(world.run(&["task", "create"]).status.code(), Some(2));
+}
+
+/// The coordinator starts on demand, answers on its socket, records the
+/// task, lays out the session and starts the agent detached with the right
+/// arguments and environment. The fake agent exits at once, so the task
+/// fails with E502 and both async (`task watch`) and `--sync` report it.
+#[test]
+fn coordinator_starts_on_demand_and_records_a_failed_agent_start() {
+    let world = World::new();
+    world.fake_claude();
+    // Named parhelia-agent like the real one. It records its arguments,
+    // whether it got the secret, the rest of its environment, and its
+    // session id (field 6 of /proc/self/stat) next to its pid.
+    let agent = world.script(
+        "parhelia-agent",
+        r#"dir=$(dirname "$3")/runtime
+echo "$@" > "$dir/args.txt"
+env | sort > "$dir/env.txt"
+echo "pid=$$ sid=$(cut -d' ' -f6 /proc/$$/stat)" > "$dir/session.txt"
+echo "fake agent refusing to start" >&2
+exit 3"#,
+    );
+    let world = world.with_env("PARHELIA_AGENT_BIN", &agent);
+    let workspace = world.work().join("repo");
+    std::fs::create_dir_all(workspace.join(".git")).unwrap();
+    std::fs::write(workspace.join("README"), "hi").unwrap();
+
+    let mut cmd = world.command_in(
+        &world.work(),
+        &[
+            "task",
+            "create",
+            "Add a hello.txt",
+            "--workspace",
+            "repo",
+            "--json",
+        ],
+    );
+    cmd.env("ANTHROPIC_API_KEY", "sk-test-key")
+        .env("UNRELATED_SECRET", "nope");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let task_id = submitted["task_id"].as_str().unwrap().to_string();
+    let session_id = submitted["session_id"].as_str().unwrap().to_string();
+    let container_id = submitted["container_id"].as_str().unwrap().to_string();
+    assert!(
+        parhelia::ids::is_well_formed("task-", &task_id),
+        "{task_id}"
+    );
+
+    // The coordinator is up and owns the state dir.
+    let out = world.run(&["coordinator", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], true, "{status}");
+    let socket = world.state().join("coordinator.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // `task watch` follows the task to its end and exits with its outcome.
+    let out = world.run(&["task", "watch", &task_id]);
+    assert_coded(&out, "E502", 6);
+    assert!(stderr(&out).contains("exited"), "{}", stderr(&out));
+
+    let out = world.run(&["task", "show", &task_id, "--json"]);
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["status"], "failed");
+    assert_eq!(task["error_code"], "E502");
+    assert_eq!(task["session_id"], session_id.as_str());
+    assert!(task["finished_at"].is_string());
+
+    // Layout and spec per the contract.
+    let state = std::fs::canonicalize(world.state()).unwrap();
+    let session_dir = state.join("sessions").join(&session_id);
+    let container_dir = state.join("containers").join(&container_id);
+    assert_eq!(
+        std::fs::read_to_string(session_dir.join("workspace/README")).unwrap(),
+        "hi"
+    );
+    assert!(session_dir.join("workspace/.git").is_dir());
+    assert!(session_dir.join("volume").is_dir());
+    assert!(container_dir.join("claude-config").is_dir());
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(container_dir.join("spec.json")).unwrap())
+            .unwrap();
+    assert_eq!(spec["task_id"], task_id.as_str());
+    assert_eq!(spec["container_id"], container_id.as_str());
+    assert_eq!(
+        spec["workspace_dir"],
+        session_dir.join("workspace").to_string_lossy().as_ref()
+    );
+    assert_eq!(
+        spec["runtime_dir"],
+        container_dir.join("runtime").to_string_lossy().as_ref()
+    );
+    assert!(uuid::Uuid::parse_str(spec["claude_session_id"].as_str().unwrap()).is_ok());
+
+    // The agent's command line, environment and session.
+    let runtime = container_dir.join("runtime");
+    let args = std::fs::read_to_string(runtime.join("args.txt")).unwrap();
+    assert!(
+        args.starts_with(&format!(
+            "run --spec {} --label parhelia.coordinator=coord-",
+            container_dir.join("spec.json").display()
+        )),
+        "{args}"
+    );
+    let env = std::fs::read_to_string(runtime.join("env.txt")).unwrap();
+    assert!(
+        env.contains("PARHELIA_SESSION_SECRET="),
+        "the agent gets its secret"
+    );
+    assert!(env.contains("ANTHROPIC_API_KEY=sk-test-key"));
+    assert!(
+        !env.contains("UNRELATED_SECRET"),
+        "only what Claude Code needs is passed: {env}"
+    );
+    assert!(
+        !env.contains("PARHELIA_CLAUDE_BIN") && !env.contains("PARHELIA_AGENT_BIN"),
+        "{env}"
+    );
+    let session = std::fs::read_to_string(runtime.join("session.txt")).unwrap();
+    let (pid, sid) = session.trim().split_once(' ').unwrap();
+    assert_eq!(
+        pid.trim_start_matches("pid="),
+        sid.trim_start_matches("sid="),
+        "the agent leads its own session"
+    );
+    assert!(
+        std::fs::read_to_string(runtime.join("agent.log"))
+            .unwrap()
+            .contains("fake agent refusing to start")
+    );
+    let secret_line = env
+        .lines()
+        .find(|l| l.starts_with("PARHELIA_SESSION_SECRET="))
+        .unwrap();
+    let secret = secret_line.trim_start_matches("PARHELIA_SESSION_SECRET=");
+    assert_eq!(secret.len(), 64);
+    assert!(
+        !std::fs::read_to_string(container_dir.join("spec.json"))
+            .unwrap()
+            .contains(secret)
+    );
+    let log = std::fs::read_to_string(state.join("coordinator.log")).unwrap();
+    assert!(
+        !log.contains(secret) && !log.contains("sk-test-key"),
+        "secrets never reach the log"
+    );
+
+    // --sync reports the same failure with the same exit status.
+    let out = world.run(&["task", "create", "again", "--sync"]);
+    assert_coded(&out, "E502", 6);
+
+    // Two tasks, both failed; the status command sees the running coordinator.
+    let out = world.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["tasks"]["failed"], 2, "{status}");
+    assert_eq!(status["coordinator"]["running"], true);
+
+    // Only one coordinator per state directory.
+    let out = world.run(&["coordinator", "run"]);
+    assert_coded(&out, "E604", 7);
+
+    let out = world.run(&["coordinator", "stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("coordinator stopped"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!socket.exists());
+    let out = world.run(&["coordinator", "status"]);
+    assert!(stdout(&out).contains("not running"));
+}

@@ -1,0 +1,162 @@
+//! End-to-end harness: a private state directory, the real `parhelia`,
+//! `parhelia-agent` and Claude Code binaries, and the scripted model stand-in.
+//!
+//! Every test gets its own temporary directory holding `.parhelia/`, so state
+//! discovery (walking up from the working directory) finds exactly that one.
+//! Dropping the harness stops the coordinator and SIGTERMs any agent it
+//! started, so no process outlives a test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use parhelia_testkit::{Script, StandIn};
+
+/// `target/<profile>/`, where cargo puts every workspace binary.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub stand_in: StandIn,
+    env: Vec<(String, String)>,
+}
+
+impl Harness {
+    pub fn new(script: Script) -> Harness {
+        for b in ["parhelia", "parhelia-agent"] {
+            assert!(
+                bin_dir().join(b).exists(),
+                "{b} is not built: run `cargo build --workspace --bins` first (scripts/test does)"
+            );
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join(".parhelia")).unwrap();
+        let stand_in = StandIn::start(script).expect("start model stand-in");
+        let claude = parhelia_testkit::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));
+        let path = format!(
+            "{}:{}:{}",
+            bin_dir().display(),
+            claude.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let env = vec![
+            ("PATH".into(), path),
+            ("PARHELIA_CLAUDE_BIN".into(), claude.display().to_string()),
+            ("PARHELIA_AGENT_BIN".into(), bin_dir().join("parhelia-agent").display().to_string()),
+            ("ANTHROPIC_BASE_URL".into(), stand_in.base_url().to_string()),
+            ("ANTHROPIC_API_KEY".into(), "test-key-not-a-secret".into()),
+            ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
+            ("PARHELIA_HEARTBEAT_INTERVAL_MS".into(), "500".into()),
+        ];
+        Harness { dir, stand_in, env }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.root().join(".parhelia")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin_dir().join("parhelia"));
+        cmd.args(args).current_dir(self.root()).env_remove("PARHELIA_HOME");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `parhelia ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run parhelia")
+    }
+
+    /// Runs `parhelia ARGS`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "parhelia {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}\ncoordinator log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.coordinator_log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
+    }
+
+    pub fn coordinator_log(&self) -> String {
+        std::fs::read_to_string(self.state().join("coordinator.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until `parhelia task show ID --json` satisfies `done`.
+    pub fn wait_task(&self, task_id: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let task = self.json(&["task", "show", task_id, "--json"]);
+            if done(&task) {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {task_id} never reached the expected state; last: {task:#}\ncoordinator log:\n{}",
+                self.coordinator_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.state().join("parhelia.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open parhelia.db")
+    }
+
+    /// Every stored event of a container: (seq, type, payload JSON), by seq.
+    pub fn events(&self, container_id: &str) -> Vec<(u64, String, serde_json::Value)> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT seq, type, payload FROM events WHERE container_id = ?1 ORDER BY seq")
+            .unwrap();
+        stmt.query_map([container_id], |r| {
+            let payload: String = r.get(2)?;
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, serde_json::from_str(&payload).unwrap()))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.command(&["coordinator", "stop"]).output();
+        // SIGTERM every agent this test started (their tmux servers and
+        // Claude Code go with them); agents are detached, so nothing else would.
+        if let Ok(entries) = std::fs::read_dir(self.state().join("containers")) {
+            for entry in entries.flatten() {
+                let info = entry.path().join("runtime/agent.json");
+                if let Ok(text) = std::fs::read_to_string(info) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                        if let Some(pid) = v["pid"].as_i64() {
+                            let _ = Command::new("kill").arg(pid.to_string()).status();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
