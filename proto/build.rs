@@ -2,7 +2,10 @@
 //! needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/parhelia/v1/agent.proto", "proto/parhelia/v1/coordinator.proto"];
+    let files = [
+        "proto/parhelia/v1/agent.proto",
+        "proto/parhelia/v1/coordinator.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -10,8 +13,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Events are also the journal's on-disk form (JSON lines), so wire
         // types carry serde. `default` lets newer readers accept older lines.
-        .message_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
-        .enum_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]")
+        .message_attribute(
+            ".",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .enum_attribute(
+            ".",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

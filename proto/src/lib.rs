@@ -51,11 +51,7 @@ pub fn event_level(kind: &event::Kind) -> &'static str {
         Kind::ToolResult(r) if r.is_error => "warning",
         Kind::ApiRetry(_) => "warning",
         Kind::ClaudeExited(e) if !e.had_result => "warning",
-        Kind::SessionFinished(f)
-            if f.outcome != SessionOutcome::Succeeded as i32 =>
-        {
-            "error"
-        }
+        Kind::SessionFinished(f) if f.outcome != SessionOutcome::Succeeded as i32 => "error",
         _ => "info",
     }
 }

@@ -13,8 +13,10 @@ use parhelia_testkit::{Script, ToolCall, Turn};
 fn write_and_bash_script() -> Script {
     Script::new([
         Turn::tool_use([ToolCall::write("hello.txt", "hi\n")]).with_usage(400, 40),
-        Turn::tool_use([ToolCall::bash("echo from-bash-$((6 * 7)) > bash.txt; echo from-bash-$((6 * 7))")])
-            .with_usage(500, 30),
+        Turn::tool_use([ToolCall::bash(
+            "echo from-bash-$((6 * 7)) > bash.txt; echo from-bash-$((6 * 7))",
+        )])
+        .with_usage(500, 30),
         Turn::text("Created hello.txt and bash.txt.").with_usage(600, 20),
     ])
 }
@@ -72,45 +74,105 @@ fn container_of(h: &Harness, task_id: &str) -> String {
 fn sync_task_writes_through_write_and_bash_and_records_everything() {
     let h = Harness::new(write_and_bash_script());
     make_repo(&h);
-    let stdout = h.ok(&["task", "create", "Add a hello.txt that says hi", "--workspace", "./myrepo", "--sync"]);
+    let stdout = h.ok(&[
+        "task",
+        "create",
+        "Add a hello.txt that says hi",
+        "--workspace",
+        "./myrepo",
+        "--sync",
+    ]);
 
     // Readable progress: each tool call and the final result with its cost.
-    assert!(stdout.contains("Write"), "no Write tool call in progress:\n{stdout}");
-    assert!(stdout.contains("Bash"), "no Bash tool call in progress:\n{stdout}");
-    assert!(stdout.contains("Created hello.txt"), "no result text:\n{stdout}");
+    assert!(
+        stdout.contains("Write"),
+        "no Write tool call in progress:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("Bash"),
+        "no Bash tool call in progress:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("Created hello.txt"),
+        "no result text:\n{stdout}"
+    );
     assert!(stdout.contains('$'), "no cost in progress:\n{stdout}");
 
     let tasks = h.json(&["task", "list", "--json"]);
-    let task_id = tasks.as_array().and_then(|a| a.first()).map(|t| t["id"].as_str().unwrap().to_string())
+    let task_id = tasks
+        .as_array()
+        .and_then(|a| a.first())
+        .map(|t| t["id"].as_str().unwrap().to_string())
         .unwrap_or_else(|| panic!("no task in {tasks}"));
     let task = h.json(&["task", "show", &task_id, "--json"]);
-    for key in ["id", "status", "session_id", "backend", "workspace", "cost_usd", "created_at", "finished_at", "result"] {
-        assert!(task.get(key).is_some(), "task show --json lacks {key}: {task:#}");
+    for key in [
+        "id",
+        "status",
+        "session_id",
+        "backend",
+        "workspace",
+        "cost_usd",
+        "created_at",
+        "finished_at",
+        "result",
+    ] {
+        assert!(
+            task.get(key).is_some(),
+            "task show --json lacks {key}: {task:#}"
+        );
     }
     assert_eq!(task["status"], "completed", "{task:#}");
     assert_eq!(task["backend"], "local");
-    assert!(task["result"].as_str().unwrap().contains("Created hello.txt"));
+    assert!(
+        task["result"]
+            .as_str()
+            .unwrap()
+            .contains("Created hello.txt")
+    );
     assert!(task["finished_at"].is_string());
 
     // The Write tool's file and the Bash command's file are in the session's workspace,
     // next to the copied repository (with its .git).
     let session_id = task["session_id"].as_str().unwrap();
-    let ws = h.state().join("sessions").join(session_id).join("workspace");
-    assert_eq!(std::fs::read_to_string(ws.join("hello.txt")).unwrap(), "hi\n");
-    assert_eq!(std::fs::read_to_string(ws.join("bash.txt")).unwrap(), "from-bash-42\n");
+    let ws = h
+        .state()
+        .join("sessions")
+        .join(session_id)
+        .join("workspace");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("hello.txt")).unwrap(),
+        "hi\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("bash.txt")).unwrap(),
+        "from-bash-42\n"
+    );
     assert!(ws.join(".git").is_dir() && ws.join("README.md").is_file());
 
     // Events in SQLite: gap-free from 1, in order, and the Bash output is among them.
     let container_id = container_of(&h, &task_id);
     let events = h.events(&container_id);
     let seqs: Vec<u64> = events.iter().map(|e| e.0).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "events not gap-free");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "events not gap-free"
+    );
     let types: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
-    for t in ["session_started", "claude_init", "tool_call", "tool_result", "turn_result", "session_finished"] {
+    for t in [
+        "session_started",
+        "claude_init",
+        "tool_call",
+        "tool_result",
+        "turn_result",
+        "session_finished",
+    ] {
         assert!(types.contains(&t), "no {t} event in {types:?}");
     }
     assert!(
-        events.iter().any(|(_, t, p)| t == "tool_result" && p.to_string().contains("from-bash-42")),
+        events
+            .iter()
+            .any(|(_, t, p)| t == "tool_result" && p.to_string().contains("from-bash-42")),
         "Bash output not in the events"
     );
 
@@ -118,22 +180,35 @@ fn sync_task_writes_through_write_and_bash_and_records_everything() {
     let cost = task["cost_usd"].as_f64().unwrap();
     let reported = reported_cost(&h, session_id, &container_id);
     assert!(reported > 0.0);
-    assert!((cost - reported).abs() < 1e-9, "recorded {cost} != reported {reported}");
+    assert!(
+        (cost - reported).abs() < 1e-9,
+        "recorded {cost} != reported {reported}"
+    );
 }
 
 #[test]
 fn async_task_keeps_running_after_the_cli_exits_and_is_seen_finishing() {
     let h = Harness::new(write_and_bash_script());
     let out = h.ok(&["task", "create", "Add a hello.txt that says hi", "--json"]);
-    let created: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let task_id = created["id"].as_str().or(created["task_id"].as_str()).expect("task id").to_string();
+    let created: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let task_id = created["id"]
+        .as_str()
+        .or(created["task_id"].as_str())
+        .expect("task id")
+        .to_string();
     // The CLI has exited; the work goes on in the coordinator and the agent.
-    let task = h.wait_task(&task_id, |t| t["status"] != "pending" && t["status"] != "running");
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] != "pending" && t["status"] != "running"
+    });
     assert_eq!(task["status"], "completed", "{task:#}");
 
     // `task watch` on a finished task replays its events and exits with its outcome.
     let watch = h.ok(&["task", "watch", &task_id]);
-    assert!(watch.contains("Write") && watch.contains("Created hello.txt"), "{watch}");
+    assert!(
+        watch.contains("Write") && watch.contains("Created hello.txt"),
+        "{watch}"
+    );
     // `status` sees it.
     let status = h.ok(&["status"]);
     assert!(status.contains("completed"), "{status}");
@@ -145,26 +220,40 @@ fn failing_model_calls_fail_the_task_with_a_coded_error() {
     let out = h.run(&["task", "create", "Say hi", "--sync"]);
     assert!(!out.status.success(), "a failed task must exit non-zero");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("E505"), "expected E505 on stderr:\n{stderr}");
+    assert!(
+        stderr.contains("E505"),
+        "expected E505 on stderr:\n{stderr}"
+    );
 
     let tasks = h.json(&["task", "list", "--json"]);
     let task_id = tasks[0]["id"].as_str().unwrap().to_string();
     let task = h.json(&["task", "show", &task_id, "--json"]);
     assert_eq!(task["status"], "failed", "{task:#}");
     assert_eq!(task["error_code"], "E505", "{task:#}");
-    assert!(task["error_message"].as_str().unwrap_or("").contains("500"), "{task:#}");
+    assert!(
+        task["error_message"].as_str().unwrap_or("").contains("500"),
+        "{task:#}"
+    );
     // Claude Code retried before giving up, and the retries are events.
     let events = h.events(&container_of(&h, &task_id));
-    assert!(events.iter().any(|e| e.1 == "api_retry"), "no api_retry event");
+    assert!(
+        events.iter().any(|e| e.1 == "api_retry"),
+        "no api_retry event"
+    );
 }
 
 #[test]
 fn model_credentials_refused_is_an_auth_error() {
-    let h = Harness::new(Script::new([Turn::error(ErrorReply::unauthorized()).times(20)]));
+    let h = Harness::new(Script::new([
+        Turn::error(ErrorReply::unauthorized()).times(20)
+    ]));
     let out = h.run(&["task", "create", "Say hi", "--sync"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("E401"), "expected E401 on stderr:\n{stderr}");
+    assert!(
+        stderr.contains("E401"),
+        "expected E401 on stderr:\n{stderr}"
+    );
 }
 
 /// Every agent RPC needs the session's secret: without it, or with a wrong
@@ -176,34 +265,63 @@ fn agent_rpc_without_the_session_secret_is_refused() {
     let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash("sleep 120")])]));
     let out = h.ok(&["task", "create", "Wait a while", "--json"]);
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let task_id = created["id"].as_str().or(created["task_id"].as_str()).unwrap().to_string();
-    h.wait_task(&task_id, |_| {
-        h.stand_in.turns_consumed() >= 1
-    });
+    let task_id = created["id"]
+        .as_str()
+        .or(created["task_id"].as_str())
+        .unwrap()
+        .to_string();
+    h.wait_task(&task_id, |_| h.stand_in.turns_consumed() >= 1);
     let container_id = container_of(&h, &task_id);
-    let info_path = h.state().join("containers").join(&container_id).join("runtime/agent.json");
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    let info_path = h
+        .state()
+        .join("containers")
+        .join(&container_id)
+        .join("runtime/agent.json");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
     let addr = format!("http://{}", info["grpc_addr"].as_str().unwrap());
     let secret: String = h
         .db()
-        .query_row("SELECT secret FROM sessions WHERE task_id = ?1", [&task_id], |r| r.get(0))
+        .query_row(
+            "SELECT secret FROM sessions WHERE task_id = ?1",
+            [&task_id],
+            |r| r.get(0),
+        )
         .unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut client = AgentClient::connect(addr.clone()).await.unwrap();
-        let err = client.get_info(parhelia_proto::GetInfoRequest {}).await.unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unauthenticated, "no secret: {err:?}");
-
-        let mut req = tonic::Request::new(parhelia_proto::GetInfoRequest {});
-        req.metadata_mut().insert("authorization", "Bearer not-the-secret".parse().unwrap());
-        let err = client.get_info(req).await.unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unauthenticated, "wrong secret: {err:?}");
+        let err = client
+            .get_info(parhelia_proto::GetInfoRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unauthenticated,
+            "no secret: {err:?}"
+        );
 
         let mut req = tonic::Request::new(parhelia_proto::GetInfoRequest {});
         req.metadata_mut()
-            .insert("authorization", parhelia_proto::bearer(&secret).parse().unwrap());
-        let info = client.get_info(req).await.expect("the right secret is accepted").into_inner();
+            .insert("authorization", "Bearer not-the-secret".parse().unwrap());
+        let err = client.get_info(req).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unauthenticated,
+            "wrong secret: {err:?}"
+        );
+
+        let mut req = tonic::Request::new(parhelia_proto::GetInfoRequest {});
+        req.metadata_mut().insert(
+            "authorization",
+            parhelia_proto::bearer(&secret).parse().unwrap(),
+        );
+        let info = client
+            .get_info(req)
+            .await
+            .expect("the right secret is accepted")
+            .into_inner();
         assert_eq!(info.container_id, container_id);
     });
     // The secret never reached the agent's log or its spec.

@@ -16,7 +16,10 @@ use parhelia_testkit::{Script, StandIn};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub struct Harness {
@@ -46,7 +49,10 @@ impl Harness {
         let env = vec![
             ("PATH".into(), path),
             ("PARHELIA_CLAUDE_BIN".into(), claude.display().to_string()),
-            ("PARHELIA_AGENT_BIN".into(), bin_dir().join("parhelia-agent").display().to_string()),
+            (
+                "PARHELIA_AGENT_BIN".into(),
+                bin_dir().join("parhelia-agent").display().to_string(),
+            ),
             ("ANTHROPIC_BASE_URL".into(), stand_in.base_url().to_string()),
             ("ANTHROPIC_API_KEY".into(), "test-key-not-a-secret".into()),
             ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
@@ -65,7 +71,9 @@ impl Harness {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin_dir().join("parhelia"));
-        cmd.args(args).current_dir(self.root()).env_remove("PARHELIA_HOME");
+        cmd.args(args)
+            .current_dir(self.root())
+            .env_remove("PARHELIA_HOME");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -101,7 +109,11 @@ impl Harness {
     }
 
     /// Waits (bounded) until `parhelia task show ID --json` satisfies `done`.
-    pub fn wait_task(&self, task_id: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_task(
+        &self,
+        task_id: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let task = self.json(&["task", "show", task_id, "--json"]);
@@ -133,7 +145,11 @@ impl Harness {
             .unwrap();
         stmt.query_map([container_id], |r| {
             let payload: String = r.get(2)?;
-            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, serde_json::from_str(&payload).unwrap()))
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get(1)?,
+                serde_json::from_str(&payload).unwrap(),
+            ))
         })
         .unwrap()
         .map(Result::unwrap)
