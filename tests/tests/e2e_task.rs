@@ -53,9 +53,9 @@ fn reported_cost(h: &Harness, session_id: &str, container_id: &str) -> f64 {
     let text = std::fs::read_to_string(&stream)
         .unwrap_or_else(|e| panic!("read {}: {e}", stream.display()));
     text.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "result")
-        .last()
+        .find(|v| v["type"] == "result")
         .and_then(|v| v["total_cost_usd"].as_f64())
         .expect("a result line with total_cost_usd")
 }

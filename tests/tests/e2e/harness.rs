@@ -56,7 +56,6 @@ impl Harness {
             ("ANTHROPIC_BASE_URL".into(), stand_in.base_url().to_string()),
             ("ANTHROPIC_API_KEY".into(), "test-key-not-a-secret".into()),
             ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
-            ("PARHELIA_HEARTBEAT_INTERVAL_MS".into(), "500".into()),
         ];
         Harness { dir, stand_in, env }
     }
@@ -165,12 +164,11 @@ impl Drop for Harness {
         if let Ok(entries) = std::fs::read_dir(self.state().join("containers")) {
             for entry in entries.flatten() {
                 let info = entry.path().join("runtime/agent.json");
-                if let Ok(text) = std::fs::read_to_string(info) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                        if let Some(pid) = v["pid"].as_i64() {
-                            let _ = Command::new("kill").arg(pid.to_string()).status();
-                        }
-                    }
+                if let Ok(text) = std::fs::read_to_string(info)
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                    && let Some(pid) = v["pid"].as_i64()
+                {
+                    let _ = Command::new("kill").arg(pid.to_string()).status();
                 }
             }
         }
