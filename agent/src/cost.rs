@@ -60,7 +60,7 @@ mod tests {
         Event {
             kind: Some(event::Kind::TurnResult(TurnResult {
                 // What Claude Code reported is deliberately not what is counted.
-                process_cost_usd: 99.0,
+                claude_total_cost_usd: 99.0,
                 session_cost_usd: session_cost,
                 ..Default::default()
             })),

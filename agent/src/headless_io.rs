@@ -233,7 +233,7 @@ mod tests {
         std::fs::write(&exit_status, "0\n").unwrap();
         let second = news.recv().await.unwrap();
         assert!(
-            matches!(&second, StreamNews::Line(l) if matches!(&l.kinds[0], event::Kind::TurnResult(r) if r.process_cost_usd == 0.5)),
+            matches!(&second, StreamNews::Line(l) if matches!(&l.kinds[0], event::Kind::TurnResult(r) if r.claude_total_cost_usd == 0.5)),
             "{second:?}"
         );
         assert_eq!(

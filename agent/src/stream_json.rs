@@ -9,7 +9,7 @@
 //!   in sorted order). The line's `usage` is preliminary and is never read.
 //! - A `user` line gives one [`ToolResult`] per `tool_result` block, its text content cut
 //!   to [`TOOL_RESULT_MAX_BYTES`] (on a character boundary) with `truncated` set.
-//! - A `result` line gives one [`TurnResult`] whose `process_cost_usd` is Claude Code's
+//! - A `result` line gives one [`TurnResult`] whose `claude_total_cost_usd` is Claude Code's
 //!   `total_cost_usd` as reported, and [`StreamLine::turn_cost_usd`], the cost of that
 //!   turn alone (the sum of `model_usage_since_last_result.*.costUSD`). Claude Code
 //!   2.1.330's `total_cost_usd` is cumulative for the *session*, restored from the
@@ -100,7 +100,7 @@ fn kinds_of(value: &Value) -> Vec<event::Kind> {
             num_turns: u32_at(value, "num_turns"),
             duration_ms: value["duration_ms"].as_u64().unwrap_or(0),
             api_error_status: u32_at(value, "api_error_status"),
-            process_cost_usd: value["total_cost_usd"].as_f64().unwrap_or(0.0),
+            claude_total_cost_usd: value["total_cost_usd"].as_f64().unwrap_or(0.0),
             usage: Some(Usage {
                 input_tokens: value["usage"]["input_tokens"].as_u64().unwrap_or(0),
                 output_tokens: value["usage"]["output_tokens"].as_u64().unwrap_or(0),
@@ -304,16 +304,16 @@ mod tests {
     fn result_lines() {
         check(
             r#"{"type":"result","subtype":"success","is_error":false,"api_error_status":null,"num_turns":2,"result":"Done.","duration_ms":179,"total_cost_usd":0.0028,"usage":{"input_tokens":200,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":100},"modelUsage":{},"session_id":"s","uuid":"u"}"#,
-            r#"[{"turn_result":{"subtype":"success","is_error":false,"result":"Done.","num_turns":2,"duration_ms":179,"api_error_status":0,"process_cost_usd":0.0028,"usage":{"input_tokens":200,"output_tokens":100,"cache_creation_input_tokens":0,"cache_read_input_tokens":0},"session_cost_usd":0.0}}]"#,
+            r#"[{"turn_result":{"subtype":"success","is_error":false,"result":"Done.","num_turns":2,"duration_ms":179,"api_error_status":0,"claude_total_cost_usd":0.0028,"usage":{"input_tokens":200,"output_tokens":100,"cache_creation_input_tokens":0,"cache_read_input_tokens":0},"session_cost_usd":0.0}}]"#,
         );
         // API failures keep subtype "success" but set is_error and api_error_status.
         check(
             r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":500,"num_turns":1,"result":"API Error: 500 boom.","duration_ms":0,"total_cost_usd":0,"usage":{"input_tokens":0,"output_tokens":0}}"#,
-            r#"[{"turn_result":{"subtype":"success","is_error":true,"result":"API Error: 500 boom.","num_turns":1,"duration_ms":0,"api_error_status":500,"process_cost_usd":0.0,"usage":{"input_tokens":0,"output_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0},"session_cost_usd":0.0}}]"#,
+            r#"[{"turn_result":{"subtype":"success","is_error":true,"result":"API Error: 500 boom.","num_turns":1,"duration_ms":0,"api_error_status":500,"claude_total_cost_usd":0.0,"usage":{"input_tokens":0,"output_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0},"session_cost_usd":0.0}}]"#,
         );
         check(
             r#"{"type":"result","subtype":"error_max_turns","is_error":true,"num_turns":3,"total_cost_usd":0.5}"#,
-            r#"[{"turn_result":{"subtype":"error_max_turns","is_error":true,"result":"","num_turns":3,"duration_ms":0,"api_error_status":0,"process_cost_usd":0.5,"usage":{"input_tokens":0,"output_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0},"session_cost_usd":0.0}}]"#,
+            r#"[{"turn_result":{"subtype":"error_max_turns","is_error":true,"result":"","num_turns":3,"duration_ms":0,"api_error_status":0,"claude_total_cost_usd":0.5,"usage":{"input_tokens":0,"output_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0},"session_cost_usd":0.0}}]"#,
         );
     }
 

@@ -577,9 +577,10 @@ impl Supervisor {
                 // adds up turns instead; a Claude Code that does not report per-turn cost
                 // falls back to the growth of its total within this process.
                 let turn_cost = turn_cost_usd.unwrap_or_else(|| {
-                    (result.process_cost_usd - self.last_reported_total_usd.unwrap_or(0.0)).max(0.0)
+                    (result.claude_total_cost_usd - self.last_reported_total_usd.unwrap_or(0.0))
+                        .max(0.0)
                 });
-                self.last_reported_total_usd = Some(result.process_cost_usd);
+                self.last_reported_total_usd = Some(result.claude_total_cost_usd);
                 self.process_spent_usd += turn_cost;
                 result.session_cost_usd = self.session_cost_usd();
                 self.last_result = Some(result.clone());

@@ -111,7 +111,7 @@ async fn a_headless_session_runs_queues_input_and_finishes() {
     let costs: Vec<(f64, f64)> = journal
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(event::Kind::TurnResult(r)) => Some((r.process_cost_usd, r.session_cost_usd)),
+            Some(event::Kind::TurnResult(r)) => Some((r.claude_total_cost_usd, r.session_cost_usd)),
             _ => None,
         })
         .collect();

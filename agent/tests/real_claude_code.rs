@@ -109,14 +109,14 @@ async fn real_claude_code_runs_a_session_and_resumes_it_in_a_new_container() {
     );
     let results = turn_results(&first);
     assert_eq!(results.len(), 1);
-    assert!(results[0].process_cost_usd > 0.0);
+    assert!(results[0].claude_total_cost_usd > 0.0);
     assert!(close(
         results[0].session_cost_usd,
-        results[0].process_cost_usd
+        results[0].claude_total_cost_usd
     ));
     assert!(close(
         finished.session_cost_usd,
-        results[0].process_cost_usd
+        results[0].claude_total_cost_usd
     ));
     let first_cost = finished.session_cost_usd;
 
@@ -138,10 +138,10 @@ async fn real_claude_code_runs_a_session_and_resumes_it_in_a_new_container() {
     assert_eq!(results.len(), 1);
     assert!(finished.session_cost_usd > first_cost);
     assert!(
-        close(finished.session_cost_usd, results[0].process_cost_usd),
+        close(finished.session_cost_usd, results[0].claude_total_cost_usd),
         "agent {} vs claude code {}",
         finished.session_cost_usd,
-        results[0].process_cost_usd
+        results[0].claude_total_cost_usd
     );
     let requests = stand_in.requests();
     let messages = |r: &parhelia_testkit::model_stand_in::LoggedRequest| format!("{r:?}");

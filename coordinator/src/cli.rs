@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use parhelia_proto::{ShutdownRequest, SubmitTaskRequest};
 
+use crate::backend::isolation::{self, ISOLATION_ENV};
 use crate::binaries::{resolve_agent_bin, resolve_claude_bin};
 use crate::coordinator_client;
 use crate::db::Db;
@@ -332,6 +333,9 @@ async fn task_create(state_dir: Option<&Path>, args: CreateArgs) -> Result<i32> 
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
     );
 
+    // Decided here too, so a bad setting fails before anything is recorded.
+    let isolation_setting = std::env::var(ISOLATION_ENV).ok();
+    let isolation = isolation::decide(isolation_setting.as_deref(), isolation::bwrap_works)?;
     if args.dry_run {
         let state = StateDir::discover(state_dir).map_err(state_error)?;
         let ids = LaunchIds::placeholders();
@@ -357,6 +361,7 @@ async fn task_create(state_dir: Option<&Path>, args: CreateArgs) -> Result<i32> 
             model: session.model.clone().filter(|m| !m.is_empty()),
             task_type: args.task_type.clone(),
             state_dir: state.root().to_path_buf(),
+            isolation,
             env_names: env.keys().cloned().collect(),
             spec: plan::agent_spec(&session, &ids, &layout, &claude_bin),
         };
@@ -382,6 +387,9 @@ async fn task_create(state_dir: Option<&Path>, args: CreateArgs) -> Result<i32> 
             plan::AGENT_BIN_ENV.into(),
             agent.to_string_lossy().into_owned(),
         );
+    }
+    if let Some(setting) = isolation_setting {
+        env.insert(ISOLATION_ENV.into(), setting);
     }
     let mut client = coordinator_client::connect_or_start(&state).await?;
     let request = SubmitTaskRequest {
@@ -475,6 +483,7 @@ fn dry_run_text(plan: &DryRunPlan, spec_path: &Path, agent_error: Option<CodedEr
         plan.model.clone().unwrap_or_else(|| "default".into()),
     );
     field("type", plan.task_type.clone());
+    field("isolation", plan.isolation.as_str().into());
     field("state", plan.state_dir.display().to_string());
     field(
         "env",

@@ -36,7 +36,8 @@ pub async fn connect(socket: &Path) -> Result<CoordinatorClient<Channel>> {
 
 /// Pings the coordinator of `state`; `None` when nothing answers.
 pub async fn ping(state: &StateDir) -> Option<(CoordinatorClient<Channel>, PingResponse)> {
-    let socket = state.socket_path();
+    // Only a socket in a directory we own is trusted with what the CLI sends.
+    let socket = state.prepare_socket_dir().ok()?;
     if !socket.exists() {
         return None;
     }
@@ -50,6 +51,7 @@ pub async fn ping(state: &StateDir) -> Option<(CoordinatorClient<Channel>, PingR
 /// Returns a client for the running coordinator, starting one (detached,
 /// logging to `coordinator.log`) when none answers. E504 if it never does.
 pub async fn connect_or_start(state: &StateDir) -> Result<CoordinatorClient<Channel>> {
+    state.prepare_socket_dir()?;
     if let Some((client, _)) = ping(state).await {
         return Ok(client);
     }

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
+use crate::backend::isolation::{self, ISOLATION_ENV};
 use crate::backend::local::LocalBackend;
 use crate::backend::{Backend, LaunchRequest};
 use crate::binaries::resolve_claude_bin;
@@ -199,6 +200,11 @@ impl CoordinatorService {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os(plan::AGENT_BIN_ENV).map(PathBuf::from))
             .filter(|p| !p.as_os_str().is_empty());
+        let isolation_setting = env
+            .get(ISOLATION_ENV)
+            .cloned()
+            .or_else(|| std::env::var(ISOLATION_ENV).ok());
+        let isolation = isolation::decide(isolation_setting.as_deref(), isolation::bwrap_works)?;
 
         let ids = LaunchIds {
             task_id: ids::new_task_id(),
@@ -253,6 +259,7 @@ impl CoordinatorService {
             agent_bin,
             env: agent_env(env),
             secret,
+            isolation,
         };
         match self.inner.backend.launch(&launch).await {
             Ok(handle) => {
@@ -423,7 +430,7 @@ pub async fn run(mut state: StateDir) -> Result<()> {
     {
         backend = backend.with_endpoint_timeout(std::time::Duration::from_millis(ms));
     }
-    let socket = state.socket_path();
+    let socket = state.prepare_socket_dir()?;
     let listener = bind_socket(&socket)?;
     let service = CoordinatorService::new(state.clone(), db, Arc::new(backend));
     let reattached = service.reattach().await?;

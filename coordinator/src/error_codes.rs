@@ -230,6 +230,12 @@ error_codes! {
         recover: "Check the permissions of the `.parhelia/` directory in use, or upgrade Parhelia.",
     }
 
+    ISOLATION_UNAVAILABLE = "E508" "ISOLATION_UNAVAILABLE" {
+        what: "Bubblewrap isolation was requested but cannot be used.",
+        why: "`PARHELIA_ISOLATION=bwrap` is set, and `bwrap` is not installed or cannot create a sandbox on this machine (user namespaces disabled).",
+        recover: "Install bubblewrap (`apt-get install bubblewrap`), or set `PARHELIA_ISOLATION=none` (or `auto`) to run without isolation.",
+    }
+
     // E6xx: operations.
     CLAUDE_CODE_ERROR_RESULT = "E600" "CLAUDE_CODE_ERROR_RESULT" {
         what: "Claude Code finished with an error result.",

@@ -194,6 +194,8 @@ pub struct DryRunPlan {
     pub model: Option<String>,
     pub task_type: String,
     pub state_dir: PathBuf,
+    /// `none` or `bwrap` (see `backend::isolation`).
+    pub isolation: crate::backend::isolation::Isolation,
     /// Names only: values are never shown.
     pub env_names: Vec<String>,
     pub spec: AgentSpec,

@@ -13,6 +13,9 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use crate::error::CodedError;
+use crate::error_codes;
+
 /// The directory name looked for while walking up.
 pub const STATE_DIR_NAME: &str = ".parhelia";
 
@@ -147,11 +150,51 @@ impl StateDir {
         self.root.join("config.toml")
     }
 
-    /// `coordinator.sock` in the state directory, or a short path under
-    /// `$TMPDIR` when that would be too long for a Unix socket.
+    /// `coordinator.sock` in the state directory, or, when that would be too
+    /// long for a Unix socket, a short path in this user's private directory
+    /// `/tmp/parhelia-<uid>/`. The fallback deliberately ignores `$TMPDIR`:
+    /// the CLI and a coordinator started from another shell must agree.
     pub fn socket_path(&self) -> PathBuf {
-        let tmp = std::env::var_os("TMPDIR").map(PathBuf::from);
-        socket_path_for(&self.root, tmp.as_deref())
+        socket_path_for(&self.root, nix::unistd::getuid().as_raw())
+    }
+
+    /// Makes sure the socket's directory is safe to use: the state directory
+    /// itself, or the private fallback directory, created with mode 0700 and
+    /// refused (E507) when another user owns it or others can enter it. The
+    /// CLI sends Claude Code's credentials over this socket, so a directory
+    /// someone else controls must never be trusted.
+    pub fn prepare_socket_dir(&self) -> Result<PathBuf, CodedError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let socket = self.socket_path();
+        let dir = socket.parent().expect("socket path has a parent");
+        if dir == self.root {
+            return Ok(socket);
+        }
+        let unsafe_dir = |why: String| {
+            CodedError::new(
+                error_codes::STATE_UNAVAILABLE,
+                format!("unsafe socket directory {}: {why}", dir.display()),
+            )
+        };
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(unsafe_dir(e.to_string())),
+        }
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| unsafe_dir(e.to_string()))?;
+        if !meta.is_dir() {
+            return Err(unsafe_dir("not a directory".into()));
+        }
+        if meta.uid() != nix::unistd::getuid().as_raw() {
+            return Err(unsafe_dir(format!("owned by uid {}", meta.uid())));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(unsafe_dir(format!(
+                "mode {:o}",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        Ok(socket)
     }
 
     pub fn session_dir(&self, session_id: &str) -> PathBuf {
@@ -168,22 +211,18 @@ impl StateDir {
 }
 
 /// The socket path for a state directory (pure). Long state paths get
-/// `<tmp>/parhelia-<hash of the state dir>.sock`, falling back to `/tmp`
-/// when `$TMPDIR` is long as well.
-pub fn socket_path_for(root: &Path, tmp: Option<&Path>) -> PathBuf {
+/// `/tmp/parhelia-<uid>/<hash of the state dir>.sock`.
+pub fn socket_path_for(root: &Path, uid: u32) -> PathBuf {
     let preferred = root.join("coordinator.sock");
     if preferred.as_os_str().len() <= MAX_SOCKET_PATH_BYTES {
         return preferred;
     }
-    let name = format!(
-        "parhelia-{:016x}.sock",
-        fnv1a64(root.as_os_str().as_encoded_bytes())
-    );
-    let in_tmp = tmp.map(|t| t.join(&name));
-    match in_tmp {
-        Some(path) if path.as_os_str().len() <= MAX_SOCKET_PATH_BYTES => path,
-        _ => Path::new("/tmp").join(name),
-    }
+    Path::new("/tmp")
+        .join(format!("parhelia-{uid}"))
+        .join(format!(
+            "{:016x}.sock",
+            fnv1a64(root.as_os_str().as_encoded_bytes())
+        ))
 }
 
 /// FNV-1a, 64 bit: a hash that is stable across builds and Rust versions
@@ -258,22 +297,33 @@ mod tests {
     #[test]
     fn long_state_dirs_get_a_short_stable_socket() {
         let short = Path::new("/home/u/.parhelia");
-        assert_eq!(socket_path_for(short, None), short.join("coordinator.sock"));
+        assert_eq!(socket_path_for(short, 1000), short.join("coordinator.sock"));
         let long = PathBuf::from(format!("/{}/.parhelia", "d".repeat(120)));
-        let a = socket_path_for(&long, Some(Path::new("/tmpdir")));
-        assert_eq!(a, socket_path_for(&long, Some(Path::new("/tmpdir"))));
-        assert!(
-            a.to_string_lossy().starts_with("/tmpdir/parhelia-"),
-            "{a:?}"
-        );
+        let a = socket_path_for(&long, 1000);
+        assert_eq!(a, socket_path_for(&long, 1000));
+        assert!(a.starts_with("/tmp/parhelia-1000/"), "{a:?}");
         assert!(a.as_os_str().len() <= MAX_SOCKET_PATH_BYTES);
-        let long_tmp = PathBuf::from(format!("/{}", "t".repeat(120)));
-        assert!(
-            socket_path_for(&long, Some(&long_tmp))
-                .to_string_lossy()
-                .starts_with("/tmp/parhelia-")
-        );
         let other = PathBuf::from(format!("/{}/.parhelia", "e".repeat(120)));
-        assert_ne!(socket_path_for(&other, None), socket_path_for(&long, None));
+        assert_ne!(socket_path_for(&other, 1000), a);
+        assert_ne!(socket_path_for(&long, 1001), a);
+    }
+
+    #[test]
+    fn a_fallback_socket_dir_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let long = tmp.path().join("d".repeat(110)).join(".parhelia");
+        std::fs::create_dir_all(&long).unwrap();
+        let state = StateDir::new(long.clone(), StateDirSource::Explicit);
+        let socket = state.prepare_socket_dir().unwrap();
+        let dir = socket.parent().unwrap();
+        assert_eq!(
+            std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = state.prepare_socket_dir().unwrap_err().to_string();
+        assert!(err.contains("unsafe socket directory"), "{err}");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
 }

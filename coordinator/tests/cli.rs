@@ -374,7 +374,11 @@ echo "pid=$$ sid=$(cut -d' ' -f6 /proc/$$/stat)" > "$dir/session.txt"
 echo "fake agent refusing to start" >&2
 exit 3"#,
     );
-    let world = world.with_env("PARHELIA_AGENT_BIN", &agent);
+    // Without isolation the agent itself leads its new session (under
+    // bubblewrap, bwrap does, and the agent is its child).
+    let world = world
+        .with_env("PARHELIA_AGENT_BIN", &agent)
+        .with_env("PARHELIA_ISOLATION", "none");
     let workspace = world.work().join("repo");
     std::fs::create_dir_all(workspace.join(".git")).unwrap();
     std::fs::write(workspace.join("README"), "hi").unwrap();

@@ -2,11 +2,7 @@
 //! starts, the real `parhelia-agent`, real tmux, and the real Claude Code CLI
 //! talking to the scripted Messages API stand-in.
 
-mod e2e {
-    pub mod harness;
-}
-
-use e2e::harness::Harness;
+use parhelia_testkit::harness::Harness;
 use parhelia_testkit::model_stand_in::ErrorReply;
 use parhelia_testkit::{Script, ToolCall, Turn};
 

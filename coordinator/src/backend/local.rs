@@ -13,11 +13,11 @@
 //! binary's hidden `internal-detach` command, which calls `setsid()` and then
 //! `exec`s the agent, so the process id we get is the agent's.
 //!
-//! Isolation: bubblewrap is **not** used yet. The agent runs with the
-//! coordinator's user and sees the whole file system; only its environment
-//! is cleared down to what Claude Code needs. (Planned: when `bwrap` is on
-//! PATH, wrap the agent so it sees only its session directories, its
-//! container directory and read-only system paths.)
+//! Isolation: with bubblewrap (see [`super::isolation`]) the agent and all it
+//! starts see the file system read-only except the session's and the
+//! container's directories; without it, the agent runs with the
+//! coordinator's user and sees the whole file system, and only its
+//! environment is cleared down to what Claude Code needs.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 
+use super::isolation::{self, Isolation};
 use super::workspace_copy::copy_tree;
 use super::{Backend, ContainerHandle, Endpoint, LaunchRequest, ObservedContainer};
 use crate::binaries::resolve_agent_bin;
@@ -206,9 +207,17 @@ impl Backend for LocalBackend {
             .open(&layout.agent_log_path)
             .with_context(|| format!("opening {}", layout.agent_log_path.display()))?;
         let mut command = tokio::process::Command::new(&self.launcher);
+        command.arg("internal-detach").arg("--");
+        let private_tmp = isolation::private_tmp(&layout.container_dir);
+        if request.isolation == Isolation::Bubblewrap {
+            private_dir(&private_tmp)?;
+            command.arg("bwrap").args(isolation::bwrap_args(
+                &[&layout.session_dir, &layout.container_dir],
+                &layout.workspace_dir,
+            ));
+            command.arg("--");
+        }
         command
-            .arg("internal-detach")
-            .arg("--")
             .arg(&agent_bin)
             .arg("run")
             .arg("--spec")
@@ -232,6 +241,10 @@ impl Backend for LocalBackend {
                 command.env(key, value);
             }
         }
+        if request.isolation == Isolation::Bubblewrap {
+            // The real /tmp is read-only inside the sandbox.
+            command.env("TMPDIR", &private_tmp);
+        }
         command.env("PARHELIA_SESSION_SECRET", request.secret.expose());
 
         let mut child = command.spawn().map_err(|e| {
@@ -241,7 +254,13 @@ impl Backend for LocalBackend {
             )
         })?;
         let pid = child.id();
-        tracing::info!(container_id = %ids.container_id, pid, agent = %agent_bin.display(), "agent started");
+        tracing::info!(
+            container_id = %ids.container_id,
+            pid,
+            agent = %agent_bin.display(),
+            isolation = request.isolation.as_str(),
+            "agent started"
+        );
 
         // Reap the agent when it exits, and remember how it ended so
         // `endpoint()` can fail fast instead of waiting out its deadline.

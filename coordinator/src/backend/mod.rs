@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use crate::ids::SessionSecret;
 use crate::plan::{LaunchIds, SessionRequest};
 
+pub mod isolation;
 pub mod local;
 pub mod workspace_copy;
 
@@ -30,6 +31,9 @@ pub struct LaunchRequest {
     /// Environment for Claude Code (no `PARHELIA_*` entries). Held in memory only.
     pub env: BTreeMap<String, String>,
     pub secret: SessionSecret,
+    /// How the local backend confines the session (ignored by remote backends,
+    /// whose container is the isolation).
+    pub isolation: isolation::Isolation,
 }
 
 /// What a launch started.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use parhelia_testkit::{Script, StandIn};
+use crate::{Script, StandIn};
 
 /// `target/<profile>/`, where cargo puts every workspace binary.
 pub fn bin_dir() -> PathBuf {
@@ -39,7 +39,7 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join(".parhelia")).unwrap();
         let stand_in = StandIn::start(script).expect("start model stand-in");
-        let claude = parhelia_testkit::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));
+        let claude = crate::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));
         let path = format!(
             "{}:{}:{}",
             bin_dir().display(),
@@ -58,6 +58,12 @@ impl Harness {
             ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
         ];
         Harness { dir, stand_in, env }
+    }
+
+    /// Sets an environment variable for every later `parhelia` invocation.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
     }
 
     pub fn root(&self) -> &Path {
