@@ -363,7 +363,15 @@ async fn task_create(state_dir: Option<&Path>, args: CreateArgs) -> Result<i32> 
             state_dir: state.root().to_path_buf(),
             isolation,
             env_names: env.keys().cloned().collect(),
-            spec: plan::agent_spec(&session, &ids, &layout, &claude_bin),
+            spec: plan::agent_spec(
+                &session,
+                &ids,
+                &layout,
+                &claude_bin,
+                plan::heartbeat_interval_ms(
+                    std::env::var(plan::HEARTBEAT_INTERVAL_ENV).ok().as_deref(),
+                ),
+            ),
         };
         if args.json {
             print_json(&dry_run)?;

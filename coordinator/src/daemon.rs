@@ -423,7 +423,10 @@ pub async fn run(mut state: StateDir) -> Result<()> {
     let coordinator_id = db.coordinator_id()?;
     let launcher = std::env::current_exe().context("finding the parhelia executable")?;
     let mut backend =
-        LocalBackend::new(state.root().to_path_buf(), coordinator_id.clone(), launcher);
+        LocalBackend::new(state.root().to_path_buf(), coordinator_id.clone(), launcher)
+            .with_heartbeat_interval_ms(plan::heartbeat_interval_ms(
+                std::env::var(plan::HEARTBEAT_INTERVAL_ENV).ok().as_deref(),
+            ));
     if let Some(ms) = std::env::var("PARHELIA_AGENT_START_TIMEOUT_MS")
         .ok()
         .and_then(|v| v.parse().ok())

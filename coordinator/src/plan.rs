@@ -18,6 +18,18 @@ pub const LINGER_AFTER_FINISH_MS: u64 = 600_000;
 pub const STOP_GRACE_MS: u64 = 10_000;
 pub const LISTEN_ADDR: &str = "127.0.0.1:0";
 
+/// `PARHELIA_HEARTBEAT_INTERVAL_MS` overrides the agents' heartbeat interval
+/// (read by the coordinator when it starts).
+pub const HEARTBEAT_INTERVAL_ENV: &str = "PARHELIA_HEARTBEAT_INTERVAL_MS";
+
+/// The heartbeat interval for a setting: the default when unset or not a
+/// number, and never below 100 ms (a heartbeat costs a process-tree scan).
+pub fn heartbeat_interval_ms(setting: Option<&str>) -> u64 {
+    setting
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(HEARTBEAT_INTERVAL_MS, |ms| ms.max(100))
+}
+
 /// The backends Parhelia knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -154,6 +166,7 @@ pub fn agent_spec(
     ids: &LaunchIds,
     layout: &LocalLayout,
     claude_bin: &Path,
+    heartbeat_interval_ms: u64,
 ) -> AgentSpec {
     AgentSpec {
         version: SPEC_VERSION,
@@ -176,7 +189,7 @@ pub fn agent_spec(
         volume_dir: layout.volume_dir.clone(),
         runtime_dir: layout.runtime_dir.clone(),
         listen_addr: LISTEN_ADDR.into(),
-        heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+        heartbeat_interval_ms,
         linger_after_finish_ms: LINGER_AFTER_FINISH_MS,
         stop_grace_ms: STOP_GRACE_MS,
     }
@@ -266,7 +279,17 @@ mod tests {
             max_turns: Some(0),
             interactive: false,
         };
-        let spec = agent_spec(&request, &ids, &layout, Path::new("/bin/claude"));
+        let spec = agent_spec(
+            &request,
+            &ids,
+            &layout,
+            Path::new("/bin/claude"),
+            HEARTBEAT_INTERVAL_MS,
+        );
+        assert_eq!(heartbeat_interval_ms(None), HEARTBEAT_INTERVAL_MS);
+        assert_eq!(heartbeat_interval_ms(Some("250")), 250);
+        assert_eq!(heartbeat_interval_ms(Some("5")), 100);
+        assert_eq!(heartbeat_interval_ms(Some("soon")), HEARTBEAT_INTERVAL_MS);
         assert_eq!(
             spec.workspace_dir,
             Path::new("/s/.parhelia/sessions/sess-00000002/workspace")

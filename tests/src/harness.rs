@@ -56,6 +56,8 @@ impl Harness {
             ("ANTHROPIC_BASE_URL".into(), stand_in.base_url().to_string()),
             ("ANTHROPIC_API_KEY".into(), "test-key-not-a-secret".into()),
             ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
+            // Frequent heartbeats, so tests see some without waiting long.
+            ("PARHELIA_HEARTBEAT_INTERVAL_MS".into(), "200".into()),
         ];
         Harness { dir, stand_in, env }
     }
@@ -131,6 +133,22 @@ impl Harness {
                 self.coordinator_log()
             );
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits (bounded) until `probe` returns `Some`, polling every 100 ms.
+    pub fn wait_for<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(value) = probe() {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never saw {what}\ncoordinator log:\n{}",
+                self.coordinator_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

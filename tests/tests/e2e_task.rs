@@ -188,11 +188,7 @@ fn async_task_keeps_running_after_the_cli_exits_and_is_seen_finishing() {
     let out = h.ok(&["task", "create", "Add a hello.txt that says hi", "--json"]);
     let created: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let task_id = created["id"]
-        .as_str()
-        .or(created["task_id"].as_str())
-        .expect("task id")
-        .to_string();
+    let task_id = created["task_id"].as_str().expect("task id").to_string();
     // The CLI has exited; the work goes on in the coordinator and the agent.
     let task = h.wait_task(&task_id, |t| {
         t["status"] != "pending" && t["status"] != "running"
@@ -261,11 +257,7 @@ fn agent_rpc_without_the_session_secret_is_refused() {
     let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash("sleep 120")])]));
     let out = h.ok(&["task", "create", "Wait a while", "--json"]);
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let task_id = created["id"]
-        .as_str()
-        .or(created["task_id"].as_str())
-        .unwrap()
-        .to_string();
+    let task_id = created["task_id"].as_str().unwrap().to_string();
     h.wait_task(&task_id, |_| h.stand_in.turns_consumed() >= 1);
     let container_id = container_of(&h, &task_id);
     let info_path = h
@@ -326,4 +318,38 @@ fn agent_rpc_without_the_session_secret_is_refused() {
         let text = std::fs::read_to_string(runtime.join(f)).unwrap_or_default();
         assert!(!text.contains(&secret), "secret leaked into {f}");
     }
+}
+
+/// Heartbeats reach the database with the session's resource use.
+#[test]
+fn heartbeats_report_resource_use_while_a_session_runs() {
+    let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash("sleep 120")])]));
+    let out = h.ok(&["task", "create", "Wait a while", "--json"]);
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    // Claude Code (hundreds of MB resident) is in the tree once the Bash call runs.
+    h.wait_for("the Bash call start", || {
+        (h.stand_in.turns_consumed() >= 1).then_some(())
+    });
+    let (memory, disk): (i64, i64) = h.wait_for("a heartbeat with memory in use", || {
+        h.db()
+            .query_row(
+                "SELECT memory_bytes, workspace_disk_bytes FROM heartbeats
+                 WHERE container_id = ?1 AND memory_bytes > 50000000 ORDER BY ts_ms DESC LIMIT 1",
+                [&container_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok()
+    });
+    assert!(memory > 50_000_000, "{memory}");
+    assert!(disk >= 0);
+    let last: Option<i64> = h
+        .db()
+        .query_row(
+            "SELECT last_heartbeat_ms FROM containers WHERE id = ?1",
+            [&container_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(last.is_some(), "the container's last heartbeat is tracked");
 }

@@ -52,6 +52,7 @@ pub struct LocalBackend {
     /// The executable that runs `internal-detach` (normally `parhelia` itself).
     launcher: PathBuf,
     endpoint_timeout: Duration,
+    heartbeat_interval_ms: u64,
     /// Exit statuses of agents this process started and saw exit.
     exited: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -63,12 +64,18 @@ impl LocalBackend {
             coordinator_id,
             launcher,
             endpoint_timeout: Duration::from_secs(30),
+            heartbeat_interval_ms: plan::HEARTBEAT_INTERVAL_MS,
             exited: Arc::default(),
         }
     }
 
     pub fn with_endpoint_timeout(mut self, timeout: Duration) -> Self {
         self.endpoint_timeout = timeout;
+        self
+    }
+
+    pub fn with_heartbeat_interval_ms(mut self, ms: u64) -> Self {
+        self.heartbeat_interval_ms = ms;
         self
     }
 
@@ -190,7 +197,13 @@ impl Backend for LocalBackend {
             None => private_dir(&layout.workspace_dir)?,
         }
 
-        let spec = plan::agent_spec(&request.session, ids, &layout, &request.claude_bin);
+        let spec = plan::agent_spec(
+            &request.session,
+            ids,
+            &layout,
+            &request.claude_bin,
+            self.heartbeat_interval_ms,
+        );
         write_atomically(&layout.spec_path, &serde_json::to_vec_pretty(&spec)?)?;
 
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
