@@ -164,8 +164,55 @@ pub fn render_event(event: &Event) -> Option<String> {
             "stop",
             format!("requested: {}", non_empty_or(&s.reason, "no reason given")),
         ),
+        Kind::CheckpointCreated(c) => {
+            if c.skipped {
+                return None;
+            }
+            let mut text = format!(
+                "{} ({}) · {} files · {} new",
+                c.checkpoint_id,
+                c.trigger,
+                c.file_count,
+                bytes(c.new_bytes)
+            );
+            if !c.message.is_empty() {
+                text.push_str(&format!(" · {}", one_line(&c.message, 60)));
+            }
+            ("checkpt", text)
+        }
+        Kind::CheckpointFailed(c) => (
+            "checkpt",
+            format!(
+                "failed ({}): [{}] {}",
+                c.trigger,
+                c.error_code,
+                one_line(&c.error_message, SUMMARY_CHARS)
+            ),
+        ),
+        Kind::CheckpointRestored(r) => (
+            "restored",
+            format!(
+                "{} · {} files · {} removed",
+                r.checkpoint_id, r.files, r.removed
+            ),
+        ),
     };
     Some(labelled(label, &text))
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `3.2 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// `label` padded, then `text`; later lines indented under the text.

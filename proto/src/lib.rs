@@ -39,6 +39,9 @@ pub fn event_type_name(kind: &event::Kind) -> &'static str {
         Kind::SessionFinished(_) => "session_finished",
         Kind::AgentError(_) => "agent_error",
         Kind::StopRequested(_) => "stop_requested",
+        Kind::CheckpointCreated(_) => "checkpoint_created",
+        Kind::CheckpointFailed(_) => "checkpoint_failed",
+        Kind::CheckpointRestored(_) => "checkpoint_restored",
     }
 }
 
@@ -46,7 +49,7 @@ pub fn event_type_name(kind: &event::Kind) -> &'static str {
 pub fn event_level(kind: &event::Kind) -> &'static str {
     use event::Kind;
     match kind {
-        Kind::AgentError(_) => "error",
+        Kind::AgentError(_) | Kind::CheckpointFailed(_) => "error",
         Kind::TurnResult(r) if r.is_error => "error",
         Kind::ToolResult(r) if r.is_error => "warning",
         Kind::ApiRetry(_) => "warning",
