@@ -49,8 +49,12 @@ pub async fn ping(state: &StateDir) -> Option<(CoordinatorClient<Channel>, PingR
 }
 
 /// Returns a client for the running coordinator, starting one (detached,
-/// logging to `coordinator.log`) when none answers. E504 if it never does.
-pub async fn connect_or_start(state: &StateDir) -> Result<CoordinatorClient<Channel>> {
+/// logging to `coordinator.log`, with `config_flags` as its `--set` values)
+/// when none answers. E504 if it never does.
+pub async fn connect_or_start(
+    state: &StateDir,
+    config_flags: &[String],
+) -> Result<CoordinatorClient<Channel>> {
     state.prepare_socket_dir()?;
     if let Some((client, _)) = ping(state).await {
         return Ok(client);
@@ -64,6 +68,7 @@ pub async fn connect_or_start(state: &StateDir) -> Result<CoordinatorClient<Chan
     let mut child = std::process::Command::new(exe)
         .arg("--state-dir")
         .arg(state.root())
+        .args(config_flags.iter().flat_map(|f| ["--set", f.as_str()]))
         .args(["coordinator", "run", "--detached"])
         .current_dir(state.root())
         .stdin(Stdio::null())

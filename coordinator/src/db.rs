@@ -112,19 +112,101 @@ CREATE TABLE heartbeats (
 ) STRICT;
 CREATE INDEX heartbeats_by_container ON heartbeats (container_id, ts_ms);
 "#,
+    // 2: the control plane (issue 4): container states and health, the task
+    // queue and retries, coordinator events, orphans, reconciler runs.
+    r#"
+CREATE TABLE containers_v2 (
+    id                     TEXT PRIMARY KEY,
+    session_id             TEXT NOT NULL REFERENCES sessions (id),
+    task_id                TEXT NOT NULL REFERENCES tasks (id),
+    backend                TEXT NOT NULL,
+    state                  TEXT NOT NULL CHECK (state IN
+                             ('created', 'starting', 'running', 'stopping',
+                              'terminated', 'lost', 'orphaned', 'failed')),
+    health                 TEXT CHECK (health IN ('healthy', 'degraded', 'unhealthy', 'dead')),
+    endpoint               TEXT,
+    pid                    INTEGER,
+    heartbeat_interval_ms  INTEGER,
+    created_at_ms          INTEGER NOT NULL,
+    started_at_ms          INTEGER,
+    terminated_at_ms       INTEGER,
+    last_heartbeat_ms      INTEGER,
+    state_changed_at_ms    INTEGER NOT NULL,
+    stop_requested_at_ms   INTEGER,
+    resume_requested_at_ms INTEGER
+) STRICT;
+INSERT INTO containers_v2 (id, session_id, task_id, backend, state, endpoint, pid, created_at_ms,
+                           started_at_ms, terminated_at_ms, last_heartbeat_ms, state_changed_at_ms)
+SELECT id, session_id, task_id, backend,
+       CASE state WHEN 'launching' THEN 'starting' ELSE state END,
+       endpoint, pid, created_at_ms, started_at_ms, terminated_at_ms, last_heartbeat_ms,
+       coalesce(terminated_at_ms, started_at_ms, created_at_ms)
+FROM containers;
+DROP TABLE containers;
+ALTER TABLE containers_v2 RENAME TO containers;
+CREATE INDEX containers_by_state ON containers (state);
+CREATE INDEX containers_by_task ON containers (task_id, created_at_ms);
+
+ALTER TABLE tasks ADD COLUMN mode TEXT NOT NULL DEFAULT 'headless';
+ALTER TABLE tasks ADD COLUMN dispatch_requested_at_ms INTEGER;
+ALTER TABLE tasks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN auto_resumes INTEGER NOT NULL DEFAULT 0;
+UPDATE tasks SET attempt = (SELECT count(*) FROM sessions s WHERE s.task_id = tasks.id);
+CREATE INDEX tasks_queue ON tasks (status, dispatch_requested_at_ms);
+
+ALTER TABLE sessions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE sessions ADD COLUMN resume_checkpoint_id TEXT;
+CREATE INDEX sessions_by_task ON sessions (task_id, created_at_ms);
+
+CREATE TABLE coordinator_events (
+    id           INTEGER PRIMARY KEY,
+    ts_ms        INTEGER NOT NULL,
+    type         TEXT NOT NULL,
+    level        TEXT NOT NULL CHECK (level IN ('info', 'warning', 'error')),
+    container_id TEXT,
+    session_id   TEXT,
+    task_id      TEXT,
+    message      TEXT NOT NULL,
+    details      TEXT NOT NULL DEFAULT '{}'
+) STRICT;
+CREATE INDEX coordinator_events_by_ts ON coordinator_events (ts_ms);
+CREATE INDEX coordinator_events_by_container ON coordinator_events (container_id, id);
+CREATE INDEX coordinator_events_by_task ON coordinator_events (task_id, id);
+CREATE INDEX events_by_ts ON events (ts_ms);
+
+CREATE TABLE orphans (
+    container_id              TEXT PRIMARY KEY,
+    session_id                TEXT NOT NULL,
+    pid                       INTEGER,
+    endpoint                  TEXT,
+    gone                      INTEGER NOT NULL DEFAULT 0,
+    first_seen_ms             INTEGER NOT NULL,
+    last_seen_ms              INTEGER NOT NULL,
+    terminate_requested_at_ms INTEGER
+) STRICT;
+
+CREATE TABLE reconciler_runs (
+    id             INTEGER PRIMARY KEY,
+    started_at_ms  INTEGER NOT NULL,
+    finished_at_ms INTEGER NOT NULL,
+    trigger        TEXT NOT NULL,
+    dry_run        INTEGER NOT NULL,
+    action_count   INTEGER NOT NULL,
+    report         TEXT NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this build writes.
 pub const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
 
-/// Container states as stored.
-pub mod container_state {
-    pub const LAUNCHING: &str = "launching";
-    pub const RUNNING: &str = "running";
-    pub const TERMINATED: &str = "terminated";
-    pub const FAILED: &str = "failed";
-    pub const LOST: &str = "lost";
-}
+pub use crate::container_state::ContainerState;
+
+mod control;
+mod event_log;
+
+pub use control::*;
+pub use event_log::*;
 
 /// Brings `conn` to `target` (at most [`LATEST_VERSION`]). Runs in one
 /// immediate transaction, so two processes opening a fresh file at once
@@ -135,6 +217,21 @@ pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
     if current == target.min(LATEST_VERSION) {
         return Ok(current);
     }
+    // Some steps rebuild a table other tables reference (SQLite cannot alter
+    // a CHECK constraint). Foreign keys are off during the migration, as
+    // SQLite's documented procedure requires, and checked before commit.
+    let foreign_keys: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let result = migrate_in_transaction(conn, target);
+    conn.pragma_update(
+        None,
+        "foreign_keys",
+        if foreign_keys { "ON" } else { "OFF" },
+    )?;
+    result
+}
+
+fn migrate_in_transaction(conn: &mut Connection, target: u32) -> Result<u32> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > LATEST_VERSION {
@@ -149,6 +246,13 @@ pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
         tx.execute_batch(MIGRATIONS[version as usize])
             .with_context(|| format!("migrating the database to version {}", version + 1))?;
         tx.pragma_update(None, "user_version", version + 1)?;
+    }
+    let violations: i64 =
+        tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })?;
+    if violations > 0 {
+        anyhow::bail!("the migrated database has {violations} foreign key violations");
     }
     let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     tx.commit()?;
@@ -175,6 +279,15 @@ pub struct TaskRecord {
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    /// `headless` or `interactive`.
+    pub mode: String,
+    /// Pending only: when it asked to be dispatched (queued); `None` while
+    /// held (`--no-dispatch`).
+    pub dispatch_requested_at_ms: Option<i64>,
+    /// Sessions started for the task so far (a retry adds one).
+    pub attempt: u32,
+    /// Automatic resumes requested by the reconciler.
+    pub auto_resumes: u32,
 }
 
 /// A container as stored.
@@ -184,13 +297,18 @@ pub struct ContainerRecord {
     pub session_id: String,
     pub task_id: String,
     pub backend: String,
-    pub state: String,
+    pub state: ContainerState,
+    pub health: Option<crate::container_state::Health>,
     pub endpoint: Option<String>,
     pub pid: Option<u32>,
+    pub heartbeat_interval_ms: Option<i64>,
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub terminated_at_ms: Option<i64>,
     pub last_heartbeat_ms: Option<i64>,
+    pub state_changed_at_ms: i64,
+    pub stop_requested_at_ms: Option<i64>,
+    pub resume_requested_at_ms: Option<i64>,
 }
 
 /// Everything recorded when a task is submitted, in one transaction.
@@ -210,6 +328,33 @@ pub struct NewLaunch {
     pub secret: SessionSecret,
     pub workspace_dir: PathBuf,
     pub volume_dir: PathBuf,
+}
+
+/// A task to record (without a session yet).
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub task_id: String,
+    pub prompt: String,
+    pub task_type: String,
+    pub backend: String,
+    pub workspace: Option<String>,
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub mode: String,
+    /// Queue it for dispatch (else it is held).
+    pub dispatch: bool,
+}
+
+/// A new session (attempt) for a task, and its container.
+#[derive(Clone, Debug)]
+pub struct NewAttempt {
+    pub session_id: String,
+    pub container_id: String,
+    pub claude_session_id: String,
+    pub secret: SessionSecret,
+    pub workspace_dir: PathBuf,
+    pub volume_dir: PathBuf,
+    pub heartbeat_interval_ms: Option<i64>,
 }
 
 /// One stored event, as read back for `task watch`.
@@ -249,6 +394,15 @@ pub struct SessionRecord {
     pub finished_at_ms: Option<i64>,
     /// The session's (latest) container.
     pub container_id: Option<String>,
+    /// Which attempt of its task this session is (1 for the first).
+    pub attempt: u32,
+    /// The checkpoint to resume from, recorded when the session was
+    /// interrupted or cancelled.
+    pub resume_checkpoint_id: Option<String>,
+    /// The latest container's state, health and last heartbeat.
+    pub container_state: Option<ContainerState>,
+    pub container_health: Option<crate::container_state::Health>,
+    pub last_heartbeat_ms: Option<i64>,
 }
 
 /// What storing an event did.
@@ -315,6 +469,15 @@ impl Db {
         &self.path
     }
 
+    /// `PRAGMA integrity_check`: `ok`, or what is wrong.
+    pub fn integrity_check(&self) -> Result<String> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let lines = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(lines.join("; "))
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (statements
         // are atomic), so a poisoned lock is still usable.
@@ -336,56 +499,72 @@ impl Db {
         )?)
     }
 
-    /// Records a new task (pending) with its session and container.
+    /// Records a new task (pending, held) with its session and container,
+    /// in one transaction. (The walking skeleton's path; the coordinator now
+    /// records tasks with [`Db::insert_task`] and sessions with
+    /// [`Db::claim_dispatch`].)
     pub fn insert_launch(&self, launch: &NewLaunch) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
-        tx.execute(
-            "INSERT INTO tasks (id, prompt, task_type, backend, workspace, model, max_turns, status,
-                                session_id, container_id, created_at_ms, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10)",
-            params![
-                launch.task_id,
-                launch.prompt,
-                launch.task_type,
-                launch.backend,
-                launch.workspace,
-                launch.model,
-                launch.max_turns,
-                launch.session_id,
-                launch.container_id,
-                now
-            ],
+        insert_task_in(
+            &tx,
+            &NewTask {
+                task_id: launch.task_id.clone(),
+                prompt: launch.prompt.clone(),
+                task_type: launch.task_type.clone(),
+                backend: launch.backend.clone(),
+                workspace: launch.workspace.clone(),
+                model: launch.model.clone(),
+                max_turns: launch.max_turns,
+                mode: launch.mode.clone(),
+                dispatch: false,
+            },
+            now,
         )?;
-        tx.execute(
-            "INSERT INTO sessions (id, task_id, claude_session_id, mode, secret, status,
-                                   workspace_dir, volume_dir, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'starting', ?6, ?7, ?8)",
-            params![
-                launch.session_id,
-                launch.task_id,
-                launch.claude_session_id,
-                launch.mode,
-                launch.secret.expose(),
-                launch.workspace_dir.to_string_lossy(),
-                launch.volume_dir.to_string_lossy(),
-                now
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO containers (id, session_id, task_id, backend, state, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, 'launching', ?5)",
-            params![
-                launch.container_id,
-                launch.session_id,
-                launch.task_id,
-                launch.backend,
-                now
-            ],
+        insert_attempt_in(
+            &tx,
+            &launch.task_id,
+            &NewAttempt {
+                session_id: launch.session_id.clone(),
+                container_id: launch.container_id.clone(),
+                claude_session_id: launch.claude_session_id.clone(),
+                secret: launch.secret.clone(),
+                workspace_dir: launch.workspace_dir.clone(),
+                volume_dir: launch.volume_dir.clone(),
+                heartbeat_interval_ms: None,
+            },
+            now,
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records a new task, pending: queued for dispatch when `dispatch`,
+    /// else held until a `task dispatch`.
+    pub fn insert_task(&self, task: &NewTask) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_task_in(&tx, task, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Claims a pending task for dispatch: moves it to running and records
+    /// its new session and container (`created`), in one transaction, so a
+    /// task is never dispatched twice. Returns the attempt number.
+    pub fn claim_dispatch(&self, task_id: &str, attempt: &NewAttempt) -> Result<u32> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        transition_task_in(&tx, task_id, TaskStatus::Running, &TaskUpdate::default())?;
+        let number = insert_attempt_in(&tx, task_id, attempt, now)?;
+        tx.execute(
+            "UPDATE tasks SET dispatch_requested_at_ms = NULL WHERE id = ?1",
+            [task_id],
+        )?;
+        tx.commit()?;
+        Ok(number)
     }
 
     /// Moves a task to `to` through the state machine (E603 when illegal).
@@ -422,7 +601,7 @@ impl Db {
 
     pub fn get_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
         let conn = self.conn();
-        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?1");
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM {SESSION_FROM} WHERE s.id = ?1");
         Ok(conn
             .query_row(&sql, [session_id], session_from_row)
             .optional()?)
@@ -432,7 +611,7 @@ impl Db {
     pub fn list_sessions(&self) -> Result<Vec<SessionRecord>> {
         let conn = self.conn();
         let sql = format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions s ORDER BY s.created_at_ms DESC, s.rowid DESC"
+            "SELECT {SESSION_COLUMNS} FROM {SESSION_FROM} ORDER BY s.created_at_ms DESC, s.rowid DESC"
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map([], session_from_row)?;
@@ -454,26 +633,15 @@ impl Db {
 
     pub fn get_container(&self, container_id: &str) -> Result<Option<ContainerRecord>> {
         let conn = self.conn();
-        let sql = format!("SELECT {CONTAINER_COLUMNS} FROM containers WHERE id = ?1");
+        let sql = format!("SELECT {CONTAINER_COLUMNS} FROM containers c WHERE c.id = ?1");
         Ok(conn
             .query_row(&sql, [container_id], container_from_row)
             .optional()?)
     }
 
     /// Sets a container's state; `terminated_at_ms` is stamped for end states.
-    pub fn set_container_state(&self, container_id: &str, state: &str) -> Result<()> {
-        let conn = self.conn();
-        let ended = matches!(
-            state,
-            container_state::TERMINATED | container_state::FAILED | container_state::LOST
-        );
-        conn.execute(
-            "UPDATE containers SET state = ?2,
-                    terminated_at_ms = CASE WHEN ?3 THEN coalesce(terminated_at_ms, ?4) ELSE terminated_at_ms END
-             WHERE id = ?1",
-            params![container_id, state, ended, now_ms()],
-        )?;
-        Ok(())
+    pub fn set_container_state(&self, container_id: &str, state: ContainerState) -> Result<()> {
+        set_container_state_in(&self.conn(), container_id, state)
     }
 
     /// The container's agent answered: record where and mark it running.
@@ -485,9 +653,11 @@ impl Db {
     ) -> Result<()> {
         let conn = self.conn();
         conn.execute(
-            "UPDATE containers SET state = 'running', endpoint = ?2, pid = coalesce(?3, pid),
-                    started_at_ms = coalesce(started_at_ms, ?4)
-             WHERE id = ?1 AND state IN ('launching', 'running')",
+            "UPDATE containers SET endpoint = ?2, pid = coalesce(?3, pid),
+                    started_at_ms = coalesce(started_at_ms, ?4),
+                    state_changed_at_ms = CASE WHEN state = 'running' THEN state_changed_at_ms ELSE ?4 END,
+                    state = 'running'
+             WHERE id = ?1 AND state IN ('created', 'starting', 'running')",
             params![container_id, endpoint, pid, now_ms()],
         )?;
         Ok(())
@@ -507,7 +677,7 @@ impl Db {
         let conn = self.conn();
         let sql = format!(
             "SELECT {CONTAINER_COLUMNS} FROM containers c
-             WHERE c.state IN ('launching', 'running')
+             WHERE c.state IN ('created', 'starting', 'running', 'stopping')
                AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = c.task_id AND t.status = 'running')
              ORDER BY c.created_at_ms"
         );
@@ -674,7 +844,7 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT s.id, s.task_id, c.id, s.status, s.cost_usd, c.started_at_ms, c.last_heartbeat_ms
-             FROM sessions s JOIN containers c ON c.session_id = s.id JOIN tasks t ON t.id = s.task_id
+             FROM tasks t JOIN sessions s ON s.id = t.session_id JOIN containers c ON c.id = t.container_id
              WHERE t.status = 'running' ORDER BY s.created_at_ms",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -693,7 +863,8 @@ impl Db {
 }
 
 const TASK_COLUMNS: &str = "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
-     container_id, cost_usd, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms";
+     container_id, cost_usd, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
+     mode, dispatch_requested_at_ms, attempt, auto_resumes";
 
 fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
     let status: String = r.get(7)?;
@@ -718,13 +889,21 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         created_at_ms: r.get(14)?,
         started_at_ms: r.get(15)?,
         finished_at_ms: r.get(16)?,
+        mode: r.get(17)?,
+        dispatch_requested_at_ms: r.get(18)?,
+        attempt: r.get(19)?,
+        auto_resumes: r.get(20)?,
     })
 }
 
 // Never add `secret` here: see the module's invariant.
 const SESSION_COLUMNS: &str = "s.id, s.task_id, s.claude_session_id, s.mode, s.status, s.outcome, s.workspace_dir,
-     s.volume_dir, s.cost_usd, s.created_at_ms, s.finished_at_ms,
-     (SELECT c.id FROM containers c WHERE c.session_id = s.id ORDER BY c.created_at_ms DESC LIMIT 1)";
+     s.volume_dir, s.cost_usd, s.created_at_ms, s.finished_at_ms, c.id, s.attempt, s.resume_checkpoint_id,
+     c.state, c.health, c.last_heartbeat_ms";
+
+/// The latest container of each session, joined as `c`.
+const SESSION_FROM: &str = "sessions s LEFT JOIN containers c ON c.id =
+     (SELECT c2.id FROM containers c2 WHERE c2.session_id = s.id ORDER BY c2.created_at_ms DESC, c2.rowid DESC LIMIT 1)";
 
 fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -740,27 +919,149 @@ fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         created_at_ms: r.get(9)?,
         finished_at_ms: r.get(10)?,
         container_id: r.get(11)?,
+        attempt: r.get(12)?,
+        resume_checkpoint_id: r.get(13)?,
+        container_state: r
+            .get::<_, Option<String>>(14)?
+            .map(|s| parse_column(14, &s))
+            .transpose()?,
+        container_health: r
+            .get::<_, Option<String>>(15)?
+            .map(|s| parse_column(15, &s))
+            .transpose()?,
+        last_heartbeat_ms: r.get(16)?,
     })
 }
 
-const CONTAINER_COLUMNS: &str =
-    "id, session_id, task_id, backend, state, endpoint, pid, created_at_ms,
-     started_at_ms, terminated_at_ms, last_heartbeat_ms";
+/// Parses a stored enum name (a CHECK constraint guarantees it is known).
+fn parse_column<T: std::str::FromStr>(index: usize, text: &str) -> rusqlite::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    text.parse::<T>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
 
-fn container_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRecord> {
+pub(crate) const CONTAINER_COLUMNS: &str =
+    "c.id, c.session_id, c.task_id, c.backend, c.state, c.health, c.endpoint, c.pid,
+     c.heartbeat_interval_ms, c.created_at_ms, c.started_at_ms, c.terminated_at_ms,
+     c.last_heartbeat_ms, c.state_changed_at_ms, c.stop_requested_at_ms, c.resume_requested_at_ms";
+
+pub(crate) fn container_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRecord> {
     Ok(ContainerRecord {
         id: r.get(0)?,
         session_id: r.get(1)?,
         task_id: r.get(2)?,
         backend: r.get(3)?,
-        state: r.get(4)?,
-        endpoint: r.get(5)?,
-        pid: r.get(6)?,
-        created_at_ms: r.get(7)?,
-        started_at_ms: r.get(8)?,
-        terminated_at_ms: r.get(9)?,
-        last_heartbeat_ms: r.get(10)?,
+        state: parse_column(4, &r.get::<_, String>(4)?)?,
+        health: r
+            .get::<_, Option<String>>(5)?
+            .map(|s| parse_column(5, &s))
+            .transpose()?,
+        endpoint: r.get(6)?,
+        pid: r.get(7)?,
+        heartbeat_interval_ms: r.get(8)?,
+        created_at_ms: r.get(9)?,
+        started_at_ms: r.get(10)?,
+        terminated_at_ms: r.get(11)?,
+        last_heartbeat_ms: r.get(12)?,
+        state_changed_at_ms: r.get(13)?,
+        stop_requested_at_ms: r.get(14)?,
+        resume_requested_at_ms: r.get(15)?,
     })
+}
+
+fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO tasks (id, prompt, task_type, backend, workspace, model, max_turns, status,
+                            mode, dispatch_requested_at_ms, created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10)",
+        params![
+            task.task_id,
+            task.prompt,
+            task.task_type,
+            task.backend,
+            task.workspace,
+            task.model,
+            task.max_turns,
+            task.mode,
+            task.dispatch.then_some(now),
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// Inserts a task's next session and its container; returns the attempt.
+fn insert_attempt_in(
+    tx: &rusqlite::Transaction<'_>,
+    task_id: &str,
+    attempt: &NewAttempt,
+    now: i64,
+) -> Result<u32> {
+    let (mode, backend, previous): (String, String, u32) = tx.query_row(
+        "SELECT mode, backend, attempt FROM tasks WHERE id = ?1",
+        [task_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let number = previous + 1;
+    tx.execute(
+        "INSERT INTO sessions (id, task_id, claude_session_id, mode, secret, status,
+                               workspace_dir, volume_dir, created_at_ms, attempt)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'starting', ?6, ?7, ?8, ?9)",
+        params![
+            attempt.session_id,
+            task_id,
+            attempt.claude_session_id,
+            mode,
+            attempt.secret.expose(),
+            attempt.workspace_dir.to_string_lossy(),
+            attempt.volume_dir.to_string_lossy(),
+            now,
+            number
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO containers (id, session_id, task_id, backend, state, heartbeat_interval_ms,
+                                 created_at_ms, state_changed_at_ms)
+         VALUES (?1, ?2, ?3, ?4, 'created', ?5, ?6, ?6)",
+        params![
+            attempt.container_id,
+            attempt.session_id,
+            task_id,
+            backend,
+            attempt.heartbeat_interval_ms,
+            now
+        ],
+    )?;
+    tx.execute(
+        "UPDATE tasks SET session_id = ?2, container_id = ?3, attempt = ?4, updated_at_ms = ?5
+         WHERE id = ?1",
+        params![
+            task_id,
+            attempt.session_id,
+            attempt.container_id,
+            number,
+            now
+        ],
+    )?;
+    Ok(number)
+}
+
+pub(crate) fn set_container_state_in(
+    conn: &Connection,
+    container_id: &str,
+    state: ContainerState,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE containers SET state = ?2,
+                state_changed_at_ms = CASE WHEN state = ?2 THEN state_changed_at_ms ELSE ?4 END,
+                terminated_at_ms = CASE WHEN ?3 THEN coalesce(terminated_at_ms, ?4) ELSE terminated_at_ms END
+         WHERE id = ?1",
+        params![container_id, state.as_str(), state.has_ended(), now_ms()],
+    )?;
+    Ok(())
 }
 
 fn transition_task_in(
@@ -820,9 +1121,11 @@ fn apply_event_effects(
                 "UPDATE sessions SET cost_usd = ?2 WHERE id = ?1",
                 params![target.session_id, turn.session_cost_usd],
             )?;
+            // A task's cost covers every attempt (session) it ran.
             tx.execute(
-                "UPDATE tasks SET cost_usd = ?2, result = ?3, updated_at_ms = ?4 WHERE id = ?1",
-                params![target.task_id, turn.session_cost_usd, turn.result, now_ms()],
+                "UPDATE tasks SET cost_usd = (SELECT coalesce(sum(cost_usd), 0) FROM sessions WHERE task_id = ?1),
+                                  result = ?2, updated_at_ms = ?3 WHERE id = ?1",
+                params![target.task_id, turn.result, now_ms()],
             )?;
             Ok(None)
         }
@@ -834,6 +1137,14 @@ fn apply_event_effects(
             Ok(None)
         }
         Some(Kind::SessionFinished(finished)) => {
+            // A late event from an earlier attempt (the task was retried)
+            // finishes its own session, never the task's current one.
+            let current_session: Option<String> = tx.query_row(
+                "SELECT session_id FROM tasks WHERE id = ?1",
+                [&target.task_id],
+                |r| r.get(0),
+            )?;
+            let is_current = current_session.as_deref() == Some(target.session_id.as_str());
             let outcome =
                 SessionOutcome::try_from(finished.outcome).unwrap_or(SessionOutcome::Unspecified);
             let status = task_state::status_for_outcome(outcome);
@@ -874,12 +1185,21 @@ fn apply_event_effects(
                             })
                     })
             });
+            let total_cost: f64 = tx.query_row(
+                "SELECT coalesce(sum(cost_usd), 0) FROM sessions WHERE task_id = ?1",
+                [&target.task_id],
+                |r| r.get(0),
+            )?;
             let update = TaskUpdate {
                 error_code,
                 error_message,
                 result: non_empty(&finished.result).map(str::to_string),
-                cost_usd: Some(finished.session_cost_usd),
+                cost_usd: Some(total_cost),
             };
+            if !is_current {
+                tracing::info!(task_id = %target.task_id, session_id = %target.session_id, "a session of an earlier attempt finished");
+                return Ok(None);
+            }
             match transition_task_in(tx, &target.task_id, status, &update) {
                 Ok(()) => Ok(Some(status)),
                 Err(err) => {
@@ -959,6 +1279,52 @@ mod tests {
             // Opening again is a no-op.
             Db::open(&path).unwrap();
         }
+    }
+
+    /// Data written by version 1 reads in version 2: a launching container
+    /// is starting, the task's attempt counts its session, and the task's
+    /// events and status are untouched.
+    #[test]
+    fn version_1_data_survives_the_control_plane_migration() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v1.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            migrate_to(&mut conn, 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO tasks (id, prompt, task_type, backend, status, session_id, container_id,
+                                    created_at_ms, started_at_ms, updated_at_ms)
+                 VALUES ('task-00000001', 'p', 'generic', 'local', 'running', 'sess-00000001',
+                         'ctr-00000001', 1, 2, 2);
+                 INSERT INTO sessions (id, task_id, claude_session_id, mode, secret, status,
+                                       workspace_dir, volume_dir, created_at_ms)
+                 VALUES ('sess-00000001', 'task-00000001', 'uuid', 'headless', 's3cret', 'busy',
+                         '/w', '/v', 1);
+                 INSERT INTO containers (id, session_id, task_id, backend, state, created_at_ms)
+                 VALUES ('ctr-00000001', 'sess-00000001', 'task-00000001', 'local', 'launching', 1);
+                 INSERT INTO events (container_id, session_id, task_id, seq, ts_ms, type, level, payload)
+                 VALUES ('ctr-00000001', 'sess-00000001', 'task-00000001', 1, 5, 'assistant_text',
+                         'info', '{\"seq\":1,\"ts_ms\":5,\"kind\":{\"assistant_text\":{\"message_id\":\"m\",\"text\":\"hi\"}}}');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let container = db.get_container("ctr-00000001").unwrap().unwrap();
+        assert_eq!(container.state, ContainerState::Starting);
+        assert_eq!(container.state_changed_at_ms, 1);
+        let task = db.get_task("task-00000001").unwrap().unwrap();
+        assert_eq!((task.status, task.attempt), (TaskStatus::Running, 1));
+        assert_eq!(task.mode, "headless");
+        assert_eq!(db.max_seq("ctr-00000001").unwrap(), 1);
+        assert_eq!(db.containers_to_follow().unwrap().len(), 1);
+        assert_eq!(
+            db.session_secret("sess-00000001")
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "s3cret"
+        );
+        assert_eq!(db.integrity_check().unwrap(), "ok");
     }
 
     #[test]

@@ -113,7 +113,7 @@ error_codes! {
     // E1xx: input.
     INVALID_INPUT = "E100" "INVALID_INPUT" {
         what: "The command's input is not valid.",
-        why: "An argument or option has a value Parhelia cannot use.",
+        why: "An argument or option has a value Parhelia cannot use, or a configuration value (in a config.toml, a PARHELIA_* variable or `--set`) is of the wrong type or out of range; the message names the file or variable and the key.",
         recover: "Check the arguments against `parhelia help` and try again.",
     }
     EMPTY_PROMPT = "E101" "EMPTY_PROMPT" {
@@ -132,9 +132,9 @@ error_codes! {
         recover: "Use `--backend local`, or leave the option out.",
     }
     UNKNOWN_STATUS = "E104" "UNKNOWN_STATUS" {
-        what: "The task status is not known.",
-        why: "`--status` accepts pending, running, completed, failed, cancelled or interrupted.",
-        recover: "Use one of pending, running, completed, failed, cancelled, interrupted.",
+        what: "The task status (or container state, or health) is not known.",
+        why: "`--status` accepts pending, running, completed, failed, cancelled or interrupted; `--state` and `--health` accept the container states and health values listed in `parhelia help container`.",
+        recover: "Use one of pending, running, completed, failed, cancelled, interrupted (or a listed container state or health).",
     }
 
     // E2xx: not found.
@@ -261,6 +261,11 @@ error_codes! {
         what: "A coordinator is already running for this state directory.",
         why: "Only one coordinator may own a state directory; another process holds `coordinator.lock`.",
         recover: "Use the running one (`parhelia coordinator status`), or stop it first with `parhelia coordinator stop`.",
+    }
+    TASK_STILL_ACTIVE = "E605" "TASK_STILL_ACTIVE" {
+        what: "The task has not ended.",
+        why: "Only ended tasks (completed, failed, cancelled, interrupted) whose containers are gone can be deleted.",
+        recover: "Cancel it first with `parhelia task cancel TASK_ID`, or wait for it to end.",
     }
 }
 

@@ -98,6 +98,13 @@ pub fn rfc3339_ms(ms: i64) -> String {
     ts.format(&format).unwrap_or_else(|_| ms.to_string())
 }
 
+/// The inverse of [`rfc3339_ms`] (any RFC 3339 time).
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,11 +9,17 @@
 //! agent is told to stop, and the container is marked terminated.
 //!
 //! If the stream breaks, the follower reconnects with backoff. If the agent
-//! is gone for good (the backend no longer lists the container), the task
-//! becomes `interrupted` with E503.
+//! is gone (the backend no longer lists the container), the follower reads
+//! what the agent journaled but never sent from the journal on the volume
+//! ([`catch_up_from_journal`]), so no event is lost. If that tail finishes
+//! the session, the session's end is recorded as usual; otherwise the
+//! follower stops and leaves the verdict (lost, after the heartbeats went
+//! stale too) to the reconciler: one place decides that a container is lost.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use anyhow::Result;
 use parhelia_proto::{StopRequest, StreamEventsRequest, event::Kind, stream_events_response::Item};
@@ -21,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::agent_client::{AuthedAgentClient, connect_agent};
 use crate::backend::Backend;
-use crate::db::{ContainerRef, Db, TaskUpdate, container_state};
+use crate::db::{ContainerRef, ContainerState, Db, TaskUpdate};
 use crate::error::find_coded;
 use crate::error_codes;
 use crate::ids::SessionSecret;
@@ -47,6 +53,15 @@ impl Default for IngestSettings {
     }
 }
 
+/// Who to tell when following changes what the control plane should do.
+#[derive(Debug, Default)]
+pub struct ControlSignals {
+    /// A task ended: a worker slot is free (the dispatcher listens).
+    pub task_ended: Notify,
+    /// An agent is gone without finishing: reconcile soon.
+    pub agent_gone: Notify,
+}
+
 /// What a follower needs.
 #[derive(Clone)]
 pub struct IngestContext {
@@ -54,6 +69,7 @@ pub struct IngestContext {
     pub backend: Arc<dyn Backend>,
     pub shutdown: watch::Receiver<bool>,
     pub settings: IngestSettings,
+    pub signals: Arc<ControlSignals>,
 }
 
 /// How following a container ended.
@@ -63,8 +79,13 @@ pub enum FollowOutcome {
     SessionFinished,
     /// The coordinator is shutting down; the agent keeps running.
     Shutdown,
-    /// The agent never started or is gone; the task was marked accordingly.
+    /// The agent never started or refused us; the task was marked failed.
     Lost,
+    /// The agent is gone without finishing; its journal was read up to its
+    /// end, and the reconciler decides (it needs stale heartbeats too).
+    AgentGone,
+    /// The container's record ended elsewhere (reconciler, cancel).
+    RecordEnded,
 }
 
 enum StreamEnd {
@@ -89,11 +110,48 @@ pub async fn follow_container(ctx: IngestContext, target: ContainerRef) -> Follo
                 &target,
                 &err,
                 TaskStatus::Failed,
-                container_state::LOST,
+                ContainerState::Lost,
             );
             FollowOutcome::Lost
         }
     }
+}
+
+/// What catching up from a journal found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Events stored that were not stored before.
+    pub ingested: u64,
+    /// The journal ends with `SessionFinished` (now stored).
+    pub finished: bool,
+}
+
+/// Stores what `target`'s journal holds after the last stored event,
+/// straight from the session's volume ([`Backend::read_journal`]).
+pub async fn catch_up_from_journal(
+    db: &Db,
+    backend: &dyn Backend,
+    target: &ContainerRef,
+) -> Result<CatchUp> {
+    let from_seq = db.max_seq(&target.container_id)? + 1;
+    let events = backend.read_journal(&target.container_id, from_seq).await?;
+    let mut caught = CatchUp::default();
+    for event in &events {
+        if db.record_event(target, event)?.inserted {
+            caught.ingested += 1;
+        }
+        if matches!(event.kind, Some(Kind::SessionFinished(_))) {
+            caught.finished = true;
+        }
+    }
+    if caught.ingested > 0 {
+        tracing::info!(
+            container_id = %target.container_id,
+            events = caught.ingested,
+            "caught up from the journal"
+        );
+    }
+    Ok(caught)
 }
 
 async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutcome> {
@@ -111,6 +169,11 @@ async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutc
         if *shutdown.borrow() {
             return Ok(FollowOutcome::Shutdown);
         }
+        if let Some(container) = ctx.db.get_container(&target.container_id)?
+            && container.state.has_ended()
+        {
+            return Ok(FollowOutcome::RecordEnded);
+        }
         match stream_once(ctx, target, &secret).await {
             Ok(StreamEnd::Finished(mut client)) => {
                 let stop = client
@@ -126,7 +189,8 @@ async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutc
                     }
                 }
                 ctx.db
-                    .set_container_state(&target.container_id, container_state::TERMINATED)?;
+                    .set_container_state(&target.container_id, ContainerState::Terminated)?;
+                ctx.signals.task_ended.notify_one();
                 return Ok(FollowOutcome::SessionFinished);
             }
             Ok(StreamEnd::Shutdown) => return Ok(FollowOutcome::Shutdown),
@@ -142,9 +206,9 @@ async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutc
                     || code == Some(error_codes::AGENT_AUTH_REJECTED.code)
                 {
                     let container_state = if first_attempt {
-                        container_state::FAILED
+                        ContainerState::Failed
                     } else {
-                        container_state::LOST
+                        ContainerState::Lost
                     };
                     tracing::warn!(container_id = %target.container_id, "{err:#}");
                     fail_task(ctx, target, &err, TaskStatus::Failed, container_state);
@@ -164,21 +228,21 @@ async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutc
                 }
             };
             if !alive {
-                let err = crate::error::coded(
-                    error_codes::AGENT_UNREACHABLE,
-                    format!(
-                        "lost the agent of {}: its process is gone",
-                        target.container_id
-                    ),
+                let caught = catch_up_from_journal(&ctx.db, ctx.backend.as_ref(), target).await?;
+                if caught.finished {
+                    // The agent journaled the session's end and exited
+                    // before we saw it: the end is now stored.
+                    ctx.db
+                        .set_container_state(&target.container_id, ContainerState::Terminated)?;
+                    ctx.signals.task_ended.notify_one();
+                    return Ok(FollowOutcome::SessionFinished);
+                }
+                tracing::warn!(
+                    container_id = %target.container_id,
+                    "the agent is gone; its journal is ingested, the reconciler decides"
                 );
-                fail_task(
-                    ctx,
-                    target,
-                    &err,
-                    TaskStatus::Interrupted,
-                    container_state::LOST,
-                );
-                return Ok(FollowOutcome::Lost);
+                ctx.signals.agent_gone.notify_one();
+                return Ok(FollowOutcome::AgentGone);
             }
             failures = 0;
         }
@@ -258,7 +322,7 @@ fn fail_task(
     target: &ContainerRef,
     err: &anyhow::Error,
     status: TaskStatus,
-    state: &str,
+    state: ContainerState,
 ) {
     let (code, message) = match find_coded(err) {
         Some(coded) => (coded.code.code.to_string(), coded.message.clone()),
@@ -278,4 +342,5 @@ fn fail_task(
     if let Err(e) = ctx.db.set_container_state(&target.container_id, state) {
         tracing::warn!(container_id = %target.container_id, "cannot record the container's end: {e:#}");
     }
+    ctx.signals.task_ended.notify_one();
 }

@@ -1,25 +1,39 @@
 //! `parhelia`: the local coordinator and CLI.
 //!
-//! Pure logic (no IO): [`task_state`], [`render`], [`plan`], [`views`],
-//! [`error_codes`], [`spec`], [`ids`]. Adapters around it: [`db`] (SQLite),
-//! [`backend`] (processes and files), [`agent_client`] and [`ingest`] (the
-//! agents' gRPC streams), [`daemon`] (the coordinator process and its
-//! socket), [`coordinator_client`], [`watch`] and [`cli`] (the front end).
-//! `docs/dev/contracts.md` fixes the seams with the agent.
+//! Pure logic (no IO): [`task_state`], [`container_state`], [`reconcile`],
+//! [`queue`], [`event_filter`], [`render`], [`plan`], [`views`],
+//! [`error_codes`], [`spec`], [`ids`], and [`config`]'s resolution.
+//! Adapters around it: [`db`] (SQLite), [`backend`] (processes and files),
+//! [`agent_client`] and [`ingest`] (the agents' gRPC streams and journals),
+//! [`service`] (the operations every front end calls), [`reconciler`] (the
+//! reconcile step's inputs and actions), [`recovery`] (the checkpoint and
+//! resume hooks), [`daemon`] (the coordinator process
+//! and its socket), [`coordinator_client`], [`watch`], [`doctor`] and
+//! [`cli`] (the front end). `docs/dev/contracts.md` fixes the seams with the
+//! agent.
 
 pub mod agent_client;
 pub mod backend;
 pub mod binaries;
 pub mod cli;
+pub mod config;
+pub mod container_state;
 pub mod coordinator_client;
 pub mod daemon;
 pub mod db;
+pub mod doctor;
 pub mod error;
 pub mod error_codes;
+pub mod event_filter;
 pub mod ids;
 pub mod ingest;
 pub mod plan;
+pub mod queue;
+pub mod reconcile;
+pub mod reconciler;
+pub mod recovery;
 pub mod render;
+pub mod service;
 pub mod spec;
 pub mod state_dir;
 pub mod task_state;

@@ -18,16 +18,32 @@ pub const LINGER_AFTER_FINISH_MS: u64 = 600_000;
 pub const STOP_GRACE_MS: u64 = 10_000;
 pub const LISTEN_ADDR: &str = "127.0.0.1:0";
 
-/// `PARHELIA_HEARTBEAT_INTERVAL_MS` overrides the agents' heartbeat interval
-/// (read by the coordinator when it starts).
-pub const HEARTBEAT_INTERVAL_ENV: &str = "PARHELIA_HEARTBEAT_INTERVAL_MS";
+/// The agent's timing, from `[agent]` in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentTiming {
+    pub heartbeat_interval_ms: u64,
+    pub stop_grace_ms: u64,
+    pub linger_after_finish_ms: u64,
+}
 
-/// The heartbeat interval for a setting: the default when unset or not a
-/// number, and never below 100 ms (a heartbeat costs a process-tree scan).
-pub fn heartbeat_interval_ms(setting: Option<&str>) -> u64 {
-    setting
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(HEARTBEAT_INTERVAL_MS, |ms| ms.max(100))
+impl Default for AgentTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            stop_grace_ms: STOP_GRACE_MS,
+            linger_after_finish_ms: LINGER_AFTER_FINISH_MS,
+        }
+    }
+}
+
+impl From<&crate::config::AgentConfig> for AgentTiming {
+    fn from(agent: &crate::config::AgentConfig) -> Self {
+        Self {
+            heartbeat_interval_ms: agent.heartbeat_interval_ms,
+            stop_grace_ms: agent.stop_grace_ms,
+            linger_after_finish_ms: agent.linger_after_finish_ms,
+        }
+    }
 }
 
 /// The backends Parhelia knows.
@@ -166,7 +182,7 @@ pub fn agent_spec(
     ids: &LaunchIds,
     layout: &LocalLayout,
     claude_bin: &Path,
-    heartbeat_interval_ms: u64,
+    timing: &AgentTiming,
 ) -> AgentSpec {
     AgentSpec {
         version: SPEC_VERSION,
@@ -189,9 +205,9 @@ pub fn agent_spec(
         volume_dir: layout.volume_dir.clone(),
         runtime_dir: layout.runtime_dir.clone(),
         listen_addr: LISTEN_ADDR.into(),
-        heartbeat_interval_ms,
-        linger_after_finish_ms: LINGER_AFTER_FINISH_MS,
-        stop_grace_ms: STOP_GRACE_MS,
+        heartbeat_interval_ms: timing.heartbeat_interval_ms,
+        linger_after_finish_ms: timing.linger_after_finish_ms,
+        stop_grace_ms: timing.stop_grace_ms,
     }
 }
 
@@ -284,12 +300,13 @@ mod tests {
             &ids,
             &layout,
             Path::new("/bin/claude"),
-            HEARTBEAT_INTERVAL_MS,
+            &AgentTiming {
+                heartbeat_interval_ms: 250,
+                ..AgentTiming::default()
+            },
         );
-        assert_eq!(heartbeat_interval_ms(None), HEARTBEAT_INTERVAL_MS);
-        assert_eq!(heartbeat_interval_ms(Some("250")), 250);
-        assert_eq!(heartbeat_interval_ms(Some("5")), 100);
-        assert_eq!(heartbeat_interval_ms(Some("soon")), HEARTBEAT_INTERVAL_MS);
+        assert_eq!(spec.heartbeat_interval_ms, 250);
+        assert_eq!(spec.stop_grace_ms, STOP_GRACE_MS);
         assert_eq!(
             spec.workspace_dir,
             Path::new("/s/.parhelia/sessions/sess-00000002/workspace")

@@ -4,16 +4,21 @@
 //!
 //! ```text
 //! pending ──► running ──► completed
-//!    │           ├──────► failed
-//!    │           ├──────► cancelled
-//!    │           └──────► interrupted ──► running   (resume, later)
-//!    ├──────────────────► failed        (launch failed)
-//!    └──────────────────► cancelled
+//!    │           ├──────► failed ─────┐
+//!    │           ├──────► cancelled ──┤
+//!    │           └──────► interrupted ┼──► running   (resume)
+//!    ├──────────────────► failed      │
+//!    └──────────────────► cancelled   └──► pending   (retry: a new attempt)
 //! interrupted ──► failed | cancelled
 //! ```
 //!
-//! `completed`, `failed` and `cancelled` are final. `interrupted` has ended
-//! (nothing is running) but is not final: the session can be resumed.
+//! A pending task is *held* (`--no-dispatch`) or *queued* (waiting for a
+//! worker slot); `running` starts when the coordinator claims it for
+//! dispatch (the claim and the session's records are one transaction, so a
+//! task is never launched twice). `completed` is final. `failed` and
+//! `cancelled` are final for their session; only `task retry` starts the
+//! task again, as a new attempt with a new session. `interrupted` has ended
+//! (nothing is running) but is resumable.
 
 use std::fmt;
 use std::str::FromStr;
@@ -60,7 +65,8 @@ impl TaskStatus {
         }
     }
 
-    /// No further transition is possible.
+    /// The session ended for good: nothing but a retry (failed, cancelled)
+    /// moves the task again, and nothing at all moves a completed one.
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -104,7 +110,8 @@ pub fn is_allowed(from: TaskStatus, to: TaskStatus) -> bool {
         (from, to),
         (Pending, Running | Failed | Cancelled)
             | (Running, Completed | Failed | Cancelled | Interrupted)
-            | (Interrupted, Running | Failed | Cancelled)
+            | (Interrupted, Running | Failed | Cancelled | Pending)
+            | (Failed | Cancelled, Pending)
     )
 }
 
@@ -156,9 +163,9 @@ mod tests {
             (Pending, &[Running, Failed, Cancelled]),
             (Running, &[Completed, Failed, Cancelled, Interrupted]),
             (Completed, &[]),
-            (Failed, &[]),
-            (Cancelled, &[]),
-            (Interrupted, &[Running, Failed, Cancelled]),
+            (Failed, &[Pending]),
+            (Cancelled, &[Pending]),
+            (Interrupted, &[Running, Failed, Cancelled, Pending]),
         ];
         for (from, targets) in allowed {
             for to in TaskStatus::ALL {
@@ -182,7 +189,12 @@ mod tests {
         for from in TaskStatus::ALL {
             if from.is_final() {
                 assert!(from.has_ended());
-                assert!(TaskStatus::ALL.iter().all(|to| !is_allowed(from, *to)));
+                // Only a retry (back to pending) leaves a final status.
+                assert!(
+                    TaskStatus::ALL
+                        .iter()
+                        .all(|to| !is_allowed(from, *to) || *to == Pending)
+                );
             }
         }
         assert!(Interrupted.has_ended() && !Interrupted.is_final());

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::db::{RunningSession, SessionRecord, TaskRecord};
+use crate::container_state::{ContainerState, Health};
+use crate::db::{
+    ContainerRecord, HeartbeatRecord, OrphanRecord, RunningSession, SessionRecord, TaskRecord,
+};
 use crate::ids::rfc3339_ms;
 use crate::render::{cost, duration, one_line};
 
@@ -30,6 +33,12 @@ pub struct TaskView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Sessions started so far (a retry adds one).
+    pub attempt: u32,
+    /// Pending only: `queued` (waiting for a worker slot) or `held`
+    /// (waiting for `task dispatch`).
+    pub queue: Option<String>,
+    pub auto_resumes: u32,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -52,8 +61,22 @@ impl From<&TaskRecord> for TaskView {
             created_at: rfc3339_ms(t.created_at_ms),
             started_at: t.started_at_ms.map(rfc3339_ms),
             finished_at: t.finished_at_ms.map(rfc3339_ms),
+            attempt: t.attempt,
+            queue: queue_state(t).map(str::to_string),
+            auto_resumes: t.auto_resumes,
         }
     }
+}
+
+/// `queued`/`held` for pending tasks.
+pub fn queue_state(t: &TaskRecord) -> Option<&'static str> {
+    (t.status == crate::task_state::TaskStatus::Pending).then(|| {
+        if t.dispatch_requested_at_ms.is_some() {
+            "queued"
+        } else {
+            "held"
+        }
+    })
 }
 
 /// `session show --json` / `session list --json`.
@@ -61,11 +84,17 @@ impl From<&TaskRecord> for TaskView {
 pub struct SessionView {
     pub id: String,
     pub task_id: String,
+    pub attempt: u32,
     pub container_id: Option<String>,
     pub claude_session_id: String,
     pub mode: String,
     pub status: String,
     pub outcome: Option<String>,
+    /// The latest container's state and health, and when it was last heard from.
+    pub container_state: Option<String>,
+    pub health: Option<String>,
+    pub last_heartbeat_at: Option<String>,
+    pub resume_checkpoint_id: Option<String>,
     pub workspace_dir: String,
     pub volume_dir: String,
     pub cost_usd: f64,
@@ -78,11 +107,16 @@ impl From<&SessionRecord> for SessionView {
         Self {
             id: s.id.clone(),
             task_id: s.task_id.clone(),
+            attempt: s.attempt,
             container_id: s.container_id.clone(),
             claude_session_id: s.claude_session_id.clone(),
             mode: s.mode.clone(),
             status: s.status.clone(),
             outcome: s.outcome.clone(),
+            container_state: s.container_state.map(|c| c.to_string()),
+            health: s.container_health.map(|h| h.to_string()),
+            last_heartbeat_at: s.last_heartbeat_ms.map(rfc3339_ms),
+            resume_checkpoint_id: s.resume_checkpoint_id.clone(),
             workspace_dir: s.workspace_dir.clone(),
             volume_dir: s.volume_dir.clone(),
             cost_usd: s.cost_usd,
@@ -92,12 +126,256 @@ impl From<&SessionRecord> for SessionView {
     }
 }
 
+/// `container show --json` / `container list --json` (one per container;
+/// orphans without a record have `known: false`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContainerView {
+    pub id: String,
+    pub known: bool,
+    pub state: String,
+    pub health: Option<String>,
+    pub task_id: Option<String>,
+    pub session_id: Option<String>,
+    pub backend: String,
+    pub pid: Option<u32>,
+    pub endpoint: Option<String>,
+    pub heartbeat_interval_ms: Option<i64>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub terminated_at: Option<String>,
+    pub last_heartbeat_at: Option<String>,
+    /// Milliseconds since the last heartbeat (or the start), for live containers.
+    pub silence_ms: Option<i64>,
+    pub stop_requested_at: Option<String>,
+}
+
+impl ContainerView {
+    pub fn from_record(c: &ContainerRecord, now_ms: i64) -> Self {
+        let heard = [c.last_heartbeat_ms, c.started_at_ms, Some(c.created_at_ms)]
+            .into_iter()
+            .flatten()
+            .max();
+        Self {
+            id: c.id.clone(),
+            known: true,
+            state: c.state.to_string(),
+            // Health describes containers that should be alive (and the
+            // dead ones that were lost); an ended container has none.
+            health: c
+                .health
+                .filter(|_| c.state.expects_heartbeats() || c.state == ContainerState::Lost)
+                .map(|h| h.to_string()),
+            task_id: Some(c.task_id.clone()),
+            session_id: Some(c.session_id.clone()),
+            backend: c.backend.clone(),
+            pid: c.pid,
+            endpoint: c.endpoint.clone(),
+            heartbeat_interval_ms: c.heartbeat_interval_ms,
+            created_at: rfc3339_ms(c.created_at_ms),
+            started_at: c.started_at_ms.map(rfc3339_ms),
+            terminated_at: c.terminated_at_ms.map(rfc3339_ms),
+            last_heartbeat_at: c.last_heartbeat_ms.map(rfc3339_ms),
+            silence_ms: heard
+                .filter(|_| c.state.expects_heartbeats())
+                .map(|h| now_ms - h),
+            stop_requested_at: c.stop_requested_at_ms.map(rfc3339_ms),
+        }
+    }
+
+    pub fn from_orphan(o: &OrphanRecord) -> Self {
+        Self {
+            id: o.container_id.clone(),
+            known: false,
+            state: if o.gone { "terminated" } else { "orphaned" }.into(),
+            health: None,
+            task_id: None,
+            session_id: Some(o.session_id.clone()).filter(|s| !s.is_empty()),
+            backend: "local".into(),
+            pid: o.pid,
+            endpoint: o.endpoint.clone(),
+            heartbeat_interval_ms: None,
+            created_at: rfc3339_ms(o.first_seen_ms),
+            started_at: None,
+            terminated_at: None,
+            last_heartbeat_at: None,
+            silence_ms: None,
+            stop_requested_at: o.terminate_requested_at_ms.map(rfc3339_ms),
+        }
+    }
+}
+
+/// `container list` without `--json` (80 columns).
+pub fn container_table(containers: &[ContainerView], now_ms: i64) -> String {
+    if containers.is_empty() {
+        return "no containers\n".to_string();
+    }
+    let mut out = format!(
+        "{:<14}{:<12}{:<11}{:<15}{:<8}{}\n",
+        "ID", "STATE", "HEALTH", "TASK", "AGE", "HEARD"
+    );
+    for c in containers {
+        let created = crate::ids::parse_rfc3339_ms(&c.created_at).unwrap_or(now_ms);
+        out.push_str(&format!(
+            "{:<14}{:<12}{:<11}{:<15}{:<8}{}\n",
+            c.id,
+            c.state,
+            c.health.as_deref().unwrap_or("-"),
+            c.task_id.as_deref().unwrap_or("(orphan)"),
+            age(now_ms, created),
+            c.silence_ms
+                .map(|ms| format!("{} ago", age(ms, 0)))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    out
+}
+
+/// `container show` without `--json`.
+pub fn container_detail(
+    c: &ContainerView,
+    heartbeat: Option<&HeartbeatRecord>,
+    events: u64,
+) -> String {
+    let mut out = String::new();
+    field(&mut out, "container", &c.id);
+    field(
+        &mut out,
+        "state",
+        &if c.known {
+            c.state.clone()
+        } else {
+            format!("{} (no record: an orphan)", c.state)
+        },
+    );
+    field(&mut out, "health", c.health.as_deref().unwrap_or("-"));
+    field(&mut out, "task", c.task_id.as_deref().unwrap_or("-"));
+    field(&mut out, "session", c.session_id.as_deref().unwrap_or("-"));
+    field(&mut out, "backend", &c.backend);
+    field(
+        &mut out,
+        "pid",
+        &c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+    );
+    field(&mut out, "endpoint", c.endpoint.as_deref().unwrap_or("-"));
+    field(&mut out, "created", &c.created_at);
+    if let Some(t) = &c.started_at {
+        field(&mut out, "started", t);
+    }
+    if let Some(t) = &c.stop_requested_at {
+        field(&mut out, "stop asked", t);
+    }
+    if let Some(t) = &c.terminated_at {
+        field(&mut out, "ended", t);
+    }
+    match (heartbeat, &c.last_heartbeat_at) {
+        (Some(h), Some(at)) => field(
+            &mut out,
+            "heartbeat",
+            &format!(
+                "{at} · cpu {:.0}% · mem {} · disk {} · {}",
+                h.cpu_percent,
+                bytes(h.memory_bytes),
+                bytes(h.workspace_disk_bytes),
+                h.status
+            ),
+        ),
+        _ => field(&mut out, "heartbeat", "none yet"),
+    }
+    if c.known {
+        field(&mut out, "events", &events.to_string());
+    }
+    out
+}
+
+/// `12.3 MB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `container health --json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HealthView {
+    pub counts: BTreeMap<String, u64>,
+    pub containers: Vec<HealthRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HealthRow {
+    pub container_id: String,
+    pub task_id: String,
+    pub state: String,
+    pub health: String,
+    pub silence_ms: i64,
+    pub missed_heartbeats: u32,
+    pub cpu_percent: Option<f64>,
+    pub memory_bytes: Option<u64>,
+}
+
+/// `container health` without `--json`.
+pub fn health_text(view: &HealthView) -> String {
+    let mut out = String::new();
+    let counts: Vec<String> = Health::ALL
+        .iter()
+        .filter_map(|h| {
+            let n = view.counts.get(h.as_str()).copied().unwrap_or(0);
+            (n > 0).then(|| format!("{n} {h}"))
+        })
+        .collect();
+    out.push_str(&format!(
+        "health     {}\n",
+        if view.containers.is_empty() {
+            "no live containers".to_string()
+        } else {
+            counts.join(", ")
+        }
+    ));
+    if view.containers.is_empty() {
+        return out;
+    }
+    out.push_str(&format!(
+        "\n{:<14}{:<11}{:<11}{:<10}{:<8}{:<7}{}\n",
+        "CONTAINER", "STATE", "HEALTH", "HEARD", "MISSED", "CPU", "MEMORY"
+    ));
+    for r in &view.containers {
+        out.push_str(&format!(
+            "{:<14}{:<11}{:<11}{:<10}{:<8}{:<7}{}\n",
+            r.container_id,
+            r.state,
+            r.health,
+            format!("{} ago", age(r.silence_ms, 0)),
+            r.missed_heartbeats,
+            r.cpu_percent
+                .map(|c| format!("{c:.0}%"))
+                .unwrap_or_else(|| "-".into()),
+            r.memory_bytes.map(bytes).unwrap_or_else(|| "-".into())
+        ));
+    }
+    out
+}
+
 /// `parhelia status --json`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StatusView {
     pub state_dir: String,
     pub coordinator: CoordinatorView,
+    /// The label value on this state directory's containers.
+    pub coordinator_id: String,
     pub tasks: BTreeMap<&'static str, u64>,
+    /// Pending tasks waiting for a worker slot, and held ones.
+    pub queued: u64,
+    pub held: u64,
+    pub max_concurrent_workers: u64,
     pub running_sessions: Vec<RunningSessionView>,
     pub cost_usd: f64,
 }
@@ -155,7 +433,18 @@ pub fn age(now_ms: i64, then_ms: i64) -> String {
 pub fn task_detail(t: &TaskRecord) -> String {
     let mut out = String::new();
     field(&mut out, "task", &t.id);
-    field(&mut out, "status", t.status.as_str());
+    field(
+        &mut out,
+        "status",
+        &match queue_state(t) {
+            Some("held") => "pending (held: dispatch with `parhelia task dispatch`)".to_string(),
+            Some(q) => format!("pending ({q})"),
+            None => t.status.as_str().to_string(),
+        },
+    );
+    if t.attempt > 1 {
+        field(&mut out, "attempt", &t.attempt.to_string());
+    }
     field(&mut out, "prompt", &one_line(&t.prompt, 200));
     field(&mut out, "type", &t.task_type);
     field(&mut out, "backend", &t.backend);
@@ -221,10 +510,11 @@ pub fn task_table(tasks: &[TaskRecord], now_ms: i64) -> String {
         out.push_str(&format!(
             "{:<15}{:<13}{:<10}{:<8}{}\n",
             t.id,
-            t.status.as_str(),
+            queue_state(t).unwrap_or(t.status.as_str()),
             cost(t.cost_usd),
             age(now_ms, t.created_at_ms),
-            one_line(&t.prompt, 60)
+            // 46 columns before the prompt: the line fits 80.
+            one_line(&t.prompt, 33)
         ));
     }
     out
@@ -244,6 +534,22 @@ pub fn session_detail(s: &SessionRecord) -> String {
     if let Some(outcome) = &s.outcome {
         field(&mut out, "outcome", outcome);
     }
+    if s.attempt > 1 {
+        field(&mut out, "attempt", &s.attempt.to_string());
+    }
+    if let Some(state) = s.container_state {
+        let health = s
+            .container_health
+            .map(|h| format!(" · {h}"))
+            .unwrap_or_default();
+        field(&mut out, "container", &format!("{state}{health}"));
+    }
+    if let Some(hb) = s.last_heartbeat_ms {
+        field(&mut out, "heartbeat", &rfc3339_ms(hb));
+    }
+    if let Some(cp) = &s.resume_checkpoint_id {
+        field(&mut out, "resume at", cp);
+    }
     field(&mut out, "mode", &s.mode);
     field(&mut out, "claude id", &s.claude_session_id);
     field(&mut out, "workspace", &s.workspace_dir);
@@ -262,15 +568,24 @@ pub fn session_table(sessions: &[SessionRecord], now_ms: i64) -> String {
         return "no sessions\n".to_string();
     }
     let mut out = format!(
-        "{:<15}{:<15}{:<13}{:<10}{}\n",
-        "ID", "TASK", "STATUS", "COST", "AGE"
+        "{:<15}{:<15}{:<12}{:<11}{:<10}{}\n",
+        "ID", "TASK", "STATUS", "HEALTH", "COST", "AGE"
     );
     for s in sessions {
+        let status = match (&s.outcome, s.status.as_str()) {
+            (Some(outcome), "finished") => outcome.clone(),
+            _ => s.status.clone(),
+        };
+        let live = s.container_state.is_some_and(|c| c.expects_heartbeats());
         out.push_str(&format!(
-            "{:<15}{:<15}{:<13}{:<10}{}\n",
+            "{:<15}{:<15}{:<12}{:<11}{:<10}{}\n",
             s.id,
             s.task_id,
-            s.status,
+            status,
+            s.container_health
+                .filter(|_| live)
+                .map(|h| h.to_string())
+                .unwrap_or_else(|| "-".into()),
             cost(s.cost_usd),
             age(now_ms, s.created_at_ms)
         ));
@@ -307,6 +622,16 @@ pub fn status_text(status: &StatusView) -> String {
             counts.join(", ")
         },
     );
+    if status.queued + status.held > 0 {
+        field(
+            &mut out,
+            "queue",
+            &format!(
+                "{} queued, {} held · max {} running",
+                status.queued, status.held, status.max_concurrent_workers
+            ),
+        );
+    }
     field(
         &mut out,
         "cost",
@@ -359,6 +684,10 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
             started_at_ms: Some(1_700_000_001_000),
             finished_at_ms: Some(1_700_000_013_300),
+            mode: "headless".into(),
+            dispatch_requested_at_ms: None,
+            attempt: 1,
+            auto_resumes: 0,
         }
     }
 
@@ -440,7 +769,11 @@ task-1a2b3c4d  failed       $0.0123   3m05s   Add a hello.txt that says hi
                 version: Some("0.1.0".into()),
                 socket: "/s/.parhelia/coordinator.sock".into(),
             },
+            coordinator_id: "coord-00000001".into(),
             tasks,
+            queued: 0,
+            held: 0,
+            max_concurrent_workers: 10,
             running_sessions: vec![RunningSessionView {
                 session_id: "sess-00000001".into(),
                 task_id: "task-00000002".into(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::Stream;
 use parhelia::backend::{Backend, ContainerHandle, Endpoint, LaunchRequest, ObservedContainer};
-use parhelia::db::{ContainerRef, Db, NewLaunch, TaskUpdate};
+use parhelia::db::{ContainerRef, ContainerState, Db, NewLaunch, TaskUpdate};
 use parhelia::ids::SessionSecret;
 use parhelia::ingest::{FollowOutcome, IngestContext, IngestSettings, follow_container};
 use parhelia::task_state::TaskStatus;
@@ -158,6 +158,13 @@ impl Agent for FakeAgent {
         Err(Status::unimplemented("not needed"))
     }
 
+    async fn create_checkpoint(
+        &self,
+        _: Request<parhelia_proto::CreateCheckpointRequest>,
+    ) -> Result<Response<parhelia_proto::CreateCheckpointResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
         self.seen
             .lock()
@@ -173,6 +180,8 @@ struct FakeBackend {
     uri: String,
     container_id: String,
     alive: bool,
+    /// What the container's journal on the volume holds.
+    journal: Vec<Event>,
 }
 
 #[async_trait]
@@ -192,6 +201,7 @@ impl Backend for FakeBackend {
                 session_id: String::new(),
                 pid: None,
                 endpoint: Some(self.uri.clone()),
+                coordinator_label: "coord-test".into(),
             }]
         } else {
             Vec::new()
@@ -200,6 +210,15 @@ impl Backend for FakeBackend {
 
     async fn terminate(&self, _: &str) -> anyhow::Result<()> {
         Ok(())
+    }
+
+    async fn read_journal(&self, _: &str, from_seq: u64) -> anyhow::Result<Vec<Event>> {
+        Ok(self
+            .journal
+            .iter()
+            .filter(|e| e.seq >= from_seq)
+            .cloned()
+            .collect())
     }
 
     async fn endpoint(&self, _: &str) -> anyhow::Result<Endpoint> {
@@ -265,6 +284,7 @@ fn context(db: &Arc<Db>, backend: FakeBackend) -> (IngestContext, watch::Sender<
             max_backoff: Duration::from_millis(100),
             failures_before_liveness_check: 3,
         },
+        signals: Default::default(),
     };
     (ctx, tx)
 }
@@ -281,6 +301,7 @@ async fn ingestion_authenticates_resumes_without_duplicates_and_completes_the_ta
             uri,
             container_id: target.container_id.clone(),
             alive: true,
+            journal: Vec::new(),
         },
     );
 
@@ -324,7 +345,7 @@ async fn ingestion_authenticates_resumes_without_duplicates_and_completes_the_ta
     assert_eq!(task.error_code, None);
     assert!(task.finished_at_ms.is_some());
     let container = db.get_container(&target.container_id).unwrap().unwrap();
-    assert_eq!(container.state, "terminated");
+    assert_eq!(container.state, ContainerState::Terminated);
     assert!(container.last_heartbeat_ms.is_some());
 
     // `task watch` reads it all back from the database and ends.
@@ -362,6 +383,7 @@ async fn failed_session_fails_the_task_with_its_code() {
             uri,
             container_id: target.container_id.clone(),
             alive: true,
+            journal: Vec::new(),
         },
     );
     let outcome = tokio::time::timeout(
@@ -395,6 +417,7 @@ async fn a_wrong_secret_is_refused_and_fails_the_task() {
             uri,
             container_id: target.container_id.clone(),
             alive: true,
+            journal: Vec::new(),
         },
     );
     let outcome = tokio::time::timeout(
@@ -414,12 +437,145 @@ async fn a_wrong_secret_is_refused_and_fails_the_task() {
     assert!(db.container_seqs(&target.container_id).unwrap().is_empty());
 }
 
+/// A service over `db` and `backend` with a stale threshold of `stale_s`.
+fn service(
+    tmp: &std::path::Path,
+    db: &Arc<Db>,
+    backend: FakeBackend,
+    stale_s: f64,
+) -> parhelia::service::CoordinatorService {
+    let mut config = parhelia::config::Config::defaults();
+    config.reconciler.stale_threshold_seconds = stale_s;
+    let state = parhelia::state_dir::StateDir::new(
+        tmp.to_path_buf(),
+        parhelia::state_dir::StateDirSource::Explicit,
+    );
+    parhelia::service::CoordinatorService::with_config(
+        state,
+        Arc::clone(db),
+        Arc::new(backend),
+        config,
+    )
+}
+
+fn manual() -> parhelia::reconciler::PassOptions {
+    parhelia::reconciler::PassOptions {
+        trigger: "manual".into(),
+        ..Default::default()
+    }
+}
+
+/// The follower of a vanished agent stores what its journal holds and
+/// leaves the verdict to the reconciler, which needs the heartbeats to be
+/// stale too: not before, and then exactly once.
 #[tokio::test]
-async fn a_vanished_agent_interrupts_the_task() {
+async fn a_vanished_agent_is_lost_only_once_its_heartbeats_are_stale() {
     let tmp = tempfile::tempdir().unwrap();
     let db = Arc::new(Db::open(&tmp.path().join("parhelia.db")).unwrap());
     let target = record_task(&db, SECRET);
+    db.set_container_starting(&target.container_id, None)
+        .unwrap();
     // A port nothing listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let backend = || FakeBackend {
+        uri: format!("http://{closed}"),
+        container_id: target.container_id.clone(),
+        alive: false,
+        // Journaled but never streamed: the first three events.
+        journal: (1..=3)
+            .map(|s| event(s, SessionOutcome::Succeeded))
+            .collect(),
+    };
+    let (ctx, _shutdown) = context(&db, backend());
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        follow_container(ctx, target.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, FollowOutcome::AgentGone);
+    assert_eq!(
+        db.container_seqs(&target.container_id).unwrap(),
+        vec![1, 2, 3]
+    );
+    let task = db.get_task(&target.task_id).unwrap().unwrap();
+    assert_eq!(
+        task.status,
+        TaskStatus::Running,
+        "the follower decides nothing"
+    );
+
+    // Not listed, but heard from recently (its start): not lost.
+    let patient = service(tmp.path(), &db, backend(), 300.0);
+    let report = patient.reconcile(manual()).await.unwrap();
+    assert!(
+        report
+            .actions
+            .iter()
+            .all(|a| a.action.name() != "mark_lost"),
+        "{report:#?}"
+    );
+    assert_eq!(report.drift.missing, vec![target.container_id.clone()]);
+
+    // With a short threshold, once the silence exceeds it: lost.
+    let strict = service(tmp.path(), &db, backend(), 0.2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let lost = loop {
+        let report = strict.reconcile(manual()).await.unwrap();
+        if let Some(a) = report
+            .actions
+            .iter()
+            .find(|a| a.action.name() == "mark_lost")
+        {
+            break a.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never lost");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lost.result, "done");
+    let task = db.get_task(&target.task_id).unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Interrupted);
+    assert_eq!(task.error_code.as_deref(), Some("E503"));
+    let container = db.get_container(&target.container_id).unwrap().unwrap();
+    assert_eq!(container.state, ContainerState::Lost);
+    assert_eq!(
+        container.health,
+        Some(parhelia::container_state::Health::Dead)
+    );
+    let session = db.get_session(&target.session_id).unwrap().unwrap();
+    assert_eq!(session.outcome.as_deref(), Some("interrupted"));
+    let lost_events = db
+        .query_events(
+            &parhelia::event_filter::EventFilter {
+                types: vec!["container_lost".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(lost_events.len(), 1);
+    assert_eq!(
+        lost_events[0].task_id.as_deref(),
+        Some(target.task_id.as_str())
+    );
+    // The real adapter is idempotent too: the next pass has nothing to do.
+    let again = strict.reconcile(manual()).await.unwrap();
+    assert!(again.actions.is_empty(), "{again:#?}");
+}
+
+/// An agent that journaled the session's end and exited before streaming
+/// it: the follower reads the end from the journal and the task completes,
+/// every event stored once.
+#[tokio::test]
+async fn a_finished_session_is_read_from_the_journal_of_a_gone_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(&tmp.path().join("parhelia.db")).unwrap());
+    let target = record_task(&db, SECRET);
+    db.record_event(&target, &event(1, SessionOutcome::Succeeded))
+        .unwrap();
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
@@ -430,6 +586,9 @@ async fn a_vanished_agent_interrupts_the_task() {
             uri: format!("http://{closed}"),
             container_id: target.container_id.clone(),
             alive: false,
+            journal: (1..=LAST_SEQ)
+                .map(|s| event(s, SessionOutcome::Succeeded))
+                .collect(),
         },
     );
     let outcome = tokio::time::timeout(
@@ -438,16 +597,19 @@ async fn a_vanished_agent_interrupts_the_task() {
     )
     .await
     .unwrap();
-    assert_eq!(outcome, FollowOutcome::Lost);
+    assert_eq!(outcome, FollowOutcome::SessionFinished);
+    assert_eq!(
+        db.container_seqs(&target.container_id).unwrap(),
+        (1..=LAST_SEQ).collect::<Vec<_>>()
+    );
     let task = db.get_task(&target.task_id).unwrap().unwrap();
-    assert_eq!(task.status, TaskStatus::Interrupted);
-    assert_eq!(task.error_code.as_deref(), Some("E503"));
+    assert_eq!(task.status, TaskStatus::Completed);
     assert_eq!(
         db.get_container(&target.container_id)
             .unwrap()
             .unwrap()
             .state,
-        "lost"
+        ContainerState::Terminated
     );
 }
 
@@ -466,6 +628,7 @@ async fn shutdown_stops_following_and_leaves_the_task_running() {
             uri: format!("http://{closed}"),
             container_id: target.container_id.clone(),
             alive: true,
+            journal: Vec::new(),
         },
     );
     let follower = tokio::spawn(follow_container(ctx, target.clone()));
@@ -499,6 +662,7 @@ async fn a_restarted_coordinator_reattaches_and_catches_up() {
         uri,
         container_id: target.container_id.clone(),
         alive: true,
+        journal: Vec::new(),
     };
     let state = parhelia::state_dir::StateDir::new(
         tmp.path().to_path_buf(),

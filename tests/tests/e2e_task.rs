@@ -254,7 +254,9 @@ fn model_credentials_refused_is_an_auth_error() {
 fn agent_rpc_without_the_session_secret_is_refused() {
     use parhelia_proto::agent_client::AgentClient;
     // A long-running Bash call keeps the session (and so the agent) alive.
-    let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash("sleep 120")])]));
+    let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash(
+        "tail -f /dev/null",
+    )])]));
     let out = h.ok(&["task", "create", "Wait a while", "--json"]);
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     let task_id = created["task_id"].as_str().unwrap().to_string();
@@ -323,7 +325,9 @@ fn agent_rpc_without_the_session_secret_is_refused() {
 /// Heartbeats reach the database with the session's resource use.
 #[test]
 fn heartbeats_report_resource_use_while_a_session_runs() {
-    let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash("sleep 120")])]));
+    let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash(
+        "tail -f /dev/null",
+    )])]));
     let out = h.ok(&["task", "create", "Wait a while", "--json"]);
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     let container_id = created["container_id"].as_str().unwrap().to_string();

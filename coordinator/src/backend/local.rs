@@ -52,7 +52,7 @@ pub struct LocalBackend {
     /// The executable that runs `internal-detach` (normally `parhelia` itself).
     launcher: PathBuf,
     endpoint_timeout: Duration,
-    heartbeat_interval_ms: u64,
+    timing: plan::AgentTiming,
     /// Exit statuses of agents this process started and saw exit.
     exited: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -64,7 +64,7 @@ impl LocalBackend {
             coordinator_id,
             launcher,
             endpoint_timeout: Duration::from_secs(30),
-            heartbeat_interval_ms: plan::HEARTBEAT_INTERVAL_MS,
+            timing: plan::AgentTiming::default(),
             exited: Arc::default(),
         }
     }
@@ -74,8 +74,8 @@ impl LocalBackend {
         self
     }
 
-    pub fn with_heartbeat_interval_ms(mut self, ms: u64) -> Self {
-        self.heartbeat_interval_ms = ms;
+    pub fn with_agent_timing(mut self, timing: plan::AgentTiming) -> Self {
+        self.timing = timing;
         self
     }
 
@@ -115,18 +115,150 @@ impl LocalBackend {
     }
 }
 
-/// Reads `/proc/<pid>/cmdline` and checks it is a live agent with `label`.
-pub fn process_matches(pid: u32, label: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
+/// What an agent command line says: `… parhelia-agent run --spec S
+/// --label parhelia.coordinator=ID …` (possibly behind `bwrap … --` or an
+/// interpreter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentCommandLine {
+    /// Where the agent program appears (0: it is the program itself; larger
+    /// for a wrapper such as bwrap or a shell running a script).
+    pub agent_arg_index: usize,
+    pub spec: Option<PathBuf>,
+    /// The value of the `parhelia.coordinator` label, if any.
+    pub coordinator_label: Option<String>,
+}
+
+/// Parses a NUL-separated `/proc/<pid>/cmdline` (pure). `None` unless some
+/// argument is a program named `parhelia-agent` followed by `run`.
+pub fn parse_agent_cmdline(cmdline: &[u8]) -> Option<AgentCommandLine> {
     let args: Vec<String> = cmdline
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    args.iter()
-        .any(|a| a.contains(crate::binaries::AGENT_BIN_NAME))
-        && args.iter().any(|a| a == label)
+    let agent_arg_index = args.iter().position(|a| {
+        Path::new(a)
+            .file_name()
+            .is_some_and(|n| n == crate::binaries::AGENT_BIN_NAME)
+    })?;
+    let rest = &args[agent_arg_index + 1..];
+    if rest.first().map(String::as_str) != Some("run") {
+        return None;
+    }
+    let mut spec = None;
+    let mut coordinator_label = None;
+    let mut i = 1;
+    while i < rest.len() {
+        let (flag, value) = match rest[i].split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_string())),
+            _ => (rest[i].as_str(), rest.get(i + 1).cloned()),
+        };
+        let consumed = if rest[i].contains('=') && rest[i].starts_with("--") {
+            1
+        } else {
+            2
+        };
+        match (flag, value) {
+            ("--spec", Some(v)) => spec = Some(PathBuf::from(v)),
+            ("--label", Some(v)) => {
+                if let Some(id) = v.strip_prefix(&format!("{LABEL_KEY}=")) {
+                    coordinator_label = Some(id.to_string());
+                }
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += consumed;
+    }
+    Some(AgentCommandLine {
+        agent_arg_index,
+        spec,
+        coordinator_label,
+    })
+}
+
+fn read_cmdline(pid: u32) -> Option<AgentCommandLine> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    parse_agent_cmdline(&cmdline)
+}
+
+/// Reads `/proc/<pid>/cmdline` and checks it is a live agent with `label`
+/// (`parhelia.coordinator=<id>`). A zombie has an empty command line.
+pub fn process_matches(pid: u32, label: &str) -> bool {
+    read_cmdline(pid).is_some_and(|c| {
+        c.coordinator_label
+            .is_some_and(|id| format!("{LABEL_KEY}={id}") == label)
+    })
+}
+
+/// Every live process with an agent command line carrying the label
+/// `parhelia.coordinator=<coordinator_id>`: `(pid, command line)`.
+pub fn scan_labelled_agents(coordinator_id: &str) -> Vec<(u32, AgentCommandLine)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(cmdline) = read_cmdline(pid)
+            && cmdline.coordinator_label.as_deref() == Some(coordinator_id)
+        {
+            found.push((pid, cmdline));
+        }
+    }
+    found.sort_by_key(|(pid, _)| *pid);
+    found
+}
+
+/// The identity a spec file gives a container (read leniently: any version).
+fn spec_identity(spec: &Path) -> Option<(String, String, PathBuf, PathBuf)> {
+    let text = std::fs::read_to_string(spec).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    Some((
+        field("container_id")?,
+        field("session_id").unwrap_or_default(),
+        PathBuf::from(field("runtime_dir")?),
+        PathBuf::from(field("volume_dir")?),
+    ))
+}
+
+/// Reads a journal file from `from_seq` on (see [`Backend::read_journal`]).
+pub fn read_journal_file(path: &Path, from_seq: u64) -> Result<Vec<parhelia_proto::Event>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut events = Vec::new();
+    // Only complete lines: a torn last line was never announced.
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    for (number, line) in complete.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: parhelia_proto::Event = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{} line {}: not a journal event",
+                path.display(),
+                number + 1
+            )
+        })?;
+        if event.seq >= from_seq {
+            events.push(event);
+        }
+    }
+    Ok(events)
 }
 
 fn private_dir(path: &Path) -> Result<()> {
@@ -202,7 +334,7 @@ impl Backend for LocalBackend {
             ids,
             &layout,
             &request.claude_bin,
-            self.heartbeat_interval_ms,
+            &self.timing,
         );
         write_atomically(&layout.spec_path, &serde_json::to_vec_pretty(&spec)?)?;
 
@@ -299,41 +431,97 @@ impl Backend for LocalBackend {
         })
     }
 
+    /// Scans the process table for agents carrying our label (wherever
+    /// their files are), one container per spec file. Under bubblewrap both
+    /// `bwrap` and the agent carry the command line; the agent (named in
+    /// `agent.json`, else the innermost) is the container's process.
     async fn list(&self) -> Result<Vec<ObservedContainer>> {
+        let mut by_spec: std::collections::BTreeMap<PathBuf, Vec<(u32, AgentCommandLine)>> =
+            std::collections::BTreeMap::new();
+        for (pid, cmdline) in scan_labelled_agents(&self.coordinator_id) {
+            let key = cmdline.spec.clone().unwrap_or_default();
+            by_spec.entry(key).or_default().push((pid, cmdline));
+        }
         let mut observed = Vec::new();
-        let Ok(entries) = std::fs::read_dir(self.state_root.join("containers")) else {
-            return Ok(observed);
-        };
-        for entry in entries.flatten() {
-            let container_id = entry.file_name().to_string_lossy().into_owned();
-            let Some(info) = self.read_runtime_info(&container_id) else {
-                continue;
+        for (spec, processes) in by_spec {
+            let identity = spec_identity(&spec);
+            let container_id = match &identity {
+                Some((id, ..)) => id.clone(),
+                // No readable spec: the directory it lives in names it.
+                None => match spec.parent().and_then(Path::file_name) {
+                    Some(name) => name.to_string_lossy().into_owned(),
+                    None => continue,
+                },
             };
-            if self.is_our_agent(info.pid) {
-                observed.push(ObservedContainer {
-                    container_id,
-                    session_id: info.session_id.clone(),
-                    pid: Some(info.pid),
-                    endpoint: Some(info.endpoint_uri()),
-                });
-            }
+            let info = identity
+                .as_ref()
+                .and_then(|(_, _, runtime, _)| {
+                    std::fs::read_to_string(runtime.join("agent.json")).ok()
+                })
+                .and_then(|text| serde_json::from_str::<AgentRuntimeInfo>(&text).ok());
+            let announced = info
+                .as_ref()
+                .filter(|i| processes.iter().any(|(pid, _)| *pid == i.pid));
+            let pid = match announced {
+                Some(info) => info.pid,
+                None => processes
+                    .iter()
+                    .min_by_key(|(pid, c)| (c.agent_arg_index, *pid))
+                    .map(|(pid, _)| *pid)
+                    .expect("a group has a process"),
+            };
+            observed.push(ObservedContainer {
+                container_id,
+                session_id: identity.map(|(_, session, ..)| session).unwrap_or_default(),
+                pid: Some(pid),
+                endpoint: announced.map(AgentRuntimeInfo::endpoint_uri),
+                coordinator_label: self.coordinator_id.clone(),
+            });
         }
         observed.sort_by(|a, b| a.container_id.cmp(&b.container_id));
         Ok(observed)
     }
 
     async fn terminate(&self, container_id: &str) -> Result<()> {
-        let Some(info) = self.read_runtime_info(container_id) else {
+        let listed = self.list().await?;
+        let Some(pid) = listed
+            .iter()
+            .find(|c| c.container_id == container_id)
+            .and_then(|c| c.pid)
+        else {
             return Ok(());
         };
-        if !self.is_our_agent(info.pid) {
+        // Checked again right before the signal: the pid must still be our agent.
+        if !self.is_our_agent(pid) {
             return Ok(());
         }
-        let pid = nix::unistd::Pid::from_raw(info.pid as i32);
+        tracing::info!(container_id, pid, "sending SIGTERM to the agent");
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
         match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("signalling the agent of {container_id}")),
         }
+    }
+
+    async fn read_journal(
+        &self,
+        container_id: &str,
+        from_seq: u64,
+    ) -> Result<Vec<parhelia_proto::Event>> {
+        let spec = self
+            .state_root
+            .join("containers")
+            .join(container_id)
+            .join("spec.json");
+        let Some((_, _, _, volume_dir)) = spec_identity(&spec) else {
+            return Ok(Vec::new());
+        };
+        let path = volume_dir
+            .join("journal")
+            .join(format!("{container_id}.jsonl"));
+        tokio::task::spawn_blocking(move || read_journal_file(&path, from_seq))
+            .await
+            .context("reading the journal panicked")?
     }
 
     async fn endpoint(&self, container_id: &str) -> Result<Endpoint> {

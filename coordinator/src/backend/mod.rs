@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use parhelia_proto::Event;
 
 use crate::ids::SessionSecret;
 use crate::plan::{LaunchIds, SessionRequest};
@@ -48,13 +49,7 @@ pub struct ContainerHandle {
 }
 
 /// A container the backend observes running (ours only, found by our label).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObservedContainer {
-    pub container_id: String,
-    pub session_id: String,
-    pub pid: Option<u32>,
-    pub endpoint: Option<String>,
-}
+pub use crate::reconcile::ObservedContainer;
 
 /// How to reach an agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,11 +67,21 @@ pub trait Backend: Send + Sync {
     /// process has been started; it need not be answering yet.
     async fn launch(&self, request: &LaunchRequest) -> anyhow::Result<ContainerHandle>;
 
-    /// Containers of this coordinator that are really running.
+    /// Containers of this coordinator that are really running, found by our
+    /// label only (`parhelia.coordinator=<id>`); never anything else.
     async fn list(&self) -> anyhow::Result<Vec<ObservedContainer>>;
 
-    /// Stops a container (its agent journals the interruption and exits).
+    /// Stops one container of ours (its agent journals the interruption and
+    /// exits). A container that is not running, or is not ours, is left
+    /// alone. There is deliberately no way to stop "everything".
     async fn terminate(&self, container_id: &str) -> anyhow::Result<()>;
+
+    /// The container's journal from `from_seq` (inclusive) on, read from the
+    /// session's volume without the agent: how the coordinator catches up
+    /// with events an agent journaled before it went away. A torn last line
+    /// is not an event (it was never announced). Empty when there is no
+    /// journal.
+    async fn read_journal(&self, container_id: &str, from_seq: u64) -> anyhow::Result<Vec<Event>>;
 
     /// Waits (with a deadline) until the container's agent announces where
     /// it listens.

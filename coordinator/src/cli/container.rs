@@ -1,0 +1,335 @@
+//! `parhelia session …` and `parhelia container …`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+use parhelia_proto::TerminateContainerRequest;
+
+use super::{Ctx, Interrupt, coordinator_error, print_json, redraw};
+use crate::container_state::{ContainerState, Health, health_for, missed_heartbeats};
+use crate::db::Db;
+use crate::error::coded;
+use crate::error_codes;
+use crate::event_filter::{self, EventFilter};
+use crate::ids::now_ms;
+use crate::reconcile::Policy;
+use crate::views::{self, ContainerView, HealthRow, HealthView};
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// List sessions, newest first, with their container's health
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one session
+    Show {
+        session_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// List containers, newest first: ours on record, and orphans (ours by
+    /// label, with no record). States: created, starting, running,
+    /// stopping, terminated, lost, orphaned, failed
+    List {
+        /// Only this state
+        #[arg(long, value_name = "S")]
+        state: Option<String>,
+        /// Only this health (healthy, degraded, unhealthy, dead)
+        #[arg(long, value_name = "H")]
+        health: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one container
+    Show {
+        container_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A container's events (agent and coordinator), oldest first
+    Events {
+        container_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Health of the live containers, from their heartbeats
+    Health {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The container table, redrawn until interrupted (Ctrl-C)
+    Watch {
+        /// Redraw interval
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        interval_ms: u64,
+    },
+    /// SIGTERM one of our containers; a session it runs ends interrupted
+    /// (resumable)
+    Terminate {
+        container_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
+    let opened = ctx.open()?;
+    match command {
+        SessionCommand::List { json } => {
+            let sessions = opened.db.list_sessions()?;
+            if json {
+                print_json(
+                    &sessions
+                        .iter()
+                        .map(views::SessionView::from)
+                        .collect::<Vec<_>>(),
+                )?;
+            } else {
+                print!("{}", views::session_table(&sessions, now_ms()));
+            }
+        }
+        SessionCommand::Show { session_id, json } => {
+            let session = opened.db.get_session(&session_id)?.ok_or_else(|| {
+                coded(
+                    error_codes::SESSION_NOT_FOUND,
+                    format!("session not found: {session_id}"),
+                )
+            })?;
+            if json {
+                print_json(&views::SessionView::from(&session))?;
+            } else {
+                print!("{}", views::session_detail(&session));
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
+    match command {
+        ContainerCommand::List {
+            state,
+            health,
+            json,
+        } => {
+            let state = state.map(|s| s.parse::<ContainerState>()).transpose()?;
+            let health = health.map(|h| h.parse::<Health>()).transpose()?;
+            let opened = ctx.open()?;
+            let now = now_ms();
+            let containers = container_views(&opened.db, state, health, now)?;
+            if json {
+                print_json(&containers)?;
+            } else {
+                print!("{}", views::container_table(&containers, now));
+            }
+            Ok(0)
+        }
+        ContainerCommand::Show { container_id, json } => {
+            let opened = ctx.open()?;
+            let now = now_ms();
+            let view = find_container(&opened.db, &container_id, now)?;
+            if json {
+                print_json(&view)?;
+            } else {
+                let heartbeat = opened.db.latest_heartbeat(&container_id)?;
+                let events = opened.db.container_event_count(&container_id)?;
+                print!(
+                    "{}",
+                    views::container_detail(&view, heartbeat.as_ref(), events)
+                );
+            }
+            Ok(0)
+        }
+        ContainerCommand::Events { container_id, json } => {
+            let opened = ctx.open()?;
+            find_container(&opened.db, &container_id, now_ms())?;
+            let rows = opened.db.query_events(
+                &EventFilter {
+                    container_id: Some(container_id),
+                    ..EventFilter::default()
+                },
+                None,
+            )?;
+            if json {
+                print_json(
+                    &rows
+                        .iter()
+                        .map(event_filter::EventView::from)
+                        .collect::<Vec<_>>(),
+                )?;
+            } else if rows.is_empty() {
+                println!("no events");
+            } else {
+                println!("{}", event_filter::TABLE_HEADER);
+                for row in &rows {
+                    println!("{}", event_filter::table_line(row));
+                }
+            }
+            Ok(0)
+        }
+        ContainerCommand::Health { json } => {
+            let opened = ctx.open()?;
+            let policy = opened.config.config.policy("");
+            let view = health_view(&opened.db, &policy, now_ms())?;
+            if json {
+                print_json(&view)?;
+            } else {
+                print!("{}", views::health_text(&view));
+            }
+            Ok(0)
+        }
+        ContainerCommand::Watch { interval_ms } => {
+            let opened = ctx.open()?;
+            let mut interrupt = Interrupt::new();
+            let mut last = String::new();
+            loop {
+                let now = now_ms();
+                let containers = container_views(&opened.db, None, None, now)?;
+                // The live ones and the ten most recent others.
+                let shown: Vec<ContainerView> = containers
+                    .iter()
+                    .filter(|c| {
+                        c.silence_ms.is_some() || c.state == "orphaned" || c.state == "stopping"
+                    })
+                    .chain(
+                        containers
+                            .iter()
+                            .filter(|c| {
+                                !(c.silence_ms.is_some()
+                                    || c.state == "orphaned"
+                                    || c.state == "stopping")
+                            })
+                            .take(10),
+                    )
+                    .cloned()
+                    .collect();
+                let text = views::container_table(&shown, now);
+                // Ages tick every second; redraw when anything but them changed
+                // (always on a terminal).
+                let key: String = shown
+                    .iter()
+                    .map(|c| format!("{}:{}:{:?};", c.id, c.state, c.health))
+                    .collect();
+                if key != last || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    redraw(&text);
+                    last = key;
+                }
+                if interrupt
+                    .sleep(Duration::from_millis(interval_ms.max(50)))
+                    .await
+                {
+                    return Ok(0);
+                }
+            }
+        }
+        ContainerCommand::Terminate { container_id, json } => {
+            let opened = ctx.open()?;
+            let mut client = ctx.client(&opened.state).await?;
+            let response = client
+                .terminate_container(TerminateContainerRequest {
+                    container_id: container_id.clone(),
+                })
+                .await
+                .map_err(coordinator_error)?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "container_id": response.container_id,
+                    "known": response.known,
+                    "state": response.state,
+                }))?;
+            } else {
+                println!(
+                    "{} {}{}",
+                    response.container_id,
+                    response.state,
+                    if response.known { "" } else { " (an orphan)" }
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Every container on record plus every orphan still around, newest first.
+fn container_views(
+    db: &Db,
+    state: Option<ContainerState>,
+    health: Option<Health>,
+    now: i64,
+) -> Result<Vec<ContainerView>> {
+    let mut views: Vec<ContainerView> = db
+        .list_containers(state, health)?
+        .iter()
+        .map(|c| ContainerView::from_record(c, now))
+        .collect();
+    if health.is_none() && state.is_none_or(|s| s == ContainerState::Orphaned) {
+        views.extend(
+            db.list_orphans(false)?
+                .iter()
+                .map(ContainerView::from_orphan),
+        );
+    }
+    views.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+    Ok(views)
+}
+
+fn find_container(db: &Db, container_id: &str, now: i64) -> Result<ContainerView> {
+    if let Some(c) = db.get_container(container_id)? {
+        return Ok(ContainerView::from_record(&c, now));
+    }
+    if let Some(o) = db.get_orphan(container_id)? {
+        return Ok(ContainerView::from_orphan(&o));
+    }
+    Err(coded(
+        error_codes::CONTAINER_NOT_FOUND,
+        format!("container not found: {container_id}"),
+    ))
+}
+
+/// Live health of containers that should be heartbeating, computed now
+/// with the reconciler's thresholds.
+fn health_view(db: &Db, policy: &Policy, now: i64) -> Result<HealthView> {
+    let mut counts: BTreeMap<String, u64> =
+        Health::ALL.iter().map(|h| (h.to_string(), 0)).collect();
+    let mut rows = Vec::new();
+    for c in db.list_containers(None, None)? {
+        if !c.state.expects_heartbeats() {
+            continue;
+        }
+        let heard = [c.last_heartbeat_ms, c.started_at_ms, Some(c.created_at_ms)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(c.created_at_ms);
+        let silence = now - heard;
+        let interval = c
+            .heartbeat_interval_ms
+            .filter(|i| *i > 0)
+            .unwrap_or(policy.default_heartbeat_interval_ms);
+        let health = health_for(silence, interval, &policy.thresholds);
+        *counts.entry(health.to_string()).or_default() += 1;
+        let heartbeat = db.latest_heartbeat(&c.id)?;
+        rows.push(HealthRow {
+            container_id: c.id.clone(),
+            task_id: c.task_id.clone(),
+            state: c.state.to_string(),
+            health: health.to_string(),
+            silence_ms: silence,
+            missed_heartbeats: missed_heartbeats(silence, interval),
+            cpu_percent: heartbeat.as_ref().map(|h| h.cpu_percent),
+            memory_bytes: heartbeat.as_ref().map(|h| h.memory_bytes),
+        });
+    }
+    Ok(HealthView {
+        counts,
+        containers: rows,
+    })
+}

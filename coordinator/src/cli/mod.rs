@@ -1,0 +1,437 @@
+//! The `parhelia` command line: arguments (clap), one handler per command,
+//! and [`report_error`], the one place that turns errors into a message on
+//! stderr and an exit status (see [`crate::error_codes`] for the statuses).
+//!
+//! Reads go straight to SQLite; commands that change something talk to the
+//! coordinator over its socket (starting it when it is not running), so the
+//! coordinator's service layer ([`crate::service`]) is the one place that
+//! changes state. Every read command accepts `--json`; tables fit 80
+//! columns; `watch` commands update until interrupted (Ctrl-C).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand};
+use parhelia_proto::coordinator_client::CoordinatorClient;
+use tonic::transport::Channel;
+
+use crate::config::LoadedConfig;
+use crate::coordinator_client;
+use crate::db::Db;
+use crate::error::{CodedError, coded, find_coded};
+use crate::error_codes::{self, ErrorCode};
+use crate::plan::DryRunPlan;
+use crate::state_dir::StateDir;
+
+mod container;
+mod events;
+mod ops;
+mod task;
+
+/// Run Claude Code sessions in containers, and keep track of them.
+#[derive(Parser, Debug)]
+#[command(name = "parhelia", version, disable_help_subcommand = true)]
+pub struct Cli {
+    /// Use this state directory instead of discovering one (default: the
+    /// nearest `.parhelia/` above the current directory, else
+    /// `$PARHELIA_HOME`, else `~/.parhelia`)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Set a config value for this command (and a coordinator it starts),
+    /// over files and environment: `--set reconciler.poll_interval_seconds=5`
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create, queue, dispatch, cancel, retry, list and watch tasks
+    #[command(visible_alias = "t", subcommand)]
+    Task(task::TaskCommand),
+    /// List and show sessions (with their container's live health)
+    #[command(visible_alias = "s", subcommand)]
+    Session(container::SessionCommand),
+    /// Containers: list, show, events, health, watch, terminate
+    #[command(subcommand)]
+    Container(container::ContainerCommand),
+    /// The event log (agents' and the coordinator's): list, watch, export, replay
+    #[command(visible_alias = "e", subcommand)]
+    Events(events::EventsCommand),
+    /// The reconciler: what it last did, or a pass now
+    #[command(subcommand)]
+    Reconciler(ops::ReconcilerCommand),
+    /// Find orphaned containers (ours, labelled, with no live record);
+    /// `--terminate` stops them
+    Cleanup(ops::CleanupArgs),
+    /// Check the installation and the state directory; `--fix` repairs what it can
+    Doctor(ops::DoctorArgs),
+    /// The effective configuration and where each value came from
+    #[command(subcommand)]
+    Config(ops::ConfigCommand),
+    /// Is the coordinator up, tasks by status, running sessions, cost
+    Status {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run, stop or check the coordinator (the control plane)
+    #[command(subcommand)]
+    Coordinator(ops::CoordinatorCommand),
+    /// Help for a command or an error code: `parhelia help task create`,
+    /// `parhelia help E201`, `parhelia help codes`
+    Help {
+        /// A command (`task`, `task create`…), an error code (`E201`) or `codes`
+        topic: Vec<String>,
+    },
+    /// Internal: leave the session (setsid) and exec a program.
+    #[command(name = "internal-detach", hide = true)]
+    InternalDetach {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<OsString>,
+    },
+}
+
+/// Runs the CLI; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return err.exit_code();
+        }
+    };
+    if let Command::InternalDetach { command } = &cli.command {
+        return crate::backend::local::detach_and_exec(command);
+    }
+    let is_coordinator = matches!(
+        cli.command,
+        Command::Coordinator(ops::CoordinatorCommand::Run { .. })
+    );
+    if let Command::Coordinator(ops::CoordinatorCommand::Run { detached: true }) = cli.command {
+        crate::daemon::detach_from_terminal();
+    }
+    init_tracing(is_coordinator);
+
+    let runtime = if is_coordinator {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(err) => {
+            return report_error(&anyhow::Error::new(err).context("starting the async runtime"));
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(status) => status,
+        Err(err) => report_error(&err),
+    }
+}
+
+fn init_tracing(is_coordinator: bool) {
+    use std::io::IsTerminal;
+    let default = if is_coordinator { "info" } else { "warn" };
+    let filter = std::env::var("PARHELIA_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// The one place errors become text and exit statuses.
+pub fn report_error(err: &anyhow::Error) -> i32 {
+    match find_coded(err) {
+        Some(coded) => report_coded(&coded.code, &coded.message),
+        None => {
+            eprintln!("error: {err:#}");
+            1
+        }
+    }
+}
+
+fn report_coded(code: &ErrorCode, message: &str) -> i32 {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error[{}]: {message}", code.code);
+    let _ = writeln!(stderr, "  hint: {}", code.hint());
+    code.exit_status()
+}
+
+/// What every handler gets: the global options.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub state_dir: Option<PathBuf>,
+    pub set: Vec<String>,
+}
+
+/// An opened state directory: its config and database.
+pub struct Opened {
+    pub state: StateDir,
+    pub config: LoadedConfig,
+    pub db: Db,
+}
+
+impl Ctx {
+    /// The state directory (not created).
+    pub fn state(&self) -> Result<StateDir> {
+        StateDir::discover(self.state_dir.as_deref()).map_err(state_error)
+    }
+
+    /// The configuration for `state`; unknown keys are reported once per
+    /// process on stderr.
+    pub fn config(&self, state: &StateDir) -> Result<LoadedConfig> {
+        static WARNED: OnceLock<()> = OnceLock::new();
+        let loaded = crate::config::load(state.root(), &self.set)?;
+        if WARNED.set(()).is_ok() {
+            loaded.warn_unknown_keys();
+        }
+        Ok(loaded)
+    }
+
+    /// The state directory (created if needed), its config and database.
+    pub fn open(&self) -> Result<Opened> {
+        let mut state = self.state()?;
+        state.ensure().map_err(|e| {
+            coded(
+                error_codes::STATE_UNAVAILABLE,
+                format!(
+                    "cannot create the state directory {}: {e}",
+                    state.root().display()
+                ),
+            )
+        })?;
+        let config = self.config(&state)?;
+        let db_path = config
+            .config
+            .orchestrator
+            .db_path
+            .clone()
+            .unwrap_or_else(|| state.db_path());
+        let db = Db::open(&db_path)?;
+        Ok(Opened { state, config, db })
+    }
+
+    /// A client of the running coordinator, starting one (with this
+    /// command's `--set` values) when none answers.
+    pub async fn client(&self, state: &StateDir) -> Result<CoordinatorClient<Channel>> {
+        coordinator_client::connect_or_start(state, &self.set).await
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    let ctx = Ctx {
+        state_dir: cli.state_dir.clone(),
+        set: cli.set.clone(),
+    };
+    match cli.command {
+        Command::Task(command) => task::run(&ctx, command).await,
+        Command::Session(command) => container::run_session(&ctx, command),
+        Command::Container(command) => container::run(&ctx, command).await,
+        Command::Events(command) => events::run(&ctx, command).await,
+        Command::Reconciler(command) => ops::reconciler(&ctx, command).await,
+        Command::Cleanup(args) => ops::cleanup(&ctx, args).await,
+        Command::Doctor(args) => ops::doctor(&ctx, args).await,
+        Command::Config(command) => ops::config(&ctx, command),
+        Command::Status { json } => ops::status(&ctx, json).await,
+        Command::Coordinator(command) => ops::coordinator(&ctx, command).await,
+        Command::Help { topic } => help(&topic),
+        Command::InternalDetach { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn state_error(err: std::io::Error) -> anyhow::Error {
+    coded(
+        error_codes::STATE_UNAVAILABLE,
+        format!("cannot find the state directory: {err}"),
+    )
+}
+
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A status from the coordinator as an error: coded when it carries a code,
+/// E504 when the coordinator could not be reached.
+pub(crate) fn coordinator_error(status: tonic::Status) -> anyhow::Error {
+    if let Some(coded) = CodedError::from_status(&status) {
+        return coded.into();
+    }
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => coded(
+            error_codes::COORDINATOR_UNAVAILABLE,
+            format!("the coordinator stopped answering: {}", status.message()),
+        ),
+        _ => anyhow::anyhow!("the coordinator failed: {}", status.message()),
+    }
+}
+
+/// How `watch` commands end: Ctrl-C (SIGINT) or SIGTERM. The handlers are
+/// installed when this is created, so a signal is never missed between
+/// two waits.
+pub(crate) struct Interrupt {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupt {
+    pub fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Sleeps `interval`; true when interrupted first.
+    pub async fn sleep(&mut self, interval: Duration) -> bool {
+        async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => false,
+            _ = recv(&mut self.interrupt) => true,
+            _ = recv(&mut self.terminate) => true,
+        }
+    }
+}
+
+/// For `watch` output: a full redraw on a terminal, else a separator.
+pub(crate) fn redraw(text: &str) {
+    use std::io::IsTerminal;
+    let mut stdout = std::io::stdout().lock();
+    if stdout.is_terminal() {
+        let _ = write!(stdout, "\x1b[H\x1b[2J{text}");
+    } else {
+        let _ = writeln!(stdout, "{text}");
+    }
+    let _ = stdout.flush();
+}
+
+pub(crate) fn dry_run_text(
+    plan: &DryRunPlan,
+    spec_path: &Path,
+    agent_error: Option<CodedError>,
+) -> String {
+    let mut out = String::from("dry run: nothing was launched or recorded\n");
+    let mut field = |name: &str, value: String| out.push_str(&format!("{name:<11}{value}\n"));
+    field("backend", plan.backend.as_str().into());
+    field(
+        "workspace",
+        match &plan.workspace_source {
+            Some(dir) => format!("{} (copied into the session)", dir.display()),
+            None => "none (the session starts with an empty workspace)".into(),
+        },
+    );
+    field("claude", plan.claude_bin.display().to_string());
+    field(
+        "agent",
+        match (&plan.agent_bin, agent_error) {
+            (Some(agent), _) => agent.display().to_string(),
+            (None, Some(err)) => {
+                format!("{} [{}] (a launch would fail)", err.message, err.code.code)
+            }
+            (None, None) => "not found".into(),
+        },
+    );
+    field(
+        "model",
+        plan.model.clone().unwrap_or_else(|| "default".into()),
+    );
+    field("type", plan.task_type.clone());
+    field("isolation", plan.isolation.as_str().into());
+    field("state", plan.state_dir.display().to_string());
+    field(
+        "env",
+        if plan.env_names.is_empty() {
+            "none".into()
+        } else {
+            format!("{} (values not shown)", plan.env_names.join(", "))
+        },
+    );
+    field("spec", spec_path.display().to_string());
+    out.push_str(&serde_json::to_string_pretty(&plan.spec).unwrap_or_default());
+    out.push('\n');
+    out
+}
+
+/// `parhelia help [TOPIC…]`.
+fn help(topic: &[String]) -> Result<i32> {
+    let mut command = Cli::command();
+    let Some(first) = topic.first() else {
+        println!("{}", command.render_long_help());
+        return Ok(0);
+    };
+    if first.eq_ignore_ascii_case("codes") {
+        print!("{}", codes_text());
+        return Ok(0);
+    }
+    if let Some(code) = error_codes::lookup(first) {
+        print!("{}", code_help_text(code));
+        return Ok(0);
+    }
+    let mut current = &mut command;
+    for (depth, word) in topic.iter().enumerate() {
+        let Some(sub) = current.find_subcommand_mut(word) else {
+            let what = topic[..=depth].join(" ");
+            return Err(coded(
+                error_codes::HELP_TOPIC_NOT_FOUND,
+                format!("no help for `{what}`"),
+            ));
+        };
+        current = sub;
+    }
+    let name = format!("parhelia {}", topic.join(" "));
+    let mut sub = current.clone().bin_name(name);
+    println!("{}", sub.render_long_help());
+    Ok(0)
+}
+
+/// `parhelia help codes`.
+pub fn codes_text() -> String {
+    let mut out = String::from("Error codes (parhelia help CODE for what to do):\n");
+    for code in error_codes::ALL {
+        out.push_str(&format!(
+            "  {}  {:<28} {}\n",
+            code.code, code.name, code.what
+        ));
+    }
+    out.push_str(
+        "\nExit status by family: E1xx 2, E2xx 3, E3xx 4, E4xx 5, E5xx 6, E6xx 7; 1 for an internal error.\n",
+    );
+    out
+}
+
+/// `parhelia help E201`.
+pub fn code_help_text(code: &ErrorCode) -> String {
+    format!(
+        "{} {}\n\nWhat happened\n  {}\n\nWhy\n  {}\n\nHow to recover\n  {}\n\nExit status: {}\n",
+        code.code,
+        code.name,
+        code.what,
+        code.why,
+        code.recover,
+        code.exit_status()
+    )
+}

@@ -1,0 +1,583 @@
+//! Operating Parhelia: `reconciler`, `cleanup`, `doctor`, `config`,
+//! `status`, `coordinator`.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+use parhelia_proto::{RunReconcilerRequest, ShutdownRequest};
+use serde::Serialize;
+
+use super::{Ctx, Interrupt, coordinator_error, print_json};
+use crate::coordinator_client;
+use crate::doctor::{self, DoctorInputs, Repair, Verdict};
+use crate::error::coded;
+use crate::error_codes;
+use crate::ids::{now_ms, rfc3339_ms};
+use crate::reconcile::{Action, PassReport, Policy};
+use crate::state_dir::StateDir;
+use crate::views;
+
+#[derive(Subcommand, Debug)]
+pub enum ReconcilerCommand {
+    /// The last pass, the drift it saw, the policy, recent actions
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A pass now (through the coordinator); without `--once`, then follows
+    /// the coordinator's passes until interrupted (Ctrl-C)
+    Run {
+        /// One pass, then exit
+        #[arg(long)]
+        once: bool,
+        /// Compute the actions; execute none
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CleanupArgs {
+    /// Terminate the orphans found (whatever `auto_terminate_orphans` says)
+    #[arg(long)]
+    pub terminate: bool,
+    /// Report what would be done; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DoctorArgs {
+    /// Repair what can be repaired (permissions, a stale socket, containers
+    /// on record whose agent is gone)
+    #[arg(long)]
+    pub fix: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Every setting's effective value and where it came from
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CoordinatorCommand {
+    /// Run the coordinator in the foreground
+    Run {
+        /// Leave the terminal's session (used when the CLI starts it)
+        #[arg(long, hide = true)]
+        detached: bool,
+    },
+    /// Ask the running coordinator to stop (sessions keep running)
+    Stop,
+    /// Is the coordinator running?
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn run_pass(
+    ctx: &Ctx,
+    state: &StateDir,
+    dry_run: bool,
+    terminate_orphans: bool,
+    trigger: &str,
+) -> Result<PassReport> {
+    let mut client = ctx.client(state).await?;
+    let response = client
+        .run_reconciler(RunReconcilerRequest {
+            dry_run,
+            terminate_orphans,
+            trigger: trigger.into(),
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    Ok(serde_json::from_str(&response.report_json)?)
+}
+
+/// One pass as text.
+pub fn report_text(report: &PassReport) -> String {
+    let mut out = format!(
+        "pass {} ({}{}) · {} ms · observed {} · {} should run\n",
+        rfc3339_ms(report.started_at_ms),
+        report.trigger,
+        if report.dry_run { ", dry run" } else { "" },
+        report.finished_at_ms - report.started_at_ms,
+        report
+            .drift
+            .observed
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "? (listing failed)".into()),
+        report.drift.intended_active
+    );
+    if let Some(err) = &report.list_error {
+        out.push_str(&format!("  listing failed: {err}\n"));
+    }
+    if report.journal_events_ingested > 0 {
+        out.push_str(&format!(
+            "  caught up {} event(s) from journals\n",
+            report.journal_events_ingested
+        ));
+    }
+    if report.actions.is_empty() {
+        out.push_str("  no actions\n");
+    }
+    for a in &report.actions {
+        out.push_str(&format!("  {:<12}{}\n", a.result, a.action.describe()));
+        if let Some(detail) = &a.detail {
+            out.push_str(&format!("  {:<12}{detail}\n", ""));
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct ReconcilerStatusView {
+    coordinator_running: bool,
+    coordinator_id: String,
+    poll_interval_seconds: f64,
+    policy: Policy,
+    last_run: Option<PassReport>,
+    passes_last_hour: u64,
+    actions_last_hour: u64,
+    recent_actions: Vec<RecentAction>,
+}
+
+#[derive(Serialize)]
+struct RecentAction {
+    at: String,
+    result: String,
+    #[serde(flatten)]
+    action: Action,
+}
+
+pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
+    match command {
+        ReconcilerCommand::Status { json } => {
+            let opened = ctx.open()?;
+            let coordinator_id = opened.db.coordinator_id()?;
+            let running = coordinator_client::ping(&opened.state).await.is_some();
+            let runs = opened.db.reconciler_runs(50)?;
+            let (passes, actions) = opened.db.reconciler_totals(now_ms() - 3_600_000)?;
+            let mut recent = Vec::new();
+            for run in runs.iter().filter(|r| !r.dry_run) {
+                for a in run
+                    .actions
+                    .iter()
+                    .filter(|a| !matches!(a.action, Action::SetHealth { from: None, .. }))
+                {
+                    if recent.len() < 10 {
+                        recent.push(RecentAction {
+                            at: rfc3339_ms(run.started_at_ms),
+                            result: a.result.clone(),
+                            action: a.action.clone(),
+                        });
+                    }
+                }
+            }
+            let config = &opened.config.config;
+            let view = ReconcilerStatusView {
+                coordinator_running: running,
+                policy: config.policy(&coordinator_id),
+                coordinator_id,
+                poll_interval_seconds: config.reconciler.poll_interval_seconds,
+                last_run: runs.into_iter().find(|r| !r.dry_run),
+                passes_last_hour: passes,
+                actions_last_hour: actions,
+                recent_actions: recent,
+            };
+            if json {
+                print_json(&view)?;
+            } else {
+                print!("{}", status_text(&view));
+            }
+            Ok(0)
+        }
+        ReconcilerCommand::Run {
+            once,
+            dry_run,
+            json,
+        } => {
+            let opened = ctx.open()?;
+            let report = run_pass(ctx, &opened.state, dry_run, false, "manual").await?;
+            let print = |report: &PassReport| -> Result<()> {
+                if json {
+                    println!("{}", serde_json::to_string(report)?);
+                } else {
+                    print!("{}", report_text(report));
+                }
+                Ok(())
+            };
+            print(&report)?;
+            if once {
+                return Ok(0);
+            }
+            let mut interrupt = Interrupt::new();
+            let mut last = report.started_at_ms;
+            loop {
+                if interrupt.sleep(Duration::from_millis(500)).await {
+                    return Ok(0);
+                }
+                let mut newer: Vec<PassReport> = opened
+                    .db
+                    .reconciler_runs(20)?
+                    .into_iter()
+                    .filter(|r| r.started_at_ms > last)
+                    .collect();
+                newer.reverse();
+                for run in &newer {
+                    last = last.max(run.started_at_ms);
+                    print(run)?;
+                }
+            }
+        }
+    }
+}
+
+fn status_text(view: &ReconcilerStatusView) -> String {
+    let mut out = String::new();
+    let field = |out: &mut String, name: &str, value: String| {
+        out.push_str(&format!("{name:<11}{value}\n"));
+    };
+    field(
+        &mut out,
+        "reconciler",
+        if view.coordinator_running {
+            format!(
+                "runs in the coordinator every {}s",
+                view.poll_interval_seconds
+            )
+        } else {
+            "idle: the coordinator is not running (commands start it)".into()
+        },
+    );
+    let p = &view.policy;
+    field(
+        &mut out,
+        "policy",
+        format!(
+            "dead after {}s · degraded/unhealthy after {}/{} missed",
+            p.thresholds.stale_threshold_ms / 1000,
+            p.thresholds.degraded_after_missed,
+            p.thresholds.unhealthy_after_missed
+        ),
+    );
+    field(
+        &mut out,
+        "",
+        format!(
+            "orphans: {} · auto-resume: {}",
+            if p.auto_terminate_orphans {
+                "terminate"
+            } else {
+                "report"
+            },
+            if p.auto_resume {
+                format!("up to {} per task", p.max_auto_resumes)
+            } else {
+                "off".into()
+            }
+        ),
+    );
+    match &view.last_run {
+        None => field(&mut out, "last pass", "none yet".into()),
+        Some(run) => {
+            field(
+                &mut out,
+                "last pass",
+                format!(
+                    "{} ({}) · {} action(s)",
+                    rfc3339_ms(run.started_at_ms),
+                    run.trigger,
+                    run.actions.len()
+                ),
+            );
+            let d = &run.drift;
+            field(
+                &mut out,
+                "drift",
+                format!(
+                    "{} should run · {} observed",
+                    d.intended_active,
+                    d.observed
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "?".into())
+                ),
+            );
+            let list = |ids: &[String]| {
+                if ids.is_empty() {
+                    "-".to_string()
+                } else {
+                    ids.join(", ")
+                }
+            };
+            field(&mut out, "", format!("missing: {}", list(&d.missing)));
+            field(&mut out, "", format!("orphans: {}", list(&d.unexpected)));
+            field(&mut out, "", format!("stale:   {}", list(&d.stale)));
+        }
+    }
+    field(
+        &mut out,
+        "last hour",
+        format!(
+            "{} pass(es), {} action(s)",
+            view.passes_last_hour, view.actions_last_hour
+        ),
+    );
+    if !view.recent_actions.is_empty() {
+        out.push_str("recent\n");
+        for a in &view.recent_actions {
+            let clock = a.at.get(11..19).unwrap_or(&a.at);
+            out.push_str(&format!("  {clock}  {}\n", a.action.describe()));
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct CleanupView<'a> {
+    dry_run: bool,
+    terminate: bool,
+    orphans: Vec<&'a Action>,
+    terminated: Vec<&'a str>,
+    report: &'a PassReport,
+}
+
+pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
+    let opened = ctx.open()?;
+    let report = run_pass(ctx, &opened.state, args.dry_run, args.terminate, "cleanup").await?;
+    let orphans: Vec<&Action> = report
+        .actions
+        .iter()
+        .map(|a| &a.action)
+        .filter(|a| matches!(a, Action::ReportOrphan { .. }))
+        .collect();
+    let terminated: Vec<&str> = report
+        .actions
+        .iter()
+        .filter(|a| matches!(a.action, Action::TerminateOrphan { .. }))
+        .map(|a| a.action.container_id())
+        .collect();
+    // Orphans reported by earlier passes are still orphans.
+    let known = opened.db.list_orphans(false)?;
+    let orphaned_records = opened
+        .db
+        .list_containers(Some(crate::container_state::ContainerState::Orphaned), None)?;
+    if args.json {
+        print_json(&CleanupView {
+            dry_run: args.dry_run,
+            terminate: args.terminate,
+            orphans,
+            terminated,
+            report: &report,
+        })?;
+        return Ok(0);
+    }
+    if args.dry_run {
+        println!("dry run: nothing was changed");
+    }
+    let mut ids: Vec<String> = report.drift.unexpected.clone();
+    for o in &known {
+        if !ids.contains(&o.container_id) {
+            ids.push(o.container_id.clone());
+        }
+    }
+    for c in &orphaned_records {
+        if !ids.contains(&c.id) {
+            ids.push(c.id.clone());
+        }
+    }
+    if ids.is_empty() {
+        println!("no orphaned containers");
+        return Ok(0);
+    }
+    println!("orphaned containers (ours by label, no live record):");
+    for id in &ids {
+        let what = if terminated.contains(&id.as_str()) {
+            if args.dry_run {
+                "would be terminated"
+            } else {
+                "terminated"
+            }
+        } else if args.terminate {
+            "termination already requested"
+        } else {
+            "kept (parhelia cleanup --terminate stops it)"
+        };
+        println!("  {id:<14}{what}");
+    }
+    Ok(0)
+}
+
+pub async fn doctor(ctx: &Ctx, args: DoctorArgs) -> Result<i32> {
+    let state = ctx.state()?;
+    let config = crate::config::load(state.root(), &ctx.set);
+    let pong = coordinator_client::ping(&state).await.map(|(_, p)| p);
+    let inputs = DoctorInputs {
+        state: &state,
+        config: config.as_ref().map_err(|e| e.message.clone()),
+        coordinator_pid: pong.as_ref().map(|p| p.pid),
+    };
+    let mut checks = doctor::run_checks(&inputs).await;
+    if args.fix {
+        doctor::repair_locally(&state, &mut checks);
+        if checks
+            .iter()
+            .any(|c| c.repair == Some(Repair::RunReconciler))
+        {
+            match run_pass(ctx, &state, false, false, "doctor").await {
+                Ok(report) => {
+                    for c in checks
+                        .iter_mut()
+                        .filter(|c| c.repair == Some(Repair::RunReconciler))
+                    {
+                        c.repaired = true;
+                        c.detail.push_str(&format!(
+                            " → reconciler: {} action(s)",
+                            report.actions.len()
+                        ));
+                    }
+                }
+                Err(err) => eprintln!("the reconciler pass failed: {err:#}"),
+            }
+        }
+    }
+    if args.json {
+        print_json(&checks)?;
+    } else {
+        print!("{}", doctor::report_text(&checks));
+    }
+    let failed = checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail && !c.repaired)
+        .count();
+    if failed > 0 {
+        return Err(coded(
+            error_codes::INFRASTRUCTURE_ERROR,
+            format!("doctor found {failed} failing check(s)"),
+        ));
+    }
+    Ok(0)
+}
+
+pub fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
+    let ConfigCommand::Show { json } = command;
+    let state = ctx.state()?;
+    let loaded = crate::config::load(state.root(), &ctx.set)?;
+    if json {
+        print_json(&serde_json::json!({
+            "files": loaded.files,
+            "settings": loaded.settings,
+            "unknown_keys": loaded.unknown_keys,
+        }))?;
+    } else {
+        loaded.warn_unknown_keys();
+        print!("{}", crate::config::show_text(&loaded));
+    }
+    Ok(0)
+}
+
+async fn coordinator_view(state: &StateDir) -> views::CoordinatorView {
+    let pong = coordinator_client::ping(state).await.map(|(_, pong)| pong);
+    views::CoordinatorView {
+        running: pong.is_some(),
+        pid: pong.as_ref().map(|p| p.pid),
+        version: pong.map(|p| p.version),
+        socket: state.socket_path().to_string_lossy().into_owned(),
+    }
+}
+
+pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
+    let opened = ctx.open()?;
+    let db = &opened.db;
+    let view = views::StatusView {
+        state_dir: opened.state.root().to_string_lossy().into_owned(),
+        coordinator: coordinator_view(&opened.state).await,
+        coordinator_id: db.coordinator_id()?,
+        tasks: db.task_counts()?,
+        queued: db.queued_tasks()?.len() as u64,
+        held: db.held_tasks()?.len() as u64,
+        max_concurrent_workers: opened.config.config.orchestrator.max_concurrent_workers,
+        running_sessions: db
+            .running_sessions()?
+            .iter()
+            .map(views::RunningSessionView::from)
+            .collect(),
+        cost_usd: db.total_cost_usd()?,
+    };
+    if json {
+        print_json(&view)?;
+    } else {
+        print!("{}", views::status_text(&view));
+    }
+    Ok(0)
+}
+
+pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> {
+    match command {
+        CoordinatorCommand::Run { .. } => {
+            crate::daemon::run(ctx.state()?, &ctx.set).await?;
+            Ok(0)
+        }
+        CoordinatorCommand::Stop => {
+            let state = ctx.state()?;
+            let Some((mut client, pong)) = coordinator_client::ping(&state).await else {
+                println!("coordinator not running");
+                return Ok(0);
+            };
+            client
+                .shutdown(ShutdownRequest {})
+                .await
+                .map_err(coordinator_error)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while coordinator_client::ping(&state).await.is_some() {
+                if std::time::Instant::now() > deadline {
+                    return Err(coded(
+                        error_codes::COORDINATOR_UNAVAILABLE,
+                        format!("the coordinator (pid {}) did not stop within 15s", pong.pid),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            println!("coordinator stopped (pid {})", pong.pid);
+            Ok(0)
+        }
+        CoordinatorCommand::Status { json } => {
+            let state = ctx.state()?;
+            let view = coordinator_view(&state).await;
+            if json {
+                print_json(&serde_json::json!({
+                    "running": view.running,
+                    "pid": view.pid,
+                    "version": view.version,
+                    "socket": view.socket,
+                    "state_dir": state.root(),
+                }))?;
+            } else if view.running {
+                println!(
+                    "coordinator running (pid {}, version {})",
+                    view.pid.unwrap_or_default(),
+                    view.version.as_deref().unwrap_or("?")
+                );
+                println!("  state   {}", state.root().display());
+                println!("  socket  {}", view.socket);
+                println!("  log     {}", state.log_path().display());
+            } else {
+                println!("coordinator not running (commands start it on demand)");
+            }
+            Ok(0)
+        }
+    }
+}

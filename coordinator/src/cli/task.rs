@@ -1,0 +1,678 @@
+//! `parhelia task …`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use parhelia_proto::{
+    CancelTaskRequest, DeleteTasksRequest, DispatchTasksRequest, RetryTaskRequest,
+    SubmitTaskRequest,
+};
+use serde::Serialize;
+
+use super::{Ctx, coordinator_error, dry_run_text, print_json};
+use crate::backend::isolation::{self, ISOLATION_ENV};
+use crate::binaries::{resolve_agent_bin, resolve_claude_bin};
+use crate::error::coded;
+use crate::error_codes;
+use crate::event_filter::parse_duration_ms;
+use crate::ids::now_ms;
+use crate::plan::{self, AgentTiming, DryRunPlan, LaunchIds, SessionRequest};
+use crate::queue;
+use crate::render::labelled;
+use crate::task_state::TaskStatus;
+use crate::views;
+use crate::watch::watch_task;
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Create a task: run Claude Code on PROMPT in a new session (queued
+    /// when `max_concurrent_workers` tasks are running)
+    Create(CreateArgs),
+    /// List tasks, newest first
+    List {
+        /// Only tasks in this status (pending, running, completed, failed,
+        /// cancelled, interrupted)
+        #[arg(long, value_name = "S")]
+        status: Option<String>,
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task
+    Show {
+        task_id: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a task's events as they happen, until it ends; the exit status
+    /// is the task's outcome
+    Watch { task_id: String },
+    /// Dispatch pending tasks (held with `--no-dispatch`, or queued): as
+    /// many as `max_concurrent_workers` allows, oldest first; the rest wait
+    /// in the queue and dispatch when a running task ends
+    Dispatch {
+        /// Tasks to dispatch
+        task_ids: Vec<String>,
+        /// Every pending task
+        #[arg(long, conflicts_with = "task_ids")]
+        all: bool,
+        /// Show what would be dispatched now and what would wait; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a task: a running one's agent stops Claude Code and its
+    /// container goes; a pending or interrupted one is cancelled at once
+    Cancel {
+        task_id: String,
+        /// Recorded with the cancellation
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a failed, cancelled or interrupted task again as a new attempt
+    /// (a new session); earlier sessions and their events are kept
+    Retry {
+        task_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete ended tasks: their records, events and session directories
+    Delete {
+        #[arg(required = true)]
+        task_ids: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete ended tasks in bulk (default: completed, failed, cancelled)
+    Cleanup {
+        /// Only these statuses (repeatable or comma-separated)
+        #[arg(long, value_name = "S")]
+        status: Vec<String>,
+        /// Only tasks that ended longer ago than this (e.g. 2d, 12h)
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// List what would be deleted; delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// The instruction for Claude Code
+    pub prompt: String,
+    /// Directory to copy into the session (with `.git`); default: an empty workspace
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Stream progress and exit with the task's outcome
+    #[arg(long, conflicts_with_all = ["dry_run", "no_dispatch"])]
+    pub sync: bool,
+    /// Validate and show what would be launched, without launching or recording anything
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Record the task as pending and leave it there until `parhelia task dispatch`
+    #[arg(long)]
+    pub no_dispatch: bool,
+    /// Claude model (default: Claude Code's)
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+    /// Stop after N agentic turns
+    #[arg(long, value_name = "N")]
+    pub max_turns: Option<u32>,
+    /// Task type (generic, code_fix, test, build, lint, refactor…)
+    #[arg(long = "type", value_name = "T", default_value = "generic")]
+    pub task_type: String,
+    /// Where to run: local
+    #[arg(long, value_name = "B", default_value = "local")]
+    pub backend: String,
+    /// Print JSON (with --sync: the finished task)
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(ctx: &Ctx, command: TaskCommand) -> Result<i32> {
+    match command {
+        TaskCommand::Create(args) => create(ctx, args).await,
+        TaskCommand::List { status, json } => list(ctx, status.as_deref(), json),
+        TaskCommand::Show { task_id, json } => show(ctx, &task_id, json),
+        TaskCommand::Watch { task_id } => watch(ctx, &task_id).await,
+        TaskCommand::Dispatch {
+            task_ids,
+            all,
+            dry_run,
+            json,
+        } => dispatch(ctx, task_ids, all, dry_run, json).await,
+        TaskCommand::Cancel {
+            task_id,
+            reason,
+            json,
+        } => cancel(ctx, &task_id, reason, json).await,
+        TaskCommand::Retry { task_id, json } => retry(ctx, &task_id, json).await,
+        TaskCommand::Delete { task_ids, json } => delete(ctx, task_ids, json).await,
+        TaskCommand::Cleanup {
+            status,
+            older_than,
+            dry_run,
+            json,
+        } => cleanup(ctx, &status, older_than.as_deref(), dry_run, json).await,
+    }
+}
+
+/// The environment a launch needs, from this shell: what Claude Code needs,
+/// plus the launch overrides (`PARHELIA_CLAUDE_BIN`, `PARHELIA_AGENT_BIN`,
+/// the isolation decided by this command's config).
+fn launch_env(isolation_setting: &str) -> Result<HashMap<String, String>> {
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let mut env: HashMap<String, String> = plan::forwarded_env(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    )
+    .into_iter()
+    .collect();
+    let claude_bin = resolve_claude_bin(
+        std::env::var_os(plan::CLAUDE_BIN_ENV).as_deref(),
+        std::env::var_os("PATH").as_deref(),
+        &cwd,
+    )?;
+    env.insert(
+        plan::CLAUDE_BIN_ENV.into(),
+        claude_bin.to_string_lossy().into_owned(),
+    );
+    if let Some(agent) = std::env::var_os(plan::AGENT_BIN_ENV).filter(|p| !p.is_empty()) {
+        env.insert(
+            plan::AGENT_BIN_ENV.into(),
+            cwd.join(agent).to_string_lossy().into_owned(),
+        );
+    }
+    env.insert(ISOLATION_ENV.into(), isolation_setting.to_string());
+    Ok(env)
+}
+
+async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
+    plan::validate_prompt(&args.prompt)?;
+    let backend = plan::parse_backend(&args.backend)?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let workspace = match &args.workspace {
+        None => None,
+        Some(path) => {
+            let absolute = cwd.join(path);
+            match std::fs::canonicalize(&absolute) {
+                Ok(dir) if dir.is_dir() => Some(dir),
+                _ => {
+                    return Err(coded(
+                        error_codes::WORKSPACE_NOT_FOUND,
+                        format!("workspace not found: {}", path.display()),
+                    ));
+                }
+            }
+        }
+    };
+    let claude_override = std::env::var_os(plan::CLAUDE_BIN_ENV);
+    let path_var = std::env::var_os("PATH");
+    let claude_bin = resolve_claude_bin(claude_override.as_deref(), path_var.as_deref(), &cwd)?;
+    let state = ctx.state()?;
+    let loaded = ctx.config(&state)?;
+    let config = &loaded.config;
+
+    // Decided here too, so a bad setting fails before anything is recorded.
+    let isolation = isolation::decide(Some(&config.local.isolation), isolation::bwrap_works)?;
+    if args.dry_run {
+        let ids = LaunchIds::placeholders();
+        let layout = plan::local_layout(state.root(), &ids.session_id, &ids.container_id);
+        let session = SessionRequest {
+            prompt: args.prompt.clone(),
+            model: args.model.clone(),
+            max_turns: args.max_turns,
+            interactive: false,
+        };
+        let agent_override = std::env::var_os(plan::AGENT_BIN_ENV).map(PathBuf::from);
+        let agent_bin = resolve_agent_bin(
+            agent_override.as_deref(),
+            std::env::current_exe().ok().as_deref(),
+            path_var.as_deref(),
+            &cwd,
+        );
+        let env = plan::forwarded_env(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        );
+        let dry_run = DryRunPlan {
+            dry_run: true,
+            backend,
+            workspace_source: workspace,
+            claude_bin: claude_bin.clone(),
+            agent_bin: agent_bin.as_ref().ok().cloned(),
+            model: session.model.clone().filter(|m| !m.is_empty()),
+            task_type: args.task_type.clone(),
+            state_dir: state.root().to_path_buf(),
+            isolation,
+            env_names: env.keys().cloned().collect(),
+            spec: plan::agent_spec(
+                &session,
+                &ids,
+                &layout,
+                &claude_bin,
+                &AgentTiming::from(&config.agent),
+            ),
+        };
+        if args.json {
+            print_json(&dry_run)?;
+        } else {
+            print!(
+                "{}",
+                dry_run_text(&dry_run, &layout.spec_path, agent_bin.err())
+            );
+        }
+        return Ok(0);
+    }
+
+    let opened = ctx.open()?;
+    let env = launch_env(&config.local.isolation)?;
+    let mut client = ctx.client(&opened.state).await?;
+    let request = SubmitTaskRequest {
+        prompt: args.prompt.clone(),
+        workspace: workspace
+            .map(|w| w.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        backend: backend.as_str().into(),
+        model: args.model.clone().unwrap_or_default(),
+        task_type: args.task_type.clone(),
+        max_turns: args.max_turns.unwrap_or(0),
+        env,
+        interactive: false,
+        no_dispatch: args.no_dispatch,
+    };
+    let submitted = client
+        .submit_task(request)
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+
+    if !args.sync {
+        if args.json {
+            print_json(&serde_json::json!({
+                "task_id": submitted.task_id,
+                "session_id": Some(&submitted.session_id).filter(|s| !s.is_empty()),
+                "container_id": Some(&submitted.container_id).filter(|s| !s.is_empty()),
+                "queued": submitted.queued,
+                "queue_position": Some(submitted.queue_position).filter(|_| submitted.queued),
+                "held": submitted.held,
+            }))?;
+        } else {
+            println!("{}", submitted.task_id);
+            if submitted.held {
+                println!(
+                    "  pending    held until `parhelia task dispatch {}`",
+                    submitted.task_id
+                );
+            } else if submitted.queued {
+                println!(
+                    "  queued     position {} (max_concurrent_workers tasks are running)",
+                    submitted.queue_position
+                );
+            } else {
+                println!("  session    {}", submitted.session_id);
+                println!("  container  {}", submitted.container_id);
+            }
+            println!("  watch      parhelia task watch {}", submitted.task_id);
+        }
+        return Ok(0);
+    }
+
+    let quiet = args.json;
+    if !quiet {
+        let placement = if submitted.queued {
+            format!("queued at position {}", submitted.queue_position)
+        } else {
+            format!("session {}", submitted.session_id)
+        };
+        println!(
+            "{}",
+            labelled(
+                "task",
+                &format!("{} · {placement} · {}", submitted.task_id, backend.as_str())
+            )
+        );
+    }
+    let watched = watch_task(&opened.db, &submitted.task_id, |line| {
+        if !quiet {
+            println!("{line}");
+        }
+    })
+    .await?;
+    if quiet {
+        print_json(&views::TaskView::from(&watched.task))?;
+    } else {
+        println!("{}", watched.summary());
+    }
+    watched.outcome()?;
+    Ok(0)
+}
+
+fn task_not_found(task_id: &str) -> anyhow::Error {
+    coded(
+        error_codes::TASK_NOT_FOUND,
+        format!("task not found: {task_id}"),
+    )
+}
+
+fn list(ctx: &Ctx, status: Option<&str>, json: bool) -> Result<i32> {
+    let status = status.map(str::parse::<TaskStatus>).transpose()?;
+    let opened = ctx.open()?;
+    let tasks = opened.db.list_tasks(status)?;
+    if json {
+        print_json(&tasks.iter().map(views::TaskView::from).collect::<Vec<_>>())?;
+    } else {
+        print!("{}", views::task_table(&tasks, now_ms()));
+    }
+    Ok(0)
+}
+
+fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+    let opened = ctx.open()?;
+    let task = opened
+        .db
+        .get_task(task_id)?
+        .ok_or_else(|| task_not_found(task_id))?;
+    if json {
+        print_json(&views::TaskView::from(&task))?;
+    } else {
+        print!("{}", views::task_detail(&task));
+    }
+    Ok(0)
+}
+
+async fn watch(ctx: &Ctx, task_id: &str) -> Result<i32> {
+    let opened = ctx.open()?;
+    let task = opened
+        .db
+        .get_task(task_id)?
+        .ok_or_else(|| task_not_found(task_id))?;
+    if !task.status.has_ended() {
+        // Events reach the database through the coordinator: make sure one
+        // is running (a restarted one re-attaches and catches up).
+        ctx.client(&opened.state).await?;
+    }
+    let watched = watch_task(&opened.db, task_id, |line| println!("{line}")).await?;
+    println!("{}", watched.summary());
+    watched.outcome()?;
+    Ok(0)
+}
+
+async fn dispatch(
+    ctx: &Ctx,
+    task_ids: Vec<String>,
+    all: bool,
+    dry_run: bool,
+    json: bool,
+) -> Result<i32> {
+    if task_ids.is_empty() && !all {
+        return Err(coded(
+            error_codes::INVALID_INPUT,
+            "name the tasks to dispatch, or pass --all",
+        ));
+    }
+    let opened = ctx.open()?;
+    let env = if dry_run {
+        HashMap::new()
+    } else {
+        launch_env(&opened.config.config.local.isolation)?
+    };
+    let mut client = ctx.client(&opened.state).await?;
+    let response = client
+        .dispatch_tasks(DispatchTasksRequest {
+            task_ids,
+            all,
+            dry_run,
+            env,
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    if json {
+        print_json(&serde_json::json!({
+            "dry_run": dry_run,
+            "dispatched": response.dispatched.iter().map(|d| serde_json::json!({
+                "task_id": d.task_id,
+                "session_id": Some(&d.session_id).filter(|s| !s.is_empty()),
+                "container_id": Some(&d.container_id).filter(|s| !s.is_empty()),
+            })).collect::<Vec<_>>(),
+            "queued": response.queued.iter().map(|q| serde_json::json!({
+                "task_id": q.task_id, "position": q.position,
+            })).collect::<Vec<_>>(),
+            "failed": response.failed.iter().map(|f| serde_json::json!({
+                "task_id": f.task_id, "error_code": f.error_code, "message": f.message,
+            })).collect::<Vec<_>>(),
+            "running": response.running,
+            "max_concurrent_workers": response.max_concurrent_workers,
+        }))?;
+    } else {
+        if dry_run {
+            println!("dry run: nothing was dispatched");
+        }
+        let verb = if dry_run {
+            "would dispatch"
+        } else {
+            "dispatched"
+        };
+        for d in &response.dispatched {
+            if d.container_id.is_empty() {
+                println!("{verb:<15}{}", d.task_id);
+            } else {
+                println!("{verb:<15}{} → {}", d.task_id, d.container_id);
+            }
+        }
+        for q in &response.queued {
+            println!("{:<15}{} (position {})", "queued", q.task_id, q.position);
+        }
+        for f in &response.failed {
+            println!(
+                "{:<15}{} [{}] {}",
+                "failed", f.task_id, f.error_code, f.message
+            );
+        }
+        println!(
+            "workers        {} running of {}",
+            response.running, response.max_concurrent_workers
+        );
+    }
+    if let Some(f) = response.failed.first() {
+        let code = error_codes::lookup_or_family(&f.error_code);
+        return Err(coded(
+            code,
+            format!("task {} failed to launch: {}", f.task_id, f.message),
+        ));
+    }
+    Ok(0)
+}
+
+async fn cancel(ctx: &Ctx, task_id: &str, reason: Option<String>, json: bool) -> Result<i32> {
+    let opened = ctx.open()?;
+    opened.db.check_transition(task_id, TaskStatus::Cancelled)?;
+    let mut client = ctx.client(&opened.state).await?;
+    let response = client
+        .cancel_task(CancelTaskRequest {
+            task_id: task_id.to_string(),
+            reason: reason.unwrap_or_default(),
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    if json {
+        print_json(&serde_json::json!({
+            "task_id": response.task_id,
+            "status": response.status,
+            "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
+            "container_state": Some(&response.container_state).filter(|s| !s.is_empty()),
+            "checkpoint_id": Some(&response.checkpoint_id).filter(|s| !s.is_empty()),
+        }))?;
+    } else {
+        println!("{} {}", response.task_id, response.status);
+        if !response.container_id.is_empty() {
+            println!(
+                "  container  {} {}",
+                response.container_id, response.container_state
+            );
+        }
+        println!(
+            "  checkpoint {}",
+            if response.checkpoint_id.is_empty() {
+                "none on the session's volume"
+            } else {
+                &response.checkpoint_id
+            }
+        );
+    }
+    Ok(0)
+}
+
+async fn retry(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+    let opened = ctx.open()?;
+    opened.db.check_transition(task_id, TaskStatus::Pending)?;
+    let env = launch_env(&opened.config.config.local.isolation)?;
+    let mut client = ctx.client(&opened.state).await?;
+    let response = client
+        .retry_task(RetryTaskRequest {
+            task_id: task_id.to_string(),
+            env,
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    if json {
+        print_json(&serde_json::json!({
+            "task_id": response.task_id,
+            "attempt": response.attempt,
+            "session_id": Some(&response.session_id).filter(|s| !s.is_empty()),
+            "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
+            "queued": response.queued,
+            "queue_position": Some(response.queue_position).filter(|_| response.queued),
+        }))?;
+    } else {
+        println!("{} attempt {}", response.task_id, response.attempt);
+        if response.queued {
+            println!("  queued     position {}", response.queue_position);
+        } else {
+            println!("  session    {}", response.session_id);
+            println!("  container  {}", response.container_id);
+        }
+        println!("  watch      parhelia task watch {}", response.task_id);
+    }
+    Ok(0)
+}
+
+async fn delete(ctx: &Ctx, task_ids: Vec<String>, json: bool) -> Result<i32> {
+    let opened = ctx.open()?;
+    for id in &task_ids {
+        let task = opened.db.get_task(id)?.ok_or_else(|| task_not_found(id))?;
+        if !task.status.has_ended() {
+            return Err(coded(
+                error_codes::TASK_STILL_ACTIVE,
+                format!(
+                    "task {id} is {}; only ended tasks can be deleted",
+                    task.status
+                ),
+            ));
+        }
+    }
+    let mut client = ctx.client(&opened.state).await?;
+    let response = client
+        .delete_tasks(DeleteTasksRequest { task_ids })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    if json {
+        print_json(&serde_json::json!({
+            "deleted": response.deleted,
+            "removed_dirs": response.removed_dirs,
+        }))?;
+    } else {
+        for id in &response.deleted {
+            println!("deleted {id}");
+        }
+        println!("removed {} director(ies)", response.removed_dirs);
+    }
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct CleanupView {
+    dry_run: bool,
+    tasks: Vec<views::TaskView>,
+}
+
+async fn cleanup(
+    ctx: &Ctx,
+    statuses: &[String],
+    older_than: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> Result<i32> {
+    let statuses: Vec<TaskStatus> = statuses
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let older_than_ms = older_than.map(parse_duration_ms).transpose()?;
+    let opened = ctx.open()?;
+    let selected = queue::select_for_cleanup(
+        &opened.db.cleanup_candidates()?,
+        &statuses,
+        older_than_ms,
+        now_ms(),
+    )?;
+    let tasks: Vec<_> = selected
+        .iter()
+        .filter_map(|id| opened.db.get_task(id).transpose())
+        .collect::<Result<_>>()?;
+    if dry_run || tasks.is_empty() {
+        if json {
+            print_json(&CleanupView {
+                dry_run,
+                tasks: tasks.iter().map(views::TaskView::from).collect(),
+            })?;
+        } else {
+            if dry_run {
+                println!("dry run: nothing was deleted");
+            }
+            if tasks.is_empty() {
+                println!("no tasks to clean up");
+            } else {
+                print!("{}", views::task_table(&tasks, now_ms()));
+            }
+        }
+        return Ok(0);
+    }
+    let mut client = ctx.client(&opened.state).await?;
+    let response = client
+        .delete_tasks(DeleteTasksRequest {
+            task_ids: selected.clone(),
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    if json {
+        print_json(&CleanupView {
+            dry_run,
+            tasks: tasks.iter().map(views::TaskView::from).collect(),
+        })?;
+    } else {
+        print!("{}", views::task_table(&tasks, now_ms()));
+        println!(
+            "deleted {} task(s), removed {} director(ies)",
+            response.deleted.len(),
+            response.removed_dirs
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,968 @@
+//! Configuration: `config.toml` files, `PARHELIA_*` variables and `--set`
+//! flags, layered, validated and typed. The format is documented in
+//! `docs/formats/config.md`.
+//!
+//! Layers, later ones win: built-in defaults < the user file
+//! (`$XDG_CONFIG_HOME/parhelia/config.toml`, else
+//! `~/.config/parhelia/config.toml`) < the project file (`config.toml` in
+//! the state directory, i.e. `.parhelia/config.toml`) < environment
+//! variables < `--set section.key=value` flags. Every effective value
+//! remembers which layer it came from (`parhelia config show`).
+//!
+//! Unknown keys and sections in a file are reported (a warning naming the
+//! file and the key; `doctor` lists them), never silently dropped. A value of
+//! the wrong type or out of range is an error (E100) naming the file (or
+//! variable, or flag) and the key. An unknown key in `--set` is an error too:
+//! a flag is typed by hand, a file may be newer than this build.
+//!
+//! [`resolve`] is pure (file contents and the environment are arguments);
+//! [`load`] reads them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::CodedError;
+use crate::error_codes;
+
+/// The type (and range) of one key.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Bool,
+    UInt {
+        min: u64,
+        max: u64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+    },
+    Str,
+    OneOf(&'static [&'static str]),
+    /// A path; relative ones are resolved against the directory that holds
+    /// the state directory (the project root for `.parhelia/`).
+    Path,
+}
+
+impl Kind {
+    fn expected(&self) -> String {
+        match self {
+            Kind::Bool => "true or false".into(),
+            Kind::UInt { min, max } if *max == u64::MAX => format!("an integer ≥ {min}"),
+            Kind::UInt { min, max } => format!("an integer from {min} to {max}"),
+            Kind::Float { min, max } if *max == f64::MAX => format!("a number ≥ {min}"),
+            Kind::Float { min, max } => format!("a number from {min} to {max}"),
+            Kind::Str => "a string".into(),
+            Kind::OneOf(options) => format!("one of {}", options.join(", ")),
+            Kind::Path => "a path".into(),
+        }
+    }
+}
+
+/// A typed value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    UInt(u64),
+    Float(f64),
+    Str(String),
+    /// No value (e.g. `orchestrator.db_path` by default).
+    Unset,
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::UInt(n) => write!(f, "{n}"),
+            Value::Float(x) if x.fract() == 0.0 && x.abs() < 1e15 => write!(f, "{x:.1}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Unset => f.write_str("(unset)"),
+        }
+    }
+}
+
+/// One key of the schema.
+#[derive(Clone, Debug)]
+pub struct KeySpec {
+    pub section: &'static str,
+    pub key: &'static str,
+    pub kind: Kind,
+    pub default: fn() -> Value,
+    /// The environment variable, when it is not `PARHELIA_<SECTION>_<KEY>`.
+    pub env_override: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+impl KeySpec {
+    pub fn dotted(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+
+    /// The environment variable that sets this key.
+    pub fn env_var(&self) -> String {
+        match self.env_override {
+            Some(name) => name.to_string(),
+            None => format!(
+                "PARHELIA_{}_{}",
+                self.section.to_uppercase(),
+                self.key.to_uppercase()
+            ),
+        }
+    }
+}
+
+macro_rules! keys {
+    ($( $section:literal . $key:literal : $kind:expr, $default:expr, $env:expr, $doc:literal; )*) => {
+        /// Every key Parhelia reads, in documentation order.
+        pub static KEYS: &[KeySpec] = &[
+            $( KeySpec {
+                section: $section,
+                key: $key,
+                kind: $kind,
+                default: || $default,
+                env_override: $env,
+                doc: $doc,
+            }, )*
+        ];
+    };
+}
+
+const ANY_UINT: u64 = u64::MAX;
+
+keys! {
+    "modal"."volume_name": Kind::Str, Value::Str("parhelia-data".into()), None,
+        "Modal volume holding session volumes (modal backend).";
+    "modal"."cpu_count": Kind::UInt { min: 1, max: 64 }, Value::UInt(4), None,
+        "CPUs per sandbox (modal backend).";
+    "modal"."memory_mb": Kind::UInt { min: 256, max: ANY_UINT }, Value::UInt(16_384), None,
+        "Memory per sandbox in MiB (modal backend).";
+    "modal"."default_timeout_hours": Kind::Float { min: 0.01, max: 24.0 }, Value::Float(4.0), None,
+        "Sandbox timeout (modal backend).";
+    "budget"."default_ceiling_usd": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(50.0), None,
+        "Global spending ceiling.";
+    "budget"."warning_threshold_percent": Kind::UInt { min: 1, max: 100 }, Value::UInt(80), None,
+        "Warn when this share of a ceiling is spent.";
+    "orchestrator"."db_path": Kind::Path, Value::Unset, None,
+        "The SQLite database (default: parhelia.db in the state directory).";
+    "orchestrator"."max_concurrent_workers": Kind::UInt { min: 1, max: 10_000 }, Value::UInt(10), None,
+        "Tasks running at once; further tasks wait in the queue.";
+    "reconciler"."poll_interval_seconds": Kind::Float { min: 0.05, max: 86_400.0 }, Value::Float(60.0), None,
+        "How often the coordinator reconciles.";
+    "reconciler"."stale_threshold_seconds": Kind::Float { min: 0.1, max: f64::MAX }, Value::Float(300.0), None,
+        "Silence after which a container is dead; a dead container the backend no longer lists is lost.";
+    "reconciler"."degraded_after_missed_heartbeats": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(3), None,
+        "Missed heartbeat intervals before a container is degraded.";
+    "reconciler"."unhealthy_after_missed_heartbeats": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(6), None,
+        "Missed heartbeat intervals before a container is unhealthy.";
+    "reconciler"."auto_terminate_orphans": Kind::Bool, Value::Bool(false), None,
+        "Terminate our labelled containers that no live record wants.";
+    "reconciler"."auto_resume": Kind::Bool, Value::Bool(false), None,
+        "Resume sessions of lost containers automatically.";
+    "reconciler"."max_auto_resumes": Kind::UInt { min: 0, max: 100 }, Value::UInt(3), None,
+        "Automatic resumes per task at most.";
+    "local"."isolation": Kind::OneOf(&["auto", "bwrap", "none"]), Value::Str("auto".into()), Some("PARHELIA_ISOLATION"),
+        "Confine local sessions with bubblewrap: auto (when it works here), bwrap (required) or none.";
+    "agent"."heartbeat_interval_ms": Kind::UInt { min: 100, max: 3_600_000 }, Value::UInt(5_000), Some("PARHELIA_HEARTBEAT_INTERVAL_MS"),
+        "How often agents send heartbeats.";
+    "agent"."stop_grace_ms": Kind::UInt { min: 0, max: 3_600_000 }, Value::UInt(10_000), None,
+        "How long a stopping agent gives Claude Code after SIGTERM before SIGKILL.";
+    "agent"."linger_after_finish_ms": Kind::UInt { min: 0, max: 86_400_000 }, Value::UInt(600_000), None,
+        "How long an agent keeps serving after its session finished.";
+}
+
+/// Where a value came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "layer", rename_all = "snake_case")]
+pub enum Source {
+    Default,
+    User { path: PathBuf },
+    Project { path: PathBuf },
+    Env { var: String },
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::User { .. } => f.write_str("user file"),
+            Source::Project { .. } => f.write_str("project file"),
+            Source::Env { var } => write!(f, "env {var}"),
+            Source::Flag => f.write_str("--set"),
+        }
+    }
+}
+
+/// One effective value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Setting {
+    pub key: String,
+    pub value: Value,
+    pub source: Source,
+}
+
+/// A key a file set that this build does not know.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnknownKey {
+    pub file: PathBuf,
+    pub key: String,
+}
+
+impl fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown config key `{}` in {} (ignored)",
+            self.key,
+            self.file.display()
+        )
+    }
+}
+
+/// Which file a layer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileRole {
+    User,
+    Project,
+}
+
+/// A config file as found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigFile {
+    pub role: FileRole,
+    pub path: PathBuf,
+    pub found: bool,
+}
+
+/// The typed configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    pub modal: ModalConfig,
+    pub budget: BudgetConfig,
+    pub orchestrator: OrchestratorConfig,
+    pub reconciler: ReconcilerConfig,
+    pub local: LocalConfig,
+    pub agent: AgentConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModalConfig {
+    pub volume_name: String,
+    pub cpu_count: u64,
+    pub memory_mb: u64,
+    pub default_timeout_hours: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BudgetConfig {
+    pub default_ceiling_usd: f64,
+    pub warning_threshold_percent: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OrchestratorConfig {
+    /// Absolute; `None`: `parhelia.db` in the state directory.
+    pub db_path: Option<PathBuf>,
+    pub max_concurrent_workers: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReconcilerConfig {
+    pub poll_interval_seconds: f64,
+    pub stale_threshold_seconds: f64,
+    pub degraded_after_missed_heartbeats: u64,
+    pub unhealthy_after_missed_heartbeats: u64,
+    pub auto_terminate_orphans: bool,
+    pub auto_resume: bool,
+    pub max_auto_resumes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LocalConfig {
+    /// `auto`, `bwrap` or `none`.
+    pub isolation: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentConfig {
+    pub heartbeat_interval_ms: u64,
+    pub stop_grace_ms: u64,
+    pub linger_after_finish_ms: u64,
+}
+
+impl ReconcilerConfig {
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.poll_interval_seconds)
+    }
+
+    pub fn stale_threshold_ms(&self) -> i64 {
+        (self.stale_threshold_seconds * 1000.0) as i64
+    }
+}
+
+impl Config {
+    /// The built-in defaults.
+    pub fn defaults() -> Config {
+        resolve(&[], &BTreeMap::new(), &[], Path::new("/"))
+            .expect("the defaults are valid")
+            .config
+    }
+
+    /// The reconcile policy for a coordinator id.
+    pub fn policy(&self, coordinator_id: &str) -> crate::reconcile::Policy {
+        crate::reconcile::Policy {
+            coordinator_id: coordinator_id.to_string(),
+            thresholds: crate::container_state::HealthThresholds {
+                degraded_after_missed: self.reconciler.degraded_after_missed_heartbeats as u32,
+                unhealthy_after_missed: self.reconciler.unhealthy_after_missed_heartbeats as u32,
+                stale_threshold_ms: self.reconciler.stale_threshold_ms(),
+            },
+            default_heartbeat_interval_ms: self.agent.heartbeat_interval_ms as i64,
+            auto_terminate_orphans: self.reconciler.auto_terminate_orphans,
+            auto_resume: self.reconciler.auto_resume,
+            max_auto_resumes: self.reconciler.max_auto_resumes as u32,
+            // An agent asked to stop gets `stop_grace_ms` to stop Claude Code,
+            // then flushes and exits; five more seconds cover that.
+            stop_timeout_ms: self.agent.stop_grace_ms as i64 + 5_000,
+        }
+    }
+}
+
+/// The resolved configuration and how it came about.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoadedConfig {
+    pub config: Config,
+    /// Every key, in schema order.
+    pub settings: Vec<Setting>,
+    pub unknown_keys: Vec<UnknownKey>,
+    pub files: Vec<ConfigFile>,
+}
+
+impl LoadedConfig {
+    pub fn setting(&self, dotted: &str) -> Option<&Setting> {
+        self.settings.iter().find(|s| s.key == dotted)
+    }
+
+    /// Prints one warning per unknown key to stderr.
+    pub fn warn_unknown_keys(&self) {
+        for unknown in &self.unknown_keys {
+            eprintln!("warning: {unknown}");
+        }
+    }
+}
+
+fn invalid(message: String) -> CodedError {
+    CodedError::new(error_codes::INVALID_INPUT, message)
+}
+
+fn find_key(section: &str, key: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.section == section && k.key == key)
+}
+
+/// A value from a TOML file.
+fn from_toml(spec: &KeySpec, value: &toml::Value) -> Result<Value, String> {
+    let got = || format!("got {value}");
+    let parsed = match (spec.kind, value) {
+        (Kind::Bool, toml::Value::Boolean(b)) => Value::Bool(*b),
+        (Kind::UInt { .. }, toml::Value::Integer(n)) if *n >= 0 => Value::UInt(*n as u64),
+        (Kind::Float { .. }, toml::Value::Float(x)) => Value::Float(*x),
+        (Kind::Float { .. }, toml::Value::Integer(n)) => Value::Float(*n as f64),
+        (Kind::Str | Kind::OneOf(_) | Kind::Path, toml::Value::String(s)) => Value::Str(s.clone()),
+        _ => return Err(got()),
+    };
+    check_range(spec, parsed).map_err(|_| got())
+}
+
+/// A value from an environment variable or a flag.
+fn from_text(spec: &KeySpec, text: &str) -> Result<Value, String> {
+    let got = || format!("got {text:?}");
+    let text = text.trim();
+    let parsed = match spec.kind {
+        Kind::Bool => match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Value::Bool(true),
+            "false" | "0" | "no" | "off" => Value::Bool(false),
+            _ => return Err(got()),
+        },
+        Kind::UInt { .. } => Value::UInt(text.parse().map_err(|_| got())?),
+        Kind::Float { .. } => {
+            let x: f64 = text.parse().map_err(|_| got())?;
+            if !x.is_finite() {
+                return Err(got());
+            }
+            Value::Float(x)
+        }
+        Kind::Str | Kind::OneOf(_) | Kind::Path => Value::Str(text.to_string()),
+    };
+    check_range(spec, parsed).map_err(|_| got())
+}
+
+fn check_range(spec: &KeySpec, value: Value) -> Result<Value, ()> {
+    let ok = match (&spec.kind, &value) {
+        (Kind::UInt { min, max }, Value::UInt(n)) => n >= min && n <= max,
+        (Kind::Float { min, max }, Value::Float(x)) => x.is_finite() && x >= min && x <= max,
+        (Kind::OneOf(options), Value::Str(s)) => options.contains(&s.as_str()),
+        (Kind::Path, Value::Str(s)) => !s.is_empty(),
+        _ => true,
+    };
+    if ok { Ok(value) } else { Err(()) }
+}
+
+/// One config file's text (or `None` when it does not exist).
+pub struct FileLayer<'a> {
+    pub role: FileRole,
+    pub path: &'a Path,
+    pub text: Option<&'a str>,
+}
+
+/// Resolves the layers (pure). `env` holds the process environment (only
+/// the variables in [`KEYS`] are read); `flags` are `section.key=value`;
+/// `base_dir` anchors relative paths.
+pub fn resolve(
+    files: &[FileLayer<'_>],
+    env: &BTreeMap<String, String>,
+    flags: &[String],
+    base_dir: &Path,
+) -> Result<LoadedConfig, CodedError> {
+    let mut values: BTreeMap<String, (Value, Source)> = KEYS
+        .iter()
+        .map(|k| (k.dotted(), ((k.default)(), Source::Default)))
+        .collect();
+    let mut unknown_keys = Vec::new();
+    let mut found = Vec::new();
+
+    for file in files {
+        found.push(ConfigFile {
+            role: file.role,
+            path: file.path.to_path_buf(),
+            found: file.text.is_some(),
+        });
+        let Some(text) = file.text else { continue };
+        let source = match file.role {
+            FileRole::User => Source::User {
+                path: file.path.to_path_buf(),
+            },
+            FileRole::Project => Source::Project {
+                path: file.path.to_path_buf(),
+            },
+        };
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            invalid(format!(
+                "{} is not valid TOML: {}",
+                file.path.display(),
+                e.message()
+            ))
+        })?;
+        for (section, body) in &table {
+            let Some(body) = body.as_table() else {
+                unknown_keys.push(UnknownKey {
+                    file: file.path.to_path_buf(),
+                    key: section.clone(),
+                });
+                continue;
+            };
+            for (key, value) in body {
+                let Some(spec) = find_key(section, key) else {
+                    unknown_keys.push(UnknownKey {
+                        file: file.path.to_path_buf(),
+                        key: format!("{section}.{key}"),
+                    });
+                    continue;
+                };
+                let parsed = from_toml(spec, value).map_err(|got| {
+                    invalid(format!(
+                        "invalid value for `{}` in {}: expected {}, {got}",
+                        spec.dotted(),
+                        file.path.display(),
+                        spec.kind.expected()
+                    ))
+                })?;
+                values.insert(spec.dotted(), (parsed, source.clone()));
+            }
+        }
+    }
+
+    for spec in KEYS {
+        let var = spec.env_var();
+        let Some(text) = env.get(&var).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        let parsed = from_text(spec, text).map_err(|got| {
+            invalid(format!(
+                "invalid value for `{}` in the environment variable {var}: expected {}, {got}",
+                spec.dotted(),
+                spec.kind.expected()
+            ))
+        })?;
+        values.insert(spec.dotted(), (parsed, Source::Env { var }));
+    }
+
+    for flag in flags {
+        let (dotted, text) = flag.split_once('=').ok_or_else(|| {
+            invalid(format!(
+                "`--set {flag}` is not of the form section.key=value"
+            ))
+        })?;
+        let spec = dotted
+            .split_once('.')
+            .and_then(|(section, key)| find_key(section.trim(), key.trim()))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "unknown config key `{dotted}` in `--set {flag}` (see `parhelia config show`)"
+                ))
+            })?;
+        let parsed = from_text(spec, text).map_err(|got| {
+            invalid(format!(
+                "invalid value for `{}` in `--set {flag}`: expected {}, {got}",
+                spec.dotted(),
+                spec.kind.expected()
+            ))
+        })?;
+        values.insert(spec.dotted(), (parsed, Source::Flag));
+    }
+
+    // Paths are made absolute once, here.
+    for spec in KEYS.iter().filter(|k| k.kind == Kind::Path) {
+        if let Some((Value::Str(text), _)) = values.get_mut(&spec.dotted()) {
+            let path = Path::new(text.as_str());
+            if !path.is_absolute() {
+                *text = base_dir.join(path).to_string_lossy().into_owned();
+            }
+        }
+    }
+
+    let settings: Vec<Setting> = KEYS
+        .iter()
+        .map(|k| {
+            let (value, source) = values.remove(&k.dotted()).expect("every key has a value");
+            Setting {
+                key: k.dotted(),
+                value,
+                source,
+            }
+        })
+        .collect();
+    let config = typed(&settings)?;
+    Ok(LoadedConfig {
+        config,
+        settings,
+        unknown_keys,
+        files: found,
+    })
+}
+
+fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
+    let get = |key: &str| -> &Setting {
+        settings
+            .iter()
+            .find(|s| s.key == key)
+            .expect("key in schema")
+    };
+    let uint = |key: &str| match get(key).value {
+        Value::UInt(n) => n,
+        _ => unreachable!("{key} is an integer"),
+    };
+    let float = |key: &str| match get(key).value {
+        Value::Float(x) => x,
+        _ => unreachable!("{key} is a number"),
+    };
+    let boolean = |key: &str| matches!(get(key).value, Value::Bool(true));
+    let string = |key: &str| match &get(key).value {
+        Value::Str(s) => s.clone(),
+        _ => unreachable!("{key} is a string"),
+    };
+    let config = Config {
+        modal: ModalConfig {
+            volume_name: string("modal.volume_name"),
+            cpu_count: uint("modal.cpu_count"),
+            memory_mb: uint("modal.memory_mb"),
+            default_timeout_hours: float("modal.default_timeout_hours"),
+        },
+        budget: BudgetConfig {
+            default_ceiling_usd: float("budget.default_ceiling_usd"),
+            warning_threshold_percent: uint("budget.warning_threshold_percent"),
+        },
+        orchestrator: OrchestratorConfig {
+            db_path: match &get("orchestrator.db_path").value {
+                Value::Str(s) => Some(PathBuf::from(s)),
+                _ => None,
+            },
+            max_concurrent_workers: uint("orchestrator.max_concurrent_workers"),
+        },
+        reconciler: ReconcilerConfig {
+            poll_interval_seconds: float("reconciler.poll_interval_seconds"),
+            stale_threshold_seconds: float("reconciler.stale_threshold_seconds"),
+            degraded_after_missed_heartbeats: uint("reconciler.degraded_after_missed_heartbeats"),
+            unhealthy_after_missed_heartbeats: uint("reconciler.unhealthy_after_missed_heartbeats"),
+            auto_terminate_orphans: boolean("reconciler.auto_terminate_orphans"),
+            auto_resume: boolean("reconciler.auto_resume"),
+            max_auto_resumes: uint("reconciler.max_auto_resumes"),
+        },
+        local: LocalConfig {
+            isolation: string("local.isolation"),
+        },
+        agent: AgentConfig {
+            heartbeat_interval_ms: uint("agent.heartbeat_interval_ms"),
+            stop_grace_ms: uint("agent.stop_grace_ms"),
+            linger_after_finish_ms: uint("agent.linger_after_finish_ms"),
+        },
+    };
+    let r = &config.reconciler;
+    if r.unhealthy_after_missed_heartbeats < r.degraded_after_missed_heartbeats {
+        let s = get("reconciler.unhealthy_after_missed_heartbeats");
+        return Err(invalid(format!(
+            "`reconciler.unhealthy_after_missed_heartbeats` ({}, from {}) must be at least `reconciler.degraded_after_missed_heartbeats` ({})",
+            r.unhealthy_after_missed_heartbeats,
+            describe_source(&s.source),
+            r.degraded_after_missed_heartbeats
+        )));
+    }
+    Ok(config)
+}
+
+/// The source with its file, for messages.
+pub fn describe_source(source: &Source) -> String {
+    match source {
+        Source::User { path } | Source::Project { path } => {
+            format!("{source} {}", path.display())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The user config file's path.
+pub fn user_config_path(xdg_config_home: Option<&Path>, home: Option<&Path>) -> Option<PathBuf> {
+    let base = xdg_config_home
+        .filter(|p| p.is_absolute())
+        .map(Path::to_path_buf)
+        .or_else(|| home.map(|h| h.join(".config")))?;
+    Some(base.join("parhelia").join("config.toml"))
+}
+
+/// Reads the files and the environment and resolves them. `state_root` is
+/// the state directory (its `config.toml` is the project file; its parent
+/// anchors relative paths).
+pub fn load(state_root: &Path, flags: &[String]) -> Result<LoadedConfig, CodedError> {
+    let user = user_config_path(
+        std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .as_deref(),
+        std::env::var_os("HOME").map(PathBuf::from).as_deref(),
+    );
+    let project = state_root.join("config.toml");
+    let read = |path: &Path| -> Result<Option<String>, CodedError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(invalid(format!("cannot read {}: {e}", path.display()))),
+        }
+    };
+    let user_text = match &user {
+        Some(path) => read(path)?,
+        None => None,
+    };
+    let project_text = read(&project)?;
+    let mut files = Vec::new();
+    if let Some(path) = &user {
+        files.push(FileLayer {
+            role: FileRole::User,
+            path,
+            text: user_text.as_deref(),
+        });
+    }
+    files.push(FileLayer {
+        role: FileRole::Project,
+        path: &project,
+        text: project_text.as_deref(),
+    });
+    let env: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("PARHELIA_"))
+        .collect();
+    let base = state_root.parent().unwrap_or(state_root);
+    resolve(&files, &env, flags, base)
+}
+
+/// `parhelia config show` as text: TOML you could paste, with each value's
+/// source as a comment.
+pub fn show_text(loaded: &LoadedConfig) -> String {
+    let mut out = String::new();
+    for file in &loaded.files {
+        out.push_str(&format!(
+            "# {} config: {} ({})\n",
+            match file.role {
+                FileRole::User => "user",
+                FileRole::Project => "project",
+            },
+            file.path.display(),
+            if file.found { "found" } else { "not found" }
+        ));
+    }
+    let mut section = "";
+    for (spec, setting) in KEYS.iter().zip(&loaded.settings) {
+        if spec.section != section {
+            section = spec.section;
+            out.push_str(&format!("\n[{section}]\n"));
+        }
+        let line = match &setting.value {
+            Value::Unset => format!("# {} =", spec.key),
+            value => format!("{} = {value}", spec.key),
+        };
+        out.push_str(&format!("{line:<42} # {}\n", setting.source));
+    }
+    if !loaded.unknown_keys.is_empty() {
+        out.push('\n');
+        for unknown in &loaded.unknown_keys {
+            out.push_str(&format!("# {unknown}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn resolve_with(
+        user: Option<&str>,
+        project: Option<&str>,
+        vars: &[(&str, &str)],
+        flags: &[&str],
+    ) -> Result<LoadedConfig, CodedError> {
+        let files = [
+            FileLayer {
+                role: FileRole::User,
+                path: Path::new("/home/u/.config/parhelia/config.toml"),
+                text: user,
+            },
+            FileLayer {
+                role: FileRole::Project,
+                path: Path::new("/p/.parhelia/config.toml"),
+                text: project,
+            },
+        ];
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        resolve(&files, &env(vars), &flags, Path::new("/p"))
+    }
+
+    #[test]
+    fn defaults_match_the_seeds() {
+        let c = Config::defaults();
+        assert_eq!(c.orchestrator.max_concurrent_workers, 10);
+        assert_eq!(c.reconciler.poll_interval_seconds, 60.0);
+        assert_eq!(c.reconciler.stale_threshold_seconds, 300.0);
+        assert!(!c.reconciler.auto_terminate_orphans);
+        assert_eq!(c.budget.default_ceiling_usd, 50.0);
+        assert_eq!(c.modal.volume_name, "parhelia-data");
+        assert_eq!(c.local.isolation, "auto");
+        assert_eq!(c.agent.heartbeat_interval_ms, 5_000);
+        assert_eq!(c.orchestrator.db_path, None);
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_remember_their_source() {
+        let user = "[orchestrator]\nmax_concurrent_workers = 2\n[reconciler]\npoll_interval_seconds = 5\nauto_resume = true\n";
+        let project = "[orchestrator]\nmax_concurrent_workers = 3\ndb_path = \".parhelia/orchestrator.db\"\n[reconciler]\nstale_threshold_seconds = 30.5\n";
+        let vars = [
+            ("PARHELIA_RECONCILER_STALE_THRESHOLD_SECONDS", "2"),
+            ("PARHELIA_ISOLATION", "none"),
+            ("PARHELIA_HEARTBEAT_INTERVAL_MS", "250"),
+            ("PARHELIA_NOT_A_CONFIG_KEY", "x"),
+        ];
+        let loaded = resolve_with(
+            Some(user),
+            Some(project),
+            &vars,
+            &["orchestrator.max_concurrent_workers=7"],
+        )
+        .unwrap();
+        let c = &loaded.config;
+        // (key, value, source) for every layer.
+        assert_eq!(c.orchestrator.max_concurrent_workers, 7);
+        assert_eq!(
+            loaded
+                .setting("orchestrator.max_concurrent_workers")
+                .unwrap()
+                .source,
+            Source::Flag
+        );
+        assert_eq!(c.reconciler.stale_threshold_seconds, 2.0);
+        assert_eq!(
+            loaded
+                .setting("reconciler.stale_threshold_seconds")
+                .unwrap()
+                .source,
+            Source::Env {
+                var: "PARHELIA_RECONCILER_STALE_THRESHOLD_SECONDS".into()
+            }
+        );
+        assert_eq!(
+            c.orchestrator.db_path.as_deref(),
+            Some(Path::new("/p/.parhelia/orchestrator.db"))
+        );
+        assert!(matches!(
+            loaded.setting("orchestrator.db_path").unwrap().source,
+            Source::Project { .. }
+        ));
+        assert_eq!(c.reconciler.poll_interval_seconds, 5.0);
+        assert!(matches!(
+            loaded
+                .setting("reconciler.poll_interval_seconds")
+                .unwrap()
+                .source,
+            Source::User { .. }
+        ));
+        assert!(c.reconciler.auto_resume);
+        assert_eq!(c.local.isolation, "none");
+        assert_eq!(c.agent.heartbeat_interval_ms, 250);
+        assert_eq!(
+            loaded.setting("budget.default_ceiling_usd").unwrap().source,
+            Source::Default
+        );
+        assert!(loaded.unknown_keys.is_empty());
+        let text = show_text(&loaded);
+        assert!(
+            text.contains("max_concurrent_workers = 7") && text.contains("# --set"),
+            "{text}"
+        );
+        assert!(text.contains("# env PARHELIA_ISOLATION"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_file() {
+        let loaded = resolve_with(
+            None,
+            Some("toplevel = true\n[reconciler]\npoll_interval = 5\n[frobnicate]\nx = 1\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        let unknown: Vec<String> = loaded.unknown_keys.iter().map(|u| u.to_string()).collect();
+        assert_eq!(
+            unknown,
+            [
+                "unknown config key `frobnicate.x` in /p/.parhelia/config.toml (ignored)",
+                "unknown config key `reconciler.poll_interval` in /p/.parhelia/config.toml (ignored)",
+                "unknown config key `toplevel` in /p/.parhelia/config.toml (ignored)",
+            ]
+        );
+        // The rest still applies.
+        assert_eq!(loaded.config.reconciler.poll_interval_seconds, 60.0);
+    }
+
+    #[test]
+    fn invalid_values_are_e100_naming_file_and_key() {
+        type Case<'a> = (
+            Option<&'a str>,
+            &'a [(&'a str, &'a str)],
+            &'a [&'a str],
+            &'a str,
+        );
+        let cases: [Case; 8] = [
+            (
+                Some("[orchestrator]\nmax_concurrent_workers = \"ten\"\n"),
+                &[],
+                &[],
+                "invalid value for `orchestrator.max_concurrent_workers` in /p/.parhelia/config.toml: expected an integer from 1 to 10000, got \"ten\"",
+            ),
+            (
+                Some("[orchestrator]\nmax_concurrent_workers = 0\n"),
+                &[],
+                &[],
+                "invalid value for `orchestrator.max_concurrent_workers` in /p/.parhelia/config.toml: expected an integer from 1 to 10000, got 0",
+            ),
+            (
+                Some("[local]\nisolation = \"docker\"\n"),
+                &[],
+                &[],
+                "invalid value for `local.isolation` in /p/.parhelia/config.toml: expected one of auto, bwrap, none, got \"docker\"",
+            ),
+            (
+                Some("[reconciler\n"),
+                &[],
+                &[],
+                "/p/.parhelia/config.toml is not valid TOML",
+            ),
+            (
+                None,
+                &[("PARHELIA_HEARTBEAT_INTERVAL_MS", "soon")],
+                &[],
+                "invalid value for `agent.heartbeat_interval_ms` in the environment variable PARHELIA_HEARTBEAT_INTERVAL_MS: expected an integer from 100 to 3600000, got \"soon\"",
+            ),
+            (
+                None,
+                &[],
+                &["reconciler.auto_resume=maybe"],
+                "invalid value for `reconciler.auto_resume` in `--set reconciler.auto_resume=maybe`: expected true or false, got \"maybe\"",
+            ),
+            (
+                None,
+                &[],
+                &["reconciler.nope=1"],
+                "unknown config key `reconciler.nope` in `--set reconciler.nope=1`",
+            ),
+            (
+                Some(
+                    "[reconciler]\ndegraded_after_missed_heartbeats = 5\nunhealthy_after_missed_heartbeats = 4\n",
+                ),
+                &[],
+                &[],
+                "`reconciler.unhealthy_after_missed_heartbeats` (4, from project file /p/.parhelia/config.toml) must be at least",
+            ),
+        ];
+        for (project, vars, flags, expected) in cases {
+            let err = resolve_with(None, project, vars, flags).unwrap_err();
+            assert_eq!(err.code.code, "E100", "{err}");
+            assert!(
+                err.message.starts_with(expected),
+                "{}\n  expected: {expected}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn user_config_location() {
+        assert_eq!(
+            user_config_path(Some(Path::new("/x")), Some(Path::new("/h"))),
+            Some(PathBuf::from("/x/parhelia/config.toml"))
+        );
+        assert_eq!(
+            user_config_path(Some(Path::new("rel")), Some(Path::new("/h"))),
+            Some(PathBuf::from("/h/.config/parhelia/config.toml"))
+        );
+        assert_eq!(user_config_path(None, None), None);
+    }
+
+    #[test]
+    fn every_key_has_a_valid_default_and_env_name() {
+        for spec in KEYS {
+            let default = (spec.default)();
+            if default != Value::Unset {
+                assert_eq!(
+                    check_range(spec, default.clone()),
+                    Ok(default),
+                    "{}",
+                    spec.dotted()
+                );
+            }
+            assert!(spec.env_var().starts_with("PARHELIA_"));
+            assert!(spec.doc.ends_with('.'), "{}", spec.dotted());
+        }
+        let policy = Config::defaults().policy("coord-1");
+        assert_eq!(policy.thresholds.stale_threshold_ms, 300_000);
+        assert_eq!(policy.stop_timeout_ms, 15_000);
+    }
+}

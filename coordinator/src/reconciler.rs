@@ -1,0 +1,409 @@
+//! The reconciler's adapter: gathers the intended state (SQLite, plus what
+//! the coordinator is attending in memory) and the observed state (the
+//! backend's list of our containers), runs the pure step
+//! ([`crate::reconcile::reconcile`]), and carries its actions out. Errors
+//! are logged where they are handled: one failed action never stops the
+//! others.
+//!
+//! Before deciding anything, every container that should be alive but is no
+//! longer listed gets its journal read from the volume
+//! ([`crate::ingest::catch_up_from_journal`]): an agent that finished and
+//! exited before its events were streamed is finished, not lost, and no
+//! event is ever lost.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::container_state::ContainerState;
+use crate::db::{ContainerRef, LostContainer, NewCoordinatorEvent, ReconcileRow};
+use crate::ids::now_ms;
+use crate::ingest::catch_up_from_journal;
+use crate::reconcile::{
+    Action, ActionOutcome, Intended, IntendedContainer, Observation, PassReport, drift, reconcile,
+};
+use crate::recovery;
+use crate::service::CoordinatorService;
+
+/// How a pass runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassOptions {
+    /// `interval`, `startup`, `manual`, `cleanup`, `agent_gone`.
+    pub trigger: String,
+    /// Compute and report the actions; execute none (and read no journal).
+    pub dry_run: bool,
+    /// Terminate orphans whatever `auto_terminate_orphans` says
+    /// (`cleanup --terminate`).
+    pub terminate_orphans: bool,
+}
+
+fn intended_container(
+    db: &crate::db::Db,
+    row: &ReconcileRow,
+    attended: &BTreeSet<String>,
+) -> IntendedContainer {
+    let c = &row.container;
+    // Only a container that may be declared lost needs it.
+    let latest_checkpoint_id = if c.state.is_active() {
+        recovery::latest_checkpoint_id(db, &c.session_id, Path::new(&row.volume_dir))
+    } else {
+        None
+    };
+    IntendedContainer {
+        container_id: c.id.clone(),
+        session_id: c.session_id.clone(),
+        task_id: c.task_id.clone(),
+        state: c.state,
+        health: c.health,
+        heartbeat_interval_ms: c.heartbeat_interval_ms,
+        created_at_ms: c.created_at_ms,
+        started_at_ms: c.started_at_ms,
+        last_heartbeat_ms: c.last_heartbeat_ms,
+        state_changed_at_ms: c.state_changed_at_ms,
+        stop_requested_at_ms: c.stop_requested_at_ms,
+        attended: attended.contains(&c.id),
+        task_status: row.task_status,
+        is_latest_for_task: row.is_latest_for_task,
+        task_auto_resumes: row.task_auto_resumes,
+        resume_requested: c.resume_requested_at_ms.is_some(),
+        latest_checkpoint_id,
+    }
+}
+
+/// One pass. Passes never overlap.
+pub async fn run_pass(service: &CoordinatorService, options: PassOptions) -> Result<PassReport> {
+    let inner = &service.inner;
+    let _guard = inner.reconcile_lock.lock().await;
+    let db = &inner.db;
+    let started_at_ms = now_ms();
+    let trigger = if options.trigger.is_empty() {
+        "manual".to_string()
+    } else {
+        options.trigger.clone()
+    };
+
+    let (observation, list_error) = match inner.backend.list().await {
+        Ok(list) => (
+            Observation {
+                containers: Some(list),
+            },
+            None,
+        ),
+        Err(err) => {
+            tracing::warn!("the reconciler could not list containers: {err:#}");
+            (Observation::default(), Some(format!("{err:#}")))
+        }
+    };
+    let listed: Option<BTreeSet<String>> = observation
+        .containers
+        .as_ref()
+        .map(|list| list.iter().map(|c| c.container_id.clone()).collect());
+
+    // Catch up from the journals of containers that should be alive but
+    // are not listed, before judging them.
+    let mut journal_events_ingested = 0;
+    if let Some(listed) = &listed
+        && !options.dry_run
+    {
+        for row in db.reconcile_rows(&[])? {
+            let c = &row.container;
+            if !c.state.is_active() || listed.contains(&c.id) {
+                continue;
+            }
+            let target = ContainerRef {
+                container_id: c.id.clone(),
+                session_id: c.session_id.clone(),
+                task_id: c.task_id.clone(),
+            };
+            match catch_up_from_journal(db, inner.backend.as_ref(), &target).await {
+                Ok(caught) => {
+                    journal_events_ingested += caught.ingested;
+                    if caught.finished {
+                        db.set_container_state(&c.id, ContainerState::Terminated)?;
+                        inner.signals.task_ended.notify_one();
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(container_id = %c.id, "reading the journal failed: {err:#}")
+                }
+            }
+        }
+    }
+
+    let listed_ids: Vec<String> = listed.iter().flatten().cloned().collect();
+    let attended = service.attended();
+    let intended = Intended {
+        containers: db
+            .reconcile_rows(&listed_ids)?
+            .iter()
+            .map(|row| intended_container(db, row, &attended))
+            .collect(),
+        orphans: db.known_orphans()?,
+    };
+    let mut policy = inner.config.policy(&inner.coordinator_id);
+    if options.terminate_orphans {
+        policy.auto_terminate_orphans = true;
+    }
+    let now = now_ms();
+    let actions = reconcile(&intended, &observation, now, &policy);
+    let drift = drift(&intended, &observation, now, &policy);
+
+    let mut outcomes = Vec::new();
+    for action in actions {
+        let (result, detail) = if options.dry_run {
+            ("planned".to_string(), None)
+        } else {
+            match execute(service, &action, &observation).await {
+                Ok(Executed::Done) => ("done".to_string(), None),
+                Ok(Executed::Unavailable(why)) => ("unavailable".to_string(), Some(why)),
+                Err(err) => {
+                    tracing::warn!(
+                        action = action.name(),
+                        container_id = action.container_id(),
+                        "reconciler action failed: {err:#}"
+                    );
+                    ("failed".to_string(), Some(format!("{err:#}")))
+                }
+            }
+        };
+        outcomes.push(ActionOutcome {
+            action,
+            result,
+            detail,
+        });
+    }
+    let report = PassReport {
+        started_at_ms,
+        finished_at_ms: now_ms(),
+        trigger: trigger.clone(),
+        dry_run: options.dry_run,
+        drift,
+        actions: outcomes,
+        journal_events_ingested,
+        list_error,
+    };
+    if !options.dry_run {
+        db.record_reconciler_run(&report)?;
+        // A container's first health is bookkeeping, not news.
+        let notable: Vec<&ActionOutcome> = report
+            .actions
+            .iter()
+            .filter(|a| !matches!(a.action, Action::SetHealth { from: None, .. }))
+            .collect();
+        if !notable.is_empty() || trigger != "interval" {
+            let summary = if notable.is_empty() {
+                "no drift to act on".to_string()
+            } else {
+                notable
+                    .iter()
+                    .map(|a| a.action.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            db.note(
+                NewCoordinatorEvent::new(
+                    "reconciler_run",
+                    "info",
+                    format!(
+                        "reconciler ({trigger}): {} action(s): {summary}",
+                        notable.len()
+                    ),
+                )
+                .details(serde_json::json!({
+                    "trigger": trigger,
+                    "actions": report.actions.len(),
+                    "observed": report.drift.observed,
+                    "missing": report.drift.missing,
+                    "unexpected": report.drift.unexpected,
+                })),
+            );
+        }
+    }
+    if report.actions.iter().any(|a| {
+        matches!(
+            a.action,
+            Action::MarkLost { .. } | Action::MarkTerminated { .. }
+        )
+    }) {
+        inner.signals.task_ended.notify_one();
+    }
+    Ok(report)
+}
+
+enum Executed {
+    Done,
+    Unavailable(String),
+}
+
+/// Carries out one action; writes exactly what
+/// [`crate::reconcile::apply`] models.
+async fn execute(
+    service: &CoordinatorService,
+    action: &Action,
+    observation: &Observation,
+) -> Result<Executed> {
+    let inner = &service.inner;
+    let db = &inner.db;
+    match action {
+        Action::SetHealth {
+            container_id,
+            from,
+            to,
+            silence_ms,
+        } => {
+            db.set_container_health(container_id, *to)?;
+            // The first health a container gets is not news.
+            if from.is_some() {
+                let record = db.get_container(container_id)?;
+                db.note(NewCoordinatorEvent {
+                    task_id: record.as_ref().map(|c| c.task_id.clone()),
+                    session_id: record.as_ref().map(|c| c.session_id.clone()),
+                    ..NewCoordinatorEvent::new("health_changed", to.level(), action.describe())
+                        .container(container_id)
+                        .details(serde_json::json!({
+                            "from": from, "to": to, "silence_ms": silence_ms,
+                        }))
+                });
+            }
+        }
+        Action::Follow {
+            container_id,
+            session_id,
+            task_id,
+        } => {
+            service
+                .follow(ContainerRef {
+                    container_id: container_id.clone(),
+                    session_id: session_id.clone(),
+                    task_id: task_id.clone(),
+                })
+                .await;
+        }
+        Action::MarkLost {
+            container_id,
+            session_id,
+            task_id,
+            silence_ms,
+            interrupt_task,
+            checkpoint_id,
+        } => {
+            let resumable = match checkpoint_id {
+                Some(cp) => format!("resumable from checkpoint {cp}"),
+                None => "resumable (no checkpoint yet)".to_string(),
+            };
+            let interrupted = db.mark_container_lost(&LostContainer {
+                container_id,
+                session_id,
+                task_id,
+                interrupt_task: *interrupt_task,
+                checkpoint_id: checkpoint_id.as_deref(),
+                error_message: format!(
+                    "container {container_id} was lost: its agent is gone and nothing was heard for {}s; {resumable}",
+                    silence_ms / 1000
+                ),
+            })?;
+            db.note(
+                NewCoordinatorEvent::new("container_lost", "error", action.describe())
+                    .container(container_id)
+                    .session(session_id)
+                    .task(task_id)
+                    .details(serde_json::json!({
+                        "silence_ms": silence_ms,
+                        "task_interrupted": interrupted,
+                        "checkpoint_id": checkpoint_id,
+                    })),
+            );
+        }
+        Action::RequestResume {
+            task_id,
+            session_id,
+            lost_container_id,
+            checkpoint_id,
+            attempt,
+        } => {
+            let started = service
+                .request_resume(
+                    task_id,
+                    session_id,
+                    lost_container_id,
+                    checkpoint_id.as_deref(),
+                    *attempt,
+                )
+                .await?;
+            if !started {
+                return Ok(Executed::Unavailable(
+                    "resume is not available in this build; the task stays interrupted".into(),
+                ));
+            }
+        }
+        Action::MarkTerminated { container_id } => {
+            db.set_container_state(container_id, ContainerState::Terminated)?;
+            let record = db.get_container(container_id)?;
+            db.note(NewCoordinatorEvent {
+                task_id: record.as_ref().map(|c| c.task_id.clone()),
+                session_id: record.as_ref().map(|c| c.session_id.clone()),
+                ..NewCoordinatorEvent::new("container_terminated", "info", action.describe())
+                    .container(container_id)
+            });
+        }
+        Action::TerminateStuck { container_id } => {
+            db.request_container_stop(container_id)?;
+            inner.backend.terminate(container_id).await?;
+            db.note(
+                NewCoordinatorEvent::new("container_stuck", "warning", action.describe())
+                    .container(container_id),
+            );
+        }
+        Action::ReportOrphan {
+            container_id,
+            known,
+            pid,
+        } => {
+            if *known {
+                db.set_container_state(container_id, ContainerState::Orphaned)?;
+            } else if let Some(observed) = observation
+                .containers
+                .iter()
+                .flatten()
+                .find(|c| &c.container_id == container_id)
+            {
+                db.upsert_orphan(observed)?;
+            }
+            let record = db.get_container(container_id)?;
+            db.note(NewCoordinatorEvent {
+                task_id: record.as_ref().map(|c| c.task_id.clone()),
+                session_id: record.as_ref().map(|c| c.session_id.clone()),
+                ..NewCoordinatorEvent::new("orphan_detected", "warning", action.describe())
+                    .container(container_id)
+                    .details(serde_json::json!({ "known": known, "pid": pid }))
+            });
+        }
+        Action::TerminateOrphan {
+            container_id,
+            known,
+            pid,
+        } => {
+            if *known {
+                db.request_container_stop(container_id)?;
+            } else {
+                db.orphan_terminate_requested(container_id)?;
+            }
+            inner.backend.terminate(container_id).await?;
+            db.note(
+                NewCoordinatorEvent::new("orphan_terminated", "warning", action.describe())
+                    .container(container_id)
+                    .details(serde_json::json!({ "known": known, "pid": pid })),
+            );
+        }
+        Action::ForgetOrphan { container_id } => {
+            db.orphan_gone(container_id)?;
+            db.note(
+                NewCoordinatorEvent::new("orphan_gone", "info", action.describe())
+                    .container(container_id),
+            );
+        }
+    }
+    Ok(Executed::Done)
+}

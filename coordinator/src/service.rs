@@ -1,0 +1,1071 @@
+//! The coordinator's service layer: every operation that changes something
+//! (submit, dispatch, cancel, retry, delete, terminate, reconcile) is one
+//! method here, called by the gRPC front end ([`crate::daemon`]) and by
+//! tests. The decisions are the pure modules' ([`crate::queue`],
+//! [`crate::reconcile`], [`crate::task_state`]); this layer gathers inputs
+//! and carries decisions out.
+//!
+//! Architecture invariant: the environment a task is submitted with lives
+//! only in memory (`pending_env`) until its launch; it is never stored or
+//! logged. A queued task dispatched after a coordinator restart gets the
+//! environment of the `task dispatch` that dispatches it, else the
+//! coordinator's own.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use parhelia_proto::{
+    CancelTaskResponse, DeleteTasksResponse, DispatchTasksResponse, DispatchedTask, QueuedTask,
+    RetryTaskResponse, StopRequest, SubmitTaskRequest, SubmitTaskResponse, TaskFailure,
+    TerminateContainerResponse,
+};
+use tokio::sync::watch;
+
+use crate::agent_client::connect_agent;
+use crate::backend::isolation::{self, ISOLATION_ENV};
+use crate::backend::{Backend, LaunchRequest};
+use crate::binaries::resolve_claude_bin;
+use crate::config::Config;
+use crate::container_state::ContainerState;
+use crate::db::{ContainerRef, Db, NewAttempt, NewCoordinatorEvent, NewTask, TaskUpdate};
+use crate::error::{CodedError, coded, find_coded};
+use crate::error_codes;
+use crate::ids::{self, SessionSecret};
+use crate::ingest::{
+    ControlSignals, IngestContext, IngestSettings, catch_up_from_journal, follow_container,
+};
+use crate::plan::{self, LaunchIds, SessionRequest};
+use crate::queue;
+use crate::reconcile::PassReport;
+use crate::reconciler::{self, PassOptions};
+use crate::recovery;
+use crate::state_dir::StateDir;
+use crate::task_state::TaskStatus;
+
+/// The coordinator's shared state.
+#[derive(Clone)]
+pub struct CoordinatorService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) state: StateDir,
+    pub(crate) db: Arc<Db>,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) config: Config,
+    pub(crate) coordinator_id: String,
+    shutdown_tx: watch::Sender<bool>,
+    ingest: IngestContext,
+    pub(crate) signals: Arc<ControlSignals>,
+    followers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// Containers being launched or followed right now.
+    attended: Mutex<BTreeSet<String>>,
+    dispatch_lock: tokio::sync::Mutex<()>,
+    pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
+    /// Environment of tasks not launched yet (memory only).
+    pending_env: Mutex<HashMap<String, HashMap<String, String>>>,
+}
+
+/// What a dispatch pass did.
+#[derive(Debug, Default)]
+pub struct DispatchOutcome {
+    pub dispatched: Vec<DispatchedTask>,
+    pub waiting: Vec<(String, u32)>,
+    pub failed: Vec<(String, CodedError)>,
+}
+
+fn as_coded(err: &anyhow::Error) -> CodedError {
+    find_coded(err)
+        .cloned()
+        .unwrap_or_else(|| CodedError::new(error_codes::INFRASTRUCTURE_ERROR, format!("{err:#}")))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CoordinatorService {
+    /// A service with the default configuration.
+    pub fn new(state: StateDir, db: Arc<Db>, backend: Arc<dyn Backend>) -> Self {
+        Self::with_config(state, db, backend, Config::defaults())
+    }
+
+    pub fn with_config(
+        state: StateDir,
+        db: Arc<Db>,
+        backend: Arc<dyn Backend>,
+        config: Config,
+    ) -> Self {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let signals = Arc::new(ControlSignals::default());
+        let ingest = IngestContext {
+            db: Arc::clone(&db),
+            backend: Arc::clone(&backend),
+            shutdown: shutdown_rx,
+            settings: IngestSettings::default(),
+            signals: Arc::clone(&signals),
+        };
+        let coordinator_id = db.coordinator_id().unwrap_or_else(|err| {
+            tracing::error!("cannot read the coordinator id: {err:#}");
+            String::new()
+        });
+        Self {
+            inner: Arc::new(Inner {
+                state,
+                db,
+                backend,
+                config,
+                coordinator_id,
+                shutdown_tx,
+                ingest,
+                signals,
+                followers: tokio::sync::Mutex::default(),
+                attended: Mutex::default(),
+                dispatch_lock: tokio::sync::Mutex::default(),
+                reconcile_lock: tokio::sync::Mutex::default(),
+                pending_env: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn db(&self) -> &Arc<Db> {
+        &self.inner.db
+    }
+
+    pub fn coordinator_id(&self) -> &str {
+        &self.inner.coordinator_id
+    }
+
+    /// Resolves when a shutdown was requested.
+    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + use<> {
+        let mut rx = self.inner.shutdown_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    pub fn request_shutdown(&self) {
+        self.inner.shutdown_tx.send_replace(true);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown_tx.borrow()
+    }
+
+    /// Containers the coordinator is launching or following right now.
+    pub fn attended(&self) -> BTreeSet<String> {
+        lock(&self.inner.attended).clone()
+    }
+
+    fn attend(&self, container_id: &str) {
+        lock(&self.inner.attended).insert(container_id.to_string());
+    }
+
+    fn unattend(&self, container_id: &str) {
+        lock(&self.inner.attended).remove(container_id);
+    }
+
+    /// Starts following a container's events (once at a time per container).
+    pub async fn follow(&self, target: ContainerRef) {
+        let ctx = self.inner.ingest.clone();
+        let mut followers = self.inner.followers.lock().await;
+        // Forget followers that are done, so the set does not grow forever.
+        while followers.try_join_next().is_some() {}
+        self.attend(&target.container_id);
+        let service = self.clone();
+        followers.spawn(async move {
+            let container_id = target.container_id.clone();
+            follow_container(ctx, target).await;
+            service.unattend(&container_id);
+        });
+    }
+
+    /// Re-attaches to every container whose task is still running.
+    pub async fn reattach(&self) -> Result<usize> {
+        let containers = self.inner.db.containers_to_follow()?;
+        let n = containers.len();
+        for c in containers {
+            tracing::info!(container_id = %c.id, task_id = %c.task_id, "re-attaching");
+            self.follow(ContainerRef {
+                container_id: c.id,
+                session_id: c.session_id,
+                task_id: c.task_id,
+            })
+            .await;
+        }
+        Ok(n)
+    }
+
+    /// Stops the followers (agents keep running).
+    pub async fn stop_followers(&self) {
+        self.request_shutdown();
+        let mut followers = self.inner.followers.lock().await;
+        let wait = async { while followers.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("followers did not stop in time");
+        }
+    }
+
+    /// Records a task and (unless held) dispatches it if a worker slot is
+    /// free. The one path every front end uses to create tasks.
+    pub async fn submit(&self, request: SubmitTaskRequest) -> Result<SubmitTaskResponse> {
+        plan::validate_prompt(&request.prompt)?;
+        let backend_kind = plan::parse_backend(&request.backend)?;
+        if backend_kind.as_str() != self.inner.backend.name() {
+            return Err(coded(
+                error_codes::BACKEND_UNAVAILABLE,
+                format!(
+                    "this coordinator runs the {} backend only",
+                    self.inner.backend.name()
+                ),
+            ));
+        }
+        let workspace = match request.workspace.as_str() {
+            "" => None,
+            path => Some(validate_workspace(Path::new(path))?),
+        };
+        // Fail before recording anything when the launch could never work.
+        self.resolve_launch(&request.env)?;
+
+        let task_id = ids::new_task_id();
+        let task_type = if request.task_type.is_empty() {
+            "generic".to_string()
+        } else {
+            request.task_type.clone()
+        };
+        self.inner.db.insert_task(&NewTask {
+            task_id: task_id.clone(),
+            prompt: request.prompt.clone(),
+            task_type,
+            backend: backend_kind.as_str().into(),
+            workspace: workspace.map(|p| p.to_string_lossy().into_owned()),
+            model: Some(request.model.clone()).filter(|m| !m.is_empty()),
+            max_turns: Some(request.max_turns).filter(|n| *n > 0),
+            mode: if request.interactive {
+                "interactive"
+            } else {
+                "headless"
+            }
+            .into(),
+            dispatch: !request.no_dispatch,
+        })?;
+        lock(&self.inner.pending_env).insert(task_id.clone(), request.env.clone());
+        tracing::info!(%task_id, held = request.no_dispatch, "task recorded");
+        self.inner.db.note(
+            NewCoordinatorEvent::new(
+                "task_created",
+                "info",
+                format!(
+                    "{task_id} created{}",
+                    if request.no_dispatch {
+                        " (held: dispatch with `parhelia task dispatch`)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .task(&task_id),
+        );
+        let mut response = SubmitTaskResponse {
+            task_id: task_id.clone(),
+            ..SubmitTaskResponse::default()
+        };
+        if request.no_dispatch {
+            response.held = true;
+            return Ok(response);
+        }
+        let outcome = self.dispatch_pending().await?;
+        self.fill_placement(
+            &task_id,
+            &outcome,
+            |session, container, queued, position| {
+                response.session_id = session;
+                response.container_id = container;
+                response.queued = queued;
+                response.queue_position = position;
+            },
+        )?;
+        Ok(response)
+    }
+
+    /// Where a dispatch pass left `task_id`; its launch error if it failed.
+    fn fill_placement(
+        &self,
+        task_id: &str,
+        outcome: &DispatchOutcome,
+        mut fill: impl FnMut(String, String, bool, u32),
+    ) -> Result<()> {
+        if let Some(d) = outcome.dispatched.iter().find(|d| d.task_id == task_id) {
+            fill(d.session_id.clone(), d.container_id.clone(), false, 0);
+        } else if let Some((_, err)) = outcome.failed.iter().find(|(id, _)| id == task_id) {
+            return Err(CodedError::new(
+                err.code,
+                format!("task {task_id} failed to launch: {}", err.message),
+            )
+            .into());
+        } else if let Some((_, position)) = outcome.waiting.iter().find(|(id, _)| id == task_id) {
+            fill(String::new(), String::new(), true, *position);
+        }
+        Ok(())
+    }
+
+    /// `task dispatch`: queues the named (or all held) pending tasks and
+    /// runs a dispatch pass. With `dry_run`, reports what a pass would do.
+    pub async fn dispatch_tasks(
+        &self,
+        task_ids: &[String],
+        all: bool,
+        dry_run: bool,
+        env: &HashMap<String, String>,
+    ) -> Result<DispatchTasksResponse> {
+        let db = &self.inner.db;
+        let mut wanted: Vec<String> = task_ids.to_vec();
+        if all {
+            wanted.extend(db.held_tasks()?);
+        }
+        for id in task_ids {
+            let task = db.get_task(id)?.ok_or_else(|| {
+                coded(error_codes::TASK_NOT_FOUND, format!("task not found: {id}"))
+            })?;
+            if task.status != TaskStatus::Pending {
+                return Err(coded(
+                    error_codes::ILLEGAL_TRANSITION,
+                    format!(
+                        "task {id} is {}; only pending tasks can be dispatched",
+                        task.status
+                    ),
+                ));
+            }
+        }
+        let max = self.inner.config.orchestrator.max_concurrent_workers;
+        let running = db.count_tasks_in(TaskStatus::Running)? as u32;
+        if dry_run {
+            let mut queued = db.queued_tasks()?;
+            let now = ids::now_ms();
+            for id in &wanted {
+                if !queued.iter().any(|q| &q.task_id == id)
+                    && let Some(task) = db.get_task(id)?
+                {
+                    queued.push(queue::QueuedTask {
+                        task_id: id.clone(),
+                        dispatch_requested_at_ms: now,
+                        created_at_ms: task.created_at_ms,
+                    });
+                }
+            }
+            let plan = queue::plan_dispatch(&queued, running as u64, max);
+            return Ok(DispatchTasksResponse {
+                dispatched: plan
+                    .dispatch_now
+                    .into_iter()
+                    .map(|task_id| DispatchedTask {
+                        task_id,
+                        ..DispatchedTask::default()
+                    })
+                    .collect(),
+                queued: plan
+                    .waiting
+                    .into_iter()
+                    .map(|(task_id, position)| QueuedTask { task_id, position })
+                    .collect(),
+                failed: Vec::new(),
+                running,
+                max_concurrent_workers: max as u32,
+            });
+        }
+        if !env.is_empty() {
+            let mut pending = lock(&self.inner.pending_env);
+            for id in &wanted {
+                pending.insert(id.clone(), env.clone());
+            }
+        }
+        db.request_dispatch(&wanted)?;
+        let outcome = self.dispatch_pending().await?;
+        let running = db.count_tasks_in(TaskStatus::Running)? as u32;
+        Ok(DispatchTasksResponse {
+            dispatched: outcome.dispatched,
+            queued: outcome
+                .waiting
+                .into_iter()
+                .map(|(task_id, position)| QueuedTask { task_id, position })
+                .collect(),
+            failed: outcome
+                .failed
+                .into_iter()
+                .map(|(task_id, err)| TaskFailure {
+                    task_id,
+                    error_code: err.code.code.to_string(),
+                    message: err.message,
+                })
+                .collect(),
+            running,
+            max_concurrent_workers: max as u32,
+        })
+    }
+
+    /// One dispatch pass: queued tasks, oldest request first, while fewer
+    /// than `max_concurrent_workers` tasks run. Passes never overlap.
+    pub async fn dispatch_pending(&self) -> Result<DispatchOutcome> {
+        let _guard = self.inner.dispatch_lock.lock().await;
+        let db = &self.inner.db;
+        let running = db.count_tasks_in(TaskStatus::Running)?;
+        let queued = db.queued_tasks()?;
+        let plan = queue::plan_dispatch(
+            &queued,
+            running,
+            self.inner.config.orchestrator.max_concurrent_workers,
+        );
+        let mut outcome = DispatchOutcome {
+            waiting: plan.waiting,
+            ..DispatchOutcome::default()
+        };
+        for task_id in plan.dispatch_now {
+            match self.launch_task(&task_id).await {
+                Ok(Some(dispatched)) => outcome.dispatched.push(dispatched),
+                Ok(None) => {}
+                Err(err) => outcome.failed.push((task_id, as_coded(&err))),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Everything a launch needs from the environment: Claude Code, the
+    /// agent, isolation, and the agent's environment.
+    fn resolve_launch(&self, env: &HashMap<String, String>) -> Result<ResolvedLaunch> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let path_var = env
+            .get("PATH")
+            .map(|p| p.clone().into())
+            .or_else(|| std::env::var_os("PATH"));
+        let claude_override = env
+            .get(plan::CLAUDE_BIN_ENV)
+            .map(|v| v.clone().into())
+            .or_else(|| std::env::var_os(plan::CLAUDE_BIN_ENV));
+        let claude_bin = resolve_claude_bin(claude_override.as_deref(), path_var.as_deref(), &cwd)?;
+        let agent_bin = env
+            .get(plan::AGENT_BIN_ENV)
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os(plan::AGENT_BIN_ENV).map(PathBuf::from))
+            .filter(|p| !p.as_os_str().is_empty());
+        let isolation_setting = env
+            .get(ISOLATION_ENV)
+            .cloned()
+            .unwrap_or_else(|| self.inner.config.local.isolation.clone());
+        let isolation = isolation::decide(Some(&isolation_setting), isolation::bwrap_works)?;
+        let agent_env = if env.is_empty() {
+            // Dispatched without a submitter's environment (after a
+            // restart, or automatically): the coordinator's own.
+            plan::forwarded_env(
+                std::env::vars_os()
+                    .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+            )
+        } else {
+            env.iter()
+                .filter(|(k, _)| !k.starts_with("PARHELIA_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        Ok(ResolvedLaunch {
+            claude_bin,
+            agent_bin,
+            isolation,
+            agent_env,
+        })
+    }
+
+    /// Claims a queued task and launches it. `Ok(None)` when the task was
+    /// no longer pending (cancelled meanwhile).
+    async fn launch_task(&self, task_id: &str) -> Result<Option<DispatchedTask>> {
+        let db = &self.inner.db;
+        let Some(task) = db.get_task(task_id)? else {
+            return Ok(None);
+        };
+        if task.status != TaskStatus::Pending {
+            return Ok(None);
+        }
+        let env = lock(&self.inner.pending_env)
+            .remove(task_id)
+            .unwrap_or_default();
+        let ids = LaunchIds {
+            task_id: task_id.to_string(),
+            session_id: ids::new_session_id(),
+            container_id: ids::new_container_id(),
+            claude_session_id: ids::new_claude_session_id(),
+        };
+        let secret = SessionSecret::generate();
+        let layout =
+            plan::local_layout(self.inner.state.root(), &ids.session_id, &ids.container_id);
+        db.claim_dispatch(
+            task_id,
+            &NewAttempt {
+                session_id: ids.session_id.clone(),
+                container_id: ids.container_id.clone(),
+                claude_session_id: ids.claude_session_id.clone(),
+                secret: secret.clone(),
+                workspace_dir: layout.workspace_dir.clone(),
+                volume_dir: layout.volume_dir.clone(),
+                heartbeat_interval_ms: Some(self.inner.config.agent.heartbeat_interval_ms as i64),
+            },
+        )?;
+        self.attend(&ids.container_id);
+        let target = ContainerRef {
+            container_id: ids.container_id.clone(),
+            session_id: ids.session_id.clone(),
+            task_id: task_id.to_string(),
+        };
+        match self.start_container(&task, &ids, &env, secret).await {
+            Ok(pid) => {
+                db.set_container_starting(&ids.container_id, pid)?;
+                db.note(
+                    NewCoordinatorEvent::new(
+                        "task_dispatched",
+                        "info",
+                        format!(
+                            "{task_id} dispatched (attempt {}) to {}",
+                            task.attempt + 1,
+                            ids.container_id
+                        ),
+                    )
+                    .task(task_id)
+                    .session(&ids.session_id)
+                    .container(&ids.container_id),
+                );
+                // Cancelled while it was launching: stop what was started.
+                let now = db.get_task(task_id)?.map(|t| t.status);
+                if now != Some(TaskStatus::Running) {
+                    tracing::info!(%task_id, "the task ended while launching; terminating");
+                    db.request_container_stop(&ids.container_id)?;
+                    if let Err(err) = self.inner.backend.terminate(&ids.container_id).await {
+                        tracing::warn!(%task_id, "terminate failed: {err:#}");
+                    }
+                    self.unattend(&ids.container_id);
+                    return Ok(None);
+                }
+                self.follow(target).await;
+                tracing::info!(%task_id, session_id = %ids.session_id, container_id = %ids.container_id, "task dispatched");
+                Ok(Some(DispatchedTask {
+                    task_id: task_id.to_string(),
+                    session_id: ids.session_id,
+                    container_id: ids.container_id,
+                }))
+            }
+            Err(err) => {
+                self.unattend(&ids.container_id);
+                tracing::warn!(%task_id, "launch failed: {err:#}");
+                let coded_err = as_coded(&err);
+                let update = TaskUpdate {
+                    error_code: Some(coded_err.code.code.to_string()),
+                    error_message: Some(coded_err.message.clone()),
+                    ..TaskUpdate::default()
+                };
+                db.transition_task(task_id, TaskStatus::Failed, &update)?;
+                db.set_container_state(&ids.container_id, ContainerState::Failed)?;
+                db.note(
+                    NewCoordinatorEvent::new(
+                        "launch_failed",
+                        "error",
+                        format!(
+                            "{task_id}: launch failed [{}] {}",
+                            coded_err.code.code, coded_err.message
+                        ),
+                    )
+                    .task(task_id)
+                    .session(&ids.session_id)
+                    .container(&ids.container_id),
+                );
+                self.inner.signals.task_ended.notify_one();
+                Err(coded_err.into())
+            }
+        }
+    }
+
+    async fn start_container(
+        &self,
+        task: &crate::db::TaskRecord,
+        ids: &LaunchIds,
+        env: &HashMap<String, String>,
+        secret: SessionSecret,
+    ) -> Result<Option<u32>> {
+        let workspace_source = match &task.workspace {
+            Some(path) => Some(validate_workspace(Path::new(path))?),
+            None => None,
+        };
+        let resolved = self.resolve_launch(env)?;
+        let launch = LaunchRequest {
+            ids: ids.clone(),
+            session: SessionRequest {
+                prompt: task.prompt.clone(),
+                model: task.model.clone(),
+                max_turns: task.max_turns,
+                interactive: task.mode == "interactive",
+            },
+            workspace_source,
+            claude_bin: resolved.claude_bin,
+            agent_bin: resolved.agent_bin,
+            env: resolved.agent_env,
+            secret,
+            isolation: resolved.isolation,
+        };
+        let handle = self.inner.backend.launch(&launch).await?;
+        Ok(handle.pid)
+    }
+
+    /// `task cancel`. A pending or interrupted task is cancelled at once. A
+    /// running one: its agent is asked to stop (Stop RPC; the agent stops
+    /// Claude Code and journals `SessionFinished{CANCELLED}`), the journal
+    /// tail is stored, and the container is waited for; an agent that does
+    /// not answer is terminated (SIGTERM) and the task marked cancelled.
+    ///
+    /// HOOK (checkpoints): the final checkpoint is the agent's to take when
+    /// it handles `Stop` (agent/src/supervisor.rs, `begin_stop`); once the
+    /// Stop reply is in, the latest checkpoint on the volume is recorded on
+    /// the session here (`recovery::latest_checkpoint_id`).
+    pub async fn cancel_task(&self, task_id: &str, reason: &str) -> Result<CancelTaskResponse> {
+        let db = &self.inner.db;
+        let task = db.check_transition(task_id, TaskStatus::Cancelled)?;
+        let reason = if reason.trim().is_empty() {
+            "cancelled by the user".to_string()
+        } else {
+            reason.trim().to_string()
+        };
+        lock(&self.inner.pending_env).remove(task_id);
+        let mut response = CancelTaskResponse {
+            task_id: task_id.to_string(),
+            ..CancelTaskResponse::default()
+        };
+        let container = match (&task.status, &task.container_id) {
+            (TaskStatus::Running, Some(id)) => db.get_container(id)?,
+            _ => None,
+        };
+        let Some(container) = container else {
+            db.transition_task(
+                task_id,
+                TaskStatus::Cancelled,
+                &TaskUpdate {
+                    error_code: Some(error_codes::SESSION_CANCELLED.code.into()),
+                    error_message: Some(format!("the task was cancelled: {reason}")),
+                    ..TaskUpdate::default()
+                },
+            )?;
+            db.note(
+                NewCoordinatorEvent::new(
+                    "task_cancelled",
+                    "info",
+                    format!("{task_id} cancelled ({reason})"),
+                )
+                .task(task_id),
+            );
+            self.inner.signals.task_ended.notify_one();
+            response.status = TaskStatus::Cancelled.to_string();
+            return Ok(response);
+        };
+        let target = ContainerRef {
+            container_id: container.id.clone(),
+            session_id: container.session_id.clone(),
+            task_id: task_id.to_string(),
+        };
+        response.container_id = container.id.clone();
+        db.request_container_stop(&container.id)?;
+        let stop_grace = Duration::from_millis(self.inner.config.agent.stop_grace_ms);
+        let stopped = self.stop_agent(&target, &reason, stop_grace).await;
+        match &stopped {
+            Ok(()) => {
+                // The agent replied once SessionFinished was durable: store
+                // it now (the follower may be slower, or gone).
+                if let Err(err) =
+                    catch_up_from_journal(db, self.inner.backend.as_ref(), &target).await
+                {
+                    tracing::warn!(%task_id, "reading the journal after stop failed: {err:#}");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%task_id, "the agent did not stop on request ({err:#}); terminating its container");
+                self.inner.backend.terminate(&container.id).await?;
+            }
+        }
+        // The session's end normally cancelled the task; if it did not (no
+        // answer, or the agent journaled another outcome first), record it.
+        if let Some(current) = db.get_task(task_id)?
+            && current.status == TaskStatus::Running
+        {
+            db.transition_task(
+                task_id,
+                TaskStatus::Cancelled,
+                &TaskUpdate {
+                    error_code: Some(error_codes::SESSION_CANCELLED.code.into()),
+                    error_message: Some(match &stopped {
+                        Ok(()) => format!("the task was cancelled: {reason}"),
+                        Err(_) => format!(
+                            "the task was cancelled: {reason}; the agent did not answer and its container was terminated"
+                        ),
+                    }),
+                    ..TaskUpdate::default()
+                },
+            )?;
+        }
+        let session_volume = db
+            .get_session(&container.session_id)?
+            .map(|s| PathBuf::from(s.volume_dir));
+        if let Some(volume) = session_volume
+            && let Some(checkpoint) =
+                recovery::latest_checkpoint_id(db, &container.session_id, &volume)
+        {
+            db.set_session_checkpoint(&container.session_id, &checkpoint)?;
+            response.checkpoint_id = checkpoint;
+        }
+        let gone = self
+            .wait_until_gone(&container.id, stop_grace + Duration::from_secs(5))
+            .await;
+        if gone {
+            db.set_container_state(&container.id, ContainerState::Terminated)?;
+        }
+        let final_task = db.get_task(task_id)?;
+        response.status = final_task.map(|t| t.status.to_string()).unwrap_or_default();
+        response.container_state = db
+            .get_container(&container.id)?
+            .map(|c| c.state.to_string())
+            .unwrap_or_default();
+        db.note(
+            NewCoordinatorEvent::new(
+                "task_cancelled",
+                "info",
+                format!(
+                    "{task_id} cancelled ({reason}); container {} {}",
+                    container.id, response.container_state
+                ),
+            )
+            .task(task_id)
+            .session(&container.session_id)
+            .container(&container.id)
+            .details(serde_json::json!({
+                "reason": reason,
+                "agent_answered": stopped.is_ok(),
+                "checkpoint_id": Some(&response.checkpoint_id).filter(|c| !c.is_empty()),
+            })),
+        );
+        self.inner.signals.task_ended.notify_one();
+        Ok(response)
+    }
+
+    /// Asks an agent to stop and waits for its reply (it replies once the
+    /// session's end is journaled).
+    async fn stop_agent(&self, target: &ContainerRef, reason: &str, grace: Duration) -> Result<()> {
+        let secret = self
+            .inner
+            .db
+            .session_secret(&target.session_id)?
+            .context("the session has no secret")?;
+        let endpoint = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.inner.backend.endpoint(&target.container_id),
+        )
+        .await
+        .context("the agent did not announce its endpoint")??;
+        let mut client = connect_agent(&endpoint.uri, &secret).await?;
+        let mut request = tonic::Request::new(StopRequest {
+            reason: reason.to_string(),
+            grace_ms: grace.as_millis() as u32,
+        });
+        request.set_timeout(grace + Duration::from_secs(15));
+        client.stop(request).await.map_err(anyhow::Error::new)?;
+        Ok(())
+    }
+
+    /// How long a stopping agent may take (see `Config::policy`).
+    fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.policy("").stop_timeout_ms as u64)
+    }
+
+    /// Polls the backend until the container is no longer listed.
+    async fn wait_until_gone(&self, container_id: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.inner.backend.list().await {
+                Ok(list) if !list.iter().any(|c| c.container_id == container_id) => return true,
+                Ok(_) => {}
+                Err(err) => tracing::warn!("listing containers failed: {err:#}"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `task retry`: a new attempt (new session) for a failed, cancelled or
+    /// interrupted task; queued like a new task.
+    pub async fn retry_task(
+        &self,
+        task_id: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<RetryTaskResponse> {
+        let db = &self.inner.db;
+        let before = db.check_transition(task_id, TaskStatus::Pending)?;
+        if let Some(container_id) = &before.container_id {
+            // An agent whose session just ended is on its way out: give it
+            // the stop timeout before refusing.
+            if !self
+                .wait_until_gone(container_id, self.stop_timeout())
+                .await
+            {
+                return Err(coded(
+                    error_codes::TASK_STILL_ACTIVE,
+                    format!(
+                        "task {task_id}'s container {container_id} is still running; terminate it first (parhelia container terminate {container_id})"
+                    ),
+                ));
+            }
+        }
+        let task = db.retry_task(task_id)?;
+        if !env.is_empty() {
+            lock(&self.inner.pending_env).insert(task_id.to_string(), env.clone());
+        }
+        db.note(
+            NewCoordinatorEvent::new(
+                "task_retried",
+                "info",
+                format!(
+                    "{task_id} queued again (was {}; attempt {} next)",
+                    before.status,
+                    task.attempt + 1
+                ),
+            )
+            .task(task_id),
+        );
+        let outcome = self.dispatch_pending().await?;
+        let mut response = RetryTaskResponse {
+            task_id: task_id.to_string(),
+            attempt: task.attempt + 1,
+            ..RetryTaskResponse::default()
+        };
+        self.fill_placement(task_id, &outcome, |session, container, queued, position| {
+            response.session_id = session;
+            response.container_id = container;
+            response.queued = queued;
+            response.queue_position = position;
+        })?;
+        Ok(response)
+    }
+
+    /// `task delete`: ended tasks only, all or nothing (every id is checked
+    /// first); removes their rows and their session and container directories.
+    pub async fn delete_tasks(&self, task_ids: &[String]) -> Result<DeleteTasksResponse> {
+        let db = &self.inner.db;
+        for id in task_ids {
+            let task = db.get_task(id)?.ok_or_else(|| {
+                coded(error_codes::TASK_NOT_FOUND, format!("task not found: {id}"))
+            })?;
+            if !task.status.has_ended() {
+                return Err(coded(
+                    error_codes::TASK_STILL_ACTIVE,
+                    format!(
+                        "task {id} is {}; only ended tasks can be deleted",
+                        task.status
+                    ),
+                ));
+            }
+            for container in db
+                .list_containers(None, None)?
+                .iter()
+                .filter(|c| &c.task_id == id)
+            {
+                if !self
+                    .wait_until_gone(&container.id, self.stop_timeout())
+                    .await
+                {
+                    return Err(coded(
+                        error_codes::TASK_STILL_ACTIVE,
+                        format!(
+                            "task {id}'s container {} is still running; terminate it first (parhelia container terminate {})",
+                            container.id, container.id
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut response = DeleteTasksResponse::default();
+        for id in task_ids {
+            let deleted = db.delete_task(id)?;
+            lock(&self.inner.pending_env).remove(id);
+            let root = self.inner.state.root();
+            let dirs = deleted
+                .session_ids
+                .iter()
+                .map(|s| self.inner.state.session_dir(s))
+                .chain(
+                    deleted
+                        .container_ids
+                        .iter()
+                        .map(|c| self.inner.state.container_dir(c)),
+                );
+            for dir in dirs {
+                // Only ever inside the state directory.
+                if !dir.starts_with(root) || !dir.exists() {
+                    continue;
+                }
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => response.removed_dirs += 1,
+                    Err(err) => tracing::warn!("cannot remove {}: {err}", dir.display()),
+                }
+            }
+            db.note(
+                NewCoordinatorEvent::new(
+                    "task_deleted",
+                    "info",
+                    format!(
+                        "{id} deleted ({} session(s), {} container(s))",
+                        deleted.session_ids.len(),
+                        deleted.container_ids.len()
+                    ),
+                )
+                .details(serde_json::json!({
+                    "task_id": id,
+                    "sessions": deleted.session_ids,
+                    "containers": deleted.container_ids,
+                })),
+            );
+            response.deleted.push(id.clone());
+        }
+        Ok(response)
+    }
+
+    /// `container terminate`: SIGTERM one of our containers. A session it
+    /// runs ends `interrupted` (resumable); an orphan just goes.
+    pub async fn terminate_container(
+        &self,
+        container_id: &str,
+    ) -> Result<TerminateContainerResponse> {
+        let db = &self.inner.db;
+        let listed = self.inner.backend.list().await?;
+        let running = listed.iter().find(|c| c.container_id == container_id);
+        let record = db.get_container(container_id)?;
+        let orphan = db.get_orphan(container_id)?;
+        if record.is_none() && orphan.is_none() && running.is_none() {
+            return Err(coded(
+                error_codes::CONTAINER_NOT_FOUND,
+                format!("container not found: {container_id}"),
+            ));
+        }
+        let mut response = TerminateContainerResponse {
+            container_id: container_id.to_string(),
+            known: record.is_some(),
+            state: String::new(),
+        };
+        match &record {
+            Some(c) => db.request_container_stop(&c.id)?,
+            None => {
+                if let Some(observed) = running {
+                    db.upsert_orphan(observed)?;
+                }
+                db.orphan_terminate_requested(container_id)?;
+            }
+        }
+        if running.is_some() {
+            self.inner.backend.terminate(container_id).await?;
+            db.note(NewCoordinatorEvent {
+                task_id: record.as_ref().map(|c| c.task_id.clone()),
+                session_id: record.as_ref().map(|c| c.session_id.clone()),
+                ..NewCoordinatorEvent::new(
+                    "container_terminated",
+                    "warning",
+                    format!("{container_id}: terminated on request (SIGTERM)"),
+                )
+                .container(container_id)
+            });
+        } else if let Some(c) = &record
+            && c.state == ContainerState::Stopping
+        {
+            // Already gone: nothing to signal; the record can say so.
+            db.set_container_state(container_id, ContainerState::Terminated)?;
+        }
+        response.state = match db.get_container(container_id)? {
+            Some(c) => c.state.to_string(),
+            None if running.is_some() => "terminating".into(),
+            None => "gone".into(),
+        };
+        Ok(response)
+    }
+
+    /// One reconciler pass (see [`crate::reconciler`]).
+    pub async fn reconcile(&self, options: PassOptions) -> Result<PassReport> {
+        reconciler::run_pass(self, options).await
+    }
+
+    /// HOOK (resume): an automatic resume after a lost container. Resume is
+    /// not available yet, so nothing is launched: the request is recorded
+    /// (so it is not repeated) and says so. Returns whether a resume started.
+    pub(crate) async fn request_resume(
+        &self,
+        task_id: &str,
+        session_id: &str,
+        lost_container_id: &str,
+        checkpoint_id: Option<&str>,
+        attempt: u32,
+    ) -> Result<bool> {
+        let db = &self.inner.db;
+        db.record_resume_request(lost_container_id, task_id)?;
+        // Wire the resume launch here once `recovery::resume_available()`.
+        {
+            tracing::warn!(
+                %task_id,
+                %session_id,
+                attempt,
+                "automatic resume requested but resume is not available in this build; the task stays interrupted"
+            );
+            db.note(
+                NewCoordinatorEvent::new(
+                    "resume_unavailable",
+                    "warning",
+                    format!(
+                        "{task_id}: automatic resume (attempt {attempt}) requested but not available in this build; the task stays interrupted"
+                    ),
+                )
+                .task(task_id)
+                .session(session_id)
+                .container(lost_container_id)
+                .details(serde_json::json!({ "checkpoint_id": checkpoint_id, "attempt": attempt })),
+            );
+        }
+        Ok(recovery::resume_available())
+    }
+}
+
+/// What a launch resolved from the environment.
+struct ResolvedLaunch {
+    claude_bin: PathBuf,
+    agent_bin: Option<PathBuf>,
+    isolation: isolation::Isolation,
+    agent_env: BTreeMap<String, String>,
+}
+
+/// The workspace to copy must be an existing directory (absolute path).
+fn validate_workspace(path: &Path) -> Result<PathBuf, CodedError> {
+    let not_found = || {
+        CodedError::new(
+            error_codes::WORKSPACE_NOT_FOUND,
+            format!("workspace not found: {}", path.display()),
+        )
+    };
+    if !path.is_absolute() {
+        return Err(CodedError::new(
+            error_codes::INVALID_INPUT,
+            format!("the workspace path must be absolute: {}", path.display()),
+        ));
+    }
+    let canonical = std::fs::canonicalize(path).map_err(|_| not_found())?;
+    if canonical.is_dir() {
+        Ok(canonical)
+    } else {
+        Err(not_found())
+    }
+}
