@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
+use crate::change_tracker::ChangeTracker;
+use crate::checkpointer::{CheckpointPaths, Checkpointer};
 use crate::claude;
 use crate::cost;
 use crate::heartbeat;
@@ -26,7 +28,7 @@ use crate::journal::{Journal, JournalError, now_ms};
 use crate::layout::Layout;
 use crate::server::{AgentService, SessionAuth};
 use crate::spec::{LaunchSpec, SessionMode, SpecError};
-use crate::supervisor::{Supervisor, SupervisorContext};
+use crate::supervisor::{Supervisor, SupervisorContext, SupervisorMessage};
 use crate::tmux::TmuxServer;
 
 /// The environment variable that carries the session secret.
@@ -77,6 +79,9 @@ pub enum RunError {
     /// The journal failed while the session ran; the session could not be recorded.
     #[error("record the session: {0}")]
     Journal(JournalError),
+    /// The session's checkpoint store cannot be opened.
+    #[error("open the checkpoint store: {0}")]
+    CheckpointStore(parhelia_checkpoint::CheckpointError),
 }
 
 impl RunError {
@@ -222,6 +227,40 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         inbox.clone(),
     )));
 
+    // Checkpoints: the store on the volume, the workspace watcher, and the
+    // checkpointer task that takes them one at a time.
+    let checkpoint_store = Arc::new(
+        parhelia_checkpoint::Store::open(&layout.checkpoints).map_err(RunError::CheckpointStore)?,
+    );
+    let checkpoint_paths = Arc::new(CheckpointPaths::new(
+        &spec,
+        layout.checkpoints.clone(),
+        layout.conversation_staging.clone(),
+    ));
+    let change_tracker = Arc::new(ChangeTracker::start(&spec.workspace_dir));
+    let (checkpoint_jobs, checkpoint_job_receiver) = mpsc::unbounded_channel();
+    background.push(tokio::spawn(
+        Checkpointer::new(
+            Arc::clone(&checkpoint_store),
+            Arc::clone(&checkpoint_paths),
+            Arc::clone(&change_tracker),
+        )
+        .run::<SupervisorMessage>(checkpoint_job_receiver, inbox.clone()),
+    ));
+    if spec.checkpoint.interval_ms > 0 {
+        let interval = Duration::from_millis(spec.checkpoint.interval_ms);
+        let ticks = inbox.clone();
+        background.push(tokio::spawn(async move {
+            let mut timer = tokio::time::interval_at(Instant::now() + interval, interval);
+            loop {
+                timer.tick().await;
+                if ticks.send(SupervisorMessage::CheckpointTick).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+
     let agent_exe =
         std::env::current_exe().map_err(io_error("locate", Path::new("parhelia-agent")))?;
     let environment = claude::environment(
@@ -241,6 +280,10 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         heartbeats,
         tmux_server_pid,
         inbox,
+        checkpoint_jobs,
+        checkpoint_store,
+        checkpoint_paths,
+        change_tracker,
     });
     let outcome = supervisor.run(inbox_receiver).await;
     if let Err(e) = &outcome {

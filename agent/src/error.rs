@@ -24,6 +24,9 @@ pub enum ServiceError {
     /// The journal could not record or read an event.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A checkpoint could not be taken; `code` is the engine's error code.
+    #[error("[{code}] {message}")]
+    Checkpoint { code: String, message: String },
 }
 
 impl From<ServiceError> for tonic::Status {
@@ -35,6 +38,7 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             ServiceError::ShuttingDown => tonic::Status::unavailable(message),
             ServiceError::Journal(_) => tonic::Status::internal(message),
+            ServiceError::Checkpoint { .. } => tonic::Status::aborted(message),
         }
     }
 }

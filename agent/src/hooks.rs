@@ -63,12 +63,23 @@ pub struct HookReport {
     /// Pre/PostToolUse: the tool.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_name: Option<String>,
+    /// Pre/PostToolUse: the part of the tool's input the agent needs (Bash's
+    /// `command`, to checkpoint before risky ones); file contents never travel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_input: Option<ToolInputSummary>,
     /// SessionStart: startup, resume, clear or compact.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// SessionEnd: why the session ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// The fields of a tool's input that a hook report keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolInputSummary {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 /// A hook report on its way to the supervisor; `handled` is answered once it is handled.
@@ -263,7 +274,16 @@ mod tests {
         assert_eq!(report.hook_event_name, "PreToolUse");
         assert_eq!(report.tool_name.as_deref(), Some("Write"));
         let forwarded = serde_json::to_string(&report).unwrap();
-        assert!(!forwarded.contains("hi\\n"), "tool input is not forwarded");
+        assert!(
+            !forwarded.contains("hi\\n"),
+            "file contents are not forwarded"
+        );
+        let bash = r#"{"session_id":"s","hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"rm -rf x","description":"d"}}"#;
+        let report: HookReport = serde_json::from_str(bash).unwrap();
+        assert_eq!(
+            report.tool_input.and_then(|i| i.command).as_deref(),
+            Some("rm -rf x")
+        );
     }
 
     #[test]

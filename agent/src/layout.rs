@@ -34,6 +34,10 @@ pub struct Layout {
     pub socket_dir_is_fallback: bool,
     pub tmux_socket: PathBuf,
     pub hook_socket: PathBuf,
+    /// The session's checkpoint store, on the volume.
+    pub checkpoints: PathBuf,
+    /// Where the conversation is staged for a checkpoint or a restore.
+    pub conversation_staging: PathBuf,
 }
 
 impl Layout {
@@ -63,6 +67,8 @@ impl Layout {
             input_fifo: runtime.join("claude-input.fifo"),
             tmux_socket: socket_dir.join("tmux.sock"),
             hook_socket: socket_dir.join("hooks.sock"),
+            checkpoints: spec.volume_dir.join("checkpoints"),
+            conversation_staging: runtime.join("conversation"),
             socket_dir,
             socket_dir_is_fallback,
             runtime_dir: runtime,

@@ -6,19 +6,26 @@
 //! server ([`server`]), the hook listener ([`hooks`]), the stream follower
 //! ([`headless_io`]), the heartbeat timer ([`heartbeat`]) and the signal handler only
 //! send it messages. tmux is reached only through [`tmux`]; Claude Code's command line,
-//! environment and config only through [`claude`]. The binary (`main.rs`) is a thin
+//! environment and config only through [`claude`]. Checkpoints are taken by their own
+//! task ([`checkpointer`]) from the workspace (changes tracked by [`change_tracker`]),
+//! the staged conversation ([`conversation`]) and the git state ([`git_state`]). The binary (`main.rs`) is a thin
 //! wrapper over [`cli::main`].
 
 pub mod agent;
+pub mod change_tracker;
+pub mod checkpointer;
 pub mod claude;
 pub mod cli;
+pub mod conversation;
 pub mod cost;
 pub mod error;
+pub mod git_state;
 pub mod headless_io;
 pub mod heartbeat;
 pub mod hooks;
 pub mod journal;
 pub mod layout;
+pub mod risky;
 pub mod server;
 pub mod spec;
 pub mod stream_json;

@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use parhelia_proto::agent_server::{Agent, AgentServer};
 use parhelia_proto::{
-    AgentInfo, GetInfoRequest, Heartbeat, SendInputRequest, SendInputResponse, StopRequest,
-    StopResponse, StreamEventsRequest, StreamEventsResponse, stream_events_response,
+    AgentInfo, CreateCheckpointRequest, CreateCheckpointResponse, GetInfoRequest, Heartbeat,
+    SendInputRequest, SendInputResponse, StopRequest, StopResponse, StreamEventsRequest,
+    StreamEventsResponse, stream_events_response,
 };
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -175,6 +176,24 @@ impl Agent for AgentService {
         })
         .await?;
         Ok(Response::new(StopResponse {}))
+    }
+
+    async fn create_checkpoint(
+        &self,
+        request: Request<CreateCheckpointRequest>,
+    ) -> Result<Response<CreateCheckpointResponse>, Status> {
+        let message = request.into_inner().message;
+        let (summary, seq) = self
+            .ask(|reply| SupervisorMessage::CreateCheckpoint { message, reply })
+            .await?
+            .map_err(|failure| ServiceError::Checkpoint {
+                code: failure.code,
+                message: failure.message,
+            })?;
+        Ok(Response::new(CreateCheckpointResponse {
+            checkpoint_id: summary.checkpoint_id,
+            seq,
+        }))
     }
 }
 

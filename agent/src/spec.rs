@@ -62,6 +62,41 @@ pub struct LaunchSpec {
     pub heartbeat_interval_ms: u64,
     pub linger_after_finish_ms: u64,
     pub stop_grace_ms: u64,
+    /// Restore this checkpoint (workspace and conversation) before Claude
+    /// Code starts: a resume or a rollback. `"latest"` means the newest.
+    #[serde(default)]
+    pub restore_checkpoint: Option<String>,
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+}
+
+/// When and how the agent checkpoints (all optional in `spec.json`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSpec {
+    /// Periodic checkpoints (skipped when nothing changed); 0 turns them off.
+    pub interval_ms: u64,
+    /// Gitignore-style patterns (relative to the workspace) never captured
+    /// and never touched by a restore.
+    pub excludes: Vec<String>,
+    /// Retention: keep at most this many checkpoints (None: all)...
+    pub keep_last: Option<usize>,
+    /// ...and/or those younger than this.
+    pub keep_within_ms: Option<i64>,
+    /// Quota for the session's checkpoint store.
+    pub max_store_bytes: Option<u64>,
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        CheckpointSpec {
+            interval_ms: 600_000,
+            excludes: Vec::new(),
+            keep_last: None,
+            keep_within_ms: None,
+            max_store_bytes: None,
+        }
+    }
 }
 
 /// Why a spec was refused. Each message reads after "invalid spec: ".
@@ -124,8 +159,12 @@ impl LaunchSpec {
                 "must be a UUID (Claude Code's --session-id and --resume take one)",
             ));
         }
-        if self.prompt.trim().is_empty() {
+        // A resumed session may start without a message: it waits for input.
+        if self.prompt.trim().is_empty() && !self.resume {
             return Err(field_error("prompt", "must not be empty"));
+        }
+        if let Some(id) = &self.restore_checkpoint {
+            check_file_name_safe("restore_checkpoint", id)?;
         }
         if let Some(model) = &self.model
             && (model.is_empty() || model.starts_with('-'))

@@ -5,7 +5,14 @@
 //! acts, so the journal's order is the order in which the supervisor saw things.
 //!
 //! Promises (headless mode; see `docs/dev/contracts.md`, "Agent lifecycle"):
-//! - The journal starts with `SessionStarted`, then `InputAccepted` for the spec's prompt.
+//! - The journal starts with `SessionStarted`; a resume or rollback then records its
+//!   safety checkpoint and `CheckpointRestored`; then `InputAccepted` for the spec's
+//!   prompt (a resumed session without one waits for input, IDLE).
+//! - Checkpoints (see [`crate::checkpointer`]): at each turn's end (Stop hook, skipped
+//!   when nothing changed), before risky tool calls (PreToolUse), periodically, on
+//!   request, and a final one before `SessionFinished` whose trigger says why the
+//!   session ended (`session_end`, `error`, `stop`, `sigterm`). Each is journaled as
+//!   `CheckpointCreated` or `CheckpointFailed`.
 //! - Every stream event is journaled in stream order. `ClaudeInit` is journaled when it
 //!   differs from the previous one of the same process (Claude Code repeats it per turn).
 //!   Every `TurnResult` carries `session_cost_usd` = what earlier processes of the
@@ -29,14 +36,18 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use parhelia_proto::{
-    AgentInfo, ClaudeExited, ClaudeInit, Heartbeat, InputAccepted, SendInputResponse,
-    SessionFinished, SessionOutcome, SessionStarted, SessionStatus, StatusChanged, StopRequested,
-    TurnResult, event,
+    AgentInfo, CheckpointCreated, CheckpointFailed, CheckpointRestored, ClaudeExited, ClaudeInit,
+    Heartbeat, InputAccepted, SendInputResponse, SessionFinished, SessionOutcome, SessionStarted,
+    SessionStatus, StatusChanged, StopRequested, TurnResult, event,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::checkpointer::{
+    self, CheckpointDone, CheckpointFailure, CheckpointJob, CheckpointPaths, CheckpointReply,
+    CheckpointSummary, SessionFacts,
+};
 use crate::claude::{self, LaunchError};
 use crate::error::ServiceError;
 use crate::headless_io::{self, StreamNews};
@@ -44,6 +55,7 @@ use crate::heartbeat::ResourceSample;
 use crate::hooks::{self, HookDelivery};
 use crate::journal::{Journal, JournalError, now_ms};
 use crate::layout::Layout;
+use crate::risky;
 use crate::spec::LaunchSpec;
 use crate::tmux::{TmuxError, TmuxServer};
 
@@ -74,6 +86,21 @@ pub enum SupervisorMessage {
     Hook(HookDelivery),
     Stream(StreamNews),
     Resources(ResourceSample),
+    /// The `CreateCheckpoint` RPC.
+    CreateCheckpoint {
+        message: String,
+        reply: CheckpointReply,
+    },
+    /// The periodic checkpoint timer fired.
+    CheckpointTick,
+    /// The checkpointer finished a job.
+    CheckpointDone(CheckpointDone),
+}
+
+impl From<CheckpointDone> for SupervisorMessage {
+    fn from(done: CheckpointDone) -> Self {
+        SupervisorMessage::CheckpointDone(done)
+    }
 }
 
 impl From<HookDelivery> for SupervisorMessage {
@@ -135,6 +162,12 @@ pub struct SupervisorContext {
     pub tmux_server_pid: watch::Sender<Option<u32>>,
     /// The supervisor's own inbox, for the stream follower.
     pub inbox: mpsc::Sender<SupervisorMessage>,
+    /// Jobs for the checkpointer task.
+    pub checkpoint_jobs: mpsc::UnboundedSender<CheckpointJob>,
+    /// The checkpoint store and paths, for the restore before Claude Code starts.
+    pub checkpoint_store: Arc<parhelia_checkpoint::Store>,
+    pub checkpoint_paths: Arc<CheckpointPaths>,
+    pub change_tracker: Arc<crate::change_tracker::ChangeTracker>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -167,6 +200,10 @@ pub struct Supervisor {
     exit_now: bool,
     tasks: Vec<JoinHandle<()>>,
     writer_task: Option<JoinHandle<()>>,
+    /// A periodic checkpoint is queued or running (ticks do not pile up).
+    interval_checkpoint_in_flight: bool,
+    /// The verdict waiting for the final checkpoint before `SessionFinished`.
+    finishing: Option<Verdict>,
 }
 
 /// The outcome of a session whose Claude Code process exited.
@@ -261,6 +298,8 @@ impl Supervisor {
             exit_now: false,
             tasks: Vec::new(),
             writer_task: None,
+            interval_checkpoint_in_flight: false,
+            finishing: None,
         }
     }
 
@@ -289,7 +328,9 @@ impl Supervisor {
             agent_version: env!("CARGO_PKG_VERSION").into(),
         }))
         .await?;
-        self.launch().await?;
+        if self.restore_before_launch().await? {
+            self.launch().await?;
+        }
         while !self.exit_now {
             let deadline = [self.kill_at, self.give_up_at, self.linger_until]
                 .into_iter()
@@ -333,11 +374,187 @@ impl Supervisor {
                 })
                 .await;
         }
-        self.journal(event::Kind::InputAccepted(InputAccepted {
-            text: spec.prompt.clone(),
-            queued: false,
-        }))
-        .await?;
+        if spec.prompt.trim().is_empty() {
+            // A resumed session without a message waits for input.
+            self.set_status(SessionStatus::Idle, "", "waiting for input".into())
+                .await?;
+        } else {
+            self.journal(event::Kind::InputAccepted(InputAccepted {
+                text: spec.prompt.clone(),
+                queued: false,
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// For a resume or a rollback (`restore_checkpoint` in the spec): a safety
+    /// checkpoint of whatever the workspace holds now (so nothing is lost, and
+    /// a rollback can be undone), then the restore. Returns whether Claude
+    /// Code should start; a failed restore finishes the session instead.
+    async fn restore_before_launch(&mut self) -> Result<bool, JournalError> {
+        let Some(target) = self.context.spec.restore_checkpoint.clone() else {
+            return Ok(true);
+        };
+        let store = Arc::clone(&self.context.checkpoint_store);
+        let paths = Arc::clone(&self.context.checkpoint_paths);
+        let tracker = Arc::clone(&self.context.change_tracker);
+        let facts = self.session_facts();
+        if checkpointer::workspace_has_content(&paths.workspace) {
+            let (store, paths, facts) = (Arc::clone(&store), Arc::clone(&paths), facts.clone());
+            let safety = tokio::task::spawn_blocking(move || {
+                checkpointer::take_checkpoint(&store, &paths, None, "pre_restore", "", true, &facts)
+            })
+            .await
+            .unwrap_or_else(|e| Err(panicked(e)));
+            let failed = safety.is_err();
+            self.journal_checkpoint_result("pre_restore", "", &safety)
+                .await?;
+            if failed {
+                // Never overwrite a workspace whose state could not be saved first.
+                self.finish(Verdict {
+                    outcome: SessionOutcome::Failed,
+                    error_code: "E520",
+                    error_message: "the workspace could not be checkpointed before the restore; nothing was changed".into(),
+                })
+                .await?;
+                return Ok(false);
+            }
+        }
+        let claude_session_id = self.context.spec.claude_session_id.clone();
+        let restored = tokio::task::spawn_blocking(move || {
+            checkpointer::restore_checkpoint(&store, &paths, &target, &claude_session_id)
+        })
+        .await
+        .unwrap_or_else(|e| Err(panicked(e)));
+        tracker.invalidate();
+        match restored {
+            Ok(summary) => {
+                self.journal(event::Kind::CheckpointRestored(CheckpointRestored {
+                    checkpoint_id: summary.checkpoint_id,
+                    files: summary.files,
+                    removed: summary.removed,
+                }))
+                .await?;
+                Ok(true)
+            }
+            Err(failure) => {
+                let code: &'static str = match failure.code.as_str() {
+                    "E203" => "E203",
+                    "E620" => "E620",
+                    "E621" => "E621",
+                    "E622" => "E622",
+                    _ => "E520",
+                };
+                self.finish(Verdict {
+                    outcome: SessionOutcome::Failed,
+                    error_code: code,
+                    error_message: format!("restoring the checkpoint failed: {}", failure.message),
+                })
+                .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn session_facts(&self) -> SessionFacts {
+        let spec = &self.context.spec;
+        SessionFacts {
+            claude_session_id: spec.claude_session_id.clone(),
+            model: self
+                .last_init
+                .as_ref()
+                .map(|init| init.model.clone())
+                .or_else(|| spec.model.clone())
+                .unwrap_or_default(),
+            session_cost_usd: self.session_cost_usd(),
+            task_id: spec.task_id.clone(),
+            container_id: spec.container_id.clone(),
+        }
+    }
+
+    /// Queues a checkpoint job with the session's current facts.
+    fn request_checkpoint(
+        &mut self,
+        trigger: &str,
+        message: String,
+        skip_if_unchanged: bool,
+        reply: Option<CheckpointReply>,
+        hook_ack: Option<oneshot::Sender<()>>,
+        is_final: bool,
+    ) -> bool {
+        let job = CheckpointJob {
+            trigger: trigger.into(),
+            message,
+            skip_if_unchanged,
+            facts: self.session_facts(),
+            reply,
+            hook_ack,
+            is_final,
+        };
+        match self.context.checkpoint_jobs.send(job) {
+            Ok(()) => true,
+            Err(mpsc::error::SendError(job)) => {
+                // The checkpointer is gone (shutting down): release any waiter.
+                if let Some(ack) = job.hook_ack {
+                    let _ = ack.send(());
+                }
+                false
+            }
+        }
+    }
+
+    async fn journal_checkpoint_result(
+        &self,
+        trigger: &str,
+        message: &str,
+        result: &Result<CheckpointSummary, CheckpointFailure>,
+    ) -> Result<u64, JournalError> {
+        match result {
+            Ok(summary) => {
+                self.journal(event::Kind::CheckpointCreated(CheckpointCreated {
+                    checkpoint_id: summary.checkpoint_id.clone(),
+                    trigger: trigger.into(),
+                    message: message.into(),
+                    skipped: summary.skipped,
+                    file_count: summary.file_count,
+                    total_bytes: summary.total_bytes,
+                    new_bytes: summary.new_bytes,
+                    duration_ms: summary.duration_ms,
+                    full_scan: summary.full_scan,
+                }))
+                .await
+            }
+            Err(failure) => {
+                tracing::error!(trigger, code = %failure.code, error = %failure.message, "checkpoint failed");
+                self.journal(event::Kind::CheckpointFailed(CheckpointFailed {
+                    trigger: trigger.into(),
+                    error_code: failure.code.clone(),
+                    error_message: failure.message.clone(),
+                }))
+                .await
+            }
+        }
+    }
+
+    async fn on_checkpoint_done(&mut self, done: CheckpointDone) -> Result<(), JournalError> {
+        if done.trigger == "interval" {
+            self.interval_checkpoint_in_flight = false;
+        }
+        let seq = self
+            .journal_checkpoint_result(&done.trigger, &done.message, &done.result)
+            .await?;
+        if let Some(reply) = done.reply {
+            let _ = reply.send(done.result.map(|summary| (summary, seq)));
+        }
+        if let Some(ack) = done.hook_ack {
+            let _ = ack.send(());
+        }
+        if done.is_final
+            && let Some(verdict) = self.finishing.take()
+        {
+            self.complete_finish(verdict).await?;
+        }
         Ok(())
     }
 
@@ -384,9 +601,12 @@ impl Supervisor {
         // The prompt is queued before Claude Code exists; the writer delivers it as soon
         // as Claude Code opens its stdin.
         let (input, lines) = mpsc::unbounded_channel();
-        input
-            .send(claude::user_message_line(&spec.prompt))
-            .expect("the receiver is alive");
+        let has_prompt = !spec.prompt.trim().is_empty();
+        if has_prompt {
+            input
+                .send(claude::user_message_line(&spec.prompt))
+                .expect("the receiver is alive");
+        }
         let shell_command = format!(
             "exec /bin/sh {}",
             claude::shell_quote(&layout.launcher_script.to_string_lossy())
@@ -403,7 +623,7 @@ impl Supervisor {
             lines,
         )));
         self.input = Some(input);
-        self.turn_running = true;
+        self.turn_running = has_prompt;
         self.tasks.push(tokio::spawn(headless_io::follow_stream(
             layout.stream.clone(),
             start_offset,
@@ -457,13 +677,72 @@ impl Supervisor {
                 }
             }
             SupervisorMessage::Hook(delivery) => {
-                if let Some((status, detail)) = hooks::status_for_hook(&delivery.report)
+                let report = &delivery.report;
+                if let Some((status, detail)) = hooks::status_for_hook(report)
                     && self.phase != Phase::Finished
                 {
-                    self.set_status(status, &delivery.report.hook_event_name, detail)
+                    self.set_status(status, &report.hook_event_name, detail)
                         .await?;
                 }
-                let _ = delivery.handled.send(());
+                // The hook waits for its acknowledgement: at a turn's end and
+                // before a risky command, it waits for the checkpoint too.
+                let checkpoint = match report.hook_event_name.as_str() {
+                    _ if self.phase == Phase::Finished || self.stop.is_some() => None,
+                    "Stop" => Some(("turn_end", String::new())),
+                    "PreToolUse" => {
+                        let tool = report.tool_name.as_deref().unwrap_or("");
+                        let command = report
+                            .tool_input
+                            .as_ref()
+                            .and_then(|i| i.command.as_deref());
+                        risky::risky_reason(tool, command).map(|reason| {
+                            let command = command.unwrap_or("");
+                            (
+                                "pre_tool",
+                                format!("before {reason}: {}", one_line(command, 120)),
+                            )
+                        })
+                    }
+                    _ => None,
+                };
+                match checkpoint {
+                    Some((trigger, message)) => {
+                        self.request_checkpoint(
+                            trigger,
+                            message,
+                            true,
+                            None,
+                            Some(delivery.handled),
+                            false,
+                        );
+                    }
+                    None => {
+                        let _ = delivery.handled.send(());
+                    }
+                }
+            }
+            SupervisorMessage::CreateCheckpoint { message, reply } => {
+                if self.phase == Phase::Finished {
+                    let _ = reply.send(Err(CheckpointFailure {
+                        code: "E602".into(),
+                        message: "the session has finished; its final checkpoint is the latest"
+                            .into(),
+                    }));
+                } else {
+                    self.request_checkpoint("manual", message, false, Some(reply), None, false);
+                }
+            }
+            SupervisorMessage::CheckpointTick => {
+                if self.phase == Phase::Running
+                    && self.stop.is_none()
+                    && !self.interval_checkpoint_in_flight
+                {
+                    self.interval_checkpoint_in_flight =
+                        self.request_checkpoint("interval", String::new(), true, None, None, false);
+                }
+            }
+            SupervisorMessage::CheckpointDone(done) => {
+                self.on_checkpoint_done(done).await?;
             }
             SupervisorMessage::Stream(StreamNews::Line(line)) => {
                 self.stream_lines += 1;
@@ -728,7 +1007,27 @@ impl Supervisor {
         self.finish(verdict).await
     }
 
+    /// Ends the session: the final checkpoint (its trigger says why the
+    /// session ended), then `SessionFinished` once it is journaled.
     async fn finish(&mut self, verdict: Verdict) -> Result<(), JournalError> {
+        if self.finishing.is_some() || self.phase == Phase::Finished {
+            return Ok(());
+        }
+        let trigger = match (&self.stop, verdict.outcome) {
+            (Some(StopIntent::Interrupt), _) => "sigterm",
+            (Some(StopIntent::Cancel { .. }), _) => "stop",
+            (None, SessionOutcome::Succeeded) => "session_end",
+            (None, _) => "error",
+        };
+        self.finishing = Some(verdict);
+        if !self.request_checkpoint(trigger, String::new(), true, None, None, true) {
+            let verdict = self.finishing.take().expect("just set");
+            self.complete_finish(verdict).await?;
+        }
+        Ok(())
+    }
+
+    async fn complete_finish(&mut self, verdict: Verdict) -> Result<(), JournalError> {
         if self.status != SessionStatus::Finished {
             let detail = if verdict.error_message.is_empty() {
                 "claude code exited".to_string()
@@ -773,6 +1072,23 @@ impl Supervisor {
             tracing::warn!(error = %e, "failed to stop the tmux server");
         }
         let _ = std::fs::remove_file(&self.context.layout.input_fifo);
+    }
+}
+
+fn panicked(e: tokio::task::JoinError) -> CheckpointFailure {
+    CheckpointFailure {
+        code: "E520".into(),
+        message: format!("the checkpoint task panicked: {e}"),
+    }
+}
+
+/// The first line of `text`, at most `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or("");
+    if line.chars().count() <= max {
+        line.to_string()
+    } else {
+        format!("{}…", line.chars().take(max).collect::<String>())
     }
 }
 

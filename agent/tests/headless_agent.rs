@@ -212,19 +212,26 @@ async fn sigterm_stops_claude_and_the_session_is_interrupted() {
 
     let journal = fixture.journal();
     let names = kind_names(&journal);
-    let tail = &names[names.len() - 4..];
+    let tail = &names[names.len() - 5..];
+    // On SIGTERM (a preempted container) the session is checkpointed after Claude
+    // Code stopped and before it ends, so it can be resumed from exactly there.
     assert_eq!(
         tail,
         &[
             "stop_requested",
             "claude_exited",
+            "checkpoint_created",
             "status_changed",
             "session_finished"
         ],
         "{names:?}"
     );
-    match &journal[journal.len() - 4].kind {
+    match &journal[journal.len() - 5].kind {
         Some(event::Kind::StopRequested(stop)) => assert_eq!(stop.reason, "SIGTERM"),
+        other => panic!("{other:?}"),
+    }
+    match &journal[journal.len() - 3].kind {
+        Some(event::Kind::CheckpointCreated(c)) => assert_eq!(c.trigger, "sigterm"),
         other => panic!("{other:?}"),
     }
     let exited = claude_exited(&journal);
@@ -299,10 +306,24 @@ async fn a_missing_claude_binary_fails_fast_with_e501() {
     let status = wait_for_exit(&mut child).await;
     assert!(status.success(), "{status}");
     let journal = fixture.journal();
+    // The final checkpoint (trigger "error") is taken before the session ends.
     assert_eq!(
         kind_names(&journal),
-        vec!["session_started", "status_changed", "session_finished"]
+        vec![
+            "session_started",
+            "checkpoint_created",
+            "status_changed",
+            "session_finished"
+        ]
     );
+    let checkpoint = journal
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(parhelia_proto::event::Kind::CheckpointCreated(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(checkpoint.trigger, "error");
     let finished = session_finished(&journal);
     assert_eq!(finished.outcome, SessionOutcome::Failed as i32);
     assert_eq!(finished.error_code, "E501");

@@ -153,3 +153,122 @@ async fn real_claude_code_runs_a_session_and_resumes_it_in_a_new_container() {
     );
     fixture.assert_default_tmux_untouched();
 }
+
+fn checkpoints_created(
+    journal: &[parhelia_proto::Event],
+) -> Vec<parhelia_proto::CheckpointCreated> {
+    journal
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(event::Kind::CheckpointCreated(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A turn's end checkpoints the files Claude wrote (by `Write` and by a shell
+/// command) with the conversation; a fresh container (new config dir, a dirty
+/// workspace) restores it exactly and continues the same conversation.
+#[tokio::test]
+async fn checkpoints_capture_a_turn_and_a_fresh_container_restores_it() {
+    let claude = claude_bin().unwrap();
+    let stand_in = StandIn::start(Script::new([
+        Turn::tool_use([ToolCall::write("hello.txt", "hi\n")]),
+        Turn::tool_use([ToolCall::bash("echo from-shell > shell.txt")]),
+        Turn::text("done"),
+        Turn::text("resumed answer"),
+    ]))
+    .unwrap();
+    let fixture = Fixture::new();
+    let run = |container_id: &str, config: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let spec = fixture.write_spec(|s| {
+            s["container_id"] = container_id.into();
+            s["claude_bin"] = claude.to_string_lossy().into_owned().into();
+            s["claude_config_dir"] = fixture.path(config).to_string_lossy().into_owned().into();
+            s["linger_after_finish_ms"] = 0.into();
+            edit(s);
+        });
+        let mut command = fixture.isolated_agent_command(&spec);
+        command
+            .env("ANTHROPIC_BASE_URL", stand_in.base_url())
+            .env("ANTHROPIC_API_KEY", "test-key")
+            .env("CLAUDE_CODE_MAX_RETRIES", "1");
+        command.spawn().unwrap()
+    };
+
+    let mut child = run("ctr-1", "config-1", &|s| {
+        s["prompt"] = "Write two files".into();
+    });
+    assert!(wait_for_exit(&mut child).await.success());
+    let first = fixture.journal_of("ctr-1");
+    let made = checkpoints_created(&first);
+    let turn_end = made
+        .iter()
+        .find(|c| c.trigger == "turn_end")
+        .unwrap_or_else(|| panic!("no turn_end checkpoint: {made:#?}"));
+    assert!(
+        !turn_end.skipped && turn_end.file_count >= 2,
+        "{turn_end:?}"
+    );
+    // The session's end is checkpointed too: Claude Code appends to the
+    // transcript after the Stop hook, so there is always a little more to keep.
+    let last = made.last().unwrap();
+    assert_eq!(last.trigger, "session_end");
+
+    let store = parhelia_checkpoint::Store::open(&fixture.path("volume/checkpoints")).unwrap();
+    let id = parhelia_checkpoint::CheckpointId::parse(&turn_end.checkpoint_id).unwrap();
+    let read = |tree: &str, path: &str| store.read_file(&id, tree, std::path::Path::new(path));
+    assert_eq!(read("workspace", "hello.txt").unwrap(), b"hi\n");
+    assert_eq!(read("workspace", "shell.txt").unwrap(), b"from-shell\n");
+    let transcript = read("conversation", "6f1c2d3e-4a5b-4c6d-8e7f-901a2b3c4d5e.jsonl").unwrap();
+    assert!(transcript.ends_with(b"\n") && transcript.len() > 100);
+    let metadata = &store.load(&id).unwrap().metadata;
+    assert_eq!(
+        metadata["claude_session_id"],
+        "6f1c2d3e-4a5b-4c6d-8e7f-901a2b3c4d5e"
+    );
+    assert_eq!(metadata["git"]["repository"], false);
+    // The turn's cost is reported after the Stop hook; the final checkpoint has it.
+    let final_id = parhelia_checkpoint::CheckpointId::parse(&last.checkpoint_id).unwrap();
+    let final_metadata = store.load(&final_id).unwrap().metadata;
+    assert!(final_metadata["session_cost_usd"].as_f64().unwrap() > 0.0);
+
+    // A fresh container: another config dir (no transcript), a workspace that
+    // drifted after the checkpoint.
+    std::fs::write(fixture.path("workspace/stray.txt"), "after the checkpoint").unwrap();
+    std::fs::remove_file(fixture.path("workspace/hello.txt")).unwrap();
+    let before = stand_in.requests().len();
+    let mut child = run("ctr-2", "config-2", &|s| {
+        s["resume"] = true.into();
+        s["prompt"] = "Anything else?".into();
+        s["restore_checkpoint"] = turn_end.checkpoint_id.clone().into();
+    });
+    assert!(wait_for_exit(&mut child).await.success());
+    let second = fixture.journal_of("ctr-2");
+    assert_eq!(
+        session_finished(&second).outcome,
+        SessionOutcome::Succeeded as i32,
+        "{second:#?}"
+    );
+    assert!(kind_names(&second).contains(&"checkpoint_restored"));
+    // The drifted state was saved first (so nothing is lost), then replaced.
+    let safety = checkpoints_created(&second);
+    assert_eq!(safety[0].trigger, "pre_restore", "{safety:#?}");
+    assert!(!safety[0].skipped);
+    assert_eq!(
+        std::fs::read_to_string(fixture.path("workspace/hello.txt")).unwrap(),
+        "hi\n"
+    );
+    assert!(!fixture.path("workspace/stray.txt").exists());
+    // The resumed request carried the whole earlier conversation.
+    let resumed = &stand_in.requests()[before..];
+    let turn = resumed
+        .iter()
+        .find(|r| r.has_tools)
+        .expect("a resumed turn");
+    assert!(
+        turn.message_count >= 7,
+        "only {} messages",
+        turn.message_count
+    );
+}

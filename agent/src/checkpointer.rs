@@ -1,0 +1,371 @@
+//! Checkpoints of the session, taken inside the container and written to the
+//! session's volume: the workspace tree, the Claude Code conversation (staged
+//! by [`crate::conversation`]) and metadata (git state, Claude session id,
+//! model, cost so far), committed together as one checkpoint by the engine
+//! (`parhelia-checkpoint`).
+//!
+//! The [`Checkpointer`] is a task of its own: the supervisor sends it
+//! [`CheckpointJob`]s and gets a [`CheckpointDone`] back in its inbox for each,
+//! so a checkpoint never blocks heartbeats or RPCs. Jobs run one at a time, in
+//! order (the store allows one writer; pruning runs between jobs, never during
+//! one). A job may carry a hook acknowledgement: Claude Code's Stop and
+//! PreToolUse hooks wait for it, so the checkpoint sees a quiescent tree at a
+//! turn's end and is taken *before* a risky command runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parhelia_checkpoint::{
+    ChangeHint, CheckpointError, CheckpointId, CreateOutcome, CreateRequest, Retention, Store,
+    TreeSpec,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::change_tracker::ChangeTracker;
+use crate::conversation;
+use crate::git_state::{self, GitState};
+use crate::spec::LaunchSpec;
+
+/// The two trees every checkpoint holds.
+pub const WORKSPACE_TREE: &str = "workspace";
+pub const CONVERSATION_TREE: &str = "conversation";
+
+/// What the session knows that belongs in a checkpoint's metadata.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SessionFacts {
+    pub claude_session_id: String,
+    pub model: String,
+    pub session_cost_usd: f64,
+    pub task_id: String,
+    pub container_id: String,
+}
+
+/// The metadata stored with each checkpoint (`docs/formats/checkpoint.md`).
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointMetadata {
+    #[serde(flatten)]
+    pub session: SessionFacts,
+    pub git: GitState,
+    pub agent_version: &'static str,
+}
+
+/// One checkpoint to take.
+pub struct CheckpointJob {
+    pub trigger: String,
+    pub message: String,
+    /// Skip (report `skipped`) when nothing changed since the latest checkpoint.
+    pub skip_if_unchanged: bool,
+    pub facts: SessionFacts,
+    /// Answered once the result is journaled (a manual checkpoint's RPC), with
+    /// the journal sequence of the event that recorded it.
+    pub reply: Option<CheckpointReply>,
+    /// A Claude Code hook waiting for this checkpoint.
+    pub hook_ack: Option<oneshot::Sender<()>>,
+    /// The session's final checkpoint (see [`CheckpointDone::is_final`]).
+    pub is_final: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointSummary {
+    pub checkpoint_id: String,
+    pub skipped: bool,
+    pub file_count: u64,
+    pub total_bytes: u64,
+    pub new_bytes: u64,
+    pub duration_ms: u64,
+    pub full_scan: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointFailure {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<&CheckpointError> for CheckpointFailure {
+    fn from(e: &CheckpointError) -> Self {
+        CheckpointFailure {
+            code: e.code().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A finished job, for the supervisor to journal and then answer.
+#[derive(Debug)]
+pub struct CheckpointDone {
+    pub trigger: String,
+    pub message: String,
+    pub result: Result<CheckpointSummary, CheckpointFailure>,
+    pub reply: Option<CheckpointReply>,
+    pub hook_ack: Option<oneshot::Sender<()>>,
+    /// The session's final checkpoint: `SessionFinished` follows it.
+    pub is_final: bool,
+}
+
+/// Where a manual checkpoint's result goes.
+pub type CheckpointReply = oneshot::Sender<Result<(CheckpointSummary, u64), CheckpointFailure>>;
+
+/// What a checkpoint needs to know about the session's files.
+pub struct CheckpointPaths {
+    pub store_root: PathBuf,
+    pub workspace: PathBuf,
+    pub claude_config_dir: PathBuf,
+    pub conversation_staging: PathBuf,
+    pub excludes: Vec<String>,
+    pub retention: Retention,
+}
+
+impl CheckpointPaths {
+    pub fn new(spec: &LaunchSpec, store_root: PathBuf, conversation_staging: PathBuf) -> Self {
+        CheckpointPaths {
+            store_root,
+            workspace: spec.workspace_dir.clone(),
+            claude_config_dir: spec.claude_config_dir.clone(),
+            conversation_staging,
+            excludes: spec.checkpoint.excludes.clone(),
+            retention: Retention {
+                keep_last: spec.checkpoint.keep_last,
+                keep_within_ms: spec.checkpoint.keep_within_ms,
+                max_store_bytes: spec.checkpoint.max_store_bytes,
+            },
+        }
+    }
+
+    fn has_retention(&self) -> bool {
+        self.retention.keep_last.is_some()
+            || self.retention.keep_within_ms.is_some()
+            || self.retention.max_store_bytes.is_some()
+    }
+}
+
+/// Takes one checkpoint now (blocking). `hint` says what changed in the
+/// workspace; it is given back to `tracker` if the checkpoint fails.
+pub fn take_checkpoint(
+    store: &Store,
+    paths: &CheckpointPaths,
+    tracker: Option<&ChangeTracker>,
+    job_trigger: &str,
+    job_message: &str,
+    skip_if_unchanged: bool,
+    facts: &SessionFacts,
+) -> Result<CheckpointSummary, CheckpointFailure> {
+    let started = Instant::now();
+    let hint = tracker.map_or(ChangeHint::Unknown, ChangeTracker::take);
+    let full_scan = matches!(hint, ChangeHint::Unknown);
+    let io_failure = |what: &str, e: std::io::Error| CheckpointFailure {
+        code: "E520".into(),
+        message: format!("{what}: {e}"),
+    };
+    let result = (|| {
+        conversation::stage(
+            &paths.claude_config_dir,
+            &paths.workspace,
+            &facts.claude_session_id,
+            &paths.conversation_staging,
+        )
+        .map_err(|e| io_failure("staging the conversation", e))?;
+        let metadata = CheckpointMetadata {
+            session: facts.clone(),
+            git: git_state::capture(&paths.workspace),
+            agent_version: env!("CARGO_PKG_VERSION"),
+        };
+        let request = CreateRequest {
+            trees: vec![
+                (
+                    TreeSpec {
+                        name: WORKSPACE_TREE.into(),
+                        root: paths.workspace.clone(),
+                        excludes: paths.excludes.clone(),
+                    },
+                    hint.clone(),
+                ),
+                (
+                    TreeSpec {
+                        name: CONVERSATION_TREE.into(),
+                        root: paths.conversation_staging.clone(),
+                        excludes: Vec::new(),
+                    },
+                    ChangeHint::Unknown,
+                ),
+            ],
+            parent: None,
+            trigger: job_trigger.into(),
+            message: (!job_message.is_empty()).then(|| job_message.to_string()),
+            metadata: serde_json::to_value(&metadata).expect("metadata serializes"),
+            skip_if_unchanged,
+        };
+        let outcome = store
+            .create(&request)
+            .map_err(|e| CheckpointFailure::from(&e))?;
+        let summary = match outcome {
+            CreateOutcome::Created(manifest) => CheckpointSummary {
+                checkpoint_id: manifest.id.to_string(),
+                skipped: false,
+                file_count: manifest.file_count(),
+                total_bytes: manifest.total_bytes(),
+                new_bytes: manifest.stats.new_bytes,
+                duration_ms: 0,
+                full_scan,
+            },
+            CreateOutcome::Unchanged(id) => CheckpointSummary {
+                checkpoint_id: id.to_string(),
+                skipped: true,
+                file_count: 0,
+                total_bytes: 0,
+                new_bytes: 0,
+                duration_ms: 0,
+                full_scan,
+            },
+        };
+        if !summary.skipped && paths.has_retention() {
+            if let Err(e) = store.prune(&paths.retention) {
+                tracing::warn!(error = %e, "pruning the checkpoint store failed; nothing was removed");
+            }
+        }
+        Ok(summary)
+    })();
+    match result {
+        Ok(mut summary) => {
+            summary.duration_ms = started.elapsed().as_millis() as u64;
+            Ok(summary)
+        }
+        Err(failure) => {
+            if let Some(tracker) = tracker {
+                tracker.give_back(hint);
+            }
+            Err(failure)
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestoreSummary {
+    pub checkpoint_id: String,
+    pub files: u64,
+    pub removed: u64,
+}
+
+/// Restores checkpoint `id` (or the latest for `"latest"`): the workspace
+/// exactly, and the conversation installed for the workspace's current path.
+pub fn restore_checkpoint(
+    store: &Store,
+    paths: &CheckpointPaths,
+    id: &str,
+    claude_session_id: &str,
+) -> Result<RestoreSummary, CheckpointFailure> {
+    let id = if id == "latest" {
+        match store.latest().map_err(|e| CheckpointFailure::from(&e))? {
+            Some(summary) => summary.id,
+            None => {
+                return Err(CheckpointFailure {
+                    code: "E203".into(),
+                    message: "the session has no checkpoint to restore".into(),
+                });
+            }
+        }
+    } else {
+        CheckpointId::parse(id).map_err(|e| CheckpointFailure::from(&e))?
+    };
+    // Verified before anything is touched: a corrupt checkpoint changes nothing.
+    store.verify(&id).map_err(|e| CheckpointFailure::from(&e))?;
+    let workspace = store
+        .restore_tree(&id, WORKSPACE_TREE, &paths.workspace)
+        .map_err(|e| CheckpointFailure::from(&e))?;
+    store
+        .restore_tree(&id, CONVERSATION_TREE, &paths.conversation_staging)
+        .map_err(|e| CheckpointFailure::from(&e))?;
+    conversation::install(
+        &paths.conversation_staging,
+        &paths.claude_config_dir,
+        &paths.workspace,
+        claude_session_id,
+    )
+    .map_err(|e| CheckpointFailure {
+        code: "E520".into(),
+        message: format!("installing the conversation: {e}"),
+    })?;
+    Ok(RestoreSummary {
+        checkpoint_id: id.to_string(),
+        files: workspace.files_written + workspace.files_unchanged,
+        removed: workspace.removed,
+    })
+}
+
+/// Whether the workspace holds anything worth a safety checkpoint.
+pub fn workspace_has_content(workspace: &Path) -> bool {
+    std::fs::read_dir(workspace).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+/// The checkpointer task: runs jobs one at a time and reports each to `done`.
+pub struct Checkpointer {
+    store: Arc<Store>,
+    paths: Arc<CheckpointPaths>,
+    tracker: Arc<ChangeTracker>,
+}
+
+impl Checkpointer {
+    pub fn new(
+        store: Arc<Store>,
+        paths: Arc<CheckpointPaths>,
+        tracker: Arc<ChangeTracker>,
+    ) -> Self {
+        Checkpointer {
+            store,
+            paths,
+            tracker,
+        }
+    }
+
+    pub async fn run<M: From<CheckpointDone> + Send + 'static>(
+        self,
+        mut jobs: mpsc::UnboundedReceiver<CheckpointJob>,
+        done: mpsc::Sender<M>,
+    ) {
+        while let Some(job) = jobs.recv().await {
+            let (store, paths, tracker) = (
+                Arc::clone(&self.store),
+                Arc::clone(&self.paths),
+                Arc::clone(&self.tracker),
+            );
+            let (trigger, message, skip, facts) = (
+                job.trigger.clone(),
+                job.message.clone(),
+                job.skip_if_unchanged,
+                job.facts.clone(),
+            );
+            let result = tokio::task::spawn_blocking(move || {
+                take_checkpoint(
+                    &store,
+                    &paths,
+                    Some(&tracker),
+                    &trigger,
+                    &message,
+                    skip,
+                    &facts,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(CheckpointFailure {
+                    code: "E520".into(),
+                    message: format!("the checkpoint task panicked: {e}"),
+                })
+            });
+            let report = CheckpointDone {
+                trigger: job.trigger,
+                message: job.message,
+                result,
+                reply: job.reply,
+                hook_ack: job.hook_ack,
+                is_final: job.is_final,
+            };
+            if done.send(report.into()).await.is_err() {
+                return;
+            }
+        }
+    }
+}

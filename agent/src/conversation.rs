@@ -1,0 +1,215 @@
+//! The Claude Code conversation, as a checkpoint captures and restores it.
+//!
+//! Claude Code keeps a session's transcript at
+//! `<config dir>/projects/<project dir name>/<session id>.jsonl`, and its
+//! subagent files and large tool outputs under `.../<session id>/`. A
+//! checkpoint stores a *staged* copy of exactly those (the transcript cut at
+//! its last complete line, so a half-written line never travels), laid out
+//! without the project directory name: `<session id>.jsonl` and
+//! `<session id>/`. Installing puts them back under the project directory of
+//! whatever workspace path the session now has, with fresh modification times
+//! (Claude Code deletes transcripts older than `cleanupPeriodDays`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Claude Code's project directory name for a (symlink-resolved) working
+/// directory: every character outside `[A-Za-z0-9]` becomes `-`; past 200
+/// characters, the first 200 plus `-` plus the base-36 absolute value of the
+/// Java-style string hash of the path (measured with Claude Code 2.1.330).
+pub fn project_dir_name(cwd: &Path) -> String {
+    let path = cwd.to_string_lossy();
+    let sanitized: String = path
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    if sanitized.chars().count() <= 200 {
+        return sanitized;
+    }
+    let mut hash: i32 = 0;
+    // JavaScript strings are UTF-16: hash code units, as Claude Code does.
+    for unit in path.encode_utf16() {
+        // (h << 5) - h + unit, in 32-bit integers.
+        hash = hash.wrapping_mul(31).wrapping_add(i32::from(unit));
+    }
+    let prefix: String = sanitized.chars().take(200).collect();
+    format!("{prefix}-{}", base36(hash.unsigned_abs()))
+}
+
+fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
+}
+
+/// The project directory of `workspace` inside `config_dir`.
+pub fn project_dir(config_dir: &Path, workspace: &Path) -> PathBuf {
+    let real = std::fs::canonicalize(workspace).unwrap_or_else(|_| workspace.to_path_buf());
+    config_dir.join("projects").join(project_dir_name(&real))
+}
+
+/// Replaces `staging` with a copy of the session's conversation: the
+/// transcript cut at its last newline and the session's side directory.
+/// A session that has no transcript yet stages an empty directory.
+pub fn stage(
+    config_dir: &Path,
+    workspace: &Path,
+    claude_session_id: &str,
+    staging: &Path,
+) -> io::Result<()> {
+    if staging.exists() {
+        std::fs::remove_dir_all(staging)?;
+    }
+    std::fs::create_dir_all(staging)?;
+    let project = project_dir(config_dir, workspace);
+    let transcript = project.join(format!("{claude_session_id}.jsonl"));
+    match std::fs::read(&transcript) {
+        Ok(bytes) => {
+            let complete = bytes
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |last_newline| last_newline + 1);
+            std::fs::write(
+                staging.join(format!("{claude_session_id}.jsonl")),
+                &bytes[..complete],
+            )?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let side = project.join(claude_session_id);
+    if side.is_dir() {
+        copy_dir(&side, &staging.join(claude_session_id))?;
+    }
+    Ok(())
+}
+
+/// Installs a staged conversation for `workspace`, every file with a fresh
+/// modification time. Files of other sessions in the project directory are
+/// left alone; this session's own are replaced.
+pub fn install(
+    staging: &Path,
+    config_dir: &Path,
+    workspace: &Path,
+    claude_session_id: &str,
+) -> io::Result<()> {
+    let project = project_dir(config_dir, workspace);
+    std::fs::create_dir_all(&project)?;
+    let side = project.join(claude_session_id);
+    if side.exists() {
+        std::fs::remove_dir_all(&side)?;
+    }
+    let transcript = format!("{claude_session_id}.jsonl");
+    let staged_transcript = staging.join(&transcript);
+    if staged_transcript.is_file() {
+        // fs::copy writes a new file: its mtime is now.
+        std::fs::copy(&staged_transcript, project.join(&transcript))?;
+    }
+    let staged_side = staging.join(claude_session_id);
+    if staged_side.is_dir() {
+        copy_dir(&staged_side, &side)?;
+    }
+    Ok(())
+}
+
+/// Copies regular files and directories (symlinks are copied as links).
+fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
+    for entry in walkdir::WalkDir::new(from).follow_links(false) {
+        let entry = entry.map_err(io::Error::other)?;
+        let relative = entry.path().strip_prefix(from).expect("under the root");
+        let target = to.join(relative);
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_paths_are_sanitized() {
+        assert_eq!(
+            project_dir_name(Path::new("/tmp/my repo/x_y.z")),
+            "-tmp-my-repo-x-y-z"
+        );
+    }
+
+    #[test]
+    fn long_paths_get_the_hash_claude_code_uses() {
+        // Measured: Claude Code 2.1.330 ran in this directory and created
+        // `projects/<first 200 chars>-8skx26`.
+        let path = format!("/tmp/cc-long/{}/{}", "a".repeat(120), "b".repeat(100));
+        let name = project_dir_name(Path::new(&path));
+        assert!(name.ends_with("-8skx26"), "{name}");
+        assert_eq!(name.len(), 200 + 1 + "8skx26".len());
+    }
+
+    #[test]
+    fn staging_cuts_the_torn_line_and_install_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let workspace = tmp.path().join("ws");
+        std::fs::create_dir(&workspace).unwrap();
+        let config = tmp.path().join("config");
+        let project = project_dir(&config, &workspace);
+        std::fs::create_dir_all(project.join("sid/subagents")).unwrap();
+        std::fs::write(
+            project.join("sid.jsonl"),
+            "{\"a\":1}\n{\"b\":2}\n{\"torn\":",
+        )
+        .unwrap();
+        std::fs::write(project.join("sid/subagents/agent-1.jsonl"), "{}\n").unwrap();
+        std::fs::write(project.join("other.jsonl"), "{}\n").unwrap();
+
+        let staging = tmp.path().join("staging");
+        stage(&config, &workspace, "sid", &staging).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(staging.join("sid.jsonl")).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        assert!(staging.join("sid/subagents/agent-1.jsonl").is_file());
+        assert!(!staging.join("other.jsonl").exists(), "only this session");
+
+        // Install into a fresh config dir for a workspace at another path.
+        let moved = tmp.path().join("elsewhere");
+        std::fs::create_dir(&moved).unwrap();
+        let fresh = tmp.path().join("fresh-config");
+        install(&staging, &fresh, &moved, "sid").unwrap();
+        let target = project_dir(&fresh, &moved);
+        assert_eq!(
+            std::fs::read_to_string(target.join("sid.jsonl")).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        assert!(target.join("sid/subagents/agent-1.jsonl").is_file());
+        let age = std::fs::metadata(target.join("sid.jsonl"))
+            .unwrap()
+            .modified()
+            .unwrap()
+            .elapsed()
+            .unwrap_or_default();
+        assert!(age.as_secs() < 3600, "the transcript has a fresh mtime");
+    }
+
+    #[test]
+    fn a_session_without_a_transcript_stages_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join("staging");
+        stage(tmp.path(), tmp.path(), "sid", &staging).unwrap();
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    }
+}

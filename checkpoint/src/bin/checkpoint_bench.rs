@@ -1,0 +1,1103 @@
+//! `checkpoint-bench`: the checkpoint engine's benchmark (docs/benchmarks/checkpoint.md).
+//!
+//! ```text
+//! checkpoint-bench run WORKSPACE [--tmp DIR] [--tools "ours tar restic borg"] [--runs N]
+//!                               [--markdown FILE] [--keep]
+//! checkpoint-bench gen DIR [--files 100000] [--bytes 1000000000] [--seed 1]
+//! checkpoint-bench create STORE TREE_ROOT [--hints FILE]     (one checkpoint, prints JSON)
+//! checkpoint-bench restore STORE latest|ID TARGET
+//! ```
+//!
+//! `--runs N` (default 5): the short incremental operations of the engine and tar are
+//! repeated N times from the same state and the median is reported.
+//!
+//! `run` copies WORKSPACE into a temp dir and measures, on that copy, in one run: a full
+//! checkpoint against `tar | zstd -T0 -3`, restic and borg; an incremental checkpoint after
+//! 10 modified + 3 added + 3 deleted files (with the watcher's path hint and with a full
+//! scan) against tar+zstd of just the changed files, restic and borg; and a restore
+//! against extracting the equivalent tar.zst, restic and borg. The engine runs as a
+//! subprocess (`create`/`restore` above), like the other tools, so process start, store
+//! open and index loading are inside its times. Every measured command is followed by an
+//! untimed `sync`; before each restore the clean page cache is dropped and the inputs are
+//! re-read (as in shared/bench/checkpoint-anchors.sh), so restores start from the same state.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use parhelia_checkpoint::{
+    ChangeHint, CheckpointId, CreateOutcome, CreateRequest, Store, TreeSpec,
+};
+
+const N_MOD: usize = 10;
+const N_ADD: usize = 3;
+const N_DEL: usize = 3;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let r = match args.get(1).map(String::as_str) {
+        Some("gen") if args.len() >= 3 => generate(&args[2..]),
+        Some("create") if args.len() >= 4 => op_create(&args[2..]),
+        Some("restore") if args.len() >= 5 => op_restore(&args[2..]),
+        Some("run") if args.len() >= 3 => run(&args[2..]),
+        _ => Err("usage: checkpoint-bench run WORKSPACE [--tmp DIR] [--tools LIST] [--runs N] [--markdown FILE] [--keep] | gen DIR [--files N] [--bytes B] [--seed S] | create STORE ROOT [--hints FILE] | restore STORE latest|ID TARGET".into()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("checkpoint-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type R<T = ()> = Result<T, String>;
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn op_create(args: &[String]) -> R {
+    let store = Store::open(Path::new(&args[0])).map_err(|e| e.to_string())?;
+    let hint = match flag(args, "--hints") {
+        Some(f) => ChangeHint::Paths(
+            fs::read_to_string(f)
+                .map_err(|e| e.to_string())?
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+        ),
+        None => ChangeHint::Unknown,
+    };
+    let req = CreateRequest {
+        trees: vec![(
+            TreeSpec {
+                name: "workspace".into(),
+                root: PathBuf::from(&args[1]),
+                excludes: vec![],
+            },
+            hint,
+        )],
+        parent: None,
+        trigger: "manual".into(),
+        message: None,
+        metadata: serde_json::json!({}),
+        skip_if_unchanged: false,
+    };
+    match store
+        .create(&req)
+        .map_err(|e| format!("{} {e}", e.code()))?
+    {
+        CreateOutcome::Created(m) => println!(
+            "{}",
+            serde_json::json!({"id": m.id, "stats": m.stats, "files": m.file_count()})
+        ),
+        CreateOutcome::Unchanged(id) => println!("{}", serde_json::json!({"unchanged": id})),
+    }
+    Ok(())
+}
+
+fn op_restore(args: &[String]) -> R {
+    let store = Store::open(Path::new(&args[0])).map_err(|e| e.to_string())?;
+    let id = if args[1] == "latest" {
+        store
+            .latest()
+            .map_err(|e| e.to_string())?
+            .ok_or("empty store")?
+            .id
+    } else {
+        CheckpointId(args[1].clone())
+    };
+    let stats = store
+        .restore_tree(&id, "workspace", Path::new(&args[2]))
+        .map_err(|e| format!("{} {e}", e.code()))?;
+    println!("{stats:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- generator
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+const WORDS: &[&str] = &[
+    "fn",
+    "let",
+    "mut",
+    "self",
+    "impl",
+    "struct",
+    "enum",
+    "match",
+    "return",
+    "if",
+    "else",
+    "for",
+    "in",
+    "while",
+    "pub",
+    "use",
+    "crate",
+    "mod",
+    "const",
+    "static",
+    "Result",
+    "Option",
+    "Some",
+    "None",
+    "Ok",
+    "Err",
+    "String",
+    "Vec",
+    "u64",
+    "usize",
+    "value",
+    "index",
+    "buffer",
+    "config",
+    "request",
+    "response",
+    "handler",
+    "session",
+    "checkpoint",
+    "store",
+    "manifest",
+    "layer",
+    "error",
+    "context",
+    "path",
+    "file",
+    "read",
+    "write",
+    "open",
+    "close",
+    "len",
+    "iter",
+    "map",
+    "filter",
+    "collect",
+    "clone",
+    "into",
+    "from",
+    "as_ref",
+    "unwrap",
+    "expect",
+    "debug",
+    "info",
+    "trace",
+    "=",
+    "==",
+    "+",
+    "-",
+    "*",
+    "->",
+    "=>",
+    "::",
+    ".",
+    ",",
+    ";",
+    "(",
+    ")",
+    "{",
+    "}",
+    "[",
+    "]",
+    "&",
+    "0",
+    "1",
+    "42",
+    "\"text\"",
+];
+
+fn text(rng: &mut Rng, size: usize, out: &mut Vec<u8>) {
+    out.clear();
+    let mut col = 0;
+    let mut indent = 0usize;
+    while out.len() < size {
+        if col == 0 {
+            indent = (indent + rng.below(3) as usize).saturating_sub(1).min(6);
+            out.resize(out.len() + indent * 4, b' ');
+        }
+        let w = WORDS[rng.below(WORDS.len() as u64) as usize];
+        out.extend_from_slice(w.as_bytes());
+        if rng.below(9) == 0 {
+            // identifiers with numbers keep the text from being trivially compressible
+            out.extend_from_slice(format!("_{}", rng.below(100_000)).as_bytes());
+        }
+        col += w.len() + 1;
+        if col > 60 + rng.below(30) as usize {
+            out.push(b'\n');
+            col = 0;
+        } else {
+            out.push(b' ');
+        }
+    }
+    out.truncate(size);
+}
+
+/// A tree of `files` files totalling about `bytes`: mostly small source-like text, some
+/// medium text, some mixed text/binary, a few large incompressible files, and about 3%
+/// exact duplicates (vendored copies), spread over about `files / 20` directories.
+fn generate(args: &[String]) -> R {
+    let dir = PathBuf::from(&args[0]);
+    let files: usize = flag(args, "--files")
+        .unwrap_or("100000")
+        .parse()
+        .map_err(|e| format!("--files: {e}"))?;
+    let bytes: u64 = flag(args, "--bytes")
+        .unwrap_or("1000000000")
+        .parse()
+        .map_err(|e| format!("--bytes: {e}"))?;
+    let mut rng = Rng(flag(args, "--seed")
+        .unwrap_or("1")
+        .parse::<u64>()
+        .map_err(|e| format!("--seed: {e}"))?
+        | 1);
+    if dir.exists() {
+        return Err(format!("{} exists", dir.display()));
+    }
+    // Directories: a random tree, up to 5 levels.
+    let ndirs = (files / 20).max(1);
+    let mut dirs = vec![PathBuf::new()];
+    for i in 1..ndirs {
+        let parent = dirs[rng.below(dirs.len().min(1 + i / 2) as u64) as usize].clone();
+        let p = if parent.components().count() >= 5 {
+            dirs[rng.below(8.min(dirs.len() as u64)) as usize].clone()
+        } else {
+            parent
+        };
+        dirs.push(p.join(format!("{}_{i}", WORDS[rng.below(60) as usize])));
+    }
+    for d in &dirs {
+        fs::create_dir_all(dir.join(d)).map_err(|e| e.to_string())?;
+    }
+    // Sizes by class, then scaled to the requested total.
+    let mut plan: Vec<(u8, u64)> = (0..files)
+        .map(|_| {
+            let c = rng.below(1000);
+            if c < 700 {
+                (0, 100 + rng.below(6_000))
+            } else if c < 950 {
+                (0, 6_000 + rng.below(18_000))
+            } else if c < 995 {
+                (1, 24_000 + rng.below(100_000))
+            } else {
+                (2, 128_000 + rng.below(900_000))
+            }
+        })
+        .collect();
+    let total: u64 = plan.iter().map(|p| p.1).sum();
+    let scale = bytes as f64 / total as f64;
+    for p in &mut plan {
+        p.1 = ((p.1 as f64 * scale) as u64).max(1);
+    }
+    let mut buf = Vec::new();
+    let mut written: Vec<PathBuf> = Vec::new();
+    for (i, (class, size)) in plan.into_iter().enumerate() {
+        let d = &dirs[rng.below(dirs.len() as u64) as usize];
+        let ext = ["rs", "md", "json", "txt", "toml", "bin", "png"][(i + class as usize * 5) % 7];
+        let path = dir
+            .join(d)
+            .join(format!("{}_{i}.{ext}", WORDS[rng.below(60) as usize]));
+        if !written.is_empty() && rng.below(100) < 3 {
+            let src = &written[rng.below(written.len() as u64) as usize];
+            fs::copy(src, &path).map_err(|e| e.to_string())?;
+            continue;
+        }
+        let size = size as usize;
+        match class {
+            0 => text(&mut rng, size, &mut buf),
+            1 => {
+                text(&mut rng, size / 2, &mut buf);
+                let mut rnd = vec![0u8; size - buf.len()];
+                rng.fill(&mut rnd);
+                buf.extend_from_slice(&rnd);
+            }
+            _ => {
+                buf.resize(size, 0);
+                rng.fill(&mut buf);
+            }
+        }
+        fs::write(&path, &buf).map_err(|e| e.to_string())?;
+        if written.len() < 10_000 {
+            written.push(path);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- benchmark
+
+struct Row {
+    tool: &'static str,
+    op: String,
+    secs: f64,
+    cpu: f64,
+    bytes: Option<u64>,
+}
+
+struct Bench {
+    t: PathBuf,
+    rows: Vec<Row>,
+    can_drop: bool,
+    runs: usize,
+}
+
+fn sh(cmd: &str) -> R {
+    let st = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("command failed ({st}): {cmd}"))
+    }
+}
+
+fn du(p: &Path) -> u64 {
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+impl Bench {
+    /// Times `bash -c cmd` (wall clock; user+sys from GNU time), then syncs untimed.
+    fn measure(
+        &mut self,
+        tool: &'static str,
+        op: &str,
+        cmd: &str,
+        bytes: impl FnOnce(&Bench) -> Option<u64>,
+    ) -> R<f64> {
+        let tf = self.t.join(".time");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.t.join("log"))
+            .map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let st = Command::new("/usr/bin/time")
+            .args(["-f", "%U %S", "-o"])
+            .arg(&tf)
+            .args(["bash", "-c", cmd])
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .status()
+            .map_err(|e| e.to_string())?;
+        let secs = start.elapsed().as_secs_f64();
+        if !st.success() {
+            let _ = sh(&format!("tail -n 5 {}/log >&2", self.t.display()));
+            return Err(format!("{tool} / {op} failed: {cmd}"));
+        }
+        let cpu = fs::read_to_string(&tf)
+            .ok()
+            .and_then(|s| {
+                s.lines().last().map(|l| {
+                    l.split_whitespace()
+                        .filter_map(|x| x.parse::<f64>().ok())
+                        .sum()
+                })
+            })
+            .unwrap_or(0.0);
+        let b = bytes(self);
+        eprintln!(
+            "  {tool:<8} {op:<44} {secs:>9.3}s  {}",
+            b.map(|b| b.to_string()).unwrap_or_default()
+        );
+        self.rows.push(Row {
+            tool,
+            op: op.to_string(),
+            secs,
+            cpu,
+            bytes: b,
+        });
+        sh("sync")?;
+        Ok(secs)
+    }
+
+    /// Drops the clean page cache and re-reads `dirs` (see the module docs).
+    fn settle(&self, dirs: &[&Path]) -> R {
+        if self.can_drop {
+            sh("sync; echo 1 > /proc/sys/vm/drop_caches")?;
+            for d in dirs {
+                if d.is_dir() {
+                    sh(&format!(
+                        "tar -C '{}' -cf - . 2>/dev/null | cat > /dev/null",
+                        d.display()
+                    ))?;
+                } else {
+                    sh(&format!("cat '{}' > /dev/null", d.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Measures a short operation `runs` times (`prepare` before each, untimed) and keeps
+    /// the median as one row.
+    fn measure_median(
+        &mut self,
+        tool: &'static str,
+        op: &str,
+        prepare: &dyn Fn() -> R,
+        cmd: &str,
+        bytes: &dyn Fn(&Bench) -> Option<u64>,
+    ) -> R {
+        let mut rows = Vec::new();
+        for _ in 0..self.runs {
+            prepare()?;
+            sh("sync")?;
+            self.measure(tool, op, cmd, |b| bytes(b))?;
+            rows.push(self.rows.pop().expect("just measured"));
+        }
+        rows.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+        let n = rows.len();
+        let mut median = rows.swap_remove(n / 2);
+        median.op = format!("{op} (median of {n})");
+        self.rows.push(median);
+        Ok(())
+    }
+
+    fn get(&self, tool: &str, op: &str) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.tool == tool && (r.op == op || r.op.starts_with(&format!("{op} (median"))))
+    }
+}
+
+fn listing(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let Ok(e) = e else { continue };
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap_or(e.path())
+            .to_path_buf();
+        let Ok(md) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let v = if md.file_type().is_symlink() {
+            format!("L {:?}", fs::read_link(e.path()).ok())
+        } else if md.is_dir() {
+            format!("D {:o}", md.mode() & 0o777)
+        } else {
+            format!(
+                "F {:o} {}",
+                md.mode() & 0o777,
+                blake3::hash(&fs::read(e.path()).unwrap_or_default()).to_hex()
+            )
+        };
+        out.push((rel, v));
+    }
+    out
+}
+
+struct ChangeSet {
+    modified: Vec<String>,
+    added: Vec<String>,
+    deleted: Vec<String>,
+}
+
+/// The anchors script's change set: files outside .git under 1 MiB, spread evenly.
+fn pick_changes(ws: &Path) -> R<ChangeSet> {
+    let mut all = Vec::new();
+    for e in walkdir::WalkDir::new(ws)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != ".git" || e.depth() != 1)
+    {
+        let e = e.map_err(|e| e.to_string())?;
+        if e.file_type().is_file() && e.metadata().map_err(|e| e.to_string())?.len() < 1 << 20 {
+            all.push(
+                e.path()
+                    .strip_prefix(ws)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    all.sort();
+    let need = N_MOD + N_DEL;
+    if all.len() <= need {
+        return Err("workspace has too few files".into());
+    }
+    let step = all.len() / (need + 1);
+    let pick: Vec<String> = (1..=need).map(|k| all[k * step - 1].clone()).collect();
+    let modified = pick[..N_MOD].to_vec();
+    let deleted = pick[N_MOD..].to_vec();
+    let added = (0..N_ADD)
+        .map(|i| {
+            let d = Path::new(&modified[i % N_MOD])
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
+            d.join(format!("anchors_new_{}.dat", i + 1))
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    Ok(ChangeSet {
+        modified,
+        added,
+        deleted,
+    })
+}
+
+/// Edits like the anchors script: 64 bytes overwritten mid-file plus an appended line;
+/// deletions; additions (1 MiB random, then 8 KiB base64 text).
+fn mutate(ws: &Path, c: &ChangeSet) -> R {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for (i, f) in c.modified.iter().enumerate() {
+        let p = ws.join(f);
+        let mut data = fs::read(&p).map_err(|e| e.to_string())?;
+        let mid = data.len() / 2;
+        let stamp = format!("anchors-edit-{:04}-{:032}", i + 1, rng.next());
+        let end = (mid + stamp.len()).min(data.len());
+        data.splice(mid..end, stamp.bytes());
+        data.extend_from_slice(format!("\n// anchors: edited {}\n", i + 1).as_bytes());
+        fs::write(&p, data).map_err(|e| e.to_string())?;
+    }
+    for f in &c.deleted {
+        fs::remove_file(ws.join(f)).map_err(|e| e.to_string())?;
+    }
+    for (i, f) in c.added.iter().enumerate() {
+        let mut data = vec![0u8; if i == 0 { 1 << 20 } else { 6144 }];
+        rng.fill(&mut data);
+        if i > 0 {
+            const B64: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            data = data.iter().map(|b| B64[(*b & 63) as usize]).collect();
+            data = data
+                .chunks(76)
+                .flat_map(|l| l.iter().copied().chain([b'\n']))
+                .collect();
+        }
+        fs::write(ws.join(f), data).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn run(args: &[String]) -> R {
+    let src = fs::canonicalize(&args[0]).map_err(|e| format!("{}: {e}", args[0]))?;
+    let tools: BTreeSet<String> = flag(args, "--tools")
+        .unwrap_or("ours tar restic borg")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let tmp_parent = flag(args, "--tmp")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let t = tmp_parent.join(format!("ckbench.{}", std::process::id()));
+    fs::create_dir_all(&t).map_err(|e| e.to_string())?;
+    let can_drop = fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/vm/drop_caches")
+        .is_ok();
+    let runs: usize = flag(args, "--runs")
+        .unwrap_or("5")
+        .parse()
+        .map_err(|e| format!("--runs: {e}"))?;
+    let mut b = Bench {
+        t: t.clone(),
+        rows: Vec::new(),
+        can_drop,
+        runs: runs.max(1),
+    };
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = exe.display();
+    let ws = t.join("ws");
+    let q = |p: &Path| format!("'{}'", p.display());
+
+    eprintln!(
+        "checkpoint-bench: copying {} -> {}",
+        src.display(),
+        ws.display()
+    );
+    sh(&format!("cp -a {} {} && sync", q(&src), q(&ws)))?;
+    if ws.join(".git").is_dir() {
+        let _ = sh(&format!(
+            "git -C {} status --porcelain > /dev/null 2>&1",
+            q(&ws)
+        ));
+    }
+    let (mut nfiles, mut ndirs, mut nbytes) = (0u64, 0u64, 0u64);
+    for e in walkdir::WalkDir::new(&ws)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+    {
+        if e.file_type().is_dir() {
+            ndirs += 1;
+        } else if e.file_type().is_file() {
+            nfiles += 1;
+            nbytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    let changes = pick_changes(&ws)?;
+    let out = |cmd: &str| -> String {
+        Command::new("bash")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let header = format!(
+        "workspace: {} — {nfiles} files, {ndirs} dirs, {nbytes} bytes\n\nmachine: {} CPUs ({}), {} GiB RAM, {} filesystem; load average at start: {}\n\nversions: {} / {} / {}; caches dropped before restores: {}",
+        src.display(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs"),
+        out("awk '/MemTotal/{printf \"%.1f\", $2/1048576}' /proc/meminfo"),
+        out(&format!("df -PT {} | awk 'NR==2{{print $2}}'", q(&t))),
+        out("cut -d' ' -f1-3 /proc/loadavg"),
+        out("zstd -V | head -1 | sed 's/,.*//'"),
+        out("restic version 2>/dev/null | cut -d' ' -f1-2"),
+        out("borg --version 2>/dev/null"),
+        if can_drop { "yes" } else { "no" },
+    );
+    eprintln!("{header}");
+    let (store, store_scan) = (t.join("store"), t.join("store-scan"));
+    let (restic_repo, borg_repo) = (t.join("restic"), t.join("borg"));
+    let env = format!(
+        "export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR={} BORG_BASE_DIR={} BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_PASSPHRASE=;",
+        q(&t.join("restic-cache")),
+        q(&t.join("borg-base"))
+    );
+
+    // Full.
+    if tools.contains("ours") {
+        b.measure(
+            "ours",
+            "full checkpoint",
+            &format!("{exe} create {} {}", q(&store), q(&ws)),
+            |_| Some(du(&store)),
+        )?;
+        sh(&format!("cp -a {} {}", q(&store), q(&store_scan)))?;
+    }
+    if tools.contains("tar") {
+        b.measure(
+            "tar",
+            "full (tar | zstd -T0 -3)",
+            &format!(
+                "tar -C {} -cf - . | zstd -q -T0 -3 -o {}/base.tar.zst && sync {}/base.tar.zst",
+                q(&ws),
+                q(&t),
+                q(&t)
+            ),
+            |b| fs::metadata(b.t.join("base.tar.zst")).ok().map(|m| m.len()),
+        )?;
+    }
+    if tools.contains("restic") {
+        sh(&format!("{env} restic -q -r {} init", q(&restic_repo)))?;
+        b.measure(
+            "restic",
+            "full (backup)",
+            &format!(
+                "{env} cd {} && restic -q -r {} backup .",
+                q(&ws),
+                q(&restic_repo)
+            ),
+            |_| Some(du(&restic_repo)),
+        )?;
+    }
+    if tools.contains("borg") {
+        sh(&format!("{env} borg init -e none {}", q(&borg_repo)))?;
+        b.measure(
+            "borg",
+            "full (create -C zstd,3)",
+            &format!(
+                "{env} cd {} && borg create -C zstd,3 {}::s0 .",
+                q(&ws),
+                q(&borg_repo)
+            ),
+            |_| Some(du(&borg_repo)),
+        )?;
+    }
+
+    // Incremental.
+    mutate(&ws, &changes)?;
+    let hints = t.join("hints.lst");
+    let changed: Vec<&String> = changes.modified.iter().chain(&changes.added).collect();
+    fs::write(
+        &hints,
+        changed
+            .iter()
+            .chain(changes.deleted.iter().collect::<Vec<_>>().iter())
+            .map(|s| format!("{s}\n"))
+            .collect::<String>(),
+    )
+    .map_err(|e| e.to_string())?;
+    fs::write(
+        t.join("changed.lst"),
+        changed.iter().map(|s| format!("{s}\n")).collect::<String>(),
+    )
+    .map_err(|e| e.to_string())?;
+    fs::write(
+        t.join(".anchors_whiteouts"),
+        changes
+            .deleted
+            .iter()
+            .map(|s| format!("{s}\n"))
+            .collect::<String>(),
+    )
+    .map_err(|e| e.to_string())?;
+    // Stores are write-once files, so a hard-linked copy is an exact, cheap snapshot: each
+    // repetition starts from the same store state.
+    sh("sync")?;
+    if tools.contains("ours") {
+        let (base, scan_base) = (t.join("store-base"), t.join("store-scan-base"));
+        sh(&format!(
+            "mv {} {} && mv {} {}",
+            q(&store),
+            q(&base),
+            q(&store_scan),
+            q(&scan_base)
+        ))?;
+        let s0 = du(&base);
+        let snap = |from: &Path, to: &Path| {
+            sh(&format!(
+                "rm -rf {t} && cp -al {f} {t}",
+                f = q(from),
+                t = q(to)
+            ))
+        };
+        b.measure_median(
+            "ours",
+            "incr checkpoint (watcher Paths hint)",
+            &|| snap(&base, &store),
+            &format!(
+                "{exe} create {} {} --hints {}",
+                q(&store),
+                q(&ws),
+                q(&hints)
+            ),
+            &|b| Some(du(&b.t.join("store")) - s0),
+        )?;
+        b.measure_median(
+            "ours",
+            "incr checkpoint (Unknown: full scan)",
+            &|| snap(&scan_base, &store_scan),
+            &format!("{exe} create {} {}", q(&store_scan), q(&ws)),
+            &|b| Some(du(&b.t.join("store-scan")) - s0),
+        )?;
+    }
+    if tools.contains("tar") {
+        b.measure_median(
+            "tar",
+            "incr (known change list)",
+            &|| Ok(()),
+            &format!("rm -f {t}/delta.tar.zst; tar -cf - -C {} --no-recursion -T {t}/changed.lst -C {t} .anchors_whiteouts | zstd -q -T0 -3 -o {t}/delta.tar.zst && sync {t}/delta.tar.zst", q(&ws), t = q(&t)),
+            &|b| fs::metadata(b.t.join("delta.tar.zst")).ok().map(|m| m.len()),
+        )?;
+    }
+    if tools.contains("restic") {
+        let s0 = du(&restic_repo);
+        b.measure(
+            "restic",
+            "incr (backup)",
+            &format!(
+                "{env} cd {} && restic -q -r {} backup .",
+                q(&ws),
+                q(&restic_repo)
+            ),
+            |_| Some(du(&restic_repo) - s0),
+        )?;
+    }
+    if tools.contains("borg") {
+        let s0 = du(&borg_repo);
+        b.measure(
+            "borg",
+            "incr (create)",
+            &format!(
+                "{env} cd {} && borg create -C zstd,3 {}::s1 .",
+                q(&ws),
+                q(&borg_repo)
+            ),
+            |_| Some(du(&borg_repo) - s0),
+        )?;
+    }
+
+    // Restore.
+    let expected = listing(&ws);
+    let mut verified = Vec::new();
+    if tools.contains("ours") {
+        let out = t.join("rest-ours");
+        b.settle(&[&store])?;
+        b.measure(
+            "ours",
+            "restore (latest, empty target)",
+            &format!("{exe} restore {} latest {}", q(&store), q(&out)),
+            |_| Some(du(&out)),
+        )?;
+        verified.push(format!(
+            "ours={}",
+            if listing(&out) == expected {
+                "ok"
+            } else {
+                "MISMATCH"
+            }
+        ));
+        sh(&format!("rm -rf {}", q(&out)))?;
+    }
+    if tools.contains("tar") {
+        sh(&format!(
+            "tar -C {} -cf - . | zstd -q -T0 -3 -o {}/final.tar.zst",
+            q(&ws),
+            q(&t)
+        ))?;
+        let out = t.join("rest-tar");
+        b.settle(&[&t.join("final.tar.zst")]).ok();
+        b.measure(
+            "tar",
+            "extract equivalent tar.zst",
+            &format!(
+                "mkdir -p {o} && zstd -q -dc {}/final.tar.zst | tar -C {o} -xf -",
+                q(&t),
+                o = q(&out)
+            ),
+            |_| Some(du(&out)),
+        )?;
+        verified.push(format!(
+            "tar={}",
+            if listing(&out) == expected {
+                "ok"
+            } else {
+                "MISMATCH"
+            }
+        ));
+        sh(&format!("rm -rf {}", q(&out)))?;
+        b.settle(&[&t.join("base.tar.zst"), &t.join("delta.tar.zst")])
+            .ok();
+        b.measure("tar", "extract base + delta + whiteouts", &format!("mkdir -p {o} && zstd -q -dc {t}/base.tar.zst | tar -C {o} -xf - && zstd -q -dc {t}/delta.tar.zst | tar -C {o} -xf - && cd {o} && xargs -d '\\n' rm -f < .anchors_whiteouts && rm -f .anchors_whiteouts", t = q(&t), o = q(&out)), |_| Some(du(&out)))?;
+        sh(&format!("rm -rf {}", q(&out)))?;
+    }
+    if tools.contains("restic") {
+        let out = t.join("rest-restic");
+        b.settle(&[&restic_repo, &t.join("restic-cache")])?;
+        b.measure(
+            "restic",
+            "restore latest",
+            &format!(
+                "{env} restic -q -r {} restore latest --target {}",
+                q(&restic_repo),
+                q(&out)
+            ),
+            |_| Some(du(&out)),
+        )?;
+        sh(&format!("rm -rf {}", q(&out)))?;
+    }
+    if tools.contains("borg") {
+        let out = t.join("rest-borg");
+        b.settle(&[&borg_repo])?;
+        b.measure(
+            "borg",
+            "extract latest",
+            &format!(
+                "{env} mkdir -p {o} && cd {o} && borg extract {}::s1",
+                q(&borg_repo),
+                o = q(&out)
+            ),
+            |_| Some(du(&out)),
+        )?;
+        sh(&format!("rm -rf {}", q(&out)))?;
+    }
+
+    // Report.
+    let mut md = String::new();
+    md.push_str(&format!(
+        "{header}\n\n| tool | operation | wall s | cpu s | bytes |\n|---|---|---:|---:|---:|\n"
+    ));
+    for r in &b.rows {
+        let op = r.op.replace('|', "\\|");
+        md.push_str(&format!(
+            "| {} | {op} | {:.3} | {:.2} | {} |\n",
+            r.tool,
+            r.secs,
+            r.cpu,
+            r.bytes.map(|b| b.to_string()).unwrap_or_default()
+        ));
+    }
+    md.push_str(&format!(
+        "\nload average at end: {}; restores verified against the edited workspace: {}\n\n",
+        out("cut -d' ' -f1-3 /proc/loadavg"),
+        verified.join(" ")
+    ));
+    let ratio = |a: Option<&Row>, c: Option<&Row>| a.zip(c).map(|(a, c)| a.secs / c.secs);
+    let size_ratio = |a: Option<&Row>, c: Option<&Row>| {
+        a.zip(c)
+            .and_then(|(a, c)| Some(a.bytes? as f64 / c.bytes? as f64))
+    };
+    let mut targets = Vec::new();
+    let mut target = |name: &str, value: Option<f64>, ok: fn(f64) -> bool, fmt: &str| {
+        if let Some(v) = value {
+            targets.push(format!(
+                "| {} | {} | {} |",
+                name.replace('|', "\\|"),
+                fmt.replace("{}", &format!("{v:.2}")),
+                if ok(v) { "met" } else { "**missed**" }
+            ));
+        }
+    };
+    let inc = b.get("ours", "incr checkpoint (watcher Paths hint)");
+    target(
+        "incremental vs tar+zstd of the changed files (≤ 2x)",
+        ratio(inc, b.get("tar", "incr (known change list)")),
+        |v| v <= 2.0,
+        "{}x",
+    );
+    target(
+        "restic incremental vs ours (≥ 20x faster)",
+        ratio(b.get("restic", "incr (backup)"), inc),
+        |v| v >= 20.0,
+        "{}x",
+    );
+    target(
+        "full vs tar | zstd -T0 -3 (≤ 1x)",
+        ratio(
+            b.get("ours", "full checkpoint"),
+            b.get("tar", "full (tar | zstd -T0 -3)"),
+        ),
+        |v| v <= 1.0,
+        "{}x",
+    );
+    target(
+        "full output vs restic repo (≤ 1x)",
+        size_ratio(
+            b.get("ours", "full checkpoint"),
+            b.get("restic", "full (backup)"),
+        ),
+        |v| v <= 1.0,
+        "{}x",
+    );
+    target(
+        "restore vs extracting the tar.zst (≤ 1x)",
+        ratio(
+            b.get("ours", "restore (latest, empty target)"),
+            b.get("tar", "extract equivalent tar.zst"),
+        ),
+        |v| v <= 1.0,
+        "{}x",
+    );
+    let scan = b.get("ours", "incr checkpoint (Unknown: full scan)");
+    let info = [
+        (
+            "scan incremental vs tar of the changed files",
+            ratio(scan, b.get("tar", "incr (known change list)")),
+        ),
+        (
+            "restic incremental vs ours (scan)",
+            ratio(b.get("restic", "incr (backup)"), scan),
+        ),
+        (
+            "borg incremental vs ours (hint)",
+            ratio(b.get("borg", "incr (create)"), inc),
+        ),
+        (
+            "full vs restic",
+            ratio(
+                b.get("ours", "full checkpoint"),
+                b.get("restic", "full (backup)"),
+            ),
+        ),
+        (
+            "full vs borg",
+            ratio(
+                b.get("ours", "full checkpoint"),
+                b.get("borg", "full (create -C zstd,3)"),
+            ),
+        ),
+        (
+            "full output vs tar.zst",
+            size_ratio(
+                b.get("ours", "full checkpoint"),
+                b.get("tar", "full (tar | zstd -T0 -3)"),
+            ),
+        ),
+        (
+            "full output vs borg repo",
+            size_ratio(
+                b.get("ours", "full checkpoint"),
+                b.get("borg", "full (create -C zstd,3)"),
+            ),
+        ),
+        (
+            "restore vs restic",
+            ratio(
+                b.get("ours", "restore (latest, empty target)"),
+                b.get("restic", "restore latest"),
+            ),
+        ),
+        (
+            "restore vs borg",
+            ratio(
+                b.get("ours", "restore (latest, empty target)"),
+                b.get("borg", "extract latest"),
+            ),
+        ),
+    ];
+    md.push_str("| target | ratio | result |\n|---|---:|---|\n");
+    for l in targets {
+        md.push_str(&l);
+        md.push('\n');
+    }
+    md.push_str("\n| other ratios (ours / other unless stated) | value |\n|---|---:|\n");
+    for (name, v) in info {
+        if let Some(v) = v {
+            md.push_str(&format!("| {name} | {v:.2}x |\n"));
+        }
+    }
+    println!("{md}");
+    if let Some(f) = flag(args, "--markdown") {
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+            .map_err(|e| e.to_string())?;
+        file.write_all(md.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    if args.iter().any(|a| a == "--keep") {
+        eprintln!("kept {}", t.display());
+    } else {
+        let _ = Command::new("rm")
+            .arg("-rf")
+            .arg(&t)
+            .stdin(Stdio::null())
+            .status();
+    }
+    Ok(())
+}

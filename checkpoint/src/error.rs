@@ -1,0 +1,93 @@
+//! The engine's one error type. Every variant has a stable code (`code()`) from the
+//! contract in docs/dev/contracts.md; messages are lowercase fragments that read after
+//! "failed to …" in a caller's context.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What can go wrong in the checkpoint engine.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A checkpoint id that the store does not hold (or whose manifest is gone).
+    #[error("checkpoint {id} not found")]
+    NotFound { id: String },
+
+    /// A tree name or a path that the named checkpoint does not contain.
+    #[error("{what} not found in checkpoint {id}")]
+    NotInCheckpoint { id: String, what: String },
+
+    /// Checksum mismatch, truncated or undecodable data, or a format this reader does not know.
+    #[error("corrupt checkpoint store: {what}")]
+    Corrupt { what: String },
+
+    /// An entry that would write outside the target or create something unsafe.
+    #[error("unsafe archive entry {path:?}: {reason}")]
+    UnsafeEntry { path: String, reason: String },
+
+    /// Another process holds the store's lock for longer than we were willing to wait.
+    #[error("checkpoint store {} is locked by another process", root.display())]
+    Locked { root: PathBuf },
+
+    /// The store is larger than the retention policy allows even after pruning.
+    #[error("checkpoint store needs {used} bytes but the quota is {limit} bytes")]
+    QuotaExceeded { used: u64, limit: u64 },
+
+    /// A request the engine refuses before touching anything (bad tree name, bad hint path).
+    #[error("invalid request: {what}")]
+    InvalidRequest { what: String },
+
+    /// The operating system refused an operation (disk full, permission denied, ...).
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl CheckpointError {
+    /// The stable error code (see docs/dev/contracts.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CheckpointError::NotFound { .. } | CheckpointError::NotInCheckpoint { .. } => "E203",
+            CheckpointError::Corrupt { .. } => "E620",
+            CheckpointError::UnsafeEntry { .. } => "E621",
+            CheckpointError::Locked { .. } => "E622",
+            CheckpointError::QuotaExceeded { .. } => "E623",
+            CheckpointError::InvalidRequest { .. } => "E100",
+            CheckpointError::Io { .. } => "E520",
+        }
+    }
+
+    pub(crate) fn corrupt(what: impl Into<String>) -> Self {
+        CheckpointError::Corrupt { what: what.into() }
+    }
+
+    pub(crate) fn unsafe_entry(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        CheckpointError::UnsafeEntry {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>) -> Self {
+        CheckpointError::InvalidRequest { what: what.into() }
+    }
+}
+
+/// Attaches the operation and path to an `io::Error` (`.io("read", &path)?`).
+pub(crate) trait IoContext<T> {
+    fn io(self, op: &'static str, path: &Path) -> Result<T, CheckpointError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn io(self, op: &'static str, path: &Path) -> Result<T, CheckpointError> {
+        self.map_err(|source| CheckpointError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;

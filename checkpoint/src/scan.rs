@@ -1,0 +1,377 @@
+//! Reading directory trees into records: full scans, single lstats, and parallel hashing
+//! that stores new content as it goes.
+//!
+//! Promises: symlinks are recorded as symlinks and never followed; sockets, fifos and
+//! devices in a tree are skipped; excluded paths are never descended into; a file that
+//! vanishes between the scan and the hash is left out (as if the scan had run a moment
+//! later); a file's recorded stat is the one taken around the read of the hashed content.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+
+use walkdir::WalkDir;
+
+use crate::codec::BlobId;
+use crate::entry::{RawKind, Record, bytes_path};
+use crate::error::{CheckpointError, IoContext, Result};
+use crate::exclude::Excludes;
+use crate::layer::{BlobKind, BlobMap, FrameBuilder, IN_MEMORY_BLOB_MAX, LayerSink};
+
+/// Files modified less than this long before a scan started are re-hashed by the next scan
+/// even if their stat is unchanged (timestamps are coarse; see "racy" in the format doc).
+pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+fn mtime_ns(m: &fs::Metadata) -> i64 {
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
+}
+
+fn ctime_ns(m: &fs::Metadata) -> i64 {
+    m.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.ctime_nsec())
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// A record from an lstat result; `None` for kinds a checkpoint does not capture.
+/// Files come back without content (to be hashed).
+pub fn record_from_meta(rel: &[u8], m: &fs::Metadata, abs: &Path) -> Result<Option<Record>> {
+    let ft = m.file_type();
+    let mode = m.mode() & 0o7777;
+    let base = Record {
+        path: rel.to_vec(),
+        kind: RawKind::Dir,
+        mode,
+        size: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        ino: 0,
+        racy: false,
+        content: None,
+        link: Vec::new(),
+    };
+    if ft.is_dir() {
+        // The inode lets a hinted parent notice a directory replaced by another one.
+        Ok(Some(Record {
+            ino: m.ino(),
+            ..base
+        }))
+    } else if ft.is_file() {
+        Ok(Some(Record {
+            kind: RawKind::File,
+            size: m.len(),
+            mtime_ns: mtime_ns(m),
+            ctime_ns: ctime_ns(m),
+            ino: m.ino(),
+            ..base
+        }))
+    } else if ft.is_symlink() {
+        let link = match fs::read_link(abs) {
+            Ok(l) => l.into_os_string().into_encoded_bytes(),
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => {
+                return Err(CheckpointError::Io {
+                    op: "read symlink",
+                    path: abs.to_path_buf(),
+                    source: e,
+                });
+            }
+        };
+        Ok(Some(Record {
+            kind: RawKind::Symlink,
+            size: link.len() as u64,
+            link,
+            ..base
+        }))
+    } else {
+        Ok(None)
+    }
+}
+
+/// lstat of one relative path; `None` if it does not exist or is not capturable.
+pub fn lstat_record(root: &Path, rel: &[u8]) -> Result<Option<Record>> {
+    let abs = root.join(bytes_path(rel));
+    match fs::symlink_metadata(&abs) {
+        Ok(m) => record_from_meta(rel, &m, &abs),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(CheckpointError::Io {
+            op: "stat",
+            path: abs,
+            source: e,
+        }),
+    }
+}
+
+fn rel_of(root: &Path, abs: &Path) -> Vec<u8> {
+    abs.strip_prefix(root)
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// All records at and below `rel_dir` (everything below the root when it is empty), sorted.
+pub fn scan_subtree(root: &Path, rel_dir: &[u8], excludes: &Excludes) -> Result<Vec<Record>> {
+    scan_subtree_with(root, rel_dir, excludes, &mut |_| Ok(()))
+}
+
+/// `scan_subtree`, calling `on_record` for each record as it is found (so hashing can start
+/// while the walk goes on).
+pub fn scan_subtree_with(
+    root: &Path,
+    rel_dir: &[u8],
+    excludes: &Excludes,
+    on_record: &mut dyn FnMut(&mut Record) -> Result<()>,
+) -> Result<Vec<Record>> {
+    let start = if rel_dir.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(bytes_path(rel_dir))
+    };
+    let walker = WalkDir::new(&start)
+        .follow_links(false)
+        .min_depth(usize::from(rel_dir.is_empty()))
+        .into_iter()
+        .filter_entry(|e| {
+            e.depth() == 0
+                || excludes.is_empty()
+                || !excludes.matches(&rel_of(root, e.path()), e.file_type().is_dir())
+        });
+    let mut out = Vec::new();
+    for e in walker {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                if err.io_error().is_some_and(is_gone) {
+                    continue;
+                }
+                let path = err.path().unwrap_or(&start).to_path_buf();
+                let source = err
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("filesystem loop"));
+                return Err(CheckpointError::Io {
+                    op: "scan",
+                    path,
+                    source,
+                });
+            }
+        };
+        let meta = match e.metadata() {
+            Ok(m) => m,
+            Err(err) if err.io_error().is_some_and(is_gone) => continue,
+            Err(err) => {
+                let source = err
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("stat failed"));
+                return Err(CheckpointError::Io {
+                    op: "stat",
+                    path: e.path().to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let rel = rel_of(root, e.path());
+        if let Some(mut r) = record_from_meta(&rel, &meta, e.path())? {
+            on_record(&mut r)?;
+            out.push(r);
+        }
+    }
+    out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Whether the stat fast path may reuse `prev`'s content for `now`.
+pub fn stat_unchanged(prev: &Record, now: &Record) -> bool {
+    prev.kind == RawKind::File
+        && now.kind == RawKind::File
+        && !prev.racy
+        && prev.content.is_some()
+        && prev.size == now.size
+        && prev.mtime_ns == now.mtime_ns
+        && prev.ctime_ns == now.ctime_ns
+        && prev.ino == now.ino
+}
+
+/// State shared by the hashing workers of one checkpoint.
+pub struct StoreSession<'a> {
+    pub index: &'a BlobMap,
+    pub claimed: Mutex<HashSet<BlobId>>,
+    pub sink: Mutex<LayerSink>,
+    pub new_bytes: AtomicU64,
+    pub hashed_files: AtomicU64,
+    pub t0_ns: i64,
+}
+
+impl StoreSession<'_> {
+    /// Whether this blob must be written (not in the store, not claimed by another worker).
+    pub fn claim(&self, blob: &BlobId) -> bool {
+        !self.index.contains(blob) && self.claimed.lock().expect("poisoned").insert(*blob)
+    }
+
+    fn unclaim(&self, blob: &BlobId) {
+        self.claimed.lock().expect("poisoned").remove(blob);
+    }
+}
+
+/// The outcome of hashing one file.
+pub struct Hashed {
+    pub content: BlobId,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub racy: bool,
+}
+
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+fn same_stat(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.len() == b.len()
+        && mtime_ns(a) == mtime_ns(b)
+        && ctime_ns(a) == ctime_ns(b)
+        && a.ino() == b.ino()
+}
+
+/// Hashes one file and stores its content if the store lacks it. `None`: the file is gone
+/// (or is no longer a regular file).
+fn hash_one(
+    path: &Path,
+    fb: &mut FrameBuilder,
+    buf: &mut Vec<u8>,
+    s: &StoreSession<'_>,
+) -> Result<Option<Hashed>> {
+    let mut file = match open_nofollow(path) {
+        Ok(f) => f,
+        Err(e) if is_gone(&e) || e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => {
+            return Err(CheckpointError::Io {
+                op: "open",
+                path: path.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    for attempt in 0..4 {
+        let before = file.metadata().io("stat", path)?;
+        if !before.file_type().is_file() {
+            return Ok(None);
+        }
+        if attempt > 0 {
+            file.seek(SeekFrom::Start(0)).io("seek", path)?;
+        }
+        let stable_last_try = attempt == 3;
+        let (content, after) = if before.len() <= IN_MEMORY_BLOB_MAX {
+            buf.clear();
+            file.read_to_end(buf).io("read", path)?;
+            let after = file.metadata().io("stat", path)?;
+            if (!same_stat(&before, &after) || buf.len() as u64 != after.len()) && !stable_last_try
+            {
+                continue;
+            }
+            let content = BlobId(*blake3::hash(buf).as_bytes());
+            if s.claim(&content) {
+                fb.add(&s.sink, content, BlobKind::Content, buf, false)?;
+                s.new_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+            (content, after)
+        } else {
+            let mut hasher = blake3::Hasher::new();
+            let mut len = 0u64;
+            let mut piece = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut piece).io("read", path)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&piece[..n]);
+                len += n as u64;
+            }
+            let after = file.metadata().io("stat", path)?;
+            if !same_stat(&before, &after) || len != after.len() {
+                if stable_last_try {
+                    return Err(CheckpointError::Io {
+                        op: "read",
+                        path: path.to_path_buf(),
+                        source: io::Error::other("the file keeps changing while it is read"),
+                    });
+                }
+                continue;
+            }
+            let content = BlobId(*hasher.finalize().as_bytes());
+            if s.claim(&content) {
+                file.seek(SeekFrom::Start(0)).io("seek", path)?;
+                let mut sink = s.sink.lock().expect("layer sink poisoned");
+                let ok = sink.append_stream(content, len, &mut file, &mut fb.compressor)?;
+                drop(sink);
+                if !ok {
+                    s.unclaim(&content);
+                    continue;
+                }
+                s.new_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            (content, after)
+        };
+        let mtime = mtime_ns(&after);
+        return Ok(Some(Hashed {
+            content,
+            mode: after.mode() & 0o7777,
+            size: after.len(),
+            mtime_ns: mtime,
+            ctime_ns: ctime_ns(&after),
+            ino: after.ino(),
+            racy: mtime >= s.t0_ns - RACY_WINDOW_NS || !same_stat(&before, &after),
+        }));
+    }
+    unreachable!("the last attempt always returns")
+}
+
+/// One file to hash: (tree index, relative path, absolute path).
+pub type HashJob = (usize, Vec<u8>, PathBuf);
+pub type HashResult = (usize, Vec<u8>, Option<Hashed>);
+
+/// A hashing worker: takes jobs until the channel closes (or another worker failed).
+pub fn hash_worker(
+    jobs: &Mutex<Receiver<HashJob>>,
+    abort: &AtomicBool,
+    s: &StoreSession<'_>,
+) -> Result<Vec<HashResult>> {
+    let mut fb = FrameBuilder::new()?;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        if abort.load(Ordering::Relaxed) {
+            break;
+        }
+        let job = jobs.lock().expect("job queue poisoned").recv();
+        let Ok((tree, rel, abs)) = job else { break };
+        match hash_one(&abs, &mut fb, &mut buf, s) {
+            Ok(h) => out.push((tree, rel, h)),
+            Err(e) => {
+                abort.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    }
+    fb.flush(&s.sink)?;
+    s.hashed_files
+        .fetch_add(out.len() as u64, Ordering::Relaxed);
+    Ok(out)
+}

@@ -1,0 +1,599 @@
+//! The store directory: opening it, its lock, reading manifests, and locating blobs.
+//!
+//! Layout (docs/formats/checkpoint.md): `store.json` (format marker), `lock` (flock),
+//! `manifests/<id>.manifest`, `layers/<blake3>.tar.zst` (index in a trailer), `tmp/`.
+//!
+//! Promises: a checkpoint exists exactly when its manifest file exists and verifies;
+//! `create` and `prune` hold the lock exclusively, every reader of layers holds it shared,
+//! so prune never deletes a layer under a reader or a writer. Waiting for the lock is
+//! bounded by `lock_wait` (default 60 s); after that the call fails with E622.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{BlobId, unescape_path};
+use crate::entry::{Record, bytes_path, decode_chunk, rel_bytes};
+use crate::error::{CheckpointError, IoContext, Result};
+use crate::layer::{BlobKind, BlobMap, LayerIndex, LayerReader, read_index};
+use crate::manifest::{CheckpointId, ChunkRef, Manifest, TreeManifest};
+use crate::{Entry, EntryKind};
+
+const STORE_FORMAT: &str = "parhelia-checkpoint-store";
+const STORE_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct StoreMarker {
+    format: String,
+    version: u32,
+}
+
+/// One session's checkpoint store (a directory). Cheap to share between threads.
+pub struct Store {
+    pub(crate) root: PathBuf,
+    pub(crate) layers_dir: PathBuf,
+    pub(crate) manifests_dir: PathBuf,
+    pub(crate) tmp_dir: PathBuf,
+    lock_wait: Duration,
+    pub(crate) threads: usize,
+    /// The blob map over every complete layer, refreshed incrementally under the lock.
+    index_cache: Mutex<Option<IndexCache>>,
+    pub(crate) fail_point: Mutex<Option<String>>,
+}
+
+struct IndexCache {
+    layers: BTreeSet<BlobId>,
+    map: BlobMap,
+}
+
+/// A list entry: what `parhelia checkpoint list` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub id: CheckpointId,
+    pub parent: Option<CheckpointId>,
+    pub created_at_ms: i64,
+    pub trigger: String,
+    pub message: Option<String>,
+    /// Regular files across all trees and the sum of their sizes.
+    pub file_count: u64,
+    pub total_bytes: u64,
+    /// Uncompressed bytes of file content this checkpoint stored (content the store lacked).
+    pub new_bytes: u64,
+    pub metadata: serde_json::Value,
+}
+
+impl Summary {
+    pub(crate) fn of(m: &Manifest) -> Summary {
+        Summary {
+            id: m.id.clone(),
+            parent: m.parent.clone(),
+            created_at_ms: m.created_at_ms,
+            trigger: m.trigger.clone(),
+            message: m.message.clone(),
+            file_count: m.file_count(),
+            total_bytes: m.total_bytes(),
+            new_bytes: m.stats.new_bytes,
+            metadata: m.metadata.clone(),
+        }
+    }
+}
+
+/// Phase timings on stderr when `PARHELIA_CHECKPOINT_TRACE` is set (for profiling the
+/// benchmark; never on by default).
+pub(crate) struct PhaseTrace {
+    start: Option<Instant>,
+}
+
+impl PhaseTrace {
+    pub fn new() -> Self {
+        PhaseTrace {
+            start: std::env::var_os("PARHELIA_CHECKPOINT_TRACE").map(|_| Instant::now()),
+        }
+    }
+
+    pub fn mark(&self, what: &str) {
+        if let Some(s) = self.start {
+            eprintln!(
+                "parhelia-checkpoint: {:>8.2} ms {what}",
+                s.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A held store lock; released on drop.
+pub(crate) struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating it if missing.
+    pub fn open(root: &Path) -> Result<Store> {
+        fs::create_dir_all(root).io("create store", root)?;
+        let marker_path = root.join("store.json");
+        let mut created = false;
+        match fs::read(&marker_path) {
+            Ok(data) => {
+                let marker: StoreMarker = serde_json::from_slice(&data).map_err(|e| {
+                    CheckpointError::corrupt(format!("store.json is unreadable: {e}"))
+                })?;
+                if marker.format != STORE_FORMAT
+                    || marker.version == 0
+                    || marker.version > STORE_VERSION
+                {
+                    return Err(CheckpointError::corrupt(format!(
+                        "store.json names format {} version {}, this reader knows {STORE_FORMAT} 1..={STORE_VERSION}",
+                        marker.format, marker.version
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let marker = StoreMarker {
+                    format: STORE_FORMAT.into(),
+                    version: STORE_VERSION,
+                };
+                let tmp = root.join(format!("store.json.{}.tmp", std::process::id()));
+                crate::layer::write_file_synced(
+                    &tmp,
+                    &serde_json::to_vec_pretty(&marker).expect("serializes"),
+                )?;
+                fs::rename(&tmp, &marker_path).io("rename", &marker_path)?;
+                created = true;
+            }
+            Err(e) => {
+                return Err(CheckpointError::Io {
+                    op: "read",
+                    path: marker_path,
+                    source: e,
+                });
+            }
+        }
+        let store = Store {
+            root: root.to_path_buf(),
+            layers_dir: root.join("layers"),
+            manifests_dir: root.join("manifests"),
+            tmp_dir: root.join("tmp"),
+            lock_wait: Duration::from_secs(60),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(1, 16),
+            index_cache: Mutex::new(None),
+            fail_point: Mutex::new(None),
+        };
+        for d in [&store.layers_dir, &store.manifests_dir, &store.tmp_dir] {
+            fs::create_dir_all(d).io("create store directory", d)?;
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("lock"))
+            .io("create lock file", root)?;
+        if created {
+            crate::layer::sync_dir(root)?;
+        }
+        Ok(store)
+    }
+
+    /// How long `create`, `prune` and readers of layers wait for the store lock before E622
+    /// (`Duration::ZERO`: fail at once).
+    pub fn with_lock_wait(mut self, wait: Duration) -> Store {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Worker threads for hashing, compression and restore (default: available cores).
+    pub fn with_threads(mut self, threads: usize) -> Store {
+        self.threads = threads.max(1);
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Test hook: makes `create` fail at a named point, simulating a crash there. Both
+    /// "before_manifest" and "before_manifest_rename" stop after the new layers are durable
+    /// and the manifest's temp file is written, before the rename that commits it.
+    #[doc(hidden)]
+    pub fn inject_failure(&self, point: Option<&str>) {
+        *self.fail_point.lock().expect("poisoned") = point.map(str::to_string);
+    }
+
+    pub(crate) fn check_fail_point(&self, point: &str) -> Result<()> {
+        if self.fail_point.lock().expect("poisoned").as_deref() == Some(point) {
+            return Err(CheckpointError::Io {
+                op: "simulated crash at",
+                path: PathBuf::from(point),
+                source: std::io::Error::other("injected failure"),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn lock(&self, exclusive: bool) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .io("open lock file", &path)?;
+        let start = Instant::now();
+        loop {
+            let r = if exclusive {
+                file.try_lock()
+            } else {
+                file.try_lock_shared()
+            };
+            match r {
+                Ok(()) => return Ok(StoreLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if start.elapsed() >= self.lock_wait {
+                        return Err(CheckpointError::Locked {
+                            root: self.root.clone(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(CheckpointError::Io {
+                        op: "lock",
+                        path,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    pub(crate) fn manifest_path(&self, id: &CheckpointId) -> PathBuf {
+        self.manifests_dir.join(format!("{}.manifest", id.as_str()))
+    }
+
+    /// Checkpoint ids with a manifest file, oldest first (not yet verified).
+    pub(crate) fn manifest_ids(&self) -> Result<Vec<CheckpointId>> {
+        let mut ids = Vec::new();
+        for e in fs::read_dir(&self.manifests_dir).io("list", &self.manifests_dir)? {
+            let e = e.io("list", &self.manifests_dir)?;
+            let name = e.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".manifest")) else {
+                continue;
+            };
+            if let Ok(id) = CheckpointId::parse(stem) {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Loads and checksum-verifies a manifest (E203 if missing, E620 if damaged).
+    pub fn load(&self, id: &CheckpointId) -> Result<Manifest> {
+        let id = CheckpointId::parse(id.as_str())?;
+        let path = self.manifest_path(&id);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CheckpointError::NotFound { id: id.0 });
+            }
+            Err(e) => {
+                return Err(CheckpointError::Io {
+                    op: "read manifest",
+                    path,
+                    source: e,
+                });
+            }
+        };
+        let m = Manifest::decode(&data)?;
+        if m.id != id {
+            return Err(CheckpointError::corrupt(format!(
+                "manifest {} holds checkpoint {}",
+                id, m.id
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Every readable checkpoint, oldest first. Manifests that fail their checksum are
+    /// skipped here (`load`/`verify` report them with E620).
+    pub fn list(&self) -> Result<Vec<Summary>> {
+        let mut out = Vec::new();
+        for id in self.manifest_ids()? {
+            match self.load(&id) {
+                Ok(m) => out.push(Summary::of(&m)),
+                Err(CheckpointError::Corrupt { .. } | CheckpointError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest readable checkpoint.
+    pub fn latest(&self) -> Result<Option<Summary>> {
+        Ok(self.latest_manifest()?.map(|m| Summary::of(&m)))
+    }
+
+    pub(crate) fn latest_manifest(&self) -> Result<Option<Manifest>> {
+        for id in self.manifest_ids()?.iter().rev() {
+            match self.load(id) {
+                Ok(m) => return Ok(Some(m)),
+                Err(CheckpointError::Corrupt { .. } | CheckpointError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Layer files present in `layers/` (complete: they are renamed in only once durable).
+    pub(crate) fn complete_layers(&self) -> Result<BTreeSet<BlobId>> {
+        let mut out = BTreeSet::new();
+        for e in fs::read_dir(&self.layers_dir).io("list", &self.layers_dir)? {
+            let e = e.io("list", &self.layers_dir)?;
+            let name = e.file_name();
+            if let Some(h) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".tar.zst"))
+                .and_then(BlobId::from_hex)
+            {
+                out.insert(h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The blob map over every complete layer (for dedup in `create`). Layers whose index
+    /// fails its checksum are left out, so their content is simply stored again.
+    pub(crate) fn global_index(&self) -> Result<BlobMap> {
+        let layers = self.complete_layers()?;
+        let mut cache = self.index_cache.lock().expect("index cache poisoned");
+        let reusable = cache.as_ref().is_some_and(|c| c.layers.is_subset(&layers));
+        if !reusable {
+            *cache = Some(IndexCache {
+                layers: BTreeSet::new(),
+                map: BlobMap::default(),
+            });
+        }
+        let c = cache.as_mut().expect("just set");
+        for l in layers.difference(&c.layers.clone()) {
+            if let Ok(index) = read_index(&self.layers_dir, l) {
+                c.map.add(index);
+            }
+            c.layers.insert(*l);
+        }
+        Ok(c.map.clone())
+    }
+
+    pub(crate) fn remember_layers(&self, new_layers: &[LayerIndex]) {
+        let mut cache = self.index_cache.lock().expect("index cache poisoned");
+        if let Some(c) = cache.as_mut() {
+            for l in new_layers {
+                if c.layers.insert(l.layer) {
+                    c.map.add(l.to_raw());
+                }
+            }
+        }
+    }
+
+    pub(crate) fn forget_index_cache(&self) {
+        *self.index_cache.lock().expect("index cache poisoned") = None;
+    }
+
+    /// The blob map over the given layers of a manifest, read from their index files.
+    pub(crate) fn blob_map_for(&self, layers: &[BlobId]) -> Result<BlobMap> {
+        let mut map = BlobMap::default();
+        for l in layers {
+            let index = read_index(&self.layers_dir, l).map_err(|e| match e {
+                CheckpointError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    CheckpointError::corrupt(format!("layer {} is missing", l.to_hex()))
+                }
+                e => e,
+            })?;
+            map.add(index);
+        }
+        Ok(map)
+    }
+
+    /// The layers one tree of a manifest needs.
+    pub(crate) fn tree_layers(m: &Manifest, tree: &TreeManifest) -> Vec<BlobId> {
+        let set: BTreeSet<u32> = tree
+            .chunks
+            .iter()
+            .flat_map(|c| c.layers.iter().copied())
+            .collect();
+        set.into_iter().map(|i| m.layers[i as usize]).collect()
+    }
+
+    /// Decoded records of one tree, with every chunk checked against its ref.
+    pub(crate) fn tree_records(
+        &self,
+        tree: &TreeManifest,
+        loader: &mut ChunkLoader<'_>,
+    ) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(tree.entry_count as usize);
+        for c in &tree.chunks {
+            out.extend(loader.load(c)?);
+        }
+        Ok(out)
+    }
+
+    fn find_tree<'m>(m: &'m Manifest, tree: &str) -> Result<&'m TreeManifest> {
+        m.tree(tree)
+            .ok_or_else(|| CheckpointError::NotInCheckpoint {
+                id: m.id.0.clone(),
+                what: format!("tree {tree:?}"),
+            })
+    }
+
+    /// Every entry of one tree of a checkpoint, sorted by path.
+    pub fn entries(&self, id: &CheckpointId, tree: &str) -> Result<Vec<Entry>> {
+        let _lock = self.lock(false)?;
+        let m = self.load(id)?;
+        let t = Self::find_tree(&m, tree)?;
+        let map = self.blob_map_for(&Self::tree_layers(&m, t))?;
+        let mut loader = ChunkLoader::new(&self.layers_dir, &map);
+        Ok(self
+            .tree_records(t, &mut loader)?
+            .iter()
+            .map(Record::to_entry)
+            .collect())
+    }
+
+    /// Checks a checkpoint end to end: the manifest's checksum, every layer it needs
+    /// (whole-file blake3 and size), every layer index, every entry chunk, that every file's
+    /// content is indexed, and that no entry is unsafe to restore.
+    pub fn verify(&self, id: &CheckpointId) -> Result<()> {
+        let _lock = self.lock(false)?;
+        let m = self.load(id)?;
+        for t in &m.trees {
+            self.prepare_tree(&m, t)?;
+        }
+        Ok(())
+    }
+
+    /// Verifies what restoring one tree needs and returns its records and blob map.
+    pub(crate) fn prepare_tree(
+        &self,
+        m: &Manifest,
+        t: &TreeManifest,
+    ) -> Result<(Vec<Record>, BlobMap)> {
+        let layers = Self::tree_layers(m, t);
+        let map = self.blob_map_for(&layers)?;
+        for (l, size) in map.layers() {
+            crate::layer::verify_layer(&self.layers_dir, &l, size)?;
+        }
+        let mut loader = ChunkLoader::new(&self.layers_dir, &map);
+        let records = self.tree_records(t, &mut loader)?;
+        crate::entry::validate_tree(&records)?;
+        for r in &records {
+            if let Some(c) = &r.content {
+                match map.get(c) {
+                    Some((_, e)) if e.kind == BlobKind::Content && e.len == r.size => {}
+                    Some(_) => {
+                        return Err(CheckpointError::corrupt(format!(
+                            "content of {:?} does not match its index entry",
+                            String::from_utf8_lossy(&r.path)
+                        )));
+                    }
+                    None => {
+                        return Err(CheckpointError::corrupt(format!(
+                            "content of {:?} is missing from the store",
+                            String::from_utf8_lossy(&r.path)
+                        )));
+                    }
+                }
+            }
+        }
+        Ok((records, map))
+    }
+
+    /// The content of one file (or a symlink's target) in a checkpoint.
+    pub fn read_file(&self, id: &CheckpointId, tree: &str, path: &Path) -> Result<Vec<u8>> {
+        let _lock = self.lock(false)?;
+        let m = self.load(id)?;
+        self.read_file_in(&m, tree, path)
+    }
+
+    pub(crate) fn read_file_in(&self, m: &Manifest, tree: &str, path: &Path) -> Result<Vec<u8>> {
+        let t = Self::find_tree(m, tree)?;
+        let rel = rel_bytes(path)?;
+        let not_found = || CheckpointError::NotInCheckpoint {
+            id: m.id.0.clone(),
+            what: format!("{}:{}", tree, path.display()),
+        };
+        let map = self.blob_map_for(&Self::tree_layers(m, t))?;
+        let mut loader = ChunkLoader::new(&self.layers_dir, &map);
+        let Some(ci) = covering_chunk(&t.chunks, &rel)? else {
+            return Err(not_found());
+        };
+        let records = loader.load(&t.chunks[ci])?;
+        let r = records
+            .iter()
+            .find(|r| r.path == rel)
+            .ok_or_else(not_found)?;
+        let e = r.to_entry();
+        match e.kind {
+            EntryKind::File => loader.read_content(r.content.as_ref().expect("files have content")),
+            EntryKind::Symlink => Ok(r.link.clone()),
+            EntryKind::Dir => Err(CheckpointError::invalid(format!(
+                "{} is a directory",
+                bytes_path(&rel).display()
+            ))),
+        }
+    }
+}
+
+/// Index of the chunk whose range covers `key` (the last chunk whose first path ≤ key).
+pub(crate) fn covering_chunk(chunks: &[ChunkRef], key: &[u8]) -> Result<Option<usize>> {
+    if chunks.is_empty() {
+        return Ok(None);
+    }
+    let firsts: Vec<Vec<u8>> = chunks
+        .iter()
+        .map(|c| unescape_path(&c.first))
+        .collect::<Result<_>>()?;
+    let n = firsts.partition_point(|f| f.as_slice() <= key);
+    Ok(Some(n.saturating_sub(1)))
+}
+
+/// Loads chunk blobs (and file contents) through a blob map, keeping layers open.
+pub(crate) struct ChunkLoader<'a> {
+    layers_dir: &'a Path,
+    map: &'a BlobMap,
+    readers: HashMap<BlobId, LayerReader>,
+}
+
+impl<'a> ChunkLoader<'a> {
+    pub fn new(layers_dir: &'a Path, map: &'a BlobMap) -> Self {
+        ChunkLoader {
+            layers_dir,
+            map,
+            readers: HashMap::new(),
+        }
+    }
+
+    fn read_blob(&mut self, blob: &BlobId, what: &str) -> Result<Vec<u8>> {
+        let (layer, entry) = self.map.get(blob).ok_or_else(|| {
+            CheckpointError::corrupt(format!("{what} {blob} is missing from the store"))
+        })?;
+        if !self.readers.contains_key(&layer) {
+            let r = LayerReader::open(self.layers_dir, &layer)?;
+            self.readers.insert(layer, r);
+        }
+        self.readers
+            .get_mut(&layer)
+            .expect("inserted")
+            .read_blob(&entry)
+    }
+
+    pub fn load(&mut self, c: &ChunkRef) -> Result<Vec<Record>> {
+        let data = self.read_blob(&c.blob, "entry chunk")?;
+        let records = decode_chunk(&data)?;
+        let first = unescape_path(&c.first)?;
+        if records.len() as u64 != c.entries
+            || records.first().map(|r| r.path.as_slice()) != Some(first.as_slice())
+        {
+            return Err(CheckpointError::corrupt(format!(
+                "entry chunk {} does not match the manifest",
+                c.blob
+            )));
+        }
+        Ok(records)
+    }
+
+    pub fn read_content(&mut self, blob: &BlobId) -> Result<Vec<u8>> {
+        self.read_blob(blob, "file content")
+    }
+}
