@@ -220,10 +220,11 @@ pub fn take_checkpoint(
                 full_scan,
             },
         };
-        if !summary.skipped && paths.has_retention() {
-            if let Err(e) = store.prune(&paths.retention) {
-                tracing::warn!(error = %e, "pruning the checkpoint store failed; nothing was removed");
-            }
+        if !summary.skipped
+            && paths.has_retention()
+            && let Err(e) = store.prune(&paths.retention)
+        {
+            tracing::warn!(error = %e, "pruning the checkpoint store failed; nothing was removed");
         }
         Ok(summary)
     })();

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use parhelia_proto::coordinator_server::{Coordinator, CoordinatorServer};
 use parhelia_proto::{
-    CancelTaskRequest, CancelTaskResponse, DeleteTasksRequest, DeleteTasksResponse,
-    DispatchTasksRequest, DispatchTasksResponse, PingRequest, PingResponse, RetryTaskRequest,
+    CancelTaskRequest, CancelTaskResponse, CheckpointSessionRequest, CheckpointSessionResponse,
+    DeleteTasksRequest, DeleteTasksResponse, DispatchTasksRequest, DispatchTasksResponse,
+    PingRequest, PingResponse, ResumeSessionRequest, ResumeSessionResponse, RetryTaskRequest,
     RetryTaskResponse, RunReconcilerRequest, RunReconcilerResponse, ShutdownRequest,
     ShutdownResponse, SubmitTaskRequest, SubmitTaskResponse, TerminateContainerRequest,
     TerminateContainerResponse,
@@ -133,6 +134,27 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<CancelTaskResponse>, Status> {
         let r = request.into_inner();
         CoordinatorService::cancel_task(self, &r.task_id, &r.reason)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn resume_session(
+        &self,
+        request: Request<ResumeSessionRequest>,
+    ) -> Result<Response<ResumeSessionResponse>, Status> {
+        CoordinatorService::resume_session(self, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn checkpoint_session(
+        &self,
+        request: Request<CheckpointSessionRequest>,
+    ) -> Result<Response<CheckpointSessionResponse>, Status> {
+        let r = request.into_inner();
+        CoordinatorService::checkpoint_session(self, &r.session_id, &r.message)
             .await
             .map(Response::new)
             .map_err(to_status)

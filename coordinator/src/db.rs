@@ -567,6 +567,49 @@ impl Db {
         Ok(number)
     }
 
+    /// A resume or rollback: the session continues on a new container, which
+    /// becomes the task's current one (so the old container's late
+    /// `SessionFinished` no longer moves the task), and the task runs again.
+    pub fn begin_resume(
+        &self,
+        task_id: &str,
+        session_id: &str,
+        container_id: &str,
+        heartbeat_interval_ms: Option<i64>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let (status, backend): (String, String) = tx.query_row(
+            "SELECT status, backend FROM tasks WHERE id = ?1",
+            [task_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if status != TaskStatus::Running.as_str() {
+            transition_task_in(&tx, task_id, TaskStatus::Running, &TaskUpdate::default())?;
+        }
+        tx.execute(
+            "INSERT INTO containers (id, session_id, task_id, backend, state, heartbeat_interval_ms,
+                                     created_at_ms, state_changed_at_ms)
+             VALUES (?1, ?2, ?3, ?4, 'created', ?5, ?6, ?6)",
+            params![container_id, session_id, task_id, backend, heartbeat_interval_ms, now],
+        )?;
+        tx.execute(
+            "UPDATE tasks SET container_id = ?2, error_code = NULL, error_message = NULL,
+                              finished_at_ms = NULL, updated_at_ms = ?3
+             WHERE id = ?1",
+            params![task_id, container_id, now],
+        )?;
+        tx.execute(
+            "UPDATE sessions SET status = 'starting', outcome = NULL, finished_at_ms = NULL,
+                                 resume_checkpoint_id = NULL
+             WHERE id = ?1",
+            [session_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Moves a task to `to` through the state machine (E603 when illegal).
     pub fn transition_task(
         &self,
@@ -1139,12 +1182,18 @@ fn apply_event_effects(
         Some(Kind::SessionFinished(finished)) => {
             // A late event from an earlier attempt (the task was retried)
             // finishes its own session, never the task's current one.
-            let current_session: Option<String> = tx.query_row(
-                "SELECT session_id FROM tasks WHERE id = ?1",
-                [&target.task_id],
-                |r| r.get(0),
-            )?;
-            let is_current = current_session.as_deref() == Some(target.session_id.as_str());
+            // Likewise a container replaced by a resume or rollback of the
+            // same session: only the task's current container drives it.
+            let (current_session, current_container): (Option<String>, Option<String>) = tx
+                .query_row(
+                    "SELECT session_id, container_id FROM tasks WHERE id = ?1",
+                    [&target.task_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+            let is_current = current_session.as_deref() == Some(target.session_id.as_str())
+                && current_container
+                    .as_deref()
+                    .is_none_or(|c| c == target.container_id);
             let outcome =
                 SessionOutcome::try_from(finished.outcome).unwrap_or(SessionOutcome::Unspecified);
             let status = task_state::status_for_outcome(outcome);
@@ -1446,9 +1495,10 @@ mod tests {
         assert_eq!(task.result.as_deref(), Some("hi"));
         assert!(task.finished_at_ms.is_some());
         assert!(db.containers_to_follow().unwrap().is_empty());
-        // A completed/failed task never moves again.
+        // A failed task does not move by itself: a late event cannot finish
+        // it again (only a retry or a resume moves it, through their own paths).
         let err = db
-            .transition_task(&target.task_id, TaskStatus::Running, &TaskUpdate::default())
+            .transition_task(&target.task_id, TaskStatus::Completed, &TaskUpdate::default())
             .unwrap_err();
         assert_eq!(crate::error::find_coded(&err).unwrap().code.code, "E603");
     }

@@ -164,6 +164,12 @@ error_codes! {
         recover: "Run `parhelia help codes` for the list of error codes, or `parhelia help` for the commands.",
     }
 
+    CHECKPOINT_NOT_FOUND = "E205" "CHECKPOINT_NOT_FOUND" {
+        what: "No such checkpoint.",
+        why: "The id names no checkpoint in any session's store here, or the session has no checkpoint yet.",
+        recover: "Run `parhelia checkpoint list` (or `parhelia checkpoint list SESSION_ID`) to see the checkpoint ids.",
+    }
+
     // E3xx: budget.
     BUDGET_EXCEEDED = "E300" "BUDGET_EXCEEDED" {
         what: "The session stopped because it reached its budget.",
@@ -236,6 +242,12 @@ error_codes! {
         recover: "Install bubblewrap (`apt-get install bubblewrap`), or set `PARHELIA_ISOLATION=none` (or `auto`) to run without isolation.",
     }
 
+    CHECKPOINT_IO_FAILED = "E520" "CHECKPOINT_IO_FAILED" {
+        what: "A checkpoint could not be read or written.",
+        why: "The session's volume failed: the disk is full, a file is unreadable, or permissions changed.",
+        recover: "Free space on the volume (`parhelia checkpoint list` shows sizes; retention settings prune), then try again. Earlier checkpoints are untouched.",
+    }
+
     // E6xx: operations.
     CLAUDE_CODE_ERROR_RESULT = "E600" "CLAUDE_CODE_ERROR_RESULT" {
         what: "Claude Code finished with an error result.",
@@ -266,6 +278,26 @@ error_codes! {
         what: "The task has not ended.",
         why: "Only ended tasks (completed, failed, cancelled, interrupted) whose containers are gone can be deleted.",
         recover: "Cancel it first with `parhelia task cancel TASK_ID`, or wait for it to end.",
+    }
+    CHECKPOINT_CORRUPT = "E620" "CHECKPOINT_CORRUPT" {
+        what: "The checkpoint is damaged.",
+        why: "A checksum did not match: a layer or the manifest was truncated or altered on the volume.",
+        recover: "Nothing was changed. Pick an older checkpoint (`parhelia checkpoint list SESSION_ID`); checkpoints that do not share the damaged data still restore.",
+    }
+    CHECKPOINT_UNSAFE = "E621" "CHECKPOINT_UNSAFE" {
+        what: "The checkpoint contains an unsafe entry.",
+        why: "An entry would write outside the workspace (`..`, an absolute path, a link leading out) or is a device file.",
+        recover: "Nothing was written. Do not restore this checkpoint; report how it was produced.",
+    }
+    CHECKPOINT_BUSY = "E622" "CHECKPOINT_BUSY" {
+        what: "The checkpoint store is busy.",
+        why: "Another process holds the store's lock (a checkpoint or a prune is running).",
+        recover: "Try again in a moment.",
+    }
+    CHECKPOINT_QUOTA = "E623" "CHECKPOINT_QUOTA" {
+        what: "The checkpoint store is over its quota.",
+        why: "`max_store_bytes` would be exceeded even after pruning what the retention policy allows.",
+        recover: "Raise the quota or shorten retention in `.parhelia/config.toml`, or delete old sessions.",
     }
 }
 

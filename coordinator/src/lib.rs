@@ -6,8 +6,8 @@
 //! Adapters around it: [`db`] (SQLite), [`backend`] (processes and files),
 //! [`agent_client`] and [`ingest`] (the agents' gRPC streams and journals),
 //! [`service`] (the operations every front end calls), [`reconciler`] (the
-//! reconcile step's inputs and actions), [`recovery`] (the checkpoint and
-//! resume hooks), [`daemon`] (the coordinator process
+//! reconcile step's inputs and actions), [`recovery`] and [`checkpoints`] (resume and the
+//! sessions' checkpoint stores), [`daemon`] (the coordinator process
 //! and its socket), [`coordinator_client`], [`watch`], [`doctor`] and
 //! [`cli`] (the front end). `docs/dev/contracts.md` fixes the seams with the
 //! agent.
@@ -15,6 +15,7 @@
 pub mod agent_client;
 pub mod backend;
 pub mod binaries;
+pub mod checkpoints;
 pub mod cli;
 pub mod config;
 pub mod container_state;

@@ -174,6 +174,10 @@ pub struct SessionRequest {
     pub model: Option<String>,
     pub max_turns: Option<u32>,
     pub interactive: bool,
+    /// Continue the session's Claude Code conversation (`--resume`).
+    pub resume: bool,
+    /// The checkpoint the agent restores first (resume, rollback).
+    pub restore_checkpoint: Option<String>,
 }
 
 /// The spec a local launch writes.
@@ -196,7 +200,7 @@ pub fn agent_spec(
             SpecMode::Headless
         },
         claude_session_id: ids.claude_session_id.clone(),
-        resume: false,
+        resume: request.resume,
         model: request.model.clone().filter(|m| !m.is_empty()),
         max_turns: request.max_turns.filter(|n| *n > 0),
         claude_bin: claude_bin.to_path_buf(),
@@ -208,6 +212,7 @@ pub fn agent_spec(
         heartbeat_interval_ms: timing.heartbeat_interval_ms,
         linger_after_finish_ms: timing.linger_after_finish_ms,
         stop_grace_ms: timing.stop_grace_ms,
+        restore_checkpoint: request.restore_checkpoint.clone(),
     }
 }
 
@@ -294,6 +299,8 @@ mod tests {
             model: Some(String::new()),
             max_turns: Some(0),
             interactive: false,
+            resume: false,
+            restore_checkpoint: None,
         };
         let spec = agent_spec(
             &request,

@@ -13,10 +13,9 @@
 //! (`crate::checkpoints::open_store(volume)?.latest()`) once that module is
 //! settled.
 //!
-//! HOOK (resume): [`resume_available`] is false, and
-//! `CoordinatorService::request_resume` (`service.rs`) records that an
-//! automatic resume was requested but not executed, with a warning and a
-//! `resume_unavailable` event. Wire the real resume launch there.
+//! Resume: `CoordinatorService::resume_session` (`service.rs`) launches the
+//! fresh container; the reconciler's automatic resume goes through
+//! `CoordinatorService::request_resume`, which calls it.
 
 use std::path::Path;
 
@@ -79,7 +78,7 @@ fn checkpoint_id_prefix(name: &str) -> Option<String> {
 
 /// Whether this build can resume a session on a fresh container.
 pub fn resume_available() -> bool {
-    false
+    true
 }
 
 #[cfg(test)]
@@ -107,6 +106,5 @@ mod tests {
             latest_in_store(tmp.path()).as_deref(),
             Some("cp-1700000000500-ffffffff")
         );
-        assert!(!resume_available());
     }
 }

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use parhelia_proto::{
-    CancelTaskResponse, DeleteTasksResponse, DispatchTasksResponse, DispatchedTask, QueuedTask,
-    RetryTaskResponse, StopRequest, SubmitTaskRequest, SubmitTaskResponse, TaskFailure,
-    TerminateContainerResponse,
+    CancelTaskResponse, CheckpointSessionResponse, DeleteTasksResponse, DispatchTasksResponse,
+    DispatchedTask, QueuedTask, ResumeSessionRequest, ResumeSessionResponse, RetryTaskResponse,
+    StopRequest, SubmitTaskRequest, SubmitTaskResponse, TaskFailure, TerminateContainerResponse,
 };
 use tokio::sync::watch;
 
@@ -28,6 +28,7 @@ use crate::agent_client::connect_agent;
 use crate::backend::isolation::{self, ISOLATION_ENV};
 use crate::backend::{Backend, LaunchRequest};
 use crate::binaries::resolve_claude_bin;
+use crate::checkpoints;
 use crate::config::Config;
 use crate::container_state::ContainerState;
 use crate::db::{ContainerRef, Db, NewAttempt, NewCoordinatorEvent, NewTask, TaskUpdate};
@@ -608,6 +609,8 @@ impl CoordinatorService {
                 model: task.model.clone(),
                 max_turns: task.max_turns,
                 interactive: task.mode == "interactive",
+                resume: false,
+                restore_checkpoint: None,
             },
             workspace_source,
             claude_bin: resolved.claude_bin,
@@ -800,6 +803,271 @@ impl CoordinatorService {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `resume` and `checkpoint rollback`: the session continues on a fresh
+    /// container from a checkpoint (default: its latest). The checkpoint is
+    /// verified here first, so a damaged one changes nothing (E620). The new
+    /// container becomes the task's current one before a live old one is
+    /// stopped (its agent takes a final checkpoint on Stop), so the old
+    /// container's end does not move the task. The new agent saves whatever
+    /// the workspace holds (a safety checkpoint: a rollback can be undone),
+    /// restores the checkpoint and continues the same Claude conversation.
+    pub async fn resume_session(&self, r: ResumeSessionRequest) -> Result<ResumeSessionResponse> {
+        let db = &self.inner.db;
+        let session = db.get_session(&r.session_id)?.ok_or_else(|| {
+            coded(
+                error_codes::SESSION_NOT_FOUND,
+                format!("session not found: {}", r.session_id),
+            )
+        })?;
+        let task = db
+            .get_task(&session.task_id)?
+            .with_context(|| format!("the task of session {} is gone", session.id))?;
+        if task.session_id.as_deref() != Some(session.id.as_str()) {
+            return Err(coded(
+                error_codes::INVALID_INPUT,
+                format!(
+                    "session {} is an earlier attempt of {}; resume its latest session {}",
+                    session.id,
+                    task.id,
+                    task.session_id.as_deref().unwrap_or("(none)")
+                ),
+            ));
+        }
+        if task.status == TaskStatus::Pending {
+            return Err(coded(
+                error_codes::ILLEGAL_TRANSITION,
+                format!(
+                    "task {} is queued for a new attempt; cancel it before resuming its old session",
+                    task.id
+                ),
+            ));
+        }
+
+        // The checkpoint, verified before anything changes.
+        let volume = PathBuf::from(&session.volume_dir);
+        let checkpoint_id = {
+            let store = checkpoints::open_store(&volume)?.ok_or_else(|| {
+                coded(
+                    error_codes::CHECKPOINT_NOT_FOUND,
+                    format!("session {} has no checkpoint to resume from", session.id),
+                )
+            })?;
+            let id = if r.checkpoint_id.trim().is_empty() {
+                store
+                    .latest()
+                    .map_err(|e| checkpoints::coded(&e))?
+                    .map(|s| s.id)
+                    .ok_or_else(|| {
+                        coded(
+                            error_codes::CHECKPOINT_NOT_FOUND,
+                            format!("session {} has no checkpoint to resume from", session.id),
+                        )
+                    })?
+            } else {
+                checkpoints::parse_id(r.checkpoint_id.trim())?
+            };
+            store.verify(&id).map_err(|e| {
+                let mut err = checkpoints::coded(&e);
+                if err.code == error_codes::CHECKPOINT_NOT_FOUND {
+                    err.message =
+                        format!("checkpoint {id} is not in session {}'s store", session.id);
+                }
+                err
+            })?;
+            id.to_string()
+        };
+
+        let env: HashMap<String, String> = r.env.clone().into_iter().collect();
+        let resolved = self.resolve_launch(&env)?;
+        let secret = db
+            .session_secret(&session.id)?
+            .context("the session has no secret")?;
+        let was_interrupted = task.status == TaskStatus::Interrupted;
+        let old = match (&session.container_id, session.container_state) {
+            (Some(id), Some(state)) if state.is_active() => Some(ContainerRef {
+                container_id: id.clone(),
+                session_id: session.id.clone(),
+                task_id: task.id.clone(),
+            }),
+            _ => None,
+        };
+
+        let container_id = ids::new_container_id();
+        db.begin_resume(
+            &task.id,
+            &session.id,
+            &container_id,
+            Some(self.inner.config.agent.heartbeat_interval_ms as i64),
+        )?;
+        self.attend(&container_id);
+        let mut response = ResumeSessionResponse {
+            task_id: task.id.clone(),
+            session_id: session.id.clone(),
+            container_id: container_id.clone(),
+            checkpoint_id: checkpoint_id.clone(),
+            stopped_container_id: String::new(),
+        };
+        if let Some(old) = &old {
+            // Two agents must never write one workspace: the old one goes first.
+            let reason = if r.rollback { "rollback" } else { "resume" };
+            db.request_container_stop(&old.container_id)?;
+            let grace = Duration::from_millis(self.inner.config.agent.stop_grace_ms);
+            if let Err(err) = self.stop_agent(old, reason, grace).await {
+                tracing::warn!(container_id = %old.container_id, "the agent did not stop on request ({err:#}); terminating");
+                self.inner.backend.terminate(&old.container_id).await?;
+            }
+            if let Err(err) = catch_up_from_journal(db, self.inner.backend.as_ref(), old).await {
+                tracing::warn!(container_id = %old.container_id, "reading the journal after stop failed: {err:#}");
+            }
+            if self
+                .wait_until_gone(&old.container_id, grace + Duration::from_secs(5))
+                .await
+            {
+                db.set_container_state(&old.container_id, ContainerState::Terminated)?;
+            } else {
+                self.unattend(&container_id);
+                return Err(coded(
+                    error_codes::AGENT_UNREACHABLE,
+                    format!(
+                        "container {} did not stop; nothing was restored",
+                        old.container_id
+                    ),
+                ));
+            }
+            response.stopped_container_id = old.container_id.clone();
+        }
+
+        let prompt = if !r.message.trim().is_empty() {
+            r.message.clone()
+        } else if !r.rollback && was_interrupted {
+            RESUME_CONTINUE_MESSAGE.to_string()
+        } else {
+            // Nothing to say yet: the session waits for input.
+            String::new()
+        };
+        let launch = LaunchRequest {
+            ids: LaunchIds {
+                task_id: task.id.clone(),
+                session_id: session.id.clone(),
+                container_id: container_id.clone(),
+                claude_session_id: session.claude_session_id.clone(),
+            },
+            session: SessionRequest {
+                prompt,
+                model: task.model.clone(),
+                max_turns: task.max_turns,
+                interactive: task.mode == "interactive",
+                resume: true,
+                restore_checkpoint: Some(checkpoint_id.clone()),
+            },
+            // The session's workspace is already there; the checkpoint restores it.
+            workspace_source: None,
+            claude_bin: resolved.claude_bin,
+            agent_bin: resolved.agent_bin,
+            env: resolved.agent_env,
+            secret,
+            isolation: resolved.isolation,
+        };
+        let target = ContainerRef {
+            container_id: container_id.clone(),
+            session_id: session.id.clone(),
+            task_id: task.id.clone(),
+        };
+        match self.inner.backend.launch(&launch).await {
+            Ok(handle) => {
+                db.set_container_starting(&container_id, handle.pid)?;
+                db.note(
+                    NewCoordinatorEvent::new(
+                        if r.rollback { "session_rolled_back" } else { "session_resumed" },
+                        "info",
+                        format!(
+                            "{} {} from {checkpoint_id} on {container_id}",
+                            session.id,
+                            if r.rollback { "rolled back" } else { "resumed" }
+                        ),
+                    )
+                    .task(&task.id)
+                    .session(&session.id)
+                    .container(&container_id)
+                    .details(serde_json::json!({
+                        "checkpoint_id": checkpoint_id,
+                        "stopped_container_id": Some(&response.stopped_container_id).filter(|c| !c.is_empty()),
+                    })),
+                );
+                self.follow(target).await;
+                Ok(response)
+            }
+            Err(err) => {
+                self.unattend(&container_id);
+                let coded_err = as_coded(&err);
+                db.transition_task(
+                    &task.id,
+                    TaskStatus::Failed,
+                    &TaskUpdate {
+                        error_code: Some(coded_err.code.code.to_string()),
+                        error_message: Some(coded_err.message.clone()),
+                        ..TaskUpdate::default()
+                    },
+                )?;
+                db.set_container_state(&container_id, ContainerState::Failed)?;
+                self.inner.signals.task_ended.notify_one();
+                Err(coded_err.into())
+            }
+        }
+    }
+
+    /// `checkpoint create`: a manual checkpoint of a running session.
+    pub async fn checkpoint_session(
+        &self,
+        session_id: &str,
+        message: &str,
+    ) -> Result<CheckpointSessionResponse> {
+        let db = &self.inner.db;
+        let session = db.get_session(session_id)?.ok_or_else(|| {
+            coded(
+                error_codes::SESSION_NOT_FOUND,
+                format!("session not found: {session_id}"),
+            )
+        })?;
+        let container_id = match (&session.container_id, session.container_state) {
+            (Some(id), Some(state)) if state.is_active() => id.clone(),
+            _ => {
+                return Err(coded(
+                    error_codes::AGENT_UNREACHABLE,
+                    format!(
+                        "session {session_id} is not running; its final checkpoint is its latest (`parhelia checkpoint list {session_id}`); `parhelia resume {session_id}` continues it"
+                    ),
+                ));
+            }
+        };
+        let secret = db
+            .session_secret(session_id)?
+            .context("the session has no secret")?;
+        let endpoint = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.inner.backend.endpoint(&container_id),
+        )
+        .await
+        .map_err(|_| {
+            coded(
+                error_codes::AGENT_UNREACHABLE,
+                format!("the agent of {container_id} did not announce its endpoint"),
+            )
+        })??;
+        let mut client = connect_agent(&endpoint.uri, &secret).await?;
+        let reply = client
+            .create_checkpoint(parhelia_proto::CreateCheckpointRequest {
+                message: message.to_string(),
+            })
+            .await
+            .map_err(|status| agent_error(&status))?
+            .into_inner();
+        Ok(CheckpointSessionResponse {
+            checkpoint_id: reply.checkpoint_id,
+            container_id,
+        })
     }
 
     /// `task retry`: a new attempt (new session) for a failed, cancelled or
@@ -1014,30 +1282,61 @@ impl CoordinatorService {
     ) -> Result<bool> {
         let db = &self.inner.db;
         db.record_resume_request(lost_container_id, task_id)?;
-        // Wire the resume launch here once `recovery::resume_available()`.
-        {
-            tracing::warn!(
-                %task_id,
-                %session_id,
-                attempt,
-                "automatic resume requested but resume is not available in this build; the task stays interrupted"
-            );
-            db.note(
-                NewCoordinatorEvent::new(
-                    "resume_unavailable",
-                    "warning",
-                    format!(
-                        "{task_id}: automatic resume (attempt {attempt}) requested but not available in this build; the task stays interrupted"
+        let request = ResumeSessionRequest {
+            session_id: session_id.to_string(),
+            checkpoint_id: checkpoint_id.unwrap_or_default().to_string(),
+            message: String::new(),
+            rollback: false,
+            env: Default::default(),
+        };
+        match Box::pin(self.resume_session(request)).await {
+            Ok(resumed) => {
+                tracing::info!(%task_id, %session_id, attempt, container_id = %resumed.container_id, "automatic resume started");
+                Ok(true)
+            }
+            Err(err) => {
+                let coded_err = as_coded(&err);
+                tracing::warn!(%task_id, %session_id, attempt, "automatic resume failed: {err:#}");
+                db.note(
+                    NewCoordinatorEvent::new(
+                        "resume_failed",
+                        "warning",
+                        format!(
+                            "{task_id}: automatic resume (attempt {attempt}) failed: [{}] {}",
+                            coded_err.code.code, coded_err.message
+                        ),
+                    )
+                    .task(task_id)
+                    .session(session_id)
+                    .container(lost_container_id)
+                    .details(
+                        serde_json::json!({ "checkpoint_id": checkpoint_id, "attempt": attempt }),
                     ),
-                )
-                .task(task_id)
-                .session(session_id)
-                .container(lost_container_id)
-                .details(serde_json::json!({ "checkpoint_id": checkpoint_id, "attempt": attempt })),
-            );
+                );
+                Ok(false)
+            }
         }
-        Ok(recovery::resume_available())
     }
+}
+
+/// What an interrupted session is told when it is resumed without a message.
+pub const RESUME_CONTINUE_MESSAGE: &str =
+    "Your previous session was interrupted. Continue the task from where you left off.";
+
+/// An agent's refusal as a coded error: the agent puts `[Ennn]` in front of
+/// checkpoint failures; anything else is the agent being unreachable.
+fn agent_error(status: &tonic::Status) -> anyhow::Error {
+    let message = status.message();
+    if let Some(rest) = message.strip_prefix('[')
+        && let Some((code, text)) = rest.split_once("] ")
+        && let Some(known) = error_codes::lookup(code)
+    {
+        return coded(*known, text.to_string());
+    }
+    coded(
+        error_codes::AGENT_UNREACHABLE,
+        format!("the agent refused: {message}"),
+    )
 }
 
 /// What a launch resolved from the environment.

@@ -41,6 +41,9 @@ pub struct AgentSpec {
     pub heartbeat_interval_ms: u64,
     pub linger_after_finish_ms: u64,
     pub stop_grace_ms: u64,
+    /// A resume or rollback: restore this checkpoint before Claude Code starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_checkpoint: Option<String>,
 }
 
 /// `<runtime_dir>/agent.json`. Unknown fields are accepted: the agent may
@@ -104,8 +107,11 @@ mod tests {
             heartbeat_interval_ms: 5000,
             linger_after_finish_ms: 600_000,
             stop_grace_ms: 10_000,
+            restore_checkpoint: None,
         };
         let json = serde_json::to_value(&spec).unwrap();
+        // Optional fields the agent defaults are left out, not written as null.
+        assert!(json.get("restore_checkpoint").is_none());
         assert_eq!(json["mode"], "headless");
         assert_eq!(json["model"], serde_json::Value::Null);
         let mut extra = json.clone();

@@ -10,6 +10,8 @@
 //!    ├──────────────────► failed      │
 //!    └──────────────────► cancelled   └──► pending   (retry: a new attempt)
 //! interrupted ──► failed | cancelled
+//! completed | failed | cancelled ──► running   (resume or rollback: the same
+//!                                               session continues on a new container)
 //! ```
 //!
 //! A pending task is *held* (`--no-dispatch`) or *queued* (waiting for a
@@ -18,7 +20,9 @@
 //! task is never launched twice). `completed` is final. `failed` and
 //! `cancelled` are final for their session; only `task retry` starts the
 //! task again, as a new attempt with a new session. `interrupted` has ended
-//! (nothing is running) but is resumable.
+//! (nothing is running) but is resumable. `parhelia resume` and `checkpoint
+//! rollback` continue an ended session (of any ending) from a checkpoint, so
+//! its task runs again: "final" means nothing moves it *by itself*.
 
 use std::fmt;
 use std::str::FromStr;
@@ -112,6 +116,7 @@ pub fn is_allowed(from: TaskStatus, to: TaskStatus) -> bool {
             | (Running, Completed | Failed | Cancelled | Interrupted)
             | (Interrupted, Running | Failed | Cancelled | Pending)
             | (Failed | Cancelled, Pending)
+            | (Completed | Failed | Cancelled, Running)
     )
 }
 
@@ -162,9 +167,9 @@ mod tests {
         let allowed: [(TaskStatus, &[TaskStatus]); 6] = [
             (Pending, &[Running, Failed, Cancelled]),
             (Running, &[Completed, Failed, Cancelled, Interrupted]),
-            (Completed, &[]),
-            (Failed, &[Pending]),
-            (Cancelled, &[Pending]),
+            (Completed, &[Running]),
+            (Failed, &[Pending, Running]),
+            (Cancelled, &[Pending, Running]),
             (Interrupted, &[Running, Failed, Cancelled, Pending]),
         ];
         for (from, targets) in allowed {
@@ -189,11 +194,12 @@ mod tests {
         for from in TaskStatus::ALL {
             if from.is_final() {
                 assert!(from.has_ended());
-                // Only a retry (back to pending) leaves a final status.
+                // Only a retry (back to pending) or a resume/rollback (the
+                // session continues: running) leaves a final status.
                 assert!(
                     TaskStatus::ALL
                         .iter()
-                        .all(|to| !is_allowed(from, *to) || *to == Pending)
+                        .all(|to| !is_allowed(from, *to) || *to == Pending || *to == Running)
                 );
             }
         }

@@ -30,6 +30,13 @@ pub enum SessionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Guided recovery: what happened, the latest checkpoint that verifies,
+    /// and the resume (asked for, or at once with --yes)
+    Recover {
+        session_id: String,
+        #[arg(short, long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,7 +86,10 @@ pub enum ContainerCommand {
     },
 }
 
-pub fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
+pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
+    if let SessionCommand::Recover { session_id, yes } = &command {
+        return super::checkpoint::recover(ctx, session_id, *yes).await;
+    }
     let opened = ctx.open()?;
     match command {
         SessionCommand::List { json } => {
@@ -108,6 +118,7 @@ pub fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
                 print!("{}", views::session_detail(&session));
             }
         }
+        SessionCommand::Recover { .. } => {} // handled above (it is async and acts)
     }
     Ok(0)
 }

@@ -27,6 +27,7 @@ use crate::error_codes::{self, ErrorCode};
 use crate::plan::DryRunPlan;
 use crate::state_dir::StateDir;
 
+mod checkpoint;
 mod container;
 mod events;
 mod ops;
@@ -56,6 +57,11 @@ pub enum Command {
     /// Create, queue, dispatch, cancel, retry, list and watch tasks
     #[command(visible_alias = "t", subcommand)]
     Task(task::TaskCommand),
+    /// Checkpoints: create, list, show, diff, rollback
+    #[command(visible_alias = "c", subcommand)]
+    Checkpoint(checkpoint::CheckpointCommand),
+    /// Continue a session on a fresh container from a checkpoint
+    Resume(checkpoint::ResumeArgs),
     /// List and show sessions (with their container's live health)
     #[command(visible_alias = "s", subcommand)]
     Session(container::SessionCommand),
@@ -241,7 +247,9 @@ async fn run(cli: Cli) -> Result<i32> {
     };
     match cli.command {
         Command::Task(command) => task::run(&ctx, command).await,
-        Command::Session(command) => container::run_session(&ctx, command),
+        Command::Checkpoint(command) => checkpoint::run(&ctx, command).await,
+        Command::Resume(args) => checkpoint::run_resume(&ctx, args).await,
+        Command::Session(command) => container::run_session(&ctx, command).await,
         Command::Container(command) => container::run(&ctx, command).await,
         Command::Events(command) => events::run(&ctx, command).await,
         Command::Reconciler(command) => ops::reconciler(&ctx, command).await,

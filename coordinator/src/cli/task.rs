@@ -169,7 +169,7 @@ pub async fn run(ctx: &Ctx, command: TaskCommand) -> Result<i32> {
 /// The environment a launch needs, from this shell: what Claude Code needs,
 /// plus the launch overrides (`PARHELIA_CLAUDE_BIN`, `PARHELIA_AGENT_BIN`,
 /// the isolation decided by this command's config).
-fn launch_env(isolation_setting: &str) -> Result<HashMap<String, String>> {
+pub(crate) fn launch_env(isolation_setting: &str) -> Result<HashMap<String, String>> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let mut env: HashMap<String, String> = plan::forwarded_env(
         std::env::vars_os()
@@ -232,6 +232,8 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
             model: args.model.clone(),
             max_turns: args.max_turns,
             interactive: false,
+            resume: false,
+            restore_checkpoint: None,
         };
         let agent_override = std::env::var_os(plan::AGENT_BIN_ENV).map(PathBuf::from);
         let agent_bin = resolve_agent_bin(

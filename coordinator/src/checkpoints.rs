@@ -1,0 +1,358 @@
+//! Checkpoints as the coordinator sees them: read from each session's store
+//! on its volume (`<volume_dir>/checkpoints/`, format in
+//! `docs/formats/checkpoint.md`), never from the database, so what the CLI
+//! shows is what a restore would use.
+//!
+//! Pure helpers (views, text rendering, the conversation between two
+//! checkpoints) sit beside the few functions that open stores.
+
+use std::path::Path;
+
+use parhelia_checkpoint::{CheckpointId, Diff, Store, Summary};
+use serde::Serialize;
+
+use crate::error::CodedError;
+use crate::error_codes;
+use crate::ids::rfc3339_ms;
+use crate::render::{bytes, cost, one_line};
+
+/// The tree names the agent writes (`agent/src/checkpointer.rs`).
+pub const WORKSPACE_TREE: &str = "workspace";
+pub const CONVERSATION_TREE: &str = "conversation";
+
+/// `checkpoint list --json` / `checkpoint show --json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckpointView {
+    pub id: String,
+    pub session_id: String,
+    pub parent: Option<String>,
+    pub created_at: String,
+    pub trigger: String,
+    pub message: Option<String>,
+    pub file_count: u64,
+    pub total_bytes: u64,
+    pub new_bytes: u64,
+    pub cost_usd: Option<f64>,
+    pub claude_session_id: Option<String>,
+    pub git: serde_json::Value,
+}
+
+impl CheckpointView {
+    pub fn of(session_id: &str, s: &Summary) -> Self {
+        CheckpointView {
+            id: s.id.to_string(),
+            session_id: session_id.to_string(),
+            parent: s.parent.as_ref().map(ToString::to_string),
+            created_at: rfc3339_ms(s.created_at_ms),
+            trigger: s.trigger.clone(),
+            message: s.message.clone(),
+            file_count: s.file_count,
+            total_bytes: s.total_bytes,
+            new_bytes: s.new_bytes,
+            cost_usd: s.metadata["session_cost_usd"].as_f64(),
+            claude_session_id: s.metadata["claude_session_id"].as_str().map(str::to_string),
+            git: s
+                .metadata
+                .get("git")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// Maps an engine error to the CLI's coded error (same code strings).
+pub fn coded(e: &parhelia_checkpoint::CheckpointError) -> CodedError {
+    let code = match e.code() {
+        "E203" | "E205" => error_codes::CHECKPOINT_NOT_FOUND,
+        "E620" => error_codes::CHECKPOINT_CORRUPT,
+        "E621" => error_codes::CHECKPOINT_UNSAFE,
+        "E622" => error_codes::CHECKPOINT_BUSY,
+        "E623" => error_codes::CHECKPOINT_QUOTA,
+        _ => error_codes::CHECKPOINT_IO_FAILED,
+    };
+    CodedError::new(code, e.to_string())
+}
+
+/// Opens a session's store if it has one (a session that never checkpointed has none).
+pub fn open_store(volume_dir: &Path) -> Result<Option<Store>, CodedError> {
+    let root = volume_dir.join("checkpoints");
+    if !root.is_dir() {
+        return Ok(None);
+    }
+    Store::open(&root).map(Some).map_err(|e| coded(&e))
+}
+
+pub fn parse_id(id: &str) -> Result<CheckpointId, CodedError> {
+    CheckpointId::parse(id).map_err(|_| {
+        CodedError::new(
+            error_codes::CHECKPOINT_NOT_FOUND,
+            format!("checkpoint not found: {id} (not a checkpoint id)"),
+        )
+    })
+}
+
+/// One line per checkpoint, for `checkpoint list` (fits 80 columns).
+pub fn list_text(views: &[CheckpointView]) -> String {
+    if views.is_empty() {
+        return "no checkpoints\n".into();
+    }
+    let mut out = format!(
+        "{:<28} {:<13} {:<11} {:>6} {:>9}  {}\n",
+        "ID", "SESSION", "TRIGGER", "FILES", "NEW", "MESSAGE"
+    );
+    for v in views {
+        out.push_str(&format!(
+            "{:<28} {:<13} {:<11} {:>6} {:>9}  {}\n",
+            v.id,
+            v.session_id,
+            v.trigger,
+            v.file_count,
+            bytes(v.new_bytes),
+            one_line(v.message.as_deref().unwrap_or(""), 20)
+        ));
+    }
+    out
+}
+
+/// `checkpoint show` as text.
+pub fn show_text(v: &CheckpointView, workspace_paths: &[String]) -> String {
+    let mut out = String::new();
+    let mut field = |name: &str, value: String| out.push_str(&format!("{name:<11}{value}\n"));
+    field("checkpoint", v.id.clone());
+    field("session", v.session_id.clone());
+    field("created", v.created_at.clone());
+    field("trigger", v.trigger.clone());
+    if let Some(message) = &v.message {
+        field("message", message.clone());
+    }
+    field(
+        "files",
+        format!(
+            "{} · {} · {} new",
+            v.file_count,
+            bytes(v.total_bytes),
+            bytes(v.new_bytes)
+        ),
+    );
+    if let Some(parent) = &v.parent {
+        field("parent", parent.clone());
+    }
+    if let Some(c) = v.cost_usd {
+        field("cost", cost(c));
+    }
+    field("git", git_line(&v.git));
+    if !workspace_paths.is_empty() {
+        out.push_str("workspace\n");
+        for path in workspace_paths.iter().take(50) {
+            out.push_str(&format!("  {path}\n"));
+        }
+        if workspace_paths.len() > 50 {
+            out.push_str(&format!("  … and {} more\n", workspace_paths.len() - 50));
+        }
+    }
+    out
+}
+
+/// `main @ 1a2b3c4 · 2 modified, 1 untracked · 1 stash`, or `not a repository`.
+pub fn git_line(git: &serde_json::Value) -> String {
+    if git["repository"] != true {
+        return "not a repository".into();
+    }
+    let head = git["head"]
+        .as_str()
+        .map(|h| &h[..h.len().min(7)])
+        .unwrap_or("(no commits)");
+    let branch = git["branch"].as_str().unwrap_or("(detached)");
+    let mut parts = vec![format!("{branch} @ {head}")];
+    let dirty: Vec<String> = ["staged", "modified", "deleted", "untracked", "conflicted"]
+        .iter()
+        .filter_map(|k| {
+            let n = git["dirty"][*k].as_u64().unwrap_or(0);
+            (n > 0).then(|| format!("{n} {k}"))
+        })
+        .collect();
+    parts.push(if dirty.is_empty() {
+        "clean".into()
+    } else {
+        dirty.join(", ")
+    });
+    let stashes = git["stashes"].as_array().map_or(0, Vec::len);
+    if stashes > 0 {
+        parts.push(format!(
+            "{stashes} stash{}",
+            if stashes == 1 { "" } else { "es" }
+        ));
+    }
+    parts.join(" · ")
+}
+
+/// `checkpoint diff` as text: files, then the git state change.
+pub fn diff_text(a: &str, b: &str, diff: &Diff) -> String {
+    let mut out = format!("{a} → {b}\n");
+    let size = |s: Option<u64>| s.map(bytes).unwrap_or_else(|| "-".into());
+    for (mark, entries) in [
+        ("+", &diff.added),
+        ("-", &diff.removed),
+        ("~", &diff.modified),
+    ] {
+        for e in entries.iter() {
+            let prefix = if e.tree == WORKSPACE_TREE {
+                String::new()
+            } else {
+                format!("[{}] ", e.tree)
+            };
+            let sizes = match mark {
+                "+" => size(e.new_size),
+                "-" => size(e.old_size),
+                _ => format!("{} → {}", size(e.old_size), size(e.new_size)),
+            };
+            out.push_str(&format!("{mark} {prefix}{}  ({sizes})\n", e.path.display()));
+        }
+    }
+    if diff.added.is_empty() && diff.removed.is_empty() && diff.modified.is_empty() {
+        out.push_str("no file changes\n");
+    }
+    let (ga, gb) = (
+        git_line(&diff.metadata_a["git"]),
+        git_line(&diff.metadata_b["git"]),
+    );
+    if ga != gb {
+        out.push_str(&format!("git  {ga}\n  →  {gb}\n"));
+    } else {
+        out.push_str(&format!("git  {ga} (unchanged)\n"));
+    }
+    out
+}
+
+/// One turn of a conversation, for `checkpoint diff --conversation`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Turn {
+    pub role: String,
+    pub text: String,
+}
+
+/// The conversation turns in transcript `b` that transcript `a` does not
+/// have (transcript lines carry a `uuid`; lines without one are skipped).
+pub fn conversation_between(a: &str, b: &str) -> Vec<Turn> {
+    let seen: std::collections::HashSet<String> = a
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["uuid"].as_str().map(str::to_string))
+        .collect();
+    let mut turns = Vec::new();
+    for line in b.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(uuid) = v["uuid"].as_str() else {
+            continue;
+        };
+        if seen.contains(uuid) {
+            continue;
+        }
+        let role = v["type"].as_str().unwrap_or("");
+        if role != "user" && role != "assistant" {
+            continue;
+        }
+        let content = &v["message"]["content"];
+        let mut texts = Vec::new();
+        if let Some(text) = content.as_str() {
+            texts.push(text.to_string());
+        } else if let Some(blocks) = content.as_array() {
+            for block in blocks {
+                match block["type"].as_str() {
+                    Some("text") => texts.push(block["text"].as_str().unwrap_or("").to_string()),
+                    Some("tool_use") => texts.push(format!(
+                        "[tool {}] {}",
+                        block["name"].as_str().unwrap_or("?"),
+                        one_line(&block["input"].to_string(), 100)
+                    )),
+                    Some("tool_result") => {
+                        let result = match &block["content"] {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        texts.push(format!("[result] {}", one_line(&result, 100)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Claude Code's injected reminders are not the user's words.
+        let text: Vec<String> = texts
+            .into_iter()
+            .filter(|t| !t.trim().is_empty() && !t.trim_start().starts_with("<system-reminder>"))
+            .collect();
+        if !text.is_empty() {
+            turns.push(Turn {
+                role: role.to_string(),
+                text: text.join("\n"),
+            });
+        }
+    }
+    turns
+}
+
+pub fn conversation_text(turns: &[Turn]) -> String {
+    if turns.is_empty() {
+        return "no new conversation turns\n".into();
+    }
+    let mut out = String::new();
+    for t in turns {
+        let label = if t.role == "user" { "user" } else { "claude" };
+        for (i, line) in t.text.lines().enumerate() {
+            out.push_str(&format!("{:<8}{line}\n", if i == 0 { label } else { "" }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_between_shows_only_new_user_and_assistant_turns() {
+        let a = r#"{"type":"user","uuid":"1","message":{"role":"user","content":"first"}}"#;
+        let b = format!(
+            "{a}\n{}\n{}\n{}\n{}\n",
+            r#"{"type":"assistant","uuid":"2","message":{"content":[{"type":"text","text":"ok"},{"type":"tool_use","name":"Write","input":{"file_path":"x"}}]}}"#,
+            r#"{"type":"user","uuid":"3","message":{"content":[{"type":"tool_result","content":"done"}]}}"#,
+            r#"{"type":"system","uuid":"4","subtype":"turn_duration"}"#,
+            r#"{"type":"user","uuid":"5","message":{"content":[{"type":"text","text":"<system-reminder>x</system-reminder>"},{"type":"text","text":"second"}]}}"#,
+        );
+        let turns = conversation_between(a, &b);
+        assert_eq!(
+            turns,
+            vec![
+                Turn {
+                    role: "assistant".into(),
+                    text: "ok\n[tool Write] {\"file_path\":\"x\"}".into()
+                },
+                Turn {
+                    role: "user".into(),
+                    text: "[result] done".into()
+                },
+                Turn {
+                    role: "user".into(),
+                    text: "second".into()
+                },
+            ]
+        );
+        assert!(conversation_text(&turns).starts_with("claude  ok\n"));
+    }
+
+    #[test]
+    fn git_line_summarises_state() {
+        let git = serde_json::json!({"repository": true, "head": "0123456789abcdef", "branch": "main",
+            "dirty": {"modified": 2, "untracked": 1}, "stashes": [{}]});
+        assert_eq!(
+            git_line(&git),
+            "main @ 0123456 · 2 modified, 1 untracked · 1 stash"
+        );
+        assert_eq!(
+            git_line(&serde_json::json!({"repository": false})),
+            "not a repository"
+        );
+    }
+}

@@ -1,0 +1,435 @@
+//! `parhelia checkpoint …`, `parhelia resume` and `parhelia session recover`.
+//!
+//! Reads (list, show, diff) open the sessions' checkpoint stores directly;
+//! commands that act on a session (create, rollback, resume) go through the
+//! coordinator, which owns the sessions' containers.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use parhelia_proto::{CheckpointSessionRequest, ResumeSessionRequest};
+
+use super::task::launch_env;
+use super::{Ctx, Opened, coordinator_error, print_json};
+use crate::checkpoints::{self, CONVERSATION_TREE, CheckpointView, WORKSPACE_TREE};
+use crate::db::SessionRecord;
+use crate::error::coded;
+use crate::error_codes;
+
+#[derive(Subcommand, Debug)]
+pub enum CheckpointCommand {
+    /// Checkpoint a running session now
+    Create {
+        session_id: String,
+        /// What this checkpoint is for
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List checkpoints, oldest first (all sessions, or one)
+    List {
+        session_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one checkpoint: when, why, what it holds, the git state
+    Show {
+        checkpoint_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two checkpoints of a session
+    Diff {
+        a: String,
+        b: String,
+        /// A unified diff of one workspace file
+        #[arg(long)]
+        file: Option<String>,
+        /// The conversation turns between the two
+        #[arg(long)]
+        conversation: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a session's workspace and conversation to a checkpoint
+    /// (after saving the current state, so it can be undone)
+    Rollback {
+        checkpoint_id: String,
+        /// Do not ask for confirmation
+        #[arg(short, long)]
+        yes: bool,
+        /// A message for Claude once restored (otherwise it waits for input)
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    pub session_id: String,
+    /// The checkpoint to resume from (default: the session's latest)
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+    /// What to tell Claude next (default for an interrupted session: continue)
+    #[arg(short, long, default_value = "")]
+    pub message: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
+    let opened = ctx.open()?;
+    match command {
+        CheckpointCommand::Create {
+            session_id,
+            message,
+            json,
+        } => {
+            let mut client = ctx.client(&opened.state).await?;
+            let reply = client
+                .checkpoint_session(CheckpointSessionRequest {
+                    session_id,
+                    message,
+                })
+                .await
+                .map_err(coordinator_error)?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "checkpoint_id": reply.checkpoint_id,
+                    "container_id": reply.container_id,
+                }))?;
+            } else {
+                println!("{}", reply.checkpoint_id);
+            }
+            Ok(0)
+        }
+        CheckpointCommand::List { session_id, json } => {
+            let sessions = match &session_id {
+                Some(id) => vec![session(&opened, id)?],
+                None => opened.db.list_sessions()?,
+            };
+            let mut views = Vec::new();
+            for s in &sessions {
+                if let Some(store) = checkpoints::open_store(Path::new(&s.volume_dir))? {
+                    for summary in store.list().map_err(|e| checkpoints::coded(&e))? {
+                        views.push(CheckpointView::of(&s.id, &summary));
+                    }
+                }
+            }
+            views.sort_by(|a, b| a.id.cmp(&b.id));
+            if json {
+                print_json(&views)?;
+            } else {
+                print!("{}", checkpoints::list_text(&views));
+            }
+            Ok(0)
+        }
+        CheckpointCommand::Show {
+            checkpoint_id,
+            json,
+        } => {
+            let (s, store, id) = find(&opened, &checkpoint_id)?;
+            let manifest = store.load(&id).map_err(|e| checkpoints::coded(&e))?;
+            let summary = store
+                .list()
+                .map_err(|e| checkpoints::coded(&e))?
+                .into_iter()
+                .find(|x| x.id == id)
+                .ok_or_else(|| not_found(&checkpoint_id))?;
+            let view = CheckpointView::of(&s.id, &summary);
+            let paths: Vec<String> = store
+                .entries(&id, WORKSPACE_TREE)
+                .map_err(|e| checkpoints::coded(&e))?
+                .iter()
+                .map(|e| e.path.display().to_string())
+                .collect();
+            if json {
+                print_json(&serde_json::json!({
+                    "checkpoint": view,
+                    "trees": manifest.trees.iter().map(|t| serde_json::json!({
+                        "name": t.name, "files": t.file_count, "bytes": t.total_bytes,
+                        "entries": t.entry_count, "excludes": t.excludes,
+                    })).collect::<Vec<_>>(),
+                    "format_version": manifest.format_version,
+                    "workspace_paths": paths,
+                }))?;
+            } else {
+                print!("{}", checkpoints::show_text(&view, &paths));
+            }
+            Ok(0)
+        }
+        CheckpointCommand::Diff {
+            a,
+            b,
+            file,
+            conversation,
+            json,
+        } => {
+            let (sa, store, ida) = find(&opened, &a)?;
+            let (sb, _, idb) = find(&opened, &b)?;
+            if sa.id != sb.id {
+                return Err(coded(
+                    error_codes::INVALID_INPUT,
+                    format!(
+                        "{a} and {b} belong to different sessions ({} and {})",
+                        sa.id, sb.id
+                    ),
+                ));
+            }
+            if let Some(path) = file {
+                let text = store
+                    .file_diff(&ida, &idb, WORKSPACE_TREE, Path::new(&path))
+                    .map_err(|e| checkpoints::coded(&e))?;
+                if json {
+                    print_json(&serde_json::json!({ "path": path, "unified_diff": text }))?;
+                } else {
+                    print!("{text}");
+                }
+                return Ok(0);
+            }
+            if conversation {
+                let transcript = format!("{}.jsonl", sa.claude_session_id);
+                let read = |id| {
+                    store
+                        .read_file(id, CONVERSATION_TREE, Path::new(&transcript))
+                        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                        .or_else(|e| {
+                            if e.code() == "E203" || e.code() == "E205" {
+                                Ok(String::new())
+                            } else {
+                                Err(e)
+                            }
+                        })
+                        .map_err(|e| checkpoints::coded(&e))
+                };
+                let turns = checkpoints::conversation_between(&read(&ida)?, &read(&idb)?);
+                if json {
+                    print_json(&turns)?;
+                } else {
+                    print!("{}", checkpoints::conversation_text(&turns));
+                }
+                return Ok(0);
+            }
+            let diff = store.diff(&ida, &idb).map_err(|e| checkpoints::coded(&e))?;
+            if json {
+                print_json(&diff)?;
+            } else {
+                print!("{}", checkpoints::diff_text(&a, &b, &diff));
+            }
+            Ok(0)
+        }
+        CheckpointCommand::Rollback {
+            checkpoint_id,
+            yes,
+            message,
+            json,
+        } => {
+            let (s, _, id) = find(&opened, &checkpoint_id)?;
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    return Err(coded(
+                        error_codes::INVALID_INPUT,
+                        "a rollback replaces the session's workspace and conversation; pass --yes to confirm",
+                    ));
+                }
+                eprint!(
+                    "Roll session {} back to {id}? Its current state is checkpointed first. [y/N] ",
+                    s.id
+                );
+                let _ = std::io::stderr().flush();
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    eprintln!("not rolled back");
+                    return Ok(1);
+                }
+            }
+            resume(ctx, &opened, &s.id, &id.to_string(), &message, true, json).await
+        }
+    }
+}
+
+/// `parhelia resume SESSION_ID`.
+pub async fn run_resume(ctx: &Ctx, args: ResumeArgs) -> Result<i32> {
+    let opened = ctx.open()?;
+    let checkpoint = args.checkpoint.unwrap_or_default();
+    resume(
+        ctx,
+        &opened,
+        &args.session_id,
+        &checkpoint,
+        &args.message,
+        false,
+        args.json,
+    )
+    .await
+}
+
+async fn resume(
+    ctx: &Ctx,
+    opened: &Opened,
+    session_id: &str,
+    checkpoint_id: &str,
+    message: &str,
+    rollback: bool,
+    json: bool,
+) -> Result<i32> {
+    let env = launch_env(&opened.config.config.local.isolation)?;
+    let mut client = ctx.client(&opened.state).await?;
+    let reply = client
+        .resume_session(ResumeSessionRequest {
+            session_id: session_id.to_string(),
+            checkpoint_id: checkpoint_id.to_string(),
+            message: message.to_string(),
+            rollback,
+            env: env.into_iter().collect(),
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    if json {
+        print_json(&serde_json::json!({
+            "task_id": reply.task_id,
+            "session_id": reply.session_id,
+            "container_id": reply.container_id,
+            "checkpoint_id": reply.checkpoint_id,
+            "stopped_container_id": Some(&reply.stopped_container_id).filter(|c| !c.is_empty()),
+        }))?;
+    } else {
+        let verb = if rollback {
+            "rolled back to"
+        } else {
+            "resumed from"
+        };
+        println!("{} {verb} {}", reply.session_id, reply.checkpoint_id);
+        if !reply.stopped_container_id.is_empty() {
+            println!("  stopped    {}", reply.stopped_container_id);
+        }
+        println!("  container  {}", reply.container_id);
+        println!("  watch      parhelia task watch {}", reply.task_id);
+    }
+    Ok(0)
+}
+
+/// `parhelia session recover SESSION_ID`: what happened, what can be
+/// restored, and (confirmed, or with --yes) the resume.
+pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
+    let opened = ctx.open()?;
+    let s = session(&opened, session_id)?;
+    let task = opened.db.get_task(&s.task_id)?;
+    println!("session    {}", s.id);
+    if let Some(task) = &task {
+        println!("task       {} · {}", task.id, task.status);
+        if let (Some(code), Some(message)) = (&task.error_code, &task.error_message) {
+            println!("ended      [{code}] {message}");
+        }
+    }
+    if let Some(state) = s.container_state {
+        println!(
+            "container  {} · {state}",
+            s.container_id.as_deref().unwrap_or("-")
+        );
+    }
+    let latest = match checkpoints::open_store(Path::new(&s.volume_dir))? {
+        Some(store) => {
+            let list = store.list().map_err(|e| checkpoints::coded(&e))?;
+            // The newest checkpoint that verifies is the one to offer.
+            let mut good = None;
+            for summary in list.iter().rev() {
+                match store.verify(&summary.id) {
+                    Ok(()) => {
+                        good = Some(summary.clone());
+                        break;
+                    }
+                    Err(e) => println!("damaged    {} [{}] {e}", summary.id, e.code()),
+                }
+            }
+            good
+        }
+        None => None,
+    };
+    let Some(latest) = latest else {
+        println!(
+            "no usable checkpoint: the session cannot be resumed; `parhelia task retry` starts it over"
+        );
+        return Ok(1);
+    };
+    let view = CheckpointView::of(&s.id, &latest);
+    println!(
+        "checkpoint {} · {} · {} · {} files",
+        view.id, view.created_at, view.trigger, view.file_count
+    );
+    println!("git        {}", checkpoints::git_line(&view.git));
+    let live = s.container_state.is_some_and(|c| c.is_active());
+    if live {
+        println!(
+            "the session is still running: `parhelia session show {}`",
+            s.id
+        );
+        return Ok(0);
+    }
+    let command = format!("parhelia resume {} --checkpoint {}", s.id, view.id);
+    let go = yes || {
+        if std::io::stdin().is_terminal() {
+            eprint!("Resume from {}? [y/N] ", view.id);
+            let _ = std::io::stderr().flush();
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            matches!(answer.trim(), "y" | "Y" | "yes")
+        } else {
+            false
+        }
+    };
+    if !go {
+        println!("to resume: {command}");
+        return Ok(0);
+    }
+    resume(ctx, &opened, &s.id, &view.id, "", false, false).await
+}
+
+fn session(opened: &Opened, session_id: &str) -> Result<SessionRecord> {
+    opened.db.get_session(session_id)?.ok_or_else(|| {
+        coded(
+            error_codes::SESSION_NOT_FOUND,
+            format!("session not found: {session_id}"),
+        )
+    })
+}
+
+fn not_found(checkpoint_id: &str) -> anyhow::Error {
+    coded(
+        error_codes::CHECKPOINT_NOT_FOUND,
+        format!("checkpoint not found: {checkpoint_id}"),
+    )
+}
+
+/// The session, store and id of a checkpoint id (ids are unique across sessions).
+fn find(
+    opened: &Opened,
+    checkpoint_id: &str,
+) -> Result<(
+    SessionRecord,
+    parhelia_checkpoint::Store,
+    parhelia_checkpoint::CheckpointId,
+)> {
+    let id = checkpoints::parse_id(checkpoint_id)?;
+    for s in opened.db.list_sessions()? {
+        if let Some(store) = checkpoints::open_store(Path::new(&s.volume_dir))? {
+            let held = store
+                .list()
+                .map_err(|e| checkpoints::coded(&e))?
+                .iter()
+                .any(|x| x.id == id);
+            if held {
+                return Ok((s, store, id));
+            }
+        }
+    }
+    Err(not_found(checkpoint_id))
+}

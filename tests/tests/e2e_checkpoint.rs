@@ -1,0 +1,303 @@
+//! Checkpoints and resume end to end: the real `parhelia`, agent, tmux and
+//! Claude Code against the scripted model. Nothing a session wrote is lost:
+//! files written by `Write` and by shell commands are checkpointed together
+//! with the conversation; a killed agent's session resumes on a fresh agent
+//! with its history; a rollback removes newer files and can itself be undone.
+
+use std::path::PathBuf;
+
+use parhelia_testkit::harness::Harness;
+use parhelia_testkit::model_stand_in::RequestKind;
+use parhelia_testkit::{Script, ToolCall, Turn};
+
+fn create(h: &Harness, prompt: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["task", "create", prompt, "--json"];
+    args.extend_from_slice(extra);
+    let out = h.ok(&args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn workspace(h: &Harness, session_id: &str) -> PathBuf {
+    h.state()
+        .join("sessions")
+        .join(session_id)
+        .join("workspace")
+}
+
+fn checkpoints(h: &Harness, session_id: &str) -> Vec<serde_json::Value> {
+    h.json(&["checkpoint", "list", session_id, "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Events of a type, across every container of the task, as JSON payloads.
+fn events_of(h: &Harness, task_id: &str, kind: &str) -> Vec<serde_json::Value> {
+    let db = h.db();
+    let mut stmt = db
+        .prepare("SELECT payload FROM events WHERE task_id = ?1 AND type = ?2 ORDER BY id")
+        .unwrap();
+    stmt.query_map([task_id, kind], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|p| serde_json::from_str(&p.unwrap()).unwrap())
+        .collect()
+}
+
+fn agent_pid_and_tmux(h: &Harness, container_id: &str) -> (i32, PathBuf) {
+    let runtime = h
+        .state()
+        .join("containers")
+        .join(container_id)
+        .join("runtime");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runtime.join("agent.json")).unwrap())
+            .unwrap();
+    let socket = info["socket_dir"]
+        .as_str()
+        .map(PathBuf::from)
+        .unwrap_or(runtime)
+        .join("tmux.sock");
+    (info["pid"].as_i64().unwrap() as i32, socket)
+}
+
+/// The container dies: SIGKILL to the agent and to everything in its tmux.
+fn kill_container(h: &Harness, container_id: &str) {
+    let (pid, tmux_socket) = agent_pid_and_tmux(h, container_id);
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(&tmux_socket)
+        .arg("kill-server")
+        .status();
+}
+
+#[test]
+fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("written.txt", "by the Write tool\n")]),
+        Turn::tool_use([ToolCall::bash("echo by-bash > shell.txt")]),
+        // A risky command: checkpointed before it runs, then it hangs until killed.
+        Turn::tool_use([ToolCall::bash("rm -rf scratch; tail -f /dev/null")]),
+        // After the resume:
+        Turn::text("Resumed and finished."),
+    ]));
+    let created = create(&h, "Write two files, then clean up", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+
+    // The pre-tool checkpoint holds both files: the Write tool's and the shell's.
+    let checkpoint = h.wait_for("the pre_tool checkpoint", || {
+        events_of(&h, &task_id, "checkpoint_created")
+            .into_iter()
+            .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "pre_tool")
+    });
+    let checkpoint_id = checkpoint["kind"]["checkpoint_created"]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listed = checkpoints(&h, &session_id);
+    assert!(
+        listed.iter().any(|c| c["id"] == checkpoint_id.as_str()),
+        "{listed:#?}"
+    );
+    let shown = h.ok(&["checkpoint", "show", &checkpoint_id]);
+    assert!(
+        shown.contains("written.txt") || shown.contains("files"),
+        "{shown}"
+    );
+
+    // The container dies mid-task, and the work after the checkpoint is lost with it.
+    kill_container(&h, &container_id);
+    let ws = workspace(&h, &session_id);
+    std::fs::write(ws.join("stray.txt"), "written after the checkpoint").unwrap();
+    std::fs::remove_file(ws.join("written.txt")).unwrap();
+
+    let requests_before = h.stand_in.requests().len();
+    h.ok(&[
+        "resume",
+        &session_id,
+        "--checkpoint",
+        &checkpoint_id,
+        "-m",
+        "Please continue.",
+    ]);
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" || t["status"] == "failed"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+
+    // The workspace is exactly the checkpoint (plus what the resumed turn did).
+    assert_eq!(
+        std::fs::read_to_string(ws.join("written.txt")).unwrap(),
+        "by the Write tool\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("shell.txt")).unwrap(),
+        "by-bash\n"
+    );
+    assert!(
+        !ws.join("stray.txt").exists(),
+        "a file created after the checkpoint survived the restore"
+    );
+
+    // The resumed Claude Code sent the earlier conversation to the model.
+    let resumed: Vec<_> = h.stand_in.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .collect();
+    let first = resumed
+        .first()
+        .expect("the resumed session called the model");
+    assert!(
+        first.message_count > 3,
+        "the resumed request carried only {} messages",
+        first.message_count
+    );
+    assert_eq!(
+        first.last_user_text.as_deref().map(str::trim),
+        Some("Please continue.")
+    );
+
+    // A second container of the same session; the task's cost covers both.
+    let restored = events_of(&h, &task_id, "checkpoint_restored");
+    assert_eq!(restored.len(), 1, "{restored:#?}");
+}
+
+#[test]
+fn rollback_removes_newer_files_and_can_be_undone() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("first.txt", "one\n")]),
+        Turn::text("First done."),
+        Turn::tool_use([ToolCall::write("second.txt", "two\n")]),
+        Turn::text("Second done."),
+    ]));
+    let created = create(&h, "Write first.txt", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+    let first_cp = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    h.ok(&["resume", &session_id, "-m", "Now write second.txt"]);
+    let ws = workspace(&h, &session_id);
+    h.wait_for("second.txt and the session's end", || {
+        let t = h.json(&["task", "show", &task_id, "--json"]);
+        (ws.join("second.txt").exists() && t["status"] == "completed").then_some(())
+    });
+    let second_cp = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(first_cp, second_cp);
+
+    // Diff shows what the second part added.
+    let diff = h.json(&["checkpoint", "diff", &first_cp, &second_cp, "--json"]);
+    let added: Vec<String> = diff["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(added.iter().any(|p| p == "second.txt"), "{diff:#}");
+    let conversation = h.ok(&[
+        "checkpoint",
+        "diff",
+        &first_cp,
+        &second_cp,
+        "--conversation",
+    ]);
+    assert!(
+        conversation.contains("Now write second.txt"),
+        "{conversation}"
+    );
+
+    // Rollback to the first checkpoint: second.txt goes away.
+    h.ok(&["checkpoint", "rollback", &first_cp, "--yes"]);
+    h.wait_for("the rollback's restore", || {
+        (!ws.join("second.txt").exists()).then_some(())
+    });
+    assert!(ws.join("first.txt").exists());
+
+    // And the rollback can be undone: the second checkpoint still restores.
+    h.ok(&["checkpoint", "rollback", &second_cp, "--yes"]);
+    h.wait_for("the undo", || ws.join("second.txt").exists().then_some(()));
+    assert_eq!(
+        std::fs::read_to_string(ws.join("second.txt")).unwrap(),
+        "two\n"
+    );
+}
+
+#[test]
+fn a_corrupted_checkpoint_is_refused_and_changes_nothing() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("kept.txt", "kept\n")]),
+        Turn::text("Done."),
+    ]));
+    let created = create(&h, "Write kept.txt", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+    let cp = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Flip one bit in every layer of the store.
+    let store = h
+        .state()
+        .join("sessions")
+        .join(&session_id)
+        .join("volume/checkpoints");
+    let mut flipped = 0;
+    for entry in walk(&store) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        if entry.is_file()
+            && (name.contains("layer") || name.ends_with(".zst") || name.ends_with(".pack"))
+        {
+            let mut bytes = std::fs::read(&entry).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            std::fs::write(&entry, bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(
+        flipped > 0,
+        "no layer files found under {}",
+        store.display()
+    );
+    let ws = workspace(&h, &session_id);
+    std::fs::write(ws.join("newer.txt"), "must survive").unwrap();
+
+    let out = h.run(&["checkpoint", "rollback", &cp, "--yes"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("E620"), "{stderr}");
+    assert!(
+        ws.join("newer.txt").exists(),
+        "a refused restore changed the workspace"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
