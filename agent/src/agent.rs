@@ -27,7 +27,7 @@ use crate::hooks;
 use crate::journal::{Journal, JournalError, now_ms};
 use crate::layout::Layout;
 use crate::server::{AgentService, SessionAuth};
-use crate::spec::{LaunchSpec, SessionMode, SpecError};
+use crate::spec::{LaunchSpec, SpecError};
 use crate::supervisor::{Supervisor, SupervisorContext, SupervisorMessage};
 use crate::tmux::TmuxServer;
 
@@ -52,11 +52,6 @@ pub enum RunError {
     /// The spec is not acceptable.
     #[error("read the spec: {0}")]
     Spec(#[from] SpecError),
-    /// Interactive sessions are a later issue.
-    #[error(
-        "start the session: interactive mode is not implemented yet; use \"mode\": \"headless\""
-    )]
-    InteractiveUnsupported,
     /// No secret was given.
     #[error("start the agent: {SECRET_ENV} is not set or empty")]
     MissingSecret,
@@ -122,9 +117,6 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let started_at = Instant::now();
     let started_at_ms = now_ms();
     let spec = Arc::new(LaunchSpec::load(&options.spec_path)?);
-    if spec.mode == SessionMode::Interactive {
-        return Err(RunError::InteractiveUnsupported);
-    }
     if options.secret.is_empty() {
         return Err(RunError::MissingSecret);
     }
@@ -190,7 +182,15 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // No Nagle delay: an attached terminal sends a few bytes at a time.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |stream| {
+                        let stream = stream?;
+                        stream.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(stream)
+                    },
+                ),
                 async move {
                     let _ = server_shutdown.wait_for(|down| *down).await;
                 },

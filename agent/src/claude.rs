@@ -67,8 +67,14 @@ pub fn not_executable_reason(path: &Path) -> Option<String> {
     }
 }
 
-/// Creates the config dir and merges in what Claude Code needs to run unattended.
-pub fn prepare_config_dir(config_dir: &Path, workspace_dir: &Path) -> Result<(), LaunchError> {
+/// Creates the config dir and merges in what Claude Code needs to run unattended. With
+/// `api_key` (the `ANTHROPIC_API_KEY` Claude Code will see), the key is pre-approved (its
+/// last 20 characters, as Claude Code records it) so the TUI does not ask about it.
+pub fn prepare_config_dir(
+    config_dir: &Path,
+    workspace_dir: &Path,
+    api_key: Option<&str>,
+) -> Result<(), LaunchError> {
     std::fs::create_dir_all(config_dir).map_err(io_error("create", config_dir))?;
 
     merge_json_object(&config_dir.join("settings.json"), |settings| {
@@ -83,8 +89,34 @@ pub fn prepare_config_dir(config_dir: &Path, workspace_dir: &Path) -> Result<(),
             trusted.push(real);
         }
     }
+    let approved_key = api_key.filter(|key| !key.is_empty()).map(|key| {
+        let chars: Vec<char> = key.chars().collect();
+        chars[chars.len().saturating_sub(20)..]
+            .iter()
+            .collect::<String>()
+    });
     merge_json_object(&config_dir.join(".claude.json"), |state| {
         state.insert("hasCompletedOnboarding".into(), true.into());
+        if let Some(approved_key) = &approved_key {
+            let responses = state
+                .entry("customApiKeyResponses")
+                .or_insert_with(|| serde_json::json!({}));
+            if !responses.is_object() {
+                *responses = serde_json::json!({});
+            }
+            let approved = responses
+                .as_object_mut()
+                .expect("made an object above")
+                .entry("approved")
+                .or_insert_with(|| serde_json::json!([]));
+            if !approved.is_array() {
+                *approved = serde_json::json!([]);
+            }
+            let list = approved.as_array_mut().expect("made an array above");
+            if !list.iter().any(|v| v == approved_key.as_str()) {
+                list.push(approved_key.as_str().into());
+            }
+        }
         let projects = state
             .entry("projects")
             .or_insert_with(|| serde_json::json!({}));
@@ -178,6 +210,32 @@ pub fn headless_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<Strin
         args.push("--max-turns".into());
         args.push(max_turns.to_string());
     }
+    if let Some(max_budget_usd) = spec.max_budget_usd {
+        args.push("--max-budget-usd".into());
+        args.push(format!("{max_budget_usd:.6}"));
+    }
+    args
+}
+
+/// Claude Code's arguments for an interactive (TUI) session. The prompt is not among
+/// them: it is typed into the TUI once it is ready.
+pub fn interactive_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<String> {
+    let mut args = vec!["--dangerously-skip-permissions".to_string()];
+    args.push(
+        if spec.resume {
+            "--resume"
+        } else {
+            "--session-id"
+        }
+        .into(),
+    );
+    args.push(spec.claude_session_id.clone());
+    args.push("--settings".into());
+    args.push(hooks_settings.to_string_lossy().into_owned());
+    if let Some(model) = &spec.model {
+        args.push("--model".into());
+        args.push(model.clone());
+    }
     args
 }
 
@@ -218,22 +276,33 @@ pub fn launcher_script(spec: &LaunchSpec, layout: &Layout, claude_arguments: &[S
     }
     let exit_status = q(&layout.exit_status);
     let exit_status_temp = q(&layout.exit_status.with_extension("tmp"));
+    // Headless: stdin from the FIFO, stdout to the stream file. Interactive: the TUI
+    // keeps the pane's terminal.
+    let (mode, redirections) = match spec.mode {
+        crate::spec::SessionMode::Headless => (
+            "headless",
+            format!(
+                " < {} >> {} 2>> {}",
+                q(&layout.input_fifo),
+                q(&layout.stream),
+                q(&layout.stderr)
+            ),
+        ),
+        crate::spec::SessionMode::Interactive => ("interactively", String::new()),
+    };
     format!(
         r#"#!/bin/sh
-# Written by parhelia-agent for container {container}. Runs Claude Code once, headless.
-# It holds no secrets: credentials come from the environment, prompts through the FIFO.
+# Written by parhelia-agent for container {container}. Runs Claude Code once, {mode}.
+# It holds no secrets: credentials come from the environment, prompts from the agent.
 cd {workspace} || exit 126
 # The inner shell writes its own pid, then execs Claude Code, which keeps that pid.
-/bin/sh -c 'echo $$ > "$1.tmp" && mv "$1.tmp" "$1" && shift && exec "$@"' parhelia-launch {pid_file} {claude} < {fifo} >> {stream} 2>> {stderr}
+/bin/sh -c 'echo $$ > "$1.tmp" && mv "$1.tmp" "$1" && shift && exec "$@"' parhelia-launch {pid_file} {claude}{redirections}
 status=$?
 echo "$status" > {exit_status_temp} && mv {exit_status_temp} {exit_status}
 "#,
         container = spec.container_id,
         workspace = q(&spec.workspace_dir),
         pid_file = q(&layout.claude_pid),
-        fifo = q(&layout.input_fifo),
-        stream = q(&layout.stream),
-        stderr = q(&layout.stderr),
     )
 }
 
@@ -302,6 +371,9 @@ mod tests {
             args.ends_with("--model claude-sonnet-4-5 --max-turns 4"),
             "{args}"
         );
+        let fenced = spec(|v| v["max_budget_usd"] = 2.5.into());
+        let args = headless_arguments(&fenced, settings).join(" ");
+        assert!(args.ends_with("--max-budget-usd 2.500000"), "{args}");
     }
 
     #[test]
@@ -351,8 +423,9 @@ mod tests {
         std::fs::create_dir_all(&workspace).unwrap();
         std::fs::write(config.join("settings.json"), r#"{"model":"opus"}"#).unwrap();
 
-        prepare_config_dir(&config, &workspace).unwrap();
-        prepare_config_dir(&config, &workspace).unwrap(); // idempotent
+        let key = Some("sk-test-0123456789abcdefghijklmnopqrstuvwxyz");
+        prepare_config_dir(&config, &workspace, key).unwrap();
+        prepare_config_dir(&config, &workspace, key).unwrap(); // idempotent
 
         let read = |name: &str| -> serde_json::Value {
             serde_json::from_slice(&std::fs::read(config.join(name)).unwrap()).unwrap()
@@ -364,9 +437,13 @@ mod tests {
         assert_eq!(state["hasCompletedOnboarding"], true);
         let key = workspace.to_string_lossy().into_owned();
         assert_eq!(state["projects"][&key]["hasTrustDialogAccepted"], true);
+        assert_eq!(
+            state["customApiKeyResponses"]["approved"],
+            serde_json::json!(["ghijklmnopqrstuvwxyz"])
+        );
 
         std::fs::write(config.join("settings.json"), "[1]").unwrap();
-        let err = prepare_config_dir(&config, &workspace).unwrap_err();
+        let err = prepare_config_dir(&config, &workspace, None).unwrap_err();
         assert!(err.to_string().contains("not a JSON object"), "{err}");
     }
 

@@ -73,6 +73,32 @@ pub async fn follow_stream<M>(
 ) where
     M: From<StreamNews>,
 {
+    follow_lines(
+        stream,
+        start_offset,
+        exit_status,
+        launcher_pid,
+        news,
+        crate::stream_json::parse_line,
+    )
+    .await
+}
+
+/// How a followed file's lines are read: stream-json (headless) or the transcript
+/// (interactive, [`crate::transcript::parse_line`]).
+pub type LineParser = fn(&str) -> Result<StreamLine, crate::stream_json::StreamLineError>;
+
+/// [`follow_stream`] with another line parser; the same promises.
+pub async fn follow_lines<M>(
+    stream: PathBuf,
+    start_offset: u64,
+    exit_status: PathBuf,
+    launcher_pid: u32,
+    news: mpsc::Sender<M>,
+    parse: LineParser,
+) where
+    M: From<StreamNews>,
+{
     let mut file: Option<tokio::fs::File> = None;
     let mut pending = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -89,7 +115,7 @@ pub async fn follow_stream<M>(
         };
         if read > 0 {
             pending.extend_from_slice(&chunk[..read]);
-            if !send_complete_lines(&mut pending, &news).await {
+            if !send_complete_lines(&mut pending, &news, parse).await {
                 return;
             }
             continue;
@@ -122,7 +148,7 @@ pub async fn follow_stream<M>(
         if !pending.is_empty() && pending.last() != Some(&b'\n') {
             pending.push(b'\n');
         }
-        if !send_complete_lines(&mut pending, &news).await {
+        if !send_complete_lines(&mut pending, &news, parse).await {
             return;
         }
         let _ = news
@@ -140,7 +166,11 @@ async fn open_at(path: &Path, offset: u64) -> Option<tokio::fs::File> {
 
 /// Sends every complete line in `pending` and keeps the incomplete rest. False when the
 /// supervisor is gone.
-async fn send_complete_lines<M>(pending: &mut Vec<u8>, news: &mpsc::Sender<M>) -> bool
+async fn send_complete_lines<M>(
+    pending: &mut Vec<u8>,
+    news: &mpsc::Sender<M>,
+    parse: LineParser,
+) -> bool
 where
     M: From<StreamNews>,
 {
@@ -153,14 +183,14 @@ where
             continue;
         }
         let text = String::from_utf8_lossy(line);
-        let parsed = match crate::stream_json::parse_line(&text) {
+        let parsed = match parse(&text) {
             Ok(parsed) => parsed,
             Err(e) => {
                 tracing::warn!(error = %e, "skipping a stream line that is not JSON");
                 continue;
             }
         };
-        if parsed.kinds.is_empty() {
+        if parsed.kinds.is_empty() && parsed.reported_total_usd.is_none() {
             continue;
         }
         if news.send(M::from(StreamNews::Line(parsed))).await.is_err() {

@@ -11,14 +11,21 @@
 //!   skipped). When the agent shuts down, followers get every remaining event, then the
 //!   stream ends.
 //! - `GetInfo`, `SendInput` and `Stop` are answered by the supervisor.
+//! - `Attach` bridges the stream to a tmux client on a pseudo-terminal
+//!   ([`crate::terminal`]); it is refused (FAILED_PRECONDITION, saying what to do) for a
+//!   headless session or one that is not running. A read-only attach never writes a byte
+//!   to the terminal. The last response is `ended` with the reason; when the client left
+//!   a running session (detach key or hang-up) the supervisor takes a `detach`
+//!   checkpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use parhelia_proto::agent_server::{Agent, AgentServer};
 use parhelia_proto::{
-    AgentInfo, CreateCheckpointRequest, CreateCheckpointResponse, GetInfoRequest, Heartbeat,
-    SendInputRequest, SendInputResponse, StopRequest, StopResponse, StreamEventsRequest,
+    AgentInfo, AttachEndReason, AttachEnded, AttachRequest, AttachResponse, CaptureScreenRequest,
+    CaptureScreenResponse, CreateCheckpointRequest, CreateCheckpointResponse, GetInfoRequest,
+    Heartbeat, SendInputRequest, SendInputResponse, StopRequest, StopResponse, StreamEventsRequest,
     StreamEventsResponse, stream_events_response,
 };
 use subtle::ConstantTimeEq;
@@ -28,7 +35,8 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ServiceError;
 use crate::journal::Journal;
-use crate::supervisor::SupervisorMessage;
+use crate::supervisor::{SupervisorMessage, TMUX_SESSION_NAME, TerminalGrant};
+use crate::terminal::AttachedTerminal;
 
 /// How many events a subscriber reads from the journal at a time.
 const REPLAY_BATCH: usize = 256;
@@ -124,6 +132,81 @@ impl AgentService {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
+    type AttachStream = ReceiverStream<Result<AttachResponse, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<AttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        use parhelia_proto::attach_request::Item;
+        let mut inbound = request.into_inner();
+        let start = match inbound.message().await?.and_then(|m| m.item) {
+            Some(Item::Start(start)) => start,
+            _ => {
+                return Err(ServiceError::InvalidArgument(
+                    "the first attach message must be `start`".into(),
+                )
+                .into());
+            }
+        };
+        let grant = self
+            .ask(|reply| SupervisorMessage::Terminal { reply })
+            .await?;
+        check_attachable(&grant)?;
+        let size = start.size.unwrap_or_default();
+        let term = if start.term.is_empty() {
+            "xterm-256color".to_string()
+        } else {
+            start.term.clone()
+        };
+        let (terminal, output) = AttachedTerminal::spawn(
+            &grant.tmux,
+            TMUX_SESSION_NAME,
+            start.read_only,
+            clamp(size.cols, 80),
+            clamp(size.rows, 24),
+            &term,
+        )
+        .map_err(|e| Status::internal(format!("failed to {e}")))?;
+        tracing::info!(
+            read_only = start.read_only,
+            client_pid = terminal.pid(),
+            "attached"
+        );
+        let (responses, stream) = mpsc::channel(64);
+        tokio::spawn(bridge_attach(
+            terminal,
+            output,
+            inbound,
+            start.read_only,
+            grant,
+            responses,
+            self.supervisor.clone(),
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    async fn capture_screen(
+        &self,
+        request: Request<CaptureScreenRequest>,
+    ) -> Result<Response<CaptureScreenResponse>, Status> {
+        let lines = request.into_inner().lines;
+        let grant = self
+            .ask(|reply| SupervisorMessage::Terminal { reply })
+            .await?;
+        let text = grant
+            .tmux
+            .capture_pane(TMUX_SESSION_NAME, lines)
+            .await
+            .map_err(|e| {
+                ServiceError::FailedPrecondition(format!(
+                    "the session's screen is gone (claude code is not running): {e}"
+                ))
+            })?;
+        Ok(Response::new(CaptureScreenResponse { text }))
+    }
+
     async fn get_info(
         &self,
         _request: Request<GetInfoRequest>,
@@ -194,6 +277,106 @@ impl Agent for AgentService {
             checkpoint_id: summary.checkpoint_id,
             seq,
         }))
+    }
+}
+
+fn clamp(value: u32, default: u16) -> u16 {
+    if value == 0 {
+        default
+    } else {
+        value.min(u32::from(u16::MAX)) as u16
+    }
+}
+
+/// Refuses an attach that cannot work, saying what to do instead.
+fn check_attachable(grant: &TerminalGrant) -> Result<(), ServiceError> {
+    if !grant.running {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "session {} is not running; `parhelia resume {}` continues it",
+            grant.session_id, grant.session_id
+        )));
+    }
+    if !grant.interactive {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "session {} is headless and has no terminal; follow it with `parhelia session logs -f {}`",
+            grant.session_id, grant.session_id
+        )));
+    }
+    Ok(())
+}
+
+/// Copies screen bytes out and keystrokes in until the client or the tmux client ends.
+#[allow(clippy::too_many_arguments)]
+async fn bridge_attach(
+    mut terminal: AttachedTerminal,
+    mut output: mpsc::Receiver<Vec<u8>>,
+    mut inbound: tonic::Streaming<AttachRequest>,
+    read_only: bool,
+    grant: TerminalGrant,
+    responses: mpsc::Sender<Result<AttachResponse, Status>>,
+    supervisor: mpsc::Sender<SupervisorMessage>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use parhelia_proto::attach_request::Item;
+    use parhelia_proto::attach_response;
+    let mut client_open = true;
+    let reason = loop {
+        tokio::select! {
+            chunk = output.recv() => match chunk {
+                Some(bytes) => {
+                    let response = AttachResponse { item: Some(attach_response::Item::Output(bytes)) };
+                    if responses.send(Ok(response)).await.is_err() {
+                        client_open = false;
+                        break AttachEndReason::Detached;
+                    }
+                }
+                // The tmux client exited: detached, or the session is gone.
+                None => {
+                    break if grant.tmux.has_session(TMUX_SESSION_NAME).await {
+                        AttachEndReason::Detached
+                    } else {
+                        AttachEndReason::SessionEnded
+                    };
+                }
+            },
+            message = inbound.message(), if client_open => match message {
+                Ok(Some(AttachRequest { item: Some(Item::Input(bytes)) })) => {
+                    if !read_only && let Err(e) = terminal.write_input(&bytes) {
+                        tracing::warn!(error = %e, "failed to pass keystrokes to tmux");
+                    }
+                }
+                Ok(Some(AttachRequest { item: Some(Item::Resize(size)) })) => {
+                    if let Err(e) = terminal.resize(clamp(size.cols, 80), clamp(size.rows, 24)) {
+                        tracing::warn!(error = %e, "failed to resize the attached terminal");
+                    }
+                }
+                Ok(Some(_)) => {}
+                // The client hung up: leave the session running.
+                Ok(None) | Err(_) => {
+                    client_open = false;
+                    break AttachEndReason::Detached;
+                }
+            },
+            () = async { let _ = shutdown.wait_for(|down| *down).await; } => break AttachEndReason::AgentStopping,
+        }
+    };
+    drop(terminal);
+    tracing::info!(?reason, "attach ended");
+    if reason == AttachEndReason::Detached && grant.running {
+        let _ = supervisor.send(SupervisorMessage::Detached).await;
+    }
+    if client_open {
+        let ended = AttachResponse {
+            item: Some(attach_response::Item::Ended(AttachEnded {
+                reason: reason as i32,
+                detail: match reason {
+                    AttachEndReason::Detached => "detached; the session keeps running".into(),
+                    AttachEndReason::SessionEnded => "claude code exited; the session ended".into(),
+                    _ => "the agent is shutting down".into(),
+                },
+            })),
+        };
+        let _ = responses.send(Ok(ended)).await;
     }
 }
 

@@ -23,7 +23,7 @@ pub const SPEC_VERSION: u32 = 1;
 pub enum SessionMode {
     /// `claude -p` with stream-json on stdin and stdout.
     Headless,
-    /// The Claude Code TUI in tmux. Not implemented yet; refused at startup.
+    /// The Claude Code TUI in tmux.
     Interactive,
 }
 
@@ -68,6 +68,10 @@ pub struct LaunchSpec {
     pub restore_checkpoint: Option<String>,
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
+    /// Claude Code's own `--max-budget-usd` (headless), set by the coordinator from the
+    /// task's and the global budget: a second fence behind the coordinator's watchdog.
+    #[serde(default)]
+    pub max_budget_usd: Option<f64>,
 }
 
 /// When and how the agent checkpoints (all optional in `spec.json`).
@@ -173,6 +177,14 @@ impl LaunchSpec {
         }
         if self.max_turns == Some(0) {
             return Err(field_error("max_turns", "must be at least 1 or null"));
+        }
+        if let Some(budget) = self.max_budget_usd
+            && !(budget.is_finite() && budget > 0.0)
+        {
+            return Err(field_error(
+                "max_budget_usd",
+                "must be a positive amount or null",
+            ));
         }
         for (field, path) in [
             ("claude_bin", &self.claude_bin),
@@ -312,6 +324,8 @@ pub(crate) mod tests {
         check(|v| v["prompt"] = "  ".into(), "prompt: must not be empty");
         check(|v| v["model"] = "--evil".into(), "model:");
         check(|v| v["max_turns"] = 0.into(), "max_turns:");
+        check(|v| v["max_budget_usd"] = 1.5.into(), "ok");
+        check(|v| v["max_budget_usd"] = 0.into(), "max_budget_usd:");
         check(
             |v| v["workspace_dir"] = "rel/ws".into(),
             "workspace_dir: must be an absolute path",

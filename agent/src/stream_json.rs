@@ -38,6 +38,9 @@ pub struct StreamLine {
     pub kinds: Vec<event::Kind>,
     /// For a `result` line: the cost of this turn alone, when Claude Code reports it.
     pub turn_cost_usd: Option<f64>,
+    /// Interactive transcripts only: Claude Code's session total from a `cost-state`
+    /// line (written when it exits), cumulative like `total_cost_usd`.
+    pub reported_total_usd: Option<f64>,
 }
 
 /// Parses one stream-json line (without its newline).
@@ -50,6 +53,7 @@ pub fn parse_line(line: &str) -> Result<StreamLine, StreamLineError> {
     Ok(StreamLine {
         kinds: kinds_of(&value),
         turn_cost_usd: turn_cost_usd(&value),
+        reported_total_usd: None,
     })
 }
 
@@ -67,7 +71,7 @@ fn turn_cost_usd(value: &Value) -> Option<f64> {
     )
 }
 
-fn kinds_of(value: &Value) -> Vec<event::Kind> {
+pub(crate) fn kinds_of(value: &Value) -> Vec<event::Kind> {
     match (str_at(value, "type"), str_at(value, "subtype")) {
         ("system", "init") => vec![event::Kind::ClaudeInit(ClaudeInit {
             claude_session_id: str_at(value, "session_id").to_string(),

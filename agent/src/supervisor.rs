@@ -28,6 +28,14 @@
 //! - Stop: `StopRequested`, input closed, SIGTERM to Claude Code, SIGKILL after the grace
 //!   period; if even that is not reported within [`GIVE_UP_AFTER_KILL`], the tmux server
 //!   is killed and the session finishes with exit code -1.
+//!
+//! Interactive mode (the TUI in the pane) differs only where it must: input is typed
+//! into the TUI ([`crate::interactive_io`]) once its SessionStart hook has fired, events
+//! come from following the transcript ([`crate::transcript`]), a message typed in an
+//! attached terminal starts a turn (UserPromptSubmit), the TUI stays up between turns
+//! until it exits or is stopped, and the cost is known from the transcript's
+//! `cost-state` line that Claude Code writes as it exits (turn results carry 0 until
+//! then). A client leaving an `Attach` takes a `detach` checkpoint.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -95,6 +103,23 @@ pub enum SupervisorMessage {
     CheckpointTick,
     /// The checkpointer finished a job.
     CheckpointDone(CheckpointDone),
+    /// The `Attach` and `CaptureScreen` RPCs: how to reach the session's terminal.
+    Terminal {
+        reply: oneshot::Sender<TerminalGrant>,
+    },
+    /// An attached client left while the session was running (tmux's detach key, or
+    /// it hung up): take a `detach` checkpoint.
+    Detached,
+}
+
+/// What the server needs to attach to the session's terminal.
+#[derive(Debug)]
+pub struct TerminalGrant {
+    pub tmux: TmuxServer,
+    pub interactive: bool,
+    /// Claude Code is running (not finished, not stopping).
+    pub running: bool,
+    pub session_id: String,
 }
 
 impl From<CheckpointDone> for SupervisorMessage {
@@ -204,6 +229,12 @@ pub struct Supervisor {
     interval_checkpoint_in_flight: bool,
     /// The verdict waiting for the final checkpoint before `SessionFinished`.
     finishing: Option<Verdict>,
+    /// Interactive mode: the TUI is ready for typed input (its SessionStart hook fired).
+    prompt_ready: watch::Sender<bool>,
+    /// Interactive mode: the transcript's last cost-state total before this process.
+    baseline_reported_total_usd: f64,
+    /// The latest assistant text, for an interactive turn's result.
+    last_assistant_text: String,
 }
 
 /// The outcome of a session whose Claude Code process exited.
@@ -300,6 +331,9 @@ impl Supervisor {
             writer_task: None,
             interval_checkpoint_in_flight: false,
             finishing: None,
+            prompt_ready: watch::channel(false).0,
+            baseline_reported_total_usd: 0.0,
+            last_assistant_text: String::new(),
         }
     }
 
@@ -312,6 +346,10 @@ impl Supervisor {
         let result = self.run_session(&mut inbox).await;
         self.clean_up().await;
         result
+    }
+
+    fn interactive(&self) -> bool {
+        self.context.spec.mode == crate::spec::SessionMode::Interactive
     }
 
     async fn run_session(
@@ -570,12 +608,20 @@ impl Supervisor {
             }
         };
 
-        claude::prepare_config_dir(&spec.claude_config_dir, &spec.workspace_dir)?;
+        let api_key = std::env::var("ANTHROPIC_API_KEY").ok();
+        claude::prepare_config_dir(
+            &spec.claude_config_dir,
+            &spec.workspace_dir,
+            api_key.as_deref(),
+        )?;
         let hook_command = hooks::hook_command(&self.context.agent_exe, &layout.hook_socket);
         let settings = serde_json::to_vec_pretty(&hooks::settings_json(&hook_command))
             .expect("settings always serialize");
         claude::write_atomically(&layout.hooks_settings, &settings)
             .map_err(io("write", &layout.hooks_settings))?;
+        if self.interactive() {
+            return self.start_interactive_claude().await;
+        }
         let arguments = claude::headless_arguments(&spec, &layout.hooks_settings);
         let script = claude::launcher_script(&spec, &layout, &arguments);
         claude::write_atomically(&layout.launcher_script, script.as_bytes())
@@ -642,6 +688,81 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Interactive mode: the TUI in the tmux pane; input is typed into it once it is
+    /// ready, and events come from following its transcript.
+    async fn start_interactive_claude(&mut self) -> Result<(), StartError> {
+        let spec = self.context.spec.clone();
+        let layout = self.context.layout.clone();
+        let io = |action: &'static str, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| StartError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let arguments = claude::interactive_arguments(&spec, &layout.hooks_settings);
+        let script = claude::launcher_script(&spec, &layout, &arguments);
+        claude::write_atomically(&layout.launcher_script, script.as_bytes())
+            .map_err(io("write", &layout.launcher_script))?;
+        for stale in [&layout.exit_status, &layout.claude_pid] {
+            match std::fs::remove_file(stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("remove", stale)(e));
+                }
+                _ => {}
+            }
+        }
+        let transcript =
+            crate::conversation::project_dir(&spec.claude_config_dir, &spec.workspace_dir)
+                .join(format!("{}.jsonl", spec.claude_session_id));
+        let start_offset = std::fs::metadata(&transcript).map(|m| m.len()).unwrap_or(0);
+        self.baseline_reported_total_usd = crate::transcript::last_reported_total_usd(&transcript);
+
+        let (input, texts) = mpsc::unbounded_channel();
+        let has_prompt = !spec.prompt.trim().is_empty();
+        if has_prompt {
+            input
+                .send(spec.prompt.clone())
+                .expect("the receiver is alive");
+        }
+        let shell_command = format!(
+            "exec /bin/sh {}",
+            claude::shell_quote(&layout.launcher_script.to_string_lossy())
+        );
+        let launcher_pid = self
+            .context
+            .tmux
+            .new_session(TMUX_SESSION_NAME, &spec.workspace_dir, &shell_command)
+            .await?;
+        tracing::info!(launcher_pid, socket = %self.context.tmux.socket().display(), "claude code launched interactively in tmux");
+        self.writer_task = Some(tokio::spawn(crate::interactive_io::run_prompt_typist(
+            self.context.tmux.clone(),
+            layout.runtime_dir.join("input-buffer.txt"),
+            self.prompt_ready.subscribe(),
+            texts,
+        )));
+        self.input = Some(input);
+        self.turn_running = has_prompt;
+        self.tasks.push(tokio::spawn(headless_io::follow_lines(
+            transcript,
+            start_offset,
+            layout.exit_status.clone(),
+            launcher_pid,
+            self.context.inbox.clone(),
+            crate::transcript::parse_line,
+        )));
+        match self.context.tmux.server_pid().await {
+            Ok(pid) => {
+                self.context.tmux_server_pid.send_replace(Some(pid));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to learn the tmux server pid; heartbeats will not cover it")
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, message: SupervisorMessage) -> Result<(), JournalError> {
         match message {
             SupervisorMessage::GetInfo { reply } => {
@@ -676,8 +797,33 @@ impl Supervisor {
                     self.begin_stop(StopIntent::Interrupt, grace).await?;
                 }
             }
+            SupervisorMessage::Terminal { reply } => {
+                let _ = reply.send(TerminalGrant {
+                    tmux: self.context.tmux.clone(),
+                    interactive: self.interactive(),
+                    running: self.phase == Phase::Running
+                        && self.stop.is_none()
+                        && self.finishing.is_none(),
+                    session_id: self.context.spec.session_id.clone(),
+                });
+            }
+            SupervisorMessage::Detached => {
+                if self.phase == Phase::Running && self.stop.is_none() && self.finishing.is_none() {
+                    self.request_checkpoint("detach", String::new(), true, None, None, false);
+                }
+            }
             SupervisorMessage::Hook(delivery) => {
                 let report = &delivery.report;
+                if self.interactive() {
+                    match report.hook_event_name.as_str() {
+                        "SessionStart" => {
+                            self.prompt_ready.send_replace(true);
+                        }
+                        // A message typed in an attached terminal starts a turn too.
+                        "UserPromptSubmit" => self.turn_running = true,
+                        _ => {}
+                    }
+                }
                 if let Some((status, detail)) = hooks::status_for_hook(report)
                     && self.phase != Phase::Finished
                 {
@@ -748,6 +894,13 @@ impl Supervisor {
                 self.stream_lines += 1;
                 for kind in line.kinds {
                     self.record_stream_event(kind, line.turn_cost_usd).await?;
+                }
+                if let Some(total) = line.reported_total_usd {
+                    // Interactive: Claude Code's session total, written as it exits;
+                    // what this process added is its growth over the transcript's
+                    // earlier total.
+                    self.process_spent_usd = (total - self.baseline_reported_total_usd).max(0.0);
+                    self.last_reported_total_usd = Some(total);
                 }
             }
             SupervisorMessage::Stream(StreamNews::ClaudeExited { exit_code }) => {
@@ -830,8 +983,13 @@ impl Supervisor {
     }
 
     fn send_to_claude(&mut self, text: &str) {
+        let line = if self.interactive() {
+            text.to_string()
+        } else {
+            claude::user_message_line(text)
+        };
         if let Some(input) = &self.input {
-            let _ = input.send(claude::user_message_line(text));
+            let _ = input.send(line);
             self.turn_running = true;
         }
     }
@@ -851,6 +1009,10 @@ impl Supervisor {
                 self.journal(event::Kind::ClaudeInit(init)).await?;
             }
             event::Kind::TurnResult(mut result) => {
+                if self.interactive() && result.result.is_empty() {
+                    result.result = std::mem::take(&mut self.last_assistant_text);
+                    result.claude_total_cost_usd = self.last_reported_total_usd.unwrap_or(0.0);
+                }
                 // `total_cost_usd` is cumulative for the whole session as Claude Code
                 // remembers it (restored from the transcript on --resume), so the agent
                 // adds up turns instead; a Claude Code that does not report per-turn cost
@@ -868,12 +1030,17 @@ impl Supervisor {
                 if self.stop.is_none() {
                     match self.pending_inputs.pop_front() {
                         Some(next) => self.send_to_claude(&next),
+                        // The TUI stays up, idle, until it is told to exit.
+                        None if self.interactive() => {}
                         // Nothing more to say: closing stdin lets Claude Code exit.
                         None => self.input = None,
                     }
                 }
             }
             other => {
+                if let event::Kind::AssistantText(text) = &other {
+                    self.last_assistant_text = text.text.clone();
+                }
                 self.journal(other).await?;
             }
         }
@@ -999,6 +1166,15 @@ impl Supervisor {
             self.last_result.as_ref(),
             self.stream_lines > 0,
         );
+        // A TUI the user quit cleanly before any turn ended has nothing to report.
+        if self.interactive() && self.stop.is_none() && self.last_result.is_none() && exit_code == 0
+        {
+            verdict = Verdict {
+                outcome: SessionOutcome::Succeeded,
+                error_code: "",
+                error_message: String::new(),
+            };
+        }
         if verdict.error_code == "E501"
             && let Some(tail) = stderr_tail(&self.context.layout.stderr)
         {

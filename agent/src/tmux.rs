@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tmux_interface::{
-    DisplayMessage, HasSession, KillServer, NewSession, StdIO, Tmux, TmuxCommand,
+    AttachSession, CapturePane, DisplayMessage, HasSession, KillServer, LoadBuffer, NewSession,
+    PasteBuffer, SendKeys, StdIO, Tmux, TmuxCommand,
 };
 
 /// tmux failures. Each message reads after "failed to ".
@@ -158,6 +159,118 @@ impl TmuxServer {
         )
         .await
         .is_ok()
+    }
+
+    /// Types `text` into `target` as one message: the text goes through a tmux buffer
+    /// pasted with bracketed-paste codes (`paste-buffer -p`, so newlines do not submit),
+    /// then Enter. `buffer_file` is a scratch file (private to the agent) for
+    /// `load-buffer`; it is removed afterwards.
+    pub async fn paste_message(
+        &self,
+        target: &str,
+        text: &str,
+        buffer_file: &Path,
+    ) -> Result<(), TmuxError> {
+        const BUFFER: &str = "parhelia-input";
+        std::fs::write(buffer_file, text).map_err(|source| TmuxError::Spawn {
+            command: "load-buffer",
+            source,
+        })?;
+        let path = buffer_file.to_string_lossy();
+        let loaded = self
+            .run(
+                "load-buffer",
+                LoadBuffer::new().buffer_name(BUFFER).path(path.clone()),
+            )
+            .await;
+        let _ = std::fs::remove_file(buffer_file);
+        loaded?;
+        self.run(
+            "paste-buffer",
+            PasteBuffer::new()
+                .delete()
+                .bracket_codes()
+                .buffer_name(BUFFER)
+                .target_pane(target),
+        )
+        .await?;
+        self.run(
+            "send-keys",
+            SendKeys::new().target_pane(target).key("Enter"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The visible screen of `target` plus up to `scrollback` lines above it, as text.
+    pub async fn capture_pane(&self, target: &str, scrollback: u32) -> Result<String, TmuxError> {
+        let start = format!("-{scrollback}");
+        let output = self
+            .command(
+                CapturePane::new()
+                    .stdout()
+                    .join()
+                    .start_line(start)
+                    .target_pane(target),
+            )
+            .output()
+            .await
+            .map_err(|source| TmuxError::Spawn {
+                command: "capture-pane",
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(TmuxError::Failed {
+                command: "capture-pane",
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `display-message -p FORMAT` against `target` (e.g. `#{window_width}`).
+    pub async fn display(&self, target: &str, format: &str) -> Result<String, TmuxError> {
+        self.run(
+            "display-message",
+            DisplayMessage::new()
+                .print()
+                .target_pane(target)
+                .message(format),
+        )
+        .await
+    }
+
+    /// The command line of a tmux client attached to `session_name` (read-only with
+    /// `attach -r`), with the server's environment plus `TERM=term`, run through
+    /// `setsid -c`. The caller runs it with a terminal as its stdin, stdout and stderr.
+    pub fn attach_command(
+        &self,
+        session_name: &str,
+        read_only: bool,
+        term: &str,
+    ) -> std::process::Command {
+        let mut attach = AttachSession::new().target_session(session_name);
+        if read_only {
+            attach = attach.read_only();
+        }
+        let tmux = Tmux::new()
+            .socket_path(self.socket.to_string_lossy())
+            .file("/dev/null")
+            .add_command(attach)
+            .into_command();
+        // `setsid -c`: a session of its own whose controlling terminal is its stdin,
+        // so the client gets SIGWINCH when the terminal is resized (and the agent needs
+        // no unsafe pre-exec code to arrange it).
+        let mut command = std::process::Command::new("setsid");
+        command
+            .arg("-c")
+            .arg(tmux.get_program())
+            .args(tmux.get_args())
+            .env_clear()
+            .envs(self.environment.iter().map(|(k, v)| (k, v)))
+            .env("TERM", term);
+        command
     }
 
     /// Stops the server and everything running in it (panes get SIGHUP). Succeeds when no

@@ -338,14 +338,11 @@ async fn a_missing_claude_binary_fails_fast_with_e501() {
 #[test]
 fn startup_errors_exit_2_with_a_message() {
     let fixture = Fixture::new();
-    let interactive = fixture.write_spec(|s| s["mode"] = "interactive".into());
-    let output = fixture.agent_command(&interactive).output().unwrap();
+    let no_workspace = fixture.write_spec(|s| s["workspace_dir"] = "/nonexistent/ws".into());
+    let output = fixture.agent_command(&no_workspace).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("interactive mode is not implemented yet"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("/nonexistent/ws"), "{stderr}");
 
     let headless = fixture.write_spec(|_| {});
     let output = fixture

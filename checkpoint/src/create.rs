@@ -119,6 +119,41 @@ impl<'p> ParentView<'p> {
             .map(|j| c[j].clone()))
     }
 
+    /// Whether `dir` is a directory in the parent. Every entry's parent directory is an entry
+    /// too, so an entry below `dir` in the chunk covering `near` (a path below `dir`, whose
+    /// chunk is needed anyway) answers without loading `dir`'s own chunk.
+    fn known_dir(&mut self, dir: &[u8], near: &[u8], loader: &mut ChunkLoader<'_>) -> Result<bool> {
+        if self.chunks.is_empty() {
+            return Ok(false);
+        }
+        let prefix = [dir, b"/"].concat();
+        let i = self.covering(near);
+        let c = self.chunk(i, loader)?;
+        let j = c.partition_point(|r| r.path.as_slice() < prefix.as_slice());
+        if c.get(j).is_some_and(|r| r.path.starts_with(&prefix)) {
+            return Ok(true);
+        }
+        Ok(self
+            .get(dir, loader)?
+            .is_some_and(|r| r.kind == RawKind::Dir))
+    }
+
+    /// Layers of every parent chunk loaded so far (where most contents of re-chunked
+    /// entries live).
+    fn loaded_layers(&self, parent_layers: &[BlobId]) -> Vec<BlobId> {
+        let set: BTreeSet<BlobId> = self
+            .loaded
+            .keys()
+            .flat_map(|i| {
+                self.chunks[*i]
+                    .layers
+                    .iter()
+                    .map(|l| parent_layers[*l as usize])
+            })
+            .collect();
+        set.into_iter().collect()
+    }
+
     /// Direct children of `dir` (`b""`: the root).
     fn children(&mut self, dir: &[u8], loader: &mut ChunkLoader<'_>) -> Result<Vec<Record>> {
         if self.chunks.is_empty() {
@@ -188,6 +223,8 @@ impl Edits {
 }
 
 struct HintContext<'a, 'p, 'l> {
+    /// Called for every file that needs hashing, as soon as that is known.
+    needs_hash: &'a dyn Fn(&[u8]),
     root: &'a Path,
     excludes: &'a Excludes,
     view: ParentView<'p>,
@@ -196,10 +233,17 @@ struct HintContext<'a, 'p, 'l> {
 }
 
 impl HintContext<'_, '_, '_> {
+    fn put(&mut self, r: Record) {
+        if r.kind == RawKind::File && r.content.is_none() {
+            (self.needs_hash)(&r.path);
+        }
+        self.edits.put(r);
+    }
+
     fn full_scan(&mut self, dir: &[u8]) -> Result<()> {
         self.edits.remove(dir);
         for r in scan_subtree(self.root, dir, self.excludes)? {
-            self.edits.put(r);
+            self.put(r);
         }
         self.edits.scanned.push(dir.to_vec());
         Ok(())
@@ -217,10 +261,7 @@ impl HintContext<'_, '_, '_> {
         for (i, _) in p.iter().enumerate().filter(|(_, b)| **b == b'/') {
             let a = &p[..i];
             let is_dir = lstat_record(self.root, a)?.is_some_and(|r| r.kind == RawKind::Dir);
-            let known = self
-                .view
-                .get(a, self.loader)?
-                .is_some_and(|r| r.kind == RawKind::Dir);
+            let known = is_dir && self.view.known_dir(a, p, self.loader)?;
             if !is_dir || !known {
                 return self.examine(a);
             }
@@ -243,7 +284,7 @@ impl HintContext<'_, '_, '_> {
             }
             Some(r) if r.kind == RawKind::Dir => {
                 if prev.is_some_and(|x| x.kind == RawKind::Dir && x.ino == r.ino) {
-                    self.edits.put(r);
+                    self.put(r);
                     self.children(p)?;
                 } else {
                     self.full_scan(p)?;
@@ -251,7 +292,7 @@ impl HintContext<'_, '_, '_> {
             }
             Some(r) => {
                 self.edits.remove(p);
-                self.edits.put(r); // files: no content, so always re-hashed
+                self.put(r); // files: no content, so always re-hashed
             }
         }
         Ok(())
@@ -326,7 +367,7 @@ impl HintContext<'_, '_, '_> {
                     // Same inode: the same directory, whose contents are hinted separately.
                     Some(o) if o.kind == RawKind::Dir && o.ino == r.ino => {
                         if o.mode != r.mode {
-                            self.edits.put(r);
+                            self.put(r);
                         }
                     }
                     _ => self.full_scan(c)?,
@@ -344,7 +385,7 @@ impl HintContext<'_, '_, '_> {
                             self.edits.remove(c);
                         }
                     }
-                    self.edits.put(r);
+                    self.put(r);
                 }
             }
         }
@@ -439,6 +480,8 @@ struct BuiltChunk {
     layers: BTreeSet<BlobId>,
     encoded: Option<Vec<u8>>,
     records: Option<Vec<Record>>,
+    /// Layers to search first for this chunk's contents.
+    likely_layers: std::sync::Arc<Vec<BlobId>>,
 }
 
 fn build_chunk(records: Vec<Record>) -> BuiltChunk {
@@ -457,6 +500,7 @@ fn build_chunk(records: Vec<Record>) -> BuiltChunk {
         layers: BTreeSet::new(),
         encoded: Some(encoded),
         records: Some(records),
+        likely_layers: Default::default(),
     }
 }
 
@@ -510,6 +554,7 @@ fn decide<'p>(
                 hints.sort();
                 hints.dedup();
                 let mut cx = HintContext {
+                    needs_hash: &send,
                     root: &spec.root,
                     excludes: &excludes,
                     view: ParentView::new(&pt.chunks)?,
@@ -518,11 +563,6 @@ fn decide<'p>(
                 };
                 for h in &hints {
                     cx.hint(h)?;
-                }
-                for r in cx.edits.set.values().flatten() {
-                    if r.kind == RawKind::File && r.content.is_none() {
-                        send(&r.path);
-                    }
                 }
                 views.push(Some(cx.view));
                 works.push(TreeWork::Edited(cx.edits));
@@ -661,6 +701,7 @@ impl Store {
         let mut trees_out: Vec<Vec<BuiltChunk>> = Vec::new();
         for (ti, (work, view)) in works.into_iter().zip(views).enumerate() {
             let res = &results[ti];
+            let mut likely = std::sync::Arc::new(Vec::new());
             let outs = match work {
                 TreeWork::Full(mut records) => {
                     let mut gone = false;
@@ -692,12 +733,10 @@ impl Store {
                         }
                     }
                     let mut view = view.expect("edited trees have a view");
-                    merge_edits(
-                        &mut view,
-                        &mut loader,
-                        &edits,
-                        &parent.expect("edited trees have a parent").layers,
-                    )?
+                    let parent_layers = &parent.expect("edited trees have a parent").layers;
+                    let outs = merge_edits(&mut view, &mut loader, &edits, parent_layers)?;
+                    likely = std::sync::Arc::new(view.loaded_layers(parent_layers));
+                    outs
                 }
             };
             trees_out.push(
@@ -708,8 +747,12 @@ impl Store {
                             layers: layers.into_iter().collect(),
                             encoded: None,
                             records: None,
+                            likely_layers: Default::default(),
                         },
-                        ChunkOut::New(records) => build_chunk(records),
+                        ChunkOut::New(records) => BuiltChunk {
+                            likely_layers: likely.clone(),
+                            ..build_chunk(records)
+                        },
                     })
                     .collect(),
             );
@@ -740,15 +783,30 @@ impl Store {
         }
 
         // 5. Store new chunk blobs, finish the layers.
-        let mut fb = FrameBuilder::new()?;
-        for built in trees_out.iter().flatten() {
-            if let Some(enc) = &built.encoded
-                && session.claim(&built.chunk.blob)
-            {
-                fb.add(&session.sink, built.chunk.blob, BlobKind::Chunk, enc, true)?;
-            }
-        }
-        fb.flush(&session.sink)?;
+        let new_chunks: Vec<(BlobId, &Vec<u8>)> = trees_out
+            .iter()
+            .flatten()
+            .filter_map(|b| b.encoded.as_ref().map(|e| (b.chunk.blob, e)))
+            .filter(|(blob, _)| session.claim(blob))
+            .collect();
+        let per_thread = new_chunks.len().div_ceil(self.threads).max(1);
+        std::thread::scope(|scope| -> Result<()> {
+            let handles: Vec<_> = new_chunks
+                .chunks(per_thread)
+                .map(|part| {
+                    scope.spawn(move || -> Result<()> {
+                        let mut fb = FrameBuilder::new()?;
+                        for (blob, enc) in part {
+                            fb.add(&session.sink, *blob, BlobKind::Chunk, enc, true)?;
+                        }
+                        fb.flush(&session.sink)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().expect("chunk writer panicked"))
+        })?;
         let (finished, sealed, written_bytes) = {
             let mut sink = session.sink.lock().expect("poisoned");
             let sealed = sink.seal()?;
@@ -763,11 +821,11 @@ impl Store {
             .iter()
             .flat_map(|l| l.entries.iter().map(|e| (e.blob, l.layer)))
             .collect();
-        let locate = |b: &BlobId| -> Result<BlobId> {
+        let locate = |b: &BlobId, likely: &[BlobId]| -> Result<BlobId> {
             new_locations
                 .get(b)
                 .copied()
-                .or_else(|| index.get(b).map(|(l, _)| l))
+                .or_else(|| index.get_preferring(b, likely).map(|(l, _)| l))
                 .ok_or_else(|| {
                     CheckpointError::corrupt(format!(
                         "blob {b} vanished from the store during create"
@@ -776,14 +834,12 @@ impl Store {
         };
         for built in trees_out.iter_mut().flatten() {
             if let Some(records) = built.records.take() {
-                built.layers.insert(locate(&built.chunk.blob)?);
+                built.layers.insert(locate(&built.chunk.blob, &[])?);
                 for c in records.iter().filter_map(|r| r.content.as_ref()) {
-                    built.layers.insert(locate(c)?);
+                    built.layers.insert(locate(c, &built.likely_layers)?);
                 }
             }
         }
-
-        // 6. The manifest, committed last.
         trace.mark("chunk layers located");
         let all_layers: BTreeSet<BlobId> = trees_out
             .iter()

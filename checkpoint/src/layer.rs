@@ -124,8 +124,10 @@ pub struct RawIndex {
     pub layer: BlobId,
     /// The whole layer file's size (data, index trailer and footer).
     pub file_size: u64,
+    data_size: u64,
     data: Vec<u8>,
     count: usize,
+    fanout: [u32; 257],
 }
 
 impl RawIndex {
@@ -163,31 +165,34 @@ impl RawIndex {
                 layer.to_hex()
             )));
         }
-        let raw = RawIndex {
+        let mut raw = RawIndex {
             layer,
             file_size,
+            data_size,
             data,
             count: count as usize,
+            fanout: [0; 257],
         };
-        let mut prev: Option<[u8; 32]> = None;
-        for i in 0..raw.count {
-            let b = raw.blob_at(i);
-            if prev.is_some_and(|p| p >= b) {
+        for i in 1..raw.count {
+            if raw.blob_slice(i - 1) >= raw.blob_slice(i) {
                 return Err(CheckpointError::corrupt("layer index is not sorted"));
             }
-            prev = Some(b);
-            if raw.entry(i)?.frame_offset >= data_size {
-                return Err(CheckpointError::corrupt(
-                    "layer index points past the end of its layer",
-                ));
-            }
         }
+        // fanout[b] = index of the first entry whose id starts with a byte >= b.
+        let mut next = 0;
+        for b in 0..256usize {
+            while next < raw.count && usize::from(raw.blob_slice(next)[0]) < b {
+                next += 1;
+            }
+            raw.fanout[b] = next as u32;
+        }
+        raw.fanout[256] = raw.count as u32;
         Ok(raw)
     }
 
-    fn blob_at(&self, i: usize) -> [u8; 32] {
+    fn blob_slice(&self, i: usize) -> &[u8] {
         let o = INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN;
-        self.data[o..o + 32].try_into().expect("32 bytes")
+        &self.data[o..o + 32]
     }
 
     fn entry(&self, i: usize) -> Result<IndexEntry> {
@@ -203,20 +208,27 @@ impl RawIndex {
                 )));
             }
         };
-        Ok(IndexEntry {
+        let e = IndexEntry {
             blob,
             kind,
             frame_offset: c.u64_le()?,
             header_offset: c.u32_le()?,
             len: c.u64_le()?,
-        })
+        };
+        if e.frame_offset >= self.data_size {
+            return Err(CheckpointError::corrupt(
+                "layer index points past the end of its layer",
+            ));
+        }
+        Ok(e)
     }
 
     pub fn find(&self, blob: &BlobId) -> Option<IndexEntry> {
-        let (mut lo, mut hi) = (0, self.count);
+        let b0 = usize::from(blob.0[0]);
+        let (mut lo, mut hi) = (self.fanout[b0] as usize, self.fanout[b0 + 1] as usize);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            match self.blob_at(mid).cmp(&blob.0) {
+            match self.blob_slice(mid).cmp(&blob.0[..]) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return self.entry(mid).ok(),
@@ -835,6 +847,15 @@ impl BlobMap {
     pub fn get(&self, blob: &BlobId) -> Option<(BlobId, IndexEntry)> {
         self.indexes
             .iter()
+            .find_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
+    }
+
+    /// `get`, searching the `likely` layers first.
+    pub fn get_preferring(&self, blob: &BlobId, likely: &[BlobId]) -> Option<(BlobId, IndexEntry)> {
+        self.indexes
+            .iter()
+            .filter(|ix| likely.contains(&ix.layer))
+            .chain(self.indexes.iter().filter(|ix| !likely.contains(&ix.layer)))
             .find_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
     }
 

@@ -140,7 +140,7 @@ impl Manifest {
     }
 
     /// Serializes with the header line and checksum trailer; sets `self.checksum`.
-    pub fn encode(&mut self) -> Vec<u8> {
+    pub(crate) fn encode(&mut self) -> Vec<u8> {
         let mut out = format!("{MAGIC} {}\n", self.format_version).into_bytes();
         serde_json::to_writer(&mut out, self).expect("a manifest always serializes");
         out.push(b'\n');

@@ -365,12 +365,30 @@ impl Store {
             });
         }
         let c = cache.as_mut().expect("just set");
-        for l in layers.difference(&c.layers.clone()) {
-            if let Ok(index) = read_index(&self.layers_dir, l) {
-                c.map.add(index);
-            }
-            c.layers.insert(*l);
+        let missing: Vec<BlobId> = layers.difference(&c.layers).copied().collect();
+        // Reading and checksumming the indexes is most of a small checkpoint's fixed cost;
+        // spread it over the worker threads.
+        let per_thread = missing.len().div_ceil(self.threads).max(1);
+        let loaded: Vec<Vec<_>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = missing
+                .chunks(per_thread)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|l| read_index(&self.layers_dir, l).ok())
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("index loader panicked"))
+                .collect()
+        });
+        for index in loaded.into_iter().flatten().flatten() {
+            c.map.add(index);
         }
+        c.layers.extend(missing);
         Ok(c.map.clone())
     }
 

@@ -147,6 +147,32 @@ keys! {
         "Global spending ceiling.";
     "budget"."warning_threshold_percent": Kind::UInt { min: 1, max: 100 }, Value::UInt(80), None,
         "Warn when this share of a ceiling is spent.";
+    "budget"."daily_ceiling_usd": Kind::Float { min: 0.0, max: f64::MAX }, Value::Unset, None,
+        "Spending ceiling per UTC day (unset: none).";
+    "rates"."cpu_core_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.00003942), None,
+        "Compute rate per CPU core (billed at max(request, usage)).";
+    "rates"."memory_gib_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.00000672), None,
+        "Compute rate per GiB of memory (billed at max(request, usage)).";
+    "rates"."gpu_t4_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000164), None,
+        "Rate per T4 GPU.";
+    "rates"."gpu_l4_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000222), None,
+        "Rate per L4 GPU.";
+    "rates"."gpu_a10g_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000306), None,
+        "Rate per A10G GPU.";
+    "rates"."gpu_l40s_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000542), None,
+        "Rate per L40S GPU.";
+    "rates"."gpu_a100_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000583), None,
+        "Rate per A100 40GB GPU.";
+    "rates"."gpu_a100_80gb_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000694), None,
+        "Rate per A100 80GB GPU.";
+    "rates"."gpu_h100_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.001097), None,
+        "Rate per H100 GPU.";
+    "rates"."gpu_h200_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.001261), None,
+        "Rate per H200 GPU.";
+    "rates"."gpu_b200_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.001736), None,
+        "Rate per B200 GPU.";
+    "rates"."local_multiplier": Kind::Float { min: 0.0, max: 1.0e9 }, Value::Float(0.0), None,
+        "The local backend's compute rate as a multiple of this table (0: local compute is free).";
     "orchestrator"."db_path": Kind::Path, Value::Unset, None,
         "The SQLite database (default: parhelia.db in the state directory).";
     "orchestrator"."max_concurrent_workers": Kind::UInt { min: 1, max: 10_000 }, Value::UInt(10), None,
@@ -245,6 +271,7 @@ pub struct ConfigFile {
 pub struct Config {
     pub modal: ModalConfig,
     pub budget: BudgetConfig,
+    pub rates: RatesConfig,
     pub orchestrator: OrchestratorConfig,
     pub reconciler: ReconcilerConfig,
     pub local: LocalConfig,
@@ -263,7 +290,33 @@ pub struct ModalConfig {
 pub struct BudgetConfig {
     pub default_ceiling_usd: f64,
     pub warning_threshold_percent: u64,
+    /// `None`: no daily ceiling (unless `parhelia budget set --daily`).
+    pub daily_ceiling_usd: Option<f64>,
 }
+
+/// The compute rate table (`[rates]`), USD per second; defaults from Modal.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RatesConfig {
+    pub cpu_core_usd_per_second: f64,
+    pub memory_gib_usd_per_second: f64,
+    /// By GPU type as Modal names it (`T4`, `A100`, `A100-80GB`, …).
+    pub gpu_usd_per_second: BTreeMap<String, f64>,
+    /// The local backend pays this multiple of the table.
+    pub local_multiplier: f64,
+}
+
+/// GPU types: (Modal's name, the `[rates]` key).
+pub const GPU_RATE_KEYS: &[(&str, &str)] = &[
+    ("T4", "rates.gpu_t4_usd_per_second"),
+    ("L4", "rates.gpu_l4_usd_per_second"),
+    ("A10G", "rates.gpu_a10g_usd_per_second"),
+    ("L40S", "rates.gpu_l40s_usd_per_second"),
+    ("A100", "rates.gpu_a100_usd_per_second"),
+    ("A100-80GB", "rates.gpu_a100_80gb_usd_per_second"),
+    ("H100", "rates.gpu_h100_usd_per_second"),
+    ("H200", "rates.gpu_h200_usd_per_second"),
+    ("B200", "rates.gpu_b200_usd_per_second"),
+];
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OrchestratorConfig {
@@ -586,6 +639,19 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
         budget: BudgetConfig {
             default_ceiling_usd: float("budget.default_ceiling_usd"),
             warning_threshold_percent: uint("budget.warning_threshold_percent"),
+            daily_ceiling_usd: match get("budget.daily_ceiling_usd").value {
+                Value::Float(x) => Some(x),
+                _ => None,
+            },
+        },
+        rates: RatesConfig {
+            cpu_core_usd_per_second: float("rates.cpu_core_usd_per_second"),
+            memory_gib_usd_per_second: float("rates.memory_gib_usd_per_second"),
+            gpu_usd_per_second: GPU_RATE_KEYS
+                .iter()
+                .map(|(name, key)| (name.to_string(), float(key)))
+                .collect(),
+            local_multiplier: float("rates.local_multiplier"),
         },
         orchestrator: OrchestratorConfig {
             db_path: match &get("orchestrator.db_path").value {

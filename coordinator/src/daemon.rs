@@ -21,9 +21,9 @@ use parhelia_proto::{
     CancelTaskRequest, CancelTaskResponse, CheckpointSessionRequest, CheckpointSessionResponse,
     DeleteTasksRequest, DeleteTasksResponse, DispatchTasksRequest, DispatchTasksResponse,
     PingRequest, PingResponse, ResumeSessionRequest, ResumeSessionResponse, RetryTaskRequest,
-    RetryTaskResponse, RunReconcilerRequest, RunReconcilerResponse, ShutdownRequest,
-    ShutdownResponse, SubmitTaskRequest, SubmitTaskResponse, TerminateContainerRequest,
-    TerminateContainerResponse,
+    RetryTaskResponse, RunReconcilerRequest, RunReconcilerResponse, SetBudgetRequest,
+    SetBudgetResponse, ShutdownRequest, ShutdownResponse, SubmitBudgetedTaskRequest,
+    SubmitTaskRequest, SubmitTaskResponse, TerminateContainerRequest, TerminateContainerResponse,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -191,6 +191,34 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)
     }
 
+    async fn submit_budgeted_task(
+        &self,
+        request: Request<SubmitBudgetedTaskRequest>,
+    ) -> Result<Response<SubmitTaskResponse>, Status> {
+        let r = request.into_inner();
+        let limits = r.limits.unwrap_or_default();
+        let limits = crate::budget::TaskLimits {
+            max_cost_usd: Some(limits.max_cost_usd).filter(|x| *x != 0.0),
+            gpu: Some(limits.gpu).filter(|g| !g.is_empty()),
+            cpu: Some(limits.cpu).filter(|x| *x != 0.0),
+            memory_mb: Some(limits.memory_mb).filter(|x| *x != 0),
+            timeout_seconds: Some(limits.timeout_seconds).filter(|x| *x != 0),
+        };
+        self.submit_with_limits(r.task.unwrap_or_default(), limits)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn set_budget(
+        &self,
+        request: Request<SetBudgetRequest>,
+    ) -> Result<Response<SetBudgetResponse>, Status> {
+        CoordinatorService::set_budget(self, &request.into_inner())
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
     async fn run_reconciler(
         &self,
         request: Request<RunReconcilerRequest>,
@@ -216,6 +244,33 @@ impl Coordinator for CoordinatorService {
 
 /// The dispatcher: a pass whenever a task ends (a slot frees up), and every
 /// poll interval as a safety net.
+/// The budget watchdog's hands: stops the sessions the watchdog decided to
+/// stop (in `ingest`), each in its own task; at start, those a previous
+/// coordinator decided to stop but did not finish stopping.
+async fn budget_loop(service: CoordinatorService) {
+    let shutdown = service.shutdown_requested();
+    tokio::pin!(shutdown);
+    let signals = Arc::clone(&service.inner.signals);
+    let mut task_ids = service.db().pending_budget_stops().unwrap_or_else(|err| {
+        tracing::warn!("cannot read pending budget stops: {err:#}");
+        Vec::new()
+    });
+    loop {
+        for task_id in task_ids.drain(..) {
+            let service = service.clone();
+            tokio::spawn(async move {
+                if let Err(err) = service.stop_for_budget(&task_id).await {
+                    tracing::warn!(%task_id, "budget stop failed: {err:#}");
+                }
+            });
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = signals.budget_stop.notified() => task_ids = signals.take_budget_stops(),
+        }
+    }
+}
+
 async fn dispatch_loop(service: CoordinatorService) {
     let interval = service.config().reconciler.poll_interval();
     let shutdown = service.shutdown_requested();
@@ -330,6 +385,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
     let background = [
         tokio::spawn(reconcile_loop(service.clone())),
         tokio::spawn(dispatch_loop(service.clone())),
+        tokio::spawn(budget_loop(service.clone())),
     ];
 
     let shutdown = {

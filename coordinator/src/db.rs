@@ -195,6 +195,43 @@ CREATE TABLE reconciler_runs (
     report         TEXT NOT NULL
 ) STRICT;
 "#,
+    // 3: budgets: one ledger for compute and model cost, task limits.
+    r#"
+CREATE TABLE ledger (
+    id                          INTEGER PRIMARY KEY,
+    ts_ms                       INTEGER NOT NULL,
+    kind                        TEXT NOT NULL CHECK (kind IN ('compute', 'model')),
+    task_id                     TEXT NOT NULL,
+    session_id                  TEXT,
+    container_id                TEXT,
+    amount_usd                  REAL NOT NULL,
+    seconds                     REAL NOT NULL DEFAULT 0,
+    input_tokens                INTEGER NOT NULL DEFAULT 0,
+    output_tokens               INTEGER NOT NULL DEFAULT 0,
+    cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_input_tokens     INTEGER NOT NULL DEFAULT 0,
+    details                     TEXT NOT NULL DEFAULT '{}'
+) STRICT;
+CREATE INDEX ledger_by_task ON ledger (task_id, id);
+CREATE INDEX ledger_by_session ON ledger (session_id, kind);
+CREATE INDEX ledger_by_ts ON ledger (ts_ms);
+INSERT INTO ledger (ts_ms, kind, task_id, session_id, amount_usd, details)
+    SELECT coalesce(finished_at_ms, created_at_ms), 'model', task_id, id, cost_usd, '{"backfilled":true}'
+    FROM sessions WHERE cost_usd > 0;
+
+CREATE TABLE budget_alerts (
+    scope TEXT PRIMARY KEY,
+    ts_ms INTEGER NOT NULL
+) STRICT;
+
+ALTER TABLE tasks ADD COLUMN max_cost_usd REAL;
+ALTER TABLE tasks ADD COLUMN gpu TEXT;
+ALTER TABLE tasks ADD COLUMN cpu REAL;
+ALTER TABLE tasks ADD COLUMN memory_mb INTEGER;
+ALTER TABLE tasks ADD COLUMN timeout_seconds INTEGER;
+ALTER TABLE tasks ADD COLUMN budget_stop_requested_at_ms INTEGER;
+ALTER TABLE tasks ADD COLUMN budget_stop_message TEXT;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -204,9 +241,11 @@ pub use crate::container_state::ContainerState;
 
 mod control;
 mod event_log;
+mod ledger;
 
 pub use control::*;
 pub use event_log::*;
+pub use ledger::*;
 
 /// Brings `conn` to `target` (at most [`LATEST_VERSION`]). Runs in one
 /// immediate transaction, so two processes opening a fresh file at once
@@ -343,6 +382,8 @@ pub struct NewTask {
     pub mode: String,
     /// Queue it for dispatch (else it is held).
     pub dispatch: bool,
+    /// Budget and resources (`--max-cost`, `--gpu`, …).
+    pub limits: crate::budget::TaskLimits,
 }
 
 /// A new session (attempt) for a task, and its container.
@@ -519,6 +560,7 @@ impl Db {
                 max_turns: launch.max_turns,
                 mode: launch.mode.clone(),
                 dispatch: false,
+                limits: Default::default(),
             },
             now,
         )?;
@@ -1018,8 +1060,9 @@ pub(crate) fn container_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Cont
 fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> Result<()> {
     tx.execute(
         "INSERT INTO tasks (id, prompt, task_type, backend, workspace, model, max_turns, status,
-                            mode, dispatch_requested_at_ms, created_at_ms, updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10)",
+                            mode, dispatch_requested_at_ms, created_at_ms, updated_at_ms,
+                            max_cost_usd, gpu, cpu, memory_mb, timeout_seconds)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             task.task_id,
             task.prompt,
@@ -1030,7 +1073,12 @@ fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> R
             task.max_turns,
             task.mode,
             task.dispatch.then_some(now),
-            now
+            now,
+            task.limits.max_cost_usd,
+            task.limits.gpu,
+            task.limits.cpu,
+            task.limits.memory_mb.map(|m| m as i64),
+            task.limits.timeout_seconds.map(|t| t as i64),
         ],
     )?;
     Ok(())
@@ -1164,6 +1212,13 @@ fn apply_event_effects(
                 "UPDATE sessions SET cost_usd = ?2 WHERE id = ?1",
                 params![target.session_id, turn.session_cost_usd],
             )?;
+            ledger::charge_model_in(
+                tx,
+                target,
+                event.ts_ms,
+                turn.session_cost_usd,
+                turn.usage.as_ref(),
+            )?;
             // A task's cost covers every attempt (session) it ran.
             tx.execute(
                 "UPDATE tasks SET cost_usd = (SELECT coalesce(sum(cost_usd), 0) FROM sessions WHERE task_id = ?1),
@@ -1196,7 +1251,19 @@ fn apply_event_effects(
                     .is_none_or(|c| c == target.container_id);
             let outcome =
                 SessionOutcome::try_from(finished.outcome).unwrap_or(SessionOutcome::Unspecified);
-            let status = task_state::status_for_outcome(outcome);
+            let mut status = task_state::status_for_outcome(outcome);
+            ledger::charge_model_in(tx, target, event.ts_ms, finished.session_cost_usd, None)?;
+            // The budget watchdog stopped this session: its CANCELLED end
+            // (from the watchdog's Stop) is a budget failure (E300), as the
+            // watchdog recorded before it stopped the session.
+            let budget_stop = if is_current {
+                ledger::budget_stop_in(tx, &target.task_id)?
+            } else {
+                None
+            };
+            if budget_stop.is_some() && status != TaskStatus::Completed {
+                status = TaskStatus::Failed;
+            }
             let now = now_ms();
             tx.execute(
                 "UPDATE sessions SET status = 'finished', outcome = ?2, cost_usd = ?3, finished_at_ms = ?4
@@ -1210,6 +1277,7 @@ fn apply_event_effects(
             )?;
             let error_code = match status {
                 TaskStatus::Completed => None,
+                _ if budget_stop.is_some() => Some(error_codes::BUDGET_EXCEEDED.code.to_string()),
                 _ => Some(
                     non_empty(&finished.error_code)
                         .map(str::to_string)
@@ -1221,8 +1289,10 @@ fn apply_event_effects(
                 ),
             };
             let error_message = error_code.as_ref().map(|code| {
-                non_empty(&finished.error_message)
-                    .map(str::to_string)
+                budget_stop
+                    .clone()
+                    .filter(|_| status == TaskStatus::Failed)
+                    .or_else(|| non_empty(&finished.error_message).map(str::to_string))
                     .unwrap_or_else(|| {
                         crate::error_codes::lookup(code)
                             .map(|c| c.what.trim_end_matches('.').to_lowercase())
@@ -1456,6 +1526,64 @@ mod tests {
         assert_eq!((ty.as_str(), level.as_str()), ("assistant_text", "info"));
     }
 
+    /// The ledger records the growth of the session's reported cost (never
+    /// the sum of totals), once per event; a session the watchdog stopped
+    /// ends `failed` with E300 although the agent reports CANCELLED.
+    #[test]
+    fn model_charges_are_deltas_and_a_budget_stop_fails_the_task() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 3);
+        db.transition_task(&target.task_id, TaskStatus::Running, &TaskUpdate::default())
+            .unwrap();
+        let turn = |seq: u64, cost: f64| Event {
+            seq,
+            ts_ms: seq as i64,
+            kind: Some(Kind::TurnResult(TurnResult {
+                session_cost_usd: cost,
+                claude_total_cost_usd: cost,
+                usage: Some(parhelia_proto::Usage {
+                    input_tokens: 10,
+                    output_tokens: 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        };
+        db.record_event(&target, &turn(1, 0.25)).unwrap();
+        db.record_event(&target, &turn(2, 0.75)).unwrap();
+        db.record_event(&target, &turn(2, 0.75)).unwrap(); // replayed
+        assert_eq!(db.session_model_usd(&target.session_id).unwrap(), 0.75);
+        assert!(
+            db.request_budget_stop(&target.task_id, "over budget")
+                .unwrap()
+        );
+        assert!(
+            !db.request_budget_stop(&target.task_id, "again").unwrap(),
+            "recorded once"
+        );
+        let finished = Event {
+            seq: 3,
+            ts_ms: 3,
+            kind: Some(Kind::SessionFinished(SessionFinished {
+                outcome: SessionOutcome::Cancelled as i32,
+                error_code: "E601".into(),
+                error_message: "stopped".into(),
+                result: String::new(),
+                session_cost_usd: 0.75,
+            })),
+        };
+        let recorded = db.record_event(&target, &finished).unwrap();
+        assert_eq!(recorded.task_finished, Some(TaskStatus::Failed));
+        let task = db.get_task(&target.task_id).unwrap().unwrap();
+        assert_eq!(task.error_code.as_deref(), Some("E300"));
+        assert_eq!(task.error_message.as_deref(), Some("over budget"));
+        let entries = db.ledger_entries(i64::MIN).unwrap();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!(db.task_spent_usd(&target.task_id).unwrap(), 0.75);
+        assert_eq!(entries.iter().map(|e| e.input_tokens).sum::<u64>(), 20);
+    }
+
     #[test]
     fn turn_results_and_session_end_update_the_task() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1498,7 +1626,11 @@ mod tests {
         // A failed task does not move by itself: a late event cannot finish
         // it again (only a retry or a resume moves it, through their own paths).
         let err = db
-            .transition_task(&target.task_id, TaskStatus::Completed, &TaskUpdate::default())
+            .transition_task(
+                &target.task_id,
+                TaskStatus::Completed,
+                &TaskUpdate::default(),
+            )
             .unwrap_err();
         assert_eq!(crate::error::find_coded(&err).unwrap().code.code, "E603");
     }

@@ -172,9 +172,9 @@ error_codes! {
 
     // E3xx: budget.
     BUDGET_EXCEEDED = "E300" "BUDGET_EXCEEDED" {
-        what: "The session stopped because it reached its budget.",
-        why: "Claude Code stopped at its own `--max-budget-usd` ceiling.",
-        recover: "Raise the budget for the task, or split the work into smaller tasks.",
+        what: "A budget ceiling was reached, or would be.",
+        why: "The spend (compute and model, from the ledger) reached a ceiling: the task's `--max-cost`, the global budget or the daily one; or the task's estimate exceeds what remains; or Claude Code stopped at its own `--max-budget-usd`.",
+        recover: "Run `parhelia budget show`; raise the ceiling with `parhelia budget set AMOUNT` (or `--daily AMOUNT`), or give the task a `--max-cost` that fits, then retry or `parhelia resume` it.",
     }
 
     // E4xx: auth.

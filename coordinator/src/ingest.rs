@@ -27,7 +27,8 @@ use tokio::sync::watch;
 
 use crate::agent_client::{AuthedAgentClient, connect_agent};
 use crate::backend::Backend;
-use crate::db::{ContainerRef, ContainerState, Db, TaskUpdate};
+use crate::budget;
+use crate::db::{ContainerRef, ContainerState, Db, NewCoordinatorEvent, TaskUpdate};
 use crate::error::find_coded;
 use crate::error_codes;
 use crate::ids::SessionSecret;
@@ -60,6 +61,31 @@ pub struct ControlSignals {
     pub task_ended: Notify,
     /// An agent is gone without finishing: reconcile soon.
     pub agent_gone: Notify,
+    /// The budget watchdog decided to stop these tasks' sessions (the
+    /// service stops them: see `CoordinatorService::stop_for_budget`).
+    pub budget_stop: Notify,
+    pub budget_stop_tasks: std::sync::Mutex<Vec<String>>,
+}
+
+impl ControlSignals {
+    /// Queues a task for a budget stop and wakes the budget loop.
+    pub fn request_budget_stop(&self, task_id: &str) {
+        self.budget_stop_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task_id.to_string());
+        self.budget_stop.notify_one();
+    }
+
+    /// The tasks queued for a budget stop (and forgets them).
+    pub fn take_budget_stops(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .budget_stop_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
 }
 
 /// What a follower needs.
@@ -70,6 +96,8 @@ pub struct IngestContext {
     pub shutdown: watch::Receiver<bool>,
     pub settings: IngestSettings,
     pub signals: Arc<ControlSignals>,
+    /// Rates and ceilings for the budget watchdog.
+    pub config: Arc<crate::config::Config>,
 }
 
 /// How following a container ended.
@@ -293,12 +321,18 @@ async fn stream_once(
                 if let Some(status) = recorded.task_finished {
                     tracing::info!(task_id = %target.task_id, %status, "task ended");
                 }
+                if recorded.inserted && matches!(event.kind, Some(Kind::TurnResult(_))) {
+                    watch_budget(ctx, target);
+                }
                 if matches!(event.kind, Some(Kind::SessionFinished(_))) {
                     return Ok(StreamEnd::Finished(Box::new(client)));
                 }
             }
             Some(Item::Heartbeat(heartbeat)) => {
-                ctx.db.record_heartbeat(&target.container_id, &heartbeat)?
+                let previous = ctx.db.last_heartbeat_ts(&target.container_id)?;
+                ctx.db.record_heartbeat(&target.container_id, &heartbeat)?;
+                charge_heartbeat(ctx, target, &heartbeat, previous)?;
+                watch_budget(ctx, target);
             }
             None => {}
         }
@@ -343,4 +377,128 @@ fn fail_task(
         tracing::warn!(container_id = %target.container_id, "cannot record the container's end: {e:#}");
     }
     ctx.signals.task_ended.notify_one();
+}
+
+/// Accrues a heartbeat's compute charge: the time since the container's
+/// previous heartbeat (its agent's uptime for the first) at the rate of the
+/// task's resources and the heartbeat's usage. A replayed or out-of-order
+/// heartbeat covers no new time and is not charged; a zero charge (the local
+/// backend's default rate) is not stored.
+fn charge_heartbeat(
+    ctx: &IngestContext,
+    target: &ContainerRef,
+    heartbeat: &parhelia_proto::Heartbeat,
+    previous_ts_ms: Option<i64>,
+) -> Result<()> {
+    let elapsed_ms = match previous_ts_ms {
+        Some(previous) => heartbeat.ts_ms - previous,
+        None => heartbeat.uptime_ms as i64,
+    };
+    if elapsed_ms <= 0 {
+        return Ok(());
+    }
+    let Some((limits, backend)) = ctx.db.task_limits(&target.task_id)? else {
+        return Ok(());
+    };
+    let resources = budget::requested_resources(&limits, &backend, &ctx.config);
+    let amount = budget::heartbeat_charge_usd(
+        &resources,
+        elapsed_ms,
+        heartbeat.cpu_percent,
+        heartbeat.memory_bytes,
+        &ctx.config.rates,
+    );
+    if amount <= 0.0 {
+        return Ok(());
+    }
+    ctx.db.charge_compute(
+        target,
+        heartbeat.ts_ms,
+        amount,
+        elapsed_ms as f64 / 1000.0,
+        serde_json::json!({
+            "cpu_percent": heartbeat.cpu_percent,
+            "memory_bytes": heartbeat.memory_bytes,
+            "interval_ms": heartbeat.interval_ms,
+        }),
+    )
+}
+
+/// The budget watchdog, run each time the ledger may have grown (every
+/// heartbeat and every `TurnResult`): warns once per ceiling at the warning
+/// threshold, and when a ceiling is reached records the budget stop on the
+/// task *before* asking the service to stop the session, so the session's
+/// CANCELLED end is recorded as `failed` with E300. Errors are logged here.
+pub fn watch_budget(ctx: &IngestContext, target: &ContainerRef) {
+    if let Err(err) = try_watch_budget(ctx, target) {
+        tracing::warn!(task_id = %target.task_id, "budget check failed: {err:#}");
+    }
+}
+
+fn try_watch_budget(ctx: &IngestContext, target: &ContainerRef) -> Result<()> {
+    let now = crate::ids::now_ms();
+    let standing = ctx
+        .db
+        .standing(Some(&target.task_id), &ctx.config.budget, now)?;
+    for warning in standing.warnings(ctx.config.budget.warning_threshold_percent) {
+        let scope_key = match warning.scope {
+            budget::Scope::Task => format!("task:{}:{}", target.task_id, warning.ceiling_usd),
+            budget::Scope::Global => format!("global:{}", warning.ceiling_usd),
+            budget::Scope::Day => format!("day:{}:{}", budget::day_of(now), warning.ceiling_usd),
+        };
+        if ctx.db.alert_once(&scope_key)? {
+            let what = match warning.scope {
+                budget::Scope::Task => format!("{}'s ceiling", target.task_id),
+                budget::Scope::Global => "the global budget".into(),
+                budget::Scope::Day => "today's budget".into(),
+            };
+            ctx.db.note(
+                NewCoordinatorEvent::new(
+                    "budget_warning",
+                    "warning",
+                    format!(
+                        "{} spent: {}% of {what} ({})",
+                        budget::usd(warning.spent_usd),
+                        (warning.spent_usd / warning.ceiling_usd * 100.0).floor(),
+                        budget::usd(warning.ceiling_usd)
+                    ),
+                )
+                .task(&target.task_id)
+                .session(&target.session_id)
+                .container(&target.container_id)
+                .details(serde_json::json!({
+                    "scope": warning.scope,
+                    "ceiling_usd": warning.ceiling_usd,
+                    "spent_usd": warning.spent_usd,
+                    "threshold_percent": ctx.config.budget.warning_threshold_percent,
+                })),
+            );
+        }
+    }
+    if let Some(crossing) = standing.exceeded() {
+        let message = budget::stop_message(&crossing);
+        if ctx.db.request_budget_stop(&target.task_id, &message)? {
+            let last_charge_usd = ctx.db.last_charge_usd(&target.task_id)?;
+            tracing::warn!(task_id = %target.task_id, "{message}");
+            ctx.db.note(
+                NewCoordinatorEvent::new(
+                    "budget_exceeded",
+                    "error",
+                    format!("{}: {message}", target.task_id),
+                )
+                .task(&target.task_id)
+                .session(&target.session_id)
+                .container(&target.container_id)
+                .details(serde_json::json!({
+                    "scope": crossing.scope,
+                    "ceiling_usd": crossing.ceiling_usd,
+                    "spent_usd": crossing.spent_usd,
+                    "overshoot_usd": crossing.spent_usd - crossing.ceiling_usd,
+                    "last_charge_usd": last_charge_usd,
+                })),
+            );
+            ctx.signals.request_budget_stop(&target.task_id);
+        }
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@
 pub mod agent_client;
 pub mod backend;
 pub mod binaries;
+pub mod budget;
 pub mod checkpoints;
 pub mod cli;
 pub mod config;

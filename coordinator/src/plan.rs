@@ -168,7 +168,7 @@ pub fn local_layout(state_root: &Path, session_id: &str, container_id: &str) -> 
 }
 
 /// What the task asks for, after validation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionRequest {
     pub prompt: String,
     pub model: Option<String>,
@@ -178,6 +178,8 @@ pub struct SessionRequest {
     pub resume: bool,
     /// The checkpoint the agent restores first (resume, rollback).
     pub restore_checkpoint: Option<String>,
+    /// Claude Code's own `--max-budget-usd` (the budget's second fence).
+    pub max_budget_usd: Option<f64>,
 }
 
 /// The spec a local launch writes.
@@ -213,6 +215,7 @@ pub fn agent_spec(
         linger_after_finish_ms: timing.linger_after_finish_ms,
         stop_grace_ms: timing.stop_grace_ms,
         restore_checkpoint: request.restore_checkpoint.clone(),
+        max_budget_usd: request.max_budget_usd,
     }
 }
 
@@ -301,6 +304,7 @@ mod tests {
             interactive: false,
             resume: false,
             restore_checkpoint: None,
+            max_budget_usd: None,
         };
         let spec = agent_spec(
             &request,

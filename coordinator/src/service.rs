@@ -20,7 +20,8 @@ use anyhow::{Context, Result};
 use parhelia_proto::{
     CancelTaskResponse, CheckpointSessionResponse, DeleteTasksResponse, DispatchTasksResponse,
     DispatchedTask, QueuedTask, ResumeSessionRequest, ResumeSessionResponse, RetryTaskResponse,
-    StopRequest, SubmitTaskRequest, SubmitTaskResponse, TaskFailure, TerminateContainerResponse,
+    SetBudgetRequest, SetBudgetResponse, StopRequest, SubmitTaskRequest, SubmitTaskResponse,
+    TaskFailure, TerminateContainerResponse,
 };
 use tokio::sync::watch;
 
@@ -28,6 +29,7 @@ use crate::agent_client::connect_agent;
 use crate::backend::isolation::{self, ISOLATION_ENV};
 use crate::backend::{Backend, LaunchRequest};
 use crate::binaries::resolve_claude_bin;
+use crate::budget::{self, TaskLimits};
 use crate::checkpoints;
 use crate::config::Config;
 use crate::container_state::ContainerState;
@@ -108,6 +110,7 @@ impl CoordinatorService {
             shutdown: shutdown_rx,
             settings: IngestSettings::default(),
             signals: Arc::clone(&signals),
+            config: Arc::new(config.clone()),
         };
         let coordinator_id = db.coordinator_id().unwrap_or_else(|err| {
             tracing::error!("cannot read the coordinator id: {err:#}");
@@ -220,7 +223,20 @@ impl CoordinatorService {
     /// Records a task and (unless held) dispatches it if a worker slot is
     /// free. The one path every front end uses to create tasks.
     pub async fn submit(&self, request: SubmitTaskRequest) -> Result<SubmitTaskResponse> {
+        self.submit_with_limits(request, TaskLimits::default())
+            .await
+    }
+
+    /// [`Self::submit`] with a budget and resources. A task to dispatch now
+    /// whose estimate exceeds what the budget has left is refused (E300)
+    /// before anything is recorded.
+    pub async fn submit_with_limits(
+        &self,
+        request: SubmitTaskRequest,
+        limits: TaskLimits,
+    ) -> Result<SubmitTaskResponse> {
         plan::validate_prompt(&request.prompt)?;
+        validate_limits(&limits, self.config())?;
         let backend_kind = plan::parse_backend(&request.backend)?;
         if backend_kind.as_str() != self.inner.backend.name() {
             return Err(coded(
@@ -244,6 +260,14 @@ impl CoordinatorService {
         } else {
             request.task_type.clone()
         };
+        if !request.no_dispatch {
+            self.check_budget_before_dispatch(
+                "the task",
+                &limits,
+                &task_type,
+                backend_kind.as_str(),
+            )?;
+        }
         self.inner.db.insert_task(&NewTask {
             task_id: task_id.clone(),
             prompt: request.prompt.clone(),
@@ -259,6 +283,7 @@ impl CoordinatorService {
             }
             .into(),
             dispatch: !request.no_dispatch,
+            limits,
         })?;
         lock(&self.inner.pending_env).insert(task_id.clone(), request.env.clone());
         tracing::info!(%task_id, held = request.no_dispatch, "task recorded");
@@ -494,6 +519,28 @@ impl CoordinatorService {
         if task.status != TaskStatus::Pending {
             return Ok(None);
         }
+        if let Err(err) = self.check_task_budget(&task) {
+            let coded_err = as_coded(&err);
+            db.transition_task(
+                task_id,
+                TaskStatus::Failed,
+                &TaskUpdate {
+                    error_code: Some(coded_err.code.code.to_string()),
+                    error_message: Some(coded_err.message.clone()),
+                    ..TaskUpdate::default()
+                },
+            )?;
+            db.note(
+                NewCoordinatorEvent::new(
+                    "budget_refused",
+                    "error",
+                    format!("{task_id}: not dispatched: {}", coded_err.message),
+                )
+                .task(task_id),
+            );
+            self.inner.signals.task_ended.notify_one();
+            return Err(coded_err.into());
+        }
         let env = lock(&self.inner.pending_env)
             .remove(task_id)
             .unwrap_or_default();
@@ -611,6 +658,7 @@ impl CoordinatorService {
                 interactive: task.mode == "interactive",
                 resume: false,
                 restore_checkpoint: None,
+                max_budget_usd: self.claude_budget_fence(&task.id, None)?,
             },
             workspace_source,
             claude_bin: resolved.claude_bin,
@@ -879,6 +927,25 @@ impl CoordinatorService {
             id.to_string()
         };
 
+        // A session continues only under a ceiling it has not reached.
+        let standing = db.standing(Some(&task.id), &self.config().budget, ids::now_ms())?;
+        if let Some(crossing) = standing.exceeded() {
+            return Err(coded(
+                error_codes::BUDGET_EXCEEDED,
+                format!(
+                    "{} cannot continue: {} spent has reached {} ceiling of {}; raise it with `parhelia budget set …` (global or `--daily`){}",
+                    task.id,
+                    crate::budget::usd(crossing.spent_usd),
+                    crossing.scope.as_str(),
+                    crate::budget::usd(crossing.ceiling_usd),
+                    if crossing.scope == crate::budget::Scope::Task {
+                        ", or create a new task with a larger `--max-cost`"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         let env: HashMap<String, String> = r.env.clone().into_iter().collect();
         let resolved = self.resolve_launch(&env)?;
         let secret = db
@@ -895,6 +962,8 @@ impl CoordinatorService {
         };
 
         let container_id = ids::new_container_id();
+        let max_budget_usd = self.claude_budget_fence(&task.id, Some(&session.id))?;
+        db.clear_budget_stop(&task.id)?;
         db.begin_resume(
             &task.id,
             &session.id,
@@ -961,6 +1030,7 @@ impl CoordinatorService {
                 interactive: task.mode == "interactive",
                 resume: true,
                 restore_checkpoint: Some(checkpoint_id.clone()),
+                max_budget_usd,
             },
             // The session's workspace is already there; the checkpoint restores it.
             workspace_source: None,
@@ -1095,6 +1165,7 @@ impl CoordinatorService {
             }
         }
         let task = db.retry_task(task_id)?;
+        db.clear_budget_stop(task_id)?;
         if !env.is_empty() {
             lock(&self.inner.pending_env).insert(task_id.to_string(), env.clone());
         }
@@ -1269,6 +1340,194 @@ impl CoordinatorService {
         reconciler::run_pass(self, options).await
     }
 
+    /// E300 when a task estimated like `limits` would exceed what the
+    /// global or daily budget has left.
+    fn check_budget_before_dispatch(
+        &self,
+        what: &str,
+        limits: &TaskLimits,
+        task_type: &str,
+        backend: &str,
+    ) -> Result<()> {
+        let db = &self.inner.db;
+        let history = db.similar_history(task_type, backend)?;
+        let estimate = budget::estimate(limits, backend, self.config(), history);
+        let standing = db.standing(None, &self.config().budget, ids::now_ms())?;
+        if let Some(crossing) = standing.refuses(estimate.high_usd) {
+            return Err(coded(
+                error_codes::BUDGET_EXCEEDED,
+                budget::refusal_message(what, &estimate, &crossing),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pre-dispatch check for a recorded task (queued, held, retried).
+    fn check_task_budget(&self, task: &crate::db::TaskRecord) -> Result<()> {
+        let limits = self
+            .inner
+            .db
+            .task_limits(&task.id)?
+            .map(|(l, _)| l)
+            .unwrap_or_default();
+        // The task's own ceiling covers every attempt: a retry of a task
+        // that spent it would only be stopped at once.
+        if let Some(max) = limits.max_cost_usd {
+            let spent = self.inner.db.task_spent_usd(&task.id)?;
+            if spent >= max {
+                return Err(coded(
+                    error_codes::BUDGET_EXCEEDED,
+                    format!(
+                        "{} has spent {} of its --max-cost {}; create a new task with a larger --max-cost",
+                        task.id,
+                        budget::usd(spent),
+                        budget::usd(max)
+                    ),
+                ));
+            }
+        }
+        self.check_budget_before_dispatch(&task.id, &limits, &task.task_type, &task.backend)
+    }
+
+    /// Claude Code's own `--max-budget-usd` for a session of `task_id`: what
+    /// the session's model cost may reach before a ceiling would (its model
+    /// cost so far plus what every ceiling has left). Claude Code compares it
+    /// with its session-wide total, which includes earlier processes.
+    fn claude_budget_fence(&self, task_id: &str, session_id: Option<&str>) -> Result<Option<f64>> {
+        let db = &self.inner.db;
+        let standing = db.standing(Some(task_id), &self.config().budget, ids::now_ms())?;
+        let allowance = standing.allowance_usd();
+        if !allowance.is_finite() {
+            return Ok(None);
+        }
+        let so_far = match session_id {
+            Some(id) => db.session_model_usd(id)?,
+            None => 0.0,
+        };
+        // Claude Code needs a positive amount; a spent budget is refused
+        // before launch, so this floor only guards rounding.
+        Ok(Some((so_far + allowance).max(0.000_001)))
+    }
+
+    /// The watchdog's stop: the task's session is stopped through the agent
+    /// (Stop RPC: the agent takes a final checkpoint, trigger `stop`) and the
+    /// task ends `failed` with E300. The budget stop was recorded on the task
+    /// before this runs (`Db::request_budget_stop`), so the agent's CANCELLED
+    /// end is read as the budget failure, as cancel and resume do with their
+    /// own bookkeeping.
+    pub async fn stop_for_budget(&self, task_id: &str) -> Result<()> {
+        let db = &self.inner.db;
+        let Some(task) = db.get_task(task_id)? else {
+            return Ok(());
+        };
+        if task.status != TaskStatus::Running {
+            return Ok(());
+        }
+        let message = db
+            .budget_stop_message(task_id)?
+            .unwrap_or_else(|| "stopped by the budget watchdog".into());
+        let fail = |message: String| TaskUpdate {
+            error_code: Some(error_codes::BUDGET_EXCEEDED.code.into()),
+            error_message: Some(message),
+            ..TaskUpdate::default()
+        };
+        let container = match &task.container_id {
+            Some(id) => db.get_container(id)?,
+            None => None,
+        };
+        let Some(container) = container.filter(|c| c.state.is_active()) else {
+            db.transition_task(task_id, TaskStatus::Failed, &fail(message))?;
+            self.inner.signals.task_ended.notify_one();
+            return Ok(());
+        };
+        let target = ContainerRef {
+            container_id: container.id.clone(),
+            session_id: container.session_id.clone(),
+            task_id: task_id.to_string(),
+        };
+        tracing::info!(%task_id, container_id = %container.id, "stopping for the budget");
+        db.request_container_stop(&container.id)?;
+        let grace = Duration::from_millis(self.inner.config.agent.stop_grace_ms);
+        let stopped = self
+            .stop_agent(&target, "budget ceiling reached", grace)
+            .await;
+        match &stopped {
+            Ok(()) => {
+                if let Err(err) =
+                    catch_up_from_journal(db, self.inner.backend.as_ref(), &target).await
+                {
+                    tracing::warn!(%task_id, "reading the journal after stop failed: {err:#}");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%task_id, "the agent did not stop on request ({err:#}); terminating its container");
+                self.inner.backend.terminate(&container.id).await?;
+            }
+        }
+        if let Some(current) = db.get_task(task_id)?
+            && current.status == TaskStatus::Running
+        {
+            db.transition_task(task_id, TaskStatus::Failed, &fail(message))?;
+        }
+        let session_volume = db
+            .get_session(&container.session_id)?
+            .map(|s| PathBuf::from(s.volume_dir));
+        if let Some(volume) = session_volume
+            && let Some(checkpoint) =
+                recovery::latest_checkpoint_id(db, &container.session_id, &volume)
+        {
+            db.set_session_checkpoint(&container.session_id, &checkpoint)?;
+        }
+        if self
+            .wait_until_gone(&container.id, grace + Duration::from_secs(5))
+            .await
+        {
+            db.set_container_state(&container.id, ContainerState::Terminated)?;
+        }
+        self.inner.signals.task_ended.notify_one();
+        Ok(())
+    }
+
+    /// `budget set`: the global and/or daily ceiling, persisted.
+    pub fn set_budget(&self, r: &SetBudgetRequest) -> Result<SetBudgetResponse> {
+        let invalid = |what: &str, x: f64| {
+            coded(
+                error_codes::INVALID_INPUT,
+                format!("{what} must be a non-negative amount in USD, got {x}"),
+            )
+        };
+        if r.set_ceiling && !(r.ceiling_usd.is_finite() && r.ceiling_usd >= 0.0) {
+            return Err(invalid("the ceiling", r.ceiling_usd));
+        }
+        if r.set_daily && !r.daily_ceiling_usd.is_finite() {
+            return Err(invalid("the daily ceiling", r.daily_ceiling_usd));
+        }
+        let db = &self.inner.db;
+        db.set_ceilings(
+            r.set_ceiling.then_some(r.ceiling_usd),
+            r.set_daily
+                .then_some(Some(r.daily_ceiling_usd).filter(|d| *d > 0.0)),
+        )?;
+        let ceilings = db.ceilings(&self.config().budget)?;
+        db.note(NewCoordinatorEvent::new(
+            "budget_set",
+            "info",
+            format!(
+                "budget ceiling {}{}",
+                budget::usd(ceilings.global_usd),
+                match ceilings.daily_usd {
+                    Some(d) => format!(", daily {}", budget::usd(d)),
+                    None => String::new(),
+                }
+            ),
+        ));
+        Ok(SetBudgetResponse {
+            ceiling_usd: ceilings.global_usd,
+            has_daily: ceilings.daily_usd.is_some(),
+            daily_ceiling_usd: ceilings.daily_usd.unwrap_or(0.0),
+        })
+    }
+
     /// HOOK (resume): an automatic resume after a lost container. Resume is
     /// not available yet, so nothing is launched: the request is recorded
     /// (so it is not repeated) and says so. Returns whether a resume started.
@@ -1367,4 +1626,33 @@ fn validate_workspace(path: &Path) -> Result<PathBuf, CodedError> {
     } else {
         Err(not_found())
     }
+}
+
+/// Budget and resource flags must make sense before anything is recorded.
+fn validate_limits(limits: &TaskLimits, config: &Config) -> Result<(), CodedError> {
+    let invalid = |message: String| CodedError::new(error_codes::INVALID_INPUT, message);
+    if let Some(x) = limits.max_cost_usd
+        && !(x.is_finite() && x > 0.0)
+    {
+        return Err(invalid(format!(
+            "--max-cost must be a positive amount, got {x}"
+        )));
+    }
+    if let Some(x) = limits.cpu
+        && !(x.is_finite() && x > 0.0)
+    {
+        return Err(invalid(format!(
+            "--cpu must be a positive number of cores, got {x}"
+        )));
+    }
+    if limits.memory_mb == Some(0) {
+        return Err(invalid("--memory must be positive".into()));
+    }
+    if limits.timeout_seconds == Some(0) {
+        return Err(invalid("--timeout must be positive".into()));
+    }
+    if let Some(gpu) = &limits.gpu {
+        budget::parse_gpu(gpu, &config.rates).map_err(|e| invalid(format!("--gpu: {e}")))?;
+    }
+    Ok(())
 }

@@ -44,6 +44,9 @@ pub struct AgentSpec {
     /// A resume or rollback: restore this checkpoint before Claude Code starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_checkpoint: Option<String>,
+    /// Claude Code's `--max-budget-usd`: the budget's second fence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_budget_usd: Option<f64>,
 }
 
 /// `<runtime_dir>/agent.json`. Unknown fields are accepted: the agent may
@@ -108,8 +111,10 @@ mod tests {
             linger_after_finish_ms: 600_000,
             stop_grace_ms: 10_000,
             restore_checkpoint: None,
+            max_budget_usd: None,
         };
         let json = serde_json::to_value(&spec).unwrap();
+        assert!(json.get("max_budget_usd").is_none());
         // Optional fields the agent defaults are left out, not written as null.
         assert!(json.get("restore_checkpoint").is_none());
         assert_eq!(json["mode"], "headless");

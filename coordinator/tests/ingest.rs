@@ -90,6 +90,22 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEventsResponse, Status
 #[tonic::async_trait]
 impl Agent for FakeAgent {
     type StreamEventsStream = EventStream;
+    type AttachStream =
+        Pin<Box<dyn Stream<Item = Result<parhelia_proto::AttachResponse, Status>> + Send>>;
+
+    async fn attach(
+        &self,
+        _: Request<tonic::Streaming<parhelia_proto::AttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+
+    async fn capture_screen(
+        &self,
+        _: Request<parhelia_proto::CaptureScreenRequest>,
+    ) -> Result<Response<parhelia_proto::CaptureScreenResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
 
     async fn get_info(&self, _: Request<GetInfoRequest>) -> Result<Response<AgentInfo>, Status> {
         Err(Status::unimplemented("not needed"))
@@ -285,6 +301,7 @@ fn context(db: &Arc<Db>, backend: FakeBackend) -> (IngestContext, watch::Sender<
             failures_before_liveness_check: 3,
         },
         signals: Default::default(),
+        config: Arc::new(parhelia::config::Config::defaults()),
     };
     (ctx, tx)
 }

@@ -37,6 +37,33 @@ pub enum SessionCommand {
         #[arg(short, long)]
         yes: bool,
     },
+    /// A live terminal into an interactive session (tmux's Ctrl-b d detaches
+    /// and leaves it running); a headless session's events, rendered
+    Attach {
+        session_id: String,
+        /// Watch only: no keystroke is ever sent (Ctrl-b d or Ctrl-c leaves)
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Send a message: typed into an interactive session as one message, or
+    /// queued for a headless session's next turn
+    Send { session_id: String, text: String },
+    /// The recent screen and event history; -f follows
+    Logs {
+        session_id: String,
+        /// Keep printing new events until the session ends (or Ctrl-c)
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines of history and screen
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 200)]
+        lines: u32,
+    },
+    /// Stop the session (its task is cancelled; a final checkpoint is taken)
+    Kill {
+        session_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,8 +114,26 @@ pub enum ContainerCommand {
 }
 
 pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
-    if let SessionCommand::Recover { session_id, yes } = &command {
-        return super::checkpoint::recover(ctx, session_id, *yes).await;
+    match &command {
+        SessionCommand::Recover { session_id, yes } => {
+            return super::checkpoint::recover(ctx, session_id, *yes).await;
+        }
+        SessionCommand::Attach {
+            session_id,
+            read_only,
+        } => return super::session::attach(ctx, session_id, *read_only).await,
+        SessionCommand::Send { session_id, text } => {
+            return super::session::send(ctx, session_id, text.clone()).await;
+        }
+        SessionCommand::Logs {
+            session_id,
+            follow,
+            lines,
+        } => return super::session::logs(ctx, session_id, *follow, *lines).await,
+        SessionCommand::Kill { session_id, reason } => {
+            return super::session::kill(ctx, session_id, reason.clone()).await;
+        }
+        _ => {}
     }
     let opened = ctx.open()?;
     match command {
@@ -118,7 +163,12 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
                 print!("{}", views::session_detail(&session));
             }
         }
-        SessionCommand::Recover { .. } => {} // handled above (it is async and acts)
+        // Handled above (they are async and act).
+        SessionCommand::Recover { .. }
+        | SessionCommand::Attach { .. }
+        | SessionCommand::Send { .. }
+        | SessionCommand::Logs { .. }
+        | SessionCommand::Kill { .. } => {}
     }
     Ok(0)
 }

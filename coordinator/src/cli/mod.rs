@@ -27,10 +27,12 @@ use crate::error_codes::{self, ErrorCode};
 use crate::plan::DryRunPlan;
 use crate::state_dir::StateDir;
 
+mod budget;
 mod checkpoint;
 mod container;
 mod events;
 mod ops;
+mod session;
 mod task;
 
 /// Run Claude Code sessions in containers, and keep track of them.
@@ -82,6 +84,9 @@ pub enum Command {
     /// The effective configuration and where each value came from
     #[command(subcommand)]
     Config(ops::ConfigCommand),
+    /// Budget: ceilings, spend (compute and model) per task and per day
+    #[command(subcommand)]
+    Budget(budget::BudgetCommand),
     /// Is the coordinator up, tasks by status, running sessions, cost
     Status {
         /// Print one JSON object
@@ -256,6 +261,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Cleanup(args) => ops::cleanup(&ctx, args).await,
         Command::Doctor(args) => ops::doctor(&ctx, args).await,
         Command::Config(command) => ops::config(&ctx, command),
+        Command::Budget(command) => budget::run(&ctx, command).await,
         Command::Status { json } => ops::status(&ctx, json).await,
         Command::Coordinator(command) => ops::coordinator(&ctx, command).await,
         Command::Help { topic } => help(&topic),

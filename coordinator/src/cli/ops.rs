@@ -517,10 +517,13 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
             .collect(),
         cost_usd: db.total_cost_usd()?,
     };
+    let (budget_json, budget_text) = super::budget::status_budget(db, &opened.config.config)?;
     if json {
-        print_json(&view)?;
+        let mut value = serde_json::to_value(&view)?;
+        value["budget"] = budget_json;
+        print_json(&value)?;
     } else {
-        print!("{}", views::status_text(&view));
+        print!("{}{budget_text}", views::status_text(&view));
     }
     Ok(0)
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use parhelia_proto::{
     CancelTaskRequest, DeleteTasksRequest, DispatchTasksRequest, RetryTaskRequest,
-    SubmitTaskRequest,
+    SubmitBudgetedTaskRequest, SubmitTaskRequest, TaskLimits,
 };
 use serde::Serialize;
 
@@ -29,7 +29,7 @@ use crate::watch::watch_task;
 pub enum TaskCommand {
     /// Create a task: run Claude Code on PROMPT in a new session (queued
     /// when `max_concurrent_workers` tasks are running)
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List tasks, newest first
     List {
         /// Only tasks in this status (pending, running, completed, failed,
@@ -133,14 +133,105 @@ pub struct CreateArgs {
     /// Where to run: local
     #[arg(long, value_name = "B", default_value = "local")]
     pub backend: String,
+    /// Run the Claude Code terminal UI (attach with `parhelia session attach`)
+    #[arg(long)]
+    pub interactive: bool,
     /// Print JSON (with --sync: the finished task)
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
+}
+
+/// `task create`'s budget and resource flags.
+#[derive(clap::Args, Debug)]
+pub struct BudgetArgs {
+    /// Stop the task when it has cost this much, compute and model (USD, e.g. 2.00)
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<String>,
+    /// GPU type: T4, L4, A10G, L40S, A100, A100-80GB, H100, H200, B200 (`:N` for N GPUs)
+    #[arg(long, value_name = "TYPE")]
+    pub gpu: Option<String>,
+    /// CPU cores to request (default: the backend's)
+    #[arg(long, value_name = "CORES")]
+    pub cpu: Option<f64>,
+    /// Memory to request: MiB, or with a unit (512MiB, 16GiB)
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// The task's time limit, for the estimate (e.g. 30m, 2h; default: `modal.default_timeout_hours`)
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Print the estimated cost (a range and its basis); launch and record nothing
+    #[arg(long, conflicts_with_all = ["sync", "dry_run", "no_dispatch"])]
+    pub estimate_only: bool,
+}
+
+impl BudgetArgs {
+    fn limits(&self, config: &crate::config::Config) -> Result<crate::budget::TaskLimits> {
+        let invalid = |m: String| coded(error_codes::INVALID_INPUT, m);
+        let max_cost_usd = self
+            .max_cost
+            .as_deref()
+            .map(|m| super::budget::parse_usd("--max-cost", m))
+            .transpose()?;
+        if max_cost_usd == Some(0.0) {
+            return Err(invalid("--max-cost must be positive".into()));
+        }
+        if let Some(gpu) = &self.gpu {
+            crate::budget::parse_gpu(gpu, &config.rates)
+                .map_err(|e| invalid(format!("--gpu: {e}")))?;
+        }
+        if let Some(cpu) = self.cpu
+            && !(cpu.is_finite() && cpu > 0.0)
+        {
+            return Err(invalid(format!(
+                "--cpu must be a positive number of cores, got {cpu}"
+            )));
+        }
+        let memory_mb = self.memory.as_deref().map(parse_memory_mb).transpose()?;
+        let timeout_seconds = self
+            .timeout
+            .as_deref()
+            .map(|t| parse_duration_ms(t).map(|ms| (ms / 1000).max(1) as u64))
+            .transpose()?;
+        Ok(crate::budget::TaskLimits {
+            max_cost_usd,
+            gpu: self.gpu.clone(),
+            cpu: self.cpu,
+            memory_mb,
+            timeout_seconds,
+        })
+    }
+}
+
+/// `512`, `512MiB`, `16GiB`, `16G` → MiB.
+fn parse_memory_mb(text: &str) -> Result<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &t[digits.len()..];
+    let factor = match unit {
+        "" | "m" | "mb" | "mib" => 1.0,
+        "g" | "gb" | "gib" => 1024.0,
+        _ => 0.0,
+    };
+    digits
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|n| (n * factor).round())
+        .filter(|mb| *mb >= 1.0)
+        .map(|mb| mb as u64)
+        .ok_or_else(|| {
+            coded(
+                error_codes::INVALID_INPUT,
+                format!("--memory: expected MiB or a size like 16GiB, got {text:?}"),
+            )
+        })
 }
 
 pub async fn run(ctx: &Ctx, command: TaskCommand) -> Result<i32> {
     match command {
-        TaskCommand::Create(args) => create(ctx, args).await,
+        TaskCommand::Create(args) => create(ctx, *args).await,
         TaskCommand::List { status, json } => list(ctx, status.as_deref(), json),
         TaskCommand::Show { task_id, json } => show(ctx, &task_id, json),
         TaskCommand::Watch { task_id } => watch(ctx, &task_id).await,
@@ -198,7 +289,18 @@ pub(crate) fn launch_env(isolation_setting: &str) -> Result<HashMap<String, Stri
 
 async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     plan::validate_prompt(&args.prompt)?;
+    let limits = {
+        let state = ctx.state()?;
+        args.budget.limits(&ctx.config(&state)?.config)?
+    };
+    // An estimate prices Modal by its rate table even where it cannot launch.
+    if args.budget.estimate_only && args.backend == "modal" {
+        return estimate_only(ctx, &args, "modal", &limits);
+    }
     let backend = plan::parse_backend(&args.backend)?;
+    if args.budget.estimate_only {
+        return estimate_only(ctx, &args, backend.as_str(), &limits);
+    }
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let workspace = match &args.workspace {
         None => None,
@@ -231,9 +333,10 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
             prompt: args.prompt.clone(),
             model: args.model.clone(),
             max_turns: args.max_turns,
-            interactive: false,
+            interactive: args.interactive,
             resume: false,
             restore_checkpoint: None,
+            max_budget_usd: None,
         };
         let agent_override = std::env::var_os(plan::AGENT_BIN_ENV).map(PathBuf::from);
         let agent_bin = resolve_agent_bin(
@@ -289,11 +392,20 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         task_type: args.task_type.clone(),
         max_turns: args.max_turns.unwrap_or(0),
         env,
-        interactive: false,
+        interactive: args.interactive,
         no_dispatch: args.no_dispatch,
     };
     let submitted = client
-        .submit_task(request)
+        .submit_budgeted_task(SubmitBudgetedTaskRequest {
+            task: Some(request),
+            limits: Some(TaskLimits {
+                max_cost_usd: limits.max_cost_usd.unwrap_or(0.0),
+                gpu: limits.gpu.clone().unwrap_or_default(),
+                cpu: limits.cpu.unwrap_or(0.0),
+                memory_mb: limits.memory_mb.unwrap_or(0),
+                timeout_seconds: limits.timeout_seconds.unwrap_or(0),
+            }),
+        })
         .await
         .map_err(coordinator_error)?
         .into_inner();
@@ -359,6 +471,36 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `task create --estimate-only`: the range and its basis, and whether the
+/// budget would refuse the dispatch; nothing is launched or recorded.
+fn estimate_only(
+    ctx: &Ctx,
+    args: &CreateArgs,
+    backend: &str,
+    limits: &crate::budget::TaskLimits,
+) -> Result<i32> {
+    let opened = ctx.open()?;
+    let config = &opened.config.config;
+    let history = opened.db.similar_history(&args.task_type, backend)?;
+    let estimate = crate::budget::estimate(limits, backend, config, history);
+    let standing = opened.db.standing(None, &config.budget, now_ms())?;
+    let refusal = standing
+        .refuses(estimate.high_usd)
+        .map(|c| crate::budget::refusal_message("the task", &estimate, &c));
+    if args.json {
+        let mut value = serde_json::to_value(&estimate)?;
+        value["estimate_only"] = true.into();
+        value["would_be_refused"] = refusal.clone().into();
+        print_json(&value)?;
+    } else {
+        print!(
+            "{}",
+            super::budget::estimate_text(&estimate, config, refusal.as_deref())
+        );
+    }
+    Ok(0)
+}
+
 fn task_not_found(task_id: &str) -> anyhow::Error {
     coded(
         error_codes::TASK_NOT_FOUND,
@@ -384,10 +526,40 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
         .db
         .get_task(task_id)?
         .ok_or_else(|| task_not_found(task_id))?;
+    let (compute_usd, model_usd) = opened.db.task_spent_by_kind(task_id)?;
+    let limits = opened
+        .db
+        .task_limits(task_id)?
+        .map(|(l, _)| l)
+        .unwrap_or_default();
     if json {
-        print_json(&views::TaskView::from(&task))?;
+        let mut value = serde_json::to_value(views::TaskView::from(&task))?;
+        value["budget"] = serde_json::json!({
+            "compute_usd": compute_usd,
+            "model_usd": model_usd,
+            "total_usd": compute_usd + model_usd,
+            "limits": limits,
+        });
+        print_json(&value)?;
     } else {
         print!("{}", views::task_detail(&task));
+        use crate::budget::usd;
+        println!(
+            "{}",
+            labelled(
+                "spent",
+                &format!(
+                    "{} (compute {}, model {}){}",
+                    usd(compute_usd + model_usd),
+                    usd(compute_usd),
+                    usd(model_usd),
+                    limits
+                        .max_cost_usd
+                        .map(|m| format!(" of max {}", usd(m)))
+                        .unwrap_or_default()
+                )
+            )
+        );
     }
     Ok(0)
 }

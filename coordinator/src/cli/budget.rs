@@ -1,0 +1,577 @@
+//! `parhelia budget …`, the budget lines of `parhelia status`, and
+//! `task create --estimate-only`. Reads the ledger straight from SQLite;
+//! `budget set` goes through the coordinator.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use clap::{Subcommand, ValueEnum};
+use parhelia_proto::SetBudgetRequest;
+use serde::Serialize;
+
+use super::{Ctx, coordinator_error, print_json};
+use crate::budget::{self, Estimate, Standing, usd};
+use crate::config::Config;
+use crate::db::{Ceilings, Db, LedgerEntry};
+use crate::error::coded;
+use crate::error_codes;
+use crate::event_filter::parse_duration_ms;
+use crate::ids::now_ms;
+
+#[derive(Subcommand, Debug)]
+pub enum BudgetCommand {
+    /// The ceilings, what is spent and what remains, per task and per day
+    Show {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the global spending ceiling in USD (persisted; wins over
+    /// `[budget] default_ceiling_usd`), and optionally the daily one
+    Set {
+        /// The global ceiling, e.g. 50.00
+        amount: Option<String>,
+        /// The ceiling per UTC day, or `none` to remove it
+        #[arg(long, value_name = "USD|none")]
+        daily: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Spend grouped by day or task; the rows add up to the total
+    History {
+        /// Group by
+        #[arg(long, value_enum, default_value = "day")]
+        by: HistoryBy,
+        /// Only spend recorded within this long (e.g. 7d, 12h); default: all
+        #[arg(long, value_name = "AGE")]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryBy {
+    Day,
+    Task,
+}
+
+pub async fn run(ctx: &Ctx, command: BudgetCommand) -> Result<i32> {
+    match command {
+        BudgetCommand::Show { json } => show(ctx, json),
+        BudgetCommand::Set {
+            amount,
+            daily,
+            json,
+        } => set(ctx, amount.as_deref(), daily.as_deref(), json).await,
+        BudgetCommand::History { by, since, json } => history(ctx, by, since.as_deref(), json),
+    }
+}
+
+/// Parses `50`, `50.00`, `$50`.
+pub(crate) fn parse_usd(flag: &str, text: &str) -> Result<f64> {
+    let value = text
+        .trim()
+        .trim_start_matches('$')
+        .parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && *x >= 0.0);
+    value.ok_or_else(|| {
+        coded(
+            error_codes::INVALID_INPUT,
+            format!("{flag}: expected an amount in USD such as 2.00, got {text:?}"),
+        )
+    })
+}
+
+/// Sums of ledger rows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub compute_usd: f64,
+    pub model_usd: f64,
+    pub total_usd: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub charges: u64,
+}
+
+impl Totals {
+    fn add(&mut self, e: &LedgerEntry) {
+        if e.kind == "compute" {
+            self.compute_usd += e.amount_usd;
+        } else {
+            self.model_usd += e.amount_usd;
+        }
+        self.total_usd += e.amount_usd;
+        self.input_tokens += e.input_tokens;
+        self.output_tokens += e.output_tokens;
+        self.cache_creation_input_tokens += e.cache_creation_input_tokens;
+        self.cache_read_input_tokens += e.cache_read_input_tokens;
+        self.charges += 1;
+    }
+}
+
+/// One group of `budget history`.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryRow {
+    pub key: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+fn group(entries: &[LedgerEntry], by: HistoryBy) -> (Vec<HistoryRow>, Totals) {
+    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut total = Totals::default();
+    for e in entries {
+        let key = match by {
+            HistoryBy::Day => budget::day_of(e.ts_ms),
+            HistoryBy::Task => e.task_id.clone(),
+        };
+        if !groups.contains_key(&key) {
+            order.push(key.clone());
+        }
+        groups.entry(key).or_default().add(e);
+        total.add(e);
+    }
+    if by == HistoryBy::Day {
+        order.sort();
+    }
+    let rows = order
+        .into_iter()
+        .map(|key| HistoryRow {
+            totals: groups.remove(&key).unwrap_or_default(),
+            key,
+        })
+        .collect();
+    (rows, total)
+}
+
+/// `parhelia budget show` as data.
+#[derive(Clone, Debug, Serialize)]
+pub struct BudgetView {
+    pub ceiling_usd: f64,
+    pub ceiling_source: &'static str,
+    pub used_usd: f64,
+    pub remaining_usd: f64,
+    pub percent_used: f64,
+    pub warning_threshold_percent: u64,
+    pub today: DayView,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub tasks: Vec<TaskSpendView>,
+    pub days: Vec<HistoryRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DayView {
+    pub day: String,
+    pub used_usd: f64,
+    pub ceiling_usd: Option<f64>,
+    pub remaining_usd: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskSpendView {
+    pub task_id: String,
+    pub status: Option<String>,
+    pub max_cost_usd: Option<f64>,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+pub(crate) fn budget_view(db: &Db, config: &Config) -> Result<BudgetView> {
+    let now = now_ms();
+    let ceilings: Ceilings = db.ceilings(&config.budget)?;
+    let entries = db.ledger_entries(i64::MIN)?;
+    let (by_task, totals) = group(&entries, HistoryBy::Task);
+    let week_start = budget::day_start_ms(now) - 6 * budget::DAY_MS;
+    let recent: Vec<LedgerEntry> = entries
+        .iter()
+        .filter(|e| e.ts_ms >= week_start)
+        .cloned()
+        .collect();
+    let (days, _) = group(&recent, HistoryBy::Day);
+    let today_used = db.spent_since_usd(budget::day_start_ms(now))?;
+    let mut tasks = Vec::new();
+    for row in by_task.into_iter().rev() {
+        let task = db.get_task(&row.key)?;
+        let limits = db.task_limits(&row.key)?;
+        tasks.push(TaskSpendView {
+            status: task.map(|t| t.status.to_string()),
+            max_cost_usd: limits.and_then(|(l, _)| l.max_cost_usd),
+            task_id: row.key,
+            totals: row.totals,
+        });
+    }
+    let used = totals.total_usd;
+    Ok(BudgetView {
+        ceiling_usd: ceilings.global_usd,
+        ceiling_source: ceilings.global_source,
+        used_usd: used,
+        remaining_usd: ceilings.global_usd - used,
+        percent_used: if ceilings.global_usd > 0.0 {
+            used / ceilings.global_usd * 100.0
+        } else {
+            100.0
+        },
+        warning_threshold_percent: config.budget.warning_threshold_percent,
+        today: DayView {
+            day: budget::day_of(now),
+            used_usd: today_used,
+            ceiling_usd: ceilings.daily_usd,
+            remaining_usd: ceilings.daily_usd.map(|c| c - today_used),
+        },
+        totals,
+        tasks,
+        days,
+    })
+}
+
+fn show(ctx: &Ctx, json: bool) -> Result<i32> {
+    let opened = ctx.open()?;
+    let view = budget_view(&opened.db, &opened.config.config)?;
+    if json {
+        print_json(&view)?;
+        return Ok(0);
+    }
+    print!("{}", show_text(&view));
+    Ok(0)
+}
+
+fn show_text(v: &BudgetView) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "ceiling    {} ({})\nused       {} ({:.1}%), warning at {}%\nremaining  {}\n",
+        usd(v.ceiling_usd),
+        if v.ceiling_source == "config" {
+            "[budget] default_ceiling_usd"
+        } else {
+            "parhelia budget set"
+        },
+        usd(v.used_usd),
+        v.percent_used,
+        v.warning_threshold_percent,
+        usd(v.remaining_usd),
+    ));
+    out.push_str(&format!(
+        "today      {} {}\n",
+        usd(v.today.used_usd),
+        match v.today.ceiling_usd {
+            Some(c) => format!("of {} daily", usd(c)),
+            None => "(no daily ceiling)".into(),
+        }
+    ));
+    out.push_str(&format!(
+        "compute    {}\nmodel      {}\ntokens     {} in, {} out, {} cache write, {} cache read\n",
+        usd(v.totals.compute_usd),
+        usd(v.totals.model_usd),
+        v.totals.input_tokens,
+        v.totals.output_tokens,
+        v.totals.cache_creation_input_tokens,
+        v.totals.cache_read_input_tokens,
+    ));
+    if !v.tasks.is_empty() {
+        out.push_str(&format!(
+            "\n{:<15} {:<11} {:>9} {:>9} {:>9} {:>9}\n",
+            "TASK", "STATUS", "MAX", "COMPUTE", "MODEL", "TOTAL"
+        ));
+        for t in v.tasks.iter().take(20) {
+            out.push_str(&format!(
+                "{:<15} {:<11} {:>9} {:>9} {:>9} {:>9}\n",
+                t.task_id,
+                t.status.as_deref().unwrap_or("deleted"),
+                t.max_cost_usd.map(usd).unwrap_or_else(|| "-".into()),
+                usd(t.totals.compute_usd),
+                usd(t.totals.model_usd),
+                usd(t.totals.total_usd),
+            ));
+        }
+        if v.tasks.len() > 20 {
+            out.push_str(&format!(
+                "… {} more (parhelia budget history --by task)\n",
+                v.tasks.len() - 20
+            ));
+        }
+    }
+    if !v.days.is_empty() {
+        out.push_str(&format!(
+            "\n{:<11} {:>9} {:>9} {:>9}\n",
+            "DAY", "COMPUTE", "MODEL", "TOTAL"
+        ));
+        for d in &v.days {
+            out.push_str(&format!(
+                "{:<11} {:>9} {:>9} {:>9}\n",
+                d.key,
+                usd(d.totals.compute_usd),
+                usd(d.totals.model_usd),
+                usd(d.totals.total_usd)
+            ));
+        }
+    }
+    out
+}
+
+async fn set(ctx: &Ctx, amount: Option<&str>, daily: Option<&str>, json: bool) -> Result<i32> {
+    if amount.is_none() && daily.is_none() {
+        return Err(coded(
+            error_codes::INVALID_INPUT,
+            "give a ceiling (`parhelia budget set 50.00`) and/or `--daily USD|none`",
+        ));
+    }
+    let mut request = SetBudgetRequest::default();
+    if let Some(a) = amount {
+        request.set_ceiling = true;
+        request.ceiling_usd = parse_usd("the ceiling", a)?;
+    }
+    if let Some(d) = daily {
+        request.set_daily = true;
+        request.daily_ceiling_usd = if d.eq_ignore_ascii_case("none") {
+            0.0
+        } else {
+            let x = parse_usd("--daily", d)?;
+            if x == 0.0 {
+                return Err(coded(
+                    error_codes::INVALID_INPUT,
+                    "--daily: a daily ceiling must be positive (`none` removes it)",
+                ));
+            }
+            x
+        };
+    }
+    let opened = ctx.open()?;
+    let mut client = ctx.client(&opened.state).await?;
+    let r = client
+        .set_budget(request)
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    if json {
+        print_json(&serde_json::json!({
+            "ceiling_usd": r.ceiling_usd,
+            "daily_ceiling_usd": r.has_daily.then_some(r.daily_ceiling_usd),
+        }))?;
+    } else {
+        println!(
+            "budget ceiling {}{}",
+            usd(r.ceiling_usd),
+            if r.has_daily {
+                format!(", daily {}", usd(r.daily_ceiling_usd))
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(0)
+}
+
+fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<i32> {
+    let since_ms = match since {
+        Some(age) => now_ms() - parse_duration_ms(age)?,
+        None => i64::MIN,
+    };
+    let opened = ctx.open()?;
+    let entries = opened.db.ledger_entries(since_ms)?;
+    let (rows, total) = group(&entries, by);
+    if json {
+        print_json(&serde_json::json!({
+            "by": by,
+            "since_ms": (since_ms != i64::MIN).then_some(since_ms),
+            "rows": rows,
+            "total": total,
+        }))?;
+        return Ok(0);
+    }
+    let head = match by {
+        HistoryBy::Day => "DAY",
+        HistoryBy::Task => "TASK",
+    };
+    println!(
+        "{head:<15} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "COMPUTE", "MODEL", "TOTAL", "IN TOK", "OUT TOK"
+    );
+    for r in rows.iter().chain(std::iter::once(&HistoryRow {
+        key: "total".into(),
+        totals: total.clone(),
+    })) {
+        println!(
+            "{:<15} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            r.key,
+            usd(r.totals.compute_usd),
+            usd(r.totals.model_usd),
+            usd(r.totals.total_usd),
+            r.totals.input_tokens,
+            r.totals.output_tokens
+        );
+    }
+    Ok(0)
+}
+
+/// The budget part of `parhelia status`: JSON and text lines.
+pub(crate) fn status_budget(db: &Db, config: &Config) -> Result<(serde_json::Value, String)> {
+    let standing: Standing = db.standing(None, &config.budget, now_ms())?;
+    let ceilings = db.ceilings(&config.budget)?;
+    let json = serde_json::json!({
+        "ceiling_usd": standing.global_ceiling_usd,
+        "used_usd": standing.global_spent_usd,
+        "remaining_usd": standing.global_ceiling_usd - standing.global_spent_usd,
+        "today_usd": standing.day_spent_usd,
+        "daily_ceiling_usd": ceilings.daily_usd,
+    });
+    let mut text = format!(
+        "budget     {} of {} used, {} left\n",
+        usd(standing.global_spent_usd),
+        usd(standing.global_ceiling_usd),
+        usd(standing.global_ceiling_usd - standing.global_spent_usd)
+    );
+    text.push_str(&format!(
+        "today      {}{}\n",
+        usd(standing.day_spent_usd),
+        match ceilings.daily_usd {
+            Some(c) => format!(" of {} daily", usd(c)),
+            None => String::new(),
+        }
+    ));
+    Ok((json, text))
+}
+
+/// `task create --estimate-only` as text.
+pub(crate) fn estimate_text(e: &Estimate, config: &Config, refusal: Option<&str>) -> String {
+    let mut out = String::from("estimate only: nothing was launched or recorded\n");
+    out.push_str(&format!(
+        "range      {} – {}{}\n",
+        usd(e.low_usd),
+        usd(e.high_usd),
+        match (e.max_cost_usd, e.model_cost_unknown) {
+            (Some(cap), _) => format!(" (capped by --max-cost {})", usd(cap)),
+            (None, true) =>
+                " + model cost (unknown: no similar task yet; cap it with --max-cost)".into(),
+            (None, false) => String::new(),
+        }
+    ));
+    let r = &e.resources;
+    out.push_str(&format!(
+        "resources  {} backend: {} cores, {:.1} GiB{}\n",
+        e.backend,
+        r.cpu_cores,
+        r.memory_gib,
+        r.gpu
+            .as_ref()
+            .map(|g| format!(", {}× {}", g.count, g.gpu_type))
+            .unwrap_or_default()
+    ));
+    out.push_str(&format!(
+        "compute    {}/s × {} s timeout = {}{}\n",
+        usd(e.rate_usd_per_second),
+        e.timeout_seconds,
+        usd(e.compute_max_usd),
+        if e.backend == "local" {
+            format!(
+                " (local: {}× the rate table, `rates.local_multiplier`)",
+                config.rates.local_multiplier
+            )
+        } else {
+            String::new()
+        }
+    ));
+    if e.backend == "local" {
+        let mut modal = config.clone();
+        modal.rates.local_multiplier = 1.0;
+        let priced = budget::estimate(
+            &budget::TaskLimits {
+                max_cost_usd: None,
+                ..limits_of(e)
+            },
+            "local",
+            &modal,
+            None,
+        );
+        out.push_str(&format!(
+            "           at the rate table's prices: {}/s, {} for the timeout\n",
+            usd(priced.rate_usd_per_second),
+            usd(priced.compute_max_usd)
+        ));
+    }
+    match &e.history {
+        Some(h) => out.push_str(&format!(
+            "history    {} similar task(s): {} min, {} avg, {} max (model up to {})\n",
+            h.tasks,
+            usd(h.min_usd),
+            usd(h.avg_usd),
+            usd(h.max_usd),
+            usd(h.max_model_usd)
+        )),
+        None => out.push_str("history    no similar task (same type and backend) has ended yet\n"),
+    }
+    if let Some(refusal) = refusal {
+        out.push_str(&format!("dispatch   would be refused [E300]: {refusal}\n"));
+    }
+    out
+}
+
+fn limits_of(e: &Estimate) -> budget::TaskLimits {
+    budget::TaskLimits {
+        max_cost_usd: e.max_cost_usd,
+        gpu: e
+            .resources
+            .gpu
+            .as_ref()
+            .map(|g| format!("{}:{}", g.gpu_type, g.count)),
+        cpu: Some(e.resources.cpu_cores),
+        memory_mb: Some((e.resources.memory_gib * 1024.0).round() as u64),
+        timeout_seconds: Some(e.timeout_seconds),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: i64, ts_ms: i64, kind: &str, task: &str, amount: f64) -> LedgerEntry {
+        LedgerEntry {
+            id,
+            ts_ms,
+            kind: kind.into(),
+            task_id: task.into(),
+            session_id: None,
+            container_id: None,
+            amount_usd: amount,
+            seconds: 0.0,
+            input_tokens: 10,
+            output_tokens: 1,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: 0,
+        }
+    }
+
+    #[test]
+    fn history_rows_add_up_to_the_total() {
+        let day = budget::DAY_MS;
+        let entries = vec![
+            entry(1, 5, "model", "task-a", 0.1),
+            entry(2, day + 5, "compute", "task-b", 0.25),
+            entry(3, day + 6, "model", "task-a", 0.05),
+        ];
+        for by in [HistoryBy::Day, HistoryBy::Task] {
+            let (rows, total) = group(&entries, by);
+            let sum: f64 = rows.iter().map(|r| r.totals.total_usd).sum();
+            assert!((sum - total.total_usd).abs() < 1e-12);
+            assert_eq!(rows.len(), 2);
+            assert_eq!(total.input_tokens, 30);
+        }
+        let (rows, _) = group(&entries, HistoryBy::Day);
+        assert_eq!(rows[0].key, "1970-01-01");
+        assert!((rows[1].totals.compute_usd - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn amounts() {
+        assert_eq!(parse_usd("x", "2.00").unwrap(), 2.0);
+        assert_eq!(parse_usd("x", "$50").unwrap(), 50.0);
+        assert!(parse_usd("x", "-1").is_err());
+        assert!(parse_usd("x", "ten").is_err());
+    }
+}

@@ -1,0 +1,484 @@
+//! `parhelia session attach | send | logs | kill`: talking to a live session.
+//!
+//! The CLI reaches the session's agent directly (the endpoint its backend announces, and
+//! the session's secret from the database), like the coordinator does; `kill` goes
+//! through the coordinator's cancel path so the task's state stays the coordinator's.
+//!
+//! Promises of `attach`:
+//! - The local terminal is raw only while attached, and is always put back as it was:
+//!   by a guard (on every return path, errors and panics included) and on SIGINT,
+//!   SIGTERM, SIGHUP and SIGQUIT, which end the attach.
+//! - Window-size changes (SIGWINCH) are sent to the agent.
+//! - tmux's detach key (Ctrl-b d) ends the attach and leaves the session running; with
+//!   `--read-only` (where no keystroke is ever sent) the CLI recognises the same key,
+//!   and Ctrl-c, itself.
+//! - A headless session has no terminal: attaching to it follows its events, rendered
+//!   as `task watch` renders them.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use parhelia_proto::{
+    AttachEndReason, AttachRequest, AttachStart, CancelTaskRequest, CaptureScreenRequest,
+    SendInputRequest, StreamEventsRequest, WindowSize, attach_request, attach_response,
+    stream_events_response,
+};
+use tokio::sync::mpsc;
+
+use super::{Ctx, coordinator_error};
+use crate::agent_client::{AuthedAgentClient, connect_agent};
+use crate::backend::Backend;
+use crate::backend::local::LocalBackend;
+use crate::db::SessionRecord;
+use crate::error::coded;
+use crate::error_codes;
+
+/// How long to wait for a session's agent to announce its endpoint.
+const ENDPOINT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// tmux's prefix key (Ctrl-b).
+const TMUX_PREFIX: u8 = 0x02;
+
+/// A running session's record and a client for its agent.
+struct LiveSession {
+    session: SessionRecord,
+    client: AuthedAgentClient,
+}
+
+fn find_session(ctx: &Ctx, session_id: &str) -> Result<(super::Opened, SessionRecord)> {
+    let opened = ctx.open()?;
+    let session = opened.db.get_session(session_id)?.ok_or_else(|| {
+        coded(
+            error_codes::SESSION_NOT_FOUND,
+            format!("session not found: {session_id}"),
+        )
+    })?;
+    Ok((opened, session))
+}
+
+fn not_running(session: &SessionRecord) -> anyhow::Error {
+    coded(
+        error_codes::AGENT_UNREACHABLE,
+        format!(
+            "session {id} is not running (it is {status}); `parhelia resume {id}` continues it",
+            id = session.id,
+            status = session.status
+        ),
+    )
+}
+
+async fn connect_live(ctx: &Ctx, session_id: &str) -> Result<LiveSession> {
+    let (opened, session) = find_session(ctx, session_id)?;
+    let container_id = match (&session.container_id, session.container_state) {
+        (Some(id), Some(state)) if state.is_active() => id.clone(),
+        _ => return Err(not_running(&session)),
+    };
+    let secret = opened
+        .db
+        .session_secret(session_id)?
+        .context("the session has no secret")?;
+    let launcher = std::env::current_exe().unwrap_or_else(|_| "parhelia".into());
+    let backend = LocalBackend::new(
+        opened.state.root().to_path_buf(),
+        opened.db.coordinator_id()?,
+        launcher,
+    )
+    .with_endpoint_timeout(ENDPOINT_TIMEOUT);
+    let endpoint = backend
+        .endpoint(&container_id)
+        .await
+        .map_err(|_| not_running(&session))?;
+    let client = connect_agent(&endpoint.uri, &secret).await?;
+    Ok(LiveSession { session, client })
+}
+
+/// An agent's refusal as a coded error that says what to do.
+fn agent_refusal(session_id: &str, status: &tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unauthenticated => coded(
+            error_codes::AGENT_AUTH_REJECTED,
+            format!("the agent of session {session_id} refused the session secret"),
+        ),
+        tonic::Code::FailedPrecondition => {
+            coded(error_codes::AGENT_UNREACHABLE, status.message().to_string())
+        }
+        _ => coded(
+            error_codes::AGENT_UNREACHABLE,
+            format!("the agent of session {session_id}: {}", status.message()),
+        ),
+    }
+}
+
+/// `session send`: one message, typed into an interactive session or queued for a
+/// headless one's next turn.
+pub async fn send(ctx: &Ctx, session_id: &str, text: String) -> Result<i32> {
+    let mut live = connect_live(ctx, session_id).await?;
+    let reply = live
+        .client
+        .send_input(SendInputRequest { text })
+        .await
+        .map_err(|status| agent_refusal(session_id, &status))?
+        .into_inner();
+    if reply.queued {
+        println!("queued: it goes to Claude when the current turn ends");
+    } else {
+        println!("delivered");
+    }
+    Ok(0)
+}
+
+/// `session kill`: the task's cancel (Stop to the agent, final checkpoint, CANCELLED).
+pub async fn kill(ctx: &Ctx, session_id: &str, reason: Option<String>) -> Result<i32> {
+    let (opened, session) = find_session(ctx, session_id)?;
+    let mut client = ctx.client(&opened.state).await?;
+    let response = client
+        .cancel_task(CancelTaskRequest {
+            task_id: session.task_id.clone(),
+            reason: reason.unwrap_or_else(|| format!("session kill {session_id}")),
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    println!("{} {}", session_id, response.status);
+    Ok(0)
+}
+
+/// `session logs`: the recent screen (interactive) and event history; `-f` follows.
+pub async fn logs(ctx: &Ctx, session_id: &str, follow: bool, lines: u32) -> Result<i32> {
+    let mut live = match connect_live(ctx, session_id).await {
+        Ok(live) => live,
+        Err(err) if !follow => return stored_logs(ctx, session_id, lines).map_err(|_| err),
+        Err(err) => return Err(err),
+    };
+    let mut out = std::io::stdout().lock();
+    let events = collect_events(&mut live.client, session_id, 1, false).await?;
+    let rendered: Vec<String> = events
+        .iter()
+        .filter_map(crate::render::render_event)
+        .collect();
+    for line in rendered
+        .iter()
+        .skip(rendered.len().saturating_sub(lines as usize))
+    {
+        writeln!(out, "{line}")?;
+    }
+    if live.session.mode == "interactive"
+        && let Ok(screen) = live
+            .client
+            .capture_screen(CaptureScreenRequest { lines })
+            .await
+    {
+        writeln!(out, "──── screen ────")?;
+        let text = screen.into_inner().text;
+        let screen_lines: Vec<&str> = text.trim_end().lines().collect();
+        for line in screen_lines
+            .iter()
+            .skip(screen_lines.len().saturating_sub(lines as usize))
+        {
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()?;
+    drop(out);
+    if follow {
+        let next = events.last().map(|e| e.seq + 1).unwrap_or(1);
+        follow_rendered(&mut live.client, session_id, next).await?;
+    }
+    Ok(0)
+}
+
+/// A finished session's history, from the database.
+fn stored_logs(ctx: &Ctx, session_id: &str, lines: u32) -> Result<i32> {
+    let (opened, _) = find_session(ctx, session_id)?;
+    let rows = opened.db.query_events(
+        &crate::event_filter::EventFilter {
+            session_id: Some(session_id.to_string()),
+            ..Default::default()
+        },
+        None,
+    )?;
+    println!("{}", crate::event_filter::TABLE_HEADER);
+    for row in rows.iter().skip(rows.len().saturating_sub(lines as usize)) {
+        println!("{}", crate::event_filter::table_line(row));
+    }
+    Ok(0)
+}
+
+async fn collect_events(
+    client: &mut AuthedAgentClient,
+    session_id: &str,
+    from_seq: u64,
+    follow: bool,
+) -> Result<Vec<parhelia_proto::Event>> {
+    let mut stream = client
+        .stream_events(StreamEventsRequest { from_seq, follow })
+        .await
+        .map_err(|status| agent_refusal(session_id, &status))?
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(item) = stream
+        .message()
+        .await
+        .map_err(|status| agent_refusal(session_id, &status))?
+    {
+        if let Some(stream_events_response::Item::Event(event)) = item.item {
+            events.push(event);
+        }
+    }
+    Ok(events)
+}
+
+/// Prints live events as `task watch` does, until the session finishes or Ctrl-c.
+async fn follow_rendered(
+    client: &mut AuthedAgentClient,
+    session_id: &str,
+    from_seq: u64,
+) -> Result<()> {
+    let mut stream = client
+        .stream_events(StreamEventsRequest {
+            from_seq,
+            follow: true,
+        })
+        .await
+        .map_err(|status| agent_refusal(session_id, &status))?
+        .into_inner();
+    let mut interrupt = super::Interrupt::new();
+    loop {
+        let item = tokio::select! {
+            item = stream.message() => item,
+            interrupted = interrupt.sleep(Duration::from_secs(3600)) => {
+                if interrupted {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let Some(item) = item.map_err(|status| agent_refusal(session_id, &status))? else {
+            return Ok(());
+        };
+        if let Some(stream_events_response::Item::Event(event)) = item.item {
+            let finished = matches!(
+                event.kind,
+                Some(parhelia_proto::event::Kind::SessionFinished(_))
+            );
+            if let Some(line) = crate::render::render_event(&event) {
+                println!("{line}");
+            }
+            if finished {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// `session attach`.
+pub async fn attach(ctx: &Ctx, session_id: &str, read_only: bool) -> Result<i32> {
+    let mut live = connect_live(ctx, session_id).await?;
+    if live.session.mode != "interactive" {
+        eprintln!(
+            "session {session_id} is headless: following its events (Ctrl-c to leave; it keeps running)"
+        );
+        follow_rendered(&mut live.client, session_id, 1).await?;
+        return Ok(0);
+    }
+    let (requests, request_stream) = mpsc::channel(64);
+    let size = terminal_size();
+    requests
+        .send(AttachRequest {
+            item: Some(attach_request::Item::Start(AttachStart {
+                read_only,
+                size: size.map(|(cols, rows)| WindowSize { cols, rows }),
+                term: std::env::var("TERM").unwrap_or_default(),
+            })),
+        })
+        .await
+        .expect("the receiver is alive");
+    let mut responses = live
+        .client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(request_stream))
+        .await
+        .map_err(|status| agent_refusal(session_id, &status))?
+        .into_inner();
+
+    let guard = RawTerminal::enter()?;
+    let ended = pump_attach(&mut responses, &requests, read_only).await;
+    let clean = matches!(
+        ended,
+        Ok(AttachEnd::Agent(
+            AttachEndReason::Detached | AttachEndReason::SessionEnded
+        ))
+    );
+    let mut stdout = std::io::stdout().lock();
+    if !clean {
+        // tmux did not get to restore the screen: leave the alternate screen, show the
+        // cursor, stop mouse and bracketed-paste reporting.
+        let _ = stdout.write_all(
+            b"\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\r\n",
+        );
+    }
+    let _ = stdout.flush();
+    drop(stdout);
+    drop(guard);
+    match ended? {
+        AttachEnd::Agent(AttachEndReason::SessionEnded) => {
+            eprintln!("session {session_id} ended");
+        }
+        AttachEnd::Agent(AttachEndReason::AgentStopping) => {
+            eprintln!("the agent of session {session_id} is shutting down");
+        }
+        AttachEnd::Signal => eprintln!("left session {session_id}; it keeps running"),
+        _ => eprintln!("detached from session {session_id}; it keeps running"),
+    }
+    Ok(0)
+}
+
+enum AttachEnd {
+    Agent(AttachEndReason),
+    /// The local user left (read-only detach key, or a signal).
+    Local,
+    Signal,
+}
+
+async fn pump_attach(
+    responses: &mut tonic::Streaming<parhelia_proto::AttachResponse>,
+    requests: &mpsc::Sender<AttachRequest>,
+    read_only: bool,
+) -> Result<AttachEnd> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut winch = signal(SignalKind::window_change()).context("watching SIGWINCH")?;
+    let mut stops = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+    ]
+    .map(|kind| signal(kind).context("installing signal handlers"))
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?;
+    let (stop_sender, mut stop) = mpsc::channel::<()>(1);
+    for mut signal in stops.drain(..) {
+        let stop_sender = stop_sender.clone();
+        tokio::spawn(async move {
+            signal.recv().await;
+            let _ = stop_sender.send(()).await;
+        });
+    }
+    let mut keystrokes = spawn_stdin_reader();
+    let mut stdout = std::io::stdout();
+    let mut prefix_pending = false;
+    loop {
+        tokio::select! {
+            response = responses.message() => {
+                let response = response.context("the attach stream broke (is the agent still running?)")?;
+                match response.and_then(|r| r.item) {
+                    Some(attach_response::Item::Output(bytes)) => {
+                        stdout.write_all(&bytes)?;
+                        stdout.flush()?;
+                    }
+                    Some(attach_response::Item::Ended(ended)) => {
+                        return Ok(AttachEnd::Agent(
+                            AttachEndReason::try_from(ended.reason).unwrap_or(AttachEndReason::Unspecified),
+                        ));
+                    }
+                    None => anyhow::bail!("the agent ended the attach without saying why"),
+                }
+            }
+            keys = keystrokes.recv() => {
+                let Some(keys) = keys else { continue };
+                if read_only {
+                    for byte in &keys {
+                        if *byte == 0x03 || (prefix_pending && *byte == b'd') {
+                            return Ok(AttachEnd::Local);
+                        }
+                        prefix_pending = *byte == TMUX_PREFIX;
+                    }
+                } else if requests
+                    .send(AttachRequest { item: Some(attach_request::Item::Input(keys)) })
+                    .await
+                    .is_err()
+                {
+                    anyhow::bail!("the attach stream closed");
+                }
+            }
+            _ = winch.recv() => {
+                if let Some((cols, rows)) = terminal_size() {
+                    let _ = requests
+                        .send(AttachRequest { item: Some(attach_request::Item::Resize(WindowSize { cols, rows })) })
+                        .await;
+                }
+            }
+            _ = stop.recv() => return Ok(AttachEnd::Signal),
+        }
+    }
+}
+
+/// Keystrokes from stdin, read on a thread of their own (a blocking read).
+fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+    let (keys, received) = mpsc::channel(64);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stdin.read(&mut buffer) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if keys.blocking_send(buffer[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    received
+}
+
+/// The local terminal's size (columns, rows), from `stty size` on it: the safe way
+/// (the ioctl would need unsafe code).
+fn terminal_size() -> Option<(u32, u32)> {
+    let tty = std::fs::File::open("/dev/tty").ok()?;
+    let output = std::process::Command::new("stty")
+        .arg("size")
+        .stdin(tty)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut parts = text.split_whitespace().map(|n| n.parse::<u32>().ok());
+    let rows = parts.next()??;
+    let cols = parts.next()??;
+    Some((cols, rows))
+}
+
+/// The local terminal in raw mode until dropped, which restores it exactly.
+struct RawTerminal {
+    original: Option<nix::sys::termios::Termios>,
+}
+
+impl RawTerminal {
+    fn enter() -> Result<RawTerminal> {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let Ok(original) = tcgetattr(stdin.as_fd()) else {
+            // Not a terminal (a pipe): nothing to make raw or restore.
+            return Ok(RawTerminal { original: None });
+        };
+        let mut raw = original.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).context("making the terminal raw")?;
+        Ok(RawTerminal {
+            original: Some(original),
+        })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use nix::sys::termios::{SetArg, tcsetattr};
+        if let Some(original) = &self.original {
+            let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, original);
+        }
+    }
+}

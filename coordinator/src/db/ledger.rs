@@ -1,0 +1,410 @@
+//! The budget ledger (`ledger`), the budget settings (`meta`), warning
+//! de-duplication (`budget_alerts`) and the watchdog's bookkeeping on tasks.
+//! The arithmetic is [`crate::budget`]'s; this module only stores and sums.
+
+use anyhow::Result;
+use parhelia_proto::Usage;
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{ContainerRef, Db};
+use crate::budget::{History, TaskLimits};
+use crate::config::BudgetConfig;
+use crate::ids::now_ms;
+
+/// `meta` keys of the settings `parhelia budget set` persists.
+const CEILING_KEY: &str = "budget.ceiling_usd";
+const DAILY_KEY: &str = "budget.daily_ceiling_usd";
+
+/// One ledger row, as read for `budget show` / `budget history`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LedgerEntry {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub kind: String,
+    pub task_id: String,
+    pub session_id: Option<String>,
+    pub container_id: Option<String>,
+    pub amount_usd: f64,
+    pub seconds: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+/// The effective ceilings and where they came from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ceilings {
+    pub global_usd: f64,
+    /// `budget set` (the database) or `config`.
+    pub global_source: &'static str,
+    pub daily_usd: Option<f64>,
+    pub daily_source: &'static str,
+}
+
+/// Records the model charge a session's reported cost implies: the growth
+/// of `session_cost_usd` over what the ledger already holds for the
+/// session (the figure is the session's total across every process, so
+/// recording increases sums correctly across resumes). Tokens are the turn's.
+pub(crate) fn charge_model_in(
+    tx: &rusqlite::Transaction<'_>,
+    target: &ContainerRef,
+    ts_ms: i64,
+    session_cost_usd: f64,
+    usage: Option<&Usage>,
+) -> Result<()> {
+    let recorded: f64 = tx.query_row(
+        "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE session_id = ?1 AND kind = 'model'",
+        [&target.session_id],
+        |r| r.get(0),
+    )?;
+    let delta = (session_cost_usd - recorded).max(0.0);
+    let tokens = usage.map(|u| {
+        (
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_creation_input_tokens,
+            u.cache_read_input_tokens,
+        )
+    });
+    let has_tokens = tokens.is_some_and(|(a, b, c, d)| a + b + c + d > 0);
+    if delta <= 1e-12 && !has_tokens {
+        return Ok(());
+    }
+    let (input, output, cache_write, cache_read) = tokens.unwrap_or_default();
+    tx.execute(
+        "INSERT INTO ledger (ts_ms, kind, task_id, session_id, container_id, amount_usd,
+                             input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, details)
+         VALUES (?1, 'model', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            ts_ms,
+            target.task_id,
+            target.session_id,
+            target.container_id,
+            if delta > 1e-12 { delta } else { 0.0 },
+            input as i64,
+            output as i64,
+            cache_write as i64,
+            cache_read as i64,
+            serde_json::json!({ "session_cost_usd": session_cost_usd }).to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The watchdog's message when it stopped the task's session (`None`: it
+/// did not).
+pub(crate) fn budget_stop_in(
+    tx: &rusqlite::Transaction<'_>,
+    task_id: &str,
+) -> Result<Option<String>> {
+    Ok(tx
+        .query_row(
+            "SELECT budget_stop_message FROM tasks WHERE id = ?1 AND budget_stop_requested_at_ms IS NOT NULL",
+            [task_id],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .map(|m| m.unwrap_or_else(|| "stopped by the budget watchdog".into())))
+}
+
+impl Db {
+    /// A compute charge (one heartbeat's interval).
+    pub fn charge_compute(
+        &self,
+        target: &ContainerRef,
+        ts_ms: i64,
+        amount_usd: f64,
+        seconds: f64,
+        details: serde_json::Value,
+    ) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO ledger (ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds, details)
+             VALUES (?1, 'compute', ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                ts_ms,
+                target.task_id,
+                target.session_id,
+                target.container_id,
+                amount_usd,
+                seconds,
+                details.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The time of a container's latest stored heartbeat.
+    pub fn last_heartbeat_ts(&self, container_id: &str) -> Result<Option<i64>> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT max(ts_ms) FROM heartbeats WHERE container_id = ?1",
+            [container_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// A task's budget and resources, and its backend.
+    pub fn task_limits(&self, task_id: &str) -> Result<Option<(TaskLimits, String)>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT max_cost_usd, gpu, cpu, memory_mb, timeout_seconds, backend FROM tasks WHERE id = ?1",
+                [task_id],
+                |r| {
+                    Ok((
+                        TaskLimits {
+                            max_cost_usd: r.get(0)?,
+                            gpu: r.get(1)?,
+                            cpu: r.get(2)?,
+                            memory_mb: r.get::<_, Option<i64>>(3)?.map(|m| m as u64),
+                            timeout_seconds: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                        },
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()?)
+    }
+
+    /// Ledger total of a task (every attempt, compute and model).
+    pub fn task_spent_usd(&self, task_id: &str) -> Result<f64> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE task_id = ?1",
+            [task_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Ledger total of a task by kind: (compute, model).
+    pub fn task_spent_by_kind(&self, task_id: &str) -> Result<(f64, f64)> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT coalesce(sum(CASE WHEN kind = 'compute' THEN amount_usd END), 0),
+                    coalesce(sum(CASE WHEN kind = 'model' THEN amount_usd END), 0)
+             FROM ledger WHERE task_id = ?1",
+            [task_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
+    /// Model cost the ledger holds for a session.
+    pub fn session_model_usd(&self, session_id: &str) -> Result<f64> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE session_id = ?1 AND kind = 'model'",
+            [session_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Ledger total from `since_ms` on (everything with 0).
+    pub fn spent_since_usd(&self, since_ms: i64) -> Result<f64> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE ts_ms >= ?1",
+            [since_ms],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Ledger rows from `since_ms` on, in order.
+    pub fn ledger_entries(&self, since_ms: i64) -> Result<Vec<LedgerEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds,
+                    input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens
+             FROM ledger WHERE ts_ms >= ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([since_ms], |r| {
+            Ok(LedgerEntry {
+                id: r.get(0)?,
+                ts_ms: r.get(1)?,
+                kind: r.get(2)?,
+                task_id: r.get(3)?,
+                session_id: r.get(4)?,
+                container_id: r.get(5)?,
+                amount_usd: r.get(6)?,
+                seconds: r.get(7)?,
+                input_tokens: r.get::<_, i64>(8)? as u64,
+                output_tokens: r.get::<_, i64>(9)? as u64,
+                cache_creation_input_tokens: r.get::<_, i64>(10)? as u64,
+                cache_read_input_tokens: r.get::<_, i64>(11)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// What ended tasks of this type on this backend cost (ledger totals).
+    pub fn similar_history(&self, task_type: &str, backend: &str) -> Result<Option<History>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT coalesce(sum(l.amount_usd), 0),
+                    coalesce(sum(CASE WHEN l.kind = 'model' THEN l.amount_usd END), 0)
+             FROM tasks t LEFT JOIN ledger l ON l.task_id = t.id
+             WHERE t.task_type = ?1 AND t.backend = ?2 AND t.status IN ('completed', 'failed')
+             GROUP BY t.id",
+        )?;
+        let totals: Vec<(f64, f64)> = stmt
+            .query_map(params![task_type, backend], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if totals.is_empty() {
+            return Ok(None);
+        }
+        let n = totals.len() as f64;
+        Ok(Some(History {
+            tasks: totals.len() as u64,
+            min_usd: totals.iter().map(|t| t.0).fold(f64::INFINITY, f64::min),
+            avg_usd: totals.iter().map(|t| t.0).sum::<f64>() / n,
+            max_usd: totals.iter().map(|t| t.0).fold(0.0, f64::max),
+            max_model_usd: totals.iter().map(|t| t.1).fold(0.0, f64::max),
+        }))
+    }
+
+    /// The effective ceilings: `budget set` values win over the config.
+    pub fn ceilings(&self, config: &BudgetConfig) -> Result<Ceilings> {
+        let conn = self.conn();
+        let get = |key: &str| -> rusqlite::Result<Option<String>> {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        };
+        let global = get(CEILING_KEY)?.and_then(|v| v.parse::<f64>().ok());
+        let daily = get(DAILY_KEY)?;
+        Ok(Ceilings {
+            global_usd: global.unwrap_or(config.default_ceiling_usd),
+            global_source: if global.is_some() {
+                "budget set"
+            } else {
+                "config"
+            },
+            daily_usd: match &daily {
+                Some(v) => v.parse::<f64>().ok(),
+                None => config.daily_ceiling_usd,
+            },
+            daily_source: if daily.is_some() {
+                "budget set"
+            } else {
+                "config"
+            },
+        })
+    }
+
+    /// `parhelia budget set`: persists the global and/or daily ceiling
+    /// (`Some(None)`: no daily ceiling).
+    pub fn set_ceilings(&self, global: Option<f64>, daily: Option<Option<f64>>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let put = |key: &str, value: String| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+        };
+        if let Some(g) = global {
+            put(CEILING_KEY, g.to_string())?;
+        }
+        if let Some(d) = daily {
+            put(
+                DAILY_KEY,
+                d.map(|x| x.to_string()).unwrap_or_else(|| "none".into()),
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// True the first time `scope` is alerted (warnings are given once).
+    pub fn alert_once(&self, scope: &str) -> Result<bool> {
+        let conn = self.conn();
+        Ok(conn.execute(
+            "INSERT OR IGNORE INTO budget_alerts (scope, ts_ms) VALUES (?1, ?2)",
+            params![scope, now_ms()],
+        )? == 1)
+    }
+
+    /// The watchdog's decision, recorded before it stops the session (so
+    /// the session's CANCELLED end reads as a budget failure). True when
+    /// this call recorded it (the task was running and not yet stopped).
+    pub fn request_budget_stop(&self, task_id: &str, message: &str) -> Result<bool> {
+        let conn = self.conn();
+        Ok(conn.execute(
+            "UPDATE tasks SET budget_stop_requested_at_ms = ?2, budget_stop_message = ?3, updated_at_ms = ?2
+             WHERE id = ?1 AND status = 'running' AND budget_stop_requested_at_ms IS NULL",
+            params![task_id, now_ms(), message],
+        )? == 1)
+    }
+
+    /// A resume or retry continues under the ceilings as they are now.
+    pub fn clear_budget_stop(&self, task_id: &str) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE tasks SET budget_stop_requested_at_ms = NULL, budget_stop_message = NULL WHERE id = ?1",
+            [task_id],
+        )?;
+        Ok(())
+    }
+
+    /// Running tasks the watchdog decided to stop (after a restart: stop them).
+    pub fn pending_budget_stops(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM tasks WHERE status = 'running' AND budget_stop_requested_at_ms IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The watchdog's message for a task, if it stopped it.
+    pub fn budget_stop_message(&self, task_id: &str) -> Result<Option<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let message = budget_stop_in(&tx, task_id)?;
+        tx.commit()?;
+        Ok(message)
+    }
+}
+
+impl Db {
+    /// Spend against every ceiling that applies to `task_id` (or only the
+    /// global and daily ones), at `now_ms`.
+    pub fn standing(
+        &self,
+        task_id: Option<&str>,
+        config: &BudgetConfig,
+        now_ms: i64,
+    ) -> Result<crate::budget::Standing> {
+        let ceilings = self.ceilings(config)?;
+        let (task_spent_usd, task_ceiling_usd) = match task_id {
+            Some(id) => (
+                self.task_spent_usd(id)?,
+                self.task_limits(id)?.and_then(|(l, _)| l.max_cost_usd),
+            ),
+            None => (0.0, None),
+        };
+        Ok(crate::budget::Standing {
+            task_spent_usd,
+            task_ceiling_usd,
+            global_spent_usd: self.spent_since_usd(i64::MIN)?,
+            global_ceiling_usd: ceilings.global_usd,
+            day_spent_usd: self.spent_since_usd(crate::budget::day_start_ms(now_ms))?,
+            day_ceiling_usd: ceilings.daily_usd,
+        })
+    }
+
+    /// The task's latest ledger charge.
+    pub fn last_charge_usd(&self, task_id: &str) -> Result<f64> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT amount_usd FROM ledger WHERE task_id = ?1 ORDER BY id DESC LIMIT 1",
+                [task_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0.0))
+    }
+}
