@@ -263,7 +263,7 @@ pub fn restore_checkpoint(
             Some(summary) => summary.id,
             None => {
                 return Err(CheckpointFailure {
-                    code: "E203".into(),
+                    code: "E205".into(),
                     message: "the session has no checkpoint to restore".into(),
                 });
             }

@@ -186,26 +186,12 @@ pub fn headless_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<Strin
         "--output-format",
         "stream-json",
         "--verbose",
-        "--dangerously-skip-permissions",
     ]
     .into_iter()
     .map(String::from)
     .collect();
-    args.push(
-        if spec.resume {
-            "--resume"
-        } else {
-            "--session-id"
-        }
-        .into(),
-    );
-    args.push(spec.claude_session_id.clone());
-    args.push("--settings".into());
-    args.push(hooks_settings.to_string_lossy().into_owned());
-    if let Some(model) = &spec.model {
-        args.push("--model".into());
-        args.push(model.clone());
-    }
+    args.extend(session_arguments(spec, hooks_settings));
+    // Print-mode limits: Claude Code honours them only with -p.
     if let Some(max_turns) = spec.max_turns {
         args.push("--max-turns".into());
         args.push(max_turns.to_string());
@@ -218,8 +204,15 @@ pub fn headless_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<Strin
 }
 
 /// Claude Code's arguments for an interactive (TUI) session. The prompt is not among
-/// them: it is typed into the TUI once it is ready.
+/// them: it is typed into the TUI once it is ready. `--max-turns` and
+/// `--max-budget-usd` are print-mode flags, so an interactive session's budget is
+/// fenced by the coordinator's watchdog alone.
 pub fn interactive_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<String> {
+    session_arguments(spec, hooks_settings)
+}
+
+/// What both modes pass: permissions, the session (new or resumed), the hooks, the model.
+fn session_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<String> {
     let mut args = vec!["--dangerously-skip-permissions".to_string()];
     args.push(
         if spec.resume {

@@ -478,7 +478,8 @@ impl Supervisor {
             }
             Err(failure) => {
                 let code: &'static str = match failure.code.as_str() {
-                    "E203" => "E203",
+                    // The engine's "no such checkpoint" is E205 for users.
+                    "E203" | "E205" => "E205",
                     "E620" => "E620",
                     "E621" => "E621",
                     "E622" => "E622",

@@ -44,6 +44,8 @@ pub enum Kind {
     /// A path; relative ones are resolved against the directory that holds
     /// the state directory (the project root for `.parhelia/`).
     Path,
+    /// A list of strings (a TOML array; comma-separated in the environment).
+    StrList,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
             Kind::Str => "a string".into(),
             Kind::OneOf(options) => format!("one of {}", options.join(", ")),
             Kind::Path => "a path".into(),
+            Kind::StrList => "a list of strings".into(),
         }
     }
 }
@@ -69,6 +72,7 @@ pub enum Value {
     UInt(u64),
     Float(f64),
     Str(String),
+    List(Vec<String>),
     /// No value (e.g. `orchestrator.db_path` by default).
     Unset,
 }
@@ -81,6 +85,7 @@ impl fmt::Display for Value {
             Value::Float(x) if x.fract() == 0.0 && x.abs() < 1e15 => write!(f, "{x:.1}"),
             Value::Float(x) => write!(f, "{x}"),
             Value::Str(s) => write!(f, "{s:?}"),
+            Value::List(items) => write!(f, "{items:?}"),
             Value::Unset => f.write_str("(unset)"),
         }
     }
@@ -197,6 +202,16 @@ keys! {
         "How often agents send heartbeats.";
     "agent"."stop_grace_ms": Kind::UInt { min: 0, max: 3_600_000 }, Value::UInt(10_000), None,
         "How long a stopping agent gives Claude Code after SIGTERM before SIGKILL.";
+    "checkpoint"."interval_seconds": Kind::Float { min: 0.0, max: 604_800.0 }, Value::Float(600.0), None,
+        "Periodic checkpoints (skipped when nothing changed); 0 turns them off.";
+    "checkpoint"."excludes": Kind::StrList, Value::List(Vec::new()), None,
+        "Gitignore-style patterns (relative to the workspace) never captured and never touched by a restore.";
+    "checkpoint"."keep_last": Kind::UInt { min: 1, max: ANY_UINT }, Value::Unset, None,
+        "Retention: keep at most this many checkpoints per session (unset: all).";
+    "checkpoint"."keep_within_hours": Kind::Float { min: 0.0, max: f64::MAX }, Value::Unset, None,
+        "Retention: keep checkpoints younger than this (unset: no age limit).";
+    "checkpoint"."max_store_mb": Kind::UInt { min: 1, max: ANY_UINT }, Value::Unset, None,
+        "Quota for one session's checkpoint store, in MiB (unset: none).";
     "agent"."linger_after_finish_ms": Kind::UInt { min: 0, max: 86_400_000 }, Value::UInt(600_000), None,
         "How long an agent keeps serving after its session finished.";
 }
@@ -347,6 +362,17 @@ pub struct AgentConfig {
     pub heartbeat_interval_ms: u64,
     pub stop_grace_ms: u64,
     pub linger_after_finish_ms: u64,
+    pub checkpoint: CheckpointConfig,
+}
+
+/// `[checkpoint]`: when agents checkpoint, what they leave out, what they keep.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckpointConfig {
+    pub interval_seconds: f64,
+    pub excludes: Vec<String>,
+    pub keep_last: Option<u64>,
+    pub keep_within_hours: Option<f64>,
+    pub max_store_mb: Option<u64>,
 }
 
 impl ReconcilerConfig {
@@ -427,6 +453,13 @@ fn from_toml(spec: &KeySpec, value: &toml::Value) -> Result<Value, String> {
         (Kind::Float { .. }, toml::Value::Float(x)) => Value::Float(*x),
         (Kind::Float { .. }, toml::Value::Integer(n)) => Value::Float(*n as f64),
         (Kind::Str | Kind::OneOf(_) | Kind::Path, toml::Value::String(s)) => Value::Str(s.clone()),
+        (Kind::StrList, toml::Value::Array(items)) => Value::List(
+            items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(got)?,
+        ),
         _ => return Err(got()),
     };
     check_range(spec, parsed).map_err(|_| got())
@@ -451,6 +484,13 @@ fn from_text(spec: &KeySpec, text: &str) -> Result<Value, String> {
             Value::Float(x)
         }
         Kind::Str | Kind::OneOf(_) | Kind::Path => Value::Str(text.to_string()),
+        Kind::StrList => Value::List(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ),
     };
     check_range(spec, parsed).map_err(|_| got())
 }
@@ -676,6 +716,25 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
             heartbeat_interval_ms: uint("agent.heartbeat_interval_ms"),
             stop_grace_ms: uint("agent.stop_grace_ms"),
             linger_after_finish_ms: uint("agent.linger_after_finish_ms"),
+            checkpoint: CheckpointConfig {
+                interval_seconds: float("checkpoint.interval_seconds"),
+                excludes: match &get("checkpoint.excludes").value {
+                    Value::List(items) => items.clone(),
+                    _ => Vec::new(),
+                },
+                keep_last: match get("checkpoint.keep_last").value {
+                    Value::UInt(n) => Some(n),
+                    _ => None,
+                },
+                keep_within_hours: match get("checkpoint.keep_within_hours").value {
+                    Value::Float(x) => Some(x),
+                    _ => None,
+                },
+                max_store_mb: match get("checkpoint.max_store_mb").value {
+                    Value::UInt(n) => Some(n),
+                    _ => None,
+                },
+            },
         },
     };
     let r = &config.reconciler;

@@ -33,7 +33,7 @@ use crate::backend::local::LocalBackend;
 use crate::db::Db;
 use crate::error::{CodedError, coded, find_coded};
 use crate::error_codes;
-use crate::plan::AgentTiming;
+use crate::plan::AgentSettings;
 use crate::reconciler::PassOptions;
 pub use crate::service::CoordinatorService;
 use crate::state_dir::StateDir;
@@ -361,7 +361,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
     let launcher = std::env::current_exe().context("finding the parhelia executable")?;
     let mut backend =
         LocalBackend::new(state.root().to_path_buf(), coordinator_id.clone(), launcher)
-            .with_agent_timing(AgentTiming::from(&config.agent));
+            .with_agent_settings(AgentSettings::from(&config.agent));
     if let Some(ms) = std::env::var("PARHELIA_AGENT_START_TIMEOUT_MS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -18,30 +18,68 @@ pub const LINGER_AFTER_FINISH_MS: u64 = 600_000;
 pub const STOP_GRACE_MS: u64 = 10_000;
 pub const LISTEN_ADDR: &str = "127.0.0.1:0";
 
-/// The agent's timing, from `[agent]` in the config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AgentTiming {
+/// What the coordinator's config says about agents: timing from `[agent]`,
+/// checkpoint policy from `[checkpoint]`. Written into every spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentSettings {
     pub heartbeat_interval_ms: u64,
     pub stop_grace_ms: u64,
     pub linger_after_finish_ms: u64,
+    pub checkpoint: CheckpointPolicy,
 }
 
-impl Default for AgentTiming {
+/// The spec's `checkpoint` object (`docs/dev/contracts.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct CheckpointPolicy {
+    pub interval_ms: u64,
+    pub excludes: Vec<String>,
+    pub keep_last: Option<u64>,
+    pub keep_within_ms: Option<i64>,
+    pub max_store_bytes: Option<u64>,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            interval_ms: 600_000,
+            excludes: Vec::new(),
+            keep_last: None,
+            keep_within_ms: None,
+            max_store_bytes: None,
+        }
+    }
+}
+
+impl From<&crate::config::CheckpointConfig> for CheckpointPolicy {
+    fn from(c: &crate::config::CheckpointConfig) -> Self {
+        CheckpointPolicy {
+            interval_ms: (c.interval_seconds * 1000.0) as u64,
+            excludes: c.excludes.clone(),
+            keep_last: c.keep_last,
+            keep_within_ms: c.keep_within_hours.map(|h| (h * 3_600_000.0) as i64),
+            max_store_bytes: c.max_store_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+        }
+    }
+}
+
+impl Default for AgentSettings {
     fn default() -> Self {
         Self {
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
             stop_grace_ms: STOP_GRACE_MS,
             linger_after_finish_ms: LINGER_AFTER_FINISH_MS,
+            checkpoint: CheckpointPolicy::default(),
         }
     }
 }
 
-impl From<&crate::config::AgentConfig> for AgentTiming {
+impl From<&crate::config::AgentConfig> for AgentSettings {
     fn from(agent: &crate::config::AgentConfig) -> Self {
         Self {
             heartbeat_interval_ms: agent.heartbeat_interval_ms,
             stop_grace_ms: agent.stop_grace_ms,
             linger_after_finish_ms: agent.linger_after_finish_ms,
+            checkpoint: CheckpointPolicy::from(&agent.checkpoint),
         }
     }
 }
@@ -188,7 +226,7 @@ pub fn agent_spec(
     ids: &LaunchIds,
     layout: &LocalLayout,
     claude_bin: &Path,
-    timing: &AgentTiming,
+    timing: &AgentSettings,
 ) -> AgentSpec {
     AgentSpec {
         version: SPEC_VERSION,
@@ -215,6 +253,7 @@ pub fn agent_spec(
         linger_after_finish_ms: timing.linger_after_finish_ms,
         stop_grace_ms: timing.stop_grace_ms,
         restore_checkpoint: request.restore_checkpoint.clone(),
+        checkpoint: Some(timing.checkpoint.clone()),
         max_budget_usd: request.max_budget_usd,
     }
 }
@@ -311,9 +350,9 @@ mod tests {
             &ids,
             &layout,
             Path::new("/bin/claude"),
-            &AgentTiming {
+            &AgentSettings {
                 heartbeat_interval_ms: 250,
-                ..AgentTiming::default()
+                ..AgentSettings::default()
             },
         );
         assert_eq!(spec.heartbeat_interval_ms, 250);

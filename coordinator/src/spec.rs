@@ -47,6 +47,9 @@ pub struct AgentSpec {
     /// Claude Code's `--max-budget-usd`: the budget's second fence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_budget_usd: Option<f64>,
+    /// When the agent checkpoints and what it keeps (`[checkpoint]` config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<crate::plan::CheckpointPolicy>,
 }
 
 /// `<runtime_dir>/agent.json`. Unknown fields are accepted: the agent may
@@ -112,6 +115,7 @@ mod tests {
             stop_grace_ms: 10_000,
             restore_checkpoint: None,
             max_budget_usd: None,
+            checkpoint: None,
         };
         let json = serde_json::to_value(&spec).unwrap();
         assert!(json.get("max_budget_usd").is_none());

@@ -301,3 +301,58 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// `[checkpoint]` in `.parhelia/config.toml` reaches the agent: excluded
+/// paths are never captured, and retention keeps only the newest checkpoints.
+#[test]
+fn checkpoint_excludes_and_retention_come_from_the_config() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash(
+            "mkdir -p build && echo obj > build/out.o && echo src > src.txt",
+        )]),
+        Turn::text("Built."),
+    ]));
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[checkpoint]\nexcludes = [\"build/\"]\nkeep_last = 1\n",
+    )
+    .unwrap();
+    let created = create(&h, "Build it", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+
+    // The spec carried the policy.
+    let container_id = created["container_id"].as_str().unwrap();
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            h.state()
+                .join("containers")
+                .join(container_id)
+                .join("spec.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec["checkpoint"]["excludes"][0], "build/", "{spec:#}");
+
+    // turn_end and session_end were both taken; retention kept one.
+    let made = events_of(&h, &task_id, "checkpoint_created");
+    assert!(made.len() >= 2, "{made:#?}");
+    let listed = checkpoints(&h, &session_id);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    let shown = h.json(&[
+        "checkpoint",
+        "show",
+        listed[0]["id"].as_str().unwrap(),
+        "--json",
+    ]);
+    let paths: Vec<&str> = shown["workspace_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"src.txt"), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.starts_with("build")), "{paths:?}");
+}

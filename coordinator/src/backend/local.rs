@@ -52,7 +52,7 @@ pub struct LocalBackend {
     /// The executable that runs `internal-detach` (normally `parhelia` itself).
     launcher: PathBuf,
     endpoint_timeout: Duration,
-    timing: plan::AgentTiming,
+    timing: plan::AgentSettings,
     /// Exit statuses of agents this process started and saw exit.
     exited: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -64,7 +64,7 @@ impl LocalBackend {
             coordinator_id,
             launcher,
             endpoint_timeout: Duration::from_secs(30),
-            timing: plan::AgentTiming::default(),
+            timing: plan::AgentSettings::default(),
             exited: Arc::default(),
         }
     }
@@ -74,7 +74,7 @@ impl LocalBackend {
         self
     }
 
-    pub fn with_agent_timing(mut self, timing: plan::AgentTiming) -> Self {
+    pub fn with_agent_settings(mut self, timing: plan::AgentSettings) -> Self {
         self.timing = timing;
         self
     }

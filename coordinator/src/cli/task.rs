@@ -18,7 +18,7 @@ use crate::error::coded;
 use crate::error_codes;
 use crate::event_filter::parse_duration_ms;
 use crate::ids::now_ms;
-use crate::plan::{self, AgentTiming, DryRunPlan, LaunchIds, SessionRequest};
+use crate::plan::{self, AgentSettings, DryRunPlan, LaunchIds, SessionRequest};
 use crate::queue;
 use crate::render::labelled;
 use crate::task_state::TaskStatus;
@@ -365,7 +365,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
                 &ids,
                 &layout,
                 &claude_bin,
-                &AgentTiming::from(&config.agent),
+                &AgentSettings::from(&config.agent),
             ),
         };
         if args.json {
