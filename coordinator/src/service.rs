@@ -961,6 +961,16 @@ impl CoordinatorService {
             _ => None,
         };
 
+        // A previous container that is not live may still have left
+        // processes behind (a killed agent's tmux and Claude Code): end them
+        // before another agent takes the workspace.
+        if old.is_none()
+            && let Some(previous) = &session.container_id
+            && let Err(err) = self.inner.backend.terminate(previous).await
+        {
+            tracing::warn!(container_id = %previous, "cleaning up the previous container failed: {err:#}");
+        }
+
         let container_id = ids::new_container_id();
         let max_budget_usd = self.claude_budget_fence(&task.id, Some(&session.id))?;
         db.clear_budget_stop(&task.id)?;

@@ -60,21 +60,28 @@ fn agent_pid_and_tmux(h: &Harness, container_id: &str) -> (i32, PathBuf) {
     (info["pid"].as_i64().unwrap() as i32, socket)
 }
 
-/// The container dies: SIGKILL to the agent and to everything in its tmux.
-fn kill_container(h: &Harness, container_id: &str) {
+/// The agent dies with SIGKILL. Its tmux server (and Claude Code, still
+/// running `tail -f`) stays behind, as it would not in a real container; the
+/// resume must end it before another agent takes the workspace.
+fn kill_agent(h: &Harness, container_id: &str) -> PathBuf {
     let (pid, tmux_socket) = agent_pid_and_tmux(h, container_id);
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let _ = std::process::Command::new("tmux")
-        .arg("-S")
-        .arg(&tmux_socket)
-        .arg("kill-server")
-        .status();
+    tmux_socket
 }
 
+fn tmux_alive(socket: &std::path::Path) -> bool {
+    std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(socket)
+        .arg("has-session")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
 #[test]
 fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
     let h = Harness::new(Script::new([
@@ -112,7 +119,11 @@ fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
     );
 
     // The container dies mid-task, and the work after the checkpoint is lost with it.
-    kill_container(&h, &container_id);
+    let leftover_tmux = kill_agent(&h, &container_id);
+    assert!(
+        tmux_alive(&leftover_tmux),
+        "the leftover tmux server is the point of this test"
+    );
     let ws = workspace(&h, &session_id);
     std::fs::write(ws.join("stray.txt"), "written after the checkpoint").unwrap();
     std::fs::remove_file(ws.join("written.txt")).unwrap();
@@ -126,6 +137,10 @@ fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
         "-m",
         "Please continue.",
     ]);
+    assert!(
+        !tmux_alive(&leftover_tmux),
+        "the dead agent's tmux server (and Claude Code) outlived the resume"
+    );
     let task = h.wait_task(&task_id, |t| {
         t["status"] == "completed" || t["status"] == "failed"
     });

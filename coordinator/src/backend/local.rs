@@ -106,6 +106,38 @@ impl LocalBackend {
         process_matches(pid, &self.label())
     }
 
+    /// Ends the private tmux server of a container whose agent is gone.
+    /// Only the agent's own socket is addressed, never the user's tmux.
+    async fn kill_leftover_tmux(&self, container_id: &str) {
+        let Some(info) = self.read_runtime_info(container_id) else {
+            return;
+        };
+        if self.is_our_agent(info.pid) {
+            return;
+        }
+        let socket = info
+            .socket_dir
+            .clone()
+            .unwrap_or_else(|| self.container_runtime_dir(container_id))
+            .join("tmux.sock");
+        if !socket.exists() {
+            return;
+        }
+        let killed = tokio::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .arg("kill-server")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        if killed {
+            tracing::info!(container_id, socket = %socket.display(), "ended the tmux server a dead agent left behind");
+        }
+    }
+
     fn exit_status_of(&self, container_id: &str) -> Option<String> {
         self.exited
             .lock()
@@ -489,6 +521,10 @@ impl Backend for LocalBackend {
             .find(|c| c.container_id == container_id)
             .and_then(|c| c.pid)
         else {
+            // No agent: a container that died (SIGKILL) may have left its
+            // private tmux server, and Claude Code in it, running. A real
+            // container's death takes those with it; here we must.
+            self.kill_leftover_tmux(container_id).await;
             return Ok(());
         };
         // Checked again right before the signal: the pid must still be our agent.
