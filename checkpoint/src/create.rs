@@ -532,7 +532,7 @@ fn decide<'p>(
     req: &CreateRequest,
     parent: Option<&'p Manifest>,
     loader: &mut ChunkLoader<'_>,
-    jobs: &mpsc::Sender<HashJob>,
+    submit: &dyn Fn(HashJob),
 ) -> Result<Decided<'p>> {
     let mut works = Vec::new();
     let mut views = Vec::new();
@@ -542,9 +542,7 @@ fn decide<'p>(
             .and_then(|p| p.tree(&spec.name))
             .filter(|t| t.excludes == spec.excludes);
         // A failed send means the workers stopped on an error, which `create` reports.
-        let send = |rel: &[u8]| {
-            let _ = jobs.send((ti, rel.to_vec(), spec.root.join(bytes_path(rel))));
-        };
+        let send = |rel: &[u8]| submit((ti, rel.to_vec(), spec.root.join(bytes_path(rel))));
         match (hint, ptree) {
             (ChangeHint::Paths(paths), Some(pt)) => {
                 let mut hints: Vec<Vec<u8>> = paths
@@ -665,16 +663,27 @@ impl Store {
         let rx = Mutex::new(rx);
         let abort = AtomicBool::new(false);
         let (decided, hashed) = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..self.threads)
-                .map(|_| scope.spawn(|| hash_worker(&rx, &abort, session)))
-                .collect();
-            let decided = decide(req, parent, &mut loader, &tx);
+            // Workers start with the first jobs, up to `threads`: a hinted checkpoint of a
+            // few files should not pay for idle threads and compression contexts.
+            let workers = std::cell::RefCell::new(Vec::new());
+            let sent = std::cell::Cell::new(0usize);
+            let submit = |job: HashJob| {
+                // A failed send means the workers stopped on an error, which is reported.
+                let _ = tx.send(job);
+                sent.set(sent.get() + 1);
+                let mut w = workers.borrow_mut();
+                if w.len() < self.threads && w.len() < sent.get() {
+                    w.push(scope.spawn(|| hash_worker(&rx, &abort, session)));
+                }
+            };
+            let decided = decide(req, parent, &mut loader, &submit);
             trace.mark("trees examined");
             drop(tx);
             if decided.is_err() {
                 abort.store(true, Ordering::Relaxed);
             }
             let hashed: Result<Vec<Vec<HashResult>>> = workers
+                .into_inner()
                 .into_iter()
                 .map(|h| h.join().expect("hash worker panicked"))
                 .collect();
@@ -789,7 +798,9 @@ impl Store {
             .filter_map(|b| b.encoded.as_ref().map(|e| (b.chunk.blob, e)))
             .filter(|(blob, _)| session.claim(blob))
             .collect();
-        let per_thread = new_chunks.len().div_ceil(self.threads).max(1);
+        // One writer per 16 chunks, at most `threads`.
+        let writers = new_chunks.len().div_ceil(16).clamp(1, self.threads);
+        let per_thread = new_chunks.len().div_ceil(writers).max(1);
         std::thread::scope(|scope| -> Result<()> {
             let handles: Vec<_> = new_chunks
                 .chunks(per_thread)

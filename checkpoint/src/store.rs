@@ -165,10 +165,12 @@ impl Store {
             manifests_dir: root.join("manifests"),
             tmp_dir: root.join("tmp"),
             lock_wait: Duration::from_secs(60),
+            // Two workers per core: hashing workers block on reads (cold caches, network
+            // volumes) and restore workers on file creation, so one per core leaves cores idle.
             threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .clamp(1, 16),
+                .map(|n| n.get() * 2)
+                .unwrap_or(4)
+                .clamp(2, 16),
             index_cache: Mutex::new(None),
             fail_point: Mutex::new(None),
         };
@@ -193,7 +195,7 @@ impl Store {
         self
     }
 
-    /// Worker threads for hashing, compression and restore (default: available cores).
+    /// Worker threads for hashing, compression and restore (default: two per available core).
     pub fn with_threads(mut self, threads: usize) -> Store {
         self.threads = threads.max(1);
         self

@@ -66,8 +66,16 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+fn open_store(args: &[String]) -> R<Store> {
+    let mut store = Store::open(Path::new(&args[0])).map_err(|e| e.to_string())?;
+    if let Some(n) = flag(args, "--threads") {
+        store = store.with_threads(n.parse().map_err(|e| format!("--threads: {e}"))?);
+    }
+    Ok(store)
+}
+
 fn op_create(args: &[String]) -> R {
-    let store = Store::open(Path::new(&args[0])).map_err(|e| e.to_string())?;
+    let store = open_store(args)?;
     let hint = match flag(args, "--hints") {
         Some(f) => ChangeHint::Paths(
             fs::read_to_string(f)
@@ -108,7 +116,7 @@ fn op_create(args: &[String]) -> R {
 }
 
 fn op_restore(args: &[String]) -> R {
-    let store = Store::open(Path::new(&args[0])).map_err(|e| e.to_string())?;
+    let store = open_store(args)?;
     let id = if args[1] == "latest" {
         store
             .latest()
