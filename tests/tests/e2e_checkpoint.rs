@@ -371,3 +371,58 @@ fn checkpoint_excludes_and_retention_come_from_the_config() {
     assert!(paths.contains(&"src.txt"), "{paths:?}");
     assert!(!paths.iter().any(|p| p.starts_with("build")), "{paths:?}");
 }
+
+/// With `reconciler.auto_resume`, a session whose agent died is marked lost,
+/// resumed on a fresh container from its latest checkpoint and told to
+/// continue, with nobody typing `parhelia resume`.
+#[test]
+fn a_lost_session_is_resumed_automatically_when_the_policy_says_so() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("a.txt", "a\n")]),
+        Turn::tool_use([ToolCall::bash("rm -rf scratch; tail -f /dev/null")]),
+        Turn::text("Continued after the crash."),
+    ]));
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[reconciler]\nauto_resume = true\npoll_interval_seconds = 0.2\nstale_threshold_seconds = 1.0\n",
+    )
+    .unwrap();
+    let created = create(&h, "Work until the crash", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    h.wait_for("the pre_tool checkpoint", || {
+        events_of(&h, &task_id, "checkpoint_created")
+            .into_iter()
+            .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "pre_tool")
+    });
+    let leftover_tmux = kill_agent(&h, &container_id);
+
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" || t["status"] == "failed"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_ne!(
+        task["container_id"],
+        container_id.as_str(),
+        "a new container ran it"
+    );
+    assert_eq!(events_of(&h, &task_id, "checkpoint_restored").len(), 1);
+    assert!(
+        !tmux_alive(&leftover_tmux),
+        "the dead agent's processes were ended"
+    );
+    let last = h
+        .stand_in
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::Turn)
+        .next_back()
+        .unwrap();
+    assert!(
+        last.last_user_text
+            .as_deref()
+            .is_some_and(|t| t.contains("interrupted")),
+        "the resumed session was told to continue: {:?}",
+        last.last_user_text
+    );
+}
