@@ -415,8 +415,7 @@ fn a_lost_session_is_resumed_automatically_when_the_policy_says_so() {
         .stand_in
         .requests()
         .into_iter()
-        .filter(|r| r.kind == RequestKind::Turn)
-        .next_back()
+        .rfind(|r| r.kind == RequestKind::Turn)
         .unwrap();
     assert!(
         last.last_user_text
