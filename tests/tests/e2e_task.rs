@@ -357,3 +357,70 @@ fn heartbeats_report_resource_use_while_a_session_runs() {
         .unwrap();
     assert!(last.is_some(), "the container's last heartbeat is tracked");
 }
+
+/// Attaching to a headless session shows its progress as readable lines (the
+/// same rendering as `task watch`), never Claude Code's raw stream-json.
+#[test]
+fn attaching_to_a_headless_session_shows_readable_progress() {
+    use std::io::BufRead;
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("hello.txt", "hi\n")]),
+        Turn::tool_use([ToolCall::bash("tail -f /dev/null")]),
+    ]));
+    let out = h.ok(&["task", "create", "Write, then wait", "--json"]);
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_for("the Bash call", || {
+        (h.stand_in.turns_consumed() >= 2).then_some(())
+    });
+
+    let mut attach = h
+        .command(&["session", "attach", &session_id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = attach.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("Bash") && l.contains("tail -f"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "attach never showed the Bash call; saw:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+    // Leaving the attach leaves the session running.
+    let _ = attach.kill();
+    let _ = attach.wait();
+    let text = seen.join("\n");
+    assert!(text.contains("Write hello.txt"), "{text}");
+    assert!(
+        !text.contains("\"type\""),
+        "raw JSON leaked into attach:\n{text}"
+    );
+    let task = h.json(&[
+        "task",
+        "show",
+        created["task_id"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(task["status"], "running", "{task:#}");
+}
