@@ -160,6 +160,37 @@ impl Harness {
         .expect("open parhelia.db")
     }
 
+    /// The payloads of a task's events of one type, across all its
+    /// containers, in the order they were stored.
+    pub fn task_events(&self, task_id: &str, kind: &str) -> Vec<serde_json::Value> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT payload FROM events WHERE task_id = ?1 AND type = ?2 ORDER BY id")
+            .unwrap();
+        stmt.query_map([task_id, kind], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|p| serde_json::from_str(&p.unwrap()).unwrap())
+            .collect()
+    }
+
+    /// A running agent's pid and its private tmux socket, from its `agent.json`.
+    pub fn agent_pid_and_tmux(&self, container_id: &str) -> (i32, PathBuf) {
+        let runtime = self
+            .state()
+            .join("containers")
+            .join(container_id)
+            .join("runtime");
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(runtime.join("agent.json")).unwrap())
+                .unwrap();
+        let socket = info["socket_dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or(runtime)
+            .join("tmux.sock");
+        (info["pid"].as_i64().unwrap() as i32, socket)
+    }
+
     /// Every stored event of a container: (seq, type, payload JSON), by seq.
     pub fn events(&self, container_id: &str) -> Vec<(u64, String, serde_json::Value)> {
         let db = self.db();

@@ -25,34 +25,6 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-fn events_of(h: &Harness, task_id: &str, kind: &str) -> Vec<serde_json::Value> {
-    let db = h.db();
-    let mut stmt = db
-        .prepare("SELECT payload FROM events WHERE task_id = ?1 AND type = ?2 ORDER BY id")
-        .unwrap();
-    stmt.query_map([task_id, kind], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(|p| serde_json::from_str(&p.unwrap()).unwrap())
-        .collect()
-}
-
-fn runtime_info(h: &Harness, container_id: &str) -> (i32, PathBuf) {
-    let runtime = h
-        .state()
-        .join("containers")
-        .join(container_id)
-        .join("runtime");
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(runtime.join("agent.json")).unwrap())
-            .unwrap();
-    let socket = info["socket_dir"]
-        .as_str()
-        .map(PathBuf::from)
-        .unwrap_or(runtime)
-        .join("tmux.sock");
-    (info["pid"].as_i64().unwrap() as i32, socket)
-}
-
 fn tmux(socket: &PathBuf, args: &[&str]) -> String {
     let out = Command::new("tmux")
         .arg("-S")
@@ -196,7 +168,7 @@ fn attach_types_detaches_reattaches_and_always_restores_the_terminal() {
     let session_id = created["session_id"].as_str().unwrap().to_string();
     let container_id = created["container_id"].as_str().unwrap().to_string();
     h.wait_for("the first turn", || {
-        (!events_of(&h, &task_id, "turn_result").is_empty()).then_some(())
+        (!h.task_events(&task_id, "turn_result").is_empty()).then_some(())
     });
     assert_eq!(
         h.stand_in.requests()[0].last_user_text.as_deref(),
@@ -206,13 +178,13 @@ fn attach_types_detaches_reattaches_and_always_restores_the_terminal() {
     // `session send`: a multi-line message is one user message at the model.
     h.ok(&["session", "send", &session_id, "line one\nline two"]);
     h.wait_for("the second turn", || {
-        (events_of(&h, &task_id, "turn_result").len() >= 2).then_some(())
+        (h.task_events(&task_id, "turn_result").len() >= 2).then_some(())
     });
     assert_eq!(
         h.stand_in.requests()[1].last_user_text.as_deref(),
         Some("line one\nline two")
     );
-    let (agent_pid, socket) = runtime_info(&h, &container_id);
+    let (agent_pid, socket) = h.agent_pid_and_tmux(&container_id);
 
     // Attach, type a prompt, see the file, detach with tmux's key.
     let mut terminal = Terminal::attach(&h, &session_id, &[]);
@@ -231,7 +203,7 @@ fn attach_types_detaches_reattaches_and_always_restores_the_terminal() {
         .join("workspace");
     wait_until("typed.txt", || workspace.join("typed.txt").exists());
     wait_until("the turn's end", || {
-        events_of(&h, &task_id, "turn_result").len() >= 3
+        h.task_events(&task_id, "turn_result").len() >= 3
     });
     terminal.type_bytes(b"\x02d");
     let status = terminal.wait_exit();
@@ -242,7 +214,7 @@ fn attach_types_detaches_reattaches_and_always_restores_the_terminal() {
         "the terminal is restored"
     );
     h.wait_for("the detach checkpoint", || {
-        events_of(&h, &task_id, "checkpoint_created")
+        h.task_events(&task_id, "checkpoint_created")
             .iter()
             .any(|c| c["kind"]["checkpoint_created"]["trigger"] == "detach")
             .then_some(())
@@ -302,7 +274,7 @@ fn logs_show_screen_and_history_and_kill_ends_the_session_so_attach_is_refused()
     let task_id = created["task_id"].as_str().unwrap().to_string();
     let session_id = created["session_id"].as_str().unwrap().to_string();
     h.wait_for("the first turn", || {
-        (!events_of(&h, &task_id, "turn_result").is_empty()).then_some(())
+        (!h.task_events(&task_id, "turn_result").is_empty()).then_some(())
     });
     // Status comes from the hooks: idle after the turn's Stop hook.
     h.wait_for("idle", || {

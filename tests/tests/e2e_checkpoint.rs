@@ -31,40 +31,11 @@ fn checkpoints(h: &Harness, session_id: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Events of a type, across every container of the task, as JSON payloads.
-fn events_of(h: &Harness, task_id: &str, kind: &str) -> Vec<serde_json::Value> {
-    let db = h.db();
-    let mut stmt = db
-        .prepare("SELECT payload FROM events WHERE task_id = ?1 AND type = ?2 ORDER BY id")
-        .unwrap();
-    stmt.query_map([task_id, kind], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(|p| serde_json::from_str(&p.unwrap()).unwrap())
-        .collect()
-}
-
-fn agent_pid_and_tmux(h: &Harness, container_id: &str) -> (i32, PathBuf) {
-    let runtime = h
-        .state()
-        .join("containers")
-        .join(container_id)
-        .join("runtime");
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(runtime.join("agent.json")).unwrap())
-            .unwrap();
-    let socket = info["socket_dir"]
-        .as_str()
-        .map(PathBuf::from)
-        .unwrap_or(runtime)
-        .join("tmux.sock");
-    (info["pid"].as_i64().unwrap() as i32, socket)
-}
-
 /// The agent dies with SIGKILL. Its tmux server (and Claude Code, still
 /// running `tail -f`) stays behind, as it would not in a real container; the
 /// resume must end it before another agent takes the workspace.
 fn kill_agent(h: &Harness, container_id: &str) -> PathBuf {
-    let (pid, tmux_socket) = agent_pid_and_tmux(h, container_id);
+    let (pid, tmux_socket) = h.agent_pid_and_tmux(container_id);
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -99,7 +70,7 @@ fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
 
     // The pre-tool checkpoint holds both files: the Write tool's and the shell's.
     let checkpoint = h.wait_for("the pre_tool checkpoint", || {
-        events_of(&h, &task_id, "checkpoint_created")
+        h.task_events(&task_id, "checkpoint_created")
             .into_iter()
             .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "pre_tool")
     });
@@ -180,7 +151,7 @@ fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
     );
 
     // A second container of the same session; the task's cost covers both.
-    let restored = events_of(&h, &task_id, "checkpoint_restored");
+    let restored = h.task_events(&task_id, "checkpoint_restored");
     assert_eq!(restored.len(), 1, "{restored:#?}");
 }
 
@@ -352,7 +323,7 @@ fn checkpoint_excludes_and_retention_come_from_the_config() {
     assert_eq!(spec["checkpoint"]["excludes"][0], "build/", "{spec:#}");
 
     // turn_end and session_end were both taken; retention kept one.
-    let made = events_of(&h, &task_id, "checkpoint_created");
+    let made = h.task_events(&task_id, "checkpoint_created");
     assert!(made.len() >= 2, "{made:#?}");
     let listed = checkpoints(&h, &session_id);
     assert_eq!(listed.len(), 1, "{listed:#?}");
@@ -391,7 +362,7 @@ fn a_lost_session_is_resumed_automatically_when_the_policy_says_so() {
     let task_id = created["task_id"].as_str().unwrap().to_string();
     let container_id = created["container_id"].as_str().unwrap().to_string();
     h.wait_for("the pre_tool checkpoint", || {
-        events_of(&h, &task_id, "checkpoint_created")
+        h.task_events(&task_id, "checkpoint_created")
             .into_iter()
             .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "pre_tool")
     });
@@ -406,7 +377,7 @@ fn a_lost_session_is_resumed_automatically_when_the_policy_says_so() {
         container_id.as_str(),
         "a new container ran it"
     );
-    assert_eq!(events_of(&h, &task_id, "checkpoint_restored").len(), 1);
+    assert_eq!(h.task_events(&task_id, "checkpoint_restored").len(), 1);
     assert!(
         !tmux_alive(&leftover_tmux),
         "the dead agent's processes were ended"
