@@ -362,7 +362,6 @@ fn heartbeats_report_resource_use_while_a_session_runs() {
 /// same rendering as `task watch`), never Claude Code's raw stream-json.
 #[test]
 fn attaching_to_a_headless_session_shows_readable_progress() {
-    use std::io::BufRead;
     let h = Harness::new(Script::new([
         Turn::tool_use([ToolCall::write("hello.txt", "hi\n")]),
         Turn::tool_use([ToolCall::bash("tail -f /dev/null")]),
@@ -374,43 +373,10 @@ fn attaching_to_a_headless_session_shows_readable_progress() {
         (h.stand_in.turns_consumed() >= 2).then_some(())
     });
 
-    let mut attach = h
-        .command(&["session", "attach", &session_id])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = attach.stdout.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("Bash") && l.contains("tail -f"))
-    {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => panic!(
-                "attach never showed the Bash call; saw:\n{}",
-                seen.join("\n")
-            ),
-        }
-    }
+    let mut attach = Follower::start(&h, &["session", "attach", &session_id]);
+    let text = attach.until(|l| l.contains("Bash") && l.contains("tail -f"));
     // Leaving the attach leaves the session running.
-    let _ = attach.kill();
-    let _ = attach.wait();
-    let text = seen.join("\n");
+    drop(attach);
     assert!(text.contains("Write hello.txt"), "{text}");
     assert!(
         !text.contains("\"type\""),
@@ -423,4 +389,99 @@ fn attaching_to_a_headless_session_shows_readable_progress() {
         "--json",
     ]);
     assert_eq!(task["status"], "running", "{task:#}");
+}
+
+/// A `parhelia` command that follows until interrupted, read line by line.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    args: Vec<String>,
+}
+
+impl Follower {
+    fn start(h: &Harness, args: &[&str]) -> Follower {
+        use std::io::BufRead;
+        let mut child = h
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower {
+            child,
+            lines,
+            seen: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// Reads (bounded) until a line satisfies `until`; returns everything read so far.
+    fn until(&mut self, until: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.seen.iter().any(|l| until(l)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "parhelia {:?} never printed the line; saw:\n{}",
+                    self.args,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `session logs -f` prints the session's history and keeps following it:
+/// events that happen after the command started show up in its output.
+#[test]
+fn session_logs_follow_shows_new_events() {
+    let h = Harness::new(Script::new([
+        // Holds the session until the test creates `go` in the workspace.
+        Turn::tool_use([ToolCall::bash(
+            "until [ -e go ]; do tail -n0 /dev/null; done; echo released",
+        )]),
+        Turn::tool_use([ToolCall::write("hello.txt", "hi\n")]),
+        Turn::tool_use([ToolCall::bash("tail -f /dev/null")]),
+    ]));
+    let out = h.ok(&["task", "create", "Wait for go, then write", "--json"]);
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_for("the first Bash call", || {
+        (h.stand_in.turns_consumed() >= 1).then_some(())
+    });
+
+    let mut logs = Follower::start(&h, &["session", "logs", &session_id, "-f"]);
+    let before = logs.until(|l| l.contains("until [ -e go ]"));
+    assert!(!before.contains("Write hello.txt"), "{before}");
+    // Only now may the session go on: what follows can only arrive by following.
+    let workspace = h
+        .state()
+        .join("sessions")
+        .join(&session_id)
+        .join("workspace");
+    std::fs::write(workspace.join("go"), "").unwrap();
+    let after = logs.until(|l| l.contains("Write hello.txt"));
+    assert!(after.contains("released"), "{after}");
 }
