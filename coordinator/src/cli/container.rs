@@ -114,31 +114,9 @@ pub enum ContainerCommand {
 }
 
 pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
-    match &command {
-        SessionCommand::Recover { session_id, yes } => {
-            return super::checkpoint::recover(ctx, session_id, *yes).await;
-        }
-        SessionCommand::Attach {
-            session_id,
-            read_only,
-        } => return super::session::attach(ctx, session_id, *read_only).await,
-        SessionCommand::Send { session_id, text } => {
-            return super::session::send(ctx, session_id, text.clone()).await;
-        }
-        SessionCommand::Logs {
-            session_id,
-            follow,
-            lines,
-        } => return super::session::logs(ctx, session_id, *follow, *lines).await,
-        SessionCommand::Kill { session_id, reason } => {
-            return super::session::kill(ctx, session_id, reason.clone()).await;
-        }
-        _ => {}
-    }
-    let opened = ctx.open()?;
     match command {
         SessionCommand::List { json } => {
-            let sessions = opened.db.list_sessions()?;
+            let sessions = ctx.open()?.db.list_sessions()?;
             if json {
                 print_json(
                     &sessions
@@ -149,9 +127,10 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
             } else {
                 print!("{}", views::session_table(&sessions, now_ms()));
             }
+            Ok(0)
         }
         SessionCommand::Show { session_id, json } => {
-            let session = opened.db.get_session(&session_id)?.ok_or_else(|| {
+            let session = ctx.open()?.db.get_session(&session_id)?.ok_or_else(|| {
                 coded(
                     error_codes::SESSION_NOT_FOUND,
                     format!("session not found: {session_id}"),
@@ -162,15 +141,27 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
             } else {
                 print!("{}", views::session_detail(&session));
             }
+            Ok(0)
         }
-        // Handled above (they are async and act).
-        SessionCommand::Recover { .. }
-        | SessionCommand::Attach { .. }
-        | SessionCommand::Send { .. }
-        | SessionCommand::Logs { .. }
-        | SessionCommand::Kill { .. } => {}
+        SessionCommand::Recover { session_id, yes } => {
+            super::checkpoint::recover(ctx, &session_id, yes).await
+        }
+        SessionCommand::Attach {
+            session_id,
+            read_only,
+        } => super::session::attach(ctx, &session_id, read_only).await,
+        SessionCommand::Send { session_id, text } => {
+            super::session::send(ctx, &session_id, text).await
+        }
+        SessionCommand::Logs {
+            session_id,
+            follow,
+            lines,
+        } => super::session::logs(ctx, &session_id, follow, lines).await,
+        SessionCommand::Kill { session_id, reason } => {
+            super::session::kill(ctx, &session_id, reason).await
+        }
     }
-    Ok(0)
 }
 
 pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
