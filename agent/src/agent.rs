@@ -120,6 +120,13 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     if options.secret.is_empty() {
         return Err(RunError::MissingSecret);
     }
+    // A remote backend cannot create directories on the container's disk
+    // before the agent starts: a missing workspace is created (empty; a
+    // restore or the session fills it). Something else at that path is an error.
+    if !spec.workspace_dir.exists() {
+        std::fs::create_dir_all(&spec.workspace_dir)
+            .map_err(io_error("create the workspace", &spec.workspace_dir))?;
+    }
     if !spec.workspace_dir.is_dir() {
         return Err(io_error("use the workspace", &spec.workspace_dir)(
             std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),

@@ -136,7 +136,7 @@ pub fn prepare_config_dir(
     })
 }
 
-fn merge_json_object(
+pub(crate) fn merge_json_object(
     path: &Path,
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> Result<(), LaunchError> {
@@ -177,8 +177,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Claude Code's arguments for a headless session.
-pub fn headless_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<String> {
+/// Claude Code's arguments for a headless session. `plugin_dirs` are passed with
+/// `--plugin-dir` (see [`crate::config_seed::plugin_dirs`]).
+pub fn headless_arguments(
+    spec: &LaunchSpec,
+    hooks_settings: &Path,
+    plugin_dirs: &[PathBuf],
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "-p",
         "--input-format",
@@ -190,7 +195,7 @@ pub fn headless_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<Strin
     .into_iter()
     .map(String::from)
     .collect();
-    args.extend(session_arguments(spec, hooks_settings));
+    args.extend(session_arguments(spec, hooks_settings, plugin_dirs));
     // Print-mode limits: Claude Code honours them only with -p.
     if let Some(max_turns) = spec.max_turns {
         args.push("--max-turns".into());
@@ -207,12 +212,21 @@ pub fn headless_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<Strin
 /// them: it is typed into the TUI once it is ready. `--max-turns` and
 /// `--max-budget-usd` are print-mode flags, so an interactive session's budget is
 /// fenced by the coordinator's watchdog alone.
-pub fn interactive_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<String> {
-    session_arguments(spec, hooks_settings)
+pub fn interactive_arguments(
+    spec: &LaunchSpec,
+    hooks_settings: &Path,
+    plugin_dirs: &[PathBuf],
+) -> Vec<String> {
+    session_arguments(spec, hooks_settings, plugin_dirs)
 }
 
-/// What both modes pass: permissions, the session (new or resumed), the hooks, the model.
-fn session_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<String> {
+/// What both modes pass: permissions, the session (new or resumed), the hooks, the
+/// model, the plugins.
+fn session_arguments(
+    spec: &LaunchSpec,
+    hooks_settings: &Path,
+    plugin_dirs: &[PathBuf],
+) -> Vec<String> {
     let mut args = vec!["--dangerously-skip-permissions".to_string()];
     args.push(
         if spec.resume {
@@ -228,6 +242,10 @@ fn session_arguments(spec: &LaunchSpec, hooks_settings: &Path) -> Vec<String> {
     if let Some(model) = &spec.model {
         args.push("--model".into());
         args.push(model.clone());
+    }
+    for dir in plugin_dirs {
+        args.push("--plugin-dir".into());
+        args.push(dir.to_string_lossy().into_owned());
     }
     args
 }
@@ -345,7 +363,7 @@ mod tests {
     #[test]
     fn arguments_for_new_and_resumed_sessions() {
         let settings = Path::new("/r/hooks-settings.json");
-        let args = headless_arguments(&spec(|_| {}), settings).join(" ");
+        let args = headless_arguments(&spec(|_| {}), settings, &[]).join(" ");
         assert_eq!(
             args,
             "-p --input-format stream-json --output-format stream-json --verbose \
@@ -357,7 +375,7 @@ mod tests {
             v["model"] = "claude-sonnet-4-5".into();
             v["max_turns"] = 4.into();
         });
-        let args = headless_arguments(&resumed, settings).join(" ");
+        let args = headless_arguments(&resumed, settings, &[]).join(" ");
         assert!(args.contains("--resume 6f1c2d3e-"), "{args}");
         assert!(!args.contains("--session-id"), "{args}");
         assert!(
@@ -365,8 +383,20 @@ mod tests {
             "{args}"
         );
         let fenced = spec(|v| v["max_budget_usd"] = 2.5.into());
-        let args = headless_arguments(&fenced, settings).join(" ");
+        let args = headless_arguments(&fenced, settings, &[]).join(" ");
         assert!(args.ends_with("--max-budget-usd 2.500000"), "{args}");
+        let plugins = [
+            PathBuf::from("/c/plugins/a"),
+            PathBuf::from("/c/plugins/b c"),
+        ];
+        let args = headless_arguments(&spec(|_| {}), settings, &plugins);
+        let joined = args.join(" ");
+        assert!(
+            joined.ends_with("--plugin-dir /c/plugins/a --plugin-dir /c/plugins/b c"),
+            "{joined}"
+        );
+        let args = interactive_arguments(&spec(|_| {}), settings, &plugins).join(" ");
+        assert!(args.contains("--plugin-dir /c/plugins/a"), "{args}");
     }
 
     #[test]

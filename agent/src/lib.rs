@@ -16,6 +16,7 @@ pub mod change_tracker;
 pub mod checkpointer;
 pub mod claude;
 pub mod cli;
+pub mod config_seed;
 pub mod conversation;
 pub mod cost;
 pub mod error;

@@ -72,6 +72,11 @@ pub struct LaunchSpec {
     /// task's and the global budget: a second fence behind the coordinator's watchdog.
     #[serde(default)]
     pub max_budget_usd: Option<f64>,
+    /// The user's synced Claude Code configuration (the coordinator's config sync, on
+    /// the volume): copied into `claude_config_dir` before Claude Code starts (see
+    /// [`crate::config_seed`]). A missing directory is a journaled warning.
+    #[serde(default)]
+    pub claude_config_seed: Option<PathBuf>,
 }
 
 /// When and how the agent checkpoints (all optional in `spec.json`).
@@ -194,6 +199,15 @@ impl LaunchSpec {
             ("runtime_dir", &self.runtime_dir),
         ] {
             check_absolute(field, path)?;
+        }
+        if let Some(seed) = &self.claude_config_seed {
+            check_absolute("claude_config_seed", seed)?;
+            if seed == &self.claude_config_dir {
+                return Err(field_error(
+                    "claude_config_seed",
+                    "must not be the claude_config_dir itself",
+                ));
+            }
         }
         if self.heartbeat_interval_ms < 100 {
             return Err(field_error(
@@ -326,6 +340,19 @@ pub(crate) mod tests {
         check(|v| v["max_turns"] = 0.into(), "max_turns:");
         check(|v| v["max_budget_usd"] = 1.5.into(), "ok");
         check(|v| v["max_budget_usd"] = 0.into(), "max_budget_usd:");
+        check(
+            |v| v["claude_config_seed"] = "/vol/config/claude".into(),
+            "ok",
+        );
+        check(|v| v["claude_config_seed"] = serde_json::Value::Null, "ok");
+        check(
+            |v| v["claude_config_seed"] = "config/claude".into(),
+            "claude_config_seed: must be an absolute path",
+        );
+        check(
+            |v| v["claude_config_seed"] = "/srv/c/claude-config".into(),
+            "claude_config_seed: must not be",
+        );
         check(
             |v| v["workspace_dir"] = "rel/ws".into(),
             "workspace_dir: must be an absolute path",

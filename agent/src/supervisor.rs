@@ -44,9 +44,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use parhelia_proto::{
-    AgentInfo, CheckpointCreated, CheckpointFailed, CheckpointRestored, ClaudeExited, ClaudeInit,
-    Heartbeat, InputAccepted, SendInputResponse, SessionFinished, SessionOutcome, SessionStarted,
-    SessionStatus, StatusChanged, StopRequested, TurnResult, event,
+    AgentError, AgentInfo, CheckpointCreated, CheckpointFailed, CheckpointRestored, ClaudeExited,
+    ClaudeInit, Heartbeat, InputAccepted, SendInputResponse, SessionFinished, SessionOutcome,
+    SessionStarted, SessionStatus, StatusChanged, StopRequested, TurnResult, event,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -401,6 +401,16 @@ impl Supervisor {
                 })
                 .await;
         }
+        if let Err(e) = self.seed_claude_config().await? {
+            tracing::error!(error = %e, "failed to seed the claude code config dir");
+            return self
+                .finish(Verdict {
+                    outcome: SessionOutcome::Failed,
+                    error_code: "E501",
+                    error_message: format!("claude code cannot be started: {e}"),
+                })
+                .await;
+        }
         if let Err(e) = self.start_claude().await {
             tracing::error!(error = %e, "failed to start claude code");
             self.context.tmux.kill_server().await.ok();
@@ -424,6 +434,43 @@ impl Supervisor {
             .await?;
         }
         Ok(())
+    }
+
+    /// Copies the spec's `claude_config_seed` (the user's synced config) into the
+    /// config dir, journaling what was skipped or missing as warnings (`AgentError`
+    /// without a code). The outer error is the journal's; the inner one a config dir
+    /// that could not be written.
+    async fn seed_claude_config(&mut self) -> Result<Result<(), LaunchError>, JournalError> {
+        let spec = self.context.spec.clone();
+        let Some(seed) = &spec.claude_config_seed else {
+            return Ok(Ok(()));
+        };
+        let protected = [self.context.layout.hooks_settings.as_path()];
+        let warnings = match crate::config_seed::apply(seed, &spec.claude_config_dir, &protected) {
+            Err(e) => return Ok(Err(e)),
+            Ok(crate::config_seed::SeedOutcome::Missing { reason }) => vec![format!(
+                "the claude config seed {} {reason}; claude code starts without the user's config",
+                seed.display()
+            )],
+            Ok(crate::config_seed::SeedOutcome::Applied(report)) => {
+                tracing::info!(
+                    seed = %seed.display(),
+                    files = report.files_copied,
+                    mcp_servers = report.mcp_servers.len(),
+                    "claude config seeded"
+                );
+                report.warnings
+            }
+        };
+        for warning in warnings {
+            tracing::warn!("{warning}");
+            self.journal(event::Kind::AgentError(AgentError {
+                code: String::new(),
+                message: format!("warning: {warning}"),
+            }))
+            .await?;
+        }
+        Ok(Ok(()))
     }
 
     /// For a resume or a rollback (`restore_checkpoint` in the spec): a safety
@@ -623,7 +670,8 @@ impl Supervisor {
         if self.interactive() {
             return self.start_interactive_claude().await;
         }
-        let arguments = claude::headless_arguments(&spec, &layout.hooks_settings);
+        let plugin_dirs = crate::config_seed::plugin_dirs(&spec.claude_config_dir);
+        let arguments = claude::headless_arguments(&spec, &layout.hooks_settings, &plugin_dirs);
         let script = claude::launcher_script(&spec, &layout, &arguments);
         claude::write_atomically(&layout.launcher_script, script.as_bytes())
             .map_err(io("write", &layout.launcher_script))?;
@@ -702,7 +750,8 @@ impl Supervisor {
                 source,
             }
         };
-        let arguments = claude::interactive_arguments(&spec, &layout.hooks_settings);
+        let plugin_dirs = crate::config_seed::plugin_dirs(&spec.claude_config_dir);
+        let arguments = claude::interactive_arguments(&spec, &layout.hooks_settings, &plugin_dirs);
         let script = claude::launcher_script(&spec, &layout, &arguments);
         claude::write_atomically(&layout.launcher_script, script.as_bytes())
             .map_err(io("write", &layout.launcher_script))?;

@@ -338,11 +338,16 @@ async fn a_missing_claude_binary_fails_fast_with_e501() {
 #[test]
 fn startup_errors_exit_2_with_a_message() {
     let fixture = Fixture::new();
-    let no_workspace = fixture.write_spec(|s| s["workspace_dir"] = "/nonexistent/ws".into());
-    let output = fixture.agent_command(&no_workspace).output().unwrap();
+    // A missing workspace is created (a remote backend cannot make it
+    // first); a path that is something else is an error.
+    let not_a_dir = fixture.path("a-file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let bad_workspace = fixture
+        .write_spec(|s| s["workspace_dir"] = not_a_dir.to_string_lossy().into_owned().into());
+    let output = fixture.agent_command(&bad_workspace).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("/nonexistent/ws"), "{stderr}");
+    assert!(stderr.contains("a-file"), "{stderr}");
 
     let headless = fixture.write_spec(|_| {});
     let output = fixture

@@ -45,8 +45,16 @@ pub type AuthedAgentClient = AgentClient<InterceptedService<Channel, BearerAuth>
 
 /// Connects to an agent at `uri` (e.g. `http://127.0.0.1:40123`).
 pub async fn connect_agent(uri: &str, secret: &SessionSecret) -> Result<AuthedAgentClient> {
-    let channel = Endpoint::from_shared(uri.to_string())
-        .with_context(|| format!("bad agent endpoint {uri}"))?
+    let mut endpoint = Endpoint::from_shared(uri.to_string())
+        .with_context(|| format!("bad agent endpoint {uri}"))?;
+    if uri.starts_with("https://") {
+        // A Modal tunnel: TLS terminated by Modal, HTTP/2 chosen by ALPN,
+        // the certificate checked against the webpki roots.
+        endpoint = endpoint
+            .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+            .with_context(|| format!("TLS for {uri}"))?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()

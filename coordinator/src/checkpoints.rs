@@ -35,6 +35,9 @@ pub struct CheckpointView {
     pub cost_usd: Option<f64>,
     pub claude_session_id: Option<String>,
     pub git: serde_json::Value,
+    /// On a local volume: once written. On a remote one: once the
+    /// coordinator has read its manifest back from the volume and verified it.
+    pub durable: bool,
 }
 
 impl CheckpointView {
@@ -56,6 +59,7 @@ impl CheckpointView {
                 .get("git")
                 .cloned()
                 .unwrap_or(serde_json::Value::Null),
+            durable: true,
         }
     }
 }
@@ -80,6 +84,122 @@ pub fn open_store(volume_dir: &Path) -> Result<Option<Store>, CodedError> {
         return Ok(None);
     }
     Store::open(&root).map(Some).map_err(|e| coded(&e))
+}
+
+/// Trigger of the checkpoint that carries a user's directory into a remote
+/// session (`task create --workspace … --backend modal`).
+pub const WORKSPACE_TRIGGER: &str = "workspace";
+
+/// Checkpoints `source` (everything, `.git` included, minus the state
+/// directory if it lies inside) as a session's starting point in the store
+/// at `store_root`, with an empty conversation. Returns its id.
+pub fn seed_checkpoint(
+    store_root: &Path,
+    source: &Path,
+    state_root: &Path,
+) -> anyhow::Result<String> {
+    use parhelia_checkpoint::{ChangeHint, CreateOutcome, CreateRequest, TreeSpec};
+    let store = Store::open(store_root).map_err(|e| coded(&e))?;
+    let mut excludes = Vec::new();
+    if let (Ok(src), Ok(state)) = (source.canonicalize(), state_root.canonicalize())
+        && let Ok(rel) = state.strip_prefix(&src)
+        && !rel.as_os_str().is_empty()
+    {
+        excludes.push(format!("/{}/", rel.display()));
+    }
+    let empty = tempfile_dir(store_root)?;
+    let request = CreateRequest {
+        trees: vec![
+            (
+                TreeSpec {
+                    name: WORKSPACE_TREE.into(),
+                    root: source.to_path_buf(),
+                    excludes,
+                },
+                ChangeHint::Unknown,
+            ),
+            (
+                TreeSpec {
+                    name: CONVERSATION_TREE.into(),
+                    root: empty.clone(),
+                    excludes: Vec::new(),
+                },
+                ChangeHint::Unknown,
+            ),
+        ],
+        parent: None,
+        trigger: WORKSPACE_TRIGGER.into(),
+        message: Some(format!("the workspace from {}", source.display())),
+        metadata: serde_json::json!({"workspace_source": source}),
+        skip_if_unchanged: false,
+    };
+    let outcome = store.create(&request);
+    let _ = std::fs::remove_dir_all(&empty);
+    match outcome.map_err(|e| coded(&e))? {
+        CreateOutcome::Created(manifest) => Ok(manifest.id.to_string()),
+        CreateOutcome::Unchanged(id) => Ok(id.to_string()),
+    }
+}
+
+fn tempfile_dir(near: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let dir = near.join("tmp").join(format!(
+        "empty-{}-{}",
+        std::process::id(),
+        crate::ids::now_ms()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Copies the write-once files of the store at `from` (`store.json`,
+/// `layers/`, `manifests/`) that `to` lacks: layers first, manifests last,
+/// each written to a temporary name and renamed, so `to` never names a
+/// layer it does not hold.
+pub fn copy_store_files(from: &Path, to: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for dir in ["layers", "manifests", "tmp"] {
+        std::fs::create_dir_all(to.join(dir))?;
+    }
+    let copy = |rel: &str| -> anyhow::Result<()> {
+        let target = to.join(rel);
+        if target.exists() {
+            return Ok(());
+        }
+        let tmp = to.join("tmp").join(format!(
+            "import-{}-{}",
+            std::process::id(),
+            rel.replace('/', "_")
+        ));
+        std::fs::copy(from.join(rel), &tmp)
+            .with_context(|| format!("copying {}", from.join(rel).display()))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &target)?;
+        Ok(())
+    };
+    if from.join("store.json").is_file() {
+        copy("store.json")?;
+    }
+    for dir in ["layers", "manifests"] {
+        let mut names: Vec<String> = match std::fs::read_dir(from.join(dir)) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        for name in names {
+            copy(&format!("{dir}/{name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the store at `root` (a directory [`crate::backend::Backend::store_dir`] gave).
+pub fn open_store_at(root: &Path) -> Result<Store, CodedError> {
+    Store::open(root).map_err(|e| coded(&e))
 }
 
 pub fn parse_id(id: &str) -> Result<CheckpointId, CodedError> {
@@ -108,7 +228,14 @@ pub fn list_text(views: &[CheckpointView]) -> String {
             v.trigger,
             v.file_count,
             bytes(v.new_bytes),
-            one_line(v.message.as_deref().unwrap_or(""), 20)
+            if v.durable {
+                one_line(v.message.as_deref().unwrap_or(""), 20)
+            } else {
+                format!(
+                    "(not yet durable) {}",
+                    one_line(v.message.as_deref().unwrap_or(""), 20)
+                )
+            }
         ));
     }
     out

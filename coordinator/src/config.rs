@@ -148,6 +148,36 @@ keys! {
         "Memory per sandbox in MiB (modal backend).";
     "modal"."default_timeout_hours": Kind::Float { min: 0.01, max: 24.0 }, Value::Float(4.0), None,
         "Sandbox timeout (modal backend).";
+    "modal"."app_name": Kind::Str, Value::Str("parhelia".into()), None,
+        "The Modal app that owns Parhelia's sandboxes (modal backend).";
+    "modal"."secret_name": Kind::Str, Value::Str("anthropic-api-key".into()), None,
+        "The Modal secret that gives sandboxes ANTHROPIC_API_KEY (modal backend).";
+    "modal"."idle_timeout_minutes": Kind::Float { min: 1.0, max: 1440.0 }, Value::Unset, None,
+        "Stop a sandbox after this long without activity (unset: only the timeout).";
+    "modal"."python": Kind::Str, Value::Str("python3".into()), None,
+        "The Python that runs the Modal bridge (needs modal==1.6.4).";
+    "modal"."bridge_pythonpath": Kind::Str, Value::Unset, None,
+        "Extra PYTHONPATH for the bridge, searched before the installed packages (tests point it at the SDK stand-in).";
+    "modal"."call_timeout_seconds": Kind::Float { min: 1.0, max: 3600.0 }, Value::Float(60.0), None,
+        "Deadline of one Modal call (listing, tunnels, volume files).";
+    "modal"."create_timeout_seconds": Kind::Float { min: 10.0, max: 7200.0 }, Value::Float(1500.0), None,
+        "Deadline of creating a sandbox (scarce GPUs take up to ~21 minutes to schedule).";
+    "modal"."agent_bin": Kind::Path, Value::Unset, None,
+        "The Linux x86-64 parhelia-agent baked into the image (default: the one beside parhelia).";
+    "modal"."claude_code_version": Kind::Str, Value::Str("2.1.330".into()), None,
+        "The Claude Code version installed in the image.";
+    "modal"."volume_mount": Kind::Path, Value::Str("/vol".into()), None,
+        "Where the volume is mounted inside sandboxes.";
+    "modal"."container_home": Kind::Path, Value::Str("/home/parhelia".into()), None,
+        "HOME inside sandboxes; sessions live under it.";
+    "modal"."claude_path": Kind::Path, Value::Str("/usr/local/bin/claude".into()), None,
+        "Claude Code inside the image.";
+    "modal"."agent_path": Kind::Path, Value::Str("/usr/local/bin/parhelia-agent".into()), None,
+        "The agent inside the image.";
+    "modal"."run_as_user": Kind::Str, Value::Str("parhelia".into()), None,
+        "The image's non-root user the agent runs as (`root`: do not switch users).";
+    "modal"."agent_port": Kind::UInt { min: 0, max: 65_535 }, Value::UInt(50_051), None,
+        "The agent's gRPC port inside the sandbox, exposed as an h2 tunnel (0: any; the stand-in only).";
     "budget"."default_ceiling_usd": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(50.0), None,
         "Global spending ceiling.";
     "budget"."warning_threshold_percent": Kind::UInt { min: 1, max: 100 }, Value::UInt(80), None,
@@ -299,6 +329,21 @@ pub struct ModalConfig {
     pub cpu_count: u64,
     pub memory_mb: u64,
     pub default_timeout_hours: f64,
+    pub app_name: String,
+    pub secret_name: String,
+    pub idle_timeout_minutes: Option<f64>,
+    pub python: String,
+    pub bridge_pythonpath: Option<String>,
+    pub call_timeout_seconds: f64,
+    pub create_timeout_seconds: f64,
+    pub agent_bin: Option<PathBuf>,
+    pub claude_code_version: String,
+    pub volume_mount: PathBuf,
+    pub container_home: PathBuf,
+    pub claude_path: PathBuf,
+    pub agent_path: PathBuf,
+    pub agent_port: u64,
+    pub run_as_user: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -665,6 +710,10 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
         _ => unreachable!("{key} is a number"),
     };
     let boolean = |key: &str| matches!(get(key).value, Value::Bool(true));
+    let path_opt = |key: &str| match &get(key).value {
+        Value::Str(s) => Some(PathBuf::from(s)),
+        _ => None,
+    };
     let string = |key: &str| match &get(key).value {
         Value::Str(s) => s.clone(),
         _ => unreachable!("{key} is a string"),
@@ -675,6 +724,27 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
             cpu_count: uint("modal.cpu_count"),
             memory_mb: uint("modal.memory_mb"),
             default_timeout_hours: float("modal.default_timeout_hours"),
+            app_name: string("modal.app_name"),
+            secret_name: string("modal.secret_name"),
+            idle_timeout_minutes: match get("modal.idle_timeout_minutes").value {
+                Value::Float(x) => Some(x),
+                _ => None,
+            },
+            python: string("modal.python"),
+            bridge_pythonpath: match &get("modal.bridge_pythonpath").value {
+                Value::Str(s) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            },
+            call_timeout_seconds: float("modal.call_timeout_seconds"),
+            create_timeout_seconds: float("modal.create_timeout_seconds"),
+            agent_bin: path_opt("modal.agent_bin"),
+            claude_code_version: string("modal.claude_code_version"),
+            volume_mount: path_opt("modal.volume_mount").expect("has a default"),
+            container_home: path_opt("modal.container_home").expect("has a default"),
+            claude_path: path_opt("modal.claude_path").expect("has a default"),
+            agent_path: path_opt("modal.agent_path").expect("has a default"),
+            agent_port: uint("modal.agent_port"),
+            run_as_user: string("modal.run_as_user"),
         },
         budget: BudgetConfig {
             default_ceiling_usd: float("budget.default_ceiling_usd"),

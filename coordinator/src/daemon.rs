@@ -160,6 +160,48 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)
     }
 
+    async fn fetch_store(
+        &self,
+        request: Request<parhelia_proto::FetchStoreRequest>,
+    ) -> Result<Response<parhelia_proto::FetchStoreResponse>, Status> {
+        let r = request.into_inner();
+        CoordinatorService::fetch_store(self, &r.session_id)
+            .await
+            .map(|dir| {
+                Response::new(parhelia_proto::FetchStoreResponse {
+                    store_dir: dir
+                        .map(|d| d.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                })
+            })
+            .map_err(to_status)
+    }
+
+    async fn modal_op(
+        &self,
+        request: Request<parhelia_proto::ModalOpRequest>,
+    ) -> Result<Response<parhelia_proto::ModalOpResponse>, Status> {
+        let r = request.into_inner();
+        let args: serde_json::Value = if r.args_json.trim().is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::from_str(&r.args_json).map_err(|e| {
+                to_status(anyhow::Error::new(crate::error::CodedError::new(
+                    crate::error_codes::INVALID_INPUT,
+                    format!("modal {}: arguments are not JSON: {e}", r.op),
+                )))
+            })?
+        };
+        crate::modal_ops::run(self, &r.op, args)
+            .await
+            .map(|v| {
+                Response::new(parhelia_proto::ModalOpResponse {
+                    result_json: v.to_string(),
+                })
+            })
+            .map_err(to_status)
+    }
+
     async fn retry_task(
         &self,
         request: Request<RetryTaskRequest>,
@@ -315,6 +357,27 @@ async fn reconcile_loop(service: CoordinatorService) {
     }
 }
 
+/// How often checkpoints on remote volumes are read back and verified.
+const DURABILITY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads remote checkpoints back until each is verified durable (a database
+/// query when there is nothing to do).
+async fn durability_loop(service: CoordinatorService) {
+    let shutdown = service.shutdown_requested();
+    tokio::pin!(shutdown);
+    loop {
+        match service.verify_durability().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(checkpoints = n, "checkpoints read back and verified"),
+            Err(err) => tracing::warn!("durability pass failed: {err:#}"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(DURABILITY_INTERVAL) => {}
+        }
+    }
+}
+
 /// Binds the control socket: removes a stale one (we hold the lock, so no
 /// live coordinator owns it) and restricts it to the owner.
 fn bind_socket(path: &Path) -> Result<UnixListener> {
@@ -370,7 +433,28 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
     }
     let socket = state.prepare_socket_dir()?;
     let listener = bind_socket(&socket)?;
-    let service = CoordinatorService::with_config(state.clone(), db, Arc::new(backend), config);
+    let modal_factory: crate::backend::router::ModalFactory = {
+        let (root, id, modal, timing) = (
+            state.root().to_path_buf(),
+            coordinator_id.clone(),
+            config.modal.clone(),
+            AgentSettings::from(&config.agent),
+        );
+        Box::new(move || {
+            Arc::new(crate::backend::modal::ModalBackend::new(
+                root.clone(),
+                id.clone(),
+                modal.clone(),
+                timing.clone(),
+            ))
+        })
+    };
+    let backends = crate::backend::router::Backends::new(
+        Arc::new(backend),
+        Some(modal_factory),
+        Arc::clone(&db),
+    );
+    let service = CoordinatorService::with_backends(state.clone(), db, Arc::new(backends), config);
     let reattached = service.reattach().await?;
     tracing::info!(
         pid = std::process::id(),
@@ -386,6 +470,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
         tokio::spawn(reconcile_loop(service.clone())),
         tokio::spawn(dispatch_loop(service.clone())),
         tokio::spawn(budget_loop(service.clone())),
+        tokio::spawn(durability_loop(service.clone())),
     ];
 
     let shutdown = {

@@ -232,6 +232,16 @@ ALTER TABLE tasks ADD COLUMN timeout_seconds INTEGER;
 ALTER TABLE tasks ADD COLUMN budget_stop_requested_at_ms INTEGER;
 ALTER TABLE tasks ADD COLUMN budget_stop_message TEXT;
 "#,
+    // 3 -> 4: checkpoints on a remote volume count as durable only once the
+    // coordinator has read their manifest back and verified it.
+    r#"
+CREATE TABLE durable_checkpoints (
+    checkpoint_id  TEXT PRIMARY KEY,
+    session_id     TEXT NOT NULL,
+    verified_at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX durable_by_session ON durable_checkpoints (session_id);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -348,6 +358,14 @@ pub struct ContainerRecord {
     pub state_changed_at_ms: i64,
     pub stop_requested_at_ms: Option<i64>,
     pub resume_requested_at_ms: Option<i64>,
+}
+
+/// A resume that moves a session to another backend: where it lives now.
+#[derive(Clone, Debug)]
+pub struct SessionMove {
+    pub backend: String,
+    pub workspace_dir: std::path::PathBuf,
+    pub volume_dir: std::path::PathBuf,
 }
 
 /// Everything recorded when a task is submitted, in one transaction.
@@ -618,10 +636,25 @@ impl Db {
         session_id: &str,
         container_id: &str,
         heartbeat_interval_ms: Option<i64>,
+        move_to: Option<&SessionMove>,
     ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
+        if let Some(m) = move_to {
+            tx.execute(
+                "UPDATE tasks SET backend = ?2 WHERE id = ?1",
+                params![task_id, m.backend],
+            )?;
+            tx.execute(
+                "UPDATE sessions SET workspace_dir = ?2, volume_dir = ?3 WHERE id = ?1",
+                params![
+                    session_id,
+                    m.workspace_dir.to_string_lossy(),
+                    m.volume_dir.to_string_lossy()
+                ],
+            )?;
+        }
         let (status, backend): (String, String) = tx.query_row(
             "SELECT status, backend FROM tasks WHERE id = ?1",
             [task_id],
@@ -714,6 +747,19 @@ impl Db {
             )
             .optional()?;
         Ok(secret.map(SessionSecret::from_stored))
+    }
+
+    /// Whether any container ever ran on `backend`.
+    pub fn backend_ever_used(&self, backend: &str) -> Result<bool> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM containers WHERE backend = ?1 LIMIT 1",
+                [backend],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     pub fn get_container(&self, container_id: &str) -> Result<Option<ContainerRecord>> {

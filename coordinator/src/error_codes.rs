@@ -128,13 +128,33 @@ error_codes! {
     }
     UNKNOWN_BACKEND = "E103" "UNKNOWN_BACKEND" {
         what: "The backend is not known.",
-        why: "`--backend` accepts `local` (and `modal` once it is available).",
-        recover: "Use `--backend local`, or leave the option out.",
+        why: "`--backend` accepts `local` and `modal`.",
+        recover: "Use `--backend local` or `--backend modal`, or leave the option out (local).",
     }
     UNKNOWN_STATUS = "E104" "UNKNOWN_STATUS" {
         what: "The task status (or container state, or health) is not known.",
         why: "`--status` accepts pending, running, completed, failed, cancelled or interrupted; `--state` and `--health` accept the container states and health values listed in `parhelia help container`.",
         recover: "Use one of pending, running, completed, failed, cancelled, interrupted (or a listed container state or health).",
+    }
+    MODAL_REQUEST_INVALID = "E106" "MODAL_REQUEST_INVALID" {
+        what: "Modal refused the request as invalid.",
+        why: "A value Parhelia sent to Modal is not one it accepts (a GPU type, a resource size, a path), or the Modal bridge did not understand the request.",
+        recover: "Check `--gpu` (T4, L4, A10G, L40S, A100, A100-80GB, H100, H200, B200, optionally `:N`), `--memory` and `--timeout`; the message says which value.",
+    }
+    NOT_A_GIT_REPOSITORY = "E107" "NOT_A_GIT_REPOSITORY" {
+        what: "A directory that must be a git repository is not one.",
+        why: "`parhelia session pull` brings a session's commits into a git repository: the current directory (or `--repo`) is not inside one, or the session's workspace has no `.git` of its own (it was not started from a repository and never ran `git init`).",
+        recover: "Run the command inside your repository; for a session without a repository, use `parhelia checkpoint show` to see its files.",
+    }
+    BRANCH_EXISTS = "E108" "BRANCH_EXISTS" {
+        what: "The branch already exists.",
+        why: "`parhelia session pull` creates a branch (by default `parhelia/<session-id>`) and does not move an existing one unless asked to.",
+        recover: "Pass `--force` to move the branch to the session's result, or `--branch NAME` to use another name.",
+    }
+    BRANCH_CHECKED_OUT = "E109" "BRANCH_CHECKED_OUT" {
+        what: "The branch is checked out.",
+        why: "`parhelia session pull` never touches your working tree, so it does not update the current branch (or one checked out in another worktree).",
+        recover: "Pass `--branch NAME` to pull into another branch, or switch away from this one first.",
     }
 
     // E2xx: not found.
@@ -169,6 +189,11 @@ error_codes! {
         why: "The id names no checkpoint in any session's store here, or the session has no checkpoint yet.",
         recover: "Run `parhelia checkpoint list` (or `parhelia checkpoint list SESSION_ID`) to see the checkpoint ids.",
     }
+    MODAL_OBJECT_NOT_FOUND = "E206" "MODAL_OBJECT_NOT_FOUND" {
+        what: "A Modal object was not found.",
+        why: "The sandbox, volume, app or file on the volume does not exist (any more): a sandbox ends at its timeout, a volume may have been deleted.",
+        recover: "Run `parhelia modal setup` to create the volume and app; for a sandbox, `parhelia reconcile` records that it is gone and `parhelia resume` brings its session back.",
+    }
 
     // E3xx: budget.
     BUDGET_EXCEEDED = "E300" "BUDGET_EXCEEDED" {
@@ -192,6 +217,21 @@ error_codes! {
         what: "The agent refused the coordinator's session secret.",
         why: "The agent answering on the container's endpoint is not the one this session launched, or the secret in the database does not match.",
         recover: "Stop the container and create the task again; if it repeats, report it as a bug.",
+    }
+    MODAL_CREDENTIALS_MISSING = "E403" "MODAL_CREDENTIALS_MISSING" {
+        what: "No Modal credentials were found.",
+        why: "Neither `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` nor `~/.modal.toml` holds a Modal token.",
+        recover: "Run `modal token new` (or export `MODAL_TOKEN_ID` and `MODAL_TOKEN_SECRET`), then `parhelia modal setup`.",
+    }
+    MODAL_CREDENTIALS_REJECTED = "E404" "MODAL_CREDENTIALS_REJECTED" {
+        what: "Modal refused the credentials.",
+        why: "The Modal token is wrong, revoked, or belongs to another workspace.",
+        recover: "Create a new token with `modal token new` and run `parhelia modal setup` again.",
+    }
+    MODAL_SECRET_MISSING = "E405" "MODAL_SECRET_MISSING" {
+        what: "The Modal secret holding the Anthropic key does not exist.",
+        why: "Sandboxes read `ANTHROPIC_API_KEY` from a named Modal secret (`modal.secret_name`, default `anthropic-api-key`); Parhelia never ships your local key.",
+        recover: "Run `modal secret create anthropic-api-key ANTHROPIC_API_KEY=sk-ant-...` (or set `modal.secret_name`), then `parhelia modal setup`.",
     }
 
     // E5xx: infrastructure.
@@ -240,6 +280,26 @@ error_codes! {
         what: "Bubblewrap isolation was requested but cannot be used.",
         why: "`PARHELIA_ISOLATION=bwrap` is set, and `bwrap` is not installed or cannot create a sandbox on this machine (user namespaces disabled).",
         recover: "Install bubblewrap (`apt-get install bubblewrap`), or set `PARHELIA_ISOLATION=none` (or `auto`) to run without isolation.",
+    }
+    MODAL_SDK_MISSING = "E510" "MODAL_SDK_MISSING" {
+        what: "The Modal Python SDK is missing or not the pinned version.",
+        why: "The modal backend drives Modal through its official Python SDK; `python3 -c 'import modal'` failed, or its version is not the one Parhelia is tested with.",
+        recover: "Run `pip install modal==1.6.4` for the Python that `modal.python` names (default `python3`), then `parhelia modal setup`.",
+    }
+    MODAL_BRIDGE_FAILED = "E511" "MODAL_BRIDGE_FAILED" {
+        what: "The Modal bridge failed.",
+        why: "The bridge process that talks to Modal exited, answered something unexpected, or Modal raised an error Parhelia does not classify; the message carries Modal's own text.",
+        recover: "Run `parhelia modal setup` to check the installation; the coordinator log has the bridge's stderr.",
+    }
+    MODAL_TIMEOUT = "E512" "MODAL_TIMEOUT" {
+        what: "A Modal call did not finish in time.",
+        why: "Modal did not answer before the call's deadline (a scarce GPU can take many minutes to schedule; tunnels take a while to open).",
+        recover: "Retry; for GPU tasks consider another `--gpu` type. Nothing was left running: a sandbox created late is found and reaped by the reconciler.",
+    }
+    MODAL_NO_CAPACITY = "E513" "MODAL_NO_CAPACITY" {
+        what: "Modal has no capacity for the request.",
+        why: "No machine with the requested GPU (or CPU and memory) could be scheduled (`ResourceExhaustedError`).",
+        recover: "Retry later, or choose another GPU type with `--gpu` (e.g. `L40S` instead of `H100`).",
     }
 
     CHECKPOINT_IO_FAILED = "E520" "CHECKPOINT_IO_FAILED" {

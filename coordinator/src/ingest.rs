@@ -162,7 +162,9 @@ pub async fn catch_up_from_journal(
     target: &ContainerRef,
 ) -> Result<CatchUp> {
     let from_seq = db.max_seq(&target.container_id)? + 1;
-    let events = backend.read_journal(&target.container_id, from_seq).await?;
+    let events = backend
+        .read_journal(&target.container_id, &target.session_id, from_seq)
+        .await?;
     let mut caught = CatchUp::default();
     for event in &events {
         if db.record_event(target, event)?.inserted {

@@ -89,24 +89,23 @@ impl From<&crate::config::AgentConfig> for AgentSettings {
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Local,
+    Modal,
 }
 
 impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Local => "local",
+            BackendKind::Modal => "modal",
         }
     }
 }
 
-/// `--backend`: empty means `local`. `modal` is known but not available yet.
+/// `--backend`: empty means `local`.
 pub fn parse_backend(name: &str) -> Result<BackendKind, CodedError> {
     match name {
         "" | "local" => Ok(BackendKind::Local),
-        "modal" => Err(CodedError::new(
-            error_codes::BACKEND_UNAVAILABLE,
-            "the modal backend is not available in this build yet",
-        )),
+        "modal" => Ok(BackendKind::Modal),
         other => Err(CodedError::new(
             error_codes::UNKNOWN_BACKEND,
             format!("unknown backend: {other}"),
@@ -255,6 +254,7 @@ pub fn agent_spec(
         restore_checkpoint: request.restore_checkpoint.clone(),
         checkpoint: Some(timing.checkpoint.clone()),
         max_budget_usd: request.max_budget_usd,
+        claude_config_seed: None,
     }
 }
 
@@ -285,7 +285,7 @@ mod tests {
     fn backends() {
         assert_eq!(parse_backend("").unwrap(), BackendKind::Local);
         assert_eq!(parse_backend("local").unwrap(), BackendKind::Local);
-        assert_eq!(parse_backend("modal").unwrap_err().code.code, "E506");
+        assert_eq!(parse_backend("modal").unwrap(), BackendKind::Modal);
         assert_eq!(parse_backend("k8s").unwrap_err().code.code, "E103");
     }
 

@@ -27,7 +27,8 @@ use tokio::sync::watch;
 
 use crate::agent_client::connect_agent;
 use crate::backend::isolation::{self, ISOLATION_ENV};
-use crate::backend::{Backend, LaunchRequest};
+use crate::backend::router::Backends;
+use crate::backend::{Backend, LaunchRequest, Resources};
 use crate::binaries::resolve_claude_bin;
 use crate::budget::{self, TaskLimits};
 use crate::checkpoints;
@@ -57,7 +58,9 @@ pub struct CoordinatorService {
 pub(crate) struct Inner {
     pub(crate) state: StateDir,
     pub(crate) db: Arc<Db>,
+    /// Every backend, routing each call to the container's own.
     pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) backends: Arc<Backends>,
     pub(crate) config: Config,
     pub(crate) coordinator_id: String,
     shutdown_tx: watch::Sender<bool>,
@@ -96,12 +99,23 @@ impl CoordinatorService {
         Self::with_config(state, db, backend, Config::defaults())
     }
 
+    /// A service whose only backend is `backend` (for every kind asked).
     pub fn with_config(
         state: StateDir,
         db: Arc<Db>,
         backend: Arc<dyn Backend>,
         config: Config,
     ) -> Self {
+        Self::with_backends(state, db, Arc::new(Backends::single(backend)), config)
+    }
+
+    pub fn with_backends(
+        state: StateDir,
+        db: Arc<Db>,
+        backends: Arc<Backends>,
+        config: Config,
+    ) -> Self {
+        let backend: Arc<dyn Backend> = Arc::clone(&backends) as Arc<dyn Backend>;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let signals = Arc::new(ControlSignals::default());
         let ingest = IngestContext {
@@ -121,6 +135,7 @@ impl CoordinatorService {
                 state,
                 db,
                 backend,
+                backends,
                 config,
                 coordinator_id,
                 shutdown_tx,
@@ -238,21 +253,24 @@ impl CoordinatorService {
         plan::validate_prompt(&request.prompt)?;
         validate_limits(&limits, self.config())?;
         let backend_kind = plan::parse_backend(&request.backend)?;
-        if backend_kind.as_str() != self.inner.backend.name() {
-            return Err(coded(
-                error_codes::BACKEND_UNAVAILABLE,
-                format!(
-                    "this coordinator runs the {} backend only",
-                    self.inner.backend.name()
-                ),
-            ));
+        self.inner.backends.get(backend_kind)?;
+        if backend_kind == plan::BackendKind::Modal {
+            // Nothing is recorded for a task Modal could never run: the
+            // bridge must start (Python, the pinned SDK) and find a token.
+            let greeting = self.inner.backends.modal()?.bridge().greeting().await?;
+            if greeting.credentials == "none" {
+                return Err(coded(
+                    error_codes::MODAL_CREDENTIALS_MISSING,
+                    "no Modal token: run `modal token new` or export MODAL_TOKEN_ID and MODAL_TOKEN_SECRET",
+                ));
+            }
         }
         let workspace = match request.workspace.as_str() {
             "" => None,
             path => Some(validate_workspace(Path::new(path))?),
         };
         // Fail before recording anything when the launch could never work.
-        self.resolve_launch(&request.env)?;
+        self.resolve_launch(&request.env, backend_kind)?;
 
         let task_id = ids::new_task_id();
         let task_type = if request.task_type.is_empty() {
@@ -467,7 +485,24 @@ impl CoordinatorService {
 
     /// Everything a launch needs from the environment: Claude Code, the
     /// agent, isolation, and the agent's environment.
-    fn resolve_launch(&self, env: &HashMap<String, String>) -> Result<ResolvedLaunch> {
+    fn resolve_launch(
+        &self,
+        env: &HashMap<String, String>,
+        kind: plan::BackendKind,
+    ) -> Result<ResolvedLaunch> {
+        if kind == plan::BackendKind::Modal {
+            // Claude Code and the agent are the image's; the sandbox is the isolation.
+            return Ok(ResolvedLaunch {
+                claude_bin: self.inner.config.modal.claude_path.clone(),
+                agent_bin: None,
+                isolation: isolation::Isolation::None,
+                agent_env: env
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("PARHELIA_"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let path_var = env
             .get("PATH")
@@ -551,8 +586,15 @@ impl CoordinatorService {
             claude_session_id: ids::new_claude_session_id(),
         };
         let secret = SessionSecret::generate();
-        let layout =
-            plan::local_layout(self.inner.state.root(), &ids.session_id, &ids.container_id);
+        let kind = plan::parse_backend(&task.backend)?;
+        let layout = self
+            .inner
+            .backends
+            .get(kind)?
+            .session_layout(&ids.session_id, &ids.container_id)
+            .unwrap_or_else(|| {
+                plan::local_layout(self.inner.state.root(), &ids.session_id, &ids.container_id)
+            });
         db.claim_dispatch(
             task_id,
             &NewAttempt {
@@ -648,8 +690,20 @@ impl CoordinatorService {
             Some(path) => Some(validate_workspace(Path::new(path))?),
             None => None,
         };
-        let resolved = self.resolve_launch(env)?;
+        let backend = plan::parse_backend(&task.backend)?;
+        let resolved = self.resolve_launch(env, backend)?;
         let launch = LaunchRequest {
+            backend,
+            resources: task_resources(
+                &self
+                    .inner
+                    .db
+                    .task_limits(&task.id)?
+                    .map(|(limits, _)| limits)
+                    .unwrap_or_default(),
+                &self.config().rates,
+            ),
+            config_seed: backend == plan::BackendKind::Modal,
             ids: ids.clone(),
             session: SessionRequest {
                 prompt: task.prompt.clone(),
@@ -764,9 +818,13 @@ impl CoordinatorService {
                 },
             )?;
         }
-        let session_volume = db
-            .get_session(&container.session_id)?
-            .map(|s| PathBuf::from(s.volume_dir));
+        let session_volume = match db.get_session(&container.session_id)? {
+            Some(s) => Some(
+                self.readable_volume(&s.id, PathBuf::from(&s.volume_dir))
+                    .await,
+            ),
+            None => None,
+        };
         if let Some(volume) = session_volume
             && let Some(checkpoint) =
                 recovery::latest_checkpoint_id(db, &container.session_id, &volume)
@@ -853,6 +911,129 @@ impl CoordinatorService {
         }
     }
 
+    /// A local directory holding `session_id`'s checkpoint store as its
+    /// volume has it now (`None`: it has none). Remote volumes are mirrored.
+    pub async fn fetch_store(&self, session_id: &str) -> Result<Option<PathBuf>> {
+        let session = self.inner.db.get_session(session_id)?.ok_or_else(|| {
+            coded(
+                error_codes::SESSION_NOT_FOUND,
+                format!("session not found: {session_id}"),
+            )
+        })?;
+        let dir = self
+            .inner
+            .backend
+            .store_dir(&session.id, Path::new(&session.volume_dir))
+            .await?;
+        if let Some(dir) = &dir
+            && self.inner.backends.kind_of_session(&session.id) != plan::BackendKind::Local
+        {
+            self.mark_durable(&session.id, dir, None).await?;
+        }
+        Ok(dir)
+    }
+
+    /// Verifies the checkpoints read back into `store_dir` (all, or only
+    /// `only`) and records each that verifies as durable, once, with a
+    /// `checkpoint_durable` event. Returns how many were newly recorded.
+    async fn mark_durable(
+        &self,
+        session_id: &str,
+        store_dir: &Path,
+        only: Option<&BTreeSet<String>>,
+    ) -> Result<usize> {
+        let db = Arc::clone(&self.inner.db);
+        let known = db.durable_checkpoints(session_id)?;
+        let (dir, sid) = (store_dir.to_path_buf(), session_id.to_string());
+        let only = only.cloned();
+        let verified = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+            let store = checkpoints::open_store_at(&dir)?;
+            let mut ok = Vec::new();
+            for summary in store.list().map_err(|e| checkpoints::coded(&e))? {
+                let id = summary.id.to_string();
+                if known.contains(&id) || only.as_ref().is_some_and(|o| !o.contains(&id)) {
+                    continue;
+                }
+                match store.verify(&summary.id) {
+                    Ok(()) => ok.push(id),
+                    Err(e) => tracing::warn!(session_id = %sid, checkpoint_id = %id, "read back but does not verify (yet): {e}"),
+                }
+            }
+            Ok(ok)
+        })
+        .await
+        .context("verifying checkpoints panicked")??;
+        let mut n = 0;
+        for id in verified {
+            if db.mark_checkpoint_durable(session_id, &id)? {
+                n += 1;
+                db.note(
+                    NewCoordinatorEvent::new(
+                        "checkpoint_durable",
+                        "info",
+                        format!("{id} read back from the volume and verified"),
+                    )
+                    .session(session_id)
+                    .details(serde_json::json!({"checkpoint_id": id})),
+                );
+            }
+        }
+        Ok(n)
+    }
+
+    /// One durability pass: checkpoints that agents on remote backends
+    /// announced are read back from their volume and verified (a volume
+    /// commits in the background, so a checkpoint may need a few passes).
+    pub async fn verify_durability(&self) -> Result<usize> {
+        let pending = self.inner.db.checkpoints_awaiting_durability("modal")?;
+        let mut by_session: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (session_id, checkpoint_id) in pending {
+            by_session
+                .entry(session_id)
+                .or_default()
+                .insert(checkpoint_id);
+        }
+        let mut total = 0;
+        for (session_id, wanted) in by_session {
+            let Some(session) = self.inner.db.get_session(&session_id)? else {
+                continue;
+            };
+            let dir = match self
+                .inner
+                .backend
+                .store_dir(&session_id, Path::new(&session.volume_dir))
+                .await
+            {
+                Ok(Some(dir)) => dir,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(%session_id, "reading checkpoints back failed: {err:#}");
+                    continue;
+                }
+            };
+            total += self.mark_durable(&session_id, &dir, Some(&wanted)).await?;
+        }
+        Ok(total)
+    }
+
+    /// A local directory whose `checkpoints/` is the session's store as its
+    /// volume has it (for a remote volume: the mirror, read back first).
+    async fn readable_volume(&self, session_id: &str, volume_dir: PathBuf) -> PathBuf {
+        match self.inner.backend.store_dir(session_id, &volume_dir).await {
+            Ok(Some(store)) => store.parent().map(Path::to_path_buf).unwrap_or(volume_dir),
+            Ok(None) => volume_dir,
+            Err(err) => {
+                tracing::warn!(%session_id, "reading the checkpoint store back failed: {err:#}");
+                volume_dir
+            }
+        }
+    }
+
+    /// The coordinator's Modal backend (built on first use).
+    pub fn modal_backend(&self) -> Result<Arc<crate::backend::modal::ModalBackend>> {
+        Ok(self.inner.backends.modal()?)
+    }
+
     /// `resume` and `checkpoint rollback`: the session continues on a fresh
     /// container from a checkpoint (default: its latest). The checkpoint is
     /// verified here first, so a damaged one changes nothing (E620). The new
@@ -893,15 +1074,30 @@ impl CoordinatorService {
             ));
         }
 
-        // The checkpoint, verified before anything changes.
+        // Where it ran, and where it goes on.
+        let from_kind = self.inner.backends.kind_of_session(&session.id);
+        let to_kind = match r.backend.trim() {
+            "" => from_kind,
+            name => plan::parse_backend(name)?,
+        };
+        let target_backend = self.inner.backends.get(to_kind)?;
+
+        // The checkpoint, verified before anything changes (for a remote
+        // volume: as read back from it).
         let volume = PathBuf::from(&session.volume_dir);
-        let checkpoint_id = {
-            let store = checkpoints::open_store(&volume)?.ok_or_else(|| {
+        let store_dir = self
+            .inner
+            .backend
+            .store_dir(&session.id, &volume)
+            .await?
+            .ok_or_else(|| {
                 coded(
                     error_codes::CHECKPOINT_NOT_FOUND,
                     format!("session {} has no checkpoint to resume from", session.id),
                 )
             })?;
+        let checkpoint_id = {
+            let store = checkpoints::open_store_at(&store_dir)?;
             let id = if r.checkpoint_id.trim().is_empty() {
                 store
                     .latest()
@@ -947,7 +1143,7 @@ impl CoordinatorService {
             ));
         }
         let env: HashMap<String, String> = r.env.clone().into_iter().collect();
-        let resolved = self.resolve_launch(&env)?;
+        let resolved = self.resolve_launch(&env, to_kind)?;
         let secret = db
             .session_secret(&session.id)?
             .context("the session has no secret")?;
@@ -972,6 +1168,32 @@ impl CoordinatorService {
         }
 
         let container_id = ids::new_container_id();
+        // Another backend: its volume gets the store first (what it lacks).
+        let moved = if to_kind != from_kind {
+            let layout = target_backend
+                .session_layout(&session.id, &container_id)
+                .unwrap_or_else(|| {
+                    plan::local_layout(self.inner.state.root(), &session.id, &container_id)
+                });
+            target_backend
+                .import_store(&session.id, &layout.volume_dir, &store_dir)
+                .await
+                .with_context(|| {
+                    format!(
+                        "copying session {}'s checkpoints to the {} backend",
+                        session.id,
+                        to_kind.as_str()
+                    )
+                })?;
+            tracing::info!(session_id = %session.id, from = from_kind.as_str(), to = to_kind.as_str(), "session moves to another backend");
+            Some(crate::db::SessionMove {
+                backend: to_kind.as_str().to_string(),
+                workspace_dir: layout.workspace_dir,
+                volume_dir: layout.volume_dir,
+            })
+        } else {
+            None
+        };
         let max_budget_usd = self.claude_budget_fence(&task.id, Some(&session.id))?;
         db.clear_budget_stop(&task.id)?;
         db.begin_resume(
@@ -979,6 +1201,7 @@ impl CoordinatorService {
             &session.id,
             &container_id,
             Some(self.inner.config.agent.heartbeat_interval_ms as i64),
+            moved.as_ref(),
         )?;
         self.attend(&container_id);
         let mut response = ResumeSessionResponse {
@@ -1027,6 +1250,17 @@ impl CoordinatorService {
             String::new()
         };
         let launch = LaunchRequest {
+            backend: to_kind,
+            resources: task_resources(
+                &self
+                    .inner
+                    .db
+                    .task_limits(&task.id)?
+                    .map(|(limits, _)| limits)
+                    .unwrap_or_default(),
+                &self.config().rates,
+            ),
+            config_seed: to_kind == plan::BackendKind::Modal,
             ids: LaunchIds {
                 task_id: task.id.clone(),
                 session_id: session.id.clone(),
@@ -1479,9 +1713,13 @@ impl CoordinatorService {
         {
             db.transition_task(task_id, TaskStatus::Failed, &fail(message))?;
         }
-        let session_volume = db
-            .get_session(&container.session_id)?
-            .map(|s| PathBuf::from(s.volume_dir));
+        let session_volume = match db.get_session(&container.session_id)? {
+            Some(s) => Some(
+                self.readable_volume(&s.id, PathBuf::from(&s.volume_dir))
+                    .await,
+            ),
+            None => None,
+        };
         if let Some(volume) = session_volume
             && let Some(checkpoint) =
                 recovery::latest_checkpoint_id(db, &container.session_id, &volume)
@@ -1557,6 +1795,7 @@ impl CoordinatorService {
             message: String::new(),
             rollback: false,
             env: Default::default(),
+            backend: String::new(),
         };
         match Box::pin(self.resume_session(request)).await {
             Ok(resumed) => {
@@ -1665,4 +1904,31 @@ fn validate_limits(limits: &TaskLimits, config: &Config) -> Result<(), CodedErro
         budget::parse_gpu(gpu, &config.rates).map_err(|e| invalid(format!("--gpu: {e}")))?;
     }
     Ok(())
+}
+
+/// The sandbox resources a task asks for (`--gpu`, `--cpu`, `--memory`,
+/// `--timeout`), the GPU spelled as Modal spells it (`a100-80gb:2` →
+/// `A100-80GB:2`; a trailing `!` is kept).
+fn task_resources(limits: &TaskLimits, rates: &crate::config::RatesConfig) -> Resources {
+    let gpu = limits
+        .gpu
+        .as_deref()
+        .filter(|g| !g.is_empty())
+        .map(|given| match budget::parse_gpu(given, rates) {
+            Ok(g) => {
+                let strict = if given.contains('!') { "!" } else { "" };
+                if g.count > 1 {
+                    format!("{}{strict}:{}", g.gpu_type, g.count)
+                } else {
+                    format!("{}{strict}", g.gpu_type)
+                }
+            }
+            Err(_) => given.to_string(),
+        });
+    Resources {
+        gpu,
+        cpu: limits.cpu,
+        memory_mb: limits.memory_mb,
+        timeout_seconds: limits.timeout_seconds,
+    }
 }

@@ -50,6 +50,10 @@ pub struct AgentSpec {
     /// When the agent checkpoints and what it keeps (`[checkpoint]` config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<crate::plan::CheckpointPolicy>,
+    /// Copy Claude Code's config from here first (`parhelia config sync`'s
+    /// copy on a remote volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claude_config_seed: Option<PathBuf>,
 }
 
 /// `<runtime_dir>/agent.json`. Unknown fields are accepted: the agent may
@@ -116,6 +120,7 @@ mod tests {
             restore_checkpoint: None,
             max_budget_usd: None,
             checkpoint: None,
+            claude_config_seed: None,
         };
         let json = serde_json::to_value(&spec).unwrap();
         assert!(json.get("max_budget_usd").is_none());

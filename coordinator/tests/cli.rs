@@ -199,11 +199,22 @@ fn unknown_backend_and_status_are_input_errors() {
         "E103",
         2,
     );
+    // Modal without its SDK: a coded error, and nothing recorded.
     assert_coded(
-        &world.run(&["task", "create", "x", "--backend", "modal"]),
-        "E506",
+        &world.run(&[
+            "--set",
+            "modal.python=/nonexistent/python3",
+            "task",
+            "create",
+            "x",
+            "--backend",
+            "modal",
+        ]),
+        "E510",
         6,
     );
+    let listed = world.run(&["task", "list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
     assert_coded(&world.run(&["task", "list", "--status", "done"]), "E104", 2);
 }
 

@@ -228,7 +228,7 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
-    async fn read_journal(&self, _: &str, from_seq: u64) -> anyhow::Result<Vec<Event>> {
+    async fn read_journal(&self, _: &str, _: &str, from_seq: u64) -> anyhow::Result<Vec<Event>> {
         Ok(self
             .journal
             .iter()

@@ -136,6 +136,60 @@ impl Harness {
         }
     }
 
+    /// Points the coordinator's Modal backend at the SDK stand-in
+    /// (`tests/modal_standin/`): the real bridge, with sandboxes that are
+    /// local processes running the real agent and Claude Code, a volume that
+    /// is a local directory mounted (by symlink) at `<root>/ctr/vol`, and a
+    /// Modal secret holding the test key. Returns the stand-in's root.
+    pub fn use_modal_stand_in(&mut self) -> PathBuf {
+        let standin = self.root().join("modal-standin");
+        std::fs::create_dir_all(standin.join("secrets")).unwrap();
+        std::fs::write(
+            standin.join("secrets/anthropic-api-key.json"),
+            r#"{"ANTHROPIC_API_KEY": "test-key-not-a-secret"}"#,
+        )
+        .unwrap();
+        let container = self.root().join("ctr");
+        std::fs::create_dir_all(container.join("home")).unwrap();
+        let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("modal_standin");
+        let claude = crate::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));
+        let agent = bin_dir().join("parhelia-agent");
+        for (key, value) in [
+            ("PARHELIA_MODAL_STANDIN_ROOT", standin.display().to_string()),
+            ("MODAL_TOKEN_ID", "ak-standin".to_string()),
+            ("MODAL_TOKEN_SECRET", "as-standin".to_string()),
+            (
+                "PARHELIA_MODAL_BRIDGE_PYTHONPATH",
+                package.display().to_string(),
+            ),
+            (
+                "PARHELIA_MODAL_VOLUME_MOUNT",
+                container.join("vol").display().to_string(),
+            ),
+            (
+                "PARHELIA_MODAL_CONTAINER_HOME",
+                container.join("home").display().to_string(),
+            ),
+            ("PARHELIA_MODAL_CLAUDE_PATH", claude.display().to_string()),
+            ("PARHELIA_MODAL_AGENT_PATH", agent.display().to_string()),
+            ("PARHELIA_MODAL_AGENT_BIN", agent.display().to_string()),
+            ("PARHELIA_MODAL_AGENT_PORT", "0".to_string()),
+            // The stand-in's sandboxes are this user's processes.
+            ("PARHELIA_MODAL_RUN_AS_USER", "root".to_string()),
+        ] {
+            self.set_env(key, &value);
+        }
+        standin
+    }
+
+    /// The stand-in volume's directory (after [`Self::use_modal_stand_in`]).
+    pub fn modal_volume(&self) -> PathBuf {
+        self.root()
+            .join("modal-standin")
+            .join("volumes")
+            .join("parhelia-data")
+    }
+
     /// Waits (bounded) until `probe` returns `Some`, polling every 100 ms.
     pub fn wait_for<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -214,6 +268,20 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         let _ = self.command(&["coordinator", "stop"]).output();
+        // Stand-in sandboxes are local process groups: end them.
+        if let Ok(entries) = std::fs::read_dir(self.root().join("modal-standin/sandboxes")) {
+            for entry in entries.flatten() {
+                let meta = entry.path().join("sandbox.json");
+                if let Ok(text) = std::fs::read_to_string(meta)
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                    && let Some(pid) = v["pid"].as_i64()
+                {
+                    let _ = Command::new("kill")
+                        .args(["-TERM", "--", &format!("-{pid}")])
+                        .status();
+                }
+            }
+        }
         // SIGTERM every agent this test started (their tmux servers and
         // Claude Code go with them); agents are detached, so nothing else would.
         if let Ok(entries) = std::fs::read_dir(self.state().join("containers")) {

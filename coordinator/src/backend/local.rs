@@ -542,6 +542,7 @@ impl Backend for LocalBackend {
     async fn read_journal(
         &self,
         container_id: &str,
+        _session_id: &str,
         from_seq: u64,
     ) -> Result<Vec<parhelia_proto::Event>> {
         let spec = self

@@ -1,8 +1,9 @@
 //! Where sessions run. A [`Backend`] launches an agent for a container,
 //! lists the containers that are really there, terminates them, and says how
-//! to reach an agent. The first implementation is [`local::LocalBackend`]
-//! (a detached local process, loopback endpoint); Modal comes later behind
-//! the same trait.
+//! to reach an agent. [`local::LocalBackend`] runs a detached local process
+//! (loopback endpoint); [`modal::ModalBackend`] a Modal sandbox (TLS tunnel).
+//! [`router::Backends`] holds both and sends each call to the backend that
+//! owns the container.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +16,11 @@ use crate::plan::{LaunchIds, SessionRequest};
 
 pub mod isolation;
 pub mod local;
+pub mod modal;
+pub mod router;
 pub mod workspace_copy;
+
+pub use modal::Resources;
 
 /// Everything a backend needs to launch one container.
 #[derive(Clone, Debug)]
@@ -35,6 +40,13 @@ pub struct LaunchRequest {
     /// How the local backend confines the session (ignored by remote backends,
     /// whose container is the isolation).
     pub isolation: isolation::Isolation,
+    /// Which backend runs it.
+    pub backend: crate::plan::BackendKind,
+    /// GPU, CPU, memory and time limit (remote backends).
+    pub resources: Resources,
+    /// Seed Claude Code's config from `parhelia config sync`'s copy on the
+    /// volume (remote backends).
+    pub config_seed: bool,
 }
 
 /// What a launch started.
@@ -81,9 +93,52 @@ pub trait Backend: Send + Sync {
     /// with events an agent journaled before it went away. A torn last line
     /// is not an event (it was never announced). Empty when there is no
     /// journal.
-    async fn read_journal(&self, container_id: &str, from_seq: u64) -> anyhow::Result<Vec<Event>>;
+    async fn read_journal(
+        &self,
+        container_id: &str,
+        session_id: &str,
+        from_seq: u64,
+    ) -> anyhow::Result<Vec<Event>>;
 
     /// Waits (with a deadline) until the container's agent announces where
     /// it listens.
     async fn endpoint(&self, container_id: &str) -> anyhow::Result<Endpoint>;
+
+    /// Where a session and its container live, as the container sees them
+    /// (recorded before launch). `None`: the local layout in the state
+    /// directory.
+    fn session_layout(
+        &self,
+        _session_id: &str,
+        _container_id: &str,
+    ) -> Option<crate::plan::LocalLayout> {
+        None
+    }
+
+    /// A local directory holding the session's checkpoint store as its
+    /// volume has it now (a remote backend fetches what is new), or `None`
+    /// when the session has no store. `volume_dir` is the recorded one.
+    async fn store_dir(
+        &self,
+        _session_id: &str,
+        volume_dir: &std::path::Path,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        let root = volume_dir.join("checkpoints");
+        Ok(root.join("store.json").is_file().then_some(root))
+    }
+
+    /// Copies the durable files of the store at `from` into the session's
+    /// store on this backend's volume (what it lacks): how a session
+    /// checkpointed on one backend resumes on another.
+    async fn import_store(
+        &self,
+        _session_id: &str,
+        volume_dir: &std::path::Path,
+        from: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let (from, target) = (from.to_path_buf(), volume_dir.join("checkpoints"));
+        tokio::task::spawn_blocking(move || crate::checkpoints::copy_store_files(&from, &target))
+            .await
+            .map_err(|e| anyhow::anyhow!("copying the checkpoint store panicked: {e}"))?
+    }
 }

@@ -78,6 +78,10 @@ pub struct ResumeArgs {
     /// What to tell Claude next (default for an interrupted session: continue)
     #[arg(short, long, default_value = "")]
     pub message: String,
+    /// Continue on this backend (local | modal; default: where it ran last).
+    /// The checkpoints are copied to the other backend's volume first
+    #[arg(long)]
+    pub backend: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -116,9 +120,14 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             };
             let mut views = Vec::new();
             for s in &sessions {
-                if let Some(store) = checkpoints::open_store(Path::new(&s.volume_dir))? {
+                if let Some(store) = super::modal::session_store(ctx, &opened, s).await? {
+                    let durable = super::modal::durable_set(&opened, s)?;
                     for summary in store.list().map_err(|e| checkpoints::coded(&e))? {
-                        views.push(CheckpointView::of(&s.id, &summary));
+                        let mut view = CheckpointView::of(&s.id, &summary);
+                        if let Some(set) = &durable {
+                            view.durable = set.contains(&view.id);
+                        }
+                        views.push(view);
                     }
                 }
             }
@@ -134,7 +143,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             checkpoint_id,
             json,
         } => {
-            let (s, store, id) = find(&opened, &checkpoint_id)?;
+            let (s, store, id) = find(ctx, &opened, &checkpoint_id).await?;
             let manifest = store.load(&id).map_err(|e| checkpoints::coded(&e))?;
             let summary = store
                 .list()
@@ -171,8 +180,8 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             conversation,
             json,
         } => {
-            let (sa, store, ida) = find(&opened, &a)?;
-            let (sb, _, idb) = find(&opened, &b)?;
+            let (sa, store, ida) = find(ctx, &opened, &a).await?;
+            let (sb, _, idb) = find(ctx, &opened, &b).await?;
             if sa.id != sb.id {
                 return Err(coded(
                     error_codes::INVALID_INPUT,
@@ -230,7 +239,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             message,
             json,
         } => {
-            let (s, _, id) = find(&opened, &checkpoint_id)?;
+            let (s, _, id) = find(ctx, &opened, &checkpoint_id).await?;
             if !yes {
                 if !std::io::stdin().is_terminal() {
                     return Err(coded(
@@ -250,7 +259,15 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                     return Ok(1);
                 }
             }
-            resume(ctx, &opened, &s.id, &id.to_string(), &message, true, json).await
+            let id = id.to_string();
+            let call = ResumeCall {
+                session_id: &s.id,
+                checkpoint_id: &id,
+                message: &message,
+                rollback: true,
+                backend: "",
+            };
+            resume(ctx, &opened, call, json).await
         }
     }
 }
@@ -259,27 +276,34 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
 pub async fn run_resume(ctx: &Ctx, args: ResumeArgs) -> Result<i32> {
     let opened = ctx.open()?;
     let checkpoint = args.checkpoint.unwrap_or_default();
-    resume(
-        ctx,
-        &opened,
-        &args.session_id,
-        &checkpoint,
-        &args.message,
-        false,
-        args.json,
-    )
-    .await
+    let call = ResumeCall {
+        session_id: &args.session_id,
+        checkpoint_id: &checkpoint,
+        message: &args.message,
+        rollback: false,
+        backend: args.backend.as_deref().unwrap_or(""),
+    };
+    resume(ctx, &opened, call, args.json).await
 }
 
-async fn resume(
-    ctx: &Ctx,
-    opened: &Opened,
-    session_id: &str,
-    checkpoint_id: &str,
-    message: &str,
+/// What `resume` and `rollback` ask the coordinator for.
+struct ResumeCall<'a> {
+    session_id: &'a str,
+    checkpoint_id: &'a str,
+    message: &'a str,
     rollback: bool,
-    json: bool,
-) -> Result<i32> {
+    /// Empty: where the session ran last.
+    backend: &'a str,
+}
+
+async fn resume(ctx: &Ctx, opened: &Opened, call: ResumeCall<'_>, json: bool) -> Result<i32> {
+    let ResumeCall {
+        session_id,
+        checkpoint_id,
+        message,
+        rollback,
+        backend,
+    } = call;
     let env = launch_env(&opened.config.config.local.isolation)?;
     let mut client = ctx.client(&opened.state).await?;
     let reply = client
@@ -289,6 +313,7 @@ async fn resume(
             message: message.to_string(),
             rollback,
             env: env.into_iter().collect(),
+            backend: backend.to_string(),
         })
         .await
         .map_err(coordinator_error)?
@@ -317,6 +342,105 @@ async fn resume(
     Ok(0)
 }
 
+/// `parhelia session pull SESSION_ID`: the session's latest checkpoint (a
+/// live session is checkpointed first) as a branch in the user's repository.
+pub async fn pull(
+    ctx: &Ctx,
+    session_id: &str,
+    branch: Option<&str>,
+    repo: Option<&Path>,
+    checkpoint_id: Option<&str>,
+    force: bool,
+    json: bool,
+) -> Result<i32> {
+    let opened = ctx.open()?;
+    let s = session(&opened, session_id)?;
+    let task = opened.db.get_task(&s.task_id)?;
+    let repo = match repo {
+        Some(r) => r.to_path_buf(),
+        None => match task.as_ref().and_then(|t| t.workspace.clone()) {
+            Some(w) if Path::new(&w).is_dir() => std::path::PathBuf::from(w),
+            _ => std::env::current_dir()?,
+        },
+    };
+    if checkpoint_id.is_none() && s.container_state.is_some_and(|c| c.is_active()) {
+        // The work as it is now, not as of the last turn.
+        let mut client = ctx.client(&opened.state).await?;
+        if let Err(status) = client
+            .checkpoint_session(CheckpointSessionRequest {
+                session_id: s.id.clone(),
+                message: "session pull".into(),
+            })
+            .await
+        {
+            eprintln!(
+                "note: the live session could not be checkpointed ({}); pulling its latest checkpoint",
+                status.message()
+            );
+        }
+    }
+    let store = super::modal::session_store(ctx, &opened, &s)
+        .await?
+        .ok_or_else(|| {
+            coded(
+                error_codes::CHECKPOINT_NOT_FOUND,
+                format!("session {} has no checkpoint to pull", s.id),
+            )
+        })?;
+    let id = match checkpoint_id {
+        Some(id) => checkpoints::parse_id(id)?,
+        None => {
+            store
+                .latest()
+                .map_err(|e| checkpoints::coded(&e))?
+                .ok_or_else(|| {
+                    coded(
+                        error_codes::CHECKPOINT_NOT_FOUND,
+                        format!("session {} has no checkpoint to pull", s.id),
+                    )
+                })?
+                .id
+        }
+    };
+    let branch = branch
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::pull::default_branch(&s.id));
+    let outcome = crate::pull::pull(&crate::pull::PullRequest {
+        store: &store,
+        checkpoint: &id,
+        repo: &repo,
+        branch: &branch,
+        session_id: &s.id,
+        force,
+    })?;
+    if json {
+        print_json(&serde_json::json!({
+            "session_id": s.id,
+            "checkpoint_id": id.to_string(),
+            "repo": repo,
+            "branch": outcome.branch,
+            "commit": outcome.commit,
+            "head_in_session": outcome.head_in_session,
+            "committed_uncommitted": outcome.committed_uncommitted,
+            "changed_files": outcome.changed_files,
+        }))?;
+    } else {
+        println!(
+            "{} -> branch {} at {} in {}",
+            s.id,
+            outcome.branch,
+            &outcome.commit[..outcome.commit.len().min(12)],
+            repo.display()
+        );
+        if outcome.committed_uncommitted {
+            println!("  the session's uncommitted work is the branch's last commit");
+        }
+        println!("  from       {id}");
+        println!("  look       git log {}", outcome.branch);
+    }
+    Ok(0)
+}
+
 /// `parhelia session recover SESSION_ID`: what happened, what can be
 /// restored, and (confirmed, or with --yes) the resume.
 pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
@@ -336,7 +460,7 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
             s.container_id.as_deref().unwrap_or("-")
         );
     }
-    let latest = match checkpoints::open_store(Path::new(&s.volume_dir))? {
+    let latest = match super::modal::session_store(ctx, &opened, &s).await? {
         Some(store) => {
             let list = store.list().map_err(|e| checkpoints::coded(&e))?;
             // The newest checkpoint that verifies is the one to offer.
@@ -390,7 +514,14 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
         println!("to resume: {command}");
         return Ok(0);
     }
-    resume(ctx, &opened, &s.id, &view.id, "", false, false).await
+    let call = ResumeCall {
+        session_id: &s.id,
+        checkpoint_id: &view.id,
+        message: "",
+        rollback: false,
+        backend: "",
+    };
+    resume(ctx, &opened, call, false).await
 }
 
 fn session(opened: &Opened, session_id: &str) -> Result<SessionRecord> {
@@ -409,8 +540,11 @@ fn not_found(checkpoint_id: &str) -> anyhow::Error {
     )
 }
 
-/// The session, store and id of a checkpoint id (ids are unique across sessions).
-fn find(
+/// The session, store and id of a checkpoint id (ids are unique across
+/// sessions). Local stores are searched first: a remote one is read back
+/// through the coordinator.
+async fn find(
+    ctx: &Ctx,
     opened: &Opened,
     checkpoint_id: &str,
 ) -> Result<(
@@ -419,8 +553,11 @@ fn find(
     parhelia_checkpoint::CheckpointId,
 )> {
     let id = checkpoints::parse_id(checkpoint_id)?;
-    for s in opened.db.list_sessions()? {
-        if let Some(store) = checkpoints::open_store(Path::new(&s.volume_dir))? {
+    let mut sessions = opened.db.list_sessions()?;
+    let root = opened.state.root().to_string_lossy().into_owned();
+    sessions.sort_by_key(|s| !s.volume_dir.starts_with(&root));
+    for s in sessions {
+        if let Some(store) = super::modal::session_store(ctx, opened, &s).await? {
             let held = store
                 .list()
                 .map_err(|e| checkpoints::coded(&e))?

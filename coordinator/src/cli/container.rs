@@ -58,6 +58,27 @@ pub enum SessionCommand {
         #[arg(short = 'n', long, value_name = "N", default_value_t = 200)]
         lines: u32,
     },
+    /// Bring the session's result back as a local git branch (uncommitted
+    /// work as a commit on it) without touching your working tree or
+    /// current branch. A live session is checkpointed first
+    Pull {
+        session_id: String,
+        /// The branch to create (default: parhelia/SESSION_ID)
+        #[arg(long)]
+        branch: Option<String>,
+        /// The repository to fetch into (default: the task's --workspace, else
+        /// the current directory)
+        #[arg(long, value_name = "PATH")]
+        repo: Option<std::path::PathBuf>,
+        /// Pull this checkpoint instead of the latest
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// Replace the branch if it exists
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the session (its task is cancelled; a final checkpoint is taken)
     Kill {
         session_id: String,
@@ -158,6 +179,25 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
             follow,
             lines,
         } => super::session::logs(ctx, &session_id, follow, lines).await,
+        SessionCommand::Pull {
+            session_id,
+            branch,
+            repo,
+            checkpoint,
+            force,
+            json,
+        } => {
+            super::checkpoint::pull(
+                ctx,
+                &session_id,
+                branch.as_deref(),
+                repo.as_deref(),
+                checkpoint.as_deref(),
+                force,
+                json,
+            )
+            .await
+        }
         SessionCommand::Kill { session_id, reason } => {
             super::session::kill(ctx, &session_id, reason).await
         }

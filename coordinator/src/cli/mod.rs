@@ -31,6 +31,7 @@ mod budget;
 mod checkpoint;
 mod container;
 mod events;
+mod modal;
 mod ops;
 mod session;
 mod task;
@@ -81,9 +82,13 @@ pub enum Command {
     Cleanup(ops::CleanupArgs),
     /// Check the installation and the state directory; `--fix` repairs what it can
     Doctor(ops::DoctorArgs),
-    /// The effective configuration and where each value came from
+    /// The effective configuration and where each value came from; `sync`
+    /// uploads your Claude Code setup to the Modal volume
     #[command(subcommand)]
     Config(ops::ConfigCommand),
+    /// Modal: setup, health-check, init-volume
+    #[command(subcommand)]
+    Modal(modal::ModalCommand),
     /// Budget: ceilings, spend (compute and model) per task and per day
     #[command(subcommand)]
     Budget(budget::BudgetCommand),
@@ -260,7 +265,9 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Reconciler(command) => ops::reconciler(&ctx, command).await,
         Command::Cleanup(args) => ops::cleanup(&ctx, args).await,
         Command::Doctor(args) => ops::doctor(&ctx, args).await,
+        Command::Config(ops::ConfigCommand::Sync(args)) => modal::sync(&ctx, args).await,
         Command::Config(command) => ops::config(&ctx, command),
+        Command::Modal(command) => modal::run(&ctx, command).await,
         Command::Budget(command) => budget::run(&ctx, command).await,
         Command::Status { json } => ops::status(&ctx, json).await,
         Command::Coordinator(command) => ops::coordinator(&ctx, command).await,

@@ -68,6 +68,10 @@ pub enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Upload your Claude Code settings, CLAUDE.md, commands, agents, skills,
+    /// plugins and MCP servers to the Modal volume (only what changed);
+    /// credentials never leave this machine
+    Sync(super::modal::SyncArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -473,7 +477,9 @@ pub async fn doctor(ctx: &Ctx, args: DoctorArgs) -> Result<i32> {
 }
 
 pub fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
-    let ConfigCommand::Show { json } = command;
+    let ConfigCommand::Show { json } = command else {
+        unreachable!("config sync is dispatched to cli::modal");
+    };
     let state = ctx.state()?;
     let loaded = crate::config::load(state.root(), &ctx.set)?;
     if json {

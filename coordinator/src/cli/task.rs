@@ -268,15 +268,24 @@ pub(crate) fn launch_env(isolation_setting: &str) -> Result<HashMap<String, Stri
     )
     .into_iter()
     .collect();
-    let claude_bin = resolve_claude_bin(
-        std::env::var_os(plan::CLAUDE_BIN_ENV).as_deref(),
+    // Resolved here so a relative PARHELIA_CLAUDE_BIN means this directory.
+    // Not finding `claude` on PATH is the coordinator's to judge: a local
+    // launch fails there (E501); a Modal sandbox has its own.
+    let explicit = std::env::var_os(plan::CLAUDE_BIN_ENV).filter(|v| !v.is_empty());
+    match resolve_claude_bin(
+        explicit.as_deref(),
         std::env::var_os("PATH").as_deref(),
         &cwd,
-    )?;
-    env.insert(
-        plan::CLAUDE_BIN_ENV.into(),
-        claude_bin.to_string_lossy().into_owned(),
-    );
+    ) {
+        Ok(claude_bin) => {
+            env.insert(
+                plan::CLAUDE_BIN_ENV.into(),
+                claude_bin.to_string_lossy().into_owned(),
+            );
+        }
+        Err(e) if explicit.is_some() => return Err(e.into()),
+        Err(_) => {}
+    }
     if let Some(agent) = std::env::var_os(plan::AGENT_BIN_ENV).filter(|p| !p.is_empty()) {
         env.insert(
             plan::AGENT_BIN_ENV.into(),
@@ -317,18 +326,33 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
             }
         }
     };
-    let claude_override = std::env::var_os(plan::CLAUDE_BIN_ENV);
     let path_var = std::env::var_os("PATH");
-    let claude_bin = resolve_claude_bin(claude_override.as_deref(), path_var.as_deref(), &cwd)?;
     let state = ctx.state()?;
     let loaded = ctx.config(&state)?;
     let config = &loaded.config;
-
-    // Decided here too, so a bad setting fails before anything is recorded.
-    let isolation = isolation::decide(Some(&config.local.isolation), isolation::bwrap_works)?;
+    let modal = backend == plan::BackendKind::Modal;
+    // Local: Claude Code and isolation are this machine's, decided here so a
+    // bad setting fails before anything is recorded. Modal: the image's.
+    let (claude_bin, isolation) = if modal {
+        (config.modal.claude_path.clone(), isolation::Isolation::None)
+    } else {
+        let claude_override = std::env::var_os(plan::CLAUDE_BIN_ENV);
+        (
+            resolve_claude_bin(claude_override.as_deref(), path_var.as_deref(), &cwd)?,
+            isolation::decide(Some(&config.local.isolation), isolation::bwrap_works)?,
+        )
+    };
     if args.dry_run {
         let ids = LaunchIds::placeholders();
-        let layout = plan::local_layout(state.root(), &ids.session_id, &ids.container_id);
+        let layout = if modal {
+            crate::backend::modal::container_layout(
+                &config.modal,
+                &ids.session_id,
+                &ids.container_id,
+            )
+        } else {
+            plan::local_layout(state.root(), &ids.session_id, &ids.container_id)
+        };
         let session = SessionRequest {
             prompt: args.prompt.clone(),
             model: args.model.clone(),

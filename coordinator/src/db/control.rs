@@ -410,6 +410,69 @@ impl Db {
         })
     }
 
+    /// Checkpoints announced by agents on a remote backend (`checkpoint_created`
+    /// events of sessions whose task runs there) that are not yet known durable:
+    /// `(session_id, checkpoint_id)`, oldest first.
+    pub fn checkpoints_awaiting_durability(&self, backend: &str) -> Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT e.session_id, e.payload FROM events e
+               JOIN sessions s ON s.id = e.session_id
+               JOIN tasks t ON t.id = s.task_id
+              WHERE e.type = 'checkpoint_created' AND t.backend = ?1
+              ORDER BY e.id",
+        )?;
+        let rows = stmt.query_map([backend], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (session_id, payload) = row?;
+            let Ok(event) = serde_json::from_str::<parhelia_proto::Event>(&payload) else {
+                continue;
+            };
+            if let Some(parhelia_proto::event::Kind::CheckpointCreated(c)) = event.kind
+                && !c.checkpoint_id.is_empty()
+            {
+                let known: Option<i64> = conn
+                    .query_row(
+                        "SELECT 1 FROM durable_checkpoints WHERE checkpoint_id = ?1",
+                        [&c.checkpoint_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if known.is_none() {
+                    out.push((session_id, c.checkpoint_id));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that a checkpoint was read back from its volume and verified.
+    /// `true` when it was not recorded before.
+    pub fn mark_checkpoint_durable(&self, session_id: &str, checkpoint_id: &str) -> Result<bool> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO durable_checkpoints (checkpoint_id, session_id, verified_at_ms)
+             VALUES (?1, ?2, ?3)",
+            params![checkpoint_id, session_id, crate::ids::now_ms()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The checkpoints of a session known durable.
+    pub fn durable_checkpoints(
+        &self,
+        session_id: &str,
+    ) -> Result<std::collections::BTreeSet<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT checkpoint_id FROM durable_checkpoints WHERE session_id = ?1")?;
+        let rows = stmt.query_map([session_id], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Records the checkpoint a session can resume from.
     pub fn set_session_checkpoint(&self, session_id: &str, checkpoint_id: &str) -> Result<()> {
         self.conn().execute(

@@ -1,0 +1,705 @@
+//! The `modal` backend: each container is a Modal sandbox running
+//! `parhelia-agent` from the session image, with the shared v2 volume mounted
+//! for journals and checkpoints and an `h2` tunnel to the agent's gRPC port.
+//! Every Modal call goes through the [`bridge::Bridge`] (the official Python
+//! SDK); nothing here speaks Modal's own protocol.
+//!
+//! On the volume (paths relative to its root):
+//!
+//! ```text
+//! sessions/<sid>/journal/<cid>.jsonl       the agent's journal
+//! sessions/<sid>/checkpoints/              the session's checkpoint store
+//! sessions/<sid>/containers/<cid>/spec.json
+//! config/claude/…, config/manifest.json    `parhelia config sync`
+//! ```
+//!
+//! The coordinator reads the volume from outside: journals when an agent is
+//! gone, and checkpoint stores, which it mirrors under
+//! `<state>/modal/mirror/<volume>/sessions/<sid>/checkpoints/` (only the
+//! write-once files: `store.json`, `layers/`, `manifests/`). A checkpoint is
+//! durable once its manifest has come back through that mirror and verified.
+
+pub mod bridge;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use self::bridge::{Bridge, BridgeConfig};
+use super::{Backend, ContainerHandle, Endpoint, LaunchRequest, ObservedContainer};
+use crate::config::ModalConfig;
+use crate::error::{CodedError, coded};
+use crate::error_codes;
+use crate::plan::{self, AgentSettings, LocalLayout};
+
+/// Tag keys on every sandbox we create.
+pub const TAG_PARHELIA: &str = "parhelia";
+pub const TAG_COORDINATOR: &str = "parhelia.coordinator";
+pub const TAG_TASK: &str = "parhelia.task";
+pub const TAG_SESSION: &str = "parhelia.session";
+pub const TAG_CONTAINER: &str = "parhelia.container";
+
+/// Environment variables never sent to a sandbox: the Anthropic key comes
+/// from the named Modal secret, and the container has its own HOME and PATH.
+const NEVER_SENT: &[&str] = &[
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "HOME",
+    "PATH",
+    "TMPDIR",
+];
+
+/// Becomes `$1` after handing it the session's volume directory `$2`; the
+/// rest is the agent's command line.
+const RUN_AS_SCRIPT: &str = r#"u="$1"; d="$2"; shift 2
+mkdir -p "$d" && chown "$u:$u" "$d" || echo "parhelia-start: cannot give $d to $u" >&2
+exec setpriv --reuid="$u" --regid="$u" --init-groups "$@""#;
+
+/// Resources for one sandbox.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    /// Modal's GPU string (`A10G`, `H100:2`), if any.
+    pub gpu: Option<String>,
+    pub cpu: Option<f64>,
+    pub memory_mb: Option<u64>,
+    pub timeout_seconds: Option<u64>,
+}
+
+pub struct ModalBackend {
+    state_root: PathBuf,
+    coordinator_id: String,
+    config: ModalConfig,
+    timing: AgentSettings,
+    bridge: Bridge,
+    /// The local agent binary baked into the image.
+    agent_bin: Option<PathBuf>,
+    /// Sandbox ids of containers we have seen (container id → sandbox id).
+    sandboxes: Mutex<HashMap<String, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a Modal session and its container live, as the sandbox sees them.
+pub fn container_layout(config: &ModalConfig, session_id: &str, container_id: &str) -> LocalLayout {
+    let home = &config.container_home;
+    let volume_dir = config.volume_mount.join("sessions").join(session_id);
+    let container_dir = volume_dir.join("containers").join(container_id);
+    let local_container = home.join("containers").join(container_id);
+    let runtime_dir = local_container.join("runtime");
+    LocalLayout {
+        session_dir: home.join("sessions").join(session_id),
+        workspace_dir: home.join("sessions").join(session_id).join("workspace"),
+        volume_dir,
+        spec_path: container_dir.join("spec.json"),
+        container_dir,
+        claude_config_dir: local_container.join("claude-config"),
+        agent_log_path: runtime_dir.join("agent.log"),
+        agent_json_path: runtime_dir.join("agent.json"),
+        runtime_dir,
+    }
+}
+
+impl ModalBackend {
+    pub fn new(
+        state_root: PathBuf,
+        coordinator_id: String,
+        config: ModalConfig,
+        timing: AgentSettings,
+    ) -> Self {
+        let bridge = Bridge::new(BridgeConfig {
+            python: config.python.clone(),
+            dir: state_root.join("modal").join("bridge"),
+            pythonpath: config.bridge_pythonpath.clone(),
+            start_timeout: Duration::from_secs(60),
+        });
+        ModalBackend {
+            agent_bin: config.agent_bin.clone(),
+            state_root,
+            coordinator_id,
+            config,
+            timing,
+            bridge,
+            sandboxes: Mutex::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ModalConfig {
+        &self.config
+    }
+
+    pub fn bridge(&self) -> &Bridge {
+        &self.bridge
+    }
+
+    fn call_deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.config.call_timeout_seconds)
+    }
+
+    /// One bridge call with the ordinary deadline.
+    pub async fn call(&self, op: &str, args: Value) -> Result<Value, CodedError> {
+        self.bridge.call(op, args, self.call_deadline()).await
+    }
+
+    /// The image description the bridge builds from (`images/modal/app.py`).
+    pub fn image_args(&self) -> Result<Value, CodedError> {
+        let agent_bin = match &self.agent_bin {
+            Some(path) => path.clone(),
+            None => {
+                let exe = std::env::current_exe().ok();
+                let beside = exe
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .map(|d| d.join(crate::binaries::AGENT_BIN_NAME));
+                match beside {
+                    Some(p) if p.is_file() => p,
+                    _ => {
+                        return Err(CodedError::new(
+                            error_codes::AGENT_FAILED_TO_START,
+                            "no parhelia-agent to bake into the Modal image: build it (`cargo build --release -p parhelia-agent`) or set modal.agent_bin",
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(json!({
+            "agent_bin": agent_bin,
+            "claude_code_version": self.config.claude_code_version,
+        }))
+    }
+
+    /// A container path on the volume, relative to the volume's root.
+    pub fn volume_path(&self, container_path: &Path) -> Result<String> {
+        let rel = container_path
+            .strip_prefix(&self.config.volume_mount)
+            .with_context(|| {
+                format!(
+                    "{} is not on the volume ({})",
+                    container_path.display(),
+                    self.config.volume_mount.display()
+                )
+            })?;
+        Ok(rel.to_string_lossy().into_owned())
+    }
+
+    /// The session's checkpoint store on the volume (relative path).
+    fn store_prefix(&self, session_id: &str) -> String {
+        format!("sessions/{session_id}/checkpoints")
+    }
+
+    /// The local mirror of a session's checkpoint store.
+    pub fn mirror_dir(&self, session_id: &str) -> PathBuf {
+        self.state_root
+            .join("modal")
+            .join("mirror")
+            .join(&self.config.volume_name)
+            .join("sessions")
+            .join(session_id)
+            .join("checkpoints")
+    }
+
+    fn scratch_dir(&self) -> Result<PathBuf> {
+        let dir = self.state_root.join("modal").join("tmp");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Files under `prefix` on the volume: relative path → size.
+    pub async fn list_volume(&self, prefix: &str) -> Result<BTreeMap<String, u64>, CodedError> {
+        let listed = self
+            .call(
+                "volume.list",
+                json!({"volume": self.config.volume_name, "path": prefix, "recursive": true}),
+            )
+            .await?;
+        let mut files = BTreeMap::new();
+        for entry in listed["entries"].as_array().into_iter().flatten() {
+            if entry["type"].as_str() != Some("file") {
+                continue;
+            }
+            let Some(path) = entry["path"].as_str() else {
+                continue;
+            };
+            let path = path.trim_start_matches('/');
+            let rel = match path.strip_prefix(prefix.trim_end_matches('/')) {
+                Some(rest) => rest.trim_start_matches('/').to_string(),
+                None => continue,
+            };
+            if !rel.is_empty() {
+                files.insert(rel, entry["size"].as_u64().unwrap_or(0));
+            }
+        }
+        Ok(files)
+    }
+
+    /// Downloads one volume file to `dest`.
+    pub async fn get_file(&self, path: &str, dest: &Path) -> Result<u64, CodedError> {
+        let got = self
+            .call(
+                "volume.get",
+                json!({"volume": self.config.volume_name, "path": path, "dest": dest}),
+            )
+            .await?;
+        Ok(got["size"].as_u64().unwrap_or(0))
+    }
+
+    /// Uploads local files (`(local, volume path)`) in one batch.
+    pub async fn put_files(&self, files: &[(PathBuf, String)]) -> Result<(), CodedError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let files: Vec<Value> = files
+            .iter()
+            .map(|(src, path)| json!({"src": src, "path": path}))
+            .collect();
+        self.call(
+            "volume.put",
+            json!({"volume": self.config.volume_name, "files": files}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_file(&self, path: &str) -> Result<bool, CodedError> {
+        let removed = self
+            .call(
+                "volume.remove",
+                json!({"volume": self.config.volume_name, "path": path, "recursive": false}),
+            )
+            .await?;
+        Ok(removed["removed"].as_bool().unwrap_or(false))
+    }
+
+    /// Brings the local mirror of a session's store up to date with the
+    /// volume: fetches write-once files it lacks, drops files the volume no
+    /// longer has (pruned). Returns the mirror's root, or `None` when the
+    /// volume holds no store for the session.
+    pub async fn pull_store(&self, session_id: &str) -> Result<Option<PathBuf>> {
+        let prefix = self.store_prefix(session_id);
+        let remote: BTreeMap<String, u64> = self
+            .list_volume(&prefix)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| is_store_file(p))
+            .collect();
+        let mirror = self.mirror_dir(session_id);
+        if !remote.contains_key("store.json") {
+            return Ok(None);
+        }
+        for dir in ["layers", "manifests"] {
+            std::fs::create_dir_all(mirror.join(dir))?;
+        }
+        let local = local_store_files(&mirror)?;
+        // Layers before manifests: a manifest is only useful with its layers.
+        let mut wanted: Vec<&String> = remote
+            .iter()
+            .filter(|(p, size)| local.get(*p) != Some(size))
+            .map(|(p, _)| p)
+            .collect();
+        wanted.sort_by_key(|p| (p.starts_with("manifests/"), (*p).clone()));
+        for rel in wanted {
+            self.get_file(&format!("{prefix}/{rel}"), &mirror.join(rel))
+                .await?;
+        }
+        for rel in local.keys() {
+            if !remote.contains_key(rel) {
+                let _ = std::fs::remove_file(mirror.join(rel));
+            }
+        }
+        Ok(Some(mirror))
+    }
+
+    /// Uploads the write-once files of a local store that the session's
+    /// store on the volume lacks (layers first, manifests last, so a
+    /// manifest never names a layer that is not there yet).
+    pub async fn push_store(&self, session_id: &str, local_store: &Path) -> Result<()> {
+        let prefix = self.store_prefix(session_id);
+        let remote = self.list_volume(&prefix).await?;
+        let local = local_store_files(local_store)?;
+        let mut data = Vec::new();
+        let mut manifests = Vec::new();
+        for (rel, size) in &local {
+            if remote.get(rel) == Some(size) {
+                continue;
+            }
+            let item = (local_store.join(rel), format!("{prefix}/{rel}"));
+            if rel.starts_with("manifests/") {
+                manifests.push(item);
+            } else {
+                data.push(item);
+            }
+        }
+        self.put_files(&data).await?;
+        self.put_files(&manifests).await?;
+        Ok(())
+    }
+
+    /// Finds the sandbox of one of our containers (`None`: not running).
+    async fn sandbox_of(&self, container_id: &str) -> Result<Option<String>, CodedError> {
+        let listed = self
+            .call(
+                "sandbox.list",
+                json!({"app": self.config.app_name, "tags": {
+                    TAG_COORDINATOR: self.coordinator_id,
+                    TAG_CONTAINER: container_id,
+                }}),
+            )
+            .await?;
+        let id = listed["sandboxes"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|s| s["sandbox_id"].as_str())
+            .map(str::to_string);
+        match &id {
+            Some(id) => {
+                lock(&self.sandboxes).insert(container_id.to_string(), id.clone());
+            }
+            None => {
+                lock(&self.sandboxes).remove(container_id);
+            }
+        }
+        Ok(id)
+    }
+
+    /// The environment a sandbox gets (never the Anthropic key, HOME or PATH
+    /// from this machine).
+    pub fn sandbox_env(&self, request: &LaunchRequest) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = request
+            .env
+            .iter()
+            .filter(|(k, _)| !NEVER_SENT.contains(&k.as_str()) && !k.starts_with("PARHELIA_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.insert(
+            "HOME".into(),
+            self.config.container_home.display().to_string(),
+        );
+        env
+    }
+
+    /// The `sandbox.create` arguments for a launch (pure apart from the
+    /// image lookup; tests check them).
+    pub fn create_args(
+        &self,
+        request: &LaunchRequest,
+        layout: &LocalLayout,
+        image: Value,
+    ) -> Value {
+        let ids = &request.ids;
+        let res = &request.resources;
+        let timeout_s = res
+            .timeout_seconds
+            .unwrap_or_else(|| (self.config.default_timeout_hours * 3600.0).round() as u64);
+        let mut argv: Vec<String> = vec![
+            self.config.agent_path.display().to_string(),
+            "run".into(),
+            "--spec".into(),
+            layout.spec_path.display().to_string(),
+            "--label".into(),
+            format!("{TAG_COORDINATOR}={}", self.coordinator_id),
+        ];
+        if !matches!(self.config.run_as_user.as_str(), "" | "root") {
+            // Sandboxes start as root: give the user the session's directory
+            // on the volume, then become that user (Claude Code refuses
+            // --dangerously-skip-permissions as root).
+            let mut wrapped = vec![
+                "sh".to_string(),
+                "-c".into(),
+                RUN_AS_SCRIPT.into(),
+                "parhelia-start".into(),
+                self.config.run_as_user.clone(),
+                layout.volume_dir.display().to_string(),
+            ];
+            wrapped.append(&mut argv);
+            argv = wrapped;
+        }
+        json!({
+            "app": self.config.app_name,
+            "name": ids.container_id,
+            "image": image,
+            "argv": argv,
+            "env": self.sandbox_env(request),
+            "secrets": [self.config.secret_name],
+            "inline_secret": {"PARHELIA_SESSION_SECRET": request.secret.expose()},
+            "volumes": {self.config.volume_mount.display().to_string(): self.config.volume_name},
+            "workdir": self.config.container_home,
+            "gpu": res.gpu,
+            "cpu": res.cpu.unwrap_or(self.config.cpu_count as f64),
+            "memory_mib": res.memory_mb.unwrap_or(self.config.memory_mb),
+            "timeout_s": timeout_s.clamp(60, 24 * 3600),
+            "idle_timeout_s": self.config.idle_timeout_minutes.map(|m| (m * 60.0).round() as u64),
+            "h2_ports": [self.config.agent_port],
+            "tags": {
+                TAG_PARHELIA: "1",
+                TAG_COORDINATOR: self.coordinator_id,
+                TAG_TASK: ids.task_id,
+                TAG_SESSION: ids.session_id,
+                TAG_CONTAINER: ids.container_id,
+            },
+        })
+    }
+
+    /// Creates the session's starting point from a local directory: a
+    /// checkpoint of it (trigger `workspace`) in the local mirror, pushed to
+    /// the volume. The agent restores it before Claude Code starts, so
+    /// uncommitted changes and unpushed commits arrive as they are.
+    async fn ship_workspace(&self, session_id: &str, source: &Path) -> Result<String> {
+        let mirror = self.mirror_dir(session_id);
+        let source = source.to_path_buf();
+        let exclude_state = self.state_root.clone();
+        let mirror_for_task = mirror.clone();
+        let id = tokio::task::spawn_blocking(move || -> Result<String> {
+            crate::checkpoints::seed_checkpoint(&mirror_for_task, &source, &exclude_state)
+        })
+        .await
+        .context("the workspace checkpoint panicked")??;
+        self.push_store(session_id, &mirror).await?;
+        Ok(id)
+    }
+}
+
+/// A file of the store's durable format (not the lock, not tmp/).
+fn is_store_file(rel: &str) -> bool {
+    rel == "store.json"
+        || (rel.starts_with("layers/") && !rel[7..].contains('/'))
+        || (rel.starts_with("manifests/") && !rel[10..].contains('/'))
+}
+
+/// The durable files of a local store: relative path → size.
+fn local_store_files(root: &Path) -> std::io::Result<BTreeMap<String, u64>> {
+    let mut files = BTreeMap::new();
+    if let Ok(meta) = std::fs::metadata(root.join("store.json")) {
+        files.insert("store.json".to_string(), meta.len());
+    }
+    for dir in ["layers", "manifests"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if meta.is_file() && !name.starts_with('.') && !name.ends_with(".part") {
+                files.insert(format!("{dir}/{name}"), meta.len());
+            }
+        }
+    }
+    Ok(files)
+}
+
+#[async_trait]
+impl Backend for ModalBackend {
+    fn name(&self) -> &'static str {
+        "modal"
+    }
+
+    fn session_layout(&self, session_id: &str, container_id: &str) -> Option<LocalLayout> {
+        Some(container_layout(&self.config, session_id, container_id))
+    }
+
+    async fn launch(&self, request: &LaunchRequest) -> Result<ContainerHandle> {
+        let ids = &request.ids;
+        let layout = container_layout(&self.config, &ids.session_id, &ids.container_id);
+        let image = self.image_args()?;
+        let mut session = request.session.clone();
+        if let Some(source) = &request.workspace_source {
+            let seed = self.ship_workspace(&ids.session_id, source).await?;
+            tracing::info!(container_id = %ids.container_id, checkpoint = %seed, "workspace shipped to the volume");
+            if session.restore_checkpoint.is_none() {
+                session.restore_checkpoint = Some(seed);
+            }
+        }
+        let mut spec = plan::agent_spec(
+            &session,
+            ids,
+            &layout,
+            &self.config.claude_path,
+            &self.timing,
+        );
+        spec.listen_addr = format!("0.0.0.0:{}", self.config.agent_port);
+        if request.config_seed {
+            spec.claude_config_seed = Some(
+                self.config
+                    .volume_mount
+                    .join(crate::config_sync::VOLUME_DIR),
+            );
+        }
+        let scratch = self.scratch_dir()?;
+        let spec_file = scratch.join(format!("{}.spec.json", ids.container_id));
+        std::fs::write(&spec_file, serde_json::to_vec_pretty(&spec)?)?;
+        let put = self
+            .put_files(&[(spec_file.clone(), self.volume_path(&layout.spec_path)?)])
+            .await;
+        let _ = std::fs::remove_file(&spec_file);
+        put?;
+
+        let args = self.create_args(request, &layout, image);
+        let created = self
+            .bridge
+            .call(
+                "sandbox.create",
+                args,
+                Duration::from_secs_f64(self.config.create_timeout_seconds),
+            )
+            .await?;
+        let sandbox_id = created["sandbox_id"]
+            .as_str()
+            .context("sandbox.create returned no sandbox id")?
+            .to_string();
+        tracing::info!(
+            container_id = %ids.container_id,
+            sandbox_id = %sandbox_id,
+            existed = created["existed"].as_bool().unwrap_or(false),
+            "sandbox created"
+        );
+        lock(&self.sandboxes).insert(ids.container_id.clone(), sandbox_id);
+        Ok(ContainerHandle {
+            container_id: ids.container_id.clone(),
+            pid: None,
+            workspace_dir: layout.workspace_dir,
+            volume_dir: layout.volume_dir,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedContainer>> {
+        let listed = self
+            .call(
+                "sandbox.list",
+                json!({"app": self.config.app_name, "tags": {TAG_COORDINATOR: self.coordinator_id}}),
+            )
+            .await?;
+        let mut observed = Vec::new();
+        let mut seen = HashMap::new();
+        for sb in listed["sandboxes"].as_array().into_iter().flatten() {
+            let tags = &sb["tags"];
+            // Only ours, whatever the bridge answered.
+            if tags[TAG_COORDINATOR].as_str() != Some(self.coordinator_id.as_str()) {
+                continue;
+            }
+            let Some(container_id) = tags[TAG_CONTAINER].as_str() else {
+                continue;
+            };
+            if let Some(id) = sb["sandbox_id"].as_str() {
+                seen.insert(container_id.to_string(), id.to_string());
+            }
+            observed.push(ObservedContainer {
+                container_id: container_id.to_string(),
+                session_id: tags[TAG_SESSION].as_str().unwrap_or_default().to_string(),
+                pid: None,
+                endpoint: None,
+                coordinator_label: self.coordinator_id.clone(),
+            });
+        }
+        *lock(&self.sandboxes) = seen;
+        observed.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        Ok(observed)
+    }
+
+    async fn terminate(&self, container_id: &str) -> Result<()> {
+        let Some(sandbox_id) = self.sandbox_of(container_id).await? else {
+            return Ok(());
+        };
+        self.call(
+            "sandbox.terminate",
+            json!({"sandbox_id": sandbox_id, "require_tags": {
+                TAG_COORDINATOR: self.coordinator_id,
+                TAG_CONTAINER: container_id,
+            }}),
+        )
+        .await?;
+        tracing::info!(container_id, sandbox_id = %sandbox_id, "sandbox terminated");
+        Ok(())
+    }
+
+    async fn read_journal(
+        &self,
+        container_id: &str,
+        session_id: &str,
+        from_seq: u64,
+    ) -> Result<Vec<parhelia_proto::Event>> {
+        let path = format!("sessions/{session_id}/journal/{container_id}.jsonl");
+        let dest = self
+            .scratch_dir()?
+            .join(format!("{container_id}.{}.jsonl", std::process::id()));
+        match self.get_file(&path, &dest).await {
+            Ok(_) => {}
+            Err(e) if e.code == error_codes::MODAL_OBJECT_NOT_FOUND => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+        let events = super::local::read_journal_file(&dest, from_seq);
+        let _ = std::fs::remove_file(&dest);
+        events
+    }
+
+    async fn endpoint(&self, container_id: &str) -> Result<Endpoint> {
+        let sandbox_id = match self.sandbox_of(container_id).await? {
+            Some(id) => id,
+            None => {
+                return Err(coded(
+                    error_codes::AGENT_UNREACHABLE,
+                    format!("the sandbox of {container_id} is not running"),
+                ));
+            }
+        };
+        let tunnels = self
+            .call(
+                "sandbox.tunnels",
+                json!({"sandbox_id": sandbox_id, "timeout_s": self.config.call_timeout_seconds}),
+            )
+            .await?;
+        let port = self.config.agent_port.to_string();
+        let tunnel = tunnels["tunnels"]
+            .get(&port)
+            .or_else(|| {
+                // The stand-in's agent may listen on any port (agent_port 0).
+                tunnels["tunnels"]
+                    .as_object()
+                    .and_then(|t| (t.len() == 1).then(|| t.values().next()).flatten())
+            })
+            .with_context(|| {
+                format!("the sandbox of {container_id} has no tunnel to port {port}")
+            })?;
+        let uri = tunnel["url"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| {
+                Some(format!(
+                    "https://{}:{}",
+                    tunnel["host"].as_str()?,
+                    tunnel["port"].as_u64()?
+                ))
+            })
+            .context("the tunnel has no address")?;
+        Ok(Endpoint { uri, pid: None })
+    }
+
+    async fn store_dir(&self, session_id: &str, _volume_dir: &Path) -> Result<Option<PathBuf>> {
+        self.pull_store(session_id).await
+    }
+
+    async fn import_store(&self, session_id: &str, _volume_dir: &Path, from: &Path) -> Result<()> {
+        self.push_store(session_id, from).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_files_are_the_write_once_ones() {
+        for yes in ["store.json", "layers/ab.tar.zst", "manifests/cp-1.manifest"] {
+            assert!(is_store_file(yes), "{yes}");
+        }
+        for no in ["lock", "tmp/x", "layers/sub/x", "index.cache"] {
+            assert!(!is_store_file(no), "{no}");
+        }
+    }
+}

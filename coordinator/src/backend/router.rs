@@ -1,0 +1,198 @@
+//! [`Backends`]: every backend this coordinator can use, behind the one
+//! [`Backend`] trait. A call about a container goes to the backend that
+//! launched it (learned at launch and from listings, else from the
+//! database's `containers.backend`); `list` is the union of the backends in
+//! use, so the reconciler sees local processes and Modal sandboxes alike.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use parhelia_proto::Event;
+
+use super::modal::ModalBackend;
+use super::{Backend, ContainerHandle, Endpoint, LaunchRequest, ObservedContainer};
+use crate::db::Db;
+use crate::error::CodedError;
+use crate::error_codes;
+use crate::plan::{BackendKind, LocalLayout};
+
+/// Builds the Modal backend when it is first needed (it starts a Python
+/// bridge, which a coordinator that never uses Modal should not).
+pub type ModalFactory = Box<dyn Fn() -> Arc<ModalBackend> + Send + Sync>;
+
+pub struct Backends {
+    local: Arc<dyn Backend>,
+    modal: Mutex<Option<Arc<ModalBackend>>>,
+    modal_factory: Option<ModalFactory>,
+    db: Option<Arc<Db>>,
+    owners: Mutex<HashMap<String, BackendKind>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Backends {
+    /// One backend for everything (tests, and coordinators without Modal).
+    pub fn single(backend: Arc<dyn Backend>) -> Self {
+        Backends {
+            local: backend,
+            modal: Mutex::new(None),
+            modal_factory: None,
+            db: None,
+            owners: Mutex::default(),
+        }
+    }
+
+    pub fn new(local: Arc<dyn Backend>, modal: Option<ModalFactory>, db: Arc<Db>) -> Self {
+        Backends {
+            local,
+            modal: Mutex::new(None),
+            modal_factory: modal,
+            db: Some(db),
+            owners: Mutex::default(),
+        }
+    }
+
+    /// Adds an already-built Modal backend (tests with the stand-in).
+    pub fn with_modal(self, modal: Arc<ModalBackend>) -> Self {
+        *lock(&self.modal) = Some(modal);
+        self
+    }
+
+    /// The backend of a kind, or E506 when this coordinator has none.
+    pub fn get(&self, kind: BackendKind) -> Result<Arc<dyn Backend>, CodedError> {
+        match kind {
+            BackendKind::Local => Ok(Arc::clone(&self.local)),
+            BackendKind::Modal => Ok(self.modal()? as Arc<dyn Backend>),
+        }
+    }
+
+    /// The Modal backend (built on first use), or E506.
+    pub fn modal(&self) -> Result<Arc<ModalBackend>, CodedError> {
+        let mut modal = lock(&self.modal);
+        if let Some(m) = modal.as_ref() {
+            return Ok(Arc::clone(m));
+        }
+        match &self.modal_factory {
+            Some(factory) => {
+                let built = factory();
+                *modal = Some(Arc::clone(&built));
+                Ok(built)
+            }
+            None => Err(CodedError::new(
+                error_codes::BACKEND_UNAVAILABLE,
+                "this coordinator has no modal backend",
+            )),
+        }
+    }
+
+    /// Which backend runs a container.
+    pub fn kind_of(&self, container_id: &str) -> BackendKind {
+        if let Some(kind) = lock(&self.owners).get(container_id) {
+            return *kind;
+        }
+        let recorded = self
+            .db
+            .as_ref()
+            .and_then(|db| db.get_container(container_id).ok().flatten())
+            .and_then(|c| crate::plan::parse_backend(&c.backend).ok());
+        recorded.unwrap_or(BackendKind::Local)
+    }
+
+    /// Which backend holds a session's volume (its latest container's).
+    pub fn kind_of_session(&self, session_id: &str) -> BackendKind {
+        self.db
+            .as_ref()
+            .and_then(|db| db.get_session(session_id).ok().flatten())
+            .and_then(|s| s.container_id)
+            .map(|c| self.kind_of(&c))
+            .unwrap_or(BackendKind::Local)
+    }
+
+    fn owner(&self, container_id: &str) -> Result<Arc<dyn Backend>> {
+        Ok(self.get(self.kind_of(container_id))?)
+    }
+
+    /// Modal is listed once this coordinator has ever used it.
+    fn modal_in_use(&self) -> bool {
+        if lock(&self.modal).is_some() {
+            return true;
+        }
+        self.modal_factory.is_some()
+            && self
+                .db
+                .as_ref()
+                .is_some_and(|db| db.backend_ever_used("modal").unwrap_or(false))
+    }
+}
+
+#[async_trait]
+impl Backend for Backends {
+    fn name(&self) -> &'static str {
+        self.local.name()
+    }
+
+    async fn launch(&self, request: &LaunchRequest) -> Result<ContainerHandle> {
+        let backend = self.get(request.backend)?;
+        lock(&self.owners).insert(request.ids.container_id.clone(), request.backend);
+        backend.launch(request).await
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedContainer>> {
+        let mut all = self.local.list().await?;
+        for c in &all {
+            lock(&self.owners)
+                .entry(c.container_id.clone())
+                .or_insert(BackendKind::Local);
+        }
+        if self.modal_in_use() {
+            let modal = self.get(BackendKind::Modal)?.list().await?;
+            for c in &modal {
+                lock(&self.owners).insert(c.container_id.clone(), BackendKind::Modal);
+            }
+            all.extend(modal);
+        }
+        Ok(all)
+    }
+
+    async fn terminate(&self, container_id: &str) -> Result<()> {
+        self.owner(container_id)?.terminate(container_id).await
+    }
+
+    async fn read_journal(
+        &self,
+        container_id: &str,
+        session_id: &str,
+        from_seq: u64,
+    ) -> Result<Vec<Event>> {
+        self.owner(container_id)?
+            .read_journal(container_id, session_id, from_seq)
+            .await
+    }
+
+    async fn endpoint(&self, container_id: &str) -> Result<Endpoint> {
+        self.owner(container_id)?.endpoint(container_id).await
+    }
+
+    fn session_layout(&self, session_id: &str, container_id: &str) -> Option<LocalLayout> {
+        self.get(self.kind_of_session(session_id))
+            .ok()?
+            .session_layout(session_id, container_id)
+    }
+
+    async fn store_dir(&self, session_id: &str, volume_dir: &Path) -> Result<Option<PathBuf>> {
+        self.get(self.kind_of_session(session_id))?
+            .store_dir(session_id, volume_dir)
+            .await
+    }
+
+    async fn import_store(&self, session_id: &str, volume_dir: &Path, from: &Path) -> Result<()> {
+        self.get(self.kind_of_session(session_id))?
+            .import_store(session_id, volume_dir, from)
+            .await
+    }
+}

@@ -1,0 +1,186 @@
+//! `parhelia modal setup | health-check | init-volume`, `parhelia config
+//! sync`, and the store lookup the checkpoint commands use for sessions on a
+//! remote volume. The work runs in the coordinator, which owns the one Modal
+//! bridge (`crate::modal_ops`); these commands send it and print the report.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use parhelia_proto::{FetchStoreRequest, ModalOpRequest};
+use serde_json::{Value, json};
+
+use super::{Ctx, Opened, coordinator_error, print_json};
+use crate::checkpoints;
+use crate::db::SessionRecord;
+
+#[derive(Subcommand, Debug)]
+pub enum ModalCommand {
+    /// Check credentials, SDK version, the secret and the volume, and build
+    /// the session image
+    Setup {
+        /// Rebuild the image even when Modal has it cached
+        #[arg(long)]
+        force_build: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the health check in a sandbox: volume mounted, Claude Code
+    /// installed, Anthropic key set, versions
+    HealthCheck {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the volume's directory structure (sessions/, config/, images/)
+    InitVolume {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `parhelia config sync`.
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Show what would be uploaded, deleted and withheld; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also upload history.jsonl (your prompt history)
+    #[arg(long)]
+    pub include_history: bool,
+    /// Also upload MCP servers' env and headers values (they often hold tokens)
+    #[arg(long)]
+    pub include_mcp_secrets: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn modal_op(ctx: &Ctx, op: &str, args: Value) -> Result<Value> {
+    let opened = ctx.open()?;
+    let mut client = ctx.client(&opened.state).await?;
+    let reply = client
+        .modal_op(ModalOpRequest {
+            op: op.to_string(),
+            args_json: args.to_string(),
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    Ok(serde_json::from_str(&reply.result_json)?)
+}
+
+pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
+    match command {
+        ModalCommand::Setup { force_build, json } => {
+            let report = modal_op(ctx, "setup", json!({"force_build": force_build})).await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", crate::modal_ops::render_steps(&report));
+                println!("Modal is ready: tasks can use --backend modal");
+            }
+            Ok(0)
+        }
+        ModalCommand::HealthCheck { json } => {
+            let report = modal_op(ctx, "health_check", json!({})).await?;
+            let healthy = report["status"] == "ok";
+            if json {
+                print_json(&report)?;
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(if healthy { 0 } else { 1 })
+        }
+        ModalCommand::InitVolume { json } => {
+            let report = modal_op(ctx, "init_volume", json!({})).await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "volume {}: {}",
+                    report["volume"].as_str().unwrap_or("?"),
+                    report["directories"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|d| d.as_str())
+                        .map(|d| format!("{d}/"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+pub async fn sync(ctx: &Ctx, args: SyncArgs) -> Result<i32> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let config_dir = std::env::var_os("CLAUDE_CONFIG_DIR").map(PathBuf::from);
+    let report = modal_op(
+        ctx,
+        "config_sync",
+        json!({
+            "dry_run": args.dry_run,
+            "include_history": args.include_history,
+            "include_mcp_secrets": args.include_mcp_secrets,
+            "home": home,
+            "claude_config_dir": config_dir,
+        }),
+    )
+    .await?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report["text"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+/// Whether a session lives on a remote volume (its task's backend).
+fn is_remote(opened: &Opened, session: &SessionRecord) -> bool {
+    opened
+        .db
+        .get_task(&session.task_id)
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.backend != "local")
+}
+
+/// The session's checkpoint store: opened in place for a local session; for
+/// one on a remote volume the coordinator reads it back into its mirror
+/// first. `None`: the session has no store.
+pub async fn session_store(
+    ctx: &Ctx,
+    opened: &Opened,
+    session: &SessionRecord,
+) -> Result<Option<parhelia_checkpoint::Store>> {
+    if !is_remote(opened, session) {
+        return Ok(checkpoints::open_store(Path::new(&session.volume_dir))?);
+    }
+    let mut client = ctx.client(&opened.state).await?;
+    let reply = client
+        .fetch_store(FetchStoreRequest {
+            session_id: session.id.clone(),
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner();
+    if reply.store_dir.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(checkpoints::open_store_at(Path::new(
+        &reply.store_dir,
+    ))?))
+}
+
+/// For a session on a remote volume, the checkpoints known durable (`None`:
+/// a local session, whose checkpoints are durable once written).
+pub fn durable_set(
+    opened: &Opened,
+    session: &SessionRecord,
+) -> Result<Option<std::collections::BTreeSet<String>>> {
+    if !is_remote(opened, session) {
+        return Ok(None);
+    }
+    Ok(Some(opened.db.durable_checkpoints(&session.id)?))
+}

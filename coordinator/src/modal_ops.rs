@@ -1,0 +1,329 @@
+//! The Modal operations behind `parhelia modal setup | health-check |
+//! init-volume` and `parhelia config sync`, run inside the coordinator (which
+//! owns the one bridge process). Each returns a JSON report the CLI renders;
+//! a failed check is a coded error carrying the report so far.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::backend::modal::ModalBackend;
+use crate::config_sync;
+use crate::error::CodedError;
+use crate::error_codes;
+use crate::service::CoordinatorService;
+
+/// Directories `init-volume` creates (each gets a README).
+pub const VOLUME_DIRS: &[(&str, &str)] = &[
+    (
+        "sessions",
+        "One directory per Parhelia session: journal/, checkpoints/, containers/.\n",
+    ),
+    (
+        "config",
+        "Claude Code configuration uploaded by `parhelia config sync` (never credentials).\n",
+    ),
+    ("images", "Reserved for image build artefacts.\n"),
+];
+
+pub async fn run(service: &CoordinatorService, op: &str, args: Value) -> Result<Value> {
+    let modal = service.modal_backend()?;
+    match op {
+        "setup" => setup(&modal, args["force_build"].as_bool().unwrap_or(false)).await,
+        "health_check" => health_check(&modal).await,
+        "init_volume" => init_volume(&modal).await,
+        "config_sync" => config_sync(&modal, &args).await,
+        other => Err(CodedError::new(
+            error_codes::INVALID_INPUT,
+            format!("unknown modal operation: {other}"),
+        )
+        .into()),
+    }
+}
+
+/// A step of `modal setup`: its name, whether it passed, what it found.
+fn step(name: &str, ok: bool, detail: impl Into<String>) -> Value {
+    json!({"step": name, "ok": ok, "detail": detail.into()})
+}
+
+/// A failed step ends the report: the error carries the steps so far.
+fn fail(mut steps: Vec<Value>, name: &str, err: CodedError) -> anyhow::Error {
+    steps.push(json!({"step": name, "ok": false, "detail": err.message, "code": err.code.code}));
+    let report = json!({"ok": false, "steps": steps});
+    CodedError::new(
+        err.code,
+        format!("{}\n{}", err.message, render_steps(&report)),
+    )
+    .into()
+}
+
+/// Text of a setup report.
+pub fn render_steps(report: &Value) -> String {
+    let mut out = String::new();
+    for s in report["steps"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{} {:<10} {}\n",
+            if s["ok"].as_bool() == Some(true) {
+                "ok  "
+            } else {
+                "FAIL"
+            },
+            s["step"].as_str().unwrap_or(""),
+            s["detail"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// `modal setup`: the SDK and credentials, the app, the secret, the volume,
+/// the image. Stops at the first failure (later steps need the earlier).
+pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<Value> {
+    let cfg = modal.config().clone();
+    let mut steps = Vec::new();
+    let greeting = match modal.bridge().greeting().await {
+        Ok(g) => g,
+        Err(e) => return Err(fail(steps, "sdk", e)),
+    };
+    steps.push(step(
+        "sdk",
+        true,
+        format!(
+            "modal {} on Python {}",
+            greeting.sdk_version, greeting.python
+        ),
+    ));
+    if greeting.credentials == "none" {
+        return Err(fail(
+            steps,
+            "token",
+            CodedError::new(
+                error_codes::MODAL_CREDENTIALS_MISSING,
+                "no Modal token: neither MODAL_TOKEN_ID/MODAL_TOKEN_SECRET nor ~/.modal.toml",
+            ),
+        ));
+    }
+    let app = match modal.call("app.lookup", json!({"app": cfg.app_name})).await {
+        Ok(v) => v,
+        Err(e) => return Err(fail(steps, "token", e)),
+    };
+    steps.push(step(
+        "token",
+        true,
+        format!("accepted (from {})", greeting.credentials),
+    ));
+    steps.push(step(
+        "app",
+        true,
+        format!(
+            "{} ({})",
+            cfg.app_name,
+            app["app_id"].as_str().unwrap_or("?")
+        ),
+    ));
+    if let Err(e) = modal
+        .call("secret.check", json!({"name": cfg.secret_name}))
+        .await
+    {
+        return Err(fail(steps, "secret", e));
+    }
+    steps.push(step("secret", true, cfg.secret_name.clone()));
+    let volume = match modal
+        .call(
+            "volume.ensure",
+            json!({"volume": cfg.volume_name, "create": true}),
+        )
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return Err(fail(steps, "volume", e)),
+    };
+    steps.push(step(
+        "volume",
+        true,
+        format!(
+            "{} (v{})",
+            cfg.volume_name,
+            volume["version"].as_u64().unwrap_or(2)
+        ),
+    ));
+    let image = match modal.image_args() {
+        Ok(i) => i,
+        Err(e) => return Err(fail(steps, "image", e)),
+    };
+    let built = modal
+        .bridge()
+        .call(
+            "image.build",
+            json!({"app": cfg.app_name, "image": image, "force": force_build}),
+            Duration::from_secs_f64(cfg.create_timeout_seconds),
+        )
+        .await;
+    match built {
+        Ok(v) => steps.push(step(
+            "image",
+            true,
+            format!(
+                "{} (Claude Code {}, agent {})",
+                v["image_id"].as_str().unwrap_or("?"),
+                cfg.claude_code_version,
+                image["agent_bin"].as_str().unwrap_or("?")
+            ),
+        )),
+        Err(e) => return Err(fail(steps, "image", e)),
+    }
+    Ok(json!({"ok": true, "steps": steps}))
+}
+
+/// `modal health-check`: the seeds' health_check, in a short-lived sandbox
+/// from the session image with the volume and the secret.
+pub async fn health_check(modal: &ModalBackend) -> Result<Value> {
+    let cfg = modal.config().clone();
+    let image = modal.image_args()?;
+    let ran = modal
+        .bridge()
+        .call(
+            "sandbox.run",
+            json!({
+                "app": cfg.app_name,
+                "image": image,
+                // app.py's HEALTH_CHECK_ARGV: the same check as `modal run app.py::health_check`.
+                "script": "health_check",
+                "script_args": [cfg.volume_mount, cfg.agent_path, cfg.claude_path],
+                "env": {},
+                "secrets": [cfg.secret_name],
+                "volumes": {cfg.volume_mount.display().to_string(): cfg.volume_name},
+                "workdir": cfg.container_home,
+                "timeout_s": 300,
+            }),
+            Duration::from_secs_f64(cfg.create_timeout_seconds),
+        )
+        .await?;
+    let stdout = ran["stdout"].as_str().unwrap_or("");
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("");
+    let mut report: Value = serde_json::from_str(line).map_err(|e| {
+        CodedError::new(
+            error_codes::MODAL_BRIDGE_FAILED,
+            format!(
+                "the health check printed no report ({e}); exit {}, stderr: {}",
+                ran["exit_code"],
+                ran["stderr"].as_str().unwrap_or("")
+            ),
+        )
+    })?;
+    let healthy = ["volume_mounted", "claude_installed", "anthropic_key_set"]
+        .iter()
+        .all(|k| report[k].as_bool() == Some(true));
+    if !healthy {
+        report["status"] = json!("degraded");
+    }
+    Ok(report)
+}
+
+/// `modal init-volume`: the seeds' init_volume_structure.
+pub async fn init_volume(modal: &ModalBackend) -> Result<Value> {
+    let cfg = modal.config().clone();
+    modal
+        .call(
+            "volume.ensure",
+            json!({"volume": cfg.volume_name, "create": true}),
+        )
+        .await?;
+    let scratch = tempfile::tempdir()?;
+    let mut files = Vec::new();
+    for (dir, text) in VOLUME_DIRS {
+        let local = scratch.path().join(format!("{dir}.README"));
+        std::fs::write(&local, text)?;
+        files.push((local, format!("{dir}/README")));
+    }
+    modal.put_files(&files).await?;
+    Ok(json!({
+        "volume": cfg.volume_name,
+        "directories": VOLUME_DIRS.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+    }))
+}
+
+/// `config sync [--dry-run]`: what of the user's Claude Code config goes to
+/// the volume (only what changed), and what never does.
+pub async fn config_sync(modal: &ModalBackend, args: &Value) -> Result<Value> {
+    let dry_run = args["dry_run"].as_bool().unwrap_or(false);
+    let home = args["home"]
+        .as_str()
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
+        .ok_or_else(|| CodedError::new(error_codes::INVALID_INPUT, "HOME is not set"))?;
+    let config_dir = args["claude_config_dir"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    let source = config_sync::ConfigSource::from_env(&home, config_dir.as_deref());
+    let options = config_sync::CollectOptions {
+        include_history: args["include_history"].as_bool().unwrap_or(false),
+        include_mcp_secrets: args["include_mcp_secrets"].as_bool().unwrap_or(false),
+    };
+    let collected = {
+        let (source, options) = (source.clone(), options.clone());
+        tokio::task::spawn_blocking(move || config_sync::collect(&source, &options)).await??
+    };
+    let scratch = tempfile::tempdir()?;
+    let manifest_local = scratch.path().join("manifest.json");
+    let remote = match modal
+        .get_file(config_sync::MANIFEST_PATH, &manifest_local)
+        .await
+    {
+        Ok(_) => {
+            let text = std::fs::read(&manifest_local)?;
+            Some(
+                serde_json::from_slice::<config_sync::RemoteManifest>(&text).map_err(|e| {
+                    CodedError::new(
+                        error_codes::MODAL_BRIDGE_FAILED,
+                        format!(
+                            "{} on the volume is unreadable: {e}",
+                            config_sync::MANIFEST_PATH
+                        ),
+                    )
+                })?,
+            )
+        }
+        Err(e) if e.code == error_codes::MODAL_OBJECT_NOT_FOUND => None,
+        Err(e) => return Err(e.into()),
+    };
+    let plan = config_sync::plan(collected, remote.as_ref());
+    let text = plan.render(dry_run);
+    let report = json!({
+        "dry_run": dry_run,
+        "upload": plan.upload.iter().map(|i| &i.path).collect::<Vec<_>>(),
+        "delete": plan.delete,
+        "unchanged": plan.unchanged,
+        "withheld": plan.withheld.iter().map(|w| json!({"path": w.path, "reason": w.reason})).collect::<Vec<_>>(),
+        "text": text,
+    });
+    if dry_run || plan.is_noop() {
+        return Ok(report);
+    }
+    let mut files = Vec::new();
+    for item in &plan.upload {
+        let local = config_sync::materialize(item, scratch.path())?;
+        files.push((local, format!("{}/{}", config_sync::VOLUME_DIR, item.path)));
+    }
+    modal.put_files(&files).await?;
+    for path in &plan.delete {
+        modal
+            .remove_file(&format!("{}/{}", config_sync::VOLUME_DIR, path))
+            .await?;
+    }
+    // The manifest last: it says what the volume holds.
+    std::fs::write(
+        &manifest_local,
+        serde_json::to_vec_pretty(&plan.manifest())?,
+    )?;
+    modal
+        .put_files(&[(manifest_local, config_sync::MANIFEST_PATH.to_string())])
+        .await?;
+    Ok(report)
+}

@@ -1,0 +1,889 @@
+//! `parhelia session pull`: a session's result as a local git branch.
+//!
+//! The checkpoint's `workspace` tree is restored into a private temporary directory; if
+//! it holds uncommitted work (tracked changes or untracked files that `.gitignore` does
+//! not exclude), that work is committed there, under a fixed identity; then the user's
+//! repository fetches the result into `refs/heads/<branch>`.
+//!
+//! Promises:
+//! - The user's repository gains one branch ref and the objects it needs, nothing else:
+//!   no checkout, reset, stash or status runs there, so its HEAD, current branch, index
+//!   and working tree are untouched (`--no-write-fetch-head`: not even `FETCH_HEAD`).
+//! - The branch is never the current branch or one checked out in another worktree
+//!   (E109), and an existing branch moves only with `force` (E108). Branch names are
+//!   checked with `git check-ref-format --branch`.
+//! - The session's repository is untrusted (whatever ran in the session could write
+//!   `.git/`): its hooks and `config.worktree` are deleted and its `.git/config` is
+//!   replaced by the few format keys git needs before any git command runs in it, so
+//!   nothing it configures (fsmonitor, hooks, worktree, include paths) runs here.
+//! - Errors are coded: E107 when the user's directory or the session's workspace is not
+//!   a git repository, E100 for a bad branch name, checkpoint codes from the store, E500
+//!   when git itself fails.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use parhelia_checkpoint::{CheckpointId, Store};
+
+use crate::error::CodedError;
+use crate::error_codes;
+
+/// What to pull, from where, into what.
+pub struct PullRequest<'a> {
+    /// The session's checkpoint store.
+    pub store: &'a Store,
+    pub checkpoint: &'a CheckpointId,
+    /// The user's repository (any directory inside it).
+    pub repo: &'a Path,
+    pub branch: &'a str,
+    pub session_id: &'a str,
+    /// Move the branch if it exists.
+    pub force: bool,
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullOutcome {
+    pub branch: String,
+    /// The branch's new commit.
+    pub commit: String,
+    /// The session repository's HEAD commit (None: it had no commit yet).
+    pub head_in_session: Option<String>,
+    /// Whether uncommitted work was committed on top of `head_in_session`.
+    pub committed_uncommitted: bool,
+    /// Files in that commit (0 when there was none).
+    pub changed_files: usize,
+}
+
+/// `parhelia/<session-id>`.
+pub fn default_branch(session_id: &str) -> String {
+    format!("parhelia/{session_id}")
+}
+
+/// The identity and safety settings for every git command run in the session's copy.
+const SESSION_GIT_CONFIG: &[&str] = &[
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.untrackedCache=false",
+    "commit.gpgSign=false",
+    "user.name=Parhelia",
+    "user.email=parhelia@localhost",
+];
+
+/// Environment variables that would point git at another repository.
+const GIT_LOCATION_VARIABLES: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+    "GIT_CEILING_DIRECTORIES",
+    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+];
+
+/// Brings the session's result at `checkpoint` into `repo` as `branch` (see the module
+/// docs).
+pub fn pull(req: &PullRequest) -> Result<PullOutcome, CodedError> {
+    let branch = req.branch;
+    let repo = Git::new(req.repo);
+    if !repo.run(["rev-parse", "--git-dir"])?.status.success() {
+        return Err(CodedError::new(
+            error_codes::NOT_A_GIT_REPOSITORY,
+            format!("{} is not a git repository", req.repo.display()),
+        ));
+    }
+    check_branch_name(&repo, branch)?;
+    let refname = format!("refs/heads/{branch}");
+    check_not_checked_out(&repo, &refname, branch)?;
+    let exists = repo
+        .run(["rev-parse", "--verify", "--quiet", &refname])?
+        .status
+        .success();
+    if exists && !req.force {
+        return Err(CodedError::new(
+            error_codes::BRANCH_EXISTS,
+            format!("branch {branch} already exists (use --force to move it)"),
+        ));
+    }
+
+    let scratch = Scratch::new(req.session_id)?;
+    let workspace = scratch.path.join("workspace");
+    req.store
+        .restore_tree(
+            req.checkpoint,
+            crate::checkpoints::WORKSPACE_TREE,
+            &workspace,
+        )
+        .map_err(|e| crate::checkpoints::coded(&e))?;
+    let session = open_session_repo(&workspace, req.session_id, req.checkpoint)?;
+
+    let head_in_session =
+        session.stdout_if_ok(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])?;
+    session.check(["add", "--all"], "stage the session's uncommitted work")?;
+    let staged = session.check(
+        [
+            "diff",
+            "--cached",
+            "--name-only",
+            "-z",
+            "--no-renames",
+            "--no-ext-diff",
+            "--no-textconv",
+        ],
+        "list the session's uncommitted work",
+    )?;
+    let changed_files = staged.split('\0').filter(|s| !s.is_empty()).count();
+    if changed_files > 0 {
+        let message = format!(
+            "parhelia: uncommitted work from session {} (checkpoint {})",
+            req.session_id, req.checkpoint
+        );
+        session.check(
+            [
+                "commit",
+                "--quiet",
+                "--no-verify",
+                "--no-edit",
+                "-m",
+                &message,
+            ],
+            "commit the session's uncommitted work",
+        )?;
+    } else if head_in_session.is_none() {
+        return Err(CodedError::new(
+            error_codes::INVALID_INPUT,
+            format!(
+                "nothing to pull: the repository in session {}'s workspace has no commits and no files (checkpoint {})",
+                req.session_id, req.checkpoint
+            ),
+        ));
+    }
+    let commit = session.check(
+        ["rev-parse", "--verify", "HEAD^{commit}"],
+        "read the result",
+    )?;
+    let commit = commit.trim().to_string();
+
+    let source = workspace.as_os_str().to_owned();
+    let refspec = format!("+HEAD:{refname}");
+    let fetch = repo.run([
+        OsStr::new("fetch"),
+        OsStr::new("--quiet"),
+        OsStr::new("--no-tags"),
+        OsStr::new("--no-write-fetch-head"),
+        OsStr::new("--no-recurse-submodules"),
+        OsStr::new("--"),
+        &source,
+        OsStr::new(&refspec),
+    ])?;
+    if !fetch.status.success() {
+        return Err(git_failed("fetch the session's result", &fetch));
+    }
+    let landed = repo.stdout_if_ok(["rev-parse", "--verify", "--quiet", &refname])?;
+    if landed.as_deref() != Some(commit.as_str()) {
+        return Err(CodedError::new(
+            error_codes::INFRASTRUCTURE_ERROR,
+            format!(
+                "branch {branch} does not point at the session's result {commit} after the fetch"
+            ),
+        ));
+    }
+    Ok(PullOutcome {
+        branch: branch.to_string(),
+        commit,
+        head_in_session,
+        committed_uncommitted: changed_files > 0,
+        changed_files,
+    })
+}
+
+fn check_branch_name(repo: &Git, branch: &str) -> Result<(), CodedError> {
+    let invalid = || {
+        CodedError::new(
+            error_codes::INVALID_INPUT,
+            format!("{branch:?} is not a valid branch name"),
+        )
+    };
+    if branch.is_empty() || branch.starts_with('-') || branch.contains('\n') {
+        return Err(invalid());
+    }
+    let out = repo.run(["check-ref-format", "--branch", branch])?;
+    // `--branch` expands `@{-1}` and friends; only a name that is itself is accepted.
+    if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim_end() != branch {
+        return Err(invalid());
+    }
+    Ok(())
+}
+
+/// Refuses a branch checked out in the repository or any of its worktrees.
+fn check_not_checked_out(repo: &Git, refname: &str, branch: &str) -> Result<(), CodedError> {
+    let current = repo.stdout_if_ok(["symbolic-ref", "--quiet", "HEAD"])?;
+    if current.as_deref() == Some(refname) {
+        return Err(CodedError::new(
+            error_codes::BRANCH_CHECKED_OUT,
+            format!("branch {branch} is the current branch; pull never touches the working tree"),
+        ));
+    }
+    let list = repo.run(["worktree", "list", "--porcelain"])?;
+    if list.status.success() {
+        let text = String::from_utf8_lossy(&list.stdout);
+        let mut path = "";
+        for line in text.lines() {
+            if let Some(p) = line.strip_prefix("worktree ") {
+                path = p;
+            } else if line.strip_prefix("branch ") == Some(refname) {
+                return Err(CodedError::new(
+                    error_codes::BRANCH_CHECKED_OUT,
+                    format!("branch {branch} is checked out in the worktree {path}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the restored workspace is a repository of its own and makes it safe to
+/// run git in (see the module docs).
+fn open_session_repo(
+    workspace: &Path,
+    session_id: &str,
+    checkpoint: &CheckpointId,
+) -> Result<Git, CodedError> {
+    let not_a_repo = |detail: &str| {
+        CodedError::new(
+            error_codes::NOT_A_GIT_REPOSITORY,
+            format!(
+                "session {session_id}'s workspace is not a git repository (checkpoint {checkpoint}: {detail})"
+            ),
+        )
+    };
+    let dot_git = workspace.join(".git");
+    match std::fs::symlink_metadata(&dot_git) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(not_a_repo(".git is not a directory")),
+        Err(_) => return Err(not_a_repo("it has no .git")),
+    }
+    if dot_git.join("commondir").exists() {
+        return Err(not_a_repo(".git belongs to a linked worktree"));
+    }
+    sanitize_git_dir(&dot_git).map_err(|e| {
+        CodedError::new(
+            error_codes::INFRASTRUCTURE_ERROR,
+            format!("cannot prepare the session's repository copy: {e}"),
+        )
+    })?;
+    let mut git = Git::new(workspace);
+    git.config = SESSION_GIT_CONFIG;
+    git.ceiling = workspace.parent().map(Path::to_path_buf);
+    let out = git.run(["rev-parse", "--git-dir"])?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(not_a_repo(err.trim()));
+    }
+    Ok(git)
+}
+
+/// Config keys kept from the session's `.git/config`: what git needs to read the
+/// repository and its files as the session did, nothing that runs or points elsewhere.
+const KEPT_CONFIG: &str = r"^(core\.(repositoryformatversion|filemode|symlinks|ignorecase|precomposeunicode|autocrlf|eol|safecrlf|checkroundtripencoding|sparsecheckout|sparsecheckoutcone)|extensions\.(objectformat|refstorage|compatobjectformat)|index\.(version|sparse|skiphash))$";
+
+/// Deletes the hooks and `config.worktree`, a stale index lock, and rewrites `config`
+/// with only [`KEPT_CONFIG`].
+fn sanitize_git_dir(dot_git: &Path) -> std::io::Result<()> {
+    let config = dot_git.join("config");
+    let kept = if config.is_file() {
+        let out = Command::new("git")
+            .env_clear_git()
+            .args(["config", "--file"])
+            .arg(&config)
+            .args(["--no-includes", "-z", "--get-regexp", KEPT_CONFIG])
+            .output()?;
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    } else {
+        String::new()
+    };
+    let mut sections: std::collections::BTreeMap<String, Vec<(String, String)>> =
+        Default::default();
+    for entry in kept.split('\0').filter(|e| !e.is_empty()) {
+        let (key, value) = entry.split_once('\n').unwrap_or((entry, "true"));
+        if let Some((section, name)) = key.split_once('.') {
+            sections
+                .entry(section.to_string())
+                .or_default()
+                .push((name.to_string(), value.to_string()));
+        }
+    }
+    let mut text = String::new();
+    for (section, entries) in sections {
+        text.push_str(&format!("[{section}]\n"));
+        for (name, value) in entries {
+            let value = value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+                .replace('\t', "\\t");
+            text.push_str(&format!("\t{name} = \"{value}\"\n"));
+        }
+    }
+    remove_if_present(&config)?;
+    std::fs::write(&config, text)?;
+    for file in ["config.worktree", "index.lock", "HEAD.lock"] {
+        remove_if_present(&dot_git.join(file))?;
+    }
+    let hooks = dot_git.join("hooks");
+    match std::fs::symlink_metadata(&hooks) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&hooks)?,
+        Ok(_) => std::fs::remove_file(&hooks)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+trait CommandExt {
+    fn env_clear_git(&mut self) -> &mut Self;
+}
+
+impl CommandExt for Command {
+    /// Drops the variables that would point git at another repository, and prompts.
+    fn env_clear_git(&mut self) -> &mut Self {
+        for var in GIT_LOCATION_VARIABLES {
+            self.env_remove(var);
+        }
+        self.env("GIT_TERMINAL_PROMPT", "0")
+    }
+}
+
+/// git, run in one directory.
+struct Git {
+    dir: PathBuf,
+    /// `-c key=value` for every command.
+    config: &'static [&'static str],
+    /// `GIT_CEILING_DIRECTORIES`: never look for a repository above this.
+    ceiling: Option<PathBuf>,
+}
+
+impl Git {
+    fn new(dir: &Path) -> Git {
+        Git {
+            dir: dir.to_path_buf(),
+            config: &[],
+            ceiling: None,
+        }
+    }
+
+    fn run<I, S>(&self, args: I) -> Result<Output, CodedError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("git");
+        cmd.env_clear_git().arg("-C").arg(&self.dir);
+        for setting in self.config {
+            cmd.arg("-c").arg(setting);
+        }
+        if let Some(ceiling) = &self.ceiling {
+            cmd.env("GIT_CEILING_DIRECTORIES", ceiling);
+        }
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                CodedError::new(
+                    error_codes::INFRASTRUCTURE_ERROR,
+                    format!("cannot run git: {e} (is git installed and on PATH?)"),
+                )
+            })
+    }
+
+    /// Trimmed stdout if the command succeeded, None if it failed.
+    fn stdout_if_ok<I, S>(&self, args: I) -> Result<Option<String>, CodedError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self.run(args)?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+
+    /// Stdout of a command that must succeed; `what` names it in the error.
+    fn check<I, S>(&self, args: I, what: &str) -> Result<String, CodedError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            return Err(git_failed(what, &out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn git_failed(what: &str, out: &Output) -> CodedError {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    CodedError::new(
+        error_codes::INFRASTRUCTURE_ERROR,
+        format!("git failed to {what}: {}", stderr.trim()),
+    )
+}
+
+/// A private temporary directory, removed when dropped.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn new(session_id: &str) -> Result<Scratch, CodedError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let safe: String = session_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(64)
+            .collect();
+        let mut last = None;
+        for _ in 0..8 {
+            let path = std::env::temp_dir().join(format!(
+                "parhelia-pull-{safe}-{:016x}",
+                rand::random::<u64>()
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Scratch { path }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(CodedError::new(
+            error_codes::INFRASTRUCTURE_ERROR,
+            format!(
+                "cannot create a temporary directory in {}: {}",
+                std::env::temp_dir().display(),
+                last.map(|e| e.to_string()).unwrap_or_default()
+            ),
+        ))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parhelia_checkpoint::{ChangeHint, CreateOutcome, CreateRequest, TreeSpec};
+
+    /// git with a fixed identity and no user or system config, for building fixtures.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .env_clear_git()
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .arg("-C")
+            .arg(dir)
+            .args([
+                "-c",
+                "user.name=Test",
+                "-c",
+                "user.email=test@example.com",
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "commit.gpgSign=false",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn checkpoint(store: &Store, workspace: &Path, conversation: &Path) -> CheckpointId {
+        std::fs::create_dir_all(conversation).unwrap();
+        let request = CreateRequest {
+            trees: vec![
+                (
+                    TreeSpec {
+                        name: "workspace".into(),
+                        root: workspace.to_path_buf(),
+                        excludes: Vec::new(),
+                    },
+                    ChangeHint::Unknown,
+                ),
+                (
+                    TreeSpec {
+                        name: "conversation".into(),
+                        root: conversation.to_path_buf(),
+                        excludes: Vec::new(),
+                    },
+                    ChangeHint::Unknown,
+                ),
+            ],
+            parent: None,
+            trigger: "manual".into(),
+            message: None,
+            metadata: serde_json::json!({}),
+            skip_if_unchanged: false,
+        };
+        match store.create(&request).unwrap() {
+            CreateOutcome::Created(manifest) => manifest.id,
+            CreateOutcome::Unchanged(id) => id,
+        }
+    }
+
+    /// Every file under `dir` except `.git`, with its bytes.
+    fn tree_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        walkdir::WalkDir::new(dir)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| e.file_name() != ".git")
+            .map(Result::unwrap)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| (e.path().to_path_buf(), std::fs::read(e.path()).unwrap()))
+            .collect()
+    }
+
+    /// What must not change in the user's repository.
+    #[derive(Debug, PartialEq)]
+    struct UserState {
+        index: Vec<u8>,
+        head: Vec<u8>,
+        head_commit: String,
+        status: String,
+        files: Vec<(PathBuf, Vec<u8>)>,
+    }
+
+    fn user_state(repo: &Path) -> UserState {
+        // The index bytes first: `git status` may refresh the index.
+        let index = std::fs::read(repo.join(".git/index")).unwrap();
+        UserState {
+            index,
+            head: std::fs::read(repo.join(".git/HEAD")).unwrap(),
+            head_commit: git(repo, &["rev-parse", "HEAD"]),
+            status: git(
+                repo,
+                &[
+                    "--no-optional-locks",
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=all",
+                ],
+            ),
+            files: tree_bytes(repo),
+        }
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        store: Store,
+        checkpoint: CheckpointId,
+        user: PathBuf,
+        first: String,
+        second: String,
+    }
+
+    /// A session whose workspace repo has two commits, an uncommitted edit, an untracked
+    /// file and an ignored one; the user's clone is at the first commit, on another
+    /// branch, with a dirty working tree and a staged file.
+    fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("session/workspace");
+        std::fs::create_dir_all(&ws).unwrap();
+        git(&ws, &["init", "--quiet"]);
+        write(&ws.join("a.txt"), "one\n");
+        write(&ws.join(".gitignore"), "*.log\n");
+        git(&ws, &["add", "-A"]);
+        git(&ws, &["commit", "--quiet", "-m", "first"]);
+        let first = git(&ws, &["rev-parse", "HEAD"]);
+
+        let user = dir.path().join("user");
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "--quiet",
+                ws.to_str().unwrap(),
+                user.to_str().unwrap(),
+            ],
+        );
+        git(&user, &["checkout", "--quiet", "-b", "feature"]);
+        write(&user.join("a.txt"), "the user's own edit\n");
+        write(&user.join("staged.txt"), "staged\n");
+        git(&user, &["add", "staged.txt"]);
+        write(&user.join("scratch.txt"), "untracked\n");
+
+        write(&ws.join("b.txt"), "two\n");
+        git(&ws, &["add", "-A"]);
+        git(&ws, &["commit", "--quiet", "-m", "second"]);
+        let second = git(&ws, &["rev-parse", "HEAD"]);
+        write(&ws.join("a.txt"), "one, edited in the session\n");
+        write(&ws.join("new/untracked.txt"), "new\n");
+        write(&ws.join("debug.log"), "ignored\n");
+
+        let store = Store::open(&dir.path().join("session/volume/checkpoints")).unwrap();
+        let checkpoint = checkpoint(&store, &ws, &dir.path().join("session/conversation"));
+        World {
+            _dir: dir,
+            store,
+            checkpoint,
+            user,
+            first,
+            second,
+        }
+    }
+
+    fn request<'a>(w: &'a World, branch: &'a str, force: bool) -> PullRequest<'a> {
+        PullRequest {
+            store: &w.store,
+            checkpoint: &w.checkpoint,
+            repo: &w.user,
+            branch,
+            session_id: "sess-1a2b3c4d",
+            force,
+        }
+    }
+
+    #[test]
+    fn pull_makes_a_branch_and_leaves_the_user_alone() {
+        let w = world();
+        let before = user_state(&w.user);
+        let branch = default_branch("sess-1a2b3c4d");
+        assert_eq!(branch, "parhelia/sess-1a2b3c4d");
+
+        let outcome = pull(&request(&w, &branch, false)).unwrap();
+        assert_eq!(outcome.branch, branch);
+        assert_eq!(outcome.head_in_session.as_deref(), Some(w.second.as_str()));
+        assert!(outcome.committed_uncommitted);
+        assert_eq!(outcome.changed_files, 2);
+        assert_eq!(user_state(&w.user), before);
+
+        let u = &w.user;
+        assert_eq!(git(u, &["rev-parse", &branch]), outcome.commit);
+        assert_eq!(git(u, &["rev-parse", &format!("{branch}~1")]), w.second);
+        assert_eq!(git(u, &["rev-parse", &format!("{branch}~2")]), w.first);
+        assert_eq!(
+            git(u, &["log", "-1", "--format=%s%n%an <%ae>", &branch]),
+            format!(
+                "parhelia: uncommitted work from session sess-1a2b3c4d (checkpoint {})\nParhelia <parhelia@localhost>",
+                w.checkpoint
+            )
+        );
+        assert_eq!(
+            git(
+                u,
+                &["diff-tree", "--no-commit-id", "--name-only", "-r", &branch]
+            ),
+            "a.txt\nnew/untracked.txt"
+        );
+        assert_eq!(
+            git(u, &["show", &format!("{branch}:a.txt")]),
+            "one, edited in the session"
+        );
+        assert!(!u.join(".git/FETCH_HEAD").exists());
+        assert_eq!(git(u, &["symbolic-ref", "HEAD"]), "refs/heads/feature");
+
+        // Again: the branch exists.
+        let err = pull(&request(&w, &branch, false)).unwrap_err();
+        assert_eq!(err.code, error_codes::BRANCH_EXISTS);
+        assert!(err.message.contains("--force"), "{}", err.message);
+        // With force it moves.
+        git(u, &["branch", "-f", &branch, &w.first]);
+        let again = pull(&request(&w, &branch, true)).unwrap();
+        assert_eq!(git(u, &["rev-parse", &branch]), again.commit);
+        assert_eq!(git(u, &["rev-parse", &format!("{branch}~1")]), w.second);
+        assert_eq!(user_state(&w.user), before);
+    }
+
+    #[test]
+    fn the_current_branch_and_bad_names_are_refused() {
+        let w = world();
+        let before = user_state(&w.user);
+        let err = pull(&request(&w, "feature", true)).unwrap_err();
+        assert_eq!(err.code, error_codes::BRANCH_CHECKED_OUT);
+        for bad in ["a..b", "-f", "@{-1}", "", "x y", "HEAD~1"] {
+            let err = pull(&request(&w, bad, false)).unwrap_err();
+            assert_eq!(
+                err.code,
+                error_codes::INVALID_INPUT,
+                "{bad}: {}",
+                err.message
+            );
+        }
+        // A branch checked out in another worktree.
+        let other = w.user.parent().unwrap().join("other-worktree");
+        git(
+            &w.user,
+            &[
+                "worktree",
+                "add",
+                "--quiet",
+                "-b",
+                "elsewhere",
+                other.to_str().unwrap(),
+            ],
+        );
+        let err = pull(&request(&w, "elsewhere", true)).unwrap_err();
+        assert_eq!(err.code, error_codes::BRANCH_CHECKED_OUT);
+        assert!(err.message.contains("worktree"), "{}", err.message);
+        git(
+            &w.user,
+            &["worktree", "remove", "--force", other.to_str().unwrap()],
+        );
+        assert_eq!(user_state(&w.user), before);
+    }
+
+    #[test]
+    fn non_repositories_are_refused() {
+        let w = world();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut req = request(&w, "x", false);
+        req.repo = elsewhere.path();
+        let err = pull(&req).unwrap_err();
+        assert_eq!(err.code, error_codes::NOT_A_GIT_REPOSITORY);
+
+        // A session whose workspace has no repository.
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        write(&ws.join("hello.txt"), "hi\n");
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let cp = checkpoint(&store, &ws, &dir.path().join("conv"));
+        let err = pull(&PullRequest {
+            store: &store,
+            checkpoint: &cp,
+            repo: &w.user,
+            branch: "parhelia/none",
+            session_id: "sess-0",
+            force: false,
+        })
+        .unwrap_err();
+        assert_eq!(err.code, error_codes::NOT_A_GIT_REPOSITORY);
+        assert!(err.message.contains("workspace is not a git repository"));
+        assert!(
+            git(&w.user, &["branch", "--list", "parhelia/none"]).is_empty(),
+            "no branch was made"
+        );
+    }
+
+    #[test]
+    fn a_clean_session_is_pulled_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        git(&ws, &["init", "--quiet"]);
+        write(&ws.join("a.txt"), "a\n");
+        git(&ws, &["add", "-A"]);
+        git(&ws, &["commit", "--quiet", "-m", "only"]);
+        let head = git(&ws, &["rev-parse", "HEAD"]);
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let cp = checkpoint(&store, &ws, &dir.path().join("conv"));
+        let user = dir.path().join("user");
+        std::fs::create_dir_all(&user).unwrap();
+        git(&user, &["init", "--quiet"]);
+        let outcome = pull(&PullRequest {
+            store: &store,
+            checkpoint: &cp,
+            repo: &user,
+            branch: "result",
+            session_id: "sess-2",
+            force: false,
+        })
+        .unwrap();
+        assert_eq!(outcome.commit, head);
+        assert!(!outcome.committed_uncommitted);
+        assert_eq!(outcome.changed_files, 0);
+        assert_eq!(git(&user, &["rev-parse", "result"]), head);
+    }
+
+    #[test]
+    fn nothing_the_session_configured_runs_here() {
+        let w = world();
+        let dir = w.user.parent().unwrap().to_path_buf();
+        let ws = dir.join("hostile");
+        std::fs::create_dir_all(&ws).unwrap();
+        git(&ws, &["init", "--quiet"]);
+        write(&ws.join("a.txt"), "a\n");
+        git(&ws, &["add", "-A"]);
+        git(&ws, &["commit", "--quiet", "-m", "base"]);
+        let marker = dir.join("pwned");
+        let script = format!("#!/bin/sh\ntouch '{}'\n", marker.display());
+        for hook in [
+            "pre-commit",
+            "commit-msg",
+            "post-commit",
+            "pre-auto-gc",
+            "reference-transaction",
+        ] {
+            let path = ws.join(".git/hooks").join(hook);
+            write(&path, &script);
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let fsmonitor = dir.join("fsmonitor.sh");
+        write(&fsmonitor, &script);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fsmonitor, std::fs::Permissions::from_mode(0o755)).unwrap();
+        git(
+            &ws,
+            &["config", "core.fsmonitor", fsmonitor.to_str().unwrap()],
+        );
+        git(
+            &ws,
+            &[
+                "config",
+                "core.hooksPath",
+                ws.join(".git/hooks").to_str().unwrap(),
+            ],
+        );
+        git(
+            &ws,
+            &["config", "filter.evil.clean", fsmonitor.to_str().unwrap()],
+        );
+        write(&ws.join(".gitattributes"), "*.txt filter=evil\n");
+        write(&ws.join("b.txt"), "uncommitted\n");
+        let store = Store::open(&dir.join("hostile-store")).unwrap();
+        let cp = checkpoint(&store, &ws, &dir.join("hostile-conv"));
+        // Make sure the fixture itself did not fire the marker.
+        let _ = std::fs::remove_file(&marker);
+
+        let outcome = pull(&PullRequest {
+            store: &store,
+            checkpoint: &cp,
+            repo: &w.user,
+            branch: "parhelia/hostile",
+            session_id: "sess-3",
+            force: false,
+        })
+        .unwrap();
+        assert!(outcome.committed_uncommitted);
+        assert!(!marker.exists(), "a session-configured command ran");
+        assert_eq!(
+            git(&w.user, &["show", "parhelia/hostile:b.txt"]),
+            "uncommitted"
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! The Modal backend end to end against the SDK stand-in: the real
+//! `parhelia`, the real bridge (`images/modal/parhelia_bridge.py`) driving a
+//! stand-in `modal` package whose sandboxes are local processes running the
+//! real agent, tmux and Claude Code against the scripted model. What the
+//! sandboxes were created with is read back from the stand-in's records.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use parhelia_testkit::harness::Harness;
+use parhelia_testkit::model_stand_in::RequestKind;
+use parhelia_testkit::{Script, ToolCall, Turn};
+
+fn create(h: &Harness, prompt: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["task", "create", prompt, "--json"];
+    args.extend_from_slice(extra);
+    let out = h.ok(&args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The stand-in, set up as a user would: `parhelia modal setup`.
+fn modal_ready(h: &mut Harness) -> PathBuf {
+    let standin = h.use_modal_stand_in();
+    h.ok(&["modal", "setup"]);
+    standin
+}
+
+fn finished(h: &Harness, task_id: &str) -> serde_json::Value {
+    h.wait_task(task_id, |t| {
+        matches!(
+            t["status"].as_str(),
+            Some("completed" | "failed" | "cancelled" | "interrupted")
+        )
+    })
+}
+
+/// Every sandbox the stand-in created: its recorded `sandbox.json`.
+fn sandboxes(standin: &Path) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(standin.join("sandboxes")) {
+        for entry in entries.flatten() {
+            if let Ok(text) = std::fs::read_to_string(entry.path().join("sandbox.json")) {
+                all.push(serde_json::from_str(&text).unwrap());
+            }
+        }
+    }
+    all
+}
+
+fn sandbox_of(standin: &Path, container_id: &str) -> serde_json::Value {
+    sandboxes(standin)
+        .into_iter()
+        .find(|s| s["tags"]["parhelia.container"] == container_id)
+        .unwrap_or_else(|| panic!("no sandbox for {container_id}"))
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "User")
+        .env("GIT_AUTHOR_EMAIL", "user@example.com")
+        .env("GIT_COMMITTER_NAME", "User")
+        .env("GIT_COMMITTER_EMAIL", "user@example.com")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A repository with two commits (nothing pushed anywhere), an uncommitted
+/// edit and an untracked file.
+fn user_repo(root: &Path) -> PathBuf {
+    let repo = root.join("user-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("notes.txt"), "first\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "first"]);
+    std::fs::write(repo.join("notes.txt"), "first\nsecond\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "second, never pushed"]);
+    std::fs::write(repo.join("notes.txt"), "first\nsecond\nuncommitted\n").unwrap();
+    std::fs::write(repo.join("untracked.txt"), "untracked\n").unwrap();
+    repo
+}
+
+#[test]
+fn a_task_runs_in_a_tagged_sandbox_and_its_checkpoints_become_durable() {
+    let mut h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("hello.txt", "hi\n")]),
+        Turn::text("Done."),
+    ]));
+    let standin = modal_ready(&mut h);
+    let created = create(
+        &h,
+        "Add a hello.txt that says hi",
+        &[
+            "--backend",
+            "modal",
+            "--gpu",
+            "a10g",
+            "--memory",
+            "2048",
+            "--timeout",
+            "2h",
+        ],
+    );
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    let task = finished(&h, &task_id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+
+    // The sandbox: tagged, sized, the key from the named secret, the volume,
+    // the agent's port as an h2 tunnel; never this machine's key.
+    let sb = sandbox_of(&standin, &container_id);
+    let tags = &sb["tags"];
+    assert_eq!(tags["parhelia"], "1");
+    assert_eq!(tags["parhelia.session"], session_id.as_str());
+    assert_eq!(tags["parhelia.task"], task_id.as_str());
+    assert!(
+        tags["parhelia.coordinator"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
+    assert_eq!(sb["gpu"], "A10G", "{sb:#}");
+    assert_eq!(sb["memory"], 2048, "{sb:#}");
+    assert_eq!(sb["timeout"], 7200, "{sb:#}");
+    // What the coordinator passed as `env=` (the process also gets the
+    // secrets' values, as on Modal).
+    let env_keys: Vec<&str> = sb["env_arg_keys"]
+        .as_array()
+        .expect("env_arg_keys")
+        .iter()
+        .filter_map(|k| k.as_str())
+        .collect();
+    assert!(
+        !env_keys.contains(&"ANTHROPIC_API_KEY"),
+        "the local key was sent: {env_keys:?}"
+    );
+    assert!(env_keys.contains(&"ANTHROPIC_BASE_URL"), "{env_keys:?}");
+    let secrets = sb["secret_names"].to_string();
+    assert!(secrets.contains("anthropic-api-key"), "{sb:#}");
+    assert!(
+        !env_keys.contains(&"PARHELIA_SESSION_SECRET"),
+        "the session secret travelled in plain env: {env_keys:?}"
+    );
+
+    // The work is on the volume, and every checkpoint is read back and
+    // verified by the coordinator (durable).
+    let volume = h.modal_volume();
+    assert!(
+        volume
+            .join(format!(
+                "sessions/{session_id}/journal/{container_id}.jsonl"
+            ))
+            .is_file()
+    );
+    let listed = h.wait_for("durable checkpoints", || {
+        let list = h.json(&["checkpoint", "list", &session_id, "--json"]);
+        let all = list.as_array().cloned().unwrap_or_default();
+        (!all.is_empty() && all.iter().all(|c| c["durable"] == true)).then_some(all)
+    });
+    let last = listed.last().unwrap()["id"].as_str().unwrap().to_string();
+    let shown = h.ok(&["checkpoint", "show", &last]);
+    assert!(shown.contains("hello.txt"), "{shown}");
+    let durable_events = h.json(&["events", "list", "--json"]);
+    assert!(
+        durable_events.to_string().contains("checkpoint_durable"),
+        "no checkpoint_durable event"
+    );
+}
+
+#[test]
+fn the_workspace_ships_with_its_uncommitted_work_and_comes_back_as_a_branch() {
+    for backend in ["modal", "local"] {
+        let mut h = Harness::new(Script::new([
+            Turn::tool_use([ToolCall::bash(
+                "cp notes.txt seen-notes.txt && cat untracked.txt > seen-untracked.txt && git log --format=%s > seen-log.txt && echo made > made.txt",
+            )]),
+            Turn::text("Done."),
+        ]));
+        if backend == "modal" {
+            modal_ready(&mut h);
+        }
+        let repo = user_repo(h.root());
+        let head_before = git(&repo, &["rev-parse", "HEAD"]);
+        let status_before = git(&repo, &["status", "--porcelain"]);
+        let created = create(
+            &h,
+            "Look at the notes",
+            &["--backend", backend, "--workspace", repo.to_str().unwrap()],
+        );
+        let task_id = created["task_id"].as_str().unwrap().to_string();
+        let session_id = created["session_id"].as_str().unwrap().to_string();
+        let task = finished(&h, &task_id);
+        assert_eq!(task["status"], "completed", "{backend}: {task:#}");
+
+        let pulled = h.json(&[
+            "session",
+            "pull",
+            &session_id,
+            "--branch",
+            "from-session",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(pulled["branch"], "from-session", "{backend}: {pulled:#}");
+        let show = |path: &str| git(&repo, &["show", &format!("from-session:{path}")]);
+        // What the session saw: the uncommitted edit, the untracked file and
+        // the unpushed commit all arrived.
+        assert_eq!(
+            show("seen-notes.txt"),
+            "first\nsecond\nuncommitted\n",
+            "{backend}"
+        );
+        assert_eq!(show("seen-untracked.txt"), "untracked\n", "{backend}");
+        assert!(
+            show("seen-log.txt").contains("second, never pushed"),
+            "{backend}"
+        );
+        assert_eq!(show("made.txt"), "made\n", "{backend}");
+        // The branch builds on the user's history.
+        let log = git(&repo, &["log", "--format=%s", "from-session"]);
+        assert!(log.contains("second, never pushed"), "{backend}: {log}");
+        // The user's working tree, index and branch are untouched.
+        assert_eq!(git(&repo, &["rev-parse", "HEAD"]), head_before, "{backend}");
+        assert_eq!(
+            git(&repo, &["status", "--porcelain"]),
+            status_before,
+            "{backend}"
+        );
+        assert_eq!(
+            git(&repo, &["symbolic-ref", "--short", "HEAD"]).trim(),
+            "main"
+        );
+        assert!(!repo.join("made.txt").exists(), "{backend}");
+        // Again without --force: refused, coded.
+        let again = h.run(&[
+            "session",
+            "pull",
+            &session_id,
+            "--branch",
+            "from-session",
+            "--repo",
+            repo.to_str().unwrap(),
+        ]);
+        assert!(!again.status.success());
+        assert!(
+            String::from_utf8_lossy(&again.stderr).contains("E108"),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_local_session_resumes_on_modal_with_its_conversation() {
+    let mut h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("local.txt", "written locally\n")]),
+        Turn::text("First part done."),
+        // After the move to Modal:
+        Turn::tool_use([ToolCall::bash("cat local.txt > seen-on-modal.txt")]),
+        Turn::text("Continued on Modal."),
+    ]));
+    modal_ready(&mut h);
+    let created = create(&h, "Write local.txt", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    assert_eq!(finished(&h, &task_id)["status"], "completed");
+
+    let requests_before = h.stand_in.requests().len();
+    let resumed = h.json(&[
+        "resume",
+        &session_id,
+        "--backend",
+        "modal",
+        "-m",
+        "Now continue on Modal.",
+        "--json",
+    ]);
+    let container_id = resumed["container_id"].as_str().unwrap().to_string();
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" && t["container_id"] == container_id.as_str()
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+
+    // The model saw the local conversation in the first request on Modal.
+    let on_modal: Vec<_> = h.stand_in.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .collect();
+    let first = on_modal
+        .first()
+        .expect("the resumed session called the model");
+    assert!(
+        first.message_count > 3,
+        "the resumed request carried only {} messages",
+        first.message_count
+    );
+    assert_eq!(
+        first.last_user_text.as_deref().map(str::trim),
+        Some("Now continue on Modal.")
+    );
+    // The workspace came along: the Modal session read the local file.
+    let shown = h.json(&["session", "show", &session_id, "--json"]);
+    let workspace = PathBuf::from(shown["workspace_dir"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("seen-on-modal.txt")).unwrap(),
+        "written locally\n"
+    );
+    assert!(
+        workspace.starts_with(h.root().join("ctr")),
+        "the session did not move: {workspace:?}"
+    );
+    let restored = h.task_events(&task_id, "checkpoint_restored");
+    assert_eq!(restored.len(), 1, "{restored:#?}");
+}
+
+#[test]
+fn config_sync_uploads_what_changed_and_never_credentials() {
+    let mut h = Harness::new(Script::new([Turn::text("unused")]));
+    modal_ready(&mut h);
+    let home = h.root().join("user-home");
+    let claude = home.join(".claude");
+    std::fs::create_dir_all(claude.join("commands")).unwrap();
+    std::fs::write(
+        claude.join(".credentials.json"),
+        r#"{"claudeAiOauth": {"accessToken": "sk-ant-oat01-CREDENTIAL-SECRET"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        claude.join("settings.json"),
+        r#"{"model": "opus", "env": {"ANTHROPIC_API_KEY": "sk-ant-api03-SETTINGS-SECRET", "FOO": "bar"}}"#,
+    )
+    .unwrap();
+    std::fs::write(claude.join("CLAUDE.md"), "Be brief.\n").unwrap();
+    std::fs::write(claude.join("commands/review.md"), "Review it.\n").unwrap();
+    std::fs::write(
+        claude.join("history.jsonl"),
+        "{\"display\": \"HISTORY-SECRET\"}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(claude.join("projects/x")).unwrap();
+    std::fs::write(claude.join("projects/x/t.jsonl"), "PROJECT-SECRET\n").unwrap();
+    std::fs::write(
+        home.join(".claude.json"),
+        r#"{"oauthAccount": {"emailAddress": "ACCOUNT-SECRET@example.com"}, "userID": "USERID-SECRET",
+            "mcpServers": {"gh": {"command": "gh-mcp", "env": {"GITHUB_TOKEN": "ghp_MCP-SECRET"}}}}"#,
+    )
+    .unwrap();
+    h.set_env("HOME", home.to_str().unwrap());
+    let volume = h.modal_volume();
+
+    let dry = h.json(&["config", "sync", "--dry-run", "--json"]);
+    assert!(dry["upload"].to_string().contains("CLAUDE.md"), "{dry:#}");
+    assert!(
+        !volume.join("config").exists(),
+        "a dry run wrote to the volume"
+    );
+
+    let first = h.json(&["config", "sync", "--json"]);
+    for expected in [
+        "settings.json",
+        "CLAUDE.md",
+        "commands/review.md",
+        "mcp-servers.json",
+    ] {
+        assert!(
+            volume.join("config/claude").join(expected).is_file(),
+            "{expected} missing: {first:#}"
+        );
+    }
+    assert!(volume.join("config/manifest.json").is_file());
+    // Not one secret byte reached the volume.
+    for entry in walk(&volume.join("config")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in [
+            "CREDENTIAL-SECRET",
+            "SETTINGS-SECRET",
+            "HISTORY-SECRET",
+            "PROJECT-SECRET",
+            "ACCOUNT-SECRET",
+            "USERID-SECRET",
+            "MCP-SECRET",
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{secret} leaked into {}",
+                entry.display()
+            );
+        }
+    }
+    let withheld = first["withheld"].to_string();
+    assert!(withheld.contains(".credentials.json"), "{first:#}");
+
+    // Unchanged: nothing to upload. One change: just that file.
+    let second = h.json(&["config", "sync", "--json"]);
+    assert_eq!(second["upload"], serde_json::json!([]), "{second:#}");
+    std::fs::write(claude.join("CLAUDE.md"), "Be very brief.\n").unwrap();
+    let third = h.json(&["config", "sync", "--json"]);
+    assert_eq!(
+        third["upload"],
+        serde_json::json!(["CLAUDE.md"]),
+        "{third:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume.join("config/claude/CLAUDE.md")).unwrap(),
+        "Be very brief.\n"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn modal_setup_health_check_and_init_volume_report_what_they_find() {
+    let mut h = Harness::new(Script::new([Turn::text("unused")]));
+    let standin = h.use_modal_stand_in();
+
+    // No secret yet: setup stops at that step with its code.
+    std::fs::remove_file(standin.join("secrets/anthropic-api-key.json")).unwrap();
+    let out = h.run(&["modal", "setup"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("E405"), "{err}");
+    std::fs::write(
+        standin.join("secrets/anthropic-api-key.json"),
+        r#"{"ANTHROPIC_API_KEY": "test-key-not-a-secret"}"#,
+    )
+    .unwrap();
+
+    let setup = h.json(&["modal", "setup", "--json"]);
+    assert_eq!(setup["ok"], true, "{setup:#}");
+    let steps: Vec<&str> = setup["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["sdk", "token", "app", "secret", "volume", "image"]);
+
+    let init = h.json(&["modal", "init-volume", "--json"]);
+    assert_eq!(init["volume"], "parhelia-data", "{init:#}");
+    for dir in ["sessions", "config", "images"] {
+        assert!(h.modal_volume().join(dir).join("README").is_file(), "{dir}");
+    }
+
+    let health = h.json(&["modal", "health-check", "--json"]);
+    assert_eq!(health["status"], "ok", "{health:#}");
+    assert_eq!(health["volume_mounted"], true);
+    assert_eq!(health["claude_installed"], true);
+    assert_eq!(health["anthropic_key_set"], true);
+    assert!(
+        health["claude_version"]
+            .as_str()
+            .is_some_and(|v| v.contains("Claude Code")),
+        "{health:#}"
+    );
+}
+
+#[test]
+fn without_modal_credentials_a_modal_task_is_refused_and_nothing_is_recorded() {
+    let mut h = Harness::new(Script::new([Turn::text("unused")]));
+    h.use_modal_stand_in();
+    h.set_env("MODAL_TOKEN_ID", "");
+    h.set_env("MODAL_TOKEN_SECRET", "");
+    h.set_env(
+        "MODAL_CONFIG_PATH",
+        h.root().join("no-modal.toml").to_str().unwrap(),
+    );
+    let out = h.run(&["task", "create", "x", "--backend", "modal"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("E403"), "{err}");
+    assert_eq!(h.json(&["task", "list", "--json"]), serde_json::json!([]));
+}
