@@ -325,7 +325,7 @@ fn a_local_session_resumes_on_modal_with_its_conversation() {
 
 #[test]
 fn config_sync_uploads_what_changed_and_never_credentials() {
-    let mut h = Harness::new(Script::new([Turn::text("unused")]));
+    let mut h = Harness::new(Script::new([Turn::text("Hi.")]));
     modal_ready(&mut h);
     let home = h.root().join("user-home");
     let claude = home.join(".claude");
@@ -415,6 +415,25 @@ fn config_sync_uploads_what_changed_and_never_credentials() {
         std::fs::read_to_string(volume.join("config/claude/CLAUDE.md")).unwrap(),
         "Be very brief.\n"
     );
+
+    // A Modal session starts with it: Claude Code's config dir in the
+    // sandbox holds the synced files and the MCP servers (without secrets).
+    let created = create(&h, "Say hi", &["--backend", "modal"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    assert_eq!(finished(&h, &task_id)["status"], "completed");
+    let config_dir = h
+        .root()
+        .join(format!("ctr/home/containers/{container_id}/claude-config"));
+    assert_eq!(
+        std::fs::read_to_string(config_dir.join("CLAUDE.md")).unwrap(),
+        "Be very brief.\n"
+    );
+    assert!(config_dir.join("commands/review.md").is_file());
+    let claude_json = std::fs::read_to_string(config_dir.join(".claude.json")).unwrap();
+    assert!(claude_json.contains("gh-mcp"), "{claude_json}");
+    assert!(!claude_json.contains("MCP-SECRET"), "{claude_json}");
+    assert!(!config_dir.join(".credentials.json").exists());
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -493,4 +512,77 @@ fn without_modal_credentials_a_modal_task_is_refused_and_nothing_is_recorded() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("E403"), "{err}");
     assert_eq!(h.json(&["task", "list", "--json"]), serde_json::json!([]));
+}
+
+#[test]
+fn a_preempted_sandbox_is_interrupted_and_resumes_with_its_work() {
+    let mut h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("before.txt", "before\n")]),
+        // Risky, so checkpointed first; it then writes more and hangs, as a
+        // long GPU job would, until the sandbox is preempted.
+        Turn::tool_use([ToolCall::bash(
+            "rm -rf scratch; echo late > late.txt; tail -f /dev/null",
+        )]),
+        // After the resume:
+        Turn::tool_use([ToolCall::bash("cat late.txt > seen-late.txt")]),
+        Turn::text("Resumed after preemption."),
+    ]));
+    let standin = modal_ready(&mut h);
+    let created = create(
+        &h,
+        "Train the model",
+        &["--backend", "modal", "--gpu", "H100"],
+    );
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    h.wait_for("the command running", || {
+        h.task_events(&task_id, "checkpoint_created")
+            .into_iter()
+            .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "pre_tool")
+    });
+    h.wait_for("late.txt written", || {
+        let ws = h
+            .root()
+            .join(format!("ctr/home/sessions/{session_id}/workspace/late.txt"));
+        ws.exists().then_some(())
+    });
+
+    // Modal preempts the sandbox: SIGTERM to everything in it.
+    let sb = sandbox_of(&standin, &container_id);
+    let pgid = sb["pid"].as_i64().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{pgid}")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // The agent checkpointed on SIGTERM; the session is interrupted, resumable.
+    let task = h.wait_task(&task_id, |t| t["status"] == "interrupted");
+    assert_eq!(task["status"], "interrupted", "{task:#}");
+    let sigterm = h.wait_for("the sigterm checkpoint", || {
+        h.task_events(&task_id, "checkpoint_created")
+            .into_iter()
+            .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "sigterm")
+    });
+    let sigterm_id = sigterm["kind"]["checkpoint_created"]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Resume (on Modal again) restores the work done after the last turn.
+    let resumed = h.json(&["resume", &session_id, "--json"]);
+    assert_eq!(resumed["checkpoint_id"], sigterm_id.as_str());
+    let new_container = resumed["container_id"].as_str().unwrap().to_string();
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" && t["container_id"] == new_container.as_str()
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let ws = h
+        .root()
+        .join(format!("ctr/home/sessions/{session_id}/workspace"));
+    assert_eq!(
+        std::fs::read_to_string(ws.join("seen-late.txt")).unwrap(),
+        "late\n"
+    );
 }

@@ -45,6 +45,8 @@ pub struct BridgeConfig {
     pub pythonpath: Option<String>,
     /// How long the greeting may take.
     pub start_timeout: Duration,
+    /// Extra environment for the bridge (tests: the stand-in's root).
+    pub env: Vec<(String, String)>,
 }
 
 /// The bridge's greeting.
@@ -205,6 +207,7 @@ impl Bridge {
             path = format!("{extra}:{path}");
         }
         command.env("PYTHONPATH", path);
+        command.envs(self.config.env.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn().map_err(|e| {
             CodedError::new(
                 error_codes::MODAL_SDK_MISSING,
@@ -425,6 +428,7 @@ for line in sys.stdin:
             dir: dir.to_path_buf(),
             pythonpath: None,
             start_timeout: Duration::from_secs(20),
+            env: Vec::new(),
         })
     }
 
@@ -471,6 +475,7 @@ for line in sys.stdin:
             dir: dir.path().to_path_buf(),
             pythonpath: None,
             start_timeout: Duration::from_secs(5),
+            env: Vec::new(),
         });
         let err = bridge.greeting().await.unwrap_err();
         assert_eq!(err.code.code, "E510");

@@ -114,12 +114,7 @@ impl ModalBackend {
         config: ModalConfig,
         timing: AgentSettings,
     ) -> Self {
-        let bridge = Bridge::new(BridgeConfig {
-            python: config.python.clone(),
-            dir: state_root.join("modal").join("bridge"),
-            pythonpath: config.bridge_pythonpath.clone(),
-            start_timeout: Duration::from_secs(60),
-        });
+        let bridge = Bridge::new(Self::bridge_config(&state_root, &config, Vec::new()));
         ModalBackend {
             agent_bin: config.agent_bin.clone(),
             state_root,
@@ -129,6 +124,26 @@ impl ModalBackend {
             bridge,
             sandboxes: Mutex::default(),
         }
+    }
+
+    fn bridge_config(
+        state_root: &Path,
+        config: &ModalConfig,
+        env: Vec<(String, String)>,
+    ) -> BridgeConfig {
+        BridgeConfig {
+            python: config.python.clone(),
+            dir: state_root.join("modal").join("bridge"),
+            pythonpath: config.bridge_pythonpath.clone(),
+            start_timeout: Duration::from_secs(60),
+            env,
+        }
+    }
+
+    /// Extra environment for the bridge process (before its first call).
+    pub fn with_bridge_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.bridge = Bridge::new(Self::bridge_config(&self.state_root, &self.config, env));
+        self
     }
 
     pub fn config(&self) -> &ModalConfig {
@@ -368,6 +383,15 @@ impl ModalBackend {
         Ok(id)
     }
 
+    /// Modal's own usage figures for a sandbox (`sandbox.stats`; works
+    /// for sandboxes that have finished). Modal reports them minutes late.
+    pub async fn sandbox_stats(&self, sandbox_id: &str) -> Result<SandboxStats, CodedError> {
+        let reply = self
+            .call("sandbox.stats", json!({"sandbox_id": sandbox_id}))
+            .await?;
+        Ok(SandboxStats::from_reply(reply))
+    }
+
     /// The environment a sandbox gets (never the Anthropic key, HOME or PATH
     /// from this machine).
     pub fn sandbox_env(&self, request: &LaunchRequest) -> BTreeMap<String, String> {
@@ -465,6 +489,36 @@ impl ModalBackend {
     }
 }
 
+/// A `sandbox.stats` answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SandboxStats {
+    /// False: Modal had no statistics for the sandbox (`reason` says why).
+    pub available: bool,
+    pub reason: Option<String>,
+    /// The cost in USD at the workspace's rates; `None` until Modal has
+    /// recorded usage.
+    pub cost_usd: Option<f64>,
+    /// The SDK's `SandboxStats` as the bridge serialized it.
+    pub stats: Value,
+}
+
+impl SandboxStats {
+    pub fn from_reply(reply: Value) -> Self {
+        let available = reply["available"].as_bool().unwrap_or(false);
+        let stats = reply.get("stats").cloned().unwrap_or(Value::Null);
+        SandboxStats {
+            available,
+            reason: reply["reason"].as_str().map(str::to_string),
+            cost_usd: if available {
+                stats["cost"].as_f64().filter(|c| c.is_finite())
+            } else {
+                None
+            },
+            stats,
+        }
+    }
+}
+
 /// A file of the store's durable format (not the lock, not tmp/).
 fn is_store_file(rel: &str) -> bool {
     rel == "store.json"
@@ -559,12 +613,13 @@ impl Backend for ModalBackend {
             existed = created["existed"].as_bool().unwrap_or(false),
             "sandbox created"
         );
-        lock(&self.sandboxes).insert(ids.container_id.clone(), sandbox_id);
+        lock(&self.sandboxes).insert(ids.container_id.clone(), sandbox_id.clone());
         Ok(ContainerHandle {
             container_id: ids.container_id.clone(),
             pid: None,
             workspace_dir: layout.workspace_dir,
             volume_dir: layout.volume_dir,
+            remote_id: Some(sandbox_id),
         })
     }
 
@@ -692,6 +747,18 @@ impl Backend for ModalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandbox_stats_cost_is_read_only_when_available() {
+        let s = SandboxStats::from_reply(json!({"available": true, "stats": {
+            "cost": 0.0125, "cost_by_resource": {"CPU": 0.01}, "duration": 120.0}}));
+        assert_eq!(s.cost_usd, Some(0.0125));
+        let s = SandboxStats::from_reply(json!({"available": true, "stats": {"cost": null}}));
+        assert_eq!((s.available, s.cost_usd), (true, None));
+        let s = SandboxStats::from_reply(json!({"available": false, "reason": "NotImplementedError: no"}));
+        assert_eq!((s.available, s.cost_usd), (false, None));
+        assert_eq!(s.reason.as_deref(), Some("NotImplementedError: no"));
+    }
 
     #[test]
     fn store_files_are_the_write_once_ones() {
