@@ -104,7 +104,7 @@ fn a_task_runs_in_a_tagged_sandbox_and_its_checkpoints_become_durable() {
             "--gpu",
             "a10g",
             "--memory",
-            "2048",
+            "2",
             "--timeout",
             "2h",
         ],

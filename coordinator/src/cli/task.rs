@@ -155,7 +155,7 @@ pub struct BudgetArgs {
     /// CPU cores to request (default: the backend's)
     #[arg(long, value_name = "CORES")]
     pub cpu: Option<f64>,
-    /// Memory to request: MiB, or with a unit (512MiB, 16GiB)
+    /// Memory to request: GiB (`--memory 32`), or with a unit (512MiB, 16GiB)
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
     /// The task's time limit, for the estimate (e.g. 30m, 2h; default: `modal.default_timeout_hours`)
@@ -204,14 +204,14 @@ impl BudgetArgs {
     }
 }
 
-/// `512`, `512MiB`, `16GiB`, `16G` → MiB.
+/// `32` (GiB, as the seeds' `--memory 32`), `512MiB`, `16GiB`, `16G` → MiB.
 fn parse_memory_mb(text: &str) -> Result<u64> {
     let t = text.trim().to_ascii_lowercase();
     let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &t[digits.len()..];
     let factor = match unit {
-        "" | "m" | "mb" | "mib" => 1.0,
-        "g" | "gb" | "gib" => 1024.0,
+        "m" | "mb" | "mib" => 1.0,
+        "" | "g" | "gb" | "gib" => 1024.0,
         _ => 0.0,
     };
     digits
@@ -224,7 +224,7 @@ fn parse_memory_mb(text: &str) -> Result<u64> {
         .ok_or_else(|| {
             coded(
                 error_codes::INVALID_INPUT,
-                format!("--memory: expected MiB or a size like 16GiB, got {text:?}"),
+                format!("--memory: expected GiB (e.g. 32) or a size like 512MiB, got {text:?}"),
             )
         })
 }
@@ -873,4 +873,21 @@ async fn cleanup(
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::parse_memory_mb;
+
+    #[test]
+    fn memory_is_gib_unless_a_unit_says_otherwise() {
+        assert_eq!(parse_memory_mb("32").unwrap(), 32 * 1024);
+        assert_eq!(parse_memory_mb("16GiB").unwrap(), 16 * 1024);
+        assert_eq!(parse_memory_mb("1.5g").unwrap(), 1536);
+        assert_eq!(parse_memory_mb("512MiB").unwrap(), 512);
+        assert_eq!(parse_memory_mb("512m").unwrap(), 512);
+        for bad in ["", "lots", "12TB", "0"] {
+            assert!(parse_memory_mb(bad).is_err(), "{bad}");
+        }
+    }
 }
