@@ -267,6 +267,9 @@ fn a_local_session_resumes_on_modal_with_its_conversation() {
         // After the move to Modal:
         Turn::tool_use([ToolCall::bash("cat local.txt > seen-on-modal.txt")]),
         Turn::text("Continued on Modal."),
+        // And back:
+        Turn::tool_use([ToolCall::bash("cat seen-on-modal.txt > back-home.txt")]),
+        Turn::text("Home again."),
     ]));
     modal_ready(&mut h);
     let created = create(&h, "Write local.txt", &[]);
@@ -321,6 +324,36 @@ fn a_local_session_resumes_on_modal_with_its_conversation() {
     );
     let restored = h.task_events(&task_id, "checkpoint_restored");
     assert_eq!(restored.len(), 1, "{restored:#?}");
+
+    // And back from Modal to the local backend, conversation and all.
+    let requests_before = h.stand_in.requests().len();
+    let back = h.json(&[
+        "resume",
+        &session_id,
+        "--backend",
+        "local",
+        "-m",
+        "Back home now.",
+        "--json",
+    ]);
+    let container_id = back["container_id"].as_str().unwrap().to_string();
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" && t["container_id"] == container_id.as_str()
+    });
+    assert_eq!(task["backend"], "local", "{task:#}");
+    let first = h.stand_in.requests()[requests_before..]
+        .iter()
+        .find(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .expect("the session called the model again");
+    assert!(first.message_count > 7, "{} messages", first.message_count);
+    let shown = h.json(&["session", "show", &session_id, "--json"]);
+    let workspace = PathBuf::from(shown["workspace_dir"].as_str().unwrap());
+    assert!(workspace.starts_with(h.state()), "{workspace:?}");
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("back-home.txt")).unwrap(),
+        "written locally\n"
+    );
 }
 
 #[test]
@@ -584,5 +617,132 @@ fn a_preempted_sandbox_is_interrupted_and_resumes_with_its_work() {
     assert_eq!(
         std::fs::read_to_string(ws.join("seen-late.txt")).unwrap(),
         "late\n"
+    );
+}
+
+#[test]
+fn a_finished_sandboxs_compute_is_reconciled_with_modals_own_cost() {
+    let mut h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("hello.txt", "hi\n")]),
+        Turn::text("Done."),
+    ]));
+    // Before the first command, so the coordinator starts with them: a pass
+    // every second as soon as a sandbox ended; the stand-in bills $0.01 per
+    // second and reports it a second after the sandbox ended (until then
+    // `cost` is null: the coordinator retries).
+    h.set_env("PARHELIA_MODAL_USAGE_POLL_SECONDS", "1");
+    h.set_env("PARHELIA_MODAL_USAGE_SETTLE_SECONDS", "0");
+    h.set_env("PARHELIA_MODAL_STANDIN_USD_PER_SECOND", "0.01");
+    h.set_env("PARHELIA_MODAL_STANDIN_STATS_DELAY_SECONDS", "1");
+    let standin = modal_ready(&mut h);
+    let created = create(&h, "Add a hello.txt that says hi", &["--backend", "modal"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    let task = finished(&h, &task_id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+
+    let event = h.wait_for("a usage_reconciled event", || {
+        let events = h.json(&["events", "list", "--json"]);
+        events.as_array().and_then(|all| {
+            all.iter()
+                .find(|e| {
+                    e["type"] == "usage_reconciled" && e["container_id"] == container_id.as_str()
+                })
+                .cloned()
+        })
+    });
+
+    // What the stand-in billed: the sandbox's wall clock at $0.01/s.
+    let sb = sandbox_of(&standin, &container_id);
+    let sandbox_id = sb["sandbox_id"].as_str().unwrap().to_string();
+    let exit: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            standin
+                .join("sandboxes")
+                .join(&sandbox_id)
+                .join("exit.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let modal_cost =
+        (exit["ended_at"].as_f64().unwrap() - sb["created_at"].as_f64().unwrap()) * 0.01;
+    assert!(modal_cost > 0.0);
+    assert_eq!(
+        event["payload"]["sandbox_id"],
+        sandbox_id.as_str(),
+        "{event:#}"
+    );
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(
+        close(
+            event["payload"]["modal_cost_usd"].as_f64().unwrap(),
+            modal_cost
+        ),
+        "{event:#} vs {modal_cost}"
+    );
+
+    // The ledger: heartbeat charges plus exactly one reconciliation row sum
+    // to Modal's figure.
+    let db = h.db();
+    let (remote_id, reconciled_at): (Option<String>, Option<i64>) = db
+        .query_row(
+            "SELECT remote_id, usage_reconciled_at_ms FROM containers WHERE id = ?1",
+            [&container_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(remote_id.as_deref(), Some(sandbox_id.as_str()));
+    assert!(reconciled_at.is_some());
+    let mut stmt = db
+        .prepare(
+            "SELECT amount_usd, seconds, details FROM ledger
+             WHERE container_id = ?1 AND kind = 'compute' ORDER BY id",
+        )
+        .unwrap();
+    let rows: Vec<(f64, f64, serde_json::Value)> = stmt
+        .query_map([&container_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                serde_json::from_str(&r.get::<_, String>(2)?).unwrap(),
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let reconciliations: Vec<_> = rows
+        .iter()
+        .filter(|(_, _, d)| d["reconciled_with"] == "modal")
+        .collect();
+    assert_eq!(reconciliations.len(), 1, "{rows:#?}");
+    let (amount, seconds, details) = reconciliations[0];
+    assert_eq!(*seconds, 0.0);
+    assert_eq!(details["sandbox_id"], sandbox_id.as_str());
+    let heartbeats: f64 = rows
+        .iter()
+        .filter(|(_, _, d)| d["reconciled_with"].is_null())
+        .map(|(a, _, _)| a)
+        .sum();
+    assert!(heartbeats > 0.0, "no heartbeat was charged: {rows:#?}");
+    assert!(
+        close(details["charged_usd"].as_f64().unwrap(), heartbeats),
+        "{details:#} vs {heartbeats}"
+    );
+    assert!(close(*amount, modal_cost - heartbeats), "{rows:#?}");
+    let total: f64 = rows.iter().map(|(a, _, _)| a).sum();
+    assert!(close(total, modal_cost), "{total} vs {modal_cost}");
+
+    // `budget show` counts the task's compute at Modal's figure.
+    let budget = h.json(&["budget", "show", "--json"]);
+    let spend = budget["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == task_id.as_str())
+        .unwrap_or_else(|| panic!("{budget:#}"));
+    assert!(
+        close(spend["compute_usd"].as_f64().unwrap(), modal_cost),
+        "{spend:#} vs {modal_cost}"
     );
 }
