@@ -43,15 +43,40 @@ impl Interceptor for BearerAuth {
 
 pub type AuthedAgentClient = AgentClient<InterceptedService<Channel, BearerAuth>>;
 
-/// Connects to an agent at `uri` (e.g. `http://127.0.0.1:40123`).
+/// Additional PEM roots trusted for `https://` agent endpoints (besides the
+/// webpki roots), e.g. behind a TLS-inspecting proxy.
+pub const EXTRA_CA_ENV: &str = "PARHELIA_TLS_CA_FILE";
+
+/// Connects to an agent at `uri` (e.g. `http://127.0.0.1:40123`, or a Modal
+/// tunnel `https://….modal.host`).
 pub async fn connect_agent(uri: &str, secret: &SessionSecret) -> Result<AuthedAgentClient> {
+    let extra = match std::env::var_os(EXTRA_CA_ENV).filter(|v| !v.is_empty()) {
+        Some(path) => Some(
+            std::fs::read(&path)
+                .with_context(|| format!("reading {EXTRA_CA_ENV}={}", path.to_string_lossy()))?,
+        ),
+        None => None,
+    };
+    connect_agent_with_roots(uri, secret, extra.as_deref()).await
+}
+
+/// [`connect_agent`] with extra PEM roots for `https://` endpoints.
+pub async fn connect_agent_with_roots(
+    uri: &str,
+    secret: &SessionSecret,
+    extra_roots_pem: Option<&[u8]>,
+) -> Result<AuthedAgentClient> {
     let mut endpoint = Endpoint::from_shared(uri.to_string())
         .with_context(|| format!("bad agent endpoint {uri}"))?;
     if uri.starts_with("https://") {
         // A Modal tunnel: TLS terminated by Modal, HTTP/2 chosen by ALPN,
         // the certificate checked against the webpki roots.
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+        if let Some(pem) = extra_roots_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
         endpoint = endpoint
-            .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+            .tls_config(tls)
             .with_context(|| format!("TLS for {uri}"))?;
     }
     let channel = endpoint
