@@ -19,6 +19,18 @@
 //! the model cost reported in that interval. Model cost inside one turn is
 //! fenced by Claude Code itself (`--max-budget-usd`, set from the same
 //! ceiling), which stops after the model request that crosses it.
+//!
+//! Compute on Modal is reconciled afterwards: the heartbeat charges are an
+//! estimate at the `[rates]` table, good enough to enforce live, while Modal
+//! bills what it measured at the workspace's actual rates and reports it
+//! minutes late. Once a sandbox has ended and its figures have settled
+//! (`modal.usage_settle_seconds`), [`crate::usage`] adds one `compute` row of
+//! Modal's cost − what the heartbeats charged (negative when they charged
+//! too much), so the container's compute total is Modal's own figure. That
+//! row arrives after the container is gone, so the watchdog sees it at its
+//! next check (the next heartbeat or turn of any session) rather than
+//! stopping anything by it; the overshoot bound above holds for the
+//! estimate, and the reconciliation moves the spend by the estimate's error.
 
 use std::collections::BTreeMap;
 

@@ -178,6 +178,10 @@ keys! {
         "The image's non-root user the agent runs as (`root`: do not switch users).";
     "modal"."agent_port": Kind::UInt { min: 0, max: 65_535 }, Value::UInt(50_051), None,
         "The agent's gRPC port inside the sandbox, exposed as an h2 tunnel (0: any; the stand-in only).";
+    "modal"."usage_poll_seconds": Kind::UInt { min: 1, max: 86_400 }, Value::UInt(60), None,
+        "How often ended sandboxes' compute cost is reconciled with Modal's own usage figures.";
+    "modal"."usage_settle_seconds": Kind::UInt { min: 0, max: 21_600 }, Value::UInt(600), None,
+        "How long after a sandbox ended before its usage is reconciled (Modal reports usage minutes late).";
     "budget"."default_ceiling_usd": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(50.0), None,
         "Global spending ceiling.";
     "budget"."warning_threshold_percent": Kind::UInt { min: 1, max: 100 }, Value::UInt(80), None,
@@ -344,6 +348,8 @@ pub struct ModalConfig {
     pub agent_path: PathBuf,
     pub agent_port: u64,
     pub run_as_user: String,
+    pub usage_poll_seconds: u64,
+    pub usage_settle_seconds: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -745,6 +751,8 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
             agent_path: path_opt("modal.agent_path").expect("has a default"),
             agent_port: uint("modal.agent_port"),
             run_as_user: string("modal.run_as_user"),
+            usage_poll_seconds: uint("modal.usage_poll_seconds"),
+            usage_settle_seconds: uint("modal.usage_settle_seconds"),
         },
         budget: BudgetConfig {
             default_ceiling_usd: float("budget.default_ceiling_usd"),

@@ -378,6 +378,31 @@ async fn durability_loop(service: CoordinatorService) {
     }
 }
 
+/// Reconciles ended Modal sandboxes' compute cost with Modal's own usage
+/// figures every `modal.usage_poll_seconds` (`crate::usage`; a database
+/// query when there is nothing to do: the bridge is never started for it).
+async fn usage_loop(service: CoordinatorService) {
+    let interval = std::time::Duration::from_secs(service.config().modal.usage_poll_seconds);
+    let shutdown = service.shutdown_requested();
+    tokio::pin!(shutdown);
+    loop {
+        match service.reconcile_usage().await {
+            Ok(summary) if summary.is_empty() => {}
+            Ok(summary) => tracing::info!(
+                reconciled = summary.reconciled,
+                given_up = summary.given_up,
+                retrying = summary.retrying,
+                "usage reconciliation pass"
+            ),
+            Err(err) => tracing::warn!("usage reconciliation pass failed: {err:#}"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
 /// Binds the control socket: removes a stale one (we hold the lock, so no
 /// live coordinator owns it) and restricts it to the owner.
 fn bind_socket(path: &Path) -> Result<UnixListener> {
@@ -471,6 +496,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
         tokio::spawn(dispatch_loop(service.clone())),
         tokio::spawn(budget_loop(service.clone())),
         tokio::spawn(durability_loop(service.clone())),
+        tokio::spawn(usage_loop(service.clone())),
     ];
 
     let shutdown = {

@@ -233,7 +233,8 @@ ALTER TABLE tasks ADD COLUMN budget_stop_requested_at_ms INTEGER;
 ALTER TABLE tasks ADD COLUMN budget_stop_message TEXT;
 "#,
     // 3 -> 4: checkpoints on a remote volume count as durable only once the
-    // coordinator has read their manifest back and verified it.
+    // coordinator has read their manifest back and verified it; remote
+    // containers remember their sandbox id, for usage reconciliation.
     r#"
 CREATE TABLE durable_checkpoints (
     checkpoint_id  TEXT PRIMARY KEY,
@@ -241,6 +242,11 @@ CREATE TABLE durable_checkpoints (
     verified_at_ms INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX durable_by_session ON durable_checkpoints (session_id);
+
+-- The sandbox id of a remote (Modal) container, and when its compute cost
+-- was reconciled with the provider's own usage figures.
+ALTER TABLE containers ADD COLUMN remote_id TEXT;
+ALTER TABLE containers ADD COLUMN usage_reconciled_at_ms INTEGER;
 "#,
 ];
 

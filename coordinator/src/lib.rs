@@ -42,5 +42,6 @@ pub mod service;
 pub mod spec;
 pub mod state_dir;
 pub mod task_state;
+pub mod usage;
 pub mod views;
 pub mod watch;

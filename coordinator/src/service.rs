@@ -614,8 +614,9 @@ impl CoordinatorService {
             task_id: task_id.to_string(),
         };
         match self.start_container(&task, &ids, &env, secret).await {
-            Ok(pid) => {
-                db.set_container_starting(&ids.container_id, pid)?;
+            Ok(handle) => {
+                db.set_container_starting(&ids.container_id, handle.pid)?;
+                db.set_container_remote_id(&ids.container_id, handle.remote_id.as_deref())?;
                 db.note(
                     NewCoordinatorEvent::new(
                         "task_dispatched",
@@ -685,7 +686,7 @@ impl CoordinatorService {
         ids: &LaunchIds,
         env: &HashMap<String, String>,
         secret: SessionSecret,
-    ) -> Result<Option<u32>> {
+    ) -> Result<crate::backend::ContainerHandle> {
         let workspace_source = match &task.workspace {
             Some(path) => Some(validate_workspace(Path::new(path))?),
             None => None,
@@ -721,8 +722,7 @@ impl CoordinatorService {
             secret,
             isolation: resolved.isolation,
         };
-        let handle = self.inner.backend.launch(&launch).await?;
-        Ok(handle.pid)
+        self.inner.backend.launch(&launch).await
     }
 
     /// `task cancel`. A pending or interrupted task is cancelled at once. A
@@ -1029,6 +1029,20 @@ impl CoordinatorService {
         }
     }
 
+    /// One usage pass (`crate::usage`): ended Modal containers' compute
+    /// reconciled with Modal's own figures. Only a database query (the
+    /// bridge is not started) while no ended Modal container is due.
+    pub async fn reconcile_usage(&self) -> Result<crate::usage::PassSummary> {
+        let policy = crate::usage::Policy::from_config(&self.inner.config.modal);
+        let now = crate::ids::now_ms();
+        let due = crate::usage::due(&self.inner.db, &policy, now)?;
+        if due.is_empty() {
+            return Ok(Default::default());
+        }
+        let modal = self.inner.backends.modal()?;
+        crate::usage::reconcile(&self.inner.db, modal.as_ref(), due, &policy, now).await
+    }
+
     /// The coordinator's Modal backend (built on first use).
     pub fn modal_backend(&self) -> Result<Arc<crate::backend::modal::ModalBackend>> {
         Ok(self.inner.backends.modal()?)
@@ -1292,6 +1306,7 @@ impl CoordinatorService {
         match self.inner.backend.launch(&launch).await {
             Ok(handle) => {
                 db.set_container_starting(&container_id, handle.pid)?;
+                db.set_container_remote_id(&container_id, handle.remote_id.as_deref())?;
                 db.note(
                     NewCoordinatorEvent::new(
                         if r.rollback { "session_rolled_back" } else { "session_resumed" },

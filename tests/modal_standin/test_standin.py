@@ -225,7 +225,9 @@ class SandboxLifecycleTests(StandinTestCase):
                          {"sandbox_id": sandbox_id, "name": "ctr-1", "existed": True})
         stats = self.ok(bridge, "sandbox.stats", {"sandbox_id": sandbox_id})
         self.assertTrue(stats["available"])
-        self.assertIn("wall_clock_s", stats["stats"])
+        self.assertTrue({"since", "until", "duration", "percentile_stats", "cost", "cost_by_resource",
+                         "billed_cpu_core_seconds", "billed_memory_gib_seconds"} <= set(stats["stats"]))
+        self.assertGreater(stats["stats"]["cost"], 0)
 
         # A new bridge (the coordinator restarted) sees and controls the same sandbox.
         bridge.close()
@@ -244,6 +246,12 @@ class SandboxLifecycleTests(StandinTestCase):
         self.assertEqual(self.ok(second, "sandbox.terminate", {"sandbox_id": sandbox_id, "require_tags": required}),
                          {"terminated": True})
         self.assertEqual(self.poll_until_done(second, sandbox_id), 137)
+        # A finished sandbox's figures stay available and stop growing.
+        final = self.ok(second, "sandbox.stats", {"sandbox_id": sandbox_id})
+        later = self.ok(second, "sandbox.stats", {"sandbox_id": sandbox_id})
+        for key in ("duration", "cost", "cost_by_resource", "billed_cpu_core_seconds"):
+            self.assertEqual(later["stats"][key], final["stats"][key], key)
+        self.assertAlmostEqual(final["stats"]["cost"], final["stats"]["duration"] * 0.001)
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         self.assertEqual(self.ok(second, "sandbox.terminate", {"sandbox_id": sandbox_id, "require_tags": required}),

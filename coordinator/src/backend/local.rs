@@ -460,6 +460,7 @@ impl Backend for LocalBackend {
             pid,
             workspace_dir: layout.workspace_dir,
             volume_dir: layout.volume_dir,
+            remote_id: None,
         })
     }
 

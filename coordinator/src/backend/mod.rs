@@ -58,6 +58,9 @@ pub struct ContainerHandle {
     /// Where the session's workspace lives, as the backend sees it.
     pub workspace_dir: PathBuf,
     pub volume_dir: PathBuf,
+    /// The provider's id of the container (a Modal sandbox id; `None`
+    /// locally), kept to reconcile its cost with the provider's figures.
+    pub remote_id: Option<String>,
 }
 
 /// A container the backend observes running (ours only, found by our label).

@@ -33,6 +33,29 @@ pub struct LedgerEntry {
     pub cache_read_input_tokens: u64,
 }
 
+/// An ended remote container whose compute cost has not been reconciled
+/// with the provider's usage figures yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsagePending {
+    pub target: ContainerRef,
+    /// The provider's id (a Modal sandbox id).
+    pub remote_id: String,
+    /// When the container ended (`terminated_at_ms`, else when its state
+    /// last changed).
+    pub ended_at_ms: i64,
+}
+
+/// What reconciling one container recorded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UsageReconciled {
+    /// What the provider says the container cost.
+    pub provider_cost_usd: f64,
+    /// What the ledger had charged for it before (its `compute` rows).
+    pub charged_usd: f64,
+    /// The correction recorded: provider − charged (negative: refunded).
+    pub amount_usd: f64,
+}
+
 /// The effective ceilings and where they came from.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Ceilings {
@@ -134,6 +157,122 @@ impl Db {
             ],
         )?;
         Ok(())
+    }
+
+    /// Records the provider's id of a launched container (`None`: a local
+    /// container, nothing to record).
+    pub fn set_container_remote_id(
+        &self,
+        container_id: &str,
+        remote_id: Option<&str>,
+    ) -> Result<()> {
+        let Some(remote_id) = remote_id else {
+            return Ok(());
+        };
+        self.conn().execute(
+            "UPDATE containers SET remote_id = ?2 WHERE id = ?1",
+            params![container_id, remote_id],
+        )?;
+        Ok(())
+    }
+
+    /// Ended (`terminated`, `lost`, `failed`) containers of `backend` with a
+    /// remote id whose usage has not been reconciled, oldest end first.
+    pub fn containers_awaiting_usage(&self, backend: &str) -> Result<Vec<UsagePending>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, session_id, task_id, remote_id, coalesce(terminated_at_ms, state_changed_at_ms)
+             FROM containers
+             WHERE backend = ?1 AND remote_id IS NOT NULL AND usage_reconciled_at_ms IS NULL
+               AND state IN ('terminated', 'lost', 'failed')
+             ORDER BY 5, id",
+        )?;
+        let rows = stmt.query_map([backend], |r| {
+            Ok(UsagePending {
+                target: ContainerRef {
+                    container_id: r.get(0)?,
+                    session_id: r.get(1)?,
+                    task_id: r.get(2)?,
+                },
+                remote_id: r.get(3)?,
+                ended_at_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The compute the ledger holds for one container.
+    pub fn container_compute_usd(&self, container_id: &str) -> Result<f64> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE container_id = ?1 AND kind = 'compute'",
+            [container_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Reconciles a container's compute with the provider's figure, in one
+    /// transaction: one `compute` row of provider − charged (dated when the
+    /// container ended, `seconds` 0, details naming both figures), and the
+    /// container marked reconciled. `None` when it was reconciled already
+    /// (nothing is written).
+    pub fn reconcile_container_usage(
+        &self,
+        pending: &UsagePending,
+        provider: &str,
+        provider_cost_usd: f64,
+        now_ms: i64,
+    ) -> Result<Option<UsageReconciled>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let target = &pending.target;
+        let marked = tx.execute(
+            "UPDATE containers SET usage_reconciled_at_ms = ?2
+             WHERE id = ?1 AND usage_reconciled_at_ms IS NULL",
+            params![target.container_id, now_ms],
+        )?;
+        if marked == 0 {
+            return Ok(None);
+        }
+        let charged_usd: f64 = tx.query_row(
+            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE container_id = ?1 AND kind = 'compute'",
+            [&target.container_id],
+            |r| r.get(0),
+        )?;
+        let amount_usd = provider_cost_usd - charged_usd;
+        let mut details = serde_json::Map::new();
+        details.insert("reconciled_with".into(), provider.into());
+        details.insert(format!("{provider}_cost_usd"), provider_cost_usd.into());
+        details.insert("charged_usd".into(), charged_usd.into());
+        details.insert("sandbox_id".into(), pending.remote_id.clone().into());
+        tx.execute(
+            "INSERT INTO ledger (ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds, details)
+             VALUES (?1, 'compute', ?2, ?3, ?4, ?5, 0, ?6)",
+            params![
+                pending.ended_at_ms,
+                target.task_id,
+                target.session_id,
+                target.container_id,
+                amount_usd,
+                serde_json::Value::Object(details).to_string(),
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(UsageReconciled {
+            provider_cost_usd,
+            charged_usd,
+            amount_usd,
+        }))
+    }
+
+    /// Marks a container's usage reconciled without a charge (the provider
+    /// never reported it). False when it was marked already.
+    pub fn give_up_container_usage(&self, container_id: &str, now_ms: i64) -> Result<bool> {
+        Ok(self.conn().execute(
+            "UPDATE containers SET usage_reconciled_at_ms = ?2
+             WHERE id = ?1 AND usage_reconciled_at_ms IS NULL",
+            params![container_id, now_ms],
+        )? == 1)
     }
 
     /// The time of a container's latest stored heartbeat.

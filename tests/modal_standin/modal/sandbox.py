@@ -23,6 +23,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Optional
 
 from . import _local
 from .exception import (AlreadyExistsError, InvalidError, NotFoundError, SandboxTerminatedError,
@@ -127,6 +130,11 @@ elif state["reason"] == "terminated":
 finish(code, state["reason"] or "exited")
 """
 
+# What a stand-in sandbox costs per second of wall clock (Modal's `cost`), and how long after a
+# sandbox ended its usage shows up (Modal reports usage minutes late; until then `cost` is None).
+USD_PER_SECOND_VAR = "PARHELIA_MODAL_STANDIN_USD_PER_SECOND"
+STATS_DELAY_VAR = "PARHELIA_MODAL_STANDIN_STATS_DELAY_SECONDS"
+
 # Supervisors this process started: reaped by a thread each, so they never linger as zombies.
 _children = {}
 _children_lock = threading.Lock()
@@ -150,6 +158,39 @@ class Tunnel:
     @property
     def tls_socket(self):
         return (self.host, self.port)
+
+
+@dataclass(frozen=True)
+class StatsPercentile:
+    percentile: float
+    value: float
+
+
+@dataclass(frozen=True)
+class StatsPercentileDistribution:
+    unit: str
+    percentiles: list
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    """As `modal.types.SandboxStats` in 1.6.4: what `_experimental_stats()` returns."""
+
+    since: datetime
+    until: datetime
+    duration: timedelta
+    percentile_stats: dict
+    cost: Optional[Decimal]
+    cost_by_resource: dict
+    billed_cpu_core_seconds: float
+    billed_memory_gib_seconds: float
+
+
+def _requested(value, default):
+    """A resource request as given to `create` (a number or (request, limit))."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return float(value) if value is not None else default
 
 
 class StreamReader:
@@ -404,15 +445,57 @@ class Sandbox:
             time.sleep(0.1)
 
     def _experimental_stats(self, *, since=None, until=None):
+        """Statistics over [since, until) (default: the sandbox's life so far), also for a
+        finished sandbox. `cost` is the wall-clock seconds the sandbox ran in the range times
+        $PARHELIA_MODAL_STANDIN_USD_PER_SECOND (default 0.001), all of it under `CPU`; it is
+        None (no usage recorded) while the sandbox runs or ended less than
+        $PARHELIA_MODAL_STANDIN_STATS_DELAY_SECONDS ago, when that is set (default 0: always)."""
         meta = self._meta()
+        now = time.time()
+        if since is not None and since.tzinfo is None:
+            since = since.astimezone()
+        if until is not None and until.tzinfo is None:
+            until = until.astimezone()
+        if since is not None and until is not None and since >= until:
+            raise InvalidError("`since` must be before `until`.")
+        start = since.timestamp() if since is not None else meta["created_at"]
+        stop = until.timestamp() if until is not None else now
         done = _local.read_json(os.path.join(self._dir, "exit.json"))
-        end = done["ended_at"] if done else time.time()
-        stats = {"wall_clock_s": round(end - meta["created_at"], 3)}
-        if _running(meta):
+        running = _running(meta)
+        ended = done["ended_at"] if done else (None if running else self._gone_at(now))
+        ran = max(0.0, min(ended if ended is not None else now, stop) - max(meta["created_at"], start))
+        delay = float(os.environ.get(STATS_DELAY_VAR, "0"))
+        reported = delay <= 0 or (ended is not None and now - ended >= delay)
+        rate = float(os.environ.get(USD_PER_SECOND_VAR, "0.001"))
+        cores = _requested(meta.get("cpu"), 0.125)
+        gib = _requested(meta.get("memory"), 128.0) / 1024
+        percentiles = {}
+        if running and ran > 0:
             ticks = sum((_local.proc_stat(pid) or {"cpu_ticks": 0})["cpu_ticks"]
                         for pid in _local.process_tree(meta["pid"]))
-            stats["cpu_s"] = ticks / _local.CLOCK_TICKS
-        return stats
+            used = ticks / _local.CLOCK_TICKS / ran
+            percentiles["CPU Usage (cores)"] = StatsPercentileDistribution(
+                unit="cores", percentiles=[StatsPercentile(p, used) for p in (50.0, 90.0, 99.0)])
+        cost = Decimal(ran * rate) if reported else None
+        return SandboxStats(
+            since=datetime.fromtimestamp(start, timezone.utc),
+            until=datetime.fromtimestamp(stop, timezone.utc),
+            duration=timedelta(seconds=ran),
+            percentile_stats=percentiles if reported else {},
+            cost=cost,
+            cost_by_resource={"CPU": cost} if reported else {},
+            billed_cpu_core_seconds=ran * cores if reported else 0.0,
+            billed_memory_gib_seconds=ran * gib if reported else 0.0,
+        )
+
+    def _gone_at(self, default):
+        """When a sandbox whose supervisor died without writing exit.json ended, roughly."""
+        for name in ("terminated", "stderr", "stdout"):
+            try:
+                return os.path.getmtime(os.path.join(self._dir, name))
+            except OSError:
+                continue
+        return default
 
     @property
     def stdout(self):

@@ -184,6 +184,7 @@ impl ModalBackend {
                 }
             }
         };
+        check_agent_binary(&agent_bin)?;
         Ok(json!({
             "agent_bin": agent_bin,
             "claude_code_version": self.config.claude_code_version,
@@ -519,6 +520,71 @@ impl SandboxStats {
     }
 }
 
+/// The newest glibc the session image has (Debian bookworm).
+pub const IMAGE_GLIBC: (u32, u32) = (2, 36);
+
+/// The agent baked into the image must run there: an x86-64 Linux ELF
+/// needing no newer glibc than the image's (or static). Checked before a
+/// build or a launch, so a binary built on a newer distribution is refused
+/// here with what to do, not found dead in a sandbox.
+pub fn check_agent_binary(path: &Path) -> Result<(), CodedError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        CodedError::new(
+            error_codes::AGENT_FAILED_TO_START,
+            format!("cannot read the agent binary {}: {e}", path.display()),
+        )
+    })?;
+    let refuse = |why: String| {
+        CodedError::new(
+            error_codes::AGENT_FAILED_TO_START,
+            format!(
+                "{} cannot run in the Modal image: {why}; build it for the image (`cargo build --release -p parhelia-agent` on Debian bookworm, or `--target x86_64-unknown-linux-musl`) and set modal.agent_bin",
+                path.display()
+            ),
+        )
+    };
+    // ELF, 64-bit, little-endian, e_machine EM_X86_64 (62).
+    if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return Err(refuse("it is not a 64-bit little-endian ELF file".into()));
+    }
+    if u16::from_le_bytes([bytes[18], bytes[19]]) != 62 {
+        return Err(refuse("it is not built for x86-64".into()));
+    }
+    if let Some(needed) = newest_glibc(&bytes)
+        && needed > IMAGE_GLIBC
+    {
+        return Err(refuse(format!(
+            "it needs glibc {}.{}, the image has {}.{}",
+            needed.0, needed.1, IMAGE_GLIBC.0, IMAGE_GLIBC.1
+        )));
+    }
+    Ok(())
+}
+
+/// The newest `GLIBC_2.N[.M]` symbol version an ELF file names (`None`:
+/// static, or not linked against glibc).
+pub fn newest_glibc(bytes: &[u8]) -> Option<(u32, u32)> {
+    let needle = b"GLIBC_2.";
+    let mut newest = None;
+    let mut i = 0;
+    while let Some(pos) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
+        let start = i + pos + needle.len();
+        let digits: String = bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .map(|b| *b as char)
+            .collect();
+        if let Ok(minor) = digits.parse::<u32>() {
+            let v = (2, minor);
+            if newest.is_none_or(|n| v > n) {
+                newest = Some(v);
+            }
+        }
+        i = start;
+    }
+    newest
+}
+
 /// A file of the store's durable format (not the lock, not tmp/).
 fn is_store_file(rel: &str) -> bool {
     rel == "store.json"
@@ -755,9 +821,61 @@ mod tests {
         assert_eq!(s.cost_usd, Some(0.0125));
         let s = SandboxStats::from_reply(json!({"available": true, "stats": {"cost": null}}));
         assert_eq!((s.available, s.cost_usd), (true, None));
-        let s = SandboxStats::from_reply(json!({"available": false, "reason": "NotImplementedError: no"}));
+        let s = SandboxStats::from_reply(
+            json!({"available": false, "reason": "NotImplementedError: no"}),
+        );
         assert_eq!((s.available, s.cost_usd), (false, None));
         assert_eq!(s.reason.as_deref(), Some("NotImplementedError: no"));
+    }
+
+    #[test]
+    fn the_newest_glibc_an_elf_names_is_found() {
+        let mut fake = b"\0GLIBC_2.2.5\0GLIBC_2.34\0GLIBC_2.17\0GLIBC_PRIVATE\0".to_vec();
+        assert_eq!(newest_glibc(&fake), Some((2, 34)));
+        fake.extend_from_slice(b"GLIBC_2.39\0");
+        assert_eq!(newest_glibc(&fake), Some((2, 39)));
+        assert_eq!(newest_glibc(b"static"), None);
+    }
+
+    #[test]
+    fn the_agent_built_here_runs_in_the_image_and_others_are_refused() {
+        // The agent this workspace builds (Debian bookworm, like the image).
+        let agent = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join(crate::binaries::AGENT_BIN_NAME);
+        if agent.is_file() {
+            check_agent_binary(&agent).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("not-elf");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert_eq!(check_agent_binary(&script).unwrap_err().code.code, "E502");
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[18] = 183; // EM_AARCH64
+        let arm = dir.path().join("arm");
+        std::fs::write(&arm, &elf).unwrap();
+        assert!(
+            check_agent_binary(&arm)
+                .unwrap_err()
+                .message
+                .contains("x86-64")
+        );
+        elf[18] = 62;
+        elf.extend_from_slice(b"GLIBC_2.39\0");
+        let newer = dir.path().join("newer");
+        std::fs::write(&newer, &elf).unwrap();
+        assert!(
+            check_agent_binary(&newer)
+                .unwrap_err()
+                .message
+                .contains("2.39")
+        );
     }
 
     #[test]
