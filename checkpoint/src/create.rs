@@ -138,22 +138,6 @@ impl<'p> ParentView<'p> {
             .is_some_and(|r| r.kind == RawKind::Dir))
     }
 
-    /// Layers of every parent chunk loaded so far (where most contents of re-chunked
-    /// entries live).
-    fn loaded_layers(&self, parent_layers: &[BlobId]) -> Vec<BlobId> {
-        let set: BTreeSet<BlobId> = self
-            .loaded
-            .keys()
-            .flat_map(|i| {
-                self.chunks[*i]
-                    .layers
-                    .iter()
-                    .map(|l| parent_layers[*l as usize])
-            })
-            .collect();
-        set.into_iter().collect()
-    }
-
     /// Direct children of `dir` (`b""`: the root).
     fn children(&mut self, dir: &[u8], loader: &mut ChunkLoader<'_>) -> Result<Vec<Record>> {
         if self.chunks.is_empty() {
@@ -480,8 +464,6 @@ struct BuiltChunk {
     layers: BTreeSet<BlobId>,
     encoded: Option<Vec<u8>>,
     records: Option<Vec<Record>>,
-    /// Layers to search first for this chunk's contents.
-    likely_layers: std::sync::Arc<Vec<BlobId>>,
 }
 
 fn build_chunk(records: Vec<Record>) -> BuiltChunk {
@@ -500,7 +482,6 @@ fn build_chunk(records: Vec<Record>) -> BuiltChunk {
         layers: BTreeSet::new(),
         encoded: Some(encoded),
         records: Some(records),
-        likely_layers: Default::default(),
     }
 }
 
@@ -710,7 +691,6 @@ impl Store {
         let mut trees_out: Vec<Vec<BuiltChunk>> = Vec::new();
         for (ti, (work, view)) in works.into_iter().zip(views).enumerate() {
             let res = &results[ti];
-            let mut likely = std::sync::Arc::new(Vec::new());
             let outs = match work {
                 TreeWork::Full(mut records) => {
                     let mut gone = false;
@@ -743,9 +723,7 @@ impl Store {
                     }
                     let mut view = view.expect("edited trees have a view");
                     let parent_layers = &parent.expect("edited trees have a parent").layers;
-                    let outs = merge_edits(&mut view, &mut loader, &edits, parent_layers)?;
-                    likely = std::sync::Arc::new(view.loaded_layers(parent_layers));
-                    outs
+                    merge_edits(&mut view, &mut loader, &edits, parent_layers)?
                 }
             };
             trees_out.push(
@@ -756,18 +734,28 @@ impl Store {
                             layers: layers.into_iter().collect(),
                             encoded: None,
                             records: None,
-                            likely_layers: Default::default(),
                         },
-                        ChunkOut::New(records) => BuiltChunk {
-                            likely_layers: likely.clone(),
-                            ..build_chunk(records)
-                        },
+                        ChunkOut::New(records) => build_chunk(records),
                     })
                     .collect(),
             );
         }
 
         trace.mark("chunked");
+        trace.note(|| {
+            let new: Vec<usize> = trees_out
+                .iter()
+                .flatten()
+                .filter_map(|b| b.encoded.as_ref().map(Vec::len))
+                .collect();
+            format!(
+                "{} chunks, {} new ({} bytes encoded), {} parent chunks decoded",
+                trees_out.iter().map(Vec::len).sum::<usize>(),
+                new.len(),
+                new.iter().sum::<usize>(),
+                loader.decoded
+            )
+        });
         // 4. Unchanged?
         let sink_empty = {
             let sink = session.sink.lock().expect("poisoned");
@@ -832,11 +820,11 @@ impl Store {
             .iter()
             .flat_map(|l| l.entries.iter().map(|e| (e.blob, l.layer)))
             .collect();
-        let locate = |b: &BlobId, likely: &[BlobId]| -> Result<BlobId> {
+        let locate = |b: &BlobId| -> Result<BlobId> {
             new_locations
                 .get(b)
                 .copied()
-                .or_else(|| index.get_preferring(b, likely).map(|(l, _)| l))
+                .or_else(|| index.layer_of(b))
                 .ok_or_else(|| {
                     CheckpointError::corrupt(format!(
                         "blob {b} vanished from the store during create"
@@ -845,9 +833,9 @@ impl Store {
         };
         for built in trees_out.iter_mut().flatten() {
             if let Some(records) = built.records.take() {
-                built.layers.insert(locate(&built.chunk.blob, &[])?);
+                built.layers.insert(locate(&built.chunk.blob)?);
                 for c in records.iter().filter_map(|r| r.content.as_ref()) {
-                    built.layers.insert(locate(c, &built.likely_layers)?);
+                    built.layers.insert(locate(c)?);
                 }
             }
         }
@@ -932,8 +920,10 @@ impl Store {
         let dest = self.manifest_path(&manifest.id);
         fs::rename(&tmp, &dest).io("commit manifest", &dest)?;
         sync_dir(&self.manifests_dir)?;
-        self.remember_layers(&finished);
         trace.mark("manifest committed");
+        self.remember_layers(&finished);
+        self.refresh_index_cache();
+        trace.mark("index cache refreshed");
         Ok(CreateOutcome::Created(manifest))
     }
 }

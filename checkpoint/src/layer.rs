@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::codec::{BlobId, Cursor};
 use crate::error::{CheckpointError, IoContext, Result};
+use crate::mindex::MergedIndex;
 
 /// Uncompressed bytes per zstd frame.
 pub const FRAME_TARGET: usize = 2 << 20;
@@ -235,6 +236,15 @@ impl RawIndex {
             }
         }
         None
+    }
+
+    /// Bytes of zstd frames in the layer (entries point below this).
+    pub fn data_size(&self) -> u64 {
+        self.data_size
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.count
     }
 
     pub fn entries(&self) -> impl Iterator<Item = IndexEntry> + '_ {
@@ -833,13 +843,19 @@ impl FrameStream<'_> {
     }
 }
 
-/// The blob → location map over a set of layers (their index files, searched in order).
+/// The blob → location map over a set of layers: their own indexes (searched in order),
+/// then, for `create`, the store's merged index cache (`mindex.rs`).
 #[derive(Default, Clone)]
 pub struct BlobMap {
     indexes: Vec<Arc<RawIndex>>,
+    merged: Option<Arc<MergedIndex>>,
 }
 
 impl BlobMap {
+    pub fn new(merged: Option<Arc<MergedIndex>>, indexes: Vec<Arc<RawIndex>>) -> Self {
+        BlobMap { indexes, merged }
+    }
+
     pub fn add(&mut self, index: Arc<RawIndex>) {
         self.indexes.push(index);
     }
@@ -848,23 +864,34 @@ impl BlobMap {
         self.indexes
             .iter()
             .find_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
+            .or_else(|| self.merged.as_ref()?.get(blob))
     }
 
-    /// `get`, searching the `likely` layers first.
-    pub fn get_preferring(&self, blob: &BlobId, likely: &[BlobId]) -> Option<(BlobId, IndexEntry)> {
+    /// The layer holding a blob that is known to be in the store (see
+    /// `MergedIndex::layer_of`); cheaper than `get` for many lookups.
+    pub fn layer_of(&self, blob: &BlobId) -> Option<BlobId> {
         self.indexes
             .iter()
-            .filter(|ix| likely.contains(&ix.layer))
-            .chain(self.indexes.iter().filter(|ix| !likely.contains(&ix.layer)))
-            .find_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
+            .find_map(|ix| ix.find(blob).map(|_| ix.layer))
+            .or_else(|| self.merged.as_ref()?.layer_of(blob))
     }
 
     pub fn contains(&self, blob: &BlobId) -> bool {
         self.get(blob).is_some()
     }
 
-    /// (layer id, layer file size) of every layer in the map.
+    /// (layer id, layer file size) of every layer whose own index is in the map (not the
+    /// layers covered by the merged cache).
     pub fn layers(&self) -> impl Iterator<Item = (BlobId, u64)> + '_ {
         self.indexes.iter().map(|ix| (ix.layer, ix.file_size))
+    }
+
+    /// The layers' own indexes in the map.
+    pub fn indexes(&self) -> &[Arc<RawIndex>] {
+        &self.indexes
+    }
+
+    pub fn merged(&self) -> Option<&Arc<MergedIndex>> {
+        self.merged.as_ref()
     }
 }
