@@ -211,6 +211,8 @@ pub struct StoreSession<'a> {
     pub sink: Mutex<LayerSink>,
     pub new_bytes: AtomicU64,
     pub hashed_files: AtomicU64,
+    /// Jobs the workers have taken off the queue (so `create` starts workers as needed).
+    pub taken: std::sync::atomic::AtomicUsize,
     pub t0_ns: i64,
 }
 
@@ -362,6 +364,7 @@ pub fn hash_worker(
         }
         let job = jobs.lock().expect("job queue poisoned").recv();
         let Ok((tree, rel, abs)) = job else { break };
+        s.taken.fetch_add(1, Ordering::Relaxed);
         match hash_one(&abs, &mut fb, &mut buf, s) {
             Ok(h) => out.push((tree, rel, h)),
             Err(e) => {

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{BlobId, unescape_path};
 use crate::entry::{Record, bytes_path, decode_chunk, rel_bytes};
 use crate::error::{CheckpointError, IoContext, Result};
-use crate::layer::{BlobKind, BlobMap, LayerIndex, LayerReader, RawIndex, read_index};
+use crate::layer::{
+    BlobKind, BlobMap, FrameScratch, LayerIndex, LayerReader, RawIndex, read_index,
+};
 use crate::manifest::{CheckpointId, ChunkRef, Manifest, TreeManifest};
 use crate::mindex::{CachedLayer, LayerStat, MergedIndex};
 use crate::{Entry, EntryKind};
@@ -725,6 +727,7 @@ pub(crate) struct ChunkLoader<'a> {
     layers_dir: &'a Path,
     map: &'a BlobMap,
     readers: HashMap<BlobId, LayerReader>,
+    scratch: FrameScratch,
     /// Chunks decoded so far (for tracing).
     pub decoded: usize,
 }
@@ -735,6 +738,7 @@ impl<'a> ChunkLoader<'a> {
             layers_dir,
             map,
             readers: HashMap::new(),
+            scratch: FrameScratch::default(),
             decoded: 0,
         }
     }
@@ -750,7 +754,7 @@ impl<'a> ChunkLoader<'a> {
         self.readers
             .get_mut(&layer)
             .expect("inserted")
-            .read_blob(&entry)
+            .read_blob_with(&entry, &mut self.scratch)
     }
 
     pub fn load(&mut self, c: &ChunkRef) -> Result<Vec<Record>> {
