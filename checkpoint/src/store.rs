@@ -643,14 +643,45 @@ impl Store {
         m: &Manifest,
         t: &TreeManifest,
     ) -> Result<(Vec<Record>, BlobMap)> {
+        self.prepare_tree_traced(m, t, &PhaseTrace::new())
+    }
+
+    pub(crate) fn prepare_tree_traced(
+        &self,
+        m: &Manifest,
+        t: &TreeManifest,
+        trace: &PhaseTrace,
+    ) -> Result<(Vec<Record>, BlobMap)> {
         let layers = Self::tree_layers(m, t);
         let map = self.blob_map_for(&layers)?;
-        for (l, size) in map.layers() {
-            crate::layer::verify_layer(&self.layers_dir, &l, size)?;
-        }
+        trace.mark("layer indexes read");
+        // Whole-file checksums, one layer per worker (each is one sequential hash).
+        let all: Vec<(BlobId, u64)> = map.layers().collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| -> Result<()> {
+            let handles: Vec<_> = (0..self.threads.min(all.len()))
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((l, size)) = all.get(i) else {
+                                return Ok(());
+                            };
+                            crate::layer::verify_layer(&self.layers_dir, l, *size)?;
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().expect("layer verifier panicked"))
+        })?;
+        trace.mark("layers verified");
         let mut loader = ChunkLoader::new(&self.layers_dir, &map);
         let records = self.tree_records(t, &mut loader)?;
+        trace.mark("entry chunks read");
         crate::entry::validate_tree(&records)?;
+        trace.mark("entries validated");
         for r in &records {
             if let Some(c) = &r.content {
                 match map.get(c) {
