@@ -623,10 +623,11 @@ impl Store {
         let session = StoreSession {
             index: &index,
             claimed: Mutex::new(HashSet::new()),
-            sink: Mutex::new(LayerSink::new(
-                self.layers_dir.clone(),
-                self.tmp_dir.clone(),
-            )?),
+            sink: Mutex::new({
+                let mut sink = LayerSink::new(self.layers_dir.clone(), self.tmp_dir.clone())?;
+                sink.layer_target = self.layer_target;
+                sink
+            }),
             new_bytes: AtomicU64::new(0),
             hashed_files: AtomicU64::new(0),
             taken: std::sync::atomic::AtomicUsize::new(0),
@@ -890,6 +891,7 @@ impl Store {
             let sealed = sink.seal()?;
             (sink.finished.clone(), sealed, sink.written_bytes)
         };
+        let sink = &session.sink;
         let finished: Vec<LayerIndex> = finished
             .into_iter()
             .chain(sealed.as_ref().map(|s| s.index.clone()))
@@ -970,6 +972,8 @@ impl Store {
         let any_layer = !finished.is_empty();
         let (layers_durable, manifest_written) = std::thread::scope(|scope| {
             let h = scope.spawn(move || -> Result<()> {
+                // Layers finished at the size limit are being made durable already.
+                sink.lock().expect("poisoned").wait_durable()?;
                 if let Some(sl) = sealed {
                     sl.make_durable(layers_dir)?;
                 }

@@ -363,8 +363,14 @@ pub struct LayerSink {
     layers_dir: PathBuf,
     tmp_dir: PathBuf,
     current: Option<OpenLayer>,
-    /// Layers finished (fsync'd, renamed into `layers/`) by this sink.
+    /// Layers finished (sealed) by this sink; each is durable and in `layers/` once
+    /// `wait_durable` (or `finish`) has returned.
     pub finished: Vec<LayerIndex>,
+    /// Background fdatasync + rename of layers finished at the size limit: the workers
+    /// appending to the next layer do not wait for the disk.
+    flushing: Vec<std::thread::JoinHandle<Result<()>>>,
+    /// `LAYER_TARGET` (tests use smaller layers).
+    pub layer_target: u64,
     /// Compressed bytes written (layers and index files).
     pub written_bytes: u64,
     end_frame: Vec<u8>,
@@ -384,6 +390,8 @@ impl LayerSink {
             tmp_dir,
             current: None,
             finished: Vec::new(),
+            flushing: Vec::new(),
+            layer_target: LAYER_TARGET,
             written_bytes: 0,
             end_frame,
             tmp_counter: 0,
@@ -438,7 +446,7 @@ impl LayerSink {
         if self
             .current
             .as_ref()
-            .is_some_and(|l| l.offset >= LAYER_TARGET)
+            .is_some_and(|l| l.offset >= self.layer_target)
         {
             self.finish_layer()?;
         }
@@ -456,6 +464,7 @@ impl LayerSink {
         compressor: &mut zstd::bulk::Compressor<'static>,
     ) -> Result<bool> {
         let header = tar_header(&blob, len);
+        let target = self.layer_target;
         let layer = self.open_layer()?;
         let start = layer.offset;
         let mut hasher = blake3::Hasher::new();
@@ -500,7 +509,7 @@ impl LayerSink {
             }
         }
         let ok = hasher.finalize().as_bytes() == &blob.0;
-        let full = layer.offset >= LAYER_TARGET;
+        let full = layer.offset >= target;
         if ok {
             layer.entries.push(IndexEntry {
                 blob,
@@ -549,17 +558,35 @@ impl LayerSink {
         }))
     }
 
+    /// Seals the open layer and makes it durable in the background.
     fn finish_layer(&mut self) -> Result<()> {
         if let Some(sealed) = self.seal_layer()? {
-            let index = sealed.make_durable(&self.layers_dir)?;
-            self.finished.push(index);
+            self.finished.push(sealed.index.clone());
+            let dir = self.layers_dir.clone();
+            self.flushing.push(std::thread::spawn(move || {
+                sealed.make_durable(&dir).map(|_| ())
+            }));
         }
         Ok(())
     }
 
-    /// Finishes the open layer and makes every finished layer's rename durable.
+    /// Waits until every layer finished so far is fdatasync'd and renamed into `layers/`
+    /// (the caller fsyncs the directory).
+    pub fn wait_durable(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        for h in self.flushing.drain(..) {
+            let r = h.join().expect("layer flush thread panicked");
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Finishes the open layer and makes every finished layer and its rename durable.
     pub fn finish(&mut self) -> Result<()> {
         self.finish_layer()?;
+        self.wait_durable()?;
         if !self.finished.is_empty() {
             sync_dir(&self.layers_dir)?;
         }
@@ -567,7 +594,8 @@ impl LayerSink {
     }
 
     /// Seals the open layer without waiting for the disk, so the caller can overlap its
-    /// fsync with other work; layers finished earlier (at the size limit) are already durable.
+    /// fsync with other work; layers finished earlier (at the size limit) are durable once
+    /// `wait_durable` returns.
     pub fn seal(&mut self) -> Result<Option<SealedLayer>> {
         self.seal_layer()
     }
@@ -578,8 +606,11 @@ impl LayerSink {
         Some((l.file.try_clone().ok()?, l.offset))
     }
 
-    /// Drops the open layer's temp file (used when a checkpoint is abandoned).
+    /// Drops the open layer's temp file (used when a checkpoint is abandoned). Layers
+    /// already finished stay: complete, durable, referenced by no manifest (prune removes
+    /// them).
     pub fn abandon(&mut self) {
+        let _ = self.wait_durable();
         if let Some(layer) = self.current.take() {
             let _ = fs::remove_file(&layer.tmp);
         }

@@ -47,6 +47,8 @@ pub struct Store {
     /// The blob map over every complete layer, refreshed incrementally under the lock.
     index_cache: Mutex<Option<IndexCache>>,
     pub(crate) fail_point: Mutex<Option<String>>,
+    /// Compressed bytes after which `create` starts a new layer (`LAYER_TARGET`).
+    pub(crate) layer_target: u64,
 }
 
 /// What this process knows about the store's blob index: the layers present when it was
@@ -200,6 +202,7 @@ impl Store {
                 .clamp(2, 16),
             index_cache: Mutex::new(None),
             fail_point: Mutex::new(None),
+            layer_target: crate::layer::LAYER_TARGET,
         };
         for d in [&store.layers_dir, &store.manifests_dir, &store.tmp_dir] {
             fs::create_dir_all(d).io("create store directory", d)?;
@@ -230,6 +233,14 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Test hook: the layer size at which `create` starts a new layer (default 128 MiB),
+    /// so tests can make checkpoints of many layers cheaply.
+    #[doc(hidden)]
+    pub fn with_layer_target(mut self, bytes: u64) -> Store {
+        self.layer_target = bytes.max(1);
+        self
     }
 
     /// Test hook: makes `create` fail at a named point, simulating a crash there. Both
