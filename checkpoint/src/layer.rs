@@ -740,6 +740,11 @@ impl FrameBuilder {
             .append_group(&frames, &placed)
     }
 
+    /// Bytes of tar stream waiting in the open frame.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Compresses the open frame and hands it to the sink.
     pub fn flush(&mut self, sink: &Mutex<LayerSink>) -> Result<()> {
         if self.buf.is_empty() {
