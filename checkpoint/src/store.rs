@@ -60,6 +60,16 @@ struct IndexCache {
     unreadable: Vec<BlobId>,
 }
 
+/// A layer file's identity for the merged cache: size and mtime (ns).
+fn layer_stat(m: &fs::Metadata) -> LayerStat {
+    (
+        m.len(),
+        m.mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec()),
+    )
+}
+
 /// Layers outside the merged cache that `create` reads from their own trailers before it
 /// rewrites the cache.
 const MAX_OVERLAY_LAYERS: usize = 16;
@@ -393,7 +403,7 @@ impl Store {
             {
                 match e.metadata() {
                     Ok(m) if m.is_file() => {
-                        out.insert(h, (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()));
+                        out.insert(h, layer_stat(&m));
                     }
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -479,7 +489,7 @@ impl Store {
                 *cache = None;
                 return;
             };
-            let stat = (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec());
+            let stat = layer_stat(&m);
             let known = c.present.insert(l.layer, stat).is_some();
             if !known {
                 c.map.add(l.to_raw());
