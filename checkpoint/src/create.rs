@@ -32,6 +32,9 @@ use crate::scan::{
 };
 use crate::store::{ChunkLoader, Store, now_ns};
 
+/// Content frames of at least this many bytes are flushed early (see `create_inner`).
+const EARLY_FLUSH_MIN: u64 = 256 << 10;
+
 /// A directory tree to capture, e.g. "workspace" or "conversation".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TreeSpec {
@@ -108,6 +111,14 @@ impl<'p> ParentView<'p> {
         Ok(&self.loaded[&i])
     }
 
+    /// Chunk `i`'s records, which the view then no longer holds.
+    fn take_chunk(&mut self, i: usize, loader: &mut ChunkLoader<'_>) -> Result<Vec<Record>> {
+        match self.loaded.remove(&i) {
+            Some(records) => Ok(records),
+            None => loader.load(&self.chunks[i]),
+        }
+    }
+
     fn get(&mut self, key: &[u8], loader: &mut ChunkLoader<'_>) -> Result<Option<Record>> {
         if self.chunks.is_empty() {
             return Ok(None);
@@ -136,22 +147,6 @@ impl<'p> ParentView<'p> {
         Ok(self
             .get(dir, loader)?
             .is_some_and(|r| r.kind == RawKind::Dir))
-    }
-
-    /// Layers of every parent chunk loaded so far (where most contents of re-chunked
-    /// entries live).
-    fn loaded_layers(&self, parent_layers: &[BlobId]) -> Vec<BlobId> {
-        let set: BTreeSet<BlobId> = self
-            .loaded
-            .keys()
-            .flat_map(|i| {
-                self.chunks[*i]
-                    .layers
-                    .iter()
-                    .map(|l| parent_layers[*l as usize])
-            })
-            .collect();
-        set.into_iter().collect()
     }
 
     /// Direct children of `dir` (`b""`: the root).
@@ -212,7 +207,13 @@ impl Edits {
     }
 
     fn deleted_by_prefix(&self, path: &[u8]) -> bool {
-        self.del_prefixes.iter().any(|p| path.starts_with(p))
+        // Every `dir/` prefix of the path, shortest first.
+        !self.del_prefixes.is_empty()
+            && path
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'/')
+                .any(|(i, _)| self.del_prefixes.contains(&path[..=i]))
     }
 
     fn covered_by_scan(&self, path: &[u8]) -> bool {
@@ -444,7 +445,7 @@ fn merge_edits(
             continue;
         }
         let end: Option<Vec<u8>> = view.firsts.get(i + 1).cloned();
-        let records = view.chunk(i, loader)?.clone();
+        let records = view.take_chunk(i, loader)?;
         let mut mine: Vec<(&Vec<u8>, &Option<Record>)> = Vec::new();
         while let Some((k, _)) = pending_edits.peek() {
             if end.as_ref().is_some_and(|e| *k >= e) {
@@ -480,8 +481,6 @@ struct BuiltChunk {
     layers: BTreeSet<BlobId>,
     encoded: Option<Vec<u8>>,
     records: Option<Vec<Record>>,
-    /// Layers to search first for this chunk's contents.
-    likely_layers: std::sync::Arc<Vec<BlobId>>,
 }
 
 fn build_chunk(records: Vec<Record>) -> BuiltChunk {
@@ -500,7 +499,6 @@ fn build_chunk(records: Vec<Record>) -> BuiltChunk {
         layers: BTreeSet::new(),
         encoded: Some(encoded),
         records: Some(records),
-        likely_layers: Default::default(),
     }
 }
 
@@ -625,12 +623,14 @@ impl Store {
         let session = StoreSession {
             index: &index,
             claimed: Mutex::new(HashSet::new()),
-            sink: Mutex::new(LayerSink::new(
-                self.layers_dir.clone(),
-                self.tmp_dir.clone(),
-            )?),
+            sink: Mutex::new({
+                let mut sink = LayerSink::new(self.layers_dir.clone(), self.tmp_dir.clone())?;
+                sink.layer_target = self.layer_target;
+                sink
+            }),
             new_bytes: AtomicU64::new(0),
             hashed_files: AtomicU64::new(0),
+            taken: std::sync::atomic::AtomicUsize::new(0),
             t0_ns,
         };
         let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace);
@@ -663,8 +663,9 @@ impl Store {
         let rx = Mutex::new(rx);
         let abort = AtomicBool::new(false);
         let (decided, hashed) = std::thread::scope(|scope| {
-            // Workers start with the first jobs, up to `threads`: a hinted checkpoint of a
-            // few files should not pay for idle threads and compression contexts.
+            // Workers start as jobs queue up faster than the running ones take them, up to
+            // `threads`: a hinted checkpoint of a few files should not pay for idle threads
+            // and compression contexts (fresh memory is costly), a full scan gets them all.
             let workers = std::cell::RefCell::new(Vec::new());
             let sent = std::cell::Cell::new(0usize);
             let submit = |job: HashJob| {
@@ -672,7 +673,8 @@ impl Store {
                 let _ = tx.send(job);
                 sent.set(sent.get() + 1);
                 let mut w = workers.borrow_mut();
-                if w.len() < self.threads && w.len() < sent.get() {
+                let queued = sent.get() - session.taken.load(Ordering::Relaxed);
+                if w.is_empty() || (w.len() < self.threads && queued > w.len()) {
                     w.push(scope.spawn(|| hash_worker(&rx, &abort, session)));
                 }
             };
@@ -696,6 +698,15 @@ impl Store {
             results[ti].insert(rel, h);
         }
         trace.mark("files hashed");
+        // The layer's content frames are written: start flushing them to the disk while
+        // the chunks are built, so the commit's fdatasync waits only for the rest.
+        let early_flush = session
+            .sink
+            .lock()
+            .expect("poisoned")
+            .open_layer_file()
+            .filter(|(_, written)| *written >= EARLY_FLUSH_MIN)
+            .map(|(f, _)| std::thread::spawn(move || f.sync_data()));
         let apply = |r: &mut Record, h: &crate::scan::Hashed| {
             r.content = Some(h.content);
             r.mode = h.mode;
@@ -707,10 +718,9 @@ impl Store {
         };
 
         // 3. Chunk each tree.
-        let mut trees_out: Vec<Vec<BuiltChunk>> = Vec::new();
+        let mut outs_per_tree: Vec<Vec<ChunkOut>> = Vec::new();
         for (ti, (work, view)) in works.into_iter().zip(views).enumerate() {
             let res = &results[ti];
-            let mut likely = std::sync::Arc::new(Vec::new());
             let outs = match work {
                 TreeWork::Full(mut records) => {
                     let mut gone = false;
@@ -743,31 +753,57 @@ impl Store {
                     }
                     let mut view = view.expect("edited trees have a view");
                     let parent_layers = &parent.expect("edited trees have a parent").layers;
-                    let outs = merge_edits(&mut view, &mut loader, &edits, parent_layers)?;
-                    likely = std::sync::Arc::new(view.loaded_layers(parent_layers));
-                    outs
+                    merge_edits(&mut view, &mut loader, &edits, parent_layers)?
                 }
             };
-            trees_out.push(
+            outs_per_tree.push(outs);
+        }
+        // Encoding, hashing and digesting new chunks is independent per chunk.
+        let mut to_build = Vec::new();
+        let mut shapes: Vec<Vec<Option<BuiltChunk>>> = Vec::new();
+        for outs in outs_per_tree {
+            shapes.push(
                 outs.into_iter()
                     .map(|o| match o {
-                        ChunkOut::Reused(c, layers) => BuiltChunk {
+                        ChunkOut::Reused(c, layers) => Some(BuiltChunk {
                             chunk: c,
                             layers: layers.into_iter().collect(),
                             encoded: None,
                             records: None,
-                            likely_layers: Default::default(),
-                        },
-                        ChunkOut::New(records) => BuiltChunk {
-                            likely_layers: likely.clone(),
-                            ..build_chunk(records)
-                        },
+                        }),
+                        ChunkOut::New(records) => {
+                            to_build.push(records);
+                            None
+                        }
                     })
                     .collect(),
             );
         }
+        let mut built = par_map(to_build, self.threads, build_chunk).into_iter();
+        let mut trees_out: Vec<Vec<BuiltChunk>> = shapes
+            .into_iter()
+            .map(|t| {
+                t.into_iter()
+                    .map(|b| b.unwrap_or_else(|| built.next().expect("one per new chunk")))
+                    .collect()
+            })
+            .collect();
 
         trace.mark("chunked");
+        trace.note(|| {
+            let new: Vec<usize> = trees_out
+                .iter()
+                .flatten()
+                .filter_map(|b| b.encoded.as_ref().map(Vec::len))
+                .collect();
+            format!(
+                "{} chunks, {} new ({} bytes encoded), {} parent chunks decoded",
+                trees_out.iter().map(Vec::len).sum::<usize>(),
+                new.len(),
+                new.iter().sum::<usize>(),
+                loader.decoded
+            )
+        });
         // 4. Unchanged?
         let sink_empty = {
             let sink = session.sink.lock().expect("poisoned");
@@ -791,17 +827,22 @@ impl Store {
             return Ok(CreateOutcome::Unchanged(p.id.clone()));
         }
 
-        // 5. Store new chunk blobs, finish the layers.
-        let new_chunks: Vec<(BlobId, &Vec<u8>)> = trees_out
-            .iter()
+        // 5. Store new chunk blobs and finish the layers while this thread works out which
+        //    existing layers hold the files the new chunks name.
+        let new_chunks: Vec<(BlobId, Vec<u8>)> = trees_out
+            .iter_mut()
             .flatten()
-            .filter_map(|b| b.encoded.as_ref().map(|e| (b.chunk.blob, e)))
+            .filter_map(|b| b.encoded.take().map(|e| (b.chunk.blob, e)))
             .filter(|(blob, _)| session.claim(blob))
             .collect();
-        // One writer per 16 chunks, at most `threads`.
-        let writers = new_chunks.len().div_ceil(16).clamp(1, self.threads);
+        // Everything this checkpoint writes; the rest of what its chunks name is in the store.
+        let written: HashSet<BlobId> = session.claimed.lock().expect("poisoned").clone();
+        let writers = new_chunks.len().div_ceil(8).clamp(1, self.threads);
         let per_thread = new_chunks.len().div_ceil(writers).max(1);
-        std::thread::scope(|scope| -> Result<()> {
+        let vanished = |b: &BlobId| {
+            CheckpointError::corrupt(format!("blob {b} vanished from the store during create"))
+        };
+        let pending_new: Vec<Vec<BlobId>> = std::thread::scope(|scope| -> Result<_> {
             let handles: Vec<_> = new_chunks
                 .chunks(per_thread)
                 .map(|part| {
@@ -814,15 +855,43 @@ impl Store {
                     })
                 })
                 .collect();
-            handles
+            let located = (|| -> Result<Vec<Vec<BlobId>>> {
+                let mut pending = Vec::new();
+                for built in trees_out.iter_mut().flatten() {
+                    let mut new = Vec::new();
+                    if let Some(records) = &built.records {
+                        for c in std::iter::once(&built.chunk.blob)
+                            .chain(records.iter().filter_map(|r| r.content.as_ref()))
+                        {
+                            if written.contains(c) {
+                                new.push(*c);
+                            } else {
+                                built
+                                    .layers
+                                    .insert(index.layer_of(c).ok_or_else(|| vanished(c))?);
+                            }
+                        }
+                    }
+                    new.sort_unstable();
+                    new.dedup();
+                    pending.push(new);
+                }
+                Ok(pending)
+            })();
+            let stored = handles
                 .into_iter()
-                .try_for_each(|h| h.join().expect("chunk writer panicked"))
+                .map(|h| h.join().expect("chunk writer panicked"))
+                .collect::<Result<Vec<()>>>();
+            stored?;
+            located
         })?;
+        trace.mark("chunks stored, layers of existing blobs located");
         let (finished, sealed, written_bytes) = {
             let mut sink = session.sink.lock().expect("poisoned");
             let sealed = sink.seal()?;
             (sink.finished.clone(), sealed, sink.written_bytes)
         };
+        let sink = &session.sink;
         let finished: Vec<LayerIndex> = finished
             .into_iter()
             .chain(sealed.as_ref().map(|s| s.index.clone()))
@@ -832,23 +901,12 @@ impl Store {
             .iter()
             .flat_map(|l| l.entries.iter().map(|e| (e.blob, l.layer)))
             .collect();
-        let locate = |b: &BlobId, likely: &[BlobId]| -> Result<BlobId> {
-            new_locations
-                .get(b)
-                .copied()
-                .or_else(|| index.get_preferring(b, likely).map(|(l, _)| l))
-                .ok_or_else(|| {
-                    CheckpointError::corrupt(format!(
-                        "blob {b} vanished from the store during create"
-                    ))
-                })
-        };
-        for built in trees_out.iter_mut().flatten() {
-            if let Some(records) = built.records.take() {
-                built.layers.insert(locate(&built.chunk.blob, &[])?);
-                for c in records.iter().filter_map(|r| r.content.as_ref()) {
-                    built.layers.insert(locate(c, &built.likely_layers)?);
-                }
+        for (built, new) in trees_out.iter_mut().flatten().zip(pending_new) {
+            built.records = None;
+            for b in &new {
+                built
+                    .layers
+                    .insert(*new_locations.get(b).ok_or_else(|| vanished(b))?);
             }
         }
         trace.mark("chunk layers located");
@@ -914,6 +972,8 @@ impl Store {
         let any_layer = !finished.is_empty();
         let (layers_durable, manifest_written) = std::thread::scope(|scope| {
             let h = scope.spawn(move || -> Result<()> {
+                // Layers finished at the size limit are being made durable already.
+                sink.lock().expect("poisoned").wait_durable()?;
                 if let Some(sl) = sealed {
                     sl.make_durable(layers_dir)?;
                 }
@@ -927,13 +987,47 @@ impl Store {
         });
         layers_durable?;
         manifest_written?;
+        if let Some(h) = early_flush {
+            // Only an optimisation: `make_durable` above did the fdatasync that counts.
+            let _ = h.join();
+        }
         self.check_fail_point("before_manifest")?;
         self.check_fail_point("before_manifest_rename")?;
         let dest = self.manifest_path(&manifest.id);
         fs::rename(&tmp, &dest).io("commit manifest", &dest)?;
         sync_dir(&self.manifests_dir)?;
-        self.remember_layers(&finished);
         trace.mark("manifest committed");
+        self.remember_layers(&finished);
+        self.refresh_index_cache();
+        trace.mark("index cache refreshed");
         Ok(CreateOutcome::Created(manifest))
     }
+}
+
+/// Maps `f` over `items` on up to `threads` threads (the calling one included, at least 8
+/// items each: a thread costs ~50 us to start here), in order.
+fn par_map<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = threads.min(items.len().div_ceil(8)).max(1);
+    if threads == 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let mut parts: Vec<Vec<T>> = Vec::with_capacity(threads);
+    let mut it = items.into_iter().peekable();
+    while it.peek().is_some() {
+        parts.push(it.by_ref().take(per).collect());
+    }
+    let f = &f;
+    let mine = parts.remove(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|p| scope.spawn(move || p.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out: Vec<R> = mine.into_iter().map(f).collect();
+        for h in handles {
+            out.extend(h.join().expect("worker panicked"));
+        }
+        out
+    })
 }

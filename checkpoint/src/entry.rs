@@ -118,17 +118,17 @@ impl Record {
         }
     }
 
-    fn digest_into(&self, h: &mut blake3::Hasher) {
-        let mut buf = Vec::with_capacity(self.path.len() + 64);
-        put_varint(&mut buf, self.path.len() as u64);
+    /// Appends the fields the content digest covers (the same bytes, in one buffer, as
+    /// hashing each record separately: blake3 is a stream).
+    fn digest_into(&self, buf: &mut Vec<u8>) {
+        put_varint(buf, self.path.len() as u64);
         buf.extend_from_slice(&self.path);
         buf.push(self.kind as u8);
-        put_varint(&mut buf, u64::from(self.mode));
-        put_varint(&mut buf, self.size);
+        put_varint(buf, u64::from(self.mode));
+        put_varint(buf, self.size);
         buf.extend_from_slice(&self.content.map(|c| c.0).unwrap_or([0; 32]));
-        put_varint(&mut buf, self.link.len() as u64);
+        put_varint(buf, self.link.len() as u64);
         buf.extend_from_slice(&self.link);
-        h.update(&buf);
     }
 }
 
@@ -224,11 +224,11 @@ pub fn decode_chunk(data: &[u8]) -> Result<Vec<Record>> {
 
 /// The content digest of a run of records (what `skip_if_unchanged` compares).
 pub fn content_digest(records: &[Record]) -> BlobId {
-    let mut h = blake3::Hasher::new();
+    let mut buf = Vec::with_capacity(records.len() * 96);
     for r in records {
-        r.digest_into(&mut h);
+        r.digest_into(&mut buf);
     }
-    BlobId(*h.finalize().as_bytes())
+    BlobId::of(&buf)
 }
 
 /// Average chunk length is 256 entries; a chunk never exceeds `CHUNK_MAX_ENTRIES`.

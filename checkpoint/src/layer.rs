@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::codec::{BlobId, Cursor};
 use crate::error::{CheckpointError, IoContext, Result};
+use crate::mindex::MergedIndex;
 
 /// Uncompressed bytes per zstd frame.
 pub const FRAME_TARGET: usize = 2 << 20;
@@ -29,6 +30,10 @@ pub const LAYER_TARGET: u64 = 128 << 20;
 /// Blobs up to this size are compressed in memory by the worker that read them.
 pub const IN_MEMORY_BLOB_MAX: u64 = 64 << 20;
 pub const ZSTD_LEVEL: i32 = 3;
+/// Entry chunks are mostly hashes and nanosecond timestamps: level 3 shrinks them ~6% more
+/// than level 1 at a third of the speed, and they are most of what an incremental
+/// checkpoint compresses.
+pub const CHUNK_ZSTD_LEVEL: i32 = 1;
 
 const INDEX_MAGIC: &[u8; 8] = b"PHCKIDX\n";
 const INDEX_VERSION: u32 = 1;
@@ -237,6 +242,15 @@ impl RawIndex {
         None
     }
 
+    /// Bytes of zstd frames in the layer (entries point below this).
+    pub fn data_size(&self) -> u64 {
+        self.data_size
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.count
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = IndexEntry> + '_ {
         (0..self.count).filter_map(|i| self.entry(i).ok())
     }
@@ -349,8 +363,14 @@ pub struct LayerSink {
     layers_dir: PathBuf,
     tmp_dir: PathBuf,
     current: Option<OpenLayer>,
-    /// Layers finished (fsync'd, renamed into `layers/`) by this sink.
+    /// Layers finished (sealed) by this sink; each is durable and in `layers/` once
+    /// `wait_durable` (or `finish`) has returned.
     pub finished: Vec<LayerIndex>,
+    /// Background fdatasync + rename of layers finished at the size limit: the workers
+    /// appending to the next layer do not wait for the disk.
+    flushing: Vec<std::thread::JoinHandle<Result<()>>>,
+    /// `LAYER_TARGET` (tests use smaller layers).
+    pub layer_target: u64,
     /// Compressed bytes written (layers and index files).
     pub written_bytes: u64,
     end_frame: Vec<u8>,
@@ -370,6 +390,8 @@ impl LayerSink {
             tmp_dir,
             current: None,
             finished: Vec::new(),
+            flushing: Vec::new(),
+            layer_target: LAYER_TARGET,
             written_bytes: 0,
             end_frame,
             tmp_counter: 0,
@@ -424,7 +446,7 @@ impl LayerSink {
         if self
             .current
             .as_ref()
-            .is_some_and(|l| l.offset >= LAYER_TARGET)
+            .is_some_and(|l| l.offset >= self.layer_target)
         {
             self.finish_layer()?;
         }
@@ -442,6 +464,7 @@ impl LayerSink {
         compressor: &mut zstd::bulk::Compressor<'static>,
     ) -> Result<bool> {
         let header = tar_header(&blob, len);
+        let target = self.layer_target;
         let layer = self.open_layer()?;
         let start = layer.offset;
         let mut hasher = blake3::Hasher::new();
@@ -486,7 +509,7 @@ impl LayerSink {
             }
         }
         let ok = hasher.finalize().as_bytes() == &blob.0;
-        let full = layer.offset >= LAYER_TARGET;
+        let full = layer.offset >= target;
         if ok {
             layer.entries.push(IndexEntry {
                 blob,
@@ -535,17 +558,35 @@ impl LayerSink {
         }))
     }
 
+    /// Seals the open layer and makes it durable in the background.
     fn finish_layer(&mut self) -> Result<()> {
         if let Some(sealed) = self.seal_layer()? {
-            let index = sealed.make_durable(&self.layers_dir)?;
-            self.finished.push(index);
+            self.finished.push(sealed.index.clone());
+            let dir = self.layers_dir.clone();
+            self.flushing.push(std::thread::spawn(move || {
+                sealed.make_durable(&dir).map(|_| ())
+            }));
         }
         Ok(())
     }
 
-    /// Finishes the open layer and makes every finished layer's rename durable.
+    /// Waits until every layer finished so far is fdatasync'd and renamed into `layers/`
+    /// (the caller fsyncs the directory).
+    pub fn wait_durable(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        for h in self.flushing.drain(..) {
+            let r = h.join().expect("layer flush thread panicked");
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Finishes the open layer and makes every finished layer and its rename durable.
     pub fn finish(&mut self) -> Result<()> {
         self.finish_layer()?;
+        self.wait_durable()?;
         if !self.finished.is_empty() {
             sync_dir(&self.layers_dir)?;
         }
@@ -553,13 +594,23 @@ impl LayerSink {
     }
 
     /// Seals the open layer without waiting for the disk, so the caller can overlap its
-    /// fsync with other work; layers finished earlier (at the size limit) are already durable.
+    /// fsync with other work; layers finished earlier (at the size limit) are durable once
+    /// `wait_durable` returns.
     pub fn seal(&mut self) -> Result<Option<SealedLayer>> {
         self.seal_layer()
     }
 
-    /// Drops the open layer's temp file (used when a checkpoint is abandoned).
+    /// A second handle on the open layer file and the bytes written to it so far.
+    pub fn open_layer_file(&self) -> Option<(File, u64)> {
+        let l = self.current.as_ref()?;
+        Some((l.file.try_clone().ok()?, l.offset))
+    }
+
+    /// Drops the open layer's temp file (used when a checkpoint is abandoned). Layers
+    /// already finished stay: complete, durable, referenced by no manifest (prune removes
+    /// them).
     pub fn abandon(&mut self) {
+        let _ = self.wait_durable();
         if let Some(layer) = self.current.take() {
             let _ = fs::remove_file(&layer.tmp);
         }
@@ -588,31 +639,41 @@ pub struct FrameBuilder {
     buf: Vec<u8>,
     blobs: Vec<PlacedBlob>,
     pub compressor: zstd::bulk::Compressor<'static>,
+    /// For entry chunks' own frames (`CHUNK_ZSTD_LEVEL`), made on first use.
+    chunk_compressor: Option<zstd::bulk::Compressor<'static>>,
+}
+
+fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
+    zstd::bulk::Compressor::new(level).map_err(|e| CheckpointError::Io {
+        op: "create compressor",
+        path: PathBuf::new(),
+        source: e,
+    })
 }
 
 impl FrameBuilder {
     pub fn new() -> Result<Self> {
-        let compressor =
-            zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| CheckpointError::Io {
-                op: "create compressor",
-                path: PathBuf::new(),
-                source: e,
-            })?;
         Ok(FrameBuilder {
             buf: Vec::with_capacity(FRAME_TARGET + 4096),
             blobs: Vec::new(),
-            compressor,
+            compressor: compressor(ZSTD_LEVEL)?,
+            chunk_compressor: None,
         })
     }
 
-    fn compress(&mut self, data: &[u8]) -> Result<Vec<u8>> {
-        self.compressor
-            .compress(data)
-            .map_err(|e| CheckpointError::Io {
-                op: "compress",
-                path: PathBuf::new(),
-                source: e,
-            })
+    fn compress(&mut self, data: &[u8], kind: BlobKind) -> Result<Vec<u8>> {
+        let c = match kind {
+            BlobKind::Content => &mut self.compressor,
+            BlobKind::Chunk => match &mut self.chunk_compressor {
+                Some(c) => c,
+                slot => slot.insert(compressor(CHUNK_ZSTD_LEVEL)?),
+            },
+        };
+        c.compress(data).map_err(|e| CheckpointError::Io {
+            op: "compress",
+            path: PathBuf::new(),
+            source: e,
+        })
     }
 
     /// Adds a blob held in memory. `own_frame` puts it in frames of its own (entry chunks,
@@ -657,7 +718,10 @@ impl FrameBuilder {
                 stream.resize(stream.len() + padding(len), 0);
             }
             if stream.len() >= FRAME_TARGET || rest.is_empty() {
-                frames.push(self.compress(&stream)?);
+                // Chunks in a group of their own get the chunk level; packed frames (and
+                // large contents) the content level.
+                let level_kind = if own_frame { kind } else { BlobKind::Content };
+                frames.push(self.compress(&stream, level_kind)?);
                 stream.clear();
             }
             if rest.is_empty() {
@@ -676,13 +740,18 @@ impl FrameBuilder {
             .append_group(&frames, &placed)
     }
 
+    /// Bytes of tar stream waiting in the open frame.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Compresses the open frame and hands it to the sink.
     pub fn flush(&mut self, sink: &Mutex<LayerSink>) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.buf);
-        let frame = self.compress(&buf);
+        let frame = self.compress(&buf, BlobKind::Content);
         self.buf = buf;
         self.buf.clear();
         let frame = frame?;
@@ -738,6 +807,89 @@ impl LayerReader {
         })
     }
 
+    /// Decompresses the frame at `offset` whole into `scratch.frame` with at most two
+    /// positional reads (the first of about `hint` bytes, the second of the frame's bound
+    /// if that was short) and one bulk decompression, reusing the scratch buffers and
+    /// context. `Ok(false)` if the frame does not record its content size, or it exceeds
+    /// `WHOLE_FRAME_MAX` (the caller streams instead, which also reports damage precisely).
+    pub fn read_frame(&self, offset: u64, hint: u64, scratch: &mut FrameScratch) -> Result<bool> {
+        let max = WHOLE_FRAME_MAX;
+        let mut want = (hint.min(max) as usize + 1024).next_multiple_of(4096);
+        let frame_len = loop {
+            let n = read_at_most(&self.file, &mut scratch.compressed, want, offset)
+                .io("read layer", &self.path)?;
+            let got = &scratch.compressed[..n];
+            if let Ok(len) = zstd::zstd_safe::find_frame_compressed_size(got) {
+                break len;
+            }
+            // Incomplete: the header says how large the frame can be.
+            match zstd::zstd_safe::get_frame_content_size(got) {
+                Ok(Some(size)) if size <= max && n == want => {
+                    let bound = zstd::zstd_safe::compress_bound(size as usize) + 64;
+                    if bound <= want {
+                        return Ok(false);
+                    }
+                    want = bound;
+                }
+                _ => return Ok(false),
+            }
+        };
+        let frame = &scratch.compressed[..frame_len];
+        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(size)) if size <= max => size as usize,
+            _ => return Ok(false),
+        };
+        let dctx =
+            match &mut scratch.dctx {
+                Some(d) => d,
+                slot => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| {
+                    CheckpointError::Io {
+                        op: "create decompressor",
+                        path: self.path.clone(),
+                        source: e,
+                    }
+                })?),
+            };
+        scratch.frame.clear();
+        scratch.frame.reserve(size);
+        let n = dctx
+            .decompress_to_buffer(frame, &mut scratch.frame)
+            .map_err(|x| corrupt_read(&self.path, x))?;
+        if n != size {
+            return Err(CheckpointError::corrupt(format!(
+                "layer {} has a frame shorter than it says",
+                self.path.display()
+            )));
+        }
+        Ok(true)
+    }
+
+    /// `read_blob` through whole-frame reads when the blob lies in one frame.
+    pub fn read_blob_with(
+        &mut self,
+        e: &IndexEntry,
+        scratch: &mut FrameScratch,
+    ) -> Result<Vec<u8>> {
+        let end = u64::from(e.header_offset) + 512 + e.len;
+        if end <= WHOLE_FRAME_MAX && self.read_frame(e.frame_offset, end, scratch)? {
+            let frame = &scratch.frame;
+            if frame.len() as u64 >= end {
+                let at = e.header_offset as usize;
+                let header: &[u8; 512] = frame[at..at + 512].try_into().expect("512 bytes");
+                check_member_header(header, e)?;
+                let data = &frame[at + 512..end as usize];
+                if blake3::hash(data).as_bytes() != &e.blob.0 {
+                    return Err(CheckpointError::corrupt(format!(
+                        "blob {} content does not match its hash",
+                        e.blob
+                    )));
+                }
+                return Ok(data.to_vec());
+            }
+        }
+        self.read_blob(e)
+    }
+
     /// Reads and checks one whole blob into memory.
     pub fn read_blob(&mut self, e: &IndexEntry) -> Result<Vec<u8>> {
         // Small reads for small blobs (entry chunks are loaded one at a time).
@@ -751,6 +903,58 @@ impl LayerReader {
         stream.read_member(e, &mut out)?;
         Ok(out)
     }
+}
+
+/// Frames up to this size (decompressed) are read whole (`LayerReader::read_frame`).
+pub const WHOLE_FRAME_MAX: u64 = 2 * FRAME_TARGET as u64 + 4096;
+
+/// Reusable buffers and decompression context for whole-frame reads.
+#[derive(Default)]
+pub struct FrameScratch {
+    dctx: Option<zstd::bulk::Decompressor<'static>>,
+    compressed: Vec<u8>,
+    /// The last frame read, decompressed.
+    pub frame: Vec<u8>,
+}
+
+/// Reads up to `want` bytes at `offset` into `buf` (resized to `want`); fewer only at EOF.
+fn read_at_most(file: &File, buf: &mut Vec<u8>, want: usize, offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(want, 0);
+    let mut got = 0;
+    while got < want {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Checks a member's tar header against its index entry: a regular file named by the
+/// blob's hex id, of the indexed size.
+pub fn check_member_header(header: &[u8; 512], e: &IndexEntry) -> Result<()> {
+    let h = tar::Header::from_byte_slice(header);
+    if !h.entry_type().is_file() {
+        return Err(CheckpointError::unsafe_entry(
+            e.blob.to_hex(),
+            format!(
+                "layer member is not a regular file (tar type {:?})",
+                h.entry_type()
+            ),
+        ));
+    }
+    let name_ok = h.path_bytes().as_ref() == e.blob.to_hex().as_bytes();
+    let size_ok = h.entry_size().ok() == Some(e.len);
+    if !name_ok || !size_ok {
+        return Err(CheckpointError::corrupt(format!(
+            "layer member for blob {} does not match its index",
+            e.blob
+        )));
+    }
+    Ok(())
 }
 
 /// A decompressing reader positioned inside a layer.
@@ -788,24 +992,7 @@ impl FrameStream<'_> {
         self.decoder
             .read_exact(&mut header)
             .map_err(|x| corrupt_read(self.path, x))?;
-        let h = tar::Header::from_byte_slice(&header);
-        let name_ok = h.path_bytes().as_ref() == e.blob.to_hex().as_bytes();
-        let size_ok = h.entry_size().ok() == Some(e.len);
-        if !h.entry_type().is_file() {
-            return Err(CheckpointError::unsafe_entry(
-                e.blob.to_hex(),
-                format!(
-                    "layer member is not a regular file (tar type {:?})",
-                    h.entry_type()
-                ),
-            ));
-        }
-        if !name_ok || !size_ok {
-            return Err(CheckpointError::corrupt(format!(
-                "layer member for blob {} does not match its index",
-                e.blob
-            )));
-        }
+        check_member_header(&header, e)?;
         let mut hasher = blake3::Hasher::new();
         let mut remaining = e.len;
         let mut buf = vec![0u8; (256 << 10).min(e.len.max(1) as usize)];
@@ -833,13 +1020,19 @@ impl FrameStream<'_> {
     }
 }
 
-/// The blob → location map over a set of layers (their index files, searched in order).
+/// The blob → location map over a set of layers: their own indexes (searched in order),
+/// then, for `create`, the store's merged index cache (`mindex.rs`).
 #[derive(Default, Clone)]
 pub struct BlobMap {
     indexes: Vec<Arc<RawIndex>>,
+    merged: Option<Arc<MergedIndex>>,
 }
 
 impl BlobMap {
+    pub fn new(merged: Option<Arc<MergedIndex>>, indexes: Vec<Arc<RawIndex>>) -> Self {
+        BlobMap { indexes, merged }
+    }
+
     pub fn add(&mut self, index: Arc<RawIndex>) {
         self.indexes.push(index);
     }
@@ -848,23 +1041,112 @@ impl BlobMap {
         self.indexes
             .iter()
             .find_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
+            .or_else(|| self.merged.as_ref()?.get(blob))
     }
 
-    /// `get`, searching the `likely` layers first.
-    pub fn get_preferring(&self, blob: &BlobId, likely: &[BlobId]) -> Option<(BlobId, IndexEntry)> {
+    /// The layer holding a blob that is known to be in the store (see
+    /// `MergedIndex::layer_of`); cheaper than `get` for many lookups.
+    pub fn layer_of(&self, blob: &BlobId) -> Option<BlobId> {
         self.indexes
             .iter()
-            .filter(|ix| likely.contains(&ix.layer))
-            .chain(self.indexes.iter().filter(|ix| !likely.contains(&ix.layer)))
-            .find_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
+            .find_map(|ix| ix.find(blob).map(|_| ix.layer))
+            .or_else(|| self.merged.as_ref()?.layer_of(blob))
     }
 
     pub fn contains(&self, blob: &BlobId) -> bool {
         self.get(blob).is_some()
     }
 
-    /// (layer id, layer file size) of every layer in the map.
+    /// (layer id, layer file size) of every layer whose own index is in the map (not the
+    /// layers covered by the merged cache).
     pub fn layers(&self) -> impl Iterator<Item = (BlobId, u64)> + '_ {
         self.indexes.iter().map(|ix| (ix.layer, ix.file_size))
+    }
+
+    /// The layers' own indexes in the map.
+    pub fn indexes(&self) -> &[Arc<RawIndex>] {
+        &self.indexes
+    }
+
+    pub fn merged(&self) -> Option<&Arc<MergedIndex>> {
+        self.merged.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(seed: u32, len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|x| (x.wrapping_mul(2654435761).wrapping_add(seed) >> (7 + seed % 5)) as u8)
+            .collect()
+    }
+
+    /// A layer with packed contents, a content spanning frames and entry chunks in frames
+    /// of their own; returns its index and every blob's data.
+    fn layer(dir: &Path) -> (Arc<RawIndex>, Vec<(BlobId, Vec<u8>)>) {
+        let (layers, tmp) = (dir.join("layers"), dir.join("tmp"));
+        fs::create_dir_all(&layers).unwrap();
+        fs::create_dir_all(&tmp).unwrap();
+        let sink = Mutex::new(LayerSink::new(layers.clone(), tmp).unwrap());
+        let mut fb = FrameBuilder::new().unwrap();
+        let mut blobs = Vec::new();
+        for (i, (len, kind, own)) in [
+            (100, BlobKind::Content, false),
+            (70_000, BlobKind::Content, false),
+            (3 * FRAME_TARGET + 17, BlobKind::Content, false),
+            (30_000, BlobKind::Chunk, true),
+            (0, BlobKind::Content, false),
+            (5_000, BlobKind::Chunk, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let d = data(i as u32, len);
+            let id = BlobId::of(&d);
+            fb.add(&sink, id, kind, &d, own).unwrap();
+            blobs.push((id, d));
+        }
+        fb.flush(&sink).unwrap();
+        let mut s = sink.into_inner().unwrap();
+        s.finish().unwrap();
+        let id = s.finished[0].layer;
+        (read_index(&layers, &id).unwrap(), blobs)
+    }
+
+    #[test]
+    fn whole_frame_reads_match_streamed_reads_and_catch_damage() {
+        let t = tempfile::tempdir().unwrap();
+        let (ix, blobs) = layer(t.path());
+        let layers = t.path().join("layers");
+        let mut scratch = FrameScratch::default();
+        let mut r = LayerReader::open(&layers, &ix.layer).unwrap();
+        for (id, d) in &blobs {
+            let e = ix.find(id).unwrap();
+            assert_eq!(&r.read_blob_with(&e, &mut scratch).unwrap(), d);
+            assert_eq!(&r.read_blob(&e).unwrap(), d);
+        }
+        let path = layer_path(&layers, &ix.layer);
+        let good = fs::read(&path).unwrap();
+        let data_size = ix.data_size() as usize;
+        for at in (0..data_size)
+            .step_by(data_size / 150)
+            .chain([0, 4, 5, 9, data_size - 1])
+        {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            fs::write(&path, &bad).unwrap();
+            let mut r = LayerReader::open(&layers, &ix.layer).unwrap();
+            for (id, d) in &blobs {
+                let e = ix.find(id).unwrap();
+                match r.read_blob_with(&e, &mut scratch) {
+                    Ok(got) => assert_eq!(&got, d, "flip at {at} returned wrong data"),
+                    Err(err) => {
+                        assert!(matches!(err.code(), "E620" | "E621"), "flip at {at}: {err}")
+                    }
+                }
+            }
+        }
     }
 }

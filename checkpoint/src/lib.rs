@@ -26,6 +26,7 @@ mod error;
 mod exclude;
 mod layer;
 mod manifest;
+mod mindex;
 mod prune;
 #[doc(hidden)]
 pub mod raw;

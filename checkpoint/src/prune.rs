@@ -291,6 +291,11 @@ impl Store {
         }
         sync_dir(&self.layers_dir)?;
         self.forget_index_cache();
+        // The merged index cache now names deleted layers and lacks the new ones: rewrite it
+        // (best effort; `create` checks it against `layers/` anyway).
+        if self.global_index().is_ok() {
+            self.refresh_index_cache();
+        }
         stats.bytes_before = bytes_before;
         stats.bytes_after = self.store_bytes();
         if let Some(max) = policy.max_store_bytes

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,7 +28,10 @@ use crate::codec::BlobId;
 use crate::entry::{RawKind, Record, bytes_path};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::exclude::Excludes;
-use crate::layer::{BlobMap, IndexEntry, LayerReader};
+use crate::layer::{
+    BlobMap, FRAME_TARGET, FrameScratch, IndexEntry, LayerReader, WHOLE_FRAME_MAX,
+    check_member_header,
+};
 use crate::manifest::CheckpointId;
 use crate::store::{Store, now_ns};
 
@@ -102,6 +105,7 @@ impl Store {
         tree: &str,
         target: &Path,
     ) -> Result<RestoreStats> {
+        let trace = crate::store::PhaseTrace::new();
         let _lock = self.lock(false)?;
         let m = self.load(id)?;
         let t = m
@@ -110,7 +114,7 @@ impl Store {
                 id: m.id.0.clone(),
                 what: format!("tree {tree:?}"),
             })?;
-        let (records, map) = self.prepare_tree(&m, t)?;
+        let (records, map) = self.prepare_tree_traced(&m, t, &trace)?;
         match fs::metadata(target) {
             Ok(md) if md.is_dir() => {}
             Ok(_) => {
@@ -138,6 +142,7 @@ impl Store {
             &self.layers_dir,
             &excludes,
             self.threads,
+            &trace,
         )
     }
 }
@@ -149,19 +154,29 @@ fn restore_records(
     layers_dir: &Path,
     excludes: &Excludes,
     threads: usize,
+    trace: &crate::store::PhaseTrace,
 ) -> Result<RestoreStats> {
     let mut stats = RestoreStats::default();
-    let wanted: HashMap<&[u8], &Record> = records.iter().map(|r| (r.path.as_slice(), r)).collect();
 
-    // A. Remove what the checkpoint does not have; remember what is already there.
+    // A. Remove what the checkpoint does not have; remember what is already there (nothing
+    //    to do for an empty target, the common case of a restore into a new directory).
     let mut existing_dirs: HashSet<Vec<u8>> = HashSet::new();
     let mut existing_files: HashMap<Vec<u8>, fs::Metadata> = HashMap::new();
     let mut existing_links: HashSet<Vec<u8>> = HashSet::new();
+    let empty = fs::read_dir(target)
+        .io("read directory", target)?
+        .next()
+        .is_none();
+    let wanted: HashMap<&[u8], &Record> = if empty {
+        HashMap::new()
+    } else {
+        records.iter().map(|r| (r.path.as_slice(), r)).collect()
+    };
     let mut it = WalkDir::new(target)
         .min_depth(1)
         .follow_links(false)
         .into_iter();
-    while let Some(e) = it.next() {
+    while let Some(e) = if empty { None } else { it.next() } {
         let e = match e {
             Ok(e) => e,
             Err(err)
@@ -239,25 +254,42 @@ fn restore_records(
         }
     }
 
-    // B. Directories and symlinks in path order (parents first); decide per file.
+    trace.mark("target scanned");
+    // B. Directories level by level (parents first; the directories of one level in
+    //    parallel), then symlinks (every parent is a directory of the tree); decide per file.
+    let mut levels: Vec<Vec<&Record>> = Vec::new();
+    for r in records.iter().filter(|r| r.kind == RawKind::Dir) {
+        let depth = r.path.iter().filter(|b| **b == b'/').count();
+        if levels.len() <= depth {
+            levels.resize_with(depth + 1, Vec::new);
+        }
+        levels[depth].push(r);
+    }
+    for level in &levels {
+        let workers = if level.len() >= 64 { threads } else { 1 };
+        let created = parallel_map(level, workers, |r| -> Result<bool> {
+            let abs = target.join(bytes_path(&r.path));
+            if existing_dirs.contains(&r.path) {
+                let md = fs::symlink_metadata(&abs).io("stat", &abs)?;
+                if md.mode() & 0o700 != 0o700 {
+                    fs::set_permissions(&abs, perm(md.mode() | 0o700)).io("chmod", &abs)?;
+                }
+                Ok(false)
+            } else {
+                fs::create_dir(&abs).io("create directory", &abs)?;
+                Ok(true)
+            }
+        })?;
+        stats.dirs_created += created.iter().filter(|c| **c).count() as u64;
+    }
     let mut writes: Vec<FileJob<'_>> = Vec::new();
     let mut compares: Vec<&Record> = Vec::new();
     let mut mode_fixes: Vec<&Record> = Vec::new();
     for r in records {
-        let abs = target.join(bytes_path(&r.path));
         match r.kind {
-            RawKind::Dir => {
-                if existing_dirs.contains(&r.path) {
-                    let md = fs::symlink_metadata(&abs).io("stat", &abs)?;
-                    if md.mode() & 0o700 != 0o700 {
-                        fs::set_permissions(&abs, perm(md.mode() | 0o700)).io("chmod", &abs)?;
-                    }
-                } else {
-                    fs::create_dir(&abs).io("create directory", &abs)?;
-                    stats.dirs_created += 1;
-                }
-            }
+            RawKind::Dir => {}
             RawKind::Symlink => {
+                let abs = target.join(bytes_path(&r.path));
                 if !existing_links.contains(&r.path) {
                     std::os::unix::fs::symlink(bytes_path(&r.link), &abs)
                         .io("create symlink", &abs)?;
@@ -296,6 +328,7 @@ fn restore_records(
         }
     }
 
+    trace.mark("directories and symlinks made");
     // C. Files of equal size: hash them; rewrite the ones that differ.
     let differ = parallel_map(&compares, threads, |r| -> Result<bool> {
         let abs = target.join(bytes_path(&r.path));
@@ -327,6 +360,7 @@ fn restore_records(
     let (written, bytes) = write_files(target, &writes, map, layers_dir, threads)?;
     stats.files_written += written;
     stats.bytes_written += bytes;
+    trace.mark("files written");
 
     // E. Modes and mtimes of unchanged files, then directory modes (deepest first).
     for r in mode_fixes {
@@ -347,6 +381,7 @@ fn restore_records(
             fs::set_permissions(&abs, perm(r.mode)).io("chmod", &abs)?;
         }
     }
+    trace.mark("modes set");
     Ok(stats)
 }
 
@@ -358,17 +393,29 @@ fn parallel_map<T: Sync, R: Send>(
     if items.is_empty() {
         return Ok(Vec::new());
     }
+    if threads <= 1 || items.len() == 1 {
+        return items.iter().map(f).collect();
+    }
+    // Successive claims go to `workers` regions of the list far apart, so the workers
+    // are usually busy in different parts of the tree: creating files in the same
+    // directory (adjacent frames hold neighbouring files) serialises on its lock.
+    let workers = threads.min(items.len());
+    let per = items.len().div_ceil(workers);
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let parts: Vec<Result<Vec<(usize, R)>>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads.min(items.len()).max(1))
+        let hs: Vec<_> = (0..workers)
             .map(|_| {
                 s.spawn(|| {
                     let mut out = Vec::new();
                     while !abort.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= items.len() {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        if k >= workers * per {
                             break;
+                        }
+                        let i = (k % workers) * per + k / workers;
+                        if i >= items.len() {
+                            continue;
                         }
                         match f(&items[i]) {
                             Ok(r) => out.push((i, r)),
@@ -457,38 +504,93 @@ fn write_files(
     for (_, blobs) in &mut tasks {
         blobs.sort_by_key(|(e, _)| e.header_offset);
     }
+    // Where each frame ends (the next indexed frame of its layer, or the layer's data end),
+    // so a frame is read with one exact positional read.
+    let mut frame_ends: HashMap<BlobId, Vec<u64>> = HashMap::new();
+    for ix in map.indexes() {
+        let mut offsets: Vec<u64> = ix.entries().map(|e| e.frame_offset).collect();
+        offsets.push(ix.data_size());
+        offsets.sort_unstable();
+        offsets.dedup();
+        frame_ends.insert(ix.layer, offsets);
+    }
+    let span = |layer: &BlobId, frame: u64| -> u64 {
+        frame_ends
+            .get(layer)
+            .and_then(|o| o.get(o.partition_point(|x| *x <= frame)))
+            .map_or(FRAME_TARGET as u64, |end| end - frame)
+    };
     let files = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
-    let readers: std::sync::Mutex<Vec<HashMap<BlobId, LayerReader>>> =
-        std::sync::Mutex::new(Vec::new());
+    type WorkerState = (HashMap<BlobId, LayerReader>, FrameScratch);
+    let states: std::sync::Mutex<Vec<WorkerState>> = std::sync::Mutex::new(Vec::new());
     parallel_map(&tasks, threads, |((layer, frame), blobs)| -> Result<()> {
-        let mut cache = readers.lock().expect("poisoned").pop().unwrap_or_default();
+        let (mut cache, mut scratch) = states.lock().expect("poisoned").pop().unwrap_or_default();
         if !cache.contains_key(layer) {
             cache.insert(*layer, LayerReader::open(layers_dir, layer)?);
         }
         let reader = cache.get_mut(layer).expect("inserted");
-        let mut stream = reader.frames_at(*frame, 256 << 10)?;
-        for (e, js) in blobs {
-            let first = js[0];
-            let abs = target.join(bytes_path(&first.record.path));
-            let (mut f, tmp) = open_dest(&abs, first.replace)?;
-            if let Err(err) = stream.read_member(e, &mut f) {
-                let _ = fs::remove_file(&tmp);
-                return Err(err);
+        let end = blobs
+            .iter()
+            .map(|(e, _)| u64::from(e.header_offset) + 512 + e.len)
+            .max()
+            .unwrap_or(0);
+        let whole = end <= WHOLE_FRAME_MAX
+            && reader.read_frame(*frame, span(layer, *frame), &mut scratch)?
+            && scratch.frame.len() as u64 >= end;
+        if whole {
+            // The frame is in memory: check each member, then write it to every file that
+            // has that content (no file is written from unverified bytes).
+            for (e, js) in blobs {
+                let at = e.header_offset as usize;
+                let header: &[u8; 512] = scratch.frame[at..at + 512].try_into().expect("512 bytes");
+                check_member_header(header, e)?;
+                let data = &scratch.frame[at + 512..at + 512 + e.len as usize];
+                if blake3::hash(data).as_bytes() != &e.blob.0 {
+                    return Err(CheckpointError::corrupt(format!(
+                        "blob {} content does not match its hash",
+                        e.blob
+                    )));
+                }
+                for j in js {
+                    let abs = target.join(bytes_path(&j.record.path));
+                    let (mut f, tmp) = open_dest(&abs, j.replace)?;
+                    if let Err(err) = f.write_all(data) {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(CheckpointError::Io {
+                            op: "write",
+                            path: abs,
+                            source: err,
+                        });
+                    }
+                    finish_dest(f, &tmp, &abs, j.record, j.replace)?;
+                }
+                files.fetch_add(js.len() as u64, Ordering::Relaxed);
+                bytes.fetch_add(e.len * js.len() as u64, Ordering::Relaxed);
             }
-            finish_dest(f, &tmp, &abs, first.record, first.replace)?;
-            for j in &js[1..] {
-                let dest = target.join(bytes_path(&j.record.path));
-                let (mut out, tmp2) = open_dest(&dest, j.replace)?;
-                let mut src = File::open(&abs).io("open", &abs)?;
-                io::copy(&mut src, &mut out).io("copy", &dest)?;
-                finish_dest(out, &tmp2, &dest, j.record, j.replace)?;
+        } else {
+            let mut stream = reader.frames_at(*frame, 256 << 10)?;
+            for (e, js) in blobs {
+                let first = js[0];
+                let abs = target.join(bytes_path(&first.record.path));
+                let (mut f, tmp) = open_dest(&abs, first.replace)?;
+                if let Err(err) = stream.read_member(e, &mut f) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(err);
+                }
+                finish_dest(f, &tmp, &abs, first.record, first.replace)?;
+                for j in &js[1..] {
+                    let dest = target.join(bytes_path(&j.record.path));
+                    let (mut out, tmp2) = open_dest(&dest, j.replace)?;
+                    let mut src = File::open(&abs).io("open", &abs)?;
+                    io::copy(&mut src, &mut out).io("copy", &dest)?;
+                    finish_dest(out, &tmp2, &dest, j.record, j.replace)?;
+                }
+                files.fetch_add(js.len() as u64, Ordering::Relaxed);
+                bytes.fetch_add(e.len * js.len() as u64, Ordering::Relaxed);
             }
-            files.fetch_add(js.len() as u64, Ordering::Relaxed);
-            bytes.fetch_add(e.len * js.len() as u64, Ordering::Relaxed);
         }
-        drop(stream);
-        readers.lock().expect("poisoned").push(cache);
+        states.lock().expect("poisoned").push((cache, scratch));
         Ok(())
     })?;
     Ok((files.into_inner(), bytes.into_inner()))

@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 
 use walkdir::WalkDir;
 
@@ -211,6 +211,8 @@ pub struct StoreSession<'a> {
     pub sink: Mutex<LayerSink>,
     pub new_bytes: AtomicU64,
     pub hashed_files: AtomicU64,
+    /// Jobs the workers have taken off the queue (so `create` starts workers as needed).
+    pub taken: std::sync::atomic::AtomicUsize,
     pub t0_ns: i64,
 }
 
@@ -343,6 +345,10 @@ fn hash_one(
     unreachable!("the last attempt always returns")
 }
 
+/// A worker that finds the queue empty compresses its pending frame if it holds at least
+/// this much (smaller ones wait, so small files still share frames).
+const IDLE_FLUSH_MIN: usize = 256 << 10;
+
 /// One file to hash: (tree index, relative path, absolute path).
 pub type HashJob = (usize, Vec<u8>, PathBuf);
 pub type HashResult = (usize, Vec<u8>, Option<Hashed>);
@@ -360,8 +366,23 @@ pub fn hash_worker(
         if abort.load(Ordering::Relaxed) {
             break;
         }
-        let job = jobs.lock().expect("job queue poisoned").recv();
+        let job = {
+            let queue = jobs.lock().expect("job queue poisoned");
+            match queue.try_recv() {
+                Ok(job) => Ok(job),
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) if fb.pending_bytes() >= IDLE_FLUSH_MIN => {
+                    // Nothing to hash right now: compress what is pending while idle
+                    // instead of after the last job (small checkpoints wait for that).
+                    drop(queue);
+                    fb.flush(&s.sink)?;
+                    continue;
+                }
+                Err(TryRecvError::Empty) => queue.recv(),
+            }
+        };
         let Ok((tree, rel, abs)) = job else { break };
+        s.taken.fetch_add(1, Ordering::Relaxed);
         match hash_one(&abs, &mut fb, &mut buf, s) {
             Ok(h) => out.push((tree, rel, h)),
             Err(e) => {

@@ -8,10 +8,11 @@
 //! so prune never deletes a layer under a reader or a writer. Waiting for the lock is
 //! bounded by `lock_wait` (default 60 s); after that the call fails with E622.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -19,8 +20,11 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{BlobId, unescape_path};
 use crate::entry::{Record, bytes_path, decode_chunk, rel_bytes};
 use crate::error::{CheckpointError, IoContext, Result};
-use crate::layer::{BlobKind, BlobMap, LayerIndex, LayerReader, read_index};
+use crate::layer::{
+    BlobKind, BlobMap, FrameScratch, LayerIndex, LayerReader, RawIndex, read_index,
+};
 use crate::manifest::{CheckpointId, ChunkRef, Manifest, TreeManifest};
+use crate::mindex::{CachedLayer, LayerStat, MergedIndex};
 use crate::{Entry, EntryKind};
 
 const STORE_FORMAT: &str = "parhelia-checkpoint-store";
@@ -43,12 +47,32 @@ pub struct Store {
     /// The blob map over every complete layer, refreshed incrementally under the lock.
     index_cache: Mutex<Option<IndexCache>>,
     pub(crate) fail_point: Mutex<Option<String>>,
+    /// Compressed bytes after which `create` starts a new layer (`LAYER_TARGET`).
+    pub(crate) layer_target: u64,
 }
 
+/// What this process knows about the store's blob index: the layers present when it was
+/// loaded (with size and mtime), and the map over them.
 struct IndexCache {
-    layers: BTreeSet<BlobId>,
+    present: BTreeMap<BlobId, LayerStat>,
     map: BlobMap,
+    /// Present layers that the merged cache does not cover and whose index is unreadable.
+    unreadable: Vec<BlobId>,
 }
+
+/// A layer file's identity for the merged cache: size and mtime (ns).
+fn layer_stat(m: &fs::Metadata) -> LayerStat {
+    (
+        m.len(),
+        m.mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec()),
+    )
+}
+
+/// Layers outside the merged cache that `create` reads from their own trailers before it
+/// rewrites the cache.
+const MAX_OVERLAY_LAYERS: usize = 16;
 
 /// A list entry: what `parhelia checkpoint list` shows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,10 +121,25 @@ impl PhaseTrace {
 
     pub fn mark(&self, what: &str) {
         if let Some(s) = self.start {
+            // Minor page faults so far: fresh memory costs as much as computation here.
+            let faults = fs::read_to_string("/proc/self/stat")
+                .ok()
+                .and_then(|st| {
+                    let rest = st.rsplit(')').next()?.to_string();
+                    rest.split_whitespace().nth(7).map(str::to_string)
+                })
+                .unwrap_or_default();
             eprintln!(
-                "parhelia-checkpoint: {:>8.2} ms {what}",
+                "parhelia-checkpoint: {:>8.2} ms {what} (minflt {faults})",
                 s.elapsed().as_secs_f64() * 1000.0
             );
+        }
+    }
+
+    /// A detail line (computed only when tracing).
+    pub fn note(&self, what: impl FnOnce() -> String) {
+        if self.start.is_some() {
+            eprintln!("parhelia-checkpoint:             {}", what());
         }
     }
 }
@@ -173,6 +212,7 @@ impl Store {
                 .clamp(2, 16),
             index_cache: Mutex::new(None),
             fail_point: Mutex::new(None),
+            layer_target: crate::layer::LAYER_TARGET,
         };
         for d in [&store.layers_dir, &store.manifests_dir, &store.tmp_dir] {
             fs::create_dir_all(d).io("create store directory", d)?;
@@ -203,6 +243,14 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Test hook: the layer size at which `create` starts a new layer (default 128 MiB),
+    /// so tests can make checkpoints of many layers cheaply.
+    #[doc(hidden)]
+    pub fn with_layer_target(mut self, bytes: u64) -> Store {
+        self.layer_target = bytes.max(1);
+        self
     }
 
     /// Test hook: makes `create` fail at a named point, simulating a crash there. Both
@@ -339,7 +387,12 @@ impl Store {
 
     /// Layer files present in `layers/` (complete: they are renamed in only once durable).
     pub(crate) fn complete_layers(&self) -> Result<BTreeSet<BlobId>> {
-        let mut out = BTreeSet::new();
+        Ok(self.present_layers()?.into_keys().collect())
+    }
+
+    /// Layer files present in `layers/`, with their size and mtime.
+    pub(crate) fn present_layers(&self) -> Result<BTreeMap<BlobId, LayerStat>> {
+        let mut out = BTreeMap::new();
         for e in fs::read_dir(&self.layers_dir).io("list", &self.layers_dir)? {
             let e = e.io("list", &self.layers_dir)?;
             let name = e.file_name();
@@ -348,36 +401,57 @@ impl Store {
                 .and_then(|n| n.strip_suffix(".tar.zst"))
                 .and_then(BlobId::from_hex)
             {
-                out.insert(h);
+                match e.metadata() {
+                    Ok(m) if m.is_file() => {
+                        out.insert(h, layer_stat(&m));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(CheckpointError::Io {
+                            op: "stat",
+                            path: self.layers_dir.join(name),
+                            source: e,
+                        });
+                    }
+                }
             }
         }
         Ok(out)
     }
 
-    /// The blob map over every complete layer (for dedup in `create`). Layers whose index
-    /// fails its checksum are left out, so their content is simply stored again.
+    /// The blob map over every complete layer (for dedup in `create`): the merged index
+    /// cache for the layers it covers, plus the own indexes of layers it does not (new,
+    /// changed, or all of them when there is no usable cache). Layers whose index fails its
+    /// checksum are left out, so their content is simply stored again.
     pub(crate) fn global_index(&self) -> Result<BlobMap> {
-        let layers = self.complete_layers()?;
+        let present = self.present_layers()?;
         let mut cache = self.index_cache.lock().expect("index cache poisoned");
-        let reusable = cache.as_ref().is_some_and(|c| c.layers.is_subset(&layers));
-        if !reusable {
-            *cache = Some(IndexCache {
-                layers: BTreeSet::new(),
-                map: BlobMap::default(),
-            });
+        if let Some(c) = cache.as_ref()
+            && c.present == present
+        {
+            return Ok(c.map.clone());
         }
-        let c = cache.as_mut().expect("just set");
-        let missing: Vec<BlobId> = layers.difference(&c.layers).copied().collect();
-        // Reading and checksumming the indexes is most of a small checkpoint's fixed cost;
-        // spread it over the worker threads.
+        let merged = MergedIndex::open(&self.root, &self.layers_dir, &present).map(Arc::new);
+        let covered: BTreeSet<BlobId> = merged
+            .iter()
+            .flat_map(|m| m.usable_layers().map(|l| l.id))
+            .collect();
+        let missing: Vec<BlobId> = present
+            .keys()
+            .filter(|l| !covered.contains(l))
+            .copied()
+            .collect();
+        // Reading and checksumming the indexes is most of a small checkpoint's fixed cost
+        // when the cache does not cover them; spread it over the worker threads.
         let per_thread = missing.len().div_ceil(self.threads).max(1);
-        let loaded: Vec<Vec<_>> = std::thread::scope(|scope| {
+        let loaded: Vec<Vec<(BlobId, Option<Arc<RawIndex>>)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = missing
                 .chunks(per_thread)
                 .map(|part| {
                     scope.spawn(move || {
                         part.iter()
-                            .map(|l| read_index(&self.layers_dir, l).ok())
+                            .map(|l| (*l, read_index(&self.layers_dir, l).ok()))
                             .collect()
                     })
                 })
@@ -387,26 +461,127 @@ impl Store {
                 .map(|h| h.join().expect("index loader panicked"))
                 .collect()
         });
-        for index in loaded.into_iter().flatten().flatten() {
-            c.map.add(index);
+        let mut overlays = Vec::new();
+        let mut unreadable = Vec::new();
+        for (l, ix) in loaded.into_iter().flatten() {
+            match ix {
+                Some(ix) => overlays.push(ix),
+                None => unreadable.push(l),
+            }
         }
-        c.layers.extend(missing);
-        Ok(c.map.clone())
+        let map = BlobMap::new(merged, overlays);
+        *cache = Some(IndexCache {
+            present,
+            map: map.clone(),
+            unreadable,
+        });
+        Ok(map)
     }
 
+    /// Adds layers this process just wrote to the in-memory index state.
     pub(crate) fn remember_layers(&self, new_layers: &[LayerIndex]) {
         let mut cache = self.index_cache.lock().expect("index cache poisoned");
-        if let Some(c) = cache.as_mut() {
-            for l in new_layers {
-                if c.layers.insert(l.layer) {
-                    c.map.add(l.to_raw());
-                }
+        let Some(c) = cache.as_mut() else { return };
+        for l in new_layers {
+            let path = crate::layer::layer_path(&self.layers_dir, &l.layer);
+            let Ok(m) = fs::metadata(&path) else {
+                // Cannot describe it: start over from the directory next time.
+                *cache = None;
+                return;
+            };
+            let stat = layer_stat(&m);
+            let known = c.present.insert(l.layer, stat).is_some();
+            if !known {
+                c.map.add(l.to_raw());
             }
         }
     }
 
     pub(crate) fn forget_index_cache(&self) {
         *self.index_cache.lock().expect("index cache poisoned") = None;
+    }
+
+    /// Rewrites `index.cache` from the in-memory index state when it is missing, stale or
+    /// damaged, or when the layers it does not cover have grown (more than
+    /// `MAX_OVERLAY_LAYERS` layers, or more entries than a quarter of the cache's). Best
+    /// effort: the cache is an optimisation, and a failure leaves the previous file, which
+    /// is still checked against `layers/` on every open.
+    pub(crate) fn refresh_index_cache(&self) {
+        let mut cache = self.index_cache.lock().expect("index cache poisoned");
+        let Some(c) = cache.as_mut() else { return };
+        let merged = c.map.merged().cloned();
+        let overlay_entries: u64 = c
+            .map
+            .indexes()
+            .iter()
+            .map(|ix| ix.entry_count() as u64)
+            .sum();
+        let cached = merged.as_ref().map_or(0, |m| m.entry_count());
+        let needed = merged.as_ref().is_none_or(|m| m.stale())
+            || !c.unreadable.is_empty()
+            || c.map.indexes().len() > MAX_OVERLAY_LAYERS
+            || overlay_entries > (cached / 4).max(4096);
+        if !needed {
+            return;
+        }
+        let mut layers = Vec::new();
+        let mut entries = Vec::new();
+        if let Some(m) = &merged {
+            match m.usable_entries() {
+                Some(es) => {
+                    layers.extend(m.usable_layers().copied());
+                    entries = es;
+                }
+                None => {
+                    for l in m.usable_layers() {
+                        match (!l.unreadable)
+                            .then(|| read_index(&self.layers_dir, &l.id).ok())
+                            .flatten()
+                        {
+                            Some(ix) => {
+                                layers.push(*l);
+                                entries.extend(ix.entries().map(|e| (l.id, e)));
+                            }
+                            None => layers.push(CachedLayer {
+                                unreadable: true,
+                                ..*l
+                            }),
+                        }
+                    }
+                }
+            }
+        }
+        for ix in c.map.indexes() {
+            let Some(&(size, mtime_ns)) = c.present.get(&ix.layer) else {
+                continue;
+            };
+            layers.push(CachedLayer {
+                id: ix.layer,
+                file_size: size,
+                mtime_ns,
+                data_size: ix.data_size(),
+                unreadable: false,
+            });
+            entries.extend(ix.entries().map(|e| (ix.layer, e)));
+        }
+        for l in &c.unreadable {
+            if let Some(&(size, mtime_ns)) = c.present.get(l) {
+                layers.push(CachedLayer {
+                    id: *l,
+                    file_size: size,
+                    mtime_ns,
+                    data_size: 0,
+                    unreadable: true,
+                });
+            }
+        }
+        if crate::mindex::write_cache(&self.root, &self.tmp_dir, layers, entries).is_err() {
+            return;
+        }
+        if let Some(m) = MergedIndex::open(&self.root, &self.layers_dir, &c.present) {
+            c.map = BlobMap::new(Some(Arc::new(m)), Vec::new());
+            c.unreadable.clear();
+        }
     }
 
     /// The blob map over the given layers of a manifest, read from their index files.
@@ -489,14 +664,45 @@ impl Store {
         m: &Manifest,
         t: &TreeManifest,
     ) -> Result<(Vec<Record>, BlobMap)> {
+        self.prepare_tree_traced(m, t, &PhaseTrace::new())
+    }
+
+    pub(crate) fn prepare_tree_traced(
+        &self,
+        m: &Manifest,
+        t: &TreeManifest,
+        trace: &PhaseTrace,
+    ) -> Result<(Vec<Record>, BlobMap)> {
         let layers = Self::tree_layers(m, t);
         let map = self.blob_map_for(&layers)?;
-        for (l, size) in map.layers() {
-            crate::layer::verify_layer(&self.layers_dir, &l, size)?;
-        }
+        trace.mark("layer indexes read");
+        // Whole-file checksums, one layer per worker (each is one sequential hash).
+        let all: Vec<(BlobId, u64)> = map.layers().collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| -> Result<()> {
+            let handles: Vec<_> = (0..self.threads.min(all.len()))
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((l, size)) = all.get(i) else {
+                                return Ok(());
+                            };
+                            crate::layer::verify_layer(&self.layers_dir, l, *size)?;
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().expect("layer verifier panicked"))
+        })?;
+        trace.mark("layers verified");
         let mut loader = ChunkLoader::new(&self.layers_dir, &map);
         let records = self.tree_records(t, &mut loader)?;
+        trace.mark("entry chunks read");
         crate::entry::validate_tree(&records)?;
+        trace.mark("entries validated");
         for r in &records {
             if let Some(c) = &r.content {
                 match map.get(c) {
@@ -573,6 +779,9 @@ pub(crate) struct ChunkLoader<'a> {
     layers_dir: &'a Path,
     map: &'a BlobMap,
     readers: HashMap<BlobId, LayerReader>,
+    scratch: FrameScratch,
+    /// Chunks decoded so far (for tracing).
+    pub decoded: usize,
 }
 
 impl<'a> ChunkLoader<'a> {
@@ -581,6 +790,8 @@ impl<'a> ChunkLoader<'a> {
             layers_dir,
             map,
             readers: HashMap::new(),
+            scratch: FrameScratch::default(),
+            decoded: 0,
         }
     }
 
@@ -595,10 +806,11 @@ impl<'a> ChunkLoader<'a> {
         self.readers
             .get_mut(&layer)
             .expect("inserted")
-            .read_blob(&entry)
+            .read_blob_with(&entry, &mut self.scratch)
     }
 
     pub fn load(&mut self, c: &ChunkRef) -> Result<Vec<Record>> {
+        self.decoded += 1;
         let data = self.read_blob(&c.blob, "entry chunk")?;
         let records = decode_chunk(&data)?;
         let first = unescape_path(&c.first)?;

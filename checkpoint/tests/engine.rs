@@ -60,6 +60,48 @@ fn full_checkpoint_round_trips_into_an_empty_and_a_dirty_target() {
 }
 
 #[test]
+fn many_directories_and_shared_contents_restore_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let ws = t.path().join("ws");
+    // Enough directories per level for them to be created in parallel, files sharing
+    // contents (within a frame, across frames, and a large one spanning frames).
+    let big: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    for d in 0..100 {
+        for f in 0..6 {
+            let content = format!("shared {}\n", f % 3).repeat(50 + f);
+            write(
+                &ws,
+                &format!("d{d}/e{}/f{f}.txt", d % 7),
+                content.as_bytes(),
+            );
+        }
+        if d % 40 == 0 {
+            write(&ws, &format!("d{d}/big.bin"), &big);
+        }
+    }
+    fs::set_permissions(ws.join("d3/e3"), fs::Permissions::from_mode(0o500)).unwrap();
+    let store = Store::open(&t.path().join("store"))
+        .unwrap()
+        .with_threads(4);
+    let m = created(store.create(&unknown("w", &ws)).unwrap());
+    let out = t.path().join("out");
+    store.restore_tree(&m.id, "w", &out).unwrap();
+    assert_eq!(listing(&out), listing(&ws));
+    // Into a dirty target: some copies changed, some gone, one replaced by a directory.
+    fs::set_permissions(out.join("d3/e3"), fs::Permissions::from_mode(0o700)).unwrap();
+    write(&out, "d1/e1/f0.txt", b"changed");
+    fs::remove_file(out.join("d2/e2/f1.txt")).unwrap();
+    fs::remove_file(out.join("d40/big.bin")).unwrap();
+    fs::create_dir(out.join("d40/big.bin")).unwrap();
+    store.restore_tree(&m.id, "w", &out).unwrap();
+    assert_eq!(listing(&out), listing(&ws));
+    fs::set_permissions(ws.join("d3/e3"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(out.join("d3/e3"), fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
 fn restore_replaces_hard_links_instead_of_writing_through_them() {
     let t = tempfile::tempdir().unwrap();
     let ws = t.path().join("ws");

@@ -279,3 +279,70 @@ fn symlinks_out_are_restored_as_links_and_never_written_through() {
     assert!(fs::symlink_metadata(out.join("d")).unwrap().is_dir());
     assert_eq!(fs::read_link(out.join("out")).unwrap(), sentinel);
 }
+
+#[test]
+fn checkpoints_of_many_layers_commit_only_when_all_are_durable() {
+    let t = tempfile::tempdir().unwrap();
+    let ws = t.path().join("ws");
+    // Incompressible content (xorshift), so the layers really fill up.
+    let noise = |seed: u32, len: usize| -> Vec<u8> {
+        let mut x = (u64::from(seed) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    for i in 0..24 {
+        write(&ws, &format!("d{}/f{i}.bin", i % 4), &noise(i, 700_000));
+    }
+    // Small layers: layers fill up (and are made durable in the background) mid-create.
+    let store = Store::open(&t.path().join("store"))
+        .unwrap()
+        .with_layer_target(64 << 10);
+    let first = created(store.create(&unknown("w", &ws)).unwrap());
+    assert!(first.stats.new_layers >= 6, "{:?}", first.stats);
+    store.verify(&first.id).unwrap();
+    let out = t.path().join("out");
+    store.restore_tree(&first.id, "w", &out).unwrap();
+    assert_eq!(listing(&out), listing(&ws));
+    let expected_first = listing(&ws);
+
+    // A crash just before the commit, after several layers were finished.
+    for i in 0..24 {
+        write(
+            &ws,
+            &format!("d{}/f{i}.bin", i % 4),
+            &noise(1000 + i, 700_000),
+        );
+    }
+    let layers_before = fs::read_dir(t.path().join("store/layers")).unwrap().count();
+    store.inject_failure(Some("before_manifest"));
+    assert_eq!(store.create(&unknown("w", &ws)).unwrap_err().code(), "E520");
+    store.inject_failure(None);
+    let layers_after = fs::read_dir(t.path().join("store/layers")).unwrap().count();
+    assert!(
+        layers_after >= layers_before + 5,
+        "finished layers stay, complete"
+    );
+    assert_eq!(store.list().unwrap().len(), 1);
+    store.verify(&first.id).unwrap();
+
+    // The next checkpoint deduplicates against those layers; prune drops what is unused.
+    let second = created(store.create(&unknown("w", &ws)).unwrap());
+    assert_eq!(second.stats.new_bytes, 0, "{:?}", second.stats);
+    store.verify(&second.id).unwrap();
+    fs::remove_dir_all(&out).unwrap();
+    store.restore_tree(&second.id, "w", &out).unwrap();
+    assert_eq!(listing(&out), listing(&ws));
+    store.prune(&Default::default()).unwrap();
+    for (m, expected) in [(&first, &expected_first), (&second, &listing(&ws))] {
+        store.verify(&m.id).unwrap();
+        fs::remove_dir_all(&out).unwrap();
+        store.restore_tree(&m.id, "w", &out).unwrap();
+        assert_eq!(&listing(&out), expected);
+    }
+}
