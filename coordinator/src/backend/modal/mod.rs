@@ -357,6 +357,13 @@ impl ModalBackend {
         Ok(())
     }
 
+    /// Whether `parhelia config sync` has written its manifest to the volume.
+    async fn config_synced(&self) -> Result<bool, CodedError> {
+        let manifest = crate::config_sync::MANIFEST_PATH;
+        let (dir, name) = manifest.rsplit_once('/').unwrap_or(("", manifest));
+        Ok(self.list_volume(dir).await?.contains_key(name))
+    }
+
     /// Finds the sandbox of one of our containers (`None`: not running).
     async fn sandbox_of(&self, container_id: &str) -> Result<Option<String>, CodedError> {
         let listed = self
@@ -644,7 +651,9 @@ impl Backend for ModalBackend {
             &self.timing,
         );
         spec.listen_addr = format!("0.0.0.0:{}", self.config.agent_port);
-        if request.config_seed {
+        // Only when `config sync` has put something there: a seed the agent
+        // cannot find is a warning in every session's events.
+        if request.config_seed && self.config_synced().await? {
             spec.claude_config_seed = Some(
                 self.config
                     .volume_mount
