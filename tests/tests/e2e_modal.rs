@@ -173,6 +173,14 @@ fn a_task_runs_in_a_tagged_sandbox_and_its_checkpoints_become_durable() {
         durable_events.to_string().contains("checkpoint_durable"),
         "no checkpoint_durable event"
     );
+    // Without `config sync` there is no seed, and no warning about one.
+    assert!(
+        !h.task_events(&task_id, "agent_error")
+            .iter()
+            .any(|e| e.to_string().contains("seed")),
+        "{:#?}",
+        h.task_events(&task_id, "agent_error")
+    );
 }
 
 #[test]
