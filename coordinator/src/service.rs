@@ -695,15 +695,7 @@ impl CoordinatorService {
         let resolved = self.resolve_launch(env, backend)?;
         let launch = LaunchRequest {
             backend,
-            resources: task_resources(
-                &self
-                    .inner
-                    .db
-                    .task_limits(&task.id)?
-                    .map(|(limits, _)| limits)
-                    .unwrap_or_default(),
-                &self.config().rates,
-            ),
+            resources: self.resources_of(&task.id)?,
             config_seed: backend == plan::BackendKind::Modal,
             ids: ids.clone(),
             session: SessionRequest {
@@ -1043,6 +1035,17 @@ impl CoordinatorService {
         crate::usage::reconcile(&self.inner.db, modal.as_ref(), due, &policy, now).await
     }
 
+    /// The sandbox resources a task asked for.
+    fn resources_of(&self, task_id: &str) -> Result<Resources> {
+        let limits = self
+            .inner
+            .db
+            .task_limits(task_id)?
+            .map(|(limits, _)| limits)
+            .unwrap_or_default();
+        Ok(task_resources(&limits, &self.config().rates))
+    }
+
     /// The coordinator's Modal backend (built on first use).
     pub fn modal_backend(&self) -> Result<Arc<crate::backend::modal::ModalBackend>> {
         Ok(self.inner.backends.modal()?)
@@ -1265,15 +1268,7 @@ impl CoordinatorService {
         };
         let launch = LaunchRequest {
             backend: to_kind,
-            resources: task_resources(
-                &self
-                    .inner
-                    .db
-                    .task_limits(&task.id)?
-                    .map(|(limits, _)| limits)
-                    .unwrap_or_default(),
-                &self.config().rates,
-            ),
+            resources: self.resources_of(&task.id)?,
             config_seed: to_kind == plan::BackendKind::Modal,
             ids: LaunchIds {
                 task_id: task.id.clone(),
