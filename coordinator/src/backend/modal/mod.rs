@@ -55,11 +55,19 @@ const NEVER_SENT: &[&str] = &[
     "TMPDIR",
 ];
 
-/// Becomes `$1` after handing it the session's volume directory `$2`; the
-/// rest is the agent's command line.
+/// Becomes `$1` after handing it the session's volume directory `$2` (files
+/// the coordinator uploaded there are root's: a shipped workspace, a store
+/// copied from another backend); the rest is the agent's command line. When
+/// the volume refuses the ownership change, the agent stays root, with
+/// `IS_SANDBOX=1` (Claude Code refuses `--dangerously-skip-permissions` as
+/// root otherwise), and says so on stderr (the sandbox's log).
 const RUN_AS_SCRIPT: &str = r#"u="$1"; d="$2"; shift 2
-mkdir -p "$d" && chown "$u:$u" "$d" || echo "parhelia-start: cannot give $d to $u" >&2
-exec setpriv --reuid="$u" --regid="$u" --init-groups "$@""#;
+if g="$(id -g "$u")" && mkdir -p "$d" && chown -R "$u:" "$d"; then
+  exec setpriv --reuid="$u" --regid="$g" --init-groups "$@"
+fi
+echo "parhelia-start: cannot give $d to $u; the agent runs as root" >&2
+export IS_SANDBOX=1
+exec "$@""#;
 
 /// Resources for one sandbox.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -885,6 +893,53 @@ mod tests {
                 .message
                 .contains("2.39")
         );
+    }
+
+    /// The start wrapper, run as the sandbox runs it (needs root and
+    /// setpriv, as the image has; skipped elsewhere).
+    #[test]
+    fn the_agent_becomes_the_user_or_stays_root_with_is_sandbox() {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let setpriv = std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !root || !setpriv {
+            eprintln!("skipped: needs root and setpriv");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = |user: &str, volume: &Path| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", RUN_AS_SCRIPT, "parhelia-start", user])
+                .arg(volume)
+                .args(["sh", "-c", "echo $(id -un) ${IS_SANDBOX:-unset}"])
+                .env_remove("IS_SANDBOX")
+                .output()
+                .unwrap();
+            (
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        // A user that exists: the volume directory (and what is in it) is
+        // handed over, and the agent runs as that user.
+        let volume = dir.path().join("vol/sessions/s1");
+        std::fs::create_dir_all(volume.join("checkpoints/layers")).unwrap();
+        let (out, _) = run("nobody", &volume);
+        assert_eq!(out, "nobody unset");
+        use std::os::unix::fs::MetadataExt;
+        let nobody_uid = std::fs::metadata(volume.join("checkpoints/layers"))
+            .unwrap()
+            .uid();
+        assert_ne!(nobody_uid, 0, "the store was not handed over");
+        // The ownership change fails: root, with IS_SANDBOX=1, said on stderr.
+        let (out, err) = run("no-such-user-parhelia", &dir.path().join("vol/sessions/s2"));
+        assert_eq!(out, "root 1");
+        assert!(err.contains("runs as root"), "{err}");
     }
 
     #[test]
