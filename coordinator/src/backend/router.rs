@@ -117,16 +117,18 @@ impl Backends {
         Ok(self.get(self.kind_of(container_id))?)
     }
 
-    /// Modal is listed once this coordinator has ever used it.
+    /// Modal is listed once a container of this coordinator has run there
+    /// (not merely because its bridge was started, e.g. by a refused
+    /// `--backend modal`: a Modal that cannot list would hold up every pass).
     fn modal_in_use(&self) -> bool {
-        if lock(&self.modal).is_some() {
-            return true;
+        let built = lock(&self.modal).is_some();
+        match &self.db {
+            Some(db) => {
+                (self.modal_factory.is_some() || built)
+                    && db.backend_ever_used("modal").unwrap_or(false)
+            }
+            None => built,
         }
-        self.modal_factory.is_some()
-            && self
-                .db
-                .as_ref()
-                .is_some_and(|db| db.backend_ever_used("modal").unwrap_or(false))
     }
 }
 
@@ -194,5 +196,43 @@ impl Backend for Backends {
         self.get(self.kind_of_session(session_id))?
             .import_store(session_id, volume_dir, from)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::config::Config;
+    use crate::plan::AgentSettings;
+
+    /// A Modal that cannot even start its bridge must not stop the local
+    /// backend from being listed, unless a container ever ran on Modal.
+    #[tokio::test]
+    async fn a_broken_modal_is_listed_only_once_something_ran_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("p.db")).unwrap());
+        let local: Arc<dyn Backend> = Arc::new(LocalBackend::new(
+            dir.path().to_path_buf(),
+            "coord-70000001".into(),
+            "/bin/false".into(),
+        ));
+        let root = dir.path().to_path_buf();
+        let factory: ModalFactory = Box::new(move || {
+            let mut config = Config::defaults().modal;
+            config.python = "/nonexistent/python3".into();
+            Arc::new(ModalBackend::new(
+                root.clone(),
+                "coord-70000001".into(),
+                config,
+                AgentSettings::default(),
+            ))
+        });
+        let backends = Backends::new(local, Some(factory), Arc::clone(&db));
+        // A refused `--backend modal` builds the Modal backend...
+        let modal = backends.get(BackendKind::Modal).unwrap();
+        assert!(modal.list().await.is_err());
+        // ...and listing still works: nothing ever ran on Modal.
+        backends.list().await.expect("list without Modal");
     }
 }
