@@ -107,7 +107,10 @@ pub fn seed_checkpoint(
     {
         excludes.push(format!("/{}/", rel.display()));
     }
-    let empty = tempfile_dir(store_root)?;
+    // The seed has no conversation yet: an empty tree (removed on drop).
+    let empty = tempfile::Builder::new()
+        .prefix("empty-")
+        .tempdir_in(store_root.join("tmp"))?;
     let request = CreateRequest {
         trees: vec![
             (
@@ -121,7 +124,7 @@ pub fn seed_checkpoint(
             (
                 TreeSpec {
                     name: CONVERSATION_TREE.into(),
-                    root: empty.clone(),
+                    root: empty.path().to_path_buf(),
                     excludes: Vec::new(),
                 },
                 ChangeHint::Unknown,
@@ -133,22 +136,46 @@ pub fn seed_checkpoint(
         metadata: serde_json::json!({"workspace_source": source}),
         skip_if_unchanged: false,
     };
-    let outcome = store.create(&request);
-    let _ = std::fs::remove_dir_all(&empty);
-    match outcome.map_err(|e| coded(&e))? {
+    match store.create(&request).map_err(|e| coded(&e))? {
         CreateOutcome::Created(manifest) => Ok(manifest.id.to_string()),
         CreateOutcome::Unchanged(id) => Ok(id.to_string()),
     }
 }
 
-fn tempfile_dir(near: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let dir = near.join("tmp").join(format!(
-        "empty-{}-{}",
-        std::process::id(),
-        crate::ids::now_ms()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A path (relative to a store's root) of the store's durable format:
+/// `store.json`, `layers/*`, `manifests/*` (not the lock, `tmp/` or the
+/// local `index.cache`). These are what moves between volumes.
+pub fn is_durable_store_file(rel: &str) -> bool {
+    rel == "store.json"
+        || rel
+            .strip_prefix("layers/")
+            .or_else(|| rel.strip_prefix("manifests/"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('/') && !name.starts_with('.'))
+}
+
+/// The durable files of a local store: relative path → size. Sorted, so
+/// `layers/` come before `manifests/`.
+pub fn durable_store_files(
+    root: &Path,
+) -> std::io::Result<std::collections::BTreeMap<String, u64>> {
+    let mut files = std::collections::BTreeMap::new();
+    if let Ok(meta) = std::fs::metadata(root.join("store.json")) {
+        files.insert("store.json".to_string(), meta.len());
+    }
+    for dir in ["layers", "manifests"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry?;
+            let rel = format!("{dir}/{}", entry.file_name().to_string_lossy());
+            let meta = entry.metadata()?;
+            if meta.is_file() && is_durable_store_file(&rel) && !rel.ends_with(".part") {
+                files.insert(rel, meta.len());
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// Copies the write-once files of the store at `from` (`store.json`,
@@ -176,23 +203,9 @@ pub fn copy_store_files(from: &Path, to: &Path) -> anyhow::Result<()> {
         std::fs::rename(&tmp, &target)?;
         Ok(())
     };
-    if from.join("store.json").is_file() {
-        copy("store.json")?;
-    }
-    for dir in ["layers", "manifests"] {
-        let mut names: Vec<String> = match std::fs::read_dir(from.join(dir)) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.'))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        names.sort();
-        for name in names {
-            copy(&format!("{dir}/{name}"))?;
-        }
+    // Sorted: layers/ before manifests/, so `to` never names a missing layer.
+    for rel in durable_store_files(from)?.keys() {
+        copy(rel)?;
     }
     Ok(())
 }

@@ -587,14 +587,11 @@ impl CoordinatorService {
         };
         let secret = SessionSecret::generate();
         let kind = plan::parse_backend(&task.backend)?;
-        let layout = self
-            .inner
-            .backends
-            .get(kind)?
-            .session_layout(&ids.session_id, &ids.container_id)
-            .unwrap_or_else(|| {
-                plan::local_layout(self.inner.state.root(), &ids.session_id, &ids.container_id)
-            });
+        let layout = self.layout_on(
+            self.inner.backends.get(kind)?.as_ref(),
+            &ids.session_id,
+            &ids.container_id,
+        );
         db.claim_dispatch(
             task_id,
             &NewAttempt {
@@ -1035,6 +1032,21 @@ impl CoordinatorService {
         crate::usage::reconcile(&self.inner.db, modal.as_ref(), due, &policy, now).await
     }
 
+    /// Where a session and its container live on `backend` (recorded
+    /// before launch): the backend's own layout, else the local one.
+    fn layout_on(
+        &self,
+        backend: &dyn Backend,
+        session_id: &str,
+        container_id: &str,
+    ) -> plan::LocalLayout {
+        backend
+            .session_layout(session_id, container_id)
+            .unwrap_or_else(|| {
+                plan::local_layout(self.inner.state.root(), session_id, container_id)
+            })
+    }
+
     /// The sandbox resources a task asked for.
     fn resources_of(&self, task_id: &str) -> Result<Resources> {
         let limits = self
@@ -1187,11 +1199,7 @@ impl CoordinatorService {
         let container_id = ids::new_container_id();
         // Another backend: its volume gets the store first (what it lacks).
         let moved = if to_kind != from_kind {
-            let layout = target_backend
-                .session_layout(&session.id, &container_id)
-                .unwrap_or_else(|| {
-                    plan::local_layout(self.inner.state.root(), &session.id, &container_id)
-                });
+            let layout = self.layout_on(target_backend.as_ref(), &session.id, &container_id);
             target_backend
                 .import_store(&session.id, &layout.volume_dir, &store_dir)
                 .await

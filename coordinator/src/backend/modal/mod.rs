@@ -21,9 +21,8 @@
 
 pub mod bridge;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -87,12 +86,6 @@ pub struct ModalBackend {
     bridge: Bridge,
     /// The local agent binary baked into the image.
     agent_bin: Option<PathBuf>,
-    /// Sandbox ids of containers we have seen (container id → sandbox id).
-    sandboxes: Mutex<HashMap<String, String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where a Modal session and its container live, as the sandbox sees them.
@@ -130,7 +123,6 @@ impl ModalBackend {
             config,
             timing,
             bridge,
-            sandboxes: Mutex::default(),
         }
     }
 
@@ -311,7 +303,7 @@ impl ModalBackend {
             .list_volume(&prefix)
             .await?
             .into_iter()
-            .filter(|(p, _)| is_store_file(p))
+            .filter(|(p, _)| crate::checkpoints::is_durable_store_file(p))
             .collect();
         let mirror = self.mirror_dir(session_id);
         if !remote.contains_key("store.json") {
@@ -320,7 +312,7 @@ impl ModalBackend {
         for dir in ["layers", "manifests"] {
             std::fs::create_dir_all(mirror.join(dir))?;
         }
-        let local = local_store_files(&mirror)?;
+        let local = crate::checkpoints::durable_store_files(&mirror)?;
         // Layers before manifests: a manifest is only useful with its layers.
         let mut wanted: Vec<&String> = remote
             .iter()
@@ -346,7 +338,7 @@ impl ModalBackend {
     pub async fn push_store(&self, session_id: &str, local_store: &Path) -> Result<()> {
         let prefix = self.store_prefix(session_id);
         let remote = self.list_volume(&prefix).await?;
-        let local = local_store_files(local_store)?;
+        let local = crate::checkpoints::durable_store_files(local_store)?;
         let mut data = Vec::new();
         let mut manifests = Vec::new();
         for (rel, size) in &local {
@@ -383,20 +375,11 @@ impl ModalBackend {
                 }}),
             )
             .await?;
-        let id = listed["sandboxes"]
+        Ok(listed["sandboxes"]
             .as_array()
             .and_then(|a| a.first())
             .and_then(|s| s["sandbox_id"].as_str())
-            .map(str::to_string);
-        match &id {
-            Some(id) => {
-                lock(&self.sandboxes).insert(container_id.to_string(), id.clone());
-            }
-            None => {
-                lock(&self.sandboxes).remove(container_id);
-            }
-        }
-        Ok(id)
+            .map(str::to_string))
     }
 
     /// Modal's own usage figures for a sandbox (`sandbox.stats`; works
@@ -600,35 +583,6 @@ pub fn newest_glibc(bytes: &[u8]) -> Option<(u32, u32)> {
     newest
 }
 
-/// A file of the store's durable format (not the lock, not tmp/).
-fn is_store_file(rel: &str) -> bool {
-    rel == "store.json"
-        || (rel.starts_with("layers/") && !rel[7..].contains('/'))
-        || (rel.starts_with("manifests/") && !rel[10..].contains('/'))
-}
-
-/// The durable files of a local store: relative path → size.
-fn local_store_files(root: &Path) -> std::io::Result<BTreeMap<String, u64>> {
-    let mut files = BTreeMap::new();
-    if let Ok(meta) = std::fs::metadata(root.join("store.json")) {
-        files.insert("store.json".to_string(), meta.len());
-    }
-    for dir in ["layers", "manifests"] {
-        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
-            continue;
-        };
-        for entry in entries {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if meta.is_file() && !name.starts_with('.') && !name.ends_with(".part") {
-                files.insert(format!("{dir}/{name}"), meta.len());
-            }
-        }
-    }
-    Ok(files)
-}
-
 #[async_trait]
 impl Backend for ModalBackend {
     fn name(&self) -> &'static str {
@@ -696,7 +650,6 @@ impl Backend for ModalBackend {
             existed = created["existed"].as_bool().unwrap_or(false),
             "sandbox created"
         );
-        lock(&self.sandboxes).insert(ids.container_id.clone(), sandbox_id.clone());
         Ok(ContainerHandle {
             container_id: ids.container_id.clone(),
             pid: None,
@@ -714,7 +667,6 @@ impl Backend for ModalBackend {
             )
             .await?;
         let mut observed = Vec::new();
-        let mut seen = HashMap::new();
         for sb in listed["sandboxes"].as_array().into_iter().flatten() {
             let tags = &sb["tags"];
             // Only ours, whatever the bridge answered.
@@ -724,9 +676,6 @@ impl Backend for ModalBackend {
             let Some(container_id) = tags[TAG_CONTAINER].as_str() else {
                 continue;
             };
-            if let Some(id) = sb["sandbox_id"].as_str() {
-                seen.insert(container_id.to_string(), id.to_string());
-            }
             observed.push(ObservedContainer {
                 container_id: container_id.to_string(),
                 session_id: tags[TAG_SESSION].as_str().unwrap_or_default().to_string(),
@@ -735,7 +684,6 @@ impl Backend for ModalBackend {
                 coordinator_label: self.coordinator_id.clone(),
             });
         }
-        *lock(&self.sandboxes) = seen;
         observed.sort_by(|a, b| a.container_id.cmp(&b.container_id));
         Ok(observed)
     }
@@ -945,10 +893,10 @@ mod tests {
     #[test]
     fn store_files_are_the_write_once_ones() {
         for yes in ["store.json", "layers/ab.tar.zst", "manifests/cp-1.manifest"] {
-            assert!(is_store_file(yes), "{yes}");
+            assert!(crate::checkpoints::is_durable_store_file(yes), "{yes}");
         }
         for no in ["lock", "tmp/x", "layers/sub/x", "index.cache"] {
-            assert!(!is_store_file(no), "{no}");
+            assert!(!crate::checkpoints::is_durable_store_file(no), "{no}");
         }
     }
 }
