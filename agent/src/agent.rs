@@ -275,11 +275,15 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         &spec.claude_config_dir,
         nix::unistd::Uid::effective().is_root(),
     );
+    let tmux = match &spec.sandbox {
+        None => TmuxServer::new(&layout.tmux_socket, environment),
+        Some(sandbox) => sandboxed_tmux(&spec, &layout, sandbox, &agent_exe, environment),
+    };
     let supervisor = Supervisor::new(SupervisorContext {
         spec: spec.clone(),
         layout: layout.clone(),
         journal,
-        tmux: TmuxServer::new(&layout.tmux_socket, environment),
+        tmux,
         agent_exe,
         prior_cost_usd,
         started_at,
@@ -379,4 +383,38 @@ fn init_logging(agent_log: &Path) {
         .with(stderr)
         .with(file)
         .try_init();
+}
+
+/// The tmux server inside the session sandbox: writable are the workspace, Claude Code's
+/// config dir, this container's run dir (stream, stderr, exit status), the tmux socket's
+/// directory and the sandbox's corner of the runtime dir; read-only the runtime dir
+/// (launcher, hook settings, input FIFO), the hook socket's directory and the binaries.
+fn sandboxed_tmux(
+    spec: &LaunchSpec,
+    layout: &Layout,
+    sandbox: &crate::sandbox::SandboxSpec,
+    agent_exe: &Path,
+    mut environment: Vec<(OsString, OsString)>,
+) -> TmuxServer {
+    let tmux_dir = layout
+        .tmux_socket
+        .parent()
+        .unwrap_or(&layout.socket_dir)
+        .to_path_buf();
+    let writable = [
+        spec.workspace_dir.as_path(),
+        spec.claude_config_dir.as_path(),
+        layout.run_dir.as_path(),
+        tmux_dir.as_path(),
+        layout.sandbox_runtime_dir.as_path(),
+    ];
+    let mut read_only = vec![layout.runtime_dir.clone(), layout.socket_dir.clone()];
+    read_only.extend(crate::sandbox::program_dirs(&spec.claude_bin));
+    read_only.extend(crate::sandbox::program_dirs(agent_exe));
+    let read_only: Vec<&Path> = read_only.iter().map(PathBuf::as_path).collect();
+    let args = crate::sandbox::bwrap_args(sandbox, &writable, &read_only, &spec.workspace_dir);
+    // The sandbox has a private, empty /tmp; a host TMPDIR is not visible inside.
+    environment.retain(|(k, _)| k != "TMPDIR");
+    environment.push(("TMPDIR".into(), "/tmp".into()));
+    TmuxServer::sandboxed(&layout.tmux_socket, environment, args)
 }

@@ -158,6 +158,24 @@ pub(crate) fn merge_json_object(
     write_atomically(path, &text).map_err(io_error("write", path))
 }
 
+/// Reads at most `limit` bytes of a file the session may have written, without following
+/// a symbolic link at `path` and only if it is a regular file. `None` when it cannot.
+pub fn read_small_file(path: &Path, limit: u64) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(limit).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// Writes `bytes` to `path` via a temporary file, fsync and rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -166,7 +184,16 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = path.with_file_name(format!(".{file_name}.tmp"));
-    let mut file = std::fs::File::create(&temp)?;
+    // The directory may be one the session writes (its config dir): never follow a link
+    // planted at the temporary name; O_EXCL refuses anything that is there.
+    match std::fs::remove_file(&temp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);

@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the session described by a spec file (the secret comes from PARHELIA_SESSION_SECRET).
+    /// Run the session described by a spec file (the secret comes from stdin with
+    /// --secret-stdin, else from PARHELIA_SESSION_SECRET).
     Run {
         /// Absolute path of spec.json.
         #[arg(long)]
@@ -38,6 +39,10 @@ enum Command {
         /// A KEY=VALUE tag for this process (e.g. parhelia.coordinator=<id>); repeatable.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Read the session secret from the first line of stdin (then stdin is done with):
+        /// nothing of it is left in the agent's environment for anyone to read.
+        #[arg(long)]
+        secret_stdin: bool,
     },
     /// Forward a Claude Code hook payload (stdin) to the agent. Used by Claude Code.
     Hook {
@@ -45,6 +50,14 @@ enum Command {
         #[arg(long)]
         socket: PathBuf,
     },
+}
+
+/// The first line of `input`, at most 4 KiB, trimmed; empty when there is none.
+fn read_secret_line(input: impl std::io::Read) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(input.take(4096)).read_line(&mut line);
+    line.trim().to_string()
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -69,11 +82,20 @@ pub fn main() -> ExitCode {
             crate::hooks::run_hook_client(&socket);
             ExitCode::SUCCESS
         }
-        Command::Run { spec, labels } => {
+        Command::Run {
+            spec,
+            labels,
+            secret_stdin,
+        } => {
+            let secret = if secret_stdin {
+                read_secret_line(std::io::stdin().lock())
+            } else {
+                std::env::var(SECRET_ENV).unwrap_or_default()
+            };
             let options = RunOptions {
                 spec_path: spec,
                 labels,
-                secret: std::env::var(SECRET_ENV).unwrap_or_default(),
+                secret,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -109,6 +131,14 @@ mod tests {
         assert_eq!(parse_label("k="), Ok(("k".into(), String::new())));
         assert!(parse_label("novalue").is_err());
         assert!(parse_label("=v").is_err());
+    }
+
+    #[test]
+    fn the_secret_is_the_first_line_of_stdin_and_bounded() {
+        assert_eq!(read_secret_line(&b"s3cret\nmore"[..]), "s3cret");
+        assert_eq!(read_secret_line(&b""[..]), "");
+        let huge = vec![b'a'; 1 << 20];
+        assert_eq!(read_secret_line(&huge[..]).len(), 4096);
     }
 
     #[test]

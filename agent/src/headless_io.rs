@@ -115,6 +115,10 @@ pub async fn follow_lines<M>(
         };
         if read > 0 {
             pending.extend_from_slice(&chunk[..read]);
+            if pending.len() > MAX_LINE_BYTES && !pending.contains(&b'\n') {
+                tracing::warn!(bytes = pending.len(), "dropping an overlong stream line");
+                pending.clear();
+            }
             if !send_complete_lines(&mut pending, &news, parse).await {
                 return;
             }
@@ -140,7 +144,7 @@ pub async fn follow_lines<M>(
         }
         if let Some(f) = file.as_mut() {
             let mut rest = Vec::new();
-            if let Err(e) = f.read_to_end(&mut rest).await {
+            if let Err(e) = f.take(MAX_LINE_BYTES as u64).read_to_end(&mut rest).await {
                 tracing::warn!(error = %e, "failed to read the end of Claude Code's stream");
             }
             pending.extend_from_slice(&rest);
@@ -158,8 +162,22 @@ pub async fn follow_lines<M>(
     }
 }
 
+/// The longest line kept while waiting for its newline; a longer one (the file is written
+/// by the session) is dropped rather than held in memory.
+const MAX_LINE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Opens a file the session writes: never through a symbolic link, only a regular file.
 async fn open_at(path: &Path, offset: u64) -> Option<tokio::fs::File> {
-    let mut file = tokio::fs::File::open(path).await.ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let std_file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .ok()?;
+    if !std_file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut file = tokio::fs::File::from_std(std_file);
     file.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
     Some(file)
 }
@@ -201,7 +219,7 @@ where
 }
 
 async fn read_exit_status(path: &Path) -> Option<i32> {
-    let text = tokio::fs::read_to_string(path).await.ok()?;
+    let text = crate::claude::read_small_file(path, 64)?;
     Some(text.trim().parse().unwrap_or(-1))
 }
 

@@ -32,8 +32,13 @@ pub struct Layout {
     pub socket_dir: PathBuf,
     /// True when `socket_dir` is the `$TMPDIR` fallback rather than the runtime dir.
     pub socket_dir_is_fallback: bool,
+    /// The tmux server's socket, alone in its own directory: under a sandbox that
+    /// directory is the only part of the socket dir the sandbox may write.
     pub tmux_socket: PathBuf,
     pub hook_socket: PathBuf,
+    /// What the sandbox may write in the runtime dir (`claude.pid`); the agent reads it
+    /// as hostile input.
+    pub sandbox_runtime_dir: PathBuf,
     /// The session's checkpoint store, on the volume.
     pub checkpoints: PathBuf,
     /// Where the conversation is staged for a checkpoint or a restore.
@@ -45,7 +50,7 @@ impl Layout {
         let journal_dir = spec.volume_dir.join("journal");
         let run_dir = spec.volume_dir.join("runs").join(&spec.container_id);
         let runtime = spec.runtime_dir.clone();
-        let in_runtime = runtime.join("tmux.sock");
+        let in_runtime = runtime.join("tmux").join("tmux.sock");
         let socket_dir_is_fallback = in_runtime.as_os_str().len() > MAX_SOCKET_PATH_BYTES;
         let socket_dir = if socket_dir_is_fallback {
             temp_dir.join(format!("parhelia-{}", spec.container_id))
@@ -63,9 +68,10 @@ impl Layout {
             agent_log: runtime.join("agent.log"),
             hooks_settings: runtime.join("hooks-settings.json"),
             launcher_script: runtime.join("launch-claude.sh"),
-            claude_pid: runtime.join("claude.pid"),
+            claude_pid: runtime.join("sandbox").join("claude.pid"),
+            sandbox_runtime_dir: runtime.join("sandbox"),
             input_fifo: runtime.join("claude-input.fifo"),
-            tmux_socket: socket_dir.join("tmux.sock"),
+            tmux_socket: socket_dir.join("tmux").join("tmux.sock"),
             hook_socket: socket_dir.join("hooks.sock"),
             checkpoints: spec.volume_dir.join("checkpoints"),
             conversation_staging: runtime.join("conversation"),
@@ -77,12 +83,20 @@ impl Layout {
 
     /// Creates every directory the agent writes into (the socket dir private to us).
     pub fn create_directories(&self) -> std::io::Result<()> {
-        for dir in [&self.journal_dir, &self.run_dir, &self.runtime_dir] {
+        for dir in [
+            &self.journal_dir,
+            &self.run_dir,
+            &self.runtime_dir,
+            &self.sandbox_runtime_dir,
+        ] {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::create_dir_all(&self.socket_dir)?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.socket_dir, std::fs::Permissions::from_mode(0o700))
+        std::fs::set_permissions(&self.socket_dir, std::fs::Permissions::from_mode(0o700))?;
+        let tmux_dir = self.tmux_socket.parent().unwrap_or(&self.socket_dir);
+        std::fs::create_dir_all(tmux_dir)?;
+        std::fs::set_permissions(tmux_dir, std::fs::Permissions::from_mode(0o700))
     }
 }
 
@@ -103,7 +117,10 @@ mod tests {
             layout.stream,
             Path::new("/srv/s/volume/runs/ctr-9c0d1e2f/stream.jsonl")
         );
-        assert_eq!(layout.tmux_socket, Path::new("/srv/c/runtime/tmux.sock"));
+        assert_eq!(
+            layout.tmux_socket,
+            Path::new("/srv/c/runtime/tmux/tmux.sock")
+        );
         assert!(!layout.socket_dir_is_fallback);
 
         let mut long = example_json();
@@ -113,7 +130,7 @@ mod tests {
         assert!(layout.socket_dir_is_fallback);
         assert_eq!(
             layout.tmux_socket,
-            Path::new("/tmp/parhelia-ctr-9c0d1e2f/tmux.sock")
+            Path::new("/tmp/parhelia-ctr-9c0d1e2f/tmux/tmux.sock")
         );
         assert_eq!(
             layout.hook_socket,

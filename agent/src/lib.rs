@@ -28,6 +28,7 @@ pub mod interactive_io;
 pub mod journal;
 pub mod layout;
 pub mod risky;
+pub mod sandbox;
 pub mod server;
 pub mod spec;
 pub mod stream_json;

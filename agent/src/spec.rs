@@ -77,6 +77,11 @@ pub struct LaunchSpec {
     /// [`crate::config_seed`]). A missing directory is a journaled warning.
     #[serde(default)]
     pub claude_config_seed: Option<PathBuf>,
+    /// Run Claude Code (its tmux server and all it starts) inside bubblewrap, seeing
+    /// what this names plus the agent's own session directories (see [`crate::sandbox`]).
+    /// Absent: no sandbox here (a Modal sandbox is one already, or isolation is off).
+    #[serde(default)]
+    pub sandbox: Option<crate::sandbox::SandboxSpec>,
 }
 
 /// When and how the agent checkpoints (all optional in `spec.json`).

@@ -1120,11 +1120,18 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Claude Code's pid, from the pid file its launcher wrote. The file is written by
+    /// the session (inside the sandbox, in its own PID namespace): read at most 32 bytes,
+    /// never through a link, and translated to a host pid that must be inside the sandbox.
     fn claude_pid(&mut self) -> Option<i32> {
         if self.claude_pid.is_none() {
-            self.claude_pid = std::fs::read_to_string(&self.context.layout.claude_pid)
-                .ok()
-                .and_then(|text| text.trim().parse().ok());
+            let reported = crate::claude::read_small_file(&self.context.layout.claude_pid, 32)
+                .and_then(|text| text.trim().parse::<u32>().ok())
+                .filter(|pid| *pid > 0);
+            self.claude_pid = reported
+                .and_then(|pid| self.context.tmux.host_pid(pid))
+                .and_then(|pid| i32::try_from(pid).ok())
+                .filter(|pid| *pid > 1);
         }
         self.claude_pid
     }

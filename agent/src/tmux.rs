@@ -18,10 +18,12 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tmux_interface::{
     AttachSession, CapturePane, DisplayMessage, HasSession, KillServer, LoadBuffer, NewSession,
-    PasteBuffer, SendKeys, StdIO, Tmux, TmuxCommand,
+    PasteBuffer, SendKeys, Tmux, TmuxCommand,
 };
 
 /// tmux failures. Each message reads after "failed to ".
@@ -53,7 +55,23 @@ pub enum TmuxError {
 pub struct TmuxServer {
     socket: PathBuf,
     environment: Vec<(OsString, OsString)>,
+    /// Set when the server runs inside the session sandbox (see [`crate::sandbox`]).
+    sandbox: Option<Arc<SandboxedServer>>,
 }
+
+/// A tmux server started by the agent as `bwrap … -- tmux -D`: the agent talks to it from
+/// outside, always with `-N`, so a client command can never start a second, unconfined
+/// server when the sandboxed one is gone.
+#[derive(Debug)]
+struct SandboxedServer {
+    bwrap_args: Vec<OsString>,
+    child: tokio::sync::Mutex<Option<tokio::process::Child>>,
+    /// The host pid of the `bwrap` process (the root of the sandbox's process tree).
+    root_pid: std::sync::atomic::AtomicU32,
+}
+
+/// How long a freshly started sandboxed server may take to listen on its socket.
+const SANDBOX_START_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl TmuxServer {
     /// A handle for the server at `socket`; nothing is started until a session is created.
@@ -61,7 +79,143 @@ impl TmuxServer {
         TmuxServer {
             socket: socket.to_path_buf(),
             environment,
+            sandbox: None,
         }
+    }
+
+    /// A handle for a server that runs inside bubblewrap with `bwrap_args` (the arguments
+    /// between `bwrap` and `--`); it is started by the first [`TmuxServer::new_session`].
+    pub fn sandboxed(
+        socket: &Path,
+        environment: Vec<(OsString, OsString)>,
+        bwrap_args: Vec<OsString>,
+    ) -> TmuxServer {
+        TmuxServer {
+            socket: socket.to_path_buf(),
+            environment,
+            sandbox: Some(Arc::new(SandboxedServer {
+                bwrap_args,
+                child: tokio::sync::Mutex::new(None),
+                root_pid: std::sync::atomic::AtomicU32::new(0),
+            })),
+        }
+    }
+
+    /// Whether the server runs in the session sandbox.
+    pub fn is_sandboxed(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
+    /// Starts the sandboxed server unless it is running. A no-op without a sandbox (tmux
+    /// starts its own server on `new-session`).
+    async fn ensure_server(&self) -> Result<(), TmuxError> {
+        let Some(sandbox) = &self.sandbox else {
+            return Ok(());
+        };
+        let mut child = sandbox.child.lock().await;
+        if let Some(running) = child.as_mut()
+            && matches!(running.try_wait(), Ok(None))
+        {
+            return Ok(());
+        }
+        if let Some(parent) = self.socket.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| TmuxError::Spawn {
+                command: "server (socket directory)",
+                source,
+            })?;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let mut command = tokio::process::Command::new("bwrap");
+        command
+            .args(&sandbox.bwrap_args)
+            .arg("--")
+            .arg("tmux")
+            .arg("-D")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("-f")
+            .arg("/dev/null")
+            .env_clear()
+            .envs(self.environment.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut spawned = command.spawn().map_err(|source| TmuxError::Spawn {
+            command: "server (bwrap)",
+            source,
+        })?;
+        sandbox.root_pid.store(
+            spawned.id().unwrap_or(0),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let deadline = Instant::now() + SANDBOX_START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = spawned.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = spawned.stderr.take() {
+                    use tokio::io::AsyncReadExt;
+                    let _ = (&mut pipe).take(4096).read_to_string(&mut stderr).await;
+                }
+                return Err(TmuxError::Failed {
+                    command: "server (bwrap)",
+                    status: status.to_string(),
+                    stderr: stderr.trim().to_string(),
+                });
+            }
+            if self
+                .run("start-server", tmux_interface::StartServer::new())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = spawned.start_kill();
+                return Err(TmuxError::Failed {
+                    command: "server (bwrap)",
+                    status: "no socket".into(),
+                    stderr: format!(
+                        "the sandboxed tmux server did not listen on {} within {}s",
+                        self.socket.display(),
+                        SANDBOX_START_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        *child = Some(spawned);
+        Ok(())
+    }
+
+    /// The host pid of a pid the server reported (`#{pane_pid}`, a pid file written
+    /// inside): itself without a sandbox; inside one, translated through the sandbox's PID
+    /// namespace and only ever a descendant of the sandbox, or `None`.
+    pub fn host_pid(&self, pid: u32) -> Option<u32> {
+        match &self.sandbox {
+            None => Some(pid),
+            Some(sandbox) => {
+                let root = sandbox.root_pid.load(std::sync::atomic::Ordering::SeqCst);
+                if root == 0 {
+                    return None;
+                }
+                crate::sandbox::host_pid(root, pid)
+            }
+        }
+    }
+
+    /// A std command line for `tmux` with our socket and config, `-N` when sandboxed.
+    fn std_command<'a>(&'a self, tmux: Tmux<'a>) -> std::process::Command {
+        let built = tmux
+            .socket_path(self.socket.to_string_lossy())
+            .file("/dev/null")
+            .into_command();
+        let mut command = std::process::Command::new(built.get_program());
+        if self.sandbox.is_some() {
+            command.arg("-N");
+        }
+        command.args(built.get_args());
+        command
     }
 
     pub fn socket(&self) -> &Path {
@@ -69,13 +223,9 @@ impl TmuxServer {
     }
 
     fn command<'a>(&'a self, subcommand: impl Into<TmuxCommand<'a>>) -> tokio::process::Command {
-        let std_command = Tmux::new()
-            .socket_path(self.socket.to_string_lossy())
-            .file("/dev/null")
-            .add_command(subcommand)
-            .stdin(Some(StdIO::Null))
-            .into_command();
+        let std_command = self.std_command(Tmux::new().add_command(subcommand));
         let mut command = tokio::process::Command::from(std_command);
+        command.stdin(Stdio::null());
         command
             .env_clear()
             .envs(self.environment.iter().map(|(k, v)| (k, v)))
@@ -116,6 +266,7 @@ impl TmuxServer {
         cwd: &Path,
         shell_command: &str,
     ) -> Result<u32, TmuxError> {
+        self.ensure_server().await?;
         let cwd = cwd.to_string_lossy();
         let output = self
             .run(
@@ -131,14 +282,26 @@ impl TmuxServer {
                     .shell_command(shell_command),
             )
             .await?;
-        output.parse().map_err(|_| TmuxError::UnexpectedOutput {
+        let inner: u32 = output.parse().map_err(|_| TmuxError::UnexpectedOutput {
             command: "new-session",
-            output,
-        })
+            output: output.clone(),
+        })?;
+        self.host_pid(inner)
+            .ok_or_else(|| TmuxError::UnexpectedOutput {
+                command: "new-session (pane pid outside the sandbox)",
+                output,
+            })
     }
 
     /// The pid of the tmux server process (the root of the session's process tree).
     pub async fn server_pid(&self) -> Result<u32, TmuxError> {
+        if let Some(sandbox) = &self.sandbox {
+            // The sandbox process: its tree holds the server and all it runs.
+            let root = sandbox.root_pid.load(std::sync::atomic::Ordering::SeqCst);
+            if root != 0 {
+                return Ok(root);
+            }
+        }
         let output = self
             .run(
                 "display-message",
@@ -254,11 +417,7 @@ impl TmuxServer {
         if read_only {
             attach = attach.read_only();
         }
-        let tmux = Tmux::new()
-            .socket_path(self.socket.to_string_lossy())
-            .file("/dev/null")
-            .add_command(attach)
-            .into_command();
+        let tmux = self.std_command(Tmux::new().add_command(attach));
         // `setsid -c`: a session of its own whose controlling terminal is its stdin,
         // so the client gets SIGWINCH when the terminal is resized (and the agent needs
         // no unsafe pre-exec code to arrange it).
@@ -276,7 +435,15 @@ impl TmuxServer {
     /// Stops the server and everything running in it (panes get SIGHUP). Succeeds when no
     /// server is running.
     pub async fn kill_server(&self) -> Result<(), TmuxError> {
-        match self.run("kill-server", KillServer::new()).await {
+        let killed = self.run("kill-server", KillServer::new()).await;
+        if let Some(sandbox) = &self.sandbox
+            && let Some(mut child) = sandbox.child.lock().await.take()
+        {
+            // The sandbox ends with its main process; make sure it is gone and reaped.
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+        match killed {
             Ok(_) => Ok(()),
             Err(TmuxError::Failed { stderr, .. })
                 if stderr.contains("no server running")

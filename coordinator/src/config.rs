@@ -230,7 +230,7 @@ keys! {
         "Resume sessions of lost containers automatically.";
     "reconciler"."max_auto_resumes": Kind::UInt { min: 0, max: 100 }, Value::UInt(3), None,
         "Automatic resumes per task at most.";
-    "local"."isolation": Kind::OneOf(&["auto", "bwrap", "none"]), Value::Str("auto".into()), Some("PARHELIA_ISOLATION"),
+    "local"."isolation": Kind::OneOf(&["auto", "required", "bwrap", "none"]), Value::Str("auto".into()), Some("PARHELIA_ISOLATION"),
         "Confine local sessions with bubblewrap: auto (when it works here), bwrap (required) or none.";
     "agent"."heartbeat_interval_ms": Kind::UInt { min: 100, max: 3_600_000 }, Value::UInt(5_000), Some("PARHELIA_HEARTBEAT_INTERVAL_MS"),
         "How often agents send heartbeats.";
@@ -1090,7 +1090,7 @@ mod tests {
                 Some("[local]\nisolation = \"docker\"\n"),
                 &[],
                 &[],
-                "invalid value for `local.isolation` in /p/.parhelia/config.toml: expected one of auto, bwrap, none, got \"docker\"",
+                "invalid value for `local.isolation` in /p/.parhelia/config.toml: expected one of auto, required, bwrap, none, got \"docker\"",
             ),
             (
                 Some("[reconciler\n"),

@@ -10,7 +10,13 @@ use hyper_util::rt::TokioIo;
 use parhelia_proto::coordinator_client::CoordinatorClient;
 use parhelia_proto::{PingRequest, PingResponse};
 use tokio::net::UnixStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::control_auth::Bearer;
+
+/// A client of the coordinator: every request carries the control token.
+pub type Client = CoordinatorClient<InterceptedService<Channel, Bearer>>;
 
 use crate::error::coded;
 use crate::error_codes;
@@ -21,7 +27,8 @@ use crate::state_dir::StateDir;
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Connects to the coordinator's socket (no retries, no auto-start).
-pub async fn connect(socket: &Path) -> Result<CoordinatorClient<Channel>> {
+pub async fn connect(socket: &Path) -> Result<Client> {
+    let bearer = Bearer::for_socket(socket);
     let socket: PathBuf = socket.to_path_buf();
     // The URI is required by the API but unused: the connector ignores it.
     let channel = Endpoint::from_static("http://parhelia.coordinator")
@@ -31,11 +38,11 @@ pub async fn connect(socket: &Path) -> Result<CoordinatorClient<Channel>> {
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
         .await?;
-    Ok(CoordinatorClient::new(channel))
+    Ok(CoordinatorClient::with_interceptor(channel, bearer))
 }
 
 /// Pings the coordinator of `state`; `None` when nothing answers.
-pub async fn ping(state: &StateDir) -> Option<(CoordinatorClient<Channel>, PingResponse)> {
+pub async fn ping(state: &StateDir) -> Option<(Client, PingResponse)> {
     // Only a socket in a directory we own is trusted with what the CLI sends.
     let socket = state.prepare_socket_dir().ok()?;
     if !socket.exists() {
@@ -51,10 +58,7 @@ pub async fn ping(state: &StateDir) -> Option<(CoordinatorClient<Channel>, PingR
 /// Returns a client for the running coordinator, starting one (detached,
 /// logging to `coordinator.log`, with `config_flags` as its `--set` values)
 /// when none answers. E504 if it never does.
-pub async fn connect_or_start(
-    state: &StateDir,
-    config_flags: &[String],
-) -> Result<CoordinatorClient<Channel>> {
+pub async fn connect_or_start(state: &StateDir, config_flags: &[String]) -> Result<Client> {
     state.prepare_socket_dir()?;
     if let Some((client, _)) = ping(state).await {
         return Ok(client);
@@ -65,7 +69,19 @@ pub async fn connect_or_start(
         .append(true)
         .open(state.log_path())
         .with_context(|| format!("opening {}", state.log_path().display()))?;
-    let mut child = std::process::Command::new(exe)
+    // The coordinator runs in the state directory: launch overrides given as paths
+    // relative to this shell's directory are made absolute for it.
+    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
+    let mut command = std::process::Command::new(exe);
+    for key in [crate::plan::CLAUDE_BIN_ENV, crate::plan::AGENT_BIN_ENV] {
+        if let Some(value) = std::env::var_os(key)
+            && value.as_encoded_bytes().contains(&b'/')
+            && !std::path::Path::new(&value).is_absolute()
+        {
+            command.env(key, cwd.join(value));
+        }
+    }
+    let mut child = command
         .arg("--state-dir")
         .arg(state.root())
         .args(config_flags.iter().flat_map(|f| ["--set", f.as_str()]))

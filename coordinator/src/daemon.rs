@@ -457,6 +457,10 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
         backend = backend.with_endpoint_timeout(std::time::Duration::from_millis(ms));
     }
     let socket = state.prepare_socket_dir()?;
+    // A fresh control token before the socket exists: nobody holds an old one.
+    let token = crate::control_auth::issue_token(&crate::control_auth::token_path(&socket))
+        .with_context(|| format!("writing the control token beside {}", socket.display()))?;
+    let guard = crate::control_auth::Guard(Arc::new(crate::control_auth::Own::new(token)));
     let listener = bind_socket(&socket)?;
     let modal_factory: crate::backend::router::ModalFactory = {
         let (root, id, modal, timing) = (
@@ -520,7 +524,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
         }
     };
     let served = tonic::transport::Server::builder()
-        .add_service(CoordinatorServer::new(service.clone()))
+        .add_service(CoordinatorServer::with_interceptor(service.clone(), guard))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     service.stop_followers().await;

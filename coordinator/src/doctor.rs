@@ -206,17 +206,24 @@ pub async fn run_checks(inputs: &DoctorInputs<'_>) -> Vec<Check> {
         .unwrap_or_else(|_| "auto".into());
     let works = isolation::bwrap_works();
     checks.push(match (isolation_setting.as_str(), works) {
-        ("none", _) => Check::ok("isolation", "off ([local] isolation = \"none\")"),
-        (_, true) => Check::ok("isolation", "bubblewrap works: sessions are confined"),
-        ("bwrap", false) => Check::fail(
+        ("none", _) => Check::warn(
             "isolation",
-            "bubblewrap is required ([local] isolation = \"bwrap\") but cannot create a sandbox here",
-            "install bubblewrap (apt-get install bubblewrap), or set [local] isolation = \"auto\"",
+            "off ([local] isolation = \"none\"): local sessions are NOT isolated; their commands can read your files, other sessions and the coordinator's token",
+            "install bubblewrap and set [local] isolation = \"required\"",
+        ),
+        (_, true) => Check::ok(
+            "isolation",
+            "bubblewrap works: sessions see only their workspace, their own processes and the system read-only",
+        ),
+        ("bwrap" | "required", false) => Check::fail(
+            "isolation",
+            "bubblewrap is required ([local] isolation = \"required\") but cannot create a sandbox here: nothing will launch",
+            "install bubblewrap (apt-get install bubblewrap), or allow unprivileged user namespaces",
         ),
         (_, false) => Check::warn(
             "isolation",
-            "bubblewrap cannot create a sandbox here: sessions run unconfined",
-            "install bubblewrap (apt-get install bubblewrap), or set [local] isolation = \"none\" to say so",
+            "bubblewrap cannot create a sandbox here: local sessions are NOT isolated; their commands can read your files, other sessions and the coordinator's token",
+            "install bubblewrap (apt-get install bubblewrap), or set [local] isolation = \"required\" to launch nothing unconfined",
         ),
     });
 

@@ -234,6 +234,12 @@ error_codes! {
         recover: "Run `modal secret create anthropic-api-key ANTHROPIC_API_KEY=sk-ant-...` (or set `modal.secret_name`), then `parhelia modal setup`.",
     }
 
+    CONTROL_ACCESS_DENIED = "E406" "CONTROL_ACCESS_DENIED" {
+        what: "The coordinator refused a control request.",
+        why: "Only the user who runs the coordinator, from outside every session sandbox and holding the control token (`coordinator.token`, next to `coordinator.sock`, rewritten at each coordinator start), may drive it. The caller was another user, a process inside a session sandbox, or presented no or a stale token.",
+        recover: "Run `parhelia` as the coordinator's user from your own shell (not from inside a session). If the coordinator was restarted by hand meanwhile, run the command again.",
+    }
+
     // E5xx: infrastructure.
     INFRASTRUCTURE_ERROR = "E500" "INFRASTRUCTURE_ERROR" {
         what: "The infrastructure failed.",

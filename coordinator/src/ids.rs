@@ -12,7 +12,7 @@ pub const SESSION_PREFIX: &str = "sess-";
 pub const CONTAINER_PREFIX: &str = "ctr-";
 pub const COORDINATOR_PREFIX: &str = "coord-";
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()

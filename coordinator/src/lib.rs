@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod config_sync;
 pub mod container_state;
+pub mod control_auth;
 pub mod coordinator_client;
 pub mod daemon;
 pub mod db;

@@ -152,6 +152,24 @@ pub fn forwarded_env(vars: impl IntoIterator<Item = (String, String)>) -> BTreeM
         .collect()
 }
 
+/// The environment a launch takes from a request: only what Claude Code needs to reach
+/// its model (the [`FORWARDED_ENV`] names and `CLAUDE_CODE_*`), never `PATH`, `HOME` or
+/// any `PARHELIA_*` override; those come from `own` (the coordinator's environment).
+pub fn request_env(
+    request: &std::collections::HashMap<String, String>,
+    own: impl IntoIterator<Item = (String, String)>,
+) -> BTreeMap<String, String> {
+    const OWN: &[&str] = &["PATH", "HOME"];
+    let mut env: BTreeMap<String, String> = forwarded_env(
+        request
+            .iter()
+            .filter(|(k, _)| !OWN.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    env.extend(own.into_iter().filter(|(k, _)| OWN.contains(&k.as_str())));
+    env
+}
+
 /// The identifiers of one launch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchIds {
@@ -255,6 +273,7 @@ pub fn agent_spec(
         checkpoint: Some(timing.checkpoint.clone()),
         max_budget_usd: request.max_budget_usd,
         claude_config_seed: None,
+        sandbox: None,
     }
 }
 
@@ -295,6 +314,40 @@ mod tests {
         for empty in ["", "   ", "\n\t"] {
             assert_eq!(validate_prompt(empty).unwrap_err().code.code, "E101");
         }
+    }
+
+    #[test]
+    fn a_request_cannot_shape_the_launch() {
+        let request: std::collections::HashMap<String, String> = [
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+            ("PATH", "/evil"),
+            ("HOME", "/evil-home"),
+            ("PARHELIA_ISOLATION", "none"),
+            ("PARHELIA_CLAUDE_BIN", "/work/evil.sh"),
+            ("PARHELIA_AGENT_BIN", "/work/evil-agent"),
+            ("LD_PRELOAD", "/work/evil.so"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into_iter()
+        .collect();
+        let env = request_env(
+            &request,
+            [
+                ("PATH", "/usr/bin"),
+                ("HOME", "/home/u"),
+                ("SHELL", "/bin/sh"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+                ("HOME", "/home/u"),
+                ("PATH", "/usr/bin"),
+            ]
+        );
     }
 
     #[test]

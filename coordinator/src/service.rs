@@ -26,7 +26,7 @@ use parhelia_proto::{
 use tokio::sync::watch;
 
 use crate::agent_client::connect_agent;
-use crate::backend::isolation::{self, ISOLATION_ENV};
+use crate::backend::isolation;
 use crate::backend::router::Backends;
 use crate::backend::{Backend, LaunchRequest, Resources};
 use crate::binaries::resolve_claude_bin;
@@ -496,45 +496,34 @@ impl CoordinatorService {
                 claude_bin: self.inner.config.modal.claude_path.clone(),
                 agent_bin: None,
                 isolation: isolation::Isolation::None,
-                agent_env: env
-                    .iter()
-                    .filter(|(k, _)| !k.starts_with("PARHELIA_"))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                agent_env: plan::request_env(env, std::iter::empty()),
             });
         }
+        // Everything that shapes what runs on this machine (Claude Code's binary, the
+        // agent's, PATH, isolation) is the coordinator's own: its environment and its
+        // configuration, never a request's. A request only brings what Claude Code
+        // needs to reach its model (see `plan::request_env`).
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        let path_var = env
-            .get("PATH")
-            .map(|p| p.clone().into())
-            .or_else(|| std::env::var_os("PATH"));
-        let claude_override = env
-            .get(plan::CLAUDE_BIN_ENV)
-            .map(|v| v.clone().into())
-            .or_else(|| std::env::var_os(plan::CLAUDE_BIN_ENV));
+        let path_var = std::env::var_os("PATH");
+        let claude_override = std::env::var_os(plan::CLAUDE_BIN_ENV).filter(|v| !v.is_empty());
         let claude_bin = resolve_claude_bin(claude_override.as_deref(), path_var.as_deref(), &cwd)?;
-        let agent_bin = env
-            .get(plan::AGENT_BIN_ENV)
+        let agent_bin = std::env::var_os(plan::AGENT_BIN_ENV)
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os(plan::AGENT_BIN_ENV).map(PathBuf::from))
             .filter(|p| !p.as_os_str().is_empty());
-        let isolation_setting = env
-            .get(ISOLATION_ENV)
-            .cloned()
-            .unwrap_or_else(|| self.inner.config.local.isolation.clone());
-        let isolation = isolation::decide(Some(&isolation_setting), isolation::bwrap_works)?;
+        let isolation = isolation::decide(
+            Some(&self.inner.config.local.isolation),
+            isolation::bwrap_works,
+        )?;
+        let own_env = || {
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        };
         let agent_env = if env.is_empty() {
             // Dispatched without a submitter's environment (after a
             // restart, or automatically): the coordinator's own.
-            plan::forwarded_env(
-                std::env::vars_os()
-                    .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-            )
+            plan::forwarded_env(own_env())
         } else {
-            env.iter()
-                .filter(|(k, _)| !k.starts_with("PARHELIA_"))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
+            plan::request_env(env, own_env())
         };
         Ok(ResolvedLaunch {
             claude_bin,

@@ -54,6 +54,21 @@ pub struct AgentSpec {
     /// copy on a remote volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claude_config_seed: Option<PathBuf>,
+    /// Local isolation: the agent runs Claude Code inside bubblewrap, hiding and
+    /// exposing what this names (see `docs/security.md`). Absent: no sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxSpec>,
+}
+
+/// `spec.json`'s `sandbox`: what the sandbox must not see (`hide`, covered by an
+/// empty tmpfs) and what it may see again read-only or read-write. The agent adds
+/// its own session directories (workspace, config dir, run dir, sockets).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    pub hide: Vec<PathBuf>,
+    pub read_only: Vec<PathBuf>,
+    pub writable: Vec<PathBuf>,
 }
 
 /// `<runtime_dir>/agent.json`. Unknown fields are accepted: the agent may
@@ -121,6 +136,7 @@ mod tests {
             max_budget_usd: None,
             checkpoint: None,
             claude_config_seed: None,
+            sandbox: None,
         };
         let json = serde_json::to_value(&spec).unwrap();
         assert!(json.get("max_budget_usd").is_none());

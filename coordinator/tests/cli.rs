@@ -381,6 +381,7 @@ fn coordinator_starts_on_demand_and_records_a_failed_agent_start() {
         r#"dir=$(dirname "$3")/runtime
 echo "$@" > "$dir/args.txt"
 env | sort > "$dir/env.txt"
+head -c 4096 > "$dir/stdin.txt"
 echo "pid=$$ sid=$(cut -d' ' -f6 /proc/$$/stat)" > "$dir/session.txt"
 echo "fake agent refusing to start" >&2
 exit 3"#,
@@ -425,6 +426,9 @@ exit 3"#,
     let socket = world.state().join("coordinator.sock");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    let token = world.state().join("coordinator.token");
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the control token is the user's alone");
 
     // `task watch` follows the task to its end and exits with its outcome.
     let out = world.run(&["task", "watch", &task_id]);
@@ -476,8 +480,8 @@ exit 3"#,
     );
     let env = std::fs::read_to_string(runtime.join("env.txt")).unwrap();
     assert!(
-        env.contains("PARHELIA_SESSION_SECRET="),
-        "the agent gets its secret"
+        !env.contains("PARHELIA_SESSION_SECRET"),
+        "the secret never travels in the environment (any process of the user could read it in /proc): {env}"
     );
     assert!(env.contains("ANTHROPIC_API_KEY=sk-test-key"));
     assert!(
@@ -500,12 +504,10 @@ exit 3"#,
             .unwrap()
             .contains("fake agent refusing to start")
     );
-    let secret_line = env
-        .lines()
-        .find(|l| l.starts_with("PARHELIA_SESSION_SECRET="))
-        .unwrap();
-    let secret = secret_line.trim_start_matches("PARHELIA_SESSION_SECRET=");
-    assert_eq!(secret.len(), 64);
+    assert!(args.contains("--secret-stdin"), "{args}");
+    let secret = std::fs::read_to_string(runtime.join("stdin.txt")).unwrap();
+    let secret = secret.trim_end_matches('\n');
+    assert_eq!(secret.len(), 64, "the agent gets its secret on stdin");
     assert!(
         !std::fs::read_to_string(container_dir.join("spec.json"))
             .unwrap()

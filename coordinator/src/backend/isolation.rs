@@ -1,18 +1,22 @@
-//! Optional isolation of local sessions with bubblewrap (`bwrap`).
+//! Isolation of local sessions with bubblewrap (`bwrap`).
 //!
-//! Under bubblewrap the agent, tmux, Claude Code and every command Claude runs
-//! see the machine's file system read-only, except the session's own
-//! directories (workspace and volume) and the container's directory (config,
-//! runtime, a private temp dir). The network is shared: the coordinator
-//! reaches the agent on loopback and Claude Code reaches the model API. No PID
-//! namespace, so the process ids the agent reports are real ones.
+//! Under bubblewrap, Claude Code, its tmux server and every command Claude runs
+//! live in a sandbox the agent starts (the agent itself, which holds the session
+//! secret and writes the journal and the checkpoint store, stays outside): the
+//! machine read-only, the session's workspace, config and run directories
+//! writable, and the state directory, the user's home, shared temp directories
+//! and every other process hidden (own PID namespace). [`sandbox_spec`] names
+//! what is hidden; `agent/src/sandbox.rs` builds the command line. The network is
+//! shared: Claude Code reaches the model API and the agent's hooks. The threat
+//! model and its tests: `docs/security.md`.
 //!
-//! The setting comes from `PARHELIA_ISOLATION` (`auto`, the default: use
-//! bubblewrap when it is installed and works here; `bwrap`: require it;
-//! `none`). "Works here" is a real probe, because bubblewrap can be installed
-//! where user namespaces are not allowed.
+//! The setting is `local.isolation` (`auto`, the default: use bubblewrap when it
+//! is installed and works here, and say plainly when it does not; `required`
+//! (or `bwrap`): launch nothing without it; `none`). It comes from the
+//! coordinator's own configuration, never from a request. "Works here" is a
+//! real probe, because bubblewrap can be installed where user namespaces are
+//! not allowed.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -51,7 +55,7 @@ pub fn decide(
             Isolation::None
         }),
         "none" => Ok(Isolation::None),
-        "bwrap" | "bubblewrap" => {
+        "bwrap" | "bubblewrap" | "required" => {
             if bwrap_works() {
                 Ok(Isolation::Bubblewrap)
             } else {
@@ -63,7 +67,7 @@ pub fn decide(
         }
         other => Err(CodedError::new(
             error_codes::INVALID_INPUT,
-            format!("unknown {ISOLATION_ENV} value `{other}` (expected auto, bwrap or none)"),
+            format!("unknown isolation setting `{other}` (expected auto, required, bwrap or none)"),
         )),
     }
 }
@@ -93,31 +97,47 @@ pub fn bwrap_works() -> bool {
     })
 }
 
-/// The `bwrap` arguments (before `--` and the agent's command line) that give
-/// the session write access to `writable` only. Later binds win over the
-/// read-only root, so every writable directory is bound after it.
-pub fn bwrap_args(writable: &[&Path], cwd: &Path) -> Vec<OsString> {
-    let mut args: Vec<OsString> = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-        .iter()
-        .map(OsString::from)
-        .collect();
-    for dir in writable {
-        args.push("--bind".into());
-        args.push(dir.as_os_str().to_owned());
-        args.push(dir.as_os_str().to_owned());
+/// What a local session's sandbox hides and shows again (the agent adds the session's
+/// own directories and builds the `bwrap` command line; see `agent/src/sandbox.rs`).
+///
+/// Hidden behind an empty tmpfs: the state directory (database, every session, the
+/// coordinator socket and token, every agent's runtime and tmux socket), the user's home
+/// (dotfiles with credentials: `~/.ssh`, `~/.aws`, `~/.claude.json`, …), `/tmp` and
+/// `/var/tmp` (other tmux servers' and programs' sockets), and `/run/user` (the user's
+/// session bus, ssh-agent and keyring sockets). Shown again read-only: the `PATH`
+/// directories that sit in a hidden one (e.g. `~/.local/bin`, a Node install under
+/// `~/.nvm`) and git's own configuration (`~/.gitconfig`, `~/.config/git`), so the tools
+/// a session runs still work.
+pub fn sandbox_spec(
+    state_root: &Path,
+    home: Option<&Path>,
+    path_var: Option<&std::ffi::OsStr>,
+) -> crate::spec::SandboxSpec {
+    let home = home.filter(|h| h.is_absolute() && *h != Path::new("/"));
+    let mut hide: Vec<PathBuf> = vec![state_root.to_path_buf()];
+    hide.extend(home.map(Path::to_path_buf));
+    hide.extend(["/tmp", "/var/tmp", "/run/user"].iter().map(PathBuf::from));
+    if let Ok(real) = std::fs::canonicalize(state_root)
+        && real != state_root
+    {
+        hide.push(real);
     }
-    args.extend([
-        "--unshare-ipc".into(),
-        "--unshare-uts".into(),
-        "--chdir".into(),
-    ]);
-    args.push(cwd.as_os_str().to_owned());
-    args
-}
-
-/// The private temp directory of a container under isolation.
-pub fn private_tmp(container_dir: &Path) -> PathBuf {
-    container_dir.join("tmp")
+    let hidden = |p: &Path| hide.iter().any(|h| p.starts_with(h));
+    let mut read_only: Vec<PathBuf> = path_var
+        .map(|v| std::env::split_paths(v).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.is_absolute() && hidden(p) && !p.starts_with(state_root))
+        .collect();
+    if let Some(home) = home {
+        read_only.push(home.join(".gitconfig"));
+        read_only.push(home.join(".config/git"));
+    }
+    crate::spec::SandboxSpec {
+        hide,
+        read_only,
+        writable: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -138,21 +158,51 @@ mod tests {
         );
         let err = decide(Some("bwrap"), || false).unwrap_err();
         assert_eq!(err.code, error_codes::ISOLATION_UNAVAILABLE);
+        let err = decide(Some("required"), || false).unwrap_err();
+        assert_eq!(err.code, error_codes::ISOLATION_UNAVAILABLE);
+        assert_eq!(
+            decide(Some("required"), || true).unwrap(),
+            Isolation::Bubblewrap
+        );
         let err = decide(Some("docker"), || true).unwrap_err();
         assert_eq!(err.code, error_codes::INVALID_INPUT);
     }
 
     #[test]
-    fn writable_dirs_are_bound_after_the_read_only_root() {
-        let args = bwrap_args(&[Path::new("/s/ws"), Path::new("/c")], Path::new("/s/ws"));
-        let text: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let root = text.iter().position(|a| a == "--ro-bind").unwrap();
-        let bind = text.iter().position(|a| a == "--bind").unwrap();
-        assert!(root < bind);
-        assert_eq!(&text[bind..bind + 3], ["--bind", "/s/ws", "/s/ws"]);
-        assert_eq!(text.last().unwrap(), "/s/ws");
+    fn the_sandbox_hides_state_home_and_shared_temp_and_shows_tools_again() {
+        let path = std::ffi::OsString::from("/home/u/.local/bin:/usr/bin:/home/u/.parhelia/bin");
+        let spec = sandbox_spec(
+            Path::new("/home/u/.parhelia"),
+            Some(Path::new("/home/u")),
+            Some(&path),
+        );
+        for hidden in [
+            "/home/u/.parhelia",
+            "/home/u",
+            "/tmp",
+            "/var/tmp",
+            "/run/user",
+        ] {
+            assert!(spec.hide.contains(&PathBuf::from(hidden)), "{hidden}");
+        }
+        assert!(
+            spec.read_only
+                .contains(&PathBuf::from("/home/u/.local/bin"))
+        );
+        assert!(
+            spec.read_only
+                .contains(&PathBuf::from("/home/u/.gitconfig"))
+        );
+        // Nothing in the state directory is shown again, not even through PATH.
+        assert!(
+            !spec
+                .read_only
+                .iter()
+                .any(|p| p.starts_with("/home/u/.parhelia"))
+        );
+        assert!(!spec.read_only.contains(&PathBuf::from("/usr/bin")));
+        // A home of `/` is not hidden (that would hide the system).
+        let root_home = sandbox_spec(Path::new("/s"), Some(Path::new("/")), None);
+        assert!(!root_home.hide.contains(&PathBuf::from("/")));
     }
 }

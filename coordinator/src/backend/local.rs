@@ -361,13 +361,30 @@ impl Backend for LocalBackend {
             None => private_dir(&layout.workspace_dir)?,
         }
 
-        let spec = plan::agent_spec(
+        let mut spec = plan::agent_spec(
             &request.session,
             ids,
             &layout,
             &request.claude_bin,
             &self.timing,
         );
+        if request.isolation == Isolation::Bubblewrap {
+            let home = request
+                .env
+                .get("HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+            let path_var = request
+                .env
+                .get("PATH")
+                .map(std::ffi::OsString::from)
+                .or_else(|| std::env::var_os("PATH"));
+            spec.sandbox = Some(isolation::sandbox_spec(
+                &self.state_root,
+                home.as_deref(),
+                path_var.as_deref(),
+            ));
+        }
         write_atomically(&layout.spec_path, &serde_json::to_vec_pretty(&spec)?)?;
 
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
@@ -383,27 +400,24 @@ impl Backend for LocalBackend {
             .append(true)
             .open(&layout.agent_log_path)
             .with_context(|| format!("opening {}", layout.agent_log_path.display()))?;
+        // The agent runs outside the sandbox (it holds the secret and writes the
+        // journal and the checkpoint store); it starts Claude Code's tmux server inside
+        // one when the spec says so. The secret goes through a pipe on stdin, never the
+        // environment (which /proc would show to any process of this user).
         let mut command = tokio::process::Command::new(&self.launcher);
-        command.arg("internal-detach").arg("--");
-        let private_tmp = isolation::private_tmp(&layout.container_dir);
-        if request.isolation == Isolation::Bubblewrap {
-            private_dir(&private_tmp)?;
-            command.arg("bwrap").args(isolation::bwrap_args(
-                &[&layout.session_dir, &layout.container_dir],
-                &layout.workspace_dir,
-            ));
-            command.arg("--");
-        }
         command
+            .arg("internal-detach")
+            .arg("--")
             .arg(&agent_bin)
             .arg("run")
             .arg("--spec")
             .arg(&layout.spec_path)
             .arg("--label")
             .arg(self.label())
+            .arg("--secret-stdin")
             .current_dir(&layout.workspace_dir)
             .env_clear()
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
         for (key, value) in &request.env {
@@ -418,11 +432,6 @@ impl Backend for LocalBackend {
                 command.env(key, value);
             }
         }
-        if request.isolation == Isolation::Bubblewrap {
-            // The real /tmp is read-only inside the sandbox.
-            command.env("TMPDIR", &private_tmp);
-        }
-        command.env("PARHELIA_SESSION_SECRET", request.secret.expose());
 
         let mut child = command.spawn().map_err(|e| {
             coded(
@@ -430,6 +439,17 @@ impl Backend for LocalBackend {
                 format!("cannot start {}: {e}", agent_bin.display()),
             )
         })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            let line = format!("{}\n", request.secret.expose());
+            stdin.write_all(line.as_bytes()).await.map_err(|e| {
+                coded(
+                    error_codes::AGENT_FAILED_TO_START,
+                    format!("cannot hand the session secret to the agent: {e}"),
+                )
+            })?;
+            drop(stdin);
+        }
         let pid = child.id();
         tracing::info!(
             container_id = %ids.container_id,

@@ -304,7 +304,7 @@ async fn resume(ctx: &Ctx, opened: &Opened, call: ResumeCall<'_>, json: bool) ->
         rollback,
         backend,
     } = call;
-    let env = launch_env(&opened.config.config.local.isolation)?;
+    let env = launch_env()?;
     let mut client = ctx.client(&opened.state).await?;
     let reply = client
         .resume_session(ResumeSessionRequest {

@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
-use parhelia_proto::coordinator_client::CoordinatorClient;
-use tonic::transport::Channel;
 
 use crate::config::LoadedConfig;
 use crate::coordinator_client;
@@ -245,7 +243,7 @@ impl Ctx {
 
     /// A client of the running coordinator, starting one (with this
     /// command's `--set` values) when none answers.
-    pub async fn client(&self, state: &StateDir) -> Result<CoordinatorClient<Channel>> {
+    pub async fn client(&self, state: &StateDir) -> Result<crate::coordinator_client::Client> {
         coordinator_client::connect_or_start(state, &self.set).await
     }
 }

@@ -12,7 +12,7 @@ use parhelia_proto::{
 use serde::Serialize;
 
 use super::{Ctx, coordinator_error, dry_run_text, print_json};
-use crate::backend::isolation::{self, ISOLATION_ENV};
+use crate::backend::isolation;
 use crate::binaries::{resolve_agent_bin, resolve_claude_bin};
 use crate::error::coded;
 use crate::error_codes;
@@ -257,43 +257,50 @@ pub async fn run(ctx: &Ctx, command: TaskCommand) -> Result<i32> {
     }
 }
 
-/// The environment a launch needs, from this shell: what Claude Code needs,
-/// plus the launch overrides (`PARHELIA_CLAUDE_BIN`, `PARHELIA_AGENT_BIN`,
-/// the isolation decided by this command's config).
-pub(crate) fn launch_env(isolation_setting: &str) -> Result<HashMap<String, String>> {
+/// The environment a launch needs, from this shell: what Claude Code needs to
+/// reach its model. What shapes the launch itself (Claude Code's and the agent's
+/// binaries, PATH, isolation) is the coordinator's own; an explicit
+/// `PARHELIA_CLAUDE_BIN` that does not exist is refused here (E501) before
+/// anything starts.
+pub(crate) fn launch_env() -> Result<HashMap<String, String>> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
-    let mut env: HashMap<String, String> = plan::forwarded_env(
+    let env: HashMap<String, String> = plan::forwarded_env(
         std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
     )
     .into_iter()
     .collect();
-    // Resolved here so a relative PARHELIA_CLAUDE_BIN means this directory.
-    // Not finding `claude` on PATH is the coordinator's to judge: a local
-    // launch fails there (E501); a Modal sandbox has its own.
     let explicit = std::env::var_os(plan::CLAUDE_BIN_ENV).filter(|v| !v.is_empty());
-    match resolve_claude_bin(
-        explicit.as_deref(),
-        std::env::var_os("PATH").as_deref(),
-        &cwd,
-    ) {
-        Ok(claude_bin) => {
-            env.insert(
-                plan::CLAUDE_BIN_ENV.into(),
-                claude_bin.to_string_lossy().into_owned(),
-            );
-        }
-        Err(e) if explicit.is_some() => return Err(e.into()),
-        Err(_) => {}
+    if explicit.is_some() {
+        resolve_claude_bin(
+            explicit.as_deref(),
+            std::env::var_os("PATH").as_deref(),
+            &cwd,
+        )?;
     }
-    if let Some(agent) = std::env::var_os(plan::AGENT_BIN_ENV).filter(|p| !p.is_empty()) {
-        env.insert(
-            plan::AGENT_BIN_ENV.into(),
-            cwd.join(agent).to_string_lossy().into_owned(),
-        );
-    }
-    env.insert(ISOLATION_ENV.into(), isolation_setting.to_string());
     Ok(env)
+}
+
+/// Says once per state directory (and `doctor` every time) that local sessions are
+/// not confined: with isolation off, a session's commands can read the user's
+/// files, other sessions and the coordinator's token.
+fn warn_unconfined_once(state: &crate::state_dir::StateDir, setting: &str) {
+    let marker = state.root().join("isolation-warned");
+    if marker.exists() {
+        return;
+    }
+    let why = if setting == "none" {
+        "isolation is off ([local] isolation = \"none\")"
+    } else {
+        "bubblewrap is not installed or cannot create a sandbox here"
+    };
+    eprintln!(
+        "warning: local sessions are NOT isolated: {why}. Commands a session runs can read and \
+         change your files, other sessions and the coordinator. Install bubblewrap, or set \
+         [local] isolation = \"required\" to launch nothing unconfined. (Said once; `parhelia \
+         doctor` repeats it.)"
+    );
+    let _ = std::fs::write(marker, setting);
 }
 
 async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
@@ -342,6 +349,9 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
             isolation::decide(Some(&config.local.isolation), isolation::bwrap_works)?,
         )
     };
+    if !modal && isolation == isolation::Isolation::None && !args.dry_run {
+        warn_unconfined_once(&state, &config.local.isolation);
+    }
     if args.dry_run {
         let ids = LaunchIds::placeholders();
         let layout = if modal {
@@ -404,7 +414,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     }
 
     let opened = ctx.open()?;
-    let env = launch_env(&config.local.isolation)?;
+    let env = launch_env()?;
     let mut client = ctx.client(&opened.state).await?;
     let request = SubmitTaskRequest {
         prompt: args.prompt.clone(),
@@ -622,7 +632,7 @@ async fn dispatch(
     let env = if dry_run {
         HashMap::new()
     } else {
-        launch_env(&opened.config.config.local.isolation)?
+        launch_env()?
     };
     let mut client = ctx.client(&opened.state).await?;
     let response = client
@@ -735,7 +745,7 @@ async fn cancel(ctx: &Ctx, task_id: &str, reason: Option<String>, json: bool) ->
 async fn retry(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
     let opened = ctx.open()?;
     opened.db.check_transition(task_id, TaskStatus::Pending)?;
-    let env = launch_env(&opened.config.config.local.isolation)?;
+    let env = launch_env()?;
     let mut client = ctx.client(&opened.state).await?;
     let response = client
         .retry_task(RetryTaskRequest {
