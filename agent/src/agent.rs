@@ -110,6 +110,9 @@ pub struct AgentJson {
     /// Present when the sockets are not in the runtime dir (its path is too long).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_dir: Option<String>,
+    /// The private tmux server's socket (`<socket dir>/tmux/tmux.sock`).
+    #[serde(default)]
+    pub tmux_socket: String,
 }
 
 /// Runs one session from its spec to the agent's exit.
@@ -215,6 +218,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         socket_dir: layout
             .socket_dir_is_fallback
             .then(|| layout.socket_dir.to_string_lossy().into_owned()),
+        tmux_socket: layout.tmux_socket.to_string_lossy().into_owned(),
     };
     claude::write_atomically(
         &layout.agent_json,

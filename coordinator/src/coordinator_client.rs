@@ -43,16 +43,37 @@ pub async fn connect(socket: &Path) -> Result<Client> {
 
 /// Pings the coordinator of `state`; `None` when nothing answers.
 pub async fn ping(state: &StateDir) -> Option<(Client, PingResponse)> {
+    ping_checked(state).await.ok().flatten()
+}
+
+/// [`ping`], except that a coordinator that answers but refuses us (E406: another
+/// user, a caller inside a session sandbox, a missing or stale token) is an error,
+/// not "nothing running": starting a second coordinator would not help.
+pub async fn ping_checked(state: &StateDir) -> Result<Option<(Client, PingResponse)>> {
     // Only a socket in a directory we own is trusted with what the CLI sends.
-    let socket = state.prepare_socket_dir().ok()?;
+    let Ok(socket) = state.prepare_socket_dir() else {
+        return Ok(None);
+    };
     if !socket.exists() {
-        return None;
+        return Ok(None);
     }
-    let mut client = connect(&socket).await.ok()?;
+    let Ok(mut client) = connect(&socket).await else {
+        return Ok(None);
+    };
     let mut request = tonic::Request::new(PingRequest {});
     request.set_timeout(Duration::from_secs(5));
-    let pong = client.ping(request).await.ok()?.into_inner();
-    Some((client, pong))
+    match client.ping(request).await {
+        Ok(pong) => Ok(Some((client, pong.into_inner()))),
+        Err(status)
+            if crate::error::CodedError::from_status(&status)
+                .is_some_and(|e| e.code == error_codes::CONTROL_ACCESS_DENIED) =>
+        {
+            Err(crate::error::CodedError::from_status(&status)
+                .expect("checked above")
+                .into())
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 /// Returns a client for the running coordinator, starting one (detached,
@@ -60,7 +81,7 @@ pub async fn ping(state: &StateDir) -> Option<(Client, PingResponse)> {
 /// when none answers. E504 if it never does.
 pub async fn connect_or_start(state: &StateDir, config_flags: &[String]) -> Result<Client> {
     state.prepare_socket_dir()?;
-    if let Some((client, _)) = ping(state).await {
+    if let Some((client, _)) = ping_checked(state).await? {
         return Ok(client);
     }
     let exe = std::env::current_exe().context("finding the parhelia executable")?;

@@ -86,6 +86,9 @@ pub struct AgentRuntimeInfo {
     pub session_id: String,
     #[serde(default)]
     pub socket_dir: Option<PathBuf>,
+    /// The agent's private tmux socket (older agents: `<socket dir>/tmux.sock`).
+    #[serde(default)]
+    pub tmux_socket: Option<PathBuf>,
 }
 
 impl AgentRuntimeInfo {

@@ -237,11 +237,7 @@ impl Harness {
         let info: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(runtime.join("agent.json")).unwrap())
                 .unwrap();
-        let socket = info["socket_dir"]
-            .as_str()
-            .map(PathBuf::from)
-            .unwrap_or(runtime)
-            .join("tmux.sock");
+        let socket = PathBuf::from(info["tmux_socket"].as_str().unwrap());
         (info["pid"].as_i64().unwrap() as i32, socket)
     }
 

@@ -115,11 +115,13 @@ impl LocalBackend {
         if self.is_our_agent(info.pid) {
             return;
         }
-        let socket = info
-            .socket_dir
-            .clone()
-            .unwrap_or_else(|| self.container_runtime_dir(container_id))
-            .join("tmux.sock");
+        let socket = info.tmux_socket.clone().unwrap_or_else(|| {
+            info.socket_dir
+                .clone()
+                .unwrap_or_else(|| self.container_runtime_dir(container_id))
+                .join("tmux")
+                .join("tmux.sock")
+        });
         if !socket.exists() {
             return;
         }

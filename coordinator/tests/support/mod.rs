@@ -419,7 +419,7 @@ impl Drop for World {
                 }
                 let _ = Command::new("tmux")
                     .arg("-S")
-                    .arg(runtime.join("tmux.sock"))
+                    .arg(runtime.join("tmux").join("tmux.sock"))
                     .arg("kill-server")
                     .stderr(Stdio::null())
                     .status();
