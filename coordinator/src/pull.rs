@@ -69,6 +69,7 @@ const SESSION_GIT_CONFIG: &[&str] = &[
     "commit.gpgSign=false",
     "gc.auto=0",
     "maintenance.auto=false",
+    "rerere.enabled=false",
     "submodule.recurse=false",
     "user.name=Parhelia",
     "user.email=parhelia@localhost",
@@ -370,6 +371,32 @@ fn check_git_dir(
             let why = "names another repository's files (git would read and write there)";
             return Err(refuse(path, why.into()));
         }
+        if rel == Path::new("reftable/tables.list") {
+            check_reftable_list(path).map_err(|why| refuse(path, why))?;
+        }
+    }
+    Ok(())
+}
+
+/// `reftable/tables.list` names the ref tables git reads, and deletes after compacting
+/// them, relative to `reftable/`: every name must be a plain file name there.
+fn check_reftable_list(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    const LIMIT: u64 = 1 << 20;
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(LIMIT + 1).read_to_end(&mut text))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if text.len() as u64 > LIMIT {
+        return Err(format!("is larger than {LIMIT} bytes"));
+    }
+    for name in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if name.contains(&b'/') || name == b"." || name == b".." || name.contains(&0) {
+            return Err(format!(
+                "names a table outside reftable/: {:?}",
+                String::from_utf8_lossy(name)
+            ));
+        }
     }
     Ok(())
 }
@@ -433,8 +460,18 @@ fn sanitize_git_dir(dot_git: &Path) -> std::io::Result<()> {
     remove_if_present(&config)?;
     std::fs::write(&config, text)?;
     // `worktrees/`: the session's linked worktrees, whose `gitdir` files name places
-    // outside; nothing here needs them.
-    for file in ["config.worktree", "index.lock", "HEAD.lock", "worktrees"] {
+    // outside; nothing here needs them. The multi-pack index and commit-graph are caches
+    // git rebuilds or does without; they name pack and graph files, unchecked here.
+    for file in [
+        "config.worktree",
+        "index.lock",
+        "HEAD.lock",
+        "worktrees",
+        "objects/pack/multi-pack-index",
+        "objects/pack/multi-pack-index.d",
+        "objects/info/commit-graph",
+        "objects/info/commit-graphs",
+    ] {
         remove_if_present(&dot_git.join(file))?;
     }
     let hooks = dot_git.join("hooks");
@@ -1442,6 +1479,112 @@ mod tests {
         drop(live);
         std::fs::remove_dir(&starting).unwrap();
         std::fs::remove_file(h.scratch.join("unrelated.txt")).unwrap();
+        assert!(h.scratch_is_empty());
+    }
+
+    #[test]
+    fn a_session_that_used_linked_worktrees_still_pulls() {
+        // `git worktree add` writes `.git/worktrees/<name>/{gitdir,commondir}`: regular
+        // files the check lets through (only a top-level `commondir` is refused) and the
+        // copy then drops.
+        let h = hostile(|ws, outside| {
+            git(
+                ws,
+                &[
+                    "worktree",
+                    "add",
+                    "--quiet",
+                    "-b",
+                    "side",
+                    outside.join("side-worktree").to_str().unwrap(),
+                ],
+            );
+            assert!(ws.join(".git/worktrees/side-worktree/gitdir").is_file());
+        });
+        let outside_before = snapshot(&h.outside);
+        let outcome = h.pull().unwrap();
+        assert!(outcome.committed_uncommitted);
+        assert_eq!(snapshot(&h.outside), outside_before);
+        assert!(h.scratch_is_empty());
+    }
+
+    #[test]
+    fn nested_repositories_run_nothing_and_write_nothing_outside() {
+        // A nested repository whose `.git` is a `gitdir:` file pointing outside, with
+        // hooks and an fsmonitor there: `git add` records it as a gitlink (reading its
+        // HEAD) and runs nothing of it.
+        let h = hostile(|ws, outside| {
+            let other = outside.join("other-repo");
+            std::fs::create_dir_all(&other).unwrap();
+            git(&other, &["init", "--quiet"]);
+            write(&other.join("o.txt"), "o\n");
+            git(&other, &["add", "-A"]);
+            git(&other, &["commit", "--quiet", "-m", "other"]);
+            let marker = outside.join("pwned");
+            let script = outside.join("evil.sh");
+            write(
+                &script,
+                &format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+            );
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            git(
+                &other,
+                &["config", "core.fsmonitor", script.to_str().unwrap()],
+            );
+            git(
+                &other,
+                &["config", "core.hooksPath", outside.to_str().unwrap()],
+            );
+            for hook in ["pre-commit", "post-commit", "reference-transaction"] {
+                std::fs::copy(&script, outside.join(hook)).unwrap();
+            }
+            write(
+                &ws.join("nested/.git"),
+                &format!("gitdir: {}\n", other.join(".git").display()),
+            );
+        });
+        let outside_before = snapshot(&h.outside);
+        let outcome = h.pull().unwrap();
+        assert!(
+            !h.outside.join("pwned").exists(),
+            "a nested repository's command ran"
+        );
+        assert_eq!(snapshot(&h.outside), outside_before);
+        let tree = git(&h.user, &["ls-tree", &outcome.commit]);
+        assert!(
+            tree.contains("160000 commit") && tree.contains("\tnested"),
+            "{tree}"
+        );
+        assert!(h.scratch_is_empty());
+    }
+
+    #[test]
+    fn a_reftable_list_naming_outside_tables_is_refused() {
+        let h = hostile(|ws, outside| {
+            std::fs::remove_dir_all(ws.join(".git")).unwrap();
+            git(ws, &["init", "--quiet", "--ref-format=reftable"]);
+            git(ws, &["add", "a.txt"]);
+            git(ws, &["commit", "--quiet", "-m", "base"]);
+            let list = ws.join(".git/reftable/tables.list");
+            let mut text = std::fs::read_to_string(&list).unwrap();
+            text.push_str(&format!("../../../../outside/{}\n", "x.ref"));
+            std::fs::write(&list, text).unwrap();
+            write(&outside.join("x.ref"), "not really a table\n");
+        });
+        assert_refused(&h, ".git/reftable/tables.list");
+    }
+
+    #[test]
+    fn a_reftable_repository_still_pulls() {
+        let h = hostile(|ws, _| {
+            std::fs::remove_dir_all(ws.join(".git")).unwrap();
+            git(ws, &["init", "--quiet", "--ref-format=reftable"]);
+            git(ws, &["add", "a.txt"]);
+            git(ws, &["commit", "--quiet", "-m", "base"]);
+        });
+        let outcome = h.pull().unwrap();
+        assert!(outcome.committed_uncommitted);
         assert!(h.scratch_is_empty());
     }
 }
