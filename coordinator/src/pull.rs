@@ -13,12 +13,22 @@
 //!   (E109), and an existing branch moves only with `force` (E108). Branch names are
 //!   checked with `git check-ref-format --branch`.
 //! - The session's repository is untrusted (whatever ran in the session could write
-//!   `.git/`): its hooks and `config.worktree` are deleted and its `.git/config` is
-//!   replaced by the few format keys git needs before any git command runs in it, so
-//!   nothing it configures (fsmonitor, hooks, worktree, include paths) runs here.
+//!   `.git/`), and git runs on it unsandboxed. Before any git command runs on the copy,
+//!   `check_git_dir` refuses it (E110, naming the path) unless `.git` is a directory
+//!   holding only directories and regular files (no symlink, fifo, socket or device:
+//!   nothing git opens there can lead outside the copy) and no file that names other
+//!   places (`commondir`, `objects/info/alternates`, a `reftable/tables.list` entry
+//!   with a `/`). Then its hooks, `config.worktree`, linked-worktree records and the
+//!   multi-pack-index/commit-graph caches are deleted and its `.git/config` is replaced
+//!   by the few format keys git needs, so nothing it configures (fsmonitor, hooks,
+//!   worktree, filters, include paths) runs here.
+//! - Symlinks in the session's working tree are committed as links (git never follows
+//!   them), so no outside file's content reaches the branch.
+//! - The scratch copy is removed on every exit (success, error, panic); a pull killed
+//!   before it could remove it leaves it for the next pull to remove (see `Scratch`).
 //! - Errors are coded: E107 when the user's directory or the session's workspace is not
-//!   a git repository, E100 for a bad branch name, checkpoint codes from the store, E500
-//!   when git itself fails.
+//!   a git repository, E110 for an unsafe session repository, E100 for a bad branch
+//!   name, checkpoint codes from the store, E500 when git itself fails.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
