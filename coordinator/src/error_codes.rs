@@ -156,6 +156,11 @@ error_codes! {
         why: "`parhelia session pull` never touches your working tree, so it does not update the current branch (or one checked out in another worktree).",
         recover: "Pass `--branch NAME` to pull into another branch, or switch away from this one first.",
     }
+    UNSAFE_REPOSITORY = "E110" "UNSAFE_REPOSITORY" {
+        what: "The session's repository is unsafe to run git on.",
+        why: "`parhelia session pull` runs git on a copy of the session's workspace, outside any sandbox; the session's `.git` holds a symbolic link, fifo, socket or device, is itself a link or a `gitdir:` file, or names other object directories (`objects/info/alternates`) or another repository (`commondir`), any of which would let git read or write files outside the copy. Nothing was changed.",
+        recover: "Look at the named path in the session's workspace (`parhelia checkpoint show`); if the session made it, remove it inside the session (or `git clone` the repository there) and pull again.",
+    }
 
     // E2xx: not found.
     NOT_FOUND = "E200" "NOT_FOUND" {

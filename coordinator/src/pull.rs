@@ -13,12 +13,22 @@
 //!   (E109), and an existing branch moves only with `force` (E108). Branch names are
 //!   checked with `git check-ref-format --branch`.
 //! - The session's repository is untrusted (whatever ran in the session could write
-//!   `.git/`): its hooks and `config.worktree` are deleted and its `.git/config` is
-//!   replaced by the few format keys git needs before any git command runs in it, so
-//!   nothing it configures (fsmonitor, hooks, worktree, include paths) runs here.
+//!   `.git/`), and git runs on it unsandboxed. Before any git command runs on the copy,
+//!   `check_git_dir` refuses it (E110, naming the path) unless `.git` is a directory
+//!   holding only directories and regular files (no symlink, fifo, socket or device:
+//!   nothing git opens there can lead outside the copy) and no file that names other
+//!   places (`commondir`, `objects/info/alternates`, a `reftable/tables.list` entry
+//!   with a `/`). Then its hooks, `config.worktree`, linked-worktree records and the
+//!   multi-pack-index/commit-graph caches are deleted and its `.git/config` is replaced
+//!   by the few format keys git needs, so nothing it configures (fsmonitor, hooks,
+//!   worktree, filters, include paths) runs here.
+//! - Symlinks in the session's working tree are committed as links (git never follows
+//!   them), so no outside file's content reaches the branch.
+//! - The scratch copy is removed on every exit (success, error, panic); a pull killed
+//!   before it could remove it leaves it for the next pull to remove (see `Scratch`).
 //! - Errors are coded: E107 when the user's directory or the session's workspace is not
-//!   a git repository, E100 for a bad branch name, checkpoint codes from the store, E500
-//!   when git itself fails.
+//!   a git repository, E110 for an unsafe session repository, E100 for a bad branch
+//!   name, checkpoint codes from the store, E500 when git itself fails.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -67,6 +77,10 @@ const SESSION_GIT_CONFIG: &[&str] = &[
     "core.fsmonitor=false",
     "core.untrackedCache=false",
     "commit.gpgSign=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "rerere.enabled=false",
+    "submodule.recurse=false",
     "user.name=Parhelia",
     "user.email=parhelia@localhost",
 ];
@@ -88,6 +102,12 @@ const GIT_LOCATION_VARIABLES: &[&str] = &[
 /// Brings the session's result at `checkpoint` into `repo` as `branch` (see the module
 /// docs).
 pub fn pull(req: &PullRequest) -> Result<PullOutcome, CodedError> {
+    pull_in(req, &std::env::temp_dir())
+}
+
+/// [`pull`], with its scratch directory made in `scratch_parent` (tests point it at a
+/// directory of their own to see that nothing is left behind).
+fn pull_in(req: &PullRequest, scratch_parent: &Path) -> Result<PullOutcome, CodedError> {
     let branch = req.branch;
     let repo = Git::new(req.repo);
     if !repo.run(["rev-parse", "--git-dir"])?.status.success() {
@@ -110,7 +130,7 @@ pub fn pull(req: &PullRequest) -> Result<PullOutcome, CodedError> {
         ));
     }
 
-    let scratch = Scratch::new(req.session_id)?;
+    let scratch = Scratch::new(scratch_parent, req.session_id)?;
     let workspace = scratch.path.join("workspace");
     req.store
         .restore_tree(
@@ -246,8 +266,8 @@ fn check_not_checked_out(repo: &Git, refname: &str, branch: &str) -> Result<(), 
     Ok(())
 }
 
-/// Checks that the restored workspace is a repository of its own and makes it safe to
-/// run git in (see the module docs).
+/// Checks that the restored workspace is a repository of its own that git cannot be led
+/// outside of ([`check_git_dir`]), and makes it safe to run git in (see the module docs).
 fn open_session_repo(
     workspace: &Path,
     session_id: &str,
@@ -261,16 +281,13 @@ fn open_session_repo(
             ),
         )
     };
-    let dot_git = workspace.join(".git");
-    match std::fs::symlink_metadata(&dot_git) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(not_a_repo(".git is not a directory")),
-        Err(_) => return Err(not_a_repo("it has no .git")),
+    if let Err(e) = std::fs::symlink_metadata(workspace.join(".git"))
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        return Err(not_a_repo("it has no .git"));
     }
-    if dot_git.join("commondir").exists() {
-        return Err(not_a_repo(".git belongs to a linked worktree"));
-    }
-    sanitize_git_dir(&dot_git).map_err(|e| {
+    check_git_dir(workspace, session_id, checkpoint)?;
+    sanitize_git_dir(&workspace.join(".git")).map_err(|e| {
         CodedError::new(
             error_codes::INFRASTRUCTURE_ERROR,
             format!("cannot prepare the session's repository copy: {e}"),
@@ -285,6 +302,127 @@ fn open_session_repo(
         return Err(not_a_repo(err.trim()));
     }
     Ok(git)
+}
+
+/// Refuses (E110) a session repository through which git could read or write outside
+/// the copy, before any git command runs on it. A total check, not a list of the paths
+/// git happens to write today: `.git` must be a directory, and every entry under it a
+/// directory or a regular file (never a symlink, fifo, socket or device; links are not
+/// followed, so nothing outside is even looked at). Of the regular files, the ones that
+/// name other places are refused too: `commondir` (another repository's refs and
+/// objects) and any `objects/info/alternates` or `http-alternates` (other object
+/// directories). `worktrees/` (whose `gitdir` files name linked worktrees) is checked
+/// like the rest and then dropped by [`sanitize_git_dir`].
+///
+/// The copy is private (a 0700 directory only this process writes), so nothing changes
+/// between this check and the git commands.
+fn check_git_dir(
+    workspace: &Path,
+    session_id: &str,
+    checkpoint: &CheckpointId,
+) -> Result<(), CodedError> {
+    let refuse = |path: &Path, why: String| {
+        let shown = path.strip_prefix(workspace).unwrap_or(path);
+        CodedError::new(
+            error_codes::UNSAFE_REPOSITORY,
+            format!(
+                "session {session_id}'s repository is not safe to run git on: {:?} {why} (checkpoint {checkpoint}); nothing was changed",
+                shown.to_string_lossy()
+            ),
+        )
+    };
+    let link_target =
+        |path: &Path| std::fs::read_link(path).map_or_else(|_| "?".into(), |t| format!("{t:?}"));
+    let dot_git = workspace.join(".git");
+    let meta = std::fs::symlink_metadata(&dot_git)
+        .map_err(|e| refuse(&dot_git, format!("cannot be read: {e}")))?;
+    if meta.file_type().is_symlink() {
+        let why = format!("is a symbolic link to {}", link_target(&dot_git));
+        return Err(refuse(&dot_git, why));
+    }
+    if meta.is_file() {
+        let why =
+            "is a file (a `gitdir:` pointer to a repository elsewhere), not the repository itself";
+        return Err(refuse(&dot_git, why.into()));
+    }
+    if !meta.is_dir() {
+        return Err(refuse(
+            &dot_git,
+            format!("is a {}", kind(&meta.file_type())),
+        ));
+    }
+    for entry in walkdir::WalkDir::new(&dot_git)
+        .follow_links(false)
+        .min_depth(1)
+    {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(&dot_git).to_path_buf();
+            refuse(&path, format!("cannot be read: {e}"))
+        })?;
+        let path = entry.path();
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            continue;
+        }
+        if ft.is_symlink() {
+            let why = format!("is a symbolic link (to {})", link_target(path));
+            return Err(refuse(path, why));
+        }
+        if !ft.is_file() {
+            return Err(refuse(path, format!("is a {}", kind(&ft))));
+        }
+        let rel = path.strip_prefix(&dot_git).unwrap_or(path);
+        let names_elsewhere = rel == Path::new("commondir")
+            || (matches!(
+                rel.file_name().and_then(OsStr::to_str),
+                Some("alternates" | "http-alternates")
+            ) && rel.parent().is_some_and(|p| p.ends_with("objects/info")));
+        if names_elsewhere {
+            let why = "names another repository's files (git would read and write there)";
+            return Err(refuse(path, why.into()));
+        }
+        if rel == Path::new("reftable/tables.list") {
+            check_reftable_list(path).map_err(|why| refuse(path, why))?;
+        }
+    }
+    Ok(())
+}
+
+/// `reftable/tables.list` names the ref tables git reads, and deletes after compacting
+/// them, relative to `reftable/`: every name must be a plain file name there.
+fn check_reftable_list(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    const LIMIT: u64 = 1 << 20;
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(LIMIT + 1).read_to_end(&mut text))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if text.len() as u64 > LIMIT {
+        return Err(format!("is larger than {LIMIT} bytes"));
+    }
+    for name in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if name.contains(&b'/') || name == b"." || name == b".." || name.contains(&0) {
+            return Err(format!(
+                "names a table outside reftable/: {:?}",
+                String::from_utf8_lossy(name)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a non-regular, non-directory, non-symlink file is, for messages.
+fn kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "device file"
+    } else {
+        "special file"
+    }
 }
 
 /// Config keys kept from the session's `.git/config`: what git needs to read the
@@ -331,7 +469,19 @@ fn sanitize_git_dir(dot_git: &Path) -> std::io::Result<()> {
     }
     remove_if_present(&config)?;
     std::fs::write(&config, text)?;
-    for file in ["config.worktree", "index.lock", "HEAD.lock"] {
+    // `worktrees/`: the session's linked worktrees, whose `gitdir` files name places
+    // outside; nothing here needs them. The multi-pack index and commit-graph are caches
+    // git rebuilds or does without; they name pack and graph files, unchecked here.
+    for file in [
+        "config.worktree",
+        "index.lock",
+        "HEAD.lock",
+        "worktrees",
+        "objects/pack/multi-pack-index",
+        "objects/pack/multi-pack-index.d",
+        "objects/info/commit-graph",
+        "objects/info/commit-graphs",
+    ] {
         remove_if_present(&dot_git.join(file))?;
     }
     let hooks = dot_git.join("hooks");
@@ -443,45 +593,137 @@ fn git_failed(what: &str, out: &Output) -> CodedError {
     )
 }
 
-/// A private temporary directory, removed when dropped.
+/// Scratch directories are `<parent>/parhelia-pull-<session>-<random>`.
+const SCRATCH_PREFIX: &str = "parhelia-pull-";
+
+/// A private (0700) temporary directory, removed when dropped: on success, on every
+/// error and on a panic. A pull that never got to drop it (killed, or interrupted by
+/// Ctrl-C) leaves it behind; the next pull removes it: each scratch holds an exclusive
+/// `flock` on its `lock` file while it lives, so a scratch whose lock can be taken has
+/// no owner left.
 struct Scratch {
     path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Scratch {
-    fn new(session_id: &str) -> Result<Scratch, CodedError> {
+    fn new(parent: &Path, session_id: &str) -> Result<Scratch, CodedError> {
         use std::os::unix::fs::DirBuilderExt;
+        remove_abandoned_scratches(parent);
         let safe: String = session_id
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
             .take(64)
             .collect();
+        let failed = |e: String| {
+            CodedError::new(
+                error_codes::INFRASTRUCTURE_ERROR,
+                format!(
+                    "cannot create a temporary directory in {}: {e}",
+                    parent.display(),
+                ),
+            )
+        };
         let mut last = None;
         for _ in 0..8 {
-            let path = std::env::temp_dir().join(format!(
-                "parhelia-pull-{safe}-{:016x}",
+            let path = parent.join(format!(
+                "{SCRATCH_PREFIX}{safe}-{:016x}",
                 rand::random::<u64>()
             ));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(Scratch { path }),
+                Ok(()) => {
+                    // Locked before it is visible under its name, so a sweep never sees
+                    // a live scratch's lock free.
+                    let lock = (|| {
+                        let pending = path.join("lock.new");
+                        let file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&pending)?;
+                        let lock = nix::fcntl::Flock::lock(
+                            file,
+                            nix::fcntl::FlockArg::LockExclusiveNonblock,
+                        )
+                        .map_err(|(_, errno)| std::io::Error::from(errno))?;
+                        std::fs::rename(&pending, path.join("lock"))?;
+                        Ok::<_, std::io::Error>(lock)
+                    })();
+                    return match lock {
+                        Ok(lock) => Ok(Scratch { path, _lock: lock }),
+                        Err(e) => {
+                            remove_tree(&path);
+                            Err(failed(e.to_string()))
+                        }
+                    };
+                }
                 Err(e) => last = Some(e),
             }
         }
-        Err(CodedError::new(
-            error_codes::INFRASTRUCTURE_ERROR,
-            format!(
-                "cannot create a temporary directory in {}: {}",
-                std::env::temp_dir().display(),
-                last.map(|e| e.to_string()).unwrap_or_default()
-            ),
-        ))
+        Err(failed(last.map(|e| e.to_string()).unwrap_or_default()))
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        remove_tree(&self.path);
     }
+}
+
+/// Removes the scratch directories in `parent` that no live pull holds (see
+/// [`Scratch`]). Best effort: anything it cannot open, lock or remove is left alone.
+fn remove_abandoned_scratches(parent: &Path) {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(SCRATCH_PREFIX.as_bytes())
+        {
+            continue;
+        }
+        let path = entry.path();
+        // Only our own real directories (a shared /tmp holds other users' too).
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() && meta.uid() == uid => {}
+            _ => continue,
+        }
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path.join("lock"))
+        else {
+            // No lock (yet): a pull that is just starting. Leave it.
+            continue;
+        };
+        if let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
+            remove_tree(&path);
+            drop(lock);
+        }
+    }
+}
+
+/// Removes a directory tree we made, links not followed; a directory the restored tree
+/// made read-only (a session can record 0500 directories) is made writable first.
+fn remove_tree(path: &Path) {
+    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
+        if entry.file_type().is_dir() {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    let _ = std::fs::remove_dir_all(path);
 }
 
 #[cfg(test)]
@@ -885,5 +1127,474 @@ mod tests {
             git(&w.user, &["show", "parhelia/hostile:b.txt"]),
             "uncommitted"
         );
+    }
+
+    // ---- Hostile `.git` trees (issue 11, item 3) and scratch cleanup (item 10). ----
+
+    use std::os::unix::fs::symlink;
+
+    /// A session repository made hostile by a `plant` step, checkpointed; a directory
+    /// outside it holding a sentinel file (what the planted links point at); the user's
+    /// repository; and a directory of its own for the pull's scratch.
+    struct Hostile {
+        dir: tempfile::TempDir,
+        store: Store,
+        checkpoint: CheckpointId,
+        outside: PathBuf,
+        user: PathBuf,
+        scratch: PathBuf,
+    }
+
+    const SENTINEL: &str = "the user's file, which no pull may touch\n";
+
+    /// `plant(workspace, outside)` runs after the session repo has one commit, a packed
+    /// `main` and an uncommitted file (so a pull commits, writing objects, refs, logs
+    /// and `COMMIT_EDITMSG`).
+    fn hostile(plant: impl FnOnce(&Path, &Path)) -> Hostile {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("session/workspace");
+        std::fs::create_dir_all(&ws).unwrap();
+        git(&ws, &["init", "--quiet"]);
+        write(&ws.join("a.txt"), "a\n");
+        git(&ws, &["add", "-A"]);
+        git(&ws, &["commit", "--quiet", "-m", "base"]);
+        git(&ws, &["pack-refs", "--all", "--prune"]);
+        write(&ws.join("b.txt"), "uncommitted\n");
+        let outside = dir.path().join("outside");
+        write(&outside.join("sentinel.txt"), SENTINEL);
+        plant(&ws, &outside);
+        let store = Store::open(&dir.path().join("session/store")).unwrap();
+        let checkpoint = checkpoint(&store, &ws, &dir.path().join("session/conversation"));
+        let user = dir.path().join("user");
+        std::fs::create_dir_all(&user).unwrap();
+        git(&user, &["init", "--quiet"]);
+        write(&user.join("mine.txt"), "mine\n");
+        git(&user, &["add", "-A"]);
+        git(&user, &["commit", "--quiet", "-m", "mine"]);
+        let scratch = dir.path().join("tmp");
+        std::fs::create_dir_all(&scratch).unwrap();
+        Hostile {
+            dir,
+            store,
+            checkpoint,
+            outside,
+            user,
+            scratch,
+        }
+    }
+
+    impl Hostile {
+        fn pull(&self) -> Result<PullOutcome, CodedError> {
+            pull_in(
+                &PullRequest {
+                    store: &self.store,
+                    checkpoint: &self.checkpoint,
+                    repo: &self.user,
+                    branch: "parhelia/hostile",
+                    session_id: "sess-hostile",
+                    force: false,
+                },
+                &self.scratch,
+            )
+        }
+
+        fn scratch_is_empty(&self) -> bool {
+            std::fs::read_dir(&self.scratch).unwrap().next().is_none()
+        }
+    }
+
+    /// Every entry under `dir`, links not followed: path, kind, and bytes or link target.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, &'static str, Vec<u8>)> {
+        walkdir::WalkDir::new(dir)
+            .sort_by_file_name()
+            .into_iter()
+            .map(Result::unwrap)
+            .map(|e| {
+                let path = e.path().to_path_buf();
+                let ft = e.file_type();
+                if ft.is_symlink() {
+                    let target = std::fs::read_link(&path).unwrap();
+                    (path, "link", target.into_os_string().into_encoded_bytes())
+                } else if ft.is_dir() {
+                    (path, "dir", Vec::new())
+                } else {
+                    let bytes = std::fs::read(&path).unwrap();
+                    (path, "file", bytes)
+                }
+            })
+            .collect()
+    }
+
+    /// Pulls the hostile checkpoint and asserts: E110 naming `offending`, nothing outside
+    /// changed (no byte, no new entry), the user's repository unchanged, no branch, and
+    /// no scratch left.
+    fn assert_refused(h: &Hostile, offending: &str) {
+        let outside_before = snapshot(&h.outside);
+        let user_before = user_state(&h.user);
+        let refs_before = git(&h.user, &["for-each-ref"]);
+        let result = h.pull();
+        assert_eq!(
+            snapshot(&h.outside),
+            outside_before,
+            "the pull wrote outside the session's tree ({result:?})"
+        );
+        let err = result.expect_err("a hostile repository was pulled");
+        assert_eq!(err.code, error_codes::UNSAFE_REPOSITORY, "{}", err.message);
+        assert!(
+            err.message.contains(offending),
+            "{offending:?} is not named in: {}",
+            err.message
+        );
+        assert_eq!(user_state(&h.user), user_before);
+        assert_eq!(git(&h.user, &["for-each-ref"]), refs_before);
+        assert!(h.scratch_is_empty(), "the pull left its scratch directory");
+    }
+
+    fn replace_with_link(path: &Path, target: &Path) {
+        remove_if_present(path).unwrap();
+        symlink(target, path).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_commit_editmsg_is_refused() {
+        let h = hostile(|ws, outside| {
+            replace_with_link(
+                &ws.join(".git/COMMIT_EDITMSG"),
+                &outside.join("sentinel.txt"),
+            );
+        });
+        assert_refused(&h, ".git/COMMIT_EDITMSG");
+    }
+
+    #[test]
+    fn a_symlinked_head_log_is_refused() {
+        let h = hostile(|ws, outside| {
+            replace_with_link(&ws.join(".git/logs/HEAD"), &outside.join("sentinel.txt"));
+        });
+        assert_refused(&h, ".git/logs/HEAD");
+    }
+
+    #[test]
+    fn a_symlinked_logs_directory_is_refused() {
+        let h = hostile(|ws, outside| {
+            replace_with_link(&ws.join(".git/logs"), outside);
+        });
+        assert_refused(&h, ".git/logs");
+    }
+
+    #[test]
+    fn a_symlinked_refs_heads_directory_is_refused() {
+        let h = hostile(|ws, outside| {
+            replace_with_link(&ws.join(".git/refs/heads"), outside);
+        });
+        assert_refused(&h, ".git/refs/heads");
+    }
+
+    #[test]
+    fn a_symlinked_objects_directory_is_refused() {
+        let h = hostile(|ws, outside| {
+            // The objects live outside, so the repository still works through the link.
+            let objects = outside.join("objects");
+            std::fs::rename(ws.join(".git/objects"), &objects).unwrap();
+            symlink(&objects, ws.join(".git/objects")).unwrap();
+        });
+        assert_refused(&h, ".git/objects");
+    }
+
+    #[test]
+    fn a_symlinked_dot_git_is_refused() {
+        let h = hostile(|ws, outside| {
+            let real = outside.join("real-git");
+            std::fs::rename(ws.join(".git"), &real).unwrap();
+            symlink(&real, ws.join(".git")).unwrap();
+        });
+        assert_refused(&h, ".git");
+    }
+
+    #[test]
+    fn a_gitdir_file_is_refused() {
+        let h = hostile(|ws, outside| {
+            let real = outside.join("real-git");
+            std::fs::rename(ws.join(".git"), &real).unwrap();
+            write(&ws.join(".git"), &format!("gitdir: {}\n", real.display()));
+        });
+        assert_refused(&h, ".git");
+    }
+
+    #[test]
+    fn alternates_are_refused() {
+        let h = hostile(|ws, outside| {
+            // Every object lives outside; the copy would read (and repack, prune...) them.
+            let objects = outside.join("objects");
+            std::fs::rename(ws.join(".git/objects"), &objects).unwrap();
+            write(
+                &ws.join(".git/objects/info/alternates"),
+                &format!("{}\n", objects.display()),
+            );
+        });
+        assert_refused(&h, ".git/objects/info/alternates");
+    }
+
+    #[test]
+    fn a_commondir_is_refused() {
+        let h = hostile(|ws, outside| {
+            let common = outside.join("common");
+            std::fs::rename(ws.join(".git/refs"), &common).unwrap();
+            std::fs::create_dir_all(ws.join(".git/refs")).unwrap();
+            write(
+                &ws.join(".git/commondir"),
+                &format!("{}\n", outside.display()),
+            );
+        });
+        assert_refused(&h, ".git/commondir");
+    }
+
+    #[test]
+    fn a_symlink_deep_in_dot_git_is_refused() {
+        // Not one of the paths git writes today: the check is total, not a list.
+        let h = hostile(|ws, outside| {
+            symlink(outside, ws.join(".git/refs/tags/escape")).unwrap();
+        });
+        assert_refused(&h, ".git/refs/tags/escape");
+    }
+
+    #[test]
+    fn special_files_in_dot_git_are_refused() {
+        // A checkpoint cannot carry a fifo or socket (scan skips them, restore refuses
+        // them), so the check is exercised on a tree directly.
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        git(&ws, &["init", "--quiet"]);
+        nix::unistd::mkfifo(
+            &ws.join(".git/objects/pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let err = check_git_dir(&ws, "sess-x", &CheckpointId("x".into())).unwrap_err();
+        assert_eq!(err.code, error_codes::UNSAFE_REPOSITORY);
+        assert!(err.message.contains(".git/objects/pipe"), "{}", err.message);
+        assert!(err.message.contains("fifo"), "{}", err.message);
+        std::fs::remove_file(ws.join(".git/objects/pipe")).unwrap();
+
+        let _socket = std::os::unix::net::UnixListener::bind(ws.join(".git/refs/sock")).unwrap();
+        let err = check_git_dir(&ws, "sess-x", &CheckpointId("x".into())).unwrap_err();
+        assert_eq!(err.code, error_codes::UNSAFE_REPOSITORY);
+        assert!(err.message.contains(".git/refs/sock"), "{}", err.message);
+    }
+
+    #[test]
+    fn symlinks_in_the_working_tree_are_recorded_as_links_not_read() {
+        let h = hostile(|ws, outside| {
+            symlink(outside.join("sentinel.txt"), ws.join("secret")).unwrap();
+            symlink(outside, ws.join("outside-dir")).unwrap();
+        });
+        let outside_before = snapshot(&h.outside);
+        let outcome = h.pull().unwrap();
+        assert_eq!(snapshot(&h.outside), outside_before);
+        let tree = git(&h.user, &["ls-tree", "-r", &outcome.commit]);
+        assert!(
+            tree.contains("120000 blob") && tree.contains("\tsecret"),
+            "{tree}"
+        );
+        assert!(
+            !tree.contains("outside-dir/"),
+            "followed a directory link: {tree}"
+        );
+        let target = git(
+            &h.user,
+            &["cat-file", "-p", &format!("{}:secret", outcome.commit)],
+        );
+        assert_eq!(target, h.outside.join("sentinel.txt").to_str().unwrap());
+        assert!(h.scratch_is_empty());
+    }
+
+    #[test]
+    fn a_git_failure_leaves_no_scratch() {
+        let h = hostile(|ws, _| {
+            write(&ws.join(".git/index"), "not an index");
+        });
+        let err = h.pull().unwrap_err();
+        assert_eq!(
+            err.code,
+            error_codes::INFRASTRUCTURE_ERROR,
+            "{}",
+            err.message
+        );
+        assert!(
+            h.scratch_is_empty(),
+            "the failed pull left its scratch directory"
+        );
+    }
+
+    #[test]
+    fn read_only_directories_do_not_keep_the_scratch() {
+        use std::os::unix::fs::PermissionsExt;
+        let h = hostile(|ws, _| {
+            write(&ws.join("locked/inner/file.txt"), "x\n");
+            for d in ["locked/inner", "locked"] {
+                std::fs::set_permissions(ws.join(d), std::fs::Permissions::from_mode(0o500))
+                    .unwrap();
+            }
+        });
+        h.pull().unwrap();
+        assert!(
+            h.scratch_is_empty(),
+            "a read-only directory kept the scratch"
+        );
+        // Let the fixture's own cleanup through.
+        let ws = h.dir.path().join("session/workspace");
+        for d in ["locked", "locked/inner"] {
+            std::fs::set_permissions(ws.join(d), std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_panic_removes_the_scratch() {
+        let parent = tempfile::tempdir().unwrap();
+        let result = std::panic::catch_unwind(|| {
+            let scratch = Scratch::new(parent.path(), "sess-panic").unwrap();
+            write(&scratch.path.join("workspace/file"), "x");
+            panic!("in the middle of a pull");
+        });
+        assert!(result.is_err());
+        assert!(std::fs::read_dir(parent.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn an_interrupted_pulls_scratch_is_removed_by_the_next_pull() {
+        let h = hostile(|_, _| {});
+        // What a pull killed mid-way leaves: its scratch, lock file unlocked.
+        let abandoned = h.scratch.join("parhelia-pull-sess-old-00000000000000aa");
+        write(
+            &abandoned.join("workspace/.git/HEAD"),
+            "ref: refs/heads/main\n",
+        );
+        write(&abandoned.join("lock"), "");
+        // A pull still running holds its lock; one just starting has no lock yet.
+        let live = Scratch::new(&h.scratch, "sess-live").unwrap();
+        let starting = h.scratch.join("parhelia-pull-sess-new-00000000000000bb");
+        std::fs::create_dir_all(&starting).unwrap();
+        // Not a scratch at all.
+        write(&h.scratch.join("unrelated.txt"), "keep\n");
+
+        h.pull().unwrap();
+        assert!(!abandoned.exists(), "the abandoned scratch is still there");
+        assert!(
+            live.path.join("lock").exists(),
+            "a live scratch was removed"
+        );
+        assert!(starting.exists(), "a starting scratch was removed");
+        assert!(h.scratch.join("unrelated.txt").exists());
+        drop(live);
+        std::fs::remove_dir(&starting).unwrap();
+        std::fs::remove_file(h.scratch.join("unrelated.txt")).unwrap();
+        assert!(h.scratch_is_empty());
+    }
+
+    #[test]
+    fn a_session_that_used_linked_worktrees_still_pulls() {
+        // `git worktree add` writes `.git/worktrees/<name>/{gitdir,commondir}`: regular
+        // files the check lets through (only a top-level `commondir` is refused) and the
+        // copy then drops.
+        let h = hostile(|ws, outside| {
+            git(
+                ws,
+                &[
+                    "worktree",
+                    "add",
+                    "--quiet",
+                    "-b",
+                    "side",
+                    outside.join("side-worktree").to_str().unwrap(),
+                ],
+            );
+            assert!(ws.join(".git/worktrees/side-worktree/gitdir").is_file());
+        });
+        let outside_before = snapshot(&h.outside);
+        let outcome = h.pull().unwrap();
+        assert!(outcome.committed_uncommitted);
+        assert_eq!(snapshot(&h.outside), outside_before);
+        assert!(h.scratch_is_empty());
+    }
+
+    #[test]
+    fn nested_repositories_run_nothing_and_write_nothing_outside() {
+        // A nested repository whose `.git` is a `gitdir:` file pointing outside, with
+        // hooks and an fsmonitor there: `git add` records it as a gitlink (reading its
+        // HEAD) and runs nothing of it.
+        let h = hostile(|ws, outside| {
+            let other = outside.join("other-repo");
+            std::fs::create_dir_all(&other).unwrap();
+            git(&other, &["init", "--quiet"]);
+            write(&other.join("o.txt"), "o\n");
+            git(&other, &["add", "-A"]);
+            git(&other, &["commit", "--quiet", "-m", "other"]);
+            let marker = outside.join("pwned");
+            let script = outside.join("evil.sh");
+            write(
+                &script,
+                &format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+            );
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            git(
+                &other,
+                &["config", "core.fsmonitor", script.to_str().unwrap()],
+            );
+            git(
+                &other,
+                &["config", "core.hooksPath", outside.to_str().unwrap()],
+            );
+            for hook in ["pre-commit", "post-commit", "reference-transaction"] {
+                std::fs::copy(&script, outside.join(hook)).unwrap();
+            }
+            write(
+                &ws.join("nested/.git"),
+                &format!("gitdir: {}\n", other.join(".git").display()),
+            );
+        });
+        let outside_before = snapshot(&h.outside);
+        let outcome = h.pull().unwrap();
+        assert!(
+            !h.outside.join("pwned").exists(),
+            "a nested repository's command ran"
+        );
+        assert_eq!(snapshot(&h.outside), outside_before);
+        let tree = git(&h.user, &["ls-tree", &outcome.commit]);
+        assert!(
+            tree.contains("160000 commit") && tree.contains("\tnested"),
+            "{tree}"
+        );
+        assert!(h.scratch_is_empty());
+    }
+
+    #[test]
+    fn a_reftable_list_naming_outside_tables_is_refused() {
+        let h = hostile(|ws, outside| {
+            std::fs::remove_dir_all(ws.join(".git")).unwrap();
+            git(ws, &["init", "--quiet", "--ref-format=reftable"]);
+            git(ws, &["add", "a.txt"]);
+            git(ws, &["commit", "--quiet", "-m", "base"]);
+            let list = ws.join(".git/reftable/tables.list");
+            let mut text = std::fs::read_to_string(&list).unwrap();
+            text.push_str(&format!("../../../../outside/{}\n", "x.ref"));
+            std::fs::write(&list, text).unwrap();
+            write(&outside.join("x.ref"), "not really a table\n");
+        });
+        assert_refused(&h, ".git/reftable/tables.list");
+    }
+
+    #[test]
+    fn a_reftable_repository_still_pulls() {
+        let h = hostile(|ws, _| {
+            std::fs::remove_dir_all(ws.join(".git")).unwrap();
+            git(ws, &["init", "--quiet", "--ref-format=reftable"]);
+            git(ws, &["add", "a.txt"]);
+            git(ws, &["commit", "--quiet", "-m", "base"]);
+        });
+        let outcome = h.pull().unwrap();
+        assert!(outcome.committed_uncommitted);
+        assert!(h.scratch_is_empty());
     }
 }
