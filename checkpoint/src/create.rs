@@ -566,7 +566,8 @@ fn decide<'p>(
             (_, ptree) => {
                 let mut prev = Vec::new();
                 if let Some(pt) = ptree {
-                    prev.reserve(pt.entry_count as usize);
+                    // Capacity from a file: a hint, bounded (each chunk is checked on load).
+                    prev.reserve(pt.entry_count.min(1 << 20) as usize);
                     for c in &pt.chunks {
                         prev.extend(loader.load(c)?);
                     }

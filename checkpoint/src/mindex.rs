@@ -230,9 +230,13 @@ impl MergedIndex {
             }
             prev = Some(blob);
             let layer = u32_at(e, 33) as usize;
+            let end = u64::from(u32_at(e, 45))
+                .checked_add(512)
+                .and_then(|x| x.checked_add(u64_at(e, 49)));
             if e[32] > 1
                 || layer >= self.layers.len()
                 || u64_at(e, 37) >= self.layers[layer].data_size
+                || end.is_none()
             {
                 return None;
             }

@@ -106,6 +106,9 @@ pub fn write_checkpoint(store: &Store, tree: &str, entries: &[RawEntry]) -> Resu
     let mut s = sink.into_inner().expect("poisoned");
     s.finish()?;
     let layers: Vec<BlobId> = s.finished.iter().map(|l| l.layer).collect();
+    let files: Vec<&Record> = records.iter().filter(|r| r.kind == RawKind::File).collect();
+    let n_files = files.len() as u64;
+    let bytes: u64 = files.iter().map(|r| r.size).sum();
     let ms = now_ns() / 1_000_000;
     let mut m = Manifest {
         format_version: MANIFEST_VERSION,
@@ -119,14 +122,14 @@ pub fn write_checkpoint(store: &Store, tree: &str, entries: &[RawEntry]) -> Resu
             name: tree.into(),
             excludes: vec![],
             entry_count: records.len() as u64,
-            file_count: 0,
-            total_bytes: 0,
+            file_count: n_files,
+            total_bytes: bytes,
             chunks: vec![ChunkRef {
                 first: escape_path(&records[0].path),
                 blob,
                 entries: records.len() as u64,
-                files: 0,
-                bytes: 0,
+                files: n_files,
+                bytes,
                 digest: content_digest(&records),
                 layers: (0..layers.len() as u32).collect(),
             }],

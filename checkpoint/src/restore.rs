@@ -32,6 +32,7 @@ use crate::layer::{
     BlobMap, FRAME_TARGET, FrameScratch, IndexEntry, LayerReader, WHOLE_FRAME_MAX,
     check_member_header,
 };
+use crate::limits::{Deadline, PATH_MAX};
 use crate::manifest::CheckpointId;
 use crate::store::{Store, now_ns};
 
@@ -65,6 +66,74 @@ fn mtime_ns(m: &fs::Metadata) -> i64 {
     m.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(m.mtime_nsec())
+}
+
+/// Entries of the checkpoint inside excluded directories the walk left alone: each is
+/// looked up without following links (its parents are directories of the tree, handled
+/// first since records are sorted) and classified as the walk would have done.
+fn classify_inside_excluded(
+    target: &Path,
+    records: &[Record],
+    excluded_dirs: &HashSet<Vec<u8>>,
+    existing_dirs: &mut HashSet<Vec<u8>>,
+    existing_files: &mut HashMap<Vec<u8>, fs::Metadata>,
+    existing_links: &mut HashSet<Vec<u8>>,
+    stats: &mut RestoreStats,
+) -> Result<()> {
+    for r in records {
+        let mut p = r.path.as_slice();
+        let inside = loop {
+            let parent = crate::entry::parent_of(p);
+            if parent.is_empty() {
+                break false;
+            }
+            if excluded_dirs.contains(parent) {
+                break true;
+            }
+            p = parent;
+        };
+        if !inside {
+            continue;
+        }
+        let abs = target.join(bytes_path(&r.path));
+        let md = match fs::symlink_metadata(&abs) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+            Err(e) => {
+                return Err(CheckpointError::Io {
+                    op: "stat",
+                    path: abs,
+                    source: e,
+                });
+            }
+        };
+        let ft = md.file_type();
+        let keep = match r.kind {
+            RawKind::Dir if ft.is_dir() => {
+                existing_dirs.insert(r.path.clone());
+                true
+            }
+            RawKind::File if ft.is_file() => {
+                existing_files.insert(r.path.clone(), md);
+                true
+            }
+            RawKind::Symlink if ft.is_symlink() => {
+                let same =
+                    fs::read_link(&abs).is_ok_and(|l| l.as_os_str().as_encoded_bytes() == r.link);
+                if same {
+                    existing_links.insert(r.path.clone());
+                }
+                same
+            }
+            _ => false,
+        };
+        if !keep {
+            remove_path(&abs, ft.is_dir()).io("remove", &abs)?;
+            stats.removed += 1;
+        }
+    }
+    Ok(())
 }
 
 fn remove_path(path: &Path, is_dir: bool) -> io::Result<()> {
@@ -114,7 +183,20 @@ impl Store {
                 id: m.id.0.clone(),
                 what: format!("tree {tree:?}"),
             })?;
-        let (records, map) = self.prepare_tree_traced(&m, t, &trace)?;
+        let deadline = Deadline::new(self.limits.max_time);
+        let (records, map) = self.prepare_tree_traced(&m, t, &trace, deadline)?;
+        // Paths the kernel would refuse (target + path over PATH_MAX) would fail mid-way.
+        let longest = records.iter().map(|r| r.path.len()).max().unwrap_or(0);
+        let prefix = target.as_os_str().len() + 1;
+        if prefix + longest >= PATH_MAX {
+            return Err(CheckpointError::limit(
+                format!(
+                    "a path of {longest} bytes under {} exceeds the system's path limit",
+                    target.display()
+                ),
+                (PATH_MAX - prefix.min(PATH_MAX)) as u64,
+            ));
+        }
         match fs::metadata(target) {
             Ok(md) if md.is_dir() => {}
             Ok(_) => {
@@ -143,6 +225,7 @@ impl Store {
             &excludes,
             self.threads,
             &trace,
+            deadline,
         )
     }
 }
@@ -155,6 +238,7 @@ fn restore_records(
     excludes: &Excludes,
     threads: usize,
     trace: &crate::store::PhaseTrace,
+    deadline: Deadline,
 ) -> Result<RestoreStats> {
     let mut stats = RestoreStats::default();
 
@@ -163,6 +247,10 @@ fn restore_records(
     let mut existing_dirs: HashSet<Vec<u8>> = HashSet::new();
     let mut existing_files: HashMap<Vec<u8>, fs::Metadata> = HashMap::new();
     let mut existing_links: HashSet<Vec<u8>> = HashSet::new();
+    // Excluded directories the checkpoint also has: left alone (not walked), but entries
+    // the checkpoint has inside them are looked up one by one below.
+    let mut excluded_dirs: HashSet<Vec<u8>> = HashSet::new();
+    let mut walked = 0u64;
     let empty = fs::read_dir(target)
         .io("read directory", target)?
         .next()
@@ -205,17 +293,29 @@ fn restore_records(
             .as_os_str()
             .as_encoded_bytes()
             .to_vec();
+        walked += 1;
+        if walked % 4096 == 0 {
+            deadline.check("scanning the restore target")?;
+        }
         let ft = e.file_type();
         if !excludes.is_empty() && excludes.matches(&rel, ft.is_dir()) {
-            let keep = match wanted.get(rel.as_slice()) {
-                None => true,
-                Some(r) => (r.kind == RawKind::Dir) == ft.is_dir(),
-            };
-            if keep {
-                if ft.is_dir() {
-                    it.skip_current_dir();
+            match wanted.get(rel.as_slice()) {
+                None => {
+                    if ft.is_dir() {
+                        it.skip_current_dir();
+                    }
+                    continue;
                 }
-                continue;
+                Some(r) if r.kind == RawKind::Dir && ft.is_dir() => {
+                    existing_dirs.insert(rel.clone());
+                    excluded_dirs.insert(rel);
+                    it.skip_current_dir();
+                    continue;
+                }
+                // The checkpoint needs this path: handled like any other (an existing file
+                // of the same kind is compared or replaced, another kind is removed), not
+                // left in the way of the write that would then fail.
+                Some(_) => {}
             }
         }
         let w = wanted.get(rel.as_slice());
@@ -254,6 +354,17 @@ fn restore_records(
         }
     }
 
+    if !excluded_dirs.is_empty() {
+        classify_inside_excluded(
+            target,
+            records,
+            &excluded_dirs,
+            &mut existing_dirs,
+            &mut existing_files,
+            &mut existing_links,
+            &mut stats,
+        )?;
+    }
     trace.mark("target scanned");
     // B. Directories level by level (parents first; the directories of one level in
     //    parallel), then symlinks (every parent is a directory of the tree); decide per file.
@@ -357,7 +468,7 @@ fn restore_records(
     }
 
     // D. Write files, grouped by the frame their content starts in.
-    let (written, bytes) = write_files(target, &writes, map, layers_dir, threads)?;
+    let (written, bytes) = write_files(target, &writes, map, layers_dir, threads, deadline)?;
     stats.files_written += written;
     stats.bytes_written += bytes;
     trace.mark("files written");
@@ -385,7 +496,7 @@ fn restore_records(
     Ok(stats)
 }
 
-fn parallel_map<T: Sync, R: Send>(
+pub(crate) fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     threads: usize,
     f: impl Fn(&T) -> Result<R> + Sync,
@@ -480,6 +591,7 @@ fn write_files(
     map: &BlobMap,
     layers_dir: &Path,
     threads: usize,
+    deadline: Deadline,
 ) -> Result<(u64, u64)> {
     // blob -> jobs needing it; tasks = (layer, frame) -> blobs in header order.
     let mut by_blob: HashMap<BlobId, Vec<&FileJob<'_>>> = HashMap::new();
@@ -530,11 +642,11 @@ fn write_files(
             cache.insert(*layer, LayerReader::open(layers_dir, layer)?);
         }
         let reader = cache.get_mut(layer).expect("inserted");
-        let end = blobs
-            .iter()
-            .map(|(e, _)| u64::from(e.header_offset) + 512 + e.len)
-            .max()
-            .unwrap_or(0);
+        deadline.check("restoring")?;
+        let mut end = 0;
+        for (e, _) in blobs {
+            end = end.max(e.end()?);
+        }
         let whole = end <= WHOLE_FRAME_MAX
             && reader.read_frame(*frame, span(layer, *frame), &mut scratch)?
             && scratch.frame.len() as u64 >= end;
@@ -545,7 +657,7 @@ fn write_files(
                 let at = e.header_offset as usize;
                 let header: &[u8; 512] = scratch.frame[at..at + 512].try_into().expect("512 bytes");
                 check_member_header(header, e)?;
-                let data = &scratch.frame[at + 512..at + 512 + e.len as usize];
+                let data = &scratch.frame[at + 512..e.end()? as usize];
                 if blake3::hash(data).as_bytes() != &e.blob.0 {
                     return Err(CheckpointError::corrupt(format!(
                         "blob {} content does not match its hash",
@@ -569,7 +681,7 @@ fn write_files(
                 bytes.fetch_add(e.len * js.len() as u64, Ordering::Relaxed);
             }
         } else {
-            let mut stream = reader.frames_at(*frame, 256 << 10)?;
+            let mut stream = reader.frames_at(*frame, 256 << 10)?.with_deadline(deadline);
             for (e, js) in blobs {
                 let first = js[0];
                 let abs = target.join(bytes_path(&first.record.path));
@@ -584,6 +696,7 @@ fn write_files(
                     let (mut out, tmp2) = open_dest(&dest, j.replace)?;
                     let mut src = File::open(&abs).io("open", &abs)?;
                     io::copy(&mut src, &mut out).io("copy", &dest)?;
+                    deadline.check("restoring")?;
                     finish_dest(out, &tmp2, &dest, j.record, j.replace)?;
                 }
                 files.fetch_add(js.len() as u64, Ordering::Relaxed);
@@ -594,4 +707,70 @@ fn write_files(
         Ok(())
     })?;
     Ok((files.into_inner(), bytes.into_inner()))
+}
+
+/// Decompresses and hashes every listed content blob, checking each member's tar header
+/// (a regular file named by its id, of the indexed size), frames in parallel: what a
+/// restore will write is proven readable and correct before anything in the target
+/// changes. Memory per worker is one frame (`WHOLE_FRAME_MAX`) or a streaming buffer;
+/// a blob is never held whole.
+pub(crate) fn verify_contents(
+    blobs: &[BlobId],
+    map: &BlobMap,
+    layers_dir: &Path,
+    threads: usize,
+    deadline: Deadline,
+) -> Result<()> {
+    let mut by_frame: HashMap<(BlobId, u64), Vec<IndexEntry>> = HashMap::new();
+    for blob in blobs {
+        let (layer, e) = map
+            .get(blob)
+            .ok_or_else(|| CheckpointError::corrupt(format!("content {blob} is missing")))?;
+        by_frame.entry((layer, e.frame_offset)).or_default().push(e);
+    }
+    let mut tasks: Vec<((BlobId, u64), Vec<IndexEntry>)> = by_frame.into_iter().collect();
+    tasks.sort_by_key(|t| t.0);
+    for (_, es) in &mut tasks {
+        es.sort_by_key(|e| e.header_offset);
+        es.dedup_by_key(|e| e.blob);
+    }
+    type WorkerState = (HashMap<BlobId, LayerReader>, FrameScratch);
+    let states: std::sync::Mutex<Vec<WorkerState>> = std::sync::Mutex::new(Vec::new());
+    parallel_map(&tasks, threads, |((layer, frame), es)| -> Result<()> {
+        deadline.check("verifying contents")?;
+        let (mut cache, mut scratch) = states.lock().expect("poisoned").pop().unwrap_or_default();
+        if !cache.contains_key(layer) {
+            cache.insert(*layer, LayerReader::open(layers_dir, layer)?);
+        }
+        let reader = cache.get_mut(layer).expect("inserted");
+        let mut end = 0;
+        for e in es {
+            end = end.max(e.end()?);
+        }
+        let whole = end <= WHOLE_FRAME_MAX
+            && reader.read_frame(*frame, end, &mut scratch)?
+            && scratch.frame.len() as u64 >= end;
+        if whole {
+            for e in es {
+                let at = e.header_offset as usize;
+                let header: &[u8; 512] = scratch.frame[at..at + 512].try_into().expect("512 bytes");
+                check_member_header(header, e)?;
+                let data = &scratch.frame[at + 512..e.end()? as usize];
+                if blake3::hash(data).as_bytes() != &e.blob.0 {
+                    return Err(CheckpointError::corrupt(format!(
+                        "blob {} content does not match its hash",
+                        e.blob
+                    )));
+                }
+            }
+        } else {
+            let mut stream = reader.frames_at(*frame, 256 << 10)?.with_deadline(deadline);
+            for e in es {
+                stream.read_member(e, &mut io::sink())?;
+            }
+        }
+        states.lock().expect("poisoned").push((cache, scratch));
+        Ok(())
+    })?;
+    Ok(())
 }
