@@ -1079,6 +1079,25 @@ impl BlobMap {
             .or_else(|| self.merged.as_ref()?.get(blob))
     }
 
+    /// Every location of a blob: its layers' own indexes in order, then the merged
+    /// cache's. A blob's id is only a claim until its bytes are hashed, so readers that
+    /// find one copy damaged (or planted) try the others.
+    pub fn get_all(&self, blob: &BlobId) -> Vec<(BlobId, IndexEntry)> {
+        let mut out: Vec<(BlobId, IndexEntry)> = self
+            .indexes
+            .iter()
+            .filter_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
+            .collect();
+        if let Some(m) = &self.merged {
+            for c in m.get_all(blob) {
+                if !out.iter().any(|(l, _)| *l == c.0) {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
     /// The layer holding a blob that is known to be in the store (see
     /// `MergedIndex::layer_of`); cheaper than `get` for many lookups.
     pub fn layer_of(&self, blob: &BlobId) -> Option<BlobId> {

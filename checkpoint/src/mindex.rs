@@ -309,6 +309,20 @@ impl MergedIndex {
             .map(|(l, e)| (self.layers[l].id, e))
     }
 
+    /// Every usable location of a blob (a blob may be in several layers).
+    pub fn get_all(&self, blob: &BlobId) -> Vec<(BlobId, IndexEntry)> {
+        let b = bucket_of(self.bits, &blob.0);
+        let Some(data) = self.bucket(b) else {
+            return self.fallback_get(blob).into_iter().collect();
+        };
+        data.chunks_exact(ENTRY_LEN)
+            .filter(|e| e[..32] == blob.0[..])
+            .map(|e| self.decode(e))
+            .filter(|(l, _)| self.usable[*l])
+            .map(|(l, e)| (self.layers[l].id, e))
+            .collect()
+    }
+
     fn read_locator(&self) -> Option<Box<[u8]>> {
         let mut buf = vec![0u8; self.count as usize * LOC_LEN];
         self.file

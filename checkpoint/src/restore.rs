@@ -184,7 +184,7 @@ impl Store {
                 what: format!("tree {tree:?}"),
             })?;
         let deadline = Deadline::new(self.limits.max_time);
-        let (records, map) = self.prepare_tree_traced(&m, t, &trace, deadline)?;
+        let (records, map, located) = self.prepare_tree_traced(&m, t, &trace, deadline)?;
         // Paths the kernel would refuse (target + path over PATH_MAX) would fail mid-way.
         let longest = records.iter().map(|r| r.path.len()).max().unwrap_or(0);
         let prefix = target.as_os_str().len() + 1;
@@ -221,6 +221,7 @@ impl Store {
             target,
             &records,
             &map,
+            &located,
             &self.layers_dir,
             &excludes,
             self.threads,
@@ -234,6 +235,7 @@ fn restore_records(
     target: &Path,
     records: &[Record],
     map: &BlobMap,
+    located: &Located,
     layers_dir: &Path,
     excludes: &Excludes,
     threads: usize,
@@ -468,7 +470,8 @@ fn restore_records(
     }
 
     // D. Write files, grouped by the frame their content starts in.
-    let (written, bytes) = write_files(target, &writes, map, layers_dir, threads, deadline)?;
+    let (written, bytes) =
+        write_files(target, &writes, map, located, layers_dir, threads, deadline)?;
     stats.files_written += written;
     stats.bytes_written += bytes;
     trace.mark("files written");
@@ -589,6 +592,7 @@ fn write_files(
     target: &Path,
     jobs: &[FileJob<'_>],
     map: &BlobMap,
+    located: &Located,
     layers_dir: &Path,
     threads: usize,
     deadline: Deadline,
@@ -603,7 +607,7 @@ fn write_files(
     }
     let mut by_frame: HashMap<(BlobId, u64), FrameBlobs<'_, '_>> = HashMap::new();
     for (blob, js) in by_blob {
-        let (layer, e) = map
+        let (layer, e) = *located
             .get(&blob)
             .ok_or_else(|| CheckpointError::corrupt(format!("content {blob} is missing")))?;
         by_frame
@@ -709,23 +713,34 @@ fn write_files(
     Ok((files.into_inner(), bytes.into_inner()))
 }
 
+/// Where each content blob of a restore is read from: a copy whose bytes were checked.
+pub(crate) type Located = HashMap<BlobId, (BlobId, IndexEntry)>;
+
+/// Whether an error condemns one copy of a blob (another copy may be good) rather than
+/// the whole operation.
+fn bad_copy(e: &CheckpointError) -> bool {
+    matches!(
+        e,
+        CheckpointError::Corrupt { .. } | CheckpointError::UnsafeEntry { .. }
+    )
+}
+
 /// Decompresses and hashes every listed content blob, checking each member's tar header
 /// (a regular file named by its id, of the indexed size), frames in parallel: what a
 /// restore will write is proven readable and correct before anything in the target
-/// changes. Memory per worker is one frame (`WHOLE_FRAME_MAX`) or a streaming buffer;
-/// a blob is never held whole.
+/// changes. Each blob comes with its candidate copies (`BlobMap::get_all`); the first
+/// copy that checks out is the one returned (and the one a restore writes). Memory per
+/// worker is one frame (`WHOLE_FRAME_MAX`) or a streaming buffer; a blob is never held
+/// whole.
 pub(crate) fn verify_contents(
-    blobs: &[BlobId],
-    map: &BlobMap,
+    blobs: &[(BlobId, Vec<(BlobId, IndexEntry)>)],
     layers_dir: &Path,
     threads: usize,
     deadline: Deadline,
-) -> Result<()> {
+) -> Result<Located> {
     let mut by_frame: HashMap<(BlobId, u64), Vec<IndexEntry>> = HashMap::new();
-    for blob in blobs {
-        let (layer, e) = map
-            .get(blob)
-            .ok_or_else(|| CheckpointError::corrupt(format!("content {blob} is missing")))?;
+    for (_, cands) in blobs {
+        let (layer, e) = cands[0];
         by_frame.entry((layer, e.frame_offset)).or_default().push(e);
     }
     let mut tasks: Vec<((BlobId, u64), Vec<IndexEntry>)> = by_frame.into_iter().collect();
@@ -736,41 +751,120 @@ pub(crate) fn verify_contents(
     }
     type WorkerState = (HashMap<BlobId, LayerReader>, FrameScratch);
     let states: std::sync::Mutex<Vec<WorkerState>> = std::sync::Mutex::new(Vec::new());
-    parallel_map(&tasks, threads, |((layer, frame), es)| -> Result<()> {
-        deadline.check("verifying contents")?;
-        let (mut cache, mut scratch) = states.lock().expect("poisoned").pop().unwrap_or_default();
-        if !cache.contains_key(layer) {
-            cache.insert(*layer, LayerReader::open(layers_dir, layer)?);
-        }
-        let reader = cache.get_mut(layer).expect("inserted");
-        let mut end = 0;
-        for e in es {
-            end = end.max(e.end()?);
-        }
-        let whole = end <= WHOLE_FRAME_MAX
-            && reader.read_frame(*frame, end, &mut scratch)?
-            && scratch.frame.len() as u64 >= end;
-        if whole {
+    // Per task: the blobs whose first copy failed, with the error.
+    let failed = parallel_map(
+        &tasks,
+        threads,
+        |((layer, frame), es)| -> Result<Vec<(BlobId, CheckpointError)>> {
+            deadline.check("verifying contents")?;
+            let (mut cache, mut scratch) =
+                states.lock().expect("poisoned").pop().unwrap_or_default();
+            if !cache.contains_key(layer) {
+                cache.insert(*layer, LayerReader::open(layers_dir, layer)?);
+            }
+            let reader = cache.get_mut(layer).expect("inserted");
+            let mut failed = Vec::new();
+            let mut end = 0;
             for e in es {
-                let at = e.header_offset as usize;
-                let header: &[u8; 512] = scratch.frame[at..at + 512].try_into().expect("512 bytes");
-                check_member_header(header, e)?;
-                let data = &scratch.frame[at + 512..e.end()? as usize];
-                if blake3::hash(data).as_bytes() != &e.blob.0 {
-                    return Err(CheckpointError::corrupt(format!(
-                        "blob {} content does not match its hash",
-                        e.blob
-                    )));
+                end = end.max(e.end()?);
+            }
+            let whole = end <= WHOLE_FRAME_MAX
+                && match reader.read_frame(*frame, end, &mut scratch) {
+                    Ok(w) => w,
+                    Err(e) if bad_copy(&e) => false,
+                    Err(e) => return Err(e),
+                }
+                && scratch.frame.len() as u64 >= end;
+            if whole {
+                for e in es {
+                    if let Err(err) = check_in_frame(&scratch.frame, e) {
+                        failed.push((e.blob, err));
+                    }
+                }
+            } else {
+                let mut stream = reader.frames_at(*frame, 256 << 10)?.with_deadline(deadline);
+                let mut broken = false;
+                for e in es {
+                    if broken {
+                        failed.push((
+                            e.blob,
+                            CheckpointError::corrupt(format!(
+                                "blob {} follows damaged data in its layer",
+                                e.blob
+                            )),
+                        ));
+                        continue;
+                    }
+                    match stream.read_member(e, &mut io::sink()) {
+                        Ok(()) => {}
+                        Err(err) if bad_copy(&err) => {
+                            failed.push((e.blob, err));
+                            broken = true;
+                        }
+                        Err(err) => return Err(err),
+                    }
                 }
             }
-        } else {
-            let mut stream = reader.frames_at(*frame, 256 << 10)?.with_deadline(deadline);
-            for e in es {
-                stream.read_member(e, &mut io::sink())?;
+            states.lock().expect("poisoned").push((cache, scratch));
+            Ok(failed)
+        },
+    )?;
+    let failed: HashMap<BlobId, CheckpointError> = failed.into_iter().flatten().collect();
+    let mut located = Located::with_capacity(blobs.len());
+    let mut readers: HashMap<BlobId, LayerReader> = HashMap::new();
+    for (blob, cands) in blobs {
+        let Some(first_err) = failed.get(blob) else {
+            located.insert(*blob, cands[0]);
+            continue;
+        };
+        // Other copies, one blob at a time (rare: only damaged or planted stores get here).
+        let mut found = None;
+        for (layer, e) in &cands[1..] {
+            deadline.check("verifying contents")?;
+            if !readers.contains_key(layer) {
+                readers.insert(*layer, LayerReader::open(layers_dir, layer)?);
+            }
+            let reader = readers.get_mut(layer).expect("inserted");
+            let mut stream = reader
+                .frames_at(e.frame_offset, 64 << 10)?
+                .with_deadline(deadline);
+            match stream.read_member(e, &mut io::sink()) {
+                Ok(()) => {
+                    found = Some((*layer, *e));
+                    break;
+                }
+                Err(err) if bad_copy(&err) => {}
+                Err(err) => return Err(err),
             }
         }
-        states.lock().expect("poisoned").push((cache, scratch));
-        Ok(())
-    })?;
+        match found {
+            Some(f) => {
+                located.insert(*blob, f);
+            }
+            None => {
+                return Err(match first_err {
+                    CheckpointError::UnsafeEntry { path, reason } => {
+                        CheckpointError::unsafe_entry(path.clone(), reason.clone())
+                    }
+                    other => CheckpointError::corrupt(other.to_string()),
+                });
+            }
+        }
+    }
+    Ok(located)
+}
+
+/// Checks one member of a frame held in memory: its header and its bytes' hash.
+fn check_in_frame(frame: &[u8], e: &IndexEntry) -> Result<()> {
+    let at = e.header_offset as usize;
+    let end = e.end()? as usize;
+    let header: &[u8; 512] = frame[at..at + 512].try_into().expect("512 bytes");
+    check_member_header(header, e)?;
+    if blake3::hash(&frame[at + 512..end]).as_bytes() != &e.blob.0 {
+        return Err(CheckpointError::corrupt(format!(
+            "blob {} content does not match its hash",
+            e.blob
+        )));
+    }
     Ok(())
 }

@@ -17,16 +17,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::Entry;
 use crate::codec::{BlobId, unescape_path};
+use crate::entry::RawKind;
 use crate::entry::{Record, bytes_path, decode_chunk, rel_bytes};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::layer::{
-    BlobKind, BlobMap, FrameScratch, LayerIndex, LayerReader, RawIndex, read_index,
+    BlobKind, BlobMap, FrameScratch, IndexEntry, LayerIndex, LayerReader, RawIndex, read_index,
 };
 use crate::limits::{CHUNK_BLOB_MAX, Deadline, Limits};
 use crate::manifest::{CheckpointId, ChunkRef, Manifest, TreeManifest};
 use crate::mindex::{CachedLayer, LayerStat, MergedIndex};
-use crate::{Entry, EntryKind};
 
 const STORE_FORMAT: &str = "parhelia-checkpoint-store";
 const STORE_VERSION: u32 = 1;
@@ -725,7 +726,7 @@ impl Store {
         t: &TreeManifest,
         trace: &PhaseTrace,
         deadline: Deadline,
-    ) -> Result<(Vec<Record>, BlobMap)> {
+    ) -> Result<(Vec<Record>, BlobMap, crate::restore::Located)> {
         self.check_entry_count(t)?;
         let layers = Self::tree_layers(m, t);
         let map = self.blob_map_for(&layers)?;
@@ -759,33 +760,39 @@ impl Store {
         self.check_record_limits(t, &records)?;
         trace.mark("entries validated");
         deadline.check("verifying")?;
-        let mut contents: Vec<BlobId> = Vec::new();
+        // Every copy of each content blob that matches its entry (kind and size), in
+        // lookup order; `verify_contents` keeps the first that hashes right.
+        let mut seen = std::collections::HashSet::new();
+        let mut contents: Vec<(BlobId, Vec<(BlobId, IndexEntry)>)> = Vec::new();
         for r in &records {
-            if let Some(c) = &r.content {
-                match map.get(c) {
-                    Some((_, e)) if e.kind == BlobKind::Content && e.len == r.size => {
-                        contents.push(*c);
-                    }
-                    Some(_) => {
-                        return Err(CheckpointError::corrupt(format!(
-                            "content of {:?} does not match its index entry",
-                            String::from_utf8_lossy(&r.path)
-                        )));
-                    }
-                    None => {
-                        return Err(CheckpointError::corrupt(format!(
-                            "content of {:?} is missing from the store",
-                            String::from_utf8_lossy(&r.path)
-                        )));
-                    }
-                }
+            let Some(c) = &r.content else { continue };
+            if !seen.insert(*c) {
+                continue;
             }
+            let all = map.get_all(c);
+            if all.is_empty() {
+                return Err(CheckpointError::corrupt(format!(
+                    "content of {:?} is missing from the store",
+                    String::from_utf8_lossy(&r.path)
+                )));
+            }
+            let cands: Vec<(BlobId, IndexEntry)> = all
+                .into_iter()
+                .filter(|(_, e)| e.kind == BlobKind::Content && e.len == r.size)
+                .collect();
+            if cands.is_empty() {
+                return Err(CheckpointError::corrupt(format!(
+                    "content of {:?} does not match its index entry",
+                    String::from_utf8_lossy(&r.path)
+                )));
+            }
+            contents.push((*c, cands));
         }
-        contents.sort_unstable();
-        contents.dedup();
-        crate::restore::verify_contents(&contents, &map, &self.layers_dir, self.threads, deadline)?;
+        contents.sort_unstable_by_key(|(b, _)| *b);
+        let located =
+            crate::restore::verify_contents(&contents, &self.layers_dir, self.threads, deadline)?;
         trace.mark("contents verified");
-        Ok((records, map))
+        Ok((records, map, located))
     }
 
     /// The content of one file (or a symlink's target) in a checkpoint.
@@ -796,6 +803,29 @@ impl Store {
     }
 
     pub(crate) fn read_file_in(&self, m: &Manifest, tree: &str, path: &Path) -> Result<Vec<u8>> {
+        let max = self.limits.max_read_bytes;
+        match self.read_file_limited(m, tree, path, max)? {
+            FileRead::Data(d) => Ok(d),
+            FileRead::TooLarge(size) => Err(CheckpointError::limit(
+                format!(
+                    "{} is {size} bytes, too large to read into memory",
+                    path.display()
+                ),
+                max,
+            )),
+        }
+    }
+
+    /// The content of one file (or a symlink's target), unless it is larger than `max`
+    /// bytes (`TooLarge`, nothing read). Entries of other kinds (a hostile store's hard
+    /// links, devices, …) are E621.
+    pub(crate) fn read_file_limited(
+        &self,
+        m: &Manifest,
+        tree: &str,
+        path: &Path,
+        max: u64,
+    ) -> Result<FileRead> {
         let t = Self::find_tree(m, tree)?;
         let rel = rel_bytes(path)?;
         let not_found = || CheckpointError::NotInCheckpoint {
@@ -803,8 +833,7 @@ impl Store {
             what: format!("{}:{}", tree, path.display()),
         };
         let map = self.blob_map_for(&Self::tree_layers(m, t))?;
-        let mut loader =
-            ChunkLoader::new(&self.layers_dir, &map).with_max_content(self.limits.max_read_bytes);
+        let mut loader = ChunkLoader::new(&self.layers_dir, &map).with_max_content(max);
         let Some(ci) = covering_chunk(&t.chunks, &rel)? else {
             return Err(not_found());
         };
@@ -813,16 +842,43 @@ impl Store {
             .iter()
             .find(|r| r.path == rel)
             .ok_or_else(not_found)?;
-        let e = r.to_entry();
-        match e.kind {
-            EntryKind::File => loader.read_content(r.content.as_ref().expect("files have content")),
-            EntryKind::Symlink => Ok(r.link.clone()),
-            EntryKind::Dir => Err(CheckpointError::invalid(format!(
+        let shown = || bytes_path(&rel).display().to_string();
+        match (r.kind, &r.content) {
+            (RawKind::File, Some(c)) => {
+                if r.size > max {
+                    return Ok(FileRead::TooLarge(r.size));
+                }
+                let data = loader.read_content(c)?;
+                if data.len() as u64 != r.size {
+                    return Err(CheckpointError::corrupt(format!(
+                        "content of {} does not match its entry",
+                        shown()
+                    )));
+                }
+                Ok(FileRead::Data(data))
+            }
+            (RawKind::Symlink, _) => Ok(FileRead::Data(r.link.clone())),
+            (RawKind::Dir, _) => Err(CheckpointError::invalid(format!(
                 "{} is a directory",
-                bytes_path(&rel).display()
+                shown()
             ))),
+            (RawKind::File, None) => Err(CheckpointError::corrupt(format!(
+                "file {} has no content",
+                shown()
+            ))),
+            (k, _) => Err(CheckpointError::unsafe_entry(
+                shown(),
+                format!("entry of kind {k:?} cannot be read"),
+            )),
         }
     }
+}
+
+/// What `read_file_limited` found.
+pub(crate) enum FileRead {
+    Data(Vec<u8>),
+    /// The file's size; larger than the caller's limit, so not read.
+    TooLarge(u64),
 }
 
 /// Index of the chunk whose range covers `key` (the last chunk whose first path ≤ key).
@@ -868,9 +924,35 @@ impl<'a> ChunkLoader<'a> {
     }
 
     fn read_blob(&mut self, blob: &BlobId, what: &str, chunk: bool) -> Result<Vec<u8>> {
-        let (layer, entry) = self.map.get(blob).ok_or_else(|| {
-            CheckpointError::corrupt(format!("{what} {blob} is missing from the store"))
-        })?;
+        let candidates = self.map.get_all(blob);
+        if candidates.is_empty() {
+            return Err(CheckpointError::corrupt(format!(
+                "{what} {blob} is missing from the store"
+            )));
+        }
+        // The first copy whose bytes hash to the id wins: a damaged or planted copy in
+        // one layer does not hide a good one in another.
+        let mut first_err = None;
+        for (layer, entry) in candidates {
+            match self.read_blob_at(layer, &entry, what, chunk) {
+                Ok(d) => return Ok(d),
+                Err(e @ CheckpointError::LimitExceeded { .. }) => return Err(e),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.expect("at least one candidate"))
+    }
+
+    fn read_blob_at(
+        &mut self,
+        layer: BlobId,
+        entry: &IndexEntry,
+        what: &str,
+        chunk: bool,
+    ) -> Result<Vec<u8>> {
+        let blob = entry.blob;
         // Sizes come from an index a session could have written: check them before
         // anything is allocated or decompressed.
         if chunk && entry.len > CHUNK_BLOB_MAX {
@@ -895,7 +977,7 @@ impl<'a> ChunkLoader<'a> {
         self.readers
             .get_mut(&layer)
             .expect("inserted")
-            .read_blob_with(&entry, &mut self.scratch)
+            .read_blob_with(entry, &mut self.scratch)
     }
 
     pub fn load(&mut self, c: &ChunkRef) -> Result<Vec<Record>> {
