@@ -119,7 +119,7 @@ const TRAILER_FOOTER_LEN: u64 = 16;
 
 /// The bytes appended to a layer after its data: a skippable frame holding the index and a
 /// footer (index length, magic) that lets a reader find it from the end of the file.
-fn index_trailer(index: &[u8]) -> Vec<u8> {
+pub(crate) fn index_trailer(index: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(index.len() + 24);
     out.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
     out.extend_from_slice(&((index.len() as u64 + TRAILER_FOOTER_LEN) as u32).to_le_bytes());

@@ -24,6 +24,8 @@ mod diff;
 mod entry;
 mod error;
 mod exclude;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layer;
 mod limits;
 mod manifest;

@@ -23,7 +23,8 @@ use crate::entry::RawKind;
 use crate::entry::{Record, bytes_path, decode_chunk, rel_bytes};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::layer::{
-    BlobKind, BlobMap, FrameScratch, IndexEntry, LayerIndex, LayerReader, RawIndex, read_index,
+    BlobKind, BlobMap, FrameScratch, IndexEntry, LayerIndex, LayerReader, RawIndex,
+    WHOLE_FRAME_MAX, read_index,
 };
 use crate::limits::{CHUNK_BLOB_MAX, Deadline, Limits};
 use crate::manifest::{CheckpointId, ChunkRef, Manifest, TreeManifest};
@@ -974,10 +975,16 @@ impl<'a> ChunkLoader<'a> {
             let r = LayerReader::open(self.layers_dir, &layer)?;
             self.readers.insert(layer, r);
         }
-        self.readers
-            .get_mut(&layer)
-            .expect("inserted")
-            .read_blob_with(entry, &mut self.scratch)
+        let reader = self.readers.get_mut(&layer).expect("inserted");
+        // A blob larger than a frame is streamed through its hash first, so memory is
+        // spent only on bytes known to be the blob (a small layer can inflate to any
+        // size it declares).
+        if entry.end()? > WHOLE_FRAME_MAX {
+            reader
+                .frames_at(entry.frame_offset, 256 << 10)?
+                .read_member(entry, &mut std::io::sink())?;
+        }
+        reader.read_blob_with(entry, &mut self.scratch)
     }
 
     pub fn load(&mut self, c: &ChunkRef) -> Result<Vec<Record>> {
