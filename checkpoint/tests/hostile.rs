@@ -754,3 +754,182 @@ fn every_reader_refuses_every_hostile_store_and_leaves_the_target_untouched() {
     // The bombs were streamed, never held: far less than the 512 MiB one inflates to.
     assert!(peak_rss() < 400 << 20, "peak RSS {} bytes", peak_rss());
 }
+
+/// Item 5: a layer planted with someone else's blob id (bytes that do not hash to it)
+/// does not make a later, legitimate checkpoint of that content unrestorable.
+#[test]
+fn a_planted_layer_does_not_poison_dedup_of_new_content() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let content = b"the user's real file\n".repeat(50);
+    let planted = RawMember {
+        data: b"attacker bytes".to_vec(),
+        ..RawMember::content(&content)
+    };
+    write_layer(&store, &[planted]).unwrap();
+    let ws = t.path().join("ws");
+    write(&ws, "real.txt", &content);
+    let m = created(store.create(&unknown(TREE, &ws)).unwrap());
+    store.verify(&m.id).unwrap();
+    let out = t.path().join("out");
+    store.restore_tree(&m.id, TREE, &out).unwrap();
+    assert_eq!(fs::read(out.join("real.txt")).unwrap(), content);
+}
+
+/// Item 5, the other path: content already stored honestly, then a planted copy under the
+/// same id; an incremental checkpoint that re-encodes the chunk must still name the good
+/// copy.
+#[test]
+fn a_planted_copy_of_stored_content_does_not_poison_an_incremental_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let ws = t.path().join("ws");
+    let content = b"stored honestly first\n".repeat(40);
+    write(&ws, "a.txt", &content);
+    write(&ws, "b.txt", b"one\n");
+    created(store.create(&unknown(TREE, &ws)).unwrap());
+    let planted = RawMember {
+        data: vec![b'!'; content.len()],
+        ..RawMember::content(&content)
+    };
+    write_layer(&store, &[planted]).unwrap();
+    write(&ws, "b.txt", b"two\n");
+    write(&ws, "c.txt", &content);
+    let m = created(
+        store
+            .create(&paths(TREE, &ws, &["b.txt", "c.txt"]))
+            .unwrap(),
+    );
+    store.verify(&m.id).unwrap();
+    let out = t.path().join("out");
+    store.restore_tree(&m.id, TREE, &out).unwrap();
+    assert_eq!(listing(&out), listing(&ws));
+}
+
+/// Item 10: an excluded path that exists in the target where the checkpoint also has it
+/// (a directory, a file) no longer fails the restore with E520; the excluded directory's
+/// other contents are left alone.
+#[test]
+fn excluded_existing_paths_the_checkpoint_also_has_do_not_fail_a_restore() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let opts = RawOptions {
+        excludes: vec!["node_modules/".into(), "*.log".into()],
+        ..RawOptions::default()
+    };
+    let id = write_checkpoint_with(
+        &store,
+        TREE,
+        &[
+            RawEntry::dir("node_modules"),
+            RawEntry::file("node_modules/a", b"from the checkpoint"),
+            RawEntry::file("x.log", b"log from the checkpoint"),
+        ],
+        &opts,
+        |_| {},
+    )
+    .unwrap();
+    let out = t.path().join("out");
+    write(&out, "node_modules/a", b"local a");
+    write(&out, "node_modules/b", b"local b, excluded: kept");
+    write(&out, "x.log", b"local log");
+    store.verify(&id).unwrap();
+    store.restore_tree(&id, TREE, &out).unwrap();
+    assert_eq!(
+        fs::read(out.join("node_modules/a")).unwrap(),
+        b"from the checkpoint"
+    );
+    assert_eq!(
+        fs::read(out.join("node_modules/b")).unwrap(),
+        b"local b, excluded: kept"
+    );
+    assert_eq!(
+        fs::read(out.join("x.log")).unwrap(),
+        b"log from the checkpoint"
+    );
+}
+
+/// Item 3: a small store holding a large sparse file counts its logical size against
+/// the byte cap, before anything in the target changes.
+#[test]
+fn a_sparse_file_counts_its_logical_bytes_against_the_cap() {
+    let t = tempfile::tempdir().unwrap();
+    let ws = t.path().join("ws");
+    fs::create_dir_all(&ws).unwrap();
+    let f = fs::File::create(ws.join("sparse")).unwrap();
+    f.set_len(1_100_000_000).unwrap();
+    drop(f);
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let m = created(store.create(&unknown(TREE, &ws)).unwrap());
+    let stored: u64 = store_bytes(store.root())
+        .iter()
+        .map(|(_, d)| d.len() as u64)
+        .sum();
+    assert!(stored < 1 << 20, "the store is {stored} bytes");
+    let store = Store::open(store.root()).unwrap().with_limits(Limits {
+        max_bytes: 1 << 30,
+        ..Limits::default()
+    });
+    let target = dirty_target(t.path());
+    let before = listing(&target);
+    assert_eq!(store.verify(&m.id).unwrap_err().code(), "E624");
+    let e = store.restore_tree(&m.id, TREE, &target).unwrap_err();
+    assert_eq!(e.code(), "E624", "{e}");
+    assert_eq!(listing(&target), before);
+}
+
+/// Item 10: a path that would exceed the system's limit under this target fails up front.
+#[test]
+fn paths_too_long_for_the_target_fail_before_it_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let p = format!("{}/{}", "a".repeat(250), "b".repeat(250));
+    let id = write_checkpoint(
+        &store,
+        TREE,
+        &[RawEntry::dir(&"a".repeat(250)), RawEntry::file(&p, b"x")],
+    )
+    .unwrap();
+    store.verify(&id).unwrap();
+    let mut target = t.path().to_path_buf();
+    while target.as_os_str().len() < 3800 {
+        target = target.join("t".repeat(200));
+    }
+    write(&target, "precious.txt", b"keep");
+    let before = listing(&target);
+    let e = store.restore_tree(&id, TREE, &target).unwrap_err();
+    assert_eq!(e.code(), "E624", "{e}");
+    assert_eq!(listing(&target), before);
+}
+
+/// Item 3: `file_diff` of files over the diff cap answers "too large to diff" without
+/// reading them; two large, entirely different texts still get a diff (the diff has a
+/// deadline, so it cannot go quadratic).
+#[test]
+fn file_diff_is_bounded() {
+    let t = tempfile::tempdir().unwrap();
+    let ws = t.path().join("ws");
+    let store = Store::open(&t.path().join("store"))
+        .unwrap()
+        .with_limits(Limits {
+            max_diff_bytes: 4 << 20,
+            diff_timeout: std::time::Duration::from_millis(200),
+            ..Limits::default()
+        });
+    let lines = |seed: u32| -> Vec<u8> {
+        (0..80_000u32)
+            .map(|i| format!("{:08x}\n", i.wrapping_mul(2_654_435_761).wrapping_add(seed)))
+            .collect::<String>()
+            .into_bytes()
+    };
+    write(&ws, "text", &lines(1));
+    write(&ws, "big", &vec![b'a'; 5 << 20]);
+    let a = created(store.create(&unknown(TREE, &ws)).unwrap()).id;
+    write(&ws, "text", &lines(2));
+    write(&ws, "big", &vec![b'b'; 5 << 20]);
+    let b = created(store.create(&unknown(TREE, &ws)).unwrap()).id;
+    let d = store.file_diff(&a, &b, TREE, Path::new("big")).unwrap();
+    assert!(d.contains("too large to diff"), "{d}");
+    let d = store.file_diff(&a, &b, TREE, Path::new("text")).unwrap();
+    assert!(d.starts_with("--- a/text\n+++ b/text\n"), "{}", &d[..100]);
+}
