@@ -220,9 +220,7 @@ impl Store {
         restore_records(
             target,
             &records,
-            &map,
-            &located,
-            &self.layers_dir,
+            (&map, &located, &self.layers_dir),
             &excludes,
             self.threads,
             &trace,
@@ -234,9 +232,7 @@ impl Store {
 fn restore_records(
     target: &Path,
     records: &[Record],
-    map: &BlobMap,
-    located: &Located,
-    layers_dir: &Path,
+    (map, located, layers_dir): (&BlobMap, &Located, &Path),
     excludes: &Excludes,
     threads: usize,
     trace: &crate::store::PhaseTrace,
@@ -296,7 +292,7 @@ fn restore_records(
             .as_encoded_bytes()
             .to_vec();
         walked += 1;
-        if walked % 4096 == 0 {
+        if walked.is_multiple_of(4096) {
             deadline.check("scanning the restore target")?;
         }
         let ft = e.file_type();
