@@ -566,7 +566,8 @@ fn decide<'p>(
             (_, ptree) => {
                 let mut prev = Vec::new();
                 if let Some(pt) = ptree {
-                    prev.reserve(pt.entry_count as usize);
+                    // Capacity from a file: a hint, bounded (each chunk is checked on load).
+                    prev.reserve(pt.entry_count.min(1 << 20) as usize);
                     for c in &pt.chunks {
                         prev.extend(loader.load(c)?);
                     }
@@ -632,6 +633,8 @@ impl Store {
             hashed_files: AtomicU64::new(0),
             taken: std::sync::atomic::AtomicUsize::new(0),
             t0_ns,
+            layers_dir: self.layers_dir.clone(),
+            checked: Mutex::new(HashMap::new()),
         };
         let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace);
         if result.is_err() {
@@ -833,7 +836,7 @@ impl Store {
             .iter_mut()
             .flatten()
             .filter_map(|b| b.encoded.take().map(|e| (b.chunk.blob, e)))
-            .filter(|(blob, _)| session.claim(blob))
+            .filter(|(blob, _)| session.claim(blob, BlobKind::Chunk))
             .collect();
         // Everything this checkpoint writes; the rest of what its chunks name is in the store.
         let written: HashSet<BlobId> = session.claimed.lock().expect("poisoned").clone();
@@ -841,6 +844,29 @@ impl Store {
         let per_thread = new_chunks.len().div_ceil(writers).max(1);
         let vanished = |b: &BlobId| {
             CheckpointError::corrupt(format!("blob {b} vanished from the store during create"))
+        };
+        // The layer of a blob this checkpoint names but did not write: a copy checked by
+        // `claim`, or one in the parent's layers (which the parent's checkpoint already
+        // relies on); any other copy is hashed before it is trusted.
+        let parent_layers: HashSet<BlobId> = parent
+            .map(|p| p.layers.iter().copied().collect())
+            .unwrap_or_default();
+        let locate = |c: &BlobId, is_chunk: bool| -> Result<BlobId> {
+            if let Some(Some(l)) = session.checked.lock().expect("poisoned").get(c) {
+                return Ok(*l);
+            }
+            let l = index.layer_of(c).ok_or_else(|| vanished(c))?;
+            if parent_layers.contains(&l) {
+                return Ok(l);
+            }
+            let kind = if is_chunk {
+                BlobKind::Chunk
+            } else {
+                BlobKind::Content
+            };
+            session.good_copy(c, kind).ok_or_else(|| {
+                CheckpointError::corrupt(format!("blob {c} has no intact copy in the store"))
+            })
         };
         let pending_new: Vec<Vec<BlobId>> = std::thread::scope(|scope| -> Result<_> {
             let handles: Vec<_> = new_chunks
@@ -866,9 +892,7 @@ impl Store {
                             if written.contains(c) {
                                 new.push(*c);
                             } else {
-                                built
-                                    .layers
-                                    .insert(index.layer_of(c).ok_or_else(|| vanished(c))?);
+                                built.layers.insert(locate(c, c == &built.chunk.blob)?);
                             }
                         }
                     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::entry::{EntryKind, Record};
 use crate::error::{CheckpointError, Result};
 use crate::manifest::{CheckpointId, Manifest};
-use crate::store::{ChunkLoader, Store};
+use crate::store::{ChunkLoader, FileRead, Store};
 
 /// One differing path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,8 +143,11 @@ impl Store {
         let _lock = self.lock(false)?;
         let ma = self.load(a)?;
         let mb = self.load(b)?;
-        let side = |m: &Manifest| -> Result<Option<Vec<u8>>> {
-            match self.read_file_in(m, tree, path) {
+        // Each side is read into memory only up to `max_diff_bytes`: beyond that the answer
+        // is "too large to diff", so memory stays bounded whatever the file's size.
+        let max = self.limits.max_diff_bytes;
+        let side = |m: &Manifest| -> Result<Option<FileRead>> {
+            match self.read_file_limited(m, tree, path, max) {
                 Ok(d) => Ok(Some(d)),
                 Err(CheckpointError::NotInCheckpoint { .. }) => Ok(None),
                 Err(e) => Err(e),
@@ -168,12 +171,34 @@ impl Store {
         } else {
             "/dev/null".to_string()
         };
-        let (old, new) = (old.unwrap_or_default(), new.unwrap_or_default());
+        let data = |f: Option<FileRead>| match f {
+            None => Ok(Vec::new()),
+            Some(FileRead::Data(d)) => Ok(d),
+            Some(FileRead::TooLarge(n)) => Err(n),
+        };
+        let (old, new) = match (data(old), data(new)) {
+            (Ok(o), Ok(n)) => (o, n),
+            (o, n) => {
+                let size = |r: &std::result::Result<Vec<u8>, u64>| match r {
+                    Ok(d) => d.len() as u64,
+                    Err(n) => *n,
+                };
+                return Ok(format!(
+                    "Files {old_name} and {new_name} are too large to diff ({} and {} bytes; the limit is {max} bytes per side)\n",
+                    size(&o),
+                    size(&n)
+                ));
+            }
+        };
         if old == new {
             return Ok(String::new());
         }
         match (as_text(&old), as_text(&new)) {
-            (Some(o), Some(n)) => Ok(similar::TextDiff::from_lines(o, n)
+            // Myers with a deadline: past it, similar settles for a coarser (still correct)
+            // diff, so two large, very different files cannot take quadratic time.
+            (Some(o), Some(n)) => Ok(similar::TextDiff::configure()
+                .timeout(self.limits.diff_timeout)
+                .diff_lines(o, n)
                 .unified_diff()
                 .context_radius(3)
                 .header(&old_name, &new_name)

@@ -32,6 +32,12 @@ pub enum CheckpointError {
     #[error("checkpoint store needs {used} bytes but the quota is {limit} bytes")]
     QuotaExceeded { used: u64, limit: u64 },
 
+    /// A restore, verify or diff cap (`Limits`) was exceeded: too many bytes, entries, too
+    /// long a path, or too much time. Checked before the target changes wherever the
+    /// quantity is known up front.
+    #[error("checkpoint limit exceeded: {what} (limit {limit})")]
+    LimitExceeded { what: String, limit: u64 },
+
     /// A request the engine refuses before touching anything (bad tree name, bad hint path).
     #[error("invalid request: {what}")]
     InvalidRequest { what: String },
@@ -54,6 +60,7 @@ impl CheckpointError {
             CheckpointError::UnsafeEntry { .. } => "E621",
             CheckpointError::Locked { .. } => "E622",
             CheckpointError::QuotaExceeded { .. } => "E623",
+            CheckpointError::LimitExceeded { .. } => "E624",
             CheckpointError::InvalidRequest { .. } => "E100",
             CheckpointError::Io { .. } => "E520",
         }
@@ -67,6 +74,13 @@ impl CheckpointError {
         CheckpointError::UnsafeEntry {
             path: path.into(),
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn limit(what: impl Into<String>, limit: u64) -> Self {
+        CheckpointError::LimitExceeded {
+            what: what.into(),
+            limit,
         }
     }
 

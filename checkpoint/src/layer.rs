@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::codec::{BlobId, Cursor};
 use crate::error::{CheckpointError, IoContext, Result};
+use crate::limits::Deadline;
 use crate::mindex::MergedIndex;
 
 /// Uncompressed bytes per zstd frame.
@@ -59,6 +60,22 @@ pub struct IndexEntry {
     pub header_offset: u32,
     /// The blob's length (its tar member's size).
     pub len: u64,
+}
+
+impl IndexEntry {
+    /// Where the member's data ends in the output of decompressing from `frame_offset`:
+    /// `header_offset + 512 + len`, or E620 if that overflows (a hostile index).
+    pub fn end(&self) -> Result<u64> {
+        u64::from(self.header_offset)
+            .checked_add(512)
+            .and_then(|x| x.checked_add(self.len))
+            .ok_or_else(|| {
+                CheckpointError::corrupt(format!(
+                    "layer index entry for blob {} has an impossible length",
+                    self.blob
+                ))
+            })
+    }
 }
 
 /// The index of one layer as its writer builds it.
@@ -102,7 +119,7 @@ const TRAILER_FOOTER_LEN: u64 = 16;
 
 /// The bytes appended to a layer after its data: a skippable frame holding the index and a
 /// footer (index length, magic) that lets a reader find it from the end of the file.
-fn index_trailer(index: &[u8]) -> Vec<u8> {
+pub(crate) fn index_trailer(index: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(index.len() + 24);
     out.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
     out.extend_from_slice(&((index.len() as u64 + TRAILER_FOOTER_LEN) as u32).to_le_bytes());
@@ -164,7 +181,10 @@ impl RawIndex {
                 "layer index has a bad entry count",
             ));
         }
-        if data_size + 8 + data.len() as u64 + TRAILER_FOOTER_LEN != file_size {
+        if data_size
+            .checked_add(8 + data.len() as u64 + TRAILER_FOOTER_LEN)
+            .is_none_or(|n| n != file_size)
+        {
             return Err(CheckpointError::corrupt(format!(
                 "layer {} has the wrong size (truncated?)",
                 layer.to_hex()
@@ -225,6 +245,7 @@ impl RawIndex {
                 "layer index points past the end of its layer",
             ));
         }
+        e.end()?;
         Ok(e)
     }
 
@@ -804,6 +825,7 @@ impl LayerReader {
             decoder,
             pos: 0,
             path: &self.path,
+            deadline: None,
         })
     }
 
@@ -870,7 +892,7 @@ impl LayerReader {
         e: &IndexEntry,
         scratch: &mut FrameScratch,
     ) -> Result<Vec<u8>> {
-        let end = u64::from(e.header_offset) + 512 + e.len;
+        let end = e.end()?;
         if end <= WHOLE_FRAME_MAX && self.read_frame(e.frame_offset, end, scratch)? {
             let frame = &scratch.frame;
             if frame.len() as u64 >= end {
@@ -890,7 +912,8 @@ impl LayerReader {
         self.read_blob(e)
     }
 
-    /// Reads and checks one whole blob into memory.
+    /// Reads and checks one whole blob into memory. The caller has checked `e.len`
+    /// against what it is willing to hold (`ChunkLoader`).
     pub fn read_blob(&mut self, e: &IndexEntry) -> Result<Vec<u8>> {
         // Small reads for small blobs (entry chunks are loaded one at a time).
         let buffer = if e.len < (1 << 20) {
@@ -962,6 +985,9 @@ pub struct FrameStream<'a> {
     decoder: zstd::stream::read::Decoder<'static, BufReader<&'a File>>,
     pos: u64,
     path: &'a Path,
+    /// Checked every buffer of a member: a huge (or hostile, highly compressible) blob
+    /// cannot hold a reader past its time limit.
+    deadline: Option<Deadline>,
 }
 
 fn corrupt_read(path: &Path, e: io::Error) -> CheckpointError {
@@ -972,10 +998,16 @@ fn corrupt_read(path: &Path, e: io::Error) -> CheckpointError {
 }
 
 impl FrameStream<'_> {
+    pub fn with_deadline(mut self, deadline: Deadline) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
     /// Skips to `e.header_offset`, checks the tar header and copies the member's data into
     /// `out`, verifying its blake3. Members must be read in increasing offset order.
     pub fn read_member(&mut self, e: &IndexEntry, out: &mut dyn Write) -> Result<()> {
         let target = u64::from(e.header_offset);
+        let end = e.end()?;
         if target < self.pos {
             return Err(CheckpointError::corrupt("layer index entries overlap"));
         }
@@ -997,6 +1029,9 @@ impl FrameStream<'_> {
         let mut remaining = e.len;
         let mut buf = vec![0u8; (256 << 10).min(e.len.max(1) as usize)];
         while remaining > 0 {
+            if let Some(d) = &self.deadline {
+                d.check("reading a blob")?;
+            }
             let n = buf.len().min(remaining as usize);
             self.decoder
                 .read_exact(&mut buf[..n])
@@ -1015,7 +1050,7 @@ impl FrameStream<'_> {
                 e.blob
             )));
         }
-        self.pos = target + 512 + e.len;
+        self.pos = end;
         Ok(())
     }
 }
@@ -1042,6 +1077,25 @@ impl BlobMap {
             .iter()
             .find_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
             .or_else(|| self.merged.as_ref()?.get(blob))
+    }
+
+    /// Every location of a blob: its layers' own indexes in order, then the merged
+    /// cache's. A blob's id is only a claim until its bytes are hashed, so readers that
+    /// find one copy damaged (or planted) try the others.
+    pub fn get_all(&self, blob: &BlobId) -> Vec<(BlobId, IndexEntry)> {
+        let mut out: Vec<(BlobId, IndexEntry)> = self
+            .indexes
+            .iter()
+            .filter_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
+            .collect();
+        if let Some(m) = &self.merged {
+            for c in m.get_all(blob) {
+                if !out.iter().any(|(l, _)| *l == c.0) {
+                    out.push(c);
+                }
+            }
+        }
+        out
     }
 
     /// The layer holding a blob that is known to be in the store (see

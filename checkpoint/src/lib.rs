@@ -24,7 +24,10 @@ mod diff;
 mod entry;
 mod error;
 mod exclude;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layer;
+mod limits;
 mod manifest;
 mod mindex;
 mod prune;
@@ -39,6 +42,7 @@ pub use create::{ChangeHint, CreateOutcome, CreateRequest, TreeSpec};
 pub use diff::{Diff, DiffEntry};
 pub use entry::{Entry, EntryKind};
 pub use error::CheckpointError;
+pub use limits::Limits;
 pub use manifest::{CheckpointId, ChunkRef, CreateStats, Manifest, TreeManifest};
 pub use prune::{PruneStats, Retention};
 pub use restore::RestoreStats;

@@ -132,11 +132,15 @@ impl Manifest {
     }
 
     pub fn file_count(&self) -> u64 {
-        self.trees.iter().map(|t| t.file_count).sum()
+        self.trees
+            .iter()
+            .fold(0u64, |n, t| n.saturating_add(t.file_count))
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.trees.iter().map(|t| t.total_bytes).sum()
+        self.trees
+            .iter()
+            .fold(0u64, |n, t| n.saturating_add(t.total_bytes))
     }
 
     /// Serializes with the header line and checksum trailer; sets `self.checksum`.
@@ -188,10 +192,28 @@ impl Manifest {
             return Err(bad("versions disagree"));
         }
         for t in &m.trees {
+            // The tree's counts are the sums of its chunks' (as `create` writes them), so
+            // a reader can trust `entry_count` as a bound once the chunks are loaded.
+            let (mut entries, mut files, mut bytes) = (0u64, 0u64, 0u64);
             for c in &t.chunks {
                 if c.layers.iter().any(|l| *l as usize >= m.layers.len()) {
                     return Err(bad("names a layer it does not list"));
                 }
+                if c.entries == 0 || c.files > c.entries {
+                    return Err(bad("has a chunk with impossible counts"));
+                }
+                entries = entries
+                    .checked_add(c.entries)
+                    .ok_or_else(|| bad("has impossible entry counts"))?;
+                files = files
+                    .checked_add(c.files)
+                    .ok_or_else(|| bad("has impossible file counts"))?;
+                bytes = bytes
+                    .checked_add(c.bytes)
+                    .ok_or_else(|| bad("has impossible byte counts"))?;
+            }
+            if entries != t.entry_count || files != t.file_count || bytes != t.total_bytes {
+                return Err(bad("tree counts disagree with its chunks"));
             }
         }
         m.checksum = actual;

@@ -230,9 +230,13 @@ impl MergedIndex {
             }
             prev = Some(blob);
             let layer = u32_at(e, 33) as usize;
+            let end = u64::from(u32_at(e, 45))
+                .checked_add(512)
+                .and_then(|x| x.checked_add(u64_at(e, 49)));
             if e[32] > 1
                 || layer >= self.layers.len()
                 || u64_at(e, 37) >= self.layers[layer].data_size
+                || end.is_none()
             {
                 return None;
             }
@@ -303,6 +307,20 @@ impl MergedIndex {
             .map(|e| self.decode(e))
             .find(|(l, _)| self.usable[*l])
             .map(|(l, e)| (self.layers[l].id, e))
+    }
+
+    /// Every usable location of a blob (a blob may be in several layers).
+    pub fn get_all(&self, blob: &BlobId) -> Vec<(BlobId, IndexEntry)> {
+        let b = bucket_of(self.bits, &blob.0);
+        let Some(data) = self.bucket(b) else {
+            return self.fallback_get(blob).into_iter().collect();
+        };
+        data.chunks_exact(ENTRY_LEN)
+            .filter(|e| e[..32] == blob.0[..])
+            .map(|e| self.decode(e))
+            .filter(|(l, _)| self.usable[*l])
+            .map(|(l, e)| (self.layers[l].id, e))
+            .collect()
     }
 
     fn read_locator(&self) -> Option<Box<[u8]>> {

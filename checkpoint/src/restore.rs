@@ -32,6 +32,7 @@ use crate::layer::{
     BlobMap, FRAME_TARGET, FrameScratch, IndexEntry, LayerReader, WHOLE_FRAME_MAX,
     check_member_header,
 };
+use crate::limits::{Deadline, PATH_MAX};
 use crate::manifest::CheckpointId;
 use crate::store::{Store, now_ns};
 
@@ -65,6 +66,74 @@ fn mtime_ns(m: &fs::Metadata) -> i64 {
     m.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(m.mtime_nsec())
+}
+
+/// Entries of the checkpoint inside excluded directories the walk left alone: each is
+/// looked up without following links (its parents are directories of the tree, handled
+/// first since records are sorted) and classified as the walk would have done.
+fn classify_inside_excluded(
+    target: &Path,
+    records: &[Record],
+    excluded_dirs: &HashSet<Vec<u8>>,
+    existing_dirs: &mut HashSet<Vec<u8>>,
+    existing_files: &mut HashMap<Vec<u8>, fs::Metadata>,
+    existing_links: &mut HashSet<Vec<u8>>,
+    stats: &mut RestoreStats,
+) -> Result<()> {
+    for r in records {
+        let mut p = r.path.as_slice();
+        let inside = loop {
+            let parent = crate::entry::parent_of(p);
+            if parent.is_empty() {
+                break false;
+            }
+            if excluded_dirs.contains(parent) {
+                break true;
+            }
+            p = parent;
+        };
+        if !inside {
+            continue;
+        }
+        let abs = target.join(bytes_path(&r.path));
+        let md = match fs::symlink_metadata(&abs) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+            Err(e) => {
+                return Err(CheckpointError::Io {
+                    op: "stat",
+                    path: abs,
+                    source: e,
+                });
+            }
+        };
+        let ft = md.file_type();
+        let keep = match r.kind {
+            RawKind::Dir if ft.is_dir() => {
+                existing_dirs.insert(r.path.clone());
+                true
+            }
+            RawKind::File if ft.is_file() => {
+                existing_files.insert(r.path.clone(), md);
+                true
+            }
+            RawKind::Symlink if ft.is_symlink() => {
+                let same =
+                    fs::read_link(&abs).is_ok_and(|l| l.as_os_str().as_encoded_bytes() == r.link);
+                if same {
+                    existing_links.insert(r.path.clone());
+                }
+                same
+            }
+            _ => false,
+        };
+        if !keep {
+            remove_path(&abs, ft.is_dir()).io("remove", &abs)?;
+            stats.removed += 1;
+        }
+    }
+    Ok(())
 }
 
 fn remove_path(path: &Path, is_dir: bool) -> io::Result<()> {
@@ -114,7 +183,20 @@ impl Store {
                 id: m.id.0.clone(),
                 what: format!("tree {tree:?}"),
             })?;
-        let (records, map) = self.prepare_tree_traced(&m, t, &trace)?;
+        let deadline = Deadline::new(self.limits.max_time);
+        let (records, map, located) = self.prepare_tree_traced(&m, t, &trace, deadline)?;
+        // Paths the kernel would refuse (target + path over PATH_MAX) would fail mid-way.
+        let longest = records.iter().map(|r| r.path.len()).max().unwrap_or(0);
+        let prefix = target.as_os_str().len() + 1;
+        if prefix + longest >= PATH_MAX {
+            return Err(CheckpointError::limit(
+                format!(
+                    "a path of {longest} bytes under {} exceeds the system's path limit",
+                    target.display()
+                ),
+                (PATH_MAX - prefix.min(PATH_MAX)) as u64,
+            ));
+        }
         match fs::metadata(target) {
             Ok(md) if md.is_dir() => {}
             Ok(_) => {
@@ -138,11 +220,11 @@ impl Store {
         restore_records(
             target,
             &records,
-            &map,
-            &self.layers_dir,
+            (&map, &located, &self.layers_dir),
             &excludes,
             self.threads,
             &trace,
+            deadline,
         )
     }
 }
@@ -150,11 +232,11 @@ impl Store {
 fn restore_records(
     target: &Path,
     records: &[Record],
-    map: &BlobMap,
-    layers_dir: &Path,
+    (map, located, layers_dir): (&BlobMap, &Located, &Path),
     excludes: &Excludes,
     threads: usize,
     trace: &crate::store::PhaseTrace,
+    deadline: Deadline,
 ) -> Result<RestoreStats> {
     let mut stats = RestoreStats::default();
 
@@ -163,6 +245,10 @@ fn restore_records(
     let mut existing_dirs: HashSet<Vec<u8>> = HashSet::new();
     let mut existing_files: HashMap<Vec<u8>, fs::Metadata> = HashMap::new();
     let mut existing_links: HashSet<Vec<u8>> = HashSet::new();
+    // Excluded directories the checkpoint also has: left alone (not walked), but entries
+    // the checkpoint has inside them are looked up one by one below.
+    let mut excluded_dirs: HashSet<Vec<u8>> = HashSet::new();
+    let mut walked = 0u64;
     let empty = fs::read_dir(target)
         .io("read directory", target)?
         .next()
@@ -205,17 +291,29 @@ fn restore_records(
             .as_os_str()
             .as_encoded_bytes()
             .to_vec();
+        walked += 1;
+        if walked.is_multiple_of(4096) {
+            deadline.check("scanning the restore target")?;
+        }
         let ft = e.file_type();
         if !excludes.is_empty() && excludes.matches(&rel, ft.is_dir()) {
-            let keep = match wanted.get(rel.as_slice()) {
-                None => true,
-                Some(r) => (r.kind == RawKind::Dir) == ft.is_dir(),
-            };
-            if keep {
-                if ft.is_dir() {
-                    it.skip_current_dir();
+            match wanted.get(rel.as_slice()) {
+                None => {
+                    if ft.is_dir() {
+                        it.skip_current_dir();
+                    }
+                    continue;
                 }
-                continue;
+                Some(r) if r.kind == RawKind::Dir && ft.is_dir() => {
+                    existing_dirs.insert(rel.clone());
+                    excluded_dirs.insert(rel);
+                    it.skip_current_dir();
+                    continue;
+                }
+                // The checkpoint needs this path: handled like any other (an existing file
+                // of the same kind is compared or replaced, another kind is removed), not
+                // left in the way of the write that would then fail.
+                Some(_) => {}
             }
         }
         let w = wanted.get(rel.as_slice());
@@ -254,6 +352,17 @@ fn restore_records(
         }
     }
 
+    if !excluded_dirs.is_empty() {
+        classify_inside_excluded(
+            target,
+            records,
+            &excluded_dirs,
+            &mut existing_dirs,
+            &mut existing_files,
+            &mut existing_links,
+            &mut stats,
+        )?;
+    }
     trace.mark("target scanned");
     // B. Directories level by level (parents first; the directories of one level in
     //    parallel), then symlinks (every parent is a directory of the tree); decide per file.
@@ -357,7 +466,8 @@ fn restore_records(
     }
 
     // D. Write files, grouped by the frame their content starts in.
-    let (written, bytes) = write_files(target, &writes, map, layers_dir, threads)?;
+    let (written, bytes) =
+        write_files(target, &writes, map, located, layers_dir, threads, deadline)?;
     stats.files_written += written;
     stats.bytes_written += bytes;
     trace.mark("files written");
@@ -385,7 +495,7 @@ fn restore_records(
     Ok(stats)
 }
 
-fn parallel_map<T: Sync, R: Send>(
+pub(crate) fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     threads: usize,
     f: impl Fn(&T) -> Result<R> + Sync,
@@ -478,8 +588,10 @@ fn write_files(
     target: &Path,
     jobs: &[FileJob<'_>],
     map: &BlobMap,
+    located: &Located,
     layers_dir: &Path,
     threads: usize,
+    deadline: Deadline,
 ) -> Result<(u64, u64)> {
     // blob -> jobs needing it; tasks = (layer, frame) -> blobs in header order.
     let mut by_blob: HashMap<BlobId, Vec<&FileJob<'_>>> = HashMap::new();
@@ -491,7 +603,7 @@ fn write_files(
     }
     let mut by_frame: HashMap<(BlobId, u64), FrameBlobs<'_, '_>> = HashMap::new();
     for (blob, js) in by_blob {
-        let (layer, e) = map
+        let (layer, e) = *located
             .get(&blob)
             .ok_or_else(|| CheckpointError::corrupt(format!("content {blob} is missing")))?;
         by_frame
@@ -530,11 +642,11 @@ fn write_files(
             cache.insert(*layer, LayerReader::open(layers_dir, layer)?);
         }
         let reader = cache.get_mut(layer).expect("inserted");
-        let end = blobs
-            .iter()
-            .map(|(e, _)| u64::from(e.header_offset) + 512 + e.len)
-            .max()
-            .unwrap_or(0);
+        deadline.check("restoring")?;
+        let mut end = 0;
+        for (e, _) in blobs {
+            end = end.max(e.end()?);
+        }
         let whole = end <= WHOLE_FRAME_MAX
             && reader.read_frame(*frame, span(layer, *frame), &mut scratch)?
             && scratch.frame.len() as u64 >= end;
@@ -545,7 +657,7 @@ fn write_files(
                 let at = e.header_offset as usize;
                 let header: &[u8; 512] = scratch.frame[at..at + 512].try_into().expect("512 bytes");
                 check_member_header(header, e)?;
-                let data = &scratch.frame[at + 512..at + 512 + e.len as usize];
+                let data = &scratch.frame[at + 512..e.end()? as usize];
                 if blake3::hash(data).as_bytes() != &e.blob.0 {
                     return Err(CheckpointError::corrupt(format!(
                         "blob {} content does not match its hash",
@@ -569,7 +681,7 @@ fn write_files(
                 bytes.fetch_add(e.len * js.len() as u64, Ordering::Relaxed);
             }
         } else {
-            let mut stream = reader.frames_at(*frame, 256 << 10)?;
+            let mut stream = reader.frames_at(*frame, 256 << 10)?.with_deadline(deadline);
             for (e, js) in blobs {
                 let first = js[0];
                 let abs = target.join(bytes_path(&first.record.path));
@@ -584,6 +696,7 @@ fn write_files(
                     let (mut out, tmp2) = open_dest(&dest, j.replace)?;
                     let mut src = File::open(&abs).io("open", &abs)?;
                     io::copy(&mut src, &mut out).io("copy", &dest)?;
+                    deadline.check("restoring")?;
                     finish_dest(out, &tmp2, &dest, j.record, j.replace)?;
                 }
                 files.fetch_add(js.len() as u64, Ordering::Relaxed);
@@ -594,4 +707,160 @@ fn write_files(
         Ok(())
     })?;
     Ok((files.into_inner(), bytes.into_inner()))
+}
+
+/// Where each content blob of a restore is read from: a copy whose bytes were checked.
+pub(crate) type Located = HashMap<BlobId, (BlobId, IndexEntry)>;
+
+/// Whether an error condemns one copy of a blob (another copy may be good) rather than
+/// the whole operation.
+fn bad_copy(e: &CheckpointError) -> bool {
+    matches!(
+        e,
+        CheckpointError::Corrupt { .. } | CheckpointError::UnsafeEntry { .. }
+    )
+}
+
+/// Decompresses and hashes every listed content blob, checking each member's tar header
+/// (a regular file named by its id, of the indexed size), frames in parallel: what a
+/// restore will write is proven readable and correct before anything in the target
+/// changes. Each blob comes with its candidate copies (`BlobMap::get_all`); the first
+/// copy that checks out is the one returned (and the one a restore writes). Memory per
+/// worker is one frame (`WHOLE_FRAME_MAX`) or a streaming buffer; a blob is never held
+/// whole.
+pub(crate) fn verify_contents(
+    blobs: &[(BlobId, Vec<(BlobId, IndexEntry)>)],
+    layers_dir: &Path,
+    threads: usize,
+    deadline: Deadline,
+) -> Result<Located> {
+    let mut by_frame: HashMap<(BlobId, u64), Vec<IndexEntry>> = HashMap::new();
+    for (_, cands) in blobs {
+        let (layer, e) = cands[0];
+        by_frame.entry((layer, e.frame_offset)).or_default().push(e);
+    }
+    let mut tasks: Vec<((BlobId, u64), Vec<IndexEntry>)> = by_frame.into_iter().collect();
+    tasks.sort_by_key(|t| t.0);
+    for (_, es) in &mut tasks {
+        es.sort_by_key(|e| e.header_offset);
+        es.dedup_by_key(|e| e.blob);
+    }
+    type WorkerState = (HashMap<BlobId, LayerReader>, FrameScratch);
+    let states: std::sync::Mutex<Vec<WorkerState>> = std::sync::Mutex::new(Vec::new());
+    // Per task: the blobs whose first copy failed, with the error.
+    let failed = parallel_map(
+        &tasks,
+        threads,
+        |((layer, frame), es)| -> Result<Vec<(BlobId, CheckpointError)>> {
+            deadline.check("verifying contents")?;
+            let (mut cache, mut scratch) =
+                states.lock().expect("poisoned").pop().unwrap_or_default();
+            if !cache.contains_key(layer) {
+                cache.insert(*layer, LayerReader::open(layers_dir, layer)?);
+            }
+            let reader = cache.get_mut(layer).expect("inserted");
+            let mut failed = Vec::new();
+            let mut end = 0;
+            for e in es {
+                end = end.max(e.end()?);
+            }
+            let whole = end <= WHOLE_FRAME_MAX
+                && match reader.read_frame(*frame, end, &mut scratch) {
+                    Ok(w) => w,
+                    Err(e) if bad_copy(&e) => false,
+                    Err(e) => return Err(e),
+                }
+                && scratch.frame.len() as u64 >= end;
+            if whole {
+                for e in es {
+                    if let Err(err) = check_in_frame(&scratch.frame, e) {
+                        failed.push((e.blob, err));
+                    }
+                }
+            } else {
+                let mut stream = reader.frames_at(*frame, 256 << 10)?.with_deadline(deadline);
+                let mut broken = false;
+                for e in es {
+                    if broken {
+                        failed.push((
+                            e.blob,
+                            CheckpointError::corrupt(format!(
+                                "blob {} follows damaged data in its layer",
+                                e.blob
+                            )),
+                        ));
+                        continue;
+                    }
+                    match stream.read_member(e, &mut io::sink()) {
+                        Ok(()) => {}
+                        Err(err) if bad_copy(&err) => {
+                            failed.push((e.blob, err));
+                            broken = true;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+            states.lock().expect("poisoned").push((cache, scratch));
+            Ok(failed)
+        },
+    )?;
+    let failed: HashMap<BlobId, CheckpointError> = failed.into_iter().flatten().collect();
+    let mut located = Located::with_capacity(blobs.len());
+    let mut readers: HashMap<BlobId, LayerReader> = HashMap::new();
+    for (blob, cands) in blobs {
+        let Some(first_err) = failed.get(blob) else {
+            located.insert(*blob, cands[0]);
+            continue;
+        };
+        // Other copies, one blob at a time (rare: only damaged or planted stores get here).
+        let mut found = None;
+        for (layer, e) in &cands[1..] {
+            deadline.check("verifying contents")?;
+            if !readers.contains_key(layer) {
+                readers.insert(*layer, LayerReader::open(layers_dir, layer)?);
+            }
+            let reader = readers.get_mut(layer).expect("inserted");
+            let mut stream = reader
+                .frames_at(e.frame_offset, 64 << 10)?
+                .with_deadline(deadline);
+            match stream.read_member(e, &mut io::sink()) {
+                Ok(()) => {
+                    found = Some((*layer, *e));
+                    break;
+                }
+                Err(err) if bad_copy(&err) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        match found {
+            Some(f) => {
+                located.insert(*blob, f);
+            }
+            None => {
+                return Err(match first_err {
+                    CheckpointError::UnsafeEntry { path, reason } => {
+                        CheckpointError::unsafe_entry(path.clone(), reason.clone())
+                    }
+                    other => CheckpointError::corrupt(other.to_string()),
+                });
+            }
+        }
+    }
+    Ok(located)
+}
+
+/// Checks one member of a frame held in memory: its header and its bytes' hash.
+fn check_in_frame(frame: &[u8], e: &IndexEntry) -> Result<()> {
+    let at = e.header_offset as usize;
+    let end = e.end()? as usize;
+    let header: &[u8; 512] = frame[at..at + 512].try_into().expect("512 bytes");
+    check_member_header(header, e)?;
+    if blake3::hash(&frame[at + 512..end]).as_bytes() != &e.blob.0 {
+        return Err(CheckpointError::corrupt(format!(
+            "blob {} content does not match its hash",
+            e.blob
+        )));
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@
 //! vanishes between the scan and the hash is left out (as if the scan had run a moment
 //! later); a file's recorded stat is the one taken around the read of the hashed content.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
@@ -22,7 +22,7 @@ use crate::codec::BlobId;
 use crate::entry::{RawKind, Record, bytes_path};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::exclude::Excludes;
-use crate::layer::{BlobKind, BlobMap, FrameBuilder, IN_MEMORY_BLOB_MAX, LayerSink};
+use crate::layer::{BlobKind, BlobMap, FrameBuilder, IN_MEMORY_BLOB_MAX, LayerReader, LayerSink};
 
 /// Files modified less than this long before a scan started are re-hashed by the next scan
 /// even if their stat is unchanged (timestamps are coarse; see "racy" in the format doc).
@@ -214,12 +214,47 @@ pub struct StoreSession<'a> {
     /// Jobs the workers have taken off the queue (so `create` starts workers as needed).
     pub taken: std::sync::atomic::AtomicUsize,
     pub t0_ns: i64,
+    /// Where the store's copies live (to check one before deduplicating against it).
+    pub layers_dir: PathBuf,
+    /// Blobs already in the store whose copies were checked: the layer of a copy whose
+    /// bytes hash to the id, or `None` if no copy does.
+    pub checked: Mutex<HashMap<BlobId, Option<BlobId>>>,
 }
 
 impl StoreSession<'_> {
-    /// Whether this blob must be written (not in the store, not claimed by another worker).
-    pub fn claim(&self, blob: &BlobId) -> bool {
-        !self.index.contains(blob) && self.claimed.lock().expect("poisoned").insert(*blob)
+    /// Whether this blob must be written (no intact copy in the store, not claimed by
+    /// another worker). A copy found in the store is trusted only once its bytes have been
+    /// hashed: a layer planted with someone else's blob id must not make a later
+    /// checkpoint reference bytes that are not its content.
+    pub fn claim(&self, blob: &BlobId, kind: BlobKind) -> bool {
+        if self.index.contains(blob) && self.good_copy(blob, kind).is_some() {
+            return false;
+        }
+        self.claimed.lock().expect("poisoned").insert(*blob)
+    }
+
+    /// The layer of a copy of `blob` (of `kind`) whose bytes hash to its id, checked once
+    /// per blob per checkpoint (decompressing and hashing it, streaming).
+    pub fn good_copy(&self, blob: &BlobId, kind: BlobKind) -> Option<BlobId> {
+        if let Some(r) = self.checked.lock().expect("poisoned").get(blob) {
+            return *r;
+        }
+        let found = self
+            .index
+            .get_all(blob)
+            .into_iter()
+            .filter(|(_, e)| e.kind == kind)
+            .find(|(layer, e)| {
+                LayerReader::open(&self.layers_dir, layer)
+                    .and_then(|mut r| {
+                        r.frames_at(e.frame_offset, 64 << 10)?
+                            .read_member(e, &mut io::sink())
+                    })
+                    .is_ok()
+            })
+            .map(|(layer, _)| layer);
+        self.checked.lock().expect("poisoned").insert(*blob, found);
+        found
     }
 
     fn unclaim(&self, blob: &BlobId) {
@@ -289,7 +324,7 @@ fn hash_one(
                 continue;
             }
             let content = BlobId(*blake3::hash(buf).as_bytes());
-            if s.claim(&content) {
+            if s.claim(&content, BlobKind::Content) {
                 fb.add(&s.sink, content, BlobKind::Content, buf, false)?;
                 s.new_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
             }
@@ -318,7 +353,7 @@ fn hash_one(
                 continue;
             }
             let content = BlobId(*hasher.finalize().as_bytes());
-            if s.claim(&content) {
+            if s.claim(&content, BlobKind::Content) {
                 file.seek(SeekFrom::Start(0)).io("seek", path)?;
                 let mut sink = s.sink.lock().expect("layer sink poisoned");
                 let ok = sink.append_stream(content, len, &mut file, &mut fb.compressor)?;

@@ -17,15 +17,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::Entry;
 use crate::codec::{BlobId, unescape_path};
+use crate::entry::RawKind;
 use crate::entry::{Record, bytes_path, decode_chunk, rel_bytes};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::layer::{
-    BlobKind, BlobMap, FrameScratch, LayerIndex, LayerReader, RawIndex, read_index,
+    BlobKind, BlobMap, FrameScratch, IndexEntry, LayerIndex, LayerReader, RawIndex,
+    WHOLE_FRAME_MAX, read_index,
 };
+use crate::limits::{CHUNK_BLOB_MAX, Deadline, Limits};
 use crate::manifest::{CheckpointId, ChunkRef, Manifest, TreeManifest};
 use crate::mindex::{CachedLayer, LayerStat, MergedIndex};
-use crate::{Entry, EntryKind};
 
 const STORE_FORMAT: &str = "parhelia-checkpoint-store";
 const STORE_VERSION: u32 = 1;
@@ -49,6 +52,8 @@ pub struct Store {
     pub(crate) fail_point: Mutex<Option<String>>,
     /// Compressed bytes after which `create` starts a new layer (`LAYER_TARGET`).
     pub(crate) layer_target: u64,
+    /// Caps on reading checkpoints (restore, verify, entries, read_file, diff).
+    pub(crate) limits: Limits,
 }
 
 /// What this process knows about the store's blob index: the layers present when it was
@@ -213,6 +218,7 @@ impl Store {
             index_cache: Mutex::new(None),
             fail_point: Mutex::new(None),
             layer_target: crate::layer::LAYER_TARGET,
+            limits: Limits::default(),
         };
         for d in [&store.layers_dir, &store.manifests_dir, &store.tmp_dir] {
             fs::create_dir_all(d).io("create store directory", d)?;
@@ -239,6 +245,16 @@ impl Store {
     pub fn with_threads(mut self, threads: usize) -> Store {
         self.threads = threads.max(1);
         self
+    }
+
+    /// The caps on reading checkpoints (see `Limits`; exceeding one is E624).
+    pub fn with_limits(mut self, limits: Limits) -> Store {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn root(&self) -> &Path {
@@ -617,11 +633,52 @@ impl Store {
         tree: &TreeManifest,
         loader: &mut ChunkLoader<'_>,
     ) -> Result<Vec<Record>> {
-        let mut out = Vec::with_capacity(tree.entry_count as usize);
+        // `entry_count` is the sum of the chunks' counts (checked by `Manifest::decode`),
+        // and each loaded chunk must hold exactly its count: the capacity is bounded by the
+        // entry limit, never taken from the file as is.
+        self.check_entry_count(tree)?;
+        let mut out = Vec::with_capacity(tree.entry_count.min(1 << 20) as usize);
         for c in &tree.chunks {
             out.extend(loader.load(c)?);
         }
         Ok(out)
+    }
+
+    /// E624 if a tree declares more entries than `Limits::max_entries`.
+    pub(crate) fn check_entry_count(&self, tree: &TreeManifest) -> Result<()> {
+        if tree.entry_count > self.limits.max_entries {
+            return Err(CheckpointError::limit(
+                format!("tree {:?} has {} entries", tree.name, tree.entry_count),
+                self.limits.max_entries,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Everything about a tree's records that a restore would trip on and that `Limits`
+    /// caps: path and link lengths, path components, and the logical bytes of its files.
+    pub(crate) fn check_record_limits(
+        &self,
+        tree: &TreeManifest,
+        records: &[Record],
+    ) -> Result<()> {
+        let l = &self.limits;
+        let mut bytes = 0u64;
+        for r in records {
+            crate::limits::check_path_len(l, &r.path, "path")?;
+            crate::limits::check_components(&r.path)?;
+            crate::limits::check_path_len(l, &r.link, "symlink target")?;
+            if r.kind == crate::entry::RawKind::File {
+                bytes = bytes.saturating_add(r.size);
+            }
+        }
+        if bytes > l.max_bytes {
+            return Err(CheckpointError::limit(
+                format!("tree {:?} holds {bytes} bytes of file content", tree.name),
+                l.max_bytes,
+            ));
+        }
+        Ok(())
     }
 
     fn find_tree<'m>(m: &'m Manifest, tree: &str) -> Result<&'m TreeManifest> {
@@ -637,6 +694,7 @@ impl Store {
         let _lock = self.lock(false)?;
         let m = self.load(id)?;
         let t = Self::find_tree(&m, tree)?;
+        self.check_entry_count(t)?;
         let map = self.blob_map_for(&Self::tree_layers(&m, t))?;
         let mut loader = ChunkLoader::new(&self.layers_dir, &map);
         Ok(self
@@ -646,33 +704,31 @@ impl Store {
             .collect())
     }
 
-    /// Checks a checkpoint end to end: the manifest's checksum, every layer it needs
-    /// (whole-file blake3 and size), every layer index, every entry chunk, that every file's
-    /// content is indexed, and that no entry is unsafe to restore.
+    /// Checks a checkpoint end to end — everything a restore of any of its trees would
+    /// trip on: the manifest's checksum, every layer it needs (whole-file blake3 and size),
+    /// every layer index, every entry chunk, that no entry is unsafe to restore, the
+    /// `Limits` (entries, bytes, path lengths), and every file's content (decompressed and
+    /// hashed, its tar member a regular file of the indexed size).
     pub fn verify(&self, id: &CheckpointId) -> Result<()> {
         let _lock = self.lock(false)?;
         let m = self.load(id)?;
+        let deadline = Deadline::new(self.limits.max_time);
         for t in &m.trees {
-            self.prepare_tree(&m, t)?;
+            self.prepare_tree_traced(&m, t, &PhaseTrace::new(), deadline)?;
         }
         Ok(())
     }
 
-    /// Verifies what restoring one tree needs and returns its records and blob map.
-    pub(crate) fn prepare_tree(
-        &self,
-        m: &Manifest,
-        t: &TreeManifest,
-    ) -> Result<(Vec<Record>, BlobMap)> {
-        self.prepare_tree_traced(m, t, &PhaseTrace::new())
-    }
-
+    /// Verifies what restoring one tree needs (everything `verify` checks) and returns its
+    /// records and blob map.
     pub(crate) fn prepare_tree_traced(
         &self,
         m: &Manifest,
         t: &TreeManifest,
         trace: &PhaseTrace,
-    ) -> Result<(Vec<Record>, BlobMap)> {
+        deadline: Deadline,
+    ) -> Result<(Vec<Record>, BlobMap, crate::restore::Located)> {
+        self.check_entry_count(t)?;
         let layers = Self::tree_layers(m, t);
         let map = self.blob_map_for(&layers)?;
         trace.mark("layer indexes read");
@@ -702,27 +758,42 @@ impl Store {
         let records = self.tree_records(t, &mut loader)?;
         trace.mark("entry chunks read");
         crate::entry::validate_tree(&records)?;
+        self.check_record_limits(t, &records)?;
         trace.mark("entries validated");
+        deadline.check("verifying")?;
+        // Every copy of each content blob that matches its entry (kind and size), in
+        // lookup order; `verify_contents` keeps the first that hashes right.
+        let mut seen = std::collections::HashSet::new();
+        let mut contents: Vec<(BlobId, Vec<(BlobId, IndexEntry)>)> = Vec::new();
         for r in &records {
-            if let Some(c) = &r.content {
-                match map.get(c) {
-                    Some((_, e)) if e.kind == BlobKind::Content && e.len == r.size => {}
-                    Some(_) => {
-                        return Err(CheckpointError::corrupt(format!(
-                            "content of {:?} does not match its index entry",
-                            String::from_utf8_lossy(&r.path)
-                        )));
-                    }
-                    None => {
-                        return Err(CheckpointError::corrupt(format!(
-                            "content of {:?} is missing from the store",
-                            String::from_utf8_lossy(&r.path)
-                        )));
-                    }
-                }
+            let Some(c) = &r.content else { continue };
+            if !seen.insert(*c) {
+                continue;
             }
+            let all = map.get_all(c);
+            if all.is_empty() {
+                return Err(CheckpointError::corrupt(format!(
+                    "content of {:?} is missing from the store",
+                    String::from_utf8_lossy(&r.path)
+                )));
+            }
+            let cands: Vec<(BlobId, IndexEntry)> = all
+                .into_iter()
+                .filter(|(_, e)| e.kind == BlobKind::Content && e.len == r.size)
+                .collect();
+            if cands.is_empty() {
+                return Err(CheckpointError::corrupt(format!(
+                    "content of {:?} does not match its index entry",
+                    String::from_utf8_lossy(&r.path)
+                )));
+            }
+            contents.push((*c, cands));
         }
-        Ok((records, map))
+        contents.sort_unstable_by_key(|(b, _)| *b);
+        let located =
+            crate::restore::verify_contents(&contents, &self.layers_dir, self.threads, deadline)?;
+        trace.mark("contents verified");
+        Ok((records, map, located))
     }
 
     /// The content of one file (or a symlink's target) in a checkpoint.
@@ -733,6 +804,29 @@ impl Store {
     }
 
     pub(crate) fn read_file_in(&self, m: &Manifest, tree: &str, path: &Path) -> Result<Vec<u8>> {
+        let max = self.limits.max_read_bytes;
+        match self.read_file_limited(m, tree, path, max)? {
+            FileRead::Data(d) => Ok(d),
+            FileRead::TooLarge(size) => Err(CheckpointError::limit(
+                format!(
+                    "{} is {size} bytes, too large to read into memory",
+                    path.display()
+                ),
+                max,
+            )),
+        }
+    }
+
+    /// The content of one file (or a symlink's target), unless it is larger than `max`
+    /// bytes (`TooLarge`, nothing read). Entries of other kinds (a hostile store's hard
+    /// links, devices, …) are E621.
+    pub(crate) fn read_file_limited(
+        &self,
+        m: &Manifest,
+        tree: &str,
+        path: &Path,
+        max: u64,
+    ) -> Result<FileRead> {
         let t = Self::find_tree(m, tree)?;
         let rel = rel_bytes(path)?;
         let not_found = || CheckpointError::NotInCheckpoint {
@@ -740,7 +834,7 @@ impl Store {
             what: format!("{}:{}", tree, path.display()),
         };
         let map = self.blob_map_for(&Self::tree_layers(m, t))?;
-        let mut loader = ChunkLoader::new(&self.layers_dir, &map);
+        let mut loader = ChunkLoader::new(&self.layers_dir, &map).with_max_content(max);
         let Some(ci) = covering_chunk(&t.chunks, &rel)? else {
             return Err(not_found());
         };
@@ -749,16 +843,43 @@ impl Store {
             .iter()
             .find(|r| r.path == rel)
             .ok_or_else(not_found)?;
-        let e = r.to_entry();
-        match e.kind {
-            EntryKind::File => loader.read_content(r.content.as_ref().expect("files have content")),
-            EntryKind::Symlink => Ok(r.link.clone()),
-            EntryKind::Dir => Err(CheckpointError::invalid(format!(
+        let shown = || bytes_path(&rel).display().to_string();
+        match (r.kind, &r.content) {
+            (RawKind::File, Some(c)) => {
+                if r.size > max {
+                    return Ok(FileRead::TooLarge(r.size));
+                }
+                let data = loader.read_content(c)?;
+                if data.len() as u64 != r.size {
+                    return Err(CheckpointError::corrupt(format!(
+                        "content of {} does not match its entry",
+                        shown()
+                    )));
+                }
+                Ok(FileRead::Data(data))
+            }
+            (RawKind::Symlink, _) => Ok(FileRead::Data(r.link.clone())),
+            (RawKind::Dir, _) => Err(CheckpointError::invalid(format!(
                 "{} is a directory",
-                bytes_path(&rel).display()
+                shown()
             ))),
+            (RawKind::File, None) => Err(CheckpointError::corrupt(format!(
+                "file {} has no content",
+                shown()
+            ))),
+            (k, _) => Err(CheckpointError::unsafe_entry(
+                shown(),
+                format!("entry of kind {k:?} cannot be read"),
+            )),
         }
     }
+}
+
+/// What `read_file_limited` found.
+pub(crate) enum FileRead {
+    Data(Vec<u8>),
+    /// The file's size; larger than the caller's limit, so not read.
+    TooLarge(u64),
 }
 
 /// Index of the chunk whose range covers `key` (the last chunk whose first path ≤ key).
@@ -782,6 +903,8 @@ pub(crate) struct ChunkLoader<'a> {
     scratch: FrameScratch,
     /// Chunks decoded so far (for tracing).
     pub decoded: usize,
+    /// The largest file content `read_content` reads into memory (E624 beyond).
+    max_content: u64,
 }
 
 impl<'a> ChunkLoader<'a> {
@@ -792,29 +915,91 @@ impl<'a> ChunkLoader<'a> {
             readers: HashMap::new(),
             scratch: FrameScratch::default(),
             decoded: 0,
+            max_content: Limits::default().max_read_bytes,
         }
     }
 
-    fn read_blob(&mut self, blob: &BlobId, what: &str) -> Result<Vec<u8>> {
-        let (layer, entry) = self.map.get(blob).ok_or_else(|| {
-            CheckpointError::corrupt(format!("{what} {blob} is missing from the store"))
-        })?;
+    pub fn with_max_content(mut self, max: u64) -> Self {
+        self.max_content = max;
+        self
+    }
+
+    fn read_blob(&mut self, blob: &BlobId, what: &str, chunk: bool) -> Result<Vec<u8>> {
+        let candidates = self.map.get_all(blob);
+        if candidates.is_empty() {
+            return Err(CheckpointError::corrupt(format!(
+                "{what} {blob} is missing from the store"
+            )));
+        }
+        // The first copy whose bytes hash to the id wins: a damaged or planted copy in
+        // one layer does not hide a good one in another.
+        let mut first_err = None;
+        for (layer, entry) in candidates {
+            match self.read_blob_at(layer, &entry, what, chunk) {
+                Ok(d) => return Ok(d),
+                Err(e @ CheckpointError::LimitExceeded { .. }) => return Err(e),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.expect("at least one candidate"))
+    }
+
+    fn read_blob_at(
+        &mut self,
+        layer: BlobId,
+        entry: &IndexEntry,
+        what: &str,
+        chunk: bool,
+    ) -> Result<Vec<u8>> {
+        let blob = entry.blob;
+        // Sizes come from an index a session could have written: check them before
+        // anything is allocated or decompressed.
+        if chunk && entry.len > CHUNK_BLOB_MAX {
+            return Err(CheckpointError::corrupt(format!(
+                "{what} {blob} claims {} bytes (entry chunks are at most {CHUNK_BLOB_MAX})",
+                entry.len
+            )));
+        }
+        if !chunk && entry.len > self.max_content {
+            return Err(CheckpointError::limit(
+                format!(
+                    "{what} {blob} is {} bytes, too large to read into memory",
+                    entry.len
+                ),
+                self.max_content,
+            ));
+        }
         if !self.readers.contains_key(&layer) {
             let r = LayerReader::open(self.layers_dir, &layer)?;
             self.readers.insert(layer, r);
         }
-        self.readers
-            .get_mut(&layer)
-            .expect("inserted")
-            .read_blob_with(&entry, &mut self.scratch)
+        let reader = self.readers.get_mut(&layer).expect("inserted");
+        // A blob larger than a frame is streamed through its hash first, so memory is
+        // spent only on bytes known to be the blob (a small layer can inflate to any
+        // size it declares).
+        if entry.end()? > WHOLE_FRAME_MAX {
+            reader
+                .frames_at(entry.frame_offset, 256 << 10)?
+                .read_member(entry, &mut std::io::sink())?;
+        }
+        reader.read_blob_with(entry, &mut self.scratch)
     }
 
     pub fn load(&mut self, c: &ChunkRef) -> Result<Vec<Record>> {
         self.decoded += 1;
-        let data = self.read_blob(&c.blob, "entry chunk")?;
+        let data = self.read_blob(&c.blob, "entry chunk", true)?;
         let records = decode_chunk(&data)?;
         let first = unescape_path(&c.first)?;
+        let files = records
+            .iter()
+            .filter(|r| r.kind == crate::entry::RawKind::File);
+        let (n_files, bytes) =
+            files.fold((0u64, 0u64), |(n, b), r| (n + 1, b.saturating_add(r.size)));
         if records.len() as u64 != c.entries
+            || n_files != c.files
+            || bytes != c.bytes
             || records.first().map(|r| r.path.as_slice()) != Some(first.as_slice())
         {
             return Err(CheckpointError::corrupt(format!(
@@ -826,6 +1011,6 @@ impl<'a> ChunkLoader<'a> {
     }
 
     pub fn read_content(&mut self, blob: &BlobId) -> Result<Vec<u8>> {
-        self.read_blob(blob, "file content")
+        self.read_blob(blob, "file content", false)
     }
 }

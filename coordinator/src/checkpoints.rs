@@ -72,6 +72,7 @@ pub fn coded(e: &parhelia_checkpoint::CheckpointError) -> CodedError {
         "E621" => error_codes::CHECKPOINT_UNSAFE,
         "E622" => error_codes::CHECKPOINT_BUSY,
         "E623" => error_codes::CHECKPOINT_QUOTA,
+        "E624" => error_codes::CHECKPOINT_LIMIT,
         _ => error_codes::CHECKPOINT_IO_FAILED,
     };
     CodedError::new(code, e.to_string())

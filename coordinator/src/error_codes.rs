@@ -370,6 +370,11 @@ error_codes! {
         why: "`max_store_bytes` would be exceeded even after pruning what the retention policy allows.",
         recover: "Raise the quota or shorten retention in `.parhelia/config.toml`, or delete old sessions.",
     }
+    CHECKPOINT_LIMIT = "E624" "CHECKPOINT_LIMIT" {
+        what: "The checkpoint is larger than a restore or diff is allowed to handle.",
+        why: "It declares more file bytes, more entries, longer paths than the caps allow (a path under the target longer than the system accepts), or reading it took longer than allowed; checkpoint stores are written by sessions, so their sizes are capped.",
+        recover: "Nothing was changed when the size was known up front. Pick another checkpoint (`parhelia checkpoint list SESSION_ID`), restore into a directory with a shorter path, or, if the checkpoint is genuine, report it: the caps are far above ordinary workspaces.",
+    }
 }
 
 #[cfg(test)]

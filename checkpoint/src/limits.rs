@@ -1,0 +1,119 @@
+//! Caps on what reading a checkpoint may cost (a store is written by a session, so it is
+//! hostile input): bytes a restore writes, entries in a tree, path lengths, bytes read into
+//! memory, the size of a text diff and wall-clock time. Exceeding one is E624
+//! (`CheckpointError::LimitExceeded`), reported before the target changes wherever the
+//! quantity is known up front (sizes, counts and paths are known from the manifest and the
+//! entry chunks; only time is not).
+//!
+//! The defaults are far above what a real workspace needs; callers that restore into small
+//! sandboxes (and tests) lower them with `Store::with_limits`.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{CheckpointError, Result};
+
+/// Caps applied by `restore_tree`, `verify`, `entries`, `read_file`, `diff` and `file_diff`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Logical bytes of file content one tree may hold (a sparse file counts its full
+    /// length): what a restore would write. Default 64 GiB.
+    pub max_bytes: u64,
+    /// Entries one tree may hold. Default 10 million.
+    pub max_entries: u64,
+    /// Bytes of an entry's relative path, and of a symlink's target. Default 4096
+    /// (`PATH_MAX`). Each path component is also held to 255 bytes (`NAME_MAX`), and a
+    /// restore checks that target + path stays under `PATH_MAX`.
+    pub max_path_len: usize,
+    /// Bytes of one blob read into memory (`read_file`, each side of `file_diff`).
+    /// Default 1 GiB.
+    pub max_read_bytes: u64,
+    /// Bytes per side above which `file_diff` answers "too large to diff" instead of
+    /// computing a line diff. Default 16 MiB.
+    pub max_diff_bytes: u64,
+    /// Time the line-diff algorithm may take before it settles for a coarser (still
+    /// correct) diff. Default 5 s.
+    pub diff_timeout: Duration,
+    /// Wall-clock time of one restore, verify or diff. Default 6 hours.
+    pub max_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 64 << 30,
+            max_entries: 10_000_000,
+            max_path_len: 4096,
+            max_read_bytes: 1 << 30,
+            max_diff_bytes: 16 << 20,
+            diff_timeout: Duration::from_secs(5),
+            max_time: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// Longest path component Linux accepts.
+pub const NAME_MAX: usize = 255;
+/// Longest path a system call accepts, terminating NUL included.
+pub const PATH_MAX: usize = 4096;
+
+/// Entry chunks never exceed this many bytes: `CHUNK_MAX_ENTRIES` entries of the longest
+/// paths and link targets the limits admit fit easily; a larger chunk blob is refused
+/// before it is read into memory.
+pub const CHUNK_BLOB_MAX: u64 = 64 << 20;
+
+/// A wall-clock deadline for one operation.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    end: Option<Instant>,
+    limit: Duration,
+}
+
+impl Deadline {
+    pub fn new(limit: Duration) -> Self {
+        Deadline {
+            end: Instant::now().checked_add(limit),
+            limit,
+        }
+    }
+
+    /// E624 once the deadline has passed.
+    pub fn check(&self, what: &str) -> Result<()> {
+        match self.end {
+            Some(end) if Instant::now() > end => Err(CheckpointError::limit(
+                format!("{what} took longer than allowed"),
+                self.limit.as_secs(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Checks one path (or link target) against the path limits (E624).
+pub fn check_path_len(limits: &Limits, path: &[u8], what: &str) -> Result<()> {
+    if path.len() > limits.max_path_len {
+        return Err(CheckpointError::limit(
+            format!(
+                "{what} {:?}… is {} bytes long",
+                String::from_utf8_lossy(&path[..64.min(path.len())]),
+                path.len()
+            ),
+            limits.max_path_len as u64,
+        ));
+    }
+    Ok(())
+}
+
+/// Checks each component of a relative path against `NAME_MAX` (E624).
+pub fn check_components(path: &[u8]) -> Result<()> {
+    if let Some(c) = path.split(|b| *b == b'/').find(|c| c.len() > NAME_MAX) {
+        return Err(CheckpointError::limit(
+            format!(
+                "path component {:?}… is {} bytes long",
+                String::from_utf8_lossy(&c[..64]),
+                c.len()
+            ),
+            NAME_MAX as u64,
+        ));
+    }
+    Ok(())
+}
