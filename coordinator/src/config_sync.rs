@@ -600,11 +600,11 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
             Some(has_digit),
         ),
         pattern(
-            r"(?:ghp|gho|ghs|ghu|ghr)_[A-Za-z0-9]{16,}",
+            r"(?:ghp|gho|ghs|ghu|ghr)_[A-Za-z0-9]{10,}",
             "a GitHub token",
             None,
         ),
-        pattern(r"github_pat_[A-Za-z0-9_]{16,}", "a GitHub token", None),
+        pattern(r"github_pat_[A-Za-z0-9_]{10,}", "a GitHub token", None),
         pattern(r"glpat-[A-Za-z0-9_\-]{16,}", "a GitLab token", None),
         pattern(r"xox[abposr]-[A-Za-z0-9\-]{8,}", "a Slack token", None),
         pattern(r"(?:AKIA|ASIA)[0-9A-Z]{16}", "an AWS access key id", None),
