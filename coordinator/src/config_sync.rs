@@ -179,7 +179,12 @@ impl PlannedFile {
 
 impl std::fmt::Debug for PlannedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PlannedFile({:?}, {} bytes)", self.rel_path, self.bytes.len())
+        write!(
+            f,
+            "PlannedFile({:?}, {} bytes)",
+            self.rel_path,
+            self.bytes.len()
+        )
     }
 }
 
@@ -593,7 +598,11 @@ fn pattern(re: &str, what: &'static str, check: Option<fn(&str) -> bool>) -> Pat
 /// Shapes of credentials, wherever they appear in a string.
 static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
     vec![
-        pattern(r"sk-ant-[A-Za-z0-9_\-]{8,}", "an Anthropic key (sk-ant-)", None),
+        pattern(
+            r"sk-ant-[A-Za-z0-9_\-]{8,}",
+            "an Anthropic key (sk-ant-)",
+            None,
+        ),
         pattern(
             r"(?:^|[^A-Za-z0-9])sk-([A-Za-z0-9_\-]{16,})",
             "an API key (sk-)",
@@ -615,7 +624,11 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
             "a JSON web token",
             None,
         ),
-        pattern(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY", "a private key (PEM)", None),
+        pattern(
+            r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY",
+            "a private key (PEM)",
+            None,
+        ),
         pattern(
             r"(?i)[a-z][a-z0-9+.\-]*://[^/\s:@?#]*:([^/\s@?#]+)@",
             "a URL with a password (user:password@)",
@@ -826,7 +839,14 @@ fn env_name_reason(name: &str) -> Option<String> {
 /// Why an HTTP header is withheld by its name, if it is.
 fn header_name_reason(name: &str) -> Option<String> {
     const PARTS: &[&str] = &[
-        "auth", "token", "key", "secret", "cookie", "session", "signature", "password",
+        "auth",
+        "token",
+        "key",
+        "secret",
+        "cookie",
+        "session",
+        "signature",
+        "password",
     ];
     let n = normalize(name);
     PARTS
@@ -841,7 +861,9 @@ fn is_secret_flag(arg: &str) -> bool {
         return false;
     };
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         && key_reason(name).is_some()
 }
 
@@ -918,7 +940,11 @@ impl Scrubber<'_> {
                         continue;
                     }
                     after_flag = ctx == Ctx::Args && item.as_str().is_some_and(is_secret_flag);
-                    let inner = if ctx == Ctx::Args { Ctx::Args } else { Ctx::Plain };
+                    let inner = if ctx == Ctx::Args {
+                        Ctx::Args
+                    } else {
+                        Ctx::Plain
+                    };
                     let flagged = match item.as_str() {
                         Some(arg) if ctx == Ctx::Args => arg
                             .split_once('=')
@@ -926,8 +952,7 @@ impl Scrubber<'_> {
                             .then(|| "a credential flag with its value".to_string()),
                         _ => None,
                     };
-                    if let Some(reason) = flagged.or_else(|| self.scrub(item, &item_path, inner))
-                    {
+                    if let Some(reason) = flagged.or_else(|| self.scrub(item, &item_path, inner)) {
                         drop[i] = true;
                         self.withhold(item_path, reason);
                     }
@@ -1099,7 +1124,11 @@ pub fn plan_snapshot(snap: &Snapshot, opts: &CollectOptions) -> SyncPlan {
             },
             Node::File(data) => {
                 if let Some(reason) = rel.split('/').find_map(|p| string_reason(p, Mode::Plain)) {
-                    whole(rel, format!("its name {}", lowercase_first(&reason)), &mut withheld);
+                    whole(
+                        rel,
+                        format!("its name {}", lowercase_first(&reason)),
+                        &mut withheld,
+                    );
                     continue;
                 }
                 match classify(rel, opts) {
@@ -1109,7 +1138,10 @@ pub fn plan_snapshot(snap: &Snapshot, opts: &CollectOptions) -> SyncPlan {
                         match string_reason(&text, Mode::Plain) {
                             Some(reason) => whole(
                                 rel,
-                                format!("the file {} (it is not JSON, so it is withheld whole)", lowercase_first(&reason)),
+                                format!(
+                                    "the file {} (it is not JSON, so it is withheld whole)",
+                                    lowercase_first(&reason)
+                                ),
                                 &mut withheld,
                             ),
                             None => files.push(PlannedFile {
@@ -1196,7 +1228,11 @@ fn mcp_servers(
         None => return,
         Some(Node::File(data)) => data,
         Some(Node::Symlink { .. }) => {
-            return note(None, "a symlink (not followed); mcpServers not synced".into(), withheld);
+            return note(
+                None,
+                "a symlink (not followed); mcpServers not synced".into(),
+                withheld,
+            );
         }
         Some(Node::TooLarge(n)) => {
             return note(
@@ -1219,7 +1255,11 @@ fn mcp_servers(
     let servers = match serde_json::from_slice::<Value>(data) {
         Ok(Value::Object(mut state)) => state.remove("mcpServers"),
         Ok(_) | Err(_) => {
-            return note(None, "not a JSON object; mcpServers not synced".into(), withheld);
+            return note(
+                None,
+                "not a JSON object; mcpServers not synced".into(),
+                withheld,
+            );
         }
     };
     let mut servers = match servers {
@@ -1245,7 +1285,11 @@ fn mcp_servers(
                         Some(&path),
                         format!(
                             "MCP server {} may hold secrets (`--include-mcp-secrets` syncs the entries that do not look like credentials)",
-                            if field == "env" { "environment" } else { "headers" }
+                            if field == "env" {
+                                "environment"
+                            } else {
+                                "headers"
+                            }
                         ),
                         withheld,
                     );

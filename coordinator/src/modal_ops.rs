@@ -315,7 +315,10 @@ pub async fn config_sync(modal: &ModalBackend, args: &Value) -> Result<Value> {
         .filter(|f| upload.contains(f.rel_path.as_str()))
     {
         let local = config_sync::materialize(file, &staged)?;
-        files.push((local, format!("{}/{}", config_sync::VOLUME_DIR, file.rel_path)));
+        files.push((
+            local,
+            format!("{}/{}", config_sync::VOLUME_DIR, file.rel_path),
+        ));
     }
     modal.put_files(&files).await?;
     for path in &changes.delete {

@@ -588,16 +588,25 @@ fn config_sync_dry_run_needs_no_modal_and_shows_no_secret() {
         .collect();
     assert_eq!(
         files,
-        ["CLAUDE.md", "commands/review.md", "mcp-servers.json", "settings.json"]
+        [
+            "CLAUDE.md",
+            "commands/review.md",
+            "mcp-servers.json",
+            "settings.json"
+        ]
     );
     let withheld = report["withheld"].as_array().unwrap();
     assert!(withheld.iter().any(|w| w["path"] == "settings.json"
         && w["json_path"] == "env.GITHUB_PAT"
         && w["reason"].as_str().unwrap().contains("_PAT")));
-    assert!(withheld.iter().any(|w| w["path"] == "commands/key.md"
-        && w["reason"].as_str().unwrap().contains("outside")));
-    assert!(withheld.iter().any(|w| w["path"] == ".claude.json"
-        && w["json_path"] == "mcpServers.gh.args[1]"));
+    assert!(withheld.iter().any(
+        |w| w["path"] == "commands/key.md" && w["reason"].as_str().unwrap().contains("outside")
+    ));
+    assert!(
+        withheld
+            .iter()
+            .any(|w| w["path"] == ".claude.json" && w["json_path"] == "mcpServers.gh.args[1]")
+    );
 
     let plain = world.run(&["config", "sync", "--dry-run"]);
     assert_eq!(plain.status.code(), Some(0), "stderr: {}", stderr(&plain));
@@ -610,8 +619,14 @@ fn config_sync_dry_run_needs_no_modal_and_shows_no_secret() {
         "PLANTED-cli-user-3",
         "PLANTED-cli-token-4",
     ] {
-        assert!(!text.contains(secret) && !plain.contains(secret), "{secret}");
+        assert!(
+            !text.contains(secret) && !plain.contains(secret),
+            "{secret}"
+        );
     }
     assert!(!marker.exists(), "the dry run ran python/modal");
-    assert!(!world.state().exists(), "the dry run made a state directory");
+    assert!(
+        !world.state().exists(),
+        "the dry run made a state directory"
+    );
 }

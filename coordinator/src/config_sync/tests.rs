@@ -12,61 +12,61 @@ fn write(path: &Path, text: &str) {
 /// Every planted secret: a distinct string that must appear in no planned byte, no
 /// withheld path, JSON path or reason, and no rendered output.
 const S: &[&str] = &[
-    "ghp_PLANTEDmcpArgsToken000000000001",                 // 0 MCP args after --token
-    "Zq8vT3kL9pX2mN7rB4wY6cJ1hF5dG0sA",                    // 1 MCP --api-key=<random>
-    "PLANTED-mcp-env-token-0002",                          // 2 MCP env GITHUB_TOKEN
-    "PLANTEDurlPassword0003",                              // 3 URL userinfo password
-    "PLANTEDqueryApiKey0004",                              // 4 ?api_key=
-    "PLANTEDbearerHeader0005",                             // 5 headers Authorization
-    "PLANTED-oauth-client-secret-0006",                    // 6 oauth.clientSecret
-    "PLANTED-headers-helper-0007",                         // 7 headersHelper
-    "xoxb-PLANTED-slack-0008",                             // 8 MCP args slack token
-    "AKIAPLANTED000000009",                                // 9 MCP args AWS key id
-    "PLANTED-account-uuid-0010",                           // 10 .claude.json oauthAccount
-    "PLANTED-user-id-0011",                                // 11 .claude.json userID
-    "sk-ant-api03-PLANTEDprimaryKey0012",                  // 12 .claude.json primaryApiKey
-    "PLANTED-project-mcp-env-0013",                        // 13 project-scoped MCP env
-    "sk-ant-oat01-PLANTEDaccessToken0014",                 // 14 .credentials.json
-    "sk-ant-ort01-PLANTEDrefreshToken0015",                // 15 .credentials.json
-    "PLANTED-openai-apikey-0016",                          // 16 env OPENAI_APIKEY
-    "PLANTED-github-pat-0017",                             // 17 env GITHUB_PAT
-    "PLANTEDdbPassword0018",                               // 18 env DATABASE_URL password
-    "sk-ant-api03-PLANTEDcustomHeaders0019",               // 19 env ANTHROPIC_CUSTOM_HEADERS
-    "PLANTEDproxyPassword0020",                            // 20 env HTTPS_PROXY
-    "PLANTED-otel-header-0021",                            // 21 env OTEL_EXPORTER_OTLP_HEADERS
-    "PLANTED-otel-headers-helper-0022",                    // 22 otelHeadersHelper
-    "PLANTED-api-key-helper-0023",                         // 23 apiKeyHelper
-    "PLANTED-aws-auth-refresh-0024",                       // 24 awsAuthRefresh
-    "PLANTED-aws-credential-export-0025",                  // 25 awsCredentialExport
-    "PLANTEDhookBearer0026",                               // 26 hook command Bearer
-    "PLANTEDhookQueryToken0027",                           // 27 hook command ?token=
-    "sk-ant-api03-PLANTEDstatusLine0028",                  // 28 statusLine command
-    "sk-ant-api03-PLANTEDsettingsEnv0029",                 // 29 env ANTHROPIC_API_KEY
-    "PLANTED-aws-secret-access-key-0030",                  // 30 settings.local env
-    "PLANTEDpermissionPassword0031",                       // 31 permissions.allow URL userinfo
-    "PLANTED-plugin-dotenv-0032",                          // 32 plugin .env
-    "PLANTED-plugin-mcp-env-0033",                         // 33 plugin .mcp.json env
-    "PLANTED-plugin-mcp-header-0034",                      // 34 plugin .mcp.json headers
-    "ghp_PLANTEDgitCredentials00000035",                   // 35 marketplace .git-credentials
-    "PLANTEDgitConfigToken0036",                           // 36 marketplace .git/config
-    "PLANTED-ssh-private-key-0037",                        // 37 ~/.ssh/id_ed25519 via skills/
-    "PLANTED-skill-yaml-api-key-0038",                     // 38 skill config.yaml api_key
-    "ghp_PLANTEDcommandBody0000000039",                    // 39 a command's text
-    "PLANTED-history-0040",                                // 40 history.jsonl
-    "PLANTED-transcript-0041",                             // 41 projects/
-    "PLANTED-todo-0042",                                   // 42 todos/
-    "PLANTED-statsig-0043",                                // 43 statsig/
-    "PLANTED-top-dotenv-0044",                             // 44 ~/.claude/.env
-    "PLANTED-netrc-0045",                                  // 45 ~/.claude/.netrc
-    "PLANTED-credentials-json-0046",                       // 46 plugins/.../credentials.json
-    "PLANTED-pem-in-skill-0047",                           // 47 PEM block in a skill file
-    "PLANTEDpluginHookToken0048",                          // 48 plugin hooks.json command
-    "0123456789abcdef0123456789abcdef",                    // 49 SENTRY_DSN key (userinfo)
-    "sk-ant-api03-PLANTEDescaped0050",                     // 50 \u-escaped in JSON
-    "sk-ant-api03-PLANTEDduplicate0051",                   // 51 duplicate key, first copy
-    "PLANTED-aws-credentials-0052",                        // 52 ~/.aws/credentials via plugins/
-    "PLANTED-inside-link-0053",                            // 53 .credentials.json via agents/ link
-    "PLANTED-local-md-0054",                               // 54 .claude.json via commands/ link
+    "ghp_PLANTEDmcpArgsToken000000000001", // 0 MCP args after --token
+    "Zq8vT3kL9pX2mN7rB4wY6cJ1hF5dG0sA",    // 1 MCP --api-key=<random>
+    "PLANTED-mcp-env-token-0002",          // 2 MCP env GITHUB_TOKEN
+    "PLANTEDurlPassword0003",              // 3 URL userinfo password
+    "PLANTEDqueryApiKey0004",              // 4 ?api_key=
+    "PLANTEDbearerHeader0005",             // 5 headers Authorization
+    "PLANTED-oauth-client-secret-0006",    // 6 oauth.clientSecret
+    "PLANTED-headers-helper-0007",         // 7 headersHelper
+    "xoxb-PLANTED-slack-0008",             // 8 MCP args slack token
+    "AKIAPLANTED000000009",                // 9 MCP args AWS key id
+    "PLANTED-account-uuid-0010",           // 10 .claude.json oauthAccount
+    "PLANTED-user-id-0011",                // 11 .claude.json userID
+    "sk-ant-api03-PLANTEDprimaryKey0012",  // 12 .claude.json primaryApiKey
+    "PLANTED-project-mcp-env-0013",        // 13 project-scoped MCP env
+    "sk-ant-oat01-PLANTEDaccessToken0014", // 14 .credentials.json
+    "sk-ant-ort01-PLANTEDrefreshToken0015", // 15 .credentials.json
+    "PLANTED-openai-apikey-0016",          // 16 env OPENAI_APIKEY
+    "PLANTED-github-pat-0017",             // 17 env GITHUB_PAT
+    "PLANTEDdbPassword0018",               // 18 env DATABASE_URL password
+    "sk-ant-api03-PLANTEDcustomHeaders0019", // 19 env ANTHROPIC_CUSTOM_HEADERS
+    "PLANTEDproxyPassword0020",            // 20 env HTTPS_PROXY
+    "PLANTED-otel-header-0021",            // 21 env OTEL_EXPORTER_OTLP_HEADERS
+    "PLANTED-otel-headers-helper-0022",    // 22 otelHeadersHelper
+    "PLANTED-api-key-helper-0023",         // 23 apiKeyHelper
+    "PLANTED-aws-auth-refresh-0024",       // 24 awsAuthRefresh
+    "PLANTED-aws-credential-export-0025",  // 25 awsCredentialExport
+    "PLANTEDhookBearer0026",               // 26 hook command Bearer
+    "PLANTEDhookQueryToken0027",           // 27 hook command ?token=
+    "sk-ant-api03-PLANTEDstatusLine0028",  // 28 statusLine command
+    "sk-ant-api03-PLANTEDsettingsEnv0029", // 29 env ANTHROPIC_API_KEY
+    "PLANTED-aws-secret-access-key-0030",  // 30 settings.local env
+    "PLANTEDpermissionPassword0031",       // 31 permissions.allow URL userinfo
+    "PLANTED-plugin-dotenv-0032",          // 32 plugin .env
+    "PLANTED-plugin-mcp-env-0033",         // 33 plugin .mcp.json env
+    "PLANTED-plugin-mcp-header-0034",      // 34 plugin .mcp.json headers
+    "ghp_PLANTEDgitCredentials00000035",   // 35 marketplace .git-credentials
+    "PLANTEDgitConfigToken0036",           // 36 marketplace .git/config
+    "PLANTED-ssh-private-key-0037",        // 37 ~/.ssh/id_ed25519 via skills/
+    "PLANTED-skill-yaml-api-key-0038",     // 38 skill config.yaml api_key
+    "ghp_PLANTEDcommandBody0000000039",    // 39 a command's text
+    "PLANTED-history-0040",                // 40 history.jsonl
+    "PLANTED-transcript-0041",             // 41 projects/
+    "PLANTED-todo-0042",                   // 42 todos/
+    "PLANTED-statsig-0043",                // 43 statsig/
+    "PLANTED-top-dotenv-0044",             // 44 ~/.claude/.env
+    "PLANTED-netrc-0045",                  // 45 ~/.claude/.netrc
+    "PLANTED-credentials-json-0046",       // 46 plugins/.../credentials.json
+    "PLANTED-pem-in-skill-0047",           // 47 PEM block in a skill file
+    "PLANTEDpluginHookToken0048",          // 48 plugin hooks.json command
+    "0123456789abcdef0123456789abcdef",    // 49 SENTRY_DSN key (userinfo)
+    "sk-ant-api03-PLANTEDescaped0050",     // 50 \u-escaped in JSON
+    "sk-ant-api03-PLANTEDduplicate0051",   // 51 duplicate key, first copy
+    "PLANTED-aws-credentials-0052",        // 52 ~/.aws/credentials via plugins/
+    "PLANTED-inside-link-0053",            // 53 .credentials.json via agents/ link
+    "PLANTED-local-md-0054",               // 54 .claude.json via commands/ link
 ];
 
 /// A fake HOME with `~/.claude`, `~/.claude.json`, `~/.ssh` and `~/.aws`.
@@ -173,7 +173,10 @@ fn planted_home() -> tempfile::TempDir {
     write(&c.join("CLAUDE.md"), "Be brief. Prefer small commits.\n");
     write(&c.join("commands/review.md"), "Review the diff for bugs.\n");
     write(&c.join("agents/tester.md"), "You write tests.\n");
-    write(&c.join("skills/fmt/SKILL.md"), "---\nname: fmt\n---\nRun the formatter.\n");
+    write(
+        &c.join("skills/fmt/SKILL.md"),
+        "---\nname: fmt\n---\nRun the formatter.\n",
+    );
     // Secrets in files that are not JSON.
     write(
         &c.join("commands/deploy.md"),
@@ -181,7 +184,10 @@ fn planted_home() -> tempfile::TempDir {
     );
     write(
         &c.join("skills/deploy/config.yaml"),
-        &format!("endpoint: https://deploy.example.com\napi_key: \"{}\"\n", S[38]),
+        &format!(
+            "endpoint: https://deploy.example.com\napi_key: \"{}\"\n",
+            S[38]
+        ),
     );
     write(
         &c.join("skills/deploy/signing.txt"),
@@ -237,23 +243,40 @@ fn planted_home() -> tempfile::TempDir {
         ]}]}})
         .to_string(),
     );
-    write(&plugin.join("credentials.json"), &json!({"k": S[46]}).to_string());
+    write(
+        &plugin.join("credentials.json"),
+        &json!({"k": S[46]}).to_string(),
+    );
     write(&plugin.join("commands/hello.md"), "Say hello.\n");
     std::os::unix::fs::symlink(h.join(".aws/credentials"), c.join("plugins/aws.txt")).unwrap();
     // What is never configuration.
-    write(&c.join("history.jsonl"), &format!("{{\"display\":\"{}\"}}\n", S[40]));
-    write(&c.join("projects/-home-a-p/0.jsonl"), &format!("{{\"t\":\"{}\"}}\n", S[41]));
+    write(
+        &c.join("history.jsonl"),
+        &format!("{{\"display\":\"{}\"}}\n", S[40]),
+    );
+    write(
+        &c.join("projects/-home-a-p/0.jsonl"),
+        &format!("{{\"t\":\"{}\"}}\n", S[41]),
+    );
     write(&c.join("todos/t.json"), &format!("[\"{}\"]", S[42]));
     write(&c.join("statsig/cache"), S[43]);
     write(&c.join(".env"), &format!("TOKEN={}\n", S[44]));
-    write(&c.join(".netrc"), &format!("machine x login y password {}\n", S[45]));
+    write(
+        &c.join(".netrc"),
+        &format!("machine x login y password {}\n", S[45]),
+    );
     home
 }
 
 fn planned_text(plan: &SyncPlan) -> Vec<(String, String)> {
     plan.files
         .iter()
-        .map(|f| (f.rel_path.clone(), String::from_utf8_lossy(&f.bytes).into_owned()))
+        .map(|f| {
+            (
+                f.rel_path.clone(),
+                String::from_utf8_lossy(&f.bytes).into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -266,7 +289,10 @@ fn assert_no_secret(plan: &SyncPlan, secrets: &[&str]) {
     for w in &plan.withheld {
         let all = format!("{} {:?} {}", w.path, w.json_path, w.reason);
         for secret in secrets {
-            assert!(!all.contains(secret), "withheld entry shows {secret}: {all}");
+            assert!(
+                !all.contains(secret),
+                "withheld entry shows {secret}: {all}"
+            );
         }
     }
     let rendered = render_dry_run(plan) + &dry_run_json(plan).to_string();
@@ -311,18 +337,33 @@ fn no_planted_secret_is_planned_and_the_harmless_parts_are() {
             "skills/fmt/SKILL.md",
         ]
     );
-    assert_eq!(file(&plan, "CLAUDE.md").bytes, b"Be brief. Prefer small commits.\n");
-    assert_eq!(file(&plan, "commands/review.md").bytes, b"Review the diff for bugs.\n");
+    assert_eq!(
+        file(&plan, "CLAUDE.md").bytes,
+        b"Be brief. Prefer small commits.\n"
+    );
+    assert_eq!(
+        file(&plan, "commands/review.md").bytes,
+        b"Review the diff for bugs.\n"
+    );
     // The MCP servers keep their names, commands and harmless arguments.
     let mcp = json_of(&plan, "mcp-servers.json");
     assert_eq!(mcp["mcpServers"]["github"]["command"], "github-mcp");
-    assert_eq!(mcp["mcpServers"]["github"]["args"], json!(["stdio", "--token"]));
+    assert_eq!(
+        mcp["mcpServers"]["github"]["args"],
+        json!(["stdio", "--token"])
+    );
     assert!(mcp["mcpServers"]["github"].get("env").is_none());
-    assert_eq!(mcp["mcpServers"]["tools"]["args"], json!(["-y", "@example/tools-mcp"]));
+    assert_eq!(
+        mcp["mcpServers"]["tools"]["args"],
+        json!(["-y", "@example/tools-mcp"])
+    );
     assert!(mcp["mcpServers"]["remote"].get("url").is_none());
     assert_eq!(mcp["mcpServers"]["remote"]["type"], "http");
     assert!(mcp["mcpServers"]["query"].get("url").is_none());
-    assert_eq!(mcp["mcpServers"]["oauthed"]["oauth"], json!({"clientId": "public-client"}));
+    assert_eq!(
+        mcp["mcpServers"]["oauthed"]["oauth"],
+        json!({"clientId": "public-client"})
+    );
     // settings.json keeps what is not secret.
     let settings = json_of(&plan, "settings.json");
     assert_eq!(settings["model"], "opus");
@@ -338,7 +379,10 @@ fn no_planted_secret_is_planned_and_the_harmless_parts_are() {
     );
     assert_eq!(settings["hooks"]["PostToolUse"][0]["hooks"], json!([]));
     assert!(settings.get("statusLine").is_none());
-    assert_eq!(json_of(&plan, "settings.local.json"), json!({"env": {"EDITOR": "vim"}}));
+    assert_eq!(
+        json_of(&plan, "settings.local.json"),
+        json!({"env": {"EDITOR": "vim"}})
+    );
     let plugin_mcp = json_of(&plan, "plugins/cache/acme/demo/1.0.0/.mcp.json");
     assert_eq!(
         plugin_mcp["mcpServers"]["demo"],
@@ -386,12 +430,24 @@ fn no_planted_secret_is_planned_and_the_harmless_parts_are() {
     assert!(reason(".claude.json", Some("mcpServers.tools.args[3]")).contains("AWS"));
     assert!(reason(".claude.json", Some("mcpServers.remote.url")).contains("password"));
     assert!(reason(".claude.json", Some("mcpServers.query.url")).contains("query"));
-    assert!(reason(".claude.json", Some("mcpServers.oauthed.oauth.clientSecret")).contains("credential"));
-    assert!(reason(".claude.json", Some("mcpServers.remote.headersHelper")).contains("credential helper"));
+    assert!(
+        reason(
+            ".claude.json",
+            Some("mcpServers.oauthed.oauth.clientSecret")
+        )
+        .contains("credential")
+    );
+    assert!(
+        reason(".claude.json", Some("mcpServers.remote.headersHelper"))
+            .contains("credential helper")
+    );
     assert!(reason(".claude.json", Some("mcpServers.github.env")).contains("environment"));
     assert!(
-        reason("plugins/cache/acme/demo/1.0.0/hooks/hooks.json", Some("hooks.Stop[0].hooks[0]"))
-            .contains("command")
+        reason(
+            "plugins/cache/acme/demo/1.0.0/hooks/hooks.json",
+            Some("hooks.Stop[0].hooks[0]")
+        )
+        .contains("command")
     );
 }
 
@@ -408,7 +464,10 @@ fn include_options_still_scan() {
     let secrets: Vec<&str> = S.iter().copied().filter(|s| *s != S[40]).collect();
     assert_no_secret(&plan, &secrets);
     let mcp = json_of(&plan, "mcp-servers.json");
-    assert_eq!(mcp["mcpServers"]["github"]["env"], json!({"LOG_LEVEL": "debug"}));
+    assert_eq!(
+        mcp["mcpServers"]["github"]["env"],
+        json!({"LOG_LEVEL": "debug"})
+    );
     assert_eq!(mcp["mcpServers"]["remote"]["headers"], json!({}));
 }
 
@@ -461,13 +520,45 @@ fn scanner_knows_the_token_shapes() {
     assert!(string_reason("/home/a/projects/mcp-server/dist/index.js", Mode::Arg).is_none());
     assert!(env_name_reason("MAX_THINKING_TOKENS").is_none());
     assert!(env_name_reason("BASH_DEFAULT_TIMEOUT_MS").is_none());
-    for name in ["GITHUB_PAT", "OPENAI_APIKEY", "X_TOKEN", "DATABASE_URL", "OTEL_EXPORTER_OTLP_HEADERS", "ANTHROPIC_CUSTOM_HEADERS", "DB_PASSWORD"] {
+    for name in [
+        "GITHUB_PAT",
+        "OPENAI_APIKEY",
+        "X_TOKEN",
+        "DATABASE_URL",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "ANTHROPIC_CUSTOM_HEADERS",
+        "DB_PASSWORD",
+    ] {
         assert!(env_name_reason(name).is_some(), "{name}");
     }
-    for key in ["api_key", "apiKey", "clientSecret", "client_secret", "Authorization", "auth", "pat", "credentials", "private_key", "headersHelper", "otelHeadersHelper", "apiKeyHelper", "awsAuthRefresh", "awsCredentialExport", "passwd"] {
+    for key in [
+        "api_key",
+        "apiKey",
+        "clientSecret",
+        "client_secret",
+        "Authorization",
+        "auth",
+        "pat",
+        "credentials",
+        "private_key",
+        "headersHelper",
+        "otelHeadersHelper",
+        "apiKeyHelper",
+        "awsAuthRefresh",
+        "awsCredentialExport",
+        "passwd",
+    ] {
         assert!(key_reason(key).is_some(), "{key}");
     }
-    for key in ["maxTokens", "model", "command", "args", "type", "url", "author"] {
+    for key in [
+        "maxTokens",
+        "model",
+        "command",
+        "args",
+        "type",
+        "url",
+        "author",
+    ] {
         assert!(key_reason(key).is_none(), "{key}");
     }
 }
@@ -478,7 +569,8 @@ fn symlinked_config_files_are_never_followed() {
     let c = home.path().join(".claude");
     write(&home.path().join("dotfiles/CLAUDE.md"), "Be brief.\n");
     std::fs::create_dir_all(&c).unwrap();
-    std::os::unix::fs::symlink(home.path().join("dotfiles/CLAUDE.md"), c.join("CLAUDE.md")).unwrap();
+    std::os::unix::fs::symlink(home.path().join("dotfiles/CLAUDE.md"), c.join("CLAUDE.md"))
+        .unwrap();
     std::os::unix::fs::symlink(home.path().join("dotfiles"), c.join("skills")).unwrap();
     std::os::unix::fs::symlink(home.path().join("nowhere"), c.join("settings.json")).unwrap();
     let plan = plan(home.path()).unwrap();
@@ -495,7 +587,10 @@ fn limits_and_odd_files() {
     let big = std::fs::File::create(c.join("skills/a/big.bin")).unwrap();
     big.set_len(MAX_FILE_BYTES + 1).unwrap();
     nix::unistd::mkfifo(&c.join("skills/a/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-    write(&c.join("settings.json"), "{\"env\": {\"ANTHROPIC_API_KEY\": ");
+    write(
+        &c.join("settings.json"),
+        "{\"env\": {\"ANTHROPIC_API_KEY\": ",
+    );
     let plan = plan(home.path()).unwrap();
     let paths: Vec<&str> = plan.files.iter().map(|f| f.rel_path.as_str()).collect();
     assert_eq!(paths, ["skills/a/SKILL.md"]);
@@ -514,18 +609,33 @@ fn missing_config_is_empty_and_a_file_is_refused() {
     let home = tempfile::tempdir().unwrap();
     assert_eq!(plan(home.path()).unwrap(), SyncPlan::default());
     write(&home.path().join(".claude"), "not a dir");
-    assert_eq!(plan(home.path()).unwrap_err().code, error_codes::INVALID_INPUT);
+    assert_eq!(
+        plan(home.path()).unwrap_err().code,
+        error_codes::INVALID_INPUT
+    );
 }
 
 #[test]
 fn claude_config_dir_lists_claude_json_once() {
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("cfg");
-    write(&dir.join(".claude.json"), r#"{"userID": "u", "mcpServers": {"a": {"command": "a"}}}"#);
+    write(
+        &dir.join(".claude.json"),
+        r#"{"userID": "u", "mcpServers": {"a": {"command": "a"}}}"#,
+    );
     let src = ConfigSource::from_env(home.path(), Some(&dir));
     let plan = plan_source(&src, &CollectOptions::default()).unwrap();
-    assert_eq!(json_of(&plan, MCP_SERVERS_FILE), json!({"mcpServers": {"a": {"command": "a"}}}));
-    assert_eq!(plan.withheld.iter().filter(|w| w.path == ".claude.json").count(), 1);
+    assert_eq!(
+        json_of(&plan, MCP_SERVERS_FILE),
+        json!({"mcpServers": {"a": {"command": "a"}}})
+    );
+    assert_eq!(
+        plan.withheld
+            .iter()
+            .filter(|w| w.path == ".claude.json")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -551,7 +661,10 @@ fn second_sync_uploads_only_changes_and_deletes_what_went_away() {
     let text = render_sync(&third_plan, &third, false);
     assert!(text.contains("delete       CLAUDE.md"), "{text}");
     // An unknown manifest version: nothing trusted.
-    let old = RemoteManifest { version: 99, ..remote };
+    let old = RemoteManifest {
+        version: 99,
+        ..remote
+    };
     assert_eq!(changes(&third_plan, Some(&old)).upload.len(), 1);
     assert!(changes(&third_plan, Some(&old)).unchanged.is_empty());
 }
@@ -560,11 +673,20 @@ fn second_sync_uploads_only_changes_and_deletes_what_went_away() {
 fn materialize_refuses_paths_that_escape() {
     let scratch = tempfile::tempdir().unwrap();
     for bad in ["../evil", "/abs", "", "a/../../b"] {
-        let f = PlannedFile { rel_path: bad.into(), bytes: b"x".to_vec() };
+        let f = PlannedFile {
+            rel_path: bad.into(),
+            bytes: b"x".to_vec(),
+        };
         assert!(materialize(&f, scratch.path()).is_err(), "{bad}");
     }
-    let f = PlannedFile { rel_path: "a/b.md".into(), bytes: b"x".to_vec() };
-    assert_eq!(std::fs::read(materialize(&f, scratch.path()).unwrap()).unwrap(), b"x");
+    let f = PlannedFile {
+        rel_path: "a/b.md".into(),
+        bytes: b"x".to_vec(),
+    };
+    assert_eq!(
+        std::fs::read(materialize(&f, scratch.path()).unwrap()).unwrap(),
+        b"x"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -600,12 +722,22 @@ enum Insert {
 
 fn insert_strategy() -> impl Strategy<Value = Insert> {
     let named = prop_oneof![
-        Just("password"), Just("api_key"), Just("clientSecret"), Just("token"),
-        Just("Authorization"), Just("headersHelper"), Just("private_key"), Just("auth"),
+        Just("password"),
+        Just("api_key"),
+        Just("clientSecret"),
+        Just("token"),
+        Just("Authorization"),
+        Just("headersHelper"),
+        Just("private_key"),
+        Just("auth"),
     ];
     let env = prop_oneof![
-        Just("GITHUB_PAT"), Just("OPENAI_APIKEY"), Just("DATABASE_URL"),
-        Just("ANTHROPIC_CUSTOM_HEADERS"), Just("MY_SECRET"), Just("X_TOKEN"),
+        Just("GITHUB_PAT"),
+        Just("OPENAI_APIKEY"),
+        Just("DATABASE_URL"),
+        Just("ANTHROPIC_CUSTOM_HEADERS"),
+        Just("MY_SECRET"),
+        Just("X_TOKEN"),
     ];
     let plain = "PLAIN[a-z]{6,10}";
     prop_oneof![
@@ -636,17 +768,7 @@ fn tree_strategy() -> impl Strategy<Value = Value> {
 
 /// Puts `insert` somewhere in `tree` chosen by `pick`; returns the secret string.
 fn plant(tree: &mut Value, insert: &Insert, pick: usize) -> String {
-    // Collect the containers, then choose one.
-    fn containers(v: &mut Value, out: &mut Vec<*mut Value>) {
-        out.push(v as *mut Value);
-        match v {
-            Value::Array(items) => items.iter_mut().for_each(|i| containers(i, out)),
-            Value::Object(map) => map.values_mut().for_each(|i| containers(i, out)),
-            _ => {}
-        }
-    }
-    let _ = containers;
-    // A safe walk: descend along `pick` instead of raw pointers.
+    // Descend along `pick` to a container.
     let mut node = tree;
     let mut p = pick;
     loop {
@@ -655,7 +777,7 @@ fn plant(tree: &mut Value, insert: &Insert, pick: usize) -> String {
             Value::Object(map) => map.len(),
             _ => 0,
         };
-        if len == 0 || p % 3 == 0 {
+        if len == 0 || p.is_multiple_of(3) {
             break;
         }
         let i = p % len;
@@ -687,7 +809,7 @@ fn plant(tree: &mut Value, insert: &Insert, pick: usize) -> String {
             items.insert(i, json!({ key: value }));
         }
         Value::Object(map) => {
-            map.insert(format!("{key}"), value);
+            map.insert(key, value);
         }
         _ => unreachable!(),
     }
