@@ -986,21 +986,18 @@ impl Scrubber<'_> {
                         match ctx {
                             Ctx::Env => env_name_reason(&key),
                             Ctx::Headers => header_name_reason(&key),
-                            Ctx::Plain | Ctx::Args => key_reason(&key),
+                            Ctx::Plain | Ctx::Args => None,
                         }
+                        .or_else(|| key_reason(&key))
                     };
-                    let inner = match (key.as_str(), &*child, ctx) {
-                        (_, _, Ctx::Env | Ctx::Headers) => ctx,
-                        ("env", Value::Object(_), _) => Ctx::Env,
-                        ("headers", Value::Object(_), _) => Ctx::Headers,
-                        ("args", Value::Array(_), _) => Ctx::Args,
+                    // Inside an env or headers map, string values are the map's
+                    // entries; anything nested is scrubbed as it would be anywhere.
+                    let inner = match (key.as_str(), &*child) {
+                        (_, Value::String(_)) if matches!(ctx, Ctx::Env | Ctx::Headers) => ctx,
+                        ("env", Value::Object(_)) => Ctx::Env,
+                        ("headers", Value::Object(_)) => Ctx::Headers,
+                        ("args", Value::Array(_)) => Ctx::Args,
                         _ => Ctx::Plain,
-                    };
-                    // Inside an env or headers map, the values are the map's entries.
-                    let inner = if matches!(ctx, Ctx::Env | Ctx::Headers) {
-                        ctx
-                    } else {
-                        inner
                     };
                     let reason = by_name.or_else(|| self.scrub(child, &key_path, inner));
                     if let Some(reason) = reason {
