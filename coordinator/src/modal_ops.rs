@@ -249,7 +249,8 @@ pub async fn init_volume(modal: &ModalBackend) -> Result<Value> {
 }
 
 /// `config sync [--dry-run]`: what of the user's Claude Code config goes to
-/// the volume (only what changed), and what never does.
+/// the volume (only what changed), and what never does. The plan is
+/// `config_sync`'s: only its bytes are uploaded, from a scratch copy.
 pub async fn config_sync(modal: &ModalBackend, args: &Value) -> Result<Value> {
     let dry_run = args["dry_run"].as_bool().unwrap_or(false);
     let home = args["home"]
@@ -266,10 +267,8 @@ pub async fn config_sync(modal: &ModalBackend, args: &Value) -> Result<Value> {
         include_history: args["include_history"].as_bool().unwrap_or(false),
         include_mcp_secrets: args["include_mcp_secrets"].as_bool().unwrap_or(false),
     };
-    let collected = {
-        let (source, options) = (source.clone(), options.clone());
-        tokio::task::spawn_blocking(move || config_sync::collect(&source, &options)).await??
-    };
+    let plan =
+        tokio::task::spawn_blocking(move || config_sync::plan_source(&source, &options)).await??;
     let scratch = tempfile::tempdir()?;
     let manifest_local = scratch.path().join("manifest.json");
     let remote = match modal
@@ -293,35 +292,42 @@ pub async fn config_sync(modal: &ModalBackend, args: &Value) -> Result<Value> {
         Err(e) if e.code == error_codes::MODAL_OBJECT_NOT_FOUND => None,
         Err(e) => return Err(e.into()),
     };
-    let plan = config_sync::plan(collected, remote.as_ref());
-    let text = plan.render(dry_run);
+    let changes = config_sync::changes(&plan, remote.as_ref());
+    let text = config_sync::render_sync(&plan, &changes, dry_run);
     let report = json!({
         "dry_run": dry_run,
-        "upload": plan.upload.iter().map(|i| &i.path).collect::<Vec<_>>(),
-        "delete": plan.delete,
-        "unchanged": plan.unchanged,
-        "withheld": plan.withheld.iter().map(|w| json!({"path": w.path, "reason": w.reason})).collect::<Vec<_>>(),
+        "upload": changes.upload,
+        "delete": changes.delete,
+        "unchanged": changes.unchanged,
+        "withheld": plan.withheld,
         "text": text,
     });
-    if dry_run || plan.is_noop() {
+    if dry_run || changes.is_noop() {
         return Ok(report);
     }
+    let upload: std::collections::BTreeSet<&str> =
+        changes.upload.iter().map(String::as_str).collect();
+    let staged = scratch.path().join("files");
     let mut files = Vec::new();
-    for item in &plan.upload {
-        let local = config_sync::materialize(item, scratch.path())?;
-        files.push((local, format!("{}/{}", config_sync::VOLUME_DIR, item.path)));
+    for file in plan
+        .files
+        .iter()
+        .filter(|f| upload.contains(f.rel_path.as_str()))
+    {
+        let local = config_sync::materialize(file, &staged)?;
+        files.push((
+            local,
+            format!("{}/{}", config_sync::VOLUME_DIR, file.rel_path),
+        ));
     }
     modal.put_files(&files).await?;
-    for path in &plan.delete {
+    for path in &changes.delete {
         modal
             .remove_file(&format!("{}/{}", config_sync::VOLUME_DIR, path))
             .await?;
     }
     // The manifest last: it says what the volume holds.
-    std::fs::write(
-        &manifest_local,
-        serde_json::to_vec_pretty(&plan.manifest())?,
-    )?;
+    std::fs::write(&manifest_local, serde_json::to_vec_pretty(&changes.next)?)?;
     modal
         .put_files(&[(manifest_local, config_sync::MANIFEST_PATH.to_string())])
         .await?;

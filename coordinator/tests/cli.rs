@@ -541,3 +541,94 @@ exit 3"#,
     let out = world.run(&["coordinator", "status"]);
     assert!(stdout(&out).contains("not running"));
 }
+
+/// `config sync --dry-run` plans from local files alone (issue 11, item 7): no
+/// coordinator, no Modal bridge (a `python3` on PATH that records being run), no
+/// state directory; and it shows no secret, only where each one was and why.
+#[test]
+fn config_sync_dry_run_needs_no_modal_and_shows_no_secret() {
+    let world = World::new();
+    let marker = world.root().join("python-ran");
+    for name in ["python3", "python", "modal"] {
+        world.script(name, &format!("touch {}; exit 1", marker.display()));
+    }
+    let claude = world.root().join(".claude");
+    std::fs::create_dir_all(claude.join("commands")).unwrap();
+    std::fs::write(claude.join("CLAUDE.md"), "Be brief.\n").unwrap();
+    std::fs::write(claude.join("commands/review.md"), "Review.\n").unwrap();
+    std::fs::write(
+        claude.join("settings.json"),
+        r#"{"model":"opus","env":{"GITHUB_PAT":"PLANTED-cli-pat-1","X":"1"}}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(world.root().join(".ssh")).unwrap();
+    std::fs::write(
+        world.root().join(".ssh/id_ed25519"),
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nPLANTED-cli-key-2\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        world.root().join(".ssh/id_ed25519"),
+        claude.join("commands/key.md"),
+    )
+    .unwrap();
+    std::fs::write(
+        world.root().join(".claude.json"),
+        r#"{"userID":"PLANTED-cli-user-3","mcpServers":{"gh":{"command":"gh-mcp","args":["--token","PLANTED-cli-token-4"]}}}"#,
+    )
+    .unwrap();
+
+    let out = world.run(&["config", "sync", "--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let files: Vec<&str> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "CLAUDE.md",
+            "commands/review.md",
+            "mcp-servers.json",
+            "settings.json"
+        ]
+    );
+    let withheld = report["withheld"].as_array().unwrap();
+    assert!(withheld.iter().any(|w| w["path"] == "settings.json"
+        && w["json_path"] == "env.GITHUB_PAT"
+        && w["reason"].as_str().unwrap().contains("_PAT")));
+    assert!(withheld.iter().any(
+        |w| w["path"] == "commands/key.md" && w["reason"].as_str().unwrap().contains("outside")
+    ));
+    assert!(
+        withheld
+            .iter()
+            .any(|w| w["path"] == ".claude.json" && w["json_path"] == "mcpServers.gh.args[1]")
+    );
+
+    let plain = world.run(&["config", "sync", "--dry-run"]);
+    assert_eq!(plain.status.code(), Some(0), "stderr: {}", stderr(&plain));
+    let plain = stdout(&plain);
+    assert!(plain.contains("would upload CLAUDE.md"), "{plain}");
+    assert!(plain.contains("settings.json: env.GITHUB_PAT: "), "{plain}");
+    for secret in [
+        "PLANTED-cli-pat-1",
+        "PLANTED-cli-key-2",
+        "PLANTED-cli-user-3",
+        "PLANTED-cli-token-4",
+    ] {
+        assert!(
+            !text.contains(secret) && !plain.contains(secret),
+            "{secret}"
+        );
+    }
+    assert!(!marker.exists(), "the dry run ran python/modal");
+    assert!(
+        !world.state().exists(),
+        "the dry run made a state directory"
+    );
+}

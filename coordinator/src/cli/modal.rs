@@ -41,13 +41,15 @@ pub enum ModalCommand {
 /// `parhelia config sync`.
 #[derive(Args, Debug)]
 pub struct SyncArgs {
-    /// Show what would be uploaded, deleted and withheld; change nothing
+    /// List every file that would be synced and everything withheld (with the
+    /// reason); reads only local files: needs no coordinator, Modal or network
     #[arg(long)]
     pub dry_run: bool,
     /// Also upload history.jsonl (your prompt history)
     #[arg(long)]
     pub include_history: bool,
-    /// Also upload MCP servers' env and headers values (they often hold tokens)
+    /// Also upload the entries of MCP servers' env and headers maps that do not
+    /// look like credentials (by default those maps stay here)
     #[arg(long)]
     pub include_mcp_secrets: bool,
     #[arg(long)]
@@ -116,6 +118,24 @@ pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
 pub async fn sync(ctx: &Ctx, args: SyncArgs) -> Result<i32> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let config_dir = std::env::var_os("CLAUDE_CONFIG_DIR").map(PathBuf::from);
+    if args.dry_run {
+        // Planned here, from local files only: no coordinator, bridge or network.
+        let home = home.ok_or_else(|| {
+            crate::error::CodedError::new(crate::error_codes::INVALID_INPUT, "HOME is not set")
+        })?;
+        let source = crate::config_sync::ConfigSource::from_env(&home, config_dir.as_deref());
+        let options = crate::config_sync::CollectOptions {
+            include_history: args.include_history,
+            include_mcp_secrets: args.include_mcp_secrets,
+        };
+        let plan = crate::config_sync::plan_source(&source, &options)?;
+        if args.json {
+            print_json(&crate::config_sync::dry_run_json(&plan))?;
+        } else {
+            print!("{}", crate::config_sync::render_dry_run(&plan));
+        }
+        return Ok(0);
+    }
     let report = modal_op(
         ctx,
         "config_sync",
