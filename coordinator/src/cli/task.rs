@@ -21,6 +21,7 @@ use crate::ids::now_ms;
 use crate::plan::{self, AgentSettings, DryRunPlan, LaunchIds, SessionRequest};
 use crate::queue;
 use crate::render::labelled;
+use crate::term::escape_untrusted_text;
 use crate::task_state::TaskStatus;
 use crate::views;
 use crate::watch::watch_task;
@@ -489,7 +490,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     if quiet {
         print_json(&views::TaskView::from(&watched.task))?;
     } else {
-        println!("{}", watched.summary());
+        println!("{}", escape_untrusted_text(&watched.summary()));
     }
     watched.outcome()?;
     Ok(0)
@@ -600,7 +601,7 @@ async fn watch(ctx: &Ctx, task_id: &str) -> Result<i32> {
         ctx.client(&opened.state).await?;
     }
     let watched = watch_task(&opened.db, task_id, |line| println!("{line}")).await?;
-    println!("{}", watched.summary());
+    println!("{}", escape_untrusted_text(&watched.summary()));
     watched.outcome()?;
     Ok(0)
 }
