@@ -21,6 +21,7 @@ use crate::ids::now_ms;
 use crate::plan::{self, AgentSettings, DryRunPlan, LaunchIds, SessionRequest};
 use crate::queue;
 use crate::render::labelled;
+use crate::backend::workspace_copy;
 use crate::term::escape_untrusted_text;
 use crate::task_state::TaskStatus;
 use crate::views;
@@ -113,6 +114,10 @@ pub struct CreateArgs {
     /// Directory to copy into the session (with `.git`); default: an empty workspace
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// Copy the workspace even when it is larger than `workspace.max_copy_bytes`
+    /// or `workspace.max_copy_files`
+    #[arg(long, requires = "workspace")]
+    pub allow_large_workspace: bool,
     /// Stream progress and exit with the task's outcome
     #[arg(long, conflicts_with_all = ["dry_run", "no_dispatch"])]
     pub sync: bool,
@@ -331,6 +336,15 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     let state = ctx.state()?;
     let loaded = ctx.config(&state)?;
     let config = &loaded.config;
+    if let Some(dir) = &workspace {
+        // Before anything is recorded or copied: never `/`, the home
+        // directory or a system directory (E111), no special files (E111),
+        // and within the size limits unless the user said so (E112).
+        workspace_copy::refuse_unsafe_root(dir)?;
+        let limits =
+            workspace_copy::CopyLimits::from_config(&config.workspace, args.allow_large_workspace);
+        workspace_copy::preflight(dir, &[state.root().to_path_buf()], limits)?;
+    }
     let modal = backend == plan::BackendKind::Modal;
     // Local: Claude Code and isolation are this machine's, decided here so a
     // bad setting fails before anything is recorded. Modal: the image's.
