@@ -504,7 +504,12 @@ pub fn db_files(path: &Path) -> [PathBuf; 4] {
         name.push(suffix);
         PathBuf::from(name)
     };
-    [path.to_path_buf(), with("-wal"), with("-shm"), with("-journal")]
+    [
+        path.to_path_buf(),
+        with("-wal"),
+        with("-shm"),
+        with("-journal"),
+    ]
 }
 
 /// Creates an empty database file with mode 0600 if none exists (an empty

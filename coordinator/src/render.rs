@@ -545,7 +545,9 @@ mod tests {
                 text: "done\u{1b}[2J\u{1b}]0;owned\u{7}\nnext\tline\r\n\u{9b}1m".into(),
                 ..Default::default()
             }),
-            Some("claude   done\\x1b[2J\\x1b]0;owned\\x07\n         next\tline\n         \\u{9b}1m"),
+            Some(
+                "claude   done\\x1b[2J\\x1b]0;owned\\x07\n         next\tline\n         \\u{9b}1m",
+            ),
         );
         check(
             Kind::CheckpointCreated(CheckpointCreated {

@@ -288,7 +288,10 @@ pub fn make_private_dir(dir: &Path) -> Result<(), CodedError> {
     let insecure = |why: String| {
         CodedError::new(
             error_codes::STATE_DIR_INSECURE,
-            format!("the state directory {} is not private: {why}", dir.display()),
+            format!(
+                "the state directory {} is not private: {why}",
+                dir.display()
+            ),
         )
     };
     let meta = std::fs::symlink_metadata(dir).map_err(|e| insecure(e.to_string()))?;
@@ -311,7 +314,10 @@ pub fn make_private_dir(dir: &Path) -> Result<(), CodedError> {
                 .permissions()
                 .mode();
             if now & 0o077 != 0 {
-                return Err(insecure(format!("mode {:o} stays open to others", now & 0o777)));
+                return Err(insecure(format!(
+                    "mode {:o} stays open to others",
+                    now & 0o777
+                )));
             }
             tracing::info!(
                 "narrowed {} from mode {mode:o} to 700 (it holds session secrets)",
@@ -461,8 +467,11 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir(root.join("sessions")).unwrap();
-        std::fs::set_permissions(root.join("sessions"), std::fs::Permissions::from_mode(0o777))
-            .unwrap();
+        std::fs::set_permissions(
+            root.join("sessions"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
         let mut state = StateDir::new(root.clone(), StateDirSource::WalkedUp);
         state.ensure_private().unwrap();
         for dir in [&root, &root.join("sessions"), &root.join("containers")] {
@@ -485,7 +494,11 @@ mod tests {
         let mut state = StateDir::new(root.clone(), StateDirSource::WalkedUp);
         let err = state.ensure_private().unwrap_err();
         assert_eq!(err.code, error_codes::STATE_DIR_INSECURE);
-        assert!(err.message.contains("owned by uid 65534"), "{}", err.message);
+        assert!(
+            err.message.contains("owned by uid 65534"),
+            "{}",
+            err.message
+        );
         assert!(
             !root.join("sessions").exists(),
             "nothing is created in a refused directory"

@@ -38,9 +38,11 @@ fn is_unsafe(c: char, multiline: bool) -> bool {
         '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => true,
         // Arabic letter mark, LRM/RLM, line/paragraph separators, the
         // embedding/override controls and the isolates ("Trojan Source").
-        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
-            true
-        }
+        '\u{061c}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{2028}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}' => true,
         _ => false,
     }
 }
@@ -104,7 +106,10 @@ mod tests {
         );
         assert_eq!(escape_untrusted("a\nb\tc\rd"), "a\\nb\\tc\\rd");
         assert_eq!(escape_untrusted_text("a\r\nb\tc\rd\n"), "a\nb\tc\\rd\n");
-        assert_eq!(escape_untrusted("8-bit csi \u{9b}31m"), "8-bit csi \\u{9b}31m");
+        assert_eq!(
+            escape_untrusted("8-bit csi \u{9b}31m"),
+            "8-bit csi \\u{9b}31m"
+        );
         assert_eq!(escape_untrusted("del\u{7f}"), "del\\x7f");
         assert_eq!(escape_untrusted("txt.\u{202e}exe"), "txt.\\u{202e}exe");
         assert_eq!(escape_untrusted("\0"), "\\x00");
@@ -112,7 +117,13 @@ mod tests {
 
     #[test]
     fn clean_text_is_borrowed_unchanged() {
-        for s in ["", "plain", "src/main.rs", "naïve — ünïcode ✓", "back\\slash"] {
+        for s in [
+            "",
+            "plain",
+            "src/main.rs",
+            "naïve — ünïcode ✓",
+            "back\\slash",
+        ] {
             assert!(matches!(escape_untrusted(s), Cow::Borrowed(_)), "{s}");
             assert_eq!(escape_untrusted(s), s);
         }

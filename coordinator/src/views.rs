@@ -815,7 +815,10 @@ sessions
     fn task_table_escapes_session_text() {
         let now = 1_700_000_000_000 + 185_000;
         let text = task_table(&[hostile_task()], now);
-        assert!(!text.contains('\u{1b}') && !text.contains('\u{9b}'), "{text:?}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{9b}'),
+            "{text:?}"
+        );
         insta::assert_snapshot!(text);
     }
 

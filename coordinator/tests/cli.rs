@@ -183,7 +183,10 @@ fn dangerous_workspaces_are_e111_before_anything_is_recorded() {
         assert_coded(&out, "E111", 2);
         assert!(stderr(&out).contains(why), "{workspace}: {}", stderr(&out));
     }
-    assert!(!world.state().join("parhelia.db").exists(), "nothing recorded");
+    assert!(
+        !world.state().join("parhelia.db").exists(),
+        "nothing recorded"
+    );
 }
 
 #[test]
@@ -195,13 +198,24 @@ fn a_workspace_with_a_fifo_is_e111_and_an_oversize_one_e112() {
     std::fs::write(repo.join("data.bin"), vec![0u8; 4096]).unwrap();
     let over = ["--set", "workspace.max_copy_bytes=1000"];
     let create = |extra: &[&str]| {
-        let mut args = vec!["task", "create", "do it", "--workspace", "repo", "--dry-run"];
+        let mut args = vec![
+            "task",
+            "create",
+            "do it",
+            "--workspace",
+            "repo",
+            "--dry-run",
+        ];
         args.extend_from_slice(extra);
         world.run(&args)
     };
     let out = create(&over);
     assert_coded(&out, "E112", 2);
-    assert!(stderr(&out).contains("--allow-large-workspace"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allow-large-workspace"),
+        "{}",
+        stderr(&out)
+    );
     let out = create(&[over[0], over[1], "--allow-large-workspace"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 

@@ -99,7 +99,10 @@ pub fn unsafe_root_reason(canonical: &Path, homes: &[PathBuf]) -> Option<String>
             return Some("it is your home directory".into());
         }
         if home.starts_with(canonical) {
-            return Some(format!("it contains your home directory {}", home.display()));
+            return Some(format!(
+                "it contains your home directory {}",
+                home.display()
+            ));
         }
     }
     if SYSTEM_DIRS.iter().any(|d| canonical == Path::new(d)) {
@@ -467,10 +470,34 @@ mod tests {
     fn unsafe_roots_are_named() {
         let homes = [PathBuf::from("/home/u")];
         for refused in [
-            "/", "/home", "/home/u", "/etc", "/etc/ssh", "/usr", "/usr/lib", "/bin", "/sbin",
-            "/lib", "/lib64", "/boot", "/dev", "/dev/shm", "/proc", "/proc/self/root", "/sys",
-            "/var", "/var/lib/docker", "/run", "/run/user/1000", "/root", "/root/project", "/tmp",
-            "/opt", "/srv", "/mnt", "/media",
+            "/",
+            "/home",
+            "/home/u",
+            "/etc",
+            "/etc/ssh",
+            "/usr",
+            "/usr/lib",
+            "/bin",
+            "/sbin",
+            "/lib",
+            "/lib64",
+            "/boot",
+            "/dev",
+            "/dev/shm",
+            "/proc",
+            "/proc/self/root",
+            "/sys",
+            "/var",
+            "/var/lib/docker",
+            "/run",
+            "/run/user/1000",
+            "/root",
+            "/root/project",
+            "/tmp",
+            "/opt",
+            "/srv",
+            "/mnt",
+            "/media",
         ] {
             assert!(
                 unsafe_root_reason(Path::new(refused), &homes).is_some(),
@@ -494,7 +521,10 @@ mod tests {
         }
         // Root's own projects are fine; /root itself is its home.
         let root_home = [PathBuf::from("/root")];
-        assert_eq!(unsafe_root_reason(Path::new("/root/project"), &root_home), None);
+        assert_eq!(
+            unsafe_root_reason(Path::new("/root/project"), &root_home),
+            None
+        );
         assert!(unsafe_root_reason(Path::new("/root"), &root_home).is_some());
         // A home that lives in an unusual place: its parents are refused.
         let odd = [PathBuf::from("/data/users/u")];
@@ -591,7 +621,13 @@ mod tests {
         // A symlink to a huge file outside is not followed, not counted.
         std::os::unix::fs::symlink("/proc/kcore", src.join("kcore")).unwrap();
         let counted = preflight(&src, &[], CopyLimits::UNLIMITED).unwrap();
-        assert_eq!(counted, Preflight { bytes: 1001, entries: 4 });
+        assert_eq!(
+            counted,
+            Preflight {
+                bytes: 1001,
+                entries: 4
+            }
+        );
 
         let dst = tmp.path().join("dst");
         let by_bytes = CopyLimits {
@@ -600,7 +636,10 @@ mod tests {
         };
         let err = copy_tree_limited(&src, &dst, &[], by_bytes).unwrap_err();
         assert_eq!(code_of(&err), "E112");
-        assert!(err.to_string().contains("workspace.max_copy_bytes"), "{err}");
+        assert!(
+            err.to_string().contains("workspace.max_copy_bytes"),
+            "{err}"
+        );
         assert!(!dst.exists(), "nothing was copied");
 
         let by_entries = CopyLimits {
@@ -609,7 +648,10 @@ mod tests {
         };
         let err = copy_tree_limited(&src, &dst, &[], by_entries).unwrap_err();
         assert_eq!(code_of(&err), "E112");
-        assert!(err.to_string().contains("workspace.max_copy_files"), "{err}");
+        assert!(
+            err.to_string().contains("workspace.max_copy_files"),
+            "{err}"
+        );
         assert!(!dst.exists());
 
         // The flag lifts the limits.
@@ -617,7 +659,10 @@ mod tests {
             max_copy_bytes: 10,
             max_copy_files: 1,
         };
-        assert_eq!(CopyLimits::from_config(&config, true), CopyLimits::UNLIMITED);
+        assert_eq!(
+            CopyLimits::from_config(&config, true),
+            CopyLimits::UNLIMITED
+        );
         let stats =
             copy_tree_limited(&src, &dst, &[], CopyLimits::from_config(&config, true)).unwrap();
         assert_eq!(stats.bytes, 1001);

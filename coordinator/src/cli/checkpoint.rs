@@ -727,6 +727,9 @@ mod tests {
             role: "assistant".into(),
             text: "hi\u{1b}[1A\nthere".into(),
         }];
-        assert_eq!(conversation_text(&turns), "claude  hi\\x1b[1A\n        there\n");
+        assert_eq!(
+            conversation_text(&turns),
+            "claude  hi\\x1b[1A\n        there\n"
+        );
     }
 }

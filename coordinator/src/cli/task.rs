@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{Ctx, coordinator_error, dry_run_text, print_json};
 use crate::backend::isolation::{self, ISOLATION_ENV};
+use crate::backend::workspace_copy;
 use crate::binaries::{resolve_agent_bin, resolve_claude_bin};
 use crate::error::coded;
 use crate::error_codes;
@@ -21,9 +22,8 @@ use crate::ids::now_ms;
 use crate::plan::{self, AgentSettings, DryRunPlan, LaunchIds, SessionRequest};
 use crate::queue;
 use crate::render::labelled;
-use crate::backend::workspace_copy;
-use crate::term::escape_untrusted_text;
 use crate::task_state::TaskStatus;
+use crate::term::escape_untrusted_text;
 use crate::views;
 use crate::watch::watch_task;
 
