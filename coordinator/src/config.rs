@@ -248,6 +248,10 @@ keys! {
         "Quota for one session's checkpoint store, in MiB (unset: none).";
     "agent"."linger_after_finish_ms": Kind::UInt { min: 0, max: 86_400_000 }, Value::UInt(600_000), None,
         "How long an agent keeps serving after its session finished.";
+    "workspace"."max_copy_bytes": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(10 << 30), None,
+        "Largest `--workspace` copied into a session, in bytes (E112 beyond it unless `--allow-large-workspace`).";
+    "workspace"."max_copy_files": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(1_000_000), None,
+        "Most files and directories in a `--workspace` copied into a session (E112 beyond it unless `--allow-large-workspace`).";
 }
 
 /// Where a value came from.
@@ -325,6 +329,14 @@ pub struct Config {
     pub reconciler: ReconcilerConfig,
     pub local: LocalConfig,
     pub agent: AgentConfig,
+    pub workspace: WorkspaceConfig,
+}
+
+/// `[workspace]`: what `--workspace` may bring into a session.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkspaceConfig {
+    pub max_copy_bytes: u64,
+    pub max_copy_files: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -813,6 +825,10 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
                     _ => None,
                 },
             },
+        },
+        workspace: WorkspaceConfig {
+            max_copy_bytes: uint("workspace.max_copy_bytes"),
+            max_copy_files: uint("workspace.max_copy_files"),
         },
     };
     let r = &config.reconciler;

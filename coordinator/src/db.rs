@@ -496,6 +496,74 @@ pub struct TaskUpdate {
     pub cost_usd: Option<f64>,
 }
 
+/// The files SQLite keeps for the database at `path`: the database, its
+/// write-ahead log, its shared-memory index and its rollback journal.
+pub fn db_files(path: &Path) -> [PathBuf; 4] {
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [
+        path.to_path_buf(),
+        with("-wal"),
+        with("-shm"),
+        with("-journal"),
+    ]
+}
+
+/// Creates an empty database file with mode 0600 if none exists (an empty
+/// file is an empty SQLite database). Never follows a symlink or truncates.
+fn create_private_db_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(CodedError::new(
+            error_codes::STATE_UNAVAILABLE,
+            format!("cannot create the database {}: {e}", path.display()),
+        )
+        .into()),
+    }
+}
+
+/// Narrows every existing file of the database at `path` to mode 0600, and
+/// refuses (E509) one that stays readable by others (owned by another user,
+/// or on a file system that ignores the change).
+pub fn make_db_files_private(path: &Path) -> Result<()> {
+    for file in db_files(path) {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue; // not there (yet): SQLite creates it with the db's mode
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        let narrowed = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+        let now = std::fs::metadata(&file).map(|m| m.permissions().mode());
+        if let Ok(now) = now
+            && now & 0o077 != 0
+        {
+            let why = narrowed.err().map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(CodedError::new(
+                error_codes::STATE_DIR_INSECURE,
+                format!(
+                    "{} holds session secrets and is readable by others (mode {:o}){why}",
+                    file.display(),
+                    now & 0o777
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// The database handle. Cheap operations run under a mutex; SQLite calls
 /// are short, so async callers use it directly.
 pub struct Db {
@@ -504,8 +572,16 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens (creating if needed) and migrates the database.
+    /// Opens (creating if needed) and migrates the database. The database
+    /// and its `-wal`/`-shm`/`-journal` files hold session secrets: they are
+    /// made owner-only (0600) before and after SQLite touches them, whatever
+    /// the umask (see [`make_db_files_private`]).
     pub fn open(path: &Path) -> Result<Self> {
+        // SQLite gives a new `-wal`/`-shm` the database file's mode, so the
+        // database is created 0600 before SQLite first opens it, and
+        // companions left open by an older build are narrowed first.
+        create_private_db_file(path)?;
+        make_db_files_private(path)?;
         let mut conn = Connection::open(path).map_err(|e| {
             CodedError::new(
                 error_codes::STATE_UNAVAILABLE,
@@ -520,10 +596,8 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate_to(&mut conn, LATEST_VERSION)?;
-        // The database holds session secrets: owner only.
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            tracing::debug!("cannot restrict {}: {e}", path.display());
-        }
+        // The WAL and shared-memory files exist now: owner only, checked.
+        make_db_files_private(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -1702,5 +1776,25 @@ mod tests {
             "s3cret"
         );
         assert_eq!(db.coordinator_id().unwrap(), db.coordinator_id().unwrap());
+    }
+
+    #[test]
+    fn loose_database_companions_are_narrowed_on_open() {
+        // Files an older build left with mode 0644 (the finding).
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("p.db");
+        Db::open(&path).unwrap().coordinator_id().unwrap();
+        for file in db_files(&path) {
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let db = Db::open(&path).unwrap();
+        db.coordinator_id().unwrap();
+        let [main, wal, shm, _] = db_files(&path);
+        for file in [main, wal, shm] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
     }
 }

@@ -161,6 +161,16 @@ error_codes! {
         why: "`parhelia session pull` runs git on a copy of the session's workspace, outside any sandbox; the session's `.git` holds a symbolic link, fifo, socket or device, is itself a link or a `gitdir:` file, or names other object directories (`objects/info/alternates`) or another repository (`commondir`), any of which would let git read or write files outside the copy. Nothing was changed.",
         recover: "Look at the named path in the session's workspace (`parhelia checkpoint show`); if the session made it, remove it inside the session (or `git clone` the repository there) and pull again.",
     }
+    WORKSPACE_REFUSED = "E111" "WORKSPACE_REFUSED" {
+        what: "The workspace cannot be copied into a session.",
+        why: "`--workspace` is the whole filesystem, your home directory itself (or a directory containing it), or a system directory (such as /etc, /usr, /var, /proc, /dev), also when reached through a symlink; or the workspace holds a special file (a FIFO, socket or device) that a copy would block on or reproduce. A session can read everything in its workspace, so these are never copied.",
+        recover: "Pass the project directory itself (e.g. `--workspace ~/src/myproject`), and remove or move the special file the message names.",
+    }
+    WORKSPACE_TOO_LARGE = "E112" "WORKSPACE_TOO_LARGE" {
+        what: "The workspace is larger than the copy limit.",
+        why: "Before copying, Parhelia counts the workspace's bytes and files (without following symlinks); it exceeds `workspace.max_copy_bytes` (default 10 GiB) or `workspace.max_copy_files` (default 1000000), which usually means the wrong directory was passed.",
+        recover: "Pass a smaller directory, raise the limit (`--set workspace.max_copy_bytes=...`), or pass `--allow-large-workspace` to copy it anyway.",
+    }
 
     // E2xx: not found.
     NOT_FOUND = "E200" "NOT_FOUND" {
@@ -291,6 +301,11 @@ error_codes! {
         what: "Bubblewrap isolation was requested but cannot be used.",
         why: "`PARHELIA_ISOLATION=bwrap` is set, and `bwrap` is not installed or cannot create a sandbox on this machine (user namespaces disabled).",
         recover: "Install bubblewrap (`apt-get install bubblewrap`), or set `PARHELIA_ISOLATION=none` (or `auto`) to run without isolation.",
+    }
+    STATE_DIR_INSECURE = "E509" "STATE_DIR_INSECURE" {
+        what: "The state directory is not private.",
+        why: "The `.parhelia/` directory in use (or one of its `sessions/`, `containers/`) is owned by another user, is not a directory, or its mode cannot be narrowed to 0700; it would hold session secrets (the database and its WAL), so nothing is written there.",
+        recover: "Use a state directory you own (`--state-dir`, `PARHELIA_HOME`), or fix it with `chown` and `chmod 700`.",
     }
     MODAL_SDK_MISSING = "E510" "MODAL_SDK_MISSING" {
         what: "The Modal Python SDK is missing or not the pinned version.",

@@ -43,6 +43,7 @@ pub mod service;
 pub mod spec;
 pub mod state_dir;
 pub mod task_state;
+pub mod term;
 pub mod usage;
 pub mod views;
 pub mod watch;

@@ -197,7 +197,9 @@ pub fn render_event(event: &Event) -> Option<String> {
             ),
         ),
     };
-    Some(labelled(label, &text))
+    // Almost every text here came from the session: escape it before it
+    // reaches a terminal (our own parts have no control characters).
+    Some(labelled(label, &crate::term::escape_untrusted_text(&text)))
 }
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `3.2 MiB`.
@@ -534,5 +536,34 @@ mod tests {
         ] {
             assert_eq!(duration(ms), text);
         }
+    }
+
+    #[test]
+    fn session_text_cannot_drive_the_terminal() {
+        check(
+            Kind::AssistantText(AssistantText {
+                text: "done\u{1b}[2J\u{1b}]0;owned\u{7}\nnext\tline\r\n\u{9b}1m".into(),
+                ..Default::default()
+            }),
+            Some(
+                "claude   done\\x1b[2J\\x1b]0;owned\\x07\n         next\tline\n         \\u{9b}1m",
+            ),
+        );
+        check(
+            Kind::CheckpointCreated(CheckpointCreated {
+                checkpoint_id: "cp-1".into(),
+                trigger: "man\u{1b}[8mual".into(),
+                message: "msg\u{1b}[1A\u{1b}[K".into(),
+                ..Default::default()
+            }),
+            Some("checkpt  cp-1 (man\\x1b[8mual) · 0 files · 0 B new · msg\\x1b[1A\\x1b[K"),
+        );
+        check(
+            Kind::AgentError(AgentError {
+                code: "E5\u{1b}01".into(),
+                message: "x\u{7f}".into(),
+            }),
+            Some("error    [E5\\x1b01] x\\x7f"),
+        );
     }
 }

@@ -1877,6 +1877,7 @@ fn validate_workspace(path: &Path) -> Result<PathBuf, CodedError> {
         ));
     }
     let canonical = std::fs::canonicalize(path).map_err(|_| not_found())?;
+    crate::backend::workspace_copy::refuse_unsafe_root(&canonical)?;
     if canonical.is_dir() {
         Ok(canonical)
     } else {

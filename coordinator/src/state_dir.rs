@@ -7,6 +7,14 @@
 //! before their own modes are set). `--state-dir` on the command line
 //! overrides discovery; the CLI uses it to start the coordinator on exactly
 //! the directory it discovered.
+//!
+//! Everything in the state directory is private to its owner: the database
+//! (and its `-wal`/`-shm`) holds every session's secret. [`StateDir::ensure`]
+//! makes the directory (and `sessions/`, `containers/`) mode 0700 before
+//! anything is written into it: a too-open directory (a `.parhelia/` made with
+//! `mkdir` under umask 022 is 0755) is narrowed, and one owned by another
+//! user is refused (E509). [`set_private_umask`] makes every file the
+//! process creates owner-only whatever the user's umask.
 
 use std::ffi::OsString;
 use std::io;
@@ -109,17 +117,44 @@ impl StateDir {
         Self { root, source }
     }
 
-    /// Creates the directory (mode 0700) and its `sessions/` and `containers/`.
+    /// Creates the directory and its `sessions/` and `containers/`, and makes
+    /// each private (mode 0700, see [`make_private_dir`]). A directory another
+    /// user owns, or whose mode cannot be narrowed, is an error that carries
+    /// an E509 [`CodedError`] (see [`Self::ensure_private`]).
     pub fn ensure(&mut self) -> io::Result<()> {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
         builder.create(&self.root)?;
-        builder.create(self.root.join("sessions"))?;
-        builder.create(self.root.join("containers"))?;
         if let Ok(canonical) = std::fs::canonicalize(&self.root) {
             self.root = canonical;
         }
+        // The state directory first: nothing is created inside it while
+        // others can still look in.
+        make_private_dir(&self.root).map_err(io::Error::other)?;
+        for sub in ["sessions", "containers"] {
+            let dir = self.root.join(sub);
+            builder.create(&dir)?;
+            make_private_dir(&dir).map_err(io::Error::other)?;
+        }
         Ok(())
+    }
+
+    /// [`Self::ensure`] with its failure as a coded error: E509 when the
+    /// directory is someone else's or cannot be made private, E507 when it
+    /// cannot be created.
+    pub fn ensure_private(&mut self) -> Result<(), CodedError> {
+        self.ensure().map_err(|e| {
+            if let Some(coded) = e.get_ref().and_then(|i| i.downcast_ref::<CodedError>()) {
+                return coded.clone();
+            }
+            CodedError::new(
+                error_codes::STATE_UNAVAILABLE,
+                format!(
+                    "cannot create the state directory {}: {e}",
+                    self.root.display()
+                ),
+            )
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -207,6 +242,89 @@ impl StateDir {
 
     pub fn containers_root(&self) -> PathBuf {
         self.root.join("containers")
+    }
+}
+
+/// Makes every file and directory this process creates owner-only (umask
+/// 0o077), whatever the user's umask: the state directory holds session
+/// secrets (the database, its WAL and shared-memory files, the socket, logs),
+/// and SQLite creates its `-wal`/`-shm` files itself. Called once at startup
+/// by the CLI (and so by the coordinator it starts, which inherits it).
+pub fn set_private_umask() {
+    use nix::sys::stat::{Mode, umask};
+    let old = umask(Mode::from_bits_truncate(0o077));
+    // Keep whatever stricter bits the user asked for.
+    umask(old | Mode::from_bits_truncate(0o077));
+}
+
+/// What to do with an existing directory that must be private (pure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivateDirAction {
+    /// Owned by us and closed to others: nothing to do.
+    Keep,
+    /// Owned by us but open to group or others: chmod 0700.
+    Narrow,
+    /// Owned by another user: refuse (E509).
+    RefuseOwner,
+}
+
+/// The decision for a directory with owner `dir_uid` and `mode`, seen by a
+/// process with effective uid `my_uid`.
+pub fn private_dir_action(dir_uid: u32, my_uid: u32, mode: u32) -> PrivateDirAction {
+    if dir_uid != my_uid {
+        PrivateDirAction::RefuseOwner
+    } else if mode & 0o077 != 0 {
+        PrivateDirAction::Narrow
+    } else {
+        PrivateDirAction::Keep
+    }
+}
+
+/// Makes the existing directory `dir` private: mode 0700 if it is ours and
+/// open to others; E509 if another user owns it, it is not a directory, or
+/// its mode cannot be narrowed.
+pub fn make_private_dir(dir: &Path) -> Result<(), CodedError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let insecure = |why: String| {
+        CodedError::new(
+            error_codes::STATE_DIR_INSECURE,
+            format!(
+                "the state directory {} is not private: {why}",
+                dir.display()
+            ),
+        )
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| insecure(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(insecure("not a directory".into()));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    match private_dir_action(meta.uid(), nix::unistd::geteuid().as_raw(), mode) {
+        PrivateDirAction::Keep => Ok(()),
+        PrivateDirAction::RefuseOwner => Err(insecure(format!(
+            "it is owned by uid {}, not by this user (uid {})",
+            meta.uid(),
+            nix::unistd::geteuid()
+        ))),
+        PrivateDirAction::Narrow => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| insecure(format!("mode {mode:o} cannot be changed to 700: {e}")))?;
+            let now = std::fs::symlink_metadata(dir)
+                .map_err(|e| insecure(e.to_string()))?
+                .permissions()
+                .mode();
+            if now & 0o077 != 0 {
+                return Err(insecure(format!(
+                    "mode {:o} stays open to others",
+                    now & 0o777
+                )));
+            }
+            tracing::info!(
+                "narrowed {} from mode {mode:o} to 700 (it holds session secrets)",
+                dir.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -325,5 +443,74 @@ mod tests {
         let err = state.prepare_socket_dir().unwrap_err().to_string();
         assert!(err.contains("unsafe socket directory"), "{err}");
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    #[test]
+    fn private_dir_decisions() {
+        use PrivateDirAction::*;
+        assert_eq!(private_dir_action(1000, 1000, 0o700), Keep);
+        assert_eq!(private_dir_action(1000, 1000, 0o755), Narrow);
+        assert_eq!(private_dir_action(1000, 1000, 0o710), Narrow);
+        assert_eq!(private_dir_action(1000, 1000, 0o701), Narrow);
+        assert_eq!(private_dir_action(0, 1000, 0o700), RefuseOwner);
+        assert_eq!(private_dir_action(1001, 1000, 0o777), RefuseOwner);
+        // Root is refused a user's directory too: it must not write secrets
+        // into a tree that user controls.
+        assert_eq!(private_dir_action(1000, 0, 0o700), RefuseOwner);
+    }
+
+    #[test]
+    fn a_mkdir_made_state_dir_is_narrowed_before_use() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join(".parhelia");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(root.join("sessions")).unwrap();
+        std::fs::set_permissions(
+            root.join("sessions"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        let mut state = StateDir::new(root.clone(), StateDirSource::WalkedUp);
+        state.ensure_private().unwrap();
+        for dir in [&root, &root.join("sessions"), &root.join("containers")] {
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+    }
+
+    #[test]
+    fn a_state_dir_owned_by_someone_else_is_refused_with_e509() {
+        if !nix::unistd::geteuid().is_root() {
+            // Only root can hand a directory to another user; the decision
+            // itself is covered by `private_dir_decisions`.
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join(".parhelia");
+        std::fs::create_dir(&root).unwrap();
+        nix::unistd::chown(&root, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let mut state = StateDir::new(root.clone(), StateDirSource::WalkedUp);
+        let err = state.ensure_private().unwrap_err();
+        assert_eq!(err.code, error_codes::STATE_DIR_INSECURE);
+        assert!(
+            err.message.contains("owned by uid 65534"),
+            "{}",
+            err.message
+        );
+        assert!(
+            !root.join("sessions").exists(),
+            "nothing is created in a refused directory"
+        );
+    }
+
+    #[test]
+    fn a_state_path_that_is_a_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let err = make_private_dir(&file).unwrap_err();
+        assert_eq!(err.code, error_codes::STATE_DIR_INSECURE);
     }
 }

@@ -12,6 +12,7 @@ use crate::db::{
 };
 use crate::ids::rfc3339_ms;
 use crate::render::{cost, duration, one_line};
+use crate::term::{escape_untrusted, escape_untrusted_text};
 
 /// `task show --json` / `task list --json` (one object per task).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -413,7 +414,10 @@ impl From<&RunningSession> for RunningSessionView {
     }
 }
 
+/// One `name  value` line; the value may come from a session, so it is
+/// escaped (on one line) before it reaches a terminal.
 fn field(out: &mut String, name: &str, value: &str) {
+    let value = escape_untrusted(value);
     out.push_str(&format!("{name:<11}{value}\n"));
 }
 
@@ -491,7 +495,7 @@ pub fn task_detail(t: &TaskRecord) -> String {
     if let Some(result) = t.result.as_deref().filter(|r| !r.trim().is_empty()) {
         out.push_str("result\n");
         for line in result.trim_end().lines() {
-            out.push_str(&format!("  {line}\n"));
+            out.push_str(&format!("  {}\n", escape_untrusted_text(line)));
         }
     }
     out
@@ -514,7 +518,7 @@ pub fn task_table(tasks: &[TaskRecord], now_ms: i64) -> String {
             cost(t.cost_usd),
             age(now_ms, t.created_at_ms),
             // 46 columns before the prompt: the line fits 80.
-            one_line(&t.prompt, 33)
+            escape_untrusted(&one_line(&t.prompt, 33))
         ));
     }
     out
@@ -581,7 +585,7 @@ pub fn session_table(sessions: &[SessionRecord], now_ms: i64) -> String {
             "{:<15}{:<15}{:<12}{:<11}{:<10}{}\n",
             s.id,
             s.task_id,
-            status,
+            escape_untrusted(&status),
             s.container_health
                 .filter(|_| live)
                 .map(|h| h.to_string())
@@ -651,7 +655,7 @@ pub fn status_text(status: &StatusView) -> String {
                 "  {}  {}  {}  {}  {}\n",
                 s.session_id,
                 s.task_id,
-                s.status,
+                escape_untrusted(&s.status),
                 cost(s.cost_usd),
                 heartbeat
             ));
@@ -795,5 +799,38 @@ sessions
   sess-00000001  task-00000002  busy  $0.5000  no heartbeat yet
 "
         );
+    }
+
+    /// A session-controlled prompt, result and error carrying terminal
+    /// escapes: the text views show them as visible escapes.
+    fn hostile_task() -> TaskRecord {
+        let mut t = task();
+        t.prompt = "Fix\u{1b}[2J\u{1b}[H the tests\u{9b}31m".into();
+        t.result = Some("Done.\u{1b}]0;owned\u{7}\n\tindented\r\n\u{1b}[1A\u{1b}[Kerased".into());
+        t.error_message = Some("boom\u{1b}[8m hidden\nsecond line".into());
+        t
+    }
+
+    #[test]
+    fn task_table_escapes_session_text() {
+        let now = 1_700_000_000_000 + 185_000;
+        let text = task_table(&[hostile_task()], now);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{9b}'),
+            "{text:?}"
+        );
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn task_detail_escapes_session_text() {
+        let text = task_detail(&hostile_task());
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && c != '\t' && c.is_control()),
+            "{text:?}"
+        );
+        insta::assert_snapshot!(text);
     }
 }

@@ -168,6 +168,68 @@ fn missing_workspace_is_e102() {
 }
 
 #[test]
+fn dangerous_workspaces_are_e111_before_anything_is_recorded() {
+    let world = World::new();
+    world.fake_claude();
+    std::os::unix::fs::symlink("/", world.work().join("looks-fine")).unwrap();
+    let home = world.root().to_str().unwrap().to_string();
+    for (workspace, why) in [
+        ("/", "whole filesystem"),
+        ("looks-fine", "whole filesystem"),
+        ("/etc", "system directory"),
+        (home.as_str(), "home directory"),
+    ] {
+        let out = world.run(&["task", "create", "do it", "--workspace", workspace]);
+        assert_coded(&out, "E111", 2);
+        assert!(stderr(&out).contains(why), "{workspace}: {}", stderr(&out));
+    }
+    assert!(
+        !world.state().join("parhelia.db").exists(),
+        "nothing recorded"
+    );
+}
+
+#[test]
+fn a_workspace_with_a_fifo_is_e111_and_an_oversize_one_e112() {
+    let world = World::new();
+    world.fake_claude();
+    let repo = world.work().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("data.bin"), vec![0u8; 4096]).unwrap();
+    let over = ["--set", "workspace.max_copy_bytes=1000"];
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "task",
+            "create",
+            "do it",
+            "--workspace",
+            "repo",
+            "--dry-run",
+        ];
+        args.extend_from_slice(extra);
+        world.run(&args)
+    };
+    let out = create(&over);
+    assert_coded(&out, "E112", 2);
+    assert!(
+        stderr(&out).contains("--allow-large-workspace"),
+        "{}",
+        stderr(&out)
+    );
+    let out = create(&[over[0], over[1], "--allow-large-workspace"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    nix::unistd::mkfifo(
+        &repo.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let out = create(&[]);
+    assert_coded(&out, "E111", 2);
+    assert!(stderr(&out).contains("repo/pipe"), "{}", stderr(&out));
+}
+
+#[test]
 fn claude_not_installed_is_e501() {
     let world = World::new();
     let empty_bin = world.root().join("empty-bin");

@@ -17,6 +17,7 @@ use crate::checkpoints::{self, CONVERSATION_TREE, CheckpointView, WORKSPACE_TREE
 use crate::db::SessionRecord;
 use crate::error::coded;
 use crate::error_codes;
+use crate::term::{escape_json_strings, escape_untrusted, escape_untrusted_text};
 
 #[derive(Subcommand, Debug)]
 pub enum CheckpointCommand {
@@ -109,7 +110,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                     "container_id": reply.container_id,
                 }))?;
             } else {
-                println!("{}", reply.checkpoint_id);
+                println!("{}", escape_untrusted(&reply.checkpoint_id));
             }
             Ok(0)
         }
@@ -135,7 +136,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             if json {
                 print_json(&views)?;
             } else {
-                print!("{}", checkpoints::list_text(&views));
+                print!("{}", list_text(&views));
             }
             Ok(0)
         }
@@ -169,7 +170,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                     "workspace_paths": paths,
                 }))?;
             } else {
-                print!("{}", checkpoints::show_text(&view, &paths));
+                print!("{}", show_text(&view, &paths));
             }
             Ok(0)
         }
@@ -198,7 +199,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                 if json {
                     print_json(&serde_json::json!({ "path": path, "unified_diff": text }))?;
                 } else {
-                    print!("{text}");
+                    print!("{}", escape_untrusted_text(&text));
                 }
                 return Ok(0);
             }
@@ -221,7 +222,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                 if json {
                     print_json(&turns)?;
                 } else {
-                    print!("{}", checkpoints::conversation_text(&turns));
+                    print!("{}", conversation_text(&turns));
                 }
                 return Ok(0);
             }
@@ -229,7 +230,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             if json {
                 print_json(&diff)?;
             } else {
-                print!("{}", checkpoints::diff_text(&a, &b, &diff));
+                print!("{}", diff_text(&a, &b, diff));
             }
             Ok(0)
         }
@@ -451,7 +452,11 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
     if let Some(task) = &task {
         println!("task       {} · {}", task.id, task.status);
         if let (Some(code), Some(message)) = (&task.error_code, &task.error_message) {
-            println!("ended      [{code}] {message}");
+            println!(
+                "ended      [{}] {}",
+                escape_untrusted(code),
+                escape_untrusted(message)
+            );
         }
     }
     if let Some(state) = s.container_state {
@@ -471,7 +476,12 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
                         good = Some(summary.clone());
                         break;
                     }
-                    Err(e) => println!("damaged    {} [{}] {e}", summary.id, e.code()),
+                    Err(e) => println!(
+                        "damaged    {} [{}] {}",
+                        summary.id,
+                        e.code(),
+                        escape_untrusted(&e.to_string())
+                    ),
                 }
             }
             good
@@ -484,7 +494,7 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
         );
         return Ok(1);
     };
-    let view = CheckpointView::of(&s.id, &latest);
+    let view = escaped_view(&CheckpointView::of(&s.id, &latest));
     println!(
         "checkpoint {} · {} · {} · {} files",
         view.id, view.created_at, view.trigger, view.file_count
@@ -569,4 +579,157 @@ async fn find(
         }
     }
     Err(not_found(checkpoint_id))
+}
+
+// Text views of checkpoints. Nearly every field of a checkpoint (trigger,
+// message, metadata, file paths, the conversation, file contents) was written
+// by the session, so each is escaped field by field (a newline in a path
+// cannot fake a line) before `checkpoints`' formatting, and the result once
+// more as a whole before it reaches the terminal.
+
+/// A copy of `v` with every session-controlled string escaped.
+fn escaped_view(v: &CheckpointView) -> CheckpointView {
+    let one = |s: &str| escape_untrusted(s).into_owned();
+    CheckpointView {
+        id: one(&v.id),
+        session_id: one(&v.session_id),
+        parent: v.parent.as_deref().map(one),
+        created_at: one(&v.created_at),
+        trigger: one(&v.trigger),
+        message: v.message.as_deref().map(one),
+        claude_session_id: v.claude_session_id.as_deref().map(one),
+        git: escape_json_strings(&v.git),
+        ..v.clone()
+    }
+}
+
+/// `checkpoint list` as text, escaped.
+fn list_text(views: &[CheckpointView]) -> String {
+    let views: Vec<CheckpointView> = views.iter().map(escaped_view).collect();
+    escape_untrusted_text(&checkpoints::list_text(&views)).into_owned()
+}
+
+/// `checkpoint show` as text, escaped.
+fn show_text(view: &CheckpointView, paths: &[String]) -> String {
+    let paths: Vec<String> = paths
+        .iter()
+        .map(|p| escape_untrusted(p).into_owned())
+        .collect();
+    escape_untrusted_text(&checkpoints::show_text(&escaped_view(view), &paths)).into_owned()
+}
+
+/// `checkpoint diff` as text, escaped.
+fn diff_text(a: &str, b: &str, mut diff: parhelia_checkpoint::Diff) -> String {
+    for entry in diff
+        .added
+        .iter_mut()
+        .chain(diff.removed.iter_mut())
+        .chain(diff.modified.iter_mut())
+    {
+        entry.tree = escape_untrusted(&entry.tree).into_owned();
+        entry.path = escape_untrusted(&entry.path.to_string_lossy())
+            .into_owned()
+            .into();
+    }
+    diff.metadata_a = escape_json_strings(&diff.metadata_a);
+    diff.metadata_b = escape_json_strings(&diff.metadata_b);
+    let (a, b) = (escape_untrusted(a), escape_untrusted(b));
+    escape_untrusted_text(&checkpoints::diff_text(&a, &b, &diff)).into_owned()
+}
+
+/// `checkpoint diff --conversation` as text, escaped (turns stay multi-line).
+fn conversation_text(turns: &[checkpoints::Turn]) -> String {
+    escape_untrusted_text(&checkpoints::conversation_text(turns)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn hostile_view() -> CheckpointView {
+        CheckpointView {
+            id: "cp-000001-0123456789abcdef".into(),
+            session_id: "sess-00000001".into(),
+            parent: None,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            trigger: "manual\u{1b}[8m".into(),
+            message: Some("all good\u{1b}[2J\u{1b}[H\u{1b}]0;pwned\u{7}\nfake line".into()),
+            file_count: 2,
+            total_bytes: 2048,
+            new_bytes: 1024,
+            cost_usd: None,
+            claude_session_id: Some("c\u{1b}[1m".into()),
+            git: serde_json::json!({
+                "repository": true,
+                "branch": "main\u{1b}[31m",
+                "head": "1a2b3c4d5e",
+                "modified": ["x"],
+            }),
+            durable: true,
+        }
+    }
+
+    fn no_controls(text: &str) {
+        assert!(
+            !text.chars().any(|c| c != '\n' && c.is_control()),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn checkpoint_show_escapes_session_text() {
+        let text = show_text(
+            &hostile_view(),
+            &[
+                "src/ok.rs".into(),
+                "evil\u{1b}]52;c;cm0gLXJmIH4=\u{7}.txt".into(),
+                "two\nlines.txt".into(),
+            ],
+        );
+        no_controls(&text);
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn checkpoint_list_escapes_session_text() {
+        let text = list_text(&[hostile_view()]);
+        no_controls(&text);
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn checkpoint_diff_escapes_paths_and_metadata() {
+        let entry = |path: &str| parhelia_checkpoint::DiffEntry {
+            tree: WORKSPACE_TREE.into(),
+            path: PathBuf::from(path),
+            kind: parhelia_checkpoint::EntryKind::File,
+            old_size: None,
+            new_size: Some(3),
+        };
+        let diff = parhelia_checkpoint::Diff {
+            added: vec![entry("a\u{1b}[2Jb"), entry("c\rd")],
+            removed: vec![],
+            modified: vec![],
+            metadata_a: serde_json::json!({}),
+            metadata_b: serde_json::json!({"git": {"repository": true, "branch": "x\u{9b}1m"}}),
+        };
+        let text = diff_text("cp-a", "cp-b", diff);
+        no_controls(&text);
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn file_diff_and_conversation_keep_lines_but_not_escapes() {
+        let text = escape_untrusted_text("-old\n+new\u{1b}[2K\n");
+        assert_eq!(text, "-old\n+new\\x1b[2K\n");
+        let turns = vec![checkpoints::Turn {
+            role: "assistant".into(),
+            text: "hi\u{1b}[1A\nthere".into(),
+        }];
+        assert_eq!(
+            conversation_text(&turns),
+            "claude  hi\\x1b[1A\n        there\n"
+        );
+    }
 }

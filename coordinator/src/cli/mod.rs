@@ -125,6 +125,9 @@ pub fn main() -> i32 {
     if let Command::InternalDetach { command } = &cli.command {
         return crate::backend::local::detach_and_exec(command);
     }
+    // Everything this process (and the coordinator it starts) creates is
+    // owner-only: the state directory holds session secrets.
+    crate::state_dir::set_private_umask();
     let is_coordinator = matches!(
         cli.command,
         Command::Coordinator(ops::CoordinatorCommand::Run { .. })
@@ -174,7 +177,11 @@ pub fn report_error(err: &anyhow::Error) -> i32 {
     match find_coded(err) {
         Some(coded) => report_coded(&coded.code, &coded.message),
         None => {
-            eprintln!("error: {err:#}");
+            // Errors quote paths and messages a session wrote.
+            eprintln!(
+                "error: {}",
+                crate::term::escape_untrusted_text(&format!("{err:#}"))
+            );
             1
         }
     }
@@ -182,6 +189,7 @@ pub fn report_error(err: &anyhow::Error) -> i32 {
 
 fn report_coded(code: &ErrorCode, message: &str) -> i32 {
     let mut stderr = std::io::stderr().lock();
+    let message = crate::term::escape_untrusted_text(message);
     let _ = writeln!(stderr, "error[{}]: {message}", code.code);
     let _ = writeln!(stderr, "  hint: {}", code.hint());
     code.exit_status()
@@ -221,15 +229,7 @@ impl Ctx {
     /// The state directory (created if needed), its config and database.
     pub fn open(&self) -> Result<Opened> {
         let mut state = self.state()?;
-        state.ensure().map_err(|e| {
-            coded(
-                error_codes::STATE_UNAVAILABLE,
-                format!(
-                    "cannot create the state directory {}: {e}",
-                    state.root().display()
-                ),
-            )
-        })?;
+        state.ensure_private()?;
         let config = self.config(&state)?;
         let db_path = config
             .config

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{Ctx, coordinator_error, dry_run_text, print_json};
 use crate::backend::isolation;
+use crate::backend::workspace_copy;
 use crate::binaries::{resolve_agent_bin, resolve_claude_bin};
 use crate::error::coded;
 use crate::error_codes;
@@ -22,6 +23,7 @@ use crate::plan::{self, AgentSettings, DryRunPlan, LaunchIds, SessionRequest};
 use crate::queue;
 use crate::render::labelled;
 use crate::task_state::TaskStatus;
+use crate::term::escape_untrusted_text;
 use crate::views;
 use crate::watch::watch_task;
 
@@ -112,6 +114,10 @@ pub struct CreateArgs {
     /// Directory to copy into the session (with `.git`); default: an empty workspace
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// Copy the workspace even when it is larger than `workspace.max_copy_bytes`
+    /// or `workspace.max_copy_files`
+    #[arg(long, requires = "workspace")]
+    pub allow_large_workspace: bool,
     /// Stream progress and exit with the task's outcome
     #[arg(long, conflicts_with_all = ["dry_run", "no_dispatch"])]
     pub sync: bool,
@@ -337,6 +343,15 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     let state = ctx.state()?;
     let loaded = ctx.config(&state)?;
     let config = &loaded.config;
+    if let Some(dir) = &workspace {
+        // Before anything is recorded or copied: never `/`, the home
+        // directory or a system directory (E111), no special files (E111),
+        // and within the size limits unless the user said so (E112).
+        workspace_copy::refuse_unsafe_root(dir)?;
+        let limits =
+            workspace_copy::CopyLimits::from_config(&config.workspace, args.allow_large_workspace);
+        workspace_copy::preflight(dir, &[state.root().to_path_buf()], limits)?;
+    }
     let modal = backend == plan::BackendKind::Modal;
     // Local: Claude Code and isolation are this machine's, decided here so a
     // bad setting fails before anything is recorded. Modal: the image's.
@@ -499,7 +514,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     if quiet {
         print_json(&views::TaskView::from(&watched.task))?;
     } else {
-        println!("{}", watched.summary());
+        println!("{}", escape_untrusted_text(&watched.summary()));
     }
     watched.outcome()?;
     Ok(0)
@@ -610,7 +625,7 @@ async fn watch(ctx: &Ctx, task_id: &str) -> Result<i32> {
         ctx.client(&opened.state).await?;
     }
     let watched = watch_task(&opened.db, task_id, |line| println!("{line}")).await?;
-    println!("{}", watched.summary());
+    println!("{}", escape_untrusted_text(&watched.summary()));
     watched.outcome()?;
     Ok(0)
 }
