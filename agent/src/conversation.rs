@@ -70,8 +70,13 @@ pub fn stage(
     }
     std::fs::create_dir_all(staging)?;
     let project = project_dir(config_dir, workspace);
+    // The config dir is the session's to write: never read through a link in it
+    // (that would copy a file from outside the sandbox into the checkpoint).
+    if !is_real_dir(&config_dir.join("projects")) || !is_real_dir(&project) {
+        return Ok(());
+    }
     let transcript = project.join(format!("{claude_session_id}.jsonl"));
-    match std::fs::read(&transcript) {
+    match read_regular_file(&transcript) {
         Ok(bytes) => {
             let complete = bytes
                 .iter()
@@ -86,10 +91,52 @@ pub fn stage(
         Err(e) => return Err(e),
     }
     let side = project.join(claude_session_id);
-    if side.is_dir() {
+    if is_real_dir(&side) {
         copy_dir(&side, &staging.join(claude_session_id))?;
     }
     Ok(())
+}
+
+/// A directory, and not a link to one.
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// Makes `path` a real directory: a link or file the session planted there is removed.
+fn ensure_real_dir(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(path)
+}
+
+/// Reads a regular file without following a link at `path`.
+fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                io::Error::new(io::ErrorKind::NotFound, "a link, not followed")
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Installs a staged conversation for `workspace`, every file with a fresh
@@ -102,16 +149,26 @@ pub fn install(
     claude_session_id: &str,
 ) -> io::Result<()> {
     let project = project_dir(config_dir, workspace);
-    std::fs::create_dir_all(&project)?;
+    // Links planted in the session's config dir are removed, never written through.
+    std::fs::create_dir_all(config_dir)?;
+    ensure_real_dir(&config_dir.join("projects"))?;
+    ensure_real_dir(&project)?;
     let side = project.join(claude_session_id);
-    if side.exists() {
-        std::fs::remove_dir_all(&side)?;
+    match std::fs::symlink_metadata(&side) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&side)?,
+        Ok(_) => std::fs::remove_file(&side)?,
+        Err(_) => {}
     }
     let transcript = format!("{claude_session_id}.jsonl");
     let staged_transcript = staging.join(&transcript);
     if staged_transcript.is_file() {
+        let target = project.join(&transcript);
+        match std::fs::remove_file(&target) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         // fs::copy writes a new file: its mtime is now.
-        std::fs::copy(&staged_transcript, project.join(&transcript))?;
+        std::fs::copy(&staged_transcript, target)?;
     }
     let staged_side = staging.join(claude_session_id);
     if staged_side.is_dir() {
@@ -141,6 +198,51 @@ fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_in_the_config_dir_are_neither_read_nor_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let workspace = tmp.path().join("ws");
+        std::fs::create_dir(&workspace).unwrap();
+        let config = tmp.path().join("config");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("host-secret"), "host secret\n").unwrap();
+        let project = project_dir(&config, &workspace);
+        std::fs::create_dir_all(&project).unwrap();
+        // The transcript is a link to a file outside: staging must not copy it.
+        std::os::unix::fs::symlink(outside.join("host-secret"), project.join("sid.jsonl")).unwrap();
+        std::os::unix::fs::symlink(&outside, project.join("sid")).unwrap();
+        let staging = tmp.path().join("staging");
+        stage(&config, &workspace, "sid", &staging).unwrap();
+        assert!(!staging.join("sid.jsonl").exists());
+        assert!(!staging.join("sid").exists());
+
+        // The whole projects dir is a link to outside: install writes into a real dir.
+        std::fs::remove_dir_all(config.join("projects")).unwrap();
+        std::os::unix::fs::symlink(&outside, config.join("projects")).unwrap();
+        std::fs::write(staging.join("sid.jsonl"), "{}\n").unwrap();
+        install(&staging, &config, &workspace, "sid").unwrap();
+        let mut left: Vec<_> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["host-secret"], "nothing was written outside");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("host-secret")).unwrap(),
+            "host secret\n"
+        );
+        assert!(
+            std::fs::symlink_metadata(config.join("projects"))
+                .unwrap()
+                .is_dir()
+        );
+        assert_eq!(
+            std::fs::read_to_string(project_dir(&config, &workspace).join("sid.jsonl")).unwrap(),
+            "{}\n"
+        );
+    }
 
     #[test]
     fn short_paths_are_sanitized() {

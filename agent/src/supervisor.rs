@@ -530,6 +530,7 @@ impl Supervisor {
                     "E620" => "E620",
                     "E621" => "E621",
                     "E622" => "E622",
+                    "E624" => "E624",
                     _ => "E520",
                 };
                 self.finish(Verdict {

@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::backend::local::LocalBackend;
 use crate::db::Db;
-use crate::error::{CodedError, coded, find_coded};
+use crate::error::{coded, find_coded};
 use crate::error_codes;
 use crate::plan::AgentSettings;
 use crate::reconciler::PassOptions;
@@ -424,15 +424,9 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
 
 /// `parhelia coordinator run`: serve until Shutdown, SIGINT or SIGTERM.
 pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
-    state.ensure().map_err(|e| {
-        CodedError::new(
-            error_codes::STATE_UNAVAILABLE,
-            format!(
-                "cannot create the state directory {}: {e}",
-                state.root().display()
-            ),
-        )
-    })?;
+    // E509 for a directory another user owns (or one that cannot be made private),
+    // E507 when it cannot be created: before the token or any secret is written.
+    state.ensure_private()?;
     let _lock = CoordinatorLock::acquire(&state)?;
     let loaded = crate::config::load(state.root(), config_flags)?;
     for unknown in &loaded.unknown_keys {

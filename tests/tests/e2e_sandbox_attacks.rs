@@ -44,7 +44,18 @@ fn attack() -> Script {
 
 fn bwrap_works() -> bool {
     Command::new("bwrap")
-        .args(["--ro-bind", "/", "/", "--dev", "/dev", "--unshare-pid", "--proc", "/proc", "--", "true"])
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--unshare-pid",
+            "--proc",
+            "/proc",
+            "--",
+            "true",
+        ])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -107,7 +118,11 @@ fn run_attack(isolation: &str) -> Outcome {
     assert_eq!(out.status.code(), Some(0), "{create_stderr}");
     let task = h.json(&["task", "list", "--json"])[0].clone();
     let session_id = task["session_id"].as_str().unwrap().to_string();
-    let ws = h.state().join("sessions").join(&session_id).join("workspace");
+    let ws = h
+        .state()
+        .join("sessions")
+        .join(&session_id)
+        .join("workspace");
     // Lossy: what the attack saw may be binary (a database page).
     let read = |name: &str| {
         String::from_utf8_lossy(&std::fs::read(ws.join(name)).unwrap_or_default()).into_owned()
@@ -116,7 +131,11 @@ fn run_attack(isolation: &str) -> Outcome {
     assert!(!report.is_empty(), "the attack ran and reported");
     let secret: String = h
         .db()
-        .query_row("SELECT secret FROM sessions WHERE id = ?1", [&session_id], |r| r.get(0))
+        .query_row(
+            "SELECT secret FROM sessions WHERE id = ?1",
+            [&session_id],
+            |r| r.get(0),
+        )
         .unwrap();
     Outcome {
         h,
@@ -140,11 +159,18 @@ fn a_sandboxed_session_reaches_nothing_outside_itself() {
         );
         h.set_env("PARHELIA_ISOLATION", "required");
         let out = h.run(&["task", "create", "hi"]);
-        assert!(String::from_utf8_lossy(&out.stderr).contains("E508"), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("E508"),
+            "{out:?}"
+        );
         return;
     }
     let o = run_attack("auto");
-    assert!(!o.create_stderr.contains("NOT isolated"), "{}", o.create_stderr);
+    assert!(
+        !o.create_stderr.contains("NOT isolated"),
+        "{}",
+        o.create_stderr
+    );
     for reached in [
         "VISIBLE",
         "READ other",
@@ -166,13 +192,19 @@ fn a_sandboxed_session_reaches_nothing_outside_itself() {
         .trim()
         .parse()
         .unwrap();
-    assert!(procs < 20, "the session sees {procs} processes: not its own PID namespace");
+    assert!(
+        procs < 20,
+        "the session sees {procs} processes: not its own PID namespace"
+    );
     assert!(
         o.seen.len() > 100,
         "the attack read its own environment at least: {}",
         o.seen
     );
-    assert!(!o.seen.contains(&o.secret), "the session could read its own secret");
+    assert!(
+        !o.seen.contains(&o.secret),
+        "the session could read its own secret"
+    );
     // Nothing outside changed.
     assert_eq!(
         std::fs::read_to_string(&o.other.secret_file).unwrap(),
@@ -201,7 +233,11 @@ fn without_isolation_the_same_attack_gets_through_and_the_user_is_told() {
         "WROTE other workspace",
         "DROVE other tmux",
     ] {
-        assert!(o.report.contains(reached), "{reached} missing in\n{}", o.report);
+        assert!(
+            o.report.contains(reached),
+            "{reached} missing in\n{}",
+            o.report
+        );
     }
     assert!(
         o.seen.contains(&o.secret),
@@ -226,9 +262,19 @@ fn the_control_socket_refuses_sandboxed_callers_and_wrong_tokens() {
         // sees everything (even the token): the PID namespace alone must refuse it.
         let inner = h.command(&["task", "create", "from inside", "--no-dispatch"]);
         let mut cmd = Command::new("bwrap");
-        cmd.args(["--bind", "/", "/", "--dev", "/dev", "--unshare-pid", "--proc", "/proc", "--"])
-            .arg(inner.get_program())
-            .args(inner.get_args());
+        cmd.args([
+            "--bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--unshare-pid",
+            "--proc",
+            "/proc",
+            "--",
+        ])
+        .arg(inner.get_program())
+        .args(inner.get_args());
         if let Some(dir) = inner.get_current_dir() {
             cmd.current_dir(dir);
         }
@@ -249,8 +295,15 @@ fn the_control_socket_refuses_sandboxed_callers_and_wrong_tokens() {
     let out = h.run(&["task", "create", "wrong token", "--no-dispatch"]);
     std::fs::write(&token, &real).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("E406") && stderr.contains("token"), "{stderr}");
+    assert!(
+        stderr.contains("E406") && stderr.contains("token"),
+        "{stderr}"
+    );
     let tasks = h.json(&["task", "list", "--json"]);
-    assert_eq!(tasks.as_array().unwrap().len(), 1, "nothing refused was recorded: {tasks:#}");
+    assert_eq!(
+        tasks.as_array().unwrap().len(),
+        1,
+        "nothing refused was recorded: {tasks:#}"
+    );
     h.ok(&["task", "create", "the user again", "--no-dispatch"]);
 }
