@@ -231,7 +231,7 @@ keys! {
     "reconciler"."max_auto_resumes": Kind::UInt { min: 0, max: 100 }, Value::UInt(3), None,
         "Automatic resumes per task at most.";
     "local"."isolation": Kind::OneOf(&["auto", "required", "bwrap", "none"]), Value::Str("auto".into()), Some("PARHELIA_ISOLATION"),
-        "Confine local sessions with bubblewrap: auto (when it works here), bwrap (required) or none.";
+        "Confine local sessions with bubblewrap: auto (when it works here; says so when not), required (or bwrap: launch nothing unconfined) or none.";
     "agent"."heartbeat_interval_ms": Kind::UInt { min: 100, max: 3_600_000 }, Value::UInt(5_000), Some("PARHELIA_HEARTBEAT_INTERVAL_MS"),
         "How often agents send heartbeats.";
     "agent"."stop_grace_ms": Kind::UInt { min: 0, max: 3_600_000 }, Value::UInt(10_000), None,

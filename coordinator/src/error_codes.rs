@@ -299,7 +299,7 @@ error_codes! {
 
     ISOLATION_UNAVAILABLE = "E508" "ISOLATION_UNAVAILABLE" {
         what: "Bubblewrap isolation was requested but cannot be used.",
-        why: "`PARHELIA_ISOLATION=bwrap` is set, and `bwrap` is not installed or cannot create a sandbox on this machine (user namespaces disabled).",
+        why: "`local.isolation` is `required` (or `bwrap`), and `bwrap` is not installed or cannot create a sandbox on this machine (user namespaces disabled).",
         recover: "Install bubblewrap (`apt-get install bubblewrap`), or set `PARHELIA_ISOLATION=none` (or `auto`) to run without isolation.",
     }
     STATE_DIR_INSECURE = "E509" "STATE_DIR_INSECURE" {
