@@ -116,7 +116,7 @@ pub fn bwrap_args(
     {
         add(MountKind::Writable, path);
     }
-    mounts.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    mounts.sort_by_key(|a| (a.0, a.1));
     for (_, kind, path) in mounts {
         match kind {
             MountKind::Hide => {

@@ -286,11 +286,10 @@ impl TmuxServer {
             command: "new-session",
             output: output.clone(),
         })?;
-        self.host_pid(inner)
-            .ok_or_else(|| TmuxError::UnexpectedOutput {
-                command: "new-session (pane pid outside the sandbox)",
-                output,
-            })
+        self.host_pid(inner).ok_or(TmuxError::UnexpectedOutput {
+            command: "new-session (pane pid outside the sandbox)",
+            output,
+        })
     }
 
     /// The pid of the tmux server process (the root of the session's process tree).

@@ -55,7 +55,7 @@ fn tmux_alive(socket: &std::path::Path) -> bool {
 }
 #[test]
 fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
-    let h = Harness::new(Script::new([
+    let mut h = Harness::new(Script::new([
         Turn::tool_use([ToolCall::write("written.txt", "by the Write tool\n")]),
         Turn::tool_use([ToolCall::bash("echo by-bash > shell.txt")]),
         // A risky command: checkpointed before it runs, then it hangs until killed.
@@ -63,6 +63,10 @@ fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
         // After the resume:
         Turn::text("Resumed and finished."),
     ]));
+    // Unconfined, so a leftover tmux server can outlive its agent and the resume must
+    // end it; under bubblewrap the sandbox dies with its agent
+    // (e2e_sandbox_attacks::a_killed_agent_takes_its_sandbox_with_it).
+    h.set_env("PARHELIA_ISOLATION", "none");
     let created = create(&h, "Write two files, then clean up", &[]);
     let task_id = created["task_id"].as_str().unwrap().to_string();
     let session_id = created["session_id"].as_str().unwrap().to_string();

@@ -400,7 +400,7 @@ fn config_sync_uploads_what_changed_and_never_credentials() {
     let volume = h.modal_volume();
 
     let dry = h.json(&["config", "sync", "--dry-run", "--json"]);
-    assert!(dry["upload"].to_string().contains("CLAUDE.md"), "{dry:#}");
+    assert!(dry["files"].to_string().contains("CLAUDE.md"), "{dry:#}");
     assert!(
         !volume.join("config").exists(),
         "a dry run wrote to the volume"

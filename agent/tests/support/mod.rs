@@ -143,7 +143,7 @@ impl Fixture {
     }
 
     pub fn tmux_socket(&self) -> PathBuf {
-        self.path("runtime/tmux.sock")
+        self.path("runtime/tmux/tmux.sock")
     }
 
     pub fn tmux_has_claude_session(&self) -> bool {

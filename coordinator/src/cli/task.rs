@@ -364,7 +364,13 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
             isolation::decide(Some(&config.local.isolation), isolation::bwrap_works)?,
         )
     };
-    if !modal && isolation == isolation::Isolation::None && !args.dry_run {
+    // An explicit `none` is the user's choice (doctor still says what it means);
+    // falling back to no isolation is what must never go unsaid.
+    if !modal
+        && isolation == isolation::Isolation::None
+        && config.local.isolation != "none"
+        && !args.dry_run
+    {
         warn_unconfined_once(&state, &config.local.isolation);
     }
     if args.dry_run {
