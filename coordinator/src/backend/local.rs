@@ -13,11 +13,11 @@
 //! binary's hidden `internal-detach` command, which calls `setsid()` and then
 //! `exec`s the agent, so the process id we get is the agent's.
 //!
-//! Isolation: with bubblewrap (see [`super::isolation`]) the agent and all it
-//! starts see the file system read-only except the session's and the
-//! container's directories; without it, the agent runs with the
-//! coordinator's user and sees the whole file system, and only its
-//! environment is cleared down to what Claude Code needs.
+//! Isolation: with bubblewrap the spec carries a `sandbox` (see
+//! [`super::isolation::sandbox_spec`]) and the agent — itself unconfined, holding
+//! the secret it reads from stdin — runs Claude Code's tmux server inside it;
+//! without it, Claude Code runs with the coordinator's user and sees the whole
+//! file system, and only its environment is cleared down to what it needs.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
