@@ -248,6 +248,12 @@ CREATE INDEX durable_by_session ON durable_checkpoints (session_id);
 ALTER TABLE containers ADD COLUMN remote_id TEXT;
 ALTER TABLE containers ADD COLUMN usage_reconciled_at_ms INTEGER;
 "#,
+    // 4 -> 5: the user's `--allow-large-workspace`, kept with the task so a
+    // queued or held task is copied at dispatch under the limits it was
+    // submitted with.
+    r#"
+ALTER TABLE tasks ADD COLUMN allow_large_workspace INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -343,6 +349,8 @@ pub struct TaskRecord {
     pub attempt: u32,
     /// Automatic resumes requested by the reconciler.
     pub auto_resumes: u32,
+    /// Copy the workspace whatever its size (`--allow-large-workspace`).
+    pub allow_large_workspace: bool,
 }
 
 /// A container as stored.
@@ -408,6 +416,8 @@ pub struct NewTask {
     pub dispatch: bool,
     /// Budget and resources (`--max-cost`, `--gpu`, …).
     pub limits: crate::budget::TaskLimits,
+    /// Copy the workspace whatever its size (`--allow-large-workspace`).
+    pub allow_large_workspace: bool,
 }
 
 /// A new session (attempt) for a task, and its container.
@@ -659,6 +669,7 @@ impl Db {
                 mode: launch.mode.clone(),
                 dispatch: false,
                 limits: Default::default(),
+                allow_large_workspace: false,
             },
             now,
         )?;
@@ -1075,7 +1086,7 @@ impl Db {
 
 const TASK_COLUMNS: &str = "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
      container_id, cost_usd, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
-     mode, dispatch_requested_at_ms, attempt, auto_resumes";
+     mode, dispatch_requested_at_ms, attempt, auto_resumes, allow_large_workspace";
 
 fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
     let status: String = r.get(7)?;
@@ -1104,6 +1115,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         dispatch_requested_at_ms: r.get(18)?,
         attempt: r.get(19)?,
         auto_resumes: r.get(20)?,
+        allow_large_workspace: r.get(21)?,
     })
 }
 
@@ -1187,8 +1199,10 @@ fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> R
     tx.execute(
         "INSERT INTO tasks (id, prompt, task_type, backend, workspace, model, max_turns, status,
                             mode, dispatch_requested_at_ms, created_at_ms, updated_at_ms,
-                            max_cost_usd, gpu, cpu, memory_mb, timeout_seconds)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15)",
+                            max_cost_usd, gpu, cpu, memory_mb, timeout_seconds,
+                            allow_large_workspace)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15,
+                 ?16)",
         params![
             task.task_id,
             task.prompt,
@@ -1205,6 +1219,7 @@ fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> R
             task.limits.cpu,
             task.limits.memory_mb.map(|m| m as i64),
             task.limits.timeout_seconds.map(|t| t as i64),
+            task.allow_large_workspace,
         ],
     )?;
     Ok(())

@@ -154,6 +154,15 @@ impl CoordinatorService {
         &self.inner.config
     }
 
+    /// The workspace copy limits: the coordinator's `workspace.*` settings,
+    /// lifted when the user passed `--allow-large-workspace`.
+    fn copy_limits(&self, allow_large: bool) -> crate::backend::workspace_copy::CopyLimits {
+        crate::backend::workspace_copy::CopyLimits::from_config(
+            &self.inner.config.workspace,
+            allow_large,
+        )
+    }
+
     pub fn db(&self) -> &Arc<Db> {
         &self.inner.db
     }
@@ -269,6 +278,18 @@ impl CoordinatorService {
             "" => None,
             path => Some(validate_workspace(Path::new(path))?),
         };
+        if let Some(dir) = &workspace {
+            // Before anything is recorded: no special files, and within the
+            // coordinator's size limits unless the user said so (E112).
+            let dir = dir.clone();
+            let exclude = vec![self.inner.state.root().to_path_buf()];
+            let limits = self.copy_limits(request.allow_large_workspace);
+            tokio::task::spawn_blocking(move || {
+                crate::backend::workspace_copy::preflight(&dir, &exclude, limits)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("the workspace preflight panicked: {e}"))??;
+        }
         // Fail before recording anything when the launch could never work.
         self.resolve_launch(&request.env, backend_kind)?;
 
@@ -302,6 +323,7 @@ impl CoordinatorService {
             .into(),
             dispatch: !request.no_dispatch,
             limits,
+            allow_large_workspace: request.allow_large_workspace,
         })?;
         lock(&self.inner.pending_env).insert(task_id.clone(), request.env.clone());
         tracing::info!(%task_id, held = request.no_dispatch, "task recorded");
@@ -694,6 +716,7 @@ impl CoordinatorService {
                 max_budget_usd: self.claude_budget_fence(&task.id, None)?,
             },
             workspace_source,
+            copy_limits: self.copy_limits(task.allow_large_workspace),
             claude_bin: resolved.claude_bin,
             agent_bin: resolved.agent_bin,
             env: resolved.agent_env,
@@ -1284,6 +1307,7 @@ impl CoordinatorService {
             },
             // The session's workspace is already there; the checkpoint restores it.
             workspace_source: None,
+            copy_limits: crate::backend::workspace_copy::CopyLimits::UNLIMITED,
             claude_bin: resolved.claude_bin,
             agent_bin: resolved.agent_bin,
             env: resolved.agent_env,

@@ -692,6 +692,7 @@ mod tests {
             dispatch_requested_at_ms: None,
             attempt: 1,
             auto_resumes: 0,
+            allow_large_workspace: false,
         }
     }
 

@@ -229,6 +229,87 @@ fn a_workspace_with_a_fifo_is_e111_and_an_oversize_one_e112() {
     assert!(stderr(&out).contains("repo/pipe"), "{}", stderr(&out));
 }
 
+/// The coordinator enforces the size limits itself (issue 11): a real submit
+/// over `workspace.max_copy_bytes` is E112 with nothing recorded, and
+/// `--allow-large-workspace` travels with the task, so a held task is still
+/// copied whole when it is dispatched later.
+#[test]
+fn the_coordinator_refuses_an_oversize_workspace_unless_the_task_allows_it() {
+    let world = World::new();
+    world.fake_claude();
+    let agent = world.script("parhelia-agent", "exit 3");
+    let world = world
+        .with_env("PARHELIA_AGENT_BIN", &agent)
+        .with_env("PARHELIA_ISOLATION", "none");
+    let repo = world.work().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("data.bin"), vec![7u8; 4096]).unwrap();
+    // The first command starts the coordinator with its `--set` values.
+    let limit = "workspace.max_copy_bytes=1000";
+    let out = world.run(&[
+        "--set",
+        limit,
+        "task",
+        "create",
+        "do it",
+        "--workspace",
+        "repo",
+    ]);
+    assert_coded(&out, "E112", 2);
+    let out = world.run(&["task", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+
+    // The copy at dispatch holds to the limit too: a held task whose
+    // workspace grew past it fails E112 instead of copying it.
+    let small = world.work().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::write(small.join("data.bin"), vec![1u8; 100]).unwrap();
+    let out = world.run(&[
+        "task",
+        "create",
+        "do it",
+        "--workspace",
+        "small",
+        "--no-dispatch",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let held: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let held = held["task_id"].as_str().unwrap().to_string();
+    std::fs::write(small.join("data.bin"), vec![1u8; 4096]).unwrap();
+    let _ = world.run(&["task", "dispatch", &held]);
+    let out = world.run(&["task", "show", &held, "--json"]);
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error_code"], "E112", "{task}");
+
+    let out = world.run(&[
+        "task",
+        "create",
+        "do it",
+        "--workspace",
+        "repo",
+        "--allow-large-workspace",
+        "--no-dispatch",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let task_id = submitted["task_id"].as_str().unwrap().to_string();
+    let out = world.run(&["task", "dispatch", &task_id, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = world.run(&["task", "show", &task_id, "--json"]);
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let session_id = task["session_id"].as_str().unwrap();
+    let copied = world
+        .state()
+        .join("sessions")
+        .join(session_id)
+        .join("workspace/data.bin");
+    assert_eq!(std::fs::read(&copied).unwrap(), vec![7u8; 4096]);
+}
+
 #[test]
 fn claude_not_installed_is_e501() {
     let world = World::new();

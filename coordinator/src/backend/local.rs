@@ -31,7 +31,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 
 use super::isolation::{self, Isolation};
-use super::workspace_copy::copy_tree;
+use super::workspace_copy::copy_tree_limited;
 use super::{Backend, ContainerHandle, Endpoint, LaunchRequest, ObservedContainer};
 use crate::binaries::resolve_agent_bin;
 use crate::error::coded;
@@ -343,16 +343,18 @@ impl Backend for LocalBackend {
 
         match &request.workspace_source {
             Some(source) => {
-                let (source, target, exclude) = (
+                let (source, target, exclude, limits) = (
                     source.clone(),
                     layout.workspace_dir.clone(),
                     vec![self.state_root.clone()],
+                    request.copy_limits,
                 );
-                let stats =
-                    tokio::task::spawn_blocking(move || copy_tree(&source, &target, &exclude))
-                        .await
-                        .context("the workspace copy panicked")?
-                        .context("copying the workspace into the session")?;
+                let stats = tokio::task::spawn_blocking(move || {
+                    copy_tree_limited(&source, &target, &exclude, limits)
+                })
+                .await
+                .context("the workspace copy panicked")?
+                .context("copying the workspace into the session")?;
                 tracing::info!(
                     container_id = %ids.container_id,
                     files = stats.files,

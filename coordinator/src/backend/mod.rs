@@ -30,6 +30,8 @@ pub struct LaunchRequest {
     /// The user's directory to copy into the session, or `None` for an
     /// empty workspace.
     pub workspace_source: Option<PathBuf>,
+    /// Size limits the copy of `workspace_source` must stay within (E112).
+    pub copy_limits: workspace_copy::CopyLimits,
     /// Absolute path of the `claude` binary.
     pub claude_bin: PathBuf,
     /// Explicit agent binary (else the backend's default lookup).

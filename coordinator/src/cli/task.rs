@@ -347,10 +347,16 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         // Before anything is recorded or copied: never `/`, the home
         // directory or a system directory (E111), no special files (E111),
         // and within the size limits unless the user said so (E112).
+        // The coordinator preflights again at submit (its own limits) and
+        // the copy itself stays within them; a dry run stops here.
         workspace_copy::refuse_unsafe_root(dir)?;
-        let limits =
-            workspace_copy::CopyLimits::from_config(&config.workspace, args.allow_large_workspace);
-        workspace_copy::preflight(dir, &[state.root().to_path_buf()], limits)?;
+        if args.dry_run {
+            let limits = workspace_copy::CopyLimits::from_config(
+                &config.workspace,
+                args.allow_large_workspace,
+            );
+            workspace_copy::preflight(dir, &[state.root().to_path_buf()], limits)?;
+        }
     }
     let modal = backend == plan::BackendKind::Modal;
     // Local: Claude Code and isolation are this machine's, decided here so a
@@ -449,6 +455,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         env,
         interactive: args.interactive,
         no_dispatch: args.no_dispatch,
+        allow_large_workspace: args.allow_large_workspace,
     };
     let submitted = client
         .submit_budgeted_task(SubmitBudgetedTaskRequest {

@@ -473,12 +473,24 @@ impl ModalBackend {
     /// checkpoint of it (trigger `workspace`) in the local mirror, pushed to
     /// the volume. The agent restores it before Claude Code starts, so
     /// uncommitted changes and unpushed commits arrive as they are.
-    async fn ship_workspace(&self, session_id: &str, source: &Path) -> Result<String> {
+    async fn ship_workspace(
+        &self,
+        session_id: &str,
+        source: &Path,
+        limits: crate::backend::workspace_copy::CopyLimits,
+    ) -> Result<String> {
         let mirror = self.mirror_dir(session_id);
         let source = source.to_path_buf();
         let exclude_state = self.state_root.clone();
         let mirror_for_task = mirror.clone();
         let id = tokio::task::spawn_blocking(move || -> Result<String> {
+            // The same refusals as a local copy (special files, E112) before
+            // anything is stored.
+            crate::backend::workspace_copy::preflight(
+                &source,
+                std::slice::from_ref(&exclude_state),
+                limits,
+            )?;
             crate::checkpoints::seed_checkpoint(&mirror_for_task, &source, &exclude_state)
         })
         .await
@@ -599,7 +611,9 @@ impl Backend for ModalBackend {
         let image = self.image_args()?;
         let mut session = request.session.clone();
         if let Some(source) = &request.workspace_source {
-            let seed = self.ship_workspace(&ids.session_id, source).await?;
+            let seed = self
+                .ship_workspace(&ids.session_id, source, request.copy_limits)
+                .await?;
             tracing::info!(container_id = %ids.container_id, checkpoint = %seed, "workspace shipped to the volume");
             if session.restore_checkpoint.is_none() {
                 session.restore_checkpoint = Some(seed);
