@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::error::CodedError;
 use crate::error_codes;
 use crate::ids::rfc3339_ms;
+use crate::term::escape_untrusted;
 
 /// Who recorded an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -195,13 +196,15 @@ pub fn table_line(row: &EventRow) -> String {
     let time = rfc3339_ms(row.ts_ms);
     // 2025-01-31T12:00:00.123Z → 01-31 12:00:00.123
     let short_time = time.get(5..23).unwrap_or(&time).replace('T', " ");
+    // Type, container and message can come from a session's journal: every
+    // field is escaped here, whatever produced the message.
     let line = format!(
         "{:<19} {:<4} {:<13} {:<19} {}",
         short_time,
-        short_level(&row.level),
-        row.container_id.as_deref().unwrap_or("-"),
-        row.event_type,
-        row.message.lines().next().unwrap_or("")
+        escape_untrusted(short_level(&row.level)),
+        escape_untrusted(row.container_id.as_deref().unwrap_or("-")),
+        escape_untrusted(&row.event_type),
+        escape_untrusted(row.message.lines().next().unwrap_or(""))
     );
     cut(&line, 80)
 }
@@ -214,9 +217,10 @@ pub fn replay_line(row: &EventRow) -> String {
         EventSource::Agent => " ",
         EventSource::Coordinator => "*",
     };
-    let label: String = row.event_type.chars().take(16).collect();
+    let label: String = escape_untrusted(&row.event_type).chars().take(16).collect();
     let mut out = String::new();
     for (i, line) in row.message.lines().enumerate() {
+        let line = escape_untrusted(line);
         if i == 0 {
             out.push_str(&format!("{clock}{marker} {label:<17}{line}"));
         } else {
@@ -238,6 +242,28 @@ fn cut(line: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal's event type and message carrying terminal escapes (a
+    /// session writes its own journal): no listing prints them raw.
+    #[test]
+    fn session_text_in_event_rows_cannot_drive_the_terminal() {
+        let mut r = row(
+            EventSource::Agent,
+            1,
+            0,
+            "x\u{1b}]0;owned\u{7}",
+            "info",
+            Some("c\u{1b}[2J"),
+        );
+        r.message = "fallback \u{1b}[31mred\u{9b}2J\nsecond \u{1b}[1A".into();
+        for text in [table_line(&r), replay_line(&r)] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{text:?}"
+            );
+        }
+        assert!(replay_line(&r).contains("second"), "every line is kept");
+    }
 
     fn row(
         source: EventSource,
