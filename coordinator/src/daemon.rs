@@ -441,9 +441,14 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
     let db = Arc::new(Db::open(&db_path)?);
     let coordinator_id = db.coordinator_id()?;
     let launcher = std::env::current_exe().context("finding the parhelia executable")?;
+    // A database outside the state directory is hidden from sandboxes too.
+    let private_dirs: Vec<_> = crate::backend::isolation::db_private_dir(state.root(), &db_path)?
+        .into_iter()
+        .collect();
     let mut backend =
         LocalBackend::new(state.root().to_path_buf(), coordinator_id.clone(), launcher)
-            .with_agent_settings(AgentSettings::from(&config.agent));
+            .with_agent_settings(AgentSettings::from(&config.agent))
+            .with_private_dirs(private_dirs);
     if let Some(ms) = std::env::var("PARHELIA_AGENT_START_TIMEOUT_MS")
         .ok()
         .and_then(|v| v.parse().ok())

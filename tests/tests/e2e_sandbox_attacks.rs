@@ -348,3 +348,62 @@ fn a_killed_agent_takes_its_sandbox_with_it() {
         (!tmux_alive(&tmux_socket)).then_some(())
     });
 }
+
+/// A database moved out of the state directory (`orchestrator.db_path`) is hidden
+/// like the state directory: from inside, the session finds neither the file nor
+/// its WAL, so not its own or anyone's secret. The directory lives under the build
+/// tree, not `/tmp` (which every sandbox hides anyway); the control run without
+/// isolation reads it, so the check can fail.
+#[test]
+fn a_database_outside_the_state_directory_is_hidden_too() {
+    let sandboxed = bwrap_works();
+    for isolation in ["auto", "none"] {
+        if isolation == "auto" && !sandboxed {
+            continue;
+        }
+        let db_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let db = db_dir.path().join("parhelia.db");
+        let script = format!(
+            "{{ test -e '{db}' && echo VISIBLE db; test -e '{db}-wal' && echo VISIBLE wal; }} > report.txt; cat '{db}' '{db}-wal' > seen.txt 2>/dev/null; echo attacked",
+            db = db.display()
+        );
+        let mut h = Harness::new(Script::new([
+            Turn::tool_use([ToolCall::bash(&script)]),
+            Turn::text("Done looking around."),
+        ]));
+        h.set_env("PARHELIA_ISOLATION", isolation);
+        std::fs::write(
+            h.state().join("config.toml"),
+            format!("[orchestrator]\ndb_path = \"{}\"\n", db.display()),
+        )
+        .unwrap();
+        h.ok(&["task", "create", "Look around", "--sync"]);
+        let task = h.json(&["task", "list", "--json"])[0].clone();
+        let session_id = task["session_id"].as_str().unwrap().to_string();
+        let ws = h
+            .state()
+            .join("sessions")
+            .join(&session_id)
+            .join("workspace");
+        let report = std::fs::read_to_string(ws.join("report.txt")).unwrap_or_default();
+        let seen = String::from_utf8_lossy(&std::fs::read(ws.join("seen.txt")).unwrap_or_default())
+            .into_owned();
+        let secret: String =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap()
+                .query_row(
+                    "SELECT secret FROM sessions WHERE id = ?1",
+                    [&session_id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+        if isolation == "none" {
+            assert!(report.contains("VISIBLE db"), "control: {report}");
+            assert!(seen.contains(&secret), "control: the secret is readable");
+        } else {
+            assert!(!report.contains("VISIBLE"), "{report}");
+            assert!(!seen.contains(&secret), "the session read its secret");
+        }
+        let _ = h.run(&["coordinator", "stop"]);
+    }
+}

@@ -108,13 +108,19 @@ pub fn bwrap_works() -> bool {
 /// directories that sit in a hidden one (e.g. `~/.local/bin`, a Node install under
 /// `~/.nvm`) and git's own configuration (`~/.gitconfig`, `~/.config/git`), so the tools
 /// a session runs still work.
+///
+/// `private` are further directories holding the coordinator's secrets outside
+/// the state directory (the directory of a custom `orchestrator.db_path`):
+/// hidden the same way.
 pub fn sandbox_spec(
     state_root: &Path,
+    private: &[PathBuf],
     home: Option<&Path>,
     path_var: Option<&std::ffi::OsStr>,
 ) -> crate::spec::SandboxSpec {
     let home = home.filter(|h| h.is_absolute() && *h != Path::new("/"));
     let mut hide: Vec<PathBuf> = vec![state_root.to_path_buf()];
+    hide.extend(private.iter().filter(|p| p.is_absolute()).cloned());
     hide.extend(home.map(Path::to_path_buf));
     hide.extend(["/tmp", "/var/tmp", "/run/user"].iter().map(PathBuf::from));
     if let Ok(real) = std::fs::canonicalize(state_root)
@@ -127,7 +133,12 @@ pub fn sandbox_spec(
         .map(|v| std::env::split_paths(v).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
-        .filter(|p| p.is_absolute() && hidden(p) && !p.starts_with(state_root))
+        .filter(|p| {
+            p.is_absolute()
+                && hidden(p)
+                && !p.starts_with(state_root)
+                && !private.iter().any(|d| p.starts_with(d))
+        })
         .collect();
     if let Some(home) = home {
         read_only.push(home.join(".gitconfig"));
@@ -138,6 +149,34 @@ pub fn sandbox_spec(
         read_only,
         writable: Vec::new(),
     }
+}
+
+/// The directory a sandbox must not see because it holds the database, when
+/// `orchestrator.db_path` puts it outside the state directory (the database
+/// and its WAL hold every session's secret). `None`: it is inside. A database
+/// directly in `/` or a top-level directory (`/var/x.db`) cannot be hidden
+/// without hiding the system, and is refused (E507).
+pub fn db_private_dir(state_root: &Path, db_path: &Path) -> Result<Option<PathBuf>, CodedError> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let root = canonical(state_root);
+    let dir = match db_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => canonical(dir),
+        _ => return Ok(None),
+    };
+    if dir.starts_with(&root) || dir.starts_with(state_root) {
+        return Ok(None);
+    }
+    if dir.components().count() < 3 {
+        return Err(CodedError::new(
+            error_codes::STATE_UNAVAILABLE,
+            format!(
+                "orchestrator.db_path is in {}: the database holds session secrets and must be in a directory of its own that sessions can be kept out of (e.g. {})",
+                dir.display(),
+                state_root.join("parhelia.db").display()
+            ),
+        ));
+    }
+    Ok(Some(dir))
 }
 
 #[cfg(test)]
@@ -173,6 +212,7 @@ mod tests {
         let path = std::ffi::OsString::from("/home/u/.local/bin:/usr/bin:/home/u/.parhelia/bin");
         let spec = sandbox_spec(
             Path::new("/home/u/.parhelia"),
+            &[],
             Some(Path::new("/home/u")),
             Some(&path),
         );
@@ -202,7 +242,34 @@ mod tests {
         );
         assert!(!spec.read_only.contains(&PathBuf::from("/usr/bin")));
         // A home of `/` is not hidden (that would hide the system).
-        let root_home = sandbox_spec(Path::new("/s"), Some(Path::new("/")), None);
+        let root_home = sandbox_spec(Path::new("/s"), &[], Some(Path::new("/")), None);
         assert!(!root_home.hide.contains(&PathBuf::from("/")));
+    }
+
+    #[test]
+    fn a_database_outside_the_state_directory_is_hidden_too() {
+        let state = Path::new("/home/u/.parhelia");
+        assert_eq!(
+            db_private_dir(state, &state.join("parhelia.db")).unwrap(),
+            None
+        );
+        let dir = db_private_dir(state, Path::new("/srv/parhelia/db/p.db"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(dir, PathBuf::from("/srv/parhelia/db"));
+        let path = std::ffi::OsString::from("/srv/parhelia/db/bin:/usr/bin");
+        let spec = sandbox_spec(state, &[dir], Some(Path::new("/home/u")), Some(&path));
+        assert!(spec.hide.contains(&PathBuf::from("/srv/parhelia/db")));
+        assert!(
+            !spec
+                .read_only
+                .iter()
+                .any(|p| p.starts_with("/srv/parhelia/db")),
+            "nothing in it is shown again through PATH"
+        );
+        for system in ["/p.db", "/var/p.db"] {
+            let err = db_private_dir(state, Path::new(system)).unwrap_err();
+            assert_eq!(err.code, error_codes::STATE_UNAVAILABLE, "{system}");
+        }
     }
 }

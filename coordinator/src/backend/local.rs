@@ -55,6 +55,9 @@ pub struct LocalBackend {
     timing: plan::AgentSettings,
     /// Exit statuses of agents this process started and saw exit.
     exited: Arc<Mutex<HashMap<String, String>>>,
+    /// Directories outside the state directory that hold secrets (a custom
+    /// database location): hidden from sandboxes like the state directory.
+    private_dirs: Vec<PathBuf>,
 }
 
 impl LocalBackend {
@@ -66,11 +69,19 @@ impl LocalBackend {
             endpoint_timeout: Duration::from_secs(30),
             timing: plan::AgentSettings::default(),
             exited: Arc::default(),
+            private_dirs: Vec::new(),
         }
     }
 
     pub fn with_endpoint_timeout(mut self, timeout: Duration) -> Self {
         self.endpoint_timeout = timeout;
+        self
+    }
+
+    /// Also hide these directories from every sandbox (see
+    /// [`isolation::db_private_dir`]).
+    pub fn with_private_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.private_dirs = dirs;
         self
     }
 
@@ -385,6 +396,7 @@ impl Backend for LocalBackend {
                 .or_else(|| std::env::var_os("PATH"));
             spec.sandbox = Some(isolation::sandbox_spec(
                 &self.state_root,
+                &self.private_dirs,
                 home.as_deref(),
                 path_var.as_deref(),
             ));

@@ -237,6 +237,8 @@ impl Ctx {
             .db_path
             .clone()
             .unwrap_or_else(|| state.db_path());
+        // The coordinator must be able to hide it from sessions (E507 else).
+        crate::backend::isolation::db_private_dir(state.root(), &db_path)?;
         let db = Db::open(&db_path)?;
         Ok(Opened { state, config, db })
     }
