@@ -241,7 +241,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     // Checkpoints: the store on the volume, the workspace watcher, and the
     // checkpointer task that takes them one at a time.
     let checkpoint_store = Arc::new(
-        parhelia_checkpoint::Store::open(&layout.checkpoints).map_err(RunError::CheckpointStore)?,
+        parhelia_checkpoint::Store::open(&layout.checkpoints)
+            .map_err(RunError::CheckpointStore)?
+            .with_limits(spec.checkpoint.limits.to_limits()),
     );
     let checkpoint_paths = Arc::new(CheckpointPaths::new(
         &spec,

@@ -99,6 +99,8 @@ pub struct CheckpointSpec {
     pub keep_within_ms: Option<i64>,
     /// Quota for the session's checkpoint store.
     pub max_store_bytes: Option<u64>,
+    /// Caps on reading checkpoints (restore); the store's defaults when absent.
+    pub limits: ReadLimitsSpec,
 }
 
 impl Default for CheckpointSpec {
@@ -109,6 +111,39 @@ impl Default for CheckpointSpec {
             keep_last: None,
             keep_within_ms: None,
             max_store_bytes: None,
+            limits: ReadLimitsSpec::default(),
+        }
+    }
+}
+
+/// `checkpoint.limits`: `parhelia_checkpoint::Limits` as JSON. Every field is
+/// optional; a missing one keeps the store's default.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadLimitsSpec {
+    pub max_bytes: Option<u64>,
+    pub max_entries: Option<u64>,
+    pub max_path_len: Option<u64>,
+    pub max_read_bytes: Option<u64>,
+    pub max_diff_bytes: Option<u64>,
+    pub max_time_ms: Option<u64>,
+}
+
+impl ReadLimitsSpec {
+    pub fn to_limits(&self) -> parhelia_checkpoint::Limits {
+        let d = parhelia_checkpoint::Limits::default();
+        parhelia_checkpoint::Limits {
+            max_bytes: self.max_bytes.unwrap_or(d.max_bytes),
+            max_entries: self.max_entries.unwrap_or(d.max_entries),
+            max_path_len: self
+                .max_path_len
+                .map_or(d.max_path_len, |n| n.min(d.max_path_len as u64) as usize),
+            max_read_bytes: self.max_read_bytes.unwrap_or(d.max_read_bytes),
+            max_diff_bytes: self.max_diff_bytes.unwrap_or(d.max_diff_bytes),
+            max_time: self
+                .max_time_ms
+                .map_or(d.max_time, std::time::Duration::from_millis),
+            ..d
         }
     }
 }
@@ -312,6 +347,29 @@ pub(crate) mod tests {
         assert_eq!(spec.mode, SessionMode::Headless);
         assert_eq!(spec.model, None);
         assert_eq!(spec.heartbeat_interval(), Duration::from_secs(5));
+    }
+
+    /// `checkpoint.limits` reaches the store's `Limits`; what it leaves out
+    /// keeps the engine's default, and a path cap never exceeds `PATH_MAX`.
+    #[test]
+    fn checkpoint_read_limits_come_from_the_spec() {
+        let mut value = example_json();
+        value["checkpoint"] = serde_json::json!({
+            "limits": {"max_entries": 7, "max_time_ms": 1500, "max_path_len": 99999}
+        });
+        let spec = LaunchSpec::from_json(&value.to_string()).unwrap();
+        let limits = spec.checkpoint.limits.to_limits();
+        let default = parhelia_checkpoint::Limits::default();
+        assert_eq!(limits.max_entries, 7);
+        assert_eq!(limits.max_time, Duration::from_millis(1500));
+        assert_eq!(limits.max_path_len, default.max_path_len);
+        assert_eq!(limits.max_bytes, default.max_bytes);
+        let plain = LaunchSpec::from_json(&example_json().to_string()).unwrap();
+        assert_eq!(plain.checkpoint.limits.to_limits(), default);
+        check(
+            |v| v["checkpoint"] = serde_json::json!({"limits": {"max_files": 1}}),
+            "unknown field `max_files`",
+        );
     }
 
     #[test]

@@ -79,12 +79,16 @@ pub fn coded(e: &parhelia_checkpoint::CheckpointError) -> CodedError {
 }
 
 /// Opens a session's store if it has one (a session that never checkpointed has none).
-pub fn open_store(volume_dir: &Path) -> Result<Option<Store>, CodedError> {
+/// `limits` caps every read (`checkpoint.max_restore_*`, E624).
+pub fn open_store(
+    volume_dir: &Path,
+    limits: &parhelia_checkpoint::Limits,
+) -> Result<Option<Store>, CodedError> {
     let root = volume_dir.join("checkpoints");
     if !root.is_dir() {
         return Ok(None);
     }
-    Store::open(&root).map(Some).map_err(|e| coded(&e))
+    open_store_at(&root, limits).map(Some)
 }
 
 /// Trigger of the checkpoint that carries a user's directory into a remote
@@ -212,8 +216,14 @@ pub fn copy_store_files(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// Opens the store at `root` (a directory [`crate::backend::Backend::store_dir`] gave).
-pub fn open_store_at(root: &Path) -> Result<Store, CodedError> {
-    Store::open(root).map_err(|e| coded(&e))
+/// `limits` caps every read (`checkpoint.max_restore_*`, E624).
+pub fn open_store_at(
+    root: &Path,
+    limits: &parhelia_checkpoint::Limits,
+) -> Result<Store, CodedError> {
+    Store::open(root)
+        .map(|s| s.with_limits(limits.clone()))
+        .map_err(|e| coded(&e))
 }
 
 pub fn parse_id(id: &str) -> Result<CheckpointId, CodedError> {

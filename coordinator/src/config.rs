@@ -246,6 +246,18 @@ keys! {
         "Retention: keep checkpoints younger than this (unset: no age limit).";
     "checkpoint"."max_store_mb": Kind::UInt { min: 1, max: ANY_UINT }, Value::Unset, None,
         "Quota for one session's checkpoint store, in MiB (unset: none).";
+    "checkpoint"."max_restore_bytes": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(64 << 30), None,
+        "Caps reading a checkpoint: logical bytes one checkpoint may restore (E624 above).";
+    "checkpoint"."max_restore_entries": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(10_000_000), None,
+        "Caps reading a checkpoint: files, directories and links one checkpoint may hold (E624 above).";
+    "checkpoint"."max_path_bytes": Kind::UInt { min: 1, max: 4096 }, Value::UInt(4096), None,
+        "Caps reading a checkpoint: bytes of one stored path or link target (E624 above).";
+    "checkpoint"."max_read_bytes": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(1 << 30), None,
+        "Caps reading a checkpoint: bytes of one file read into memory (`checkpoint diff --file`; E624 above).";
+    "checkpoint"."max_diff_bytes": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(16 << 20), None,
+        "Files larger than this are shown as \"too large to diff\" instead of a line diff.";
+    "checkpoint"."max_restore_seconds": Kind::Float { min: 0.001, max: 31_536_000.0 }, Value::Float(21_600.0), None,
+        "Caps reading a checkpoint: wall-clock time of one restore, verify or diff (E624 above).";
     "agent"."linger_after_finish_ms": Kind::UInt { min: 0, max: 86_400_000 }, Value::UInt(600_000), None,
         "How long an agent keeps serving after its session finished.";
     "workspace"."max_copy_bytes": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(10 << 30), None,
@@ -436,6 +448,28 @@ pub struct CheckpointConfig {
     pub keep_last: Option<u64>,
     pub keep_within_hours: Option<f64>,
     pub max_store_mb: Option<u64>,
+    pub max_restore_bytes: u64,
+    pub max_restore_entries: u64,
+    pub max_path_bytes: u64,
+    pub max_read_bytes: u64,
+    pub max_diff_bytes: u64,
+    pub max_restore_seconds: f64,
+}
+
+impl CheckpointConfig {
+    /// The caps on reading a checkpoint store (restore, verify, diff, show):
+    /// the coordinator's and, through the spec, the agent's.
+    pub fn read_limits(&self) -> parhelia_checkpoint::Limits {
+        parhelia_checkpoint::Limits {
+            max_bytes: self.max_restore_bytes,
+            max_entries: self.max_restore_entries,
+            max_path_len: self.max_path_bytes as usize,
+            max_read_bytes: self.max_read_bytes,
+            max_diff_bytes: self.max_diff_bytes,
+            max_time: std::time::Duration::from_secs_f64(self.max_restore_seconds),
+            ..parhelia_checkpoint::Limits::default()
+        }
+    }
 }
 
 impl ReconcilerConfig {
@@ -824,6 +858,12 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
                     Value::UInt(n) => Some(n),
                     _ => None,
                 },
+                max_restore_bytes: uint("checkpoint.max_restore_bytes"),
+                max_restore_entries: uint("checkpoint.max_restore_entries"),
+                max_path_bytes: uint("checkpoint.max_path_bytes"),
+                max_read_bytes: uint("checkpoint.max_read_bytes"),
+                max_diff_bytes: uint("checkpoint.max_diff_bytes"),
+                max_restore_seconds: float("checkpoint.max_restore_seconds"),
             },
         },
         workspace: WorkspaceConfig {

@@ -18,7 +18,8 @@ use crate::db::Db;
 
 /// The checkpoint a session would resume from.
 pub fn latest_checkpoint_id(db: &Db, session_id: &str, volume_dir: &Path) -> Option<String> {
-    match checkpoints::open_store(volume_dir) {
+    // Listing only: the default caps are enough to read manifests.
+    match checkpoints::open_store(volume_dir, &parhelia_checkpoint::Limits::default()) {
         Ok(Some(store)) => match store.latest() {
             Ok(latest) => return latest.map(|s| s.id.to_string()),
             Err(err) => {

@@ -947,8 +947,9 @@ impl CoordinatorService {
         let known = db.durable_checkpoints(session_id)?;
         let (dir, sid) = (store_dir.to_path_buf(), session_id.to_string());
         let only = only.cloned();
+        let limits = self.inner.config.agent.checkpoint.read_limits();
         let verified = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-            let store = checkpoints::open_store_at(&dir)?;
+            let store = checkpoints::open_store_at(&dir, &limits)?;
             let mut ok = Vec::new();
             for summary in store.list().map_err(|e| checkpoints::coded(&e))? {
                 let id = summary.id.to_string();
@@ -1138,7 +1139,10 @@ impl CoordinatorService {
                 )
             })?;
         let checkpoint_id = {
-            let store = checkpoints::open_store_at(&store_dir)?;
+            let store = checkpoints::open_store_at(
+                &store_dir,
+                &self.inner.config.agent.checkpoint.read_limits(),
+            )?;
             let id = if r.checkpoint_id.trim().is_empty() {
                 store
                     .latest()

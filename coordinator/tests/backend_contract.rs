@@ -171,6 +171,7 @@ fn request(
         ids,
         session,
         workspace_source: workspace,
+        copy_limits: parhelia::backend::workspace_copy::CopyLimits::UNLIMITED,
         claude_bin: world.claude.clone(),
         agent_bin: Some(bin_dir().join("parhelia-agent")),
         env: world.env(),

@@ -400,3 +400,59 @@ fn a_lost_session_is_resumed_automatically_when_the_policy_says_so() {
         last.last_user_text
     );
 }
+
+/// The caps on reading a store come from `[checkpoint]` (issue 11): they reach the
+/// agent's spec, and a checkpoint over them is refused with E624 by the CLI's
+/// readers and by a rollback, before the workspace changes.
+#[test]
+fn checkpoint_read_caps_come_from_the_config() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash(
+            "mkdir -p a b && echo 1 > a/one && echo 2 > b/two && echo 3 > three",
+        )]),
+        Turn::text("Wrote."),
+    ]));
+    let config = h.state().join("config.toml");
+    std::fs::write(&config, "[checkpoint]\nmax_restore_entries = 1000\n").unwrap();
+    let created = create(&h, "Write files", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+    let container_id = created["container_id"].as_str().unwrap();
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            h.state()
+                .join("containers")
+                .join(container_id)
+                .join("spec.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        spec["checkpoint"]["limits"]["max_entries"], 1000,
+        "{spec:#}"
+    );
+    let cp = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.ok(&["checkpoint", "show", &cp]);
+
+    // Lower the cap below what the checkpoint holds; a new coordinator reads it.
+    h.ok(&["coordinator", "stop"]);
+    std::fs::write(&config, "[checkpoint]\nmax_restore_entries = 2\n").unwrap();
+    let ws = workspace(&h, &session_id);
+    std::fs::write(ws.join("newer.txt"), "must survive").unwrap();
+    let out = h.run(&["checkpoint", "show", &cp]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("E624"), "{stderr}");
+    let out = h.run(&["checkpoint", "rollback", &cp, "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("E624"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("newer.txt")).unwrap(),
+        "must survive",
+        "a refused rollback changed the workspace"
+    );
+}

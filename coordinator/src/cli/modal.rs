@@ -174,8 +174,12 @@ pub async fn session_store(
     opened: &Opened,
     session: &SessionRecord,
 ) -> Result<Option<parhelia_checkpoint::Store>> {
+    let limits = opened.config.config.agent.checkpoint.read_limits();
     if !is_remote(opened, session) {
-        return Ok(checkpoints::open_store(Path::new(&session.volume_dir))?);
+        return Ok(checkpoints::open_store(
+            Path::new(&session.volume_dir),
+            &limits,
+        )?);
     }
     let mut client = ctx.client(&opened.state).await?;
     let reply = client
@@ -188,9 +192,10 @@ pub async fn session_store(
     if reply.store_dir.is_empty() {
         return Ok(None);
     }
-    Ok(Some(checkpoints::open_store_at(Path::new(
-        &reply.store_dir,
-    ))?))
+    Ok(Some(checkpoints::open_store_at(
+        Path::new(&reply.store_dir),
+        &limits,
+    )?))
 }
 
 /// For a session on a remote volume, the checkpoints known durable (`None`:
