@@ -140,6 +140,8 @@ pub struct DoctorInputs<'a> {
     pub config: Result<&'a LoadedConfig, String>,
     /// Whether a coordinator answers on the socket, and its pid.
     pub coordinator_pid: Option<u32>,
+    /// A coordinator answered but refused this caller (E406), and why.
+    pub coordinator_refused: Option<String>,
 }
 
 /// Runs every check (no repairs).
@@ -303,6 +305,14 @@ pub async fn run_checks(inputs: &DoctorInputs<'_>) -> Vec<Check> {
     let socket = inputs.state.socket_path();
     checks.push(match (inputs.coordinator_pid, socket.exists()) {
         (Some(pid), _) => Check::ok("coordinator", format!("running (pid {pid})")),
+        (None, _) if inputs.coordinator_refused.is_some() => Check::fail(
+            "coordinator",
+            format!(
+                "running, but it refused this caller [E406]: {}",
+                inputs.coordinator_refused.as_deref().unwrap_or_default()
+            ),
+            "run parhelia as the coordinator's user from your own shell, not from inside a session",
+        ),
         (None, false) => Check::ok("coordinator", "not running (commands start it on demand)"),
         (None, true) if lock_is_free(inputs.state) => Check::warn(
             "coordinator",

@@ -288,7 +288,20 @@ fn the_control_socket_refuses_sandboxed_callers_and_wrong_tokens() {
     let real = std::fs::read_to_string(&token).unwrap();
     std::fs::write(&token, "0".repeat(64)).unwrap();
     let out = h.run(&["task", "create", "wrong token", "--no-dispatch"]);
+    // A coordinator that refuses us is never reported as "not running".
+    let status = h.run(&["coordinator", "status"]);
+    let doctor = h.run(&["doctor"]);
     std::fs::write(&token, &real).unwrap();
+    let status_err = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        !status.status.success() && status_err.contains("E406"),
+        "{status:?}"
+    );
+    let doctor_out = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor_out.contains("refused this caller") && !doctor_out.contains("not running"),
+        "{doctor_out}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("E406") && stderr.contains("token"),

@@ -172,7 +172,9 @@ pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
         ReconcilerCommand::Status { json } => {
             let opened = ctx.open()?;
             let coordinator_id = opened.db.coordinator_id()?;
-            let running = coordinator_client::ping(&opened.state).await.is_some();
+            let running = coordinator_client::ping_checked(&opened.state)
+                .await?
+                .is_some();
             let runs = opened.db.reconciler_runs(50)?;
             let (passes, actions) = opened.db.reconciler_totals(now_ms() - 3_600_000)?;
             let mut recent = Vec::new();
@@ -428,11 +430,15 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
 pub async fn doctor(ctx: &Ctx, args: DoctorArgs) -> Result<i32> {
     let state = ctx.state()?;
     let config = crate::config::load(state.root(), &ctx.set);
-    let pong = coordinator_client::ping(&state).await.map(|(_, p)| p);
+    let (pong, refused) = match coordinator_client::ping_checked(&state).await {
+        Ok(pong) => (pong.map(|(_, p)| p), None),
+        Err(err) => (None, Some(format!("{err:#}"))),
+    };
     let inputs = DoctorInputs {
         state: &state,
         config: config.as_ref().map_err(|e| e.message.clone()),
         coordinator_pid: pong.as_ref().map(|p| p.pid),
+        coordinator_refused: refused,
     };
     let mut checks = doctor::run_checks(&inputs).await;
     if args.fix {
@@ -495,14 +501,17 @@ pub fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
     Ok(0)
 }
 
-async fn coordinator_view(state: &StateDir) -> views::CoordinatorView {
-    let pong = coordinator_client::ping(state).await.map(|(_, pong)| pong);
-    views::CoordinatorView {
+/// E406 (a coordinator that refuses us) is an error, never "not running".
+async fn coordinator_view(state: &StateDir) -> Result<views::CoordinatorView> {
+    let pong = coordinator_client::ping_checked(state)
+        .await?
+        .map(|(_, pong)| pong);
+    Ok(views::CoordinatorView {
         running: pong.is_some(),
         pid: pong.as_ref().map(|p| p.pid),
         version: pong.map(|p| p.version),
         socket: state.socket_path().to_string_lossy().into_owned(),
-    }
+    })
 }
 
 pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
@@ -510,7 +519,7 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
     let db = &opened.db;
     let view = views::StatusView {
         state_dir: opened.state.root().to_string_lossy().into_owned(),
-        coordinator: coordinator_view(&opened.state).await,
+        coordinator: coordinator_view(&opened.state).await?,
         coordinator_id: db.coordinator_id()?,
         tasks: db.task_counts()?,
         queued: db.queued_tasks()?.len() as u64,
@@ -542,7 +551,7 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
         }
         CoordinatorCommand::Stop => {
             let state = ctx.state()?;
-            let Some((mut client, pong)) = coordinator_client::ping(&state).await else {
+            let Some((mut client, pong)) = coordinator_client::ping_checked(&state).await? else {
                 println!("coordinator not running");
                 return Ok(0);
             };
@@ -565,7 +574,7 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
         }
         CoordinatorCommand::Status { json } => {
             let state = ctx.state()?;
-            let view = coordinator_view(&state).await;
+            let view = coordinator_view(&state).await?;
             if json {
                 print_json(&serde_json::json!({
                     "running": view.running,
