@@ -87,7 +87,12 @@ pub struct CheckpointFailure {
 impl From<&CheckpointError> for CheckpointFailure {
     fn from(e: &CheckpointError) -> Self {
         CheckpointFailure {
-            code: e.code().to_string(),
+            // A full disk is named as such (E516): the session stops, resumable.
+            code: if crate::disk::chain_is_no_space(e) {
+                "E516".to_string()
+            } else {
+                e.code().to_string()
+            },
             message: e.to_string(),
         }
     }
@@ -156,7 +161,12 @@ pub fn take_checkpoint(
     let hint = tracker.map_or(ChangeHint::Unknown, ChangeTracker::take);
     let full_scan = matches!(hint, ChangeHint::Unknown);
     let io_failure = |what: &str, e: std::io::Error| CheckpointFailure {
-        code: "E520".into(),
+        code: if crate::disk::is_no_space(&e) {
+            "E516"
+        } else {
+            "E520"
+        }
+        .into(),
         message: format!("{what}: {e}"),
     };
     let result = (|| {

@@ -65,6 +65,10 @@ struct JournalInner {
     path: PathBuf,
     writer: Mutex<JournalWriter>,
     last_seq: watch::Sender<u64>,
+    /// Ballast beside the journal, given back when an append finds no space.
+    reserve: crate::disk::Reserve,
+    /// Set once an append found the disk full (whether or not the retry succeeded).
+    no_space: watch::Sender<bool>,
 }
 
 struct JournalWriter {
@@ -73,6 +77,23 @@ struct JournalWriter {
     line_offsets: Vec<u64>,
     /// Where the next line will be written (the file's length).
     end: u64,
+}
+
+impl JournalWriter {
+    /// Writes `line` at the end and syncs it; on failure the file is cut back, so no
+    /// torn line is left for the next append to land after.
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let start = self.end;
+        let written = self
+            .file
+            .write_all(line)
+            .and_then(|()| self.file.sync_data());
+        if written.is_err() {
+            let _ = self.file.set_len(start);
+            let _ = self.file.seek(SeekFrom::Start(start));
+        }
+        written
+    }
 }
 
 /// What [`Journal::open`] found in an existing file.
@@ -164,6 +185,13 @@ impl Journal {
             truncated_bytes,
         };
         let (last_seq, _) = watch::channel(report.events);
+        let reserve = crate::disk::Reserve::new(
+            crate::disk::Reserve::path_for(path),
+            crate::disk::RESERVE_BYTES,
+        );
+        if !reserve.fill() {
+            tracing::warn!(path = %reserve.path().display(), "no room for the journal's reserve: the disk is nearly full");
+        }
         let journal = Journal {
             inner: Arc::new(JournalInner {
                 path: path.to_path_buf(),
@@ -173,6 +201,8 @@ impl Journal {
                     end,
                 }),
                 last_seq,
+                reserve,
+                no_space: watch::channel(false).0,
             }),
         };
         Ok((journal, report))
@@ -204,14 +234,18 @@ impl Journal {
         let mut line = serde_json::to_vec(&event)?;
         line.push(b'\n');
         let start = writer.end;
-        let written = writer
-            .file
-            .write_all(&line)
-            .and_then(|()| writer.file.sync_data());
+        let mut written = writer.write_line(&line);
+        if let Err(source) = &written
+            && crate::disk::is_no_space(source)
+        {
+            // The disk is full: say so, and spend the ballast on saying it.
+            self.inner.no_space.send_replace(true);
+            if self.inner.reserve.release() {
+                tracing::warn!("the disk is full: released the journal's reserve");
+                written = writer.write_line(&line);
+            }
+        }
         if let Err(source) = written {
-            // Leave no torn line behind for the next append to land after.
-            let _ = writer.file.set_len(start);
-            let _ = writer.file.seek(SeekFrom::Start(start));
             return Err(JournalError::Io {
                 action: "append to",
                 path: self.inner.path.clone(),
@@ -224,6 +258,11 @@ impl Journal {
         // no subscribers.
         self.inner.last_seq.send_replace(event.seq);
         Ok(event)
+    }
+
+    /// Turns true once an append found no space left (see [`crate::disk`]).
+    pub fn no_space(&self) -> watch::Receiver<bool> {
+        self.inner.no_space.subscribe()
     }
 
     /// [`Journal::append`] on a blocking thread.

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config_seed;
 pub mod conversation;
 pub mod cost;
+pub mod disk;
 pub mod error;
 pub mod git_state;
 pub mod headless_io;

@@ -169,6 +169,9 @@ pub enum StopIntent {
     Cancel { reason: String },
     /// SIGTERM to the agent: the outcome is INTERRUPTED (the session is resumable).
     Interrupt,
+    /// No space left where the session writes (`what` says where): INTERRUPTED with
+    /// E516, resumable once space is freed ([`crate::disk`]).
+    DiskFull { what: String },
 }
 
 /// What the supervisor needs from the outside world.
@@ -268,6 +271,13 @@ pub fn verdict(
             } else {
                 format!("the session was stopped on request: {reason}")
             },
+        },
+        (Some(StopIntent::DiskFull { what }), _) => Verdict {
+            outcome: SessionOutcome::Interrupted,
+            error_code: "E516",
+            error_message: format!(
+                "no space left on the disk ({what}); free space, then resume the session"
+            ),
         },
         (Some(StopIntent::Interrupt), _) => Verdict {
             outcome: SessionOutcome::Interrupted,
@@ -631,6 +641,12 @@ impl Supervisor {
         let seq = self
             .journal_checkpoint_result(&done.trigger, &done.message, &done.result)
             .await?;
+        if let Err(failure) = &done.result
+            && failure.code == "E516"
+        {
+            self.on_disk_full(format!("the checkpoint store: {}", failure.message))
+                .await?;
+        }
         if let Some(reply) = done.reply {
             let _ = reply.send(done.result.map(|summary| (summary, seq)));
         }
@@ -971,6 +987,20 @@ impl Supervisor {
                 };
                 // No subscribers is fine: heartbeats are observations, not journaled.
                 let _ = self.context.heartbeats.send(heartbeat);
+                // A full disk is noticed within one heartbeat, journaled or not.
+                let full = if *self.context.journal.no_space().borrow() {
+                    Some("the journal's volume".to_string())
+                } else {
+                    let spec = &self.context.spec;
+                    crate::disk::low_space(
+                        &[spec.workspace_dir.as_path(), spec.volume_dir.as_path()],
+                        crate::disk::MIN_FREE_BYTES,
+                    )
+                    .map(|(path, free)| format!("{} has {free} bytes free", path.display()))
+                };
+                if let Some(what) = full {
+                    self.on_disk_full(what).await?;
+                }
             }
         }
         Ok(())
@@ -1152,6 +1182,17 @@ impl Supervisor {
         }
     }
 
+    /// The disk is full: stop the session (once) as interrupted with E516. Nothing
+    /// already written is touched; the journal's reserve pays for the final events.
+    async fn on_disk_full(&mut self, what: String) -> Result<(), JournalError> {
+        if self.stop.is_some() || self.phase == Phase::Finished {
+            return Ok(());
+        }
+        tracing::error!(%what, "no space left: stopping the session");
+        let grace = Duration::from_millis(self.context.spec.stop_grace_ms);
+        self.begin_stop(StopIntent::DiskFull { what }, grace).await
+    }
+
     async fn begin_stop(
         &mut self,
         intent: StopIntent,
@@ -1160,6 +1201,7 @@ impl Supervisor {
         let reason = match &intent {
             StopIntent::Cancel { reason } => reason.clone(),
             StopIntent::Interrupt => "SIGTERM".into(),
+            StopIntent::DiskFull { what } => format!("disk full: {what}"),
         };
         tracing::info!(%reason, grace_ms = grace.as_millis() as u64, "stopping claude code");
         self.journal(event::Kind::StopRequested(StopRequested { reason }))
@@ -1247,7 +1289,13 @@ impl Supervisor {
         if self.finishing.is_some() || self.phase == Phase::Finished {
             return Ok(());
         }
+        if matches!(self.stop, Some(StopIntent::DiskFull { .. })) {
+            // No final checkpoint: it would spend on layers the little space the
+            // journal's reserve freed for the events that say what happened.
+            return self.complete_finish(verdict).await;
+        }
         let trigger = match (&self.stop, verdict.outcome) {
+            (Some(StopIntent::DiskFull { .. }), _) => "disk_full",
             (Some(StopIntent::Interrupt), _) => "sigterm",
             (Some(StopIntent::Cancel { .. }), _) => "stop",
             (None, SessionOutcome::Succeeded) => "session_end",
@@ -1287,7 +1335,10 @@ impl Supervisor {
         for waiter in self.stop_waiters.drain(..) {
             let _ = waiter.send(());
         }
-        if self.stop.is_some() {
+        // Stopped from outside (Stop, SIGTERM): whoever asked is there to read the end.
+        // A stop of our own (a full disk) lingers like a finish, so the coordinator
+        // reads `SessionFinished` from us before we go.
+        if self.stop.is_some() && !matches!(self.stop, Some(StopIntent::DiskFull { .. })) {
             self.exit_now = true;
         } else {
             self.linger_until = Some(Instant::now() + self.context.spec.linger_after_finish());

@@ -357,6 +357,27 @@ async fn reconcile_loop(service: CoordinatorService) {
     }
 }
 
+/// Watches the space on the database's disk ([`crate::disk_guard`]).
+async fn disk_loop(service: CoordinatorService, db_path: std::path::PathBuf) {
+    let shutdown = service.shutdown_requested();
+    tokio::pin!(shutdown);
+    let db = Arc::clone(&service.inner.db);
+    let Ok(guard) =
+        tokio::task::spawn_blocking(move || crate::disk_guard::DiskGuard::new(&db_path)).await
+    else {
+        return;
+    };
+    let guard = Arc::new(guard);
+    loop {
+        let (g, d) = (Arc::clone(&guard), Arc::clone(&db));
+        let _ = tokio::task::spawn_blocking(move || g.check(&d)).await;
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(crate::disk_guard::CHECK_INTERVAL) => {}
+        }
+    }
+}
+
 /// How often checkpoints on remote volumes are read back and verified.
 const DURABILITY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -500,6 +521,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
         tokio::spawn(budget_loop(service.clone())),
         tokio::spawn(durability_loop(service.clone())),
         tokio::spawn(usage_loop(service.clone())),
+        tokio::spawn(disk_loop(service.clone(), db_path.clone())),
     ];
 
     let shutdown = {

@@ -327,6 +327,11 @@ error_codes! {
         why: "No machine with the requested GPU (or CPU and memory) could be scheduled (`ResourceExhaustedError`).",
         recover: "Retry later, or choose another GPU type with `--gpu` (e.g. `L40S` instead of `H100`).",
     }
+    DISK_FULL = "E516" "DISK_FULL" {
+        what: "The disk ran out of space.",
+        why: "The filesystem holding the session's workspace, its journal or checkpoint store, or the coordinator's database has no space left. The session was stopped as interrupted; everything written before (earlier events and checkpoints) is intact.",
+        recover: "Free space (`df -h` on the state directory; `parhelia checkpoint list` shows store sizes, retention settings prune), then `parhelia resume SESSION_ID`.",
+    }
 
     CHECKPOINT_IO_FAILED = "E520" "CHECKPOINT_IO_FAILED" {
         what: "A checkpoint could not be read or written.",

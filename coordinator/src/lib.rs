@@ -25,6 +25,7 @@ pub mod control_auth;
 pub mod coordinator_client;
 pub mod daemon;
 pub mod db;
+pub mod disk_guard;
 pub mod doctor;
 pub mod error;
 pub mod error_codes;
