@@ -17,8 +17,11 @@ use std::path::{Path, PathBuf};
 /// Bytes the ballast holds: room for thousands of events.
 pub const RESERVE_BYTES: u64 = 1 << 20;
 
-/// Below this many free bytes a filesystem the session writes to counts as full.
-pub const MIN_FREE_BYTES: u64 = 256 << 10;
+/// Below this many free bytes a filesystem the session writes to counts as full. It is
+/// above what the coordinator's database ballast frees (8 MiB, plus its own 4 MiB
+/// threshold), so a coordinator giving its ballast back on the same disk never makes a
+/// full disk look usable to a session (`coordinator/src/disk_guard.rs`).
+pub const MIN_FREE_BYTES: u64 = 16 << 20;
 
 /// Whether an IO error means "no space" (a full filesystem or an exhausted quota).
 pub fn is_no_space(err: &std::io::Error) -> bool {

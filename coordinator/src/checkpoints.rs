@@ -73,6 +73,12 @@ pub fn coded(e: &parhelia_checkpoint::CheckpointError) -> CodedError {
         "E622" => error_codes::CHECKPOINT_BUSY,
         "E623" => error_codes::CHECKPOINT_QUOTA,
         "E624" => error_codes::CHECKPOINT_LIMIT,
+        _ if matches!(e, parhelia_checkpoint::CheckpointError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull
+                || source.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32)) =>
+        {
+            error_codes::DISK_FULL
+        }
         _ => error_codes::CHECKPOINT_IO_FAILED,
     };
     CodedError::new(code, e.to_string())

@@ -371,6 +371,10 @@ async fn disk_loop(service: CoordinatorService, db_path: std::path::PathBuf) {
     loop {
         let (g, d) = (Arc::clone(&guard), Arc::clone(&db));
         let _ = tokio::task::spawn_blocking(move || g.check(&d)).await;
+        service
+            .inner
+            .disk_full
+            .store(guard.is_full(), std::sync::atomic::Ordering::SeqCst);
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(crate::disk_guard::CHECK_INTERVAL) => {}

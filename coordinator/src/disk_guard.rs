@@ -5,8 +5,8 @@
 //! A ballast file (`.parhelia-db.reserve`, [`RESERVE_BYTES`] of real blocks) sits beside
 //! the database. Every [`CHECK_INTERVAL`] the guard looks at the space free there: below
 //! [`LOW_BYTES`] it gives the ballast back and records a `disk_full` coordinator event
-//! (error); once the space is back above the ballast plus [`LOW_BYTES`] twice over, it
-//! fills the ballast again and records `disk_space_back`. Writes that failed meanwhile
+//! (error); once [`SPACE_BACK_BYTES`] are free again it fills the ballast again and
+//! records `disk_space_back`. Writes that failed meanwhile
 //! (an event stream's ingest) are retried by their own loops.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +20,12 @@ use crate::db::NewCoordinatorEvent;
 pub const RESERVE_BYTES: u64 = 8 << 20;
 /// Below this many free bytes the database's filesystem counts as full.
 pub const LOW_BYTES: u64 = 4 << 20;
+/// What a session's agent needs free to keep going (`agent/src/disk.rs`,
+/// `MIN_FREE_BYTES`): the ballast freed on a full disk stays below it.
+pub const AGENT_MIN_FREE_BYTES: u64 = 16 << 20;
+/// Free bytes that count as "space is back": the ballast refilled, and an agent
+/// started then still has twice what it needs.
+pub const SPACE_BACK_BYTES: u64 = RESERVE_BYTES + 2 * AGENT_MIN_FREE_BYTES;
 /// How often the space is looked at (a `statvfs`).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -86,7 +92,7 @@ impl DiskGuard {
             );
             return Change::Full;
         }
-        if was_full && free >= RESERVE_BYTES + 2 * LOW_BYTES && fill(&self.reserve, RESERVE_BYTES) {
+        if was_full && free >= SPACE_BACK_BYTES && fill(&self.reserve, RESERVE_BYTES) {
             self.full.store(false, Ordering::SeqCst);
             tracing::info!(dir = %self.dir.display(), free, "space is back on the database's disk");
             db.note(
@@ -163,7 +169,7 @@ mod tests {
         // Not yet enough to refill and keep a margin.
         assert_eq!(guard.check_with(Some(RESERVE_BYTES), &db), Change::None);
         assert_eq!(
-            guard.check_with(Some(RESERVE_BYTES + 3 * LOW_BYTES), &db),
+            guard.check_with(Some(SPACE_BACK_BYTES), &db),
             Change::SpaceBack
         );
         assert!(reserve.exists() && !guard.is_full());

@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
     /// Environment of tasks not launched yet (memory only).
     pending_env: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// The database's disk is full (`disk_guard`): nothing new is launched.
+    pub(crate) disk_full: std::sync::atomic::AtomicBool,
 }
 
 /// What a dispatch pass did.
@@ -84,9 +86,21 @@ pub struct DispatchOutcome {
 }
 
 fn as_coded(err: &anyhow::Error) -> CodedError {
-    find_coded(err)
-        .cloned()
-        .unwrap_or_else(|| CodedError::new(error_codes::INFRASTRUCTURE_ERROR, format!("{err:#}")))
+    find_coded(err).cloned().unwrap_or_else(|| {
+        // A write that found the disk full is named as such (E516), not E500.
+        let no_space = err.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                io.kind() == std::io::ErrorKind::StorageFull
+                    || io.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32)
+            })
+        });
+        let code = if no_space {
+            error_codes::DISK_FULL
+        } else {
+            error_codes::INFRASTRUCTURE_ERROR
+        };
+        CodedError::new(code, format!("{err:#}"))
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -146,12 +160,35 @@ impl CoordinatorService {
                 dispatch_lock: tokio::sync::Mutex::default(),
                 reconcile_lock: tokio::sync::Mutex::default(),
                 pending_env: Mutex::default(),
+                disk_full: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// E516 while the database's disk is full: a launch now would only fail
+    /// later, or eat the space kept for recording what happened.
+    fn refuse_when_disk_full(&self) -> Result<(), CodedError> {
+        use crate::disk_guard::{SPACE_BACK_BYTES, free_bytes};
+        // The flag is at most a second old; space freed since counts at once.
+        if self
+            .inner
+            .disk_full
+            .load(std::sync::atomic::Ordering::SeqCst)
+            && !free_bytes(self.inner.state.root()).is_some_and(|free| free >= SPACE_BACK_BYTES)
+        {
+            return Err(CodedError::new(
+                error_codes::DISK_FULL,
+                format!(
+                    "the disk holding {} is full: free space, then try again",
+                    self.inner.state.root().display()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The workspace copy limits: the coordinator's `workspace.*` settings,
@@ -695,6 +732,7 @@ impl CoordinatorService {
         env: &HashMap<String, String>,
         secret: SessionSecret,
     ) -> Result<crate::backend::ContainerHandle> {
+        self.refuse_when_disk_full()?;
         let workspace_source = match &task.workspace {
             Some(path) => Some(validate_workspace(Path::new(path))?),
             None => None,
@@ -1085,6 +1123,7 @@ impl CoordinatorService {
     /// the workspace holds (a safety checkpoint: a rollback can be undone),
     /// restores the checkpoint and continues the same Claude conversation.
     pub async fn resume_session(&self, r: ResumeSessionRequest) -> Result<ResumeSessionResponse> {
+        self.refuse_when_disk_full()?;
         let db = &self.inner.db;
         let session = db.get_session(&r.session_id)?.ok_or_else(|| {
             coded(

@@ -136,6 +136,11 @@ fn a_full_disk_stops_the_session_with_e516_and_resume_finishes_it() {
         "the coordinator recorded the full disk"
     );
 
+    // While the disk is still full, a resume says so instead of failing otherwise.
+    let out = h.run(&["resume", &session_id]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("E516"), "{stderr}");
+
     // Space back: the session resumes with its conversation.
     std::fs::remove_file(&fill).unwrap();
     h.ok(&["resume", &session_id]);

@@ -632,6 +632,19 @@ impl Backend for LocalBackend {
                 if !tail.is_empty() {
                     message.push_str(&format!("\n{tail}"));
                 }
+                // An agent that cannot write its journal or runtime files on a full
+                // disk did not fail to start for its own reasons: say what happened.
+                if crate::disk_guard::free_bytes(&self.state_root)
+                    .is_some_and(|free| free < crate::disk_guard::LOW_BYTES)
+                {
+                    return Err(coded(
+                        error_codes::DISK_FULL,
+                        format!(
+                            "no space left on the disk of {}: {message}",
+                            self.state_root.display()
+                        ),
+                    ));
+                }
                 return Err(coded(error_codes::AGENT_FAILED_TO_START, message));
             }
             if started.elapsed() > self.endpoint_timeout {
