@@ -178,7 +178,7 @@ impl CoordinatorService {
             .inner
             .disk_full
             .load(std::sync::atomic::Ordering::SeqCst)
-            && !free_bytes(self.inner.state.root()).is_some_and(|free| free >= SPACE_BACK_BYTES)
+            && free_bytes(self.inner.state.root()).is_none_or(|free| free < SPACE_BACK_BYTES)
         {
             return Err(CodedError::new(
                 error_codes::DISK_FULL,
