@@ -82,6 +82,10 @@ pub struct LaunchSpec {
     /// Absent: no sandbox here (a Modal sandbox is one already, or isolation is off).
     #[serde(default)]
     pub sandbox: Option<crate::sandbox::SandboxSpec>,
+    /// The task's `--timeout`: stop the session this long after the agent started
+    /// (final checkpoint, then failed with E301). Absent: no limit.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// When and how the agent checkpoints (all optional in `spec.json`).

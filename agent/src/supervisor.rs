@@ -172,6 +172,8 @@ pub enum StopIntent {
     /// No space left where the session writes (`what` says where): INTERRUPTED with
     /// E516, resumable once space is freed ([`crate::disk`]).
     DiskFull { what: String },
+    /// The task's `--timeout` passed: FAILED with E301 (after a final checkpoint).
+    Timeout { limit_ms: u64 },
 }
 
 /// What the supervisor needs from the outside world.
@@ -225,6 +227,8 @@ pub struct Supervisor {
     kill_at: Option<Instant>,
     give_up_at: Option<Instant>,
     linger_until: Option<Instant>,
+    /// When the task's `--timeout` runs out (from the agent's start).
+    timeout_at: Option<Instant>,
     exit_now: bool,
     tasks: Vec<JoinHandle<()>>,
     writer_task: Option<JoinHandle<()>>,
@@ -279,6 +283,13 @@ pub fn verdict(
                 "no space left on the disk ({what}); free space, then resume the session"
             ),
         },
+        (Some(StopIntent::Timeout { limit_ms }), _) => failed(
+            "E301",
+            format!(
+                "the task reached its time limit (--timeout {}); resume or retry it to go on",
+                human_duration(*limit_ms)
+            ),
+        ),
         (Some(StopIntent::Interrupt), _) => Verdict {
             outcome: SessionOutcome::Interrupted,
             error_code: "E602",
@@ -336,6 +347,7 @@ impl Supervisor {
             kill_at: None,
             give_up_at: None,
             linger_until: None,
+            timeout_at: None,
             exit_now: false,
             tasks: Vec::new(),
             writer_task: None,
@@ -379,11 +391,19 @@ impl Supervisor {
         if self.restore_before_launch().await? {
             self.launch().await?;
         }
+        self.timeout_at = spec
+            .timeout_ms
+            .map(|ms| self.context.started_at + Duration::from_millis(ms));
         while !self.exit_now {
-            let deadline = [self.kill_at, self.give_up_at, self.linger_until]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.kill_at,
+                self.give_up_at,
+                self.linger_until,
+                self.timeout_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 message = inbox.recv() => match message {
                     Some(message) => self.handle(message).await?,
@@ -1202,6 +1222,12 @@ impl Supervisor {
             StopIntent::Cancel { reason } => reason.clone(),
             StopIntent::Interrupt => "SIGTERM".into(),
             StopIntent::DiskFull { what } => format!("disk full: {what}"),
+            StopIntent::Timeout { limit_ms } => {
+                format!(
+                    "time limit reached (--timeout {})",
+                    human_duration(*limit_ms)
+                )
+            }
         };
         tracing::info!(%reason, grace_ms = grace.as_millis() as u64, "stopping claude code");
         self.journal(event::Kind::StopRequested(StopRequested { reason }))
@@ -1223,6 +1249,16 @@ impl Supervisor {
 
     async fn on_deadline(&mut self) -> Result<(), JournalError> {
         let now = Instant::now();
+        if self.timeout_at.is_some_and(|at| at <= now) {
+            self.timeout_at = None;
+            if self.stop.is_none() && self.phase != Phase::Finished {
+                let limit_ms = self.context.spec.timeout_ms.unwrap_or_default();
+                tracing::warn!(limit_ms, "the task's time limit is reached; stopping");
+                let grace = Duration::from_millis(self.context.spec.stop_grace_ms);
+                self.begin_stop(StopIntent::Timeout { limit_ms }, grace)
+                    .await?;
+            }
+        }
         if self.kill_at.is_some_and(|at| at <= now) {
             self.kill_at = None;
             tracing::warn!("claude code outlived the stop grace period; killing it");
@@ -1296,6 +1332,7 @@ impl Supervisor {
         }
         let trigger = match (&self.stop, verdict.outcome) {
             (Some(StopIntent::DiskFull { .. }), _) => "disk_full",
+            (Some(StopIntent::Timeout { .. }), _) => "timeout",
             (Some(StopIntent::Interrupt), _) => "sigterm",
             (Some(StopIntent::Cancel { .. }), _) => "stop",
             (None, SessionOutcome::Succeeded) => "session_end",
@@ -1336,9 +1373,12 @@ impl Supervisor {
             let _ = waiter.send(());
         }
         // Stopped from outside (Stop, SIGTERM): whoever asked is there to read the end.
-        // A stop of our own (a full disk) lingers like a finish, so the coordinator
-        // reads `SessionFinished` from us before we go.
-        if self.stop.is_some() && !matches!(self.stop, Some(StopIntent::DiskFull { .. })) {
+        // A stop of our own (a full disk, the time limit) lingers like a finish, so the
+        // coordinator reads `SessionFinished` from us before we go.
+        if matches!(
+            self.stop,
+            Some(StopIntent::Cancel { .. } | StopIntent::Interrupt)
+        ) {
             self.exit_now = true;
         } else {
             self.linger_until = Some(Instant::now() + self.context.spec.linger_after_finish());
@@ -1365,6 +1405,23 @@ fn panicked(e: tokio::task::JoinError) -> CheckpointFailure {
         code: "E520".into(),
         message: format!("the checkpoint task panicked: {e}"),
     }
+}
+
+/// `90000` → `1m30s`, `7200000` → `2h`: a limit as the user wrote it.
+fn human_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 /// The first line of `text`, at most `max` characters.
@@ -1416,6 +1473,23 @@ mod tests {
     ) {
         let got = verdict(stop.as_ref(), exit_code, last.as_ref(), wrote_output);
         assert_eq!((got.outcome, got.error_code), expect, "{got:?}");
+    }
+
+    /// The agent's own stops: a full disk is resumable (E516), a time limit is a
+    /// failure naming the limit (E301), whatever the last turn did.
+    #[test]
+    fn stops_of_the_agents_own_name_their_cause() {
+        use SessionOutcome::*;
+        let ok = || Some(result("success", false, 0));
+        let full = StopIntent::DiskFull { what: "/v".into() };
+        check(Some(full), -1, ok(), true, (Interrupted, "E516"));
+        let timeout = StopIntent::Timeout { limit_ms: 90_000 };
+        check(Some(timeout.clone()), 143, ok(), true, (Failed, "E301"));
+        let v = verdict(Some(&timeout), 143, None, true);
+        assert!(v.error_message.contains("--timeout 1m30s"), "{v:?}");
+        assert_eq!(human_duration(7_200_000), "2h");
+        assert_eq!(human_duration(10_000), "10s");
+        assert_eq!(human_duration(0), "0s");
     }
 
     #[test]

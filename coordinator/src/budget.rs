@@ -52,6 +52,39 @@ pub struct TaskLimits {
     pub timeout_seconds: Option<u64>,
 }
 
+/// Limits the local backend cannot enforce are refused (E113), never accepted and
+/// ignored: a local session gets no GPU, and its CPU and memory are not capped.
+/// `--timeout` and `--max-cost` are enforced everywhere.
+pub fn refuse_unenforced(
+    limits: &TaskLimits,
+    backend: &str,
+) -> Result<(), crate::error::CodedError> {
+    if backend != "local" {
+        return Ok(());
+    }
+    let mut asked = Vec::new();
+    if let Some(gpu) = &limits.gpu {
+        asked.push(format!("--gpu {gpu}"));
+    }
+    if let Some(cpu) = limits.cpu {
+        asked.push(format!("--cpu {cpu}"));
+    }
+    if let Some(mb) = limits.memory_mb {
+        asked.push(format!("--memory {mb}MiB"));
+    }
+    if asked.is_empty() {
+        return Ok(());
+    }
+    Err(crate::error::CodedError::new(
+        crate::error_codes::LIMIT_NOT_ENFORCEABLE,
+        format!(
+            "the local backend cannot enforce {}: it has no GPU to give and does not cap CPU or memory. Run it with `--backend modal`, or drop {}",
+            asked.join(", "),
+            if asked.len() == 1 { "it" } else { "them" }
+        ),
+    ))
+}
+
 /// A GPU request: Modal's type name and a count.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GpuRequest {

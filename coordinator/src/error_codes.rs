@@ -171,6 +171,11 @@ error_codes! {
         why: "Before copying, Parhelia counts the workspace's bytes and files (without following symlinks); it exceeds `workspace.max_copy_bytes` (default 10 GiB) or `workspace.max_copy_files` (default 1000000), which usually means the wrong directory was passed.",
         recover: "Pass a smaller directory, raise the limit (`--set workspace.max_copy_bytes=...`), or pass `--allow-large-workspace` to copy it anyway.",
     }
+    LIMIT_NOT_ENFORCEABLE = "E113" "LIMIT_NOT_ENFORCEABLE" {
+        what: "The backend cannot enforce a limit the task asks for.",
+        why: "A limit is enforced or refused, never accepted and ignored: the local backend has no GPU to give and does not cap CPU or memory, so `--gpu`, `--cpu` and `--memory` are refused there.",
+        recover: "Run the task with `--backend modal` (which gives the GPU, cores and memory asked for), or leave those flags out for a local run.",
+    }
 
     // E2xx: not found.
     NOT_FOUND = "E200" "NOT_FOUND" {
@@ -215,6 +220,11 @@ error_codes! {
         what: "A budget ceiling was reached, or would be.",
         why: "The spend (compute and model, from the ledger) reached a ceiling: the task's `--max-cost`, the global budget or the daily one; or the task's estimate exceeds what remains; or Claude Code stopped at its own `--max-budget-usd`.",
         recover: "Run `parhelia budget show`; raise the ceiling with `parhelia budget set AMOUNT` (or `--daily AMOUNT`), or give the task a `--max-cost` that fits, then retry or `parhelia resume` it.",
+    }
+    TASK_TIMEOUT = "E301" "TASK_TIMEOUT" {
+        what: "The task reached its time limit.",
+        why: "It ran for its `--timeout` (counted from the start of its current session): the agent took a final checkpoint and stopped it. Nothing was lost.",
+        recover: "`parhelia resume SESSION_ID` continues it with a fresh time limit, or `parhelia task retry TASK_ID` starts over; pass a larger `--timeout` next time.",
     }
 
     // E4xx: auth.

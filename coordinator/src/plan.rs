@@ -303,6 +303,7 @@ pub fn agent_spec(
         max_budget_usd: request.max_budget_usd,
         claude_config_seed: None,
         sandbox: None,
+        timeout_ms: None,
     }
 }
 

@@ -299,6 +299,7 @@ impl CoordinatorService {
         plan::validate_prompt(&request.prompt)?;
         validate_limits(&limits, self.config())?;
         let backend_kind = plan::parse_backend(&request.backend)?;
+        budget::refuse_unenforced(&limits, backend_kind.as_str())?;
         self.inner.backends.get(backend_kind)?;
         if backend_kind == plan::BackendKind::Modal {
             // Nothing is recorded for a task Modal could never run: the

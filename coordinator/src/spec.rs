@@ -58,6 +58,10 @@ pub struct AgentSpec {
     /// exposing what this names (see `docs/security.md`). Absent: no sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSpec>,
+    /// `--timeout`: the agent stops the session this long after it started (final
+    /// checkpoint, then `SessionFinished{FAILED, E301}`). Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// `spec.json`'s `sandbox`: what the sandbox must not see (`hide`, covered by an
@@ -140,6 +144,7 @@ mod tests {
             checkpoint: None,
             claude_config_seed: None,
             sandbox: None,
+            timeout_ms: None,
         };
         let json = serde_json::to_value(&spec).unwrap();
         assert!(json.get("max_budget_usd").is_none());

@@ -165,14 +165,11 @@ fn a_task_over_its_max_cost_is_stopped_with_a_checkpoint_and_fails_e300() {
     let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash(
         "echo working > progress.txt; sleep 600",
     )])]));
-    // Local compute priced at 1000× the rate table: 1 core + 1 GiB cost
-    // about $0.046 per second, so $0.10 is spent within seconds.
-    write_config(&h, "[rates]\nlocal_multiplier = 1000.0\n");
-    let created = create(
-        &h,
-        "Work for a long time",
-        &["--max-cost", "0.10", "--cpu", "1", "--memory", "1GiB"],
-    );
+    // Local compute priced at 10⁵× the rate table: the session's own memory
+    // (Claude Code's ~100 MiB and up) costs $0.06+ per second, so $0.10 is
+    // spent within seconds. (`--cpu`/`--memory` are refused locally, E113.)
+    write_config(&h, "[rates]\nlocal_multiplier = 100000.0\n");
+    let created = create(&h, "Work for a long time", &["--max-cost", "0.10"]);
     let task_id = created["task_id"].as_str().unwrap().to_string();
     // The second fence: Claude Code's own --max-budget-usd, from the ceiling.
     let spec_path = h
@@ -311,7 +308,8 @@ fn estimate_only_prints_a_range_with_its_basis_and_launches_nothing() {
     assert_eq!(e["low_usd"], 0.0);
     assert_eq!(e["history"], serde_json::Value::Null);
 
-    let text = h.ok(&[
+    // A local run gets no GPU: refused, not priced as if it would (E113).
+    let out = h.run(&[
         "task",
         "create",
         "Train",
@@ -319,11 +317,17 @@ fn estimate_only_prints_a_range_with_its_basis_and_launches_nothing() {
         "A100",
         "--estimate-only",
     ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("E113") && stderr.contains("--backend modal"),
+        "{stderr}"
+    );
+    let text = h.ok(&["task", "create", "Train", "--estimate-only"]);
     assert!(
         text.contains("estimate only: nothing was launched"),
         "{text}"
     );
-    assert!(text.contains("1× A100"), "{text}");
+    assert!(!text.contains("A100"), "{text}");
     assert!(text.contains("rates.local_multiplier"), "{text}");
     assert!(text.contains("rate table's prices"), "{text}");
     assert_eq!(h.json(&["task", "list", "--json"]), serde_json::json!([]));

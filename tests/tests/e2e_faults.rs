@@ -156,3 +156,62 @@ fn a_full_disk_stops_the_session_with_e516_and_resume_finishes_it() {
     });
     assert_eq!(std::fs::read_to_string(ws.join("f1.txt")).unwrap(), "one\n");
 }
+
+/// `--timeout` is real on the local backend (issue 13): a slow task is stopped at its
+/// limit with a final checkpoint and fails E301 naming the limit; `--gpu`, `--cpu`
+/// and `--memory`, which a local run cannot enforce, are refused (E113) before
+/// anything is recorded.
+#[test]
+fn a_local_timeout_stops_the_task_and_unenforceable_limits_are_refused() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash("echo started > progress.txt; sleep 600")]),
+        Turn::text("never"),
+    ]));
+    let started = std::time::Instant::now();
+    let out = h.ok(&["task", "create", "Work slowly", "--timeout", "3s", "--json"]);
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let task = h.wait_task(&task_id, |t| t["status"] != "running");
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error_code"], "E301", "{task:#}");
+    assert!(
+        task["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("--timeout 3s"),
+        "{task:#}"
+    );
+    // Not a timing threshold: only that it did not run to `sleep 600`'s end.
+    assert!(started.elapsed() < std::time::Duration::from_secs(300));
+    let stops = h.task_events(&task_id, "checkpoint_created");
+    assert!(
+        stops.iter().any(|e| e.to_string().contains("timeout")),
+        "a final checkpoint was taken: {stops:#?}"
+    );
+    let listed = h.json(&["checkpoint", "list", &session_id, "--json"]);
+    assert!(!listed.as_array().unwrap().is_empty());
+
+    for flags in [
+        &["--gpu", "A10G"][..],
+        &["--cpu", "2"][..],
+        &["--memory", "4GiB"][..],
+    ] {
+        let mut args = vec!["task", "create", "Train model"];
+        args.extend_from_slice(flags);
+        let out = h.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("E113") && stderr.contains(flags[0]),
+            "{flags:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        h.json(&["task", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "nothing refused was recorded"
+    );
+}

@@ -383,6 +383,10 @@ impl Backend for LocalBackend {
             &request.claude_bin,
             &self.timing,
         );
+        spec.timeout_ms = request
+            .resources
+            .timeout_seconds
+            .map(|s| s.saturating_mul(1000));
         if request.isolation == Isolation::Bubblewrap {
             let home = request
                 .env

@@ -320,6 +320,8 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         return estimate_only(ctx, &args, "modal", &limits);
     }
     let backend = plan::parse_backend(&args.backend)?;
+    // Before an estimate prices what a local run would not get.
+    crate::budget::refuse_unenforced(&limits, backend.as_str())?;
     if args.budget.estimate_only {
         return estimate_only(ctx, &args, backend.as_str(), &limits);
     }

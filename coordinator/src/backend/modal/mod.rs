@@ -78,6 +78,10 @@ pub struct Resources {
     pub timeout_seconds: Option<u64>,
 }
 
+/// Seconds Modal's sandbox timeout runs past a task's `--timeout`, so the agent's
+/// own stop (a final checkpoint) happens first.
+pub const TIMEOUT_BACKSTOP_SECONDS: u64 = 300;
+
 pub struct ModalBackend {
     state_root: PathBuf,
     coordinator_id: String,
@@ -417,8 +421,11 @@ impl ModalBackend {
     ) -> Value {
         let ids = &request.ids;
         let res = &request.resources;
+        // A `--timeout` is the agent's to enforce (final checkpoint, then E301);
+        // Modal's sandbox timeout is the backstop a little later.
         let timeout_s = res
             .timeout_seconds
+            .map(|t| t.saturating_add(TIMEOUT_BACKSTOP_SECONDS))
             .unwrap_or_else(|| (self.config.default_timeout_hours * 3600.0).round() as u64);
         let mut argv: Vec<String> = vec![
             self.config.agent_path.display().to_string(),
@@ -627,6 +634,12 @@ impl Backend for ModalBackend {
             &self.timing,
         );
         spec.listen_addr = format!("0.0.0.0:{}", self.config.agent_port);
+        // The agent stops at the timeout with a final checkpoint; Modal's own
+        // sandbox timeout stays the backstop.
+        spec.timeout_ms = request
+            .resources
+            .timeout_seconds
+            .map(|s| s.saturating_mul(1000));
         // Only when `config sync` has put something there: a seed the agent
         // cannot find is a warning in every session's events.
         if request.config_seed && self.config_synced().await? {
