@@ -255,6 +255,7 @@ impl Agent for AgentService {
         self.ask(|reply| SupervisorMessage::Stop {
             reason: request.reason,
             grace,
+            limit_code: crate::supervisor::limit_code(&request.error_code),
             reply,
         })
         .await?;

@@ -87,6 +87,8 @@ pub enum SupervisorMessage {
     Stop {
         reason: String,
         grace: Option<Duration>,
+        /// A limit's code (E300, E301): the session fails with it, not cancelled.
+        limit_code: Option<&'static str>,
         reply: oneshot::Sender<()>,
     },
     /// SIGTERM (or SIGINT) to the agent.
@@ -174,6 +176,18 @@ pub enum StopIntent {
     DiskFull { what: String },
     /// The task's `--timeout` passed: FAILED with E301 (after a final checkpoint).
     Timeout { limit_ms: u64 },
+    /// The coordinator stopped the session at one of the task's limits (the `Stop` RPC
+    /// with a limit's code, e.g. the budget watchdog's E300): FAILED with that code.
+    Limit { code: &'static str, reason: String },
+}
+
+/// The codes a `Stop` may end a session with instead of CANCELLED.
+pub fn limit_code(code: &str) -> Option<&'static str> {
+    match code.trim() {
+        "E300" => Some("E300"),
+        "E301" => Some("E301"),
+        _ => None,
+    }
 }
 
 /// What the supervisor needs from the outside world.
@@ -289,6 +303,14 @@ pub fn verdict(
                 "the task reached its time limit (--timeout {}); resume or retry it to go on",
                 human_duration(*limit_ms)
             ),
+        ),
+        (Some(StopIntent::Limit { code, reason }), _) => failed(
+            code,
+            if reason.is_empty() {
+                "the session was stopped at one of its limits".into()
+            } else {
+                format!("the session was stopped: {reason}")
+            },
         ),
         (Some(StopIntent::Interrupt), _) => Verdict {
             outcome: SessionOutcome::Interrupted,
@@ -862,6 +884,7 @@ impl Supervisor {
             SupervisorMessage::Stop {
                 reason,
                 grace,
+                limit_code,
                 reply,
             } => {
                 if self.phase == Phase::Finished {
@@ -871,8 +894,11 @@ impl Supervisor {
                     self.stop_waiters.push(reply);
                     if self.stop.is_none() {
                         let grace = grace.unwrap_or_else(|| self.context.spec.stop_grace());
-                        self.begin_stop(StopIntent::Cancel { reason }, grace)
-                            .await?;
+                        let intent = match limit_code {
+                            Some(code) => StopIntent::Limit { code, reason },
+                            None => StopIntent::Cancel { reason },
+                        };
+                        self.begin_stop(intent, grace).await?;
                     }
                 }
             }
@@ -1219,7 +1245,7 @@ impl Supervisor {
         grace: Duration,
     ) -> Result<(), JournalError> {
         let reason = match &intent {
-            StopIntent::Cancel { reason } => reason.clone(),
+            StopIntent::Cancel { reason } | StopIntent::Limit { reason, .. } => reason.clone(),
             StopIntent::Interrupt => "SIGTERM".into(),
             StopIntent::DiskFull { what } => format!("disk full: {what}"),
             StopIntent::Timeout { limit_ms } => {
@@ -1334,7 +1360,7 @@ impl Supervisor {
             (Some(StopIntent::DiskFull { .. }), _) => "disk_full",
             (Some(StopIntent::Timeout { .. }), _) => "timeout",
             (Some(StopIntent::Interrupt), _) => "sigterm",
-            (Some(StopIntent::Cancel { .. }), _) => "stop",
+            (Some(StopIntent::Cancel { .. } | StopIntent::Limit { .. }), _) => "stop",
             (None, SessionOutcome::Succeeded) => "session_end",
             (None, _) => "error",
         };
@@ -1377,7 +1403,7 @@ impl Supervisor {
         // coordinator reads `SessionFinished` from us before we go.
         if matches!(
             self.stop,
-            Some(StopIntent::Cancel { .. } | StopIntent::Interrupt)
+            Some(StopIntent::Cancel { .. } | StopIntent::Limit { .. } | StopIntent::Interrupt)
         ) {
             self.exit_now = true;
         } else {
@@ -1490,6 +1516,16 @@ mod tests {
         assert_eq!(human_duration(7_200_000), "2h");
         assert_eq!(human_duration(10_000), "10s");
         assert_eq!(human_duration(0), "0s");
+        // The coordinator's limit stops fail with the limit's code; anything else
+        // a Stop carries is a plain cancel.
+        let budget = StopIntent::Limit {
+            code: limit_code("E300").unwrap(),
+            reason: "budget ceiling reached".into(),
+        };
+        check(Some(budget), 143, ok(), true, (Failed, "E300"));
+        assert_eq!(limit_code("E301"), Some("E301"));
+        assert_eq!(limit_code("E601"), None);
+        assert_eq!(limit_code("rm -rf"), None);
     }
 
     #[test]

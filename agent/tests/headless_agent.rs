@@ -169,6 +169,7 @@ async fn a_headless_session_runs_queues_input_and_finishes() {
         .stop(authed(StopRequest {
             reason: "done reading".into(),
             grace_ms: 0,
+            ..StopRequest::default()
         }))
         .await
         .unwrap();
@@ -265,6 +266,7 @@ async fn the_stop_rpc_cancels_the_session_and_the_agent_exits() {
         .stop(authed(StopRequest {
             reason: "the user cancelled".into(),
             grace_ms: 5000,
+            ..StopRequest::default()
         }))
         .await
         .unwrap();

@@ -312,6 +312,7 @@ async fn an_interactive_session_takes_typed_prompts_attaches_and_detaches() {
         .stop(authed(StopRequest {
             reason: "test".into(),
             grace_ms: 0,
+            ..StopRequest::default()
         }))
         .await
         .unwrap();

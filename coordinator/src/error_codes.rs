@@ -219,7 +219,7 @@ error_codes! {
     BUDGET_EXCEEDED = "E300" "BUDGET_EXCEEDED" {
         what: "A budget ceiling was reached, or would be.",
         why: "The spend (compute and model, from the ledger) reached a ceiling: the task's `--max-cost`, the global budget or the daily one; or the task's estimate exceeds what remains; or Claude Code stopped at its own `--max-budget-usd`.",
-        recover: "Run `parhelia budget show`; raise the ceiling with `parhelia budget set AMOUNT` (or `--daily AMOUNT`), or give the task a `--max-cost` that fits, then retry or `parhelia resume` it.",
+        recover: "Run `parhelia budget show`; raise the ceiling that was reached — the global one with `parhelia budget set AMOUNT` (or `--daily AMOUNT`), the task's own with `parhelia budget set --task TASK_ID --max-cost AMOUNT` — then `parhelia resume SESSION_ID` or `parhelia task retry TASK_ID`.",
     }
     TASK_TIMEOUT = "E301" "TASK_TIMEOUT" {
         what: "The task reached its time limit.",

@@ -210,6 +210,7 @@ async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutc
                     .stop(StopRequest {
                         reason: "session finished".into(),
                         grace_ms: 0,
+                        ..StopRequest::default()
                     })
                     .await;
                 if let Err(status) = stop {

@@ -908,7 +908,19 @@ impl CoordinatorService {
 
     /// Asks an agent to stop and waits for its reply (it replies once the
     /// session's end is journaled).
+    /// The agent's `Stop`: a final checkpoint, then `SessionFinished`. With a
+    /// limit's `code` (E300) the session ends failed with it, not cancelled.
     async fn stop_agent(&self, target: &ContainerRef, reason: &str, grace: Duration) -> Result<()> {
+        self.stop_agent_with(target, reason, grace, "").await
+    }
+
+    async fn stop_agent_with(
+        &self,
+        target: &ContainerRef,
+        reason: &str,
+        grace: Duration,
+        code: &str,
+    ) -> Result<()> {
         let secret = self
             .inner
             .db
@@ -924,6 +936,7 @@ impl CoordinatorService {
         let mut request = tonic::Request::new(StopRequest {
             reason: reason.to_string(),
             grace_ms: grace.as_millis() as u32,
+            error_code: code.to_string(),
         });
         request.set_timeout(grace + Duration::from_secs(15));
         client.stop(request).await.map_err(anyhow::Error::new)?;
@@ -1768,7 +1781,12 @@ impl CoordinatorService {
         db.request_container_stop(&container.id)?;
         let grace = Duration::from_millis(self.inner.config.agent.stop_grace_ms);
         let stopped = self
-            .stop_agent(&target, "budget ceiling reached", grace)
+            .stop_agent_with(
+                &target,
+                "budget ceiling reached",
+                grace,
+                error_codes::BUDGET_EXCEEDED.code,
+            )
             .await;
         match &stopped {
             Ok(()) => {
@@ -1825,29 +1843,56 @@ impl CoordinatorService {
         if r.set_daily && !r.daily_ceiling_usd.is_finite() {
             return Err(invalid("the daily ceiling", r.daily_ceiling_usd));
         }
+        if !r.task_id.is_empty() && !r.task_max_cost_usd.is_finite() {
+            return Err(invalid("--max-cost", r.task_max_cost_usd));
+        }
         let db = &self.inner.db;
+        let task_ceiling = Some(r.task_max_cost_usd).filter(|x| *x > 0.0);
+        if !r.task_id.is_empty() {
+            if !db.set_task_max_cost(&r.task_id, task_ceiling)? {
+                return Err(coded(
+                    error_codes::TASK_NOT_FOUND,
+                    format!("task not found: {}", r.task_id),
+                ));
+            }
+            db.note(
+                NewCoordinatorEvent::new(
+                    "budget_set",
+                    "info",
+                    match task_ceiling {
+                        Some(x) => format!("{}: ceiling {}", r.task_id, budget::usd(x)),
+                        None => format!("{}: ceiling removed", r.task_id),
+                    },
+                )
+                .task(&r.task_id),
+            );
+        }
         db.set_ceilings(
             r.set_ceiling.then_some(r.ceiling_usd),
             r.set_daily
                 .then_some(Some(r.daily_ceiling_usd).filter(|d| *d > 0.0)),
         )?;
         let ceilings = db.ceilings(&self.config().budget)?;
-        db.note(NewCoordinatorEvent::new(
-            "budget_set",
-            "info",
-            format!(
-                "budget ceiling {}{}",
-                budget::usd(ceilings.global_usd),
-                match ceilings.daily_usd {
-                    Some(d) => format!(", daily {}", budget::usd(d)),
-                    None => String::new(),
-                }
-            ),
-        ));
+        if r.set_ceiling || r.set_daily {
+            db.note(NewCoordinatorEvent::new(
+                "budget_set",
+                "info",
+                format!(
+                    "budget ceiling {}{}",
+                    budget::usd(ceilings.global_usd),
+                    match ceilings.daily_usd {
+                        Some(d) => format!(", daily {}", budget::usd(d)),
+                        None => String::new(),
+                    }
+                ),
+            ));
+        }
         Ok(SetBudgetResponse {
             ceiling_usd: ceilings.global_usd,
             has_daily: ceilings.daily_usd.is_some(),
             daily_ceiling_usd: ceilings.daily_usd.unwrap_or(0.0),
+            has_task_ceiling: task_ceiling.is_some(),
+            task_max_cost_usd: task_ceiling.unwrap_or(0.0),
         })
     }
 

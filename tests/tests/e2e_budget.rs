@@ -238,6 +238,33 @@ fn a_task_over_its_max_cost_is_stopped_with_a_checkpoint_and_fails_e300() {
         interval_charges > 1,
         "compute accrued heartbeat by heartbeat"
     );
+    drop(db);
+
+    // One outcome for a budget stop: the session says what the task says.
+    let session_id = task["session_id"].as_str().unwrap().to_string();
+    let finished = h.task_events(&task_id, "session_finished");
+    let last = finished.last().expect("the session finished").to_string();
+    assert!(last.contains("E300"), "{last}");
+    let outcome: String = h
+        .db()
+        .query_row(
+            "SELECT outcome FROM sessions WHERE id = ?1",
+            [&session_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(outcome, "failed", "not cancelled: one outcome");
+
+    // A way forward: raise the task's own ceiling, then resume it.
+    let out = h.run(&["resume", &session_id]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("E300"),
+        "still over the ceiling: {out:?}"
+    );
+    h.ok(&["budget", "set", "--task", &task_id, "--max-cost", "1000"]);
+    h.ok(&["resume", &session_id]);
+    h.wait_task(&task_id, |t| t["status"] == "running");
+    h.ok(&["task", "cancel", &task_id]);
 }
 
 #[test]

@@ -34,6 +34,13 @@ pub enum BudgetCommand {
         /// The ceiling per UTC day, or `none` to remove it
         #[arg(long, value_name = "USD|none")]
         daily: Option<String>,
+        /// Set one task's own ceiling instead (with `--max-cost`): a task its
+        /// budget stopped can then be resumed or retried
+        #[arg(long, value_name = "TASK_ID", requires = "max_cost")]
+        task: Option<String>,
+        /// The task's ceiling in USD, or `none` to remove it (with `--task`)
+        #[arg(long, value_name = "USD|none", requires = "task")]
+        max_cost: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -63,8 +70,13 @@ pub async fn run(ctx: &Ctx, command: BudgetCommand) -> Result<i32> {
         BudgetCommand::Set {
             amount,
             daily,
+            task,
+            max_cost,
             json,
-        } => set(ctx, amount.as_deref(), daily.as_deref(), json).await,
+        } => {
+            let task = task.as_deref().zip(max_cost.as_deref());
+            set(ctx, amount.as_deref(), daily.as_deref(), task, json).await
+        }
         BudgetCommand::History { by, since, json } => history(ctx, by, since.as_deref(), json),
     }
 }
@@ -315,14 +327,35 @@ fn show_text(v: &BudgetView) -> String {
     out
 }
 
-async fn set(ctx: &Ctx, amount: Option<&str>, daily: Option<&str>, json: bool) -> Result<i32> {
-    if amount.is_none() && daily.is_none() {
+async fn set(
+    ctx: &Ctx,
+    amount: Option<&str>,
+    daily: Option<&str>,
+    task: Option<(&str, &str)>,
+    json: bool,
+) -> Result<i32> {
+    if amount.is_none() && daily.is_none() && task.is_none() {
         return Err(coded(
             error_codes::INVALID_INPUT,
-            "give a ceiling (`parhelia budget set 50.00`) and/or `--daily USD|none`",
+            "give a ceiling (`parhelia budget set 50.00`), `--daily USD|none`, or `--task ID --max-cost USD|none`",
         ));
     }
     let mut request = SetBudgetRequest::default();
+    if let Some((task_id, max_cost)) = task {
+        request.task_id = task_id.to_string();
+        request.task_max_cost_usd = if max_cost.eq_ignore_ascii_case("none") {
+            0.0
+        } else {
+            let x = parse_usd("--max-cost", max_cost)?;
+            if x == 0.0 {
+                return Err(coded(
+                    error_codes::INVALID_INPUT,
+                    "--max-cost: a task's ceiling must be positive (`none` removes it)",
+                ));
+            }
+            x
+        };
+    }
     if let Some(a) = amount {
         request.set_ceiling = true;
         request.ceiling_usd = parse_usd("the ceiling", a)?;
@@ -350,11 +383,22 @@ async fn set(ctx: &Ctx, amount: Option<&str>, daily: Option<&str>, json: bool) -
         .map_err(coordinator_error)?
         .into_inner();
     if json {
-        print_json(&serde_json::json!({
+        let mut value = serde_json::json!({
             "ceiling_usd": r.ceiling_usd,
             "daily_ceiling_usd": r.has_daily.then_some(r.daily_ceiling_usd),
-        }))?;
+        });
+        if let Some((task_id, _)) = task {
+            value["task_id"] = task_id.into();
+            value["task_max_cost_usd"] = r.has_task_ceiling.then_some(r.task_max_cost_usd).into();
+        }
+        print_json(&value)?;
     } else {
+        if let Some((task_id, _)) = task {
+            match r.has_task_ceiling {
+                true => println!("{task_id}: ceiling {}", usd(r.task_max_cost_usd)),
+                false => println!("{task_id}: no ceiling of its own"),
+            }
+        }
         println!(
             "budget ceiling {}{}",
             usd(r.ceiling_usd),

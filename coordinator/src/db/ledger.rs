@@ -285,6 +285,17 @@ impl Db {
         )?)
     }
 
+    /// Sets (or with `None` removes) a task's own ceiling, its `--max-cost`.
+    /// `false`: no such task.
+    pub fn set_task_max_cost(&self, task_id: &str, usd: Option<f64>) -> Result<bool> {
+        let conn = self.conn();
+        let changed = conn.execute(
+            "UPDATE tasks SET max_cost_usd = ?2 WHERE id = ?1",
+            rusqlite::params![task_id, usd],
+        )?;
+        Ok(changed == 1)
+    }
+
     /// A task's budget and resources, and its backend.
     pub fn task_limits(&self, task_id: &str) -> Result<Option<(TaskLimits, String)>> {
         let conn = self.conn();
