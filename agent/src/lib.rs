@@ -20,6 +20,8 @@ pub mod config_seed;
 pub mod conversation;
 pub mod cost;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod git_state;
 pub mod headless_io;
 pub mod heartbeat;
