@@ -28,6 +28,8 @@ pub mod db;
 pub mod doctor;
 pub mod error;
 pub mod error_codes;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod event_filter;
 pub mod ids;
 pub mod ingest;
