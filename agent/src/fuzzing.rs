@@ -31,7 +31,10 @@ pub fn journal(data: &[u8]) {
             assert_eq!(middle[..], all[from - 1..(from + 1).min(total)]);
         }
         let lenient = journal::parse_lenient(data).expect("a slice reads");
-        assert!(lenient.len() >= total, "the lenient reader keeps the scanned events");
+        assert!(
+            lenient.len() >= total,
+            "the lenient reader keeps the scanned events"
+        );
         assert_eq!(lenient[..total], all[..]);
     }
     let lenient = journal::parse_lenient(data).expect("a slice reads");
@@ -98,8 +101,12 @@ fn check_cost(usd: f64) {
 }
 
 fn check_stream_line(parsed: &StreamLine) {
-    parsed.turn_cost_usd.map(check_cost);
-    parsed.reported_total_usd.map(check_cost);
+    for cost in [parsed.turn_cost_usd, parsed.reported_total_usd]
+        .into_iter()
+        .flatten()
+    {
+        check_cost(cost);
+    }
     for kind in &parsed.kinds {
         match kind {
             event::Kind::ToolResult(result) => {

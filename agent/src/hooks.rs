@@ -192,8 +192,8 @@ where
     tokio::time::timeout(HOOK_CLIENT_TIMEOUT, limited.read_to_end(&mut bytes))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "hook client stalled"))??;
-    let report =
-        parse_report(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let report = parse_report(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let (handled, was_handled) = oneshot::channel();
     if deliveries
         .send(M::from(HookDelivery { report, handled }))

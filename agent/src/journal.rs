@@ -113,8 +113,8 @@ impl Journal {
             .open(path)
             .map_err(io("open"))?;
 
-        let JournalScan { line_offsets, end } = scan(BufReader::new(&mut file))
-            .map_err(|e| match e {
+        let JournalScan { line_offsets, end } =
+            scan(BufReader::new(&mut file)).map_err(|e| match e {
                 ScanError::Io(source) => JournalError::Io {
                     action: "read",
                     path: path.to_path_buf(),
@@ -295,7 +295,10 @@ pub struct JournalScan {
 pub enum ScanError {
     Io(std::io::Error),
     /// A complete line that is not an event, or whose seq is not its line number.
-    Corrupt { line: u64, reason: String },
+    Corrupt {
+        line: u64,
+        reason: String,
+    },
 }
 
 /// Reads a journal from its start as [`Journal::open`] does: every complete line must be
@@ -313,12 +316,11 @@ pub fn scan(mut reader: impl BufRead) -> Result<JournalScan, ScanError> {
             break;
         }
         let expected_seq = line_offsets.len() as u64 + 1;
-        let event: Event = serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| {
-            ScanError::Corrupt {
+        let event: Event =
+            serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| ScanError::Corrupt {
                 line: expected_seq,
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         if event.seq != expected_seq {
             return Err(ScanError::Corrupt {
                 line: expected_seq,

@@ -35,9 +35,8 @@ pub fn journal_ingest(data: &[u8]) {
     }
     for event in &all {
         let payload = serde_json::to_string(event).expect("wire types encode");
-        let back: Event = serde_json::from_str(&payload).unwrap_or_else(|e| {
-            panic!("a stored payload does not read back ({e}): {payload}")
-        });
+        let back: Event = serde_json::from_str(&payload)
+            .unwrap_or_else(|e| panic!("a stored payload does not read back ({e}): {payload}"));
         assert_eq!(&back, event, "{payload}");
     }
 }

@@ -28,9 +28,9 @@ pub mod db;
 pub mod doctor;
 pub mod error;
 pub mod error_codes;
+pub mod event_filter;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod event_filter;
 pub mod ids;
 pub mod ingest;
 pub mod modal_ops;

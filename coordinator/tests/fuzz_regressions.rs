@@ -55,8 +55,8 @@ fn seeds_are_accepted() {
             .unwrap_or_else(|(line, e)| panic!("{} line {line}: {e}", path.display()));
         assert!(events.len() > 1, "{}", path.display());
     }
-    let greeting = fs::read_to_string(root().join("../fuzz/seeds/bridge_reply/replies.jsonl"))
-        .unwrap();
+    let greeting =
+        fs::read_to_string(root().join("../fuzz/seeds/bridge_reply/replies.jsonl")).unwrap();
     let first = greeting.lines().next().unwrap();
     assert_eq!(
         parhelia::backend::modal::bridge::parse_greeting(first)
