@@ -200,22 +200,32 @@ where
         if line.is_empty() {
             continue;
         }
-        let text = String::from_utf8_lossy(line);
-        let parsed = match parse(&text) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping a stream line that is not JSON");
-                continue;
-            }
-        };
-        if parsed.kinds.is_empty() && parsed.reported_total_usd.is_none() {
+        let Some(parsed) = news_of_line(line, parse) else {
             continue;
-        }
+        };
         if news.send(M::from(StreamNews::Line(parsed))).await.is_err() {
             return false;
         }
     }
     true
+}
+
+/// What one complete line of a followed file (without its newline) tells the supervisor:
+/// `None` for a line that is not JSON (logged and skipped) or that says nothing. Invalid
+/// UTF-8 is replaced, not refused.
+pub fn news_of_line(line: &[u8], parse: LineParser) -> Option<StreamLine> {
+    let text = String::from_utf8_lossy(line);
+    let parsed = match parse(&text) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping a stream line that is not JSON");
+            return None;
+        }
+    };
+    if parsed.kinds.is_empty() && parsed.reported_total_usd.is_none() {
+        return None;
+    }
+    Some(parsed)
 }
 
 async fn read_exit_status(path: &Path) -> Option<i32> {

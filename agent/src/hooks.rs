@@ -89,6 +89,13 @@ pub struct HookDelivery {
     pub handled: oneshot::Sender<()>,
 }
 
+/// Reads a hook report: Claude Code's whole hook payload on the client's stdin, or the
+/// client's forwarded report on the listener's socket (both are JSON objects; unknown
+/// fields are ignored, missing ones default).
+pub fn parse_report(bytes: &[u8]) -> Result<HookReport, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
 /// The status a hook implies, with the detail to record, or `None` for hooks that say
 /// nothing about status.
 pub fn status_for_hook(report: &HookReport) -> Option<(SessionStatus, String)> {
@@ -185,7 +192,7 @@ where
     tokio::time::timeout(HOOK_CLIENT_TIMEOUT, limited.read_to_end(&mut bytes))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "hook client stalled"))??;
-    let report: HookReport = serde_json::from_slice(&bytes)
+    let report = parse_report(&bytes)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let (handled, was_handled) = oneshot::channel();
     if deliveries
@@ -212,7 +219,7 @@ pub fn run_hook_client(socket: &Path) {
 fn forward_hook(socket: &Path, stdin: &mut impl Read) -> std::io::Result<()> {
     let mut payload = Vec::new();
     stdin.read_to_end(&mut payload)?;
-    let report: HookReport = serde_json::from_slice(&payload)
+    let report = parse_report(&payload)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
     stream.set_write_timeout(Some(HOOK_CLIENT_TIMEOUT))?;

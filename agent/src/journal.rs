@@ -134,38 +134,19 @@ impl Journal {
             .open(path)
             .map_err(io("open"))?;
 
-        let mut line_offsets = Vec::new();
-        let mut end = 0u64;
-        {
-            let mut reader = BufReader::new(&mut file);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let read = reader.read_until(b'\n', &mut line).map_err(io("read"))?;
-                if read == 0 || line.last() != Some(&b'\n') {
-                    // EOF, possibly after a torn line without its newline.
-                    break;
-                }
-                let expected_seq = line_offsets.len() as u64 + 1;
-                let event: Event =
-                    serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| {
-                        JournalError::Corrupt {
-                            path: path.to_path_buf(),
-                            line: expected_seq,
-                            reason: e.to_string(),
-                        }
-                    })?;
-                if event.seq != expected_seq {
-                    return Err(JournalError::Corrupt {
-                        path: path.to_path_buf(),
-                        line: expected_seq,
-                        reason: format!("seq {} where {expected_seq} was expected", event.seq),
-                    });
-                }
-                line_offsets.push(end);
-                end += read as u64;
-            }
-        }
+        let JournalScan { line_offsets, end } =
+            scan(BufReader::new(&mut file)).map_err(|e| match e {
+                ScanError::Io(source) => JournalError::Io {
+                    action: "read",
+                    path: path.to_path_buf(),
+                    source,
+                },
+                ScanError::Corrupt { line, reason } => JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    line,
+                    reason,
+                },
+            })?;
         let length = file.metadata().map_err(io("stat"))?.len();
         let truncated_bytes = length - end;
         if truncated_bytes > 0 {
@@ -302,16 +283,11 @@ impl Journal {
         file.seek(SeekFrom::Start(start)).map_err(io("seek"))?;
         let mut bytes = vec![0u8; (stop - start) as usize];
         file.read_exact(&mut bytes).map_err(io("read"))?;
-        let mut events = Vec::with_capacity(count);
-        for (index, line) in bytes.split(|b| *b == b'\n').take(count).enumerate() {
-            let event: Event = serde_json::from_slice(line).map_err(|e| JournalError::Corrupt {
-                path: self.inner.path.clone(),
-                line: from_seq + index as u64,
-                reason: e.to_string(),
-            })?;
-            events.push(event);
-        }
-        Ok(events)
+        parse_lines(&bytes, from_seq, count).map_err(|(line, reason)| JournalError::Corrupt {
+            path: self.inner.path.clone(),
+            line,
+            reason,
+        })
     }
 
     /// [`Journal::read_from`] on a blocking thread.
@@ -328,13 +304,83 @@ impl Journal {
 /// Reads every complete event of a journal file without opening it for writing; a torn
 /// or corrupt line ends the read. Used to total the cost of earlier containers.
 pub fn read_all_lenient(path: &Path) -> std::io::Result<Vec<Event>> {
-    let file = File::open(path)?;
+    parse_lenient(BufReader::new(File::open(path)?))
+}
+
+/// The events of a journal read leniently ([`read_all_lenient`]): every line that parses,
+/// up to the first that does not (a torn or corrupt line ends the read).
+pub fn parse_lenient(reader: impl BufRead) -> std::io::Result<Vec<Event>> {
     let mut events = Vec::new();
-    for line in BufReader::new(file).split(b'\n') {
+    for line in reader.split(b'\n') {
         match serde_json::from_slice::<Event>(&line?) {
             Ok(event) => events.push(event),
             Err(_) => break,
         }
+    }
+    Ok(events)
+}
+
+/// Where the complete events of a journal are ([`scan`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct JournalScan {
+    /// `line_offsets[i]` is where the line of seq `i + 1` starts.
+    pub line_offsets: Vec<u64>,
+    /// The end of the last complete line: what follows is a torn tail.
+    pub end: u64,
+}
+
+/// Why [`scan`] refused a journal.
+#[derive(Debug)]
+pub enum ScanError {
+    Io(std::io::Error),
+    /// A complete line that is not an event, or whose seq is not its line number.
+    Corrupt {
+        line: u64,
+        reason: String,
+    },
+}
+
+/// Reads a journal from its start as [`Journal::open`] does: every complete line must be
+/// the event whose seq is its line number; a final line without its newline is a torn
+/// tail (not counted, not an error). Pure apart from `reader`.
+pub fn scan(mut reader: impl BufRead) -> Result<JournalScan, ScanError> {
+    let mut line_offsets = Vec::new();
+    let mut end = 0u64;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(ScanError::Io)?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            // EOF, possibly after a torn line without its newline.
+            break;
+        }
+        let expected_seq = line_offsets.len() as u64 + 1;
+        let event: Event =
+            serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| ScanError::Corrupt {
+                line: expected_seq,
+                reason: e.to_string(),
+            })?;
+        if event.seq != expected_seq {
+            return Err(ScanError::Corrupt {
+                line: expected_seq,
+                reason: format!("seq {} where {expected_seq} was expected", event.seq),
+            });
+        }
+        line_offsets.push(end);
+        end += read as u64;
+    }
+    Ok(JournalScan { line_offsets, end })
+}
+
+/// The events of `count` consecutive journal lines in `bytes` (as [`Journal::read_from`]
+/// reads them), the first being seq `from_seq`. A line that is not an event is refused
+/// with its seq and the reason.
+pub fn parse_lines(bytes: &[u8], from_seq: u64, count: usize) -> Result<Vec<Event>, (u64, String)> {
+    let mut events = Vec::with_capacity(count.min(bytes.len() / 2 + 1));
+    for (index, line) in bytes.split(|b| *b == b'\n').take(count).enumerate() {
+        let event: Event = serde_json::from_slice(line)
+            .map_err(|e| (from_seq.saturating_add(index as u64), e.to_string()))?;
+        events.push(event);
     }
     Ok(events)
 }

@@ -21,6 +21,8 @@ pub mod conversation;
 pub mod cost;
 pub mod disk;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod git_state;
 pub mod headless_io;
 pub mod heartbeat;

@@ -16,6 +16,8 @@
 //!   transcript on `--resume` (see `docs/dev/claude-code-notes.md`), so it is never
 //!   summed; `session_cost_usd` is left 0 for the supervisor, which adds turn costs to
 //!   what earlier processes recorded.
+//! - Costs are numbers clamped to `0..=`[`MAX_COST_USD`] (a turn's sum too), so no line
+//!   can lower what was spent or make a total infinite.
 //! - Lines of any other type give nothing; a line that is not a JSON object is an error
 //!   the caller may log, never an event.
 
@@ -26,6 +28,22 @@ use serde_json::Value;
 
 /// Tool output kept in a [`ToolResult`] event; the full output stays in the transcript.
 pub const TOOL_RESULT_MAX_BYTES: usize = 8 * 1024;
+
+/// The largest cost, in USD, a line is believed to report; a larger one counts as this.
+/// Keeps every sum of costs the supervisor makes finite: an infinite cost would be
+/// journaled as `null`, a line the journal's readers then refuse.
+pub const MAX_COST_USD: f64 = 1e9;
+
+/// A cost a line reports: a number, clamped to `0..=MAX_COST_USD` (a negative cost is
+/// none; a cost is never allowed to lower what was spent).
+pub(crate) fn cost_usd(value: &Value) -> Option<f64> {
+    let cost = value.as_f64()?;
+    Some(if cost.is_nan() {
+        0.0
+    } else {
+        cost.clamp(0.0, MAX_COST_USD)
+    })
+}
 
 /// A line that is not JSON. The message reads after "failed to ".
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +83,10 @@ fn turn_cost_usd(value: &Value) -> Option<f64> {
     Some(
         per_model
             .values()
-            .filter_map(|usage| usage.get("costUSD").and_then(Value::as_f64))
+            .filter_map(|usage| usage.get("costUSD").and_then(cost_usd))
             // Not `sum()`: an empty f64 sum is -0.0.
-            .fold(0.0, |total, cost| total + cost),
+            .fold(0.0, |total, cost| total + cost)
+            .min(MAX_COST_USD),
     )
 }
 
@@ -104,7 +123,7 @@ pub(crate) fn kinds_of(value: &Value) -> Vec<event::Kind> {
             num_turns: u32_at(value, "num_turns"),
             duration_ms: value["duration_ms"].as_u64().unwrap_or(0),
             api_error_status: u32_at(value, "api_error_status"),
-            claude_total_cost_usd: value["total_cost_usd"].as_f64().unwrap_or(0.0),
+            claude_total_cost_usd: cost_usd(&value["total_cost_usd"]).unwrap_or(0.0),
             usage: Some(Usage {
                 input_tokens: value["usage"]["input_tokens"].as_u64().unwrap_or(0),
                 output_tokens: value["usage"]["output_tokens"].as_u64().unwrap_or(0),
@@ -341,6 +360,26 @@ mod tests {
         assert_eq!(parse_line(older).unwrap().turn_cost_usd, None);
         let text = r#"{"type":"assistant","message":{"id":"m","content":[]}}"#;
         assert_eq!(parse_line(text).unwrap().turn_cost_usd, None);
+    }
+
+    /// A cost is never negative or infinite, however the numbers in the line add up: an
+    /// infinite session cost is journaled as `null`, which no reader of the journal takes.
+    #[test]
+    fn costs_are_clamped_so_no_sum_overflows() {
+        let huge = r#"{"type":"result","subtype":"success","total_cost_usd":1.7e308,"model_usage_since_last_result":{"a":{"costUSD":1.7e308},"b":{"costUSD":1.7e308}}}"#;
+        let parsed = parse_line(huge).unwrap();
+        assert_eq!(parsed.turn_cost_usd, Some(MAX_COST_USD));
+        let event::Kind::TurnResult(result) = &parsed.kinds[0] else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(result.claude_total_cost_usd, MAX_COST_USD);
+        let negative = r#"{"type":"result","subtype":"success","total_cost_usd":-5,"model_usage_since_last_result":{"a":{"costUSD":-0.5},"b":{"costUSD":0.25}}}"#;
+        let parsed = parse_line(negative).unwrap();
+        assert_eq!(parsed.turn_cost_usd, Some(0.25));
+        let event::Kind::TurnResult(result) = &parsed.kinds[0] else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(result.claude_total_cost_usd, 0.0);
     }
 
     /// Every captured Claude Code stream (`tests/fixtures/stream-json`, recorded from the

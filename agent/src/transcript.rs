@@ -10,7 +10,8 @@
 //!   supervisor, which knows the turn's last assistant text. The transcript carries no
 //!   per-turn cost, so `turn_cost_usd` is `Some(0.0)`.
 //! - A `cost-state` line (written when Claude Code exits) gives
-//!   [`StreamLine::reported_total_usd`]: the session's cumulative `totalCostUSD`.
+//!   [`StreamLine::reported_total_usd`]: the session's cumulative `totalCostUSD`, clamped
+//!   like every cost (the session can write its transcript).
 //! - Every other line type (attachments, api-request records, snapshots…) gives nothing.
 
 use parhelia_proto::{TurnResult, event};
@@ -45,7 +46,7 @@ pub fn parse_line(line: &str) -> Result<StreamLine, StreamLineError> {
             reported_total_usd: None,
         },
         ("cost-state", _) => StreamLine {
-            reported_total_usd: value["totalCostUSD"].as_f64(),
+            reported_total_usd: crate::stream_json::cost_usd(&value["totalCostUSD"]),
             ..StreamLine::default()
         },
         _ => StreamLine::default(),
@@ -58,6 +59,11 @@ pub fn last_reported_total_usd(transcript: &std::path::Path) -> f64 {
     let Ok(text) = std::fs::read_to_string(transcript) else {
         return 0.0;
     };
+    last_reported_total_in(&text)
+}
+
+/// [`last_reported_total_usd`] of a transcript's text.
+pub fn last_reported_total_in(text: &str) -> f64 {
     text.lines()
         .rev()
         .filter(|line| line.contains("\"cost-state\""))
@@ -112,6 +118,12 @@ mod tests {
         check(
             r#"{"type":"cost-state","totalCostUSD":0.0018,"modelUsage":{}}"#,
             "cost:0.0018",
+        );
+        // The session can write its transcript: a total is clamped like any cost.
+        check(r#"{"type":"cost-state","totalCostUSD":-1.7e308}"#, "cost:0");
+        check(
+            r#"{"type":"cost-state","totalCostUSD":1.7e308}"#,
+            &format!("cost:{}", crate::stream_json::MAX_COST_USD),
         );
         check(r#"{"type":"api-request","params":{}}"#, "");
         check(r#"{"type":"system","subtype":"stop_hook_summary"}"#, "");

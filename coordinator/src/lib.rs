@@ -30,6 +30,8 @@ pub mod doctor;
 pub mod error;
 pub mod error_codes;
 pub mod event_filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod ingest;
 pub mod modal_ops;

@@ -282,6 +282,21 @@ pub fn read_journal_file(path: &Path, from_seq: u64) -> Result<Vec<parhelia_prot
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    parse_journal(&text, from_seq).map_err(|(line, e)| {
+        anyhow::Error::new(e).context(format!(
+            "{} line {line}: not a journal event",
+            path.display()
+        ))
+    })
+}
+
+/// The events of a journal's text with `seq >= from_seq`, in file order: every complete
+/// line (a torn last line was never announced), blank lines skipped. A line that is not an
+/// event is refused with its line number.
+pub fn parse_journal(
+    text: &str,
+    from_seq: u64,
+) -> std::result::Result<Vec<parhelia_proto::Event>, (usize, serde_json::Error)> {
     let mut events = Vec::new();
     // Only complete lines: a torn last line was never announced.
     let complete = match text.rfind('\n') {
@@ -292,13 +307,8 @@ pub fn read_journal_file(path: &Path, from_seq: u64) -> Result<Vec<parhelia_prot
         if line.trim().is_empty() {
             continue;
         }
-        let event: parhelia_proto::Event = serde_json::from_str(line).with_context(|| {
-            format!(
-                "{} line {}: not a journal event",
-                path.display(),
-                number + 1
-            )
-        })?;
+        let event: parhelia_proto::Event =
+            serde_json::from_str(line).map_err(|e| (number + 1, e))?;
         if event.seq >= from_seq {
             events.push(event);
         }

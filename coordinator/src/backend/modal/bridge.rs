@@ -62,14 +62,63 @@ pub struct Greeting {
     pub credentials: String,
 }
 
+/// One line the bridge writes: the greeting (id 0) or the answer to a call.
 #[derive(Debug, Deserialize)]
-struct Reply {
-    id: u64,
-    ok: bool,
+pub struct Reply {
+    pub id: u64,
+    pub ok: bool,
     #[serde(default)]
-    result: Value,
+    pub result: Value,
     #[serde(default)]
-    error: Option<BridgeFailure>,
+    pub error: Option<BridgeFailure>,
+}
+
+/// Reads one line the bridge wrote (without its newline).
+pub fn parse_reply(line: &str) -> Result<Reply, serde_json::Error> {
+    serde_json::from_str(line)
+}
+
+/// The greeting line: a reply whose result is a [`Greeting`] of [`PROTOCOL`], or the
+/// coded error it reports (E511 when it is something else).
+pub fn parse_greeting(line: &str) -> Result<Greeting, CodedError> {
+    let failed = |m: String| CodedError::new(error_codes::MODAL_BRIDGE_FAILED, m);
+    let reply = parse_reply(line).map_err(|e| {
+        failed(format!(
+            "the Modal bridge greeted with something else ({e}): {line}"
+        ))
+    })?;
+    if !reply.ok {
+        let failure = reply.error.unwrap_or(BridgeFailure {
+            kind: "internal".into(),
+            message: "the bridge failed to start".into(),
+            hint: String::new(),
+        });
+        return Err(failure.coded("start"));
+    }
+    let greeting: Greeting = serde_json::from_value(reply.result)
+        .map_err(|e| failed(format!("the Modal bridge's greeting: {e}")))?;
+    if greeting.protocol != PROTOCOL {
+        return Err(failed(format!(
+            "the Modal bridge speaks protocol {}, this coordinator {PROTOCOL}",
+            greeting.protocol
+        )));
+    }
+    Ok(greeting)
+}
+
+/// What a call's reply means: its result, or the bridge's error as a coded error.
+pub fn reply_outcome(reply: Reply, op: &str) -> Result<Value, CodedError> {
+    if reply.ok {
+        return Ok(reply.result);
+    }
+    Err(reply
+        .error
+        .unwrap_or(BridgeFailure {
+            kind: "internal".into(),
+            message: "failed without saying why".into(),
+            hint: String::new(),
+        })
+        .coded(op))
 }
 
 /// An error the bridge reported.
@@ -260,27 +309,7 @@ impl Bridge {
                 ));
             }
         };
-        let reply: Reply = serde_json::from_str(&greeting_line).map_err(|e| {
-            failed(format!(
-                "the Modal bridge greeted with something else ({e}): {greeting_line}"
-            ))
-        })?;
-        if !reply.ok {
-            let failure = reply.error.unwrap_or(BridgeFailure {
-                kind: "internal".into(),
-                message: "the bridge failed to start".into(),
-                hint: String::new(),
-            });
-            return Err(failure.coded("start"));
-        }
-        let greeting: Greeting = serde_json::from_value(reply.result)
-            .map_err(|e| failed(format!("the Modal bridge's greeting: {e}")))?;
-        if greeting.protocol != PROTOCOL {
-            return Err(failed(format!(
-                "the Modal bridge speaks protocol {}, this coordinator {PROTOCOL}",
-                greeting.protocol
-            )));
-        }
+        let greeting = parse_greeting(&greeting_line)?;
         tracing::info!(
             sdk = %greeting.sdk_version,
             python = %greeting.python,
@@ -294,7 +323,7 @@ impl Bridge {
             let (pending, alive) = (Arc::clone(&pending), Arc::clone(&alive));
             tokio::spawn(async move {
                 while let Ok(Some(line)) = lines.next_line().await {
-                    match serde_json::from_str::<Reply>(&line) {
+                    match parse_reply(&line) {
                         Ok(reply) => {
                             if let Some(tx) = lock(&pending).remove(&reply.id) {
                                 let _ = tx.send(reply);
@@ -357,15 +386,7 @@ impl Bridge {
             }
         }
         match tokio::time::timeout(deadline + Duration::from_secs(1), rx).await {
-            Ok(Ok(reply)) if reply.ok => Ok(reply.result),
-            Ok(Ok(reply)) => Err(reply
-                .error
-                .unwrap_or(BridgeFailure {
-                    kind: "internal".into(),
-                    message: "failed without saying why".into(),
-                    hint: String::new(),
-                })
-                .coded(op)),
+            Ok(Ok(reply)) => reply_outcome(reply, op),
             Ok(Err(_)) => Err(CodedError::new(
                 error_codes::MODAL_BRIDGE_FAILED,
                 format!("modal {op}: the bridge exited: {}", running.tail()),

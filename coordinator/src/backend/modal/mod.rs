@@ -239,24 +239,7 @@ impl ModalBackend {
                 json!({"volume": self.config.volume_name, "path": prefix, "recursive": true}),
             )
             .await?;
-        let mut files = BTreeMap::new();
-        for entry in listed["entries"].as_array().into_iter().flatten() {
-            if entry["type"].as_str() != Some("file") {
-                continue;
-            }
-            let Some(path) = entry["path"].as_str() else {
-                continue;
-            };
-            let path = path.trim_start_matches('/');
-            let rel = match path.strip_prefix(prefix.trim_end_matches('/')) {
-                Some(rest) => rest.trim_start_matches('/').to_string(),
-                None => continue,
-            };
-            if !rel.is_empty() {
-                files.insert(rel, entry["size"].as_u64().unwrap_or(0));
-            }
-        }
-        Ok(files)
+        Ok(volume_files(&listed, prefix))
     }
 
     /// Downloads one volume file to `dest`.
@@ -535,6 +518,29 @@ impl SandboxStats {
             stats,
         }
     }
+}
+
+/// The files of a `volume.list` reply under `prefix`: relative path → size. Entries
+/// that are not files, lie outside `prefix` or are the prefix itself are left out.
+pub fn volume_files(listed: &Value, prefix: &str) -> BTreeMap<String, u64> {
+    let mut files = BTreeMap::new();
+    for entry in listed["entries"].as_array().into_iter().flatten() {
+        if entry["type"].as_str() != Some("file") {
+            continue;
+        }
+        let Some(path) = entry["path"].as_str() else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        let rel = match path.strip_prefix(prefix.trim_end_matches('/')) {
+            Some(rest) => rest.trim_start_matches('/').to_string(),
+            None => continue,
+        };
+        if !rel.is_empty() {
+            files.insert(rel, entry["size"].as_u64().unwrap_or(0));
+        }
+    }
+    files
 }
 
 /// The newest glibc the session image has (Debian bookworm).
