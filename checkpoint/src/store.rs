@@ -111,11 +111,15 @@ impl Summary {
     }
 }
 
+/// A test's hook on phase marks.
+#[cfg(test)]
+pub(crate) type MarkHook = Box<dyn FnMut(&str)>;
+
 #[cfg(test)]
 thread_local! {
     /// Called at each phase mark of an operation on this thread (tests use it to move the
     /// clock at a chosen phase).
-    pub(crate) static MARK_HOOK: std::cell::RefCell<Option<Box<dyn FnMut(&str)>>> =
+    pub(crate) static MARK_HOOK: std::cell::RefCell<Option<MarkHook>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -125,7 +129,6 @@ const MANIFEST_MAX: u64 = 256 << 20;
 
 /// Phase timings on stderr when `PARHELIA_CHECKPOINT_TRACE` is set (for profiling the
 /// benchmark; never on by default).
-
 pub(crate) struct PhaseTrace {
     start: Option<Instant>,
 }
