@@ -544,15 +544,28 @@ impl Supervisor {
             })
             .await
             .unwrap_or_else(|e| Err(panicked(e)));
-            let failed = safety.is_err();
+            let failure = safety.as_ref().err().cloned();
             self.journal_checkpoint_result("pre_restore", "", &safety)
                 .await?;
-            if failed {
-                // Never overwrite a workspace whose state could not be saved first.
+            if let Some(failure) = failure {
+                // Never overwrite a workspace whose state could not be saved first. A
+                // damaged or hostile store keeps its own code (the store, not the disk,
+                // is what is wrong).
+                let code: &'static str = match failure.code.as_str() {
+                    "E620" => "E620",
+                    "E621" => "E621",
+                    "E622" => "E622",
+                    "E623" => "E623",
+                    "E624" => "E624",
+                    _ => "E520",
+                };
                 self.finish(Verdict {
                     outcome: SessionOutcome::Failed,
-                    error_code: "E520",
-                    error_message: "the workspace could not be checkpointed before the restore; nothing was changed".into(),
+                    error_code: code,
+                    error_message: format!(
+                        "the workspace could not be checkpointed before the restore ({}); nothing was changed",
+                        failure.message
+                    ),
                 })
                 .await?;
                 return Ok(false);

@@ -91,6 +91,75 @@ pub fn layer_path(layers_dir: &Path, id: &BlobId) -> PathBuf {
     layers_dir.join(format!("{}.tar.zst", id.to_hex()))
 }
 
+/// A layer file, as `open_store_file`; a missing one keeps its old error ("open layer").
+fn open_layer_file(path: &Path) -> Result<File> {
+    match open_store_file(path, "layer") {
+        Err(CheckpointError::Io { source, .. }) => Err(source).io("open layer", path),
+        other => other,
+    }
+}
+
+/// Opens a file of the store for reading: never through a symlink (a session could point
+/// one at `/dev/zero` or a file outside), never blocking on a FIFO or device, and only if
+/// it is a regular file (E620 otherwise; a missing file is the caller's `NotFound`, here
+/// an `Io` error with kind `NotFound`).
+pub(crate) fn open_store_file(path: &Path, what: &str) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(CheckpointError::corrupt(format!(
+                "{what} {} is a symlink",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(CheckpointError::Io {
+                op: "open",
+                path: path.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    let md = file.metadata().io("stat", path)?;
+    if !md.file_type().is_file() {
+        return Err(CheckpointError::corrupt(format!(
+            "{what} {} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Reads a whole small file of the store (`open_store_file`), refusing one over `max`
+/// bytes (E620) before reading it.
+pub(crate) fn read_small_store_file(path: &Path, what: &str, max: u64) -> Result<Vec<u8>> {
+    let file = open_store_file(path, what)?;
+    let len = file.metadata().io("stat", path)?.len();
+    if len > max {
+        return Err(CheckpointError::corrupt(format!(
+            "{what} {} is {len} bytes, more than the {max} a reader accepts",
+            path.display()
+        )));
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    (&file)
+        .take(max + 1)
+        .read_to_end(&mut data)
+        .io("read", path)?;
+    if data.len() as u64 > max {
+        return Err(CheckpointError::corrupt(format!(
+            "{what} {} grew past {max} bytes while read",
+            path.display()
+        )));
+    }
+    Ok(data)
+}
+
 /// Encodes a layer index; entries are written sorted by blob id so readers can binary-search.
 pub fn encode_index(index: &LayerIndex) -> Vec<u8> {
     let mut entries = index.entries.clone();
@@ -280,7 +349,7 @@ impl RawIndex {
 /// Reads a layer's index from the trailer at the end of the layer file.
 pub fn read_index(layers_dir: &Path, id: &BlobId) -> Result<Arc<RawIndex>> {
     let path = layer_path(layers_dir, id);
-    let mut file = File::open(&path).io("open layer", &path)?;
+    let mut file = open_layer_file(&path)?;
     let size = file.metadata().io("stat layer", &path)?.len();
     let bad = || {
         CheckpointError::corrupt(format!(
@@ -316,7 +385,7 @@ pub fn read_index(layers_dir: &Path, id: &BlobId) -> Result<Arc<RawIndex>> {
 /// Re-hashes a whole layer file and compares it with its name and indexed size.
 pub fn verify_layer(layers_dir: &Path, layer: &BlobId, layer_size: u64) -> Result<()> {
     let path = layer_path(layers_dir, layer);
-    let mut file = File::open(&path).io("open layer", &path)?;
+    let mut file = open_layer_file(&path)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -805,7 +874,7 @@ pub struct LayerReader {
 impl LayerReader {
     pub fn open(layers_dir: &Path, layer: &BlobId) -> Result<Self> {
         let path = layer_path(layers_dir, layer);
-        let file = File::open(&path).io("open layer", &path)?;
+        let file = open_layer_file(&path)?;
         Ok(LayerReader { path, file })
     }
 

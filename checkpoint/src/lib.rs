@@ -26,6 +26,9 @@ mod error;
 mod exclude;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub mod hostile;
 mod layer;
 mod limits;
 mod manifest;

@@ -110,7 +110,7 @@ impl MergedIndex {
         layers_dir: &Path,
         present: &std::collections::BTreeMap<BlobId, LayerStat>,
     ) -> Option<MergedIndex> {
-        let file = File::open(root.join(CACHE_FILE)).ok()?;
+        let file = crate::layer::open_store_file(&root.join(CACHE_FILE), "index cache").ok()?;
         let size = file.metadata().ok()?.len();
         let mut fixed = [0u8; FIXED_LEN];
         file.read_exact_at(&mut fixed, 0).ok()?;

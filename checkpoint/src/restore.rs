@@ -183,8 +183,13 @@ impl Store {
                 id: m.id.0.clone(),
                 what: format!("tree {tree:?}"),
             })?;
+        // The time cap covers the verify phase only: everything slow (reading, inflating
+        // and hashing every blob) happens there, before the target changes. The apply
+        // phase below is bounded by the byte and entry caps and is never cut short, so a
+        // time cap cannot leave a half-restored target.
         let deadline = Deadline::new(self.limits.max_time);
         let (records, map, located) = self.prepare_tree_traced(&m, t, &trace, deadline)?;
+        deadline.check("verifying the checkpoint before restoring it")?;
         // Paths the kernel would refuse (target + path over PATH_MAX) would fail mid-way.
         let longest = records.iter().map(|r| r.path.len()).max().unwrap_or(0);
         let prefix = target.as_os_str().len() + 1;
@@ -224,7 +229,6 @@ impl Store {
             &excludes,
             self.threads,
             &trace,
-            deadline,
         )
     }
 }
@@ -236,7 +240,6 @@ fn restore_records(
     excludes: &Excludes,
     threads: usize,
     trace: &crate::store::PhaseTrace,
-    deadline: Deadline,
 ) -> Result<RestoreStats> {
     let mut stats = RestoreStats::default();
 
@@ -248,7 +251,6 @@ fn restore_records(
     // Excluded directories the checkpoint also has: left alone (not walked), but entries
     // the checkpoint has inside them are looked up one by one below.
     let mut excluded_dirs: HashSet<Vec<u8>> = HashSet::new();
-    let mut walked = 0u64;
     let empty = fs::read_dir(target)
         .io("read directory", target)?
         .next()
@@ -291,10 +293,6 @@ fn restore_records(
             .as_os_str()
             .as_encoded_bytes()
             .to_vec();
-        walked += 1;
-        if walked.is_multiple_of(4096) {
-            deadline.check("scanning the restore target")?;
-        }
         let ft = e.file_type();
         if !excludes.is_empty() && excludes.matches(&rel, ft.is_dir()) {
             match wanted.get(rel.as_slice()) {
@@ -466,8 +464,7 @@ fn restore_records(
     }
 
     // D. Write files, grouped by the frame their content starts in.
-    let (written, bytes) =
-        write_files(target, &writes, map, located, layers_dir, threads, deadline)?;
+    let (written, bytes) = write_files(target, &writes, map, located, layers_dir, threads)?;
     stats.files_written += written;
     stats.bytes_written += bytes;
     trace.mark("files written");
@@ -591,7 +588,6 @@ fn write_files(
     located: &Located,
     layers_dir: &Path,
     threads: usize,
-    deadline: Deadline,
 ) -> Result<(u64, u64)> {
     // blob -> jobs needing it; tasks = (layer, frame) -> blobs in header order.
     let mut by_blob: HashMap<BlobId, Vec<&FileJob<'_>>> = HashMap::new();
@@ -642,7 +638,6 @@ fn write_files(
             cache.insert(*layer, LayerReader::open(layers_dir, layer)?);
         }
         let reader = cache.get_mut(layer).expect("inserted");
-        deadline.check("restoring")?;
         let mut end = 0;
         for (e, _) in blobs {
             end = end.max(e.end()?);
@@ -681,7 +676,7 @@ fn write_files(
                 bytes.fetch_add(e.len * js.len() as u64, Ordering::Relaxed);
             }
         } else {
-            let mut stream = reader.frames_at(*frame, 256 << 10)?.with_deadline(deadline);
+            let mut stream = reader.frames_at(*frame, 256 << 10)?;
             for (e, js) in blobs {
                 let first = js[0];
                 let abs = target.join(bytes_path(&first.record.path));
@@ -696,7 +691,6 @@ fn write_files(
                     let (mut out, tmp2) = open_dest(&dest, j.replace)?;
                     let mut src = File::open(&abs).io("open", &abs)?;
                     io::copy(&mut src, &mut out).io("copy", &dest)?;
-                    deadline.check("restoring")?;
                     finish_dest(out, &tmp2, &dest, j.record, j.replace)?;
                 }
                 files.fetch_add(js.len() as u64, Ordering::Relaxed);
@@ -863,4 +857,145 @@ fn check_in_frame(frame: &[u8], e: &IndexEntry) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use crate::limits::CLOCK_SKEW;
+    use crate::store::MARK_HOOK;
+    use crate::{ChangeHint, CreateOutcome, CreateRequest, Limits, Store, TreeSpec};
+
+    use super::*;
+
+    fn listing(root: &Path) -> BTreeMap<String, Vec<u8>> {
+        WalkDir::new(root)
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter()
+            .map(|e| {
+                let e = e.unwrap();
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                let data = if e.file_type().is_file() {
+                    fs::read(e.path()).unwrap()
+                } else {
+                    b"<dir>".to_vec()
+                };
+                (rel, data)
+            })
+            .collect()
+    }
+
+    /// A store (one thread, so every phase runs on the test's thread) with a checkpoint
+    /// of a small tree, and a target with local state that differs from it.
+    fn setup(
+        t: &Path,
+    ) -> (
+        Store,
+        crate::CheckpointId,
+        PathBuf,
+        BTreeMap<String, Vec<u8>>,
+    ) {
+        let ws = t.join("ws");
+        fs::create_dir_all(ws.join("src")).unwrap();
+        for i in 0..20 {
+            fs::write(ws.join(format!("src/f{i}.rs")), format!("fn f{i}() {{}}\n")).unwrap();
+        }
+        fs::write(ws.join("README"), "hello\n").unwrap();
+        let store = Store::open(&t.join("store")).unwrap().with_threads(1);
+        let request = CreateRequest {
+            trees: vec![(
+                TreeSpec {
+                    name: "w".into(),
+                    root: ws.clone(),
+                    excludes: vec![],
+                },
+                ChangeHint::Unknown,
+            )],
+            parent: None,
+            trigger: "manual".into(),
+            message: None,
+            metadata: serde_json::json!({}),
+            skip_if_unchanged: false,
+        };
+        let CreateOutcome::Created(m) = store.create(&request).unwrap() else {
+            panic!("unchanged")
+        };
+        let target = t.join("target");
+        fs::create_dir_all(target.join("src")).unwrap();
+        fs::write(target.join("precious.txt"), "local only\n").unwrap();
+        fs::write(target.join("src/f1.rs"), "a local edit\n").unwrap();
+        let store = Store::open(store.root())
+            .unwrap()
+            .with_threads(1)
+            .with_limits(Limits {
+                max_time: Duration::from_secs(60),
+                ..Limits::default()
+            });
+        (store, m.id, target, listing(&ws))
+    }
+
+    /// Restores with this thread's clock moved two minutes forward (past the one-minute
+    /// cap) at phase `at`.
+    fn restore_with_clock_jump_at(
+        store: &Store,
+        id: &crate::CheckpointId,
+        target: &Path,
+        at: &'static str,
+    ) -> Result<RestoreStats> {
+        MARK_HOOK.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move |what: &str| {
+                if what == at {
+                    CLOCK_SKEW.with(|c| c.set(Duration::from_secs(120)));
+                }
+            }));
+        });
+        let out = store.restore_tree(id, "w", target);
+        MARK_HOOK.with(|h| *h.borrow_mut() = None);
+        CLOCK_SKEW.with(|c| c.set(Duration::ZERO));
+        out
+    }
+
+    /// The time cap trips at the end of the verify phase: E624, the target untouched.
+    #[test]
+    fn a_time_cap_reached_while_verifying_leaves_the_target_untouched() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, id, target, _) = setup(t.path());
+        let before = listing(&target);
+        let e = restore_with_clock_jump_at(&store, &id, &target, "contents verified").unwrap_err();
+        assert_eq!(e.code(), "E624", "{e}");
+        assert_eq!(listing(&target), before);
+    }
+
+    /// The cap passes once the target has started changing (local files already removed):
+    /// the restore is not cut short half-way, it completes.
+    #[test]
+    fn a_time_cap_reached_after_the_target_started_changing_does_not_half_restore() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, id, target, wanted) = setup(t.path());
+        for at in ["target scanned", "directories and symlinks made"] {
+            fs::write(target.join("precious.txt"), "local only\n").unwrap();
+            fs::write(target.join("src/f1.rs"), "a local edit\n").unwrap();
+            restore_with_clock_jump_at(&store, &id, &target, at)
+                .unwrap_or_else(|e| panic!("clock jump at {at:?}: {e}"));
+            assert_eq!(listing(&target), wanted, "clock jump at {at:?}");
+        }
+    }
+
+    /// A zero cap is a forced trip: refused before anything changes.
+    #[test]
+    fn a_zero_time_cap_refuses_before_the_target_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, id, target, _) = setup(t.path());
+        let store = store.with_limits(Limits {
+            max_time: Duration::ZERO,
+            ..Limits::default()
+        });
+        let before = listing(&target);
+        let e = store.restore_tree(&id, "w", &target).unwrap_err();
+        assert_eq!(e.code(), "E624", "{e}");
+        assert_eq!(listing(&target), before);
+    }
 }

@@ -111,6 +111,22 @@ impl Summary {
     }
 }
 
+/// A test's hook on phase marks.
+#[cfg(test)]
+pub(crate) type MarkHook = Box<dyn FnMut(&str)>;
+
+#[cfg(test)]
+thread_local! {
+    /// Called at each phase mark of an operation on this thread (tests use it to move the
+    /// clock at a chosen phase).
+    pub(crate) static MARK_HOOK: std::cell::RefCell<Option<MarkHook>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Manifests larger than this are refused (E620) before they are read: a real one is a
+/// few hundred bytes per entry chunk (10 million entries: a few MiB).
+const MANIFEST_MAX: u64 = 256 << 20;
+
 /// Phase timings on stderr when `PARHELIA_CHECKPOINT_TRACE` is set (for profiling the
 /// benchmark; never on by default).
 pub(crate) struct PhaseTrace {
@@ -125,6 +141,12 @@ impl PhaseTrace {
     }
 
     pub fn mark(&self, what: &str) {
+        #[cfg(test)]
+        MARK_HOOK.with(|h| {
+            if let Some(hook) = h.borrow_mut().as_mut() {
+                hook(what);
+            }
+        });
         if let Some(s) = self.start {
             // Minor page faults so far: fresh memory costs as much as computation here.
             let faults = fs::read_to_string("/proc/self/stat")
@@ -167,7 +189,7 @@ impl Store {
         fs::create_dir_all(root).io("create store", root)?;
         let marker_path = root.join("store.json");
         let mut created = false;
-        match fs::read(&marker_path) {
+        match crate::layer::read_small_store_file(&marker_path, "store.json", 64 << 10) {
             Ok(data) => {
                 let marker: StoreMarker = serde_json::from_slice(&data).map_err(|e| {
                     CheckpointError::corrupt(format!("store.json is unreadable: {e}"))
@@ -182,7 +204,9 @@ impl Store {
                     )));
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(CheckpointError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 let marker = StoreMarker {
                     format: STORE_FORMAT.into(),
                     version: STORE_VERSION,
@@ -195,13 +219,7 @@ impl Store {
                 fs::rename(&tmp, &marker_path).io("rename", &marker_path)?;
                 created = true;
             }
-            Err(e) => {
-                return Err(CheckpointError::Io {
-                    op: "read",
-                    path: marker_path,
-                    source: e,
-                });
-            }
+            Err(e) => return Err(e),
         }
         let store = Store {
             root: root.to_path_buf(),
@@ -348,18 +366,14 @@ impl Store {
     pub fn load(&self, id: &CheckpointId) -> Result<Manifest> {
         let id = CheckpointId::parse(id.as_str())?;
         let path = self.manifest_path(&id);
-        let data = match fs::read(&path) {
+        let data = match crate::layer::read_small_store_file(&path, "manifest", MANIFEST_MAX) {
             Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(CheckpointError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 return Err(CheckpointError::NotFound { id: id.0 });
             }
-            Err(e) => {
-                return Err(CheckpointError::Io {
-                    op: "read manifest",
-                    path,
-                    source: e,
-                });
-            }
+            Err(e) => return Err(e),
         };
         let m = Manifest::decode(&data)?;
         if m.id != id {

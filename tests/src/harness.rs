@@ -12,8 +12,13 @@ use std::time::{Duration, Instant};
 
 use crate::{Script, StandIn};
 
-/// `target/<profile>/`, where cargo puts every workspace binary.
+/// `target/<profile>/`, where cargo puts every workspace binary; or
+/// `PARHELIA_E2E_BIN_DIR` when set (a private copy of the binaries, for a target directory
+/// that other builds share and may overwrite during a run).
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PARHELIA_E2E_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary>
     exe.parent()

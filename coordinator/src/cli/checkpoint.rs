@@ -568,13 +568,12 @@ async fn find(
     sessions.sort_by_key(|s| !s.volume_dir.starts_with(&root));
     for s in sessions {
         if let Some(store) = super::modal::session_store(ctx, opened, &s).await? {
-            let held = store
-                .list()
-                .map_err(|e| checkpoints::coded(&e))?
-                .iter()
-                .any(|x| x.id == id);
-            if held {
-                return Ok((s, store, id));
+            // Loaded, not looked up in `list` (which skips damaged manifests): a
+            // damaged checkpoint is reported as damaged (E620), not as missing.
+            match store.load(&id) {
+                Ok(_) => return Ok((s, store, id)),
+                Err(parhelia_checkpoint::CheckpointError::NotFound { .. }) => {}
+                Err(e) => return Err(checkpoints::coded(&e).into()),
             }
         }
     }
