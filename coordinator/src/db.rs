@@ -1697,6 +1697,7 @@ mod tests {
                 error_message: "stopped".into(),
                 result: String::new(),
                 session_cost_usd: 0.75,
+                ..Default::default()
             })),
         };
         let recorded = db.record_event(&target, &finished).unwrap();
@@ -1738,6 +1739,7 @@ mod tests {
                 error_message: "the model API failed".into(),
                 result: String::new(),
                 session_cost_usd: 0.5,
+                ..Default::default()
             })),
         };
         let recorded = db.record_event(&target, &finished).unwrap();
