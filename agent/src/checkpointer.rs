@@ -174,14 +174,12 @@ pub fn take_checkpoint(
         // A checkpoint is one unit: without a transcript in the config dir (a new
         // container before its restore), the conversation is the newest one the store
         // holds, so a rollback to this checkpoint continues that conversation.
-        let conversation_carried_from = if has_transcript(
-            &paths.conversation_staging,
-            &facts.claude_session_id,
-        ) {
-            None
-        } else {
-            carry_over_conversation(store, &paths.conversation_staging)
-        };
+        let conversation_carried_from =
+            if has_transcript(&paths.conversation_staging, &facts.claude_session_id) {
+                None
+            } else {
+                carry_over_conversation(store, &paths.conversation_staging)
+            };
         let metadata = CheckpointMetadata {
             session: facts.clone(),
             git: git_state::capture(&paths.workspace),

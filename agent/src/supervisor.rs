@@ -1487,7 +1487,10 @@ mod tests {
             (got.outcome, got.error_code),
             (SessionOutcome::Interrupted, "E602")
         );
-        assert!(got.error_message.contains("1 message was not answered (input #4)"));
+        assert!(
+            got.error_message
+                .contains("1 message was not answered (input #4)")
+        );
     }
 
     fn arb_result() -> impl proptest::strategy::Strategy<Value = Option<TurnResult>> {

@@ -593,7 +593,10 @@ mod tests {
         assert_eq!(skipped.len(), 1, "{skipped:?}");
         assert_eq!(skipped[0].checkpoint_id, safety.to_string());
         assert_eq!(skipped[0].code, "E606");
-        assert!(skipped[0].line().contains("has no conversation"), "{skipped:?}");
+        assert!(
+            skipped[0].line().contains("has no conversation"),
+            "{skipped:?}"
+        );
 
         // Damage checkpoint c's only new layer: it no longer verifies and is skipped too.
         let c = store.load(&ids[2]).unwrap();

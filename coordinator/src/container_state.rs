@@ -332,10 +332,19 @@ mod tests {
     fn shown_health_is_the_worse_of_stored_and_age() {
         let now = 100_000;
         let shown = |stored, heard| shown_health(stored, heard, now, 5_000, &T);
-        assert_eq!(shown(Some(Health::Healthy), Some(99_000)), Some(Health::Healthy));
+        assert_eq!(
+            shown(Some(Health::Healthy), Some(99_000)),
+            Some(Health::Healthy)
+        );
         // Stored healthy, but 95s of silence: what the age says wins.
-        assert_eq!(shown(Some(Health::Healthy), Some(5_000)), Some(Health::Unhealthy));
-        assert_eq!(shown(Some(Health::Healthy), Some(80_000)), Some(Health::Degraded));
+        assert_eq!(
+            shown(Some(Health::Healthy), Some(5_000)),
+            Some(Health::Unhealthy)
+        );
+        assert_eq!(
+            shown(Some(Health::Healthy), Some(80_000)),
+            Some(Health::Degraded)
+        );
         // A worse stored verdict is never hidden by a fresh heartbeat.
         assert_eq!(shown(Some(Health::Dead), Some(99_000)), Some(Health::Dead));
         assert_eq!(shown(None, Some(99_000)), Some(Health::Healthy));

@@ -20,9 +20,8 @@ use anyhow::{Context, Result};
 use parhelia_proto::{
     CancelTaskResponse, CheckpointSessionResponse, DeleteTasksResponse, DispatchTasksResponse,
     DispatchedTask, QueuedTask, ResumeSessionRequest, ResumeSessionResponse, RetryTaskResponse,
-    SkippedCheckpoint,
-    SetBudgetRequest, SetBudgetResponse, StopRequest, SubmitTaskRequest, SubmitTaskResponse,
-    TaskFailure, TerminateContainerResponse,
+    SetBudgetRequest, SetBudgetResponse, SkippedCheckpoint, StopRequest, SubmitTaskRequest,
+    SubmitTaskResponse, TaskFailure, TerminateContainerResponse,
 };
 use tokio::sync::watch;
 

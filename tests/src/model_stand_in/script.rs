@@ -386,9 +386,7 @@ impl TryFrom<TurnRepr> for Turn {
             return Err(ScriptError::ZeroTimes);
         }
         let reply = match (repr.text, repr.tool_use.is_empty(), repr.error) {
-            (None, true, None) if repr.hold.is_some() => {
-                Reply::Hold(repr.hold.unwrap_or_default())
-            }
+            (None, true, None) if repr.hold.is_some() => Reply::Hold(repr.hold.unwrap_or_default()),
             _ if repr.hold.is_some() => return Err(ScriptError::AmbiguousTurn),
             (None, true, Some(error)) => Reply::Error(error),
             (text, false, None) => Reply::ToolUse {
