@@ -214,6 +214,10 @@ pub struct Supervisor {
     /// The `InputAccepted` seq of the message the running turn answers (none for a
     /// message typed in an attached terminal).
     turn_input_seq: Option<u64>,
+    /// The running turn reached Claude Code as a prompt: sent on headless stdin, or
+    /// (interactive) its UserPromptSubmit hook fired. Text typed into the TUI that
+    /// is no prompt (`/exit`) never starts a turn that could go unanswered.
+    turn_submitted: bool,
     last_result: Option<TurnResult>,
     /// What this Claude Code process's turns cost, summed turn by turn.
     process_spent_usd: f64,
@@ -368,6 +372,7 @@ impl Supervisor {
             input: None,
             turn_running: false,
             turn_input_seq: None,
+            turn_submitted: false,
             last_result: None,
             process_spent_usd: 0.0,
             last_reported_total_usd: None,
@@ -776,6 +781,7 @@ impl Supervisor {
         )));
         self.input = Some(input);
         self.turn_running = has_prompt;
+        self.turn_submitted = has_prompt;
         self.tasks.push(tokio::spawn(headless_io::follow_stream(
             layout.stream.clone(),
             start_offset,
@@ -927,9 +933,12 @@ impl Supervisor {
                             self.prompt_ready.send_replace(true);
                         }
                         // A message typed in an attached terminal starts a turn too.
-                        "UserPromptSubmit" if !self.turn_running => {
-                            self.turn_running = true;
-                            self.turn_input_seq = None;
+                        "UserPromptSubmit" => {
+                            if !self.turn_running {
+                                self.turn_running = true;
+                                self.turn_input_seq = None;
+                            }
+                            self.turn_submitted = true;
                         }
                         _ => {}
                     }
@@ -1098,22 +1107,26 @@ impl Supervisor {
         } else {
             claude::user_message_line(text)
         };
+        let interactive = self.interactive();
         if let Some(input) = &self.input {
             let _ = input.send(line);
             self.turn_running = true;
             self.turn_input_seq = Some(seq);
+            // Interactive: a prompt once its UserPromptSubmit hook says so.
+            self.turn_submitted = !interactive;
         }
     }
 
     /// What Claude Code has been asked and not answered: the running turn and the queue.
     fn unanswered(&self) -> Unanswered {
+        let turn_in_flight = self.turn_running && self.turn_submitted;
         let mut input_seqs: Vec<u64> = Vec::new();
-        if self.turn_running {
+        if turn_in_flight {
             input_seqs.extend(self.turn_input_seq);
         }
         input_seqs.extend(self.pending_inputs.iter().map(|(seq, _)| *seq));
         Unanswered {
-            turn_in_flight: self.turn_running,
+            turn_in_flight,
             input_seqs,
         }
     }
@@ -1152,6 +1165,7 @@ impl Supervisor {
                 self.journal(event::Kind::TurnResult(result)).await?;
                 self.turn_running = false;
                 self.turn_input_seq = None;
+                self.turn_submitted = false;
                 if self.stop.is_none() {
                     match self.pending_inputs.pop_front() {
                         Some((seq, next)) => self.send_to_claude(seq, &next),
