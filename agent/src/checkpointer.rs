@@ -49,6 +49,10 @@ pub struct CheckpointMetadata {
     pub session: SessionFacts,
     pub git: GitState,
     pub agent_version: &'static str,
+    /// The checkpoint whose conversation this one carries, when the config dir had
+    /// none (a new container before its restore: the safety checkpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_carried_from: Option<String>,
 }
 
 /// One checkpoint to take.
@@ -177,10 +181,20 @@ pub fn take_checkpoint(
             &paths.conversation_staging,
         )
         .map_err(|e| io_failure("staging the conversation", e))?;
+        // A checkpoint is one unit: without a transcript in the config dir (a new
+        // container before its restore), the conversation is the newest one the store
+        // holds, so a rollback to this checkpoint continues that conversation.
+        let conversation_carried_from =
+            if has_transcript(&paths.conversation_staging, &facts.claude_session_id) {
+                None
+            } else {
+                carry_over_conversation(store, &paths.conversation_staging)
+            };
         let metadata = CheckpointMetadata {
             session: facts.clone(),
             git: git_state::capture(&paths.workspace),
             agent_version: env!("CARGO_PKG_VERSION"),
+            conversation_carried_from,
         };
         let request = CreateRequest {
             trees: vec![
@@ -250,6 +264,54 @@ pub fn take_checkpoint(
             Err(failure)
         }
     }
+}
+
+/// The staged conversation holds the session's transcript.
+fn has_transcript(staging: &Path, claude_session_id: &str) -> bool {
+    std::fs::symlink_metadata(staging.join(format!("{claude_session_id}.jsonl")))
+        .is_ok_and(|m| m.is_file())
+}
+
+/// Whether checkpoint `manifest` carries a conversation (its conversation tree has files).
+pub fn has_conversation(manifest: &parhelia_checkpoint::Manifest) -> bool {
+    manifest
+        .tree(CONVERSATION_TREE)
+        .is_some_and(|tree| tree.file_count > 0)
+}
+
+/// Restores the conversation of the newest checkpoint that has one into `staging`;
+/// returns its id. A damaged candidate is passed over for an older one; with none,
+/// `staging` is left as it was (empty) and the checkpoint has no conversation, as
+/// the session had none yet.
+fn carry_over_conversation(store: &Store, staging: &Path) -> Option<String> {
+    let list = match store.list() {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing checkpoints for the conversation failed");
+            return None;
+        }
+    };
+    for summary in list.iter().rev() {
+        let Ok(manifest) = store.load(&summary.id) else {
+            continue;
+        };
+        if !has_conversation(&manifest) {
+            continue;
+        }
+        match store.restore_tree(&summary.id, CONVERSATION_TREE, staging) {
+            Ok(_) => {
+                tracing::info!(from = %summary.id, "the checkpoint carries an earlier checkpoint's conversation");
+                return Some(summary.id.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(checkpoint = %summary.id, error = %e, "its conversation could not be read; trying an older one");
+                // A half-restored staging dir must not be committed as a conversation.
+                let _ = std::fs::remove_dir_all(staging);
+                let _ = std::fs::create_dir_all(staging);
+            }
+        }
+    }
+    None
 }
 
 /// What a restore did.
@@ -378,5 +440,105 @@ impl Checkpointer {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: &str = "6f1c2d3e-0000-4000-8000-000000000001";
+
+    fn paths(root: &Path, config: &str) -> CheckpointPaths {
+        CheckpointPaths {
+            store_root: root.join("store"),
+            workspace: root.join("workspace"),
+            claude_config_dir: root.join(config),
+            conversation_staging: root.join(format!("staging-{config}")),
+            excludes: Vec::new(),
+            retention: Retention::default(),
+        }
+    }
+
+    fn facts() -> SessionFacts {
+        SessionFacts {
+            claude_session_id: SESSION.into(),
+            ..Default::default()
+        }
+    }
+
+    fn transcript(paths: &CheckpointPaths) -> PathBuf {
+        conversation::project_dir(&paths.claude_config_dir, &paths.workspace)
+            .join(format!("{SESSION}.jsonl"))
+    }
+
+    /// Issue 12: the safety checkpoint a new container takes before its restore had no
+    /// conversation (its config dir is new), so rolling back to it, or resuming from it
+    /// after a double fault, failed with "No conversation found".
+    #[test]
+    fn a_checkpoint_taken_without_a_transcript_carries_the_newest_conversation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("workspace")).unwrap();
+        std::fs::write(root.join("workspace/a.txt"), "one").unwrap();
+        let store = Store::open(&root.join("store")).unwrap();
+
+        // The first container: a transcript in its config dir.
+        let first = paths(root, "config-1");
+        let line = "{\"type\":\"user\",\"message\":\"hello\"}\n";
+        std::fs::create_dir_all(transcript(&first).parent().unwrap()).unwrap();
+        std::fs::write(transcript(&first), line).unwrap();
+        let with_conversation =
+            take_checkpoint(&store, &first, None, "turn_end", "", false, &facts()).unwrap();
+
+        // The second container, before its restore: nothing in its config dir yet.
+        std::fs::write(root.join("workspace/a.txt"), "two").unwrap();
+        let second = paths(root, "config-2");
+        let safety =
+            take_checkpoint(&store, &second, None, "pre_restore", "", true, &facts()).unwrap();
+        assert!(!safety.skipped);
+        let id = CheckpointId::parse(&safety.checkpoint_id).unwrap();
+        let manifest = store.load(&id).unwrap();
+        assert!(
+            has_conversation(&manifest),
+            "the safety checkpoint has no conversation"
+        );
+        assert_eq!(
+            manifest.metadata["conversation_carried_from"],
+            with_conversation.checkpoint_id.as_str()
+        );
+
+        // Rolling back to it in a third container installs that conversation.
+        let third = paths(root, "config-3");
+        restore_checkpoint(&store, &third, &safety.checkpoint_id, SESSION).unwrap();
+        assert_eq!(std::fs::read_to_string(transcript(&third)).unwrap(), line);
+        assert_eq!(
+            std::fs::read_to_string(root.join("workspace/a.txt")).unwrap(),
+            "two"
+        );
+    }
+
+    #[test]
+    fn a_session_that_never_had_a_conversation_checkpoints_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("workspace")).unwrap();
+        std::fs::write(root.join("workspace/a.txt"), "one").unwrap();
+        let store = Store::open(&root.join("store")).unwrap();
+        let summary = take_checkpoint(
+            &store,
+            &paths(root, "config-1"),
+            None,
+            "workspace",
+            "",
+            false,
+            &facts(),
+        )
+        .unwrap();
+        let manifest = store
+            .load(&CheckpointId::parse(&summary.checkpoint_id).unwrap())
+            .unwrap();
+        assert!(!has_conversation(&manifest));
+        assert!(manifest.metadata.get("conversation_carried_from").is_none());
     }
 }

@@ -226,9 +226,17 @@ pub struct Supervisor {
     status: SessionStatus,
     claude_code_version: String,
     last_init: Option<ClaudeInit>,
-    pending_inputs: VecDeque<String>,
+    /// Messages waiting for the running turn to end: the `InputAccepted` seq and text.
+    pending_inputs: VecDeque<(u64, String)>,
     input: Option<mpsc::UnboundedSender<String>>,
     turn_running: bool,
+    /// The `InputAccepted` seq of the message the running turn answers (none for a
+    /// message typed in an attached terminal).
+    turn_input_seq: Option<u64>,
+    /// The running turn reached Claude Code as a prompt: sent on headless stdin, or
+    /// (interactive) its UserPromptSubmit hook fired. Text typed into the TUI that
+    /// is no prompt (`/exit`) never starts a turn that could go unanswered.
+    turn_submitted: bool,
     last_result: Option<TurnResult>,
     /// What this Claude Code process's turns cost, summed turn by turn.
     process_spent_usd: f64,
@@ -266,14 +274,52 @@ pub struct Verdict {
     pub error_message: String,
 }
 
+/// What Claude Code was asked and never answered when it exited.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Unanswered {
+    /// A turn was started (its message sent) and no result for it arrived.
+    pub turn_in_flight: bool,
+    /// The `InputAccepted` seqs of the messages that got no result: the running
+    /// turn's (when it came through the agent), then every queued one, in order.
+    pub input_seqs: Vec<u64>,
+}
+
+impl Unanswered {
+    pub fn is_empty(&self) -> bool {
+        !self.turn_in_flight && self.input_seqs.is_empty()
+    }
+
+    /// `the running turn got no result; 2 messages were not answered (inputs #7, #9)`.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.turn_in_flight {
+            parts.push("the running turn got no result".to_string());
+        }
+        if !self.input_seqs.is_empty() {
+            let n = self.input_seqs.len();
+            let seqs: Vec<String> = self.input_seqs.iter().map(|s| format!("#{s}")).collect();
+            parts.push(format!(
+                "{n} message{} not answered (input{} {})",
+                if n == 1 { " was" } else { "s were" },
+                if n == 1 { "" } else { "s" },
+                seqs.join(", ")
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
 /// Decides the outcome from why we stopped (if we did), Claude Code's exit status, its
-/// last `result` line and whether it wrote anything at all. Mapping: `contracts.md`,
-/// "Error codes".
+/// last `result` line, whether it wrote anything at all, and what it left unanswered.
+/// The outcome is the last turn's: a turn (or a queued message) without its result is
+/// never a success, whatever earlier turns returned. Mapping: `contracts.md`, "Error
+/// codes".
 pub fn verdict(
     stop: Option<&StopIntent>,
     exit_code: i32,
     last_result: Option<&TurnResult>,
     wrote_output: bool,
+    unanswered: &Unanswered,
 ) -> Verdict {
     let failed = |code, message: String| Verdict {
         outcome: SessionOutcome::Failed,
@@ -317,6 +363,19 @@ pub fn verdict(
             error_code: "E602",
             error_message: "the agent received SIGTERM; the session can be resumed".into(),
         },
+        (None, None) if !wrote_output && (exit_code == 126 || exit_code == 127) => failed(
+            "E501",
+            format!("claude code could not be started (exit status {exit_code})"),
+        ),
+        // The last turn was cut off: an earlier turn's result says nothing about it.
+        (None, _) if !unanswered.is_empty() => Verdict {
+            outcome: SessionOutcome::Interrupted,
+            error_code: "E602",
+            error_message: format!(
+                "claude code exited with status {exit_code} before answering: {}; the session can be resumed",
+                unanswered.describe()
+            ),
+        },
         (None, Some(result)) if result.is_error || result.subtype.starts_with("error") => {
             let message = if result.result.is_empty() {
                 format!("claude code finished with {}", result.subtype)
@@ -336,10 +395,6 @@ pub fn verdict(
             error_code: "",
             error_message: String::new(),
         },
-        (None, None) if !wrote_output && (exit_code == 126 || exit_code == 127) => failed(
-            "E501",
-            format!("claude code could not be started (exit status {exit_code})"),
-        ),
         (None, None) => Verdict {
             outcome: SessionOutcome::Interrupted,
             error_code: "E602",
@@ -359,6 +414,8 @@ impl Supervisor {
             pending_inputs: VecDeque::new(),
             input: None,
             turn_running: false,
+            turn_input_seq: None,
+            turn_submitted: false,
             last_result: None,
             process_spent_usd: 0.0,
             last_reported_total_usd: None,
@@ -479,11 +536,15 @@ impl Supervisor {
             self.set_status(SessionStatus::Idle, "", "waiting for input".into())
                 .await?;
         } else {
-            self.journal(event::Kind::InputAccepted(InputAccepted {
-                text: spec.prompt.clone(),
-                queued: false,
-            }))
-            .await?;
+            let seq = self
+                .journal(event::Kind::InputAccepted(InputAccepted {
+                    text: spec.prompt.clone(),
+                    queued: false,
+                }))
+                .await?;
+            if self.turn_running {
+                self.turn_input_seq = Some(seq);
+            }
         }
         Ok(())
     }
@@ -791,6 +852,7 @@ impl Supervisor {
         )));
         self.input = Some(input);
         self.turn_running = has_prompt;
+        self.turn_submitted = has_prompt;
         self.tasks.push(tokio::spawn(headless_io::follow_stream(
             layout.stream.clone(),
             start_offset,
@@ -946,7 +1008,13 @@ impl Supervisor {
                             self.prompt_ready.send_replace(true);
                         }
                         // A message typed in an attached terminal starts a turn too.
-                        "UserPromptSubmit" => self.turn_running = true,
+                        "UserPromptSubmit" => {
+                            if !self.turn_running {
+                                self.turn_running = true;
+                                self.turn_input_seq = None;
+                            }
+                            self.turn_submitted = true;
+                        }
                         _ => {}
                     }
                 }
@@ -1115,22 +1183,40 @@ impl Supervisor {
             }))
             .await?;
         if queued {
-            self.pending_inputs.push_back(text);
+            self.pending_inputs.push_back((seq, text));
         } else {
-            self.send_to_claude(&text);
+            self.send_to_claude(seq, &text);
         }
         Ok(Ok(SendInputResponse { queued, seq }))
     }
 
-    fn send_to_claude(&mut self, text: &str) {
+    fn send_to_claude(&mut self, seq: u64, text: &str) {
         let line = if self.interactive() {
             text.to_string()
         } else {
             claude::user_message_line(text)
         };
+        let interactive = self.interactive();
         if let Some(input) = &self.input {
             let _ = input.send(line);
             self.turn_running = true;
+            self.turn_input_seq = Some(seq);
+            // Interactive: a prompt once its UserPromptSubmit hook says so.
+            self.turn_submitted = !interactive;
+        }
+    }
+
+    /// What Claude Code has been asked and not answered: the running turn and the queue.
+    fn unanswered(&self) -> Unanswered {
+        let turn_in_flight = self.turn_running && self.turn_submitted;
+        let mut input_seqs: Vec<u64> = Vec::new();
+        if turn_in_flight {
+            input_seqs.extend(self.turn_input_seq);
+        }
+        input_seqs.extend(self.pending_inputs.iter().map(|(seq, _)| *seq));
+        Unanswered {
+            turn_in_flight,
+            input_seqs,
         }
     }
 
@@ -1167,9 +1253,11 @@ impl Supervisor {
                 self.last_result = Some(result.clone());
                 self.journal(event::Kind::TurnResult(result)).await?;
                 self.turn_running = false;
+                self.turn_input_seq = None;
+                self.turn_submitted = false;
                 if self.stop.is_none() {
                     match self.pending_inputs.pop_front() {
-                        Some(next) => self.send_to_claude(&next),
+                        Some((seq, next)) => self.send_to_claude(seq, &next),
                         // The TUI stays up, idle, until it is told to exit.
                         None if self.interactive() => {}
                         // Nothing more to say: closing stdin lets Claude Code exit.
@@ -1272,7 +1360,8 @@ impl Supervisor {
         self.journal(event::Kind::StopRequested(StopRequested { reason }))
             .await?;
         self.stop = Some(intent);
-        self.pending_inputs.clear();
+        // The queue is never sent now (a turn's end sends it only without a stop);
+        // it stays, so `SessionFinished` says which messages went unanswered.
         self.input = None;
         // A prompt not yet delivered must not start a turn now.
         if let Some(writer) = self.writer_task.take() {
@@ -1330,9 +1419,11 @@ impl Supervisor {
         }
         self.kill_at = None;
         self.give_up_at = None;
+        let unanswered = self.unanswered();
         self.journal(event::Kind::ClaudeExited(ClaudeExited {
             exit_code,
-            had_result: self.last_result.is_some(),
+            // The last turn's result, not any earlier one.
+            had_result: self.last_result.is_some() && !unanswered.turn_in_flight,
         }))
         .await?;
         let mut verdict = verdict(
@@ -1340,9 +1431,14 @@ impl Supervisor {
             exit_code,
             self.last_result.as_ref(),
             self.stream_lines > 0,
+            &unanswered,
         );
-        // A TUI the user quit cleanly before any turn ended has nothing to report.
-        if self.interactive() && self.stop.is_none() && self.last_result.is_none() && exit_code == 0
+        // A TUI the user quit cleanly before any turn was asked for has nothing to report.
+        if self.interactive()
+            && self.stop.is_none()
+            && self.last_result.is_none()
+            && unanswered.is_empty()
+            && exit_code == 0
         {
             verdict = Verdict {
                 outcome: SessionOutcome::Succeeded,
@@ -1405,6 +1501,7 @@ impl Supervisor {
             error_message: verdict.error_message,
             result,
             session_cost_usd: self.session_cost_usd(),
+            unanswered_input_seqs: self.unanswered().input_seqs,
         }))
         .await?;
         self.phase = Phase::Finished;
@@ -1510,7 +1607,13 @@ mod tests {
         wrote_output: bool,
         expect: (SessionOutcome, &str),
     ) {
-        let got = verdict(stop.as_ref(), exit_code, last.as_ref(), wrote_output);
+        let got = verdict(
+            stop.as_ref(),
+            exit_code,
+            last.as_ref(),
+            wrote_output,
+            &Unanswered::default(),
+        );
         assert_eq!((got.outcome, got.error_code), expect, "{got:?}");
     }
 
@@ -1524,7 +1627,7 @@ mod tests {
         check(Some(full), -1, ok(), true, (Interrupted, "E516"));
         let timeout = StopIntent::Timeout { limit_ms: 90_000 };
         check(Some(timeout.clone()), 143, ok(), true, (Failed, "E301"));
-        let v = verdict(Some(&timeout), 143, None, true);
+        let v = verdict(Some(&timeout), 143, None, true, &Unanswered::default());
         assert!(v.error_message.contains("--timeout 1m30s"), "{v:?}");
         assert_eq!(human_duration(7_200_000), "2h");
         assert_eq!(human_duration(10_000), "10s");
@@ -1539,6 +1642,116 @@ mod tests {
         assert_eq!(limit_code("E301"), Some("E301"));
         assert_eq!(limit_code("E601"), None);
         assert_eq!(limit_code("rm -rf"), None);
+    }
+
+    /// The repro of issue 12: turn 1 succeeded, turn 2 (and a queued message) never got a
+    /// result because Claude Code or its tmux server was killed. Old code: `Succeeded`.
+    #[test]
+    fn a_turn_killed_after_an_earlier_success_is_interrupted_and_names_what_was_lost() {
+        let earlier = result("success", false, 0);
+        for exit_code in [137, -1, 0, 1] {
+            let unanswered = Unanswered {
+                turn_in_flight: true,
+                input_seqs: vec![7, 9],
+            };
+            let got = verdict(None, exit_code, Some(&earlier), true, &unanswered);
+            assert_eq!(got.outcome, SessionOutcome::Interrupted, "{got:?}");
+            assert_eq!(got.error_code, "E602");
+            assert!(
+                got.error_message
+                    .contains("2 messages were not answered (inputs #7, #9)"),
+                "{}",
+                got.error_message
+            );
+            assert!(got.error_message.contains("the running turn got no result"));
+        }
+        // A queued message alone (the turn's result came, the next never started) is enough.
+        let queued_only = Unanswered {
+            turn_in_flight: false,
+            input_seqs: vec![4],
+        };
+        let got = verdict(None, 0, Some(&earlier), true, &queued_only);
+        assert_eq!(
+            (got.outcome, got.error_code),
+            (SessionOutcome::Interrupted, "E602")
+        );
+        assert!(
+            got.error_message
+                .contains("1 message was not answered (input #4)")
+        );
+    }
+
+    fn arb_result() -> impl proptest::strategy::Strategy<Value = Option<TurnResult>> {
+        use proptest::prelude::*;
+        proptest::option::of(
+            (
+                prop_oneof![
+                    Just("success"),
+                    Just("error_max_turns"),
+                    Just("error_max_budget_usd"),
+                    Just("error_during_execution")
+                ],
+                any::<bool>(),
+                prop_oneof![Just(0u32), Just(401), Just(429), Just(500)],
+            )
+                .prop_map(|(subtype, is_error, status)| result(subtype, is_error, status)),
+        )
+    }
+
+    fn arb_stop() -> impl proptest::strategy::Strategy<Value = Option<StopIntent>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(None),
+            Just(Some(StopIntent::Interrupt)),
+            Just(Some(StopIntent::Cancel {
+                reason: String::new()
+            })),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever earlier turns returned, a session that left a turn or a message
+        /// unanswered never succeeds; and one that left nothing unanswered, was not
+        /// stopped, and whose last result is a success always does.
+        #[test]
+        fn the_outcome_is_the_last_turns(
+            stop in arb_stop(),
+            exit_code in proptest::prelude::any::<i32>(),
+            last in arb_result(),
+            wrote_output in proptest::prelude::any::<bool>(),
+            turn_in_flight in proptest::prelude::any::<bool>(),
+            input_seqs in proptest::collection::vec(0u64..1000, 0..4),
+        ) {
+            let unanswered = Unanswered { turn_in_flight, input_seqs };
+            let got = verdict(stop.as_ref(), exit_code, last.as_ref(), wrote_output, &unanswered);
+            if !unanswered.is_empty() {
+                proptest::prop_assert_ne!(got.outcome, SessionOutcome::Succeeded);
+                if stop.is_none() && last.is_some() {
+                    proptest::prop_assert_eq!(got.outcome, SessionOutcome::Interrupted);
+                    proptest::prop_assert_eq!(got.error_code, "E602");
+                }
+            }
+            match &stop {
+                Some(StopIntent::Cancel { .. }) => {
+                    proptest::prop_assert_eq!(got.outcome, SessionOutcome::Cancelled)
+                }
+                Some(StopIntent::Interrupt) => {
+                    proptest::prop_assert_eq!(got.outcome, SessionOutcome::Interrupted)
+                }
+                _ => {}
+            }
+            let clean_success = last
+                .as_ref()
+                .is_some_and(|r| !r.is_error && !r.subtype.starts_with("error"));
+            if stop.is_none() && unanswered.is_empty() && clean_success {
+                proptest::prop_assert_eq!(got.outcome, SessionOutcome::Succeeded);
+            }
+            // Every non-success carries a code.
+            proptest::prop_assert_eq!(
+                got.error_code.is_empty(),
+                got.outcome == SessionOutcome::Succeeded
+            );
+        }
     }
 
     #[test]

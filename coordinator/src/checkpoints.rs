@@ -84,6 +84,79 @@ pub fn coded(e: &parhelia_checkpoint::CheckpointError) -> CodedError {
     CodedError::new(code, e.to_string())
 }
 
+/// A checkpoint `resume` or `session recover` passed over, and why.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Skipped {
+    pub checkpoint_id: String,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+impl Skipped {
+    /// `skipped    cp-… [E606] it has no conversation …` (escape before printing).
+    pub fn line(&self) -> String {
+        format!(
+            "skipped    {} [{}] {}",
+            self.checkpoint_id, self.code, self.reason
+        )
+    }
+}
+
+/// Whether a checkpoint carries a conversation (its conversation tree has files).
+pub fn has_conversation(manifest: &parhelia_checkpoint::Manifest) -> bool {
+    manifest
+        .tree(CONVERSATION_TREE)
+        .is_some_and(|tree| tree.file_count > 0)
+}
+
+/// Why checkpoint `id` cannot be resumed from or rolled back to, if it cannot:
+/// damaged (it does not verify) or, when the session has a conversation
+/// (`needs_conversation`), without one.
+pub fn unrestorable(store: &Store, id: &CheckpointId, needs_conversation: bool) -> Option<Skipped> {
+    let skipped = |e: CodedError| Skipped {
+        checkpoint_id: id.to_string(),
+        code: e.code.code,
+        reason: e.message,
+    };
+    let manifest = match store.load(id) {
+        Ok(m) => m,
+        Err(e) => return Some(skipped(coded(&e))),
+    };
+    if needs_conversation && !has_conversation(&manifest) {
+        return Some(skipped(CodedError::new(
+            error_codes::CHECKPOINT_INCOMPLETE,
+            format!(
+                "checkpoint {id} ({}) has no conversation; Claude Code could not continue from it",
+                manifest.trigger
+            ),
+        )));
+    }
+    store.verify(id).err().map(|e| skipped(coded(&e)))
+}
+
+/// Whether any checkpoint of the store carries a conversation: then one is
+/// needed to continue the session.
+pub fn session_has_conversation(store: &Store, list: &[Summary]) -> bool {
+    list.iter()
+        .any(|s| store.load(&s.id).is_ok_and(|m| has_conversation(&m)))
+}
+
+/// The newest checkpoint that can be restored (it verifies, and has a
+/// conversation when the session has one), and every newer one passed over
+/// with its reason, newest first.
+pub fn newest_restorable(store: &Store) -> Result<(Option<Summary>, Vec<Skipped>), CodedError> {
+    let list = store.list().map_err(|e| coded(&e))?;
+    let needs_conversation = session_has_conversation(store, &list);
+    let mut skipped = Vec::new();
+    for summary in list.iter().rev() {
+        match unrestorable(store, &summary.id, needs_conversation) {
+            None => return Ok((Some(summary.clone()), skipped)),
+            Some(why) => skipped.push(why),
+        }
+    }
+    Ok((None, skipped))
+}
+
 /// Opens a session's store if it has one (a session that never checkpointed has none).
 /// `limits` caps every read (`checkpoint.max_restore_*`, E624).
 pub fn open_store(
@@ -467,6 +540,106 @@ pub fn conversation_text(turns: &[Turn]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parhelia_checkpoint::{ChangeHint, CreateOutcome, CreateRequest, TreeSpec};
+
+    /// A checkpoint of `workspace` and `conversation` (either may be an empty dir).
+    fn take(
+        store: &Store,
+        workspace: &Path,
+        conversation: &Path,
+        trigger: &str,
+    ) -> parhelia_checkpoint::CheckpointId {
+        let tree = |name: &str, root: &Path| {
+            (
+                TreeSpec {
+                    name: name.into(),
+                    root: root.to_path_buf(),
+                    excludes: Vec::new(),
+                },
+                ChangeHint::Unknown,
+            )
+        };
+        let outcome = store
+            .create(&CreateRequest {
+                trees: vec![
+                    tree("workspace", workspace),
+                    tree(CONVERSATION_TREE, conversation),
+                ],
+                parent: None,
+                trigger: trigger.into(),
+                message: None,
+                metadata: serde_json::Value::Null,
+                skip_if_unchanged: false,
+            })
+            .unwrap();
+        let CreateOutcome::Created(m) = outcome else {
+            panic!("not created")
+        };
+        m.id
+    }
+
+    /// Issue 12: the default resume picked the newest checkpoint, a safety checkpoint
+    /// without the conversation, and Claude Code failed ("No conversation found"); a
+    /// damaged newest one failed too. Now both are passed over, each with its reason.
+    #[test]
+    fn the_newest_restorable_checkpoint_is_chosen_and_the_skipped_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ws, conv, empty) = (
+            tmp.path().join("ws"),
+            tmp.path().join("conv"),
+            tmp.path().join("empty"),
+        );
+        for d in [&ws, &conv, &empty] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(conv.join("s.jsonl"), "{}\n").unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let ids: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|content| {
+                std::fs::write(ws.join("f"), content).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                take(&store, &ws, &conv, "turn_end")
+            })
+            .collect();
+        std::fs::write(ws.join("f"), "d").unwrap();
+        let safety = take(&store, &ws, &empty, "pre_restore");
+        let (chosen, skipped) = newest_restorable(&store).unwrap();
+        assert_eq!(chosen.unwrap().id, ids[2]);
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped[0].checkpoint_id, safety.to_string());
+        assert_eq!(skipped[0].code, "E606");
+        assert!(
+            skipped[0].line().contains("has no conversation"),
+            "{skipped:?}"
+        );
+
+        // Damage checkpoint c's only new layer: it no longer verifies and is skipped too.
+        let c = store.load(&ids[2]).unwrap();
+        let b = store.load(&ids[1]).unwrap();
+        let only_c = c.layers.iter().find(|l| !b.layers.contains(l)).unwrap();
+        let layer = tmp
+            .path()
+            .join("store/layers")
+            .join(format!("{}.tar.zst", only_c.to_hex()));
+        let mut bytes = std::fs::read(&layer).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&layer, bytes).unwrap();
+        let (chosen, skipped) = newest_restorable(&store).unwrap();
+        assert_eq!(chosen.unwrap().id, ids[1]);
+        let codes: Vec<_> = skipped.iter().map(|s| s.code).collect();
+        assert_eq!(codes, ["E606", "E620"], "{skipped:?}");
+
+        // A session that never had a conversation needs none.
+        let tmp2 = tempfile::tempdir().unwrap();
+        let store2 = Store::open(&tmp2.path().join("store")).unwrap();
+        let only = take(&store2, &ws, &empty, "workspace");
+        let (chosen, skipped) = newest_restorable(&store2).unwrap();
+        assert_eq!(chosen.unwrap().id, only);
+        assert!(skipped.is_empty());
+        assert!(unrestorable(&store2, &only, false).is_none());
+    }
 
     #[test]
     fn conversation_between_shows_only_new_user_and_assistant_turns() {

@@ -213,9 +213,169 @@ pub fn health_for(silence_ms: i64, interval_ms: i64, t: &HealthThresholds) -> He
     }
 }
 
+impl Health {
+    /// Worse is larger: healthy < degraded < unhealthy < dead.
+    fn rank(self) -> u8 {
+        match self {
+            Health::Healthy => 0,
+            Health::Degraded => 1,
+            Health::Unhealthy => 2,
+            Health::Dead => 3,
+        }
+    }
+
+    /// The worse of two.
+    pub fn worst(self, other: Health) -> Health {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// What `status` says about a running session's heartbeat, derived from its age
+/// against the interval (the same rule as [`health_for`]: fresh while healthy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatAge {
+    /// The agent has not sent one yet.
+    NoneYet,
+    /// The last one is recent: fewer than `degraded_after_missed` intervals ago.
+    Fresh { age_ms: i64 },
+    /// The last one is older than that: the agent may be gone or stuck.
+    Stale { age_ms: i64 },
+}
+
+impl HeartbeatAge {
+    pub fn of(
+        last_heartbeat_ms: Option<i64>,
+        now_ms: i64,
+        interval_ms: i64,
+        t: &HealthThresholds,
+    ) -> HeartbeatAge {
+        let Some(last) = last_heartbeat_ms else {
+            return HeartbeatAge::NoneYet;
+        };
+        // A clock step backwards reads as "just now", never as a negative age.
+        let age_ms = now_ms.saturating_sub(last).max(0);
+        match health_for(age_ms, interval_ms, t) {
+            Health::Healthy => HeartbeatAge::Fresh { age_ms },
+            _ => HeartbeatAge::Stale { age_ms },
+        }
+    }
+}
+
+impl fmt::Display for HeartbeatAge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            HeartbeatAge::NoneYet => f.write_str("no heartbeat yet"),
+            HeartbeatAge::Fresh { age_ms } => write!(f, "heartbeat {}s ago", age_ms / 1000),
+            HeartbeatAge::Stale { age_ms } => {
+                write!(f, "heartbeat stale ({}s ago)", age_ms / 1000)
+            }
+        }
+    }
+}
+
+/// The health to show for a container that should be sending heartbeats: the
+/// stored one (the reconciler's, as of its last pass) or what the silence since
+/// `heard_ms` (the last heartbeat, else the start) says now, whichever is worse.
+pub fn shown_health(
+    stored: Option<Health>,
+    heard_ms: Option<i64>,
+    now_ms: i64,
+    interval_ms: i64,
+    t: &HealthThresholds,
+) -> Option<Health> {
+    let by_age = heard_ms.map(|heard| health_for(now_ms.saturating_sub(heard), interval_ms, t));
+    match (stored, by_age) {
+        (Some(a), Some(b)) => Some(a.worst(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const T: HealthThresholds = HealthThresholds {
+        degraded_after_missed: 3,
+        unhealthy_after_missed: 6,
+        stale_threshold_ms: 300_000,
+    };
+
+    /// Issue 12, item 8: `status` said "heartbeat ok" whatever the heartbeat's age.
+    #[test]
+    fn the_heartbeat_line_follows_its_age() {
+        // (last heartbeat, now, interval, line)
+        let table = [
+            (None, 100_000, 5_000, "no heartbeat yet"),
+            (Some(97_000), 100_000, 5_000, "heartbeat 3s ago"),
+            (Some(100_000), 100_000, 5_000, "heartbeat 0s ago"),
+            (Some(86_000), 100_000, 5_000, "heartbeat 14s ago"),
+            (Some(85_000), 100_000, 5_000, "heartbeat stale (15s ago)"),
+            (Some(5_000), 100_000, 5_000, "heartbeat stale (95s ago)"),
+            (Some(0), 1_000_000, 5_000, "heartbeat stale (1000s ago)"),
+            // A heartbeat from the future (clock step) is fresh, not negative.
+            (Some(200_000), 100_000, 5_000, "heartbeat 0s ago"),
+        ];
+        for (last, now, interval, line) in table {
+            assert_eq!(
+                HeartbeatAge::of(last, now, interval, &T).to_string(),
+                line,
+                "{last:?} {now} {interval}"
+            );
+        }
+    }
+
+    #[test]
+    fn shown_health_is_the_worse_of_stored_and_age() {
+        let now = 100_000;
+        let shown = |stored, heard| shown_health(stored, heard, now, 5_000, &T);
+        assert_eq!(
+            shown(Some(Health::Healthy), Some(99_000)),
+            Some(Health::Healthy)
+        );
+        // Stored healthy, but 95s of silence: what the age says wins.
+        assert_eq!(
+            shown(Some(Health::Healthy), Some(5_000)),
+            Some(Health::Unhealthy)
+        );
+        assert_eq!(
+            shown(Some(Health::Healthy), Some(80_000)),
+            Some(Health::Degraded)
+        );
+        // A worse stored verdict is never hidden by a fresh heartbeat.
+        assert_eq!(shown(Some(Health::Dead), Some(99_000)), Some(Health::Dead));
+        assert_eq!(shown(None, Some(99_000)), Some(Health::Healthy));
+        assert_eq!(shown(Some(Health::Degraded), None), Some(Health::Degraded));
+        assert_eq!(shown(None, None), None);
+    }
+
+    proptest::proptest! {
+        /// "Fresh" exactly when the container would be shown healthy; never a
+        /// negative age; a stale line always names an age past the degraded mark.
+        #[test]
+        fn the_heartbeat_line_and_health_agree(
+            last in proptest::option::of(-1_000_000i64..1_000_000),
+            now in -1_000_000i64..1_000_000,
+            interval in 1i64..60_000,
+        ) {
+            let age = HeartbeatAge::of(last, now, interval, &T);
+            let health = shown_health(Some(Health::Healthy), last, now, interval, &T);
+            match age {
+                HeartbeatAge::NoneYet => proptest::prop_assert!(last.is_none()),
+                HeartbeatAge::Fresh { age_ms } => {
+                    proptest::prop_assert!(age_ms >= 0);
+                    proptest::prop_assert_eq!(health, Some(Health::Healthy));
+                }
+                HeartbeatAge::Stale { age_ms } => {
+                    proptest::prop_assert!(age_ms >= interval * i64::from(T.degraded_after_missed));
+                    proptest::prop_assert_ne!(health, Some(Health::Healthy));
+                }
+            }
+        }
+    }
 
     #[test]
     fn names_round_trip() {

@@ -451,6 +451,9 @@ pub struct RunningSession {
     pub cost_usd: f64,
     pub started_at_ms: Option<i64>,
     pub last_heartbeat_ms: Option<i64>,
+    /// The interval the agent was asked to beat at, and the reconciler's last verdict.
+    pub heartbeat_interval_ms: Option<i64>,
+    pub container_health: Option<crate::container_state::Health>,
 }
 
 /// A session as stored, without its secret.
@@ -1065,7 +1068,8 @@ impl Db {
     pub fn running_sessions(&self) -> Result<Vec<RunningSession>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT s.id, s.task_id, c.id, s.status, s.cost_usd, c.started_at_ms, c.last_heartbeat_ms
+            "SELECT s.id, s.task_id, c.id, s.status, s.cost_usd, c.started_at_ms, c.last_heartbeat_ms,
+                    c.heartbeat_interval_ms, c.health
              FROM tasks t JOIN sessions s ON s.id = t.session_id JOIN containers c ON c.id = t.container_id
              WHERE t.status = 'running' ORDER BY s.created_at_ms",
         )?;
@@ -1078,6 +1082,11 @@ impl Db {
                 cost_usd: r.get(4)?,
                 started_at_ms: r.get(5)?,
                 last_heartbeat_ms: r.get(6)?,
+                heartbeat_interval_ms: r.get(7)?,
+                container_health: r
+                    .get::<_, Option<String>>(8)?
+                    .map(|s| parse_column(8, &s))
+                    .transpose()?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -1712,6 +1721,7 @@ mod tests {
                 error_message: "stopped".into(),
                 result: String::new(),
                 session_cost_usd: 0.75,
+                ..Default::default()
             })),
         };
         let recorded = db.record_event(&target, &finished).unwrap();
@@ -1753,6 +1763,7 @@ mod tests {
                 error_message: "the model API failed".into(),
                 result: String::new(),
                 session_cost_usd: 0.5,
+                ..Default::default()
             })),
         };
         let recorded = db.record_event(&target, &finished).unwrap();

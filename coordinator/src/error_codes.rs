@@ -380,6 +380,11 @@ error_codes! {
         why: "Only ended tasks (completed, failed, cancelled, interrupted) whose containers are gone can be deleted.",
         recover: "Cancel it first with `parhelia task cancel TASK_ID`, or wait for it to end.",
     }
+    CHECKPOINT_INCOMPLETE = "E606" "CHECKPOINT_INCOMPLETE" {
+        what: "The checkpoint has no conversation, so the session cannot continue from it.",
+        why: "It was taken without the Claude Code conversation while the session has one (a safety checkpoint written by an older agent before a restore); Claude Code would start with \"No conversation found\".",
+        recover: "Nothing was changed. Resume or roll back to another checkpoint (`parhelia checkpoint list SESSION_ID`); plain `parhelia resume SESSION_ID` picks the newest restorable one and says which it skipped.",
+    }
     CHECKPOINT_CORRUPT = "E620" "CHECKPOINT_CORRUPT" {
         what: "The checkpoint is damaged.",
         why: "A checksum did not match: a layer or the manifest was truncated or altered on the volume.",

@@ -16,12 +16,27 @@ use std::path::Path;
 use crate::checkpoints;
 use crate::db::Db;
 
-/// The checkpoint a session would resume from.
+/// The checkpoint a session would resume from: the newest one that carries the
+/// conversation when the session has one (a conversation-less safety checkpoint
+/// of an older agent is never offered). Cheap: manifests only; the resume itself
+/// verifies (`checkpoints::newest_restorable`).
 pub fn latest_checkpoint_id(db: &Db, session_id: &str, volume_dir: &Path) -> Option<String> {
     // Listing only: the default caps are enough to read manifests.
     match checkpoints::open_store(volume_dir, &parhelia_checkpoint::Limits::default()) {
-        Ok(Some(store)) => match store.latest() {
-            Ok(latest) => return latest.map(|s| s.id.to_string()),
+        Ok(Some(store)) => match store.list() {
+            Ok(list) => {
+                let needs_conversation = checkpoints::session_has_conversation(&store, &list);
+                return list
+                    .iter()
+                    .rev()
+                    .find(|s| {
+                        !needs_conversation
+                            || store
+                                .load(&s.id)
+                                .is_ok_and(|m| checkpoints::has_conversation(&m))
+                    })
+                    .map(|s| s.id.to_string());
+            }
             Err(err) => {
                 tracing::warn!(%session_id, "reading the checkpoint store failed: {err}")
             }

@@ -20,8 +20,8 @@ use anyhow::{Context, Result};
 use parhelia_proto::{
     CancelTaskResponse, CheckpointSessionResponse, DeleteTasksResponse, DispatchTasksResponse,
     DispatchedTask, QueuedTask, ResumeSessionRequest, ResumeSessionResponse, RetryTaskResponse,
-    SetBudgetRequest, SetBudgetResponse, StopRequest, SubmitTaskRequest, SubmitTaskResponse,
-    TaskFailure, TerminateContainerResponse,
+    SetBudgetRequest, SetBudgetResponse, SkippedCheckpoint, StopRequest, SubmitTaskRequest,
+    SubmitTaskResponse, TaskFailure, TerminateContainerResponse,
 };
 use tokio::sync::watch;
 
@@ -1191,35 +1191,53 @@ impl CoordinatorService {
                     format!("session {} has no checkpoint to resume from", session.id),
                 )
             })?;
-        let checkpoint_id = {
+        // The newest *restorable* checkpoint (it verifies, and carries the
+        // conversation the session has), saying why newer ones were passed
+        // over; a named one must be restorable itself.
+        let (checkpoint_id, skipped) = {
             let store = checkpoints::open_store_at(
                 &store_dir,
                 &self.inner.config.agent.checkpoint.read_limits(),
             )?;
-            let id = if r.checkpoint_id.trim().is_empty() {
-                store
-                    .latest()
-                    .map_err(|e| checkpoints::coded(&e))?
-                    .map(|s| s.id)
-                    .ok_or_else(|| {
-                        coded(
-                            error_codes::CHECKPOINT_NOT_FOUND,
-                            format!("session {} has no checkpoint to resume from", session.id),
-                        )
-                    })?
+            if r.checkpoint_id.trim().is_empty() {
+                let (chosen, skipped) = checkpoints::newest_restorable(&store)?;
+                let Some(chosen) = chosen else {
+                    let reasons: Vec<String> = skipped.iter().map(|s| s.line()).collect();
+                    return Err(coded(
+                        error_codes::CHECKPOINT_NOT_FOUND,
+                        if skipped.is_empty() {
+                            format!("session {} has no checkpoint to resume from", session.id)
+                        } else {
+                            format!(
+                                "session {} has no restorable checkpoint to resume from:\n{}",
+                                session.id,
+                                reasons.join("\n")
+                            )
+                        },
+                    ));
+                };
+                (chosen.id.to_string(), skipped)
             } else {
-                checkpoints::parse_id(r.checkpoint_id.trim())?
-            };
-            store.verify(&id).map_err(|e| {
-                let mut err = checkpoints::coded(&e);
-                if err.code == error_codes::CHECKPOINT_NOT_FOUND {
-                    err.message =
-                        format!("checkpoint {id} is not in session {}'s store", session.id);
+                let id = checkpoints::parse_id(r.checkpoint_id.trim())?;
+                let list = store.list().map_err(|e| checkpoints::coded(&e))?;
+                let needs_conversation = checkpoints::session_has_conversation(&store, &list);
+                if let Some(why) = checkpoints::unrestorable(&store, &id, needs_conversation) {
+                    let code = error_codes::lookup(why.code)
+                        .copied()
+                        .unwrap_or(error_codes::CHECKPOINT_IO_FAILED);
+                    let message = if code == error_codes::CHECKPOINT_NOT_FOUND {
+                        format!("checkpoint {id} is not in session {}'s store", session.id)
+                    } else {
+                        why.reason
+                    };
+                    return Err(coded(code, message));
                 }
-                err
-            })?;
-            id.to_string()
+                (id.to_string(), Vec::new())
+            }
         };
+        for s in &skipped {
+            tracing::warn!(session_id = %session.id, checkpoint_id = %s.checkpoint_id, code = s.code, "resume skips a checkpoint: {}", s.reason);
+        }
 
         // A session continues only under a ceiling it has not reached.
         let standing = db.standing(Some(&task.id), &self.config().budget, ids::now_ms())?;
@@ -1304,6 +1322,14 @@ impl CoordinatorService {
             container_id: container_id.clone(),
             checkpoint_id: checkpoint_id.clone(),
             stopped_container_id: String::new(),
+            skipped: skipped
+                .iter()
+                .map(|s| SkippedCheckpoint {
+                    checkpoint_id: s.checkpoint_id.clone(),
+                    code: s.code.to_string(),
+                    reason: s.reason.clone(),
+                })
+                .collect(),
         };
         if let Some(old) = &old {
             // Two agents must never write one workspace: the old one goes first.
@@ -1396,6 +1422,7 @@ impl CoordinatorService {
                     .details(serde_json::json!({
                         "checkpoint_id": checkpoint_id,
                         "stopped_container_id": Some(&response.stopped_container_id).filter(|c| !c.is_empty()),
+                        "skipped": skipped,
                     })),
                 );
                 self.follow(target).await;

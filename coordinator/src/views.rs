@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::container_state::{ContainerState, Health};
+use crate::container_state::{
+    ContainerState, Health, HealthThresholds, HeartbeatAge, shown_health,
+};
 use crate::db::{
     ContainerRecord, HeartbeatRecord, OrphanRecord, RunningSession, SessionRecord, TaskRecord,
 };
@@ -151,19 +153,37 @@ pub struct ContainerView {
 }
 
 impl ContainerView {
-    pub fn from_record(c: &ContainerRecord, now_ms: i64) -> Self {
+    /// `thresholds` and `default_interval_ms` (for a container that recorded no
+    /// interval) make the shown health follow the heartbeat's age now, not only the
+    /// reconciler's last pass.
+    pub fn from_record(
+        c: &ContainerRecord,
+        now_ms: i64,
+        thresholds: &HealthThresholds,
+        default_interval_ms: i64,
+    ) -> Self {
         let heard = [c.last_heartbeat_ms, c.started_at_ms, Some(c.created_at_ms)]
             .into_iter()
             .flatten()
             .max();
+        let health = if c.state.expects_heartbeats() {
+            shown_health(
+                c.health,
+                heard,
+                now_ms,
+                c.heartbeat_interval_ms.unwrap_or(default_interval_ms),
+                thresholds,
+            )
+        } else {
+            c.health
+        };
         Self {
             id: c.id.clone(),
             known: true,
             state: c.state.to_string(),
             // Health describes containers that should be alive (and the
             // dead ones that were lost); an ended container has none.
-            health: c
-                .health
+            health: health
                 .filter(|_| c.state.expects_heartbeats() || c.state == ContainerState::Lost)
                 .map(|h| h.to_string()),
             task_id: Some(c.task_id.clone()),
@@ -398,10 +418,24 @@ pub struct RunningSessionView {
     pub cost_usd: f64,
     pub started_at: Option<String>,
     pub last_heartbeat_at: Option<String>,
+    /// `heartbeat 3s ago`, `heartbeat stale (95s ago)` or `no heartbeat yet`: the
+    /// heartbeat's age against the session's interval.
+    pub heartbeat: String,
+    /// The container's health as that age makes it (never better than the
+    /// reconciler's last verdict).
+    pub health: Option<String>,
 }
 
-impl From<&RunningSession> for RunningSessionView {
-    fn from(s: &RunningSession) -> Self {
+impl RunningSessionView {
+    /// `default_interval_ms`: for a container that recorded none.
+    pub fn of(
+        s: &RunningSession,
+        now_ms: i64,
+        default_interval_ms: i64,
+        thresholds: &HealthThresholds,
+    ) -> Self {
+        let interval = s.heartbeat_interval_ms.unwrap_or(default_interval_ms);
+        let heard = s.last_heartbeat_ms.or(s.started_at_ms);
         Self {
             session_id: s.session_id.clone(),
             task_id: s.task_id.clone(),
@@ -410,6 +444,10 @@ impl From<&RunningSession> for RunningSessionView {
             cost_usd: s.cost_usd,
             started_at: s.started_at_ms.map(rfc3339_ms),
             last_heartbeat_at: s.last_heartbeat_ms.map(rfc3339_ms),
+            heartbeat: HeartbeatAge::of(s.last_heartbeat_ms, now_ms, interval, thresholds)
+                .to_string(),
+            health: shown_health(s.container_health, heard, now_ms, interval, thresholds)
+                .map(|h| h.to_string()),
         }
     }
 }
@@ -646,18 +684,18 @@ pub fn status_text(status: &StatusView) -> String {
     } else {
         out.push_str("sessions\n");
         for s in &status.running_sessions {
-            let heartbeat = s
-                .last_heartbeat_at
-                .as_ref()
-                .map(|_| "heartbeat ok".to_string())
-                .unwrap_or_else(|| "no heartbeat yet".to_string());
+            let health = s
+                .health
+                .as_deref()
+                .map(|h| format!(" · {h}"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "  {}  {}  {}  {}  {}\n",
+                "  {}  {}  {}  {}  {}{health}\n",
                 s.session_id,
                 s.task_id,
                 escape_untrusted(&s.status),
                 cost(s.cost_usd),
-                heartbeat
+                s.heartbeat
             ));
         }
     }
@@ -787,6 +825,8 @@ task-1a2b3c4d  failed       $0.0123   3m05s   Add a hello.txt that says hi
                 cost_usd: 0.5,
                 started_at: None,
                 last_heartbeat_at: None,
+                heartbeat: "no heartbeat yet".into(),
+                health: None,
             }],
             cost_usd: 1.25,
         };
@@ -820,6 +860,57 @@ sessions
             !text.contains('\u{1b}') && !text.contains('\u{9b}'),
             "{text:?}"
         );
+        insta::assert_snapshot!(text);
+    }
+
+    /// Issue 12, item 8: every running session said "heartbeat ok", whatever the
+    /// heartbeat's age; a session silent for 95s now says so, and so does its health.
+    #[test]
+    fn status_lines_follow_the_heartbeat_age() {
+        let now = 1_700_000_100_000;
+        let thresholds = HealthThresholds {
+            degraded_after_missed: 3,
+            unhealthy_after_missed: 6,
+            stale_threshold_ms: 300_000,
+        };
+        let session = |n: u32, last: Option<i64>, health: Option<Health>| RunningSession {
+            session_id: format!("sess-0000000{n}"),
+            task_id: format!("task-0000000{n}"),
+            container_id: format!("ctr-0000000{n}"),
+            status: "busy".into(),
+            cost_usd: 0.0012,
+            started_at_ms: Some(now - 200_000),
+            last_heartbeat_ms: last,
+            heartbeat_interval_ms: Some(5_000),
+            container_health: health,
+        };
+        let sessions = [
+            session(1, Some(now - 3_000), Some(Health::Healthy)),
+            session(2, Some(now - 95_000), Some(Health::Healthy)),
+            session(3, None, None),
+            session(4, Some(now - 400_000), Some(Health::Unhealthy)),
+        ];
+        let status = StatusView {
+            state_dir: "/s/.parhelia".into(),
+            coordinator: CoordinatorView {
+                running: true,
+                pid: Some(42),
+                version: Some("0.1.0".into()),
+                socket: "/s/.parhelia/coordinator.sock".into(),
+            },
+            coordinator_id: "coord-00000001".into(),
+            tasks: BTreeMap::new(),
+            queued: 0,
+            held: 0,
+            max_concurrent_workers: 10,
+            running_sessions: sessions
+                .iter()
+                .map(|s| RunningSessionView::of(s, now, 5_000, &thresholds))
+                .collect(),
+            cost_usd: 0.0048,
+        };
+        let text = status_text(&status);
+        assert!(!text.contains("heartbeat ok"), "{text}");
         insta::assert_snapshot!(text);
     }
 

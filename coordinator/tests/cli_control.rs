@@ -117,6 +117,7 @@ fn prepared(world: &World) -> (Db, Vec<ContainerRef>) {
                 error_message: "the model API failed".into(),
                 result: String::new(),
                 session_cost_usd: 0.1,
+                ..Default::default()
             }),
         ),
     ];

@@ -72,6 +72,7 @@ fn event(seq: u64, outcome: SessionOutcome) -> Event {
             } else {
                 String::new()
             },
+            ..Default::default()
         }),
         s => Kind::AssistantText(AssistantText {
             message_id: format!("m{s}"),

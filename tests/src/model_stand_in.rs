@@ -132,6 +132,7 @@ impl StandIn {
                 next_id: 0,
             }),
             changed: Condvar::new(),
+            holds: Arc::new(tokio::sync::Semaphore::new(0)),
         });
         let app = Router::new()
             .fallback(handle_request)
@@ -182,6 +183,22 @@ impl StandIn {
         self.shared.lock().cursor.consumed()
     }
 
+    /// Lets the oldest held answer ([`Reply::Hold`]) go out; a release before any
+    /// request is held is kept for the next one.
+    pub fn release_hold(&self) {
+        self.shared.holds.add_permits(1);
+    }
+
+    /// Requests answered (or being answered) by a held turn so far.
+    pub fn holds_served(&self) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.reply == "hold")
+            .count()
+    }
+
     /// Servings left before the script is exhausted.
     pub fn turns_remaining(&self) -> usize {
         self.shared.lock().cursor.remaining()
@@ -227,6 +244,8 @@ struct Shared {
     state: Mutex<StandInState>,
     /// Notified after every logged request, for [`StandIn::wait_for`].
     changed: Condvar,
+    /// One permit per released held answer ([`StandIn::release_hold`]).
+    holds: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -301,7 +320,9 @@ fn answer(
     let path = uri.path();
     let answer = if method == Method::POST && path == "/v1/messages" {
         match &json_body {
-            Some(body) if body.is_object() => answer_messages(&mut state, &summary, &request_id),
+            Some(body) if body.is_object() => {
+                answer_messages(&mut state, &summary, &request_id, &shared.holds)
+            }
             _ => Answer {
                 kind: RequestKind::BadRequest,
                 turn_index: None,
@@ -381,7 +402,12 @@ fn answer(
 }
 
 /// Answers `POST /v1/messages`: a turn if the body carries tools, else a side answer.
-fn answer_messages(state: &mut StandInState, summary: &BodySummary, request_id: &str) -> Answer {
+fn answer_messages(
+    state: &mut StandInState,
+    summary: &BodySummary,
+    request_id: &str,
+    holds: &Arc<tokio::sync::Semaphore>,
+) -> Answer {
     let (kind, turn_index, turn) = if summary.tool_count > 0 {
         match state.cursor.next_turn() {
             Served::Scripted { index, turn } => (RequestKind::Turn, Some(index), turn),
@@ -400,7 +426,12 @@ fn answer_messages(state: &mut StandInState, summary: &BodySummary, request_id: 
     };
     let reply = turn.summary();
     let model = summary.model.as_deref().unwrap_or(FALLBACK_MODEL);
+    let mut held = false;
     let content = match turn.reply {
+        Reply::Hold(text) => {
+            held = true;
+            vec![ContentBlock::Text(text)]
+        }
         Reply::Error(error) => {
             return Answer {
                 kind,
@@ -437,8 +468,15 @@ fn answer_messages(state: &mut StandInState, summary: &BodySummary, request_id: 
         stop_reason,
         usage: turn.usage,
     };
+    let gate = held.then(|| Arc::clone(holds));
     let response = if summary.stream == Some(true) {
-        sse_response(&message)
+        sse_response(&message, gate)
+    } else if let Some(gate) = gate {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            held_body(gate, vec![Bytes::from(message.to_json().to_string())]),
+        )
+            .into_response()
     } else {
         json_response(message.to_json())
     };
@@ -450,20 +488,40 @@ fn answer_messages(state: &mut StandInState, summary: &BodySummary, request_id: 
     }
 }
 
-fn sse_response(message: &AssistantMessage) -> Response {
+fn sse_response(message: &AssistantMessage, gate: Option<Arc<tokio::sync::Semaphore>>) -> Response {
     // One body frame per event, as a real server flushes them.
-    let frames = message
+    let frames: Vec<Bytes> = message
         .to_sse_events()
         .into_iter()
-        .map(|event| Ok::<_, Infallible>(Bytes::from(event.encode())));
+        .map(|event| Bytes::from(event.encode()))
+        .collect();
+    let body = match gate {
+        Some(gate) => held_body(gate, frames),
+        None => Body::from_stream(futures::stream::iter(
+            frames.into_iter().map(Ok::<_, Infallible>),
+        )),
+    };
     (
         [
             (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        Body::from_stream(futures::stream::iter(frames)),
+        body,
     )
         .into_response()
+}
+
+/// A body whose frames go out only once `gate` gives a permit (which it keeps).
+fn held_body(gate: Arc<tokio::sync::Semaphore>, frames: Vec<Bytes>) -> Body {
+    use futures::StreamExt as _;
+    let stream = futures::stream::once(async move {
+        if let Ok(permit) = gate.acquire().await {
+            permit.forget();
+        }
+        futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>))
+    })
+    .flatten();
+    Body::from_stream(stream)
 }
 
 fn json_response(body: Value) -> Response {

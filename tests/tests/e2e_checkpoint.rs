@@ -456,3 +456,169 @@ fn checkpoint_read_caps_come_from_the_config() {
         "a refused rollback changed the workspace"
     );
 }
+
+/// The session's conversation as Claude Code's transcript line count in a checkpoint.
+fn conversation_files(h: &Harness, session_id: &str, checkpoint_id: &str) -> u64 {
+    let store = parhelia_checkpoint::Store::open(
+        &h.state()
+            .join("sessions")
+            .join(session_id)
+            .join("volume")
+            .join("checkpoints"),
+    )
+    .unwrap();
+    let id = parhelia_checkpoint::CheckpointId::parse(checkpoint_id).unwrap();
+    store
+        .load(&id)
+        .unwrap()
+        .tree("conversation")
+        .map_or(0, |t| t.file_count)
+}
+
+/// Issue 12, item 2: the safety checkpoint a restore takes first is a whole
+/// checkpoint (rolling back to it continues the conversation), and the default
+/// `resume` and `session recover` pass over a conversation-less checkpoint (as
+/// older agents wrote them) for the newest restorable one, saying why.
+#[test]
+fn the_safety_checkpoint_has_the_conversation_and_resume_skips_incomplete_ones() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("first.txt", "one\n")]),
+        Turn::text("First done."),
+        Turn::tool_use([ToolCall::write("second.txt", "two\n")]),
+        Turn::text("Second done."),
+        Turn::text("Back at the safety checkpoint."),
+        Turn::text("Resumed past the incomplete one."),
+    ]));
+    let created = create(&h, "Write first.txt", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+
+    // A resume: the new container's safety checkpoint comes first, with the conversation.
+    h.ok(&["resume", &session_id, "-m", "Now write second.txt"]);
+    let ws = workspace(&h, &session_id);
+    h.wait_for("second.txt and the session's end", || {
+        let t = h.json(&["task", "show", &task_id, "--json"]);
+        (ws.join("second.txt").exists() && t["status"] == "completed").then_some(())
+    });
+    let safety = h
+        .task_events(&task_id, "checkpoint_created")
+        .into_iter()
+        .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "pre_restore")
+        .expect("the resume's safety checkpoint");
+    let safety_id = safety["kind"]["checkpoint_created"]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        conversation_files(&h, &session_id, &safety_id) > 0,
+        "the safety checkpoint {safety_id} has no conversation"
+    );
+
+    // Rolling back to it continues the conversation (it failed E600 "No conversation
+    // found" when the safety checkpoint had none).
+    let requests_before = h.stand_in.requests().len();
+    h.ok(&[
+        "checkpoint",
+        "rollback",
+        &safety_id,
+        "--yes",
+        "-m",
+        "Carry on from here.",
+    ]);
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] != "running" && t["status"] != "pending"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Back at the safety checkpoint.", "{task:#}");
+    assert!(!ws.join("second.txt").exists());
+    let first = h.stand_in.requests()[requests_before..]
+        .iter()
+        .find(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .expect("the rolled-back session called the model");
+    assert!(
+        first.message_count > 3,
+        "the rolled-back request carried only {} messages",
+        first.message_count
+    );
+
+    // A double fault as older agents left it: the newest checkpoint has the
+    // workspace but no conversation.
+    let store_root = h
+        .state()
+        .join("sessions")
+        .join(&session_id)
+        .join("volume")
+        .join("checkpoints");
+    let empty = h.root().join("empty-conversation");
+    std::fs::create_dir_all(&empty).unwrap();
+    let store = parhelia_checkpoint::Store::open(&store_root).unwrap();
+    let tree = |name: &str, root: &std::path::Path| {
+        (
+            parhelia_checkpoint::TreeSpec {
+                name: name.into(),
+                root: root.to_path_buf(),
+                excludes: Vec::new(),
+            },
+            parhelia_checkpoint::ChangeHint::Unknown,
+        )
+    };
+    let outcome = store
+        .create(&parhelia_checkpoint::CreateRequest {
+            trees: vec![tree("workspace", &ws), tree("conversation", &empty)],
+            parent: None,
+            trigger: "pre_restore".into(),
+            message: None,
+            metadata: serde_json::json!({}),
+            skip_if_unchanged: false,
+        })
+        .unwrap();
+    let parhelia_checkpoint::CreateOutcome::Created(incomplete) = outcome else {
+        panic!("the planted checkpoint was not created");
+    };
+    let incomplete = incomplete.id.to_string();
+    drop(store);
+    let newest = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(newest, incomplete);
+
+    // `session recover` names it and recommends an older, whole one.
+    let recover = h.ok(&["session", "recover", &session_id]);
+    assert!(
+        recover.contains(&format!("skipped    {incomplete} [E606]")),
+        "{recover}"
+    );
+    assert!(recover.contains("to resume: parhelia resume"), "{recover}");
+    assert!(
+        !recover.contains(&format!("--checkpoint {incomplete}")),
+        "{recover}"
+    );
+
+    // Naming it is refused before anything changes.
+    let refused = h.run(&["checkpoint", "rollback", &incomplete, "--yes"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("E606"), "{stderr}");
+
+    // The default resume passes over it, says so, and continues the conversation.
+    let resumed = h.ok(&["resume", &session_id, "-m", "Continue."]);
+    assert!(
+        resumed.contains(&format!("skipped    {incomplete} [E606]")),
+        "{resumed}"
+    );
+    assert!(
+        !resumed.contains(&format!("resumed from {incomplete}")),
+        "{resumed}"
+    );
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] != "running" && t["status"] != "pending"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        task["result"], "Resumed past the incomplete one.",
+        "{task:#}"
+    );
+}

@@ -320,14 +320,36 @@ async fn resume(ctx: &Ctx, opened: &Opened, call: ResumeCall<'_>, json: bool) ->
         .map_err(coordinator_error)?
         .into_inner();
     if json {
+        let skipped: Vec<serde_json::Value> = reply
+            .skipped
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "checkpoint_id": s.checkpoint_id,
+                    "code": s.code,
+                    "reason": s.reason,
+                })
+            })
+            .collect();
         print_json(&serde_json::json!({
             "task_id": reply.task_id,
             "session_id": reply.session_id,
             "container_id": reply.container_id,
             "checkpoint_id": reply.checkpoint_id,
             "stopped_container_id": Some(&reply.stopped_container_id).filter(|c| !c.is_empty()),
+            "skipped": skipped,
         }))?;
     } else {
+        // Checkpoints newer than the one chosen, and why they were passed over.
+        for s in &reply.skipped {
+            println!(
+                "{}",
+                escape_untrusted(&format!(
+                    "skipped    {} [{}] {}",
+                    s.checkpoint_id, s.code, s.reason
+                ))
+            );
+        }
         let verb = if rollback {
             "rolled back to"
         } else {
@@ -467,24 +489,13 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
     }
     let latest = match super::modal::session_store(ctx, &opened, &s).await? {
         Some(store) => {
-            let list = store.list().map_err(|e| checkpoints::coded(&e))?;
-            // The newest checkpoint that verifies is the one to offer.
-            let mut good = None;
-            for summary in list.iter().rev() {
-                match store.verify(&summary.id) {
-                    Ok(()) => {
-                        good = Some(summary.clone());
-                        break;
-                    }
-                    Err(e) => println!(
-                        "damaged    {} [{}] {}",
-                        summary.id,
-                        e.code(),
-                        escape_untrusted(&e.to_string())
-                    ),
-                }
+            // The newest restorable checkpoint is the one to offer; each newer one
+            // passed over is named with its reason.
+            let (chosen, skipped) = checkpoints::newest_restorable(&store)?;
+            for why in &skipped {
+                println!("{}", escape_untrusted(&why.line()));
             }
-            good
+            chosen
         }
         None => None,
     };

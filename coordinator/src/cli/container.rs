@@ -215,7 +215,8 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             let health = health.map(|h| h.parse::<Health>()).transpose()?;
             let opened = ctx.open()?;
             let now = now_ms();
-            let containers = container_views(&opened.db, state, health, now)?;
+            let policy = opened.config.config.policy("");
+            let containers = container_views(&opened.db, &policy, state, health, now)?;
             if json {
                 print_json(&containers)?;
             } else {
@@ -226,7 +227,8 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
         ContainerCommand::Show { container_id, json } => {
             let opened = ctx.open()?;
             let now = now_ms();
-            let view = find_container(&opened.db, &container_id, now)?;
+            let policy = opened.config.config.policy("");
+            let view = find_container(&opened.db, &policy, &container_id, now)?;
             if json {
                 print_json(&view)?;
             } else {
@@ -241,7 +243,8 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
         }
         ContainerCommand::Events { container_id, json } => {
             let opened = ctx.open()?;
-            find_container(&opened.db, &container_id, now_ms())?;
+            let policy = opened.config.config.policy("");
+            find_container(&opened.db, &policy, &container_id, now_ms())?;
             let rows = opened.db.query_events(
                 &EventFilter {
                     container_id: Some(container_id),
@@ -283,7 +286,8 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             let mut last = String::new();
             loop {
                 let now = now_ms();
-                let containers = container_views(&opened.db, None, None, now)?;
+                let policy = opened.config.config.policy("");
+                let containers = container_views(&opened.db, &policy, None, None, now)?;
                 // The live ones and the ten most recent others.
                 let shown: Vec<ContainerView> = containers
                     .iter()
@@ -353,6 +357,7 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
 /// Every container on record plus every orphan still around, newest first.
 fn container_views(
     db: &Db,
+    policy: &crate::reconcile::Policy,
     state: Option<ContainerState>,
     health: Option<Health>,
     now: i64,
@@ -360,7 +365,14 @@ fn container_views(
     let mut views: Vec<ContainerView> = db
         .list_containers(state, health)?
         .iter()
-        .map(|c| ContainerView::from_record(c, now))
+        .map(|c| {
+            ContainerView::from_record(
+                c,
+                now,
+                &policy.thresholds,
+                policy.default_heartbeat_interval_ms,
+            )
+        })
         .collect();
     if health.is_none() && state.is_none_or(|s| s == ContainerState::Orphaned) {
         views.extend(
@@ -373,9 +385,19 @@ fn container_views(
     Ok(views)
 }
 
-fn find_container(db: &Db, container_id: &str, now: i64) -> Result<ContainerView> {
+fn find_container(
+    db: &Db,
+    policy: &crate::reconcile::Policy,
+    container_id: &str,
+    now: i64,
+) -> Result<ContainerView> {
     if let Some(c) = db.get_container(container_id)? {
-        return Ok(ContainerView::from_record(&c, now));
+        return Ok(ContainerView::from_record(
+            &c,
+            now,
+            &policy.thresholds,
+            policy.default_heartbeat_interval_ms,
+        ));
     }
     if let Some(o) = db.get_orphan(container_id)? {
         return Ok(ContainerView::from_orphan(&o));

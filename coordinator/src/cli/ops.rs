@@ -525,11 +525,21 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
         queued: db.queued_tasks()?.len() as u64,
         held: db.held_tasks()?.len() as u64,
         max_concurrent_workers: opened.config.config.orchestrator.max_concurrent_workers,
-        running_sessions: db
-            .running_sessions()?
-            .iter()
-            .map(views::RunningSessionView::from)
-            .collect(),
+        running_sessions: {
+            let policy = opened.config.config.policy("");
+            let now = crate::ids::now_ms();
+            db.running_sessions()?
+                .iter()
+                .map(|s| {
+                    views::RunningSessionView::of(
+                        s,
+                        now,
+                        policy.default_heartbeat_interval_ms,
+                        &policy.thresholds,
+                    )
+                })
+                .collect()
+        },
         cost_usd: db.total_cost_usd()?,
     };
     let (budget_json, budget_text) = super::budget::status_budget(db, &opened.config.config)?;

@@ -33,8 +33,9 @@
 //! ```
 //!
 //! A turn is exactly one of: `text` alone (stop reason `end_turn`), `tool_use` with an optional
-//! leading `text` (stop reason `tool_use`), or `error` (an HTTP error answer; `type` and
-//! `message` default from the status, `body` replaces the whole JSON body). `times` defaults to
+//! leading `text` (stop reason `tool_use`), `error` (an HTTP error answer; `type` and
+//! `message` default from the status, `body` replaces the whole JSON body), or `hold` (its text,
+//! sent only once the test calls `StandIn::release_hold`). `times` defaults to
 //! 1; `usage` to 100 input and 10 output tokens. Instead of `default`, `"repeat_last": true`
 //! serves the last turn forever; with neither, an exhausted script answers `script exhausted`.
 //! Side requests get `side_text` (default `Stand-in side answer`) with `side_usage` (10/5).
@@ -228,6 +229,11 @@ pub enum Reply {
     },
     /// An HTTP error instead of a message.
     Error(ErrorReply),
+    /// This text (stop reason `end_turn`), but held: the response's headers go out at
+    /// once and its body only after [`StandIn::release_hold`](super::StandIn::release_hold)
+    /// (one release per held request, in arrival order). Lets a test act — kill Claude
+    /// Code, send a message — while a turn is certainly in flight, without timing.
+    Hold(String),
 }
 
 /// One scripted turn: a reply, how many requests it answers, and the usage it reports.
@@ -275,6 +281,11 @@ impl Turn {
         Self::new(Reply::Error(error))
     }
 
+    /// Text held until the test releases it (see [`Reply::Hold`]).
+    pub fn hold(text: impl Into<String>) -> Self {
+        Self::new(Reply::Hold(text.into()))
+    }
+
     /// Serve this turn to `times` consecutive tool-carrying requests (e.g. every retry).
     pub fn times(mut self, times: u32) -> Self {
         self.times = times;
@@ -304,6 +315,7 @@ impl Turn {
                 format!("tool_use {}", names.join(","))
             }
             Reply::Error(error) => format!("error {}", error.status),
+            Reply::Hold(_) => "hold".to_owned(),
         }
     }
 }
@@ -349,6 +361,9 @@ struct TurnRepr {
     tool_use: Vec<ToolCall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<ErrorReply>,
+    /// Text answered only once released (`Reply::Hold`); excludes the other three.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hold: Option<String>,
     #[serde(default = "one", skip_serializing_if = "is_one")]
     times: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -371,6 +386,8 @@ impl TryFrom<TurnRepr> for Turn {
             return Err(ScriptError::ZeroTimes);
         }
         let reply = match (repr.text, repr.tool_use.is_empty(), repr.error) {
+            (None, true, None) if repr.hold.is_some() => Reply::Hold(repr.hold.unwrap_or_default()),
+            _ if repr.hold.is_some() => return Err(ScriptError::AmbiguousTurn),
             (None, true, Some(error)) => Reply::Error(error),
             (text, false, None) => Reply::ToolUse {
                 text,
@@ -389,15 +406,17 @@ impl TryFrom<TurnRepr> for Turn {
 
 impl From<Turn> for TurnRepr {
     fn from(turn: Turn) -> Self {
-        let (text, tool_use, error) = match turn.reply {
-            Reply::Text(text) => (Some(text), Vec::new(), None),
-            Reply::ToolUse { text, calls } => (text, calls, None),
-            Reply::Error(error) => (None, Vec::new(), Some(error)),
+        let (text, tool_use, error, hold) = match turn.reply {
+            Reply::Text(text) => (Some(text), Vec::new(), None, None),
+            Reply::ToolUse { text, calls } => (text, calls, None, None),
+            Reply::Error(error) => (None, Vec::new(), Some(error), None),
+            Reply::Hold(text) => (None, Vec::new(), None, Some(text)),
         };
         TurnRepr {
             text,
             tool_use,
             error,
+            hold,
             times: turn.times,
             usage: Some(turn.usage),
         }
