@@ -500,3 +500,15 @@ pub(crate) fn quarantined(root: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+impl Store {
+    /// The checkpoints the last `repair` could not repair, with why (from
+    /// `damaged/repair.json`; empty if there is none or it is unreadable).
+    pub fn unrepairable(&self) -> BTreeMap<CheckpointId, String> {
+        read_repair_record(&self.root)
+            .unrepairable
+            .into_iter()
+            .filter_map(|(id, why)| CheckpointId::parse(&id).ok().map(|id| (id, why)))
+            .collect()
+    }
+}

@@ -38,6 +38,10 @@ pub struct CheckpointView {
     /// On a local volume: once written. On a remote one: once the
     /// coordinator has read its manifest back from the volume and verified it.
     pub durable: bool,
+    /// Why it cannot be restored (E620), when that is known without reading its
+    /// layers: its manifest is damaged, or `checkpoint repair` could not repair it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 impl CheckpointView {
@@ -60,6 +64,32 @@ impl CheckpointView {
                 .cloned()
                 .unwrap_or(serde_json::Value::Null),
             durable: true,
+            damaged: None,
+        }
+    }
+
+    /// A checkpoint whose manifest cannot be read: what its id says, and why.
+    pub fn damaged(session_id: &str, id: &CheckpointId, why: String) -> Self {
+        let ms = id
+            .as_str()
+            .get(3..16)
+            .and_then(|d| d.parse::<i64>().ok())
+            .unwrap_or(0);
+        CheckpointView {
+            id: id.to_string(),
+            session_id: session_id.to_string(),
+            parent: None,
+            created_at: rfc3339_ms(ms),
+            trigger: "?".into(),
+            message: None,
+            file_count: 0,
+            total_bytes: 0,
+            new_bytes: 0,
+            cost_usd: None,
+            claude_session_id: None,
+            git: serde_json::Value::Null,
+            durable: false,
+            damaged: Some(why),
         }
     }
 }
@@ -245,6 +275,18 @@ pub fn list_text(views: &[CheckpointView]) -> String {
         "ID", "SESSION", "TRIGGER", "FILES", "NEW", "MESSAGE"
     );
     for v in views {
+        if let Some(why) = &v.damaged {
+            out.push_str(&format!(
+                "{:<28} {:<13} {:<11} {:>6} {:>9}  [E620] {}\n",
+                v.id,
+                v.session_id,
+                "DAMAGED",
+                "-",
+                "-",
+                one_line(why, 60)
+            ));
+            continue;
+        }
         out.push_str(&format!(
             "{:<28} {:<13} {:<11} {:>6} {:>9}  {}\n",
             v.id,
@@ -260,6 +302,12 @@ pub fn list_text(views: &[CheckpointView]) -> String {
                     one_line(v.message.as_deref().unwrap_or(""), 20)
                 )
             }
+        ));
+    }
+    let damaged = views.iter().filter(|v| v.damaged.is_some()).count();
+    if damaged > 0 {
+        out.push_str(&format!(
+            "{damaged} damaged (E620): `parhelia checkpoint verify --all` names the damaged files, `parhelia checkpoint repair` rewrites them\n"
         ));
     }
     out

@@ -1138,34 +1138,56 @@ impl CoordinatorService {
                     format!("session {} has no checkpoint to resume from", session.id),
                 )
             })?;
-        let checkpoint_id = {
+        let (checkpoint_id, skipped) = {
             let store = checkpoints::open_store_at(
                 &store_dir,
                 &self.inner.config.agent.checkpoint.read_limits(),
             )?;
-            let id = if r.checkpoint_id.trim().is_empty() {
-                store
-                    .latest()
-                    .map_err(|e| checkpoints::coded(&e))?
-                    .map(|s| s.id)
-                    .ok_or_else(|| {
+            if r.checkpoint_id.trim().is_empty() {
+                // The newest checkpoint that verifies; newer damaged ones are named.
+                let (id, skipped) = crate::store_health::newest_restorable(&store)
+                    .map_err(|e| checkpoints::coded(&e))?;
+                let Some(id) = id else {
+                    let why: Vec<String> = skipped
+                        .iter()
+                        .map(|s| format!("{} [{}] {}", s.checkpoint_id, s.code, s.reason))
+                        .collect();
+                    return Err(if skipped.is_empty() {
                         coded(
                             error_codes::CHECKPOINT_NOT_FOUND,
                             format!("session {} has no checkpoint to resume from", session.id),
                         )
-                    })?
+                    } else {
+                        coded(
+                            error_codes::CHECKPOINT_CORRUPT,
+                            format!(
+                                "session {} has no restorable checkpoint: {} (`parhelia checkpoint verify --session {}`)",
+                                session.id,
+                                why.join("; "),
+                                session.id
+                            ),
+                        )
+                    });
+                };
+                (id.to_string(), skipped)
             } else {
-                checkpoints::parse_id(r.checkpoint_id.trim())?
-            };
-            store.verify(&id).map_err(|e| {
-                let mut err = checkpoints::coded(&e);
-                if err.code == error_codes::CHECKPOINT_NOT_FOUND {
-                    err.message =
-                        format!("checkpoint {id} is not in session {}'s store", session.id);
+                let id = checkpoints::parse_id(r.checkpoint_id.trim())?;
+                if !store.has_manifest(&id) {
+                    return Err(coded(
+                        error_codes::CHECKPOINT_NOT_FOUND,
+                        format!("checkpoint {id} is not in session {}'s store", session.id),
+                    ));
                 }
-                err
-            })?;
-            id.to_string()
+                store.verify(&id).map_err(|e| {
+                    anyhow::Error::from(crate::store_health::coded_at(
+                        &e,
+                        &session.id,
+                        &store_dir,
+                        id.as_str(),
+                    ))
+                })?;
+                (id.to_string(), Vec::new())
+            }
         };
 
         // A session continues only under a ceiling it has not reached.
@@ -1251,6 +1273,14 @@ impl CoordinatorService {
             container_id: container_id.clone(),
             checkpoint_id: checkpoint_id.clone(),
             stopped_container_id: String::new(),
+            skipped: skipped
+                .into_iter()
+                .map(|s| parhelia_proto::SkippedCheckpoint {
+                    checkpoint_id: s.checkpoint_id,
+                    code: s.code,
+                    reason: s.reason,
+                })
+                .collect(),
         };
         if let Some(old) = &old {
             // Two agents must never write one workspace: the old one goes first.
