@@ -135,14 +135,17 @@ pub(crate) struct RepairRecord {
 pub(crate) const REPAIR_FORMAT: &str = "parhelia-checkpoint-repair";
 
 pub(crate) fn read_repair_record(root: &Path) -> RepairRecord {
+    use std::io::Read;
     let path = root.join(REPAIR_RECORD);
-    let ok = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= REPAIR_RECORD_MAX);
-    if !ok {
+    // Never through a link, never more than the cap.
+    let mut data = Vec::new();
+    let read = crate::repair::open_nofollow(&path)
+        .and_then(|f| f.take(REPAIR_RECORD_MAX + 1).read_to_end(&mut data).ok());
+    if read.is_none() || data.len() as u64 > REPAIR_RECORD_MAX {
         return RepairRecord::default();
     }
-    fs::read(&path)
+    serde_json::from_slice::<RepairRecord>(&data)
         .ok()
-        .and_then(|d| serde_json::from_slice::<RepairRecord>(&d).ok())
         .filter(|r| r.format == REPAIR_FORMAT && r.version == 1)
         .unwrap_or_default()
 }

@@ -337,3 +337,61 @@ fn a_missing_layer_is_reported_with_its_checkpoints_and_restored_from_a_mirror()
     assert_eq!(report.repaired, f.ids, "{report:#?}");
     assert!(store.check(CheckDepth::Full).unwrap().is_ok());
 }
+
+/// Sources are hostile input: links are never followed (not to a genuine copy, not to
+/// an endless file), and a store's own `damaged/repair.json` cannot hang a reader.
+#[test]
+fn links_in_sources_and_in_the_repair_record_are_not_followed() {
+    use std::os::unix::fs::symlink;
+    let f = fixture();
+    let genuine = f.dir.join("genuine");
+    fs::create_dir_all(&genuine).unwrap();
+    fs::copy(layer_path(&f), genuine.join("layer")).unwrap();
+    fs::copy(f.ws.join("big.bin"), genuine.join("big.bin")).unwrap();
+    flip(&layer_path(&f), 1000);
+    let victim = &f.ids[0];
+    flip(
+        &f.store_root
+            .join(format!("manifests/{}.manifest", victim.as_str())),
+        60,
+    );
+
+    // A source store whose files are links, and a workspace whose big.bin is a link.
+    let evil = f.dir.join("evil");
+    fs::create_dir_all(evil.join("layers")).unwrap();
+    fs::create_dir_all(evil.join("manifests")).unwrap();
+    fs::copy(f.store_root.join("store.json"), evil.join("store.json")).unwrap();
+    symlink(
+        genuine.join("layer"),
+        evil.join(format!("layers/{}.tar.zst", f.shared)),
+    )
+    .unwrap();
+    symlink(
+        "/dev/zero",
+        evil.join(format!("manifests/{}.manifest", victim.as_str())),
+    )
+    .unwrap();
+    fs::remove_file(f.ws.join("big.bin")).unwrap();
+    symlink(genuine.join("big.bin"), f.ws.join("big.bin")).unwrap();
+
+    let store = Store::open(&f.store_root).unwrap();
+    let report = store
+        .repair(&RepairOptions {
+            sources: vec![
+                RepairSource::Workspace(f.ws.clone()),
+                RepairSource::Store(evil),
+            ],
+            dry_run: false,
+        })
+        .unwrap();
+    assert!(report.repaired.is_empty(), "{report:#?}");
+    assert_eq!(report.unrepairable.len(), N, "{report:#?}");
+
+    // The record becomes an endless file: readers ignore it.
+    let record = f.store_root.join("damaged/repair.json");
+    fs::remove_file(&record).unwrap();
+    symlink("/dev/zero", &record).unwrap();
+    let health = store.check(CheckDepth::Quick).unwrap();
+    assert!(health.checkpoints.iter().all(|c| c.repair_note.is_none()));
+    assert!(store.unrepairable().is_empty());
+}

@@ -124,7 +124,10 @@ fn store_damage_is_reported_as_damage_repaired_from_the_workspace_and_skipped_by
     // verify: E620, the layer named with every checkpoint it breaks.
     let (stdout, stderr) = fails(&h, &["checkpoint", "verify", "--session", &session_id]);
     assert!(stderr.contains("E620"), "{stderr}");
-    assert!(stdout.contains(&format!("layers/{shared}.tar.zst")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("layers/{shared}.tar.zst")),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(&format!("affects {} checkpoints", ids.len())),
         "{stdout}"
@@ -138,7 +141,10 @@ fn store_damage_is_reported_as_damage_repaired_from_the_workspace_and_skipped_by
     // doctor looks at the stores.
     let doctor = String::from_utf8_lossy(&h.run(&["doctor"]).stdout).into_owned();
     assert!(doctor.contains("full check"), "{doctor}");
-    assert!(doctor.contains(&format!("layers/{shared}.tar.zst")), "{doctor}");
+    assert!(
+        doctor.contains(&format!("layers/{shared}.tar.zst")),
+        "{doctor}"
+    );
     assert!(
         doctor.contains(&format!("affects {} checkpoints", ids.len())),
         "{doctor}"
@@ -172,16 +178,24 @@ fn store_damage_is_reported_as_damage_repaired_from_the_workspace_and_skipped_by
         .find(|c| c["id"] == newest.as_str())
         .unwrap_or_else(|| panic!("the damaged checkpoint vanished from the list: {listed:#}"));
     assert!(
-        row["damaged"].as_str().is_some_and(|d| d.contains("manifest")),
+        row["damaged"]
+            .as_str()
+            .is_some_and(|d| d.contains("manifest")),
         "{row:#}"
     );
     let text = h.ok(&["checkpoint", "list", &session_id]);
-    assert!(text.contains("DAMAGED") && text.contains("[E620]"), "{text}");
+    assert!(
+        text.contains("DAMAGED") && text.contains("[E620]"),
+        "{text}"
+    );
     let (_, shown) = fails(&h, &["checkpoint", "show", &newest]);
     assert!(shown.contains("E620") && !shown.contains("E205"), "{shown}");
     assert!(shown.contains(newest.as_str()), "{shown}");
     let (_, diffed) = fails(&h, &["checkpoint", "diff", &previous, &newest]);
-    assert!(diffed.contains("E620") && !diffed.contains("E205"), "{diffed}");
+    assert!(
+        diffed.contains("E620") && !diffed.contains("E205"),
+        "{diffed}"
+    );
     let doctor = String::from_utf8_lossy(&h.run(&["doctor"]).stdout).into_owned();
     assert!(
         doctor.contains(&format!("manifests/{newest}.manifest")),
@@ -221,5 +235,8 @@ fn store_damage_is_reported_as_damage_repaired_from_the_workspace_and_skipped_by
         std::fs::read(ws.join("big.bin")).unwrap() == big,
         "the restored big.bin is not byte-identical"
     );
-    assert_eq!(std::fs::read_to_string(ws.join("a.txt")).unwrap(), "first\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("a.txt")).unwrap(),
+        "first\n"
+    );
 }
