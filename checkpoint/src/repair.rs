@@ -264,7 +264,7 @@ fn hash_file(path: &Path) -> Option<BlobId> {
     Some(BlobId(*h.finalize().as_bytes()))
 }
 
-fn open_nofollow(path: &Path) -> Option<File> {
+pub(crate) fn open_nofollow(path: &Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = fs::OpenOptions::new()
         .read(true)
