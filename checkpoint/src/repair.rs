@@ -96,6 +96,9 @@ const MANIFEST_MAX: u64 = 256 << 20;
 /// Files of a workspace looked at, at most.
 const WORKSPACE_MAX_FILES: usize = 2_000_000;
 
+/// Blobs to gather: id → kind and length (when known).
+type Wanted = BTreeMap<BlobId, (BlobKind, Option<u64>)>;
+
 /// Where a wanted blob is written while it is being fetched.
 enum Out {
     File(PathBuf),
@@ -491,10 +494,8 @@ impl Store {
             .collect();
         // Per checkpoint: the blobs it needs that its intact layers do not hold, or why
         // that cannot be known.
-        let mut needs: BTreeMap<
-            CheckpointId,
-            std::result::Result<BTreeMap<BlobId, (BlobKind, Option<u64>)>, String>,
-        > = BTreeMap::new();
+        let mut needs: BTreeMap<CheckpointId, std::result::Result<Wanted, String>> =
+            BTreeMap::new();
         for m in &affected {
             needs.insert(
                 m.id.clone(),
@@ -749,14 +750,13 @@ impl Store {
     /// The blobs `m` needs that its intact layers do not hold: the entry chunks that
     /// list a damaged layer, and the contents of their entries. `Err` when an entry chunk
     /// cannot be read from anywhere (what it names is then unknown).
-    #[allow(clippy::type_complexity)]
     fn needed_blobs(
         &self,
         m: &Manifest,
         damaged: &BTreeSet<BlobId>,
         checks: &BTreeMap<BlobId, LayerCheck>,
         g: &mut Gatherer<'_>,
-    ) -> Result<std::result::Result<BTreeMap<BlobId, (BlobKind, Option<u64>)>, String>> {
+    ) -> Result<std::result::Result<Wanted, String>> {
         let mut intact = BlobMap::default();
         for l in m.layers.iter().filter(|l| !damaged.contains(l)) {
             if let Some(ix) = checks.get(l).and_then(|c| c.index.clone()) {
