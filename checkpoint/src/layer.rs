@@ -553,6 +553,19 @@ impl LayerSink {
         reader: &mut dyn Read,
         compressor: &mut zstd::bulk::Compressor<'static>,
     ) -> Result<bool> {
+        self.append_stream_as(blob, BlobKind::Content, len, reader, compressor)
+    }
+
+    /// `append_stream` for a blob of either kind (`repair` rewrites entry chunks too; each
+    /// streamed blob starts frames of its own, as entry chunks need).
+    pub fn append_stream_as(
+        &mut self,
+        blob: BlobId,
+        kind: BlobKind,
+        len: u64,
+        reader: &mut dyn Read,
+        compressor: &mut zstd::bulk::Compressor<'static>,
+    ) -> Result<bool> {
         let header = tar_header(&blob, len);
         let target = self.layer_target;
         let layer = self.open_layer()?;
@@ -603,7 +616,7 @@ impl LayerSink {
         if ok {
             layer.entries.push(IndexEntry {
                 blob,
-                kind: BlobKind::Content,
+                kind,
                 frame_offset: start,
                 header_offset: 0,
                 len,

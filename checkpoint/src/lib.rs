@@ -8,7 +8,9 @@
 //! the manifest last; [`Store::restore_tree`] makes a target directory exactly one tree of
 //! a checkpoint after verifying everything it needs; [`Store::diff`],
 //! [`Store::file_diff`] and [`Store::read_file`] read checkpoints; [`Store::prune`]
-//! applies a [`Retention`] policy.
+//! applies a [`Retention`] policy; [`Store::check`] says which files of a store are
+//! damaged and which checkpoints each affects, and [`Store::repair`] rewrites them from
+//! intact sources.
 //!
 //! Architecture invariants:
 //! - A checkpoint is visible only once every byte it references is durable.
@@ -26,6 +28,7 @@ mod error;
 mod exclude;
 #[doc(hidden)]
 pub mod fuzzing;
+mod health;
 #[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod hostile;
@@ -36,6 +39,7 @@ mod mindex;
 mod prune;
 #[doc(hidden)]
 pub mod raw;
+mod repair;
 mod restore;
 mod scan;
 mod store;
@@ -45,8 +49,10 @@ pub use create::{ChangeHint, CreateOutcome, CreateRequest, TreeSpec};
 pub use diff::{Diff, DiffEntry};
 pub use entry::{Entry, EntryKind};
 pub use error::CheckpointError;
+pub use health::{CheckDepth, CheckpointState, DamagedFile, Listed, StoreHealth};
 pub use limits::Limits;
 pub use manifest::{CheckpointId, ChunkRef, CreateStats, Manifest, TreeManifest};
 pub use prune::{PruneStats, Retention};
+pub use repair::{RepairAction, RepairOptions, RepairReport, RepairSource, Unrepairable};
 pub use restore::RestoreStats;
 pub use store::{Store, Summary};

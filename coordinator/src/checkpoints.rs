@@ -38,6 +38,10 @@ pub struct CheckpointView {
     /// On a local volume: once written. On a remote one: once the
     /// coordinator has read its manifest back from the volume and verified it.
     pub durable: bool,
+    /// Why it cannot be restored (E620), when that is known without reading its
+    /// layers: its manifest is damaged, or `checkpoint repair` could not repair it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 impl CheckpointView {
@@ -60,6 +64,32 @@ impl CheckpointView {
                 .cloned()
                 .unwrap_or(serde_json::Value::Null),
             durable: true,
+            damaged: None,
+        }
+    }
+
+    /// A checkpoint whose manifest cannot be read: what its id says, and why.
+    pub fn damaged(session_id: &str, id: &CheckpointId, why: String) -> Self {
+        let ms = id
+            .as_str()
+            .get(3..16)
+            .and_then(|d| d.parse::<i64>().ok())
+            .unwrap_or(0);
+        CheckpointView {
+            id: id.to_string(),
+            session_id: session_id.to_string(),
+            parent: None,
+            created_at: rfc3339_ms(ms),
+            trigger: "?".into(),
+            message: None,
+            file_count: 0,
+            total_bytes: 0,
+            new_bytes: 0,
+            cost_usd: None,
+            claude_session_id: None,
+            git: serde_json::Value::Null,
+            durable: false,
+            damaged: Some(why),
         }
     }
 }
@@ -148,9 +178,22 @@ pub fn newest_restorable(store: &Store) -> Result<(Option<Summary>, Vec<Skipped>
     let list = store.list().map_err(|e| coded(&e))?;
     let needs_conversation = session_has_conversation(store, &list);
     let mut skipped = Vec::new();
-    for summary in list.iter().rev() {
+    // Every manifest, damaged ones included: a damaged newest checkpoint is
+    // named as skipped (E620), never passed over in silence.
+    for listed in store.list_all().map_err(|e| coded(&e))?.into_iter().rev() {
+        let summary = match listed.summary {
+            Ok(summary) => summary,
+            Err(e) => {
+                skipped.push(Skipped {
+                    checkpoint_id: listed.id.to_string(),
+                    code: coded(&e).code.code,
+                    reason: format!("manifest is damaged: {e}"),
+                });
+                continue;
+            }
+        };
         match unrestorable(store, &summary.id, needs_conversation) {
-            None => return Ok((Some(summary.clone()), skipped)),
+            None => return Ok((Some(summary), skipped)),
             Some(why) => skipped.push(why),
         }
     }
@@ -324,6 +367,18 @@ pub fn list_text(views: &[CheckpointView]) -> String {
         "ID", "SESSION", "TRIGGER", "FILES", "NEW", "MESSAGE"
     );
     for v in views {
+        if let Some(why) = &v.damaged {
+            out.push_str(&format!(
+                "{:<28} {:<13} {:<11} {:>6} {:>9}  [E620] {}\n",
+                v.id,
+                v.session_id,
+                "DAMAGED",
+                "-",
+                "-",
+                one_line(why, 60)
+            ));
+            continue;
+        }
         out.push_str(&format!(
             "{:<28} {:<13} {:<11} {:>6} {:>9}  {}\n",
             v.id,
@@ -339,6 +394,12 @@ pub fn list_text(views: &[CheckpointView]) -> String {
                     one_line(v.message.as_deref().unwrap_or(""), 20)
                 )
             }
+        ));
+    }
+    let damaged = views.iter().filter(|v| v.damaged.is_some()).count();
+    if damaged > 0 {
+        out.push_str(&format!(
+            "{damaged} damaged (E620): `parhelia checkpoint verify --all` names the damaged files, `parhelia checkpoint repair` rewrites them\n"
         ));
     }
     out

@@ -62,7 +62,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn ok(name: &'static str, detail: impl Into<String>) -> Self {
         Self {
             name,
             verdict: Verdict::Ok,
@@ -73,7 +73,11 @@ impl Check {
         }
     }
 
-    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub(crate) fn warn(
+        name: &'static str,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
             verdict: Verdict::Warn,
             fix: Some(fix.into()),
@@ -81,7 +85,11 @@ impl Check {
         }
     }
 
-    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub(crate) fn fail(
+        name: &'static str,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
             verdict: Verdict::Fail,
             fix: Some(fix.into()),
@@ -356,6 +364,30 @@ pub async fn run_checks(inputs: &DoctorInputs<'_>) -> Vec<Check> {
 
     if let Some(db) = &db {
         checks.push(containers_check(db, inputs.state).await);
+        let limits = inputs
+            .config
+            .as_ref()
+            .map(|c| c.config.agent.checkpoint.read_limits())
+            .unwrap_or_default();
+        let (db_path, root) = (db.path().to_path_buf(), root.to_path_buf());
+        // Reading every store can take a while: off the async threads.
+        let stores = tokio::task::spawn_blocking(move || {
+            Db::open(&db_path).map(|db| crate::store_health::doctor_checks(&db, &root, &limits))
+        })
+        .await;
+        match stores {
+            Ok(Ok(found)) => checks.extend(found),
+            Ok(Err(err)) => checks.push(Check::warn(
+                "checkpoints",
+                format!("cannot open the database: {err:#}"),
+                "see `database`",
+            )),
+            Err(err) => checks.push(Check::warn(
+                "checkpoints",
+                format!("the store check failed: {err}"),
+                "run `parhelia checkpoint verify --all`",
+            )),
+        }
     }
     checks
 }

@@ -388,7 +388,7 @@ error_codes! {
     CHECKPOINT_CORRUPT = "E620" "CHECKPOINT_CORRUPT" {
         what: "The checkpoint is damaged.",
         why: "A checksum did not match: a layer or the manifest was truncated or altered on the volume.",
-        recover: "Nothing was changed. Pick an older checkpoint (`parhelia checkpoint list SESSION_ID`); checkpoints that do not share the damaged data still restore.",
+        recover: "Nothing was changed. `parhelia checkpoint verify --all` names the damaged files and the checkpoints each affects; `parhelia checkpoint repair --session SESSION_ID` rewrites them from intact copies (the workspace, a mirror, another store); checkpoints that do not share the damaged data still restore.",
     }
     CHECKPOINT_UNSAFE = "E621" "CHECKPOINT_UNSAFE" {
         what: "The checkpoint contains an unsafe entry.",
@@ -409,6 +409,11 @@ error_codes! {
         what: "The checkpoint is larger than a restore or diff is allowed to handle.",
         why: "It declares more file bytes, more entries, longer paths than the caps allow (a path under the target longer than the system accepts), or reading it took longer than allowed; checkpoint stores are written by sessions, so their sizes are capped.",
         recover: "Nothing was changed when the size was known up front. Pick another checkpoint (`parhelia checkpoint list SESSION_ID`), restore into a directory with a shorter path, or, if the checkpoint is genuine, report it: the caps are far above ordinary workspaces.",
+    }
+    CHECKPOINT_UNREPAIRABLE = "E625" "CHECKPOINT_UNREPAIRABLE" {
+        what: "Some damaged checkpoints could not be repaired.",
+        why: "No source holds an intact copy of what they lost: not the session's workspace, not a mirror of its store, not another session's store.",
+        recover: "They stay reported as damaged and `resume` skips them; resume from an older checkpoint that verifies (`parhelia checkpoint verify --session SESSION_ID`). The damaged files are kept; run `parhelia checkpoint repair` again if an intact copy turns up.",
     }
 }
 

@@ -55,6 +55,13 @@ pub enum CheckpointCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check checkpoints end to end (manifests, layers, every blob's hash) and
+    /// name each damaged file with the checkpoints it affects (E620 if any)
+    Verify(super::store_health::VerifyArgs),
+    /// Rewrite damaged manifests and layers from intact copies (the workspace,
+    /// a Modal store's local mirror, other sessions' stores); what cannot be
+    /// repaired stays reported (E625) and nothing is deleted
+    Repair(super::store_health::RepairArgs),
     /// Restore a session's workspace and conversation to a checkpoint
     /// (after saving the current state, so it can be undone)
     Rollback {
@@ -114,6 +121,8 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             }
             Ok(0)
         }
+        CheckpointCommand::Verify(args) => super::store_health::verify(ctx, &opened, args).await,
+        CheckpointCommand::Repair(args) => super::store_health::repair(ctx, &opened, args).await,
         CheckpointCommand::List { session_id, json } => {
             let sessions = match &session_id {
                 Some(id) => vec![session(&opened, id)?],
@@ -123,11 +132,27 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             for s in &sessions {
                 if let Some(store) = super::modal::session_store(ctx, &opened, s).await? {
                     let durable = super::modal::durable_set(&opened, s)?;
-                    for summary in store.list().map_err(|e| checkpoints::coded(&e))? {
+                    // Damaged manifests are listed as damaged, never left out.
+                    let unrepairable = store.unrepairable();
+                    for listed in store.list_all().map_err(|e| checkpoints::coded(&e))? {
+                        let summary = match listed.summary {
+                            Ok(summary) => summary,
+                            Err(e) => {
+                                views.push(CheckpointView::damaged(
+                                    &s.id,
+                                    &listed.id,
+                                    format!("manifest is damaged: {e}"),
+                                ));
+                                continue;
+                            }
+                        };
                         let mut view = CheckpointView::of(&s.id, &summary);
                         if let Some(set) = &durable {
                             view.durable = set.contains(&view.id);
                         }
+                        view.damaged = unrepairable
+                            .get(&listed.id)
+                            .map(|why| format!("not repairable: {why}"));
                         views.push(view);
                     }
                 }
@@ -145,7 +170,10 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             json,
         } => {
             let (s, store, id) = find(ctx, &opened, &checkpoint_id).await?;
-            let manifest = store.load(&id).map_err(|e| checkpoints::coded(&e))?;
+            let damage = |e: parhelia_checkpoint::CheckpointError| {
+                crate::store_health::coded_at(&e, &s.id, store.root(), id.as_str())
+            };
+            let manifest = store.load(&id).map_err(damage)?;
             let summary = store
                 .list()
                 .map_err(|e| checkpoints::coded(&e))?
@@ -155,7 +183,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             let view = CheckpointView::of(&s.id, &summary);
             let paths: Vec<String> = store
                 .entries(&id, WORKSPACE_TREE)
-                .map_err(|e| checkpoints::coded(&e))?
+                .map_err(damage)?
                 .iter()
                 .map(|e| e.path.display().to_string())
                 .collect();
@@ -226,7 +254,15 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                 }
                 return Ok(0);
             }
-            let diff = store.diff(&ida, &idb).map_err(|e| checkpoints::coded(&e))?;
+            let diff = store.diff(&ida, &idb).map_err(|e| {
+                // Name the damaged one of the two.
+                let which = if store.load(&ida).is_err() {
+                    &ida
+                } else {
+                    &idb
+                };
+                crate::store_health::coded_at(&e, &sa.id, store.root(), which.as_str())
+            })?;
             if json {
                 print_json(&diff)?;
             } else {
@@ -356,6 +392,14 @@ async fn resume(ctx: &Ctx, opened: &Opened, call: ResumeCall<'_>, json: bool) ->
             "resumed from"
         };
         println!("{} {verb} {}", reply.session_id, reply.checkpoint_id);
+        for k in &reply.skipped {
+            println!(
+                "  skipped    {} [{}] {}",
+                escape_untrusted(&k.checkpoint_id),
+                escape_untrusted(&k.code),
+                escape_untrusted(&k.reason)
+            );
+        }
         if !reply.stopped_container_id.is_empty() {
             println!("  stopped    {}", reply.stopped_container_id);
         }
@@ -545,7 +589,7 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
     resume(ctx, &opened, call, false).await
 }
 
-fn session(opened: &Opened, session_id: &str) -> Result<SessionRecord> {
+pub(super) fn session(opened: &Opened, session_id: &str) -> Result<SessionRecord> {
     opened.db.get_session(session_id)?.ok_or_else(|| {
         coded(
             error_codes::SESSION_NOT_FOUND,
@@ -564,7 +608,7 @@ fn not_found(checkpoint_id: &str) -> anyhow::Error {
 /// The session, store and id of a checkpoint id (ids are unique across
 /// sessions). Local stores are searched first: a remote one is read back
 /// through the coordinator.
-async fn find(
+pub(super) async fn find(
     ctx: &Ctx,
     opened: &Opened,
     checkpoint_id: &str,
@@ -579,12 +623,9 @@ async fn find(
     sessions.sort_by_key(|s| !s.volume_dir.starts_with(&root));
     for s in sessions {
         if let Some(store) = super::modal::session_store(ctx, opened, &s).await? {
-            // Loaded, not looked up in `list` (which skips damaged manifests): a
-            // damaged checkpoint is reported as damaged (E620), not as missing.
-            match store.load(&id) {
-                Ok(_) => return Ok((s, store, id)),
-                Err(parhelia_checkpoint::CheckpointError::NotFound { .. }) => {}
-                Err(e) => return Err(checkpoints::coded(&e).into()),
+            // A damaged manifest is still this store's checkpoint (E620 later, not E205).
+            if store.has_manifest(&id) {
+                return Ok((s, store, id));
             }
         }
     }
@@ -677,6 +718,7 @@ mod tests {
                 "modified": ["x"],
             }),
             durable: true,
+            damaged: None,
         }
     }
 

@@ -32,6 +32,7 @@ mod events;
 mod modal;
 mod ops;
 mod session;
+mod store_health;
 mod task;
 
 /// Run Claude Code sessions in containers, and keep track of them.
