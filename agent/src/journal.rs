@@ -196,7 +196,25 @@ impl Journal {
     /// announces the new seq. Blocking.
     pub fn append(&self, kind: event::Kind) -> Result<Event, JournalError> {
         let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.restore_if_unlinked(&mut writer);
+        if let Some(what) = self.restore_if_unlinked(&mut writer) {
+            // Said in the journal itself, so whoever reads it knows the file was
+            // touched (and that no event was lost).
+            self.append_locked(
+                &mut writer,
+                event::Kind::AgentError(parhelia_proto::AgentError {
+                    code: String::new(),
+                    message: what,
+                }),
+            )?;
+        }
+        self.append_locked(&mut writer, kind)
+    }
+
+    fn append_locked(
+        &self,
+        writer: &mut JournalWriter,
+        kind: event::Kind,
+    ) -> Result<Event, JournalError> {
         let event = Event {
             seq: writer.line_offsets.len() as u64 + 1,
             ts_ms: now_ms(),
@@ -233,13 +251,10 @@ impl Journal {
     /// of the volume (the coordinator after the agent is gone, the next container's cost
     /// total) find every event again. Best effort: a failure is logged and appending
     /// continues into the file the agent holds, which still serves every stream.
-    fn restore_if_unlinked(&self, writer: &mut JournalWriter) {
+    fn restore_if_unlinked(&self, writer: &mut JournalWriter) -> Option<String> {
         use std::os::unix::fs::MetadataExt;
         let path = &self.inner.path;
-        let ours = match writer.file.metadata() {
-            Ok(meta) => meta,
-            Err(_) => return,
-        };
+        let ours = writer.file.metadata().ok()?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.dev() == ours.dev() && meta.ino() == ours.ino() => {
                 if meta.len() < writer.end {
@@ -247,17 +262,26 @@ impl Journal {
                     // get a gap for what no longer parses; nothing to restore from.
                     tracing::error!(path = %path.display(), length = meta.len(), expected = writer.end, "the journal was truncated under the agent");
                 }
-                return;
+                return None;
             }
             Ok(_) | Err(_) => {}
         }
+        let events = writer.line_offsets.len();
         match self.rewrite_to_path(writer) {
-            Ok(()) => tracing::warn!(
-                path = %path.display(),
-                events = writer.line_offsets.len(),
-                "the journal file was missing or replaced; rewrote it from the agent's copy"
-            ),
-            Err(e) => tracing::error!(path = %path.display(), error = %e, "the journal file is missing and could not be rewritten"),
+            Ok(()) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    events,
+                    "the journal file was missing or replaced; rewrote it from the agent's copy"
+                );
+                Some(format!(
+                    "the journal file was missing or replaced; the agent rewrote its {events} events from its own copy (none lost)"
+                ))
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "the journal file is missing and could not be rewritten");
+                None
+            }
         }
     }
 
@@ -499,17 +523,23 @@ mod tests {
             texts(&journal.read_from(1, 10).unwrap()),
             vec![(1, "e1".into()), (2, "e2".into()), (3, "e3".into())]
         );
-        assert_eq!(journal.append(text("e4")).unwrap().seq, 4);
+        // The rewrite is journaled first (seq 4), then the event (seq 5).
+        assert_eq!(journal.append(text("e5")).unwrap().seq, 5);
         let on_disk = read_all_lenient(&path).unwrap();
         assert_eq!(
             on_disk.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
+            vec![1, 2, 3, 4, 5]
         );
-        // And appends keep landing in the file at the path.
-        journal.append(text("e5")).unwrap();
-        assert_eq!(read_all_lenient(&path).unwrap().len(), 5);
+        assert!(
+            matches!(&on_disk[3].kind, Some(event::Kind::AgentError(e)) if e.message.contains("rewrote its 3 events")),
+            "{:?}",
+            on_disk[3]
+        );
+        // And appends keep landing in the file at the path, without another note.
+        journal.append(text("e6")).unwrap();
+        assert_eq!(read_all_lenient(&path).unwrap().len(), 6);
         let (_, report) = Journal::open(&path).unwrap();
-        assert_eq!(report.events, 5);
+        assert_eq!(report.events, 6);
     }
 
     /// A file put in the journal's place (another file renamed over it) is
@@ -524,10 +554,9 @@ mod tests {
         std::fs::write(&other, "{\"seq\":1}\n").unwrap();
         std::fs::rename(&other, &path).unwrap();
         journal.append(text("b")).unwrap();
-        assert_eq!(
-            texts(&read_all_lenient(&path).unwrap()),
-            vec![(1, "a".into()), (2, "b".into())]
-        );
+        let on_disk = read_all_lenient(&path).unwrap();
+        assert_eq!(on_disk.len(), 3);
+        assert_eq!(texts(&[on_disk[0].clone(), on_disk[2].clone()]), vec![(1, "a".into()), (3, "b".into())]);
     }
 
     /// Cut short in place: what is gone cannot be read (an error, which the

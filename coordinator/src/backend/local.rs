@@ -288,17 +288,28 @@ pub fn read_journal_file(path: &Path, from_seq: u64) -> Result<Vec<parhelia_prot
         Some(end) => &text[..=end],
         None => "",
     };
+    let mut damaged = 0u64;
     for (number, line) in complete.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let event: parhelia_proto::Event = serde_json::from_str(line).with_context(|| {
-            format!(
-                "{} line {}: not a journal event",
-                path.display(),
-                number + 1
-            )
-        })?;
+        // A damaged line is skipped, not fatal: the events after it still
+        // count, and the seqs it held become a recorded gap (the caller
+        // sees them missing).
+        let event: parhelia_proto::Event = match serde_json::from_str(line) {
+            Ok(event) => event,
+            Err(e) => {
+                damaged += 1;
+                if damaged <= 3 {
+                    tracing::warn!(
+                        "{} line {}: not a journal event ({e}); skipped",
+                        path.display(),
+                        number + 1
+                    );
+                }
+                continue;
+            }
+        };
         if event.seq >= from_seq {
             events.push(event);
         }
