@@ -556,7 +556,10 @@ mod tests {
         journal.append(text("b")).unwrap();
         let on_disk = read_all_lenient(&path).unwrap();
         assert_eq!(on_disk.len(), 3);
-        assert_eq!(texts(&[on_disk[0].clone(), on_disk[2].clone()]), vec![(1, "a".into()), (3, "b".into())]);
+        assert_eq!(
+            texts(&[on_disk[0].clone(), on_disk[2].clone()]),
+            vec![(1, "a".into()), (3, "b".into())]
+        );
     }
 
     /// Cut short in place: what is gone cannot be read (an error, which the
@@ -577,7 +580,10 @@ mod tests {
         assert!(journal.read_from(1, 2).is_err());
         journal.append(text("c")).unwrap();
         assert!(journal.read_from(1, 1).is_err());
-        assert_eq!(texts(&journal.read_from(3, 1).unwrap()), vec![(3, "c".into())]);
+        assert_eq!(
+            texts(&journal.read_from(3, 1).unwrap()),
+            vec![(3, "c".into())]
+        );
     }
 
     #[test]

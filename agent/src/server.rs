@@ -25,8 +25,8 @@ use parhelia_proto::agent_server::{Agent, AgentServer};
 use parhelia_proto::{
     AgentInfo, AttachEndReason, AttachEnded, AttachRequest, AttachResponse, CaptureScreenRequest,
     CaptureScreenResponse, CreateCheckpointRequest, CreateCheckpointResponse, GetInfoRequest,
-    Heartbeat, SendInputRequest, SendInputResponse, StopRequest, StopResponse, StreamEventsRequest,
-    JournalGap, StreamEventsResponse, stream_events_response,
+    Heartbeat, JournalGap, SendInputRequest, SendInputResponse, StopRequest, StopResponse,
+    StreamEventsRequest, StreamEventsResponse, stream_events_response,
 };
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -704,7 +704,9 @@ mod tests {
         let mut items = Vec::new();
         while let Some(item) = stream.message().await.unwrap() {
             match item.item {
-                Some(stream_events_response::Item::Event(e)) => items.push(format!("event {}", e.seq)),
+                Some(stream_events_response::Item::Event(e)) => {
+                    items.push(format!("event {}", e.seq))
+                }
                 Some(stream_events_response::Item::JournalGap(g)) => {
                     assert!(!g.reason.is_empty());
                     items.push(format!("gap {}-{}", g.from_seq, g.to_seq))

@@ -475,34 +475,6 @@ pub fn report_text(checks: &[Check]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn report_lists_verdicts_fixes_and_a_summary() {
-        let mut stale = Check::warn("coordinator", "stale socket /s", "rm /s")
-            .with_repair(Repair::RemoveStaleSocket { path: "/s".into() });
-        stale.repaired = true;
-        let checks = [
-            Check::ok("tmux", "tmux 3.3a"),
-            Check::fail("claude", "claude code not found", "install it"),
-            stale,
-        ];
-        assert_eq!(
-            report_text(&checks),
-            "ok    tmux         tmux 3.3a
-fail  claude       claude code not found
-                   fix: install it
-warn  coordinator  stale socket /s
-                   fixed
-
-3 check(s): 1 failed, 0 warning(s)
-"
-        );
-    }
-}
-
 /// The database against the generation recorded beside it (E514): a
 /// rollback the integrity check cannot see, or one the coordinator already
 /// reported and rebuilt from.
@@ -535,7 +507,38 @@ fn generation_check(db: &crate::db::Db) -> Check {
                 ),
                 "see `parhelia events list --type database_rolled_back`; tasks that ended after the lost commits may show an older state",
             ),
-            _ => Check::ok("database generation", format!("generation {generation}, in step")),
+            _ => Check::ok(
+                "database generation",
+                format!("generation {generation}, in step"),
+            ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lists_verdicts_fixes_and_a_summary() {
+        let mut stale = Check::warn("coordinator", "stale socket /s", "rm /s")
+            .with_repair(Repair::RemoveStaleSocket { path: "/s".into() });
+        stale.repaired = true;
+        let checks = [
+            Check::ok("tmux", "tmux 3.3a"),
+            Check::fail("claude", "claude code not found", "install it"),
+            stale,
+        ];
+        assert_eq!(
+            report_text(&checks),
+            "ok    tmux         tmux 3.3a
+fail  claude       claude code not found
+                   fix: install it
+warn  coordinator  stale socket /s
+                   fixed
+
+3 check(s): 1 failed, 0 warning(s)
+"
+        );
     }
 }

@@ -377,8 +377,13 @@ async fn stream_once(
                 // goes on after them. The agent is answering: never lost.
                 let to_seq = gap.to_seq.min(gap.from_seq.saturating_add(u32::MAX as u64));
                 if gap.from_seq >= from_seq && to_seq >= gap.from_seq {
-                    ctx.db
-                        .record_journal_gap(target, gap.from_seq, to_seq, "agent", &gap.reason)?;
+                    ctx.db.record_journal_gap(
+                        target,
+                        gap.from_seq,
+                        to_seq,
+                        "agent",
+                        &gap.reason,
+                    )?;
                 }
             }
             Some(Item::Heartbeat(heartbeat)) => {

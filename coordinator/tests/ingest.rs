@@ -659,7 +659,10 @@ async fn holes_in_a_gone_agents_journal_are_recorded_gaps() {
             .into_iter()
             .map(|s| {
                 let mut e = event(s, SessionOutcome::Succeeded);
-                if matches!(e.kind, Some(parhelia_proto::event::Kind::SessionFinished(_))) {
+                if matches!(
+                    e.kind,
+                    Some(parhelia_proto::event::Kind::SessionFinished(_))
+                ) {
                     e.kind = None;
                 }
                 e

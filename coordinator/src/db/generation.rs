@@ -104,11 +104,9 @@ pub struct Rebuilt {
 
 pub(crate) fn db_generation(conn: &Connection) -> Result<u64> {
     let value: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'generation'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+            r.get(0)
+        })
         .optional()?;
     Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
@@ -381,10 +379,10 @@ impl Db {
                 let task = insert_missing(&tx, "tasks", &live.task)?;
                 let session = insert_missing(&tx, "sessions", &live.session)?;
                 let container = insert_missing(&tx, "containers", &live.container)?;
-                if task || session || container {
-                    if let Some(Value::String(id)) = live.container.get("id") {
-                        rebuilt.containers.push(id.clone());
-                    }
+                if (task || session || container)
+                    && let Some(Value::String(id)) = live.container.get("id")
+                {
+                    rebuilt.containers.push(id.clone());
                 }
             }
             set_db_generation(&tx, record.generation.max(rebuilt.database_generation) + 1)?;
@@ -473,15 +471,16 @@ pub fn check_at_start(db: &Db) -> Result<Option<Rebuilt>> {
             );
             tracing::error!(code = error_codes::DATABASE_ROLLED_BACK.code, containers = ?rebuilt.containers, "{message}");
             db.note(
-                super::NewCoordinatorEvent::new("database_rolled_back", "error", message)
-                    .details(serde_json::json!({
+                super::NewCoordinatorEvent::new("database_rolled_back", "error", message).details(
+                    serde_json::json!({
                         "code": error_codes::DATABASE_ROLLED_BACK.code,
                         "database_generation": database,
                         "record_generation": record.generation,
                         "recreated_containers": rebuilt.containers,
                         "coordinator_id_restored": rebuilt.coordinator_id_restored,
                         "record_written_at_ms": record.written_at_ms,
-                    })),
+                    }),
+                ),
             );
             Ok(Some(rebuilt))
         }
