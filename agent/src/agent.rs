@@ -156,7 +156,18 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         );
     }
     // Earlier containers of this session (and this container's agent, if it ran before).
-    let prior_cost_usd = cost::prior_session_cost(&layout.journal_dir);
+    let journaled_cost_usd = cost::prior_session_cost(&layout.journal_dir);
+    let prior_cost_usd = match spec.prior_cost_usd {
+        Some(recorded) if recorded.is_finite() && recorded > journaled_cost_usd => {
+            tracing::warn!(
+                journaled = journaled_cost_usd,
+                recorded,
+                "the session's journals hold less spend than the coordinator recorded; counting from the recorded figure"
+            );
+            recorded
+        }
+        _ => journaled_cost_usd,
+    };
 
     // Installed before anything is started, so a SIGTERM at any point is handled.
     let signals = TerminationSignals::install().map_err(io_error(

@@ -22,7 +22,7 @@
 //! blocking; async callers use [`Journal::append_async`] and [`Journal::read_from_async`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -207,6 +207,25 @@ impl Journal {
     /// announces the new seq. Blocking.
     pub fn append(&self, kind: event::Kind) -> Result<Event, JournalError> {
         let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(what) = self.restore_if_unlinked(&mut writer) {
+            // Said in the journal itself, so whoever reads it knows the file was
+            // touched (and that no event was lost).
+            self.append_locked(
+                &mut writer,
+                event::Kind::AgentError(parhelia_proto::AgentError {
+                    code: String::new(),
+                    message: what,
+                }),
+            )?;
+        }
+        self.append_locked(&mut writer, kind)
+    }
+
+    fn append_locked(
+        &self,
+        writer: &mut JournalWriter,
+        kind: event::Kind,
+    ) -> Result<Event, JournalError> {
         let event = Event {
             seq: writer.line_offsets.len() as u64 + 1,
             ts_ms: now_ms(),
@@ -246,6 +265,76 @@ impl Journal {
         self.inner.no_space.subscribe()
     }
 
+    /// When the journal's path no longer names the file this agent writes (deleted, or
+    /// replaced by another file), writes what the agent holds back to the path (temp
+    /// file, fsync, rename, directory fsync) and continues appending there, so readers
+    /// of the volume (the coordinator after the agent is gone, the next container's cost
+    /// total) find every event again. Best effort: a failure is logged and appending
+    /// continues into the file the agent holds, which still serves every stream.
+    fn restore_if_unlinked(&self, writer: &mut JournalWriter) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let path = &self.inner.path;
+        let ours = writer.file.metadata().ok()?;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.dev() == ours.dev() && meta.ino() == ours.ino() => {
+                if meta.len() < writer.end {
+                    // Cut short in place: those bytes are gone for everyone. Readers
+                    // get a gap for what no longer parses; nothing to restore from.
+                    tracing::error!(path = %path.display(), length = meta.len(), expected = writer.end, "the journal was truncated under the agent");
+                }
+                return None;
+            }
+            Ok(_) | Err(_) => {}
+        }
+        let events = writer.line_offsets.len();
+        match self.rewrite_to_path(writer) {
+            Ok(()) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    events,
+                    "the journal file was missing or replaced; rewrote it from the agent's copy"
+                );
+                Some(format!(
+                    "the journal file was missing or replaced; the agent rewrote its {events} events from its own copy (none lost)"
+                ))
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "the journal file is missing and could not be rewritten");
+                None
+            }
+        }
+    }
+
+    fn rewrite_to_path(&self, writer: &mut JournalWriter) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let path = &self.inner.path;
+        let parent = path.parent().unwrap_or_else(|| Path::new("."));
+        std::fs::create_dir_all(parent)?;
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".restore.tmp");
+        let tmp = parent.join(tmp_name);
+        let mut copy = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let mut offset = 0u64;
+        let mut buffer = vec![0u8; 64 * 1024];
+        while offset < writer.end {
+            let want = ((writer.end - offset) as usize).min(buffer.len());
+            writer.file.read_exact_at(&mut buffer[..want], offset)?;
+            copy.write_all(&buffer[..want])?;
+            offset += want as u64;
+        }
+        copy.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(parent)?.sync_all()?;
+        copy.seek(SeekFrom::Start(writer.end))?;
+        writer.file = copy;
+        Ok(())
+    }
+
     /// [`Journal::append`] on a blocking thread.
     pub async fn append_async(&self, kind: event::Kind) -> Result<Event, JournalError> {
         let journal = self.clone();
@@ -270,19 +359,29 @@ impl Journal {
             };
             (start, stop, (last - from_seq + 1) as usize)
         };
-        // A separate read handle: readers never move the writer's file position.
-        let io = |action: &'static str| {
-            let path = self.inner.path.clone();
-            move |source| JournalError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let mut file = File::open(&self.inner.path).map_err(io("open for reading"))?;
-        file.seek(SeekFrom::Start(start)).map_err(io("seek"))?;
+        // Read through the writer's own open file (a duplicated descriptor, positional
+        // reads): readers never move the writer's position, and a journal whose path was
+        // deleted or replaced under the agent is still served in full from the file the
+        // agent wrote.
+        let file = {
+            let writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            writer.file.try_clone()
+        }
+        .map_err(|source| JournalError::Io {
+            action: "open for reading",
+            path: self.inner.path.clone(),
+            source,
+        })?;
         let mut bytes = vec![0u8; (stop - start) as usize];
-        file.read_exact(&mut bytes).map_err(io("read"))?;
+        {
+            use std::os::unix::fs::FileExt;
+            file.read_exact_at(&mut bytes, start)
+                .map_err(|source| JournalError::Io {
+                    action: "read",
+                    path: self.inner.path.clone(),
+                    source,
+                })?;
+        }
         parse_lines(&bytes, from_seq, count).map_err(|(line, reason)| JournalError::Corrupt {
             path: self.inner.path.clone(),
             line,
@@ -491,6 +590,85 @@ mod tests {
         assert_eq!(journal.append(text("c")).unwrap().seq, 3);
         let all = read_all_lenient(&path).unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    /// Issue 12 item 6: the journal's file is deleted under a live agent. Every
+    /// event still reads back (from the agent's open file), and the next append
+    /// puts the whole journal back at its path for readers of the volume.
+    #[test]
+    fn a_deleted_journal_is_still_served_and_is_rewritten_on_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal/ctr-1.jsonl");
+        let (journal, _) = Journal::open(&path).unwrap();
+        for i in 1..=3 {
+            journal.append(text(&format!("e{i}"))).unwrap();
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            texts(&journal.read_from(1, 10).unwrap()),
+            vec![(1, "e1".into()), (2, "e2".into()), (3, "e3".into())]
+        );
+        // The rewrite is journaled first (seq 4), then the event (seq 5).
+        assert_eq!(journal.append(text("e5")).unwrap().seq, 5);
+        let on_disk = read_all_lenient(&path).unwrap();
+        assert_eq!(
+            on_disk.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert!(
+            matches!(&on_disk[3].kind, Some(event::Kind::AgentError(e)) if e.message.contains("rewrote its 3 events")),
+            "{:?}",
+            on_disk[3]
+        );
+        // And appends keep landing in the file at the path, without another note.
+        journal.append(text("e6")).unwrap();
+        assert_eq!(read_all_lenient(&path).unwrap().len(), 6);
+        let (_, report) = Journal::open(&path).unwrap();
+        assert_eq!(report.events, 6);
+    }
+
+    /// A file put in the journal's place (another file renamed over it) is
+    /// replaced by what the agent holds.
+    #[test]
+    fn a_replaced_journal_is_rewritten_from_the_agents_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let (journal, _) = Journal::open(&path).unwrap();
+        journal.append(text("a")).unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, "{\"seq\":1}\n").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        journal.append(text("b")).unwrap();
+        let on_disk = read_all_lenient(&path).unwrap();
+        assert_eq!(on_disk.len(), 3);
+        assert_eq!(
+            texts(&[on_disk[0].clone(), on_disk[2].clone()]),
+            vec![(1, "a".into()), (3, "b".into())]
+        );
+    }
+
+    /// Cut short in place: what is gone cannot be read (an error, which the
+    /// server turns into a gap), what is written later still reads.
+    #[test]
+    fn a_journal_truncated_in_place_fails_reads_of_what_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let (journal, _) = Journal::open(&path).unwrap();
+        journal.append(text("a")).unwrap();
+        journal.append(text("b")).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(journal.read_from(1, 2).is_err());
+        journal.append(text("c")).unwrap();
+        assert!(journal.read_from(1, 1).is_err());
+        assert_eq!(
+            texts(&journal.read_from(3, 1).unwrap()),
+            vec![(3, "c".into())]
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ use parhelia_proto::agent_server::{Agent, AgentServer};
 use parhelia_proto::{
     AgentInfo, AttachEndReason, AttachEnded, AttachRequest, AttachResponse, CaptureScreenRequest,
     CaptureScreenResponse, CreateCheckpointRequest, CreateCheckpointResponse, GetInfoRequest,
-    Heartbeat, SendInputRequest, SendInputResponse, StopRequest, StopResponse, StreamEventsRequest,
-    StreamEventsResponse, stream_events_response,
+    Heartbeat, JournalGap, SendInputRequest, SendInputResponse, StopRequest, StopResponse,
+    StreamEventsRequest, StreamEventsResponse, stream_events_response,
 };
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -400,9 +400,18 @@ async fn send_events(
                 Ok(batch) if !batch.is_empty() => batch,
                 Ok(_) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, "failed to read the journal for a subscriber");
-                    let _ = items.send(Err(Status::from(ServiceError::from(e)))).await;
-                    return;
+                    // Part of the journal no longer reads back (the file was cut short
+                    // or overwritten under us): send what still reads, one event at a
+                    // time, and name what does not as a gap instead of failing the
+                    // stream forever.
+                    tracing::error!(error = %e, "failed to read the journal for a subscriber; salvaging");
+                    match salvage(&journal, next, durable, &items).await {
+                        Some(after) => {
+                            next = after;
+                            continue;
+                        }
+                        None => return,
+                    }
                 }
             };
             for event in batch {
@@ -442,6 +451,60 @@ async fn send_events(
             () = items.closed() => return,
         }
     }
+}
+
+/// Sends `from..=durable` one event at a time: readable events as events, each run of
+/// unreadable ones as one [`JournalGap`]. Returns the next seq to send, or `None` when
+/// the subscriber hung up.
+async fn salvage(
+    journal: &Journal,
+    from: u64,
+    durable: u64,
+    items: &mpsc::Sender<Result<StreamEventsResponse, Status>>,
+) -> Option<u64> {
+    let mut gap: Option<(u64, String)> = None;
+    let mut seq = from;
+    while seq <= durable {
+        match journal.read_from_async(seq, 1).await {
+            Ok(mut one) if one.len() == 1 && one[0].seq == seq => {
+                if let Some((gap_from, reason)) = gap.take() {
+                    send_gap(items, gap_from, seq - 1, reason).await?;
+                }
+                let item = StreamEventsResponse {
+                    item: Some(stream_events_response::Item::Event(one.remove(0))),
+                };
+                items.send(Ok(item)).await.ok()?;
+            }
+            Ok(_) => {
+                gap.get_or_insert((seq, "the journal line holds another event".into()));
+            }
+            Err(e) => {
+                gap.get_or_insert((seq, e.to_string()));
+            }
+        }
+        seq += 1;
+    }
+    if let Some((gap_from, reason)) = gap {
+        send_gap(items, gap_from, durable, reason).await?;
+    }
+    Some(seq)
+}
+
+async fn send_gap(
+    items: &mpsc::Sender<Result<StreamEventsResponse, Status>>,
+    from_seq: u64,
+    to_seq: u64,
+    reason: String,
+) -> Option<()> {
+    tracing::error!(from_seq, to_seq, %reason, "journal events lost; telling the subscriber");
+    let item = StreamEventsResponse {
+        item: Some(stream_events_response::Item::JournalGap(JournalGap {
+            from_seq,
+            to_seq,
+            reason,
+        })),
+    };
+    items.send(Ok(item)).await.ok()
 }
 
 #[cfg(test)]
@@ -594,13 +657,65 @@ mod tests {
             match item.item {
                 Some(stream_events_response::Item::Event(event)) => seqs.push(event.seq),
                 Some(stream_events_response::Item::Heartbeat(_)) => heartbeats += 1,
-                None => {}
+                Some(stream_events_response::Item::JournalGap(_)) | None => {}
             }
             if until_seq.is_some() && seqs.last().copied() == until_seq {
                 break;
             }
         }
         (seqs, heartbeats)
+    }
+
+    /// Issue 12 item 6: the journal's file deleted under the live agent. The
+    /// agent still streams everything it journaled (the old code re-opened
+    /// the path and failed every stream from then on).
+    #[tokio::test]
+    async fn a_deleted_journal_is_still_streamed_in_full() {
+        let mut running = start(5).await;
+        std::fs::remove_file(running.journal.path()).unwrap();
+        let (seqs, _) = collect(&mut running.client, 1, false, None).await;
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    }
+
+    /// Cut short in place: what no longer reads back is one `JournalGap`, in
+    /// order, and the stream goes on with what still reads.
+    #[tokio::test]
+    async fn a_journal_cut_short_streams_a_gap_then_the_rest() {
+        let mut running = start(3).await;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(running.journal.path())
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        running.journal.append_async(text(4)).await.unwrap();
+        let request = with_secret(
+            StreamEventsRequest {
+                from_seq: 1,
+                follow: false,
+            },
+            Some("right-secret"),
+        );
+        let mut stream = running
+            .client
+            .stream_events(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut items = Vec::new();
+        while let Some(item) = stream.message().await.unwrap() {
+            match item.item {
+                Some(stream_events_response::Item::Event(e)) => {
+                    items.push(format!("event {}", e.seq))
+                }
+                Some(stream_events_response::Item::JournalGap(g)) => {
+                    assert!(!g.reason.is_empty());
+                    items.push(format!("gap {}-{}", g.from_seq, g.to_seq))
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(items, vec!["gap 1-3".to_string(), "event 4".to_string()]);
     }
 
     #[tokio::test]

@@ -72,6 +72,11 @@ pub struct LaunchSpec {
     /// task's and the global budget: a second fence behind the coordinator's watchdog.
     #[serde(default)]
     pub max_budget_usd: Option<f64>,
+    /// The session's spend the coordinator has recorded before this container (a
+    /// resume): the session's cost starts from at least this, whatever the volume's
+    /// journals still hold (a deleted or damaged earlier journal never lowers it).
+    #[serde(default)]
+    pub prior_cost_usd: Option<f64>,
     /// The user's synced Claude Code configuration (the coordinator's config sync, on
     /// the volume): copied into `claude_config_dir` before Claude Code starts (see
     /// [`crate::config_seed`]). A missing directory is a journaled warning.
@@ -233,6 +238,14 @@ impl LaunchSpec {
             return Err(field_error(
                 "max_budget_usd",
                 "must be a positive amount or null",
+            ));
+        }
+        if let Some(prior) = self.prior_cost_usd
+            && !(prior.is_finite() && prior >= 0.0)
+        {
+            return Err(field_error(
+                "prior_cost_usd",
+                "must be a non-negative amount or null",
             ));
         }
         for (field, path) in [

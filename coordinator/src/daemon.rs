@@ -464,6 +464,10 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
         .clone()
         .unwrap_or_else(|| state.db_path());
     let db = Arc::new(Db::open(&db_path)?);
+    // Before anything reads the coordinator id or the live containers: a
+    // database behind the generation recorded beside it lost commits (E514);
+    // it is reported and what the record proves is re-created.
+    crate::db::generation::check_at_start(&db)?;
     let coordinator_id = db.coordinator_id()?;
     let launcher = std::env::current_exe().context("finding the parhelia executable")?;
     // A database outside the state directory is hidden from sandboxes too.

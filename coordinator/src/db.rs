@@ -254,6 +254,25 @@ ALTER TABLE containers ADD COLUMN usage_reconciled_at_ms INTEGER;
     r#"
 ALTER TABLE tasks ADD COLUMN allow_large_workspace INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 5 -> 6: faults named truthfully (issue 12). Events an agent journaled
+    // but nobody can read back any more are recorded as gaps (and the stream
+    // resumes after them); the database counts its generation, which the
+    // record beside it (`<db>-generation`) is compared with at start.
+    r#"
+CREATE TABLE journal_gaps (
+    container_id   TEXT NOT NULL,
+    from_seq       INTEGER NOT NULL,
+    to_seq         INTEGER NOT NULL CHECK (to_seq >= from_seq),
+    source         TEXT NOT NULL CHECK (source IN ('agent', 'volume')),
+    reason         TEXT NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (container_id, from_seq)
+) STRICT;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
+-- The highest seq the container's agent announced (its heartbeats'
+-- last_seq): what its journal must hold when read from the volume.
+ALTER TABLE containers ADD COLUMN agent_last_seq INTEGER;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -263,6 +282,7 @@ pub use crate::container_state::ContainerState;
 
 mod control;
 mod event_log;
+pub mod generation;
 mod ledger;
 
 pub use control::*;
@@ -582,6 +602,8 @@ pub fn make_db_files_private(path: &Path) -> Result<()> {
 pub struct Db {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Serializes writing the generation record beside the database.
+    generation_lock: Mutex<()>,
 }
 
 impl Db {
@@ -606,7 +628,10 @@ impl Db {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(mode, "the database is not in WAL mode");
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: every commit is on disk (the WAL fsynced) before it returns,
+        // so a task the CLI was told about survives a power loss, not only a
+        // crash of the process (docs/formats/database.md, "Durability").
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate_to(&mut conn, LATEST_VERSION)?;
         // The WAL and shared-memory files exist now: owner only, checked.
@@ -614,6 +639,7 @@ impl Db {
         Ok(Self {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            generation_lock: Mutex::new(()),
         })
     }
 
@@ -691,6 +717,8 @@ impl Db {
             now,
         )?;
         tx.commit()?;
+        drop(conn);
+        self.advance_generation();
         Ok(())
     }
 
@@ -701,6 +729,8 @@ impl Db {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_task_in(&tx, task, now_ms())?;
         tx.commit()?;
+        drop(conn);
+        self.advance_generation();
         Ok(())
     }
 
@@ -718,6 +748,8 @@ impl Db {
             [task_id],
         )?;
         tx.commit()?;
+        drop(conn);
+        self.advance_generation();
         Ok(number)
     }
 
@@ -776,6 +808,8 @@ impl Db {
             [session_id],
         )?;
         tx.commit()?;
+        drop(conn);
+        self.advance_generation();
         Ok(())
     }
 
@@ -790,6 +824,8 @@ impl Db {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         transition_task_in(&tx, task_id, to, update)?;
         tx.commit()?;
+        drop(conn);
+        self.advance_generation();
         Ok(())
     }
 
@@ -866,7 +902,9 @@ impl Db {
 
     /// Sets a container's state; `terminated_at_ms` is stamped for end states.
     pub fn set_container_state(&self, container_id: &str, state: ContainerState) -> Result<()> {
-        set_container_state_in(&self.conn(), container_id, state)
+        set_container_state_in(&self.conn(), container_id, state)?;
+        self.advance_generation();
+        Ok(())
     }
 
     /// The container's agent answered: record where and mark it running.
@@ -876,8 +914,7 @@ impl Db {
         endpoint: &str,
         pid: Option<u32>,
     ) -> Result<()> {
-        let conn = self.conn();
-        conn.execute(
+        let changed = self.conn().execute(
             "UPDATE containers SET endpoint = ?2, pid = coalesce(?3, pid),
                     started_at_ms = coalesce(started_at_ms, ?4),
                     state_changed_at_ms = CASE WHEN state = 'running' THEN state_changed_at_ms ELSE ?4 END,
@@ -885,6 +922,9 @@ impl Db {
              WHERE id = ?1 AND state IN ('created', 'starting', 'running')",
             params![container_id, endpoint, pid, now_ms()],
         )?;
+        if changed > 0 {
+            self.advance_generation();
+        }
         Ok(())
     }
 
@@ -922,6 +962,124 @@ impl Db {
         Ok(max as u64)
     }
 
+    /// Where a container's stream resumes from, minus one: the highest
+    /// sequence number stored or recorded as lost ([`Db::record_journal_gap`]).
+    pub fn resume_seq(&self, container_id: &str) -> Result<u64> {
+        let conn = self.conn();
+        let max: i64 = conn.query_row(
+            "SELECT max((SELECT coalesce(max(seq), 0) FROM events WHERE container_id = ?1),
+                        (SELECT coalesce(max(to_seq), 0) FROM journal_gaps WHERE container_id = ?1))",
+            [container_id],
+            |r| r.get(0),
+        )?;
+        Ok(max.max(0) as u64)
+    }
+
+    /// The highest seq the container's agent announced in a heartbeat.
+    pub fn last_announced_seq(&self, container_id: &str) -> Result<Option<u64>> {
+        let conn = self.conn();
+        let seq: Option<i64> = conn
+            .query_row(
+                "SELECT agent_last_seq FROM containers WHERE id = ?1",
+                [container_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        Ok(seq.filter(|s| *s > 0).map(|s| s as u64))
+    }
+
+    /// Records that `from_seq..=to_seq` of a container's journal cannot be
+    /// read back by anyone (`source`: `agent` when the live agent said so,
+    /// `volume` when the journal on the volume is missing, short or
+    /// damaged), with an E515 coordinator event. Returns false when this
+    /// gap was recorded before.
+    pub fn record_journal_gap(
+        &self,
+        target: &ContainerRef,
+        from_seq: u64,
+        to_seq: u64,
+        source: &'static str,
+        reason: &str,
+    ) -> Result<bool> {
+        if to_seq < from_seq {
+            return Ok(false);
+        }
+        let reason: String = reason.chars().take(1000).collect();
+        let inserted = self.conn().execute(
+            "INSERT OR IGNORE INTO journal_gaps (container_id, from_seq, to_seq, source, reason, recorded_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                target.container_id,
+                from_seq as i64,
+                to_seq as i64,
+                source,
+                reason,
+                now_ms()
+            ],
+        )? == 1;
+        if inserted {
+            let events = if from_seq == to_seq {
+                format!("event {from_seq}")
+            } else {
+                format!("events {from_seq}-{to_seq}")
+            };
+            self.note(
+                NewCoordinatorEvent::new(
+                    "journal_gap",
+                    "error",
+                    format!(
+                        "{}: {events} of {} are lost ({source}: {reason})",
+                        error_codes::JOURNAL_GAP.code,
+                        target.container_id
+                    ),
+                )
+                .task(&target.task_id)
+                .session(&target.session_id)
+                .container(&target.container_id)
+                .details(serde_json::json!({
+                    "code": error_codes::JOURNAL_GAP.code,
+                    "from_seq": from_seq,
+                    "to_seq": to_seq,
+                    "source": source,
+                    "reason": reason,
+                })),
+            );
+        }
+        Ok(inserted)
+    }
+
+    /// The gaps recorded for a container, in order: (from, to, source, reason).
+    pub fn journal_gaps(&self, container_id: &str) -> Result<Vec<(u64, u64, String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT from_seq, to_seq, source, reason FROM journal_gaps WHERE container_id = ?1 ORDER BY from_seq",
+        )?;
+        let rows = stmt.query_map([container_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// What the coordinator has recorded a session spending on the model:
+    /// the larger of the session's cost and its model ledger (a resumed
+    /// agent starts counting from at least this).
+    pub fn session_spend_usd(&self, session_id: &str) -> Result<f64> {
+        let conn = self.conn();
+        let spend: f64 = conn.query_row(
+            "SELECT max(coalesce((SELECT cost_usd FROM sessions WHERE id = ?1), 0),
+                        (SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE session_id = ?1 AND kind = 'model'))",
+            [session_id],
+            |r| r.get(0),
+        )?;
+        Ok(spend)
+    }
+
     /// Stores one event (ignoring a (container, seq) already stored) and
     /// applies what it means to the session and task, in one transaction.
     pub fn record_event(&self, target: &ContainerRef, event: &Event) -> Result<RecordedEvent> {
@@ -957,6 +1115,10 @@ impl Db {
             recorded.task_finished = apply_event_effects(&tx, target, event)?;
         }
         tx.commit()?;
+        drop(conn);
+        if recorded.task_finished.is_some() {
+            self.advance_generation();
+        }
         Ok(recorded)
     }
 
@@ -976,8 +1138,14 @@ impl Db {
             ],
         )?;
         tx.execute(
-            "UPDATE containers SET last_heartbeat_ms = max(coalesce(last_heartbeat_ms, 0), ?2) WHERE id = ?1",
-            params![container_id, heartbeat.ts_ms],
+            "UPDATE containers SET last_heartbeat_ms = max(coalesce(last_heartbeat_ms, 0), ?2),
+                                   agent_last_seq = max(coalesce(agent_last_seq, 0), ?3)
+             WHERE id = ?1",
+            params![
+                container_id,
+                heartbeat.ts_ms,
+                heartbeat.last_seq.min(i64::MAX as u64) as i64
+            ],
         )?;
         tx.commit()?;
         Ok(())
@@ -1359,7 +1527,9 @@ fn apply_event_effects(
     match &event.kind {
         Some(Kind::TurnResult(turn)) => {
             tx.execute(
-                "UPDATE sessions SET cost_usd = ?2 WHERE id = ?1",
+                // Never down: a figure from a partial source (a process that
+                // could not read an earlier journal) does not undo spend.
+                "UPDATE sessions SET cost_usd = max(cost_usd, ?2) WHERE id = ?1",
                 params![target.session_id, turn.session_cost_usd],
             )?;
             ledger::charge_model_in(
@@ -1416,7 +1586,7 @@ fn apply_event_effects(
             }
             let now = now_ms();
             tx.execute(
-                "UPDATE sessions SET status = 'finished', outcome = ?2, cost_usd = ?3, finished_at_ms = ?4
+                "UPDATE sessions SET status = 'finished', outcome = ?2, cost_usd = max(cost_usd, ?3), finished_at_ms = ?4
                  WHERE id = ?1",
                 params![
                     target.session_id,
@@ -1785,6 +1955,78 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(crate::error::find_coded(&err).unwrap().code.code, "E603");
+    }
+
+    /// Issue 12 item 6: a resumed agent that could not read the earlier
+    /// journal reports a smaller session total; the session's and the task's
+    /// cost never go down, and the ledger keeps what it had.
+    #[test]
+    fn a_smaller_session_total_never_lowers_the_recorded_cost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 5);
+        db.transition_task(&target.task_id, TaskStatus::Running, &TaskUpdate::default())
+            .unwrap();
+        let turn = |seq: u64, cost: f64| Event {
+            seq,
+            ts_ms: seq as i64,
+            kind: Some(Kind::TurnResult(TurnResult {
+                session_cost_usd: cost,
+                ..Default::default()
+            })),
+        };
+        db.record_event(&target, &turn(1, 0.0132)).unwrap();
+        assert_eq!(db.session_spend_usd(&target.session_id).unwrap(), 0.0132);
+        db.record_event(&target, &turn(2, 0.0012)).unwrap();
+        let finished = Event {
+            seq: 3,
+            ts_ms: 3,
+            kind: Some(Kind::SessionFinished(SessionFinished {
+                outcome: SessionOutcome::Succeeded as i32,
+                session_cost_usd: 0.0012,
+                ..Default::default()
+            })),
+        };
+        db.record_event(&target, &finished).unwrap();
+        let session = db.get_session(&target.session_id).unwrap().unwrap();
+        assert_eq!(session.cost_usd, 0.0132);
+        let task = db.get_task(&target.task_id).unwrap().unwrap();
+        assert_eq!(task.cost_usd, 0.0132);
+        assert_eq!(db.session_model_usd(&target.session_id).unwrap(), 0.0132);
+        assert_eq!(db.session_spend_usd(&target.session_id).unwrap(), 0.0132);
+    }
+
+    /// A recorded gap moves where the stream resumes, is recorded once, and
+    /// leaves an E515 coordinator event.
+    #[test]
+    fn a_journal_gap_is_recorded_once_and_the_stream_resumes_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 6);
+        db.record_event(&target, &text_event(1)).unwrap();
+        assert_eq!(db.resume_seq(&target.container_id).unwrap(), 1);
+        assert!(
+            db.record_journal_gap(&target, 2, 7, "agent", "truncated")
+                .unwrap()
+        );
+        assert!(
+            !db.record_journal_gap(&target, 2, 7, "agent", "truncated")
+                .unwrap()
+        );
+        assert!(!db.record_journal_gap(&target, 9, 8, "agent", "x").unwrap());
+        assert_eq!(db.resume_seq(&target.container_id).unwrap(), 7);
+        assert_eq!(db.max_seq(&target.container_id).unwrap(), 1);
+        let gaps = db.journal_gaps(&target.container_id).unwrap();
+        assert_eq!(gaps, vec![(2, 7, "agent".into(), "truncated".into())]);
+        let count: i64 = db
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM coordinator_events WHERE type = 'journal_gap' AND message LIKE 'E515%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(count, 1);
     }
 
     #[test]

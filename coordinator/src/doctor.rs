@@ -308,6 +308,7 @@ pub async fn run_checks(inputs: &DoctorInputs<'_>) -> Vec<Check> {
                 "stop the coordinator and restore or move the database aside",
             ),
         });
+        checks.push(generation_check(db));
     }
 
     let socket = inputs.state.socket_path();
@@ -514,6 +515,46 @@ pub fn report_text(checks: &[Check]) -> String {
         checks.len()
     ));
     out
+}
+
+/// The database against the generation recorded beside it (E514): a
+/// rollback the integrity check cannot see, or one the coordinator already
+/// reported and rebuilt from.
+fn generation_check(db: &crate::db::Db) -> Check {
+    use crate::db::generation::GenerationCheck;
+    let code = crate::error_codes::DATABASE_ROLLED_BACK.code;
+    match db.check_generation() {
+        GenerationCheck::Behind { database, record } => Check::fail(
+            "database generation",
+            format!(
+                "{code}: the database is at generation {database} but had reached {} (its WAL was truncated or lost, or an older copy was restored)",
+                record.generation
+            ),
+            "start the coordinator: it reports the rollback and re-creates the live containers' rows from the record",
+        ),
+        GenerationCheck::Unreadable { reason } => Check::warn(
+            "database generation",
+            format!("the generation record beside the database is damaged: {reason}"),
+            "start the coordinator: it writes a new record (a rollback before now cannot be detected)",
+        ),
+        GenerationCheck::NoRecord => Check::ok(
+            "database generation",
+            "no generation record yet (written by the coordinator)",
+        ),
+        GenerationCheck::InStep { generation } => match db.last_rollback_report() {
+            Ok(Some((ts_ms, message))) => Check::warn(
+                "database generation",
+                format!(
+                    "generation {generation}; the coordinator found the database rolled back (at {ts_ms} ms since the epoch): {message}"
+                ),
+                "see `parhelia events list --type database_rolled_back`; tasks that ended after the lost commits may show an older state",
+            ),
+            _ => Check::ok(
+                "database generation",
+                format!("generation {generation}, in step"),
+            ),
+        },
+    }
 }
 
 #[cfg(test)]

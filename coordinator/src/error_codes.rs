@@ -337,6 +337,16 @@ error_codes! {
         why: "No machine with the requested GPU (or CPU and memory) could be scheduled (`ResourceExhaustedError`).",
         recover: "Retry later, or choose another GPU type with `--gpu` (e.g. `L40S` instead of `H100`).",
     }
+    DATABASE_ROLLED_BACK = "E514" "DATABASE_ROLLED_BACK" {
+        what: "The database lost commits it had made: it is behind the generation recorded beside it.",
+        why: "`parhelia.db` is at an older generation than `parhelia.db-generation` says it reached: its write-ahead log (`-wal`) was truncated or deleted, an older copy of the file was restored, or a fresh file replaced it. SQLite's own integrity check cannot see this: the file is consistent, only older.",
+        recover: "Nothing to do for running sessions: the coordinator re-created the rows of every live container from the record and re-reads their events from the agents. Tasks that had ended after the lost commits may be missing or show an older state; `parhelia events list --type database_rolled_back` says what was rebuilt. Find why the WAL was lost (a copy or backup tool that skips `-wal`, a full disk).",
+    }
+    JOURNAL_GAP = "E515" "JOURNAL_GAP" {
+        what: "Events a session journaled are lost: nobody can read them back.",
+        why: "The container's journal file was truncated, overwritten or deleted, and neither the live agent (which serves what it still holds from its open file) nor the session's volume has those events. The stream continues after the gap, which is recorded as a `journal_gap` event with its sequence numbers.",
+        recover: "Nothing to do for the session, which keeps running; its recorded cost never goes down. What the lost events said (tool calls, text) is gone; results and checkpoints are unaffected. Find what touched the session's volume.",
+    }
     DISK_FULL = "E516" "DISK_FULL" {
         what: "The disk ran out of space.",
         why: "The filesystem holding the session's workspace, its journal or checkpoint store, or the coordinator's database has no space left. The session was stopped as interrupted; everything written before (earlier events and checkpoints) is intact.",

@@ -152,6 +152,8 @@ pub struct CatchUp {
     pub ingested: u64,
     /// The journal ends with `SessionFinished` (now stored).
     pub finished: bool,
+    /// Gaps recorded (events the volume's journal no longer holds).
+    pub gaps: u64,
 }
 
 /// Stores what `target`'s journal holds after the last stored event,
@@ -161,18 +163,57 @@ pub async fn catch_up_from_journal(
     backend: &dyn Backend,
     target: &ContainerRef,
 ) -> Result<CatchUp> {
-    let from_seq = db.max_seq(&target.container_id)? + 1;
-    let events = backend
+    let from_seq = db.resume_seq(&target.container_id)? + 1;
+    let mut events = backend
         .read_journal(&target.container_id, &target.session_id, from_seq)
         .await?;
+    // What is on the volume is hostile input: in order, once per seq.
+    events.sort_by_key(|e| e.seq);
+    events.dedup_by_key(|e| e.seq);
     let mut caught = CatchUp::default();
+    let mut expected = from_seq;
     for event in &events {
+        if event.seq < expected {
+            continue;
+        }
+        if event.seq > expected {
+            // Lines the journal on the volume no longer holds (cut out,
+            // damaged): named, never silently skipped.
+            caught.gaps += 1;
+            db.record_journal_gap(
+                target,
+                expected,
+                event.seq - 1,
+                "volume",
+                "missing or unreadable in the journal on the session's volume",
+            )?;
+        }
+        expected = event.seq + 1;
         if db.record_event(target, event)?.inserted {
             caught.ingested += 1;
         }
         if matches!(event.kind, Some(Kind::SessionFinished(_))) {
             caught.finished = true;
         }
+    }
+    // The agent announced more than the volume holds (its last heartbeat
+    // said so): the journal was deleted or cut short.
+    if let Some(announced) = db.last_announced_seq(&target.container_id)?
+        && announced >= expected
+        && !caught.finished
+    {
+        caught.gaps += 1;
+        db.record_journal_gap(
+            target,
+            expected,
+            announced,
+            "volume",
+            if events.is_empty() {
+                "the journal on the session's volume is missing or holds nothing new"
+            } else {
+                "the journal on the session's volume ends before what the agent announced"
+            },
+        )?;
     }
     if caught.ingested > 0 {
         tracing::info!(
@@ -300,7 +341,7 @@ async fn stream_once(
     ctx.db
         .set_container_running(&target.container_id, &endpoint.uri, endpoint.pid)?;
     let mut client = connect_agent(&endpoint.uri, secret).await?;
-    let from_seq = ctx.db.max_seq(&target.container_id)? + 1;
+    let from_seq = ctx.db.resume_seq(&target.container_id)? + 1;
     tracing::debug!(container_id = %target.container_id, from_seq, "streaming events");
     let response = client
         .stream_events(StreamEventsRequest {
@@ -329,6 +370,21 @@ async fn stream_once(
                 }
                 if matches!(event.kind, Some(Kind::SessionFinished(_))) {
                     return Ok(StreamEnd::Finished(Box::new(client)));
+                }
+            }
+            Some(Item::JournalGap(gap)) => {
+                // The live agent cannot read these back (its journal was cut
+                // short or overwritten under it): recorded, and the stream
+                // goes on after them. The agent is answering: never lost.
+                let to_seq = gap.to_seq.min(gap.from_seq.saturating_add(u32::MAX as u64));
+                if gap.from_seq >= from_seq && to_seq >= gap.from_seq {
+                    ctx.db.record_journal_gap(
+                        target,
+                        gap.from_seq,
+                        to_seq,
+                        "agent",
+                        &gap.reason,
+                    )?;
                 }
             }
             Some(Item::Heartbeat(heartbeat)) => {

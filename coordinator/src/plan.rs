@@ -264,6 +264,10 @@ pub struct SessionRequest {
     pub restore_checkpoint: Option<String>,
     /// Claude Code's own `--max-budget-usd` (the budget's second fence).
     pub max_budget_usd: Option<f64>,
+    /// What the coordinator has recorded this session spending so far (a
+    /// resume): the agent's cost total starts from at least this, whatever
+    /// its volume's journals still hold.
+    pub prior_cost_usd: Option<f64>,
 }
 
 /// The spec a local launch writes.
@@ -301,6 +305,7 @@ pub fn agent_spec(
         restore_checkpoint: request.restore_checkpoint.clone(),
         checkpoint: Some(timing.checkpoint.clone()),
         max_budget_usd: request.max_budget_usd,
+        prior_cost_usd: request.prior_cost_usd.filter(|c| *c > 0.0),
         claude_config_seed: None,
         sandbox: None,
         timeout_ms: None,
@@ -427,6 +432,7 @@ mod tests {
             resume: false,
             restore_checkpoint: None,
             max_budget_usd: None,
+            prior_cost_usd: None,
         };
         let spec = agent_spec(
             &request,

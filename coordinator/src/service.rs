@@ -753,6 +753,7 @@ impl CoordinatorService {
                 resume: false,
                 restore_checkpoint: None,
                 max_budget_usd: self.claude_budget_fence(&task.id, None)?,
+                prior_cost_usd: None,
             },
             workspace_source,
             copy_limits: self.copy_limits(task.allow_large_workspace),
@@ -1387,6 +1388,7 @@ impl CoordinatorService {
                 resume: true,
                 restore_checkpoint: Some(checkpoint_id.clone()),
                 max_budget_usd,
+                prior_cost_usd: Some(db.session_spend_usd(&session.id)?),
             },
             // The session's workspace is already there; the checkpoint restores it.
             workspace_source: None,

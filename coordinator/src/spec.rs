@@ -47,6 +47,11 @@ pub struct AgentSpec {
     /// Claude Code's `--max-budget-usd`: the budget's second fence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_budget_usd: Option<f64>,
+    /// The session's spend the coordinator has recorded (a resume): the
+    /// agent's total starts from at least this, so a lost or damaged earlier
+    /// journal never lowers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_cost_usd: Option<f64>,
     /// When the agent checkpoints and what it keeps (`[checkpoint]` config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<crate::plan::CheckpointPolicy>,
@@ -141,6 +146,7 @@ mod tests {
             stop_grace_ms: 10_000,
             restore_checkpoint: None,
             max_budget_usd: None,
+            prior_cost_usd: None,
             checkpoint: None,
             claude_config_seed: None,
             sandbox: None,

@@ -238,6 +238,7 @@ async fn contract(kind: BackendKind) {
         resume: false,
         restore_checkpoint: None,
         max_budget_usd: None,
+        prior_cost_usd: None,
     };
     let handle = backend
         .launch(&request(
@@ -370,6 +371,7 @@ async fn contract(kind: BackendKind) {
         resume: true,
         restore_checkpoint: Some(checkpoint.clone()),
         max_budget_usd: None,
+        prior_cost_usd: None,
     };
     let handle2 = backend
         .launch(&request(

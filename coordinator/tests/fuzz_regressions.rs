@@ -51,8 +51,13 @@ fn seeds_are_accepted() {
     let seeds = |t: &str| files(&root().join("../fuzz/seeds").join(t));
     for path in seeds("journal_ingest") {
         let text = fs::read_to_string(&path).unwrap();
-        let events = parhelia::backend::local::parse_journal(&text, 0)
-            .unwrap_or_else(|(line, e)| panic!("{} line {line}: {e}", path.display()));
+        let parsed = parhelia::backend::local::parse_journal(&text, 0);
+        assert!(
+            parsed.damaged_lines.is_empty(),
+            "{}: {parsed:?}",
+            path.display()
+        );
+        let events = parsed.events;
         assert!(events.len() > 1, "{}", path.display());
     }
     let greeting =

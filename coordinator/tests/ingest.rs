@@ -631,6 +631,70 @@ async fn a_finished_session_is_read_from_the_journal_of_a_gone_agent() {
     );
 }
 
+/// Issue 12 item 6: a gone agent's journal on the volume has holes (lines
+/// cut out) and ends before what the agent announced: every hole is a
+/// recorded gap (E515), the events around them are stored, and the stream
+/// position moves past them.
+#[tokio::test]
+async fn holes_in_a_gone_agents_journal_are_recorded_gaps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(&tmp.path().join("parhelia.db")).unwrap());
+    let target = record_task(&db, SECRET);
+    db.record_event(&target, &event(1, SessionOutcome::Succeeded))
+        .unwrap();
+    db.record_heartbeat(
+        &target.container_id,
+        &Heartbeat {
+            ts_ms: 1,
+            last_seq: 9,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let backend = FakeBackend {
+        uri: "http://127.0.0.1:9".into(),
+        container_id: target.container_id.clone(),
+        alive: false,
+        // 2-3 cut out, 6 repeated, nothing after 6; the agent said 9.
+        journal: [1, 4, 5, 6, 6]
+            .into_iter()
+            .map(|s| {
+                let mut e = event(s, SessionOutcome::Succeeded);
+                if matches!(
+                    e.kind,
+                    Some(parhelia_proto::event::Kind::SessionFinished(_))
+                ) {
+                    e.kind = None;
+                }
+                e
+            })
+            .collect(),
+    };
+    let caught = parhelia::ingest::catch_up_from_journal(&db, &backend, &target)
+        .await
+        .unwrap();
+    assert_eq!(caught.ingested, 3);
+    assert_eq!(caught.gaps, 2);
+    assert!(!caught.finished);
+    let gaps: Vec<(u64, u64)> = db
+        .journal_gaps(&target.container_id)
+        .unwrap()
+        .into_iter()
+        .map(|(from, to, source, _)| {
+            assert_eq!(source, "volume");
+            (from, to)
+        })
+        .collect();
+    assert_eq!(gaps, vec![(2, 3), (7, 9)]);
+    assert_eq!(db.resume_seq(&target.container_id).unwrap(), 9);
+    // Read again: nothing new, nothing recorded twice.
+    let again = parhelia::ingest::catch_up_from_journal(&db, &backend, &target)
+        .await
+        .unwrap();
+    assert_eq!((again.ingested, again.gaps), (0, 0));
+    assert_eq!(db.journal_gaps(&target.container_id).unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn shutdown_stops_following_and_leaves_the_task_running() {
     let tmp = tempfile::tempdir().unwrap();

@@ -246,6 +246,9 @@ impl Follower {
                 match item.and_then(|i| i.item) {
                     Some(stream_events_response::Item::Event(e)) => self.events.push(e),
                     Some(stream_events_response::Item::Heartbeat(h)) => self.heartbeats.push(h),
+                    Some(stream_events_response::Item::JournalGap(g)) => {
+                        panic!("unexpected journal gap {g:?} while waiting for {what}")
+                    }
                     None => panic!("the stream ended while waiting for {what}"),
                 }
             }

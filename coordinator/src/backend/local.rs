@@ -282,22 +282,32 @@ pub fn read_journal_file(path: &Path, from_seq: u64) -> Result<Vec<parhelia_prot
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    parse_journal(&text, from_seq).map_err(|(line, e)| {
-        anyhow::Error::new(e).context(format!(
-            "{} line {line}: not a journal event",
+    let parsed = parse_journal(&text, from_seq);
+    // A damaged line is skipped, not fatal: the events after it still count, and
+    // the seqs it held become a recorded gap (the caller sees them missing).
+    for line in parsed.damaged_lines.iter().take(3) {
+        tracing::warn!(
+            "{} line {line}: not a journal event; skipped",
             path.display()
-        ))
-    })
+        );
+    }
+    Ok(parsed.events)
+}
+
+/// What [`parse_journal`] read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParsedJournal {
+    /// The events with `seq >= from_seq`, in file order.
+    pub events: Vec<parhelia_proto::Event>,
+    /// Numbers (1-based) of complete lines that are not events: skipped.
+    pub damaged_lines: Vec<usize>,
 }
 
 /// The events of a journal's text with `seq >= from_seq`, in file order: every complete
-/// line (a torn last line was never announced), blank lines skipped. A line that is not an
-/// event is refused with its line number.
-pub fn parse_journal(
-    text: &str,
-    from_seq: u64,
-) -> std::result::Result<Vec<parhelia_proto::Event>, (usize, serde_json::Error)> {
-    let mut events = Vec::new();
+/// line (a torn last line was never announced), blank lines skipped. A line that is not
+/// an event is skipped and its number reported; the seqs it held show up missing.
+pub fn parse_journal(text: &str, from_seq: u64) -> ParsedJournal {
+    let mut parsed = ParsedJournal::default();
     // Only complete lines: a torn last line was never announced.
     let complete = match text.rfind('\n') {
         Some(end) => &text[..=end],
@@ -307,13 +317,13 @@ pub fn parse_journal(
         if line.trim().is_empty() {
             continue;
         }
-        let event: parhelia_proto::Event =
-            serde_json::from_str(line).map_err(|e| (number + 1, e))?;
-        if event.seq >= from_seq {
-            events.push(event);
+        match serde_json::from_str::<parhelia_proto::Event>(line) {
+            Ok(event) if event.seq >= from_seq => parsed.events.push(event),
+            Ok(_) => {}
+            Err(_) => parsed.damaged_lines.push(number + 1),
         }
     }
-    Ok(events)
+    parsed
 }
 
 fn private_dir(path: &Path) -> Result<()> {

@@ -144,6 +144,8 @@ impl Db {
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
         let task = tx.query_row(&sql, [task_id], task_from_row)?;
         tx.commit()?;
+        drop(conn);
+        self.advance_generation();
         Ok(task)
     }
 
@@ -243,6 +245,8 @@ impl Db {
         tx.execute("DELETE FROM sessions WHERE task_id = ?1", [task_id])?;
         tx.execute("DELETE FROM tasks WHERE id = ?1", [task_id])?;
         tx.commit()?;
+        drop(conn);
+        self.advance_generation();
         Ok(deleted)
     }
 
@@ -366,6 +370,8 @@ impl Db {
             }
         }
         tx.commit()?;
+        drop(conn);
+        self.advance_generation();
         Ok(interrupted)
     }
 
