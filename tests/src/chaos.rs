@@ -542,8 +542,16 @@ fn run_round(plan: &RoundPlan, found: &mut RoundFindings) {
             Some(t) => Harness::new_in(plan.script(), t.dir.path()),
             None => Harness::new(plan.script()),
         };
-        // Unconfined: the engine finds Claude Code and tmux by their host pids.
-        h.set_env("PARHELIA_ISOLATION", "none");
+        // A dead agent is noticed within seconds (poll 1 s, stale after 5 s) rather than the
+        // defaults' minutes, and periodic checkpoints (every 3 s) give the faults more
+        // checkpoint writes to land in. Sessions keep the default isolation, so a killed agent
+        // takes its sandbox (tmux, Claude Code) with it, as a container would.
+        std::fs::write(
+            h.state().join("config.toml"),
+            "[reconciler]\npoll_interval_seconds = 1.0\nstale_threshold_seconds = 5.0\n\n[checkpoint]\ninterval_seconds = 3.0\n",
+        )
+        .expect("write config.toml");
+        let _ = &mut h;
         let mut round = Round {
             h: &h,
             plan,
@@ -670,6 +678,18 @@ impl Round<'_> {
                 break;
             }
             let out = self.h.run(&["resume", &self.session_id, "-m", "Please continue."]);
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            if !out.status.success() && stderr.contains("E205") && self.finished_checkpoints() == 0
+            {
+                // Killed before any checkpoint finished: nothing to resume from, and the
+                // product says so with a code. Not a broken promise.
+                self.found.notes.push(format!(
+                    "round {:016x}: {} landed before any checkpoint finished; resume says E205 (nothing to resume from)",
+                    self.plan.seed,
+                    fault.name()
+                ));
+                return self.verify();
+            }
             if !out.status.success() {
                 self.found.violation(
                     "recovered",
@@ -710,6 +730,19 @@ impl Round<'_> {
             }
         }
         self.verify();
+    }
+
+    /// Manifests in the stores of the task's sessions (listed from their directories).
+    fn finished_checkpoints(&self) -> usize {
+        self.sessions()
+            .iter()
+            .map(|(_, volume)| {
+                list_dir(&volume.join("checkpoints/manifests"))
+                    .iter()
+                    .filter(|n| n.ends_with(".manifest"))
+                    .count()
+            })
+            .sum()
     }
 
     /// The task as `task show --json` has it (Null when that fails).
@@ -791,11 +824,11 @@ impl Round<'_> {
             Fault::TermAgent => self.agent().map(|(pid, _)| signal(pid, "TERM")),
             Fault::KillTmux => self
                 .agent()
-                .and_then(|(_, socket)| tmux_server_pid(&socket))
+                .and_then(|(agent, socket)| tmux_server_pid(agent, &socket))
                 .map(|pid| signal(pid, "KILL")),
             Fault::KillClaude => self
                 .agent()
-                .and_then(|(_, socket)| claude_pid(&socket))
+                .and_then(|(agent, socket)| claude_pid(agent, &socket))
                 .map(|pid| signal(pid, "KILL")),
             Fault::KillCoordinator => coordinator_pid(self.h).map(|pid| signal(pid, "KILL")),
             Fault::DiskFull => tmpfs.map(|dir| {
@@ -804,7 +837,12 @@ impl Round<'_> {
             }),
             Fault::KillDuringCheckpoint => unreachable!("injected by inject_during_checkpoint"),
         };
-        if landed != Some(true) {
+        if landed != Some(true) && self.show()["status"] == "running" {
+            self.found.violation(
+                "harness",
+                format!("{} found no target while the task was running", fault.name()),
+            );
+        } else if landed != Some(true) {
             self.found.notes.push(format!(
                 "round {:016x}: {} found no target (the session may have ended first)",
                 self.plan.seed,
@@ -1132,10 +1170,15 @@ impl Round<'_> {
             }
             if Instant::now() >= deadline {
                 self.found.spend_compared += 1;
+                let requests = self.h.stand_in.requests();
+                let count = |k: RequestKind| requests.iter().filter(|r| r.kind == k).count();
                 self.found.violation(
                     "spend_equals_served",
                     format!(
-                        "served ${served:.6} by the stand-in, recorded ${shown:.6} (task) / ${ledger:.6} (ledger model rows)"
+                        "served ${served:.6} by the stand-in ({} script turns, {} exhausted, {} side), recorded ${shown:.6} (task) / ${ledger:.6} (ledger model rows)",
+                        count(RequestKind::Turn),
+                        count(RequestKind::Exhausted),
+                        count(RequestKind::Side)
                     ),
                 );
                 return;
@@ -1299,11 +1342,13 @@ fn compare_events(container: &str, journal: &[(u64, Value)], stored: &[(u64, Val
         .filter(|(s, v)| stored_map.get(s).is_some_and(|w| w != *v))
         .map(|(s, _)| *s)
         .collect();
-    if !differing.is_empty() {
+    if let Some(first) = differing.first() {
         problems.push(format!(
-            "{container}: {} event(s) differ from their journal line (seqs {:?})",
+            "{container}: {} event(s) differ from their journal line (seqs {:?}); seq {first}: journal {} / database {}",
             differing.len(),
-            &differing[..differing.len().min(10)]
+            &differing[..differing.len().min(10)],
+            truncate(&journal_map[first].to_string(), 200),
+            truncate(&stored_map[first].to_string(), 200)
         ));
     }
     problems
@@ -1317,33 +1362,10 @@ fn signal(pid: i32, sig: &str) -> bool {
             .is_ok_and(|s| s.success())
 }
 
-fn tmux_server_pid(socket: &Path) -> Option<i32> {
-    let out = Command::new("tmux")
-        .arg("-S")
-        .arg(socket)
-        .args(["display-message", "-p", "#{pid}"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// Claude Code's pid: the process under the session's tmux pane whose command line names it.
-fn claude_pid(socket: &Path) -> Option<i32> {
-    let out = Command::new("tmux")
-        .arg("-S")
-        .arg(socket)
-        .args(["list-panes", "-a", "-F", "#{pane_pid}"])
-        .output()
-        .ok()?;
-    let pane: i32 = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()?;
-    // Children by parent, from /proc.
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+/// Every process: pid -> (parent, argv).
+fn processes() -> HashMap<i32, (i32, Vec<String>)> {
+    let mut table = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
@@ -1353,25 +1375,86 @@ fn claude_pid(socket: &Path) -> Option<i32> {
         let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
             continue;
         };
-        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-            children.entry(ppid).or_default().push(pid);
-        }
+        let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let argv = std::fs::read(entry.path().join("cmdline"))
+            .map(|c| {
+                c.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        table.insert(pid, (ppid, argv));
     }
-    let mut queue = vec![pane];
-    let mut order = Vec::new();
-    while let Some(p) = queue.pop() {
-        order.push(p);
-        queue.extend(children.get(&p).into_iter().flatten());
+    table
+}
+
+/// `root` and everything under it, parents first.
+fn descendants(table: &HashMap<i32, (i32, Vec<String>)>, root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for (pid, (ppid, _)) in table {
+        children.entry(*ppid).or_default().push(*pid);
     }
-    order
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([root]);
+    while let Some(p) = queue.pop_front() {
+        out.push(p);
+        let mut kids = children.get(&p).cloned().unwrap_or_default();
+        kids.sort_unstable();
+        queue.extend(kids);
+    }
+    out
+}
+
+fn argv0_is(argv: &[String], name: &str) -> bool {
+    argv.first()
+        .is_some_and(|a| a == name || a.ends_with(&format!("/{name}")))
+}
+
+/// The host pid of the session's tmux server: the `tmux` process under the agent (inside its
+/// sandbox, if any), else the `tmux` process whose command line names the socket.
+fn tmux_server_pid(agent: i32, socket: &Path) -> Option<i32> {
+    let table = processes();
+    let under_agent = descendants(&table, agent)
+        .into_iter()
+        .skip(1)
+        .find(|p| table.get(p).is_some_and(|(_, argv)| argv0_is(argv, "tmux")));
+    under_agent.or_else(|| {
+        let socket = socket.to_string_lossy();
+        table
+            .iter()
+            .filter(|(_, (_, argv))| {
+                argv0_is(argv, "tmux") && argv.iter().any(|a| a.contains(socket.as_ref()))
+            })
+            .map(|(pid, _)| *pid)
+            .min()
+    })
+}
+
+/// Claude Code's host pid: the process under the session's tmux server whose command line
+/// names it (not a shell that merely mentions it).
+fn claude_pid(agent: i32, socket: &Path) -> Option<i32> {
+    let server = tmux_server_pid(agent, socket)?;
+    let table = processes();
+    let under = descendants(&table, server);
+    let names_claude = |p: &i32| {
+        table
+            .get(p)
+            .is_some_and(|(_, argv)| argv.iter().any(|a| a.contains("claude")))
+    };
+    under
         .iter()
+        .skip(1)
         .copied()
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("claude"))
-                .unwrap_or(false)
+        .find(|p| {
+            names_claude(p)
+                && table
+                    .get(p)
+                    .is_some_and(|(_, argv)| !argv0_is(argv, "sh") && !argv0_is(argv, "bash"))
         })
-        .or(Some(pane))
+        .or_else(|| under.iter().skip(1).copied().find(names_claude))
 }
 
 fn coordinator_pid(h: &Harness) -> Option<i32> {
@@ -1454,8 +1537,11 @@ second sent with `parhelia session send` while the first runs, so faults land in
 turn). Bash turn `k` writes every missing `f1.txt ..= fk.txt` by rename (so a file is never
 half-written), each message has one `Write` turn (`wm.txt`), some turns sleep 2 s to open
 fault windows. The expected bytes of every file come from the seed, never from the product.
-Sessions run unconfined (`PARHELIA_ISOLATION=none`) so the engine can find Claude Code and tmux
-by their host pids.
+Sessions keep the default isolation (bubblewrap when it works), so a killed agent takes its
+sandbox with it as a container would; the engine finds tmux and Claude Code by their host pids
+in `/proc` (the `tmux` under the agent, the process under it whose command line names Claude).
+Each round's `config.toml` makes a dead agent noticed within seconds (`reconciler.poll_interval_seconds
+= 1`, `stale_threshold_seconds = 5`) and takes periodic checkpoints every 3 s.
 
 One fault is injected once the stand-in has served a chosen turn (plus 0–1.5 s):
 
