@@ -819,7 +819,28 @@ impl Round<'_> {
     }
 
     fn inject(&mut self, fault: Fault, tmpfs: Option<&Path>) {
-        let landed = match fault {
+        let landed = self.inject_inner(fault, tmpfs);
+        if landed != Some(true) && self.show()["status"] == "running" {
+            self.found.violation(
+                "harness",
+                format!("{} found no target while the task was running", fault.name()),
+            );
+        } else if landed != Some(true) {
+            self.found.notes.push(format!(
+                "round {:016x}: {} found no target (the session had ended)",
+                self.plan.seed,
+                fault.name()
+            ));
+        }
+        if fault == Fault::KillCoordinator {
+            // A user's next command starts a coordinator again.
+            std::thread::sleep(Duration::from_millis(300));
+            self.h.run(&["status"]);
+        }
+    }
+
+    fn inject_inner(&mut self, fault: Fault, tmpfs: Option<&Path>) -> Option<bool> {
+        match fault {
             Fault::KillAgent => self.agent().map(|(pid, _)| signal(pid, "KILL")),
             Fault::TermAgent => self.agent().map(|(pid, _)| signal(pid, "TERM")),
             Fault::KillTmux => self
@@ -836,23 +857,6 @@ impl Round<'_> {
                 true
             }),
             Fault::KillDuringCheckpoint => unreachable!("injected by inject_during_checkpoint"),
-        };
-        if landed != Some(true) && self.show()["status"] == "running" {
-            self.found.violation(
-                "harness",
-                format!("{} found no target while the task was running", fault.name()),
-            );
-        } else if landed != Some(true) {
-            self.found.notes.push(format!(
-                "round {:016x}: {} found no target (the session may have ended first)",
-                self.plan.seed,
-                fault.name()
-            ));
-        }
-        if fault == Fault::KillCoordinator {
-            // A user's next command starts a coordinator again.
-            std::thread::sleep(Duration::from_millis(300));
-            self.h.run(&["status"]);
         }
     }
 
@@ -1355,6 +1359,10 @@ fn compare_events(container: &str, journal: &[(u64, Value)], stored: &[(u64, Val
 }
 
 fn signal(pid: i32, sig: &str) -> bool {
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default();
+    eprintln!("chaos:   SIG{sig} -> pid {pid} ({})", truncate(argv.trim(), 120));
     pid > 1
         && Command::new("kill")
             .args([&format!("-{sig}"), &pid.to_string()])

@@ -37,18 +37,20 @@ fn fixed_plans() -> Vec<RoundPlan> {
                     plan.fault_delay_ms = 500;
                     plan.second_fault = false;
                 }
+                // Both land in message 2, after message 1's end-of-turn checkpoint, so there
+                // is something to resume from.
                 Fault::KillAgent => {
-                    plan.files_per_message = vec![3];
-                    plan.sleepy = vec![false, true, false];
-                    plan.fault_message = 1;
-                    plan.fault_after_turns = 2;
+                    plan.files_per_message = vec![2, 2];
+                    plan.sleepy = vec![true, false, true, false];
+                    plan.fault_message = 2;
+                    plan.fault_after_turns = 1;
                     plan.fault_delay_ms = 300;
                     plan.second_fault = true;
                 }
                 _ => {
-                    plan.files_per_message = vec![3];
-                    plan.sleepy = vec![true, true, false];
-                    plan.fault_message = 1;
+                    plan.files_per_message = vec![2, 2];
+                    plan.sleepy = vec![true, false, true, true];
+                    plan.fault_message = 2;
                     plan.fault_after_turns = 1;
                     plan.fault_delay_ms = 200;
                     plan.second_fault = false;
