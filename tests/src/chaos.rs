@@ -342,7 +342,13 @@ pub fn probe_mount() -> Result<(), String> {
 
 fn mount_tmpfs(dir: &Path, size: &str) -> Result<(), String> {
     let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+        ])
         .arg(dir)
         .output()
         .map_err(|e| format!("mount could not run: {e}"))?;
@@ -500,7 +506,8 @@ struct RoundFindings {
 
 impl RoundFindings {
     fn violation(&mut self, invariant: &'static str, detail: impl Into<String>) {
-        self.violations.push((invariant, truncate(&detail.into(), 600)));
+        self.violations
+            .push((invariant, truncate(&detail.into(), 600)));
     }
 }
 
@@ -530,7 +537,9 @@ fn run_round(plan: &RoundPlan, found: &mut RoundFindings) {
     let tmpfs = if plan.fault == Fault::DiskFull {
         let dir = tempfile::tempdir().expect("tempdir");
         if let Err(why) = mount_tmpfs(dir.path(), TMPFS_SIZE) {
-            found.notes.push(format!("disk_full round could not mount: {why}"));
+            found
+                .notes
+                .push(format!("disk_full round could not mount: {why}"));
             return;
         }
         Some(Tmpfs { dir })
@@ -610,7 +619,10 @@ impl Round<'_> {
         }
         let created: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         self.task_id = created["task_id"].as_str().unwrap_or_default().to_string();
-        self.session_id = created["session_id"].as_str().unwrap_or_default().to_string();
+        self.session_id = created["session_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
 
         let first_of_target = self.plan.first_turn_of(self.plan.fault_message);
         if self.plan.messages() == 2 {
@@ -677,7 +689,9 @@ impl Round<'_> {
             if status == "completed" {
                 break;
             }
-            let out = self.h.run(&["resume", &self.session_id, "-m", "Please continue."]);
+            let out = self
+                .h
+                .run(&["resume", &self.session_id, "-m", "Please continue."]);
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
             if !out.status.success() && stderr.contains("E205") && self.finished_checkpoints() == 0
             {
@@ -809,7 +823,12 @@ impl Round<'_> {
 
     fn agent(&mut self) -> Option<(i32, PathBuf)> {
         let container = self.current_container()?;
-        let runtime = self.h.state().join("containers").join(&container).join("runtime");
+        let runtime = self
+            .h
+            .state()
+            .join("containers")
+            .join(&container)
+            .join("runtime");
         let info: Value =
             serde_json::from_str(&std::fs::read_to_string(runtime.join("agent.json")).ok()?)
                 .ok()?;
@@ -823,7 +842,10 @@ impl Round<'_> {
         if landed != Some(true) && self.show()["status"] == "running" {
             self.found.violation(
                 "harness",
-                format!("{} found no target while the task was running", fault.name()),
+                format!(
+                    "{} found no target while the task was running",
+                    fault.name()
+                ),
             );
         } else if landed != Some(true) {
             self.found.notes.push(format!(
@@ -953,7 +975,11 @@ impl Round<'_> {
         if status == "completed" && !self.in_flight() {
             return;
         }
-        if status == "running" || status == "pending" || code.is_empty() || code == "E502" || !names_disk
+        if status == "running"
+            || status == "pending"
+            || code.is_empty()
+            || code == "E502"
+            || !names_disk
         {
             self.found.violation(
                 "state_after_fault",
@@ -969,10 +995,15 @@ impl Round<'_> {
     fn sessions(&self) -> Vec<(String, PathBuf)> {
         let db = self.h.db();
         let mut stmt = db
-            .prepare("SELECT id, volume_dir FROM sessions WHERE task_id = ?1 ORDER BY created_at_ms")
+            .prepare(
+                "SELECT id, volume_dir FROM sessions WHERE task_id = ?1 ORDER BY created_at_ms",
+            )
             .expect("sessions query");
         stmt.query_map([&self.task_id], |r| {
-            Ok((r.get::<_, String>(0)?, PathBuf::from(r.get::<_, String>(1)?)))
+            Ok((
+                r.get::<_, String>(0)?,
+                PathBuf::from(r.get::<_, String>(1)?),
+            ))
         })
         .expect("sessions")
         .filter_map(Result::ok)
@@ -1010,7 +1041,10 @@ impl Round<'_> {
                 )
                 .expect("containers query");
             stmt.query_map([&self.task_id], |r| {
-                Ok((r.get::<_, String>(0)?, PathBuf::from(r.get::<_, String>(1)?)))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    PathBuf::from(r.get::<_, String>(1)?),
+                ))
             })
             .expect("containers")
             .filter_map(Result::ok)
@@ -1021,7 +1055,8 @@ impl Round<'_> {
             let mut problems = Vec::new();
             let mut compared = 0;
             for (container, volume) in &containers {
-                let journal = read_journal(&volume.join("journal").join(format!("{container}.jsonl")));
+                let journal =
+                    read_journal(&volume.join("journal").join(format!("{container}.jsonl")));
                 let stored = self.stored_events(container);
                 compared += journal.len().max(stored.len()) as u64;
                 problems.extend(compare_events(container, &journal, &stored));
@@ -1100,9 +1135,12 @@ impl Round<'_> {
         let manifest = store.load(&cp).map_err(|e| bad(format!("manifest: {e}")))?;
         let scratch = tempfile::tempdir().map_err(|e| bad(e.to_string()))?;
         let ws = scratch.path().join("workspace");
-        store
-            .restore_tree(&cp, "workspace", &ws)
-            .map_err(|e| bad(format!("restore of the workspace ({}): {e}", manifest.trigger)))?;
+        store.restore_tree(&cp, "workspace", &ws).map_err(|e| {
+            bad(format!(
+                "restore of the workspace ({}): {e}",
+                manifest.trigger
+            ))
+        })?;
         check_prefix(self.plan, &ws).map_err(|e| bad(format!("({}) {e}", manifest.trigger)))?;
         let conversation = scratch.path().join("conversation");
         match manifest.tree("conversation") {
@@ -1213,7 +1251,10 @@ impl Round<'_> {
 /// The usage the stand-in reported for one request, if it answered with a message.
 fn served_usage(script: &Script, r: &LoggedRequest) -> Option<Usage> {
     match r.kind {
-        RequestKind::Turn => r.turn_index.and_then(|i| script.turns.get(i)).map(|t| t.usage),
+        RequestKind::Turn => r
+            .turn_index
+            .and_then(|i| script.turns.get(i))
+            .map(|t| t.usage),
         RequestKind::Exhausted => Some(exhausted_turn().usage),
         RequestKind::Side => Some(script.side_usage),
         _ => None,
@@ -1309,13 +1350,21 @@ fn read_journal(path: &Path) -> Vec<(u64, Value)> {
 }
 
 /// What differs between a container's journal and its stored events.
-fn compare_events(container: &str, journal: &[(u64, Value)], stored: &[(u64, Value)]) -> Vec<String> {
+fn compare_events(
+    container: &str,
+    journal: &[(u64, Value)],
+    stored: &[(u64, Value)],
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen = HashMap::new();
     for (seq, _) in stored {
         *seen.entry(*seq).or_insert(0u32) += 1;
     }
-    let duplicated: Vec<u64> = seen.iter().filter(|(_, n)| **n > 1).map(|(s, _)| *s).collect();
+    let duplicated: Vec<u64> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(s, _)| *s)
+        .collect();
     if !duplicated.is_empty() {
         problems.push(format!("{container}: seqs stored twice: {duplicated:?}"));
     }
@@ -1324,7 +1373,11 @@ fn compare_events(container: &str, journal: &[(u64, Value)], stored: &[(u64, Val
     if journal_map.len() != journal.len() {
         problems.push(format!("{container}: the journal repeats a seq"));
     }
-    let missing: Vec<u64> = journal_map.keys().filter(|s| !stored_map.contains_key(s)).copied().collect();
+    let missing: Vec<u64> = journal_map
+        .keys()
+        .filter(|s| !stored_map.contains_key(s))
+        .copied()
+        .collect();
     if !missing.is_empty() {
         problems.push(format!(
             "{container}: {} journaled event(s) missing from the database (seqs {}..={})",
@@ -1333,7 +1386,11 @@ fn compare_events(container: &str, journal: &[(u64, Value)], stored: &[(u64, Val
             missing[missing.len() - 1]
         ));
     }
-    let extra: Vec<u64> = stored_map.keys().filter(|s| !journal_map.contains_key(s)).copied().collect();
+    let extra: Vec<u64> = stored_map
+        .keys()
+        .filter(|s| !journal_map.contains_key(s))
+        .copied()
+        .collect();
     if !extra.is_empty() {
         problems.push(format!(
             "{container}: {} stored event(s) not in the journal (seqs {:?})",
@@ -1362,7 +1419,10 @@ fn signal(pid: i32, sig: &str) -> bool {
     let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .unwrap_or_default();
-    eprintln!("chaos:   SIG{sig} -> pid {pid} ({})", truncate(argv.trim(), 120));
+    eprintln!(
+        "chaos:   SIG{sig} -> pid {pid} ({})",
+        truncate(argv.trim(), 120)
+    );
     pid > 1
         && Command::new("kill")
             .args([&format!("-{sig}"), &pid.to_string()])
@@ -1468,7 +1528,9 @@ fn claude_pid(agent: i32, socket: &Path) -> Option<i32> {
 fn coordinator_pid(h: &Harness) -> Option<i32> {
     let out = h.run(&["coordinator", "status", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    find_key(&v, "pid").and_then(|p| p.as_i64()).map(|p| p as i32)
+    find_key(&v, "pid")
+        .and_then(|p| p.as_i64())
+        .map(|p| p as i32)
 }
 
 fn find_key<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {

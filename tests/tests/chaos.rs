@@ -93,12 +93,17 @@ fn a_few_fixed_seed_rounds_break_no_invariant() {
 #[ignore = "the long run: scripts/chaos [ROUNDS] [SEED]"]
 fn chaos_rounds() {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let rounds = env("CHAOS_ROUNDS").and_then(|v| v.parse().ok()).unwrap_or(20);
+    let rounds = env("CHAOS_ROUNDS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let seed = env("CHAOS_SEED").and_then(|v| v.parse().ok()).unwrap_or(1);
     let round_seeds: Vec<u64> = env("CHAOS_ROUND_SEED")
         .map(|v| {
             v.split(',')
-                .map(|s| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).expect("a hex round seed"))
+                .map(|s| {
+                    u64::from_str_radix(s.trim().trim_start_matches("0x"), 16)
+                        .expect("a hex round seed")
+                })
                 .collect()
         })
         .unwrap_or_default();
