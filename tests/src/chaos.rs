@@ -858,9 +858,17 @@ impl Round<'_> {
             ));
         }
         if fault == Fault::KillCoordinator {
-            // A user's next command starts a coordinator again.
+            // A user's next command that needs the coordinator starts it again (`status`
+            // reads the database and does not).
             std::thread::sleep(Duration::from_millis(300));
-            self.h.run(&["status"]);
+            let out = self.h.run(&["reconciler", "run", "--once", "--dry-run"]);
+            if !out.status.success() {
+                self.found.notes.push(format!(
+                    "round {:016x}: `reconciler run --once --dry-run` after the coordinator kill failed: {}",
+                    self.plan.seed,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
         }
     }
 
@@ -1627,7 +1635,7 @@ One fault is injected once the stand-in has served a chosen turn (plus 0–1.5 s
 | term_agent | SIGTERM of the agent |
 | kill_claude | SIGKILL of the Claude Code process under the session's tmux pane |
 | kill_tmux | SIGKILL of the session's private tmux server |
-| kill_coordinator | SIGKILL of the coordinator; the next CLI command starts a new one |
+| kill_coordinator | SIGKILL of the coordinator; `parhelia reconciler run --once --dry-run` (a command that needs the coordinator) starts a new one |
 | kill_during_checkpoint | the turns write 24 MB of fresh random bytes; the engine polls the store's `tmp/` every 1 ms and SIGKILLs the agent when a checkpoint write is in progress (`checkpoint_windows_hit` counts the hits; a miss is noted and the agent is killed anyway) |
 | disk_full | the round's whole state directory lives on a {TMPFS_SIZE} tmpfs (these machines run as root), which the engine fills with one file; the file is removed before the resume. When `mount` is not permitted (no CAP_SYS_ADMIN) these rounds are skipped and the figures say so in `notes` |
 
