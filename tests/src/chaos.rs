@@ -878,11 +878,11 @@ impl Round<'_> {
             Fault::TermAgent => self.agent().map(|(pid, _)| signal(pid, "TERM")),
             Fault::KillTmux => self
                 .agent()
-                .and_then(|(agent, socket)| tmux_server_pid(agent, &socket))
+                .and_then(|(agent, socket)| retry(|| tmux_server_pid(agent, &socket)))
                 .map(|pid| signal(pid, "KILL")),
             Fault::KillClaude => self
                 .agent()
-                .and_then(|(agent, socket)| claude_pid(agent, &socket))
+                .and_then(|(agent, socket)| retry(|| claude_pid(agent, &socket)))
                 .map(|pid| signal(pid, "KILL")),
             Fault::KillCoordinator => coordinator_pid(self.h).map(|pid| signal(pid, "KILL")),
             Fault::DiskFull => tmpfs.map(|dir| {
@@ -1439,6 +1439,20 @@ fn signal(pid: i32, sig: &str) -> bool {
             .args([&format!("-{sig}"), &pid.to_string()])
             .status()
             .is_ok_and(|s| s.success())
+}
+
+/// Looks for a process for up to 5 s (it may be between a fork and an exec).
+fn retry(mut find: impl FnMut() -> Option<i32>) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(pid) = find() {
+            return Some(pid);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Every process: pid -> (parent, argv).
