@@ -663,6 +663,19 @@ impl Round<'_> {
 
         // What the product says once the fault settled.
         let settled = self.settle(fault);
+        if self.h.stand_in.turns_consumed() == 0 {
+            // Nothing ran: the round tested nothing (e.g. mismatched binaries).
+            self.found.violation(
+                "harness",
+                format!(
+                    "the session never reached the model: task {} {} {}",
+                    settled["status"].as_str().unwrap_or("?"),
+                    settled["error_code"].as_str().unwrap_or(""),
+                    settled["error_message"].as_str().unwrap_or("")
+                ),
+            );
+            return;
+        }
         let status = settled["status"].as_str().unwrap_or("?").to_string();
         if fault == Fault::DiskFull {
             self.check_disk_full(&settled);
