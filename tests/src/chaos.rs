@@ -48,7 +48,7 @@ use crate::{Script, ToolCall, Turn};
 
 /// How long a task may take to stop running after a fault (many heartbeat intervals: the
 /// harness's is 200 ms). Not a performance threshold: past it the round reports `settles`.
-const SETTLE_WAIT: Duration = Duration::from_secs(90);
+const SETTLE_WAIT: Duration = Duration::from_secs(60);
 /// How long a resumed task may take to finish its remaining turns.
 const FINISH_WAIT: Duration = Duration::from_secs(150);
 /// How long the coordinator may take to store what the journals hold.
