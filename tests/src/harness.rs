@@ -35,13 +35,19 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(script: Script) -> Harness {
+        Self::new_in(script, &std::env::temp_dir())
+    }
+
+    /// Like [`Self::new`], with the private directory (state dir, sessions, volumes) made
+    /// under `parent`, e.g. a small tmpfs the chaos engine fills.
+    pub fn new_in(script: Script, parent: &Path) -> Harness {
         for b in ["parhelia", "parhelia-agent"] {
             assert!(
                 bin_dir().join(b).exists(),
                 "{b} is not built: run `cargo build --workspace --bins` first (scripts/test does)"
             );
         }
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
         std::fs::create_dir(dir.path().join(".parhelia")).unwrap();
         let stand_in = StandIn::start(script).expect("start model stand-in");
         let claude = crate::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));

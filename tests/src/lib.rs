@@ -3,6 +3,7 @@
 //! tests ([`claude_code`]), and the end-to-end harness that drives the real `parhelia` binaries
 //! in a private state directory ([`harness`]).
 
+pub mod chaos;
 pub mod claude_code;
 pub mod harness;
 pub mod model_stand_in;
