@@ -1238,8 +1238,17 @@ impl Round<'_> {
                 self.found.spend_compared += 1;
                 let requests = self.h.stand_in.requests();
                 let count = |k: RequestKind| requests.iter().filter(|r| r.kind == k).count();
+                // Less recorded than served, task and ledger agreeing: the spend of
+                // a turn cut off by the fault was never charged (issue 13: model
+                // spend charged per API response). Anything else is a bookkeeping
+                // error of its own.
+                let invariant = if same_cost(shown, ledger) && shown < served {
+                    "spend_of_cut_turns_recorded"
+                } else {
+                    "spend_equals_served"
+                };
                 self.found.violation(
-                    "spend_equals_served",
+                    invariant,
                     format!(
                         "served ${served:.6} by the stand-in ({} script turns, {} exhausted, {} side), recorded ${shown:.6} (task) / ${ledger:.6} (ledger model rows)",
                         count(RequestKind::Turn),
@@ -1679,6 +1688,7 @@ times) until it completes.
 | checkpoint_whole | every checkpoint holds a workspace and a non-empty conversation (the safety checkpoint before a restore included) | the restored `conversation` tree has files |
 | events_equal_journal | the events in the database equal the journal lines on the volume, container by container: none missing, none extra, none stored twice, payloads equal | journals read with serde_json, compared with `events` rows (after at most {ingest} s for ingestion) |
 | spend_equals_served | the task's `cost_usd` (`task show --json`) and its ledger model rows equal the spend the stand-in served | the stand-in's request log × `tests/src/model_stand_in/pricing.rs`, compared with `same_cost` |
+| spend_of_cut_turns_recorded | the same, where task and ledger agree but are below what was served: the spend of a turn the fault cut off was never charged (issue 13 — per-response charging — fixes it; until then the in-suite test reports it without failing, `scripts/chaos` counts it) | as above |
 | state_after_fault | a turn killed in flight (its message's closing answer not yet served) is never `completed` before a resume; a disk-full round ends with a coded error naming the disk — not E502, not `running` | the stand-in's request log says which messages were answered |
 | settles | the task stops running within {settle} s of a fault | `task show --json` |
 | recovered | `parhelia resume` works and the task completes | exit status, `task show --json` |
