@@ -20,7 +20,7 @@ use crate::error_codes;
 /// from Modal): the events from a later seq are exactly the matching part of the whole,
 /// and every event reads back equal from the payload `db` stores for it.
 pub fn journal_ingest(data: &[u8]) {
-    // `read_journal_file` reads the file as UTF-8 text; other bytes are refused there.
+    // `read_journal_file` reads the file lossily as UTF-8 text (bad bytes damage their line only).
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

@@ -275,13 +275,44 @@ fn spec_identity(spec: &Path) -> Option<(String, String, PathBuf, PathBuf)> {
     ))
 }
 
-/// Reads a journal file from `from_seq` on (see [`Backend::read_journal`]).
+/// Bytes of one journal read from a volume at most (a session can write its own
+/// journal on Modal): what lies beyond is not read, and shows up as missing seqs.
+pub const MAX_JOURNAL_READ_BYTES: u64 = 1 << 30;
+
+/// Reads a journal file from `from_seq` on (see [`Backend::read_journal`]). Bounded:
+/// links are not followed, a FIFO does not block, and at most
+/// [`MAX_JOURNAL_READ_BYTES`] are read.
 pub fn read_journal_file(path: &Path, from_seq: u64) -> Result<Vec<parhelia_proto::Event>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(path)
+    {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    if meta.len() > MAX_JOURNAL_READ_BYTES {
+        tracing::warn!(
+            bytes = meta.len(),
+            "{}: larger than {MAX_JOURNAL_READ_BYTES} bytes; only its start is read",
+            path.display()
+        );
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_JOURNAL_READ_BYTES)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    // Lines that are not UTF-8 are damaged lines like any other.
+    let text = String::from_utf8_lossy(&bytes);
     let parsed = parse_journal(&text, from_seq);
     // A damaged line is skipped, not fatal: the events after it still count, and
     // the seqs it held become a recorded gap (the caller sees them missing).
@@ -292,6 +323,12 @@ pub fn read_journal_file(path: &Path, from_seq: u64) -> Result<Vec<parhelia_prot
         );
     }
     Ok(parsed.events)
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: a planted link or FIFO is refused, never followed or
+/// waited on.
+fn libc_flags() -> i32 {
+    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits()
 }
 
 /// What [`parse_journal`] read.
@@ -704,4 +741,54 @@ pub fn detach_and_exec(command: &[OsString]) -> i32 {
         Path::new(program).display()
     );
     127
+}
+
+#[cfg(test)]
+mod journal_read_tests {
+    use super::*;
+
+    fn line(seq: u64) -> String {
+        format!(
+            "{}\n",
+            serde_json::to_string(&parhelia_proto::Event {
+                seq,
+                ts_ms: 1,
+                kind: Some(parhelia_proto::event::Kind::StopRequested(
+                    parhelia_proto::StopRequested { reason: "x".into() }
+                )),
+            })
+            .unwrap()
+        )
+    }
+
+    /// A journal the session wrote on its volume is read boundedly: a link to
+    /// `/dev/zero` or a FIFO is refused at once (no endless read, no hang), and bytes
+    /// that are not UTF-8 damage only their own line.
+    #[test]
+    fn a_hostile_journal_file_is_refused_or_read_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("zero.jsonl");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(read_journal_file(&link, 1).is_err());
+        let fifo = dir.path().join("fifo.jsonl");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(read_journal_file(&fifo, 1).is_err());
+
+        let mixed = dir.path().join("mixed.jsonl");
+        let mut bytes = line(1).into_bytes();
+        bytes.extend_from_slice(b"\xff\xfe not json\n");
+        bytes.extend_from_slice(line(3).as_bytes());
+        std::fs::write(&mixed, bytes).unwrap();
+        let seqs: Vec<u64> = read_journal_file(&mixed, 1)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 3]);
+        assert!(
+            read_journal_file(&dir.path().join("missing.jsonl"), 1)
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
