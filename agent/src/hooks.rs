@@ -216,11 +216,51 @@ pub fn run_hook_client(socket: &Path) {
     }
 }
 
+/// Bytes of a hook payload the client reads at most (Claude Code's payloads are small;
+/// a Write's content is the largest part, and it never travels on).
+const MAX_PAYLOAD_BYTES: u64 = 64 << 20;
+
+/// A Bash command longer than this is forwarded as its head and tail around
+/// [`CUT_MARKER`], so the report stays under the listener's [`MAX_REPORT_BYTES`]; the
+/// agent counts a cut command as risky (it cannot read it whole).
+const MAX_COMMAND_BYTES: usize = 24 * 1024;
+
+/// Marks the middle of a command the hook client left out.
+pub const CUT_MARKER: &str = "[parhelia: the middle of this command was cut]";
+
+/// `command` short enough to forward: unchanged, or its head and tail around
+/// [`CUT_MARKER`] (cut on character boundaries).
+pub fn shorten_command(command: &str) -> std::borrow::Cow<'_, str> {
+    if command.len() <= MAX_COMMAND_BYTES {
+        return std::borrow::Cow::Borrowed(command);
+    }
+    let half = MAX_COMMAND_BYTES / 2;
+    let mut head = half;
+    while !command.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = command.len() - half;
+    while !command.is_char_boundary(tail) {
+        tail += 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}\n{CUT_MARKER}\n{}",
+        &command[..head],
+        &command[tail..]
+    ))
+}
+
 fn forward_hook(socket: &Path, stdin: &mut impl Read) -> std::io::Result<()> {
     let mut payload = Vec::new();
-    stdin.read_to_end(&mut payload)?;
-    let report = parse_report(&payload)
+    stdin.take(MAX_PAYLOAD_BYTES).read_to_end(&mut payload)?;
+    let mut report = parse_report(&payload)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if let Some(input) = report.tool_input.as_mut()
+        && let Some(command) = input.command.as_mut()
+        && let std::borrow::Cow::Owned(short) = shorten_command(command)
+    {
+        *command = short;
+    }
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
     stream.set_write_timeout(Some(HOOK_CLIENT_TIMEOUT))?;
     stream.set_read_timeout(Some(HOOK_CLIENT_TIMEOUT))?;
@@ -240,6 +280,29 @@ mod tests {
             hook_event_name: event.into(),
             ..Default::default()
         }
+    }
+
+    /// A Bash command too long for the listener's 64 KiB report is forwarded cut (head
+    /// and tail kept), the report fits, and the agent checkpoints before it anyway:
+    /// earlier, the whole report was dropped and no checkpoint was taken.
+    #[test]
+    fn a_very_long_command_is_forwarded_cut_and_counts_as_risky() {
+        let long = format!("echo start; {} rm -rf build", "x".repeat(200_000));
+        let short = shorten_command(&long);
+        assert!(
+            short.len() < MAX_REPORT_BYTES as usize / 2,
+            "{}",
+            short.len()
+        );
+        assert!(short.starts_with("echo start;") && short.ends_with("rm -rf build"));
+        assert_eq!(
+            crate::risky::risky_reason("Bash", Some(&short)),
+            Some("a command too long to read whole")
+        );
+        assert_eq!(shorten_command("ls -la"), "ls -la");
+        // Multi-byte characters are never split.
+        let wide = "é".repeat(40_000);
+        assert!(shorten_command(&wide).contains(CUT_MARKER));
     }
 
     #[test]

@@ -10,7 +10,12 @@ pub fn risky_reason(tool_name: &str, command: Option<&str>) -> Option<&'static s
     if tool_name != "Bash" {
         return None;
     }
-    risky_command(command?)
+    let command = command?;
+    if command.contains(crate::hooks::CUT_MARKER) {
+        // Too long to forward whole: what was left out cannot be judged.
+        return Some("a command too long to read whole");
+    }
+    risky_command(command)
 }
 
 /// Why a shell command is risky, or `None`.
