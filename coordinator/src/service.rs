@@ -1925,9 +1925,10 @@ impl CoordinatorService {
         })
     }
 
-    /// HOOK (resume): an automatic resume after a lost container. Resume is
-    /// not available yet, so nothing is launched: the request is recorded
-    /// (so it is not repeated) and says so. Returns whether a resume started.
+    /// The reconciler's automatic resume after a lost container: the request
+    /// is recorded first (so it is not repeated), then the session resumes
+    /// like `parhelia resume`; a failure is a `resume_failed` event. Returns
+    /// whether a resume started.
     pub(crate) async fn request_resume(
         &self,
         task_id: &str,
