@@ -114,10 +114,16 @@ impl Reserve {
 }
 
 /// The first of `paths` whose filesystem has less than `min_free` bytes available to
-/// this user, with what is free there. Paths that cannot be examined are skipped.
+/// this user, with what is free there. Paths that cannot be examined, or whose
+/// filesystem reports no size, are skipped.
 pub fn low_space(paths: &[&Path], min_free: u64) -> Option<(PathBuf, u64)> {
     paths.iter().find_map(|path| {
         let stat = nix::sys::statvfs::statvfs(*path).ok()?;
+        // A filesystem that reports no size at all (some network and FUSE mounts, e.g.
+        // a Modal volume may) says nothing about space: never read it as full.
+        if stat.blocks() == 0 {
+            return None;
+        }
         let free = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
         (free < min_free).then(|| (path.to_path_buf(), free))
     })
