@@ -116,9 +116,13 @@ impl DiskGuard {
     }
 }
 
-/// Bytes available to this user on the filesystem of `path`.
+/// Bytes available to this user on the filesystem of `path`; `None` when unknown (a
+/// filesystem that reports no size at all is not "full").
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    if stat.blocks() == 0 {
+        return None;
+    }
     Some((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
 }
 
