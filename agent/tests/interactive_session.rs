@@ -44,7 +44,11 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 struct Attached {
     input: mpsc::Sender<AttachRequest>,
     responses: tonic::Streaming<AttachResponse>,
+    /// Every byte received, for the failure message.
     screen: Vec<u8>,
+    /// The terminal those bytes draw: tmux redraws only the cells that changed, so the
+    /// words on screen are read from a terminal emulator, never from the raw stream.
+    terminal: vt100::Parser,
 }
 
 impl Attached {
@@ -74,6 +78,7 @@ impl Attached {
             input,
             responses,
             screen: Vec::new(),
+            terminal: vt100::Parser::new(40, 120, 0),
         }
     }
 
@@ -86,7 +91,10 @@ impl Attached {
             .unwrap();
     }
 
-    async fn resize(&self, cols: u32, rows: u32) {
+    async fn resize(&mut self, cols: u32, rows: u32) {
+        self.terminal
+            .screen_mut()
+            .set_size(rows as u16, cols as u16);
         self.input
             .send(AttachRequest {
                 item: Some(attach_request::Item::Resize(WindowSize { cols, rows })),
@@ -95,16 +103,30 @@ impl Attached {
             .unwrap();
     }
 
-    /// Reads screen output until `text` has appeared in it (compared without escape
-    /// sequences and blanks: tmux draws spaces as cursor movements).
+    fn received(&mut self, bytes: &[u8]) {
+        self.screen.extend_from_slice(bytes);
+        self.terminal.process(bytes);
+    }
+
+    /// The text the attached terminal shows now, without blanks (a wrapped or
+    /// re-laid-out line still matches).
+    fn shown(&self) -> String {
+        let contents = self.terminal.screen().contents();
+        contents
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '\u{a0}')
+            .collect()
+    }
+
+    /// Reads screen output until `text` is on the attached terminal's screen.
     async fn until_screen_shows(&mut self, text: &str) {
         let wanted: String = text.split_whitespace().collect();
         let read = async {
-            while !visible_text(&self.screen).contains(&wanted) {
+            while !self.shown().contains(&wanted) {
                 match self.responses.message().await.unwrap() {
                     Some(AttachResponse {
                         item: Some(attach_response::Item::Output(bytes)),
-                    }) => self.screen.extend_from_slice(&bytes),
+                    }) => self.received(&bytes),
                     other => panic!("the attach ended while waiting for {text:?}: {other:?}"),
                 }
             }
@@ -119,7 +141,10 @@ impl Attached {
                 .into_iter()
                 .rev()
                 .collect();
-            panic!("the screen never showed {text:?}; it shows {tail:?}");
+            panic!(
+                "the screen never showed {text:?}; it shows:\n{}\nlast bytes: {tail:?}",
+                self.terminal.screen().contents()
+            );
         }
     }
 
@@ -130,7 +155,7 @@ impl Attached {
                 match self.responses.message().await.unwrap() {
                     Some(AttachResponse {
                         item: Some(attach_response::Item::Output(bytes)),
-                    }) => self.screen.extend_from_slice(&bytes),
+                    }) => self.received(&bytes),
                     Some(AttachResponse {
                         item: Some(attach_response::Item::Ended(ended)),
                     }) => return AttachEndReason::try_from(ended.reason).unwrap(),
@@ -142,33 +167,6 @@ impl Attached {
             .await
             .expect("the attach never ended")
     }
-}
-
-/// Terminal output without escape sequences and whitespace.
-fn visible_text(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut out = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            match chars.next() {
-                Some('[') => {
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-                Some('(') | Some(')') => {
-                    chars.next();
-                }
-                _ => {}
-            }
-        } else if !c.is_whitespace() && c != '\u{a0}' {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn checkpoint_triggers(journal: &[parhelia_proto::Event]) -> Vec<String> {
