@@ -77,6 +77,9 @@ pub enum RunError {
     /// The session's checkpoint store cannot be opened.
     #[error("open the checkpoint store: {0}")]
     CheckpointStore(parhelia_checkpoint::CheckpointError),
+    /// The spec's `session_user` cannot be used: the session never runs as the agent.
+    #[error("run the session as its own user: {0}")]
+    SessionUser(#[from] crate::session_user::SessionUserError),
 }
 
 impl RunError {
@@ -156,6 +159,13 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         );
     }
     // Earlier containers of this session (and this container's agent, if it ran before).
+    // Resolved before anything runs: a session that should run as its own user never
+    // runs as the agent's.
+    let session_user = spec
+        .session_user
+        .as_deref()
+        .map(crate::session_user::SessionUser::resolve)
+        .transpose()?;
     let journaled_cost_usd = cost::prior_session_cost(&layout.journal_dir);
     let prior_cost_usd = match spec.prior_cost_usd {
         Some(recorded) if recorded.is_finite() && recorded > journaled_cost_usd => {
@@ -256,11 +266,20 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             .map_err(RunError::CheckpointStore)?
             .with_limits(spec.checkpoint.limits.to_limits()),
     );
-    let checkpoint_paths = Arc::new(CheckpointPaths::new(
+    let mut checkpoint_paths = CheckpointPaths::new(
         &spec,
         layout.checkpoints.clone(),
         layout.conversation_staging.clone(),
-    ));
+    );
+    if let Some(user) = &session_user {
+        checkpoint_paths.git_reader = crate::git_state::Reader::SessionUser {
+            agent_exe: std::env::current_exe()
+                .map_err(io_error("locate", Path::new("parhelia-agent")))?,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        };
+    }
+    let checkpoint_paths = Arc::new(checkpoint_paths);
     let change_tracker = Arc::new(ChangeTracker::start(&spec.workspace_dir));
     let (checkpoint_jobs, checkpoint_job_receiver) = mpsc::unbounded_channel();
     background.push(tokio::spawn(
@@ -290,12 +309,16 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let environment = claude::environment(
         std::env::vars_os().collect::<Vec<(OsString, OsString)>>(),
         &spec.claude_config_dir,
-        nix::unistd::Uid::effective().is_root(),
+        nix::unistd::Uid::effective().is_root() && session_user.is_none(),
     );
-    let tmux = match &spec.sandbox {
+    let mut tmux = match &spec.sandbox {
         None => TmuxServer::new(&layout.tmux_socket, environment),
         Some(sandbox) => sandboxed_tmux(&spec, &layout, sandbox, &agent_exe, environment),
     };
+    if let Some(user) = &session_user {
+        tmux = tmux.with_user(user.uid.as_raw(), user.gid.as_raw());
+        tracing::info!(user = %user.name, uid = user.uid.as_raw(), "the session runs as its own user");
+    }
     let supervisor = Supervisor::new(SupervisorContext {
         spec: spec.clone(),
         layout: layout.clone(),
@@ -312,6 +335,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         checkpoint_store,
         checkpoint_paths,
         change_tracker,
+        session_user,
     });
     let outcome = supervisor.run(inbox_receiver).await;
     if let Err(e) = &outcome {
@@ -382,9 +406,11 @@ fn init_logging(agent_log: &Path) {
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(agent_log)
         .ok()
         .map(|file| {

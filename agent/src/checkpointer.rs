@@ -125,6 +125,8 @@ pub struct CheckpointPaths {
     pub conversation_staging: PathBuf,
     pub excludes: Vec<String>,
     pub retention: Retention,
+    /// Who reads the workspace's git state (the session user under uid separation).
+    pub git_reader: git_state::Reader,
 }
 
 impl CheckpointPaths {
@@ -140,6 +142,7 @@ impl CheckpointPaths {
                 keep_within_ms: spec.checkpoint.keep_within_ms,
                 max_store_bytes: spec.checkpoint.max_store_bytes,
             },
+            git_reader: git_state::Reader::Agent,
         }
     }
 
@@ -192,7 +195,7 @@ pub fn take_checkpoint(
             };
         let metadata = CheckpointMetadata {
             session: facts.clone(),
-            git: git_state::capture(&paths.workspace),
+            git: git_state::capture_as(&paths.workspace, &paths.git_reader),
             agent_version: env!("CARGO_PKG_VERSION"),
             conversation_carried_from,
         };
@@ -457,6 +460,7 @@ mod tests {
             conversation_staging: root.join(format!("staging-{config}")),
             excludes: Vec::new(),
             retention: Retention::default(),
+            git_reader: git_state::Reader::Agent,
         }
     }
 

@@ -140,7 +140,7 @@ pub(crate) fn merge_json_object(
     path: &Path,
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> Result<(), LaunchError> {
-    let mut object = match std::fs::read(path) {
+    let mut object = match read_config_file(path) {
         Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(serde_json::Value::Object(object)) => object,
             _ => {
@@ -156,6 +156,37 @@ pub(crate) fn merge_json_object(
     let text = serde_json::to_vec_pretty(&serde_json::Value::Object(object))
         .expect("a JSON map always serializes");
     write_atomically(path, &text).map_err(io_error("write", path))
+}
+
+/// The most of a Claude Code config file (`settings.json`, `.claude.json`) the agent reads.
+const MAX_CONFIG_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a config file in a directory the session writes: never through a link (the
+/// agent may be root, the session not), only a regular file, at most
+/// [`MAX_CONFIG_FILE_BYTES`] (more is an error, never a silent cut).
+fn read_config_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Reads at most `limit` bytes of a file the session may have written, without following
@@ -495,6 +526,24 @@ mod tests {
         std::fs::write(config.join("settings.json"), "[1]").unwrap();
         let err = prepare_config_dir(&config, &workspace, None).unwrap_err();
         assert!(err.to_string().contains("not a JSON object"), "{err}");
+
+        // A link the session planted (the agent may be root, it not): never read through,
+        // so nothing outside the config dir is merged into it.
+        let outside = dir.path().join("outside.json");
+        std::fs::write(&outside, r#"{"secret": "root's"}"#).unwrap();
+        std::fs::remove_file(config.join("settings.json")).unwrap();
+        std::os::unix::fs::symlink(&outside, config.join("settings.json")).unwrap();
+        assert!(prepare_config_dir(&config, &workspace, None).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&outside).unwrap(),
+            r#"{"secret": "root's"}"#
+        );
+        assert!(
+            std::fs::symlink_metadata(config.join("settings.json"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]

@@ -44,6 +44,13 @@ enum Command {
         #[arg(long)]
         secret_stdin: bool,
     },
+    /// Print the git state of a workspace as JSON. Used by the agent to read a session
+    /// user's repository as that user (`crate::git_state::capture_as`).
+    #[command(hide = true)]
+    GitState {
+        #[arg(long)]
+        workspace: PathBuf,
+    },
     /// Forward a Claude Code hook payload (stdin) to the agent. Used by Claude Code.
     Hook {
         /// The agent's hook socket.
@@ -78,6 +85,14 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
+        Command::GitState { workspace } => {
+            let state = crate::git_state::capture(&workspace);
+            println!(
+                "{}",
+                serde_json::to_string(&state).expect("a git state always serializes")
+            );
+            ExitCode::SUCCESS
+        }
         Command::Hook { socket } => {
             crate::hooks::run_hook_client(&socket);
             ExitCode::SUCCESS

@@ -7,7 +7,7 @@
 //! or an `error` field rather than failing the checkpoint: the files are what
 //! must be saved; git state is a description of them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,85 @@ pub struct Stash {
     pub index: usize,
     pub message: String,
     pub oid: String,
+}
+
+/// Who reads the repository: the agent itself, or (uid separation) the session user
+/// through `<agent_exe> git-state`, so git never reads a session's repository as root
+/// (libgit2 refuses a repository another user owns, and should).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reader {
+    Agent,
+    SessionUser {
+        agent_exe: PathBuf,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// How long the session user's reader may take, and how much it may print.
+const READER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const READER_MAX_OUTPUT: u64 = 4 << 20;
+
+/// [`capture`] as `reader`. A reader that fails gives a state with an `error`.
+pub fn capture_as(workspace: &Path, reader: &Reader) -> GitState {
+    let Reader::SessionUser {
+        agent_exe,
+        uid,
+        gid,
+    } = reader
+    else {
+        return capture(workspace);
+    };
+    let failed = |why: String| GitState {
+        repository: workspace.join(".git").exists(),
+        error: Some(why),
+        ..GitState::default()
+    };
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new(agent_exe)
+        .arg("git-state")
+        .arg("--workspace")
+        .arg(workspace)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir("/")
+        .uid(*uid)
+        .gid(*gid)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return failed(format!("the git state reader did not start: {e}")),
+    };
+    // Read on a thread so a reader that floods or hangs is cut off, never waited on.
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let output = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = (&mut stdout)
+            .take(READER_MAX_OUTPUT)
+            .read_to_end(&mut bytes);
+        bytes
+    });
+    let deadline = std::time::Instant::now() + READER_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return failed("the git state reader did not finish in time".into());
+            }
+        }
+    }
+    let bytes = output.join().unwrap_or_default();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| failed(format!("the git state reader's answer is unreadable: {e}")))
 }
 
 /// Captures the git state of `workspace` (which need not be a repository).

@@ -91,6 +91,12 @@ pub struct LaunchSpec {
     /// (final checkpoint, then failed with E301). Absent: no limit.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Run the session (the tmux server, Claude Code and all it starts) as this
+    /// unprivileged user while the agent stays root (see [`crate::session_user`]): on
+    /// Modal, where no bubblewrap stands between them. Absent: the session runs as the
+    /// agent's own user.
+    #[serde(default)]
+    pub session_user: Option<String>,
 }
 
 /// When and how the agent checkpoints (all optional in `spec.json`).
@@ -265,6 +271,19 @@ impl LaunchSpec {
                     "must not be the claude_config_dir itself",
                 ));
             }
+        }
+        if let Some(user) = &self.session_user
+            && (user.is_empty()
+                || user == "root"
+                || user.starts_with('-')
+                || !user
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        {
+            return Err(field_error(
+                "session_user",
+                "must be the name of an unprivileged user (letters, digits, `_`, `-`, `.`)",
+            ));
         }
         if self.heartbeat_interval_ms < 100 {
             return Err(field_error(

@@ -155,6 +155,8 @@ pub enum StartError {
     Launch(#[from] LaunchError),
     #[error(transparent)]
     Tmux(#[from] TmuxError),
+    #[error(transparent)]
+    SessionUser(#[from] crate::session_user::SessionUserError),
     /// A file the launch needs could not be created.
     #[error("{action} {path}: {source}")]
     Io {
@@ -212,6 +214,8 @@ pub struct SupervisorContext {
     pub checkpoint_store: Arc<parhelia_checkpoint::Store>,
     pub checkpoint_paths: Arc<CheckpointPaths>,
     pub change_tracker: Arc<crate::change_tracker::ChangeTracker>,
+    /// The unprivileged user the session runs as (the agent stays root), if any.
+    pub session_user: Option<crate::session_user::SessionUser>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -839,6 +843,10 @@ impl Supervisor {
             "exec /bin/sh {}",
             claude::shell_quote(&layout.launcher_script.to_string_lossy())
         );
+        // Restores and the config seed wrote as root: the session gets what it writes.
+        if let Some(user) = &self.context.session_user {
+            user.hand_over(&spec, &layout)?;
+        }
         let launcher_pid = self
             .context
             .tmux
@@ -914,6 +922,10 @@ impl Supervisor {
             "exec /bin/sh {}",
             claude::shell_quote(&layout.launcher_script.to_string_lossy())
         );
+        // Restores and the config seed wrote as root: the session gets what it writes.
+        if let Some(user) = &self.context.session_user {
+            user.hand_over(&spec, &layout)?;
+        }
         let launcher_pid = self
             .context
             .tmux

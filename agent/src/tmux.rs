@@ -57,6 +57,9 @@ pub struct TmuxServer {
     environment: Vec<(OsString, OsString)>,
     /// Set when the server runs inside the session sandbox (see [`crate::sandbox`]).
     sandbox: Option<Arc<SandboxedServer>>,
+    /// Every tmux process (server and clients) runs as this uid and gid when set: the
+    /// session user ([`crate::session_user`]) while the agent stays root.
+    user: Option<(u32, u32)>,
 }
 
 /// A tmux server started by the agent as `bwrap … -- tmux -D`: the agent talks to it from
@@ -80,7 +83,14 @@ impl TmuxServer {
             socket: socket.to_path_buf(),
             environment,
             sandbox: None,
+            user: None,
         }
+    }
+
+    /// Runs the server and every client as `uid`/`gid` (supplementary groups dropped).
+    pub fn with_user(mut self, uid: u32, gid: u32) -> TmuxServer {
+        self.user = Some((uid, gid));
+        self
     }
 
     /// A handle for a server that runs inside bubblewrap with `bwrap_args` (the arguments
@@ -98,6 +108,7 @@ impl TmuxServer {
                 child: tokio::sync::Mutex::new(None),
                 root_pid: std::sync::atomic::AtomicU32::new(0),
             })),
+            user: None,
         }
     }
 
@@ -141,6 +152,9 @@ impl TmuxServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
         let mut spawned = command.spawn().map_err(|source| TmuxError::Spawn {
             command: "server (bwrap)",
             source,
@@ -215,6 +229,11 @@ impl TmuxServer {
             command.arg("-N");
         }
         command.args(built.get_args());
+        if let Some((uid, gid)) = self.user {
+            // Rust drops the supplementary groups when a root parent sets the uid.
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
+        }
         command
     }
 
@@ -338,6 +357,11 @@ impl TmuxServer {
             command: "load-buffer",
             source,
         })?;
+        if self.user.is_some() {
+            // The client reads it as the session user: the message is the session's own.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(buffer_file, std::fs::Permissions::from_mode(0o644));
+        }
         let path = buffer_file.to_string_lossy();
         let loaded = self
             .run(
@@ -428,6 +452,10 @@ impl TmuxServer {
             .env_clear()
             .envs(self.environment.iter().map(|(k, v)| (k, v)))
             .env("TERM", term);
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
+        }
         command
     }
 

@@ -309,6 +309,7 @@ pub fn agent_spec(
         claude_config_seed: None,
         sandbox: None,
         timeout_ms: None,
+        session_user: None,
     }
 }
 

@@ -67,6 +67,10 @@ pub struct AgentSpec {
     /// checkpoint, then `SessionFinished{FAILED, E301}`). Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Modal: the unprivileged user the session runs as while the agent stays root
+    /// (`modal.run_as_user`; see `agent/src/session_user.rs`). Absent: one user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_user: Option<String>,
 }
 
 /// `spec.json`'s `sandbox`: what the sandbox must not see (`hide`, covered by an
@@ -151,6 +155,7 @@ mod tests {
             claude_config_seed: None,
             sandbox: None,
             timeout_ms: None,
+            session_user: None,
         };
         let json = serde_json::to_value(&spec).unwrap();
         assert!(json.get("max_budget_usd").is_none());

@@ -54,20 +54,6 @@ const NEVER_SENT: &[&str] = &[
     "TMPDIR",
 ];
 
-/// Becomes `$1` after handing it the session's volume directory `$2` (files
-/// the coordinator uploaded there are root's: a shipped workspace, a store
-/// copied from another backend); the rest is the agent's command line. When
-/// the volume refuses the ownership change, the agent stays root, with
-/// `IS_SANDBOX=1` (Claude Code refuses `--dangerously-skip-permissions` as
-/// root otherwise), and says so on stderr (the sandbox's log).
-const RUN_AS_SCRIPT: &str = r#"u="$1"; d="$2"; shift 2
-if g="$(id -g "$u")" && mkdir -p "$d" && chown -R "$u:" "$d"; then
-  exec setpriv --reuid="$u" --regid="$g" --init-groups "$@"
-fi
-echo "parhelia-start: cannot give $d to $u; the agent runs as root" >&2
-export IS_SANDBOX=1
-exec "$@""#;
-
 /// Resources for one sandbox.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
@@ -378,6 +364,14 @@ impl ModalBackend {
         Ok(SandboxStats::from_reply(reply))
     }
 
+    /// The user a Modal session runs as (`modal.run_as_user`), `None` for root.
+    pub fn session_user(&self) -> Option<String> {
+        match self.config.run_as_user.trim() {
+            "" | "root" => None,
+            user => Some(user.to_string()),
+        }
+    }
+
     /// The environment a sandbox gets (never the Anthropic key, HOME or PATH
     /// from this machine).
     pub fn sandbox_env(&self, request: &LaunchRequest) -> BTreeMap<String, String> {
@@ -410,7 +404,9 @@ impl ModalBackend {
             .timeout_seconds
             .map(|t| t.saturating_add(TIMEOUT_BACKSTOP_SECONDS))
             .unwrap_or_else(|| (self.config.default_timeout_hours * 3600.0).round() as u64);
-        let mut argv: Vec<String> = vec![
+        // The agent runs as root (Modal starts sandboxes as root) and runs the
+        // session as `modal.run_as_user` (the spec's `session_user`).
+        let argv: Vec<String> = vec![
             self.config.agent_path.display().to_string(),
             "run".into(),
             "--spec".into(),
@@ -418,21 +414,6 @@ impl ModalBackend {
             "--label".into(),
             format!("{TAG_COORDINATOR}={}", self.coordinator_id),
         ];
-        if !matches!(self.config.run_as_user.as_str(), "" | "root") {
-            // Sandboxes start as root: give the user the session's directory
-            // on the volume, then become that user (Claude Code refuses
-            // --dangerously-skip-permissions as root).
-            let mut wrapped = vec![
-                "sh".to_string(),
-                "-c".into(),
-                RUN_AS_SCRIPT.into(),
-                "parhelia-start".into(),
-                self.config.run_as_user.clone(),
-                layout.volume_dir.display().to_string(),
-            ];
-            wrapped.append(&mut argv);
-            argv = wrapped;
-        }
         json!({
             "app": self.config.app_name,
             "name": ids.container_id,
@@ -646,6 +627,10 @@ impl Backend for ModalBackend {
             .resources
             .timeout_seconds
             .map(|s| s.saturating_mul(1000));
+        // The agent stays root and runs the session as the image's user, so
+        // nothing the session runs can read the agent's secret or write its
+        // journal and checkpoint store.
+        spec.session_user = self.session_user();
         // Only when `config sync` has put something there: a seed the agent
         // cannot find is a warning in every session's events.
         if request.config_seed && self.config_synced().await? {
@@ -876,51 +861,28 @@ mod tests {
         );
     }
 
-    /// The start wrapper, run as the sandbox runs it (needs root and
-    /// setpriv, as the image has; skipped elsewhere).
+    /// The agent starts as root and is told the session's user: no wrapper
+    /// switches users before it (the agent must stay root to keep its secret,
+    /// journal and store from the session; `agent/tests/session_user.rs`).
     #[test]
-    fn the_agent_becomes_the_user_or_stays_root_with_is_sandbox() {
-        let root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-        let setpriv = std::process::Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !root || !setpriv {
-            eprintln!("skipped: needs root and setpriv");
-            return;
-        }
+    fn the_agent_stays_root_and_the_spec_names_the_session_user() {
         let dir = tempfile::tempdir().unwrap();
-        let run = |user: &str, volume: &Path| {
-            let out = std::process::Command::new("sh")
-                .args(["-c", RUN_AS_SCRIPT, "parhelia-start", user])
-                .arg(volume)
-                .args(["sh", "-c", "echo $(id -un) ${IS_SANDBOX:-unset}"])
-                .env_remove("IS_SANDBOX")
-                .output()
-                .unwrap();
-            (
-                String::from_utf8_lossy(&out.stdout).trim().to_string(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
+        let backend = |user: &str| {
+            let mut config = crate::config::Config::defaults().modal;
+            config.run_as_user = user.into();
+            ModalBackend::new(
+                dir.path().to_path_buf(),
+                "coord-1".into(),
+                config,
+                crate::plan::AgentSettings::default(),
             )
         };
-        // A user that exists: the volume directory (and what is in it) is
-        // handed over, and the agent runs as that user.
-        let volume = dir.path().join("vol/sessions/s1");
-        std::fs::create_dir_all(volume.join("checkpoints/layers")).unwrap();
-        let (out, _) = run("nobody", &volume);
-        assert_eq!(out, "nobody unset");
-        use std::os::unix::fs::MetadataExt;
-        let nobody_uid = std::fs::metadata(volume.join("checkpoints/layers"))
-            .unwrap()
-            .uid();
-        assert_ne!(nobody_uid, 0, "the store was not handed over");
-        // The ownership change fails: root, with IS_SANDBOX=1, said on stderr.
-        let (out, err) = run("no-such-user-parhelia", &dir.path().join("vol/sessions/s2"));
-        assert_eq!(out, "root 1");
-        assert!(err.contains("runs as root"), "{err}");
+        assert_eq!(
+            backend("parhelia").session_user().as_deref(),
+            Some("parhelia")
+        );
+        assert_eq!(backend("root").session_user(), None);
+        assert_eq!(backend(" ").session_user(), None);
     }
 
     #[test]
