@@ -126,6 +126,18 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     if options.secret.is_empty() {
         return Err(RunError::MissingSecret);
     }
+    // Resolved before anything is created or run: a session that should run as its own
+    // user never runs as the agent's. The directories the agent creates on the way to
+    // the session's own must be passable for that user whatever umask the agent was
+    // started with; what is private is closed explicitly (`SessionUser::hand_over`).
+    let session_user = spec
+        .session_user
+        .as_deref()
+        .map(crate::session_user::SessionUser::resolve)
+        .transpose()?;
+    if session_user.is_some() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    }
     // A remote backend cannot create directories on the container's disk
     // before the agent starts: a missing workspace is created (empty; a
     // restore or the session fills it). Something else at that path is an error.
@@ -159,13 +171,6 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         );
     }
     // Earlier containers of this session (and this container's agent, if it ran before).
-    // Resolved before anything runs: a session that should run as its own user never
-    // runs as the agent's.
-    let session_user = spec
-        .session_user
-        .as_deref()
-        .map(crate::session_user::SessionUser::resolve)
-        .transpose()?;
     let journaled_cost_usd = cost::prior_session_cost(&layout.journal_dir);
     let prior_cost_usd = match spec.prior_cost_usd {
         Some(recorded) if recorded.is_finite() && recorded > journaled_cost_usd => {

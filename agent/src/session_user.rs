@@ -11,9 +11,10 @@
 //!   Claude Code's config dir, the container's run dir (stream, stderr, exit status), the
 //!   sandbox runtime dir (`claude.pid`), the tmux socket's directory, the hook socket and
 //!   the input FIFO;
-//! - kept root-only (0700): the journal dir, the checkpoint store, the runtime dir's own
-//!   files (agent log, `agent.json`) and the socket dir's listing — the runtime, socket and
-//!   volume session dirs are 0711, so the user can reach what it was given and list
+//! - kept root-only (0700): the journal dir, the checkpoint store, the volume's
+//!   `containers/` (every container's spec), the runtime dir's own files (agent log,
+//!   `agent.json`) and the socket dir's listing — the runtime, socket, volume session and
+//!   volume `sessions/` dirs are 0711, so the user can reach what it was given and list
 //!   nothing else;
 //! - readable (0644, root-owned): the hook settings and the launcher script.
 //!
@@ -218,12 +219,16 @@ impl SessionUser {
             spec.volume_dir.clone(),
         ];
         passable.extend(layout.run_dir.parent().map(Path::to_path_buf));
+        // The volume's `sessions/`: other sessions' ids are not listed, only reached.
+        passable.extend(spec.volume_dir.parent().map(Path::to_path_buf));
         for dir in passable {
             set_mode(&dir, 0o711)?;
         }
         for private in [
             &layout.journal_dir,
             &layout.checkpoints,
+            // Every container's spec.json.
+            &spec.volume_dir.join("containers"),
             &layout.agent_log,
             &layout.agent_json,
         ] {

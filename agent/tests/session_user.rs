@@ -18,27 +18,7 @@ use parhelia_testkit::{Script, StandIn, ToolCall, Turn};
 mod support;
 use support::*;
 
-const USER: &str = "parhelia-sess";
-
-/// The test user's uid and gid, creating the user if needed; `None` (with the reason
-/// printed) where this cannot run.
-fn session_user() -> Option<(u32, u32)> {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: uid separation needs the test to run as root");
-        return None;
-    }
-    if nix::unistd::User::from_name(USER).ok().flatten().is_none() {
-        let made = std::process::Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/bin/sh", USER])
-            .status();
-        if !made.is_ok_and(|s| s.success() || s.code() == Some(9)) {
-            eprintln!("skipped: cannot create the user {USER} (useradd)");
-            return None;
-        }
-    }
-    let user = nix::unistd::User::from_name(USER).ok().flatten()?;
-    Some((user.uid.as_raw(), user.gid.as_raw()))
-}
+use parhelia_testkit::session_user::{SESSION_USER as USER, session_user};
 
 fn owner(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().uid()
@@ -46,7 +26,8 @@ fn owner(path: &Path) -> u32 {
 
 #[tokio::test]
 async fn the_session_runs_as_its_own_user_and_cannot_reach_the_agent() {
-    let Some((uid, gid)) = session_user() else {
+    let Some((_, uid, gid)) = session_user() else {
+        eprintln!("skipped: uid separation needs root and useradd");
         return;
     };
     let claude = claude_bin().unwrap();

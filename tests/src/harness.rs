@@ -162,6 +162,16 @@ impl Harness {
         .unwrap();
         let container = self.root().join("ctr");
         std::fs::create_dir_all(container.join("home")).unwrap();
+        let run_as = match crate::session_user::session_user() {
+            Some((name, _, _)) => {
+                // The session user reaches its own directories through ours.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(self.root(), std::fs::Permissions::from_mode(0o711))
+                    .unwrap();
+                name
+            }
+            None => "root".to_string(),
+        };
         let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("modal_standin");
         let claude = crate::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));
         let agent = bin_dir().join("parhelia-agent");
@@ -185,8 +195,10 @@ impl Harness {
             ("PARHELIA_MODAL_AGENT_PATH", agent.display().to_string()),
             ("PARHELIA_MODAL_AGENT_BIN", agent.display().to_string()),
             ("PARHELIA_MODAL_AGENT_PORT", "0".to_string()),
-            // The stand-in's sandboxes are this user's processes.
-            ("PARHELIA_MODAL_RUN_AS_USER", "root".to_string()),
+            // As on Modal: the agent runs as root (the stand-in's sandboxes are this
+            // user's processes) and the session as an unprivileged user when the tests
+            // can make one; else one user for both.
+            ("PARHELIA_MODAL_RUN_AS_USER", run_as),
         ] {
             self.set_env(key, &value);
         }

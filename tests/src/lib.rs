@@ -7,5 +7,6 @@ pub mod chaos;
 pub mod claude_code;
 pub mod harness;
 pub mod model_stand_in;
+pub mod session_user;
 
 pub use model_stand_in::{Script, StandIn, StandInOptions, ToolCall, Turn};

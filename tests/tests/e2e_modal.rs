@@ -174,6 +174,18 @@ fn a_task_runs_in_a_tagged_sandbox_and_its_checkpoints_become_durable() {
         durable_events.to_string().contains("checkpoint_durable"),
         "no checkpoint_durable event"
     );
+    // Uid separation (when the tests can make the session user): Claude Code
+    // wrote as that user; the journal is root's and closed to it.
+    if let Some((_, uid, _)) = parhelia_testkit::session_user::session_user() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let written = h.root().join(format!(
+            "ctr/home/sessions/{session_id}/workspace/hello.txt"
+        ));
+        assert_eq!(std::fs::metadata(&written).unwrap().uid(), uid);
+        let journal_dir = volume.join(format!("sessions/{session_id}/journal"));
+        let meta = std::fs::metadata(&journal_dir).unwrap();
+        assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (0, 0o700));
+    }
     // Without `config sync` there is no seed, and no warning about one.
     assert!(
         !h.task_events(&task_id, "agent_error")

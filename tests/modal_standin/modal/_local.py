@@ -182,3 +182,20 @@ def wait_until(predicate, timeout, interval=0.05):
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def makedirs_public(path):
+    """os.makedirs, with every directory it creates world-passable (0755) whatever the
+    umask: a real Modal volume's directories can be entered by every user of the
+    container (the session user included)."""
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    os.makedirs(path, exist_ok=True)
+    for directory in missing:
+        os.chmod(directory, 0o755)

@@ -37,6 +37,7 @@ TERMINATE_KILL_AFTER = 10  # terminate()'s own SIGKILL, should the supervisor no
 SUPERVISOR = r"""
 import ctypes, json, os, signal, sys, time
 sandbox_dir, timeout, grace, argv = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+os.umask(0o022)  # a container's usual umask, not the coordinator's private one
 try:
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 except Exception:

@@ -47,7 +47,8 @@ class Volume:
             if meta is None or not os.path.isdir(directory):
                 if not self._create:
                     raise NotFoundError(f"Volume '{self._name}' not found in environment 'main'")
-                os.makedirs(directory, exist_ok=True)
+                _local.makedirs_public(directory)
+                os.chmod(directory, 0o755)
                 meta = {"volume_id": _local.new_id("vo"), "version": self._version or 2}
                 _local.write_json(meta_file, meta)
         if self._version is not None and self._version != meta["version"]:
@@ -177,7 +178,7 @@ class _BatchUpload:
                     raise InvalidError(f"{remote_path} is a directory: a file cannot replace it")
                 if os.path.lexists(full) and not self._force:
                     raise FileExistsError(f"{remote_path} already exists")
-                os.makedirs(os.path.dirname(full), exist_ok=True)
+                _local.makedirs_public(os.path.dirname(full))
                 tmp = os.path.join(os.path.dirname(full), _UPLOAD_PREFIX + _local.new_id("up"))
                 if isinstance(local_file, (str, os.PathLike)):
                     shutil.copyfile(local_file, tmp)
