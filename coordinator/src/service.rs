@@ -1189,7 +1189,7 @@ impl CoordinatorService {
             .ok_or_else(|| {
                 coded(
                     error_codes::CHECKPOINT_NOT_FOUND,
-                    format!("session {} has no checkpoint to resume from", session.id),
+                    nothing_to_resume(&task.id, &session.id),
                 )
             })?;
         // The newest *restorable* checkpoint (it verifies, and carries the
@@ -1207,7 +1207,7 @@ impl CoordinatorService {
                     return Err(coded(
                         error_codes::CHECKPOINT_NOT_FOUND,
                         if skipped.is_empty() {
-                            format!("session {} has no checkpoint to resume from", session.id)
+                            nothing_to_resume(&task.id, &session.id)
                         } else {
                             format!(
                                 "session {} has no restorable checkpoint to resume from:\n{}",
@@ -2082,4 +2082,13 @@ fn task_resources(limits: &TaskLimits, rates: &crate::config::RatesConfig) -> Re
         memory_mb: limits.memory_mb,
         timeout_seconds: limits.timeout_seconds,
     }
+}
+
+/// E205's message for a session that has no checkpoint at all: it was stopped
+/// before its first one (nothing of it can be resumed), and `task retry` is the
+/// way on (it starts the task again from its original workspace).
+fn nothing_to_resume(task_id: &str, session_id: &str) -> String {
+    format!(
+        "session {session_id} has no checkpoint to resume from: it stopped before its first checkpoint was taken. `parhelia task retry {task_id}` runs the task again from its original workspace"
+    )
 }
