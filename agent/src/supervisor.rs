@@ -596,6 +596,9 @@ impl Supervisor {
     /// Code should start; a failed restore finishes the session instead.
     async fn restore_before_launch(&mut self) -> Result<bool, JournalError> {
         let Some(target) = self.context.spec.restore_checkpoint.clone() else {
+            if !self.context.spec.resume {
+                self.start_checkpoint().await?;
+            }
             return Ok(true);
         };
         let store = Arc::clone(&self.context.checkpoint_store);
@@ -672,6 +675,24 @@ impl Supervisor {
                 Ok(false)
             }
         }
+    }
+
+    /// A new session's starting workspace, checkpointed before Claude Code starts (trigger
+    /// `start`): a session lost before its first turn ends still has a checkpoint to resume
+    /// from (a fresh conversation in that workspace). A failure is journaled, and the
+    /// session goes on: it is no worse off than without the checkpoint.
+    async fn start_checkpoint(&mut self) -> Result<(), JournalError> {
+        let store = Arc::clone(&self.context.checkpoint_store);
+        let paths = Arc::clone(&self.context.checkpoint_paths);
+        let facts = self.session_facts();
+        let taken = tokio::task::spawn_blocking(move || {
+            checkpointer::take_checkpoint(&store, &paths, None, "start", "", false, &facts)
+        })
+        .await
+        .unwrap_or_else(|e| Err(panicked(e)));
+        // (The change tracker keeps what it saw: the next checkpoint's hint is a superset.)
+        self.journal_checkpoint_result("start", "", &taken).await?;
+        Ok(())
     }
 
     fn session_facts(&self) -> SessionFacts {

@@ -102,7 +102,10 @@ async fn a_headless_session_runs_queues_input_and_finishes() {
     );
 
     let names = kind_names(&journal);
-    assert_eq!(&names[..2], &["session_started", "input_accepted"]);
+    assert_eq!(
+        &names[..3],
+        &["session_started", "checkpoint_created", "input_accepted"]
+    );
     assert_eq!(
         names.iter().filter(|n| **n == "claude_init").count(),
         1,
@@ -308,24 +311,26 @@ async fn a_missing_claude_binary_fails_fast_with_e501() {
     let status = wait_for_exit(&mut child).await;
     assert!(status.success(), "{status}");
     let journal = fixture.journal();
-    // The final checkpoint (trigger "error") is taken before the session ends.
+    // The starting workspace is checkpointed before the launch is tried; the final
+    // checkpoint (trigger "error") is taken before the session ends.
     assert_eq!(
         kind_names(&journal),
         vec![
             "session_started",
             "checkpoint_created",
+            "checkpoint_created",
             "status_changed",
             "session_finished"
         ]
     );
-    let checkpoint = journal
+    let triggers: Vec<String> = journal
         .iter()
-        .find_map(|e| match &e.kind {
-            Some(parhelia_proto::event::Kind::CheckpointCreated(c)) => Some(c.clone()),
+        .filter_map(|e| match &e.kind {
+            Some(parhelia_proto::event::Kind::CheckpointCreated(c)) => Some(c.trigger.clone()),
             _ => None,
         })
-        .unwrap();
-    assert_eq!(checkpoint.trigger, "error");
+        .collect();
+    assert_eq!(triggers, ["start", "error"]);
     let finished = session_finished(&journal);
     assert_eq!(finished.outcome, SessionOutcome::Failed as i32);
     assert_eq!(finished.error_code, "E501");

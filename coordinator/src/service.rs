@@ -1195,7 +1195,7 @@ impl CoordinatorService {
         // The newest *restorable* checkpoint (it verifies, and carries the
         // conversation the session has), saying why newer ones were passed
         // over; a named one must be restorable itself.
-        let (checkpoint_id, skipped) = {
+        let (checkpoint_id, skipped, starts_over) = {
             let store = checkpoints::open_store_at(
                 &store_dir,
                 &self.inner.config.agent.checkpoint.read_limits(),
@@ -1217,7 +1217,10 @@ impl CoordinatorService {
                         },
                     ));
                 };
-                (chosen.id.to_string(), skipped)
+                let starts_over = !store
+                    .load(&chosen.id)
+                    .is_ok_and(|m| checkpoints::has_conversation(&m));
+                (chosen.id.to_string(), skipped, starts_over)
             } else {
                 let id = checkpoints::parse_id(r.checkpoint_id.trim())?;
                 let list = store.list().map_err(|e| checkpoints::coded(&e))?;
@@ -1233,7 +1236,10 @@ impl CoordinatorService {
                     };
                     return Err(coded(code, message));
                 }
-                (id.to_string(), Vec::new())
+                let starts_over = !store
+                    .load(&id)
+                    .is_ok_and(|m| checkpoints::has_conversation(&m));
+                (id.to_string(), Vec::new(), starts_over)
             }
         };
         for s in &skipped {
@@ -1362,7 +1368,16 @@ impl CoordinatorService {
             response.stopped_container_id = old.container_id.clone();
         }
 
-        let prompt = if !r.message.trim().is_empty() {
+        // A checkpoint without a conversation (the session's `start`, or a
+        // Modal workspace seed: it stopped before any turn was saved) starts
+        // the conversation again in that workspace, with the task's prompt.
+        let prompt = if starts_over {
+            if r.message.trim().is_empty() {
+                task.prompt.clone()
+            } else {
+                format!("{}\n\n{}", task.prompt, r.message)
+            }
+        } else if !r.message.trim().is_empty() {
             r.message.clone()
         } else if !r.rollback && was_interrupted {
             RESUME_CONTINUE_MESSAGE.to_string()
@@ -1385,7 +1400,7 @@ impl CoordinatorService {
                 model: task.model.clone(),
                 max_turns: task.max_turns,
                 interactive: task.mode == "interactive",
-                resume: true,
+                resume: !starts_over,
                 restore_checkpoint: Some(checkpoint_id.clone()),
                 max_budget_usd,
                 prior_cost_usd: Some(db.session_spend_usd(&session.id)?),

@@ -622,3 +622,81 @@ fn the_safety_checkpoint_has_the_conversation_and_resume_skips_incomplete_ones()
         "{task:#}"
     );
 }
+
+/// A new session's workspace is checkpointed before Claude Code starts (trigger
+/// `start`): killed before its first turn ends, it is still resumable, and
+/// the resume starts the conversation again, in that workspace, with the
+/// task's prompt (the checkpoint has no conversation to continue) — never E205.
+#[test]
+fn a_session_killed_before_its_first_turn_ends_starts_over_from_its_start_checkpoint() {
+    let mut h = Harness::new(Script::new([
+        // Never answered: the agent is killed while Claude Code waits for it.
+        Turn::hold("too late"),
+        Turn::tool_use([ToolCall::write("after.txt", "done again\n")]),
+        Turn::text("Started over and finished."),
+    ]));
+    h.set_env("PARHELIA_ISOLATION", "none");
+    let source = h.root().join("project");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("seed.txt"), "from the user\n").unwrap();
+    let created = create(
+        &h,
+        "Do the whole task",
+        &["--workspace", source.to_str().unwrap()],
+    );
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+
+    h.wait_for("the first request at the model", || {
+        (h.stand_in.holds_served() >= 1).then_some(())
+    });
+    let listed = checkpoints(&h, &session_id);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    let start = h
+        .task_events(&task_id, "checkpoint_created")
+        .into_iter()
+        .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "start")
+        .expect("a start checkpoint before Claude Code started");
+    let start_id = start["kind"]["checkpoint_created"]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let leftover_tmux = kill_agent(&h, &container_id);
+    let ws = workspace(&h, &session_id);
+    std::fs::write(ws.join("stray.txt"), "after the start checkpoint").unwrap();
+
+    let requests_before = h.stand_in.requests().len();
+    let resumed = h.ok(&["resume", &session_id]);
+    assert!(resumed.contains(&start_id), "{resumed}");
+    assert!(!tmux_alive(&leftover_tmux));
+    // The old Claude Code is gone: its held answer can go nowhere now.
+    h.stand_in.release_hold();
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" || t["status"] == "failed"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Started over and finished.", "{task:#}");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("seed.txt")).unwrap(),
+        "from the user\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("after.txt")).unwrap(),
+        "done again\n"
+    );
+    assert!(!ws.join("stray.txt").exists());
+    // A fresh conversation that starts with the task's own prompt.
+    let first_again = h.stand_in.requests()[requests_before..]
+        .iter()
+        .find(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .expect("the resumed session asked the model");
+    assert_eq!(
+        first_again.last_user_text.as_deref(),
+        Some("Do the whole task"),
+        "{first_again:#?}"
+    );
+    assert_eq!(first_again.roles, ["user", "system"], "{first_again:#?}");
+}
