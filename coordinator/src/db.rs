@@ -353,7 +353,9 @@ pub struct TaskRecord {
     pub status: TaskStatus,
     pub session_id: Option<String>,
     pub container_id: Option<String>,
-    pub cost_usd: f64,
+    /// The task's cost and its breakdown, from the ledger (every attempt):
+    /// `spend.cost_usd` is the figure every view calls cost.
+    pub spend: Spend,
     pub result: Option<String>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
@@ -468,7 +470,8 @@ pub struct RunningSession {
     pub task_id: String,
     pub container_id: String,
     pub status: String,
-    pub cost_usd: f64,
+    /// The session's cost from the ledger.
+    pub spend: Spend,
     pub started_at_ms: Option<i64>,
     pub last_heartbeat_ms: Option<i64>,
     /// The interval the agent was asked to beat at, and the reconciler's last verdict.
@@ -487,7 +490,8 @@ pub struct SessionRecord {
     pub outcome: Option<String>,
     pub workspace_dir: String,
     pub volume_dir: String,
-    pub cost_usd: f64,
+    /// The session's cost from the ledger.
+    pub spend: Spend,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     /// The session's (latest) container.
@@ -832,7 +836,8 @@ impl Db {
     pub fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>> {
         let conn = self.conn();
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
-        Ok(conn.query_row(&sql, [task_id], task_from_row).optional()?)
+        let task = conn.query_row(&sql, [task_id], task_from_row).optional()?;
+        Ok(task.map(|t| with_task_spend(&conn, t)).transpose()?)
     }
 
     /// Tasks, newest first, optionally only those in `status`.
@@ -844,15 +849,20 @@ impl Db {
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map([status.map(TaskStatus::as_str)], task_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let tasks: Vec<TaskRecord> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(tasks
+            .into_iter()
+            .map(|t| with_task_spend(&conn, t))
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn get_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
         let conn = self.conn();
         let sql = format!("SELECT {SESSION_COLUMNS} FROM {SESSION_FROM} WHERE s.id = ?1");
-        Ok(conn
+        let session = conn
             .query_row(&sql, [session_id], session_from_row)
-            .optional()?)
+            .optional()?;
+        Ok(session.map(|s| with_session_spend(&conn, s)).transpose()?)
     }
 
     /// Sessions, newest first.
@@ -863,7 +873,11 @@ impl Db {
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map([], session_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let sessions: Vec<SessionRecord> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(sessions
+            .into_iter()
+            .map(|s| with_session_spend(&conn, s))
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     /// The secret of a session. The only way to read it.
@@ -1223,20 +1237,15 @@ impl Db {
         Ok(counts)
     }
 
-    /// Model cost over every task.
-    pub fn total_cost_usd(&self) -> Result<f64> {
-        let conn = self.conn();
-        Ok(
-            conn.query_row("SELECT coalesce(sum(cost_usd), 0.0) FROM tasks", [], |r| {
-                r.get(0)
-            })?,
-        )
+    /// What everything cost: the whole ledger (tasks deleted since included).
+    pub fn total_spend(&self) -> Result<Spend> {
+        self.spend(SpendScope::Since(i64::MIN))
     }
 
     pub fn running_sessions(&self) -> Result<Vec<RunningSession>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT s.id, s.task_id, c.id, s.status, s.cost_usd, c.started_at_ms, c.last_heartbeat_ms,
+            "SELECT s.id, s.task_id, c.id, s.status, c.started_at_ms, c.last_heartbeat_ms,
                     c.heartbeat_interval_ms, c.health
              FROM tasks t JOIN sessions s ON s.id = t.session_id JOIN containers c ON c.id = t.container_id
              WHERE t.status = 'running' ORDER BY s.created_at_ms",
@@ -1247,23 +1256,39 @@ impl Db {
                 task_id: r.get(1)?,
                 container_id: r.get(2)?,
                 status: r.get(3)?,
-                cost_usd: r.get(4)?,
-                started_at_ms: r.get(5)?,
-                last_heartbeat_ms: r.get(6)?,
-                heartbeat_interval_ms: r.get(7)?,
+                spend: Spend::default(),
+                started_at_ms: r.get(4)?,
+                last_heartbeat_ms: r.get(5)?,
+                heartbeat_interval_ms: r.get(6)?,
                 container_health: r
-                    .get::<_, Option<String>>(8)?
-                    .map(|s| parse_column(8, &s))
+                    .get::<_, Option<String>>(7)?
+                    .map(|s| parse_column(7, &s))
                     .transpose()?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut sessions: Vec<RunningSession> = rows.collect::<rusqlite::Result<_>>()?;
+        for s in &mut sessions {
+            s.spend = spend_in(&conn, SpendScope::Session(&s.session_id))?;
+        }
+        Ok(sessions)
     }
 }
 
 const TASK_COLUMNS: &str = "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
-     container_id, cost_usd, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
+     container_id, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
      mode, dispatch_requested_at_ms, attempt, auto_resumes, allow_large_workspace";
+
+/// A task with its cost from the ledger ([`spend_in`]).
+fn with_task_spend(conn: &Connection, mut t: TaskRecord) -> rusqlite::Result<TaskRecord> {
+    t.spend = spend_in(conn, SpendScope::Task(&t.id))?;
+    Ok(t)
+}
+
+/// A session with its cost from the ledger ([`spend_in`]).
+fn with_session_spend(conn: &Connection, mut s: SessionRecord) -> rusqlite::Result<SessionRecord> {
+    s.spend = spend_in(conn, SpendScope::Session(&s.id))?;
+    Ok(s)
+}
 
 fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
     let status: String = r.get(7)?;
@@ -1281,24 +1306,24 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         status,
         session_id: r.get(8)?,
         container_id: r.get(9)?,
-        cost_usd: r.get(10)?,
-        result: r.get(11)?,
-        error_code: r.get(12)?,
-        error_message: r.get(13)?,
-        created_at_ms: r.get(14)?,
-        started_at_ms: r.get(15)?,
-        finished_at_ms: r.get(16)?,
-        mode: r.get(17)?,
-        dispatch_requested_at_ms: r.get(18)?,
-        attempt: r.get(19)?,
-        auto_resumes: r.get(20)?,
-        allow_large_workspace: r.get(21)?,
+        spend: Spend::default(),
+        result: r.get(10)?,
+        error_code: r.get(11)?,
+        error_message: r.get(12)?,
+        created_at_ms: r.get(13)?,
+        started_at_ms: r.get(14)?,
+        finished_at_ms: r.get(15)?,
+        mode: r.get(16)?,
+        dispatch_requested_at_ms: r.get(17)?,
+        attempt: r.get(18)?,
+        auto_resumes: r.get(19)?,
+        allow_large_workspace: r.get(20)?,
     })
 }
 
 // Never add `secret` here: see the module's invariant.
 const SESSION_COLUMNS: &str = "s.id, s.task_id, s.claude_session_id, s.mode, s.status, s.outcome, s.workspace_dir,
-     s.volume_dir, s.cost_usd, s.created_at_ms, s.finished_at_ms, c.id, s.attempt, s.resume_checkpoint_id,
+     s.volume_dir, s.created_at_ms, s.finished_at_ms, c.id, s.attempt, s.resume_checkpoint_id,
      c.state, c.health, c.last_heartbeat_ms";
 
 /// The latest container of each session, joined as `c`.
@@ -1315,21 +1340,21 @@ fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         outcome: r.get(5)?,
         workspace_dir: r.get(6)?,
         volume_dir: r.get(7)?,
-        cost_usd: r.get(8)?,
-        created_at_ms: r.get(9)?,
-        finished_at_ms: r.get(10)?,
-        container_id: r.get(11)?,
-        attempt: r.get(12)?,
-        resume_checkpoint_id: r.get(13)?,
+        spend: Spend::default(),
+        created_at_ms: r.get(8)?,
+        finished_at_ms: r.get(9)?,
+        container_id: r.get(10)?,
+        attempt: r.get(11)?,
+        resume_checkpoint_id: r.get(12)?,
         container_state: r
+            .get::<_, Option<String>>(13)?
+            .map(|s| parse_column(13, &s))
+            .transpose()?,
+        container_health: r
             .get::<_, Option<String>>(14)?
             .map(|s| parse_column(14, &s))
             .transpose()?,
-        container_health: r
-            .get::<_, Option<String>>(15)?
-            .map(|s| parse_column(15, &s))
-            .transpose()?,
-        last_heartbeat_ms: r.get(16)?,
+        last_heartbeat_ms: r.get(15)?,
     })
 }
 

@@ -38,6 +38,7 @@ pub mod modal_ops;
 pub mod plan;
 pub mod pull;
 pub mod queue;
+pub mod rates;
 pub mod reconcile;
 pub mod reconciler;
 pub mod recovery;

@@ -33,6 +33,90 @@ pub struct LedgerEntry {
     pub cache_read_input_tokens: u64,
 }
 
+/// What a scope (a task, a session, everything, a period) cost: the one
+/// figure every view calls **cost** (`cost_usd`, the ledger total:
+/// compute + model + storage) and its breakdown. Every view gets it from
+/// [`Spend::add`] over the scope's ledger rows in id order ([`spend_in`]),
+/// so no two views can disagree.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Spend {
+    pub cost_usd: f64,
+    pub compute_usd: f64,
+    pub model_usd: f64,
+    pub storage_usd: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+impl Spend {
+    /// Adds one ledger row.
+    pub fn add(&mut self, kind: &str, amount_usd: f64, tokens: [u64; 4]) {
+        match kind {
+            "compute" => self.compute_usd += amount_usd,
+            "model" => self.model_usd += amount_usd,
+            "storage" => self.storage_usd += amount_usd,
+            _ => {}
+        }
+        self.cost_usd += amount_usd;
+        self.input_tokens = self.input_tokens.saturating_add(tokens[0]);
+        self.output_tokens = self.output_tokens.saturating_add(tokens[1]);
+        self.cache_creation_input_tokens = self.cache_creation_input_tokens.saturating_add(tokens[2]);
+        self.cache_read_input_tokens = self.cache_read_input_tokens.saturating_add(tokens[3]);
+    }
+
+    pub fn add_entry(&mut self, e: &LedgerEntry) {
+        self.add(
+            &e.kind,
+            e.amount_usd,
+            [
+                e.input_tokens,
+                e.output_tokens,
+                e.cache_creation_input_tokens,
+                e.cache_read_input_tokens,
+            ],
+        );
+    }
+}
+
+/// Which ledger rows a [`Spend`] sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpendScope<'a> {
+    Task(&'a str),
+    Session(&'a str),
+    /// Everything recorded from this time on (`i64::MIN`: everything).
+    Since(i64),
+}
+
+/// The spend of a scope: its ledger rows folded by [`Spend::add`] in id
+/// order. The one function behind every view's cost.
+pub fn spend_in(conn: &rusqlite::Connection, scope: SpendScope<'_>) -> rusqlite::Result<Spend> {
+    let (filter, key): (&str, rusqlite::types::Value) = match scope {
+        SpendScope::Task(id) => ("task_id = ?1", id.to_string().into()),
+        SpendScope::Session(id) => ("session_id = ?1", id.to_string().into()),
+        SpendScope::Since(ms) => ("ts_ms >= ?1", ms.into()),
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT kind, amount_usd, input_tokens, output_tokens, cache_creation_input_tokens,
+                cache_read_input_tokens
+         FROM ledger WHERE {filter} ORDER BY id"
+    ))?;
+    let mut rows = stmt.query([key])?;
+    let mut spend = Spend::default();
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(0)?;
+        let tokens = [
+            r.get::<_, i64>(2)?.max(0) as u64,
+            r.get::<_, i64>(3)?.max(0) as u64,
+            r.get::<_, i64>(4)?.max(0) as u64,
+            r.get::<_, i64>(5)?.max(0) as u64,
+        ];
+        spend.add(&kind, r.get(1)?, tokens);
+    }
+    Ok(spend)
+}
+
 /// An ended remote container whose compute cost has not been reconciled
 /// with the provider's usage figures yet.
 #[derive(Clone, Debug, PartialEq)]
@@ -133,6 +217,11 @@ pub(crate) fn budget_stop_in(
 }
 
 impl Db {
+    /// What a scope cost ([`Spend`]), as every view shows it.
+    pub fn spend(&self, scope: SpendScope<'_>) -> Result<Spend> {
+        Ok(spend_in(&self.conn(), scope)?)
+    }
+
     /// A compute charge (one heartbeat's interval).
     pub fn charge_compute(
         &self,
@@ -319,26 +408,15 @@ impl Db {
             .optional()?)
     }
 
-    /// Ledger total of a task (every attempt, compute and model).
+    /// Ledger total of a task (every attempt, every kind): its cost.
     pub fn task_spent_usd(&self, task_id: &str) -> Result<f64> {
-        let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE task_id = ?1",
-            [task_id],
-            |r| r.get(0),
-        )?)
+        Ok(self.spend(SpendScope::Task(task_id))?.cost_usd)
     }
 
-    /// Ledger total of a task by kind: (compute, model).
-    pub fn task_spent_by_kind(&self, task_id: &str) -> Result<(f64, f64)> {
-        let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT coalesce(sum(CASE WHEN kind = 'compute' THEN amount_usd END), 0),
-                    coalesce(sum(CASE WHEN kind = 'model' THEN amount_usd END), 0)
-             FROM ledger WHERE task_id = ?1",
-            [task_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?)
+    /// Ledger total of a task by kind: (compute, model, storage).
+    pub fn task_spent_by_kind(&self, task_id: &str) -> Result<(f64, f64, f64)> {
+        let spend = self.spend(SpendScope::Task(task_id))?;
+        Ok((spend.compute_usd, spend.model_usd, spend.storage_usd))
     }
 
     /// Model cost the ledger holds for a session.
@@ -351,14 +429,9 @@ impl Db {
         )?)
     }
 
-    /// Ledger total from `since_ms` on (everything with 0).
+    /// Ledger total from `since_ms` on (everything with `i64::MIN`).
     pub fn spent_since_usd(&self, since_ms: i64) -> Result<f64> {
-        let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE ts_ms >= ?1",
-            [since_ms],
-            |r| r.get(0),
-        )?)
+        Ok(self.spend(SpendScope::Since(since_ms))?.cost_usd)
     }
 
     /// Ledger rows from `since_ms` on, in order.
