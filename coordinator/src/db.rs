@@ -273,6 +273,50 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 -- last_seq): what its journal must hold when read from the volume.
 ALTER TABLE containers ADD COLUMN agent_last_seq INTEGER;
 "#,
+    // 6 -> 7: storage is charged (issue 13). The ledger gains the kind
+    // `storage` (SQLite cannot alter a CHECK constraint: the table is
+    // rebuilt, every row and id kept); `storage_meters` remembers, per
+    // session with data on a remote volume, what was last measured and
+    // when, so each pass charges the interval since at that size.
+    r#"
+CREATE TABLE ledger_v7 (
+    id                          INTEGER PRIMARY KEY,
+    ts_ms                       INTEGER NOT NULL,
+    kind                        TEXT NOT NULL CHECK (kind IN ('compute', 'model', 'storage')),
+    task_id                     TEXT NOT NULL,
+    session_id                  TEXT,
+    container_id                TEXT,
+    amount_usd                  REAL NOT NULL,
+    seconds                     REAL NOT NULL DEFAULT 0,
+    input_tokens                INTEGER NOT NULL DEFAULT 0,
+    output_tokens               INTEGER NOT NULL DEFAULT 0,
+    cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_input_tokens     INTEGER NOT NULL DEFAULT 0,
+    details                     TEXT NOT NULL DEFAULT '{}'
+) STRICT;
+INSERT INTO ledger_v7 (id, ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds,
+                       input_tokens, output_tokens, cache_creation_input_tokens,
+                       cache_read_input_tokens, details)
+    SELECT id, ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds,
+           input_tokens, output_tokens, cache_creation_input_tokens,
+           cache_read_input_tokens, details
+    FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_v7 RENAME TO ledger;
+CREATE INDEX ledger_by_task ON ledger (task_id, id);
+CREATE INDEX ledger_by_session ON ledger (session_id, kind);
+CREATE INDEX ledger_by_ts ON ledger (ts_ms);
+
+CREATE TABLE storage_meters (
+    session_id     TEXT PRIMARY KEY,
+    task_id        TEXT NOT NULL,
+    backend        TEXT NOT NULL,
+    started_at_ms  INTEGER NOT NULL,
+    measured_at_ms INTEGER NOT NULL,
+    bytes          INTEGER NOT NULL CHECK (bytes >= 0),
+    stopped_at_ms  INTEGER
+) STRICT;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -1948,7 +1992,7 @@ mod tests {
         };
         db.record_event(&target, &turn).unwrap();
         let task = db.get_task(&target.task_id).unwrap().unwrap();
-        assert_eq!((task.cost_usd, task.result.as_deref()), (0.25, Some("hi")));
+        assert_eq!((task.spend.cost_usd, task.result.as_deref()), (0.25, Some("hi")));
         let finished = Event {
             seq: 2,
             ts_ms: 2,
@@ -1966,7 +2010,7 @@ mod tests {
         let task = db.get_task(&target.task_id).unwrap().unwrap();
         assert_eq!(task.status, TaskStatus::Failed);
         assert_eq!(task.error_code.as_deref(), Some("E505"));
-        assert_eq!(task.cost_usd, 0.5);
+        assert_eq!(task.spend.cost_usd, 0.5);
         assert_eq!(task.result.as_deref(), Some("hi"));
         assert!(task.finished_at_ms.is_some());
         assert!(db.containers_to_follow().unwrap().is_empty());
@@ -2014,9 +2058,9 @@ mod tests {
         };
         db.record_event(&target, &finished).unwrap();
         let session = db.get_session(&target.session_id).unwrap().unwrap();
-        assert_eq!(session.cost_usd, 0.0132);
+        assert_eq!(session.spend.cost_usd, 0.0132);
         let task = db.get_task(&target.task_id).unwrap().unwrap();
-        assert_eq!(task.cost_usd, 0.0132);
+        assert_eq!(task.spend.cost_usd, 0.0132);
         assert_eq!(db.session_model_usd(&target.session_id).unwrap(), 0.0132);
         assert_eq!(db.session_spend_usd(&target.session_id).unwrap(), 0.0132);
     }

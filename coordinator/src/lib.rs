@@ -46,6 +46,7 @@ pub mod render;
 pub mod service;
 pub mod spec;
 pub mod state_dir;
+pub mod storage;
 pub mod store_health;
 pub mod task_state;
 pub mod term;

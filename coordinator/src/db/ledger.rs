@@ -222,6 +222,22 @@ impl Db {
         Ok(spend_in(&self.conn(), scope)?)
     }
 
+    /// A model charge outside event ingestion ([`charge_model_in`] in its
+    /// own transaction): the growth of the session's reported cost.
+    pub fn charge_model(
+        &self,
+        target: &ContainerRef,
+        ts_ms: i64,
+        session_cost_usd: f64,
+        usage: Option<&Usage>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        charge_model_in(&tx, target, ts_ms, session_cost_usd, usage)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// A compute charge (one heartbeat's interval).
     pub fn charge_compute(
         &self,
@@ -629,5 +645,145 @@ impl Db {
             )
             .optional()?
             .unwrap_or(0.0))
+    }
+}
+
+/// A session whose data on a remote volume is charged for storage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageMeter {
+    pub session_id: String,
+    pub task_id: String,
+    pub backend: String,
+    /// When the session's first container on the backend was created (the
+    /// volume held nothing of it before).
+    pub started_at_ms: i64,
+    /// The last measurement: when, and the bytes it found.
+    pub measured_at_ms: i64,
+    pub bytes: u64,
+}
+
+/// What one measurement charged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageCharge {
+    /// The interval charged, at the bytes the previous measurement found.
+    pub seconds: f64,
+    pub charged_bytes: u64,
+    pub amount_usd: f64,
+}
+
+impl Db {
+    /// Starts a meter for every session with a container on `backend` that
+    /// has none (clock from its first such container, at 0 bytes). Returns
+    /// how many were started.
+    pub fn start_storage_meters(&self, backend: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "INSERT OR IGNORE INTO storage_meters
+                 (session_id, task_id, backend, started_at_ms, measured_at_ms, bytes)
+             SELECT s.id, s.task_id, ?1, min(c.created_at_ms), min(c.created_at_ms), 0
+             FROM sessions s JOIN containers c ON c.session_id = s.id AND c.backend = ?1
+             GROUP BY s.id",
+            [backend],
+        )?)
+    }
+
+    /// Meters not stopped, oldest first.
+    pub fn active_storage_meters(&self) -> Result<Vec<StorageMeter>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT session_id, task_id, backend, started_at_ms, measured_at_ms, bytes
+             FROM storage_meters WHERE stopped_at_ms IS NULL ORDER BY started_at_ms, session_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StorageMeter {
+                session_id: r.get(0)?,
+                task_id: r.get(1)?,
+                backend: r.get(2)?,
+                started_at_ms: r.get(3)?,
+                measured_at_ms: r.get(4)?,
+                bytes: r.get::<_, i64>(5)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a measurement of a session's bytes on its volume at `now_ms`,
+    /// in one transaction: one `storage` row charging the interval since the
+    /// last measurement at the bytes that one found (none when that is 0 USD),
+    /// and the meter moved on. A clock that went back charges nothing and
+    /// never moves the meter back. `None`: no active meter.
+    pub fn record_storage_measurement(
+        &self,
+        session_id: &str,
+        now_ms: i64,
+        bytes: u64,
+        usd_per_gib_month: f64,
+    ) -> Result<Option<StorageCharge>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let meter: Option<(String, i64, i64)> = tx
+            .query_row(
+                "SELECT task_id, measured_at_ms, bytes FROM storage_meters
+                 WHERE session_id = ?1 AND stopped_at_ms IS NULL",
+                [session_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((task_id, measured_at_ms, prev_bytes)) = meter else {
+            return Ok(None);
+        };
+        let prev_bytes = prev_bytes.max(0) as u64;
+        let elapsed_ms = now_ms.saturating_sub(measured_at_ms).max(0);
+        let seconds = elapsed_ms as f64 / 1000.0;
+        let amount_usd = crate::rates::storage_charge_usd(prev_bytes, seconds, usd_per_gib_month);
+        if amount_usd > 0.0 {
+            tx.execute(
+                "INSERT INTO ledger (ts_ms, kind, task_id, session_id, amount_usd, seconds, details)
+                 VALUES (?1, 'storage', ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    now_ms,
+                    task_id,
+                    session_id,
+                    amount_usd,
+                    seconds,
+                    serde_json::json!({
+                        "bytes": prev_bytes,
+                        "measured_bytes": bytes,
+                        "from_ms": measured_at_ms,
+                        "usd_per_gib_month": usd_per_gib_month,
+                        "rate_table": crate::rates::embedded().version,
+                    })
+                    .to_string(),
+                ],
+            )?;
+        }
+        tx.execute(
+            "UPDATE storage_meters SET measured_at_ms = max(measured_at_ms, ?2), bytes = ?3
+             WHERE session_id = ?1",
+            params![session_id, now_ms, bytes.min(i64::MAX as u64) as i64],
+        )?;
+        tx.commit()?;
+        Ok(Some(StorageCharge {
+            seconds,
+            charged_bytes: prev_bytes,
+            amount_usd,
+        }))
+    }
+
+    /// Stops a session's meter (its data is gone from the volume). False
+    /// when it was not running.
+    pub fn stop_storage_meter(&self, session_id: &str, now_ms: i64) -> Result<bool> {
+        Ok(self.conn().execute(
+            "UPDATE storage_meters SET stopped_at_ms = ?2 WHERE session_id = ?1 AND stopped_at_ms IS NULL",
+            params![session_id, now_ms],
+        )? == 1)
+    }
+
+    /// Whether the session is still recorded (not deleted with its task).
+    pub fn session_exists(&self, session_id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM sessions WHERE id = ?1", [session_id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 }
