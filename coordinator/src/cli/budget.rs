@@ -686,6 +686,161 @@ mod tests {
         assert!((rows[1].totals.spend.compute_usd - 0.25).abs() < 1e-12);
     }
 
+    /// Issue 13: `cost` was the model's share in `task list/show`, `--sync`
+    /// and `status` (a GPU task showed $0.0006 of its $0.0279). A task with
+    /// compute, model and storage spend now shows one total and one
+    /// breakdown in every view.
+    #[test]
+    fn every_view_shows_the_same_cost_and_breakdown() {
+        use crate::db::{ContainerRef, NewLaunch, SpendScope};
+        use crate::task_state::TaskStatus;
+        use crate::views;
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("v.db")).unwrap();
+        let target = ContainerRef {
+            task_id: "task-0000000a".into(),
+            session_id: "sess-0000000a".into(),
+            container_id: "ctr-0000000a".into(),
+        };
+        db.insert_launch(&NewLaunch {
+            task_id: target.task_id.clone(),
+            session_id: target.session_id.clone(),
+            container_id: target.container_id.clone(),
+            claude_session_id: "uuid".into(),
+            prompt: "Train model".into(),
+            task_type: "generic".into(),
+            backend: "modal".into(),
+            workspace: None,
+            model: None,
+            max_turns: None,
+            mode: "headless".into(),
+            secret: crate::ids::SessionSecret::from_stored("s3cret".into()),
+            workspace_dir: "/w".into(),
+            volume_dir: "/v".into(),
+        })
+        .unwrap();
+        db.transition_task(&target.task_id, TaskStatus::Running, &Default::default())
+            .unwrap();
+        // Two heartbeats of an A10G's compute, one model response, storage.
+        db.charge_compute(&target, 1_000, 0.0150, 5.0, serde_json::json!({}))
+            .unwrap();
+        db.charge_compute(&target, 2_000, 0.0123, 5.0, serde_json::json!({}))
+            .unwrap();
+        let usage = parhelia_proto::Usage {
+            input_tokens: 470,
+            output_tokens: 55,
+            cache_creation_input_tokens: 7,
+            cache_read_input_tokens: 11,
+            ..Default::default()
+        };
+        db.charge_model(&target, 1_500, 0.0006, Some(&usage)).unwrap();
+        assert!(db.start_storage_meters("modal").unwrap() == 1);
+        let started = db.active_storage_meters().unwrap()[0].measured_at_ms;
+        db.record_storage_measurement(&target.session_id, started, 1 << 30, 0.20)
+            .unwrap();
+        db.record_storage_measurement(
+            &target.session_id,
+            started + 3_600_000,
+            1 << 30,
+            0.20,
+        )
+        .unwrap();
+
+        let spend = db.spend(SpendScope::Task(&target.task_id)).unwrap();
+        let storage = 0.20 / 720.0; // 1 GiB for one hour of a 30-day month
+        assert!((spend.compute_usd - 0.0273).abs() < 1e-12, "{spend:?}");
+        assert!((spend.model_usd - 0.0006).abs() < 1e-12);
+        assert!((spend.storage_usd - storage).abs() < 1e-12);
+        assert_eq!(spend.cost_usd, spend.compute_usd + spend.model_usd + spend.storage_usd);
+        assert_eq!(
+            (spend.input_tokens, spend.output_tokens, spend.cache_creation_input_tokens, spend.cache_read_input_tokens),
+            (470, 55, 7, 11)
+        );
+        let fields = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+            [
+                "cost_usd",
+                "compute_usd",
+                "model_usd",
+                "storage_usd",
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+            ]
+            .iter()
+            .map(|k| v.get(*k).cloned().unwrap_or_else(|| panic!("{k} missing in {v}")))
+            .collect()
+        };
+        let expected = fields(&serde_json::to_value(&spend).unwrap());
+
+        // task show / task list / --sync --json (TaskView).
+        let task = db.get_task(&target.task_id).unwrap().unwrap();
+        assert_eq!(fields(&serde_json::to_value(views::TaskView::from(&task)).unwrap()), expected);
+        let listed = db.list_tasks(None).unwrap();
+        assert_eq!(fields(&serde_json::to_value(views::TaskView::from(&listed[0])).unwrap()), expected);
+        // session show / list.
+        let session = db.get_session(&target.session_id).unwrap().unwrap();
+        assert_eq!(fields(&serde_json::to_value(views::SessionView::from(&session)).unwrap()), expected);
+        // status: the running session, and the total (only this task).
+        let running = db.running_sessions().unwrap();
+        let thresholds = crate::config::Config::defaults().policy("").thresholds;
+        let row = views::RunningSessionView::of(&running[0], 3_000, 5_000, &thresholds);
+        assert_eq!(fields(&serde_json::to_value(&row).unwrap()), expected);
+        assert_eq!(fields(&serde_json::to_value(db.total_spend().unwrap()).unwrap()), expected);
+        // budget show / history: the task's row and the totals.
+        let loaded = crate::config::resolve(&[], &BTreeMap::new(), &[], std::path::Path::new("/"))
+            .unwrap();
+        let view = budget_view(&db, &loaded, 3_000).unwrap();
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(fields(&json), expected);
+        assert_eq!(fields(&json["tasks"][0]), expected);
+        assert_eq!(json["used_usd"], expected[0]);
+        assert_eq!(json["total_usd"], expected[0]);
+        let (rows, total) = group(&db.ledger_entries(i64::MIN).unwrap(), HistoryBy::Task);
+        assert_eq!(fields(&serde_json::to_value(&rows[0]).unwrap()), expected);
+        assert_eq!(fields(&serde_json::to_value(&total).unwrap()), expected);
+        // The watchdog's figure is the same total.
+        assert_eq!(db.task_spent_usd(&target.task_id).unwrap(), spend.cost_usd);
+
+        // The text views show the same total and breakdown.
+        let line = views::cost_breakdown(&spend);
+        assert!(line.starts_with("$0.0282 (compute $0.0273, model $0.0006, storage $0.0003)"), "{line}");
+        assert!(views::task_detail(&task).contains(&format!("cost       {line}\n")));
+        assert!(views::task_table(&listed, 3_000).contains("$0.0282"));
+        assert!(views::session_detail(&session).contains(&line));
+        let watched = crate::watch::WatchedTask { task: task.clone(), last_assistant_text: None };
+        assert!(watched.summary().contains(&format!("cost {line}")), "{}", watched.summary());
+        let text = show_text(&view);
+        assert!(text.contains("cost       $0.0282 = compute $0.0273 + model $0.0006 + storage $0.0003"), "{text}");
+        // Storage was charged today (the meter runs on the real clock).
+        let text = regex::Regex::new(r"\d{4}-\d{2}-\d{2}")
+            .unwrap()
+            .replace_all(&text, "<day>")
+            .into_owned();
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn budget_show_names_the_rate_table_and_every_override() {
+        let loaded = crate::config::resolve(
+            &[],
+            &BTreeMap::from([("PARHELIA_RATES_GPU_H100_USD_PER_SECOND".to_string(), "0.002".to_string())]),
+            &["rates.storage_gib_usd_per_month=0.5".into()],
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let rates = RatesView::of(&loaded);
+        assert_eq!(rates.table_version, crate::rates::embedded().version);
+        let text = rates_text(&rates);
+        assert!(text.contains("table 2026-12"), "{text}");
+        assert!(text.contains("rates.gpu_h100_usd_per_second = 0.002 (table 0.001097; from env PARHELIA_RATES_GPU_H100_USD_PER_SECOND)"), "{text}");
+        assert!(text.contains("rates.storage_gib_usd_per_month = 0.5 (table 0.2; from --set)"), "{text}");
+        assert!(text.contains("local 0 (the user's own disk)"), "{text}");
+        let json = serde_json::to_value(&rates).unwrap();
+        assert_eq!(json["overridden"].as_array().unwrap().len(), 2);
+        assert_eq!(json["local_storage_usd_per_gib_month"], 0.0);
+    }
+
     #[test]
     fn amounts() {
         assert_eq!(parse_usd("x", "2.00").unwrap(), 2.0);
