@@ -1789,6 +1789,57 @@ mod tests {
         }
     }
 
+    /// Version 7 rebuilds the ledger to admit `storage` rows: every row of
+    /// version 6 is kept with its id, and the CHECK still refuses unknown kinds.
+    #[test]
+    fn version_6_ledger_survives_the_storage_migration() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v6.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            migrate_to(&mut conn, 6).unwrap();
+            conn.execute_batch(
+                "INSERT INTO ledger (id, ts_ms, kind, task_id, session_id, amount_usd, seconds, input_tokens, details)
+                 VALUES (7, 10, 'compute', 'task-1', 'sess-1', 0.25, 5, 0, '{}'),
+                        (9, 20, 'model', 'task-1', 'sess-1', 0.5, 0, 470, '{\"x\":1}');",
+            )
+            .unwrap();
+            assert!(
+                conn.execute(
+                    "INSERT INTO ledger (ts_ms, kind, task_id, amount_usd) VALUES (1, 'storage', 't', 1)",
+                    [],
+                )
+                .is_err(),
+                "version 6 has no storage kind"
+            );
+        }
+        let db = Db::open(&path).unwrap();
+        let rows = db.ledger_entries(i64::MIN).unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|e| (e.id, e.kind.as_str(), e.amount_usd, e.input_tokens))
+                .collect::<Vec<_>>(),
+            vec![(7, "compute", 0.25, 0), (9, "model", 0.5, 470)]
+        );
+        let conn = db.conn();
+        conn.execute(
+            "INSERT INTO ledger (ts_ms, kind, task_id, amount_usd) VALUES (30, 'storage', 'task-1', 0.1)",
+            [],
+        )
+        .unwrap();
+        assert!(
+            conn.execute(
+                "INSERT INTO ledger (ts_ms, kind, task_id, amount_usd) VALUES (30, 'gift', 'task-1', 0.1)",
+                [],
+            )
+            .is_err()
+        );
+        drop(conn);
+        let spend = db.spend(SpendScope::Task("task-1")).unwrap();
+        assert!((spend.cost_usd - 0.85).abs() < 1e-12);
+        assert!((spend.storage_usd - 0.1).abs() < 1e-12);
+    }
+
     /// Data written by version 1 reads in version 2: a launching container
     /// is starting, the task's attempt counts its session, and the task's
     /// events and status are untouched.
