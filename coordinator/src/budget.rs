@@ -267,7 +267,10 @@ pub fn estimate(
             Some(c) => priced.push(format!("{c} CPU cores (--cpu)")),
             None => {
                 resources.cpu_cores = 1.0;
-                priced.push("1 CPU core (assumed usage: local compute is billed by use, no limit is set)".into());
+                priced.push(
+                    "1 CPU core (assumed usage: local compute is billed by use, no limit is set)"
+                        .into(),
+                );
             }
         }
         match limits.memory_mb {
@@ -281,12 +284,20 @@ pub fn estimate(
         priced.push(format!(
             "{} CPU cores ({})",
             resources.cpu_cores,
-            if limits.cpu.is_some() { "--cpu" } else { "modal.cpu_count" }
+            if limits.cpu.is_some() {
+                "--cpu"
+            } else {
+                "modal.cpu_count"
+            }
         ));
         priced.push(format!(
             "{:.1} GiB memory ({})",
             resources.memory_gib,
-            if limits.memory_mb.is_some() { "--memory" } else { "modal.memory_mb" }
+            if limits.memory_mb.is_some() {
+                "--memory"
+            } else {
+                "modal.memory_mb"
+            }
         ));
         if let Some(g) = &resources.gpu {
             priced.push(format!("{}× {} (--gpu)", g.count, g.gpu_type));

@@ -1318,7 +1318,8 @@ impl Db {
     }
 }
 
-const TASK_COLUMNS: &str = "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
+const TASK_COLUMNS: &str =
+    "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
      container_id, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
      mode, dispatch_requested_at_ms, attempt, auto_resumes, allow_large_workspace";
 
@@ -1366,7 +1367,8 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
 }
 
 // Never add `secret` here: see the module's invariant.
-const SESSION_COLUMNS: &str = "s.id, s.task_id, s.claude_session_id, s.mode, s.status, s.outcome, s.workspace_dir,
+const SESSION_COLUMNS: &str =
+    "s.id, s.task_id, s.claude_session_id, s.mode, s.status, s.outcome, s.workspace_dir,
      s.volume_dir, s.created_at_ms, s.finished_at_ms, c.id, s.attempt, s.resume_checkpoint_id,
      c.state, c.health, c.last_heartbeat_ms";
 
@@ -2043,7 +2045,10 @@ mod tests {
         };
         db.record_event(&target, &turn).unwrap();
         let task = db.get_task(&target.task_id).unwrap().unwrap();
-        assert_eq!((task.spend.cost_usd, task.result.as_deref()), (0.25, Some("hi")));
+        assert_eq!(
+            (task.spend.cost_usd, task.result.as_deref()),
+            (0.25, Some("hi"))
+        );
         let finished = Event {
             seq: 2,
             ts_ms: 2,

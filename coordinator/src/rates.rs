@@ -229,7 +229,11 @@ fn effective_figure(rates: &RatesConfig, key: &str) -> Option<f64> {
 /// The storage charge for holding `bytes` for `seconds` at `usd_per_gib_month`
 /// (0 for anything not positive or not finite).
 pub fn storage_charge_usd(bytes: u64, seconds: f64, usd_per_gib_month: f64) -> f64 {
-    if !(seconds > 0.0) || !usd_per_gib_month.is_finite() || usd_per_gib_month <= 0.0 {
+    if seconds.is_nan()
+        || seconds <= 0.0
+        || !usd_per_gib_month.is_finite()
+        || usd_per_gib_month <= 0.0
+    {
         return 0.0;
     }
     let gib = bytes as f64 / (1024.0 * 1024.0 * 1024.0);
@@ -258,7 +262,10 @@ mod tests {
     #[test]
     fn every_gpu_type_of_the_config_schema_is_in_the_table_and_back() {
         let table = embedded();
-        let names: Vec<&str> = crate::config::GPU_RATE_KEYS.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = crate::config::GPU_RATE_KEYS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
         let mut in_table: Vec<&str> = table
             .compute
             .gpu_usd_per_second
@@ -319,7 +326,11 @@ cache_read_usd_per_mtok = { usd = 1.0, source = "r" }
         let missing = SMALL.replace(", source = \"CPU_SOURCE\"", "");
         assert!(RateTable::parse(&missing).is_err());
         let negative = SMALL.replace("usd = 1.0, source = \"CPU", "usd = -1.0, source = \"CPU");
-        assert!(RateTable::parse(&negative).unwrap_err().contains("cpu_core"));
+        assert!(
+            RateTable::parse(&negative)
+                .unwrap_err()
+                .contains("cpu_core")
+        );
         let nan = SMALL.replace("usd = 1.0, source = \"CPU", "usd = nan, source = \"CPU");
         assert!(RateTable::parse(&nan).is_err());
         let unknown = SMALL.replace("[storage]", "[storage]\ncolour = 1");
@@ -365,8 +376,8 @@ cache_read_usd_per_mtok = { usd = 1.0, source = "r" }
                 ),
             ]
         );
-        let defaults = crate::config::resolve(&[], &BTreeMap::new(), &[], std::path::Path::new("/"))
-            .unwrap();
+        let defaults =
+            crate::config::resolve(&[], &BTreeMap::new(), &[], std::path::Path::new("/")).unwrap();
         assert!(overrides(table, &defaults.config.rates, &defaults.settings).is_empty());
     }
 

@@ -1095,7 +1095,10 @@ impl CoordinatorService {
         let Ok(meters) = db.active_storage_meters() else {
             return;
         };
-        let mine: Vec<_> = meters.into_iter().filter(|m| m.task_id == task_id).collect();
+        let mine: Vec<_> = meters
+            .into_iter()
+            .filter(|m| m.task_id == task_id)
+            .collect();
         if mine.is_empty() {
             return;
         }

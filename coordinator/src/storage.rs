@@ -34,7 +34,9 @@ pub trait VolumeSizes: Send + Sync {
 impl VolumeSizes for crate::backend::modal::ModalBackend {
     async fn session_bytes(&self, session_id: &str) -> Result<u64, CodedError> {
         let files = self.list_volume(&session_prefix(session_id)).await?;
-        Ok(files.values().fold(0u64, |sum, size| sum.saturating_add(*size)))
+        Ok(files
+            .values()
+            .fold(0u64, |sum, size| sum.saturating_add(*size)))
     }
 }
 
@@ -92,7 +94,10 @@ pub async fn meter(
             summary.measured += 1;
             summary.charged_usd += charge.amount_usd;
         }
-        if bytes == 0 && !db.session_exists(&m.session_id)? && db.stop_storage_meter(&m.session_id, now_ms)? {
+        if bytes == 0
+            && !db.session_exists(&m.session_id)?
+            && db.stop_storage_meter(&m.session_id, now_ms)?
+        {
             summary.stopped += 1;
         }
     }
@@ -136,9 +141,14 @@ mod tests {
     #[async_trait::async_trait]
     impl VolumeSizes for Fake {
         async fn session_bytes(&self, session_id: &str) -> Result<u64, CodedError> {
-            self.0.lock().unwrap().get(session_id).copied().ok_or_else(|| {
-                CodedError::new(error_codes::MODAL_OBJECT_NOT_FOUND, "volume unreachable")
-            })
+            self.0
+                .lock()
+                .unwrap()
+                .get(session_id)
+                .copied()
+                .ok_or_else(|| {
+                    CodedError::new(error_codes::MODAL_OBJECT_NOT_FOUND, "volume unreachable")
+                })
         }
     }
 
@@ -220,7 +230,10 @@ mod tests {
         let spend = db.spend(SpendScope::Task(&modal.task_id)).unwrap();
         assert!((spend.storage_usd - 0.30).abs() < 1e-12, "{spend:?}");
         assert!((spend.cost_usd - 0.30).abs() < 1e-12);
-        assert_eq!(db.spend(SpendScope::Task(&local.task_id)).unwrap().cost_usd, 0.0);
+        assert_eq!(
+            db.spend(SpendScope::Task(&local.task_id)).unwrap().cost_usd,
+            0.0
+        );
 
         // `task delete` removes the data: the last interval (2 GiB × 15 days
         // from t0+46d) is charged and the meter stops.
@@ -231,7 +244,10 @@ mod tests {
         let total: f64 = storage_rows(&db).iter().map(|r| r.1).sum();
         assert!((total - 0.50).abs() < 1e-12, "{:?}", storage_rows(&db));
         let s = meter(&db, &fake, 0.20, t0 + 90 * DAY_MS).await.unwrap();
-        assert!(s.is_empty(), "nothing is metered after the data is gone: {s:?}");
+        assert!(
+            s.is_empty(),
+            "nothing is metered after the data is gone: {s:?}"
+        );
         assert!((storage_rows(&db).iter().map(|r| r.1).sum::<f64>() - 0.50).abs() < 1e-12);
     }
 
@@ -248,8 +264,12 @@ mod tests {
         // The rows go (as `task delete` does, the volume unreachable)…
         db.set_container_state(&modal.container_id, crate::db::ContainerState::Terminated)
             .unwrap();
-        db.transition_task(&modal.task_id, crate::task_state::TaskStatus::Cancelled, &Default::default())
-            .unwrap();
+        db.transition_task(
+            &modal.task_id,
+            crate::task_state::TaskStatus::Cancelled,
+            &Default::default(),
+        )
+        .unwrap();
         db.delete_task(&modal.task_id).unwrap();
         // …but the volume still holds the data: the provider bills it, so do we.
         let s = meter(&db, &fake, 0.20, t0 + 31 * DAY_MS).await.unwrap();

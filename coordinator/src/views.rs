@@ -713,11 +713,7 @@ pub fn status_text(status: &StatusView) -> String {
             ),
         );
     }
-    field(
-        &mut out,
-        "cost",
-        &cost_breakdown(&status.spend),
-    );
+    field(&mut out, "cost", &cost_breakdown(&status.spend));
     if status.running_sessions.is_empty() {
         field(&mut out, "sessions", "none running");
     } else {

@@ -26,15 +26,20 @@ async fn stand_in_modal(root: &Path) -> ModalBackend {
     );
     let state = root.join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let modal = ModalBackend::new(state, "coord-5707a6e0".into(), config, AgentSettings::default())
-        .with_bridge_env(vec![
-            (
-                "PARHELIA_MODAL_STANDIN_ROOT".into(),
-                standin.display().to_string(),
-            ),
-            ("MODAL_TOKEN_ID".into(), "ak-standin".into()),
-            ("MODAL_TOKEN_SECRET".into(), "as-standin".into()),
-        ]);
+    let modal = ModalBackend::new(
+        state,
+        "coord-5707a6e0".into(),
+        config,
+        AgentSettings::default(),
+    )
+    .with_bridge_env(vec![
+        (
+            "PARHELIA_MODAL_STANDIN_ROOT".into(),
+            standin.display().to_string(),
+        ),
+        ("MODAL_TOKEN_ID".into(), "ak-standin".into()),
+        ("MODAL_TOKEN_SECRET".into(), "as-standin".into()),
+    ]);
     modal
         .call(
             "volume.ensure",
@@ -103,7 +108,9 @@ async fn a_modal_sessions_volume_data_is_charged_until_it_is_deleted() {
     assert!(storage::due(&db).unwrap());
     let t0 = db.active_storage_meters().unwrap()[0].started_at_ms;
     // First pass: measured, nothing held before it was seen.
-    let first = storage::meter(&db, &modal, rate, t0 + DAY_MS).await.unwrap();
+    let first = storage::meter(&db, &modal, rate, t0 + DAY_MS)
+        .await
+        .unwrap();
     assert_eq!((first.measured, first.charged_usd), (1, 0.0));
     // 3 MiB held for 30 days at the table's price.
     let second = storage::meter(&db, &modal, rate, t0 + 31 * DAY_MS)

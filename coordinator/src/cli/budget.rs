@@ -726,6 +726,8 @@ mod tests {
             .unwrap();
         db.charge_compute(&target, 2_000, 0.0123, 5.0, serde_json::json!({}))
             .unwrap();
+        // Per-response metering may add fields to `Usage`.
+        #[allow(clippy::needless_update)]
         let usage = parhelia_proto::Usage {
             input_tokens: 470,
             output_tokens: 55,
@@ -733,27 +735,31 @@ mod tests {
             cache_read_input_tokens: 11,
             ..Default::default()
         };
-        db.charge_model(&target, 1_500, 0.0006, Some(&usage)).unwrap();
+        db.charge_model(&target, 1_500, 0.0006, Some(&usage))
+            .unwrap();
         assert!(db.start_storage_meters("modal").unwrap() == 1);
         let started = db.active_storage_meters().unwrap()[0].measured_at_ms;
         db.record_storage_measurement(&target.session_id, started, 1 << 30, 0.20)
             .unwrap();
-        db.record_storage_measurement(
-            &target.session_id,
-            started + 3_600_000,
-            1 << 30,
-            0.20,
-        )
-        .unwrap();
+        db.record_storage_measurement(&target.session_id, started + 3_600_000, 1 << 30, 0.20)
+            .unwrap();
 
         let spend = db.spend(SpendScope::Task(&target.task_id)).unwrap();
         let storage = 0.20 / 720.0; // 1 GiB for one hour of a 30-day month
         assert!((spend.compute_usd - 0.0273).abs() < 1e-12, "{spend:?}");
         assert!((spend.model_usd - 0.0006).abs() < 1e-12);
         assert!((spend.storage_usd - storage).abs() < 1e-12);
-        assert_eq!(spend.cost_usd, spend.compute_usd + spend.model_usd + spend.storage_usd);
         assert_eq!(
-            (spend.input_tokens, spend.output_tokens, spend.cache_creation_input_tokens, spend.cache_read_input_tokens),
+            spend.cost_usd,
+            spend.compute_usd + spend.model_usd + spend.storage_usd
+        );
+        assert_eq!(
+            (
+                spend.input_tokens,
+                spend.output_tokens,
+                spend.cache_creation_input_tokens,
+                spend.cache_read_input_tokens
+            ),
             (470, 55, 7, 11)
         );
         let fields = |v: &serde_json::Value| -> Vec<serde_json::Value> {
@@ -768,28 +774,44 @@ mod tests {
                 "cache_read_input_tokens",
             ]
             .iter()
-            .map(|k| v.get(*k).cloned().unwrap_or_else(|| panic!("{k} missing in {v}")))
+            .map(|k| {
+                v.get(*k)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{k} missing in {v}"))
+            })
             .collect()
         };
         let expected = fields(&serde_json::to_value(&spend).unwrap());
 
         // task show / task list / --sync --json (TaskView).
         let task = db.get_task(&target.task_id).unwrap().unwrap();
-        assert_eq!(fields(&serde_json::to_value(views::TaskView::from(&task)).unwrap()), expected);
+        assert_eq!(
+            fields(&serde_json::to_value(views::TaskView::from(&task)).unwrap()),
+            expected
+        );
         let listed = db.list_tasks(None).unwrap();
-        assert_eq!(fields(&serde_json::to_value(views::TaskView::from(&listed[0])).unwrap()), expected);
+        assert_eq!(
+            fields(&serde_json::to_value(views::TaskView::from(&listed[0])).unwrap()),
+            expected
+        );
         // session show / list.
         let session = db.get_session(&target.session_id).unwrap().unwrap();
-        assert_eq!(fields(&serde_json::to_value(views::SessionView::from(&session)).unwrap()), expected);
+        assert_eq!(
+            fields(&serde_json::to_value(views::SessionView::from(&session)).unwrap()),
+            expected
+        );
         // status: the running session, and the total (only this task).
         let running = db.running_sessions().unwrap();
         let thresholds = crate::config::Config::defaults().policy("").thresholds;
         let row = views::RunningSessionView::of(&running[0], 3_000, 5_000, &thresholds);
         assert_eq!(fields(&serde_json::to_value(&row).unwrap()), expected);
-        assert_eq!(fields(&serde_json::to_value(db.total_spend().unwrap()).unwrap()), expected);
+        assert_eq!(
+            fields(&serde_json::to_value(db.total_spend().unwrap()).unwrap()),
+            expected
+        );
         // budget show / history: the task's row and the totals.
-        let loaded = crate::config::resolve(&[], &BTreeMap::new(), &[], std::path::Path::new("/"))
-            .unwrap();
+        let loaded =
+            crate::config::resolve(&[], &BTreeMap::new(), &[], std::path::Path::new("/")).unwrap();
         let view = budget_view(&db, &loaded, 3_000).unwrap();
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(fields(&json), expected);
@@ -804,14 +826,27 @@ mod tests {
 
         // The text views show the same total and breakdown.
         let line = views::cost_breakdown(&spend);
-        assert!(line.starts_with("$0.0282 (compute $0.0273, model $0.0006, storage $0.0003)"), "{line}");
+        assert!(
+            line.starts_with("$0.0282 (compute $0.0273, model $0.0006, storage $0.0003)"),
+            "{line}"
+        );
         assert!(views::task_detail(&task).contains(&format!("cost       {line}\n")));
         assert!(views::task_table(&listed, 3_000).contains("$0.0282"));
         assert!(views::session_detail(&session).contains(&line));
-        let watched = crate::watch::WatchedTask { task: task.clone(), last_assistant_text: None };
-        assert!(watched.summary().contains(&format!("cost {line}")), "{}", watched.summary());
+        let watched = crate::watch::WatchedTask {
+            task: task.clone(),
+            last_assistant_text: None,
+        };
+        assert!(
+            watched.summary().contains(&format!("cost {line}")),
+            "{}",
+            watched.summary()
+        );
         let text = show_text(&view);
-        assert!(text.contains("cost       $0.0282 = compute $0.0273 + model $0.0006 + storage $0.0003"), "{text}");
+        assert!(
+            text.contains("cost       $0.0282 = compute $0.0273 + model $0.0006 + storage $0.0003"),
+            "{text}"
+        );
         // Storage was charged today (the meter runs on the real clock).
         let text = regex::Regex::new(r"\d{4}-\d{2}-\d{2}")
             .unwrap()
@@ -824,7 +859,10 @@ mod tests {
     fn budget_show_names_the_rate_table_and_every_override() {
         let loaded = crate::config::resolve(
             &[],
-            &BTreeMap::from([("PARHELIA_RATES_GPU_H100_USD_PER_SECOND".to_string(), "0.002".to_string())]),
+            &BTreeMap::from([(
+                "PARHELIA_RATES_GPU_H100_USD_PER_SECOND".to_string(),
+                "0.002".to_string(),
+            )]),
             &["rates.storage_gib_usd_per_month=0.5".into()],
             std::path::Path::new("/"),
         )
@@ -834,7 +872,10 @@ mod tests {
         let text = rates_text(&rates);
         assert!(text.contains("table 2026-12"), "{text}");
         assert!(text.contains("rates.gpu_h100_usd_per_second = 0.002 (table 0.001097; from env PARHELIA_RATES_GPU_H100_USD_PER_SECOND)"), "{text}");
-        assert!(text.contains("rates.storage_gib_usd_per_month = 0.5 (table 0.2; from --set)"), "{text}");
+        assert!(
+            text.contains("rates.storage_gib_usd_per_month = 0.5 (table 0.2; from --set)"),
+            "{text}"
+        );
         assert!(text.contains("local 0 (the user's own disk)"), "{text}");
         let json = serde_json::to_value(&rates).unwrap();
         assert_eq!(json["overridden"].as_array().unwrap().len(), 2);

@@ -615,7 +615,11 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
                 "{}",
                 labelled(
                     "ceiling",
-                    &format!("{} (--max-cost), {} spent", usd(max), usd(task.spend.cost_usd))
+                    &format!(
+                        "{} (--max-cost), {} spent",
+                        usd(max),
+                        usd(task.spend.cost_usd)
+                    )
                 )
             );
         }

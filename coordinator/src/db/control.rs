@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{
     CONTAINER_COLUMNS, ContainerRecord, ContainerState, Db, TASK_COLUMNS, TaskRecord, TaskUpdate,
-    container_from_row, set_container_state_in, task_from_row, with_task_spend, transition_task_in,
+    container_from_row, set_container_state_in, task_from_row, transition_task_in, with_task_spend,
 };
 use crate::container_state::Health;
 use crate::error::coded;

@@ -62,7 +62,8 @@ impl Spend {
         self.cost_usd += amount_usd;
         self.input_tokens = self.input_tokens.saturating_add(tokens[0]);
         self.output_tokens = self.output_tokens.saturating_add(tokens[1]);
-        self.cache_creation_input_tokens = self.cache_creation_input_tokens.saturating_add(tokens[2]);
+        self.cache_creation_input_tokens =
+            self.cache_creation_input_tokens.saturating_add(tokens[2]);
         self.cache_read_input_tokens = self.cache_read_input_tokens.saturating_add(tokens[3]);
     }
 
@@ -782,7 +783,9 @@ impl Db {
     pub fn session_exists(&self, session_id: &str) -> Result<bool> {
         Ok(self
             .conn()
-            .query_row("SELECT 1 FROM sessions WHERE id = ?1", [session_id], |_| Ok(()))
+            .query_row("SELECT 1 FROM sessions WHERE id = ?1", [session_id], |_| {
+                Ok(())
+            })
             .optional()?
             .is_some())
     }
