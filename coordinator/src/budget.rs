@@ -647,6 +647,56 @@ mod tests {
         assert_eq!(estimate(&capped, "modal", &c, None).high_usd, 1.0);
     }
 
+    /// Issue 13: a local estimate priced "1× A100" the backend never gave.
+    /// An estimate prices only what the backend enforces, says what it
+    /// priced and which rate table priced it.
+    #[test]
+    fn an_estimate_claims_only_what_the_backend_enforces_and_names_its_table() {
+        let mut c = config();
+        c.rates.local_multiplier = 1.0;
+        let gpu = TaskLimits {
+            gpu: Some("A100".into()),
+            timeout_seconds: Some(60),
+            ..TaskLimits::default()
+        };
+        let local = estimate(&gpu, "local", &c, None);
+        assert_eq!(local.resources.gpu, None);
+        assert!(
+            (local.rate_usd_per_second - (0.00003942 + 0.00000672)).abs() < 1e-12,
+            "no GPU in the rate: {}",
+            local.rate_usd_per_second
+        );
+        assert!(
+            !local.priced.iter().any(|p| p.contains("A100")),
+            "{:?}",
+            local.priced
+        );
+        assert!(
+            local
+                .priced
+                .iter()
+                .all(|p| p.contains("assumed usage") || p.contains("--"))
+        );
+        assert_eq!(local.rate_table_version, crate::rates::embedded().version);
+        assert!(local.rate_overrides.is_empty());
+
+        let modal = estimate(&gpu, "modal", &c, None);
+        assert_eq!(
+            modal.priced,
+            vec![
+                "4 CPU cores (modal.cpu_count)".to_string(),
+                "16.0 GiB memory (modal.memory_mb)".to_string(),
+                "1× A100 (--gpu)".to_string(),
+            ]
+        );
+        c.rates.gpu_usd_per_second.insert("A100".into(), 0.001);
+        let overridden = estimate(&gpu, "modal", &c, None);
+        assert_eq!(
+            overridden.rate_overrides,
+            vec!["rates.gpu_a100_usd_per_second"]
+        );
+    }
+
     #[test]
     fn ceilings_warnings_and_refusals() {
         let s = Standing {
