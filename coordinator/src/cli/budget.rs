@@ -521,7 +521,11 @@ fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<
 
 /// The budget part of `parhelia status`: JSON and text lines.
 pub(crate) fn status_budget(db: &Db, config: &Config) -> Result<(serde_json::Value, String)> {
-    let standing: Standing = db.standing(None, &config.budget, now_ms())?;
+    let now = now_ms();
+    let mut standing: Standing = db.standing(None, &config.budget, now)?;
+    // The figures every view shows (the watchdog's are SQL sums of the same rows).
+    standing.global_spent_usd = db.spent_since_usd(i64::MIN)?;
+    standing.day_spent_usd = db.spent_since_usd(budget::day_start_ms(now))?;
     let ceilings = db.ceilings(&config.budget)?;
     let json = serde_json::json!({
         "ceiling_usd": standing.global_ceiling_usd,

@@ -446,6 +446,18 @@ impl Db {
         )?)
     }
 
+    /// The watchdog's global and daily figure, checked on every charge: the
+    /// same rows as [`Db::spent_since_usd`] summed by SQLite (no row-by-row
+    /// fold of the whole ledger per heartbeat; it may differ from the views'
+    /// figure in the last bits, never by a charge).
+    fn ledger_sum_since(&self, since_ms: i64) -> Result<f64> {
+        Ok(self.conn().query_row(
+            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE ts_ms >= ?1",
+            [since_ms],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Ledger total from `since_ms` on (everything with `i64::MIN`).
     pub fn spent_since_usd(&self, since_ms: i64) -> Result<f64> {
         Ok(self.spend(SpendScope::Since(since_ms))?.cost_usd)
@@ -628,9 +640,9 @@ impl Db {
         Ok(crate::budget::Standing {
             task_spent_usd,
             task_ceiling_usd,
-            global_spent_usd: self.spent_since_usd(i64::MIN)?,
+            global_spent_usd: self.ledger_sum_since(i64::MIN)?,
             global_ceiling_usd: ceilings.global_usd,
-            day_spent_usd: self.spent_since_usd(crate::budget::day_start_ms(now_ms))?,
+            day_spent_usd: self.ledger_sum_since(crate::budget::day_start_ms(now_ms))?,
             day_ceiling_usd: ceilings.daily_usd,
         })
     }
