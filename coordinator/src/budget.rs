@@ -240,6 +240,13 @@ pub struct Estimate {
     pub max_cost_usd: Option<f64>,
     pub low_usd: f64,
     pub high_usd: f64,
+    /// The rate table that priced it (`coordinator/rates/<version>.toml`).
+    pub rate_table_version: String,
+    /// Figures of that table the config overrides (by key).
+    pub rate_overrides: Vec<String>,
+    /// What was priced, each with why (what the backend enforces, or the
+    /// basis a local estimate assumes): nothing else is claimed.
+    pub priced: Vec<String>,
 }
 
 /// Estimates a task: rates × timeout for compute, similar tasks' history for
@@ -251,12 +258,49 @@ pub fn estimate(
     history: Option<History>,
 ) -> Estimate {
     let mut resources = requested_resources(limits, backend, config);
+    let mut priced = Vec::new();
     if backend == "local" {
-        if limits.cpu.is_none() {
-            resources.cpu_cores = 1.0;
+        // The local backend attaches no GPU: one is never priced (nor
+        // launched: `refuse_unenforced`).
+        resources.gpu = None;
+        match limits.cpu {
+            Some(c) => priced.push(format!("{c} CPU cores (--cpu)")),
+            None => {
+                resources.cpu_cores = 1.0;
+                priced.push(
+                    "1 CPU core (assumed usage: local compute is billed by use, no limit is set)"
+                        .into(),
+                );
+            }
         }
-        if limits.memory_mb.is_none() {
-            resources.memory_gib = 1.0;
+        match limits.memory_mb {
+            Some(m) => priced.push(format!("{m} MiB memory (--memory)")),
+            None => {
+                resources.memory_gib = 1.0;
+                priced.push("1 GiB memory (assumed usage: no limit is set)".into());
+            }
+        }
+    } else {
+        priced.push(format!(
+            "{} CPU cores ({})",
+            resources.cpu_cores,
+            if limits.cpu.is_some() {
+                "--cpu"
+            } else {
+                "modal.cpu_count"
+            }
+        ));
+        priced.push(format!(
+            "{:.1} GiB memory ({})",
+            resources.memory_gib,
+            if limits.memory_mb.is_some() {
+                "--memory"
+            } else {
+                "modal.memory_mb"
+            }
+        ));
+        if let Some(g) = &resources.gpu {
+            priced.push(format!("{}× {} (--gpu)", g.count, g.gpu_type));
         }
     }
     let rate = compute_rate_usd_per_second(&resources, 0.0, 0.0, &config.rates);
@@ -290,6 +334,12 @@ pub fn estimate(
         max_cost_usd: limits.max_cost_usd,
         low_usd: low.min(high),
         high_usd: high,
+        rate_table_version: crate::rates::embedded().version.clone(),
+        rate_overrides: crate::rates::overrides(crate::rates::embedded(), &config.rates, &[])
+            .into_iter()
+            .map(|o| o.key)
+            .collect(),
+        priced,
     }
 }
 
@@ -595,6 +645,56 @@ mod tests {
             ..limits
         };
         assert_eq!(estimate(&capped, "modal", &c, None).high_usd, 1.0);
+    }
+
+    /// Issue 13: a local estimate priced "1× A100" the backend never gave.
+    /// An estimate prices only what the backend enforces, says what it
+    /// priced and which rate table priced it.
+    #[test]
+    fn an_estimate_claims_only_what_the_backend_enforces_and_names_its_table() {
+        let mut c = config();
+        c.rates.local_multiplier = 1.0;
+        let gpu = TaskLimits {
+            gpu: Some("A100".into()),
+            timeout_seconds: Some(60),
+            ..TaskLimits::default()
+        };
+        let local = estimate(&gpu, "local", &c, None);
+        assert_eq!(local.resources.gpu, None);
+        assert!(
+            (local.rate_usd_per_second - (0.00003942 + 0.00000672)).abs() < 1e-12,
+            "no GPU in the rate: {}",
+            local.rate_usd_per_second
+        );
+        assert!(
+            !local.priced.iter().any(|p| p.contains("A100")),
+            "{:?}",
+            local.priced
+        );
+        assert!(
+            local
+                .priced
+                .iter()
+                .all(|p| p.contains("assumed usage") || p.contains("--"))
+        );
+        assert_eq!(local.rate_table_version, crate::rates::embedded().version);
+        assert!(local.rate_overrides.is_empty());
+
+        let modal = estimate(&gpu, "modal", &c, None);
+        assert_eq!(
+            modal.priced,
+            vec![
+                "4 CPU cores (modal.cpu_count)".to_string(),
+                "16.0 GiB memory (modal.memory_mb)".to_string(),
+                "1× A100 (--gpu)".to_string(),
+            ]
+        );
+        c.rates.gpu_usd_per_second.insert("A100".into(), 0.001);
+        let overridden = estimate(&gpu, "modal", &c, None);
+        assert_eq!(
+            overridden.rate_overrides,
+            vec!["rates.gpu_a100_usd_per_second"]
+        );
     }
 
     #[test]

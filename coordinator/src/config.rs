@@ -188,28 +188,30 @@ keys! {
         "Warn when this share of a ceiling is spent.";
     "budget"."daily_ceiling_usd": Kind::Float { min: 0.0, max: f64::MAX }, Value::Unset, None,
         "Spending ceiling per UTC day (unset: none).";
-    "rates"."cpu_core_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.00003942), None,
+    "rates"."cpu_core_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(crate::rates::embedded().compute.cpu_core_usd_per_second.usd), None,
         "Compute rate per CPU core (billed at max(request, usage)).";
-    "rates"."memory_gib_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.00000672), None,
+    "rates"."memory_gib_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(crate::rates::embedded().compute.memory_gib_usd_per_second.usd), None,
         "Compute rate per GiB of memory (billed at max(request, usage)).";
-    "rates"."gpu_t4_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000164), None,
+    "rates"."gpu_t4_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("T4")), None,
         "Rate per T4 GPU.";
-    "rates"."gpu_l4_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000222), None,
+    "rates"."gpu_l4_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("L4")), None,
         "Rate per L4 GPU.";
-    "rates"."gpu_a10g_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000306), None,
+    "rates"."gpu_a10g_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("A10G")), None,
         "Rate per A10G GPU.";
-    "rates"."gpu_l40s_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000542), None,
+    "rates"."gpu_l40s_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("L40S")), None,
         "Rate per L40S GPU.";
-    "rates"."gpu_a100_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000583), None,
+    "rates"."gpu_a100_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("A100")), None,
         "Rate per A100 40GB GPU.";
-    "rates"."gpu_a100_80gb_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.000694), None,
+    "rates"."gpu_a100_80gb_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("A100-80GB")), None,
         "Rate per A100 80GB GPU.";
-    "rates"."gpu_h100_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.001097), None,
+    "rates"."gpu_h100_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("H100")), None,
         "Rate per H100 GPU.";
-    "rates"."gpu_h200_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.001261), None,
+    "rates"."gpu_h200_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("H200")), None,
         "Rate per H200 GPU.";
-    "rates"."gpu_b200_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(0.001736), None,
+    "rates"."gpu_b200_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("B200")), None,
         "Rate per B200 GPU.";
+    "rates"."storage_gib_usd_per_month": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(crate::rates::embedded().storage.volume_gib_usd_per_month.usd), None,
+        "Volume storage (Modal) per GiB held for a 30-day month; local storage is the user's own disk, priced 0.";
     "rates"."local_multiplier": Kind::Float { min: 0.0, max: 1.0e9 }, Value::Float(0.0), None,
         "The local backend's compute rate as a multiple of this table (0: local compute is free).";
     "orchestrator"."db_path": Kind::Path, Value::Unset, None,
@@ -384,7 +386,8 @@ pub struct BudgetConfig {
     pub daily_ceiling_usd: Option<f64>,
 }
 
-/// The compute rate table (`[rates]`), USD per second; defaults from Modal.
+/// The rate table in force (`[rates]`): the embedded table
+/// (`coordinator/rates/*.toml`, [`crate::rates`]) with config overrides.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RatesConfig {
     pub cpu_core_usd_per_second: f64,
@@ -393,6 +396,30 @@ pub struct RatesConfig {
     pub gpu_usd_per_second: BTreeMap<String, f64>,
     /// The local backend pays this multiple of the table.
     pub local_multiplier: f64,
+    /// Modal volume storage, USD per GiB per 30-day month (local: 0).
+    pub storage_gib_usd_per_month: f64,
+    /// Model prices by the model name Claude Code requests.
+    pub models: BTreeMap<String, ModelPrice>,
+}
+
+/// A model's prices, USD per million tokens of each kind.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct ModelPrice {
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+    pub cache_write_usd_per_mtok: f64,
+    pub cache_read_usd_per_mtok: f64,
+}
+
+/// A GPU type's price in the embedded rate table (0 when it has none; a
+/// test keeps [`GPU_RATE_KEYS`] and the table the same set).
+fn gpu_default(name: &str) -> f64 {
+    crate::rates::embedded()
+        .compute
+        .gpu_usd_per_second
+        .get(name)
+        .map(|f| f.usd)
+        .unwrap_or(0.0)
 }
 
 /// GPU types: (Modal's name, the `[rates]` key).
@@ -816,6 +843,8 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
                 .map(|(name, key)| (name.to_string(), float(key)))
                 .collect(),
             local_multiplier: float("rates.local_multiplier"),
+            storage_gib_usd_per_month: float("rates.storage_gib_usd_per_month"),
+            models: crate::rates::embedded().model_prices(),
         },
         orchestrator: OrchestratorConfig {
             db_path: match &get("orchestrator.db_path").value {

@@ -273,6 +273,50 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 -- last_seq): what its journal must hold when read from the volume.
 ALTER TABLE containers ADD COLUMN agent_last_seq INTEGER;
 "#,
+    // 6 -> 7: storage is charged (issue 13). The ledger gains the kind
+    // `storage` (SQLite cannot alter a CHECK constraint: the table is
+    // rebuilt, every row and id kept); `storage_meters` remembers, per
+    // session with data on a remote volume, what was last measured and
+    // when, so each pass charges the interval since at that size.
+    r#"
+CREATE TABLE ledger_v7 (
+    id                          INTEGER PRIMARY KEY,
+    ts_ms                       INTEGER NOT NULL,
+    kind                        TEXT NOT NULL CHECK (kind IN ('compute', 'model', 'storage')),
+    task_id                     TEXT NOT NULL,
+    session_id                  TEXT,
+    container_id                TEXT,
+    amount_usd                  REAL NOT NULL,
+    seconds                     REAL NOT NULL DEFAULT 0,
+    input_tokens                INTEGER NOT NULL DEFAULT 0,
+    output_tokens               INTEGER NOT NULL DEFAULT 0,
+    cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_input_tokens     INTEGER NOT NULL DEFAULT 0,
+    details                     TEXT NOT NULL DEFAULT '{}'
+) STRICT;
+INSERT INTO ledger_v7 (id, ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds,
+                       input_tokens, output_tokens, cache_creation_input_tokens,
+                       cache_read_input_tokens, details)
+    SELECT id, ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds,
+           input_tokens, output_tokens, cache_creation_input_tokens,
+           cache_read_input_tokens, details
+    FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_v7 RENAME TO ledger;
+CREATE INDEX ledger_by_task ON ledger (task_id, id);
+CREATE INDEX ledger_by_session ON ledger (session_id, kind);
+CREATE INDEX ledger_by_ts ON ledger (ts_ms);
+
+CREATE TABLE storage_meters (
+    session_id     TEXT PRIMARY KEY,
+    task_id        TEXT NOT NULL,
+    backend        TEXT NOT NULL,
+    started_at_ms  INTEGER NOT NULL,
+    measured_at_ms INTEGER NOT NULL,
+    bytes          INTEGER NOT NULL CHECK (bytes >= 0),
+    stopped_at_ms  INTEGER
+) STRICT;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -353,7 +397,9 @@ pub struct TaskRecord {
     pub status: TaskStatus,
     pub session_id: Option<String>,
     pub container_id: Option<String>,
-    pub cost_usd: f64,
+    /// The task's cost and its breakdown, from the ledger (every attempt):
+    /// `spend.cost_usd` is the figure every view calls cost.
+    pub spend: Spend,
     pub result: Option<String>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
@@ -468,7 +514,8 @@ pub struct RunningSession {
     pub task_id: String,
     pub container_id: String,
     pub status: String,
-    pub cost_usd: f64,
+    /// The session's cost from the ledger.
+    pub spend: Spend,
     pub started_at_ms: Option<i64>,
     pub last_heartbeat_ms: Option<i64>,
     /// The interval the agent was asked to beat at, and the reconciler's last verdict.
@@ -487,7 +534,8 @@ pub struct SessionRecord {
     pub outcome: Option<String>,
     pub workspace_dir: String,
     pub volume_dir: String,
-    pub cost_usd: f64,
+    /// The session's cost from the ledger.
+    pub spend: Spend,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     /// The session's (latest) container.
@@ -832,7 +880,8 @@ impl Db {
     pub fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>> {
         let conn = self.conn();
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
-        Ok(conn.query_row(&sql, [task_id], task_from_row).optional()?)
+        let task = conn.query_row(&sql, [task_id], task_from_row).optional()?;
+        Ok(task.map(|t| with_task_spend(&conn, t)).transpose()?)
     }
 
     /// Tasks, newest first, optionally only those in `status`.
@@ -844,15 +893,20 @@ impl Db {
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map([status.map(TaskStatus::as_str)], task_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let tasks: Vec<TaskRecord> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(tasks
+            .into_iter()
+            .map(|t| with_task_spend(&conn, t))
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn get_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
         let conn = self.conn();
         let sql = format!("SELECT {SESSION_COLUMNS} FROM {SESSION_FROM} WHERE s.id = ?1");
-        Ok(conn
+        let session = conn
             .query_row(&sql, [session_id], session_from_row)
-            .optional()?)
+            .optional()?;
+        Ok(session.map(|s| with_session_spend(&conn, s)).transpose()?)
     }
 
     /// Sessions, newest first.
@@ -863,7 +917,11 @@ impl Db {
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map([], session_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let sessions: Vec<SessionRecord> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(sessions
+            .into_iter()
+            .map(|s| with_session_spend(&conn, s))
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     /// The secret of a session. The only way to read it.
@@ -1223,20 +1281,15 @@ impl Db {
         Ok(counts)
     }
 
-    /// Model cost over every task.
-    pub fn total_cost_usd(&self) -> Result<f64> {
-        let conn = self.conn();
-        Ok(
-            conn.query_row("SELECT coalesce(sum(cost_usd), 0.0) FROM tasks", [], |r| {
-                r.get(0)
-            })?,
-        )
+    /// What everything cost: the whole ledger (tasks deleted since included).
+    pub fn total_spend(&self) -> Result<Spend> {
+        self.spend(SpendScope::Since(i64::MIN))
     }
 
     pub fn running_sessions(&self) -> Result<Vec<RunningSession>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT s.id, s.task_id, c.id, s.status, s.cost_usd, c.started_at_ms, c.last_heartbeat_ms,
+            "SELECT s.id, s.task_id, c.id, s.status, c.started_at_ms, c.last_heartbeat_ms,
                     c.heartbeat_interval_ms, c.health
              FROM tasks t JOIN sessions s ON s.id = t.session_id JOIN containers c ON c.id = t.container_id
              WHERE t.status = 'running' ORDER BY s.created_at_ms",
@@ -1247,23 +1300,40 @@ impl Db {
                 task_id: r.get(1)?,
                 container_id: r.get(2)?,
                 status: r.get(3)?,
-                cost_usd: r.get(4)?,
-                started_at_ms: r.get(5)?,
-                last_heartbeat_ms: r.get(6)?,
-                heartbeat_interval_ms: r.get(7)?,
+                spend: Spend::default(),
+                started_at_ms: r.get(4)?,
+                last_heartbeat_ms: r.get(5)?,
+                heartbeat_interval_ms: r.get(6)?,
                 container_health: r
-                    .get::<_, Option<String>>(8)?
-                    .map(|s| parse_column(8, &s))
+                    .get::<_, Option<String>>(7)?
+                    .map(|s| parse_column(7, &s))
                     .transpose()?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut sessions: Vec<RunningSession> = rows.collect::<rusqlite::Result<_>>()?;
+        for s in &mut sessions {
+            s.spend = spend_in(&conn, SpendScope::Session(&s.session_id))?;
+        }
+        Ok(sessions)
     }
 }
 
-const TASK_COLUMNS: &str = "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
-     container_id, cost_usd, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
+const TASK_COLUMNS: &str =
+    "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
+     container_id, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
      mode, dispatch_requested_at_ms, attempt, auto_resumes, allow_large_workspace";
+
+/// A task with its cost from the ledger ([`spend_in`]).
+fn with_task_spend(conn: &Connection, mut t: TaskRecord) -> rusqlite::Result<TaskRecord> {
+    t.spend = spend_in(conn, SpendScope::Task(&t.id))?;
+    Ok(t)
+}
+
+/// A session with its cost from the ledger ([`spend_in`]).
+fn with_session_spend(conn: &Connection, mut s: SessionRecord) -> rusqlite::Result<SessionRecord> {
+    s.spend = spend_in(conn, SpendScope::Session(&s.id))?;
+    Ok(s)
+}
 
 fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
     let status: String = r.get(7)?;
@@ -1281,24 +1351,25 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         status,
         session_id: r.get(8)?,
         container_id: r.get(9)?,
-        cost_usd: r.get(10)?,
-        result: r.get(11)?,
-        error_code: r.get(12)?,
-        error_message: r.get(13)?,
-        created_at_ms: r.get(14)?,
-        started_at_ms: r.get(15)?,
-        finished_at_ms: r.get(16)?,
-        mode: r.get(17)?,
-        dispatch_requested_at_ms: r.get(18)?,
-        attempt: r.get(19)?,
-        auto_resumes: r.get(20)?,
-        allow_large_workspace: r.get(21)?,
+        spend: Spend::default(),
+        result: r.get(10)?,
+        error_code: r.get(11)?,
+        error_message: r.get(12)?,
+        created_at_ms: r.get(13)?,
+        started_at_ms: r.get(14)?,
+        finished_at_ms: r.get(15)?,
+        mode: r.get(16)?,
+        dispatch_requested_at_ms: r.get(17)?,
+        attempt: r.get(18)?,
+        auto_resumes: r.get(19)?,
+        allow_large_workspace: r.get(20)?,
     })
 }
 
 // Never add `secret` here: see the module's invariant.
-const SESSION_COLUMNS: &str = "s.id, s.task_id, s.claude_session_id, s.mode, s.status, s.outcome, s.workspace_dir,
-     s.volume_dir, s.cost_usd, s.created_at_ms, s.finished_at_ms, c.id, s.attempt, s.resume_checkpoint_id,
+const SESSION_COLUMNS: &str =
+    "s.id, s.task_id, s.claude_session_id, s.mode, s.status, s.outcome, s.workspace_dir,
+     s.volume_dir, s.created_at_ms, s.finished_at_ms, c.id, s.attempt, s.resume_checkpoint_id,
      c.state, c.health, c.last_heartbeat_ms";
 
 /// The latest container of each session, joined as `c`.
@@ -1315,21 +1386,21 @@ fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         outcome: r.get(5)?,
         workspace_dir: r.get(6)?,
         volume_dir: r.get(7)?,
-        cost_usd: r.get(8)?,
-        created_at_ms: r.get(9)?,
-        finished_at_ms: r.get(10)?,
-        container_id: r.get(11)?,
-        attempt: r.get(12)?,
-        resume_checkpoint_id: r.get(13)?,
+        spend: Spend::default(),
+        created_at_ms: r.get(8)?,
+        finished_at_ms: r.get(9)?,
+        container_id: r.get(10)?,
+        attempt: r.get(11)?,
+        resume_checkpoint_id: r.get(12)?,
         container_state: r
+            .get::<_, Option<String>>(13)?
+            .map(|s| parse_column(13, &s))
+            .transpose()?,
+        container_health: r
             .get::<_, Option<String>>(14)?
             .map(|s| parse_column(14, &s))
             .transpose()?,
-        container_health: r
-            .get::<_, Option<String>>(15)?
-            .map(|s| parse_column(15, &s))
-            .transpose()?,
-        last_heartbeat_ms: r.get(16)?,
+        last_heartbeat_ms: r.get(15)?,
     })
 }
 
@@ -1720,6 +1791,57 @@ mod tests {
         }
     }
 
+    /// Version 7 rebuilds the ledger to admit `storage` rows: every row of
+    /// version 6 is kept with its id, and the CHECK still refuses unknown kinds.
+    #[test]
+    fn version_6_ledger_survives_the_storage_migration() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v6.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            migrate_to(&mut conn, 6).unwrap();
+            conn.execute_batch(
+                "INSERT INTO ledger (id, ts_ms, kind, task_id, session_id, amount_usd, seconds, input_tokens, details)
+                 VALUES (7, 10, 'compute', 'task-1', 'sess-1', 0.25, 5, 0, '{}'),
+                        (9, 20, 'model', 'task-1', 'sess-1', 0.5, 0, 470, '{\"x\":1}');",
+            )
+            .unwrap();
+            assert!(
+                conn.execute(
+                    "INSERT INTO ledger (ts_ms, kind, task_id, amount_usd) VALUES (1, 'storage', 't', 1)",
+                    [],
+                )
+                .is_err(),
+                "version 6 has no storage kind"
+            );
+        }
+        let db = Db::open(&path).unwrap();
+        let rows = db.ledger_entries(i64::MIN).unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|e| (e.id, e.kind.as_str(), e.amount_usd, e.input_tokens))
+                .collect::<Vec<_>>(),
+            vec![(7, "compute", 0.25, 0), (9, "model", 0.5, 470)]
+        );
+        let conn = db.conn();
+        conn.execute(
+            "INSERT INTO ledger (ts_ms, kind, task_id, amount_usd) VALUES (30, 'storage', 'task-1', 0.1)",
+            [],
+        )
+        .unwrap();
+        assert!(
+            conn.execute(
+                "INSERT INTO ledger (ts_ms, kind, task_id, amount_usd) VALUES (30, 'gift', 'task-1', 0.1)",
+                [],
+            )
+            .is_err()
+        );
+        drop(conn);
+        let spend = db.spend(SpendScope::Task("task-1")).unwrap();
+        assert!((spend.cost_usd - 0.85).abs() < 1e-12);
+        assert!((spend.storage_usd - 0.1).abs() < 1e-12);
+    }
+
     /// Data written by version 1 reads in version 2: a launching container
     /// is starting, the task's attempt counts its session, and the task's
     /// events and status are untouched.
@@ -1923,7 +2045,10 @@ mod tests {
         };
         db.record_event(&target, &turn).unwrap();
         let task = db.get_task(&target.task_id).unwrap().unwrap();
-        assert_eq!((task.cost_usd, task.result.as_deref()), (0.25, Some("hi")));
+        assert_eq!(
+            (task.spend.cost_usd, task.result.as_deref()),
+            (0.25, Some("hi"))
+        );
         let finished = Event {
             seq: 2,
             ts_ms: 2,
@@ -1941,7 +2066,7 @@ mod tests {
         let task = db.get_task(&target.task_id).unwrap().unwrap();
         assert_eq!(task.status, TaskStatus::Failed);
         assert_eq!(task.error_code.as_deref(), Some("E505"));
-        assert_eq!(task.cost_usd, 0.5);
+        assert_eq!(task.spend.cost_usd, 0.5);
         assert_eq!(task.result.as_deref(), Some("hi"));
         assert!(task.finished_at_ms.is_some());
         assert!(db.containers_to_follow().unwrap().is_empty());
@@ -1989,9 +2114,9 @@ mod tests {
         };
         db.record_event(&target, &finished).unwrap();
         let session = db.get_session(&target.session_id).unwrap().unwrap();
-        assert_eq!(session.cost_usd, 0.0132);
+        assert_eq!(session.spend.cost_usd, 0.0132);
         let task = db.get_task(&target.task_id).unwrap().unwrap();
-        assert_eq!(task.cost_usd, 0.0132);
+        assert_eq!(task.spend.cost_usd, 0.0132);
         assert_eq!(db.session_model_usd(&target.session_id).unwrap(), 0.0132);
         assert_eq!(db.session_spend_usd(&target.session_id).unwrap(), 0.0132);
     }

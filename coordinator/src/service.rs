@@ -1084,18 +1084,82 @@ impl CoordinatorService {
         }
     }
 
+    /// `task delete` on a task with Modal sessions: their directories leave
+    /// the volume, and their storage is charged up to now and stops. When
+    /// the volume cannot be reached the data stays, and so does its meter
+    /// (a later pass keeps charging what is still there).
+    async fn delete_remote_session_data(&self, task_id: &str) {
+        let db = &self.inner.db;
+        // A session no pass has measured yet still has data there.
+        let _ = db.start_storage_meters(crate::storage::BACKEND);
+        let Ok(meters) = db.active_storage_meters() else {
+            return;
+        };
+        let mine: Vec<_> = meters
+            .into_iter()
+            .filter(|m| m.task_id == task_id)
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        let modal = match self.inner.backends.modal() {
+            Ok(modal) => modal,
+            Err(err) => {
+                tracing::warn!(%task_id, "cannot remove the task's data from the Modal volume: {}", err.message);
+                return;
+            }
+        };
+        let rate = self.inner.config.rates.storage_gib_usd_per_month;
+        for m in mine {
+            match modal.remove_session_data(&m.session_id).await {
+                Ok(_) => {
+                    if let Err(err) =
+                        crate::storage::data_deleted(db, &m.session_id, rate, crate::ids::now_ms())
+                    {
+                        tracing::warn!(session_id = %m.session_id, "stopping its storage meter: {err:#}");
+                    }
+                }
+                Err(err) => tracing::warn!(
+                    session_id = %m.session_id,
+                    "its data stays on the Modal volume (and is charged): {}",
+                    err.message
+                ),
+            }
+        }
+    }
+
     /// One usage pass (`crate::usage`): ended Modal containers' compute
     /// reconciled with Modal's own figures. Only a database query (the
     /// bridge is not started) while no ended Modal container is due.
     pub async fn reconcile_usage(&self) -> Result<crate::usage::PassSummary> {
         let policy = crate::usage::Policy::from_config(&self.inner.config.modal);
         let now = crate::ids::now_ms();
+        if let Err(err) = self.meter_storage(now).await {
+            tracing::warn!("storage metering pass failed: {err:#}");
+        }
         let due = crate::usage::due(&self.inner.db, &policy, now)?;
         if due.is_empty() {
             return Ok(Default::default());
         }
         let modal = self.inner.backends.modal()?;
         crate::usage::reconcile(&self.inner.db, modal.as_ref(), due, &policy, now).await
+    }
+
+    /// One storage pass (`crate::storage`): Modal sessions' data on the
+    /// volume charged for the time since the last pass. Only a database
+    /// query (the bridge is not started) while no session has data there.
+    pub async fn meter_storage(&self, now: i64) -> Result<crate::storage::PassSummary> {
+        if !crate::storage::due(&self.inner.db)? {
+            return Ok(Default::default());
+        }
+        let modal = self.inner.backends.modal()?;
+        crate::storage::meter(
+            &self.inner.db,
+            modal.as_ref(),
+            self.inner.config.rates.storage_gib_usd_per_month,
+            now,
+        )
+        .await
     }
 
     /// Where a session and its container live on `backend` (recorded
@@ -1610,6 +1674,7 @@ impl CoordinatorService {
         }
         let mut response = DeleteTasksResponse::default();
         for id in task_ids {
+            self.delete_remote_session_data(id).await;
             let deleted = db.delete_task(id)?;
             lock(&self.inner.pending_env).remove(id);
             let root = self.inner.state.root();

@@ -10,7 +10,8 @@ use crate::container_state::{
     ContainerState, Health, HealthThresholds, HeartbeatAge, shown_health,
 };
 use crate::db::{
-    ContainerRecord, HeartbeatRecord, OrphanRecord, RunningSession, SessionRecord, TaskRecord,
+    ContainerRecord, HeartbeatRecord, OrphanRecord, RunningSession, SessionRecord, Spend,
+    TaskRecord,
 };
 use crate::ids::rfc3339_ms;
 use crate::render::{cost, duration, one_line};
@@ -29,7 +30,10 @@ pub struct TaskView {
     pub max_turns: Option<u32>,
     pub session_id: Option<String>,
     pub container_id: Option<String>,
-    pub cost_usd: f64,
+    /// The ledger's figures (`docs/cost.md`): `cost_usd` is the total
+    /// (compute + model + storage), then its breakdown and token counts.
+    #[serde(flatten)]
+    pub spend: Spend,
     pub result: Option<String>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
@@ -57,7 +61,7 @@ impl From<&TaskRecord> for TaskView {
             max_turns: t.max_turns,
             session_id: t.session_id.clone(),
             container_id: t.container_id.clone(),
-            cost_usd: t.cost_usd,
+            spend: t.spend.clone(),
             result: t.result.clone(),
             error_code: t.error_code.clone(),
             error_message: t.error_message.clone(),
@@ -100,7 +104,10 @@ pub struct SessionView {
     pub resume_checkpoint_id: Option<String>,
     pub workspace_dir: String,
     pub volume_dir: String,
-    pub cost_usd: f64,
+    /// The ledger's figures (`docs/cost.md`): `cost_usd` is the total
+    /// (compute + model + storage), then its breakdown and token counts.
+    #[serde(flatten)]
+    pub spend: Spend,
     pub created_at: String,
     pub finished_at: Option<String>,
 }
@@ -122,7 +129,7 @@ impl From<&SessionRecord> for SessionView {
             resume_checkpoint_id: s.resume_checkpoint_id.clone(),
             workspace_dir: s.workspace_dir.clone(),
             volume_dir: s.volume_dir.clone(),
-            cost_usd: s.cost_usd,
+            spend: s.spend.clone(),
             created_at: rfc3339_ms(s.created_at_ms),
             finished_at: s.finished_at_ms.map(rfc3339_ms),
         }
@@ -398,7 +405,11 @@ pub struct StatusView {
     pub held: u64,
     pub max_concurrent_workers: u64,
     pub running_sessions: Vec<RunningSessionView>,
-    pub cost_usd: f64,
+    /// What everything cost (the whole ledger).
+    /// The ledger's figures (`docs/cost.md`): `cost_usd` is the total
+    /// (compute + model + storage), then its breakdown and token counts.
+    #[serde(flatten)]
+    pub spend: Spend,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -415,7 +426,10 @@ pub struct RunningSessionView {
     pub task_id: String,
     pub container_id: String,
     pub status: String,
-    pub cost_usd: f64,
+    /// The ledger's figures (`docs/cost.md`): `cost_usd` is the total
+    /// (compute + model + storage), then its breakdown and token counts.
+    #[serde(flatten)]
+    pub spend: Spend,
     pub started_at: Option<String>,
     pub last_heartbeat_at: Option<String>,
     /// `heartbeat 3s ago`, `heartbeat stale (95s ago)` or `no heartbeat yet`: the
@@ -441,7 +455,7 @@ impl RunningSessionView {
             task_id: s.task_id.clone(),
             container_id: s.container_id.clone(),
             status: s.status.clone(),
-            cost_usd: s.cost_usd,
+            spend: s.spend.clone(),
             started_at: s.started_at_ms.map(rfc3339_ms),
             last_heartbeat_at: s.last_heartbeat_ms.map(rfc3339_ms),
             heartbeat: HeartbeatAge::of(s.last_heartbeat_ms, now_ms, interval, thresholds)
@@ -450,6 +464,31 @@ impl RunningSessionView {
                 .map(|h| h.to_string()),
         }
     }
+}
+
+/// `$0.0279 (compute $0.0273, model $0.0006, storage $0.0000)`: the cost and
+/// its breakdown, as every text view shows it; tokens when there are any.
+pub fn cost_breakdown(spend: &Spend) -> String {
+    let mut out = format!(
+        "{} (compute {}, model {}, storage {})",
+        cost(spend.cost_usd),
+        cost(spend.compute_usd),
+        cost(spend.model_usd),
+        cost(spend.storage_usd)
+    );
+    let tokens = [
+        spend.input_tokens,
+        spend.output_tokens,
+        spend.cache_creation_input_tokens,
+        spend.cache_read_input_tokens,
+    ];
+    if tokens.iter().any(|t| *t > 0) {
+        out.push_str(&format!(
+            " · tokens {} in, {} out, {} cache write, {} cache read",
+            tokens[0], tokens[1], tokens[2], tokens[3]
+        ));
+    }
+    out
 }
 
 /// One `name  value` line; the value may come from a session, so it is
@@ -505,7 +544,7 @@ pub fn task_detail(t: &TaskRecord) -> String {
         "container",
         t.container_id.as_deref().unwrap_or("-"),
     );
-    field(&mut out, "cost", &cost(t.cost_usd));
+    field(&mut out, "cost", &cost_breakdown(&t.spend));
     field(&mut out, "created", &rfc3339_ms(t.created_at_ms));
     if let Some(started) = t.started_at_ms {
         field(&mut out, "started", &rfc3339_ms(started));
@@ -553,7 +592,7 @@ pub fn task_table(tasks: &[TaskRecord], now_ms: i64) -> String {
             "{:<15}{:<13}{:<10}{:<8}{}\n",
             t.id,
             queue_state(t).unwrap_or(t.status.as_str()),
-            cost(t.cost_usd),
+            cost(t.spend.cost_usd),
             age(now_ms, t.created_at_ms),
             // 46 columns before the prompt: the line fits 80.
             escape_untrusted(&one_line(&t.prompt, 33))
@@ -596,7 +635,7 @@ pub fn session_detail(s: &SessionRecord) -> String {
     field(&mut out, "claude id", &s.claude_session_id);
     field(&mut out, "workspace", &s.workspace_dir);
     field(&mut out, "volume", &s.volume_dir);
-    field(&mut out, "cost", &cost(s.cost_usd));
+    field(&mut out, "cost", &cost_breakdown(&s.spend));
     field(&mut out, "created", &rfc3339_ms(s.created_at_ms));
     if let Some(finished) = s.finished_at_ms {
         field(&mut out, "finished", &rfc3339_ms(finished));
@@ -628,7 +667,7 @@ pub fn session_table(sessions: &[SessionRecord], now_ms: i64) -> String {
                 .filter(|_| live)
                 .map(|h| h.to_string())
                 .unwrap_or_else(|| "-".into()),
-            cost(s.cost_usd),
+            cost(s.spend.cost_usd),
             age(now_ms, s.created_at_ms)
         ));
     }
@@ -674,11 +713,7 @@ pub fn status_text(status: &StatusView) -> String {
             ),
         );
     }
-    field(
-        &mut out,
-        "cost",
-        &format!("{} total", cost(status.cost_usd)),
-    );
+    field(&mut out, "cost", &cost_breakdown(&status.spend));
     if status.running_sessions.is_empty() {
         field(&mut out, "sessions", "none running");
     } else {
@@ -694,7 +729,7 @@ pub fn status_text(status: &StatusView) -> String {
                 s.session_id,
                 s.task_id,
                 escape_untrusted(&s.status),
-                cost(s.cost_usd),
+                cost(s.spend.cost_usd),
                 s.heartbeat
             ));
         }
@@ -706,6 +741,15 @@ pub fn status_text(status: &StatusView) -> String {
 mod tests {
     use super::*;
     use crate::task_state::TaskStatus;
+
+    /// A GPU task's spend as issue 13 found it: `cost` showed only the model's $0.0006.
+    fn spend(compute_usd: f64, model_usd: f64, storage_usd: f64) -> Spend {
+        let mut spend = Spend::default();
+        spend.add("compute", compute_usd, [0; 4]);
+        spend.add("model", model_usd, [470, 55, 0, 0]);
+        spend.add("storage", storage_usd, [0; 4]);
+        spend
+    }
 
     fn task() -> TaskRecord {
         TaskRecord {
@@ -719,7 +763,7 @@ mod tests {
             status: TaskStatus::Failed,
             session_id: Some("sess-00000001".into()),
             container_id: Some("ctr-00000002".into()),
-            cost_usd: 0.0123,
+            spend: spend(0.0273, 0.0006, 0.0),
             result: Some("Done.\nWrote hello.txt".into()),
             error_code: Some("E505".into()),
             error_message: Some("the model API failed".into()),
@@ -744,6 +788,13 @@ mod tests {
             "backend",
             "workspace",
             "cost_usd",
+            "compute_usd",
+            "model_usd",
+            "storage_usd",
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
             "created_at",
             "finished_at",
             "result",
@@ -753,6 +804,10 @@ mod tests {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         assert_eq!(json["status"], "failed");
+        // Issue 13: cost is the total, not the model's share.
+        assert!((json["cost_usd"].as_f64().unwrap() - 0.0279).abs() < 1e-12);
+        assert_eq!(json["compute_usd"], 0.0273);
+        assert_eq!(json["model_usd"], 0.0006);
         assert_eq!(json["created_at"], "2023-11-14T22:13:20.000Z");
         assert_eq!(json["finished_at"], "2023-11-14T22:13:33.300Z");
         let mut pending = task();
@@ -774,7 +829,7 @@ workspace  /home/u/repo
 model      default
 session    sess-00000001
 container  ctr-00000002
-cost       $0.0123
+cost       $0.0279 (compute $0.0273, model $0.0006, storage $0.0000) · tokens 470 in, 55 out, 0 cache write, 0 cache read
 created    2023-11-14T22:13:20.000Z
 started    2023-11-14T22:13:21.000Z
 finished   2023-11-14T22:13:33.300Z (took 12.3s)
@@ -792,7 +847,7 @@ result
         assert_eq!(
             task_table(&[task()], now),
             "ID             STATUS       COST      AGE     PROMPT
-task-1a2b3c4d  failed       $0.0123   3m05s   Add a hello.txt that says hi
+task-1a2b3c4d  failed       $0.0279   3m05s   Add a hello.txt that says hi
 "
         );
         assert_eq!(task_table(&[], now), "no tasks\n");
@@ -822,20 +877,20 @@ task-1a2b3c4d  failed       $0.0123   3m05s   Add a hello.txt that says hi
                 task_id: "task-00000002".into(),
                 container_id: "ctr-00000003".into(),
                 status: "busy".into(),
-                cost_usd: 0.5,
+                spend: spend(0.2, 0.3, 0.0),
                 started_at: None,
                 last_heartbeat_at: None,
                 heartbeat: "no heartbeat yet".into(),
                 health: None,
             }],
-            cost_usd: 1.25,
+            spend: spend(0.25, 0.75, 0.25),
         };
         assert_eq!(
             status_text(&status),
             "coordinator running (pid 42, version 0.1.0)
 state      /s/.parhelia
 tasks      2 completed, 1 running
-cost       $1.2500 total
+cost       $1.2500 (compute $0.2500, model $0.7500, storage $0.2500) · tokens 470 in, 55 out, 0 cache write, 0 cache read
 sessions
   sess-00000001  task-00000002  busy  $0.5000  no heartbeat yet
 "
@@ -878,7 +933,7 @@ sessions
             task_id: format!("task-0000000{n}"),
             container_id: format!("ctr-0000000{n}"),
             status: "busy".into(),
-            cost_usd: 0.0012,
+            spend: spend(0.0006, 0.0006, 0.0),
             started_at_ms: Some(now - 200_000),
             last_heartbeat_ms: last,
             heartbeat_interval_ms: Some(5_000),
@@ -907,7 +962,7 @@ sessions
                 .iter()
                 .map(|s| RunningSessionView::of(s, now, 5_000, &thresholds))
                 .collect(),
-            cost_usd: 0.0048,
+            spend: spend(0.0024, 0.0024, 0.0),
         };
         let text = status_text(&status);
         assert!(!text.contains("heartbeat ok"), "{text}");

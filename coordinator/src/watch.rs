@@ -15,7 +15,7 @@ use parhelia_proto::event::Kind;
 use crate::db::{Db, TaskRecord};
 use crate::error::{CodedError, coded};
 use crate::error_codes;
-use crate::render::{cost, duration, labelled, render_event};
+use crate::render::{duration, labelled, render_event};
 use crate::task_state::TaskStatus;
 
 /// How often the database is polled.
@@ -90,7 +90,7 @@ impl WatchedTask {
                 "{} {}{took} · cost {}",
                 task.id,
                 task.status,
-                cost(task.cost_usd)
+                crate::views::cost_breakdown(&task.spend)
             ),
         ));
         out

@@ -358,7 +358,15 @@ async fn ingestion_authenticates_resumes_without_duplicates_and_completes_the_ta
 
     let task = db.get_task(&target.task_id).unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Completed);
-    assert_eq!(task.cost_usd, 0.0421);
+    assert!(
+        (task.spend.model_usd - 0.0421).abs() < 1e-12,
+        "{:?}",
+        task.spend
+    );
+    assert_eq!(
+        task.spend.cost_usd,
+        task.spend.compute_usd + task.spend.model_usd + task.spend.storage_usd
+    );
     assert_eq!(task.result.as_deref(), Some("Wrote hello.txt"));
     assert_eq!(task.error_code, None);
     assert!(task.finished_at_ms.is_some());

@@ -360,3 +360,118 @@ fn estimate_only_prints_a_range_with_its_basis_and_launches_nothing() {
     assert_eq!(h.json(&["task", "list", "--json"]), serde_json::json!([]));
     assert_eq!(h.stand_in.turns_consumed(), 0);
 }
+
+/// Issue 13: "cost" was the model's share in `task list/show`, the `--sync`
+/// summary and `status` (a GPU task showed $0.0006 of its $0.0279). With
+/// local compute priced (`local_multiplier = 1.0`), one task's cost is its
+/// ledger total — compute + model + storage — and every view shows the same
+/// total and breakdown.
+#[test]
+fn every_view_shows_the_ledger_total_as_cost() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash("sleep 2; echo done > done.txt")]).with_usage(1000, 100),
+        Turn::text("Done.").with_usage(1200, 50),
+    ]));
+    write_config(
+        &h,
+        "[rates]\nlocal_multiplier = 1.0\n[agent]\nlinger_after_finish_ms = 0\n",
+    );
+    let synced = h.ok(&["task", "create", "Work a little", "--sync"]);
+    let task_id = h.json(&["task", "list", "--json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Compute stops once the agent has gone.
+    h.wait_for("the agent to be gone", || {
+        let live: i64 = h
+            .db()
+            .query_row(
+                "SELECT count(*) FROM containers WHERE task_id = ?1
+                 AND state NOT IN ('terminated', 'lost', 'failed')",
+                [&task_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (live == 0).then_some(())
+    });
+    let keys = [
+        "cost_usd",
+        "compute_usd",
+        "model_usd",
+        "storage_usd",
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ];
+    let fields = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        keys.iter()
+            .map(|k| {
+                v.get(*k)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{k} missing: {v:#}"))
+            })
+            .collect()
+    };
+    let shown = h.json(&["task", "show", &task_id, "--json"]);
+    let expected = fields(&shown);
+    let (compute, model, input, output) = ledger_of(&h, &task_id);
+    assert!(compute > 0.0, "local compute is priced: {shown:#}");
+    assert!(model > 0.0, "{shown:#}");
+    assert!(
+        close(shown["cost_usd"].as_f64().unwrap(), compute + model),
+        "{shown:#}"
+    );
+    assert_eq!(
+        (
+            shown["input_tokens"].as_i64(),
+            shown["output_tokens"].as_i64()
+        ),
+        (Some(input), Some(output))
+    );
+
+    assert_eq!(fields(&h.json(&["task", "list", "--json"])[0]), expected);
+    assert_eq!(fields(&h.json(&["status", "--json"])), expected);
+    let budget = h.json(&["budget", "show", "--json"]);
+    assert_eq!(fields(&budget), expected);
+    assert_eq!(fields(&budget["tasks"][0]), expected);
+    assert_eq!(budget["rates"]["table_version"], "2026-12");
+    let history = h.json(&["budget", "history", "--by", "task", "--json"]);
+    assert_eq!(fields(&history["rows"][0]), expected);
+    assert_eq!(fields(&history["total"]), expected);
+    let session_id = shown["session_id"].as_str().unwrap();
+    assert_eq!(
+        fields(&h.json(&["session", "show", session_id, "--json"])),
+        expected
+    );
+
+    // The text views: the same total and breakdown.
+    let usd = |x: f64| format!("${x:.4}");
+    let line = format!(
+        "{} (compute {}, model {}, storage {})",
+        usd(shown["cost_usd"].as_f64().unwrap()),
+        usd(compute),
+        usd(model),
+        usd(0.0)
+    );
+    assert!(h.ok(&["task", "show", &task_id]).contains(&line), "{line}");
+    assert!(h.ok(&["status"]).contains(&line), "{line}");
+    assert!(
+        h.ok(&["task", "list"])
+            .contains(&usd(shown["cost_usd"].as_f64().unwrap())),
+        "{line}"
+    );
+    // `--sync` printed its summary when the task finished, before the
+    // agent's last heartbeat: the total then, with compute in it.
+    assert!(synced.contains("· cost $"), "{synced}");
+    assert!(synced.contains("(compute $"), "{synced}");
+    let budget_text = h.ok(&["budget", "show"]);
+    assert!(
+        budget_text.contains("rates      table 2026-12"),
+        "{budget_text}"
+    );
+    assert!(
+        budget_text.contains("local 0 (the user's own disk)"),
+        "{budget_text}"
+    );
+}

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{Ctx, coordinator_error, print_json};
 use crate::budget::{self, Estimate, Standing, usd};
 use crate::config::Config;
-use crate::db::{Ceilings, Db, LedgerEntry};
+use crate::db::{Ceilings, Db, LedgerEntry, Spend};
 use crate::error::coded;
 use crate::error_codes;
 use crate::event_filter::parse_duration_ms;
@@ -97,31 +97,21 @@ pub(crate) fn parse_usd(flag: &str, text: &str) -> Result<f64> {
     })
 }
 
-/// Sums of ledger rows.
+/// Sums of ledger rows: the [`Spend`] every view shows (folded the same
+/// way, row by row in id order), and how many rows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Totals {
-    pub compute_usd: f64,
-    pub model_usd: f64,
+    #[serde(flatten)]
+    pub spend: Spend,
+    /// `cost_usd` again, under the name older readers use.
     pub total_usd: f64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-    pub cache_read_input_tokens: u64,
     pub charges: u64,
 }
 
 impl Totals {
     fn add(&mut self, e: &LedgerEntry) {
-        if e.kind == "compute" {
-            self.compute_usd += e.amount_usd;
-        } else {
-            self.model_usd += e.amount_usd;
-        }
-        self.total_usd += e.amount_usd;
-        self.input_tokens += e.input_tokens;
-        self.output_tokens += e.output_tokens;
-        self.cache_creation_input_tokens += e.cache_creation_input_tokens;
-        self.cache_read_input_tokens += e.cache_read_input_tokens;
+        self.spend.add_entry(e);
+        self.total_usd = self.spend.cost_usd;
         self.charges += 1;
     }
 }
@@ -176,6 +166,37 @@ pub struct BudgetView {
     pub totals: Totals,
     pub tasks: Vec<TaskSpendView>,
     pub days: Vec<HistoryRow>,
+    /// The rate table in force and what config changed in it.
+    pub rates: RatesView,
+}
+
+/// Which rate table priced the spend (`docs/cost.md`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RatesView {
+    /// The embedded table's version (`coordinator/rates/<version>.toml`).
+    pub table_version: String,
+    /// Every figure config sets (`[rates]`), with the table's value.
+    pub overridden: Vec<crate::rates::Override>,
+    /// Modal volume storage, USD per GiB per 30-day month, as in force.
+    pub storage_gib_usd_per_month: f64,
+    /// Local sessions' storage is the user's own disk: always 0.
+    pub local_storage_usd_per_gib_month: f64,
+    /// The local backend's compute as a multiple of the table.
+    pub local_multiplier: f64,
+}
+
+impl RatesView {
+    pub fn of(config: &crate::config::LoadedConfig) -> Self {
+        let table = crate::rates::embedded();
+        let rates = &config.config.rates;
+        RatesView {
+            table_version: table.version.clone(),
+            overridden: crate::rates::overrides(table, rates, &config.settings),
+            storage_gib_usd_per_month: rates.storage_gib_usd_per_month,
+            local_storage_usd_per_gib_month: 0.0,
+            local_multiplier: rates.local_multiplier,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -195,8 +216,12 @@ pub struct TaskSpendView {
     pub totals: Totals,
 }
 
-pub(crate) fn budget_view(db: &Db, config: &Config) -> Result<BudgetView> {
-    let now = now_ms();
+pub(crate) fn budget_view(
+    db: &Db,
+    loaded: &crate::config::LoadedConfig,
+    now: i64,
+) -> Result<BudgetView> {
+    let config = &loaded.config;
     let ceilings: Ceilings = db.ceilings(&config.budget)?;
     let entries = db.ledger_entries(i64::MIN)?;
     let (by_task, totals) = group(&entries, HistoryBy::Task);
@@ -219,7 +244,7 @@ pub(crate) fn budget_view(db: &Db, config: &Config) -> Result<BudgetView> {
             totals: row.totals,
         });
     }
-    let used = totals.total_usd;
+    let used = totals.spend.cost_usd;
     Ok(BudgetView {
         ceiling_usd: ceilings.global_usd,
         ceiling_source: ceilings.global_source,
@@ -240,12 +265,13 @@ pub(crate) fn budget_view(db: &Db, config: &Config) -> Result<BudgetView> {
         totals,
         tasks,
         days,
+        rates: RatesView::of(loaded),
     })
 }
 
 fn show(ctx: &Ctx, json: bool) -> Result<i32> {
     let opened = ctx.open()?;
-    let view = budget_view(&opened.db, &opened.config.config)?;
+    let view = budget_view(&opened.db, &opened.config, now_ms())?;
     if json {
         print_json(&view)?;
         return Ok(0);
@@ -278,28 +304,31 @@ fn show_text(v: &BudgetView) -> String {
         }
     ));
     out.push_str(&format!(
-        "compute    {}\nmodel      {}\ntokens     {} in, {} out, {} cache write, {} cache read\n",
-        usd(v.totals.compute_usd),
-        usd(v.totals.model_usd),
-        v.totals.input_tokens,
-        v.totals.output_tokens,
-        v.totals.cache_creation_input_tokens,
-        v.totals.cache_read_input_tokens,
+        "cost       {} = compute {} + model {} + storage {}\ntokens     {} in, {} out, {} cache write, {} cache read\n",
+        usd(v.totals.spend.cost_usd),
+        usd(v.totals.spend.compute_usd),
+        usd(v.totals.spend.model_usd),
+        usd(v.totals.spend.storage_usd),
+        v.totals.spend.input_tokens,
+        v.totals.spend.output_tokens,
+        v.totals.spend.cache_creation_input_tokens,
+        v.totals.spend.cache_read_input_tokens,
     ));
     if !v.tasks.is_empty() {
         out.push_str(&format!(
-            "\n{:<15} {:<11} {:>9} {:>9} {:>9} {:>9}\n",
-            "TASK", "STATUS", "MAX", "COMPUTE", "MODEL", "TOTAL"
+            "\n{:<15} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "TASK", "STATUS", "MAX", "COMPUTE", "MODEL", "STORAGE", "COST"
         ));
         for t in v.tasks.iter().take(20) {
             out.push_str(&format!(
-                "{:<15} {:<11} {:>9} {:>9} {:>9} {:>9}\n",
+                "{:<15} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
                 t.task_id,
                 t.status.as_deref().unwrap_or("deleted"),
                 t.max_cost_usd.map(usd).unwrap_or_else(|| "-".into()),
-                usd(t.totals.compute_usd),
-                usd(t.totals.model_usd),
-                usd(t.totals.total_usd),
+                usd(t.totals.spend.compute_usd),
+                usd(t.totals.spend.model_usd),
+                usd(t.totals.spend.storage_usd),
+                usd(t.totals.spend.cost_usd),
             ));
         }
         if v.tasks.len() > 20 {
@@ -311,18 +340,51 @@ fn show_text(v: &BudgetView) -> String {
     }
     if !v.days.is_empty() {
         out.push_str(&format!(
-            "\n{:<11} {:>9} {:>9} {:>9}\n",
-            "DAY", "COMPUTE", "MODEL", "TOTAL"
+            "\n{:<11} {:>9} {:>9} {:>9} {:>9}\n",
+            "DAY", "COMPUTE", "MODEL", "STORAGE", "COST"
         ));
         for d in &v.days {
             out.push_str(&format!(
-                "{:<11} {:>9} {:>9} {:>9}\n",
+                "{:<11} {:>9} {:>9} {:>9} {:>9}\n",
                 d.key,
-                usd(d.totals.compute_usd),
-                usd(d.totals.model_usd),
-                usd(d.totals.total_usd)
+                usd(d.totals.spend.compute_usd),
+                usd(d.totals.spend.model_usd),
+                usd(d.totals.spend.storage_usd),
+                usd(d.totals.spend.cost_usd)
             ));
         }
+    }
+    out.push_str(&rates_text(&v.rates));
+    out
+}
+
+/// The rate table lines of `budget show`.
+fn rates_text(r: &RatesView) -> String {
+    let mut out = format!(
+        "\nrates      table {} (coordinator/rates/{}.toml){}\n",
+        r.table_version,
+        r.table_version,
+        if r.overridden.is_empty() {
+            ", no figure overridden".to_string()
+        } else {
+            format!(", {} figure(s) overridden by config:", r.overridden.len())
+        }
+    );
+    for o in &r.overridden {
+        out.push_str(&format!(
+            "  {} = {} (table {}; from {})\n",
+            o.key, o.effective_usd, o.table_usd, o.source
+        ));
+    }
+    out.push_str(&format!(
+        "storage    modal volume {}/GiB-month; local 0 (the user's own disk)\n",
+        usd(r.storage_gib_usd_per_month)
+    ));
+    if r.local_multiplier != 1.0 {
+        out.push_str(&format!(
+            "local      compute at {}× the table (`rates.local_multiplier`)\n",
+            r.local_multiplier
+        ));
     }
     out
 }
@@ -434,21 +496,24 @@ fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<
         HistoryBy::Task => "TASK",
     };
     println!(
-        "{head:<15} {:>9} {:>9} {:>9} {:>10} {:>10}",
-        "COMPUTE", "MODEL", "TOTAL", "IN TOK", "OUT TOK"
+        "{head:<15} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "COMPUTE", "MODEL", "STORAGE", "COST", "IN TOK", "OUT TOK", "CW TOK", "CR TOK"
     );
     for r in rows.iter().chain(std::iter::once(&HistoryRow {
         key: "total".into(),
         totals: total.clone(),
     })) {
         println!(
-            "{:<15} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            "{:<15} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
             r.key,
-            usd(r.totals.compute_usd),
-            usd(r.totals.model_usd),
-            usd(r.totals.total_usd),
-            r.totals.input_tokens,
-            r.totals.output_tokens
+            usd(r.totals.spend.compute_usd),
+            usd(r.totals.spend.model_usd),
+            usd(r.totals.spend.storage_usd),
+            usd(r.totals.spend.cost_usd),
+            r.totals.spend.input_tokens,
+            r.totals.spend.output_tokens,
+            r.totals.spend.cache_creation_input_tokens,
+            r.totals.spend.cache_read_input_tokens
         );
     }
     Ok(0)
@@ -456,7 +521,11 @@ fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<
 
 /// The budget part of `parhelia status`: JSON and text lines.
 pub(crate) fn status_budget(db: &Db, config: &Config) -> Result<(serde_json::Value, String)> {
-    let standing: Standing = db.standing(None, &config.budget, now_ms())?;
+    let now = now_ms();
+    let mut standing: Standing = db.standing(None, &config.budget, now)?;
+    // The figures every view shows (the watchdog's are SQL sums of the same rows).
+    standing.global_spent_usd = db.spent_since_usd(i64::MIN)?;
+    standing.day_spent_usd = db.spent_since_usd(budget::day_start_ms(now))?;
     let ceilings = db.ceilings(&config.budget)?;
     let json = serde_json::json!({
         "ceiling_usd": standing.global_ceiling_usd,
@@ -539,6 +608,16 @@ pub(crate) fn estimate_text(e: &Estimate, config: &Config, refusal: Option<&str>
             usd(priced.compute_max_usd)
         ));
     }
+    out.push_str(&format!(
+        "priced     {} by rate table {}{}\n",
+        e.priced.join(", "),
+        e.rate_table_version,
+        if e.rate_overrides.is_empty() {
+            String::new()
+        } else {
+            format!(" (overridden by config: {})", e.rate_overrides.join(", "))
+        }
+    ));
     match &e.history {
         Some(h) => out.push_str(&format!(
             "history    {} similar task(s): {} min, {} avg, {} max (model up to {})\n",
@@ -604,11 +683,207 @@ mod tests {
             let sum: f64 = rows.iter().map(|r| r.totals.total_usd).sum();
             assert!((sum - total.total_usd).abs() < 1e-12);
             assert_eq!(rows.len(), 2);
-            assert_eq!(total.input_tokens, 30);
+            assert_eq!(total.spend.input_tokens, 30);
         }
         let (rows, _) = group(&entries, HistoryBy::Day);
         assert_eq!(rows[0].key, "1970-01-01");
-        assert!((rows[1].totals.compute_usd - 0.25).abs() < 1e-12);
+        assert!((rows[1].totals.spend.compute_usd - 0.25).abs() < 1e-12);
+    }
+
+    /// Issue 13: `cost` was the model's share in `task list/show`, `--sync`
+    /// and `status` (a GPU task showed $0.0006 of its $0.0279). A task with
+    /// compute, model and storage spend now shows one total and one
+    /// breakdown in every view.
+    #[test]
+    fn every_view_shows_the_same_cost_and_breakdown() {
+        use crate::db::{ContainerRef, NewLaunch, SpendScope};
+        use crate::task_state::TaskStatus;
+        use crate::views;
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("v.db")).unwrap();
+        let target = ContainerRef {
+            task_id: "task-0000000a".into(),
+            session_id: "sess-0000000a".into(),
+            container_id: "ctr-0000000a".into(),
+        };
+        db.insert_launch(&NewLaunch {
+            task_id: target.task_id.clone(),
+            session_id: target.session_id.clone(),
+            container_id: target.container_id.clone(),
+            claude_session_id: "uuid".into(),
+            prompt: "Train model".into(),
+            task_type: "generic".into(),
+            backend: "modal".into(),
+            workspace: None,
+            model: None,
+            max_turns: None,
+            mode: "headless".into(),
+            secret: crate::ids::SessionSecret::from_stored("s3cret".into()),
+            workspace_dir: "/w".into(),
+            volume_dir: "/v".into(),
+        })
+        .unwrap();
+        db.transition_task(&target.task_id, TaskStatus::Running, &Default::default())
+            .unwrap();
+        // Two heartbeats of an A10G's compute, one model response, storage.
+        db.charge_compute(&target, 1_000, 0.0150, 5.0, serde_json::json!({}))
+            .unwrap();
+        db.charge_compute(&target, 2_000, 0.0123, 5.0, serde_json::json!({}))
+            .unwrap();
+        // Per-response metering may add fields to `Usage`.
+        #[allow(clippy::needless_update)]
+        let usage = parhelia_proto::Usage {
+            input_tokens: 470,
+            output_tokens: 55,
+            cache_creation_input_tokens: 7,
+            cache_read_input_tokens: 11,
+            ..Default::default()
+        };
+        db.charge_model(&target, 1_500, 0.0006, Some(&usage))
+            .unwrap();
+        assert!(db.start_storage_meters("modal").unwrap() == 1);
+        let started = db.active_storage_meters().unwrap()[0].measured_at_ms;
+        db.record_storage_measurement(&target.session_id, started, 1 << 30, 0.20)
+            .unwrap();
+        db.record_storage_measurement(&target.session_id, started + 3_600_000, 1 << 30, 0.20)
+            .unwrap();
+
+        let spend = db.spend(SpendScope::Task(&target.task_id)).unwrap();
+        let storage = 0.20 / 720.0; // 1 GiB for one hour of a 30-day month
+        assert!((spend.compute_usd - 0.0273).abs() < 1e-12, "{spend:?}");
+        assert!((spend.model_usd - 0.0006).abs() < 1e-12);
+        assert!((spend.storage_usd - storage).abs() < 1e-12);
+        assert_eq!(
+            spend.cost_usd,
+            spend.compute_usd + spend.model_usd + spend.storage_usd
+        );
+        assert_eq!(
+            (
+                spend.input_tokens,
+                spend.output_tokens,
+                spend.cache_creation_input_tokens,
+                spend.cache_read_input_tokens
+            ),
+            (470, 55, 7, 11)
+        );
+        let fields = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+            [
+                "cost_usd",
+                "compute_usd",
+                "model_usd",
+                "storage_usd",
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+            ]
+            .iter()
+            .map(|k| {
+                v.get(*k)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{k} missing in {v}"))
+            })
+            .collect()
+        };
+        let expected = fields(&serde_json::to_value(&spend).unwrap());
+
+        // task show / task list / --sync --json (TaskView).
+        let task = db.get_task(&target.task_id).unwrap().unwrap();
+        assert_eq!(
+            fields(&serde_json::to_value(views::TaskView::from(&task)).unwrap()),
+            expected
+        );
+        let listed = db.list_tasks(None).unwrap();
+        assert_eq!(
+            fields(&serde_json::to_value(views::TaskView::from(&listed[0])).unwrap()),
+            expected
+        );
+        // session show / list.
+        let session = db.get_session(&target.session_id).unwrap().unwrap();
+        assert_eq!(
+            fields(&serde_json::to_value(views::SessionView::from(&session)).unwrap()),
+            expected
+        );
+        // status: the running session, and the total (only this task).
+        let running = db.running_sessions().unwrap();
+        let thresholds = crate::config::Config::defaults().policy("").thresholds;
+        let row = views::RunningSessionView::of(&running[0], 3_000, 5_000, &thresholds);
+        assert_eq!(fields(&serde_json::to_value(&row).unwrap()), expected);
+        assert_eq!(
+            fields(&serde_json::to_value(db.total_spend().unwrap()).unwrap()),
+            expected
+        );
+        // budget show / history: the task's row and the totals.
+        let loaded =
+            crate::config::resolve(&[], &BTreeMap::new(), &[], std::path::Path::new("/")).unwrap();
+        let view = budget_view(&db, &loaded, 3_000).unwrap();
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(fields(&json), expected);
+        assert_eq!(fields(&json["tasks"][0]), expected);
+        assert_eq!(json["used_usd"], expected[0]);
+        assert_eq!(json["total_usd"], expected[0]);
+        let (rows, total) = group(&db.ledger_entries(i64::MIN).unwrap(), HistoryBy::Task);
+        assert_eq!(fields(&serde_json::to_value(&rows[0]).unwrap()), expected);
+        assert_eq!(fields(&serde_json::to_value(&total).unwrap()), expected);
+        // The watchdog's figure is the same total.
+        assert_eq!(db.task_spent_usd(&target.task_id).unwrap(), spend.cost_usd);
+
+        // The text views show the same total and breakdown.
+        let line = views::cost_breakdown(&spend);
+        assert!(
+            line.starts_with("$0.0282 (compute $0.0273, model $0.0006, storage $0.0003)"),
+            "{line}"
+        );
+        assert!(views::task_detail(&task).contains(&format!("cost       {line}\n")));
+        assert!(views::task_table(&listed, 3_000).contains("$0.0282"));
+        assert!(views::session_detail(&session).contains(&line));
+        let watched = crate::watch::WatchedTask {
+            task: task.clone(),
+            last_assistant_text: None,
+        };
+        assert!(
+            watched.summary().contains(&format!("cost {line}")),
+            "{}",
+            watched.summary()
+        );
+        let text = show_text(&view);
+        assert!(
+            text.contains("cost       $0.0282 = compute $0.0273 + model $0.0006 + storage $0.0003"),
+            "{text}"
+        );
+        // Storage was charged today (the meter runs on the real clock).
+        let text = regex::Regex::new(r"\d{4}-\d{2}-\d{2}")
+            .unwrap()
+            .replace_all(&text, "<day>")
+            .into_owned();
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn budget_show_names_the_rate_table_and_every_override() {
+        let loaded = crate::config::resolve(
+            &[],
+            &BTreeMap::from([(
+                "PARHELIA_RATES_GPU_H100_USD_PER_SECOND".to_string(),
+                "0.002".to_string(),
+            )]),
+            &["rates.storage_gib_usd_per_month=0.5".into()],
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let rates = RatesView::of(&loaded);
+        assert_eq!(rates.table_version, crate::rates::embedded().version);
+        let text = rates_text(&rates);
+        assert!(text.contains("table 2026-12"), "{text}");
+        assert!(text.contains("rates.gpu_h100_usd_per_second = 0.002 (table 0.001097; from env PARHELIA_RATES_GPU_H100_USD_PER_SECOND)"), "{text}");
+        assert!(
+            text.contains("rates.storage_gib_usd_per_month = 0.5 (table 0.2; from --set)"),
+            "{text}"
+        );
+        assert!(text.contains("local 0 (the user's own disk)"), "{text}");
+        let json = serde_json::to_value(&rates).unwrap();
+        assert_eq!(json["overridden"].as_array().unwrap().len(), 2);
+        assert_eq!(json["local_storage_usd_per_gib_month"], 0.0);
     }
 
     #[test]

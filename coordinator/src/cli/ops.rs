@@ -540,7 +540,7 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
                 })
                 .collect()
         },
-        cost_usd: db.total_cost_usd()?,
+        spend: db.total_spend()?,
     };
     let (budget_json, budget_text) = super::budget::status_budget(db, &opened.config.config)?;
     if json {

@@ -591,7 +591,6 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
         .db
         .get_task(task_id)?
         .ok_or_else(|| task_not_found(task_id))?;
-    let (compute_usd, model_usd) = opened.db.task_spent_by_kind(task_id)?;
     let limits = opened
         .db
         .task_limits(task_id)?
@@ -599,32 +598,31 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
         .unwrap_or_default();
     if json {
         let mut value = serde_json::to_value(views::TaskView::from(&task))?;
+        // The same figures as the top-level ones (kept for older readers).
         value["budget"] = serde_json::json!({
-            "compute_usd": compute_usd,
-            "model_usd": model_usd,
-            "total_usd": compute_usd + model_usd,
+            "compute_usd": task.spend.compute_usd,
+            "model_usd": task.spend.model_usd,
+            "storage_usd": task.spend.storage_usd,
+            "total_usd": task.spend.cost_usd,
             "limits": limits,
         });
         print_json(&value)?;
     } else {
         print!("{}", views::task_detail(&task));
-        use crate::budget::usd;
-        println!(
-            "{}",
-            labelled(
-                "spent",
-                &format!(
-                    "{} (compute {}, model {}){}",
-                    usd(compute_usd + model_usd),
-                    usd(compute_usd),
-                    usd(model_usd),
-                    limits
-                        .max_cost_usd
-                        .map(|m| format!(" of max {}", usd(m)))
-                        .unwrap_or_default()
+        if let Some(max) = limits.max_cost_usd {
+            use crate::budget::usd;
+            println!(
+                "{}",
+                labelled(
+                    "ceiling",
+                    &format!(
+                        "{} (--max-cost), {} spent",
+                        usd(max),
+                        usd(task.spend.cost_usd)
+                    )
                 )
-            )
-        );
+            );
+        }
     }
     Ok(0)
 }

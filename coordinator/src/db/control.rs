@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{
     CONTAINER_COLUMNS, ContainerRecord, ContainerState, Db, TASK_COLUMNS, TaskRecord, TaskUpdate,
-    container_from_row, set_container_state_in, task_from_row, transition_task_in,
+    container_from_row, set_container_state_in, task_from_row, transition_task_in, with_task_spend,
 };
 use crate::container_state::Health;
 use crate::error::coded;
@@ -143,6 +143,7 @@ impl Db {
         )?;
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
         let task = tx.query_row(&sql, [task_id], task_from_row)?;
+        let task = with_task_spend(&tx, task)?;
         tx.commit()?;
         drop(conn);
         self.advance_generation();

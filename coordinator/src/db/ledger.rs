@@ -33,6 +33,91 @@ pub struct LedgerEntry {
     pub cache_read_input_tokens: u64,
 }
 
+/// What a scope (a task, a session, everything, a period) cost: the one
+/// figure every view calls **cost** (`cost_usd`, the ledger total:
+/// compute + model + storage) and its breakdown. Every view gets it from
+/// [`Spend::add`] over the scope's ledger rows in id order ([`spend_in`]),
+/// so no two views can disagree.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Spend {
+    pub cost_usd: f64,
+    pub compute_usd: f64,
+    pub model_usd: f64,
+    pub storage_usd: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+impl Spend {
+    /// Adds one ledger row.
+    pub fn add(&mut self, kind: &str, amount_usd: f64, tokens: [u64; 4]) {
+        match kind {
+            "compute" => self.compute_usd += amount_usd,
+            "model" => self.model_usd += amount_usd,
+            "storage" => self.storage_usd += amount_usd,
+            _ => {}
+        }
+        self.cost_usd += amount_usd;
+        self.input_tokens = self.input_tokens.saturating_add(tokens[0]);
+        self.output_tokens = self.output_tokens.saturating_add(tokens[1]);
+        self.cache_creation_input_tokens =
+            self.cache_creation_input_tokens.saturating_add(tokens[2]);
+        self.cache_read_input_tokens = self.cache_read_input_tokens.saturating_add(tokens[3]);
+    }
+
+    pub fn add_entry(&mut self, e: &LedgerEntry) {
+        self.add(
+            &e.kind,
+            e.amount_usd,
+            [
+                e.input_tokens,
+                e.output_tokens,
+                e.cache_creation_input_tokens,
+                e.cache_read_input_tokens,
+            ],
+        );
+    }
+}
+
+/// Which ledger rows a [`Spend`] sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpendScope<'a> {
+    Task(&'a str),
+    Session(&'a str),
+    /// Everything recorded from this time on (`i64::MIN`: everything).
+    Since(i64),
+}
+
+/// The spend of a scope: its ledger rows folded by [`Spend::add`] in id
+/// order. The one function behind every view's cost.
+pub fn spend_in(conn: &rusqlite::Connection, scope: SpendScope<'_>) -> rusqlite::Result<Spend> {
+    let (filter, key): (&str, rusqlite::types::Value) = match scope {
+        SpendScope::Task(id) => ("task_id = ?1", id.to_string().into()),
+        SpendScope::Session(id) => ("session_id = ?1", id.to_string().into()),
+        SpendScope::Since(ms) => ("ts_ms >= ?1", ms.into()),
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT kind, amount_usd, input_tokens, output_tokens, cache_creation_input_tokens,
+                cache_read_input_tokens
+         FROM ledger WHERE {filter} ORDER BY id"
+    ))?;
+    let mut rows = stmt.query([key])?;
+    let mut spend = Spend::default();
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(0)?;
+        let tokens = [
+            r.get::<_, i64>(2)?.max(0) as u64,
+            r.get::<_, i64>(3)?.max(0) as u64,
+            r.get::<_, i64>(4)?.max(0) as u64,
+            r.get::<_, i64>(5)?.max(0) as u64,
+        ];
+        spend.add(&kind, r.get(1)?, tokens);
+    }
+    Ok(spend)
+}
+
 /// An ended remote container whose compute cost has not been reconciled
 /// with the provider's usage figures yet.
 #[derive(Clone, Debug, PartialEq)]
@@ -133,6 +218,27 @@ pub(crate) fn budget_stop_in(
 }
 
 impl Db {
+    /// What a scope cost ([`Spend`]), as every view shows it.
+    pub fn spend(&self, scope: SpendScope<'_>) -> Result<Spend> {
+        Ok(spend_in(&self.conn(), scope)?)
+    }
+
+    /// A model charge outside event ingestion ([`charge_model_in`] in its
+    /// own transaction): the growth of the session's reported cost.
+    pub fn charge_model(
+        &self,
+        target: &ContainerRef,
+        ts_ms: i64,
+        session_cost_usd: f64,
+        usage: Option<&Usage>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        charge_model_in(&tx, target, ts_ms, session_cost_usd, usage)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// A compute charge (one heartbeat's interval).
     pub fn charge_compute(
         &self,
@@ -319,26 +425,15 @@ impl Db {
             .optional()?)
     }
 
-    /// Ledger total of a task (every attempt, compute and model).
+    /// Ledger total of a task (every attempt, every kind): its cost.
     pub fn task_spent_usd(&self, task_id: &str) -> Result<f64> {
-        let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE task_id = ?1",
-            [task_id],
-            |r| r.get(0),
-        )?)
+        Ok(self.spend(SpendScope::Task(task_id))?.cost_usd)
     }
 
-    /// Ledger total of a task by kind: (compute, model).
-    pub fn task_spent_by_kind(&self, task_id: &str) -> Result<(f64, f64)> {
-        let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT coalesce(sum(CASE WHEN kind = 'compute' THEN amount_usd END), 0),
-                    coalesce(sum(CASE WHEN kind = 'model' THEN amount_usd END), 0)
-             FROM ledger WHERE task_id = ?1",
-            [task_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?)
+    /// Ledger total of a task by kind: (compute, model, storage).
+    pub fn task_spent_by_kind(&self, task_id: &str) -> Result<(f64, f64, f64)> {
+        let spend = self.spend(SpendScope::Task(task_id))?;
+        Ok((spend.compute_usd, spend.model_usd, spend.storage_usd))
     }
 
     /// Model cost the ledger holds for a session.
@@ -351,14 +446,21 @@ impl Db {
         )?)
     }
 
-    /// Ledger total from `since_ms` on (everything with 0).
-    pub fn spent_since_usd(&self, since_ms: i64) -> Result<f64> {
-        let conn = self.conn();
-        Ok(conn.query_row(
+    /// The watchdog's global and daily figure, checked on every charge: the
+    /// same rows as [`Db::spent_since_usd`] summed by SQLite (no row-by-row
+    /// fold of the whole ledger per heartbeat; it may differ from the views'
+    /// figure in the last bits, never by a charge).
+    fn ledger_sum_since(&self, since_ms: i64) -> Result<f64> {
+        Ok(self.conn().query_row(
             "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE ts_ms >= ?1",
             [since_ms],
             |r| r.get(0),
         )?)
+    }
+
+    /// Ledger total from `since_ms` on (everything with `i64::MIN`).
+    pub fn spent_since_usd(&self, since_ms: i64) -> Result<f64> {
+        Ok(self.spend(SpendScope::Since(since_ms))?.cost_usd)
     }
 
     /// Ledger rows from `since_ms` on, in order.
@@ -538,9 +640,9 @@ impl Db {
         Ok(crate::budget::Standing {
             task_spent_usd,
             task_ceiling_usd,
-            global_spent_usd: self.spent_since_usd(i64::MIN)?,
+            global_spent_usd: self.ledger_sum_since(i64::MIN)?,
             global_ceiling_usd: ceilings.global_usd,
-            day_spent_usd: self.spent_since_usd(crate::budget::day_start_ms(now_ms))?,
+            day_spent_usd: self.ledger_sum_since(crate::budget::day_start_ms(now_ms))?,
             day_ceiling_usd: ceilings.daily_usd,
         })
     }
@@ -556,5 +658,147 @@ impl Db {
             )
             .optional()?
             .unwrap_or(0.0))
+    }
+}
+
+/// A session whose data on a remote volume is charged for storage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageMeter {
+    pub session_id: String,
+    pub task_id: String,
+    pub backend: String,
+    /// When the session's first container on the backend was created (the
+    /// volume held nothing of it before).
+    pub started_at_ms: i64,
+    /// The last measurement: when, and the bytes it found.
+    pub measured_at_ms: i64,
+    pub bytes: u64,
+}
+
+/// What one measurement charged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageCharge {
+    /// The interval charged, at the bytes the previous measurement found.
+    pub seconds: f64,
+    pub charged_bytes: u64,
+    pub amount_usd: f64,
+}
+
+impl Db {
+    /// Starts a meter for every session with a container on `backend` that
+    /// has none (clock from its first such container, at 0 bytes). Returns
+    /// how many were started.
+    pub fn start_storage_meters(&self, backend: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "INSERT OR IGNORE INTO storage_meters
+                 (session_id, task_id, backend, started_at_ms, measured_at_ms, bytes)
+             SELECT s.id, s.task_id, ?1, min(c.created_at_ms), min(c.created_at_ms), 0
+             FROM sessions s JOIN containers c ON c.session_id = s.id AND c.backend = ?1
+             GROUP BY s.id",
+            [backend],
+        )?)
+    }
+
+    /// Meters not stopped, oldest first.
+    pub fn active_storage_meters(&self) -> Result<Vec<StorageMeter>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT session_id, task_id, backend, started_at_ms, measured_at_ms, bytes
+             FROM storage_meters WHERE stopped_at_ms IS NULL ORDER BY started_at_ms, session_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StorageMeter {
+                session_id: r.get(0)?,
+                task_id: r.get(1)?,
+                backend: r.get(2)?,
+                started_at_ms: r.get(3)?,
+                measured_at_ms: r.get(4)?,
+                bytes: r.get::<_, i64>(5)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a measurement of a session's bytes on its volume at `now_ms`,
+    /// in one transaction: one `storage` row charging the interval since the
+    /// last measurement at the bytes that one found (none when that is 0 USD),
+    /// and the meter moved on. A clock that went back charges nothing and
+    /// never moves the meter back. `None`: no active meter.
+    pub fn record_storage_measurement(
+        &self,
+        session_id: &str,
+        now_ms: i64,
+        bytes: u64,
+        usd_per_gib_month: f64,
+    ) -> Result<Option<StorageCharge>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let meter: Option<(String, i64, i64)> = tx
+            .query_row(
+                "SELECT task_id, measured_at_ms, bytes FROM storage_meters
+                 WHERE session_id = ?1 AND stopped_at_ms IS NULL",
+                [session_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((task_id, measured_at_ms, prev_bytes)) = meter else {
+            return Ok(None);
+        };
+        let prev_bytes = prev_bytes.max(0) as u64;
+        let elapsed_ms = now_ms.saturating_sub(measured_at_ms).max(0);
+        let seconds = elapsed_ms as f64 / 1000.0;
+        let amount_usd = crate::rates::storage_charge_usd(prev_bytes, seconds, usd_per_gib_month);
+        if amount_usd > 0.0 {
+            tx.execute(
+                "INSERT INTO ledger (ts_ms, kind, task_id, session_id, amount_usd, seconds, details)
+                 VALUES (?1, 'storage', ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    now_ms,
+                    task_id,
+                    session_id,
+                    amount_usd,
+                    seconds,
+                    serde_json::json!({
+                        "bytes": prev_bytes,
+                        "measured_bytes": bytes,
+                        "from_ms": measured_at_ms,
+                        "usd_per_gib_month": usd_per_gib_month,
+                        "rate_table": crate::rates::embedded().version,
+                    })
+                    .to_string(),
+                ],
+            )?;
+        }
+        tx.execute(
+            "UPDATE storage_meters SET measured_at_ms = max(measured_at_ms, ?2), bytes = ?3
+             WHERE session_id = ?1",
+            params![session_id, now_ms, bytes.min(i64::MAX as u64) as i64],
+        )?;
+        tx.commit()?;
+        Ok(Some(StorageCharge {
+            seconds,
+            charged_bytes: prev_bytes,
+            amount_usd,
+        }))
+    }
+
+    /// Stops a session's meter (its data is gone from the volume). False
+    /// when it was not running.
+    pub fn stop_storage_meter(&self, session_id: &str, now_ms: i64) -> Result<bool> {
+        Ok(self.conn().execute(
+            "UPDATE storage_meters SET stopped_at_ms = ?2 WHERE session_id = ?1 AND stopped_at_ms IS NULL",
+            params![session_id, now_ms],
+        )? == 1)
+    }
+
+    /// Whether the session is still recorded (not deleted with its task).
+    pub fn session_exists(&self, session_id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM sessions WHERE id = ?1", [session_id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
     }
 }

@@ -266,6 +266,22 @@ impl ModalBackend {
         Ok(removed["removed"].as_bool().unwrap_or(false))
     }
 
+    /// Removes a session's whole directory from the volume (`task delete`):
+    /// true when something was removed.
+    pub async fn remove_session_data(&self, session_id: &str) -> Result<bool, CodedError> {
+        let removed = self
+            .call(
+                "volume.remove",
+                json!({
+                    "volume": self.config.volume_name,
+                    "path": crate::storage::session_prefix(session_id),
+                    "recursive": true,
+                }),
+            )
+            .await?;
+        Ok(removed["removed"].as_bool().unwrap_or(false))
+    }
+
     /// Brings the local mirror of a session's store up to date with the
     /// volume: fetches write-once files it lacks, drops files the volume no
     /// longer has (pruned). Returns the mirror's root, or `None` when the
