@@ -34,6 +34,7 @@ pub mod risky;
 pub mod sandbox;
 pub mod server;
 pub mod spec;
+pub mod spend;
 pub mod stream_json;
 pub mod supervisor;
 pub mod terminal;

@@ -67,6 +67,10 @@ pub struct AgentSpec {
     /// checkpoint, then `SessionFinished{FAILED, E301}`). Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Model prices (`[rates.models]`): the agent meters each model response's spend
+    /// with them (`docs/dev/cost-metering.md`). Empty: every response is unpriced.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub model_prices: std::collections::BTreeMap<String, crate::config::ModelPrice>,
 }
 
 /// `spec.json`'s `sandbox`: what the sandbox must not see (`hide`, covered by an
@@ -151,6 +155,7 @@ mod tests {
             claude_config_seed: None,
             sandbox: None,
             timeout_ms: None,
+            model_prices: Default::default(),
         };
         let json = serde_json::to_value(&spec).unwrap();
         assert!(json.get("max_budget_usd").is_none());
