@@ -48,6 +48,8 @@ pub const MAX_MODEL_BYTES: usize = 128;
 pub const MAX_TOKENS: u64 = 1_000_000_000_000;
 /// The most subagent transcripts followed.
 pub const MAX_SUBAGENT_FILES: usize = 1024;
+/// The most directory entries of `subagents/` looked at in one poll.
+pub const MAX_DIR_ENTRIES_SCANNED: usize = 4096;
 /// The most bytes read from one file in one poll.
 pub const MAX_POLL_BYTES: usize = 4 * 1024 * 1024;
 /// The model name Claude Code gives its own error messages: never priced.
@@ -468,18 +470,20 @@ impl TranscriptReader {
         let mut out = Vec::new();
         self.main.poll(&mut out);
         let dir = self.side_dir.join("subagents");
-        if is_real_dir(&self.side_dir) && is_real_dir(&dir) {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for entry in entries.filter_map(Result::ok) {
-                    if self.subagents.len() >= MAX_SUBAGENT_FILES {
-                        break;
-                    }
-                    let path = entry.path();
-                    if path.extension().is_some_and(|e| e == "jsonl")
-                        && !self.subagents.contains_key(&path)
-                    {
-                        self.subagents.insert(path.clone(), Tail::new(path, true));
-                    }
+        if is_real_dir(&self.side_dir)
+            && is_real_dir(&dir)
+            && let Ok(entries) = std::fs::read_dir(&dir)
+        {
+            // Bounded work per poll, however many entries the session puts there.
+            for entry in entries.filter_map(Result::ok).take(MAX_DIR_ENTRIES_SCANNED) {
+                if self.subagents.len() >= MAX_SUBAGENT_FILES {
+                    break;
+                }
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "jsonl")
+                    && !self.subagents.contains_key(&path)
+                {
+                    self.subagents.insert(path.clone(), Tail::new(path, true));
                 }
             }
         }

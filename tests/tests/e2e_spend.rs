@@ -166,7 +166,9 @@ fn a_subagents_tokens_are_counted() {
     ]));
     let created = h.json(&["task", "create", "Ask a subagent to say hi", "--json"]);
     let task_id = created["task_id"].as_str().unwrap().to_string();
-    let task = h.wait_task(&task_id, |t| t["status"] != "running" && t["status"] != "pending");
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] != "running" && t["status"] != "pending"
+    });
     assert_eq!(task["status"], "completed", "{task:#}");
     let (cost, tokens) = served(&h, &usages, |_| true);
     let (usd, input, output, _, _) = model_ledger(&h, &task_id);
