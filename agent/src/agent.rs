@@ -171,7 +171,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         );
     }
     // Earlier containers of this session (and this container's agent, if it ran before).
-    let journaled_cost_usd = cost::prior_session_cost(&layout.journal_dir);
+    let prior_spend = cost::prior_spend(&layout.journal_dir);
+    let journaled_cost_usd = prior_spend.session_cost_usd;
     let prior_cost_usd = match spec.prior_cost_usd {
         Some(recorded) if recorded.is_finite() && recorded > journaled_cost_usd => {
             tracing::warn!(
@@ -309,6 +310,21 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         }));
     }
 
+    {
+        let ticks = inbox.clone();
+        background.push(tokio::spawn(async move {
+            let interval = crate::supervisor::SPEND_POLL_INTERVAL;
+            let mut timer = tokio::time::interval_at(Instant::now() + interval, interval);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                timer.tick().await;
+                if ticks.send(SupervisorMessage::SpendTick).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+
     let agent_exe =
         std::env::current_exe().map_err(io_error("locate", Path::new("parhelia-agent")))?;
     let environment = claude::environment(
@@ -331,6 +347,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         tmux,
         agent_exe,
         prior_cost_usd,
+        prior_charges: prior_spend.charges,
         started_at,
         started_at_ms,
         heartbeats,

@@ -134,3 +134,58 @@ pub fn hook_payload(data: &[u8]) {
     let back = hooks::parse_report(&forwarded).expect("the listener reads what the client sends");
     assert_eq!(back, report);
 }
+
+/// A transcript (or subagent transcript) as the spend meter reads it: the bytes split
+/// into two chunks at a point the first byte chooses (lines may straddle it), through
+/// the reader's line splitter and [`crate::spend::parse_line`], metered with a price
+/// table. Properties: no panic; token counts within `MAX_TOKENS`; every charge finite,
+/// in `0..=MAX_COST_USD`, non-empty; the metered total never goes down; feeding the
+/// same bytes again charges nothing (repeated lines are never counted twice, up to the
+/// tracked-id bound); every `ModelSpend` survives the journal's encoding.
+pub fn spend(data: &[u8]) {
+    use crate::spend::{MAX_TOKENS, Meter, ModelPrice, observations_in};
+    let split = data.first().map_or(0, |b| *b as usize * data.len() / 256);
+    let (a, b) = data.split_at(split.min(data.len()));
+    let prices = std::collections::BTreeMap::from([(
+        "claude-opus-5-5".to_string(),
+        ModelPrice {
+            input_usd_per_mtok: 4.0,
+            output_usd_per_mtok: 20.0,
+            cache_write_usd_per_mtok: 5.0,
+            cache_read_usd_per_mtok: 0.2,
+        },
+    )]);
+    let mut meter = Meter::new(prices);
+    let mut last = 0.0;
+    let observations = observations_in(&[a, b], false);
+    for observation in &observations {
+        let t = observation.tokens;
+        assert!(t.input.max(t.output).max(t.cache_write).max(t.cache_read) <= MAX_TOKENS);
+        if let Some(charge) = meter.observe(observation) {
+            check_cost(charge.cost_usd);
+            assert!(!charge.tokens.is_zero(), "a charge adds tokens");
+            round_trip(&Event {
+                seq: 1,
+                ts_ms: 0,
+                kind: Some(event::Kind::ModelSpend(parhelia_proto::ModelSpend {
+                    model: charge.model,
+                    message_id: charge.message_id,
+                    subagent: charge.subagent,
+                    usage: Some(charge.tokens.to_usage()),
+                    cost_usd: charge.cost_usd,
+                    session_cost_usd: meter.metered_usd(),
+                    priced: charge.priced,
+                })),
+            });
+        }
+        let metered = meter.metered_usd();
+        check_cost(metered);
+        assert!(metered >= last, "the metered total went down");
+        last = metered;
+    }
+    if meter.tracked() < crate::spend::MAX_TRACKED_IDS {
+        for observation in &observations {
+            assert_eq!(meter.observe(observation), None, "a line charged twice");
+        }
+    }
+}

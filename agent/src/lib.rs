@@ -35,6 +35,7 @@ pub mod sandbox;
 pub mod server;
 pub mod session_user;
 pub mod spec;
+pub mod spend;
 pub mod stream_json;
 pub mod supervisor;
 pub mod terminal;

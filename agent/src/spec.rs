@@ -97,6 +97,10 @@ pub struct LaunchSpec {
     /// agent's own user.
     #[serde(default)]
     pub session_user: Option<String>,
+    /// USD per million tokens by model name, for metering each model response from the
+    /// transcript ([`crate::spend`]). A model not in it is metered unpriced (tokens only).
+    #[serde(default)]
+    pub model_prices: std::collections::BTreeMap<String, crate::spend::ModelPrice>,
 }
 
 /// When and how the agent checkpoints (all optional in `spec.json`).
@@ -253,6 +257,20 @@ impl LaunchSpec {
                 "prior_cost_usd",
                 "must be a non-negative amount or null",
             ));
+        }
+        for (model, price) in &self.model_prices {
+            if model.is_empty() || model.len() > crate::spend::MAX_MODEL_BYTES {
+                return Err(field_error(
+                    "model_prices",
+                    "model names must be 1 to 128 bytes",
+                ));
+            }
+            if !price.is_valid() {
+                return Err(field_error(
+                    "model_prices",
+                    format!("the prices of {model:?} must be finite and not negative"),
+                ));
+            }
         }
         for (field, path) in [
             ("claude_bin", &self.claude_bin),
@@ -467,6 +485,26 @@ pub(crate) mod tests {
         check(
             |v| v["heartbeat_interval_ms"] = 5.into(),
             "heartbeat_interval_ms:",
+        );
+        let price = |input: f64| {
+            serde_json::json!({"input_usd_per_mtok": input, "output_usd_per_mtok": 20.0,
+                "cache_write_usd_per_mtok": 5.0, "cache_read_usd_per_mtok": 0.2})
+        };
+        check(
+            |v| v["model_prices"] = serde_json::json!({"claude-opus-5-5": price(4.0)}),
+            "ok",
+        );
+        check(
+            |v| v["model_prices"] = serde_json::json!({"claude-opus-5-5": price(-4.0)}),
+            "model_prices: the prices of \"claude-opus-5-5\" must be finite and not negative",
+        );
+        check(
+            |v| v["model_prices"] = serde_json::json!({"": price(4.0)}),
+            "model_prices: model names",
+        );
+        check(
+            |v| v["model_prices"] = serde_json::json!({"m": {"input_usd_per_mtok": 1.0}}),
+            "missing field",
         );
     }
 }

@@ -15,8 +15,14 @@
 //!   `CheckpointCreated` or `CheckpointFailed`.
 //! - Every stream event is journaled in stream order. `ClaudeInit` is journaled when it
 //!   differs from the previous one of the same process (Claude Code repeats it per turn).
-//!   Every `TurnResult` carries `session_cost_usd` = what earlier processes of the
-//!   session recorded (see [`crate::cost`]) + the sum of this process's turn costs.
+//!   Every `TurnResult` carries `session_cost_usd`: the session's model cost so far
+//!   ([`Supervisor::session_cost_usd`]), never lower than any earlier figure.
+//! - Spend is metered per model response ([`crate::spend`]): the transcript and the
+//!   subagent transcripts are polled (every [`SPEND_POLL_INTERVAL`], and before every
+//!   `TurnResult` and the final `SessionFinished`), and each response's increment is
+//!   journaled as `ModelSpend` at once — also in turns that never end, and in
+//!   interactive mode. Responses that earlier agents of the session journaled are not
+//!   charged again.
 //! - After each `TurnResult` the next queued input is sent, or the input is closed so
 //!   Claude Code exits. `SendInput` during a turn is queued (`queued: true`).
 //! - A `StatusChanged` is journaled only when the status changes; statuses come from
@@ -33,9 +39,9 @@
 //! into the TUI ([`crate::interactive_io`]) once its SessionStart hook has fired, events
 //! come from following the transcript ([`crate::transcript`]), a message typed in an
 //! attached terminal starts a turn (UserPromptSubmit), the TUI stays up between turns
-//! until it exits or is stopped, and the cost is known from the transcript's
-//! `cost-state` line that Claude Code writes as it exits (turn results carry 0 until
-//! then). A client leaving an `Attach` takes a `detach` checkpoint.
+//! until it exits or is stopped, and the cost is metered per response like headless
+//! (Claude Code's own `cost-state` total, written as it exits, reconciles it). A client
+//! leaving an `Attach` takes a `detach` checkpoint.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -45,8 +51,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use parhelia_proto::{
     AgentError, AgentInfo, CheckpointCreated, CheckpointFailed, CheckpointRestored, ClaudeExited,
-    ClaudeInit, Heartbeat, InputAccepted, SendInputResponse, SessionFinished, SessionOutcome,
-    SessionStarted, SessionStatus, StatusChanged, StopRequested, TurnResult, event,
+    ClaudeInit, Heartbeat, InputAccepted, ModelSpend, SendInputResponse, SessionFinished,
+    SessionOutcome, SessionStarted, SessionStatus, StatusChanged, StopRequested, TurnResult, event,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -103,6 +109,8 @@ pub enum SupervisorMessage {
     },
     /// The periodic checkpoint timer fired.
     CheckpointTick,
+    /// Time to read what the transcripts gained ([`SPEND_POLL_INTERVAL`]).
+    SpendTick,
     /// The checkpointer finished a job.
     CheckpointDone(CheckpointDone),
     /// The `Attach` and `CaptureScreen` RPCs: how to reach the session's terminal.
@@ -202,6 +210,8 @@ pub struct SupervisorContext {
     pub agent_exe: PathBuf,
     /// What earlier Claude Code processes of this session cost ([`crate::cost`]).
     pub prior_cost_usd: f64,
+    /// The responses earlier agents of this session charged (`ModelSpend`).
+    pub prior_charges: Vec<(String, crate::spend::Tokens, f64)>,
     pub started_at: Instant,
     pub started_at_ms: i64,
     pub heartbeats: broadcast::Sender<Heartbeat>,
@@ -268,7 +278,17 @@ pub struct Supervisor {
     baseline_reported_total_usd: f64,
     /// The latest assistant text, for an interactive turn's result.
     last_assistant_text: String,
+    /// Per-response metering ([`crate::spend`]).
+    meter: crate::spend::Meter,
+    /// Follows the transcripts once Claude Code is started.
+    spend_reader: Option<crate::spend::TranscriptReader>,
+    /// The highest session cost ever reported: the figure never goes down.
+    cost_high_water: std::cell::Cell<f64>,
 }
+
+/// How often the transcripts are read for spend: well under a heartbeat interval, so
+/// a budget stop overshoots by at most about one response.
+pub const SPEND_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The outcome of a session whose Claude Code process exited.
 #[derive(Clone, Debug, PartialEq)]
@@ -409,6 +429,11 @@ pub fn verdict(
 
 impl Supervisor {
     pub fn new(context: SupervisorContext) -> Supervisor {
+        let mut meter = crate::spend::Meter::new(context.spec.model_prices.clone());
+        for (id, tokens, cost) in &context.prior_charges {
+            meter.remember(id, *tokens, *cost);
+        }
+        let cost_high_water = std::cell::Cell::new(context.prior_cost_usd);
         Supervisor {
             context,
             phase: Phase::Running,
@@ -439,6 +464,9 @@ impl Supervisor {
             prompt_ready: watch::channel(false).0,
             baseline_reported_total_usd: 0.0,
             last_assistant_text: String::new(),
+            meter,
+            spend_reader: None,
+            cost_high_water,
         }
     }
 
@@ -825,6 +853,13 @@ impl Supervisor {
             .expect("settings always serialize");
         claude::write_atomically(&layout.hooks_settings, &settings)
             .map_err(io("write", &layout.hooks_settings))?;
+        // From the transcript's start: a restored transcript's responses that earlier
+        // agents charged are remembered by the meter; any others (made after the last
+        // journaled event) are charged now.
+        self.spend_reader = Some(crate::spend::TranscriptReader::new(
+            &crate::conversation::project_dir(&spec.claude_config_dir, &spec.workspace_dir),
+            &spec.claude_session_id,
+        ));
         if self.interactive() {
             return self.start_interactive_claude().await;
         }
@@ -1117,8 +1152,19 @@ impl Supervisor {
             SupervisorMessage::CheckpointDone(done) => {
                 self.on_checkpoint_done(done).await?;
             }
+            SupervisorMessage::SpendTick => {
+                self.meter_spend().await?;
+            }
             SupervisorMessage::Stream(StreamNews::Line(line)) => {
                 self.stream_lines += 1;
+                if line
+                    .kinds
+                    .iter()
+                    .any(|k| matches!(k, event::Kind::TurnResult(_)))
+                {
+                    // The turn's responses are charged before its result.
+                    self.meter_spend().await?;
+                }
                 for kind in line.kinds {
                     self.record_stream_event(kind, line.turn_cost_usd).await?;
                 }
@@ -1128,6 +1174,7 @@ impl Supervisor {
                     // earlier total.
                     self.process_spent_usd = (total - self.baseline_reported_total_usd).max(0.0);
                     self.last_reported_total_usd = Some(total);
+                    self.session_cost_usd();
                 }
             }
             SupervisorMessage::Stream(StreamNews::ClaudeExited { exit_code }) => {
@@ -1308,8 +1355,47 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The session's model cost so far: the largest of what earlier agents recorded plus
+    /// this process's turn costs, the metered total of every response charged (earlier
+    /// agents' included), and Claude Code's latest session-cumulative `total_cost_usd`
+    /// (which reconciles responses the price table cannot price). Never lower than any
+    /// figure it gave before.
     fn session_cost_usd(&self) -> f64 {
-        self.context.prior_cost_usd + self.process_spent_usd
+        let now = (self.context.prior_cost_usd + self.process_spent_usd)
+            .max(self.meter.metered_usd())
+            .max(self.last_reported_total_usd.unwrap_or(0.0))
+            .max(self.cost_high_water.get());
+        let now = crate::spend::clamp_cost(now);
+        self.cost_high_water.set(now);
+        now
+    }
+
+    /// Reads what the transcripts gained and journals a `ModelSpend` per response that
+    /// added tokens.
+    async fn meter_spend(&mut self) -> Result<(), JournalError> {
+        if self.phase == Phase::Finished {
+            return Ok(());
+        }
+        let Some(reader) = self.spend_reader.as_mut() else {
+            return Ok(());
+        };
+        for observation in reader.poll() {
+            let Some(charge) = self.meter.observe(&observation) else {
+                continue;
+            };
+            let session_cost_usd = self.session_cost_usd();
+            self.journal(event::Kind::ModelSpend(ModelSpend {
+                model: charge.model,
+                message_id: charge.message_id,
+                subagent: charge.subagent,
+                usage: Some(charge.tokens.to_usage()),
+                cost_usd: charge.cost_usd,
+                session_cost_usd,
+                priced: charge.priced,
+            }))
+            .await?;
+        }
+        Ok(())
     }
 
     async fn set_status(
@@ -1515,6 +1601,8 @@ impl Supervisor {
     }
 
     async fn complete_finish(&mut self, verdict: Verdict) -> Result<(), JournalError> {
+        // The last responses' spend, before the end is recorded.
+        self.meter_spend().await?;
         if self.status != SessionStatus::Finished {
             let detail = if verdict.error_message.is_empty() {
                 "claude code exited".to_string()

@@ -45,6 +45,11 @@ fn stream_json_inputs_keep_their_properties() {
 }
 
 #[test]
+fn spend_inputs_keep_their_properties() {
+    replay("spend", fuzzing::spend);
+}
+
+#[test]
 fn hook_payload_inputs_keep_their_properties() {
     replay("hook_payload", fuzzing::hook_payload);
 }

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::CodedError;
 use crate::error_codes;
@@ -398,12 +398,13 @@ pub struct RatesConfig {
     pub local_multiplier: f64,
     /// Modal volume storage, USD per GiB per 30-day month (local: 0).
     pub storage_gib_usd_per_month: f64,
-    /// Model prices by the model name Claude Code requests.
+    /// Model prices by model name as Claude Code requests it (`[rates.models."<name>"]`),
+    /// for metering each response (see `docs/dev/cost-metering.md`).
     pub models: BTreeMap<String, ModelPrice>,
 }
 
-/// A model's prices, USD per million tokens of each kind.
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+/// USD per million tokens of each kind, for one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelPrice {
     pub input_usd_per_mtok: f64,
     pub output_usd_per_mtok: f64,
@@ -420,6 +421,55 @@ fn gpu_default(name: &str) -> f64 {
         .get(name)
         .map(|f| f.usd)
         .unwrap_or(0.0)
+}
+
+/// The built-in model prices: the embedded rate table's (`coordinator/rates/`), which
+/// are what Claude Code 2.1.330 itself charges, measured (`docs/dev/claude-code-notes.md`).
+pub fn default_model_prices() -> BTreeMap<String, ModelPrice> {
+    crate::rates::embedded().model_prices()
+}
+
+/// `[rates.models]` of one file: each model's four prices, finite and not negative.
+fn model_prices_from_toml(value: &toml::Value) -> Result<BTreeMap<String, ModelPrice>, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        input_usd_per_mtok: f64,
+        output_usd_per_mtok: f64,
+        cache_write_usd_per_mtok: f64,
+        cache_read_usd_per_mtok: f64,
+    }
+    let entries: BTreeMap<String, Entry> = value
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    let mut prices = BTreeMap::new();
+    for (model, e) in entries {
+        let figures = [
+            e.input_usd_per_mtok,
+            e.output_usd_per_mtok,
+            e.cache_write_usd_per_mtok,
+            e.cache_read_usd_per_mtok,
+        ];
+        if model.is_empty() || model.len() > 128 {
+            return Err(format!("model name {model:?} must be 1 to 128 bytes"));
+        }
+        if !figures.iter().all(|p| p.is_finite() && *p >= 0.0) {
+            return Err(format!(
+                "the prices of {model:?} must be finite and not negative"
+            ));
+        }
+        prices.insert(
+            model,
+            ModelPrice {
+                input_usd_per_mtok: e.input_usd_per_mtok,
+                output_usd_per_mtok: e.output_usd_per_mtok,
+                cache_write_usd_per_mtok: e.cache_write_usd_per_mtok,
+                cache_read_usd_per_mtok: e.cache_read_usd_per_mtok,
+            },
+        );
+    }
+    Ok(prices)
 }
 
 /// GPU types: (Modal's name, the `[rates]` key).
@@ -652,6 +702,7 @@ pub fn resolve(
         .collect();
     let mut unknown_keys = Vec::new();
     let mut found = Vec::new();
+    let mut model_prices = default_model_prices();
 
     for file in files {
         found.push(ConfigFile {
@@ -684,6 +735,17 @@ pub fn resolve(
                 continue;
             };
             for (key, value) in body {
+                if section == "rates" && key == "models" {
+                    let prices = model_prices_from_toml(value).map_err(|got| {
+                        invalid(format!(
+                            "invalid value for `rates.models` in {}: {got}",
+                            file.path.display()
+                        ))
+                    })?;
+                    // A later file overrides (or adds) whole models.
+                    model_prices.extend(prices);
+                    continue;
+                }
                 let Some(spec) = find_key(section, key) else {
                     unknown_keys.push(UnknownKey {
                         file: file.path.to_path_buf(),
@@ -764,7 +826,8 @@ pub fn resolve(
             }
         })
         .collect();
-    let config = typed(&settings)?;
+    let mut config = typed(&settings)?;
+    config.rates.models = model_prices;
     Ok(LoadedConfig {
         config,
         settings,
@@ -844,7 +907,7 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
                 .collect(),
             local_multiplier: float("rates.local_multiplier"),
             storage_gib_usd_per_month: float("rates.storage_gib_usd_per_month"),
-            models: crate::rates::embedded().model_prices(),
+            models: default_model_prices(),
         },
         orchestrator: OrchestratorConfig {
             db_path: match &get("orchestrator.db_path").value {
@@ -1126,6 +1189,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# env PARHELIA_ISOLATION"), "{text}");
+    }
+
+    #[test]
+    fn model_prices_default_and_override_per_model() {
+        let loaded = resolve_with(None, None, &[], &[]).unwrap();
+        assert_eq!(loaded.config.rates.models, default_model_prices());
+        assert_eq!(
+            loaded.config.rates.models["claude-opus-5-5"].output_usd_per_mtok,
+            20.0
+        );
+        let file = "[rates.models.\"claude-opus-5-5\"]\ninput_usd_per_mtok = 5.0\noutput_usd_per_mtok = 25.0\ncache_write_usd_per_mtok = 6.25\ncache_read_usd_per_mtok = 0.5\n[rates.models.\"my-model\"]\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\ncache_write_usd_per_mtok = 0\ncache_read_usd_per_mtok = 0\n";
+        let loaded = resolve_with(None, Some(file), &[], &[]).unwrap();
+        let models = &loaded.config.rates.models;
+        assert_eq!(models["claude-opus-5-5"].input_usd_per_mtok, 5.0);
+        assert_eq!(models["my-model"].output_usd_per_mtok, 2.0);
+        assert_eq!(models["claude-haiku-4-5"].input_usd_per_mtok, 1.0);
+        assert!(loaded.unknown_keys.is_empty());
+        for bad in [
+            "[rates.models.m]\ninput_usd_per_mtok = -1.0\noutput_usd_per_mtok = 2\ncache_write_usd_per_mtok = 0\ncache_read_usd_per_mtok = 0\n",
+            "[rates.models.m]\ninput_usd_per_mtok = nan\noutput_usd_per_mtok = 2\ncache_write_usd_per_mtok = 0\ncache_read_usd_per_mtok = 0\n",
+            "[rates.models.m]\ninput_usd_per_mtok = 1.0\n",
+            "[rates.models.m]\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\ncache_write_usd_per_mtok = 0\ncache_read_usd_per_mtok = 0\nsurprise = 1\n",
+        ] {
+            let err = resolve_with(None, Some(bad), &[], &[]).unwrap_err();
+            assert_eq!(err.code.code, "E100", "{bad}");
+            assert!(err.to_string().contains("rates.models"), "{err}");
+        }
     }
 
     #[test]

@@ -476,7 +476,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
         .collect();
     let mut backend =
         LocalBackend::new(state.root().to_path_buf(), coordinator_id.clone(), launcher)
-            .with_agent_settings(AgentSettings::from(&config.agent))
+            .with_agent_settings(AgentSettings::for_config(&config))
             .with_private_dirs(private_dirs);
     if let Some(ms) = std::env::var("PARHELIA_AGENT_START_TIMEOUT_MS")
         .ok()
@@ -495,7 +495,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
             state.root().to_path_buf(),
             coordinator_id.clone(),
             config.modal.clone(),
-            AgentSettings::from(&config.agent),
+            AgentSettings::for_config(&config),
         );
         Box::new(move || {
             Arc::new(crate::backend::modal::ModalBackend::new(

@@ -1603,18 +1603,50 @@ fn apply_event_effects(
                 "UPDATE sessions SET cost_usd = max(cost_usd, ?2) WHERE id = ?1",
                 params![target.session_id, turn.session_cost_usd],
             )?;
-            ledger::charge_model_in(
-                tx,
-                target,
-                event.ts_ms,
-                turn.session_cost_usd,
-                turn.usage.as_ref(),
-            )?;
+            // Tokens come from `ModelSpend` (per response, subagents included);
+            // the result's `usage` covers the main thread's last process only, so
+            // taking it too would count twice.
+            ledger::charge_model_in(tx, target, event.ts_ms, turn.session_cost_usd, None, None)?;
             // A task's cost covers every attempt (session) it ran.
             tx.execute(
                 "UPDATE tasks SET cost_usd = (SELECT coalesce(sum(cost_usd), 0) FROM sessions WHERE task_id = ?1),
                                   result = ?2, updated_at_ms = ?3 WHERE id = ?1",
                 params![target.task_id, turn.result, now_ms()],
+            )?;
+            Ok(None)
+        }
+        Some(Kind::ModelSpend(spend)) => {
+            // One model response's spend, as it happened: the ledger takes the
+            // growth of the session total and the response's token increment.
+            // Costs are clamped like everywhere (0..=1e9; the figures come from
+            // what the session wrote).
+            let total = if spend.session_cost_usd.is_finite() {
+                spend.session_cost_usd.clamp(0.0, 1e9)
+            } else {
+                0.0
+            };
+            tx.execute(
+                "UPDATE sessions SET cost_usd = max(cost_usd, ?2) WHERE id = ?1",
+                params![target.session_id, total],
+            )?;
+            ledger::charge_model_in(
+                tx,
+                target,
+                event.ts_ms,
+                total,
+                spend.usage.as_ref(),
+                Some(serde_json::json!({
+                    "message_id": crate::render::one_line(&spend.message_id, 256),
+                    "model": crate::render::one_line(&spend.model, 128),
+                    "subagent": spend.subagent,
+                    "priced": spend.priced,
+                    "cost_usd": spend.cost_usd,
+                })),
+            )?;
+            tx.execute(
+                "UPDATE tasks SET cost_usd = (SELECT coalesce(sum(cost_usd), 0) FROM sessions WHERE task_id = ?1),
+                                  updated_at_ms = ?2 WHERE id = ?1",
+                params![target.task_id, now_ms()],
             )?;
             Ok(None)
         }
@@ -1643,7 +1675,14 @@ fn apply_event_effects(
             let outcome =
                 SessionOutcome::try_from(finished.outcome).unwrap_or(SessionOutcome::Unspecified);
             let mut status = task_state::status_for_outcome(outcome);
-            ledger::charge_model_in(tx, target, event.ts_ms, finished.session_cost_usd, None)?;
+            ledger::charge_model_in(
+                tx,
+                target,
+                event.ts_ms,
+                finished.session_cost_usd,
+                None,
+                None,
+            )?;
             // The budget watchdog stopped this session: its CANCELLED end
             // (from the watchdog's Stop) is a budget failure (E300), as the
             // watchdog recorded before it stopped the session.
@@ -2024,7 +2063,67 @@ mod tests {
         let entries = db.ledger_entries(i64::MIN).unwrap();
         assert_eq!(entries.len(), 2, "{entries:?}");
         assert_eq!(db.task_spent_usd(&target.task_id).unwrap(), 0.75);
-        assert_eq!(entries.iter().map(|e| e.input_tokens).sum::<u64>(), 20);
+        // Tokens come from `ModelSpend` only: a result's usage is not counted again.
+        assert_eq!(entries.iter().map(|e| e.input_tokens).sum::<u64>(), 0);
+    }
+
+    /// Issue 13: each `ModelSpend` charges the growth of the session total and its
+    /// token increment at once (before any result); a result after it adds no money and
+    /// no tokens; a replayed event charges nothing; hostile figures are bounded.
+    #[test]
+    fn model_spend_charges_as_it_happens_and_carries_the_tokens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 3);
+        db.transition_task(&target.task_id, TaskStatus::Running, &TaskUpdate::default())
+            .unwrap();
+        let spend = |seq: u64, id: &str, input: u64, cost: f64, total: f64| Event {
+            seq,
+            ts_ms: seq as i64,
+            kind: Some(Kind::ModelSpend(parhelia_proto::ModelSpend {
+                model: "claude-opus-5-5".into(),
+                message_id: id.into(),
+                usage: Some(parhelia_proto::Usage {
+                    input_tokens: input,
+                    output_tokens: 1,
+                    ..Default::default()
+                }),
+                cost_usd: cost,
+                session_cost_usd: total,
+                priced: true,
+                ..Default::default()
+            })),
+        };
+        db.record_event(&target, &spend(1, "m1", 1000, 0.25, 0.25))
+            .unwrap();
+        assert_eq!(db.session_model_usd(&target.session_id).unwrap(), 0.25);
+        let task = db.get_task(&target.task_id).unwrap().unwrap();
+        assert_eq!(task.cost_usd, 0.25, "the task's cost moves at once");
+        db.record_event(&target, &spend(2, "m2", 500, 0.5, 0.75))
+            .unwrap();
+        db.record_event(&target, &spend(2, "m2", 500, 0.5, 0.75))
+            .unwrap(); // replayed
+        let turn = Event {
+            seq: 3,
+            ts_ms: 3,
+            kind: Some(Kind::TurnResult(TurnResult {
+                session_cost_usd: 0.75,
+                usage: Some(parhelia_proto::Usage {
+                    input_tokens: 1500,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        };
+        db.record_event(&target, &turn).unwrap();
+        // A hostile event: huge tokens, a NaN-free but enormous total.
+        db.record_event(&target, &spend(4, "m3", u64::MAX, 1e300, 1e300))
+            .unwrap();
+        let entries = db.ledger_entries(i64::MIN).unwrap();
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        assert_eq!(entries[0].input_tokens + entries[1].input_tokens, 1500);
+        assert_eq!(entries[2].input_tokens, ledger::MAX_TOKENS_PER_ENTRY);
+        assert_eq!(db.session_model_usd(&target.session_id).unwrap(), 1e9);
     }
 
     #[test]

@@ -365,7 +365,12 @@ async fn stream_once(
                 if let Some(status) = recorded.task_finished {
                     tracing::info!(task_id = %target.task_id, %status, "task ended");
                 }
-                if recorded.inserted && matches!(event.kind, Some(Kind::TurnResult(_))) {
+                // Spend moves with every metered response (`ModelSpend`) and
+                // turn result: the watchdog looks at once, so a ceiling stops
+                // a session within about one response (interactive ones too).
+                if recorded.inserted
+                    && matches!(event.kind, Some(Kind::TurnResult(_) | Kind::ModelSpend(_)))
+                {
                     watch_budget(ctx, target);
                 }
                 if matches!(event.kind, Some(Kind::SessionFinished(_))) {

@@ -26,6 +26,18 @@ pub struct AgentSettings {
     pub stop_grace_ms: u64,
     pub linger_after_finish_ms: u64,
     pub checkpoint: CheckpointPolicy,
+    /// `[rates.models]`, for the agent's per-response metering.
+    pub model_prices: std::collections::BTreeMap<String, crate::config::ModelPrice>,
+}
+
+impl AgentSettings {
+    /// `[agent]` and the model prices of `[rates]`.
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        Self {
+            model_prices: config.rates.models.clone(),
+            ..Self::from(&config.agent)
+        }
+    }
 }
 
 /// The spec's `checkpoint` object (`docs/dev/contracts.md`).
@@ -98,6 +110,7 @@ impl Default for AgentSettings {
             stop_grace_ms: STOP_GRACE_MS,
             linger_after_finish_ms: LINGER_AFTER_FINISH_MS,
             checkpoint: CheckpointPolicy::default(),
+            model_prices: crate::config::default_model_prices(),
         }
     }
 }
@@ -109,6 +122,7 @@ impl From<&crate::config::AgentConfig> for AgentSettings {
             stop_grace_ms: agent.stop_grace_ms,
             linger_after_finish_ms: agent.linger_after_finish_ms,
             checkpoint: CheckpointPolicy::from(&agent.checkpoint),
+            model_prices: crate::config::default_model_prices(),
         }
     }
 }
@@ -310,6 +324,7 @@ pub fn agent_spec(
         sandbox: None,
         timeout_ms: None,
         session_user: None,
+        model_prices: timing.model_prices.clone(),
     }
 }
 

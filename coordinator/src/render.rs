@@ -189,6 +189,29 @@ pub fn render_event(event: &Event) -> Option<String> {
                 one_line(&c.error_message, SUMMARY_CHARS)
             ),
         ),
+        Kind::ModelSpend(s) => {
+            let usage = s.usage.unwrap_or_default();
+            let mut text = format!(
+                "{}{} · {} in / {} out",
+                non_empty_or(&one_line(&s.model, 60), "(unknown model)"),
+                if s.subagent { " (subagent)" } else { "" },
+                usage.input_tokens,
+                usage.output_tokens
+            );
+            if usage.cache_creation_input_tokens > 0 || usage.cache_read_input_tokens > 0 {
+                text.push_str(&format!(
+                    " · cache {} written / {} read",
+                    usage.cache_creation_input_tokens, usage.cache_read_input_tokens
+                ));
+            }
+            if s.priced {
+                text.push_str(&format!(" · +{}", cost(s.cost_usd)));
+            } else {
+                text.push_str(" · unpriced");
+            }
+            text.push_str(&format!(" · total {}", cost(s.session_cost_usd)));
+            ("spend", text)
+        }
         Kind::CheckpointRestored(r) => (
             "restored",
             format!(
@@ -475,6 +498,43 @@ mod tests {
                 ..Default::default()
             }),
             Some("finished failed: [E505] the model API failed · $0.0000"),
+        );
+    }
+
+    #[test]
+    fn model_spend_lines() {
+        use parhelia_proto::{ModelSpend, Usage};
+        check(
+            Kind::ModelSpend(ModelSpend {
+                model: "claude-opus-5-5".into(),
+                message_id: "msg_1".into(),
+                usage: Some(Usage {
+                    input_tokens: 470,
+                    output_tokens: 55,
+                    ..Default::default()
+                }),
+                cost_usd: 0.00298,
+                session_cost_usd: 0.00298,
+                priced: true,
+                ..Default::default()
+            }),
+            Some("spend    claude-opus-5-5 · 470 in / 55 out · +$0.0030 · total $0.0030"),
+        );
+        check(
+            Kind::ModelSpend(ModelSpend {
+                model: "new\u{1b}[2Jmodel".into(),
+                subagent: true,
+                usage: Some(Usage {
+                    input_tokens: 1,
+                    cache_read_input_tokens: 9,
+                    ..Default::default()
+                }),
+                session_cost_usd: 0.5,
+                ..Default::default()
+            }),
+            Some(
+                "spend    new\\x1b[2Jmodel (subagent) · 1 in / 0 out · cache 0 written / 9 read · unpriced · total $0.5000",
+            ),
         );
     }
 

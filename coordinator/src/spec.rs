@@ -71,6 +71,10 @@ pub struct AgentSpec {
     /// (`modal.run_as_user`; see `agent/src/session_user.rs`). Absent: one user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_user: Option<String>,
+    /// Model prices (`[rates.models]`): the agent meters each model response's spend
+    /// with them (`docs/dev/cost-metering.md`). Empty: every response is unpriced.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub model_prices: std::collections::BTreeMap<String, crate::config::ModelPrice>,
 }
 
 /// `spec.json`'s `sandbox`: what the sandbox must not see (`hide`, covered by an
@@ -156,6 +160,7 @@ mod tests {
             sandbox: None,
             timeout_ms: None,
             session_user: None,
+            model_prices: Default::default(),
         };
         let json = serde_json::to_value(&spec).unwrap();
         assert!(json.get("max_budget_usd").is_none());

@@ -42,6 +42,7 @@ pub fn event_type_name(kind: &event::Kind) -> &'static str {
         Kind::CheckpointCreated(_) => "checkpoint_created",
         Kind::CheckpointFailed(_) => "checkpoint_failed",
         Kind::CheckpointRestored(_) => "checkpoint_restored",
+        Kind::ModelSpend(_) => "model_spend",
     }
 }
 

@@ -429,7 +429,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
                 &ids,
                 &layout,
                 &claude_bin,
-                &AgentSettings::from(&config.agent),
+                &AgentSettings::for_config(config),
             ),
         };
         if args.json {

@@ -151,32 +151,50 @@ pub struct Ceilings {
     pub daily_source: &'static str,
 }
 
+/// The most tokens of one kind one ledger entry records (the agent caps a
+/// response's counts at the same figure).
+pub const MAX_TOKENS_PER_ENTRY: u64 = 1_000_000_000_000;
+
 /// Records the model charge a session's reported cost implies: the growth
 /// of `session_cost_usd` over what the ledger already holds for the
 /// session (the figure is the session's total across every process, so
-/// recording increases sums correctly across resumes). Tokens are the turn's.
+/// recording increases sums correctly across resumes). Tokens are one
+/// response's increment (`ModelSpend`), each kind capped at
+/// [`MAX_TOKENS_PER_ENTRY`] (the figures come from the session's transcript).
+/// `extra` is merged into the entry's details.
 pub(crate) fn charge_model_in(
     tx: &rusqlite::Transaction<'_>,
     target: &ContainerRef,
     ts_ms: i64,
     session_cost_usd: f64,
     usage: Option<&Usage>,
+    extra: Option<serde_json::Value>,
 ) -> Result<()> {
+    let session_cost_usd = if session_cost_usd.is_finite() {
+        session_cost_usd.clamp(0.0, 1e9)
+    } else {
+        0.0
+    };
     let recorded: f64 = tx.query_row(
         "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE session_id = ?1 AND kind = 'model'",
         [&target.session_id],
         |r| r.get(0),
     )?;
     let delta = (session_cost_usd - recorded).max(0.0);
+    let cap = |n: u64| n.min(MAX_TOKENS_PER_ENTRY);
     let tokens = usage.map(|u| {
         (
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_creation_input_tokens,
-            u.cache_read_input_tokens,
+            cap(u.input_tokens),
+            cap(u.output_tokens),
+            cap(u.cache_creation_input_tokens),
+            cap(u.cache_read_input_tokens),
         )
     });
-    let has_tokens = tokens.is_some_and(|(a, b, c, d)| a + b + c + d > 0);
+    let has_tokens = tokens.is_some_and(|(a, b, c, d)| a.max(b).max(c).max(d) > 0);
+    let mut details = serde_json::json!({ "session_cost_usd": session_cost_usd });
+    if let (Some(serde_json::Value::Object(extra)), Some(map)) = (extra, details.as_object_mut()) {
+        map.extend(extra);
+    }
     if delta <= 1e-12 && !has_tokens {
         return Ok(());
     }
@@ -195,7 +213,7 @@ pub(crate) fn charge_model_in(
             output as i64,
             cache_write as i64,
             cache_read as i64,
-            serde_json::json!({ "session_cost_usd": session_cost_usd }).to_string(),
+            details.to_string(),
         ],
     )?;
     Ok(())
@@ -234,7 +252,7 @@ impl Db {
     ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        charge_model_in(&tx, target, ts_ms, session_cost_usd, usage)?;
+        charge_model_in(&tx, target, ts_ms, session_cost_usd, usage, None)?;
         tx.commit()?;
         Ok(())
     }
