@@ -634,6 +634,64 @@ pub fn group_sum<K: Ord + Clone>(rows: impl IntoIterator<Item = (K, f64)>) -> BT
 
 #[cfg(test)]
 mod tests {
+
+    fn local_host(cgroups: Result<(), String>, gpus: &[&str]) -> LocalCapabilities {
+        LocalCapabilities {
+            cgroup_limits: cgroups,
+            gpus: gpus.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    /// Limits are real or refused: a GPU the host lacks is E114 naming
+    /// `--backend modal`; CPU/memory are refused (E113) only without a writable
+    /// cgroup; other backends are not judged here.
+    #[test]
+    fn local_limits_are_refused_only_when_they_cannot_hold() {
+        let a10g = ["GPU 0: NVIDIA A10G (UUID: GPU-1234)"];
+        let gpu = TaskLimits {
+            gpu: Some("A10G".into()),
+            ..TaskLimits::default()
+        };
+        let err = refuse_unenforced_on(&gpu, "local", &local_host(Ok(()), &[])).unwrap_err();
+        assert_eq!(err.code.code, "E114");
+        assert!(err.message.contains("--backend modal"), "{}", err.message);
+        assert!(refuse_unenforced_on(&gpu, "local", &local_host(Ok(()), &a10g)).is_ok());
+        assert!(refuse_unenforced_on(&gpu, "modal", &local_host(Ok(()), &[])).is_ok());
+        let two = TaskLimits {
+            gpu: Some("A10G:2".into()),
+            ..TaskLimits::default()
+        };
+        assert!(refuse_unenforced_on(&two, "local", &local_host(Ok(()), &a10g)).is_err());
+
+        let cpu = TaskLimits {
+            cpu: Some(2.0),
+            memory_mb: Some(512),
+            ..TaskLimits::default()
+        };
+        assert!(refuse_unenforced_on(&cpu, "local", &local_host(Ok(()), &[])).is_ok());
+        let err = refuse_unenforced_on(&cpu, "local", &local_host(Err("read-only".into()), &[]))
+            .unwrap_err();
+        assert_eq!(err.code.code, "E113");
+        assert!(err.message.contains("--cpu 2") && err.message.contains("--memory 512MiB"));
+        assert!(err.message.contains("read-only"));
+    }
+
+    #[test]
+    fn gpu_types_match_whole_words_of_the_device_name() {
+        let listing: Vec<String> = [
+            "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-a)",
+            "GPU 1: NVIDIA A10 (UUID: GPU-b)",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(matching_gpus(&listing, "A100"), 1);
+        assert_eq!(matching_gpus(&listing, "a100-80gb"), 1);
+        assert_eq!(matching_gpus(&listing, "A10G"), 0);
+        assert_eq!(matching_gpus(&listing, "A10"), 1);
+        assert_eq!(matching_gpus(&listing, "H100"), 0);
+        assert_eq!(matching_gpus(&listing, ""), 0);
+    }
     use super::*;
 
     fn config() -> Config {

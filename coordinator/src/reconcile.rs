@@ -899,6 +899,77 @@ mod tests {
         }
     }
 
+    fn leftover(id: &str, pids: &[u32], session: &str) -> LeftoverUnit {
+        LeftoverUnit {
+            container_id: id.into(),
+            session_id: session.into(),
+            kind: "cgroup_v1".into(),
+            pids: pids.to_vec(),
+            recorded: false,
+        }
+    }
+
+    /// A dead agent's left-over processes are ended (once per container, with the
+    /// session the record names); a unit whose agent is listed, an empty unit, and
+    /// any unit when listing failed are left alone.
+    #[test]
+    fn left_over_processes_of_a_dead_agent_are_ended() {
+        let policy = policy();
+        let intended = just(vec![running("c1", 500)]);
+        let found = [
+            leftover("c1", &[30, 20, 30], ""),
+            leftover("c1", &[99], ""),
+            leftover("c2", &[40], "s-x"),
+            leftover("c3", &[], "s-y"),
+            leftover("c4", &[50], ""),
+        ];
+        let actions = leftover_actions(&found, &intended, &listed(vec![ours("c4")]), &policy);
+        assert_eq!(
+            actions,
+            vec![
+                Action::EndSessionProcesses {
+                    container_id: "c1".into(),
+                    session_id: intended.containers[0].session_id.clone(),
+                    kind: "cgroup_v1".into(),
+                    pids: vec![20, 30],
+                    known: true,
+                },
+                Action::EndSessionProcesses {
+                    container_id: "c2".into(),
+                    session_id: "s-x".into(),
+                    kind: "cgroup_v1".into(),
+                    pids: vec![40],
+                    known: false,
+                },
+            ]
+        );
+        assert!(leftover_actions(&found, &intended, &Observation::default(), &policy).is_empty());
+        // It changes no record: the container's own rules still apply.
+        assert_eq!(apply(&intended, &actions, NOW), intended);
+    }
+
+    proptest::proptest! {
+        /// Whatever the backend reports, no unit whose agent is listed is ever
+        /// ended, every action names a reported unit with processes, and no
+        /// container gets two actions.
+        #[test]
+        fn a_unit_with_a_live_agent_is_never_ended(
+            units in proptest::collection::vec(("c[0-4]", proptest::collection::vec(1u32..50, 0..4)), 0..8),
+            live in proptest::collection::btree_set("c[0-4]", 0..5),
+        ) {
+            let found: Vec<LeftoverUnit> = units.iter().map(|(id, pids)| leftover(id, pids, "")).collect();
+            let observed = listed(live.iter().map(|id| ours(id)).collect());
+            let actions = leftover_actions(&found, &just(vec![]), &observed, &policy());
+            let mut seen = BTreeSet::new();
+            for action in &actions {
+                let id = action.container_id().to_string();
+                proptest::prop_assert!(!live.contains(&id));
+                proptest::prop_assert!(seen.insert(id.clone()));
+                proptest::prop_assert!(found.iter().any(|u| u.container_id == id && !u.pids.is_empty()));
+            }
+        }
+    }
+
     #[test]
     fn a_listed_container_with_fresh_heartbeats_needs_nothing() {
         check(
