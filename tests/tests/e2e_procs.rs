@@ -230,6 +230,13 @@ fn a_killed_agents_processes_end_at_the_next_reconciler_pass() {
 #[test]
 fn cleanup_ends_session_processes_with_no_record() {
     let h = Harness::new(Script::new([Turn::text("unused")]));
+    // No interval pass between the steps below: `doctor` must see the process.
+    std::fs::create_dir_all(h.state()).unwrap();
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[reconciler]\npoll_interval_seconds = 86400\n",
+    )
+    .unwrap();
     h.ok(&["status"]);
     let coordinator = coordinator_id(&h);
     let needle = "sleep 86423";
@@ -244,7 +251,18 @@ fn cleanup_ends_session_processes_with_no_record() {
         .env("PARHELIA_UNIT", "someoneelse:c-orphan1")
         .spawn()
         .unwrap();
+    // `doctor` reports it (the process of a session with no live agent).
+    let orphan_pid = orphan.id();
+    let doctor = h.run(&["doctor"]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        report.contains("session processes")
+            && report.contains("c-orphan1")
+            && report.contains(&orphan_pid.to_string()),
+        "{report}"
+    );
     let out = h.ok(&["cleanup"]);
+    assert!(out.contains("c-orphan1"), "{out}");
     // The process is ended (reaped here, since this test is its parent).
     let status = orphan.wait().unwrap();
     assert!(!status.success(), "{out}");

@@ -741,6 +741,9 @@ impl Backend for LocalBackend {
                 Err(e) => format!("unknown ({e})"),
             };
             tracing::info!(%container_id, %status, "agent exited");
+            // An agent that ended its session left an empty unit: remove it. One
+            // that still holds processes (a killed agent's) stays for the reconciler.
+            unit::remove_unit_dirs(&session_unit);
             exited
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

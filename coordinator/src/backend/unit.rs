@@ -756,8 +756,15 @@ pub fn remove_unit_dirs(record: &UnitRecord) {
 
 fn remove_dirs(dirs: &[PathBuf]) {
     for dir in dirs {
+        if !dir.exists() {
+            continue;
+        }
         for nested in nested_dirs(dir) {
             let _ = std::fs::remove_dir(&nested);
+        }
+        // The coordinator's parent goes with its last unit (a busy one stays).
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
         }
     }
 }
