@@ -88,7 +88,9 @@ pub fn refuse_unenforced(
     limits: &TaskLimits,
     backend: &str,
 ) -> Result<(), crate::error::CodedError> {
-    if backend != "local" || (limits.gpu.is_none() && limits.cpu.is_none() && limits.memory_mb.is_none()) {
+    if backend != "local"
+        || (limits.gpu.is_none() && limits.cpu.is_none() && limits.memory_mb.is_none())
+    {
         return Ok(());
     }
     refuse_unenforced_on(limits, backend, &LocalCapabilities::probe(limits))

@@ -585,7 +585,9 @@ pub fn leftover_actions(
         if unit.pids.is_empty() || listed.contains_key(unit.container_id.as_str()) {
             continue;
         }
-        by_container.entry(unit.container_id.as_str()).or_insert(unit);
+        by_container
+            .entry(unit.container_id.as_str())
+            .or_insert(unit);
     }
     by_container
         .into_values()

@@ -154,7 +154,9 @@ pub async fn run_pass(service: &CoordinatorService, options: PassOptions) -> Res
     let leftovers = match inner.backend.leftover_units().await {
         Ok(found) => found,
         Err(err) => {
-            tracing::warn!("the reconciler could not look for left-over session processes: {err:#}");
+            tracing::warn!(
+                "the reconciler could not look for left-over session processes: {err:#}"
+            );
             Vec::new()
         }
     };
@@ -509,7 +511,11 @@ async fn end_session_processes(
         session_id: (!session_id.is_empty()).then(|| session_id.clone()),
         ..NewCoordinatorEvent::new(
             "session_processes_ended",
-            if survivors.is_empty() { "warning" } else { "error" },
+            if survivors.is_empty() {
+                "warning"
+            } else {
+                "error"
+            },
             message.clone(),
         )
         .container(container_id)

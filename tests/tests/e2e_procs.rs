@@ -43,7 +43,10 @@ fn processes_with(needle: &str) -> Vec<u32> {
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3).map(str::to_string)))
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s.get(i + 2..i + 3).map(str::to_string))
+        })
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
@@ -136,7 +139,10 @@ fn a_killed_agents_processes_end_at_the_next_reconciler_pass() {
         let members = cgroup_procs(&cgroups[0]);
         assert!(members.contains(&(agent_pid as u32)), "{members:?}");
         for pid in &sleeps {
-            assert!(members.contains(pid), "sleep {pid} outside the unit: {members:?}");
+            assert!(
+                members.contains(pid),
+                "sleep {pid} outside the unit: {members:?}"
+            );
         }
     } else {
         println!(
@@ -158,7 +164,9 @@ fn a_killed_agents_processes_end_at_the_next_reconciler_pass() {
             .success()
     );
     // The agent is gone; what it started is not (yet).
-    h.wait_for("the agent to die", || (!alive(agent_pid as u32)).then_some(()));
+    h.wait_for("the agent to die", || {
+        (!alive(agent_pid as u32)).then_some(())
+    });
 
     // The next pass (the daemon may already have run one when the stream broke).
     h.ok(&["reconciler", "run", "--once"]);
@@ -166,7 +174,10 @@ fn a_killed_agents_processes_end_at_the_next_reconciler_pass() {
     for pid in &sleeps {
         assert!(!alive(*pid), "the session's sleep {pid} outlived the pass");
     }
-    assert!(!tmux_alive(&tmux_socket), "the tmux server outlived the pass");
+    assert!(
+        !tmux_alive(&tmux_socket),
+        "the tmux server outlived the pass"
+    );
     for dir in &cgroups {
         assert!(
             cgroup_procs(dir).is_empty(),
@@ -188,7 +199,10 @@ fn a_killed_agents_processes_end_at_the_next_reconciler_pass() {
         .unwrap_or_else(|| panic!("no session_processes_ended event: {ended:#?}"));
     let details = &event["details"];
     assert_eq!(details["unit"], kind.as_str(), "{event:#}");
-    assert!(details["survivors"].as_array().unwrap().is_empty(), "{event:#}");
+    assert!(
+        details["survivors"].as_array().unwrap().is_empty(),
+        "{event:#}"
+    );
     let found: Vec<u64> = details["found"]
         .as_array()
         .unwrap()
@@ -237,7 +251,9 @@ fn cleanup_ends_session_processes_with_no_record() {
         "[reconciler]\npoll_interval_seconds = 86400\n",
     )
     .unwrap();
-    h.ok(&["status"]);
+    // The coordinator runs (and has made its startup pass) before the process
+    // appears, so the pass that ends it is `cleanup`'s.
+    h.ok(&["reconciler", "run", "--once"]);
     let coordinator = coordinator_id(&h);
     let needle = "sleep 86423";
     let mut orphan = Command::new("sh")
@@ -262,17 +278,27 @@ fn cleanup_ends_session_processes_with_no_record() {
         "{report}"
     );
     let out = h.ok(&["cleanup"]);
-    assert!(out.contains("c-orphan1"), "{out}");
+    assert!(
+        out.contains("c-orphan1"),
+        "{out}\n{}\n{}",
+        h.ok(&["reconciler", "status", "--json"]),
+        h.coordinator_log()
+    );
     // The process is ended (reaped here, since this test is its parent).
     let status = orphan.wait().unwrap();
     assert!(!status.success(), "{out}");
-    assert!(alive(foreign.id()), "another coordinator's process was ended");
+    assert!(
+        alive(foreign.id()),
+        "another coordinator's process was ended"
+    );
     let _ = foreign.kill();
     let _ = foreign.wait();
     let ended = coordinator_events(&h, "session_processes_ended");
     assert!(
-        ended.iter().any(|e| e["message"].as_str().unwrap().contains("c-orphan1")
-            && e["details"]["known"] == false),
+        ended
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("c-orphan1")
+                && e["details"]["known"] == false),
         "{ended:#?}"
     );
 }

@@ -308,7 +308,11 @@ fn unit_of(state_root: &Path, coordinator_id: &str, container_id: &str) -> unit:
 /// units, cgroups under our parent with no record, and marked processes with
 /// neither; a unit holding our live agent is not left over. Empty cgroups of
 /// recorded units whose agent is gone are removed on the way.
-fn scan_leftovers(state_root: &Path, coordinator_id: &str, label: &str) -> Vec<super::LeftoverUnit> {
+fn scan_leftovers(
+    state_root: &Path,
+    coordinator_id: &str,
+    label: &str,
+) -> Vec<super::LeftoverUnit> {
     use std::collections::BTreeSet;
     let mut markers = unit::scan_markers(coordinator_id);
     let mut candidates: std::collections::BTreeMap<String, (unit::UnitRecord, bool)> =
@@ -324,8 +328,13 @@ fn scan_leftovers(state_root: &Path, coordinator_id: &str, label: &str) -> Vec<s
             }
         }
     }
-    let on_host: Vec<String> = unit::unit_dirs_on_host(coordinator_id).into_keys().collect();
-    for container_id in on_host.into_iter().chain(markers.keys().cloned().collect::<Vec<_>>()) {
+    let on_host: Vec<String> = unit::unit_dirs_on_host(coordinator_id)
+        .into_keys()
+        .collect();
+    for container_id in on_host
+        .into_iter()
+        .chain(markers.keys().cloned().collect::<Vec<_>>())
+    {
         if !candidates.contains_key(&container_id) {
             let record = unit_of(state_root, coordinator_id, &container_id);
             candidates.insert(container_id, (record, false));
@@ -367,9 +376,8 @@ fn hold(
     container_id: &str,
 ) -> Result<super::UnitHold> {
     let record = unit_of(state_root, coordinator_id, container_id);
-    let agent_runs = |pids: &std::collections::BTreeSet<u32>| {
-        pids.iter().any(|p| process_matches(*p, label))
-    };
+    let agent_runs =
+        |pids: &std::collections::BTreeSet<u32>| pids.iter().any(|p| process_matches(*p, label));
     if agent_runs(&unit::members(&record)) {
         anyhow::bail!("the agent of {container_id} is running: its processes are not left over");
     }
@@ -384,7 +392,10 @@ fn hold(
         }
         anyhow::bail!("the agent of {container_id} is running: its processes are not left over");
     }
-    let spec_path = state_root.join("containers").join(container_id).join("spec.json");
+    let spec_path = state_root
+        .join("containers")
+        .join(container_id)
+        .join("spec.json");
     let spec: Option<serde_json::Value> = std::fs::read(&spec_path)
         .ok()
         .filter(|b| b.len() < (4 << 20))
@@ -587,8 +598,12 @@ impl Backend for LocalBackend {
                 ),
             )
         })?;
-        unit::write_record(&layout.container_dir, &session_unit)
-            .with_context(|| format!("writing {}", layout.container_dir.join(unit::RECORD_FILE).display()))?;
+        unit::write_record(&layout.container_dir, &session_unit).with_context(|| {
+            format!(
+                "writing {}",
+                layout.container_dir.join(unit::RECORD_FILE).display()
+            )
+        })?;
         tracing::info!(
             container_id = %ids.container_id,
             unit = session_unit.kind.as_str(),

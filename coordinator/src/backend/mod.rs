@@ -66,10 +66,10 @@ pub struct ContainerHandle {
     pub remote_id: Option<String>,
 }
 
-/// A container the backend observes running (ours only, found by our label).
-pub use crate::reconcile::ObservedContainer;
 /// A session unit whose agent is gone but which still holds processes.
 pub use crate::reconcile::LeftoverUnit;
+/// A container the backend observes running (ours only, found by our label).
+pub use crate::reconcile::ObservedContainer;
 
 /// What ending a unit's processes found: held (stopped) first, then ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -147,7 +147,9 @@ fn unescape_mount_field(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let value = (bytes[i + 1] - b'0') as u32 * 64
                 + (bytes[i + 2] - b'0') as u32 * 8
@@ -304,7 +306,9 @@ pub fn plan_host(mounts: &[CgroupMount], own: &[ProcCgroup]) -> CgroupHost {
 
 /// A unit's directory under an own cgroup `base`.
 pub fn unit_dir(base: &Path, coordinator_id: &str, container_id: &str) -> PathBuf {
-    base.join(PARENT_DIR).join(coordinator_id).join(container_id)
+    base.join(PARENT_DIR)
+        .join(coordinator_id)
+        .join(container_id)
 }
 
 /// `cpu.max` (v2) for `cores`: `"<quota> <period>"`; `None` for a value that is
@@ -393,7 +397,13 @@ pub fn limits_enforceable(cpu: bool, memory: bool) -> Result<(), String> {
         return Ok(());
     }
     let probe = format!("probe-{}", std::process::id());
-    let created = create_dirs(&host(), "probe", &probe, cpu.then_some(1.0), memory.then_some(64));
+    let created = create_dirs(
+        &host(),
+        "probe",
+        &probe,
+        cpu.then_some(1.0),
+        memory.then_some(64),
+    );
     match created {
         Ok((_, dirs)) => {
             remove_dirs(&dirs);
@@ -408,7 +418,8 @@ fn mkdir_all(dir: &Path) -> Result<(), String> {
 }
 
 fn write_file(path: &Path, value: &str) -> Result<(), String> {
-    std::fs::write(path, value).map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
+    std::fs::write(path, value)
+        .map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
 }
 
 /// Creates the unit's cgroup directories and writes its limits. `Ok((kind, dirs))`
@@ -422,7 +433,9 @@ fn create_dirs(
     memory_mb: Option<u64>,
 ) -> Result<(UnitKind, Vec<PathBuf>), String> {
     if !safe_name(coordinator_id) || !safe_name(container_id) {
-        return Err(format!("{coordinator_id:?}/{container_id:?} is not a safe cgroup name"));
+        return Err(format!(
+            "{coordinator_id:?}/{container_id:?} is not a safe cgroup name"
+        ));
     }
     let mut dirs = Vec::new();
     let result = (|| match host {
@@ -435,7 +448,10 @@ fn create_dirs(
             let dir = unit_dir(membership, coordinator_id, container_id);
             mkdir_all(&dir)?;
             dirs.push(dir);
-            for (base, asked) in [(cpu_base, cpu.is_some()), (memory_base, memory_mb.is_some())] {
+            for (base, asked) in [
+                (cpu_base, cpu.is_some()),
+                (memory_base, memory_mb.is_some()),
+            ] {
                 match base {
                     Some(base) if base != membership => {
                         let dir = unit_dir(base, coordinator_id, container_id);
@@ -584,7 +600,11 @@ pub fn read_record(dir: &Path, coordinator_id: &str, container_id: &str) -> Opti
 
 /// The `cgroup.procs` files a launcher writes itself into.
 pub fn procs_files(record: &UnitRecord) -> Vec<PathBuf> {
-    record.cgroups.iter().map(|d| d.join("cgroup.procs")).collect()
+    record
+        .cgroups
+        .iter()
+        .map(|d| d.join("cgroup.procs"))
+        .collect()
 }
 
 /// `dir` and the cgroups nested under it (bounded), deepest first.
@@ -637,7 +657,11 @@ pub fn scan_markers(coordinator_id: &str) -> BTreeMap<String, BTreeSet<u32>> {
     };
     let own = std::process::id();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == own {
@@ -740,7 +764,11 @@ pub fn kill(record: &UnitRecord, extra: &BTreeSet<u32>) -> BTreeSet<u32> {
         }
         signal_all(&now, nix::sys::signal::Signal::SIGKILL);
         // A stopped process dies of SIGKILL too; give the kernel a moment to reap.
-        std::thread::sleep(std::time::Duration::from_millis(if pass < 10 { 5 } else { 20 }));
+        std::thread::sleep(std::time::Duration::from_millis(if pass < 10 {
+            5
+        } else {
+            20
+        }));
         left = now;
     }
     remove_unit_dirs(record);
@@ -819,7 +847,10 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[test]
     fn a_hybrid_host_uses_v1_nested_under_its_own_cgroups() {
-        let host = plan_host(&parse_mounts(HYBRID_MOUNTS), &parse_proc_cgroup(HYBRID_SELF));
+        let host = plan_host(
+            &parse_mounts(HYBRID_MOUNTS),
+            &parse_proc_cgroup(HYBRID_SELF),
+        );
         assert_eq!(
             host,
             CgroupHost::V1 {
@@ -829,7 +860,11 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             }
         );
         assert_eq!(
-            unit_dir(Path::new("/sys/fs/cgroup/memory/process_api/c69d"), "co1", "c-1"),
+            unit_dir(
+                Path::new("/sys/fs/cgroup/memory/process_api/c69d"),
+                "co1",
+                "c-1"
+            ),
             PathBuf::from("/sys/fs/cgroup/memory/process_api/c69d/parhelia/co1/c-1")
         );
     }
@@ -883,7 +918,10 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             "/etc/parhelia/co1/c-1",
             "parhelia/co1/c-1",
         ] {
-            assert!(!recorded_path_is_ours(Path::new(bad), &mounts, "co1", "c-1"), "{bad}");
+            assert!(
+                !recorded_path_is_ours(Path::new(bad), &mounts, "co1", "c-1"),
+                "{bad}"
+            );
         }
         assert!(!recorded_path_is_ours(ok, &mounts, "co1", ".."));
     }
