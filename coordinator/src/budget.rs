@@ -175,7 +175,7 @@ pub fn matching_gpus(listing: &[String], gpu_type: &str) -> usize {
                 .map_or(line.as_str(), |(_, rest)| rest);
             let name = name.split(" (UUID").next().unwrap_or(name);
             let words: Vec<String> = name
-                .split(|c: char| c == ' ' || c == '-')
+                .split([' ', '-'])
                 .map(str::to_ascii_uppercase)
                 .collect();
             wanted.iter().all(|w| words.contains(w))

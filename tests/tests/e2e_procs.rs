@@ -104,7 +104,7 @@ fn cgroup_procs(dir: &Path) -> Vec<u32> {
 fn a_killed_agents_processes_end_at_the_next_reconciler_pass() {
     let marker = "sleep 86417";
     let mut h = Harness::new(Script::new([
-        Turn::tool_use([ToolCall::bash(&format!(
+        Turn::tool_use([ToolCall::bash(format!(
             "echo started > progress.txt; {marker}"
         ))]),
         Turn::text("never reached"),

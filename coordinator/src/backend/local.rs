@@ -335,9 +335,9 @@ fn scan_leftovers(
         .into_iter()
         .chain(markers.keys().cloned().collect::<Vec<_>>())
     {
-        if !candidates.contains_key(&container_id) {
-            let record = unit_of(state_root, coordinator_id, &container_id);
-            candidates.insert(container_id, (record, false));
+        if let std::collections::btree_map::Entry::Vacant(slot) = candidates.entry(container_id) {
+            let record = unit_of(state_root, coordinator_id, slot.key());
+            slot.insert((record, false));
         }
     }
     let mut found = Vec::new();
