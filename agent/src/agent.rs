@@ -327,11 +327,17 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
 
     let agent_exe =
         std::env::current_exe().map_err(io_error("locate", Path::new("parhelia-agent")))?;
-    let environment = claude::environment(
+    let mut environment = claude::environment(
         std::env::vars_os().collect::<Vec<(OsString, OsString)>>(),
         &spec.claude_config_dir,
         nix::unistd::Uid::effective().is_root() && session_user.is_none(),
     );
+    // The session unit's marker (set by the local backend): the tmux server, Claude
+    // Code and everything it runs carry it, so the coordinator can find and end
+    // them if this agent dies (`coordinator/src/backend/unit.rs`).
+    if let Some(marker) = std::env::var_os(UNIT_ENV) {
+        environment.push((UNIT_ENV.into(), marker));
+    }
     let mut tmux = match &spec.sandbox {
         None => TmuxServer::new(&layout.tmux_socket, environment),
         Some(sandbox) => sandboxed_tmux(&spec, &layout, sandbox, &agent_exe, environment),
@@ -384,6 +390,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     tracing::info!("parhelia-agent exiting");
     outcome.map_err(RunError::Journal)
 }
+
+/// The environment variable marking every process of a local session's unit.
+pub const UNIT_ENV: &str = "PARHELIA_UNIT";
 
 /// SIGTERM and SIGINT, caught from the moment [`TerminationSignals::install`] returns.
 struct TerminationSignals {

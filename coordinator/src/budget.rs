@@ -52,35 +52,161 @@ pub struct TaskLimits {
     pub timeout_seconds: Option<u64>,
 }
 
-/// Limits the local backend cannot enforce are refused (E113), never accepted and
-/// ignored: a local session gets no GPU, and its CPU and memory are not capped.
-/// `--timeout` and `--max-cost` are enforced everywhere.
+/// What this host can enforce for a local session (found by
+/// [`LocalCapabilities::probe`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalCapabilities {
+    /// `Err(why)`: `--cpu`/`--memory` cannot be written into a cgroup here.
+    pub cgroup_limits: Result<(), String>,
+    /// `nvidia-smi -L` lines (empty: no NVIDIA GPU, or no nvidia-smi).
+    pub gpus: Vec<String>,
+}
+
+impl LocalCapabilities {
+    /// Probes only what `limits` ask for.
+    pub fn probe(limits: &TaskLimits) -> Self {
+        LocalCapabilities {
+            cgroup_limits: crate::backend::unit::limits_enforceable(
+                limits.cpu.is_some(),
+                limits.memory_mb.is_some(),
+            ),
+            gpus: if limits.gpu.is_some() {
+                host_gpus()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// Limits are real or refused, never accepted and ignored. On the local backend
+/// `--cpu`/`--memory` are written into the session's cgroup, so they are refused
+/// (E113) only where no cgroup can be written; `--gpu` is refused (E114) unless this
+/// host has that GPU. `--timeout` and `--max-cost` are enforced everywhere. Probes
+/// the host only when a local limit is asked for.
 pub fn refuse_unenforced(
     limits: &TaskLimits,
     backend: &str,
 ) -> Result<(), crate::error::CodedError> {
+    if backend != "local"
+        || (limits.gpu.is_none() && limits.cpu.is_none() && limits.memory_mb.is_none())
+    {
+        return Ok(());
+    }
+    refuse_unenforced_on(limits, backend, &LocalCapabilities::probe(limits))
+}
+
+/// [`refuse_unenforced`] given what the host can do (pure).
+pub fn refuse_unenforced_on(
+    limits: &TaskLimits,
+    backend: &str,
+    host: &LocalCapabilities,
+) -> Result<(), crate::error::CodedError> {
     if backend != "local" {
         return Ok(());
     }
-    let mut asked = Vec::new();
     if let Some(gpu) = &limits.gpu {
-        asked.push(format!("--gpu {gpu}"));
+        refuse_missing_gpu(gpu, &host.gpus)?;
     }
-    if let Some(cpu) = limits.cpu {
+    if (limits.cpu.is_some() || limits.memory_mb.is_some())
+        && let Err(why) = &host.cgroup_limits
+    {
+        return Err(crate::error::CodedError::new(
+            crate::error_codes::LIMIT_NOT_ENFORCEABLE,
+            format!(
+                "the local backend cannot enforce {} on this host: {why}. Nothing was started. Run it with `--backend modal`, or drop the flag",
+                describe_cpu_memory(limits.cpu, limits.memory_mb)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `--cpu 2, --memory 512MiB` (what was asked, for messages).
+pub fn describe_cpu_memory(cpu: Option<f64>, memory_mb: Option<u64>) -> String {
+    let mut asked = Vec::new();
+    if let Some(cpu) = cpu {
         asked.push(format!("--cpu {cpu}"));
     }
-    if let Some(mb) = limits.memory_mb {
+    if let Some(mb) = memory_mb {
         asked.push(format!("--memory {mb}MiB"));
     }
-    if asked.is_empty() {
+    asked.join(", ")
+}
+
+/// `nvidia-smi -L`'s lines, or none when it is missing or fails.
+pub fn host_gpus() -> Vec<String> {
+    std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .take(256)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How many of `nvidia-smi -L`'s devices are of type `gpu_type` (pure): every
+/// `-`-separated part of the type (`A100-80GB`: `A100`, `80GB`) is a word of the
+/// device's name (`GPU 0: NVIDIA A100-SXM4-80GB (UUID: …)`), case-insensitively.
+pub fn matching_gpus(listing: &[String], gpu_type: &str) -> usize {
+    let wanted: Vec<String> = gpu_type
+        .trim()
+        .trim_end_matches('!')
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .map(str::to_ascii_uppercase)
+        .collect();
+    if wanted.is_empty() {
+        return 0;
+    }
+    listing
+        .iter()
+        .filter(|line| {
+            let name = line
+                .split_once(": ")
+                .map_or(line.as_str(), |(_, rest)| rest);
+            let name = name.split(" (UUID").next().unwrap_or(name);
+            let words: Vec<String> = name
+                .split([' ', '-'])
+                .map(str::to_ascii_uppercase)
+                .collect();
+            wanted.iter().all(|w| words.contains(w))
+        })
+        .count()
+}
+
+/// Refuses (E114) a `--gpu` (`A10G`, `H100:2`) this host does not have.
+pub fn refuse_missing_gpu(gpu: &str, listing: &[String]) -> Result<(), crate::error::CodedError> {
+    let (name, count) = match gpu.split_once(':') {
+        Some((name, count)) => (name, count.trim().parse::<usize>().unwrap_or(1).max(1)),
+        None => (gpu, 1),
+    };
+    let have = matching_gpus(listing, name);
+    if have >= count {
         return Ok(());
     }
     Err(crate::error::CodedError::new(
-        crate::error_codes::LIMIT_NOT_ENFORCEABLE,
+        crate::error_codes::GPU_NOT_ON_HOST,
         format!(
-            "the local backend cannot enforce {}: it has no GPU to give and does not cap CPU or memory. Run it with `--backend modal`, or drop {}",
-            asked.join(", "),
-            if asked.len() == 1 { "it" } else { "them" }
+            "--gpu {gpu}: this host has {} (nvidia-smi -L{}), so a local session would run without it. Nothing was started. Run it with `--backend modal`, which gives the GPU, or drop --gpu",
+            if have == 0 {
+                format!("no {name} GPU")
+            } else {
+                format!("only {have} {name} GPU(s)")
+            },
+            if listing.is_empty() {
+                " lists none"
+            } else {
+                ""
+            }
         ),
     ))
 }
@@ -560,6 +686,64 @@ pub fn group_sum<K: Ord + Clone>(rows: impl IntoIterator<Item = (K, f64)>) -> BT
 
 #[cfg(test)]
 mod tests {
+
+    fn local_host(cgroups: Result<(), String>, gpus: &[&str]) -> LocalCapabilities {
+        LocalCapabilities {
+            cgroup_limits: cgroups,
+            gpus: gpus.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    /// Limits are real or refused: a GPU the host lacks is E114 naming
+    /// `--backend modal`; CPU/memory are refused (E113) only without a writable
+    /// cgroup; other backends are not judged here.
+    #[test]
+    fn local_limits_are_refused_only_when_they_cannot_hold() {
+        let a10g = ["GPU 0: NVIDIA A10G (UUID: GPU-1234)"];
+        let gpu = TaskLimits {
+            gpu: Some("A10G".into()),
+            ..TaskLimits::default()
+        };
+        let err = refuse_unenforced_on(&gpu, "local", &local_host(Ok(()), &[])).unwrap_err();
+        assert_eq!(err.code.code, "E114");
+        assert!(err.message.contains("--backend modal"), "{}", err.message);
+        assert!(refuse_unenforced_on(&gpu, "local", &local_host(Ok(()), &a10g)).is_ok());
+        assert!(refuse_unenforced_on(&gpu, "modal", &local_host(Ok(()), &[])).is_ok());
+        let two = TaskLimits {
+            gpu: Some("A10G:2".into()),
+            ..TaskLimits::default()
+        };
+        assert!(refuse_unenforced_on(&two, "local", &local_host(Ok(()), &a10g)).is_err());
+
+        let cpu = TaskLimits {
+            cpu: Some(2.0),
+            memory_mb: Some(512),
+            ..TaskLimits::default()
+        };
+        assert!(refuse_unenforced_on(&cpu, "local", &local_host(Ok(()), &[])).is_ok());
+        let err = refuse_unenforced_on(&cpu, "local", &local_host(Err("read-only".into()), &[]))
+            .unwrap_err();
+        assert_eq!(err.code.code, "E113");
+        assert!(err.message.contains("--cpu 2") && err.message.contains("--memory 512MiB"));
+        assert!(err.message.contains("read-only"));
+    }
+
+    #[test]
+    fn gpu_types_match_whole_words_of_the_device_name() {
+        let listing: Vec<String> = [
+            "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-a)",
+            "GPU 1: NVIDIA A10 (UUID: GPU-b)",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(matching_gpus(&listing, "A100"), 1);
+        assert_eq!(matching_gpus(&listing, "a100-80gb"), 1);
+        assert_eq!(matching_gpus(&listing, "A10G"), 0);
+        assert_eq!(matching_gpus(&listing, "A10"), 1);
+        assert_eq!(matching_gpus(&listing, "H100"), 0);
+        assert_eq!(matching_gpus(&listing, ""), 0);
+    }
     use super::*;
 
     fn config() -> Config {

@@ -365,6 +365,7 @@ pub async fn run_checks(inputs: &DoctorInputs<'_>) -> Vec<Check> {
 
     if let Some(db) = &db {
         checks.push(containers_check(db, inputs.state).await);
+        checks.push(session_processes_check(db, inputs.state).await);
         let limits = inputs
             .config
             .as_ref()
@@ -447,6 +448,52 @@ async fn containers_check(db: &Db, state: &StateDir) -> Check {
             "containers",
             format!("orphans (labelled ours, no record): {}", unknown.join(", ")),
             "parhelia cleanup --terminate",
+        ),
+    }
+}
+
+/// Processes of local sessions whose agent is gone (a killed agent's tmux
+/// server, Claude Code, its tools): still writing workspaces and spending.
+async fn session_processes_check(db: &Db, state: &StateDir) -> Check {
+    let coordinator_id = match db.coordinator_id() {
+        Ok(id) => id,
+        Err(err) => return Check::fail("session processes", format!("{err:#}"), "see `database`"),
+    };
+    let launcher = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("parhelia"));
+    let backend = LocalBackend::new(state.root().to_path_buf(), coordinator_id, launcher);
+    match backend.leftover_units().await {
+        Ok(found) if found.is_empty() => Check::ok(
+            "session processes",
+            "none outlived its agent",
+        ),
+        Ok(found) => Check::warn(
+            "session processes",
+            format!(
+                "still running after their agent died: {}",
+                found
+                    .iter()
+                    .map(|u| format!(
+                        "{} ({} process(es): {}{})",
+                        u.container_id,
+                        u.pids.len(),
+                        u.pids
+                            .iter()
+                            .take(8)
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        if u.recorded { "" } else { "; no record" }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "run the reconciler (it checkpoints the workspace, then ends them): parhelia reconciler run --once, or parhelia cleanup",
+        )
+        .with_repair(Repair::RunReconciler),
+        Err(err) => Check::warn(
+            "session processes",
+            format!("cannot look for them: {err:#}"),
+            "run `parhelia doctor` again",
         ),
     }
 }

@@ -173,8 +173,13 @@ error_codes! {
     }
     LIMIT_NOT_ENFORCEABLE = "E113" "LIMIT_NOT_ENFORCEABLE" {
         what: "The backend cannot enforce a limit the task asks for.",
-        why: "A limit is enforced or refused, never accepted and ignored: the local backend has no GPU to give and does not cap CPU or memory, so `--gpu`, `--cpu` and `--memory` are refused there.",
-        recover: "Run the task with `--backend modal` (which gives the GPU, cores and memory asked for), or leave those flags out for a local run.",
+        why: "A limit is enforced or refused, never accepted and ignored: the local backend caps CPU and memory by writing them into the session's cgroup (`cpu.max`/`memory.max` on cgroup v2, `cpu.cfs_quota_us`/`memory.limit_in_bytes` on v1); this host has no cgroup file system the coordinator can write (or the controller is not delegated to it), so `--cpu`/`--memory` would not hold.",
+        recover: "Run the task with `--backend modal` (which gives the cores and memory asked for), run the coordinator where it may create cgroups (as root, or in a delegated cgroup v2 subtree), or leave those flags out.",
+    }
+    GPU_NOT_ON_HOST = "E114" "GPU_NOT_ON_HOST" {
+        what: "The task asks for a GPU this machine does not have.",
+        why: "A local session runs on this machine, and `nvidia-smi -L` lists no GPU of the type (or not as many) `--gpu` asks for; the task would run without it, so nothing was started.",
+        recover: "Run the task with `--backend modal` (e.g. `parhelia task create \"…\" --gpu A10G --backend modal`), or leave `--gpu` out for a local run.",
     }
 
     // E2xx: not found.
@@ -351,6 +356,11 @@ error_codes! {
         what: "The disk ran out of space.",
         why: "The filesystem holding the session's workspace, its journal or checkpoint store, or the coordinator's database has no space left. The session was stopped as interrupted; everything written before (earlier events and checkpoints) is intact.",
         recover: "Free space (`df -h` on the state directory; `parhelia checkpoint list` shows store sizes, retention settings prune), then `parhelia resume SESSION_ID`.",
+    }
+    SESSION_PROCESSES_SURVIVED = "E517" "SESSION_PROCESSES_SURVIVED" {
+        what: "Processes of a session whose agent is gone could not all be ended.",
+        why: "The reconciler found processes of a local session still running after its agent died (a killed agent's tmux server, Claude Code or its tools), checkpointed the workspace and signalled every one of them (SIGKILL), but some are still alive: they are stuck in the kernel (uninterruptible I/O), or belong to another user.",
+        recover: "`parhelia events list --type session_processes_ended` names the pids; look at them (`ps -o pid,stat,cmd -p PID`) and end them yourself, then `parhelia cleanup`.",
     }
 
     CHECKPOINT_IO_FAILED = "E520" "CHECKPOINT_IO_FAILED" {

@@ -78,6 +78,21 @@ pub struct Observation {
     pub containers: Option<Vec<ObservedContainer>>,
 }
 
+/// A local session unit (cgroup or marked process tree) whose agent is gone but
+/// whose processes still run: what a killed agent leaves behind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftoverUnit {
+    pub container_id: String,
+    /// Empty when there is no record naming it.
+    pub session_id: String,
+    /// `cgroup_v1`, `cgroup_v2`, `process_tree`.
+    pub kind: String,
+    /// The processes found running in it (host pids).
+    pub pids: Vec<u32>,
+    /// The backend has a unit record for it (`containers/<cid>/unit.json`).
+    pub recorded: bool,
+}
+
 /// One container as the coordinator records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IntendedContainer {
@@ -196,6 +211,17 @@ pub enum Action {
     },
     /// An orphan without a record is no longer listed.
     ForgetOrphan { container_id: String },
+    /// A session's processes outlived its agent: hold them, checkpoint the
+    /// workspace into the session's store, end them.
+    EndSessionProcesses {
+        container_id: String,
+        /// Empty when nothing names the session (then no checkpoint).
+        session_id: String,
+        kind: String,
+        pids: Vec<u32>,
+        /// Whether the coordinator has a record of the container.
+        known: bool,
+    },
 }
 
 impl Action {
@@ -208,7 +234,8 @@ impl Action {
             | Action::TerminateStuck { container_id }
             | Action::ReportOrphan { container_id, .. }
             | Action::TerminateOrphan { container_id, .. }
-            | Action::ForgetOrphan { container_id } => container_id,
+            | Action::ForgetOrphan { container_id }
+            | Action::EndSessionProcesses { container_id, .. } => container_id,
             Action::RequestResume {
                 lost_container_id, ..
             } => lost_container_id,
@@ -227,6 +254,7 @@ impl Action {
             Action::ReportOrphan { .. } => "report_orphan",
             Action::TerminateOrphan { .. } => "terminate_orphan",
             Action::ForgetOrphan { .. } => "forget_orphan",
+            Action::EndSessionProcesses { .. } => "end_session_processes",
         }
     }
 
@@ -293,6 +321,17 @@ impl Action {
             Action::ForgetOrphan { container_id } => {
                 format!("{container_id}: the orphan is gone")
             }
+            Action::EndSessionProcesses {
+                container_id,
+                kind,
+                pids,
+                known,
+                ..
+            } => format!(
+                "{container_id}: its agent is gone but {} session process(es) still run ({kind}{}); checkpointing the workspace and ending them",
+                pids.len(),
+                if *known { "" } else { ", no record" }
+            ),
         }
     }
 }
@@ -527,6 +566,55 @@ fn lost(c: &IntendedContainer, now_ms: i64, policy: &Policy) -> Vec<Action> {
     actions
 }
 
+/// What to do about left-over session units (pure). Every unit the backend
+/// reports whose container is not listed as running is ended (after a
+/// checkpoint when it names its session); one whose agent is listed is never
+/// touched, and nothing is decided when listing failed. One action per
+/// container, in container order.
+pub fn leftover_actions(
+    leftovers: &[LeftoverUnit],
+    intended: &Intended,
+    observed: &Observation,
+    policy: &Policy,
+) -> Vec<Action> {
+    let Some(listed) = listed_ours(observed, policy) else {
+        return Vec::new();
+    };
+    let mut by_container: BTreeMap<&str, &LeftoverUnit> = BTreeMap::new();
+    for unit in leftovers {
+        if unit.pids.is_empty() || listed.contains_key(unit.container_id.as_str()) {
+            continue;
+        }
+        by_container
+            .entry(unit.container_id.as_str())
+            .or_insert(unit);
+    }
+    by_container
+        .into_values()
+        .map(|unit| {
+            let record = intended
+                .containers
+                .iter()
+                .find(|c| c.container_id == unit.container_id);
+            let session_id = match (&unit.session_id, record) {
+                (s, _) if !s.is_empty() => s.clone(),
+                (_, Some(c)) => c.session_id.clone(),
+                _ => String::new(),
+            };
+            let mut pids = unit.pids.clone();
+            pids.sort_unstable();
+            pids.dedup();
+            Action::EndSessionProcesses {
+                container_id: unit.container_id.clone(),
+                session_id,
+                kind: unit.kind.clone(),
+                pids,
+                known: record.is_some() || unit.recorded,
+            }
+        })
+        .collect()
+}
+
 /// What executing `actions` does to the intended state: the executor's
 /// contract ([`crate::reconciler`] writes exactly these changes), and the
 /// model the idempotence property is checked against.
@@ -633,6 +721,8 @@ pub fn apply(intended: &Intended, actions: &[Action], now_ms: i64) -> Intended {
                     o.terminate_requested_at_ms = Some(now_ms);
                 }
             }
+            // Ends processes only; the container's record moves by its own rules.
+            Action::EndSessionProcesses { .. } => {}
             Action::ForgetOrphan { container_id } => {
                 if let Some(o) = next
                     .orphans
@@ -808,6 +898,77 @@ mod tests {
         Intended {
             containers,
             orphans: Vec::new(),
+        }
+    }
+
+    fn leftover(id: &str, pids: &[u32], session: &str) -> LeftoverUnit {
+        LeftoverUnit {
+            container_id: id.into(),
+            session_id: session.into(),
+            kind: "cgroup_v1".into(),
+            pids: pids.to_vec(),
+            recorded: false,
+        }
+    }
+
+    /// A dead agent's left-over processes are ended (once per container, with the
+    /// session the record names); a unit whose agent is listed, an empty unit, and
+    /// any unit when listing failed are left alone.
+    #[test]
+    fn left_over_processes_of_a_dead_agent_are_ended() {
+        let policy = policy();
+        let intended = just(vec![running("c1", 500)]);
+        let found = [
+            leftover("c1", &[30, 20, 30], ""),
+            leftover("c1", &[99], ""),
+            leftover("c2", &[40], "s-x"),
+            leftover("c3", &[], "s-y"),
+            leftover("c4", &[50], ""),
+        ];
+        let actions = leftover_actions(&found, &intended, &listed(vec![ours("c4")]), &policy);
+        assert_eq!(
+            actions,
+            vec![
+                Action::EndSessionProcesses {
+                    container_id: "c1".into(),
+                    session_id: intended.containers[0].session_id.clone(),
+                    kind: "cgroup_v1".into(),
+                    pids: vec![20, 30],
+                    known: true,
+                },
+                Action::EndSessionProcesses {
+                    container_id: "c2".into(),
+                    session_id: "s-x".into(),
+                    kind: "cgroup_v1".into(),
+                    pids: vec![40],
+                    known: false,
+                },
+            ]
+        );
+        assert!(leftover_actions(&found, &intended, &Observation::default(), &policy).is_empty());
+        // It changes no record: the container's own rules still apply.
+        assert_eq!(apply(&intended, &actions, NOW), intended);
+    }
+
+    proptest::proptest! {
+        /// Whatever the backend reports, no unit whose agent is listed is ever
+        /// ended, every action names a reported unit with processes, and no
+        /// container gets two actions.
+        #[test]
+        fn a_unit_with_a_live_agent_is_never_ended(
+            units in proptest::collection::vec(("c[0-4]", proptest::collection::vec(1u32..50, 0..4)), 0..8),
+            live in proptest::collection::btree_set("c[0-4]", 0..5),
+        ) {
+            let found: Vec<LeftoverUnit> = units.iter().map(|(id, pids)| leftover(id, pids, "")).collect();
+            let observed = listed(live.iter().map(|id| ours(id)).collect());
+            let actions = leftover_actions(&found, &just(vec![]), &observed, &policy());
+            let mut seen = BTreeSet::new();
+            for action in &actions {
+                let id = action.container_id().to_string();
+                proptest::prop_assert!(!live.contains(&id));
+                proptest::prop_assert!(seen.insert(id.clone()));
+                proptest::prop_assert!(found.iter().any(|u| u.container_id == id && !u.pids.is_empty()));
+            }
         }
     }
 

@@ -22,7 +22,8 @@ use crate::db::{ContainerRef, LostContainer, NewCoordinatorEvent, ReconcileRow};
 use crate::ids::now_ms;
 use crate::ingest::catch_up_from_journal;
 use crate::reconcile::{
-    Action, ActionOutcome, Intended, IntendedContainer, Observation, PassReport, drift, reconcile,
+    Action, ActionOutcome, Intended, IntendedContainer, Observation, PassReport, drift,
+    leftover_actions, reconcile,
 };
 use crate::recovery;
 use crate::service::CoordinatorService;
@@ -147,7 +148,20 @@ pub async fn run_pass(service: &CoordinatorService, options: PassOptions) -> Res
         policy.auto_terminate_orphans = true;
     }
     let now = now_ms();
-    let actions = reconcile(&intended, &observation, now, &policy);
+    // Processes a dead agent left running come first: they still write the
+    // workspace and spend; they are held, checkpointed and ended before anything
+    // else is decided about their container.
+    let leftovers = match inner.backend.leftover_units().await {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::warn!(
+                "the reconciler could not look for left-over session processes: {err:#}"
+            );
+            Vec::new()
+        }
+    };
+    let mut actions = leftover_actions(&leftovers, &intended, &observation, &policy);
+    actions.extend(reconcile(&intended, &observation, now, &policy));
     let drift = drift(&intended, &observation, now, &policy);
 
     let mut outcomes = Vec::new();
@@ -397,6 +411,16 @@ async fn execute(
                     .details(serde_json::json!({ "known": known, "pid": pid })),
             );
         }
+        Action::EndSessionProcesses {
+            container_id,
+            session_id,
+            kind,
+            pids,
+            known,
+        } => {
+            return end_session_processes(service, container_id, session_id, kind, pids, *known)
+                .await;
+        }
         Action::ForgetOrphan { container_id } => {
             db.orphan_gone(container_id)?;
             db.note(
@@ -404,6 +428,113 @@ async fn execute(
                     .container(container_id),
             );
         }
+    }
+    Ok(Executed::Done)
+}
+
+/// Holds (stops) a dead agent's left-over processes, checkpoints the workspace
+/// into the session's store, ends them, and says so in one coordinator event
+/// (`session_processes_ended`: what was found, what was ended, what survived, the
+/// checkpoint). Survivors are E517.
+async fn end_session_processes(
+    service: &CoordinatorService,
+    container_id: &str,
+    session_id: &str,
+    kind: &str,
+    found: &[u32],
+    known: bool,
+) -> Result<Executed> {
+    let inner = &service.inner;
+    let db = &inner.db;
+    let hold = inner.backend.hold_unit(container_id).await?;
+    let record = db.get_container(container_id).ok().flatten();
+    let task_id = record.as_ref().map(|c| c.task_id.clone());
+    let session_id = if hold.session_id.is_empty() {
+        session_id.to_string()
+    } else {
+        hold.session_id.clone()
+    };
+    let checkpoint = match (&hold.workspace_dir, &hold.volume_dir) {
+        (Some(workspace), Some(volume)) if workspace.is_dir() => {
+            let (store, workspace, excludes) = (
+                volume.join("checkpoints"),
+                workspace.clone(),
+                hold.excludes.clone(),
+            );
+            let metadata = serde_json::json!({
+                "task_id": task_id.clone().unwrap_or_default(),
+                "container_id": container_id,
+                "workspace_only": true,
+                "taken_by": "coordinator",
+                "reason": "the agent is gone; its left-over processes were held for this checkpoint and then ended",
+            });
+            tokio::task::spawn_blocking(move || {
+                crate::checkpoints::agent_gone_checkpoint(&store, &workspace, &excludes, metadata)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("the checkpoint panicked: {e}"))
+            .and_then(|r| r)
+            .map_err(|e| format!("{e:#}"))
+        }
+        _ => Err("no workspace on record for this container".to_string()),
+    };
+    let survivors = inner.backend.end_unit(container_id, &hold).await?;
+    let ended: Vec<u32> = hold
+        .pids
+        .iter()
+        .copied()
+        .filter(|p| !survivors.contains(p))
+        .collect();
+    let (checkpoint_id, checkpoint_error) = match &checkpoint {
+        Ok(id) => (Some(id.clone()), None),
+        Err(why) => (None, Some(why.clone())),
+    };
+    let mut message = format!(
+        "{container_id}: its agent was gone but {} session process(es) still ran ({kind}); ended {}",
+        hold.pids.len().max(found.len()),
+        ended.len()
+    );
+    match &checkpoint {
+        Ok(id) => message.push_str(&format!(", after checkpoint {id} (workspace only)")),
+        Err(why) => message.push_str(&format!("; no checkpoint: {why}")),
+    }
+    if !survivors.is_empty() {
+        message.push_str(&format!(
+            "; [{}] {} survived: {:?}",
+            crate::error_codes::SESSION_PROCESSES_SURVIVED.code,
+            survivors.len(),
+            survivors
+        ));
+    }
+    db.note(NewCoordinatorEvent {
+        task_id: task_id.clone(),
+        session_id: (!session_id.is_empty()).then(|| session_id.clone()),
+        ..NewCoordinatorEvent::new(
+            "session_processes_ended",
+            if survivors.is_empty() {
+                "warning"
+            } else {
+                "error"
+            },
+            message.clone(),
+        )
+        .container(container_id)
+        .details(serde_json::json!({
+            "unit": kind,
+            "known": known,
+            "found": hold.pids,
+            "ended": ended,
+            "survivors": survivors,
+            "checkpoint_id": checkpoint_id,
+            "checkpoint_error": checkpoint_error,
+            "workspace_only": checkpoint_id.is_some(),
+        }))
+    });
+    if !survivors.is_empty() {
+        return Err(crate::error::coded(
+            crate::error_codes::SESSION_PROCESSES_SURVIVED,
+            message,
+        ));
     }
     Ok(Executed::Done)
 }

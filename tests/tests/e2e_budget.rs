@@ -167,7 +167,7 @@ fn a_task_over_its_max_cost_is_stopped_with_a_checkpoint_and_fails_e300() {
     )])]));
     // Local compute priced at 10⁵× the rate table: the session's own memory
     // (Claude Code's ~100 MiB and up) costs $0.06+ per second, so $0.10 is
-    // spent within seconds. (`--cpu`/`--memory` are refused locally, E113.)
+    // spent within seconds. (`--cpu`/`--memory` cap the session's cgroup, not its price.)
     write_config(&h, "[rates]\nlocal_multiplier = 100000.0\n");
     let created = create(&h, "Work for a long time", &["--max-cost", "0.10"]);
     let task_id = created["task_id"].as_str().unwrap().to_string();
@@ -335,7 +335,7 @@ fn estimate_only_prints_a_range_with_its_basis_and_launches_nothing() {
     assert_eq!(e["low_usd"], 0.0);
     assert_eq!(e["history"], serde_json::Value::Null);
 
-    // A local run gets no GPU: refused, not priced as if it would (E113).
+    // A local run gets no GPU this host lacks: refused, not priced as if it would (E114).
     let out = h.run(&[
         "task",
         "create",
@@ -346,7 +346,7 @@ fn estimate_only_prints_a_range_with_its_basis_and_launches_nothing() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("E113") && stderr.contains("--backend modal"),
+        stderr.contains("E114") && stderr.contains("--backend modal"),
         "{stderr}"
     );
     let text = h.ok(&["task", "create", "Train", "--estimate-only"]);

@@ -31,6 +31,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 
 use super::isolation::{self, Isolation};
+use super::unit;
 use super::workspace_copy::copy_tree_limited;
 use super::{Backend, ContainerHandle, Endpoint, LaunchRequest, ObservedContainer};
 use crate::binaries::resolve_agent_bin;
@@ -275,6 +276,168 @@ fn spec_identity(spec: &Path) -> Option<(String, String, PathBuf, PathBuf)> {
     ))
 }
 
+/// A container's unit: its record, else (no record) whatever this host shows of
+/// it — its cgroup under our parent, and the processes carrying its marker.
+fn unit_of(state_root: &Path, coordinator_id: &str, container_id: &str) -> unit::UnitRecord {
+    let dir = state_root.join("containers").join(container_id);
+    if unit::safe_name(container_id)
+        && let Some(record) = unit::read_record(&dir, coordinator_id, container_id)
+    {
+        return record;
+    }
+    let cgroup = unit::unit_dirs_on_host(coordinator_id).remove(container_id);
+    unit::UnitRecord {
+        version: unit::RECORD_VERSION,
+        kind: match (&cgroup, unit::host()) {
+            (Some(_), unit::CgroupHost::V2 { .. }) => unit::UnitKind::CgroupV2,
+            (Some(_), _) => unit::UnitKind::CgroupV1,
+            (None, _) => unit::UnitKind::ProcessTree,
+        },
+        coordinator_id: coordinator_id.to_string(),
+        container_id: container_id.to_string(),
+        session_id: String::new(),
+        cgroups: cgroup.into_iter().collect(),
+        marker: unit::marker_value(coordinator_id, container_id),
+        cpu: None,
+        memory_mb: None,
+        fallback_reason: Some("no unit record".into()),
+    }
+}
+
+/// Left-over units of this coordinator (see [`Backend::leftover_units`]): recorded
+/// units, cgroups under our parent with no record, and marked processes with
+/// neither; a unit holding our live agent is not left over. Empty cgroups of
+/// recorded units whose agent is gone are removed on the way.
+fn scan_leftovers(
+    state_root: &Path,
+    coordinator_id: &str,
+    label: &str,
+) -> Vec<super::LeftoverUnit> {
+    use std::collections::BTreeSet;
+    let mut markers = unit::scan_markers(coordinator_id);
+    let mut candidates: std::collections::BTreeMap<String, (unit::UnitRecord, bool)> =
+        std::collections::BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(state_root.join("containers")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !unit::safe_name(&name) {
+                continue;
+            }
+            if let Some(record) = unit::read_record(&entry.path(), coordinator_id, &name) {
+                candidates.insert(name, (record, true));
+            }
+        }
+    }
+    let on_host: Vec<String> = unit::unit_dirs_on_host(coordinator_id)
+        .into_keys()
+        .collect();
+    for container_id in on_host
+        .into_iter()
+        .chain(markers.keys().cloned().collect::<Vec<_>>())
+    {
+        if let std::collections::btree_map::Entry::Vacant(slot) = candidates.entry(container_id) {
+            let record = unit_of(state_root, coordinator_id, slot.key());
+            slot.insert((record, false));
+        }
+    }
+    let mut found = Vec::new();
+    for (container_id, (record, recorded)) in candidates {
+        let mut pids: BTreeSet<u32> = record
+            .cgroups
+            .first()
+            .map(|d| unit::cgroup_members(d))
+            .unwrap_or_default();
+        pids.extend(markers.remove(&container_id).unwrap_or_default());
+        pids.retain(|p| Path::new(&format!("/proc/{p}/cmdline")).exists());
+        if pids.iter().any(|p| process_matches(*p, label)) {
+            continue;
+        }
+        if pids.is_empty() {
+            unit::remove_unit_dirs(&record);
+            continue;
+        }
+        found.push(super::LeftoverUnit {
+            container_id,
+            session_id: record.session_id.clone(),
+            kind: record.kind.as_str().to_string(),
+            pids: pids.into_iter().collect(),
+            recorded,
+        });
+    }
+    found
+}
+
+/// Stops every process of a container's unit (see [`Backend::hold_unit`]) and
+/// says where its workspace and store are (from its spec).
+fn hold(
+    state_root: &Path,
+    coordinator_id: &str,
+    label: &str,
+    container_id: &str,
+) -> Result<super::UnitHold> {
+    let record = unit_of(state_root, coordinator_id, container_id);
+    let agent_runs =
+        |pids: &std::collections::BTreeSet<u32>| pids.iter().any(|p| process_matches(*p, label));
+    if agent_runs(&unit::members(&record)) {
+        anyhow::bail!("the agent of {container_id} is running: its processes are not left over");
+    }
+    let held = unit::freeze(&record, &std::collections::BTreeSet::new());
+    if agent_runs(&held) {
+        // A launch raced the scan: let everything go on.
+        for pid in &held {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+        anyhow::bail!("the agent of {container_id} is running: its processes are not left over");
+    }
+    let spec_path = state_root
+        .join("containers")
+        .join(container_id)
+        .join("spec.json");
+    let spec: Option<serde_json::Value> = std::fs::read(&spec_path)
+        .ok()
+        .filter(|b| b.len() < (4 << 20))
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let field = |name: &str| {
+        spec.as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from)
+    };
+    let excludes = spec
+        .as_ref()
+        .and_then(|v| v.pointer("/checkpoint/excludes"))
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_string))
+                .take(10_000)
+                .collect()
+        })
+        .unwrap_or_default();
+    let session_id = if record.session_id.is_empty() {
+        field("session_id")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        record.session_id.clone()
+    };
+    // The spec is the coordinator's own file; a session id in it must still look
+    // like one before it names directories.
+    let expected = (!session_id.is_empty() && unit::safe_name(&session_id))
+        .then(|| plan::local_layout(state_root, &session_id, container_id));
+    Ok(super::UnitHold {
+        kind: record.kind.as_str().to_string(),
+        pids: held.into_iter().collect(),
+        workspace_dir: expected.as_ref().map(|l| l.workspace_dir.clone()),
+        volume_dir: expected.as_ref().map(|l| l.volume_dir.clone()),
+        excludes,
+        session_id,
+    })
+}
+
 /// Bytes of one journal read from a volume at most (a session can write its own
 /// journal on Modal): what lies beyond is not read, and shows up as missing seqs.
 pub const MAX_JOURNAL_READ_BYTES: u64 = 1 << 30;
@@ -408,6 +571,46 @@ impl Backend for LocalBackend {
         ] {
             private_dir(dir)?;
         }
+        // Limits are real or refused: a GPU only if this host has that one, CPU and
+        // memory only in a cgroup we can write (checked before anything runs).
+        if let Some(gpu) = &request.resources.gpu {
+            crate::budget::refuse_missing_gpu(gpu, &crate::budget::host_gpus())?;
+        }
+        // The session's unit, before anything of it runs: every process the agent
+        // starts is in it, whatever setsid or double-fork they do.
+        let (coordinator_id, container_id, session_id) = (
+            self.coordinator_id.clone(),
+            ids.container_id.clone(),
+            ids.session_id.clone(),
+        );
+        let (cpu, memory_mb) = (request.resources.cpu, request.resources.memory_mb);
+        let session_unit = tokio::task::spawn_blocking(move || {
+            unit::create_unit(&coordinator_id, &container_id, &session_id, cpu, memory_mb)
+        })
+        .await
+        .context("creating the session's cgroup panicked")?
+        .map_err(|why| {
+            coded(
+                error_codes::LIMIT_NOT_ENFORCEABLE,
+                format!(
+                    "the local backend cannot enforce {} here: {why}",
+                    crate::budget::describe_cpu_memory(cpu, memory_mb)
+                ),
+            )
+        })?;
+        unit::write_record(&layout.container_dir, &session_unit).with_context(|| {
+            format!(
+                "writing {}",
+                layout.container_dir.join(unit::RECORD_FILE).display()
+            )
+        })?;
+        tracing::info!(
+            container_id = %ids.container_id,
+            unit = session_unit.kind.as_str(),
+            cgroups = ?session_unit.cgroups,
+            fallback = session_unit.fallback_reason.as_deref().unwrap_or(""),
+            "session unit ready"
+        );
 
         match &request.workspace_source {
             Some(source) => {
@@ -482,8 +685,11 @@ impl Backend for LocalBackend {
         // one when the spec says so. The secret goes through a pipe on stdin, never the
         // environment (which /proc would show to any process of this user).
         let mut command = tokio::process::Command::new(&self.launcher);
+        command.arg("internal-detach");
+        for procs in unit::procs_files(&session_unit) {
+            command.arg("--join-cgroup").arg(procs);
+        }
         command
-            .arg("internal-detach")
             .arg("--")
             .arg(&agent_bin)
             .arg("run")
@@ -509,6 +715,10 @@ impl Backend for LocalBackend {
                 command.env(key, value);
             }
         }
+        // The unit's marker: the agent passes it on to its tmux server, so every
+        // process of the session carries it (how a process-tree unit, and `cleanup`,
+        // find them).
+        command.env(unit::UNIT_ENV, &session_unit.marker);
 
         let mut child = command.spawn().map_err(|e| {
             coded(
@@ -546,6 +756,9 @@ impl Backend for LocalBackend {
                 Err(e) => format!("unknown ({e})"),
             };
             tracing::info!(%container_id, %status, "agent exited");
+            // An agent that ended its session left an empty unit: remove it. One
+            // that still holds processes (a killed agent's) stays for the reconciler.
+            unit::remove_unit_dirs(&session_unit);
             exited
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -637,6 +850,44 @@ impl Backend for LocalBackend {
         }
     }
 
+    async fn leftover_units(&self) -> Result<Vec<super::LeftoverUnit>> {
+        let (root, coordinator_id, label) = (
+            self.state_root.clone(),
+            self.coordinator_id.clone(),
+            self.label(),
+        );
+        tokio::task::spawn_blocking(move || scan_leftovers(&root, &coordinator_id, &label))
+            .await
+            .context("scanning for left-over session processes panicked")
+    }
+
+    async fn hold_unit(&self, container_id: &str) -> Result<super::UnitHold> {
+        let (root, coordinator_id, label, container_id) = (
+            self.state_root.clone(),
+            self.coordinator_id.clone(),
+            self.label(),
+            container_id.to_string(),
+        );
+        tokio::task::spawn_blocking(move || hold(&root, &coordinator_id, &label, &container_id))
+            .await
+            .context("holding a session's processes panicked")?
+    }
+
+    async fn end_unit(&self, container_id: &str, _hold: &super::UnitHold) -> Result<Vec<u32>> {
+        let (root, coordinator_id, container_id) = (
+            self.state_root.clone(),
+            self.coordinator_id.clone(),
+            container_id.to_string(),
+        );
+        let survivors = tokio::task::spawn_blocking(move || {
+            let record = unit_of(&root, &coordinator_id, &container_id);
+            unit::kill(&record, &std::collections::BTreeSet::new())
+        })
+        .await
+        .context("ending a session's processes panicked")?;
+        Ok(survivors.into_iter().collect())
+    }
+
     async fn read_journal(
         &self,
         container_id: &str,
@@ -723,14 +974,25 @@ impl Backend for LocalBackend {
     }
 }
 
-/// The body of `parhelia internal-detach -- PROGRAM ARGS…`: leave the
-/// caller's session and process group, then become `PROGRAM`.
-pub fn detach_and_exec(command: &[OsString]) -> i32 {
+/// The body of `parhelia internal-detach [--join-cgroup PROCS]… -- PROGRAM
+/// ARGS…`: join the session's unit (each `cgroup.procs` given), leave the
+/// caller's session and process group, then become `PROGRAM`. A unit that cannot
+/// be joined starts nothing: a process outside it could outlive its agent.
+pub fn detach_and_exec(join_cgroup: &[PathBuf], command: &[OsString]) -> i32 {
     use std::os::unix::process::CommandExt;
     let Some((program, args)) = command.split_first() else {
         eprintln!("parhelia internal-detach: no program given");
         return 2;
     };
+    for procs in join_cgroup {
+        if let Err(e) = std::fs::write(procs, std::process::id().to_string()) {
+            eprintln!(
+                "parhelia internal-detach: cannot join the session's cgroup {}: {e}",
+                procs.display()
+            );
+            return 1;
+        }
+    }
     if let Err(e) = nix::unistd::setsid() {
         eprintln!("parhelia internal-detach: setsid failed: {e}");
         return 1;

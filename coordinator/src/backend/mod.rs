@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod local;
 pub mod modal;
 pub mod router;
+pub mod unit;
 pub mod workspace_copy;
 
 pub use modal::Resources;
@@ -65,8 +66,26 @@ pub struct ContainerHandle {
     pub remote_id: Option<String>,
 }
 
+/// A session unit whose agent is gone but which still holds processes.
+pub use crate::reconcile::LeftoverUnit;
 /// A container the backend observes running (ours only, found by our label).
 pub use crate::reconcile::ObservedContainer;
+
+/// What ending a unit's processes found: held (stopped) first, then ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitHold {
+    /// What the unit is (`cgroup_v1`, `cgroup_v2`, `process_tree`).
+    pub kind: String,
+    /// The processes found and stopped.
+    pub pids: Vec<u32>,
+    /// The session's workspace, as the backend sees it (for the checkpoint).
+    pub workspace_dir: Option<PathBuf>,
+    /// The session's volume (its checkpoint store is `checkpoints/` in it).
+    pub volume_dir: Option<PathBuf>,
+    /// Checkpoint excludes from the container's spec.
+    pub excludes: Vec<String>,
+    pub session_id: String,
+}
 
 /// How to reach an agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +123,26 @@ pub trait Backend: Send + Sync {
         session_id: &str,
         from_seq: u64,
     ) -> anyhow::Result<Vec<Event>>;
+
+    /// Session units whose agent is gone but whose processes still run (a
+    /// killed agent's tmux server, Claude Code, its tools), recorded or not.
+    /// Remote backends have none: a sandbox ends with its agent.
+    async fn leftover_units(&self) -> anyhow::Result<Vec<LeftoverUnit>> {
+        Ok(Vec::new())
+    }
+
+    /// Stops (without ending) every process of a container's unit so its
+    /// workspace holds still for a checkpoint. Refused when the container's
+    /// agent runs (then the unit is not left over).
+    async fn hold_unit(&self, _container_id: &str) -> anyhow::Result<UnitHold> {
+        Ok(UnitHold::default())
+    }
+
+    /// Ends every process of a held unit and removes the unit; returns the
+    /// processes that survived (none unless something escaped it).
+    async fn end_unit(&self, _container_id: &str, _hold: &UnitHold) -> anyhow::Result<Vec<u32>> {
+        Ok(Vec::new())
+    }
 
     /// Waits (with a deadline) until the container's agent announces where
     /// it listens.

@@ -165,6 +165,19 @@ impl Backend for Backends {
         self.owner(container_id)?.terminate(container_id).await
     }
 
+    /// Units are local (a Modal sandbox ends with its agent).
+    async fn leftover_units(&self) -> Result<Vec<super::LeftoverUnit>> {
+        self.local.leftover_units().await
+    }
+
+    async fn hold_unit(&self, container_id: &str) -> Result<super::UnitHold> {
+        self.local.hold_unit(container_id).await
+    }
+
+    async fn end_unit(&self, container_id: &str, hold: &super::UnitHold) -> Result<Vec<u32>> {
+        self.local.end_unit(container_id, hold).await
+    }
+
     async fn read_journal(
         &self,
         container_id: &str,

@@ -109,6 +109,9 @@ pub enum Command {
     /// Internal: leave the session (setsid) and exec a program.
     #[command(name = "internal-detach", hide = true)]
     InternalDetach {
+        /// `cgroup.procs` files to join before anything else (the session's unit)
+        #[arg(long = "join-cgroup")]
+        join_cgroup: Vec<std::path::PathBuf>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<OsString>,
     },
@@ -123,8 +126,12 @@ pub fn main() -> i32 {
             return err.exit_code();
         }
     };
-    if let Command::InternalDetach { command } = &cli.command {
-        return crate::backend::local::detach_and_exec(command);
+    if let Command::InternalDetach {
+        join_cgroup,
+        command,
+    } = &cli.command
+    {
+        return crate::backend::local::detach_and_exec(join_cgroup, command);
     }
     // Everything this process (and the coordinator it starts) creates is
     // owner-only: the state directory holds session secrets.

@@ -405,6 +405,26 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
             ids.push(c.id.clone());
         }
     }
+    // Session processes with no live agent (a killed agent's, or no record at all):
+    // every pass ends them after a workspace checkpoint.
+    for outcome in &report.actions {
+        if let Action::EndSessionProcesses { .. } = &outcome.action {
+            let verb = match outcome.result.as_str() {
+                "done" => "ended",
+                "planned" => "would end",
+                _ => "could not end",
+            };
+            println!(
+                "session processes {verb}: {}{}",
+                outcome.action.describe(),
+                outcome
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if ids.is_empty() {
         println!("no orphaned containers");
         return Ok(0);
