@@ -2098,7 +2098,7 @@ mod tests {
             .unwrap();
         assert_eq!(db.session_model_usd(&target.session_id).unwrap(), 0.25);
         let task = db.get_task(&target.task_id).unwrap().unwrap();
-        assert_eq!(task.cost_usd, 0.25, "the task's cost moves at once");
+        assert_eq!(task.spend.cost_usd, 0.25, "the task's cost moves at once");
         db.record_event(&target, &spend(2, "m2", 500, 0.5, 0.75))
             .unwrap();
         db.record_event(&target, &spend(2, "m2", 500, 0.5, 0.75))

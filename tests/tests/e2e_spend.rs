@@ -6,7 +6,7 @@
 //! - a subagent's tokens were left out (only `result.usage`, the main thread's);
 //! - an interactive session was invisible to its `--max-cost` until Claude Code exited.
 //!
-//! Figures are printed (`--nocapture`) and recorded in `docs/cost-metering-rows.md`.
+//! Figures are printed (`--nocapture`) and recorded in `docs/cost.md`.
 
 use parhelia_testkit::harness::Harness;
 use parhelia_testkit::model_stand_in::pricing::{observed_price, same_cost};
