@@ -21,7 +21,7 @@
 //!
 //! The transcript is written by the session (hostile input): a forged line can add
 //! spend, never remove what was charged (the meter never goes down and the supervisor's
-//! session total is monotonic). See `docs/security/h-spend.md`.
+//! session total is monotonic). See `docs/security/spend-metering.md`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Seek};
