@@ -22,7 +22,8 @@
 //!   dir, and its `f*.txt` files are exactly a prefix `f1..fk` with the script's bytes (`w*.txt`
 //!   too, when present);
 //! - `checkpoint_whole`: every checkpoint holds a workspace and a non-empty conversation
-//!   (but a session's `start` checkpoint, taken before Claude Code exists);
+//!   (but a session's `start` checkpoint, taken before Claude Code exists, and the
+//!   coordinator's `agent_gone` one, which holds the workspace alone);
 //! - `events_equal_journal`: the database's events of every container equal the journal
 //!   lines on the volume, read here with serde_json (no loss, no duplicates, same payloads);
 //! - `spend_equals_served`: the task's recorded cost (`task show --json` and the ledger) equals
@@ -1181,9 +1182,15 @@ impl Round<'_> {
                     .map_err(|e| bad(format!("restore of the conversation: {e}")))?;
             }
         }
-        // A session's `start` checkpoint is taken before Claude Code exists: it is
-        // the workspace alone, and a resume to it starts the conversation over.
-        if count_files(&conversation) == 0 && manifest.trigger != "start" {
+        // A session's `start` checkpoint is taken before Claude Code exists, and the
+        // coordinator's `agent_gone` one (what the workspace held when its agent died)
+        // cannot reach the conversation: both are the workspace alone, by design. A
+        // resume never picks one while the session has a conversation (E606 names it
+        // skipped), and starts the conversation over from one when it has none.
+        if count_files(&conversation) == 0
+            && manifest.trigger != "start"
+            && manifest.trigger != "agent_gone"
+        {
             return Err((
                 "checkpoint_whole",
                 format!(
@@ -1688,7 +1695,7 @@ times) until it completes.
 | invariant | what is checked | how, independently |
 |---|---|---|
 | checkpoint_restorable | every finished checkpoint of every session of the task restores, and its `f*.txt` are exactly `f1..fk` with the script's bytes (`w*.txt` too) | manifests listed from the store directory (not `checkpoint list`), each restored with the checkpoint library into a scratch dir |
-| checkpoint_whole | every checkpoint holds a workspace and a non-empty conversation (the safety checkpoint before a restore included; a session's `start` checkpoint, taken before Claude Code exists, holds the workspace only) | the restored `conversation` tree has files |
+| checkpoint_whole | every checkpoint holds a workspace and a non-empty conversation (the safety checkpoint before a restore included; a session's `start` checkpoint, taken before Claude Code exists, and the coordinator's `agent_gone` one hold the workspace only) | the restored `conversation` tree has files |
 | events_equal_journal | the events in the database equal the journal lines on the volume, container by container: none missing, none extra, none stored twice, payloads equal | journals read with serde_json, compared with `events` rows (after at most {ingest} s for ingestion) |
 | spend_equals_served | the task's `cost_usd` (`task show --json`) and its ledger model rows equal the spend the stand-in served | the stand-in's request log × `tests/src/model_stand_in/pricing.rs`, compared with `same_cost` |
 | spend_of_cut_turns_recorded | the same, where task and ledger agree but are below what was served: the spend of a turn the fault cut off was never charged (issue 13 — per-response charging — fixes it; until then the in-suite test reports it without failing, `scripts/chaos` counts it) | as above |
