@@ -51,6 +51,23 @@ enum Command {
         #[arg(long)]
         workspace: PathBuf,
     },
+    /// Print, as JSON, the model spend a session's transcripts hold that no journal
+    /// charged (`crate::spend::unjournaled`). Used by the coordinator when it ends a dead
+    /// agent's left-over processes.
+    #[command(hide = true)]
+    Meter {
+        #[arg(long)]
+        config_dir: PathBuf,
+        #[arg(long)]
+        workspace: PathBuf,
+        #[arg(long)]
+        claude_session_id: String,
+        #[arg(long)]
+        journal_dir: PathBuf,
+        /// The price table as JSON (`{model: ModelPrice}`).
+        #[arg(long)]
+        prices: String,
+    },
     /// Forward a Claude Code hook payload (stdin) to the agent. Used by Claude Code.
     Hook {
         /// The agent's hook socket.
@@ -90,6 +107,35 @@ pub fn main() -> ExitCode {
             println!(
                 "{}",
                 serde_json::to_string(&state).expect("a git state always serializes")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Meter {
+            config_dir,
+            workspace,
+            claude_session_id,
+            journal_dir,
+            prices,
+        } => {
+            let prices = match serde_json::from_str::<
+                std::collections::BTreeMap<String, crate::spend::ModelPrice>,
+            >(&prices)
+            {
+                Ok(prices) if prices.values().all(crate::spend::ModelPrice::is_valid) => prices,
+                _ => {
+                    eprintln!("parhelia-agent meter: --prices is not a valid price table");
+                    return ExitCode::from(2);
+                }
+            };
+            let found = crate::spend::unjournaled(
+                &crate::conversation::project_dir(&config_dir, &workspace),
+                &claude_session_id,
+                &journal_dir,
+                prices,
+            );
+            println!(
+                "{}",
+                serde_json::to_string(&found).expect("always serializes")
             );
             ExitCode::SUCCESS
         }

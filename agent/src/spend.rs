@@ -494,6 +494,69 @@ impl TranscriptReader {
     }
 }
 
+/// What a session's transcripts hold that no journal charged: the responses Claude Code
+/// made after its agent's last `ModelSpend` (e.g. it kept running after the agent was
+/// killed). `parhelia-agent meter` prints it for the coordinator, which charges it when
+/// it ends a dead agent's left-over processes.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Unjournaled {
+    /// Every distinct message id charged here.
+    pub message_ids: Vec<String>,
+    pub usd: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    /// Responses whose model the price table does not know (tokens counted, $0).
+    pub unpriced: u64,
+}
+
+/// Meters the transcripts under `project_dir` for `claude_session_id` against what the
+/// journals in `journal_dir` already charged.
+pub fn unjournaled(
+    project_dir: &Path,
+    claude_session_id: &str,
+    journal_dir: &Path,
+    prices: BTreeMap<String, ModelPrice>,
+) -> Unjournaled {
+    let mut meter = Meter::new(prices);
+    for (id, tokens, cost) in crate::cost::prior_spend(journal_dir).charges {
+        meter.remember(&id, tokens, cost);
+    }
+    let mut reader = TranscriptReader::new(project_dir, claude_session_id);
+    let mut out = Unjournaled::default();
+    // A bounded number of polls: each reads what is there (the files are no longer
+    // written: their writer is gone).
+    for _ in 0..4096 {
+        let observations = reader.poll();
+        if observations.is_empty() {
+            break;
+        }
+        for observation in &observations {
+            if let Some(charge) = meter.observe(observation) {
+                if !out.message_ids.contains(&charge.message_id)
+                    && out.message_ids.len() < MAX_TRACKED_IDS
+                {
+                    out.message_ids.push(charge.message_id.clone());
+                }
+                out.usd = clamp_cost(out.usd + charge.cost_usd);
+                out.input_tokens = out.input_tokens.saturating_add(charge.tokens.input);
+                out.output_tokens = out.output_tokens.saturating_add(charge.tokens.output);
+                out.cache_creation_input_tokens = out
+                    .cache_creation_input_tokens
+                    .saturating_add(charge.tokens.cache_write);
+                out.cache_read_input_tokens = out
+                    .cache_read_input_tokens
+                    .saturating_add(charge.tokens.cache_read);
+                if !charge.priced {
+                    out.unpriced += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,6 +578,60 @@ mod tests {
         format!(
             r#"{{"type":"assistant","isSidechain":false,"message":{{"id":"{id}","model":"{model}","content":[{{"type":"text","text":"x"}}],"usage":{{"input_tokens":{input},"output_tokens":{output},"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}}}}}"#
         )
+    }
+
+    /// What a dead agent's session holds beyond its journals: the coordinator charges
+    /// exactly the responses no `ModelSpend` recorded (`parhelia-agent meter`).
+    #[test]
+    fn unjournaled_spend_is_what_no_journal_charged() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("project");
+        std::fs::create_dir_all(project.join("s1/subagents")).unwrap();
+        std::fs::write(
+            project.join("s1.jsonl"),
+            format!(
+                "{}\n{}\n{}\n",
+                line("m1", "claude-opus-5-5", 1000, 100),
+                line("m2", "claude-opus-5-5", 2000, 200),
+                line("m2", "claude-opus-5-5", 2000, 200)
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            project.join("s1/subagents/agent-a.jsonl"),
+            format!("{}\n", line("m3", "claude-opus-5-5", 500, 50)),
+        )
+        .unwrap();
+        // The agent journaled m1 before it died.
+        let journals = dir.path().join("journal");
+        std::fs::create_dir_all(&journals).unwrap();
+        let (journal, _) = crate::journal::Journal::open(&journals.join("ctr-1.jsonl")).unwrap();
+        journal
+            .append(parhelia_proto::event::Kind::ModelSpend(
+                parhelia_proto::ModelSpend {
+                    model: "claude-opus-5-5".into(),
+                    message_id: "m1".into(),
+                    usage: Some(Usage {
+                        input_tokens: 1000,
+                        output_tokens: 100,
+                        ..Default::default()
+                    }),
+                    cost_usd: 0.006,
+                    session_cost_usd: 0.006,
+                    priced: true,
+                    ..Default::default()
+                },
+            ))
+            .unwrap();
+        let found = unjournaled(&project, "s1", &journals, opus());
+        assert_eq!(found.message_ids, ["m2", "m3"]);
+        assert_eq!((found.input_tokens, found.output_tokens), (2500, 250));
+        // 2500 × $4/M + 250 × $20/M
+        assert!((found.usd - 0.015).abs() < 1e-12, "{found:?}");
+        assert_eq!(found.unpriced, 0);
+        // Nothing left once everything is journaled.
+        let none = unjournaled(&dir.path().join("missing"), "s1", &journals, opus());
+        assert_eq!(none, Unjournaled::default());
     }
 
     fn feed(meter: &mut Meter, text: &str, subagent: bool) -> Vec<Charge> {

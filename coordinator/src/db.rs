@@ -1629,12 +1629,26 @@ fn apply_event_effects(
                 "UPDATE sessions SET cost_usd = max(cost_usd, ?2) WHERE id = ?1",
                 params![target.session_id, total],
             )?;
+            // A response the coordinator already charged (with its tokens) when it
+            // ended a dead agent's left-over processes: a later agent's event for it
+            // adds no tokens again (the money is the total's growth either way).
+            let charged_left_over: bool = !spend.message_id.is_empty()
+                && tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM ledger, json_each(ledger.details, '$.left_over_message_ids') AS ids
+                                    WHERE ledger.session_id = ?1 AND ledger.kind = 'model' AND ids.value = ?2)",
+                    params![target.session_id, spend.message_id],
+                    |r| r.get(0),
+                )?;
             ledger::charge_model_in(
                 tx,
                 target,
                 event.ts_ms,
                 total,
-                spend.usage.as_ref(),
+                if charged_left_over {
+                    None
+                } else {
+                    spend.usage.as_ref()
+                },
                 Some(serde_json::json!({
                     "message_id": crate::render::one_line(&spend.message_id, 256),
                     "model": crate::render::one_line(&spend.model, 128),
@@ -2065,6 +2079,56 @@ mod tests {
         assert_eq!(db.task_spent_usd(&target.task_id).unwrap(), 0.75);
         // Tokens come from `ModelSpend` only: a result's usage is not counted again.
         assert_eq!(entries.iter().map(|e| e.input_tokens).sum::<u64>(), 0);
+    }
+
+    /// A response the reconciler charged from a dead agent's transcript (with its
+    /// tokens) adds no tokens again when a later agent journals it; money follows the
+    /// session total either way.
+    #[test]
+    fn a_response_charged_as_left_over_spend_adds_no_tokens_when_journaled_later() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 3);
+        db.transition_task(&target.task_id, TaskStatus::Running, &TaskUpdate::default())
+            .unwrap();
+        let usage = |input: u64| parhelia_proto::Usage {
+            input_tokens: input,
+            output_tokens: 10,
+            ..Default::default()
+        };
+        db.charge_model_with(
+            &target,
+            1,
+            0.25,
+            Some(&usage(1000)),
+            Some(serde_json::json!({"source": "left_over_processes", "left_over_message_ids": ["m1"]})),
+        )
+        .unwrap();
+        let spend = |seq: u64, id: &str, total: f64| Event {
+            seq,
+            ts_ms: seq as i64,
+            kind: Some(Kind::ModelSpend(parhelia_proto::ModelSpend {
+                model: "claude-opus-5-5".into(),
+                message_id: id.into(),
+                usage: Some(usage(1000)),
+                cost_usd: 0.25,
+                session_cost_usd: total,
+                priced: true,
+                ..Default::default()
+            })),
+        };
+        db.record_event(&target, &spend(1, "m1", 0.25)).unwrap();
+        db.record_event(&target, &spend(2, "m2", 0.5)).unwrap();
+        let (usd, input): (f64, i64) = db
+            .conn()
+            .query_row(
+                "SELECT sum(amount_usd), sum(input_tokens) FROM ledger WHERE session_id = ?1 AND kind = 'model'",
+                [&target.session_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!((usd - 0.5).abs() < 1e-12, "{usd}");
+        assert_eq!(input, 2000, "m1's tokens once, m2's once");
     }
 
     /// Issue 13: each `ModelSpend` charges the growth of the session total and its

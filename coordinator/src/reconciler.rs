@@ -489,6 +489,16 @@ async fn end_session_processes(
         Ok(id) => (Some(id.clone()), None),
         Err(why) => (None, Some(why.clone())),
     };
+    // What the left-over processes spent after the agent's last journaled charge
+    // (Claude Code kept calling the model): charged now, once they cannot spend more.
+    let charged = match (&task_id, survivors.is_empty()) {
+        (Some(task_id), true) => {
+            charge_left_over_spend(service, &hold, task_id, &session_id, container_id)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        }
+        _ => Ok(None),
+    };
     let mut message = format!(
         "{container_id}: its agent was gone but {} session process(es) still ran ({kind}); ended {}",
         hold.pids.len().max(found.len()),
@@ -497,6 +507,15 @@ async fn end_session_processes(
     match &checkpoint {
         Ok(id) => message.push_str(&format!(", after checkpoint {id} (workspace only)")),
         Err(why) => message.push_str(&format!("; no checkpoint: {why}")),
+    }
+    match &charged {
+        Ok(Some(found)) => message.push_str(&format!(
+            "; charged {} for {} model response(s) they made after the agent's last record",
+            crate::budget::usd(found.usd),
+            found.message_ids.len()
+        )),
+        Ok(None) => {}
+        Err(why) => message.push_str(&format!("; their model spend could not be read: {why}")),
     }
     if !survivors.is_empty() {
         message.push_str(&format!(
@@ -528,6 +547,9 @@ async fn end_session_processes(
             "checkpoint_id": checkpoint_id,
             "checkpoint_error": checkpoint_error,
             "workspace_only": checkpoint_id.is_some(),
+            "charged_usd": charged.as_ref().ok().and_then(Option::as_ref).map(|f| f.usd),
+            "charged_responses": charged.as_ref().ok().and_then(Option::as_ref).map(|f| f.message_ids.len()),
+            "charge_error": charged.as_ref().err(),
         }))
     });
     if !survivors.is_empty() {
@@ -537,4 +559,103 @@ async fn end_session_processes(
         ));
     }
     Ok(Executed::Done)
+}
+
+/// `parhelia-agent meter`'s answer: what the transcripts hold that no journal charged.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+struct LeftOverSpend {
+    message_ids: Vec<String>,
+    usd: f64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
+}
+
+/// Meters a dead agent's session transcripts for responses no journal charged (the
+/// agent's own meter, run as `parhelia-agent meter`, so both price the same way) and
+/// charges them to the ledger, their ids recorded so a later agent's `ModelSpend` for
+/// them adds no tokens again. `None` when there was nothing to charge.
+async fn charge_left_over_spend(
+    service: &CoordinatorService,
+    hold: &crate::backend::UnitHold,
+    task_id: &str,
+    session_id: &str,
+    container_id: &str,
+) -> Result<Option<LeftOverSpend>> {
+    let (Some(config_dir), Some(workspace), Some(volume), Some(claude_session_id)) = (
+        &hold.claude_config_dir,
+        &hold.workspace_dir,
+        &hold.volume_dir,
+        &hold.claude_session_id,
+    ) else {
+        return Ok(None);
+    };
+    let inner = &service.inner;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
+    let agent_bin = crate::binaries::resolve_agent_bin(
+        std::env::var_os(crate::plan::AGENT_BIN_ENV)
+            .filter(|v| !v.is_empty())
+            .as_deref()
+            .map(std::path::Path::new),
+        std::env::current_exe().ok().as_deref(),
+        std::env::var_os("PATH").as_deref(),
+        &cwd,
+    )?;
+    let prices = serde_json::to_string(&inner.config.rates.models)?;
+    let run = tokio::process::Command::new(&agent_bin)
+        .arg("meter")
+        .arg("--config-dir")
+        .arg(config_dir)
+        .arg("--workspace")
+        .arg(workspace)
+        .arg("--claude-session-id")
+        .arg(claude_session_id)
+        .arg("--journal-dir")
+        .arg(volume.join("journal"))
+        .arg("--prices")
+        .arg(prices)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .map_err(|_| anyhow::anyhow!("parhelia-agent meter did not finish in 120 s"))??;
+    anyhow::ensure!(
+        output.status.success(),
+        "parhelia-agent meter failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let found: LeftOverSpend = serde_json::from_slice(&output.stdout)?;
+    let tokens = found.input_tokens
+        + found.output_tokens
+        + found.cache_creation_input_tokens
+        + found.cache_read_input_tokens;
+    if found.message_ids.is_empty() || (found.usd <= 0.0 && tokens == 0) {
+        return Ok(None);
+    }
+    let db = &inner.db;
+    let recorded = db.session_model_usd(session_id)?;
+    let target = ContainerRef {
+        container_id: container_id.to_string(),
+        session_id: session_id.to_string(),
+        task_id: task_id.to_string(),
+    };
+    db.charge_model_with(
+        &target,
+        crate::ids::now_ms(),
+        recorded + found.usd.clamp(0.0, 1e9),
+        Some(&parhelia_proto::Usage {
+            input_tokens: found.input_tokens,
+            output_tokens: found.output_tokens,
+            cache_creation_input_tokens: found.cache_creation_input_tokens,
+            cache_read_input_tokens: found.cache_read_input_tokens,
+        }),
+        Some(serde_json::json!({
+            "source": "left_over_processes",
+            "left_over_message_ids": found.message_ids.iter().take(10_000).collect::<Vec<_>>(),
+        })),
+    )?;
+    Ok(Some(found))
 }

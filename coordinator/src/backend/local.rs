@@ -435,6 +435,13 @@ fn hold(
         volume_dir: expected.as_ref().map(|l| l.volume_dir.clone()),
         excludes,
         session_id,
+        claude_config_dir: expected.as_ref().map(|l| l.claude_config_dir.clone()),
+        claude_session_id: spec
+            .as_ref()
+            .and_then(|v| v.get("claude_session_id"))
+            .and_then(|v| v.as_str())
+            .filter(|id| uuid::Uuid::parse_str(id).is_ok())
+            .map(str::to_string),
     })
 }
 

@@ -85,6 +85,10 @@ pub struct UnitHold {
     /// Checkpoint excludes from the container's spec.
     pub excludes: Vec<String>,
     pub session_id: String,
+    /// Claude Code's config dir and session id (from the container's spec), where the
+    /// transcripts are whose spend the dead agent never journaled.
+    pub claude_config_dir: Option<PathBuf>,
+    pub claude_session_id: Option<String>,
 }
 
 /// How to reach an agent.

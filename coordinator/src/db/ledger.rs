@@ -250,9 +250,21 @@ impl Db {
         session_cost_usd: f64,
         usage: Option<&Usage>,
     ) -> Result<()> {
+        self.charge_model_with(target, ts_ms, session_cost_usd, usage, None)
+    }
+
+    /// [`Db::charge_model`] with `extra` merged into the entry's details.
+    pub fn charge_model_with(
+        &self,
+        target: &ContainerRef,
+        ts_ms: i64,
+        session_cost_usd: f64,
+        usage: Option<&Usage>,
+        extra: Option<serde_json::Value>,
+    ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        charge_model_in(&tx, target, ts_ms, session_cost_usd, usage, None)?;
+        charge_model_in(&tx, target, ts_ms, session_cost_usd, usage, extra)?;
         tx.commit()?;
         Ok(())
     }
