@@ -1634,8 +1634,11 @@ fn apply_event_effects(
             // adds no tokens again (the money is the total's growth either way).
             let charged_left_over: bool = !spend.message_id.is_empty()
                 && tx.query_row(
+                    // `instr` first: only the rare left-over rows have their details parsed.
                     "SELECT EXISTS (SELECT 1 FROM ledger, json_each(ledger.details, '$.left_over_message_ids') AS ids
-                                    WHERE ledger.session_id = ?1 AND ledger.kind = 'model' AND ids.value = ?2)",
+                                    WHERE ledger.session_id = ?1 AND ledger.kind = 'model'
+                                      AND instr(ledger.details, 'left_over_message_ids') > 0
+                                      AND ids.value = ?2)",
                     params![target.session_id, spend.message_id],
                     |r| r.get(0),
                 )?;

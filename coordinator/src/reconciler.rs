@@ -654,7 +654,9 @@ async fn charge_left_over_spend(
         }),
         Some(serde_json::json!({
             "source": "left_over_processes",
-            "left_over_message_ids": found.message_ids.iter().take(10_000).collect::<Vec<_>>(),
+            // All of them (the meter keeps at most 65,536, `spend::MAX_TRACKED_IDS`): an id
+            // left out would have its tokens counted again by a later agent's event.
+            "left_over_message_ids": found.message_ids.iter().take(65_536).collect::<Vec<_>>(),
         })),
     )?;
     Ok(Some(found))
