@@ -40,6 +40,13 @@ pub struct SessionFacts {
     pub session_cost_usd: f64,
     pub task_id: String,
     pub container_id: String,
+    /// `coordinator` for a checkpoint of a dead agent's container ([`salvage`]);
+    /// absent for the agent's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taken_by: Option<&'static str>,
+    /// Why a checkpoint not taken by the agent was taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The metadata stored with each checkpoint (`docs/formats/checkpoint.md`).
@@ -267,6 +274,82 @@ pub fn take_checkpoint(
             Err(failure)
         }
     }
+}
+
+/// What [`salvage`] did, printed as JSON by `parhelia-agent salvage`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Salvaged {
+    pub checkpoint_id: String,
+    /// The store already held exactly this (its newest checkpoint's id).
+    pub unchanged: bool,
+    /// Whether the checkpoint holds a conversation.
+    pub conversation: bool,
+}
+
+/// A whole checkpoint (workspace and conversation, as the agent's own) of a
+/// container whose agent is gone, taken from the container's spec by the
+/// coordinator (`parhelia-agent salvage`): what the workspace and Claude Code's
+/// config dir hold now. Without a transcript there, the conversation is carried
+/// from the store's newest, as for the safety checkpoint. Unchanged: the newest id.
+pub fn salvage(
+    spec: &LaunchSpec,
+    trigger: &str,
+    session_cost_usd: f64,
+    reason: &str,
+) -> Result<Salvaged, CheckpointFailure> {
+    let store_root = spec.volume_dir.join("checkpoints");
+    let store = Store::open(&store_root)
+        .map_err(|e| CheckpointFailure::from(&e))?
+        .with_limits(spec.checkpoint.limits.to_limits());
+    let io = |e: std::io::Error| CheckpointFailure {
+        code: if crate::disk::is_no_space(&e) {
+            "E516"
+        } else {
+            "E520"
+        }
+        .into(),
+        message: format!("staging the conversation: {e}"),
+    };
+    std::fs::create_dir_all(store_root.join("tmp")).map_err(io)?;
+    // A staging dir of its own in the store's tmp/, removed when done.
+    struct Staging(PathBuf);
+    impl Drop for Staging {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let staging = Staging(store_root.join("tmp").join(format!(
+        "salvage-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )));
+    std::fs::create_dir(&staging.0).map_err(io)?;
+    let paths = CheckpointPaths::new(spec, store_root.clone(), staging.0.join("conversation"));
+    let facts = SessionFacts {
+        claude_session_id: spec.claude_session_id.clone(),
+        model: spec.model.clone().unwrap_or_default(),
+        session_cost_usd: if session_cost_usd.is_finite() {
+            session_cost_usd.max(0.0)
+        } else {
+            0.0
+        },
+        task_id: spec.task_id.clone(),
+        container_id: spec.container_id.clone(),
+        taken_by: Some("coordinator"),
+        reason: Some(reason.to_string()),
+    };
+    let summary = take_checkpoint(&store, &paths, None, trigger, reason, true, &facts)?;
+    let conversation = CheckpointId::parse(&summary.checkpoint_id)
+        .ok()
+        .and_then(|id| store.load(&id).ok())
+        .is_some_and(|m| has_conversation(&m));
+    Ok(Salvaged {
+        checkpoint_id: summary.checkpoint_id,
+        unchanged: summary.skipped,
+        conversation,
+    })
 }
 
 /// The staged conversation holds the session's transcript.
@@ -544,5 +627,54 @@ mod tests {
             .unwrap();
         assert!(!has_conversation(&manifest));
         assert!(manifest.metadata.get("conversation_carried_from").is_none());
+    }
+
+    /// Issue 12: a container killed before its first checkpoint with a conversation
+    /// (during that checkpoint's write) left its transcript in its config dir, and the
+    /// resume started the conversation over. The coordinator's salvage of the dead
+    /// container is a whole checkpoint: workspace and that transcript.
+    #[test]
+    fn a_salvage_of_a_dead_container_holds_its_workspace_and_its_transcript() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let mut value = crate::spec::tests::example_json();
+        value["workspace_dir"] = root.join("workspace").to_str().unwrap().into();
+        value["volume_dir"] = root.join("volume").to_str().unwrap().into();
+        value["claude_config_dir"] = root.join("config").to_str().unwrap().into();
+        value["claude_session_id"] = SESSION.into();
+        let spec = LaunchSpec::from_json(&value.to_string()).unwrap();
+        std::fs::create_dir_all(root.join("workspace")).unwrap();
+        std::fs::write(root.join("workspace/a.txt"), "half done").unwrap();
+        let transcript = conversation::project_dir(&spec.claude_config_dir, &spec.workspace_dir)
+            .join(format!("{SESSION}.jsonl"));
+        std::fs::create_dir_all(transcript.parent().unwrap()).unwrap();
+        std::fs::write(&transcript, "{\"type\":\"user\",\"message\":\"hi\"}\n").unwrap();
+
+        let taken = salvage(&spec, "agent_gone", 0.25, "the agent is gone").unwrap();
+        assert!(taken.conversation && !taken.unchanged, "{taken:?}");
+        let store = Store::open(&root.join("volume/checkpoints")).unwrap();
+        let manifest = store
+            .load(&CheckpointId::parse(&taken.checkpoint_id).unwrap())
+            .unwrap();
+        assert_eq!(manifest.trigger, "agent_gone");
+        assert_eq!(manifest.metadata["taken_by"], "coordinator");
+        assert_eq!(manifest.metadata["session_cost_usd"], 0.25);
+        assert_eq!(manifest.metadata["claude_session_id"], SESSION);
+        // Its staging dir is gone; a second salvage of the same state is the same one.
+        assert_eq!(
+            std::fs::read_dir(root.join("volume/checkpoints/tmp"))
+                .unwrap()
+                .filter(|e| e
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("salvage-"))
+                .count(),
+            0
+        );
+        let again = salvage(&spec, "agent_gone", 0.25, "again").unwrap();
+        assert!(again.unchanged);
+        assert_eq!(again.checkpoint_id, taken.checkpoint_id);
     }
 }

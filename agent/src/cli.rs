@@ -68,6 +68,22 @@ enum Command {
         #[arg(long)]
         prices: String,
     },
+    /// Take a whole checkpoint (workspace and conversation) of a container whose agent
+    /// is gone, from its spec, and print what was taken as JSON
+    /// (`crate::checkpointer::salvage`). Used by the coordinator's reconciler.
+    #[command(hide = true)]
+    Salvage {
+        /// The dead container's spec.json.
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long, default_value = "agent_gone")]
+        trigger: String,
+        /// What the coordinator has recorded the session spending (for the metadata).
+        #[arg(long, default_value_t = 0.0)]
+        session_cost_usd: f64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Forward a Claude Code hook payload (stdin) to the agent. Used by Claude Code.
     Hook {
         /// The agent's hook socket.
@@ -138,6 +154,36 @@ pub fn main() -> ExitCode {
                 serde_json::to_string(&found).expect("always serializes")
             );
             ExitCode::SUCCESS
+        }
+        Command::Salvage {
+            spec,
+            trigger,
+            session_cost_usd,
+            reason,
+        } => {
+            let spec = match crate::spec::LaunchSpec::load(&spec) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    eprintln!("parhelia-agent salvage: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match crate::checkpointer::salvage(&spec, &trigger, session_cost_usd, &reason) {
+                Ok(taken) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&taken).expect("always serializes")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(failure) => {
+                    eprintln!(
+                        "parhelia-agent salvage: [{}] {}",
+                        failure.code, failure.message
+                    );
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Hook { socket } => {
             crate::hooks::run_hook_client(&socket);

@@ -736,6 +736,8 @@ impl Supervisor {
             session_cost_usd: self.session_cost_usd(),
             task_id: spec.task_id.clone(),
             container_id: spec.container_id.clone(),
+            taken_by: None,
+            reason: None,
         }
     }
 

@@ -270,59 +270,9 @@ pub fn seed_checkpoint(
 }
 
 /// Trigger of the checkpoint the coordinator takes of a session whose agent is gone
-/// before it ends the processes the agent left running.
+/// (before it ends the processes the agent left running, or before it marks the
+/// container lost): a whole checkpoint, taken by `parhelia-agent salvage`.
 pub const AGENT_GONE_TRIGGER: &str = "agent_gone";
-
-/// Checkpoints what `workspace` holds now into the store at `store_root`, taken by
-/// the coordinator (the agent is gone, its processes held). Workspace only: the
-/// conversation tree is empty (Claude Code's transcript is staged by the agent,
-/// which is not there), so `resume` passes over it with E606 when the session has
-/// a conversation, and says so; its metadata says `workspace_only`. Unchanged since
-/// the newest checkpoint: that one's id.
-pub fn agent_gone_checkpoint(
-    store_root: &Path,
-    workspace: &Path,
-    excludes: &[String],
-    metadata: serde_json::Value,
-) -> anyhow::Result<String> {
-    use parhelia_checkpoint::{ChangeHint, CreateOutcome, CreateRequest, TreeSpec};
-    let store = Store::open(store_root).map_err(|e| coded(&e))?;
-    std::fs::create_dir_all(store_root.join("tmp"))?;
-    let empty = tempfile::Builder::new()
-        .prefix("empty-")
-        .tempdir_in(store_root.join("tmp"))?;
-    let request = CreateRequest {
-        trees: vec![
-            (
-                TreeSpec {
-                    name: WORKSPACE_TREE.into(),
-                    root: workspace.to_path_buf(),
-                    excludes: excludes.to_vec(),
-                },
-                ChangeHint::Unknown,
-            ),
-            (
-                TreeSpec {
-                    name: CONVERSATION_TREE.into(),
-                    root: empty.path().to_path_buf(),
-                    excludes: Vec::new(),
-                },
-                ChangeHint::Unknown,
-            ),
-        ],
-        parent: None,
-        trigger: AGENT_GONE_TRIGGER.into(),
-        message: Some(
-            "the workspace as a dead agent's left-over processes left it (workspace only)".into(),
-        ),
-        metadata,
-        skip_if_unchanged: true,
-    };
-    match store.create(&request).map_err(|e| coded(&e))? {
-        CreateOutcome::Created(manifest) => Ok(manifest.id.to_string()),
-        CreateOutcome::Unchanged(id) => Ok(id.to_string()),
-    }
-}
 
 /// A path (relative to a store's root) of the store's durable format:
 /// `store.json`, `layers/*`, `manifests/*` (not the lock, `tmp/` or the

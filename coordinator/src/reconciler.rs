@@ -303,6 +303,33 @@ async fn execute(
             interrupt_task,
             checkpoint_id,
         } => {
+            // What the dead container left (local: its files are still here) becomes
+            // a whole checkpoint before the container is marked lost, so a resume
+            // continues from it rather than from an older one or from nothing.
+            // Only for the task's newest container while it runs: an older one's files
+            // may sit beside a newer container's workspace, and must not be mixed.
+            let left_behind = if *interrupt_task {
+                inner.backend.left_behind_spec(container_id).await
+            } else {
+                None
+            };
+            let salvaged = match left_behind {
+                Some(spec) => Some(
+                    salvage(
+                        service,
+                        &spec,
+                        session_id,
+                        "the agent is gone; what its container left was checkpointed before it was marked lost",
+                    )
+                    .await,
+                ),
+                None => None,
+            };
+            let salvaged_id = match &salvaged {
+                Some(Ok(taken)) => Some(taken.checkpoint_id.clone()),
+                _ => None,
+            };
+            let checkpoint_id = &salvaged_id.or_else(|| checkpoint_id.clone());
             let resumable = match checkpoint_id {
                 Some(cp) => format!("resumable from checkpoint {cp}"),
                 None => "resumable (no checkpoint yet)".to_string(),
@@ -318,8 +345,28 @@ async fn execute(
                     silence_ms / 1000
                 ),
             })?;
+            let described = match action {
+                Action::MarkLost { .. } if salvaged_taken(&salvaged).is_some() => {
+                    let mut text = action.describe();
+                    if let (Some(old), Some(new)) = (
+                        text.rfind(", resumable").map(|i| i..text.len()),
+                        salvaged_taken(&salvaged),
+                    ) {
+                        text.replace_range(
+                            old,
+                            &format!(
+                                ", resumable from {} (taken now of what it left: {})",
+                                new.checkpoint_id,
+                                new.describe()
+                            ),
+                        );
+                    }
+                    text
+                }
+                _ => action.describe(),
+            };
             db.note(
-                NewCoordinatorEvent::new("container_lost", "error", action.describe())
+                NewCoordinatorEvent::new("container_lost", "error", described)
                     .container(container_id)
                     .session(session_id)
                     .task(task_id)
@@ -327,6 +374,14 @@ async fn execute(
                         "silence_ms": silence_ms,
                         "task_interrupted": interrupted,
                         "checkpoint_id": checkpoint_id,
+                        "salvaged": salvaged.as_ref().map(|r| match r {
+                            Ok(taken) => serde_json::json!({
+                                "checkpoint_id": taken.checkpoint_id,
+                                "unchanged": taken.unchanged,
+                                "conversation": taken.conversation,
+                            }),
+                            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                        }),
                     })),
             );
         }
@@ -334,17 +389,14 @@ async fn execute(
             task_id,
             session_id,
             lost_container_id,
-            checkpoint_id,
+            checkpoint_id: _,
             attempt,
         } => {
+            // From the newest restorable checkpoint, as `parhelia resume` chooses it:
+            // the plan's id predates the checkpoint `MarkLost` may just have taken of
+            // what the lost container left.
             let started = service
-                .request_resume(
-                    task_id,
-                    session_id,
-                    lost_container_id,
-                    checkpoint_id.as_deref(),
-                    *attempt,
-                )
+                .request_resume(task_id, session_id, lost_container_id, None, *attempt)
                 .await?;
             if !started {
                 return Ok(Executed::Unavailable(
@@ -454,29 +506,16 @@ async fn end_session_processes(
     } else {
         hold.session_id.clone()
     };
-    let checkpoint = match (&hold.workspace_dir, &hold.volume_dir) {
-        (Some(workspace), Some(volume)) if workspace.is_dir() => {
-            let (store, workspace, excludes) = (
-                volume.join("checkpoints"),
-                workspace.clone(),
-                hold.excludes.clone(),
-            );
-            let metadata = serde_json::json!({
-                "task_id": task_id.clone().unwrap_or_default(),
-                "container_id": container_id,
-                "workspace_only": true,
-                "taken_by": "coordinator",
-                "reason": "the agent is gone; its left-over processes were held for this checkpoint and then ended",
-            });
-            tokio::task::spawn_blocking(move || {
-                crate::checkpoints::agent_gone_checkpoint(&store, &workspace, &excludes, metadata)
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("the checkpoint panicked: {e}"))
-            .and_then(|r| r)
-            .map_err(|e| format!("{e:#}"))
-        }
-        _ => Err("no workspace on record for this container".to_string()),
+    let checkpoint = match &hold.spec_path {
+        Some(spec) => salvage(
+            service,
+            spec,
+            &session_id,
+            "the agent is gone; its left-over processes were held for this checkpoint and then ended",
+        )
+        .await
+        .map_err(|e| format!("{e:#}")),
+        None => Err("no spec on record for this container".to_string()),
     };
     let survivors = inner.backend.end_unit(container_id, &hold).await?;
     let ended: Vec<u32> = hold
@@ -486,7 +525,7 @@ async fn end_session_processes(
         .filter(|p| !survivors.contains(p))
         .collect();
     let (checkpoint_id, checkpoint_error) = match &checkpoint {
-        Ok(id) => (Some(id.clone()), None),
+        Ok(taken) => (Some(taken.checkpoint_id.clone()), None),
         Err(why) => (None, Some(why.clone())),
     };
     // What the left-over processes spent after the agent's last journaled charge
@@ -505,7 +544,7 @@ async fn end_session_processes(
         ended.len()
     );
     match &checkpoint {
-        Ok(id) => message.push_str(&format!(", after checkpoint {id} (workspace only)")),
+        Ok(taken) => message.push_str(&format!(", after checkpoint {}", taken.describe())),
         Err(why) => message.push_str(&format!("; no checkpoint: {why}")),
     }
     match &charged {
@@ -546,7 +585,7 @@ async fn end_session_processes(
             "survivors": survivors,
             "checkpoint_id": checkpoint_id,
             "checkpoint_error": checkpoint_error,
-            "workspace_only": checkpoint_id.is_some(),
+            "conversation": checkpoint.as_ref().ok().map(|t| t.conversation),
             "charged_usd": charged.as_ref().ok().and_then(Option::as_ref).map(|f| f.usd),
             "charged_responses": charged.as_ref().ok().and_then(Option::as_ref).map(|f| f.message_ids.len()),
             "charge_error": charged.as_ref().err(),
@@ -559,6 +598,99 @@ async fn end_session_processes(
         ));
     }
     Ok(Executed::Done)
+}
+
+/// The `parhelia-agent` binary the coordinator runs its hidden helpers with
+/// (`meter`, `salvage`): the one it launches sessions with.
+fn agent_helper_bin() -> Result<std::path::PathBuf> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
+    crate::binaries::resolve_agent_bin(
+        std::env::var_os(crate::plan::AGENT_BIN_ENV)
+            .filter(|v| !v.is_empty())
+            .as_deref()
+            .map(std::path::Path::new),
+        std::env::current_exe().ok().as_deref(),
+        std::env::var_os("PATH").as_deref(),
+        &cwd,
+    )
+    .map_err(Into::into)
+}
+
+fn salvaged_taken(salvaged: &Option<Result<Salvaged>>) -> Option<&Salvaged> {
+    match salvaged {
+        Some(Ok(taken)) => Some(taken),
+        _ => None,
+    }
+}
+
+/// `parhelia-agent salvage`'s answer.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Salvaged {
+    checkpoint_id: String,
+    unchanged: bool,
+    conversation: bool,
+}
+
+impl Salvaged {
+    fn describe(&self) -> String {
+        let what = if self.conversation {
+            "workspace and conversation"
+        } else {
+            "workspace only: the session had no conversation yet"
+        };
+        if self.unchanged {
+            format!(
+                "{} (nothing had changed since it; {what})",
+                self.checkpoint_id
+            )
+        } else {
+            format!("{} ({what})", self.checkpoint_id)
+        }
+    }
+}
+
+/// A whole checkpoint (`agent_gone`: workspace and conversation) of a container
+/// whose agent is gone, taken from its spec by the agent's own checkpoint code
+/// (`parhelia-agent salvage`), so it is the same kind of checkpoint the agent takes.
+async fn salvage(
+    service: &CoordinatorService,
+    spec: &std::path::Path,
+    session_id: &str,
+    reason: &str,
+) -> Result<Salvaged> {
+    let recorded = if session_id.is_empty() {
+        0.0
+    } else {
+        service
+            .inner
+            .db
+            .session_model_usd(session_id)
+            .unwrap_or(0.0)
+    };
+    let run = tokio::process::Command::new(agent_helper_bin()?)
+        .arg("salvage")
+        .arg("--spec")
+        .arg(spec)
+        .arg("--trigger")
+        .arg(crate::checkpoints::AGENT_GONE_TRIGGER)
+        .arg("--session-cost-usd")
+        .arg(recorded.to_string())
+        .arg("--reason")
+        .arg(reason)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(600), run)
+        .await
+        .map_err(|_| anyhow::anyhow!("parhelia-agent salvage did not finish in 600 s"))??;
+    anyhow::ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+            .trim()
+            .trim_start_matches("parhelia-agent salvage: ")
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 /// `parhelia-agent meter`'s answer: what the transcripts hold that no journal charged.
@@ -592,16 +724,7 @@ async fn charge_left_over_spend(
         return Ok(None);
     };
     let inner = &service.inner;
-    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
-    let agent_bin = crate::binaries::resolve_agent_bin(
-        std::env::var_os(crate::plan::AGENT_BIN_ENV)
-            .filter(|v| !v.is_empty())
-            .as_deref()
-            .map(std::path::Path::new),
-        std::env::current_exe().ok().as_deref(),
-        std::env::var_os("PATH").as_deref(),
-        &cwd,
-    )?;
+    let agent_bin = agent_helper_bin()?;
     let prices = serde_json::to_string(&inner.config.rates.models)?;
     let run = tokio::process::Command::new(&agent_bin)
         .arg("meter")

@@ -571,6 +571,7 @@ fn run_round(plan: &RoundPlan, found: &mut RoundFindings) {
             session_id: String::new(),
             sent: 1,
             sockets: BTreeSet::new(),
+            fault_at_ms: None,
         };
         round.play(tmpfs.as_ref().map(|t| t.dir.path()));
         let sockets = std::mem::take(&mut round.sockets);
@@ -599,6 +600,8 @@ struct Round<'a> {
     /// Messages the session was given.
     sent: u32,
     sockets: BTreeSet<PathBuf>,
+    /// When the (first) fault was injected, ms since the epoch.
+    fault_at_ms: Option<u64>,
 }
 
 impl Round<'_> {
@@ -650,6 +653,7 @@ impl Round<'_> {
         // The fault.
         let fault = self.plan.fault;
         let in_flight;
+        self.fault_at_ms = Some(epoch_ms());
         if fault == Fault::KillDuringCheckpoint {
             self.wait_served(first_of_target + 1, Duration::from_secs(60));
             in_flight = self.inject_during_checkpoint();
@@ -697,6 +701,25 @@ impl Round<'_> {
             );
         }
 
+        if std::env::var_os("CHAOS_DEBUG").is_some() {
+            for args in [
+                &["events", "list", "--task", &self.task_id, "--json"][..],
+                &["checkpoint", "list", &self.session_id][..],
+            ] {
+                let _ = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(self.h.dir.path())
+                    .arg(format!("/tmp/chaos-debug-{:016x}", self.plan.seed))
+                    .status();
+                let out = self.h.run(args);
+                eprintln!(
+                    "chaos debug: parhelia {}\n{}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
         // Recovery, as a user would: resume until it completes (at most twice).
         let mut second_fault_pending = self.plan.second_fault;
         let mut status = status;
@@ -1140,9 +1163,18 @@ impl Round<'_> {
                     continue;
                 }
             };
+            let mut ids = ids;
+            ids.sort();
+            let mut previous_ms = None;
             for id in ids {
                 self.found.checkpoints_verified += 1;
-                if let Err(problem) = self.verify_checkpoint(&store, &id) {
+                let created_ms = id
+                    .strip_prefix("cp-")
+                    .and_then(|rest| rest.split('-').next())
+                    .and_then(|ms| ms.parse::<i64>().ok());
+                let checked = self.verify_checkpoint(&store, &id, previous_ms);
+                previous_ms = created_ms.or(previous_ms);
+                if let Err(problem) = checked {
                     let (invariant, text) = problem;
                     self.found
                         .violation(invariant, format!("{session} {id}: {text}"));
@@ -1155,6 +1187,7 @@ impl Round<'_> {
         &self,
         store: &parhelia_checkpoint::Store,
         id: &str,
+        previous_ms: Option<i64>,
     ) -> Result<(), (&'static str, String)> {
         let bad = |e: String| ("checkpoint_restorable", e);
         let cp = parhelia_checkpoint::CheckpointId::parse(id).map_err(|e| bad(e.to_string()))?;
@@ -1182,14 +1215,30 @@ impl Round<'_> {
                     .map_err(|e| bad(format!("restore of the conversation: {e}")))?;
             }
         }
-        // A session's `start` checkpoint is taken before Claude Code exists, and the
-        // coordinator's `agent_gone` one (what the workspace held when its agent died)
-        // cannot reach the conversation: both are the workspace alone, by design. A
-        // resume never picks one while the session has a conversation (E606 names it
-        // skipped), and starts the conversation over from one when it has none.
+        // A session's `start` checkpoint is taken before Claude Code exists: the
+        // workspace alone, by design. Any other may lack a conversation only while
+        // Claude Code had none: a checkpoint taken after the fault (`pre_restore`,
+        // the coordinator's `agent_gone` of what a dead agent left) when no model
+        // request had been served before the fault; one the live agent took, when
+        // none had been served before its previous checkpoint was committed (so
+        // before this one began). Claude Code writes its transcript before it asks.
+        let first_served = self
+            .h
+            .stand_in
+            .requests()
+            .iter()
+            .filter(|r| r.has_tools)
+            .map(|r| r.at_ms)
+            .min();
+        let had_conversation_by = match manifest.trigger.as_str() {
+            "start" => None,
+            "pre_restore" | "agent_gone" => self.fault_at_ms,
+            _ => previous_ms.map(|ms| ms.max(0) as u64),
+        };
         if count_files(&conversation) == 0
-            && manifest.trigger != "start"
-            && manifest.trigger != "agent_gone"
+            && first_served
+                .zip(had_conversation_by)
+                .is_some_and(|(served, by)| served < by)
         {
             return Err((
                 "checkpoint_whole",
@@ -1695,7 +1744,7 @@ times) until it completes.
 | invariant | what is checked | how, independently |
 |---|---|---|
 | checkpoint_restorable | every finished checkpoint of every session of the task restores, and its `f*.txt` are exactly `f1..fk` with the script's bytes (`w*.txt` too) | manifests listed from the store directory (not `checkpoint list`), each restored with the checkpoint library into a scratch dir |
-| checkpoint_whole | every checkpoint holds a workspace and a non-empty conversation (the safety checkpoint before a restore included; a session's `start` checkpoint, taken before Claude Code exists, and the coordinator's `agent_gone` one hold the workspace only) | the restored `conversation` tree has files |
+| checkpoint_whole | every checkpoint holds a workspace and a non-empty conversation once Claude Code had one: the safety checkpoint before a restore and the coordinator's `agent_gone` one (of what a dead agent's container left) when the model had been asked anything before the fault; one the live agent took, when it had been asked before the previous checkpoint was committed. Only a session's `start` checkpoint, taken before Claude Code exists, is the workspace alone by design | the restored `conversation` tree has files; the stand-in's request log (receive times) against the fault's time and the checkpoint ids' times |
 | events_equal_journal | the events in the database equal the journal lines on the volume, container by container: none missing, none extra, none stored twice, payloads equal | journals read with serde_json, compared with `events` rows (after at most {ingest} s for ingestion) |
 | spend_equals_served | the task's `cost_usd` (`task show --json`) and its ledger model rows equal the spend the stand-in served | the stand-in's request log × `tests/src/model_stand_in/pricing.rs`, compared with `same_cost` |
 | spend_of_cut_turns_recorded | the same, where task and ledger agree but are below what was served: the spend of a turn the fault cut off was never charged (issue 13 — per-response charging — fixes it; until then the in-suite test reports it without failing, `scripts/chaos` counts it) | as above |
@@ -1822,4 +1871,11 @@ mod tests {
         let lines = read_journal(&path);
         assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), [1, 2]);
     }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

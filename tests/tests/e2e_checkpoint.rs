@@ -399,6 +399,108 @@ fn a_lost_session_is_resumed_automatically_when_the_policy_says_so() {
     );
 }
 
+/// Issue 12: an agent killed mid-session before any checkpoint held the
+/// conversation (in chaos: during the write of its first one) left Claude Code's
+/// transcript in its container; the resume started the conversation over. Now the
+/// reconciler checkpoints what the lost container left (`agent_gone`: workspace and
+/// conversation, taken by the agent's own checkpoint code) before it marks it lost,
+/// and the resume continues that conversation.
+#[test]
+fn a_lost_container_is_checkpointed_whole_and_the_resume_continues_its_conversation() {
+    let mut h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash("echo one > one.txt")]),
+        // Held: the agent dies while Claude Code waits for this answer.
+        Turn::hold("too late"),
+        Turn::text("Continued the same conversation."),
+    ]));
+    h.set_env("PARHELIA_ISOLATION", "none");
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[reconciler]\npoll_interval_seconds = 0.2\nstale_threshold_seconds = 1.0\n",
+    )
+    .unwrap();
+    let created = create(&h, "Write one.txt, then wait", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    h.wait_for("the second request at the model", || {
+        (h.stand_in.holds_served() >= 1).then_some(())
+    });
+    // Only the start checkpoint so far: nothing the agent took holds the first turn.
+    let before: Vec<String> = checkpoints(&h, &session_id)
+        .iter()
+        .map(|c| c["trigger"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(before, ["start"]);
+
+    // The agent and everything it started die (as a container does).
+    let tmux = kill_agent(&h, &container_id);
+    let _ = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(&tmux)
+        .arg("kill-server")
+        .stderr(std::process::Stdio::null())
+        .status();
+    h.stand_in.release_hold();
+    let lost = h.wait_for("the container marked lost", || {
+        h.json(&[
+            "events",
+            "list",
+            "--task",
+            &task_id,
+            "--type",
+            "container_lost",
+            "--json",
+        ])
+        .as_array()
+        .and_then(|a| a.first().cloned())
+    });
+    let salvaged = &lost["payload"]["salvaged"];
+    assert_eq!(salvaged["conversation"], true, "{lost:#}");
+    let salvaged_id = salvaged["checkpoint_id"].as_str().unwrap().to_string();
+    assert!(
+        lost["message"].as_str().unwrap().contains(&salvaged_id),
+        "{lost:#}"
+    );
+    let listed = checkpoints(&h, &session_id);
+    let taken = listed
+        .iter()
+        .find(|c| c["id"] == salvaged_id.as_str())
+        .unwrap_or_else(|| panic!("{salvaged_id} not listed: {listed:#?}"));
+    assert_eq!(taken["trigger"], "agent_gone", "{taken:#}");
+
+    let requests_before = h.stand_in.requests().len();
+    let resumed = h.ok(&["resume", &session_id, "-m", "Please go on."]);
+    assert!(resumed.contains(&salvaged_id), "{resumed}");
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" || t["status"] == "failed"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        task["result"], "Continued the same conversation.",
+        "{task:#}"
+    );
+    // The model sees the first turn: its Bash call's result, not a fresh start.
+    let next = h.stand_in.requests()[requests_before..]
+        .iter()
+        .find(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .expect("the resumed session asked the model");
+    assert_eq!(
+        next.last_user_text.as_deref(),
+        Some("Please go on."),
+        "{next:#?}"
+    );
+    assert!(
+        next.roles.len() > 2,
+        "the conversation started over: {next:#?}"
+    );
+    assert!(
+        next.roles.iter().filter(|r| *r == "assistant").count() >= 1,
+        "{next:#?}"
+    );
+}
+
 /// The caps on reading a store come from `[checkpoint]` (issue 11): they reach the
 /// agent's spec, and a checkpoint over them is refused with E624 by the CLI's
 /// readers and by a rollback, before the workspace changes.

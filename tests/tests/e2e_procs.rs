@@ -97,8 +97,8 @@ fn cgroup_procs(dir: &Path) -> Vec<u32> {
 
 /// SIGKILL of the agent while Claude Code is mid-turn (a long Bash): the tmux
 /// server daemonized, so it, Claude Code and the `sleep` outlive the agent. The
-/// next reconciler pass holds them, checkpoints the workspace (workspace only),
-/// ends every one, and says so in a coordinator event. Unconfined, which is the
+/// next reconciler pass holds them, checkpoints the workspace and the
+/// conversation (the agent's own checkpoint code, run by the coordinator), ends every one, and says so in a coordinator event. Unconfined, which is the
 /// hard case (under bubblewrap the sandbox also dies with its agent).
 #[test]
 fn a_killed_agents_processes_end_at_the_next_reconciler_pass() {
@@ -224,6 +224,8 @@ fn a_killed_agents_processes_end_at_the_next_reconciler_pass() {
         .find(|c| c["id"] == checkpoint_id.as_str())
         .unwrap_or_else(|| panic!("{checkpoint_id} not in the store: {listed:#}"));
     assert_eq!(checkpoint["trigger"], "agent_gone", "{checkpoint:#}");
+    // A whole checkpoint: Claude Code's transcript of the turn it was in, too.
+    assert_eq!(details["conversation"], true, "{event:#}");
     let shown = h.ok(&["checkpoint", "show", &checkpoint_id]);
     assert!(shown.contains("progress.txt"), "{shown}");
 

@@ -56,6 +56,11 @@ pub struct LocalBackend {
     timing: plan::AgentSettings,
     /// Exit statuses of agents this process started and saw exit.
     exited: Arc<Mutex<HashMap<String, String>>>,
+    /// Containers this process is launching (`None`) or launched at (`Some`): their
+    /// unit exists before their agent joins it (after the workspace copy, in the
+    /// detached helper), so the left-over scan must not take the empty unit for a
+    /// dead one and remove it under the launch.
+    launching: Arc<Mutex<HashMap<String, Option<std::time::Instant>>>>,
     /// Directories outside the state directory that hold secrets (a custom
     /// database location): hidden from sandboxes like the state directory.
     private_dirs: Vec<PathBuf>,
@@ -70,6 +75,7 @@ impl LocalBackend {
             endpoint_timeout: Duration::from_secs(30),
             timing: plan::AgentSettings::default(),
             exited: Arc::default(),
+            launching: Arc::default(),
             private_dirs: Vec::new(),
         }
     }
@@ -306,12 +312,15 @@ fn unit_of(state_root: &Path, coordinator_id: &str, container_id: &str) -> unit:
 
 /// Left-over units of this coordinator (see [`Backend::leftover_units`]): recorded
 /// units, cgroups under our parent with no record, and marked processes with
-/// neither; a unit holding our live agent is not left over. Empty cgroups of
-/// recorded units whose agent is gone are removed on the way.
+/// neither; a unit holding our live agent, or one whose launch is in flight in
+/// this process (`launching`: id → in flight), is not left over. Empty cgroups of
+/// recorded units whose agent is gone are removed on the way, unless launched a
+/// moment ago (the agent joins its unit after the launch returns).
 fn scan_leftovers(
     state_root: &Path,
     coordinator_id: &str,
     label: &str,
+    launching: &std::collections::BTreeMap<String, bool>,
 ) -> Vec<super::LeftoverUnit> {
     use std::collections::BTreeSet;
     let mut markers = unit::scan_markers(coordinator_id);
@@ -342,6 +351,10 @@ fn scan_leftovers(
     }
     let mut found = Vec::new();
     for (container_id, (record, recorded)) in candidates {
+        if launching.get(&container_id) == Some(&true) {
+            // Its launch is in flight: nothing in it is left over yet.
+            continue;
+        }
         let mut pids: BTreeSet<u32> = record
             .cgroups
             .first()
@@ -353,7 +366,10 @@ fn scan_leftovers(
             continue;
         }
         if pids.is_empty() {
-            unit::remove_unit_dirs(&record);
+            // Launched a moment ago, its agent may not have joined yet: kept.
+            if !launching.contains_key(&container_id) {
+                unit::remove_unit_dirs(&record);
+            }
             continue;
         }
         found.push(super::LeftoverUnit {
@@ -442,6 +458,7 @@ fn hold(
             .and_then(|v| v.as_str())
             .filter(|id| uuid::Uuid::parse_str(id).is_ok())
             .map(str::to_string),
+        spec_path: spec.is_some().then_some(spec_path),
     })
 }
 
@@ -568,6 +585,22 @@ impl Backend for LocalBackend {
 
     async fn launch(&self, request: &LaunchRequest) -> Result<ContainerHandle> {
         let ids = &request.ids;
+        // Until the agent had time to join its unit (see `launching`).
+        struct Launching(
+            Arc<Mutex<HashMap<String, Option<std::time::Instant>>>>,
+            String,
+        );
+        impl Drop for Launching {
+            fn drop(&mut self) {
+                if let Ok(mut map) = self.0.lock() {
+                    map.insert(self.1.clone(), Some(std::time::Instant::now()));
+                }
+            }
+        }
+        if let Ok(mut map) = self.launching.lock() {
+            map.insert(ids.container_id.clone(), None);
+        }
+        let _launching = Launching(Arc::clone(&self.launching), ids.container_id.clone());
         let layout = self.layout(&ids.session_id, &ids.container_id);
         for dir in [
             &layout.session_dir,
@@ -863,9 +896,22 @@ impl Backend for LocalBackend {
             self.coordinator_id.clone(),
             self.label(),
         );
-        tokio::task::spawn_blocking(move || scan_leftovers(&root, &coordinator_id, &label))
-            .await
-            .context("scanning for left-over session processes panicked")
+        // Units of launches in flight, or younger than the agent's time to join: kept.
+        let grace = self.endpoint_timeout * 2;
+        let launching: std::collections::BTreeMap<String, bool> = match self.launching.lock() {
+            Ok(mut map) => {
+                map.retain(|_, at| at.is_none_or(|at| at.elapsed() < grace));
+                map.iter()
+                    .map(|(id, at)| (id.clone(), at.is_none()))
+                    .collect()
+            }
+            Err(_) => Default::default(),
+        };
+        tokio::task::spawn_blocking(move || {
+            scan_leftovers(&root, &coordinator_id, &label, &launching)
+        })
+        .await
+        .context("scanning for left-over session processes panicked")
     }
 
     async fn hold_unit(&self, container_id: &str) -> Result<super::UnitHold> {
@@ -878,6 +924,32 @@ impl Backend for LocalBackend {
         tokio::task::spawn_blocking(move || hold(&root, &coordinator_id, &label, &container_id))
             .await
             .context("holding a session's processes panicked")?
+    }
+
+    async fn left_behind_spec(&self, container_id: &str) -> Option<PathBuf> {
+        let (root, coordinator_id, container_id) = (
+            self.state_root.clone(),
+            self.coordinator_id.clone(),
+            container_id.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            if !unit::safe_name(&container_id) {
+                return None;
+            }
+            let record = unit_of(&root, &coordinator_id, &container_id);
+            if !unit::members(&record).is_empty() {
+                // Processes still run: the left-over path holds them first.
+                return None;
+            }
+            let spec = root
+                .join("containers")
+                .join(&container_id)
+                .join("spec.json");
+            spec.is_file().then_some(spec)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     async fn end_unit(&self, container_id: &str, _hold: &super::UnitHold) -> Result<Vec<u32>> {

@@ -89,6 +89,9 @@ pub struct UnitHold {
     /// transcripts are whose spend the dead agent never journaled.
     pub claude_config_dir: Option<PathBuf>,
     pub claude_session_id: Option<String>,
+    /// The container's spec (the coordinator's own file), from which its agent's
+    /// checkpoint of what the workspace and conversation hold is taken.
+    pub spec_path: Option<PathBuf>,
 }
 
 /// How to reach an agent.
@@ -140,6 +143,14 @@ pub trait Backend: Send + Sync {
     /// agent runs (then the unit is not left over).
     async fn hold_unit(&self, _container_id: &str) -> anyhow::Result<UnitHold> {
         Ok(UnitHold::default())
+    }
+
+    /// The spec of a container whose agent is gone and every process of whose
+    /// unit has ended, while the backend still holds the container's files (local):
+    /// the reconciler checkpoints what the workspace and conversation hold from it
+    /// before it marks the container lost. `None` when the backend cannot reach them.
+    async fn left_behind_spec(&self, _container_id: &str) -> Option<PathBuf> {
+        None
     }
 
     /// Ends every process of a held unit and removes the unit; returns the

@@ -174,6 +174,13 @@ impl Backend for Backends {
         self.local.hold_unit(container_id).await
     }
 
+    async fn left_behind_spec(&self, container_id: &str) -> Option<std::path::PathBuf> {
+        self.owner(container_id)
+            .ok()?
+            .left_behind_spec(container_id)
+            .await
+    }
+
     async fn end_unit(&self, container_id: &str, hold: &super::UnitHold) -> Result<Vec<u32>> {
         self.local.end_unit(container_id, hold).await
     }
