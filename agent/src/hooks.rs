@@ -73,6 +73,26 @@ pub struct HookReport {
     /// SessionEnd: why the session ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Stop: the text of the turn's final reply (the client forwards at most its last
+    /// [`MAX_REPLY_TAIL_BYTES`]), so the turn's checkpoint can wait until the transcript
+    /// holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_assistant_message: Option<String>,
+}
+
+/// How much of a Stop hook's `last_assistant_message` the client forwards: its tail.
+pub const MAX_REPLY_TAIL_BYTES: usize = 4 * 1024;
+
+/// The last at most `max` bytes of `text`, cut on a character boundary.
+pub fn tail_of(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// The fields of a tool's input that a hook report keeps.
@@ -260,6 +280,11 @@ fn forward_hook(socket: &Path, stdin: &mut impl Read) -> std::io::Result<()> {
         && let std::borrow::Cow::Owned(short) = shorten_command(command)
     {
         *command = short;
+    }
+    if let Some(reply) = report.last_assistant_message.as_mut()
+        && reply.len() > MAX_REPLY_TAIL_BYTES
+    {
+        *reply = tail_of(reply, MAX_REPLY_TAIL_BYTES).to_string();
     }
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
     stream.set_write_timeout(Some(HOOK_CLIENT_TIMEOUT))?;

@@ -40,8 +40,52 @@ pub fn render_event(event: &Event) -> Option<String> {
             if text.is_empty() {
                 return None;
             }
-            ("claude", text.to_string())
+            if t.parent_tool_use_id.is_empty() {
+                ("claude", text.to_string())
+            } else {
+                ("subagent", text.to_string())
+            }
         }
+        Kind::SubagentStarted(a) => (
+            "subagent",
+            format!(
+                "started{}{}",
+                if a.subagent_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", one_line(&a.subagent_type, 60))
+                },
+                if a.description.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", one_line(&a.description, SUMMARY_CHARS))
+                }
+            ),
+        ),
+        Kind::SubagentFinished(f) => (
+            "subagent",
+            format!(
+                "{}{}{}",
+                if f.is_error {
+                    format!(
+                        "ended {}",
+                        non_empty_or(&one_line(&f.status, 40), "unknown")
+                    )
+                } else {
+                    "finished".to_string()
+                },
+                if f.subagent_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", one_line(&f.subagent_type, 60))
+                },
+                if f.summary.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", one_line(f.summary.trim(), SUMMARY_CHARS))
+                }
+            ),
+        ),
         Kind::ToolCall(c) => {
             let summary = tool_input_summary(&c.name, &c.input_json);
             let text = if summary.is_empty() {
@@ -395,6 +439,7 @@ mod tests {
             Kind::AssistantText(AssistantText {
                 message_id: "m".into(),
                 text: "I'll write it.\nThen check.\n".into(),
+                ..Default::default()
             }),
             Some("claude   I'll write it.\n         Then check."),
         );
@@ -408,6 +453,7 @@ mod tests {
                 tool_use_id: "t".into(),
                 name: name.into(),
                 input_json: input.into(),
+                ..Default::default()
             })
         };
         check(
