@@ -547,6 +547,48 @@ mod tests {
         );
     }
 
+    /// A subagent's text is labelled as the subagent's, never `claude` (the main
+    /// agent); its start and finish have lines of their own.
+    #[test]
+    fn subagent_lines() {
+        use parhelia_proto::{SubagentFinished, SubagentStarted};
+        check(
+            Kind::AssistantText(AssistantText {
+                text: "Hello from the subagent.".into(),
+                parent_tool_use_id: "toolu_1".into(),
+                ..Default::default()
+            }),
+            Some("subagent Hello from the subagent."),
+        );
+        check(
+            Kind::SubagentStarted(SubagentStarted {
+                tool_use_id: "toolu_1".into(),
+                subagent_type: "general-purpose".into(),
+                description: "Say hello".into(),
+                backgrounded: false,
+            }),
+            Some("subagent started (general-purpose): Say hello"),
+        );
+        check(
+            Kind::SubagentFinished(SubagentFinished {
+                tool_use_id: "toolu_1".into(),
+                subagent_type: "general-purpose".into(),
+                is_error: false,
+                status: "completed".into(),
+                summary: "Hello.\nMore.".into(),
+            }),
+            Some("subagent finished (general-purpose): Hello.…"),
+        );
+        check(
+            Kind::SubagentFinished(SubagentFinished {
+                status: "killed".into(),
+                is_error: true,
+                ..Default::default()
+            }),
+            Some("subagent ended killed"),
+        );
+    }
+
     #[test]
     fn model_spend_lines() {
         use parhelia_proto::{ModelSpend, Usage};

@@ -228,7 +228,7 @@ fn a_resume_without_a_message_waits_for_input_and_says_so() {
     assert_ne!(shown["status"], "busy", "{shown:#}");
 
     h.ok(&["session", "send", &session_id, "Go on, please."]);
-    let task = h.wait_task(&task_id, |t| ended(t));
+    let task = h.wait_task(&task_id, ended);
     assert_eq!(task["status"], "completed", "{task:#}");
     assert_eq!(
         task["result"], "Second answer, after the message.",
