@@ -10,7 +10,9 @@
 //! order (the store allows one writer; pruning runs between jobs, never during
 //! one). A job may carry a hook acknowledgement: Claude Code's Stop and
 //! PreToolUse hooks wait for it, so the checkpoint sees a quiescent tree at a
-//! turn's end and is taken *before* a risky command runs.
+//! turn's end and is taken *before* a risky command runs. A turn's end first waits
+//! (bounded) until the transcript holds the whole turn: Claude Code writes it behind a
+//! queue, and at the Stop hook the final reply may not be there yet.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
