@@ -1122,11 +1122,9 @@ impl Supervisor {
                         _ => {}
                     }
                 }
-                // Headless Claude Code fires SessionStart as it starts, also when it has
-                // no message yet: that is no turn, and the session still waits for input.
-                let idle_start = !self.interactive()
-                    && report.hook_event_name == "SessionStart"
-                    && !self.turn_running;
+                // Claude Code fires SessionStart as it starts, also when it has no
+                // message yet: that is no turn, and the session still waits for input.
+                let idle_start = report.hook_event_name == "SessionStart" && !self.turn_running;
                 if let Some((status, detail)) = hooks::status_for_hook(report)
                     && self.phase != Phase::Finished
                     && !idle_start

@@ -494,3 +494,55 @@ fn a_subagents_events_carry_their_parent_and_their_own_start_and_finish() {
         ]
     );
 }
+
+/// The automatic resume (`reconciler.auto_resume`) of a session lost with no checkpoint
+/// at all: it starts over from its starting workspace. Before, the lost container was
+/// called "resumable (no checkpoint yet)" and the automatic resume failed with E205.
+#[test]
+fn a_session_lost_before_any_checkpoint_is_resumed_automatically() {
+    let h = Harness::new(Script::new([
+        Turn::hold("too late"),
+        Turn::text("Started over automatically."),
+    ]));
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[reconciler]\nauto_resume = true\npoll_interval_seconds = 0.2\nstale_threshold_seconds = 1.0\n",
+    )
+    .unwrap();
+    let (task_id, session_id, container_id) = ids(&create(&h, "Do it all", &[]));
+    h.wait_for("the first request at the model", || {
+        (h.stand_in.holds_served() >= 1).then_some(())
+    });
+    let (pid, _) = h.agent_pid_and_tmux(&container_id);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_dir_all(
+        h.state()
+            .join("sessions")
+            .join(&session_id)
+            .join("volume/checkpoints"),
+    )
+    .unwrap();
+    h.stand_in.release_hold();
+    let task = h.wait_task(&task_id, |t| {
+        ended(t) && t["container_id"] != container_id.as_str()
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Started over automatically.", "{task:#}");
+    let failed: Vec<String> = {
+        let db = h.db();
+        let mut stmt = db
+            .prepare("SELECT message FROM coordinator_events WHERE type = 'resume_failed'")
+            .unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(failed.is_empty(), "{failed:#?}");
+}
