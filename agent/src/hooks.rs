@@ -330,6 +330,24 @@ mod tests {
         assert!(shorten_command(&wide).contains(CUT_MARKER));
     }
 
+    /// A Stop hook's reply longer than the listener's report limit is forwarded as its
+    /// tail (what the turn-end wait compares with the transcript's last reply), cut on
+    /// a character boundary.
+    #[test]
+    fn a_long_final_reply_is_forwarded_as_its_tail() {
+        let reply = format!("{}ende: done.", "é".repeat(100_000));
+        let tail = tail_of(&reply, MAX_REPLY_TAIL_BYTES);
+        assert!(tail.len() <= MAX_REPLY_TAIL_BYTES && tail.ends_with("ende: done."));
+        assert!(reply.ends_with(tail));
+        assert_eq!(tail_of("short", MAX_REPLY_TAIL_BYTES), "short");
+        let report = HookReport {
+            hook_event_name: "Stop".into(),
+            last_assistant_message: Some(tail.to_string()),
+            ..Default::default()
+        };
+        assert!(serde_json::to_vec(&report).unwrap().len() < MAX_REPORT_BYTES as usize);
+    }
+
     #[test]
     fn hooks_map_to_statuses() {
         let cases = [
