@@ -179,6 +179,33 @@ pub fn turn_is_complete(transcript: &[u8], last_assistant_message: &str) -> bool
         && (wanted.is_empty() || !text.trim().is_empty() && text.trim().ends_with(wanted))
 }
 
+/// How much of the transcript's end the turn-end wait reads each time it looks: a tool
+/// result always follows its call, so a turn cut at the window's start still shows
+/// every call in the window with its result (the window's first, partial line counts
+/// for nothing).
+const TURN_TAIL_BYTES: u64 = 8 << 20;
+
+/// The last at most `max` bytes of a regular file, without following a link at `path`.
+fn read_regular_file_tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "not a regular file",
+        ));
+    }
+    file.seek(io::SeekFrom::Start(meta.len().saturating_sub(max)))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Waits (up to `wait`, polling) until the session's transcript holds its last turn
 /// whole ([`turn_is_complete`]); returns whether it did. A missing transcript or a link
 /// in its place never does.
@@ -192,7 +219,7 @@ pub fn wait_for_turn(
     let transcript = project_dir(config_dir, workspace).join(format!("{claude_session_id}.jsonl"));
     let deadline = std::time::Instant::now() + wait;
     loop {
-        if read_regular_file(&transcript)
+        if read_regular_file_tail(&transcript, TURN_TAIL_BYTES)
             .is_ok_and(|bytes| turn_is_complete(&bytes, last_assistant_message))
         {
             return true;
@@ -358,6 +385,24 @@ mod tests {
             "All done."
         ));
         assert!(!turn_is_complete(b"", ""));
+    }
+
+    /// The wait reads only the transcript's end: a turn whose start is beyond the window
+    /// still counts as whole, and a link planted for the transcript is not followed.
+    #[test]
+    fn the_turn_end_wait_reads_the_transcripts_tail_and_follows_no_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.jsonl");
+        let mut bytes = vec![b'x'; 100];
+        bytes.push(b'\n');
+        bytes.extend(lines(&[PROMPT, BASH, RESULT, REPLY]));
+        std::fs::write(&path, &bytes).unwrap();
+        let tail = read_regular_file_tail(&path, 300).unwrap();
+        assert!(tail.len() <= 300);
+        assert!(turn_is_complete(&tail, "All done."));
+        let link = tmp.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read_regular_file_tail(&link, 300).is_err());
     }
 
     proptest::proptest! {

@@ -14,6 +14,8 @@
 //! - Status comes only from hooks, mapped by [`status_for_hook`]:
 //!   SessionStart / UserPromptSubmit / PreToolUse / PostToolUse(Failure) → BUSY,
 //!   Stop → IDLE, Notification → NEEDS_INPUT (detail = its message), SessionEnd → FINISHED.
+//!   (The supervisor ignores a SessionStart that comes with no message to work on: the
+//!   session still waits for input.)
 
 use std::io::{Read, Write};
 use std::path::Path;
