@@ -17,6 +17,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
         )
+        // A main-agent line stays as it was before subagents had a parent.
+        .field_attribute(
+            ".parhelia.v1.AssistantText.parent_tool_use_id",
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        )
+        .field_attribute(
+            ".parhelia.v1.ToolCall.parent_tool_use_id",
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        )
+        .field_attribute(
+            ".parhelia.v1.ToolResult.parent_tool_use_id",
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        )
         .enum_attribute(
             ".",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]",

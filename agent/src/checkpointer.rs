@@ -10,7 +10,9 @@
 //! order (the store allows one writer; pruning runs between jobs, never during
 //! one). A job may carry a hook acknowledgement: Claude Code's Stop and
 //! PreToolUse hooks wait for it, so the checkpoint sees a quiescent tree at a
-//! turn's end and is taken *before* a risky command runs.
+//! turn's end and is taken *before* a risky command runs. A turn's end first waits
+//! (bounded) until the transcript holds the whole turn: Claude Code writes it behind a
+//! queue, and at the Stop hook the final reply may not be there yet.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,6 +67,9 @@ pub struct CheckpointMetadata {
 /// One checkpoint to take.
 pub struct CheckpointJob {
     pub trigger: String,
+    /// A turn's end: wait (bounded, [`conversation::TURN_FLUSH_WAIT`]) until the
+    /// transcript holds the whole turn, ending in this reply (empty: any final reply).
+    pub turn_end_reply: Option<String>,
     pub message: String,
     /// Skip (report `skipped`) when nothing changed since the latest checkpoint.
     pub skip_if_unchanged: bool,
@@ -496,7 +501,26 @@ impl Checkpointer {
                 job.skip_if_unchanged,
                 job.facts.clone(),
             );
+            let turn_end_reply = job.turn_end_reply.clone();
             let result = tokio::task::spawn_blocking(move || {
+                // Claude Code writes its transcript behind a queue: at the Stop hook the
+                // turn's final reply (and in short turns its last tool result) may not
+                // be there yet, and a checkpoint without them resumes into a turn that
+                // looks interrupted.
+                if let Some(reply) = &turn_end_reply
+                    && !conversation::wait_for_turn(
+                        &paths.claude_config_dir,
+                        &paths.workspace,
+                        &facts.claude_session_id,
+                        reply,
+                        conversation::TURN_FLUSH_WAIT,
+                    )
+                {
+                    tracing::warn!(
+                        "the transcript did not hold the whole turn within {:?}; checkpointing it as it is",
+                        conversation::TURN_FLUSH_WAIT
+                    );
+                }
                 take_checkpoint(
                     &store,
                     &paths,

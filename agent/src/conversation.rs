@@ -97,6 +97,140 @@ pub fn stage(
     Ok(())
 }
 
+/// How long a turn's end waits for Claude Code to write the turn to its transcript
+/// before the checkpoint is taken anyway.
+pub const TURN_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether a transcript holds the whole of its last turn: the main thread's last
+/// assistant entry has no tool call (the turn's final reply), every tool call since the
+/// turn's prompt has its result, and, when the Stop hook named it, that reply's text is
+/// the `last_assistant_message`. Claude Code writes its transcript behind its own
+/// queue, so at the Stop hook the final reply (and in short turns the last tool result)
+/// may not be there yet.
+///
+/// The transcript is the session's to write: any bytes give an answer, never a panic;
+/// lines that are not JSON, sidechain (subagent) lines and a half-written last line
+/// count for nothing.
+pub fn turn_is_complete(transcript: &[u8], last_assistant_message: &str) -> bool {
+    let complete = transcript
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |last_newline| last_newline + 1);
+    let mut uses: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut results: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // The last assistant entry of the main thread: (has a tool call, its text).
+    let mut last_assistant: Option<(bool, String)> = None;
+    for line in transcript[..complete].split(|b| *b == b'\n').rev() {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if value["isSidechain"].as_bool() == Some(true) {
+            continue;
+        }
+        let content = &value["message"]["content"];
+        match value["type"].as_str() {
+            Some("assistant") => {
+                let mut has_tool_use = false;
+                let mut text = String::new();
+                for block in content.as_array().into_iter().flatten() {
+                    match block["type"].as_str() {
+                        Some("tool_use") => {
+                            has_tool_use = true;
+                            if let Some(id) = block["id"].as_str() {
+                                uses.insert(id.to_string());
+                            }
+                        }
+                        Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
+                        _ => {}
+                    }
+                }
+                if last_assistant.is_none() {
+                    last_assistant = Some((has_tool_use, text));
+                }
+            }
+            Some("user") => {
+                let mut prompt = content.is_string();
+                for block in content.as_array().into_iter().flatten() {
+                    match block["type"].as_str() {
+                        Some("tool_result") => {
+                            if let Some(id) = block["tool_use_id"].as_str() {
+                                results.insert(id.to_string());
+                            }
+                        }
+                        Some("text") => prompt = true,
+                        _ => {}
+                    }
+                }
+                // The turn's prompt (Claude Code's own meta lines are not one).
+                if prompt && value["isMeta"].as_bool() != Some(true) {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some((has_tool_use, text)) = last_assistant else {
+        return false;
+    };
+    let wanted = last_assistant_message.trim();
+    !has_tool_use
+        && uses.iter().all(|id| results.contains(id))
+        // (`wanted` may be only the reply's tail.)
+        && (wanted.is_empty() || !text.trim().is_empty() && text.trim().ends_with(wanted))
+}
+
+/// How much of the transcript's end the turn-end wait reads each time it looks: a tool
+/// result always follows its call, so a turn cut at the window's start still shows
+/// every call in the window with its result (the window's first, partial line counts
+/// for nothing).
+const TURN_TAIL_BYTES: u64 = 8 << 20;
+
+/// The last at most `max` bytes of a regular file, without following a link at `path`.
+fn read_regular_file_tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "not a regular file",
+        ));
+    }
+    file.seek(io::SeekFrom::Start(meta.len().saturating_sub(max)))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Waits (up to `wait`, polling) until the session's transcript holds its last turn
+/// whole ([`turn_is_complete`]); returns whether it did. A missing transcript or a link
+/// in its place never does.
+pub fn wait_for_turn(
+    config_dir: &Path,
+    workspace: &Path,
+    claude_session_id: &str,
+    last_assistant_message: &str,
+    wait: std::time::Duration,
+) -> bool {
+    let transcript = project_dir(config_dir, workspace).join(format!("{claude_session_id}.jsonl"));
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if read_regular_file_tail(&transcript, TURN_TAIL_BYTES)
+            .is_ok_and(|bytes| turn_is_complete(&bytes, last_assistant_message))
+        {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A directory, and not a link to one.
 fn is_real_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
@@ -198,6 +332,86 @@ fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PROMPT: &str = r#"{"type":"user","message":{"role":"user","content":"Do it"}}"#;
+    const BASH: &str = r#"{"type":"assistant","message":{"id":"m1","content":[{"type":"tool_use","id":"t1","name":"Bash","input":{"command":"echo hi"}}]}}"#;
+    const RESULT: &str = r#"{"type":"user","message":{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"hi"}]}}"#;
+    const REPLY: &str = r#"{"type":"assistant","message":{"id":"m2","content":[{"type":"text","text":"All done."}]}}"#;
+    const SUB: &str = r#"{"type":"assistant","isSidechain":true,"message":{"id":"m3","content":[{"type":"text","text":"sub"}]}}"#;
+
+    fn lines(lines: &[&str]) -> Vec<u8> {
+        lines
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    /// The transcript as Claude Code had flushed it at the Stop hook of a short turn:
+    /// the checkpoint then held a Bash call whose result and final reply were missing.
+    #[test]
+    fn a_turn_is_complete_only_with_its_final_reply_and_every_tool_result() {
+        let whole = lines(&[PROMPT, BASH, RESULT, REPLY]);
+        assert!(turn_is_complete(&whole, "All done."));
+        assert!(turn_is_complete(&whole, ""));
+        // The final reply not written yet.
+        assert!(!turn_is_complete(
+            &lines(&[PROMPT, BASH, RESULT]),
+            "All done."
+        ));
+        assert!(!turn_is_complete(&lines(&[PROMPT, BASH, RESULT]), ""));
+        // Nor the tool's result.
+        assert!(!turn_is_complete(&lines(&[PROMPT, BASH]), ""));
+        // A reply from an earlier turn is not this one's.
+        let other = r#"{"type":"assistant","message":{"id":"m0","content":[{"type":"text","text":"Earlier."}]}}"#;
+        assert!(!turn_is_complete(&lines(&[PROMPT, other]), "All done."));
+        // Half a line is not a line.
+        let mut half = lines(&[PROMPT, BASH, RESULT]);
+        half.extend_from_slice(&REPLY.as_bytes()[..20]);
+        assert!(!turn_is_complete(&half, "All done."));
+        // Subagent lines neither complete nor spoil the main thread's turn.
+        assert!(turn_is_complete(
+            &lines(&[PROMPT, BASH, RESULT, REPLY, SUB]),
+            "All done."
+        ));
+        assert!(!turn_is_complete(
+            &lines(&[PROMPT, BASH, RESULT, SUB]),
+            "sub"
+        ));
+        // A tool call of an earlier turn without a result does not hold this one up.
+        let lone = r#"{"type":"assistant","message":{"id":"m0","content":[{"type":"tool_use","id":"t0","name":"Bash","input":{}}]}}"#;
+        assert!(turn_is_complete(
+            &lines(&[lone, PROMPT, BASH, RESULT, REPLY]),
+            "All done."
+        ));
+        assert!(!turn_is_complete(b"", ""));
+    }
+
+    /// The wait reads only the transcript's end: a turn whose start is beyond the window
+    /// still counts as whole, and a link planted for the transcript is not followed.
+    #[test]
+    fn the_turn_end_wait_reads_the_transcripts_tail_and_follows_no_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.jsonl");
+        let mut bytes = vec![b'x'; 100];
+        bytes.push(b'\n');
+        bytes.extend(lines(&[PROMPT, BASH, RESULT, REPLY]));
+        std::fs::write(&path, &bytes).unwrap();
+        let tail = read_regular_file_tail(&path, 300).unwrap();
+        assert!(tail.len() <= 300);
+        assert!(turn_is_complete(&tail, "All done."));
+        let link = tmp.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read_regular_file_tail(&link, 300).is_err());
+    }
+
+    proptest::proptest! {
+        /// The session writes its transcript: any bytes give an answer.
+        #[test]
+        fn any_transcript_gives_an_answer(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), wanted in ".{0,8}") {
+            let _ = turn_is_complete(&bytes, &wanted);
+        }
+    }
 
     #[test]
     fn links_in_the_config_dir_are_neither_read_nor_written_through() {

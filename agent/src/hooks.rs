@@ -14,6 +14,8 @@
 //! - Status comes only from hooks, mapped by [`status_for_hook`]:
 //!   SessionStart / UserPromptSubmit / PreToolUse / PostToolUse(Failure) → BUSY,
 //!   Stop → IDLE, Notification → NEEDS_INPUT (detail = its message), SessionEnd → FINISHED.
+//!   (The supervisor ignores a SessionStart that comes with no message to work on: the
+//!   session still waits for input.)
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -73,6 +75,26 @@ pub struct HookReport {
     /// SessionEnd: why the session ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Stop: the text of the turn's final reply (the client forwards at most its last
+    /// [`MAX_REPLY_TAIL_BYTES`]), so the turn's checkpoint can wait until the transcript
+    /// holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_assistant_message: Option<String>,
+}
+
+/// How much of a Stop hook's `last_assistant_message` the client forwards: its tail.
+pub const MAX_REPLY_TAIL_BYTES: usize = 4 * 1024;
+
+/// The last at most `max` bytes of `text`, cut on a character boundary.
+pub fn tail_of(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// The fields of a tool's input that a hook report keeps.
@@ -261,6 +283,11 @@ fn forward_hook(socket: &Path, stdin: &mut impl Read) -> std::io::Result<()> {
     {
         *command = short;
     }
+    if let Some(reply) = report.last_assistant_message.as_mut()
+        && reply.len() > MAX_REPLY_TAIL_BYTES
+    {
+        *reply = tail_of(reply, MAX_REPLY_TAIL_BYTES).to_string();
+    }
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
     stream.set_write_timeout(Some(HOOK_CLIENT_TIMEOUT))?;
     stream.set_read_timeout(Some(HOOK_CLIENT_TIMEOUT))?;
@@ -303,6 +330,24 @@ mod tests {
         // Multi-byte characters are never split.
         let wide = "é".repeat(40_000);
         assert!(shorten_command(&wide).contains(CUT_MARKER));
+    }
+
+    /// A Stop hook's reply longer than the listener's report limit is forwarded as its
+    /// tail (what the turn-end wait compares with the transcript's last reply), cut on
+    /// a character boundary.
+    #[test]
+    fn a_long_final_reply_is_forwarded_as_its_tail() {
+        let reply = format!("{}ende: done.", "é".repeat(100_000));
+        let tail = tail_of(&reply, MAX_REPLY_TAIL_BYTES);
+        assert!(tail.len() <= MAX_REPLY_TAIL_BYTES && tail.ends_with("ende: done."));
+        assert!(reply.ends_with(tail));
+        assert_eq!(tail_of("short", MAX_REPLY_TAIL_BYTES), "short");
+        let report = HookReport {
+            hook_event_name: "Stop".into(),
+            last_assistant_message: Some(tail.to_string()),
+            ..Default::default()
+        };
+        assert!(serde_json::to_vec(&report).unwrap().len() < MAX_REPORT_BYTES as usize);
     }
 
     #[test]

@@ -493,6 +493,7 @@ mod tests {
         event::Kind::AssistantText(AssistantText {
             message_id: "m".into(),
             text: s.into(),
+            ..Default::default()
         })
     }
 

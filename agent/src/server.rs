@@ -526,6 +526,7 @@ mod tests {
         event::Kind::AssistantText(AssistantText {
             message_id: "m".into(),
             text: format!("e{n}"),
+            ..Default::default()
         })
     }
 

@@ -9,6 +9,12 @@
 //!   in sorted order). The line's `usage` is preliminary and is never read.
 //! - A `user` line gives one [`ToolResult`] per `tool_result` block, its text content cut
 //!   to [`TOOL_RESULT_MAX_BYTES`] (on a character boundary) with `truncated` set.
+//! - A subagent's `assistant` and `user` lines (`parent_tool_use_id` set: the Task call
+//!   that started it) give the same events with `parent_tool_use_id` set, so they are
+//!   never taken for the main agent's. `system/task_started` for a subagent gives
+//!   [`SubagentStarted`], `system/task_notification` a [`SubagentFinished`] (its summary
+//!   cut to [`SUBAGENT_SUMMARY_MAX_BYTES`]); the supervisor journals a finish only for a
+//!   subagent it saw start, once.
 //! - A `result` line gives one [`TurnResult`] whose `claude_total_cost_usd` is Claude Code's
 //!   `total_cost_usd` as reported, and [`StreamLine::turn_cost_usd`], the cost of that
 //!   turn alone (the sum of `model_usage_since_last_result.*.costUSD`). Claude Code
@@ -22,7 +28,8 @@
 //!   the caller may log, never an event.
 
 use parhelia_proto::{
-    ApiRetry, AssistantText, ClaudeInit, ToolCall, ToolResult, TurnResult, Usage, event,
+    ApiRetry, AssistantText, ClaudeInit, SubagentFinished, SubagentStarted, ToolCall, ToolResult,
+    TurnResult, Usage, event,
 };
 use serde_json::Value;
 
@@ -114,6 +121,26 @@ pub(crate) fn kinds_of(value: &Value) -> Vec<event::Kind> {
             error_status: u32_at(value, "error_status"),
             error: text_of(&value["error"]),
         })],
+        // A subagent's own start and finish (background shell tasks have no
+        // subagent type and are not subagents).
+        ("system", "task_started") if !str_at(value, "subagent_type").is_empty() => {
+            vec![event::Kind::SubagentStarted(SubagentStarted {
+                tool_use_id: one_id(str_at(value, "tool_use_id")),
+                subagent_type: one_id(str_at(value, "subagent_type")),
+                description: bounded(str_at(value, "description"), 200),
+                backgrounded: value["is_backgrounded"].as_bool().unwrap_or(false),
+            })]
+        }
+        ("system", "task_notification") => {
+            let status = one_id(str_at(value, "status"));
+            vec![event::Kind::SubagentFinished(SubagentFinished {
+                tool_use_id: one_id(str_at(value, "tool_use_id")),
+                subagent_type: String::new(),
+                is_error: status != "completed",
+                status,
+                summary: bounded(str_at(value, "summary"), SUBAGENT_SUMMARY_MAX_BYTES),
+            })]
+        }
         ("assistant", _) => assistant_kinds(value),
         ("user", _) => tool_result_kinds(value),
         ("result", _) => vec![event::Kind::TurnResult(TurnResult {
@@ -143,6 +170,7 @@ pub(crate) fn kinds_of(value: &Value) -> Vec<event::Kind> {
 fn assistant_kinds(value: &Value) -> Vec<event::Kind> {
     let message = &value["message"];
     let message_id = str_at(message, "id");
+    let parent = parent_of(value);
     let Some(blocks) = message["content"].as_array() else {
         return Vec::new();
     };
@@ -152,6 +180,7 @@ fn assistant_kinds(value: &Value) -> Vec<event::Kind> {
             "text" => Some(event::Kind::AssistantText(AssistantText {
                 message_id: message_id.to_string(),
                 text: str_at(block, "text").to_string(),
+                parent_tool_use_id: parent.clone(),
             })),
             "tool_use" | "server_tool_use" => Some(event::Kind::ToolCall(ToolCall {
                 tool_use_id: str_at(block, "id").to_string(),
@@ -160,6 +189,7 @@ fn assistant_kinds(value: &Value) -> Vec<event::Kind> {
                     .get("input")
                     .map(Value::to_string)
                     .unwrap_or_else(|| "{}".to_string()),
+                parent_tool_use_id: parent.clone(),
             })),
             _ => None,
         })
@@ -171,6 +201,7 @@ fn tool_result_kinds(value: &Value) -> Vec<event::Kind> {
         // A plain user message (e.g. an echoed prompt) is not a tool result.
         return Vec::new();
     };
+    let parent = parent_of(value);
     blocks
         .iter()
         .filter(|block| str_at(block, "type") == "tool_result")
@@ -181,6 +212,7 @@ fn tool_result_kinds(value: &Value) -> Vec<event::Kind> {
                 is_error: block["is_error"].as_bool().unwrap_or(false),
                 content,
                 truncated,
+                parent_tool_use_id: parent.clone(),
             })
         })
         .collect()
@@ -213,6 +245,33 @@ fn truncate(mut text: String) -> (String, bool) {
     }
     text.truncate(cut);
     (text, true)
+}
+
+/// A subagent's line: the tool_use id of the Task call that started it (stream-json's
+/// `parent_tool_use_id`); empty for the main agent. A transcript's sidechain line without
+/// it is still a subagent's, with an unknown parent.
+fn parent_of(value: &Value) -> String {
+    match str_at(value, "parent_tool_use_id") {
+        "" if value["isSidechain"].as_bool() == Some(true) => "unknown".to_string(),
+        parent => one_id(parent),
+    }
+}
+
+/// A subagent's final report kept in its `SubagentFinished`.
+pub const SUBAGENT_SUMMARY_MAX_BYTES: usize = 2 * 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn bounded(text: &str, max: usize) -> String {
+    let mut cut = text.len().min(max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_string()
+}
+
+/// An id the session wrote, bounded.
+fn one_id(id: &str) -> String {
+    bounded(id, 256)
 }
 
 fn str_at<'a>(value: &'a Value, key: &str) -> &'a str {
@@ -250,6 +309,48 @@ mod tests {
 
     // The lines below are real Claude Code 2.1.330 output (trimmed of fields the parser
     // does not read), captured against a scripted Messages API stand-in.
+
+    /// Real Claude Code 2.1.330 lines of a subagent (the Task tool), foreground and
+    /// background. The subagent's text was journaled as the main agent's, and its start
+    /// and finish were dropped.
+    #[test]
+    fn subagent_lines_carry_their_parent_and_their_own_start_and_finish() {
+        check(
+            r#"{"type":"system","subtype":"task_started","task_id":"af7dd4a0a60d4af90","run_id":"0mxcovvkk-1c17a130","tool_use_id":"toolu_standin_0002","description":"Say hello","subagent_type":"general-purpose","is_backgrounded":false,"spawn_depth":1,"task_type":"local_agent","prompt":"Say hello and stop.","uuid":"u","session_id":"s"}"#,
+            r#"[{"subagent_started":{"tool_use_id":"toolu_standin_0002","subagent_type":"general-purpose","description":"Say hello","backgrounded":false}}]"#,
+        );
+        check(
+            r#"{"type":"system","subtype":"task_notification","task_id":"af7dd4a0a60d4af90","run_id":"0mxcovvkk-1c17a130","tool_use_id":"toolu_standin_0002","status":"completed","output_file":"/tmp/x.output","summary":"Hello from the subagent.","usage":{"total_tokens":110,"tool_uses":0,"duration_ms":156},"uuid":"u","session_id":"s"}"#,
+            r#"[{"subagent_finished":{"tool_use_id":"toolu_standin_0002","subagent_type":"","is_error":false,"status":"completed","summary":"Hello from the subagent."}}]"#,
+        );
+        check(
+            r#"{"type":"system","subtype":"task_notification","tool_use_id":"t9","status":"failed","summary":"boom"}"#,
+            r#"[{"subagent_finished":{"tool_use_id":"t9","subagent_type":"","is_error":true,"status":"failed","summary":"boom"}}]"#,
+        );
+        // A background shell task is not a subagent.
+        check(
+            r#"{"type":"system","subtype":"task_started","tool_use_id":"t3","description":"sleep","task_type":"local_bash"}"#,
+            "[]",
+        );
+        // A background subagent's text, as the stream shows it.
+        check(
+            r#"{"type":"assistant","message":{"id":"msg_2","type":"message","role":"assistant","model":"m","content":[{"text":"Hello from the subagent.","type":"text"}]},"parent_tool_use_id":"toolu_standin_0002","session_id":"s","uuid":"u"}"#,
+            r#"[{"assistant_text":{"message_id":"msg_2","text":"Hello from the subagent.","parent_tool_use_id":"toolu_standin_0002"}}]"#,
+        );
+        check(
+            r#"{"type":"user","message":{"role":"user","content":[{"tool_use_id":"t5","type":"tool_result","content":"ok"}]},"parent_tool_use_id":"toolu_standin_0002"}"#,
+            r#"[{"tool_result":{"tool_use_id":"t5","is_error":false,"content":"ok","truncated":false,"parent_tool_use_id":"toolu_standin_0002"}}]"#,
+        );
+        // Hostile sizes are bounded.
+        let long = "x".repeat(100_000);
+        let line = serde_json::json!({"type":"system","subtype":"task_notification","tool_use_id": long, "status": long, "summary": long}).to_string();
+        let kinds = parse_line(&line).unwrap().kinds;
+        let event::Kind::SubagentFinished(f) = &kinds[0] else {
+            panic!("{kinds:?}");
+        };
+        assert!(f.tool_use_id.len() <= 256 && f.status.len() <= 256);
+        assert!(f.summary.len() <= SUBAGENT_SUMMARY_MAX_BYTES);
+    }
 
     #[test]
     fn system_lines() {

@@ -7,7 +7,7 @@
 //! Promises (headless mode; see `docs/dev/contracts.md`, "Agent lifecycle"):
 //! - The journal starts with `SessionStarted`; a resume or rollback then records its
 //!   safety checkpoint and `CheckpointRestored`; then `InputAccepted` for the spec's
-//!   prompt (a resumed session without one waits for input, IDLE).
+//!   prompt (a resumed session without one waits for input, NEEDS_INPUT "waiting for input"; a headless SessionStart hook before any message does not make it BUSY).
 //! - Checkpoints (see [`crate::checkpointer`]): at each turn's end (Stop hook, skipped
 //!   when nothing changed), before risky tool calls (PreToolUse), periodically, on
 //!   request, and a final one before `SessionFinished` whose trigger says why the
@@ -75,6 +75,12 @@ use crate::tmux::{TmuxError, TmuxServer};
 
 /// After SIGKILL, how long to wait for the exit to be reported before giving up on it.
 pub const GIVE_UP_AFTER_KILL: Duration = Duration::from_secs(5);
+
+/// Subagents the supervisor follows at once (a session could start any number).
+const MAX_OPEN_SUBAGENTS: usize = 1024;
+
+/// The detail of the NEEDS_INPUT status of a session that has nothing to tell Claude Code.
+pub const WAITING_FOR_INPUT: &str = "waiting for input";
 
 /// The tmux session that runs Claude Code.
 pub const TMUX_SESSION_NAME: &str = "claude";
@@ -278,6 +284,9 @@ pub struct Supervisor {
     baseline_reported_total_usd: f64,
     /// The latest assistant text, for an interactive turn's result.
     last_assistant_text: String,
+    /// Subagents started (their Task call's tool_use id → subagent type) whose finish
+    /// has not come yet; at most [`MAX_OPEN_SUBAGENTS`].
+    open_subagents: std::collections::HashMap<String, String>,
     /// Per-response metering ([`crate::spend`]).
     meter: crate::spend::Meter,
     /// Follows the transcripts once Claude Code is started.
@@ -464,6 +473,7 @@ impl Supervisor {
             prompt_ready: watch::channel(false).0,
             baseline_reported_total_usd: 0.0,
             last_assistant_text: String::new(),
+            open_subagents: std::collections::HashMap::new(),
             meter,
             spend_reader: None,
             cost_high_water,
@@ -564,8 +574,8 @@ impl Supervisor {
                 .await;
         }
         if spec.prompt.trim().is_empty() {
-            // A resumed session without a message waits for input.
-            self.set_status(SessionStatus::Idle, "", "waiting for input".into())
+            // A resumed session without a message waits for input: it needs some.
+            self.set_status(SessionStatus::NeedsInput, "", WAITING_FOR_INPUT.into())
                 .await?;
         } else {
             let seq = self
@@ -751,7 +761,32 @@ impl Supervisor {
         hook_ack: Option<oneshot::Sender<()>>,
         is_final: bool,
     ) -> bool {
+        self.queue_checkpoint(
+            trigger,
+            message,
+            skip_if_unchanged,
+            reply,
+            hook_ack,
+            is_final,
+            None,
+        )
+    }
+
+    /// [`Self::request_checkpoint`], for a turn's end: the job first waits (bounded)
+    /// until the transcript holds the whole turn ending in `turn_end_reply`.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_checkpoint(
+        &mut self,
+        trigger: &str,
+        message: String,
+        skip_if_unchanged: bool,
+        reply: Option<CheckpointReply>,
+        hook_ack: Option<oneshot::Sender<()>>,
+        is_final: bool,
+        turn_end_reply: Option<String>,
+    ) -> bool {
         let job = CheckpointJob {
+            turn_end_reply,
             trigger: trigger.into(),
             message,
             skip_if_unchanged,
@@ -1072,6 +1107,7 @@ impl Supervisor {
             }
             SupervisorMessage::Hook(delivery) => {
                 let report = &delivery.report;
+                tracing::info!("hook {}", one_line(&report.hook_event_name, 40));
                 if self.interactive() {
                     match report.hook_event_name.as_str() {
                         "SessionStart" => {
@@ -1088,8 +1124,12 @@ impl Supervisor {
                         _ => {}
                     }
                 }
+                // Claude Code fires SessionStart as it starts, also when it has no
+                // message yet: that is no turn, and the session still waits for input.
+                let idle_start = report.hook_event_name == "SessionStart" && !self.turn_running;
                 if let Some((status, detail)) = hooks::status_for_hook(report)
                     && self.phase != Phase::Finished
+                    && !idle_start
                 {
                     self.set_status(status, &report.hook_event_name, detail)
                         .await?;
@@ -1117,13 +1157,16 @@ impl Supervisor {
                 };
                 match checkpoint {
                     Some((trigger, message)) => {
-                        self.request_checkpoint(
+                        let turn_end_reply = (trigger == "turn_end")
+                            .then(|| report.last_assistant_message.clone().unwrap_or_default());
+                        self.queue_checkpoint(
                             trigger,
                             message,
                             true,
                             None,
                             Some(delivery.handled),
                             false,
+                            turn_end_reply,
                         );
                     }
                     None => {
@@ -1347,8 +1390,27 @@ impl Supervisor {
                     }
                 }
             }
+            event::Kind::SubagentStarted(started) => {
+                if self.open_subagents.len() < MAX_OPEN_SUBAGENTS {
+                    self.open_subagents
+                        .insert(started.tool_use_id.clone(), started.subagent_type.clone());
+                }
+                self.journal(event::Kind::SubagentStarted(started)).await?;
+            }
+            event::Kind::SubagentFinished(mut finished) => {
+                // Claude Code may notify more than once (a subagent sent another
+                // message); one finish per start, and none for other background tasks.
+                if let Some(kind) = self.open_subagents.remove(&finished.tool_use_id) {
+                    finished.subagent_type = kind;
+                    self.journal(event::Kind::SubagentFinished(finished))
+                        .await?;
+                }
+            }
             other => {
-                if let event::Kind::AssistantText(text) = &other {
+                // A subagent's text is its own, never the main agent's reply.
+                if let event::Kind::AssistantText(text) = &other
+                    && text.parent_tool_use_id.is_empty()
+                {
                     self.last_assistant_text = text.text.clone();
                 }
                 self.journal(other).await?;

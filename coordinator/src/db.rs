@@ -1990,6 +1990,7 @@ mod tests {
             kind: Some(Kind::AssistantText(AssistantText {
                 message_id: "m".into(),
                 text: format!("line {seq}"),
+                ..Default::default()
             })),
         }
     }

@@ -290,7 +290,7 @@ impl Action {
                     text.push_str(&format!("; task {task_id} interrupted"));
                     match checkpoint_id {
                         Some(cp) => text.push_str(&format!(", resumable from {cp}")),
-                        None => text.push_str(", resumable (no checkpoint yet)"),
+                        None => text.push_str(", resumable from its starting workspace"),
                     }
                 }
                 text

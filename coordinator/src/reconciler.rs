@@ -332,7 +332,9 @@ async fn execute(
             let checkpoint_id = &salvaged_id.or_else(|| checkpoint_id.clone());
             let resumable = match checkpoint_id {
                 Some(cp) => format!("resumable from checkpoint {cp}"),
-                None => "resumable (no checkpoint yet)".to_string(),
+                None => {
+                    "resumable from its starting workspace (no checkpoint was found)".to_string()
+                }
             };
             let interrupted = db.mark_container_lost(&LostContainer {
                 container_id,

@@ -5,8 +5,12 @@
 //! The store is the authority: the engine's `latest()` skips manifests that
 //! fail their checksum, and a checkpoint announced by an event may since have
 //! been pruned. Events are only the fallback when no store is readable (for
-//! example a remote volume the coordinator cannot see). Reading never creates
-//! a store.
+//! example a remote volume the coordinator cannot see); a volume that is here
+//! without a store has no checkpoint. Reading never creates a store.
+//!
+//! A session with no checkpoint is still resumable: it starts over from its
+//! starting workspace (`resume_session`), so it is never offered as
+//! "resumable (no checkpoint yet)" and then refused (E205).
 //!
 //! Resume itself: `CoordinatorService::resume_session` (`service.rs`); the
 //! reconciler's automatic resume goes through `request_resume`, which calls it.
@@ -41,6 +45,9 @@ pub fn latest_checkpoint_id(db: &Db, session_id: &str, volume_dir: &Path) -> Opt
                 tracing::warn!(%session_id, "reading the checkpoint store failed: {err}")
             }
         },
+        // The session's volume is here and holds no store: it has no checkpoint (its
+        // agent died before its `start` one), whatever older events announced.
+        Ok(None) if volume_dir.is_dir() => return None,
         Ok(None) => {}
         Err(err) => {
             tracing::warn!(%session_id, "opening the checkpoint store failed: {}", err.message)

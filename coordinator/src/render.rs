@@ -40,8 +40,52 @@ pub fn render_event(event: &Event) -> Option<String> {
             if text.is_empty() {
                 return None;
             }
-            ("claude", text.to_string())
+            if t.parent_tool_use_id.is_empty() {
+                ("claude", text.to_string())
+            } else {
+                ("subagent", text.to_string())
+            }
         }
+        Kind::SubagentStarted(a) => (
+            "subagent",
+            format!(
+                "started{}{}",
+                if a.subagent_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", one_line(&a.subagent_type, 60))
+                },
+                if a.description.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", one_line(&a.description, SUMMARY_CHARS))
+                }
+            ),
+        ),
+        Kind::SubagentFinished(f) => (
+            "subagent",
+            format!(
+                "{}{}{}",
+                if f.is_error {
+                    format!(
+                        "ended {}",
+                        non_empty_or(&one_line(&f.status, 40), "unknown")
+                    )
+                } else {
+                    "finished".to_string()
+                },
+                if f.subagent_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", one_line(&f.subagent_type, 60))
+                },
+                if f.summary.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", one_line(f.summary.trim(), SUMMARY_CHARS))
+                }
+            ),
+        ),
         Kind::ToolCall(c) => {
             let summary = tool_input_summary(&c.name, &c.input_json);
             let text = if summary.is_empty() {
@@ -395,6 +439,7 @@ mod tests {
             Kind::AssistantText(AssistantText {
                 message_id: "m".into(),
                 text: "I'll write it.\nThen check.\n".into(),
+                ..Default::default()
             }),
             Some("claude   I'll write it.\n         Then check."),
         );
@@ -408,6 +453,7 @@ mod tests {
                 tool_use_id: "t".into(),
                 name: name.into(),
                 input_json: input.into(),
+                ..Default::default()
             })
         };
         check(
@@ -498,6 +544,48 @@ mod tests {
                 ..Default::default()
             }),
             Some("finished failed: [E505] the model API failed · $0.0000"),
+        );
+    }
+
+    /// A subagent's text is labelled as the subagent's, never `claude` (the main
+    /// agent); its start and finish have lines of their own.
+    #[test]
+    fn subagent_lines() {
+        use parhelia_proto::{SubagentFinished, SubagentStarted};
+        check(
+            Kind::AssistantText(AssistantText {
+                text: "Hello from the subagent.".into(),
+                parent_tool_use_id: "toolu_1".into(),
+                ..Default::default()
+            }),
+            Some("subagent Hello from the subagent."),
+        );
+        check(
+            Kind::SubagentStarted(SubagentStarted {
+                tool_use_id: "toolu_1".into(),
+                subagent_type: "general-purpose".into(),
+                description: "Say hello".into(),
+                backgrounded: false,
+            }),
+            Some("subagent started (general-purpose): Say hello"),
+        );
+        check(
+            Kind::SubagentFinished(SubagentFinished {
+                tool_use_id: "toolu_1".into(),
+                subagent_type: "general-purpose".into(),
+                is_error: false,
+                status: "completed".into(),
+                summary: "Hello.\nMore.".into(),
+            }),
+            Some("subagent finished (general-purpose): Hello.…"),
+        );
+        check(
+            Kind::SubagentFinished(SubagentFinished {
+                status: "killed".into(),
+                is_error: true,
+                ..Default::default()
+            }),
+            Some("subagent ended killed"),
         );
     }
 

@@ -1245,67 +1245,19 @@ impl CoordinatorService {
         // The checkpoint, verified before anything changes (for a remote
         // volume: as read back from it).
         let volume = PathBuf::from(&session.volume_dir);
-        let store_dir = self
-            .inner
-            .backend
-            .store_dir(&session.id, &volume)
-            .await?
-            .ok_or_else(|| {
-                coded(
-                    error_codes::CHECKPOINT_NOT_FOUND,
-                    nothing_to_resume(&task.id, &session.id),
-                )
-            })?;
-        // The newest *restorable* checkpoint (it verifies, and carries the
-        // conversation the session has), saying why newer ones were passed
-        // over; a named one must be restorable itself.
-        let (checkpoint_id, skipped, starts_over) = {
-            let store = checkpoints::open_store_at(
-                &store_dir,
-                &self.inner.config.agent.checkpoint.read_limits(),
-            )?;
-            if r.checkpoint_id.trim().is_empty() {
-                let (chosen, skipped) = checkpoints::newest_restorable(&store)?;
-                let Some(chosen) = chosen else {
-                    let reasons: Vec<String> = skipped.iter().map(|s| s.line()).collect();
-                    return Err(coded(
-                        error_codes::CHECKPOINT_NOT_FOUND,
-                        if skipped.is_empty() {
-                            nothing_to_resume(&task.id, &session.id)
-                        } else {
-                            format!(
-                                "session {} has no restorable checkpoint to resume from:\n{}",
-                                session.id,
-                                reasons.join("\n")
-                            )
-                        },
-                    ));
-                };
-                let starts_over = !store
-                    .load(&chosen.id)
-                    .is_ok_and(|m| checkpoints::has_conversation(&m));
-                (chosen.id.to_string(), skipped, starts_over)
-            } else {
-                let id = checkpoints::parse_id(r.checkpoint_id.trim())?;
-                let list = store.list().map_err(|e| checkpoints::coded(&e))?;
-                let needs_conversation = checkpoints::session_has_conversation(&store, &list);
-                if let Some(why) = checkpoints::unrestorable(&store, &id, needs_conversation) {
-                    let code = error_codes::lookup(why.code)
-                        .copied()
-                        .unwrap_or(error_codes::CHECKPOINT_IO_FAILED);
-                    let message = if code == error_codes::CHECKPOINT_NOT_FOUND {
-                        format!("checkpoint {id} is not in session {}'s store", session.id)
-                    } else {
-                        why.reason
-                    };
-                    return Err(coded(code, message));
-                }
-                let starts_over = !store
-                    .load(&id)
-                    .is_ok_and(|m| checkpoints::has_conversation(&m));
-                (id.to_string(), Vec::new(), starts_over)
-            }
-        };
+        // Its starting workspace is still where it ran: locally the session's workspace
+        // dir, on Modal the store (a `--workspace` is shipped as a checkpoint, so a store
+        // without any means the session started empty).
+        let workspace_kept = from_kind == to_kind;
+        let (mut checkpoint_id, mut skipped, mut starts_over) = self
+            .resume_checkpoint(
+                &task.id,
+                &session.id,
+                &volume,
+                &r.checkpoint_id,
+                workspace_kept,
+            )
+            .await?;
         for s in &skipped {
             tracing::warn!(session_id = %session.id, checkpoint_id = %s.checkpoint_id, code = s.code, "resume skips a checkpoint: {}", s.reason);
         }
@@ -1358,6 +1310,17 @@ impl CoordinatorService {
         // Another backend: its volume gets the store first (what it lacks).
         let moved = if to_kind != from_kind {
             let layout = self.layout_on(target_backend.as_ref(), &session.id, &container_id);
+            let store_dir = self
+                .inner
+                .backend
+                .store_dir(&session.id, &volume)
+                .await?
+                .ok_or_else(|| {
+                    coded(
+                        error_codes::CHECKPOINT_NOT_FOUND,
+                        nothing_to_resume(&task.id, &session.id),
+                    )
+                })?;
             target_backend
                 .import_store(&session.id, &layout.volume_dir, &store_dir)
                 .await
@@ -1391,7 +1354,7 @@ impl CoordinatorService {
             task_id: task.id.clone(),
             session_id: session.id.clone(),
             container_id: container_id.clone(),
-            checkpoint_id: checkpoint_id.clone(),
+            checkpoint_id: checkpoint_id.clone().unwrap_or_default(),
             stopped_container_id: String::new(),
             skipped: skipped
                 .iter()
@@ -1430,6 +1393,22 @@ impl CoordinatorService {
                 ));
             }
             response.stopped_container_id = old.container_id.clone();
+            // Its stop took a final checkpoint, newer than the one chosen above: a
+            // running session continues from where it was stopped.
+            if r.checkpoint_id.trim().is_empty() {
+                (checkpoint_id, skipped, starts_over) = self
+                    .resume_checkpoint(&task.id, &session.id, &volume, "", workspace_kept)
+                    .await?;
+                response.checkpoint_id = checkpoint_id.clone().unwrap_or_default();
+                response.skipped = skipped
+                    .iter()
+                    .map(|s| SkippedCheckpoint {
+                        checkpoint_id: s.checkpoint_id.clone(),
+                        code: s.code.to_string(),
+                        reason: s.reason.clone(),
+                    })
+                    .collect();
+            }
         }
 
         // A checkpoint without a conversation (the session's `start`, or a
@@ -1465,7 +1444,7 @@ impl CoordinatorService {
                 max_turns: task.max_turns,
                 interactive: task.mode == "interactive",
                 resume: !starts_over,
-                restore_checkpoint: Some(checkpoint_id.clone()),
+                restore_checkpoint: checkpoint_id.clone(),
                 max_budget_usd,
                 prior_cost_usd: Some(db.session_spend_usd(&session.id)?),
             },
@@ -1492,9 +1471,12 @@ impl CoordinatorService {
                         if r.rollback { "session_rolled_back" } else { "session_resumed" },
                         "info",
                         format!(
-                            "{} {} from {checkpoint_id} on {container_id}",
+                            "{} {} from {} on {container_id}",
                             session.id,
-                            if r.rollback { "rolled back" } else { "resumed" }
+                            if r.rollback { "rolled back" } else { "resumed" },
+                            checkpoint_id
+                                .as_deref()
+                                .unwrap_or("its starting workspace (no checkpoint was taken)"),
                         ),
                     )
                     .task(&task.id)
@@ -1526,6 +1508,87 @@ impl CoordinatorService {
                 Err(coded_err.into())
             }
         }
+    }
+
+    /// The checkpoint a resume restores: `named`, or the newest restorable one (with the
+    /// newer ones passed over and why); and whether it starts the conversation over (it
+    /// carries none).
+    async fn resume_checkpoint(
+        &self,
+        task_id: &str,
+        session_id: &str,
+        volume: &std::path::Path,
+        named: &str,
+        workspace_kept: bool,
+    ) -> Result<(Option<String>, Vec<checkpoints::Skipped>, bool)> {
+        let volume = volume.to_path_buf();
+        // A session lost before its agent took even its `start` checkpoint never ran
+        // Claude Code (that checkpoint comes first): on the backend it ran on, it starts
+        // over from its starting workspace, with the task's prompt.
+        let start_over = workspace_kept && named.trim().is_empty();
+        let Some(store_dir) = self.inner.backend.store_dir(session_id, &volume).await? else {
+            if start_over {
+                return Ok((None, Vec::new(), true));
+            }
+            return Err(coded(
+                error_codes::CHECKPOINT_NOT_FOUND,
+                nothing_to_resume(task_id, session_id),
+            ));
+        };
+        // The newest *restorable* checkpoint (it verifies, and carries the
+        // conversation the session has), saying why newer ones were passed
+        // over; a named one must be restorable itself.
+        let chosen = {
+            let store = checkpoints::open_store_at(
+                &store_dir,
+                &self.inner.config.agent.checkpoint.read_limits(),
+            )?;
+            if named.trim().is_empty() {
+                let (chosen, skipped) = checkpoints::newest_restorable(&store)?;
+                let Some(chosen) = chosen else {
+                    if start_over && skipped.is_empty() {
+                        return Ok((None, Vec::new(), true));
+                    }
+                    let reasons: Vec<String> = skipped.iter().map(|s| s.line()).collect();
+                    return Err(coded(
+                        error_codes::CHECKPOINT_NOT_FOUND,
+                        if skipped.is_empty() {
+                            nothing_to_resume(task_id, session_id)
+                        } else {
+                            format!(
+                                "session {} has no restorable checkpoint to resume from:\n{}",
+                                session_id,
+                                reasons.join("\n")
+                            )
+                        },
+                    ));
+                };
+                let starts_over = !store
+                    .load(&chosen.id)
+                    .is_ok_and(|m| checkpoints::has_conversation(&m));
+                (Some(chosen.id.to_string()), skipped, starts_over)
+            } else {
+                let id = checkpoints::parse_id(named.trim())?;
+                let list = store.list().map_err(|e| checkpoints::coded(&e))?;
+                let needs_conversation = checkpoints::session_has_conversation(&store, &list);
+                if let Some(why) = checkpoints::unrestorable(&store, &id, needs_conversation) {
+                    let code = error_codes::lookup(why.code)
+                        .copied()
+                        .unwrap_or(error_codes::CHECKPOINT_IO_FAILED);
+                    let message = if code == error_codes::CHECKPOINT_NOT_FOUND {
+                        format!("checkpoint {id} is not in session {}'s store", session_id)
+                    } else {
+                        why.reason
+                    };
+                    return Err(coded(code, message));
+                }
+                let starts_over = !store
+                    .load(&id)
+                    .is_ok_and(|m| checkpoints::has_conversation(&m));
+                (Some(id.to_string()), Vec::new(), starts_over)
+            }
+        };
+        Ok(chosen)
     }
 
     /// `checkpoint create`: a manual checkpoint of a running session.
@@ -2019,9 +2082,12 @@ impl CoordinatorService {
     ) -> Result<bool> {
         let db = &self.inner.db;
         db.record_resume_request(lost_container_id, task_id)?;
+        // The resume picks the newest restorable checkpoint itself (the one seen
+        // when the container was marked lost may be older, or gone): with none, the
+        // session starts over from its starting workspace.
         let request = ResumeSessionRequest {
             session_id: session_id.to_string(),
-            checkpoint_id: checkpoint_id.unwrap_or_default().to_string(),
+            checkpoint_id: String::new(),
             message: String::new(),
             rollback: false,
             env: Default::default(),

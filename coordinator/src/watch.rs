@@ -6,10 +6,15 @@
 //! last one printed; it stops once the status has ended and a read after
 //! that returned nothing new. Since a task's end is stored in the same
 //! transaction as the event that ended it, no event is ever missed.
+//!
+//! A running task whose session waits for input (its last status is `needs_input`, and
+//! no input was accepted since) will not end on its own: the loop returns then too,
+//! once it has caught up, and the summary says what the session waits for.
 
 use std::time::Duration;
 
 use anyhow::Result;
+use parhelia_proto::SessionStatus;
 use parhelia_proto::event::Kind;
 
 use crate::db::{Db, TaskRecord};
@@ -27,6 +32,7 @@ const BATCH: u32 = 500;
 pub async fn watch_task(db: &Db, task_id: &str, mut emit: impl FnMut(&str)) -> Result<WatchedTask> {
     let mut last_rowid = 0;
     let mut last_assistant_text = None;
+    let mut waiting_for_input = false;
     loop {
         let task = db.get_task(task_id)?.ok_or_else(|| {
             coded(
@@ -37,14 +43,24 @@ pub async fn watch_task(db: &Db, task_id: &str, mut emit: impl FnMut(&str)) -> R
         let events = db.task_events_after(task_id, last_rowid, BATCH)?;
         for stored in &events {
             last_rowid = stored.rowid;
-            if let Some(Kind::AssistantText(text)) = &stored.event.kind {
-                last_assistant_text = Some(text.text.trim().to_string());
+            match &stored.event.kind {
+                Some(Kind::AssistantText(text)) => {
+                    last_assistant_text = Some(text.text.trim().to_string());
+                }
+                Some(Kind::StatusChanged(status)) => {
+                    waiting_for_input = status.status == SessionStatus::NeedsInput as i32;
+                }
+                Some(Kind::InputAccepted(_) | Kind::SessionFinished(_)) => {
+                    waiting_for_input = false;
+                }
+                _ => {}
             }
             if let Some(line) = render_event(&stored.event) {
                 emit(&line);
             }
         }
-        if events.is_empty() && task.status.has_ended() {
+        let waits = waiting_for_input && task.status == TaskStatus::Running;
+        if events.is_empty() && (task.status.has_ended() || waits) {
             return Ok(WatchedTask {
                 task,
                 last_assistant_text,
@@ -56,7 +72,8 @@ pub async fn watch_task(db: &Db, task_id: &str, mut emit: impl FnMut(&str)) -> R
     }
 }
 
-/// A task that has ended, plus what the watcher saw.
+/// A task that has ended (or whose session waits for input: it is still running), plus
+/// what the watcher saw.
 #[derive(Clone, Debug)]
 pub struct WatchedTask {
     pub task: TaskRecord,
@@ -84,10 +101,19 @@ impl WatchedTask {
             (Some(start), Some(end)) => format!(" in {}", duration((end - start).max(0) as u64)),
             _ => String::new(),
         };
+        let waiting = if self.waits_for_input() {
+            let session = task.session_id.as_deref().unwrap_or("<session>");
+            format!(
+                " · waiting for input (`parhelia session send {session} \"…\"` continues it, `parhelia task cancel {}` ends it)",
+                task.id
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&labelled(
             "task",
             &format!(
-                "{} {}{took} · cost {}",
+                "{} {}{took}{waiting} · cost {}",
                 task.id,
                 task.status,
                 crate::views::cost_breakdown(&task.spend)
@@ -96,10 +122,15 @@ impl WatchedTask {
         out
     }
 
+    /// The watch returned because the session waits for input, not because the task ended.
+    pub fn waits_for_input(&self) -> bool {
+        !self.task.status.has_ended()
+    }
+
     /// `Ok(())` when the task completed, else its error (coded).
     pub fn outcome(&self) -> Result<(), CodedError> {
         let task = &self.task;
-        if task.status == TaskStatus::Completed {
+        if task.status == TaskStatus::Completed || self.waits_for_input() {
             return Ok(());
         }
         let code = task

@@ -67,6 +67,7 @@ fn prepared(world: &World) -> (Db, Vec<ContainerRef>) {
         Kind::AssistantText(AssistantText {
             message_id: "m".into(),
             text: t.into(),
+            ..Default::default()
         })
     };
     let events_a = [
@@ -78,6 +79,7 @@ fn prepared(world: &World) -> (Db, Vec<ContainerRef>) {
                 tool_use_id: "t1".into(),
                 name: "Bash".into(),
                 input_json: r#"{"command":"ls"}"#.into(),
+                ..Default::default()
             }),
         ),
         event(
@@ -88,6 +90,7 @@ fn prepared(world: &World) -> (Db, Vec<ContainerRef>) {
                 is_error: true,
                 content: "no such file".into(),
                 truncated: false,
+                ..Default::default()
             }),
         ),
         event(

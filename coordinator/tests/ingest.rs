@@ -45,11 +45,13 @@ fn event(seq: u64, outcome: SessionOutcome) -> Event {
         1 => Kind::AssistantText(AssistantText {
             message_id: "m1".into(),
             text: "I'll write hello.txt.".into(),
+            ..Default::default()
         }),
         2 => Kind::ToolCall(ToolCall {
             tool_use_id: "t1".into(),
             name: "Write".into(),
             input_json: r#"{"file_path":"hello.txt","content":"hi\n"}"#.into(),
+            ..Default::default()
         }),
         s if s == LAST_SEQ - 1 => Kind::TurnResult(TurnResult {
             subtype: "success".into(),
@@ -77,6 +79,7 @@ fn event(seq: u64, outcome: SessionOutcome) -> Event {
         s => Kind::AssistantText(AssistantText {
             message_id: format!("m{s}"),
             text: format!("step {s}"),
+            ..Default::default()
         }),
     };
     Event {

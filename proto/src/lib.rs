@@ -43,6 +43,8 @@ pub fn event_type_name(kind: &event::Kind) -> &'static str {
         Kind::CheckpointFailed(_) => "checkpoint_failed",
         Kind::CheckpointRestored(_) => "checkpoint_restored",
         Kind::ModelSpend(_) => "model_spend",
+        Kind::SubagentStarted(_) => "subagent_started",
+        Kind::SubagentFinished(_) => "subagent_finished",
     }
 }
 
@@ -53,6 +55,7 @@ pub fn event_level(kind: &event::Kind) -> &'static str {
         Kind::AgentError(_) | Kind::CheckpointFailed(_) => "error",
         Kind::TurnResult(r) if r.is_error => "error",
         Kind::ToolResult(r) if r.is_error => "warning",
+        Kind::SubagentFinished(f) if f.is_error => "warning",
         Kind::ApiRetry(_) => "warning",
         Kind::ClaudeExited(e) if !e.had_result => "warning",
         Kind::SessionFinished(f) if f.outcome != SessionOutcome::Succeeded as i32 => "error",
@@ -73,6 +76,7 @@ mod tests {
                 tool_use_id: "toolu_1".into(),
                 name: "Write".into(),
                 input_json: r#"{"file_path":"a.txt"}"#.into(),
+                ..Default::default()
             })),
         };
         let line = serde_json::to_string(&event).unwrap();

@@ -38,9 +38,30 @@ impl Harness {
         Self::new_in(script, &std::env::temp_dir())
     }
 
+    /// Like [`Self::new`], with the stand-in keeping every request's whole body
+    /// (`LoggedRequest::body`), for tests that check what Claude Code sent the model.
+    pub fn new_logging_bodies(script: Script) -> Harness {
+        Self::build(
+            script,
+            &std::env::temp_dir(),
+            crate::model_stand_in::StandInOptions {
+                log_bodies: true,
+                ..Default::default()
+            },
+        )
+    }
+
     /// Like [`Self::new`], with the private directory (state dir, sessions, volumes) made
     /// under `parent`, e.g. a small tmpfs the chaos engine fills.
     pub fn new_in(script: Script, parent: &Path) -> Harness {
+        Self::build(script, parent, Default::default())
+    }
+
+    fn build(
+        script: Script,
+        parent: &Path,
+        options: crate::model_stand_in::StandInOptions,
+    ) -> Harness {
         for b in ["parhelia", "parhelia-agent"] {
             assert!(
                 bin_dir().join(b).exists(),
@@ -49,7 +70,7 @@ impl Harness {
         }
         let dir = tempfile::tempdir_in(parent).expect("tempdir");
         std::fs::create_dir(dir.path().join(".parhelia")).unwrap();
-        let stand_in = StandIn::start(script).expect("start model stand-in");
+        let stand_in = StandIn::start_with(script, options).expect("start model stand-in");
         let claude = crate::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));
         let path = format!(
             "{}:{}:{}",

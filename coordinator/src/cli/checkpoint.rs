@@ -391,7 +391,14 @@ async fn resume(ctx: &Ctx, opened: &Opened, call: ResumeCall<'_>, json: bool) ->
         } else {
             "resumed from"
         };
-        println!("{} {verb} {}", reply.session_id, reply.checkpoint_id);
+        if reply.checkpoint_id.is_empty() {
+            println!(
+                "{} {verb} its starting workspace (no checkpoint was taken)",
+                reply.session_id
+            );
+        } else {
+            println!("{} {verb} {}", reply.session_id, reply.checkpoint_id);
+        }
         for k in &reply.skipped {
             println!(
                 "  skipped    {} [{}] {}",
@@ -531,7 +538,7 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
             s.container_id.as_deref().unwrap_or("-")
         );
     }
-    let latest = match super::modal::session_store(ctx, &opened, &s).await? {
+    let (latest, none_taken) = match super::modal::session_store(ctx, &opened, &s).await? {
         Some(store) => {
             // The newest restorable checkpoint is the one to offer; each newer one
             // passed over is named with its reason.
@@ -539,10 +546,32 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
             for why in &skipped {
                 println!("{}", escape_untrusted(&why.line()));
             }
-            chosen
+            let none_taken = skipped.is_empty();
+            (chosen, none_taken)
         }
-        None => None,
+        None => (None, true),
     };
+    let live = s.container_state.is_some_and(|c| c.is_active());
+    if latest.is_none() && none_taken && !live {
+        // Lost before its agent took even its `start` checkpoint: Claude Code never ran,
+        // and the resume starts it over from its starting workspace.
+        let command = format!("parhelia resume {}", s.id);
+        println!(
+            "no checkpoint yet: the session resumes from its starting workspace with the task's prompt"
+        );
+        if !yes {
+            println!("to resume: {command}");
+            return Ok(0);
+        }
+        let call = ResumeCall {
+            session_id: &s.id,
+            checkpoint_id: "",
+            message: "",
+            rollback: false,
+            backend: "",
+        };
+        return resume(ctx, &opened, call, false).await;
+    }
     let Some(latest) = latest else {
         println!(
             "no usable checkpoint: the session cannot be resumed; `parhelia task retry` starts it over"
@@ -555,7 +584,6 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
         view.id, view.created_at, view.trigger, view.file_count
     );
     println!("git        {}", checkpoints::git_line(&view.git));
-    let live = s.container_state.is_some_and(|c| c.is_active());
     if live {
         println!(
             "the session is still running: `parhelia session show {}`",
