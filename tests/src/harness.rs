@@ -41,6 +41,23 @@ impl Harness {
     /// Like [`Self::new`], with the private directory (state dir, sessions, volumes) made
     /// under `parent`, e.g. a small tmpfs the chaos engine fills.
     pub fn new_in(script: Script, parent: &Path) -> Harness {
+        Self::new_with(script, parent, crate::StandInOptions::default())
+    }
+
+    /// Like [`Self::new`], with the stand-in keeping every request's whole body (to look
+    /// for what Claude Code put in its system prompt and context).
+    pub fn new_logging_bodies(script: Script) -> Harness {
+        Self::new_with(
+            script,
+            &std::env::temp_dir(),
+            crate::StandInOptions {
+                log_bodies: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn new_with(script: Script, parent: &Path, options: crate::StandInOptions) -> Harness {
         for b in ["parhelia", "parhelia-agent"] {
             assert!(
                 bin_dir().join(b).exists(),
@@ -49,7 +66,10 @@ impl Harness {
         }
         let dir = tempfile::tempdir_in(parent).expect("tempdir");
         std::fs::create_dir(dir.path().join(".parhelia")).unwrap();
-        let stand_in = StandIn::start(script).expect("start model stand-in");
+        // The user's home is the test's own: no test reads or writes the real one (its
+        // Claude Code setup, dotfiles), and each can plant a setup of its own there.
+        std::fs::create_dir(dir.path().join("home")).unwrap();
+        let stand_in = StandIn::start_with(script, options).expect("start model stand-in");
         let claude = crate::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));
         let path = format!(
             "{}:{}:{}",
@@ -67,6 +87,7 @@ impl Harness {
             ("ANTHROPIC_BASE_URL".into(), stand_in.base_url().to_string()),
             ("ANTHROPIC_API_KEY".into(), "test-key-not-a-secret".into()),
             ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
+            ("HOME".into(), dir.path().join("home").display().to_string()),
             // Frequent heartbeats, so tests see some without waiting long.
             ("PARHELIA_HEARTBEAT_INTERVAL_MS".into(), "200".into()),
         ];
@@ -83,6 +104,11 @@ impl Harness {
         self.dir.path()
     }
 
+    /// The test's `$HOME` (`<root>/home`), where a test plants the user's setup.
+    pub fn home(&self) -> PathBuf {
+        self.root().join("home")
+    }
+
     pub fn state(&self) -> PathBuf {
         self.root().join(".parhelia")
     }
@@ -91,7 +117,8 @@ impl Harness {
         let mut cmd = Command::new(bin_dir().join("parhelia"));
         cmd.args(args)
             .current_dir(self.root())
-            .env_remove("PARHELIA_HOME");
+            .env_remove("PARHELIA_HOME")
+            .env_remove("CLAUDE_CONFIG_DIR");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -148,6 +148,7 @@ pub fn sandbox_spec(
         hide,
         read_only,
         writable: Vec::new(),
+        binds: Vec::new(),
     }
 }
 
