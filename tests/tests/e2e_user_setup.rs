@@ -1,7 +1,8 @@
 //! The user's own Claude Code setup in local sessions (issue 14): a `CLAUDE.md`, a custom
 //! slash command and an MCP server defined in the (test's) home reach the session's
 //! Claude Code through the config-sync planner, while planted credentials do not; a
-//! session created with `--no-user-config` gets none of it; and under bubblewrap a
+//! session created with `--no-user-config` gets none of it (nor the user's dotfiles);
+//! and under bubblewrap a
 //! write to `~` lands in the session's private home, never the user's, with a stale
 //! shim lock in a `PATH` directory unable to get in the way.
 
@@ -91,7 +92,17 @@ fn plant_setup(h: &mut Harness) {
     )
     .unwrap();
     std::fs::write(shims.join(".pyenv-shim"), "").unwrap();
-    std::fs::write(home.join(".bashrc"), "export PARHELIA_PROFILE_RAN=1\n").unwrap();
+    // A profile that writes, like `pyenv init` (rehash takes the shims' lock) and tools
+    // that keep caches: under a read-only home each write printed an error.
+    std::fs::write(
+        home.join(".bashrc"),
+        "mkdir -p ~/.cache/probe && echo ran > ~/.cache/probe/stamp || echo PROFILE-WRITE-FAILED\n\
+         set -o noclobber\n\
+         if ( echo > ~/.tool/shims/.pyenv-shim ) 2>/dev/null; then rm -f ~/.tool/shims/.pyenv-shim; \
+         else echo PROFILE-LOCK-STUCK; fi\n\
+         set +o noclobber\n",
+    )
+    .unwrap();
     // The harness's own PATH (binaries, Claude Code) stays in front.
     let current = h
         .command(&["--version"])
@@ -111,7 +122,8 @@ fn script() -> Script {
              ls -a ~/.tool/shims; \
              touch ~/.tool/shims/new-shim && echo SHIM-WRITABLE; \
              cat \"$CLAUDE_CONFIG_DIR/.credentials.json\" ~/.claude/.credentials.json 2>&1; \
-             cat \"$CLAUDE_CONFIG_DIR/settings.json\"; echo; echo HOME-IS=$HOME",
+             cat \"$CLAUDE_CONFIG_DIR/settings.json\"; echo; echo HOME-IS=$HOME; \
+             cat ~/.cache/probe/stamp 2>&1; bash -ic true 2>&1; echo END",
         )]),
         Turn::text("Looked around."),
     ])
@@ -246,8 +258,14 @@ fn the_users_setup_reaches_a_local_session_and_credentials_do_not() {
     assert!(private.join(".tool/shims/new-shim").is_file());
     assert!(!h.home().join(".tool/shims/new-shim").exists());
     assert!(h.home().join(".tool/shims/.pyenv-shim").exists());
-    // The profile was copied in (no secret in it), so the shell reads it.
+    // The profile was copied in (no secret in it), the shell read it, and its writes (a
+    // cache, the shims' lock) worked without a word in the tool's output.
     assert!(private.join(".bashrc").is_file());
+    assert!(output.contains("\nran\n"), "{output}");
+    assert!(!output.contains("PROFILE-WRITE-FAILED"), "{output}");
+    assert!(!output.contains("PROFILE-LOCK-STUCK"), "{output}");
+    assert!(private.join(".cache/probe/stamp").is_file());
+    assert!(!h.home().join(".cache").exists());
 }
 
 #[test]
@@ -273,4 +291,7 @@ fn no_user_config_starts_clean() {
         .join("containers")
         .join(task["container_id"].as_str().unwrap());
     assert!(!container.join("user-config").exists());
+    // A private home still, but without the user's dotfiles.
+    assert!(session.join("home").is_dir());
+    assert!(!session.join("home/.bashrc").exists());
 }

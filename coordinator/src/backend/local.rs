@@ -700,8 +700,10 @@ impl Backend for LocalBackend {
             // The session's own writable home, mounted at the user's home path.
             if let Some(home) = home.clone() {
                 let private = layout.session_dir.join(local_home::HOME_DIR);
+                let dotfiles = request.user_config;
                 let (spec_part, report) = tokio::task::spawn_blocking(move || {
-                    let report = local_home::apply_private_home(&mut sandbox, &home, &private);
+                    let report =
+                        local_home::apply_private_home(&mut sandbox, &home, &private, dotfiles);
                     (sandbox, report)
                 })
                 .await

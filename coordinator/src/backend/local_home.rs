@@ -148,12 +148,14 @@ pub struct HomeReport {
 }
 
 /// Gives a sandbox spec the session's private home (see the module docs): creates and
-/// fills `private` (on first use), mounts it writable at `home`, and rewrites what the
-/// spec shows of the home. `home` must be absolute and not `/` (else nothing is done).
+/// fills `private` (on first use; the dotfiles only with `dotfiles`, false for
+/// `--no-user-config`), mounts it writable at `home`, and rewrites what the spec shows
+/// of the home. `home` must be absolute and not `/` (else nothing is done).
 pub fn apply_private_home(
     spec: &mut SandboxSpec,
     home: &Path,
     private: &Path,
+    dotfiles: bool,
 ) -> Result<HomeReport, CodedError> {
     let mut report = HomeReport::default();
     if !home.is_absolute() || home == Path::new("/") {
@@ -176,7 +178,7 @@ pub fn apply_private_home(
         }
         Err(e) => return Err(home_error(format!("{}: {e}", private.display()))),
     };
-    if fresh {
+    if fresh && dotfiles {
         copy_dotfiles(home, private, &mut report)?;
     }
     // The dotfiles are the private home's now: git reads the copy (or nothing, when the
@@ -472,7 +474,7 @@ mod tests {
         std::fs::write(home.join(".cargo/credentials.toml"), "token = \"x\"").unwrap();
 
         let mut spec = spec_for(&home, &[".pyenv/shims", ".cargo/bin", ".local/bin"]);
-        let report = apply_private_home(&mut spec, &home, &private).unwrap();
+        let report = apply_private_home(&mut spec, &home, &private, true).unwrap();
         assert_eq!(report.copied, vec![".bashrc", ".gitconfig"]);
         let withheld: Vec<&str> = report.withheld.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(withheld, vec![".profile", ".zshrc"]);
@@ -510,7 +512,7 @@ mod tests {
         std::fs::write(private.join(".bashrc"), "# the session's own\n").unwrap();
         std::fs::write(private.join(".pyenv/shims/.pyenv-shim"), "").unwrap();
         let mut spec = spec_for(&home, &[".pyenv/shims"]);
-        let report = apply_private_home(&mut spec, &home, &private).unwrap();
+        let report = apply_private_home(&mut spec, &home, &private, true).unwrap();
         assert!(report.copied.is_empty());
         assert_eq!(
             std::fs::read_to_string(private.join(".bashrc")).unwrap(),
@@ -532,7 +534,7 @@ mod tests {
         // The session made its `.pyenv` a link to a directory of the user's.
         std::os::unix::fs::symlink(&elsewhere, private.join(".pyenv")).unwrap();
         let mut spec = spec_for(&home, &[".pyenv/shims"]);
-        let err = apply_private_home(&mut spec, &home, &private).unwrap_err();
+        let err = apply_private_home(&mut spec, &home, &private, true).unwrap_err();
         assert_eq!(err.code, error_codes::PRIVATE_HOME_UNAVAILABLE);
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
