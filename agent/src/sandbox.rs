@@ -17,6 +17,10 @@
 //! - read-only again: the `read_only` paths the backend names (e.g. `~/.gitconfig`, PATH
 //!   directories under the home) and the directories of the Claude Code and agent
 //!   binaries, so the hooks (`parhelia-agent hook`) can run;
+//! - `binds` mounted from elsewhere after the plain mounts of their depth: the session's
+//!   private home (`sessions/<sid>/home`) writable at the user's home path, and its
+//!   writable copies of `shims` directories; a hidden regular file (a credential in a tool
+//!   directory shown read-only) is covered by an empty one (`/dev/null`);
 //! - writable: the workspace, Claude Code's config dir, the container's run directory
 //!   (Claude Code's stream, stderr and exit status), the tmux socket directory and the
 //!   sandbox-writable runtime directory (`claude.pid`) — nothing the agent trusts.
@@ -70,7 +74,10 @@ enum MountKind {
     Writable,
     /// Mounted from another path (after the plain mounts at the same depth, so a private
     /// home replaces the tmpfs hiding the real one).
-    Bind { source: PathBuf, writable: bool },
+    Bind {
+        source: PathBuf,
+        writable: bool,
+    },
 }
 
 /// The `bwrap` arguments (everything between `bwrap` and `--`) for a sandbox that sees
@@ -415,7 +422,11 @@ mod tests {
         std::fs::write(tool.join("README"), "tool readme").unwrap();
         std::fs::write(home.join("dotfile"), "real").unwrap();
         let spec = SandboxSpec {
-            hide: vec![dir.path().to_path_buf(), home.clone(), tool.join("credentials")],
+            hide: vec![
+                dir.path().to_path_buf(),
+                home.clone(),
+                tool.join("credentials"),
+            ],
             read_only: vec![tool.clone()],
             writable: vec![],
             binds: vec![
@@ -450,9 +461,15 @@ mod tests {
         assert!(stdout.contains("tool readme"), "{stdout}");
         assert!(!stdout.contains("TOOL-WRITABLE"), "{stdout}");
         assert!(stdout.contains("shim-ok"), "{stdout}");
-        assert_eq!(std::fs::read_to_string(private.join("written")).unwrap(), "mine\n");
+        assert_eq!(
+            std::fs::read_to_string(private.join("written")).unwrap(),
+            "mine\n"
+        );
         assert!(!home.join("written").exists());
-        assert_eq!(std::fs::read_to_string(private.join(".tool/shims/python")).unwrap(), "s\n");
+        assert_eq!(
+            std::fs::read_to_string(private.join(".tool/shims/python")).unwrap(),
+            "s\n"
+        );
         assert!(!tool.join("shims/python").exists());
     }
 

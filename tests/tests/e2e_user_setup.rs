@@ -68,7 +68,9 @@ fn plant_setup(h: &mut Harness) {
     .unwrap();
     std::fs::write(
         claude.join(".credentials.json"),
-        format!(r#"{{"claudeAiOauth":{{"accessToken":"sk-ant-oat01-{PLANTED}abcdefghij0123456789"}}}}"#),
+        format!(
+            r#"{{"claudeAiOauth":{{"accessToken":"sk-ant-oat01-{PLANTED}abcdefghij0123456789"}}}}"#
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -209,7 +211,10 @@ fn the_users_setup_reaches_a_local_session_and_credentials_do_not() {
     // Claude Code has the user's CLAUDE.md in its context, the MCP server's tool, and
     // the custom slash command.
     let body = first_turn_body(&h);
-    assert!(body.contains("PARHELIA-USER-MEMO-7Q"), "CLAUDE.md is not in the request");
+    assert!(
+        body.contains("PARHELIA-USER-MEMO-7Q"),
+        "CLAUDE.md is not in the request"
+    );
     let init = init_line(&session);
     let tools = init["tools"].to_string();
     assert!(tools.contains("mcp__probe__ping"), "{init:#}");
@@ -222,7 +227,9 @@ fn the_users_setup_reaches_a_local_session_and_credentials_do_not() {
         "{init:#}"
     );
     assert!(
-        init["slash_commands"].to_string().contains("parhelia-probe"),
+        init["slash_commands"]
+            .to_string()
+            .contains("parhelia-probe"),
         "{init:#}"
     );
 
@@ -244,7 +251,10 @@ fn the_users_setup_reaches_a_local_session_and_credentials_do_not() {
     assert!(!container.join("claude-config/.credentials.json").exists());
 
     // The Bash call's writes went to the session's private home, not the user's.
-    assert!(output.contains(&format!("HOME-IS={}", h.home().display())), "{output}");
+    assert!(
+        output.contains(&format!("HOME-IS={}", h.home().display())),
+        "{output}"
+    );
     let private = session.join("home");
     assert_eq!(
         std::fs::read_to_string(private.join("written-by-session.txt")).unwrap(),
@@ -273,15 +283,26 @@ fn no_user_config_starts_clean() {
     let mut h = Harness::new_logging_bodies(script());
     h.set_env("PARHELIA_ISOLATION", "bwrap");
     plant_setup(&mut h);
-    h.ok(&["task", "create", "Look around", "--sync", "--no-user-config"]);
+    h.ok(&[
+        "task",
+        "create",
+        "Look around",
+        "--sync",
+        "--no-user-config",
+    ]);
     let (task, session) = task_and_session(&h);
     assert_eq!(task["status"], "completed", "{task:#}");
     let body = first_turn_body(&h);
     assert!(!body.contains("PARHELIA-USER-MEMO-7Q"));
     let init = init_line(&session);
-    assert!(!init["tools"].to_string().contains("mcp__probe"), "{init:#}");
     assert!(
-        !init["slash_commands"].to_string().contains("parhelia-probe"),
+        !init["tools"].to_string().contains("mcp__probe"),
+        "{init:#}"
+    );
+    assert!(
+        !init["slash_commands"]
+            .to_string()
+            .contains("parhelia-probe"),
         "{init:#}"
     );
     let output = tool_output(&h);

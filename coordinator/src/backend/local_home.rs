@@ -369,8 +369,8 @@ fn copy_shims(source: &Path, private: &Path, rel: &Path) -> Result<(), CodedErro
     let existed = is_real_dir(&private.join(rel));
     let dest = real_dirs(private, rel)?;
     if existed {
-        let entries = std::fs::read_dir(&dest)
-            .map_err(|e| home_error(format!("{}: {e}", dest.display())))?;
+        let entries =
+            std::fs::read_dir(&dest).map_err(|e| home_error(format!("{}: {e}", dest.display())))?;
         for entry in entries.flatten().take(MAX_SHIMS) {
             let name = entry.file_name();
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
@@ -405,9 +405,8 @@ fn copy_shims(source: &Path, private: &Path, rel: &Path) -> Result<(), CodedErro
                 .metadata()
                 .map(|m| m.permissions().mode() & 0o755)
                 .unwrap_or(0o755);
-            write_new(&target, &bytes, mode | 0o600).map_err(|e| {
-                home_error(format!("cannot copy into {}: {e}", target.display()))
-            })?;
+            write_new(&target, &bytes, mode | 0o600)
+                .map_err(|e| home_error(format!("cannot copy into {}: {e}", target.display())))?;
         }
     }
     Ok(())
