@@ -473,6 +473,74 @@ mod tests {
         assert!(!tool.join("shims/python").exists());
     }
 
+    /// The mount targets of an argument list, in order (`--tmpfs P`, `--ro-bind[-try] S P`,
+    /// `--bind S P`).
+    fn targets(args: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            match args[i].as_str() {
+                "--tmpfs" => {
+                    out.push(args[i + 1].clone());
+                    i += 2;
+                }
+                "--ro-bind" | "--ro-bind-try" | "--bind" if args[i + 1] != "/" => {
+                    out.push(args[i + 2].clone());
+                    i += 3;
+                }
+                _ => i += 1,
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Whatever the spec names, no mount is ever made before one that contains it
+        /// (which would hide it): a private home bound over the hidden home comes before
+        /// the tool directories shown in it, and those before the shims bound over them.
+        #[test]
+        fn no_mount_is_hidden_by_a_later_one(
+            parts in proptest::collection::vec(
+                (proptest::collection::vec(0u8..3, 1..4), 0u8..4), 1..12),
+        ) {
+            let mut spec = SandboxSpec::default();
+            let root = PathBuf::from("/nonexistent-parhelia-prop");
+            for (names, kind) in &parts {
+                let mut path = root.clone();
+                for n in names {
+                    path.push(["a", "b", "c"][*n as usize]);
+                }
+                match kind {
+                    0 => spec.hide.push(path),
+                    1 => spec.read_only.push(path),
+                    2 => spec.writable.push(path),
+                    _ => spec.binds.push(SandboxBind {
+                        source: PathBuf::from("/elsewhere"),
+                        target: path,
+                        writable: true,
+                    }),
+                }
+            }
+            let args = text(&bwrap_args(&spec, &[], &[], Path::new("/")));
+            let order = targets(&args);
+            for (i, first) in order.iter().enumerate() {
+                for after in &order[i + 1..] {
+                    // Nothing mounted after `first` may contain it (it would hide it).
+                    proptest::prop_assert!(
+                        after == first || !Path::new(first).starts_with(after),
+                        "{after} is mounted after {first}, which it contains: {order:?}"
+                    );
+                }
+            }
+            // Every bind is there, from its source.
+            for bind in &spec.binds {
+                let target = bind.target.to_string_lossy().into_owned();
+                proptest::prop_assert!(args.windows(3).any(|w| w[0] == "--bind"
+                    && w[1] == "/elsewhere" && w[2] == target), "{target} missing: {args:?}");
+            }
+        }
+    }
+
     fn which(program: &str) -> Option<PathBuf> {
         std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths)
