@@ -4,7 +4,9 @@
 //! Claude Code configuration on the volume: `settings.json` (secrets removed),
 //! `CLAUDE.md`, `rules/`, `commands/`, `agents/`, `skills/`, `output-styles/`, `plugins/`
 //! and `mcp-servers.json` (`{"mcpServers": {...}}`, from `.claude.json`). The spec names
-//! that directory as `claude_config_seed`; before Claude Code starts, [`apply`] copies it
+//! that directory as `claude_config_seed` (locally the backend writes the same planned
+//! files to `containers/<cid>/user-config/` at each launch, `docs/formats/session-home.md`);
+//! before Claude Code starts, [`apply`] copies it
 //! into `claude_config_dir` and [`plugin_dirs`] finds the plugins to pass with
 //! `--plugin-dir`.
 //!

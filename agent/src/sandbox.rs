@@ -17,6 +17,10 @@
 //! - read-only again: the `read_only` paths the backend names (e.g. `~/.gitconfig`, PATH
 //!   directories under the home) and the directories of the Claude Code and agent
 //!   binaries, so the hooks (`parhelia-agent hook`) can run;
+//! - `binds` mounted from elsewhere after the plain mounts of their depth: the session's
+//!   private home (`sessions/<sid>/home`) writable at the user's home path, and its
+//!   writable copies of `shims` directories; a hidden regular file (a credential in a tool
+//!   directory shown read-only) is covered by an empty one (`/dev/null`);
 //! - writable: the workspace, Claude Code's config dir, the container's run directory
 //!   (Claude Code's stream, stderr and exit status), the tmux socket directory and the
 //!   sandbox-writable runtime directory (`claude.pid`) — nothing the agent trusts.
@@ -48,13 +52,32 @@ pub struct SandboxSpec {
     /// Extra writable directories.
     #[serde(default)]
     pub writable: Vec<PathBuf>,
+    /// Directories seen at another path inside (the session's private home at the
+    /// user's home path; its writable copies of `shims` directories).
+    #[serde(default)]
+    pub binds: Vec<SandboxBind>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// `sandbox.binds`: `source` (a path outside) mounted at `target` inside.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxBind {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub writable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum MountKind {
     Hide,
     ReadOnly,
     Writable,
+    /// Mounted from another path (after the plain mounts at the same depth, so a private
+    /// home replaces the tmpfs hiding the real one).
+    Bind {
+        source: PathBuf,
+        writable: bool,
+    },
 }
 
 /// The `bwrap` arguments (everything between `bwrap` and `--`) for a sandbox that sees
@@ -97,6 +120,17 @@ pub fn bwrap_args(
             mounts.push((depth, kind, path.to_path_buf()));
         }
     };
+    for bind in &spec.binds {
+        if bind.source.is_absolute() {
+            add(
+                MountKind::Bind {
+                    source: bind.source.clone(),
+                    writable: bind.writable,
+                },
+                &bind.target,
+            );
+        }
+    }
     for path in &spec.hide {
         add(MountKind::Hide, path);
     }
@@ -116,15 +150,30 @@ pub fn bwrap_args(
     {
         add(MountKind::Writable, path);
     }
-    mounts.sort_by_key(|a| (a.0, a.1));
+    mounts.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     for (_, kind, path) in mounts {
         match kind {
             MountKind::Hide => {
-                // Only directories can be covered by a tmpfs; a missing path needs no hiding.
-                if !path.is_dir() {
-                    continue;
+                // A directory is covered by an empty tmpfs, a regular file (a credential
+                // inside a tool directory shown read-only) by an empty one; a missing path
+                // needs no hiding. A link is not hidden through: what it names is hidden
+                // (or shown) by its own entry.
+                match std::fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_dir() => {
+                        args.push("--tmpfs".into());
+                        args.push(path.into_os_string());
+                    }
+                    Ok(meta) if meta.is_file() => {
+                        args.push("--ro-bind".into());
+                        args.push("/dev/null".into());
+                        args.push(path.into_os_string());
+                    }
+                    _ => {}
                 }
-                args.push("--tmpfs".into());
+            }
+            MountKind::Bind { source, writable } => {
+                args.push(if writable { "--bind" } else { "--ro-bind" }.into());
+                args.push(source.into_os_string());
                 args.push(path.into_os_string());
             }
             MountKind::ReadOnly => {
@@ -252,6 +301,7 @@ mod tests {
             hide: vec![dir.path().to_path_buf(), state.clone()],
             read_only: vec![dir.path().join("bin")],
             writable: vec![],
+            binds: vec![],
         };
         let args = text(&bwrap_args(&spec, &[&ws], &[], &ws));
         let at = |flag: &str, path: &Path| {
@@ -275,6 +325,11 @@ mod tests {
             hide: vec!["/".into(), "relative".into()],
             read_only: vec![],
             writable: vec!["/".into()],
+            binds: vec![SandboxBind {
+                source: "relative".into(),
+                target: "/x".into(),
+                writable: true,
+            }],
         };
         let args = text(&bwrap_args(&spec, &[], &[], Path::new("/")));
         assert!(!args.iter().any(|a| a == "--tmpfs" || a == "--bind"));
@@ -346,6 +401,144 @@ mod tests {
         assert!(!dir.path().join("outside").exists());
         let processes: u32 = stdout.trim().lines().last().unwrap().parse().unwrap();
         assert!(processes <= 4, "the sandbox sees {processes} processes");
+    }
+
+    /// The private home: hidden real home, a private directory bound at its path (writes
+    /// land there), a tool directory shown read-only over it with a credential file in it
+    /// masked, and a writable copy of its `shims` bound over that.
+    #[test]
+    fn a_private_home_takes_the_writes_and_masks_credentials() {
+        if !Path::new("/usr/bin/bwrap").exists() && which("bwrap").is_none() {
+            eprintln!("bwrap is not installed; the sandbox itself is not exercised here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let private = dir.path().join("private");
+        let tool = home.join(".tool");
+        std::fs::create_dir_all(tool.join("shims")).unwrap();
+        std::fs::create_dir_all(private.join(".tool/shims")).unwrap();
+        std::fs::write(tool.join("credentials"), "token=PLANTED").unwrap();
+        std::fs::write(tool.join("README"), "tool readme").unwrap();
+        std::fs::write(home.join("dotfile"), "real").unwrap();
+        let spec = SandboxSpec {
+            hide: vec![
+                dir.path().to_path_buf(),
+                home.clone(),
+                tool.join("credentials"),
+            ],
+            read_only: vec![tool.clone()],
+            writable: vec![],
+            binds: vec![
+                SandboxBind {
+                    source: private.clone(),
+                    target: home.clone(),
+                    writable: true,
+                },
+                SandboxBind {
+                    source: private.join(".tool/shims"),
+                    target: tool.join("shims"),
+                    writable: true,
+                },
+            ],
+        };
+        let script = format!(
+            "cat {home}/dotfile 2>/dev/null && echo SAW-REAL; echo mine > {home}/written; \
+             cat {tool}/credentials; cat {tool}/README; echo; \
+             touch {tool}/new 2>/dev/null && echo TOOL-WRITABLE; echo s > {tool}/shims/python && echo shim-ok",
+            home = home.display(),
+            tool = tool.display(),
+        );
+        let out = std::process::Command::new("bwrap")
+            .args(bwrap_args(&spec, &[], &[], Path::new("/")))
+            .args(["--", "/bin/sh", "-c", &script])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(!stdout.contains("SAW-REAL"), "{stdout}");
+        assert!(!stdout.contains("PLANTED"), "{stdout}");
+        assert!(stdout.contains("tool readme"), "{stdout}");
+        assert!(!stdout.contains("TOOL-WRITABLE"), "{stdout}");
+        assert!(stdout.contains("shim-ok"), "{stdout}");
+        assert_eq!(
+            std::fs::read_to_string(private.join("written")).unwrap(),
+            "mine\n"
+        );
+        assert!(!home.join("written").exists());
+        assert_eq!(
+            std::fs::read_to_string(private.join(".tool/shims/python")).unwrap(),
+            "s\n"
+        );
+        assert!(!tool.join("shims/python").exists());
+    }
+
+    /// The mount targets of an argument list, in order (`--tmpfs P`, `--ro-bind[-try] S P`,
+    /// `--bind S P`).
+    fn targets(args: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            match args[i].as_str() {
+                "--tmpfs" => {
+                    out.push(args[i + 1].clone());
+                    i += 2;
+                }
+                "--ro-bind" | "--ro-bind-try" | "--bind" if args[i + 1] != "/" => {
+                    out.push(args[i + 2].clone());
+                    i += 3;
+                }
+                _ => i += 1,
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Whatever the spec names, no mount is ever made before one that contains it
+        /// (which would hide it): a private home bound over the hidden home comes before
+        /// the tool directories shown in it, and those before the shims bound over them.
+        #[test]
+        fn no_mount_is_hidden_by_a_later_one(
+            parts in proptest::collection::vec(
+                (proptest::collection::vec(0u8..3, 1..4), 0u8..4), 1..12),
+        ) {
+            let mut spec = SandboxSpec::default();
+            let root = PathBuf::from("/nonexistent-parhelia-prop");
+            for (names, kind) in &parts {
+                let mut path = root.clone();
+                for n in names {
+                    path.push(["a", "b", "c"][*n as usize]);
+                }
+                match kind {
+                    0 => spec.hide.push(path),
+                    1 => spec.read_only.push(path),
+                    2 => spec.writable.push(path),
+                    _ => spec.binds.push(SandboxBind {
+                        source: PathBuf::from("/elsewhere"),
+                        target: path,
+                        writable: true,
+                    }),
+                }
+            }
+            let args = text(&bwrap_args(&spec, &[], &[], Path::new("/")));
+            let order = targets(&args);
+            for (i, first) in order.iter().enumerate() {
+                for after in &order[i + 1..] {
+                    // Nothing mounted after `first` may contain it (it would hide it).
+                    proptest::prop_assert!(
+                        after == first || !Path::new(first).starts_with(after),
+                        "{after} is mounted after {first}, which it contains: {order:?}"
+                    );
+                }
+            }
+            // Every bind is there, from its source.
+            for bind in &spec.binds {
+                let target = bind.target.to_string_lossy().into_owned();
+                proptest::prop_assert!(args.windows(3).any(|w| w[0] == "--bind"
+                    && w[1] == "/elsewhere" && w[2] == target), "{target} missing: {args:?}");
+            }
+        }
     }
 
     fn which(program: &str) -> Option<PathBuf> {

@@ -290,6 +290,16 @@ impl LaunchSpec {
                 ));
             }
         }
+        for bind in self.sandbox.iter().flat_map(|s| &s.binds) {
+            check_absolute("sandbox.binds.source", &bind.source)?;
+            check_absolute("sandbox.binds.target", &bind.target)?;
+            if bind.target == Path::new("/") {
+                return Err(field_error(
+                    "sandbox.binds.target",
+                    "must not be the root directory",
+                ));
+            }
+        }
         if let Some(user) = &self.session_user
             && (user.is_empty()
                 || user == "root"
@@ -473,6 +483,19 @@ pub(crate) mod tests {
         check(
             |v| v["workspace_dir"] = "rel/ws".into(),
             "workspace_dir: must be an absolute path",
+        );
+        let bind = |source: &str, target: &str| {
+            serde_json::json!({"hide": [], "read_only": [], "writable": [],
+                "binds": [{"source": source, "target": target, "writable": true}]})
+        };
+        check(|v| v["sandbox"] = bind("/s/home", "/home/u"), "ok");
+        check(
+            |v| v["sandbox"] = bind("s/home", "/home/u"),
+            "sandbox.binds.source: must be an absolute path",
+        );
+        check(
+            |v| v["sandbox"] = bind("/s/home", "/"),
+            "sandbox.binds.target: must not be the root",
         );
         check(
             |v| v["claude_bin"] = "claude".into(),

@@ -284,6 +284,20 @@ fn is_credential_file(name: &str) -> bool {
         || CREDENTIAL_SUFFIXES.iter().any(|s| lower.ends_with(s))
 }
 
+/// Whether a file of this name holds credentials wherever it is (`.env*`,
+/// `.git-credentials`, `.netrc`, `credentials.json`, keys, ...): what the planner
+/// withholds by name, for other callers that must keep the same files back.
+pub fn is_credential_file_name(name: &str) -> bool {
+    is_credential_file(name)
+}
+
+/// Why a text file must not leave this machine (it contains a token pattern or a
+/// secret-named assignment), or `None`. Never quotes the text. The planner's own
+/// check for files that are not JSON.
+pub fn text_secret_reason(text: &str) -> Option<String> {
+    string_reason(text, Mode::Plain)
+}
+
 fn classify(rel: &str, opts: &CollectOptions) -> Kind {
     let parts: Vec<&str> = rel.split('/').collect();
     if parts.len() == 1 {

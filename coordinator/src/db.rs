@@ -317,6 +317,11 @@ CREATE TABLE storage_meters (
     stopped_at_ms  INTEGER
 ) STRICT;
 "#,
+    // 7 -> 8: the user's `--no-user-config`, kept with the task so every session
+    // of it (a queued dispatch, a retry, a resume) starts clean the same way.
+    r#"
+ALTER TABLE tasks ADD COLUMN no_user_config INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -417,6 +422,8 @@ pub struct TaskRecord {
     pub auto_resumes: u32,
     /// Copy the workspace whatever its size (`--allow-large-workspace`).
     pub allow_large_workspace: bool,
+    /// Start its sessions without the user's Claude Code setup (`--no-user-config`).
+    pub no_user_config: bool,
 }
 
 /// A container as stored.
@@ -484,6 +491,8 @@ pub struct NewTask {
     pub limits: crate::budget::TaskLimits,
     /// Copy the workspace whatever its size (`--allow-large-workspace`).
     pub allow_large_workspace: bool,
+    /// Start its sessions without the user's Claude Code setup (`--no-user-config`).
+    pub no_user_config: bool,
 }
 
 /// A new session (attempt) for a task, and its container.
@@ -747,6 +756,7 @@ impl Db {
                 dispatch: false,
                 limits: Default::default(),
                 allow_large_workspace: false,
+                no_user_config: false,
             },
             now,
         )?;
@@ -1321,7 +1331,8 @@ impl Db {
 const TASK_COLUMNS: &str =
     "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
      container_id, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
-     mode, dispatch_requested_at_ms, attempt, auto_resumes, allow_large_workspace";
+     mode, dispatch_requested_at_ms, attempt, auto_resumes, allow_large_workspace,
+     no_user_config";
 
 /// A task with its cost from the ledger ([`spend_in`]).
 fn with_task_spend(conn: &Connection, mut t: TaskRecord) -> rusqlite::Result<TaskRecord> {
@@ -1363,6 +1374,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         attempt: r.get(18)?,
         auto_resumes: r.get(19)?,
         allow_large_workspace: r.get(20)?,
+        no_user_config: r.get(21)?,
     })
 }
 
@@ -1448,9 +1460,9 @@ fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> R
         "INSERT INTO tasks (id, prompt, task_type, backend, workspace, model, max_turns, status,
                             mode, dispatch_requested_at_ms, created_at_ms, updated_at_ms,
                             max_cost_usd, gpu, cpu, memory_mb, timeout_seconds,
-                            allow_large_workspace)
+                            allow_large_workspace, no_user_config)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15,
-                 ?16)",
+                 ?16, ?17)",
         params![
             task.task_id,
             task.prompt,
@@ -1468,6 +1480,7 @@ fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> R
             task.limits.memory_mb.map(|m| m as i64),
             task.limits.timeout_seconds.map(|t| t as i64),
             task.allow_large_workspace,
+            task.no_user_config,
         ],
     )?;
     Ok(())

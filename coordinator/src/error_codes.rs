@@ -181,6 +181,16 @@ error_codes! {
         why: "A local session runs on this machine, and `nvidia-smi -L` lists no GPU of the type (or not as many) `--gpu` asks for; the task would run without it, so nothing was started.",
         recover: "Run the task with `--backend modal` (e.g. `parhelia task create \"…\" --gpu A10G --backend modal`), or leave `--gpu` out for a local run.",
     }
+    USER_CONFIG_UNAVAILABLE = "E115" "USER_CONFIG_UNAVAILABLE" {
+        what: "Your Claude Code setup could not be carried into the local session.",
+        why: "A local session starts with what the config-sync planner lets through of your Claude Code configuration (`~/.claude`, or `$CLAUDE_CONFIG_DIR`, and `.claude.json`'s MCP servers; credentials withheld); that directory could not be read, or the session's copy of it could not be written, so nothing was started.",
+        recover: "Run `parhelia config sync --dry-run` to see what is read and why it fails, fix the named path (or the free space of the state directory), or create the task with `--no-user-config` to start without your setup.",
+    }
+    PRIVATE_HOME_UNAVAILABLE = "E116" "PRIVATE_HOME_UNAVAILABLE" {
+        what: "The session's private home directory could not be prepared.",
+        why: "A sandboxed local session gets a writable home of its own (`sessions/<session-id>/home` in the state directory, mounted at your home's path) holding copies of your shell and git dotfiles; it could not be created or filled (a full disk, a permission, or a path in it the session replaced with a link), so nothing was started.",
+        recover: "Check the state directory's free space and permissions (`parhelia doctor`); if the session's `home` holds a link where a directory should be, remove it (or delete the session) and resume, or run with `--set local.isolation=none`.",
+    }
 
     // E2xx: not found.
     NOT_FOUND = "E200" "NOT_FOUND" {

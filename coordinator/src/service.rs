@@ -362,6 +362,7 @@ impl CoordinatorService {
             dispatch: !request.no_dispatch,
             limits,
             allow_large_workspace: request.allow_large_workspace,
+            no_user_config: request.no_user_config,
         })?;
         lock(&self.inner.pending_env).insert(task_id.clone(), request.env.clone());
         tracing::info!(%task_id, held = request.no_dispatch, "task recorded");
@@ -743,7 +744,7 @@ impl CoordinatorService {
         let launch = LaunchRequest {
             backend,
             resources: self.resources_of(&task.id)?,
-            config_seed: backend == plan::BackendKind::Modal,
+            user_config: !task.no_user_config,
             ids: ids.clone(),
             session: SessionRequest {
                 prompt: task.prompt.clone(),
@@ -1431,7 +1432,7 @@ impl CoordinatorService {
         let launch = LaunchRequest {
             backend: to_kind,
             resources: self.resources_of(&task.id)?,
-            config_seed: to_kind == plan::BackendKind::Modal,
+            user_config: !task.no_user_config,
             ids: LaunchIds {
                 task_id: task.id.clone(),
                 session_id: session.id.clone(),

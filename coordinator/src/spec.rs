@@ -86,6 +86,20 @@ pub struct SandboxSpec {
     pub hide: Vec<PathBuf>,
     pub read_only: Vec<PathBuf>,
     pub writable: Vec<PathBuf>,
+    /// Directories mounted at another path inside: the session's private home at the
+    /// user's home path, its writable copies of `shims` directories
+    /// (`backend/local_home.rs`). Absent in specs written before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<SandboxBind>,
+}
+
+/// One `spec.json` `sandbox.binds` entry: `source` (outside) seen at `target` (inside).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxBind {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub writable: bool,
 }
 
 /// `<runtime_dir>/agent.json`. Unknown fields are accepted: the agent may

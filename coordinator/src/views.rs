@@ -775,6 +775,7 @@ mod tests {
             attempt: 1,
             auto_resumes: 0,
             allow_large_workspace: false,
+            no_user_config: false,
         }
     }
 

@@ -179,7 +179,7 @@ fn request(
         isolation: Isolation::None,
         backend: kind,
         resources: Resources::default(),
-        config_seed: false,
+        user_config: false,
     }
 }
 

@@ -70,6 +70,9 @@ impl Harness {
         }
         let dir = tempfile::tempdir_in(parent).expect("tempdir");
         std::fs::create_dir(dir.path().join(".parhelia")).unwrap();
+        // The user's home is the test's own: no test reads or writes the real one (its
+        // Claude Code setup, dotfiles), and each can plant a setup of its own there.
+        std::fs::create_dir(dir.path().join("home")).unwrap();
         let stand_in = StandIn::start_with(script, options).expect("start model stand-in");
         let claude = crate::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));
         let path = format!(
@@ -88,6 +91,7 @@ impl Harness {
             ("ANTHROPIC_BASE_URL".into(), stand_in.base_url().to_string()),
             ("ANTHROPIC_API_KEY".into(), "test-key-not-a-secret".into()),
             ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
+            ("HOME".into(), dir.path().join("home").display().to_string()),
             // Frequent heartbeats, so tests see some without waiting long.
             ("PARHELIA_HEARTBEAT_INTERVAL_MS".into(), "200".into()),
         ];
@@ -104,6 +108,11 @@ impl Harness {
         self.dir.path()
     }
 
+    /// The test's `$HOME` (`<root>/home`), where a test plants the user's setup.
+    pub fn home(&self) -> PathBuf {
+        self.root().join("home")
+    }
+
     pub fn state(&self) -> PathBuf {
         self.root().join(".parhelia")
     }
@@ -112,7 +121,8 @@ impl Harness {
         let mut cmd = Command::new(bin_dir().join("parhelia"));
         cmd.args(args)
             .current_dir(self.root())
-            .env_remove("PARHELIA_HOME");
+            .env_remove("PARHELIA_HOME")
+            .env_remove("CLAUDE_CONFIG_DIR");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

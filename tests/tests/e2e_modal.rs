@@ -379,9 +379,17 @@ fn a_local_session_resumes_on_modal_with_its_conversation() {
 
 #[test]
 fn config_sync_uploads_what_changed_and_never_credentials() {
-    let mut h = Harness::new(Script::new([Turn::text("Hi.")]));
-    modal_ready(&mut h);
+    let mut h = Harness::new(Script::new([
+        Turn::text("Hi."),
+        Turn::text("Hi again."),
+        Turn::text("Hi locally."),
+    ]));
+    // The user's home, for the CLI and for the coordinator (which `modal setup` starts,
+    // and whose home local sessions take the user's setup from).
     let home = h.root().join("user-home");
+    std::fs::create_dir_all(&home).unwrap();
+    h.set_env("HOME", home.to_str().unwrap());
+    modal_ready(&mut h);
     let claude = home.join(".claude");
     std::fs::create_dir_all(claude.join("commands")).unwrap();
     std::fs::write(
@@ -409,7 +417,6 @@ fn config_sync_uploads_what_changed_and_never_credentials() {
             "mcpServers": {"gh": {"command": "gh-mcp", "env": {"GITHUB_TOKEN": "ghp_MCP-SECRET"}}}}"#,
     )
     .unwrap();
-    h.set_env("HOME", home.to_str().unwrap());
     let volume = h.modal_volume();
 
     let dry = h.json(&["config", "sync", "--dry-run", "--json"]);
@@ -488,6 +495,48 @@ fn config_sync_uploads_what_changed_and_never_credentials() {
     assert!(claude_json.contains("gh-mcp"), "{claude_json}");
     assert!(!claude_json.contains("MCP-SECRET"), "{claude_json}");
     assert!(!config_dir.join(".credentials.json").exists());
+
+    // `--no-user-config`: a Modal session without any of it.
+    let created = create(&h, "Say hi", &["--backend", "modal", "--no-user-config"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    // It may wait for a worker slot: its container is known once it has run.
+    let task = finished(&h, &task_id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let container_id = task["container_id"].as_str().unwrap().to_string();
+    let config_dir = h
+        .root()
+        .join(format!("ctr/home/containers/{container_id}/claude-config"));
+    assert!(!config_dir.join("CLAUDE.md").exists());
+    assert!(!config_dir.join("commands").exists());
+    let claude_json = std::fs::read_to_string(config_dir.join(".claude.json")).unwrap();
+    assert!(!claude_json.contains("gh-mcp"), "{claude_json}");
+
+    // The same promise on the local backend, without a `config sync`: the planner's
+    // output of the home's setup as it is now, and the same things withheld.
+    let created = create(&h, "Say hi", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    // It may wait for a worker slot: its container is known once it has run.
+    let task = finished(&h, &task_id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let container_id = task["container_id"].as_str().unwrap().to_string();
+    let config_dir = h
+        .state()
+        .join(format!("containers/{container_id}/claude-config"));
+    assert_eq!(
+        std::fs::read_to_string(config_dir.join("CLAUDE.md")).unwrap(),
+        "Be very brief.\n"
+    );
+    assert!(config_dir.join("commands/review.md").is_file());
+    let claude_json = std::fs::read_to_string(config_dir.join(".claude.json")).unwrap();
+    assert!(claude_json.contains("gh-mcp"), "{claude_json}");
+    for secret in ["MCP-SECRET", "ACCOUNT-SECRET", "USERID-SECRET"] {
+        assert!(!claude_json.contains(secret), "{claude_json}");
+    }
+    let settings = std::fs::read_to_string(config_dir.join("settings.json")).unwrap();
+    assert!(!settings.contains("SETTINGS-SECRET"), "{settings}");
+    assert!(settings.contains("\"FOO\""), "{settings}");
+    assert!(!config_dir.join(".credentials.json").exists());
+    assert!(!config_dir.join("history.jsonl").exists());
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

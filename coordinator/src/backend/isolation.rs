@@ -109,6 +109,10 @@ pub fn bwrap_works() -> bool {
 /// `~/.nvm`) and git's own configuration (`~/.gitconfig`, `~/.config/git`), so the tools
 /// a session runs still work.
 ///
+/// The local backend then gives the sandbox its private home
+/// ([`super::local_home::apply_private_home`]): mounted over the hidden home, with the
+/// `PATH` entries' tool directories shown and copies of the dotfiles.
+///
 /// `private` are further directories holding the coordinator's secrets outside
 /// the state directory (the directory of a custom `orchestrator.db_path`):
 /// hidden the same way.
@@ -148,6 +152,7 @@ pub fn sandbox_spec(
         hide,
         read_only,
         writable: Vec::new(),
+        binds: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 
 use super::isolation::{self, Isolation};
+use super::local_home;
 use super::unit;
 use super::workspace_copy::copy_tree_limited;
 use super::{Backend, ContainerHandle, Endpoint, LaunchRequest, ObservedContainer};
@@ -687,23 +688,73 @@ impl Backend for LocalBackend {
             .resources
             .timeout_seconds
             .map(|s| s.saturating_mul(1000));
+        let home = request
+            .env
+            .get("HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
+            .filter(|h| h.is_absolute());
+        if request.user_config {
+            // The user's Claude Code setup, through the config-sync planner: the agent
+            // copies the planned bytes into the session's config dir.
+            let source = crate::config_sync::ConfigSource::from_env(
+                home.as_deref().unwrap_or(Path::new("/nonexistent")),
+                std::env::var_os("CLAUDE_CONFIG_DIR")
+                    .map(PathBuf::from)
+                    .as_deref(),
+            );
+            let seed = layout.container_dir.join(local_home::USER_CONFIG_DIR);
+            let seed_dir = seed.clone();
+            let plan = tokio::task::spawn_blocking(move || {
+                local_home::write_user_config(&source, &seed_dir)
+            })
+            .await
+            .context("planning the user's Claude Code setup panicked")??;
+            tracing::info!(
+                container_id = %ids.container_id,
+                files = plan.files.len(),
+                withheld = plan.withheld.len(),
+                "the user's Claude Code setup planned for the session (credentials withheld)"
+            );
+            spec.claude_config_seed = Some(seed);
+        }
         if request.isolation == Isolation::Bubblewrap {
-            let home = request
-                .env
-                .get("HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(PathBuf::from));
             let path_var = request
                 .env
                 .get("PATH")
                 .map(std::ffi::OsString::from)
                 .or_else(|| std::env::var_os("PATH"));
-            spec.sandbox = Some(isolation::sandbox_spec(
+            let mut sandbox = isolation::sandbox_spec(
                 &self.state_root,
                 &self.private_dirs,
                 home.as_deref(),
                 path_var.as_deref(),
-            ));
+            );
+            // The session's own writable home, mounted at the user's home path.
+            if let Some(home) = home.clone() {
+                let private = layout.session_dir.join(local_home::HOME_DIR);
+                let dotfiles = request.user_config;
+                let (spec_part, report) = tokio::task::spawn_blocking(move || {
+                    let report =
+                        local_home::apply_private_home(&mut sandbox, &home, &private, dotfiles);
+                    (sandbox, report)
+                })
+                .await
+                .context("preparing the session's home panicked")?;
+                let report = report?;
+                tracing::info!(
+                    container_id = %ids.container_id,
+                    copied = ?report.copied,
+                    withheld = ?report.withheld.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                    tools = report.tools.len(),
+                    shims = report.shims.len(),
+                    masked = report.masked.len(),
+                    "the session's private home is ready"
+                );
+                spec.sandbox = Some(spec_part);
+            } else {
+                spec.sandbox = Some(sandbox);
+            }
         }
         write_atomically(&layout.spec_path, &serde_json::to_vec_pretty(&spec)?)?;
 

@@ -16,6 +16,7 @@ use crate::plan::{LaunchIds, SessionRequest};
 
 pub mod isolation;
 pub mod local;
+pub mod local_home;
 pub mod modal;
 pub mod router;
 pub mod unit;
@@ -47,9 +48,10 @@ pub struct LaunchRequest {
     pub backend: crate::plan::BackendKind,
     /// GPU, CPU, memory and time limit (remote backends).
     pub resources: Resources,
-    /// Seed Claude Code's config from `parhelia config sync`'s copy on the
-    /// volume (remote backends).
-    pub config_seed: bool,
+    /// Carry the user's Claude Code setup into the session (false:
+    /// `--no-user-config`): locally, what the config-sync planner lets through
+    /// of `~/.claude` now; on Modal, `parhelia config sync`'s copy on the volume.
+    pub user_config: bool,
 }
 
 /// What a launch started.

@@ -118,6 +118,10 @@ pub struct CreateArgs {
     /// or `workspace.max_copy_files`
     #[arg(long, requires = "workspace")]
     pub allow_large_workspace: bool,
+    /// Start clean: without your Claude Code setup (settings, CLAUDE.md, commands,
+    /// agents, skills, plugins, MCP servers)
+    #[arg(long)]
+    pub no_user_config: bool,
     /// Stream progress and exit with the task's outcome
     #[arg(long, conflicts_with_all = ["dry_run", "no_dispatch"])]
     pub sync: bool,
@@ -459,6 +463,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         interactive: args.interactive,
         no_dispatch: args.no_dispatch,
         allow_large_workspace: args.allow_large_workspace,
+        no_user_config: args.no_user_config,
     };
     let submitted = client
         .submit_budgeted_task(SubmitBudgetedTaskRequest {

@@ -649,7 +649,7 @@ impl Backend for ModalBackend {
         spec.session_user = self.session_user();
         // Only when `config sync` has put something there: a seed the agent
         // cannot find is a warning in every session's events.
-        if request.config_seed && self.config_synced().await? {
+        if request.user_config && self.config_synced().await? {
             spec.claude_config_seed = Some(
                 self.config
                     .volume_mount
