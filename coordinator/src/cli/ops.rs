@@ -207,7 +207,7 @@ pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
             if json {
                 print_json(&view)?;
             } else {
-                print!("{}", status_text(&view));
+                out!("{}", status_text(&view));
             }
             Ok(0)
         }
@@ -220,9 +220,9 @@ pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
             let report = run_pass(ctx, &opened.state, dry_run, false, "manual").await?;
             let print = |report: &PassReport| -> Result<()> {
                 if json {
-                    println!("{}", serde_json::to_string(report)?);
+                    outln!("{}", serde_json::to_string(report)?);
                 } else {
-                    print!("{}", report_text(report));
+                    out!("{}", report_text(report));
                 }
                 Ok(())
             };
@@ -392,7 +392,7 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         return Ok(0);
     }
     if args.dry_run {
-        println!("dry run: nothing was changed");
+        outln!("dry run: nothing was changed");
     }
     let mut ids: Vec<String> = report.drift.unexpected.clone();
     for o in &known {
@@ -414,7 +414,7 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
                 "planned" => "would end",
                 _ => "could not end",
             };
-            println!(
+            outln!(
                 "session processes {verb}: {}{}",
                 outcome.action.describe(),
                 outcome
@@ -426,10 +426,10 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         }
     }
     if ids.is_empty() {
-        println!("no orphaned containers");
+        outln!("no orphaned containers");
         return Ok(0);
     }
-    println!("orphaned containers (ours by label, no live record):");
+    outln!("orphaned containers (ours by label, no live record):");
     for id in &ids {
         let what = if terminated.contains(&id.as_str()) {
             if args.dry_run {
@@ -442,7 +442,7 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         } else {
             "kept (parhelia cleanup --terminate stops it)"
         };
-        println!("  {id:<14}{what}");
+        outln!("  {id:<14}{what}");
     }
     Ok(0)
 }
@@ -487,7 +487,7 @@ pub async fn doctor(ctx: &Ctx, args: DoctorArgs) -> Result<i32> {
     if args.json {
         print_json(&checks)?;
     } else {
-        print!("{}", doctor::report_text(&checks));
+        out!("{}", doctor::report_text(&checks));
     }
     let failed = checks
         .iter()
@@ -516,7 +516,7 @@ pub fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
         }))?;
     } else {
         loaded.warn_unknown_keys();
-        print!("{}", crate::config::show_text(&loaded));
+        out!("{}", crate::config::show_text(&loaded));
     }
     Ok(0)
 }
@@ -568,7 +568,7 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
         value["budget"] = budget_json;
         print_json(&value)?;
     } else {
-        print!("{}{budget_text}", views::status_text(&view));
+        out!("{}{budget_text}", views::status_text(&view));
     }
     Ok(0)
 }
@@ -582,7 +582,7 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
         CoordinatorCommand::Stop => {
             let state = ctx.state()?;
             let Some((mut client, pong)) = coordinator_client::ping_checked(&state).await? else {
-                println!("coordinator not running");
+                outln!("coordinator not running");
                 return Ok(0);
             };
             client
@@ -599,7 +599,7 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            println!("coordinator stopped (pid {})", pong.pid);
+            outln!("coordinator stopped (pid {})", pong.pid);
             Ok(0)
         }
         CoordinatorCommand::Status { json } => {
@@ -614,16 +614,16 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
                     "state_dir": state.root(),
                 }))?;
             } else if view.running {
-                println!(
+                outln!(
                     "coordinator running (pid {}, version {})",
                     view.pid.unwrap_or_default(),
                     view.version.as_deref().unwrap_or("?")
                 );
-                println!("  state   {}", state.root().display());
-                println!("  socket  {}", view.socket);
-                println!("  log     {}", state.log_path().display());
+                outln!("  state   {}", state.root().display());
+                outln!("  socket  {}", view.socket);
+                outln!("  log     {}", state.log_path().display());
             } else {
-                println!("coordinator not running (commands start it on demand)");
+                outln!("coordinator not running (commands start it on demand)");
             }
             Ok(0)
         }
