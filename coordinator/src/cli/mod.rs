@@ -418,12 +418,30 @@ impl Interrupt {
                 None => std::future::pending::<()>().await,
             }
         }
-        tokio::select! {
+        let interrupted = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
             _ = recv(&mut self.interrupt) => true,
             _ = recv(&mut self.terminate) => true,
+        };
+        // A watch that has nothing new to print still ends when its
+        // reader has gone (`parhelia events watch --json | head -1`).
+        if !interrupted && stdout_reader_gone() {
+            exit_on_broken_pipe();
         }
+        interrupted
     }
+}
+
+/// Whether stdout is a pipe whose reader has gone (poll says POLLERR).
+fn stdout_reader_gone() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
 }
 
 /// For `watch` output: a full redraw on a terminal, else a separator.
