@@ -186,6 +186,11 @@ error_codes! {
         why: "Only the event types Parhelia records (and the seeds' names it maps to them, such as `container_started`) can be filtered on; an unknown one would silently match nothing.",
         recover: "Use one of the types the message lists; `container_started` is the seeds' name for `session_started`.",
     }
+    CONFIG_NOT_SHARED = "E118" "CONFIG_NOT_SHARED" {
+        what: "A `--set` value differs from the running coordinator's configuration.",
+        why: "The coordinator is the one source of effective configuration: its launches, queue and reconciler use its own values (config.toml, its environment, its own `--set`), so a one-off `--set` on a command would be shown but not applied.",
+        recover: "Put the value in config.toml (the coordinator reloads it within a second; `parhelia coordinator reload` at once), or leave `--set` out; `parhelia config show` prints the values in effect.",
+    }
 
     // E2xx: not found.
     NOT_FOUND = "E200" "NOT_FOUND" {

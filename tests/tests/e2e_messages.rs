@@ -283,3 +283,111 @@ fn e601_after_a_cancel_advises_a_resume_that_keeps_the_work_and_succeeds() {
         "the work before the cancel was kept"
     );
 }
+
+/// The coordinator is the one source of effective configuration: a one-off `--set`
+/// neither sticks to a coordinator it starts nor is shown-but-ignored (E118); `status`
+/// and `config show` report the coordinator's values; a changed config.toml is picked
+/// up without a restart, and at once with `coordinator reload`.
+#[test]
+fn the_coordinator_is_the_one_source_of_configuration() {
+    let h = Harness::new(Script::new([]));
+    let workers = |h: &Harness| h.json(&["status", "--json"])["max_concurrent_workers"].clone();
+    // A one-off `--set` on a command that starts the coordinator: refused, not kept.
+    let out = h.run(&[
+        "--set",
+        "orchestrator.max_concurrent_workers=3",
+        "task",
+        "create",
+        "x",
+        "--no-dispatch",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("E118") && err.contains("max_concurrent_workers=3"),
+        "{err}"
+    );
+    assert_eq!(h.json(&["task", "list", "--json"]), serde_json::json!([]));
+    assert!(h.ok(&["coordinator", "status"]).contains("not running"));
+    h.ok(&["task", "create", "y", "--no-dispatch"]);
+    assert_eq!(workers(&h), 10);
+    // With the coordinator running, the same: refused, nothing recorded.
+    let out = h.run(&[
+        "--set",
+        "orchestrator.max_concurrent_workers=3",
+        "task",
+        "create",
+        "z",
+        "--no-dispatch",
+    ]);
+    assert!(stderr_of(&out).contains("E118"), "{}", stderr_of(&out));
+    assert_eq!(
+        h.json(&["task", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // config.toml changes: the running coordinator reloads, and says so.
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[orchestrator]\nmax_concurrent_workers = 2\n",
+    )
+    .unwrap();
+    h.wait_for("the coordinator to reload config.toml", || {
+        (workers(&h) == 2).then_some(())
+    });
+    let shown = h.ok(&["config", "show"]);
+    assert!(
+        shown.starts_with("# in effect in the running coordinator")
+            && shown.contains("max_concurrent_workers = 2"),
+        "{shown}"
+    );
+    // A `--set` the coordinator shares is fine.
+    h.ok(&[
+        "--set",
+        "orchestrator.max_concurrent_workers=2",
+        "task",
+        "create",
+        "x",
+        "--no-dispatch",
+    ]);
+    assert!(h.ok(&["coordinator", "reload"]).contains("unchanged"));
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[orchestrator]\nmax_concurrent_workers = 4\n",
+    )
+    .unwrap();
+    h.ok(&["coordinator", "reload"]);
+    h.wait_for("the reloaded value", || (workers(&h) == 4).then_some(()));
+    // A config.toml that does not load leaves the running configuration alone.
+    std::fs::write(h.state().join("config.toml"), "[orchestrator\n").unwrap();
+    let out = h.run(&["coordinator", "reload"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    std::fs::remove_file(h.state().join("config.toml")).unwrap();
+}
+
+#[test]
+fn the_modal_dry_run_lists_only_the_environment_a_sandbox_is_sent() {
+    let h = Harness::new(Script::new([]));
+    let plan = h.json(&[
+        "task",
+        "create",
+        "x",
+        "--backend",
+        "modal",
+        "--dry-run",
+        "--json",
+    ]);
+    let names: Vec<&str> = plan["env_names"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{plan:#}"))
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for never in ["ANTHROPIC_API_KEY", "PATH"] {
+        assert!(!names.contains(&never), "{never} listed as sent: {names:?}");
+    }
+    assert!(names.contains(&"CLAUDE_CODE_MAX_RETRIES"), "{names:?}");
+}

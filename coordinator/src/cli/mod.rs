@@ -63,8 +63,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Set a config value for this command (and a coordinator it starts),
-    /// over files and environment: `--set reconciler.poll_interval_seconds=5`
+    /// Set a config value for this command, over files and environment:
+    /// `--set reconciler.poll_interval_seconds=5`. What the coordinator does
+    /// uses its own configuration (config.toml, which it reloads, and its
+    /// environment): a value it does not share is refused (E118), and a
+    /// coordinator a command starts never gets this command's values
     #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
 
@@ -314,11 +317,114 @@ impl Ctx {
         Ok(Opened { state, config, db })
     }
 
-    /// A client of the running coordinator, starting one (with this
-    /// command's `--set` values) when none answers.
+    /// A client of the running coordinator, starting one when none answers.
+    /// The coordinator is the one source of effective configuration: one it
+    /// starts gets no `--set` value of this command (a one-off must not stick
+    /// to later tasks), and a `--set` value the coordinator does not share is
+    /// refused (E118) rather than silently not applied.
     pub async fn client(&self, state: &StateDir) -> Result<crate::coordinator_client::Client> {
-        coordinator_client::connect_or_start(state, &self.set).await
+        let mut client = coordinator_client::connect_or_start(state, &[]).await?;
+        if !self.set.is_empty() {
+            let reply = client
+                .get_config(parhelia_proto::GetConfigRequest {})
+                .await
+                .map_err(coordinator_error)?
+                .into_inner();
+            refuse_unshared_flags(&reply.config_toml, &self.set, RUNNING)?;
+        }
+        Ok(client)
     }
+
+    /// The configuration that applies to what this command does: the
+    /// running coordinator's (with this command's `--set` values, which must
+    /// match it: E118), else this process's own (files, environment, `--set`).
+    /// `for_launch`: what a coordinator started now would use (files and
+    /// environment; a `--set` value that differs is E118 there too).
+    pub async fn effective_config(
+        &self,
+        state: &StateDir,
+        for_launch: bool,
+    ) -> Result<EffectiveConfig> {
+        if let Some((mut client, pong)) = coordinator_client::ping_checked(state).await? {
+            let reply = client
+                .get_config(parhelia_proto::GetConfigRequest {})
+                .await
+                .map_err(coordinator_error)?
+                .into_inner();
+            let loaded = refuse_unshared_flags(&reply.config_toml, &self.set, RUNNING)?;
+            return Ok(EffectiveConfig {
+                loaded,
+                coordinator: Some((pong.pid, reply)),
+            });
+        }
+        // (Unknown keys are reported by the command's own `config`/`open`.)
+        let loaded = crate::config::load(state.root(), &self.set)?;
+        if for_launch && !self.set.is_empty() {
+            let base = crate::config::load(state.root(), &[])?;
+            refuse_unshared_flags(
+                &crate::config::show_text(&base),
+                &self.set,
+                "the coordinator this command starts reads only config.toml and the environment",
+            )?;
+        }
+        Ok(EffectiveConfig {
+            loaded,
+            coordinator: None,
+        })
+    }
+}
+
+const RUNNING: &str = "the running coordinator runs with its own values";
+
+/// The configuration in effect, and the coordinator it came from (its pid
+/// and `GetConfig` answer) when one runs.
+pub struct EffectiveConfig {
+    pub loaded: LoadedConfig,
+    pub coordinator: Option<(u32, parhelia_proto::GetConfigResponse)>,
+}
+
+/// The coordinator's configuration (its `config show` text, which pastes
+/// into a config.toml) with `flags` on top; E118 when a flag sets a value
+/// the coordinator does not have.
+fn refuse_unshared_flags(
+    coordinator_toml: &str,
+    flags: &[String],
+    who: &str,
+) -> Result<LoadedConfig> {
+    let layer = |text| crate::config::FileLayer {
+        role: crate::config::FileRole::Project,
+        path: Path::new("(the running coordinator)"),
+        text: Some(text),
+    };
+    let empty = std::collections::BTreeMap::new();
+    let base = crate::config::resolve(&[layer(coordinator_toml)], &empty, &[], Path::new("/"))?;
+    let with = crate::config::resolve(&[layer(coordinator_toml)], &empty, flags, Path::new("/"))?;
+    let value = |v: &crate::config::Value| v.toml_text().unwrap_or_else(|| "(unset)".into());
+    let differing: Vec<String> = base
+        .settings
+        .iter()
+        .zip(&with.settings)
+        .filter(|(a, b)| a.value != b.value)
+        .map(|(a, b)| {
+            format!(
+                "`--set {}={}` (it has {} = {})",
+                a.key,
+                value(&b.value),
+                a.key,
+                value(&a.value)
+            )
+        })
+        .collect();
+    if !differing.is_empty() {
+        return Err(coded(
+            error_codes::CONFIG_NOT_SHARED,
+            format!(
+                "{} would not apply: {who}, and its configuration is what its tasks use",
+                differing.join(", ")
+            ),
+        ));
+    }
+    Ok(base)
 }
 
 async fn run(cli: Cli) -> Result<i32> {
@@ -337,7 +443,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Cleanup(args) => ops::cleanup(&ctx, args).await,
         Command::Doctor(args) => ops::doctor(&ctx, args).await,
         Command::Config(ops::ConfigCommand::Sync(args)) => modal::sync(&ctx, args).await,
-        Command::Config(command) => ops::config(&ctx, command),
+        Command::Config(command) => ops::config(&ctx, command).await,
         Command::Modal(command) => modal::run(&ctx, command).await,
         Command::Budget(command) => budget::run(&ctx, command).await,
         Command::Status { json } => ops::status(&ctx, json).await,

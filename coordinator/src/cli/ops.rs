@@ -84,6 +84,12 @@ pub enum CoordinatorCommand {
     },
     /// Ask the running coordinator to stop (sessions keep running)
     Stop,
+    /// Make the running coordinator read config.toml again now (it also
+    /// does within a second of a change); sessions keep running
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
     /// Is the coordinator running?
     Status {
         #[arg(long)]
@@ -502,11 +508,33 @@ pub async fn doctor(ctx: &Ctx, args: DoctorArgs) -> Result<i32> {
     Ok(0)
 }
 
-pub fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
+pub async fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
     let ConfigCommand::Show { json } = command else {
         unreachable!("config sync is dispatched to cli::modal");
     };
     let state = ctx.state()?;
+    // With a coordinator running, its configuration is the one in effect.
+    let effective = ctx.effective_config(&state, false).await;
+    if let Ok(super::EffectiveConfig {
+        coordinator: Some((pid, reply)),
+        ..
+    }) = &effective
+    {
+        if json {
+            let mut value: serde_json::Value = serde_json::from_str(&reply.config_json)?;
+            value["coordinator"] = serde_json::json!({
+                "pid": pid,
+                "loaded_at": crate::ids::rfc3339_ms(reply.loaded_at_ms),
+                "flags": reply.flags,
+            });
+            print_json(&value)?;
+        } else {
+            outln!("# in effect in the running coordinator (pid {pid})");
+            out!("{}", reply.config_toml);
+        }
+        return Ok(0);
+    }
+    effective?;
     let loaded = crate::config::load(state.root(), &ctx.set)?;
     if json {
         print_json(&serde_json::json!({
@@ -544,7 +572,14 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
         tasks: db.task_counts()?,
         queued: db.queued_tasks()?.len() as u64,
         held: db.held_tasks()?.len() as u64,
-        max_concurrent_workers: opened.config.config.orchestrator.max_concurrent_workers,
+        // The running coordinator's limit, when one runs: it is what queues.
+        max_concurrent_workers: ctx
+            .effective_config(&opened.state, false)
+            .await?
+            .loaded
+            .config
+            .orchestrator
+            .max_concurrent_workers,
         running_sessions: {
             let policy = opened.config.config.policy("");
             let now = crate::ids::now_ms();
@@ -576,7 +611,61 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
 pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> {
     match command {
         CoordinatorCommand::Run { .. } => {
-            crate::daemon::run(ctx.state()?, &ctx.set).await?;
+            // A reload (config.toml changed, or `coordinator reload`) stops the
+            // control plane and runs it again here with the new values.
+            while crate::daemon::run(ctx.state()?, &ctx.set).await? == crate::daemon::RunEnd::Reload
+            {
+            }
+            Ok(0)
+        }
+        CoordinatorCommand::Reload { json } => {
+            let state = ctx.state()?;
+            let Some((mut client, pong)) = coordinator_client::ping_checked(&state).await? else {
+                if json {
+                    print_json(&serde_json::json!({"running": false, "changed": false}))?;
+                } else {
+                    outln!("coordinator not running (it reads config.toml when it starts)");
+                }
+                return Ok(0);
+            };
+            let reply = client
+                .reload_config(parhelia_proto::ReloadConfigRequest {})
+                .await
+                .map_err(coordinator_error)?
+                .into_inner();
+            if reply.changed {
+                // Until the restarted coordinator answers, with a new pid.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Some((_, now)) = coordinator_client::ping_checked(&state).await?
+                        && now.pid == pong.pid
+                        && coordinator_client::ping(&state).await.is_some()
+                    {
+                        // Same process (an in-place restart keeps the pid): it
+                        // answers again once the new control plane listens.
+                        let mut c = coordinator_client::connect_or_start(&state, &[]).await?;
+                        if let Ok(r) = c.get_config(parhelia_proto::GetConfigRequest {}).await
+                            && r.get_ref().config_toml == reply.config_toml
+                        {
+                            break;
+                        }
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(coded(
+                            error_codes::COORDINATOR_UNAVAILABLE,
+                            "the coordinator did not come back with the new configuration within 30s",
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            if json {
+                print_json(&serde_json::json!({"running": true, "changed": reply.changed}))?;
+            } else if reply.changed {
+                outln!("coordinator reloaded its configuration (pid {})", pong.pid);
+            } else {
+                outln!("configuration unchanged (pid {})", pong.pid);
+            }
             Ok(0)
         }
         CoordinatorCommand::Stop => {

@@ -351,7 +351,9 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     };
     let path_var = std::env::var_os("PATH");
     let state = ctx.state()?;
-    let loaded = ctx.config(&state)?;
+    // The running coordinator's configuration (what the launch uses), else
+    // what one started now would use; a `--set` that would not apply is E118.
+    let loaded = ctx.effective_config(&state, true).await?.loaded;
     let config = &loaded.config;
     if let Some(dir) = &workspace {
         // Before anything is recorded or copied: never `/`, the home
