@@ -20,8 +20,9 @@ pub struct CodedError {
     pub code: ErrorCode,
     pub message: String,
     /// Advice chosen for this error's cause ([`error_codes::advice`]),
-    /// printed instead of the code's general `recover` text.
-    pub advice: Option<String>,
+    /// printed instead of the code's general `recover` text. (Boxed: a
+    /// `Result<_, CodedError>` stays small.)
+    pub advice: Option<Box<str>>,
 }
 
 impl CodedError {
@@ -35,7 +36,7 @@ impl CodedError {
 
     /// The same error with advice for its cause.
     pub fn with_advice(mut self, advice: Option<String>) -> Self {
-        self.advice = advice;
+        self.advice = advice.map(String::into_boxed_str);
         self
     }
 

@@ -821,6 +821,28 @@ mod tests {
         spend
     }
 
+    fn session_record() -> SessionRecord {
+        SessionRecord {
+            id: "sess-1a2b3c4d".into(),
+            task_id: "task-1a2b3c4d".into(),
+            claude_session_id: "c".into(),
+            mode: "headless".into(),
+            status: "busy".into(),
+            outcome: None,
+            workspace_dir: "/w".into(),
+            volume_dir: "/v".into(),
+            spend: Spend::default(),
+            created_at_ms: 1_700_000_000_000,
+            finished_at_ms: None,
+            container_id: Some("ctr-1a2b3c4d".into()),
+            attempt: 1,
+            resume_checkpoint_id: None,
+            container_state: None,
+            container_health: None,
+            last_heartbeat_ms: None,
+        }
+    }
+
     fn task() -> TaskRecord {
         TaskRecord {
             id: "task-1a2b3c4d".into(),
@@ -909,6 +931,36 @@ result
   Wrote hello.txt
 "
         );
+    }
+
+    /// Issue 14: HEALTH showed `-` for a healthy running container until the
+    /// reconciler's first pass stored a verdict.
+    #[test]
+    fn a_running_sessions_health_shows_before_the_first_reconciler_pass() {
+        let thresholds = HealthThresholds {
+            degraded_after_missed: 3,
+            unhealthy_after_missed: 6,
+            stale_threshold_ms: 300_000,
+        };
+        let now = 1_700_000_010_000;
+        let mut s = session_record();
+        s.container_state = Some(ContainerState::Running);
+        s.container_health = None;
+        s.last_heartbeat_ms = Some(now - 1_000);
+        refresh_health(&mut s, now, &thresholds, 5_000);
+        assert_eq!(s.container_health, Some(Health::Healthy));
+        let table = session_table(std::slice::from_ref(&s), now);
+        assert!(table.contains("healthy"), "{table}");
+        // Silent for 40s (8 intervals): unhealthy now, whatever was stored.
+        s.container_health = Some(Health::Healthy);
+        s.last_heartbeat_ms = Some(now - 40_000);
+        refresh_health(&mut s, now, &thresholds, 5_000);
+        assert_eq!(s.container_health, Some(Health::Unhealthy));
+        // An ended container keeps no health.
+        s.container_state = Some(ContainerState::Terminated);
+        s.container_health = None;
+        refresh_health(&mut s, now, &thresholds, 5_000);
+        assert_eq!(s.container_health, None);
     }
 
     #[test]

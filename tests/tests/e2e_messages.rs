@@ -258,6 +258,18 @@ fn e601_after_a_cancel_advises_a_resume_that_keeps_the_work_and_succeeds() {
     assert_eq!(killed["task_id"], task_id.as_str(), "{killed:#}");
     h.stand_in.release_hold();
     h.wait_task(&task_id, |t| t["status"] == "cancelled");
+    let session_id = created["session_id"].as_str().unwrap();
+    // `--json` on the follow-up commands: one object, or one object per line.
+    let recover = h.json(&["session", "recover", session_id, "--json"]);
+    assert_eq!(recover["resumable"], true, "{recover:#}");
+    assert_eq!(recover["error_code"], "E601", "{recover:#}");
+    let logs = h.ok(&["session", "logs", session_id, "--json"]);
+    assert!(logs.lines().count() > 3, "{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["type"].is_string(), "{line}");
+    }
     let out = h.run(&["task", "watch", &task_id]);
     let stderr = stderr_of(&out);
     assert!(stderr.contains("error[E601]"), "{stderr}");

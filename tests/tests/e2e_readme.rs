@@ -132,7 +132,7 @@ cargo() {
         .env("PATH", path)
         .env("CARGO_INSTALL_ROOT", install_root.path())
         .env("PARHELIA_BUILT_BINS", bin_dir())
-        .env("ANTHROPIC_BASE_URL", h.stand_in.base_url().to_string())
+        .env("ANTHROPIC_BASE_URL", h.stand_in.base_url())
         .env("ANTHROPIC_API_KEY", "test-key-not-a-secret")
         .env("CLAUDE_CODE_MAX_RETRIES", "1");
     if real_install {
