@@ -91,6 +91,28 @@ impl fmt::Display for Value {
     }
 }
 
+impl Value {
+    /// The value as TOML (what `config show` prints, so its output pastes
+    /// into a config.toml); `None` when unset.
+    pub fn toml_text(&self) -> Option<String> {
+        let value = match self {
+            Value::Bool(b) => toml::Value::Boolean(*b),
+            Value::UInt(n) => match i64::try_from(*n) {
+                Ok(n) => toml::Value::Integer(n),
+                // TOML integers are 64-bit signed; no key allows more.
+                Err(_) => toml::Value::Float(*n as f64),
+            },
+            Value::Float(x) => toml::Value::Float(*x),
+            Value::Str(s) => toml::Value::String(s.clone()),
+            Value::List(items) => {
+                toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect())
+            }
+            Value::Unset => return None,
+        };
+        Some(value.to_string())
+    }
+}
+
 /// One key of the schema.
 #[derive(Clone, Debug)]
 pub struct KeySpec {
@@ -1054,17 +1076,26 @@ pub fn show_text(loaded: &LoadedConfig) -> String {
             if file.found { "found" } else { "not found" }
         ));
     }
-    let mut section = "";
-    for (spec, setting) in KEYS.iter().zip(&loaded.settings) {
-        if spec.section != section {
-            section = spec.section;
-            out.push_str(&format!("\n[{section}]\n"));
+    // Each section once (a TOML table may not repeat), in the order the
+    // schema first names it; within it, the schema's order.
+    let mut sections: Vec<&str> = Vec::new();
+    for spec in KEYS {
+        if !sections.contains(&spec.section) {
+            sections.push(spec.section);
         }
-        let line = match &setting.value {
-            Value::Unset => format!("# {} =", spec.key),
-            value => format!("{} = {value}", spec.key),
-        };
-        out.push_str(&format!("{line:<42} # {}\n", setting.source));
+    }
+    for section in sections {
+        out.push_str(&format!("\n[{section}]\n"));
+        for (spec, setting) in KEYS.iter().zip(&loaded.settings) {
+            if spec.section != section {
+                continue;
+            }
+            let line = match setting.value.toml_text() {
+                None => format!("# {} =", spec.key),
+                Some(value) => format!("{} = {value}", spec.key),
+            };
+            out.push_str(&format!("{line:<42} # {}\n", setting.source));
+        }
     }
     if !loaded.unknown_keys.is_empty() {
         out.push('\n');
@@ -1106,6 +1137,69 @@ mod tests {
         ];
         let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         resolve(&files, &env(vars), &flags, Path::new("/p"))
+    }
+
+    /// `config show`'s text, pasted into a config.toml, gives the same
+    /// values (and each section appears once).
+    fn assert_show_round_trips(loaded: &LoadedConfig) {
+        let text = show_text(loaded);
+        for spec in KEYS {
+            let header = format!("\n[{}]\n", spec.section);
+            assert_eq!(text.matches(&header).count(), 1, "{header:?} in\n{text}");
+        }
+        let pasted = resolve_with(None, Some(&text), &[], &[])
+            .unwrap_or_else(|e| panic!("config show does not paste: {e}\n{text}"));
+        assert!(pasted.unknown_keys.is_empty(), "{:?}", pasted.unknown_keys);
+        for (a, b) in loaded.settings.iter().zip(&pasted.settings) {
+            assert_eq!(a.value, b.value, "{} in\n{text}", a.key);
+        }
+    }
+
+    #[test]
+    fn config_show_round_trips_through_config_toml() {
+        assert_show_round_trips(&resolve_with(None, None, &[], &[]).unwrap());
+        let set = [
+            "agent.stop_grace_ms=0",
+            "checkpoint.excludes=target/, a \"quoted\" \u{e9}\u{1b}",
+            "orchestrator.db_path=db/x.db",
+            "budget.daily_ceiling_usd=1e300",
+            "modal.volume_name=v\\w\n",
+        ];
+        let loaded = resolve_with(None, None, &[], &set).unwrap();
+        assert_show_round_trips(&loaded);
+        insta::assert_snapshot!(
+            "config_show_defaults",
+            show_text(&resolve_with(None, None, &[], &[]).unwrap())
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn config_show_round_trips_any_values(
+            workers in 1u64..=10_000,
+            poll in 0.05f64..86_400.0,
+            name in "\\PC{0,12}",
+            excludes in proptest::collection::vec("\\PC{0,8}", 0..3),
+            auto_resume: bool,
+        ) {
+            let mut project = toml::Table::new();
+            let mut orchestrator = toml::Table::new();
+            orchestrator.insert("max_concurrent_workers".into(), toml::Value::Integer(workers as i64));
+            project.insert("orchestrator".into(), orchestrator.into());
+            let mut reconciler = toml::Table::new();
+            reconciler.insert("poll_interval_seconds".into(), toml::Value::Float(poll));
+            reconciler.insert("auto_resume".into(), toml::Value::Boolean(auto_resume));
+            project.insert("reconciler".into(), reconciler.into());
+            let mut modal = toml::Table::new();
+            modal.insert("app_name".into(), toml::Value::String(name));
+            project.insert("modal".into(), modal.into());
+            let mut checkpoint = toml::Table::new();
+            checkpoint.insert("excludes".into(), toml::Value::Array(excludes.into_iter().map(toml::Value::String).collect()));
+            project.insert("checkpoint".into(), checkpoint.into());
+            let text = toml::to_string(&project).unwrap();
+            let loaded = resolve_with(None, Some(&text), &[], &[]).unwrap();
+            assert_show_round_trips(&loaded);
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@ use parhelia_proto::coordinator_server::{Coordinator, CoordinatorServer};
 use parhelia_proto::{
     CancelTaskRequest, CancelTaskResponse, CheckpointSessionRequest, CheckpointSessionResponse,
     DeleteTasksRequest, DeleteTasksResponse, DispatchTasksRequest, DispatchTasksResponse,
-    PingRequest, PingResponse, ResumeSessionRequest, ResumeSessionResponse, RetryTaskRequest,
+    GetConfigRequest, GetConfigResponse, PingRequest, PingResponse, ReloadConfigRequest,
+    ReloadConfigResponse, ResumeSessionRequest, ResumeSessionResponse, RetryTaskRequest,
     RetryTaskResponse, RunReconcilerRequest, RunReconcilerResponse, SetBudgetRequest,
     SetBudgetResponse, ShutdownRequest, ShutdownResponse, SubmitBudgetedTaskRequest,
     SubmitTaskRequest, SubmitTaskResponse, TerminateContainerRequest, TerminateContainerResponse,
@@ -37,6 +38,116 @@ use crate::plan::AgentSettings;
 use crate::reconciler::PassOptions;
 pub use crate::service::CoordinatorService;
 use crate::state_dir::StateDir;
+
+/// The configuration this process's coordinator runs with (one coordinator
+/// per process): what `GetConfig` answers and what a reload compares with.
+struct Effective {
+    loaded: crate::config::LoadedConfig,
+    loaded_at_ms: i64,
+    flags: Vec<String>,
+    /// The config files' contents when they were loaded (`None`: absent).
+    files: Vec<(std::path::PathBuf, Option<String>)>,
+}
+
+static EFFECTIVE: std::sync::Mutex<Option<Effective>> = std::sync::Mutex::new(None);
+/// A reload was asked for: [`run`] returns `RunEnd::Reload` after stopping.
+static RELOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The largest config file a reload reads (a config.toml is a few KiB).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// How [`run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    Stopped,
+    /// The configuration changed: run again to apply it.
+    Reload,
+}
+
+fn effective() -> std::sync::MutexGuard<'static, Option<Effective>> {
+    EFFECTIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The config files a coordinator reads, with their contents now.
+fn config_files(loaded: &crate::config::LoadedConfig) -> Vec<(std::path::PathBuf, Option<String>)> {
+    loaded
+        .files
+        .iter()
+        .map(|f| {
+            let text = std::fs::metadata(&f.path)
+                .ok()
+                .filter(|m| m.len() <= MAX_CONFIG_BYTES)
+                .and_then(|_| std::fs::read_to_string(&f.path).ok());
+            (f.path.clone(), text)
+        })
+        .collect()
+}
+
+/// Loads the configuration again; `Ok(Some(text))` when its effective
+/// values differ from the running ones (a reload is due).
+fn reload_check(state: &StateDir) -> Result<Option<String>, crate::error::CodedError> {
+    let flags = effective()
+        .as_ref()
+        .map(|e| e.flags.clone())
+        .unwrap_or_default();
+    let fresh = crate::config::load(state.root(), &flags)?;
+    let text = crate::config::show_text(&fresh);
+    let same = effective()
+        .as_ref()
+        .is_some_and(|e| e.loaded.settings == fresh.settings);
+    Ok((!same).then_some(text))
+}
+
+/// Asks the coordinator to stop and run again with the configuration as
+/// it is now.
+fn request_reload(service: &CoordinatorService) {
+    RELOAD.store(true, std::sync::atomic::Ordering::SeqCst);
+    service.request_shutdown();
+}
+
+/// Watches the config files: when their contents change and the new
+/// configuration loads with different values, the coordinator reloads.
+/// A file that does not load is reported (once per content) and the
+/// running configuration stays.
+async fn config_watch_loop(service: CoordinatorService) {
+    let state = service.inner.state.clone();
+    let mut reported: Option<Vec<(std::path::PathBuf, Option<String>)>> = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = {
+            let guard = effective();
+            let Some(e) = guard.as_ref() else { continue };
+            let now = config_files(&e.loaded);
+            if now == e.files {
+                continue;
+            }
+            now
+        };
+        if reported.as_ref() == Some(&now) {
+            continue;
+        }
+        match reload_check(&state) {
+            Ok(Some(_)) => {
+                tracing::info!("config.toml changed: reloading the configuration");
+                request_reload(&service);
+                return;
+            }
+            Ok(None) => {
+                if let Some(e) = effective().as_mut() {
+                    e.files = now;
+                }
+            }
+            Err(err) => {
+                tracing::error!(
+                    "config.toml changed but does not load; keeping the running configuration: [{}] {}",
+                    err.code.code,
+                    err.message
+                );
+                reported = Some(now);
+            }
+        }
+    }
+}
 
 /// The exclusive lock that makes this process the state directory's only
 /// coordinator. Held until the process exits.
@@ -261,6 +372,52 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)
     }
 
+    async fn get_config(
+        &self,
+        _request: Request<GetConfigRequest>,
+    ) -> Result<Response<GetConfigResponse>, Status> {
+        let guard = effective();
+        let e = guard
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("the coordinator is starting"))?;
+        let config_json = serde_json::to_string(&serde_json::json!({
+            "files": e.loaded.files,
+            "settings": e.loaded.settings,
+            "unknown_keys": e.loaded.unknown_keys,
+        }))
+        .map_err(|err| Status::internal(format!("encoding the config: {err}")))?;
+        Ok(Response::new(GetConfigResponse {
+            config_toml: crate::config::show_text(&e.loaded),
+            config_json,
+            loaded_at_ms: e.loaded_at_ms,
+            flags: e.flags.clone(),
+        }))
+    }
+
+    async fn reload_config(
+        &self,
+        _request: Request<ReloadConfigRequest>,
+    ) -> Result<Response<ReloadConfigResponse>, Status> {
+        match reload_check(&self.inner.state) {
+            Ok(Some(text)) => {
+                tracing::info!("reload requested: the configuration changed");
+                request_reload(self);
+                Ok(Response::new(ReloadConfigResponse {
+                    changed: true,
+                    config_toml: text,
+                }))
+            }
+            Ok(None) => Ok(Response::new(ReloadConfigResponse {
+                changed: false,
+                config_toml: effective()
+                    .as_ref()
+                    .map(|e| crate::config::show_text(&e.loaded))
+                    .unwrap_or_default(),
+            })),
+            Err(err) => Err(err.to_status()),
+        }
+    }
+
     async fn run_reconciler(
         &self,
         request: Request<RunReconcilerRequest>,
@@ -448,7 +605,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
 }
 
 /// `parhelia coordinator run`: serve until Shutdown, SIGINT or SIGTERM.
-pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
+pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<RunEnd> {
     // E509 for a directory another user owns (or one that cannot be made private),
     // E507 when it cannot be created: before the token or any secret is written.
     state.ensure_private()?;
@@ -457,6 +614,13 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
     for unknown in &loaded.unknown_keys {
         tracing::warn!("{unknown}");
     }
+    *effective() = Some(Effective {
+        files: config_files(&loaded),
+        loaded: loaded.clone(),
+        loaded_at_ms: crate::ids::now_ms(),
+        flags: config_flags.to_vec(),
+    });
+    RELOAD.store(false, std::sync::atomic::Ordering::SeqCst);
     let config = loaded.config;
     let db_path = config
         .orchestrator
@@ -530,6 +694,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
         tokio::spawn(durability_loop(service.clone())),
         tokio::spawn(usage_loop(service.clone())),
         tokio::spawn(disk_loop(service.clone(), db_path.clone())),
+        tokio::spawn(config_watch_loop(service.clone())),
     ];
 
     let shutdown = {
@@ -562,9 +727,13 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<()> {
     }
     // Remove the socket only if it is still ours.
     let _ = std::fs::remove_file(&socket);
-    tracing::info!("coordinator stopped");
     served.context("serving the coordinator socket")?;
-    Ok(())
+    if RELOAD.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!("coordinator restarting with the new configuration");
+        return Ok(RunEnd::Reload);
+    }
+    tracing::info!("coordinator stopped");
+    Ok(RunEnd::Stopped)
 }
 
 /// Leaves the CLI's session so the terminal's signals never reach the

@@ -19,6 +19,10 @@ pub const ERROR_CODE_METADATA_KEY: &str = "parhelia-error-code";
 pub struct CodedError {
     pub code: ErrorCode,
     pub message: String,
+    /// Advice chosen for this error's cause ([`error_codes::advice`]),
+    /// printed instead of the code's general `recover` text. (Boxed: a
+    /// `Result<_, CodedError>` stays small.)
+    pub advice: Option<Box<str>>,
 }
 
 impl CodedError {
@@ -26,6 +30,22 @@ impl CodedError {
         Self {
             code,
             message: message.into(),
+            advice: None,
+        }
+    }
+
+    /// The same error with advice for its cause.
+    pub fn with_advice(mut self, advice: Option<String>) -> Self {
+        self.advice = advice.map(String::into_boxed_str);
+        self
+    }
+
+    /// The hint printed under the error: the advice for its cause, else
+    /// the code's general one.
+    pub fn hint(&self) -> String {
+        match &self.advice {
+            Some(advice) => format!("{advice} (more: parhelia help {})", self.code.code),
+            None => self.code.hint(),
         }
     }
 

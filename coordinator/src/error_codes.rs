@@ -191,6 +191,16 @@ error_codes! {
         why: "A sandboxed local session gets a writable home of its own (`sessions/<session-id>/home` in the state directory, mounted at your home's path) holding copies of your shell and git dotfiles; it could not be created or filled (a full disk, a permission, or a path in it the session replaced with a link), so nothing was started.",
         recover: "Check the state directory's free space and permissions (`parhelia doctor`); if the session's `home` holds a link where a directory should be, remove it (or delete the session) and resume, or run with `--set local.isolation=none`.",
     }
+    UNKNOWN_EVENT_TYPE = "E117" "UNKNOWN_EVENT_TYPE" {
+        what: "A `--type` filter names an event type that does not exist.",
+        why: "Only the event types Parhelia records (and the seeds' names it maps to them, such as `container_started`) can be filtered on; an unknown one would silently match nothing.",
+        recover: "Use one of the types the message lists; `container_started` is the seeds' name for `session_started`.",
+    }
+    CONFIG_NOT_SHARED = "E118" "CONFIG_NOT_SHARED" {
+        what: "A `--set` value differs from the running coordinator's configuration.",
+        why: "The coordinator is the one source of effective configuration: its launches, queue and reconciler use its own values (config.toml, its environment, its own `--set`), so a one-off `--set` on a command would be shown but not applied.",
+        recover: "Put the value in config.toml (the coordinator reloads it within a second; `parhelia coordinator reload` at once), or leave `--set` out; `parhelia config show` prints the values in effect.",
+    }
 
     // E2xx: not found.
     NOT_FOUND = "E200" "NOT_FOUND" {
@@ -309,7 +319,7 @@ error_codes! {
     MODEL_API_FAILED = "E505" "MODEL_API_FAILED" {
         what: "The model API kept failing.",
         why: "The API returned server errors, 429 or overloaded after all of Claude Code's retries.",
-        recover: "Try again later, or raise `CLAUDE_CODE_MAX_RETRIES`.",
+        recover: "Try again later: `parhelia resume SESSION_ID -m \"go on\"` continues with the work kept; raise `CLAUDE_CODE_MAX_RETRIES` only when Claude Code did retry (the events show `retry` lines) and the API asked for no pause.",
     }
     BACKEND_UNAVAILABLE = "E506" "BACKEND_UNAVAILABLE" {
         what: "The backend is known but not available.",
@@ -383,17 +393,17 @@ error_codes! {
     CLAUDE_CODE_ERROR_RESULT = "E600" "CLAUDE_CODE_ERROR_RESULT" {
         what: "Claude Code finished with an error result.",
         why: "Claude Code ended the run with an error (for example `error_max_turns` or `error_during_execution`).",
-        recover: "Read the events with `parhelia task watch TASK_ID`; raise `--max-turns` if it ran out of turns.",
+        recover: "Read the events with `parhelia task watch TASK_ID`; the advice under the error names what to do for its cause (turn limit, a refused request, a failed tool).",
     }
     SESSION_CANCELLED = "E601" "SESSION_CANCELLED" {
         what: "The session was stopped on request.",
         why: "Someone asked for the session to stop before it finished.",
-        recover: "Create the task again if the work is still wanted.",
+        recover: "The work up to the final checkpoint is kept: `parhelia resume SESSION_ID -m \"go on\"` continues it (`parhelia task retry TASK_ID` starts over).",
     }
     SESSION_INTERRUPTED = "E602" "SESSION_INTERRUPTED" {
         what: "The session was interrupted.",
         why: "Claude Code died without a result, or its container went away.",
-        recover: "Create the task again; resuming interrupted sessions comes with checkpoints.",
+        recover: "Resume it from its latest checkpoint: `parhelia session recover SESSION_ID` shows which one and runs the resume.",
     }
     ILLEGAL_TRANSITION = "E603" "ILLEGAL_TRANSITION" {
         what: "The task cannot move to the requested state.",
@@ -444,6 +454,146 @@ error_codes! {
         what: "Some damaged checkpoints could not be repaired.",
         why: "No source holds an intact copy of what they lost: not the session's workspace, not a mirror of its store, not another session's store.",
         recover: "They stay reported as damaged and `resume` skips them; resume from an older checkpoint that verifies (`parhelia checkpoint verify --session SESSION_ID`). The damaged files are kept; run `parhelia checkpoint repair` again if an intact copy turns up.",
+    }
+}
+
+/// What is known about why a task ended with an error: it picks the
+/// advice printed under the error (the table's `recover` text is the
+/// fallback). Gathered from the session's events by [`Cause::observe`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cause {
+    pub task_id: String,
+    pub session_id: Option<String>,
+    /// The failed turn's `api_error_status` (0: none).
+    pub http_status: u32,
+    /// The failed turn's result subtype (`success` with an error, `error_max_turns`…).
+    pub subtype: String,
+    /// `retry` events Claude Code reported since the last turn started.
+    pub api_retries: u32,
+    /// The largest retry budget those events name.
+    pub max_retries: u32,
+    /// The last retry's pause, in ms (the API's `retry-after` when it sent one).
+    pub retry_delay_ms: u64,
+    /// Why a stop was asked for (`task cancel`, `session kill`, budget…).
+    pub stop_reason: Option<String>,
+}
+
+impl Cause {
+    pub fn new(task_id: &str, session_id: Option<&str>) -> Self {
+        Cause {
+            task_id: task_id.to_string(),
+            session_id: session_id.map(str::to_string),
+            ..Cause::default()
+        }
+    }
+
+    /// Folds in one of the session's events, in journal order.
+    pub fn observe(&mut self, event: &parhelia_proto::Event) {
+        use parhelia_proto::event::Kind;
+        match &event.kind {
+            Some(Kind::SessionStarted(_)) => {
+                // A new container (a retry or resume): only its events count.
+                *self = Cause {
+                    task_id: std::mem::take(&mut self.task_id),
+                    session_id: self.session_id.take(),
+                    ..Cause::default()
+                };
+            }
+            Some(Kind::InputAccepted(_)) | Some(Kind::ClaudeInit(_)) => {
+                // A new turn: the retries counted belong to it.
+                self.api_retries = 0;
+                self.max_retries = 0;
+                self.retry_delay_ms = 0;
+            }
+            Some(Kind::ApiRetry(r)) => {
+                self.api_retries = self.api_retries.saturating_add(1);
+                self.max_retries = self.max_retries.max(r.max_retries);
+                self.retry_delay_ms = r.retry_delay_ms;
+                if self.http_status == 0 {
+                    self.http_status = r.error_status;
+                }
+            }
+            Some(Kind::TurnResult(t)) => {
+                self.subtype = t.subtype.clone();
+                self.http_status = t.api_error_status;
+            }
+            Some(Kind::StopRequested(s)) => self.stop_reason = Some(s.reason.clone()),
+            _ => {}
+        }
+    }
+
+    fn resume_command(&self) -> String {
+        match &self.session_id {
+            Some(id) => format!("`parhelia resume {id} -m \"go on\"`"),
+            None => "`parhelia resume SESSION_ID -m \"go on\"`".to_string(),
+        }
+    }
+
+    fn retry_command(&self) -> String {
+        format!("`parhelia task retry {}`", self.task_id)
+    }
+}
+
+/// The advice for `code` given what caused it; `None` when the table's
+/// `recover` text is the right one.
+pub fn advice(code: &ErrorCode, cause: &Cause) -> Option<String> {
+    let resume = cause.resume_command();
+    let retry = cause.retry_command();
+    let status = cause.http_status;
+    match code.code {
+        "E600" if cause.subtype == "error_max_turns" => Some(format!(
+            "It stopped at its turn limit (`--max-turns`); {resume} continues from its last checkpoint with the work kept."
+        )),
+        "E600" if (400..500).contains(&status) => Some(format!(
+            "The model API refused the request as invalid (HTTP {status}), so more turns or retries would not help: read the message above (often a model name Claude Code does not know, or a request too large), fix that, then {retry}."
+        )),
+        "E600" => Some(format!(
+            "Read what failed with `parhelia task watch {}`; {resume} continues with the work kept.",
+            cause.task_id
+        )),
+        "E505" if cause.api_retries == 0 => Some(format!(
+            "The API answered{} and said not to retry, so Claude Code made one request and stopped; raising `CLAUDE_CODE_MAX_RETRIES` would not help. Wait, then {resume} (the work is kept) or {retry}.",
+            if status != 0 {
+                format!(" HTTP {status}")
+            } else {
+                String::new()
+            }
+        )),
+        "E505" => Some(format!(
+            "The API kept failing{} through {} of Claude Code's retries{}: try again later with {resume} (the work is kept), or raise `CLAUDE_CODE_MAX_RETRIES` (it allowed {}).",
+            if status != 0 {
+                format!(" (HTTP {status})")
+            } else {
+                String::new()
+            },
+            cause.api_retries,
+            if cause.retry_delay_ms > 0 {
+                format!(
+                    ", the last after a pause of {} s the API asked for",
+                    cause.retry_delay_ms.div_ceil(1000)
+                )
+            } else {
+                String::new()
+            },
+            cause.max_retries.max(cause.api_retries)
+        )),
+        "E601" => Some(format!(
+            "It was stopped on request{}; the work up to its final checkpoint is kept: {resume} continues it ({retry} starts over).",
+            cause
+                .stop_reason
+                .as_deref()
+                .filter(|r| !r.is_empty())
+                .map(|r| format!(
+                    " ({})",
+                    crate::term::escape_untrusted_text(&crate::render::one_line(r, 80))
+                ))
+                .unwrap_or_default()
+        )),
+        "E602" => Some(format!(
+            "Nothing ran to the end; {resume} continues from its latest checkpoint (`parhelia session recover {}` shows which).",
+            cause.session_id.as_deref().unwrap_or("SESSION_ID")
+        )),
+        _ => None,
     }
 }
 

@@ -44,6 +44,49 @@ impl EventSource {
 
 pub const LEVELS: [&str; 3] = ["info", "warning", "error"];
 
+/// Other names for event types, as the seeds' commands use them:
+/// `container_started` is the agent's first event in a container
+/// (`session_started`, recorded on every launch and resume).
+pub const TYPE_ALIASES: &[(&str, &str)] = &[("container_started", "session_started")];
+
+/// Every event type `--type` accepts (agent's, then the coordinator's), sorted.
+pub fn event_types() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = parhelia_proto::EVENT_TYPE_NAMES
+        .iter()
+        .chain(crate::db::COORDINATOR_EVENT_TYPES)
+        .copied()
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// A `--type` value as stored: an alias's target, or the name itself when
+/// it is a known type; E117 (listing the valid ones) otherwise.
+pub fn canonical_event_type(name: &str) -> Result<String, CodedError> {
+    let name = name.trim().to_ascii_lowercase();
+    if let Some((_, target)) = TYPE_ALIASES.iter().find(|(alias, _)| *alias == name) {
+        return Ok((*target).to_string());
+    }
+    let all = event_types();
+    if all.contains(&name.as_str()) {
+        return Ok(name);
+    }
+    Err(CodedError::new(
+        error_codes::UNKNOWN_EVENT_TYPE,
+        format!(
+            "unknown event type `{}` (valid: {}; aliases: {})",
+            crate::term::escape_untrusted_text(&name),
+            all.join(", "),
+            TYPE_ALIASES
+                .iter()
+                .map(|(a, t)| format!("{a} = {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
 /// Which events to return. Empty lists and `None`s match everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventFilter {
@@ -74,9 +117,14 @@ impl EventFilter {
             && self.source.is_none_or(|s| s == row.source)
     }
 
-    /// Splits comma-separated lists and checks the levels.
+    /// Splits comma-separated lists, maps the seeds' type names to ours
+    /// ([`TYPE_ALIASES`]) and checks types (E117) and levels.
     pub fn with_lists(mut self, types: &[String], levels: &[String]) -> Result<Self, CodedError> {
-        self.types = split_list(types);
+        self.types = split_list(types)
+            .into_iter()
+            .map(|t| canonical_event_type(&t))
+            .collect::<Result<_, _>>()?;
+        self.types.dedup();
         self.levels = split_list(levels);
         if let Some(bad) = self.levels.iter().find(|l| !LEVELS.contains(&l.as_str())) {
             return Err(CodedError::new(
@@ -356,6 +404,68 @@ mod tests {
             .with_lists(&[], &["fatal".into()])
             .unwrap_err();
         assert_eq!(err.code.code, "E100");
+    }
+
+    #[test]
+    fn an_unknown_type_is_e117_listing_the_valid_ones_and_seed_names_map_to_ours() {
+        let err = EventFilter::default()
+            .with_lists(&["nope".into()], &[])
+            .unwrap_err();
+        assert_eq!(err.code, error_codes::UNKNOWN_EVENT_TYPE);
+        for name in event_types() {
+            assert!(
+                err.message.contains(name),
+                "{name} not listed: {}",
+                err.message
+            );
+        }
+        let f = EventFilter::default()
+            .with_lists(&["container_started,tool_call".into()], &[])
+            .unwrap();
+        assert_eq!(f.types, ["session_started", "tool_call"]);
+        // Every type either side records is accepted as itself.
+        for name in parhelia_proto::EVENT_TYPE_NAMES
+            .iter()
+            .chain(crate::db::COORDINATOR_EVENT_TYPES)
+        {
+            assert_eq!(canonical_event_type(name).unwrap(), *name);
+        }
+    }
+
+    /// Every literal type the coordinator passes to `NewCoordinatorEvent::new`
+    /// is in the list `--type` accepts (the debug assertion catches the rest
+    /// at run time).
+    #[test]
+    fn every_coordinator_event_type_in_the_source_is_listed() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut seen = 0;
+        for entry in walkdir::WalkDir::new(&src) {
+            let entry = entry.unwrap();
+            // (This file only names the pattern.)
+            if entry.path().extension().is_none_or(|e| e != "rs")
+                || entry.path().ends_with("event_filter.rs")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            for (i, _) in text.match_indices("NewCoordinatorEvent::new(") {
+                let rest = text[i + "NewCoordinatorEvent::new(".len()..].trim_start();
+                let Some(rest) = rest.strip_prefix('"') else {
+                    continue;
+                };
+                let name = &rest[..rest.find('"').unwrap()];
+                if name == "{event_type}" {
+                    continue;
+                }
+                seen += 1;
+                assert!(
+                    crate::db::COORDINATOR_EVENT_TYPES.contains(&name),
+                    "{}: `{name}` is not in COORDINATOR_EVENT_TYPES",
+                    entry.path().display()
+                );
+            }
+        }
+        assert!(seen > 10, "found only {seen} event types");
     }
 
     #[test]

@@ -136,6 +136,9 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// Every backend, the one list behind `--backend`'s help and parsing.
+    pub const ALL: [BackendKind; 2] = [BackendKind::Local, BackendKind::Modal];
+
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Local => "local",
@@ -151,7 +154,10 @@ pub fn parse_backend(name: &str) -> Result<BackendKind, CodedError> {
         "modal" => Ok(BackendKind::Modal),
         other => Err(CodedError::new(
             error_codes::UNKNOWN_BACKEND,
-            format!("unknown backend: {other}"),
+            format!(
+                "unknown backend `{other}` (valid: {})",
+                BackendKind::ALL.map(BackendKind::as_str).join(", ")
+            ),
         )),
     }
 }

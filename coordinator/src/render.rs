@@ -124,14 +124,16 @@ pub fn render_event(event: &Event) -> Option<String> {
         Kind::TurnResult(t) => {
             let mut parts = Vec::new();
             if t.is_error {
-                let mut head = format!("error ({})", non_empty_or(&t.subtype, "unknown"));
-                if t.api_error_status != 0 {
-                    head = format!(
-                        "error ({}, HTTP {})",
-                        non_empty_or(&t.subtype, "unknown"),
-                        t.api_error_status
-                    );
-                }
+                // Claude Code reports a failed API call as subtype `success`
+                // with `is_error`: that subtype says nothing, the status does.
+                let subtype =
+                    (!t.subtype.is_empty() && t.subtype != "success").then_some(t.subtype.as_str());
+                let head = match (subtype, t.api_error_status) {
+                    (Some(subtype), 0) => format!("error ({subtype})"),
+                    (Some(subtype), status) => format!("error ({subtype}, HTTP {status})"),
+                    (None, 0) => "error".to_string(),
+                    (None, status) => format!("error (HTTP {status})"),
+                };
                 parts.push(head);
             } else {
                 parts.push(non_empty_or(&t.subtype, "done").to_string());
@@ -524,7 +526,7 @@ mod tests {
                 ..Default::default()
             }),
             Some(
-                "turn     error (success, HTTP 500) · 1 turn · 1m05s · $0.0000\n         API Error: 500 boom",
+                "turn     error (HTTP 500) · 1 turn · 1m05s · $0.0000\n         API Error: 500 boom",
             ),
         );
         check(

@@ -101,7 +101,100 @@ impl FromStr for TaskStatus {
             .ok_or_else(|| {
                 CodedError::new(
                     error_codes::UNKNOWN_STATUS,
-                    format!("unknown task status: {s}"),
+                    format!(
+                        "unknown task status `{s}` (valid: {})",
+                        TaskStatus::ALL.map(TaskStatus::as_str).join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// A status as `task list` shows it: a pending task shows as `held`
+/// (waiting for `task dispatch`) or `queued` (waiting for a worker slot).
+/// The one list behind both what the CLI prints and what `--status` accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShownStatus {
+    /// Any pending task (held or queued).
+    Status(TaskStatus),
+    Held,
+    Queued,
+}
+
+impl ShownStatus {
+    /// Every value `task list --status` accepts, in the order help lists them.
+    pub const ALL: [ShownStatus; 8] = [
+        ShownStatus::Status(TaskStatus::Pending),
+        ShownStatus::Held,
+        ShownStatus::Queued,
+        ShownStatus::Status(TaskStatus::Running),
+        ShownStatus::Status(TaskStatus::Completed),
+        ShownStatus::Status(TaskStatus::Failed),
+        ShownStatus::Status(TaskStatus::Cancelled),
+        ShownStatus::Status(TaskStatus::Interrupted),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShownStatus::Status(s) => s.as_str(),
+            ShownStatus::Held => "held",
+            ShownStatus::Queued => "queued",
+        }
+    }
+
+    /// What a task shows: `held`/`queued` for a pending one (by whether
+    /// its dispatch was asked for), else its status.
+    pub fn of(status: TaskStatus, dispatch_requested: bool) -> ShownStatus {
+        match (status, dispatch_requested) {
+            (TaskStatus::Pending, true) => ShownStatus::Queued,
+            (TaskStatus::Pending, false) => ShownStatus::Held,
+            (other, _) => ShownStatus::Status(other),
+        }
+    }
+
+    /// Whether a task with this status and dispatch request passes the filter.
+    pub fn matches(self, status: TaskStatus, dispatch_requested: bool) -> bool {
+        match self {
+            ShownStatus::Status(s) => s == status,
+            shown => ShownStatus::of(status, dispatch_requested) == shown,
+        }
+    }
+
+    /// The stored status to select by (held and queued are pending).
+    pub fn stored(self) -> TaskStatus {
+        match self {
+            ShownStatus::Status(s) => s,
+            ShownStatus::Held | ShownStatus::Queued => TaskStatus::Pending,
+        }
+    }
+
+    /// `pending, held, queued, …` for help texts and errors.
+    pub fn valid_list() -> String {
+        ShownStatus::ALL.map(ShownStatus::as_str).join(", ")
+    }
+}
+
+impl fmt::Display for ShownStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ShownStatus {
+    type Err = CodedError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase();
+        ShownStatus::ALL
+            .into_iter()
+            .find(|shown| shown.as_str() == wanted)
+            .ok_or_else(|| {
+                CodedError::new(
+                    error_codes::UNKNOWN_STATUS,
+                    format!(
+                        "unknown task status `{s}` (valid: {})",
+                        ShownStatus::valid_list()
+                    ),
                 )
             })
     }
@@ -160,6 +253,33 @@ pub fn default_error_code(status: TaskStatus) -> Option<&'static str> {
 mod tests {
     use super::TaskStatus::*;
     use super::*;
+
+    #[test]
+    fn every_shown_status_is_accepted_and_matches_what_shows_it() {
+        for status in TaskStatus::ALL {
+            for requested in [false, true] {
+                let shown = ShownStatus::of(status, requested);
+                let parsed: ShownStatus = shown.as_str().parse().expect("a shown status parses");
+                assert_eq!(parsed, shown);
+                assert!(
+                    parsed.matches(status, requested),
+                    "{shown} filter misses it"
+                );
+                assert_eq!(parsed.stored(), status);
+            }
+        }
+        assert!(ShownStatus::Status(Pending).matches(Pending, true));
+        assert!(!ShownStatus::Held.matches(Pending, true));
+    }
+
+    #[test]
+    fn an_unknown_status_is_e104_listing_the_valid_ones() {
+        let err = "nope".parse::<ShownStatus>().unwrap_err();
+        assert_eq!(err.code, error_codes::UNKNOWN_STATUS);
+        for shown in ShownStatus::ALL {
+            assert!(err.message.contains(shown.as_str()), "{}", err.message);
+        }
+    }
 
     #[test]
     fn transition_table() {

@@ -75,15 +75,67 @@ impl From<&TaskRecord> for TaskView {
     }
 }
 
+/// One line of a `--json` watch or follow (`task watch`, `session logs`,
+/// `task create --sync`): an agent event, with its type and level, the line
+/// the text output shows for it (`null` for events it does not show) and
+/// the event itself (journal form).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventLine<'a> {
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    pub level: &'static str,
+    pub seq: u64,
+    pub time: String,
+    pub text: Option<String>,
+    pub event: &'a parhelia_proto::Event,
+}
+
+impl<'a> EventLine<'a> {
+    pub fn new(event: &'a parhelia_proto::Event) -> Self {
+        let (event_type, level) = match &event.kind {
+            Some(kind) => (
+                parhelia_proto::event_type_name(kind),
+                parhelia_proto::event_level(kind),
+            ),
+            None => ("unknown", "info"),
+        };
+        EventLine {
+            event_type,
+            level,
+            seq: event.seq,
+            time: rfc3339_ms(event.ts_ms),
+            text: crate::render::render_event(event),
+            event,
+        }
+    }
+}
+
+/// The last line of `task watch --json`: the task as it ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TaskEndedLine {
+    /// Always `task_ended`.
+    #[serde(rename = "type")]
+    pub line_type: &'static str,
+    pub task: TaskView,
+}
+
+impl From<&TaskRecord> for TaskEndedLine {
+    fn from(t: &TaskRecord) -> Self {
+        TaskEndedLine {
+            line_type: "task_ended",
+            task: TaskView::from(t),
+        }
+    }
+}
+
 /// `queued`/`held` for pending tasks.
 pub fn queue_state(t: &TaskRecord) -> Option<&'static str> {
-    (t.status == crate::task_state::TaskStatus::Pending).then(|| {
-        if t.dispatch_requested_at_ms.is_some() {
-            "queued"
-        } else {
-            "held"
-        }
-    })
+    (t.status == crate::task_state::TaskStatus::Pending).then(|| shown_status(t).as_str())
+}
+
+/// The status `task list` shows (and `--status` accepts): held/queued for pending.
+pub fn shown_status(t: &TaskRecord) -> crate::task_state::ShownStatus {
+    crate::task_state::ShownStatus::of(t.status, t.dispatch_requested_at_ms.is_some())
 }
 
 /// `session show --json` / `session list --json`.
@@ -591,7 +643,7 @@ pub fn task_table(tasks: &[TaskRecord], now_ms: i64) -> String {
         out.push_str(&format!(
             "{:<15}{:<13}{:<10}{:<8}{}\n",
             t.id,
-            queue_state(t).unwrap_or(t.status.as_str()),
+            shown_status(t).as_str(),
             cost(t.spend.cost_usd),
             age(now_ms, t.created_at_ms),
             // 46 columns before the prompt: the line fits 80.
@@ -641,6 +693,24 @@ pub fn session_detail(s: &SessionRecord) -> String {
         field(&mut out, "finished", &rfc3339_ms(finished));
     }
     out
+}
+
+/// Puts the health a live session's container has *now* into its record:
+/// the reconciler's last verdict or what the silence since its last
+/// heartbeat (else since the session started) says, whichever is worse. So
+/// a healthy running container shows `healthy` before the first reconciler
+/// pass, and a silent one turns unhealthy without waiting for it.
+pub fn refresh_health(
+    s: &mut SessionRecord,
+    now_ms: i64,
+    thresholds: &HealthThresholds,
+    interval_ms: i64,
+) {
+    if !s.container_state.is_some_and(|c| c.expects_heartbeats()) {
+        return;
+    }
+    let heard = s.last_heartbeat_ms.or(Some(s.created_at_ms));
+    s.container_health = shown_health(s.container_health, heard, now_ms, interval_ms, thresholds);
 }
 
 /// `session list` without `--json`.
@@ -751,6 +821,28 @@ mod tests {
         spend
     }
 
+    fn session_record() -> SessionRecord {
+        SessionRecord {
+            id: "sess-1a2b3c4d".into(),
+            task_id: "task-1a2b3c4d".into(),
+            claude_session_id: "c".into(),
+            mode: "headless".into(),
+            status: "busy".into(),
+            outcome: None,
+            workspace_dir: "/w".into(),
+            volume_dir: "/v".into(),
+            spend: Spend::default(),
+            created_at_ms: 1_700_000_000_000,
+            finished_at_ms: None,
+            container_id: Some("ctr-1a2b3c4d".into()),
+            attempt: 1,
+            resume_checkpoint_id: None,
+            container_state: None,
+            container_health: None,
+            last_heartbeat_ms: None,
+        }
+    }
+
     fn task() -> TaskRecord {
         TaskRecord {
             id: "task-1a2b3c4d".into(),
@@ -840,6 +932,36 @@ result
   Wrote hello.txt
 "
         );
+    }
+
+    /// Issue 14: HEALTH showed `-` for a healthy running container until the
+    /// reconciler's first pass stored a verdict.
+    #[test]
+    fn a_running_sessions_health_shows_before_the_first_reconciler_pass() {
+        let thresholds = HealthThresholds {
+            degraded_after_missed: 3,
+            unhealthy_after_missed: 6,
+            stale_threshold_ms: 300_000,
+        };
+        let now = 1_700_000_010_000;
+        let mut s = session_record();
+        s.container_state = Some(ContainerState::Running);
+        s.container_health = None;
+        s.last_heartbeat_ms = Some(now - 1_000);
+        refresh_health(&mut s, now, &thresholds, 5_000);
+        assert_eq!(s.container_health, Some(Health::Healthy));
+        let table = session_table(std::slice::from_ref(&s), now);
+        assert!(table.contains("healthy"), "{table}");
+        // Silent for 40s (8 intervals): unhealthy now, whatever was stored.
+        s.container_health = Some(Health::Healthy);
+        s.last_heartbeat_ms = Some(now - 40_000);
+        refresh_health(&mut s, now, &thresholds, 5_000);
+        assert_eq!(s.container_health, Some(Health::Unhealthy));
+        // An ended container keeps no health.
+        s.container_state = Some(ContainerState::Terminated);
+        s.container_health = None;
+        refresh_health(&mut s, now, &thresholds, 5_000);
+        assert_eq!(s.container_health, None);
     }
 
     #[test]

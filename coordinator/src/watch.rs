@@ -30,6 +30,20 @@ const BATCH: u32 = 500;
 /// Prints a task's events (through `emit`) until the task has ended;
 /// returns the ended task.
 pub async fn watch_task(db: &Db, task_id: &str, mut emit: impl FnMut(&str)) -> Result<WatchedTask> {
+    watch_task_events(db, task_id, |stored| {
+        if let Some(line) = render_event(&stored.event) {
+            emit(&line);
+        }
+    })
+    .await
+}
+
+/// As [`watch_task`], handing over each stored event (`--json` prints them).
+pub async fn watch_task_events(
+    db: &Db,
+    task_id: &str,
+    mut emit: impl FnMut(&crate::db::StoredEvent),
+) -> Result<WatchedTask> {
     let mut last_rowid = 0;
     let mut last_assistant_text = None;
     let mut waiting_for_input = false;
@@ -55,9 +69,7 @@ pub async fn watch_task(db: &Db, task_id: &str, mut emit: impl FnMut(&str)) -> R
                 }
                 _ => {}
             }
-            if let Some(line) = render_event(&stored.event) {
-                emit(&line);
-            }
+            emit(stored);
         }
         let waits = waiting_for_input && task.status == TaskStatus::Running;
         if events.is_empty() && (task.status.has_ended() || waits) {

@@ -196,8 +196,7 @@ fn a_workspace_with_a_fifo_is_e111_and_an_oversize_one_e112() {
     let repo = world.work().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     std::fs::write(repo.join("data.bin"), vec![0u8; 4096]).unwrap();
-    let over = ["--set", "workspace.max_copy_bytes=1000"];
-    let create = |extra: &[&str]| {
+    let create = |world: &World, extra: &[&str]| {
         let mut args = vec![
             "task",
             "create",
@@ -209,22 +208,37 @@ fn a_workspace_with_a_fifo_is_e111_and_an_oversize_one_e112() {
         args.extend_from_slice(extra);
         world.run(&args)
     };
-    let out = create(&over);
+    // The limit as a coordinator started now would have it (a one-off `--set`
+    // would not apply to the launch: E118).
+    let out = world.run(&[
+        "--set",
+        "workspace.max_copy_bytes=1000",
+        "task",
+        "create",
+        "do it",
+        "--workspace",
+        "repo",
+        "--dry-run",
+    ]);
+    assert_coded(&out, "E118", 2);
+    let small = world.with_env("PARHELIA_WORKSPACE_MAX_COPY_BYTES", "1000");
+    let out = create(&small, &[]);
     assert_coded(&out, "E112", 2);
     assert!(
         stderr(&out).contains("--allow-large-workspace"),
         "{}",
         stderr(&out)
     );
-    let out = create(&[over[0], over[1], "--allow-large-workspace"]);
+    let out = create(&small, &["--allow-large-workspace"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let world = small.with_env("PARHELIA_WORKSPACE_MAX_COPY_BYTES", "10737418240");
 
     nix::unistd::mkfifo(
         &repo.join("pipe"),
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     )
     .unwrap();
-    let out = create(&[]);
+    let out = create(&world, &[]);
     assert_coded(&out, "E111", 2);
     assert!(stderr(&out).contains("repo/pipe"), "{}", stderr(&out));
 }
@@ -240,21 +254,14 @@ fn the_coordinator_refuses_an_oversize_workspace_unless_the_task_allows_it() {
     let agent = world.script("parhelia-agent", "exit 3");
     let world = world
         .with_env("PARHELIA_AGENT_BIN", &agent)
-        .with_env("PARHELIA_ISOLATION", "none");
+        .with_env("PARHELIA_ISOLATION", "none")
+        .with_env("PARHELIA_WORKSPACE_MAX_COPY_BYTES", "1000");
     let repo = world.work().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     std::fs::write(repo.join("data.bin"), vec![7u8; 4096]).unwrap();
-    // The first command starts the coordinator with its `--set` values.
-    let limit = "workspace.max_copy_bytes=1000";
-    let out = world.run(&[
-        "--set",
-        limit,
-        "task",
-        "create",
-        "do it",
-        "--workspace",
-        "repo",
-    ]);
+    // The first command starts the coordinator, with the limit from the
+    // environment (a one-off `--set` would not reach it: E118).
+    let out = world.run(&["task", "create", "do it", "--workspace", "repo"]);
     assert_coded(&out, "E112", 2);
     let out = world.run(&["task", "list", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -343,16 +350,9 @@ fn unknown_backend_and_status_are_input_errors() {
         2,
     );
     // Modal without its SDK: a coded error, and nothing recorded.
+    let world = world.with_env("PARHELIA_MODAL_PYTHON", "/nonexistent/python3");
     assert_coded(
-        &world.run(&[
-            "--set",
-            "modal.python=/nonexistent/python3",
-            "task",
-            "create",
-            "x",
-            "--backend",
-            "modal",
-        ]),
+        &world.run(&["task", "create", "x", "--backend", "modal"]),
         "E510",
         6,
     );

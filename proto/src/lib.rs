@@ -22,7 +22,8 @@ pub fn bearer(secret: &str) -> String {
 }
 
 /// Stable snake_case names for event kinds, used as the `type` column in the
-/// coordinator's database and in `--type` filters.
+/// coordinator's database and in `--type` filters. A new kind's name goes
+/// into [`EVENT_TYPE_NAMES`] too.
 pub fn event_type_name(kind: &event::Kind) -> &'static str {
     use event::Kind;
     match kind {
@@ -47,6 +48,28 @@ pub fn event_type_name(kind: &event::Kind) -> &'static str {
         Kind::SubagentFinished(_) => "subagent_finished",
     }
 }
+
+/// Every name [`event_type_name`] returns: what `--type` filters accept for
+/// agent events (a test keeps it in step with the match above).
+pub const EVENT_TYPE_NAMES: &[&str] = &[
+    "session_started",
+    "claude_init",
+    "assistant_text",
+    "tool_call",
+    "tool_result",
+    "api_retry",
+    "turn_result",
+    "status_changed",
+    "input_accepted",
+    "claude_exited",
+    "session_finished",
+    "agent_error",
+    "stop_requested",
+    "checkpoint_created",
+    "checkpoint_failed",
+    "checkpoint_restored",
+    "model_spend",
+];
 
 /// Severity of an event: `error`, `warning` or `info`.
 pub fn event_level(kind: &event::Kind) -> &'static str {
@@ -84,6 +107,16 @@ mod tests {
         let back: Event = serde_json::from_str(&line).unwrap();
         assert_eq!(back, event);
         assert_eq!(event_type_name(back.kind.as_ref().unwrap()), "tool_call");
+    }
+
+    #[test]
+    fn every_listed_type_name_is_a_kind_with_that_name() {
+        for name in EVENT_TYPE_NAMES {
+            let line = format!(r#"{{"seq":1,"kind":{{"{name}":{{}}}}}}"#);
+            let event: Event =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(event_type_name(event.kind.as_ref().unwrap()), *name);
+        }
     }
 
     #[test]

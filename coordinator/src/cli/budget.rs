@@ -276,7 +276,7 @@ fn show(ctx: &Ctx, json: bool) -> Result<i32> {
         print_json(&view)?;
         return Ok(0);
     }
-    print!("{}", show_text(&view));
+    out!("{}", show_text(&view));
     Ok(0)
 }
 
@@ -457,11 +457,11 @@ async fn set(
     } else {
         if let Some((task_id, _)) = task {
             match r.has_task_ceiling {
-                true => println!("{task_id}: ceiling {}", usd(r.task_max_cost_usd)),
-                false => println!("{task_id}: no ceiling of its own"),
+                true => outln!("{task_id}: ceiling {}", usd(r.task_max_cost_usd)),
+                false => outln!("{task_id}: no ceiling of its own"),
             }
         }
-        println!(
+        outln!(
             "budget ceiling {}{}",
             usd(r.ceiling_usd),
             if r.has_daily {
@@ -495,15 +495,22 @@ fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<
         HistoryBy::Day => "DAY",
         HistoryBy::Task => "TASK",
     };
-    println!(
+    outln!(
         "{head:<15} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "COMPUTE", "MODEL", "STORAGE", "COST", "IN TOK", "OUT TOK", "CW TOK", "CR TOK"
+        "COMPUTE",
+        "MODEL",
+        "STORAGE",
+        "COST",
+        "IN TOK",
+        "OUT TOK",
+        "CW TOK",
+        "CR TOK"
     );
     for r in rows.iter().chain(std::iter::once(&HistoryRow {
         key: "total".into(),
         totals: total.clone(),
     })) {
-        println!(
+        outln!(
             "{:<15} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
             r.key,
             usd(r.totals.spend.compute_usd),

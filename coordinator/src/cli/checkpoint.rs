@@ -117,7 +117,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                     "container_id": reply.container_id,
                 }))?;
             } else {
-                println!("{}", escape_untrusted(&reply.checkpoint_id));
+                outln!("{}", escape_untrusted(&reply.checkpoint_id));
             }
             Ok(0)
         }
@@ -161,7 +161,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             if json {
                 print_json(&views)?;
             } else {
-                print!("{}", list_text(&views));
+                out!("{}", list_text(&views));
             }
             Ok(0)
         }
@@ -198,7 +198,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                     "workspace_paths": paths,
                 }))?;
             } else {
-                print!("{}", show_text(&view, &paths));
+                out!("{}", show_text(&view, &paths));
             }
             Ok(0)
         }
@@ -227,7 +227,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                 if json {
                     print_json(&serde_json::json!({ "path": path, "unified_diff": text }))?;
                 } else {
-                    print!("{}", escape_untrusted_text(&text));
+                    out!("{}", escape_untrusted_text(&text));
                 }
                 return Ok(0);
             }
@@ -250,7 +250,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                 if json {
                     print_json(&turns)?;
                 } else {
-                    print!("{}", conversation_text(&turns));
+                    out!("{}", conversation_text(&turns));
                 }
                 return Ok(0);
             }
@@ -266,7 +266,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             if json {
                 print_json(&diff)?;
             } else {
-                print!("{}", diff_text(&a, &b, diff));
+                out!("{}", diff_text(&a, &b, diff));
             }
             Ok(0)
         }
@@ -334,6 +334,44 @@ struct ResumeCall<'a> {
 }
 
 async fn resume(ctx: &Ctx, opened: &Opened, call: ResumeCall<'_>, json: bool) -> Result<i32> {
+    let rollback = call.rollback;
+    let reply = resume_request(ctx, opened, call).await?;
+    if json {
+        print_json(&resume_json(&reply))?;
+    } else {
+        print_resume_text(&reply, rollback);
+    }
+    Ok(0)
+}
+
+/// The `--json` object of a resume.
+fn resume_json(reply: &parhelia_proto::ResumeSessionResponse) -> serde_json::Value {
+    let skipped: Vec<serde_json::Value> = reply
+        .skipped
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "checkpoint_id": s.checkpoint_id,
+                "code": s.code,
+                "reason": s.reason,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "task_id": reply.task_id,
+        "session_id": reply.session_id,
+        "container_id": reply.container_id,
+        "checkpoint_id": reply.checkpoint_id,
+        "stopped_container_id": Some(&reply.stopped_container_id).filter(|c| !c.is_empty()),
+        "skipped": skipped,
+    })
+}
+
+async fn resume_request(
+    ctx: &Ctx,
+    opened: &Opened,
+    call: ResumeCall<'_>,
+) -> Result<parhelia_proto::ResumeSessionResponse> {
     let ResumeCall {
         session_id,
         checkpoint_id,
@@ -355,65 +393,46 @@ async fn resume(ctx: &Ctx, opened: &Opened, call: ResumeCall<'_>, json: bool) ->
         .await
         .map_err(coordinator_error)?
         .into_inner();
-    if json {
-        let skipped: Vec<serde_json::Value> = reply
-            .skipped
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "checkpoint_id": s.checkpoint_id,
-                    "code": s.code,
-                    "reason": s.reason,
-                })
-            })
-            .collect();
-        print_json(&serde_json::json!({
-            "task_id": reply.task_id,
-            "session_id": reply.session_id,
-            "container_id": reply.container_id,
-            "checkpoint_id": reply.checkpoint_id,
-            "stopped_container_id": Some(&reply.stopped_container_id).filter(|c| !c.is_empty()),
-            "skipped": skipped,
-        }))?;
-    } else {
-        // Checkpoints newer than the one chosen, and why they were passed over.
-        for s in &reply.skipped {
-            println!(
-                "{}",
-                escape_untrusted(&format!(
-                    "skipped    {} [{}] {}",
-                    s.checkpoint_id, s.code, s.reason
-                ))
-            );
-        }
-        let verb = if rollback {
-            "rolled back to"
-        } else {
-            "resumed from"
-        };
-        if reply.checkpoint_id.is_empty() {
-            println!(
-                "{} {verb} its starting workspace (no checkpoint was taken)",
-                reply.session_id
-            );
-        } else {
-            println!("{} {verb} {}", reply.session_id, reply.checkpoint_id);
-        }
-        for k in &reply.skipped {
-            println!(
-                "  skipped    {} [{}] {}",
-                escape_untrusted(&k.checkpoint_id),
-                escape_untrusted(&k.code),
-                escape_untrusted(&k.reason)
-            );
-        }
-        if !reply.stopped_container_id.is_empty() {
-            println!("  stopped    {}", reply.stopped_container_id);
-        }
-        println!("  container  {}", reply.container_id);
-        println!("  watch      parhelia task watch {}", reply.task_id);
+    Ok(reply)
+}
+
+fn print_resume_text(reply: &parhelia_proto::ResumeSessionResponse, rollback: bool) {
+    // Checkpoints newer than the one chosen, and why they were passed over.
+    for s in &reply.skipped {
+        outln!(
+            "{}",
+            escape_untrusted(&format!(
+                "skipped    {} [{}] {}",
+                s.checkpoint_id, s.code, s.reason
+            ))
+        );
     }
-    Ok(0)
+    let verb = if rollback {
+        "rolled back to"
+    } else {
+        "resumed from"
+    };
+    if reply.checkpoint_id.is_empty() {
+        outln!(
+            "{} {verb} its starting workspace (no checkpoint was taken)",
+            reply.session_id
+        );
+    } else {
+        outln!("{} {verb} {}", reply.session_id, reply.checkpoint_id);
+    }
+    for k in &reply.skipped {
+        outln!(
+            "  skipped    {} [{}] {}",
+            escape_untrusted(&k.checkpoint_id),
+            escape_untrusted(&k.code),
+            escape_untrusted(&k.reason)
+        );
+    }
+    if !reply.stopped_container_id.is_empty() {
+        outln!("  stopped    {}", reply.stopped_container_id);
+    }
+    outln!("  container  {}", reply.container_id);
+    outln!("  watch      parhelia task watch {}", reply.task_id);
 }
 
 /// `parhelia session pull SESSION_ID`: the session's latest checkpoint (a
@@ -499,7 +518,7 @@ pub async fn pull(
             "changed_files": outcome.changed_files,
         }))?;
     } else {
-        println!(
+        outln!(
             "{} -> branch {} at {} in {}",
             s.id,
             outcome.branch,
@@ -507,44 +526,61 @@ pub async fn pull(
             repo.display()
         );
         if outcome.committed_uncommitted {
-            println!("  the session's uncommitted work is the branch's last commit");
+            outln!("  the session's uncommitted work is the branch's last commit");
         }
-        println!("  from       {id}");
-        println!("  look       git log {}", outcome.branch);
+        outln!("  from       {id}");
+        outln!("  look       git log {}", outcome.branch);
     }
     Ok(0)
 }
 
 /// `parhelia session recover SESSION_ID`: what happened, what can be
-/// restored, and (confirmed, or with --yes) the resume.
-pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
+/// restored, and (confirmed, or with --yes) the resume. `--json` prints one
+/// object with the same facts (and `resumed`, the resume's own object, when
+/// it resumed); it never asks.
+pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool, json: bool) -> Result<i32> {
     let opened = ctx.open()?;
     let s = session(&opened, session_id)?;
     let task = opened.db.get_task(&s.task_id)?;
-    println!("session    {}", s.id);
+    let mut report = serde_json::json!({
+        "session_id": s.id,
+        "task_id": s.task_id,
+        "task_status": task.as_ref().map(|t| t.status.as_str()),
+        "error_code": task.as_ref().and_then(|t| t.error_code.clone()),
+        "error_message": task.as_ref().and_then(|t| t.error_message.clone()),
+        "container_id": s.container_id,
+        "container_state": s.container_state.map(|c| c.to_string()),
+    });
+    let say = |line: String| {
+        if !json {
+            outln!("{line}");
+        }
+    };
+    say(format!("session    {}", s.id));
     if let Some(task) = &task {
-        println!("task       {} · {}", task.id, task.status);
+        say(format!("task       {} · {}", task.id, task.status));
         if let (Some(code), Some(message)) = (&task.error_code, &task.error_message) {
-            println!(
+            say(format!(
                 "ended      [{}] {}",
                 escape_untrusted(code),
                 escape_untrusted(message)
-            );
+            ));
         }
     }
     if let Some(state) = s.container_state {
-        println!(
+        say(format!(
             "container  {} · {state}",
             s.container_id.as_deref().unwrap_or("-")
-        );
+        ));
     }
     let (latest, none_taken) = match super::modal::session_store(ctx, &opened, &s).await? {
         Some(store) => {
             // The newest restorable checkpoint is the one to offer; each newer one
             // passed over is named with its reason.
             let (chosen, skipped) = checkpoints::newest_restorable(&store)?;
+            report["skipped"] = skipped.iter().map(|why| why.line()).collect();
             for why in &skipped {
-                println!("{}", escape_untrusted(&why.line()));
+                say(escape_untrusted(&why.line()).into_owned());
             }
             let none_taken = skipped.is_empty();
             (chosen, none_taken)
@@ -556,13 +592,13 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
         // Lost before its agent took even its `start` checkpoint: Claude Code never ran,
         // and the resume starts it over from its starting workspace.
         let command = format!("parhelia resume {}", s.id);
-        println!(
+        report["checkpoint"] = serde_json::Value::Null;
+        report["resumable"] = true.into();
+        report["resume_command"] = command.clone().into();
+        say(
             "no checkpoint yet: the session resumes from its starting workspace with the task's prompt"
+                .into(),
         );
-        if !yes {
-            println!("to resume: {command}");
-            return Ok(0);
-        }
         let call = ResumeCall {
             session_id: &s.id,
             checkpoint_id: "",
@@ -570,30 +606,59 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
             rollback: false,
             backend: "",
         };
+        if !yes {
+            report["resumed"] = serde_json::Value::Null;
+            if json {
+                print_json(&report)?;
+            }
+            say(format!("to resume: {command}"));
+            return Ok(0);
+        }
+        if json {
+            let reply = resume_request(ctx, &opened, call).await?;
+            report["resumed"] = resume_json(&reply);
+            print_json(&report)?;
+            return Ok(0);
+        }
         return resume(ctx, &opened, call, false).await;
     }
     let Some(latest) = latest else {
-        println!(
+        report["checkpoint"] = serde_json::Value::Null;
+        report["resumable"] = false.into();
+        if json {
+            print_json(&report)?;
+        }
+        say(
             "no usable checkpoint: the session cannot be resumed; `parhelia task retry` starts it over"
+                .into(),
         );
         return Ok(1);
     };
-    let view = escaped_view(&CheckpointView::of(&s.id, &latest));
-    println!(
+    let plain = CheckpointView::of(&s.id, &latest);
+    let view = escaped_view(&plain);
+    report["checkpoint"] = serde_json::to_value(&plain)?;
+    say(format!(
         "checkpoint {} · {} · {} · {} files",
         view.id, view.created_at, view.trigger, view.file_count
-    );
-    println!("git        {}", checkpoints::git_line(&view.git));
+    ));
+    say(format!("git        {}", checkpoints::git_line(&view.git)));
+    report["running"] = live.into();
     if live {
-        println!(
+        report["resumable"] = false.into();
+        if json {
+            print_json(&report)?;
+        }
+        say(format!(
             "the session is still running: `parhelia session show {}`",
             s.id
-        );
+        ));
         return Ok(0);
     }
     let command = format!("parhelia resume {} --checkpoint {}", s.id, view.id);
+    report["resumable"] = true.into();
+    report["resume_command"] = command.clone().into();
     let go = yes || {
-        if std::io::stdin().is_terminal() {
+        if !json && std::io::stdin().is_terminal() {
             eprint!("Resume from {}? [y/N] ", view.id);
             let _ = std::io::stderr().flush();
             let mut answer = String::new();
@@ -604,7 +669,11 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
         }
     };
     if !go {
-        println!("to resume: {command}");
+        report["resumed"] = serde_json::Value::Null;
+        if json {
+            print_json(&report)?;
+        }
+        say(format!("to resume: {command}"));
         return Ok(0);
     }
     let call = ResumeCall {
@@ -614,6 +683,12 @@ pub async fn recover(ctx: &Ctx, session_id: &str, yes: bool) -> Result<i32> {
         rollback: false,
         backend: "",
     };
+    if json {
+        let reply = resume_request(ctx, &opened, call).await?;
+        report["resumed"] = resume_json(&reply);
+        print_json(&report)?;
+        return Ok(0);
+    }
     resume(ctx, &opened, call, false).await
 }
 

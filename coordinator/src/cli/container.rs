@@ -36,6 +36,9 @@ pub enum SessionCommand {
         session_id: String,
         #[arg(short, long)]
         yes: bool,
+        /// Print one JSON object (never asks: resumes only with --yes)
+        #[arg(long)]
+        json: bool,
     },
     /// A live terminal into an interactive session (tmux's Ctrl-b d detaches
     /// and leaves it running); a headless session's events, rendered
@@ -47,7 +50,13 @@ pub enum SessionCommand {
     },
     /// Send a message: typed into an interactive session as one message, or
     /// queued for a headless session's next turn
-    Send { session_id: String, text: String },
+    Send {
+        session_id: String,
+        text: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
     /// The recent screen and event history; -f follows
     Logs {
         session_id: String,
@@ -57,6 +66,10 @@ pub enum SessionCommand {
         /// How many lines of history and screen
         #[arg(short = 'n', long, value_name = "N", default_value_t = 200)]
         lines: u32,
+        /// Print JSON lines: one per event (the screen of an interactive
+        /// session as one `{"type":"screen"}` line)
+        #[arg(long)]
+        json: bool,
     },
     /// Bring the session's result back as a local git branch (uncommitted
     /// work as a commit on it) without touching your working tree or
@@ -84,6 +97,9 @@ pub enum SessionCommand {
         session_id: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -124,6 +140,10 @@ pub enum ContainerCommand {
         /// Redraw interval
         #[arg(long, value_name = "MS", default_value_t = 1000)]
         interval_ms: u64,
+        /// Print JSON lines: the containers (as `container list --json`)
+        /// whenever anything but their ages changed
+        #[arg(long)]
+        json: bool,
     },
     /// SIGTERM one of our containers; a session it runs ends interrupted
     /// (resumable)
@@ -137,7 +157,18 @@ pub enum ContainerCommand {
 pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
     match command {
         SessionCommand::List { json } => {
-            let sessions = ctx.open()?.db.list_sessions()?;
+            let opened = ctx.open()?;
+            let policy = opened.config.config.policy("");
+            let now = now_ms();
+            let mut sessions = opened.db.list_sessions()?;
+            for s in &mut sessions {
+                views::refresh_health(
+                    s,
+                    now,
+                    &policy.thresholds,
+                    policy.default_heartbeat_interval_ms,
+                );
+            }
             if json {
                 print_json(
                     &sessions
@@ -146,39 +177,52 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
                         .collect::<Vec<_>>(),
                 )?;
             } else {
-                print!("{}", views::session_table(&sessions, now_ms()));
+                out!("{}", views::session_table(&sessions, now));
             }
             Ok(0)
         }
         SessionCommand::Show { session_id, json } => {
-            let session = ctx.open()?.db.get_session(&session_id)?.ok_or_else(|| {
+            let opened = ctx.open()?;
+            let mut session = opened.db.get_session(&session_id)?.ok_or_else(|| {
                 coded(
                     error_codes::SESSION_NOT_FOUND,
                     format!("session not found: {session_id}"),
                 )
             })?;
+            let policy = opened.config.config.policy("");
+            views::refresh_health(
+                &mut session,
+                now_ms(),
+                &policy.thresholds,
+                policy.default_heartbeat_interval_ms,
+            );
             if json {
                 print_json(&views::SessionView::from(&session))?;
             } else {
-                print!("{}", views::session_detail(&session));
+                out!("{}", views::session_detail(&session));
             }
             Ok(0)
         }
-        SessionCommand::Recover { session_id, yes } => {
-            super::checkpoint::recover(ctx, &session_id, yes).await
-        }
+        SessionCommand::Recover {
+            session_id,
+            yes,
+            json,
+        } => super::checkpoint::recover(ctx, &session_id, yes, json).await,
         SessionCommand::Attach {
             session_id,
             read_only,
         } => super::session::attach(ctx, &session_id, read_only).await,
-        SessionCommand::Send { session_id, text } => {
-            super::session::send(ctx, &session_id, text).await
-        }
+        SessionCommand::Send {
+            session_id,
+            text,
+            json,
+        } => super::session::send(ctx, &session_id, text, json).await,
         SessionCommand::Logs {
             session_id,
             follow,
             lines,
-        } => super::session::logs(ctx, &session_id, follow, lines).await,
+            json,
+        } => super::session::logs(ctx, &session_id, follow, lines, json).await,
         SessionCommand::Pull {
             session_id,
             branch,
@@ -198,9 +242,11 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
             )
             .await
         }
-        SessionCommand::Kill { session_id, reason } => {
-            super::session::kill(ctx, &session_id, reason).await
-        }
+        SessionCommand::Kill {
+            session_id,
+            reason,
+            json,
+        } => super::session::kill(ctx, &session_id, reason, json).await,
     }
 }
 
@@ -220,7 +266,7 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             if json {
                 print_json(&containers)?;
             } else {
-                print!("{}", views::container_table(&containers, now));
+                out!("{}", views::container_table(&containers, now));
             }
             Ok(0)
         }
@@ -234,7 +280,7 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             } else {
                 let heartbeat = opened.db.latest_heartbeat(&container_id)?;
                 let events = opened.db.container_event_count(&container_id)?;
-                print!(
+                out!(
                     "{}",
                     views::container_detail(&view, heartbeat.as_ref(), events)
                 );
@@ -260,11 +306,11 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
                         .collect::<Vec<_>>(),
                 )?;
             } else if rows.is_empty() {
-                println!("no events");
+                outln!("no events");
             } else {
-                println!("{}", event_filter::TABLE_HEADER);
+                outln!("{}", event_filter::TABLE_HEADER);
                 for row in &rows {
-                    println!("{}", event_filter::table_line(row));
+                    outln!("{}", event_filter::table_line(row));
                 }
             }
             Ok(0)
@@ -276,11 +322,11 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             if json {
                 print_json(&view)?;
             } else {
-                print!("{}", views::health_text(&view));
+                out!("{}", views::health_text(&view));
             }
             Ok(0)
         }
-        ContainerCommand::Watch { interval_ms } => {
+        ContainerCommand::Watch { interval_ms, json } => {
             let opened = ctx.open()?;
             let mut interrupt = Interrupt::new();
             let mut last = String::new();
@@ -313,7 +359,15 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
                     .iter()
                     .map(|c| format!("{}:{}:{:?};", c.id, c.state, c.health))
                     .collect();
-                if key != last || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                if json {
+                    if key != last {
+                        super::json_line(&serde_json::json!({
+                            "time": crate::ids::rfc3339_ms(now),
+                            "containers": shown,
+                        }));
+                        last = key;
+                    }
+                } else if key != last || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                     redraw(&text);
                     last = key;
                 }
@@ -342,7 +396,7 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
                     "state": response.state,
                 }))?;
             } else {
-                println!(
+                outln!(
                     "{} {}{}",
                     response.container_id,
                     response.state,

@@ -140,11 +140,11 @@ pub async fn run(ctx: &Ctx, command: EventsCommand) -> Result<i32> {
             if json {
                 print_json(&rows.iter().map(EventView::from).collect::<Vec<_>>())?;
             } else if rows.is_empty() {
-                println!("no events");
+                outln!("no events");
             } else {
-                println!("{TABLE_HEADER}");
+                outln!("{TABLE_HEADER}");
                 for row in &rows {
-                    println!("{}", table_line(row));
+                    outln!("{}", table_line(row));
                 }
             }
             Ok(0)
@@ -159,7 +159,7 @@ pub async fn run(ctx: &Ctx, command: EventsCommand) -> Result<i32> {
                 opened.db.event_cursor()?
             };
             if !json {
-                println!("{TABLE_HEADER}");
+                outln!("{TABLE_HEADER}");
             }
             loop {
                 let rows = opened.db.events_after(&filter, cursor, None)?;
@@ -189,7 +189,7 @@ pub async fn run(ctx: &Ctx, command: EventsCommand) -> Result<i32> {
             let rows = opened.db.query_events(&filter, None)?;
             let text = export_text(&rows, format)?;
             if file.as_os_str() == "-" {
-                print!("{text}");
+                out!("{text}");
             } else {
                 write_atomically(&file, text.as_bytes())?;
                 eprintln!("exported {} events to {}", rows.len(), file.display());
@@ -223,7 +223,7 @@ pub async fn run(ctx: &Ctx, command: EventsCommand) -> Result<i32> {
                 print_json(&rows.iter().map(EventView::from).collect::<Vec<_>>())?;
             } else {
                 for row in &rows {
-                    println!("{}", replay_line(row));
+                    outln!("{}", replay_line(row));
                 }
             }
             Ok(0)

@@ -25,6 +25,24 @@ use crate::error_codes::{self, ErrorCode};
 use crate::plan::DryRunPlan;
 use crate::state_dir::StateDir;
 
+/// `println!` for command output: a closed pipe ends the process quietly
+/// (see [`exit_on_broken_pipe`]) instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod budget;
 mod checkpoint;
 mod container;
@@ -45,8 +63,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Set a config value for this command (and a coordinator it starts),
-    /// over files and environment: `--set reconciler.poll_interval_seconds=5`
+    /// Set a config value for this command, over files and environment:
+    /// `--set reconciler.poll_interval_seconds=5`. What the coordinator does
+    /// uses its own configuration (config.toml, which it reloads, and its
+    /// environment): a value it does not share is refused (E118), and a
+    /// coordinator a command starts never gets this command's values
     #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
 
@@ -180,10 +201,45 @@ fn init_tracing(is_coordinator: bool) {
         .try_init();
 }
 
+/// Writes command output to stdout; a reader that went away (`parhelia
+/// task list | head -1`) ends the process quietly.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = stdout.write_fmt(args) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            exit_on_broken_pipe();
+        }
+        let _ = writeln!(std::io::stderr(), "error: cannot write the output: {err}");
+        std::process::exit(1);
+    }
+}
+
+/// Output to a closed pipe ends the process quietly with the status a shell
+/// shows for a conventional Unix tool killed by SIGPIPE: 141 (128 + 13).
+/// (Rust ignores SIGPIPE, so the write fails with EPIPE instead; restoring
+/// the signal would need `unsafe`, and would also kill the CLI on a closed
+/// socket to the coordinator, where EPIPE must stay an error.)
+pub(crate) const BROKEN_PIPE_STATUS: i32 = 141;
+
+pub(crate) fn exit_on_broken_pipe() -> ! {
+    std::process::exit(BROKEN_PIPE_STATUS)
+}
+
+/// Whether an error is output to a closed pipe.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// The one place errors become text and exit statuses.
 pub fn report_error(err: &anyhow::Error) -> i32 {
+    if is_broken_pipe(err) {
+        exit_on_broken_pipe();
+    }
     match find_coded(err) {
-        Some(coded) => report_coded(&coded.code, &coded.message),
+        Some(coded) => report_coded(coded),
         None => {
             // Errors quote paths and messages a session wrote.
             eprintln!(
@@ -195,12 +251,22 @@ pub fn report_error(err: &anyhow::Error) -> i32 {
     }
 }
 
-fn report_coded(code: &ErrorCode, message: &str) -> i32 {
-    let mut stderr = std::io::stderr().lock();
-    let message = crate::term::escape_untrusted_text(message);
-    let _ = writeln!(stderr, "error[{}]: {message}", code.code);
-    let _ = writeln!(stderr, "  hint: {}", code.hint());
-    code.exit_status()
+fn report_coded(err: &CodedError) -> i32 {
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(error_text(err).as_bytes());
+    err.code.exit_status()
+}
+
+/// How a coded error reads on stderr: the message, then the hint (the
+/// advice for its cause when there is one).
+pub fn error_text(err: &CodedError) -> String {
+    let message = crate::term::escape_untrusted_text(&err.message);
+    format!(
+        "error[{}]: {message}\n  hint: {}\n",
+        err.code.code,
+        err.hint()
+    )
 }
 
 /// What every handler gets: the global options.
@@ -251,11 +317,114 @@ impl Ctx {
         Ok(Opened { state, config, db })
     }
 
-    /// A client of the running coordinator, starting one (with this
-    /// command's `--set` values) when none answers.
+    /// A client of the running coordinator, starting one when none answers.
+    /// The coordinator is the one source of effective configuration: one it
+    /// starts gets no `--set` value of this command (a one-off must not stick
+    /// to later tasks), and a `--set` value the coordinator does not share is
+    /// refused (E118) rather than silently not applied.
     pub async fn client(&self, state: &StateDir) -> Result<crate::coordinator_client::Client> {
-        coordinator_client::connect_or_start(state, &self.set).await
+        let mut client = coordinator_client::connect_or_start(state, &[]).await?;
+        if !self.set.is_empty() {
+            let reply = client
+                .get_config(parhelia_proto::GetConfigRequest {})
+                .await
+                .map_err(coordinator_error)?
+                .into_inner();
+            refuse_unshared_flags(&reply.config_toml, &self.set, RUNNING)?;
+        }
+        Ok(client)
     }
+
+    /// The configuration that applies to what this command does: the
+    /// running coordinator's (with this command's `--set` values, which must
+    /// match it: E118), else this process's own (files, environment, `--set`).
+    /// `for_launch`: what a coordinator started now would use (files and
+    /// environment; a `--set` value that differs is E118 there too).
+    pub async fn effective_config(
+        &self,
+        state: &StateDir,
+        for_launch: bool,
+    ) -> Result<EffectiveConfig> {
+        if let Some((mut client, pong)) = coordinator_client::ping_checked(state).await? {
+            let reply = client
+                .get_config(parhelia_proto::GetConfigRequest {})
+                .await
+                .map_err(coordinator_error)?
+                .into_inner();
+            let loaded = refuse_unshared_flags(&reply.config_toml, &self.set, RUNNING)?;
+            return Ok(EffectiveConfig {
+                loaded,
+                coordinator: Some((pong.pid, reply)),
+            });
+        }
+        // (Unknown keys are reported by the command's own `config`/`open`.)
+        let loaded = crate::config::load(state.root(), &self.set)?;
+        if for_launch && !self.set.is_empty() {
+            let base = crate::config::load(state.root(), &[])?;
+            refuse_unshared_flags(
+                &crate::config::show_text(&base),
+                &self.set,
+                "the coordinator this command starts reads only config.toml and the environment",
+            )?;
+        }
+        Ok(EffectiveConfig {
+            loaded,
+            coordinator: None,
+        })
+    }
+}
+
+const RUNNING: &str = "the running coordinator runs with its own values";
+
+/// The configuration in effect, and the coordinator it came from (its pid
+/// and `GetConfig` answer) when one runs.
+pub struct EffectiveConfig {
+    pub loaded: LoadedConfig,
+    pub coordinator: Option<(u32, parhelia_proto::GetConfigResponse)>,
+}
+
+/// The coordinator's configuration (its `config show` text, which pastes
+/// into a config.toml) with `flags` on top; E118 when a flag sets a value
+/// the coordinator does not have.
+fn refuse_unshared_flags(
+    coordinator_toml: &str,
+    flags: &[String],
+    who: &str,
+) -> Result<LoadedConfig> {
+    let layer = |text| crate::config::FileLayer {
+        role: crate::config::FileRole::Project,
+        path: Path::new("(the running coordinator)"),
+        text: Some(text),
+    };
+    let empty = std::collections::BTreeMap::new();
+    let base = crate::config::resolve(&[layer(coordinator_toml)], &empty, &[], Path::new("/"))?;
+    let with = crate::config::resolve(&[layer(coordinator_toml)], &empty, flags, Path::new("/"))?;
+    let value = |v: &crate::config::Value| v.toml_text().unwrap_or_else(|| "(unset)".into());
+    let differing: Vec<String> = base
+        .settings
+        .iter()
+        .zip(&with.settings)
+        .filter(|(a, b)| a.value != b.value)
+        .map(|(a, b)| {
+            format!(
+                "`--set {}={}` (it has {} = {})",
+                a.key,
+                value(&b.value),
+                a.key,
+                value(&a.value)
+            )
+        })
+        .collect();
+    if !differing.is_empty() {
+        return Err(coded(
+            error_codes::CONFIG_NOT_SHARED,
+            format!(
+                "{} would not apply: {who}, and its configuration is what its tasks use",
+                differing.join(", ")
+            ),
+        ));
+    }
+    Ok(base)
 }
 
 async fn run(cli: Cli) -> Result<i32> {
@@ -274,7 +443,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Cleanup(args) => ops::cleanup(&ctx, args).await,
         Command::Doctor(args) => ops::doctor(&ctx, args).await,
         Command::Config(ops::ConfigCommand::Sync(args)) => modal::sync(&ctx, args).await,
-        Command::Config(command) => ops::config(&ctx, command),
+        Command::Config(command) => ops::config(&ctx, command).await,
         Command::Modal(command) => modal::run(&ctx, command).await,
         Command::Budget(command) => budget::run(&ctx, command).await,
         Command::Status { json } => ops::status(&ctx, json).await,
@@ -292,8 +461,25 @@ fn state_error(err: std::io::Error) -> anyhow::Error {
 }
 
 pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// One JSON line of a watch or follow (`--json`), flushed at once so a
+/// reader sees it as it happens.
+pub(crate) fn json_line(value: &impl serde::Serialize) {
+    match serde_json::to_string(value) {
+        Ok(line) => outln!("{line}"),
+        Err(err) => outln!(
+            "{}",
+            serde_json::json!({"type": "error", "error": err.to_string()})
+        ),
+    }
+    if let Err(err) = std::io::stdout().flush()
+        && err.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        exit_on_broken_pipe();
+    }
 }
 
 /// A status from the coordinator as an error: coded when it carries a code,
@@ -338,24 +524,45 @@ impl Interrupt {
                 None => std::future::pending::<()>().await,
             }
         }
-        tokio::select! {
+        let interrupted = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
             _ = recv(&mut self.interrupt) => true,
             _ = recv(&mut self.terminate) => true,
+        };
+        // A watch that has nothing new to print still ends when its
+        // reader has gone (`parhelia events watch --json | head -1`).
+        if !interrupted && stdout_reader_gone() {
+            exit_on_broken_pipe();
         }
+        interrupted
     }
+}
+
+/// Whether stdout is a pipe whose reader has gone (poll says POLLERR).
+fn stdout_reader_gone() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
 }
 
 /// For `watch` output: a full redraw on a terminal, else a separator.
 pub(crate) fn redraw(text: &str) {
     use std::io::IsTerminal;
     let mut stdout = std::io::stdout().lock();
-    if stdout.is_terminal() {
-        let _ = write!(stdout, "\x1b[H\x1b[2J{text}");
+    let written = if stdout.is_terminal() {
+        write!(stdout, "\x1b[H\x1b[2J{text}")
     } else {
-        let _ = writeln!(stdout, "{text}");
+        writeln!(stdout, "{text}")
     }
-    let _ = stdout.flush();
+    .and_then(|()| stdout.flush());
+    if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+        exit_on_broken_pipe();
+    }
 }
 
 pub(crate) fn dry_run_text(
@@ -409,15 +616,15 @@ pub(crate) fn dry_run_text(
 fn help(topic: &[String]) -> Result<i32> {
     let mut command = Cli::command();
     let Some(first) = topic.first() else {
-        println!("{}", command.render_long_help());
+        outln!("{}", command.render_long_help());
         return Ok(0);
     };
     if first.eq_ignore_ascii_case("codes") {
-        print!("{}", codes_text());
+        out!("{}", codes_text());
         return Ok(0);
     }
     if let Some(code) = error_codes::lookup(first) {
-        print!("{}", code_help_text(code));
+        out!("{}", code_help_text(code));
         return Ok(0);
     }
     let mut current = &mut command;
@@ -433,7 +640,7 @@ fn help(topic: &[String]) -> Result<i32> {
     }
     let name = format!("parhelia {}", topic.join(" "));
     let mut sub = current.clone().bin_name(name);
-    println!("{}", sub.render_long_help());
+    outln!("{}", sub.render_long_help());
     Ok(0)
 }
 
@@ -463,4 +670,182 @@ pub fn code_help_text(code: &ErrorCode) -> String {
         code.recover,
         code.exit_status()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error_codes::Cause;
+
+    /// Every command's `--help`, depth first.
+    fn all_help(command: &mut clap::Command, path: &str, out: &mut String) {
+        let name = if path.is_empty() {
+            "parhelia".to_string()
+        } else {
+            format!("parhelia {path}")
+        };
+        let mut sub = command.clone().bin_name(&name);
+        out.push_str(&format!("════ {name} --help\n{}\n", sub.render_long_help()));
+        for child in command.get_subcommands_mut() {
+            if child.is_hide_set() {
+                continue;
+            }
+            let child_path = if path.is_empty() {
+                child.get_name().to_string()
+            } else {
+                format!("{path} {}", child.get_name())
+            };
+            all_help(child, &child_path, out);
+        }
+    }
+
+    #[test]
+    fn help_texts() {
+        let mut command = Cli::command();
+        command.build();
+        let mut out = String::new();
+        all_help(&mut command, "", &mut out);
+        insta::assert_snapshot!("help_texts", out);
+    }
+
+    fn help_of(path: &[&str]) -> String {
+        let mut command = Cli::command();
+        command.build();
+        let mut current = &mut command;
+        for word in path {
+            current = current.find_subcommand_mut(word).expect(word);
+        }
+        current.render_long_help().to_string()
+    }
+
+    #[test]
+    fn help_lists_every_backend_and_every_status_the_list_shows() {
+        let create = help_of(&["task", "create"]);
+        for backend in crate::plan::BackendKind::ALL {
+            assert!(create.contains(backend.as_str()), "{create}");
+        }
+        let list = help_of(&["task", "list"]);
+        for shown in crate::task_state::ShownStatus::ALL {
+            assert!(
+                list.contains(shown.as_str()),
+                "{shown} missing from\n{list}"
+            );
+        }
+    }
+
+    #[test]
+    fn bare_task_dispatch_parses() {
+        let cli = Cli::try_parse_from(["parhelia", "task", "dispatch"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Task(task::TaskCommand::Dispatch { ref task_ids, all: false, .. }) if task_ids.is_empty()
+        ));
+    }
+
+    #[test]
+    fn every_data_command_takes_json() {
+        for path in [
+            &["task", "watch", "t"][..],
+            &["session", "logs", "s"],
+            &["session", "recover", "s"],
+            &["session", "kill", "s"],
+            &["session", "send", "s", "hi"],
+            &["container", "watch"],
+        ] {
+            let mut args = vec!["parhelia"];
+            args.extend_from_slice(path);
+            args.push("--json");
+            Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        }
+    }
+
+    /// Each code's rendering (message and hint), then the advice chosen for
+    /// each cause the CLI tells apart.
+    #[test]
+    fn every_error_rendering() {
+        let mut out = String::new();
+        for code in error_codes::ALL {
+            out.push_str(&error_text(&CodedError::new(*code, "what happened")));
+        }
+        out.push_str("\n════ advice by cause\n");
+        let cause = |f: &dyn Fn(&mut Cause)| {
+            let mut c = Cause::new("task-1a2b3c4d", Some("sess-5e6f7a8b"));
+            f(&mut c);
+            c
+        };
+        let cases: Vec<(&str, error_codes::ErrorCode, Cause)> = vec![
+            (
+                "E600 HTTP 400",
+                error_codes::CLAUDE_CODE_ERROR_RESULT,
+                cause(&|c| {
+                    c.subtype = "success".into();
+                    c.http_status = 400;
+                }),
+            ),
+            (
+                "E600 turn limit",
+                error_codes::CLAUDE_CODE_ERROR_RESULT,
+                cause(&|c| c.subtype = "error_max_turns".into()),
+            ),
+            (
+                "E600 other",
+                error_codes::CLAUDE_CODE_ERROR_RESULT,
+                cause(&|c| c.subtype = "error_during_execution".into()),
+            ),
+            (
+                "E505 no retry",
+                error_codes::MODEL_API_FAILED,
+                cause(&|c| c.http_status = 529),
+            ),
+            (
+                "E505 retried",
+                error_codes::MODEL_API_FAILED,
+                cause(&|c| {
+                    c.http_status = 429;
+                    c.api_retries = 2;
+                    c.max_retries = 2;
+                    c.retry_delay_ms = 3_000;
+                }),
+            ),
+            (
+                "E601 cancelled",
+                error_codes::SESSION_CANCELLED,
+                cause(&|c| c.stop_reason = Some("task cancel".into())),
+            ),
+            (
+                "E602 interrupted",
+                error_codes::SESSION_INTERRUPTED,
+                cause(&|_| {}),
+            ),
+        ];
+        for (name, code, cause) in cases {
+            let err = CodedError::new(code, format!("task task-1a2b3c4d failed: {name}"))
+                .with_advice(error_codes::advice(&code, &cause));
+            out.push_str(&error_text(&err));
+        }
+        insta::assert_snapshot!("every_error_rendering", out);
+    }
+
+    #[test]
+    fn advice_never_suggests_what_cannot_help() {
+        let mut c = Cause::new("t", Some("s"));
+        c.subtype = "success".into();
+        c.http_status = 400;
+        let e600 = error_codes::advice(&error_codes::CLAUDE_CODE_ERROR_RESULT, &c).unwrap();
+        assert!(!e600.contains("--max-turns"), "{e600}");
+        let mut c = Cause::new("t", Some("s"));
+        c.http_status = 529;
+        let e505 = error_codes::advice(&error_codes::MODEL_API_FAILED, &c).unwrap();
+        assert!(e505.contains("would not help"), "{e505}");
+        assert!(e505.contains("parhelia resume s"), "{e505}");
+        let e601 =
+            error_codes::advice(&error_codes::SESSION_CANCELLED, &Cause::new("t", Some("s")))
+                .unwrap();
+        assert!(!e601.contains("create the task again"), "{e601}");
+        assert!(
+            !error_codes::SESSION_CANCELLED
+                .recover
+                .contains("Create the task again")
+        );
+    }
 }

@@ -77,8 +77,8 @@ pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
             if json {
                 print_json(&report)?;
             } else {
-                print!("{}", crate::modal_ops::render_steps(&report));
-                println!("Modal is ready: tasks can use --backend modal");
+                out!("{}", crate::modal_ops::render_steps(&report));
+                outln!("Modal is ready: tasks can use --backend modal");
             }
             Ok(0)
         }
@@ -88,7 +88,7 @@ pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
             if json {
                 print_json(&report)?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             }
             Ok(if healthy { 0 } else { 1 })
         }
@@ -97,7 +97,7 @@ pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
             if json {
                 print_json(&report)?;
             } else {
-                println!(
+                outln!(
                     "volume {}: {}",
                     report["volume"].as_str().unwrap_or("?"),
                     report["directories"]
@@ -132,7 +132,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> Result<i32> {
         if args.json {
             print_json(&crate::config_sync::dry_run_json(&plan))?;
         } else {
-            print!("{}", crate::config_sync::render_dry_run(&plan));
+            out!("{}", crate::config_sync::render_dry_run(&plan));
         }
         return Ok(0);
     }
@@ -151,7 +151,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> Result<i32> {
     if args.json {
         print_json(&report)?;
     } else {
-        print!("{}", report["text"].as_str().unwrap_or(""));
+        out!("{}", report["text"].as_str().unwrap_or(""));
     }
     Ok(0)
 }

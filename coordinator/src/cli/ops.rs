@@ -84,6 +84,12 @@ pub enum CoordinatorCommand {
     },
     /// Ask the running coordinator to stop (sessions keep running)
     Stop,
+    /// Make the running coordinator read config.toml again now (it also
+    /// does within a second of a change); sessions keep running
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
     /// Is the coordinator running?
     Status {
         #[arg(long)]
@@ -207,7 +213,7 @@ pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
             if json {
                 print_json(&view)?;
             } else {
-                print!("{}", status_text(&view));
+                out!("{}", status_text(&view));
             }
             Ok(0)
         }
@@ -220,9 +226,9 @@ pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
             let report = run_pass(ctx, &opened.state, dry_run, false, "manual").await?;
             let print = |report: &PassReport| -> Result<()> {
                 if json {
-                    println!("{}", serde_json::to_string(report)?);
+                    outln!("{}", serde_json::to_string(report)?);
                 } else {
-                    print!("{}", report_text(report));
+                    out!("{}", report_text(report));
                 }
                 Ok(())
             };
@@ -392,7 +398,7 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         return Ok(0);
     }
     if args.dry_run {
-        println!("dry run: nothing was changed");
+        outln!("dry run: nothing was changed");
     }
     let mut ids: Vec<String> = report.drift.unexpected.clone();
     for o in &known {
@@ -414,7 +420,7 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
                 "planned" => "would end",
                 _ => "could not end",
             };
-            println!(
+            outln!(
                 "session processes {verb}: {}{}",
                 outcome.action.describe(),
                 outcome
@@ -426,10 +432,10 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         }
     }
     if ids.is_empty() {
-        println!("no orphaned containers");
+        outln!("no orphaned containers");
         return Ok(0);
     }
-    println!("orphaned containers (ours by label, no live record):");
+    outln!("orphaned containers (ours by label, no live record):");
     for id in &ids {
         let what = if terminated.contains(&id.as_str()) {
             if args.dry_run {
@@ -442,7 +448,7 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         } else {
             "kept (parhelia cleanup --terminate stops it)"
         };
-        println!("  {id:<14}{what}");
+        outln!("  {id:<14}{what}");
     }
     Ok(0)
 }
@@ -487,7 +493,7 @@ pub async fn doctor(ctx: &Ctx, args: DoctorArgs) -> Result<i32> {
     if args.json {
         print_json(&checks)?;
     } else {
-        print!("{}", doctor::report_text(&checks));
+        out!("{}", doctor::report_text(&checks));
     }
     let failed = checks
         .iter()
@@ -502,11 +508,33 @@ pub async fn doctor(ctx: &Ctx, args: DoctorArgs) -> Result<i32> {
     Ok(0)
 }
 
-pub fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
+pub async fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
     let ConfigCommand::Show { json } = command else {
         unreachable!("config sync is dispatched to cli::modal");
     };
     let state = ctx.state()?;
+    // With a coordinator running, its configuration is the one in effect.
+    let effective = ctx.effective_config(&state, false).await;
+    if let Ok(super::EffectiveConfig {
+        coordinator: Some((pid, reply)),
+        ..
+    }) = &effective
+    {
+        if json {
+            let mut value: serde_json::Value = serde_json::from_str(&reply.config_json)?;
+            value["coordinator"] = serde_json::json!({
+                "pid": pid,
+                "loaded_at": crate::ids::rfc3339_ms(reply.loaded_at_ms),
+                "flags": reply.flags,
+            });
+            print_json(&value)?;
+        } else {
+            outln!("# in effect in the running coordinator (pid {pid})");
+            out!("{}", reply.config_toml);
+        }
+        return Ok(0);
+    }
+    effective?;
     let loaded = crate::config::load(state.root(), &ctx.set)?;
     if json {
         print_json(&serde_json::json!({
@@ -516,7 +544,7 @@ pub fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
         }))?;
     } else {
         loaded.warn_unknown_keys();
-        print!("{}", crate::config::show_text(&loaded));
+        out!("{}", crate::config::show_text(&loaded));
     }
     Ok(0)
 }
@@ -544,7 +572,14 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
         tasks: db.task_counts()?,
         queued: db.queued_tasks()?.len() as u64,
         held: db.held_tasks()?.len() as u64,
-        max_concurrent_workers: opened.config.config.orchestrator.max_concurrent_workers,
+        // The running coordinator's limit, when one runs: it is what queues.
+        max_concurrent_workers: ctx
+            .effective_config(&opened.state, false)
+            .await?
+            .loaded
+            .config
+            .orchestrator
+            .max_concurrent_workers,
         running_sessions: {
             let policy = opened.config.config.policy("");
             let now = crate::ids::now_ms();
@@ -568,7 +603,7 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
         value["budget"] = budget_json;
         print_json(&value)?;
     } else {
-        print!("{}{budget_text}", views::status_text(&view));
+        out!("{}{budget_text}", views::status_text(&view));
     }
     Ok(0)
 }
@@ -576,13 +611,67 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
 pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> {
     match command {
         CoordinatorCommand::Run { .. } => {
-            crate::daemon::run(ctx.state()?, &ctx.set).await?;
+            // A reload (config.toml changed, or `coordinator reload`) stops the
+            // control plane and runs it again here with the new values.
+            while crate::daemon::run(ctx.state()?, &ctx.set).await? == crate::daemon::RunEnd::Reload
+            {
+            }
+            Ok(0)
+        }
+        CoordinatorCommand::Reload { json } => {
+            let state = ctx.state()?;
+            let Some((mut client, pong)) = coordinator_client::ping_checked(&state).await? else {
+                if json {
+                    print_json(&serde_json::json!({"running": false, "changed": false}))?;
+                } else {
+                    outln!("coordinator not running (it reads config.toml when it starts)");
+                }
+                return Ok(0);
+            };
+            let reply = client
+                .reload_config(parhelia_proto::ReloadConfigRequest {})
+                .await
+                .map_err(coordinator_error)?
+                .into_inner();
+            if reply.changed {
+                // Until the restarted coordinator answers, with a new pid.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Some((_, now)) = coordinator_client::ping_checked(&state).await?
+                        && now.pid == pong.pid
+                        && coordinator_client::ping(&state).await.is_some()
+                    {
+                        // Same process (an in-place restart keeps the pid): it
+                        // answers again once the new control plane listens.
+                        let mut c = coordinator_client::connect_or_start(&state, &[]).await?;
+                        if let Ok(r) = c.get_config(parhelia_proto::GetConfigRequest {}).await
+                            && r.get_ref().config_toml == reply.config_toml
+                        {
+                            break;
+                        }
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(coded(
+                            error_codes::COORDINATOR_UNAVAILABLE,
+                            "the coordinator did not come back with the new configuration within 30s",
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            if json {
+                print_json(&serde_json::json!({"running": true, "changed": reply.changed}))?;
+            } else if reply.changed {
+                outln!("coordinator reloaded its configuration (pid {})", pong.pid);
+            } else {
+                outln!("configuration unchanged (pid {})", pong.pid);
+            }
             Ok(0)
         }
         CoordinatorCommand::Stop => {
             let state = ctx.state()?;
             let Some((mut client, pong)) = coordinator_client::ping_checked(&state).await? else {
-                println!("coordinator not running");
+                outln!("coordinator not running");
                 return Ok(0);
             };
             client
@@ -599,7 +688,7 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            println!("coordinator stopped (pid {})", pong.pid);
+            outln!("coordinator stopped (pid {})", pong.pid);
             Ok(0)
         }
         CoordinatorCommand::Status { json } => {
@@ -614,16 +703,16 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
                     "state_dir": state.root(),
                 }))?;
             } else if view.running {
-                println!(
+                outln!(
                     "coordinator running (pid {}, version {})",
                     view.pid.unwrap_or_default(),
                     view.version.as_deref().unwrap_or("?")
                 );
-                println!("  state   {}", state.root().display());
-                println!("  socket  {}", view.socket);
-                println!("  log     {}", state.log_path().display());
+                outln!("  state   {}", state.root().display());
+                outln!("  socket  {}", view.socket);
+                outln!("  log     {}", state.log_path().display());
             } else {
-                println!("coordinator not running (commands start it on demand)");
+                outln!("coordinator not running (commands start it on demand)");
             }
             Ok(0)
         }

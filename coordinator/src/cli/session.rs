@@ -113,7 +113,7 @@ fn agent_refusal(session_id: &str, status: &tonic::Status) -> anyhow::Error {
 
 /// `session send`: one message, typed into an interactive session or queued for a
 /// headless one's next turn.
-pub async fn send(ctx: &Ctx, session_id: &str, text: String) -> Result<i32> {
+pub async fn send(ctx: &Ctx, session_id: &str, text: String, json: bool) -> Result<i32> {
     let mut live = connect_live(ctx, session_id).await?;
     let reply = live
         .client
@@ -121,16 +121,22 @@ pub async fn send(ctx: &Ctx, session_id: &str, text: String) -> Result<i32> {
         .await
         .map_err(|status| agent_refusal(session_id, &status))?
         .into_inner();
-    if reply.queued {
-        println!("queued: it goes to Claude when the current turn ends");
+    if json {
+        super::print_json(&serde_json::json!({
+            "session_id": session_id,
+            "queued": reply.queued,
+            "delivered": !reply.queued,
+        }))?;
+    } else if reply.queued {
+        outln!("queued: it goes to Claude when the current turn ends");
     } else {
-        println!("delivered");
+        outln!("delivered");
     }
     Ok(0)
 }
 
 /// `session kill`: the task's cancel (Stop to the agent, final checkpoint, CANCELLED).
-pub async fn kill(ctx: &Ctx, session_id: &str, reason: Option<String>) -> Result<i32> {
+pub async fn kill(ctx: &Ctx, session_id: &str, reason: Option<String>, json: bool) -> Result<i32> {
     let (opened, session) = find_session(ctx, session_id)?;
     let mut client = ctx.client(&opened.state).await?;
     let response = client
@@ -141,19 +147,59 @@ pub async fn kill(ctx: &Ctx, session_id: &str, reason: Option<String>) -> Result
         .await
         .map_err(coordinator_error)?
         .into_inner();
-    println!("{} {}", session_id, response.status);
+    if json {
+        super::print_json(&serde_json::json!({
+            "session_id": session_id,
+            "task_id": session.task_id,
+            "status": response.status,
+        }))?;
+    } else {
+        outln!("{} {}", session_id, response.status);
+    }
     Ok(0)
 }
 
 /// `session logs`: the recent screen (interactive) and event history; `-f` follows.
-pub async fn logs(ctx: &Ctx, session_id: &str, follow: bool, lines: u32) -> Result<i32> {
+pub async fn logs(
+    ctx: &Ctx,
+    session_id: &str,
+    follow: bool,
+    lines: u32,
+    json: bool,
+) -> Result<i32> {
     let mut live = match connect_live(ctx, session_id).await {
         Ok(live) => live,
-        Err(err) if !follow => return stored_logs(ctx, session_id, lines).map_err(|_| err),
+        Err(err) if !follow => {
+            return stored_logs(ctx, session_id, lines, json).map_err(|_| err);
+        }
         Err(err) => return Err(err),
     };
-    let mut out = std::io::stdout().lock();
     let events = collect_events(&mut live.client, session_id, 1, false).await?;
+    if json {
+        for event in events
+            .iter()
+            .skip(events.len().saturating_sub(lines as usize))
+        {
+            super::json_line(&crate::views::EventLine::new(event));
+        }
+        if live.session.mode == "interactive"
+            && let Ok(screen) = live
+                .client
+                .capture_screen(CaptureScreenRequest { lines })
+                .await
+        {
+            super::json_line(&serde_json::json!({
+                "type": "screen",
+                "text": screen.into_inner().text,
+            }));
+        }
+        if follow {
+            let next = events.last().map(|e| e.seq + 1).unwrap_or(1);
+            follow_rendered(&mut live.client, session_id, next, true).await?;
+        }
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
     let rendered: Vec<String> = events
         .iter()
         .filter_map(crate::render::render_event)
@@ -184,13 +230,13 @@ pub async fn logs(ctx: &Ctx, session_id: &str, follow: bool, lines: u32) -> Resu
     drop(out);
     if follow {
         let next = events.last().map(|e| e.seq + 1).unwrap_or(1);
-        follow_rendered(&mut live.client, session_id, next).await?;
+        follow_rendered(&mut live.client, session_id, next, false).await?;
     }
     Ok(0)
 }
 
 /// A finished session's history, from the database.
-fn stored_logs(ctx: &Ctx, session_id: &str, lines: u32) -> Result<i32> {
+fn stored_logs(ctx: &Ctx, session_id: &str, lines: u32, json: bool) -> Result<i32> {
     let (opened, _) = find_session(ctx, session_id)?;
     let rows = opened.db.query_events(
         &crate::event_filter::EventFilter {
@@ -199,9 +245,17 @@ fn stored_logs(ctx: &Ctx, session_id: &str, lines: u32) -> Result<i32> {
         },
         None,
     )?;
-    println!("{}", crate::event_filter::TABLE_HEADER);
-    for row in rows.iter().skip(rows.len().saturating_sub(lines as usize)) {
-        println!("{}", crate::event_filter::table_line(row));
+    let shown = rows.iter().skip(rows.len().saturating_sub(lines as usize));
+    if json {
+        // The same lines as `events list --json`, one per line.
+        for row in shown {
+            super::json_line(&crate::event_filter::EventView::from(row));
+        }
+        return Ok(0);
+    }
+    outln!("{}", crate::event_filter::TABLE_HEADER);
+    for row in shown {
+        outln!("{}", crate::event_filter::table_line(row));
     }
     Ok(0)
 }
@@ -235,6 +289,7 @@ async fn follow_rendered(
     client: &mut AuthedAgentClient,
     session_id: &str,
     from_seq: u64,
+    json: bool,
 ) -> Result<()> {
     let mut stream = client
         .stream_events(StreamEventsRequest {
@@ -263,8 +318,10 @@ async fn follow_rendered(
                 event.kind,
                 Some(parhelia_proto::event::Kind::SessionFinished(_))
             );
-            if let Some(line) = crate::render::render_event(&event) {
-                println!("{line}");
+            if json {
+                super::json_line(&crate::views::EventLine::new(&event));
+            } else if let Some(line) = crate::render::render_event(&event) {
+                outln!("{line}");
             }
             if finished {
                 return Ok(());
@@ -280,7 +337,7 @@ pub async fn attach(ctx: &Ctx, session_id: &str, read_only: bool) -> Result<i32>
         eprintln!(
             "session {session_id} is headless: following its events (Ctrl-c to leave; it keeps running)"
         );
-        follow_rendered(&mut live.client, session_id, 1).await?;
+        follow_rendered(&mut live.client, session_id, 1, false).await?;
         return Ok(0);
     }
     let (requests, request_stream) = mpsc::channel(64);

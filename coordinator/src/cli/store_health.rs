@@ -97,7 +97,7 @@ pub async fn verify(ctx: &Ctx, opened: &Opened, args: VerifyArgs) -> Result<i32>
     if args.json {
         print_json(&reports)?;
     } else {
-        print!(
+        out!(
             "{}",
             escape_untrusted_text(&store_health::verify_text(&reports, only.as_ref()))
         );
@@ -160,7 +160,7 @@ pub async fn repair(ctx: &Ctx, opened: &Opened, args: RepairArgs) -> Result<i32>
     if args.json {
         print_json(&repairs)?;
     } else {
-        print!(
+        out!(
             "{}",
             escape_untrusted_text(&store_health::repair_text(&repairs))
         );

@@ -11,7 +11,7 @@ use parhelia_proto::{
 };
 use serde::Serialize;
 
-use super::{Ctx, coordinator_error, dry_run_text, print_json};
+use super::{Ctx, coordinator_error, dry_run_text, json_line, print_json};
 use crate::backend::isolation;
 use crate::backend::workspace_copy;
 use crate::binaries::{resolve_agent_bin, resolve_claude_bin};
@@ -22,10 +22,10 @@ use crate::ids::now_ms;
 use crate::plan::{self, AgentSettings, DryRunPlan, LaunchIds, SessionRequest};
 use crate::queue;
 use crate::render::labelled;
-use crate::task_state::TaskStatus;
+use crate::task_state::{ShownStatus, TaskStatus};
 use crate::term::escape_untrusted_text;
 use crate::views;
-use crate::watch::watch_task;
+use crate::watch::{watch_task, watch_task_events};
 
 #[derive(Subcommand, Debug)]
 pub enum TaskCommand {
@@ -34,8 +34,9 @@ pub enum TaskCommand {
     Create(Box<CreateArgs>),
     /// List tasks, newest first
     List {
-        /// Only tasks in this status (pending, running, completed, failed,
-        /// cancelled, interrupted)
+        /// Only tasks in this status, as the list shows it: pending (held or
+        /// queued), held, queued, running, completed, failed, cancelled,
+        /// interrupted
         #[arg(long, value_name = "S")]
         status: Option<String>,
         /// Print a JSON array
@@ -51,14 +52,21 @@ pub enum TaskCommand {
     },
     /// Print a task's events as they happen, until it ends; the exit status
     /// is the task's outcome
-    Watch { task_id: String },
+    Watch {
+        task_id: String,
+        /// Print JSON lines: one per event, then the ended task
+        /// (`{"type":"task_ended","task":{…}}`)
+        #[arg(long)]
+        json: bool,
+    },
     /// Dispatch pending tasks (held with `--no-dispatch`, or queued): as
     /// many as `max_concurrent_workers` allows, oldest first; the rest wait
-    /// in the queue and dispatch when a running task ends
+    /// in the queue and dispatch when a running task ends. Without task ids:
+    /// every pending task (as `--all`)
     Dispatch {
-        /// Tasks to dispatch
+        /// Tasks to dispatch (default: every pending task)
         task_ids: Vec<String>,
-        /// Every pending task
+        /// Every pending task (the default when no task is named)
         #[arg(long, conflicts_with = "task_ids")]
         all: bool,
         /// Show what would be dispatched now and what would wait; change nothing
@@ -140,7 +148,7 @@ pub struct CreateArgs {
     /// Task type (generic, code_fix, test, build, lint, refactor…)
     #[arg(long = "type", value_name = "T", default_value = "generic")]
     pub task_type: String,
-    /// Where to run: local
+    /// Where to run: local or modal
     #[arg(long, value_name = "B", default_value = "local")]
     pub backend: String,
     /// Run the Claude Code terminal UI (attach with `parhelia session attach`)
@@ -244,7 +252,7 @@ pub async fn run(ctx: &Ctx, command: TaskCommand) -> Result<i32> {
         TaskCommand::Create(args) => create(ctx, *args).await,
         TaskCommand::List { status, json } => list(ctx, status.as_deref(), json),
         TaskCommand::Show { task_id, json } => show(ctx, &task_id, json),
-        TaskCommand::Watch { task_id } => watch(ctx, &task_id).await,
+        TaskCommand::Watch { task_id, json } => watch(ctx, &task_id, json).await,
         TaskCommand::Dispatch {
             task_ids,
             all,
@@ -347,7 +355,9 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     };
     let path_var = std::env::var_os("PATH");
     let state = ctx.state()?;
-    let loaded = ctx.config(&state)?;
+    // The running coordinator's configuration (what the launch uses), else
+    // what one started now would use; a `--set` that would not apply is E118.
+    let loaded = ctx.effective_config(&state, true).await?.loaded;
     let config = &loaded.config;
     if let Some(dir) = &workspace {
         // Before anything is recorded or copied: never `/`, the home
@@ -427,7 +437,22 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
             task_type: args.task_type.clone(),
             state_dir: state.root().to_path_buf(),
             isolation,
-            env_names: env.keys().cloned().collect(),
+            // What the launch really sends: a sandbox never gets this
+            // machine's key, HOME or PATH (it has its own HOME); a local
+            // session gets the coordinator's own HOME and PATH.
+            env_names: if modal {
+                crate::backend::modal::sent_env_names(env.keys())
+            } else {
+                plan::request_env(
+                    &env.clone().into_iter().collect(),
+                    [
+                        ("HOME".to_string(), String::new()),
+                        ("PATH".to_string(), String::new()),
+                    ],
+                )
+                .into_keys()
+                .collect()
+            },
             spec: plan::agent_spec(
                 &session,
                 &ids,
@@ -439,7 +464,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         if args.json {
             print_json(&dry_run)?;
         } else {
-            print!(
+            out!(
                 "{}",
                 dry_run_text(&dry_run, &layout.spec_path, agent_bin.err())
             );
@@ -491,22 +516,22 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
                 "held": submitted.held,
             }))?;
         } else {
-            println!("{}", submitted.task_id);
+            outln!("{}", submitted.task_id);
             if submitted.held {
-                println!(
+                outln!(
                     "  pending    held until `parhelia task dispatch {}`",
                     submitted.task_id
                 );
             } else if submitted.queued {
-                println!(
+                outln!(
                     "  queued     position {} (max_concurrent_workers tasks are running)",
                     submitted.queue_position
                 );
             } else {
-                println!("  session    {}", submitted.session_id);
-                println!("  container  {}", submitted.container_id);
+                outln!("  session    {}", submitted.session_id);
+                outln!("  container  {}", submitted.container_id);
             }
-            println!("  watch      parhelia task watch {}", submitted.task_id);
+            outln!("  watch      parhelia task watch {}", submitted.task_id);
         }
         return Ok(0);
     }
@@ -518,7 +543,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         } else {
             format!("session {}", submitted.session_id)
         };
-        println!(
+        outln!(
             "{}",
             labelled(
                 "task",
@@ -528,17 +553,48 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     }
     let watched = watch_task(&opened.db, &submitted.task_id, |line| {
         if !quiet {
-            println!("{line}");
+            outln!("{line}");
         }
     })
     .await?;
     if quiet {
         print_json(&views::TaskView::from(&watched.task))?;
     } else {
-        println!("{}", escape_untrusted_text(&watched.summary()));
+        outln!("{}", escape_untrusted_text(&watched.summary()));
     }
-    watched.outcome()?;
+    outcome_with_advice(&opened.db, &watched)?;
     Ok(0)
+}
+
+/// `Ok` when the watched task completed, else its coded error with advice
+/// chosen by what its events show (HTTP status, retries, who stopped it).
+pub(crate) fn outcome_with_advice(
+    db: &crate::db::Db,
+    watched: &crate::watch::WatchedTask,
+) -> Result<()> {
+    let Err(err) = watched.outcome() else {
+        return Ok(());
+    };
+    let cause = failure_cause(db, &watched.task)?;
+    let advice = error_codes::advice(&err.code, &cause);
+    Err(err.with_advice(advice).into())
+}
+
+/// What the task's events say about why it failed (pages through them;
+/// only counters are kept).
+fn failure_cause(db: &crate::db::Db, task: &crate::db::TaskRecord) -> Result<error_codes::Cause> {
+    let mut cause = error_codes::Cause::new(&task.id, task.session_id.as_deref());
+    let mut after = 0;
+    loop {
+        let events = db.task_events_after(&task.id, after, 500)?;
+        let Some(last) = events.last() else {
+            return Ok(cause);
+        };
+        after = last.rowid;
+        for stored in &events {
+            cause.observe(&stored.event);
+        }
+    }
 }
 
 /// `task create --estimate-only`: the range and its basis, and whether the
@@ -563,7 +619,7 @@ fn estimate_only(
         value["would_be_refused"] = refusal.clone().into();
         print_json(&value)?;
     } else {
-        print!(
+        out!(
             "{}",
             super::budget::estimate_text(&estimate, config, refusal.as_deref())
         );
@@ -579,13 +635,16 @@ fn task_not_found(task_id: &str) -> anyhow::Error {
 }
 
 fn list(ctx: &Ctx, status: Option<&str>, json: bool) -> Result<i32> {
-    let status = status.map(str::parse::<TaskStatus>).transpose()?;
+    let shown = status.map(str::parse::<ShownStatus>).transpose()?;
     let opened = ctx.open()?;
-    let tasks = opened.db.list_tasks(status)?;
+    let mut tasks = opened.db.list_tasks(shown.map(ShownStatus::stored))?;
+    if let Some(shown) = shown {
+        tasks.retain(|t| shown.matches(t.status, t.dispatch_requested_at_ms.is_some()));
+    }
     if json {
         print_json(&tasks.iter().map(views::TaskView::from).collect::<Vec<_>>())?;
     } else {
-        print!("{}", views::task_table(&tasks, now_ms()));
+        out!("{}", views::task_table(&tasks, now_ms()));
     }
     Ok(0)
 }
@@ -613,10 +672,10 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
         });
         print_json(&value)?;
     } else {
-        print!("{}", views::task_detail(&task));
+        out!("{}", views::task_detail(&task));
         if let Some(max) = limits.max_cost_usd {
             use crate::budget::usd;
-            println!(
+            outln!(
                 "{}",
                 labelled(
                     "ceiling",
@@ -632,7 +691,7 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-async fn watch(ctx: &Ctx, task_id: &str) -> Result<i32> {
+async fn watch(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
     let opened = ctx.open()?;
     let task = opened
         .db
@@ -643,9 +702,18 @@ async fn watch(ctx: &Ctx, task_id: &str) -> Result<i32> {
         // is running (a restarted one re-attaches and catches up).
         ctx.client(&opened.state).await?;
     }
-    let watched = watch_task(&opened.db, task_id, |line| println!("{line}")).await?;
-    println!("{}", escape_untrusted_text(&watched.summary()));
-    watched.outcome()?;
+    if json {
+        let watched = watch_task_events(&opened.db, task_id, |stored| {
+            json_line(&views::EventLine::new(&stored.event));
+        })
+        .await?;
+        json_line(&views::TaskEndedLine::from(&watched.task));
+        outcome_with_advice(&opened.db, &watched)?;
+        return Ok(0);
+    }
+    let watched = watch_task(&opened.db, task_id, |line| outln!("{line}")).await?;
+    outln!("{}", escape_untrusted_text(&watched.summary()));
+    outcome_with_advice(&opened.db, &watched)?;
     Ok(0)
 }
 
@@ -656,12 +724,9 @@ async fn dispatch(
     dry_run: bool,
     json: bool,
 ) -> Result<i32> {
-    if task_ids.is_empty() && !all {
-        return Err(coded(
-            error_codes::INVALID_INPUT,
-            "name the tasks to dispatch, or pass --all",
-        ));
-    }
+    // Bare `parhelia task dispatch` (the seeds' command) dispatches every
+    // pending task, as `--all` does.
+    let all = all || task_ids.is_empty();
     let opened = ctx.open()?;
     let env = if dry_run {
         HashMap::new()
@@ -698,7 +763,7 @@ async fn dispatch(
         }))?;
     } else {
         if dry_run {
-            println!("dry run: nothing was dispatched");
+            outln!("dry run: nothing was dispatched");
         }
         let verb = if dry_run {
             "would dispatch"
@@ -707,23 +772,27 @@ async fn dispatch(
         };
         for d in &response.dispatched {
             if d.container_id.is_empty() {
-                println!("{verb:<15}{}", d.task_id);
+                outln!("{verb:<15}{}", d.task_id);
             } else {
-                println!("{verb:<15}{} → {}", d.task_id, d.container_id);
+                outln!("{verb:<15}{} → {}", d.task_id, d.container_id);
             }
         }
         for q in &response.queued {
-            println!("{:<15}{} (position {})", "queued", q.task_id, q.position);
+            outln!("{:<15}{} (position {})", "queued", q.task_id, q.position);
         }
         for f in &response.failed {
-            println!(
+            outln!(
                 "{:<15}{} [{}] {}",
-                "failed", f.task_id, f.error_code, f.message
+                "failed",
+                f.task_id,
+                f.error_code,
+                f.message
             );
         }
-        println!(
+        outln!(
             "workers        {} running of {}",
-            response.running, response.max_concurrent_workers
+            response.running,
+            response.max_concurrent_workers
         );
     }
     if let Some(f) = response.failed.first() {
@@ -757,14 +826,15 @@ async fn cancel(ctx: &Ctx, task_id: &str, reason: Option<String>, json: bool) ->
             "checkpoint_id": Some(&response.checkpoint_id).filter(|s| !s.is_empty()),
         }))?;
     } else {
-        println!("{} {}", response.task_id, response.status);
+        outln!("{} {}", response.task_id, response.status);
         if !response.container_id.is_empty() {
-            println!(
+            outln!(
                 "  container  {} {}",
-                response.container_id, response.container_state
+                response.container_id,
+                response.container_state
             );
         }
-        println!(
+        outln!(
             "  checkpoint {}",
             if response.checkpoint_id.is_empty() {
                 "none on the session's volume"
@@ -799,14 +869,14 @@ async fn retry(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
             "queue_position": Some(response.queue_position).filter(|_| response.queued),
         }))?;
     } else {
-        println!("{} attempt {}", response.task_id, response.attempt);
+        outln!("{} attempt {}", response.task_id, response.attempt);
         if response.queued {
-            println!("  queued     position {}", response.queue_position);
+            outln!("  queued     position {}", response.queue_position);
         } else {
-            println!("  session    {}", response.session_id);
-            println!("  container  {}", response.container_id);
+            outln!("  session    {}", response.session_id);
+            outln!("  container  {}", response.container_id);
         }
-        println!("  watch      parhelia task watch {}", response.task_id);
+        outln!("  watch      parhelia task watch {}", response.task_id);
     }
     Ok(0)
 }
@@ -838,9 +908,9 @@ async fn delete(ctx: &Ctx, task_ids: Vec<String>, json: bool) -> Result<i32> {
         }))?;
     } else {
         for id in &response.deleted {
-            println!("deleted {id}");
+            outln!("deleted {id}");
         }
-        println!("removed {} director(ies)", response.removed_dirs);
+        outln!("removed {} director(ies)", response.removed_dirs);
     }
     Ok(0)
 }
@@ -885,12 +955,12 @@ async fn cleanup(
             })?;
         } else {
             if dry_run {
-                println!("dry run: nothing was deleted");
+                outln!("dry run: nothing was deleted");
             }
             if tasks.is_empty() {
-                println!("no tasks to clean up");
+                outln!("no tasks to clean up");
             } else {
-                print!("{}", views::task_table(&tasks, now_ms()));
+                out!("{}", views::task_table(&tasks, now_ms()));
             }
         }
         return Ok(0);
@@ -909,8 +979,8 @@ async fn cleanup(
             tasks: tasks.iter().map(views::TaskView::from).collect(),
         })?;
     } else {
-        print!("{}", views::task_table(&tasks, now_ms()));
-        println!(
+        out!("{}", views::task_table(&tasks, now_ms()));
+        outln!(
             "deleted {} task(s), removed {} director(ies)",
             response.deleted.len(),
             response.removed_dirs

@@ -54,6 +54,22 @@ const NEVER_SENT: &[&str] = &[
     "TMPDIR",
 ];
 
+/// Whether a variable of a launch request is sent to a sandbox.
+fn is_sent(name: &str) -> bool {
+    !NEVER_SENT.contains(&name) && !name.starts_with("PARHELIA_")
+}
+
+/// The names of the variables a sandbox gets from a request carrying
+/// `names` (what [`ModalBackend::sandbox_env`] sends; `HOME` is always the
+/// container's own), sorted: what a dry run lists as sent.
+pub fn sent_env_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut sent: Vec<String> = names.into_iter().filter(|k| is_sent(k)).cloned().collect();
+    sent.push("HOME".into());
+    sent.sort();
+    sent.dedup();
+    sent
+}
+
 /// Resources for one sandbox.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
@@ -394,7 +410,7 @@ impl ModalBackend {
         let mut env: BTreeMap<String, String> = request
             .env
             .iter()
-            .filter(|(k, _)| !NEVER_SENT.contains(&k.as_str()) && !k.starts_with("PARHELIA_"))
+            .filter(|(k, _)| is_sent(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         env.insert(
