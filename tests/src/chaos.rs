@@ -1808,6 +1808,13 @@ Command: `{command}` — {date} on {machine}.
     )
 }
 
+/// Now, in milliseconds since the Unix epoch.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1871,11 +1878,4 @@ mod tests {
         let lines = read_journal(&path);
         assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), [1, 2]);
     }
-}
-
-/// Now, in milliseconds since the Unix epoch.
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
