@@ -169,7 +169,7 @@ error_codes! {
     WORKSPACE_TOO_LARGE = "E112" "WORKSPACE_TOO_LARGE" {
         what: "The workspace is larger than the copy limit.",
         why: "Before copying, Parhelia counts the workspace's bytes and files (without following symlinks); it exceeds `workspace.max_copy_bytes` (default 10 GiB) or `workspace.max_copy_files` (default 1000000), which usually means the wrong directory was passed.",
-        recover: "Pass a smaller directory, raise the limit (`--set workspace.max_copy_bytes=...`), or pass `--allow-large-workspace` to copy it anyway.",
+        recover: "Pass a smaller directory, raise `workspace.max_copy_bytes` in `.parhelia/config.toml` (the coordinator reloads it), or pass `--allow-large-workspace` to copy it anyway.",
     }
     LIMIT_NOT_ENFORCEABLE = "E113" "LIMIT_NOT_ENFORCEABLE" {
         what: "The backend cannot enforce a limit the task asks for.",
@@ -189,7 +189,7 @@ error_codes! {
     PRIVATE_HOME_UNAVAILABLE = "E116" "PRIVATE_HOME_UNAVAILABLE" {
         what: "The session's private home directory could not be prepared.",
         why: "A sandboxed local session gets a writable home of its own (`sessions/<session-id>/home` in the state directory, mounted at your home's path) holding copies of your shell and git dotfiles; it could not be created or filled (a full disk, a permission, or a path in it the session replaced with a link), so nothing was started.",
-        recover: "Check the state directory's free space and permissions (`parhelia doctor`); if the session's `home` holds a link where a directory should be, remove it (or delete the session) and resume, or run with `--set local.isolation=none`.",
+        recover: "Check the state directory's free space and permissions (`parhelia doctor`); if the session's `home` holds a link where a directory should be, remove it (or delete the session) and resume, or set `local.isolation = \"none\"` in `.parhelia/config.toml` to run unconfined.",
     }
     UNKNOWN_EVENT_TYPE = "E117" "UNKNOWN_EVENT_TYPE" {
         what: "A `--type` filter names an event type that does not exist.",
