@@ -322,6 +322,15 @@ fn a_session_lost_before_any_checkpoint_starts_over_from_its_workspace() {
         (h.stand_in.holds_served() >= 1).then_some(())
     });
     let (pid, _) = h.agent_pid_and_tmux(&container_id);
+    // As if the container were gone with its files (as a remote one is): nothing of it
+    // left for the reconciler to checkpoint (`agent_gone`) when it marks it lost.
+    std::fs::remove_file(
+        h.state()
+            .join("containers")
+            .join(&container_id)
+            .join("spec.json"),
+    )
+    .unwrap();
     assert!(
         std::process::Command::new("kill")
             .args(["-9", &pid.to_string()])

@@ -254,3 +254,92 @@ fn an_interactive_session_is_stopped_at_its_ceiling_within_one_response() {
         .count();
     assert_eq!(stop_checkpoints, 1);
 }
+
+/// Files under `dir` (depth-first, no links followed) whose text contains `needle`.
+fn any_file_contains(dir: &std::path::Path, needle: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => any_file_contains(&path, needle),
+            Ok(t) if t.is_file() => {
+                std::fs::read_to_string(&path).is_ok_and(|text| text.contains(needle))
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Issue 13: a response Claude Code received after its agent stopped metering (the
+/// agent frozen, then killed) was never charged. The reconciler's next pass ends the
+/// left-over processes and charges what the transcript holds that no journal did
+/// (`parhelia-agent meter`), once.
+#[test]
+fn a_response_the_dead_agent_never_metered_is_charged_when_its_processes_are_ended() {
+    let usages = [Usage::new(1500, 200)];
+    let mut h = Harness::new(Script::new([Turn::hold(
+        "Done while the agent was frozen.",
+    )
+    .with_full_usage(usages[0])]));
+    h.set_env("PARHELIA_ISOLATION", "none");
+    let created = h.json(&["task", "create", "Answer once", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    h.wait_for("the request held at the model", || {
+        (h.stand_in.holds_served() >= 1).then_some(())
+    });
+    let (agent_pid, _) = h.agent_pid_and_tmux(&container_id);
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &agent_pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    // The agent can no longer read the transcript; Claude Code gets its answer.
+    signal("-STOP");
+    h.stand_in.release_hold();
+    let config_dir = h
+        .state()
+        .join("containers")
+        .join(&container_id)
+        .join("claude-config");
+    h.wait_for("the answer in Claude Code's transcript", || {
+        any_file_contains(&config_dir, "Done while the agent was frozen.").then_some(())
+    });
+    assert_eq!(
+        model_ledger(&h, &task_id).1,
+        0,
+        "the frozen agent charged it"
+    );
+    signal("-KILL");
+
+    h.ok(&["reconciler", "run", "--once"]);
+    let (cost, tokens) = served(&h, &usages, |_| true);
+    let (usd, input, output, _, _) = h.wait_for("the response charged", || {
+        let l = model_ledger(&h, &task_id);
+        (l.1 >= 1500).then_some(l)
+    });
+    println!(
+        "agent killed after an unmetered response: ledger ${usd:.6} ({input}/{output} tokens), stand-in priced ${cost:.6}"
+    );
+    assert!(same_cost(usd, cost), "ledger {usd} vs served {cost}");
+    assert_eq!((input, output), (tokens.input_tokens, tokens.output_tokens));
+    let ended: Vec<serde_json::Value> = h
+        .json(&["events", "list", "--task", &task_id, "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "session_processes_ended")
+        .cloned()
+        .collect();
+    assert_eq!(ended.len(), 1, "{ended:#?}");
+    assert_eq!(ended[0]["payload"]["charged_responses"], 1, "{ended:#?}");
+    // A second pass charges nothing again.
+    h.ok(&["reconciler", "run", "--once"]);
+    assert_eq!(model_ledger(&h, &task_id).1, input);
+}
