@@ -67,6 +67,10 @@ enum Command {
         /// The price table as JSON (`{model: ModelPrice}`).
         #[arg(long)]
         prices: String,
+        /// Read from stdin a JSON array of message ids the coordinator already charged
+        /// from these transcripts (at most 8 MiB): they are not charged again.
+        #[arg(long)]
+        charged_ids_stdin: bool,
     },
     /// Take a whole checkpoint (workspace and conversation) of a container whose agent
     /// is gone, from its spec, and print what was taken as JSON
@@ -132,6 +136,7 @@ pub fn main() -> ExitCode {
             claude_session_id,
             journal_dir,
             prices,
+            charged_ids_stdin,
         } => {
             let prices = match serde_json::from_str::<
                 std::collections::BTreeMap<String, crate::spend::ModelPrice>,
@@ -143,11 +148,28 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let already_charged: Vec<String> = if charged_ids_stdin {
+                use std::io::Read;
+                let mut bytes = Vec::new();
+                let _ = std::io::stdin().take(8 << 20).read_to_end(&mut bytes);
+                match serde_json::from_slice(&bytes) {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        eprintln!(
+                            "parhelia-agent meter: the charged ids are not a JSON array of strings: {e}"
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                Vec::new()
+            };
             let found = crate::spend::unjournaled(
                 &crate::conversation::project_dir(&config_dir, &workspace),
                 &claude_session_id,
                 &journal_dir,
                 prices,
+                &already_charged,
             );
             println!(
                 "{}",

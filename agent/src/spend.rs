@@ -518,10 +518,21 @@ pub fn unjournaled(
     claude_session_id: &str,
     journal_dir: &Path,
     prices: BTreeMap<String, ModelPrice>,
+    already_charged: &[String],
 ) -> Unjournaled {
     let mut meter = Meter::new(prices);
     for (id, tokens, cost) in crate::cost::prior_spend(journal_dir).charges {
         meter.remember(&id, tokens, cost);
+    }
+    // Responses the coordinator charged earlier from these same transcripts: whole.
+    let whole = Tokens {
+        input: MAX_TOKENS,
+        output: MAX_TOKENS,
+        cache_write: MAX_TOKENS,
+        cache_read: MAX_TOKENS,
+    };
+    for id in already_charged.iter().take(MAX_TRACKED_IDS) {
+        meter.remember(id, whole, 0.0);
     }
     let mut reader = TranscriptReader::new(project_dir, claude_session_id);
     let mut out = Unjournaled::default();
@@ -623,14 +634,18 @@ mod tests {
                 },
             ))
             .unwrap();
-        let found = unjournaled(&project, "s1", &journals, opus());
+        let found = unjournaled(&project, "s1", &journals, opus(), &[]);
         assert_eq!(found.message_ids, ["m2", "m3"]);
         assert_eq!((found.input_tokens, found.output_tokens), (2500, 250));
         // 2500 × $4/M + 250 × $20/M
         assert!((found.usd - 0.015).abs() < 1e-12, "{found:?}");
         assert_eq!(found.unpriced, 0);
+        // What the coordinator already charged from them is not charged again.
+        let rest = unjournaled(&project, "s1", &journals, opus(), &["m2".to_string()]);
+        assert_eq!(rest.message_ids, ["m3"]);
+        assert_eq!((rest.input_tokens, rest.output_tokens), (500, 50));
         // Nothing left once everything is journaled.
-        let none = unjournaled(&dir.path().join("missing"), "s1", &journals, opus());
+        let none = unjournaled(&dir.path().join("missing"), "s1", &journals, opus(), &[]);
         assert_eq!(none, Unjournaled::default());
     }
 

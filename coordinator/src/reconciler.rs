@@ -308,12 +308,29 @@ async fn execute(
             // continues from it rather than from an older one or from nothing.
             // Only for the task's newest container while it runs: an older one's files
             // may sit beside a newer container's workspace, and must not be mixed.
-            let left_behind = if *interrupt_task {
-                inner.backend.left_behind_spec(container_id).await
-            } else {
-                None
+            let left_behind = inner.backend.left_behind_spec(container_id).await;
+            // What its transcripts hold that no journal charged (the agent died between
+            // a response and its record): charged now that nothing of it runs.
+            let charged = match (&left_behind, task_id.is_empty()) {
+                (Some(spec), false) => match spec_session_files(spec) {
+                    Some(([config, workspace, volume], claude_session_id)) => Some(
+                        charge_unjournaled_spend(
+                            service,
+                            [&config, &workspace, &volume],
+                            &claude_session_id,
+                            task_id,
+                            session_id,
+                            container_id,
+                            "lost_container",
+                        )
+                        .await
+                        .map_err(|e| format!("{e:#}")),
+                    ),
+                    None => None,
+                },
+                _ => None,
             };
-            let salvaged = match left_behind {
+            let salvaged = match left_behind.filter(|_| *interrupt_task) {
                 Some(spec) => Some(
                     salvage(
                         service,
@@ -367,6 +384,15 @@ async fn execute(
                 }
                 _ => action.describe(),
             };
+            let described = match &charged {
+                Some(Ok(Some(found))) => format!(
+                    "{described}; charged {} for {} model response(s) its agent never recorded",
+                    crate::budget::usd(found.usd),
+                    found.message_ids.len()
+                ),
+                Some(Err(why)) => format!("{described}; its model spend could not be read: {why}"),
+                _ => described,
+            };
             db.note(
                 NewCoordinatorEvent::new("container_lost", "error", described)
                     .container(container_id)
@@ -384,6 +410,9 @@ async fn execute(
                             }),
                             Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
                         }),
+                        "charged_usd": charged.as_ref().and_then(|c| c.as_ref().ok()).and_then(Option::as_ref).map(|f| f.usd),
+                        "charged_responses": charged.as_ref().and_then(|c| c.as_ref().ok()).and_then(Option::as_ref).map(|f| f.message_ids.len()),
+                        "charge_error": charged.as_ref().and_then(|c| c.as_ref().err()),
                     })),
             );
         }
@@ -725,10 +754,62 @@ async fn charge_left_over_spend(
     ) else {
         return Ok(None);
     };
+    charge_unjournaled_spend(
+        service,
+        [config_dir, workspace, volume],
+        claude_session_id,
+        task_id,
+        session_id,
+        container_id,
+        "left_over_processes",
+    )
+    .await
+}
+
+/// The session files a lost container's spec names (the coordinator's own file,
+/// read bounded): Claude Code's config dir, the workspace, the volume, and Claude
+/// Code's session id, for [`charge_unjournaled_spend`].
+fn spec_session_files(spec: &std::path::Path) -> Option<([std::path::PathBuf; 3], String)> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(spec)
+        .ok()?
+        .take(4 << 20)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let path = |key: &str| value.get(key)?.as_str().map(std::path::PathBuf::from);
+    let id = value
+        .get("claude_session_id")?
+        .as_str()
+        .filter(|id| uuid::Uuid::parse_str(id).is_ok())?
+        .to_string();
+    Some((
+        [
+            path("claude_config_dir")?,
+            path("workspace_dir")?,
+            path("volume_dir")?,
+        ],
+        id,
+    ))
+}
+
+/// Meters a dead agent's session transcripts (`[config dir, workspace, volume]`) for
+/// responses no journal charged and charges them (see [`charge_left_over_spend`]);
+/// `source` names the path in the ledger row.
+async fn charge_unjournaled_spend(
+    service: &CoordinatorService,
+    [config_dir, workspace, volume]: [&std::path::PathBuf; 3],
+    claude_session_id: &str,
+    task_id: &str,
+    session_id: &str,
+    container_id: &str,
+    source: &str,
+) -> Result<Option<LeftOverSpend>> {
     let inner = &service.inner;
     let agent_bin = agent_helper_bin()?;
     let prices = serde_json::to_string(&inner.config.rates.models)?;
-    let run = tokio::process::Command::new(&agent_bin)
+    let mut run = tokio::process::Command::new(&agent_bin)
         .arg("meter")
         .arg("--config-dir")
         .arg(config_dir)
@@ -740,9 +821,20 @@ async fn charge_left_over_spend(
         .arg(volume.join("journal"))
         .arg("--prices")
         .arg(prices)
-        .stdin(std::process::Stdio::null())
+        .arg("--charged-ids-stdin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output();
+        .spawn()?;
+    // What this ledger already charged from these transcripts (an earlier pass, or the
+    // other path for the same container) is not charged again.
+    let charged = serde_json::to_vec(&inner.db.left_over_message_ids(session_id)?)?;
+    if let Some(mut stdin) = run.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(&charged).await?;
+    }
+    let run = run.wait_with_output();
     let output = tokio::time::timeout(std::time::Duration::from_secs(120), run)
         .await
         .map_err(|_| anyhow::anyhow!("parhelia-agent meter did not finish in 120 s"))??;
@@ -778,7 +870,7 @@ async fn charge_left_over_spend(
             cache_read_input_tokens: found.cache_read_input_tokens,
         }),
         Some(serde_json::json!({
-            "source": "left_over_processes",
+            "source": source,
             // All of them (the meter keeps at most 65,536, `spend::MAX_TRACKED_IDS`): an id
             // left out would have its tokens counted again by a later agent's event.
             "left_over_message_ids": found.message_ids.iter().take(65_536).collect::<Vec<_>>(),

@@ -278,19 +278,36 @@ fn any_file_contains(dir: &std::path::Path, needle: &str) -> bool {
 /// (`parhelia-agent meter`), once.
 #[test]
 fn a_response_the_dead_agent_never_metered_is_charged_when_its_processes_are_ended() {
+    charged_after_the_agent_died(false);
+}
+
+/// The same when nothing of the session outlived its agent (its tmux server and
+/// Claude Code died too, as in a container, or after a full disk): charged when the
+/// container is marked lost (event `container_lost`).
+#[test]
+fn a_response_the_dead_agent_never_metered_is_charged_when_its_container_is_marked_lost() {
+    charged_after_the_agent_died(true);
+}
+
+fn charged_after_the_agent_died(session_dies_too: bool) {
     let usages = [Usage::new(1500, 200)];
     let mut h = Harness::new(Script::new([Turn::hold(
         "Done while the agent was frozen.",
     )
     .with_full_usage(usages[0])]));
     h.set_env("PARHELIA_ISOLATION", "none");
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[reconciler]\npoll_interval_seconds = 0.2\nstale_threshold_seconds = 1.0\n",
+    )
+    .unwrap();
     let created = h.json(&["task", "create", "Answer once", "--json"]);
     let task_id = created["task_id"].as_str().unwrap().to_string();
     let container_id = created["container_id"].as_str().unwrap().to_string();
     h.wait_for("the request held at the model", || {
         (h.stand_in.holds_served() >= 1).then_some(())
     });
-    let (agent_pid, _) = h.agent_pid_and_tmux(&container_id);
+    let (agent_pid, tmux) = h.agent_pid_and_tmux(&container_id);
     let signal = |sig: &str| {
         assert!(
             std::process::Command::new("kill")
@@ -317,29 +334,67 @@ fn a_response_the_dead_agent_never_metered_is_charged_when_its_processes_are_end
         "the frozen agent charged it"
     );
     signal("-KILL");
-
-    h.ok(&["reconciler", "run", "--once"]);
+    if session_dies_too {
+        let _ = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&tmux)
+            .arg("kill-server")
+            .stderr(std::process::Stdio::null())
+            .status();
+        // Everything the session started (marked with its unit), as a container's end.
+        let marker = format!(":{container_id}");
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            if environ
+                .split(|b| *b == 0)
+                .any(|v| v.starts_with(b"PARHELIA_UNIT=") && v.ends_with(marker.as_bytes()))
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        }
+    } else {
+        h.ok(&["reconciler", "run", "--once"]);
+    }
     let (cost, tokens) = served(&h, &usages, |_| true);
     let (usd, input, output, _, _) = h.wait_for("the response charged", || {
         let l = model_ledger(&h, &task_id);
         (l.1 >= 1500).then_some(l)
     });
     println!(
-        "agent killed after an unmetered response: ledger ${usd:.6} ({input}/{output} tokens), stand-in priced ${cost:.6}"
+        "agent killed after an unmetered response (session died too: {session_dies_too}): ledger ${usd:.6} ({input}/{output} tokens), stand-in priced ${cost:.6}"
     );
     assert!(same_cost(usd, cost), "ledger {usd} vs served {cost}");
     assert_eq!((input, output), (tokens.input_tokens, tokens.output_tokens));
-    let ended: Vec<serde_json::Value> = h
-        .json(&["events", "list", "--task", &task_id, "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "session_processes_ended")
-        .cloned()
-        .collect();
-    assert_eq!(ended.len(), 1, "{ended:#?}");
-    assert_eq!(ended[0]["payload"]["charged_responses"], 1, "{ended:#?}");
-    // A second pass charges nothing again.
+    let kind = if session_dies_too {
+        "container_lost"
+    } else {
+        "session_processes_ended"
+    };
+    // The event is written once the pass is done with the container (a moment after
+    // the charge).
+    let said: Vec<serde_json::Value> = h.wait_for(&format!("the {kind} event"), || {
+        let said: Vec<serde_json::Value> = h
+            .json(&["events", "list", "--task", &task_id, "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .cloned()
+            .collect();
+        (!said.is_empty()).then_some(said)
+    });
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert_eq!(said[0]["payload"]["charged_responses"], 1, "{said:#?}");
+    assert!(
+        said[0]["message"].as_str().unwrap().contains("charged"),
+        "{said:#?}"
+    );
+    // A later pass charges nothing again.
     h.ok(&["reconciler", "run", "--once"]);
     assert_eq!(model_ledger(&h, &task_id).1, input);
 }

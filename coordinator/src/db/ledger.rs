@@ -466,6 +466,23 @@ impl Db {
         Ok((spend.compute_usd, spend.model_usd, spend.storage_usd))
     }
 
+    /// The message ids the coordinator charged from a session's transcripts after its
+    /// agent died (ledger details `left_over_message_ids`), at most 65,536.
+    pub fn left_over_message_ids(&self, session_id: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT DISTINCT ids.value FROM ledger, json_each(ledger.details, '$.left_over_message_ids') AS ids
+             WHERE ledger.session_id = ?1 AND ledger.kind = 'model'
+               AND instr(ledger.details, 'left_over_message_ids') > 0
+               AND json_valid(ledger.details) AND typeof(ids.value) = 'text'
+             LIMIT 65536",
+        )?;
+        let ids = statement
+            .query_map([session_id], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(ids)
+    }
+
     /// Model cost the ledger holds for a session.
     pub fn session_model_usd(&self, session_id: &str) -> Result<f64> {
         let conn = self.conn();
