@@ -656,10 +656,10 @@ fn salvaged_taken(salvaged: &Option<Result<Salvaged>>) -> Option<&Salvaged> {
 
 /// `parhelia-agent salvage`'s answer.
 #[derive(Clone, Debug, serde::Deserialize)]
-struct Salvaged {
-    checkpoint_id: String,
-    unchanged: bool,
-    conversation: bool,
+pub(crate) struct Salvaged {
+    pub(crate) checkpoint_id: String,
+    pub(crate) unchanged: bool,
+    pub(crate) conversation: bool,
 }
 
 impl Salvaged {
@@ -683,7 +683,7 @@ impl Salvaged {
 /// A whole checkpoint (`agent_gone`: workspace and conversation) of a container
 /// whose agent is gone, taken from its spec by the agent's own checkpoint code
 /// (`parhelia-agent salvage`), so it is the same kind of checkpoint the agent takes.
-async fn salvage(
+pub(crate) async fn salvage(
     service: &CoordinatorService,
     spec: &std::path::Path,
     session_id: &str,

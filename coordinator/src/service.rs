@@ -1250,6 +1250,37 @@ impl CoordinatorService {
         // dir, on Modal the store (a `--workspace` is shipped as a checkpoint, so a store
         // without any means the session started empty).
         let workspace_kept = from_kind == to_kind;
+        // A session that ended without a final whole checkpoint (stopped on a full disk,
+        // a failed turn) left its conversation in its container: when the backend still
+        // holds that container's files, they become a checkpoint first (`agent_gone`,
+        // skipped when nothing changed since the newest), so the default resume continues
+        // that conversation instead of an older one, or starting over.
+        if r.checkpoint_id.trim().is_empty()
+            && workspace_kept
+            && matches!(
+                task.status,
+                TaskStatus::Failed | TaskStatus::Interrupted | TaskStatus::Cancelled
+            )
+            && let Some(previous) = &session.container_id
+            && !session.container_state.is_some_and(|s| s.is_active())
+            && let Some(spec) = self.inner.backend.left_behind_spec(previous).await
+        {
+            match crate::reconciler::salvage(
+                self,
+                &spec,
+                &session.id,
+                "the session ended without a final checkpoint; what its container left was checkpointed before the resume",
+            )
+            .await
+            {
+                Ok(taken) => {
+                    tracing::info!(session_id = %session.id, checkpoint_id = %taken.checkpoint_id, unchanged = taken.unchanged, "the previous container's files checkpointed before the resume")
+                }
+                Err(err) => {
+                    tracing::warn!(session_id = %session.id, "checkpointing the previous container's files failed: {err:#}")
+                }
+            }
+        }
         let (mut checkpoint_id, mut skipped, mut starts_over) = self
             .resume_checkpoint(
                 &task.id,

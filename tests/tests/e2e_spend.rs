@@ -333,31 +333,49 @@ fn charged_after_the_agent_died(session_dies_too: bool) {
         0,
         "the frozen agent charged it"
     );
-    signal("-KILL");
     if session_dies_too {
+        // Everything the session started (marked with its unit), as a container's end,
+        // before the (frozen) agent itself: when its stream breaks, nothing of it is left
+        // for the pass that ends left-over processes.
         let _ = std::process::Command::new("tmux")
             .arg("-S")
             .arg(&tmux)
             .arg("kill-server")
             .stderr(std::process::Stdio::null())
             .status();
-        // Everything the session started (marked with its unit), as a container's end.
-        let marker = format!(":{container_id}");
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-            if environ
-                .split(|b| *b == 0)
-                .any(|v| v.starts_with(b"PARHELIA_UNIT=") && v.ends_with(marker.as_bytes()))
-            {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
-            }
+        let marked = || -> Vec<i32> {
+            let marker = format!(":{container_id}");
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|entry| {
+                    let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
+                    let environ = std::fs::read(entry.path().join("environ")).ok()?;
+                    let state = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                    let zombie = state
+                        .rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'));
+                    (pid != agent_pid
+                        && !zombie
+                        && environ.split(|b| *b == 0).any(|v| {
+                            v.starts_with(b"PARHELIA_UNIT=") && v.ends_with(marker.as_bytes())
+                        }))
+                    .then_some(pid)
+                })
+                .collect()
+        };
+        for pid in marked() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
         }
+        h.wait_for("the session's processes to end", || {
+            marked().is_empty().then_some(())
+        });
+        signal("-KILL");
     } else {
+        signal("-KILL");
         h.ok(&["reconciler", "run", "--once"]);
     }
     let (cost, tokens) = served(&h, &usages, |_| true);
@@ -370,31 +388,35 @@ fn charged_after_the_agent_died(session_dies_too: bool) {
     );
     assert!(same_cost(usd, cost), "ledger {usd} vs served {cost}");
     assert_eq!((input, output), (tokens.input_tokens, tokens.output_tokens));
-    let kind = if session_dies_too {
-        "container_lost"
-    } else {
-        "session_processes_ended"
-    };
-    // The event is written once the pass is done with the container (a moment after
-    // the charge).
-    let said: Vec<serde_json::Value> = h.wait_for(&format!("the {kind} event"), || {
-        let said: Vec<serde_json::Value> = h
-            .json(&["events", "list", "--task", &task_id, "--json"])
+    // Charged once, by whichever pass found the session's end: the one that ended its
+    // left-over processes (`session_processes_ended`) or, with nothing of it left
+    // running (Claude Code may also exit by itself once its hook fails), the one that
+    // marked its container lost (`container_lost`). The event is written once the pass
+    // is done with the container (a moment after the charge).
+    let charged_by = |h: &Harness| -> Vec<(String, u64)> {
+        h.json(&["events", "list", "--task", &task_id, "--json"])
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["type"] == kind)
-            .cloned()
-            .collect();
+            .filter(|e| e["type"] == "session_processes_ended" || e["type"] == "container_lost")
+            .filter_map(|e| {
+                let n = e["payload"]["charged_responses"].as_u64()?;
+                assert!(e["message"].as_str().unwrap().contains("charged"), "{e:#}");
+                Some((e["type"].as_str().unwrap().to_string(), n))
+            })
+            .collect()
+    };
+    let said = h.wait_for("the event that says what was charged", || {
+        let said = charged_by(&h);
         (!said.is_empty()).then_some(said)
     });
-    assert_eq!(said.len(), 1, "{said:#?}");
-    assert_eq!(said[0]["payload"]["charged_responses"], 1, "{said:#?}");
-    assert!(
-        said[0]["message"].as_str().unwrap().contains("charged"),
-        "{said:#?}"
-    );
+    assert_eq!(said.iter().map(|(_, n)| n).sum::<u64>(), 1, "{said:?}");
+    if session_dies_too {
+        // Nothing was left to end: the lost container's pass charged it.
+        assert_eq!(said[0].0, "container_lost", "{said:?}");
+    }
     // A later pass charges nothing again.
     h.ok(&["reconciler", "run", "--once"]);
     assert_eq!(model_ledger(&h, &task_id).1, input);
+    assert_eq!(charged_by(&h).iter().map(|(_, n)| n).sum::<u64>(), 1);
 }
