@@ -303,11 +303,8 @@ async fn execute(
             interrupt_task,
             checkpoint_id,
         } => {
-            // What the dead container left (local: its files are still here) becomes
-            // a whole checkpoint before the container is marked lost, so a resume
-            // continues from it rather than from an older one or from nothing.
-            // Only for the task's newest container while it runs: an older one's files
-            // may sit beside a newer container's workspace, and must not be mixed.
+            // The dead container's spec, when the backend still holds its files (local)
+            // and nothing of it runs.
             let left_behind = inner.backend.left_behind_spec(container_id).await;
             // What its transcripts hold that no journal charged (the agent died between
             // a response and its record): charged now that nothing of it runs.
@@ -330,6 +327,10 @@ async fn execute(
                 },
                 _ => None,
             };
+            // What it left becomes a whole checkpoint before it is marked lost, so a
+            // resume continues from it rather than from an older one or from nothing.
+            // Only for the task's newest container while it runs: an older one's files
+            // may sit beside a newer container's workspace, and must not be mixed.
             let salvaged = match left_behind.filter(|_| *interrupt_task) {
                 Some(spec) => Some(
                     salvage(
