@@ -631,7 +631,7 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<RunEnd>
     // Before anything reads the coordinator id or the live containers: a
     // database behind the generation recorded beside it lost commits (E514);
     // it is reported and what the record proves is re-created.
-    crate::db::generation::check_at_start(&db)?;
+    crate::db::generation::check_at_start(&db, Some(&state.root().join("containers")))?;
     let coordinator_id = db.coordinator_id()?;
     let launcher = std::env::current_exe().context("finding the parhelia executable")?;
     // A database outside the state directory is hidden from sandboxes too.

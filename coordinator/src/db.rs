@@ -333,6 +333,7 @@ mod control;
 mod event_log;
 pub mod generation;
 mod ledger;
+mod rebuild;
 
 pub use control::*;
 pub use event_log::*;

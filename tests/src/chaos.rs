@@ -158,9 +158,26 @@ impl RoundPlan {
         } else {
             1
         };
-        let turns_of_message = files_per_message[fault_message as usize - 1] as usize + 1;
-        let fault_after_turns = rng.usize(1..=turns_of_message);
-        let fault_delay_ms = rng.u64(0..1500);
+        let files = files_per_message[fault_message as usize - 1] as usize;
+        // In the session's last message, aim at a bash turn (never its Write turn) and,
+        // unless that turn sleeps, strike within 300 ms: at least the Write and the closing
+        // round trips are still ahead, so the fault finds the session running. Aimed later,
+        // a quarter of the rounds found the session ended and tested nothing.
+        let last = fault_message == messages;
+        let fault_after_turns = rng.usize(1..=if last { files } else { files + 1 });
+        let first_file: usize = files_per_message[..fault_message as usize - 1]
+            .iter()
+            .map(|n| *n as usize)
+            .sum();
+        let aimed_turn_sleeps = sleepy
+            .get(first_file + fault_after_turns - 1)
+            .copied()
+            .unwrap_or(false);
+        let fault_delay_ms = if last && !aimed_turn_sleeps {
+            rng.u64(0..300)
+        } else {
+            rng.u64(0..1500)
+        };
         let second_fault = fault != Fault::DiskFull && rng.u8(0..4) == 0;
         RoundPlan {
             seed,
@@ -1826,6 +1843,28 @@ mod tests {
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         assert_eq!(a.script(), b.script());
         assert_ne!(round_seed(1, 0), round_seed(1, 1));
+    }
+
+    #[test]
+    fn a_fault_in_the_last_message_aims_at_a_bash_turn_while_the_session_runs() {
+        for seed in 0..500 {
+            let plan = RoundPlan::from_seed(seed, &Fault::ALL);
+            if plan.fault_message != plan.messages() {
+                continue;
+            }
+            let files = plan.files_per_message[plan.fault_message as usize - 1] as usize;
+            assert!(
+                (1..=files).contains(&plan.fault_after_turns),
+                "seed {seed}: {plan:?}"
+            );
+            let first: usize = plan.files_per_message[..plan.fault_message as usize - 1]
+                .iter()
+                .map(|n| *n as usize)
+                .sum();
+            if !plan.sleepy[first + plan.fault_after_turns - 1] {
+                assert!(plan.fault_delay_ms < 300, "seed {seed}: {plan:?}");
+            }
+        }
     }
 
     #[test]

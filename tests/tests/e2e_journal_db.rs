@@ -323,3 +323,136 @@ fn an_older_database_under_a_running_session_is_reported_and_the_task_comes_back
     let doctor = String::from_utf8_lossy(&h.run(&["doctor"]).stdout).into_owned();
     assert!(doctor.contains("rolled back"), "{doctor}");
 }
+
+/// Puts `older` back as the database, as a restored backup or a lost WAL does.
+fn put_back(h: &Harness, older: &std::path::Path) {
+    let db = h.state().join("parhelia.db");
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.clone().into_os_string();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
+    std::fs::rename(older, &db).unwrap();
+}
+
+fn snapshot_db(h: &Harness, name: &str) -> PathBuf {
+    let older = h.root().join(name);
+    h.db()
+        .execute("VACUUM INTO ?1", [older.to_string_lossy()])
+        .unwrap();
+    older
+}
+
+fn task_count(h: &Harness, task_id: &str) -> i64 {
+    h.db()
+        .query_row("SELECT count(*) FROM tasks WHERE id = ?1", [task_id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn an_ended_task_the_rollback_lost_is_rebuilt_from_its_spec_and_journal() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("a.txt", "A\n")]).with_usage(1000, 100),
+        Turn::text("First done.").with_usage(2000, 200),
+    ]));
+    h.ok(&["reconciler", "run", "--once"]);
+    let older = snapshot_db(&h, "older.db");
+
+    let t = create(&h, "Write a.txt");
+    let done = h.wait_task(&t.task_id, |t| {
+        t["status"] != "running" && t["status"] != "pending"
+    });
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let container = current_container(&h, &t.task_id);
+    let events = assert_gap_free(&h, &container);
+    let ledger = model_ledger(&h, &t.task_id);
+    assert!(close(ledger, opus_cost(1000, 100) + opus_cost(2000, 200)));
+
+    h.ok(&["coordinator", "stop"]);
+    put_back(&h, &older);
+    assert_eq!(
+        task_count(&h, &t.task_id),
+        0,
+        "the older database lacks the task"
+    );
+
+    h.ok(&["reconciler", "run", "--once"]);
+    let reports = coordinator_events(&h, "database_rolled_back");
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert_eq!(
+        reports[0].1["rebuilt_from_specs"],
+        serde_json::json!([container.clone()]),
+        "{reports:#?}"
+    );
+    // Its outcome, result, events and spend come back from its journal, once.
+    let task = h.wait_task(&t.task_id, |t| t["status"] != "running");
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "First done.", "{task:#}");
+    assert_eq!(task["prompt"], "Write a.txt", "{task:#}");
+    assert_eq!(assert_gap_free(&h, &container), events);
+    assert!(
+        close(model_ledger(&h, &t.task_id), ledger),
+        "ledger {} vs {ledger}",
+        model_ledger(&h, &t.task_id)
+    );
+    let orphans: i64 = h
+        .db()
+        .query_row("SELECT count(*) FROM orphans", [], |r| r.get(0))
+        .unwrap_or(0);
+    assert_eq!(orphans, 0);
+    // A second start finds the database in step: reported once.
+    h.ok(&["coordinator", "stop"]);
+    h.ok(&["reconciler", "run", "--once"]);
+    assert_eq!(coordinator_events(&h, "database_rolled_back").len(), 1);
+}
+
+#[test]
+fn a_resume_the_rollback_lost_decides_the_task_again_from_its_journal() {
+    let h = Harness::new(Script::new([
+        Turn::text("First done.").with_usage(1000, 100),
+        Turn::text("Second done.").with_usage(2000, 200),
+    ]));
+    let t = create(&h, "Say done");
+    let done = h.wait_task(&t.task_id, |t| {
+        t["status"] != "running" && t["status"] != "pending"
+    });
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let first = current_container(&h, &t.task_id);
+    // The database as it was before the resume.
+    let older = snapshot_db(&h, "older.db");
+
+    h.ok(&["resume", &t.session_id, "-m", "Once more"]);
+    let second = h.wait_for("the resume's container", || {
+        let c = current_container(&h, &t.task_id);
+        (c != first).then_some(c)
+    });
+    let done = h.wait_task(&t.task_id, |t| {
+        t["status"] != "running" && t["status"] != "pending"
+    });
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["result"], "Second done.", "{done:#}");
+    let both = opus_cost(1000, 100) + opus_cost(2000, 200);
+    assert!(close(model_ledger(&h, &t.task_id), both));
+
+    h.ok(&["coordinator", "stop"]);
+    put_back(&h, &older);
+    h.ok(&["reconciler", "run", "--once"]);
+    let reports = coordinator_events(&h, "database_rolled_back");
+    assert_eq!(
+        reports[0].1["rebuilt_from_specs"],
+        serde_json::json!([second.clone()]),
+        "{reports:#?}"
+    );
+    // The resume's container is the task's again, and its journal says how it ended.
+    let task = h.wait_task(&t.task_id, |t| t["status"] != "running");
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Second done.", "{task:#}");
+    assert_eq!(current_container(&h, &t.task_id), second);
+    assert!(
+        close(model_ledger(&h, &t.task_id), both),
+        "ledger {} vs {both}",
+        model_ledger(&h, &t.task_id)
+    );
+}

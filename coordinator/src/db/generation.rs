@@ -100,6 +100,8 @@ pub struct Rebuilt {
     pub containers: Vec<String>,
     /// The coordinator id was put back from the record.
     pub coordinator_id_restored: bool,
+    /// Containers (ended, or not in the record) re-created from their specs.
+    pub from_specs: Vec<String>,
 }
 
 pub(crate) fn db_generation(conn: &Connection) -> Result<u64> {
@@ -437,8 +439,10 @@ fn insert_missing(conn: &Connection, table: &str, row: &Map<String, Value>) -> R
 /// At the coordinator's start, before anything reads the coordinator id:
 /// compares the database with its record; a database behind it is reported
 /// (E514: log and a coordinator event) and what the record proves is
-/// re-created. Returns what was rebuilt, if anything.
-pub fn check_at_start(db: &Db) -> Result<Option<Rebuilt>> {
+/// re-created, then what the local containers' specs under `containers_dir`
+/// prove of ended work ([`Db::rebuild_from_specs`]). Returns what was
+/// rebuilt, if anything.
+pub fn check_at_start(db: &Db, containers_dir: Option<&Path>) -> Result<Option<Rebuilt>> {
     match db.check_generation() {
         GenerationCheck::NoRecord => {
             db.advance_generation();
@@ -462,12 +466,16 @@ pub fn check_at_start(db: &Db) -> Result<Option<Rebuilt>> {
             Ok(None)
         }
         GenerationCheck::Behind { database, record } => {
-            let rebuilt = db.rebuild_from_record(&record)?;
+            let mut rebuilt = db.rebuild_from_record(&record)?;
+            if let Some(dir) = containers_dir {
+                rebuilt.from_specs = db.rebuild_from_specs(dir)?;
+            }
             let message = format!(
-                "{}: the database is at generation {database} but had reached {} (its WAL was truncated or lost, or an older copy was restored); re-created {} live container(s) from the record beside it",
+                "{}: the database is at generation {database} but had reached {} (its WAL was truncated or lost, or an older copy was restored); re-created {} live container(s) from the record beside it and {} other container(s) from their specs, whose journals now settle them",
                 error_codes::DATABASE_ROLLED_BACK.code,
                 record.generation,
-                rebuilt.containers.len()
+                rebuilt.containers.len(),
+                rebuilt.from_specs.len()
             );
             tracing::error!(code = error_codes::DATABASE_ROLLED_BACK.code, containers = ?rebuilt.containers, "{message}");
             db.note(
@@ -477,6 +485,7 @@ pub fn check_at_start(db: &Db) -> Result<Option<Rebuilt>> {
                         "database_generation": database,
                         "record_generation": record.generation,
                         "recreated_containers": rebuilt.containers,
+                        "rebuilt_from_specs": rebuilt.from_specs,
                         "coordinator_id_restored": rebuilt.coordinator_id_restored,
                         "record_written_at_ms": record.written_at_ms,
                     }),
@@ -578,7 +587,7 @@ mod tests {
             }
             other => panic!("not detected: {other:?}"),
         }
-        let rebuilt = check_at_start(&db).unwrap().expect("rebuilt");
+        let rebuilt = check_at_start(&db, None).unwrap().expect("rebuilt");
         assert_eq!(rebuilt.containers, vec![target.container_id.clone()]);
         let task = db.get_task(&target.task_id).unwrap().unwrap();
         assert_eq!(task.status, TaskStatus::Running);
@@ -599,7 +608,7 @@ mod tests {
             db.check_generation(),
             GenerationCheck::InStep { .. }
         ));
-        assert_eq!(check_at_start(&db).unwrap(), None);
+        assert_eq!(check_at_start(&db, None).unwrap(), None);
     }
 
     /// A fresh file in the database's place (the database deleted): the
@@ -618,7 +627,7 @@ mod tests {
             let _ = std::fs::remove_file(file);
         }
         let db = Db::open(&path).unwrap();
-        let rebuilt = check_at_start(&db).unwrap().expect("rebuilt");
+        let rebuilt = check_at_start(&db, None).unwrap().expect("rebuilt");
         assert!(rebuilt.coordinator_id_restored);
         assert_eq!(db.coordinator_id().unwrap(), id);
         assert!(db.get_container(&target.container_id).unwrap().is_some());
@@ -636,7 +645,7 @@ mod tests {
             db.check_generation(),
             GenerationCheck::Unreadable { .. }
         ));
-        assert_eq!(check_at_start(&db).unwrap(), None);
+        assert_eq!(check_at_start(&db, None).unwrap(), None);
         assert!(matches!(
             db.check_generation(),
             GenerationCheck::InStep { .. }
@@ -663,7 +672,7 @@ mod tests {
         record.generation += 10;
         write_record_for_test(&path, &record);
         let db = Db::open(&path).unwrap();
-        let rebuilt = check_at_start(&db).unwrap().expect("rebuilt");
+        let rebuilt = check_at_start(&db, None).unwrap().expect("rebuilt");
         assert_eq!(rebuilt.containers, vec![target.container_id.clone()]);
         assert!(db.get_task(&target.task_id).unwrap().is_some());
     }
