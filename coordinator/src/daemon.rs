@@ -271,12 +271,29 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)
     }
 
+    async fn push_store(
+        &self,
+        request: Request<parhelia_proto::PushStoreRequest>,
+    ) -> Result<Response<parhelia_proto::PushStoreResponse>, Status> {
+        let r = request.into_inner();
+        CoordinatorService::push_store(
+            self,
+            &r.session_id,
+            std::path::Path::new(&r.store_dir),
+            &r.put,
+            &r.remove,
+        )
+        .await
+        .map(|()| Response::new(parhelia_proto::PushStoreResponse {}))
+        .map_err(to_status)
+    }
+
     async fn fetch_store(
         &self,
         request: Request<parhelia_proto::FetchStoreRequest>,
     ) -> Result<Response<parhelia_proto::FetchStoreResponse>, Status> {
         let r = request.into_inner();
-        CoordinatorService::fetch_store(self, &r.session_id)
+        CoordinatorService::fetch_store(self, &r.session_id, r.fresh)
             .await
             .map(|dir| {
                 Response::new(parhelia_proto::FetchStoreResponse {

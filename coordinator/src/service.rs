@@ -968,24 +968,55 @@ impl CoordinatorService {
 
     /// A local directory holding `session_id`'s checkpoint store as its
     /// volume has it now (`None`: it has none). Remote volumes are mirrored.
-    pub async fn fetch_store(&self, session_id: &str) -> Result<Option<PathBuf>> {
+    /// `fresh`: every durable file read again from the volume into a new copy
+    /// (what `checkpoint verify` and `repair` look at), not the mirror.
+    pub async fn fetch_store(&self, session_id: &str, fresh: bool) -> Result<Option<PathBuf>> {
         let session = self.inner.db.get_session(session_id)?.ok_or_else(|| {
             coded(
                 error_codes::SESSION_NOT_FOUND,
                 format!("session not found: {session_id}"),
             )
         })?;
-        let dir = self
-            .inner
-            .backend
-            .store_dir(&session.id, Path::new(&session.volume_dir))
-            .await?;
+        let volume_dir = Path::new(&session.volume_dir);
+        let dir = if fresh {
+            self.inner
+                .backend
+                .store_copy(&session.id, volume_dir)
+                .await?
+        } else {
+            self.inner
+                .backend
+                .store_dir(&session.id, volume_dir)
+                .await?
+        };
         if let Some(dir) = &dir
+            && !fresh
             && self.inner.backends.kind_of_session(&session.id) != plan::BackendKind::Local
         {
             self.mark_durable(&session.id, dir, None).await?;
         }
         Ok(dir)
+    }
+
+    /// Writes what a repair changed in a `fresh` [`Self::fetch_store`] copy
+    /// back to the session's volume.
+    pub async fn push_store(
+        &self,
+        session_id: &str,
+        copy: &Path,
+        put: &[String],
+        remove: &[String],
+    ) -> Result<()> {
+        let session = self.inner.db.get_session(session_id)?.ok_or_else(|| {
+            coded(
+                error_codes::SESSION_NOT_FOUND,
+                format!("session not found: {session_id}"),
+            )
+        })?;
+        self.inner
+            .backend
+            .write_back_store(&session.id, copy, put, remove)
+            .await
     }
 
     /// Verifies the checkpoints read back into `store_dir` (all, or only

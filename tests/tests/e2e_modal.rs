@@ -818,3 +818,70 @@ fn a_finished_sandboxs_compute_is_reconciled_with_modals_own_cost() {
         "{spend:#} vs {modal_cost}"
     );
 }
+
+/// Damage on the volume is seen although the local mirror holds an intact
+/// copy, and `checkpoint repair` writes the repair back to the volume itself
+/// (issue 12: repair from "the local mirror of a Modal store").
+#[test]
+fn damage_on_the_volume_is_verified_there_and_repaired_back_onto_it() {
+    let mut h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write(
+            "notes.txt",
+            "a line of notes\n".repeat(200),
+        )]),
+        Turn::text("Done."),
+    ]));
+    modal_ready(&mut h);
+    let created = create(&h, "Write notes", &["--backend", "modal"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let task = finished(&h, &task_id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    h.wait_for("durable checkpoints", || {
+        let list = h.json(&["checkpoint", "list", &session_id, "--json"]);
+        let all = list.as_array().cloned().unwrap_or_default();
+        (!all.is_empty() && all.iter().all(|c| c["durable"] == true)).then_some(())
+    });
+    let clean = h.ok(&["checkpoint", "verify", "--session", &session_id]);
+    assert!(clean.contains("every checkpoint verifies"), "{clean}");
+
+    // The volume's biggest layer, damaged where only the volume has it.
+    let layers = h
+        .modal_volume()
+        .join(format!("sessions/{session_id}/checkpoints/layers"));
+    let layer = std::fs::read_dir(&layers)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a layer on the volume");
+    let intact = std::fs::read(&layer).unwrap();
+    let mut damaged = intact.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 0x20;
+    std::fs::write(&layer, &damaged).unwrap();
+
+    let out = h.run(&["checkpoint", "verify", "--session", &session_id]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the volume's damage went unseen");
+    assert!(stderr.contains("E620"), "{stderr}");
+
+    let repaired = h.ok(&["checkpoint", "repair", "--session", &session_id]);
+    assert_eq!(
+        std::fs::read(&layer).unwrap(),
+        intact,
+        "the volume still holds the damaged layer:\n{repaired}"
+    );
+    let verified = h.ok(&["checkpoint", "verify", "--session", &session_id]);
+    assert!(verified.contains("every checkpoint verifies"), "{verified}");
+    // Verify and repair leave no copy of the store behind.
+    let scratch = h.state().join("modal/tmp");
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("store-"))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

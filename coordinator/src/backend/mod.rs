@@ -188,6 +188,33 @@ pub trait Backend: Send + Sync {
         Ok(root.join("store.json").is_file().then_some(root))
     }
 
+    /// A local directory holding *every* durable file of the session's store
+    /// as the volume holds it now, read again in full (never a mirror that
+    /// may hold an intact copy of what the volume has damaged), for `checkpoint
+    /// verify` and `repair`; `None` when the session has no store. A local
+    /// volume's copy is the store itself.
+    async fn store_copy(
+        &self,
+        session_id: &str,
+        volume_dir: &std::path::Path,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        self.store_dir(session_id, volume_dir).await
+    }
+
+    /// Writes what a repair changed in a [`Self::store_copy`] back to the
+    /// volume: the files in `put` (relative to the store root) replace the
+    /// volume's, those in `remove` (moved aside by the repair) leave it. A
+    /// local copy is the store: nothing to write back.
+    async fn write_back_store(
+        &self,
+        _session_id: &str,
+        _copy: &std::path::Path,
+        _put: &[String],
+        _remove: &[String],
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Copies the durable files of the store at `from` into the session's
     /// store on this backend's volume (what it lacks): how a session
     /// checkpointed on one backend resumes on another.

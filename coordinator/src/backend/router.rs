@@ -212,6 +212,24 @@ impl Backend for Backends {
             .await
     }
 
+    async fn store_copy(&self, session_id: &str, volume_dir: &Path) -> Result<Option<PathBuf>> {
+        self.get(self.kind_of_session(session_id))?
+            .store_copy(session_id, volume_dir)
+            .await
+    }
+
+    async fn write_back_store(
+        &self,
+        session_id: &str,
+        copy: &Path,
+        put: &[String],
+        remove: &[String],
+    ) -> Result<()> {
+        self.get(self.kind_of_session(session_id))?
+            .write_back_store(session_id, copy, put, remove)
+            .await
+    }
+
     async fn import_store(&self, session_id: &str, volume_dir: &Path, from: &Path) -> Result<()> {
         self.get(self.kind_of_session(session_id))?
             .import_store(session_id, volume_dir, from)

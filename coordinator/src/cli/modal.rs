@@ -157,7 +157,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> Result<i32> {
 }
 
 /// Whether a session lives on a remote volume (its task's backend).
-fn is_remote(opened: &Opened, session: &SessionRecord) -> bool {
+pub fn is_remote(opened: &Opened, session: &SessionRecord) -> bool {
     opened
         .db
         .get_task(&session.task_id)
@@ -174,6 +174,63 @@ pub async fn session_store(
     opened: &Opened,
     session: &SessionRecord,
 ) -> Result<Option<parhelia_checkpoint::Store>> {
+    store_of(ctx, opened, session, false).await
+}
+
+/// The session's store for `checkpoint verify` and `repair`: for one on a
+/// remote volume, a new copy of every durable file as the volume holds it now
+/// (the mirror may hold intact copies of what the volume has damaged). The
+/// caller removes the copy ([`remove_store_copy`]) and writes a repair back
+/// ([`push_store`]).
+pub async fn session_store_copy(
+    ctx: &Ctx,
+    opened: &Opened,
+    session: &SessionRecord,
+) -> Result<Option<parhelia_checkpoint::Store>> {
+    store_of(ctx, opened, session, true).await
+}
+
+/// Removes a copy [`session_store_copy`] made of a remote store.
+pub fn remove_store_copy(opened: &Opened, session: &SessionRecord, store: &Path) {
+    if is_remote(opened, session)
+        && store.file_name().is_some_and(|n| n == "checkpoints")
+        && let Some(copy) = store.parent()
+        && copy
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("store-"))
+    {
+        let _ = std::fs::remove_dir_all(copy);
+    }
+}
+
+/// Writes what a repair changed in a remote store's copy back to its volume.
+pub async fn push_store(
+    ctx: &Ctx,
+    opened: &Opened,
+    session: &SessionRecord,
+    copy: &Path,
+    put: Vec<String>,
+    remove: Vec<String>,
+) -> Result<()> {
+    let mut client = ctx.client(&opened.state).await?;
+    client
+        .push_store(parhelia_proto::PushStoreRequest {
+            session_id: session.id.clone(),
+            store_dir: copy.to_string_lossy().into_owned(),
+            put,
+            remove,
+        })
+        .await
+        .map_err(coordinator_error)?;
+    Ok(())
+}
+
+async fn store_of(
+    ctx: &Ctx,
+    opened: &Opened,
+    session: &SessionRecord,
+    fresh: bool,
+) -> Result<Option<parhelia_checkpoint::Store>> {
     let limits = opened.config.config.agent.checkpoint.read_limits();
     if !is_remote(opened, session) {
         return Ok(checkpoints::open_store(
@@ -185,6 +242,7 @@ pub async fn session_store(
     let reply = client
         .fetch_store(FetchStoreRequest {
             session_id: session.id.clone(),
+            fresh,
         })
         .await
         .map_err(coordinator_error)?

@@ -1,6 +1,7 @@
 //! `parhelia checkpoint verify` and `parhelia checkpoint repair`: whole stores,
-//! read directly (a Modal session's store through its local mirror, read back by
-//! the coordinator first). The work is the engine's; `crate::store_health` finds
+//! read directly (a Modal session's store as a new copy of every file its volume
+//! holds, read back by the coordinator first; a repair is written back to the
+//! volume). The work is the engine's; `crate::store_health` finds
 //! the stores and the repair sources and renders the reports.
 
 use anyhow::Result;
@@ -68,31 +69,27 @@ pub async fn verify(ctx: &Ctx, opened: &Opened, args: VerifyArgs) -> Result<i32>
     };
     let mut reports = Vec::new();
     let mut only = None;
-    if let Some(id) = &args.checkpoint_id {
-        let (s, store, id) = super::checkpoint::find(ctx, opened, id).await?;
+    let targets = if let Some(id) = &args.checkpoint_id {
+        let (s, _, id) = super::checkpoint::find(ctx, opened, id).await?;
+        only = Some(id);
+        vec![s]
+    } else {
+        sessions(opened, args.session.as_deref(), args.all)?
+    };
+    for s in targets {
+        // A remote store is read again in full: the volume's bytes, not the mirror's.
+        let Some(store) = super::modal::session_store_copy(ctx, opened, &s).await? else {
+            continue;
+        };
         let health = store
             .check(depth)
-            .map_err(|e| crate::checkpoints::coded(&e))?;
+            .map_err(|e| crate::checkpoints::coded(&e));
+        super::modal::remove_store_copy(opened, &s, store.root());
         reports.push(SessionHealth {
             session_id: s.id,
             store: store.root().to_path_buf(),
-            health,
+            health: health?,
         });
-        only = Some(id);
-    } else {
-        for s in sessions(opened, args.session.as_deref(), args.all)? {
-            let Some(store) = super::modal::session_store(ctx, opened, &s).await? else {
-                continue;
-            };
-            let health = store
-                .check(depth)
-                .map_err(|e| crate::checkpoints::coded(&e))?;
-            reports.push(SessionHealth {
-                session_id: s.id,
-                store: store.root().to_path_buf(),
-                health,
-            });
-        }
     }
     if args.json {
         print_json(&reports)?;
@@ -140,17 +137,33 @@ pub async fn verify(ctx: &Ctx, opened: &Opened, args: VerifyArgs) -> Result<i32>
 pub async fn repair(ctx: &Ctx, opened: &Opened, args: RepairArgs) -> Result<i32> {
     let mut repairs = Vec::new();
     for s in sessions(opened, args.session.as_deref(), args.all)? {
-        let Some(store) = super::modal::session_store(ctx, opened, &s).await? else {
+        // A remote store is repaired in a new copy of the volume's bytes (its
+        // mirror is one of the sources), and what changed is written back.
+        let Some(store) = super::modal::session_store_copy(ctx, opened, &s).await? else {
             continue;
         };
-        let sources =
-            store_health::repair_sources(&opened.db, opened.state.root(), &s, store.root())?;
-        let report = store
-            .repair(&RepairOptions {
-                sources,
-                dry_run: args.dry_run,
-            })
-            .map_err(|e| crate::checkpoints::coded(&e))?;
+        let remote = super::modal::is_remote(opened, &s);
+        let before = store_files(store.root());
+        let result = async {
+            let sources =
+                store_health::repair_sources(&opened.db, opened.state.root(), &s, store.root())?;
+            let report = store
+                .repair(&RepairOptions {
+                    sources,
+                    dry_run: args.dry_run,
+                })
+                .map_err(|e| crate::checkpoints::coded(&e))?;
+            if remote && !args.dry_run {
+                let (put, remove) = changed_files(&before, &store_files(store.root()));
+                if !put.is_empty() || !remove.is_empty() {
+                    super::modal::push_store(ctx, opened, &s, store.root(), put, remove).await?;
+                }
+            }
+            anyhow::Ok(report)
+        }
+        .await;
+        super::modal::remove_store_copy(opened, &s, store.root());
+        let report = result?;
         repairs.push(SessionRepair {
             session_id: s.id,
             store: store.root().to_path_buf(),
@@ -181,4 +194,84 @@ pub async fn repair(ctx: &Ctx, opened: &Opened, args: RepairArgs) -> Result<i32>
         ));
     }
     Ok(0)
+}
+
+/// A store's durable files, each with what changes when it is rewritten
+/// (length, inode, modification time).
+type FileStamps = std::collections::BTreeMap<String, (u64, u64, i64, i64)>;
+
+fn store_files(root: &std::path::Path) -> FileStamps {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = FileStamps::new();
+    let mut note = |rel: String| {
+        if crate::checkpoints::is_durable_store_file(&rel)
+            && let Ok(meta) = std::fs::symlink_metadata(root.join(&rel))
+            && meta.is_file()
+        {
+            out.insert(
+                rel,
+                (meta.len(), meta.ino(), meta.mtime(), meta.mtime_nsec()),
+            );
+        }
+    };
+    note("store.json".into());
+    for dir in ["layers", "manifests"] {
+        for entry in std::fs::read_dir(root.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            note(format!("{dir}/{}", entry.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+/// What a repair wrote (new or rewritten files) and what it moved aside.
+fn changed_files(before: &FileStamps, after: &FileStamps) -> (Vec<String>, Vec<String>) {
+    let put = after
+        .iter()
+        .filter(|(rel, stamp)| before.get(*rel) != Some(stamp))
+        .map(|(rel, _)| rel.clone())
+        .collect();
+    let remove = before
+        .keys()
+        .filter(|rel| !after.contains_key(*rel))
+        .cloned()
+        .collect();
+    (put, remove)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewritten_new_or_moved_file_is_named_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for dir in ["layers", "manifests", "tmp"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for rel in [
+            "store.json",
+            "layers/a",
+            "layers/b",
+            "manifests/m1",
+            "tmp/x",
+        ] {
+            std::fs::write(root.join(rel), rel).unwrap();
+        }
+        let before = store_files(root);
+        assert!(!before.contains_key("tmp/x"));
+        // Rewritten the way the engine does (a new file renamed over), one new,
+        // one moved aside, one untouched.
+        std::fs::write(root.join("layers/.a.tmp"), "layers/a").unwrap();
+        std::fs::rename(root.join("layers/.a.tmp"), root.join("layers/a")).unwrap();
+        std::fs::write(root.join("layers/c"), "c").unwrap();
+        std::fs::rename(root.join("layers/b"), root.join("tmp/b")).unwrap();
+        let (put, remove) = changed_files(&before, &store_files(root));
+        assert_eq!(put, ["layers/a", "layers/c"]);
+        assert_eq!(remove, ["layers/b"]);
+    }
 }

@@ -337,6 +337,93 @@ impl ModalBackend {
         Ok(Some(mirror))
     }
 
+    /// Downloads every durable file of the session's store on the volume into
+    /// a new directory under the scratch area (`modal/tmp/store-<sid>-<rand>/`):
+    /// the volume's bytes as they are, for verifying and repairing them.
+    /// Copies older than a day are removed first. `None`: no store.
+    pub async fn copy_store(&self, session_id: &str) -> Result<Option<PathBuf>> {
+        let prefix = self.store_prefix(session_id);
+        let remote: BTreeMap<String, u64> = self
+            .list_volume(&prefix)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| crate::checkpoints::is_durable_store_file(p))
+            .collect();
+        if !remote.contains_key("store.json") {
+            return Ok(None);
+        }
+        let scratch = self.scratch_dir()?;
+        remove_stale_copies(&scratch);
+        let copy = scratch
+            .join(format!("store-{session_id}-{}", crate::ids::random_hex(4)))
+            .join("checkpoints");
+        for dir in ["layers", "manifests"] {
+            std::fs::create_dir_all(copy.join(dir))?;
+        }
+        for rel in remote.keys() {
+            self.get_file(&format!("{prefix}/{rel}"), &copy.join(rel))
+                .await?;
+        }
+        Ok(Some(copy))
+    }
+
+    /// Uploads the files a repair replaced or wrote in a [`Self::copy_store`]
+    /// copy (layers first, manifests last) and removes from the volume the
+    /// files it moved aside; the mirror follows. Only a copy this backend made,
+    /// and only a store's durable file names, are accepted.
+    pub async fn write_back(
+        &self,
+        session_id: &str,
+        copy: &Path,
+        put: &[String],
+        remove: &[String],
+    ) -> Result<()> {
+        let scratch = self.scratch_dir()?;
+        let made_here = copy
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("store-{session_id}-")))
+            && copy.file_name().is_some_and(|n| n == "checkpoints")
+            && copy.parent().and_then(Path::parent) == Some(scratch.as_path());
+        if !made_here {
+            anyhow::bail!(
+                "{} is not a copy of session {session_id}'s store this coordinator made",
+                copy.display()
+            );
+        }
+        if let Some(bad) = put
+            .iter()
+            .chain(remove)
+            .find(|rel| !crate::checkpoints::is_durable_store_file(rel))
+        {
+            anyhow::bail!("{bad:?} is not a checkpoint store file");
+        }
+        let prefix = self.store_prefix(session_id);
+        let mut data = Vec::new();
+        let mut manifests = Vec::new();
+        for rel in put {
+            let item = (copy.join(rel), format!("{prefix}/{rel}"));
+            if rel.starts_with("manifests/") {
+                manifests.push(item);
+            } else {
+                data.push(item);
+            }
+        }
+        self.put_files(&data).await?;
+        self.put_files(&manifests).await?;
+        for rel in remove {
+            self.remove_file(&format!("{prefix}/{rel}")).await?;
+        }
+        // The mirror takes the volume's new bytes (and forgets the removed).
+        let mirror = self.mirror_dir(session_id);
+        for rel in put.iter().chain(remove) {
+            let _ = std::fs::remove_file(mirror.join(rel));
+        }
+        self.pull_store(session_id).await?;
+        Ok(())
+    }
+
     /// Uploads the write-once files of a local store that the session's
     /// store on the volume lacks (layers first, manifests last, so a
     /// manifest never names a layer that is not there yet).
@@ -822,6 +909,40 @@ impl Backend for ModalBackend {
 
     async fn import_store(&self, session_id: &str, _volume_dir: &Path, from: &Path) -> Result<()> {
         self.push_store(session_id, from).await
+    }
+
+    async fn store_copy(&self, session_id: &str, _volume_dir: &Path) -> Result<Option<PathBuf>> {
+        self.copy_store(session_id).await
+    }
+
+    async fn write_back_store(
+        &self,
+        session_id: &str,
+        copy: &Path,
+        put: &[String],
+        remove: &[String],
+    ) -> Result<()> {
+        self.write_back(session_id, copy, put, remove).await
+    }
+}
+
+/// Removes store copies in the scratch area older than a day (a verify or
+/// repair that was killed before it cleaned up).
+fn remove_stale_copies(scratch: &Path) {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return;
+    };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if stale && entry.file_name().to_string_lossy().starts_with("store-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
