@@ -255,6 +255,68 @@ fn an_interactive_session_is_stopped_at_its_ceiling_within_one_response() {
     assert_eq!(stop_checkpoints, 1);
 }
 
+/// Issue 13: the same bound for a headless task's model spend. Two fences can stop it:
+/// the coordinator's watchdog (per metered response) and Claude Code's own
+/// `--max-budget-usd` (checked after each response). Whichever stops it first, the
+/// overshoot is at most one response; the fourth request is held, so a run neither
+/// fence stopped would never end. The figures printed say which fence it was.
+#[test]
+fn a_headless_task_is_stopped_at_its_ceiling_within_one_response() {
+    let response = Usage::new(250, 50);
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash("echo 1 > a.txt")]).with_full_usage(response),
+        Turn::tool_use([ToolCall::bash("echo 2 > b.txt")]).with_full_usage(response),
+        Turn::tool_use([ToolCall::bash("echo 3 > c.txt")]).with_full_usage(response),
+        Turn::hold("never sent").with_full_usage(response),
+    ]));
+    let ceiling = 0.005;
+    let created = h.json(&[
+        "task",
+        "create",
+        "Write three files",
+        "--max-cost",
+        "0.005",
+        "--json",
+    ]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] != "running" && t["status"] != "pending"
+    });
+    // One recorded outcome for a budget stop, whichever fence stopped it.
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error_code"], "E300", "{task:#}");
+
+    let one_response = observed_price("claude-opus-5-5")
+        .unwrap()
+        .cost_usd(&response);
+    let (final_usd, input, output, _, _) = model_ledger(&h, &task_id);
+    let watchdog: Option<f64> = {
+        let db = h.db();
+        db.query_row(
+            "SELECT details FROM coordinator_events WHERE type = 'budget_exceeded' ORDER BY id LIMIT 1",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+        .and_then(|d| d["spent_usd"].as_f64())
+    };
+    let served = h.stand_in.turns_consumed();
+    let overshoot = final_usd - ceiling;
+    println!(
+        "headless --max-cost: ceiling ${ceiling:.6}, spend at stop ${final_usd:.6} ({input}/{output} tokens, {served} responses served), overshoot ${overshoot:.6}, one response ${one_response:.6}, stopped by {}",
+        match watchdog {
+            Some(at) => format!("the watchdog (it saw ${at:.6})"),
+            None => "Claude Code's own --max-budget-usd".to_string(),
+        }
+    );
+    assert!(final_usd >= ceiling, "stopped below the ceiling: {task:#}");
+    assert!(
+        overshoot <= one_response + 1e-9,
+        "overshoot {overshoot} is more than one response ({one_response})"
+    );
+}
+
 /// Files under `dir` (depth-first, no links followed) whose text contains `needle`.
 fn any_file_contains(dir: &std::path::Path, needle: &str) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
