@@ -428,7 +428,7 @@ pub fn observations_in(chunks: &[&[u8]], subagent: bool) -> Vec<Observation> {
 }
 
 /// Opens a file the session can write: never through a symbolic link, only a regular file.
-fn open_regular(path: &Path) -> Option<std::fs::File> {
+pub(crate) fn open_regular(path: &Path) -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -509,6 +509,9 @@ pub struct Unjournaled {
     pub cache_read_input_tokens: u64,
     /// Responses whose model the price table does not know (tokens counted, $0).
     pub unpriced: u64,
+    /// The main transcript ends with a request that has no reply
+    /// ([`crate::transcript::request_in_flight`]): its spend, if any, is unknown.
+    pub request_in_flight: bool,
 }
 
 /// Meters the transcripts under `project_dir` for `claude_session_id` against what the
@@ -535,7 +538,12 @@ pub fn unjournaled(
         meter.remember(id, whole, 0.0);
     }
     let mut reader = TranscriptReader::new(project_dir, claude_session_id);
-    let mut out = Unjournaled::default();
+    let mut out = Unjournaled {
+        request_in_flight: crate::transcript::request_in_flight(
+            &project_dir.join(format!("{claude_session_id}.jsonl")),
+        ),
+        ..Unjournaled::default()
+    };
     // A bounded number of polls: each reads what is there (the files are no longer
     // written: their writer is gone).
     for _ in 0..4096 {
@@ -644,9 +652,19 @@ mod tests {
         let rest = unjournaled(&project, "s1", &journals, opus(), &["m2".to_string()]);
         assert_eq!(rest.message_ids, ["m3"]);
         assert_eq!((rest.input_tokens, rest.output_tokens), (500, 50));
+        // Its last message is a reply: nothing was in flight.
+        assert!(!found.request_in_flight);
         // Nothing left once everything is journaled.
         let none = unjournaled(&dir.path().join("missing"), "s1", &journals, opus(), &[]);
         assert_eq!(none, Unjournaled::default());
+        // A tool result after the last reply: a request was in flight when it died.
+        let mut text = std::fs::read_to_string(project.join("s1.jsonl")).unwrap();
+        text.push_str(
+            "{\"type\":\"user\",\"message\":{\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t\",\"content\":\"ok\"}]}}\n",
+        );
+        std::fs::write(project.join("s1.jsonl"), text).unwrap();
+        let cut = unjournaled(&project, "s1", &journals, opus(), &[]);
+        assert!(cut.request_in_flight, "{cut:?}");
     }
 
     fn feed(meter: &mut Meter, text: &str, subagent: bool) -> Vec<Charge> {

@@ -282,6 +282,8 @@ pub struct Supervisor {
     prompt_ready: watch::Sender<bool>,
     /// Interactive mode: the transcript's last cost-state total before this process.
     baseline_reported_total_usd: f64,
+    /// Claude Code's transcript for this session (set when it is launched).
+    transcript: Option<PathBuf>,
     /// The latest assistant text, for an interactive turn's result.
     last_assistant_text: String,
     /// Subagents started (their Task call's tool_use id → subagent type) whose finish
@@ -472,6 +474,7 @@ impl Supervisor {
             finishing: None,
             prompt_ready: watch::channel(false).0,
             baseline_reported_total_usd: 0.0,
+            transcript: None,
             last_assistant_text: String::new(),
             open_subagents: std::collections::HashMap::new(),
             meter,
@@ -870,6 +873,11 @@ impl Supervisor {
     async fn start_claude(&mut self) -> Result<(), StartError> {
         let spec = self.context.spec.clone();
         let layout = self.context.layout.clone();
+        // Read when Claude Code exits: was a model request in flight?
+        self.transcript = Some(
+            crate::conversation::project_dir(&spec.claude_config_dir, &spec.workspace_dir)
+                .join(format!("{}.jsonl", spec.claude_session_id)),
+        );
         let io = |action: &'static str, path: &std::path::Path| {
             let path = path.to_path_buf();
             move |source| StartError::Io {
@@ -1003,6 +1011,7 @@ impl Supervisor {
                 .join(format!("{}.jsonl", spec.claude_session_id));
         let start_offset = std::fs::metadata(&transcript).map(|m| m.len()).unwrap_or(0);
         self.baseline_reported_total_usd = crate::transcript::last_reported_total_usd(&transcript);
+        self.transcript = Some(transcript.clone());
 
         let (input, texts) = mpsc::unbounded_channel();
         let has_prompt = !spec.prompt.trim().is_empty();
@@ -1607,6 +1616,12 @@ impl Supervisor {
             exit_code,
             // The last turn's result, not any earlier one.
             had_result: self.last_result.is_some() && !unanswered.turn_in_flight,
+            // A request Claude Code sent and never wrote a reply for: its spend,
+            // if the API answered, is unknown here (the view says so).
+            request_in_flight: self
+                .transcript
+                .as_deref()
+                .is_some_and(crate::transcript::request_in_flight),
         }))
         .await?;
         let mut verdict = verdict(

@@ -71,6 +71,54 @@ pub fn last_reported_total_in(text: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How much of a transcript's end [`request_in_flight`] reads.
+const IN_FLIGHT_TAIL_BYTES: u64 = 4 << 20;
+
+/// Whether Claude Code's last main-thread message in its transcript is the user's (a
+/// prompt or a tool result) with no model reply after it: the request it sent for that
+/// message may have been in flight when it died, and what the API billed for it, if it
+/// answered, is in no record (`ClaudeExited.request_in_flight`). Reads at most the last
+/// [`IN_FLIGHT_TAIL_BYTES`], never through a link; false when it cannot tell.
+pub fn request_in_flight(transcript: &std::path::Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some(mut file) = crate::spend::open_regular(transcript) else {
+        return false;
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(IN_FLIGHT_TAIL_BYTES);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return false;
+    }
+    let mut bytes = Vec::new();
+    if file
+        .take(IN_FLIGHT_TAIL_BYTES)
+        .read_to_end(&mut bytes)
+        .is_err()
+    {
+        return false;
+    }
+    request_in_flight_in(&String::from_utf8_lossy(&bytes))
+}
+
+/// [`request_in_flight`] of a transcript's text (a first partial line is skipped as
+/// unparsable).
+pub fn request_in_flight_in(text: &str) -> bool {
+    for line in text.lines().rev() {
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if value["isSidechain"].as_bool() == Some(true) || value["isMeta"].as_bool() == Some(true) {
+            continue;
+        }
+        match value["type"].as_str() {
+            Some("assistant") => return false,
+            Some("user") => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +176,40 @@ mod tests {
         check(r#"{"type":"api-request","params":{}}"#, "");
         check(r#"{"type":"system","subtype":"stop_hook_summary"}"#, "");
         assert!(parse_line("not json").is_err());
+    }
+
+    #[test]
+    fn a_request_is_in_flight_after_a_user_message_without_a_reply() {
+        let user = r#"{"type":"user","message":{"role":"user","content":"Go"}}"#;
+        let result = r#"{"type":"user","message":{"content":[{"tool_use_id":"t1","type":"tool_result","content":"ok"}]}}"#;
+        let reply =
+            r#"{"type":"assistant","message":{"id":"m1","content":[{"type":"text","text":"hi"}]}}"#;
+        let side = r#"{"type":"assistant","isSidechain":true,"message":{"id":"m2","content":[]}}"#;
+        let meta = r#"{"type":"user","isMeta":true,"message":{"content":"caveat"}}"#;
+        let system = r#"{"type":"system","subtype":"turn_duration","durationMs":5}"#;
+        let lines = |ls: &[&str]| ls.join("\n") + "\n";
+        assert!(request_in_flight_in(&lines(&[user])));
+        assert!(request_in_flight_in(&lines(&[user, reply, result])));
+        assert!(request_in_flight_in(&lines(&[user, reply, result, side])));
+        assert!(!request_in_flight_in(&lines(&[user, reply])));
+        assert!(!request_in_flight_in(&lines(&[user, reply, system, meta])));
+        assert!(!request_in_flight_in(""));
+        assert!(!request_in_flight_in("{torn"));
+    }
+
+    #[test]
+    fn an_unreadable_or_linked_transcript_says_nothing_is_in_flight() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real.jsonl");
+        std::fs::write(
+            &real,
+            "{\"type\":\"user\",\"message\":{\"content\":\"Go\"}}\n",
+        )
+        .unwrap();
+        assert!(request_in_flight(&real));
+        let link = tmp.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(!request_in_flight(&link));
+        assert!(!request_in_flight(&tmp.path().join("absent.jsonl")));
     }
 }

@@ -1681,6 +1681,13 @@ fn apply_event_effects(
             )?;
             Ok(None)
         }
+        Some(Kind::ClaudeExited(exited)) if exited.request_in_flight => {
+            // Claude Code died with a model request unanswered in its transcript:
+            // if the API answered it, that spend is in no record. A $0 row says
+            // so, counted by every view as spend unknown (`Spend`).
+            ledger::note_unknown_request_in(tx, target, event.ts_ms)?;
+            Ok(None)
+        }
         Some(Kind::StatusChanged(change)) => {
             tx.execute(
                 "UPDATE sessions SET status = ?2 WHERE id = ?1 AND status != 'finished'",
@@ -2147,6 +2154,38 @@ mod tests {
             .unwrap();
         assert!((usd - 0.5).abs() < 1e-12, "{usd}");
         assert_eq!(input, 2000, "m1's tokens once, m2's once");
+    }
+
+    /// Issue 13: Claude Code dying with a request in flight is spend unknown,
+    /// counted once per container however often the journal is replayed, and
+    /// never a dollar figure.
+    #[test]
+    fn a_request_in_flight_at_claude_codes_death_is_spend_unknown_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 4);
+        db.transition_task(&target.task_id, TaskStatus::Running, &TaskUpdate::default())
+            .unwrap();
+        let exited = |seq: u64, in_flight: bool| Event {
+            seq,
+            ts_ms: seq as i64,
+            kind: Some(Kind::ClaudeExited(parhelia_proto::ClaudeExited {
+                exit_code: 137,
+                had_result: false,
+                request_in_flight: in_flight,
+            })),
+        };
+        db.record_event(&target, &exited(1, false)).unwrap();
+        let spend = db.spend(SpendScope::Task(&target.task_id)).unwrap();
+        assert_eq!(spend.unknown_model_requests, 0);
+        db.record_event(&target, &exited(2, true)).unwrap();
+        db.record_event(&target, &exited(2, true)).unwrap(); // replayed
+        db.record_event(&target, &exited(3, true)).unwrap(); // a second report
+        let spend = db.spend(SpendScope::Task(&target.task_id)).unwrap();
+        assert_eq!(spend.unknown_model_requests, 1);
+        assert_eq!(spend.cost_usd, 0.0);
+        let view = crate::views::cost_breakdown(&spend);
+        assert!(view.contains("plus unknown"), "{view}");
     }
 
     /// Issue 13: each `ModelSpend` charges the growth of the session total and its

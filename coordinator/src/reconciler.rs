@@ -734,6 +734,9 @@ struct LeftOverSpend {
     output_tokens: u64,
     cache_creation_input_tokens: u64,
     cache_read_input_tokens: u64,
+    /// Claude Code's transcript ends with a request that has no reply.
+    #[serde(default)]
+    request_in_flight: bool,
 }
 
 /// Meters a dead agent's session transcripts for responses no journal charged (the
@@ -846,6 +849,15 @@ async fn charge_unjournaled_spend(
         String::from_utf8_lossy(&output.stderr).trim()
     );
     let found: LeftOverSpend = serde_json::from_slice(&output.stdout)?;
+    if found.request_in_flight {
+        // Nobody journaled Claude Code's end: its transcript says a request had no
+        // reply. Spend unknown, said once per container.
+        inner.db.note_unknown_request(&ContainerRef {
+            container_id: container_id.to_string(),
+            session_id: session_id.to_string(),
+            task_id: task_id.to_string(),
+        })?;
+    }
     let tokens = found.input_tokens
         + found.output_tokens
         + found.cache_creation_input_tokens

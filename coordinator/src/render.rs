@@ -177,12 +177,17 @@ pub fn render_event(event: &Event) -> Option<String> {
         Kind::ClaudeExited(e) => (
             "exit",
             format!(
-                "Claude Code exited with status {}{}",
+                "Claude Code exited with status {}{}{}",
                 e.exit_code,
                 if e.had_result {
                     ""
                 } else {
                     ", without a result"
+                },
+                if e.request_in_flight {
+                    "; a model request was in flight: its spend is unknown"
+                } else {
+                    ""
                 }
             ),
         ),
@@ -656,8 +661,19 @@ mod tests {
             Kind::ClaudeExited(ClaudeExited {
                 exit_code: 143,
                 had_result: false,
+                request_in_flight: false,
             }),
             Some("exit     Claude Code exited with status 143, without a result"),
+        );
+        check(
+            Kind::ClaudeExited(ClaudeExited {
+                exit_code: 137,
+                had_result: false,
+                request_in_flight: true,
+            }),
+            Some(
+                "exit     Claude Code exited with status 137, without a result; a model request was in flight: its spend is unknown",
+            ),
         );
         check(
             Kind::AgentError(AgentError {

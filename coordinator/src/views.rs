@@ -540,6 +540,15 @@ pub fn cost_breakdown(spend: &Spend) -> String {
             tokens[0], tokens[1], tokens[2], tokens[3]
         ));
     }
+    match spend.unknown_model_requests {
+        0 => {}
+        1 => out.push_str(
+            " · plus unknown: Claude Code died with 1 model request in flight (billed by the API if it answered)",
+        ),
+        n => out.push_str(&format!(
+            " · plus unknown: Claude Code died with a model request in flight {n} times (billed by the API if it answered)"
+        )),
+    }
     out
 }
 
@@ -888,6 +897,7 @@ mod tests {
             "output_tokens",
             "cache_creation_input_tokens",
             "cache_read_input_tokens",
+            "unknown_model_requests",
             "created_at",
             "finished_at",
             "result",

@@ -391,6 +391,8 @@ fn an_ended_task_the_rollback_lost_is_rebuilt_from_its_spec_and_journal() {
     assert_eq!(task["status"], "completed", "{task:#}");
     assert_eq!(task["result"], "First done.", "{task:#}");
     assert_eq!(task["prompt"], "Write a.txt", "{task:#}");
+    // Every request was answered: no spend is unknown.
+    assert_eq!(task["unknown_model_requests"], 0, "{task:#}");
     assert_eq!(assert_gap_free(&h, &container), events);
     assert!(
         close(model_ledger(&h, &t.task_id), ledger),

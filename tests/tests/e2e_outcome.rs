@@ -117,6 +117,19 @@ fn a_killed_second_turn_is_interrupted(kill: Kill) {
         exited[0]["kind"]["claude_exited"]["had_result"], false,
         "{exited:#?}"
     );
+    // Turn 2's request was at the model (held) when Claude Code died: what it
+    // cost, if the API answered, is unknown, and every view says so (issue 13).
+    assert_eq!(
+        exited[0]["kind"]["claude_exited"]["request_in_flight"], true,
+        "{exited:#?}"
+    );
+    let task = h.json(&["task", "show", &task_id, "--json"]);
+    assert_eq!(task["unknown_model_requests"], 1, "{task:#}");
+    let shown = h.ok(&["task", "show", &task_id]);
+    assert!(
+        shown.contains("plus unknown: Claude Code died with 1 model request in flight"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -481,4 +481,7 @@ fn charged_after_the_agent_died(session_dies_too: bool) {
     h.ok(&["reconciler", "run", "--once"]);
     assert_eq!(model_ledger(&h, &task_id).1, input);
     assert_eq!(charged_by(&h).iter().map(|(_, n)| n).sum::<u64>(), 1);
+    // Claude Code wrote the answer before it ended: no spend is unknown.
+    let task = h.json(&["task", "show", &task_id, "--json"]);
+    assert_eq!(task["unknown_model_requests"], 0, "{task:#}");
 }

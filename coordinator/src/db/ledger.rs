@@ -48,6 +48,9 @@ pub struct Spend {
     pub output_tokens: u64,
     pub cache_creation_input_tokens: u64,
     pub cache_read_input_tokens: u64,
+    /// Model requests Claude Code had sent and never wrote a reply for when it
+    /// died: their spend, if the API answered, is in no figure above.
+    pub unknown_model_requests: u64,
 }
 
 impl Spend {
@@ -100,7 +103,10 @@ pub fn spend_in(conn: &rusqlite::Connection, scope: SpendScope<'_>) -> rusqlite:
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT kind, amount_usd, input_tokens, output_tokens, cache_creation_input_tokens,
-                cache_read_input_tokens
+                cache_read_input_tokens,
+                CASE WHEN kind = 'model' AND instr(details, 'unknown_request') > 0
+                          AND json_valid(details)
+                     THEN json_extract(details, '$.unknown_request') = 1 END
          FROM ledger WHERE {filter} ORDER BY id"
     ))?;
     let mut rows = stmt.query([key])?;
@@ -114,6 +120,9 @@ pub fn spend_in(conn: &rusqlite::Connection, scope: SpendScope<'_>) -> rusqlite:
             r.get::<_, i64>(5)?.max(0) as u64,
         ];
         spend.add(&kind, r.get(1)?, tokens);
+        if r.get::<_, Option<bool>>(6)?.unwrap_or(false) {
+            spend.unknown_model_requests += 1;
+        }
     }
     Ok(spend)
 }
@@ -219,6 +228,41 @@ pub(crate) fn charge_model_in(
     Ok(())
 }
 
+/// Records that Claude Code died with a model request in flight (a $0 model
+/// row, `details.unknown_request`): what that request cost, if anything, is
+/// unknown. Once per container (a replayed journal adds nothing).
+pub(crate) fn note_unknown_request_in(
+    tx: &rusqlite::Transaction<'_>,
+    target: &ContainerRef,
+    ts_ms: i64,
+) -> Result<()> {
+    let noted: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM ledger WHERE container_id = ?1 AND kind = 'model'
+                        AND instr(details, 'unknown_request') > 0)",
+        [&target.container_id],
+        |r| r.get(0),
+    )?;
+    if noted {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO ledger (ts_ms, kind, task_id, session_id, container_id, amount_usd, details)
+         VALUES (?1, 'model', ?2, ?3, ?4, 0, ?5)",
+        params![
+            ts_ms,
+            target.task_id,
+            target.session_id,
+            target.container_id,
+            serde_json::json!({
+                "unknown_request": true,
+                "why": "Claude Code died with a model request in flight; if the API answered it, that spend is in no record",
+            })
+            .to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
 /// The watchdog's message when it stopped the task's session (`None`: it
 /// did not).
 pub(crate) fn budget_stop_in(
@@ -236,6 +280,16 @@ pub(crate) fn budget_stop_in(
 }
 
 impl Db {
+    /// [`note_unknown_request_in`] on its own: a dead agent's Claude Code whose
+    /// transcript ends with an unanswered request (`parhelia-agent meter`).
+    pub fn note_unknown_request(&self, target: &ContainerRef) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        note_unknown_request_in(&tx, target, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// What a scope cost ([`Spend`]), as every view shows it.
     pub fn spend(&self, scope: SpendScope<'_>) -> Result<Spend> {
         Ok(spend_in(&self.conn(), scope)?)
