@@ -2186,6 +2186,12 @@ mod tests {
         assert_eq!(spend.cost_usd, 0.0);
         let view = crate::views::cost_breakdown(&spend);
         assert!(view.contains("plus unknown"), "{view}");
+        // `budget history` folds the same rows the same way.
+        let mut folded = Spend::default();
+        for e in db.ledger_entries(i64::MIN).unwrap() {
+            folded.add_entry(&e);
+        }
+        assert_eq!(folded, spend);
     }
 
     /// Issue 13: each `ModelSpend` charges the growth of the session total and its

@@ -674,6 +674,7 @@ mod tests {
             output_tokens: 1,
             cache_creation_input_tokens: 0,
             cache_read_input_tokens: 0,
+            unknown_request: false,
         }
     }
 

@@ -31,7 +31,16 @@ pub struct LedgerEntry {
     pub output_tokens: u64,
     pub cache_creation_input_tokens: u64,
     pub cache_read_input_tokens: u64,
+    /// A $0 row saying Claude Code died with a model request in flight
+    /// ([`note_unknown_request_in`]).
+    pub unknown_request: bool,
 }
+
+/// The SQL that tells a [`note_unknown_request_in`] row (read by every view).
+const UNKNOWN_REQUEST_SQL: &str =
+    "coalesce(CASE WHEN kind = 'model' AND instr(details, 'unknown_request') > 0
+                                        AND json_valid(details)
+                                   THEN json_extract(details, '$.unknown_request') = 1 END, 0)";
 
 /// What a scope (a task, a session, everything, a period) cost: the one
 /// figure every view calls **cost** (`cost_usd`, the ledger total:
@@ -71,6 +80,9 @@ impl Spend {
     }
 
     pub fn add_entry(&mut self, e: &LedgerEntry) {
+        if e.unknown_request {
+            self.unknown_model_requests += 1;
+        }
         self.add(
             &e.kind,
             e.amount_usd,
@@ -103,10 +115,7 @@ pub fn spend_in(conn: &rusqlite::Connection, scope: SpendScope<'_>) -> rusqlite:
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT kind, amount_usd, input_tokens, output_tokens, cache_creation_input_tokens,
-                cache_read_input_tokens,
-                CASE WHEN kind = 'model' AND instr(details, 'unknown_request') > 0
-                          AND json_valid(details)
-                     THEN json_extract(details, '$.unknown_request') = 1 END
+                cache_read_input_tokens, {UNKNOWN_REQUEST_SQL}
          FROM ledger WHERE {filter} ORDER BY id"
     ))?;
     let mut rows = stmt.query([key])?;
@@ -120,7 +129,7 @@ pub fn spend_in(conn: &rusqlite::Connection, scope: SpendScope<'_>) -> rusqlite:
             r.get::<_, i64>(5)?.max(0) as u64,
         ];
         spend.add(&kind, r.get(1)?, tokens);
-        if r.get::<_, Option<bool>>(6)?.unwrap_or(false) {
+        if r.get::<_, bool>(6)? {
             spend.unknown_model_requests += 1;
         }
     }
@@ -567,11 +576,12 @@ impl Db {
     /// Ledger rows from `since_ms` on, in order.
     pub fn ledger_entries(&self, since_ms: i64) -> Result<Vec<LedgerEntry>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT id, ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds,
-                    input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens
-             FROM ledger WHERE ts_ms >= ?1 ORDER BY id",
-        )?;
+                    input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+                    {UNKNOWN_REQUEST_SQL}
+             FROM ledger WHERE ts_ms >= ?1 ORDER BY id"
+        ))?;
         let rows = stmt.query_map([since_ms], |r| {
             Ok(LedgerEntry {
                 id: r.get(0)?,
@@ -586,6 +596,7 @@ impl Db {
                 output_tokens: r.get::<_, i64>(9)? as u64,
                 cache_creation_input_tokens: r.get::<_, i64>(10)? as u64,
                 cache_read_input_tokens: r.get::<_, i64>(11)? as u64,
+                unknown_request: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
