@@ -374,11 +374,19 @@ async fn execute(
                     ) {
                         text.replace_range(
                             old,
-                            &format!(
-                                ", resumable from {} (taken now of what it left: {})",
-                                new.checkpoint_id,
-                                new.describe()
-                            ),
+                            &if new.unchanged {
+                                format!(
+                                    ", resumable from {}, which already held what it left ({})",
+                                    new.checkpoint_id,
+                                    new.what()
+                                )
+                            } else {
+                                format!(
+                                    ", resumable from {}, taken now of what it left ({})",
+                                    new.checkpoint_id,
+                                    new.what()
+                                )
+                            },
                         );
                     }
                     text
@@ -665,19 +673,25 @@ pub(crate) struct Salvaged {
 
 impl Salvaged {
     fn describe(&self) -> String {
+        if self.unchanged {
+            format!(
+                "{} (nothing had changed since it; {})",
+                self.checkpoint_id,
+                self.what()
+            )
+        } else {
+            format!("{} ({})", self.checkpoint_id, self.what())
+        }
+    }
+
+    /// What the checkpoint holds, without its id.
+    fn what(&self) -> String {
         let what = if self.conversation {
             "workspace and conversation"
         } else {
             "workspace only: the session had no conversation yet"
         };
-        if self.unchanged {
-            format!(
-                "{} (nothing had changed since it; {what})",
-                self.checkpoint_id
-            )
-        } else {
-            format!("{} ({what})", self.checkpoint_id)
-        }
+        what.to_string()
     }
 }
 
