@@ -402,7 +402,8 @@ async fn containers_check(db: &Db, state: &StateDir) -> Check {
         Err(err) => return Check::fail("containers", format!("{err:#}"), "see `database`"),
     };
     let launcher = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("parhelia"));
-    let backend = LocalBackend::new(state.root().to_path_buf(), coordinator_id, launcher);
+    let backend =
+        LocalBackend::new(state.root().to_path_buf(), coordinator_id, launcher).read_only();
     let listed: Vec<String> = match backend.list().await {
         Ok(list) => list.into_iter().map(|c| c.container_id).collect(),
         Err(err) => {
@@ -460,7 +461,8 @@ async fn session_processes_check(db: &Db, state: &StateDir) -> Check {
         Err(err) => return Check::fail("session processes", format!("{err:#}"), "see `database`"),
     };
     let launcher = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("parhelia"));
-    let backend = LocalBackend::new(state.root().to_path_buf(), coordinator_id, launcher);
+    let backend =
+        LocalBackend::new(state.root().to_path_buf(), coordinator_id, launcher).read_only();
     match backend.leftover_units().await {
         Ok(found) if found.is_empty() => Check::ok(
             "session processes",

@@ -1319,6 +1319,19 @@ impl Round<'_> {
                 // spend charged per API response). Anything else is a bookkeeping
                 // error of its own.
                 let invariant = if same_cost(shown, ledger) && shown < served {
+                    // Responses the stand-in served that no transcript holds: Claude
+                    // Code was killed before it wrote them, so no source the product
+                    // has can show them. That shortfall is no broken promise when it is
+                    // exactly their cost and the product says spend is unknown.
+                    let (unwritten, unwritten_usd) = self.unwritten_responses(&script);
+                    let said_unknown = task["unknown_model_requests"].as_u64().unwrap_or(0) > 0;
+                    if unwritten > 0 && said_unknown && same_cost(shown + unwritten_usd, served) {
+                        self.found.notes.push(format!(
+                            "round {:016x}: {unwritten} response(s) served (${unwritten_usd:.6}) that Claude Code was killed before writing; the task says its spend is unknown",
+                            self.plan.seed
+                        ));
+                        return;
+                    }
                     "spend_of_cut_turns_recorded"
                 } else {
                     "spend_equals_served"
@@ -1336,6 +1349,44 @@ impl Round<'_> {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// The served responses no Claude Code transcript of the round holds (by message
+    /// id, read from the files, independently of the product), and their cost.
+    fn unwritten_responses(&self, script: &Script) -> (usize, f64) {
+        let mut text = String::new();
+        let mut stack = vec![self.h.state().join("containers")];
+        let mut files = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let path = entry.path();
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if kind.is_file()
+                    && path.extension().is_some_and(|e| e == "jsonl")
+                    && files < 10_000
+                {
+                    files += 1;
+                    text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+                }
+            }
+        }
+        let mut count = 0;
+        let mut usd = 0.0;
+        for r in self.h.stand_in.requests() {
+            let (Some(id), Some(usage)) = (&r.message_id, served_usage(script, &r)) else {
+                continue;
+            };
+            if !text.contains(&format!("\"{id}\"")) {
+                count += 1;
+                usd += observed_price(r.model.as_deref().unwrap_or_default())
+                    .map_or(0.0, |p| p.cost_usd(&usage));
+            }
+        }
+        (count, usd)
     }
 
     fn verify_workspace(&mut self) {
@@ -1764,7 +1815,7 @@ times) until it completes.
 | checkpoint_whole | every checkpoint holds a workspace and a non-empty conversation once Claude Code had one: the safety checkpoint before a restore and the coordinator's `agent_gone` one (of what a dead agent's container left) when the model had been asked anything before the fault; one the live agent took, when it had been asked before the previous checkpoint was committed. Only a session's `start` checkpoint, taken before Claude Code exists, is the workspace alone by design | the restored `conversation` tree has files; the stand-in's request log (receive times) against the fault's time and the checkpoint ids' times |
 | events_equal_journal | the events in the database equal the journal lines on the volume, container by container: none missing, none extra, none stored twice, payloads equal | journals read with serde_json, compared with `events` rows (after at most {ingest} s for ingestion) |
 | spend_equals_served | the task's `cost_usd` (`task show --json`) and its ledger model rows equal the spend the stand-in served | the stand-in's request log × `tests/src/model_stand_in/pricing.rs`, compared with `same_cost` |
-| spend_of_cut_turns_recorded | the same, where task and ledger agree but are below what was served: the spend of a turn the fault cut off was never charged (issue 13 — per-response charging — fixes it; until then the in-suite test reports it without failing, `scripts/chaos` counts it) | as above |
+| spend_of_cut_turns_recorded | the same, where task and ledger agree but are below what was served: the spend of a turn the fault cut off was never charged. Not a violation when the shortfall is exactly the responses no Claude Code transcript holds (killed before it wrote them: no source can show them) and the task says its spend is unknown (`unknown_model_requests`); the round's notes say so | the stand-in's request log (message ids served) against the transcripts' text, and `task show --json` |
 | state_after_fault | a turn killed in flight (its message's closing answer not yet served) is never `completed` before a resume; a disk-full round ends with a coded error naming the disk — not E502, not `running` | the stand-in's request log says which messages were answered |
 | settles | the task stops running within {settle} s of a fault | `task show --json` |
 | recovered | `parhelia resume` works and the task completes | exit status, `task show --json` |

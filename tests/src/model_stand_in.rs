@@ -301,6 +301,8 @@ async fn handle_request(
 /// A response plus the bookkeeping the log needs.
 struct Answer {
     kind: RequestKind,
+    /// The id of the assistant message served (a turn or side answer).
+    message_id: Option<String>,
     turn_index: Option<usize>,
     reply: String,
     response: Response,
@@ -324,6 +326,7 @@ fn answer(
                 answer_messages(&mut state, &summary, &request_id, &shared.holds)
             }
             _ => Answer {
+                message_id: None,
                 kind: RequestKind::BadRequest,
                 turn_index: None,
                 reply: "error 400".to_owned(),
@@ -337,6 +340,7 @@ fn answer(
         // Roughly four bytes per token, which is what the API's own estimates come to.
         let input_tokens = body.len() / 4;
         Answer {
+            message_id: None,
             kind: RequestKind::CountTokens,
             turn_index: None,
             reply: format!("input_tokens {input_tokens}"),
@@ -344,6 +348,7 @@ fn answer(
         }
     } else if method == Method::GET && (path == "/v1/models" || path.starts_with("/v1/models/")) {
         Answer {
+            message_id: None,
             kind: RequestKind::Models,
             turn_index: None,
             reply: "models".to_owned(),
@@ -353,6 +358,7 @@ fn answer(
         && (path == "/" || path == "/api/hello")
     {
         Answer {
+            message_id: None,
             kind: RequestKind::Probe,
             turn_index: None,
             reply: "ok".to_owned(),
@@ -361,6 +367,7 @@ fn answer(
     } else {
         eprintln!("model stand-in: unexpected {method} {uri}; answering 200 {{}}");
         Answer {
+            message_id: None,
             kind: RequestKind::Other,
             turn_index: None,
             reply: "empty".to_owned(),
@@ -379,6 +386,7 @@ fn answer(
             .path_and_query()
             .map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned()),
         kind: answer.kind,
+        message_id: answer.message_id,
         turn_index: answer.turn_index,
         reply: answer.reply,
         model: summary.model,
@@ -434,6 +442,7 @@ fn answer_messages(
         }
         Reply::Error(error) => {
             return Answer {
+                message_id: None,
                 kind,
                 turn_index,
                 reply,
@@ -482,6 +491,7 @@ fn answer_messages(
     };
     Answer {
         kind,
+        message_id: Some(message.id.clone()),
         turn_index,
         reply,
         response,

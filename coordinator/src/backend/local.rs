@@ -65,6 +65,9 @@ pub struct LocalBackend {
     /// Directories outside the state directory that hold secrets (a custom
     /// database location): hidden from sandboxes like the state directory.
     private_dirs: Vec<PathBuf>,
+    /// The left-over scan looks and never removes (`doctor`): only the
+    /// coordinator, which alone launches, knows which empty units are launching.
+    read_only: bool,
 }
 
 impl LocalBackend {
@@ -78,7 +81,17 @@ impl LocalBackend {
             exited: Arc::default(),
             launching: Arc::default(),
             private_dirs: Vec::new(),
+            read_only: false,
         }
+    }
+
+    /// A backend that only looks (`doctor`, in a process that is not the
+    /// coordinator): its left-over scan removes nothing. Another process's
+    /// scan used to remove the empty unit of a container the coordinator was
+    /// launching, and the agent then failed to join it (E502).
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
     }
 
     pub fn with_endpoint_timeout(mut self, timeout: Duration) -> Self {
@@ -322,6 +335,7 @@ fn scan_leftovers(
     coordinator_id: &str,
     label: &str,
     launching: &std::collections::BTreeMap<String, bool>,
+    read_only: bool,
 ) -> Vec<super::LeftoverUnit> {
     use std::collections::BTreeSet;
     let mut markers = unit::scan_markers(coordinator_id);
@@ -368,7 +382,7 @@ fn scan_leftovers(
         }
         if pids.is_empty() {
             // Launched a moment ago, its agent may not have joined yet: kept.
-            if !launching.contains_key(&container_id) {
+            if !launching.contains_key(&container_id) && !read_only {
                 unit::remove_unit_dirs(&record);
             }
             continue;
@@ -958,8 +972,9 @@ impl Backend for LocalBackend {
             }
             Err(_) => Default::default(),
         };
+        let read_only = self.read_only;
         tokio::task::spawn_blocking(move || {
-            scan_leftovers(&root, &coordinator_id, &label, &launching)
+            scan_leftovers(&root, &coordinator_id, &label, &launching, read_only)
         })
         .await
         .context("scanning for left-over session processes panicked")

@@ -45,6 +45,9 @@ pub struct LoggedRequest {
     /// Path and query, e.g. `/v1/messages?beta=true`.
     pub path: String,
     pub kind: RequestKind,
+    /// The id of the assistant message served, when one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
     /// For [`RequestKind::Turn`]: the index of the script turn that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn_index: Option<usize>,
