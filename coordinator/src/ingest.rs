@@ -260,6 +260,13 @@ async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutc
                         tracing::warn!(container_id = %target.container_id, "terminate failed: {err:#}");
                     }
                 }
+                // What the agent journaled after the session's end (its stop, a last
+                // error) is stored before the container is ended: nothing reads an
+                // ended container's journal again.
+                if let Err(err) = catch_up_from_journal(&ctx.db, ctx.backend.as_ref(), target).await
+                {
+                    tracing::warn!(container_id = %target.container_id, "reading the journal's tail failed: {err:#}");
+                }
                 ctx.db
                     .set_container_state(&target.container_id, ContainerState::Terminated)?;
                 ctx.signals.task_ended.notify_one();
