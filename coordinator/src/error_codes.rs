@@ -202,6 +202,12 @@ error_codes! {
         recover: "Put the value in config.toml (the coordinator reloads it within a second; `parhelia coordinator reload` at once), or leave `--set` out; `parhelia config show` prints the values in effect.",
     }
 
+    SET_NOT_PER_TASK = "E119" "SET_NOT_PER_TASK" {
+        what: "A `--set` on `task create` names a key that cannot apply to one task.",
+        why: "`task create --set` changes only that task's launch (its agent spec, its checkpoint policy, its workspace copy); keys such as worker limits, the database, the reconciler, isolation, rates and the Modal account are the coordinator's own and shape every task, so one task cannot have its own value.",
+        recover: "Put the value in config.toml (the coordinator reloads it within a second; `parhelia coordinator reload` at once) and create the task without that `--set`; the message lists the keys a task may set (`docs/formats/config.md` marks them too).",
+    }
+
     // E2xx: not found.
     NOT_FOUND = "E200" "NOT_FOUND" {
         what: "The named object was not found.",

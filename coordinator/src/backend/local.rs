@@ -682,7 +682,7 @@ impl Backend for LocalBackend {
             ids,
             &layout,
             &request.claude_bin,
-            &self.timing,
+            request.agent_settings.as_ref().unwrap_or(&self.timing),
         );
         spec.timeout_ms = request
             .resources
