@@ -169,7 +169,7 @@ error_codes! {
     WORKSPACE_TOO_LARGE = "E112" "WORKSPACE_TOO_LARGE" {
         what: "The workspace is larger than the copy limit.",
         why: "Before copying, Parhelia counts the workspace's bytes and files (without following symlinks); it exceeds `workspace.max_copy_bytes` (default 10 GiB) or `workspace.max_copy_files` (default 1000000), which usually means the wrong directory was passed.",
-        recover: "Pass a smaller directory, raise `workspace.max_copy_bytes` in `.parhelia/config.toml` (the coordinator reloads it), or pass `--allow-large-workspace` to copy it anyway.",
+        recover: "Pass a smaller directory, give this task a larger limit (`parhelia --set workspace.max_copy_bytes=N task create …`), raise `workspace.max_copy_bytes` in `.parhelia/config.toml` for every task (the coordinator reloads it), or pass `--allow-large-workspace` to copy it anyway.",
     }
     LIMIT_NOT_ENFORCEABLE = "E113" "LIMIT_NOT_ENFORCEABLE" {
         what: "The backend cannot enforce a limit the task asks for.",

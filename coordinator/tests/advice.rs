@@ -136,7 +136,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             code: "E112",
-            advice: &["--allow-large-workspace"],
+            advice: &["--allow-large-workspace", "--set workspace.max_copy_bytes=N"],
             provoke: |w| {
                 std::fs::create_dir_all(w.root().join("big")).unwrap();
                 std::fs::write(w.root().join("big/data.bin"), vec![7u8; 4096]).unwrap();
@@ -154,6 +154,50 @@ fn cases() -> Vec<Case> {
                     "--json",
                 ]);
                 w.wait_task(created["task_id"].as_str().unwrap(), "completed");
+                // Or this task's own larger limit.
+                let created = w.json(&[
+                    "--set",
+                    "workspace.max_copy_bytes=100000",
+                    "task",
+                    "create",
+                    "x",
+                    "--workspace",
+                    "big",
+                    "--json",
+                ]);
+                w.wait_task(created["task_id"].as_str().unwrap(), "completed");
+                // The next task without it is held to the limit again.
+                let out = w.run(&["task", "create", "x", "--workspace", "big"]);
+                assert!(stderr(&out).starts_with("error[E112]"), "{}", stderr(&out));
+            },
+        },
+        Case {
+            code: "E116",
+            advice: &["remove it", "and resume"],
+            provoke: |w| {
+                let (_, session_id) = completed_task(w);
+                // The session replaced its private home with a link (to the user's
+                // real home, say): the next launch must not follow it.
+                let home = w.state().join("sessions").join(&session_id).join("home");
+                std::fs::remove_dir_all(&home).unwrap();
+                std::fs::create_dir_all(w.root().join("elsewhere")).unwrap();
+                std::os::unix::fs::symlink(w.root().join("elsewhere"), &home).unwrap();
+                w.run(&["resume", &session_id, "-m", "go on"])
+            },
+            follow: |w| {
+                let listed = w.json(&["task", "list", "--json"]);
+                let task = w.task(listed[0]["id"].as_str().unwrap());
+                let session_id = task["session_id"].as_str().unwrap();
+                let home = w.state().join("sessions").join(session_id).join("home");
+                std::fs::remove_file(&home).unwrap();
+                w.ok(&["resume", session_id, "-m", "go on"]);
+                w.wait_for("the resumed session to complete", || {
+                    let t = w.task(task["id"].as_str().unwrap());
+                    (t["status"] == "completed" && t["container_id"] != task["container_id"])
+                        .then_some(())
+                });
+                assert!(home.is_dir() && !home.is_symlink());
+                assert!(!w.root().join("elsewhere").read_dir().unwrap().any(|_| true));
             },
         },
         Case {
@@ -420,7 +464,7 @@ fn cases() -> Vec<Case> {
 /// The codes this file follows (checked against the table, so the list in
 /// `docs/dev/advice-coverage.md` cannot drift from what runs).
 const COVERED: &[&str] = &[
-    "E100", "E101", "E102", "E103", "E104", "E111", "E112", "E117", "E118", "E119", "E201",
+    "E100", "E101", "E102", "E103", "E104", "E111", "E112", "E116", "E117", "E118", "E119", "E201",
     "E202", "E203", "E204", "E205", "E501", "E509", "E600", "E601", "E603", "E604", "E605",
 ];
 
