@@ -1214,9 +1214,14 @@ mod tests {
         for (key, text) in samples {
             assert!(PER_TASK_KEYS.contains(&key), "{key}");
             let flag = format!("{key}={text}");
-            let whole = resolve(&[], &BTreeMap::new(), std::slice::from_ref(&flag), Path::new("/"))
-                .unwrap()
-                .config;
+            let whole = resolve(
+                &[],
+                &BTreeMap::new(),
+                std::slice::from_ref(&flag),
+                Path::new("/"),
+            )
+            .unwrap()
+            .config;
             let task = task_config(&base, std::slice::from_ref(&flag)).unwrap();
             assert_eq!(task, whole, "{flag}");
             assert_ne!(task, base, "{flag} changes something");
@@ -1245,9 +1250,18 @@ mod tests {
             let err = task_config(&base, &[format!("{key}={text}")]).unwrap_err();
             assert_eq!(err.code.code, "E119", "{key}: {}", err.message);
             assert!(err.message.contains(&key), "{}", err.message);
-            assert!(err.message.contains("coordinator reload"), "{}", err.message);
+            assert!(
+                err.message.contains("coordinator reload"),
+                "{}",
+                err.message
+            );
         }
-        for flag in ["checkpoint.nope=1", "checkpoint.keep_last=-1", "no-equals", "x=1"] {
+        for flag in [
+            "checkpoint.nope=1",
+            "checkpoint.keep_last=-1",
+            "no-equals",
+            "x=1",
+        ] {
             let err = task_config(&base, &[flag.to_string()]).unwrap_err();
             assert_eq!(err.code.code, "E100", "{flag}: {}", err.message);
         }

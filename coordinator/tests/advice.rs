@@ -136,7 +136,10 @@ fn cases() -> Vec<Case> {
         },
         Case {
             code: "E112",
-            advice: &["--allow-large-workspace", "--set workspace.max_copy_bytes=N"],
+            advice: &[
+                "--allow-large-workspace",
+                "--set workspace.max_copy_bytes=N",
+            ],
             provoke: |w| {
                 std::fs::create_dir_all(w.root().join("big")).unwrap();
                 std::fs::write(w.root().join("big/data.bin"), vec![7u8; 4096]).unwrap();
@@ -323,7 +326,9 @@ fn cases() -> Vec<Case> {
             },
             follow: |w| {
                 let listed = w.json(&["checkpoint", "list", "--json"]);
-                let id = listed[0]["id"].as_str().unwrap_or_else(|| panic!("{listed:#}"));
+                let id = listed[0]["id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{listed:#}"));
                 w.ok(&["checkpoint", "show", id]);
             },
         },
@@ -518,5 +523,8 @@ fn every_covered_codes_advice_followed_succeeds() {
         }
         let _ = world.run(&["coordinator", "stop"]);
     }
-    assert!(failed.is_empty(), "advice not followed to success: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "advice not followed to success: {failed:?}"
+    );
 }

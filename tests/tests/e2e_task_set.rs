@@ -51,7 +51,10 @@ fn a_task_set_applies_to_that_task_only() {
     let mut dry = set.to_vec();
     dry.extend(["task", "create", "A", "--dry-run", "--json"]);
     let plan = h.json(&dry);
-    assert_eq!(plan["spec"]["checkpoint"]["interval_ms"], 123_000, "{plan:#}");
+    assert_eq!(
+        plan["spec"]["checkpoint"]["interval_ms"], 123_000,
+        "{plan:#}"
+    );
     assert_eq!(
         plan["spec"]["checkpoint"]["excludes"],
         serde_json::json!(["scratch/", "*.tmp"]),
@@ -94,7 +97,9 @@ fn a_task_set_applies_to_that_task_only() {
 
     // The values are stored with A: its resume launches with them again.
     h.ok(&["resume", &a_session, "-m", "Once more."]);
-    let resumed = h.wait_task(&a_id, |t| ended(t) && t["container_id"] != a_container.as_str());
+    let resumed = h.wait_task(&a_id, |t| {
+        ended(t) && t["container_id"] != a_container.as_str()
+    });
     assert_eq!(resumed["status"], "completed", "{resumed:#}");
     let spec = spec_of(&h, resumed["container_id"].as_str().unwrap());
     assert_eq!(spec["checkpoint"]["interval_ms"], 123_000, "{spec:#}");
@@ -104,7 +109,11 @@ fn a_task_set_applies_to_that_task_only() {
 
     // A coordinator-wide key cannot be one task's: E119 names it and says
     // what to do; nothing is recorded.
-    let tasks_before = h.json(&["task", "list", "--json"]).as_array().unwrap().len();
+    let tasks_before = h
+        .json(&["task", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .len();
     let out = h.run(&[
         "--set",
         "reconciler.poll_interval_seconds=5",
@@ -123,10 +132,17 @@ fn a_task_set_applies_to_that_task_only() {
     // An unknown key or a bad value is the parser's E100, as everywhere.
     for flag in ["checkpoint.nope=1", "checkpoint.keep_last=many"] {
         let out = h.run(&["--set", flag, "task", "create", "C"]);
-        assert!(stderr_of(&out).contains("E100"), "{flag}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("E100"),
+            "{flag}: {}",
+            stderr_of(&out)
+        );
     }
     assert_eq!(
-        h.json(&["task", "list", "--json"]).as_array().unwrap().len(),
+        h.json(&["task", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
         tasks_before
     );
 }

@@ -408,11 +408,8 @@ impl Ctx {
     /// A client of the running coordinator (one is started when none
     /// answers, with no `--set` of this command), for a command whose
     /// `--set` values travel with its request (`task create`).
-    pub async fn task_client(
-        &self,
-        state: &StateDir,
-    ) -> Result<crate::coordinator_client::Client> {
-        Ok(coordinator_client::connect_or_start(state, &[]).await?)
+    pub async fn task_client(&self, state: &StateDir) -> Result<crate::coordinator_client::Client> {
+        coordinator_client::connect_or_start(state, &[]).await
     }
 }
 
