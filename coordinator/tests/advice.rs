@@ -333,6 +333,20 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            code: "E300",
+            advice: &["parhelia budget show", "parhelia budget set AMOUNT"],
+            provoke: |w| {
+                w.ok(&["budget", "set", "0"]);
+                w.run(&["task", "create", "x"])
+            },
+            follow: |w| {
+                w.ok(&["budget", "show"]);
+                w.ok(&["budget", "set", "50"]);
+                let created = w.create("x");
+                w.wait_task(created["task_id"].as_str().unwrap(), "completed");
+            },
+        },
+        Case {
             code: "E501",
             advice: &["PARHELIA_CLAUDE_BIN"],
             provoke: |w| {
@@ -470,7 +484,7 @@ fn cases() -> Vec<Case> {
 /// `docs/dev/advice-coverage.md` cannot drift from what runs).
 const COVERED: &[&str] = &[
     "E100", "E101", "E102", "E103", "E104", "E111", "E112", "E116", "E117", "E118", "E119", "E201",
-    "E202", "E203", "E204", "E205", "E501", "E509", "E600", "E601", "E603", "E604", "E605",
+    "E202", "E203", "E204", "E205", "E300", "E501", "E509", "E600", "E601", "E603", "E604", "E605",
 ];
 
 #[test]
