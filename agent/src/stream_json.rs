@@ -219,7 +219,7 @@ fn tool_result_kinds(value: &Value) -> Vec<event::Kind> {
 }
 
 /// A tool result's content is a string or a list of blocks; keep the text of each.
-fn content_text(content: &Value) -> String {
+pub(crate) fn content_text(content: &Value) -> String {
     match content {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -261,7 +261,7 @@ fn parent_of(value: &Value) -> String {
 pub const SUBAGENT_SUMMARY_MAX_BYTES: usize = 2 * 1024;
 
 /// `text` cut to at most `max` bytes on a character boundary.
-fn bounded(text: &str, max: usize) -> String {
+pub(crate) fn bounded(text: &str, max: usize) -> String {
     let mut cut = text.len().min(max);
     while !text.is_char_boundary(cut) {
         cut -= 1;
@@ -270,7 +270,7 @@ fn bounded(text: &str, max: usize) -> String {
 }
 
 /// An id the session wrote, bounded.
-fn one_id(id: &str) -> String {
+pub(crate) fn one_id(id: &str) -> String {
     bounded(id, 256)
 }
 

@@ -804,26 +804,7 @@ pub fn resolve(
     }
 
     for flag in flags {
-        let (dotted, text) = flag.split_once('=').ok_or_else(|| {
-            invalid(format!(
-                "`--set {flag}` is not of the form section.key=value"
-            ))
-        })?;
-        let spec = dotted
-            .split_once('.')
-            .and_then(|(section, key)| find_key(section.trim(), key.trim()))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "unknown config key `{dotted}` in `--set {flag}` (see `parhelia config show`)"
-                ))
-            })?;
-        let parsed = from_text(spec, text).map_err(|got| {
-            invalid(format!(
-                "invalid value for `{}` in `--set {flag}`: expected {}, {got}",
-                spec.dotted(),
-                spec.kind.expected()
-            ))
-        })?;
+        let (spec, parsed) = parse_flag(flag)?;
         values.insert(spec.dotted(), (parsed, Source::Flag));
     }
 
@@ -856,6 +837,110 @@ pub fn resolve(
         unknown_keys,
         files: found,
     })
+}
+
+/// One `--set section.key=value`: its key and typed value (E100 for an
+/// unknown key or a bad value).
+fn parse_flag(flag: &str) -> Result<(&'static KeySpec, Value), CodedError> {
+    let (dotted, text) = flag.split_once('=').ok_or_else(|| {
+        invalid(format!(
+            "`--set {flag}` is not of the form section.key=value"
+        ))
+    })?;
+    let spec = dotted
+        .split_once('.')
+        .and_then(|(section, key)| find_key(section.trim(), key.trim()))
+        .ok_or_else(|| {
+            invalid(format!(
+                "unknown config key `{dotted}` in `--set {flag}` (see `parhelia config show`)"
+            ))
+        })?;
+    let parsed = from_text(spec, text).map_err(|got| {
+        invalid(format!(
+            "invalid value for `{}` in `--set {flag}`: expected {}, {got}",
+            spec.dotted(),
+            spec.kind.expected()
+        ))
+    })?;
+    Ok((spec, parsed))
+}
+
+/// The keys `task create --set` may give one task: what only that task's
+/// agent spec (its checkpoint policy, how long its agent lingers) and its
+/// workspace copy use. Every other key is the coordinator's own — its queue,
+/// database, reconciler and health judgement (heartbeats, stop grace), the
+/// checkpoint read caps it restores with, isolation, rates, the Modal account
+/// — and is refused for one task (E119).
+pub const PER_TASK_KEYS: &[&str] = &[
+    "agent.linger_after_finish_ms",
+    "checkpoint.interval_seconds",
+    "checkpoint.excludes",
+    "checkpoint.keep_last",
+    "checkpoint.keep_within_hours",
+    "checkpoint.max_store_mb",
+    "workspace.max_copy_bytes",
+    "workspace.max_copy_files",
+];
+
+/// Most `--set` values one task may carry, and the longest one (they come
+/// over the control socket and are stored with the task).
+pub const MAX_TASK_FLAGS: usize = 64;
+pub const MAX_TASK_FLAG_BYTES: usize = 4096;
+
+/// The configuration one task launches with: `base` (the coordinator's)
+/// with the task's own `--set` values on top, parsed exactly as `--set` is
+/// everywhere (E100 for an unknown key or a bad value). A key that is not
+/// in [`PER_TASK_KEYS`] is E119. Pure; `base` is never changed.
+pub fn task_config(base: &Config, flags: &[String]) -> Result<Config, CodedError> {
+    if flags.len() > MAX_TASK_FLAGS {
+        return Err(invalid(format!(
+            "{} `--set` values: a task takes at most {MAX_TASK_FLAGS}",
+            flags.len()
+        )));
+    }
+    let mut config = base.clone();
+    for flag in flags {
+        if flag.len() > MAX_TASK_FLAG_BYTES {
+            return Err(invalid(format!(
+                "a `--set` value of {} bytes: at most {MAX_TASK_FLAG_BYTES}",
+                flag.len()
+            )));
+        }
+        let (spec, value) = parse_flag(flag)?;
+        let dotted = spec.dotted();
+        if !PER_TASK_KEYS.contains(&dotted.as_str()) {
+            return Err(CodedError::new(
+                error_codes::SET_NOT_PER_TASK,
+                format!(
+                    "`--set {flag}`: `{dotted}` is the coordinator's own setting and cannot apply \
+                     to one task; put it in config.toml and run `parhelia coordinator reload` \
+                     (a task may set {})",
+                    PER_TASK_KEYS.join(", ")
+                ),
+            ));
+        }
+        let checkpoint = &mut config.agent.checkpoint;
+        match (dotted.as_str(), value) {
+            ("agent.linger_after_finish_ms", Value::UInt(n)) => {
+                config.agent.linger_after_finish_ms = n
+            }
+            ("checkpoint.interval_seconds", Value::Float(x)) => checkpoint.interval_seconds = x,
+            ("checkpoint.excludes", Value::List(items)) => checkpoint.excludes = items,
+            ("checkpoint.keep_last", Value::UInt(n)) => checkpoint.keep_last = Some(n),
+            ("checkpoint.keep_within_hours", Value::Float(x)) => {
+                checkpoint.keep_within_hours = Some(x)
+            }
+            ("checkpoint.max_store_mb", Value::UInt(n)) => checkpoint.max_store_mb = Some(n),
+            ("workspace.max_copy_bytes", Value::UInt(n)) => config.workspace.max_copy_bytes = n,
+            ("workspace.max_copy_files", Value::UInt(n)) => config.workspace.max_copy_files = n,
+            (key, value) => {
+                return Err(invalid(format!(
+                    "`--set {flag}`: {key} cannot take {value} for one task"
+                )));
+            }
+        }
+    }
+    Ok(config)
 }
 
 fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
@@ -1109,6 +1194,82 @@ pub fn show_text(loaded: &LoadedConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task's `--set` gives exactly what the same `--set` gives a whole
+    /// configuration, for every per-task key; the base is left alone.
+    #[test]
+    fn task_config_matches_resolve_for_every_per_task_key() {
+        let samples = [
+            ("agent.linger_after_finish_ms", "1234"),
+            ("checkpoint.interval_seconds", "7.5"),
+            ("checkpoint.excludes", "target/, *.log"),
+            ("checkpoint.keep_last", "3"),
+            ("checkpoint.keep_within_hours", "2"),
+            ("checkpoint.max_store_mb", "50"),
+            ("workspace.max_copy_bytes", "1000"),
+            ("workspace.max_copy_files", "10"),
+        ];
+        assert_eq!(samples.len(), PER_TASK_KEYS.len());
+        let base = Config::defaults();
+        for (key, text) in samples {
+            assert!(PER_TASK_KEYS.contains(&key), "{key}");
+            let flag = format!("{key}={text}");
+            let whole = resolve(
+                &[],
+                &BTreeMap::new(),
+                std::slice::from_ref(&flag),
+                Path::new("/"),
+            )
+            .unwrap()
+            .config;
+            let task = task_config(&base, std::slice::from_ref(&flag)).unwrap();
+            assert_eq!(task, whole, "{flag}");
+            assert_ne!(task, base, "{flag} changes something");
+        }
+        assert_eq!(base, Config::defaults());
+    }
+
+    #[test]
+    fn task_config_refuses_coordinator_keys_unknown_keys_and_bad_values() {
+        let base = Config::defaults();
+        for key in KEYS.iter().map(KeySpec::dotted) {
+            if PER_TASK_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let default = KEYS
+                .iter()
+                .find(|k| k.dotted() == key)
+                .map(|k| (k.default)())
+                .unwrap();
+            let text = match default {
+                Value::Unset => continue,
+                Value::List(items) => items.join(","),
+                Value::Str(s) => s,
+                other => other.to_string(),
+            };
+            let err = task_config(&base, &[format!("{key}={text}")]).unwrap_err();
+            assert_eq!(err.code.code, "E119", "{key}: {}", err.message);
+            assert!(err.message.contains(&key), "{}", err.message);
+            assert!(
+                err.message.contains("coordinator reload"),
+                "{}",
+                err.message
+            );
+        }
+        for flag in [
+            "checkpoint.nope=1",
+            "checkpoint.keep_last=-1",
+            "no-equals",
+            "x=1",
+        ] {
+            let err = task_config(&base, &[flag.to_string()]).unwrap_err();
+            assert_eq!(err.code.code, "E100", "{flag}: {}", err.message);
+        }
+        let many = vec!["checkpoint.keep_last=1".to_string(); MAX_TASK_FLAGS + 1];
+        assert_eq!(task_config(&base, &many).unwrap_err().code.code, "E100");
+        let long = format!("checkpoint.excludes={}", "a".repeat(MAX_TASK_FLAG_BYTES));
+        assert_eq!(task_config(&base, &[long]).unwrap_err().code.code, "E100");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

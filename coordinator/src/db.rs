@@ -322,6 +322,12 @@ CREATE TABLE storage_meters (
     r#"
 ALTER TABLE tasks ADD COLUMN no_user_config INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 8 -> 9: the task's own `--set` values (`task create --set`), a JSON
+    // array of `section.key=value` strings applied to every launch of that
+    // task only (a dispatch, a retry, a resume).
+    r#"
+ALTER TABLE tasks ADD COLUMN config_set TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 /// The schema version this build writes.
@@ -425,6 +431,9 @@ pub struct TaskRecord {
     pub allow_large_workspace: bool,
     /// Start its sessions without the user's Claude Code setup (`--no-user-config`).
     pub no_user_config: bool,
+    /// Its own `--set section.key=value` values, on top of the coordinator's
+    /// configuration for its launches only (`config::task_config`).
+    pub config_set: Vec<String>,
 }
 
 /// A container as stored.
@@ -494,6 +503,9 @@ pub struct NewTask {
     pub allow_large_workspace: bool,
     /// Start its sessions without the user's Claude Code setup (`--no-user-config`).
     pub no_user_config: bool,
+    /// Its own `--set section.key=value` values, on top of the coordinator's
+    /// configuration for its launches only (`config::task_config`).
+    pub config_set: Vec<String>,
 }
 
 /// A new session (attempt) for a task, and its container.
@@ -758,6 +770,7 @@ impl Db {
                 limits: Default::default(),
                 allow_large_workspace: false,
                 no_user_config: false,
+                config_set: Vec::new(),
             },
             now,
         )?;
@@ -1333,7 +1346,7 @@ const TASK_COLUMNS: &str =
     "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
      container_id, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
      mode, dispatch_requested_at_ms, attempt, auto_resumes, allow_large_workspace,
-     no_user_config";
+     no_user_config, config_set";
 
 /// A task with its cost from the ledger ([`spend_in`]).
 fn with_task_spend(conn: &Connection, mut t: TaskRecord) -> rusqlite::Result<TaskRecord> {
@@ -1376,6 +1389,12 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         auto_resumes: r.get(19)?,
         allow_large_workspace: r.get(20)?,
         no_user_config: r.get(21)?,
+        config_set: {
+            // Written by this coordinator as a JSON array of strings; anything
+            // else (a damaged row) reads as no overrides, never a panic.
+            let text: String = r.get(22)?;
+            serde_json::from_str(&text).unwrap_or_default()
+        },
     })
 }
 
@@ -1461,9 +1480,9 @@ fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> R
         "INSERT INTO tasks (id, prompt, task_type, backend, workspace, model, max_turns, status,
                             mode, dispatch_requested_at_ms, created_at_ms, updated_at_ms,
                             max_cost_usd, gpu, cpu, memory_mb, timeout_seconds,
-                            allow_large_workspace, no_user_config)
+                            allow_large_workspace, no_user_config, config_set)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15,
-                 ?16, ?17)",
+                 ?16, ?17, ?18)",
         params![
             task.task_id,
             task.prompt,
@@ -1482,6 +1501,7 @@ fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> R
             task.limits.timeout_seconds.map(|t| t as i64),
             task.allow_large_workspace,
             task.no_user_config,
+            serde_json::to_string(&task.config_set)?,
         ],
     )?;
     Ok(())

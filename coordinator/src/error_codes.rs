@@ -169,7 +169,7 @@ error_codes! {
     WORKSPACE_TOO_LARGE = "E112" "WORKSPACE_TOO_LARGE" {
         what: "The workspace is larger than the copy limit.",
         why: "Before copying, Parhelia counts the workspace's bytes and files (without following symlinks); it exceeds `workspace.max_copy_bytes` (default 10 GiB) or `workspace.max_copy_files` (default 1000000), which usually means the wrong directory was passed.",
-        recover: "Pass a smaller directory, raise `workspace.max_copy_bytes` in `.parhelia/config.toml` (the coordinator reloads it), or pass `--allow-large-workspace` to copy it anyway.",
+        recover: "Pass a smaller directory, give this task a larger limit (`parhelia --set workspace.max_copy_bytes=N task create …`), raise `workspace.max_copy_bytes` in `.parhelia/config.toml` for every task (the coordinator reloads it), or pass `--allow-large-workspace` to copy it anyway.",
     }
     LIMIT_NOT_ENFORCEABLE = "E113" "LIMIT_NOT_ENFORCEABLE" {
         what: "The backend cannot enforce a limit the task asks for.",
@@ -200,6 +200,12 @@ error_codes! {
         what: "A `--set` value differs from the running coordinator's configuration.",
         why: "The coordinator is the one source of effective configuration: its launches, queue and reconciler use its own values (config.toml, its environment, its own `--set`), so a one-off `--set` on a command would be shown but not applied.",
         recover: "Put the value in config.toml (the coordinator reloads it within a second; `parhelia coordinator reload` at once), or leave `--set` out; `parhelia config show` prints the values in effect.",
+    }
+
+    SET_NOT_PER_TASK = "E119" "SET_NOT_PER_TASK" {
+        what: "A `--set` on `task create` names a key that cannot apply to one task.",
+        why: "`task create --set` changes only that task's launch (its agent spec, its checkpoint policy, its workspace copy); keys such as worker limits, the database, the reconciler, isolation, rates and the Modal account are the coordinator's own and shape every task, so one task cannot have its own value.",
+        recover: "Put the value in config.toml (the coordinator reloads it within a second; `parhelia coordinator reload` at once) and create the task without that `--set`; the message lists the keys a task may set (`docs/formats/config.md` marks them too).",
     }
 
     // E2xx: not found.

@@ -350,6 +350,10 @@ pub struct DryRunPlan {
     pub isolation: crate::backend::isolation::Isolation,
     /// Names only: values are never shown.
     pub env_names: Vec<String>,
+    /// This task's own `--set` values (on the coordinator's configuration,
+    /// for this task only; the spec already holds their effect).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub config_set: Vec<String>,
     pub spec: AgentSpec,
 }
 

@@ -191,15 +191,6 @@ impl CoordinatorService {
         Ok(())
     }
 
-    /// The workspace copy limits: the coordinator's `workspace.*` settings,
-    /// lifted when the user passed `--allow-large-workspace`.
-    fn copy_limits(&self, allow_large: bool) -> crate::backend::workspace_copy::CopyLimits {
-        crate::backend::workspace_copy::CopyLimits::from_config(
-            &self.inner.config.workspace,
-            allow_large,
-        )
-    }
-
     pub fn db(&self) -> &Arc<Db> {
         &self.inner.db
     }
@@ -298,6 +289,8 @@ impl CoordinatorService {
     ) -> Result<SubmitTaskResponse> {
         plan::validate_prompt(&request.prompt)?;
         validate_limits(&limits, self.config())?;
+        // The task's own `--set` values: parsed as `--set` is, per-task keys only (E119).
+        let task_config = crate::config::task_config(self.config(), &request.config_set)?;
         let backend_kind = plan::parse_backend(&request.backend)?;
         budget::refuse_unenforced(&limits, backend_kind.as_str())?;
         self.inner.backends.get(backend_kind)?;
@@ -321,7 +314,10 @@ impl CoordinatorService {
             // coordinator's size limits unless the user said so (E112).
             let dir = dir.clone();
             let exclude = vec![self.inner.state.root().to_path_buf()];
-            let limits = self.copy_limits(request.allow_large_workspace);
+            let limits = crate::backend::workspace_copy::CopyLimits::from_config(
+                &task_config.workspace,
+                request.allow_large_workspace,
+            );
             tokio::task::spawn_blocking(move || {
                 crate::backend::workspace_copy::preflight(&dir, &exclude, limits)
             })
@@ -363,6 +359,7 @@ impl CoordinatorService {
             limits,
             allow_large_workspace: request.allow_large_workspace,
             no_user_config: request.no_user_config,
+            config_set: request.config_set.clone(),
         })?;
         lock(&self.inner.pending_env).insert(task_id.clone(), request.env.clone());
         tracing::info!(%task_id, held = request.no_dispatch, "task recorded");
@@ -741,10 +738,12 @@ impl CoordinatorService {
         };
         let backend = plan::parse_backend(&task.backend)?;
         let resolved = self.resolve_launch(env, backend)?;
+        let task_config = crate::config::task_config(self.config(), &task.config_set)?;
         let launch = LaunchRequest {
             backend,
             resources: self.resources_of(&task.id)?,
             user_config: !task.no_user_config,
+            agent_settings: task_agent_settings(&task_config, &task.config_set),
             ids: ids.clone(),
             session: SessionRequest {
                 prompt: task.prompt.clone(),
@@ -757,7 +756,10 @@ impl CoordinatorService {
                 prior_cost_usd: None,
             },
             workspace_source,
-            copy_limits: self.copy_limits(task.allow_large_workspace),
+            copy_limits: crate::backend::workspace_copy::CopyLimits::from_config(
+                &task_config.workspace,
+                task.allow_large_workspace,
+            ),
             claude_bin: resolved.claude_bin,
             agent_bin: resolved.agent_bin,
             env: resolved.agent_env,
@@ -1491,10 +1493,12 @@ impl CoordinatorService {
             // Nothing to say yet: the session waits for input.
             String::new()
         };
+        let task_config = crate::config::task_config(self.config(), &task.config_set)?;
         let launch = LaunchRequest {
             backend: to_kind,
             resources: self.resources_of(&task.id)?,
             user_config: !task.no_user_config,
+            agent_settings: task_agent_settings(&task_config, &task.config_set),
             ids: LaunchIds {
                 task_id: task.id.clone(),
                 session_id: session.id.clone(),
@@ -2296,6 +2300,12 @@ fn task_resources(limits: &TaskLimits, rates: &crate::config::RatesConfig) -> Re
 /// E205's message for a session that has no checkpoint at all: it was stopped
 /// before its first one (nothing of it can be resumed), and `task retry` is the
 /// way on (it starts the task again from its original workspace).
+/// A task's own agent settings when it has `--set` values (else `None`: the
+/// backend's, which are the coordinator's).
+fn task_agent_settings(task_config: &Config, config_set: &[String]) -> Option<plan::AgentSettings> {
+    (!config_set.is_empty()).then(|| plan::AgentSettings::for_config(task_config))
+}
+
 fn nothing_to_resume(task_id: &str, session_id: &str) -> String {
     format!(
         "session {session_id} has no checkpoint to resume from: it stopped before its first checkpoint was taken. `parhelia task retry {task_id}` runs the task again from its original workspace"

@@ -877,6 +877,7 @@ mod tests {
             auto_resumes: 0,
             allow_large_workspace: false,
             no_user_config: false,
+            config_set: Vec::new(),
         }
     }
 

@@ -180,6 +180,7 @@ fn request(
         backend: kind,
         resources: Resources::default(),
         user_config: false,
+        agent_settings: None,
     }
 }
 

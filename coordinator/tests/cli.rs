@@ -208,8 +208,8 @@ fn a_workspace_with_a_fifo_is_e111_and_an_oversize_one_e112() {
         args.extend_from_slice(extra);
         world.run(&args)
     };
-    // The limit as a coordinator started now would have it (a one-off `--set`
-    // would not apply to the launch: E118).
+    // A `--set` of a per-task key is this task's own limit: the dry run
+    // holds the workspace to it as the launch would (E112).
     let out = world.run(&[
         "--set",
         "workspace.max_copy_bytes=1000",
@@ -220,7 +220,22 @@ fn a_workspace_with_a_fifo_is_e111_and_an_oversize_one_e112() {
         "repo",
         "--dry-run",
     ]);
-    assert_coded(&out, "E118", 2);
+    assert_coded(&out, "E112", 2);
+    // A coordinator-wide key cannot be one task's (E119, naming it).
+    let out = world.run(&[
+        "--set",
+        "orchestrator.max_concurrent_workers=3",
+        "task",
+        "create",
+        "do it",
+        "--dry-run",
+    ]);
+    assert_coded(&out, "E119", 2);
+    assert!(
+        stderr(&out).contains("orchestrator.max_concurrent_workers"),
+        "{}",
+        stderr(&out)
+    );
     let small = world.with_env("PARHELIA_WORKSPACE_MAX_COPY_BYTES", "1000");
     let out = create(&small, &[]);
     assert_coded(&out, "E112", 2);

@@ -555,3 +555,75 @@ fn a_session_lost_before_any_checkpoint_is_resumed_automatically() {
     };
     assert!(failed.is_empty(), "{failed:#?}");
 }
+
+/// The subagent events of an interactive session (Claude Code's TUI in tmux, no `-p`):
+/// the agent reads them from the transcript — the Task call starts the subagent, and its
+/// end (here the `task-notification` message: Claude Code 2.1.330's TUI launches every
+/// Agent call in the background, `run_in_background: false` included — measured) finishes
+/// it with its report, both naming the Task call — as headless mode gives them from
+/// stream-json. Before, interactive sessions had neither. (The model stand-in answers in
+/// request order and the subagent's request races the main thread's, so which of the two
+/// texts is the report is not asserted, only that it is one of them.)
+fn interactive_subagent(run_in_background: bool) {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::new(
+            "Task",
+            serde_json::json!({
+                "description": "Say hello",
+                "prompt": "Say hello and stop.",
+                "subagent_type": "general-purpose",
+                "run_in_background": run_in_background,
+            }),
+        )]),
+        Turn::text("One of two."),
+        Turn::text("Two of two."),
+        Turn::text("Main agent: the subagent finished."),
+    ]));
+    let (task_id, _, _) = ids(&create(&h, "Ask a subagent", &["--interactive"]));
+    let finished = h.wait_for("the subagent's finish", || {
+        let finished = h.task_events(&task_id, "subagent_finished");
+        (!finished.is_empty()).then_some(finished)
+    });
+    let calls = h.task_events(&task_id, "tool_call");
+    let parent = calls
+        .iter()
+        .map(|e| &e["kind"]["tool_call"])
+        .find(|c| c["name"] == "Task" || c["name"] == "Agent")
+        .unwrap_or_else(|| panic!("no Task call: {calls:#?}"))["tool_use_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = h.task_events(&task_id, "subagent_started");
+    assert_eq!(started.len(), 1, "{started:#?}");
+    let started = &started[0]["kind"]["subagent_started"];
+    assert_eq!(started["tool_use_id"], parent.as_str(), "{started:#}");
+    assert_eq!(started["subagent_type"], "general-purpose", "{started:#}");
+    assert_eq!(started["description"], "Say hello", "{started:#}");
+    assert_eq!(started["backgrounded"], true, "{started:#}");
+    assert_eq!(finished.len(), 1, "{finished:#?}");
+    let finished = &finished[0]["kind"]["subagent_finished"];
+    assert_eq!(finished["tool_use_id"], parent.as_str(), "{finished:#}");
+    assert_eq!(finished["subagent_type"], "general-purpose", "{finished:#}");
+    assert_eq!(finished["is_error"], false, "{finished:#}");
+    assert_eq!(finished["status"], "completed", "{finished:#}");
+    let report = finished["summary"].as_str().unwrap();
+    assert!(
+        ["One of two.", "Two of two."].contains(&report),
+        "the finish carries the subagent's report: {finished:#}"
+    );
+    // The finish is the notification's (the report above), not the launch's tool
+    // result ("Async agent launched"), and it follows the start.
+    let seq = |kind: &str| h.task_events(&task_id, kind)[0]["seq"].as_u64().unwrap();
+    assert!(seq("subagent_started") < seq("subagent_finished"));
+    h.ok(&["task", "cancel", &task_id]);
+}
+
+#[test]
+fn an_interactive_sessions_subagent_has_its_start_and_finish() {
+    interactive_subagent(false);
+}
+
+#[test]
+fn an_interactive_sessions_background_subagent_ends_with_its_notification() {
+    interactive_subagent(true);
+}

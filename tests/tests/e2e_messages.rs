@@ -297,7 +297,8 @@ fn e601_after_a_cancel_advises_a_resume_that_keeps_the_work_and_succeeds() {
 }
 
 /// The coordinator is the one source of effective configuration: a one-off `--set`
-/// neither sticks to a coordinator it starts nor is shown-but-ignored (E118); `status`
+/// neither sticks to a coordinator it starts nor is shown-but-ignored (E119 on `task
+/// create` for a coordinator-wide key, E118 elsewhere); `status`
 /// and `config show` report the coordinator's values; a changed config.toml is picked
 /// up without a restart, and at once with `coordinator reload`.
 #[test]
@@ -316,7 +317,7 @@ fn the_coordinator_is_the_one_source_of_configuration() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     let err = stderr_of(&out);
     assert!(
-        err.contains("E118") && err.contains("max_concurrent_workers=3"),
+        err.contains("E119") && err.contains("max_concurrent_workers=3"),
         "{err}"
     );
     assert_eq!(h.json(&["task", "list", "--json"]), serde_json::json!([]));
@@ -332,7 +333,7 @@ fn the_coordinator_is_the_one_source_of_configuration() {
         "z",
         "--no-dispatch",
     ]);
-    assert!(stderr_of(&out).contains("E118"), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("E119"), "{}", stderr_of(&out));
     assert_eq!(
         h.json(&["task", "list", "--json"])
             .as_array()

@@ -316,3 +316,38 @@ fn no_user_config_starts_clean() {
     assert!(session.join("home").is_dir());
     assert!(!session.join("home/.bashrc").exists());
 }
+
+/// Without bubblewrap (isolation off) the session still gets its own writable home: its
+/// `HOME` is `sessions/<sid>/home`, holding the copied dotfiles, and what a Bash call
+/// writes to `~` (a cache) lands there, never in the user's (the test's) home. Before,
+/// an unconfined session's tools wrote into the user's real home.
+#[test]
+fn an_unconfined_session_writes_its_home_privately() {
+    let mut h = Harness::new_logging_bodies(Script::new([
+        Turn::tool_use([ToolCall::bash(
+            "mkdir -p ~/.cache && echo cached > ~/.cache/x; echo HOME-IS=$HOME; \
+             test -f ~/.bashrc && echo BASHRC-COPIED; echo END",
+        )]),
+        Turn::text("Wrote a cache."),
+    ]));
+    h.set_env("PARHELIA_ISOLATION", "none");
+    plant_setup(&mut h);
+    h.ok(&["task", "create", "Write a cache", "--sync"]);
+    let (task, session) = task_and_session(&h);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let output = tool_output(&h);
+    let private = session.join("home");
+    assert!(
+        output.contains(&format!("HOME-IS={}", private.display())),
+        "{output}"
+    );
+    assert!(output.contains("BASHRC-COPIED"), "{output}");
+    assert_eq!(
+        std::fs::read_to_string(private.join(".cache/x")).unwrap(),
+        "cached\n"
+    );
+    assert!(!h.home().join(".cache/x").exists());
+    assert!(!h.home().join(".cache").exists());
+    // The copied profile holds no credential.
+    assert!(!all_text(&private).contains(PLANTED));
+}

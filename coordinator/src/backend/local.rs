@@ -696,7 +696,7 @@ impl Backend for LocalBackend {
             ids,
             &layout,
             &request.claude_bin,
-            &self.timing,
+            request.agent_settings.as_ref().unwrap_or(&self.timing),
         );
         spec.timeout_ms = request
             .resources
@@ -770,6 +770,26 @@ impl Backend for LocalBackend {
                 spec.sandbox = Some(sandbox);
             }
         }
+        // Unconfined, the session still gets its own home: the same directory, made
+        // the same way, as its `HOME` (nothing can be mounted at the user's path).
+        let unconfined_home = if request.isolation == Isolation::Bubblewrap {
+            None
+        } else {
+            let private = layout.session_dir.join(local_home::HOME_DIR);
+            let (home, dotfiles, dir) = (home.clone(), request.user_config, private.clone());
+            let report = tokio::task::spawn_blocking(move || {
+                local_home::prepare_unconfined_home(home.as_deref(), &dir, dotfiles)
+            })
+            .await
+            .context("preparing the session's home panicked")??;
+            tracing::info!(
+                container_id = %ids.container_id,
+                copied = ?report.copied,
+                withheld = ?report.withheld.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                "the session's private home is ready (unconfined: HOME points at it)"
+            );
+            Some(private)
+        };
         write_atomically(&layout.spec_path, &serde_json::to_vec_pretty(&spec)?)?;
 
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
@@ -819,6 +839,10 @@ impl Backend for LocalBackend {
             {
                 command.env(key, value);
             }
+        }
+        if let Some(private) = &unconfined_home {
+            // The agent hands its environment to Claude Code; it reads no HOME itself.
+            command.env("HOME", private);
         }
         // The unit's marker: the agent passes it on to its tmux server, so every
         // process of the session carries it (how a process-tree unit, and `cleanup`,

@@ -161,26 +161,7 @@ pub fn apply_private_home(
     if !home.is_absolute() || home == Path::new("/") {
         return Ok(report);
     }
-    let fresh = match std::fs::symlink_metadata(private) {
-        Ok(meta) if meta.is_dir() => false,
-        Ok(_) => {
-            return Err(home_error(format!(
-                "{} is not a directory",
-                private.display()
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(private)
-                .map_err(|e| home_error(format!("cannot create {}: {e}", private.display())))?;
-            true
-        }
-        Err(e) => return Err(home_error(format!("{}: {e}", private.display()))),
-    };
-    if fresh && dotfiles {
-        copy_dotfiles(home, private, &mut report)?;
-    }
+    prepare_home(home, private, dotfiles, &mut report)?;
     // The dotfiles are the private home's now: git reads the copy (or nothing, when the
     // real one was withheld).
     spec.read_only.retain(|p| p != &home.join(".gitconfig"));
@@ -239,6 +220,58 @@ pub fn apply_private_home(
     spec.hide.extend(report.masked.iter().cloned());
     spec.binds.extend(binds);
     Ok(report)
+}
+
+/// The session's private home without a sandbox (local isolation off, or bubblewrap
+/// unavailable): `private` is created and filled as under bubblewrap (the dotfiles
+/// copied on first use, unless `dotfiles` is false), and the caller points the
+/// session's `HOME` at it, so shell profiles, caches and tools that write to `~` write
+/// there, never into the user's `home`. Nothing is mounted: tools are reached through
+/// the absolute `PATH` entries they already have. (Unconfined, a command that names
+/// the user's home by its path can still write there: only bubblewrap prevents that.)
+pub fn prepare_unconfined_home(
+    home: Option<&Path>,
+    private: &Path,
+    dotfiles: bool,
+) -> Result<HomeReport, CodedError> {
+    let mut report = HomeReport::default();
+    match home.filter(|h| h.is_absolute() && *h != Path::new("/")) {
+        Some(home) => prepare_home(home, private, dotfiles, &mut report)?,
+        None => prepare_home(Path::new("/nonexistent"), private, false, &mut report)?,
+    }
+    Ok(report)
+}
+
+/// Creates `private` (mode 0700) when it does not exist and, on that first use, copies
+/// the dotfiles of `home` into it (with `dotfiles`). A `private` that is not a real
+/// directory (a link) is refused (E116).
+fn prepare_home(
+    home: &Path,
+    private: &Path,
+    dotfiles: bool,
+    report: &mut HomeReport,
+) -> Result<(), CodedError> {
+    let fresh = match std::fs::symlink_metadata(private) {
+        Ok(meta) if meta.is_dir() => false,
+        Ok(_) => {
+            return Err(home_error(format!(
+                "{} is not a directory",
+                private.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(private)
+                .map_err(|e| home_error(format!("cannot create {}: {e}", private.display())))?;
+            true
+        }
+        Err(e) => return Err(home_error(format!("{}: {e}", private.display()))),
+    };
+    if fresh && dotfiles {
+        copy_dotfiles(home, private, report)?;
+    }
+    Ok(())
 }
 
 fn is_real_dir(path: &Path) -> bool {

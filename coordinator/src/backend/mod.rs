@@ -52,6 +52,10 @@ pub struct LaunchRequest {
     /// `--no-user-config`): locally, what the config-sync planner lets through
     /// of `~/.claude` now; on Modal, `parhelia config sync`'s copy on the volume.
     pub user_config: bool,
+    /// The task's own agent settings (its `task create --set` values on top
+    /// of the coordinator's configuration, `config::task_config`); `None`:
+    /// the backend's, which are the coordinator's.
+    pub agent_settings: Option<crate::plan::AgentSettings>,
 }
 
 /// What a launch started.

@@ -67,7 +67,10 @@ pub struct Cli {
     /// `--set reconciler.poll_interval_seconds=5`. What the coordinator does
     /// uses its own configuration (config.toml, which it reloads, and its
     /// environment): a value it does not share is refused (E118), and a
-    /// coordinator a command starts never gets this command's values
+    /// coordinator a command starts never gets this command's values. On
+    /// `task create`, a per-task key (checkpoint.*, workspace.*,
+    /// agent.linger_after_finish_ms) applies to that task only; any other
+    /// key is refused (E119)
     #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
 
@@ -374,6 +377,42 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// The configuration a task's own `--set` values go on top of
+    /// (`config::task_config`): the running coordinator's, else what a
+    /// coordinator started now would use (files and environment).
+    pub async fn coordinator_config(&self, state: &StateDir) -> Result<LoadedConfig> {
+        if let Some((mut client, _)) = coordinator_client::ping_checked(state).await? {
+            let reply = client
+                .get_config(parhelia_proto::GetConfigRequest {})
+                .await
+                .map_err(coordinator_error)?
+                .into_inner();
+            return refuse_unshared_flags(&reply.config_toml, &[], RUNNING);
+        }
+        Ok(crate::config::load(state.root(), &[])?)
+    }
+
+    /// This command's `--set` values that change something of `base` (one
+    /// that repeats the coordinator's own value, whatever its key, is a
+    /// no-op and dropped); what `task create` sends for its task only.
+    pub fn task_set(&self, base: &LoadedConfig) -> Vec<String> {
+        let text = crate::config::show_text(base);
+        self.set
+            .iter()
+            .filter(|flag| refuse_unshared_flags(&text, std::slice::from_ref(*flag), "").is_err())
+            .cloned()
+            .collect()
+    }
+
+    /// A client of the running coordinator (one is started when none
+    /// answers, with no `--set` of this command), for a command whose
+    /// `--set` values travel with its request (`task create`).
+    pub async fn task_client(&self, state: &StateDir) -> Result<crate::coordinator_client::Client> {
+        coordinator_client::connect_or_start(state, &[]).await
+    }
+}
+
 const RUNNING: &str = "the running coordinator runs with its own values";
 
 /// The configuration in effect, and the coordinator it came from (its pid
@@ -606,6 +645,12 @@ pub(crate) fn dry_run_text(
             format!("{} (values not shown)", plan.env_names.join(", "))
         },
     );
+    if !plan.config_set.is_empty() {
+        field(
+            "--set",
+            format!("{} (this task only)", plan.config_set.join(", ")),
+        );
+    }
     field("spec", spec_path.display().to_string());
     out.push_str(&serde_json::to_string_pretty(&plan.spec).unwrap_or_default());
     out.push('\n');

@@ -356,9 +356,13 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     let path_var = std::env::var_os("PATH");
     let state = ctx.state()?;
     // The running coordinator's configuration (what the launch uses), else
-    // what one started now would use; a `--set` that would not apply is E118.
-    let loaded = ctx.effective_config(&state, true).await?.loaded;
-    let config = &loaded.config;
+    // what one started now would use, with this command's `--set` values on
+    // top for this task only (the coordinator applies the same ones the same
+    // way: `config::task_config`; a coordinator-wide key is E119).
+    let base = ctx.coordinator_config(&state).await?;
+    let task_set = ctx.task_set(&base);
+    let task_config = crate::config::task_config(&base.config, &task_set)?;
+    let config = &task_config;
     if let Some(dir) = &workspace {
         // Before anything is recorded or copied: never `/`, the home
         // directory or a system directory (E111), no special files (E111),
@@ -460,6 +464,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
                 &claude_bin,
                 &AgentSettings::for_config(config),
             ),
+            config_set: task_set.clone(),
         };
         if args.json {
             print_json(&dry_run)?;
@@ -474,7 +479,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
 
     let opened = ctx.open()?;
     let env = launch_env()?;
-    let mut client = ctx.client(&opened.state).await?;
+    let mut client = ctx.task_client(&opened.state).await?;
     let request = SubmitTaskRequest {
         prompt: args.prompt.clone(),
         workspace: workspace
@@ -489,6 +494,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         no_dispatch: args.no_dispatch,
         allow_large_workspace: args.allow_large_workspace,
         no_user_config: args.no_user_config,
+        config_set: task_set,
     };
     let submitted = client
         .submit_budgeted_task(SubmitBudgetedTaskRequest {

@@ -737,7 +737,7 @@ impl Backend for ModalBackend {
             ids,
             &layout,
             &self.config.claude_path,
-            &self.timing,
+            request.agent_settings.as_ref().unwrap_or(&self.timing),
         );
         spec.listen_addr = format!("0.0.0.0:{}", self.config.agent_port);
         // The agent stops at the timeout with a final checkpoint; Modal's own
