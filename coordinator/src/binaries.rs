@@ -26,18 +26,12 @@ pub fn is_executable(path: &Path) -> bool {
 
 /// Looks `name` up on a PATH value; the result is absolute.
 pub fn find_on_path(name: &str, path_var: Option<&OsStr>, cwd: &Path) -> Option<PathBuf> {
-    let path_var = path_var?;
-    std::env::split_paths(path_var)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| {
-            if dir.is_absolute() {
-                dir
-            } else {
-                cwd.join(dir)
-            }
-        })
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+    // An empty entry means the current directory to `which` (as to sh); we never search it.
+    let dirs = std::env::split_paths(path_var?).filter(|dir| !dir.as_os_str().is_empty());
+    let path_var = std::env::join_paths(dirs).ok()?;
+    which::which_in(name, Some(path_var), cwd)
+        .ok()
+        .filter(|found| is_executable(found))
 }
 
 /// Resolves Claude Code from an override and a PATH value.
