@@ -17,6 +17,7 @@ pub mod backend;
 pub mod binaries;
 pub mod budget;
 pub mod checkpoints;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod config_sync;
