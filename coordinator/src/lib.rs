@@ -27,6 +27,8 @@ pub mod coordinator_client;
 pub mod daemon;
 pub mod db;
 pub mod disk_guard;
+#[cfg(test)]
+mod docs_drift;
 pub mod doctor;
 pub mod error;
 pub mod error_codes;
