@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::supervisor::TMUX_SESSION_NAME;
-use crate::tmux::TmuxServer;
+use crate::tmux::{TMUX_SESSION_NAME, TmuxServer};
 
 /// How long to wait for the TUI's input prompt once Claude Code has started.
 pub const PROMPT_DRAWN_TIMEOUT: Duration = Duration::from_secs(10);

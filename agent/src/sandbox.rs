@@ -542,10 +542,6 @@ mod tests {
     }
 
     fn which(program: &str) -> Option<PathBuf> {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(program))
-                .find(|p| p.is_file())
-        })
+        which::which(program).ok()
     }
 }

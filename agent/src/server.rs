@@ -35,8 +35,9 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ServiceError;
 use crate::journal::Journal;
-use crate::supervisor::{SupervisorMessage, TMUX_SESSION_NAME, TerminalGrant};
+use crate::supervisor::{SupervisorMessage, TerminalGrant};
 use crate::terminal::AttachedTerminal;
+use crate::tmux::TMUX_SESSION_NAME;
 
 /// How many events a subscriber reads from the journal at a time.
 const REPLAY_BATCH: usize = 256;

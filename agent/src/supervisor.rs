@@ -71,7 +71,7 @@ use crate::journal::{Journal, JournalError, now_ms};
 use crate::layout::Layout;
 use crate::risky;
 use crate::spec::LaunchSpec;
-use crate::tmux::{TmuxError, TmuxServer};
+use crate::tmux::{TMUX_SESSION_NAME, TmuxError, TmuxServer};
 
 /// After SIGKILL, how long to wait for the exit to be reported before giving up on it.
 pub const GIVE_UP_AFTER_KILL: Duration = Duration::from_secs(5);
@@ -81,9 +81,6 @@ const MAX_OPEN_SUBAGENTS: usize = 1024;
 
 /// The detail of the NEEDS_INPUT status of a session that has nothing to tell Claude Code.
 pub const WAITING_FOR_INPUT: &str = "waiting for input";
-
-/// The tmux session that runs Claude Code.
-pub const TMUX_SESSION_NAME: &str = "claude";
 
 /// Everything the supervisor is told.
 #[derive(Debug)]

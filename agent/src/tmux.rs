@@ -74,6 +74,9 @@ struct SandboxedServer {
 }
 
 /// How long a freshly started sandboxed server may take to listen on its socket.
+/// The tmux session that runs Claude Code.
+pub const TMUX_SESSION_NAME: &str = "claude";
+
 const SANDBOX_START_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl TmuxServer {

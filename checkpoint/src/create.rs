@@ -20,17 +20,17 @@ use crate::codec::{BlobId, escape_path, unescape_path};
 use crate::entry::{Chunker, RawKind, Record, bytes_path, content_digest, encode_chunk, rel_bytes};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::exclude::Excludes;
-use crate::layer::{
-    BlobKind, BlobMap, FrameBuilder, LayerIndex, LayerSink, sync_dir, write_file_synced,
-};
+use crate::layer::{BlobKind, FrameBuilder, LayerIndex, LayerSink, sync_dir, write_file_synced};
+use crate::limits::now_ns;
 use crate::manifest::{
     CheckpointId, ChunkRef, CreateStats, MANIFEST_VERSION, Manifest, TreeManifest,
 };
+use crate::mindex::BlobMap;
 use crate::scan::{
     HashJob, HashResult, StoreSession, hash_worker, lstat_record, scan_subtree, scan_subtree_with,
     stat_unchanged,
 };
-use crate::store::{ChunkLoader, Store, now_ns};
+use crate::store::{ChunkLoader, Store};
 
 /// Content frames of at least this many bytes are flushed early (see `create_inner`).
 const EARLY_FLUSH_MIN: u64 = 256 << 10;

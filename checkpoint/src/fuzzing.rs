@@ -11,9 +11,10 @@ use std::path::Path;
 
 use crate::codec::BlobId;
 use crate::entry::{decode_chunk, validate_tree};
-use crate::layer::{BlobMap, FrameScratch, LayerReader, RawIndex, read_index};
+use crate::layer::{FrameScratch, LayerReader, RawIndex, read_index};
 use crate::limits::{Deadline, Limits};
 use crate::manifest::Manifest;
+use crate::mindex::BlobMap;
 
 /// `Manifest::decode` on raw bytes (header, JSON, checksum line).
 pub fn parse_manifest(data: &[u8]) -> bool {
@@ -135,6 +136,6 @@ fn read_layer_file(dir: &Path, id: &BlobId) -> bool {
         .filter(|(_, c)| !c.is_empty() && c[0].1.len <= 16 << 20)
         .collect();
     let deadline = Deadline::new(std::time::Duration::from_secs(10));
-    let _ = crate::restore::verify_contents(&blobs, dir, 1, deadline);
+    let _ = crate::verify::verify_contents(&blobs, dir, 1, deadline);
     any
 }

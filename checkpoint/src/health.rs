@@ -11,7 +11,7 @@
 //! not seen; a missing, truncated or renamed layer is).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -139,7 +139,7 @@ pub(crate) fn read_repair_record(root: &Path) -> RepairRecord {
     let path = root.join(REPAIR_RECORD);
     // Never through a link, never more than the cap.
     let mut data = Vec::new();
-    let read = crate::repair::open_nofollow(&path)
+    let read = open_nofollow(&path)
         .and_then(|f| f.take(REPAIR_RECORD_MAX + 1).read_to_end(&mut data).ok());
     if read.is_none() || data.len() as u64 > REPAIR_RECORD_MAX {
         return RepairRecord::default();
@@ -453,7 +453,7 @@ impl Store {
         for t in &m.trees {
             self.check_entry_count(t)?;
             let layers = Self::tree_layers(m, t);
-            let mut map = crate::layer::BlobMap::default();
+            let mut map = crate::mindex::BlobMap::default();
             for l in &layers {
                 match checks.get(l).and_then(|c| c.index.clone()) {
                     Some(ix) => map.add(ix),
@@ -514,4 +514,15 @@ impl Store {
             .filter_map(|(id, why)| CheckpointId::parse(&id).ok().map(|id| (id, why)))
             .collect()
     }
+}
+/// Opens a regular file for reading, never through a symlink (`None`: missing, a link,
+/// not a regular file, unreadable).
+pub(crate) fn open_nofollow(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    f.metadata().ok()?.is_file().then_some(f)
 }

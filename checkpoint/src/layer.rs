@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use crate::codec::{BlobId, Cursor};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::limits::Deadline;
-use crate::mindex::MergedIndex;
 
 /// Uncompressed bytes per zstd frame.
 pub const FRAME_TARGET: usize = 2 << 20;
@@ -494,7 +493,7 @@ impl LayerSink {
             let tmp = self.tmp_dir.join(format!(
                 "layer-{}-{}-{}.tmp",
                 std::process::id(),
-                crate::store::now_ns(),
+                crate::limits::now_ns(),
                 self.tmp_counter
             ));
             let file = File::create(&tmp).io("create layer", &tmp)?;
@@ -1134,78 +1133,6 @@ impl FrameStream<'_> {
         }
         self.pos = end;
         Ok(())
-    }
-}
-
-/// The blob → location map over a set of layers: their own indexes (searched in order),
-/// then, for `create`, the store's merged index cache (`mindex.rs`).
-#[derive(Default, Clone)]
-pub struct BlobMap {
-    indexes: Vec<Arc<RawIndex>>,
-    merged: Option<Arc<MergedIndex>>,
-}
-
-impl BlobMap {
-    pub fn new(merged: Option<Arc<MergedIndex>>, indexes: Vec<Arc<RawIndex>>) -> Self {
-        BlobMap { indexes, merged }
-    }
-
-    pub fn add(&mut self, index: Arc<RawIndex>) {
-        self.indexes.push(index);
-    }
-
-    pub fn get(&self, blob: &BlobId) -> Option<(BlobId, IndexEntry)> {
-        self.indexes
-            .iter()
-            .find_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
-            .or_else(|| self.merged.as_ref()?.get(blob))
-    }
-
-    /// Every location of a blob: its layers' own indexes in order, then the merged
-    /// cache's. A blob's id is only a claim until its bytes are hashed, so readers that
-    /// find one copy damaged (or planted) try the others.
-    pub fn get_all(&self, blob: &BlobId) -> Vec<(BlobId, IndexEntry)> {
-        let mut out: Vec<(BlobId, IndexEntry)> = self
-            .indexes
-            .iter()
-            .filter_map(|ix| ix.find(blob).map(|e| (ix.layer, e)))
-            .collect();
-        if let Some(m) = &self.merged {
-            for c in m.get_all(blob) {
-                if !out.iter().any(|(l, _)| *l == c.0) {
-                    out.push(c);
-                }
-            }
-        }
-        out
-    }
-
-    /// The layer holding a blob that is known to be in the store (see
-    /// `MergedIndex::layer_of`); cheaper than `get` for many lookups.
-    pub fn layer_of(&self, blob: &BlobId) -> Option<BlobId> {
-        self.indexes
-            .iter()
-            .find_map(|ix| ix.find(blob).map(|_| ix.layer))
-            .or_else(|| self.merged.as_ref()?.layer_of(blob))
-    }
-
-    pub fn contains(&self, blob: &BlobId) -> bool {
-        self.get(blob).is_some()
-    }
-
-    /// (layer id, layer file size) of every layer whose own index is in the map (not the
-    /// layers covered by the merged cache).
-    pub fn layers(&self) -> impl Iterator<Item = (BlobId, u64)> + '_ {
-        self.indexes.iter().map(|ix| (ix.layer, ix.file_size))
-    }
-
-    /// The layers' own indexes in the map.
-    pub fn indexes(&self) -> &[Arc<RawIndex>] {
-        &self.indexes
-    }
-
-    pub fn merged(&self) -> Option<&Arc<MergedIndex>> {
-        self.merged.as_ref()
     }
 }
 

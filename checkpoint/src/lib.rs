@@ -43,6 +43,7 @@ mod repair;
 mod restore;
 mod scan;
 mod store;
+mod verify;
 
 pub use codec::BlobId;
 pub use create::{ChangeHint, CreateOutcome, CreateRequest, TreeSpec};

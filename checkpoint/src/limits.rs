@@ -8,9 +8,17 @@
 //! The defaults are far above what a real workspace needs; callers that restore into small
 //! sandboxes (and tests) lower them with `Store::with_limits`.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{CheckpointError, Result};
+
+/// Wall-clock nanoseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
 
 /// Caps applied by `restore_tree`, `verify`, `entries`, `read_file`, `diff` and `file_diff`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 use crate::codec::BlobId;
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::layer::{
-    BlobKind, BlobMap, FrameBuilder, LayerReader, LayerSink, layer_path, read_index, sync_dir,
+    BlobKind, FrameBuilder, LayerReader, LayerSink, layer_path, read_index, sync_dir,
     write_file_synced,
 };
+use crate::limits::now_ns;
 use crate::manifest::{CheckpointId, Manifest};
-use crate::store::{ChunkLoader, Store, now_ns};
+use crate::mindex::BlobMap;
+use crate::store::{ChunkLoader, Store};
 
 /// Which checkpoints to keep. A checkpoint is kept if any rule keeps it; with neither
 /// `keep_last` nor `keep_within_ms`, all are kept. Then, while the store would exceed

@@ -10,10 +10,11 @@ use crate::codec::{BlobId, escape_path};
 use crate::entry::{RawKind, Record, content_digest, encode_chunk};
 use crate::error::{IoContext, Result};
 use crate::layer::{BlobKind, FrameBuilder, LayerSink, sync_dir, write_file_synced};
+use crate::limits::now_ns;
 use crate::manifest::{
     CheckpointId, ChunkRef, CreateStats, MANIFEST_VERSION, Manifest, TreeManifest,
 };
-use crate::store::{Store, now_ns};
+use crate::store::Store;
 
 /// One hand-made entry. `kind`: 0 file, 1 dir, 2 symlink, 3 hard link, 4 char device,
 /// 5 block device, 6 fifo, 7 socket.

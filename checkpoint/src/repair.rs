@@ -34,11 +34,12 @@ use crate::entry::decode_chunk;
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::health::{
     CheckDepth, DamagedFile, LayerCheck, QUARANTINE_DIR, REPAIR_FORMAT, REPAIR_RECORD,
-    RepairRecord, layer_rel, manifest_rel,
+    RepairRecord, layer_rel, manifest_rel, open_nofollow,
 };
-use crate::layer::{BlobKind, BlobMap, IndexEntry, LayerReader, LayerSink, read_index};
+use crate::layer::{BlobKind, IndexEntry, LayerReader, LayerSink, read_index};
 use crate::limits::{CHUNK_BLOB_MAX, Deadline};
 use crate::manifest::{CheckpointId, Manifest};
+use crate::mindex::BlobMap;
 use crate::store::{PhaseTrace, Store};
 
 /// Where `repair` may find intact copies.
@@ -265,16 +266,6 @@ fn hash_file(path: &Path) -> Option<BlobId> {
     let mut h = blake3::Hasher::new();
     io::copy(&mut f, &mut h).ok()?;
     Some(BlobId(*h.finalize().as_bytes()))
-}
-
-pub(crate) fn open_nofollow(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
-    f.metadata().ok()?.is_file().then_some(f)
 }
 
 /// Copies `path` into `out` if it is exactly `len` bytes hashing to `blob`.
@@ -919,7 +910,7 @@ impl Store {
         let record = RepairRecord {
             format: REPAIR_FORMAT.into(),
             version: 1,
-            at_ms: crate::store::now_ns() / 1_000_000,
+            at_ms: crate::limits::now_ns() / 1_000_000,
             unrepairable: unrepairable.clone(),
         };
         let dir = self.root.join(QUARANTINE_DIR);

@@ -22,7 +22,8 @@ use crate::codec::BlobId;
 use crate::entry::{RawKind, Record, bytes_path};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::exclude::Excludes;
-use crate::layer::{BlobKind, BlobMap, FrameBuilder, IN_MEMORY_BLOB_MAX, LayerReader, LayerSink};
+use crate::layer::{BlobKind, FrameBuilder, IN_MEMORY_BLOB_MAX, LayerReader, LayerSink};
+use crate::mindex::BlobMap;
 
 /// Files modified less than this long before a scan started are re-hashed by the next scan
 /// even if their stat is unchanged (timestamps are coarse; see "racy" in the format doc).

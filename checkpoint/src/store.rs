@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,12 +23,12 @@ use crate::entry::RawKind;
 use crate::entry::{Record, bytes_path, decode_chunk, rel_bytes};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::layer::{
-    BlobKind, BlobMap, FrameScratch, IndexEntry, LayerIndex, LayerReader, RawIndex,
-    WHOLE_FRAME_MAX, read_index,
+    BlobKind, FrameScratch, IndexEntry, LayerIndex, LayerReader, RawIndex, WHOLE_FRAME_MAX,
+    read_index,
 };
 use crate::limits::{CHUNK_BLOB_MAX, Deadline, Limits};
 use crate::manifest::{CheckpointId, ChunkRef, Manifest, TreeManifest};
-use crate::mindex::{CachedLayer, LayerStat, MergedIndex};
+use crate::mindex::{BlobMap, CachedLayer, LayerStat, MergedIndex};
 
 const STORE_FORMAT: &str = "parhelia-checkpoint-store";
 const STORE_VERSION: u32 = 1;
@@ -169,13 +169,6 @@ impl PhaseTrace {
             eprintln!("parhelia-checkpoint:             {}", what());
         }
     }
-}
-
-pub(crate) fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// A held store lock; released on drop.
@@ -741,7 +734,7 @@ impl Store {
         t: &TreeManifest,
         trace: &PhaseTrace,
         deadline: Deadline,
-    ) -> Result<(Vec<Record>, BlobMap, crate::restore::Located)> {
+    ) -> Result<(Vec<Record>, BlobMap, crate::verify::Located)> {
         self.check_entry_count(t)?;
         let layers = Self::tree_layers(m, t);
         let map = self.blob_map_for(&layers)?;
@@ -805,7 +798,7 @@ impl Store {
         }
         contents.sort_unstable_by_key(|(b, _)| *b);
         let located =
-            crate::restore::verify_contents(&contents, &self.layers_dir, self.threads, deadline)?;
+            crate::verify::verify_contents(&contents, &self.layers_dir, self.threads, deadline)?;
         trace.mark("contents verified");
         Ok((records, map, located))
     }

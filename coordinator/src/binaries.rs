@@ -26,18 +26,17 @@ pub fn is_executable(path: &Path) -> bool {
 
 /// Looks `name` up on a PATH value; the result is absolute.
 pub fn find_on_path(name: &str, path_var: Option<&OsStr>, cwd: &Path) -> Option<PathBuf> {
-    let path_var = path_var?;
-    std::env::split_paths(path_var)
+    // An empty entry means the current directory to `which` (as to sh); we never search it.
+    let dirs: Vec<PathBuf> = std::env::split_paths(path_var?)
         .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| {
-            if dir.is_absolute() {
-                dir
-            } else {
-                cwd.join(dir)
-            }
-        })
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+        .collect();
+    if dirs.is_empty() {
+        return None;
+    }
+    let path_var = std::env::join_paths(dirs).ok()?;
+    which::which_in(name, Some(path_var), cwd)
+        .ok()
+        .filter(|found| is_executable(found))
 }
 
 /// Resolves Claude Code from an override and a PATH value.
@@ -162,6 +161,32 @@ mod tests {
             resolve_claude_bin(None, None, cwd).unwrap_err().code.code,
             "E501"
         );
+    }
+
+    /// PATH lookup through `which` keeps the old rules: an empty entry (which sh, and
+    /// `which`, read as the current directory) is never searched; a relative entry is
+    /// taken from the current directory; a file without an execute bit is passed over.
+    #[test]
+    fn path_lookup_never_searches_the_current_directory_for_an_empty_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cwd = tmp.path();
+        executable(cwd, "claude");
+        let rel = cwd.join("rel");
+        std::fs::create_dir(&rel).unwrap();
+        for path in [":/nonexistent", "/nonexistent:", "/a::/b", ""] {
+            assert_eq!(
+                find_on_path("claude", Some(OsStr::new(path)), cwd),
+                None,
+                "{path:?}"
+            );
+        }
+        let in_rel = executable(&rel, "claude");
+        assert_eq!(
+            find_on_path("claude", Some(OsStr::new("::rel")), cwd),
+            Some(in_rel)
+        );
+        std::fs::write(rel.join("agent"), "").unwrap();
+        assert_eq!(find_on_path("agent", Some(OsStr::new("rel")), cwd), None);
     }
 
     #[test]

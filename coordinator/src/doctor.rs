@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::backend::Backend;
 use crate::backend::isolation;
 use crate::backend::local::LocalBackend;
@@ -18,90 +16,7 @@ use crate::config::LoadedConfig;
 use crate::db::Db;
 use crate::state_dir::StateDir;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Ok,
-    Warn,
-    Fail,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Ok => "ok",
-            Verdict::Warn => "warn",
-            Verdict::Fail => "fail",
-        }
-    }
-}
-
-/// What `--fix` can do about a check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Repair {
-    /// `chmod 700` the state directory.
-    RestrictStateDir,
-    /// Remove a socket no coordinator holds.
-    RemoveStaleSocket { path: PathBuf },
-    /// Run a reconciler pass (through the coordinator).
-    RunReconciler,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub verdict: Verdict,
-    pub detail: String,
-    /// What to do about a warning or failure.
-    pub fix: Option<String>,
-    /// What `--fix` would do.
-    pub repair: Option<Repair>,
-    /// `--fix` did it.
-    pub repaired: bool,
-}
-
-impl Check {
-    pub(crate) fn ok(name: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            name,
-            verdict: Verdict::Ok,
-            detail: detail.into(),
-            fix: None,
-            repair: None,
-            repaired: false,
-        }
-    }
-
-    pub(crate) fn warn(
-        name: &'static str,
-        detail: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Self {
-            verdict: Verdict::Warn,
-            fix: Some(fix.into()),
-            ..Self::ok(name, detail)
-        }
-    }
-
-    pub(crate) fn fail(
-        name: &'static str,
-        detail: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Self {
-            verdict: Verdict::Fail,
-            fix: Some(fix.into()),
-            ..Self::ok(name, detail)
-        }
-    }
-
-    fn with_repair(mut self, repair: Repair) -> Self {
-        self.repair = Some(repair);
-        self
-    }
-}
+pub use crate::checks::{Check, Repair, Verdict};
 
 /// Runs `program args` with a deadline; its first output line.
 fn version_of(program: &Path, args: &[&str]) -> Result<String, String> {

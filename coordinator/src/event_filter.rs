@@ -12,6 +12,41 @@ use crate::error_codes;
 use crate::ids::rfc3339_ms;
 use crate::term::escape_untrusted;
 
+/// Every type of event the coordinator records: with
+/// [`parhelia_proto::EVENT_TYPE_NAMES`], what `events … --type` accepts.
+pub const COORDINATOR_EVENT_TYPES: &[&str] = &[
+    "budget_exceeded",
+    "budget_refused",
+    "budget_set",
+    "budget_warning",
+    "checkpoint_durable",
+    "container_lost",
+    "container_stuck",
+    "container_terminated",
+    "database_generation_unreadable",
+    "database_rolled_back",
+    "disk_full",
+    "disk_space_back",
+    "health_changed",
+    "journal_gap",
+    "launch_failed",
+    "orphan_detected",
+    "orphan_gone",
+    "orphan_terminated",
+    "reconciler_run",
+    "resume_failed",
+    "session_processes_ended",
+    "session_resumed",
+    "session_rolled_back",
+    "task_cancelled",
+    "task_created",
+    "task_deleted",
+    "task_dispatched",
+    "task_retried",
+    "usage_reconciled",
+    "usage_unreported",
+];
+
 /// Who recorded an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,7 +88,7 @@ pub const TYPE_ALIASES: &[(&str, &str)] = &[("container_started", "session_start
 pub fn event_types() -> Vec<&'static str> {
     let mut all: Vec<&'static str> = parhelia_proto::EVENT_TYPE_NAMES
         .iter()
-        .chain(crate::db::COORDINATOR_EVENT_TYPES)
+        .chain(COORDINATOR_EVENT_TYPES)
         .copied()
         .collect();
     all.sort_unstable();
@@ -426,7 +461,7 @@ mod tests {
         // Every type either side records is accepted as itself.
         for name in parhelia_proto::EVENT_TYPE_NAMES
             .iter()
-            .chain(crate::db::COORDINATOR_EVENT_TYPES)
+            .chain(COORDINATOR_EVENT_TYPES)
         {
             assert_eq!(canonical_event_type(name).unwrap(), *name);
         }
@@ -459,7 +494,7 @@ mod tests {
                 }
                 seen += 1;
                 assert!(
-                    crate::db::COORDINATOR_EVENT_TYPES.contains(&name),
+                    COORDINATOR_EVENT_TYPES.contains(&name),
                     "{}: `{name}` is not in COORDINATOR_EVENT_TYPES",
                     entry.path().display()
                 );

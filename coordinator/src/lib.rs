@@ -17,6 +17,7 @@ pub mod backend;
 pub mod binaries;
 pub mod budget;
 pub mod checkpoints;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod config_sync;
@@ -26,6 +27,8 @@ pub mod coordinator_client;
 pub mod daemon;
 pub mod db;
 pub mod disk_guard;
+#[cfg(test)]
+mod docs_drift;
 pub mod doctor;
 pub mod error;
 pub mod error_codes;

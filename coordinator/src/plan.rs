@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::error::CodedError;
 use crate::error_codes;
 use crate::spec::{AgentSpec, SPEC_VERSION, SpecMode};
+pub use crate::spec::{CheckpointPolicy, ReadLimits};
 
 /// Defaults written into every spec.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
@@ -36,69 +37,6 @@ impl AgentSettings {
         Self {
             model_prices: config.rates.models.clone(),
             ..Self::from(&config.agent)
-        }
-    }
-}
-
-/// The spec's `checkpoint` object (`docs/dev/contracts.md`).
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct CheckpointPolicy {
-    pub interval_ms: u64,
-    pub excludes: Vec<String>,
-    pub keep_last: Option<u64>,
-    pub keep_within_ms: Option<i64>,
-    pub max_store_bytes: Option<u64>,
-    /// Caps on reading checkpoints (the agent's restores).
-    pub limits: ReadLimits,
-}
-
-/// The spec's `checkpoint.limits` object: `parhelia_checkpoint::Limits` as
-/// JSON (`docs/dev/contracts.md`).
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct ReadLimits {
-    pub max_bytes: u64,
-    pub max_entries: u64,
-    pub max_path_len: u64,
-    pub max_read_bytes: u64,
-    pub max_diff_bytes: u64,
-    pub max_time_ms: u64,
-}
-
-impl From<&parhelia_checkpoint::Limits> for ReadLimits {
-    fn from(l: &parhelia_checkpoint::Limits) -> Self {
-        ReadLimits {
-            max_bytes: l.max_bytes,
-            max_entries: l.max_entries,
-            max_path_len: l.max_path_len as u64,
-            max_read_bytes: l.max_read_bytes,
-            max_diff_bytes: l.max_diff_bytes,
-            max_time_ms: l.max_time.as_millis().min(u64::MAX as u128) as u64,
-        }
-    }
-}
-
-impl Default for CheckpointPolicy {
-    fn default() -> Self {
-        CheckpointPolicy {
-            interval_ms: 600_000,
-            excludes: Vec::new(),
-            keep_last: None,
-            keep_within_ms: None,
-            max_store_bytes: None,
-            limits: ReadLimits::from(&parhelia_checkpoint::Limits::default()),
-        }
-    }
-}
-
-impl From<&crate::config::CheckpointConfig> for CheckpointPolicy {
-    fn from(c: &crate::config::CheckpointConfig) -> Self {
-        CheckpointPolicy {
-            interval_ms: (c.interval_seconds * 1000.0) as u64,
-            excludes: c.excludes.clone(),
-            keep_last: c.keep_last,
-            keep_within_ms: c.keep_within_hours.map(|h| (h * 3_600_000.0) as i64),
-            max_store_bytes: c.max_store_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
-            limits: ReadLimits::from(&c.read_limits()),
         }
     }
 }
@@ -347,7 +285,7 @@ pub struct DryRunPlan {
     pub task_type: String,
     pub state_dir: PathBuf,
     /// `none` or `bwrap` (see `backend::isolation`).
-    pub isolation: crate::backend::isolation::Isolation,
+    pub isolation: Isolation,
     /// Names only: values are never shown.
     pub env_names: Vec<String>,
     /// This task's own `--set` values (on the coordinator's configuration,
@@ -355,6 +293,23 @@ pub struct DryRunPlan {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub config_set: Vec<String>,
     pub spec: AgentSpec,
+}
+
+/// How a local session is confined (`backend/isolation.rs` decides it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    None,
+    Bubblewrap,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::None => "none",
+            Isolation::Bubblewrap => "bwrap",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ pub struct AgentSpec {
     pub prior_cost_usd: Option<f64>,
     /// When the agent checkpoints and what it keeps (`[checkpoint]` config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<crate::plan::CheckpointPolicy>,
+    pub checkpoint: Option<CheckpointPolicy>,
     /// Copy Claude Code's config from here first (`parhelia config sync`'s
     /// copy on a remote volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +126,69 @@ impl AgentRuntimeInfo {
     /// The agent's gRPC endpoint URI.
     pub fn endpoint_uri(&self) -> String {
         format!("http://{}", self.grpc_addr)
+    }
+}
+
+/// The spec's `checkpoint` object (`docs/dev/contracts.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointPolicy {
+    pub interval_ms: u64,
+    pub excludes: Vec<String>,
+    pub keep_last: Option<u64>,
+    pub keep_within_ms: Option<i64>,
+    pub max_store_bytes: Option<u64>,
+    /// Caps on reading checkpoints (the agent's restores).
+    pub limits: ReadLimits,
+}
+
+/// The spec's `checkpoint.limits` object: `parhelia_checkpoint::Limits` as
+/// JSON (`docs/dev/contracts.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadLimits {
+    pub max_bytes: u64,
+    pub max_entries: u64,
+    pub max_path_len: u64,
+    pub max_read_bytes: u64,
+    pub max_diff_bytes: u64,
+    pub max_time_ms: u64,
+}
+
+impl From<&parhelia_checkpoint::Limits> for ReadLimits {
+    fn from(l: &parhelia_checkpoint::Limits) -> Self {
+        ReadLimits {
+            max_bytes: l.max_bytes,
+            max_entries: l.max_entries,
+            max_path_len: l.max_path_len as u64,
+            max_read_bytes: l.max_read_bytes,
+            max_diff_bytes: l.max_diff_bytes,
+            max_time_ms: l.max_time.as_millis().min(u64::MAX as u128) as u64,
+        }
+    }
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            interval_ms: 600_000,
+            excludes: Vec::new(),
+            keep_last: None,
+            keep_within_ms: None,
+            max_store_bytes: None,
+            limits: ReadLimits::from(&parhelia_checkpoint::Limits::default()),
+        }
+    }
+}
+
+impl From<&crate::config::CheckpointConfig> for CheckpointPolicy {
+    fn from(c: &crate::config::CheckpointConfig) -> Self {
+        CheckpointPolicy {
+            interval_ms: (c.interval_seconds * 1000.0) as u64,
+            excludes: c.excludes.clone(),
+            keep_last: c.keep_last,
+            keep_within_ms: c.keep_within_hours.map(|h| (h * 3_600_000.0) as i64),
+            max_store_bytes: c.max_store_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+            limits: ReadLimits::from(&c.read_limits()),
+        }
     }
 }
 

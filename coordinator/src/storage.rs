@@ -30,16 +30,6 @@ pub trait VolumeSizes: Send + Sync {
     async fn session_bytes(&self, session_id: &str) -> Result<u64, CodedError>;
 }
 
-#[async_trait::async_trait]
-impl VolumeSizes for crate::backend::modal::ModalBackend {
-    async fn session_bytes(&self, session_id: &str) -> Result<u64, CodedError> {
-        let files = self.list_volume(&session_prefix(session_id)).await?;
-        Ok(files
-            .values()
-            .fold(0u64, |sum, size| sum.saturating_add(*size)))
-    }
-}
-
 /// A session's directory on the volume (relative to its root).
 pub fn session_prefix(session_id: &str) -> String {
     format!("sessions/{session_id}")

@@ -15,8 +15,8 @@ use parhelia_checkpoint::{
 };
 use serde::Serialize;
 
+use crate::checks::Check;
 use crate::db::{Db, SessionRecord};
-use crate::doctor::Check;
 use crate::error::CodedError;
 use crate::error_codes;
 use crate::render::bytes;

@@ -69,6 +69,8 @@ pub const EVENT_TYPE_NAMES: &[&str] = &[
     "checkpoint_failed",
     "checkpoint_restored",
     "model_spend",
+    "subagent_started",
+    "subagent_finished",
 ];
 
 /// Severity of an event: `error`, `warning` or `info`.

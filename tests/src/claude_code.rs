@@ -57,13 +57,8 @@ pub fn claude_bin() -> Result<PathBuf, ClaudeNotFound> {
         return Ok(pinned);
     }
     looked_at.push(pinned.display().to_string());
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("claude");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
+    if let Ok(found) = which::which("claude") {
+        return Ok(found);
     }
     looked_at.push("PATH".to_owned());
     Err(ClaudeNotFound {

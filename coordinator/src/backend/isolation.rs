@@ -26,21 +26,7 @@ use crate::error_codes;
 /// The environment variable (and env-map key) that selects isolation.
 pub const ISOLATION_ENV: &str = "PARHELIA_ISOLATION";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Isolation {
-    None,
-    Bubblewrap,
-}
-
-impl Isolation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Isolation::None => "none",
-            Isolation::Bubblewrap => "bwrap",
-        }
-    }
-}
+pub use crate::plan::Isolation;
 
 /// Decides the isolation for a launch from the setting (pure apart from
 /// `bwrap_works`, which is only asked when the answer depends on it).

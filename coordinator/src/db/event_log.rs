@@ -29,40 +29,7 @@ pub struct NewCoordinatorEvent {
     pub details: serde_json::Value,
 }
 
-/// Every type of event the coordinator records: with
-/// [`parhelia_proto::EVENT_TYPE_NAMES`], what `events … --type` accepts.
-pub const COORDINATOR_EVENT_TYPES: &[&str] = &[
-    "budget_exceeded",
-    "budget_refused",
-    "budget_set",
-    "budget_warning",
-    "checkpoint_durable",
-    "container_lost",
-    "container_stuck",
-    "container_terminated",
-    "database_generation_unreadable",
-    "database_rolled_back",
-    "disk_full",
-    "disk_space_back",
-    "health_changed",
-    "journal_gap",
-    "launch_failed",
-    "orphan_detected",
-    "orphan_gone",
-    "orphan_terminated",
-    "reconciler_run",
-    "resume_failed",
-    "session_processes_ended",
-    "session_resumed",
-    "session_rolled_back",
-    "task_cancelled",
-    "task_created",
-    "task_deleted",
-    "task_dispatched",
-    "task_retried",
-    "usage_reconciled",
-    "usage_unreported",
-];
+pub use crate::event_filter::COORDINATOR_EVENT_TYPES;
 
 impl NewCoordinatorEvent {
     pub fn new(event_type: &'static str, level: &'static str, message: impl Into<String>) -> Self {

@@ -946,6 +946,19 @@ fn remove_stale_copies(scratch: &Path) {
     }
 }
 
+/// Storage charging measures a session's bytes with the bridge's volume listing.
+#[async_trait::async_trait]
+impl crate::storage::VolumeSizes for ModalBackend {
+    async fn session_bytes(&self, session_id: &str) -> Result<u64, CodedError> {
+        let files = self
+            .list_volume(&crate::storage::session_prefix(session_id))
+            .await?;
+        Ok(files
+            .values()
+            .fold(0u64, |sum, size| sum.saturating_add(*size)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
