@@ -1503,6 +1503,33 @@ impl Supervisor {
         self.claude_pid
     }
 
+    /// Waits up to 3 s for Claude Code's process to end once its launcher has, then
+    /// kills it. Only a pid whose command line still names Claude Code is waited for
+    /// or signalled (a pid can be reused).
+    async fn wait_for_claude_to_end(&mut self) {
+        let Some(pid) = self.claude_pid() else {
+            return;
+        };
+        let is_claude = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                cmd.windows(6).any(|w| w == b"claude")
+                    && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                        stat.rsplit(')')
+                            .next()
+                            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+                    })
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while is_claude(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if is_claude(pid) {
+            tracing::warn!(pid, "claude code outlived its launcher; killing it");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
     fn signal_claude(&mut self, signal: Signal) -> bool {
         let Some(pid) = self.claude_pid() else {
             return false;
@@ -1602,6 +1629,10 @@ impl Supervisor {
             return Ok(());
         }
         tracing::info!(exit_code, "claude code exited");
+        // Its launcher can end before Claude Code does (the tmux server killed): it
+        // may still write its transcript for a moment. Wait for it (bounded), so the
+        // last meter and the in-flight check read the transcript it leaves.
+        self.wait_for_claude_to_end().await;
         self.input = None;
         if let Some(writer) = self.writer_task.take() {
             writer.abort();
