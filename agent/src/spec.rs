@@ -97,10 +97,23 @@ pub struct LaunchSpec {
     /// agent's own user.
     #[serde(default)]
     pub session_user: Option<String>,
+    /// Responses the coordinator charged from a dead agent's transcripts (no journal
+    /// holds them): the meter counts them as charged, in the session total and never
+    /// again.
+    #[serde(default)]
+    pub charged_elsewhere: Vec<ChargedElsewhere>,
     /// USD per million tokens by model name, for metering each model response from the
     /// transcript ([`crate::spend`]). A model not in it is metered unpriced (tokens only).
     #[serde(default)]
     pub model_prices: std::collections::BTreeMap<String, crate::spend::ModelPrice>,
+}
+
+/// One response the coordinator charged outside any journal.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargedElsewhere {
+    pub message_id: String,
+    pub cost_usd: f64,
 }
 
 /// When and how the agent checkpoints (all optional in `spec.json`).
@@ -256,6 +269,18 @@ impl LaunchSpec {
             return Err(field_error(
                 "prior_cost_usd",
                 "must be a non-negative amount or null",
+            ));
+        }
+        if self.charged_elsewhere.len() > crate::spend::MAX_TRACKED_IDS
+            || self.charged_elsewhere.iter().any(|c| {
+                c.message_id.is_empty()
+                    || c.message_id.len() > crate::spend::MAX_ID_BYTES
+                    || !(c.cost_usd.is_finite() && c.cost_usd >= 0.0)
+            })
+        {
+            return Err(field_error(
+                "charged_elsewhere",
+                "must be at most 65,536 entries of a message id (1-256 bytes) and a non-negative amount",
             ));
         }
         for (model, price) in &self.model_prices {

@@ -441,6 +441,17 @@ impl Supervisor {
         for (id, tokens, cost) in &context.prior_charges {
             meter.remember(id, *tokens, *cost);
         }
+        // Charged by the coordinator from a dead agent's transcripts: whole (their
+        // lines add nothing), and counted in the metered total.
+        let whole = crate::spend::Tokens {
+            input: crate::spend::MAX_TOKENS,
+            output: crate::spend::MAX_TOKENS,
+            cache_write: crate::spend::MAX_TOKENS,
+            cache_read: crate::spend::MAX_TOKENS,
+        };
+        for charged in &context.spec.charged_elsewhere {
+            meter.remember(&charged.message_id, whole, charged.cost_usd);
+        }
         let cost_high_water = std::cell::Cell::new(context.prior_cost_usd);
         Supervisor {
             context,

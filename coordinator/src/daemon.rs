@@ -648,7 +648,9 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<RunEnd>
     // Before anything reads the coordinator id or the live containers: a
     // database behind the generation recorded beside it lost commits (E514);
     // it is reported and what the record proves is re-created.
-    crate::db::generation::check_at_start(&db, Some(&state.root().join("containers")))?;
+    let rolled_back =
+        crate::db::generation::check_at_start(&db, Some(&state.root().join("containers")))?
+            .is_some();
     let coordinator_id = db.coordinator_id()?;
     let launcher = std::env::current_exe().context("finding the parhelia executable")?;
     // A database outside the state directory is hidden from sandboxes too.
@@ -694,6 +696,12 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<RunEnd>
     );
     let service = CoordinatorService::with_backends(state.clone(), db, Arc::new(backends), config);
     let reattached = service.reattach().await?;
+    // Ended Modal work the rollback lost is on the volume, not under the state dir:
+    // read back in the background (a slow or absent Modal must not hold the start).
+    if rolled_back && state.root().join("modal").is_dir() {
+        let service = service.clone();
+        tokio::spawn(async move { service.rebuild_modal_from_specs().await });
+    }
     tracing::info!(
         pid = std::process::id(),
         %coordinator_id,

@@ -25,6 +25,7 @@ pub const COORDINATOR_EVENT_TYPES: &[&str] = &[
     "container_terminated",
     "database_generation_unreadable",
     "database_rolled_back",
+    "database_rebuilt",
     "disk_full",
     "disk_space_back",
     "health_changed",

@@ -226,6 +226,9 @@ pub struct SessionRequest {
     /// resume): the agent's cost total starts from at least this, whatever
     /// its volume's journals still hold.
     pub prior_cost_usd: Option<f64>,
+    /// Responses the coordinator charged outside any journal (a dead agent's
+    /// transcripts): id and amount, for the agent's meter (see `spec.json`).
+    pub charged_elsewhere: Vec<(String, f64)>,
 }
 
 /// The spec a local launch writes.
@@ -264,6 +267,14 @@ pub fn agent_spec(
         checkpoint: Some(timing.checkpoint.clone()),
         max_budget_usd: request.max_budget_usd,
         prior_cost_usd: request.prior_cost_usd.filter(|c| *c > 0.0),
+        charged_elsewhere: request
+            .charged_elsewhere
+            .iter()
+            .map(|(message_id, cost_usd)| crate::spec::ChargedElsewhere {
+                message_id: message_id.clone(),
+                cost_usd: *cost_usd,
+            })
+            .collect(),
         claude_config_seed: None,
         sandbox: None,
         timeout_ms: None,
@@ -414,6 +425,7 @@ mod tests {
             restore_checkpoint: None,
             max_budget_usd: None,
             prior_cost_usd: None,
+            charged_elsewhere: Vec::new(),
         };
         let spec = agent_spec(
             &request,

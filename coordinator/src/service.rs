@@ -754,6 +754,7 @@ impl CoordinatorService {
                 restore_checkpoint: None,
                 max_budget_usd: self.claude_budget_fence(&task.id, None)?,
                 prior_cost_usd: None,
+                charged_elsewhere: Vec::new(),
             },
             workspace_source,
             copy_limits: crate::backend::workspace_copy::CopyLimits::from_config(
@@ -998,6 +999,51 @@ impl CoordinatorService {
             self.mark_durable(&session.id, dir, None).await?;
         }
         Ok(dir)
+    }
+
+    /// After a rollback (E514): re-creates the rows of ended Modal containers the
+    /// database lost, from their specs on the volume (see `db/rebuild.rs`); the
+    /// reconciler then settles them from their journals. Reported as a
+    /// `database_rebuilt` coordinator event; a volume that cannot be read is
+    /// reported too, and nothing is invented.
+    pub async fn rebuild_modal_from_specs(&self) {
+        let db = &self.inner.db;
+        let result = async {
+            let modal = self.inner.backends.modal()?;
+            let dir = modal
+                .scratch_dir()?
+                .join(format!("rebuild-{}", crate::ids::random_hex(4)));
+            let copied = modal.copy_specs(&dir).await;
+            let rebuilt = copied.and_then(|_| db.rebuild_from_specs_on(&dir, "modal"));
+            let _ = std::fs::remove_dir_all(&dir);
+            rebuilt
+        }
+        .await;
+        let (level, message, details) = match &result {
+            Ok(ids) if ids.is_empty() => return,
+            Ok(ids) => (
+                "warning",
+                format!(
+                    "{}: re-created {} Modal container(s) from their specs on the volume, whose journals now settle them",
+                    error_codes::DATABASE_ROLLED_BACK.code,
+                    ids.len()
+                ),
+                serde_json::json!({ "backend": "modal", "rebuilt_from_specs": ids }),
+            ),
+            Err(err) => (
+                "error",
+                format!(
+                    "{}: the Modal volume could not be read to rebuild what the database lost: {err:#}",
+                    error_codes::DATABASE_ROLLED_BACK.code
+                ),
+                serde_json::json!({ "backend": "modal", "error": format!("{err:#}") }),
+            ),
+        };
+        tracing::warn!("{message}");
+        db.note(
+            crate::db::NewCoordinatorEvent::new("database_rebuilt", level, message)
+                .details(details),
+        );
     }
 
     /// Writes what a repair changed in a `fresh` [`Self::fetch_store`] copy
@@ -1514,6 +1560,7 @@ impl CoordinatorService {
                 restore_checkpoint: checkpoint_id.clone(),
                 max_budget_usd,
                 prior_cost_usd: Some(db.session_spend_usd(&session.id)?),
+                charged_elsewhere: db.left_over_charges(&session.id)?,
             },
             // The session's workspace is already there; the checkpoint restores it.
             workspace_source: None,

@@ -52,6 +52,11 @@ pub struct AgentSpec {
     /// journal never lowers it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prior_cost_usd: Option<f64>,
+    /// Responses the coordinator charged from a dead agent's transcripts, which
+    /// no journal holds: the agent's meter counts them as charged (in its
+    /// session total, never again). Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub charged_elsewhere: Vec<ChargedElsewhere>,
     /// When the agent checkpoints and what it keeps (`[checkpoint]` config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointPolicy>,
@@ -75,6 +80,14 @@ pub struct AgentSpec {
     /// with them (`docs/dev/cost-metering.md`). Empty: every response is unpriced.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub model_prices: std::collections::BTreeMap<String, crate::config::ModelPrice>,
+}
+
+/// One `spec.json` `charged_elsewhere` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargedElsewhere {
+    pub message_id: String,
+    pub cost_usd: f64,
 }
 
 /// `spec.json`'s `sandbox`: what the sandbox must not see (`hide`, covered by an
@@ -232,6 +245,7 @@ mod tests {
             restore_checkpoint: None,
             max_budget_usd: None,
             prior_cost_usd: None,
+            charged_elsewhere: Vec::new(),
             checkpoint: None,
             claude_config_seed: None,
             sandbox: None,

@@ -240,6 +240,7 @@ async fn contract(kind: BackendKind) {
         restore_checkpoint: None,
         max_budget_usd: None,
         prior_cost_usd: None,
+        charged_elsewhere: Vec::new(),
     };
     let handle = backend
         .launch(&request(
@@ -373,6 +374,7 @@ async fn contract(kind: BackendKind) {
         restore_checkpoint: Some(checkpoint.clone()),
         max_budget_usd: None,
         prior_cost_usd: None,
+        charged_elsewhere: Vec::new(),
     };
     let handle2 = backend
         .launch(&request(

@@ -885,3 +885,67 @@ fn damage_on_the_volume_is_verified_there_and_repaired_back_onto_it() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Issue 12: a rolled-back database (an older copy put back) lost a Modal task that
+/// ended; its spec and journal on the volume prove it, and the coordinator rebuilds it
+/// from them (`database_rebuilt`): outcome, result and spend come back.
+#[test]
+fn an_ended_modal_task_the_rollback_lost_is_rebuilt_from_the_volume() {
+    let mut h = Harness::new(Script::new([
+        Turn::text("Modal done.").with_usage(1000, 100)
+    ]));
+    modal_ready(&mut h);
+    h.ok(&["reconciler", "run", "--once"]);
+    let older = h.root().join("older.db");
+    h.db()
+        .execute("VACUUM INTO ?1", [older.to_string_lossy()])
+        .unwrap();
+
+    let created = create(&h, "Say done", &["--backend", "modal"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    let task = finished(&h, &task_id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let cost = task["model_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{task:#}");
+
+    h.ok(&["coordinator", "stop"]);
+    let db = h.state().join("parhelia.db");
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.clone().into_os_string();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
+    std::fs::rename(&older, &db).unwrap();
+    assert!(!h.run(&["task", "show", &task_id]).status.success());
+
+    h.ok(&["reconciler", "run", "--once"]);
+    let details = h.wait_for("the rebuild from the volume", || {
+        h.db()
+            .query_row(
+                "SELECT details FROM coordinator_events WHERE type = 'database_rebuilt'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .ok()
+    });
+    let details: serde_json::Value = serde_json::from_str(&details).unwrap();
+    assert_eq!(
+        details["rebuilt_from_specs"],
+        serde_json::json!([container_id.clone()]),
+        "{details:#}"
+    );
+    // The next passes settle it from its journal on the volume.
+    let task = h.wait_for("the rebuilt task settled", || {
+        let _ = h.run(&["reconciler", "run", "--once"]);
+        let task = h.json(&["task", "show", &task_id, "--json"]);
+        (task["status"] != "running").then_some(task)
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["backend"], "modal", "{task:#}");
+    assert_eq!(task["result"], "Modal done.", "{task:#}");
+    assert!(
+        (task["model_usd"].as_f64().unwrap() - cost).abs() < 1e-9,
+        "{task:#}"
+    );
+}

@@ -419,6 +419,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
             restore_checkpoint: None,
             max_budget_usd: None,
             prior_cost_usd: None,
+            charged_elsewhere: Vec::new(),
         };
         let agent_override = std::env::var_os(plan::AGENT_BIN_ENV).map(PathBuf::from);
         let agent_bin = resolve_agent_bin(

@@ -546,6 +546,30 @@ impl Db {
         Ok(ids)
     }
 
+    /// The responses the coordinator charged from a dead agent's transcripts
+    /// (rows with `left_over_message_ids`), each with a share of its row's amount
+    /// (the whole amount on the row's first id): what a resumed agent must count
+    /// as charged, so its session total includes them and it never charges them
+    /// again. At most 65,536.
+    pub fn left_over_charges(&self, session_id: &str) -> Result<Vec<(String, f64)>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT ids.value, CASE WHEN ids.key = 0 THEN ledger.amount_usd ELSE 0 END
+             FROM ledger, json_each(ledger.details, '$.left_over_message_ids') AS ids
+             WHERE ledger.session_id = ?1 AND ledger.kind = 'model'
+               AND instr(ledger.details, 'left_over_message_ids') > 0
+               AND json_valid(ledger.details) AND typeof(ids.value) = 'text'
+             ORDER BY ledger.id, ids.key
+             LIMIT 65536",
+        )?;
+        let charges = statement
+            .query_map([session_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(charges)
+    }
+
     /// Model cost the ledger holds for a session.
     pub fn session_model_usd(&self, session_id: &str) -> Result<f64> {
         let conn = self.conn();

@@ -18,8 +18,10 @@
 //! the container lost the usual way (salvage, automatic resume). Nothing is
 //! guessed: a rebuilt task's status comes from its journal alone.
 //!
-//! Only the local backend keeps specs here; a Modal container's spec is on
-//! its volume and is not read (its live rows are in the record).
+//! The local backend keeps specs under the state directory; a Modal
+//! container's is on its volume, and the coordinator copies those off the
+//! volume first (`ModalBackend::copy_specs`, when this state directory has
+//! ever used Modal) and rebuilds from the copies the same way.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -107,6 +109,16 @@ impl Db {
     /// runs again until that container's journal says how it ended. Returns
     /// the containers re-created, oldest first.
     pub fn rebuild_from_specs(&self, containers_dir: &Path) -> Result<Vec<String>> {
+        self.rebuild_from_specs_on(containers_dir, "local")
+    }
+
+    /// [`Self::rebuild_from_specs`] for containers of `backend` (`local`, or
+    /// `modal` from specs copied off the volume).
+    pub fn rebuild_from_specs_on(
+        &self,
+        containers_dir: &Path,
+        backend: &str,
+    ) -> Result<Vec<String>> {
         let mut by_task: BTreeMap<String, Vec<Found>> = BTreeMap::new();
         for found in read_specs(containers_dir) {
             by_task
@@ -158,7 +170,7 @@ impl Db {
                         "INSERT INTO tasks (id, prompt, task_type, backend, model, max_turns, status,
                                             mode, session_id, container_id, created_at_ms,
                                             started_at_ms, updated_at_ms)
-                         VALUES (?1, ?2, 'generic', 'local', ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?8, ?9)",
+                         VALUES (?1, ?2, 'generic', ?10, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?8, ?9)",
                         params![
                             task_id,
                             oldest.prompt,
@@ -168,7 +180,8 @@ impl Db {
                             newest.session_id,
                             newest.container_id,
                             specs[0].written_ms,
-                            now
+                            now,
+                            backend
                         ],
                     )?;
                 }
@@ -220,14 +233,15 @@ impl Db {
                     "INSERT INTO containers (id, session_id, task_id, backend, state,
                                              heartbeat_interval_ms, created_at_ms, started_at_ms,
                                              state_changed_at_ms)
-                     VALUES (?1, ?2, ?3, 'local', 'running', ?4, ?5, ?5, ?6)",
+                     VALUES (?1, ?2, ?3, ?7, 'running', ?4, ?5, ?5, ?6)",
                     params![
                         spec.container_id,
                         spec.session_id,
                         task_id,
                         spec.heartbeat_interval_ms as i64,
                         found.written_ms,
-                        now
+                        now,
+                        backend
                     ],
                 )?;
                 rebuilt.push((found.written_ms, spec.container_id.clone()));

@@ -227,7 +227,7 @@ impl ModalBackend {
             .join("checkpoints")
     }
 
-    fn scratch_dir(&self) -> Result<PathBuf> {
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
         let dir = self.state_root.join("modal").join("tmp");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
@@ -335,6 +335,37 @@ impl ModalBackend {
             }
         }
         Ok(Some(mirror))
+    }
+
+    /// Copies the spec of every container on the volume
+    /// (`sessions/<sid>/containers/<cid>/spec.json`, which holds no secret) into
+    /// `dest/<cid>/spec.json`: what a rolled-back database rebuilds ended Modal
+    /// work from. Only well-formed ids; at most 10,000. Returns how many.
+    pub async fn copy_specs(&self, dest: &Path) -> Result<usize> {
+        let listed = self.list_volume("sessions").await?;
+        let mut copied = 0;
+        for rel in listed.keys() {
+            let parts: Vec<&str> = rel.split('/').collect();
+            let [sid, "containers", cid, "spec.json"] = parts.as_slice() else {
+                continue;
+            };
+            if !crate::ids::is_well_formed(crate::ids::SESSION_PREFIX, sid)
+                || !crate::ids::is_well_formed(crate::ids::CONTAINER_PREFIX, cid)
+            {
+                continue;
+            }
+            if copied >= 10_000 {
+                break;
+            }
+            std::fs::create_dir_all(dest.join(cid))?;
+            self.get_file(
+                &format!("sessions/{rel}"),
+                &dest.join(cid).join("spec.json"),
+            )
+            .await?;
+            copied += 1;
+        }
+        Ok(copied)
     }
 
     /// Downloads every durable file of the session's store on the volume into
