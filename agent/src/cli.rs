@@ -167,7 +167,7 @@ pub fn main() -> ExitCode {
             let found = crate::spend::unjournaled(
                 &crate::conversation::project_dir(&config_dir, &workspace),
                 &claude_session_id,
-                &journal_dir,
+                crate::cost::prior_spend(&journal_dir).charges,
                 prices,
                 &already_charged,
             );

@@ -33,6 +33,7 @@ pub mod layout;
 pub mod risky;
 pub mod sandbox;
 pub mod server;
+pub mod session_file;
 pub mod session_user;
 pub mod spec;
 pub mod spend;

@@ -357,7 +357,7 @@ impl Tail {
     /// Reads what was appended since the last poll (at most [`MAX_POLL_BYTES`]) and
     /// returns the complete lines' observations.
     fn poll(&mut self, out: &mut Vec<Observation>) {
-        let Some(mut file) = open_regular(&self.path) else {
+        let Some(mut file) = crate::session_file::open_regular(&self.path) else {
             return;
         };
         let Ok(len) = file.metadata().map(|m| m.len()) else {
@@ -425,17 +425,6 @@ pub fn observations_in(chunks: &[&[u8]], subagent: bool) -> Vec<Observation> {
         tail.feed(chunk, &mut out);
     }
     out
-}
-
-/// Opens a file the session can write: never through a symbolic link, only a regular file.
-pub(crate) fn open_regular(path: &Path) -> Option<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-        .ok()?;
-    file.metadata().ok()?.is_file().then_some(file)
 }
 
 /// A real directory (not a symbolic link to one).
@@ -515,16 +504,16 @@ pub struct Unjournaled {
 }
 
 /// Meters the transcripts under `project_dir` for `claude_session_id` against what the
-/// journals in `journal_dir` already charged.
+/// journals already charged (`journaled`: `cost::prior_spend(journal_dir).charges`).
 pub fn unjournaled(
     project_dir: &Path,
     claude_session_id: &str,
-    journal_dir: &Path,
+    journaled: Vec<(String, Tokens, f64)>,
     prices: BTreeMap<String, ModelPrice>,
     already_charged: &[String],
 ) -> Unjournaled {
     let mut meter = Meter::new(prices);
-    for (id, tokens, cost) in crate::cost::prior_spend(journal_dir).charges {
+    for (id, tokens, cost) in journaled {
         meter.remember(&id, tokens, cost);
     }
     // Responses the coordinator charged earlier from these same transcripts: whole.
@@ -642,20 +631,20 @@ mod tests {
                 },
             ))
             .unwrap();
-        let found = unjournaled(&project, "s1", &journals, opus(), &[]);
+        let found = unjournaled(&project, "s1", crate::cost::prior_spend(&journals).charges, opus(), &[]);
         assert_eq!(found.message_ids, ["m2", "m3"]);
         assert_eq!((found.input_tokens, found.output_tokens), (2500, 250));
         // 2500 × $4/M + 250 × $20/M
         assert!((found.usd - 0.015).abs() < 1e-12, "{found:?}");
         assert_eq!(found.unpriced, 0);
         // What the coordinator already charged from them is not charged again.
-        let rest = unjournaled(&project, "s1", &journals, opus(), &["m2".to_string()]);
+        let rest = unjournaled(&project, "s1", crate::cost::prior_spend(&journals).charges, opus(), &["m2".to_string()]);
         assert_eq!(rest.message_ids, ["m3"]);
         assert_eq!((rest.input_tokens, rest.output_tokens), (500, 50));
         // Its last message is a reply: nothing was in flight.
         assert!(!found.request_in_flight);
         // Nothing left once everything is journaled.
-        let none = unjournaled(&dir.path().join("missing"), "s1", &journals, opus(), &[]);
+        let none = unjournaled(&dir.path().join("missing"), "s1", crate::cost::prior_spend(&journals).charges, opus(), &[]);
         assert_eq!(none, Unjournaled::default());
         // A tool result after the last reply: a request was in flight when it died.
         let mut text = std::fs::read_to_string(project.join("s1.jsonl")).unwrap();
@@ -663,7 +652,7 @@ mod tests {
             "{\"type\":\"user\",\"message\":{\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t\",\"content\":\"ok\"}]}}\n",
         );
         std::fs::write(project.join("s1.jsonl"), text).unwrap();
-        let cut = unjournaled(&project, "s1", &journals, opus(), &[]);
+        let cut = unjournaled(&project, "s1", crate::cost::prior_spend(&journals).charges, opus(), &[]);
         assert!(cut.request_in_flight, "{cut:?}");
     }
 

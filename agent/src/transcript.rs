@@ -224,7 +224,7 @@ const IN_FLIGHT_TAIL_BYTES: u64 = 4 << 20;
 /// [`IN_FLIGHT_TAIL_BYTES`], never through a link; false when it cannot tell.
 pub fn request_in_flight(transcript: &std::path::Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
-    let Some(mut file) = crate::spend::open_regular(transcript) else {
+    let Some(mut file) = crate::session_file::open_regular(transcript) else {
         return false;
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);

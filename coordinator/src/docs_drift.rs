@@ -178,7 +178,8 @@ fn the_config_doc_has_one_row_per_key_with_its_variable() {
         if cells.len() < 6 || !cells[1].starts_with('`') || !cells[1].contains('.') {
             continue;
         }
-        let key = cells[1].trim_matches('`').to_owned();
+        // The cell's first backticked name; a note such as "(per task)" may follow it.
+        let key = cells[1].split('`').nth(1).unwrap_or("").to_owned();
         // The cell's first backticked name (a note may follow it).
         let var = cells[4].split('`').nth(1).unwrap_or("").to_owned();
         assert!(

@@ -1318,6 +1318,7 @@ impl Round<'_> {
                 // a turn cut off by the fault was never charged (issue 13: model
                 // spend charged per API response). Anything else is a bookkeeping
                 // error of its own.
+                let mut unwritten_note = String::new();
                 let invariant = if same_cost(shown, ledger) && shown < served {
                     // Responses the stand-in served that no transcript holds: Claude
                     // Code was killed before it wrote them, so no source the product
@@ -1325,6 +1326,10 @@ impl Round<'_> {
                     // exactly their cost and the product says spend is unknown.
                     let (unwritten, unwritten_usd) = self.unwritten_responses(&script);
                     let said_unknown = task["unknown_model_requests"].as_u64().unwrap_or(0) > 0;
+                    unwritten_note = format!(
+                        "; {unwritten} response(s) (${unwritten_usd:.6}) in no transcript, unknown_model_requests {}",
+                        task["unknown_model_requests"]
+                    );
                     if unwritten > 0 && said_unknown && same_cost(shown + unwritten_usd, served) {
                         self.found.notes.push(format!(
                             "round {:016x}: {unwritten} response(s) served (${unwritten_usd:.6}) that Claude Code was killed before writing; the task says its spend is unknown",
@@ -1339,7 +1344,7 @@ impl Round<'_> {
                 self.found.violation(
                     invariant,
                     format!(
-                        "served ${served:.6} by the stand-in ({} script turns, {} exhausted, {} side), recorded ${shown:.6} (task) / ${ledger:.6} (ledger model rows)",
+                        "served ${served:.6} by the stand-in ({} script turns, {} exhausted, {} side), recorded ${shown:.6} (task) / ${ledger:.6} (ledger model rows){unwritten_note}",
                         count(RequestKind::Turn),
                         count(RequestKind::Exhausted),
                         count(RequestKind::Side)
