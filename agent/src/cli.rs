@@ -71,6 +71,11 @@ enum Command {
         /// from these transcripts (at most 8 MiB): they are not charged again.
         #[arg(long)]
         charged_ids_stdin: bool,
+        /// A headless run's stream-json (`runs/<container>/stream.jsonl`): responses it
+        /// shows that no transcript holds are charged at the usage it shows (a lower
+        /// bound) and counted as unknown (`request_in_flight`).
+        #[arg(long)]
+        stream: Option<PathBuf>,
     },
     /// Take a whole checkpoint (workspace and conversation) of a container whose agent
     /// is gone, from its spec, and print what was taken as JSON
@@ -137,6 +142,7 @@ pub fn main() -> ExitCode {
             journal_dir,
             prices,
             charged_ids_stdin,
+            stream,
         } => {
             let prices = match serde_json::from_str::<
                 std::collections::BTreeMap<String, crate::spend::ModelPrice>,
@@ -170,6 +176,7 @@ pub fn main() -> ExitCode {
                 crate::cost::prior_spend(&journal_dir).charges,
                 prices,
                 &already_charged,
+                stream.as_deref(),
             );
             println!(
                 "{}",

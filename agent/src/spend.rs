@@ -257,6 +257,11 @@ impl Meter {
         self.metered_usd
     }
 
+    /// Whether a response with `message_id` was charged (or remembered) and is still tracked.
+    pub fn knows(&self, message_id: &str) -> bool {
+        self.seen.contains_key(message_id)
+    }
+
     /// How many message ids are tracked.
     pub fn tracked(&self) -> usize {
         self.seen.len()
@@ -483,6 +488,48 @@ impl TranscriptReader {
     }
 }
 
+/// How much of a headless run's stream [`stream_observations`] reads, from its end.
+const STREAM_TAIL_BYTES: u64 = 4 << 20;
+
+/// The responses a headless run's stream-json (`stream.jsonl`, Claude Code's stdout)
+/// shows from byte `start` on (at most its last [`STREAM_TAIL_BYTES`]), in order. Claude
+/// Code prints a response's `assistant` line as its content ends, with the usage of the
+/// response's start (input and cache counts final, output counts not), and writes the
+/// final usage to its transcript a moment later: a response killed in between is on the
+/// stream only, and its figure here is a lower bound. The file is the session's: never
+/// through a link, bounded, and a line that is not a response is skipped.
+pub fn stream_observations(stream: &Path, start: u64) -> Vec<Observation> {
+    let Some(mut file) = crate::session_file::open_regular(stream) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = start.max(len.saturating_sub(STREAM_TAIL_BYTES));
+    if from >= len || file.seek(std::io::SeekFrom::Start(from)).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    if file
+        .take(STREAM_TAIL_BYTES)
+        .read_to_end(&mut bytes)
+        .is_err()
+    {
+        return Vec::new();
+    }
+    // Begun inside a line (the tail of a long stream): that partial line is skipped.
+    let skip_first = from > start;
+    bytes
+        .split(|b| *b == b'\n')
+        .skip(usize::from(skip_first))
+        .filter_map(|line| {
+            let parent = serde_json::from_slice::<Value>(line)
+                .ok()?
+                .get("parent_tool_use_id")
+                .is_some_and(|p| p.as_str().is_some_and(|p| !p.is_empty()));
+            parse_line(line, parent)
+        })
+        .collect()
+}
+
 /// What a session's transcripts hold that no journal charged: the responses Claude Code
 /// made after its agent's last `ModelSpend` (e.g. it kept running after the agent was
 /// killed). `parhelia-agent meter` prints it for the coordinator, which charges it when
@@ -511,6 +558,7 @@ pub fn unjournaled(
     journaled: Vec<(String, Tokens, f64)>,
     prices: BTreeMap<String, ModelPrice>,
     already_charged: &[String],
+    stream: Option<&Path>,
 ) -> Unjournaled {
     let mut meter = Meter::new(prices);
     for (id, tokens, cost) in journaled {
@@ -542,27 +590,46 @@ pub fn unjournaled(
         }
         for observation in &observations {
             if let Some(charge) = meter.observe(observation) {
-                if !out.message_ids.contains(&charge.message_id)
-                    && out.message_ids.len() < MAX_TRACKED_IDS
-                {
-                    out.message_ids.push(charge.message_id.clone());
-                }
-                out.usd = clamp_cost(out.usd + charge.cost_usd);
-                out.input_tokens = out.input_tokens.saturating_add(charge.tokens.input);
-                out.output_tokens = out.output_tokens.saturating_add(charge.tokens.output);
-                out.cache_creation_input_tokens = out
-                    .cache_creation_input_tokens
-                    .saturating_add(charge.tokens.cache_write);
-                out.cache_read_input_tokens = out
-                    .cache_read_input_tokens
-                    .saturating_add(charge.tokens.cache_read);
-                if !charge.priced {
-                    out.unpriced += 1;
-                }
+                out.add(&charge);
+            }
+        }
+    }
+    // Responses the run printed and never wrote to a transcript: their usage as printed
+    // (a lower bound); their full spend is unknown.
+    if let Some(stream) = stream {
+        for observation in stream_observations(stream, 0) {
+            if meter.knows(&observation.message_id) {
+                continue;
+            }
+            out.request_in_flight = true;
+            if let Some(charge) = meter.observe(&observation) {
+                out.add(&charge);
             }
         }
     }
     out
+}
+
+impl Unjournaled {
+    fn add(&mut self, charge: &Charge) {
+        if !self.message_ids.contains(&charge.message_id)
+            && self.message_ids.len() < MAX_TRACKED_IDS
+        {
+            self.message_ids.push(charge.message_id.clone());
+        }
+        self.usd = clamp_cost(self.usd + charge.cost_usd);
+        self.input_tokens = self.input_tokens.saturating_add(charge.tokens.input);
+        self.output_tokens = self.output_tokens.saturating_add(charge.tokens.output);
+        self.cache_creation_input_tokens = self
+            .cache_creation_input_tokens
+            .saturating_add(charge.tokens.cache_write);
+        self.cache_read_input_tokens = self
+            .cache_read_input_tokens
+            .saturating_add(charge.tokens.cache_read);
+        if !charge.priced {
+            self.unpriced += 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -586,6 +653,42 @@ mod tests {
         format!(
             r#"{{"type":"assistant","isSidechain":false,"message":{{"id":"{id}","model":"{model}","content":[{{"type":"text","text":"x"}}],"usage":{{"input_tokens":{input},"output_tokens":{output},"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}}}}}"#
         )
+    }
+
+    /// A stream-json `assistant` line: the usage of the response's start (output 1).
+    fn stream_line(id: &str, input: u64, parent: Option<&str>) -> String {
+        let parent = parent.map_or("null".to_string(), |p| format!("\"{p}\""));
+        format!(
+            r#"{{"type":"assistant","message":{{"id":"{id}","model":"claude-opus-5-5","content":[{{"type":"text","text":"x"}}],"usage":{{"input_tokens":{input},"output_tokens":1}}}},"parent_tool_use_id":{parent}}}"#
+        )
+    }
+
+    /// The responses a run printed: from this run's start, subagents marked, anything
+    /// else skipped, never through a link.
+    #[test]
+    fn stream_observations_read_this_runs_responses() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = dir.path().join("stream.jsonl");
+        let earlier = format!("{}\n", stream_line("m0", 100, None));
+        let text = format!(
+            "{earlier}{}\n{{\"type\":\"user\"}}\nnot json\n{}\n{}",
+            stream_line("m1", 200, None),
+            stream_line("m2", 300, Some("toolu_1")),
+            // A last line cut off mid-write.
+            &stream_line("m3", 400, None)[..40],
+        );
+        std::fs::write(&stream, &text).unwrap();
+        let seen = stream_observations(&stream, earlier.len() as u64);
+        let ids: Vec<(&str, bool, u64)> = seen
+            .iter()
+            .map(|o| (o.message_id.as_str(), o.subagent, o.tokens.input))
+            .collect();
+        assert_eq!(ids, [("m1", false, 200), ("m2", true, 300)]);
+        assert_eq!(stream_observations(&stream, 0).len(), 3);
+        assert!(stream_observations(&stream, text.len() as u64).is_empty());
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&stream, &link).unwrap();
+        assert!(stream_observations(&link, 0).is_empty());
     }
 
     /// What a dead agent's session holds beyond its journals: the coordinator charges
@@ -631,20 +734,41 @@ mod tests {
                 },
             ))
             .unwrap();
-        let found = unjournaled(&project, "s1", crate::cost::prior_spend(&journals).charges, opus(), &[]);
+        let found = unjournaled(
+            &project,
+            "s1",
+            crate::cost::prior_spend(&journals).charges,
+            opus(),
+            &[],
+            None,
+        );
         assert_eq!(found.message_ids, ["m2", "m3"]);
         assert_eq!((found.input_tokens, found.output_tokens), (2500, 250));
         // 2500 × $4/M + 250 × $20/M
         assert!((found.usd - 0.015).abs() < 1e-12, "{found:?}");
         assert_eq!(found.unpriced, 0);
         // What the coordinator already charged from them is not charged again.
-        let rest = unjournaled(&project, "s1", crate::cost::prior_spend(&journals).charges, opus(), &["m2".to_string()]);
+        let rest = unjournaled(
+            &project,
+            "s1",
+            crate::cost::prior_spend(&journals).charges,
+            opus(),
+            &["m2".to_string()],
+            None,
+        );
         assert_eq!(rest.message_ids, ["m3"]);
         assert_eq!((rest.input_tokens, rest.output_tokens), (500, 50));
         // Its last message is a reply: nothing was in flight.
         assert!(!found.request_in_flight);
         // Nothing left once everything is journaled.
-        let none = unjournaled(&dir.path().join("missing"), "s1", crate::cost::prior_spend(&journals).charges, opus(), &[]);
+        let none = unjournaled(
+            &dir.path().join("missing"),
+            "s1",
+            crate::cost::prior_spend(&journals).charges,
+            opus(),
+            &[],
+            None,
+        );
         assert_eq!(none, Unjournaled::default());
         // A tool result after the last reply: a request was in flight when it died.
         let mut text = std::fs::read_to_string(project.join("s1.jsonl")).unwrap();
@@ -652,8 +776,58 @@ mod tests {
             "{\"type\":\"user\",\"message\":{\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t\",\"content\":\"ok\"}]}}\n",
         );
         std::fs::write(project.join("s1.jsonl"), text).unwrap();
-        let cut = unjournaled(&project, "s1", crate::cost::prior_spend(&journals).charges, opus(), &[]);
+        let cut = unjournaled(
+            &project,
+            "s1",
+            crate::cost::prior_spend(&journals).charges,
+            opus(),
+            &[],
+            None,
+        );
         assert!(cut.request_in_flight, "{cut:?}");
+        // A headless run printed m1 (in a transcript) and m4 (killed before it was
+        // written): m4 is charged at what its stream line shows, and is unknown.
+        std::fs::write(
+            project.join("s1.jsonl"),
+            line("m1", "claude-opus-5-5", 1000, 100),
+        )
+        .unwrap();
+        let stream = dir.path().join("stream.jsonl");
+        std::fs::write(
+            &stream,
+            format!(
+                "{}\n{}\n",
+                stream_line("m1", 1000, None),
+                stream_line("m4", 600, None)
+            ),
+        )
+        .unwrap();
+        let printed = unjournaled(
+            &project,
+            "s1",
+            crate::cost::prior_spend(&journals).charges,
+            opus(),
+            &[],
+            Some(&stream),
+        );
+        assert_eq!(printed.message_ids, ["m3", "m4"]);
+        assert!(printed.request_in_flight, "{printed:?}");
+        // m3: 500 × $4/M + 50 × $20/M; m4: 600 × $4/M + 1 × $20/M
+        assert!(
+            (printed.usd - (0.003 + 0.00242)).abs() < 1e-12,
+            "{printed:?}"
+        );
+        // Printed and written: nothing unknown.
+        std::fs::write(&stream, format!("{}\n", stream_line("m1", 1000, None))).unwrap();
+        let written = unjournaled(
+            &project,
+            "s1",
+            crate::cost::prior_spend(&journals).charges,
+            opus(),
+            &[],
+            Some(&stream),
+        );
+        assert!(!written.request_in_flight, "{written:?}");
     }
 
     fn feed(meter: &mut Meter, text: &str, subagent: bool) -> Vec<Charge> {

@@ -290,6 +290,9 @@ pub struct Supervisor {
     meter: crate::spend::Meter,
     /// Follows the transcripts once Claude Code is started.
     spend_reader: Option<crate::spend::TranscriptReader>,
+    /// Headless: where this run's stream-json begins in `stream.jsonl` (the file is
+    /// appended to by every run of the session).
+    stream_start: Option<u64>,
     /// The highest session cost ever reported: the figure never goes down.
     cost_high_water: std::cell::Cell<f64>,
 }
@@ -487,6 +490,7 @@ impl Supervisor {
             open_subagents: std::collections::HashMap::new(),
             meter,
             spend_reader: None,
+            stream_start: None,
             cost_high_water,
         }
     }
@@ -938,6 +942,7 @@ impl Supervisor {
         let start_offset = std::fs::metadata(&layout.stream)
             .map(|m| m.len())
             .unwrap_or(0);
+        self.stream_start = Some(start_offset);
 
         // The prompt is queued before Claude Code exists; the writer delivers it as soon
         // as Claude Code opens its stdin.
@@ -1461,22 +1466,48 @@ impl Supervisor {
             return Ok(());
         };
         for observation in reader.poll() {
-            let Some(charge) = self.meter.observe(&observation) else {
-                continue;
-            };
-            let session_cost_usd = self.session_cost_usd();
-            self.journal(event::Kind::ModelSpend(ModelSpend {
-                model: charge.model,
-                message_id: charge.message_id,
-                subagent: charge.subagent,
-                usage: Some(charge.tokens.to_usage()),
-                cost_usd: charge.cost_usd,
-                session_cost_usd,
-                priced: charge.priced,
-            }))
-            .await?;
+            if let Some(charge) = self.meter.observe(&observation) {
+                self.journal_charge(charge).await?;
+            }
         }
         Ok(())
+    }
+
+    async fn journal_charge(&mut self, charge: crate::spend::Charge) -> Result<(), JournalError> {
+        let session_cost_usd = self.session_cost_usd();
+        self.journal(event::Kind::ModelSpend(ModelSpend {
+            model: charge.model,
+            message_id: charge.message_id,
+            subagent: charge.subagent,
+            usage: Some(charge.tokens.to_usage()),
+            cost_usd: charge.cost_usd,
+            session_cost_usd,
+            priced: charge.priced,
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Headless, once Claude Code is gone and its transcript metered: charges the
+    /// responses its stdout showed that its transcript never got (killed between
+    /// printing a response and writing it), at the usage the stream shows, which is a
+    /// lower bound ([`crate::spend::stream_observations`]). Returns how many there were:
+    /// their full spend is unknown, and the exit says so.
+    async fn charge_stream_only_responses(&mut self) -> Result<usize, JournalError> {
+        let Some(start) = self.stream_start else {
+            return Ok(0);
+        };
+        let mut stream_only = 0;
+        for observation in crate::spend::stream_observations(&self.context.layout.stream, start) {
+            if self.meter.knows(&observation.message_id) {
+                continue;
+            }
+            stream_only += 1;
+            if let Some(charge) = self.meter.observe(&observation) {
+                self.journal_charge(charge).await?;
+            }
+        }
+        Ok(stream_only)
     }
 
     async fn set_status(
@@ -1644,6 +1675,9 @@ impl Supervisor {
         // may still write its transcript for a moment. Wait for it (bounded), so the
         // last meter and the in-flight check read the transcript it leaves.
         self.wait_for_claude_to_end().await;
+        // What its transcript holds first (final usage), then what only its stdout showed.
+        self.meter_spend().await?;
+        let stream_only = self.charge_stream_only_responses().await?;
         self.input = None;
         if let Some(writer) = self.writer_task.take() {
             writer.abort();
@@ -1655,12 +1689,14 @@ impl Supervisor {
             exit_code,
             // The last turn's result, not any earlier one.
             had_result: self.last_result.is_some() && !unanswered.turn_in_flight,
-            // A request Claude Code sent and never wrote a reply for: its spend,
-            // if the API answered, is unknown here (the view says so).
-            request_in_flight: self
-                .transcript
-                .as_deref()
-                .is_some_and(crate::transcript::request_in_flight),
+            // A request Claude Code sent and never wrote a reply for, or a reply it
+            // printed and never wrote: its spend, or part of it, is unknown here (the
+            // view says so).
+            request_in_flight: stream_only > 0
+                || self
+                    .transcript
+                    .as_deref()
+                    .is_some_and(crate::transcript::request_in_flight),
         }))
         .await?;
         let mut verdict = verdict(

@@ -840,6 +840,9 @@ async fn charge_unjournaled_spend(
         .arg("--prices")
         .arg(prices)
         .arg("--charged-ids-stdin")
+        // A headless run's stdout: responses it printed and never wrote to a transcript.
+        .arg("--stream")
+        .arg(volume.join("runs").join(container_id).join("stream.jsonl"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -1330,9 +1330,17 @@ impl Round<'_> {
                         "; {unwritten} response(s) (${unwritten_usd:.6}) in no transcript, unknown_model_requests {}",
                         task["unknown_model_requests"]
                     );
-                    if unwritten > 0 && said_unknown && same_cost(shown + unwritten_usd, served) {
+                    // A headless run's stdout may have shown them (with their input
+                    // counts, not their final output ones): charged at that lower bound,
+                    // the shortfall is part of their cost, never more.
+                    let shortfall = served - shown;
+                    if unwritten > 0
+                        && said_unknown
+                        && (same_cost(shown + unwritten_usd, served)
+                            || shortfall < unwritten_usd)
+                    {
                         self.found.notes.push(format!(
-                            "round {:016x}: {unwritten} response(s) served (${unwritten_usd:.6}) that Claude Code was killed before writing; the task says its spend is unknown",
+                            "round {:016x}: {unwritten} response(s) served (${unwritten_usd:.6}) that Claude Code was killed before writing (${shortfall:.6} of it not on record); the task says its spend is unknown",
                             self.plan.seed
                         ));
                         return;
@@ -1820,7 +1828,7 @@ times) until it completes.
 | checkpoint_whole | every checkpoint holds a workspace and a non-empty conversation once Claude Code had one: the safety checkpoint before a restore and the coordinator's `agent_gone` one (of what a dead agent's container left) when the model had been asked anything before the fault; one the live agent took, when it had been asked before the previous checkpoint was committed. Only a session's `start` checkpoint, taken before Claude Code exists, is the workspace alone by design | the restored `conversation` tree has files; the stand-in's request log (receive times) against the fault's time and the checkpoint ids' times |
 | events_equal_journal | the events in the database equal the journal lines on the volume, container by container: none missing, none extra, none stored twice, payloads equal | journals read with serde_json, compared with `events` rows (after at most {ingest} s for ingestion) |
 | spend_equals_served | the task's `cost_usd` (`task show --json`) and its ledger model rows equal the spend the stand-in served | the stand-in's request log × `tests/src/model_stand_in/pricing.rs`, compared with `same_cost` |
-| spend_of_cut_turns_recorded | the same, where task and ledger agree but are below what was served: the spend of a turn the fault cut off was never charged. Not a violation when the shortfall is exactly the responses no Claude Code transcript holds (killed before it wrote them: no source can show them) and the task says its spend is unknown (`unknown_model_requests`); the round's notes say so | the stand-in's request log (message ids served) against the transcripts' text, and `task show --json` |
+| spend_of_cut_turns_recorded | the same, where task and ledger agree but are below what was served: the spend of a turn the fault cut off was never charged. Not a violation when the shortfall is at most the cost of the responses no Claude Code transcript holds (killed before it wrote them: at most its stdout showed them, with their input counts but not their final output counts) and the task says its spend is unknown (`unknown_model_requests`); the round's notes say so | the stand-in's request log (message ids served) against the transcripts' text, and `task show --json` |
 | state_after_fault | a turn killed in flight (its message's closing answer not yet served) is never `completed` before a resume; a disk-full round ends with a coded error naming the disk — not E502, not `running` | the stand-in's request log says which messages were answered |
 | settles | the task stops running within {settle} s of a fault | `task show --json` |
 | recovered | `parhelia resume` works and the task completes | exit status, `task show --json` |
