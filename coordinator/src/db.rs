@@ -335,6 +335,7 @@ pub const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
 
 pub use crate::container_state::ContainerState;
 
+pub mod completion;
 mod control;
 mod event_log;
 pub mod generation;

@@ -231,8 +231,8 @@ error_codes! {
     }
     HELP_TOPIC_NOT_FOUND = "E204" "HELP_TOPIC_NOT_FOUND" {
         what: "There is no help for this topic or code.",
-        why: "The topic is not a command name and not a known error code.",
-        recover: "Run `parhelia help codes` for the list of error codes, or `parhelia help` for the commands.",
+        why: "The topic is not a guide, a command name or a known error code (or, for `parhelia examples`, not an examples topic).",
+        recover: "Run `parhelia help` for the guides and the commands, `parhelia help codes` for the error codes, or `parhelia examples` for the example topics.",
     }
 
     CHECKPOINT_NOT_FOUND = "E205" "CHECKPOINT_NOT_FOUND" {

@@ -11,6 +11,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use parhelia_proto::{CheckpointSessionRequest, ResumeSessionRequest};
 
+use super::shortcuts::session_id_of;
 use super::task::launch_env;
 use super::{Ctx, Opened, coordinator_error, print_json};
 use crate::checkpoints::{self, CONVERSATION_TREE, CheckpointView, WORKSPACE_TREE};
@@ -23,6 +24,8 @@ use crate::term::{escape_json_strings, escape_untrusted, escape_untrusted_text};
 pub enum CheckpointCommand {
     /// Checkpoint a running session now
     Create {
+        /// A session id, or a task id (its current session)
+        #[arg(value_name = "SESSION_OR_TASK_ID")]
         session_id: String,
         /// What this checkpoint is for
         #[arg(short, long, default_value = "")]
@@ -32,6 +35,8 @@ pub enum CheckpointCommand {
     },
     /// List checkpoints, oldest first (all sessions, or one)
     List {
+        /// Only this session's (a session id, or a task id: its current session)
+        #[arg(value_name = "SESSION_OR_TASK_ID")]
         session_id: Option<String>,
         #[arg(long)]
         json: bool,
@@ -79,6 +84,8 @@ pub enum CheckpointCommand {
 
 #[derive(Args, Debug)]
 pub struct ResumeArgs {
+    /// A session id, or a task id (its current session)
+    #[arg(value_name = "SESSION_OR_TASK_ID")]
     pub session_id: String,
     /// The checkpoint to resume from (default: the session's latest)
     #[arg(long)]
@@ -96,6 +103,23 @@ pub struct ResumeArgs {
 
 pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
     let opened = ctx.open()?;
+    // A task id stands for the task's current session.
+    let command = match command {
+        CheckpointCommand::Create {
+            session_id,
+            message,
+            json,
+        } => CheckpointCommand::Create {
+            session_id: session_id_of(ctx, &session_id)?,
+            message,
+            json,
+        },
+        CheckpointCommand::List { session_id, json } => CheckpointCommand::List {
+            session_id: session_id.map(|id| session_id_of(ctx, &id)).transpose()?,
+            json,
+        },
+        other => other,
+    };
     match command {
         CheckpointCommand::Create {
             session_id,
@@ -310,7 +334,8 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
 }
 
 /// `parhelia resume SESSION_ID`.
-pub async fn run_resume(ctx: &Ctx, args: ResumeArgs) -> Result<i32> {
+pub async fn run_resume(ctx: &Ctx, mut args: ResumeArgs) -> Result<i32> {
+    args.session_id = session_id_of(ctx, &args.session_id)?;
     let opened = ctx.open()?;
     let checkpoint = args.checkpoint.unwrap_or_default();
     let call = ResumeCall {

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use parhelia_proto::TerminateContainerRequest;
 
+use super::shortcuts::session_id_of;
 use super::{Ctx, Interrupt, coordinator_error, print_json, redraw};
 use crate::container_state::{ContainerState, Health, health_for, missed_heartbeats};
 use crate::db::Db;
@@ -26,6 +27,8 @@ pub enum SessionCommand {
     },
     /// Show one session
     Show {
+        /// A session id, or a task id (its current session)
+        #[arg(value_name = "SESSION_OR_TASK_ID")]
         session_id: String,
         #[arg(long)]
         json: bool,
@@ -33,6 +36,8 @@ pub enum SessionCommand {
     /// Guided recovery: what happened, the latest checkpoint that verifies,
     /// and the resume (asked for, or at once with --yes)
     Recover {
+        /// A session id, or a task id (its current session)
+        #[arg(value_name = "SESSION_OR_TASK_ID")]
         session_id: String,
         #[arg(short, long)]
         yes: bool,
@@ -43,6 +48,8 @@ pub enum SessionCommand {
     /// A live terminal into an interactive session (tmux's Ctrl-b d detaches
     /// and leaves it running); a headless session's events, rendered
     Attach {
+        /// A session id, or a task id (its current session)
+        #[arg(value_name = "SESSION_OR_TASK_ID")]
         session_id: String,
         /// Watch only: no keystroke is ever sent (Ctrl-b d or Ctrl-c leaves)
         #[arg(long)]
@@ -51,6 +58,8 @@ pub enum SessionCommand {
     /// Send a message: typed into an interactive session as one message, or
     /// queued for a headless session's next turn
     Send {
+        /// A session id, or a task id (its current session)
+        #[arg(value_name = "SESSION_OR_TASK_ID")]
         session_id: String,
         text: String,
         /// Print one JSON object
@@ -59,6 +68,8 @@ pub enum SessionCommand {
     },
     /// The recent screen and event history; -f follows
     Logs {
+        /// A session id, or a task id (its current session)
+        #[arg(value_name = "SESSION_OR_TASK_ID")]
         session_id: String,
         /// Keep printing new events until the session ends (or Ctrl-c)
         #[arg(short, long)]
@@ -75,6 +86,8 @@ pub enum SessionCommand {
     /// work as a commit on it) without touching your working tree or
     /// current branch. A live session is checkpointed first
     Pull {
+        /// A session id, or a task id (its current session)
+        #[arg(value_name = "SESSION_OR_TASK_ID")]
         session_id: String,
         /// The branch to create (default: parhelia/SESSION_ID)
         #[arg(long)]
@@ -94,6 +107,8 @@ pub enum SessionCommand {
     },
     /// Stop the session (its task is cancelled; a final checkpoint is taken)
     Kill {
+        /// A session id, or a task id (its current session)
+        #[arg(value_name = "SESSION_OR_TASK_ID")]
         session_id: String,
         #[arg(long)]
         reason: Option<String>,
@@ -182,6 +197,7 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
             Ok(0)
         }
         SessionCommand::Show { session_id, json } => {
+            let session_id = session_id_of(ctx, &session_id)?;
             let opened = ctx.open()?;
             let mut session = opened.db.get_session(&session_id)?.ok_or_else(|| {
                 coded(
@@ -207,22 +223,25 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
             session_id,
             yes,
             json,
-        } => super::checkpoint::recover(ctx, &session_id, yes, json).await,
+        } => super::checkpoint::recover(ctx, &session_id_of(ctx, &session_id)?, yes, json).await,
         SessionCommand::Attach {
             session_id,
             read_only,
-        } => super::session::attach(ctx, &session_id, read_only).await,
+        } => super::session::attach(ctx, &session_id_of(ctx, &session_id)?, read_only).await,
         SessionCommand::Send {
             session_id,
             text,
             json,
-        } => super::session::send(ctx, &session_id, text, json).await,
+        } => super::session::send(ctx, &session_id_of(ctx, &session_id)?, text, json).await,
         SessionCommand::Logs {
             session_id,
             follow,
             lines,
             json,
-        } => super::session::logs(ctx, &session_id, follow, lines, json).await,
+        } => {
+            let session_id = session_id_of(ctx, &session_id)?;
+            super::session::logs(ctx, &session_id, follow, lines, json).await
+        }
         SessionCommand::Pull {
             session_id,
             branch,
@@ -233,7 +252,7 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
         } => {
             super::checkpoint::pull(
                 ctx,
-                &session_id,
+                &session_id_of(ctx, &session_id)?,
                 branch.as_deref(),
                 repo.as_deref(),
                 checkpoint.as_deref(),
@@ -246,7 +265,7 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
             session_id,
             reason,
             json,
-        } => super::session::kill(ctx, &session_id, reason, json).await,
+        } => super::session::kill(ctx, &session_id_of(ctx, &session_id)?, reason, json).await,
     }
 }
 

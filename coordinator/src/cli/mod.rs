@@ -45,17 +45,25 @@ macro_rules! out {
 
 mod budget;
 mod checkpoint;
+mod completion;
 mod container;
 mod events;
+mod guide;
 mod modal;
 mod ops;
 mod session;
+mod shortcuts;
 mod store_health;
 mod task;
 
 /// Run Claude Code sessions in containers, and keep track of them.
 #[derive(Parser, Debug)]
-#[command(name = "parhelia", version, disable_help_subcommand = true)]
+#[command(
+    name = "parhelia",
+    version,
+    disable_help_subcommand = true,
+    after_help = "Guides: parhelia help task|session|checkpoint|budget|container|gpu|modal|mcp\nExamples: parhelia examples [TOPIC]    Error codes: parhelia help codes"
+)]
 pub struct Cli {
     /// Use this state directory instead of discovering one (default: the
     /// nearest `.parhelia/` above the current directory, else
@@ -92,7 +100,7 @@ pub enum Command {
     #[command(visible_alias = "s", subcommand)]
     Session(container::SessionCommand),
     /// Containers: list, show, events, health, watch, terminate
-    #[command(subcommand)]
+    #[command(visible_alias = "ct", subcommand)]
     Container(container::ContainerCommand),
     /// The event log (agents' and the coordinator's): list, watch, export, replay
     #[command(visible_alias = "e", subcommand)]
@@ -113,7 +121,7 @@ pub enum Command {
     #[command(subcommand)]
     Modal(modal::ModalCommand),
     /// Budget: ceilings, spend (compute and model) per task and per day
-    #[command(subcommand)]
+    #[command(visible_alias = "b", subcommand)]
     Budget(budget::BudgetCommand),
     /// Is the coordinator up, tasks by status, running sessions, cost
     Status {
@@ -124,12 +132,28 @@ pub enum Command {
     /// Run, stop or check the coordinator (the control plane)
     #[command(subcommand)]
     Coordinator(ops::CoordinatorCommand),
-    /// Help for a command or an error code: `parhelia help task create`,
-    /// `parhelia help E201`, `parhelia help codes`
+    /// Same as `task create`: run Claude Code on PROMPT in a new session
+    Submit(Box<task::CreateArgs>),
+    /// Same as `session attach`, by task id (its current session) or session id
+    Attach(shortcuts::AttachArgs),
+    /// A guide, a command's help or an error code: `parhelia help checkpoint`,
+    /// `parhelia help task create`, `parhelia help E201`, `parhelia help codes`
     Help {
-        /// A command (`task`, `task create`…), an error code (`E201`) or `codes`
+        /// A guide (task, session, checkpoint, budget, container, gpu, modal,
+        /// mcp), a command (`task create`…), an error code (`E201`) or `codes`
         topic: Vec<String>,
     },
+    /// Runnable examples: gpu, checkpoint, budget, parallel, interactive,
+    /// modal, mcp (without TOPIC: the list)
+    Examples {
+        /// The topic; without it, the list of topics
+        topic: Option<String>,
+    },
+    /// Shell completions (bash, zsh, fish, powershell, elvish), ids included:
+    /// `source <(parhelia completions bash)`
+    Completions(completion::CompletionsArgs),
+    /// The manual page (roff): `parhelia man | man -l -`
+    Man(completion::ManArgs),
     /// Internal: leave the session (setsid) and exec a program.
     #[command(name = "internal-detach", hide = true)]
     InternalDetach {
@@ -143,6 +167,8 @@ pub enum Command {
 
 /// Runs the CLI; returns the process exit status.
 pub fn main() -> i32 {
+    // A shell's Tab: answer with candidates and exit (see `completion`).
+    completion::complete_if_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -487,7 +513,12 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Budget(command) => budget::run(&ctx, command).await,
         Command::Status { json } => ops::status(&ctx, json).await,
         Command::Coordinator(command) => ops::coordinator(&ctx, command).await,
+        Command::Submit(args) => task::run(&ctx, task::TaskCommand::Create(args)).await,
+        Command::Attach(args) => shortcuts::attach(&ctx, args).await,
         Command::Help { topic } => help(&topic),
+        Command::Examples { topic } => guide::examples(topic.as_deref()),
+        Command::Completions(args) => completion::completions(&args),
+        Command::Man(args) => completion::man(&args),
         Command::InternalDetach { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -670,6 +701,12 @@ fn help(topic: &[String]) -> Result<i32> {
     }
     if let Some(code) = error_codes::lookup(first) {
         out!("{}", code_help_text(code));
+        return Ok(0);
+    }
+    if let [only] = topic
+        && let Some(guide) = guide::guide(only)
+    {
+        out!("{}", guide::guide_text(guide));
         return Ok(0);
     }
     let mut current = &mut command;
