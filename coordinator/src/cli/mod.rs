@@ -53,6 +53,8 @@ mod session;
 mod store_health;
 mod task;
 
+pub use events::FilterArgs;
+
 /// Run Claude Code sessions in containers, and keep track of them.
 #[derive(Parser, Debug)]
 #[command(name = "parhelia", version, disable_help_subcommand = true)]
@@ -124,6 +126,14 @@ pub enum Command {
     /// Run, stop or check the coordinator (the control plane)
     #[command(subcommand)]
     Coordinator(ops::CoordinatorCommand),
+    /// Serve Parhelia's operations as MCP tools (stdio, or streamable HTTP
+    /// with `--http ADDR`), for Claude Code or any MCP client; see docs/mcp.md
+    #[command(name = "mcp-server")]
+    McpServer(crate::mcp::McpServerArgs),
+    /// Install Parhelia into another tool's setup: `integrate claude-code`
+    /// (slash commands, skills and the MCP server)
+    #[command(subcommand)]
+    Integrate(crate::integrate::IntegrateCommand),
     /// Help for a command or an error code: `parhelia help task create`,
     /// `parhelia help E201`, `parhelia help codes`
     Help {
@@ -164,12 +174,13 @@ pub fn main() -> i32 {
         cli.command,
         Command::Coordinator(ops::CoordinatorCommand::Run { .. })
     );
+    let multi_thread = is_coordinator || matches!(cli.command, Command::McpServer(_));
     if let Command::Coordinator(ops::CoordinatorCommand::Run { detached: true }) = cli.command {
         crate::daemon::detach_from_terminal();
     }
     init_tracing(is_coordinator);
 
-    let runtime = if is_coordinator {
+    let runtime = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -207,6 +218,16 @@ fn init_tracing(is_coordinator: bool) {
 /// Writes command output to stdout; a reader that went away (`parhelia
 /// task list | head -1`) ends the process quietly.
 pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    // Inside `parhelia mcp-server` a command's output is captured for the
+    // tool's result: stdout is the MCP transport there.
+    if CAPTURED
+        .try_with(|buf| {
+            let _ = buf.borrow_mut().write_fmt(args);
+        })
+        .is_ok()
+    {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     if let Err(err) = stdout.write_fmt(args) {
         if err.kind() == std::io::ErrorKind::BrokenPipe {
@@ -215,6 +236,50 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
         let _ = writeln!(std::io::stderr(), "error: cannot write the output: {err}");
         std::process::exit(1);
     }
+}
+
+tokio::task_local! {
+    /// Set while [`run_captured`] runs a command: what it prints goes here.
+    static CAPTURED: std::cell::RefCell<Vec<u8>>;
+}
+
+/// What a command run by [`run_captured`] printed, and how it ended.
+pub struct Captured {
+    /// The exit status the CLI would have had (0 on success), or the error
+    /// `report_error` would have printed.
+    pub result: Result<i32>,
+    /// Its stdout (with `--json`: the JSON the CLI prints).
+    pub stdout: String,
+}
+
+/// Runs one `parhelia` command line in this process, as the CLI would, and
+/// captures what it prints instead of writing it to stdout. The MCP server
+/// calls the CLI's own handlers this way (with `--json`), so its results are
+/// the CLI's JSON views, number for number. A usage error (clap's) is E100.
+/// The command must not be interactive (no prompt, no attach, no watch).
+pub async fn run_captured(args: Vec<String>) -> Captured {
+    let cli = match Cli::try_parse_from(std::iter::once("parhelia".to_string()).chain(args)) {
+        Ok(cli) => cli,
+        Err(err) => {
+            return Captured {
+                result: Err(coded(
+                    error_codes::INVALID_INPUT,
+                    err.render().to_string().trim().to_string(),
+                )),
+                stdout: String::new(),
+            };
+        }
+    };
+    CAPTURED
+        .scope(std::cell::RefCell::new(Vec::new()), async move {
+            let result = run(cli).await;
+            let stdout = CAPTURED.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
+            Captured {
+                result,
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            }
+        })
+        .await
 }
 
 /// Output to a closed pipe ends the process quietly with the status a shell
@@ -487,6 +552,8 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Budget(command) => budget::run(&ctx, command).await,
         Command::Status { json } => ops::status(&ctx, json).await,
         Command::Coordinator(command) => ops::coordinator(&ctx, command).await,
+        Command::McpServer(args) => crate::mcp::run(&ctx, args).await,
+        Command::Integrate(command) => crate::integrate::run(&ctx, command),
         Command::Help { topic } => help(&topic),
         Command::InternalDetach { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -514,7 +581,8 @@ pub(crate) fn json_line(value: &impl serde::Serialize) {
             serde_json::json!({"type": "error", "error": err.to_string()})
         ),
     }
-    if let Err(err) = std::io::stdout().flush()
+    if CAPTURED.try_with(|_| ()).is_err()
+        && let Err(err) = std::io::stdout().flush()
         && err.kind() == std::io::ErrorKind::BrokenPipe
     {
         exit_on_broken_pipe();
