@@ -322,14 +322,7 @@ pub fn report_text(report: &Report) -> String {
         } else {
             ""
         };
-        out.push_str(&format!(
-            "{:<12} {}{extra}\n",
-            what_short(what),
-            step.path.display()
-        ));
-        if what.len() > 12 {
-            out.push_str(&format!("             {what}\n"));
-        }
+        out.push_str(&format!("{}{extra}: {what}\n", step.path.display()));
     }
     if !report.parhelia_on_path {
         out.push_str(
@@ -342,10 +335,6 @@ pub fn report_text(report: &Report) -> String {
         );
     }
     out
-}
-
-fn what_short(what: &str) -> &str {
-    what.split([':', ' ']).next().unwrap_or(what)
 }
 
 #[cfg(test)]

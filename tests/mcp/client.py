@@ -97,7 +97,7 @@ async def scenario(session, mode):
         return
 
     budget_before = await expect_ok(session, "parhelia_budget_status", {})
-    estimate = await expect_ok(session, "parhelia_budget_estimate", {"gpu": "A10G", "timeout": "1h"})
+    estimate = await expect_ok(session, "parhelia_budget_estimate", {"timeout": "1h", "max_cost": "5"})
     out("estimate", estimate=estimate)
 
     created = await expect_ok(session, "parhelia_task_create", {"prompt": "Write first.txt"})
