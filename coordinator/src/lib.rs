@@ -37,8 +37,6 @@ pub mod event_filter;
 pub mod fuzzing;
 pub mod ids;
 pub mod ingest;
-pub mod integrate;
-pub mod mcp;
 pub mod modal_ops;
 pub mod plan;
 pub mod pull;

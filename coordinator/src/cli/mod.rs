@@ -47,6 +47,8 @@ mod budget;
 mod checkpoint;
 mod container;
 mod events;
+pub mod integrate;
+pub mod mcp;
 mod modal;
 mod ops;
 mod session;
@@ -129,11 +131,11 @@ pub enum Command {
     /// Serve Parhelia's operations as MCP tools (stdio, or streamable HTTP
     /// with `--http ADDR`), for Claude Code or any MCP client; see docs/mcp.md
     #[command(name = "mcp-server")]
-    McpServer(crate::mcp::McpServerArgs),
+    McpServer(mcp::McpServerArgs),
     /// Install Parhelia into another tool's setup: `integrate claude-code`
     /// (slash commands, skills and the MCP server)
     #[command(subcommand)]
-    Integrate(crate::integrate::IntegrateCommand),
+    Integrate(integrate::IntegrateCommand),
     /// Help for a command or an error code: `parhelia help task create`,
     /// `parhelia help E201`, `parhelia help codes`
     Help {
@@ -552,8 +554,8 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Budget(command) => budget::run(&ctx, command).await,
         Command::Status { json } => ops::status(&ctx, json).await,
         Command::Coordinator(command) => ops::coordinator(&ctx, command).await,
-        Command::McpServer(args) => crate::mcp::run(&ctx, args).await,
-        Command::Integrate(command) => crate::integrate::run(&ctx, command),
+        Command::McpServer(args) => mcp::run(&ctx, args).await,
+        Command::Integrate(command) => integrate::run(&ctx, command),
         Command::Help { topic } => help(&topic),
         Command::InternalDetach { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -44,43 +44,43 @@ pub enum IntegrateCommand {
 pub const PLUGIN_FILES: &[(&str, &str)] = &[
     (
         ".claude-plugin/plugin.json",
-        include_str!("../../integrations/claude-code/.claude-plugin/plugin.json"),
+        include_str!("../../../integrations/claude-code/.claude-plugin/plugin.json"),
     ),
     (
         ".mcp.json",
-        include_str!("../../integrations/claude-code/.mcp.json"),
+        include_str!("../../../integrations/claude-code/.mcp.json"),
     ),
     (
         "commands/parhelia-submit.md",
-        include_str!("../../integrations/claude-code/commands/parhelia-submit.md"),
+        include_str!("../../../integrations/claude-code/commands/parhelia-submit.md"),
     ),
     (
         "commands/parhelia-status.md",
-        include_str!("../../integrations/claude-code/commands/parhelia-status.md"),
+        include_str!("../../../integrations/claude-code/commands/parhelia-status.md"),
     ),
     (
         "commands/parhelia-attach.md",
-        include_str!("../../integrations/claude-code/commands/parhelia-attach.md"),
+        include_str!("../../../integrations/claude-code/commands/parhelia-attach.md"),
     ),
     (
         "commands/parhelia-session.md",
-        include_str!("../../integrations/claude-code/commands/parhelia-session.md"),
+        include_str!("../../../integrations/claude-code/commands/parhelia-session.md"),
     ),
     (
         "commands/parhelia-checkpoint.md",
-        include_str!("../../integrations/claude-code/commands/parhelia-checkpoint.md"),
+        include_str!("../../../integrations/claude-code/commands/parhelia-checkpoint.md"),
     ),
     (
         "commands/parhelia-budget.md",
-        include_str!("../../integrations/claude-code/commands/parhelia-budget.md"),
+        include_str!("../../../integrations/claude-code/commands/parhelia-budget.md"),
     ),
     (
         "skills/discover-parhelia/SKILL.md",
-        include_str!("../../integrations/claude-code/skills/discover-parhelia/SKILL.md"),
+        include_str!("../../../integrations/claude-code/skills/discover-parhelia/SKILL.md"),
     ),
     (
         "skills/parhelia-task-dispatch/SKILL.md",
-        include_str!("../../integrations/claude-code/skills/parhelia-task-dispatch/SKILL.md"),
+        include_str!("../../../integrations/claude-code/skills/parhelia-task-dispatch/SKILL.md"),
     ),
 ];
 

@@ -724,7 +724,10 @@ mod tests {
                 })
             })
             .collect();
-        insta::assert_json_snapshot!("mcp_tool_list", listed);
+        insta::assert_snapshot!(
+            "mcp_tool_list",
+            serde_json::to_string_pretty(&listed).unwrap()
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ macro_rules! tools {
 
 tools! {
     "parhelia_task_create" TaskCreateArgs { title: "Create a task", ro: false, destructive: false, idempotent: false,
-        "Create a task: run Claude Code on `prompt` in a new session (local backend by default). Returns the new task's id (as `parhelia task create --json`); with `wait: true`, follows the task to its end (progress notifications while it runs) and returns the finished task (as `task create --sync --json`), or the task's error code and advice when it failed. `dry_run` and `estimate_only` launch nothing." }
+        "Create a task: run Claude Code on `prompt` in a new session (local backend by default). Returns the new task's id (as `parhelia task create --json`); with `wait: true`, follows the task to its end (progress notifications while it runs) and returns the finished task (as `task create --sync --json`), or the task's error code and advice when it failed. `dry_run` launches and records nothing; for a cost estimate use `parhelia_budget_estimate`." }
     "parhelia_task_list" TaskListArgs { title: "List tasks", ro: true, destructive: false, idempotent: true,
         "List tasks, newest first (as `parhelia task list --json`, under `tasks`)." }
     "parhelia_task_show" TaskIdArgs { title: "Show a task", ro: true, destructive: false, idempotent: true,
