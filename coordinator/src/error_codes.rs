@@ -207,6 +207,11 @@ error_codes! {
         why: "`task create --set` changes only that task's launch (its agent spec, its checkpoint policy, its workspace copy); keys such as worker limits, the database, the reconciler, isolation, rates and the Modal account are the coordinator's own and shape every task, so one task cannot have its own value.",
         recover: "Put the value in config.toml (the coordinator reloads it within a second; `parhelia coordinator reload` at once) and create the task without that `--set`; the message lists the keys a task may set (`docs/formats/config.md` marks them too).",
     }
+    CONFIRMATION_REQUIRED = "E130" "CONFIRMATION_REQUIRED" {
+        what: "A destructive operation was asked for without confirmation.",
+        why: "The MCP server's destructive tools (checkpoint restore, task delete and cancel, session kill, container terminate, budget set, cleanup with terminate) act only when called with `confirm: true`, so that a model cannot destroy work by a guess; nothing was done.",
+        recover: "Check that the operation is what you mean, then call the tool again with `confirm: true`.",
+    }
 
     // E2xx: not found.
     NOT_FOUND = "E200" "NOT_FOUND" {
@@ -294,6 +299,11 @@ error_codes! {
         what: "The coordinator refused a control request.",
         why: "Only the user who runs the coordinator, from outside every session sandbox and holding the control token (`coordinator.token`, next to `coordinator.sock`, rewritten at each coordinator start), may drive it. The caller was another user, a process inside a session sandbox, or presented no or a stale token.",
         recover: "Run `parhelia` as the coordinator's user from your own shell (not from inside a session). If the coordinator was restarted by hand meanwhile, run the command again.",
+    }
+    MCP_TOKEN_REQUIRED = "E410" "MCP_TOKEN_REQUIRED" {
+        what: "The MCP server would listen beyond this machine without a bearer token.",
+        why: "`parhelia mcp-server --http ADDR` serves every Parhelia operation (tasks, checkpoints, budget) to whoever can reach ADDR; on a non-loopback address it requires a bearer token (`PARHELIA_MCP_TOKEN`) that every request must carry, and none was set. Requests without the token are refused with HTTP 401 and this code.",
+        recover: "Set `PARHELIA_MCP_TOKEN` to a long random secret (e.g. `openssl rand -hex 32`) and send it as `Authorization: Bearer TOKEN`, or listen on 127.0.0.1.",
     }
 
     // E5xx: infrastructure.

@@ -1336,8 +1336,7 @@ impl Round<'_> {
                     let shortfall = served - shown;
                     if unwritten > 0
                         && said_unknown
-                        && (same_cost(shown + unwritten_usd, served)
-                            || shortfall < unwritten_usd)
+                        && (same_cost(shown + unwritten_usd, served) || shortfall < unwritten_usd)
                     {
                         self.found.notes.push(format!(
                             "round {:016x}: {unwritten} response(s) served (${unwritten_usd:.6}) that Claude Code was killed before writing (${shortfall:.6} of it not on record); the task says its spend is unknown",

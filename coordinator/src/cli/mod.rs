@@ -49,12 +49,16 @@ mod completion;
 mod container;
 mod events;
 mod guide;
+pub mod integrate;
+pub mod mcp;
 mod modal;
 mod ops;
 mod session;
 mod shortcuts;
 mod store_health;
 mod task;
+
+pub use events::FilterArgs;
 
 /// Run Claude Code sessions in containers, and keep track of them.
 #[derive(Parser, Debug)]
@@ -136,6 +140,14 @@ pub enum Command {
     Submit(Box<task::CreateArgs>),
     /// Same as `session attach`, by task id (its current session) or session id
     Attach(shortcuts::AttachArgs),
+    /// Serve Parhelia's operations as MCP tools (stdio, or streamable HTTP
+    /// with `--http ADDR`), for Claude Code or any MCP client; see docs/mcp.md
+    #[command(name = "mcp-server")]
+    McpServer(mcp::McpServerArgs),
+    /// Install Parhelia into another tool's setup: `integrate claude-code`
+    /// (slash commands, skills and the MCP server)
+    #[command(subcommand)]
+    Integrate(integrate::IntegrateCommand),
     /// A guide, a command's help or an error code: `parhelia help checkpoint`,
     /// `parhelia help task create`, `parhelia help E201`, `parhelia help codes`
     Help {
@@ -190,12 +202,13 @@ pub fn main() -> i32 {
         cli.command,
         Command::Coordinator(ops::CoordinatorCommand::Run { .. })
     );
+    let multi_thread = is_coordinator || matches!(cli.command, Command::McpServer(_));
     if let Command::Coordinator(ops::CoordinatorCommand::Run { detached: true }) = cli.command {
         crate::daemon::detach_from_terminal();
     }
     init_tracing(is_coordinator);
 
-    let runtime = if is_coordinator {
+    let runtime = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -233,6 +246,16 @@ fn init_tracing(is_coordinator: bool) {
 /// Writes command output to stdout; a reader that went away (`parhelia
 /// task list | head -1`) ends the process quietly.
 pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    // Inside `parhelia mcp-server` a command's output is captured for the
+    // tool's result: stdout is the MCP transport there.
+    if CAPTURED
+        .try_with(|buf| {
+            let _ = buf.borrow_mut().write_fmt(args);
+        })
+        .is_ok()
+    {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     if let Err(err) = stdout.write_fmt(args) {
         if err.kind() == std::io::ErrorKind::BrokenPipe {
@@ -241,6 +264,50 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
         let _ = writeln!(std::io::stderr(), "error: cannot write the output: {err}");
         std::process::exit(1);
     }
+}
+
+tokio::task_local! {
+    /// Set while [`run_captured`] runs a command: what it prints goes here.
+    static CAPTURED: std::cell::RefCell<Vec<u8>>;
+}
+
+/// What a command run by [`run_captured`] printed, and how it ended.
+pub struct Captured {
+    /// The exit status the CLI would have had (0 on success), or the error
+    /// `report_error` would have printed.
+    pub result: Result<i32>,
+    /// Its stdout (with `--json`: the JSON the CLI prints).
+    pub stdout: String,
+}
+
+/// Runs one `parhelia` command line in this process, as the CLI would, and
+/// captures what it prints instead of writing it to stdout. The MCP server
+/// calls the CLI's own handlers this way (with `--json`), so its results are
+/// the CLI's JSON views, number for number. A usage error (clap's) is E100.
+/// The command must not be interactive (no prompt, no attach, no watch).
+pub async fn run_captured(args: Vec<String>) -> Captured {
+    let cli = match Cli::try_parse_from(std::iter::once("parhelia".to_string()).chain(args)) {
+        Ok(cli) => cli,
+        Err(err) => {
+            return Captured {
+                result: Err(coded(
+                    error_codes::INVALID_INPUT,
+                    err.render().to_string().trim().to_string(),
+                )),
+                stdout: String::new(),
+            };
+        }
+    };
+    CAPTURED
+        .scope(std::cell::RefCell::new(Vec::new()), async move {
+            let result = run(cli).await;
+            let stdout = CAPTURED.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
+            Captured {
+                result,
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            }
+        })
+        .await
 }
 
 /// Output to a closed pipe ends the process quietly with the status a shell
@@ -515,6 +582,8 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Coordinator(command) => ops::coordinator(&ctx, command).await,
         Command::Submit(args) => task::run(&ctx, task::TaskCommand::Create(args)).await,
         Command::Attach(args) => shortcuts::attach(&ctx, args).await,
+        Command::McpServer(args) => mcp::run(&ctx, args).await,
+        Command::Integrate(command) => integrate::run(&ctx, command),
         Command::Help { topic } => help(&topic),
         Command::Examples { topic } => guide::examples(topic.as_deref()),
         Command::Completions(args) => completion::completions(&args),
@@ -545,7 +614,8 @@ pub(crate) fn json_line(value: &impl serde::Serialize) {
             serde_json::json!({"type": "error", "error": err.to_string()})
         ),
     }
-    if let Err(err) = std::io::stdout().flush()
+    if CAPTURED.try_with(|_| ()).is_err()
+        && let Err(err) = std::io::stdout().flush()
         && err.kind() == std::io::ErrorKind::BrokenPipe
     {
         exit_on_broken_pipe();

@@ -3,6 +3,8 @@
 # Register it in your project's .mcp.json:
 #   { "mcpServers": { "parhelia": { "command": "parhelia", "args": ["mcp-server"] } } }
 # or with Claude Code's CLI:  claude mcp add parhelia -- parhelia mcp-server
+# or let Parhelia install the server, slash commands and skills:
+# $ parhelia integrate claude-code --dry-run
 
 # Each tool has a CLI twin that prints the same data as JSON:
 parhelia status --json                    # parhelia_health
