@@ -5,7 +5,7 @@
 //! Secrets are 256 random bits, hex encoded, and are wrapped in
 //! [`SessionSecret`] whose `Debug` never shows the value.
 
-use rand::RngCore;
+use rand::Rng;
 
 pub const TASK_PREFIX: &str = "task-";
 pub const SESSION_PREFIX: &str = "sess-";
