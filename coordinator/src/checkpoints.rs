@@ -362,45 +362,52 @@ pub fn parse_id(id: &str) -> Result<CheckpointId, CodedError> {
     })
 }
 
-/// One line per checkpoint, for `checkpoint list` (fits 80 columns).
+/// One line per checkpoint, for `checkpoint list`: the message is cut to
+/// fit a terminal, and whole anywhere else.
 pub fn list_text(views: &[CheckpointView]) -> String {
+    list_text_as(views, crate::table::stdout_look())
+}
+
+pub fn list_text_as(views: &[CheckpointView], look: crate::table::Look) -> String {
+    use crate::table::{Cell, Table};
     if views.is_empty() {
         return "no checkpoints\n".into();
     }
-    let mut out = format!(
-        "{:<28} {:<13} {:<11} {:>6} {:>9}  {}\n",
-        "ID", "SESSION", "TRIGGER", "FILES", "NEW", "MESSAGE"
-    );
+    let mut t = Table::new(1)
+        .whole("ID", 28)
+        .whole("SESSION", 13)
+        .whole("TRIGGER", 11)
+        .number("FILES", 6)
+        .number("NEW", 9)
+        .gap(2)
+        .text("MESSAGE");
     for v in views {
         if let Some(why) = &v.damaged {
-            out.push_str(&format!(
-                "{:<28} {:<13} {:<11} {:>6} {:>9}  [E620] {}\n",
-                v.id,
-                v.session_id,
-                "DAMAGED",
-                "-",
-                "-",
-                one_line(why, 60)
-            ));
+            t.row(vec![
+                v.id.as_str().into(),
+                v.session_id.as_str().into(),
+                Cell::status("DAMAGED"),
+                "-".into(),
+                "-".into(),
+                format!("[E620] {}", why.trim()).into(),
+            ]);
             continue;
         }
-        out.push_str(&format!(
-            "{:<28} {:<13} {:<11} {:>6} {:>9}  {}\n",
-            v.id,
-            v.session_id,
-            v.trigger,
-            v.file_count,
-            bytes(v.new_bytes),
+        let message = v.message.as_deref().unwrap_or("").trim();
+        t.row(vec![
+            v.id.as_str().into(),
+            v.session_id.as_str().into(),
+            v.trigger.as_str().into(),
+            v.file_count.to_string().into(),
+            bytes(v.new_bytes).into(),
             if v.durable {
-                one_line(v.message.as_deref().unwrap_or(""), 20)
+                message.into()
             } else {
-                format!(
-                    "(not yet durable) {}",
-                    one_line(v.message.as_deref().unwrap_or(""), 20)
-                )
-            }
-        ));
+                format!("(not yet durable) {message}").into()
+            },
+        ]);
     }
+    let mut out = t.render_as(look);
     let damaged = views.iter().filter(|v| v.damaged.is_some()).count();
     if damaged > 0 {
         out.push_str(&format!(

@@ -15,6 +15,7 @@ use crate::db::{
 };
 use crate::ids::rfc3339_ms;
 use crate::render::{cost, duration, one_line};
+use crate::table::{self, Cell, Look, Table};
 use crate::term::{escape_untrusted, escape_untrusted_text};
 
 /// `task show --json` / `task list --json` (one object per task).
@@ -284,30 +285,37 @@ impl ContainerView {
     }
 }
 
-/// `container list` without `--json` (80 columns).
+/// `container list` without `--json` (fits 80 columns with ordinary ids).
 pub fn container_table(containers: &[ContainerView], now_ms: i64) -> String {
+    container_table_as(containers, now_ms, table::stdout_look())
+}
+
+pub fn container_table_as(containers: &[ContainerView], now_ms: i64, look: Look) -> String {
     if containers.is_empty() {
         return "no containers\n".to_string();
     }
-    let mut out = format!(
-        "{:<14}{:<12}{:<11}{:<15}{:<8}{}\n",
-        "ID", "STATE", "HEALTH", "TASK", "AGE", "HEARD"
-    );
+    let mut t = Table::new(2)
+        .whole("ID", 12)
+        .whole("STATE", 10)
+        .whole("HEALTH", 9)
+        .whole("TASK", 13)
+        .whole("AGE", 6)
+        .whole("HEARD", 0);
     for c in containers {
         let created = crate::ids::parse_rfc3339_ms(&c.created_at).unwrap_or(now_ms);
-        out.push_str(&format!(
-            "{:<14}{:<12}{:<11}{:<15}{:<8}{}\n",
-            c.id,
-            c.state,
-            c.health.as_deref().unwrap_or("-"),
-            c.task_id.as_deref().unwrap_or("(orphan)"),
-            age(now_ms, created),
+        t.row(vec![
+            c.id.as_str().into(),
+            Cell::status(&c.state),
+            Cell::status(c.health.as_deref().unwrap_or("-")),
+            c.task_id.as_deref().unwrap_or("(orphan)").into(),
+            age(now_ms, created).into(),
             c.silence_ms
                 .map(|ms| format!("{} ago", age(ms, 0)))
                 .unwrap_or_else(|| "-".into())
-        ));
+                .into(),
+        ]);
     }
-    out
+    t.render_as(look)
 }
 
 /// `container show` without `--json`.
@@ -423,24 +431,33 @@ pub fn health_text(view: &HealthView) -> String {
     if view.containers.is_empty() {
         return out;
     }
-    out.push_str(&format!(
-        "\n{:<14}{:<11}{:<11}{:<10}{:<8}{:<7}{}\n",
-        "CONTAINER", "STATE", "HEALTH", "HEARD", "MISSED", "CPU", "MEMORY"
-    ));
+    let mut t = Table::new(2)
+        .whole("CONTAINER", 12)
+        .whole("STATE", 9)
+        .whole("HEALTH", 9)
+        .whole("HEARD", 8)
+        .whole("MISSED", 6)
+        .whole("CPU", 5)
+        .whole("MEMORY", 0);
     for r in &view.containers {
-        out.push_str(&format!(
-            "{:<14}{:<11}{:<11}{:<10}{:<8}{:<7}{}\n",
-            r.container_id,
-            r.state,
-            r.health,
-            format!("{} ago", age(r.silence_ms, 0)),
-            r.missed_heartbeats,
+        t.row(vec![
+            r.container_id.as_str().into(),
+            Cell::status(&r.state),
+            Cell::status(&r.health),
+            format!("{} ago", age(r.silence_ms, 0)).into(),
+            r.missed_heartbeats.to_string().into(),
             r.cpu_percent
                 .map(|c| format!("{c:.0}%"))
-                .unwrap_or_else(|| "-".into()),
-            r.memory_bytes.map(bytes).unwrap_or_else(|| "-".into())
-        ));
+                .unwrap_or_else(|| "-".into())
+                .into(),
+            r.memory_bytes
+                .map(bytes)
+                .unwrap_or_else(|| "-".into())
+                .into(),
+        ]);
     }
+    out.push('\n');
+    out.push_str(&t.render());
     out
 }
 
@@ -639,27 +656,32 @@ pub fn task_detail(t: &TaskRecord) -> String {
     out
 }
 
-/// `task list` without `--json`.
+/// `task list` without `--json`: the prompt is cut to fit a terminal, and
+/// whole anywhere else.
 pub fn task_table(tasks: &[TaskRecord], now_ms: i64) -> String {
+    task_table_as(tasks, now_ms, table::stdout_look())
+}
+
+pub fn task_table_as(tasks: &[TaskRecord], now_ms: i64, look: Look) -> String {
     if tasks.is_empty() {
         return "no tasks\n".to_string();
     }
-    let mut out = format!(
-        "{:<15}{:<13}{:<10}{:<8}{}\n",
-        "ID", "STATUS", "COST", "AGE", "PROMPT"
-    );
-    for t in tasks {
-        out.push_str(&format!(
-            "{:<15}{:<13}{:<10}{:<8}{}\n",
-            t.id,
-            shown_status(t).as_str(),
-            cost(t.spend.cost_usd),
-            age(now_ms, t.created_at_ms),
-            // 46 columns before the prompt: the line fits 80.
-            escape_untrusted(&one_line(&t.prompt, 33))
-        ));
+    let mut t = Table::new(2)
+        .whole("ID", 13)
+        .whole("STATUS", 11)
+        .whole("COST", 8)
+        .whole("AGE", 6)
+        .text("PROMPT");
+    for task in tasks {
+        t.row(vec![
+            task.id.as_str().into(),
+            Cell::status(shown_status(task).as_str()),
+            cost(task.spend.cost_usd).into(),
+            age(now_ms, task.created_at_ms).into(),
+            task.prompt.trim().into(),
+        ]);
     }
-    out
+    t.render_as(look)
 }
 
 /// `session show` without `--json`.
@@ -724,33 +746,41 @@ pub fn refresh_health(
 
 /// `session list` without `--json`.
 pub fn session_table(sessions: &[SessionRecord], now_ms: i64) -> String {
+    session_table_as(sessions, now_ms, table::stdout_look())
+}
+
+pub fn session_table_as(sessions: &[SessionRecord], now_ms: i64, look: Look) -> String {
     if sessions.is_empty() {
         return "no sessions\n".to_string();
     }
-    let mut out = format!(
-        "{:<15}{:<15}{:<12}{:<11}{:<10}{}\n",
-        "ID", "TASK", "STATUS", "HEALTH", "COST", "AGE"
-    );
+    let mut t = Table::new(2)
+        .whole("ID", 13)
+        .whole("TASK", 13)
+        .whole("STATUS", 10)
+        .whole("HEALTH", 9)
+        .whole("COST", 8)
+        .whole("AGE", 0);
     for s in sessions {
         let status = match (&s.outcome, s.status.as_str()) {
             (Some(outcome), "finished") => outcome.clone(),
             _ => s.status.clone(),
         };
         let live = s.container_state.is_some_and(|c| c.expects_heartbeats());
-        out.push_str(&format!(
-            "{:<15}{:<15}{:<12}{:<11}{:<10}{}\n",
-            s.id,
-            s.task_id,
-            escape_untrusted(&status),
-            s.container_health
-                .filter(|_| live)
-                .map(|h| h.to_string())
-                .unwrap_or_else(|| "-".into()),
-            cost(s.spend.cost_usd),
-            age(now_ms, s.created_at_ms)
-        ));
+        t.row(vec![
+            s.id.as_str().into(),
+            s.task_id.as_str().into(),
+            Cell::status(&status),
+            Cell::status(
+                &s.container_health
+                    .filter(|_| live)
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            cost(s.spend.cost_usd).into(),
+            age(now_ms, s.created_at_ms).into(),
+        ]);
     }
-    out
+    t.render_as(look)
 }
 
 /// `parhelia status` without `--json`.

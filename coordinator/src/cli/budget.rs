@@ -17,6 +17,7 @@ use crate::error::coded;
 use crate::error_codes;
 use crate::event_filter::parse_duration_ms;
 use crate::ids::now_ms;
+use crate::table::{Cell, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum BudgetCommand {
@@ -315,22 +316,30 @@ fn show_text(v: &BudgetView) -> String {
         v.totals.spend.cache_read_input_tokens,
     ));
     if !v.tasks.is_empty() {
-        out.push_str(&format!(
-            "\n{:<15} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-            "TASK", "STATUS", "MAX", "COMPUTE", "MODEL", "STORAGE", "COST"
-        ));
-        for t in v.tasks.iter().take(20) {
-            out.push_str(&format!(
-                "{:<15} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-                t.task_id,
-                t.status.as_deref().unwrap_or("deleted"),
-                t.max_cost_usd.map(usd).unwrap_or_else(|| "-".into()),
-                usd(t.totals.spend.compute_usd),
-                usd(t.totals.spend.model_usd),
-                usd(t.totals.spend.storage_usd),
-                usd(t.totals.spend.cost_usd),
-            ));
+        let mut t = Table::new(1)
+            .whole("TASK", 15)
+            .whole("STATUS", 11)
+            .number("MAX", 9)
+            .number("COMPUTE", 9)
+            .number("MODEL", 9)
+            .number("STORAGE", 9)
+            .number("COST", 9);
+        for task in v.tasks.iter().take(20) {
+            t.row(vec![
+                task.task_id.as_str().into(),
+                Cell::status(task.status.as_deref().unwrap_or("deleted")),
+                task.max_cost_usd
+                    .map(usd)
+                    .unwrap_or_else(|| "-".into())
+                    .into(),
+                usd(task.totals.spend.compute_usd).into(),
+                usd(task.totals.spend.model_usd).into(),
+                usd(task.totals.spend.storage_usd).into(),
+                usd(task.totals.spend.cost_usd).into(),
+            ]);
         }
+        out.push('\n');
+        out.push_str(&t.render());
         if v.tasks.len() > 20 {
             out.push_str(&format!(
                 "… {} more (parhelia budget history --by task)\n",
@@ -339,20 +348,23 @@ fn show_text(v: &BudgetView) -> String {
         }
     }
     if !v.days.is_empty() {
-        out.push_str(&format!(
-            "\n{:<11} {:>9} {:>9} {:>9} {:>9}\n",
-            "DAY", "COMPUTE", "MODEL", "STORAGE", "COST"
-        ));
+        let mut t = Table::new(1)
+            .whole("DAY", 11)
+            .number("COMPUTE", 9)
+            .number("MODEL", 9)
+            .number("STORAGE", 9)
+            .number("COST", 9);
         for d in &v.days {
-            out.push_str(&format!(
-                "{:<11} {:>9} {:>9} {:>9} {:>9}\n",
-                d.key,
-                usd(d.totals.spend.compute_usd),
-                usd(d.totals.spend.model_usd),
-                usd(d.totals.spend.storage_usd),
-                usd(d.totals.spend.cost_usd)
-            ));
+            t.row(vec![
+                d.key.as_str().into(),
+                usd(d.totals.spend.compute_usd).into(),
+                usd(d.totals.spend.model_usd).into(),
+                usd(d.totals.spend.storage_usd).into(),
+                usd(d.totals.spend.cost_usd).into(),
+            ]);
         }
+        out.push('\n');
+        out.push_str(&t.render());
     }
     out.push_str(&rates_text(&v.rates));
     out
@@ -495,34 +507,37 @@ fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<
         HistoryBy::Day => "DAY",
         HistoryBy::Task => "TASK",
     };
-    outln!(
-        "{head:<15} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "COMPUTE",
-        "MODEL",
-        "STORAGE",
-        "COST",
-        "IN TOK",
-        "OUT TOK",
-        "CW TOK",
-        "CR TOK"
-    );
+    let mut t = Table::new(1)
+        .whole(head, 15)
+        .number("COMPUTE", 9)
+        .number("MODEL", 9)
+        .number("STORAGE", 9)
+        .number("COST", 9)
+        .number("IN TOK", 10)
+        .number("OUT TOK", 10)
+        .number("CW TOK", 10)
+        .number("CR TOK", 10);
     for r in rows.iter().chain(std::iter::once(&HistoryRow {
         key: "total".into(),
         totals: total.clone(),
     })) {
-        outln!(
-            "{:<15} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
-            r.key,
-            usd(r.totals.spend.compute_usd),
-            usd(r.totals.spend.model_usd),
-            usd(r.totals.spend.storage_usd),
-            usd(r.totals.spend.cost_usd),
-            r.totals.spend.input_tokens,
-            r.totals.spend.output_tokens,
-            r.totals.spend.cache_creation_input_tokens,
-            r.totals.spend.cache_read_input_tokens
-        );
+        t.row(vec![
+            r.key.as_str().into(),
+            usd(r.totals.spend.compute_usd).into(),
+            usd(r.totals.spend.model_usd).into(),
+            usd(r.totals.spend.storage_usd).into(),
+            usd(r.totals.spend.cost_usd).into(),
+            r.totals.spend.input_tokens.to_string().into(),
+            r.totals.spend.output_tokens.to_string().into(),
+            r.totals
+                .spend
+                .cache_creation_input_tokens
+                .to_string()
+                .into(),
+            r.totals.spend.cache_read_input_tokens.to_string().into(),
+        ]);
     }
+    out!("{}", t.render());
     Ok(0)
 }
 

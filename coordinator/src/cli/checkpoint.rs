@@ -405,6 +405,17 @@ async fn resume_request(
         backend,
     } = call;
     let env = launch_env()?;
+    let progress = crate::progress::Progress::start(
+        if rollback { "rollback" } else { "resume" },
+        &format!(
+            "restoring {} on a new container",
+            if checkpoint_id.is_empty() {
+                "the latest checkpoint"
+            } else {
+                checkpoint_id
+            }
+        ),
+    );
     let mut client = ctx.client(&opened.state).await?;
     let reply = client
         .resume_session(ResumeSessionRequest {
@@ -418,6 +429,7 @@ async fn resume_request(
         .await
         .map_err(coordinator_error)?
         .into_inner();
+    progress.finish(true);
     Ok(reply)
 }
 
@@ -481,8 +493,10 @@ pub async fn pull(
             _ => std::env::current_dir()?,
         },
     };
+    let progress = crate::progress::Progress::start("session_pull", "opening the session");
     if checkpoint_id.is_none() && s.container_state.is_some_and(|c| c.is_active()) {
         // The work as it is now, not as of the last turn.
+        progress.step("checkpointing the live session");
         let mut client = ctx.client(&opened.state).await?;
         if let Err(status) = client
             .checkpoint_session(CheckpointSessionRequest {
@@ -497,6 +511,7 @@ pub async fn pull(
             );
         }
     }
+    progress.step("reading the session's checkpoint store");
     let store = super::modal::session_store(ctx, &opened, &s)
         .await?
         .ok_or_else(|| {
@@ -523,6 +538,9 @@ pub async fn pull(
     let branch = branch
         .map(str::to_string)
         .unwrap_or_else(|| crate::pull::default_branch(&s.id));
+    progress.step(&format!(
+        "restoring {id} and committing it as branch {branch}"
+    ));
     let outcome = crate::pull::pull(&crate::pull::PullRequest {
         store: &store,
         checkpoint: &id,
@@ -531,6 +549,7 @@ pub async fn pull(
         session_id: &s.id,
         force,
     })?;
+    progress.finish(true);
     if json {
         print_json(&serde_json::json!({
             "session_id": s.id,
@@ -782,10 +801,11 @@ fn escaped_view(v: &CheckpointView) -> CheckpointView {
     }
 }
 
-/// `checkpoint list` as text, escaped.
+/// `checkpoint list` as text, escaped (the table escapes each cell; its
+/// only escape sequences are its own colors).
 fn list_text(views: &[CheckpointView]) -> String {
     let views: Vec<CheckpointView> = views.iter().map(escaped_view).collect();
-    escape_untrusted_text(&checkpoints::list_text(&views)).into_owned()
+    checkpoints::list_text(&views)
 }
 
 /// `checkpoint show` as text, escaped.

@@ -5,8 +5,9 @@
 //! Reads go straight to SQLite; commands that change something talk to the
 //! coordinator over its socket (starting it when it is not running), so the
 //! coordinator's service layer ([`crate::service`]) is the one place that
-//! changes state. Every read command accepts `--json`; tables fit 80
-//! columns; `watch` commands update until interrupted (Ctrl-C).
+//! changes state. Every read command accepts `--json`; tables fit the
+//! terminal ([`crate::table`]); long operations show progress on stderr
+//! ([`crate::progress`]); `watch` commands update until interrupted (Ctrl-C).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -85,6 +86,17 @@ pub struct Cli {
     /// key is refused (E119)
     #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
+
+    /// Color tables and error prefixes: `auto` on a terminal unless
+    /// `NO_COLOR` is set (`CLICOLOR_FORCE` forces it); `--json` never has color
+    #[arg(long, global = true, value_enum, default_value_t = crate::table::ColorChoice::Auto, value_name = "WHEN", hide_possible_values = true)]
+    pub color: crate::table::ColorChoice,
+
+    /// Progress of long operations (workspace upload, image build, session
+    /// pull, restore) on stderr: `auto` draws it when stderr is a terminal,
+    /// `json` prints JSON lines (terminal or not), `never` nothing
+    #[arg(long, global = true, value_enum, default_value_t = crate::progress::ProgressMode::Auto, value_name = "WHEN", hide_possible_values = true)]
+    pub progress: crate::progress::ProgressMode,
 
     #[command(subcommand)]
     pub command: Command,
@@ -207,6 +219,8 @@ pub fn main() -> i32 {
         crate::daemon::detach_from_terminal();
     }
     init_tracing(is_coordinator);
+    crate::table::init(cli.color);
+    crate::progress::init(cli.progress);
 
     let runtime = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()
@@ -264,6 +278,12 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
         let _ = writeln!(std::io::stderr(), "error: cannot write the output: {err}");
         std::process::exit(1);
     }
+}
+
+/// Whether this command's output is captured (`parhelia mcp-server`): no
+/// color, no terminal width, no progress display.
+pub(crate) fn is_captured() -> bool {
+    CAPTURED.try_with(|_| ()).is_ok()
 }
 
 tokio::task_local! {
@@ -339,7 +359,12 @@ pub fn report_error(err: &anyhow::Error) -> i32 {
         None => {
             // Errors quote paths and messages a session wrote.
             eprintln!(
-                "error: {}",
+                "{}: {}",
+                crate::table::paint(
+                    "error",
+                    crate::table::Tone::Bad,
+                    crate::table::stderr_color()
+                ),
                 crate::term::escape_untrusted_text(&format!("{err:#}"))
             );
             1
@@ -348,9 +373,17 @@ pub fn report_error(err: &anyhow::Error) -> i32 {
 }
 
 fn report_coded(err: &CodedError) -> i32 {
-    let _ = std::io::stderr()
-        .lock()
-        .write_all(error_text(err).as_bytes());
+    let mut text = error_text(err);
+    if crate::table::stderr_color() {
+        // Color the `error[Ennn]` prefix only (the message was escaped).
+        let prefix = format!("error[{}]", err.code.code);
+        text = text.replacen(
+            &prefix,
+            &crate::table::paint(&prefix, crate::table::Tone::Bad, true),
+            1,
+        );
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
     err.code.exit_status()
 }
 

@@ -73,7 +73,16 @@ async fn modal_op(ctx: &Ctx, op: &str, args: Value) -> Result<Value> {
 pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
     match command {
         ModalCommand::Setup { force_build, json } => {
+            let progress = crate::progress::Progress::start(
+                "image_build",
+                if force_build {
+                    "checking Modal and rebuilding the session image"
+                } else {
+                    "checking Modal and building the session image (cached when unchanged)"
+                },
+            );
             let report = modal_op(ctx, "setup", json!({"force_build": force_build})).await?;
+            progress.finish(true);
             if json {
                 print_json(&report)?;
             } else {

@@ -484,6 +484,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     let request = SubmitTaskRequest {
         prompt: args.prompt.clone(),
         workspace: workspace
+            .as_ref()
             .map(|w| w.to_string_lossy().into_owned())
             .unwrap_or_default(),
         backend: backend.as_str().into(),
@@ -497,6 +498,19 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         no_user_config: args.no_user_config,
         config_set: task_set,
     };
+    let progress = crate::progress::Progress::start(
+        "task_create",
+        &match (&workspace, args.no_dispatch) {
+            (Some(dir), false) => format!(
+                "copying the workspace {} into the session and starting it ({})",
+                dir.display(),
+                backend.as_str()
+            ),
+            (Some(dir), true) => format!("recording the task (workspace {})", dir.display()),
+            (None, false) => format!("starting the session ({})", backend.as_str()),
+            (None, true) => "recording the task".to_string(),
+        },
+    );
     let submitted = client
         .submit_budgeted_task(SubmitBudgetedTaskRequest {
             task: Some(request),
@@ -511,6 +525,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         .await
         .map_err(coordinator_error)?
         .into_inner();
+    progress.finish(true);
 
     if !args.sync {
         if args.json {
