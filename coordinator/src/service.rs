@@ -43,8 +43,6 @@ use crate::ingest::{
 };
 use crate::plan::{self, LaunchIds, SessionRequest};
 use crate::queue;
-use crate::reconcile::PassReport;
-use crate::reconciler::{self, PassOptions};
 use crate::recovery;
 use crate::state_dir::StateDir;
 use crate::task_state::TaskStatus;
@@ -1344,8 +1342,8 @@ impl CoordinatorService {
             && !session.container_state.is_some_and(|s| s.is_active())
             && let Some(spec) = self.inner.backend.left_behind_spec(previous).await
         {
-            match crate::reconciler::salvage(
-                self,
+            match crate::agent_helpers::salvage(
+                db,
                 &spec,
                 &session.id,
                 "the session ended without a final checkpoint; what its container left was checkpointed before the resume",
@@ -1953,10 +1951,6 @@ impl CoordinatorService {
         Ok(response)
     }
 
-    /// One reconciler pass (see [`crate::reconciler`]).
-    pub async fn reconcile(&self, options: PassOptions) -> Result<PassReport> {
-        reconciler::run_pass(self, options).await
-    }
 
     /// E300 when a task estimated like `limits` would exceed what the
     /// global or daily budget has left.
