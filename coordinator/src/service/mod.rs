@@ -1,6 +1,6 @@
 //! The coordinator's service layer: every operation that changes something
-//! (submit, dispatch, cancel, retry, delete, terminate, reconcile) is one
-//! method here, called by the gRPC front end ([`crate::daemon`]) and by
+//! (submit, dispatch, cancel, retry, delete, terminate; `reconcile` is the
+//! reconciler's, [`crate::reconciler`]) is one method here, called by the gRPC front end ([`crate::daemon`]) and by
 //! tests. The decisions are the pure modules' ([`crate::queue`],
 //! [`crate::reconcile`], [`crate::task_state`]); this layer gathers inputs
 //! and carries decisions out.
