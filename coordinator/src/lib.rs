@@ -13,6 +13,7 @@
 //! agent.
 
 pub mod agent_client;
+pub mod agent_helpers;
 pub mod backend;
 pub mod binaries;
 pub mod budget;

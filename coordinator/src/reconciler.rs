@@ -17,6 +17,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::agent_helpers::{Salvaged, agent_helper_bin, salvage};
 use crate::container_state::ContainerState;
 use crate::db::{ContainerRef, LostContainer, NewCoordinatorEvent, ReconcileRow};
 use crate::ids::now_ms;
@@ -70,6 +71,13 @@ fn intended_container(
         task_auto_resumes: row.task_auto_resumes,
         resume_requested: c.resume_requested_at_ms.is_some(),
         latest_checkpoint_id,
+    }
+}
+
+impl CoordinatorService {
+    /// One reconciler pass (see [`crate::reconciler`]).
+    pub async fn reconcile(&self, options: PassOptions) -> Result<PassReport> {
+        run_pass(self, options).await
     }
 }
 
@@ -334,7 +342,7 @@ async fn execute(
             let salvaged = match left_behind.filter(|_| *interrupt_task) {
                 Some(spec) => Some(
                     salvage(
-                        service,
+                        &inner.db,
                         &spec,
                         session_id,
                         "the agent is gone; what its container left was checkpointed before it was marked lost",
@@ -548,7 +556,7 @@ async fn end_session_processes(
     };
     let checkpoint = match &hold.spec_path {
         Some(spec) => salvage(
-            service,
+            &inner.db,
             spec,
             &session_id,
             "the agent is gone; its left-over processes were held for this checkpoint and then ended",
@@ -640,103 +648,11 @@ async fn end_session_processes(
     Ok(Executed::Done)
 }
 
-/// The `parhelia-agent` binary the coordinator runs its hidden helpers with
-/// (`meter`, `salvage`): the one it launches sessions with.
-fn agent_helper_bin() -> Result<std::path::PathBuf> {
-    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
-    crate::binaries::resolve_agent_bin(
-        std::env::var_os(crate::plan::AGENT_BIN_ENV)
-            .filter(|v| !v.is_empty())
-            .as_deref()
-            .map(std::path::Path::new),
-        std::env::current_exe().ok().as_deref(),
-        std::env::var_os("PATH").as_deref(),
-        &cwd,
-    )
-    .map_err(Into::into)
-}
-
 fn salvaged_taken(salvaged: &Option<Result<Salvaged>>) -> Option<&Salvaged> {
     match salvaged {
         Some(Ok(taken)) => Some(taken),
         _ => None,
     }
-}
-
-/// `parhelia-agent salvage`'s answer.
-#[derive(Clone, Debug, serde::Deserialize)]
-pub(crate) struct Salvaged {
-    pub(crate) checkpoint_id: String,
-    pub(crate) unchanged: bool,
-    pub(crate) conversation: bool,
-}
-
-impl Salvaged {
-    fn describe(&self) -> String {
-        if self.unchanged {
-            format!(
-                "{} (nothing had changed since it; {})",
-                self.checkpoint_id,
-                self.what()
-            )
-        } else {
-            format!("{} ({})", self.checkpoint_id, self.what())
-        }
-    }
-
-    /// What the checkpoint holds, without its id.
-    fn what(&self) -> String {
-        let what = if self.conversation {
-            "workspace and conversation"
-        } else {
-            "workspace only: the session had no conversation yet"
-        };
-        what.to_string()
-    }
-}
-
-/// A whole checkpoint (`agent_gone`: workspace and conversation) of a container
-/// whose agent is gone, taken from its spec by the agent's own checkpoint code
-/// (`parhelia-agent salvage`), so it is the same kind of checkpoint the agent takes.
-pub(crate) async fn salvage(
-    service: &CoordinatorService,
-    spec: &std::path::Path,
-    session_id: &str,
-    reason: &str,
-) -> Result<Salvaged> {
-    let recorded = if session_id.is_empty() {
-        0.0
-    } else {
-        service
-            .inner
-            .db
-            .session_model_usd(session_id)
-            .unwrap_or(0.0)
-    };
-    let run = tokio::process::Command::new(agent_helper_bin()?)
-        .arg("salvage")
-        .arg("--spec")
-        .arg(spec)
-        .arg("--trigger")
-        .arg(crate::checkpoints::AGENT_GONE_TRIGGER)
-        .arg("--session-cost-usd")
-        .arg(recorded.to_string())
-        .arg("--reason")
-        .arg(reason)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(600), run)
-        .await
-        .map_err(|_| anyhow::anyhow!("parhelia-agent salvage did not finish in 600 s"))??;
-    anyhow::ensure!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-            .trim()
-            .trim_start_matches("parhelia-agent salvage: ")
-    );
-    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 /// `parhelia-agent meter`'s answer: what the transcripts hold that no journal charged.

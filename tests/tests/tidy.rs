@@ -283,11 +283,6 @@ fn no_import_circles_in_the_coordinator() {
         "coordinator",
         &[
             (
-                &["reconciler", "service"],
-                "service.rs and reconciler.rs are being split by capability (issue 15); the \
-                 split removes this",
-            ),
-            (
                 &["backend", "budget", "db", "disk_guard", "storage"],
                 "budget -> backend: LocalCapabilities::probe asks backend::unit whether cgroup \
                  limits are enforceable, and service.rs calls budget::refuse_unenforced; the \

@@ -1,0 +1,857 @@
+//! Tasks: submit, dispatch (the queue's passes and each launch), cancel, retry
+//! and delete.
+
+use super::sessions::SessionStop;
+use super::*;
+
+impl CoordinatorService {
+    /// Records a task and (unless held) dispatches it if a worker slot is
+    /// free. The one path every front end uses to create tasks.
+    pub async fn submit(&self, request: SubmitTaskRequest) -> Result<SubmitTaskResponse> {
+        self.submit_with_limits(request, TaskLimits::default())
+            .await
+    }
+
+    /// [`Self::submit`] with a budget and resources. A task to dispatch now
+    /// whose estimate exceeds what the budget has left is refused (E300)
+    /// before anything is recorded.
+    pub async fn submit_with_limits(
+        &self,
+        request: SubmitTaskRequest,
+        limits: TaskLimits,
+    ) -> Result<SubmitTaskResponse> {
+        plan::validate_prompt(&request.prompt)?;
+        validate_limits(&limits, self.config())?;
+        // The task's own `--set` values: parsed as `--set` is, per-task keys only (E119).
+        let task_config = crate::config::task_config(self.config(), &request.config_set)?;
+        let backend_kind = plan::parse_backend(&request.backend)?;
+        crate::budget::refuse_unenforced(&limits, backend_kind.as_str())?;
+        self.inner.backends.get(backend_kind)?;
+        if backend_kind == plan::BackendKind::Modal {
+            // Nothing is recorded for a task Modal could never run: the
+            // bridge must start (Python, the pinned SDK) and find a token.
+            let greeting = self.inner.backends.modal()?.bridge().greeting().await?;
+            if greeting.credentials == "none" {
+                return Err(coded(
+                    error_codes::MODAL_CREDENTIALS_MISSING,
+                    "no Modal token: run `modal token new` or export MODAL_TOKEN_ID and MODAL_TOKEN_SECRET",
+                ));
+            }
+        }
+        let workspace = match request.workspace.as_str() {
+            "" => None,
+            path => Some(validate_workspace(Path::new(path))?),
+        };
+        if let Some(dir) = &workspace {
+            // Before anything is recorded: no special files, and within the
+            // coordinator's size limits unless the user said so (E112).
+            let dir = dir.clone();
+            let exclude = vec![self.inner.state.root().to_path_buf()];
+            let limits = crate::backend::workspace_copy::CopyLimits::from_config(
+                &task_config.workspace,
+                request.allow_large_workspace,
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::backend::workspace_copy::preflight(&dir, &exclude, limits)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("the workspace preflight panicked: {e}"))??;
+        }
+        // Fail before recording anything when the launch could never work.
+        self.resolve_launch(&request.env, backend_kind)?;
+
+        let task_id = ids::new_task_id();
+        let task_type = if request.task_type.is_empty() {
+            "generic".to_string()
+        } else {
+            request.task_type.clone()
+        };
+        if !request.no_dispatch {
+            self.check_budget_before_dispatch(
+                "the task",
+                &limits,
+                &task_type,
+                backend_kind.as_str(),
+            )?;
+        }
+        self.inner.db.insert_task(&NewTask {
+            task_id: task_id.clone(),
+            prompt: request.prompt.clone(),
+            task_type,
+            backend: backend_kind.as_str().into(),
+            workspace: workspace.map(|p| p.to_string_lossy().into_owned()),
+            model: Some(request.model.clone()).filter(|m| !m.is_empty()),
+            max_turns: Some(request.max_turns).filter(|n| *n > 0),
+            mode: if request.interactive {
+                "interactive"
+            } else {
+                "headless"
+            }
+            .into(),
+            dispatch: !request.no_dispatch,
+            limits,
+            allow_large_workspace: request.allow_large_workspace,
+            no_user_config: request.no_user_config,
+            config_set: request.config_set.clone(),
+        })?;
+        lock(&self.inner.pending_env).insert(task_id.clone(), request.env.clone());
+        tracing::info!(%task_id, held = request.no_dispatch, "task recorded");
+        self.inner.db.note(
+            NewCoordinatorEvent::new(
+                "task_created",
+                "info",
+                format!(
+                    "{task_id} created{}",
+                    if request.no_dispatch {
+                        " (held: dispatch with `parhelia task dispatch`)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .task(&task_id),
+        );
+        let mut response = SubmitTaskResponse {
+            task_id: task_id.clone(),
+            ..SubmitTaskResponse::default()
+        };
+        if request.no_dispatch {
+            response.held = true;
+            return Ok(response);
+        }
+        let outcome = self.dispatch_pending().await?;
+        self.fill_placement(
+            &task_id,
+            &outcome,
+            |session, container, queued, position| {
+                response.session_id = session;
+                response.container_id = container;
+                response.queued = queued;
+                response.queue_position = position;
+            },
+        )?;
+        Ok(response)
+    }
+
+    /// Where a dispatch pass left `task_id`; its launch error if it failed.
+    pub(super) fn fill_placement(
+        &self,
+        task_id: &str,
+        outcome: &DispatchOutcome,
+        mut fill: impl FnMut(String, String, bool, u32),
+    ) -> Result<()> {
+        if let Some(d) = outcome.dispatched.iter().find(|d| d.task_id == task_id) {
+            fill(d.session_id.clone(), d.container_id.clone(), false, 0);
+        } else if let Some((_, err)) = outcome.failed.iter().find(|(id, _)| id == task_id) {
+            return Err(CodedError::new(
+                err.code,
+                format!("task {task_id} failed to launch: {}", err.message),
+            )
+            .into());
+        } else if let Some((_, position)) = outcome.waiting.iter().find(|(id, _)| id == task_id) {
+            fill(String::new(), String::new(), true, *position);
+        }
+        Ok(())
+    }
+
+    /// `task dispatch`: queues the named (or all held) pending tasks and
+    /// runs a dispatch pass. With `dry_run`, reports what a pass would do.
+    pub async fn dispatch_tasks(
+        &self,
+        task_ids: &[String],
+        all: bool,
+        dry_run: bool,
+        env: &HashMap<String, String>,
+    ) -> Result<DispatchTasksResponse> {
+        let db = &self.inner.db;
+        let mut wanted: Vec<String> = task_ids.to_vec();
+        if all {
+            wanted.extend(db.held_tasks()?);
+        }
+        for id in task_ids {
+            let task = db.get_task(id)?.ok_or_else(|| {
+                coded(error_codes::TASK_NOT_FOUND, format!("task not found: {id}"))
+            })?;
+            if task.status != TaskStatus::Pending {
+                return Err(coded(
+                    error_codes::ILLEGAL_TRANSITION,
+                    format!(
+                        "task {id} is {}; only pending tasks can be dispatched",
+                        task.status
+                    ),
+                ));
+            }
+        }
+        let max = self.inner.config.orchestrator.max_concurrent_workers;
+        let running = db.count_tasks_in(TaskStatus::Running)? as u32;
+        if dry_run {
+            let mut queued = db.queued_tasks()?;
+            let now = ids::now_ms();
+            for id in &wanted {
+                if !queued.iter().any(|q| &q.task_id == id)
+                    && let Some(task) = db.get_task(id)?
+                {
+                    queued.push(queue::QueuedTask {
+                        task_id: id.clone(),
+                        dispatch_requested_at_ms: now,
+                        created_at_ms: task.created_at_ms,
+                    });
+                }
+            }
+            let plan = queue::plan_dispatch(&queued, running as u64, max);
+            return Ok(DispatchTasksResponse {
+                dispatched: plan
+                    .dispatch_now
+                    .into_iter()
+                    .map(|task_id| DispatchedTask {
+                        task_id,
+                        ..DispatchedTask::default()
+                    })
+                    .collect(),
+                queued: plan
+                    .waiting
+                    .into_iter()
+                    .map(|(task_id, position)| QueuedTask { task_id, position })
+                    .collect(),
+                failed: Vec::new(),
+                running,
+                max_concurrent_workers: max as u32,
+            });
+        }
+        if !env.is_empty() {
+            let mut pending = lock(&self.inner.pending_env);
+            for id in &wanted {
+                pending.insert(id.clone(), env.clone());
+            }
+        }
+        db.request_dispatch(&wanted)?;
+        let outcome = self.dispatch_pending().await?;
+        let running = db.count_tasks_in(TaskStatus::Running)? as u32;
+        Ok(DispatchTasksResponse {
+            dispatched: outcome.dispatched,
+            queued: outcome
+                .waiting
+                .into_iter()
+                .map(|(task_id, position)| QueuedTask { task_id, position })
+                .collect(),
+            failed: outcome
+                .failed
+                .into_iter()
+                .map(|(task_id, err)| TaskFailure {
+                    task_id,
+                    error_code: err.code.code.to_string(),
+                    message: err.message,
+                })
+                .collect(),
+            running,
+            max_concurrent_workers: max as u32,
+        })
+    }
+
+    /// One dispatch pass: queued tasks, oldest request first, while fewer
+    /// than `max_concurrent_workers` tasks run. Passes never overlap.
+    pub async fn dispatch_pending(&self) -> Result<DispatchOutcome> {
+        let _guard = self.inner.dispatch_lock.lock().await;
+        let db = &self.inner.db;
+        let running = db.count_tasks_in(TaskStatus::Running)?;
+        let queued = db.queued_tasks()?;
+        let plan = queue::plan_dispatch(
+            &queued,
+            running,
+            self.inner.config.orchestrator.max_concurrent_workers,
+        );
+        let mut outcome = DispatchOutcome {
+            waiting: plan.waiting,
+            ..DispatchOutcome::default()
+        };
+        for task_id in plan.dispatch_now {
+            match self.launch_task(&task_id).await {
+                Ok(Some(dispatched)) => outcome.dispatched.push(dispatched),
+                Ok(None) => {}
+                Err(err) => outcome.failed.push((task_id, as_coded(&err))),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Claims a queued task and launches it. `Ok(None)` when the task was
+    /// no longer pending (cancelled meanwhile).
+    pub(super) async fn launch_task(&self, task_id: &str) -> Result<Option<DispatchedTask>> {
+        let db = &self.inner.db;
+        let Some(task) = db.get_task(task_id)? else {
+            return Ok(None);
+        };
+        if task.status != TaskStatus::Pending {
+            return Ok(None);
+        }
+        if let Err(err) = self.check_task_budget(&task) {
+            let coded_err = as_coded(&err);
+            db.transition_task(
+                task_id,
+                TaskStatus::Failed,
+                &TaskUpdate {
+                    error_code: Some(coded_err.code.code.to_string()),
+                    error_message: Some(coded_err.message.clone()),
+                    ..TaskUpdate::default()
+                },
+            )?;
+            db.note(
+                NewCoordinatorEvent::new(
+                    "budget_refused",
+                    "error",
+                    format!("{task_id}: not dispatched: {}", coded_err.message),
+                )
+                .task(task_id),
+            );
+            self.inner.signals.task_ended.notify_one();
+            return Err(coded_err.into());
+        }
+        let env = lock(&self.inner.pending_env)
+            .remove(task_id)
+            .unwrap_or_default();
+        let ids = LaunchIds {
+            task_id: task_id.to_string(),
+            session_id: ids::new_session_id(),
+            container_id: ids::new_container_id(),
+            claude_session_id: ids::new_claude_session_id(),
+        };
+        let secret = SessionSecret::generate();
+        let kind = plan::parse_backend(&task.backend)?;
+        let layout = self.layout_on(
+            self.inner.backends.get(kind)?.as_ref(),
+            &ids.session_id,
+            &ids.container_id,
+        );
+        db.claim_dispatch(
+            task_id,
+            &NewAttempt {
+                session_id: ids.session_id.clone(),
+                container_id: ids.container_id.clone(),
+                claude_session_id: ids.claude_session_id.clone(),
+                secret: secret.clone(),
+                workspace_dir: layout.workspace_dir.clone(),
+                volume_dir: layout.volume_dir.clone(),
+                heartbeat_interval_ms: Some(self.inner.config.agent.heartbeat_interval_ms as i64),
+            },
+        )?;
+        self.attend(&ids.container_id);
+        let target = ContainerRef {
+            container_id: ids.container_id.clone(),
+            session_id: ids.session_id.clone(),
+            task_id: task_id.to_string(),
+        };
+        match self.start_container(&task, &ids, &env, secret).await {
+            Ok(handle) => {
+                db.set_container_starting(&ids.container_id, handle.pid)?;
+                db.set_container_remote_id(&ids.container_id, handle.remote_id.as_deref())?;
+                db.note(
+                    NewCoordinatorEvent::new(
+                        "task_dispatched",
+                        "info",
+                        format!(
+                            "{task_id} dispatched (attempt {}) to {}",
+                            task.attempt + 1,
+                            ids.container_id
+                        ),
+                    )
+                    .task(task_id)
+                    .session(&ids.session_id)
+                    .container(&ids.container_id),
+                );
+                // Cancelled while it was launching: stop what was started.
+                let now = db.get_task(task_id)?.map(|t| t.status);
+                if now != Some(TaskStatus::Running) {
+                    tracing::info!(%task_id, "the task ended while launching; terminating");
+                    db.request_container_stop(&ids.container_id)?;
+                    if let Err(err) = self.inner.backend.terminate(&ids.container_id).await {
+                        tracing::warn!(%task_id, "terminate failed: {err:#}");
+                    }
+                    self.unattend(&ids.container_id);
+                    return Ok(None);
+                }
+                self.follow(target).await;
+                tracing::info!(%task_id, session_id = %ids.session_id, container_id = %ids.container_id, "task dispatched");
+                Ok(Some(DispatchedTask {
+                    task_id: task_id.to_string(),
+                    session_id: ids.session_id,
+                    container_id: ids.container_id,
+                }))
+            }
+            Err(err) => {
+                self.unattend(&ids.container_id);
+                tracing::warn!(%task_id, "launch failed: {err:#}");
+                let coded_err = as_coded(&err);
+                let update = TaskUpdate {
+                    error_code: Some(coded_err.code.code.to_string()),
+                    error_message: Some(coded_err.message.clone()),
+                    ..TaskUpdate::default()
+                };
+                db.transition_task(task_id, TaskStatus::Failed, &update)?;
+                db.set_container_state(&ids.container_id, ContainerState::Failed)?;
+                db.note(
+                    NewCoordinatorEvent::new(
+                        "launch_failed",
+                        "error",
+                        format!(
+                            "{task_id}: launch failed [{}] {}",
+                            coded_err.code.code, coded_err.message
+                        ),
+                    )
+                    .task(task_id)
+                    .session(&ids.session_id)
+                    .container(&ids.container_id),
+                );
+                self.inner.signals.task_ended.notify_one();
+                Err(coded_err.into())
+            }
+        }
+    }
+
+    pub(super) async fn start_container(
+        &self,
+        task: &crate::db::TaskRecord,
+        ids: &LaunchIds,
+        env: &HashMap<String, String>,
+        secret: SessionSecret,
+    ) -> Result<crate::backend::ContainerHandle> {
+        self.refuse_when_disk_full()?;
+        let workspace_source = match &task.workspace {
+            Some(path) => Some(validate_workspace(Path::new(path))?),
+            None => None,
+        };
+        let backend = plan::parse_backend(&task.backend)?;
+        let resolved = self.resolve_launch(env, backend)?;
+        let task_config = crate::config::task_config(self.config(), &task.config_set)?;
+        let launch = LaunchRequest {
+            backend,
+            resources: self.resources_of(&task.id)?,
+            user_config: !task.no_user_config,
+            agent_settings: task_agent_settings(&task_config, &task.config_set),
+            ids: ids.clone(),
+            session: SessionRequest {
+                prompt: task.prompt.clone(),
+                model: task.model.clone(),
+                max_turns: task.max_turns,
+                interactive: task.mode == "interactive",
+                resume: false,
+                restore_checkpoint: None,
+                max_budget_usd: self.claude_budget_fence(&task.id, None)?,
+                prior_cost_usd: None,
+                charged_elsewhere: Vec::new(),
+            },
+            workspace_source,
+            copy_limits: crate::backend::workspace_copy::CopyLimits::from_config(
+                &task_config.workspace,
+                task.allow_large_workspace,
+            ),
+            claude_bin: resolved.claude_bin,
+            agent_bin: resolved.agent_bin,
+            env: resolved.agent_env,
+            secret,
+            isolation: resolved.isolation,
+        };
+        self.inner.backend.launch(&launch).await
+    }
+
+    /// `task cancel`. A pending or interrupted task is cancelled at once. A
+    /// running one: its agent is asked to stop (Stop RPC; the agent stops
+    /// Claude Code and journals `SessionFinished{CANCELLED}`), the journal
+    /// tail is stored, and the container is waited for; an agent that does
+    /// not answer is terminated (SIGTERM) and the task marked cancelled.
+    ///
+    /// HOOK (checkpoints): the final checkpoint is the agent's to take when
+    /// it handles `Stop` (agent/src/supervisor.rs, `begin_stop`); once the
+    /// Stop reply is in, the latest checkpoint on the volume is recorded on
+    /// the session here (`recovery::latest_checkpoint_id`).
+    pub async fn cancel_task(&self, task_id: &str, reason: &str) -> Result<CancelTaskResponse> {
+        let db = &self.inner.db;
+        let task = db.check_transition(task_id, TaskStatus::Cancelled)?;
+        let reason = if reason.trim().is_empty() {
+            "cancelled by the user".to_string()
+        } else {
+            reason.trim().to_string()
+        };
+        lock(&self.inner.pending_env).remove(task_id);
+        let mut response = CancelTaskResponse {
+            task_id: task_id.to_string(),
+            ..CancelTaskResponse::default()
+        };
+        let container = match (&task.status, &task.container_id) {
+            (TaskStatus::Running, Some(id)) => db.get_container(id)?,
+            _ => None,
+        };
+        let Some(container) = container else {
+            db.transition_task(
+                task_id,
+                TaskStatus::Cancelled,
+                &TaskUpdate {
+                    error_code: Some(error_codes::SESSION_CANCELLED.code.into()),
+                    error_message: Some(format!("the task was cancelled: {reason}")),
+                    ..TaskUpdate::default()
+                },
+            )?;
+            db.note(
+                NewCoordinatorEvent::new(
+                    "task_cancelled",
+                    "info",
+                    format!("{task_id} cancelled ({reason})"),
+                )
+                .task(task_id),
+            );
+            self.inner.signals.task_ended.notify_one();
+            response.status = TaskStatus::Cancelled.to_string();
+            return Ok(response);
+        };
+        let target = ContainerRef {
+            container_id: container.id.clone(),
+            session_id: container.session_id.clone(),
+            task_id: task_id.to_string(),
+        };
+        response.container_id = container.id.clone();
+        let how = SessionStop {
+            reason: &reason,
+            code: "",
+            record_checkpoint: true,
+            catch_up_after_terminate: false,
+        };
+        // The session's end normally cancelled the task; if it did not (no
+        // answer, or the agent journaled another outcome first), record it.
+        let stopped = self
+            .stop_session(&target, how, |agent_answered| {
+                if let Some(current) = db.get_task(task_id)?
+                    && current.status == TaskStatus::Running
+                {
+                    db.transition_task(
+                        task_id,
+                        TaskStatus::Cancelled,
+                        &TaskUpdate {
+                            error_code: Some(error_codes::SESSION_CANCELLED.code.into()),
+                            error_message: Some(if agent_answered {
+                                format!("the task was cancelled: {reason}")
+                            } else {
+                                format!(
+                                    "the task was cancelled: {reason}; the agent did not answer and its container was terminated"
+                                )
+                            }),
+                            ..TaskUpdate::default()
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
+        if let Some(checkpoint) = stopped.checkpoint_id {
+            response.checkpoint_id = checkpoint;
+        }
+        let final_task = db.get_task(task_id)?;
+        response.status = final_task.map(|t| t.status.to_string()).unwrap_or_default();
+        response.container_state = db
+            .get_container(&container.id)?
+            .map(|c| c.state.to_string())
+            .unwrap_or_default();
+        db.note(
+            NewCoordinatorEvent::new(
+                "task_cancelled",
+                "info",
+                format!(
+                    "{task_id} cancelled ({reason}); container {} {}",
+                    container.id, response.container_state
+                ),
+            )
+            .task(task_id)
+            .session(&container.session_id)
+            .container(&container.id)
+            .details(serde_json::json!({
+                "reason": reason,
+                "agent_answered": stopped.agent_answered,
+                "checkpoint_id": Some(&response.checkpoint_id).filter(|c| !c.is_empty()),
+            })),
+        );
+        self.inner.signals.task_ended.notify_one();
+        Ok(response)
+    }
+
+    /// `task retry`: a new attempt (new session) for a failed, cancelled or
+    /// interrupted task; queued like a new task.
+    pub async fn retry_task(
+        &self,
+        task_id: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<RetryTaskResponse> {
+        let db = &self.inner.db;
+        let before = db.check_transition(task_id, TaskStatus::Pending)?;
+        if let Some(container_id) = &before.container_id {
+            // An agent whose session just ended is on its way out: give it
+            // the stop timeout before refusing.
+            if !self
+                .wait_until_gone(container_id, self.stop_timeout())
+                .await
+            {
+                return Err(coded(
+                    error_codes::TASK_STILL_ACTIVE,
+                    format!(
+                        "task {task_id}'s container {container_id} is still running; terminate it first (parhelia container terminate {container_id})"
+                    ),
+                ));
+            }
+        }
+        let task = db.retry_task(task_id)?;
+        db.clear_budget_stop(task_id)?;
+        if !env.is_empty() {
+            lock(&self.inner.pending_env).insert(task_id.to_string(), env.clone());
+        }
+        db.note(
+            NewCoordinatorEvent::new(
+                "task_retried",
+                "info",
+                format!(
+                    "{task_id} queued again (was {}; attempt {} next)",
+                    before.status,
+                    task.attempt + 1
+                ),
+            )
+            .task(task_id),
+        );
+        let outcome = self.dispatch_pending().await?;
+        let mut response = RetryTaskResponse {
+            task_id: task_id.to_string(),
+            attempt: task.attempt + 1,
+            ..RetryTaskResponse::default()
+        };
+        self.fill_placement(task_id, &outcome, |session, container, queued, position| {
+            response.session_id = session;
+            response.container_id = container;
+            response.queued = queued;
+            response.queue_position = position;
+        })?;
+        Ok(response)
+    }
+
+    /// `task delete`: ended tasks only, all or nothing (every id is checked
+    /// first); removes their rows and their session and container directories.
+    pub async fn delete_tasks(&self, task_ids: &[String]) -> Result<DeleteTasksResponse> {
+        let db = &self.inner.db;
+        for id in task_ids {
+            let task = db.get_task(id)?.ok_or_else(|| {
+                coded(error_codes::TASK_NOT_FOUND, format!("task not found: {id}"))
+            })?;
+            if !task.status.has_ended() {
+                return Err(coded(
+                    error_codes::TASK_STILL_ACTIVE,
+                    format!(
+                        "task {id} is {}; only ended tasks can be deleted",
+                        task.status
+                    ),
+                ));
+            }
+            for container in db
+                .list_containers(None, None)?
+                .iter()
+                .filter(|c| &c.task_id == id)
+            {
+                if !self
+                    .wait_until_gone(&container.id, self.stop_timeout())
+                    .await
+                {
+                    return Err(coded(
+                        error_codes::TASK_STILL_ACTIVE,
+                        format!(
+                            "task {id}'s container {} is still running; terminate it first (parhelia container terminate {})",
+                            container.id, container.id
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut response = DeleteTasksResponse::default();
+        for id in task_ids {
+            self.delete_remote_session_data(id).await;
+            let deleted = db.delete_task(id)?;
+            lock(&self.inner.pending_env).remove(id);
+            let root = self.inner.state.root();
+            let dirs = deleted
+                .session_ids
+                .iter()
+                .map(|s| self.inner.state.session_dir(s))
+                .chain(
+                    deleted
+                        .container_ids
+                        .iter()
+                        .map(|c| self.inner.state.container_dir(c)),
+                );
+            for dir in dirs {
+                // Only ever inside the state directory.
+                if !dir.starts_with(root) || !dir.exists() {
+                    continue;
+                }
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => response.removed_dirs += 1,
+                    Err(err) => tracing::warn!("cannot remove {}: {err}", dir.display()),
+                }
+            }
+            db.note(
+                NewCoordinatorEvent::new(
+                    "task_deleted",
+                    "info",
+                    format!(
+                        "{id} deleted ({} session(s), {} container(s))",
+                        deleted.session_ids.len(),
+                        deleted.container_ids.len()
+                    ),
+                )
+                .details(serde_json::json!({
+                    "task_id": id,
+                    "sessions": deleted.session_ids,
+                    "containers": deleted.container_ids,
+                })),
+            );
+            response.deleted.push(id.clone());
+        }
+        Ok(response)
+    }
+}
+
+/// Budget and resource flags must make sense before anything is recorded.
+pub(super) fn validate_limits(limits: &TaskLimits, config: &Config) -> Result<(), CodedError> {
+    let invalid = |message: String| CodedError::new(error_codes::INVALID_INPUT, message);
+    if let Some(x) = limits.max_cost_usd
+        && !(x.is_finite() && x > 0.0)
+    {
+        return Err(invalid(format!(
+            "--max-cost must be a positive amount, got {x}"
+        )));
+    }
+    if let Some(x) = limits.cpu
+        && !(x.is_finite() && x > 0.0)
+    {
+        return Err(invalid(format!(
+            "--cpu must be a positive number of cores, got {x}"
+        )));
+    }
+    if limits.memory_mb == Some(0) {
+        return Err(invalid("--memory must be positive".into()));
+    }
+    if limits.timeout_seconds == Some(0) {
+        return Err(invalid("--timeout must be positive".into()));
+    }
+    if let Some(gpu) = &limits.gpu {
+        crate::budget::parse_gpu(gpu, &config.rates).map_err(|e| invalid(format!("--gpu: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{code_of, fixture, held_task, running_task};
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dry_run_dispatch_plans_without_launching() {
+        let f = fixture();
+        held_task(f.db(), "task-a", TaskLimits::default());
+        let plan = f
+            .service
+            .dispatch_tasks(&["task-a".into()], false, true, &HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(plan.dispatched.len(), 1);
+        assert_eq!(plan.dispatched[0].task_id, "task-a");
+        assert!(plan.dispatched[0].container_id.is_empty());
+        assert_eq!(plan.running, 0);
+        // Nothing was recorded: the task is still held.
+        assert_eq!(f.db().held_tasks().unwrap(), vec!["task-a".to_string()]);
+        let task = f.db().get_task("task-a").unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Pending);
+    }
+
+    #[tokio::test]
+    async fn dispatching_an_unknown_or_running_task_is_refused() {
+        let f = fixture();
+        let err = f
+            .service
+            .dispatch_tasks(&["task-none".into()], false, true, &HashMap::new())
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&err), error_codes::TASK_NOT_FOUND.code);
+        running_task(f.db(), "task-r");
+        let err = f
+            .service
+            .dispatch_tasks(&["task-r".into()], false, false, &HashMap::new())
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&err), error_codes::ILLEGAL_TRANSITION.code);
+    }
+
+    #[tokio::test]
+    async fn a_pending_task_is_cancelled_at_once_with_its_reason() {
+        let f = fixture();
+        held_task(f.db(), "task-c", TaskLimits::default());
+        let response = f
+            .service
+            .cancel_task("task-c", "  not needed ")
+            .await
+            .unwrap();
+        assert_eq!(response.status, "cancelled");
+        assert!(response.container_id.is_empty());
+        let task = f.db().get_task("task-c").unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Cancelled);
+        assert_eq!(
+            task.error_code.as_deref(),
+            Some(error_codes::SESSION_CANCELLED.code)
+        );
+        assert_eq!(
+            task.error_message.as_deref(),
+            Some("the task was cancelled: not needed")
+        );
+        // Once ended, it cannot be cancelled again.
+        let err = f.service.cancel_task("task-c", "").await.unwrap_err();
+        assert_eq!(code_of(&err), error_codes::ILLEGAL_TRANSITION.code);
+    }
+
+    #[tokio::test]
+    async fn deleting_is_all_or_nothing_and_only_for_ended_tasks() {
+        let f = fixture();
+        held_task(f.db(), "task-done", TaskLimits::default());
+        f.service.cancel_task("task-done", "").await.unwrap();
+        held_task(f.db(), "task-held", TaskLimits::default());
+        let both = ["task-done".to_string(), "task-held".to_string()];
+        let err = f.service.delete_tasks(&both).await.unwrap_err();
+        assert_eq!(code_of(&err), error_codes::TASK_STILL_ACTIVE.code);
+        assert!(f.db().get_task("task-done").unwrap().is_some());
+        let deleted = f
+            .service
+            .delete_tasks(&["task-done".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(deleted.deleted, vec!["task-done".to_string()]);
+        assert!(f.db().get_task("task-done").unwrap().is_none());
+    }
+
+    #[test]
+    fn limits_that_make_no_sense_are_refused_before_anything_is_recorded() {
+        let config = Config::defaults();
+        let bad = [
+            TaskLimits {
+                max_cost_usd: Some(0.0),
+                ..TaskLimits::default()
+            },
+            TaskLimits {
+                cpu: Some(f64::NAN),
+                ..TaskLimits::default()
+            },
+            TaskLimits {
+                memory_mb: Some(0),
+                ..TaskLimits::default()
+            },
+            TaskLimits {
+                gpu: Some("warp-drive".into()),
+                ..TaskLimits::default()
+            },
+        ];
+        for limits in bad {
+            let err = validate_limits(&limits, &config).unwrap_err();
+            assert_eq!(err.code, error_codes::INVALID_INPUT, "{limits:?}");
+        }
+        validate_limits(&TaskLimits::default(), &config).unwrap();
+    }
+}
