@@ -63,10 +63,10 @@ impl CoordinatorService {
             self.inner.backend.terminate(container_id).await?;
         }
         // The agent replied once its session's end was durable: store it now.
-        if stopped.is_ok() || how.catch_up_after_terminate {
-            if let Err(err) = catch_up_from_journal(db, self.inner.backend.as_ref(), target).await {
-                tracing::warn!(task_id = %target.task_id, %container_id, "reading the journal after stop failed: {err:#}");
-            }
+        if (stopped.is_ok() || how.catch_up_after_terminate)
+            && let Err(err) = catch_up_from_journal(db, self.inner.backend.as_ref(), target).await
+        {
+            tracing::warn!(task_id = %target.task_id, %container_id, "reading the journal after stop failed: {err:#}");
         }
         let agent_answered = stopped.is_ok();
         settle(agent_answered)?;
