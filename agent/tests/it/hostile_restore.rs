@@ -10,17 +10,15 @@
 //! hash, a tar member of the wrong type, an overlong path, content missing from every
 //! layer (what a planted layer that fails its hash leaves), symlink tricks in the tree and
 //! in the store's own files, a FIFO in the store. The whole corpus runs against the
-//! engine in `checkpoint/tests/hostile.rs`, and against the CLI and coordinator in
-//! `tests/tests/e2e_hostile_store.rs`.
-
-mod support;
+//! engine in `checkpoint/tests/it/hostile.rs`, and against the CLI and coordinator in
+//! `tests/tests/e2e/hostile_store.rs`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::support::*;
 use parhelia_checkpoint::hostile::cases;
 use parhelia_checkpoint::{ChangeHint, CreateOutcome, CreateRequest, Store, TreeSpec};
-use support::*;
 
 const SUBSET: &[&str] = &[
     "entry_count 2^62",

@@ -66,7 +66,7 @@ fn a_few_fixed_seed_rounds_break_no_invariant() {
     let plans = fixed_plans();
     let mut report = chaos::run_plans(&plans);
     report.replay_hint =
-        "cargo test -p parhelia-tests --test chaos a_few_fixed_seed_rounds (round seed {seed})"
+        "cargo test -p parhelia-tests --test e2e chaos::a_few_fixed_seed_rounds (round seed {seed})"
             .into();
     println!("{}", report.to_json());
     for note in &report.notes {

@@ -15,8 +15,7 @@ use parhelia_proto::{SessionOutcome, event};
 use parhelia_testkit::claude_code::claude_bin;
 use parhelia_testkit::{Script, StandIn, ToolCall, Turn};
 
-mod support;
-use support::*;
+use crate::support::*;
 
 use parhelia_testkit::session_user::{SESSION_USER as USER, session_user};
 

@@ -9,7 +9,7 @@
 //! ```text
 //! MODAL_TOKEN_ID=… MODAL_TOKEN_SECRET=… \
 //! PARHELIA_MODAL_PYTHON=$PWD/tools/modal-sdk/.venv/bin/python \
-//!   cargo nextest run -p parhelia-coordinator --test modal_live --no-capture
+//!   cargo nextest run -p parhelia-coordinator --test it modal_live:: --no-capture
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ fn live() -> bool {
         true
     } else {
         eprintln!(
-            "SKIPPED: the live Modal suite needs MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (and a Modal secret `anthropic-api-key`); the Modal backend is covered against the stand-in by backend_contract.rs and tests/tests/e2e_modal.rs"
+            "SKIPPED: the live Modal suite needs MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (and a Modal secret `anthropic-api-key`); the Modal backend is covered against the stand-in by backend_contract.rs and tests/tests/e2e/modal.rs"
         );
         false
     }

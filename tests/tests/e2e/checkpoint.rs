@@ -65,7 +65,7 @@ fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
     ]));
     // Unconfined, so a leftover tmux server can outlive its agent and the resume must
     // end it; under bubblewrap the sandbox dies with its agent
-    // (e2e_sandbox_attacks::a_killed_agent_takes_its_sandbox_with_it).
+    // (e2e::sandbox_attacks::a_killed_agent_takes_its_sandbox_with_it).
     h.set_env("PARHELIA_ISOLATION", "none");
     let created = create(&h, "Write two files, then clean up", &[]);
     let task_id = created["task_id"].as_str().unwrap().to_string();
@@ -95,7 +95,7 @@ fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
 
     // The container dies mid-task, and the work after the checkpoint is lost with it.
     // Its tmux server may still run (until the reconciler's next pass ends it,
-    // e2e_procs.rs); either way the resume must not race it.
+    // e2e/procs.rs); either way the resume must not race it.
     let leftover_tmux = kill_agent(&h, &container_id);
     let ws = workspace(&h, &session_id);
     std::fs::write(ws.join("stray.txt"), "written after the checkpoint").unwrap();

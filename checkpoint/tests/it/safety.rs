@@ -2,13 +2,11 @@
 //! untouched, nothing is written outside it, and checkpoints that do not need the damaged
 //! data still restore.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use parhelia_checkpoint::raw::{RawEntry, write_checkpoint};
 use parhelia_checkpoint::{CheckpointId, Manifest, Store};
 

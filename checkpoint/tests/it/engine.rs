@@ -1,15 +1,13 @@
 //! The engine's everyday behaviour on real files: round trips, dedup, hints, excludes,
 //! skip-if-unchanged, diff, locking.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use parhelia_checkpoint::{ChangeHint, CreateOutcome, EntryKind, Store};
 
 fn sample_tree(root: &Path) {

@@ -14,8 +14,7 @@ use parhelia_proto::{
     stream_events_response,
 };
 
-mod support;
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn a_headless_session_runs_queues_input_and_finishes() {

@@ -1,9 +1,7 @@
 //! Compatibility: a store written by format version 1 (committed under
 //! tests/fixtures/store-v1) must keep reading and restoring, whatever the format becomes.
 //! Regenerate only when deliberately changing the fixture:
-//! `PARHELIA_WRITE_FIXTURE=1 cargo test -p parhelia-checkpoint --test fixture_v1`.
-
-mod common;
+//! `PARHELIA_WRITE_FIXTURE=1 cargo test -p parhelia-checkpoint --test it fixture_v1::`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,7 +9,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use parhelia_checkpoint::Store;
 
 fn fixtures() -> PathBuf {

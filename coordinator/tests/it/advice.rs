@@ -8,8 +8,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 
-mod support;
-use support::*;
+use crate::support::*;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

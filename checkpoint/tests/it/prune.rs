@@ -1,12 +1,10 @@
 //! Retention: prune removes checkpoints outside the policy and content only they needed,
 //! and every kept checkpoint still restores exactly.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 
-use common::*;
+use crate::common::*;
 use parhelia_checkpoint::{CheckpointId, Retention, Store};
 
 fn history(

@@ -193,7 +193,7 @@ fn a_local_timeout_stops_the_task_and_unenforceable_limits_are_refused() {
     assert!(!listed.as_array().unwrap().is_empty());
 
     // `--gpu` without that GPU here is E114; `--cpu`/`--memory` are enforced with
-    // cgroups where the host allows it, else E113 (tests/tests/e2e_procs.rs).
+    // cgroups where the host allows it, else E113 (tests/tests/e2e/procs.rs).
     let out = h.run(&["task", "create", "Train model", "--gpu", "A10G"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

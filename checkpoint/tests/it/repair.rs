@@ -1,13 +1,11 @@
 //! Damage is reported as damage and repaired from intact sources (`Store::check`,
 //! `Store::list_all`, `Store::repair`), on stores written by the real engine.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{listing, unknown};
+use crate::common::{listing, unknown};
 use parhelia_checkpoint::{
     CheckDepth, CheckpointId, CreateOutcome, RepairOptions, RepairSource, Store,
 };

@@ -6,8 +6,7 @@
 
 use std::collections::BTreeSet;
 
-mod support;
-use support::*;
+use crate::support::*;
 
 fn ids(created: &serde_json::Value) -> (String, String, String) {
     let field = |k: &str| created[k].as_str().unwrap_or_default().to_string();

@@ -14,8 +14,7 @@ use parhelia_proto::{
     event::Kind,
 };
 
-mod support;
-use support::*;
+use crate::support::*;
 
 const T0: i64 = 1_700_000_000_000;
 

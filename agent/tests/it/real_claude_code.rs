@@ -7,8 +7,7 @@ use parhelia_proto::{SessionOutcome, SessionStatus, event};
 use parhelia_testkit::claude_code::claude_bin;
 use parhelia_testkit::{Script, StandIn, ToolCall, Turn};
 
-mod support;
-use support::*;
+use crate::support::*;
 
 fn turn_results(journal: &[parhelia_proto::Event]) -> Vec<parhelia_proto::TurnResult> {
     journal

@@ -15,8 +15,7 @@ use parhelia_testkit::{Script, StandIn, ToolCall, Turn};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-mod support;
-use support::*;
+use crate::support::*;
 
 fn tmux(fixture: &Fixture, args: &[&str]) -> String {
     let out = std::process::Command::new("tmux")

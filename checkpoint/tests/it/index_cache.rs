@@ -3,12 +3,10 @@
 //! rewrite, an older cache put back), damaged, or names layers that prune deleted; a layer
 //! changed on disk after the cache was written is not trusted through the cache.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use parhelia_checkpoint::{ChangeHint, Manifest, Retention, Store};
 
 fn cache(store: &Path) -> PathBuf {

@@ -9,9 +9,9 @@
 //! `checkpoint rollback`, `resume` and `session pull` run against it. Every case of the
 //! corpus that runs under the default caps (the product does not lower them) goes through
 //! every command: the whole corpus costs about a minute. The cases that need lowered caps
-//! to trip are the engine's (`checkpoint/tests/hostile.rs`).
+//! to trip are the engine's (`checkpoint/tests/it/hostile.rs`).
 //!
-//! The agent's own restore is `agent/tests/hostile_restore.rs`; the Modal durability pass
+//! The agent's own restore is `agent/tests/it/hostile_restore.rs`; the Modal durability pass
 //! is the last test here.
 
 use std::collections::BTreeMap;

@@ -4,14 +4,12 @@
 //! from-scratch scan records at that moment, and restoring any checkpoint into a dirty
 //! target must reproduce the tree exactly.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use parhelia_checkpoint::{ChangeHint, Entry, Store};
 use proptest::prelude::*;
 

@@ -211,7 +211,7 @@ fn assert_circles(crate_dir: &str, known: &[(&[&str], &str)]) {
     if let Some(comp) = known.difference(&found).next() {
         panic!(
             "{crate_dir}/src: the known circle {comp:?} is gone or has changed; update the \
-             exception list in tests/tests/tidy.rs (found: {found:?})"
+             exception list in tests/tests/e2e/tidy.rs (found: {found:?})"
         );
     }
 }
@@ -242,7 +242,7 @@ fn assert_pure(crate_dir: &str, pure: &[&str], known: &[(&str, &str, &str)]) {
     let gone: Vec<_> = known.difference(&found).collect();
     assert!(
         gone.is_empty(),
-        "{crate_dir}/src: known violations {gone:?} are gone; remove them from tests/tests/tidy.rs"
+        "{crate_dir}/src: known violations {gone:?} are gone; remove them from tests/tests/e2e/tidy.rs"
     );
 }
 

@@ -4,12 +4,10 @@
 //! file_diff, verify, restore. For each: no panic, a coded error from verify and restore,
 //! memory bounded by the caps (`Limits`), and the restore target byte-for-byte untouched.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use parhelia_checkpoint::hostile::cases as corpus;
 use parhelia_checkpoint::raw::{
     RawEntry, RawMember, RawOptions, write_checkpoint, write_checkpoint_with, write_layer,
