@@ -258,11 +258,7 @@ fn attach_types_detaches_reattaches_and_always_restores_the_terminal() {
         "the terminal is restored after the agent died"
     );
     // tmux and Claude Code outlive a SIGKILLed agent; end them.
-    let _ = Command::new("tmux")
-        .arg("-S")
-        .arg(&socket)
-        .arg("kill-server")
-        .status();
+    parhelia_testkit::procs::tmux_kill_server(&socket);
 }
 
 #[test]

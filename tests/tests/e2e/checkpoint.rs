@@ -435,12 +435,7 @@ fn a_lost_container_is_checkpointed_whole_and_the_resume_continues_its_conversat
 
     // The agent and everything it started die (as a container does).
     let tmux = kill_agent(&h, &container_id);
-    let _ = std::process::Command::new("tmux")
-        .arg("-S")
-        .arg(&tmux)
-        .arg("kill-server")
-        .stderr(std::process::Stdio::null())
-        .status();
+    parhelia_testkit::procs::tmux_kill_server(&tmux);
     h.stand_in.release_hold();
     let lost = h.wait_for("the container marked lost", || {
         h.json(&[

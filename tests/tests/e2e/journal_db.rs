@@ -324,25 +324,6 @@ fn an_older_database_under_a_running_session_is_reported_and_the_task_comes_back
     assert!(doctor.contains("rolled back"), "{doctor}");
 }
 
-/// Puts `older` back as the database, as a restored backup or a lost WAL does.
-fn put_back(h: &Harness, older: &std::path::Path) {
-    let db = h.state().join("parhelia.db");
-    for suffix in ["-wal", "-shm"] {
-        let mut name = db.clone().into_os_string();
-        name.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(name));
-    }
-    std::fs::rename(older, &db).unwrap();
-}
-
-fn snapshot_db(h: &Harness, name: &str) -> PathBuf {
-    let older = h.root().join(name);
-    h.db()
-        .execute("VACUUM INTO ?1", [older.to_string_lossy()])
-        .unwrap();
-    older
-}
-
 fn task_count(h: &Harness, task_id: &str) -> i64 {
     h.db()
         .query_row("SELECT count(*) FROM tasks WHERE id = ?1", [task_id], |r| {
@@ -358,7 +339,7 @@ fn an_ended_task_the_rollback_lost_is_rebuilt_from_its_spec_and_journal() {
         Turn::text("First done.").with_usage(2000, 200),
     ]));
     h.ok(&["reconciler", "run", "--once"]);
-    let older = snapshot_db(&h, "older.db");
+    let older = h.snapshot_db("older.db");
 
     let t = create(&h, "Write a.txt");
     let done = h.wait_task(&t.task_id, |t| {
@@ -371,7 +352,7 @@ fn an_ended_task_the_rollback_lost_is_rebuilt_from_its_spec_and_journal() {
     assert!(close(ledger, opus_cost(1000, 100) + opus_cost(2000, 200)));
 
     h.ok(&["coordinator", "stop"]);
-    put_back(&h, &older);
+    h.put_back_db(&older);
     assert_eq!(
         task_count(&h, &t.task_id),
         0,
@@ -423,7 +404,7 @@ fn a_resume_the_rollback_lost_decides_the_task_again_from_its_journal() {
     assert_eq!(done["status"], "completed", "{done:#}");
     let first = current_container(&h, &t.task_id);
     // The database as it was before the resume.
-    let older = snapshot_db(&h, "older.db");
+    let older = h.snapshot_db("older.db");
 
     h.ok(&["resume", &t.session_id, "-m", "Once more"]);
     let second = h.wait_for("the resume's container", || {
@@ -439,7 +420,7 @@ fn a_resume_the_rollback_lost_decides_the_task_again_from_its_journal() {
     assert!(close(model_ledger(&h, &t.task_id), both));
 
     h.ok(&["coordinator", "stop"]);
-    put_back(&h, &older);
+    h.put_back_db(&older);
     h.ok(&["reconciler", "run", "--once"]);
     let reports = coordinator_events(&h, "database_rolled_back");
     assert_eq!(

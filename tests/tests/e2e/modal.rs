@@ -896,10 +896,7 @@ fn an_ended_modal_task_the_rollback_lost_is_rebuilt_from_the_volume() {
     ]));
     modal_ready(&mut h);
     h.ok(&["reconciler", "run", "--once"]);
-    let older = h.root().join("older.db");
-    h.db()
-        .execute("VACUUM INTO ?1", [older.to_string_lossy()])
-        .unwrap();
+    let older = h.snapshot_db("older.db");
 
     let created = create(&h, "Say done", &["--backend", "modal"]);
     let task_id = created["task_id"].as_str().unwrap().to_string();
@@ -910,13 +907,7 @@ fn an_ended_modal_task_the_rollback_lost_is_rebuilt_from_the_volume() {
     assert!(cost > 0.0, "{task:#}");
 
     h.ok(&["coordinator", "stop"]);
-    let db = h.state().join("parhelia.db");
-    for suffix in ["-wal", "-shm"] {
-        let mut name = db.clone().into_os_string();
-        name.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(name));
-    }
-    std::fs::rename(&older, &db).unwrap();
+    h.put_back_db(&older);
     assert!(!h.run(&["task", "show", &task_id]).status.success());
 
     h.ok(&["reconciler", "run", "--once"]);

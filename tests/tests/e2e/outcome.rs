@@ -68,12 +68,7 @@ fn a_killed_second_turn_is_interrupted(kill: Kill) {
         }
         Kill::TmuxServer => {
             let (_, socket) = h.agent_pid_and_tmux(&container_id);
-            let status = std::process::Command::new("tmux")
-                .arg("-S")
-                .arg(&socket)
-                .arg("kill-server")
-                .status()
-                .unwrap();
+            let status = parhelia_testkit::procs::tmux_kill_server(&socket);
             assert!(status.success(), "tmux kill-server");
         }
     }

@@ -92,11 +92,7 @@ impl OtherSession {
 
 impl Drop for OtherSession {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.tmux_socket)
-            .arg("kill-server")
-            .status();
+        parhelia_testkit::procs::tmux_kill_server(&self.tmux_socket);
     }
 }
 

@@ -399,12 +399,7 @@ fn charged_after_the_agent_died(session_dies_too: bool) {
         // Everything the session started (marked with its unit), as a container's end,
         // before the (frozen) agent itself: when its stream breaks, nothing of it is left
         // for the pass that ends left-over processes.
-        let _ = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&tmux)
-            .arg("kill-server")
-            .stderr(std::process::Stdio::null())
-            .status();
+        parhelia_testkit::procs::tmux_kill_server(&tmux);
         let marked = || -> Vec<i32> {
             let marker = format!(":{container_id}");
             std::fs::read_dir("/proc")
