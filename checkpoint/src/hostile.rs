@@ -1,6 +1,6 @@
 //! The hostile-store corpus (issue 11 items 4–6, 10), shared by the engine's own test
-//! (`checkpoint/tests/hostile.rs`) and the product's end-to-end test
-//! (`tests/tests/e2e_hostile_store.rs`): stores a session could write — counts that
+//! (`checkpoint/tests/it/hostile.rs`) and the product's end-to-end test
+//! (`tests/tests/e2e/hostile_store.rs`): stores a session could write — counts that
 //! overflow, offsets that wrap, decompression bombs, sizes over the caps, contents that
 //! do not match their hash, tar members of the wrong type, overlong paths, planted layers,
 //! symlink tricks, damaged files — each built into a real store directory with valid

@@ -1,5 +1,5 @@
 """A real MCP client (the official Python SDK, pinned in tools/mcp-sdk/requirements.txt)
-driving `parhelia mcp-server`, for tests/tests/e2e_mcp.rs.
+driving `parhelia mcp-server`, for tests/tests/e2e/mcp.rs.
 
     client.py stdio PARHELIA_BIN        # spawns `PARHELIA_BIN mcp-server` (cwd, env inherited)
     client.py http URL TOKEN            # streamable HTTP with `Authorization: Bearer TOKEN`

@@ -1787,7 +1787,7 @@ sessions — the real `parhelia`, coordinator, `parhelia-agent`, tmux and Claude
 scripted model stand-in, and checks after each round, independently of the code under test,
 that nothing was lost and that the product told the truth about what happened. The engine is
 `tests/src/chaos.rs`; a fixed-seed version of a few rounds runs in the normal suite
-(`tests/tests/chaos.rs`).
+(`tests/tests/e2e/chaos.rs`).
 
 ## A round
 

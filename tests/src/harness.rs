@@ -73,6 +73,8 @@ impl Harness {
         // The user's home is the test's own: no test reads or writes the real one (its
         // Claude Code setup, dotfiles), and each can plant a setup of its own there.
         std::fs::create_dir(dir.path().join("home")).unwrap();
+        // A test killed before its harness drops (a nextest timeout) leaks nothing.
+        crate::procs::reap_when_killed(dir.path());
         let stand_in = StandIn::start_with(script, options).expect("start model stand-in");
         let claude = crate::claude_code::claude_bin().unwrap_or_else(|e| panic!("{e}"));
         let path = format!(
@@ -121,8 +123,10 @@ impl Harness {
         let mut cmd = Command::new(bin_dir().join("parhelia"));
         cmd.args(args)
             .current_dir(self.root())
-            .env_remove("PARHELIA_HOME")
-            .env_remove("CLAUDE_CONFIG_DIR");
+            .env_remove("PARHELIA_HOME");
+        for key in crate::procs::NOT_INHERITED {
+            cmd.env_remove(key);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -260,6 +264,26 @@ impl Harness {
         }
     }
 
+    /// A consistent copy of the database (`VACUUM INTO <root>/NAME`), to put back later.
+    pub fn snapshot_db(&self, name: &str) -> PathBuf {
+        let older = self.root().join(name);
+        self.db()
+            .execute("VACUUM INTO ?1", [older.to_string_lossy()])
+            .unwrap();
+        older
+    }
+
+    /// Puts `older` back as the database, as a restored backup or a lost WAL does.
+    pub fn put_back_db(&self, older: &Path) {
+        let db = self.state().join("parhelia.db");
+        for suffix in ["-wal", "-shm"] {
+            let mut name = db.clone().into_os_string();
+            name.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(name));
+        }
+        std::fs::rename(older, &db).unwrap();
+    }
+
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
             self.state().join("parhelia.db"),
@@ -342,6 +366,13 @@ impl Drop for Harness {
                     && let Some(pid) = v["pid"].as_i64()
                 {
                     let _ = Command::new("kill").arg(pid.to_string()).status();
+                }
+                if let Ok(text) = std::fs::read_to_string(entry.path().join("runtime/agent.json"))
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                    && let Some(socket) = v["tmux_socket"].as_str()
+                {
+                    // A SIGKILLed agent's tmux server (and Claude Code) outlive it.
+                    crate::procs::tmux_kill_server(Path::new(socket));
                 }
             }
         }

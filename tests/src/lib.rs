@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod claude_code;
 pub mod harness;
 pub mod model_stand_in;
+pub mod procs;
 pub mod session_user;
 
 pub use model_stand_in::{Script, StandIn, StandInOptions, ToolCall, Turn};

@@ -1,0 +1,178 @@
+//! The live Modal suite: the same product against real Modal. It runs only
+//! when `MODAL_TOKEN_ID` (and `MODAL_TOKEN_SECRET`) are set, with the pinned
+//! SDK installed for `modal.python` (or `PARHELIA_MODAL_PYTHON`, e.g.
+//! `tools/modal-sdk/.venv/bin/python`) and a Modal secret
+//! `anthropic-api-key` holding a real `ANTHROPIC_API_KEY`; otherwise each
+//! test prints why it is skipped and passes. It costs real money (cents):
+//! one CPU sandbox for a minute or two.
+//!
+//! ```text
+//! MODAL_TOKEN_ID=… MODAL_TOKEN_SECRET=… \
+//! PARHELIA_MODAL_PYTHON=$PWD/tools/modal-sdk/.venv/bin/python \
+//!   cargo nextest run -p parhelia-coordinator --test it modal_live:: --no-capture
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn live() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+    if set("MODAL_TOKEN_ID") && set("MODAL_TOKEN_SECRET") {
+        true
+    } else {
+        eprintln!(
+            "SKIPPED: the live Modal suite needs MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (and a Modal secret `anthropic-api-key`); the Modal backend is covered against the stand-in by backend_contract.rs and tests/tests/e2e/modal.rs"
+        );
+        false
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+struct Live {
+    dir: tempfile::TempDir,
+}
+
+impl Live {
+    fn new() -> Live {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".parhelia")).unwrap();
+        Live { dir }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("parhelia"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("PARHELIA_HOME")
+            // The sandbox reads the key from the Modal secret, never from here.
+            .env_remove("ANTHROPIC_BASE_URL")
+            .env("PARHELIA_MODAL_AGENT_BIN", bin_dir().join("parhelia-agent"))
+            .output()
+            .expect("run parhelia")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "parhelia {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // Never leave a billing sandbox behind.
+        let _ = self.run(&["cleanup", "--terminate"]);
+        let _ = self.run(&["coordinator", "stop"]);
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn live_setup_health_task_checkpoint_and_pull() {
+    if !live() {
+        return;
+    }
+    let l = Live::new();
+    l.ok(&["modal", "setup"]);
+    l.ok(&["modal", "init-volume"]);
+    let health = l.json(&["modal", "health-check", "--json"]);
+    assert_eq!(health["status"], "ok", "{health:#}");
+
+    let repo = l.dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README.md"), "live test\n").unwrap();
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qam",
+            "x",
+            "--allow-empty",
+        ],
+    );
+    let created = l.json(&[
+        "task",
+        "create",
+        "Create a file hello.txt containing exactly the word hi. Do nothing else.",
+        "--backend",
+        "modal",
+        "--workspace",
+        repo.to_str().unwrap(),
+        "--timeout",
+        "20m",
+        "--max-cost",
+        "2",
+        "--json",
+    ]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let task = loop {
+        let task = l.json(&["task", "show", &task_id, "--json"]);
+        if matches!(
+            task["status"].as_str(),
+            Some("completed" | "failed" | "cancelled" | "interrupted")
+        ) {
+            break task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the live task did not finish: {task:#}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    };
+    assert_eq!(task["status"], "completed", "{task:#}");
+
+    // Checkpoints came back from the volume and verified.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = l.json(&["checkpoint", "list", &session_id, "--json"]);
+        let all = list.as_array().cloned().unwrap_or_default();
+        if !all.is_empty() && all.iter().all(|c| c["durable"] == true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints never became durable: {list:#}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    l.ok(&[
+        "session",
+        "pull",
+        &session_id,
+        "--branch",
+        "from-modal",
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    assert_eq!(git(&repo, &["show", "from-modal:hello.txt"]).trim(), "hi");
+}

@@ -1,0 +1,797 @@
+//! Checkpoints and resume end to end: the real `parhelia`, agent, tmux and
+//! Claude Code against the scripted model. Nothing a session wrote is lost:
+//! files written by `Write` and by shell commands are checkpointed together
+//! with the conversation; a killed agent's session resumes on a fresh agent
+//! with its history; a rollback removes newer files and can itself be undone.
+
+use std::path::PathBuf;
+
+use parhelia_testkit::harness::Harness;
+use parhelia_testkit::model_stand_in::RequestKind;
+use parhelia_testkit::{Script, ToolCall, Turn};
+
+fn create(h: &Harness, prompt: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["task", "create", prompt, "--json"];
+    args.extend_from_slice(extra);
+    let out = h.ok(&args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn workspace(h: &Harness, session_id: &str) -> PathBuf {
+    h.state()
+        .join("sessions")
+        .join(session_id)
+        .join("workspace")
+}
+
+fn checkpoints(h: &Harness, session_id: &str) -> Vec<serde_json::Value> {
+    h.json(&["checkpoint", "list", session_id, "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The agent dies with SIGKILL. Its tmux server (and Claude Code, still
+/// running `tail -f`) stays behind, as it would not in a real container; the
+/// resume must end it before another agent takes the workspace.
+fn kill_agent(h: &Harness, container_id: &str) -> PathBuf {
+    let (pid, tmux_socket) = h.agent_pid_and_tmux(container_id);
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tmux_socket
+}
+
+fn tmux_alive(socket: &std::path::Path) -> bool {
+    std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(socket)
+        .arg("has-session")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+#[test]
+fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
+    let mut h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("written.txt", "by the Write tool\n")]),
+        Turn::tool_use([ToolCall::bash("echo by-bash > shell.txt")]),
+        // A risky command: checkpointed before it runs, then it hangs until killed.
+        Turn::tool_use([ToolCall::bash("rm -rf scratch; tail -f /dev/null")]),
+        // After the resume:
+        Turn::text("Resumed and finished."),
+    ]));
+    // Unconfined, so a leftover tmux server can outlive its agent and the resume must
+    // end it; under bubblewrap the sandbox dies with its agent
+    // (e2e::sandbox_attacks::a_killed_agent_takes_its_sandbox_with_it).
+    h.set_env("PARHELIA_ISOLATION", "none");
+    let created = create(&h, "Write two files, then clean up", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+
+    // The pre-tool checkpoint holds both files: the Write tool's and the shell's.
+    let checkpoint = h.wait_for("the pre_tool checkpoint", || {
+        h.task_events(&task_id, "checkpoint_created")
+            .into_iter()
+            .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "pre_tool")
+    });
+    let checkpoint_id = checkpoint["kind"]["checkpoint_created"]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listed = checkpoints(&h, &session_id);
+    assert!(
+        listed.iter().any(|c| c["id"] == checkpoint_id.as_str()),
+        "{listed:#?}"
+    );
+    let shown = h.ok(&["checkpoint", "show", &checkpoint_id]);
+    assert!(
+        shown.contains("written.txt") || shown.contains("files"),
+        "{shown}"
+    );
+
+    // The container dies mid-task, and the work after the checkpoint is lost with it.
+    // Its tmux server may still run (until the reconciler's next pass ends it,
+    // e2e/procs.rs); either way the resume must not race it.
+    let leftover_tmux = kill_agent(&h, &container_id);
+    let ws = workspace(&h, &session_id);
+    std::fs::write(ws.join("stray.txt"), "written after the checkpoint").unwrap();
+    std::fs::remove_file(ws.join("written.txt")).unwrap();
+
+    let requests_before = h.stand_in.requests().len();
+    h.ok(&[
+        "resume",
+        &session_id,
+        "--checkpoint",
+        &checkpoint_id,
+        "-m",
+        "Please continue.",
+    ]);
+    assert!(
+        !tmux_alive(&leftover_tmux),
+        "the dead agent's tmux server (and Claude Code) outlived the resume"
+    );
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" || t["status"] == "failed"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+
+    // The workspace is exactly the checkpoint (plus what the resumed turn did).
+    assert_eq!(
+        std::fs::read_to_string(ws.join("written.txt")).unwrap(),
+        "by the Write tool\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("shell.txt")).unwrap(),
+        "by-bash\n"
+    );
+    assert!(
+        !ws.join("stray.txt").exists(),
+        "a file created after the checkpoint survived the restore"
+    );
+
+    // The resumed Claude Code sent the earlier conversation to the model.
+    let resumed: Vec<_> = h.stand_in.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .collect();
+    let first = resumed
+        .first()
+        .expect("the resumed session called the model");
+    assert!(
+        first.message_count > 3,
+        "the resumed request carried only {} messages",
+        first.message_count
+    );
+    assert_eq!(
+        first.last_user_text.as_deref().map(str::trim),
+        Some("Please continue.")
+    );
+
+    // A second container of the same session; the task's cost covers both.
+    let restored = h.task_events(&task_id, "checkpoint_restored");
+    assert_eq!(restored.len(), 1, "{restored:#?}");
+}
+
+#[test]
+fn rollback_removes_newer_files_and_can_be_undone() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("first.txt", "one\n")]),
+        Turn::text("First done."),
+        Turn::tool_use([ToolCall::write("second.txt", "two\n")]),
+        Turn::text("Second done."),
+    ]));
+    let created = create(&h, "Write first.txt", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+    let first_cp = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    h.ok(&["resume", &session_id, "-m", "Now write second.txt"]);
+    let ws = workspace(&h, &session_id);
+    h.wait_for("second.txt and the session's end", || {
+        let t = h.json(&["task", "show", &task_id, "--json"]);
+        (ws.join("second.txt").exists() && t["status"] == "completed").then_some(())
+    });
+    let second_cp = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(first_cp, second_cp);
+
+    // Diff shows what the second part added.
+    let diff = h.json(&["checkpoint", "diff", &first_cp, &second_cp, "--json"]);
+    let added: Vec<String> = diff["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(added.iter().any(|p| p == "second.txt"), "{diff:#}");
+    let conversation = h.ok(&[
+        "checkpoint",
+        "diff",
+        &first_cp,
+        &second_cp,
+        "--conversation",
+    ]);
+    assert!(
+        conversation.contains("Now write second.txt"),
+        "{conversation}"
+    );
+
+    // Rollback to the first checkpoint: second.txt goes away.
+    h.ok(&["checkpoint", "rollback", &first_cp, "--yes"]);
+    h.wait_for("the rollback's restore", || {
+        (!ws.join("second.txt").exists()).then_some(())
+    });
+    assert!(ws.join("first.txt").exists());
+
+    // And the rollback can be undone: the second checkpoint still restores.
+    h.ok(&["checkpoint", "rollback", &second_cp, "--yes"]);
+    h.wait_for("the undo", || ws.join("second.txt").exists().then_some(()));
+    assert_eq!(
+        std::fs::read_to_string(ws.join("second.txt")).unwrap(),
+        "two\n"
+    );
+}
+
+#[test]
+fn a_corrupted_checkpoint_is_refused_and_changes_nothing() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("kept.txt", "kept\n")]),
+        Turn::text("Done."),
+    ]));
+    let created = create(&h, "Write kept.txt", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+    let cp = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Flip one bit in every layer of the store.
+    let store = h
+        .state()
+        .join("sessions")
+        .join(&session_id)
+        .join("volume/checkpoints");
+    let mut flipped = 0;
+    for entry in walk(&store) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        if entry.is_file()
+            && (name.contains("layer") || name.ends_with(".zst") || name.ends_with(".pack"))
+        {
+            let mut bytes = std::fs::read(&entry).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            std::fs::write(&entry, bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(
+        flipped > 0,
+        "no layer files found under {}",
+        store.display()
+    );
+    let ws = workspace(&h, &session_id);
+    std::fs::write(ws.join("newer.txt"), "must survive").unwrap();
+
+    let out = h.run(&["checkpoint", "rollback", &cp, "--yes"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("E620"), "{stderr}");
+    assert!(
+        ws.join("newer.txt").exists(),
+        "a refused restore changed the workspace"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// `[checkpoint]` in `.parhelia/config.toml` reaches the agent: excluded
+/// paths are never captured, and retention keeps only the newest checkpoints.
+#[test]
+fn checkpoint_excludes_and_retention_come_from_the_config() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash(
+            "mkdir -p build && echo obj > build/out.o && echo src > src.txt",
+        )]),
+        Turn::text("Built."),
+    ]));
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[checkpoint]\nexcludes = [\"build/\"]\nkeep_last = 1\n",
+    )
+    .unwrap();
+    let created = create(&h, "Build it", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+
+    // The spec carried the policy.
+    let container_id = created["container_id"].as_str().unwrap();
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            h.state()
+                .join("containers")
+                .join(container_id)
+                .join("spec.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec["checkpoint"]["excludes"][0], "build/", "{spec:#}");
+
+    // turn_end and session_end were both taken; retention kept one.
+    let made = h.task_events(&task_id, "checkpoint_created");
+    assert!(made.len() >= 2, "{made:#?}");
+    let listed = checkpoints(&h, &session_id);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    let shown = h.json(&[
+        "checkpoint",
+        "show",
+        listed[0]["id"].as_str().unwrap(),
+        "--json",
+    ]);
+    let paths: Vec<&str> = shown["workspace_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"src.txt"), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.starts_with("build")), "{paths:?}");
+}
+
+/// With `reconciler.auto_resume`, a session whose agent died is marked lost,
+/// resumed on a fresh container from its latest checkpoint and told to
+/// continue, with nobody typing `parhelia resume`.
+#[test]
+fn a_lost_session_is_resumed_automatically_when_the_policy_says_so() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("a.txt", "a\n")]),
+        Turn::tool_use([ToolCall::bash("rm -rf scratch; tail -f /dev/null")]),
+        Turn::text("Continued after the crash."),
+    ]));
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[reconciler]\nauto_resume = true\npoll_interval_seconds = 0.2\nstale_threshold_seconds = 1.0\n",
+    )
+    .unwrap();
+    let created = create(&h, "Work until the crash", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    h.wait_for("the pre_tool checkpoint", || {
+        h.task_events(&task_id, "checkpoint_created")
+            .into_iter()
+            .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "pre_tool")
+    });
+    let leftover_tmux = kill_agent(&h, &container_id);
+
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" || t["status"] == "failed"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_ne!(
+        task["container_id"],
+        container_id.as_str(),
+        "a new container ran it"
+    );
+    assert_eq!(h.task_events(&task_id, "checkpoint_restored").len(), 1);
+    assert!(
+        !tmux_alive(&leftover_tmux),
+        "the dead agent's processes were ended"
+    );
+    let last = h
+        .stand_in
+        .requests()
+        .into_iter()
+        .rfind(|r| r.kind == RequestKind::Turn)
+        .unwrap();
+    assert!(
+        last.last_user_text
+            .as_deref()
+            .is_some_and(|t| t.contains("interrupted")),
+        "the resumed session was told to continue: {:?}",
+        last.last_user_text
+    );
+}
+
+/// Issue 12: an agent killed mid-session before any checkpoint held the
+/// conversation (in chaos: during the write of its first one) left Claude Code's
+/// transcript in its container; the resume started the conversation over. Now the
+/// reconciler checkpoints what the lost container left (`agent_gone`: workspace and
+/// conversation, taken by the agent's own checkpoint code) before it marks it lost,
+/// and the resume continues that conversation.
+#[test]
+fn a_lost_container_is_checkpointed_whole_and_the_resume_continues_its_conversation() {
+    let mut h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash("echo one > one.txt")]),
+        // Held: the agent dies while Claude Code waits for this answer.
+        Turn::hold("too late"),
+        Turn::text("Continued the same conversation."),
+    ]));
+    h.set_env("PARHELIA_ISOLATION", "none");
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[reconciler]\npoll_interval_seconds = 0.2\nstale_threshold_seconds = 1.0\n",
+    )
+    .unwrap();
+    let created = create(&h, "Write one.txt, then wait", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    h.wait_for("the second request at the model", || {
+        (h.stand_in.holds_served() >= 1).then_some(())
+    });
+    // Only the start checkpoint so far: nothing the agent took holds the first turn.
+    let before: Vec<String> = checkpoints(&h, &session_id)
+        .iter()
+        .map(|c| c["trigger"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(before, ["start"]);
+
+    // The agent and everything it started die (as a container does).
+    let tmux = kill_agent(&h, &container_id);
+    parhelia_testkit::procs::tmux_kill_server(&tmux);
+    h.stand_in.release_hold();
+    let lost = h.wait_for("the container marked lost", || {
+        h.json(&[
+            "events",
+            "list",
+            "--task",
+            &task_id,
+            "--type",
+            "container_lost",
+            "--json",
+        ])
+        .as_array()
+        .and_then(|a| a.first().cloned())
+    });
+    let salvaged = &lost["payload"]["salvaged"];
+    assert_eq!(salvaged["conversation"], true, "{lost:#}");
+    let salvaged_id = salvaged["checkpoint_id"].as_str().unwrap().to_string();
+    assert!(
+        lost["message"].as_str().unwrap().contains(&salvaged_id),
+        "{lost:#}"
+    );
+    let listed = checkpoints(&h, &session_id);
+    let taken = listed
+        .iter()
+        .find(|c| c["id"] == salvaged_id.as_str())
+        .unwrap_or_else(|| panic!("{salvaged_id} not listed: {listed:#?}"));
+    assert_eq!(taken["trigger"], "agent_gone", "{taken:#}");
+
+    let requests_before = h.stand_in.requests().len();
+    let resumed = h.ok(&["resume", &session_id, "-m", "Please go on."]);
+    assert!(resumed.contains(&salvaged_id), "{resumed}");
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" || t["status"] == "failed"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        task["result"], "Continued the same conversation.",
+        "{task:#}"
+    );
+    // The model sees the first turn: its Bash call's result, not a fresh start.
+    let next = h.stand_in.requests()[requests_before..]
+        .iter()
+        .find(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .expect("the resumed session asked the model");
+    assert_eq!(
+        next.last_user_text.as_deref(),
+        Some("Please go on."),
+        "{next:#?}"
+    );
+    assert!(
+        next.roles.len() > 2,
+        "the conversation started over: {next:#?}"
+    );
+    assert!(
+        next.roles.iter().filter(|r| *r == "assistant").count() >= 1,
+        "{next:#?}"
+    );
+}
+
+/// The caps on reading a store come from `[checkpoint]` (issue 11): they reach the
+/// agent's spec, and a checkpoint over them is refused with E624 by the CLI's
+/// readers and by a rollback, before the workspace changes.
+#[test]
+fn checkpoint_read_caps_come_from_the_config() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash(
+            "mkdir -p a b && echo 1 > a/one && echo 2 > b/two && echo 3 > three",
+        )]),
+        Turn::text("Wrote."),
+    ]));
+    let config = h.state().join("config.toml");
+    std::fs::write(&config, "[checkpoint]\nmax_restore_entries = 1000\n").unwrap();
+    let created = create(&h, "Write files", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+    let container_id = created["container_id"].as_str().unwrap();
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            h.state()
+                .join("containers")
+                .join(container_id)
+                .join("spec.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        spec["checkpoint"]["limits"]["max_entries"], 1000,
+        "{spec:#}"
+    );
+    let cp = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.ok(&["checkpoint", "show", &cp]);
+
+    // Lower the cap below what the checkpoint holds; a new coordinator reads it.
+    h.ok(&["coordinator", "stop"]);
+    std::fs::write(&config, "[checkpoint]\nmax_restore_entries = 2\n").unwrap();
+    let ws = workspace(&h, &session_id);
+    std::fs::write(ws.join("newer.txt"), "must survive").unwrap();
+    let out = h.run(&["checkpoint", "show", &cp]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("E624"), "{stderr}");
+    let out = h.run(&["checkpoint", "rollback", &cp, "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("E624"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("newer.txt")).unwrap(),
+        "must survive",
+        "a refused rollback changed the workspace"
+    );
+}
+
+/// The session's conversation as Claude Code's transcript line count in a checkpoint.
+fn conversation_files(h: &Harness, session_id: &str, checkpoint_id: &str) -> u64 {
+    let store = parhelia_checkpoint::Store::open(
+        &h.state()
+            .join("sessions")
+            .join(session_id)
+            .join("volume")
+            .join("checkpoints"),
+    )
+    .unwrap();
+    let id = parhelia_checkpoint::CheckpointId::parse(checkpoint_id).unwrap();
+    store
+        .load(&id)
+        .unwrap()
+        .tree("conversation")
+        .map_or(0, |t| t.file_count)
+}
+
+/// Issue 12, item 2: the safety checkpoint a restore takes first is a whole
+/// checkpoint (rolling back to it continues the conversation), and the default
+/// `resume` and `session recover` pass over a conversation-less checkpoint (as
+/// older agents wrote them) for the newest restorable one, saying why.
+#[test]
+fn the_safety_checkpoint_has_the_conversation_and_resume_skips_incomplete_ones() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("first.txt", "one\n")]),
+        Turn::text("First done."),
+        Turn::tool_use([ToolCall::write("second.txt", "two\n")]),
+        Turn::text("Second done."),
+        Turn::text("Back at the safety checkpoint."),
+        Turn::text("Resumed past the incomplete one."),
+    ]));
+    let created = create(&h, "Write first.txt", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+
+    // A resume: the new container's safety checkpoint comes first, with the conversation.
+    h.ok(&["resume", &session_id, "-m", "Now write second.txt"]);
+    let ws = workspace(&h, &session_id);
+    h.wait_for("second.txt and the session's end", || {
+        let t = h.json(&["task", "show", &task_id, "--json"]);
+        (ws.join("second.txt").exists() && t["status"] == "completed").then_some(())
+    });
+    let safety = h
+        .task_events(&task_id, "checkpoint_created")
+        .into_iter()
+        .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "pre_restore")
+        .expect("the resume's safety checkpoint");
+    let safety_id = safety["kind"]["checkpoint_created"]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        conversation_files(&h, &session_id, &safety_id) > 0,
+        "the safety checkpoint {safety_id} has no conversation"
+    );
+
+    // Rolling back to it continues the conversation (it failed E600 "No conversation
+    // found" when the safety checkpoint had none).
+    let requests_before = h.stand_in.requests().len();
+    h.ok(&[
+        "checkpoint",
+        "rollback",
+        &safety_id,
+        "--yes",
+        "-m",
+        "Carry on from here.",
+    ]);
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] != "running" && t["status"] != "pending"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Back at the safety checkpoint.", "{task:#}");
+    assert!(!ws.join("second.txt").exists());
+    let first = h.stand_in.requests()[requests_before..]
+        .iter()
+        .find(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .expect("the rolled-back session called the model");
+    assert!(
+        first.message_count > 3,
+        "the rolled-back request carried only {} messages",
+        first.message_count
+    );
+
+    // A double fault as older agents left it: the newest checkpoint has the
+    // workspace but no conversation.
+    let store_root = h
+        .state()
+        .join("sessions")
+        .join(&session_id)
+        .join("volume")
+        .join("checkpoints");
+    let empty = h.root().join("empty-conversation");
+    std::fs::create_dir_all(&empty).unwrap();
+    let store = parhelia_checkpoint::Store::open(&store_root).unwrap();
+    let tree = |name: &str, root: &std::path::Path| {
+        (
+            parhelia_checkpoint::TreeSpec {
+                name: name.into(),
+                root: root.to_path_buf(),
+                excludes: Vec::new(),
+            },
+            parhelia_checkpoint::ChangeHint::Unknown,
+        )
+    };
+    let outcome = store
+        .create(&parhelia_checkpoint::CreateRequest {
+            trees: vec![tree("workspace", &ws), tree("conversation", &empty)],
+            parent: None,
+            trigger: "pre_restore".into(),
+            message: None,
+            metadata: serde_json::json!({}),
+            skip_if_unchanged: false,
+        })
+        .unwrap();
+    let parhelia_checkpoint::CreateOutcome::Created(incomplete) = outcome else {
+        panic!("the planted checkpoint was not created");
+    };
+    let incomplete = incomplete.id.to_string();
+    drop(store);
+    let newest = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(newest, incomplete);
+
+    // `session recover` names it and recommends an older, whole one.
+    let recover = h.ok(&["session", "recover", &session_id]);
+    assert!(
+        recover.contains(&format!("skipped    {incomplete} [E606]")),
+        "{recover}"
+    );
+    assert!(recover.contains("to resume: parhelia resume"), "{recover}");
+    assert!(
+        !recover.contains(&format!("--checkpoint {incomplete}")),
+        "{recover}"
+    );
+
+    // Naming it is refused before anything changes.
+    let refused = h.run(&["checkpoint", "rollback", &incomplete, "--yes"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("E606"), "{stderr}");
+
+    // The default resume passes over it, says so, and continues the conversation.
+    let resumed = h.ok(&["resume", &session_id, "-m", "Continue."]);
+    assert!(
+        resumed.contains(&format!("skipped    {incomplete} [E606]")),
+        "{resumed}"
+    );
+    assert!(
+        !resumed.contains(&format!("resumed from {incomplete}")),
+        "{resumed}"
+    );
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] != "running" && t["status"] != "pending"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        task["result"], "Resumed past the incomplete one.",
+        "{task:#}"
+    );
+}
+
+/// A new session's workspace is checkpointed before Claude Code starts (trigger
+/// `start`): killed before its first turn ends, it is still resumable, and
+/// the resume starts the conversation again, in that workspace, with the
+/// task's prompt (the checkpoint has no conversation to continue) — never E205.
+#[test]
+fn a_session_killed_before_its_first_turn_ends_starts_over_from_its_start_checkpoint() {
+    let mut h = Harness::new(Script::new([
+        // Never answered: the agent is killed while Claude Code waits for it.
+        Turn::hold("too late"),
+        Turn::tool_use([ToolCall::write("after.txt", "done again\n")]),
+        Turn::text("Started over and finished."),
+    ]));
+    h.set_env("PARHELIA_ISOLATION", "none");
+    let source = h.root().join("project");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("seed.txt"), "from the user\n").unwrap();
+    let created = create(
+        &h,
+        "Do the whole task",
+        &["--workspace", source.to_str().unwrap()],
+    );
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+
+    h.wait_for("the first request at the model", || {
+        (h.stand_in.holds_served() >= 1).then_some(())
+    });
+    let listed = checkpoints(&h, &session_id);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    let start = h
+        .task_events(&task_id, "checkpoint_created")
+        .into_iter()
+        .find(|e| e["kind"]["checkpoint_created"]["trigger"] == "start")
+        .expect("a start checkpoint before Claude Code started");
+    let start_id = start["kind"]["checkpoint_created"]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let leftover_tmux = kill_agent(&h, &container_id);
+    let ws = workspace(&h, &session_id);
+    std::fs::write(ws.join("stray.txt"), "after the start checkpoint").unwrap();
+
+    let requests_before = h.stand_in.requests().len();
+    let resumed = h.ok(&["resume", &session_id]);
+    assert!(resumed.contains(&start_id), "{resumed}");
+    assert!(!tmux_alive(&leftover_tmux));
+    // The old Claude Code is gone: its held answer can go nowhere now.
+    h.stand_in.release_hold();
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" || t["status"] == "failed"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Started over and finished.", "{task:#}");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("seed.txt")).unwrap(),
+        "from the user\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("after.txt")).unwrap(),
+        "done again\n"
+    );
+    assert!(!ws.join("stray.txt").exists());
+    // A fresh conversation that starts with the task's own prompt.
+    let first_again = h.stand_in.requests()[requests_before..]
+        .iter()
+        .find(|r| r.kind == RequestKind::Turn)
+        .cloned()
+        .expect("the resumed session asked the model");
+    assert_eq!(
+        first_again.last_user_text.as_deref(),
+        Some("Do the whole task"),
+        "{first_again:#?}"
+    );
+    assert_eq!(first_again.roles, ["user", "system"], "{first_again:#?}");
+}
