@@ -3,7 +3,7 @@
 //! The texts are files beside this module (`guides/*.txt`, `guides/examples/*.sh`),
 //! compiled in with `include_str!`, so they read as plain text in the repository.
 //! They cannot rot silently: a unit test parses every `parhelia …` line of every guide
-//! and example with the CLI's own clap definition, and `tests/tests/e2e_examples.rs`
+//! and example with the CLI's own clap definition, and `tests/tests/e2e/examples.rs`
 //! runs every example script against the local backend and the scripted model (the
 //! Modal and GPU ones through `--dry-run` / `--estimate-only`).
 

@@ -9,6 +9,7 @@ mod advice;
 mod agent_tls;
 mod backend_contract;
 mod cli;
+mod cli_color;
 mod cli_control;
 mod control_plane;
 mod fuzz_regressions;

@@ -1060,7 +1060,7 @@ mod tests {
 
     /// The agent starts as root and is told the session's user: no wrapper
     /// switches users before it (the agent must stay root to keep its secret,
-    /// journal and store from the session; `agent/tests/session_user.rs`).
+    /// journal and store from the session; `agent/tests/it/session_user.rs`).
     #[test]
     fn the_agent_stays_root_and_the_spec_names_the_session_user() {
         let dir = tempfile::tempdir().unwrap();

@@ -5,8 +5,7 @@ use parhelia::db::{Db, NewLaunch, TaskUpdate};
 use parhelia::ids::SessionSecret;
 use parhelia::task_state::TaskStatus;
 
-mod support;
-use support::*;
+use crate::support::*;
 
 const ESC: char = '\u{1b}';
 
