@@ -53,7 +53,7 @@ pub struct TaskLimits {
 }
 
 /// What this host can enforce for a local session (found by
-/// [`LocalCapabilities::probe`]).
+/// [`crate::backend::capabilities::probe`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LocalCapabilities {
     /// `Err(why)`: `--cpu`/`--memory` cannot be written into a cgroup here.
@@ -62,41 +62,7 @@ pub struct LocalCapabilities {
     pub gpus: Vec<String>,
 }
 
-impl LocalCapabilities {
-    /// Probes only what `limits` ask for.
-    pub fn probe(limits: &TaskLimits) -> Self {
-        LocalCapabilities {
-            cgroup_limits: crate::backend::unit::limits_enforceable(
-                limits.cpu.is_some(),
-                limits.memory_mb.is_some(),
-            ),
-            gpus: if limits.gpu.is_some() {
-                host_gpus()
-            } else {
-                Vec::new()
-            },
-        }
-    }
-}
-
-/// Limits are real or refused, never accepted and ignored. On the local backend
-/// `--cpu`/`--memory` are written into the session's cgroup, so they are refused
-/// (E113) only where no cgroup can be written; `--gpu` is refused (E114) unless this
-/// host has that GPU. `--timeout` and `--max-cost` are enforced everywhere. Probes
-/// the host only when a local limit is asked for.
-pub fn refuse_unenforced(
-    limits: &TaskLimits,
-    backend: &str,
-) -> Result<(), crate::error::CodedError> {
-    if backend != "local"
-        || (limits.gpu.is_none() && limits.cpu.is_none() && limits.memory_mb.is_none())
-    {
-        return Ok(());
-    }
-    refuse_unenforced_on(limits, backend, &LocalCapabilities::probe(limits))
-}
-
-/// [`refuse_unenforced`] given what the host can do (pure).
+/// [`crate::backend::capabilities::refuse_unenforced`] given what the host can do (pure).
 pub fn refuse_unenforced_on(
     limits: &TaskLimits,
     backend: &str,
@@ -132,25 +98,6 @@ pub fn describe_cpu_memory(cpu: Option<f64>, memory_mb: Option<u64>) -> String {
         asked.push(format!("--memory {mb}MiB"));
     }
     asked.join(", ")
-}
-
-/// `nvidia-smi -L`'s lines, or none when it is missing or fails.
-pub fn host_gpus() -> Vec<String> {
-    std::process::Command::new("nvidia-smi")
-        .arg("-L")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .take(256)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// How many of `nvidia-smi -L`'s devices are of type `gpu_type` (pure): every
@@ -387,7 +334,7 @@ pub fn estimate(
     let mut priced = Vec::new();
     if backend == "local" {
         // The local backend attaches no GPU: one is never priced (nor
-        // launched: `refuse_unenforced`).
+        // launched: `backend::capabilities::refuse_unenforced`).
         resources.gpu = None;
         match limits.cpu {
             Some(c) => priced.push(format!("{c} CPU cores (--cpu)")),

@@ -17,6 +17,7 @@ pub mod agent_helpers;
 pub mod backend;
 pub mod binaries;
 pub mod budget;
+pub mod capture;
 pub mod checkpoints;
 pub mod checks;
 pub mod cli;

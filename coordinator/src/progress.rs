@@ -82,7 +82,7 @@ pub struct Progress {
 impl Progress {
     /// Starts `op` at its first `step`, shown as the process's mode says.
     pub fn start(op: &'static str, step: &str) -> Self {
-        let mode = if crate::cli::is_captured() {
+        let mode = if crate::capture::is_captured() {
             ProgressMode::Never
         } else {
             MODE.get().copied().unwrap_or(ProgressMode::Never)

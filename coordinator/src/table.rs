@@ -111,7 +111,7 @@ pub fn init(choice: ColorChoice) {
 /// How command output looks here: plain inside `parhelia mcp-server` (its
 /// output is a tool result) and before [`init`].
 pub fn stdout_look() -> Look {
-    if crate::cli::is_captured() {
+    if crate::capture::is_captured() {
         return Look::PLAIN;
     }
     STDOUT.get().copied().unwrap_or(Look::PLAIN)
@@ -119,7 +119,7 @@ pub fn stdout_look() -> Look {
 
 /// Whether messages on stderr (errors) may carry color.
 pub fn stderr_color() -> bool {
-    !crate::cli::is_captured() && STDERR_COLOR.get().copied().unwrap_or(false)
+    !crate::capture::is_captured() && STDERR_COLOR.get().copied().unwrap_or(false)
 }
 
 /// What a colored word means.

@@ -629,7 +629,7 @@ impl Backend for LocalBackend {
         // Limits are real or refused: a GPU only if this host has that one, CPU and
         // memory only in a cgroup we can write (checked before anything runs).
         if let Some(gpu) = &request.resources.gpu {
-            crate::budget::refuse_missing_gpu(gpu, &crate::budget::host_gpus())?;
+            crate::budget::refuse_missing_gpu(gpu, &super::capabilities::host_gpus())?;
         }
         // The session's unit, before anything of it runs: every process the agent
         // starts is in it, whatever setsid or double-fork they do.

@@ -14,6 +14,7 @@ use parhelia_proto::Event;
 use crate::ids::SessionSecret;
 use crate::plan::{LaunchIds, SessionRequest};
 
+pub mod capabilities;
 pub mod isolation;
 pub mod local;
 pub mod local_home;

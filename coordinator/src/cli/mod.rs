@@ -280,16 +280,7 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// Whether this command's output is captured (`parhelia mcp-server`): no
-/// color, no terminal width, no progress display.
-pub(crate) fn is_captured() -> bool {
-    CAPTURED.try_with(|_| ()).is_ok()
-}
-
-tokio::task_local! {
-    /// Set while [`run_captured`] runs a command: what it prints goes here.
-    static CAPTURED: std::cell::RefCell<Vec<u8>>;
-}
+use crate::capture::CAPTURED;
 
 /// What a command run by [`run_captured`] printed, and how it ended.
 pub struct Captured {

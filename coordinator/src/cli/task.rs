@@ -333,7 +333,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     }
     let backend = plan::parse_backend(&args.backend)?;
     // Before an estimate prices what a local run would not get.
-    crate::budget::refuse_unenforced(&limits, backend.as_str())?;
+    crate::backend::capabilities::refuse_unenforced(&limits, backend.as_str())?;
     if args.budget.estimate_only {
         return estimate_only(ctx, &args, backend.as_str(), &limits);
     }

@@ -25,7 +25,7 @@ impl CoordinatorService {
         // The task's own `--set` values: parsed as `--set` is, per-task keys only (E119).
         let task_config = crate::config::task_config(self.config(), &request.config_set)?;
         let backend_kind = plan::parse_backend(&request.backend)?;
-        crate::budget::refuse_unenforced(&limits, backend_kind.as_str())?;
+        crate::backend::capabilities::refuse_unenforced(&limits, backend_kind.as_str())?;
         self.inner.backends.get(backend_kind)?;
         if backend_kind == plan::BackendKind::Modal {
             // Nothing is recorded for a task Modal could never run: the

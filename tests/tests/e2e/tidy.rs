@@ -281,19 +281,11 @@ fn no_import_circles_in_the_agent() {
 fn no_import_circles_in_the_coordinator() {
     assert_circles(
         "coordinator",
-        &[
-            (
-                &["backend", "budget", "db", "disk_guard", "storage"],
-                "budget -> backend: LocalCapabilities::probe asks backend::unit whether cgroup \
-                 limits are enforceable, and service.rs calls budget::refuse_unenforced; the \
-                 probe moves into the backend with the service split",
-            ),
-            (
-                &["config", "rates"],
-                "the embedded rate table seeds config's [rates] defaults while rates reads \
+        &[(
+            &["config", "rates"],
+            "the embedded rate table seeds config's [rates] defaults while rates reads \
                  config's ModelPrice/RatesConfig; the types move into rates later",
-            ),
-        ],
+        )],
     );
 }
 
@@ -324,9 +316,11 @@ fn pure_modules_import_no_adapters() {
         ],
         &[
             (
-                "budget",
-                "backend",
-                "LocalCapabilities::probe (see the coordinator's circles)",
+                "views",
+                "table",
+                "views' task/session/container table wrappers read table::stdout_look (the \
+                 process's color and width choice); their *_as forms take the look and are \
+                 pure; the wrappers move to the CLI",
             ),
             (
                 "views",
