@@ -144,7 +144,7 @@ error_codes! {
     NOT_A_GIT_REPOSITORY = "E107" "NOT_A_GIT_REPOSITORY" {
         what: "A directory that must be a git repository is not one.",
         why: "`parhelia session pull` brings a session's commits into a git repository: the current directory (or `--repo`) is not inside one, or the session's workspace has no `.git` of its own (it was not started from a repository and never ran `git init`).",
-        recover: "Run the command inside your repository; for a session without a repository, use `parhelia checkpoint show` to see its files.",
+        recover: "Run the command inside your repository, or pass `--repo PATH` (by default the pull goes to the task's `--workspace` while it exists); for a session without a repository, use `parhelia checkpoint show` to see its files.",
     }
     BRANCH_EXISTS = "E108" "BRANCH_EXISTS" {
         what: "The branch already exists.",
@@ -154,7 +154,7 @@ error_codes! {
     BRANCH_CHECKED_OUT = "E109" "BRANCH_CHECKED_OUT" {
         what: "The branch is checked out.",
         why: "`parhelia session pull` never touches your working tree, so it does not update the current branch (or one checked out in another worktree).",
-        recover: "Pass `--branch NAME` to pull into another branch, or switch away from this one first.",
+        recover: "Pass `--branch NAME` to pull into another branch, or switch away from this one first (then `--force` moves it).",
     }
     UNSAFE_REPOSITORY = "E110" "UNSAFE_REPOSITORY" {
         what: "The session's repository is unsafe to run git on.",

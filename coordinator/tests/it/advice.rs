@@ -50,6 +50,62 @@ fn coordinator_config(w: &World) -> String {
     shown
 }
 
+/// `git -C DIR ARGS` (with an identity for commits), asserting success; returns stdout.
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@localhost"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A git repository `project` (one commit on `main`) and a task run to completion on
+/// it: (task id, session id). The session's result is that commit.
+fn git_task(w: &World) -> (String, String) {
+    let project = w.root().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("main.rs"), "fn main() {}\n").unwrap();
+    git(&project, &["init", "--quiet", "--initial-branch", "main"]);
+    git(&project, &["add", "--all"]);
+    git(&project, &["commit", "--quiet", "-m", "start"]);
+    let created = w.json(&["task", "create", "x", "--workspace", "project", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let task = w.wait_task(&task_id, "completed");
+    container_stopped(w, task["container_id"].as_str().unwrap());
+    (task_id, task["session_id"].as_str().unwrap().to_string())
+}
+
+/// Waits until the container is no longer active (a pull of a live session first
+/// checkpoints it, printing a note when it has just ended).
+fn container_stopped(w: &World, container_id: &str) {
+    w.wait_for("the container to stop", || {
+        let state: String = w
+            .db()
+            .query_row(
+                "SELECT state FROM containers WHERE id = ?1",
+                [container_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (!["created", "starting", "running", "stopping"].contains(&state.as_str())).then_some(())
+    });
+}
+
+/// The session of the world's only task.
+fn only_session(w: &World) -> String {
+    let listed = w.json(&["task", "list", "--json"]);
+    let task = w.task(listed[0]["id"].as_str().unwrap());
+    task["session_id"].as_str().unwrap().to_string()
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -110,6 +166,105 @@ fn cases() -> Vec<Case> {
                 let (task_id, _) = completed_task(w);
                 let listed = w.json(&["task", "list", "--status", "completed", "--json"]);
                 assert_eq!(listed[0]["id"], task_id.as_str(), "{listed:#}");
+            },
+        },
+        Case {
+            code: "E107",
+            advice: &["Run the command inside your repository", "--repo PATH"],
+            provoke: |w| {
+                let (_, session_id) = git_task(w);
+                // The project moved after the task: the pull falls back to the
+                // current directory (the world's root), which is no repository.
+                std::fs::rename(w.root().join("project"), w.root().join("moved")).unwrap();
+                w.run(&["session", "pull", &session_id])
+            },
+            follow: |w| {
+                let session_id = only_session(w);
+                let moved = w.root().join("moved");
+                let start = git(&moved, &["rev-parse", "main"]);
+                // Inside the repository.
+                let out = w
+                    .command(&["session", "pull", &session_id, "--json"])
+                    .current_dir(&moved)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", stderr(&out));
+                let pulled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(pulled["commit"], start.as_str(), "{pulled:#}");
+                // Or naming it with --repo.
+                let pulled = w.json(&[
+                    "session",
+                    "pull",
+                    &session_id,
+                    "--repo",
+                    "moved",
+                    "--branch",
+                    "again",
+                    "--json",
+                ]);
+                assert_eq!(git(&moved, &["rev-parse", "again"]), start);
+                assert_eq!(pulled["branch"], "again");
+            },
+        },
+        Case {
+            code: "E108",
+            advice: &["--force", "--branch NAME"],
+            provoke: |w| {
+                let (_, session_id) = git_task(w);
+                // The user already has a branch of that name, at another commit.
+                let project = w.root().join("project");
+                let branch = format!("parhelia/{session_id}");
+                git(&project, &["checkout", "--quiet", "-b", &branch]);
+                std::fs::write(project.join("mine.txt"), "mine\n").unwrap();
+                git(&project, &["add", "--all"]);
+                git(&project, &["commit", "--quiet", "-m", "mine"]);
+                git(&project, &["checkout", "--quiet", "main"]);
+                w.run(&["session", "pull", &session_id])
+            },
+            follow: |w| {
+                let session_id = only_session(w);
+                let project = w.root().join("project");
+                let branch = format!("parhelia/{session_id}");
+                let start = git(&project, &["rev-parse", "main"]);
+                assert_ne!(git(&project, &["rev-parse", &branch]), start);
+                // Another name: the existing branch is left alone.
+                let theirs = git(&project, &["rev-parse", &branch]);
+                w.ok(&["session", "pull", &session_id, "--branch", "result"]);
+                assert_eq!(git(&project, &["rev-parse", "result"]), start);
+                assert_eq!(git(&project, &["rev-parse", &branch]), theirs);
+                // --force moves it to the session's result.
+                w.ok(&["session", "pull", &session_id, "--force"]);
+                assert_eq!(git(&project, &["rev-parse", &branch]), start);
+                assert_eq!(git(&project, &["branch", "--show-current"]), "main");
+            },
+        },
+        Case {
+            code: "E109",
+            advice: &[
+                "--branch NAME",
+                "switch away from this one first (then `--force`",
+            ],
+            provoke: |w| {
+                let (_, session_id) = git_task(w);
+                let branch = format!("parhelia/{session_id}");
+                git(
+                    &w.root().join("project"),
+                    &["checkout", "--quiet", "-b", &branch],
+                );
+                w.run(&["session", "pull", &session_id])
+            },
+            follow: |w| {
+                let session_id = only_session(w);
+                let project = w.root().join("project");
+                let branch = format!("parhelia/{session_id}");
+                let start = git(&project, &["rev-parse", "main"]);
+                w.ok(&["session", "pull", &session_id, "--branch", "result"]);
+                assert_eq!(git(&project, &["rev-parse", "result"]), start);
+                assert_eq!(git(&project, &["branch", "--show-current"]), branch);
+                // Or switched away: the branch (now existing, E108) moves with --force.
+                git(&project, &["checkout", "--quiet", "main"]);
+                w.ok(&["session", "pull", &session_id, "--force"]);
+                assert_eq!(git(&project, &["rev-parse", &branch]), start);
             },
         },
         Case {
@@ -482,8 +637,9 @@ fn cases() -> Vec<Case> {
 /// The codes this file follows (checked against the table, so the list in
 /// `docs/dev/advice-coverage.md` cannot drift from what runs).
 const COVERED: &[&str] = &[
-    "E100", "E101", "E102", "E103", "E104", "E111", "E112", "E116", "E117", "E118", "E119", "E201",
-    "E202", "E203", "E204", "E205", "E300", "E501", "E509", "E600", "E601", "E603", "E604", "E605",
+    "E100", "E101", "E102", "E103", "E104", "E107", "E108", "E109", "E111", "E112", "E116", "E117",
+    "E118", "E119", "E201", "E202", "E203", "E204", "E205", "E300", "E501", "E509", "E600", "E601",
+    "E603", "E604", "E605",
 ];
 
 #[test]
