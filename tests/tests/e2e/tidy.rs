@@ -318,9 +318,10 @@ fn pure_modules_import_no_adapters() {
             (
                 "views",
                 "table",
-                "views' task/session/container table wrappers read table::stdout_look (the \
-                 process's color and width choice); their *_as forms take the look and are \
-                 pure; the wrappers move to the CLI",
+                "views lays its tables out with table's Table/Cell/Look (pure), and three \
+                 wrappers read table::stdout_look (the process's color and width choice, \
+                 detected at start); splitting table's layout from its terminal detection \
+                 removes this",
             ),
             (
                 "views",
