@@ -527,6 +527,9 @@ pub fn stream_observations(stream: &Path, start: u64) -> Vec<Observation> {
                 .is_some_and(|p| p.as_str().is_some_and(|p| !p.is_empty()));
             parse_line(line, parent)
         })
+        // A `<synthetic>` message (Claude Code's own text for an API error) or one with
+        // no tokens is no billed response: its absence from a transcript says nothing.
+        .filter(|o| o.model != SYNTHETIC_MODEL && !o.tokens.is_zero())
         .collect()
 }
 
@@ -670,8 +673,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stream = dir.path().join("stream.jsonl");
         let earlier = format!("{}\n", stream_line("m0", 100, None));
+        let synthetic = r#"{"type":"assistant","message":{"id":"s1","model":"<synthetic>","content":[{"type":"text","text":"API Error: 400"}],"usage":{"input_tokens":0,"output_tokens":0}},"parent_tool_use_id":null}"#;
         let text = format!(
-            "{earlier}{}\n{{\"type\":\"user\"}}\nnot json\n{}\n{}",
+            "{earlier}{}\n{{\"type\":\"user\"}}\nnot json\n{synthetic}\n{}\n{}",
             stream_line("m1", 200, None),
             stream_line("m2", 300, Some("toolu_1")),
             // A last line cut off mid-write.
