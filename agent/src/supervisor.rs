@@ -254,6 +254,9 @@ pub struct Supervisor {
     /// (interactive) its UserPromptSubmit hook fired. Text typed into the TUI that
     /// is no prompt (`/exit`) never starts a turn that could go unanswered.
     turn_submitted: bool,
+    /// When the running turn reached Claude Code ([`Self::turn_submitted`]): a
+    /// transcript not written since holds none of it (`on_claude_exited`).
+    turn_submitted_at: Option<std::time::SystemTime>,
     last_result: Option<TurnResult>,
     /// What this Claude Code process's turns cost, summed turn by turn.
     process_spent_usd: f64,
@@ -307,6 +310,19 @@ pub struct Verdict {
     pub outcome: SessionOutcome,
     pub error_code: &'static str,
     pub error_message: String,
+}
+
+/// Whether Claude Code may have died with a model request in flight: it printed
+/// responses it never wrote (`stream_only`), its transcript ends with a message that
+/// has no reply (`transcript_awaits_reply`), or it was handed a turn and its
+/// transcript was not written since (`unwritten_turn`: Claude Code writes its
+/// transcript in batches, after it sends, so a SIGKILL can beat the write).
+fn request_in_flight(
+    stream_only: usize,
+    transcript_awaits_reply: bool,
+    unwritten_turn: bool,
+) -> bool {
+    stream_only > 0 || transcript_awaits_reply || unwritten_turn
 }
 
 /// What Claude Code was asked and never answered when it exited.
@@ -467,6 +483,7 @@ impl Supervisor {
             turn_running: false,
             turn_input_seq: None,
             turn_submitted: false,
+            turn_submitted_at: None,
             last_result: None,
             process_spent_usd: 0.0,
             last_reported_total_usd: None,
@@ -975,6 +992,7 @@ impl Supervisor {
         self.input = Some(input);
         self.turn_running = has_prompt;
         self.turn_submitted = has_prompt;
+        self.turn_submitted_at = has_prompt.then(std::time::SystemTime::now);
         self.tasks.push(tokio::spawn(headless_io::follow_stream(
             layout.stream.clone(),
             start_offset,
@@ -1141,7 +1159,10 @@ impl Supervisor {
                                 self.turn_running = true;
                                 self.turn_input_seq = None;
                             }
-                            self.turn_submitted = true;
+                            if !self.turn_submitted {
+                                self.turn_submitted = true;
+                                self.turn_submitted_at = Some(std::time::SystemTime::now());
+                            }
                         }
                         _ => {}
                     }
@@ -1350,6 +1371,7 @@ impl Supervisor {
             self.turn_input_seq = Some(seq);
             // Interactive: a prompt once its UserPromptSubmit hook says so.
             self.turn_submitted = !interactive;
+            self.turn_submitted_at = (!interactive).then(std::time::SystemTime::now);
         }
     }
 
@@ -1402,6 +1424,7 @@ impl Supervisor {
                 self.turn_running = false;
                 self.turn_input_seq = None;
                 self.turn_submitted = false;
+                self.turn_submitted_at = None;
                 if self.stop.is_none() {
                     match self.pending_inputs.pop_front() {
                         Some((seq, next)) => self.send_to_claude(seq, &next),
@@ -1692,11 +1715,19 @@ impl Supervisor {
             // A request Claude Code sent and never wrote a reply for, or a reply it
             // printed and never wrote: its spend, or part of it, is unknown here (the
             // view says so).
-            request_in_flight: stream_only > 0
-                || self
-                    .transcript
+            request_in_flight: request_in_flight(
+                stream_only,
+                self.transcript
                     .as_deref()
                     .is_some_and(crate::transcript::request_in_flight),
+                unanswered.turn_in_flight
+                    && self.turn_submitted_at.is_some_and(|at| {
+                        !self
+                            .transcript
+                            .as_deref()
+                            .is_some_and(|t| crate::transcript::written_since(t, at))
+                    }),
+            ),
         }))
         .await?;
         let mut verdict = verdict(

@@ -218,10 +218,12 @@ pub fn last_reported_total_in(text: &str) -> f64 {
 const IN_FLIGHT_TAIL_BYTES: u64 = 4 << 20;
 
 /// Whether Claude Code's last main-thread message in its transcript is the user's (a
-/// prompt or a tool result) with no model reply after it: the request it sent for that
-/// message may have been in flight when it died, and what the API billed for it, if it
-/// answered, is in no record (`ClaudeExited.request_in_flight`). Reads at most the last
-/// [`IN_FLIGHT_TAIL_BYTES`], never through a link; false when it cannot tell.
+/// prompt or a tool result) with no model reply after it, or a prompt it took from its
+/// queue (`queue-operation` `dequeue`, written as it starts the turn: the prompt's own
+/// line comes in a later batch, after the request is sent): the request it sent for
+/// that message may have been in flight when it died, and what the API billed for it,
+/// if it answered, is in no record (`ClaudeExited.request_in_flight`). Reads at most
+/// the last [`IN_FLIGHT_TAIL_BYTES`], never through a link; false when it cannot tell.
 pub fn request_in_flight(transcript: &std::path::Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
     let Some(mut file) = crate::session_file::open_regular(transcript) else {
@@ -243,9 +245,21 @@ pub fn request_in_flight(transcript: &std::path::Path) -> bool {
     request_in_flight_in(&String::from_utf8_lossy(&bytes))
 }
 
+/// Whether the transcript was modified at or after `since` (false when it is absent,
+/// a link, or its time unreadable: then it shows nothing written since).
+pub fn written_since(transcript: &std::path::Path, since: std::time::SystemTime) -> bool {
+    crate::session_file::open_regular(transcript)
+        .and_then(|file| file.metadata().ok())
+        .and_then(|meta| meta.modified().ok())
+        .is_some_and(|modified| modified >= since)
+}
+
 /// [`request_in_flight`] of a transcript's text (a first partial line is skipped as
 /// unparsable).
 pub fn request_in_flight_in(text: &str) -> bool {
+    // A dequeue seen (scanning backwards) and waiting for the enqueue that says what
+    // was taken: a slash command (`/cost`) asks the model nothing.
+    let mut dequeued = false;
     for line in text.lines().rev() {
         let Ok(value) = serde_json::from_str::<Value>(line) else {
             continue;
@@ -253,9 +267,15 @@ pub fn request_in_flight_in(text: &str) -> bool {
         if value["isSidechain"].as_bool() == Some(true) || value["isMeta"].as_bool() == Some(true) {
             continue;
         }
-        match value["type"].as_str() {
-            Some("assistant") => return false,
-            Some("user") => return true,
+        match (value["type"].as_str(), value["operation"].as_str()) {
+            (Some("assistant"), _) => return false,
+            (Some("user"), _) => return true,
+            (Some("queue-operation"), Some("dequeue")) => dequeued = true,
+            (Some("queue-operation"), Some("enqueue")) if dequeued => {
+                return !value["content"]
+                    .as_str()
+                    .is_some_and(|text| text.trim_start().starts_with('/'));
+            }
             _ => {}
         }
     }
@@ -348,6 +368,29 @@ mod tests {
         assert!(request_in_flight_in(&lines(&[user, reply, result, side])));
         assert!(!request_in_flight_in(&lines(&[user, reply])));
         assert!(!request_in_flight_in(&lines(&[user, reply, system, meta])));
+        // Claude Code took the prompt from its queue and was killed before its
+        // (batched) transcript write of the prompt: seen in a real SIGKILL.
+        let enqueue = |text: &str| {
+            serde_json::json!({"type": "queue-operation", "operation": "enqueue", "content": text})
+                .to_string()
+        };
+        let dequeue = r#"{"type":"queue-operation","operation":"dequeue"}"#;
+        let (prompt, command) = (enqueue("Second"), enqueue("/cost"));
+        assert!(request_in_flight_in(&lines(&[
+            user, reply, &prompt, dequeue
+        ])));
+        assert!(request_in_flight_in(&lines(&[
+            user, reply, &prompt, dequeue, system
+        ])));
+        // Queued behind a running turn, not yet taken; a command; a taken prompt answered.
+        assert!(!request_in_flight_in(&lines(&[user, reply, &prompt])));
+        assert!(!request_in_flight_in(&lines(&[
+            user, reply, &command, dequeue
+        ])));
+        assert!(!request_in_flight_in(&lines(&[
+            &prompt, dequeue, user, reply
+        ])));
+        assert!(!request_in_flight_in(&lines(&[dequeue])));
         assert!(!request_in_flight_in(""));
         assert!(!request_in_flight_in("{torn"));
     }
@@ -366,6 +409,12 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         assert!(!request_in_flight(&link));
         assert!(!request_in_flight(&tmp.path().join("absent.jsonl")));
+        let before = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let after = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        assert!(written_since(&real, before));
+        assert!(!written_since(&real, after));
+        assert!(!written_since(&link, before));
+        assert!(!written_since(&tmp.path().join("absent.jsonl"), before));
     }
 
     fn subagent_kinds(line: &str) -> Vec<String> {
