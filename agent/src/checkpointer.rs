@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use parhelia_contract::codes::{self, ErrorCode};
+
 use parhelia_checkpoint::{
     ChangeHint, CheckpointError, CheckpointId, CreateOutcome, CreateRequest, Retention, Store,
     TreeSpec,
@@ -96,7 +98,7 @@ pub struct CheckpointSummary {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointFailure {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -105,9 +107,9 @@ impl From<&CheckpointError> for CheckpointFailure {
         CheckpointFailure {
             // A full disk is named as such (E516): the session stops, resumable.
             code: if crate::disk::chain_is_no_space(e) {
-                "E516".to_string()
+                codes::DISK_FULL
             } else {
-                e.code().to_string()
+                e.error_code()
             },
             message: e.to_string(),
         }
@@ -181,11 +183,10 @@ pub fn take_checkpoint(
     let full_scan = matches!(hint, ChangeHint::Unknown);
     let io_failure = |what: &str, e: std::io::Error| CheckpointFailure {
         code: if crate::disk::is_no_space(&e) {
-            "E516"
+            codes::DISK_FULL
         } else {
-            "E520"
-        }
-        .into(),
+            codes::CHECKPOINT_IO_FAILED
+        },
         message: format!("{what}: {e}"),
     };
     let result = (|| {
@@ -308,11 +309,10 @@ pub fn salvage(
         .with_limits(spec.checkpoint.limits.to_limits());
     let io = |e: std::io::Error| CheckpointFailure {
         code: if crate::disk::is_no_space(&e) {
-            "E516"
+            codes::DISK_FULL
         } else {
-            "E520"
-        }
-        .into(),
+            codes::CHECKPOINT_IO_FAILED
+        },
         message: format!("staging the conversation: {e}"),
     };
     std::fs::create_dir_all(store_root.join("tmp")).map_err(io)?;
@@ -426,7 +426,7 @@ pub fn restore_checkpoint(
             Some(summary) => summary.id,
             None => {
                 return Err(CheckpointFailure {
-                    code: "E205".into(),
+                    code: codes::CHECKPOINT_NOT_FOUND,
                     message: "the session has no checkpoint to restore".into(),
                 });
             }
@@ -449,7 +449,7 @@ pub fn restore_checkpoint(
         claude_session_id,
     )
     .map_err(|e| CheckpointFailure {
-        code: "E520".into(),
+        code: codes::CHECKPOINT_IO_FAILED,
         message: format!("installing the conversation: {e}"),
     })?;
     Ok(RestoreSummary {
@@ -534,7 +534,7 @@ impl Checkpointer {
             .await
             .unwrap_or_else(|e| {
                 Err(CheckpointFailure {
-                    code: "E520".into(),
+                    code: codes::CHECKPOINT_IO_FAILED,
                     message: format!("the checkpoint task panicked: {e}"),
                 })
             });

@@ -208,7 +208,7 @@ pub fn main() -> ExitCode {
                 Err(failure) => {
                     eprintln!(
                         "parhelia-agent salvage: [{}] {}",
-                        failure.code, failure.message
+                        failure.code.code, failure.message
                     );
                     ExitCode::from(1)
                 }

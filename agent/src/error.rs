@@ -4,6 +4,8 @@
 //! caller can see are wrapped here. Messages are lowercase fragments; they never contain
 //! the session secret (the secret is never put into an error).
 
+use parhelia_contract::codes::{self, ErrorCode};
+
 use crate::journal::JournalError;
 
 /// Why an RPC failed. Each variant's message is what the caller reads.
@@ -24,9 +26,10 @@ pub enum ServiceError {
     /// The journal could not record or read an event.
     #[error(transparent)]
     Journal(#[from] JournalError),
-    /// A checkpoint could not be taken; `code` is the engine's error code.
-    #[error("[{code}] {message}")]
-    Checkpoint { code: String, message: String },
+    /// A checkpoint could not be taken; `code` is its row of the error-code table,
+    /// sent in the status's metadata (`codes::METADATA_KEY`), never in its message.
+    #[error("{message}")]
+    Checkpoint { code: ErrorCode, message: String },
 }
 
 impl From<ServiceError> for tonic::Status {
@@ -38,7 +41,13 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             ServiceError::ShuttingDown => tonic::Status::unavailable(message),
             ServiceError::Journal(_) => tonic::Status::internal(message),
-            ServiceError::Checkpoint { .. } => tonic::Status::aborted(message),
+            ServiceError::Checkpoint { code, .. } => {
+                let mut status = tonic::Status::aborted(message);
+                if let Ok(value) = code.code.parse() {
+                    status.metadata_mut().insert(codes::METADATA_KEY, value);
+                }
+                status
+            }
         }
     }
 }
@@ -62,7 +71,20 @@ mod tests {
             (ServiceError::ShuttingDown, tonic::Code::Unavailable),
         ];
         for (error, code) in cases {
-            assert_eq!(tonic::Status::from(error).code(), code);
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), code);
+            assert!(status.metadata().get(codes::METADATA_KEY).is_none());
         }
+    }
+
+    #[test]
+    fn a_checkpoint_failures_code_travels_in_the_metadata_not_the_message() {
+        let status = tonic::Status::from(ServiceError::Checkpoint {
+            code: codes::CHECKPOINT_CORRUPT,
+            message: "layer 3 does not verify".into(),
+        });
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert_eq!(status.message(), "layer 3 does not verify");
+        assert_eq!(status.metadata().get(codes::METADATA_KEY).unwrap(), "E620");
     }
 }

@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use parhelia_contract::codes;
 use parhelia_proto::{
     AgentError, AgentInfo, CheckpointCreated, CheckpointFailed, CheckpointRestored, ClaudeExited,
     ClaudeInit, Heartbeat, InputAccepted, ModelSpend, SendInputResponse, SessionFinished,
@@ -196,11 +197,10 @@ pub enum StopIntent {
 
 /// The codes a `Stop` may end a session with instead of CANCELLED.
 pub fn limit_code(code: &str) -> Option<&'static str> {
-    match code.trim() {
-        "E300" => Some("E300"),
-        "E301" => Some("E301"),
-        _ => None,
-    }
+    [codes::BUDGET_EXCEEDED, codes::TASK_TIMEOUT]
+        .into_iter()
+        .find(|limit| limit.code == code.trim())
+        .map(|limit| limit.code)
 }
 
 /// What the supervisor needs from the outside world.
@@ -380,7 +380,7 @@ pub fn verdict(
     match (stop, last_result) {
         (Some(StopIntent::Cancel { reason }), _) => Verdict {
             outcome: SessionOutcome::Cancelled,
-            error_code: "E601",
+            error_code: codes::SESSION_CANCELLED.code,
             error_message: if reason.is_empty() {
                 "the session was stopped on request".into()
             } else {
@@ -389,13 +389,13 @@ pub fn verdict(
         },
         (Some(StopIntent::DiskFull { what }), _) => Verdict {
             outcome: SessionOutcome::Interrupted,
-            error_code: "E516",
+            error_code: codes::DISK_FULL.code,
             error_message: format!(
                 "no space left on the disk ({what}); free space, then resume the session"
             ),
         },
         (Some(StopIntent::Timeout { limit_ms }), _) => failed(
-            "E301",
+            codes::TASK_TIMEOUT.code,
             format!(
                 "the task reached its time limit (--timeout {}); resume or retry it to go on",
                 human_duration(*limit_ms)
@@ -411,17 +411,17 @@ pub fn verdict(
         ),
         (Some(StopIntent::Interrupt), _) => Verdict {
             outcome: SessionOutcome::Interrupted,
-            error_code: "E602",
+            error_code: codes::SESSION_INTERRUPTED.code,
             error_message: "the agent received SIGTERM; the session can be resumed".into(),
         },
         (None, None) if !wrote_output && (exit_code == 126 || exit_code == 127) => failed(
-            "E501",
+            codes::CLAUDE_CODE_NOT_INSTALLED.code,
             format!("claude code could not be started (exit status {exit_code})"),
         ),
         // The last turn was cut off: an earlier turn's result says nothing about it.
         (None, _) if !unanswered.is_empty() => Verdict {
             outcome: SessionOutcome::Interrupted,
-            error_code: "E602",
+            error_code: codes::SESSION_INTERRUPTED.code,
             error_message: format!(
                 "claude code exited with status {exit_code} before answering: {}; the session can be resumed",
                 unanswered.describe()
@@ -434,10 +434,10 @@ pub fn verdict(
                 result.result.clone()
             };
             let code = match (result.subtype.as_str(), result.api_error_status) {
-                ("error_max_budget_usd", _) => "E300",
-                (_, 401 | 403) => "E401",
-                (_, status) if status == 429 || status >= 500 => "E505",
-                _ => "E600",
+                ("error_max_budget_usd", _) => codes::BUDGET_EXCEEDED.code,
+                (_, 401 | 403) => codes::MODEL_API_AUTH_REJECTED.code,
+                (_, status) if status == 429 || status >= 500 => codes::MODEL_API_FAILED.code,
+                _ => codes::CLAUDE_CODE_ERROR_RESULT.code,
             };
             failed(code, message)
         }
@@ -448,7 +448,7 @@ pub fn verdict(
         },
         (None, None) => Verdict {
             outcome: SessionOutcome::Interrupted,
-            error_code: "E602",
+            error_code: codes::SESSION_INTERRUPTED.code,
             error_message: format!("claude code exited with status {exit_code} without a result"),
         },
     }
@@ -579,7 +579,7 @@ impl Supervisor {
             return self
                 .finish(Verdict {
                     outcome: SessionOutcome::Failed,
-                    error_code: "E501",
+                    error_code: codes::CLAUDE_CODE_NOT_INSTALLED.code,
                     error_message: format!("claude code cannot be started: {reason}"),
                 })
                 .await;
@@ -589,7 +589,7 @@ impl Supervisor {
             return self
                 .finish(Verdict {
                     outcome: SessionOutcome::Failed,
-                    error_code: "E501",
+                    error_code: codes::CLAUDE_CODE_NOT_INSTALLED.code,
                     error_message: format!("claude code cannot be started: {e}"),
                 })
                 .await;
@@ -600,7 +600,7 @@ impl Supervisor {
             return self
                 .finish(Verdict {
                     outcome: SessionOutcome::Failed,
-                    error_code: "E501",
+                    error_code: codes::CLAUDE_CODE_NOT_INSTALLED.code,
                     error_message: format!("claude code cannot be started: {e}"),
                 })
                 .await;
@@ -689,13 +689,13 @@ impl Supervisor {
                 // Never overwrite a workspace whose state could not be saved first. A
                 // damaged or hostile store keeps its own code (the store, not the disk,
                 // is what is wrong).
-                let code: &'static str = match failure.code.as_str() {
-                    "E620" => "E620",
-                    "E621" => "E621",
-                    "E622" => "E622",
-                    "E623" => "E623",
-                    "E624" => "E624",
-                    _ => "E520",
+                let code = match failure.code {
+                    codes::CHECKPOINT_CORRUPT
+                    | codes::CHECKPOINT_UNSAFE
+                    | codes::CHECKPOINT_BUSY
+                    | codes::CHECKPOINT_QUOTA
+                    | codes::CHECKPOINT_LIMIT => failure.code.code,
+                    _ => codes::CHECKPOINT_IO_FAILED.code,
                 };
                 self.finish(Verdict {
                     outcome: SessionOutcome::Failed,
@@ -727,14 +727,13 @@ impl Supervisor {
                 Ok(true)
             }
             Err(failure) => {
-                let code: &'static str = match failure.code.as_str() {
-                    // The engine's "no such checkpoint" is E205 for users.
-                    "E203" | "E205" => "E205",
-                    "E620" => "E620",
-                    "E621" => "E621",
-                    "E622" => "E622",
-                    "E624" => "E624",
-                    _ => "E520",
+                let code = match failure.code {
+                    codes::CHECKPOINT_NOT_FOUND
+                    | codes::CHECKPOINT_CORRUPT
+                    | codes::CHECKPOINT_UNSAFE
+                    | codes::CHECKPOINT_BUSY
+                    | codes::CHECKPOINT_LIMIT => failure.code.code,
+                    _ => codes::CHECKPOINT_IO_FAILED.code,
                 };
                 self.finish(Verdict {
                     outcome: SessionOutcome::Failed,
@@ -861,10 +860,10 @@ impl Supervisor {
                 .await
             }
             Err(failure) => {
-                tracing::error!(trigger, code = %failure.code, error = %failure.message, "checkpoint failed");
+                tracing::error!(trigger, code = failure.code.code, error = %failure.message, "checkpoint failed");
                 self.journal(event::Kind::CheckpointFailed(CheckpointFailed {
                     trigger: trigger.into(),
-                    error_code: failure.code.clone(),
+                    error_code: failure.code.code.to_string(),
                     error_message: failure.message.clone(),
                 }))
                 .await
@@ -880,7 +879,7 @@ impl Supervisor {
             .journal_checkpoint_result(&done.trigger, &done.message, &done.result)
             .await?;
         if let Err(failure) = &done.result
-            && failure.code == "E516"
+            && failure.code == codes::DISK_FULL
         {
             self.on_disk_full(format!("the checkpoint store: {}", failure.message))
                 .await?;
@@ -1220,7 +1219,7 @@ impl Supervisor {
             SupervisorMessage::CreateCheckpoint { message, reply } => {
                 if self.phase == Phase::Finished {
                     let _ = reply.send(Err(CheckpointFailure {
-                        code: "E602".into(),
+                        code: codes::SESSION_INTERRUPTED,
                         message: "the session has finished; its final checkpoint is the latest"
                             .into(),
                     }));
@@ -1750,7 +1749,7 @@ impl Supervisor {
                 error_message: String::new(),
             };
         }
-        if verdict.error_code == "E501"
+        if verdict.error_code == codes::CLAUDE_CODE_NOT_INSTALLED.code
             && let Some(tail) = stderr_tail(&self.context.layout.stderr)
         {
             verdict.error_message = format!("{}: {tail}", verdict.error_message);
@@ -1844,7 +1843,7 @@ impl Supervisor {
 
 fn panicked(e: tokio::task::JoinError) -> CheckpointFailure {
     CheckpointFailure {
-        code: "E520".into(),
+        code: codes::CHECKPOINT_IO_FAILED,
         message: format!("the checkpoint task panicked: {e}"),
     }
 }

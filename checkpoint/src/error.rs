@@ -5,6 +5,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use parhelia_contract::codes::{self, ErrorCode};
+
 /// What can go wrong in the checkpoint engine.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -52,17 +54,24 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    /// The stable error code (see docs/dev/contracts.md).
+    /// The stable error code, a row of the one table (`parhelia_contract::codes`).
     pub fn code(&self) -> &'static str {
+        self.error_code().code
+    }
+
+    /// The row of the error-code table this error is.
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            CheckpointError::NotFound { .. } | CheckpointError::NotInCheckpoint { .. } => "E203",
-            CheckpointError::Corrupt { .. } => "E620",
-            CheckpointError::UnsafeEntry { .. } => "E621",
-            CheckpointError::Locked { .. } => "E622",
-            CheckpointError::QuotaExceeded { .. } => "E623",
-            CheckpointError::LimitExceeded { .. } => "E624",
-            CheckpointError::InvalidRequest { .. } => "E100",
-            CheckpointError::Io { .. } => "E520",
+            CheckpointError::NotFound { .. } | CheckpointError::NotInCheckpoint { .. } => {
+                codes::CHECKPOINT_NOT_FOUND
+            }
+            CheckpointError::Corrupt { .. } => codes::CHECKPOINT_CORRUPT,
+            CheckpointError::UnsafeEntry { .. } => codes::CHECKPOINT_UNSAFE,
+            CheckpointError::Locked { .. } => codes::CHECKPOINT_BUSY,
+            CheckpointError::QuotaExceeded { .. } => codes::CHECKPOINT_QUOTA,
+            CheckpointError::LimitExceeded { .. } => codes::CHECKPOINT_LIMIT,
+            CheckpointError::InvalidRequest { .. } => codes::INVALID_INPUT,
+            CheckpointError::Io { .. } => codes::CHECKPOINT_IO_FAILED,
         }
     }
 

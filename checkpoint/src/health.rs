@@ -402,7 +402,7 @@ impl Store {
                     layer_rel(l),
                     checks[l].problem.as_deref().unwrap_or("damaged")
                 ));
-                state.code = Some("E620");
+                state.code = Some(parhelia_contract::codes::CHECKPOINT_CORRUPT.code);
                 continue;
             }
             if depth == CheckDepth::Full

@@ -355,7 +355,7 @@ impl Store {
         Ok(ids)
     }
 
-    /// Loads and checksum-verifies a manifest (E203 if missing, E620 if damaged).
+    /// Loads and checksum-verifies a manifest (E205 if missing, E620 if damaged).
     pub fn load(&self, id: &CheckpointId) -> Result<Manifest> {
         let id = CheckpointId::parse(id.as_str())?;
         let path = self.manifest_path(&id);

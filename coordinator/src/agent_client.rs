@@ -90,3 +90,32 @@ pub async fn connect_agent_with_roots(
         BearerAuth::new(secret)?,
     ))
 }
+
+/// An agent's gRPC refusal as a coded error: the one place agent statuses are
+/// classified (the CLI's session commands, the service's calls and the event
+/// ingester all use it). A coded refusal keeps its code (carried in the metadata,
+/// [`parhelia_contract::codes::METADATA_KEY`]); a refused session secret is E402; anything
+/// else is the agent not doing what was asked (E503), its message kept. `whose` names
+/// the session or container in the message.
+pub fn refusal(status: &tonic::Status, whose: &str) -> anyhow::Error {
+    use crate::error::{CodedError, coded};
+    use crate::error_codes;
+    if let Some(known) = CodedError::from_status(status) {
+        return known.into();
+    }
+    let message = crate::term::escape_untrusted_text(status.message());
+    match status.code() {
+        tonic::Code::Unauthenticated => coded(
+            error_codes::AGENT_AUTH_REJECTED,
+            format!("the agent of {whose} refused the session secret: {message}"),
+        ),
+        tonic::Code::FailedPrecondition => coded(
+            error_codes::AGENT_UNREACHABLE,
+            format!("the agent of {whose} refused: {message}"),
+        ),
+        _ => coded(
+            error_codes::AGENT_UNREACHABLE,
+            format!("the agent of {whose}: {message}"),
+        ),
+    }
+}

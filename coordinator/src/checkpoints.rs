@@ -94,22 +94,17 @@ impl CheckpointView {
     }
 }
 
-/// Maps an engine error to the CLI's coded error (same code strings).
+/// Maps an engine error to the CLI's coded error: its row of the shared table, except
+/// that an IO error from a full disk is E516 (the engine cannot tell).
 pub fn coded(e: &parhelia_checkpoint::CheckpointError) -> CodedError {
-    let code = match e.code() {
-        "E203" | "E205" => error_codes::CHECKPOINT_NOT_FOUND,
-        "E620" => error_codes::CHECKPOINT_CORRUPT,
-        "E621" => error_codes::CHECKPOINT_UNSAFE,
-        "E622" => error_codes::CHECKPOINT_BUSY,
-        "E623" => error_codes::CHECKPOINT_QUOTA,
-        "E624" => error_codes::CHECKPOINT_LIMIT,
-        _ if matches!(e, parhelia_checkpoint::CheckpointError::Io { source, .. }
+    let code = match e {
+        parhelia_checkpoint::CheckpointError::Io { source, .. }
             if source.kind() == std::io::ErrorKind::StorageFull
-                || source.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32)) =>
+                || source.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) =>
         {
             error_codes::DISK_FULL
         }
-        _ => error_codes::CHECKPOINT_IO_FAILED,
+        _ => e.error_code(),
     };
     CodedError::new(code, e.to_string())
 }

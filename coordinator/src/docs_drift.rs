@@ -157,7 +157,7 @@ fn every_error_code_the_docs_or_the_agent_cite_is_in_the_table() {
     }
     assert!(
         unknown.is_empty(),
-        "codes cited but not in coordinator/src/error_codes.rs: {unknown:?}"
+        "codes cited but not in contract/src/codes.rs: {unknown:?}"
     );
     // And the reader itself finds codes and only codes.
     assert_eq!(

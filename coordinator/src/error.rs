@@ -10,7 +10,7 @@
 use crate::error_codes::{self, ErrorCode};
 
 /// gRPC metadata entry that carries the Parhelia error code of a failed call.
-pub const ERROR_CODE_METADATA_KEY: &str = "parhelia-error-code";
+pub const ERROR_CODE_METADATA_KEY: &str = parhelia_contract::codes::METADATA_KEY;
 
 /// An error with a stable code. `message` is a lowercase fragment such as
 /// `task not found: task-1a2b3c4d`.

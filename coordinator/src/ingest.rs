@@ -25,7 +25,7 @@ use anyhow::Result;
 use parhelia_proto::{StopRequest, StreamEventsRequest, event::Kind, stream_events_response::Item};
 use tokio::sync::watch;
 
-use crate::agent_client::{AuthedAgentClient, connect_agent};
+use crate::agent_client::{AuthedAgentClient, connect_agent, refusal};
 use crate::backend::Backend;
 use crate::budget;
 use crate::db::{ContainerRef, ContainerState, Db, NewCoordinatorEvent, TaskUpdate};
@@ -356,11 +356,12 @@ async fn stream_once(
             follow: true,
         })
         .await
-        .map_err(classify_status)?;
+        .map_err(|status| refusal(&status, &target.container_id))?;
     let mut stream = response.into_inner();
     loop {
         let message = tokio::select! {
-            message = stream.message() => message.map_err(classify_status)?,
+            message = stream.message() => message
+                .map_err(|status| refusal(&status, &target.container_id))?,
             _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
         };
         let Some(message) = message else {
@@ -407,17 +408,6 @@ async fn stream_once(
             }
             None => {}
         }
-    }
-}
-
-fn classify_status(status: tonic::Status) -> anyhow::Error {
-    if status.code() == tonic::Code::Unauthenticated {
-        crate::error::coded(
-            error_codes::AGENT_AUTH_REJECTED,
-            format!("the agent refused the session secret: {}", status.message()),
-        )
-    } else {
-        anyhow::Error::new(status)
     }
 }
 

@@ -313,7 +313,7 @@ fn diff_reports_changes_with_sizes_and_a_unified_file_diff() {
             .read_file(&b.id, "w", Path::new("nope"))
             .unwrap_err()
             .code(),
-        "E203"
+        "E205"
     );
 }
 
@@ -348,13 +348,13 @@ fn unknown_ids_and_trees_are_e203() {
     let store = Store::open(&t.path().join("store")).unwrap();
     let m = created(store.create(&unknown("w", &ws)).unwrap());
     let missing = parhelia_checkpoint::CheckpointId("cp-0000000000001-deadbeef".into());
-    assert_eq!(store.load(&missing).unwrap_err().code(), "E203");
+    assert_eq!(store.load(&missing).unwrap_err().code(), "E205");
     assert_eq!(
         store
             .restore_tree(&m.id, "nope", t.path())
             .unwrap_err()
             .code(),
-        "E203"
+        "E205"
     );
     let bad_hint = paths("w", &ws, &["../x"]);
     assert_eq!(store.create(&bad_hint).unwrap_err().code(), "E100");

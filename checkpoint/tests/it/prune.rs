@@ -83,7 +83,7 @@ fn prune_keep_last_removes_old_content_and_kept_checkpoints_restore() {
     );
     assert_eq!(store.list().unwrap().len(), 2);
     assert_restores(&store, t.path(), &hist[4..]);
-    assert_eq!(store.verify(&hist[0].0).unwrap_err().code(), "E203");
+    assert_eq!(store.verify(&hist[0].0).unwrap_err().code(), "E205");
     // The store keeps working after a prune, and a second prune changes nothing.
     write(&ws, "later.txt", b"later\n");
     let later = created(store.create(&unknown("w", &ws)).unwrap());

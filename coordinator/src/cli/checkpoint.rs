@@ -262,7 +262,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                         .read_file(id, CONVERSATION_TREE, Path::new(&transcript))
                         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                         .or_else(|e| {
-                            if e.code() == "E203" || e.code() == "E205" {
+                            if e.code() == error_codes::CHECKPOINT_NOT_FOUND.code {
                                 Ok(String::new())
                             } else {
                                 Err(e)

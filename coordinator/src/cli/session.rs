@@ -96,19 +96,7 @@ async fn connect_live(ctx: &Ctx, session_id: &str) -> Result<LiveSession> {
 
 /// An agent's refusal as a coded error that says what to do.
 fn agent_refusal(session_id: &str, status: &tonic::Status) -> anyhow::Error {
-    match status.code() {
-        tonic::Code::Unauthenticated => coded(
-            error_codes::AGENT_AUTH_REJECTED,
-            format!("the agent of session {session_id} refused the session secret"),
-        ),
-        tonic::Code::FailedPrecondition => {
-            coded(error_codes::AGENT_UNREACHABLE, status.message().to_string())
-        }
-        _ => coded(
-            error_codes::AGENT_UNREACHABLE,
-            format!("the agent of session {session_id}: {}", status.message()),
-        ),
-    }
+    crate::agent_client::refusal(status, &format!("session {session_id}"))
 }
 
 /// `session send`: one message, typed into an interactive session or queued for a

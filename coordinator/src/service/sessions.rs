@@ -586,7 +586,7 @@ impl CoordinatorService {
                 message: message.to_string(),
             })
             .await
-            .map_err(|status| agent_error(&status))?
+            .map_err(|status| crate::agent_client::refusal(&status, &container_id))?
             .into_inner();
         Ok(CheckpointSessionResponse {
             checkpoint_id: reply.checkpoint_id,
@@ -674,22 +674,6 @@ pub(super) struct SessionStopped {
     pub(super) gone: bool,
 }
 
-/// An agent's refusal as a coded error: the agent puts `[Ennn]` in front of
-/// checkpoint failures; anything else is the agent being unreachable.
-pub(super) fn agent_error(status: &tonic::Status) -> anyhow::Error {
-    let message = status.message();
-    if let Some(rest) = message.strip_prefix('[')
-        && let Some((code, text)) = rest.split_once("] ")
-        && let Some(known) = error_codes::lookup(code)
-    {
-        return coded(*known, text.to_string());
-    }
-    coded(
-        error_codes::AGENT_UNREACHABLE,
-        format!("the agent refused: {message}"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testing::{code_of, fixture, running_task};
@@ -754,15 +738,29 @@ mod tests {
 
     #[test]
     fn an_agents_coded_refusal_keeps_its_code() {
-        let err = agent_error(&tonic::Status::failed_precondition(
-            "[E620] checkpoint cp-1 does not verify",
-        ));
+        use crate::agent_client::refusal;
+        let mut status = tonic::Status::aborted("checkpoint cp-1 does not verify");
+        status
+            .metadata_mut()
+            .insert(error_codes::METADATA_KEY, "E620".parse().unwrap());
+        let err = refusal(&status, "ctr-1");
         assert_eq!(code_of(&err), "E620");
         assert_eq!(
             find_coded(&err).unwrap().message,
             "checkpoint cp-1 does not verify"
         );
-        let err = agent_error(&tonic::Status::unavailable("connection refused"));
+        // A code only in the message is no code: one wire form.
+        let err = refusal(&tonic::Status::aborted("[E620] checkpoint cp-1"), "ctr-1");
         assert_eq!(code_of(&err), error_codes::AGENT_UNREACHABLE.code);
+        let err = refusal(&tonic::Status::unavailable("connection refused"), "ctr-1");
+        assert_eq!(code_of(&err), error_codes::AGENT_UNREACHABLE.code);
+        assert!(
+            find_coded(&err)
+                .unwrap()
+                .message
+                .contains("connection refused")
+        );
+        let err = refusal(&tonic::Status::unauthenticated("no"), "ctr-1");
+        assert_eq!(code_of(&err), error_codes::AGENT_AUTH_REJECTED.code);
     }
 }

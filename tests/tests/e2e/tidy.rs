@@ -267,6 +267,7 @@ fn the_reader_finds_imports_in_every_form() {
 
 #[test]
 fn no_import_circles_in_proto_checkpoint_or_tests() {
+    assert_circles("contract", &[]);
     assert_circles("proto", &[]);
     assert_circles("checkpoint", &[]);
     assert_circles("tests", &[]);
