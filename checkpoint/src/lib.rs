@@ -23,6 +23,7 @@
 mod codec;
 mod create;
 mod diff;
+pub mod durable;
 mod entry;
 mod error;
 mod exclude;

@@ -408,7 +408,7 @@ pub fn estimate(
         low_usd: low.min(high),
         high_usd: high,
         rate_table_version: crate::rates::embedded().version.clone(),
-        rate_overrides: crate::rates::overrides(crate::rates::embedded(), &config.rates, &[])
+        rate_overrides: crate::config::rate_overrides(crate::rates::embedded(), &config.rates, &[])
             .into_iter()
             .map(|o| o.key)
             .collect(),

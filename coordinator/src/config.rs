@@ -425,14 +425,7 @@ pub struct RatesConfig {
     pub models: BTreeMap<String, ModelPrice>,
 }
 
-/// USD per million tokens of each kind, for one model.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelPrice {
-    pub input_usd_per_mtok: f64,
-    pub output_usd_per_mtok: f64,
-    pub cache_write_usd_per_mtok: f64,
-    pub cache_read_usd_per_mtok: f64,
-}
+pub use crate::rates::ModelPrice;
 
 /// A GPU type's price in the embedded rate table (0 when it has none; a
 /// test keeps [`GPU_RATE_KEYS`] and the table the same set).
@@ -1191,6 +1184,74 @@ pub fn show_text(loaded: &LoadedConfig) -> String {
     out
 }
 
+// The effective rates against the table (`budget show`).
+
+/// A figure the configuration sets to something other than the table.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RateOverride {
+    pub key: String,
+    pub table_usd: f64,
+    pub effective_usd: f64,
+    /// Where the effective value came from (`user file /…/config.toml`,
+    /// `env PARHELIA_RATES_…`, `--set`, or `config` for model prices).
+    pub source: String,
+}
+
+/// Every figure whose effective value is not the table's, or that a config
+/// layer sets (even to the table's value), in the table's order.
+pub fn rate_overrides(
+    table: &crate::rates::RateTable,
+    rates: &RatesConfig,
+    settings: &[Setting],
+) -> Vec<RateOverride> {
+    let setting = |key: &str| settings.iter().find(|s| s.key == key);
+    let mut out = Vec::new();
+    for (key, figure) in table.figures() {
+        let effective = effective_figure(rates, &key);
+        let set_by = setting(&key).filter(|s| s.source != Source::Default);
+        let differs = effective.is_some_and(|e| e != figure.usd);
+        if set_by.is_none() && !differs {
+            continue;
+        }
+        out.push(RateOverride {
+            effective_usd: effective.unwrap_or(figure.usd),
+            table_usd: figure.usd,
+            source: set_by
+                .map(|s| describe_source(&s.source))
+                .unwrap_or_else(|| "config".into()),
+            key,
+        });
+    }
+    out
+}
+
+/// The configured value of one of the table's figures (by its dotted key).
+fn effective_figure(rates: &RatesConfig, key: &str) -> Option<f64> {
+    match key {
+        "rates.cpu_core_usd_per_second" => Some(rates.cpu_core_usd_per_second),
+        "rates.memory_gib_usd_per_second" => Some(rates.memory_gib_usd_per_second),
+        crate::rates::STORAGE_KEY => Some(rates.storage_gib_usd_per_month),
+        _ => {
+            if let Some(rest) = key.strip_prefix("rates.models.\"") {
+                let (model, field) = rest.split_once("\".")?;
+                let price = rates.models.get(model)?;
+                return match field {
+                    "input_usd_per_mtok" => Some(price.input_usd_per_mtok),
+                    "output_usd_per_mtok" => Some(price.output_usd_per_mtok),
+                    "cache_write_usd_per_mtok" => Some(price.cache_write_usd_per_mtok),
+                    "cache_read_usd_per_mtok" => Some(price.cache_read_usd_per_mtok),
+                    _ => None,
+                };
+            }
+            rates
+                .gpu_usd_per_second
+                .iter()
+                .find(|(gpu, _)| crate::rates::gpu_key(gpu) == key)
+                .map(|(_, usd)| *usd)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1597,5 +1658,65 @@ mod tests {
         let policy = Config::defaults().policy("coord-1");
         assert_eq!(policy.thresholds.stale_threshold_ms, 300_000);
         assert_eq!(policy.stop_timeout_ms, 15_000);
+    }
+
+    #[test]
+    fn overrides_name_what_config_changed_and_where() {
+        let table = crate::rates::embedded();
+        let loaded = resolve(
+            &[],
+            &BTreeMap::new(),
+            &[
+                "rates.gpu_a100_usd_per_second=0.001".into(),
+                "rates.storage_gib_usd_per_month=0.2".into(),
+            ],
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let mut rates = loaded.config.rates.clone();
+        rates
+            .models
+            .get_mut("claude-haiku-4-5")
+            .unwrap()
+            .output_usd_per_mtok = 6.0;
+        let found = rate_overrides(table, &rates, &loaded.settings);
+        let keys: Vec<(&str, f64, &str)> = found
+            .iter()
+            .map(|o| (o.key.as_str(), o.effective_usd, o.source.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("rates.gpu_a100_usd_per_second", 0.001, "--set"),
+                // Set, though to the table's own value: still named.
+                (crate::rates::STORAGE_KEY, 0.2, "--set"),
+                (
+                    "rates.models.\"claude-haiku-4-5\".output_usd_per_mtok",
+                    6.0,
+                    "config"
+                ),
+            ]
+        );
+        let defaults = resolve(&[], &BTreeMap::new(), &[], std::path::Path::new("/")).unwrap();
+        assert!(rate_overrides(table, &defaults.config.rates, &defaults.settings).is_empty());
+    }
+
+    #[test]
+    fn every_gpu_type_of_the_config_schema_is_in_the_table_and_back() {
+        let table = crate::rates::embedded();
+        let names: Vec<&str> = GPU_RATE_KEYS.iter().map(|(n, _)| *n).collect();
+        let mut in_table: Vec<&str> = table
+            .compute
+            .gpu_usd_per_second
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        in_table.sort_unstable();
+        assert_eq!(sorted, in_table);
+        for (name, key) in GPU_RATE_KEYS {
+            assert_eq!(crate::rates::gpu_key(name), *key);
+        }
     }
 }

@@ -317,3 +317,37 @@ fn every_cli_command_is_documented_and_every_documented_command_exists() {
         "CLI commands no doc shows (add `parhelia …` lines to README.md or docs/): {undocumented:?}"
     );
 }
+
+/// `images/modal/app.py` lays out a volume by hand (`modal run …::init_volume_structure`)
+/// with its own copy of the coordinator's `modal init-volume` directories: the two
+/// must say the same, directory for directory, README text for README text.
+#[test]
+fn the_modal_apps_volume_layout_is_the_coordinators() {
+    let app = read("images/modal/app.py");
+    let start = app
+        .find("VOLUME_DIRS = (")
+        .expect("app.py defines VOLUME_DIRS");
+    let block = &app[start..start + app[start..].find("\n)\n").expect("VOLUME_DIRS ends")];
+    let python: Vec<(String, String)> = block
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim().strip_prefix("(\"")?.strip_suffix("\"),")?;
+            let (dir, text) = line.split_once("\", \"")?;
+            Some((dir.to_string(), text.replace("\\n", "\n")))
+        })
+        .collect();
+    let rust: Vec<(String, String)> = crate::modal_ops::VOLUME_DIRS
+        .iter()
+        .map(|(dir, text)| (dir.to_string(), text.to_string()))
+        .collect();
+    assert_eq!(
+        python, rust,
+        "images/modal/app.py's VOLUME_DIRS has drifted"
+    );
+    // The init script's reply names the same directories.
+    let names: Vec<String> = rust.iter().map(|(d, _)| format!("\"{d}\"")).collect();
+    assert!(
+        app.contains(&format!("\"dirs\":[{}]", names.join(","))),
+        "app.py's init-volume reply lists other directories than {names:?}"
+    );
+}

@@ -13,8 +13,8 @@ use parhelia_proto::Event;
 use crate::backend::local::parse_journal;
 use crate::backend::modal::bridge::{self, PROTOCOL};
 use crate::backend::modal::{SandboxStats, volume_files};
-use crate::checkpoints::is_durable_store_file;
 use crate::error_codes;
+use parhelia_checkpoint::durable::is_durable_file as is_durable_store_file;
 
 /// A journal file as the coordinator reads it to catch up (local volume or downloaded
 /// from Modal): the events from a later seq are exactly the matching part of the whole,

@@ -1,14 +1,22 @@
 //! The rate table: every price the ledger charges by, as versioned data
 //! with a source line per figure (`coordinator/rates/<version>.toml`,
 //! embedded at build time). Config `[rates]` keys override single figures
-//! ([`overrides`] names them, for `budget show`). Pure: no IO.
+//! (`config::rate_overrides` names them, for `budget show`); config seeds its
+//! defaults from this table, and this module imports nothing of config. Pure: no IO.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ModelPrice, RatesConfig, Setting, Source};
+/// USD per million tokens of each kind, for one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelPrice {
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+    pub cache_write_usd_per_mtok: f64,
+    pub cache_read_usd_per_mtok: f64,
+}
 
 /// The table in force: its file's text.
 const EMBEDDED: &str = include_str!("../rates/2026-12.toml");
@@ -164,68 +172,6 @@ pub fn embedded() -> &'static RateTable {
     })
 }
 
-/// A figure the configuration sets to something other than the table.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Override {
-    pub key: String,
-    pub table_usd: f64,
-    pub effective_usd: f64,
-    /// Where the effective value came from (`user file /…/config.toml`,
-    /// `env PARHELIA_RATES_…`, `--set`, or `config` for model prices).
-    pub source: String,
-}
-
-/// Every figure whose effective value is not the table's, or that a config
-/// layer sets (even to the table's value), in the table's order.
-pub fn overrides(table: &RateTable, rates: &RatesConfig, settings: &[Setting]) -> Vec<Override> {
-    let setting = |key: &str| settings.iter().find(|s| s.key == key);
-    let mut out = Vec::new();
-    for (key, figure) in table.figures() {
-        let effective = effective_figure(rates, &key);
-        let set_by = setting(&key).filter(|s| s.source != Source::Default);
-        let differs = effective.is_some_and(|e| e != figure.usd);
-        if set_by.is_none() && !differs {
-            continue;
-        }
-        out.push(Override {
-            effective_usd: effective.unwrap_or(figure.usd),
-            table_usd: figure.usd,
-            source: set_by
-                .map(|s| crate::config::describe_source(&s.source))
-                .unwrap_or_else(|| "config".into()),
-            key,
-        });
-    }
-    out
-}
-
-/// The configured value of one of the table's figures (by its dotted key).
-fn effective_figure(rates: &RatesConfig, key: &str) -> Option<f64> {
-    match key {
-        "rates.cpu_core_usd_per_second" => Some(rates.cpu_core_usd_per_second),
-        "rates.memory_gib_usd_per_second" => Some(rates.memory_gib_usd_per_second),
-        STORAGE_KEY => Some(rates.storage_gib_usd_per_month),
-        _ => {
-            if let Some(rest) = key.strip_prefix("rates.models.\"") {
-                let (model, field) = rest.split_once("\".")?;
-                let price = rates.models.get(model)?;
-                return match field {
-                    "input_usd_per_mtok" => Some(price.input_usd_per_mtok),
-                    "output_usd_per_mtok" => Some(price.output_usd_per_mtok),
-                    "cache_write_usd_per_mtok" => Some(price.cache_write_usd_per_mtok),
-                    "cache_read_usd_per_mtok" => Some(price.cache_read_usd_per_mtok),
-                    _ => None,
-                };
-            }
-            rates
-                .gpu_usd_per_second
-                .iter()
-                .find(|(gpu, _)| gpu_key(gpu) == key)
-                .map(|(_, usd)| *usd)
-        }
-    }
-}
-
 /// The storage charge for holding `bytes` for `seconds` at `usd_per_gib_month`
 /// (0 for anything not positive or not finite).
 pub fn storage_charge_usd(bytes: u64, seconds: f64, usd_per_gib_month: f64) -> f64 {
@@ -256,28 +202,6 @@ mod tests {
         for (key, figure) in figures {
             assert!(figure.usd.is_finite() && figure.usd >= 0.0, "{key}");
             assert!(figure.source.trim().len() > 10, "{key} has no real source");
-        }
-    }
-
-    #[test]
-    fn every_gpu_type_of_the_config_schema_is_in_the_table_and_back() {
-        let table = embedded();
-        let names: Vec<&str> = crate::config::GPU_RATE_KEYS
-            .iter()
-            .map(|(n, _)| *n)
-            .collect();
-        let mut in_table: Vec<&str> = table
-            .compute
-            .gpu_usd_per_second
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let mut sorted = names.clone();
-        sorted.sort_unstable();
-        in_table.sort_unstable();
-        assert_eq!(sorted, in_table);
-        for (name, key) in crate::config::GPU_RATE_KEYS {
-            assert_eq!(gpu_key(name), *key);
         }
     }
 
@@ -337,48 +261,6 @@ cache_read_usd_per_mtok = { usd = 1.0, source = "r" }
         assert!(RateTable::parse(&unknown).is_err());
         let no_version = SMALL.replace("version = \"t\"", "version = \" \"");
         assert!(RateTable::parse(&no_version).is_err());
-    }
-
-    #[test]
-    fn overrides_name_what_config_changed_and_where() {
-        let table = embedded();
-        let loaded = crate::config::resolve(
-            &[],
-            &BTreeMap::new(),
-            &[
-                "rates.gpu_a100_usd_per_second=0.001".into(),
-                "rates.storage_gib_usd_per_month=0.2".into(),
-            ],
-            std::path::Path::new("/"),
-        )
-        .unwrap();
-        let mut rates = loaded.config.rates.clone();
-        rates
-            .models
-            .get_mut("claude-haiku-4-5")
-            .unwrap()
-            .output_usd_per_mtok = 6.0;
-        let found = overrides(table, &rates, &loaded.settings);
-        let keys: Vec<(&str, f64, &str)> = found
-            .iter()
-            .map(|o| (o.key.as_str(), o.effective_usd, o.source.as_str()))
-            .collect();
-        assert_eq!(
-            keys,
-            vec![
-                ("rates.gpu_a100_usd_per_second", 0.001, "--set"),
-                // Set, though to the table's own value: still named.
-                (STORAGE_KEY, 0.2, "--set"),
-                (
-                    "rates.models.\"claude-haiku-4-5\".output_usd_per_mtok",
-                    6.0,
-                    "config"
-                ),
-            ]
-        );
-        let defaults =
-            crate::config::resolve(&[], &BTreeMap::new(), &[], std::path::Path::new("/")).unwrap();
-        assert!(overrides(table, &defaults.config.rates, &defaults.settings).is_empty());
     }
 
     #[test]

@@ -230,8 +230,11 @@ pub trait Backend: Send + Sync {
         from: &std::path::Path,
     ) -> anyhow::Result<()> {
         let (from, target) = (from.to_path_buf(), volume_dir.join("checkpoints"));
-        tokio::task::spawn_blocking(move || crate::checkpoints::copy_store_files(&from, &target))
-            .await
-            .map_err(|e| anyhow::anyhow!("copying the checkpoint store panicked: {e}"))?
+        tokio::task::spawn_blocking(move || {
+            parhelia_checkpoint::durable::copy_missing(&from, &target)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("copying the checkpoint store panicked: {e}"))?
+        .map_err(|e| crate::checkpoints::coded(&e).into())
     }
 }

@@ -177,7 +177,7 @@ pub struct RatesView {
     /// The embedded table's version (`coordinator/rates/<version>.toml`).
     pub table_version: String,
     /// Every figure config sets (`[rates]`), with the table's value.
-    pub overridden: Vec<crate::rates::Override>,
+    pub overridden: Vec<crate::config::RateOverride>,
     /// Modal volume storage, USD per GiB per 30-day month, as in force.
     pub storage_gib_usd_per_month: f64,
     /// Local sessions' storage is the user's own disk: always 0.
@@ -192,7 +192,7 @@ impl RatesView {
         let rates = &config.config.rates;
         RatesView {
             table_version: table.version.clone(),
-            overridden: crate::rates::overrides(table, rates, &config.settings),
+            overridden: crate::config::rate_overrides(table, rates, &config.settings),
             storage_gib_usd_per_month: rates.storage_gib_usd_per_month,
             local_storage_usd_per_gib_month: 0.0,
             local_multiplier: rates.local_multiplier,

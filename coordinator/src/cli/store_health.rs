@@ -204,7 +204,7 @@ fn store_files(root: &std::path::Path) -> FileStamps {
     use std::os::unix::fs::MetadataExt;
     let mut out = FileStamps::new();
     let mut note = |rel: String| {
-        if crate::checkpoints::is_durable_store_file(&rel)
+        if parhelia_checkpoint::durable::is_durable_file(&rel)
             && let Ok(meta) = std::fs::symlink_metadata(root.join(&rel))
             && meta.is_file()
         {

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
+use parhelia_checkpoint::durable;
 use serde_json::{Value, json};
 
 use self::bridge::{Bridge, BridgeConfig};
@@ -308,23 +309,23 @@ impl ModalBackend {
             .list_volume(&prefix)
             .await?
             .into_iter()
-            .filter(|(p, _)| crate::checkpoints::is_durable_store_file(p))
+            .filter(|(p, _)| parhelia_checkpoint::durable::is_durable_file(p))
             .collect();
         let mirror = self.mirror_dir(session_id);
-        if !remote.contains_key("store.json") {
+        if !remote.contains_key(durable::MARKER) {
             return Ok(None);
         }
-        for dir in ["layers", "manifests"] {
+        for dir in durable::DIRS {
             std::fs::create_dir_all(mirror.join(dir))?;
         }
-        let local = crate::checkpoints::durable_store_files(&mirror)?;
+        let local = parhelia_checkpoint::durable::durable_files(&mirror)?;
         // Layers before manifests: a manifest is only useful with its layers.
-        let mut wanted: Vec<&String> = remote
-            .iter()
-            .filter(|(p, size)| local.get(*p) != Some(size))
-            .map(|(p, _)| p)
-            .collect();
-        wanted.sort_by_key(|p| (p.starts_with("manifests/"), (*p).clone()));
+        let wanted = durable::in_commit_order(
+            remote
+                .iter()
+                .filter(|(p, size)| local.get(*p) != Some(size))
+                .map(|(p, _)| p),
+        );
         for rel in wanted {
             self.get_file(&format!("{prefix}/{rel}"), &mirror.join(rel))
                 .await?;
@@ -378,9 +379,9 @@ impl ModalBackend {
             .list_volume(&prefix)
             .await?
             .into_iter()
-            .filter(|(p, _)| crate::checkpoints::is_durable_store_file(p))
+            .filter(|(p, _)| parhelia_checkpoint::durable::is_durable_file(p))
             .collect();
-        if !remote.contains_key("store.json") {
+        if !remote.contains_key(durable::MARKER) {
             return Ok(None);
         }
         let scratch = self.scratch_dir()?;
@@ -388,7 +389,7 @@ impl ModalBackend {
         let copy = scratch
             .join(format!("store-{session_id}-{}", crate::ids::random_hex(4)))
             .join("checkpoints");
-        for dir in ["layers", "manifests"] {
+        for dir in durable::DIRS {
             std::fs::create_dir_all(copy.join(dir))?;
         }
         for rel in remote.keys() {
@@ -426,7 +427,7 @@ impl ModalBackend {
         if let Some(bad) = put
             .iter()
             .chain(remove)
-            .find(|rel| !crate::checkpoints::is_durable_store_file(rel))
+            .find(|rel| !parhelia_checkpoint::durable::is_durable_file(rel))
         {
             anyhow::bail!("{bad:?} is not a checkpoint store file");
         }
@@ -435,7 +436,7 @@ impl ModalBackend {
         let mut manifests = Vec::new();
         for rel in put {
             let item = (copy.join(rel), format!("{prefix}/{rel}"));
-            if rel.starts_with("manifests/") {
+            if durable::is_commit_point(rel) {
                 manifests.push(item);
             } else {
                 data.push(item);
@@ -461,7 +462,7 @@ impl ModalBackend {
     pub async fn push_store(&self, session_id: &str, local_store: &Path) -> Result<()> {
         let prefix = self.store_prefix(session_id);
         let remote = self.list_volume(&prefix).await?;
-        let local = crate::checkpoints::durable_store_files(local_store)?;
+        let local = parhelia_checkpoint::durable::durable_files(local_store)?;
         let mut data = Vec::new();
         let mut manifests = Vec::new();
         for (rel, size) in &local {
@@ -469,7 +470,7 @@ impl ModalBackend {
                 continue;
             }
             let item = (local_store.join(rel), format!("{prefix}/{rel}"));
-            if rel.starts_with("manifests/") {
+            if durable::is_commit_point(rel) {
                 manifests.push(item);
             } else {
                 data.push(item);
@@ -1080,15 +1081,5 @@ mod tests {
         );
         assert_eq!(backend("root").session_user(), None);
         assert_eq!(backend(" ").session_user(), None);
-    }
-
-    #[test]
-    fn store_files_are_the_write_once_ones() {
-        for yes in ["store.json", "layers/ab.tar.zst", "manifests/cp-1.manifest"] {
-            assert!(crate::checkpoints::is_durable_store_file(yes), "{yes}");
-        }
-        for no in ["lock", "tmp/x", "layers/sub/x", "index.cache"] {
-            assert!(!crate::checkpoints::is_durable_store_file(no), "{no}");
-        }
     }
 }
