@@ -41,10 +41,9 @@ pub fn is_commit_point(rel: &str) -> bool {
 
 /// Splits durable files into what a copy writes first (the marker and layers) and
 /// what it writes last (manifests), each in name order.
-pub fn in_commit_order<'a, T: AsRef<str>>(rels: impl IntoIterator<Item = &'a T>) -> Vec<&'a T>
-where
-    T: 'a,
-{
+pub fn in_commit_order<'a, T: AsRef<str> + 'a>(
+    rels: impl IntoIterator<Item = &'a T>,
+) -> Vec<&'a T> {
     let mut all: Vec<&T> = rels.into_iter().collect();
     all.sort_by(|a, b| {
         (is_commit_point(a.as_ref()), a.as_ref()).cmp(&(is_commit_point(b.as_ref()), b.as_ref()))
