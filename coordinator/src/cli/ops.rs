@@ -114,7 +114,13 @@ async fn run_pass(
         .await
         .map_err(coordinator_error)?
         .into_inner();
-    Ok(serde_json::from_str(&response.report_json)?)
+    let report = response.report.ok_or_else(|| {
+        coded(
+            error_codes::INFRASTRUCTURE_ERROR,
+            "the coordinator sent no reconciler report",
+        )
+    })?;
+    Ok(PassReport::try_from(report)?)
 }
 
 /// One pass as text.
