@@ -15,8 +15,8 @@ use parhelia_proto::{
 };
 
 use super::{Ctx, Opened, coordinator_error, print_json};
-use crate::checkpoints;
 use crate::db::SessionRecord;
+use crate::service::stores::{self, StoreSource};
 
 #[derive(Subcommand, Debug)]
 pub enum ModalCommand {
@@ -195,12 +195,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> Result<i32> {
 
 /// Whether a session lives on a remote volume (its task's backend).
 pub fn is_remote(opened: &Opened, session: &SessionRecord) -> bool {
-    opened
-        .db
-        .get_task(&session.task_id)
-        .ok()
-        .flatten()
-        .is_some_and(|t| t.backend != "local")
+    stores::is_remote(&opened.db, session)
 }
 
 /// The session's checkpoint store: opened in place for a local session; for
@@ -269,11 +264,8 @@ async fn store_of(
     fresh: bool,
 ) -> Result<Option<parhelia_checkpoint::Store>> {
     let limits = opened.config.config.agent.checkpoint.read_limits();
-    if !is_remote(opened, session) {
-        return Ok(checkpoints::open_store(
-            Path::new(&session.volume_dir),
-            &limits,
-        )?);
+    if let StoreSource::Local(volume_dir) = stores::store_source(&opened.db, session) {
+        return stores::open_local(&volume_dir, &limits);
     }
     let mut client = ctx.client(&opened.state).await?;
     let reply = client
@@ -284,13 +276,7 @@ async fn store_of(
         .await
         .map_err(coordinator_error)?
         .into_inner();
-    if reply.store_dir.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(checkpoints::open_store_at(
-        Path::new(&reply.store_dir),
-        &limits,
-    )?))
+    stores::open_fetched(&reply.store_dir, &limits)
 }
 
 /// For a session on a remote volume, the checkpoints known durable (`None`:
@@ -299,8 +285,5 @@ pub fn durable_set(
     opened: &Opened,
     session: &SessionRecord,
 ) -> Result<Option<std::collections::BTreeSet<String>>> {
-    if !is_remote(opened, session) {
-        return Ok(None);
-    }
-    Ok(Some(opened.db.durable_checkpoints(&session.id)?))
+    stores::durable_set(&opened.db, session)
 }
