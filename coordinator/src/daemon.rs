@@ -309,24 +309,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<parhelia_proto::ModalOpRequest>,
     ) -> Result<Response<parhelia_proto::ModalOpResponse>, Status> {
-        let r = request.into_inner();
-        let args: serde_json::Value = if r.args_json.trim().is_empty() {
-            serde_json::json!({})
-        } else {
-            serde_json::from_str(&r.args_json).map_err(|e| {
-                to_status(anyhow::Error::new(crate::error::CodedError::new(
-                    crate::error_codes::INVALID_INPUT,
-                    format!("modal {}: arguments are not JSON: {e}", r.op),
-                )))
-            })?
-        };
-        crate::modal_ops::run(self, &r.op, args)
+        crate::modal_ops::run(self, request.into_inner())
             .await
-            .map(|v| {
-                Response::new(parhelia_proto::ModalOpResponse {
-                    result_json: v.to_string(),
-                })
-            })
+            .map(Response::new)
             .map_err(to_status)
     }
 
@@ -452,9 +437,9 @@ impl Coordinator for CoordinatorService {
             })
             .await
             .map_err(to_status)?;
-        let report_json = serde_json::to_string(&report)
-            .map_err(|e| Status::internal(format!("encoding the report: {e}")))?;
-        Ok(Response::new(RunReconcilerResponse { report_json }))
+        Ok(Response::new(RunReconcilerResponse {
+            report: Some((&report).into()),
+        }))
     }
 }
 

@@ -1,13 +1,20 @@
 //! The Modal operations behind `parhelia modal setup | health-check |
 //! init-volume` and `parhelia config sync`, run inside the coordinator (which
-//! owns the one bridge process). Each returns a JSON report the CLI renders;
-//! a failed check is a coded error carrying the report so far.
+//! owns the one bridge process). Each takes its typed request and returns its
+//! typed report (`ModalOp` in `coordinator.proto`) that the fronts render; a
+//! failed check is a coded error carrying the report so far.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::{Value, json};
+use parhelia_proto::modal_op_request::Op;
+use parhelia_proto::modal_op_response::Report;
+use parhelia_proto::{
+    ConfigSyncReport, ConfigSyncRequest, ConfigWithheld, ModalHealthReport, ModalInitVolumeReport,
+    ModalOpRequest, ModalOpResponse, ModalSetupReport, ModalSetupStep,
+};
+use serde_json::json;
 
 use crate::backend::modal::ModalBackend;
 use crate::config_sync;
@@ -28,50 +35,55 @@ pub const VOLUME_DIRS: &[(&str, &str)] = &[
     ("images", "Reserved for image build artefacts.\n"),
 ];
 
-pub async fn run(service: &CoordinatorService, op: &str, args: Value) -> Result<Value> {
-    let modal = service.modal_backend()?;
-    match op {
-        "setup" => setup(&modal, args["force_build"].as_bool().unwrap_or(false)).await,
-        "health_check" => health_check(&modal).await,
-        "init_volume" => init_volume(&modal).await,
-        "config_sync" => config_sync(&modal, &args).await,
-        other => Err(CodedError::new(
+/// The one entry point (`ModalOp`): the operation asked for, its report in
+/// the same case. No operation is E100.
+pub async fn run(service: &CoordinatorService, request: ModalOpRequest) -> Result<ModalOpResponse> {
+    let op = request.op.ok_or_else(|| {
+        CodedError::new(
             error_codes::INVALID_INPUT,
-            format!("unknown modal operation: {other}"),
+            "no modal operation given (setup, health_check, init_volume or config_sync)",
         )
-        .into()),
-    }
+    })?;
+    let modal = service.modal_backend()?;
+    let report = match op {
+        Op::Setup(r) => Report::Setup(setup(&modal, r.force_build).await?),
+        Op::HealthCheck(_) => Report::HealthCheck(health_check(&modal).await?),
+        Op::InitVolume(_) => Report::InitVolume(init_volume(&modal).await?),
+        Op::ConfigSync(r) => Report::ConfigSync(config_sync(&modal, &r).await?),
+    };
+    Ok(ModalOpResponse {
+        report: Some(report),
+    })
 }
 
 /// A step of `modal setup`: its name, whether it passed, what it found.
-fn step(name: &str, ok: bool, detail: impl Into<String>) -> Value {
-    json!({"step": name, "ok": ok, "detail": detail.into()})
+fn step(name: &str, ok: bool, detail: impl Into<String>) -> ModalSetupStep {
+    ModalSetupStep {
+        step: name.to_string(),
+        ok,
+        detail: detail.into(),
+    }
 }
 
 /// A failed step ends the report: the error carries the steps so far.
-fn fail(mut steps: Vec<Value>, name: &str, err: CodedError) -> anyhow::Error {
-    steps.push(json!({"step": name, "ok": false, "detail": err.message, "code": err.code.code}));
-    let report = json!({"ok": false, "steps": steps});
+fn fail(mut steps: Vec<ModalSetupStep>, name: &str, err: CodedError) -> anyhow::Error {
+    steps.push(step(name, false, err.message.clone()));
     CodedError::new(
         err.code,
-        format!("{}\n{}", err.message, render_steps(&report)),
+        format!("{}\n{}", err.message, render_steps(&steps)),
     )
     .into()
 }
 
-/// Text of a setup report.
-pub fn render_steps(report: &Value) -> String {
+/// Text of a setup report's steps.
+pub fn render_steps(steps: &[ModalSetupStep]) -> String {
     let mut out = String::new();
-    for s in report["steps"].as_array().into_iter().flatten() {
+    for s in steps {
         out.push_str(&format!(
             "{} {:<10} {}\n",
-            if s["ok"].as_bool() == Some(true) {
-                "ok  "
-            } else {
-                "FAIL"
-            },
-            s["step"].as_str().unwrap_or(""),
-            s["detail"].as_str().unwrap_or("")
+            if s.ok { "ok  " } else { "FAIL" },
+            s.step,
+            s.detail
         ));
     }
     out
@@ -79,7 +91,7 @@ pub fn render_steps(report: &Value) -> String {
 
 /// `modal setup`: the SDK and credentials, the app, the secret, the volume,
 /// the image. Stops at the first failure (later steps need the earlier).
-pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<Value> {
+pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<ModalSetupReport> {
     let cfg = modal.config().clone();
     let mut steps = Vec::new();
     let greeting = match modal.bridge().greeting().await {
@@ -173,12 +185,12 @@ pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<Value> {
         )),
         Err(e) => return Err(fail(steps, "image", e)),
     }
-    Ok(json!({"ok": true, "steps": steps}))
+    Ok(ModalSetupReport { ok: true, steps })
 }
 
 /// `modal health-check`: the seeds' health_check, in a short-lived sandbox
 /// from the session image with the volume and the secret.
-pub async fn health_check(modal: &ModalBackend) -> Result<Value> {
+pub async fn health_check(modal: &ModalBackend) -> Result<ModalHealthReport> {
     let cfg = modal.config().clone();
     let image = modal.image_args()?;
     let ran = modal
@@ -206,7 +218,7 @@ pub async fn health_check(modal: &ModalBackend) -> Result<Value> {
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .unwrap_or("");
-    let mut report: Value = serde_json::from_str(line).map_err(|e| {
+    let mut report: ModalHealthReport = serde_json::from_str(line).map_err(|e| {
         CodedError::new(
             error_codes::MODAL_BRIDGE_FAILED,
             format!(
@@ -216,17 +228,14 @@ pub async fn health_check(modal: &ModalBackend) -> Result<Value> {
             ),
         )
     })?;
-    let healthy = ["volume_mounted", "claude_installed", "anthropic_key_set"]
-        .iter()
-        .all(|k| report[k].as_bool() == Some(true));
-    if !healthy {
-        report["status"] = json!("degraded");
+    if !(report.volume_mounted && report.claude_installed && report.anthropic_key_set) {
+        report.status = "degraded".into();
     }
     Ok(report)
 }
 
 /// `modal init-volume`: the seeds' init_volume_structure.
-pub async fn init_volume(modal: &ModalBackend) -> Result<Value> {
+pub async fn init_volume(modal: &ModalBackend) -> Result<ModalInitVolumeReport> {
     let cfg = modal.config().clone();
     modal
         .call(
@@ -242,30 +251,32 @@ pub async fn init_volume(modal: &ModalBackend) -> Result<Value> {
         files.push((local, format!("{dir}/README")));
     }
     modal.put_files(&files).await?;
-    Ok(json!({
-        "volume": cfg.volume_name,
-        "directories": VOLUME_DIRS.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
-    }))
+    Ok(ModalInitVolumeReport {
+        volume: cfg.volume_name,
+        directories: VOLUME_DIRS.iter().map(|(d, _)| d.to_string()).collect(),
+    })
 }
 
 /// `config sync [--dry-run]`: what of the user's Claude Code config goes to
 /// the volume (only what changed), and what never does. The plan is
 /// `config_sync`'s: only its bytes are uploaded, from a scratch copy.
-pub async fn config_sync(modal: &ModalBackend, args: &Value) -> Result<Value> {
-    let dry_run = args["dry_run"].as_bool().unwrap_or(false);
-    let home = args["home"]
-        .as_str()
+pub async fn config_sync(
+    modal: &ModalBackend,
+    args: &ConfigSyncRequest,
+) -> Result<ConfigSyncReport> {
+    let dry_run = args.dry_run;
+    let home = Some(args.home.as_str())
+        .filter(|s| !s.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
         .ok_or_else(|| CodedError::new(error_codes::INVALID_INPUT, "HOME is not set"))?;
-    let config_dir = args["claude_config_dir"]
-        .as_str()
+    let config_dir = Some(args.claude_config_dir.as_str())
         .filter(|s| !s.is_empty())
         .map(PathBuf::from);
     let source = config_sync::ConfigSource::from_env(&home, config_dir.as_deref());
     let options = config_sync::CollectOptions {
-        include_history: args["include_history"].as_bool().unwrap_or(false),
-        include_mcp_secrets: args["include_mcp_secrets"].as_bool().unwrap_or(false),
+        include_history: args.include_history,
+        include_mcp_secrets: args.include_mcp_secrets,
     };
     let plan =
         tokio::task::spawn_blocking(move || config_sync::plan_source(&source, &options)).await??;
@@ -294,14 +305,22 @@ pub async fn config_sync(modal: &ModalBackend, args: &Value) -> Result<Value> {
     };
     let changes = config_sync::changes(&plan, remote.as_ref());
     let text = config_sync::render_sync(&plan, &changes, dry_run);
-    let report = json!({
-        "dry_run": dry_run,
-        "upload": changes.upload,
-        "delete": changes.delete,
-        "unchanged": changes.unchanged,
-        "withheld": plan.withheld,
-        "text": text,
-    });
+    let report = ConfigSyncReport {
+        dry_run,
+        upload: changes.upload.clone(),
+        delete: changes.delete.clone(),
+        unchanged: changes.unchanged.clone(),
+        withheld: plan
+            .withheld
+            .iter()
+            .map(|w| ConfigWithheld {
+                path: w.path.clone(),
+                json_path: w.json_path.clone(),
+                reason: w.reason.clone(),
+            })
+            .collect(),
+        text,
+    };
     if dry_run || changes.is_noop() {
         return Ok(report);
     }

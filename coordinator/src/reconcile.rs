@@ -41,6 +41,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::container_state::{ContainerState, Health, HealthThresholds, health_for};
+use crate::error::CodedError;
+use crate::error_codes;
 use crate::task_state::TaskStatus;
 
 /// What the reconciler may do, from `[reconciler]` (and `[agent]`) config.
@@ -812,6 +814,235 @@ pub struct PassReport {
     pub list_error: Option<String>,
 }
 
+/// A report on the wire (`RunReconciler`'s typed reply).
+impl From<&PassReport> for parhelia_proto::ReconcilerPass {
+    fn from(report: &PassReport) -> Self {
+        use parhelia_proto::reconciler_action_outcome::Action as W;
+        use parhelia_proto::{
+            ContainerAction, EndSessionProcessesAction, FollowAction, MarkLostAction, OrphanAction,
+            ReconcilerActionOutcome, ReconcilerDrift, RequestResumeAction, SetHealthAction,
+        };
+        let container = |id: &String| ContainerAction {
+            container_id: id.clone(),
+        };
+        let orphan = |container_id: &String, known: &bool, pid: &Option<u32>| OrphanAction {
+            container_id: container_id.clone(),
+            known: *known,
+            pid: *pid,
+        };
+        let actions = report
+            .actions
+            .iter()
+            .map(|outcome| ReconcilerActionOutcome {
+                action: Some(match &outcome.action {
+                    Action::SetHealth {
+                        container_id,
+                        from,
+                        to,
+                        silence_ms,
+                    } => W::SetHealth(SetHealthAction {
+                        container_id: container_id.clone(),
+                        from: from.map(|h| h.as_str().to_string()),
+                        to: to.as_str().to_string(),
+                        silence_ms: *silence_ms,
+                    }),
+                    Action::Follow {
+                        container_id,
+                        session_id,
+                        task_id,
+                    } => W::Follow(FollowAction {
+                        container_id: container_id.clone(),
+                        session_id: session_id.clone(),
+                        task_id: task_id.clone(),
+                    }),
+                    Action::MarkLost {
+                        container_id,
+                        session_id,
+                        task_id,
+                        silence_ms,
+                        interrupt_task,
+                        checkpoint_id,
+                    } => W::MarkLost(MarkLostAction {
+                        container_id: container_id.clone(),
+                        session_id: session_id.clone(),
+                        task_id: task_id.clone(),
+                        silence_ms: *silence_ms,
+                        interrupt_task: *interrupt_task,
+                        checkpoint_id: checkpoint_id.clone(),
+                    }),
+                    Action::RequestResume {
+                        task_id,
+                        session_id,
+                        lost_container_id,
+                        checkpoint_id,
+                        attempt,
+                    } => W::RequestResume(RequestResumeAction {
+                        task_id: task_id.clone(),
+                        session_id: session_id.clone(),
+                        lost_container_id: lost_container_id.clone(),
+                        checkpoint_id: checkpoint_id.clone(),
+                        attempt: *attempt,
+                    }),
+                    Action::MarkTerminated { container_id } => {
+                        W::MarkTerminated(container(container_id))
+                    }
+                    Action::TerminateStuck { container_id } => {
+                        W::TerminateStuck(container(container_id))
+                    }
+                    Action::ReportOrphan {
+                        container_id,
+                        known,
+                        pid,
+                    } => W::ReportOrphan(orphan(container_id, known, pid)),
+                    Action::TerminateOrphan {
+                        container_id,
+                        known,
+                        pid,
+                    } => W::TerminateOrphan(orphan(container_id, known, pid)),
+                    Action::ForgetOrphan { container_id } => {
+                        W::ForgetOrphan(container(container_id))
+                    }
+                    Action::EndSessionProcesses {
+                        container_id,
+                        session_id,
+                        kind,
+                        pids,
+                        known,
+                    } => W::EndSessionProcesses(EndSessionProcessesAction {
+                        container_id: container_id.clone(),
+                        session_id: session_id.clone(),
+                        kind: kind.clone(),
+                        pids: pids.clone(),
+                        known: *known,
+                    }),
+                }),
+                result: outcome.result.clone(),
+                detail: outcome.detail.clone(),
+            })
+            .collect();
+        parhelia_proto::ReconcilerPass {
+            started_at_ms: report.started_at_ms,
+            finished_at_ms: report.finished_at_ms,
+            trigger: report.trigger.clone(),
+            dry_run: report.dry_run,
+            drift: Some(ReconcilerDrift {
+                intended_active: report.drift.intended_active as u64,
+                observed: report.drift.observed.map(|n| n as u64),
+                missing: report.drift.missing.clone(),
+                unexpected: report.drift.unexpected.clone(),
+                stale: report.drift.stale.clone(),
+            }),
+            actions,
+            journal_events_ingested: report.journal_events_ingested,
+            list_error: report.list_error.clone(),
+        }
+    }
+}
+
+/// A report read off the wire: every action named, every health known, else
+/// E500 (a coordinator that does not speak this CLI's contract).
+impl TryFrom<parhelia_proto::ReconcilerPass> for PassReport {
+    type Error = CodedError;
+
+    fn try_from(wire: parhelia_proto::ReconcilerPass) -> Result<Self, CodedError> {
+        use parhelia_proto::reconciler_action_outcome::Action as W;
+        let malformed = |what: &str| {
+            CodedError::new(
+                error_codes::INFRASTRUCTURE_ERROR,
+                format!("the coordinator sent a reconciler report {what}"),
+            )
+        };
+        let health = |s: &str| {
+            s.parse::<Health>()
+                .map_err(|_| malformed(&format!("with an unknown health `{s}`")))
+        };
+        let mut actions = Vec::with_capacity(wire.actions.len());
+        for outcome in wire.actions {
+            let action = match outcome
+                .action
+                .ok_or_else(|| malformed("with an action it did not name"))?
+            {
+                W::SetHealth(a) => Action::SetHealth {
+                    container_id: a.container_id,
+                    from: a.from.as_deref().map(health).transpose()?,
+                    to: health(&a.to)?,
+                    silence_ms: a.silence_ms,
+                },
+                W::Follow(a) => Action::Follow {
+                    container_id: a.container_id,
+                    session_id: a.session_id,
+                    task_id: a.task_id,
+                },
+                W::MarkLost(a) => Action::MarkLost {
+                    container_id: a.container_id,
+                    session_id: a.session_id,
+                    task_id: a.task_id,
+                    silence_ms: a.silence_ms,
+                    interrupt_task: a.interrupt_task,
+                    checkpoint_id: a.checkpoint_id,
+                },
+                W::RequestResume(a) => Action::RequestResume {
+                    task_id: a.task_id,
+                    session_id: a.session_id,
+                    lost_container_id: a.lost_container_id,
+                    checkpoint_id: a.checkpoint_id,
+                    attempt: a.attempt,
+                },
+                W::MarkTerminated(a) => Action::MarkTerminated {
+                    container_id: a.container_id,
+                },
+                W::TerminateStuck(a) => Action::TerminateStuck {
+                    container_id: a.container_id,
+                },
+                W::ReportOrphan(a) => Action::ReportOrphan {
+                    container_id: a.container_id,
+                    known: a.known,
+                    pid: a.pid,
+                },
+                W::TerminateOrphan(a) => Action::TerminateOrphan {
+                    container_id: a.container_id,
+                    known: a.known,
+                    pid: a.pid,
+                },
+                W::ForgetOrphan(a) => Action::ForgetOrphan {
+                    container_id: a.container_id,
+                },
+                W::EndSessionProcesses(a) => Action::EndSessionProcesses {
+                    container_id: a.container_id,
+                    session_id: a.session_id,
+                    kind: a.kind,
+                    pids: a.pids,
+                    known: a.known,
+                },
+            };
+            actions.push(ActionOutcome {
+                action,
+                result: outcome.result,
+                detail: outcome.detail,
+            });
+        }
+        let drift = wire.drift.ok_or_else(|| malformed("without its drift"))?;
+        Ok(PassReport {
+            started_at_ms: wire.started_at_ms,
+            finished_at_ms: wire.finished_at_ms,
+            trigger: wire.trigger,
+            dry_run: wire.dry_run,
+            drift: Drift {
+                intended_active: usize::try_from(drift.intended_active).unwrap_or(usize::MAX),
+                observed: drift
+                    .observed
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                missing: drift.missing,
+                unexpected: drift.unexpected,
+                stale: drift.stale,
+            },
+            actions,
+            journal_events_ingested: wire.journal_events_ingested,
+            list_error: wire.list_error,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1402,5 +1633,129 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every action and optional field survives the typed wire form, so
+    /// `RunReconciler` says exactly what the stored report says.
+    #[test]
+    fn a_report_round_trips_through_its_wire_form() {
+        let outcome = |action| ActionOutcome {
+            action,
+            result: "done".into(),
+            detail: None,
+        };
+        let report = PassReport {
+            started_at_ms: 10,
+            finished_at_ms: 25,
+            trigger: "cleanup".into(),
+            dry_run: true,
+            drift: Drift {
+                intended_active: 2,
+                observed: Some(3),
+                missing: vec!["c-1".into()],
+                unexpected: vec!["c-9".into()],
+                stale: vec!["c-2".into()],
+            },
+            actions: vec![
+                outcome(Action::SetHealth {
+                    container_id: "c-2".into(),
+                    from: None,
+                    to: Health::Degraded,
+                    silence_ms: 4_000,
+                }),
+                outcome(Action::SetHealth {
+                    container_id: "c-2".into(),
+                    from: Some(Health::Healthy),
+                    to: Health::Dead,
+                    silence_ms: 9_000,
+                }),
+                outcome(Action::Follow {
+                    container_id: "c-3".into(),
+                    session_id: "s-3".into(),
+                    task_id: "t-3".into(),
+                }),
+                ActionOutcome {
+                    action: Action::MarkLost {
+                        container_id: "c-1".into(),
+                        session_id: "s-1".into(),
+                        task_id: "t-1".into(),
+                        silence_ms: 12_000,
+                        interrupt_task: true,
+                        checkpoint_id: Some("cp-1".into()),
+                    },
+                    result: "failed".into(),
+                    detail: Some("why".into()),
+                },
+                outcome(Action::RequestResume {
+                    task_id: "t-1".into(),
+                    session_id: "s-1".into(),
+                    lost_container_id: "c-1".into(),
+                    checkpoint_id: None,
+                    attempt: 2,
+                }),
+                outcome(Action::MarkTerminated {
+                    container_id: "c-4".into(),
+                }),
+                outcome(Action::TerminateStuck {
+                    container_id: "c-5".into(),
+                }),
+                outcome(Action::ReportOrphan {
+                    container_id: "c-9".into(),
+                    known: false,
+                    pid: Some(42),
+                }),
+                outcome(Action::TerminateOrphan {
+                    container_id: "c-9".into(),
+                    known: true,
+                    pid: None,
+                }),
+                outcome(Action::ForgetOrphan {
+                    container_id: "c-8".into(),
+                }),
+                outcome(Action::EndSessionProcesses {
+                    container_id: "c-7".into(),
+                    session_id: String::new(),
+                    kind: "cgroup".into(),
+                    pids: vec![7, 8],
+                    known: false,
+                }),
+            ],
+            journal_events_ingested: 5,
+            list_error: Some("listing failed".into()),
+        };
+        let wire = parhelia_proto::ReconcilerPass::from(&report);
+        assert_eq!(PassReport::try_from(wire).unwrap(), report);
+        let failed_listing = PassReport {
+            drift: Drift {
+                observed: None,
+                ..report.drift.clone()
+            },
+            list_error: None,
+            ..report
+        };
+        let wire = parhelia_proto::ReconcilerPass::from(&failed_listing);
+        assert_eq!(PassReport::try_from(wire).unwrap(), failed_listing);
+    }
+
+    #[test]
+    fn a_wire_report_with_an_unnamed_action_or_unknown_health_is_e500() {
+        let mut wire = parhelia_proto::ReconcilerPass {
+            drift: Some(Default::default()),
+            actions: vec![parhelia_proto::ReconcilerActionOutcome::default()],
+            ..Default::default()
+        };
+        let err = PassReport::try_from(wire.clone()).unwrap_err();
+        assert_eq!(err.code, error_codes::INFRASTRUCTURE_ERROR);
+        wire.actions[0].action = Some(
+            parhelia_proto::reconciler_action_outcome::Action::SetHealth(
+                parhelia_proto::SetHealthAction {
+                    to: "sickly".into(),
+                    ..Default::default()
+                },
+            ),
+        );
+        let err = PassReport::try_from(wire).unwrap_err();
+        assert_eq!(err.code, error_codes::INFRASTRUCTURE_ERROR);
+        assert!(err.message.contains("sickly"), "{}", err.message);
     }
 }

@@ -784,7 +784,9 @@ pub fn session_table_as(sessions: &[SessionRecord], now_ms: i64, look: Look) -> 
 }
 
 /// `parhelia status` without `--json`.
-pub fn status_text(status: &StatusView) -> String {
+/// `parhelia status` as text, laid out for `look`: task counts colored by
+/// status, running sessions as a table (status and health colored).
+pub fn status_text(status: &StatusView, look: Look) -> String {
     let mut out = String::new();
     let coordinator = if status.coordinator.running {
         format!(
@@ -797,21 +799,25 @@ pub fn status_text(status: &StatusView) -> String {
     };
     field(&mut out, "coordinator", &format!(" {coordinator}"));
     field(&mut out, "state", &status.state_dir);
+    // The status words are ours (never session text), painted after escaping.
     let counts: Vec<String> = status
         .tasks
         .iter()
         .filter(|(_, n)| **n > 0)
-        .map(|(s, n)| format!("{n} {s}"))
+        .map(|(s, n)| match table::status_tone(s) {
+            Some(tone) => format!("{n} {}", table::paint(s, tone, look.color)),
+            None => format!("{n} {s}"),
+        })
         .collect();
-    field(
-        &mut out,
+    out.push_str(&format!(
+        "{:<11}{}\n",
         "tasks",
-        &if counts.is_empty() {
+        if counts.is_empty() {
             "none".to_string()
         } else {
             counts.join(", ")
-        },
-    );
+        }
+    ));
     if status.queued + status.held > 0 {
         field(
             &mut out,
@@ -827,20 +833,25 @@ pub fn status_text(status: &StatusView) -> String {
         field(&mut out, "sessions", "none running");
     } else {
         out.push_str("sessions\n");
+        let mut t = Table::new(2)
+            .whole("SESSION", 13)
+            .whole("TASK", 13)
+            .whole("STATUS", 6)
+            .number("COST", 7)
+            .whole("HEARTBEAT", 9)
+            .whole("HEALTH", 6);
         for s in &status.running_sessions {
-            let health = s
-                .health
-                .as_deref()
-                .map(|h| format!(" · {h}"))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "  {}  {}  {}  {}  {}{health}\n",
-                s.session_id,
-                s.task_id,
-                escape_untrusted(&s.status),
-                cost(s.spend.cost_usd),
-                s.heartbeat
-            ));
+            t.row(vec![
+                s.session_id.as_str().into(),
+                s.task_id.as_str().into(),
+                Cell::status(&s.status),
+                cost(s.spend.cost_usd).into(),
+                s.heartbeat.as_str().into(),
+                Cell::status(s.health.as_deref().unwrap_or("-")),
+            ]);
+        }
+        for line in t.render_as(look).lines() {
+            out.push_str(&format!("  {line}\n"));
         }
     }
     out
@@ -1050,15 +1061,35 @@ task-1a2b3c4d  failed       $0.0279   3m05s   Add a hello.txt that says hi
             spend: spend(0.25, 0.75, 0.25),
         };
         assert_eq!(
-            status_text(&status),
+            status_text(&status, Look::PLAIN),
             "coordinator running (pid 42, version 0.1.0)
 state      /s/.parhelia
 tasks      2 completed, 1 running
 cost       $1.2500 (compute $0.2500, model $0.7500, storage $0.2500) · tokens 470 in, 55 out, 0 cache write, 0 cache read
 sessions
-  sess-00000001  task-00000002  busy  $0.5000  no heartbeat yet
+  SESSION        TASK           STATUS     COST  HEARTBEAT         HEALTH
+  sess-00000001  task-00000002  busy    $0.5000  no heartbeat yet  -
 "
         );
+        // With color: the status words, never the ids or the session's text.
+        let colored = status_text(
+            &status,
+            Look {
+                color: true,
+                ..Look::PLAIN
+            },
+        );
+        assert!(
+            colored.contains("2 \u{1b}[32mcompleted\u{1b}[0m"),
+            "{colored:?}"
+        );
+        assert!(
+            colored.contains("1 \u{1b}[33mrunning\u{1b}[0m"),
+            "{colored:?}"
+        );
+        assert!(colored.contains("\u{1b}[38;5;11mbusy"), "{colored:?}");
+        assert!(!colored.contains("m sess"), "{colored:?}");
+        assert!(!colored.contains("msess"), "{colored:?}");
     }
 
     /// A session-controlled prompt, result and error carrying terminal
@@ -1128,7 +1159,7 @@ sessions
                 .collect(),
             spend: spend(0.0024, 0.0024, 0.0),
         };
-        let text = status_text(&status);
+        let text = status_text(&status, Look::PLAIN);
         assert!(!text.contains("heartbeat ok"), "{text}");
         insta::assert_snapshot!(text);
     }

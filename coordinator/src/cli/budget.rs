@@ -2,8 +2,6 @@
 //! `task create --estimate-only`. Reads the ledger straight from SQLite;
 //! `budget set` goes through the coordinator.
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
 use parhelia_proto::SetBudgetRequest;
@@ -12,11 +10,12 @@ use serde::Serialize;
 use super::{Ctx, coordinator_error, print_json};
 use crate::budget::{self, Estimate, Standing, usd};
 use crate::config::Config;
-use crate::db::{Ceilings, Db, LedgerEntry, Spend};
+use crate::db::Db;
 use crate::error::coded;
 use crate::error_codes;
 use crate::event_filter::parse_duration_ms;
 use crate::ids::now_ms;
+use crate::service::spend::{self, BudgetView, HistoryRow, RatesView};
 use crate::table::{Cell, Table};
 
 #[derive(Subcommand, Debug)]
@@ -65,6 +64,15 @@ pub enum HistoryBy {
     Task,
 }
 
+impl From<HistoryBy> for spend::HistoryBy {
+    fn from(by: HistoryBy) -> Self {
+        match by {
+            HistoryBy::Day => spend::HistoryBy::Day,
+            HistoryBy::Task => spend::HistoryBy::Task,
+        }
+    }
+}
+
 pub async fn run(ctx: &Ctx, command: BudgetCommand) -> Result<i32> {
     match command {
         BudgetCommand::Show { json } => show(ctx, json),
@@ -98,181 +106,9 @@ pub(crate) fn parse_usd(flag: &str, text: &str) -> Result<f64> {
     })
 }
 
-/// Sums of ledger rows: the [`Spend`] every view shows (folded the same
-/// way, row by row in id order), and how many rows.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Totals {
-    #[serde(flatten)]
-    pub spend: Spend,
-    /// `cost_usd` again, under the name older readers use.
-    pub total_usd: f64,
-    pub charges: u64,
-}
-
-impl Totals {
-    fn add(&mut self, e: &LedgerEntry) {
-        self.spend.add_entry(e);
-        self.total_usd = self.spend.cost_usd;
-        self.charges += 1;
-    }
-}
-
-/// One group of `budget history`.
-#[derive(Clone, Debug, Serialize)]
-pub struct HistoryRow {
-    pub key: String,
-    #[serde(flatten)]
-    pub totals: Totals,
-}
-
-fn group(entries: &[LedgerEntry], by: HistoryBy) -> (Vec<HistoryRow>, Totals) {
-    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
-    let mut total = Totals::default();
-    for e in entries {
-        let key = match by {
-            HistoryBy::Day => budget::day_of(e.ts_ms),
-            HistoryBy::Task => e.task_id.clone(),
-        };
-        if !groups.contains_key(&key) {
-            order.push(key.clone());
-        }
-        groups.entry(key).or_default().add(e);
-        total.add(e);
-    }
-    if by == HistoryBy::Day {
-        order.sort();
-    }
-    let rows = order
-        .into_iter()
-        .map(|key| HistoryRow {
-            totals: groups.remove(&key).unwrap_or_default(),
-            key,
-        })
-        .collect();
-    (rows, total)
-}
-
-/// `parhelia budget show` as data.
-#[derive(Clone, Debug, Serialize)]
-pub struct BudgetView {
-    pub ceiling_usd: f64,
-    pub ceiling_source: &'static str,
-    pub used_usd: f64,
-    pub remaining_usd: f64,
-    pub percent_used: f64,
-    pub warning_threshold_percent: u64,
-    pub today: DayView,
-    #[serde(flatten)]
-    pub totals: Totals,
-    pub tasks: Vec<TaskSpendView>,
-    pub days: Vec<HistoryRow>,
-    /// The rate table in force and what config changed in it.
-    pub rates: RatesView,
-}
-
-/// Which rate table priced the spend (`docs/cost.md`).
-#[derive(Clone, Debug, Serialize)]
-pub struct RatesView {
-    /// The embedded table's version (`coordinator/rates/<version>.toml`).
-    pub table_version: String,
-    /// Every figure config sets (`[rates]`), with the table's value.
-    pub overridden: Vec<crate::config::RateOverride>,
-    /// Modal volume storage, USD per GiB per 30-day month, as in force.
-    pub storage_gib_usd_per_month: f64,
-    /// Local sessions' storage is the user's own disk: always 0.
-    pub local_storage_usd_per_gib_month: f64,
-    /// The local backend's compute as a multiple of the table.
-    pub local_multiplier: f64,
-}
-
-impl RatesView {
-    pub fn of(config: &crate::config::LoadedConfig) -> Self {
-        let table = crate::rates::embedded();
-        let rates = &config.config.rates;
-        RatesView {
-            table_version: table.version.clone(),
-            overridden: crate::config::rate_overrides(table, rates, &config.settings),
-            storage_gib_usd_per_month: rates.storage_gib_usd_per_month,
-            local_storage_usd_per_gib_month: 0.0,
-            local_multiplier: rates.local_multiplier,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct DayView {
-    pub day: String,
-    pub used_usd: f64,
-    pub ceiling_usd: Option<f64>,
-    pub remaining_usd: Option<f64>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TaskSpendView {
-    pub task_id: String,
-    pub status: Option<String>,
-    pub max_cost_usd: Option<f64>,
-    #[serde(flatten)]
-    pub totals: Totals,
-}
-
-pub(crate) fn budget_view(
-    db: &Db,
-    loaded: &crate::config::LoadedConfig,
-    now: i64,
-) -> Result<BudgetView> {
-    let config = &loaded.config;
-    let ceilings: Ceilings = db.ceilings(&config.budget)?;
-    let entries = db.ledger_entries(i64::MIN)?;
-    let (by_task, totals) = group(&entries, HistoryBy::Task);
-    let week_start = budget::day_start_ms(now) - 6 * budget::DAY_MS;
-    let recent: Vec<LedgerEntry> = entries
-        .iter()
-        .filter(|e| e.ts_ms >= week_start)
-        .cloned()
-        .collect();
-    let (days, _) = group(&recent, HistoryBy::Day);
-    let today_used = db.spent_since_usd(budget::day_start_ms(now))?;
-    let mut tasks = Vec::new();
-    for row in by_task.into_iter().rev() {
-        let task = db.get_task(&row.key)?;
-        let limits = db.task_limits(&row.key)?;
-        tasks.push(TaskSpendView {
-            status: task.map(|t| t.status.to_string()),
-            max_cost_usd: limits.and_then(|(l, _)| l.max_cost_usd),
-            task_id: row.key,
-            totals: row.totals,
-        });
-    }
-    let used = totals.spend.cost_usd;
-    Ok(BudgetView {
-        ceiling_usd: ceilings.global_usd,
-        ceiling_source: ceilings.global_source,
-        used_usd: used,
-        remaining_usd: ceilings.global_usd - used,
-        percent_used: if ceilings.global_usd > 0.0 {
-            used / ceilings.global_usd * 100.0
-        } else {
-            100.0
-        },
-        warning_threshold_percent: config.budget.warning_threshold_percent,
-        today: DayView {
-            day: budget::day_of(now),
-            used_usd: today_used,
-            ceiling_usd: ceilings.daily_usd,
-            remaining_usd: ceilings.daily_usd.map(|c| c - today_used),
-        },
-        totals,
-        tasks,
-        days,
-        rates: RatesView::of(loaded),
-    })
-}
-
 fn show(ctx: &Ctx, json: bool) -> Result<i32> {
     let opened = ctx.open()?;
-    let view = budget_view(&opened.db, &opened.config, now_ms())?;
+    let view = spend::budget_view(&opened.db, &opened.config, now_ms())?;
     if json {
         print_json(&view)?;
         return Ok(0);
@@ -488,21 +324,16 @@ async fn set(
 
 fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<i32> {
     let since_ms = match since {
-        Some(age) => now_ms() - parse_duration_ms(age)?,
-        None => i64::MIN,
+        Some(age) => Some(now_ms() - parse_duration_ms(age)?),
+        None => None,
     };
     let opened = ctx.open()?;
-    let entries = opened.db.ledger_entries(since_ms)?;
-    let (rows, total) = group(&entries, by);
+    let history = spend::history(&opened.db, by.into(), since_ms)?;
     if json {
-        print_json(&serde_json::json!({
-            "by": by,
-            "since_ms": (since_ms != i64::MIN).then_some(since_ms),
-            "rows": rows,
-            "total": total,
-        }))?;
+        print_json(&history)?;
         return Ok(0);
     }
+    let (rows, total) = (history.rows, history.total);
     let head = match by {
         HistoryBy::Day => "DAY",
         HistoryBy::Task => "TASK",
@@ -673,45 +504,9 @@ fn limits_of(e: &Estimate) -> budget::TaskLimits {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-
-    fn entry(id: i64, ts_ms: i64, kind: &str, task: &str, amount: f64) -> LedgerEntry {
-        LedgerEntry {
-            id,
-            ts_ms,
-            kind: kind.into(),
-            task_id: task.into(),
-            session_id: None,
-            container_id: None,
-            amount_usd: amount,
-            seconds: 0.0,
-            input_tokens: 10,
-            output_tokens: 1,
-            cache_creation_input_tokens: 0,
-            cache_read_input_tokens: 0,
-            unknown_request: false,
-        }
-    }
-
-    #[test]
-    fn history_rows_add_up_to_the_total() {
-        let day = budget::DAY_MS;
-        let entries = vec![
-            entry(1, 5, "model", "task-a", 0.1),
-            entry(2, day + 5, "compute", "task-b", 0.25),
-            entry(3, day + 6, "model", "task-a", 0.05),
-        ];
-        for by in [HistoryBy::Day, HistoryBy::Task] {
-            let (rows, total) = group(&entries, by);
-            let sum: f64 = rows.iter().map(|r| r.totals.total_usd).sum();
-            assert!((sum - total.total_usd).abs() < 1e-12);
-            assert_eq!(rows.len(), 2);
-            assert_eq!(total.spend.input_tokens, 30);
-        }
-        let (rows, _) = group(&entries, HistoryBy::Day);
-        assert_eq!(rows[0].key, "1970-01-01");
-        assert!((rows[1].totals.spend.compute_usd - 0.25).abs() < 1e-12);
-    }
 
     /// Issue 13: `cost` was the model's share in `task list/show`, `--sync`
     /// and `status` (a GPU task showed $0.0006 of its $0.0279). A task with
@@ -839,13 +634,16 @@ mod tests {
         // budget show / history: the task's row and the totals.
         let loaded =
             crate::config::resolve(&[], &BTreeMap::new(), &[], std::path::Path::new("/")).unwrap();
-        let view = budget_view(&db, &loaded, 3_000).unwrap();
+        let view = spend::budget_view(&db, &loaded, 3_000).unwrap();
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(fields(&json), expected);
         assert_eq!(fields(&json["tasks"][0]), expected);
         assert_eq!(json["used_usd"], expected[0]);
         assert_eq!(json["total_usd"], expected[0]);
-        let (rows, total) = group(&db.ledger_entries(i64::MIN).unwrap(), HistoryBy::Task);
+        let (rows, total) = spend::group(
+            &db.ledger_entries(i64::MIN).unwrap(),
+            spend::HistoryBy::Task,
+        );
         assert_eq!(fields(&serde_json::to_value(&rows[0]).unwrap()), expected);
         assert_eq!(fields(&serde_json::to_value(&total).unwrap()), expected);
         // The watchdog's figure is the same total.

@@ -7,12 +7,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use parhelia_proto::{FetchStoreRequest, ModalOpRequest};
-use serde_json::{Value, json};
+use parhelia_proto::modal_op_request::Op;
+use parhelia_proto::modal_op_response::Report;
+use parhelia_proto::{
+    ConfigSyncRequest, FetchStoreRequest, ModalHealthCheckRequest, ModalInitVolumeRequest,
+    ModalOpRequest, ModalSetupRequest,
+};
 
 use super::{Ctx, Opened, coordinator_error, print_json};
-use crate::checkpoints;
 use crate::db::SessionRecord;
+use crate::service::stores::{self, StoreSource};
 
 #[derive(Subcommand, Debug)]
 pub enum ModalCommand {
@@ -56,18 +60,26 @@ pub struct SyncArgs {
     pub json: bool,
 }
 
-async fn modal_op(ctx: &Ctx, op: &str, args: Value) -> Result<Value> {
+async fn modal_op(ctx: &Ctx, op: Op) -> Result<Report> {
     let opened = ctx.open()?;
     let mut client = ctx.client(&opened.state).await?;
     let reply = client
-        .modal_op(ModalOpRequest {
-            op: op.to_string(),
-            args_json: args.to_string(),
-        })
+        .modal_op(ModalOpRequest { op: Some(op) })
         .await
         .map_err(coordinator_error)?
         .into_inner();
-    Ok(serde_json::from_str(&reply.result_json)?)
+    reply
+        .report
+        .ok_or_else(|| not_the_report_asked_for().into())
+}
+
+/// A reply whose report is not the operation's: a coordinator that does not
+/// speak this CLI's contract.
+fn not_the_report_asked_for() -> crate::error::CodedError {
+    crate::error::CodedError::new(
+        crate::error_codes::INFRASTRUCTURE_ERROR,
+        "the coordinator answered the Modal operation with another report",
+    )
 }
 
 pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
@@ -81,19 +93,27 @@ pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
                     "checking Modal and building the session image (cached when unchanged)"
                 },
             );
-            let report = modal_op(ctx, "setup", json!({"force_build": force_build})).await?;
+            let Report::Setup(report) =
+                modal_op(ctx, Op::Setup(ModalSetupRequest { force_build })).await?
+            else {
+                return Err(not_the_report_asked_for().into());
+            };
             progress.finish(true);
             if json {
                 print_json(&report)?;
             } else {
-                out!("{}", crate::modal_ops::render_steps(&report));
+                out!("{}", crate::modal_ops::render_steps(&report.steps));
                 outln!("Modal is ready: tasks can use --backend modal");
             }
             Ok(0)
         }
         ModalCommand::HealthCheck { json } => {
-            let report = modal_op(ctx, "health_check", json!({})).await?;
-            let healthy = report["status"] == "ok";
+            let Report::HealthCheck(report) =
+                modal_op(ctx, Op::HealthCheck(ModalHealthCheckRequest {})).await?
+            else {
+                return Err(not_the_report_asked_for().into());
+            };
+            let healthy = report.status == "ok";
             if json {
                 print_json(&report)?;
             } else {
@@ -102,18 +122,20 @@ pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
             Ok(if healthy { 0 } else { 1 })
         }
         ModalCommand::InitVolume { json } => {
-            let report = modal_op(ctx, "init_volume", json!({})).await?;
+            let Report::InitVolume(report) =
+                modal_op(ctx, Op::InitVolume(ModalInitVolumeRequest {})).await?
+            else {
+                return Err(not_the_report_asked_for().into());
+            };
             if json {
                 print_json(&report)?;
             } else {
                 outln!(
                     "volume {}: {}",
-                    report["volume"].as_str().unwrap_or("?"),
-                    report["directories"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|d| d.as_str())
+                    report.volume,
+                    report
+                        .directories
+                        .iter()
                         .map(|d| format!("{d}/"))
                         .collect::<Vec<_>>()
                         .join(" ")
@@ -145,34 +167,35 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let report = modal_op(
+    let path_text = |p: Option<PathBuf>| {
+        p.map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let Report::ConfigSync(report) = modal_op(
         ctx,
-        "config_sync",
-        json!({
-            "dry_run": args.dry_run,
-            "include_history": args.include_history,
-            "include_mcp_secrets": args.include_mcp_secrets,
-            "home": home,
-            "claude_config_dir": config_dir,
+        Op::ConfigSync(ConfigSyncRequest {
+            dry_run: args.dry_run,
+            include_history: args.include_history,
+            include_mcp_secrets: args.include_mcp_secrets,
+            home: path_text(home),
+            claude_config_dir: path_text(config_dir),
         }),
     )
-    .await?;
+    .await?
+    else {
+        return Err(not_the_report_asked_for().into());
+    };
     if args.json {
         print_json(&report)?;
     } else {
-        out!("{}", report["text"].as_str().unwrap_or(""));
+        out!("{}", report.text);
     }
     Ok(0)
 }
 
 /// Whether a session lives on a remote volume (its task's backend).
 pub fn is_remote(opened: &Opened, session: &SessionRecord) -> bool {
-    opened
-        .db
-        .get_task(&session.task_id)
-        .ok()
-        .flatten()
-        .is_some_and(|t| t.backend != "local")
+    stores::is_remote(&opened.db, session)
 }
 
 /// The session's checkpoint store: opened in place for a local session; for
@@ -241,11 +264,8 @@ async fn store_of(
     fresh: bool,
 ) -> Result<Option<parhelia_checkpoint::Store>> {
     let limits = opened.config.config.agent.checkpoint.read_limits();
-    if !is_remote(opened, session) {
-        return Ok(checkpoints::open_store(
-            Path::new(&session.volume_dir),
-            &limits,
-        )?);
+    if let StoreSource::Local(volume_dir) = stores::store_source(&opened.db, session) {
+        return stores::open_local(&volume_dir, &limits);
     }
     let mut client = ctx.client(&opened.state).await?;
     let reply = client
@@ -256,13 +276,7 @@ async fn store_of(
         .await
         .map_err(coordinator_error)?
         .into_inner();
-    if reply.store_dir.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(checkpoints::open_store_at(
-        Path::new(&reply.store_dir),
-        &limits,
-    )?))
+    stores::open_fetched(&reply.store_dir, &limits)
 }
 
 /// For a session on a remote volume, the checkpoints known durable (`None`:
@@ -271,8 +285,5 @@ pub fn durable_set(
     opened: &Opened,
     session: &SessionRecord,
 ) -> Result<Option<std::collections::BTreeSet<String>>> {
-    if !is_remote(opened, session) {
-        return Ok(None);
-    }
-    Ok(Some(opened.db.durable_checkpoints(&session.id)?))
+    stores::durable_set(&opened.db, session)
 }

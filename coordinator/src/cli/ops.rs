@@ -16,6 +16,7 @@ use crate::error_codes;
 use crate::ids::{now_ms, rfc3339_ms};
 use crate::reconcile::{Action, PassReport, Policy};
 use crate::state_dir::StateDir;
+use crate::table::{Cell, Look, Table, Tone};
 use crate::views;
 
 #[derive(Subcommand, Debug)]
@@ -114,7 +115,13 @@ async fn run_pass(
         .await
         .map_err(coordinator_error)?
         .into_inner();
-    Ok(serde_json::from_str(&response.report_json)?)
+    let report = response.report.ok_or_else(|| {
+        coded(
+            error_codes::INFRASTRUCTURE_ERROR,
+            "the coordinator sent no reconciler report",
+        )
+    })?;
+    Ok(PassReport::try_from(report)?)
 }
 
 /// One pass as text.
@@ -213,7 +220,7 @@ pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
             if json {
                 print_json(&view)?;
             } else {
-                out!("{}", status_text(&view));
+                out!("{}", status_text(&view, crate::table::stdout_look()));
             }
             Ok(0)
         }
@@ -258,7 +265,19 @@ pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
     }
 }
 
-fn status_text(view: &ReconcilerStatusView) -> String {
+/// The tone of an action's result: `failed` red, `planned`/`unavailable`
+/// yellow (not done), `done` green.
+fn result_tone(result: &str) -> Option<Tone> {
+    match result {
+        "done" => Some(Tone::Good),
+        "failed" => Some(Tone::Bad),
+        "planned" | "unavailable" => Some(Tone::Busy),
+        _ => None,
+    }
+}
+
+/// `reconciler status` as text, laid out for `look`.
+fn status_text(view: &ReconcilerStatusView, look: Look) -> String {
     let mut out = String::new();
     let field = |out: &mut String, name: &str, value: String| {
         out.push_str(&format!("{name:<11}{value}\n"));
@@ -350,9 +369,20 @@ fn status_text(view: &ReconcilerStatusView) -> String {
     );
     if !view.recent_actions.is_empty() {
         out.push_str("recent\n");
+        let mut t = Table::new(2)
+            .whole("TIME", 8)
+            .whole("RESULT", 6)
+            .text("ACTION");
         for a in &view.recent_actions {
             let clock = a.at.get(11..19).unwrap_or(&a.at);
-            out.push_str(&format!("  {clock}  {}\n", a.action.describe()));
+            t.row(vec![
+                clock.into(),
+                Cell::toned(&a.result, result_tone(&a.result)),
+                a.action.describe().into(),
+            ]);
+        }
+        for line in t.render_as(look).lines() {
+            out.push_str(&format!("  {line}\n"));
         }
     }
     out
@@ -397,18 +427,45 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         })?;
         return Ok(0);
     }
-    if args.dry_run {
-        outln!("dry run: nothing was changed");
+    let known: Vec<String> = known.into_iter().map(|o| o.container_id).collect();
+    let orphaned_records: Vec<String> = orphaned_records.into_iter().map(|c| c.id).collect();
+    out!(
+        "{}",
+        cleanup_text(
+            &report,
+            &[&known, &orphaned_records],
+            args.dry_run,
+            args.terminate,
+            crate::table::stdout_look()
+        )
+    );
+    Ok(0)
+}
+
+/// `cleanup` as text, laid out for `look`: session processes the pass ended,
+/// then every orphaned container (the pass's, and those `also` names:
+/// earlier passes' and the records in state `orphaned`) with what became of it.
+fn cleanup_text(
+    report: &PassReport,
+    also: &[&[String]],
+    dry_run: bool,
+    terminate: bool,
+    look: Look,
+) -> String {
+    let mut out = String::new();
+    if dry_run {
+        out.push_str("dry run: nothing was changed\n");
     }
+    let terminated: Vec<&str> = report
+        .actions
+        .iter()
+        .filter(|a| matches!(a.action, Action::TerminateOrphan { .. }))
+        .map(|a| a.action.container_id())
+        .collect();
     let mut ids: Vec<String> = report.drift.unexpected.clone();
-    for o in &known {
-        if !ids.contains(&o.container_id) {
-            ids.push(o.container_id.clone());
-        }
-    }
-    for c in &orphaned_records {
-        if !ids.contains(&c.id) {
-            ids.push(c.id.clone());
+    for id in also.iter().flat_map(|ids| ids.iter()) {
+        if !ids.contains(id) {
+            ids.push(id.clone());
         }
     }
     // Session processes with no live agent (a killed agent's, or no record at all):
@@ -420,37 +477,41 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
                 "planned" => "would end",
                 _ => "could not end",
             };
-            outln!(
-                "session processes {verb}: {}{}",
+            out.push_str(&format!(
+                "session processes {verb}: {}{}\n",
                 outcome.action.describe(),
                 outcome
                     .detail
                     .as_deref()
                     .map(|d| format!(" ({d})"))
                     .unwrap_or_default()
-            );
+            ));
         }
     }
     if ids.is_empty() {
-        outln!("no orphaned containers");
-        return Ok(0);
+        out.push_str("no orphaned containers\n");
+        return out;
     }
-    outln!("orphaned containers (ours by label, no live record):");
+    out.push_str("orphaned containers (ours by label, no live record):\n");
+    let mut t = Table::new(2).whole("CONTAINER", 12).text("WHAT");
     for id in &ids {
-        let what = if terminated.contains(&id.as_str()) {
-            if args.dry_run {
-                "would be terminated"
+        let (what, tone) = if terminated.contains(&id.as_str()) {
+            if dry_run {
+                ("would be terminated", Some(Tone::Busy))
             } else {
-                "terminated"
+                ("terminated", Some(Tone::Good))
             }
-        } else if args.terminate {
-            "termination already requested"
+        } else if terminate {
+            ("termination already requested", Some(Tone::Busy))
         } else {
-            "kept (parhelia cleanup --terminate stops it)"
+            ("kept (parhelia cleanup --terminate stops it)", None)
         };
-        outln!("  {id:<14}{what}");
+        t.row(vec![id.as_str().into(), Cell::toned(what, tone)]);
     }
-    Ok(0)
+    for line in t.render_as(look).lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out
 }
 
 pub async fn doctor(ctx: &Ctx, args: DoctorArgs) -> Result<i32> {
@@ -603,7 +664,10 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
         value["budget"] = budget_json;
         print_json(&value)?;
     } else {
-        out!("{}{budget_text}", views::status_text(&view));
+        out!(
+            "{}{budget_text}",
+            views::status_text(&view, crate::table::stdout_look())
+        );
     }
     Ok(0)
 }
@@ -716,5 +780,136 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::{ActionOutcome, Drift};
+
+    fn outcome(action: Action, result: &str) -> ActionOutcome {
+        ActionOutcome {
+            action,
+            result: result.into(),
+            detail: None,
+        }
+    }
+
+    fn pass(actions: Vec<ActionOutcome>, unexpected: &[&str]) -> PassReport {
+        PassReport {
+            started_at_ms: 1_700_000_000_000,
+            finished_at_ms: 1_700_000_000_012,
+            trigger: "cleanup".into(),
+            dry_run: false,
+            drift: Drift {
+                intended_active: 1,
+                observed: Some(1 + unexpected.len()),
+                missing: Vec::new(),
+                unexpected: unexpected.iter().map(|s| s.to_string()).collect(),
+                stale: Vec::new(),
+            },
+            actions,
+            journal_events_ingested: 0,
+            list_error: None,
+        }
+    }
+
+    const COLOR: Look = Look {
+        color: true,
+        ..Look::PLAIN
+    };
+
+    #[test]
+    fn reconciler_status_lists_recent_actions_as_a_table() {
+        let run = pass(
+            vec![
+                outcome(
+                    Action::MarkLost {
+                        container_id: "ctr-0000000a".into(),
+                        session_id: "sess-0000000a".into(),
+                        task_id: "task-0000000a".into(),
+                        silence_ms: 95_000,
+                        interrupt_task: true,
+                        checkpoint_id: Some("cp-0001".into()),
+                    },
+                    "done",
+                ),
+                outcome(
+                    Action::TerminateOrphan {
+                        container_id: "ctr-0000000b".into(),
+                        known: false,
+                        pid: Some(4242),
+                    },
+                    "failed",
+                ),
+            ],
+            &["ctr-0000000b"],
+        );
+        let view = ReconcilerStatusView {
+            coordinator_running: true,
+            coordinator_id: "coord-00000001".into(),
+            poll_interval_seconds: 10.0,
+            policy: crate::config::Config::defaults().policy("coord-00000001"),
+            recent_actions: run
+                .actions
+                .iter()
+                .map(|a| RecentAction {
+                    at: rfc3339_ms(run.started_at_ms),
+                    result: a.result.clone(),
+                    action: a.action.clone(),
+                })
+                .collect(),
+            last_run: Some(run),
+            passes_last_hour: 3,
+            actions_last_hour: 2,
+        };
+        insta::assert_snapshot!(status_text(&view, Look::PLAIN));
+        let colored = status_text(&view, COLOR);
+        assert!(colored.contains("\u{1b}[38;5;10mdone"), "{colored:?}");
+        assert!(colored.contains("\u{1b}[38;5;9mfailed"), "{colored:?}");
+    }
+
+    #[test]
+    fn cleanup_lists_orphans_as_a_table_with_what_became_of_each() {
+        let report = pass(
+            vec![
+                outcome(
+                    Action::TerminateOrphan {
+                        container_id: "ctr-0000000b".into(),
+                        known: false,
+                        pid: Some(4242),
+                    },
+                    "done",
+                ),
+                outcome(
+                    Action::EndSessionProcesses {
+                        container_id: "ctr-0000000c".into(),
+                        session_id: "sess-0000000c".into(),
+                        kind: "cgroup".into(),
+                        pids: vec![7, 8],
+                        known: true,
+                    },
+                    "done",
+                ),
+            ],
+            &["ctr-0000000b"],
+        );
+        let earlier = vec!["ctr-0000000d".to_string(), "ctr-0000000b".to_string()];
+        let text = cleanup_text(&report, &[&earlier], false, true, Look::PLAIN);
+        insta::assert_snapshot!(text);
+        let kept = cleanup_text(&report, &[&earlier], false, false, Look::PLAIN);
+        assert!(
+            kept.contains("kept (parhelia cleanup --terminate stops it)"),
+            "{kept}"
+        );
+        let dry = cleanup_text(&report, &[], true, true, COLOR);
+        assert!(dry.starts_with("dry run: nothing was changed\n"), "{dry}");
+        assert!(
+            dry.contains("\u{1b}[38;5;11mwould be terminated"),
+            "{dry:?}"
+        );
+        let none = cleanup_text(&pass(Vec::new(), &[]), &[], false, false, COLOR);
+        assert_eq!(none, "no orphaned containers\n");
     }
 }

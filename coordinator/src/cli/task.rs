@@ -14,14 +14,15 @@ use serde::Serialize;
 use super::{Ctx, coordinator_error, dry_run_text, json_line, print_json};
 use crate::backend::isolation;
 use crate::backend::workspace_copy;
-use crate::binaries::{resolve_agent_bin, resolve_claude_bin};
+use crate::binaries::resolve_claude_bin;
 use crate::error::coded;
 use crate::error_codes;
 use crate::event_filter::parse_duration_ms;
 use crate::ids::now_ms;
-use crate::plan::{self, AgentSettings, DryRunPlan, LaunchIds, SessionRequest};
+use crate::plan;
 use crate::queue;
 use crate::render::labelled;
+use crate::service::dry_run::DryRunInputs;
 use crate::task_state::{ShownStatus, TaskStatus};
 use crate::term::escape_untrusted_text;
 use crate::views;
@@ -400,79 +401,33 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
         warn_unconfined_once(&state, &config.local.isolation);
     }
     if args.dry_run {
-        let ids = LaunchIds::placeholders();
-        let layout = if modal {
-            crate::backend::modal::container_layout(
-                &config.modal,
-                &ids.session_id,
-                &ids.container_id,
-            )
-        } else {
-            plan::local_layout(state.root(), &ids.session_id, &ids.container_id)
-        };
-        let session = SessionRequest {
+        let dry_run = crate::service::dry_run::plan_dry_run(DryRunInputs {
+            backend,
+            workspace,
+            claude_bin,
+            isolation,
+            state_root: state.root(),
+            config,
+            config_set: task_set,
             prompt: args.prompt.clone(),
             model: args.model.clone(),
             max_turns: args.max_turns,
             interactive: args.interactive,
-            resume: false,
-            restore_checkpoint: None,
-            max_budget_usd: None,
-            prior_cost_usd: None,
-            charged_elsewhere: Vec::new(),
-        };
-        let agent_override = std::env::var_os(plan::AGENT_BIN_ENV).map(PathBuf::from);
-        let agent_bin = resolve_agent_bin(
-            agent_override.as_deref(),
-            std::env::current_exe().ok().as_deref(),
-            path_var.as_deref(),
-            &cwd,
-        );
-        let env = plan::forwarded_env(
-            std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-        );
-        let dry_run = DryRunPlan {
-            dry_run: true,
-            backend,
-            workspace_source: workspace,
-            claude_bin: claude_bin.clone(),
-            agent_bin: agent_bin.as_ref().ok().cloned(),
-            model: session.model.clone().filter(|m| !m.is_empty()),
             task_type: args.task_type.clone(),
-            state_dir: state.root().to_path_buf(),
-            isolation,
-            // What the launch really sends: a sandbox never gets this
-            // machine's key, HOME or PATH (it has its own HOME); a local
-            // session gets the coordinator's own HOME and PATH.
-            env_names: if modal {
-                crate::backend::modal::sent_env_names(env.keys())
-            } else {
-                plan::request_env(
-                    &env.clone().into_iter().collect(),
-                    [
-                        ("HOME".to_string(), String::new()),
-                        ("PATH".to_string(), String::new()),
-                    ],
-                )
-                .into_keys()
-                .collect()
-            },
-            spec: plan::agent_spec(
-                &session,
-                &ids,
-                &layout,
-                &claude_bin,
-                &AgentSettings::for_config(config),
-            ),
-            config_set: task_set.clone(),
-        };
+            cwd: &cwd,
+            path_var: path_var.as_deref(),
+            agent_override: std::env::var_os(plan::AGENT_BIN_ENV).map(PathBuf::from),
+            current_exe: std::env::current_exe().ok(),
+            env: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        });
         if args.json {
-            print_json(&dry_run)?;
+            print_json(&dry_run.plan)?;
         } else {
             out!(
                 "{}",
-                dry_run_text(&dry_run, &layout.spec_path, agent_bin.err())
+                dry_run_text(&dry_run.plan, &dry_run.spec_path, dry_run.agent_error)
             );
         }
         return Ok(0);
@@ -629,21 +584,24 @@ fn estimate_only(
 ) -> Result<i32> {
     let opened = ctx.open()?;
     let config = &opened.config.config;
-    let history = opened.db.similar_history(&args.task_type, backend)?;
-    let estimate = crate::budget::estimate(limits, backend, config, history);
-    let standing = opened.db.standing(None, &config.budget, now_ms())?;
-    let refusal = standing
-        .refuses(estimate.high_usd)
-        .map(|c| crate::budget::refusal_message("the task", &estimate, &c));
+    let report = crate::service::spend::estimate_task(
+        &opened.db,
+        config,
+        &args.task_type,
+        backend,
+        limits,
+        now_ms(),
+    )?;
     if args.json {
-        let mut value = serde_json::to_value(&estimate)?;
-        value["estimate_only"] = true.into();
-        value["would_be_refused"] = refusal.clone().into();
-        print_json(&value)?;
+        print_json(&report)?;
     } else {
         out!(
             "{}",
-            super::budget::estimate_text(&estimate, config, refusal.as_deref())
+            super::budget::estimate_text(
+                &report.estimate,
+                config,
+                report.would_be_refused.as_deref()
+            )
         );
     }
     Ok(0)

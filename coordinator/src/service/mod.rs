@@ -16,13 +16,20 @@
 //! delete), `sessions.rs` (stopping a session, resume/rollback, checkpoints),
 //! `budget.rs`, `containers.rs` (followers, waiting, terminate) and `modal.rs`
 //! (the volume's data and the metering passes). This file holds the shared
-//! state and what launches share.
+//! state and what launches share. `spend.rs` is the read side of the ledger
+//! every front shows (`budget history`'s groups, `budget show`, the
+//! estimate), `stores.rs` which checkpoint store a session's checkpoints
+//! are read from, and `dry_run.rs` what a launch would be (`task create
+//! --dry-run`): free functions, so they need no coordinator.
 
 mod budget;
 mod containers;
+pub mod dry_run;
 mod modal;
 mod resume;
 mod sessions;
+pub mod spend;
+pub mod stores;
 mod tasks;
 
 pub use resume::RESUME_CONTINUE_MESSAGE;

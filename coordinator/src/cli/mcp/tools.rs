@@ -3,7 +3,8 @@
 //! [`crate::cli::run_captured`], with `--json`).
 //!
 //! Every argument struct is deserialized strictly (unknown fields are an
-//! E100), and its doc comments are the schema's descriptions.
+//! E100, and every schema says `additionalProperties: false`), and its doc
+//! comments are the schema's descriptions.
 
 use rmcp::model::ToolAnnotations;
 use schemars::JsonSchema;
@@ -65,6 +66,9 @@ fn schema<T: JsonSchema>() -> Map<String, Value> {
         Ok(Value::Object(mut map)) => {
             // Clients read the properties; the title is the Rust type's name.
             map.remove("title");
+            // What `parse` enforces (schemars says so only for structs that
+            // deny unknown fields themselves, not for the flattened events ones).
+            map.insert("additionalProperties".into(), Value::Bool(false));
             map
         }
         _ => Map::new(),
@@ -285,7 +289,8 @@ pub struct ContainerTerminateArgs {
 
 /// The filters of the `events` tools (as `parhelia events list`'s options).
 /// (Flattened into the events tools' arguments: serde cannot deny unknown
-/// fields through `flatten`, so these three tools ignore unknown ones.)
+/// fields through `flatten`, so [`parse_strict`] checks their names against
+/// the schema first.)
 #[derive(Deserialize, JsonSchema, Clone, Default)]
 pub struct EventFilterArgs {
     /// Only these event types, e.g. `["tool_call", "session_finished"]`.
@@ -576,6 +581,48 @@ fn parse<T: serde::de::DeserializeOwned>(tool: &str, args: Value) -> Result<T, C
     })
 }
 
+/// [`parse`] for argument structs that flatten others (which serde cannot
+/// hold to `deny_unknown_fields`): an argument the schema does not name is
+/// E100, as for every other tool.
+fn parse_strict<T: serde::de::DeserializeOwned + JsonSchema>(
+    tool: &str,
+    args: Value,
+) -> Result<T, CodedError> {
+    if let Value::Object(given) = &args {
+        let schema = schema::<T>();
+        let known = schema.get("properties").and_then(Value::as_object);
+        let unknown: Vec<&str> = given
+            .keys()
+            .filter(|k| !known.is_some_and(|p| p.contains_key(k.as_str())))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            let mut expected: Vec<&str> = known
+                .into_iter()
+                .flat_map(|p| p.keys().map(String::as_str))
+                .collect();
+            expected.sort_unstable();
+            return Err(CodedError::new(
+                error_codes::INVALID_INPUT,
+                format!(
+                    "{tool}: invalid arguments: unknown field(s) {}; expected {}",
+                    unknown
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    expected
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    parse(tool, args)
+}
+
 fn confirmed(tool: &str, confirm: bool, what: &str) -> Result<(), CodedError> {
     if confirm {
         return Ok(());
@@ -722,18 +769,18 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
             ])
         }
         "parhelia_events_list" => {
-            let a: EventsListArgs = parse(tool, args)?;
+            let a: EventsListArgs = parse_strict(tool, args)?;
             let mut argv = words(&["events", "list", "--json"]);
             argv.extend(a.filters.argv());
             opt(&mut argv, "--limit", &a.limit.map(|n| n.to_string()));
             cli_wrapped(argv, "events")
         }
-        "parhelia_events_subscribe" => Plan::Subscribe(parse(tool, args)?),
+        "parhelia_events_subscribe" => Plan::Subscribe(parse_strict(tool, args)?),
         "parhelia_events_unsubscribe" => {
             let a: UnsubscribeArgs = parse(tool, args)?;
             Plan::Unsubscribe(a.subscription_id)
         }
-        "parhelia_events_stream" => Plan::Stream(parse(tool, args)?),
+        "parhelia_events_stream" => Plan::Stream(parse_strict(tool, args)?),
         "parhelia_checkpoint_create" => {
             let a: CheckpointCreateArgs = parse(tool, args)?;
             let mut argv = words(&["checkpoint", "create", "--json"]);
@@ -1096,6 +1143,48 @@ mod tests {
         match plan("parhelia_task_show", serde_json::json!({"task": "t"})) {
             Err(e) => assert_eq!(e.code.code, "E100"),
             Ok(_) => panic!("accepted"),
+        }
+    }
+
+    /// The events tools flatten their filters, which serde cannot hold to
+    /// `deny_unknown_fields`: they are checked against the schema instead,
+    /// so a misspelt filter is refused rather than silently widening the
+    /// result to every event.
+    #[test]
+    fn the_events_tools_refuse_unknown_arguments_with_e100() {
+        for tool in [
+            "parhelia_events_list",
+            "parhelia_events_subscribe",
+            "parhelia_events_stream",
+        ] {
+            match plan(tool, serde_json::json!({"task": "t", "type": "tool_call"})) {
+                Err(e) => {
+                    assert_eq!(e.code.code, "E100", "{tool}");
+                    assert!(e.message.contains("`type`"), "{tool}: {}", e.message);
+                    assert!(e.message.contains("`types`"), "{tool}: {}", e.message);
+                }
+                Ok(_) => panic!("{tool} accepted an unknown argument"),
+            }
+            assert!(
+                plan(
+                    tool,
+                    serde_json::json!({"task": "t", "types": ["tool_call"]})
+                )
+                .is_ok(),
+                "{tool} refused its own arguments"
+            );
+        }
+    }
+
+    #[test]
+    fn every_schema_refuses_additional_properties() {
+        for tool in TOOLS {
+            assert_eq!(
+                (tool.schema)().get("additionalProperties"),
+                Some(&Value::Bool(false)),
+                "{}",
+                tool.name
+            );
         }
     }
 }
