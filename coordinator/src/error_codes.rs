@@ -260,7 +260,7 @@ error_codes! {
     TASK_TIMEOUT = "E301" "TASK_TIMEOUT" {
         what: "The task reached its time limit.",
         why: "It ran for its `--timeout` (counted from the start of its current session): the agent took a final checkpoint and stopped it. Nothing was lost.",
-        recover: "`parhelia resume SESSION_ID` continues it with a fresh time limit, or `parhelia task retry TASK_ID` starts over; pass a larger `--timeout` next time.",
+        recover: "`parhelia resume SESSION_ID -m \"go on\"` continues it from its final checkpoint with a fresh time limit (without `-m` it would wait for input until the limit stopped it again), or `parhelia task retry TASK_ID` starts over; pass a larger `--timeout` next time.",
     }
 
     // E4xx: auth.
@@ -320,12 +320,12 @@ error_codes! {
     AGENT_FAILED_TO_START = "E502" "AGENT_FAILED_TO_START" {
         what: "The session's agent did not start.",
         why: "`parhelia-agent` is missing, exited at once, or did not announce its endpoint in time.",
-        recover: "Read `containers/<container-id>/runtime/agent.log` in the state directory; set `PARHELIA_AGENT_BIN` if the agent lives elsewhere.",
+        recover: "Read `containers/<container-id>/runtime/agent.log` in the state directory (it says why the agent stopped); if the agent lives elsewhere, set `PARHELIA_AGENT_BIN` and restart the coordinator (`parhelia coordinator stop`; the next command starts it with your environment), then `parhelia task retry TASK_ID`.",
     }
     AGENT_UNREACHABLE = "E503" "AGENT_UNREACHABLE" {
         what: "The session's agent cannot be reached.",
         why: "The agent process is gone (killed, machine restarted) or its endpoint stopped answering.",
-        recover: "Check `parhelia task show TASK_ID` and the agent log; create the task again if the session was lost.",
+        recover: "Check `parhelia task show TASK_ID` and the agent's log (`containers/<container-id>/runtime/agent.log` in the state directory); a lost session keeps its work up to its latest checkpoint: `parhelia session recover SESSION_ID` shows which and resumes it.",
     }
     COORDINATOR_UNAVAILABLE = "E504" "COORDINATOR_UNAVAILABLE" {
         what: "The coordinator is not answering.",
@@ -449,7 +449,7 @@ error_codes! {
     CHECKPOINT_UNSAFE = "E621" "CHECKPOINT_UNSAFE" {
         what: "The checkpoint contains an unsafe entry.",
         why: "An entry would write outside the workspace (`..`, an absolute path, a link leading out) or is a device file.",
-        recover: "Nothing was written. Do not restore this checkpoint; report how it was produced.",
+        recover: "Nothing was written. Do not restore this checkpoint: pick another (`parhelia checkpoint list SESSION_ID`; plain `parhelia resume SESSION_ID` passes over it and names it), and report how it was produced.",
     }
     CHECKPOINT_BUSY = "E622" "CHECKPOINT_BUSY" {
         what: "The checkpoint store is busy.",
@@ -480,6 +480,8 @@ error_codes! {
 pub struct Cause {
     pub task_id: String,
     pub session_id: Option<String>,
+    /// The task's (last) container, whose runtime directory holds the agent's log.
+    pub container_id: Option<String>,
     /// The failed turn's `api_error_status` (0: none).
     pub http_status: u32,
     /// The failed turn's result subtype (`success` with an error, `error_max_turns`…).
@@ -512,6 +514,7 @@ impl Cause {
                 *self = Cause {
                     task_id: std::mem::take(&mut self.task_id),
                     session_id: self.session_id.take(),
+                    container_id: self.container_id.take(),
                     ..Cause::default()
                 };
             }
@@ -547,6 +550,14 @@ impl Cause {
 
     fn retry_command(&self) -> String {
         format!("`parhelia task retry {}`", self.task_id)
+    }
+
+    /// The agent's log, relative to the state directory.
+    fn agent_log(&self) -> String {
+        format!(
+            "`containers/{}/runtime/agent.log`",
+            self.container_id.as_deref().unwrap_or("<container-id>")
+        )
     }
 }
 
@@ -604,6 +615,22 @@ pub fn advice(code: &ErrorCode, cause: &Cause) -> Option<String> {
                     crate::term::escape_untrusted_text(&crate::render::one_line(r, 80))
                 ))
                 .unwrap_or_default()
+        )),
+        "E502" => Some(format!(
+            "Read {} in the state directory: it says why the agent stopped. If the agent lives elsewhere, set `PARHELIA_AGENT_BIN` and restart the coordinator (`parhelia coordinator stop`; the next command starts it with your environment), then {retry}.",
+            cause.agent_log()
+        )),
+        "E503" => Some(format!(
+            "Its agent is gone (its log, {} in the state directory, shows what it did last); the work up to its latest checkpoint is kept: {resume} continues it (`parhelia session recover {}` shows which checkpoint).",
+            cause.agent_log(),
+            cause.session_id.as_deref().unwrap_or("SESSION_ID")
+        )),
+        "E301" => Some(format!(
+            "It ran for its `--timeout` and was stopped after a final checkpoint; {resume} continues from there with a fresh time limit of the same length ({retry} starts over; pass a larger `--timeout` to a new task)."
+        )),
+        "E516" => Some(format!(
+            "Everything written before the disk filled is intact. Free space (`df -h` on the state directory; `parhelia checkpoint list {sid}` shows store sizes, retention settings prune), then `parhelia resume {sid}` continues from its latest checkpoint.",
+            sid = cause.session_id.as_deref().unwrap_or("SESSION_ID")
         )),
         "E602" => Some(format!(
             "Nothing ran to the end; {resume} continues from its latest checkpoint (`parhelia session recover {}` shows which).",
