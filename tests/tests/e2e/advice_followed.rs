@@ -325,7 +325,7 @@ fn plant(h: &Harness, session_id: &str, entries: &[parhelia_checkpoint::raw::Raw
         m.trees.push(conversation);
         for layer in &honest.layers {
             if !m.layers.contains(layer) {
-                m.layers.push(layer.clone());
+                m.layers.push(*layer);
             }
         }
         m.trigger = "turn_end".into();
