@@ -267,7 +267,7 @@ error_codes! {
     TASK_TIMEOUT = "E301" "TASK_TIMEOUT" {
         what: "The task reached its time limit.",
         why: "It ran for its `--timeout` (counted from the start of its current session): the agent took a final checkpoint and stopped it. Nothing was lost.",
-        recover: "`parhelia resume SESSION_ID` continues it with a fresh time limit, or `parhelia task retry TASK_ID` starts over; pass a larger `--timeout` next time.",
+        recover: "`parhelia resume SESSION_ID -m \"go on\"` continues it from its final checkpoint with a fresh time limit (without `-m` it would wait for input until the limit stopped it again), or `parhelia task retry TASK_ID` starts over; pass a larger `--timeout` next time.",
     }
 
     // E4xx: auth.
@@ -327,12 +327,12 @@ error_codes! {
     AGENT_FAILED_TO_START = "E502" "AGENT_FAILED_TO_START" {
         what: "The session's agent did not start.",
         why: "`parhelia-agent` is missing, exited at once, or did not announce its endpoint in time.",
-        recover: "Read `containers/<container-id>/runtime/agent.log` in the state directory; set `PARHELIA_AGENT_BIN` if the agent lives elsewhere.",
+        recover: "Read `containers/<container-id>/runtime/agent.log` in the state directory (it says why the agent stopped); if the agent lives elsewhere, set `PARHELIA_AGENT_BIN` and restart the coordinator (`parhelia coordinator stop`; the next command starts it with your environment), then `parhelia task retry TASK_ID`.",
     }
     AGENT_UNREACHABLE = "E503" "AGENT_UNREACHABLE" {
         what: "The session's agent cannot be reached.",
         why: "The agent process is gone (killed, machine restarted) or its endpoint stopped answering.",
-        recover: "Check `parhelia task show TASK_ID` and the agent log; create the task again if the session was lost.",
+        recover: "Check `parhelia task show TASK_ID` and the agent's log (`containers/<container-id>/runtime/agent.log` in the state directory); a lost session keeps its work up to its latest checkpoint: `parhelia session recover SESSION_ID` shows which and resumes it.",
     }
     COORDINATOR_UNAVAILABLE = "E504" "COORDINATOR_UNAVAILABLE" {
         what: "The coordinator is not answering.",
@@ -456,7 +456,7 @@ error_codes! {
     CHECKPOINT_UNSAFE = "E621" "CHECKPOINT_UNSAFE" {
         what: "The checkpoint contains an unsafe entry.",
         why: "An entry would write outside the workspace (`..`, an absolute path, a link leading out) or is a device file.",
-        recover: "Nothing was written. Do not restore this checkpoint; report how it was produced.",
+        recover: "Nothing was written. Do not restore this checkpoint: pick another (`parhelia checkpoint list SESSION_ID`; plain `parhelia resume SESSION_ID` passes over it and names it), and report how it was produced.",
     }
     CHECKPOINT_BUSY = "E622" "CHECKPOINT_BUSY" {
         what: "The checkpoint store is busy.",

@@ -373,12 +373,18 @@ fn migrate_in_transaction(conn: &mut Connection, target: u32) -> Result<u32> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > LATEST_VERSION {
-        return Err(coded(
+        // The table's advice (permissions) is for the other cause: say what fits this one.
+        return Err(CodedError::new(
             error_codes::STATE_UNAVAILABLE,
             format!(
                 "database schema version {current} is newer than this parhelia understands ({LATEST_VERSION})"
             ),
-        ));
+        )
+        .with_advice(Some(
+            "A newer Parhelia wrote this state directory; nothing in it was changed. Run that newer `parhelia` here, or use another state directory with this one (`parhelia --state-dir DIR …`)."
+                .to_string(),
+        ))
+        .into());
     }
     for version in current..target.min(LATEST_VERSION) {
         tx.execute_batch(MIGRATIONS[version as usize])

@@ -494,7 +494,7 @@ fn generation_check(db: &crate::db::Db) -> Check {
                 "{code}: the database is at generation {database} but had reached {} (its WAL was truncated or lost, or an older copy was restored)",
                 record.generation
             ),
-            "start the coordinator: it reports the rollback and re-creates the live containers' rows from the record",
+            "start the coordinator (`parhelia reconciler run --once` starts it, as any command that needs it does): it reports the rollback and re-creates the live containers' rows from the record; then `parhelia events list --type database_rolled_back` says what was rebuilt",
         ),
         GenerationCheck::Unreadable { reason } => Check::warn(
             "database generation",

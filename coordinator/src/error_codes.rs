@@ -11,6 +11,8 @@ pub use parhelia_contract::codes::*;
 pub struct Cause {
     pub task_id: String,
     pub session_id: Option<String>,
+    /// The task's (last) container, whose runtime directory holds the agent's log.
+    pub container_id: Option<String>,
     /// The failed turn's `api_error_status` (0: none).
     pub http_status: u32,
     /// The failed turn's result subtype (`success` with an error, `error_max_turns`…).
@@ -43,6 +45,7 @@ impl Cause {
                 *self = Cause {
                     task_id: std::mem::take(&mut self.task_id),
                     session_id: self.session_id.take(),
+                    container_id: self.container_id.take(),
                     ..Cause::default()
                 };
             }
@@ -78,6 +81,14 @@ impl Cause {
 
     fn retry_command(&self) -> String {
         format!("`parhelia task retry {}`", self.task_id)
+    }
+
+    /// The agent's log, relative to the state directory.
+    fn agent_log(&self) -> String {
+        format!(
+            "`containers/{}/runtime/agent.log`",
+            self.container_id.as_deref().unwrap_or("<container-id>")
+        )
     }
 }
 
@@ -135,6 +146,22 @@ pub fn advice(code: &ErrorCode, cause: &Cause) -> Option<String> {
                     crate::term::escape_untrusted_text(&crate::render::one_line(r, 80))
                 ))
                 .unwrap_or_default()
+        )),
+        "E502" => Some(format!(
+            "Read {} in the state directory: it says why the agent stopped. If the agent lives elsewhere, set `PARHELIA_AGENT_BIN` and restart the coordinator (`parhelia coordinator stop`; the next command starts it with your environment), then {retry}.",
+            cause.agent_log()
+        )),
+        "E503" => Some(format!(
+            "Its agent is gone (its log, {} in the state directory, shows what it did last); the work up to its latest checkpoint is kept: {resume} continues it (`parhelia session recover {}` shows which checkpoint).",
+            cause.agent_log(),
+            cause.session_id.as_deref().unwrap_or("SESSION_ID")
+        )),
+        "E301" => Some(format!(
+            "It ran for its `--timeout` and was stopped after a final checkpoint; {resume} continues from there with a fresh time limit of the same length ({retry} starts over; pass a larger `--timeout` to a new task)."
+        )),
+        "E516" => Some(format!(
+            "Everything written before the disk filled is intact. Free space (`df -h` on the state directory; `parhelia checkpoint list {sid}` shows store sizes, retention settings prune), then `parhelia resume {sid}` continues from its latest checkpoint.",
+            sid = cause.session_id.as_deref().unwrap_or("SESSION_ID")
         )),
         "E602" => Some(format!(
             "Nothing ran to the end; {resume} continues from its latest checkpoint (`parhelia session recover {}` shows which).",

@@ -989,6 +989,18 @@ mod tests {
                 cause(&|c| c.stop_reason = Some("task cancel".into())),
             ),
             (
+                "E502 agent exited",
+                error_codes::AGENT_FAILED_TO_START,
+                cause(&|c| c.container_id = Some("ctr-9c0d1e2f".into())),
+            ),
+            (
+                "E503 agent lost",
+                error_codes::AGENT_UNREACHABLE,
+                cause(&|c| c.container_id = Some("ctr-9c0d1e2f".into())),
+            ),
+            ("E301 timed out", error_codes::TASK_TIMEOUT, cause(&|_| {})),
+            ("E516 disk full", error_codes::DISK_FULL, cause(&|_| {})),
+            (
                 "E602 interrupted",
                 error_codes::SESSION_INTERRUPTED,
                 cause(&|_| {}),

@@ -561,6 +561,7 @@ pub(crate) fn outcome_with_advice(
 /// only counters are kept).
 fn failure_cause(db: &crate::db::Db, task: &crate::db::TaskRecord) -> Result<error_codes::Cause> {
     let mut cause = error_codes::Cause::new(&task.id, task.session_id.as_deref());
+    cause.container_id = task.container_id.clone();
     let mut after = 0;
     loop {
         let events = db.task_events_after(&task.id, after, 500)?;

@@ -515,6 +515,136 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            code: "E502",
+            advice: &[
+                "runtime/agent.log` in the state directory",
+                "PARHELIA_AGENT_BIN",
+                "parhelia coordinator stop",
+                "parhelia task retry task-",
+            ],
+            provoke: |w| {
+                // An agent binary that cannot start, and says why on stderr.
+                let agent = w.root().join("bin/broken-agent");
+                std::fs::write(
+                    &agent,
+                    "#!/bin/sh\necho 'broken-agent: cannot start: planted by the test' >&2\nexit 3\n",
+                )
+                .unwrap();
+                std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+                w.set_env("PARHELIA_AGENT_BIN", &agent.display().to_string());
+                let created = w.create("x");
+                let task_id = created["task_id"].as_str().unwrap();
+                w.wait_task(task_id, "failed");
+                w.run(&["task", "watch", task_id])
+            },
+            follow: |w| {
+                let listed = w.json(&["task", "list", "--json"]);
+                let task = w.task(listed[0]["id"].as_str().unwrap());
+                let task_id = task["id"].as_str().unwrap().to_string();
+                // The log the advice names (relative to the state directory) says why.
+                let container_id = task["container_id"].as_str().unwrap();
+                let log = w
+                    .state()
+                    .join(format!("containers/{container_id}/runtime/agent.log"));
+                let text = std::fs::read_to_string(&log)
+                    .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+                assert!(text.contains("cannot start: planted by the test"), "{text}");
+                // The agent lives elsewhere: set it, restart the coordinator, retry.
+                w.set_env("PARHELIA_AGENT_BIN", &agent_bin().display().to_string());
+                w.ok(&["coordinator", "stop"]);
+                w.wait_for("the coordinator to stop", || {
+                    w.ok(&["coordinator", "status"])
+                        .contains("not running")
+                        .then_some(())
+                });
+                w.ok(&["task", "retry", &task_id]);
+                w.wait_task(&task_id, "completed");
+            },
+        },
+        Case {
+            code: "E503",
+            advice: &[
+                "runtime/agent.log` in the state directory",
+                "parhelia resume sess-",
+                "-m \"go on\"",
+                "parhelia session recover sess-",
+            ],
+            provoke: |w| {
+                // The agent is killed; the reconciler marks it lost once its
+                // heartbeats are 2 s stale.
+                w.set_env("PARHELIA_RECONCILER_STALE_THRESHOLD_SECONDS", "2");
+                let created = w.create("hang-once here");
+                let task_id = created["task_id"].as_str().unwrap();
+                let container_id = created["container_id"].as_str().unwrap();
+                w.wait_for("a heartbeat", || {
+                    let c = w.json(&["container", "show", container_id, "--json"]);
+                    (c["state"] == "running" && c["last_heartbeat_at"].is_string()).then_some(())
+                });
+                kill(w.agent_pid(container_id).unwrap(), "KILL");
+                let task = w.wait_task(task_id, "interrupted");
+                assert_eq!(task["error_code"], "E503", "{task:#}");
+                w.run(&["task", "watch", task_id])
+            },
+            follow: |w| {
+                let listed = w.json(&["task", "list", "--json"]);
+                let task = w.task(listed[0]["id"].as_str().unwrap());
+                let task_id = task["id"].as_str().unwrap().to_string();
+                let session_id = task["session_id"].as_str().unwrap().to_string();
+                let container_id = task["container_id"].as_str().unwrap();
+                // The log the advice names shows what the agent did last.
+                let log = w
+                    .state()
+                    .join(format!("containers/{container_id}/runtime/agent.log"));
+                let text = std::fs::read_to_string(&log)
+                    .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+                assert!(!text.trim().is_empty(), "{}", log.display());
+                // `session recover` shows which checkpoint, then the advised resume.
+                let recover = w.json(&["session", "recover", &session_id, "--json"]);
+                assert_eq!(recover["resumable"], true, "{recover:#}");
+                w.ok(&["resume", &session_id, "-m", "go on"]);
+                w.wait_for("the resumed task to complete", || {
+                    let t = w.task(&task_id);
+                    (t["status"] == "completed" && t["container_id"] != container_id).then_some(())
+                });
+            },
+        },
+        Case {
+            code: "E507",
+            advice: &[
+                "A newer Parhelia wrote this state directory",
+                "--state-dir DIR",
+            ],
+            provoke: |w| {
+                create_held(w, "recorded by 'a newer parhelia'");
+                w.ok(&["coordinator", "stop"]);
+                w.wait_for("the coordinator to stop", || {
+                    w.ok(&["coordinator", "status"])
+                        .contains("not running")
+                        .then_some(())
+                });
+                // As a newer Parhelia leaves it: a schema version this one does not know.
+                let db = rusqlite::Connection::open(w.state().join("parhelia.db")).unwrap();
+                db.pragma_update(None, "user_version", 999).unwrap();
+                drop(db);
+                w.run(&["task", "list"])
+            },
+            follow: |w| {
+                // Another state directory works with this Parhelia...
+                let other = w.root().join("other-state");
+                let other = other.to_str().unwrap();
+                w.ok(&["--state-dir", other, "task", "create", "x", "--no-dispatch"]);
+                let listed = w.json(&["--state-dir", other, "task", "list", "--json"]);
+                assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+                w.ok(&["--state-dir", other, "coordinator", "stop"]);
+                // ...and the newer one's was left as it was.
+                let version: u32 = w
+                    .db()
+                    .query_row("PRAGMA user_version", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(version, 999);
+            },
+        },
+        Case {
             code: "E509",
             advice: &["chown", "chmod 700"],
             provoke: |w| {
@@ -638,8 +768,8 @@ fn cases() -> Vec<Case> {
 /// `docs/dev/advice-coverage.md` cannot drift from what runs).
 const COVERED: &[&str] = &[
     "E100", "E101", "E102", "E103", "E104", "E107", "E108", "E109", "E111", "E112", "E116", "E117",
-    "E118", "E119", "E201", "E202", "E203", "E204", "E205", "E300", "E501", "E509", "E600", "E601",
-    "E603", "E604", "E605",
+    "E118", "E119", "E201", "E202", "E203", "E204", "E205", "E300", "E501", "E502", "E503", "E507",
+    "E509", "E600", "E601", "E603", "E604", "E605",
 ];
 
 #[test]

@@ -697,6 +697,11 @@ fn the_safety_checkpoint_has_the_conversation_and_resume_skips_incomplete_ones()
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("E606"), "{stderr}");
+    // Its advice (issue 14), followed below: the plain resume picks a restorable one.
+    assert!(
+        stderr.contains("plain `parhelia resume SESSION_ID` picks the newest restorable one"),
+        "{stderr}"
+    );
 
     // The default resume passes over it, says so, and continues the conversation.
     let resumed = h.ok(&["resume", &session_id, "-m", "Continue."]);

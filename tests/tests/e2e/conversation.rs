@@ -504,6 +504,80 @@ fn a_subagents_events_carry_their_parent_and_their_own_start_and_finish() {
     );
 }
 
+/// The same in an interactive session, whose events come from the transcript: Claude
+/// Code's TUI runs the subagent in the background, so its request and the main agent's
+/// next one race; the script answers both with the same text, and exactly one of the two
+/// texts may be the main agent's (issue 14: a subagent's text is never the main
+/// agent's). The subagent's start and finish name the Task call. (What this cannot see:
+/// a subagent text recorded only after the main agent's reply was read.)
+#[test]
+fn an_interactive_subagents_events_carry_their_parent_and_their_own_start_and_finish() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::new(
+            "Task",
+            serde_json::json!({
+                "description": "Say hello",
+                "prompt": "Say hello and stop.",
+                "subagent_type": "general-purpose",
+            }),
+        )]),
+        // The subagent's request and the main agent's next one, in either order.
+        Turn::text("Same reply.").times(2),
+        // The main agent, when the TUI hands it the background subagent's end (it does
+        // not always ask again: nothing waits for this turn).
+        Turn::text("Main agent: the subagent reported."),
+    ]));
+    let (task_id, _, _) = ids(&create(&h, "Ask a subagent", &["--interactive"]));
+    let finished = h.wait_for("the subagent's finish", || {
+        let finished = h.task_events(&task_id, "subagent_finished");
+        (!finished.is_empty()).then_some(finished)
+    });
+    let calls = h.task_events(&task_id, "tool_call");
+    let task_call = calls
+        .iter()
+        .map(|e| &e["kind"]["tool_call"])
+        .find(|c| c["name"] == "Task" || c["name"] == "Agent")
+        .unwrap_or_else(|| panic!("no Task call: {calls:#?}"));
+    let parent = task_call["tool_use_id"].as_str().unwrap();
+    assert!(
+        task_call.get("parent_tool_use_id").is_none(),
+        "{task_call:#}"
+    );
+    let started = h.task_events(&task_id, "subagent_started");
+    assert_eq!(started.len(), 1, "{started:#?}");
+    let started = &started[0]["kind"]["subagent_started"];
+    assert_eq!(started["tool_use_id"], parent, "{started:#}");
+    assert_eq!(started["description"], "Say hello", "{started:#}");
+    assert_eq!(finished.len(), 1, "{finished:#?}");
+    let finished = &finished[0]["kind"]["subagent_finished"];
+    assert_eq!(finished["tool_use_id"], parent, "{finished:#}");
+
+    // Once both racing requests were answered, and the main agent's reply is recorded,
+    // exactly one "Same reply." is the main agent's.
+    h.wait_for("both racing requests answered", || {
+        (h.stand_in.turns_consumed() >= 3).then_some(())
+    });
+    let texts = h.wait_for("the main agent's reply", || {
+        let texts: Vec<Value> = h
+            .task_events(&task_id, "assistant_text")
+            .into_iter()
+            .map(|e| e["kind"]["assistant_text"].clone())
+            .collect();
+        texts
+            .iter()
+            .any(|t| t["text"] == "Same reply." && t.get("parent_tool_use_id").is_none())
+            .then_some(texts)
+    });
+    let mains = texts
+        .iter()
+        .filter(|t| t["text"] == "Same reply." && t.get("parent_tool_use_id").is_none())
+        .count();
+    assert_eq!(
+        mains, 1,
+        "the subagent's text is the main agent's: {texts:#?}"
+    );
+}
+
 /// The automatic resume (`reconciler.auto_resume`) of a session lost with no checkpoint
 /// at all: it starts over from its starting workspace. Before, the lost container was
 /// called "resumable (no checkpoint yet)" and the automatic resume failed with E205.

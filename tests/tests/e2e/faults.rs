@@ -3,7 +3,8 @@
 //!
 //! A full disk: the state directory sits on a small tmpfs that the test fills while a
 //! turn runs. The session must stop as `interrupted` with E516 (not stay `running`,
-//! not E502), nothing earlier is harmed, and once space is freed `resume` finishes it.
+//! not E502), nothing earlier is harmed, and the advice printed under the error (free
+//! space, then `parhelia resume SESSION_ID`) followed as printed brings the session back.
 //! Mounting needs root (CAP_SYS_ADMIN); where it is refused the test says so and ends.
 
 use std::io::Write;
@@ -141,9 +142,22 @@ fn a_full_disk_stops_the_session_with_e516_and_resume_finishes_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("E516"), "{stderr}");
 
-    // Space back: the session resumes with its conversation.
+    // The advice under the error (issue 14): free space, then this session's resume.
+    let watched = h.run(&["task", "watch", &task_id]);
+    let advice = String::from_utf8_lossy(&watched.stderr).into_owned();
+    assert!(advice.starts_with("error[E516]: "), "{advice}");
+    assert!(advice.contains("Free space (`df -h`"), "{advice}");
+    let resume = advice
+        .split('`')
+        .find(|s| s.starts_with("parhelia resume "))
+        .unwrap_or_else(|| panic!("no `parhelia resume` in the advice: {advice}"));
+    assert_eq!(resume, format!("parhelia resume {session_id}"), "{advice}");
+
+    // Followed: space back, then the advised resume; the session resumes with its
+    // conversation.
     std::fs::remove_file(&fill).unwrap();
-    h.ok(&["resume", &session_id]);
+    let args: Vec<&str> = resume.split_whitespace().skip(1).collect();
+    h.ok(&args);
     let task = h.wait_task(&task_id, |t| t["status"] == "running");
     assert_eq!(task["error_code"], serde_json::Value::Null, "{task:#}");
     h.ok(&["session", "send", &session_id, "Are you back?"]);

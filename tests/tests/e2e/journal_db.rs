@@ -290,8 +290,22 @@ fn an_older_database_under_a_running_session_is_reported_and_the_task_comes_back
     assert_eq!(integrity, "ok");
     let doctor = String::from_utf8_lossy(&h.run(&["doctor"]).stdout).into_owned();
     assert!(doctor.contains("E514"), "{doctor}");
-
-    h.ok(&["reconciler", "run", "--once"]);
+    // Its advice (issue 14), followed: start the coordinator with the command it names,
+    // then read what was rebuilt with the one it names next.
+    let start = doctor
+        .split('`')
+        .find(|s| s.starts_with("parhelia reconciler run"))
+        .unwrap_or_else(|| panic!("doctor names no command to start the coordinator:\n{doctor}"));
+    let args: Vec<&str> = start.split_whitespace().skip(1).collect();
+    h.ok(&args);
+    assert!(
+        doctor.contains("`parhelia events list --type database_rolled_back`"),
+        "{doctor}"
+    );
+    let listed = h.json(&["events", "list", "--type", "database_rolled_back", "--json"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert!(listed[0].to_string().contains(&container), "{listed:#?}");
     let reports = coordinator_events(&h, "database_rolled_back");
     assert_eq!(reports.len(), 1, "{reports:#?}");
     assert!(reports[0].0.starts_with("E514"), "{}", reports[0].0);

@@ -9,6 +9,7 @@
 //!
 //! `chaos::chaos_rounds` is the long run behind `scripts/chaos` (ignored here).
 
+mod advice_followed;
 mod attach;
 mod budget;
 mod chaos;

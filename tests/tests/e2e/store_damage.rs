@@ -206,6 +206,12 @@ fn store_damage_is_reported_as_damage_repaired_from_the_workspace_and_skipped_by
     let (stdout, stderr) = fails(&h, &["checkpoint", "repair", "--session", &session_id]);
     assert!(stderr.contains("E625"), "{stderr}");
     assert!(stdout.contains(newest.as_str()), "{stdout}");
+    // Its advice (issue 14), followed below: verify names what still verifies, and
+    // `resume` skips the damaged one for it.
+    assert!(
+        stderr.contains("`resume` skips them; resume from an older checkpoint that verifies (`parhelia checkpoint verify --session SESSION_ID`)"),
+        "{stderr}"
+    );
     let (stdout, _) = fails(&h, &["checkpoint", "verify", "--session", &session_id]);
     assert!(stdout.contains("repair found no fix"), "{stdout}");
     let text = h.ok(&["checkpoint", "list", &session_id]);

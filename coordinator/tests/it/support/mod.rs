@@ -33,6 +33,10 @@ while IFS= read -r line; do
   printf '{"type":"system","subtype":"init","cwd":"%s","session_id":"fake","tools":["Bash"],"model":"fake-model","claude_code_version":"0.0.0-fake"}\n' "$PWD"
   error=false
   case "$line" in
+    *hang-once*)
+      if [ ! -e "$CLAUDE_CODE_FAKE_STATE/hung-once" ]; then
+        touch "$CLAUDE_CODE_FAKE_STATE/hung-once"; sleep 1000 & sleeper=$!; wait "$sleeper"
+      fi ;;
     *hang*) sleep 1000 & sleeper=$!; wait "$sleeper" ;;
     *stream*)
       i=0

@@ -1,0 +1,449 @@
+//! Advice followed end to end (issue 14): each test provokes a coded error with the real
+//! `parhelia`, agent, tmux and Claude Code on the scripted model, checks that the advice
+//! printed under the error names the action, takes that action exactly as printed, and
+//! asserts that it succeeds. These are the codes whose follow-up needs real Claude Code
+//! (a conversation that continues after a resume, a session that acts on a message);
+//! `coordinator/tests/it/advice.rs` follows the rest with a fake, and
+//! `docs/dev/advice-coverage.md` lists which test follows which code.
+//!
+//! - E301: a local `--timeout` stop; the advised `resume … -m "go on"` finishes the task
+//!   with its work (a resume without `-m` would wait for input until the limit stopped it
+//!   again, so the advice says `-m`).
+//! - E602: Claude Code killed mid-turn; `session recover` shows the checkpoint, the
+//!   advised resume finishes the task.
+//! - E110: the session put a link in its `.git`; `session pull` refuses, names it, and
+//!   `checkpoint show` lists it; the session is asked to remove it (`session send`), and
+//!   the pull then makes the branch.
+
+use std::path::Path;
+use std::process::Output;
+
+use parhelia_testkit::harness::Harness;
+use parhelia_testkit::{Script, ToolCall, Turn};
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The backquoted command in `text` that starts with `prefix`, split into `parhelia`'s
+/// arguments (`-m "…"` kept as one argument, unquoted).
+fn advised(text: &str, prefix: &str) -> Vec<String> {
+    let command = text
+        .split('`')
+        .find(|s| s.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}…` in the advice:\n{text}"));
+    let (head, message) = match command.split_once(" -m ") {
+        Some((head, message)) => (head, Some(message.trim_matches('"'))),
+        None => (command, None),
+    };
+    let mut args: Vec<String> = head.split_whitespace().skip(1).map(String::from).collect();
+    if let Some(message) = message {
+        args.extend(["-m".to_string(), message.to_string()]);
+    }
+    args
+}
+
+fn run_advised(h: &Harness, args: &[String]) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    h.ok(&args)
+}
+
+fn workspace(h: &Harness, session_id: &str) -> std::path::PathBuf {
+    h.state()
+        .join("sessions")
+        .join(session_id)
+        .join("workspace")
+}
+
+/// `git -C DIR ARGS` with an identity for commits, asserting success; returns stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@localhost"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn e301_a_timed_out_task_resumed_as_advised_finishes_with_its_work() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash("echo started > progress.txt; sleep 600")]),
+        // After the resume: one short turn, well inside the fresh limit.
+        Turn::text("Picked up where I left off; done."),
+    ]));
+    // Long enough for the resumed Claude Code to start and answer one scripted turn;
+    // the first session is stopped at it (its Bash call sleeps 600 s).
+    let created = h.json(&[
+        "task",
+        "create",
+        "Work slowly",
+        "--timeout",
+        "30s",
+        "--json",
+    ]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let task = h.wait_task(&task_id, |t| t["status"] != "running");
+    assert_eq!(task["error_code"], "E301", "{task:#}");
+
+    let out = h.run(&["task", "watch", &task_id]);
+    let stderr = stderr_of(&out);
+    assert!(stderr.starts_with("error[E301]: "), "{stderr}");
+    let resume = advised(&stderr, "parhelia resume ");
+    assert_eq!(
+        resume,
+        ["resume", &session_id, "-m", "go on"],
+        "the advice names this session's resume with a message: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("parhelia task retry {task_id}")),
+        "{stderr}"
+    );
+
+    run_advised(&h, &resume);
+    let task = h.wait_task(&task_id, |t| {
+        t["container_id"] != created["container_id"]
+            && (t["status"] == "completed" || t["status"] == "failed")
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        task["result"], "Picked up where I left off; done.",
+        "{task:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(workspace(&h, &session_id).join("progress.txt")).unwrap(),
+        "started\n",
+        "the work before the stop was kept"
+    );
+    // The resumed Claude Code got the advised message.
+    assert!(
+        h.stand_in
+            .requests()
+            .iter()
+            .any(|r| r.last_user_text.as_deref() == Some("go on")),
+        "{:#?}",
+        h.stand_in.requests()
+    );
+}
+
+#[test]
+fn e602_an_interrupted_session_recovered_as_advised_finishes() {
+    let mut h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("kept.txt", "kept\n")]),
+        // Claude Code is killed while this answer is held.
+        Turn::hold("never delivered"),
+        // After the resume.
+        Turn::text("Finished after the resume."),
+    ]));
+    // Unconfined: Claude Code's pid file then holds a host pid the test can signal.
+    h.set_env("PARHELIA_ISOLATION", "none");
+    let created = h.json(&["task", "create", "Write kept.txt", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    h.wait_for("the held answer at the model", || {
+        (h.stand_in.holds_served() >= 1).then_some(())
+    });
+    let pid = std::fs::read_to_string(
+        h.state()
+            .join("containers")
+            .join(&container_id)
+            .join("runtime/sandbox/claude.pid"),
+    )
+    .expect("claude code's pid file");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    h.stand_in.release_hold();
+    let task = h.wait_task(&task_id, |t| t["status"] != "running");
+    assert_eq!(task["status"], "interrupted", "{task:#}");
+    assert_eq!(task["error_code"], "E602", "{task:#}");
+
+    let out = h.run(&["task", "watch", &task_id]);
+    let stderr = stderr_of(&out);
+    assert!(stderr.starts_with("error[E602]: "), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "`parhelia session recover {session_id}` shows which"
+        )),
+        "{stderr}"
+    );
+    let resume = advised(&stderr, "parhelia resume ");
+    assert_eq!(resume, ["resume", &session_id, "-m", "go on"], "{stderr}");
+
+    // `session recover` shows which checkpoint the resume continues from, and the
+    // same command.
+    let recover = h.json(&["session", "recover", &session_id, "--json"]);
+    assert_eq!(recover["resumable"], true, "{recover:#}");
+    assert_eq!(recover["error_code"], "E602", "{recover:#}");
+    let shown = h.ok(&["session", "recover", &session_id]);
+    assert!(
+        shown.contains(&format!("parhelia resume {session_id}")),
+        "{shown}"
+    );
+    let listed = h.json(&["checkpoint", "list", &session_id, "--json"]);
+    let newest = listed
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap_or_else(|| panic!("no checkpoint: {listed:#}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(shown.contains(&newest), "recover names {newest}:\n{shown}");
+
+    let resumed = run_advised(&h, &resume);
+    assert!(
+        resumed.contains(&format!("resumed from {newest}")),
+        "{resumed}"
+    );
+    let task = h.wait_task(&task_id, |t| {
+        t["container_id"] != container_id.as_str()
+            && (t["status"] == "completed" || t["status"] == "failed")
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Finished after the resume.", "{task:#}");
+}
+
+#[test]
+fn e110_a_link_the_session_put_in_its_git_dir_is_removed_in_the_session_and_the_pull_succeeds() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash("ln -s /etc .git/escape")]),
+        Turn::text("Linked."),
+        // After `session send`: the session removes it.
+        Turn::tool_use([ToolCall::bash("rm .git/escape")]),
+        Turn::text("Removed .git/escape."),
+    ]));
+    let project = h.root().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("main.rs"), "fn main() {}\n").unwrap();
+    git(&project, &["init", "--quiet", "--initial-branch", "main"]);
+    git(&project, &["add", "--all"]);
+    git(&project, &["commit", "--quiet", "-m", "start"]);
+    let start = git(&project, &["rev-parse", "main"]);
+    // Interactive, so the session takes a second message after its first turn.
+    let created = h.json(&[
+        "task",
+        "create",
+        "Link /etc into .git",
+        "--workspace",
+        "project",
+        "--interactive",
+        "--json",
+    ]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let ws = workspace(&h, &session_id);
+    h.wait_for("the first turn's result", || {
+        (!h.task_events(&task_id, "turn_result").is_empty()).then_some(())
+    });
+    assert!(
+        std::fs::symlink_metadata(ws.join(".git/escape"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    let out = h.run(&["session", "pull", &session_id, "--repo", "project"]);
+    let stderr = stderr_of(&out);
+    assert!(stderr.starts_with("error[E110]: "), "{stderr}");
+    assert!(
+        stderr.contains(".git/escape"),
+        "the path is named: {stderr}"
+    );
+    assert!(
+        stderr.contains("remove it inside the session") && stderr.contains("pull again"),
+        "{stderr}"
+    );
+    assert!(
+        git(&project, &["for-each-ref", "refs/heads/parhelia"]).is_empty(),
+        "no branch was made"
+    );
+    // "Look at the named path (`parhelia checkpoint show`)": the refused checkpoint
+    // (named in the message) lists it.
+    let checkpoint = stderr
+        .split("(checkpoint ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or_else(|| panic!("no checkpoint named: {stderr}"));
+    let shown = h.ok(&["checkpoint", "show", checkpoint]);
+    assert!(shown.contains(".git/escape"), "{shown}");
+
+    // The session made it: it removes it, then the pull succeeds.
+    h.ok(&["session", "send", &session_id, "Remove .git/escape"]);
+    h.wait_for("the second turn's result", || {
+        (h.task_events(&task_id, "turn_result").len() >= 2).then_some(())
+    });
+    assert!(std::fs::symlink_metadata(ws.join(".git/escape")).is_err());
+    let pulled = h.json(&[
+        "session",
+        "pull",
+        &session_id,
+        "--repo",
+        "project",
+        "--json",
+    ]);
+    let branch = format!("parhelia/{session_id}");
+    assert_eq!(pulled["branch"], branch.as_str(), "{pulled:#}");
+    assert_eq!(git(&project, &["rev-parse", &branch]), start);
+    assert!(
+        std::fs::symlink_metadata(project.join(".git/escape")).is_err(),
+        "nothing of the link reached the user's repository"
+    );
+}
+
+/// Plants checkpoint `bad` in the session's store: `entries` as its workspace tree
+/// (written raw, as a hostile session could), with the newest honest checkpoint's
+/// conversation, so nothing but its workspace keeps it from being restored.
+fn plant(h: &Harness, session_id: &str, entries: &[parhelia_checkpoint::raw::RawEntry]) -> String {
+    use parhelia_checkpoint::raw::{RawOptions, write_checkpoint_with};
+    let root = h
+        .state()
+        .join("sessions")
+        .join(session_id)
+        .join("volume/checkpoints");
+    let store = parhelia_checkpoint::Store::open(&root).unwrap();
+    let newest = store.list().unwrap().last().unwrap().id.clone();
+    let honest = store.load(&newest).unwrap();
+    let conversation = honest
+        .tree("conversation")
+        .expect("the honest checkpoint has a conversation")
+        .clone();
+    let id = write_checkpoint_with(&store, "workspace", entries, &RawOptions::default(), |m| {
+        m.trees.push(conversation);
+        for layer in &honest.layers {
+            if !m.layers.contains(layer) {
+                m.layers.push(*layer);
+            }
+        }
+        m.trigger = "turn_end".into();
+    })
+    .unwrap();
+    id.to_string()
+}
+
+/// E621 and E624: checkpoints the store refuses to restore (an entry that would write
+/// outside the workspace; a path longer than the caps), planted as a session could
+/// write them. A rollback to either is refused before anything is written, and the
+/// advice, to pick another checkpoint, is followed both ways it names: plain `resume`
+/// passes over both, naming them, and continues from the honest one; a rollback to the
+/// honest one picked from `checkpoint list` restores it and the conversation continues.
+#[test]
+fn e621_e624_refused_checkpoints_advise_another_which_restores() {
+    use parhelia_checkpoint::raw::RawEntry;
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("a.txt", "honest\n")]),
+        Turn::text("Done."),
+        // After the plain resume.
+        Turn::text("Resumed past both."),
+        // After the rollback to the honest checkpoint.
+        Turn::text("Back at the honest checkpoint."),
+    ]));
+    let created = h.json(&["task", "create", "Write a.txt", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+    let ws = workspace(&h, &session_id);
+    let listed = h.json(&["checkpoint", "list", &session_id, "--json"]);
+    let honest = listed.as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut long = String::new();
+    let mut deep = Vec::new();
+    while long.len() < 5000 {
+        if !long.is_empty() {
+            long.push('/');
+        }
+        long.push_str(&"d".repeat(200));
+        deep.push(RawEntry::dir(&long));
+    }
+    deep.push(RawEntry::file(&format!("{long}/f"), b"x"));
+    let unsafe_cp = plant(&h, &session_id, &[RawEntry::file("../escape", b"x")]);
+    let oversized = plant(&h, &session_id, &deep);
+    std::fs::write(ws.join("a.txt"), "changed since\n").unwrap();
+
+    for (bad, code, advice) in [
+        (
+            &unsafe_cp,
+            "E621",
+            "pick another (`parhelia checkpoint list SESSION_ID`",
+        ),
+        (
+            &oversized,
+            "E624",
+            "Pick another checkpoint (`parhelia checkpoint list SESSION_ID`)",
+        ),
+    ] {
+        let out = h.run(&["checkpoint", "rollback", bad, "--yes"]);
+        let stderr = stderr_of(&out);
+        assert!(
+            !out.status.success() && stderr.starts_with(&format!("error[{code}]: ")),
+            "{bad}: {stderr}"
+        );
+        assert!(stderr.contains(advice), "{code}: {stderr}");
+        assert_eq!(
+            std::fs::read_to_string(ws.join("a.txt")).unwrap(),
+            "changed since\n",
+            "{code}: nothing was written"
+        );
+        assert!(!ws.parent().unwrap().join("escape").exists());
+    }
+
+    // Followed: plain `resume` passes over both, naming them, and continues from the
+    // honest one.
+    let resumed = h.ok(&["resume", &session_id, "-m", "Continue."]);
+    for (bad, code) in [(&unsafe_cp, "E621"), (&oversized, "E624")] {
+        assert!(
+            resumed.contains(&format!("skipped    {bad} [{code}]")),
+            "{resumed}"
+        );
+    }
+    assert!(
+        resumed.contains(&format!("resumed from {honest}")),
+        "{resumed}"
+    );
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" && t["result"] != "Done."
+    });
+    assert_eq!(task["result"], "Resumed past both.", "{task:#}");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("a.txt")).unwrap(),
+        "honest\n"
+    );
+
+    // Or picked from the list by hand: the rollback to the honest one restores it and
+    // continues the conversation.
+    std::fs::write(ws.join("a.txt"), "changed again\n").unwrap();
+    let listed = h.ok(&["checkpoint", "list", &session_id]);
+    assert!(listed.contains(&honest), "{listed}");
+    h.ok(&[
+        "checkpoint",
+        "rollback",
+        &honest,
+        "--yes",
+        "-m",
+        "Carry on from here.",
+    ]);
+    let task = h.wait_task(&task_id, |t| {
+        t["status"] == "completed" && t["result"] != "Resumed past both."
+    });
+    assert_eq!(task["result"], "Back at the honest checkpoint.", "{task:#}");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("a.txt")).unwrap(),
+        "honest\n"
+    );
+}
