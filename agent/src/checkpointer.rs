@@ -260,11 +260,25 @@ pub fn take_checkpoint(
                 full_scan,
             },
         };
-        if !summary.skipped
-            && paths.has_retention()
-            && let Err(e) = store.prune(&paths.retention)
-        {
-            tracing::warn!(error = %e, "pruning the checkpoint store failed; nothing was removed");
+        if !summary.skipped && paths.has_retention() {
+            match store.prune(&paths.retention) {
+                Ok(_) => {}
+                // Pruned to the retention policy, and still over the quota: the new
+                // checkpoint is kept (a session's latest state is never dropped for
+                // space), and the store stays over it until older ones can go.
+                Err(e @ CheckpointError::QuotaExceeded { .. }) => tracing::warn!(
+                    code = e.code(),
+                    error = %e,
+                    "the checkpoint store is over its quota after pruning; the new checkpoint is kept"
+                ),
+                // The new checkpoint is committed either way; what the failed prune
+                // removed, if anything, `checkpoint list` shows.
+                Err(e) => tracing::warn!(
+                    code = e.code(),
+                    error = %e,
+                    "pruning the checkpoint store failed; the new checkpoint is kept"
+                ),
+            }
         }
         Ok(summary)
     })();

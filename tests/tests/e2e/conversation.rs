@@ -345,7 +345,7 @@ fn a_session_lost_before_any_checkpoint_starts_over_from_its_workspace() {
         .join(&session_id)
         .join("volume/checkpoints");
     assert!(store.is_dir(), "{}", store.display());
-    std::fs::remove_dir_all(&store).unwrap();
+    remove_store(&h, &store);
     let lost = h.wait_task(&task_id, |t| t["status"] == "interrupted");
     let why = lost["error_message"].as_str().unwrap_or("");
     assert!(!why.contains("no checkpoint yet"), "{why}");
@@ -604,13 +604,13 @@ fn a_session_lost_before_any_checkpoint_is_resumed_automatically() {
             .unwrap()
             .success()
     );
-    std::fs::remove_dir_all(
-        h.state()
+    remove_store(
+        &h,
+        &h.state()
             .join("sessions")
             .join(&session_id)
             .join("volume/checkpoints"),
-    )
-    .unwrap();
+    );
     h.stand_in.release_hold();
     let task = h.wait_task(&task_id, |t| {
         ended(t) && t["container_id"] != container_id.as_str()
@@ -700,4 +700,19 @@ fn an_interactive_sessions_subagent_has_its_start_and_finish() {
 #[test]
 fn an_interactive_sessions_background_subagent_ends_with_its_notification() {
     interactive_subagent(true);
+}
+
+/// Removes a session's checkpoint store, as if its agent had died before its first
+/// checkpoint. The coordinator may be writing there at that moment (its salvage of a
+/// session whose agent is gone), so a removal can meet a file made after the listing:
+/// it is tried again until the directory is gone.
+fn remove_store(h: &Harness, store: &std::path::Path) {
+    h.wait_for(
+        "the checkpoint store removed",
+        || match std::fs::remove_dir_all(store) {
+            Ok(()) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
+            Err(_) => None,
+        },
+    );
 }
