@@ -1719,7 +1719,9 @@ impl Supervisor {
                 self.transcript
                     .as_deref()
                     .is_some_and(crate::transcript::request_in_flight),
+                // (Only once Claude Code was up: one that never started sent nothing.)
                 unanswered.turn_in_flight
+                    && (self.last_init.is_some() || *self.prompt_ready.borrow())
                     && self.turn_submitted_at.is_some_and(|at| {
                         !self
                             .transcript

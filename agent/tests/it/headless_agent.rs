@@ -341,6 +341,28 @@ async fn a_missing_claude_binary_fails_fast_with_e501() {
     fixture.assert_default_tmux_untouched();
 }
 
+/// A Claude Code that exits at once (127: its interpreter missing) never sent a
+/// request: its turn went unanswered, but no spend is unknown.
+#[tokio::test]
+async fn a_claude_code_that_never_started_had_no_request_in_flight() {
+    let fixture = Fixture::new();
+    let broken = fixture.path("broken-claude");
+    std::fs::write(&broken, "#!/bin/sh\nexit 127\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spec = fixture.write_spec(|s| {
+        s["claude_bin"] = broken.to_string_lossy().into_owned().into();
+        s["linger_after_finish_ms"] = 0.into();
+    });
+    let mut child = fixture.spawn_agent(&spec);
+    let status = wait_for_exit(&mut child).await;
+    assert!(status.success(), "{status}");
+    let journal = fixture.journal();
+    let exited = claude_exited(&journal);
+    assert_eq!(exited.exit_code, 127, "{exited:?}");
+    assert!(!exited.request_in_flight, "{exited:?}");
+    assert_eq!(session_finished(&journal).error_code, "E501");
+}
+
 #[test]
 fn startup_errors_exit_2_with_a_message() {
     let fixture = Fixture::new();
