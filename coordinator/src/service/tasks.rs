@@ -150,6 +150,32 @@ impl CoordinatorService {
             .into());
         } else if let Some((_, position)) = outcome.waiting.iter().find(|(id, _)| id == task_id) {
             fill(String::new(), String::new(), true, *position);
+        } else {
+            // Another pass took it first (the daemon's dispatch loop, woken
+            // by a task ending): what that pass did is in the task's row.
+            let db = &self.inner.db;
+            let Some(task) = db.get_task(task_id)? else {
+                return Ok(());
+            };
+            if task.status == TaskStatus::Pending {
+                let plan = queue::plan_dispatch(
+                    &db.queued_tasks()?,
+                    db.count_tasks_in(TaskStatus::Running)?,
+                    self.inner.config.orchestrator.max_concurrent_workers,
+                );
+                let position = plan
+                    .waiting
+                    .iter()
+                    .find(|(id, _)| id == task_id)
+                    .map_or(1, |(_, p)| *p);
+                fill(String::new(), String::new(), true, position);
+            } else if let (Some(session), Some(container), Some(_)) =
+                (task.session_id, task.container_id, task.started_at_ms)
+            {
+                // Started since this call queued it (a retry clears
+                // `started_at_ms`); else it was cancelled while queued.
+                fill(session, container, false, 0);
+            }
         }
         Ok(())
     }
@@ -762,6 +788,45 @@ mod tests {
         assert_eq!(f.db().held_tasks().unwrap(), vec!["task-a".to_string()]);
         let task = f.db().get_task("task-a").unwrap().unwrap();
         assert_eq!(task.status, TaskStatus::Pending);
+    }
+
+    /// What a pass left `task_id` as, from an outcome that does not name it.
+    fn placement_of(
+        f: &super::super::testing::Fixture,
+        task_id: &str,
+    ) -> (String, String, bool, u32) {
+        let mut placed = (String::new(), String::new(), false, 0);
+        f.service
+            .fill_placement(task_id, &DispatchOutcome::default(), |s, c, q, p| {
+                placed = (s, c, q, p)
+            })
+            .unwrap();
+        placed
+    }
+
+    /// The daemon's dispatch loop may take a task between a submit's or a
+    /// retry's queueing it and that call's own pass: the reply still says
+    /// where it went, from the task's row (CI saw a retry answer no session).
+    #[tokio::test]
+    async fn a_task_another_pass_placed_is_reported_where_it_went() {
+        let f = fixture();
+        let ids = running_task(f.db(), "task-p");
+        assert_eq!(
+            placement_of(&f, "task-p"),
+            (ids.session_id, ids.container_id, false, 0)
+        );
+        held_task(f.db(), "task-q", TaskLimits::default());
+        f.db().request_dispatch(&["task-q".to_string()]).unwrap();
+        let (session, container, queued, position) = placement_of(&f, "task-q");
+        assert!(session.is_empty() && container.is_empty());
+        assert!(queued, "still pending: queued");
+        assert!(position >= 1);
+        f.service.cancel_task("task-q", "").await.unwrap();
+        assert_eq!(
+            placement_of(&f, "task-q"),
+            (String::new(), String::new(), false, 0),
+            "cancelled while queued: placed nowhere"
+        );
     }
 
     #[tokio::test]
