@@ -94,6 +94,9 @@ pub struct CheckpointSummary {
     pub new_bytes: u64,
     pub duration_ms: u64,
     pub full_scan: bool,
+    /// After this checkpoint and the prune that followed it, the store was
+    /// still over its quota: `(store_bytes, quota_bytes)` (E623).
+    pub over_quota: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -249,6 +252,7 @@ pub fn take_checkpoint(
                 new_bytes: manifest.stats.new_bytes,
                 duration_ms: 0,
                 full_scan,
+                over_quota: None,
             },
             CreateOutcome::Unchanged(id) => CheckpointSummary {
                 checkpoint_id: id.to_string(),
@@ -258,19 +262,25 @@ pub fn take_checkpoint(
                 new_bytes: 0,
                 duration_ms: 0,
                 full_scan,
+                over_quota: None,
             },
         };
+        let mut summary = summary;
         if !summary.skipped && paths.has_retention() {
             match store.prune(&paths.retention) {
                 Ok(_) => {}
                 // Pruned to the retention policy, and still over the quota: the new
                 // checkpoint is kept (a session's latest state is never dropped for
-                // space), and the store stays over it until older ones can go.
-                Err(e @ CheckpointError::QuotaExceeded { .. }) => tracing::warn!(
-                    code = e.code(),
-                    error = %e,
-                    "the checkpoint store is over its quota after pruning; the new checkpoint is kept"
-                ),
+                // space), and the store stays over it until older ones can go. The
+                // supervisor journals it (`store_over_quota`) for the views.
+                Err(e @ CheckpointError::QuotaExceeded { used, limit }) => {
+                    tracing::warn!(
+                        code = e.code(),
+                        error = %e,
+                        "the checkpoint store is over its quota after pruning; the new checkpoint is kept"
+                    );
+                    summary.over_quota = Some((used, limit));
+                }
                 // The new checkpoint is committed either way; what the failed prune
                 // removed, if anything, `checkpoint list` shows.
                 Err(e) => tracing::warn!(

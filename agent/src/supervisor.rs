@@ -53,7 +53,8 @@ use parhelia_contract::codes;
 use parhelia_proto::{
     AgentError, AgentInfo, CheckpointCreated, CheckpointFailed, CheckpointRestored, ClaudeExited,
     ClaudeInit, Heartbeat, InputAccepted, ModelSpend, SendInputResponse, SessionFinished,
-    SessionOutcome, SessionStarted, SessionStatus, StatusChanged, StopRequested, TurnResult, event,
+    SessionOutcome, SessionStarted, SessionStatus, StatusChanged, StopRequested, StoreOverQuota,
+    TurnResult, event,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -846,18 +847,29 @@ impl Supervisor {
     ) -> Result<u64, JournalError> {
         match result {
             Ok(summary) => {
-                self.journal(event::Kind::CheckpointCreated(CheckpointCreated {
-                    checkpoint_id: summary.checkpoint_id.clone(),
-                    trigger: trigger.into(),
-                    message: message.into(),
-                    skipped: summary.skipped,
-                    file_count: summary.file_count,
-                    total_bytes: summary.total_bytes,
-                    new_bytes: summary.new_bytes,
-                    duration_ms: summary.duration_ms,
-                    full_scan: summary.full_scan,
-                }))
-                .await
+                let seq = self
+                    .journal(event::Kind::CheckpointCreated(CheckpointCreated {
+                        checkpoint_id: summary.checkpoint_id.clone(),
+                        trigger: trigger.into(),
+                        message: message.into(),
+                        skipped: summary.skipped,
+                        file_count: summary.file_count,
+                        total_bytes: summary.total_bytes,
+                        new_bytes: summary.new_bytes,
+                        duration_ms: summary.duration_ms,
+                        full_scan: summary.full_scan,
+                    }))
+                    .await?;
+                if let Some((store_bytes, quota_bytes)) = summary.over_quota {
+                    self.journal(event::Kind::StoreOverQuota(StoreOverQuota {
+                        checkpoint_id: summary.checkpoint_id.clone(),
+                        store_bytes,
+                        quota_bytes,
+                        error_code: codes::CHECKPOINT_QUOTA.code.to_string(),
+                    }))
+                    .await?;
+                }
+                Ok(seq)
             }
             Err(failure) => {
                 tracing::error!(trigger, code = failure.code.code, error = %failure.message, "checkpoint failed");

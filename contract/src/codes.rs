@@ -465,8 +465,8 @@ error_codes! {
     }
     CHECKPOINT_QUOTA = "E623" "CHECKPOINT_QUOTA" {
         what: "The checkpoint store is over its quota.",
-        why: "`max_store_bytes` would be exceeded even after pruning what the retention policy allows.",
-        recover: "Raise the quota or shorten retention in `.parhelia/config.toml`, or delete old sessions.",
+        why: "A session's checkpoint store is still larger than `checkpoint.max_store_mb` after pruning what the retention policy allows; the newest checkpoint is kept (a session's latest state is never dropped for space).",
+        recover: "Raise `checkpoint.max_store_mb` (or lower `checkpoint.keep_last`) in `.parhelia/config.toml`, run `parhelia coordinator reload`; they apply from the session's next launch (once it has ended: `parhelia resume SESSION_ID -m \"go on\"`), whose checkpoints prune to them. `parhelia task show TASK_ID` stops warning once the store fits.",
     }
     CHECKPOINT_LIMIT = "E624" "CHECKPOINT_LIMIT" {
         what: "The checkpoint is larger than a restore or diff is allowed to handle.",

@@ -291,6 +291,23 @@ pub fn parse_id(id: &str) -> Result<CheckpointId, CodedError> {
 
 /// One line per checkpoint, for `checkpoint list`: the message is cut to
 /// fit a terminal, and whole anywhere else.
+/// What `task show` and `checkpoint list` say while a session's store is over
+/// its quota (its latest `store_over_quota` event, `Db::store_over_quota`).
+pub fn over_quota_text(session_id: &str, q: &parhelia_proto::StoreOverQuota) -> String {
+    format!(
+        "warning[{code}]: {session_id}'s checkpoint store is {used}, over its quota of {quota} \
+         after pruning; its newest checkpoint {id} was kept.\n  hint: raise \
+         `checkpoint.max_store_mb` (or lower `checkpoint.keep_last`) in config.toml and run \
+         `parhelia coordinator reload`; they apply from the session's next launch (once it has \
+         ended: `parhelia resume {session_id} -m \"go on\"`), whose checkpoints prune to them. \
+         (more: parhelia help {code})\n",
+        code = error_codes::CHECKPOINT_QUOTA.code,
+        used = bytes(q.store_bytes),
+        quota = bytes(q.quota_bytes),
+        id = one_line(&q.checkpoint_id, 80),
+    )
+}
+
 pub fn list_text(views: &[CheckpointView]) -> String {
     list_text_as(views, crate::table::stdout_look())
 }

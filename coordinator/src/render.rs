@@ -263,6 +263,16 @@ pub fn render_event(event: &Event) -> Option<String> {
             text.push_str(&format!(" · total {}", cost(s.session_cost_usd)));
             ("spend", text)
         }
+        Kind::StoreOverQuota(q) => (
+            "checkpt",
+            format!(
+                "[{}] store over its quota after pruning: {} of {} · {} kept",
+                non_empty_or(&q.error_code, crate::error_codes::CHECKPOINT_QUOTA.code),
+                bytes(q.store_bytes),
+                bytes(q.quota_bytes),
+                q.checkpoint_id
+            ),
+        ),
         Kind::CheckpointRestored(r) => (
             "restored",
             format!(
@@ -689,6 +699,21 @@ mod tests {
             Some("stop     requested: SIGTERM"),
         );
         assert_eq!(render_event(&Event::default()), None);
+    }
+
+    #[test]
+    fn a_store_over_its_quota_names_its_size_and_the_kept_checkpoint() {
+        check(
+            Kind::StoreOverQuota(parhelia_proto::StoreOverQuota {
+                checkpoint_id: "ckpt-1\u{1b}[2J".into(),
+                store_bytes: 3 * 1024 * 1024,
+                quota_bytes: 1024 * 1024,
+                error_code: String::new(),
+            }),
+            Some(
+                "checkpt  [E623] store over its quota after pruning: 3.0 MiB of 1.0 MiB · ckpt-1\\x1b[2J kept",
+            ),
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub fn event_type_name(kind: &event::Kind) -> &'static str {
         Kind::CheckpointFailed(_) => "checkpoint_failed",
         Kind::CheckpointRestored(_) => "checkpoint_restored",
         Kind::ModelSpend(_) => "model_spend",
+        Kind::StoreOverQuota(_) => "store_over_quota",
         Kind::SubagentStarted(_) => "subagent_started",
         Kind::SubagentFinished(_) => "subagent_finished",
     }
@@ -69,6 +70,7 @@ pub const EVENT_TYPE_NAMES: &[&str] = &[
     "checkpoint_failed",
     "checkpoint_restored",
     "model_spend",
+    "store_over_quota",
     "subagent_started",
     "subagent_finished",
 ];
@@ -81,7 +83,7 @@ pub fn event_level(kind: &event::Kind) -> &'static str {
         Kind::TurnResult(r) if r.is_error => "error",
         Kind::ToolResult(r) if r.is_error => "warning",
         Kind::SubagentFinished(f) if f.is_error => "warning",
-        Kind::ApiRetry(_) => "warning",
+        Kind::ApiRetry(_) | Kind::StoreOverQuota(_) => "warning",
         Kind::ClaudeExited(e) if !e.had_result => "warning",
         Kind::SessionFinished(f) if f.outcome != SessionOutcome::Succeeded as i32 => "error",
         _ => "info",

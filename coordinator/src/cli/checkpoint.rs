@@ -186,6 +186,16 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                 print_json(&views)?;
             } else {
                 out!("{}", list_text(&views));
+                for s in &sessions {
+                    if let Some(q) = opened.db.store_over_quota(&s.id)? {
+                        out!(
+                            "{}",
+                            crate::term::escape_untrusted_text(&checkpoints::over_quota_text(
+                                &s.id, &q
+                            ))
+                        );
+                    }
+                }
             }
             Ok(0)
         }

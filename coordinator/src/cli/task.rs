@@ -641,8 +641,21 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
         .task_limits(task_id)?
         .map(|(l, _)| l)
         .unwrap_or_default();
+    let over_quota = match &task.session_id {
+        Some(session_id) => opened.db.store_over_quota(session_id)?,
+        None => None,
+    };
     if json {
         let mut value = serde_json::to_value(views::TaskView::from(&task))?;
+        // Present only while the session's store is over its quota (E623).
+        if let Some(q) = &over_quota {
+            value["store_over_quota"] = serde_json::json!({
+                "code": crate::error_codes::CHECKPOINT_QUOTA.code,
+                "checkpoint_id": q.checkpoint_id,
+                "store_bytes": q.store_bytes,
+                "quota_bytes": q.quota_bytes,
+            });
+        }
         // The same figures as the top-level ones (kept for older readers).
         value["budget"] = serde_json::json!({
             "compute_usd": task.spend.compute_usd,
@@ -666,6 +679,14 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
                         usd(task.spend.cost_usd)
                     )
                 )
+            );
+        }
+        if let (Some(session_id), Some(q)) = (&task.session_id, &over_quota) {
+            out!(
+                "{}",
+                crate::term::escape_untrusted_text(&crate::checkpoints::over_quota_text(
+                    session_id, q
+                ))
             );
         }
     }

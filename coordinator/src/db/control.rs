@@ -417,6 +417,35 @@ impl Db {
         })
     }
 
+    /// The session's store is over its quota (E623) when its latest
+    /// `store_over_quota` event is newer than every checkpoint committed after
+    /// it (a skipped checkpoint prunes nothing, so it changes nothing).
+    pub fn store_over_quota(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<parhelia_proto::StoreOverQuota>> {
+        use parhelia_proto::event::Kind;
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT payload FROM events
+             WHERE session_id = ?1 AND type IN ('checkpoint_created', 'store_over_quota')
+             ORDER BY id DESC",
+        )?;
+        let mut rows = stmt.query([session_id])?;
+        while let Some(row) = rows.next()? {
+            let payload: String = row.get(0)?;
+            let Ok(event) = serde_json::from_str::<parhelia_proto::Event>(&payload) else {
+                continue;
+            };
+            match event.kind {
+                Some(Kind::StoreOverQuota(q)) => return Ok(Some(q)),
+                Some(Kind::CheckpointCreated(c)) if !c.skipped => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
     /// Checkpoints announced by agents on a remote backend (`checkpoint_created`
     /// events of sessions whose task runs there) that are not yet known durable:
     /// `(session_id, checkpoint_id)`, oldest first.

@@ -447,3 +447,83 @@ fn e621_e624_refused_checkpoints_advise_another_which_restores() {
         "honest\n"
     );
 }
+
+/// E623: a session's store still over `checkpoint.max_store_mb` after pruning keeps its
+/// newest checkpoint and says so: a `store_over_quota` event, a warning under `task
+/// show` and `checkpoint list` (and `store_over_quota` in `task show --json`) that names
+/// the fix. Followed as printed — the quota raised in config.toml, `coordinator reload`,
+/// the advised `resume` — the session's next checkpoint fits and the warning is gone.
+#[test]
+fn e623_a_store_over_its_quota_is_reported_and_the_advised_raise_clears_it() {
+    let h = Harness::new(Script::new([
+        // 3 MiB that no compression shrinks: over a 1 MiB quota in any checkpoint.
+        Turn::tool_use([ToolCall::bash(
+            "head -c 3145728 /dev/urandom > blob.bin && echo written",
+        )]),
+        Turn::text("Wrote the blob."),
+        Turn::text("Resumed with room to spare."),
+    ]));
+    let config = h.state().join("config.toml");
+    std::fs::write(&config, "[checkpoint]\nmax_store_mb = 1\n").unwrap();
+    let created = h.json(&["task", "create", "Write a blob", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let task = h.wait_task(&task_id, |t| t["status"] != "running");
+    assert_eq!(
+        task["status"], "completed",
+        "the quota refuses nothing: {task:#}"
+    );
+
+    // What happened is journaled: the store was over the quota after a checkpoint.
+    let over = h.task_events(&task_id, "store_over_quota");
+    assert!(!over.is_empty(), "no store_over_quota event");
+    let last = &over.last().unwrap()["kind"]["store_over_quota"];
+    assert_eq!(last["error_code"], "E623", "{last:#}");
+    assert_eq!(last["quota_bytes"], 1024 * 1024, "{last:#}");
+    assert!(
+        last["store_bytes"].as_u64().unwrap() > 3 * 1024 * 1024,
+        "{last:#}"
+    );
+    // The checkpoint it names was kept and restores the blob.
+    let kept = last["checkpoint_id"].as_str().unwrap().to_string();
+    let listed = h.json(&["checkpoint", "list", &session_id, "--json"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == kept.as_str()),
+        "{listed:#}"
+    );
+
+    let shown = h.json(&["task", "show", &task_id, "--json"]);
+    assert_eq!(shown["store_over_quota"]["code"], "E623", "{shown:#}");
+    assert_eq!(shown["store_over_quota"]["checkpoint_id"], kept.as_str());
+    let text = h.ok(&["task", "show", &task_id]);
+    assert!(text.contains("warning[E623]: "), "{text}");
+    let listed_text = h.ok(&["checkpoint", "list", &session_id]);
+    assert!(listed_text.contains("warning[E623]: "), "{listed_text}");
+    assert!(text.contains("`checkpoint.max_store_mb`"), "{text}");
+    assert!(text.contains("`parhelia coordinator reload`"), "{text}");
+
+    // Followed as printed.
+    std::fs::write(&config, "[checkpoint]\nmax_store_mb = 64\n").unwrap();
+    run_advised(&h, &advised(&text, "parhelia coordinator reload"));
+    let resume = advised(&text, "parhelia resume ");
+    assert_eq!(resume, ["resume", &session_id, "-m", "go on"], "{text}");
+    run_advised(&h, &resume);
+    let task = h.wait_task(&task_id, |t| {
+        t["container_id"] != created["container_id"]
+            && (t["status"] == "completed" || t["status"] == "failed")
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Resumed with room to spare.", "{task:#}");
+    assert!(
+        task.get("store_over_quota").is_none(),
+        "the store fits the raised quota: {task:#}"
+    );
+    let text = h.ok(&["task", "show", &task_id]);
+    assert!(!text.contains("E623"), "{text}");
+    let listed_text = h.ok(&["checkpoint", "list", &session_id]);
+    assert!(!listed_text.contains("E623"), "{listed_text}");
+}
