@@ -284,7 +284,7 @@ error_codes! {
     AGENT_AUTH_REJECTED = "E402" "AGENT_AUTH_REJECTED" {
         what: "The agent refused the coordinator's session secret.",
         why: "The agent answering on the container's endpoint is not the one this session launched, or the secret in the database does not match.",
-        recover: "Stop the container and create the task again; if it repeats, report it as a bug.",
+        recover: "Stop it with `parhelia task cancel TASK_ID` (a refused stop request ends its processes by signal, which needs no secret), then run `parhelia task retry TASK_ID`: the new attempt gets a new secret. If it repeats, report it as a bug.",
     }
     MODAL_CREDENTIALS_MISSING = "E403" "MODAL_CREDENTIALS_MISSING" {
         what: "No Modal credentials were found.",
@@ -358,7 +358,7 @@ error_codes! {
     ISOLATION_UNAVAILABLE = "E508" "ISOLATION_UNAVAILABLE" {
         what: "Bubblewrap isolation was requested but cannot be used.",
         why: "`local.isolation` is `required` (or `bwrap`), and `bwrap` is not installed or cannot create a sandbox on this machine (user namespaces disabled).",
-        recover: "Install bubblewrap (`apt-get install bubblewrap`), or set `PARHELIA_ISOLATION=none` (or `auto`) to run without isolation.",
+        recover: "Install bubblewrap (`apt-get install bubblewrap`), or run without isolation: `isolation = \"none\"` (or `\"auto\"`) under `[local]` in `.parhelia/config.toml`, or `PARHELIA_ISOLATION=none` in the environment you run `parhelia` from. Then run `parhelia coordinator stop`: the running coordinator read its environment and probed bubblewrap when it started; the next command starts one that sees the change.",
     }
     STATE_DIR_INSECURE = "E509" "STATE_DIR_INSECURE" {
         what: "The state directory is not private.",

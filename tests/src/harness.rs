@@ -27,6 +27,9 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `ANTHROPIC_API_KEY` every harness gives `parhelia` (the stand-in's key).
+pub const TEST_API_KEY: &str = "test-key-not-a-secret";
+
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub stand_in: StandIn,
@@ -46,6 +49,20 @@ impl Harness {
             &std::env::temp_dir(),
             crate::model_stand_in::StandInOptions {
                 log_bodies: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Like [`Self::new`], with the model stand-in accepting only `key` (the one the
+    /// harness gives `parhelia`): a command run with another `ANTHROPIC_API_KEY` is
+    /// refused 401 the way the API refuses a revoked key.
+    pub fn new_accepting_only_its_key(script: Script) -> Harness {
+        Self::build(
+            script,
+            &std::env::temp_dir(),
+            crate::model_stand_in::StandInOptions {
+                accepted_api_key: Some(TEST_API_KEY.into()),
                 ..Default::default()
             },
         )
@@ -91,13 +108,21 @@ impl Harness {
                 bin_dir().join("parhelia-agent").display().to_string(),
             ),
             ("ANTHROPIC_BASE_URL".into(), stand_in.base_url().to_string()),
-            ("ANTHROPIC_API_KEY".into(), "test-key-not-a-secret".into()),
+            ("ANTHROPIC_API_KEY".into(), TEST_API_KEY.into()),
             ("CLAUDE_CODE_MAX_RETRIES".into(), "1".into()),
             ("HOME".into(), dir.path().join("home").display().to_string()),
             // Frequent heartbeats, so tests see some without waiting long.
             ("PARHELIA_HEARTBEAT_INTERVAL_MS".into(), "200".into()),
         ];
         Harness { dir, stand_in, env }
+    }
+
+    /// The value the harness gives `parhelia` for `key`, if it sets one.
+    pub fn env_value(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets an environment variable for every later `parhelia` invocation.
@@ -120,7 +145,21 @@ impl Harness {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin_dir().join("parhelia"));
+        self.command_under(&[], args)
+    }
+
+    /// `parhelia ARGS` run by `wrapper` (e.g. `["unshare", "--pid", "--fork"]`), with
+    /// the same environment and directory as [`Self::command`].
+    pub fn command_under(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let parhelia = bin_dir().join("parhelia");
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(&parhelia),
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&parhelia);
+                cmd
+            }
+        };
         cmd.args(args)
             .current_dir(self.root())
             .env_remove("PARHELIA_HOME");

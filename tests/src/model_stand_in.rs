@@ -67,6 +67,10 @@ pub struct StandInOptions {
     /// Keep each request's full JSON body in the log (large: Claude Code sends its whole
     /// system prompt and tool schemas every time).
     pub log_bodies: bool,
+    /// When set, a `/v1/messages` request whose `x-api-key` (or bearer token) is not
+    /// this key is refused with 401 `authentication_error`, consuming no turn, the way
+    /// the API refuses a revoked key.
+    pub accepted_api_key: Option<String>,
 }
 
 /// A running stand-in. Dropping it stops the server.
@@ -129,6 +133,7 @@ impl StandIn {
                 requests: Vec::new(),
                 log_file,
                 log_bodies: options.log_bodies,
+                accepted_api_key: options.accepted_api_key.clone(),
                 next_id: 0,
             }),
             changed: Condvar::new(),
@@ -261,6 +266,7 @@ struct StandInState {
     requests: Vec<LoggedRequest>,
     log_file: Option<File>,
     log_bodies: bool,
+    accepted_api_key: Option<String>,
     /// Counter behind message, tool-use and request ids.
     next_id: u64,
 }
@@ -320,7 +326,28 @@ fn answer(
     let mut state = shared.lock();
     let request_id = state.fresh_id("req");
     let path = uri.path();
-    let answer = if method == Method::POST && path == "/v1/messages" {
+    let presented = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    let refused_key = state
+        .accepted_api_key
+        .as_deref()
+        .is_some_and(|accepted| presented != Some(accepted));
+    let answer = if method == Method::POST && path == "/v1/messages" && refused_key {
+        Answer {
+            message_id: None,
+            kind: RequestKind::Unauthorized,
+            turn_index: None,
+            reply: "error 401".to_owned(),
+            response: error_response(&ErrorReply::unauthorized(), &request_id),
+        }
+    } else if method == Method::POST && path == "/v1/messages" {
         match &json_body {
             Some(body) if body.is_object() => {
                 answer_messages(&mut state, &summary, &request_id, &shared.holds)

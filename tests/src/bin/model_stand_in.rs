@@ -45,6 +45,7 @@ fn main() -> anyhow::Result<()> {
             port: args.port,
             log_path: args.log,
             log_bodies: args.log_bodies,
+            accepted_api_key: None,
         },
     )?;
     if let Some(port_file) = &args.port_file {

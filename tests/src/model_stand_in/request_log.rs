@@ -23,6 +23,9 @@ pub enum RequestKind {
     Side,
     /// `POST /v1/messages` whose body was not a JSON object.
     BadRequest,
+    /// `POST /v1/messages` with a key the stand-in does not accept
+    /// (`StandInOptions::accepted_api_key`): 401, no turn consumed.
+    Unauthorized,
     /// `POST /v1/messages/count_tokens`.
     CountTokens,
     /// `GET /v1/models` or `GET /v1/models/{id}`.

@@ -527,3 +527,163 @@ fn e623_a_store_over_its_quota_is_reported_and_the_advised_raise_clears_it() {
     let listed_text = h.ok(&["checkpoint", "list", &session_id]);
     assert!(!listed_text.contains("E623"), "{listed_text}");
 }
+
+/// E401: the model API refuses the key the task was created with (the stand-in accepts
+/// only the harness's own key, as the API refuses a revoked one). The advice says to
+/// export a valid key in the shell `parhelia` runs from and create the task again;
+/// followed as printed, the new task reaches the model with that key and completes.
+#[test]
+fn e401_a_refused_key_replaced_as_advised_completes_the_task_again() {
+    let mut h = Harness::new_accepting_only_its_key(Script::new([Turn::text("Hello.")]));
+    h.set_env("ANTHROPIC_API_KEY", "sk-ant-revoked-not-a-secret");
+    let out = h.run(&["task", "create", "Say hi", "--sync"]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("error[E401]: "), "{stderr}");
+    assert!(
+        stderr.contains("Export a valid `ANTHROPIC_API_KEY` in the shell you run `parhelia` from"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("create the task again"), "{stderr}");
+    assert_eq!(
+        h.stand_in.turns_consumed(),
+        0,
+        "the refused key got no turn"
+    );
+
+    // Followed: the valid key exported, the task created again.
+    h.set_env("ANTHROPIC_API_KEY", parhelia_testkit::harness::TEST_API_KEY);
+    let created = h.json(&["task", "create", "Say hi", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap();
+    let task = h.wait_task(task_id, |t| t["status"] != "running");
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Hello.", "{task:#}");
+}
+
+/// E508: `PARHELIA_ISOLATION=required` where `bwrap` cannot make a sandbox (a `bwrap`
+/// first on PATH that fails, as on a host without unprivileged user namespaces). The
+/// launch is refused and the advice names the ways out; followed as printed (isolation
+/// set to `none`, the coordinator restarted so it sees the environment), the task
+/// completes.
+#[test]
+fn e508_isolation_that_cannot_be_had_is_refused_and_the_advised_setting_runs() {
+    let mut h = Harness::new(Script::new([Turn::text("Ran unconfined.")]));
+    let fake = h.root().join("broken-bwrap");
+    std::fs::create_dir(&fake).unwrap();
+    let bwrap = fake.join("bwrap");
+    std::fs::write(
+        &bwrap,
+        "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bwrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", fake.display(), h.env_value("PATH").unwrap());
+    h.set_env("PATH", &path);
+    h.set_env("PARHELIA_ISOLATION", "required");
+
+    let out = h.run(&["task", "create", "Say hi", "--json"]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("error[E508]: "), "{stderr}");
+    assert!(stderr.contains("`PARHELIA_ISOLATION=none`"), "{stderr}");
+    let stop = advised(&stderr, "parhelia coordinator stop");
+
+    // Followed: isolation off in the environment, the coordinator restarted.
+    h.set_env("PARHELIA_ISOLATION", "none");
+    run_advised(&h, &stop);
+    let created = h.json(&["task", "create", "Say hi", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap();
+    let task = h.wait_task(task_id, |t| t["status"] != "running");
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Ran unconfined.", "{task:#}");
+}
+
+/// E402: the session's secret in the database no longer matches its agent's (as after
+/// a database edited or put back by hand). A session command is refused; the advice —
+/// cancel the task (the stop needs no secret), then retry it (a new attempt, a new
+/// secret) — followed as printed, finishes the task.
+#[test]
+fn e402_a_secret_the_agent_refuses_cancel_and_retry_as_advised_finish() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash("echo started > started.txt; sleep 600")]),
+        // The retry's turn.
+        Turn::text("Done on the new attempt."),
+    ]));
+    let created = h.json(&["task", "create", "Work a while", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_for("the first turn's tool call", || {
+        (!h.task_events(&task_id, "tool_call").is_empty()).then_some(())
+    });
+    // Edited by hand, the way a user (or a restored copy) would change it.
+    let db = rusqlite::Connection::open(h.state().join("parhelia.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute(
+        "UPDATE sessions SET secret = 'not-the-agents-secret' WHERE id = ?1",
+        [&session_id],
+    )
+    .unwrap();
+    drop(db);
+
+    let out = h.run(&["session", "send", &session_id, "anything new?"]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.starts_with("error[E402]: "), "{stderr}");
+    let with_id = stderr.replace("TASK_ID", &task_id);
+    let cancel = advised(&with_id, "parhelia task cancel ");
+    let retry = advised(&with_id, "parhelia task retry ");
+
+    run_advised(&h, &cancel);
+    let task = h.wait_task(&task_id, |t| t["status"] != "running");
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    run_advised(&h, &retry);
+    let task = h.wait_task(&task_id, |t| {
+        t["attempt"] == 2 && t["status"] != "running" && t["status"] != "pending"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Done on the new attempt.", "{task:#}");
+}
+
+/// E406: a control request (`task cancel`) from another PID namespace (what a command
+/// run inside a session sandbox is) is refused, whatever token it presents. The advice — run it as
+/// the coordinator's user from your own shell — followed, the same command works.
+/// Needs `unshare --pid` (root or CAP_SYS_ADMIN); else the test says SKIPPED.
+#[test]
+fn e406_a_request_from_another_pid_namespace_is_refused_and_works_from_the_users_shell() {
+    let h = Harness::new(Script::new([]));
+    // The coordinator runs (a held task starts it).
+    let held = h.json(&["task", "create", "later", "--no-dispatch", "--json"]);
+    let task_id = held["task_id"].as_str().unwrap();
+    let probe = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: `unshare --pid` is not permitted here");
+        return;
+    }
+    let out = h
+        .command_under(
+            &["unshare", "--pid", "--fork"],
+            &["task", "cancel", task_id],
+        )
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.starts_with("error[E406]: "), "{stderr}");
+    assert!(stderr.contains("another PID namespace"), "{stderr}");
+    assert!(
+        stderr.contains("Run `parhelia` as the coordinator's user from your own shell"),
+        "{stderr}"
+    );
+    let task = h.json(&["task", "show", task_id, "--json"]);
+    assert_eq!(
+        task["status"], "pending",
+        "the refused request changed nothing"
+    );
+    // Followed: the same command from the user's own shell.
+    h.ok(&["task", "cancel", task_id]);
+    let task = h.json(&["task", "show", task_id, "--json"]);
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+}
