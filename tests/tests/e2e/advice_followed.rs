@@ -687,3 +687,39 @@ fn e406_a_request_from_another_pid_namespace_is_refused_and_works_from_the_users
     let task = h.json(&["task", "show", task_id, "--json"]);
     assert_eq!(task["status"], "cancelled", "{task:#}");
 }
+
+/// E114: a local task asking for a GPU the host does not have is refused before
+/// anything starts. Followed as advised for a local run (`--gpu` left out), the task
+/// completes. (The `--backend modal` half needs Modal.) Skipped on a host that has the
+/// GPU.
+#[test]
+fn e114_a_gpu_the_host_lacks_is_refused_and_the_task_without_it_runs_locally() {
+    let has_gpu = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("H200"));
+    if has_gpu {
+        eprintln!("SKIPPED: this host has an H200");
+        return;
+    }
+    let h = Harness::new(Script::new([Turn::text("Ran on the CPU.")]));
+    let out = h.run(&["task", "create", "Train it", "--gpu", "H200", "--json"]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.starts_with("error[E114]: "), "{stderr}");
+    assert!(
+        stderr.contains("leave `--gpu` out for a local run"),
+        "{stderr}"
+    );
+    let listed = h.json(&["task", "list", "--json"]);
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "nothing was started: {listed:#}"
+    );
+
+    let created = h.json(&["task", "create", "Train it", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap();
+    let task = h.wait_task(task_id, |t| t["status"] != "running");
+    assert_eq!(task["status"], "completed", "{task:#}");
+}
