@@ -4,7 +4,7 @@
 //!
 //! Promise: [`ChangeTracker::take`] returns either a set of relative paths
 //! that is a superset of everything created, modified, deleted or renamed
-//! since the previous `take`, or [`ChangeHint::Unknown`] when that cannot be
+//! since the previous `take` (and nothing only opened or read), or [`ChangeHint::Unknown`] when that cannot be
 //! guaranteed — the watcher could not start, reported an error, or the kernel
 //! dropped events (queue overflow). The checkpoint engine rescans on Unknown,
 //! so either way the checkpoint is exact.
@@ -91,6 +91,13 @@ impl ChangeTracker {
                 Ok(event) => {
                     if event.need_rescan() {
                         shared.pending = Pending::Unknown;
+                        return;
+                    }
+                    // Opening, reading and closing change nothing (inotify reports
+                    // them as `Access`; a write also brings its own `Modify`). Counted,
+                    // every file the previous checkpoint read would be hashed again by
+                    // the next one (issue 19: every checkpoint re-read the tree).
+                    if matches!(event.kind, EventKind::Access(_)) {
                         return;
                     }
                     let appeared = matches!(
@@ -209,6 +216,34 @@ mod tests {
         std::fs::write(root.join("d/e/f/deep.txt"), "deep").unwrap();
         // deep.txt arrives through its own event or through the walk of `d`.
         wait_for(&tracker, &["a.txt", "old.txt", "d", "d/e/f/deep.txt"]);
+    }
+
+    /// Reads are not changes: files opened, read and closed (as a checkpoint reads
+    /// what it hashes) are not in the next hint; a written one is.
+    #[test]
+    fn reading_files_is_not_a_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("src")).unwrap();
+        for name in ["read.txt", "src/also-read.txt"] {
+            std::fs::write(root.join(name), "unchanged").unwrap();
+        }
+        let tracker = ChangeTracker::start(&root);
+        let _ = tracker.take();
+        for name in ["read.txt", "src/also-read.txt"] {
+            assert_eq!(std::fs::read(root.join(name)).unwrap(), b"unchanged");
+            drop(std::fs::File::open(root.join(name)).unwrap());
+        }
+        let _ = std::fs::read_dir(root.join("src")).unwrap().count();
+        // inotify delivers events in order: once the write is seen, the reads'
+        // events (if any) were handled before it.
+        std::fs::write(root.join("written.txt"), "new").unwrap();
+        let seen = wait_for(&tracker, &["written.txt"]);
+        assert_eq!(
+            seen,
+            BTreeSet::from([PathBuf::from("written.txt")]),
+            "only the written file is a change"
+        );
     }
 
     #[test]

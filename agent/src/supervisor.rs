@@ -755,12 +755,25 @@ impl Supervisor {
         let store = Arc::clone(&self.context.checkpoint_store);
         let paths = Arc::clone(&self.context.checkpoint_paths);
         let facts = self.session_facts();
+        let tracker = Arc::clone(&self.context.change_tracker);
+        // It takes the tracker's first hint (always Unknown: a full scan), so the next
+        // checkpoint is told what changed since this one instead of rescanning (and,
+        // with the workspace's files just copied, re-hashing) the whole tree. No other
+        // checkpoint can run meanwhile: every job reaches the checkpointer through this
+        // loop, which is here, and Claude Code has not started.
         let taken = tokio::task::spawn_blocking(move || {
-            checkpointer::take_checkpoint(&store, &paths, None, "start", "", false, &facts)
+            checkpointer::take_checkpoint(
+                &store,
+                &paths,
+                Some(&tracker),
+                "start",
+                "",
+                false,
+                &facts,
+            )
         })
         .await
         .unwrap_or_else(|e| Err(panicked(e)));
-        // (The change tracker keeps what it saw: the next checkpoint's hint is a superset.)
         self.journal_checkpoint_result("start", "", &taken).await?;
         Ok(())
     }

@@ -93,6 +93,8 @@ pub struct Summary {
     /// Uncompressed bytes of file content this checkpoint stored (content the store lacked).
     pub new_bytes: u64,
     pub metadata: serde_json::Value,
+    /// What making it cost (files hashed, bytes written, layers), from its manifest.
+    pub stats: crate::CreateStats,
 }
 
 impl Summary {
@@ -107,6 +109,7 @@ impl Summary {
             total_bytes: m.total_bytes(),
             new_bytes: m.stats.new_bytes,
             metadata: m.metadata.clone(),
+            stats: m.stats.clone(),
         }
     }
 }

@@ -42,6 +42,10 @@ pub struct CheckpointView {
     /// layers: its manifest is damaged, or `checkpoint repair` could not repair it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub damaged: Option<String>,
+    /// What making it cost, from its manifest (`docs/formats/checkpoint.md`): files
+    /// hashed (the rest came from the stat fast path or the parent), bytes written,
+    /// new layers. Zero for a damaged one.
+    pub stats: parhelia_checkpoint::CreateStats,
 }
 
 impl CheckpointView {
@@ -65,6 +69,7 @@ impl CheckpointView {
                 .unwrap_or(serde_json::Value::Null),
             durable: true,
             damaged: None,
+            stats: s.stats.clone(),
         }
     }
 
@@ -90,6 +95,7 @@ impl CheckpointView {
             git: serde_json::Value::Null,
             durable: false,
             damaged: Some(why),
+            stats: parhelia_checkpoint::CreateStats::default(),
         }
     }
 }

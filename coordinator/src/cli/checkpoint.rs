@@ -877,6 +877,7 @@ mod tests {
             }),
             durable: true,
             damaged: None,
+            stats: parhelia_checkpoint::CreateStats::default(),
         }
     }
 

@@ -800,3 +800,65 @@ fn a_session_killed_before_its_first_turn_ends_starts_over_from_its_start_checkp
     );
     assert_eq!(first_again.roles, ["user", "system"], "{first_again:#?}");
 }
+
+/// Issue 19: a file the session (or the previous checkpoint) only read is not a
+/// change. A turn that reads 300 workspace files and writes one: the `turn_end`
+/// checkpoint, told by the watcher what changed, hashes the written file and the
+/// conversation, not the 300 it read (`stats.hashed_files` in `checkpoint list --json`).
+#[test]
+fn a_checkpoint_after_reads_hashes_only_what_was_written() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::bash(
+            "cat src/*.txt > /dev/null && echo new > new.txt",
+        )]),
+        Turn::text("Read them all."),
+    ]));
+    let project = h.root().join("project");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    for i in 0..300 {
+        std::fs::write(
+            project.join(format!("src/f{i:03}.txt")),
+            format!("file {i}\n"),
+        )
+        .unwrap();
+    }
+    let created = create(
+        &h,
+        "Read everything",
+        &["--workspace", project.to_str().unwrap()],
+    );
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let task = h.wait_task(&task_id, |t| t["status"] != "running");
+    assert_eq!(task["status"], "completed", "{task:#}");
+
+    let listed = checkpoints(&h, &session_id);
+    let turn_end = listed
+        .iter()
+        .find(|c| c["trigger"] == "turn_end")
+        .unwrap_or_else(|| panic!("no turn_end checkpoint: {listed:#?}"));
+    assert!(
+        turn_end["file_count"].as_u64().unwrap() > 300,
+        "{turn_end:#}"
+    );
+    let hashed = turn_end["stats"]["hashed_files"].as_u64().unwrap();
+    assert!(
+        hashed < 30,
+        "the turn_end checkpoint hashed {hashed} files; the turn wrote one: {turn_end:#}\n{:#?}",
+        h.task_events(&task_id, "checkpoint_created")
+    );
+    let shown = h.json(&[
+        "checkpoint",
+        "show",
+        turn_end["id"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        shown["workspace_paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "new.txt"),
+        "{shown:#}"
+    );
+}
