@@ -271,6 +271,17 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)
     }
 
+    async fn agent_endpoint(
+        &self,
+        request: Request<parhelia_proto::AgentEndpointRequest>,
+    ) -> Result<Response<parhelia_proto::AgentEndpointResponse>, Status> {
+        let r = request.into_inner();
+        CoordinatorService::agent_endpoint(self, &r.session_id, crate::service::session_not_running)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
     async fn push_store(
         &self,
         request: Request<parhelia_proto::PushStoreRequest>,

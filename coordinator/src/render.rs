@@ -267,7 +267,10 @@ pub fn render_event(event: &Event) -> Option<String> {
             "checkpt",
             format!(
                 "[{}] store over its quota after pruning: {} of {} · {} kept",
-                non_empty_or(&q.error_code, crate::error_codes::CHECKPOINT_QUOTA.code),
+                non_empty_or(
+                    &q.error_code,
+                    parhelia_contract::codes::CHECKPOINT_QUOTA.code
+                ),
                 bytes(q.store_bytes),
                 bytes(q.quota_bytes),
                 q.checkpoint_id

@@ -1,7 +1,8 @@
 //! `parhelia session attach | send | logs | kill`: talking to a live session.
 //!
-//! The CLI reaches the session's agent directly (the endpoint its backend announces, and
-//! the session's secret from the database), like the coordinator does; `kill` goes
+//! The CLI reaches the session's agent directly, on any backend (the endpoint the
+//! coordinator resolves through the backend that runs it — `AgentEndpoint` — and the
+//! session's secret from the database); `kill` goes
 //! through the coordinator's cancel path so the task's state stays the coordinator's.
 //!
 //! Promises of `attach`:
@@ -29,14 +30,9 @@ use tokio::sync::mpsc;
 
 use super::{Ctx, coordinator_error};
 use crate::agent_client::{AuthedAgentClient, connect_agent};
-use crate::backend::Backend;
-use crate::backend::local::LocalBackend;
 use crate::db::SessionRecord;
 use crate::error::coded;
 use crate::error_codes;
-
-/// How long to wait for a session's agent to announce its endpoint.
-const ENDPOINT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// tmux's prefix key (Ctrl-b).
 const TMUX_PREFIX: u8 = 0x02;
@@ -61,35 +57,33 @@ fn find_session(ctx: &Ctx, session_id: &str) -> Result<(super::Opened, SessionRe
 fn not_running(session: &SessionRecord) -> anyhow::Error {
     coded(
         error_codes::AGENT_UNREACHABLE,
-        format!(
-            "session {id} is not running (it is {status}); `parhelia resume {id}` continues it",
-            id = session.id,
-            status = session.status
-        ),
+        crate::service::session_not_running(session),
     )
 }
 
+/// The session's agent, wherever it runs: the coordinator resolves its endpoint
+/// through the backend that runs it (a local agent's loopback port, a Modal
+/// sandbox's TLS tunnel); the secret comes from the database.
 async fn connect_live(ctx: &Ctx, session_id: &str) -> Result<LiveSession> {
     let (opened, session) = find_session(ctx, session_id)?;
-    let container_id = match (&session.container_id, session.container_state) {
-        (Some(id), Some(state)) if state.is_active() => id.clone(),
-        _ => return Err(not_running(&session)),
-    };
+    if !matches!(
+        (&session.container_id, session.container_state),
+        (Some(_), Some(state)) if state.is_active()
+    ) {
+        return Err(not_running(&session));
+    }
     let secret = opened
         .db
         .session_secret(session_id)?
         .context("the session has no secret")?;
-    let launcher = std::env::current_exe().unwrap_or_else(|_| "parhelia".into());
-    let backend = LocalBackend::new(
-        opened.state.root().to_path_buf(),
-        opened.db.coordinator_id()?,
-        launcher,
-    )
-    .with_endpoint_timeout(ENDPOINT_TIMEOUT);
-    let endpoint = backend
-        .endpoint(&container_id)
+    let mut coordinator = ctx.client(&opened.state).await?;
+    let endpoint = coordinator
+        .agent_endpoint(parhelia_proto::AgentEndpointRequest {
+            session_id: session_id.to_string(),
+        })
         .await
-        .map_err(|_| not_running(&session))?;
+        .map_err(coordinator_error)?
+        .into_inner();
     let client = connect_agent(&endpoint.uri, &secret).await?;
     Ok(LiveSession { session, client })
 }

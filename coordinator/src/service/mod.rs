@@ -28,6 +28,7 @@ pub mod dry_run;
 mod modal;
 mod resume;
 mod sessions;
+pub use sessions::session_not_running;
 pub mod spend;
 pub mod stores;
 mod tasks;
@@ -41,10 +42,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use parhelia_proto::{
-    CancelTaskResponse, CheckpointSessionResponse, DeleteTasksResponse, DispatchTasksResponse,
-    DispatchedTask, QueuedTask, ResumeSessionRequest, ResumeSessionResponse, RetryTaskResponse,
-    SetBudgetRequest, SetBudgetResponse, StopRequest, SubmitTaskRequest, SubmitTaskResponse,
-    TaskFailure, TerminateContainerResponse,
+    AgentEndpointResponse, CancelTaskResponse, CheckpointSessionResponse, DeleteTasksResponse,
+    DispatchTasksResponse, DispatchedTask, QueuedTask, ResumeSessionRequest, ResumeSessionResponse,
+    RetryTaskResponse, SetBudgetRequest, SetBudgetResponse, StopRequest, SubmitTaskRequest,
+    SubmitTaskResponse, TaskFailure, TerminateContainerResponse,
 };
 use tokio::sync::watch;
 

@@ -5,6 +5,15 @@
 use super::resume::{self, CheckpointChoice, ResumePlan, StoreFacts};
 use super::*;
 
+/// Why a session command cannot reach a session, and what continues it.
+pub fn session_not_running(session: &crate::db::SessionRecord) -> String {
+    format!(
+        "session {id} is not running (it is {status}); `parhelia resume {id}` continues it",
+        id = session.id,
+        status = session.status
+    )
+}
+
 impl CoordinatorService {
     /// Asks an agent to stop and waits for its reply (it replies once the
     /// session's end is journaled). The agent's `Stop`: a final checkpoint, then
@@ -542,12 +551,15 @@ impl CoordinatorService {
         choose(facts)
     }
 
-    /// `checkpoint create`: a manual checkpoint of a running session.
-    pub async fn checkpoint_session(
+    /// Where a running session's agent answers, through the backend that runs its
+    /// container (one resolver for every session command, on every backend).
+    /// E202 for an unknown session, E503 when it is not running or its agent
+    /// does not announce an endpoint.
+    pub async fn agent_endpoint(
         &self,
         session_id: &str,
-        message: &str,
-    ) -> Result<CheckpointSessionResponse> {
+        not_running: impl FnOnce(&crate::db::SessionRecord) -> String,
+    ) -> Result<AgentEndpointResponse> {
         let db = &self.inner.db;
         let session = db.get_session(session_id)?.ok_or_else(|| {
             coded(
@@ -557,18 +569,8 @@ impl CoordinatorService {
         })?;
         let container_id = match (&session.container_id, session.container_state) {
             (Some(id), Some(state)) if state.is_active() => id.clone(),
-            _ => {
-                return Err(coded(
-                    error_codes::AGENT_UNREACHABLE,
-                    format!(
-                        "session {session_id} is not running; its final checkpoint is its latest (`parhelia checkpoint list {session_id}`); `parhelia resume {session_id}` continues it"
-                    ),
-                ));
-            }
+            _ => return Err(coded(error_codes::AGENT_UNREACHABLE, not_running(&session))),
         };
-        let secret = db
-            .session_secret(session_id)?
-            .context("the session has no secret")?;
         let endpoint = tokio::time::timeout(
             Duration::from_secs(5),
             self.inner.backend.endpoint(&container_id),
@@ -579,8 +581,39 @@ impl CoordinatorService {
                 error_codes::AGENT_UNREACHABLE,
                 format!("the agent of {container_id} did not announce its endpoint"),
             )
-        })??;
-        let mut client = connect_agent(&endpoint.uri, &secret).await?;
+        })?
+        .map_err(|e| {
+            if crate::error::find_coded(&e).is_some() {
+                e
+            } else {
+                coded(error_codes::AGENT_UNREACHABLE, not_running(&session))
+            }
+        })?;
+        Ok(AgentEndpointResponse {
+            container_id,
+            uri: endpoint.uri,
+        })
+    }
+
+    /// `checkpoint create`: a manual checkpoint of a running session.
+    pub async fn checkpoint_session(
+        &self,
+        session_id: &str,
+        message: &str,
+    ) -> Result<CheckpointSessionResponse> {
+        let AgentEndpointResponse { container_id, uri } = self
+            .agent_endpoint(session_id, |_| {
+                format!(
+                    "session {session_id} is not running; its final checkpoint is its latest (`parhelia checkpoint list {session_id}`); `parhelia resume {session_id}` continues it"
+                )
+            })
+            .await?;
+        let secret = self
+            .inner
+            .db
+            .session_secret(session_id)?
+            .context("the session has no secret")?;
+        let mut client = connect_agent(&uri, &secret).await?;
         let reply = client
             .create_checkpoint(parhelia_proto::CreateCheckpointRequest {
                 message: message.to_string(),

@@ -17,7 +17,7 @@ use parhelia_testkit::{Script, ToolCall, Turn};
 /// Generous bound that only stops a broken test from hanging.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + HANG_GUARD;
     while !condition() {
         assert!(Instant::now() < deadline, "never saw {what}");
@@ -45,7 +45,7 @@ fn modes(t: &Termios) -> (u64, u64, u64) {
 }
 
 /// `parhelia session attach` on a pseudo-terminal the test drives.
-struct Terminal {
+pub(crate) struct Terminal {
     master: std::fs::File,
     slave: OwnedFd,
     slave_path: PathBuf,
@@ -54,7 +54,7 @@ struct Terminal {
 }
 
 impl Terminal {
-    fn attach(h: &Harness, session_id: &str, extra: &[&str]) -> Terminal {
+    pub(crate) fn attach(h: &Harness, session_id: &str, extra: &[&str]) -> Terminal {
         let pty = nix::pty::openpty(None, None).unwrap();
         let slave_path = nix::unistd::ttyname(&pty.slave).unwrap();
         Command::new("stty")
@@ -109,15 +109,15 @@ impl Terminal {
         tcgetattr(self.slave.as_fd()).unwrap()
     }
 
-    fn type_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) fn type_bytes(&mut self, bytes: &[u8]) {
         self.master.write_all(bytes).unwrap();
     }
 
-    fn output_len(&self) -> usize {
+    pub(crate) fn output_len(&self) -> usize {
         self.output.lock().unwrap().len()
     }
 
-    fn output_text(&self) -> String {
+    pub(crate) fn output_text(&self) -> String {
         String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
     }
 
@@ -130,7 +130,7 @@ impl Terminal {
             .unwrap();
     }
 
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + HANG_GUARD;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

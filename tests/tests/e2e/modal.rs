@@ -940,3 +940,62 @@ fn an_ended_modal_task_the_rollback_lost_is_rebuilt_from_the_volume() {
         "{task:#}"
     );
 }
+
+/// Issue 18: every session command works on a Modal session as on a local one. The
+/// CLI asks the coordinator where the agent answers (`AgentEndpoint`: for Modal, the
+/// sandbox's tunnel; it used to look for a local `agent.json` no sandbox writes and say
+/// the session was not running): `session send` reaches Claude Code, `session logs`
+/// shows its screen, a read-only `session attach` shows it and ignores keys, `session
+/// kill` ends it, and attach is then refused with the resume to run.
+#[test]
+fn send_logs_attach_and_kill_work_on_a_modal_session() {
+    use crate::attach::{Terminal, wait_until};
+    let mut h = Harness::new(Script::new([
+        Turn::text("hello from the sandbox"),
+        Turn::text("got the follow-up"),
+    ]));
+    modal_ready(&mut h);
+    let created = create(&h, "Say hello", &["--backend", "modal", "--interactive"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_for("the first turn", || {
+        (!h.task_events(&task_id, "turn_result").is_empty()).then_some(())
+    });
+
+    h.ok(&["session", "send", &session_id, "And one more thing"]);
+    h.wait_for("the second turn", || {
+        (h.task_events(&task_id, "turn_result").len() >= 2).then_some(())
+    });
+    assert!(
+        h.stand_in
+            .requests()
+            .iter()
+            .any(|r| r.last_user_text.as_deref() == Some("And one more thing")),
+        "the message reached the model"
+    );
+
+    let logs = h.ok(&["session", "logs", &session_id, "-n", "50"]);
+    assert!(logs.contains("──── screen ────"), "{logs}");
+    assert!(logs.contains("got the follow-up"), "{logs}");
+
+    let mut watcher = Terminal::attach(&h, &session_id, &["--read-only"]);
+    // The pane as tmux draws it (words are separated by cursor moves).
+    wait_until("the read-only screen", || {
+        watcher.output_text().contains("follow-up")
+    });
+    watcher.type_bytes(b"READONLY");
+    watcher.type_bytes(b"\x02d");
+    assert!(watcher.wait_exit().success(), "{}", watcher.output_text());
+    drop(watcher);
+    let logs = h.ok(&["session", "logs", &session_id, "-n", "50"]);
+    assert!(!logs.contains("READONLY"), "{logs}");
+
+    h.ok(&["session", "kill", &session_id]);
+    let task = finished(&h, &task_id);
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    let refused = h.run(&["session", "attach", &session_id]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("error[E503]"), "{stderr}");
+    assert!(stderr.contains("parhelia resume"), "{stderr}");
+}
