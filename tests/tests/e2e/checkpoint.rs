@@ -680,8 +680,12 @@ fn the_safety_checkpoint_has_the_conversation_and_resume_skips_incomplete_ones()
         .to_string();
     assert_eq!(newest, incomplete);
 
-    // `session recover` names it and recommends an older, whole one.
-    let recover = h.ok(&["session", "recover", &session_id]);
+    // `session recover` names it and recommends an older, whole one (once the
+    // rolled-back container has gone: until then it says the session still runs).
+    let recover = h.wait_for("the rolled-back container's end", || {
+        let recover = h.ok(&["session", "recover", &session_id]);
+        (!recover.contains("the session is still running")).then_some(recover)
+    });
     assert!(
         recover.contains(&format!("skipped    {incomplete} [E606]")),
         "{recover}"
