@@ -67,18 +67,34 @@ impl CoordinatorService {
     }
 
     /// Polls the backend until the container is no longer listed.
+    ///
+    /// Asks only the backend that runs the container (a local wait never lists
+    /// Modal, and the reverse): a local list reads this machine, every 50 ms; a
+    /// Modal list is a remote call, so its polls back off from 50 ms to 1 s.
     pub(super) async fn wait_until_gone(&self, container_id: &str, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
+        let kind = self.inner.backends.kind_of(container_id);
+        let backend = match self.inner.backends.get(kind) {
+            Ok(backend) => backend,
+            Err(_) => Arc::clone(&self.inner.backend),
+        };
+        let longest = match kind {
+            crate::plan::BackendKind::Local => Duration::from_millis(50),
+            _ => Duration::from_secs(1),
+        };
+        let mut pause = Duration::from_millis(50);
         loop {
-            match self.inner.backend.list().await {
+            match backend.list().await {
                 Ok(list) if !list.iter().any(|c| c.container_id == container_id) => return true,
                 Ok(_) => {}
                 Err(err) => tracing::warn!("listing containers failed: {err:#}"),
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(longest);
         }
     }
 
