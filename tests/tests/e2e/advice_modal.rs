@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use parhelia_testkit::harness::Harness;
-use parhelia_testkit::model_stand_in::WhenExhausted;
+use parhelia_testkit::model_stand_in::{RequestKind, WhenExhausted};
 use parhelia_testkit::{Script, ToolCall, Turn};
 
 fn stderr_of(out: &Output) -> String {
@@ -442,7 +442,11 @@ fn e512_a_gpu_slower_than_the_deadline_then_another_type_and_the_late_sandbox_en
         sandboxes(&standin).into_iter().find(|s| s["gpu"] == "H100")
     });
     h.wait_for("the late session's turn", || {
-        (!h.stand_in.requests().is_empty()).then_some(())
+        h.stand_in
+            .requests()
+            .iter()
+            .any(|r| r.kind == RequestKind::Turn)
+            .then_some(())
     });
     // Another GPU type.
     let (_, task) = completes(&h, &["Train", "--backend", "modal", "--gpu", "L40S"]);
