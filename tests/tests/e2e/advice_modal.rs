@@ -467,6 +467,8 @@ fn e512_a_gpu_slower_than_the_deadline_then_another_type_and_the_late_sandbox_en
     assert!(!exit.exists(), "the late sandbox ended by itself");
     h.wait_for("cleanup --terminate ending the late sandbox", || {
         let out = h.ok(&["cleanup", "--terminate"]);
+        // Before it is terminated, nothing has asked it to stop yet.
+        assert!(!out.contains("termination already requested"), "{out}");
         out.lines()
             .any(|l| l.contains(&container) && l.trim_end().ends_with(" terminated"))
             .then_some(())
