@@ -271,6 +271,27 @@ fn e404_a_refused_token_then_a_new_one_and_setup() {
 }
 
 #[test]
+fn e404_a_refused_exported_token_then_a_new_one_exported_as_advised() {
+    let mut h = Harness::new(done());
+    h.use_modal_stand_in();
+    // The refused token is exported: it wins over whatever `~/.modal.toml` holds.
+    h.set_env("MODAL_TOKEN_ID", "rejected");
+    let stderr = refused(&h, &["task", "create", "x", "--backend", "modal"], "E404");
+    let task_id = failed_task(&stderr);
+    let advice = hint(&stderr);
+    assert!(
+        advice.contains("export the new one instead, then `parhelia coordinator stop`"),
+        "{advice}"
+    );
+    h.set_env("MODAL_TOKEN_ID", "ak-new");
+    h.set_env("MODAL_TOKEN_SECRET", "as-new");
+    h.ok(&["coordinator", "stop"]);
+    let setup = h.json(&["modal", "setup", "--json"]);
+    assert_eq!(setup["ok"], true, "{setup:#}");
+    retried_completes(&h, &task_id);
+}
+
+#[test]
 fn e405_the_secret_gone_then_created_and_setup() {
     let mut h = Harness::new(done());
     let standin = h.use_modal_stand_in();
