@@ -255,7 +255,7 @@ error_codes! {
     MODAL_OBJECT_NOT_FOUND = "E206" "MODAL_OBJECT_NOT_FOUND" {
         what: "A Modal object was not found.",
         why: "The sandbox, volume, app or file on the volume does not exist (any more): a sandbox ends at its timeout, a volume may have been deleted.",
-        recover: "Run `parhelia modal setup` to create the volume and app; for a sandbox, `parhelia reconcile` records that it is gone and `parhelia resume` brings its session back.",
+        recover: "Run `parhelia modal setup` to create the volume and app, then `parhelia task retry TASK_ID` for a task that failed to launch; for a sandbox, `parhelia reconciler run --once` records that it is gone and `parhelia resume SESSION_ID` brings its session back.",
     }
 
     // E3xx: budget.
@@ -289,17 +289,17 @@ error_codes! {
     MODAL_CREDENTIALS_MISSING = "E403" "MODAL_CREDENTIALS_MISSING" {
         what: "No Modal credentials were found.",
         why: "Neither `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` nor `~/.modal.toml` holds a Modal token.",
-        recover: "Run `modal token new` (or export `MODAL_TOKEN_ID` and `MODAL_TOKEN_SECRET`), then `parhelia modal setup`.",
+        recover: "Run `modal token new` (or export `MODAL_TOKEN_ID` and `MODAL_TOKEN_SECRET`, then `parhelia coordinator stop` so that the next command starts the coordinator with them), then `parhelia modal setup`.",
     }
     MODAL_CREDENTIALS_REJECTED = "E404" "MODAL_CREDENTIALS_REJECTED" {
         what: "Modal refused the credentials.",
         why: "The Modal token is wrong, revoked, or belongs to another workspace.",
-        recover: "Create a new token with `modal token new` and run `parhelia modal setup` again.",
+        recover: "Create a new token with `modal token new` and run `parhelia modal setup` again (a token exported as `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` wins over the one `modal token new` writes: export the new one instead, then `parhelia coordinator stop`); then `parhelia task retry TASK_ID` for a task that failed to launch.",
     }
     MODAL_SECRET_MISSING = "E405" "MODAL_SECRET_MISSING" {
         what: "The Modal secret holding the Anthropic key does not exist.",
         why: "Sandboxes read `ANTHROPIC_API_KEY` from a named Modal secret (`modal.secret_name`, default `anthropic-api-key`); Parhelia never ships your local key.",
-        recover: "Run `modal secret create anthropic-api-key ANTHROPIC_API_KEY=sk-ant-...` (or set `modal.secret_name`), then `parhelia modal setup`.",
+        recover: "Run `modal secret create anthropic-api-key ANTHROPIC_API_KEY=sk-ant-...` (or set `modal.secret_name`), then `parhelia modal setup`, and `parhelia task retry TASK_ID` for a task that failed to launch.",
     }
 
     CONTROL_ACCESS_DENIED = "E406" "CONTROL_ACCESS_DENIED" {
@@ -373,12 +373,12 @@ error_codes! {
     MODAL_BRIDGE_FAILED = "E511" "MODAL_BRIDGE_FAILED" {
         what: "The Modal bridge failed.",
         why: "The bridge process that talks to Modal exited, answered something unexpected, or Modal raised an error Parhelia does not classify; the message carries Modal's own text.",
-        recover: "Run `parhelia modal setup` to check the installation; the coordinator log has the bridge's stderr.",
+        recover: "Run `parhelia modal setup` to check the installation (it starts a new bridge); the coordinator log has the bridge's stderr. Then try again: `parhelia task retry TASK_ID` for a task that failed to launch.",
     }
     MODAL_TIMEOUT = "E512" "MODAL_TIMEOUT" {
         what: "A Modal call did not finish in time.",
         why: "Modal did not answer before the call's deadline (a scarce GPU can take many minutes to schedule; tunnels take a while to open).",
-        recover: "Retry; for GPU tasks consider another `--gpu` type. Nothing was left running: a sandbox created late is found and reaped by the reconciler.",
+        recover: "Retry (`parhelia task retry TASK_ID`); for GPU tasks consider another `--gpu` type. A sandbox Modal creates after the deadline is not used: `parhelia cleanup` lists it as an orphan and `parhelia cleanup --terminate` ends it.",
     }
     MODAL_NO_CAPACITY = "E513" "MODAL_NO_CAPACITY" {
         what: "Modal has no capacity for the request.",

@@ -91,10 +91,13 @@ pub fn render_steps(steps: &[ModalSetupStep]) -> String {
 
 /// `modal setup`: the SDK and credentials, the app, the secret, the volume,
 /// the image. Stops at the first failure (later steps need the earlier).
+/// It runs on a new bridge process, so what the user fixed since the running
+/// one started (`modal token new`, `pip install`) counts, here and for every
+/// later call.
 pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<ModalSetupReport> {
     let cfg = modal.config().clone();
     let mut steps = Vec::new();
-    let greeting = match modal.bridge().greeting().await {
+    let greeting = match modal.bridge().restart().await {
         Ok(g) => g,
         Err(e) => return Err(fail(steps, "sdk", e)),
     };

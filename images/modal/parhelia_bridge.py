@@ -33,7 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DEADLINE_MS = 60_000
 WORKERS = 64
 
-GPU_PATTERN = re.compile(r"^(T4|L4|A10G|L40S|A100|A100-80GB|H100|H200|B200)(:[1-9][0-9]*)?$")
+# A trailing "!" (`H100!`) forbids Modal a free upgrade to a better GPU; the SDK passes it on.
+GPU_PATTERN = re.compile(r"^(T4|L4|A10G|L40S|A100|A100-80GB|H100|H200|B200)!?(:[1-9][0-9]*)?$")
 
 # Every SDK call the bridge makes: (callable under `modal.`, bound method?, positional
 # arguments (-1: any number, through *args), keywords). test_sdk_signatures.py binds each
@@ -485,7 +486,7 @@ class Bridge:
         gpu = arg(args, "gpu", str, None)
         if gpu is not None and not GPU_PATTERN.match(gpu):
             raise BridgeError("invalid", f"unknown GPU {gpu!r}",
-                              "one of T4 L4 A10G L40S A100 A100-80GB H100 H200 B200, optionally with :N")
+                              "one of T4 L4 A10G L40S A100 A100-80GB H100 H200 B200, optionally with ! and :N")
         kwargs = self.create_kwargs(args)
         kwargs.update(name=name, gpu=gpu, cpu=arg(args, "cpu", float, None),
                       memory=arg(args, "memory_mib", int, None),

@@ -690,7 +690,8 @@ class SandboxTests(BridgeTestCase):
                          (None, 1.0, 600, []))
 
     def test_gpu_strings_are_validated(self):
-        for gpu in ("T4", "L4", "A10G", "L40S", "A100", "A100-80GB", "H100", "H200", "B200", "H100:8", "T4:1"):
+        for gpu in ("T4", "L4", "A10G", "L40S", "A100", "A100-80GB", "H100", "H200", "B200", "H100:8", "T4:1",
+                    "H100!", "H100!:2"):
             with self.subTest(gpu=gpu):
                 self.ok("sandbox.create", self.create_args(name=f"ctr-{gpu}", gpu=gpu))
         for gpu in ("X100", "h100", "A10G:0", "A10G:", "H100:two", "A10G:1:2", ""):

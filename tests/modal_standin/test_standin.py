@@ -380,6 +380,51 @@ class VolumeTests(StandinTestCase):
         self.assertEqual(self.ok(bridge, "volume.list", {"volume": "parhelia-data", "path": prefix}), {"entries": []})
 
 
+class FaultTests(StandinTestCase):
+    """faults.json: what a test makes Modal do wrong (see modal/_local.py `fault`)."""
+
+    def faults(self, value):
+        with open(os.path.join(self.root, "faults.json"), "w") as f:
+            json.dump(value, f)
+
+    def bridge(self, **env_changes):
+        bridge = super().bridge(**env_changes)
+        self.ok(bridge, "volume.ensure", {"volume": "parhelia-data", "create": True})
+        return bridge
+
+    def test_too_many_gpus_are_invalid_as_modal_refuses_them(self):
+        bridge = self.bridge()
+        error = self.error(bridge, "sandbox.create", self.create_args(gpu="H100:9"))
+        self.assertEqual(error["kind"], "invalid")
+        self.assertIn("at most 8", error["message"])
+        self.assertEqual(self.error(bridge, "sandbox.create", self.create_args(gpu="A10G:5"))["kind"], "invalid")
+
+    def test_no_capacity_for_a_gpu_type(self):
+        self.faults({"no_capacity": ["H100"]})
+        bridge = self.bridge()
+        error = self.error(bridge, "sandbox.create", self.create_args(gpu="H100!:2"))
+        self.assertEqual(error["kind"], "capacity")
+        self.assertFalse(os.path.isdir(os.path.join(self.root, "sandboxes")) and
+                         os.listdir(os.path.join(self.root, "sandboxes")))
+        self.ok(bridge, "sandbox.create", self.create_args(gpu="L40S"))
+
+    def test_a_slow_gpu_outlives_the_deadline_and_the_sandbox_comes_late(self):
+        self.faults({"schedule_seconds": {"H100": 2}})
+        bridge = self.bridge()
+        self.assertEqual(self.error(bridge, "sandbox.create", self.create_args(gpu="H100"),
+                                    deadline_ms=500)["kind"], "timeout")
+        sandboxes = os.path.join(self.root, "sandboxes")
+        self.assertTrue(_local.wait_until(lambda: os.path.isdir(sandboxes) and os.listdir(sandboxes), 15))
+
+    def test_a_crash_ends_the_bridge_once(self):
+        self.faults({"crash": {"Sandbox.create": 1}})
+        bridge = self.bridge()
+        bridge.proc.stdin.write(json.dumps({"id": 1, "op": "sandbox.create", "args": self.create_args()}) + "\n")
+        bridge.proc.stdin.flush()
+        self.assertEqual(bridge.proc.wait(15), 70)
+        self.ok(self.bridge(), "sandbox.create", self.create_args())
+
+
 class CredentialsAndSecretsTests(StandinTestCase):
     def test_a_missing_secret(self):
         bridge = self.bridge()
@@ -407,6 +452,21 @@ class CredentialsAndSecretsTests(StandinTestCase):
     def test_a_rejected_token_is_auth(self):
         bridge = self.bridge(MODAL_TOKEN_ID="rejected")
         self.assertEqual(self.error(bridge, "app.lookup", {"app": "parhelia"})["kind"], "auth")
+
+    def test_a_rejected_token_in_the_config_file_is_auth(self):
+        with open(os.path.join(self.home, ".modal.toml"), "w") as f:
+            f.write('[default]\ntoken_id = "rejected"\ntoken_secret = "as-x"\nactive = true\n')
+        bridge = self.bridge(MODAL_TOKEN_ID=None, MODAL_TOKEN_SECRET=None)
+        self.assertEqual(self.error(bridge, "app.lookup", {"app": "parhelia"})["kind"], "auth")
+
+    def test_the_config_file_is_read_once_when_the_sdk_is_imported(self):
+        # As modal.config reads ~/.modal.toml at import: `modal token new` after the bridge
+        # started does not reach it; a new bridge sees the new token.
+        bridge = self.bridge(MODAL_TOKEN_ID=None, MODAL_TOKEN_SECRET=None)
+        with open(os.path.join(self.home, ".modal.toml"), "w") as f:
+            f.write('[default]\ntoken_id = "ak-new"\ntoken_secret = "as-new"\nactive = true\n')
+        self.assertEqual(self.error(bridge, "app.lookup", {"app": "parhelia"})["kind"], "auth_missing")
+        self.ok(self.bridge(MODAL_TOKEN_ID=None, MODAL_TOKEN_SECRET=None), "app.lookup", {"app": "parhelia"})
 
     def test_no_state_root_is_a_clear_internal_error(self):
         bridge = self.bridge(PARHELIA_MODAL_STANDIN_ROOT=None)

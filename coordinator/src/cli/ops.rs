@@ -427,6 +427,25 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         })?;
         return Ok(0);
     }
+    // Those whose stop or termination was asked for (by this pass or an earlier one).
+    let mut requested: Vec<String> = known
+        .iter()
+        .filter(|o| o.terminate_requested_at_ms.is_some())
+        .map(|o| o.container_id.clone())
+        .collect();
+    for id in &report.drift.unexpected {
+        if let Some(c) = opened.db.get_container(id)?
+            && c.stop_requested_at_ms.is_some()
+        {
+            requested.push(id.clone());
+        }
+    }
+    requested.extend(
+        orphaned_records
+            .iter()
+            .filter(|c| c.stop_requested_at_ms.is_some())
+            .map(|c| c.id.clone()),
+    );
     let known: Vec<String> = known.into_iter().map(|o| o.container_id).collect();
     let orphaned_records: Vec<String> = orphaned_records.into_iter().map(|c| c.id).collect();
     out!(
@@ -434,6 +453,7 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         cleanup_text(
             &report,
             &[&known, &orphaned_records],
+            &requested,
             args.dry_run,
             args.terminate,
             crate::table::stdout_look()
@@ -444,10 +464,12 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
 
 /// `cleanup` as text, laid out for `look`: session processes the pass ended,
 /// then every orphaned container (the pass's, and those `also` names:
-/// earlier passes' and the records in state `orphaned`) with what became of it.
+/// earlier passes' and the records in state `orphaned`) with what became of it
+/// (`requested`: those whose stop or termination was already asked for).
 fn cleanup_text(
     report: &PassReport,
     also: &[&[String]],
+    requested: &[String],
     dry_run: bool,
     terminate: bool,
     look: Look,
@@ -501,8 +523,15 @@ fn cleanup_text(
             } else {
                 ("terminated", Some(Tone::Good))
             }
-        } else if terminate {
+        } else if terminate && requested.contains(id) {
             ("termination already requested", Some(Tone::Busy))
+        } else if terminate {
+            // Its container ended less than a stop's grace ago (it may still be
+            // stopping): a later pass terminates it.
+            (
+                "not yet: it ended moments ago; run again shortly",
+                Some(Tone::Busy),
+            )
         } else {
             ("kept (parhelia cleanup --terminate stops it)", None)
         };
@@ -896,20 +925,27 @@ mod tests {
             &["ctr-0000000b"],
         );
         let earlier = vec!["ctr-0000000d".to_string(), "ctr-0000000b".to_string()];
-        let text = cleanup_text(&report, &[&earlier], false, true, Look::PLAIN);
+        let requested = vec!["ctr-0000000d".to_string()];
+        let text = cleanup_text(&report, &[&earlier], &requested, false, true, Look::PLAIN);
         insta::assert_snapshot!(text);
-        let kept = cleanup_text(&report, &[&earlier], false, false, Look::PLAIN);
+        // Nothing asked to stop it yet (it ended within a stop's grace): not "requested".
+        let early = cleanup_text(&report, &[&earlier], &[], false, true, Look::PLAIN);
+        assert!(
+            early.contains("ctr-0000000d  not yet: it ended moments ago; run again shortly"),
+            "{early}"
+        );
+        let kept = cleanup_text(&report, &[&earlier], &[], false, false, Look::PLAIN);
         assert!(
             kept.contains("kept (parhelia cleanup --terminate stops it)"),
             "{kept}"
         );
-        let dry = cleanup_text(&report, &[], true, true, COLOR);
+        let dry = cleanup_text(&report, &[], &[], true, true, COLOR);
         assert!(dry.starts_with("dry run: nothing was changed\n"), "{dry}");
         assert!(
             dry.contains("\u{1b}[38;5;11mwould be terminated"),
             "{dry:?}"
         );
-        let none = cleanup_text(&pass(Vec::new(), &[]), &[], false, false, COLOR);
+        let none = cleanup_text(&pass(Vec::new(), &[]), &[], &[], false, false, COLOR);
         assert_eq!(none, "no orphaned containers\n");
     }
 }

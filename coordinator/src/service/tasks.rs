@@ -30,7 +30,13 @@ impl CoordinatorService {
         if backend_kind == plan::BackendKind::Modal {
             // Nothing is recorded for a task Modal could never run: the
             // bridge must start (Python, the pinned SDK) and find a token.
-            let greeting = self.inner.backends.modal()?.bridge().greeting().await?;
+            let bridge = self.inner.backends.modal()?;
+            let mut greeting = bridge.bridge().greeting().await?;
+            if greeting.credentials == "none" {
+                // The SDK reads `~/.modal.toml` once: a token written since
+                // (`modal token new`) needs a new bridge to be seen.
+                greeting = bridge.bridge().restart().await?;
+            }
             if greeting.credentials == "none" {
                 return Err(coded(
                     error_codes::MODAL_CREDENTIALS_MISSING,

@@ -5,7 +5,9 @@ directory, and `images/modal/parhelia_bridge.py` runs unchanged against the loca
 apps and secrets are files, volumes are directories mounted by symlink, sandboxes are
 local process trees (see sandbox.py), tunnels are loopback ports. Credentials are checked
 like the SDK does (MODAL_TOKEN_ID + MODAL_TOKEN_SECRET, or MODAL_CONFIG_PATH /
-~/.modal.toml); MODAL_TOKEN_ID=rejected plays a token Modal refuses.
+~/.modal.toml, read once at import as the SDK does); a token id `rejected` plays a token
+Modal refuses, and `$PARHELIA_MODAL_STANDIN_ROOT/faults.json` makes Modal misbehave on purpose
+(no capacity, a slow GPU, a crash: see `_local.fault`).
 
 Only what the bridge and images/modal/app.py call is here, with the real signatures, so a
 call the real SDK would reject fails here too.

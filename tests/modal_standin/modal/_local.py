@@ -10,6 +10,12 @@ State under $PARHELIA_MODAL_STANDIN_ROOT:
     images/<image_id>.json         a built image's recipe
     sandboxes/<sandbox_id>/        sandbox.json, stdout, stderr, exit.json, terminated
     lock                           flock()ed around changes that must not interleave
+    faults.json                    what a test makes Modal do wrong (written by the test; see `fault`)
+
+Credentials are read as the SDK reads them: `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` from the
+environment at each call, `MODAL_CONFIG_PATH` or `~/.modal.toml` once, when the package is
+imported (modal.config's `_user_config`), so a process started before `modal token new`
+keeps the token it found. A token id `rejected` (from either) plays a token Modal refuses.
 """
 
 import contextlib
@@ -17,6 +23,7 @@ import fcntl
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 
@@ -24,6 +31,40 @@ from .exception import AuthError
 
 ROOT_ENV = "PARHELIA_MODAL_STANDIN_ROOT"
 _thread_lock = threading.RLock()
+
+
+def _read_user_config():
+    """The active profile of MODAL_CONFIG_PATH or ~/.modal.toml: {"token_id", "token_secret"}
+    (what is there), {} without a file."""
+    config = os.environ.get("MODAL_CONFIG_PATH") or os.path.expanduser("~/.modal.toml")
+    try:
+        with open(config, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return {}
+    try:
+        import tomllib
+        profiles = tomllib.loads(raw.decode("utf-8"))
+    except ImportError:  # Python < 3.11: the flat `key = "value"` lines `modal token new` writes
+        profiles, current = {}, None
+        for line in raw.decode("utf-8").splitlines():
+            line = line.strip()
+            if line.startswith("[") and line.endswith("]"):
+                current = profiles.setdefault(line[1:-1].strip(), {})
+            elif "=" in line and current is not None:
+                key, value = (part.strip() for part in line.split("=", 1))
+                current[key] = value.strip('"') if value not in ("true", "false") else value == "true"
+    except ValueError:
+        return {}
+    tables = {name: table for name, table in profiles.items() if isinstance(table, dict)}
+    name = os.environ.get("MODAL_PROFILE") or next(
+        (n for n, t in tables.items() if t.get("active") is True), None) or (
+        next(iter(tables)) if len(tables) == 1 else "default")
+    profile = tables.get(name, {})
+    return {k: str(profile[k]) for k in ("token_id", "token_secret") if profile.get(k)}
+
+
+_user_config = _read_user_config()
 
 
 def root():
@@ -40,17 +81,45 @@ def root():
 
 def client():
     """What `Client.from_env()` checks before any call reaches Modal; returns the root."""
-    token_id = os.environ.get("MODAL_TOKEN_ID")
+    token_id = os.environ.get("MODAL_TOKEN_ID") or _user_config.get("token_id")
+    token_secret = os.environ.get("MODAL_TOKEN_SECRET") or _user_config.get("token_secret")
     if token_id == "rejected":
-        raise AuthError("Token validation failed: the token was rejected (stand-in: MODAL_TOKEN_ID=rejected)")
-    if not (token_id and os.environ.get("MODAL_TOKEN_SECRET")):
-        config = os.environ.get("MODAL_CONFIG_PATH") or os.path.expanduser("~/.modal.toml")
-        if not os.path.isfile(config):
-            raise AuthError(
-                "Token missing. Could not authenticate client. If you have token credentials, see "
-                "modal.com/docs/sdk/py/latest/config for setup help. If you are a new user, register "
-                "an account at modal.com, then run `modal token new`.")
+        raise AuthError("Token validation failed: the token was rejected (stand-in: token id `rejected`)")
+    if not (token_id and token_secret):
+        raise AuthError(
+            "Token missing. Could not authenticate client. If you have token credentials, see "
+            "modal.com/docs/sdk/py/latest/config for setup help. If you are a new user, register "
+            "an account at modal.com, then run `modal token new`.")
     return root()
+
+
+def fault(name, default=None):
+    """One entry of `$ROOT/faults.json`, which a test writes to make Modal misbehave (read at
+    each call, so a test changes it while the bridge runs):
+
+        {"no_capacity": ["H100"],        Sandbox.create with that GPU type: ResourceExhaustedError
+         "schedule_seconds": {"H100": 30}, Sandbox.create with that GPU type blocks this long
+                                          before it creates the sandbox (a scarce GPU)
+         "crash": {"Sandbox.create": 1}}  the calling process exits (status 70) at that call,
+                                          this many times (a bridge killed mid-call)
+    """
+    faults = read_json(os.path.join(root(), "faults.json"), {}) or {}
+    return faults.get(name, default)
+
+
+def crash_if_asked(call):
+    """Ends this process at `call` when faults.json asks for it (counting down)."""
+    with locked():
+        file = path("faults.json")
+        faults = read_json(file, {}) or {}
+        left = (faults.get("crash") or {}).get(call, 0)
+        if not left:
+            return
+        faults["crash"][call] = left - 1
+        write_json(file, faults)
+    sys.stderr.write(f"modal stand-in: crashing at {call}, as faults.json asks\n")
+    sys.stderr.flush()
+    os._exit(70)
 
 
 def path(*parts):

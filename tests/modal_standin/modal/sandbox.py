@@ -28,8 +28,8 @@ from decimal import Decimal
 from typing import Optional
 
 from . import _local
-from .exception import (AlreadyExistsError, InvalidError, NotFoundError, SandboxTerminatedError,
-                        SandboxTimeoutError)
+from .exception import (AlreadyExistsError, InvalidError, NotFoundError, ResourceExhaustedError,
+                        SandboxTerminatedError, SandboxTimeoutError)
 
 GRACE_SECONDS = 8  # the supervisor's SIGTERM -> SIGKILL delay
 TERMINATE_KILL_AFTER = 10  # terminate()'s own SIGKILL, should the supervisor not finish
@@ -230,6 +230,31 @@ def _running(meta):
     return _local.is_alive(meta["pid"], meta["start"])
 
 
+# GPUs per container Modal's server accepts (its docs: up to 8, A10G up to 4); more is
+# INVALID_ARGUMENT, which the SDK raises as InvalidError.
+MAX_GPUS = {"A10G": 4}
+MAX_GPUS_DEFAULT = 8
+
+
+def _schedule_gpu(gpu):
+    """What Modal's scheduler does with a GPU request before a sandbox exists: refuses a
+    count past the limit, and, as `faults.json` asks (see _local.fault), has no capacity
+    for a type or takes a while to find one."""
+    if gpu is None:
+        return
+    name, _, count = str(gpu).partition(":")
+    gpu_type = name.rstrip("!").upper()
+    count = int(count) if count.isdigit() else 1
+    most = MAX_GPUS.get(gpu_type, MAX_GPUS_DEFAULT)
+    if count > most:
+        raise InvalidError(f"GPU count {count} for {gpu_type} is not supported: at most {most} per container")
+    if gpu_type in (_local.fault("no_capacity") or []):
+        raise ResourceExhaustedError(f"No capacity for GPU type {gpu_type} right now (stand-in: faults.json)")
+    delay = (_local.fault("schedule_seconds") or {}).get(gpu_type)
+    if delay:
+        time.sleep(float(delay))
+
+
 def _mount(mount_path, target):
     mount_path = os.path.abspath(mount_path)
     if os.path.islink(mount_path):
@@ -259,6 +284,7 @@ class Sandbox:
                experimental_options=None, _experimental_enable_snapshot=False, _experimental_persistent=False,
                client=None, environment_name=None, pty_info=None, cidr_allowlist=None):
         _local.client()
+        _local.crash_if_asked("Sandbox.create")
         if app is None or not getattr(app, "app_id", None):
             raise InvalidError("App is required when creating a Sandbox from outside a Modal container")
         if not args or not all(isinstance(a, str) for a in args):
@@ -275,6 +301,7 @@ class Sandbox:
         process_env.update({k: v for k, v in (env or {}).items() if v is not None})
         for secret in secrets or []:
             process_env.update(secret.values())
+        _schedule_gpu(gpu)
         mounts = {str(mount): vol.storage_dir() for mount, vol in volumes.items()}
         ports = [int(p) for p in list(h2_ports) + list(encrypted_ports) + list(unencrypted_ports)]
         with _local.locked():

@@ -217,6 +217,19 @@ impl Bridge {
         Ok(self.ensure().await?.greeting.clone())
     }
 
+    /// Starts a new bridge process and sends every later call to it: it sees what
+    /// changed since the running one started (the SDK reads `~/.modal.toml` once, when
+    /// imported, so a token `modal token new` wrote never reaches a running bridge; nor
+    /// does a `pip install`). Calls in flight finish on the old process, which ends
+    /// when the last of them is answered. When the new one cannot start, the old one
+    /// stays and its error is returned.
+    pub async fn restart(&self) -> Result<Greeting, CodedError> {
+        let fresh = Arc::new(self.start().await?);
+        let greeting = fresh.greeting.clone();
+        *self.running.lock().await = Some(fresh);
+        Ok(greeting)
+    }
+
     async fn ensure(&self) -> Result<Arc<Running>, CodedError> {
         let mut guard = self.running.lock().await;
         if let Some(running) = guard.as_ref()
@@ -275,7 +288,8 @@ impl Bridge {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::debug!(target: "parhelia::modal_bridge", "{line}");
+                    // In the coordinator's log (E511's advice sends the user there).
+                    tracing::info!(target: "parhelia::modal_bridge", "{line}");
                     let mut tail = lock(&tail);
                     if tail.len() == 20 {
                         tail.pop_front();
