@@ -723,3 +723,55 @@ fn e114_a_gpu_the_host_lacks_is_refused_and_the_task_without_it_runs_locally() {
     let task = h.wait_task(task_id, |t| t["status"] != "running");
     assert_eq!(task["status"], "completed", "{task:#}");
 }
+
+/// E115: the user's Claude Code setup cannot be read (`~/.claude` is a file, not the
+/// directory Claude Code keeps). Nothing starts; the advice's three ways are followed:
+/// `config sync --dry-run` names the path and why, `--no-user-config` starts without
+/// the setup and completes, and with the named path fixed (a real `~/.claude` with a
+/// `CLAUDE.md`) a task starts with the setup and completes.
+#[test]
+fn e115_an_unreadable_setup_is_refused_and_each_advised_way_runs() {
+    let h = Harness::new(Script::new([
+        Turn::text("Ran without your setup."),
+        Turn::text("Ran with your setup."),
+    ]));
+    let claude_dir = h.home().join(".claude");
+    std::fs::write(&claude_dir, "not a directory\n").unwrap();
+    let out = h.run(&["task", "create", "Say hi", "--json"]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.starts_with("error[E115]: "), "{stderr}");
+    assert!(
+        stderr.contains(&claude_dir.display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`parhelia config sync --dry-run`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`--no-user-config`"), "{stderr}");
+
+    let dry = h.run(&["config", "sync", "--dry-run"]);
+    let why = stderr_of(&dry);
+    assert!(
+        why.contains(&claude_dir.display().to_string()) && why.contains("not a directory"),
+        "the dry run names the path and why: {why}"
+    );
+
+    let created = h.json(&["task", "create", "Say hi", "--no-user-config", "--json"]);
+    let task = h.wait_task(created["task_id"].as_str().unwrap(), |t| {
+        t["status"] != "running"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+
+    // The named path fixed: the setup is read again.
+    std::fs::remove_file(&claude_dir).unwrap();
+    std::fs::create_dir(&claude_dir).unwrap();
+    std::fs::write(claude_dir.join("CLAUDE.md"), "Be brief.\n").unwrap();
+    let created = h.json(&["task", "create", "Say hi", "--json"]);
+    let task = h.wait_task(created["task_id"].as_str().unwrap(), |t| {
+        t["status"] != "running"
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["result"], "Ran with your setup.", "{task:#}");
+}
