@@ -408,8 +408,8 @@ error_codes! {
 
     CHECKPOINT_IO_FAILED = "E520" "CHECKPOINT_IO_FAILED" {
         what: "A checkpoint could not be read or written.",
-        why: "The session's volume failed: the disk is full, a file is unreadable, or permissions changed.",
-        recover: "Free space on the volume (`parhelia checkpoint list` shows sizes; retention settings prune), then try again. Earlier checkpoints are untouched.",
+        why: "The session's volume failed for a reason other than a full disk (E516) or damage (E620): it is read-only or failing, a file is unreadable, or permissions changed. The message names the file and the system's error.",
+        recover: "Fix what the message names (remount the volume read-write, restore the permissions), then try again: `parhelia checkpoint create SESSION_ID`, or the session's next checkpoint. Earlier checkpoints are untouched.",
     }
 
     // E6xx: operations.

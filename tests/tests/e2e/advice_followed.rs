@@ -775,3 +775,103 @@ fn e115_an_unreadable_setup_is_refused_and_each_advised_way_runs() {
     assert_eq!(task["status"], "completed", "{task:#}");
     assert_eq!(task["result"], "Ran with your setup.", "{task:#}");
 }
+
+/// The session's store bind-mounted read-only over itself for the test's lifetime.
+struct ReadOnly(std::path::PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &Path) -> Option<ReadOnly> {
+        let run = |args: &[&str]| {
+            std::process::Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !run(&["--bind"]) {
+            return None;
+        }
+        let guard = ReadOnly(dir.to_path_buf());
+        run(&["-o", "remount,bind,ro"]).then_some(guard)
+    }
+
+    fn lift(&self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        // A second umount of an unmounted dir fails harmlessly.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// E520: the session's checkpoint store turned read-only under a running session (a
+/// failing or remounted volume). `checkpoint create` is refused with the file and the
+/// system's error; followed as advised (the volume read-write again, then the same
+/// command), the checkpoint is taken. Needs `mount` (CAP_SYS_ADMIN), else SKIPPED.
+#[test]
+fn e520_a_read_only_store_is_named_and_the_checkpoint_taken_once_fixed() {
+    let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash(
+        "echo working > work.txt; sleep 600",
+    )])]));
+    let created = h.json(&["task", "create", "Work a while", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_for("the tool call", || {
+        (!h.task_events(&task_id, "tool_call").is_empty()).then_some(())
+    });
+    let store = h
+        .state()
+        .join("sessions")
+        .join(&session_id)
+        .join("volume")
+        .join("checkpoints");
+    let before = h.json(&["checkpoint", "list", &session_id, "--json"]);
+    let Some(read_only) = ReadOnly::mount(&store) else {
+        eprintln!("SKIPPED: bind-mounting read-only is not permitted here (needs CAP_SYS_ADMIN)");
+        h.ok(&["task", "cancel", &task_id]);
+        return;
+    };
+
+    let out = h.run(&[
+        "checkpoint",
+        "create",
+        &session_id,
+        "-m",
+        "before the change",
+    ]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.starts_with("error[E520]: "), "{stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    let again = advised(&stderr, "parhelia checkpoint create ");
+    assert_eq!(again, ["checkpoint", "create", "SESSION_ID"], "{stderr}");
+
+    // Followed: the volume read-write again, the same command.
+    read_only.lift();
+    assert_eq!(
+        h.json(&["checkpoint", "list", &session_id, "--json"]),
+        before,
+        "earlier checkpoints are untouched"
+    );
+    let made = h.ok(&[
+        "checkpoint",
+        "create",
+        &session_id,
+        "-m",
+        "before the change",
+    ]);
+    let after = h.json(&["checkpoint", "list", &session_id, "--json"]);
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        before.as_array().unwrap().len() + 1,
+        "{made}\n{after:#}"
+    );
+    h.ok(&["task", "cancel", &task_id]);
+}
