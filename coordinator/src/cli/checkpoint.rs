@@ -541,14 +541,17 @@ pub async fn pull(
     progress.step(&format!(
         "restoring {id} and committing it as branch {branch}"
     ));
-    let outcome = crate::pull::pull(&crate::pull::PullRequest {
-        store: &store,
-        checkpoint: &id,
-        repo: &repo,
-        branch: &branch,
-        session_id: &s.id,
-        force,
-    })?;
+    let outcome = crate::pull::pull_reporting(
+        &crate::pull::PullRequest {
+            store: &store,
+            checkpoint: &id,
+            repo: &repo,
+            branch: &branch,
+            session_id: &s.id,
+            force,
+        },
+        &|restored| progress.transfer(restored.into()),
+    )?;
     progress.finish(true);
     if json {
         print_json(&serde_json::json!({
