@@ -1,7 +1,7 @@
 //! Progress of the CLI's long operations (workspace upload, image build,
 //! `session pull`, rollback/resume), on stderr. Where the code counts files
 //! and bytes against known totals ([`Progress::transfer`]: the restore of a
-//! pull),
+//! pull, the coordinator's workspace copy streamed back to `task create`),
 //! the spinner becomes a bar and JSON lines say `advance`.
 //!
 //! `--progress auto` (the default) draws an indicatif spinner, or a bar

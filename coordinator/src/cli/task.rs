@@ -466,20 +466,17 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
             (None, true) => "recording the task".to_string(),
         },
     );
-    let submitted = client
-        .submit_budgeted_task(SubmitBudgetedTaskRequest {
-            task: Some(request),
-            limits: Some(TaskLimits {
-                max_cost_usd: limits.max_cost_usd.unwrap_or(0.0),
-                gpu: limits.gpu.clone().unwrap_or_default(),
-                cpu: limits.cpu.unwrap_or(0.0),
-                memory_mb: limits.memory_mb.unwrap_or(0),
-                timeout_seconds: limits.timeout_seconds.unwrap_or(0),
-            }),
-        })
-        .await
-        .map_err(coordinator_error)?
-        .into_inner();
+    let request = SubmitBudgetedTaskRequest {
+        task: Some(request),
+        limits: Some(TaskLimits {
+            max_cost_usd: limits.max_cost_usd.unwrap_or(0.0),
+            gpu: limits.gpu.clone().unwrap_or_default(),
+            cpu: limits.cpu.unwrap_or(0.0),
+            memory_mb: limits.memory_mb.unwrap_or(0),
+            timeout_seconds: limits.timeout_seconds.unwrap_or(0),
+        }),
+    };
+    let submitted = submit_following_the_copy(&mut client, request, &progress).await?;
     progress.finish(true);
 
     if !args.sync {
@@ -541,6 +538,53 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     }
     outcome_with_advice(&opened.db, &watched)?;
     Ok(0)
+}
+
+/// `SubmitBudgetedTaskWithProgress`: the copy of the workspace into the session shown
+/// as `progress` while the coordinator does it, then its reply. A coordinator from
+/// before that RPC (still running across an upgrade) gets `SubmitBudgetedTask`.
+async fn submit_following_the_copy(
+    client: &mut crate::coordinator_client::Client,
+    request: SubmitBudgetedTaskRequest,
+    progress: &crate::progress::Progress,
+) -> Result<parhelia_proto::SubmitTaskResponse> {
+    use parhelia_proto::submit_task_progress::Event;
+    let mut stream = match client
+        .submit_budgeted_task_with_progress(request.clone())
+        .await
+    {
+        Ok(stream) => stream.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            return Ok(client
+                .submit_budgeted_task(request)
+                .await
+                .map_err(coordinator_error)?
+                .into_inner());
+        }
+        Err(status) => return Err(coordinator_error(status)),
+    };
+    let mut copying = false;
+    while let Some(message) = stream.message().await.map_err(coordinator_error)? {
+        match message.event {
+            Some(Event::WorkspaceCopy(copied)) => {
+                if !copying {
+                    copying = true;
+                    progress.step("copying the workspace into the session");
+                }
+                progress.transfer(crate::progress::Transfer {
+                    files_done: copied.files_done,
+                    files_total: copied.files_total,
+                    bytes_done: copied.bytes_done,
+                    bytes_total: copied.bytes_total,
+                });
+            }
+            Some(Event::Submitted(response)) => return Ok(response),
+            None => {}
+        }
+    }
+    Err(anyhow::anyhow!(
+        "the coordinator ended the submit without a reply"
+    ))
 }
 
 /// `Ok` when the watched task completed, else its coded error with advice
