@@ -106,9 +106,15 @@ pub(crate) fn parse_usd(flag: &str, text: &str) -> Result<f64> {
     })
 }
 
-fn show(ctx: &Ctx, json: bool) -> Result<i32> {
+/// `budget show`'s view: the one read the CLI and the MCP server's
+/// `parhelia_budget_status` make.
+pub(crate) fn budget_view(ctx: &Ctx) -> Result<BudgetView> {
     let opened = ctx.open()?;
-    let view = spend::budget_view(&opened.db, &opened.config, now_ms())?;
+    spend::budget_view(&opened.db, &opened.config, now_ms())
+}
+
+fn show(ctx: &Ctx, json: bool) -> Result<i32> {
+    let view = budget_view(ctx)?;
     if json {
         print_json(&view)?;
         return Ok(0);

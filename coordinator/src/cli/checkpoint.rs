@@ -136,10 +136,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                 .map_err(coordinator_error)?
                 .into_inner();
             if json {
-                print_json(&serde_json::json!({
-                    "checkpoint_id": reply.checkpoint_id,
-                    "container_id": reply.container_id,
-                }))?;
+                print_json(&create_json(&reply))?;
             } else {
                 outln!("{}", escape_untrusted(&reply.checkpoint_id));
             }
@@ -148,40 +145,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
         CheckpointCommand::Verify(args) => super::store_health::verify(ctx, &opened, args).await,
         CheckpointCommand::Repair(args) => super::store_health::repair(ctx, &opened, args).await,
         CheckpointCommand::List { session_id, json } => {
-            let sessions = match &session_id {
-                Some(id) => vec![session(&opened, id)?],
-                None => opened.db.list_sessions()?,
-            };
-            let mut views = Vec::new();
-            for s in &sessions {
-                if let Some(store) = super::modal::session_store(ctx, &opened, s).await? {
-                    let durable = super::modal::durable_set(&opened, s)?;
-                    // Damaged manifests are listed as damaged, never left out.
-                    let unrepairable = store.unrepairable();
-                    for listed in store.list_all().map_err(|e| checkpoints::coded(&e))? {
-                        let summary = match listed.summary {
-                            Ok(summary) => summary,
-                            Err(e) => {
-                                views.push(CheckpointView::damaged(
-                                    &s.id,
-                                    &listed.id,
-                                    format!("manifest is damaged: {e}"),
-                                ));
-                                continue;
-                            }
-                        };
-                        let mut view = CheckpointView::of(&s.id, &summary);
-                        if let Some(set) = &durable {
-                            view.durable = set.contains(&view.id);
-                        }
-                        view.damaged = unrepairable
-                            .get(&listed.id)
-                            .map(|why| format!("not repairable: {why}"));
-                        views.push(view);
-                    }
-                }
-            }
-            views.sort_by(|a, b| a.id.cmp(&b.id));
+            let views = list_views(ctx, &opened, session_id.as_deref()).await?;
             if json {
                 print_json(&views)?;
             } else {
@@ -333,6 +297,139 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
     }
 }
 
+/// `checkpoint list`'s rows: every checkpoint of the session (all sessions' when
+/// `session_id` is none), damaged ones listed as damaged, oldest first.
+async fn list_views(
+    ctx: &Ctx,
+    opened: &Opened,
+    session_id: Option<&str>,
+) -> Result<Vec<CheckpointView>> {
+    let sessions = match session_id {
+        Some(id) => vec![session(opened, id)?],
+        None => opened.db.list_sessions()?,
+    };
+    let mut views = Vec::new();
+    for s in &sessions {
+        if let Some(store) = super::modal::session_store(ctx, opened, s).await? {
+            let durable = super::modal::durable_set(opened, s)?;
+            // Damaged manifests are listed as damaged, never left out.
+            let unrepairable = store.unrepairable();
+            for listed in store.list_all().map_err(|e| checkpoints::coded(&e))? {
+                let summary = match listed.summary {
+                    Ok(summary) => summary,
+                    Err(e) => {
+                        views.push(CheckpointView::damaged(
+                            &s.id,
+                            &listed.id,
+                            format!("manifest is damaged: {e}"),
+                        ));
+                        continue;
+                    }
+                };
+                let mut view = CheckpointView::of(&s.id, &summary);
+                if let Some(set) = &durable {
+                    view.durable = set.contains(&view.id);
+                }
+                view.damaged = unrepairable
+                    .get(&listed.id)
+                    .map(|why| format!("not repairable: {why}"));
+                views.push(view);
+            }
+        }
+    }
+    views.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(views)
+}
+
+/// [`list_views`] for a session or task id (its current session): the one read the
+/// CLI and the MCP server's `parhelia_checkpoint_list` make.
+pub(crate) async fn list_checkpoints(
+    ctx: &Ctx,
+    session_or_task: Option<&str>,
+) -> Result<Vec<CheckpointView>> {
+    let session_id = session_or_task
+        .map(|id| session_id_of(ctx, id))
+        .transpose()?;
+    let opened = ctx.open()?;
+    list_views(ctx, &opened, session_id.as_deref()).await
+}
+
+/// `checkpoint create`'s call for a session or task id: the coordinator's
+/// `CheckpointSession`.
+pub(crate) async fn create_call(
+    ctx: &Ctx,
+    session_or_task: &str,
+    message: String,
+) -> Result<parhelia_proto::CheckpointSessionResponse> {
+    let session_id = session_id_of(ctx, session_or_task)?;
+    let opened = ctx.open()?;
+    let mut client = ctx.client(&opened.state).await?;
+    Ok(client
+        .checkpoint_session(CheckpointSessionRequest {
+            session_id,
+            message,
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner())
+}
+
+/// `checkpoint create --json`'s value.
+pub(crate) fn create_json(reply: &parhelia_proto::CheckpointSessionResponse) -> serde_json::Value {
+    serde_json::json!({
+        "checkpoint_id": reply.checkpoint_id,
+        "container_id": reply.container_id,
+    })
+}
+
+/// `checkpoint rollback --yes`'s call: the checkpoint's session resumed from it, as a
+/// rollback (the coordinator's `ResumeSession`).
+pub(crate) async fn rollback_call(
+    ctx: &Ctx,
+    checkpoint_id: &str,
+    message: &str,
+) -> Result<parhelia_proto::ResumeSessionResponse> {
+    let opened = ctx.open()?;
+    let (s, _, id) = find(ctx, &opened, checkpoint_id).await?;
+    let id = id.to_string();
+    resume_request(
+        ctx,
+        &opened,
+        ResumeCall {
+            session_id: &s.id,
+            checkpoint_id: &id,
+            message,
+            rollback: true,
+            backend: "",
+        },
+    )
+    .await
+}
+
+/// `resume`'s call for a session or task id (the coordinator's `ResumeSession`).
+pub(crate) async fn resume_call(
+    ctx: &Ctx,
+    session_or_task: &str,
+    checkpoint_id: &str,
+    message: &str,
+    backend: &str,
+) -> Result<parhelia_proto::ResumeSessionResponse> {
+    let session_id = session_id_of(ctx, session_or_task)?;
+    let opened = ctx.open()?;
+    resume_request(
+        ctx,
+        &opened,
+        ResumeCall {
+            session_id: &session_id,
+            checkpoint_id,
+            message,
+            rollback: false,
+            backend,
+        },
+    )
+    .await
+}
+
 /// `parhelia resume SESSION_ID`.
 pub async fn run_resume(ctx: &Ctx, mut args: ResumeArgs) -> Result<i32> {
     args.session_id = session_id_of(ctx, &args.session_id)?;
@@ -370,7 +467,7 @@ async fn resume(ctx: &Ctx, opened: &Opened, call: ResumeCall<'_>, json: bool) ->
 }
 
 /// The `--json` object of a resume.
-fn resume_json(reply: &parhelia_proto::ResumeSessionResponse) -> serde_json::Value {
+pub(crate) fn resume_json(reply: &parhelia_proto::ResumeSessionResponse) -> serde_json::Value {
     let skipped: Vec<serde_json::Value> = reply
         .skipped
         .iter()

@@ -659,22 +659,40 @@ fn task_not_found(task_id: &str) -> anyhow::Error {
     )
 }
 
-fn list(ctx: &Ctx, status: Option<&str>, json: bool) -> Result<i32> {
+/// `task list`'s rows (filtered by `--status`): the one read the CLI and the MCP
+/// server's `parhelia_task_list` make.
+pub(crate) fn list_tasks(ctx: &Ctx, status: Option<&str>) -> Result<Vec<crate::db::TaskRecord>> {
     let shown = status.map(str::parse::<ShownStatus>).transpose()?;
     let opened = ctx.open()?;
     let mut tasks = opened.db.list_tasks(shown.map(ShownStatus::stored))?;
     if let Some(shown) = shown {
         tasks.retain(|t| shown.matches(t.status, t.dispatch_requested_at_ms.is_some()));
     }
+    Ok(tasks)
+}
+
+/// `task list --json`'s value.
+pub(crate) fn list_json(tasks: &[crate::db::TaskRecord]) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(
+        tasks.iter().map(views::TaskView::from).collect::<Vec<_>>(),
+    )?)
+}
+
+fn list(ctx: &Ctx, status: Option<&str>, json: bool) -> Result<i32> {
+    let tasks = list_tasks(ctx, status)?;
     if json {
-        print_json(&tasks.iter().map(views::TaskView::from).collect::<Vec<_>>())?;
+        print_json(&list_json(&tasks)?)?;
     } else {
         out!("{}", views::task_table(&tasks, now_ms()));
     }
     Ok(0)
 }
 
-fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+/// `task show`'s task and its limits (E201 for an unknown id).
+pub(crate) fn show_task(
+    ctx: &Ctx,
+    task_id: &str,
+) -> Result<(crate::db::TaskRecord, crate::budget::TaskLimits)> {
     let opened = ctx.open()?;
     let task = opened
         .db
@@ -685,17 +703,30 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
         .task_limits(task_id)?
         .map(|(l, _)| l)
         .unwrap_or_default();
+    Ok((task, limits))
+}
+
+/// `task show --json`'s value.
+pub(crate) fn show_json(
+    task: &crate::db::TaskRecord,
+    limits: &crate::budget::TaskLimits,
+) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(views::TaskView::from(task))?;
+    // The same figures as the top-level ones (kept for older readers).
+    value["budget"] = serde_json::json!({
+        "compute_usd": task.spend.compute_usd,
+        "model_usd": task.spend.model_usd,
+        "storage_usd": task.spend.storage_usd,
+        "total_usd": task.spend.cost_usd,
+        "limits": limits,
+    });
+    Ok(value)
+}
+
+fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+    let (task, limits) = show_task(ctx, task_id)?;
     if json {
-        let mut value = serde_json::to_value(views::TaskView::from(&task))?;
-        // The same figures as the top-level ones (kept for older readers).
-        value["budget"] = serde_json::json!({
-            "compute_usd": task.spend.compute_usd,
-            "model_usd": task.spend.model_usd,
-            "storage_usd": task.spend.storage_usd,
-            "total_usd": task.spend.cost_usd,
-            "limits": limits,
-        });
-        print_json(&value)?;
+        print_json(&show_json(&task, &limits)?)?;
     } else {
         out!("{}", views::task_detail(&task));
         if let Some(max) = limits.max_cost_usd {
@@ -742,13 +773,14 @@ async fn watch(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-async fn dispatch(
+/// `task dispatch`'s call: the coordinator's `DispatchTasks` (every pending task when
+/// no id is given, as `--all`).
+pub(crate) async fn dispatch_call(
     ctx: &Ctx,
     task_ids: Vec<String>,
     all: bool,
     dry_run: bool,
-    json: bool,
-) -> Result<i32> {
+) -> Result<parhelia_proto::DispatchTasksResponse> {
     // Bare `parhelia task dispatch` (the seeds' command) dispatches every
     // pending task, as `--all` does.
     let all = all || task_ids.is_empty();
@@ -759,7 +791,7 @@ async fn dispatch(
         launch_env()?
     };
     let mut client = ctx.client(&opened.state).await?;
-    let response = client
+    Ok(client
         .dispatch_tasks(DispatchTasksRequest {
             task_ids,
             all,
@@ -768,24 +800,55 @@ async fn dispatch(
         })
         .await
         .map_err(coordinator_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// `task dispatch --json`'s value.
+pub(crate) fn dispatch_json(
+    dry_run: bool,
+    response: &parhelia_proto::DispatchTasksResponse,
+) -> serde_json::Value {
+    serde_json::json!({
+        "dry_run": dry_run,
+        "dispatched": response.dispatched.iter().map(|d| serde_json::json!({
+            "task_id": d.task_id,
+            "session_id": Some(&d.session_id).filter(|s| !s.is_empty()),
+            "container_id": Some(&d.container_id).filter(|s| !s.is_empty()),
+        })).collect::<Vec<_>>(),
+        "queued": response.queued.iter().map(|q| serde_json::json!({
+            "task_id": q.task_id, "position": q.position,
+        })).collect::<Vec<_>>(),
+        "failed": response.failed.iter().map(|f| serde_json::json!({
+            "task_id": f.task_id, "error_code": f.error_code, "message": f.message,
+        })).collect::<Vec<_>>(),
+        "running": response.running,
+        "max_concurrent_workers": response.max_concurrent_workers,
+    })
+}
+
+/// The first task that failed to launch, as the coded error `task dispatch` ends with.
+pub(crate) fn dispatch_failure(
+    response: &parhelia_proto::DispatchTasksResponse,
+) -> Option<anyhow::Error> {
+    response.failed.first().map(|f| {
+        let code = error_codes::lookup_or_family(&f.error_code);
+        coded(
+            code,
+            format!("task {} failed to launch: {}", f.task_id, f.message),
+        )
+    })
+}
+
+async fn dispatch(
+    ctx: &Ctx,
+    task_ids: Vec<String>,
+    all: bool,
+    dry_run: bool,
+    json: bool,
+) -> Result<i32> {
+    let response = dispatch_call(ctx, task_ids, all, dry_run).await?;
     if json {
-        print_json(&serde_json::json!({
-            "dry_run": dry_run,
-            "dispatched": response.dispatched.iter().map(|d| serde_json::json!({
-                "task_id": d.task_id,
-                "session_id": Some(&d.session_id).filter(|s| !s.is_empty()),
-                "container_id": Some(&d.container_id).filter(|s| !s.is_empty()),
-            })).collect::<Vec<_>>(),
-            "queued": response.queued.iter().map(|q| serde_json::json!({
-                "task_id": q.task_id, "position": q.position,
-            })).collect::<Vec<_>>(),
-            "failed": response.failed.iter().map(|f| serde_json::json!({
-                "task_id": f.task_id, "error_code": f.error_code, "message": f.message,
-            })).collect::<Vec<_>>(),
-            "running": response.running,
-            "max_concurrent_workers": response.max_concurrent_workers,
-        }))?;
+        print_json(&dispatch_json(dry_run, &response))?;
     } else {
         if dry_run {
             outln!("dry run: nothing was dispatched");
@@ -820,36 +883,47 @@ async fn dispatch(
             response.max_concurrent_workers
         );
     }
-    if let Some(f) = response.failed.first() {
-        let code = error_codes::lookup_or_family(&f.error_code);
-        return Err(coded(
-            code,
-            format!("task {} failed to launch: {}", f.task_id, f.message),
-        ));
+    match dispatch_failure(&response) {
+        Some(err) => Err(err),
+        None => Ok(0),
     }
-    Ok(0)
 }
 
-async fn cancel(ctx: &Ctx, task_id: &str, reason: Option<String>, json: bool) -> Result<i32> {
+/// `task cancel`'s call: the transition checked here (E2xx before anything is
+/// asked), then the coordinator's `CancelTask`.
+pub(crate) async fn cancel_call(
+    ctx: &Ctx,
+    task_id: &str,
+    reason: Option<String>,
+) -> Result<parhelia_proto::CancelTaskResponse> {
     let opened = ctx.open()?;
     opened.db.check_transition(task_id, TaskStatus::Cancelled)?;
     let mut client = ctx.client(&opened.state).await?;
-    let response = client
+    Ok(client
         .cancel_task(CancelTaskRequest {
             task_id: task_id.to_string(),
             reason: reason.unwrap_or_default(),
         })
         .await
         .map_err(coordinator_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// `task cancel --json`'s value.
+pub(crate) fn cancel_json(response: &parhelia_proto::CancelTaskResponse) -> serde_json::Value {
+    serde_json::json!({
+        "task_id": response.task_id,
+        "status": response.status,
+        "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
+        "container_state": Some(&response.container_state).filter(|s| !s.is_empty()),
+        "checkpoint_id": Some(&response.checkpoint_id).filter(|s| !s.is_empty()),
+    })
+}
+
+async fn cancel(ctx: &Ctx, task_id: &str, reason: Option<String>, json: bool) -> Result<i32> {
+    let response = cancel_call(ctx, task_id, reason).await?;
     if json {
-        print_json(&serde_json::json!({
-            "task_id": response.task_id,
-            "status": response.status,
-            "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
-            "container_state": Some(&response.container_state).filter(|s| !s.is_empty()),
-            "checkpoint_id": Some(&response.checkpoint_id).filter(|s| !s.is_empty()),
-        }))?;
+        print_json(&cancel_json(&response))?;
     } else {
         outln!("{} {}", response.task_id, response.status);
         if !response.container_id.is_empty() {
@@ -871,28 +945,42 @@ async fn cancel(ctx: &Ctx, task_id: &str, reason: Option<String>, json: bool) ->
     Ok(0)
 }
 
-async fn retry(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+/// `task retry`'s call: the transition checked here, then the coordinator's
+/// `RetryTask`.
+pub(crate) async fn retry_call(
+    ctx: &Ctx,
+    task_id: &str,
+) -> Result<parhelia_proto::RetryTaskResponse> {
     let opened = ctx.open()?;
     opened.db.check_transition(task_id, TaskStatus::Pending)?;
     let env = launch_env()?;
     let mut client = ctx.client(&opened.state).await?;
-    let response = client
+    Ok(client
         .retry_task(RetryTaskRequest {
             task_id: task_id.to_string(),
             env,
         })
         .await
         .map_err(coordinator_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// `task retry --json`'s value.
+pub(crate) fn retry_json(response: &parhelia_proto::RetryTaskResponse) -> serde_json::Value {
+    serde_json::json!({
+        "task_id": response.task_id,
+        "attempt": response.attempt,
+        "session_id": Some(&response.session_id).filter(|s| !s.is_empty()),
+        "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
+        "queued": response.queued,
+        "queue_position": Some(response.queue_position).filter(|_| response.queued),
+    })
+}
+
+async fn retry(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+    let response = retry_call(ctx, task_id).await?;
     if json {
-        print_json(&serde_json::json!({
-            "task_id": response.task_id,
-            "attempt": response.attempt,
-            "session_id": Some(&response.session_id).filter(|s| !s.is_empty()),
-            "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
-            "queued": response.queued,
-            "queue_position": Some(response.queue_position).filter(|_| response.queued),
-        }))?;
+        print_json(&retry_json(&response))?;
     } else {
         outln!("{} attempt {}", response.task_id, response.attempt);
         if response.queued {
@@ -906,7 +994,12 @@ async fn retry(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-async fn delete(ctx: &Ctx, task_ids: Vec<String>, json: bool) -> Result<i32> {
+/// `task delete`'s call: only ended tasks (E605 otherwise, before anything is asked),
+/// then the coordinator's `DeleteTasks`.
+pub(crate) async fn delete_call(
+    ctx: &Ctx,
+    task_ids: Vec<String>,
+) -> Result<parhelia_proto::DeleteTasksResponse> {
     let opened = ctx.open()?;
     for id in &task_ids {
         let task = opened.db.get_task(id)?.ok_or_else(|| task_not_found(id))?;
@@ -921,16 +1014,25 @@ async fn delete(ctx: &Ctx, task_ids: Vec<String>, json: bool) -> Result<i32> {
         }
     }
     let mut client = ctx.client(&opened.state).await?;
-    let response = client
+    Ok(client
         .delete_tasks(DeleteTasksRequest { task_ids })
         .await
         .map_err(coordinator_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// `task delete --json`'s value.
+pub(crate) fn delete_json(response: &parhelia_proto::DeleteTasksResponse) -> serde_json::Value {
+    serde_json::json!({
+        "deleted": response.deleted,
+        "removed_dirs": response.removed_dirs,
+    })
+}
+
+async fn delete(ctx: &Ctx, task_ids: Vec<String>, json: bool) -> Result<i32> {
+    let response = delete_call(ctx, task_ids).await?;
     if json {
-        print_json(&serde_json::json!({
-            "deleted": response.deleted,
-            "removed_dirs": response.removed_dirs,
-        }))?;
+        print_json(&delete_json(&response))?;
     } else {
         for id in &response.deleted {
             outln!("deleted {id}");

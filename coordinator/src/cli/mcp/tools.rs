@@ -1,6 +1,7 @@
 //! The MCP tools: their names, descriptions, annotations and input schemas,
-//! and how each call becomes a `parhelia` command line (run in-process by
-//! [`crate::cli::run_captured`], with `--json`).
+//! and how each call is carried out: a [`Direct`] call of what the CLI's
+//! command calls, or (tools not converted yet) a `parhelia` command line run
+//! in-process by [`crate::cli::run_captured`], with `--json`.
 //!
 //! Every argument struct is deserialized strictly (unknown fields are an
 //! E100, and every schema says `additionalProperties: false`), and its doc
@@ -14,8 +15,74 @@ use serde_json::{Map, Value};
 use crate::error::CodedError;
 use crate::error_codes;
 
+/// A tool carried out by the same call the CLI's command makes (a coordinator
+/// RPC, or a read shared with the CLI), its result built from the typed reply.
+pub enum Direct {
+    TaskList {
+        status: Option<String>,
+    },
+    TaskShow {
+        task_id: String,
+    },
+    TaskDispatch {
+        task_ids: Vec<String>,
+        dry_run: bool,
+    },
+    TaskCancel {
+        task_id: String,
+        reason: Option<String>,
+    },
+    TaskRetry {
+        task_id: String,
+    },
+    TaskDelete {
+        task_ids: Vec<String>,
+    },
+    EventsList {
+        filters: EventFilterArgs,
+        limit: Option<u32>,
+    },
+    CheckpointCreate {
+        session_id: String,
+        message: Option<String>,
+    },
+    CheckpointList {
+        session_id: Option<String>,
+    },
+    CheckpointRestore {
+        checkpoint_id: String,
+        message: Option<String>,
+    },
+    Resume {
+        session_id: String,
+        checkpoint: Option<String>,
+        message: Option<String>,
+        backend: Option<String>,
+    },
+    BudgetStatus,
+    Containers {
+        state: Option<String>,
+        health: Option<String>,
+    },
+    ContainerShow {
+        container_id: String,
+    },
+    ContainerEvents {
+        container_id: String,
+    },
+    ContainerTerminate {
+        container_id: String,
+    },
+    SessionList,
+    SessionShow {
+        session_id: String,
+    },
+}
+
 /// How a tool is carried out.
 pub enum Plan {
+    /// The CLI command's own call, its typed reply as the result.
+    Direct(Direct),
     /// Run this `parhelia` command line (without the program name); its JSON
     /// output is the result. `wrap`: an array result goes under this key.
     Cli {
@@ -677,103 +744,70 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         }
         "parhelia_task_list" => {
             let a: TaskListArgs = parse(tool, args)?;
-            let mut argv = words(&["task", "list", "--json"]);
-            opt(&mut argv, "--status", &a.status);
-            cli_wrapped(argv, "tasks")
+            Plan::Direct(Direct::TaskList { status: a.status })
         }
         "parhelia_task_show" => {
             let a: TaskIdArgs = parse(tool, args)?;
-            cli(vec![
-                "task".into(),
-                "show".into(),
-                "--json".into(),
-                a.task_id,
-            ])
+            Plan::Direct(Direct::TaskShow { task_id: a.task_id })
         }
         "parhelia_task_dispatch" => {
             let a: TaskDispatchArgs = parse(tool, args)?;
-            let mut argv = words(&["task", "dispatch", "--json"]);
-            flag(&mut argv, "--dry-run", a.dry_run);
-            if a.task_ids.is_empty() {
-                argv.push("--all".into());
-            } else {
-                argv.push("--".into());
-                argv.extend(a.task_ids);
-            }
-            cli(argv)
+            Plan::Direct(Direct::TaskDispatch {
+                task_ids: a.task_ids,
+                dry_run: a.dry_run,
+            })
         }
         "parhelia_task_cancel" => {
             let a: TaskCancelArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "stops the task's session")?;
-            let mut argv = words(&["task", "cancel", "--json"]);
-            opt(&mut argv, "--reason", &a.reason);
-            argv.extend(["--".into(), a.task_id]);
-            cli(argv)
+            Plan::Direct(Direct::TaskCancel {
+                task_id: a.task_id,
+                reason: a.reason,
+            })
         }
         "parhelia_task_retry" => {
             let a: TaskIdArgs = parse(tool, args)?;
-            cli(vec![
-                "task".into(),
-                "retry".into(),
-                "--json".into(),
-                "--".into(),
-                a.task_id,
-            ])
+            Plan::Direct(Direct::TaskRetry { task_id: a.task_id })
         }
         "parhelia_task_delete" => {
             let a: TaskDeleteArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "deletes tasks and their checkpoints")?;
-            let mut argv = words(&["task", "delete", "--json", "--"]);
-            argv.extend(a.task_ids);
-            cli(argv)
+            Plan::Direct(Direct::TaskDelete {
+                task_ids: a.task_ids,
+            })
         }
         "parhelia_containers" => {
             let a: ContainerListArgs = parse(tool, args)?;
-            let mut argv = words(&["container", "list", "--json"]);
-            opt(&mut argv, "--state", &a.state);
-            opt(&mut argv, "--health", &a.health);
-            cli_wrapped(argv, "containers")
+            Plan::Direct(Direct::Containers {
+                state: a.state,
+                health: a.health,
+            })
         }
         "parhelia_container_show" => {
             let a: ContainerIdArgs = parse(tool, args)?;
-            cli(vec![
-                "container".into(),
-                "show".into(),
-                "--json".into(),
-                "--".into(),
-                a.container_id,
-            ])
+            Plan::Direct(Direct::ContainerShow {
+                container_id: a.container_id,
+            })
         }
         "parhelia_container_events" => {
             let a: ContainerIdArgs = parse(tool, args)?;
-            cli_wrapped(
-                vec![
-                    "container".into(),
-                    "events".into(),
-                    "--json".into(),
-                    "--".into(),
-                    a.container_id,
-                ],
-                "events",
-            )
+            Plan::Direct(Direct::ContainerEvents {
+                container_id: a.container_id,
+            })
         }
         "parhelia_container_terminate" => {
             let a: ContainerTerminateArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "stops a container")?;
-            cli(vec![
-                "container".into(),
-                "terminate".into(),
-                "--json".into(),
-                "--".into(),
-                a.container_id,
-            ])
+            Plan::Direct(Direct::ContainerTerminate {
+                container_id: a.container_id,
+            })
         }
         "parhelia_events_list" => {
             let a: EventsListArgs = parse_strict(tool, args)?;
-            let mut argv = words(&["events", "list", "--json"]);
-            argv.extend(a.filters.argv());
-            opt(&mut argv, "--limit", &a.limit.map(|n| n.to_string()));
-            cli_wrapped(argv, "events")
+            Plan::Direct(Direct::EventsList {
+                filters: a.filters,
+                limit: a.limit,
+            })
         }
         "parhelia_events_subscribe" => Plan::Subscribe(parse_strict(tool, args)?),
         "parhelia_events_unsubscribe" => {
@@ -783,18 +817,16 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         "parhelia_events_stream" => Plan::Stream(parse_strict(tool, args)?),
         "parhelia_checkpoint_create" => {
             let a: CheckpointCreateArgs = parse(tool, args)?;
-            let mut argv = words(&["checkpoint", "create", "--json"]);
-            opt(&mut argv, "--message", &a.message);
-            argv.extend(["--".into(), a.session_id]);
-            cli(argv)
+            Plan::Direct(Direct::CheckpointCreate {
+                session_id: a.session_id,
+                message: a.message,
+            })
         }
         "parhelia_checkpoint_list" => {
             let a: CheckpointListArgs = parse(tool, args)?;
-            let mut argv = words(&["checkpoint", "list", "--json"]);
-            if let Some(s) = a.session_id {
-                argv.extend(["--".into(), s]);
-            }
-            cli_wrapped(argv, "checkpoints")
+            Plan::Direct(Direct::CheckpointList {
+                session_id: a.session_id,
+            })
         }
         "parhelia_checkpoint_show" => {
             let a: CheckpointIdArgs = parse(tool, args)?;
@@ -821,33 +853,29 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
                 a.confirm,
                 "replaces the session's workspace and conversation",
             )?;
-            let mut argv = words(&["checkpoint", "rollback", "--yes", "--json"]);
-            opt(&mut argv, "--message", &a.message);
-            argv.extend(["--".into(), a.checkpoint_id]);
-            cli(argv)
+            Plan::Direct(Direct::CheckpointRestore {
+                checkpoint_id: a.checkpoint_id,
+                message: a.message,
+            })
         }
         "parhelia_resume" => {
             let a: ResumeArgs = parse(tool, args)?;
-            let mut argv = words(&["resume", "--json"]);
-            opt(&mut argv, "--checkpoint", &a.checkpoint);
-            opt(&mut argv, "--message", &a.message);
-            opt(&mut argv, "--backend", &a.backend);
-            argv.extend(["--".into(), a.session_id]);
-            cli(argv)
+            Plan::Direct(Direct::Resume {
+                session_id: a.session_id,
+                checkpoint: a.checkpoint,
+                message: a.message,
+                backend: a.backend,
+            })
         }
         "parhelia_session_list" => {
             let _: EmptyArgs = parse(tool, args)?;
-            cli_wrapped(words(&["session", "list", "--json"]), "sessions")
+            Plan::Direct(Direct::SessionList)
         }
         "parhelia_session_show" => {
             let a: SessionIdArgs = parse(tool, args)?;
-            cli(vec![
-                "session".into(),
-                "show".into(),
-                "--json".into(),
-                "--".into(),
-                a.session_id,
-            ])
+            Plan::Direct(Direct::SessionShow {
+                session_id: a.session_id,
+            })
         }
         "parhelia_session_send" => {
             let a: SessionSendArgs = parse(tool, args)?;
@@ -890,7 +918,7 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         }
         "parhelia_budget_status" => {
             let _: EmptyArgs = parse(tool, args)?;
-            cli(words(&["budget", "show", "--json"]))
+            Plan::Direct(Direct::BudgetStatus)
         }
         "parhelia_budget_estimate" => {
             let a: BudgetEstimateArgs = parse(tool, args)?;
@@ -1112,9 +1140,68 @@ mod tests {
                     crate::cli::Cli::try_parse_from(line)
                         .unwrap_or_else(|e| panic!("{tool}: {argv:?}: {e}"));
                 }
+                Ok(Plan::Direct(_)) => {}
                 Ok(_) => panic!("{tool}: not a command line"),
                 Err(e) => panic!("{tool}: {}", e.message),
             }
+        }
+    }
+
+    /// These tools make the CLI command's own call (no command line, no captured
+    /// output); the rest still run a command line in-process.
+    #[test]
+    fn the_converted_tools_call_the_service_directly() {
+        for (tool, args) in [
+            ("parhelia_task_list", serde_json::json!({})),
+            ("parhelia_task_show", serde_json::json!({"task_id": "t"})),
+            ("parhelia_task_dispatch", serde_json::json!({})),
+            (
+                "parhelia_task_cancel",
+                serde_json::json!({"task_id": "t", "confirm": true}),
+            ),
+            ("parhelia_task_retry", serde_json::json!({"task_id": "t"})),
+            (
+                "parhelia_task_delete",
+                serde_json::json!({"task_ids": ["t"], "confirm": true}),
+            ),
+            ("parhelia_events_list", serde_json::json!({})),
+            (
+                "parhelia_checkpoint_create",
+                serde_json::json!({"session_id": "s"}),
+            ),
+            ("parhelia_checkpoint_list", serde_json::json!({})),
+            (
+                "parhelia_checkpoint_restore",
+                serde_json::json!({"checkpoint_id": "k", "confirm": true}),
+            ),
+            ("parhelia_resume", serde_json::json!({"session_id": "s"})),
+            ("parhelia_budget_status", serde_json::json!({})),
+            (
+                "parhelia_containers",
+                serde_json::json!({"state": "running"}),
+            ),
+            (
+                "parhelia_container_show",
+                serde_json::json!({"container_id": "c"}),
+            ),
+            (
+                "parhelia_container_events",
+                serde_json::json!({"container_id": "c"}),
+            ),
+            (
+                "parhelia_container_terminate",
+                serde_json::json!({"container_id": "c", "confirm": true}),
+            ),
+            ("parhelia_session_list", serde_json::json!({})),
+            (
+                "parhelia_session_show",
+                serde_json::json!({"session_id": "s"}),
+            ),
+        ] {
+            assert!(
+                matches!(plan(tool, args), Ok(Plan::Direct(_))),
+                "{tool} is not a direct call"
+            );
         }
     }
 
