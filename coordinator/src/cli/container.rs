@@ -324,6 +324,14 @@ pub(crate) fn container_events(ctx: &Ctx, container_id: &str) -> Result<Vec<Even
     )
 }
 
+/// `container health`'s view: the one read the CLI and the MCP server's
+/// `parhelia_health` make.
+pub(crate) fn container_health(ctx: &Ctx) -> Result<HealthView> {
+    let opened = ctx.open()?;
+    let policy = opened.config.config.policy("");
+    health_view(&opened.db, &policy, now_ms())
+}
+
 /// `container terminate`'s call: the coordinator's `TerminateContainer`.
 pub(crate) async fn terminate_call(
     ctx: &Ctx,
@@ -399,9 +407,7 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             Ok(0)
         }
         ContainerCommand::Health { json } => {
-            let opened = ctx.open()?;
-            let policy = opened.config.config.policy("");
-            let view = health_view(&opened.db, &policy, now_ms())?;
+            let view = container_health(ctx)?;
             if json {
                 print_json(&view)?;
             } else {

@@ -263,26 +263,6 @@ impl ParheliaMcp {
         }
     }
 
-    async fn health(&self, context: &RequestContext<RoleServer>) -> CallToolResult {
-        let mut out = serde_json::Map::new();
-        for (key, argv) in [
-            ("status", vec!["status", "--json"]),
-            ("containers", vec!["container", "health", "--json"]),
-        ] {
-            let argv = argv.into_iter().map(String::from).collect();
-            let Some(captured) = self.run_cli(argv, context).await else {
-                return cancelled_result();
-            };
-            if let Err(err) = captured.result {
-                return error_result(&err, None);
-            }
-            out.insert(key.into(), Self::parse_output(&captured.stdout));
-        }
-        let value = Value::Object(out);
-        let text = serde_json::to_string_pretty(&value).unwrap_or_default();
-        structured(value, text, false)
-    }
-
     fn subscribe(&self, filters: EventFilterArgs, peer: Peer<RoleServer>) -> CallToolResult {
         let id = format!("sub-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let ct = CancellationToken::new();
@@ -566,6 +546,13 @@ impl Direct {
             Direct::ContainerTerminate { .. } => "parhelia container terminate",
             Direct::SessionList => "parhelia session list",
             Direct::SessionShow { .. } => "parhelia session show",
+            Direct::SessionKill { .. } => "parhelia session kill",
+            Direct::BudgetSet { .. } => "parhelia budget set",
+            Direct::BudgetHistory { .. } => "parhelia budget history",
+            Direct::ReconcilerStatus => "parhelia reconciler status",
+            Direct::ReconcilerRun { .. } => "parhelia reconciler run --once",
+            Direct::SessionSend { .. } => "parhelia session send",
+            Direct::Health => "parhelia status; parhelia container health",
         }
     }
 }
@@ -573,7 +560,7 @@ impl Direct {
 /// Carries out a [`Direct`] call with the functions the CLI's commands call
 /// (the coordinator's RPCs through its client, or the reads they share).
 async fn direct(ctx: &Ctx, call: Direct) -> Result<DirectResult> {
-    use crate::cli::{budget, checkpoint, container, events, task};
+    use crate::cli::{budget, checkpoint, container, events, ops, session, task};
     Ok(match call {
         Direct::TaskList { status } => {
             let tasks = task::list_tasks(ctx, status.as_deref())?;
@@ -664,6 +651,55 @@ async fn direct(ctx: &Ctx, call: Direct) -> Result<DirectResult> {
             container::sessions_json(&container::list_sessions(ctx, crate::ids::now_ms())?)?,
             "sessions",
         ),
+        Direct::SessionKill { session_id, reason } => {
+            let session_id = crate::cli::shortcuts::session_id_of(ctx, &session_id)?;
+            DirectResult::ok(session::kill_call(ctx, &session_id, reason).await?)
+        }
+        Direct::BudgetSet {
+            amount,
+            daily,
+            task,
+            max_cost,
+        } => {
+            let task = task.as_deref().zip(max_cost.as_deref());
+            let reply = budget::set_call(ctx, amount.as_deref(), daily.as_deref(), task).await?;
+            DirectResult::ok(budget::set_json(&reply, task.map(|(id, _)| id)))
+        }
+        Direct::BudgetHistory { by, since } => {
+            let by = match by.as_deref() {
+                None => budget::HistoryBy::Day,
+                Some(by) => {
+                    <budget::HistoryBy as clap::ValueEnum>::from_str(by, false).map_err(|_| {
+                        crate::error::coded(
+                            error_codes::INVALID_INPUT,
+                            format!("by: `{by}` is not `day` or `task`"),
+                        )
+                    })?
+                }
+            };
+            DirectResult::ok(serde_json::to_value(budget::history_view(
+                ctx,
+                by,
+                since.as_deref(),
+            )?)?)
+        }
+        Direct::SessionSend { session_id, text } => {
+            let session_id = crate::cli::shortcuts::session_id_of(ctx, &session_id)?;
+            DirectResult::ok(session::send_call(ctx, &session_id, text).await?)
+        }
+        Direct::Health => {
+            let (view, budget_json, _) = ops::status_view(ctx).await?;
+            DirectResult::ok(json!({
+                "status": ops::status_json(&view, budget_json)?,
+                "containers": container::container_health(ctx)?,
+            }))
+        }
+        Direct::ReconcilerStatus => {
+            DirectResult::ok(serde_json::to_value(ops::reconciler_status(ctx).await?)?)
+        }
+        Direct::ReconcilerRun { dry_run } => DirectResult::ok(serde_json::to_value(
+            ops::reconciler_run_once(ctx, dry_run).await?,
+        )?),
         Direct::SessionShow { session_id } => DirectResult::ok(serde_json::to_value(
             crate::views::SessionView::from(&container::show_session(ctx, &session_id)?),
         )?),
@@ -774,7 +810,6 @@ impl ServerHandler for ParheliaMcp {
         Ok(match plan {
             Plan::Direct(call) => self.call_direct(call, &context).await,
             Plan::Cli { argv, wrap } => self.call_cli(argv, wrap, &context).await,
-            Plan::Health => self.health(&context).await,
             Plan::Subscribe(filters) => self.subscribe(filters, context.peer.clone()),
             Plan::Unsubscribe(id) => self.unsubscribe(&id),
             Plan::Stream(args) => self.stream(args, &context).await,

@@ -77,6 +77,30 @@ pub enum Direct {
     SessionShow {
         session_id: String,
     },
+    SessionKill {
+        session_id: String,
+        reason: Option<String>,
+    },
+    BudgetSet {
+        amount: Option<String>,
+        daily: Option<String>,
+        task: Option<String>,
+        max_cost: Option<String>,
+    },
+    BudgetHistory {
+        by: Option<String>,
+        since: Option<String>,
+    },
+    ReconcilerStatus,
+    ReconcilerRun {
+        dry_run: bool,
+    },
+    SessionSend {
+        session_id: String,
+        text: String,
+    },
+    /// `parhelia_health`: `status --json` and `container health --json`.
+    Health,
 }
 
 /// How a tool is carried out.
@@ -89,8 +113,6 @@ pub enum Plan {
         argv: Vec<String>,
         wrap: Option<&'static str>,
     },
-    /// `parhelia_health`: `status --json` and `container health --json`.
-    Health,
     /// `parhelia_events_subscribe`.
     Subscribe(EventFilterArgs),
     /// `parhelia_events_unsubscribe`.
@@ -379,24 +401,7 @@ pub struct EventFilterArgs {
 }
 
 impl EventFilterArgs {
-    /// As `parhelia events` options.
-    pub fn argv(&self) -> Vec<String> {
-        let mut argv = Vec::new();
-        for t in &self.types {
-            argv.extend(["--type".into(), t.clone()]);
-        }
-        for l in &self.levels {
-            argv.extend(["--level".into(), l.clone()]);
-        }
-        opt(&mut argv, "--since", &self.since);
-        opt(&mut argv, "--container", &self.container);
-        opt(&mut argv, "--task", &self.task);
-        opt(&mut argv, "--session", &self.session);
-        opt(&mut argv, "--source", &self.source);
-        argv
-    }
-
-    /// As the CLI's filter options (for the followers).
+    /// As the CLI's filter options (`events list`, and the followers).
     pub fn cli_filter(&self) -> crate::cli::FilterArgs {
         crate::cli::FilterArgs {
             types: self.types.clone(),
@@ -879,14 +884,10 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         }
         "parhelia_session_send" => {
             let a: SessionSendArgs = parse(tool, args)?;
-            cli(vec![
-                "session".into(),
-                "send".into(),
-                "--json".into(),
-                "--".into(),
-                a.session_id,
-                a.text,
-            ])
+            Plan::Direct(Direct::SessionSend {
+                session_id: a.session_id,
+                text: a.text,
+            })
         }
         "parhelia_session_logs" => {
             let a: SessionLogsArgs = parse(tool, args)?;
@@ -911,10 +912,10 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         "parhelia_session_kill" => {
             let a: SessionKillArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "stops the session")?;
-            let mut argv = words(&["session", "kill", "--json"]);
-            opt(&mut argv, "--reason", &a.reason);
-            argv.extend(["--".into(), a.session_id]);
-            cli(argv)
+            Plan::Direct(Direct::SessionKill {
+                session_id: a.session_id,
+                reason: a.reason,
+            })
         }
         "parhelia_budget_status" => {
             let _: EmptyArgs = parse(tool, args)?;
@@ -936,35 +937,38 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         "parhelia_budget_set" => {
             let a: BudgetSetArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "changes what the budget allows")?;
-            let mut argv = words(&["budget", "set", "--json"]);
-            opt(&mut argv, "--daily", &a.daily);
-            opt(&mut argv, "--task", &a.task);
-            opt(&mut argv, "--max-cost", &a.max_cost);
-            if let Some(amount) = a.amount {
-                argv.extend(["--".into(), amount]);
+            if a.task.is_some() != a.max_cost.is_some() {
+                // The CLI's `--task` and `--max-cost` require each other.
+                return Err(CodedError::new(
+                    error_codes::INVALID_INPUT,
+                    format!("{tool}: `task` and `max_cost` go together"),
+                ));
             }
-            cli(argv)
+            Plan::Direct(Direct::BudgetSet {
+                amount: a.amount,
+                daily: a.daily,
+                task: a.task,
+                max_cost: a.max_cost,
+            })
         }
         "parhelia_budget_history" => {
             let a: BudgetHistoryArgs = parse(tool, args)?;
-            let mut argv = words(&["budget", "history", "--json"]);
-            opt(&mut argv, "--by", &a.by);
-            opt(&mut argv, "--since", &a.since);
-            cli(argv)
+            Plan::Direct(Direct::BudgetHistory {
+                by: a.by,
+                since: a.since,
+            })
         }
         "parhelia_health" => {
             let _: EmptyArgs = parse(tool, args)?;
-            Plan::Health
+            Plan::Direct(Direct::Health)
         }
         "parhelia_reconciler_status" => {
             let _: EmptyArgs = parse(tool, args)?;
-            cli(words(&["reconciler", "status", "--json"]))
+            Plan::Direct(Direct::ReconcilerStatus)
         }
         "parhelia_reconciler_run" => {
             let a: ReconcilerRunArgs = parse(tool, args)?;
-            let mut argv = words(&["reconciler", "run", "--once", "--json"]);
-            flag(&mut argv, "--dry-run", a.dry_run);
-            cli(argv)
+            Plan::Direct(Direct::ReconcilerRun { dry_run: a.dry_run })
         }
         "parhelia_cleanup" => {
             let a: CleanupArgs = parse(tool, args)?;
@@ -1197,6 +1201,25 @@ mod tests {
                 "parhelia_session_show",
                 serde_json::json!({"session_id": "s"}),
             ),
+            (
+                "parhelia_session_kill",
+                serde_json::json!({"session_id": "s", "confirm": true}),
+            ),
+            (
+                "parhelia_budget_set",
+                serde_json::json!({"amount": "5", "confirm": true}),
+            ),
+            ("parhelia_budget_history", serde_json::json!({"by": "task"})),
+            ("parhelia_reconciler_status", serde_json::json!({})),
+            (
+                "parhelia_reconciler_run",
+                serde_json::json!({"dry_run": true}),
+            ),
+            (
+                "parhelia_session_send",
+                serde_json::json!({"session_id": "s", "text": "hi"}),
+            ),
+            ("parhelia_health", serde_json::json!({})),
         ] {
             assert!(
                 matches!(plan(tool, args), Ok(Plan::Direct(_))),
