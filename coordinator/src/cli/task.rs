@@ -322,7 +322,124 @@ fn warn_unconfined_once(state: &crate::state_dir::StateDir, setting: &str) {
     let _ = std::fs::write(marker, setting);
 }
 
+/// What `task create` did, before anything is printed.
+pub(crate) enum Created {
+    /// `--estimate-only`: the estimate and its text.
+    Estimate {
+        report: Box<crate::service::spend::EstimateReport>,
+        text: String,
+    },
+    /// `--dry-run`: the plan and its text.
+    DryRun {
+        plan: serde_json::Value,
+        text: String,
+    },
+    /// Submitted (the coordinator's `SubmitBudgetedTaskWithProgress`).
+    Submitted {
+        submitted: parhelia_proto::SubmitTaskResponse,
+        backend: &'static str,
+    },
+}
+
+/// `task create --json`'s value of a submit that is not waited for.
+pub(crate) fn submitted_json(submitted: &parhelia_proto::SubmitTaskResponse) -> serde_json::Value {
+    serde_json::json!({
+        "task_id": submitted.task_id,
+        "session_id": Some(&submitted.session_id).filter(|s| !s.is_empty()),
+        "container_id": Some(&submitted.container_id).filter(|s| !s.is_empty()),
+        "queued": submitted.queued,
+        "queue_position": Some(submitted.queue_position).filter(|_| submitted.queued),
+        "held": submitted.held,
+    })
+}
+
+/// `task create --sync --json`: waits for the task to end; the finished task's value,
+/// and the coded error (with advice) the command ends with when it did not complete.
+pub(crate) async fn wait_json(
+    ctx: &Ctx,
+    task_id: &str,
+) -> Result<(serde_json::Value, Option<anyhow::Error>)> {
+    let opened = ctx.open()?;
+    let watched = watch_task(&opened.db, task_id, |_| {}).await?;
+    let value = serde_json::to_value(views::TaskView::from(&watched.task))?;
+    Ok((value, outcome_with_advice(&opened.db, &watched).err()))
+}
+
 async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
+    let (sync, json) = (args.sync, args.json);
+    let submitted = match create_call(ctx, args).await? {
+        Created::Estimate { report, text } => {
+            if json {
+                print_json(&report)?;
+            } else {
+                out!("{text}");
+            }
+            return Ok(0);
+        }
+        Created::DryRun { plan, text } => {
+            if json {
+                print_json(&plan)?;
+            } else {
+                out!("{text}");
+            }
+            return Ok(0);
+        }
+        Created::Submitted { submitted, backend } => (submitted, backend),
+    };
+    let (submitted, backend) = submitted;
+    if !sync {
+        if json {
+            print_json(&submitted_json(&submitted))?;
+        } else {
+            outln!("{}", submitted.task_id);
+            if submitted.held {
+                outln!(
+                    "  pending    held until `parhelia task dispatch {}`",
+                    submitted.task_id
+                );
+            } else if submitted.queued {
+                outln!(
+                    "  queued     position {} (max_concurrent_workers tasks are running)",
+                    submitted.queue_position
+                );
+            } else {
+                outln!("  session    {}", submitted.session_id);
+                outln!("  container  {}", submitted.container_id);
+            }
+            outln!("  watch      parhelia task watch {}", submitted.task_id);
+        }
+        return Ok(0);
+    }
+    if json {
+        let (value, failure) = wait_json(ctx, &submitted.task_id).await?;
+        print_json(&value)?;
+        return match failure {
+            Some(err) => Err(err),
+            None => Ok(0),
+        };
+    }
+    let placement = if submitted.queued {
+        format!("queued at position {}", submitted.queue_position)
+    } else {
+        format!("session {}", submitted.session_id)
+    };
+    outln!(
+        "{}",
+        labelled(
+            "task",
+            &format!("{} · {placement} · {backend}", submitted.task_id)
+        )
+    );
+    let opened = ctx.open()?;
+    let watched = watch_task(&opened.db, &submitted.task_id, |line| outln!("{line}")).await?;
+    outln!("{}", escape_untrusted_text(&watched.summary()));
+    outcome_with_advice(&opened.db, &watched)?;
+    Ok(0)
+}
+
+/// `task create`'s call: the checks this machine makes (the workspace, Claude Code,
+/// isolation), then the estimate, the dry run's plan or the coordinator's submit.
+pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> {
     plan::validate_prompt(&args.prompt)?;
     let limits = {
         let state = ctx.state()?;
@@ -422,15 +539,10 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
                 .collect(),
         });
-        if args.json {
-            print_json(&dry_run.plan)?;
-        } else {
-            out!(
-                "{}",
-                dry_run_text(&dry_run.plan, &dry_run.spec_path, dry_run.agent_error)
-            );
-        }
-        return Ok(0);
+        return Ok(Created::DryRun {
+            text: dry_run_text(&dry_run.plan, &dry_run.spec_path, dry_run.agent_error),
+            plan: serde_json::to_value(&dry_run.plan)?,
+        });
     }
 
     let opened = ctx.open()?;
@@ -478,66 +590,10 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     };
     let submitted = submit_following_the_copy(&mut client, request, &progress).await?;
     progress.finish(true);
-
-    if !args.sync {
-        if args.json {
-            print_json(&serde_json::json!({
-                "task_id": submitted.task_id,
-                "session_id": Some(&submitted.session_id).filter(|s| !s.is_empty()),
-                "container_id": Some(&submitted.container_id).filter(|s| !s.is_empty()),
-                "queued": submitted.queued,
-                "queue_position": Some(submitted.queue_position).filter(|_| submitted.queued),
-                "held": submitted.held,
-            }))?;
-        } else {
-            outln!("{}", submitted.task_id);
-            if submitted.held {
-                outln!(
-                    "  pending    held until `parhelia task dispatch {}`",
-                    submitted.task_id
-                );
-            } else if submitted.queued {
-                outln!(
-                    "  queued     position {} (max_concurrent_workers tasks are running)",
-                    submitted.queue_position
-                );
-            } else {
-                outln!("  session    {}", submitted.session_id);
-                outln!("  container  {}", submitted.container_id);
-            }
-            outln!("  watch      parhelia task watch {}", submitted.task_id);
-        }
-        return Ok(0);
-    }
-
-    let quiet = args.json;
-    if !quiet {
-        let placement = if submitted.queued {
-            format!("queued at position {}", submitted.queue_position)
-        } else {
-            format!("session {}", submitted.session_id)
-        };
-        outln!(
-            "{}",
-            labelled(
-                "task",
-                &format!("{} · {placement} · {}", submitted.task_id, backend.as_str())
-            )
-        );
-    }
-    let watched = watch_task(&opened.db, &submitted.task_id, |line| {
-        if !quiet {
-            outln!("{line}");
-        }
+    Ok(Created::Submitted {
+        submitted,
+        backend: backend.as_str(),
     })
-    .await?;
-    if quiet {
-        print_json(&views::TaskView::from(&watched.task))?;
-    } else {
-        outln!("{}", escape_untrusted_text(&watched.summary()));
-    }
-    outcome_with_advice(&opened.db, &watched)?;
-    Ok(0)
 }
 
 /// `SubmitBudgetedTaskWithProgress`: the copy of the workspace into the session shown
@@ -626,7 +682,7 @@ fn estimate_only(
     args: &CreateArgs,
     backend: &str,
     limits: &crate::budget::TaskLimits,
-) -> Result<i32> {
+) -> Result<Created> {
     let opened = ctx.open()?;
     let config = &opened.config.config;
     let report = crate::service::spend::estimate_task(
@@ -637,19 +693,12 @@ fn estimate_only(
         limits,
         now_ms(),
     )?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        out!(
-            "{}",
-            super::budget::estimate_text(
-                &report.estimate,
-                config,
-                report.would_be_refused.as_deref()
-            )
-        );
-    }
-    Ok(0)
+    let text =
+        super::budget::estimate_text(&report.estimate, config, report.would_be_refused.as_deref());
+    Ok(Created::Estimate {
+        report: Box::new(report),
+        text,
+    })
 }
 
 fn task_not_found(task_id: &str) -> anyhow::Error {

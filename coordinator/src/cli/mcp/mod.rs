@@ -528,6 +528,10 @@ impl Direct {
     /// The command the call is, for progress messages.
     fn what(&self) -> &'static str {
         match self {
+            Direct::TaskCreate(args) if args.budget.estimate_only => {
+                "parhelia task create --estimate-only"
+            }
+            Direct::TaskCreate(_) => "parhelia task create",
             Direct::TaskList { .. } => "parhelia task list",
             Direct::TaskShow { .. } => "parhelia task show",
             Direct::TaskDispatch { .. } => "parhelia task dispatch",
@@ -562,6 +566,26 @@ impl Direct {
 async fn direct(ctx: &Ctx, call: Direct) -> Result<DirectResult> {
     use crate::cli::{budget, checkpoint, container, events, ops, session, task};
     Ok(match call {
+        Direct::TaskCreate(args) => {
+            let wait = args.sync;
+            match task::create_call(ctx, *args).await? {
+                task::Created::Estimate { report, .. } => {
+                    DirectResult::ok(serde_json::to_value(report)?)
+                }
+                task::Created::DryRun { plan, .. } => DirectResult::ok(plan),
+                task::Created::Submitted { submitted, .. } if !wait => {
+                    DirectResult::ok(task::submitted_json(&submitted))
+                }
+                task::Created::Submitted { submitted, .. } => {
+                    let (value, failure) = task::wait_json(ctx, &submitted.task_id).await?;
+                    DirectResult {
+                        value,
+                        wrap: None,
+                        failure,
+                    }
+                }
+            }
+        }
         Direct::TaskList { status } => {
             let tasks = task::list_tasks(ctx, status.as_deref())?;
             DirectResult::list(task::list_json(&tasks)?, "tasks")

@@ -12,12 +12,16 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::cli::task::{BudgetArgs, CreateArgs};
 use crate::error::CodedError;
 use crate::error_codes;
 
 /// A tool carried out by the same call the CLI's command makes (a coordinator
 /// RPC, or a read shared with the CLI), its result built from the typed reply.
 pub enum Direct {
+    /// `task create` (and `--estimate-only`, `parhelia_budget_estimate`), its
+    /// options as the CLI's parsed ones.
+    TaskCreate(Box<CreateArgs>),
     TaskList {
         status: Option<String>,
     },
@@ -723,29 +727,36 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
     Ok(match tool {
         "parhelia_task_create" => {
             let a: TaskCreateArgs = parse(tool, args)?;
-            let mut argv = words(&["task", "create", "--json"]);
-            opt(&mut argv, "--workspace", &a.workspace);
-            opt(&mut argv, "--model", &a.model);
-            opt(
-                &mut argv,
-                "--max-turns",
-                &a.max_turns.map(|n| n.to_string()),
-            );
-            opt(&mut argv, "--type", &a.task_type);
-            opt(&mut argv, "--backend", &a.backend);
-            opt(&mut argv, "--gpu", &a.gpu);
-            opt(&mut argv, "--cpu", &a.cpu.map(|c| c.to_string()));
-            opt(&mut argv, "--memory", &a.memory);
-            opt(&mut argv, "--timeout", &a.timeout);
-            opt(&mut argv, "--max-cost", &a.max_cost);
-            flag(&mut argv, "--no-dispatch", a.no_dispatch);
-            flag(&mut argv, "--dry-run", a.dry_run);
-            flag(&mut argv, "--no-user-config", a.no_user_config);
-            flag(&mut argv, "--interactive", a.interactive);
-            flag(&mut argv, "--sync", a.wait);
-            argv.push("--".into());
-            argv.push(a.prompt);
-            cli(argv)
+            if a.wait && (a.dry_run || a.no_dispatch) {
+                // As the CLI's `--sync` conflicts with `--dry-run` and `--no-dispatch`.
+                return Err(CodedError::new(
+                    error_codes::INVALID_INPUT,
+                    format!("{tool}: `wait` cannot be used with `dry_run` or `no_dispatch`"),
+                ));
+            }
+            Plan::Direct(Direct::TaskCreate(Box::new(CreateArgs {
+                prompt: a.prompt,
+                workspace: a.workspace.map(std::path::PathBuf::from),
+                allow_large_workspace: false,
+                no_user_config: a.no_user_config,
+                sync: a.wait,
+                dry_run: a.dry_run,
+                no_dispatch: a.no_dispatch,
+                model: a.model,
+                max_turns: a.max_turns,
+                task_type: a.task_type.unwrap_or_else(|| "generic".into()),
+                backend: a.backend.unwrap_or_else(|| "local".into()),
+                interactive: a.interactive,
+                json: true,
+                budget: BudgetArgs {
+                    max_cost: a.max_cost,
+                    gpu: a.gpu,
+                    cpu: a.cpu,
+                    memory: a.memory,
+                    timeout: a.timeout,
+                    estimate_only: false,
+                },
+            })))
         }
         "parhelia_task_list" => {
             let a: TaskListArgs = parse(tool, args)?;
@@ -923,16 +934,29 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         }
         "parhelia_budget_estimate" => {
             let a: BudgetEstimateArgs = parse(tool, args)?;
-            let mut argv = words(&["task", "create", "--estimate-only", "--json"]);
-            opt(&mut argv, "--backend", &a.backend);
-            opt(&mut argv, "--gpu", &a.gpu);
-            opt(&mut argv, "--cpu", &a.cpu.map(|c| c.to_string()));
-            opt(&mut argv, "--memory", &a.memory);
-            opt(&mut argv, "--timeout", &a.timeout);
-            opt(&mut argv, "--max-cost", &a.max_cost);
-            argv.push("--".into());
-            argv.push(a.prompt.unwrap_or_else(|| "(estimate)".into()));
-            cli(argv)
+            Plan::Direct(Direct::TaskCreate(Box::new(CreateArgs {
+                prompt: a.prompt.unwrap_or_else(|| "(estimate)".into()),
+                workspace: None,
+                allow_large_workspace: false,
+                no_user_config: false,
+                sync: false,
+                dry_run: false,
+                no_dispatch: false,
+                model: None,
+                max_turns: None,
+                task_type: "generic".into(),
+                backend: a.backend.unwrap_or_else(|| "local".into()),
+                interactive: false,
+                json: true,
+                budget: BudgetArgs {
+                    max_cost: a.max_cost,
+                    gpu: a.gpu,
+                    cpu: a.cpu,
+                    memory: a.memory,
+                    timeout: a.timeout,
+                    estimate_only: true,
+                },
+            })))
         }
         "parhelia_budget_set" => {
             let a: BudgetSetArgs = parse(tool, args)?;
@@ -1156,6 +1180,11 @@ mod tests {
     #[test]
     fn the_converted_tools_call_the_service_directly() {
         for (tool, args) in [
+            ("parhelia_task_create", serde_json::json!({"prompt": "p"})),
+            (
+                "parhelia_budget_estimate",
+                serde_json::json!({"gpu": "A10G"}),
+            ),
             ("parhelia_task_list", serde_json::json!({})),
             ("parhelia_task_show", serde_json::json!({"task_id": "t"})),
             ("parhelia_task_dispatch", serde_json::json!({})),
