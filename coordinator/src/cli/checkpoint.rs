@@ -157,36 +157,11 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             checkpoint_id,
             json,
         } => {
-            let (s, store, id) = find(ctx, &opened, &checkpoint_id).await?;
-            let damage = |e: parhelia_checkpoint::CheckpointError| {
-                crate::store_health::coded_at(&e, &s.id, store.root(), id.as_str())
-            };
-            let manifest = store.load(&id).map_err(damage)?;
-            let summary = store
-                .list()
-                .map_err(|e| checkpoints::coded(&e))?
-                .into_iter()
-                .find(|x| x.id == id)
-                .ok_or_else(|| not_found(&checkpoint_id))?;
-            let view = CheckpointView::of(&s.id, &summary);
-            let paths: Vec<String> = store
-                .entries(&id, WORKSPACE_TREE)
-                .map_err(damage)?
-                .iter()
-                .map(|e| e.path.display().to_string())
-                .collect();
+            let shown = show_views(ctx, &opened, &checkpoint_id).await?;
             if json {
-                print_json(&serde_json::json!({
-                    "checkpoint": view,
-                    "trees": manifest.trees.iter().map(|t| serde_json::json!({
-                        "name": t.name, "files": t.file_count, "bytes": t.total_bytes,
-                        "entries": t.entry_count, "excludes": t.excludes,
-                    })).collect::<Vec<_>>(),
-                    "format_version": manifest.format_version,
-                    "workspace_paths": paths,
-                }))?;
+                print_json(&shown_json(&shown))?;
             } else {
-                out!("{}", show_text(&view, &paths));
+                out!("{}", show_text(&shown.view, &shown.paths));
             }
             Ok(0)
         }
@@ -339,6 +314,61 @@ async fn list_views(
     }
     views.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(views)
+}
+
+/// What `checkpoint show` shows: the checkpoint's row, its manifest and its
+/// workspace's paths.
+pub(crate) struct Shown {
+    view: CheckpointView,
+    manifest: parhelia_checkpoint::Manifest,
+    paths: Vec<String>,
+}
+
+async fn show_views(ctx: &Ctx, opened: &Opened, checkpoint_id: &str) -> Result<Shown> {
+    let (s, store, id) = find(ctx, opened, checkpoint_id).await?;
+    let damage = |e: parhelia_checkpoint::CheckpointError| {
+        crate::store_health::coded_at(&e, &s.id, store.root(), id.as_str())
+    };
+    let manifest = store.load(&id).map_err(damage)?;
+    let summary = store
+        .list()
+        .map_err(|e| checkpoints::coded(&e))?
+        .into_iter()
+        .find(|x| x.id == id)
+        .ok_or_else(|| not_found(checkpoint_id))?;
+    let view = CheckpointView::of(&s.id, &summary);
+    let paths: Vec<String> = store
+        .entries(&id, WORKSPACE_TREE)
+        .map_err(damage)?
+        .iter()
+        .map(|e| e.path.display().to_string())
+        .collect();
+    Ok(Shown {
+        view,
+        manifest,
+        paths,
+    })
+}
+
+/// `checkpoint show`'s read: the one the CLI and the MCP server's
+/// `parhelia_checkpoint_show` make.
+pub(crate) async fn show_checkpoint(ctx: &Ctx, checkpoint_id: &str) -> Result<Shown> {
+    let opened = ctx.open()?;
+    show_views(ctx, &opened, checkpoint_id).await
+}
+
+/// `checkpoint show --json`'s value.
+pub(crate) fn shown_json(shown: &Shown) -> serde_json::Value {
+    let manifest = &shown.manifest;
+    serde_json::json!({
+        "checkpoint": shown.view,
+        "trees": manifest.trees.iter().map(|t| serde_json::json!({
+            "name": t.name, "files": t.file_count, "bytes": t.total_bytes,
+            "entries": t.entry_count, "excludes": t.excludes,
+        })).collect::<Vec<_>>(),
+        "format_version": manifest.format_version,
+        "workspace_paths": shown.paths,
+    })
 }
 
 /// [`list_views`] for a session or task id (its current session): the one read the
@@ -569,6 +599,28 @@ fn print_resume_text(reply: &parhelia_proto::ResumeSessionResponse, rollback: bo
     outln!("  watch      parhelia task watch {}", reply.task_id);
 }
 
+/// What `session pull` did.
+pub(crate) struct Pulled {
+    session_id: String,
+    checkpoint_id: String,
+    repo: std::path::PathBuf,
+    outcome: crate::pull::PullOutcome,
+}
+
+/// `session pull --json`'s value.
+pub(crate) fn pulled_json(p: &Pulled) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": p.session_id,
+        "checkpoint_id": p.checkpoint_id,
+        "repo": p.repo,
+        "branch": p.outcome.branch,
+        "commit": p.outcome.commit,
+        "head_in_session": p.outcome.head_in_session,
+        "committed_uncommitted": p.outcome.committed_uncommitted,
+        "changed_files": p.outcome.changed_files,
+    })
+}
+
 /// `parhelia session pull SESSION_ID`: the session's latest checkpoint (a
 /// live session is checkpointed first) as a branch in the user's repository.
 pub async fn pull(
@@ -580,6 +632,43 @@ pub async fn pull(
     force: bool,
     json: bool,
 ) -> Result<i32> {
+    let pulled = pull_call(ctx, session_id, branch, repo, checkpoint_id, force).await?;
+    if json {
+        print_json(&pulled_json(&pulled))?;
+    } else {
+        let Pulled {
+            session_id,
+            checkpoint_id: id,
+            repo,
+            outcome,
+        } = &pulled;
+        outln!(
+            "{} -> branch {} at {} in {}",
+            session_id,
+            outcome.branch,
+            &outcome.commit[..outcome.commit.len().min(12)],
+            repo.display()
+        );
+        if outcome.committed_uncommitted {
+            outln!("  the session's uncommitted work is the branch's last commit");
+        }
+        outln!("  from       {id}");
+        outln!("  look       git log {}", outcome.branch);
+    }
+    Ok(0)
+}
+
+/// `session pull`'s call: the checkpoint (a live session's taken first through the
+/// coordinator's `CheckpointSession`) restored and fetched as a branch
+/// (`crate::pull`), with its progress.
+pub(crate) async fn pull_call(
+    ctx: &Ctx,
+    session_id: &str,
+    branch: Option<&str>,
+    repo: Option<&Path>,
+    checkpoint_id: Option<&str>,
+    force: bool,
+) -> Result<Pulled> {
     let opened = ctx.open()?;
     let s = session(&opened, session_id)?;
     let task = opened.db.get_task(&s.task_id)?;
@@ -650,32 +739,12 @@ pub async fn pull(
         &|restored| progress.transfer(restored.into()),
     )?;
     progress.finish(true);
-    if json {
-        print_json(&serde_json::json!({
-            "session_id": s.id,
-            "checkpoint_id": id.to_string(),
-            "repo": repo,
-            "branch": outcome.branch,
-            "commit": outcome.commit,
-            "head_in_session": outcome.head_in_session,
-            "committed_uncommitted": outcome.committed_uncommitted,
-            "changed_files": outcome.changed_files,
-        }))?;
-    } else {
-        outln!(
-            "{} -> branch {} at {} in {}",
-            s.id,
-            outcome.branch,
-            &outcome.commit[..outcome.commit.len().min(12)],
-            repo.display()
-        );
-        if outcome.committed_uncommitted {
-            outln!("  the session's uncommitted work is the branch's last commit");
-        }
-        outln!("  from       {id}");
-        outln!("  look       git log {}", outcome.branch);
-    }
-    Ok(0)
+    Ok(Pulled {
+        session_id: s.id,
+        checkpoint_id: id.to_string(),
+        repo,
+        outcome,
+    })
 }
 
 /// `parhelia session recover SESSION_ID`: what happened, what can be

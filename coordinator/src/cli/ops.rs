@@ -411,9 +411,19 @@ struct CleanupView<'a> {
     report: &'a PassReport,
 }
 
-pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
+/// `cleanup`'s call: one reconciler pass that reports (and with `terminate`
+/// ends) orphans (the coordinator's `RunReconciler`), its report.
+pub(crate) async fn cleanup_call(ctx: &Ctx, dry_run: bool, terminate: bool) -> Result<PassReport> {
     let opened = ctx.open()?;
-    let report = run_pass(ctx, &opened.state, args.dry_run, args.terminate, "cleanup").await?;
+    run_pass(ctx, &opened.state, dry_run, terminate, "cleanup").await
+}
+
+/// `cleanup --json`'s value.
+pub(crate) fn cleanup_json(
+    report: &PassReport,
+    dry_run: bool,
+    terminate: bool,
+) -> Result<serde_json::Value> {
     let orphans: Vec<&Action> = report
         .actions
         .iter()
@@ -426,21 +436,27 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         .filter(|a| matches!(a.action, Action::TerminateOrphan { .. }))
         .map(|a| a.action.container_id())
         .collect();
+    Ok(serde_json::to_value(CleanupView {
+        dry_run,
+        terminate,
+        orphans,
+        terminated,
+        report,
+    })?)
+}
+
+pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
+    let report = cleanup_call(ctx, args.dry_run, args.terminate).await?;
+    if args.json {
+        print_json(&cleanup_json(&report, args.dry_run, args.terminate)?)?;
+        return Ok(0);
+    }
+    let opened = ctx.open()?;
     // Orphans reported by earlier passes are still orphans.
     let known = opened.db.list_orphans(false)?;
     let orphaned_records = opened
         .db
         .list_containers(Some(crate::container_state::ContainerState::Orphaned), None)?;
-    if args.json {
-        print_json(&CleanupView {
-            dry_run: args.dry_run,
-            terminate: args.terminate,
-            orphans,
-            terminated,
-            report: &report,
-        })?;
-        return Ok(0);
-    }
     let known: Vec<String> = known.into_iter().map(|o| o.container_id).collect();
     let orphaned_records: Vec<String> = orphaned_records.into_iter().map(|c| c.id).collect();
     out!(

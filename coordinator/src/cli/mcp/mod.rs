@@ -556,6 +556,9 @@ impl Direct {
             Direct::ReconcilerStatus => "parhelia reconciler status",
             Direct::ReconcilerRun { .. } => "parhelia reconciler run --once",
             Direct::SessionSend { .. } => "parhelia session send",
+            Direct::Cleanup { .. } => "parhelia cleanup",
+            Direct::SessionPull { .. } => "parhelia session pull",
+            Direct::CheckpointShow { .. } => "parhelia checkpoint show",
             Direct::Health => "parhelia status; parhelia container health",
         }
     }
@@ -711,6 +714,34 @@ async fn direct(ctx: &Ctx, call: Direct) -> Result<DirectResult> {
             let session_id = crate::cli::shortcuts::session_id_of(ctx, &session_id)?;
             DirectResult::ok(session::send_call(ctx, &session_id, text).await?)
         }
+        Direct::Cleanup { terminate, dry_run } => DirectResult::ok(ops::cleanup_json(
+            &ops::cleanup_call(ctx, dry_run, terminate).await?,
+            dry_run,
+            terminate,
+        )?),
+        Direct::SessionPull {
+            session_id,
+            branch,
+            repo,
+            checkpoint,
+            force,
+        } => {
+            let session_id = crate::cli::shortcuts::session_id_of(ctx, &session_id)?;
+            DirectResult::ok(checkpoint::pulled_json(
+                &checkpoint::pull_call(
+                    ctx,
+                    &session_id,
+                    branch.as_deref(),
+                    repo.as_deref().map(std::path::Path::new),
+                    checkpoint.as_deref(),
+                    force,
+                )
+                .await?,
+            ))
+        }
+        Direct::CheckpointShow { checkpoint_id } => DirectResult::ok(checkpoint::shown_json(
+            &checkpoint::show_checkpoint(ctx, &checkpoint_id).await?,
+        )),
         Direct::Health => {
             let (view, budget_json, _) = ops::status_view(ctx).await?;
             DirectResult::ok(json!({

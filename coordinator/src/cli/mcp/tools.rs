@@ -103,6 +103,20 @@ pub enum Direct {
         session_id: String,
         text: String,
     },
+    Cleanup {
+        terminate: bool,
+        dry_run: bool,
+    },
+    CheckpointShow {
+        checkpoint_id: String,
+    },
+    SessionPull {
+        session_id: String,
+        branch: Option<String>,
+        repo: Option<String>,
+        checkpoint: Option<String>,
+        force: bool,
+    },
     /// `parhelia_health`: `status --json` and `container health --json`.
     Health,
 }
@@ -846,13 +860,9 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         }
         "parhelia_checkpoint_show" => {
             let a: CheckpointIdArgs = parse(tool, args)?;
-            cli(vec![
-                "checkpoint".into(),
-                "show".into(),
-                "--json".into(),
-                "--".into(),
-                a.checkpoint_id,
-            ])
+            Plan::Direct(Direct::CheckpointShow {
+                checkpoint_id: a.checkpoint_id,
+            })
         }
         "parhelia_checkpoint_diff" => {
             let a: CheckpointDiffArgs = parse(tool, args)?;
@@ -912,13 +922,13 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
             if a.force {
                 confirmed(tool, a.confirm, "with `force` moves an existing branch")?;
             }
-            let mut argv = words(&["session", "pull", "--json"]);
-            opt(&mut argv, "--branch", &a.branch);
-            opt(&mut argv, "--repo", &a.repo);
-            opt(&mut argv, "--checkpoint", &a.checkpoint);
-            flag(&mut argv, "--force", a.force);
-            argv.extend(["--".into(), a.session_id]);
-            cli(argv)
+            Plan::Direct(Direct::SessionPull {
+                session_id: a.session_id,
+                branch: a.branch,
+                repo: a.repo,
+                checkpoint: a.checkpoint,
+                force: a.force,
+            })
         }
         "parhelia_session_kill" => {
             let a: SessionKillArgs = parse(tool, args)?;
@@ -1003,10 +1013,10 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
                     "with `terminate` stops orphaned containers",
                 )?;
             }
-            let mut argv = words(&["cleanup", "--json"]);
-            flag(&mut argv, "--terminate", a.terminate);
-            flag(&mut argv, "--dry-run", a.dry_run);
-            cli(argv)
+            Plan::Direct(Direct::Cleanup {
+                terminate: a.terminate,
+                dry_run: a.dry_run,
+            })
         }
         other => {
             return Err(CodedError::new(
@@ -1249,6 +1259,11 @@ mod tests {
                 serde_json::json!({"session_id": "s", "text": "hi"}),
             ),
             ("parhelia_health", serde_json::json!({})),
+            ("parhelia_cleanup", serde_json::json!({"dry_run": true})),
+            (
+                "parhelia_session_pull",
+                serde_json::json!({"session_id": "s"}),
+            ),
         ] {
             assert!(
                 matches!(plan(tool, args), Ok(Plan::Direct(_))),
