@@ -56,5 +56,5 @@ pub use limits::Limits;
 pub use manifest::{CheckpointId, ChunkRef, CreateStats, Manifest, TreeManifest};
 pub use prune::{PruneStats, Retention};
 pub use repair::{RepairAction, RepairOptions, RepairReport, RepairSource, Unrepairable};
-pub use restore::RestoreStats;
+pub use restore::{OnRestoreProgress, RestoreProgress, RestoreStats};
 pub use store::{Store, Summary};

@@ -52,6 +52,43 @@ pub struct RestoreStats {
     pub removed: u64,
 }
 
+/// How far a restore has got: the tree's files (and their bytes) that are in place in
+/// the target (found identical there, or written), of all the tree's files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreProgress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// Receives a restore's [`RestoreProgress`] (see [`Store::restore_tree_reporting`]).
+pub type OnRestoreProgress<'a> = &'a (dyn Fn(RestoreProgress) + Sync);
+
+/// Counts written files and hands each new total to the caller, one call at a time so
+/// the figures it sees never go down (writers run on several threads).
+struct ProgressCounter<'a> {
+    on_progress: OnRestoreProgress<'a>,
+    state: std::sync::Mutex<RestoreProgress>,
+}
+
+impl<'a> ProgressCounter<'a> {
+    fn new(on_progress: OnRestoreProgress<'a>, start: RestoreProgress) -> Self {
+        on_progress(start);
+        Self {
+            on_progress,
+            state: std::sync::Mutex::new(start),
+        }
+    }
+
+    fn add(&self, files: u64, bytes: u64) {
+        let mut state = self.state.lock().expect("poisoned");
+        state.files_done += files;
+        state.bytes_done += bytes;
+        (self.on_progress)(*state);
+    }
+}
+
 fn system_time(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
@@ -176,6 +213,23 @@ impl Store {
         tree: &str,
         target: &Path,
     ) -> Result<RestoreStats> {
+        self.restore_tree_reporting(id, tree, target, &|_| {})
+    }
+
+    /// [`Store::restore_tree`], telling `on_progress` how far it has got. Nothing is
+    /// reported while the checkpoint is verified (the target has not changed yet); then
+    /// once with the files already identical in the target counted as done, and after
+    /// each group of files written (one compressed frame's worth). Calls come from the
+    /// restore's worker threads one at a time, the figures never go down, and a restore
+    /// that succeeds has reported `files_done == files_total` and `bytes_done ==
+    /// bytes_total` last (the tree's file count and bytes, as its manifest records them).
+    pub fn restore_tree_reporting(
+        &self,
+        id: &CheckpointId,
+        tree: &str,
+        target: &Path,
+        on_progress: OnRestoreProgress<'_>,
+    ) -> Result<RestoreStats> {
         let trace = crate::store::PhaseTrace::new();
         let _lock = self.lock(false)?;
         let m = self.load(id)?;
@@ -231,6 +285,7 @@ impl Store {
             &excludes,
             self.threads,
             &trace,
+            on_progress,
         )
     }
 }
@@ -242,6 +297,7 @@ fn restore_records(
     excludes: &Excludes,
     threads: usize,
     trace: &crate::store::PhaseTrace,
+    on_progress: OnRestoreProgress<'_>,
 ) -> Result<RestoreStats> {
     let mut stats = RestoreStats::default();
 
@@ -466,7 +522,25 @@ fn restore_records(
     }
 
     // D. Write files, grouped by the frame their content starts in.
-    let (written, bytes) = write_files(target, &writes, map, located, layers_dir, threads)?;
+    let (files_total, bytes_total) = records
+        .iter()
+        .filter(|r| r.kind == RawKind::File)
+        .fold((0, 0), |(n, b), r| (n + 1, b + r.size));
+    let (files_pending, bytes_pending) = writes
+        .iter()
+        .fold((0, 0), |(n, b), j| (n + 1, b + j.record.size));
+    let progress = ProgressCounter::new(
+        on_progress,
+        RestoreProgress {
+            files_done: files_total - files_pending,
+            files_total,
+            bytes_done: bytes_total - bytes_pending,
+            bytes_total,
+        },
+    );
+    let (written, bytes) = write_files(
+        target, &writes, map, located, layers_dir, threads, &progress,
+    )?;
     stats.files_written += written;
     stats.bytes_written += bytes;
     trace.mark("files written");
@@ -534,6 +608,7 @@ fn write_files(
     located: &Located,
     layers_dir: &Path,
     threads: usize,
+    progress: &ProgressCounter<'_>,
 ) -> Result<(u64, u64)> {
     // blob -> jobs needing it; tasks = (layer, frame) -> blobs in header order.
     let mut by_blob: HashMap<BlobId, Vec<&FileJob<'_>>> = HashMap::new();
@@ -584,6 +659,8 @@ fn write_files(
             cache.insert(*layer, LayerReader::open(layers_dir, layer)?);
         }
         let reader = cache.get_mut(layer).expect("inserted");
+        // Files and bytes this frame's group wrote, reported when it is done.
+        let mut group = (0u64, 0u64);
         let mut end = 0;
         for (e, _) in blobs {
             end = end.max(e.end()?);
@@ -620,6 +697,8 @@ fn write_files(
                 }
                 files.fetch_add(js.len() as u64, Ordering::Relaxed);
                 bytes.fetch_add(e.len * js.len() as u64, Ordering::Relaxed);
+                group.0 += js.len() as u64;
+                group.1 += e.len * js.len() as u64;
             }
         } else {
             let mut stream = reader.frames_at(*frame, 256 << 10)?;
@@ -641,8 +720,11 @@ fn write_files(
                 }
                 files.fetch_add(js.len() as u64, Ordering::Relaxed);
                 bytes.fetch_add(e.len * js.len() as u64, Ordering::Relaxed);
+                group.0 += js.len() as u64;
+                group.1 += e.len * js.len() as u64;
             }
         }
+        progress.add(group.0, group.1);
         states.lock().expect("poisoned").push((cache, scratch));
         Ok(())
     })?;
@@ -787,5 +869,61 @@ mod tests {
         let e = store.restore_tree(&id, "w", &target).unwrap_err();
         assert_eq!(e.code(), "E624", "{e}");
         assert_eq!(listing(&target), before);
+    }
+
+    /// The progress a restore reports: the target's identical files first, then what was
+    /// written, never going down, ending at the tree's file count and bytes as the
+    /// manifest records them; the increments are what the restore says it wrote.
+    #[test]
+    fn progress_counts_end_at_the_trees_totals() {
+        for threads in [1, 4] {
+            let t = tempfile::tempdir().unwrap();
+            let (store, id, target, wanted) = setup(t.path());
+            let store = store.with_threads(threads);
+            let tree = store.load(&id).unwrap().tree("w").unwrap().clone();
+            // Most of the tree already in place, one file edited since.
+            store.restore_tree(&id, "w", &target).unwrap();
+            fs::write(target.join("src/f1.rs"), "an edit after the restore\n").unwrap();
+            let seen = std::sync::Mutex::new(Vec::new());
+            let stats = store
+                .restore_tree_reporting(&id, "w", &target, &|p| seen.lock().unwrap().push(p))
+                .unwrap();
+            assert_eq!(listing(&target), wanted);
+            let seen = seen.into_inner().unwrap();
+            let first = seen[0];
+            let last = *seen.last().unwrap();
+            assert_eq!(
+                (last.files_done, last.bytes_done),
+                (tree.file_count, tree.total_bytes),
+                "threads {threads}: {seen:?}"
+            );
+            assert_eq!(
+                (last.files_total, last.bytes_total),
+                (tree.file_count, tree.total_bytes)
+            );
+            assert_eq!(first.files_done, stats.files_unchanged, "{seen:?}");
+            assert_eq!(
+                last.files_done - first.files_done,
+                stats.files_written,
+                "{seen:?}"
+            );
+            assert_eq!(
+                last.bytes_done - first.bytes_done,
+                stats.bytes_written,
+                "{seen:?}"
+            );
+            assert!(
+                stats.files_written > 0 && stats.files_unchanged > 0,
+                "{stats:?}"
+            );
+            for pair in seen.windows(2) {
+                assert!(
+                    pair[1].files_done >= pair[0].files_done
+                        && pair[1].bytes_done >= pair[0].bytes_done,
+                    "{seen:?}"
+                );
+                assert_eq!(pair[0].files_total, pair[1].files_total);
+            }
+        }
     }
 }

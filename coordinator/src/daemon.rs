@@ -24,7 +24,8 @@ use parhelia_proto::{
     ReloadConfigResponse, ResumeSessionRequest, ResumeSessionResponse, RetryTaskRequest,
     RetryTaskResponse, RunReconcilerRequest, RunReconcilerResponse, SetBudgetRequest,
     SetBudgetResponse, ShutdownRequest, ShutdownResponse, SubmitBudgetedTaskRequest,
-    SubmitTaskRequest, SubmitTaskResponse, TerminateContainerRequest, TerminateContainerResponse,
+    SubmitTaskProgress, SubmitTaskRequest, SubmitTaskResponse, TerminateContainerRequest,
+    TerminateContainerResponse, TransferProgress, submit_task_progress,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -198,6 +199,17 @@ fn to_status(err: anyhow::Error) -> Status {
     }
 }
 
+/// A request's limits as the service's (0 or empty: none).
+fn task_limits(limits: parhelia_proto::TaskLimits) -> crate::budget::TaskLimits {
+    crate::budget::TaskLimits {
+        max_cost_usd: Some(limits.max_cost_usd).filter(|x| *x != 0.0),
+        gpu: Some(limits.gpu).filter(|g| !g.is_empty()),
+        cpu: Some(limits.cpu).filter(|x| *x != 0.0),
+        memory_mb: Some(limits.memory_mb).filter(|x| *x != 0),
+        timeout_seconds: Some(limits.timeout_seconds).filter(|x| *x != 0),
+    }
+}
+
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
@@ -362,18 +374,80 @@ impl Coordinator for CoordinatorService {
         request: Request<SubmitBudgetedTaskRequest>,
     ) -> Result<Response<SubmitTaskResponse>, Status> {
         let r = request.into_inner();
-        let limits = r.limits.unwrap_or_default();
-        let limits = crate::budget::TaskLimits {
-            max_cost_usd: Some(limits.max_cost_usd).filter(|x| *x != 0.0),
-            gpu: Some(limits.gpu).filter(|g| !g.is_empty()),
-            cpu: Some(limits.cpu).filter(|x| *x != 0.0),
-            memory_mb: Some(limits.memory_mb).filter(|x| *x != 0),
-            timeout_seconds: Some(limits.timeout_seconds).filter(|x| *x != 0),
-        };
+        let limits = task_limits(r.limits.unwrap_or_default());
         self.submit_with_limits(r.task.unwrap_or_default(), limits)
             .await
             .map(Response::new)
             .map_err(to_status)
+    }
+
+    type SubmitBudgetedTaskWithProgressStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<SubmitTaskProgress, Status>> + Send>,
+    >;
+
+    async fn submit_budgeted_task_with_progress(
+        &self,
+        request: Request<SubmitBudgetedTaskRequest>,
+    ) -> Result<Response<Self::SubmitBudgetedTaskWithProgressStream>, Status> {
+        let r = request.into_inner();
+        let limits = task_limits(r.limits.unwrap_or_default());
+        let task = r.task.unwrap_or_default();
+        // The copy (a blocking thread) only replaces the latest figures; this
+        // task sends each new value it finds, so a slow reader never holds the
+        // copy up and never gets a backlog.
+        let (copied_tx, mut copied_rx) = tokio::sync::watch::channel(None);
+        let progress = crate::backend::workspace_copy::WorkspaceProgress(Arc::new(
+            move |p: crate::backend::workspace_copy::CopyProgress| {
+                copied_tx.send_replace(Some(p));
+            },
+        ));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let submit = service.submit_reporting(task, limits, Some(progress));
+            tokio::pin!(submit);
+            let message = |p: crate::backend::workspace_copy::CopyProgress| SubmitTaskProgress {
+                event: Some(submit_task_progress::Event::WorkspaceCopy(
+                    TransferProgress {
+                        files_done: p.files_done,
+                        files_total: p.files_total,
+                        bytes_done: p.bytes_done,
+                        bytes_total: p.bytes_total,
+                    },
+                )),
+            };
+            let result = loop {
+                tokio::select! {
+                    result = &mut submit => break result,
+                    Ok(()) = copied_rx.changed() => {
+                        let latest = *copied_rx.borrow_and_update();
+                        if let Some(p) = latest {
+                            // A reader that went away does not stop the submit.
+                            let _ = tx.send(Ok(message(p))).await;
+                        }
+                    }
+                }
+            };
+            // The copy's last figures, if the submit ended before they were sent.
+            let unsent = if copied_rx.has_changed().unwrap_or(true) {
+                *copied_rx.borrow_and_update()
+            } else {
+                None
+            };
+            if let Some(p) = unsent {
+                let _ = tx.send(Ok(message(p))).await;
+            }
+            let last = match result {
+                Ok(response) => Ok(SubmitTaskProgress {
+                    event: Some(submit_task_progress::Event::Submitted(response)),
+                }),
+                Err(err) => Err(to_status(err)),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn set_budget(

@@ -34,7 +34,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use parhelia_checkpoint::{CheckpointId, Store};
+use parhelia_checkpoint::{CheckpointId, OnRestoreProgress, Store};
 
 use crate::error::CodedError;
 use crate::error_codes;
@@ -102,12 +102,25 @@ const GIT_LOCATION_VARIABLES: &[&str] = &[
 /// Brings the session's result at `checkpoint` into `repo` as `branch` (see the module
 /// docs).
 pub fn pull(req: &PullRequest) -> Result<PullOutcome, CodedError> {
-    pull_in(req, &std::env::temp_dir())
+    pull_reporting(req, &|_| {})
+}
+
+/// [`pull`], telling `on_restore` how far the restore of the checkpoint's workspace
+/// has got (files and bytes of the tree, see [`Store::restore_tree_reporting`]).
+pub fn pull_reporting(
+    req: &PullRequest,
+    on_restore: OnRestoreProgress<'_>,
+) -> Result<PullOutcome, CodedError> {
+    pull_in(req, &std::env::temp_dir(), on_restore)
 }
 
 /// [`pull`], with its scratch directory made in `scratch_parent` (tests point it at a
 /// directory of their own to see that nothing is left behind).
-fn pull_in(req: &PullRequest, scratch_parent: &Path) -> Result<PullOutcome, CodedError> {
+fn pull_in(
+    req: &PullRequest,
+    scratch_parent: &Path,
+    on_restore: OnRestoreProgress<'_>,
+) -> Result<PullOutcome, CodedError> {
     let branch = req.branch;
     let repo = Git::new(req.repo);
     if !repo.run(["rev-parse", "--git-dir"])?.status.success() {
@@ -133,10 +146,11 @@ fn pull_in(req: &PullRequest, scratch_parent: &Path) -> Result<PullOutcome, Code
     let scratch = Scratch::new(scratch_parent, req.session_id)?;
     let workspace = scratch.path.join("workspace");
     req.store
-        .restore_tree(
+        .restore_tree_reporting(
             req.checkpoint,
             crate::checkpoints::WORKSPACE_TREE,
             &workspace,
+            on_restore,
         )
         .map_err(|e| crate::checkpoints::coded(&e))?;
     let session = open_session_repo(&workspace, req.session_id, req.checkpoint)?;
@@ -961,6 +975,90 @@ mod tests {
         assert_eq!(user_state(&w.user), before);
     }
 
+    /// What `session pull --progress json` prints on stderr for a pull of a known
+    /// checkpoint: the restore's `advance` lines end at the workspace tree's file count
+    /// and bytes as its manifest records them (the snapshot names them, so a total that
+    /// is not the checkpoint's shows as a number and fails it).
+    #[test]
+    fn pull_progress_lines_count_the_checkpoints_files_and_bytes() {
+        let w = world();
+        let manifest = w.store.load(&w.checkpoint).unwrap();
+        let tree = manifest
+            .tree(crate::checkpoints::WORKSPACE_TREE)
+            .unwrap()
+            .clone();
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let progress = crate::progress::Progress::json_into(
+            "session_pull",
+            "restoring the checkpoint",
+            buffer.clone(),
+        );
+        pull_reporting(&request(&w, "parhelia/progress", false), &|p| {
+            progress.transfer(p.into())
+        })
+        .unwrap();
+        progress.finish(true);
+        let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let last = lines
+            .iter()
+            .rev()
+            .find(|l| l["event"] == "advance")
+            .unwrap();
+        assert_eq!(last["files_done"], tree.file_count, "{text}");
+        assert_eq!(last["files_total"], tree.file_count, "{text}");
+        assert_eq!(last["done"], tree.total_bytes, "{text}");
+        assert_eq!(last["total"], tree.total_bytes, "{text}");
+        // Between the first and the last `advance` line, one per whole percent that a
+        // group of written files reached: how many depends on which worker finished
+        // first, so they are checked here and left out of the snapshot.
+        let advances: Vec<&serde_json::Value> =
+            lines.iter().filter(|l| l["event"] == "advance").collect();
+        for pair in advances.windows(2) {
+            assert!(
+                pair[0]["done"].as_u64() <= pair[1]["done"].as_u64(),
+                "{text}"
+            );
+            assert!(
+                pair[0]["files_done"].as_u64() < pair[1]["files_done"].as_u64(),
+                "{text}"
+            );
+        }
+        let advance_count = advances.len();
+        let mut advance_seen = 0;
+        // The lines as printed, with the tree's figures named and the times redacted.
+        let rendered: Vec<String> = text
+            .lines()
+            .filter(|line| {
+                if !line.contains("\"event\":\"advance\"") {
+                    return true;
+                }
+                advance_seen += 1;
+                advance_seen == 1 || advance_seen == advance_count
+            })
+            .map(|line| {
+                let (fields, _) = line.rsplit_once("\"elapsed_ms\":").unwrap();
+                let mut line = format!("{fields}\"elapsed_ms\":\"[elapsed]\"}}");
+                for (key, want, name) in [
+                    ("files_done", tree.file_count, "[tree files]"),
+                    ("files_total", tree.file_count, "[tree files]"),
+                    ("done", tree.total_bytes, "[tree bytes]"),
+                    ("total", tree.total_bytes, "[tree bytes]"),
+                ] {
+                    line = line.replace(
+                        &format!("\"{key}\":{want},"),
+                        &format!("\"{key}\":\"{name}\","),
+                    );
+                }
+                line
+            })
+            .collect();
+        insta::assert_snapshot!(rendered.join("\n"));
+    }
+
     #[test]
     fn the_current_branch_and_bad_names_are_refused() {
         let w = world();
@@ -1195,6 +1293,7 @@ mod tests {
                     force: false,
                 },
                 &self.scratch,
+                &|_| {},
             )
         }
 

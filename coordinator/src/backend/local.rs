@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use super::isolation::{self, Isolation};
 use super::local_home;
 use super::unit;
-use super::workspace_copy::copy_tree_limited;
+use super::workspace_copy::copy_tree_reporting;
 use super::{Backend, ContainerHandle, Endpoint, LaunchRequest, ObservedContainer};
 use crate::binaries::resolve_agent_bin;
 use crate::error::coded;
@@ -669,14 +669,19 @@ impl Backend for LocalBackend {
 
         match &request.workspace_source {
             Some(source) => {
-                let (source, target, exclude, limits) = (
+                let (source, target, exclude, limits, progress) = (
                     source.clone(),
                     layout.workspace_dir.clone(),
                     vec![self.state_root.clone()],
                     request.copy_limits,
+                    request.workspace_progress.clone(),
                 );
                 let stats = tokio::task::spawn_blocking(move || {
-                    copy_tree_limited(&source, &target, &exclude, limits)
+                    copy_tree_reporting(&source, &target, &exclude, limits, &|copied| {
+                        if let Some(progress) = &progress {
+                            (progress.0)(copied);
+                        }
+                    })
                 })
                 .await
                 .context("the workspace copy panicked")?

@@ -72,6 +72,30 @@ pub struct Preflight {
     pub bytes: u64,
     /// Files, directories and symlinks below the root.
     pub entries: u64,
+    /// Regular files among them.
+    pub files: u64,
+}
+
+/// How far a copy has got: regular files (and their bytes) copied, of those the
+/// preflight counted. A file that grows while it is copied can take `bytes_done`
+/// past `bytes_total`; nothing here invents the difference away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyProgress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// Told how far the copy of a launch's workspace has got (the service hands the
+/// submitting CLI's follower one, see `LaunchRequest::workspace_progress`).
+#[derive(Clone)]
+pub struct WorkspaceProgress(pub std::sync::Arc<dyn Fn(CopyProgress) + Send + Sync>);
+
+impl std::fmt::Debug for WorkspaceProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkspaceProgress")
+    }
 }
 
 /// System directories that are never a workspace, nor is anything inside
@@ -207,6 +231,7 @@ pub fn preflight(src: &Path, exclude: &[PathBuf], limits: CopyLimits) -> Result<
         }
         counted.entries += 1;
         if entry.file_type().is_file() {
+            counted.files += 1;
             let len = entry
                 .metadata()
                 .with_context(|| format!("reading {}", path.display()))?
@@ -255,9 +280,32 @@ pub fn copy_tree_limited(
     exclude: &[PathBuf],
     limits: CopyLimits,
 ) -> Result<CopyStats> {
-    preflight(src, exclude, limits)?;
+    copy_tree_reporting(src, dst, exclude, limits, &|_| {})
+}
+
+/// [`copy_tree_limited`], telling `on_progress` how far it has got: once with the
+/// preflight's totals before the first file, then after each file copied.
+pub fn copy_tree_reporting(
+    src: &Path,
+    dst: &Path,
+    exclude: &[PathBuf],
+    limits: CopyLimits,
+    on_progress: &dyn Fn(CopyProgress),
+) -> Result<CopyStats> {
+    let counted = preflight(src, exclude, limits)?;
     let existed = dst.exists();
-    match copy_checked(src, dst, exclude) {
+    let mut progress = CopyProgress {
+        files_total: counted.files,
+        bytes_total: counted.bytes,
+        ..CopyProgress::default()
+    };
+    on_progress(progress);
+    let mut copied = |bytes: u64| {
+        progress.files_done += 1;
+        progress.bytes_done += bytes;
+        on_progress(progress);
+    };
+    match copy_checked(src, dst, exclude, &mut copied) {
         Ok(stats) => Ok(stats),
         Err(e) => {
             if let Err(cleanup) = remove_partial_copy(dst, existed) {
@@ -332,7 +380,12 @@ fn copy_file(path: &Path, target: &Path) -> Result<u64> {
     Ok(copied)
 }
 
-fn copy_checked(src: &Path, dst: &Path, exclude: &[PathBuf]) -> Result<CopyStats> {
+fn copy_checked(
+    src: &Path,
+    dst: &Path,
+    exclude: &[PathBuf],
+    copied: &mut dyn FnMut(u64),
+) -> Result<CopyStats> {
     let mut stats = CopyStats::default();
     fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
     // Directory modes are applied last, so a read-only directory can still
@@ -378,8 +431,10 @@ fn copy_checked(src: &Path, dst: &Path, exclude: &[PathBuf]) -> Result<CopyStats
             dir_modes.push((target, mode));
             stats.dirs += 1;
         } else if file_type.is_file() {
-            stats.bytes += copy_file(path, &target)?;
+            let bytes = copy_file(path, &target)?;
+            stats.bytes += bytes;
             stats.files += 1;
+            copied(bytes);
         } else {
             // The preflight refused these; one that appeared since is too.
             let kind = special_kind(&file_type).unwrap_or("special file");
@@ -611,6 +666,44 @@ mod tests {
         assert!(!dst.exists());
     }
 
+    /// The copy reports the preflight's totals first, then each file, and ends at what
+    /// it copied: every regular file and its bytes (symlinks and directories count
+    /// nothing).
+    #[test]
+    fn copy_progress_counts_each_file_up_to_the_totals() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("d/e")).unwrap();
+        for (i, name) in ["a", "d/b", "d/e/c"].iter().enumerate() {
+            fs::write(src.join(name), vec![b'x'; 10 * (i + 1)]).unwrap();
+        }
+        std::os::unix::fs::symlink("a", src.join("link")).unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let stats = copy_tree_reporting(
+            &src,
+            &tmp.path().join("dst"),
+            &[],
+            CopyLimits::UNLIMITED,
+            &|p| seen.lock().unwrap().push(p),
+        )
+        .unwrap();
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len() as u64, stats.files + 1, "{seen:?}");
+        assert_eq!((seen[0].files_done, seen[0].bytes_done), (0, 0));
+        let last = *seen.last().unwrap();
+        assert_eq!(
+            last,
+            CopyProgress {
+                files_done: stats.files,
+                files_total: stats.files,
+                bytes_done: stats.bytes,
+                bytes_total: stats.bytes,
+            }
+        );
+        assert_eq!((stats.files, stats.bytes), (3, 60));
+        assert!(seen.windows(2).all(|w| w[1].bytes_done > w[0].bytes_done));
+    }
+
     #[test]
     fn the_size_preflight_stops_before_copying() {
         let tmp = tempfile::tempdir().unwrap();
@@ -625,7 +718,8 @@ mod tests {
             counted,
             Preflight {
                 bytes: 1001,
-                entries: 4
+                entries: 4,
+                files: 2,
             }
         );
 

@@ -106,9 +106,15 @@ pub(crate) fn parse_usd(flag: &str, text: &str) -> Result<f64> {
     })
 }
 
-fn show(ctx: &Ctx, json: bool) -> Result<i32> {
+/// `budget show`'s view: the one read the CLI and the MCP server's
+/// `parhelia_budget_status` make.
+pub(crate) fn budget_view(ctx: &Ctx) -> Result<BudgetView> {
     let opened = ctx.open()?;
-    let view = spend::budget_view(&opened.db, &opened.config, now_ms())?;
+    spend::budget_view(&opened.db, &opened.config, now_ms())
+}
+
+fn show(ctx: &Ctx, json: bool) -> Result<i32> {
+    let view = budget_view(ctx)?;
     if json {
         print_json(&view)?;
         return Ok(0);
@@ -237,13 +243,14 @@ fn rates_text(r: &RatesView) -> String {
     out
 }
 
-async fn set(
+/// `budget set`'s call: the request checked and built here (E100 before anything is
+/// asked), then the coordinator's `SetBudget`.
+pub(crate) async fn set_call(
     ctx: &Ctx,
     amount: Option<&str>,
     daily: Option<&str>,
     task: Option<(&str, &str)>,
-    json: bool,
-) -> Result<i32> {
+) -> Result<parhelia_proto::SetBudgetResponse> {
     if amount.is_none() && daily.is_none() && task.is_none() {
         return Err(coded(
             error_codes::INVALID_INPUT,
@@ -287,21 +294,39 @@ async fn set(
     }
     let opened = ctx.open()?;
     let mut client = ctx.client(&opened.state).await?;
-    let r = client
+    Ok(client
         .set_budget(request)
         .await
         .map_err(coordinator_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// `budget set --json`'s value (`task_id`: the task whose ceiling was set).
+pub(crate) fn set_json(
+    r: &parhelia_proto::SetBudgetResponse,
+    task_id: Option<&str>,
+) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "ceiling_usd": r.ceiling_usd,
+        "daily_ceiling_usd": r.has_daily.then_some(r.daily_ceiling_usd),
+    });
+    if let Some(task_id) = task_id {
+        value["task_id"] = task_id.into();
+        value["task_max_cost_usd"] = r.has_task_ceiling.then_some(r.task_max_cost_usd).into();
+    }
+    value
+}
+
+async fn set(
+    ctx: &Ctx,
+    amount: Option<&str>,
+    daily: Option<&str>,
+    task: Option<(&str, &str)>,
+    json: bool,
+) -> Result<i32> {
+    let r = set_call(ctx, amount, daily, task).await?;
     if json {
-        let mut value = serde_json::json!({
-            "ceiling_usd": r.ceiling_usd,
-            "daily_ceiling_usd": r.has_daily.then_some(r.daily_ceiling_usd),
-        });
-        if let Some((task_id, _)) = task {
-            value["task_id"] = task_id.into();
-            value["task_max_cost_usd"] = r.has_task_ceiling.then_some(r.task_max_cost_usd).into();
-        }
-        print_json(&value)?;
+        print_json(&set_json(&r, task.map(|(id, _)| id)))?;
     } else {
         if let Some((task_id, _)) = task {
             match r.has_task_ceiling {
@@ -322,13 +347,23 @@ async fn set(
     Ok(0)
 }
 
-fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<i32> {
+/// `budget history`'s rows and total: the one read the CLI and the MCP server's
+/// `parhelia_budget_history` make.
+pub(crate) fn history_view(
+    ctx: &Ctx,
+    by: HistoryBy,
+    since: Option<&str>,
+) -> Result<spend::BudgetHistory> {
     let since_ms = match since {
         Some(age) => Some(now_ms() - parse_duration_ms(age)?),
         None => None,
     };
     let opened = ctx.open()?;
-    let history = spend::history(&opened.db, by.into(), since_ms)?;
+    spend::history(&opened.db, by.into(), since_ms)
+}
+
+fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<i32> {
+    let history = history_view(ctx, by, since)?;
     if json {
         print_json(&history)?;
         return Ok(0);

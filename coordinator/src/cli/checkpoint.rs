@@ -136,10 +136,7 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
                 .map_err(coordinator_error)?
                 .into_inner();
             if json {
-                print_json(&serde_json::json!({
-                    "checkpoint_id": reply.checkpoint_id,
-                    "container_id": reply.container_id,
-                }))?;
+                print_json(&create_json(&reply))?;
             } else {
                 outln!("{}", escape_untrusted(&reply.checkpoint_id));
             }
@@ -148,50 +145,19 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
         CheckpointCommand::Verify(args) => super::store_health::verify(ctx, &opened, args).await,
         CheckpointCommand::Repair(args) => super::store_health::repair(ctx, &opened, args).await,
         CheckpointCommand::List { session_id, json } => {
-            let sessions = match &session_id {
-                Some(id) => vec![session(&opened, id)?],
-                None => opened.db.list_sessions()?,
-            };
-            let mut views = Vec::new();
-            for s in &sessions {
-                if let Some(store) = super::modal::session_store(ctx, &opened, s).await? {
-                    let durable = super::modal::durable_set(&opened, s)?;
-                    // Damaged manifests are listed as damaged, never left out.
-                    let unrepairable = store.unrepairable();
-                    for listed in store.list_all().map_err(|e| checkpoints::coded(&e))? {
-                        let summary = match listed.summary {
-                            Ok(summary) => summary,
-                            Err(e) => {
-                                views.push(CheckpointView::damaged(
-                                    &s.id,
-                                    &listed.id,
-                                    format!("manifest is damaged: {e}"),
-                                ));
-                                continue;
-                            }
-                        };
-                        let mut view = CheckpointView::of(&s.id, &summary);
-                        if let Some(set) = &durable {
-                            view.durable = set.contains(&view.id);
-                        }
-                        view.damaged = unrepairable
-                            .get(&listed.id)
-                            .map(|why| format!("not repairable: {why}"));
-                        views.push(view);
-                    }
-                }
-            }
-            views.sort_by(|a, b| a.id.cmp(&b.id));
+            let views = list_views(ctx, &opened, session_id.as_deref()).await?;
             if json {
                 print_json(&views)?;
             } else {
                 out!("{}", list_text(&views));
-                for s in &sessions {
-                    if let Some(q) = opened.db.store_over_quota(&s.id)? {
+                let listed: std::collections::BTreeSet<&str> =
+                    views.iter().map(|v| v.session_id.as_str()).collect();
+                for sid in listed {
+                    if let Some(q) = opened.db.store_over_quota(sid)? {
                         out!(
                             "{}",
                             crate::term::escape_untrusted_text(&checkpoints::over_quota_text(
-                                &s.id, &q
+                                sid, &q
                             ))
                         );
                     }
@@ -203,36 +169,11 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             checkpoint_id,
             json,
         } => {
-            let (s, store, id) = find(ctx, &opened, &checkpoint_id).await?;
-            let damage = |e: parhelia_checkpoint::CheckpointError| {
-                crate::store_health::coded_at(&e, &s.id, store.root(), id.as_str())
-            };
-            let manifest = store.load(&id).map_err(damage)?;
-            let summary = store
-                .list()
-                .map_err(|e| checkpoints::coded(&e))?
-                .into_iter()
-                .find(|x| x.id == id)
-                .ok_or_else(|| not_found(&checkpoint_id))?;
-            let view = CheckpointView::of(&s.id, &summary);
-            let paths: Vec<String> = store
-                .entries(&id, WORKSPACE_TREE)
-                .map_err(damage)?
-                .iter()
-                .map(|e| e.path.display().to_string())
-                .collect();
+            let shown = show_views(ctx, &opened, &checkpoint_id).await?;
             if json {
-                print_json(&serde_json::json!({
-                    "checkpoint": view,
-                    "trees": manifest.trees.iter().map(|t| serde_json::json!({
-                        "name": t.name, "files": t.file_count, "bytes": t.total_bytes,
-                        "entries": t.entry_count, "excludes": t.excludes,
-                    })).collect::<Vec<_>>(),
-                    "format_version": manifest.format_version,
-                    "workspace_paths": paths,
-                }))?;
+                print_json(&shown_json(&shown))?;
             } else {
-                out!("{}", show_text(&view, &paths));
+                out!("{}", show_text(&shown.view, &shown.paths));
             }
             Ok(0)
         }
@@ -343,6 +284,194 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
     }
 }
 
+/// `checkpoint list`'s rows: every checkpoint of the session (all sessions' when
+/// `session_id` is none), damaged ones listed as damaged, oldest first.
+async fn list_views(
+    ctx: &Ctx,
+    opened: &Opened,
+    session_id: Option<&str>,
+) -> Result<Vec<CheckpointView>> {
+    let sessions = match session_id {
+        Some(id) => vec![session(opened, id)?],
+        None => opened.db.list_sessions()?,
+    };
+    let mut views = Vec::new();
+    for s in &sessions {
+        if let Some(store) = super::modal::session_store(ctx, opened, s).await? {
+            let durable = super::modal::durable_set(opened, s)?;
+            // Damaged manifests are listed as damaged, never left out.
+            let unrepairable = store.unrepairable();
+            for listed in store.list_all().map_err(|e| checkpoints::coded(&e))? {
+                let summary = match listed.summary {
+                    Ok(summary) => summary,
+                    Err(e) => {
+                        views.push(CheckpointView::damaged(
+                            &s.id,
+                            &listed.id,
+                            format!("manifest is damaged: {e}"),
+                        ));
+                        continue;
+                    }
+                };
+                let mut view = CheckpointView::of(&s.id, &summary);
+                if let Some(set) = &durable {
+                    view.durable = set.contains(&view.id);
+                }
+                view.damaged = unrepairable
+                    .get(&listed.id)
+                    .map(|why| format!("not repairable: {why}"));
+                views.push(view);
+            }
+        }
+    }
+    views.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(views)
+}
+
+/// What `checkpoint show` shows: the checkpoint's row, its manifest and its
+/// workspace's paths.
+pub(crate) struct Shown {
+    view: CheckpointView,
+    manifest: parhelia_checkpoint::Manifest,
+    paths: Vec<String>,
+}
+
+async fn show_views(ctx: &Ctx, opened: &Opened, checkpoint_id: &str) -> Result<Shown> {
+    let (s, store, id) = find(ctx, opened, checkpoint_id).await?;
+    let damage = |e: parhelia_checkpoint::CheckpointError| {
+        crate::store_health::coded_at(&e, &s.id, store.root(), id.as_str())
+    };
+    let manifest = store.load(&id).map_err(damage)?;
+    let summary = store
+        .list()
+        .map_err(|e| checkpoints::coded(&e))?
+        .into_iter()
+        .find(|x| x.id == id)
+        .ok_or_else(|| not_found(checkpoint_id))?;
+    let view = CheckpointView::of(&s.id, &summary);
+    let paths: Vec<String> = store
+        .entries(&id, WORKSPACE_TREE)
+        .map_err(damage)?
+        .iter()
+        .map(|e| e.path.display().to_string())
+        .collect();
+    Ok(Shown {
+        view,
+        manifest,
+        paths,
+    })
+}
+
+/// `checkpoint show`'s read: the one the CLI and the MCP server's
+/// `parhelia_checkpoint_show` make.
+pub(crate) async fn show_checkpoint(ctx: &Ctx, checkpoint_id: &str) -> Result<Shown> {
+    let opened = ctx.open()?;
+    show_views(ctx, &opened, checkpoint_id).await
+}
+
+/// `checkpoint show --json`'s value.
+pub(crate) fn shown_json(shown: &Shown) -> serde_json::Value {
+    let manifest = &shown.manifest;
+    serde_json::json!({
+        "checkpoint": shown.view,
+        "trees": manifest.trees.iter().map(|t| serde_json::json!({
+            "name": t.name, "files": t.file_count, "bytes": t.total_bytes,
+            "entries": t.entry_count, "excludes": t.excludes,
+        })).collect::<Vec<_>>(),
+        "format_version": manifest.format_version,
+        "workspace_paths": shown.paths,
+    })
+}
+
+/// [`list_views`] for a session or task id (its current session): the one read the
+/// CLI and the MCP server's `parhelia_checkpoint_list` make.
+pub(crate) async fn list_checkpoints(
+    ctx: &Ctx,
+    session_or_task: Option<&str>,
+) -> Result<Vec<CheckpointView>> {
+    let session_id = session_or_task
+        .map(|id| session_id_of(ctx, id))
+        .transpose()?;
+    let opened = ctx.open()?;
+    list_views(ctx, &opened, session_id.as_deref()).await
+}
+
+/// `checkpoint create`'s call for a session or task id: the coordinator's
+/// `CheckpointSession`.
+pub(crate) async fn create_call(
+    ctx: &Ctx,
+    session_or_task: &str,
+    message: String,
+) -> Result<parhelia_proto::CheckpointSessionResponse> {
+    let session_id = session_id_of(ctx, session_or_task)?;
+    let opened = ctx.open()?;
+    let mut client = ctx.client(&opened.state).await?;
+    Ok(client
+        .checkpoint_session(CheckpointSessionRequest {
+            session_id,
+            message,
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner())
+}
+
+/// `checkpoint create --json`'s value.
+pub(crate) fn create_json(reply: &parhelia_proto::CheckpointSessionResponse) -> serde_json::Value {
+    serde_json::json!({
+        "checkpoint_id": reply.checkpoint_id,
+        "container_id": reply.container_id,
+    })
+}
+
+/// `checkpoint rollback --yes`'s call: the checkpoint's session resumed from it, as a
+/// rollback (the coordinator's `ResumeSession`).
+pub(crate) async fn rollback_call(
+    ctx: &Ctx,
+    checkpoint_id: &str,
+    message: &str,
+) -> Result<parhelia_proto::ResumeSessionResponse> {
+    let opened = ctx.open()?;
+    let (s, _, id) = find(ctx, &opened, checkpoint_id).await?;
+    let id = id.to_string();
+    resume_request(
+        ctx,
+        &opened,
+        ResumeCall {
+            session_id: &s.id,
+            checkpoint_id: &id,
+            message,
+            rollback: true,
+            backend: "",
+        },
+    )
+    .await
+}
+
+/// `resume`'s call for a session or task id (the coordinator's `ResumeSession`).
+pub(crate) async fn resume_call(
+    ctx: &Ctx,
+    session_or_task: &str,
+    checkpoint_id: &str,
+    message: &str,
+    backend: &str,
+) -> Result<parhelia_proto::ResumeSessionResponse> {
+    let session_id = session_id_of(ctx, session_or_task)?;
+    let opened = ctx.open()?;
+    resume_request(
+        ctx,
+        &opened,
+        ResumeCall {
+            session_id: &session_id,
+            checkpoint_id,
+            message,
+            rollback: false,
+            backend,
+        },
+    )
+    .await
+}
+
 /// `parhelia resume SESSION_ID`.
 pub async fn run_resume(ctx: &Ctx, mut args: ResumeArgs) -> Result<i32> {
     args.session_id = session_id_of(ctx, &args.session_id)?;
@@ -380,7 +509,7 @@ async fn resume(ctx: &Ctx, opened: &Opened, call: ResumeCall<'_>, json: bool) ->
 }
 
 /// The `--json` object of a resume.
-fn resume_json(reply: &parhelia_proto::ResumeSessionResponse) -> serde_json::Value {
+pub(crate) fn resume_json(reply: &parhelia_proto::ResumeSessionResponse) -> serde_json::Value {
     let skipped: Vec<serde_json::Value> = reply
         .skipped
         .iter()
@@ -482,6 +611,28 @@ fn print_resume_text(reply: &parhelia_proto::ResumeSessionResponse, rollback: bo
     outln!("  watch      parhelia task watch {}", reply.task_id);
 }
 
+/// What `session pull` did.
+pub(crate) struct Pulled {
+    session_id: String,
+    checkpoint_id: String,
+    repo: std::path::PathBuf,
+    outcome: crate::pull::PullOutcome,
+}
+
+/// `session pull --json`'s value.
+pub(crate) fn pulled_json(p: &Pulled) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": p.session_id,
+        "checkpoint_id": p.checkpoint_id,
+        "repo": p.repo,
+        "branch": p.outcome.branch,
+        "commit": p.outcome.commit,
+        "head_in_session": p.outcome.head_in_session,
+        "committed_uncommitted": p.outcome.committed_uncommitted,
+        "changed_files": p.outcome.changed_files,
+    })
+}
+
 /// `parhelia session pull SESSION_ID`: the session's latest checkpoint (a
 /// live session is checkpointed first) as a branch in the user's repository.
 pub async fn pull(
@@ -493,6 +644,43 @@ pub async fn pull(
     force: bool,
     json: bool,
 ) -> Result<i32> {
+    let pulled = pull_call(ctx, session_id, branch, repo, checkpoint_id, force).await?;
+    if json {
+        print_json(&pulled_json(&pulled))?;
+    } else {
+        let Pulled {
+            session_id,
+            checkpoint_id: id,
+            repo,
+            outcome,
+        } = &pulled;
+        outln!(
+            "{} -> branch {} at {} in {}",
+            session_id,
+            outcome.branch,
+            &outcome.commit[..outcome.commit.len().min(12)],
+            repo.display()
+        );
+        if outcome.committed_uncommitted {
+            outln!("  the session's uncommitted work is the branch's last commit");
+        }
+        outln!("  from       {id}");
+        outln!("  look       git log {}", outcome.branch);
+    }
+    Ok(0)
+}
+
+/// `session pull`'s call: the checkpoint (a live session's taken first through the
+/// coordinator's `CheckpointSession`) restored and fetched as a branch
+/// (`crate::pull`), with its progress.
+pub(crate) async fn pull_call(
+    ctx: &Ctx,
+    session_id: &str,
+    branch: Option<&str>,
+    repo: Option<&Path>,
+    checkpoint_id: Option<&str>,
+    force: bool,
+) -> Result<Pulled> {
     let opened = ctx.open()?;
     let s = session(&opened, session_id)?;
     let task = opened.db.get_task(&s.task_id)?;
@@ -551,41 +739,24 @@ pub async fn pull(
     progress.step(&format!(
         "restoring {id} and committing it as branch {branch}"
     ));
-    let outcome = crate::pull::pull(&crate::pull::PullRequest {
-        store: &store,
-        checkpoint: &id,
-        repo: &repo,
-        branch: &branch,
-        session_id: &s.id,
-        force,
-    })?;
+    let outcome = crate::pull::pull_reporting(
+        &crate::pull::PullRequest {
+            store: &store,
+            checkpoint: &id,
+            repo: &repo,
+            branch: &branch,
+            session_id: &s.id,
+            force,
+        },
+        &|restored| progress.transfer(restored.into()),
+    )?;
     progress.finish(true);
-    if json {
-        print_json(&serde_json::json!({
-            "session_id": s.id,
-            "checkpoint_id": id.to_string(),
-            "repo": repo,
-            "branch": outcome.branch,
-            "commit": outcome.commit,
-            "head_in_session": outcome.head_in_session,
-            "committed_uncommitted": outcome.committed_uncommitted,
-            "changed_files": outcome.changed_files,
-        }))?;
-    } else {
-        outln!(
-            "{} -> branch {} at {} in {}",
-            s.id,
-            outcome.branch,
-            &outcome.commit[..outcome.commit.len().min(12)],
-            repo.display()
-        );
-        if outcome.committed_uncommitted {
-            outln!("  the session's uncommitted work is the branch's last commit");
-        }
-        outln!("  from       {id}");
-        outln!("  look       git log {}", outcome.branch);
-    }
-    Ok(0)
+    Ok(Pulled {
+        session_id: s.id,
+        checkpoint_id: id.to_string(),
+        repo,
+        outcome,
+    })
 }
 
 /// `parhelia session recover SESSION_ID`: what happened, what can be

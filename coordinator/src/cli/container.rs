@@ -13,7 +13,7 @@ use crate::container_state::{ContainerState, Health, health_for, missed_heartbea
 use crate::db::Db;
 use crate::error::coded;
 use crate::error_codes;
-use crate::event_filter::{self, EventFilter};
+use crate::event_filter::{self, EventFilter, EventRow};
 use crate::ids::now_ms;
 use crate::reconcile::Policy;
 use crate::views::{self, ContainerView, HealthRow, HealthView};
@@ -172,46 +172,17 @@ pub enum ContainerCommand {
 pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
     match command {
         SessionCommand::List { json } => {
-            let opened = ctx.open()?;
-            let policy = opened.config.config.policy("");
             let now = now_ms();
-            let mut sessions = opened.db.list_sessions()?;
-            for s in &mut sessions {
-                views::refresh_health(
-                    s,
-                    now,
-                    &policy.thresholds,
-                    policy.default_heartbeat_interval_ms,
-                );
-            }
+            let sessions = list_sessions(ctx, now)?;
             if json {
-                print_json(
-                    &sessions
-                        .iter()
-                        .map(views::SessionView::from)
-                        .collect::<Vec<_>>(),
-                )?;
+                print_json(&sessions_json(&sessions)?)?;
             } else {
                 out!("{}", views::session_table(&sessions, now));
             }
             Ok(0)
         }
         SessionCommand::Show { session_id, json } => {
-            let session_id = session_id_of(ctx, &session_id)?;
-            let opened = ctx.open()?;
-            let mut session = opened.db.get_session(&session_id)?.ok_or_else(|| {
-                coded(
-                    error_codes::SESSION_NOT_FOUND,
-                    format!("session not found: {session_id}"),
-                )
-            })?;
-            let policy = opened.config.config.policy("");
-            views::refresh_health(
-                &mut session,
-                now_ms(),
-                &policy.thresholds,
-                policy.default_heartbeat_interval_ms,
-            );
+            let session = show_session(ctx, &session_id)?;
             if json {
                 print_json(&views::SessionView::from(&session))?;
             } else {
@@ -269,6 +240,125 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
     }
 }
 
+/// `session list`'s rows, each session's health as of `now`: the one read the CLI
+/// and the MCP server's `parhelia_session_list` make.
+pub(crate) fn list_sessions(ctx: &Ctx, now: i64) -> Result<Vec<crate::db::SessionRecord>> {
+    let opened = ctx.open()?;
+    let policy = opened.config.config.policy("");
+    let mut sessions = opened.db.list_sessions()?;
+    for s in &mut sessions {
+        views::refresh_health(
+            s,
+            now,
+            &policy.thresholds,
+            policy.default_heartbeat_interval_ms,
+        );
+    }
+    Ok(sessions)
+}
+
+/// `session list --json`'s value.
+pub(crate) fn sessions_json(sessions: &[crate::db::SessionRecord]) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(
+        sessions
+            .iter()
+            .map(views::SessionView::from)
+            .collect::<Vec<_>>(),
+    )?)
+}
+
+/// `session show`'s session (a task id stands for its current session; E202 for
+/// an unknown one), its health as of now.
+pub(crate) fn show_session(ctx: &Ctx, session_or_task: &str) -> Result<crate::db::SessionRecord> {
+    let session_id = session_id_of(ctx, session_or_task)?;
+    let opened = ctx.open()?;
+    let mut session = opened.db.get_session(&session_id)?.ok_or_else(|| {
+        coded(
+            error_codes::SESSION_NOT_FOUND,
+            format!("session not found: {session_id}"),
+        )
+    })?;
+    let policy = opened.config.config.policy("");
+    views::refresh_health(
+        &mut session,
+        now_ms(),
+        &policy.thresholds,
+        policy.default_heartbeat_interval_ms,
+    );
+    Ok(session)
+}
+
+/// `container list`'s rows (filtered by `--state`/`--health`): the one read the CLI
+/// and the MCP server's `parhelia_containers` make.
+pub(crate) fn list_containers(
+    ctx: &Ctx,
+    state: Option<&str>,
+    health: Option<&str>,
+    now: i64,
+) -> Result<Vec<ContainerView>> {
+    let state = state.map(|s| s.parse::<ContainerState>()).transpose()?;
+    let health = health.map(|h| h.parse::<Health>()).transpose()?;
+    let opened = ctx.open()?;
+    let policy = opened.config.config.policy("");
+    container_views(&opened.db, &policy, state, health, now)
+}
+
+/// `container show --json`'s view (E203 for an unknown container).
+pub(crate) fn show_container(ctx: &Ctx, container_id: &str) -> Result<ContainerView> {
+    let opened = ctx.open()?;
+    let policy = opened.config.config.policy("");
+    find_container(&opened.db, &policy, container_id, now_ms())
+}
+
+/// `container events`' rows: every event of the container, oldest first.
+pub(crate) fn container_events(ctx: &Ctx, container_id: &str) -> Result<Vec<EventRow>> {
+    let opened = ctx.open()?;
+    let policy = opened.config.config.policy("");
+    find_container(&opened.db, &policy, container_id, now_ms())?;
+    opened.db.query_events(
+        &EventFilter {
+            container_id: Some(container_id.to_string()),
+            ..EventFilter::default()
+        },
+        None,
+    )
+}
+
+/// `container health`'s view: the one read the CLI and the MCP server's
+/// `parhelia_health` make.
+pub(crate) fn container_health(ctx: &Ctx) -> Result<HealthView> {
+    let opened = ctx.open()?;
+    let policy = opened.config.config.policy("");
+    health_view(&opened.db, &policy, now_ms())
+}
+
+/// `container terminate`'s call: the coordinator's `TerminateContainer`.
+pub(crate) async fn terminate_call(
+    ctx: &Ctx,
+    container_id: &str,
+) -> Result<parhelia_proto::TerminateContainerResponse> {
+    let opened = ctx.open()?;
+    let mut client = ctx.client(&opened.state).await?;
+    Ok(client
+        .terminate_container(TerminateContainerRequest {
+            container_id: container_id.to_string(),
+        })
+        .await
+        .map_err(coordinator_error)?
+        .into_inner())
+}
+
+/// `container terminate --json`'s value.
+pub(crate) fn terminate_json(
+    response: &parhelia_proto::TerminateContainerResponse,
+) -> serde_json::Value {
+    serde_json::json!({
+        "container_id": response.container_id,
+        "known": response.known,
+        "state": response.state,
+    })
+}
+
 pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
     match command {
         ContainerCommand::List {
@@ -276,12 +366,8 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             health,
             json,
         } => {
-            let state = state.map(|s| s.parse::<ContainerState>()).transpose()?;
-            let health = health.map(|h| h.parse::<Health>()).transpose()?;
-            let opened = ctx.open()?;
             let now = now_ms();
-            let policy = opened.config.config.policy("");
-            let containers = container_views(&opened.db, &policy, state, health, now)?;
+            let containers = list_containers(ctx, state.as_deref(), health.as_deref(), now)?;
             if json {
                 print_json(&containers)?;
             } else {
@@ -307,23 +393,9 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             Ok(0)
         }
         ContainerCommand::Events { container_id, json } => {
-            let opened = ctx.open()?;
-            let policy = opened.config.config.policy("");
-            find_container(&opened.db, &policy, &container_id, now_ms())?;
-            let rows = opened.db.query_events(
-                &EventFilter {
-                    container_id: Some(container_id),
-                    ..EventFilter::default()
-                },
-                None,
-            )?;
+            let rows = container_events(ctx, &container_id)?;
             if json {
-                print_json(
-                    &rows
-                        .iter()
-                        .map(event_filter::EventView::from)
-                        .collect::<Vec<_>>(),
-                )?;
+                print_json(&super::events::list_json(&rows)?)?;
             } else if rows.is_empty() {
                 outln!("no events");
             } else {
@@ -335,9 +407,7 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             Ok(0)
         }
         ContainerCommand::Health { json } => {
-            let opened = ctx.open()?;
-            let policy = opened.config.config.policy("");
-            let view = health_view(&opened.db, &policy, now_ms())?;
+            let view = container_health(ctx)?;
             if json {
                 print_json(&view)?;
             } else {
@@ -399,21 +469,9 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             }
         }
         ContainerCommand::Terminate { container_id, json } => {
-            let opened = ctx.open()?;
-            let mut client = ctx.client(&opened.state).await?;
-            let response = client
-                .terminate_container(TerminateContainerRequest {
-                    container_id: container_id.clone(),
-                })
-                .await
-                .map_err(coordinator_error)?
-                .into_inner();
+            let response = terminate_call(ctx, &container_id).await?;
             if json {
-                print_json(&serde_json::json!({
-                    "container_id": response.container_id,
-                    "known": response.known,
-                    "state": response.state,
-                }))?;
+                print_json(&terminate_json(&response))?;
             } else {
                 outln!(
                     "{} {}{}",

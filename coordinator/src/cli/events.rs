@@ -69,6 +69,9 @@ impl FilterArgs {
     }
 }
 
+/// `events list`'s `--limit` when none is given.
+pub(crate) const DEFAULT_LIST_LIMIT: u32 = 500;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
     /// One JSON object per line
@@ -84,7 +87,7 @@ pub enum EventsCommand {
         #[command(flatten)]
         filters: FilterArgs,
         /// Show at most the last N (0: all)
-        #[arg(long, value_name = "N", default_value_t = 500)]
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_LIST_LIMIT)]
         limit: u32,
         #[arg(long)]
         json: bool,
@@ -118,6 +121,36 @@ pub enum EventsCommand {
     },
 }
 
+/// `events list`'s rows (the last `limit`, 0: all), and how many matched when that was
+/// more: the one read the CLI and the MCP server's `parhelia_events_list` make.
+pub(crate) fn list_events(
+    ctx: &Ctx,
+    filters: &FilterArgs,
+    limit: u32,
+) -> Result<(Vec<EventRow>, Option<u64>)> {
+    let filter = filters.filter(now_ms())?;
+    let opened = ctx.open()?;
+    let last = (limit > 0).then_some(limit);
+    let rows = opened.db.query_events(&filter, last)?;
+    let mut more = None;
+    if let Some(limit) = last
+        && rows.len() as u32 == limit
+    {
+        let total = opened.db.count_events(&filter)?;
+        if total > limit as u64 {
+            more = Some(total);
+        }
+    }
+    Ok((rows, more))
+}
+
+/// `events list --json`'s value.
+pub(crate) fn list_json(rows: &[EventRow]) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(
+        rows.iter().map(EventView::from).collect::<Vec<_>>(),
+    )?)
+}
+
 pub async fn run(ctx: &Ctx, command: EventsCommand) -> Result<i32> {
     match command {
         EventsCommand::List {
@@ -125,20 +158,12 @@ pub async fn run(ctx: &Ctx, command: EventsCommand) -> Result<i32> {
             limit,
             json,
         } => {
-            let filter = filters.filter(now_ms())?;
-            let opened = ctx.open()?;
-            let last = (limit > 0).then_some(limit);
-            let rows = opened.db.query_events(&filter, last)?;
-            if let Some(limit) = last
-                && rows.len() as u32 == limit
-            {
-                let total = opened.db.count_events(&filter)?;
-                if total > limit as u64 {
-                    eprintln!("showing the last {limit} of {total} events (--limit 0 for all)");
-                }
+            let (rows, total) = list_events(ctx, &filters, limit)?;
+            if let Some(total) = total {
+                eprintln!("showing the last {limit} of {total} events (--limit 0 for all)");
             }
             if json {
-                print_json(&rows.iter().map(EventView::from).collect::<Vec<_>>())?;
+                print_json(&list_json(&rows)?)?;
             } else if rows.is_empty() {
                 outln!("no events");
             } else {

@@ -220,7 +220,13 @@ pub fn main() -> i32 {
     }
     init_tracing(is_coordinator);
     crate::table::init(cli.color);
-    crate::progress::init(cli.progress);
+    // The MCP server's stdout is its transport and its tools call the CLI's
+    // functions directly: it reports progress as MCP notifications, never here.
+    crate::progress::init(if matches!(cli.command, Command::McpServer(_)) {
+        crate::progress::ProgressMode::Never
+    } else {
+        cli.progress
+    });
 
     let runtime = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()

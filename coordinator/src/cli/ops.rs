@@ -124,6 +124,13 @@ async fn run_pass(
     Ok(PassReport::try_from(report)?)
 }
 
+/// `reconciler run --once`'s call: one manual pass (the coordinator's
+/// `RunReconciler`), its report.
+pub(crate) async fn reconciler_run_once(ctx: &Ctx, dry_run: bool) -> Result<PassReport> {
+    let opened = ctx.open()?;
+    run_pass(ctx, &opened.state, dry_run, false, "manual").await
+}
+
 /// One pass as text.
 pub fn report_text(report: &PassReport) -> String {
     let mut out = format!(
@@ -161,7 +168,7 @@ pub fn report_text(report: &PassReport) -> String {
 }
 
 #[derive(Serialize)]
-struct ReconcilerStatusView {
+pub(crate) struct ReconcilerStatusView {
     coordinator_running: bool,
     coordinator_id: String,
     poll_interval_seconds: f64,
@@ -180,43 +187,50 @@ struct RecentAction {
     action: Action,
 }
 
+/// `reconciler status`'s view: the one read the CLI and the MCP server's
+/// `parhelia_reconciler_status` make.
+pub(crate) async fn reconciler_status(ctx: &Ctx) -> Result<ReconcilerStatusView> {
+    let opened = ctx.open()?;
+    let coordinator_id = opened.db.coordinator_id()?;
+    let running = coordinator_client::ping_checked(&opened.state)
+        .await?
+        .is_some();
+    let runs = opened.db.reconciler_runs(50)?;
+    let (passes, actions) = opened.db.reconciler_totals(now_ms() - 3_600_000)?;
+    let mut recent = Vec::new();
+    for run in runs.iter().filter(|r| !r.dry_run) {
+        for a in run
+            .actions
+            .iter()
+            .filter(|a| !matches!(a.action, Action::SetHealth { from: None, .. }))
+        {
+            if recent.len() < 10 {
+                recent.push(RecentAction {
+                    at: rfc3339_ms(run.started_at_ms),
+                    result: a.result.clone(),
+                    action: a.action.clone(),
+                });
+            }
+        }
+    }
+    let config = &opened.config.config;
+    let view = ReconcilerStatusView {
+        coordinator_running: running,
+        policy: config.policy(&coordinator_id),
+        coordinator_id,
+        poll_interval_seconds: config.reconciler.poll_interval_seconds,
+        last_run: runs.into_iter().find(|r| !r.dry_run),
+        passes_last_hour: passes,
+        actions_last_hour: actions,
+        recent_actions: recent,
+    };
+    Ok(view)
+}
+
 pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
     match command {
         ReconcilerCommand::Status { json } => {
-            let opened = ctx.open()?;
-            let coordinator_id = opened.db.coordinator_id()?;
-            let running = coordinator_client::ping_checked(&opened.state)
-                .await?
-                .is_some();
-            let runs = opened.db.reconciler_runs(50)?;
-            let (passes, actions) = opened.db.reconciler_totals(now_ms() - 3_600_000)?;
-            let mut recent = Vec::new();
-            for run in runs.iter().filter(|r| !r.dry_run) {
-                for a in run
-                    .actions
-                    .iter()
-                    .filter(|a| !matches!(a.action, Action::SetHealth { from: None, .. }))
-                {
-                    if recent.len() < 10 {
-                        recent.push(RecentAction {
-                            at: rfc3339_ms(run.started_at_ms),
-                            result: a.result.clone(),
-                            action: a.action.clone(),
-                        });
-                    }
-                }
-            }
-            let config = &opened.config.config;
-            let view = ReconcilerStatusView {
-                coordinator_running: running,
-                policy: config.policy(&coordinator_id),
-                coordinator_id,
-                poll_interval_seconds: config.reconciler.poll_interval_seconds,
-                last_run: runs.into_iter().find(|r| !r.dry_run),
-                passes_last_hour: passes,
-                actions_last_hour: actions,
-                recent_actions: recent,
-            };
+            let view = reconciler_status(ctx).await?;
             if json {
                 print_json(&view)?;
             } else {
@@ -230,7 +244,7 @@ pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
             json,
         } => {
             let opened = ctx.open()?;
-            let report = run_pass(ctx, &opened.state, dry_run, false, "manual").await?;
+            let report = reconciler_run_once(ctx, dry_run).await?;
             let print = |report: &PassReport| -> Result<()> {
                 if json {
                     outln!("{}", serde_json::to_string(report)?);
@@ -397,9 +411,19 @@ struct CleanupView<'a> {
     report: &'a PassReport,
 }
 
-pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
+/// `cleanup`'s call: one reconciler pass that reports (and with `terminate`
+/// ends) orphans (the coordinator's `RunReconciler`), its report.
+pub(crate) async fn cleanup_call(ctx: &Ctx, dry_run: bool, terminate: bool) -> Result<PassReport> {
     let opened = ctx.open()?;
-    let report = run_pass(ctx, &opened.state, args.dry_run, args.terminate, "cleanup").await?;
+    run_pass(ctx, &opened.state, dry_run, terminate, "cleanup").await
+}
+
+/// `cleanup --json`'s value.
+pub(crate) fn cleanup_json(
+    report: &PassReport,
+    dry_run: bool,
+    terminate: bool,
+) -> Result<serde_json::Value> {
     let orphans: Vec<&Action> = report
         .actions
         .iter()
@@ -412,21 +436,27 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
         .filter(|a| matches!(a.action, Action::TerminateOrphan { .. }))
         .map(|a| a.action.container_id())
         .collect();
+    Ok(serde_json::to_value(CleanupView {
+        dry_run,
+        terminate,
+        orphans,
+        terminated,
+        report,
+    })?)
+}
+
+pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
+    let report = cleanup_call(ctx, args.dry_run, args.terminate).await?;
+    if args.json {
+        print_json(&cleanup_json(&report, args.dry_run, args.terminate)?)?;
+        return Ok(0);
+    }
+    let opened = ctx.open()?;
     // Orphans reported by earlier passes are still orphans.
     let known = opened.db.list_orphans(false)?;
     let orphaned_records = opened
         .db
         .list_containers(Some(crate::container_state::ContainerState::Orphaned), None)?;
-    if args.json {
-        print_json(&CleanupView {
-            dry_run: args.dry_run,
-            terminate: args.terminate,
-            orphans,
-            terminated,
-            report: &report,
-        })?;
-        return Ok(0);
-    }
     // Those whose stop or termination was asked for (by this pass or an earlier one).
     let mut requested: Vec<String> = known
         .iter()
@@ -652,7 +682,11 @@ async fn coordinator_view(state: &StateDir) -> Result<views::CoordinatorView> {
     })
 }
 
-pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
+/// `status`'s view and its budget part (JSON and text): the one read the CLI and
+/// the MCP server's `parhelia_health` make.
+pub(crate) async fn status_view(
+    ctx: &Ctx,
+) -> Result<(views::StatusView, serde_json::Value, String)> {
     let opened = ctx.open()?;
     let db = &opened.db;
     let view = views::StatusView {
@@ -688,10 +722,23 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
         spend: db.total_spend()?,
     };
     let (budget_json, budget_text) = super::budget::status_budget(db, &opened.config.config)?;
+    Ok((view, budget_json, budget_text))
+}
+
+/// `status --json`'s value.
+pub(crate) fn status_json(
+    view: &views::StatusView,
+    budget_json: serde_json::Value,
+) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(view)?;
+    value["budget"] = budget_json;
+    Ok(value)
+}
+
+pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
+    let (view, budget_json, budget_text) = status_view(ctx).await?;
     if json {
-        let mut value = serde_json::to_value(&view)?;
-        value["budget"] = budget_json;
-        print_json(&value)?;
+        print_json(&status_json(&view, budget_json)?)?;
     } else {
         out!(
             "{}{budget_text}",

@@ -95,7 +95,13 @@ fn agent_refusal(session_id: &str, status: &tonic::Status) -> anyhow::Error {
 
 /// `session send`: one message, typed into an interactive session or queued for a
 /// headless one's next turn.
-pub async fn send(ctx: &Ctx, session_id: &str, text: String, json: bool) -> Result<i32> {
+/// `session send`'s call: the agent's `SendInput` (through the live session's
+/// authenticated client); its `--json` value.
+pub(crate) async fn send_call(
+    ctx: &Ctx,
+    session_id: &str,
+    text: String,
+) -> Result<serde_json::Value> {
     let mut live = connect_live(ctx, session_id).await?;
     let reply = live
         .client
@@ -103,13 +109,18 @@ pub async fn send(ctx: &Ctx, session_id: &str, text: String, json: bool) -> Resu
         .await
         .map_err(|status| agent_refusal(session_id, &status))?
         .into_inner();
+    Ok(serde_json::json!({
+        "session_id": session_id,
+        "queued": reply.queued,
+        "delivered": !reply.queued,
+    }))
+}
+
+pub async fn send(ctx: &Ctx, session_id: &str, text: String, json: bool) -> Result<i32> {
+    let sent = send_call(ctx, session_id, text).await?;
     if json {
-        super::print_json(&serde_json::json!({
-            "session_id": session_id,
-            "queued": reply.queued,
-            "delivered": !reply.queued,
-        }))?;
-    } else if reply.queued {
+        super::print_json(&sent)?;
+    } else if sent["queued"] == true {
         outln!("queued: it goes to Claude when the current turn ends");
     } else {
         outln!("delivered");
@@ -117,8 +128,13 @@ pub async fn send(ctx: &Ctx, session_id: &str, text: String, json: bool) -> Resu
     Ok(0)
 }
 
-/// `session kill`: the task's cancel (Stop to the agent, final checkpoint, CANCELLED).
-pub async fn kill(ctx: &Ctx, session_id: &str, reason: Option<String>, json: bool) -> Result<i32> {
+/// `session kill`'s call: the task's cancel (the coordinator's `CancelTask`: Stop to
+/// the agent, final checkpoint, CANCELLED); its `--json` value.
+pub(crate) async fn kill_call(
+    ctx: &Ctx,
+    session_id: &str,
+    reason: Option<String>,
+) -> Result<serde_json::Value> {
     let (opened, session) = find_session(ctx, session_id)?;
     let mut client = ctx.client(&opened.state).await?;
     let response = client
@@ -129,14 +145,20 @@ pub async fn kill(ctx: &Ctx, session_id: &str, reason: Option<String>, json: boo
         .await
         .map_err(coordinator_error)?
         .into_inner();
+    Ok(serde_json::json!({
+        "session_id": session_id,
+        "task_id": session.task_id,
+        "status": response.status,
+    }))
+}
+
+pub async fn kill(ctx: &Ctx, session_id: &str, reason: Option<String>, json: bool) -> Result<i32> {
+    let killed = kill_call(ctx, session_id, reason).await?;
     if json {
-        super::print_json(&serde_json::json!({
-            "session_id": session_id,
-            "task_id": session.task_id,
-            "status": response.status,
-        }))?;
+        super::print_json(&killed)?;
     } else {
-        outln!("{} {}", session_id, response.status);
+        let status = killed["status"].as_str().unwrap_or_default();
+        outln!("{session_id} {status}");
     }
     Ok(0)
 }

@@ -322,7 +322,124 @@ fn warn_unconfined_once(state: &crate::state_dir::StateDir, setting: &str) {
     let _ = std::fs::write(marker, setting);
 }
 
+/// What `task create` did, before anything is printed.
+pub(crate) enum Created {
+    /// `--estimate-only`: the estimate and its text.
+    Estimate {
+        report: Box<crate::service::spend::EstimateReport>,
+        text: String,
+    },
+    /// `--dry-run`: the plan and its text.
+    DryRun {
+        plan: serde_json::Value,
+        text: String,
+    },
+    /// Submitted (the coordinator's `SubmitBudgetedTaskWithProgress`).
+    Submitted {
+        submitted: parhelia_proto::SubmitTaskResponse,
+        backend: &'static str,
+    },
+}
+
+/// `task create --json`'s value of a submit that is not waited for.
+pub(crate) fn submitted_json(submitted: &parhelia_proto::SubmitTaskResponse) -> serde_json::Value {
+    serde_json::json!({
+        "task_id": submitted.task_id,
+        "session_id": Some(&submitted.session_id).filter(|s| !s.is_empty()),
+        "container_id": Some(&submitted.container_id).filter(|s| !s.is_empty()),
+        "queued": submitted.queued,
+        "queue_position": Some(submitted.queue_position).filter(|_| submitted.queued),
+        "held": submitted.held,
+    })
+}
+
+/// `task create --sync --json`: waits for the task to end; the finished task's value,
+/// and the coded error (with advice) the command ends with when it did not complete.
+pub(crate) async fn wait_json(
+    ctx: &Ctx,
+    task_id: &str,
+) -> Result<(serde_json::Value, Option<anyhow::Error>)> {
+    let opened = ctx.open()?;
+    let watched = watch_task(&opened.db, task_id, |_| {}).await?;
+    let value = serde_json::to_value(views::TaskView::from(&watched.task))?;
+    Ok((value, outcome_with_advice(&opened.db, &watched).err()))
+}
+
 async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
+    let (sync, json) = (args.sync, args.json);
+    let submitted = match create_call(ctx, args).await? {
+        Created::Estimate { report, text } => {
+            if json {
+                print_json(&report)?;
+            } else {
+                out!("{text}");
+            }
+            return Ok(0);
+        }
+        Created::DryRun { plan, text } => {
+            if json {
+                print_json(&plan)?;
+            } else {
+                out!("{text}");
+            }
+            return Ok(0);
+        }
+        Created::Submitted { submitted, backend } => (submitted, backend),
+    };
+    let (submitted, backend) = submitted;
+    if !sync {
+        if json {
+            print_json(&submitted_json(&submitted))?;
+        } else {
+            outln!("{}", submitted.task_id);
+            if submitted.held {
+                outln!(
+                    "  pending    held until `parhelia task dispatch {}`",
+                    submitted.task_id
+                );
+            } else if submitted.queued {
+                outln!(
+                    "  queued     position {} (max_concurrent_workers tasks are running)",
+                    submitted.queue_position
+                );
+            } else {
+                outln!("  session    {}", submitted.session_id);
+                outln!("  container  {}", submitted.container_id);
+            }
+            outln!("  watch      parhelia task watch {}", submitted.task_id);
+        }
+        return Ok(0);
+    }
+    if json {
+        let (value, failure) = wait_json(ctx, &submitted.task_id).await?;
+        print_json(&value)?;
+        return match failure {
+            Some(err) => Err(err),
+            None => Ok(0),
+        };
+    }
+    let placement = if submitted.queued {
+        format!("queued at position {}", submitted.queue_position)
+    } else {
+        format!("session {}", submitted.session_id)
+    };
+    outln!(
+        "{}",
+        labelled(
+            "task",
+            &format!("{} · {placement} · {backend}", submitted.task_id)
+        )
+    );
+    let opened = ctx.open()?;
+    let watched = watch_task(&opened.db, &submitted.task_id, |line| outln!("{line}")).await?;
+    outln!("{}", escape_untrusted_text(&watched.summary()));
+    outcome_with_advice(&opened.db, &watched)?;
+    Ok(0)
+}
+
+/// `task create`'s call: the checks this machine makes (the workspace, Claude Code,
+/// isolation), then the estimate, the dry run's plan or the coordinator's submit.
+pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> {
     plan::validate_prompt(&args.prompt)?;
     let limits = {
         let state = ctx.state()?;
@@ -422,15 +539,10 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
                 .collect(),
         });
-        if args.json {
-            print_json(&dry_run.plan)?;
-        } else {
-            out!(
-                "{}",
-                dry_run_text(&dry_run.plan, &dry_run.spec_path, dry_run.agent_error)
-            );
-        }
-        return Ok(0);
+        return Ok(Created::DryRun {
+            text: dry_run_text(&dry_run.plan, &dry_run.spec_path, dry_run.agent_error),
+            plan: serde_json::to_value(&dry_run.plan)?,
+        });
     }
 
     let opened = ctx.open()?;
@@ -466,81 +578,69 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
             (None, true) => "recording the task".to_string(),
         },
     );
-    let submitted = client
-        .submit_budgeted_task(SubmitBudgetedTaskRequest {
-            task: Some(request),
-            limits: Some(TaskLimits {
-                max_cost_usd: limits.max_cost_usd.unwrap_or(0.0),
-                gpu: limits.gpu.clone().unwrap_or_default(),
-                cpu: limits.cpu.unwrap_or(0.0),
-                memory_mb: limits.memory_mb.unwrap_or(0),
-                timeout_seconds: limits.timeout_seconds.unwrap_or(0),
-            }),
-        })
-        .await
-        .map_err(coordinator_error)?
-        .into_inner();
+    let request = SubmitBudgetedTaskRequest {
+        task: Some(request),
+        limits: Some(TaskLimits {
+            max_cost_usd: limits.max_cost_usd.unwrap_or(0.0),
+            gpu: limits.gpu.clone().unwrap_or_default(),
+            cpu: limits.cpu.unwrap_or(0.0),
+            memory_mb: limits.memory_mb.unwrap_or(0),
+            timeout_seconds: limits.timeout_seconds.unwrap_or(0),
+        }),
+    };
+    let submitted = submit_following_the_copy(&mut client, request, &progress).await?;
     progress.finish(true);
-
-    if !args.sync {
-        if args.json {
-            print_json(&serde_json::json!({
-                "task_id": submitted.task_id,
-                "session_id": Some(&submitted.session_id).filter(|s| !s.is_empty()),
-                "container_id": Some(&submitted.container_id).filter(|s| !s.is_empty()),
-                "queued": submitted.queued,
-                "queue_position": Some(submitted.queue_position).filter(|_| submitted.queued),
-                "held": submitted.held,
-            }))?;
-        } else {
-            outln!("{}", submitted.task_id);
-            if submitted.held {
-                outln!(
-                    "  pending    held until `parhelia task dispatch {}`",
-                    submitted.task_id
-                );
-            } else if submitted.queued {
-                outln!(
-                    "  queued     position {} (max_concurrent_workers tasks are running)",
-                    submitted.queue_position
-                );
-            } else {
-                outln!("  session    {}", submitted.session_id);
-                outln!("  container  {}", submitted.container_id);
-            }
-            outln!("  watch      parhelia task watch {}", submitted.task_id);
-        }
-        return Ok(0);
-    }
-
-    let quiet = args.json;
-    if !quiet {
-        let placement = if submitted.queued {
-            format!("queued at position {}", submitted.queue_position)
-        } else {
-            format!("session {}", submitted.session_id)
-        };
-        outln!(
-            "{}",
-            labelled(
-                "task",
-                &format!("{} · {placement} · {}", submitted.task_id, backend.as_str())
-            )
-        );
-    }
-    let watched = watch_task(&opened.db, &submitted.task_id, |line| {
-        if !quiet {
-            outln!("{line}");
-        }
+    Ok(Created::Submitted {
+        submitted,
+        backend: backend.as_str(),
     })
-    .await?;
-    if quiet {
-        print_json(&views::TaskView::from(&watched.task))?;
-    } else {
-        outln!("{}", escape_untrusted_text(&watched.summary()));
+}
+
+/// `SubmitBudgetedTaskWithProgress`: the copy of the workspace into the session shown
+/// as `progress` while the coordinator does it, then its reply. A coordinator from
+/// before that RPC (still running across an upgrade) gets `SubmitBudgetedTask`.
+async fn submit_following_the_copy(
+    client: &mut crate::coordinator_client::Client,
+    request: SubmitBudgetedTaskRequest,
+    progress: &crate::progress::Progress,
+) -> Result<parhelia_proto::SubmitTaskResponse> {
+    use parhelia_proto::submit_task_progress::Event;
+    let mut stream = match client
+        .submit_budgeted_task_with_progress(request.clone())
+        .await
+    {
+        Ok(stream) => stream.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            return Ok(client
+                .submit_budgeted_task(request)
+                .await
+                .map_err(coordinator_error)?
+                .into_inner());
+        }
+        Err(status) => return Err(coordinator_error(status)),
+    };
+    let mut copying = false;
+    while let Some(message) = stream.message().await.map_err(coordinator_error)? {
+        match message.event {
+            Some(Event::WorkspaceCopy(copied)) => {
+                if !copying {
+                    copying = true;
+                    progress.step("copying the workspace into the session");
+                }
+                progress.transfer(crate::progress::Transfer {
+                    files_done: copied.files_done,
+                    files_total: copied.files_total,
+                    bytes_done: copied.bytes_done,
+                    bytes_total: copied.bytes_total,
+                });
+            }
+            Some(Event::Submitted(response)) => return Ok(response),
+            None => {}
+        }
     }
-    outcome_with_advice(&opened.db, &watched)?;
-    Ok(0)
+    Err(anyhow::anyhow!(
+        "the coordinator ended the submit without a reply"
+    ))
 }
 
 /// `Ok` when the watched task completed, else its coded error with advice
@@ -582,7 +682,7 @@ fn estimate_only(
     args: &CreateArgs,
     backend: &str,
     limits: &crate::budget::TaskLimits,
-) -> Result<i32> {
+) -> Result<Created> {
     let opened = ctx.open()?;
     let config = &opened.config.config;
     let report = crate::service::spend::estimate_task(
@@ -593,19 +693,12 @@ fn estimate_only(
         limits,
         now_ms(),
     )?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        out!(
-            "{}",
-            super::budget::estimate_text(
-                &report.estimate,
-                config,
-                report.would_be_refused.as_deref()
-            )
-        );
-    }
-    Ok(0)
+    let text =
+        super::budget::estimate_text(&report.estimate, config, report.would_be_refused.as_deref());
+    Ok(Created::Estimate {
+        report: Box::new(report),
+        text,
+    })
 }
 
 fn task_not_found(task_id: &str) -> anyhow::Error {
@@ -615,22 +708,37 @@ fn task_not_found(task_id: &str) -> anyhow::Error {
     )
 }
 
-fn list(ctx: &Ctx, status: Option<&str>, json: bool) -> Result<i32> {
+/// `task list`'s rows (filtered by `--status`): the one read the CLI and the MCP
+/// server's `parhelia_task_list` make.
+pub(crate) fn list_tasks(ctx: &Ctx, status: Option<&str>) -> Result<Vec<crate::db::TaskRecord>> {
     let shown = status.map(str::parse::<ShownStatus>).transpose()?;
     let opened = ctx.open()?;
     let mut tasks = opened.db.list_tasks(shown.map(ShownStatus::stored))?;
     if let Some(shown) = shown {
         tasks.retain(|t| shown.matches(t.status, t.dispatch_requested_at_ms.is_some()));
     }
+    Ok(tasks)
+}
+
+/// `task list --json`'s value.
+pub(crate) fn list_json(tasks: &[crate::db::TaskRecord]) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(
+        tasks.iter().map(views::TaskView::from).collect::<Vec<_>>(),
+    )?)
+}
+
+fn list(ctx: &Ctx, status: Option<&str>, json: bool) -> Result<i32> {
+    let tasks = list_tasks(ctx, status)?;
     if json {
-        print_json(&tasks.iter().map(views::TaskView::from).collect::<Vec<_>>())?;
+        print_json(&list_json(&tasks)?)?;
     } else {
         out!("{}", views::task_table(&tasks, now_ms()));
     }
     Ok(0)
 }
 
-fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+/// `task show`'s task and its limits (E201 for an unknown id).
+pub(crate) fn show_task(ctx: &Ctx, task_id: &str) -> Result<ShownTask> {
     let opened = ctx.open()?;
     let task = opened
         .db
@@ -645,28 +753,60 @@ fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
         Some(session_id) => opened.db.store_over_quota(session_id)?,
         None => None,
     };
-    if json {
-        let mut value = serde_json::to_value(views::TaskView::from(&task))?;
-        // Present only while the session's store is over its quota (E623).
-        if let Some(q) = &over_quota {
-            value["store_over_quota"] = serde_json::json!({
-                "code": crate::error_codes::CHECKPOINT_QUOTA.code,
-                "checkpoint_id": q.checkpoint_id,
-                "store_bytes": q.store_bytes,
-                "quota_bytes": q.quota_bytes,
-            });
-        }
-        // The same figures as the top-level ones (kept for older readers).
-        value["budget"] = serde_json::json!({
-            "compute_usd": task.spend.compute_usd,
-            "model_usd": task.spend.model_usd,
-            "storage_usd": task.spend.storage_usd,
-            "total_usd": task.spend.cost_usd,
-            "limits": limits,
+    Ok(ShownTask {
+        task,
+        limits,
+        over_quota,
+    })
+}
+
+/// What `task show` shows: the task, its limits, and whether its session's store is
+/// over its quota (E623, from the journal's `store_over_quota`).
+pub(crate) struct ShownTask {
+    pub task: crate::db::TaskRecord,
+    pub limits: crate::budget::TaskLimits,
+    pub over_quota: Option<parhelia_proto::StoreOverQuota>,
+}
+
+/// `task show --json`'s value.
+pub(crate) fn show_json(shown: &ShownTask) -> Result<serde_json::Value> {
+    let ShownTask {
+        task,
+        limits,
+        over_quota,
+    } = shown;
+    let mut value = serde_json::to_value(views::TaskView::from(task))?;
+    // Present only while the session's store is over its quota (E623).
+    if let Some(q) = over_quota {
+        value["store_over_quota"] = serde_json::json!({
+            "code": crate::error_codes::CHECKPOINT_QUOTA.code,
+            "checkpoint_id": q.checkpoint_id,
+            "store_bytes": q.store_bytes,
+            "quota_bytes": q.quota_bytes,
         });
-        print_json(&value)?;
+    }
+    // The same figures as the top-level ones (kept for older readers).
+    value["budget"] = serde_json::json!({
+        "compute_usd": task.spend.compute_usd,
+        "model_usd": task.spend.model_usd,
+        "storage_usd": task.spend.storage_usd,
+        "total_usd": task.spend.cost_usd,
+        "limits": limits,
+    });
+    Ok(value)
+}
+
+fn show(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+    let shown = show_task(ctx, task_id)?;
+    if json {
+        print_json(&show_json(&shown)?)?;
     } else {
-        out!("{}", views::task_detail(&task));
+        let ShownTask {
+            task,
+            limits,
+            over_quota,
+        } = &shown;
+        out!("{}", views::task_detail(task));
         if let Some(max) = limits.max_cost_usd {
             use crate::budget::usd;
             outln!(
@@ -719,13 +859,14 @@ async fn watch(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-async fn dispatch(
+/// `task dispatch`'s call: the coordinator's `DispatchTasks` (every pending task when
+/// no id is given, as `--all`).
+pub(crate) async fn dispatch_call(
     ctx: &Ctx,
     task_ids: Vec<String>,
     all: bool,
     dry_run: bool,
-    json: bool,
-) -> Result<i32> {
+) -> Result<parhelia_proto::DispatchTasksResponse> {
     // Bare `parhelia task dispatch` (the seeds' command) dispatches every
     // pending task, as `--all` does.
     let all = all || task_ids.is_empty();
@@ -736,7 +877,7 @@ async fn dispatch(
         launch_env()?
     };
     let mut client = ctx.client(&opened.state).await?;
-    let response = client
+    Ok(client
         .dispatch_tasks(DispatchTasksRequest {
             task_ids,
             all,
@@ -745,24 +886,55 @@ async fn dispatch(
         })
         .await
         .map_err(coordinator_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// `task dispatch --json`'s value.
+pub(crate) fn dispatch_json(
+    dry_run: bool,
+    response: &parhelia_proto::DispatchTasksResponse,
+) -> serde_json::Value {
+    serde_json::json!({
+        "dry_run": dry_run,
+        "dispatched": response.dispatched.iter().map(|d| serde_json::json!({
+            "task_id": d.task_id,
+            "session_id": Some(&d.session_id).filter(|s| !s.is_empty()),
+            "container_id": Some(&d.container_id).filter(|s| !s.is_empty()),
+        })).collect::<Vec<_>>(),
+        "queued": response.queued.iter().map(|q| serde_json::json!({
+            "task_id": q.task_id, "position": q.position,
+        })).collect::<Vec<_>>(),
+        "failed": response.failed.iter().map(|f| serde_json::json!({
+            "task_id": f.task_id, "error_code": f.error_code, "message": f.message,
+        })).collect::<Vec<_>>(),
+        "running": response.running,
+        "max_concurrent_workers": response.max_concurrent_workers,
+    })
+}
+
+/// The first task that failed to launch, as the coded error `task dispatch` ends with.
+pub(crate) fn dispatch_failure(
+    response: &parhelia_proto::DispatchTasksResponse,
+) -> Option<anyhow::Error> {
+    response.failed.first().map(|f| {
+        let code = error_codes::lookup_or_family(&f.error_code);
+        coded(
+            code,
+            format!("task {} failed to launch: {}", f.task_id, f.message),
+        )
+    })
+}
+
+async fn dispatch(
+    ctx: &Ctx,
+    task_ids: Vec<String>,
+    all: bool,
+    dry_run: bool,
+    json: bool,
+) -> Result<i32> {
+    let response = dispatch_call(ctx, task_ids, all, dry_run).await?;
     if json {
-        print_json(&serde_json::json!({
-            "dry_run": dry_run,
-            "dispatched": response.dispatched.iter().map(|d| serde_json::json!({
-                "task_id": d.task_id,
-                "session_id": Some(&d.session_id).filter(|s| !s.is_empty()),
-                "container_id": Some(&d.container_id).filter(|s| !s.is_empty()),
-            })).collect::<Vec<_>>(),
-            "queued": response.queued.iter().map(|q| serde_json::json!({
-                "task_id": q.task_id, "position": q.position,
-            })).collect::<Vec<_>>(),
-            "failed": response.failed.iter().map(|f| serde_json::json!({
-                "task_id": f.task_id, "error_code": f.error_code, "message": f.message,
-            })).collect::<Vec<_>>(),
-            "running": response.running,
-            "max_concurrent_workers": response.max_concurrent_workers,
-        }))?;
+        print_json(&dispatch_json(dry_run, &response))?;
     } else {
         if dry_run {
             outln!("dry run: nothing was dispatched");
@@ -797,36 +969,47 @@ async fn dispatch(
             response.max_concurrent_workers
         );
     }
-    if let Some(f) = response.failed.first() {
-        let code = error_codes::lookup_or_family(&f.error_code);
-        return Err(coded(
-            code,
-            format!("task {} failed to launch: {}", f.task_id, f.message),
-        ));
+    match dispatch_failure(&response) {
+        Some(err) => Err(err),
+        None => Ok(0),
     }
-    Ok(0)
 }
 
-async fn cancel(ctx: &Ctx, task_id: &str, reason: Option<String>, json: bool) -> Result<i32> {
+/// `task cancel`'s call: the transition checked here (E2xx before anything is
+/// asked), then the coordinator's `CancelTask`.
+pub(crate) async fn cancel_call(
+    ctx: &Ctx,
+    task_id: &str,
+    reason: Option<String>,
+) -> Result<parhelia_proto::CancelTaskResponse> {
     let opened = ctx.open()?;
     opened.db.check_transition(task_id, TaskStatus::Cancelled)?;
     let mut client = ctx.client(&opened.state).await?;
-    let response = client
+    Ok(client
         .cancel_task(CancelTaskRequest {
             task_id: task_id.to_string(),
             reason: reason.unwrap_or_default(),
         })
         .await
         .map_err(coordinator_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// `task cancel --json`'s value.
+pub(crate) fn cancel_json(response: &parhelia_proto::CancelTaskResponse) -> serde_json::Value {
+    serde_json::json!({
+        "task_id": response.task_id,
+        "status": response.status,
+        "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
+        "container_state": Some(&response.container_state).filter(|s| !s.is_empty()),
+        "checkpoint_id": Some(&response.checkpoint_id).filter(|s| !s.is_empty()),
+    })
+}
+
+async fn cancel(ctx: &Ctx, task_id: &str, reason: Option<String>, json: bool) -> Result<i32> {
+    let response = cancel_call(ctx, task_id, reason).await?;
     if json {
-        print_json(&serde_json::json!({
-            "task_id": response.task_id,
-            "status": response.status,
-            "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
-            "container_state": Some(&response.container_state).filter(|s| !s.is_empty()),
-            "checkpoint_id": Some(&response.checkpoint_id).filter(|s| !s.is_empty()),
-        }))?;
+        print_json(&cancel_json(&response))?;
     } else {
         outln!("{} {}", response.task_id, response.status);
         if !response.container_id.is_empty() {
@@ -848,28 +1031,42 @@ async fn cancel(ctx: &Ctx, task_id: &str, reason: Option<String>, json: bool) ->
     Ok(0)
 }
 
-async fn retry(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+/// `task retry`'s call: the transition checked here, then the coordinator's
+/// `RetryTask`.
+pub(crate) async fn retry_call(
+    ctx: &Ctx,
+    task_id: &str,
+) -> Result<parhelia_proto::RetryTaskResponse> {
     let opened = ctx.open()?;
     opened.db.check_transition(task_id, TaskStatus::Pending)?;
     let env = launch_env()?;
     let mut client = ctx.client(&opened.state).await?;
-    let response = client
+    Ok(client
         .retry_task(RetryTaskRequest {
             task_id: task_id.to_string(),
             env,
         })
         .await
         .map_err(coordinator_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// `task retry --json`'s value.
+pub(crate) fn retry_json(response: &parhelia_proto::RetryTaskResponse) -> serde_json::Value {
+    serde_json::json!({
+        "task_id": response.task_id,
+        "attempt": response.attempt,
+        "session_id": Some(&response.session_id).filter(|s| !s.is_empty()),
+        "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
+        "queued": response.queued,
+        "queue_position": Some(response.queue_position).filter(|_| response.queued),
+    })
+}
+
+async fn retry(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+    let response = retry_call(ctx, task_id).await?;
     if json {
-        print_json(&serde_json::json!({
-            "task_id": response.task_id,
-            "attempt": response.attempt,
-            "session_id": Some(&response.session_id).filter(|s| !s.is_empty()),
-            "container_id": Some(&response.container_id).filter(|s| !s.is_empty()),
-            "queued": response.queued,
-            "queue_position": Some(response.queue_position).filter(|_| response.queued),
-        }))?;
+        print_json(&retry_json(&response))?;
     } else {
         outln!("{} attempt {}", response.task_id, response.attempt);
         if response.queued {
@@ -883,7 +1080,12 @@ async fn retry(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-async fn delete(ctx: &Ctx, task_ids: Vec<String>, json: bool) -> Result<i32> {
+/// `task delete`'s call: only ended tasks (E605 otherwise, before anything is asked),
+/// then the coordinator's `DeleteTasks`.
+pub(crate) async fn delete_call(
+    ctx: &Ctx,
+    task_ids: Vec<String>,
+) -> Result<parhelia_proto::DeleteTasksResponse> {
     let opened = ctx.open()?;
     for id in &task_ids {
         let task = opened.db.get_task(id)?.ok_or_else(|| task_not_found(id))?;
@@ -898,16 +1100,25 @@ async fn delete(ctx: &Ctx, task_ids: Vec<String>, json: bool) -> Result<i32> {
         }
     }
     let mut client = ctx.client(&opened.state).await?;
-    let response = client
+    Ok(client
         .delete_tasks(DeleteTasksRequest { task_ids })
         .await
         .map_err(coordinator_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// `task delete --json`'s value.
+pub(crate) fn delete_json(response: &parhelia_proto::DeleteTasksResponse) -> serde_json::Value {
+    serde_json::json!({
+        "deleted": response.deleted,
+        "removed_dirs": response.removed_dirs,
+    })
+}
+
+async fn delete(ctx: &Ctx, task_ids: Vec<String>, json: bool) -> Result<i32> {
+    let response = delete_call(ctx, task_ids).await?;
     if json {
-        print_json(&serde_json::json!({
-            "deleted": response.deleted,
-            "removed_dirs": response.removed_dirs,
-        }))?;
+        print_json(&delete_json(&response))?;
     } else {
         for id in &response.deleted {
             outln!("deleted {id}");

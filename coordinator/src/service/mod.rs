@@ -95,6 +95,10 @@ pub(crate) struct Inner {
     pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
     /// Environment of tasks not launched yet (memory only).
     pending_env: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Who follows the workspace copy of a task being submitted (the CLI's
+    /// `SubmitBudgetedTaskWithProgress` stream), until its submit returns.
+    pending_workspace_progress:
+        Mutex<HashMap<String, crate::backend::workspace_copy::WorkspaceProgress>>,
     /// The database's disk is full (`disk_guard`): nothing new is launched.
     pub(crate) disk_full: std::sync::atomic::AtomicBool,
 }
@@ -182,6 +186,7 @@ impl CoordinatorService {
                 dispatch_lock: tokio::sync::Mutex::default(),
                 reconcile_lock: tokio::sync::Mutex::default(),
                 pending_env: Mutex::default(),
+                pending_workspace_progress: Mutex::default(),
                 disk_full: std::sync::atomic::AtomicBool::new(false),
             }),
         }

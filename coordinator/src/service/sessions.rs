@@ -444,6 +444,7 @@ impl CoordinatorService {
             // The session's workspace is already there; the checkpoint restores it.
             workspace_source: None,
             copy_limits: crate::backend::workspace_copy::CopyLimits::UNLIMITED,
+            workspace_progress: None,
             claude_bin: resolved.claude_bin,
             agent_bin: resolved.agent_bin,
             env: resolved.agent_env,

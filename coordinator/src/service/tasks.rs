@@ -20,6 +20,18 @@ impl CoordinatorService {
         request: SubmitTaskRequest,
         limits: TaskLimits,
     ) -> Result<SubmitTaskResponse> {
+        self.submit_reporting(request, limits, None).await
+    }
+
+    /// [`Self::submit_with_limits`], telling `workspace_progress` how far the copy of
+    /// the task's workspace has got when this submit's dispatch pass launches it (a
+    /// queued task launched later by another pass reports nothing).
+    pub async fn submit_reporting(
+        &self,
+        request: SubmitTaskRequest,
+        limits: TaskLimits,
+        workspace_progress: Option<crate::backend::workspace_copy::WorkspaceProgress>,
+    ) -> Result<SubmitTaskResponse> {
         plan::validate_prompt(&request.prompt)?;
         validate_limits(&limits, self.config())?;
         // The task's own `--set` values: parsed as `--set` is, per-task keys only (E119).
@@ -125,7 +137,12 @@ impl CoordinatorService {
             response.held = true;
             return Ok(response);
         }
-        let outcome = self.dispatch_pending().await?;
+        if let Some(progress) = workspace_progress {
+            lock(&self.inner.pending_workspace_progress).insert(task_id.clone(), progress);
+        }
+        let outcome = self.dispatch_pending().await;
+        lock(&self.inner.pending_workspace_progress).remove(&task_id);
+        let outcome = outcome?;
         self.fill_placement(
             &task_id,
             &outcome,
@@ -454,7 +471,11 @@ impl CoordinatorService {
         let backend = plan::parse_backend(&task.backend)?;
         let resolved = self.resolve_launch(env, backend)?;
         let task_config = crate::config::task_config(self.config(), &task.config_set)?;
+        let workspace_progress = lock(&self.inner.pending_workspace_progress)
+            .get(&task.id)
+            .cloned();
         let launch = LaunchRequest {
+            workspace_progress,
             backend,
             resources: self.resources_of(&task.id)?,
             user_config: !task.no_user_config,

@@ -172,6 +172,7 @@ fn request(
         session,
         workspace_source: workspace,
         copy_limits: parhelia::backend::workspace_copy::CopyLimits::UNLIMITED,
+        workspace_progress: None,
         claude_bin: world.claude.clone(),
         agent_bin: Some(bin_dir().join("parhelia-agent")),
         env: world.env(),

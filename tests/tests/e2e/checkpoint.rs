@@ -866,3 +866,100 @@ fn a_checkpoint_after_reads_hashes_only_what_was_written() {
         "{shown:#}"
     );
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@localhost"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `session pull --progress json` counts the restore of the checkpoint's workspace:
+/// its `advance` lines (on stderr, stdout keeping only the `--json` result) end at the
+/// file count and bytes `checkpoint show` gives for that checkpoint's workspace tree.
+#[test]
+fn session_pull_reports_the_checkpoints_files_and_bytes() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([ToolCall::write("result.txt", "made in the session\n")]),
+        Turn::text("Done."),
+    ]));
+    let project = h.root().join("project");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    for i in 0..5 {
+        std::fs::write(project.join(format!("src/m{i}.rs")), format!("// {i}\n")).unwrap();
+    }
+    git(&project, &["init", "--quiet", "--initial-branch", "main"]);
+    git(&project, &["add", "--all"]);
+    git(&project, &["commit", "--quiet", "-m", "start"]);
+    let created = create(&h, "Write result.txt", &["--workspace", "project"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+    let checkpoint = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let out = h.run(&[
+        "session",
+        "pull",
+        &session_id,
+        "--repo",
+        "project",
+        "--checkpoint",
+        &checkpoint,
+        "--progress",
+        "json",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let pulled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pulled["checkpoint_id"], checkpoint.as_str(), "{pulled:#}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["type"] == "progress" && l["op"] == "session_pull"),
+        "{stderr}"
+    );
+    let advances: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["event"] == "advance").collect();
+    let last = advances
+        .last()
+        .unwrap_or_else(|| panic!("no advance: {stderr}"));
+    assert_eq!(lines.last().unwrap()["event"], "finish", "{stderr}");
+    assert_eq!(lines.last().unwrap()["ok"], true, "{stderr}");
+
+    let shown = h.json(&["checkpoint", "show", &checkpoint, "--json"]);
+    let tree = shown["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "workspace")
+        .unwrap_or_else(|| panic!("{shown:#}"));
+    assert_eq!(last["files_total"], tree["files"], "{stderr}\n{shown:#}");
+    assert_eq!(last["files_done"], tree["files"], "{stderr}\n{shown:#}");
+    assert_eq!(last["total"], tree["bytes"], "{stderr}\n{shown:#}");
+    assert_eq!(last["done"], tree["bytes"], "{stderr}\n{shown:#}");
+    // The five source files, what the session wrote and the repository's .git.
+    assert!(tree["files"].as_u64().unwrap() > 6, "{shown:#}");
+    for pair in advances.windows(2) {
+        assert!(
+            pair[1]["done"].as_u64() >= pair[0]["done"].as_u64(),
+            "{stderr}"
+        );
+    }
+}

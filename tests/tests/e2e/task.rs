@@ -485,3 +485,62 @@ fn session_logs_follow_shows_new_events() {
     let after = logs.until(|l| l.contains("Write hello.txt"));
     assert!(after.contains("released"), "{after}");
 }
+
+/// `task create --workspace … --progress json`: the coordinator's copy of the
+/// workspace into the session reaches the CLI (`SubmitBudgetedTaskWithProgress`)
+/// as `advance` lines on stderr that end at the workspace's regular files and their
+/// bytes, counted here from the directory the test made.
+#[test]
+fn task_create_reports_the_workspace_copy() {
+    let h = Harness::new(Script::new([Turn::text("Nothing to do.")]));
+    let repo = make_repo(&h);
+    std::fs::create_dir_all(repo.join("data")).unwrap();
+    for i in 0..20 {
+        std::fs::write(repo.join(format!("data/f{i}")), vec![b'x'; 1000 * (i + 1)]).unwrap();
+    }
+    fn count(dir: &std::path::Path, files: &mut u64, bytes: &mut u64) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                count(&entry.path(), files, bytes);
+            } else if kind.is_file() {
+                *files += 1;
+                *bytes += entry.metadata().unwrap().len();
+            }
+        }
+    }
+    let (mut files, mut bytes) = (0u64, 0u64);
+    count(&repo, &mut files, &mut bytes);
+    let out = h.run(&[
+        "task",
+        "create",
+        "Look around",
+        "--workspace",
+        repo.to_str().unwrap(),
+        "--progress",
+        "json",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["type"] == "progress")
+        .collect();
+    assert!(lines.iter().all(|l| l["op"] == "task_create"), "{stderr}");
+    let advances: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["event"] == "advance").collect();
+    let last = advances
+        .last()
+        .unwrap_or_else(|| panic!("no advance line: {stderr}"));
+    assert_eq!(last["files_total"], files, "{stderr}");
+    assert_eq!(last["files_done"], files, "{stderr}");
+    assert_eq!(last["total"], bytes, "{stderr}");
+    assert_eq!(last["done"], bytes, "{stderr}");
+    assert_eq!(lines.last().unwrap()["event"], "finish", "{stderr}");
+    let task_id = created["task_id"].as_str().unwrap();
+    h.wait_task(task_id, |t| t["status"] == "completed");
+}

@@ -1,12 +1,15 @@
 //! `parhelia mcp-server`: Parhelia's operations as MCP tools, over stdio or
 //! streamable HTTP, on the official Rust SDK (`rmcp`). See `docs/mcp.md`.
 //!
-//! Each tool call runs the CLI's own handler in-process with `--json`
-//! ([`crate::cli::run_captured`], on a thread of its own with its own
-//! runtime, as one CLI process would), so a tool's result is the CLI's JSON
-//! view and its errors are the CLI's coded errors with their advice. The
-//! events tools follow the database as `parhelia events watch` does and send
-//! what they find as MCP logging notifications.
+//! Each tool call runs on a thread of its own with its own runtime, as one
+//! CLI process would. A [`Direct`] tool calls the function the CLI's command
+//! calls (the coordinator's typed RPC, or the read the command shares) and
+//! builds its result from the typed reply with the function the command's
+//! `--json` prints; the other tools still run the CLI's handler in-process
+//! with `--json` ([`crate::cli::run_captured`]). Either way a tool's result
+//! is the CLI's JSON view and its errors are the CLI's coded errors with
+//! their advice. The events tools follow the database as `parhelia events
+//! watch` does and send what they find as MCP logging notifications.
 
 // MCP logging notifications carry the events (see docs/mcp.md); rmcp marks
 // them deprecated (SEP-2577) but every client in use still reads them.
@@ -35,7 +38,7 @@ use crate::cli::{Captured, Ctx};
 use crate::error::{CodedError, coded, find_coded};
 use crate::error_codes;
 
-use tools::{EventFilterArgs, Plan, StreamArgs};
+use tools::{Direct, EventFilterArgs, Plan, StreamArgs};
 
 /// The environment variable holding the HTTP transport's bearer token.
 pub const TOKEN_ENV: &str = "PARHELIA_MCP_TOKEN";
@@ -83,18 +86,24 @@ impl ParheliaMcp {
         argv
     }
 
-    /// Runs one command line on a thread of its own; progress notifications
-    /// every second while it runs (when the call has a progress token); the
-    /// call's cancellation drops the command (as Ctrl-C would). `None`:
-    /// cancelled.
-    async fn run_cli(
+    /// Runs `call` on a thread of its own, with its own runtime, as one CLI
+    /// process would (the CLI's calls hold the database, which is not `Sync`,
+    /// across awaits); progress notifications every second while it runs (when
+    /// the request has a progress token); the request's cancellation drops the
+    /// call (as Ctrl-C would). `None`: cancelled; `Some(Err)`: no thread or
+    /// runtime to run it on.
+    async fn run_on_thread<T, F, Fut>(
         &self,
-        argv: Vec<String>,
+        what: String,
         context: &RequestContext<RoleServer>,
-    ) -> Option<Captured> {
-        let what = format!("parhelia {}", argv.join(" "));
-        let mut full = self.global_args();
-        full.extend(argv);
+        call: F,
+    ) -> Option<Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(Ctx) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+    {
+        let ctx = self.ctx.clone();
         let ct = context.ct.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
@@ -106,26 +115,22 @@ impl ParheliaMcp {
                 {
                     Ok(rt) => rt,
                     Err(err) => {
-                        let _ = tx.send(Some(Captured {
-                            result: Err(anyhow::Error::new(err).context("starting a runtime")),
-                            stdout: String::new(),
-                        }));
+                        let _ = tx.send(Some(Err(
+                            anyhow::Error::new(err).context("starting a runtime")
+                        )));
                         return;
                     }
                 };
-                let captured = runtime.block_on(async move {
+                let done = runtime.block_on(async move {
                     tokio::select! {
-                        captured = crate::cli::run_captured(full) => Some(captured),
+                        done = call(ctx) => Some(Ok(done)),
                         () = ct.cancelled() => None,
                     }
                 });
-                let _ = tx.send(captured);
+                let _ = tx.send(done);
             });
         if let Err(err) = spawned {
-            return Some(Captured {
-                result: Err(anyhow::Error::new(err).context("starting a thread")),
-                stdout: String::new(),
-            });
+            return Some(Err(anyhow::Error::new(err).context("starting a thread")));
         }
         let token = context.meta.get_progress_token();
         let started = Instant::now();
@@ -148,6 +153,66 @@ impl ParheliaMcp {
                     }
                 }
             }
+        }
+    }
+
+    /// Runs one command line in-process with its output captured (the tools
+    /// not yet carried out by [`Direct`] calls).
+    async fn run_cli(
+        &self,
+        argv: Vec<String>,
+        context: &RequestContext<RoleServer>,
+    ) -> Option<Captured> {
+        let what = format!("parhelia {}", argv.join(" "));
+        let mut full = self.global_args();
+        full.extend(argv);
+        let done = self
+            .run_on_thread(what, context, move |_| crate::cli::run_captured(full))
+            .await?;
+        Some(done.unwrap_or_else(|err| Captured {
+            result: Err(err),
+            stdout: String::new(),
+        }))
+    }
+
+    /// A [`Direct`] tool: the CLI command's own call, its result the value the
+    /// command prints with `--json`, its errors the command's coded errors.
+    async fn call_direct(
+        &self,
+        call: Direct,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let what = call.what().to_string();
+        let Some(done) = self
+            .run_on_thread(
+                what,
+                context,
+                move |ctx| async move { direct(&ctx, call).await },
+            )
+            .await
+        else {
+            return cancelled_result();
+        };
+        match done.and_then(|r| r) {
+            Ok(DirectResult {
+                value,
+                wrap,
+                failure,
+            }) => {
+                let text = format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+                let value = match wrap {
+                    Some(key) => json!({ key: value }),
+                    None => value,
+                };
+                match failure {
+                    None => structured(value, text, false),
+                    Some(err) => error_result(&err, Some(value)),
+                }
+            }
+            Err(err) => error_result(&err, None),
         }
     }
 
@@ -196,26 +261,6 @@ impl ParheliaMcp {
             }
             Err(err) => error_result(&err, Some(value).filter(|v| !v.is_null())),
         }
-    }
-
-    async fn health(&self, context: &RequestContext<RoleServer>) -> CallToolResult {
-        let mut out = serde_json::Map::new();
-        for (key, argv) in [
-            ("status", vec!["status", "--json"]),
-            ("containers", vec!["container", "health", "--json"]),
-        ] {
-            let argv = argv.into_iter().map(String::from).collect();
-            let Some(captured) = self.run_cli(argv, context).await else {
-                return cancelled_result();
-            };
-            if let Err(err) = captured.result {
-                return error_result(&err, None);
-            }
-            out.insert(key.into(), Self::parse_output(&captured.stdout));
-        }
-        let value = Value::Object(out);
-        let text = serde_json::to_string_pretty(&value).unwrap_or_default();
-        structured(value, text, false)
     }
 
     fn subscribe(&self, filters: EventFilterArgs, peer: Peer<RoleServer>) -> CallToolResult {
@@ -452,6 +497,270 @@ async fn notify_event(
     .await
 }
 
+/// What a [`Direct`] call gave: the command's `--json` value, the key a list
+/// goes under (MCP's structured content is an object), and the coded error
+/// the command ends with after printing it (a dispatch whose launch failed).
+struct DirectResult {
+    value: Value,
+    wrap: Option<&'static str>,
+    failure: Option<anyhow::Error>,
+}
+
+impl DirectResult {
+    fn ok(value: Value) -> Self {
+        Self {
+            value,
+            wrap: None,
+            failure: None,
+        }
+    }
+
+    fn list(value: Value, key: &'static str) -> Self {
+        Self {
+            value,
+            wrap: Some(key),
+            failure: None,
+        }
+    }
+}
+
+impl Direct {
+    /// The command the call is, for progress messages.
+    fn what(&self) -> &'static str {
+        match self {
+            Direct::TaskCreate(args) if args.budget.estimate_only => {
+                "parhelia task create --estimate-only"
+            }
+            Direct::TaskCreate(_) => "parhelia task create",
+            Direct::TaskList { .. } => "parhelia task list",
+            Direct::TaskShow { .. } => "parhelia task show",
+            Direct::TaskDispatch { .. } => "parhelia task dispatch",
+            Direct::TaskCancel { .. } => "parhelia task cancel",
+            Direct::TaskRetry { .. } => "parhelia task retry",
+            Direct::TaskDelete { .. } => "parhelia task delete",
+            Direct::EventsList { .. } => "parhelia events list",
+            Direct::CheckpointCreate { .. } => "parhelia checkpoint create",
+            Direct::CheckpointList { .. } => "parhelia checkpoint list",
+            Direct::CheckpointRestore { .. } => "parhelia checkpoint rollback",
+            Direct::Resume { .. } => "parhelia resume",
+            Direct::BudgetStatus => "parhelia budget show",
+            Direct::Containers { .. } => "parhelia container list",
+            Direct::ContainerShow { .. } => "parhelia container show",
+            Direct::ContainerEvents { .. } => "parhelia container events",
+            Direct::ContainerTerminate { .. } => "parhelia container terminate",
+            Direct::SessionList => "parhelia session list",
+            Direct::SessionShow { .. } => "parhelia session show",
+            Direct::SessionKill { .. } => "parhelia session kill",
+            Direct::BudgetSet { .. } => "parhelia budget set",
+            Direct::BudgetHistory { .. } => "parhelia budget history",
+            Direct::ReconcilerStatus => "parhelia reconciler status",
+            Direct::ReconcilerRun { .. } => "parhelia reconciler run --once",
+            Direct::SessionSend { .. } => "parhelia session send",
+            Direct::Cleanup { .. } => "parhelia cleanup",
+            Direct::SessionPull { .. } => "parhelia session pull",
+            Direct::CheckpointShow { .. } => "parhelia checkpoint show",
+            Direct::Health => "parhelia status; parhelia container health",
+        }
+    }
+}
+
+/// Carries out a [`Direct`] call with the functions the CLI's commands call
+/// (the coordinator's RPCs through its client, or the reads they share).
+async fn direct(ctx: &Ctx, call: Direct) -> Result<DirectResult> {
+    use crate::cli::{budget, checkpoint, container, events, ops, session, task};
+    Ok(match call {
+        Direct::TaskCreate(args) => {
+            let wait = args.sync;
+            match task::create_call(ctx, *args).await? {
+                task::Created::Estimate { report, .. } => {
+                    DirectResult::ok(serde_json::to_value(report)?)
+                }
+                task::Created::DryRun { plan, .. } => DirectResult::ok(plan),
+                task::Created::Submitted { submitted, .. } if !wait => {
+                    DirectResult::ok(task::submitted_json(&submitted))
+                }
+                task::Created::Submitted { submitted, .. } => {
+                    let (value, failure) = task::wait_json(ctx, &submitted.task_id).await?;
+                    DirectResult {
+                        value,
+                        wrap: None,
+                        failure,
+                    }
+                }
+            }
+        }
+        Direct::TaskList { status } => {
+            let tasks = task::list_tasks(ctx, status.as_deref())?;
+            DirectResult::list(task::list_json(&tasks)?, "tasks")
+        }
+        Direct::TaskShow { task_id } => {
+            let shown = task::show_task(ctx, &task_id)?;
+            DirectResult::ok(task::show_json(&shown)?)
+        }
+        Direct::TaskDispatch { task_ids, dry_run } => {
+            let response = task::dispatch_call(ctx, task_ids, false, dry_run).await?;
+            DirectResult {
+                value: task::dispatch_json(dry_run, &response),
+                wrap: None,
+                failure: task::dispatch_failure(&response),
+            }
+        }
+        Direct::TaskCancel { task_id, reason } => DirectResult::ok(task::cancel_json(
+            &task::cancel_call(ctx, &task_id, reason).await?,
+        )),
+        Direct::TaskRetry { task_id } => {
+            DirectResult::ok(task::retry_json(&task::retry_call(ctx, &task_id).await?))
+        }
+        Direct::TaskDelete { task_ids } => {
+            DirectResult::ok(task::delete_json(&task::delete_call(ctx, task_ids).await?))
+        }
+        Direct::EventsList { filters, limit } => {
+            let (rows, _) = events::list_events(
+                ctx,
+                &filters.cli_filter(),
+                limit.unwrap_or(events::DEFAULT_LIST_LIMIT),
+            )?;
+            DirectResult::list(events::list_json(&rows)?, "events")
+        }
+        Direct::CheckpointCreate {
+            session_id,
+            message,
+        } => DirectResult::ok(checkpoint::create_json(
+            &checkpoint::create_call(ctx, &session_id, message.unwrap_or_default()).await?,
+        )),
+        Direct::CheckpointList { session_id } => DirectResult::list(
+            serde_json::to_value(checkpoint::list_checkpoints(ctx, session_id.as_deref()).await?)?,
+            "checkpoints",
+        ),
+        Direct::CheckpointRestore {
+            checkpoint_id,
+            message,
+        } => DirectResult::ok(checkpoint::resume_json(
+            &checkpoint::rollback_call(ctx, &checkpoint_id, message.as_deref().unwrap_or(""))
+                .await?,
+        )),
+        Direct::Resume {
+            session_id,
+            checkpoint,
+            message,
+            backend,
+        } => DirectResult::ok(checkpoint::resume_json(
+            &checkpoint::resume_call(
+                ctx,
+                &session_id,
+                checkpoint.as_deref().unwrap_or(""),
+                message.as_deref().unwrap_or(""),
+                backend.as_deref().unwrap_or(""),
+            )
+            .await?,
+        )),
+        Direct::BudgetStatus => DirectResult::ok(serde_json::to_value(budget::budget_view(ctx)?)?),
+        Direct::Containers { state, health } => DirectResult::list(
+            serde_json::to_value(container::list_containers(
+                ctx,
+                state.as_deref(),
+                health.as_deref(),
+                crate::ids::now_ms(),
+            )?)?,
+            "containers",
+        ),
+        Direct::ContainerShow { container_id } => DirectResult::ok(serde_json::to_value(
+            container::show_container(ctx, &container_id)?,
+        )?),
+        Direct::ContainerEvents { container_id } => DirectResult::list(
+            events::list_json(&container::container_events(ctx, &container_id)?)?,
+            "events",
+        ),
+        Direct::ContainerTerminate { container_id } => DirectResult::ok(container::terminate_json(
+            &container::terminate_call(ctx, &container_id).await?,
+        )),
+        Direct::SessionList => DirectResult::list(
+            container::sessions_json(&container::list_sessions(ctx, crate::ids::now_ms())?)?,
+            "sessions",
+        ),
+        Direct::SessionKill { session_id, reason } => {
+            let session_id = crate::cli::shortcuts::session_id_of(ctx, &session_id)?;
+            DirectResult::ok(session::kill_call(ctx, &session_id, reason).await?)
+        }
+        Direct::BudgetSet {
+            amount,
+            daily,
+            task,
+            max_cost,
+        } => {
+            let task = task.as_deref().zip(max_cost.as_deref());
+            let reply = budget::set_call(ctx, amount.as_deref(), daily.as_deref(), task).await?;
+            DirectResult::ok(budget::set_json(&reply, task.map(|(id, _)| id)))
+        }
+        Direct::BudgetHistory { by, since } => {
+            let by = match by.as_deref() {
+                None => budget::HistoryBy::Day,
+                Some(by) => {
+                    <budget::HistoryBy as clap::ValueEnum>::from_str(by, false).map_err(|_| {
+                        crate::error::coded(
+                            error_codes::INVALID_INPUT,
+                            format!("by: `{by}` is not `day` or `task`"),
+                        )
+                    })?
+                }
+            };
+            DirectResult::ok(serde_json::to_value(budget::history_view(
+                ctx,
+                by,
+                since.as_deref(),
+            )?)?)
+        }
+        Direct::SessionSend { session_id, text } => {
+            let session_id = crate::cli::shortcuts::session_id_of(ctx, &session_id)?;
+            DirectResult::ok(session::send_call(ctx, &session_id, text).await?)
+        }
+        Direct::Cleanup { terminate, dry_run } => DirectResult::ok(ops::cleanup_json(
+            &ops::cleanup_call(ctx, dry_run, terminate).await?,
+            dry_run,
+            terminate,
+        )?),
+        Direct::SessionPull {
+            session_id,
+            branch,
+            repo,
+            checkpoint,
+            force,
+        } => {
+            let session_id = crate::cli::shortcuts::session_id_of(ctx, &session_id)?;
+            DirectResult::ok(checkpoint::pulled_json(
+                &checkpoint::pull_call(
+                    ctx,
+                    &session_id,
+                    branch.as_deref(),
+                    repo.as_deref().map(std::path::Path::new),
+                    checkpoint.as_deref(),
+                    force,
+                )
+                .await?,
+            ))
+        }
+        Direct::CheckpointShow { checkpoint_id } => DirectResult::ok(checkpoint::shown_json(
+            &checkpoint::show_checkpoint(ctx, &checkpoint_id).await?,
+        )),
+        Direct::Health => {
+            let (view, budget_json, _) = ops::status_view(ctx).await?;
+            DirectResult::ok(json!({
+                "status": ops::status_json(&view, budget_json)?,
+                "containers": container::container_health(ctx)?,
+            }))
+        }
+        Direct::ReconcilerStatus => {
+            DirectResult::ok(serde_json::to_value(ops::reconciler_status(ctx).await?)?)
+        }
+        Direct::ReconcilerRun { dry_run } => DirectResult::ok(serde_json::to_value(
+            ops::reconciler_run_once(ctx, dry_run).await?,
+        )?),
+        Direct::SessionShow { session_id } => DirectResult::ok(serde_json::to_value(
+            crate::views::SessionView::from(&container::show_session(ctx, &session_id)?),
+        )?),
+    })
+}
+
 fn structured(value: Value, text: String, is_error: bool) -> CallToolResult {
     // MCP's structuredContent is an object.
     let value = match value {
@@ -554,8 +863,8 @@ impl ServerHandler for ParheliaMcp {
             Err(err) => return Ok(error_result(&anyhow::Error::new(err), None)),
         };
         Ok(match plan {
+            Plan::Direct(call) => self.call_direct(call, &context).await,
             Plan::Cli { argv, wrap } => self.call_cli(argv, wrap, &context).await,
-            Plan::Health => self.health(&context).await,
             Plan::Subscribe(filters) => self.subscribe(filters, context.peer.clone()),
             Plan::Unsubscribe(id) => self.unsubscribe(&id),
             Plan::Stream(args) => self.stream(args, &context).await,

@@ -1,6 +1,7 @@
 //! The MCP tools: their names, descriptions, annotations and input schemas,
-//! and how each call becomes a `parhelia` command line (run in-process by
-//! [`crate::cli::run_captured`], with `--json`).
+//! and how each call is carried out: a [`Direct`] call of what the CLI's
+//! command calls, or (tools not converted yet) a `parhelia` command line run
+//! in-process by [`crate::cli::run_captured`], with `--json`.
 //!
 //! Every argument struct is deserialized strictly (unknown fields are an
 //! E100, and every schema says `additionalProperties: false`), and its doc
@@ -11,19 +12,125 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::cli::task::{BudgetArgs, CreateArgs};
 use crate::error::CodedError;
 use crate::error_codes;
 
+/// A tool carried out by the same call the CLI's command makes (a coordinator
+/// RPC, or a read shared with the CLI), its result built from the typed reply.
+pub enum Direct {
+    /// `task create` (and `--estimate-only`, `parhelia_budget_estimate`), its
+    /// options as the CLI's parsed ones.
+    TaskCreate(Box<CreateArgs>),
+    TaskList {
+        status: Option<String>,
+    },
+    TaskShow {
+        task_id: String,
+    },
+    TaskDispatch {
+        task_ids: Vec<String>,
+        dry_run: bool,
+    },
+    TaskCancel {
+        task_id: String,
+        reason: Option<String>,
+    },
+    TaskRetry {
+        task_id: String,
+    },
+    TaskDelete {
+        task_ids: Vec<String>,
+    },
+    EventsList {
+        filters: EventFilterArgs,
+        limit: Option<u32>,
+    },
+    CheckpointCreate {
+        session_id: String,
+        message: Option<String>,
+    },
+    CheckpointList {
+        session_id: Option<String>,
+    },
+    CheckpointRestore {
+        checkpoint_id: String,
+        message: Option<String>,
+    },
+    Resume {
+        session_id: String,
+        checkpoint: Option<String>,
+        message: Option<String>,
+        backend: Option<String>,
+    },
+    BudgetStatus,
+    Containers {
+        state: Option<String>,
+        health: Option<String>,
+    },
+    ContainerShow {
+        container_id: String,
+    },
+    ContainerEvents {
+        container_id: String,
+    },
+    ContainerTerminate {
+        container_id: String,
+    },
+    SessionList,
+    SessionShow {
+        session_id: String,
+    },
+    SessionKill {
+        session_id: String,
+        reason: Option<String>,
+    },
+    BudgetSet {
+        amount: Option<String>,
+        daily: Option<String>,
+        task: Option<String>,
+        max_cost: Option<String>,
+    },
+    BudgetHistory {
+        by: Option<String>,
+        since: Option<String>,
+    },
+    ReconcilerStatus,
+    ReconcilerRun {
+        dry_run: bool,
+    },
+    SessionSend {
+        session_id: String,
+        text: String,
+    },
+    Cleanup {
+        terminate: bool,
+        dry_run: bool,
+    },
+    CheckpointShow {
+        checkpoint_id: String,
+    },
+    SessionPull {
+        session_id: String,
+        branch: Option<String>,
+        repo: Option<String>,
+        checkpoint: Option<String>,
+        force: bool,
+    },
+    /// `parhelia_health`: `status --json` and `container health --json`.
+    Health,
+}
+
 /// How a tool is carried out.
 pub enum Plan {
+    /// The CLI command's own call, its typed reply as the result.
+    Direct(Direct),
     /// Run this `parhelia` command line (without the program name); its JSON
     /// output is the result. `wrap`: an array result goes under this key.
     Cli {
         argv: Vec<String>,
         wrap: Option<&'static str>,
     },
-    /// `parhelia_health`: `status --json` and `container health --json`.
-    Health,
     /// `parhelia_events_subscribe`.
     Subscribe(EventFilterArgs),
     /// `parhelia_events_unsubscribe`.
@@ -312,24 +419,7 @@ pub struct EventFilterArgs {
 }
 
 impl EventFilterArgs {
-    /// As `parhelia events` options.
-    pub fn argv(&self) -> Vec<String> {
-        let mut argv = Vec::new();
-        for t in &self.types {
-            argv.extend(["--type".into(), t.clone()]);
-        }
-        for l in &self.levels {
-            argv.extend(["--level".into(), l.clone()]);
-        }
-        opt(&mut argv, "--since", &self.since);
-        opt(&mut argv, "--container", &self.container);
-        opt(&mut argv, "--task", &self.task);
-        opt(&mut argv, "--session", &self.session);
-        opt(&mut argv, "--source", &self.source);
-        argv
-    }
-
-    /// As the CLI's filter options (for the followers).
+    /// As the CLI's filter options (`events list`, and the followers).
     pub fn cli_filter(&self) -> crate::cli::FilterArgs {
         crate::cli::FilterArgs {
             types: self.types.clone(),
@@ -651,129 +741,103 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
     Ok(match tool {
         "parhelia_task_create" => {
             let a: TaskCreateArgs = parse(tool, args)?;
-            let mut argv = words(&["task", "create", "--json"]);
-            opt(&mut argv, "--workspace", &a.workspace);
-            opt(&mut argv, "--model", &a.model);
-            opt(
-                &mut argv,
-                "--max-turns",
-                &a.max_turns.map(|n| n.to_string()),
-            );
-            opt(&mut argv, "--type", &a.task_type);
-            opt(&mut argv, "--backend", &a.backend);
-            opt(&mut argv, "--gpu", &a.gpu);
-            opt(&mut argv, "--cpu", &a.cpu.map(|c| c.to_string()));
-            opt(&mut argv, "--memory", &a.memory);
-            opt(&mut argv, "--timeout", &a.timeout);
-            opt(&mut argv, "--max-cost", &a.max_cost);
-            flag(&mut argv, "--no-dispatch", a.no_dispatch);
-            flag(&mut argv, "--dry-run", a.dry_run);
-            flag(&mut argv, "--no-user-config", a.no_user_config);
-            flag(&mut argv, "--interactive", a.interactive);
-            flag(&mut argv, "--sync", a.wait);
-            argv.push("--".into());
-            argv.push(a.prompt);
-            cli(argv)
+            if a.wait && (a.dry_run || a.no_dispatch) {
+                // As the CLI's `--sync` conflicts with `--dry-run` and `--no-dispatch`.
+                return Err(CodedError::new(
+                    error_codes::INVALID_INPUT,
+                    format!("{tool}: `wait` cannot be used with `dry_run` or `no_dispatch`"),
+                ));
+            }
+            Plan::Direct(Direct::TaskCreate(Box::new(CreateArgs {
+                prompt: a.prompt,
+                workspace: a.workspace.map(std::path::PathBuf::from),
+                allow_large_workspace: false,
+                no_user_config: a.no_user_config,
+                sync: a.wait,
+                dry_run: a.dry_run,
+                no_dispatch: a.no_dispatch,
+                model: a.model,
+                max_turns: a.max_turns,
+                task_type: a.task_type.unwrap_or_else(|| "generic".into()),
+                backend: a.backend.unwrap_or_else(|| "local".into()),
+                interactive: a.interactive,
+                json: true,
+                budget: BudgetArgs {
+                    max_cost: a.max_cost,
+                    gpu: a.gpu,
+                    cpu: a.cpu,
+                    memory: a.memory,
+                    timeout: a.timeout,
+                    estimate_only: false,
+                },
+            })))
         }
         "parhelia_task_list" => {
             let a: TaskListArgs = parse(tool, args)?;
-            let mut argv = words(&["task", "list", "--json"]);
-            opt(&mut argv, "--status", &a.status);
-            cli_wrapped(argv, "tasks")
+            Plan::Direct(Direct::TaskList { status: a.status })
         }
         "parhelia_task_show" => {
             let a: TaskIdArgs = parse(tool, args)?;
-            cli(vec![
-                "task".into(),
-                "show".into(),
-                "--json".into(),
-                a.task_id,
-            ])
+            Plan::Direct(Direct::TaskShow { task_id: a.task_id })
         }
         "parhelia_task_dispatch" => {
             let a: TaskDispatchArgs = parse(tool, args)?;
-            let mut argv = words(&["task", "dispatch", "--json"]);
-            flag(&mut argv, "--dry-run", a.dry_run);
-            if a.task_ids.is_empty() {
-                argv.push("--all".into());
-            } else {
-                argv.push("--".into());
-                argv.extend(a.task_ids);
-            }
-            cli(argv)
+            Plan::Direct(Direct::TaskDispatch {
+                task_ids: a.task_ids,
+                dry_run: a.dry_run,
+            })
         }
         "parhelia_task_cancel" => {
             let a: TaskCancelArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "stops the task's session")?;
-            let mut argv = words(&["task", "cancel", "--json"]);
-            opt(&mut argv, "--reason", &a.reason);
-            argv.extend(["--".into(), a.task_id]);
-            cli(argv)
+            Plan::Direct(Direct::TaskCancel {
+                task_id: a.task_id,
+                reason: a.reason,
+            })
         }
         "parhelia_task_retry" => {
             let a: TaskIdArgs = parse(tool, args)?;
-            cli(vec![
-                "task".into(),
-                "retry".into(),
-                "--json".into(),
-                "--".into(),
-                a.task_id,
-            ])
+            Plan::Direct(Direct::TaskRetry { task_id: a.task_id })
         }
         "parhelia_task_delete" => {
             let a: TaskDeleteArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "deletes tasks and their checkpoints")?;
-            let mut argv = words(&["task", "delete", "--json", "--"]);
-            argv.extend(a.task_ids);
-            cli(argv)
+            Plan::Direct(Direct::TaskDelete {
+                task_ids: a.task_ids,
+            })
         }
         "parhelia_containers" => {
             let a: ContainerListArgs = parse(tool, args)?;
-            let mut argv = words(&["container", "list", "--json"]);
-            opt(&mut argv, "--state", &a.state);
-            opt(&mut argv, "--health", &a.health);
-            cli_wrapped(argv, "containers")
+            Plan::Direct(Direct::Containers {
+                state: a.state,
+                health: a.health,
+            })
         }
         "parhelia_container_show" => {
             let a: ContainerIdArgs = parse(tool, args)?;
-            cli(vec![
-                "container".into(),
-                "show".into(),
-                "--json".into(),
-                "--".into(),
-                a.container_id,
-            ])
+            Plan::Direct(Direct::ContainerShow {
+                container_id: a.container_id,
+            })
         }
         "parhelia_container_events" => {
             let a: ContainerIdArgs = parse(tool, args)?;
-            cli_wrapped(
-                vec![
-                    "container".into(),
-                    "events".into(),
-                    "--json".into(),
-                    "--".into(),
-                    a.container_id,
-                ],
-                "events",
-            )
+            Plan::Direct(Direct::ContainerEvents {
+                container_id: a.container_id,
+            })
         }
         "parhelia_container_terminate" => {
             let a: ContainerTerminateArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "stops a container")?;
-            cli(vec![
-                "container".into(),
-                "terminate".into(),
-                "--json".into(),
-                "--".into(),
-                a.container_id,
-            ])
+            Plan::Direct(Direct::ContainerTerminate {
+                container_id: a.container_id,
+            })
         }
         "parhelia_events_list" => {
             let a: EventsListArgs = parse_strict(tool, args)?;
-            let mut argv = words(&["events", "list", "--json"]);
-            argv.extend(a.filters.argv());
-            opt(&mut argv, "--limit", &a.limit.map(|n| n.to_string()));
-            cli_wrapped(argv, "events")
+            Plan::Direct(Direct::EventsList {
+                filters: a.filters,
+                limit: a.limit,
+            })
         }
         "parhelia_events_subscribe" => Plan::Subscribe(parse_strict(tool, args)?),
         "parhelia_events_unsubscribe" => {
@@ -783,28 +847,22 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         "parhelia_events_stream" => Plan::Stream(parse_strict(tool, args)?),
         "parhelia_checkpoint_create" => {
             let a: CheckpointCreateArgs = parse(tool, args)?;
-            let mut argv = words(&["checkpoint", "create", "--json"]);
-            opt(&mut argv, "--message", &a.message);
-            argv.extend(["--".into(), a.session_id]);
-            cli(argv)
+            Plan::Direct(Direct::CheckpointCreate {
+                session_id: a.session_id,
+                message: a.message,
+            })
         }
         "parhelia_checkpoint_list" => {
             let a: CheckpointListArgs = parse(tool, args)?;
-            let mut argv = words(&["checkpoint", "list", "--json"]);
-            if let Some(s) = a.session_id {
-                argv.extend(["--".into(), s]);
-            }
-            cli_wrapped(argv, "checkpoints")
+            Plan::Direct(Direct::CheckpointList {
+                session_id: a.session_id,
+            })
         }
         "parhelia_checkpoint_show" => {
             let a: CheckpointIdArgs = parse(tool, args)?;
-            cli(vec![
-                "checkpoint".into(),
-                "show".into(),
-                "--json".into(),
-                "--".into(),
-                a.checkpoint_id,
-            ])
+            Plan::Direct(Direct::CheckpointShow {
+                checkpoint_id: a.checkpoint_id,
+            })
         }
         "parhelia_checkpoint_diff" => {
             let a: CheckpointDiffArgs = parse(tool, args)?;
@@ -821,44 +879,36 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
                 a.confirm,
                 "replaces the session's workspace and conversation",
             )?;
-            let mut argv = words(&["checkpoint", "rollback", "--yes", "--json"]);
-            opt(&mut argv, "--message", &a.message);
-            argv.extend(["--".into(), a.checkpoint_id]);
-            cli(argv)
+            Plan::Direct(Direct::CheckpointRestore {
+                checkpoint_id: a.checkpoint_id,
+                message: a.message,
+            })
         }
         "parhelia_resume" => {
             let a: ResumeArgs = parse(tool, args)?;
-            let mut argv = words(&["resume", "--json"]);
-            opt(&mut argv, "--checkpoint", &a.checkpoint);
-            opt(&mut argv, "--message", &a.message);
-            opt(&mut argv, "--backend", &a.backend);
-            argv.extend(["--".into(), a.session_id]);
-            cli(argv)
+            Plan::Direct(Direct::Resume {
+                session_id: a.session_id,
+                checkpoint: a.checkpoint,
+                message: a.message,
+                backend: a.backend,
+            })
         }
         "parhelia_session_list" => {
             let _: EmptyArgs = parse(tool, args)?;
-            cli_wrapped(words(&["session", "list", "--json"]), "sessions")
+            Plan::Direct(Direct::SessionList)
         }
         "parhelia_session_show" => {
             let a: SessionIdArgs = parse(tool, args)?;
-            cli(vec![
-                "session".into(),
-                "show".into(),
-                "--json".into(),
-                "--".into(),
-                a.session_id,
-            ])
+            Plan::Direct(Direct::SessionShow {
+                session_id: a.session_id,
+            })
         }
         "parhelia_session_send" => {
             let a: SessionSendArgs = parse(tool, args)?;
-            cli(vec![
-                "session".into(),
-                "send".into(),
-                "--json".into(),
-                "--".into(),
-                a.session_id,
-                a.text,
-            ])
+            Plan::Direct(Direct::SessionSend {
+                session_id: a.session_id,
+                text: a.text,
+            })
         }
         "parhelia_session_logs" => {
             let a: SessionLogsArgs = parse(tool, args)?;
@@ -872,71 +922,87 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
             if a.force {
                 confirmed(tool, a.confirm, "with `force` moves an existing branch")?;
             }
-            let mut argv = words(&["session", "pull", "--json"]);
-            opt(&mut argv, "--branch", &a.branch);
-            opt(&mut argv, "--repo", &a.repo);
-            opt(&mut argv, "--checkpoint", &a.checkpoint);
-            flag(&mut argv, "--force", a.force);
-            argv.extend(["--".into(), a.session_id]);
-            cli(argv)
+            Plan::Direct(Direct::SessionPull {
+                session_id: a.session_id,
+                branch: a.branch,
+                repo: a.repo,
+                checkpoint: a.checkpoint,
+                force: a.force,
+            })
         }
         "parhelia_session_kill" => {
             let a: SessionKillArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "stops the session")?;
-            let mut argv = words(&["session", "kill", "--json"]);
-            opt(&mut argv, "--reason", &a.reason);
-            argv.extend(["--".into(), a.session_id]);
-            cli(argv)
+            Plan::Direct(Direct::SessionKill {
+                session_id: a.session_id,
+                reason: a.reason,
+            })
         }
         "parhelia_budget_status" => {
             let _: EmptyArgs = parse(tool, args)?;
-            cli(words(&["budget", "show", "--json"]))
+            Plan::Direct(Direct::BudgetStatus)
         }
         "parhelia_budget_estimate" => {
             let a: BudgetEstimateArgs = parse(tool, args)?;
-            let mut argv = words(&["task", "create", "--estimate-only", "--json"]);
-            opt(&mut argv, "--backend", &a.backend);
-            opt(&mut argv, "--gpu", &a.gpu);
-            opt(&mut argv, "--cpu", &a.cpu.map(|c| c.to_string()));
-            opt(&mut argv, "--memory", &a.memory);
-            opt(&mut argv, "--timeout", &a.timeout);
-            opt(&mut argv, "--max-cost", &a.max_cost);
-            argv.push("--".into());
-            argv.push(a.prompt.unwrap_or_else(|| "(estimate)".into()));
-            cli(argv)
+            Plan::Direct(Direct::TaskCreate(Box::new(CreateArgs {
+                prompt: a.prompt.unwrap_or_else(|| "(estimate)".into()),
+                workspace: None,
+                allow_large_workspace: false,
+                no_user_config: false,
+                sync: false,
+                dry_run: false,
+                no_dispatch: false,
+                model: None,
+                max_turns: None,
+                task_type: "generic".into(),
+                backend: a.backend.unwrap_or_else(|| "local".into()),
+                interactive: false,
+                json: true,
+                budget: BudgetArgs {
+                    max_cost: a.max_cost,
+                    gpu: a.gpu,
+                    cpu: a.cpu,
+                    memory: a.memory,
+                    timeout: a.timeout,
+                    estimate_only: true,
+                },
+            })))
         }
         "parhelia_budget_set" => {
             let a: BudgetSetArgs = parse(tool, args)?;
             confirmed(tool, a.confirm, "changes what the budget allows")?;
-            let mut argv = words(&["budget", "set", "--json"]);
-            opt(&mut argv, "--daily", &a.daily);
-            opt(&mut argv, "--task", &a.task);
-            opt(&mut argv, "--max-cost", &a.max_cost);
-            if let Some(amount) = a.amount {
-                argv.extend(["--".into(), amount]);
+            if a.task.is_some() != a.max_cost.is_some() {
+                // The CLI's `--task` and `--max-cost` require each other.
+                return Err(CodedError::new(
+                    error_codes::INVALID_INPUT,
+                    format!("{tool}: `task` and `max_cost` go together"),
+                ));
             }
-            cli(argv)
+            Plan::Direct(Direct::BudgetSet {
+                amount: a.amount,
+                daily: a.daily,
+                task: a.task,
+                max_cost: a.max_cost,
+            })
         }
         "parhelia_budget_history" => {
             let a: BudgetHistoryArgs = parse(tool, args)?;
-            let mut argv = words(&["budget", "history", "--json"]);
-            opt(&mut argv, "--by", &a.by);
-            opt(&mut argv, "--since", &a.since);
-            cli(argv)
+            Plan::Direct(Direct::BudgetHistory {
+                by: a.by,
+                since: a.since,
+            })
         }
         "parhelia_health" => {
             let _: EmptyArgs = parse(tool, args)?;
-            Plan::Health
+            Plan::Direct(Direct::Health)
         }
         "parhelia_reconciler_status" => {
             let _: EmptyArgs = parse(tool, args)?;
-            cli(words(&["reconciler", "status", "--json"]))
+            Plan::Direct(Direct::ReconcilerStatus)
         }
         "parhelia_reconciler_run" => {
             let a: ReconcilerRunArgs = parse(tool, args)?;
-            let mut argv = words(&["reconciler", "run", "--once", "--json"]);
-            flag(&mut argv, "--dry-run", a.dry_run);
-            cli(argv)
+            Plan::Direct(Direct::ReconcilerRun { dry_run: a.dry_run })
         }
         "parhelia_cleanup" => {
             let a: CleanupArgs = parse(tool, args)?;
@@ -947,10 +1013,10 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
                     "with `terminate` stops orphaned containers",
                 )?;
             }
-            let mut argv = words(&["cleanup", "--json"]);
-            flag(&mut argv, "--terminate", a.terminate);
-            flag(&mut argv, "--dry-run", a.dry_run);
-            cli(argv)
+            Plan::Direct(Direct::Cleanup {
+                terminate: a.terminate,
+                dry_run: a.dry_run,
+            })
         }
         other => {
             return Err(CodedError::new(
@@ -1112,9 +1178,97 @@ mod tests {
                     crate::cli::Cli::try_parse_from(line)
                         .unwrap_or_else(|e| panic!("{tool}: {argv:?}: {e}"));
                 }
+                Ok(Plan::Direct(_)) => {}
                 Ok(_) => panic!("{tool}: not a command line"),
                 Err(e) => panic!("{tool}: {}", e.message),
             }
+        }
+    }
+
+    /// These tools make the CLI command's own call (no command line, no captured
+    /// output); the rest still run a command line in-process.
+    #[test]
+    fn the_converted_tools_call_the_service_directly() {
+        for (tool, args) in [
+            ("parhelia_task_create", serde_json::json!({"prompt": "p"})),
+            (
+                "parhelia_budget_estimate",
+                serde_json::json!({"gpu": "A10G"}),
+            ),
+            ("parhelia_task_list", serde_json::json!({})),
+            ("parhelia_task_show", serde_json::json!({"task_id": "t"})),
+            ("parhelia_task_dispatch", serde_json::json!({})),
+            (
+                "parhelia_task_cancel",
+                serde_json::json!({"task_id": "t", "confirm": true}),
+            ),
+            ("parhelia_task_retry", serde_json::json!({"task_id": "t"})),
+            (
+                "parhelia_task_delete",
+                serde_json::json!({"task_ids": ["t"], "confirm": true}),
+            ),
+            ("parhelia_events_list", serde_json::json!({})),
+            (
+                "parhelia_checkpoint_create",
+                serde_json::json!({"session_id": "s"}),
+            ),
+            ("parhelia_checkpoint_list", serde_json::json!({})),
+            (
+                "parhelia_checkpoint_restore",
+                serde_json::json!({"checkpoint_id": "k", "confirm": true}),
+            ),
+            ("parhelia_resume", serde_json::json!({"session_id": "s"})),
+            ("parhelia_budget_status", serde_json::json!({})),
+            (
+                "parhelia_containers",
+                serde_json::json!({"state": "running"}),
+            ),
+            (
+                "parhelia_container_show",
+                serde_json::json!({"container_id": "c"}),
+            ),
+            (
+                "parhelia_container_events",
+                serde_json::json!({"container_id": "c"}),
+            ),
+            (
+                "parhelia_container_terminate",
+                serde_json::json!({"container_id": "c", "confirm": true}),
+            ),
+            ("parhelia_session_list", serde_json::json!({})),
+            (
+                "parhelia_session_show",
+                serde_json::json!({"session_id": "s"}),
+            ),
+            (
+                "parhelia_session_kill",
+                serde_json::json!({"session_id": "s", "confirm": true}),
+            ),
+            (
+                "parhelia_budget_set",
+                serde_json::json!({"amount": "5", "confirm": true}),
+            ),
+            ("parhelia_budget_history", serde_json::json!({"by": "task"})),
+            ("parhelia_reconciler_status", serde_json::json!({})),
+            (
+                "parhelia_reconciler_run",
+                serde_json::json!({"dry_run": true}),
+            ),
+            (
+                "parhelia_session_send",
+                serde_json::json!({"session_id": "s", "text": "hi"}),
+            ),
+            ("parhelia_health", serde_json::json!({})),
+            ("parhelia_cleanup", serde_json::json!({"dry_run": true})),
+            (
+                "parhelia_session_pull",
+                serde_json::json!({"session_id": "s"}),
+            ),
+        ] {
+            assert!(
+                matches!(plan(tool, args), Ok(Plan::Direct(_))),
+                "{tool} is not a direct call"
+            );
         }
     }
 
