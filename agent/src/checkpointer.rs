@@ -152,7 +152,11 @@ impl CheckpointPaths {
             conversation_staging,
             excludes: spec.checkpoint.excludes.clone(),
             retention: Retention {
-                keep_last: spec.checkpoint.keep_last,
+                // `usize` is 64 bits wherever the agent runs; a larger count keeps all.
+                keep_last: spec
+                    .checkpoint
+                    .keep_last
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
                 keep_within_ms: spec.checkpoint.keep_within_ms,
                 max_store_bytes: spec.checkpoint.max_store_bytes,
             },
@@ -320,7 +324,9 @@ pub fn salvage(
     let store_root = spec.volume_dir.join("checkpoints");
     let store = Store::open(&store_root)
         .map_err(|e| CheckpointFailure::from(&e))?
-        .with_limits(spec.checkpoint.limits.to_limits());
+        .with_limits(parhelia_checkpoint::Limits::from_spec(
+            &spec.checkpoint.limits,
+        ));
     let io = |e: std::io::Error| CheckpointFailure {
         code: if crate::disk::is_no_space(&e) {
             codes::DISK_FULL
@@ -680,7 +686,7 @@ mod tests {
         value["volume_dir"] = root.join("volume").to_str().unwrap().into();
         value["claude_config_dir"] = root.join("config").to_str().unwrap().into();
         value["claude_session_id"] = SESSION.into();
-        let spec = LaunchSpec::from_json(&value.to_string()).unwrap();
+        let spec = crate::spec::from_json(&value.to_string()).unwrap();
         std::fs::create_dir_all(root.join("workspace")).unwrap();
         std::fs::write(root.join("workspace/a.txt"), "half done").unwrap();
         let transcript = conversation::project_dir(&spec.claude_config_dir, &spec.workspace_dir)

@@ -1,5 +1,7 @@
 //! Contracts shared by the agent, the coordinator and the checkpoint crate that are
-//! not gRPC wire types (those are `parhelia-proto`'s). Plain data, no IO and no
-//! dependencies, so the checkpoint crate can use it without the gRPC stack.
+//! not gRPC wire types (those are `parhelia-proto`'s). Plain data and no IO, so the
+//! checkpoint crate can use it without the gRPC stack; its one dependency is serde, for
+//! the files the two sides exchange (`spec.json`).
 
 pub mod codes;
+pub mod spec;

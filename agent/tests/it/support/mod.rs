@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use parhelia_agent::agent::AgentJson;
+use parhelia_agent::agent::AgentRuntimeInfo;
 use parhelia_proto::agent_client::AgentClient;
 use parhelia_proto::{Event, SessionStatus, StreamEventsRequest, event, stream_events_response};
 use tonic::transport::Channel;
@@ -170,12 +170,12 @@ impl Fixture {
 }
 
 /// Waits for `agent.json` (the agent is serving) or the agent's early exit.
-pub async fn wait_for_agent_json(fixture: &Fixture, child: &mut Child) -> AgentJson {
+pub async fn wait_for_agent_json(fixture: &Fixture, child: &mut Child) -> AgentRuntimeInfo {
     let path = fixture.path("runtime/agent.json");
     let wait = async {
         loop {
             if let Ok(bytes) = std::fs::read(&path) {
-                return serde_json::from_slice::<AgentJson>(&bytes).unwrap();
+                return serde_json::from_slice::<AgentRuntimeInfo>(&bytes).unwrap();
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("the agent exited early with {status}");
@@ -211,7 +211,7 @@ pub fn authed<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-pub async fn connect(agent: &AgentJson) -> AgentClient<Channel> {
+pub async fn connect(agent: &AgentRuntimeInfo) -> AgentClient<Channel> {
     AgentClient::connect(format!("http://{}", agent.grpc_addr))
         .await
         .unwrap()

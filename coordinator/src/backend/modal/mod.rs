@@ -771,7 +771,11 @@ impl Backend for ModalBackend {
             &self.config.claude_path,
             request.agent_settings.as_ref().unwrap_or(&self.timing),
         );
-        spec.listen_addr = format!("0.0.0.0:{}", self.config.agent_port);
+        // Config keeps `modal.agent_port` within 0..=65535.
+        let port = u16::try_from(self.config.agent_port).map_err(|_| {
+            anyhow::anyhow!("modal.agent_port {} is not a port", self.config.agent_port)
+        })?;
+        spec.listen_addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
         // The agent stops at the timeout with a final checkpoint; Modal's own
         // sandbox timeout stays the backstop.
         spec.timeout_ms = request
