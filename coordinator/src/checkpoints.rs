@@ -295,7 +295,7 @@ pub fn parse_id(id: &str) -> Result<CheckpointId, CodedError> {
 /// One line per checkpoint, for `checkpoint list`: the message is cut to
 /// fit a terminal, and whole anywhere else.
 pub fn list_text(views: &[CheckpointView]) -> String {
-    list_text_as(views, crate::table::stdout_look())
+    list_text_as(views, crate::output_look::stdout_look())
 }
 
 pub fn list_text_as(views: &[CheckpointView], look: crate::table::Look) -> String {

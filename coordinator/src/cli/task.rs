@@ -625,7 +625,10 @@ fn list(ctx: &Ctx, status: Option<&str>, json: bool) -> Result<i32> {
     if json {
         print_json(&tasks.iter().map(views::TaskView::from).collect::<Vec<_>>())?;
     } else {
-        out!("{}", views::task_table(&tasks, now_ms()));
+        out!(
+            "{}",
+            views::task_table(&tasks, now_ms(), crate::output_look::stdout_look())
+        );
     }
     Ok(0)
 }
@@ -941,7 +944,10 @@ async fn cleanup(
             if tasks.is_empty() {
                 outln!("no tasks to clean up");
             } else {
-                out!("{}", views::task_table(&tasks, now_ms()));
+                out!(
+                    "{}",
+                    views::task_table(&tasks, now_ms(), crate::output_look::stdout_look())
+                );
             }
         }
         return Ok(0);
@@ -960,7 +966,10 @@ async fn cleanup(
             tasks: tasks.iter().map(views::TaskView::from).collect(),
         })?;
     } else {
-        out!("{}", views::task_table(&tasks, now_ms()));
+        out!(
+            "{}",
+            views::task_table(&tasks, now_ms(), crate::output_look::stdout_look())
+        );
         outln!(
             "deleted {} task(s), removed {} director(ies)",
             response.deleted.len(),
