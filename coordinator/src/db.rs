@@ -374,6 +374,8 @@ pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
 }
 
 fn migrate_in_transaction(conn: &mut Connection, target: u32) -> Result<u32> {
+    // The version is read inside the immediate transaction, which `rusqlite_migration` does
+    // not do (it reads first): the reason this is not that crate (docs/ARCHITECTURE.md).
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > LATEST_VERSION {

@@ -682,6 +682,8 @@ pub const IMAGE_GLIBC: (u32, u32) = (2, 36);
 /// needing no newer glibc than the image's (or static). Checked before a
 /// build or a launch, so a binary built on a newer distribution is refused
 /// here with what to do, not found dead in a sandbox.
+// A header check and a `GLIBC_2.N` scan rather than `object`'s `.gnu.version_r` walk: the
+// scan can only over-estimate, and its tests need a few bytes, not a real ELF (ARCHITECTURE.md).
 pub fn check_agent_binary(path: &Path) -> Result<(), CodedError> {
     let bytes = std::fs::read(path).map_err(|e| {
         CodedError::new(
