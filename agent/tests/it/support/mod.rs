@@ -54,7 +54,16 @@ pub struct Fixture {
 impl Fixture {
     pub fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["workspace", "volume", "runtime", "default-tmux-tmpdir"] {
+        // The e2e harness's reaper: a test killed before it ends its agent leaves no
+        // agent, tmux server or fake Claude Code of its directory running.
+        parhelia_testkit::procs::reap_when_killed(dir.path());
+        for sub in [
+            "workspace",
+            "volume",
+            "runtime",
+            "home",
+            "default-tmux-tmpdir",
+        ] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
         let fake = dir.path().join("fake-claude");
@@ -107,9 +116,14 @@ impl Fixture {
             // Where tmux would put the *default* server's socket: it must stay empty.
             .env("TMUX_TMPDIR", self.path("default-tmux-tmpdir"))
             .env_remove("TMUX")
+            // Nothing of the developer's home: the agent passes HOME on to Claude Code.
+            .env("HOME", self.path("home"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        for key in parhelia_testkit::procs::NOT_INHERITED {
+            command.env_remove(key);
+        }
         command
     }
 
