@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
@@ -101,28 +100,15 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
     }
 }
 
-/// `<runtime_dir>/agent.json`: how to reach this agent (format in `contracts.md`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AgentJson {
-    pub version: u32,
-    pub pid: u32,
-    pub grpc_addr: String,
-    pub started_at_ms: i64,
-    pub container_id: String,
-    pub session_id: String,
-    /// Present when the sockets are not in the runtime dir (its path is too long).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket_dir: Option<String>,
-    /// The private tmux server's socket (`<socket dir>/tmux/tmux.sock`).
-    #[serde(default)]
-    pub tmux_socket: String,
-}
+/// `<runtime_dir>/agent.json`: how to reach this agent (format in `contracts.md`; the
+/// type is the contract's, which the coordinator reads with).
+pub use parhelia_contract::spec::AgentRuntimeInfo;
 
 /// Runs one session from its spec to the agent's exit.
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let started_at = Instant::now();
     let started_at_ms = now_ms();
-    let spec = Arc::new(LaunchSpec::load(&options.spec_path)?);
+    let spec = Arc::new(crate::spec::load(&options.spec_path)?);
     if options.secret.is_empty() {
         return Err(RunError::MissingSecret);
     }
@@ -235,7 +221,10 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     );
     tracing::info!(%grpc_addr, "serving the agent api");
 
-    let agent_json = AgentJson {
+    // Paths go in lossily, as they always did: a non-UTF-8 temp dir must not stop the
+    // agent from announcing itself.
+    let lossy = |path: &Path| PathBuf::from(path.to_string_lossy().into_owned());
+    let agent_json = AgentRuntimeInfo {
         version: 1,
         pid: std::process::id(),
         grpc_addr: grpc_addr.to_string(),
@@ -244,8 +233,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         session_id: spec.session_id.clone(),
         socket_dir: layout
             .socket_dir_is_fallback
-            .then(|| layout.socket_dir.to_string_lossy().into_owned()),
-        tmux_socket: layout.tmux_socket.to_string_lossy().into_owned(),
+            .then(|| lossy(&layout.socket_dir)),
+        tmux_socket: Some(lossy(&layout.tmux_socket)),
     };
     claude::write_atomically(
         &layout.agent_json,
@@ -270,7 +259,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let checkpoint_store = Arc::new(
         parhelia_checkpoint::Store::open(&layout.checkpoints)
             .map_err(RunError::CheckpointStore)?
-            .with_limits(spec.checkpoint.limits.to_limits()),
+            .with_limits(parhelia_checkpoint::Limits::from_spec(
+                &spec.checkpoint.limits,
+            )),
     );
     let mut checkpoint_paths = CheckpointPaths::new(
         &spec,

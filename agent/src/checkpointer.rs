@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use parhelia_contract::checkpoint::CheckpointMetadata;
 use parhelia_contract::codes::{self, ErrorCode};
 
 use parhelia_checkpoint::{
@@ -33,11 +34,10 @@ use crate::git_state::{self, GitState};
 use crate::spec::LaunchSpec;
 
 /// The two trees every checkpoint holds.
-pub const WORKSPACE_TREE: &str = "workspace";
-pub const CONVERSATION_TREE: &str = "conversation";
+pub use parhelia_contract::checkpoint::{CONVERSATION_TREE, WORKSPACE_TREE};
 
 /// What the session knows that belongs in a checkpoint's metadata.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct SessionFacts {
     pub claude_session_id: String,
     pub model: String,
@@ -46,24 +46,32 @@ pub struct SessionFacts {
     pub container_id: String,
     /// `coordinator` for a checkpoint of a dead agent's container ([`salvage`]);
     /// absent for the agent's own.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub taken_by: Option<&'static str>,
     /// Why a checkpoint not taken by the agent was taken.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
-/// The metadata stored with each checkpoint (`docs/formats/checkpoint.md`).
-#[derive(Clone, Debug, Serialize)]
-pub struct CheckpointMetadata {
-    #[serde(flatten)]
-    pub session: SessionFacts,
-    pub git: GitState,
-    pub agent_version: &'static str,
-    /// The checkpoint whose conversation this one carries, when the config dir had
-    /// none (a new container before its restore: the safety checkpoint).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub conversation_carried_from: Option<String>,
+/// The metadata stored with each checkpoint (`docs/formats/checkpoint.md`; the type is
+/// the contract's, which the coordinator reads it back with): the session's facts, the
+/// workspace's git state and this agent's version.
+fn checkpoint_metadata(
+    facts: &SessionFacts,
+    git: GitState,
+    conversation_carried_from: Option<String>,
+) -> CheckpointMetadata {
+    CheckpointMetadata {
+        claude_session_id: Some(facts.claude_session_id.clone()),
+        model: Some(facts.model.clone()),
+        session_cost_usd: Some(facts.session_cost_usd),
+        task_id: Some(facts.task_id.clone()),
+        container_id: Some(facts.container_id.clone()),
+        taken_by: facts.taken_by.map(str::to_string),
+        reason: facts.reason.clone(),
+        git: Some(git),
+        agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        conversation_carried_from,
+        workspace_source: None,
+    }
 }
 
 /// One checkpoint to take.
@@ -155,7 +163,11 @@ impl CheckpointPaths {
             conversation_staging,
             excludes: spec.checkpoint.excludes.clone(),
             retention: Retention {
-                keep_last: spec.checkpoint.keep_last,
+                // `usize` is 64 bits wherever the agent runs; a larger count keeps all.
+                keep_last: spec
+                    .checkpoint
+                    .keep_last
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
                 keep_within_ms: spec.checkpoint.keep_within_ms,
                 max_store_bytes: spec.checkpoint.max_store_bytes,
             },
@@ -209,12 +221,11 @@ pub fn take_checkpoint(
             } else {
                 carry_over_conversation(store, &paths.conversation_staging)
             };
-        let metadata = CheckpointMetadata {
-            session: facts.clone(),
-            git: git_state::capture_as(&paths.workspace, &paths.git_reader),
-            agent_version: env!("CARGO_PKG_VERSION"),
+        let metadata = checkpoint_metadata(
+            facts,
+            git_state::capture_as(&paths.workspace, &paths.git_reader),
             conversation_carried_from,
-        };
+        );
         let request = CreateRequest {
             trees: vec![
                 (
@@ -237,7 +248,7 @@ pub fn take_checkpoint(
             parent: None,
             trigger: job_trigger.into(),
             message: (!job_message.is_empty()).then(|| job_message.to_string()),
-            metadata: serde_json::to_value(&metadata).expect("metadata serializes"),
+            metadata: metadata.to_stored(),
             skip_if_unchanged,
         };
         let outcome = store
@@ -330,7 +341,9 @@ pub fn salvage(
     let store_root = spec.volume_dir.join("checkpoints");
     let store = Store::open(&store_root)
         .map_err(|e| CheckpointFailure::from(&e))?
-        .with_limits(spec.checkpoint.limits.to_limits());
+        .with_limits(parhelia_checkpoint::Limits::from_spec(
+            &spec.checkpoint.limits,
+        ));
     let io = |e: std::io::Error| CheckpointFailure {
         code: if crate::disk::is_no_space(&e) {
             codes::DISK_FULL
@@ -690,7 +703,7 @@ mod tests {
         value["volume_dir"] = root.join("volume").to_str().unwrap().into();
         value["claude_config_dir"] = root.join("config").to_str().unwrap().into();
         value["claude_session_id"] = SESSION.into();
-        let spec = LaunchSpec::from_json(&value.to_string()).unwrap();
+        let spec = crate::spec::from_json(&value.to_string()).unwrap();
         std::fs::create_dir_all(root.join("workspace")).unwrap();
         std::fs::write(root.join("workspace/a.txt"), "half done").unwrap();
         let transcript = conversation::project_dir(&spec.claude_config_dir, &spec.workspace_dir)

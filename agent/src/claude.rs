@@ -394,7 +394,7 @@ mod tests {
     fn spec(edit: impl FnOnce(&mut serde_json::Value)) -> LaunchSpec {
         let mut value = example_json();
         edit(&mut value);
-        LaunchSpec::from_json(&value.to_string()).unwrap()
+        crate::spec::from_json(&value.to_string()).unwrap()
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub fn main() -> ExitCode {
             session_cost_usd,
             reason,
         } => {
-            let spec = match crate::spec::LaunchSpec::load(&spec) {
+            let spec = match crate::spec::load(&spec) {
                 Ok(spec) => spec,
                 Err(e) => {
                     eprintln!("parhelia-agent salvage: {e}");

@@ -9,40 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GitState {
-    pub repository: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub head: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub branch: Option<String>,
-    #[serde(default)]
-    pub detached: bool,
-    #[serde(default)]
-    pub dirty: DirtySummary,
-    #[serde(default)]
-    pub stashes: Vec<Stash>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirtySummary {
-    pub staged: u32,
-    pub modified: u32,
-    pub deleted: u32,
-    pub untracked: u32,
-    pub conflicted: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stash {
-    pub index: usize,
-    pub message: String,
-    pub oid: String,
-}
+/// The captured state's types are the contract's: the coordinator reads them back from
+/// checkpoint metadata (`parhelia_contract::checkpoint`).
+pub use parhelia_contract::checkpoint::{DirtySummary, GitState, Stash};
 
 /// Who reads the repository: the agent itself, or (uid separation) the session user
 /// through `<agent_exe> git-state`, so git never reads a session's repository as root

@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn paths_follow_the_contract_and_long_socket_paths_fall_back() {
-        let spec = LaunchSpec::from_json(&example_json().to_string()).unwrap();
+        let spec = crate::spec::from_json(&example_json().to_string()).unwrap();
         let layout = Layout::new(&spec, Path::new("/tmp"));
         assert_eq!(
             layout.journal,
@@ -125,7 +125,7 @@ mod tests {
 
         let mut long = example_json();
         long["runtime_dir"] = format!("/{}", "r".repeat(100)).into();
-        let spec = LaunchSpec::from_json(&long.to_string()).unwrap();
+        let spec = crate::spec::from_json(&long.to_string()).unwrap();
         let layout = Layout::new(&spec, Path::new("/tmp"));
         assert!(layout.socket_dir_is_fallback);
         assert_eq!(

@@ -36,36 +36,9 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 /// `spec.json`'s `sandbox` object: what the backend wants hidden and exposed. The agent
 /// adds its own directories (see the module docs).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SandboxSpec {
-    /// Directories replaced by an empty tmpfs inside the sandbox.
-    #[serde(default)]
-    pub hide: Vec<PathBuf>,
-    /// Paths visible read-only inside (after hiding); missing ones are skipped.
-    #[serde(default)]
-    pub read_only: Vec<PathBuf>,
-    /// Extra writable directories.
-    #[serde(default)]
-    pub writable: Vec<PathBuf>,
-    /// Directories seen at another path inside (the session's private home at the
-    /// user's home path; its writable copies of `shims` directories).
-    #[serde(default)]
-    pub binds: Vec<SandboxBind>,
-}
-
-/// `sandbox.binds`: `source` (a path outside) mounted at `target` inside.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SandboxBind {
-    pub source: PathBuf,
-    pub target: PathBuf,
-    pub writable: bool,
-}
+pub use parhelia_contract::spec::{SandboxBind, SandboxSpec};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum MountKind {

@@ -28,7 +28,6 @@ use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use parhelia_proto::Usage;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::stream_json::MAX_COST_USD;
@@ -56,37 +55,16 @@ pub const MAX_POLL_BYTES: usize = 4 * 1024 * 1024;
 pub const SYNTHETIC_MODEL: &str = "<synthetic>";
 
 /// USD per million tokens of each kind, for one model (the spec's `model_prices`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelPrice {
-    pub input_usd_per_mtok: f64,
-    pub output_usd_per_mtok: f64,
-    pub cache_write_usd_per_mtok: f64,
-    pub cache_read_usd_per_mtok: f64,
-}
+pub use parhelia_contract::spec::ModelPrice;
 
-impl ModelPrice {
-    /// Every figure is finite and not negative.
-    pub fn is_valid(&self) -> bool {
-        [
-            self.input_usd_per_mtok,
-            self.output_usd_per_mtok,
-            self.cache_write_usd_per_mtok,
-            self.cache_read_usd_per_mtok,
-        ]
-        .iter()
-        .all(|p| p.is_finite() && *p >= 0.0)
-    }
-
-    /// What `tokens` cost at this price, clamped to `0..=MAX_COST_USD`.
-    pub fn cost_usd(&self, tokens: &Tokens) -> f64 {
-        let cost = (tokens.input as f64 * self.input_usd_per_mtok
-            + tokens.output as f64 * self.output_usd_per_mtok
-            + tokens.cache_write as f64 * self.cache_write_usd_per_mtok
-            + tokens.cache_read as f64 * self.cache_read_usd_per_mtok)
-            / 1_000_000.0;
-        clamp_cost(cost)
-    }
+/// What `tokens` cost at `price`, clamped to `0..=MAX_COST_USD`.
+pub fn cost_usd(price: &ModelPrice, tokens: &Tokens) -> f64 {
+    let cost = (tokens.input as f64 * price.input_usd_per_mtok
+        + tokens.output as f64 * price.output_usd_per_mtok
+        + tokens.cache_write as f64 * price.cache_write_usd_per_mtok
+        + tokens.cache_read as f64 * price.cache_read_usd_per_mtok)
+        / 1_000_000.0;
+    clamp_cost(cost)
 }
 
 /// A cost clamped to `0..=MAX_COST_USD` (NaN is 0).
@@ -324,7 +302,7 @@ impl Meter {
         let price = (observation.model != SYNTHETIC_MODEL)
             .then(|| self.prices.get(&observation.model))
             .flatten();
-        let cost_usd = price.map_or(0.0, |p| p.cost_usd(&increment));
+        let cost_usd = price.map_or(0.0, |p| cost_usd(p, &increment));
         self.metered_usd = clamp_cost(self.metered_usd + cost_usd);
         Some(Charge {
             message_id: observation.message_id.clone(),

@@ -535,7 +535,7 @@ impl Supervisor {
         let spec = self.context.spec.clone();
         self.journal(event::Kind::SessionStarted(SessionStarted {
             claude_session_id: spec.claude_session_id.clone(),
-            mode: spec.mode.to_proto() as i32,
+            mode: crate::spec::mode_to_proto(spec.mode) as i32,
             workspace_path: spec.workspace_dir.to_string_lossy().into_owned(),
             model: spec.model.clone().unwrap_or_default(),
             resumed: spec.resume,
@@ -1333,7 +1333,7 @@ impl Supervisor {
             container_id: spec.container_id.clone(),
             task_id: spec.task_id.clone(),
             claude_session_id: spec.claude_session_id.clone(),
-            mode: spec.mode.to_proto() as i32,
+            mode: crate::spec::mode_to_proto(spec.mode) as i32,
             status: self.status as i32,
             started_at_ms: self.context.started_at_ms,
             last_seq: self.context.journal.last_seq(),

@@ -63,6 +63,37 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The caps `spec.json`'s `checkpoint.limits` asks for (the agent's restores): each
+    /// field it leaves out keeps the default, and a path cap never exceeds [`PATH_MAX`].
+    pub fn from_spec(spec: &parhelia_contract::spec::ReadLimitsSpec) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_bytes: spec.max_bytes.unwrap_or(d.max_bytes),
+            max_entries: spec.max_entries.unwrap_or(d.max_entries),
+            max_path_len: spec
+                .max_path_len
+                .map_or(d.max_path_len, |n| n.min(d.max_path_len as u64) as usize),
+            max_read_bytes: spec.max_read_bytes.unwrap_or(d.max_read_bytes),
+            max_diff_bytes: spec.max_diff_bytes.unwrap_or(d.max_diff_bytes),
+            max_time: spec.max_time_ms.map_or(d.max_time, Duration::from_millis),
+            ..d
+        }
+    }
+
+    /// These caps as `spec.json`'s `checkpoint.limits` (the coordinator writes every one).
+    pub fn to_spec(&self) -> parhelia_contract::spec::ReadLimitsSpec {
+        parhelia_contract::spec::ReadLimitsSpec {
+            max_bytes: Some(self.max_bytes),
+            max_entries: Some(self.max_entries),
+            max_path_len: Some(self.max_path_len as u64),
+            max_read_bytes: Some(self.max_read_bytes),
+            max_diff_bytes: Some(self.max_diff_bytes),
+            max_time_ms: Some(self.max_time.as_millis().min(u64::MAX as u128) as u64),
+        }
+    }
+}
+
 /// Longest path component Linux accepts.
 pub const NAME_MAX: usize = 255;
 /// Longest path a system call accepts, terminating NUL included.
@@ -147,4 +178,28 @@ pub fn check_components(path: &[u8]) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the coordinator writes into a spec is what the agent's restores then use;
+    /// what a spec leaves out keeps the default, and a path cap stays under `PATH_MAX`.
+    #[test]
+    fn limits_round_trip_through_the_spec() {
+        let limits = Limits {
+            max_entries: 7,
+            max_time: Duration::from_millis(1500),
+            ..Limits::default()
+        };
+        assert_eq!(Limits::from_spec(&limits.to_spec()), limits);
+        let empty = parhelia_contract::spec::ReadLimitsSpec::default();
+        assert_eq!(Limits::from_spec(&empty), Limits::default());
+        let long = parhelia_contract::spec::ReadLimitsSpec {
+            max_path_len: Some(99_999),
+            ..empty
+        };
+        assert_eq!(Limits::from_spec(&long).max_path_len, PATH_MAX);
+    }
 }

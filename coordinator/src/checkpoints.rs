@@ -9,7 +9,8 @@
 use std::path::Path;
 
 use parhelia_checkpoint::{CheckpointId, Diff, Store, Summary};
-use serde::Serialize;
+use parhelia_contract::checkpoint::{CheckpointMetadata, GitState};
+use serde::{Deserialize, Serialize};
 
 use crate::error::CodedError;
 use crate::error_codes;
@@ -17,8 +18,7 @@ use crate::ids::rfc3339_ms;
 use crate::render::{bytes, cost, one_line};
 
 /// The tree names the agent writes (`agent/src/checkpointer.rs`).
-pub const WORKSPACE_TREE: &str = "workspace";
-pub const CONVERSATION_TREE: &str = "conversation";
+pub use parhelia_contract::checkpoint::{CONVERSATION_TREE, WORKSPACE_TREE};
 
 /// `checkpoint list --json` / `checkpoint show --json`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -50,6 +50,7 @@ pub struct CheckpointView {
 
 impl CheckpointView {
     pub fn of(session_id: &str, s: &Summary) -> Self {
+        let metadata = CheckpointMetadata::from_stored(&s.metadata);
         CheckpointView {
             id: s.id.to_string(),
             session_id: session_id.to_string(),
@@ -60,13 +61,11 @@ impl CheckpointView {
             file_count: s.file_count,
             total_bytes: s.total_bytes,
             new_bytes: s.new_bytes,
-            cost_usd: s.metadata["session_cost_usd"].as_f64(),
-            claude_session_id: s.metadata["claude_session_id"].as_str().map(str::to_string),
-            git: s
-                .metadata
-                .get("git")
-                .cloned()
-                .unwrap_or(serde_json::Value::Null),
+            cost_usd: metadata.session_cost_usd,
+            claude_session_id: metadata.claude_session_id,
+            git: metadata.git.map_or(serde_json::Value::Null, |git| {
+                serde_json::to_value(git).expect("git state always serializes")
+            }),
             durable: true,
             damaged: None,
             stats: s.stats.clone(),
@@ -261,7 +260,11 @@ pub fn seed_checkpoint(
         parent: None,
         trigger: WORKSPACE_TRIGGER.into(),
         message: Some(format!("the workspace from {}", source.display())),
-        metadata: serde_json::json!({"workspace_source": source}),
+        metadata: CheckpointMetadata {
+            workspace_source: Some(source.to_path_buf()),
+            ..CheckpointMetadata::default()
+        }
+        .to_stored(),
         skip_if_unchanged: false,
     };
     match store.create(&request).map_err(|e| coded(&e))? {
@@ -315,7 +318,7 @@ pub fn over_quota_text(session_id: &str, q: &parhelia_proto::StoreOverQuota) -> 
 }
 
 pub fn list_text(views: &[CheckpointView]) -> String {
-    list_text_as(views, crate::table::stdout_look())
+    list_text_as(views, crate::output_look::stdout_look())
 }
 
 pub fn list_text_as(views: &[CheckpointView], look: crate::table::Look) -> String {
@@ -408,28 +411,35 @@ pub fn show_text(v: &CheckpointView, workspace_paths: &[String]) -> String {
 
 /// `main @ 1a2b3c4 · 2 modified, 1 untracked · 1 stash`, or `not a repository`.
 pub fn git_line(git: &serde_json::Value) -> String {
-    if git["repository"] != true {
+    let git = GitState::deserialize(git).unwrap_or_default();
+    if !git.repository {
         return "not a repository".into();
     }
-    let head = git["head"]
-        .as_str()
-        .map(|h| &h[..h.len().min(7)])
+    let head = git
+        .head
+        .as_deref()
+        .map(|h| h.get(..7).unwrap_or(h))
         .unwrap_or("(no commits)");
-    let branch = git["branch"].as_str().unwrap_or("(detached)");
+    let branch = git.branch.as_deref().unwrap_or("(detached)");
     let mut parts = vec![format!("{branch} @ {head}")];
-    let dirty: Vec<String> = ["staged", "modified", "deleted", "untracked", "conflicted"]
-        .iter()
-        .filter_map(|k| {
-            let n = git["dirty"][*k].as_u64().unwrap_or(0);
-            (n > 0).then(|| format!("{n} {k}"))
-        })
-        .collect();
+    let d = &git.dirty;
+    let dirty: Vec<String> = [
+        (d.staged, "staged"),
+        (d.modified, "modified"),
+        (d.deleted, "deleted"),
+        (d.untracked, "untracked"),
+        (d.conflicted, "conflicted"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, k)| format!("{n} {k}"))
+    .collect();
     parts.push(if dirty.is_empty() {
         "clean".into()
     } else {
         dirty.join(", ")
     });
-    let stashes = git["stashes"].as_array().map_or(0, Vec::len);
+    let stashes = git.stashes.len();
     if stashes > 0 {
         parts.push(format!(
             "{stashes} stash{}",

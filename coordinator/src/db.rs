@@ -342,6 +342,10 @@ pub mod generation;
 mod ledger;
 mod rebuild;
 
+pub use crate::records::{
+    ContainerRecord, HeartbeatRecord, OrphanRecord, RunningSession, SessionRecord, Spend,
+    TaskRecord,
+};
 pub use control::*;
 pub use event_log::*;
 pub use ledger::*;
@@ -370,6 +374,8 @@ pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
 }
 
 fn migrate_in_transaction(conn: &mut Connection, target: u32) -> Result<u32> {
+    // The version is read inside the immediate transaction, which `rusqlite_migration` does
+    // not do (it reads first): the reason this is not that crate (docs/ARCHITECTURE.md).
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > LATEST_VERSION {
@@ -401,67 +407,6 @@ fn migrate_in_transaction(conn: &mut Connection, target: u32) -> Result<u32> {
     let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     tx.commit()?;
     Ok(now)
-}
-
-/// A task as stored (never holds the secret).
-#[derive(Clone, Debug, PartialEq)]
-pub struct TaskRecord {
-    pub id: String,
-    pub prompt: String,
-    pub task_type: String,
-    pub backend: String,
-    pub workspace: Option<String>,
-    pub model: Option<String>,
-    pub max_turns: Option<u32>,
-    pub status: TaskStatus,
-    pub session_id: Option<String>,
-    pub container_id: Option<String>,
-    /// The task's cost and its breakdown, from the ledger (every attempt):
-    /// `spend.cost_usd` is the figure every view calls cost.
-    pub spend: Spend,
-    pub result: Option<String>,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    pub created_at_ms: i64,
-    pub started_at_ms: Option<i64>,
-    pub finished_at_ms: Option<i64>,
-    /// `headless` or `interactive`.
-    pub mode: String,
-    /// Pending only: when it asked to be dispatched (queued); `None` while
-    /// held (`--no-dispatch`).
-    pub dispatch_requested_at_ms: Option<i64>,
-    /// Sessions started for the task so far (a retry adds one).
-    pub attempt: u32,
-    /// Automatic resumes requested by the reconciler.
-    pub auto_resumes: u32,
-    /// Copy the workspace whatever its size (`--allow-large-workspace`).
-    pub allow_large_workspace: bool,
-    /// Start its sessions without the user's Claude Code setup (`--no-user-config`).
-    pub no_user_config: bool,
-    /// Its own `--set section.key=value` values, on top of the coordinator's
-    /// configuration for its launches only (`config::task_config`).
-    pub config_set: Vec<String>,
-}
-
-/// A container as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerRecord {
-    pub id: String,
-    pub session_id: String,
-    pub task_id: String,
-    pub backend: String,
-    pub state: ContainerState,
-    pub health: Option<crate::container_state::Health>,
-    pub endpoint: Option<String>,
-    pub pid: Option<u32>,
-    pub heartbeat_interval_ms: Option<i64>,
-    pub created_at_ms: i64,
-    pub started_at_ms: Option<i64>,
-    pub terminated_at_ms: Option<i64>,
-    pub last_heartbeat_ms: Option<i64>,
-    pub state_changed_at_ms: i64,
-    pub stop_requested_at_ms: Option<i64>,
-    pub resume_requested_at_ms: Option<i64>,
 }
 
 /// A resume that moves a session to another backend: where it lives now.
@@ -534,50 +479,6 @@ pub struct StoredEvent {
     pub container_id: String,
     pub seq: u64,
     pub event: Event,
-}
-
-/// A running session, for `parhelia status`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RunningSession {
-    pub session_id: String,
-    pub task_id: String,
-    pub container_id: String,
-    pub status: String,
-    /// The session's cost from the ledger.
-    pub spend: Spend,
-    pub started_at_ms: Option<i64>,
-    pub last_heartbeat_ms: Option<i64>,
-    /// The interval the agent was asked to beat at, and the reconciler's last verdict.
-    pub heartbeat_interval_ms: Option<i64>,
-    pub container_health: Option<crate::container_state::Health>,
-}
-
-/// A session as stored, without its secret.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SessionRecord {
-    pub id: String,
-    pub task_id: String,
-    pub claude_session_id: String,
-    pub mode: String,
-    pub status: String,
-    pub outcome: Option<String>,
-    pub workspace_dir: String,
-    pub volume_dir: String,
-    /// The session's cost from the ledger.
-    pub spend: Spend,
-    pub created_at_ms: i64,
-    pub finished_at_ms: Option<i64>,
-    /// The session's (latest) container.
-    pub container_id: Option<String>,
-    /// Which attempt of its task this session is (1 for the first).
-    pub attempt: u32,
-    /// The checkpoint to resume from, recorded when the session was
-    /// interrupted or cancelled.
-    pub resume_checkpoint_id: Option<String>,
-    /// The latest container's state, health and last heartbeat.
-    pub container_state: Option<ContainerState>,
-    pub container_health: Option<crate::container_state::Health>,
-    pub last_heartbeat_ms: Option<i64>,
 }
 
 /// What storing an event did.

@@ -1,5 +1,6 @@
 //! Tests that fail when the docs drift from what the code defines: the journal's event
-//! kinds, the error codes the docs cite, the config keys and the CLI's commands.
+//! kinds, the error codes the docs cite, the config keys, `spec.json`'s fields and the
+//! CLI's commands.
 //! Each reads the docs as text from the workspace and compares with the code's own list.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -349,5 +350,138 @@ fn the_modal_apps_volume_layout_is_the_coordinators() {
     assert!(
         app.contains(&format!("\"dirs\":[{}]", names.join(","))),
         "app.py's init-volume reply lists other directories than {names:?}"
+    );
+}
+
+/// The first ```json block after the line holding `marker`, with its `//` comments cut
+/// (outside strings), parsed.
+fn json_example_after(doc: &str, marker: &str) -> serde_json::Value {
+    let text = read(doc);
+    let after = &text[text
+        .find(marker)
+        .unwrap_or_else(|| panic!("{doc}: no {marker:?}"))..];
+    let start = after.find("```json\n").expect("a json block") + "```json\n".len();
+    let block = &after[start..start + after[start..].find("```").expect("a closed block")];
+    let mut json = String::new();
+    for line in block.lines() {
+        let mut in_string = false;
+        let mut previous = ' ';
+        let mut cut = line.len();
+        for (i, c) in line.char_indices() {
+            match c {
+                '"' if previous != '\\' => in_string = !in_string,
+                '/' if !in_string && previous == '/' => {
+                    cut = i - 1;
+                    break;
+                }
+                _ => {}
+            }
+            previous = c;
+        }
+        json.push_str(&line[..cut]);
+        json.push('\n');
+    }
+    serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("{doc}: the example after {marker:?} is not JSON: {e}"))
+}
+
+/// Every key path in `value` (`checkpoint.limits.max_bytes`; an array's entries as
+/// `binds[]`, a map keyed by data as `model_prices.*`).
+fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                let key = if prefix == "model_prices" {
+                    "*"
+                } else {
+                    key.as_str()
+                };
+                let path = if prefix.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                out.insert(path.clone());
+                key_paths(inner, &path, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                key_paths(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `docs/dev/contracts.md` shows `spec.json` with every field: what it shows reads as a
+/// spec (`parhelia_contract::spec`, which refuses unknown fields), and every field the
+/// type writes is shown. The struct literal below names every field, so a new one does
+/// not compile until it is set here, and then this fails until the doc shows it.
+#[test]
+fn the_contract_doc_shows_every_spec_field() {
+    use parhelia_contract::spec::*;
+    let documented = json_example_after(
+        "docs/dev/contracts.md",
+        "`spec.json` (written by the backend",
+    );
+    let parsed: LaunchSpec = serde_json::from_value(documented.clone())
+        .unwrap_or_else(|e| panic!("docs/dev/contracts.md's spec.json is not a spec: {e}"));
+    assert_eq!(parsed.version, SPEC_VERSION);
+    let every_field = LaunchSpec {
+        version: SPEC_VERSION,
+        session_id: String::new(),
+        task_id: String::new(),
+        container_id: String::new(),
+        prompt: String::new(),
+        mode: SessionMode::Headless,
+        claude_session_id: String::new(),
+        resume: false,
+        model: Some(String::new()),
+        max_turns: Some(1),
+        claude_bin: "/".into(),
+        workspace_dir: "/".into(),
+        claude_config_dir: "/".into(),
+        volume_dir: "/".into(),
+        runtime_dir: "/".into(),
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        heartbeat_interval_ms: 0,
+        linger_after_finish_ms: 0,
+        stop_grace_ms: 0,
+        restore_checkpoint: Some(String::new()),
+        max_budget_usd: Some(1.0),
+        prior_cost_usd: Some(1.0),
+        charged_elsewhere: vec![ChargedElsewhere {
+            message_id: String::new(),
+            cost_usd: 0.0,
+        }],
+        checkpoint: CheckpointSpec {
+            limits: parhelia_checkpoint::Limits::default().to_spec(),
+            ..CheckpointSpec::default()
+        },
+        claude_config_seed: Some("/".into()),
+        sandbox: Some(SandboxSpec {
+            binds: vec![SandboxBind {
+                source: "/".into(),
+                target: "/".into(),
+                writable: false,
+            }],
+            ..SandboxSpec::default()
+        }),
+        timeout_ms: Some(1),
+        session_user: Some(String::new()),
+        model_prices: [(String::new(), ModelPrice::default())].into(),
+    };
+    let (mut shown, mut defined) = (BTreeSet::new(), BTreeSet::new());
+    key_paths(&documented, "", &mut shown);
+    key_paths(
+        &serde_json::to_value(&every_field).unwrap(),
+        "",
+        &mut defined,
+    );
+    let missing: Vec<_> = defined.difference(&shown).collect();
+    assert!(
+        missing.is_empty(),
+        "spec.json fields docs/dev/contracts.md does not show: {missing:?}"
     );
 }

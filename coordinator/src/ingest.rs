@@ -233,6 +233,8 @@ async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutc
         )
     })?;
     let mut shutdown = ctx.shutdown.clone();
+    // Hand-written, not `backon`: each retry first decides whether to retry at all, and
+    // sleeps against shutdown (docs/ARCHITECTURE.md, "Dependencies").
     let mut backoff = ctx.settings.initial_backoff;
     let mut failures = 0u32;
     let mut first_attempt = true;

@@ -10,14 +10,15 @@ use serde::Serialize;
 
 use crate::error::CodedError;
 use crate::error_codes;
-use crate::spec::{AgentSpec, SPEC_VERSION, SpecMode};
-pub use crate::spec::{CheckpointPolicy, ReadLimits};
+use crate::spec::{CheckpointSpec, LaunchSpec, SPEC_VERSION, SessionMode};
 
 /// Defaults written into every spec.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 pub const LINGER_AFTER_FINISH_MS: u64 = 600_000;
 pub const STOP_GRACE_MS: u64 = 10_000;
-pub const LISTEN_ADDR: &str = "127.0.0.1:0";
+/// Loopback, any free port: the agent announces the port it got in `agent.json`.
+pub const LISTEN_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// What the coordinator's config says about agents: timing from `[agent]`,
 /// checkpoint policy from `[checkpoint]`. Written into every spec.
@@ -26,7 +27,7 @@ pub struct AgentSettings {
     pub heartbeat_interval_ms: u64,
     pub stop_grace_ms: u64,
     pub linger_after_finish_ms: u64,
-    pub checkpoint: CheckpointPolicy,
+    pub checkpoint: CheckpointSpec,
     /// `[rates.models]`, for the agent's per-response metering.
     pub model_prices: std::collections::BTreeMap<String, crate::config::ModelPrice>,
 }
@@ -47,7 +48,7 @@ impl Default for AgentSettings {
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
             stop_grace_ms: STOP_GRACE_MS,
             linger_after_finish_ms: LINGER_AFTER_FINISH_MS,
-            checkpoint: CheckpointPolicy::default(),
+            checkpoint: crate::spec::default_checkpoint_spec(),
             model_prices: crate::config::default_model_prices(),
         }
     }
@@ -59,7 +60,7 @@ impl From<&crate::config::AgentConfig> for AgentSettings {
             heartbeat_interval_ms: agent.heartbeat_interval_ms,
             stop_grace_ms: agent.stop_grace_ms,
             linger_after_finish_ms: agent.linger_after_finish_ms,
-            checkpoint: CheckpointPolicy::from(&agent.checkpoint),
+            checkpoint: crate::spec::checkpoint_spec(&agent.checkpoint),
             model_prices: crate::config::default_model_prices(),
         }
     }
@@ -238,17 +239,17 @@ pub fn agent_spec(
     layout: &LocalLayout,
     claude_bin: &Path,
     timing: &AgentSettings,
-) -> AgentSpec {
-    AgentSpec {
+) -> LaunchSpec {
+    LaunchSpec {
         version: SPEC_VERSION,
         session_id: ids.session_id.clone(),
         task_id: ids.task_id.clone(),
         container_id: ids.container_id.clone(),
         prompt: request.prompt.clone(),
         mode: if request.interactive {
-            SpecMode::Interactive
+            SessionMode::Interactive
         } else {
-            SpecMode::Headless
+            SessionMode::Headless
         },
         claude_session_id: ids.claude_session_id.clone(),
         resume: request.resume,
@@ -259,12 +260,12 @@ pub fn agent_spec(
         claude_config_dir: layout.claude_config_dir.clone(),
         volume_dir: layout.volume_dir.clone(),
         runtime_dir: layout.runtime_dir.clone(),
-        listen_addr: LISTEN_ADDR.into(),
+        listen_addr: LISTEN_ADDR,
         heartbeat_interval_ms: timing.heartbeat_interval_ms,
         linger_after_finish_ms: timing.linger_after_finish_ms,
         stop_grace_ms: timing.stop_grace_ms,
         restore_checkpoint: request.restore_checkpoint.clone(),
-        checkpoint: Some(timing.checkpoint.clone()),
+        checkpoint: timing.checkpoint.clone(),
         max_budget_usd: request.max_budget_usd,
         prior_cost_usd: request.prior_cost_usd.filter(|c| *c > 0.0),
         charged_elsewhere: request
@@ -303,7 +304,7 @@ pub struct DryRunPlan {
     /// for this task only; the spec already holds their effect).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub config_set: Vec<String>,
-    pub spec: AgentSpec,
+    pub spec: LaunchSpec,
 }
 
 /// How a local session is confined (`backend/isolation.rs` decides it).
@@ -464,7 +465,7 @@ mod tests {
             "an empty model means Claude Code's default"
         );
         assert_eq!(spec.max_turns, None, "0 means no limit");
-        assert_eq!(spec.mode, SpecMode::Headless);
+        assert_eq!(spec.mode, SessionMode::Headless);
         assert_eq!(spec.version, 1);
     }
 }

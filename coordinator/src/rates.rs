@@ -9,14 +9,9 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-/// USD per million tokens of each kind, for one model.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelPrice {
-    pub input_usd_per_mtok: f64,
-    pub output_usd_per_mtok: f64,
-    pub cache_write_usd_per_mtok: f64,
-    pub cache_read_usd_per_mtok: f64,
-}
+/// USD per million tokens of each kind, for one model: the type `spec.json`'s
+/// `model_prices` carries to the agent.
+pub use parhelia_contract::spec::ModelPrice;
 
 /// The table in force: its file's text.
 const EMBEDDED: &str = include_str!("../rates/2026-12.toml");

@@ -19,9 +19,10 @@
 //! Cell text comes from sessions (prompts, messages): it is escaped
 //! ([`crate::term::escape_untrusted`]) before color is added, so the only
 //! escape sequences a table carries are the ones this module writes.
-
-use std::io::IsTerminal;
-use std::sync::OnceLock;
+//!
+//! Pure: the layout is decided from a [`Look`] the caller passes. What this process's
+//! stdout and stderr are (a terminal? which `--color`?) is detected once at start by
+//! [`crate::output_look`].
 
 use comfy_table::{
     Cell as ComfyCell, CellAlignment, Color, ColumnConstraint, ContentArrangement, Row, TableStyle,
@@ -87,39 +88,6 @@ impl Look {
         fit: Fit::Whole,
         color: false,
     };
-}
-
-static STDOUT: OnceLock<Look> = OnceLock::new();
-static STDERR_COLOR: OnceLock<bool> = OnceLock::new();
-
-/// Decides, once per process, how stdout and stderr look (`parhelia`'s
-/// `main`). Until then (library use, unit tests) every view is plain.
-pub fn init(choice: ColorChoice) {
-    let env = |name: &str| std::env::var(name).ok();
-    let stdout_tty = std::io::stdout().is_terminal();
-    let _ = STDOUT.set(Look {
-        fit: if stdout_tty {
-            Fit::Terminal
-        } else {
-            Fit::Whole
-        },
-        color: color_enabled(choice, env, stdout_tty),
-    });
-    let _ = STDERR_COLOR.set(color_enabled(choice, env, std::io::stderr().is_terminal()));
-}
-
-/// How command output looks here: plain inside `parhelia mcp-server` (its
-/// output is a tool result) and before [`init`].
-pub fn stdout_look() -> Look {
-    if crate::capture::is_captured() {
-        return Look::PLAIN;
-    }
-    STDOUT.get().copied().unwrap_or(Look::PLAIN)
-}
-
-/// Whether messages on stderr (errors) may carry color.
-pub fn stderr_color() -> bool {
-    !crate::capture::is_captured() && STDERR_COLOR.get().copied().unwrap_or(false)
 }
 
 /// What a colored word means.
@@ -292,11 +260,6 @@ impl Table {
     pub fn row(&mut self, cells: Vec<Cell>) {
         debug_assert_eq!(cells.len(), self.columns.len());
         self.rows.push(cells);
-    }
-
-    /// The table as lines ending in `\n`, laid out for stdout.
-    pub fn render(&self) -> String {
-        self.render_as(stdout_look())
     }
 
     /// The table as lines ending in `\n`, laid out for `look`.

@@ -9,11 +9,11 @@ use serde::Serialize;
 use crate::container_state::{
     ContainerState, Health, HealthThresholds, HeartbeatAge, shown_health,
 };
-use crate::db::{
+use crate::ids::rfc3339_ms;
+use crate::records::{
     ContainerRecord, HeartbeatRecord, OrphanRecord, RunningSession, SessionRecord, Spend,
     TaskRecord,
 };
-use crate::ids::rfc3339_ms;
 use crate::render::{cost, duration, one_line};
 use crate::table::{self, Cell, Look, Table};
 use crate::term::{escape_untrusted, escape_untrusted_text};
@@ -286,11 +286,7 @@ impl ContainerView {
 }
 
 /// `container list` without `--json` (fits 80 columns with ordinary ids).
-pub fn container_table(containers: &[ContainerView], now_ms: i64) -> String {
-    container_table_as(containers, now_ms, table::stdout_look())
-}
-
-pub fn container_table_as(containers: &[ContainerView], now_ms: i64, look: Look) -> String {
+pub fn container_table(containers: &[ContainerView], now_ms: i64, look: Look) -> String {
     if containers.is_empty() {
         return "no containers\n".to_string();
     }
@@ -411,7 +407,7 @@ pub struct HealthRow {
 }
 
 /// `container health` without `--json`.
-pub fn health_text(view: &HealthView) -> String {
+pub fn health_text(view: &HealthView, look: Look) -> String {
     let mut out = String::new();
     let counts: Vec<String> = Health::ALL
         .iter()
@@ -457,7 +453,7 @@ pub fn health_text(view: &HealthView) -> String {
         ]);
     }
     out.push('\n');
-    out.push_str(&t.render());
+    out.push_str(&t.render_as(look));
     out
 }
 
@@ -658,11 +654,7 @@ pub fn task_detail(t: &TaskRecord) -> String {
 
 /// `task list` without `--json`: the prompt is cut to fit a terminal, and
 /// whole anywhere else.
-pub fn task_table(tasks: &[TaskRecord], now_ms: i64) -> String {
-    task_table_as(tasks, now_ms, table::stdout_look())
-}
-
-pub fn task_table_as(tasks: &[TaskRecord], now_ms: i64, look: Look) -> String {
+pub fn task_table(tasks: &[TaskRecord], now_ms: i64, look: Look) -> String {
     if tasks.is_empty() {
         return "no tasks\n".to_string();
     }
@@ -745,11 +737,7 @@ pub fn refresh_health(
 }
 
 /// `session list` without `--json`.
-pub fn session_table(sessions: &[SessionRecord], now_ms: i64) -> String {
-    session_table_as(sessions, now_ms, table::stdout_look())
-}
-
-pub fn session_table_as(sessions: &[SessionRecord], now_ms: i64, look: Look) -> String {
+pub fn session_table(sessions: &[SessionRecord], now_ms: i64, look: Look) -> String {
     if sessions.is_empty() {
         return "no sessions\n".to_string();
     }
@@ -1002,7 +990,7 @@ result
         s.last_heartbeat_ms = Some(now - 1_000);
         refresh_health(&mut s, now, &thresholds, 5_000);
         assert_eq!(s.container_health, Some(Health::Healthy));
-        let table = session_table(std::slice::from_ref(&s), now);
+        let table = session_table(std::slice::from_ref(&s), now, Look::PLAIN);
         assert!(table.contains("healthy"), "{table}");
         // Silent for 40s (8 intervals): unhealthy now, whatever was stored.
         s.container_health = Some(Health::Healthy);
@@ -1020,12 +1008,12 @@ result
     fn task_table_text() {
         let now = 1_700_000_000_000 + 185_000;
         assert_eq!(
-            task_table(&[task()], now),
+            task_table(&[task()], now, Look::PLAIN),
             "ID             STATUS       COST      AGE     PROMPT
 task-1a2b3c4d  failed       $0.0279   3m05s   Add a hello.txt that says hi
 "
         );
-        assert_eq!(task_table(&[], now), "no tasks\n");
+        assert_eq!(task_table(&[], now, Look::PLAIN), "no tasks\n");
     }
 
     #[test]
@@ -1105,7 +1093,7 @@ sessions
     #[test]
     fn task_table_escapes_session_text() {
         let now = 1_700_000_000_000 + 185_000;
-        let text = task_table(&[hostile_task()], now);
+        let text = task_table(&[hostile_task()], now, Look::PLAIN);
         assert!(
             !text.contains('\u{1b}') && !text.contains('\u{9b}'),
             "{text:?}"

@@ -181,7 +181,7 @@ fn show_text(v: &BudgetView) -> String {
             ]);
         }
         out.push('\n');
-        out.push_str(&t.render());
+        out.push_str(&t.render_as(crate::output_look::stdout_look()));
         if v.tasks.len() > 20 {
             out.push_str(&format!(
                 "… {} more (parhelia budget history --by task)\n",
@@ -206,7 +206,7 @@ fn show_text(v: &BudgetView) -> String {
             ]);
         }
         out.push('\n');
-        out.push_str(&t.render());
+        out.push_str(&t.render_as(crate::output_look::stdout_look()));
     }
     out.push_str(&rates_text(&v.rates));
     out
@@ -403,7 +403,7 @@ fn history(ctx: &Ctx, by: HistoryBy, since: Option<&str>, json: bool) -> Result<
             r.totals.spend.cache_read_input_tokens.to_string().into(),
         ]);
     }
-    out!("{}", t.render());
+    out!("{}", t.render_as(crate::output_look::stdout_look()));
     Ok(0)
 }
 
@@ -691,7 +691,7 @@ mod tests {
             "{line}"
         );
         assert!(views::task_detail(&task).contains(&format!("cost       {line}\n")));
-        assert!(views::task_table(&listed, 3_000).contains("$0.0282"));
+        assert!(views::task_table(&listed, 3_000, crate::table::Look::PLAIN).contains("$0.0282"));
         assert!(views::session_detail(&session).contains(&line));
         let watched = crate::watch::WatchedTask {
             task: task.clone(),

@@ -177,7 +177,10 @@ pub async fn run_session(ctx: &Ctx, command: SessionCommand) -> Result<i32> {
             if json {
                 print_json(&sessions_json(&sessions)?)?;
             } else {
-                out!("{}", views::session_table(&sessions, now));
+                out!(
+                    "{}",
+                    views::session_table(&sessions, now, crate::output_look::stdout_look())
+                );
             }
             Ok(0)
         }
@@ -371,7 +374,10 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             if json {
                 print_json(&containers)?;
             } else {
-                out!("{}", views::container_table(&containers, now));
+                out!(
+                    "{}",
+                    views::container_table(&containers, now, crate::output_look::stdout_look())
+                );
             }
             Ok(0)
         }
@@ -411,7 +417,10 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
             if json {
                 print_json(&view)?;
             } else {
-                out!("{}", views::health_text(&view));
+                out!(
+                    "{}",
+                    views::health_text(&view, crate::output_look::stdout_look())
+                );
             }
             Ok(0)
         }
@@ -441,7 +450,7 @@ pub async fn run(ctx: &Ctx, command: ContainerCommand) -> Result<i32> {
                     )
                     .cloned()
                     .collect();
-                let text = views::container_table(&shown, now);
+                let text = views::container_table(&shown, now, crate::output_look::stdout_look());
                 // Ages tick every second; redraw when anything but them changed
                 // (always on a terminal).
                 let key: String = shown

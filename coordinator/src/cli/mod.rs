@@ -219,7 +219,7 @@ pub fn main() -> i32 {
         crate::daemon::detach_from_terminal();
     }
     init_tracing(is_coordinator);
-    crate::table::init(cli.color);
+    crate::output_look::init(cli.color);
     // The MCP server's stdout is its transport and its tools call the CLI's
     // functions directly: it reports progress as MCP notifications, never here.
     crate::progress::init(if matches!(cli.command, Command::McpServer(_)) {
@@ -360,7 +360,7 @@ pub fn report_error(err: &anyhow::Error) -> i32 {
                 crate::table::paint(
                     "error",
                     crate::table::Tone::Bad,
-                    crate::table::stderr_color()
+                    crate::output_look::stderr_color()
                 ),
                 crate::term::escape_untrusted_text(&format!("{err:#}"))
             );
@@ -371,7 +371,7 @@ pub fn report_error(err: &anyhow::Error) -> i32 {
 
 fn report_coded(err: &CodedError) -> i32 {
     let mut text = error_text(err);
-    if crate::table::stderr_color() {
+    if crate::output_look::stderr_color() {
         // Color the `error[Ennn]` prefix only (the message was escaped).
         let prefix = format!("error[{}]", err.code.code);
         text = text.replacen(

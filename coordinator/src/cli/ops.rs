@@ -234,7 +234,7 @@ pub async fn reconciler(ctx: &Ctx, command: ReconcilerCommand) -> Result<i32> {
             if json {
                 print_json(&view)?;
             } else {
-                out!("{}", status_text(&view, crate::table::stdout_look()));
+                out!("{}", status_text(&view, crate::output_look::stdout_look()));
             }
             Ok(0)
         }
@@ -486,7 +486,7 @@ pub async fn cleanup(ctx: &Ctx, args: CleanupArgs) -> Result<i32> {
             &requested,
             args.dry_run,
             args.terminate,
-            crate::table::stdout_look()
+            crate::output_look::stdout_look()
         )
     );
     Ok(0)
@@ -742,7 +742,7 @@ pub async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
     } else {
         out!(
             "{}{budget_text}",
-            views::status_text(&view, crate::table::stdout_look())
+            views::status_text(&view, crate::output_look::stdout_look())
         );
     }
     Ok(0)

@@ -732,7 +732,10 @@ fn list(ctx: &Ctx, status: Option<&str>, json: bool) -> Result<i32> {
     if json {
         print_json(&list_json(&tasks)?)?;
     } else {
-        out!("{}", views::task_table(&tasks, now_ms()));
+        out!(
+            "{}",
+            views::task_table(&tasks, now_ms(), crate::output_look::stdout_look())
+        );
     }
     Ok(0)
 }
@@ -1173,7 +1176,10 @@ async fn cleanup(
             if tasks.is_empty() {
                 outln!("no tasks to clean up");
             } else {
-                out!("{}", views::task_table(&tasks, now_ms()));
+                out!(
+                    "{}",
+                    views::task_table(&tasks, now_ms(), crate::output_look::stdout_look())
+                );
             }
         }
         return Ok(0);
@@ -1192,7 +1198,10 @@ async fn cleanup(
             tasks: tasks.iter().map(views::TaskView::from).collect(),
         })?;
     } else {
-        out!("{}", views::task_table(&tasks, now_ms()));
+        out!(
+            "{}",
+            views::task_table(&tasks, now_ms(), crate::output_look::stdout_look())
+        );
         outln!(
             "deleted {} task(s), removed {} director(ies)",
             response.deleted.len(),

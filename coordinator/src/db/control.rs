@@ -14,6 +14,7 @@ use crate::error_codes;
 use crate::ids::now_ms;
 use crate::queue::{CleanupCandidate, QueuedTask};
 use crate::reconcile::{KnownOrphan, ObservedContainer};
+use crate::records::{HeartbeatRecord, OrphanRecord};
 use crate::task_state::{self, TaskStatus};
 
 /// A container with what the reconciler needs to know about its task.
@@ -25,29 +26,6 @@ pub struct ReconcileRow {
     /// This is the task's latest container.
     pub is_latest_for_task: bool,
     pub volume_dir: String,
-}
-
-/// The latest heartbeat of a container.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HeartbeatRecord {
-    pub ts_ms: i64,
-    pub cpu_percent: f64,
-    pub memory_bytes: u64,
-    pub workspace_disk_bytes: u64,
-    pub status: String,
-}
-
-/// A labelled container the coordinator has no record of.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OrphanRecord {
-    pub container_id: String,
-    pub session_id: String,
-    pub pid: Option<u32>,
-    pub endpoint: Option<String>,
-    pub gone: bool,
-    pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-    pub terminate_requested_at_ms: Option<i64>,
 }
 
 /// What deleting a task removed from the database (its directories are the

@@ -11,6 +11,7 @@ use super::{ContainerRef, Db};
 use crate::budget::{History, TaskLimits};
 use crate::config::BudgetConfig;
 use crate::ids::now_ms;
+use crate::records::Spend;
 
 /// `meta` keys of the settings `parhelia budget set` persists.
 const CEILING_KEY: &str = "budget.ceiling_usd";
@@ -42,43 +43,7 @@ const UNKNOWN_REQUEST_SQL: &str =
                                         AND json_valid(details)
                                    THEN json_extract(details, '$.unknown_request') = 1 END, 0)";
 
-/// What a scope (a task, a session, everything, a period) cost: the one
-/// figure every view calls **cost** (`cost_usd`, the ledger total:
-/// compute + model + storage) and its breakdown. Every view gets it from
-/// [`Spend::add`] over the scope's ledger rows in id order ([`spend_in`]),
-/// so no two views can disagree.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Spend {
-    pub cost_usd: f64,
-    pub compute_usd: f64,
-    pub model_usd: f64,
-    pub storage_usd: f64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-    pub cache_read_input_tokens: u64,
-    /// Model requests Claude Code had sent and never wrote a reply for when it
-    /// died: their spend, if the API answered, is in no figure above.
-    pub unknown_model_requests: u64,
-}
-
 impl Spend {
-    /// Adds one ledger row.
-    pub fn add(&mut self, kind: &str, amount_usd: f64, tokens: [u64; 4]) {
-        match kind {
-            "compute" => self.compute_usd += amount_usd,
-            "model" => self.model_usd += amount_usd,
-            "storage" => self.storage_usd += amount_usd,
-            _ => {}
-        }
-        self.cost_usd += amount_usd;
-        self.input_tokens = self.input_tokens.saturating_add(tokens[0]);
-        self.output_tokens = self.output_tokens.saturating_add(tokens[1]);
-        self.cache_creation_input_tokens =
-            self.cache_creation_input_tokens.saturating_add(tokens[2]);
-        self.cache_read_input_tokens = self.cache_read_input_tokens.saturating_add(tokens[3]);
-    }
-
     pub fn add_entry(&mut self, e: &LedgerEntry) {
         if e.unknown_request {
             self.unknown_model_requests += 1;

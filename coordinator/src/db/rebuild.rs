@@ -31,7 +31,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::Db;
 use crate::ids::{self, CONTAINER_PREFIX, SESSION_PREFIX, SessionSecret, TASK_PREFIX, now_ms};
-use crate::spec::{AgentSpec, SpecMode};
+use crate::spec::{LaunchSpec, SessionMode};
 
 /// A spec is a few KiB; bigger files are not specs this coordinator wrote.
 const MAX_SPEC_BYTES: u64 = 1024 * 1024;
@@ -41,7 +41,7 @@ const MAX_CONTAINER_DIRS: usize = 100_000;
 /// One container's spec, and when it was written (its launch).
 #[derive(Debug)]
 struct Found {
-    spec: AgentSpec,
+    spec: LaunchSpec,
     written_ms: i64,
 }
 
@@ -67,7 +67,7 @@ fn read_specs(containers_dir: &Path) -> Vec<Found> {
             tracing::warn!(path = %path.display(), "not rebuilding from a spec that is not a small regular file");
             continue;
         }
-        let spec: AgentSpec = match std::fs::read(&path)
+        let spec: LaunchSpec = match std::fs::read(&path)
             .map_err(anyhow::Error::from)
             .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
         {
@@ -94,10 +94,10 @@ fn read_specs(containers_dir: &Path) -> Vec<Found> {
     found
 }
 
-fn mode_name(mode: SpecMode) -> &'static str {
+fn mode_name(mode: SessionMode) -> &'static str {
     match mode {
-        SpecMode::Headless => "headless",
-        SpecMode::Interactive => "interactive",
+        SessionMode::Headless => "headless",
+        SessionMode::Interactive => "interactive",
     }
 }
 

@@ -19,6 +19,8 @@ struct World {
 impl World {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
+        // The e2e harness's reaper: a coordinator a killed test started does not outlive it.
+        parhelia_testkit::procs::reap_when_killed(tmp.path());
         let world = Self {
             tmp,
             env: Vec::new(),

@@ -302,27 +302,15 @@ fn pure_modules_import_no_adapters() {
             "error_codes",
             "error",
             "views",
+            "records",
+            "table",
             "term",
             "ids",
             "spec",
             "checks",
             "config_sync",
         ],
-        &[
-            (
-                "views",
-                "table",
-                "views lays its tables out with table's Table/Cell/Look (pure), and three \
-                 wrappers read table::stdout_look (the process's color and width choice, \
-                 detected at start); splitting table's layout from its terminal detection \
-                 removes this",
-            ),
-            (
-                "views",
-                "db",
-                "views render db's record types; they move out of db with the service split",
-            ),
-        ],
+        &[],
     );
     // The checkpoint format's plain parts: encodings, entries, manifests, excludes.
     assert_pure(

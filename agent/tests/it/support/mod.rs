@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use parhelia_agent::agent::AgentJson;
+use parhelia_agent::agent::AgentRuntimeInfo;
 use parhelia_proto::agent_client::AgentClient;
 use parhelia_proto::{Event, SessionStatus, StreamEventsRequest, event, stream_events_response};
 use tonic::transport::Channel;
@@ -54,7 +54,16 @@ pub struct Fixture {
 impl Fixture {
     pub fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["workspace", "volume", "runtime", "default-tmux-tmpdir"] {
+        // The e2e harness's reaper: a test killed before it ends its agent leaves no
+        // agent, tmux server or fake Claude Code of its directory running.
+        parhelia_testkit::procs::reap_when_killed(dir.path());
+        for sub in [
+            "workspace",
+            "volume",
+            "runtime",
+            "home",
+            "default-tmux-tmpdir",
+        ] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
         let fake = dir.path().join("fake-claude");
@@ -107,9 +116,14 @@ impl Fixture {
             // Where tmux would put the *default* server's socket: it must stay empty.
             .env("TMUX_TMPDIR", self.path("default-tmux-tmpdir"))
             .env_remove("TMUX")
+            // Nothing of the developer's home: the agent passes HOME on to Claude Code.
+            .env("HOME", self.path("home"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        for key in parhelia_testkit::procs::NOT_INHERITED {
+            command.env_remove(key);
+        }
         command
     }
 
@@ -170,12 +184,12 @@ impl Fixture {
 }
 
 /// Waits for `agent.json` (the agent is serving) or the agent's early exit.
-pub async fn wait_for_agent_json(fixture: &Fixture, child: &mut Child) -> AgentJson {
+pub async fn wait_for_agent_json(fixture: &Fixture, child: &mut Child) -> AgentRuntimeInfo {
     let path = fixture.path("runtime/agent.json");
     let wait = async {
         loop {
             if let Ok(bytes) = std::fs::read(&path) {
-                return serde_json::from_slice::<AgentJson>(&bytes).unwrap();
+                return serde_json::from_slice::<AgentRuntimeInfo>(&bytes).unwrap();
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("the agent exited early with {status}");
@@ -211,7 +225,7 @@ pub fn authed<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-pub async fn connect(agent: &AgentJson) -> AgentClient<Channel> {
+pub async fn connect(agent: &AgentRuntimeInfo) -> AgentClient<Channel> {
     AgentClient::connect(format!("http://{}", agent.grpc_addr))
         .await
         .unwrap()

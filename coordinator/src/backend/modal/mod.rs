@@ -682,6 +682,8 @@ pub const IMAGE_GLIBC: (u32, u32) = (2, 36);
 /// needing no newer glibc than the image's (or static). Checked before a
 /// build or a launch, so a binary built on a newer distribution is refused
 /// here with what to do, not found dead in a sandbox.
+// A header check and a `GLIBC_2.N` scan rather than `object`'s `.gnu.version_r` walk: the
+// scan can only over-estimate, and its tests need a few bytes, not a real ELF (ARCHITECTURE.md).
 pub fn check_agent_binary(path: &Path) -> Result<(), CodedError> {
     let bytes = std::fs::read(path).map_err(|e| {
         CodedError::new(
@@ -771,7 +773,11 @@ impl Backend for ModalBackend {
             &self.config.claude_path,
             request.agent_settings.as_ref().unwrap_or(&self.timing),
         );
-        spec.listen_addr = format!("0.0.0.0:{}", self.config.agent_port);
+        // Config keeps `modal.agent_port` within 0..=65535.
+        let port = u16::try_from(self.config.agent_port).map_err(|_| {
+            anyhow::anyhow!("modal.agent_port {} is not a port", self.config.agent_port)
+        })?;
+        spec.listen_addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
         // The agent stops at the timeout with a final checkpoint; Modal's own
         // sandbox timeout stays the backstop.
         spec.timeout_ms = request

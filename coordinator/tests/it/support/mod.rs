@@ -92,6 +92,9 @@ pub struct World {
 impl World {
     pub fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
+        // The e2e harness's reaper: a test killed before `Drop` (a nextest timeout, a ^C)
+        // leaves no coordinator, agent or tmux server of its directory running.
+        parhelia_testkit::procs::reap_when_killed(dir.path());
         let root = dir.path();
         for sub in [".parhelia", "bin", "fake-state", "tmux-tmpdir"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
@@ -149,7 +152,10 @@ impl World {
                 cmd.env_remove(&key);
             }
         }
-        cmd.env("HOME", self.root()).env_remove("XDG_CONFIG_HOME");
+        cmd.env("HOME", self.root());
+        for key in parhelia_testkit::procs::NOT_INHERITED {
+            cmd.env_remove(key);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
