@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use parhelia_checkpoint::ChangeHint;
 
@@ -93,11 +94,14 @@ impl ChangeTracker {
                         shared.pending = Pending::Unknown;
                         return;
                     }
-                    // Opening, reading and closing change nothing (inotify reports
-                    // them as `Access`; a write also brings its own `Modify`). Counted,
-                    // every file the previous checkpoint read would be hashed again by
-                    // the next one (issue 19: every checkpoint re-read the tree).
-                    if matches!(event.kind, EventKind::Access(_)) {
+                    // Opening, reading and closing a file not opened for writing
+                    // change nothing (inotify's `Access`). Counted, every file the
+                    // previous checkpoint read would be hashed again by the next one
+                    // (issue 19: every checkpoint re-read the tree). A close after
+                    // writing is kept: a write through mmap brings no `Modify`.
+                    if matches!(event.kind, EventKind::Access(kind)
+                        if kind != AccessKind::Close(AccessMode::Write))
+                    {
                         return;
                     }
                     let appeared = matches!(
@@ -244,6 +248,32 @@ mod tests {
             BTreeSet::from([PathBuf::from("written.txt")]),
             "only the written file is a change"
         );
+    }
+
+    /// A file written through a shared mapping gets no modify event, only the close
+    /// after writing: it is a change.
+    #[test]
+    fn a_file_written_through_mmap_is_a_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::write(root.join("mapped.bin"), [0u8; 4096]).unwrap();
+        let tracker = ChangeTracker::start(&root);
+        let _ = tracker.take();
+        // Python's mmap: the bytes change through the mapping, never through write(2).
+        let status = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import mmap,sys\nf=open(sys.argv[1],'r+b')\nm=mmap.mmap(f.fileno(),4096)\nm[0:16]=b'7'*16\nm.close()\nf.close()",
+            )
+            .arg(root.join("mapped.bin"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(
+            &std::fs::read(root.join("mapped.bin")).unwrap()[..16],
+            b"7777777777777777"
+        );
+        wait_for(&tracker, &["mapped.bin"]);
     }
 
     #[test]

@@ -39,6 +39,10 @@ impl Live {
     fn new() -> Live {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(".parhelia")).unwrap();
+        // The shared harness's reaper: a killed run leaves no local process behind
+        // (a sandbox is Modal's: it ends at its `timeout`, or `parhelia cleanup
+        // --terminate` ends it). HOME stays the user's: the Modal token is there.
+        parhelia_testkit::procs::reap_when_killed(dir.path());
         Live { dir }
     }
 
