@@ -197,6 +197,20 @@ impl CoordinatorService {
             {
                 // Started since this call queued it (a retry clears
                 // `started_at_ms`); else it was cancelled while queued.
+                let launch_failed = db
+                    .get_container(&container)?
+                    .is_some_and(|c| c.state == ContainerState::Failed)
+                    && task.status == TaskStatus::Failed;
+                if let (true, Some(code)) = (launch_failed, &task.error_code) {
+                    return Err(CodedError::new(
+                        error_codes::lookup_or_family(code),
+                        format!(
+                            "task {task_id} failed to launch: {}",
+                            task.error_message.as_deref().unwrap_or("")
+                        ),
+                    )
+                    .into());
+                }
                 fill(session, container, false, 0);
             }
         }
@@ -854,6 +868,30 @@ mod tests {
             (String::new(), String::new(), false, 0),
             "cancelled while queued: placed nowhere"
         );
+        // The other pass's launch failed: this call says so, with its code.
+        let failed = running_task(f.db(), "task-f");
+        f.db()
+            .transition_task(
+                "task-f",
+                TaskStatus::Failed,
+                &TaskUpdate {
+                    error_code: Some(error_codes::CLAUDE_CODE_NOT_INSTALLED.code.into()),
+                    error_message: Some("no claude here".into()),
+                    ..TaskUpdate::default()
+                },
+            )
+            .unwrap();
+        f.db()
+            .set_container_state(&failed.container_id, ContainerState::Failed)
+            .unwrap();
+        let err = f
+            .service
+            .fill_placement("task-f", &DispatchOutcome::default(), |_, _, _, _| {
+                panic!("a failed launch is placed nowhere")
+            })
+            .unwrap_err();
+        assert_eq!(code_of(&err), error_codes::CLAUDE_CODE_NOT_INSTALLED.code);
+        assert!(format!("{err:#}").contains("no claude here"), "{err:#}");
     }
 
     #[tokio::test]
