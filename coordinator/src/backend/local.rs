@@ -334,7 +334,7 @@ fn scan_leftovers(
     state_root: &Path,
     coordinator_id: &str,
     label: &str,
-    launching: &std::collections::BTreeMap<String, bool>,
+    launching: &dyn Fn(&str) -> Option<bool>,
     read_only: bool,
 ) -> Vec<super::LeftoverUnit> {
     use std::collections::BTreeSet;
@@ -366,7 +366,10 @@ fn scan_leftovers(
     }
     let mut found = Vec::new();
     for (container_id, (record, recorded)) in candidates {
-        if launching.get(&container_id) == Some(&true) {
+        // Asked at each decision, not from a list taken before the scan: a launch
+        // that began while this scan read the host is in the map before its unit
+        // exists, so a unit the scan saw is never one whose launch it missed.
+        if launching(&container_id) == Some(true) {
             // Its launch is in flight: nothing in it is left over yet.
             continue;
         }
@@ -380,9 +383,15 @@ fn scan_leftovers(
         if pids.iter().any(|p| process_matches(*p, label)) {
             continue;
         }
+        let launch = launching(&container_id);
+        if launch == Some(true) {
+            // Its launch began during this scan: the launcher in it is not an
+            // agent yet (it joins, then becomes one), and nothing is left over.
+            continue;
+        }
         if pids.is_empty() {
             // Launched a moment ago, its agent may not have joined yet: kept.
-            if !launching.contains_key(&container_id) && !read_only {
+            if launch.is_none() && !read_only {
                 unit::remove_unit_dirs(&record);
             }
             continue;
@@ -991,19 +1000,25 @@ impl Backend for LocalBackend {
             self.label(),
         );
         // Units of launches in flight, or younger than the agent's time to join: kept.
+        // Looked up live, when the scan decides about a unit it found (a list taken
+        // before the scan missed launches that began during it, and their empty
+        // units were removed before the agent joined: E502 under load).
         let grace = self.endpoint_timeout * 2;
-        let launching: std::collections::BTreeMap<String, bool> = match self.launching.lock() {
-            Ok(mut map) => {
-                map.retain(|_, at| at.is_none_or(|at| at.elapsed() < grace));
-                map.iter()
-                    .map(|(id, at)| (id.clone(), at.is_none()))
-                    .collect()
-            }
-            Err(_) => Default::default(),
-        };
+        if let Ok(mut map) = self.launching.lock() {
+            map.retain(|_, at| at.is_none_or(|at| at.elapsed() < grace));
+        }
+        let launching = Arc::clone(&self.launching);
         let read_only = self.read_only;
         tokio::task::spawn_blocking(move || {
-            scan_leftovers(&root, &coordinator_id, &label, &launching, read_only)
+            let state = |id: &str| -> Option<bool> {
+                let map = launching.lock().unwrap_or_else(|p| p.into_inner());
+                match map.get(id) {
+                    Some(None) => Some(true),
+                    Some(Some(at)) if at.elapsed() < grace => Some(false),
+                    _ => None,
+                }
+            };
+            scan_leftovers(&root, &coordinator_id, &label, &state, read_only)
         })
         .await
         .context("scanning for left-over session processes panicked")
@@ -1225,6 +1240,61 @@ mod journal_read_tests {
             read_journal_file(&dir.path().join("missing.jsonl"), 1)
                 .unwrap()
                 .is_empty()
+        );
+    }
+}
+
+#[cfg(test)]
+mod leftover_scan_tests {
+    use super::*;
+
+    /// The scan decides about an empty unit from the launch state *at that
+    /// moment*: a unit whose launch is in flight (or ended within the grace the
+    /// agent has to join it) is kept and not reported; only a unit nobody is
+    /// launching is removed. The lookup is live (a closure over the backend's map),
+    /// not a list taken before the scan: with the list, a launch that began while
+    /// the scan read the host had its empty unit removed before its agent joined
+    /// (E502 "cannot join the session's cgroup", seen under load in chaos and CI).
+    #[test]
+    fn an_empty_units_fate_follows_its_launch_state_at_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator_id = format!("coord-{}", crate::ids::random_hex(4));
+        let container_id = format!("ctr-{}", crate::ids::random_hex(4));
+        let record = match unit::create_unit(&coordinator_id, &container_id, "sess-1", None, None) {
+            Ok(record) if !record.cgroups.is_empty() => record,
+            other => {
+                eprintln!("SKIPPED: no writable cgroup on this host ({other:?})");
+                return;
+            }
+        };
+        let container_dir = dir.path().join("containers").join(&container_id);
+        std::fs::create_dir_all(&container_dir).unwrap();
+        unit::write_record(&container_dir, &record).unwrap();
+        let membership = record.cgroups[0].clone();
+        let scan = |state: Option<bool>| {
+            scan_leftovers(
+                dir.path(),
+                &coordinator_id,
+                "no-such-label",
+                &|id: &str| (id == container_id).then_some(state).flatten(),
+                false,
+            )
+        };
+
+        for (state, what) in [(Some(true), "in flight"), (Some(false), "just launched")] {
+            assert!(
+                scan(state).is_empty(),
+                "an empty unit {what} is not left over"
+            );
+            assert!(
+                membership.exists(),
+                "the unit of a launch {what} was removed"
+            );
+        }
+        assert!(scan(None).is_empty(), "an empty unit holds nothing to end");
+        assert!(
+            !membership.exists(),
+            "the empty unit of a launch nobody runs stays"
         );
     }
 }
