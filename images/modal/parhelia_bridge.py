@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -607,10 +608,15 @@ class Bridge:
         if not os.path.isabs(dest):
             raise BridgeError("invalid", f"dest {dest!r} is not an absolute path")
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        part = dest + ".part"
+        # A part file of its own: two bridges (two coordinators' mirrors, a pull
+        # beside a write-back) fetching the same file must not write into one
+        # `dest.part` and rename each other's half-written bytes into place.
+        fd, part = tempfile.mkstemp(
+            dir=os.path.dirname(dest), prefix=os.path.basename(dest) + ".", suffix=".part"
+        )
         size = 0
         try:
-            with open(part, "wb") as out:
+            with os.fdopen(fd, "wb") as out:
                 for chunk in vol.read_file(path):
                     out.write(chunk)
                     size += len(chunk)

@@ -597,10 +597,28 @@ class AppAndSecretAndVolumeTests(BridgeTestCase):
         self.assertEqual(result, {"size": 10})
         with open(dest, "rb") as f:
             self.assertEqual(f.read(), b"0123456789")
-        self.assertFalse(os.path.exists(dest + ".part"))
         error = self.error("volume.get", {"volume": "parhelia-data", "path": "missing", "dest": dest + "2"})
         self.assertEqual(error["kind"], "not_found")
-        self.assertFalse(os.path.exists(dest + "2") or os.path.exists(dest + "2.part"))
+        self.assertFalse(os.path.exists(dest + "2"))
+        # No part file is left behind, on success or failure.
+        self.assertEqual(sorted(os.listdir(os.path.dirname(dest))), ["a.tar"])
+
+    def test_two_gets_of_one_file_each_write_their_own_part_file(self):
+        # Another bridge's fetch of the same file holds `dest.part` open (the
+        # name every fetch used): this fetch must neither write into it nor
+        # rename it, and leaves it alone.
+        dest = os.path.join(self.tmp.name, "mirror", "a.tar")
+        os.makedirs(os.path.dirname(dest))
+        with open(dest + ".part", "wb") as other:
+            other.write(b"half of another fetch")
+            other.flush()
+            result = self.ok("volume.get", {"volume": "parhelia-data",
+                                            "path": "sessions/s/checkpoints/layers/a.tar", "dest": dest})
+        self.assertEqual(result, {"size": 10})
+        with open(dest, "rb") as f:
+            self.assertEqual(f.read(), b"0123456789")
+        with open(dest + ".part", "rb") as f:
+            self.assertEqual(f.read(), b"half of another fetch")
 
     def test_volume_put_is_one_forced_batch(self):
         srcs = []
