@@ -189,9 +189,9 @@ error_codes! {
         recover: "Run the task with `--backend modal` (e.g. `parhelia task create \"…\" --gpu A10G --backend modal`), or leave `--gpu` out for a local run.",
     }
     USER_CONFIG_UNAVAILABLE = "E115" "USER_CONFIG_UNAVAILABLE" {
-        what: "Your Claude Code setup could not be carried into the local session.",
-        why: "A local session starts with what the config-sync planner lets through of your Claude Code configuration (`~/.claude`, or `$CLAUDE_CONFIG_DIR`, and `.claude.json`'s MCP servers; credentials withheld); that directory could not be read, or the session's copy of it could not be written, so nothing was started.",
-        recover: "Run `parhelia config sync --dry-run` to see what is read and why it fails, fix the named path (or the free space of the state directory), or create the task with `--no-user-config` to start without your setup.",
+        what: "Your Claude Code setup could not be read, or not carried into the session.",
+        why: "A session starts with what the config-sync planner lets through of your Claude Code configuration (`~/.claude`, or `$CLAUDE_CONFIG_DIR`, and `.claude.json`'s MCP servers; credentials withheld); that directory is not a directory or could not be read, or a local session's copy of it could not be written, so nothing was started (or synced).",
+        recover: "Fix the path the message names (`parhelia config sync --dry-run` shows what is read, and names it again until it is fixed), or free space in the state directory when the copy failed; a task can also be created with `--no-user-config` to start without your setup.",
     }
     PRIVATE_HOME_UNAVAILABLE = "E116" "PRIVATE_HOME_UNAVAILABLE" {
         what: "The session's private home directory could not be prepared.",

@@ -345,7 +345,7 @@ pub fn read(src: &ConfigSource, opts: &CollectOptions) -> Result<Snapshot, Coded
             // resolved location is the root nothing is read outside of.
             let root = std::fs::canonicalize(&src.claude_dir).map_err(|e| {
                 CodedError::new(
-                    error_codes::INFRASTRUCTURE_ERROR,
+                    error_codes::USER_CONFIG_UNAVAILABLE,
                     format!("cannot read {}: {e}", src.claude_dir.display()),
                 )
             })?;
@@ -353,7 +353,7 @@ pub fn read(src: &ConfigSource, opts: &CollectOptions) -> Result<Snapshot, Coded
         }
         Ok(_) => {
             return Err(CodedError::new(
-                error_codes::INVALID_INPUT,
+                error_codes::USER_CONFIG_UNAVAILABLE,
                 format!(
                     "the Claude Code config dir {} is not a directory",
                     src.claude_dir.display()
@@ -363,7 +363,7 @@ pub fn read(src: &ConfigSource, opts: &CollectOptions) -> Result<Snapshot, Coded
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             return Err(CodedError::new(
-                error_codes::INFRASTRUCTURE_ERROR,
+                error_codes::USER_CONFIG_UNAVAILABLE,
                 format!("cannot read {}: {e}", src.claude_dir.display()),
             ));
         }

@@ -611,7 +611,7 @@ fn missing_config_is_empty_and_a_file_is_refused() {
     write(&home.path().join(".claude"), "not a dir");
     assert_eq!(
         plan(home.path()).unwrap_err().code,
-        error_codes::INVALID_INPUT
+        error_codes::USER_CONFIG_UNAVAILABLE
     );
 }
 
