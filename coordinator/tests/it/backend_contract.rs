@@ -150,9 +150,19 @@ fn settings() -> AgentSettings {
     }
 }
 
+/// An id of `prefix` no other run on this machine uses: two runs of this test at once
+/// (several checkouts) with fixed ids listed, joined and stopped each other's
+/// containers, and a failed run's leftovers broke the next.
+fn fresh(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
 fn ids(session_id: &str, container_id: &str, claude_session_id: &str) -> LaunchIds {
     LaunchIds {
-        task_id: "task-c0ffee01".into(),
+        task_id: fresh("task"),
         session_id: session_id.into(),
         container_id: container_id.into(),
         claude_session_id: claude_session_id.into(),
@@ -216,22 +226,21 @@ fn finished(events: &[Event]) -> Option<SessionOutcome> {
 
 async fn contract(kind: BackendKind) {
     let world = World::new();
+    let (ours, theirs) = (fresh("coord"), fresh("coord"));
     let (backend, stranger) = match kind {
-        BackendKind::Local => (world.local("coord-aaaa0001"), world.local("coord-bbbb0002")),
-        BackendKind::Modal => (
-            world.modal("coord-aaaa0001").await,
-            world.modal("coord-bbbb0002").await,
-        ),
+        BackendKind::Local => (world.local(&ours), world.local(&theirs)),
+        BackendKind::Modal => (world.modal(&ours).await, world.modal(&theirs).await),
     };
     let secret = SessionSecret::generate();
     let claude_session = uuid::Uuid::new_v4().to_string();
-    let session_id = "sess-c0ffee02";
+    let session_id = fresh("sess");
+    let session_id = session_id.as_str();
     let source = world.root().join("source");
     std::fs::create_dir_all(&source).unwrap();
     std::fs::write(source.join("seed.txt"), "from the user's tree\n").unwrap();
 
     // Launch.
-    let first = ids(session_id, "ctr-c0ffee03", &claude_session);
+    let first = ids(session_id, &fresh("ctr"), &claude_session);
     let session = SessionRequest {
         prompt: "Make a file, then wait".into(),
         model: None,
@@ -265,7 +274,7 @@ async fn contract(kind: BackendKind) {
     })
     .await;
     assert_eq!(listed.session_id, session_id);
-    assert_eq!(listed.coordinator_label, "coord-aaaa0001");
+    assert_eq!(listed.coordinator_label, ours);
     let theirs = stranger.list().await.expect("the other coordinator lists");
     assert!(
         theirs.iter().all(|c| c.container_id != first.container_id),
@@ -276,7 +285,7 @@ async fn contract(kind: BackendKind) {
     let observed = Observation {
         containers: Some(backend.list().await.unwrap()),
     };
-    let policy = Config::defaults().policy("coord-aaaa0001");
+    let policy = Config::defaults().policy(&ours);
     let actions = reconcile(&Intended::default(), &observed, now_ms(), &policy);
     assert!(
         actions.iter().any(|a| matches!(a,
@@ -365,7 +374,7 @@ async fn contract(kind: BackendKind) {
     // Resume on a fresh container: the checkpoint is restored and the same
     // conversation continues.
     let requests_before = world.stand_in.requests().len();
-    let second = ids(session_id, "ctr-c0ffee04", &claude_session);
+    let second = ids(session_id, &fresh("ctr"), &claude_session);
     let resumed = SessionRequest {
         prompt: "Please continue.".into(),
         model: None,

@@ -753,7 +753,10 @@ fn e115_an_unreadable_setup_is_refused_and_each_advised_way_runs() {
 
     let dry = h.run(&["config", "sync", "--dry-run"]);
     let why = stderr_of(&dry);
-    assert!(why.starts_with("error[E115]: "), "the same cause, the same code: {why}");
+    assert!(
+        why.starts_with("error[E115]: "),
+        "the same cause, the same code: {why}"
+    );
     assert!(
         why.contains(&claude_dir.display().to_string()) && why.contains("not a directory"),
         "the dry run names the path and why: {why}"
