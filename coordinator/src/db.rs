@@ -584,6 +584,31 @@ pub struct Db {
     generation_lock: Mutex<()>,
 }
 
+/// Heartbeats kept whole per container (the newest); older ones are thinned to one
+/// per [`HEARTBEAT_THINNED_MS`]. Nothing reads a heartbeat's history but its latest
+/// row and time (health, compute charging): the rows are kept for diagnosis, and a
+/// session of days at 1 Hz would otherwise add a row a second forever.
+pub const HEARTBEAT_KEEP_WHOLE: i64 = 600;
+/// The spacing older heartbeats are thinned to (one kept per window).
+pub const HEARTBEAT_THINNED_MS: i64 = 5 * 60 * 1000;
+/// The thinning runs with every this many heartbeats stored (any container's), for
+/// the container whose heartbeat it was: bounded work, amortised.
+const HEARTBEAT_PRUNE_EVERY: i64 = 64;
+
+/// Thins a container's heartbeats: the newest [`HEARTBEAT_KEEP_WHOLE`] stay, and of
+/// the older ones only the first of each [`HEARTBEAT_THINNED_MS`] window.
+fn thin_heartbeats(tx: &rusqlite::Transaction<'_>, container_id: &str) -> Result<usize> {
+    Ok(tx.execute(
+        "DELETE FROM heartbeats
+         WHERE container_id = ?1
+           AND id NOT IN (SELECT id FROM heartbeats WHERE container_id = ?1
+                          ORDER BY ts_ms DESC, id DESC LIMIT ?2)
+           AND id NOT IN (SELECT min(id) FROM heartbeats WHERE container_id = ?1
+                          GROUP BY ts_ms / ?3)",
+        params![container_id, HEARTBEAT_KEEP_WHOLE, HEARTBEAT_THINNED_MS],
+    )?)
+}
+
 impl Db {
     /// Opens (creating if needed) and migrates the database. The database
     /// and its `-wal`/`-shm`/`-journal` files hold session secrets: they are
@@ -1127,6 +1152,7 @@ impl Db {
                 session_status_name(heartbeat.status)
             ],
         )?;
+        let inserted = tx.last_insert_rowid();
         tx.execute(
             "UPDATE containers SET last_heartbeat_ms = max(coalesce(last_heartbeat_ms, 0), ?2),
                                    agent_last_seq = max(coalesce(agent_last_seq, 0), ?3)
@@ -1137,6 +1163,9 @@ impl Db {
                 heartbeat.last_seq.min(i64::MAX as u64) as i64
             ],
         )?;
+        if inserted % HEARTBEAT_PRUNE_EVERY == 0 {
+            thin_heartbeats(&tx, container_id)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -1942,6 +1971,70 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    /// Heartbeats do not accumulate forever: a container's newest
+    /// `HEARTBEAT_KEEP_WHOLE` stay whole, older ones thin to one per window, and
+    /// the latest (which health and compute charging read) is always kept.
+    #[test]
+    fn heartbeats_are_thinned_and_the_latest_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 1);
+        let other = launch(&db, 2);
+        // Three hours at one heartbeat every 5 s.
+        let (total, every_ms): (i64, i64) = (3 * 3600 / 5, 5000);
+        let start = 1_000_000_000_i64;
+        for i in 0..total {
+            let heartbeat = Heartbeat {
+                ts_ms: start + i * every_ms,
+                ..Heartbeat::default()
+            };
+            db.record_heartbeat(&target.container_id, &heartbeat)
+                .unwrap();
+        }
+        db.record_heartbeat(&other.container_id, &Heartbeat::default())
+            .unwrap();
+        let kept = db.heartbeat_count(&target.container_id).unwrap() as i64;
+        let windows = total * every_ms / HEARTBEAT_THINNED_MS + 1;
+        // Pruning runs every HEARTBEAT_PRUNE_EVERY stores, so at most that many
+        // newer rows wait for the next pass.
+        assert!(
+            kept <= HEARTBEAT_KEEP_WHOLE + windows + HEARTBEAT_PRUNE_EVERY,
+            "{kept} heartbeats kept of {total}"
+        );
+        assert!(kept >= HEARTBEAT_KEEP_WHOLE, "{kept}");
+        assert_eq!(
+            db.last_heartbeat_ts(&target.container_id).unwrap(),
+            Some(start + (total - 1) * every_ms)
+        );
+        let older: Vec<i64> = db
+            .conn()
+            .prepare(
+                "SELECT ts_ms FROM heartbeats WHERE container_id = ?1
+                 ORDER BY ts_ms DESC LIMIT -1 OFFSET ?2",
+            )
+            .unwrap()
+            .query_map(
+                params![
+                    target.container_id,
+                    HEARTBEAT_KEEP_WHOLE + HEARTBEAT_PRUNE_EVERY
+                ],
+                |r| r.get(0),
+            )
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(!older.is_empty());
+        let mut seen = std::collections::BTreeSet::new();
+        for ts in &older {
+            assert!(
+                seen.insert(ts / HEARTBEAT_THINNED_MS),
+                "two old heartbeats in one window: {ts}"
+            );
+        }
+        // Another container's heartbeats are its own.
+        assert_eq!(db.heartbeat_count(&other.container_id).unwrap(), 1);
     }
 
     #[test]
