@@ -477,24 +477,9 @@ const STREAM_TAIL_BYTES: u64 = 4 << 20;
 /// stream only, and its figure here is a lower bound. The file is the session's: never
 /// through a link, bounded, and a line that is not a response is skipped.
 pub fn stream_observations(stream: &Path, start: u64) -> Vec<Observation> {
-    let Some(mut file) = crate::session_file::open_regular(stream) else {
+    let Some((bytes, skip_first)) = stream_tail(stream, start) else {
         return Vec::new();
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let from = start.max(len.saturating_sub(STREAM_TAIL_BYTES));
-    if from >= len || file.seek(std::io::SeekFrom::Start(from)).is_err() {
-        return Vec::new();
-    }
-    let mut bytes = Vec::new();
-    if file
-        .take(STREAM_TAIL_BYTES)
-        .read_to_end(&mut bytes)
-        .is_err()
-    {
-        return Vec::new();
-    }
-    // Begun inside a line (the tail of a long stream): that partial line is skipped.
-    let skip_first = from > start;
     bytes
         .split(|b| *b == b'\n')
         .skip(usize::from(skip_first))
@@ -509,6 +494,53 @@ pub fn stream_observations(stream: &Path, start: u64) -> Vec<Observation> {
         // no tokens is no billed response: its absence from a transcript says nothing.
         .filter(|o| o.model != SYNTHETIC_MODEL && !o.tokens.is_zero())
         .collect()
+}
+
+/// The last [`STREAM_TAIL_BYTES`] of a run's stream from `start` (a link or a
+/// non-regular file gives nothing), and whether it begins inside a line (that partial
+/// line is to be skipped).
+fn stream_tail(stream: &Path, start: u64) -> Option<(Vec<u8>, bool)> {
+    let mut file = crate::session_file::open_regular(stream)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = start.max(len.saturating_sub(STREAM_TAIL_BYTES));
+    if from >= len || file.seek(std::io::SeekFrom::Start(from)).is_err() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(STREAM_TAIL_BYTES).read_to_end(&mut bytes).ok()?;
+    Some((bytes, from > start))
+}
+
+/// Whether a headless run's stream (from `start`) ends waiting for a model reply:
+/// its last message line is a `user` one (a tool's result, printed the moment the
+/// tool ended, which Claude Code then sends at once) with no `assistant` reply or
+/// `result` after it. Claude Code prints to its stream as things happen but writes its
+/// transcript in batches, so a SIGKILL can leave the transcript ending with the tool
+/// call while the stream shows the result went out: the request's spend is unknown.
+pub fn stream_awaits_reply(stream: &Path, start: u64) -> bool {
+    let Some((bytes, skip_first)) = stream_tail(stream, start) else {
+        return false;
+    };
+    stream_awaits_reply_in(&bytes, skip_first)
+}
+
+/// [`stream_awaits_reply`] of a stream's bytes.
+pub fn stream_awaits_reply_in(bytes: &[u8], skip_first: bool) -> bool {
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .skip(usize::from(skip_first))
+        .collect();
+    for line in lines.into_iter().rev() {
+        let Ok(value) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        match value["type"].as_str() {
+            Some("assistant") | Some("result") => return false,
+            Some("user") => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// What a session's transcripts hold that no journal charged: the responses Claude Code
@@ -578,6 +610,9 @@ pub fn unjournaled(
     // Responses the run printed and never wrote to a transcript: their usage as printed
     // (a lower bound); their full spend is unknown.
     if let Some(stream) = stream {
+        if stream_awaits_reply(stream, 0) {
+            out.request_in_flight = true;
+        }
         for observation in stream_observations(stream, 0) {
             if meter.knows(&observation.message_id) {
                 continue;
@@ -671,6 +706,50 @@ mod tests {
         let link = dir.path().join("link.jsonl");
         std::os::unix::fs::symlink(&stream, &link).unwrap();
         assert!(stream_observations(&link, 0).is_empty());
+    }
+
+    /// A stream whose last message is a tool's result (printed when the tool ended,
+    /// and sent at once) with no reply or `result` after it awaits a reply: the shape
+    /// a SIGKILL left in chaos rounds whose transcript still ended with the tool call
+    /// (its batch with the result was not yet written). Line shapes as Claude Code
+    /// 2.1.330 prints them.
+    #[test]
+    fn a_stream_ending_with_a_tool_result_awaits_a_reply() {
+        let init = r#"{"type":"system","subtype":"init","session_id":"s"}"#;
+        let call = r#"{"type":"assistant","message":{"id":"m1","model":"claude-opus-5-5","content":[{"type":"tool_use","id":"toolu_1","name":"Bash","input":{"command":"ls"}}],"usage":{"input_tokens":10,"output_tokens":1}},"parent_tool_use_id":null,"session_id":"s"}"#;
+        let result = r#"{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_1","type":"tool_result","content":"a.txt","is_error":false}]},"parent_tool_use_id":null,"session_id":"s"}"#;
+        let reply = &stream_line("m2", 20, None);
+        let done = r#"{"type":"result","subtype":"success","is_error":false,"result":"done"}"#;
+        let join = |lines: &[&str]| lines.join("\n") + "\n";
+        let awaits = |lines: &[&str]| stream_awaits_reply_in(join(lines).as_bytes(), false);
+        assert!(!awaits(&[init]));
+        assert!(!awaits(&[init, call]), "a tool still running sent nothing");
+        assert!(awaits(&[init, call, result]));
+        assert!(awaits(&[
+            init,
+            call,
+            result,
+            "not json",
+            r#"{"type":"system"}"#
+        ]));
+        assert!(!awaits(&[init, call, result, reply]));
+        assert!(!awaits(&[init, call, result, reply, done]));
+        // A subagent's tool result awaits the subagent's reply the same way.
+        let sub = result.replace(
+            r#""parent_tool_use_id":null"#,
+            r#""parent_tool_use_id":"toolu_9""#,
+        );
+        assert!(awaits(&[init, call, &sub]));
+        // From a run's start: an earlier run's dangling result is not this run's.
+        let dir = tempfile::tempdir().unwrap();
+        let stream = dir.path().join("stream.jsonl");
+        let earlier = join(&[init, call, result]);
+        std::fs::write(&stream, format!("{earlier}{}", join(&[init]))).unwrap();
+        assert!(stream_awaits_reply(&stream, 0));
+        assert!(!stream_awaits_reply(&stream, earlier.len() as u64));
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&stream, &link).unwrap();
+        assert!(!stream_awaits_reply(&link, 0), "never through a link");
     }
 
     /// What a dead agent's session holds beyond its journals: the coordinator charges

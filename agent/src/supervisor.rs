@@ -314,8 +314,9 @@ pub struct Verdict {
 }
 
 /// Whether Claude Code may have died with a model request in flight: it printed
-/// responses it never wrote (`stream_only`), its transcript ends with a message that
-/// has no reply (`transcript_awaits_reply`), or it was handed a turn and its
+/// responses it never wrote (`stream_only`), its transcript (or its headless stream,
+/// which it writes first) ends with a message that has no reply
+/// (`transcript_awaits_reply`), or it was handed a turn and its
 /// transcript was not written since (`unwritten_turn`: Claude Code writes its
 /// transcript in batches, after it sends, so a SIGKILL can beat the write).
 fn request_in_flight(
@@ -1743,7 +1744,11 @@ impl Supervisor {
                 stream_only,
                 self.transcript
                     .as_deref()
-                    .is_some_and(crate::transcript::request_in_flight),
+                    .is_some_and(crate::transcript::request_in_flight)
+                    // A tool's result it printed (and sent) but had not yet written.
+                    || self.stream_start.is_some_and(|start| {
+                        crate::spend::stream_awaits_reply(&self.context.layout.stream, start)
+                    }),
                 // (Only once Claude Code was up: one that never started sent nothing.)
                 unanswered.turn_in_flight
                     && (self.last_init.is_some() || *self.prompt_ready.borrow())
