@@ -30,7 +30,9 @@
 //! - a container without our label is never acted on: the backend lists
 //!   ours only, and this function filters on the label again;
 //! - when the backend could not list (`Observation::containers` is `None`),
-//!   nothing is ended, terminated or reported: only health moves;
+//!   nothing is ended, terminated or reported: only health moves; when one
+//!   backend of several could not list (`Observation::unlisted`), the same holds
+//!   for *its* containers, and the others' are reconciled as usual;
 //! - idempotence: after applying its actions ([`apply`]), a second run on the
 //!   same observation at the same time produces no action;
 //! - nothing ever terminates "everything": every termination names one
@@ -73,11 +75,37 @@ pub struct ObservedContainer {
     pub coordinator_label: String,
 }
 
-/// What the backend reported.
+/// What the backends reported.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observation {
-    /// `None` when listing failed: nothing is known about what runs.
+    /// What the backends that could list listed; `None` when none could: nothing
+    /// is known about what runs.
     pub containers: Option<Vec<ObservedContainer>>,
+    /// Backends (`local`, `modal`) that could not list: their containers are
+    /// unknown, exactly as if nothing had been listed for them, while the other
+    /// backends' containers are reconciled from their lists (one backend that
+    /// cannot answer blinds only its own containers).
+    pub unlisted: BTreeSet<String>,
+}
+
+impl Observation {
+    /// Every backend listed these.
+    pub fn listed(containers: Vec<ObservedContainer>) -> Observation {
+        Observation {
+            containers: Some(containers),
+            unlisted: BTreeSet::new(),
+        }
+    }
+
+    /// No backend could list.
+    pub fn unknown() -> Observation {
+        Observation::default()
+    }
+
+    /// Whether the backend `backend` runs under listed its containers.
+    pub fn knows_backend(&self, backend: &str) -> bool {
+        self.containers.is_some() && !self.unlisted.contains(backend)
+    }
 }
 
 /// A local session unit (cgroup or marked process tree) whose agent is gone but
@@ -101,6 +129,9 @@ pub struct IntendedContainer {
     pub container_id: String,
     pub session_id: String,
     pub task_id: String,
+    /// The backend that runs it (`local`, `modal`): its listing is the one that
+    /// says whether it runs.
+    pub backend: String,
     pub state: ContainerState,
     pub health: Option<Health>,
     pub heartbeat_interval_ms: Option<i64>,
@@ -378,13 +409,18 @@ pub fn reconcile(
     policy: &Policy,
 ) -> Vec<Action> {
     let listed = listed_ours(observed, policy);
-    let seen = |id: &str| listed.as_ref().map(|m| m.get(id).copied());
+    // `None`: its backend did not list (nothing is known of it this pass).
+    let seen = |c: &IntendedContainer| {
+        listed
+            .as_ref()
+            .filter(|_| observed.knows_backend(&c.backend))
+            .map(|m| m.get(c.container_id.as_str()).copied())
+    };
     let stale = policy.thresholds.stale_threshold_ms;
     let mut actions = Vec::new();
 
     for c in &intended.containers {
-        let id = c.container_id.as_str();
-        let listed_as = seen(id);
+        let listed_as = seen(c);
         match c.state {
             ContainerState::Created => {
                 // A launch in progress is the launcher's business. One nobody
@@ -527,7 +563,13 @@ pub fn reconcile(
                 });
             }
         }
-        for o in &intended.orphans {
+        // An orphan has no record of its backend: one that is not listed may be on
+        // a backend that could not list, so none is forgotten until all listed.
+        for o in intended
+            .orphans
+            .iter()
+            .filter(|_| observed.unlisted.is_empty())
+        {
             if !o.gone
                 && !listed.contains_key(o.container_id.as_str())
                 && !known.contains(o.container_id.as_str())
@@ -579,7 +621,9 @@ pub fn leftover_actions(
     observed: &Observation,
     policy: &Policy,
 ) -> Vec<Action> {
-    let Some(listed) = listed_ours(observed, policy) else {
+    // Units are the local backend's: nothing is decided unless it listed.
+    let Some(listed) = listed_ours(observed, policy).filter(|_| observed.knows_backend("local"))
+    else {
         return Vec::new();
     };
     let mut by_container: BTreeMap<&str, &LeftoverUnit> = BTreeMap::new();
@@ -758,6 +802,7 @@ pub fn drift(intended: &Intended, observed: &Observation, now_ms: i64, policy: &
         wanted.insert(c.container_id.as_str());
         drift.intended_active += 1;
         if let Some(listed) = &listed
+            && observed.knows_backend(&c.backend)
             && !listed.contains_key(c.container_id.as_str())
         {
             drift.missing.push(c.container_id.clone());
@@ -1070,6 +1115,7 @@ mod tests {
             container_id: id.into(),
             session_id: format!("sess-{id}"),
             task_id: format!("task-{id}"),
+            backend: "local".into(),
             state: ContainerState::Running,
             health: Some(Health::Healthy),
             heartbeat_interval_ms: Some(1_000),
@@ -1098,9 +1144,7 @@ mod tests {
     }
 
     fn listed(list: Vec<ObservedContainer>) -> Observation {
-        Observation {
-            containers: Some(list),
-        }
+        Observation::listed(list)
     }
 
     fn names(actions: &[Action]) -> Vec<String> {
@@ -1283,6 +1327,30 @@ mod tests {
         ));
     }
 
+    /// Modal cannot list: its silent container is not lost (nothing is known of
+    /// it), while a silent local container the local backend did not list is.
+    #[test]
+    fn a_backend_that_cannot_list_does_not_stop_the_others_being_reconciled() {
+        let policy = policy();
+        let stale = policy.thresholds.stale_threshold_ms + 1;
+        let local = running("c1", stale);
+        let modal = IntendedContainer {
+            backend: "modal".into(),
+            ..running("c2", stale)
+        };
+        let observed = Observation {
+            containers: Some(vec![]),
+            unlisted: ["modal".to_string()].into(),
+        };
+        let actions = reconcile(&just(vec![local, modal]), &observed, NOW, &policy);
+        let lost: Vec<&str> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::MarkLost { .. }))
+            .map(Action::container_id)
+            .collect();
+        assert_eq!(lost, ["c1"], "{actions:?}");
+    }
+
     #[test]
     fn unknown_labelled_containers_are_orphans_and_foreign_ones_are_ignored() {
         let mut foreign = ours("x9");
@@ -1397,6 +1465,7 @@ mod tests {
 
         const IDS: [&str; 6] = ["c0", "c1", "c2", "c3", "c4", "c5"];
         const LABELS: [&str; 3] = ["coord-ours", "coord-other", ""];
+        const BACKENDS: [&str; 2] = ["local", "modal"];
 
         fn container_state() -> impl Strategy<Value = ContainerState> {
             proptest::sample::select(ContainerState::ALL.to_vec())
@@ -1432,11 +1501,13 @@ mod tests {
                 auto_resumes in 0u32..4,
                 resume_requested in any::<bool>(),
                 checkpoint in proptest::option::of(Just("cp-1-00000000".to_string())),
+                backend in proptest::sample::select(BACKENDS.to_vec()),
             ) -> IntendedContainer {
                 IntendedContainer {
                     container_id: id.to_string(),
                     session_id: format!("sess-{id}"),
                     task_id: format!("task-{task}"),
+                    backend: backend.to_string(),
                     state,
                     health,
                     heartbeat_interval_ms: interval,
@@ -1526,9 +1597,15 @@ mod tests {
 
         fn observation() -> impl Strategy<Value = Observation> {
             prop_oneof![
-                1 => Just(Observation { containers: None }),
-                4 => proptest::collection::vec(observed_container(), 0..6)
-                    .prop_map(|list| Observation { containers: Some(list) }),
+                1 => Just(Observation::unknown()),
+                4 => (
+                    proptest::collection::vec(observed_container(), 0..6),
+                    proptest::collection::btree_set(proptest::sample::select(BACKENDS.to_vec()), 0..2),
+                )
+                    .prop_map(|(list, unlisted)| Observation {
+                        containers: Some(list),
+                        unlisted: unlisted.into_iter().map(str::to_string).collect(),
+                    }),
             ]
         }
 
@@ -1605,9 +1682,40 @@ mod tests {
                 intended in intended(),
                 policy in any_policy(),
             ) {
-                let actions = reconcile(&intended, &Observation { containers: None }, NOW, &policy);
+                let actions = reconcile(&intended, &Observation::unknown(), NOW, &policy);
                 for action in actions {
                     prop_assert!(matches!(action, Action::SetHealth { .. }), "{action:?}");
+                }
+            }
+
+            /// A backend that could not list blinds only its own containers:
+            /// none of them is ended, terminated, lost or reported, whatever the
+            /// other backends listed (which is all the pass knows of).
+            #[test]
+            fn a_backend_that_cannot_list_blinds_only_its_own_containers(
+                intended in intended(),
+                observed in observation(),
+                policy in any_policy(),
+            ) {
+                let blind: BTreeSet<&str> = intended
+                    .containers
+                    .iter()
+                    .filter(|c| !observed.knows_backend(&c.backend))
+                    .map(|c| c.container_id.as_str())
+                    .collect();
+                for action in reconcile(&intended, &observed, NOW, &policy) {
+                    if matches!(action, Action::SetHealth { .. }) {
+                        continue;
+                    }
+                    prop_assert!(
+                        !blind.contains(action.container_id()),
+                        "{action:?} on a container whose backend did not list ({:?})",
+                        observed.unlisted
+                    );
+                }
+                let drift = drift(&intended, &observed, NOW, &policy);
+                for id in &drift.missing {
+                    prop_assert!(!blind.contains(id.as_str()), "{id} reported missing");
                 }
             }
 

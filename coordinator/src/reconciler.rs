@@ -57,6 +57,7 @@ fn intended_container(
         container_id: c.id.clone(),
         session_id: c.session_id.clone(),
         task_id: c.task_id.clone(),
+        backend: c.backend.clone(),
         state: c.state,
         health: c.health,
         heartbeat_interval_ms: c.heartbeat_interval_ms,
@@ -93,18 +94,24 @@ pub async fn run_pass(service: &CoordinatorService, options: PassOptions) -> Res
         options.trigger.clone()
     };
 
-    let (observation, list_error) = match inner.backend.list().await {
-        Ok(list) => (
-            Observation {
-                containers: Some(list),
-            },
-            None,
-        ),
-        Err(err) => {
-            tracing::warn!("the reconciler could not list containers: {err:#}");
-            (Observation::default(), Some(format!("{err:#}")))
+    // Each backend's list on its own: one that cannot list blinds only its own
+    // containers (`Observation::unlisted`), the others are reconciled.
+    let mut observation = Observation::unknown();
+    let mut errors = Vec::new();
+    for (backend, listed) in inner.backend.list_each().await {
+        match listed {
+            Ok(list) => observation
+                .containers
+                .get_or_insert_with(Vec::new)
+                .extend(list),
+            Err(err) => {
+                tracing::warn!("the reconciler could not list {backend} containers: {err:#}");
+                observation.unlisted.insert(backend.to_string());
+                errors.push(format!("{backend}: {err:#}"));
+            }
         }
-    };
+    }
+    let list_error = (!errors.is_empty()).then(|| errors.join("; "));
     let listed: Option<BTreeSet<String>> = observation
         .containers
         .as_ref()

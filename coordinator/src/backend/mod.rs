@@ -125,6 +125,13 @@ pub trait Backend: Send + Sync {
     /// label only (`parhelia.coordinator=<id>`); never anything else.
     async fn list(&self) -> anyhow::Result<Vec<ObservedContainer>>;
 
+    /// [`Backend::list`] per backend (`local`, `modal`), each with its own result:
+    /// the reconciler acts on the containers of the backends that answered, and
+    /// one that cannot list blinds only its own. A single backend is one entry.
+    async fn list_each(&self) -> Vec<(&'static str, anyhow::Result<Vec<ObservedContainer>>)> {
+        vec![(self.name(), self.list().await)]
+    }
+
     /// Stops one container of ours (its agent journals the interruption and
     /// exits). A container that is not running, or is not ours, is left
     /// alone. There is deliberately no way to stop "everything".

@@ -161,6 +161,31 @@ impl Backend for Backends {
         Ok(all)
     }
 
+    async fn list_each(&self) -> Vec<(&'static str, Result<Vec<ObservedContainer>>)> {
+        let local = self.local.list().await;
+        if let Ok(list) = &local {
+            for c in list {
+                lock(&self.owners)
+                    .entry(c.container_id.clone())
+                    .or_insert(BackendKind::Local);
+            }
+        }
+        let mut each = vec![(self.local.name(), local)];
+        if self.modal_in_use() {
+            let modal = match self.get(BackendKind::Modal) {
+                Ok(backend) => backend.list().await,
+                Err(e) => Err(e.into()),
+            };
+            if let Ok(list) = &modal {
+                for c in list {
+                    lock(&self.owners).insert(c.container_id.clone(), BackendKind::Modal);
+                }
+            }
+            each.push(("modal", modal));
+        }
+        each
+    }
+
     async fn terminate(&self, container_id: &str) -> Result<()> {
         self.owner(container_id)?.terminate(container_id).await
     }
