@@ -282,9 +282,7 @@ async fn contract(kind: BackendKind) {
     );
 
     // Orphan detection: a labelled container nobody recorded is an orphan.
-    let observed = Observation {
-        containers: Some(backend.list().await.unwrap()),
-    };
+    let observed = Observation::listed(backend.list().await.unwrap());
     let policy = Config::defaults().policy(&ours);
     let actions = reconcile(&Intended::default(), &observed, now_ms(), &policy);
     assert!(
