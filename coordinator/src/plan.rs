@@ -128,6 +128,139 @@ pub const FORWARDED_ENV: &[&str] = &[
 ];
 pub const FORWARDED_ENV_PREFIX: &str = "CLAUDE_CODE_";
 
+/// Most secrets one task may name (`--secret`, plus `modal.secrets` on Modal).
+pub const MAX_SECRETS: usize = 32;
+
+/// Environment variables a local `--secret` may not name: the launch's own
+/// (the agent sets or drops them), and the dynamic loader's (they would shape
+/// the agent, which runs outside the session's sandbox).
+const RESERVED_SECRET_NAMES: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "CLAUDE_CONFIG_DIR",
+    "DISABLE_TELEMETRY",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+    "IS_SANDBOX",
+    "TMUX",
+    "TMUX_PANE",
+];
+
+/// A task's secret names, checked and in order without repeats: on the local
+/// backend environment variable names (`[A-Za-z_][A-Za-z0-9_]*`, not one the
+/// launch sets itself, no `PARHELIA_*` or `LD_*`); on Modal, Modal secret
+/// names (letters, digits, `-`, `_`, `.`; at most 64). E100 otherwise.
+pub fn validate_secret_names(
+    names: &[String],
+    backend: BackendKind,
+) -> Result<Vec<String>, CodedError> {
+    let invalid = |m: String| CodedError::new(error_codes::INVALID_INPUT, m);
+    let mut out: Vec<String> = Vec::new();
+    for raw in names {
+        let name = raw.trim();
+        let ok = match backend {
+            BackendKind::Local => {
+                name.len() <= 128
+                    && name
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }
+            BackendKind::Modal => {
+                !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            }
+        };
+        if !ok {
+            return Err(invalid(format!(
+                "--secret {:?}: {}",
+                raw,
+                match backend {
+                    BackendKind::Local =>
+                        "not an environment variable name (letters, digits and _, not starting with a digit)",
+                    BackendKind::Modal =>
+                        "not a Modal secret name (letters, digits, -, _ and ., at most 64)",
+                }
+            )));
+        }
+        if backend == BackendKind::Local
+            && (RESERVED_SECRET_NAMES.contains(&name)
+                || name.starts_with("PARHELIA_")
+                || name.starts_with("LD_"))
+        {
+            return Err(invalid(format!(
+                "--secret {name}: the launch sets or drops this variable itself; it cannot be a secret"
+            )));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    if out.len() > MAX_SECRETS {
+        return Err(invalid(format!(
+            "{} secrets: a task takes at most {MAX_SECRETS}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// The values of a local task's secrets: each name from `primary` (the
+/// submitter's environment, carried in the request), else `fallback` (the
+/// coordinator's own). A name set in neither is E207, before anything starts.
+pub fn secret_values(
+    names: &[String],
+    primary: impl Fn(&str) -> Option<String>,
+    fallback: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, CodedError> {
+    let mut values = BTreeMap::new();
+    for name in names {
+        match primary(name).or_else(|| fallback(name)) {
+            Some(value) => {
+                values.insert(name.clone(), value);
+            }
+            None => {
+                return Err(CodedError::new(
+                    error_codes::SECRET_NOT_SET,
+                    format!(
+                        "--secret {name}: the environment variable {name} is not set (in the shell that ran parhelia, nor the coordinator's)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// A task's `--region`: empty is none; Modal only (the local backend runs on
+/// this machine: E100); letters, digits, `-` and `_`, at most 64.
+pub fn validate_region(region: &str, backend: BackendKind) -> Result<Option<String>, CodedError> {
+    let region = region.trim();
+    if region.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |m: String| CodedError::new(error_codes::INVALID_INPUT, m);
+    if backend == BackendKind::Local {
+        return Err(invalid(format!(
+            "--region {region}: a region applies to Modal sandboxes only; the local backend runs on this machine (leave --region out, or add --backend modal)"
+        )));
+    }
+    if region.len() > 64
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    {
+        return Err(invalid(format!(
+            "--region {region:?}: not a Modal region name (letters, digits, - and _, e.g. us-east)"
+        )));
+    }
+    Ok(Some(region.to_string()))
+}
+
 /// Launch overrides the CLI resolves and sends along in the env map; the
 /// coordinator consumes them and never passes them to the agent.
 pub const CLAUDE_BIN_ENV: &str = "PARHELIA_CLAUDE_BIN";
@@ -300,6 +433,13 @@ pub struct DryRunPlan {
     pub isolation: Isolation,
     /// Names only: values are never shown.
     pub env_names: Vec<String>,
+    /// The task's secrets, by name (never a value): environment variables
+    /// passed into a local session, Modal secrets attached to a sandbox.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// The Modal region the sandbox would run in (Modal only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// This task's own `--set` values (on the coordinator's configuration,
     /// for this task only; the spec already holds their effect).
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -46,6 +46,13 @@ pub struct LaunchRequest {
     /// Environment for Claude Code (no `PARHELIA_*` entries). Held in memory only.
     pub env: BTreeMap<String, String>,
     pub secret: SessionSecret,
+    /// The task's secrets by name (`--secret`). Local: environment variables
+    /// whose values are already in `env`; Modal: named Modal secrets attached
+    /// to the sandbox (with `modal.secrets`).
+    pub secrets: Vec<String>,
+    /// The task's Modal region (`--region`; `None`: `modal.region`). Remote
+    /// backends only.
+    pub region: Option<String>,
     /// How the local backend confines the session (ignored by remote backends,
     /// whose container is the isolation).
     pub isolation: isolation::Isolation,

@@ -155,6 +155,13 @@ pub struct CreateArgs {
     /// Run the Claude Code terminal UI (attach with `parhelia session attach`)
     #[arg(long)]
     pub interactive: bool,
+    /// A secret for the session, by name (repeatable). Local: the environment variable NAME
+    /// of this shell, passed into the session; Modal: the Modal secret NAME. Never stored
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
+    /// The Modal region to run in (e.g. us-east; default `modal.region`). Modal only
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
     /// Print JSON (with --sync: the finished task)
     #[arg(long)]
     pub json: bool,
@@ -298,6 +305,27 @@ pub(crate) fn launch_env() -> Result<HashMap<String, String>> {
         )?;
     }
     Ok(env)
+}
+
+/// The values, from this shell, of the secrets `tasks` name on the local backend
+/// (`--secret`): a relaunch (dispatch, retry, resume) carries them as `task create`
+/// did. A name this shell does not set is left out: the coordinator then takes it
+/// from its own environment, or refuses the launch (E207).
+pub(crate) fn secret_env_for<'a>(
+    tasks: impl IntoIterator<Item = &'a crate::db::TaskRecord>,
+) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    for task in tasks {
+        if task.backend != plan::BackendKind::Local.as_str() {
+            continue;
+        }
+        for name in &task.secrets {
+            if let Ok(value) = std::env::var(name) {
+                env.insert(name.clone(), value);
+            }
+        }
+    }
+    env
 }
 
 /// Says once per state directory (and `doctor` every time) that local sessions are
@@ -445,15 +473,25 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
         let state = ctx.state()?;
         args.budget.limits(&ctx.config(&state)?.config)?
     };
-    // An estimate prices Modal by its rate table even where it cannot launch.
-    if args.budget.estimate_only && args.backend == "modal" {
-        return estimate_only(ctx, &args, "modal", &limits);
-    }
     let backend = plan::parse_backend(&args.backend)?;
+    // Checked before anything else is (E100): names, and no region for a local run.
+    let secrets = plan::validate_secret_names(&args.secrets, backend)?;
+    let region = plan::validate_region(args.region.as_deref().unwrap_or(""), backend)?;
+    // An estimate prices Modal by its rate table even where it cannot launch.
+    if args.budget.estimate_only && backend == plan::BackendKind::Modal {
+        return estimate_only(ctx, &args, "modal", &limits, &secrets);
+    }
+    // Locally, each secret is a variable of this shell: one that is not set is
+    // E207 here, before an estimate, a dry run or a launch.
+    let secret_env = if backend == plan::BackendKind::Local {
+        plan::secret_values(&secrets, |name| std::env::var(name).ok(), |_| None)?
+    } else {
+        Default::default()
+    };
     // Before an estimate prices what a local run would not get.
     crate::backend::capabilities::refuse_unenforced(&limits, backend.as_str())?;
     if args.budget.estimate_only {
-        return estimate_only(ctx, &args, backend.as_str(), &limits);
+        return estimate_only(ctx, &args, backend.as_str(), &limits, &secrets);
     }
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let workspace = match &args.workspace {
@@ -538,6 +576,8 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
             env: std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
                 .collect(),
+            secrets,
+            region,
         });
         return Ok(Created::DryRun {
             text: dry_run_text(&dry_run.plan, &dry_run.spec_path, dry_run.agent_error),
@@ -546,7 +586,11 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
     }
 
     let opened = ctx.open()?;
-    let env = launch_env()?;
+    let mut env = launch_env()?;
+    // The secrets' values travel with the rest of the launch environment: held
+    // in the coordinator's memory until the launch, never stored (docs/config.md,
+    // "Secrets").
+    env.extend(secret_env);
     let mut client = ctx.task_client(&opened.state).await?;
     let request = SubmitTaskRequest {
         prompt: args.prompt.clone(),
@@ -564,6 +608,8 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
         allow_large_workspace: args.allow_large_workspace,
         no_user_config: args.no_user_config,
         config_set: task_set,
+        secrets,
+        region: region.unwrap_or_default(),
     };
     let progress = crate::progress::Progress::start(
         "task_create",
@@ -682,6 +728,7 @@ fn estimate_only(
     args: &CreateArgs,
     backend: &str,
     limits: &crate::budget::TaskLimits,
+    secrets: &[String],
 ) -> Result<Created> {
     let opened = ctx.open()?;
     let config = &opened.config.config;
@@ -693,8 +740,18 @@ fn estimate_only(
         limits,
         now_ms(),
     )?;
-    let text =
+    let mut text =
         super::budget::estimate_text(&report.estimate, config, report.would_be_refused.as_deref());
+    if !secrets.is_empty() {
+        // By name only: a secret costs nothing, but the estimate shows what the task carries.
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "secrets    {} (values not shown)\n",
+            secrets.join(", ")
+        ));
+    }
     Ok(Created::Estimate {
         report: Box::new(report),
         text,
@@ -877,7 +934,14 @@ pub(crate) async fn dispatch_call(
     let env = if dry_run {
         HashMap::new()
     } else {
-        launch_env()?
+        let mut env = launch_env()?;
+        let pending = opened.db.list_tasks(Some(TaskStatus::Pending))?;
+        env.extend(secret_env_for(
+            pending
+                .iter()
+                .filter(|t| all || task_ids.iter().any(|id| *id == t.id)),
+        ));
+        env
     };
     let mut client = ctx.client(&opened.state).await?;
     Ok(client
@@ -1042,7 +1106,8 @@ pub(crate) async fn retry_call(
 ) -> Result<parhelia_proto::RetryTaskResponse> {
     let opened = ctx.open()?;
     opened.db.check_transition(task_id, TaskStatus::Pending)?;
-    let env = launch_env()?;
+    let mut env = launch_env()?;
+    env.extend(secret_env_for(opened.db.get_task(task_id)?.as_ref()));
     let mut client = ctx.client(&opened.state).await?;
     Ok(client
         .retry_task(RetryTaskRequest {

@@ -244,10 +244,17 @@ impl CoordinatorService {
 
     /// Everything a launch needs from the environment: Claude Code, the
     /// agent, isolation, and the agent's environment.
+    ///
+    /// `secrets` are the task's `--secret` names. Locally, each is an
+    /// environment variable passed into the session: its value from `env`
+    /// (the submitter's, held in memory only), else the coordinator's own
+    /// environment; a name set in neither is E207. On Modal they are Modal
+    /// secrets attached to the sandbox by the backend: no value passes here.
     fn resolve_launch(
         &self,
         env: &HashMap<String, String>,
         kind: plan::BackendKind,
+        secrets: &[String],
     ) -> Result<ResolvedLaunch> {
         if kind == plan::BackendKind::Modal {
             // Claude Code and the agent are the image's; the sandbox is the isolation.
@@ -277,13 +284,18 @@ impl CoordinatorService {
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         };
-        let agent_env = if env.is_empty() {
+        let mut agent_env = if env.is_empty() {
             // Dispatched without a submitter's environment (after a
             // restart, or automatically): the coordinator's own.
             plan::forwarded_env(own_env())
         } else {
             plan::request_env(env, own_env())
         };
+        agent_env.extend(plan::secret_values(
+            secrets,
+            |name| env.get(name).cloned(),
+            |name| std::env::var(name).ok(),
+        )?);
         Ok(ResolvedLaunch {
             claude_bin,
             agent_bin,
@@ -436,6 +448,8 @@ pub(super) mod testing {
             allow_large_workspace: false,
             no_user_config: false,
             config_set: Vec::new(),
+            secrets: Vec::new(),
+            region: None,
         })
         .unwrap();
     }

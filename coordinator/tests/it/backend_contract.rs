@@ -177,6 +177,8 @@ fn request(
         agent_bin: Some(bin_dir().join("parhelia-agent")),
         env: world.env(),
         secret: secret.clone(),
+        secrets: Vec::new(),
+        region: None,
         isolation: Isolation::None,
         backend: kind,
         resources: Resources::default(),

@@ -539,6 +539,26 @@ impl ModalBackend {
         env
     }
 
+    /// The named Modal secrets a sandbox gets, in the order Modal applies
+    /// them (a later one's key wins): the Anthropic key's secret first, which
+    /// must hold `ANTHROPIC_API_KEY` (`required_keys`: Modal refuses the
+    /// create when it does not, E405), then `modal.secrets`, then the task's
+    /// `--secret` names; each name once.
+    pub fn sandbox_secrets(&self, task_secrets: &[String]) -> Vec<Value> {
+        let mut names: Vec<&String> = Vec::new();
+        for name in self.config.secrets.iter().chain(task_secrets) {
+            if *name != self.config.secret_name && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        std::iter::once(json!({
+            "name": self.config.secret_name,
+            "required_keys": ["ANTHROPIC_API_KEY"],
+        }))
+        .chain(names.into_iter().map(|n| json!({ "name": n })))
+        .collect()
+    }
+
     /// The `sandbox.create` arguments for a launch (pure apart from the
     /// image lookup; tests check them).
     pub fn create_args(
@@ -571,7 +591,8 @@ impl ModalBackend {
             "image": image,
             "argv": argv,
             "env": self.sandbox_env(request),
-            "secrets": [self.config.secret_name],
+            "secrets": self.sandbox_secrets(&request.secrets),
+            "region": request.region.as_ref().or(self.config.region.as_ref()),
             "inline_secret": {"PARHELIA_SESSION_SECRET": request.secret.expose()},
             "volumes": {self.config.volume_mount.display().to_string(): self.config.volume_name},
             "workdir": self.config.container_home,
