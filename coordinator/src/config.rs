@@ -224,6 +224,8 @@ keys! {
         "Rate per T4 GPU.";
     "rates"."gpu_l4_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("L4")), None,
         "Rate per L4 GPU.";
+    "rates"."gpu_a10_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("A10")), None,
+        "Rate per A10 GPU.";
     "rates"."gpu_a10g_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("A10G")), None,
         "Rate per A10G GPU.";
     "rates"."gpu_l40s_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("L40S")), None,
@@ -503,6 +505,7 @@ fn model_prices_from_toml(value: &toml::Value) -> Result<BTreeMap<String, ModelP
 pub const GPU_RATE_KEYS: &[(&str, &str)] = &[
     ("T4", "rates.gpu_t4_usd_per_second"),
     ("L4", "rates.gpu_l4_usd_per_second"),
+    ("A10", "rates.gpu_a10_usd_per_second"),
     ("A10G", "rates.gpu_a10g_usd_per_second"),
     ("L40S", "rates.gpu_l40s_usd_per_second"),
     ("A100", "rates.gpu_a100_usd_per_second"),

@@ -518,6 +518,75 @@ mod tests {
         );
     }
 
+    /// Secret names: environment variables locally (never one the launch
+    /// owns), Modal secret names on Modal; repeats dropped; a value comes from
+    /// the request, else the coordinator, else E207.
+    #[test]
+    fn secret_names_are_checked_per_backend_and_values_found_or_e207() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            validate_secret_names(
+                &names(&["GITHUB_TOKEN", " GITHUB_TOKEN", "_X1"]),
+                BackendKind::Local
+            )
+            .unwrap(),
+            ["GITHUB_TOKEN", "_X1"]
+        );
+        for bad in [
+            "PATH",
+            "HOME",
+            "PARHELIA_SESSION_SECRET",
+            "LD_PRELOAD",
+            "1X",
+            "A-B",
+            "",
+            "A=B",
+        ] {
+            let err = validate_secret_names(&names(&[bad]), BackendKind::Local).unwrap_err();
+            assert_eq!(err.code.code, "E100", "{bad}");
+        }
+        assert_eq!(
+            validate_secret_names(&names(&["github-token", "aws.prod"]), BackendKind::Modal)
+                .unwrap(),
+            ["github-token", "aws.prod"]
+        );
+        assert!(validate_secret_names(&names(&["a b"]), BackendKind::Modal).is_err());
+        let many: Vec<String> = (0..=MAX_SECRETS).map(|i| format!("S{i}")).collect();
+        assert!(validate_secret_names(&many, BackendKind::Local).is_err());
+
+        let wanted = names(&["A", "B"]);
+        let values = secret_values(
+            &wanted,
+            |n| (n == "A").then(|| "from-request".to_string()),
+            |n| (n != "C").then(|| format!("own-{n}")),
+        )
+        .unwrap();
+        assert_eq!(values["A"], "from-request");
+        assert_eq!(values["B"], "own-B");
+        let err = secret_values(&names(&["C"]), |_| None, |_| None).unwrap_err();
+        assert_eq!(err.code.code, "E207");
+        assert!(!err.message.contains("own-"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_region_is_modal_only_and_a_plain_name() {
+        assert_eq!(validate_region("", BackendKind::Local).unwrap(), None);
+        assert_eq!(
+            validate_region("us-east", BackendKind::Local)
+                .unwrap_err()
+                .code
+                .code,
+            "E100"
+        );
+        assert_eq!(
+            validate_region(" us-east ", BackendKind::Modal)
+                .unwrap()
+                .as_deref(),
+            Some("us-east")
+        );
+        assert!(validate_region("us east", BackendKind::Modal).is_err());
+    }
+
     #[test]
     fn forwarded_env_keeps_only_what_claude_needs() {
         let env = forwarded_env(

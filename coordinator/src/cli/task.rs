@@ -175,7 +175,9 @@ pub struct BudgetArgs {
     /// Stop the task when it has cost this much, compute and model (USD, e.g. 2.00)
     #[arg(long, value_name = "USD")]
     pub max_cost: Option<String>,
-    /// GPU type: T4, L4, A10G, L40S, A100, A100-80GB, H100, H200, B200 (`:N` for N GPUs)
+    /// GPU type: T4, L4, A10, A10G, L40S, A100, A100-80GB, H100, H200, B200 (`:N` for N GPUs;
+    /// `H100!` no upgrade; `B200+` a B300 allowed); a list (A100,A10G,L4) is tried in order
+    /// when Modal has no capacity (the estimate prices the first)
     #[arg(long, value_name = "TYPE")]
     pub gpu: Option<String>,
     /// CPU cores to request (default: the backend's)
@@ -204,7 +206,7 @@ impl BudgetArgs {
             return Err(invalid("--max-cost must be positive".into()));
         }
         if let Some(gpu) = &self.gpu {
-            crate::budget::parse_gpu(gpu, &config.rates)
+            crate::budget::parse_gpu_list(gpu, &config.rates)
                 .map_err(|e| invalid(format!("--gpu: {e}")))?;
         }
         if let Some(cpu) = self.cpu
@@ -742,6 +744,19 @@ fn estimate_only(
     )?;
     let mut text =
         super::budget::estimate_text(&report.estimate, config, report.would_be_refused.as_deref());
+    if let Some(list) = limits.gpu.as_deref() {
+        let choices = crate::budget::gpu_choices(list);
+        if choices.len() > 1 {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "gpu list   priced at the first choice, {}; when Modal has no capacity for it the next of {} runs instead, at its own rate\n",
+                choices[0],
+                choices.join(", ")
+            ));
+        }
+    }
     if !secrets.is_empty() {
         // By name only: a secret costs nothing, but the estimate shows what the task carries.
         if !text.ends_with('\n') {

@@ -451,7 +451,12 @@ impl CoordinatorService {
             secret,
             secrets: task.secrets.clone(),
             region: task.region.clone(),
+            on_gpu: None,
             isolation: resolved.isolation,
+        };
+        let launch = LaunchRequest {
+            on_gpu: Some(self.gpu_hook(&launch.ids)),
+            ..launch
         };
         let target = ContainerRef {
             container_id: container_id.clone(),

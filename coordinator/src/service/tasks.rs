@@ -522,6 +522,7 @@ impl CoordinatorService {
             secret,
             secrets: task.secrets.clone(),
             region: task.region.clone(),
+            on_gpu: Some(self.gpu_hook(ids)),
             isolation: resolved.isolation,
         };
         self.inner.backend.launch(&launch).await
@@ -809,7 +810,8 @@ pub(super) fn validate_limits(limits: &TaskLimits, config: &Config) -> Result<()
         return Err(invalid("--timeout must be positive".into()));
     }
     if let Some(gpu) = &limits.gpu {
-        crate::budget::parse_gpu(gpu, &config.rates).map_err(|e| invalid(format!("--gpu: {e}")))?;
+        crate::budget::parse_gpu_list(gpu, &config.rates)
+            .map_err(|e| invalid(format!("--gpu: {e}")))?;
     }
     Ok(())
 }

@@ -179,6 +179,7 @@ fn request(
         secret: secret.clone(),
         secrets: Vec::new(),
         region: None,
+        on_gpu: None,
         isolation: Isolation::None,
         backend: kind,
         resources: Resources::default(),

@@ -4,7 +4,8 @@
 //! the checkpoints (their restored trees, manifests, the store's files), the
 //! events, the logs, the database or the agent's spec. On Modal the names are
 //! Modal secrets attached to the sandbox (the stand-in records them), after
-//! the Anthropic key's, which must hold `ANTHROPIC_API_KEY`.
+//! the Anthropic key's, which must hold `ANTHROPIC_API_KEY`; `--region` reaches the
+//! sandbox, and a `--gpu` list falls back in order when Modal has no capacity.
 
 use std::path::{Path, PathBuf};
 
@@ -369,4 +370,94 @@ fn on_modal_a_secret_is_a_named_modal_secret_and_the_region_reaches_the_sandbox(
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("E405") && err.contains("nosuch"), "{err}");
+}
+
+/// `--gpu A100,A10G,L4` on Modal: with no capacity for the first two types
+/// (the stand-in's `faults.json`), the launch takes the third; each refusal is
+/// a `gpu_unavailable` event, the choice is on the task (`task show`), and the
+/// estimate prices the first choice and says so.
+#[test]
+fn a_gpu_list_falls_back_across_two_capacity_refusals() {
+    let mut h = Harness::new(Script::new([Turn::text("Done.")]));
+    let standin = h.use_modal_stand_in();
+    h.ok(&["modal", "setup"]);
+    h.ok(&["budget", "set", "10000"]);
+    std::fs::write(
+        standin.join("faults.json"),
+        r#"{"no_capacity": ["A100", "A10G"]}"#,
+    )
+    .unwrap();
+
+    let estimate = h.ok(&[
+        "task",
+        "create",
+        "Train",
+        "--backend",
+        "modal",
+        "--gpu",
+        "A100,A10G,L4",
+        "--estimate-only",
+    ]);
+    assert!(
+        estimate.contains("priced at the first choice, A100"),
+        "{estimate}"
+    );
+
+    let created = h.json(&[
+        "task",
+        "create",
+        "Train",
+        "--backend",
+        "modal",
+        "--gpu",
+        "a100,A10G,L4",
+        "--json",
+    ]);
+    let task_id = created["task_id"].as_str().unwrap();
+    let container_id = created["container_id"].as_str().unwrap();
+    let task = h.wait_task(task_id, |t| {
+        matches!(t["status"].as_str(), Some("completed" | "failed"))
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["gpu_chosen"], "L4", "{task:#}");
+    assert_eq!(sandbox_of(&standin, container_id)["gpu"], "L4");
+    let shown = h.ok(&["task", "show", task_id]);
+    assert!(
+        shown.contains("L4 (the type Modal had capacity for)"),
+        "{shown}"
+    );
+
+    let refusals = h.json(&[
+        "events",
+        "list",
+        "--type",
+        "gpu_unavailable",
+        "--task",
+        task_id,
+        "--json",
+    ]);
+    let text = refusals.to_string();
+    let rows = refusals.as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(rows, 2, "{refusals:#}");
+    assert!(text.contains("A100") && text.contains("A10G"), "{text}");
+    assert!(!text.contains("for L4"), "{text}");
+
+    // No capacity for any: E513 naming each refusal; nothing runs.
+    std::fs::write(
+        standin.join("faults.json"),
+        r#"{"no_capacity": ["A100", "A10G", "L4"]}"#,
+    )
+    .unwrap();
+    let out = h.run(&[
+        "task",
+        "create",
+        "Train",
+        "--backend",
+        "modal",
+        "--gpu",
+        "A100,A10G,L4",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("E513") && err.contains("L4"), "{err}");
 }
