@@ -266,9 +266,16 @@ pub fn requested_resources(limits: &TaskLimits, backend: &str, config: &Config) 
     Resources {
         cpu_cores,
         memory_gib: memory_mb as f64 / 1024.0,
+        // A Modal task without `--gpu` gets `modal.gpu`'s list: priced, as a
+        // `--gpu` list is, at its first choice.
         gpu: limits
             .gpu
             .as_deref()
+            .or_else(|| {
+                (!local)
+                    .then(|| config.modal.gpu.first().map(String::as_str))
+                    .flatten()
+            })
             .and_then(|g| parse_gpu(g, &config.rates).ok()),
         multiplier: if local {
             config.rates.local_multiplier
@@ -766,6 +773,13 @@ mod tests {
         assert_eq!(priced.gpu.unwrap().gpu_type, "A100");
         let err = refuse_unenforced_on(&limits, "local", &local_host(Ok(()), &[])).unwrap_err();
         assert_eq!(err.code.code, "E100");
+        // `modal.gpu` for a Modal task without `--gpu`; never locally.
+        let mut c = config();
+        c.modal.gpu = vec!["L4".into(), "T4".into()];
+        let none = TaskLimits::default();
+        let priced = requested_resources(&none, "modal", &c);
+        assert_eq!(priced.gpu.unwrap().gpu_type, "L4");
+        assert!(requested_resources(&none, "local", &c).gpu.is_none());
     }
 
     #[test]

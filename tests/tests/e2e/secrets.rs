@@ -260,6 +260,58 @@ fn an_unset_secret_is_refused_before_launch_and_exporting_it_fixes_that() {
     assert_eq!(task["status"], "completed", "{task:#}");
 }
 
+/// A relaunch carries the secret again from the shell that runs it: a held task
+/// dispatched from a shell without it, by a coordinator started without it,
+/// fails E207 (nothing started); `task retry` from a shell that exports it
+/// completes, and the session sees the value.
+#[test]
+fn a_relaunch_takes_the_secret_from_the_shell_that_runs_it() {
+    let mut h = Harness::new(hashing_script());
+    h.set_env("PARHELIA_ISOLATION", "none");
+    // The coordinator starts from a shell without the token.
+    h.ok(&["task", "create", "unrelated", "--no-dispatch"]);
+    h.set_env("GITHUB_TOKEN", TOKEN);
+    let held = h.json(&[
+        "task",
+        "create",
+        "Record the token's hash",
+        "--secret",
+        "GITHUB_TOKEN",
+        "--no-dispatch",
+        "--json",
+    ]);
+    let task_id = held["task_id"].as_str().unwrap();
+    h.remove_env("GITHUB_TOKEN");
+    let out = h.run(&["task", "dispatch", task_id]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("E207"), "{text}");
+    let failed = h.json(&["task", "show", task_id, "--json"]);
+    assert_eq!(failed["error_code"], "E207", "{failed:#}");
+    assert!(!failed.to_string().contains(TOKEN));
+
+    h.set_env("GITHUB_TOKEN", TOKEN);
+    h.ok(&["task", "retry", task_id]);
+    let task = h.wait_task(task_id, |t| {
+        matches!(t["status"].as_str(), Some("completed" | "failed"))
+    });
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let workspace = h
+        .state()
+        .join("sessions")
+        .join(task["session_id"].as_str().unwrap())
+        .join("workspace");
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("token.sha"))
+            .unwrap()
+            .trim(),
+        sha256_hex(TOKEN)
+    );
+}
+
 /// The stand-in's record of the sandbox a container ran in.
 fn sandbox_of(standin: &Path, container_id: &str) -> serde_json::Value {
     let mut files = Vec::new();
@@ -370,6 +422,24 @@ fn on_modal_a_secret_is_a_named_modal_secret_and_the_region_reaches_the_sandbox(
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("E405") && err.contains("nosuch"), "{err}");
+
+    // `modal.secrets` and `modal.region` from the configuration, for a task
+    // that names neither.
+    std::fs::write(standin.join("secrets/shared.json"), r#"{"SHARED": "x"}"#).unwrap();
+    h.set_env("PARHELIA_MODAL_SECRETS", "shared");
+    h.set_env("PARHELIA_MODAL_REGION", "eu-west");
+    h.ok(&["coordinator", "stop"]);
+    let created = h.json(&["task", "create", "x", "--backend", "modal", "--json"]);
+    let sb = sandbox_of(&standin, created["container_id"].as_str().unwrap());
+    assert_eq!(sb["region"], "eu-west", "{sb:#}");
+    assert_eq!(
+        sb["secret_names"],
+        serde_json::json!(["anthropic-api-key", "shared", "(inline)"]),
+        "{sb:#}"
+    );
+    h.wait_task(created["task_id"].as_str().unwrap(), |t| {
+        matches!(t["status"].as_str(), Some("completed" | "failed"))
+    });
 }
 
 /// `--gpu A100,A10G,L4` on Modal: with no capacity for the first two types
