@@ -952,9 +952,7 @@ pub(crate) async fn dispatch_call(
         let mut env = launch_env()?;
         let pending = opened.db.list_tasks(Some(TaskStatus::Pending))?;
         env.extend(secret_env_for(
-            pending
-                .iter()
-                .filter(|t| all || task_ids.iter().any(|id| *id == t.id)),
+            pending.iter().filter(|t| all || task_ids.contains(&t.id)),
         ));
         env
     };
