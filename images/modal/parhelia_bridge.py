@@ -435,8 +435,9 @@ class Bridge:
                 handle.hydrate()
             except self.errors.NotFoundError as e:
                 keys = " ".join(f"{k}=..." for k in required) or "KEY=VALUE"
-                missing = "does not exist" if "missing" not in str(e) else f"lacks a required key ({', '.join(required)})"
-                raise BridgeError("secret_missing", f"Modal secret {name!r} {missing}",
+                why = (f"does not exist or lacks a required key ({', '.join(required)})" if required
+                       else "does not exist")
+                raise BridgeError("secret_missing", f"Modal secret {name!r} {why}: {e}",
                                   f"create it: modal secret create {name} {keys}")
             handles.append(handle)
         inline = str_map(args, "inline_secret")
