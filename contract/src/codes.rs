@@ -257,6 +257,11 @@ error_codes! {
         why: "The sandbox, volume, app or file on the volume does not exist (any more): a sandbox ends at its timeout, a volume may have been deleted.",
         recover: "Run `parhelia modal setup` to create the volume and app, then `parhelia task retry TASK_ID` for a task that failed to launch; for a sandbox, `parhelia reconciler run --once` records that it is gone and `parhelia resume SESSION_ID` brings its session back.",
     }
+    SECRET_NOT_SET = "E207" "SECRET_NOT_SET" {
+        what: "A secret the task names is not set.",
+        why: "On the local backend, `task create --secret NAME` passes the environment variable NAME from the shell that runs `parhelia` (else the coordinator's) into the session; this one is not set there (or is not valid UTF-8). Nothing was started. Its value is never stored: a task relaunched later (retry, resume, after a coordinator restart) takes it again from the command that relaunches it, or the coordinator's environment.",
+        recover: "Export it in the shell that runs `parhelia` (`export NAME=...`) and run the command again (`parhelia task create ... --secret NAME`, or `parhelia task retry TASK_ID`); or leave `--secret NAME` out.",
+    }
 
     // E3xx: budget.
     BUDGET_EXCEEDED = "E300" "BUDGET_EXCEEDED" {
@@ -297,9 +302,9 @@ error_codes! {
         recover: "Create a new token with `modal token new` and run `parhelia modal setup` again (a token exported as `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` wins over the one `modal token new` writes: export the new one instead, then `parhelia coordinator stop`); then `parhelia task retry TASK_ID` for a task that failed to launch.",
     }
     MODAL_SECRET_MISSING = "E405" "MODAL_SECRET_MISSING" {
-        what: "The Modal secret holding the Anthropic key does not exist.",
-        why: "Sandboxes read `ANTHROPIC_API_KEY` from a named Modal secret (`modal.secret_name`, default `anthropic-api-key`); Parhelia never ships your local key.",
-        recover: "Run `modal secret create anthropic-api-key ANTHROPIC_API_KEY=sk-ant-...` (or set `modal.secret_name`), then `parhelia modal setup`, and `parhelia task retry TASK_ID` for a task that failed to launch.",
+        what: "A Modal secret a sandbox needs does not exist, or lacks a key.",
+        why: "Sandboxes read `ANTHROPIC_API_KEY` from a named Modal secret (`modal.secret_name`, default `anthropic-api-key`, which must hold that key); Parhelia never ships your local key. Secrets named by `--secret` or `modal.secrets` must exist in the Modal workspace too. The message names the secret.",
+        recover: "Run `modal secret create anthropic-api-key ANTHROPIC_API_KEY=sk-ant-...` (or set `modal.secret_name`) and `parhelia modal setup`; for a secret of `--secret NAME` or `modal.secrets`, `modal secret create NAME KEY=VALUE`; then `parhelia task retry TASK_ID` for a task that failed to launch.",
     }
 
     CONTROL_ACCESS_DENIED = "E406" "CONTROL_ACCESS_DENIED" {

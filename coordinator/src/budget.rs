@@ -72,6 +72,14 @@ pub fn refuse_unenforced_on(
         return Ok(());
     }
     if let Some(gpu) = &limits.gpu {
+        if gpu_choices(gpu).len() > 1 {
+            return Err(crate::error::CodedError::new(
+                crate::error_codes::INVALID_INPUT,
+                format!(
+                    "--gpu {gpu}: a list of GPU types (tried in order when Modal has no capacity) applies to Modal only; a local session runs on this host's GPU: name one type, or add --backend modal"
+                ),
+            ));
+        }
         refuse_missing_gpu(gpu, &host.gpus)?;
     }
     if (limits.cpu.is_some() || limits.memory_mb.is_some())
@@ -165,9 +173,41 @@ pub struct GpuRequest {
     pub count: u32,
 }
 
-/// Parses `A100`, `a100-80gb`, `H100:2`, `H100!` against the rate table's
-/// types. `Err` names the known types.
+/// The GPU types of a `--gpu` value, in the order they are tried: `A100` or a
+/// comma-separated list (`A100,A10G,L4`), tried in order when Modal has no
+/// capacity. Empty entries are dropped.
+pub fn gpu_choices(text: &str) -> Vec<&str> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .collect()
+}
+
+/// Most GPU types one `--gpu` list may name.
+pub const MAX_GPU_CHOICES: usize = 8;
+
+/// Checks every entry of a `--gpu` list ([`parse_gpu`] each, at most
+/// [`MAX_GPU_CHOICES`]).
+pub fn parse_gpu_list(text: &str, rates: &RatesConfig) -> Result<Vec<GpuRequest>, String> {
+    let choices = gpu_choices(text);
+    if choices.is_empty() {
+        return Err(format!("no GPU type in `{text}`"));
+    }
+    if choices.len() > MAX_GPU_CHOICES {
+        return Err(format!(
+            "{} GPU types: a list takes at most {MAX_GPU_CHOICES}",
+            choices.len()
+        ));
+    }
+    choices.iter().map(|g| parse_gpu(g, rates)).collect()
+}
+
+/// Parses `A100`, `a100-80gb`, `H100:2`, `H100!`, `B200+` against the rate
+/// table's types (`B200+`, which Modal may run on a B300, is priced as a B200).
+/// Of a list (`A100,A10G`), the first choice: what an estimate prices.
+/// `Err` names the known types.
 pub fn parse_gpu(text: &str, rates: &RatesConfig) -> Result<GpuRequest, String> {
+    let text = gpu_choices(text).first().copied().unwrap_or(text);
     let (name, count) = match text.split_once(':') {
         Some((name, count)) => (
             name,
@@ -180,7 +220,7 @@ pub fn parse_gpu(text: &str, rates: &RatesConfig) -> Result<GpuRequest, String> 
         ),
         None => (text, 1),
     };
-    let name = name.trim().trim_end_matches('!');
+    let name = name.trim().trim_end_matches('!').trim_end_matches('+');
     let known = rates
         .gpu_usd_per_second
         .keys()
@@ -226,9 +266,16 @@ pub fn requested_resources(limits: &TaskLimits, backend: &str, config: &Config) 
     Resources {
         cpu_cores,
         memory_gib: memory_mb as f64 / 1024.0,
+        // A Modal task without `--gpu` gets `modal.gpu`'s list: priced, as a
+        // `--gpu` list is, at its first choice.
         gpu: limits
             .gpu
             .as_deref()
+            .or_else(|| {
+                (!local)
+                    .then(|| config.modal.gpu.first().map(String::as_str))
+                    .flatten()
+            })
             .and_then(|g| parse_gpu(g, &config.rates).ok()),
         multiplier: if local {
             config.rates.local_multiplier
@@ -695,6 +742,44 @@ mod tests {
 
     fn config() -> Config {
         Config::defaults()
+    }
+
+    /// A `--gpu` list: every type checked, the first one priced; `B200+` is
+    /// priced as a B200 and `A10` has its own row; a list is Modal's only.
+    #[test]
+    fn a_gpu_list_is_checked_whole_and_priced_at_its_first_choice() {
+        let c = config();
+        let list = parse_gpu_list("a100, A10G ,L4:2", &c.rates).unwrap();
+        let types: Vec<_> = list
+            .iter()
+            .map(|g| (g.gpu_type.as_str(), g.count))
+            .collect();
+        assert_eq!(types, [("A100", 1), ("A10G", 1), ("L4", 2)]);
+        assert!(
+            parse_gpu_list("A100,Z9", &c.rates)
+                .unwrap_err()
+                .contains("Z9")
+        );
+        assert!(parse_gpu_list(",", &c.rates).is_err());
+        assert!(parse_gpu_list(&["T4"; 9].join(","), &c.rates).is_err());
+        assert_eq!(parse_gpu("A100,L4", &c.rates).unwrap().gpu_type, "A100");
+        assert_eq!(parse_gpu("B200+", &c.rates).unwrap().gpu_type, "B200");
+        assert_eq!(parse_gpu("A10", &c.rates).unwrap().gpu_type, "A10");
+        let limits = TaskLimits {
+            gpu: Some("A100,L4".into()),
+            ..TaskLimits::default()
+        };
+        let priced = requested_resources(&limits, "modal", &c);
+        assert_eq!(priced.gpu.unwrap().gpu_type, "A100");
+        let err = refuse_unenforced_on(&limits, "local", &local_host(Ok(()), &[])).unwrap_err();
+        assert_eq!(err.code.code, "E100");
+        // `modal.gpu` for a Modal task without `--gpu`; never locally.
+        let mut c = config();
+        c.modal.gpu = vec!["L4".into(), "T4".into()];
+        let none = TaskLimits::default();
+        let priced = requested_resources(&none, "modal", &c);
+        assert_eq!(priced.gpu.unwrap().gpu_type, "L4");
+        assert!(requested_resources(&none, "local", &c).gpu.is_none());
     }
 
     #[test]

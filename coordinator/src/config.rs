@@ -174,6 +174,12 @@ keys! {
         "The Modal app that owns Parhelia's sandboxes (modal backend).";
     "modal"."secret_name": Kind::Str, Value::Str("anthropic-api-key".into()), None,
         "The Modal secret that gives sandboxes ANTHROPIC_API_KEY (modal backend).";
+    "modal"."secrets": Kind::StrList, Value::List(Vec::new()), None,
+        "More Modal secrets attached to every sandbox, by name (a task adds its own with `--secret`).";
+    "modal"."region": Kind::Str, Value::Unset, None,
+        "The Modal region sandboxes run in (`--region` wins; unset: Modal's choice). Modal charges more for a pinned region.";
+    "modal"."gpu": Kind::StrList, Value::List(Vec::new()), None,
+        "GPU types for a Modal task without `--gpu`, tried in order when Modal has no capacity (empty: no GPU).";
     "modal"."idle_timeout_minutes": Kind::Float { min: 1.0, max: 1440.0 }, Value::Unset, None,
         "Stop a sandbox after this long without activity (unset: only the timeout).";
     "modal"."python": Kind::Str, Value::Str("python3".into()), None,
@@ -218,6 +224,8 @@ keys! {
         "Rate per T4 GPU.";
     "rates"."gpu_l4_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("L4")), None,
         "Rate per L4 GPU.";
+    "rates"."gpu_a10_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("A10")), None,
+        "Rate per A10 GPU.";
     "rates"."gpu_a10g_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("A10G")), None,
         "Rate per A10G GPU.";
     "rates"."gpu_l40s_usd_per_second": Kind::Float { min: 0.0, max: f64::MAX }, Value::Float(gpu_default("L40S")), None,
@@ -383,6 +391,12 @@ pub struct ModalConfig {
     pub default_timeout_hours: f64,
     pub app_name: String,
     pub secret_name: String,
+    /// More named Modal secrets for every sandbox (`modal.secrets`).
+    pub secrets: Vec<String>,
+    /// `modal.region`; `None`: Modal's choice.
+    pub region: Option<String>,
+    /// `modal.gpu`: the GPU list of a Modal task without `--gpu`.
+    pub gpu: Vec<String>,
     pub idle_timeout_minutes: Option<f64>,
     pub python: String,
     pub bridge_pythonpath: Option<String>,
@@ -491,6 +505,7 @@ fn model_prices_from_toml(value: &toml::Value) -> Result<BTreeMap<String, ModelP
 pub const GPU_RATE_KEYS: &[(&str, &str)] = &[
     ("T4", "rates.gpu_t4_usd_per_second"),
     ("L4", "rates.gpu_l4_usd_per_second"),
+    ("A10", "rates.gpu_a10_usd_per_second"),
     ("A10G", "rates.gpu_a10g_usd_per_second"),
     ("L40S", "rates.gpu_l40s_usd_per_second"),
     ("A100", "rates.gpu_a100_usd_per_second"),
@@ -968,6 +983,18 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
             default_timeout_hours: float("modal.default_timeout_hours"),
             app_name: string("modal.app_name"),
             secret_name: string("modal.secret_name"),
+            secrets: match &get("modal.secrets").value {
+                Value::List(items) => items.clone(),
+                _ => Vec::new(),
+            },
+            region: match &get("modal.region").value {
+                Value::Str(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                _ => None,
+            },
+            gpu: match &get("modal.gpu").value {
+                Value::List(items) => items.clone(),
+                _ => Vec::new(),
+            },
             idle_timeout_minutes: match get("modal.idle_timeout_minutes").value {
                 Value::Float(x) => Some(x),
                 _ => None,

@@ -328,6 +328,16 @@ ALTER TABLE tasks ADD COLUMN no_user_config INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE tasks ADD COLUMN config_set TEXT NOT NULL DEFAULT '[]';
 "#,
+    // 9 -> 10: Modal sessions are first-class (issue 18). The names of the
+    // task's secrets (`--secret`; a JSON array: environment variables on the
+    // local backend, Modal secrets on Modal; never a value), its Modal
+    // region (`--region`), and the GPU type a launch got (of `--gpu`'s list,
+    // tried in order on capacity errors).
+    r#"
+ALTER TABLE tasks ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE tasks ADD COLUMN region TEXT;
+ALTER TABLE tasks ADD COLUMN gpu_chosen TEXT;
+"#,
 ];
 
 /// The schema version this build writes.
@@ -458,6 +468,10 @@ pub struct NewTask {
     /// Its own `--set section.key=value` values, on top of the coordinator's
     /// configuration for its launches only (`config::task_config`).
     pub config_set: Vec<String>,
+    /// The names of its secrets (`--secret`), never their values.
+    pub secrets: Vec<String>,
+    /// Its Modal region (`--region`).
+    pub region: Option<String>,
 }
 
 /// A new session (attempt) for a task, and its container.
@@ -704,6 +718,8 @@ impl Db {
                 allow_large_workspace: false,
                 no_user_config: false,
                 config_set: Vec::new(),
+                secrets: Vec::new(),
+                region: None,
             },
             now,
         )?;
@@ -1283,7 +1299,7 @@ const TASK_COLUMNS: &str =
     "id, prompt, task_type, backend, workspace, model, max_turns, status, session_id,
      container_id, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
      mode, dispatch_requested_at_ms, attempt, auto_resumes, allow_large_workspace,
-     no_user_config, config_set";
+     no_user_config, config_set, secrets, region, gpu_chosen";
 
 /// A task with its cost from the ledger ([`spend_in`]).
 fn with_task_spend(conn: &Connection, mut t: TaskRecord) -> rusqlite::Result<TaskRecord> {
@@ -1332,6 +1348,12 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
             let text: String = r.get(22)?;
             serde_json::from_str(&text).unwrap_or_default()
         },
+        secrets: {
+            let text: String = r.get(23)?;
+            serde_json::from_str(&text).unwrap_or_default()
+        },
+        region: r.get(24)?,
+        gpu_chosen: r.get(25)?,
     })
 }
 
@@ -1417,9 +1439,9 @@ fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> R
         "INSERT INTO tasks (id, prompt, task_type, backend, workspace, model, max_turns, status,
                             mode, dispatch_requested_at_ms, created_at_ms, updated_at_ms,
                             max_cost_usd, gpu, cpu, memory_mb, timeout_seconds,
-                            allow_large_workspace, no_user_config, config_set)
+                            allow_large_workspace, no_user_config, config_set, secrets, region)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15,
-                 ?16, ?17, ?18)",
+                 ?16, ?17, ?18, ?19, ?20)",
         params![
             task.task_id,
             task.prompt,
@@ -1439,6 +1461,8 @@ fn insert_task_in(tx: &rusqlite::Transaction<'_>, task: &NewTask, now: i64) -> R
             task.allow_large_workspace,
             task.no_user_config,
             serde_json::to_string(&task.config_set)?,
+            serde_json::to_string(&task.secrets)?,
+            task.region,
         ],
     )?;
     Ok(())

@@ -28,6 +28,7 @@ pub const COORDINATOR_EVENT_TYPES: &[&str] = &[
     "database_rebuilt",
     "disk_full",
     "disk_space_back",
+    "gpu_unavailable",
     "health_changed",
     "journal_gap",
     "launch_failed",

@@ -460,9 +460,13 @@ fn charge_heartbeat(
     if elapsed_ms <= 0 {
         return Ok(());
     }
-    let Some((limits, backend)) = ctx.db.task_limits(&target.task_id)? else {
+    let Some((mut limits, backend)) = ctx.db.task_limits(&target.task_id)? else {
         return Ok(());
     };
+    // Of a `--gpu` list, the type the launch got is what runs (and is billed).
+    if let Some(chosen) = ctx.db.gpu_chosen(&target.task_id)? {
+        limits.gpu = Some(chosen);
+    }
     let resources = budget::requested_resources(&limits, &backend, &ctx.config);
     let amount = budget::heartbeat_charge_usd(
         &resources,

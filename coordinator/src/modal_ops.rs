@@ -138,7 +138,10 @@ pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<ModalSetup
         ),
     ));
     if let Err(e) = modal
-        .call("secret.check", json!({"name": cfg.secret_name}))
+        .call(
+            "secret.check",
+            json!({"name": cfg.secret_name, "required_keys": ["ANTHROPIC_API_KEY"]}),
+        )
         .await
     {
         return Err(fail(steps, "secret", e));
@@ -207,7 +210,7 @@ pub async fn health_check(modal: &ModalBackend) -> Result<ModalHealthReport> {
                 "script": "health_check",
                 "script_args": [cfg.volume_mount, cfg.agent_path, cfg.claude_path],
                 "env": {},
-                "secrets": [cfg.secret_name],
+                "secrets": modal.sandbox_secrets(&[]),
                 "volumes": {cfg.volume_mount.display().to_string(): cfg.volume_name},
                 "workdir": cfg.container_home,
                 "timeout_s": 300,

@@ -128,6 +128,139 @@ pub const FORWARDED_ENV: &[&str] = &[
 ];
 pub const FORWARDED_ENV_PREFIX: &str = "CLAUDE_CODE_";
 
+/// Most secrets one task may name (`--secret`, plus `modal.secrets` on Modal).
+pub const MAX_SECRETS: usize = 32;
+
+/// Environment variables a local `--secret` may not name: the launch's own
+/// (the agent sets or drops them), and the dynamic loader's (they would shape
+/// the agent, which runs outside the session's sandbox).
+const RESERVED_SECRET_NAMES: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "CLAUDE_CONFIG_DIR",
+    "DISABLE_TELEMETRY",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+    "IS_SANDBOX",
+    "TMUX",
+    "TMUX_PANE",
+];
+
+/// A task's secret names, checked and in order without repeats: on the local
+/// backend environment variable names (`[A-Za-z_][A-Za-z0-9_]*`, not one the
+/// launch sets itself, no `PARHELIA_*` or `LD_*`); on Modal, Modal secret
+/// names (letters, digits, `-`, `_`, `.`; at most 64). E100 otherwise.
+pub fn validate_secret_names(
+    names: &[String],
+    backend: BackendKind,
+) -> Result<Vec<String>, CodedError> {
+    let invalid = |m: String| CodedError::new(error_codes::INVALID_INPUT, m);
+    let mut out: Vec<String> = Vec::new();
+    for raw in names {
+        let name = raw.trim();
+        let ok = match backend {
+            BackendKind::Local => {
+                name.len() <= 128
+                    && name
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }
+            BackendKind::Modal => {
+                !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            }
+        };
+        if !ok {
+            return Err(invalid(format!(
+                "--secret {:?}: {}",
+                raw,
+                match backend {
+                    BackendKind::Local =>
+                        "not an environment variable name (letters, digits and _, not starting with a digit)",
+                    BackendKind::Modal =>
+                        "not a Modal secret name (letters, digits, -, _ and ., at most 64)",
+                }
+            )));
+        }
+        if backend == BackendKind::Local
+            && (RESERVED_SECRET_NAMES.contains(&name)
+                || name.starts_with("PARHELIA_")
+                || name.starts_with("LD_"))
+        {
+            return Err(invalid(format!(
+                "--secret {name}: the launch sets or drops this variable itself; it cannot be a secret"
+            )));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    if out.len() > MAX_SECRETS {
+        return Err(invalid(format!(
+            "{} secrets: a task takes at most {MAX_SECRETS}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// The values of a local task's secrets: each name from `primary` (the
+/// submitter's environment, carried in the request), else `fallback` (the
+/// coordinator's own). A name set in neither is E207, before anything starts.
+pub fn secret_values(
+    names: &[String],
+    primary: impl Fn(&str) -> Option<String>,
+    fallback: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, CodedError> {
+    let mut values = BTreeMap::new();
+    for name in names {
+        match primary(name).or_else(|| fallback(name)) {
+            Some(value) => {
+                values.insert(name.clone(), value);
+            }
+            None => {
+                return Err(CodedError::new(
+                    error_codes::SECRET_NOT_SET,
+                    format!(
+                        "--secret {name}: the environment variable {name} is not set (in the shell that ran parhelia, nor the coordinator's)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// A task's `--region`: empty is none; Modal only (the local backend runs on
+/// this machine: E100); letters, digits, `-` and `_`, at most 64.
+pub fn validate_region(region: &str, backend: BackendKind) -> Result<Option<String>, CodedError> {
+    let region = region.trim();
+    if region.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |m: String| CodedError::new(error_codes::INVALID_INPUT, m);
+    if backend == BackendKind::Local {
+        return Err(invalid(format!(
+            "--region {region}: a region applies to Modal sandboxes only; the local backend runs on this machine (leave --region out, or add --backend modal)"
+        )));
+    }
+    if region.len() > 64
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    {
+        return Err(invalid(format!(
+            "--region {region:?}: not a Modal region name (letters, digits, - and _, e.g. us-east)"
+        )));
+    }
+    Ok(Some(region.to_string()))
+}
+
 /// Launch overrides the CLI resolves and sends along in the env map; the
 /// coordinator consumes them and never passes them to the agent.
 pub const CLAUDE_BIN_ENV: &str = "PARHELIA_CLAUDE_BIN";
@@ -300,6 +433,13 @@ pub struct DryRunPlan {
     pub isolation: Isolation,
     /// Names only: values are never shown.
     pub env_names: Vec<String>,
+    /// The task's secrets, by name (never a value): environment variables
+    /// passed into a local session, Modal secrets attached to a sandbox.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// The Modal region the sandbox would run in (Modal only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// This task's own `--set` values (on the coordinator's configuration,
     /// for this task only; the spec already holds their effect).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -376,6 +516,75 @@ mod tests {
                 ("PATH", "/usr/bin"),
             ]
         );
+    }
+
+    /// Secret names: environment variables locally (never one the launch
+    /// owns), Modal secret names on Modal; repeats dropped; a value comes from
+    /// the request, else the coordinator, else E207.
+    #[test]
+    fn secret_names_are_checked_per_backend_and_values_found_or_e207() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            validate_secret_names(
+                &names(&["GITHUB_TOKEN", " GITHUB_TOKEN", "_X1"]),
+                BackendKind::Local
+            )
+            .unwrap(),
+            ["GITHUB_TOKEN", "_X1"]
+        );
+        for bad in [
+            "PATH",
+            "HOME",
+            "PARHELIA_SESSION_SECRET",
+            "LD_PRELOAD",
+            "1X",
+            "A-B",
+            "",
+            "A=B",
+        ] {
+            let err = validate_secret_names(&names(&[bad]), BackendKind::Local).unwrap_err();
+            assert_eq!(err.code.code, "E100", "{bad}");
+        }
+        assert_eq!(
+            validate_secret_names(&names(&["github-token", "aws.prod"]), BackendKind::Modal)
+                .unwrap(),
+            ["github-token", "aws.prod"]
+        );
+        assert!(validate_secret_names(&names(&["a b"]), BackendKind::Modal).is_err());
+        let many: Vec<String> = (0..=MAX_SECRETS).map(|i| format!("S{i}")).collect();
+        assert!(validate_secret_names(&many, BackendKind::Local).is_err());
+
+        let wanted = names(&["A", "B"]);
+        let values = secret_values(
+            &wanted,
+            |n| (n == "A").then(|| "from-request".to_string()),
+            |n| (n != "C").then(|| format!("own-{n}")),
+        )
+        .unwrap();
+        assert_eq!(values["A"], "from-request");
+        assert_eq!(values["B"], "own-B");
+        let err = secret_values(&names(&["C"]), |_| None, |_| None).unwrap_err();
+        assert_eq!(err.code.code, "E207");
+        assert!(!err.message.contains("own-"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_region_is_modal_only_and_a_plain_name() {
+        assert_eq!(validate_region("", BackendKind::Local).unwrap(), None);
+        assert_eq!(
+            validate_region("us-east", BackendKind::Local)
+                .unwrap_err()
+                .code
+                .code,
+            "E100"
+        );
+        assert_eq!(
+            validate_region(" us-east ", BackendKind::Modal)
+                .unwrap()
+                .as_deref(),
+            Some("us-east")
+        );
+        assert!(validate_region("us east", BackendKind::Modal).is_err());
     }
 
     #[test]

@@ -192,8 +192,8 @@ mod tests {
         let table = RateTable::parse(EMBEDDED).expect("the embedded table parses");
         assert_eq!(table.version, "2026-12");
         let figures = table.figures();
-        // 2 compute + 9 GPUs + 1 storage + 3 models × 4.
-        assert_eq!(figures.len(), 2 + 9 + 1 + 12, "{figures:#?}");
+        // 2 compute + 10 GPUs + 1 storage + 3 models × 4.
+        assert_eq!(figures.len(), 2 + 10 + 1 + 12, "{figures:#?}");
         for (key, figure) in figures {
             assert!(figure.usd.is_finite() && figure.usd >= 0.0, "{key}");
             assert!(figure.source.trim().len() > 10, "{key} has no real source");

@@ -46,6 +46,15 @@ pub struct TaskRecord {
     /// Its own `--set section.key=value` values, on top of the coordinator's
     /// configuration for its launches only (`config::task_config`).
     pub config_set: Vec<String>,
+    /// The names of its secrets (`--secret`): environment variables taken
+    /// from the submitter's environment (local) or Modal secrets (Modal).
+    /// Never a value.
+    pub secrets: Vec<String>,
+    /// Its Modal region (`--region`); `None`: `modal.region`.
+    pub region: Option<String>,
+    /// The GPU type its latest launch got (the first of `--gpu`'s list Modal
+    /// had capacity for); `None` before a launch or without a GPU.
+    pub gpu_chosen: Option<String>,
 }
 
 /// A container as stored.

@@ -47,6 +47,15 @@ pub struct TaskView {
     /// (waiting for `task dispatch`).
     pub queue: Option<String>,
     pub auto_resumes: u32,
+    /// Its secrets, by name (`--secret`; never a value).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Its Modal region (`--region`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The GPU type its latest launch got (of `--gpu`'s list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_chosen: Option<String>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -72,6 +81,9 @@ impl From<&TaskRecord> for TaskView {
             attempt: t.attempt,
             queue: queue_state(t).map(str::to_string),
             auto_resumes: t.auto_resumes,
+            secrets: t.secrets.clone(),
+            region: t.region.clone(),
+            gpu_chosen: t.gpu_chosen.clone(),
         }
     }
 }
@@ -612,6 +624,23 @@ pub fn task_detail(t: &TaskRecord) -> String {
     if let Some(n) = t.max_turns {
         field(&mut out, "max turns", &n.to_string());
     }
+    if !t.secrets.is_empty() {
+        field(
+            &mut out,
+            "secrets",
+            &format!("{} (by name; values never stored)", t.secrets.join(", ")),
+        );
+    }
+    if let Some(region) = &t.region {
+        field(&mut out, "region", region);
+    }
+    if let Some(gpu) = &t.gpu_chosen {
+        field(
+            &mut out,
+            "gpu",
+            &format!("{gpu} (the type Modal had capacity for)"),
+        );
+    }
     field(&mut out, "session", t.session_id.as_deref().unwrap_or("-"));
     field(
         &mut out,
@@ -907,6 +936,9 @@ mod tests {
             allow_large_workspace: false,
             no_user_config: false,
             config_set: Vec::new(),
+            secrets: Vec::new(),
+            region: None,
+            gpu_chosen: None,
         }
     }
 

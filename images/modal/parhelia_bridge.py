@@ -6,7 +6,8 @@ any order. Requests run on a thread pool; a watchdog answers `timeout` when a re
 deadline passes first (the late result is then dropped). Nothing but responses is written
 to stdout: the SDK's own output goes to stderr. Credentials never appear on any stream.
 
-Python 3.9+, the standard library and `modal` (pinned, see requirements.txt) only. The
+Python 3.10+ (what modal==1.6.4 itself requires), the standard library and `modal` (pinned,
+see requirements.txt) only. The
 tests run this file against a recording fake SDK (test_bridge.py) and a local stand-in
 (tests/modal_standin/); test_sdk_signatures.py checks `SDK_CALLS` against the real SDK.
 """
@@ -34,8 +35,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DEADLINE_MS = 60_000
 WORKERS = 64
 
-# A trailing "!" (`H100!`) forbids Modal a free upgrade to a better GPU; the SDK passes it on.
-GPU_PATTERN = re.compile(r"^(T4|L4|A10G|L40S|A100|A100-80GB|H100|H200|B200)!?(:[1-9][0-9]*)?$")
+# Modal's GPU names. A trailing "!" (`H100!`) forbids Modal a free upgrade to a better GPU;
+# `B200+` lets Modal run a B200 request on a B300 (billed as a B200); the SDK passes both on.
+GPU_PATTERN = re.compile(
+    r"^(T4|L4|A10|A10G|L40S|A100|A100-40GB|A100-80GB|H100|H200|B200\+?)!?(:[1-9][0-9]*)?$")
+GPU_NAMES = "T4 L4 A10 A10G L40S A100 A100-40GB A100-80GB H100 H200 B200 B200+"
+# The region(s) a sandbox may run in: Modal's names (`us-east`, `eu-west-1`, …).
+REGION_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # Every SDK call the bridge makes: (callable under `modal.`, bound method?, positional
 # arguments (-1: any number, through *args), keywords). test_sdk_signatures.py binds each
@@ -43,7 +49,7 @@ GPU_PATTERN = re.compile(r"^(T4|L4|A10G|L40S|A100|A100-80GB|H100|H200|B200)!?(:[
 # fake SDK is listed here.
 SDK_CALLS = (
     ("App.lookup", False, 1, ("create_if_missing",)),
-    ("Secret.from_name", False, 1, ()),
+    ("Secret.from_name", False, 1, ("required_keys",)),
     ("Secret.from_dict", False, 1, ()),
     ("Secret.hydrate", True, 0, ()),
     ("Volume.from_name", False, 1, ("create_if_missing", "version")),
@@ -56,7 +62,7 @@ SDK_CALLS = (
     ("Image.build", True, 1, ()),
     ("Sandbox.create", False, -1, (
         "app", "name", "tags", "image", "env", "secrets", "volumes", "timeout",
-        "idle_timeout", "workdir", "gpu", "cpu", "memory", "h2_ports")),
+        "idle_timeout", "workdir", "gpu", "cpu", "memory", "h2_ports", "region")),
     ("Sandbox.from_name", False, 2, ()),
     ("Sandbox.from_id", False, 1, ()),
     ("Sandbox.list", False, 0, ("app_id", "tags")),
@@ -413,15 +419,27 @@ class Bridge:
             return self._recipe
 
     def secrets(self, args):
-        """Named secrets (each checked to exist) plus the inline one."""
+        """Named secrets (each checked to exist and hold its required keys) plus the inline one.
+
+        An entry of `secrets` is a name, or `{"name": ..., "required_keys": [...]}`."""
         handles = []
-        for name in str_list(args, "secrets", []):
-            handle = self.modal.Secret.from_name(name)
+        for entry in arg(args, "secrets", list, []):
+            if isinstance(entry, str):
+                name, required = entry, []
+            elif isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                name = entry["name"]
+                required = str_list(entry, "required_keys", [])
+            else:
+                raise BridgeError("invalid", "a `secrets` entry must be a name or {name, required_keys}")
+            handle = self.modal.Secret.from_name(name, required_keys=required)
             try:
                 handle.hydrate()
-            except self.errors.NotFoundError:
-                raise BridgeError("secret_missing", f"Modal secret {name!r} does not exist",
-                                  f"create it: modal secret create {name} KEY=VALUE")
+            except self.errors.NotFoundError as e:
+                keys = " ".join(f"{k}=..." for k in required) or "KEY=VALUE"
+                why = (f"does not exist or lacks a required key ({', '.join(required)})" if required
+                       else "does not exist")
+                raise BridgeError("secret_missing", f"Modal secret {name!r} {why}: {e}",
+                                  f"create it: modal secret create {name} {keys}")
             handles.append(handle)
         inline = str_map(args, "inline_secret")
         if inline:
@@ -448,7 +466,8 @@ class Bridge:
         return {"app_id": self.app(arg(args, "app", str)).app_id}
 
     def op_secret_check(self, args, deadline):
-        self.secrets({"secrets": [arg(args, "name", str)]})
+        self.secrets({"secrets": [{"name": arg(args, "name", str),
+                                   "required_keys": str_list(args, "required_keys", [])}]})
         return {"exists": True}
 
     def op_volume_ensure(self, args, deadline):
@@ -487,8 +506,13 @@ class Bridge:
         gpu = arg(args, "gpu", str, None)
         if gpu is not None and not GPU_PATTERN.match(gpu):
             raise BridgeError("invalid", f"unknown GPU {gpu!r}",
-                              "one of T4 L4 A10G L40S A100 A100-80GB H100 H200 B200, optionally with ! and :N")
+                              f"one of {GPU_NAMES}, optionally with ! and :N")
+        region = arg(args, "region", str, None)
+        if region is not None and not REGION_PATTERN.match(region):
+            raise BridgeError("invalid", f"not a Modal region: {region!r}")
         kwargs = self.create_kwargs(args)
+        if region is not None:
+            kwargs["region"] = region
         kwargs.update(name=name, gpu=gpu, cpu=arg(args, "cpu", float, None),
                       memory=arg(args, "memory_mib", int, None),
                       idle_timeout=arg(args, "idle_timeout_s", int, None),

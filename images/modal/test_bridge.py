@@ -38,7 +38,7 @@ class World:
     """What the fake Modal holds."""
 
     def reset(self):
-        self.secrets = {"anthropic-api-key"}
+        self.secrets = {"anthropic-api-key": {"ANTHROPIC_API_KEY"}}
         self.volumes = {"parhelia-data": {"sessions/s/checkpoints/store.json": b"{}\n",
                                           "sessions/s/checkpoints/layers/a.tar": b"0123456789"}}
         self.sandboxes = {}
@@ -113,13 +113,13 @@ def make_fake_modal(version="1.6.4"):
             return lambda f: f
 
     class Secret:
-        def __init__(self, name=None, values=None):
-            self.name, self.values = name, values
+        def __init__(self, name=None, values=None, required_keys=()):
+            self.name, self.values, self.required_keys = name, values, list(required_keys)
 
         @staticmethod
-        def from_name(name):
-            record("Secret.from_name", name)
-            return Secret(name=name)
+        def from_name(name, required_keys=[]):
+            record("Secret.from_name", name, required_keys=required_keys)
+            return Secret(name=name, required_keys=required_keys)
 
         @staticmethod
         def from_dict(env_dict):
@@ -130,6 +130,9 @@ def make_fake_modal(version="1.6.4"):
             record("Secret.hydrate")
             if self.name not in WORLD.secrets:
                 raise exc.NotFoundError(f"Secret '{self.name}' not found")
+            missing = [k for k in self.required_keys if k not in WORLD.secrets[self.name]]
+            if missing:
+                raise exc.NotFoundError(f"Secret '{self.name}' is missing key(s): {', '.join(missing)}")
             return self
 
     class Entry:
@@ -566,7 +569,13 @@ class AppAndSecretAndVolumeTests(BridgeTestCase):
 
     def test_secret_check(self):
         self.assertEqual(self.ok("secret.check", {"name": "anthropic-api-key"}), {"exists": True})
-        self.assertEqual(calls("Secret.from_name"), [(("anthropic-api-key",), {})])
+        self.assertEqual(calls("Secret.from_name"), [(("anthropic-api-key",), {"required_keys": []})])
+        args = {"name": "anthropic-api-key", "required_keys": ["ANTHROPIC_API_KEY"]}
+        self.assertEqual(self.ok("secret.check", args), {"exists": True})
+        WORLD.secrets["anthropic-api-key"] = set()
+        error = self.error("secret.check", args)
+        self.assertEqual(error["kind"], "secret_missing")
+        self.assertIn("modal secret create anthropic-api-key ANTHROPIC_API_KEY=...", error["hint"])
         error = self.error("secret.check", {"name": "nope"})
         self.assertEqual(error["kind"], "secret_missing")
         self.assertIn("modal secret create nope", error["hint"])
@@ -708,11 +717,11 @@ class SandboxTests(BridgeTestCase):
                          (None, 1.0, 600, []))
 
     def test_gpu_strings_are_validated(self):
-        for gpu in ("T4", "L4", "A10G", "L40S", "A100", "A100-80GB", "H100", "H200", "B200", "H100:8", "T4:1",
-                    "H100!", "H100!:2"):
+        for gpu in ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200",
+                    "B200+", "B200+:2", "H100:8", "T4:1", "H100!", "H100!:2"):
             with self.subTest(gpu=gpu):
                 self.ok("sandbox.create", self.create_args(name=f"ctr-{gpu}", gpu=gpu))
-        for gpu in ("X100", "h100", "A10G:0", "A10G:", "H100:two", "A10G:1:2", ""):
+        for gpu in ("X100", "h100", "A10G:0", "A10G:", "H100:two", "A10G:1:2", "", "H100+", "A10+"):
             with self.subTest(gpu=gpu):
                 self.assertEqual(self.error("sandbox.create", self.create_args(gpu=gpu))["kind"], "invalid")
 
@@ -728,6 +737,25 @@ class SandboxTests(BridgeTestCase):
         self.assertEqual(calls("Sandbox.set_tags"), [((TAGS,), {})])
         WORLD.add_sandbox(name="ctr-other", tags=dict(TAGS, **{"parhelia.coordinator": "co-2"}))
         self.assertEqual(self.error("sandbox.create", self.create_args(name="ctr-other"))["kind"], "conflict")
+
+    def test_named_secrets_carry_their_required_keys_and_a_region_passes_through(self):
+        WORLD.secrets["github"] = {"GITHUB_TOKEN"}
+        secrets = [{"name": "anthropic-api-key", "required_keys": ["ANTHROPIC_API_KEY"]}, "github"]
+        self.ok("sandbox.create", self.create_args(secrets=secrets, region="us-east"))
+        [(_, kwargs)] = calls("Sandbox.create")
+        self.assertEqual(kwargs["region"], "us-east")
+        self.assertEqual(calls("Secret.from_name"), [(("anthropic-api-key",), {"required_keys": ["ANTHROPIC_API_KEY"]}),
+                                                     (("github",), {"required_keys": []})])
+        self.assertEqual(self.error("sandbox.create", self.create_args(name="c3", region="us east!"))["kind"],
+                         "invalid")
+
+    def test_a_secret_without_its_required_key_is_secret_missing(self):
+        WORLD.secrets["anthropic-api-key"] = {"SOMETHING_ELSE"}
+        secrets = [{"name": "anthropic-api-key", "required_keys": ["ANTHROPIC_API_KEY"]}]
+        error = self.error("sandbox.create", self.create_args(secrets=secrets))
+        self.assertEqual(error["kind"], "secret_missing")
+        self.assertIn("ANTHROPIC_API_KEY", error["message"])
+        self.assertEqual(calls("Sandbox.create"), [])
 
     def test_create_with_a_missing_secret_creates_nothing(self):
         error = self.error("sandbox.create", self.create_args(secrets=["anthropic-api-key", "nope"]))

@@ -131,6 +131,11 @@ impl Harness {
         self.env.push((key.into(), value.into()));
     }
 
+    /// Leaves `key` out of every later `parhelia` invocation's environment.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }

@@ -25,6 +25,26 @@ pub mod workspace_copy;
 
 pub use modal::Resources;
 
+/// What a launch tells about its GPU as it goes (a `--gpu` list is tried in
+/// order on capacity errors): each type Modal refused, then the one it got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuOutcome {
+    /// Modal had no capacity for this type (its message); the next is tried.
+    Refused { gpu: String, message: String },
+    /// The sandbox was created with this type.
+    Chosen { gpu: String },
+}
+
+/// Told of each [`GpuOutcome`] of a launch (the service records them).
+#[derive(Clone)]
+pub struct GpuHook(pub std::sync::Arc<dyn Fn(GpuOutcome) + Send + Sync>);
+
+impl std::fmt::Debug for GpuHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GpuHook")
+    }
+}
+
 /// Everything a backend needs to launch one container.
 #[derive(Clone, Debug)]
 pub struct LaunchRequest {
@@ -46,6 +66,16 @@ pub struct LaunchRequest {
     /// Environment for Claude Code (no `PARHELIA_*` entries). Held in memory only.
     pub env: BTreeMap<String, String>,
     pub secret: SessionSecret,
+    /// The task's secrets by name (`--secret`). Local: environment variables
+    /// whose values are already in `env`; Modal: named Modal secrets attached
+    /// to the sandbox (with `modal.secrets`).
+    pub secrets: Vec<String>,
+    /// The task's Modal region (`--region`; `None`: `modal.region`). Remote
+    /// backends only.
+    pub region: Option<String>,
+    /// Told of each GPU type refused for want of capacity and of the one
+    /// chosen (remote backends); `None`: nobody listens.
+    pub on_gpu: Option<GpuHook>,
     /// How the local backend confines the session (ignored by remote backends,
     /// whose container is the isolation).
     pub isolation: isolation::Isolation,

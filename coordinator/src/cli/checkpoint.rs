@@ -543,7 +543,13 @@ async fn resume_request(
         rollback,
         backend,
     } = call;
-    let env = launch_env()?;
+    let mut env = launch_env()?;
+    // The task's local secrets, from this shell, as `task create` carried them.
+    if let Some(session) = opened.db.get_session(session_id)? {
+        env.extend(super::task::secret_env_for(
+            opened.db.get_task(&session.task_id)?.as_ref(),
+        ));
+    }
     let progress = crate::progress::Progress::start(
         if rollback { "rollback" } else { "resume" },
         &format!(

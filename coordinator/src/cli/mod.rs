@@ -776,6 +776,23 @@ pub(crate) fn dry_run_text(
             format!("{} (values not shown)", plan.env_names.join(", "))
         },
     );
+    if !plan.secrets.is_empty() {
+        field(
+            "secrets",
+            format!(
+                "{} ({}; values not shown)",
+                plan.secrets.join(", "),
+                match plan.backend {
+                    crate::plan::BackendKind::Local =>
+                        "environment variables from this shell, passed into the session",
+                    crate::plan::BackendKind::Modal => "Modal secrets attached to the sandbox",
+                }
+            ),
+        );
+    }
+    if let Some(region) = &plan.region {
+        field("region", region.clone());
+    }
     if !plan.config_set.is_empty() {
         field(
             "--set",

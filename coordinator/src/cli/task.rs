@@ -155,6 +155,13 @@ pub struct CreateArgs {
     /// Run the Claude Code terminal UI (attach with `parhelia session attach`)
     #[arg(long)]
     pub interactive: bool,
+    /// A secret for the session, by name (repeatable). Local: the environment variable NAME
+    /// of this shell, passed into the session; Modal: the Modal secret NAME. Never stored
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
+    /// The Modal region to run in (e.g. us-east; default `modal.region`). Modal only
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
     /// Print JSON (with --sync: the finished task)
     #[arg(long)]
     pub json: bool,
@@ -168,7 +175,9 @@ pub struct BudgetArgs {
     /// Stop the task when it has cost this much, compute and model (USD, e.g. 2.00)
     #[arg(long, value_name = "USD")]
     pub max_cost: Option<String>,
-    /// GPU type: T4, L4, A10G, L40S, A100, A100-80GB, H100, H200, B200 (`:N` for N GPUs)
+    /// GPU type: T4, L4, A10, A10G, L40S, A100, A100-80GB, H100, H200, B200 (`:N` for N GPUs;
+    /// `H100!` no upgrade; `B200+` a B300 allowed); a list (A100,A10G,L4) is tried in order
+    /// when Modal has no capacity (the estimate prices the first)
     #[arg(long, value_name = "TYPE")]
     pub gpu: Option<String>,
     /// CPU cores to request (default: the backend's)
@@ -197,7 +206,7 @@ impl BudgetArgs {
             return Err(invalid("--max-cost must be positive".into()));
         }
         if let Some(gpu) = &self.gpu {
-            crate::budget::parse_gpu(gpu, &config.rates)
+            crate::budget::parse_gpu_list(gpu, &config.rates)
                 .map_err(|e| invalid(format!("--gpu: {e}")))?;
         }
         if let Some(cpu) = self.cpu
@@ -298,6 +307,27 @@ pub(crate) fn launch_env() -> Result<HashMap<String, String>> {
         )?;
     }
     Ok(env)
+}
+
+/// The values, from this shell, of the secrets `tasks` name on the local backend
+/// (`--secret`): a relaunch (dispatch, retry, resume) carries them as `task create`
+/// did. A name this shell does not set is left out: the coordinator then takes it
+/// from its own environment, or refuses the launch (E207).
+pub(crate) fn secret_env_for<'a>(
+    tasks: impl IntoIterator<Item = &'a crate::db::TaskRecord>,
+) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    for task in tasks {
+        if task.backend != plan::BackendKind::Local.as_str() {
+            continue;
+        }
+        for name in &task.secrets {
+            if let Ok(value) = std::env::var(name) {
+                env.insert(name.clone(), value);
+            }
+        }
+    }
+    env
 }
 
 /// Says once per state directory (and `doctor` every time) that local sessions are
@@ -445,15 +475,25 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
         let state = ctx.state()?;
         args.budget.limits(&ctx.config(&state)?.config)?
     };
-    // An estimate prices Modal by its rate table even where it cannot launch.
-    if args.budget.estimate_only && args.backend == "modal" {
-        return estimate_only(ctx, &args, "modal", &limits);
-    }
     let backend = plan::parse_backend(&args.backend)?;
+    // Checked before anything else is (E100): names, and no region for a local run.
+    let secrets = plan::validate_secret_names(&args.secrets, backend)?;
+    let region = plan::validate_region(args.region.as_deref().unwrap_or(""), backend)?;
+    // An estimate prices Modal by its rate table even where it cannot launch.
+    if args.budget.estimate_only && backend == plan::BackendKind::Modal {
+        return estimate_only(ctx, &args, "modal", &limits, &secrets);
+    }
+    // Locally, each secret is a variable of this shell: one that is not set is
+    // E207 here, before an estimate, a dry run or a launch.
+    let secret_env = if backend == plan::BackendKind::Local {
+        plan::secret_values(&secrets, |name| std::env::var(name).ok(), |_| None)?
+    } else {
+        Default::default()
+    };
     // Before an estimate prices what a local run would not get.
     crate::backend::capabilities::refuse_unenforced(&limits, backend.as_str())?;
     if args.budget.estimate_only {
-        return estimate_only(ctx, &args, backend.as_str(), &limits);
+        return estimate_only(ctx, &args, backend.as_str(), &limits, &secrets);
     }
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let workspace = match &args.workspace {
@@ -538,6 +578,8 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
             env: std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
                 .collect(),
+            secrets,
+            region,
         });
         return Ok(Created::DryRun {
             text: dry_run_text(&dry_run.plan, &dry_run.spec_path, dry_run.agent_error),
@@ -546,7 +588,11 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
     }
 
     let opened = ctx.open()?;
-    let env = launch_env()?;
+    let mut env = launch_env()?;
+    // The secrets' values travel with the rest of the launch environment: held
+    // in the coordinator's memory until the launch, never stored (docs/config.md,
+    // "Secrets").
+    env.extend(secret_env);
     let mut client = ctx.task_client(&opened.state).await?;
     let request = SubmitTaskRequest {
         prompt: args.prompt.clone(),
@@ -564,6 +610,8 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
         allow_large_workspace: args.allow_large_workspace,
         no_user_config: args.no_user_config,
         config_set: task_set,
+        secrets,
+        region: region.unwrap_or_default(),
     };
     let progress = crate::progress::Progress::start(
         "task_create",
@@ -682,6 +730,7 @@ fn estimate_only(
     args: &CreateArgs,
     backend: &str,
     limits: &crate::budget::TaskLimits,
+    secrets: &[String],
 ) -> Result<Created> {
     let opened = ctx.open()?;
     let config = &opened.config.config;
@@ -693,8 +742,31 @@ fn estimate_only(
         limits,
         now_ms(),
     )?;
-    let text =
+    let mut text =
         super::budget::estimate_text(&report.estimate, config, report.would_be_refused.as_deref());
+    if let Some(list) = limits.gpu.as_deref() {
+        let choices = crate::budget::gpu_choices(list);
+        if choices.len() > 1 {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "gpu list   priced at the first choice, {}; when Modal has no capacity for it the next of {} runs instead, at its own rate\n",
+                choices[0],
+                choices.join(", ")
+            ));
+        }
+    }
+    if !secrets.is_empty() {
+        // By name only: a secret costs nothing, but the estimate shows what the task carries.
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "secrets    {} (values not shown)\n",
+            secrets.join(", ")
+        ));
+    }
     Ok(Created::Estimate {
         report: Box::new(report),
         text,
@@ -877,7 +949,12 @@ pub(crate) async fn dispatch_call(
     let env = if dry_run {
         HashMap::new()
     } else {
-        launch_env()?
+        let mut env = launch_env()?;
+        let pending = opened.db.list_tasks(Some(TaskStatus::Pending))?;
+        env.extend(secret_env_for(
+            pending.iter().filter(|t| all || task_ids.contains(&t.id)),
+        ));
+        env
     };
     let mut client = ctx.client(&opened.state).await?;
     Ok(client
@@ -1042,7 +1119,8 @@ pub(crate) async fn retry_call(
 ) -> Result<parhelia_proto::RetryTaskResponse> {
     let opened = ctx.open()?;
     opened.db.check_transition(task_id, TaskStatus::Pending)?;
-    let env = launch_env()?;
+    let mut env = launch_env()?;
+    env.extend(secret_env_for(opened.db.get_task(task_id)?.as_ref()));
     let mut client = ctx.client(&opened.state).await?;
     Ok(client
         .retry_task(RetryTaskRequest {

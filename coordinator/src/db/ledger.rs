@@ -483,6 +483,28 @@ impl Db {
             .optional()?)
     }
 
+    /// The GPU type the task's latest launch got (of its `--gpu` list).
+    pub fn gpu_chosen(&self, task_id: &str) -> Result<Option<String>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT gpu_chosen FROM tasks WHERE id = ?1",
+                [task_id],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Records the GPU type a launch of the task got.
+    pub fn set_gpu_chosen(&self, task_id: &str, gpu: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE tasks SET gpu_chosen = ?2 WHERE id = ?1",
+            rusqlite::params![task_id, gpu],
+        )?;
+        Ok(())
+    }
+
     /// Ledger total of a task (every attempt, every kind): its cost.
     pub fn task_spent_usd(&self, task_id: &str) -> Result<f64> {
         Ok(self.spend(SpendScope::Task(task_id))?.cost_usd)

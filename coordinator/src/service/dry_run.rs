@@ -37,6 +37,9 @@ pub struct DryRunInputs<'a> {
     pub current_exe: Option<PathBuf>,
     /// The environment the launch would forward from (names only are shown).
     pub env: Vec<(String, String)>,
+    /// The task's `--secret` names (checked), and its `--region`.
+    pub secrets: Vec<String>,
+    pub region: Option<String>,
 }
 
 /// The plan, where its spec would be written, and why the agent binary was
@@ -107,6 +110,24 @@ pub fn plan_dry_run(inputs: DryRunInputs<'_>) -> DryRun {
             &inputs.claude_bin,
             &AgentSettings::for_config(config),
         ),
+        // By name only. On Modal: the Anthropic key's secret, `modal.secrets`,
+        // then the task's (what `sandbox.create` attaches).
+        secrets: if modal {
+            let mut names = vec![config.modal.secret_name.clone()];
+            for name in config.modal.secrets.iter().chain(&inputs.secrets) {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+            names
+        } else {
+            inputs.secrets
+        },
+        region: if modal {
+            inputs.region.or_else(|| config.modal.region.clone())
+        } else {
+            None
+        },
         config_set: inputs.config_set,
     };
     DryRun {
@@ -142,6 +163,8 @@ mod tests {
                 ("ANTHROPIC_API_KEY".into(), "sk-not-shown".into()),
                 ("UNRELATED".into(), "x".into()),
             ],
+            secrets: vec!["GITHUB_TOKEN".into()],
+            region: None,
         }
     }
 
@@ -187,5 +210,8 @@ mod tests {
             );
         }
         assert!(!modal.spec_path.starts_with(tmp.path()));
+        // Secrets by name: locally the task's; on Modal the Anthropic key's first.
+        assert_eq!(local.plan.secrets, ["GITHUB_TOKEN"]);
+        assert_eq!(modal.plan.secrets, ["anthropic-api-key", "GITHUB_TOKEN"]);
     }
 }

@@ -244,10 +244,17 @@ impl CoordinatorService {
 
     /// Everything a launch needs from the environment: Claude Code, the
     /// agent, isolation, and the agent's environment.
+    ///
+    /// `secrets` are the task's `--secret` names. Locally, each is an
+    /// environment variable passed into the session: its value from `env`
+    /// (the submitter's, held in memory only), else the coordinator's own
+    /// environment; a name set in neither is E207. On Modal they are Modal
+    /// secrets attached to the sandbox by the backend: no value passes here.
     fn resolve_launch(
         &self,
         env: &HashMap<String, String>,
         kind: plan::BackendKind,
+        secrets: &[String],
     ) -> Result<ResolvedLaunch> {
         if kind == plan::BackendKind::Modal {
             // Claude Code and the agent are the image's; the sandbox is the isolation.
@@ -277,13 +284,18 @@ impl CoordinatorService {
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         };
-        let agent_env = if env.is_empty() {
+        let mut agent_env = if env.is_empty() {
             // Dispatched without a submitter's environment (after a
             // restart, or automatically): the coordinator's own.
             plan::forwarded_env(own_env())
         } else {
             plan::request_env(env, own_env())
         };
+        agent_env.extend(plan::secret_values(
+            secrets,
+            |name| env.get(name).cloned(),
+            |name| std::env::var(name).ok(),
+        )?);
         Ok(ResolvedLaunch {
             claude_bin,
             agent_bin,
@@ -305,6 +317,36 @@ impl CoordinatorService {
             .unwrap_or_else(|| {
                 plan::local_layout(self.inner.state.root(), session_id, container_id)
             })
+    }
+
+    /// Records what a launch's GPU list came to: each type Modal had no
+    /// capacity for as a `gpu_unavailable` event, the one it got on the task
+    /// (`tasks.gpu_chosen`, shown by `task show`, billed by the ledger).
+    fn gpu_hook(&self, ids: &LaunchIds) -> crate::backend::GpuHook {
+        let inner = Arc::clone(&self.inner);
+        let ids = ids.clone();
+        crate::backend::GpuHook(Arc::new(move |outcome| {
+            match outcome {
+            crate::backend::GpuOutcome::Refused { gpu, message } => inner.db.note(
+                NewCoordinatorEvent::new(
+                    "gpu_unavailable",
+                    "warning",
+                    format!(
+                        "{}: Modal has no capacity for {gpu}; trying the next GPU type of the list ({message})",
+                        ids.task_id
+                    ),
+                )
+                .task(&ids.task_id)
+                .session(&ids.session_id)
+                .container(&ids.container_id),
+            ),
+            crate::backend::GpuOutcome::Chosen { gpu } => {
+                if let Err(err) = inner.db.set_gpu_chosen(&ids.task_id, Some(&gpu)) {
+                    tracing::warn!(task_id = %ids.task_id, "cannot record the GPU chosen: {err:#}");
+                }
+            }
+        }
+        }))
     }
 
     /// The sandbox resources a task asked for.
@@ -354,20 +396,29 @@ fn validate_workspace(path: &Path) -> Result<PathBuf, CodedError> {
 /// `--timeout`), the GPU spelled as Modal spells it (`a100-80gb:2` →
 /// `A100-80GB:2`; a trailing `!` is kept).
 fn task_resources(limits: &TaskLimits, rates: &crate::config::RatesConfig) -> Resources {
-    let gpu =
-        limits.gpu.as_deref().filter(|g| !g.is_empty()).map(
-            |given| match crate::budget::parse_gpu(given, rates) {
-                Ok(g) => {
-                    let strict = if given.contains('!') { "!" } else { "" };
-                    if g.count > 1 {
-                        format!("{}{strict}:{}", g.gpu_type, g.count)
-                    } else {
-                        format!("{}{strict}", g.gpu_type)
-                    }
-                }
-                Err(_) => given.to_string(),
-            },
-        );
+    let spell = |given: &str| match crate::budget::parse_gpu(given, rates) {
+        Ok(g) => {
+            let strict = if given.contains('!') { "!" } else { "" };
+            let upgrade = if given.trim_end_matches('!').contains('+') {
+                "+"
+            } else {
+                ""
+            };
+            if g.count > 1 {
+                format!("{}{upgrade}{strict}:{}", g.gpu_type, g.count)
+            } else {
+                format!("{}{upgrade}{strict}", g.gpu_type)
+            }
+        }
+        Err(_) => given.to_string(),
+    };
+    // A list (`a100,a10g`) keeps its order: the backend tries each in turn.
+    let gpu = limits
+        .gpu
+        .as_deref()
+        .map(crate::budget::gpu_choices)
+        .filter(|choices| !choices.is_empty())
+        .map(|choices| choices.into_iter().map(spell).collect::<Vec<_>>().join(","));
     Resources {
         gpu,
         cpu: limits.cpu,
@@ -436,6 +487,8 @@ pub(super) mod testing {
             allow_large_workspace: false,
             no_user_config: false,
             config_set: Vec::new(),
+            secrets: Vec::new(),
+            region: None,
         })
         .unwrap();
     }

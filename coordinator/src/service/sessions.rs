@@ -317,7 +317,7 @@ impl CoordinatorService {
             return Err(resume::budget_refusal(&task.id, &crossing).into());
         }
         let env: HashMap<String, String> = r.env.clone().into_iter().collect();
-        let resolved = self.resolve_launch(&env, plan.to_kind)?;
+        let resolved = self.resolve_launch(&env, plan.to_kind, &task.secrets)?;
         let secret = db
             .session_secret(&session.id)?
             .context("the session has no secret")?;
@@ -449,7 +449,14 @@ impl CoordinatorService {
             agent_bin: resolved.agent_bin,
             env: resolved.agent_env,
             secret,
+            secrets: task.secrets.clone(),
+            region: task.region.clone(),
+            on_gpu: None,
             isolation: resolved.isolation,
+        };
+        let launch = LaunchRequest {
+            on_gpu: Some(self.gpu_hook(&launch.ids)),
+            ..launch
         };
         let target = ContainerRef {
             container_id: container_id.clone(),

@@ -75,8 +75,11 @@ impl CoordinatorService {
             .await
             .map_err(|e| anyhow::anyhow!("the workspace preflight panicked: {e}"))??;
         }
-        // Fail before recording anything when the launch could never work.
-        self.resolve_launch(&request.env, backend_kind)?;
+        let secrets = plan::validate_secret_names(&request.secrets, backend_kind)?;
+        let region = plan::validate_region(&request.region, backend_kind)?;
+        // Fail before recording anything when the launch could never work
+        // (locally: a `--secret` set nowhere is E207).
+        self.resolve_launch(&request.env, backend_kind, &secrets)?;
 
         let task_id = ids::new_task_id();
         let task_type = if request.task_type.is_empty() {
@@ -111,6 +114,8 @@ impl CoordinatorService {
             allow_large_workspace: request.allow_large_workspace,
             no_user_config: request.no_user_config,
             config_set: request.config_set.clone(),
+            secrets,
+            region,
         })?;
         lock(&self.inner.pending_env).insert(task_id.clone(), request.env.clone());
         tracing::info!(%task_id, held = request.no_dispatch, "task recorded");
@@ -483,7 +488,7 @@ impl CoordinatorService {
             None => None,
         };
         let backend = plan::parse_backend(&task.backend)?;
-        let resolved = self.resolve_launch(env, backend)?;
+        let resolved = self.resolve_launch(env, backend, &task.secrets)?;
         let task_config = crate::config::task_config(self.config(), &task.config_set)?;
         let workspace_progress = lock(&self.inner.pending_workspace_progress)
             .get(&task.id)
@@ -515,6 +520,9 @@ impl CoordinatorService {
             agent_bin: resolved.agent_bin,
             env: resolved.agent_env,
             secret,
+            secrets: task.secrets.clone(),
+            region: task.region.clone(),
+            on_gpu: Some(self.gpu_hook(ids)),
             isolation: resolved.isolation,
         };
         self.inner.backend.launch(&launch).await
@@ -802,7 +810,8 @@ pub(super) fn validate_limits(limits: &TaskLimits, config: &Config) -> Result<()
         return Err(invalid("--timeout must be positive".into()));
     }
     if let Some(gpu) = &limits.gpu {
-        crate::budget::parse_gpu(gpu, &config.rates).map_err(|e| invalid(format!("--gpu: {e}")))?;
+        crate::budget::parse_gpu_list(gpu, &config.rates)
+            .map_err(|e| invalid(format!("--gpu: {e}")))?;
     }
     Ok(())
 }

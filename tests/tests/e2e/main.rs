@@ -30,6 +30,7 @@ mod outcome;
 mod procs;
 mod readme;
 mod sandbox_attacks;
+mod secrets;
 mod spend;
 mod stand_in_claude;
 mod stand_in_http;

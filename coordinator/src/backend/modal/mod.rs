@@ -74,7 +74,8 @@ pub fn sent_env_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<St
 /// Resources for one sandbox.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
-    /// Modal's GPU string (`A10G`, `H100:2`), if any.
+    /// Modal's GPU string (`A10G`, `H100:2`), or a comma-separated list of
+    /// them tried in order when Modal has no capacity (`A100,A10G`), if any.
     pub gpu: Option<String>,
     pub cpu: Option<f64>,
     pub memory_mb: Option<u64>,
@@ -539,6 +540,38 @@ impl ModalBackend {
         env
     }
 
+    /// The GPU types a launch tries, in order: the task's `--gpu` (one, or a
+    /// comma-separated list), else `modal.gpu`; none: no GPU.
+    pub fn gpu_choices(&self, requested: Option<&str>) -> Vec<String> {
+        match requested.filter(|g| !g.trim().is_empty()) {
+            Some(list) => crate::budget::gpu_choices(list)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            None => self.config.gpu.clone(),
+        }
+    }
+
+    /// The named Modal secrets a sandbox gets, in the order Modal applies
+    /// them (a later one's key wins): the Anthropic key's secret first, which
+    /// must hold `ANTHROPIC_API_KEY` (`required_keys`: Modal refuses the
+    /// create when it does not, E405), then `modal.secrets`, then the task's
+    /// `--secret` names; each name once.
+    pub fn sandbox_secrets(&self, task_secrets: &[String]) -> Vec<Value> {
+        let mut names: Vec<&String> = Vec::new();
+        for name in self.config.secrets.iter().chain(task_secrets) {
+            if *name != self.config.secret_name && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        std::iter::once(json!({
+            "name": self.config.secret_name,
+            "required_keys": ["ANTHROPIC_API_KEY"],
+        }))
+        .chain(names.into_iter().map(|n| json!({ "name": n })))
+        .collect()
+    }
+
     /// The `sandbox.create` arguments for a launch (pure apart from the
     /// image lookup; tests check them).
     pub fn create_args(
@@ -546,6 +579,7 @@ impl ModalBackend {
         request: &LaunchRequest,
         layout: &LocalLayout,
         image: Value,
+        gpu: Option<&str>,
     ) -> Value {
         let ids = &request.ids;
         let res = &request.resources;
@@ -571,11 +605,12 @@ impl ModalBackend {
             "image": image,
             "argv": argv,
             "env": self.sandbox_env(request),
-            "secrets": [self.config.secret_name],
+            "secrets": self.sandbox_secrets(&request.secrets),
+            "region": request.region.as_ref().or(self.config.region.as_ref()),
             "inline_secret": {"PARHELIA_SESSION_SECRET": request.secret.expose()},
             "volumes": {self.config.volume_mount.display().to_string(): self.config.volume_name},
             "workdir": self.config.container_home,
-            "gpu": res.gpu,
+            "gpu": gpu,
             "cpu": res.cpu.unwrap_or(self.config.cpu_count as f64),
             "memory_mib": res.memory_mb.unwrap_or(self.config.memory_mb),
             "timeout_s": timeout_s.clamp(60, 24 * 3600),
@@ -806,15 +841,63 @@ impl Backend for ModalBackend {
         let _ = std::fs::remove_file(&spec_file);
         put?;
 
-        let args = self.create_args(request, &layout, image);
-        let created = self
-            .bridge
-            .call(
-                "sandbox.create",
-                args,
-                Duration::from_secs_f64(self.config.create_timeout_seconds),
-            )
-            .await?;
+        // `--gpu A100,A10G,L4` (else `modal.gpu`): each type in turn while
+        // Modal has no capacity (E513), each refusal told to `on_gpu`.
+        let choices = self.gpu_choices(request.resources.gpu.as_deref());
+        let tell = |outcome: super::GpuOutcome| {
+            if let Some(hook) = &request.on_gpu {
+                (hook.0)(outcome);
+            }
+        };
+        let mut attempts: Vec<Option<&str>> = choices.iter().map(|g| Some(g.as_str())).collect();
+        if attempts.is_empty() {
+            attempts.push(None);
+        }
+        let mut refusals: Vec<String> = Vec::new();
+        let mut created = None;
+        for (i, gpu) in attempts.iter().enumerate() {
+            let args = self.create_args(request, &layout, image.clone(), *gpu);
+            match self
+                .bridge
+                .call(
+                    "sandbox.create",
+                    args,
+                    Duration::from_secs_f64(self.config.create_timeout_seconds),
+                )
+                .await
+            {
+                Ok(reply) => {
+                    if let Some(gpu) = gpu {
+                        tell(super::GpuOutcome::Chosen {
+                            gpu: gpu.to_string(),
+                        });
+                    }
+                    created = Some(reply);
+                    break;
+                }
+                Err(e) if e.code.code == error_codes::MODAL_NO_CAPACITY.code && gpu.is_some() => {
+                    let gpu = gpu.unwrap_or_default().to_string();
+                    tracing::warn!(container_id = %ids.container_id, %gpu, "no capacity: {}", e.message);
+                    refusals.push(format!("{gpu}: {}", e.message));
+                    tell(super::GpuOutcome::Refused {
+                        gpu,
+                        message: e.message.clone(),
+                    });
+                    if i + 1 == attempts.len() {
+                        return Err(CodedError::new(
+                            error_codes::MODAL_NO_CAPACITY,
+                            format!(
+                                "Modal has no capacity for any GPU type of the list ({})",
+                                refusals.join("; ")
+                            ),
+                        )
+                        .into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let created = created.context("no sandbox.create was made")?;
         let sandbox_id = created["sandbox_id"]
             .as_str()
             .context("sandbox.create returned no sandbox id")?
@@ -1087,5 +1170,34 @@ mod tests {
         );
         assert_eq!(backend("root").session_user(), None);
         assert_eq!(backend(" ").session_user(), None);
+    }
+
+    /// The sandbox's secrets: the Anthropic key's first with its required
+    /// key, then `modal.secrets`, then the task's, each once; the GPU list is
+    /// the task's, else `modal.gpu`.
+    #[test]
+    fn secrets_keep_their_order_and_the_gpu_list_falls_back_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::defaults().modal;
+        config.secrets = vec!["shared".into(), "anthropic-api-key".into()];
+        config.gpu = vec!["L4".into()];
+        let backend = ModalBackend::new(
+            dir.path().to_path_buf(),
+            "coord-1".into(),
+            config,
+            crate::plan::AgentSettings::default(),
+        );
+        let secrets = backend.sandbox_secrets(&["github".into(), "shared".into()]);
+        assert_eq!(
+            serde_json::Value::from(secrets),
+            json!([
+                {"name": "anthropic-api-key", "required_keys": ["ANTHROPIC_API_KEY"]},
+                {"name": "shared"},
+                {"name": "github"},
+            ])
+        );
+        assert_eq!(backend.gpu_choices(Some("A100,A10G")), ["A100", "A10G"]);
+        assert_eq!(backend.gpu_choices(None), ["L4"]);
+        assert_eq!(backend.gpu_choices(Some(" ")), ["L4"]);
     }
 }

@@ -761,6 +761,9 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
                 task_type: a.task_type.unwrap_or_else(|| "generic".into()),
                 backend: a.backend.unwrap_or_else(|| "local".into()),
                 interactive: a.interactive,
+                // Not offered to MCP clients yet (`--secret`, `--region`: the CLI's).
+                secrets: Vec::new(),
+                region: None,
                 json: true,
                 budget: BudgetArgs {
                     max_cost: a.max_cost,
@@ -957,6 +960,8 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
                 task_type: "generic".into(),
                 backend: a.backend.unwrap_or_else(|| "local".into()),
                 interactive: false,
+                secrets: Vec::new(),
+                region: None,
                 json: true,
                 budget: BudgetArgs {
                     max_cost: a.max_cost,
