@@ -83,7 +83,8 @@ pub enum CoordinatorCommand {
         #[arg(long, hide = true)]
         detached: bool,
     },
-    /// Ask the running coordinator to stop (sessions keep running)
+    /// Ask the running coordinator to stop (sessions keep running); one that holds
+    /// the state directory without answering (stopped, hung) is ended by signal
     Stop,
     /// Make the running coordinator read config.toml again now (it also
     /// does within a second of a change); sessions keep running

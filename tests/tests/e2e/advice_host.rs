@@ -189,6 +189,92 @@ fn e622_a_held_store_lock_is_named_and_the_same_command_succeeds_once_it_is_let_
     );
 }
 
+/// E622 from the agent: a running session's `checkpoint create` is taken by its agent,
+/// which waits for the store's lock as the spec says (`checkpoint.lock_wait_seconds`,
+/// carried as `checkpoint.lock_wait_ms`), so with another process holding it the
+/// command is refused after two seconds, naming the holder. Followed as printed (the
+/// holder let finish, the same command again), the checkpoint is taken.
+#[test]
+fn e622_a_checkpoint_the_agent_takes_waits_as_configured_and_is_taken_once_let_go() {
+    let h = Harness::new(Script::new([Turn::tool_use([ToolCall::bash(
+        "echo working > work.txt; sleep 600",
+    )])]));
+    std::fs::write(
+        h.state().join("config.toml"),
+        "[checkpoint]\nlock_wait_seconds = 2\n",
+    )
+    .unwrap();
+    let created = h.json(&["task", "create", "Work a while", "--json"]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_for("the tool call", || {
+        (!h.task_events(&task_id, "tool_call").is_empty()).then_some(())
+    });
+    let before = h.json(&["checkpoint", "list", &session_id, "--json"]);
+    let lock = h
+        .state()
+        .join("sessions")
+        .join(&session_id)
+        .join("volume/checkpoints/lock");
+    let holder = Child(
+        Command::new("flock")
+            .args(["--exclusive", "--no-fork"])
+            .arg(&lock)
+            .args(["sleep", "600"])
+            .spawn()
+            .expect("run flock"),
+    );
+    h.wait_for("flock to hold the store's lock", || {
+        let free = Command::new("flock")
+            .arg("--nonblock")
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success();
+        (!free).then_some(())
+    });
+
+    let create = [
+        "checkpoint",
+        "create",
+        &session_id,
+        "-m",
+        "before the change",
+    ];
+    let started = Instant::now();
+    let stderr = refused_with(&h.run(&create), "E622", "checkpoint create");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the agent waited the configured 2 s, not the default minute: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&format!("(pid {} (sleep))", holder.0.id())),
+        "the holder is named: {stderr}"
+    );
+    assert!(
+        hint(&stderr).contains("run the same command again"),
+        "{stderr}"
+    );
+    assert_eq!(
+        h.json(&["checkpoint", "list", &session_id, "--json"]),
+        before,
+        "nothing was added"
+    );
+
+    // Followed: the holder lets go, the same command again.
+    drop(holder);
+    h.ok(&create);
+    let after = h.json(&["checkpoint", "list", &session_id, "--json"]);
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        before.as_array().unwrap().len() + 1,
+        "{after:#}"
+    );
+    h.ok(&["task", "cancel", &task_id]);
+}
+
 /// A coordinator stopped with SIGSTOP, resumed and killed if the test ends first.
 struct Stopped(u32);
 
