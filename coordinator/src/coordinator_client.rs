@@ -72,13 +72,14 @@ fn stat_says_stopped(stat: &str) -> bool {
         .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
 }
 
-/// The last `error…` line of the log a coordinator started on demand writes its output
-/// to (bounded: the last 64 KiB), so E504 can say why it exited.
-fn last_logged_error(log: &Path) -> Option<String> {
+/// The last `error…` line a coordinator started on demand wrote to its log after byte
+/// `since` (what the log held before it started; bounded: the last 64 KiB), so E504 can
+/// say why it exited.
+fn last_logged_error(log: &Path, since: u64) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(log).ok()?;
     let len = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(64 << 10)))
+    file.seek(SeekFrom::Start(len.saturating_sub(64 << 10).max(since)))
         .ok()?;
     let mut tail = Vec::new();
     file.take(64 << 10).read_to_end(&mut tail).ok()?;
@@ -189,6 +190,8 @@ pub async fn connect_or_start(state: &StateDir, config_flags: &[String]) -> Resu
             command.env(key, cwd.join(value));
         }
     }
+    // What the log holds before this coordinator writes to it: an older error is not its.
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let mut child = command
         .arg("--state-dir")
         .arg(state.root())
@@ -247,7 +250,7 @@ pub async fn connect_or_start(state: &StateDir, config_flags: &[String]) -> Resu
                 ));
             }
             let why = match exited {
-                Some(status) => match last_logged_error(&state.log_path()) {
+                Some(status) => match last_logged_error(&state.log_path(), log_start) {
                     Some(line) => format!("it exited ({status}), logging `{line}`"),
                     None => format!("it exited ({status})"),
                 },
@@ -289,9 +292,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            last_logged_error(&log).as_deref(),
+            last_logged_error(&log, 0).as_deref(),
             Some("error: removing the stale socket /s: Is a directory")
         );
-        assert_eq!(last_logged_error(&dir.path().join("none")), None);
+        let len = std::fs::metadata(&log).unwrap().len();
+        assert_eq!(last_logged_error(&log, len), None, "only what came after");
+        assert_eq!(last_logged_error(&dir.path().join("none"), 0), None);
     }
 }
