@@ -261,7 +261,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             .map_err(RunError::CheckpointStore)?
             .with_limits(parhelia_checkpoint::Limits::from_spec(
                 &spec.checkpoint.limits,
-            )),
+            ))
+            .with_lock_wait(crate::checkpointer::lock_wait(&spec.checkpoint)),
     );
     let mut checkpoint_paths = CheckpointPaths::new(
         &spec,

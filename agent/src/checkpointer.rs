@@ -327,6 +327,15 @@ pub struct Salvaged {
     pub conversation: bool,
 }
 
+/// How long the agent waits for another process's hold on its store's lock before
+/// E622: the spec's `checkpoint.lock_wait_ms` (`checkpoint.lock_wait_seconds`), else the
+/// engine's default.
+pub fn lock_wait(spec: &parhelia_contract::spec::CheckpointSpec) -> std::time::Duration {
+    spec.lock_wait_ms
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(parhelia_checkpoint::DEFAULT_LOCK_WAIT)
+}
+
 /// A whole checkpoint (workspace and conversation, as the agent's own) of a
 /// container whose agent is gone, taken from the container's spec by the
 /// coordinator (`parhelia-agent salvage`): what the workspace and Claude Code's
@@ -343,7 +352,8 @@ pub fn salvage(
         .map_err(|e| CheckpointFailure::from(&e))?
         .with_limits(parhelia_checkpoint::Limits::from_spec(
             &spec.checkpoint.limits,
-        ));
+        ))
+        .with_lock_wait(lock_wait(&spec.checkpoint));
     let io = |e: std::io::Error| CheckpointFailure {
         code: if crate::disk::is_no_space(&e) {
             codes::DISK_FULL
@@ -595,6 +605,17 @@ mod tests {
     use super::*;
 
     const SESSION: &str = "6f1c2d3e-0000-4000-8000-000000000001";
+
+    #[test]
+    fn the_store_lock_wait_is_the_specs_or_the_engines_default() {
+        let mut spec = parhelia_contract::spec::CheckpointSpec {
+            lock_wait_ms: Some(1500),
+            ..Default::default()
+        };
+        assert_eq!(lock_wait(&spec), std::time::Duration::from_millis(1500));
+        spec.lock_wait_ms = None;
+        assert_eq!(lock_wait(&spec), parhelia_checkpoint::DEFAULT_LOCK_WAIT);
+    }
 
     fn paths(root: &Path, config: &str) -> CheckpointPaths {
         CheckpointPaths {

@@ -26,9 +26,19 @@ pub enum CheckpointError {
     #[error("unsafe archive entry {path:?}: {reason}")]
     UnsafeEntry { path: String, reason: String },
 
-    /// Another process holds the store's lock for longer than we were willing to wait.
-    #[error("checkpoint store {} is locked by another process", root.display())]
-    Locked { root: PathBuf },
+    /// Another process holds the store's lock for longer than we were willing to wait
+    /// (`waited_ms`); `holder` names it when `/proc/locks` does.
+    #[error(
+        "checkpoint store {} is locked by another process{}; waited {:.1}s for it",
+        root.display(),
+        holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default(),
+        *waited_ms as f64 / 1000.0
+    )]
+    Locked {
+        root: PathBuf,
+        holder: Option<String>,
+        waited_ms: u64,
+    },
 
     /// The store is larger than the retention policy allows even after pruning.
     #[error("checkpoint store needs {used} bytes but the quota is {limit} bytes")]

@@ -6,7 +6,8 @@
 //! Promises: a checkpoint exists exactly when its manifest file exists and verifies;
 //! `create` and `prune` hold the lock exclusively, every reader of layers holds it shared,
 //! so prune never deletes a layer under a reader or a writer. Waiting for the lock is
-//! bounded by `lock_wait` (default 60 s); after that the call fails with E622.
+//! bounded by `lock_wait` (default 60 s, `with_lock_wait`); after that the call fails with
+//! E622, naming the holder when `/proc/locks` does (`lock_holder.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -29,6 +30,9 @@ use crate::layer::{
 use crate::limits::{CHUNK_BLOB_MAX, Deadline, Limits};
 use crate::manifest::{CheckpointId, ChunkRef, Manifest, TreeManifest};
 use crate::mindex::{BlobMap, CachedLayer, LayerStat, MergedIndex};
+
+/// How long a store waits for its lock unless told otherwise (`with_lock_wait`).
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 const STORE_FORMAT: &str = "parhelia-checkpoint-store";
 const STORE_VERSION: u32 = 1;
@@ -222,7 +226,7 @@ impl Store {
             layers_dir: root.join("layers"),
             manifests_dir: root.join("manifests"),
             tmp_dir: root.join("tmp"),
-            lock_wait: Duration::from_secs(60),
+            lock_wait: DEFAULT_LOCK_WAIT,
             // Two workers per core: hashing workers block on reads (cold caches, network
             // volumes) and restore workers on file creation, so one per core leaves cores idle.
             threads: std::thread::available_parallelism()
@@ -249,10 +253,15 @@ impl Store {
     }
 
     /// How long `create`, `prune` and readers of layers wait for the store lock before E622
-    /// (`Duration::ZERO`: fail at once).
+    /// (`Duration::ZERO`: fail at once; default [`DEFAULT_LOCK_WAIT`]). Callers take it
+    /// from `checkpoint.lock_wait_seconds`.
     pub fn with_lock_wait(mut self, wait: Duration) -> Store {
         self.lock_wait = wait;
         self
+    }
+
+    pub fn lock_wait(&self) -> Duration {
+        self.lock_wait
     }
 
     /// Worker threads for hashing, compression and restore (default: two per available core).
@@ -322,6 +331,8 @@ impl Store {
                     if start.elapsed() >= self.lock_wait {
                         return Err(CheckpointError::Locked {
                             root: self.root.clone(),
+                            holder: crate::lock_holder::describe(&file),
+                            waited_ms: start.elapsed().as_millis() as u64,
                         });
                     }
                     std::thread::sleep(Duration::from_millis(20));

@@ -341,8 +341,8 @@ error_codes! {
     }
     COORDINATOR_UNAVAILABLE = "E504" "COORDINATOR_UNAVAILABLE" {
         what: "The coordinator is not answering.",
-        why: "It could not be started, or it exited; its socket does not answer.",
-        recover: "Read `.parhelia/coordinator.log`, then try again or run `parhelia coordinator run` in the foreground to see why it stops.",
+        why: "It could not be started (it exited at once: the message quotes the error it logged), or one holds the state directory but does not answer on its socket (stopped with Ctrl-Z or SIGSTOP, or hung), so no other can start.",
+        recover: "Read `.parhelia/coordinator.log` (or run `parhelia coordinator run` in the foreground) to see why it stops, and fix what it names; a coordinator that does not answer is ended by `parhelia coordinator stop`. Then run your command again: it starts a new coordinator.",
     }
     MODEL_API_FAILED = "E505" "MODEL_API_FAILED" {
         what: "The model API kept failing.",
@@ -465,8 +465,8 @@ error_codes! {
     }
     CHECKPOINT_BUSY = "E622" "CHECKPOINT_BUSY" {
         what: "The checkpoint store is busy.",
-        why: "Another process holds the store's lock (a checkpoint or a prune is running).",
-        recover: "Try again in a moment.",
+        why: "Another process held the session's checkpoint store lock (a checkpoint, a prune, a `checkpoint verify` or `repair` was running; the message names it when the system can tell) for longer than `checkpoint.lock_wait_seconds` (default 60 s). Nothing was changed.",
+        recover: "Let the process the message names finish (or end it if it is stuck), then run the same command again; to wait longer for it, raise `checkpoint.lock_wait_seconds` in `.parhelia/config.toml`.",
     }
     CHECKPOINT_QUOTA = "E623" "CHECKPOINT_QUOTA" {
         what: "The checkpoint store is over its quota.",

@@ -174,6 +174,11 @@ pub struct CheckpointSpec {
     pub max_store_bytes: Option<u64>,
     /// Caps on reading checkpoints (the agent's restores).
     pub limits: ReadLimitsSpec,
+    /// How long the agent waits for another process's hold on the store's lock before
+    /// E622 (`checkpoint.lock_wait_seconds`; None: the engine's default, 60 s, and not
+    /// written, so a spec without it reads back to the same bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_wait_ms: Option<u64>,
 }
 
 /// The default period of checkpoints: ten minutes.
@@ -188,6 +193,7 @@ impl Default for CheckpointSpec {
             keep_within_ms: None,
             max_store_bytes: None,
             limits: ReadLimitsSpec::default(),
+            lock_wait_ms: None,
         }
     }
 }
@@ -287,7 +293,7 @@ mod tests {
         r#""checkpoint":{"interval_ms":600000,"excludes":["target/"],"keep_last":5,"#,
         r#""keep_within_ms":null,"max_store_bytes":1048576,"limits":{"max_bytes":68719476736,"#,
         r#""max_entries":10000000,"max_path_len":4096,"max_read_bytes":1073741824,"#,
-        r#""max_diff_bytes":16777216,"max_time_ms":21600000}},"#,
+        r#""max_diff_bytes":16777216,"max_time_ms":21600000},"lock_wait_ms":60000},"#,
         r#""claude_config_seed":"/vol/config/claude","#,
         r#""sandbox":{"hide":["/state"],"read_only":["/usr"],"writable":[],"#,
         r#""binds":[{"source":"/state/home","target":"/home/u","writable":true}]},"#,

@@ -201,16 +201,18 @@ pub fn newest_restorable(store: &Store) -> Result<(Option<Summary>, Vec<Skipped>
 }
 
 /// Opens a session's store if it has one (a session that never checkpointed has none).
-/// `limits` caps every read (`checkpoint.max_restore_*`, E624).
+/// `limits` caps every read (`checkpoint.max_restore_*`, E624); another process's hold
+/// on its lock is waited for up to `lock_wait` (`checkpoint.lock_wait_seconds`, E622).
 pub fn open_store(
     volume_dir: &Path,
     limits: &parhelia_checkpoint::Limits,
+    lock_wait: std::time::Duration,
 ) -> Result<Option<Store>, CodedError> {
     let root = volume_dir.join("checkpoints");
     if !root.is_dir() {
         return Ok(None);
     }
-    open_store_at(&root, limits).map(Some)
+    open_store_at(&root, limits, lock_wait).map(Some)
 }
 
 /// Trigger of the checkpoint that carries a user's directory into a remote
@@ -279,13 +281,15 @@ pub fn seed_checkpoint(
 pub const AGENT_GONE_TRIGGER: &str = "agent_gone";
 
 /// Opens the store at `root` (a directory [`crate::backend::Backend::store_dir`] gave).
-/// `limits` caps every read (`checkpoint.max_restore_*`, E624).
+/// `limits` caps every read (`checkpoint.max_restore_*`, E624); `lock_wait` bounds the
+/// wait for the store's lock (`checkpoint.lock_wait_seconds`, E622).
 pub fn open_store_at(
     root: &Path,
     limits: &parhelia_checkpoint::Limits,
+    lock_wait: std::time::Duration,
 ) -> Result<Store, CodedError> {
     Store::open(root)
-        .map(|s| s.with_limits(limits.clone()))
+        .map(|s| s.with_limits(limits.clone()).with_lock_wait(lock_wait))
         .map_err(|e| coded(&e))
 }
 

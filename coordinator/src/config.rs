@@ -290,6 +290,8 @@ keys! {
         "Files larger than this are shown as \"too large to diff\" instead of a line diff.";
     "checkpoint"."max_restore_seconds": Kind::Float { min: 0.001, max: 31_536_000.0 }, Value::Float(21_600.0), None,
         "Caps reading a checkpoint: wall-clock time of one restore, verify or diff (E624 above).";
+    "checkpoint"."lock_wait_seconds": Kind::Float { min: 0.0, max: 86_400.0 }, Value::Float(60.0), None,
+        "How long a command or an agent waits for another process's hold on a session's checkpoint store (a checkpoint, prune, verify or repair) before E622; 0: not at all.";
     "agent"."linger_after_finish_ms": Kind::UInt { min: 0, max: 86_400_000 }, Value::UInt(600_000), None,
         "How long an agent keeps serving after its session finished.";
     "workspace"."max_copy_bytes": Kind::UInt { min: 1, max: ANY_UINT }, Value::UInt(10 << 30), None,
@@ -561,6 +563,8 @@ pub struct CheckpointConfig {
     pub max_read_bytes: u64,
     pub max_diff_bytes: u64,
     pub max_restore_seconds: f64,
+    /// How long a store's lock is waited for before E622 (`lock_wait`).
+    pub lock_wait_seconds: f64,
 }
 
 impl CheckpointConfig {
@@ -576,6 +580,12 @@ impl CheckpointConfig {
             max_time: std::time::Duration::from_secs_f64(self.max_restore_seconds),
             ..parhelia_checkpoint::Limits::default()
         }
+    }
+
+    /// How long the coordinator, the CLI and (through the spec) the agent wait for
+    /// another process's hold on a store's lock before E622.
+    pub fn lock_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.lock_wait_seconds)
     }
 }
 
@@ -1083,6 +1093,7 @@ fn typed(settings: &[Setting]) -> Result<Config, CodedError> {
                 max_read_bytes: uint("checkpoint.max_read_bytes"),
                 max_diff_bytes: uint("checkpoint.max_diff_bytes"),
                 max_restore_seconds: float("checkpoint.max_restore_seconds"),
+                lock_wait_seconds: float("checkpoint.lock_wait_seconds"),
             },
         },
         workspace: WorkspaceConfig {

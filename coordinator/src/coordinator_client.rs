@@ -26,6 +26,70 @@ use crate::state_dir::StateDir;
 /// `$PARHELIA_COORDINATOR_START_TIMEOUT_MS` overrides it.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A process holding the state directory's `coordinator.lock`: a coordinator, whether
+/// or not it answers on the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: u32,
+    /// Stopped by a signal (Ctrl-Z in the shell running `coordinator run`, SIGSTOP).
+    pub stopped: bool,
+}
+
+impl LockHolder {
+    /// `pid 123`, or `pid 123, stopped (Ctrl-Z or SIGSTOP)`.
+    pub fn describe(&self) -> String {
+        if self.stopped {
+            format!("pid {}, stopped (Ctrl-Z or SIGSTOP)", self.pid)
+        } else {
+            format!("pid {}", self.pid)
+        }
+    }
+}
+
+/// Who holds `coordinator.lock`, as `/proc/locks` says (looked up, never by taking the
+/// lock, which would make a coordinator starting now fail). `None`: nobody, or not
+/// knowable here.
+pub fn lock_holder(state: &StateDir) -> Option<LockHolder> {
+    let file = std::fs::File::open(state.lock_path()).ok()?;
+    let pid = *parhelia_checkpoint::flock_holders(&file).first()?;
+    Some(LockHolder {
+        pid,
+        stopped: process_stopped(pid),
+    })
+}
+
+/// Whether `/proc/<pid>/stat` says the process is stopped (`T`, or `t` when traced).
+fn process_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S …`: the state follows the last `)` (comm may hold anything).
+    stat_says_stopped(&stat)
+}
+
+fn stat_says_stopped(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+}
+
+/// The last `error…` line a coordinator started on demand wrote to its log after byte
+/// `since` (what the log held before it started; bounded: the last 64 KiB), so E504 can
+/// say why it exited.
+fn last_logged_error(log: &Path, since: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(64 << 10).max(since)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.take(64 << 10).read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error[") || l.starts_with("error:"))
+        .map(|l| l.chars().take(1000).collect())
+}
+
 /// Connects to the coordinator's socket (no retries, no auto-start).
 pub async fn connect(socket: &Path) -> Result<Client> {
     let bearer = Bearer::for_socket(socket);
@@ -76,6 +140,30 @@ pub async fn ping_checked(state: &StateDir) -> Result<Option<(Client, PingRespon
     }
 }
 
+/// Ends a coordinator that holds the state directory but does not answer: SIGTERM,
+/// then SIGCONT (a stopped one handles the TERM once it runs again), and waits up to
+/// `wait` for it to let go of `coordinator.lock`. `Ok(false)`: it still holds it.
+pub async fn stop_unanswering(
+    state: &StateDir,
+    holder: LockHolder,
+    wait: Duration,
+) -> Result<bool> {
+    use nix::sys::signal::{Signal, kill};
+    let pid = nix::unistd::Pid::from_raw(
+        i32::try_from(holder.pid).context("a pid out of range in /proc/locks")?,
+    );
+    let _ = kill(pid, Signal::SIGTERM);
+    let _ = kill(pid, Signal::SIGCONT);
+    let deadline = Instant::now() + wait;
+    while lock_holder(state).is_some_and(|h| h.pid == holder.pid) {
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(true)
+}
+
 /// Returns a client for the running coordinator, starting one (detached,
 /// logging to `coordinator.log`, with `config_flags` as its `--set` values)
 /// when none answers. E504 if it never does.
@@ -102,6 +190,8 @@ pub async fn connect_or_start(state: &StateDir, config_flags: &[String]) -> Resu
             command.env(key, cwd.join(value));
         }
     }
+    // What the log holds before this coordinator writes to it: an older error is not its.
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let mut child = command
         .arg("--state-dir")
         .arg(state.root())
@@ -144,8 +234,26 @@ pub async fn connect_or_start(state: &StateDir, config_flags: &[String]) -> Resu
             timeout
         };
         if started.elapsed() > deadline {
+            // A coordinator that holds the state directory and does not answer (stopped,
+            // hung): the one started now could not take its place.
+            if let Some(holder) = lock_holder(state) {
+                return Err(coded(
+                    error_codes::COORDINATOR_UNAVAILABLE,
+                    format!(
+                        "a coordinator ({}) holds {} but does not answer on {}; \
+                         `parhelia coordinator stop` ends it; log: {}",
+                        holder.describe(),
+                        state.root().display(),
+                        state.socket_path().display(),
+                        state.log_path().display()
+                    ),
+                ));
+            }
             let why = match exited {
-                Some(status) => format!("it exited ({status})"),
+                Some(status) => match last_logged_error(&state.log_path(), log_start) {
+                    Some(line) => format!("it exited ({status}), logging `{line}`"),
+                    None => format!("it exited ({status})"),
+                },
                 None => format!("it did not answer within {}s", timeout.as_secs()),
             };
             return Err(coded(
@@ -158,5 +266,37 @@ pub async fn connect_or_start(state: &StateDir, config_flags: &[String]) -> Resu
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_process_is_read_from_its_stat_line() {
+        assert!(stat_says_stopped("123 (parhelia) T 1 123 123 0"));
+        assert!(stat_says_stopped("123 (a) b) t 1"));
+        assert!(!stat_says_stopped("123 (parhelia) S 1 123 123 0"));
+        assert!(!stat_says_stopped("123 (T) R 1"));
+        assert!(!stat_says_stopped("garbage"));
+    }
+
+    #[test]
+    fn the_last_error_line_of_the_log_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("coordinator.log");
+        std::fs::write(
+            &log,
+            "2026 INFO listening\nerror[E604]: old\n  hint: x\nerror: removing the stale socket /s: Is a directory\n  hint: y\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_logged_error(&log, 0).as_deref(),
+            Some("error: removing the stale socket /s: Is a directory")
+        );
+        let len = std::fs::metadata(&log).unwrap().len();
+        assert_eq!(last_logged_error(&log, len), None, "only what came after");
+        assert_eq!(last_logged_error(&dir.path().join("none"), 0), None);
     }
 }

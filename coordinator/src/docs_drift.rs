@@ -457,6 +457,7 @@ fn the_contract_doc_shows_every_spec_field() {
         }],
         checkpoint: CheckpointSpec {
             limits: parhelia_checkpoint::Limits::default().to_spec(),
+            lock_wait_ms: Some(1),
             ..CheckpointSpec::default()
         },
         claude_config_seed: Some("/".into()),

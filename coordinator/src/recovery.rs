@@ -26,7 +26,11 @@ use crate::db::Db;
 /// verifies (`checkpoints::newest_restorable`).
 pub fn latest_checkpoint_id(db: &Db, session_id: &str, volume_dir: &Path) -> Option<String> {
     // Listing only: the default caps are enough to read manifests.
-    match checkpoints::open_store(volume_dir, &parhelia_checkpoint::Limits::default()) {
+    match checkpoints::open_store(
+        volume_dir,
+        &parhelia_checkpoint::Limits::default(),
+        parhelia_checkpoint::DEFAULT_LOCK_WAIT,
+    ) {
         Ok(Some(store)) => match store.list() {
             Ok(list) => {
                 let needs_conversation = checkpoints::session_has_conversation(&store, &list);

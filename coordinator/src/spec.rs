@@ -28,6 +28,7 @@ pub fn checkpoint_spec(c: &crate::config::CheckpointConfig) -> CheckpointSpec {
         keep_within_ms: c.keep_within_hours.map(|h| (h * 3_600_000.0) as i64),
         max_store_bytes: c.max_store_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
         limits: c.read_limits().to_spec(),
+        lock_wait_ms: Some(c.lock_wait().as_millis() as u64),
     }
 }
 
@@ -89,5 +90,13 @@ mod tests {
         extra["surprise"] = 1.into();
         assert!(serde_json::from_value::<LaunchSpec>(extra).is_err());
         assert_eq!(serde_json::from_value::<LaunchSpec>(json).unwrap(), spec);
+    }
+
+    #[test]
+    fn the_store_lock_wait_reaches_the_agents_spec() {
+        let mut config = crate::config::Config::defaults().agent.checkpoint;
+        assert_eq!(checkpoint_spec(&config).lock_wait_ms, Some(60_000));
+        config.lock_wait_seconds = 2.5;
+        assert_eq!(checkpoint_spec(&config).lock_wait_ms, Some(2_500));
     }
 }

@@ -263,9 +263,10 @@ async fn store_of(
     session: &SessionRecord,
     fresh: bool,
 ) -> Result<Option<parhelia_checkpoint::Store>> {
-    let limits = opened.config.config.agent.checkpoint.read_limits();
+    let checkpoint = &opened.config.config.agent.checkpoint;
+    let (limits, lock_wait) = (checkpoint.read_limits(), checkpoint.lock_wait());
     if let StoreSource::Local(volume_dir) = stores::store_source(&opened.db, session) {
-        return stores::open_local(&volume_dir, &limits);
+        return stores::open_local(&volume_dir, &limits, lock_wait);
     }
     let mut client = ctx.client(&opened.state).await?;
     let reply = client
@@ -276,7 +277,7 @@ async fn store_of(
         .await
         .map_err(coordinator_error)?
         .into_inner();
-    stores::open_fetched(&reply.store_dir, &limits)
+    stores::open_fetched(&reply.store_dir, &limits, lock_wait)
 }
 
 /// For a session on a remote volume, the checkpoints known durable (`None`:

@@ -83,7 +83,8 @@ pub enum CoordinatorCommand {
         #[arg(long, hide = true)]
         detached: bool,
     },
-    /// Ask the running coordinator to stop (sessions keep running)
+    /// Ask the running coordinator to stop (sessions keep running); one that holds
+    /// the state directory without answering (stopped, hung) is ended by signal
     Stop,
     /// Make the running coordinator read config.toml again now (it also
     /// does within a second of a change); sessions keep running
@@ -811,6 +812,27 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
         CoordinatorCommand::Stop => {
             let state = ctx.state()?;
             let Some((mut client, pong)) = coordinator_client::ping_checked(&state).await? else {
+                // One that holds the state directory without answering (stopped, hung)
+                // is ended by signal: a new one cannot start while it holds it.
+                if let Some(holder) = coordinator_client::lock_holder(&state) {
+                    let wait = Duration::from_secs(15);
+                    if !coordinator_client::stop_unanswering(&state, holder, wait).await? {
+                        return Err(coded(
+                            error_codes::COORDINATOR_UNAVAILABLE,
+                            format!(
+                                "the coordinator ({}) does not answer and did not stop within \
+                                 15s of SIGTERM: end it with `kill -9 {}`",
+                                holder.describe(),
+                                holder.pid
+                            ),
+                        ));
+                    }
+                    outln!(
+                        "coordinator stopped ({}; it was not answering)",
+                        holder.describe()
+                    );
+                    return Ok(0);
+                }
                 outln!("coordinator not running");
                 return Ok(0);
             };
@@ -834,6 +856,10 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
         CoordinatorCommand::Status { json } => {
             let state = ctx.state()?;
             let view = coordinator_view(&state).await?;
+            // Not answering, yet holding the state directory: no new one can start.
+            let holder = (!view.running)
+                .then(|| coordinator_client::lock_holder(&state))
+                .flatten();
             if json {
                 print_json(&serde_json::json!({
                     "running": view.running,
@@ -841,12 +867,22 @@ pub async fn coordinator(ctx: &Ctx, command: CoordinatorCommand) -> Result<i32> 
                     "version": view.version,
                     "socket": view.socket,
                     "state_dir": state.root(),
+                    "not_answering_pid": holder.map(|h| h.pid),
                 }))?;
             } else if view.running {
                 outln!(
                     "coordinator running (pid {}, version {})",
                     view.pid.unwrap_or_default(),
                     view.version.as_deref().unwrap_or("?")
+                );
+                outln!("  state   {}", state.root().display());
+                outln!("  socket  {}", view.socket);
+                outln!("  log     {}", state.log_path().display());
+            } else if let Some(holder) = holder {
+                outln!(
+                    "coordinator not answering ({}): it holds the state directory, so none \
+                     can start; `parhelia coordinator stop` ends it",
+                    holder.describe()
                 );
                 outln!("  state   {}", state.root().display());
                 outln!("  socket  {}", view.socket);

@@ -175,9 +175,10 @@ impl CoordinatorService {
         let known = db.durable_checkpoints(session_id)?;
         let (dir, sid) = (store_dir.to_path_buf(), session_id.to_string());
         let only = only.cloned();
-        let limits = self.inner.config.agent.checkpoint.read_limits();
+        let checkpoint = &self.inner.config.agent.checkpoint;
+        let (limits, lock_wait) = (checkpoint.read_limits(), checkpoint.lock_wait());
         let verified = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-            let store = checkpoints::open_store_at(&dir, &limits)?;
+            let store = checkpoints::open_store_at(&dir, &limits, lock_wait)?;
             let mut ok = Vec::new();
             for summary in store.list().map_err(|e| checkpoints::coded(&e))? {
                 let id = summary.id.to_string();
@@ -533,6 +534,7 @@ impl CoordinatorService {
         let store = checkpoints::open_store_at(
             &store_dir,
             &self.inner.config.agent.checkpoint.read_limits(),
+            self.inner.config.agent.checkpoint.lock_wait(),
         )?;
         let has_conversation = |id: &parhelia_checkpoint::CheckpointId| {
             store

@@ -53,14 +53,16 @@ pub fn durable_set(db: &Db, session: &SessionRecord) -> Result<Option<BTreeSet<S
 pub fn open_local(
     volume_dir: &Path,
     limits: &parhelia_checkpoint::Limits,
+    lock_wait: std::time::Duration,
 ) -> Result<Option<parhelia_checkpoint::Store>> {
-    Ok(checkpoints::open_store(volume_dir, limits)?)
+    Ok(checkpoints::open_store(volume_dir, limits, lock_wait)?)
 }
 
 /// Opens the directory `FetchStore` returned (empty: the session has no store).
 pub fn open_fetched(
     store_dir: &str,
     limits: &parhelia_checkpoint::Limits,
+    lock_wait: std::time::Duration,
 ) -> Result<Option<parhelia_checkpoint::Store>> {
     if store_dir.is_empty() {
         return Ok(None);
@@ -68,6 +70,7 @@ pub fn open_fetched(
     Ok(Some(checkpoints::open_store_at(
         Path::new(store_dir),
         limits,
+        lock_wait,
     )?))
 }
 
@@ -125,7 +128,8 @@ mod tests {
     fn no_store_yet_is_none_not_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let limits = parhelia_checkpoint::Limits::default();
-        assert!(open_local(tmp.path(), &limits).unwrap().is_none());
-        assert!(open_fetched("", &limits).unwrap().is_none());
+        let wait = parhelia_checkpoint::DEFAULT_LOCK_WAIT;
+        assert!(open_local(tmp.path(), &limits, wait).unwrap().is_none());
+        assert!(open_fetched("", &limits, wait).unwrap().is_none());
     }
 }

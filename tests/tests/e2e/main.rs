@@ -10,6 +10,7 @@
 //! `chaos::chaos_rounds` is the long run behind `scripts/chaos` (ignored here).
 
 mod advice_followed;
+mod advice_host;
 mod advice_modal;
 mod attach;
 mod budget;
