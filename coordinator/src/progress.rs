@@ -136,11 +136,7 @@ pub struct Progress {
 impl Progress {
     /// Starts `op` at its first `step`, shown as the process's mode says.
     pub fn start(op: &'static str, step: &str) -> Self {
-        let mode = if crate::capture::is_captured() {
-            ProgressMode::Never
-        } else {
-            MODE.get().copied().unwrap_or(ProgressMode::Never)
-        };
+        let mode = MODE.get().copied().unwrap_or(ProgressMode::Never);
         let display = match mode {
             ProgressMode::Never => Display::Off,
             ProgressMode::Json => Display::Json(JsonSink::Stderr),
