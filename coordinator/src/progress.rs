@@ -6,10 +6,12 @@
 //!
 //! `--progress auto` (the default) draws an indicatif spinner, or a bar
 //! where the operation knows its total, when stderr is a terminal, and
-//! prints nothing otherwise, so a script's stderr holds only warnings and
-//! errors. `--progress json` prints one JSON object per line on stderr
-//! instead, terminal or not (the schema is [`Line`]); `--progress never`
-//! prints nothing. Inside `parhelia mcp-server` there is no display (the MCP
+//! prints one JSON object per line on stderr otherwise (the schema is
+//! [`Line`]; each says `"type":"progress"`, so a script tells them from an
+//! error), whether or not the command's result is `--json`: stdout holds
+//! only the result either way. `--progress json` prints the JSON lines on a
+//! terminal too; `--progress never` (or `PARHELIA_PROGRESS=never`) prints
+//! nothing. Inside `parhelia mcp-server` there is no display (the MCP
 //! server reports progress as notifications of its own).
 //!
 //! Nothing here invents progress: a step is shown when the code reaches it,
@@ -25,7 +27,7 @@ use serde::Serialize;
 /// `--progress`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
-    /// A spinner or bar when stderr is a terminal; nothing otherwise
+    /// A spinner or bar when stderr is a terminal; JSON lines otherwise
     #[default]
     Auto,
     /// One JSON object per line on stderr, terminal or not
@@ -146,7 +148,7 @@ impl Progress {
                 bar.enable_steady_tick(Duration::from_millis(100));
                 Display::Bar(bar)
             }
-            ProgressMode::Auto => Display::Off,
+            ProgressMode::Auto => Display::Json(JsonSink::Stderr),
         };
         Self::with_display(op, step, display)
     }

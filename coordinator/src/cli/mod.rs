@@ -93,9 +93,11 @@ pub struct Cli {
     pub color: crate::table::ColorChoice,
 
     /// Progress of long operations (workspace upload, image build, session
-    /// pull, restore) on stderr: `auto` draws it when stderr is a terminal,
-    /// `json` prints JSON lines (terminal or not), `never` nothing
-    #[arg(long, global = true, value_enum, default_value_t = crate::progress::ProgressMode::Auto, value_name = "WHEN", hide_possible_values = true)]
+    /// pull, restore) on stderr: `auto` draws a bar when stderr is a
+    /// terminal and prints JSON lines (`"type":"progress"`) otherwise, `json`
+    /// prints JSON lines on a terminal too, `never` nothing. stdout, with or
+    /// without `--json`, holds only the result
+    #[arg(long, global = true, value_enum, env = "PARHELIA_PROGRESS", hide_env_values = true, default_value_t = crate::progress::ProgressMode::Auto, value_name = "WHEN", hide_possible_values = true)]
     pub progress: crate::progress::ProgressMode,
 
     #[command(subcommand)]
