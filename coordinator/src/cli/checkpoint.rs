@@ -613,6 +613,27 @@ async fn resume_request(
         .await
         .map_err(coordinator_error)?
         .into_inner();
+    if !reply.checkpoint_id.is_empty() {
+        progress.step(&format!(
+            "restoring {}'s workspace in the new container",
+            reply.checkpoint_id
+        ));
+        match super::session::watch_restore(ctx, &reply.session_id, &progress).await {
+            super::session::RestoreWatched::Ended {
+                ok: false,
+                error_code,
+            } => {
+                // The command's result stands (the session was launched); the
+                // session's finish says why the restore failed.
+                tracing::debug!(%error_code, "the restore in the new container failed");
+                progress.finish(false);
+                return Ok(reply);
+            }
+            super::session::RestoreWatched::Ended { ok: true, .. }
+            | super::session::RestoreWatched::Nothing
+            | super::session::RestoreWatched::Unknown => {}
+        }
+    }
     progress.finish(true);
     Ok(reply)
 }

@@ -64,7 +64,7 @@ fn not_running(session: &SessionRecord) -> anyhow::Error {
 /// The session's agent, wherever it runs: the coordinator resolves its endpoint
 /// through the backend that runs it (a local agent's loopback port, a Modal
 /// sandbox's TLS tunnel); the secret comes from the database.
-async fn connect_live(ctx: &Ctx, session_id: &str) -> Result<LiveSession> {
+pub(crate) async fn connect_live(ctx: &Ctx, session_id: &str) -> Result<LiveSession> {
     let (opened, session) = find_session(ctx, session_id)?;
     if !matches!(
         (&session.container_id, session.container_state),
@@ -86,6 +86,59 @@ async fn connect_live(ctx: &Ctx, session_id: &str) -> Result<LiveSession> {
         .into_inner();
     let client = connect_agent(&endpoint.uri, &secret).await?;
     Ok(LiveSession { session, client })
+}
+
+/// How a resume's or rollback's restore in the new container ended, as its agent's
+/// `WatchRestore` told it.
+pub(crate) enum RestoreWatched {
+    /// The agent said so (`ok`; otherwise `error_code`, which the session's finish explains).
+    Ended { ok: bool, error_code: String },
+    /// The session restores nothing.
+    Nothing,
+    /// No answer to the end: the agent could not be reached, is older than
+    /// `WatchRestore`, or went away first (`task watch` tells what happened).
+    Unknown,
+}
+
+/// Follows the restore the session's new agent runs before Claude Code starts
+/// (`WatchRestore`), showing files and bytes restored of the checkpoint's workspace
+/// tree as `progress`, until it ends.
+pub(crate) async fn watch_restore(
+    ctx: &Ctx,
+    session_id: &str,
+    progress: &crate::progress::Progress,
+) -> RestoreWatched {
+    let Ok(mut live) = connect_live(ctx, session_id).await else {
+        return RestoreWatched::Unknown;
+    };
+    let Ok(stream) = live
+        .client
+        .watch_restore(parhelia_proto::WatchRestoreRequest {})
+        .await
+    else {
+        return RestoreWatched::Unknown;
+    };
+    let mut stream = stream.into_inner();
+    while let Ok(Some(update)) = stream.message().await {
+        if update.none {
+            return RestoreWatched::Nothing;
+        }
+        if update.files_total > 0 || update.bytes_total > 0 || update.finished {
+            progress.transfer(crate::progress::Transfer {
+                files_done: update.files_done,
+                files_total: update.files_total,
+                bytes_done: update.bytes_done,
+                bytes_total: update.bytes_total,
+            });
+        }
+        if update.finished {
+            return RestoreWatched::Ended {
+                ok: update.ok,
+                error_code: update.error_code,
+            };
+        }
+    }
+    RestoreWatched::Unknown
 }
 
 /// An agent's refusal as a coded error that says what to do.
@@ -171,7 +224,7 @@ pub(crate) const DEFAULT_LOG_LINES: u32 = 200;
 /// history from the database.
 pub(crate) enum Logs {
     Live {
-        live: LiveSession,
+        live: Box<LiveSession>,
         events: Vec<parhelia_proto::Event>,
         /// The screen's last lines (an interactive session whose agent answered).
         screen: Option<String>,
@@ -209,7 +262,7 @@ pub(crate) async fn logs_call(
         None
     };
     Ok(Logs::Live {
-        live,
+        live: Box::new(live),
         events,
         screen,
     })
