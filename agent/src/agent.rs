@@ -193,12 +193,18 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let (shutdown, shutdown_receiver) = watch::channel(false);
     let (tmux_server_pid, tmux_server_pid_receiver) = watch::channel(None);
 
+    // The restore before Claude Code starts (a resume's or rollback's), as it goes.
+    let (restore_progress, restore_watch) = watch::channel(match &spec.restore_checkpoint {
+        None => crate::server::no_restore(),
+        Some(_) => parhelia_proto::RestoreProgressUpdate::default(),
+    });
     let service = AgentService::new(
         inbox.clone(),
         journal.clone(),
         heartbeats.clone(),
         shutdown_receiver.clone(),
     )
+    .with_restore(restore_watch)
     .into_server(SessionAuth::new(&options.secret));
     let mut server_shutdown = shutdown_receiver.clone();
     let server = tokio::spawn(
@@ -356,6 +362,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         checkpoint_paths,
         change_tracker,
         session_user,
+        restore_progress,
     });
     let outcome = supervisor.run(inbox_receiver).await;
     if let Err(e) = &outcome {

@@ -462,11 +462,14 @@ pub struct RestoreSummary {
 
 /// Restores checkpoint `id` (or the latest for `"latest"`): the workspace
 /// exactly, and the conversation installed for the workspace's current path.
+/// `on_progress` hears how far the workspace's restore has got, with the
+/// checkpoint's id (see `Store::restore_tree_reporting`).
 pub fn restore_checkpoint(
     store: &Store,
     paths: &CheckpointPaths,
     id: &str,
     claude_session_id: &str,
+    on_progress: &(dyn Fn(&str, parhelia_checkpoint::RestoreProgress) + Sync),
 ) -> Result<RestoreSummary, CheckpointFailure> {
     let id = if id == "latest" {
         match store.latest().map_err(|e| CheckpointFailure::from(&e))? {
@@ -483,8 +486,11 @@ pub fn restore_checkpoint(
     };
     // Verified before anything is touched: a corrupt checkpoint changes nothing.
     store.verify(&id).map_err(|e| CheckpointFailure::from(&e))?;
+    let id_text = id.to_string();
     let workspace = store
-        .restore_tree(&id, WORKSPACE_TREE, &paths.workspace)
+        .restore_tree_reporting(&id, WORKSPACE_TREE, &paths.workspace, &|p| {
+            on_progress(&id_text, p)
+        })
         .map_err(|e| CheckpointFailure::from(&e))?;
     store
         .restore_tree(&id, CONVERSATION_TREE, &paths.conversation_staging)
@@ -679,7 +685,7 @@ mod tests {
 
         // Rolling back to it in a third container installs that conversation.
         let third = paths(root, "config-3");
-        restore_checkpoint(&store, &third, &safety.checkpoint_id, SESSION).unwrap();
+        restore_checkpoint(&store, &third, &safety.checkpoint_id, SESSION, &|_, _| {}).unwrap();
         assert_eq!(std::fs::read_to_string(transcript(&third)).unwrap(), line);
         assert_eq!(
             std::fs::read_to_string(root.join("workspace/a.txt")).unwrap(),

@@ -25,8 +25,9 @@ use parhelia_proto::agent_server::{Agent, AgentServer};
 use parhelia_proto::{
     AgentInfo, AttachEndReason, AttachEnded, AttachRequest, AttachResponse, CaptureScreenRequest,
     CaptureScreenResponse, CreateCheckpointRequest, CreateCheckpointResponse, GetInfoRequest,
-    Heartbeat, JournalGap, SendInputRequest, SendInputResponse, StopRequest, StopResponse,
-    StreamEventsRequest, StreamEventsResponse, stream_events_response,
+    Heartbeat, JournalGap, RestoreProgressUpdate, SendInputRequest, SendInputResponse, StopRequest,
+    StopResponse, StreamEventsRequest, StreamEventsResponse, WatchRestoreRequest,
+    stream_events_response,
 };
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -92,6 +93,19 @@ pub struct AgentService {
     journal: Journal,
     heartbeats: broadcast::Sender<Heartbeat>,
     shutdown: watch::Receiver<bool>,
+    /// The restore before Claude Code starts, as the supervisor reports it
+    /// (`WatchRestore`).
+    restore: watch::Receiver<RestoreProgressUpdate>,
+}
+
+/// A session that restores nothing, as `WatchRestore` says it.
+pub fn no_restore() -> RestoreProgressUpdate {
+    RestoreProgressUpdate {
+        none: true,
+        finished: true,
+        ok: true,
+        ..Default::default()
+    }
 }
 
 impl AgentService {
@@ -106,7 +120,14 @@ impl AgentService {
             journal,
             heartbeats,
             shutdown,
+            restore: watch::channel(no_restore()).1,
         }
+    }
+
+    /// The restore `WatchRestore` follows (otherwise: none).
+    pub fn with_restore(mut self, restore: watch::Receiver<RestoreProgressUpdate>) -> Self {
+        self.restore = restore;
+        self
     }
 
     /// The tonic service with authentication in front of every method.
@@ -236,6 +257,37 @@ impl Agent for AgentService {
             self.shutdown.clone(),
             items,
         ));
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    type WatchRestoreStream = ReceiverStream<Result<RestoreProgressUpdate, Status>>;
+
+    async fn watch_restore(
+        &self,
+        _request: Request<WatchRestoreRequest>,
+    ) -> Result<Response<Self::WatchRestoreStream>, Status> {
+        let (items, stream) = mpsc::channel(16);
+        let mut restore = self.restore.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                // The latest figures (a slow reader skips to them, it never queues
+                // every step); the last one sent says `finished`.
+                let update = restore.borrow_and_update().clone();
+                let finished = update.finished;
+                if items.send(Ok(update)).await.is_err() || finished {
+                    return;
+                }
+                tokio::select! {
+                    changed = restore.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = shutdown.wait_for(|down| *down) => return,
+                }
+            }
+        });
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
@@ -520,6 +572,8 @@ mod tests {
         journal: Journal,
         heartbeats: broadcast::Sender<Heartbeat>,
         shutdown: watch::Sender<bool>,
+        /// The restore `WatchRestore` follows (one in progress, until a test ends it).
+        restore: watch::Sender<RestoreProgressUpdate>,
         _dir: tempfile::TempDir,
     }
 
@@ -551,12 +605,14 @@ mod tests {
         });
         let (heartbeats, _) = broadcast::channel(16);
         let (shutdown, shutdown_receiver) = watch::channel(false);
+        let (restore, restore_receiver) = watch::channel(RestoreProgressUpdate::default());
         let service = AgentService::new(
             inbox,
             journal.clone(),
             heartbeats.clone(),
             shutdown_receiver,
         )
+        .with_restore(restore_receiver)
         .into_server(SessionAuth::new("right-secret"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -573,6 +629,7 @@ mod tests {
             journal,
             heartbeats,
             shutdown,
+            restore,
             _dir: dir,
         }
     }
@@ -718,6 +775,75 @@ mod tests {
             }
         }
         assert_eq!(items, vec!["gap 1-3".to_string(), "event 4".to_string()]);
+    }
+
+    /// `WatchRestore` sends the figures as they are, then each change, and ends with
+    /// the message that says the restore finished.
+    #[tokio::test]
+    async fn watch_restore_follows_the_restore_to_its_end() {
+        let mut running = start(0).await;
+        let mut stream = running
+            .client
+            .watch_restore(with_secret(WatchRestoreRequest {}, Some("right-secret")))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(!first.finished && !first.none, "{first:?}");
+        running.restore.send_modify(|u| {
+            u.checkpoint_id = "cp-1".into();
+            u.files_total = 3;
+            u.bytes_total = 30;
+            u.files_done = 1;
+            u.bytes_done = 10;
+        });
+        running.restore.send_modify(|u| {
+            u.files_done = 3;
+            u.bytes_done = 30;
+            u.finished = true;
+            u.ok = true;
+        });
+        let mut seen = vec![first];
+        while let Some(update) = stream.message().await.unwrap() {
+            seen.push(update);
+        }
+        let last = seen.last().unwrap();
+        assert!(last.finished && last.ok, "{seen:?}");
+        assert_eq!(
+            (
+                last.files_done,
+                last.bytes_done,
+                last.checkpoint_id.as_str()
+            ),
+            (3, 30, "cp-1")
+        );
+        // Nothing after the end; figures never go back.
+        assert_eq!(seen.iter().filter(|u| u.finished).count(), 1, "{seen:?}");
+        for pair in seen.windows(2) {
+            assert!(pair[0].bytes_done <= pair[1].bytes_done, "{seen:?}");
+        }
+    }
+
+    /// Without a restore (`AgentService::new` alone), it says so at once and ends.
+    #[tokio::test]
+    async fn watch_restore_without_a_restore_says_none() {
+        let (inbox, _supervisor) = mpsc::channel(1);
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(&dir.path().join("j.jsonl")).unwrap();
+        let (heartbeats, _) = broadcast::channel(1);
+        let (_shutdown, shutdown_receiver) = watch::channel(false);
+        let service = AgentService::new(inbox, journal, heartbeats, shutdown_receiver);
+        let mut stream = service
+            .watch_restore(Request::new(WatchRestoreRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let only = tokio_stream::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(only.none && only.finished, "{only:?}");
+        assert!(tokio_stream::StreamExt::next(&mut stream).await.is_none());
     }
 
     #[tokio::test]

@@ -230,6 +230,9 @@ pub struct SupervisorContext {
     pub change_tracker: Arc<crate::change_tracker::ChangeTracker>,
     /// The unprivileged user the session runs as (the agent stays root), if any.
     pub session_user: Option<crate::session_user::SessionUser>,
+    /// Where the restore before Claude Code starts reports how far it has got
+    /// (`WatchRestore`).
+    pub restore_progress: watch::Sender<parhelia_proto::RestoreProgressUpdate>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -699,6 +702,7 @@ impl Supervisor {
                     | codes::CHECKPOINT_LIMIT => failure.code.code,
                     _ => codes::CHECKPOINT_IO_FAILED.code,
                 };
+                self.restore_ended(false, code);
                 self.finish(Verdict {
                     outcome: SessionOutcome::Failed,
                     error_code: code,
@@ -712,14 +716,30 @@ impl Supervisor {
             }
         }
         let claude_session_id = self.context.spec.claude_session_id.clone();
+        let progress = self.context.restore_progress.clone();
         let restored = tokio::task::spawn_blocking(move || {
-            checkpointer::restore_checkpoint(&store, &paths, &target, &claude_session_id)
+            checkpointer::restore_checkpoint(
+                &store,
+                &paths,
+                &target,
+                &claude_session_id,
+                &|id, p| {
+                    progress.send_modify(|update| {
+                        update.checkpoint_id = id.to_string();
+                        update.files_done = p.files_done;
+                        update.files_total = p.files_total;
+                        update.bytes_done = p.bytes_done;
+                        update.bytes_total = p.bytes_total;
+                    });
+                },
+            )
         })
         .await
         .unwrap_or_else(|e| Err(panicked(e)));
         tracker.invalidate();
         match restored {
             Ok(summary) => {
+                self.restore_ended(true, "");
                 self.journal(event::Kind::CheckpointRestored(CheckpointRestored {
                     checkpoint_id: summary.checkpoint_id,
                     files: summary.files,
@@ -737,6 +757,7 @@ impl Supervisor {
                     | codes::CHECKPOINT_LIMIT => failure.code.code,
                     _ => codes::CHECKPOINT_IO_FAILED.code,
                 };
+                self.restore_ended(false, code);
                 self.finish(Verdict {
                     outcome: SessionOutcome::Failed,
                     error_code: code,
@@ -746,6 +767,15 @@ impl Supervisor {
                 Ok(false)
             }
         }
+    }
+
+    /// The restore ended (`WatchRestore`'s last message).
+    fn restore_ended(&self, ok: bool, error_code: &str) {
+        self.context.restore_progress.send_modify(|update| {
+            update.finished = true;
+            update.ok = ok;
+            update.error_code = error_code.to_string();
+        });
     }
 
     /// A new session's starting workspace, checkpointed before Claude Code starts (trigger

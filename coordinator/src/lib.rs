@@ -17,7 +17,6 @@ pub mod agent_helpers;
 pub mod backend;
 pub mod binaries;
 pub mod budget;
-pub mod capture;
 pub mod checkpoints;
 pub mod checks;
 pub mod cli;

@@ -27,16 +27,12 @@ pub fn init(choice: ColorChoice) {
     let _ = STDERR_COLOR.set(color_enabled(choice, env, std::io::stderr().is_terminal()));
 }
 
-/// How command output looks here: plain inside `parhelia mcp-server` (its
-/// output is a tool result) and before [`init`].
+/// How command output looks here: plain before [`init`].
 pub fn stdout_look() -> Look {
-    if crate::capture::is_captured() {
-        return Look::PLAIN;
-    }
     STDOUT.get().copied().unwrap_or(Look::PLAIN)
 }
 
 /// Whether messages on stderr (errors) may carry color.
 pub fn stderr_color() -> bool {
-    !crate::capture::is_captured() && STDERR_COLOR.get().copied().unwrap_or(false)
+    STDERR_COLOR.get().copied().unwrap_or(false)
 }

@@ -1,15 +1,18 @@
 //! Progress of the CLI's long operations (workspace upload, image build,
 //! `session pull`, rollback/resume), on stderr. Where the code counts files
 //! and bytes against known totals ([`Progress::transfer`]: the restore of a
-//! pull, the coordinator's workspace copy streamed back to `task create`),
-//! the spinner becomes a bar and JSON lines say `advance`.
+//! pull, the coordinator's workspace copy streamed back to `task create`, the
+//! restore a resume's or rollback's new agent runs, followed over its
+//! `WatchRestore`), the spinner becomes a bar and JSON lines say `advance`.
 //!
 //! `--progress auto` (the default) draws an indicatif spinner, or a bar
 //! where the operation knows its total, when stderr is a terminal, and
-//! prints nothing otherwise, so a script's stderr holds only warnings and
-//! errors. `--progress json` prints one JSON object per line on stderr
-//! instead, terminal or not (the schema is [`Line`]); `--progress never`
-//! prints nothing. Inside `parhelia mcp-server` there is no display (the MCP
+//! prints one JSON object per line on stderr otherwise (the schema is
+//! [`Line`]; each says `"type":"progress"`, so a script tells them from an
+//! error), whether or not the command's result is `--json`: stdout holds
+//! only the result either way. `--progress json` prints the JSON lines on a
+//! terminal too; `--progress never` (or `PARHELIA_PROGRESS=never`) prints
+//! nothing. Inside `parhelia mcp-server` there is no display (the MCP
 //! server reports progress as notifications of its own).
 //!
 //! Nothing here invents progress: a step is shown when the code reaches it,
@@ -25,7 +28,7 @@ use serde::Serialize;
 /// `--progress`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
-    /// A spinner or bar when stderr is a terminal; nothing otherwise
+    /// A spinner or bar when stderr is a terminal; JSON lines otherwise
     #[default]
     Auto,
     /// One JSON object per line on stderr, terminal or not
@@ -136,11 +139,7 @@ pub struct Progress {
 impl Progress {
     /// Starts `op` at its first `step`, shown as the process's mode says.
     pub fn start(op: &'static str, step: &str) -> Self {
-        let mode = if crate::capture::is_captured() {
-            ProgressMode::Never
-        } else {
-            MODE.get().copied().unwrap_or(ProgressMode::Never)
-        };
+        let mode = MODE.get().copied().unwrap_or(ProgressMode::Never);
         let display = match mode {
             ProgressMode::Never => Display::Off,
             ProgressMode::Json => Display::Json(JsonSink::Stderr),
@@ -150,7 +149,7 @@ impl Progress {
                 bar.enable_steady_tick(Duration::from_millis(100));
                 Display::Bar(bar)
             }
-            ProgressMode::Auto => Display::Off,
+            ProgressMode::Auto => Display::Json(JsonSink::Stderr),
         };
         Self::with_display(op, step, display)
     }

@@ -7,7 +7,9 @@ driving `parhelia mcp-server`, for tests/tests/e2e/mcp.rs.
 It lists the tools and checks every input schema, checks the error cases (an unknown task:
 E201 with its hint; a restore without confirm: E130, nothing done), creates a task against
 the scripted model and follows it to its end through events (logging and progress
-notifications), lists checkpoints, resumes the session, diffs, restores one (with confirm)
+notifications), lists checkpoints, resumes the session, diffs (file lists, one file, the
+conversation, an unknown checkpoint: E205), reads the session's logs (an unknown session:
+E202), restores one (with confirm)
 and reads the budget. Each step is printed as one JSON line `{"step": …, …}` for the Rust
 side to assert on; anything unexpected raises (exit status 1).
 """
@@ -139,6 +141,30 @@ async def scenario(session, mode):
     second_cp = cps[-1]["id"]
     diff = await expect_ok(session, "parhelia_checkpoint_diff", {"a": first_cp, "b": second_cp})
     out("diff", first=first_cp, second=second_cp, diff=diff, status=task["status"])
+    file_diff = await expect_ok(
+        session, "parhelia_checkpoint_diff", {"a": first_cp, "b": second_cp, "file": "second.txt"}
+    )
+    conversation = await expect_ok(
+        session, "parhelia_checkpoint_diff", {"a": first_cp, "b": second_cp, "conversation": True}
+    )
+    out("diff_more", file=file_diff, conversation=conversation)
+    # An unknown checkpoint: E205 with its hint; nothing else ran.
+    is_error, structured, text = await call(
+        session, "parhelia_checkpoint_diff", {"a": first_cp, "b": "cp-00000000-0000"}
+    )
+    assert is_error, text
+    out("diff_not_found", code=structured["code"], hint=structured.get("hint"), text=text)
+
+    # The finished session's last events, as `session logs --json` prints them.
+    logs = await expect_ok(session, "parhelia_session_logs", {"session_id": session_id, "lines": 5})
+    # A task id works as for the CLI (its current session).
+    logs_by_task = await expect_ok(session, "parhelia_session_logs", {"session_id": task_id, "lines": 5})
+    is_error, structured, text = await call(
+        session, "parhelia_session_logs", {"session_id": "sess-00000000"}
+    )
+    assert is_error, text
+    out("logs", logs=logs, logs_by_task=logs_by_task, not_found_code=structured["code"],
+        not_found_text=text)
 
     restored = await expect_ok(
         session, "parhelia_checkpoint_restore", {"checkpoint_id": first_cp, "confirm": True}

@@ -12,6 +12,24 @@ use std::time::{Duration, Instant};
 
 use crate::{Script, StandIn};
 
+/// A command's stderr without its progress lines (`--progress auto` prints them as JSON
+/// lines when stderr is not a terminal, `docs/formats/cli-json-lines.md`): what is left
+/// is what a person reads (warnings, `error[E…]: …` and its hint). Each progress line
+/// must be one whole `{"type":"progress",…}` object.
+pub fn without_progress(stderr: &str) -> String {
+    let mut rest = String::new();
+    for line in stderr.split_inclusive('\n') {
+        if line.starts_with("{\"type\":\"progress\"") {
+            let v: serde_json::Value = serde_json::from_str(line.trim_end())
+                .unwrap_or_else(|e| panic!("a broken progress line ({e}): {line}\n{stderr}"));
+            assert!(v["op"].is_string() && v["event"].is_string(), "{line}");
+            continue;
+        }
+        rest.push_str(line);
+    }
+    rest
+}
+
 /// `target/<profile>/`, where cargo puts every workspace binary; or
 /// `PARHELIA_E2E_BIN_DIR` when set (a private copy of the binaries, for a target directory
 /// that other builds share and may overwrite during a run).

@@ -184,64 +184,17 @@ pub async fn run(ctx: &Ctx, command: CheckpointCommand) -> Result<i32> {
             conversation,
             json,
         } => {
-            let (sa, store, ida) = find(ctx, &opened, &a).await?;
-            let (sb, _, idb) = find(ctx, &opened, &b).await?;
-            if sa.id != sb.id {
-                return Err(coded(
-                    error_codes::INVALID_INPUT,
-                    format!(
-                        "{a} and {b} belong to different sessions ({} and {})",
-                        sa.id, sb.id
-                    ),
-                ));
-            }
-            if let Some(path) = file {
-                let text = store
-                    .file_diff(&ida, &idb, WORKSPACE_TREE, Path::new(&path))
-                    .map_err(|e| checkpoints::coded(&e))?;
-                if json {
-                    print_json(&serde_json::json!({ "path": path, "unified_diff": text }))?;
-                } else {
-                    out!("{}", escape_untrusted_text(&text));
-                }
-                return Ok(0);
-            }
-            if conversation {
-                let transcript = format!("{}.jsonl", sa.claude_session_id);
-                let read = |id| {
-                    store
-                        .read_file(id, CONVERSATION_TREE, Path::new(&transcript))
-                        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                        .or_else(|e| {
-                            if e.code() == error_codes::CHECKPOINT_NOT_FOUND.code {
-                                Ok(String::new())
-                            } else {
-                                Err(e)
-                            }
-                        })
-                        .map_err(|e| checkpoints::coded(&e))
-                };
-                let turns = checkpoints::conversation_between(&read(&ida)?, &read(&idb)?);
-                if json {
-                    print_json(&turns)?;
-                } else {
-                    out!("{}", conversation_text(&turns));
-                }
-                return Ok(0);
-            }
-            let diff = store.diff(&ida, &idb).map_err(|e| {
-                // Name the damaged one of the two.
-                let which = if store.load(&ida).is_err() {
-                    &ida
-                } else {
-                    &idb
-                };
-                crate::store_health::coded_at(&e, &sa.id, store.root(), which.as_str())
-            })?;
+            let diffed = diff_views(ctx, &opened, &a, &b, file.as_deref(), conversation).await?;
             if json {
-                print_json(&diff)?;
+                print_json(&diffed_json(&diffed)?)?;
             } else {
-                out!("{}", diff_text(&a, &b, diff));
+                match diffed {
+                    Diffed::File { unified_diff, .. } => {
+                        out!("{}", escape_untrusted_text(&unified_diff));
+                    }
+                    Diffed::Conversation(turns) => out!("{}", conversation_text(&turns)),
+                    Diffed::Workspace(diff) => out!("{}", diff_text(&a, &b, diff)),
+                }
             }
             Ok(0)
         }
@@ -360,6 +313,98 @@ async fn show_views(ctx: &Ctx, opened: &Opened, checkpoint_id: &str) -> Result<S
         manifest,
         paths,
     })
+}
+
+/// What `checkpoint diff` compares: one workspace file, the conversation
+/// between the two, or (by default) the workspace's file lists.
+pub(crate) enum Diffed {
+    File { path: String, unified_diff: String },
+    Conversation(Vec<checkpoints::Turn>),
+    Workspace(parhelia_checkpoint::Diff),
+}
+
+/// `checkpoint diff`'s read: the one the CLI and the MCP server's
+/// `parhelia_checkpoint_diff` make.
+pub(crate) async fn diff_checkpoints(
+    ctx: &Ctx,
+    a: &str,
+    b: &str,
+    file: Option<&str>,
+    conversation: bool,
+) -> Result<Diffed> {
+    let opened = ctx.open()?;
+    diff_views(ctx, &opened, a, b, file, conversation).await
+}
+
+/// `checkpoint diff --json`'s value.
+pub(crate) fn diffed_json(diffed: &Diffed) -> Result<serde_json::Value> {
+    Ok(match diffed {
+        Diffed::File { path, unified_diff } => {
+            serde_json::json!({ "path": path, "unified_diff": unified_diff })
+        }
+        Diffed::Conversation(turns) => serde_json::to_value(turns)?,
+        Diffed::Workspace(diff) => serde_json::to_value(diff)?,
+    })
+}
+
+async fn diff_views(
+    ctx: &Ctx,
+    opened: &Opened,
+    a: &str,
+    b: &str,
+    file: Option<&str>,
+    conversation: bool,
+) -> Result<Diffed> {
+    let (sa, store, ida) = find(ctx, opened, a).await?;
+    let (sb, _, idb) = find(ctx, opened, b).await?;
+    if sa.id != sb.id {
+        return Err(coded(
+            error_codes::INVALID_INPUT,
+            format!(
+                "{a} and {b} belong to different sessions ({} and {})",
+                sa.id, sb.id
+            ),
+        ));
+    }
+    if let Some(path) = file {
+        let unified_diff = store
+            .file_diff(&ida, &idb, WORKSPACE_TREE, Path::new(path))
+            .map_err(|e| checkpoints::coded(&e))?;
+        return Ok(Diffed::File {
+            path: path.to_string(),
+            unified_diff,
+        });
+    }
+    if conversation {
+        let transcript = format!("{}.jsonl", sa.claude_session_id);
+        let read = |id| {
+            store
+                .read_file(id, CONVERSATION_TREE, Path::new(&transcript))
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .or_else(|e| {
+                    if e.code() == error_codes::CHECKPOINT_NOT_FOUND.code {
+                        Ok(String::new())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| checkpoints::coded(&e))
+        };
+        return Ok(Diffed::Conversation(checkpoints::conversation_between(
+            &read(&ida)?,
+            &read(&idb)?,
+        )));
+    }
+    let diff = store.diff(&ida, &idb).map_err(|e| {
+        // Name the damaged one of the two.
+        let which = if store.load(&ida).is_err() {
+            &ida
+        } else {
+            &idb
+        };
+        crate::store_health::coded_at(&e, &sa.id, store.root(), which.as_str())
+    })?;
+    Ok(Diffed::Workspace(diff))
 }
 
 /// `checkpoint show`'s read: the one the CLI and the MCP server's
@@ -574,6 +619,27 @@ async fn resume_request(
         .await
         .map_err(coordinator_error)?
         .into_inner();
+    if !reply.checkpoint_id.is_empty() {
+        progress.step(&format!(
+            "restoring {}'s workspace in the new container",
+            reply.checkpoint_id
+        ));
+        match super::session::watch_restore(ctx, &reply.session_id, &progress).await {
+            super::session::RestoreWatched::Ended {
+                ok: false,
+                error_code,
+            } => {
+                // The command's result stands (the session was launched); the
+                // session's finish says why the restore failed.
+                tracing::debug!(%error_code, "the restore in the new container failed");
+                progress.finish(false);
+                return Ok(reply);
+            }
+            super::session::RestoreWatched::Ended { ok: true, .. }
+            | super::session::RestoreWatched::Nothing
+            | super::session::RestoreWatched::Unknown => {}
+        }
+    }
     progress.finish(true);
     Ok(reply)
 }

@@ -75,7 +75,7 @@ pub enum SessionCommand {
         #[arg(short, long)]
         follow: bool,
         /// How many lines of history and screen
-        #[arg(short = 'n', long, value_name = "N", default_value_t = 200)]
+        #[arg(short = 'n', long, value_name = "N", default_value_t = super::session::DEFAULT_LOG_LINES)]
         lines: u32,
         /// Print JSON lines: one per event (the screen of an interactive
         /// session as one `{"type":"screen"}` line)

@@ -93,9 +93,11 @@ pub struct Cli {
     pub color: crate::table::ColorChoice,
 
     /// Progress of long operations (workspace upload, image build, session
-    /// pull, restore) on stderr: `auto` draws it when stderr is a terminal,
-    /// `json` prints JSON lines (terminal or not), `never` nothing
-    #[arg(long, global = true, value_enum, default_value_t = crate::progress::ProgressMode::Auto, value_name = "WHEN", hide_possible_values = true)]
+    /// pull, restore) on stderr: `auto` draws a bar when stderr is a
+    /// terminal and prints JSON lines (`"type":"progress"`) otherwise, `json`
+    /// prints JSON lines on a terminal too, `never` nothing. stdout, with or
+    /// without `--json`, holds only the result
+    #[arg(long, global = true, value_enum, env = "PARHELIA_PROGRESS", hide_env_values = true, default_value_t = crate::progress::ProgressMode::Auto, value_name = "WHEN", hide_possible_values = true)]
     pub progress: crate::progress::ProgressMode,
 
     #[command(subcommand)]
@@ -266,16 +268,6 @@ fn init_tracing(is_coordinator: bool) {
 /// Writes command output to stdout; a reader that went away (`parhelia
 /// task list | head -1`) ends the process quietly.
 pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
-    // Inside `parhelia mcp-server` a command's output is captured for the
-    // tool's result: stdout is the MCP transport there.
-    if CAPTURED
-        .try_with(|buf| {
-            let _ = buf.borrow_mut().write_fmt(args);
-        })
-        .is_ok()
-    {
-        return;
-    }
     let mut stdout = std::io::stdout().lock();
     if let Err(err) = stdout.write_fmt(args) {
         if err.kind() == std::io::ErrorKind::BrokenPipe {
@@ -284,47 +276,6 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
         let _ = writeln!(std::io::stderr(), "error: cannot write the output: {err}");
         std::process::exit(1);
     }
-}
-
-use crate::capture::CAPTURED;
-
-/// What a command run by [`run_captured`] printed, and how it ended.
-pub struct Captured {
-    /// The exit status the CLI would have had (0 on success), or the error
-    /// `report_error` would have printed.
-    pub result: Result<i32>,
-    /// Its stdout (with `--json`: the JSON the CLI prints).
-    pub stdout: String,
-}
-
-/// Runs one `parhelia` command line in this process, as the CLI would, and
-/// captures what it prints instead of writing it to stdout. The MCP server
-/// calls the CLI's own handlers this way (with `--json`), so its results are
-/// the CLI's JSON views, number for number. A usage error (clap's) is E100.
-/// The command must not be interactive (no prompt, no attach, no watch).
-pub async fn run_captured(args: Vec<String>) -> Captured {
-    let cli = match Cli::try_parse_from(std::iter::once("parhelia".to_string()).chain(args)) {
-        Ok(cli) => cli,
-        Err(err) => {
-            return Captured {
-                result: Err(coded(
-                    error_codes::INVALID_INPUT,
-                    err.render().to_string().trim().to_string(),
-                )),
-                stdout: String::new(),
-            };
-        }
-    };
-    CAPTURED
-        .scope(std::cell::RefCell::new(Vec::new()), async move {
-            let result = run(cli).await;
-            let stdout = CAPTURED.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
-            Captured {
-                result,
-                stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            }
-        })
-        .await
 }
 
 /// Output to a closed pipe ends the process quietly with the status a shell
@@ -644,8 +595,7 @@ pub(crate) fn json_line(value: &impl serde::Serialize) {
             serde_json::json!({"type": "error", "error": err.to_string()})
         ),
     }
-    if CAPTURED.try_with(|_| ()).is_err()
-        && let Err(err) = std::io::stdout().flush()
+    if let Err(err) = std::io::stdout().flush()
         && err.kind() == std::io::ErrorKind::BrokenPipe
     {
         exit_on_broken_pipe();

@@ -38,7 +38,7 @@ use crate::error_codes;
 const TMUX_PREFIX: u8 = 0x02;
 
 /// A running session's record and a client for its agent.
-struct LiveSession {
+pub(crate) struct LiveSession {
     session: SessionRecord,
     client: AuthedAgentClient,
 }
@@ -64,7 +64,7 @@ fn not_running(session: &SessionRecord) -> anyhow::Error {
 /// The session's agent, wherever it runs: the coordinator resolves its endpoint
 /// through the backend that runs it (a local agent's loopback port, a Modal
 /// sandbox's TLS tunnel); the secret comes from the database.
-async fn connect_live(ctx: &Ctx, session_id: &str) -> Result<LiveSession> {
+pub(crate) async fn connect_live(ctx: &Ctx, session_id: &str) -> Result<LiveSession> {
     let (opened, session) = find_session(ctx, session_id)?;
     if !matches!(
         (&session.container_id, session.container_state),
@@ -86,6 +86,59 @@ async fn connect_live(ctx: &Ctx, session_id: &str) -> Result<LiveSession> {
         .into_inner();
     let client = connect_agent(&endpoint.uri, &secret).await?;
     Ok(LiveSession { session, client })
+}
+
+/// How a resume's or rollback's restore in the new container ended, as its agent's
+/// `WatchRestore` told it.
+pub(crate) enum RestoreWatched {
+    /// The agent said so (`ok`; otherwise `error_code`, which the session's finish explains).
+    Ended { ok: bool, error_code: String },
+    /// The session restores nothing.
+    Nothing,
+    /// No answer to the end: the agent could not be reached, is older than
+    /// `WatchRestore`, or went away first (`task watch` tells what happened).
+    Unknown,
+}
+
+/// Follows the restore the session's new agent runs before Claude Code starts
+/// (`WatchRestore`), showing files and bytes restored of the checkpoint's workspace
+/// tree as `progress`, until it ends.
+pub(crate) async fn watch_restore(
+    ctx: &Ctx,
+    session_id: &str,
+    progress: &crate::progress::Progress,
+) -> RestoreWatched {
+    let Ok(mut live) = connect_live(ctx, session_id).await else {
+        return RestoreWatched::Unknown;
+    };
+    let Ok(stream) = live
+        .client
+        .watch_restore(parhelia_proto::WatchRestoreRequest {})
+        .await
+    else {
+        return RestoreWatched::Unknown;
+    };
+    let mut stream = stream.into_inner();
+    while let Ok(Some(update)) = stream.message().await {
+        if update.none {
+            return RestoreWatched::Nothing;
+        }
+        if update.files_total > 0 || update.bytes_total > 0 || update.finished {
+            progress.transfer(crate::progress::Transfer {
+                files_done: update.files_done,
+                files_total: update.files_total,
+                bytes_done: update.bytes_done,
+                bytes_total: update.bytes_total,
+            });
+        }
+        if update.finished {
+            return RestoreWatched::Ended {
+                ok: update.ok,
+                error_code: update.error_code,
+            };
+        }
+    }
+    RestoreWatched::Unknown
 }
 
 /// An agent's refusal as a coded error that says what to do.
@@ -163,6 +216,89 @@ pub async fn kill(ctx: &Ctx, session_id: &str, reason: Option<String>, json: boo
     Ok(0)
 }
 
+/// `session logs`' (and `parhelia_session_logs`') lines of history by default.
+pub(crate) const DEFAULT_LOG_LINES: u32 = 200;
+
+/// What `session logs` shows without `-f`: a live session's recent events (and
+/// its screen, when interactive) from its agent, else a finished session's
+/// history from the database.
+pub(crate) enum Logs {
+    Live {
+        live: Box<LiveSession>,
+        events: Vec<parhelia_proto::Event>,
+        /// The screen's last lines (an interactive session whose agent answered).
+        screen: Option<String>,
+    },
+    Stored(Vec<crate::event_filter::EventRow>),
+}
+
+/// `session logs`' call, the one the CLI and the MCP server's
+/// `parhelia_session_logs` make: the live session's agent (`StreamEvents`,
+/// `CaptureScreen`), else — unless following, which needs a live session —
+/// the stored history (the agent's error when the session is unknown there too).
+pub(crate) async fn logs_call(
+    ctx: &Ctx,
+    session_id: &str,
+    lines: u32,
+    follow: bool,
+) -> Result<Logs> {
+    let mut live = match connect_live(ctx, session_id).await {
+        Ok(live) => live,
+        Err(err) if !follow => {
+            return stored_rows(ctx, session_id, lines)
+                .map(Logs::Stored)
+                .map_err(|_| err);
+        }
+        Err(err) => return Err(err),
+    };
+    let events = collect_events(&mut live.client, session_id, 1, false).await?;
+    let screen = if live.session.mode == "interactive" {
+        live.client
+            .capture_screen(CaptureScreenRequest { lines })
+            .await
+            .ok()
+            .map(|screen| screen.into_inner().text)
+    } else {
+        None
+    };
+    Ok(Logs::Live {
+        live: Box::new(live),
+        events,
+        screen,
+    })
+}
+
+/// `session logs --json`'s lines (without `-f`): the last `lines` events as
+/// `task watch --json` prints them, then the screen (`{"type":"screen",
+/// "text"}`) of an interactive session; a finished session's as `events list
+/// --json` prints them.
+pub(crate) fn logs_json(logs: &Logs, lines: u32) -> Vec<serde_json::Value> {
+    let value = |v: serde_json::Result<serde_json::Value>| {
+        v.unwrap_or_else(|err| serde_json::json!({"type": "error", "error": err.to_string()}))
+    };
+    match logs {
+        Logs::Live { events, screen, .. } => {
+            let mut out: Vec<serde_json::Value> = events
+                .iter()
+                .skip(events.len().saturating_sub(lines as usize))
+                .map(|event| value(serde_json::to_value(crate::views::EventLine::new(event))))
+                .collect();
+            if let Some(text) = screen {
+                out.push(serde_json::json!({"type": "screen", "text": text}));
+            }
+            out
+        }
+        Logs::Stored(rows) => rows
+            .iter()
+            .map(|row| {
+                value(serde_json::to_value(crate::event_filter::EventView::from(
+                    row,
+                )))
+            })
+            .collect(),
+    }
+}
+
 /// `session logs`: the recent screen (interactive) and event history; `-f` follows.
 pub async fn logs(
     ctx: &Ctx,
@@ -171,97 +307,73 @@ pub async fn logs(
     lines: u32,
     json: bool,
 ) -> Result<i32> {
-    let mut live = match connect_live(ctx, session_id).await {
-        Ok(live) => live,
-        Err(err) if !follow => {
-            return stored_logs(ctx, session_id, lines, json).map_err(|_| err);
-        }
-        Err(err) => return Err(err),
-    };
-    let events = collect_events(&mut live.client, session_id, 1, false).await?;
+    let logs = logs_call(ctx, session_id, lines, follow).await?;
     if json {
-        for event in events
-            .iter()
-            .skip(events.len().saturating_sub(lines as usize))
-        {
-            super::json_line(&crate::views::EventLine::new(event));
+        for line in logs_json(&logs, lines) {
+            super::json_line(&line);
         }
-        if live.session.mode == "interactive"
-            && let Ok(screen) = live
-                .client
-                .capture_screen(CaptureScreenRequest { lines })
-                .await
-        {
-            super::json_line(&serde_json::json!({
-                "type": "screen",
-                "text": screen.into_inner().text,
-            }));
+    } else {
+        match &logs {
+            Logs::Live { events, screen, .. } => {
+                let mut out = std::io::stdout().lock();
+                let rendered: Vec<String> = events
+                    .iter()
+                    .filter_map(crate::render::render_event)
+                    .collect();
+                for line in rendered
+                    .iter()
+                    .skip(rendered.len().saturating_sub(lines as usize))
+                {
+                    writeln!(out, "{line}")?;
+                }
+                if let Some(text) = screen {
+                    writeln!(out, "──── screen ────")?;
+                    let screen_lines: Vec<&str> = text.trim_end().lines().collect();
+                    for line in screen_lines
+                        .iter()
+                        .skip(screen_lines.len().saturating_sub(lines as usize))
+                    {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                out.flush()?;
+            }
+            Logs::Stored(rows) => {
+                outln!("{}", crate::event_filter::TABLE_HEADER);
+                for row in rows {
+                    outln!("{}", crate::event_filter::table_line(row));
+                }
+            }
         }
-        if follow {
-            let next = events.last().map(|e| e.seq + 1).unwrap_or(1);
-            follow_rendered(&mut live.client, session_id, next, true).await?;
-        }
-        return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
-    let rendered: Vec<String> = events
-        .iter()
-        .filter_map(crate::render::render_event)
-        .collect();
-    for line in rendered
-        .iter()
-        .skip(rendered.len().saturating_sub(lines as usize))
+    if follow
+        && let Logs::Live {
+            mut live, events, ..
+        } = logs
     {
-        writeln!(out, "{line}")?;
-    }
-    if live.session.mode == "interactive"
-        && let Ok(screen) = live
-            .client
-            .capture_screen(CaptureScreenRequest { lines })
-            .await
-    {
-        writeln!(out, "──── screen ────")?;
-        let text = screen.into_inner().text;
-        let screen_lines: Vec<&str> = text.trim_end().lines().collect();
-        for line in screen_lines
-            .iter()
-            .skip(screen_lines.len().saturating_sub(lines as usize))
-        {
-            writeln!(out, "{line}")?;
-        }
-    }
-    out.flush()?;
-    drop(out);
-    if follow {
         let next = events.last().map(|e| e.seq + 1).unwrap_or(1);
-        follow_rendered(&mut live.client, session_id, next, false).await?;
+        follow_rendered(&mut live.client, session_id, next, json).await?;
     }
     Ok(0)
 }
 
-/// A finished session's history, from the database.
-fn stored_logs(ctx: &Ctx, session_id: &str, lines: u32, json: bool) -> Result<i32> {
+/// A finished session's last `lines` events, from the database.
+fn stored_rows(
+    ctx: &Ctx,
+    session_id: &str,
+    lines: u32,
+) -> Result<Vec<crate::event_filter::EventRow>> {
     let (opened, _) = find_session(ctx, session_id)?;
-    let rows = opened.db.query_events(
+    let mut rows = opened.db.query_events(
         &crate::event_filter::EventFilter {
             session_id: Some(session_id.to_string()),
             ..Default::default()
         },
         None,
     )?;
-    let shown = rows.iter().skip(rows.len().saturating_sub(lines as usize));
-    if json {
-        // The same lines as `events list --json`, one per line.
-        for row in shown {
-            super::json_line(&crate::event_filter::EventView::from(row));
-        }
-        return Ok(0);
-    }
-    outln!("{}", crate::event_filter::TABLE_HEADER);
-    for row in shown {
-        outln!("{}", crate::event_filter::table_line(row));
-    }
-    Ok(0)
+    let skip = rows.len().saturating_sub(lines as usize);
+    rows.drain(..skip);
+    Ok(rows)
 }
 
 async fn collect_events(

@@ -11,7 +11,16 @@ use std::process::Output;
 use crate::support::*;
 
 fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    without_progress(&String::from_utf8_lossy(&out.stderr))
+}
+
+/// What a person reads on stderr: `--progress auto` off a terminal (as here) also
+/// prints JSON progress lines there, each `{"type":"progress",…}`; they are left out.
+fn without_progress(stderr: &str) -> String {
+    stderr
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("{\"type\":\"progress\""))
+        .collect()
 }
 
 /// One code: how to provoke it, what its advice must say, how to follow it.

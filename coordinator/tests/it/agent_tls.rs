@@ -26,6 +26,15 @@ type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl Agent for TunnelAgent {
     type StreamEventsStream = Boxed<parhelia_proto::StreamEventsResponse>;
     type AttachStream = Boxed<parhelia_proto::AttachResponse>;
+    type WatchRestoreStream =
+        Pin<Box<dyn Stream<Item = Result<parhelia_proto::RestoreProgressUpdate, Status>> + Send>>;
+
+    async fn watch_restore(
+        &self,
+        _: Request<parhelia_proto::WatchRestoreRequest>,
+    ) -> Result<Response<Self::WatchRestoreStream>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
 
     async fn get_info(
         &self,

@@ -106,9 +106,18 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// What a person reads on stderr: `--progress auto` off a terminal (as here) also
+/// prints JSON progress lines there, each `{"type":"progress",…}`; they are left out.
+fn without_progress(stderr: &str) -> String {
+    stderr
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("{\"type\":\"progress\""))
+        .collect()
+}
+
 /// Asserts a coded failure: `error[CODE]: …` then a hint, and the exit status.
 fn assert_coded(out: &Output, code: &str, status: i32) {
-    let err = stderr(out);
+    let err = without_progress(&stderr(out));
     assert_eq!(
         out.status.code(),
         Some(status),

@@ -107,17 +107,37 @@ fn color_only_when_asked_and_never_in_json() {
 }
 
 #[test]
-fn progress_is_json_lines_on_stderr_only_when_asked() {
+fn progress_is_json_lines_on_stderr_off_a_terminal_unless_never() {
     let world = world();
     let args = ["session", "pull", "sess-00000001", "--checkpoint", "cp-1"];
-    // Not a terminal, not asked: no progress at all.
-    let (_, err) = run(&world, &[], &args);
-    assert!(!err.contains("\"progress\""), "{err}");
-    assert!(err.starts_with("error["), "{err}");
+    // `--progress never` (or PARHELIA_PROGRESS=never): no progress at all.
+    for (env, flags) in [
+        (vec![], vec!["--progress", "never"]),
+        (vec![("PARHELIA_PROGRESS", "never")], vec![]),
+    ] {
+        let mut argv = flags.clone();
+        argv.extend(args);
+        let (_, err) = run(&world, &env, &argv);
+        assert!(!err.contains("\"progress\""), "{err}");
+        assert!(err.starts_with("error["), "{err}");
+    }
 
+    // Not a terminal, not asked (`auto`), or asked (`json`): the same JSON lines,
+    // then the error.
     let mut with_json = vec!["--progress", "json"];
     with_json.extend(args);
+    let (_, auto_err) = run(&world, &[], &args);
     let (out, err) = run(&world, &[], &with_json);
+    let shape = |e: &str| -> Vec<String> {
+        e.lines()
+            .map(|l| l.split("\"elapsed_ms\"").next().unwrap_or(l).to_string())
+            .collect()
+    };
+    assert_eq!(shape(&auto_err), shape(&err), "{auto_err}\n{err}");
+    assert!(
+        err.lines().last().unwrap_or("").starts_with("error[") || err.contains("\nerror["),
+        "{err}"
+    );
     assert!(!out.contains("progress"), "{out}");
     let lines: Vec<serde_json::Value> = err
         .lines()

@@ -96,6 +96,15 @@ impl Agent for FakeAgent {
     type StreamEventsStream = EventStream;
     type AttachStream =
         Pin<Box<dyn Stream<Item = Result<parhelia_proto::AttachResponse, Status>> + Send>>;
+    type WatchRestoreStream =
+        Pin<Box<dyn Stream<Item = Result<parhelia_proto::RestoreProgressUpdate, Status>> + Send>>;
+
+    async fn watch_restore(
+        &self,
+        _: Request<parhelia_proto::WatchRestoreRequest>,
+    ) -> Result<Response<Self::WatchRestoreStream>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
 
     async fn attach(
         &self,

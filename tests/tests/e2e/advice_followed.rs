@@ -21,8 +21,9 @@ use std::process::Output;
 use parhelia_testkit::harness::Harness;
 use parhelia_testkit::{Script, ToolCall, Turn};
 
+/// What a person reads on stderr (progress lines left out).
 fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    parhelia_testkit::harness::without_progress(&String::from_utf8_lossy(&out.stderr))
 }
 
 /// The backquoted command in `text` that starts with `prefix`, split into `parhelia`'s

@@ -19,8 +19,9 @@ use parhelia_testkit::harness::Harness;
 use parhelia_testkit::model_stand_in::{RequestKind, WhenExhausted};
 use parhelia_testkit::{Script, ToolCall, Turn};
 
+/// What a person reads on stderr (progress lines left out).
 fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    parhelia_testkit::harness::without_progress(&String::from_utf8_lossy(&out.stderr))
 }
 
 /// `parhelia ARGS`, which must fail with `code`; returns its stderr.

@@ -963,3 +963,137 @@ fn session_pull_reports_the_checkpoints_files_and_bytes() {
         );
     }
 }
+
+/// The progress lines of `op` on a command's stderr (`--progress auto` off a terminal,
+/// as here, prints them as JSON lines): every one parses, and the last is `finish`.
+fn progress_lines(stderr: &str, op: &str) -> Vec<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with("{\"type\":\"progress\""))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["op"] == op), "{stderr}");
+    assert_eq!(
+        lines.last().map(|l| &l["event"]),
+        Some(&"finish".into()),
+        "{stderr}"
+    );
+    lines
+}
+
+/// The last `advance` of a restore equals the checkpoint's workspace tree, as
+/// `checkpoint show --json` gives its file count and bytes.
+fn assert_restored_whole_tree(h: &Harness, lines: &[serde_json::Value], checkpoint: &str) {
+    let shown = h.json(&["checkpoint", "show", checkpoint, "--json"]);
+    let tree = shown["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "workspace")
+        .unwrap_or_else(|| panic!("{shown:#}"))
+        .clone();
+    let advances: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["event"] == "advance").collect();
+    let last = advances
+        .last()
+        .unwrap_or_else(|| panic!("no advance: {lines:#?}"));
+    assert_eq!(last["files_total"], tree["files"], "{lines:#?}\n{shown:#}");
+    assert_eq!(last["files_done"], tree["files"], "{lines:#?}\n{shown:#}");
+    assert_eq!(last["total"], tree["bytes"], "{lines:#?}\n{shown:#}");
+    assert_eq!(last["done"], tree["bytes"], "{lines:#?}\n{shown:#}");
+    assert_eq!(last["unit"], "bytes");
+    for pair in advances.windows(2) {
+        assert!(
+            pair[0]["done"].as_u64() <= pair[1]["done"].as_u64(),
+            "{lines:#?}"
+        );
+    }
+}
+
+/// `resume` and `checkpoint rollback` show the restore their new container's agent runs
+/// (`WatchRestore`): files and bytes restored, ending at the restored checkpoint's
+/// workspace tree. Off a terminal `--progress auto` prints them as JSON lines on stderr;
+/// stdout keeps only the `--json` result.
+#[test]
+fn resume_and_rollback_report_the_restores_files_and_bytes() {
+    let h = Harness::new(Script::new([
+        Turn::tool_use([
+            ToolCall::write("a.txt", "alpha\n"),
+            ToolCall::write("b/b.txt", "beta beta\n"),
+            ToolCall::write("c.txt", "gamma gamma gamma\n"),
+        ]),
+        Turn::text("First done."),
+        Turn::tool_use([ToolCall::write("second.txt", "two\n")]),
+        Turn::text("Second done."),
+    ]));
+    let created = create(&h, "Write three files", &[]);
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    h.wait_task(&task_id, |t| t["status"] == "completed");
+    let first_cp = checkpoints(&h, &session_id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let out = h.run(&[
+        "resume",
+        &session_id,
+        "-m",
+        "Now write second.txt",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let restored = resumed["checkpoint_id"].as_str().unwrap().to_string();
+    let lines = progress_lines(&stderr, "resume");
+    assert_eq!(lines.last().unwrap()["ok"], true, "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["step"].as_str().is_some_and(|s| s.contains(&restored))),
+        "{stderr}"
+    );
+    assert_restored_whole_tree(&h, &lines, &restored);
+
+    let ws = workspace(&h, &session_id);
+    h.wait_for("second.txt and the session's end", || {
+        let t = h.json(&["task", "show", &task_id, "--json"]);
+        (ws.join("second.txt").exists() && t["status"] == "completed").then_some(())
+    });
+
+    // The rollback to the first checkpoint, with `--progress json` asked for.
+    let out = h.run(&[
+        "checkpoint",
+        "rollback",
+        &first_cp,
+        "--yes",
+        "--json",
+        "--progress",
+        "json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let rolled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rolled["checkpoint_id"], first_cp.as_str(), "{rolled:#}");
+    let lines = progress_lines(&stderr, "rollback");
+    assert_eq!(lines.last().unwrap()["ok"], true, "{stderr}");
+    assert_restored_whole_tree(&h, &lines, &first_cp);
+    // The restore has ended by the time the command returns.
+    assert!(!ws.join("second.txt").exists());
+    assert!(ws.join("b/b.txt").exists());
+
+    // `--progress never` prints nothing on stderr.
+    let out = h.run(&[
+        "checkpoint",
+        "rollback",
+        &first_cp,
+        "--yes",
+        "--json",
+        "--progress",
+        "never",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}

@@ -157,6 +157,71 @@ fn python_sdk_over_stdio_runs_a_task_through_checkpoints_restore_and_budget() {
         .filter_map(|e| e["path"].as_str())
         .collect();
     assert!(added.contains(&"second.txt"), "{diff}");
+    // One file's diff, and the conversation between the two, as `checkpoint diff --json`.
+    let more = &steps["diff_more"];
+    assert_eq!(more["file"]["path"], "second.txt", "{more}");
+    assert!(
+        more["file"]["unified_diff"]
+            .as_str()
+            .unwrap()
+            .contains("+two"),
+        "{more}"
+    );
+    let turns = more["conversation"]["result"].as_array().expect("turns");
+    assert!(
+        turns.iter().any(|t| t["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Now write second.txt")),
+        "{more}"
+    );
+    let first = steps["diff"]["first"].as_str().unwrap();
+    let second = steps["diff"]["second"].as_str().unwrap();
+    for (args, key) in [
+        (vec!["--file", "second.txt"], "file"),
+        (vec!["--conversation"], "conversation"),
+    ] {
+        let mut argv = vec!["checkpoint", "diff", first, second, "--json"];
+        argv.extend(args);
+        let cli = h.json(&argv);
+        let mcp = if key == "conversation" {
+            &more[key]["result"]
+        } else {
+            &more[key]
+        };
+        assert_eq!(mcp, &cli, "{key}");
+    }
+    let unknown = &steps["diff_not_found"];
+    assert_eq!(unknown["code"], "E205", "{unknown}");
+    assert!(
+        unknown["text"].as_str().unwrap().starts_with("error[E205]"),
+        "{unknown}"
+    );
+
+    // The session's last five events, the `events list --json` objects; a task id
+    // reads its current session's; an unknown session is E202.
+    let logs = &steps["logs"];
+    let lines = logs["logs"]["lines"].as_array().expect("lines");
+    assert!(!lines.is_empty() && lines.len() <= 5, "{logs}");
+    assert_eq!(logs["logs"], logs["logs_by_task"], "{logs}");
+    let cli_events = h.json(&["events", "list", "--session", &session_id, "--json"]);
+    for line in lines {
+        assert_eq!(line["session_id"], session_id.as_str(), "{line}");
+        let same = cli_events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["source"] == line["source"] && e["id"] == line["id"]);
+        assert_eq!(same, Some(line), "{line}");
+    }
+    assert_eq!(logs["not_found_code"], "E202", "{logs}");
+    assert!(
+        logs["not_found_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("error[E202]"),
+        "{logs}"
+    );
     let ws = h
         .state()
         .join("sessions")

@@ -5,10 +5,8 @@
 //! CLI process would. A [`Direct`] tool calls the function the CLI's command
 //! calls (the coordinator's typed RPC, or the read the command shares) and
 //! builds its result from the typed reply with the function the command's
-//! `--json` prints; the other tools still run the CLI's handler in-process
-//! with `--json` ([`crate::cli::run_captured`]). Either way a tool's result
-//! is the CLI's JSON view and its errors are the CLI's coded errors with
-//! their advice. The events tools follow the database as `parhelia events
+//! `--json` prints: a tool's result is the CLI's JSON view and its errors
+//! are the CLI's coded errors with their advice. The events tools follow the database as `parhelia events
 //! watch` does and send what they find as MCP logging notifications.
 
 // MCP logging notifications carry the events (see docs/mcp.md); rmcp marks
@@ -34,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Captured, Ctx};
+use crate::cli::Ctx;
 use crate::error::{CodedError, coded, find_coded};
 use crate::error_codes;
 
@@ -71,19 +69,6 @@ impl ParheliaMcp {
             ctx,
             subscriptions: Arc::default(),
         }
-    }
-
-    fn global_args(&self) -> Vec<String> {
-        let mut argv = Vec::new();
-        if let Some(dir) = &self.ctx.state_dir {
-            argv.push("--state-dir".to_string());
-            argv.push(dir.display().to_string());
-        }
-        for set in &self.ctx.set {
-            argv.push("--set".to_string());
-            argv.push(set.clone());
-        }
-        argv
     }
 
     /// Runs `call` on a thread of its own, with its own runtime, as one CLI
@@ -156,25 +141,6 @@ impl ParheliaMcp {
         }
     }
 
-    /// Runs one command line in-process with its output captured (the tools
-    /// not yet carried out by [`Direct`] calls).
-    async fn run_cli(
-        &self,
-        argv: Vec<String>,
-        context: &RequestContext<RoleServer>,
-    ) -> Option<Captured> {
-        let what = format!("parhelia {}", argv.join(" "));
-        let mut full = self.global_args();
-        full.extend(argv);
-        let done = self
-            .run_on_thread(what, context, move |_| crate::cli::run_captured(full))
-            .await?;
-        Some(done.unwrap_or_else(|err| Captured {
-            result: Err(err),
-            stdout: String::new(),
-        }))
-    }
-
     /// A [`Direct`] tool: the CLI command's own call, its result the value the
     /// command prints with `--json`, its errors the command's coded errors.
     async fn call_direct(
@@ -213,53 +179,6 @@ impl ParheliaMcp {
                 }
             }
             Err(err) => error_result(&err, None),
-        }
-    }
-
-    /// A command's JSON output as a value: one JSON document, or JSON lines
-    /// (an array of them).
-    fn parse_output(stdout: &str) -> Value {
-        let values: Vec<Value> = serde_json::Deserializer::from_str(stdout)
-            .into_iter::<Value>()
-            .map_while(|v| v.ok())
-            .collect();
-        match values.len() {
-            0 if stdout.trim().is_empty() => Value::Null,
-            0 => Value::String(stdout.to_string()),
-            1 => values.into_iter().next().unwrap_or(Value::Null),
-            _ => Value::Array(values),
-        }
-    }
-
-    async fn call_cli(
-        &self,
-        argv: Vec<String>,
-        wrap: Option<&'static str>,
-        context: &RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        let Some(captured) = self.run_cli(argv, context).await else {
-            return cancelled_result();
-        };
-        let mut value = Self::parse_output(&captured.stdout);
-        if let (Some(key), Value::Array(_) | Value::Null) = (wrap, &value) {
-            let items = if value.is_null() { json!([]) } else { value };
-            value = json!({ key: items });
-        }
-        match captured.result {
-            Ok(0) => structured(value, captured.stdout, false),
-            Ok(status) => {
-                // The command ran and reported a problem through its status
-                // (its JSON says which); the CLI would have exited non-zero.
-                let value = match value {
-                    Value::Object(mut map) => {
-                        map.insert("exit_status".into(), json!(status));
-                        Value::Object(map)
-                    }
-                    other => json!({"result": other, "exit_status": status}),
-                };
-                structured(value, captured.stdout, true)
-            }
-            Err(err) => error_result(&err, Some(value).filter(|v| !v.is_null())),
         }
     }
 
@@ -559,6 +478,8 @@ impl Direct {
             Direct::Cleanup { .. } => "parhelia cleanup",
             Direct::SessionPull { .. } => "parhelia session pull",
             Direct::CheckpointShow { .. } => "parhelia checkpoint show",
+            Direct::CheckpointDiff { .. } => "parhelia checkpoint diff",
+            Direct::SessionLogs { .. } => "parhelia session logs",
             Direct::Health => "parhelia status; parhelia container health",
         }
     }
@@ -742,6 +663,24 @@ async fn direct(ctx: &Ctx, call: Direct) -> Result<DirectResult> {
         Direct::CheckpointShow { checkpoint_id } => DirectResult::ok(checkpoint::shown_json(
             &checkpoint::show_checkpoint(ctx, &checkpoint_id).await?,
         )),
+        Direct::CheckpointDiff {
+            a,
+            b,
+            file,
+            conversation,
+        } => DirectResult::ok(checkpoint::diffed_json(
+            &checkpoint::diff_checkpoints(ctx, &a, &b, file.as_deref(), conversation).await?,
+        )?),
+        Direct::SessionLogs { session_id, lines } => {
+            let session_id = crate::cli::shortcuts::session_id_of(ctx, &session_id)?;
+            DirectResult::list(
+                Value::Array(session::logs_json(
+                    &session::logs_call(ctx, &session_id, lines, false).await?,
+                    lines,
+                )),
+                "lines",
+            )
+        }
         Direct::Health => {
             let (view, budget_json, _) = ops::status_view(ctx).await?;
             DirectResult::ok(json!({
@@ -864,7 +803,6 @@ impl ServerHandler for ParheliaMcp {
         };
         Ok(match plan {
             Plan::Direct(call) => self.call_direct(call, &context).await,
-            Plan::Cli { argv, wrap } => self.call_cli(argv, wrap, &context).await,
             Plan::Subscribe(filters) => self.subscribe(filters, context.peer.clone()),
             Plan::Unsubscribe(id) => self.unsubscribe(&id),
             Plan::Stream(args) => self.stream(args, &context).await,

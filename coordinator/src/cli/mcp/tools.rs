@@ -1,7 +1,6 @@
 //! The MCP tools: their names, descriptions, annotations and input schemas,
 //! and how each call is carried out: a [`Direct`] call of what the CLI's
-//! command calls, or (tools not converted yet) a `parhelia` command line run
-//! in-process by [`crate::cli::run_captured`], with `--json`.
+//! command calls (no command line is built, no output captured).
 //!
 //! Every argument struct is deserialized strictly (unknown fields are an
 //! E100, and every schema says `additionalProperties: false`), and its doc
@@ -56,6 +55,16 @@ pub enum Direct {
     CheckpointRestore {
         checkpoint_id: String,
         message: Option<String>,
+    },
+    CheckpointDiff {
+        a: String,
+        b: String,
+        file: Option<String>,
+        conversation: bool,
+    },
+    SessionLogs {
+        session_id: String,
+        lines: u32,
     },
     Resume {
         session_id: String,
@@ -125,12 +134,6 @@ pub enum Direct {
 pub enum Plan {
     /// The CLI command's own call, its typed reply as the result.
     Direct(Direct),
-    /// Run this `parhelia` command line (without the program name); its JSON
-    /// output is the result. `wrap`: an array result goes under this key.
-    Cli {
-        argv: Vec<String>,
-        wrap: Option<&'static str>,
-    },
     /// `parhelia_events_subscribe`.
     Subscribe(EventFilterArgs),
     /// `parhelia_events_unsubscribe`.
@@ -645,23 +648,6 @@ pub struct CleanupArgs {
     pub confirm: bool,
 }
 
-fn opt(argv: &mut Vec<String>, flag: &str, value: &Option<String>) {
-    if let Some(v) = value {
-        argv.push(flag.into());
-        argv.push(v.clone());
-    }
-}
-
-fn flag(argv: &mut Vec<String>, flag: &str, on: bool) {
-    if on {
-        argv.push(flag.into());
-    }
-}
-
-fn words(w: &[&str]) -> Vec<String> {
-    w.iter().map(|s| s.to_string()).collect()
-}
-
 fn parse<T: serde::de::DeserializeOwned>(tool: &str, args: Value) -> Result<T, CodedError> {
     serde_json::from_value(args).map_err(|e| {
         CodedError::new(
@@ -721,17 +707,6 @@ fn confirmed(tool: &str, confirm: bool, what: &str) -> Result<(), CodedError> {
         error_codes::CONFIRMATION_REQUIRED,
         format!("{tool} {what}; nothing was done: call it again with `confirm: true`"),
     ))
-}
-
-fn cli(argv: Vec<String>) -> Plan {
-    Plan::Cli { argv, wrap: None }
-}
-
-fn cli_wrapped(argv: Vec<String>, key: &'static str) -> Plan {
-    Plan::Cli {
-        argv,
-        wrap: Some(key),
-    }
 }
 
 /// How to carry out a call of `tool` with `args` (its JSON arguments):
@@ -869,11 +844,12 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         }
         "parhelia_checkpoint_diff" => {
             let a: CheckpointDiffArgs = parse(tool, args)?;
-            let mut argv = words(&["checkpoint", "diff", "--json"]);
-            opt(&mut argv, "--file", &a.file);
-            flag(&mut argv, "--conversation", a.conversation);
-            argv.extend(["--".into(), a.a, a.b]);
-            cli(argv)
+            Plan::Direct(Direct::CheckpointDiff {
+                a: a.a,
+                b: a.b,
+                file: a.file,
+                conversation: a.conversation,
+            })
         }
         "parhelia_checkpoint_restore" => {
             let a: CheckpointRestoreArgs = parse(tool, args)?;
@@ -915,10 +891,10 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
         }
         "parhelia_session_logs" => {
             let a: SessionLogsArgs = parse(tool, args)?;
-            let mut argv = words(&["session", "logs", "--json"]);
-            opt(&mut argv, "--lines", &a.lines.map(|n| n.to_string()));
-            argv.extend(["--".into(), a.session_id]);
-            cli_wrapped(argv, "lines")
+            Plan::Direct(Direct::SessionLogs {
+                session_id: a.session_id,
+                lines: a.lines.unwrap_or(crate::cli::session::DEFAULT_LOG_LINES),
+            })
         }
         "parhelia_session_pull" => {
             let a: SessionPullArgs = parse(tool, args)?;
@@ -1062,139 +1038,19 @@ mod tests {
         assert!(TOOLS.len() >= 24, "{} tools", TOOLS.len());
     }
 
-    /// Every tool's arguments parse as the CLI's (each plan that runs a
-    /// command is a valid `parhelia` command line).
+    /// Every tool but the events ones makes the CLI command's own call (no
+    /// command line, no captured output).
     #[test]
-    fn every_planned_command_line_parses() {
-        use clap::Parser;
-        let samples: &[(&str, Value)] = &[
-            (
-                "parhelia_task_create",
-                serde_json::json!({"prompt": "--help", "gpu": "A10G", "memory": "16", "wait": true}),
-            ),
-            (
-                "parhelia_task_list",
-                serde_json::json!({"status": "running"}),
-            ),
-            (
-                "parhelia_task_show",
-                serde_json::json!({"task_id": "task-1"}),
-            ),
-            ("parhelia_task_dispatch", serde_json::json!({})),
-            (
-                "parhelia_task_dispatch",
-                serde_json::json!({"task_ids": ["a", "b"]}),
-            ),
-            (
-                "parhelia_task_cancel",
-                serde_json::json!({"task_id": "t", "confirm": true}),
-            ),
-            ("parhelia_task_retry", serde_json::json!({"task_id": "t"})),
-            (
-                "parhelia_task_delete",
-                serde_json::json!({"task_ids": ["t"], "confirm": true}),
-            ),
-            (
-                "parhelia_containers",
-                serde_json::json!({"state": "running"}),
-            ),
-            (
-                "parhelia_container_show",
-                serde_json::json!({"container_id": "c"}),
-            ),
-            (
-                "parhelia_container_events",
-                serde_json::json!({"container_id": "c"}),
-            ),
-            (
-                "parhelia_container_terminate",
-                serde_json::json!({"container_id": "c", "confirm": true}),
-            ),
-            (
-                "parhelia_events_list",
-                serde_json::json!({"types": ["tool_call"], "task": "t", "limit": 0}),
-            ),
-            (
-                "parhelia_checkpoint_create",
-                serde_json::json!({"session_id": "s", "message": "m"}),
-            ),
-            ("parhelia_checkpoint_list", serde_json::json!({})),
-            (
-                "parhelia_checkpoint_show",
-                serde_json::json!({"checkpoint_id": "k"}),
-            ),
+    fn the_tools_call_the_service_directly() {
+        for (tool, args) in [
             (
                 "parhelia_checkpoint_diff",
                 serde_json::json!({"a": "k1", "b": "k2", "conversation": true}),
             ),
             (
-                "parhelia_checkpoint_restore",
-                serde_json::json!({"checkpoint_id": "k", "confirm": true}),
-            ),
-            (
-                "parhelia_resume",
-                serde_json::json!({"session_id": "s", "message": "go on"}),
-            ),
-            ("parhelia_session_list", serde_json::json!({})),
-            (
-                "parhelia_session_show",
-                serde_json::json!({"session_id": "s"}),
-            ),
-            (
-                "parhelia_session_send",
-                serde_json::json!({"session_id": "s", "text": "-x"}),
-            ),
-            (
                 "parhelia_session_logs",
                 serde_json::json!({"session_id": "s", "lines": 5}),
             ),
-            (
-                "parhelia_session_pull",
-                serde_json::json!({"session_id": "s", "force": true, "confirm": true}),
-            ),
-            (
-                "parhelia_session_kill",
-                serde_json::json!({"session_id": "s", "confirm": true}),
-            ),
-            ("parhelia_budget_status", serde_json::json!({})),
-            (
-                "parhelia_budget_estimate",
-                serde_json::json!({"gpu": "A100", "timeout": "2h"}),
-            ),
-            (
-                "parhelia_budget_set",
-                serde_json::json!({"amount": "50", "daily": "none", "confirm": true}),
-            ),
-            ("parhelia_budget_history", serde_json::json!({"by": "task"})),
-            ("parhelia_reconciler_status", serde_json::json!({})),
-            (
-                "parhelia_reconciler_run",
-                serde_json::json!({"dry_run": true}),
-            ),
-            (
-                "parhelia_cleanup",
-                serde_json::json!({"terminate": true, "confirm": true}),
-            ),
-        ];
-        for (tool, args) in samples {
-            match plan(tool, args.clone()) {
-                Ok(Plan::Cli { argv, .. }) => {
-                    let line = std::iter::once("parhelia".to_string()).chain(argv.clone());
-                    crate::cli::Cli::try_parse_from(line)
-                        .unwrap_or_else(|e| panic!("{tool}: {argv:?}: {e}"));
-                }
-                Ok(Plan::Direct(_)) => {}
-                Ok(_) => panic!("{tool}: not a command line"),
-                Err(e) => panic!("{tool}: {}", e.message),
-            }
-        }
-    }
-
-    /// These tools make the CLI command's own call (no command line, no captured
-    /// output); the rest still run a command line in-process.
-    #[test]
-    fn the_converted_tools_call_the_service_directly() {
-        for (tool, args) in [
             ("parhelia_task_create", serde_json::json!({"prompt": "p"})),
             (
                 "parhelia_budget_estimate",
