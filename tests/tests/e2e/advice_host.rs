@@ -15,8 +15,10 @@ use parhelia_testkit::harness::Harness;
 use parhelia_testkit::model_stand_in::WhenExhausted;
 use parhelia_testkit::{Script, ToolCall, Turn};
 
+/// What a person reads on stderr: the progress lines (`--progress auto` prints them
+/// off a terminal) checked and left out.
 fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    parhelia_testkit::harness::without_progress(&String::from_utf8_lossy(&out.stderr))
 }
 
 /// `out` failed with `code`; returns its stderr.
