@@ -656,15 +656,31 @@ pub async fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
         return Ok(0);
     }
     effective?;
+    // A coordinator that holds the state directory but did not answer runs with a
+    // configuration this command cannot read: the files are shown, saying so, never
+    // as if none ran.
+    let silent = coordinator_client::lock_holder(&state);
     let loaded = crate::config::load(state.root(), &ctx.set)?;
     if json {
         print_json(&serde_json::json!({
             "files": loaded.files,
             "settings": loaded.settings,
             "unknown_keys": loaded.unknown_keys,
+            "coordinator_not_answering": silent.map(|h| serde_json::json!({
+                "pid": h.pid,
+                "stopped": h.stopped,
+            })),
         }))?;
     } else {
         loaded.warn_unknown_keys();
+        if let Some(holder) = silent {
+            outln!(
+                "# a coordinator ({}) holds the state directory and did not answer: what it \
+                 runs with cannot be read; these are the files, as a coordinator started now \
+                 would read them (`parhelia coordinator status`)",
+                holder.describe()
+            );
+        }
         out!("{}", crate::config::show_text(&loaded));
     }
     Ok(0)

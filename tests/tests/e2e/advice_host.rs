@@ -355,6 +355,22 @@ fn e504_a_coordinator_that_does_not_answer_is_named_and_stopped_as_advised() {
     let shown = h.json(&["coordinator", "status", "--json"]);
     assert_eq!(shown["running"], false, "{shown:#}");
     assert_eq!(shown["not_answering_pid"], pid, "{shown:#}");
+    // `config show` cannot read what it runs with, and says so (it used to print the
+    // files as if no coordinator ran).
+    let config = h.ok(&["config", "show"]);
+    assert!(
+        config.starts_with(&format!("# a coordinator (pid {pid}, stopped")),
+        "{config}"
+    );
+    let config = h.json(&["config", "show", "--json"]);
+    assert_eq!(
+        config["coordinator_not_answering"]["pid"], pid,
+        "{config:#}"
+    );
+    assert_eq!(
+        config["coordinator_not_answering"]["stopped"], true,
+        "{config:#}"
+    );
     let stopped = h.ok(&["coordinator", "stop"]);
     assert!(
         stopped.contains(&format!("coordinator stopped (pid {pid}")),
