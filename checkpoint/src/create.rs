@@ -377,6 +377,7 @@ impl HintContext<'_, '_, '_> {
                     if let Some(o) = old {
                         if stat_unchanged(o, &r) {
                             r.content = o.content;
+                            r.chunked = o.chunked;
                             r.racy = o.racy;
                         }
                         if *o == r {
@@ -575,7 +576,10 @@ fn decide<'p>(
                 let records = scan_subtree_with(&spec.root, b"", &excludes, &mut |r| {
                     if r.kind == RawKind::File {
                         match prev.binary_search_by(|p| p.path.as_slice().cmp(&r.path)) {
-                            Ok(j) if stat_unchanged(&prev[j], r) => r.content = prev[j].content,
+                            Ok(j) if stat_unchanged(&prev[j], r) => {
+                                r.content = prev[j].content;
+                                r.chunked = prev[j].chunked;
+                            }
                             _ => send(&r.path),
                         }
                     }
@@ -612,6 +616,7 @@ impl Store {
         let trace = crate::store::PhaseTrace::new();
         let _lock = self.lock(true)?;
         self.clean_tmp()?;
+        self.upgrade_marker()?;
         trace.mark("locked");
         let parent = match &req.parent {
             Some(id) => Some(self.load(id)?),
@@ -635,6 +640,11 @@ impl Store {
             t0_ns,
             layers_dir: self.layers_dir.clone(),
             checked: Mutex::new(HashMap::new()),
+            trusted_layers: parent
+                .as_ref()
+                .map(|p| p.layers.iter().copied().collect())
+                .unwrap_or_default(),
+            maps: Mutex::new(HashMap::new()),
         };
         let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace);
         if result.is_err() {
@@ -712,6 +722,7 @@ impl Store {
             .map(|(f, _)| std::thread::spawn(move || f.sync_data()));
         let apply = |r: &mut Record, h: &crate::scan::Hashed| {
             r.content = Some(h.content);
+            r.chunked = h.chunked;
             r.mode = h.mode;
             r.size = h.size;
             r.mtime_ns = h.mtime_ns;
@@ -886,13 +897,30 @@ impl Store {
                 for built in trees_out.iter_mut().flatten() {
                     let mut new = Vec::new();
                     if let Some(records) = &built.records {
-                        for c in std::iter::once(&built.chunk.blob)
-                            .chain(records.iter().filter_map(|r| r.content.as_ref()))
-                        {
+                        let mut named: Vec<BlobId> = vec![built.chunk.blob];
+                        for r in records {
+                            let Some(c) = r.content else { continue };
+                            named.push(c);
+                            if r.chunked {
+                                // A chunked file names its map and the map's chunks.
+                                let known = session.maps.lock().expect("poisoned").get(&c).cloned();
+                                match known {
+                                    Some(parts) => named.extend(parts),
+                                    None => named.extend(
+                                        loader
+                                            .read_map(&c, r.size)?
+                                            .chunks
+                                            .iter()
+                                            .map(|(id, _)| *id),
+                                    ),
+                                }
+                            }
+                        }
+                        for (i, c) in named.iter().enumerate() {
                             if written.contains(c) {
                                 new.push(*c);
                             } else {
-                                built.layers.insert(locate(c, c == &built.chunk.blob)?);
+                                built.layers.insert(locate(c, i == 0)?);
                             }
                         }
                     }

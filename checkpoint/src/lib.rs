@@ -27,6 +27,7 @@ pub mod durable;
 mod entry;
 mod error;
 mod exclude;
+mod filemap;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;

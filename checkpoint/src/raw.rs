@@ -123,6 +123,7 @@ pub fn write_checkpoint_with(
             ino: 0,
             racy: true,
             content,
+            chunked: false,
             link: e.link.clone(),
         });
     }
