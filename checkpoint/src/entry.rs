@@ -455,6 +455,27 @@ mod tests {
     }
 
     #[test]
+    fn chunks_with_chunked_files_use_format_2_and_others_stay_format_1() {
+        let whole = vec![rec("a", RawKind::Dir), rec("a/b", RawKind::File)];
+        let enc = encode_chunk(&whole);
+        assert_eq!(enc[0], 1);
+        let mut mapped = whole.clone();
+        mapped[1].chunked = true;
+        let enc2 = encode_chunk(&mapped);
+        assert_eq!(enc2[0], 2);
+        assert_eq!(decode_chunk(&enc2).unwrap(), mapped);
+        // The digest tells a chunked file from a whole one naming the same blob.
+        assert_ne!(content_digest(&whole), content_digest(&mapped));
+        // The content form byte is the last byte of this chunk: 2 is unknown.
+        let mut bad = enc2.clone();
+        *bad.last_mut().unwrap() = 2;
+        assert_eq!(decode_chunk(&bad).unwrap_err().code(), "E620");
+        for n in 0..enc2.len() {
+            assert_eq!(decode_chunk(&enc2[..n]).unwrap_err().code(), "E620");
+        }
+    }
+
+    #[test]
     fn truncated_chunks_are_corrupt() {
         let rs = vec![rec("a", RawKind::Dir), rec("a/b", RawKind::File)];
         let enc = encode_chunk(&rs);

@@ -15,8 +15,10 @@
 use crate::codec::{BlobId, Cursor, put_varint};
 use crate::error::{CheckpointError, Result};
 
-/// Files of at least this many bytes are stored in chunks; smaller ones stay whole.
-pub const CHUNKED_MIN: u64 = 1 << 20;
+/// Files of at least this many bytes (one maximum chunk) are stored in chunks; smaller ones
+/// stay whole. Low, because a file that crosses it is stored again once, whole: a
+/// transcript that starts small pays for ~256 KiB once, not for ~1 MiB.
+pub const CHUNKED_MIN: u64 = 256 << 10;
 /// FastCDC sizes: a 50 KB append re-stores the old last chunk (≤ `CDC_MAX`, 64 KiB on
 /// average) plus the appended bytes, and the map costs 33–36 bytes per chunk.
 pub const CDC_MIN: u32 = 16 << 10;

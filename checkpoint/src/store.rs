@@ -32,7 +32,7 @@ use crate::manifest::{CheckpointId, ChunkRef, Manifest, TreeManifest};
 use crate::mindex::{BlobMap, CachedLayer, LayerStat, MergedIndex};
 
 const STORE_FORMAT: &str = "parhelia-checkpoint-store";
-/// 2: files of at least 1 MiB may be stored in chunks (chunk maps, entry chunk format 2).
+/// 2: files of at least 256 KiB may be stored in chunks (chunk maps, entry chunk format 2).
 /// Version 1 stores are read as they are and marked 2 by their next `create`.
 const STORE_VERSION: u32 = 2;
 

@@ -200,10 +200,10 @@ fn cases() -> u32 {
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
-    /// Whatever the size (around the 1 MiB threshold) and the edits, every checkpoint of a
+    /// Whatever the size (from below the 256 KiB threshold) and the edits, every checkpoint of a
     /// chunked file restores byte-identical, alone or after later ones were made.
     #[test]
-    fn chunked_files_round_trip(size in 900_000usize..3_000_000, seed in 0u64..1000, edits in prop::collection::vec(edit(), 1..5)) {
+    fn chunked_files_round_trip(size in 200_000usize..3_000_000, seed in 0u64..1000, edits in prop::collection::vec(edit(), 1..5)) {
         let t = tempfile::tempdir().unwrap();
         let ws = t.path().join("ws");
         let mut data = jsonl(size, seed);
@@ -241,5 +241,146 @@ proptest! {
             prop_assert_eq!(&store.read_file(id, "w", Path::new("f")).unwrap(), want);
         }
         prop_assert!(store.check(CheckDepth::Full).unwrap().is_ok());
+    }
+}
+
+mod hostile_maps {
+    use super::*;
+    use parhelia_checkpoint::raw::{RawEntry, RawOptions, write_checkpoint_with};
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// A chunk map as the format describes it: format 1, count, (length, blake3) per chunk.
+    fn map(count: u64, chunks: &[(u64, [u8; 32])]) -> Vec<u8> {
+        let mut out = vec![1u8];
+        varint(&mut out, count);
+        for (len, id) in chunks {
+            varint(&mut out, *len);
+            out.extend_from_slice(id);
+        }
+        out
+    }
+
+    fn hash(d: &[u8]) -> [u8; 32] {
+        *blake3::hash(d).as_bytes()
+    }
+
+    /// Writes a hand-made checkpoint with one chunked file `f` (map `m`, chunks stored,
+    /// declared size `size`), and checks every reader: verify, check, restore (target
+    /// untouched), read_file, diff; `want` is `None` for an honest store.
+    fn readers(m: Vec<u8>, chunks: Vec<Vec<u8>>, size: u64, want: Option<&str>) {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let entries = vec![RawEntry::file("f", &m)];
+        let opts = RawOptions {
+            chunked: vec![(0, chunks.clone())],
+            sizes: vec![(0, size)],
+            ..Default::default()
+        };
+        let id = write_checkpoint_with(&store, "w", &entries, &opts, |_| {}).unwrap();
+        let target = t.path().join("target");
+        write(&target, "keep.txt", b"untouched\n");
+        match want {
+            Some(code) => {
+                assert_eq!(store.verify(&id).unwrap_err().code(), code);
+                assert_eq!(
+                    store.restore_tree(&id, "w", &target).unwrap_err().code(),
+                    code
+                );
+                assert_eq!(fs::read(target.join("keep.txt")).unwrap(), b"untouched\n");
+                assert!(store.read_file(&id, "w", Path::new("f")).is_err());
+                let health = store.check(CheckDepth::Full).unwrap();
+                assert_eq!(health.checkpoints[0].code, Some(code), "{health:#?}");
+            }
+            None => {
+                store.verify(&id).unwrap();
+                store.restore_tree(&id, "w", &target).unwrap();
+                assert_eq!(fs::read(target.join("f")).unwrap(), chunks.concat());
+                assert_eq!(
+                    store.read_file(&id, "w", Path::new("f")).unwrap(),
+                    chunks.concat()
+                );
+                assert!(store.check(CheckDepth::Full).unwrap().is_ok());
+            }
+        }
+        // A diff against itself reads only entries: never a panic.
+        let _ = store.diff(&id, &id);
+    }
+
+    #[test]
+    fn an_honest_hand_made_chunked_file_restores() {
+        let (a, b) = (vec![1u8; 70_000], vec![2u8; 5]);
+        let m = map(2, &[(70_000, hash(&a)), (5, hash(&b))]);
+        readers(m, vec![a, b], 70_005, None);
+    }
+
+    #[test]
+    fn lying_chunk_maps_are_damage_never_a_panic_or_an_allocation() {
+        let a = vec![7u8; 1000];
+        let ha = hash(&a);
+        // A count far beyond the map's bytes (refused before allocating).
+        readers(
+            map(u64::MAX >> 1, &[(1000, ha)]),
+            vec![a.clone()],
+            1000,
+            Some("E620"),
+        );
+        readers(
+            map(1 << 40, &[(1000, ha)]),
+            vec![a.clone()],
+            1000,
+            Some("E620"),
+        );
+        // Lengths that do not add up to the entry's size, either way.
+        readers(map(1, &[(1000, ha)]), vec![a.clone()], 999, Some("E620"));
+        readers(
+            map(1, &[(1000, ha)]),
+            vec![a.clone()],
+            1_000_000,
+            Some("E620"),
+        );
+        // A chunk the map says is longer than it is indexed (and one over the bound).
+        readers(map(1, &[(1001, ha)]), vec![a.clone()], 1001, Some("E620"));
+        // (A file declaring u64::MAX bytes is over the tree's byte cap first: E624.)
+        readers(
+            map(1, &[(u64::MAX, ha)]),
+            vec![a.clone()],
+            u64::MAX,
+            Some("E624"),
+        );
+        readers(
+            map(1, &[(u64::MAX, ha)]),
+            vec![a.clone()],
+            1 << 30,
+            Some("E620"),
+        );
+        readers(
+            map(2, &[(u64::MAX / 2 + 1, ha), (u64::MAX / 2 + 1, ha)]),
+            vec![a.clone()],
+            0,
+            Some("E620"),
+        );
+        // A zero-length chunk, a missing chunk, trailing bytes, an unknown map format.
+        readers(map(1, &[(0, ha)]), vec![a.clone()], 0, Some("E620"));
+        readers(
+            map(1, &[(1000, [9; 32])]),
+            vec![a.clone()],
+            1000,
+            Some("E620"),
+        );
+        let mut trailing = map(1, &[(1000, ha)]);
+        trailing.push(0);
+        readers(trailing, vec![a.clone()], 1000, Some("E620"));
+        let mut v2 = map(1, &[(1000, ha)]);
+        v2[0] = 2;
+        readers(v2, vec![a.clone()], 1000, Some("E620"));
+        // A map that is not a map at all.
+        readers(b"hello".to_vec(), vec![a], 5, Some("E620"));
     }
 }
