@@ -645,6 +645,7 @@ impl Store {
                 .map(|p| p.layers.iter().copied().collect())
                 .unwrap_or_default(),
             maps: Mutex::new(HashMap::new()),
+            compress_ns: AtomicU64::new(0),
         };
         let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace);
         if result.is_err() {
@@ -670,6 +671,8 @@ impl Store {
         trace: &crate::store::PhaseTrace,
     ) -> Result<CreateOutcome> {
         let mut loader = ChunkLoader::new(&self.layers_dir, index);
+        let started_ns = now_ns();
+        let walked_ns = std::cell::Cell::new(started_ns);
         // 1+2. Decide what to (re-)read in each tree while workers hash (and store) every
         // file that needs it, as soon as the walk finds it.
         let (tx, rx) = mpsc::channel::<HashJob>();
@@ -693,6 +696,7 @@ impl Store {
             };
             let decided = decide(req, parent, &mut loader, &submit);
             trace.mark("trees examined");
+            walked_ns.set(now_ns());
             drop(tx);
             if decided.is_err() {
                 abort.store(true, Ordering::Relaxed);
@@ -711,6 +715,7 @@ impl Store {
             results[ti].insert(rel, h);
         }
         trace.mark("files hashed");
+        let hashed_ns = now_ns();
         // The layer's content frames are written: start flushing them to the disk while
         // the chunks are built, so the commit's fdatasync waits only for the rest.
         let early_flush = session
@@ -888,7 +893,11 @@ impl Store {
                         for (blob, enc) in part {
                             fb.add(&session.sink, *blob, BlobKind::Chunk, enc, true)?;
                         }
-                        fb.flush(&session.sink)
+                        let flushed = fb.flush(&session.sink);
+                        session
+                            .compress_ns
+                            .fetch_add(fb.compress_ns, Ordering::Relaxed);
+                        flushed
                     })
                 })
                 .collect();
@@ -949,6 +958,7 @@ impl Store {
             .chain(sealed.as_ref().map(|s| s.index.clone()))
             .collect();
         trace.mark("layers sealed");
+        let sealed_ns = now_ns();
         let new_locations: HashMap<BlobId, BlobId> = finished
             .iter()
             .flat_map(|l| l.entries.iter().map(|e| (e.blob, l.layer)))
@@ -991,6 +1001,7 @@ impl Store {
                 chunks,
             });
         }
+        let ms = |ns: i64| (ns.max(0) / 1_000_000) as u64;
         let last_ms = self
             .manifest_ids()?
             .last()
@@ -1013,6 +1024,12 @@ impl Store {
                 hashed_files: session.hashed_files.load(Ordering::Relaxed),
                 written_bytes,
                 new_layers: finished.len() as u64,
+                phase_ms: Some(crate::manifest::PhaseMs {
+                    detect: ms(walked_ns.get() - started_ns),
+                    hash: ms(hashed_ns - walked_ns.get()),
+                    compress: session.compress_ns.load(Ordering::Relaxed) / 1_000_000,
+                    fsync: None,
+                }),
             },
             checksum: String::new(),
         };
@@ -1049,6 +1066,10 @@ impl Store {
         fs::rename(&tmp, &dest).io("commit manifest", &dest)?;
         sync_dir(&self.manifests_dir)?;
         trace.mark("manifest committed");
+        // The returned value also says how long the commit took (the file cannot).
+        if let Some(p) = &mut manifest.stats.phase_ms {
+            p.fsync = Some(ms(now_ns() - sealed_ns));
+        }
         self.remember_layers(&finished);
         self.refresh_index_cache();
         trace.mark("index cache refreshed");

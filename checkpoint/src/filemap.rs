@@ -99,6 +99,11 @@ pub fn chunker<R: std::io::Read>(source: R) -> fastcdc::v2020::StreamCDC<R> {
     fastcdc::v2020::StreamCDC::new(source, CDC_MIN, CDC_AVG, CDC_MAX)
 }
 
+/// The same cut points over bytes in memory (`chunker` and this agree: a test proves it).
+pub fn chunk_slices(data: &[u8]) -> fastcdc::v2020::FastCDC<'_> {
+    fastcdc::v2020::FastCDC::new(data, CDC_MIN, CDC_AVG, CDC_MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +156,10 @@ mod tests {
                 .map(|c| c.map(|c| (c.offset, c.length)).unwrap())
                 .collect()
         };
+        let in_memory: Vec<(u64, usize)> = chunk_slices(&data)
+            .map(|c| (c.offset as u64, c.length))
+            .collect();
+        assert_eq!(in_memory, cuts(&data), "streaming and in-memory cuts agree");
         let before = cuts(&data[..2 << 20]);
         let after = cuts(&data);
         assert!(before.len() > 8);

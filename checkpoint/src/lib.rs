@@ -54,7 +54,7 @@ pub use entry::{Entry, EntryKind};
 pub use error::CheckpointError;
 pub use health::{CheckDepth, CheckpointState, DamagedFile, Listed, StoreHealth};
 pub use limits::Limits;
-pub use manifest::{CheckpointId, ChunkRef, CreateStats, Manifest, TreeManifest};
+pub use manifest::{CheckpointId, ChunkRef, CreateStats, Manifest, PhaseMs, TreeManifest};
 pub use prune::{PruneStats, Retention};
 pub use repair::{RepairAction, RepairOptions, RepairReport, RepairSource, Unrepairable};
 pub use restore::{OnRestoreProgress, RestoreProgress, RestoreStats};

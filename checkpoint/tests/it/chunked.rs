@@ -384,3 +384,31 @@ mod hostile_maps {
         readers(b"hello".to_vec(), vec![a], 5, Some("E620"));
     }
 }
+
+#[test]
+fn a_checkpoint_records_where_its_time_went() {
+    let t = tempfile::tempdir().unwrap();
+    let ws = t.path().join("ws");
+    write(&ws, "t.jsonl", &jsonl(1 << 20, 12));
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let m = created(store.create(&unknown("c", &ws)).unwrap());
+    let p = m.stats.phase_ms.expect("phases recorded");
+    assert!(
+        p.fsync.is_some(),
+        "the returned value has the commit's time"
+    );
+    let loaded = store
+        .load(&m.id)
+        .unwrap()
+        .stats
+        .phase_ms
+        .expect("in the file");
+    assert_eq!(
+        (loaded.detect, loaded.hash, loaded.compress),
+        (p.detect, p.hash, p.compress)
+    );
+    assert_eq!(
+        loaded.fsync, None,
+        "the file cannot hold its own commit's time"
+    );
+}
