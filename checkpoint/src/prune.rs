@@ -118,12 +118,11 @@ impl Store {
                             let Some(content) = r.content else { continue };
                             blobs.push(content);
                             if r.chunked {
-                                if !map_chunks.contains_key(&content) {
+                                if let std::collections::hash_map::Entry::Vacant(v) =
+                                    map_chunks.entry(content)
+                                {
                                     let m = loader.read_map(&content, r.size)?;
-                                    map_chunks.insert(
-                                        content,
-                                        m.chunks.iter().map(|(id, _)| *id).collect(),
-                                    );
+                                    v.insert(m.chunks.iter().map(|(id, _)| *id).collect());
                                 }
                                 blobs.extend(map_chunks[&content].iter().copied());
                             }

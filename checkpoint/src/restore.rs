@@ -799,10 +799,12 @@ fn write_chunked_files(
                         "chunk {id} does not match its chunk map"
                     )));
                 }
-                if !readers.contains_key(&layer) {
-                    readers.insert(layer, LayerReader::open(layers_dir, &layer)?);
-                }
-                let reader = readers.get_mut(&layer).expect("inserted");
+                let reader = match readers.entry(layer) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(LayerReader::open(layers_dir, &layer)?)
+                    }
+                };
                 let end = e.end()?;
                 let whole = end <= WHOLE_FRAME_MAX
                     && (held == Some((layer, e.frame_offset))
