@@ -377,6 +377,7 @@ impl HintContext<'_, '_, '_> {
                     if let Some(o) = old {
                         if stat_unchanged(o, &r) {
                             r.content = o.content;
+                            r.chunked = o.chunked;
                             r.racy = o.racy;
                         }
                         if *o == r {
@@ -575,7 +576,10 @@ fn decide<'p>(
                 let records = scan_subtree_with(&spec.root, b"", &excludes, &mut |r| {
                     if r.kind == RawKind::File {
                         match prev.binary_search_by(|p| p.path.as_slice().cmp(&r.path)) {
-                            Ok(j) if stat_unchanged(&prev[j], r) => r.content = prev[j].content,
+                            Ok(j) if stat_unchanged(&prev[j], r) => {
+                                r.content = prev[j].content;
+                                r.chunked = prev[j].chunked;
+                            }
                             _ => send(&r.path),
                         }
                     }
@@ -612,6 +616,7 @@ impl Store {
         let trace = crate::store::PhaseTrace::new();
         let _lock = self.lock(true)?;
         self.clean_tmp()?;
+        self.upgrade_marker()?;
         trace.mark("locked");
         let parent = match &req.parent {
             Some(id) => Some(self.load(id)?),
@@ -635,6 +640,12 @@ impl Store {
             t0_ns,
             layers_dir: self.layers_dir.clone(),
             checked: Mutex::new(HashMap::new()),
+            trusted_layers: parent
+                .as_ref()
+                .map(|p| p.layers.iter().copied().collect())
+                .unwrap_or_default(),
+            maps: Mutex::new(HashMap::new()),
+            compress_ns: AtomicU64::new(0),
         };
         let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace);
         if result.is_err() {
@@ -660,6 +671,8 @@ impl Store {
         trace: &crate::store::PhaseTrace,
     ) -> Result<CreateOutcome> {
         let mut loader = ChunkLoader::new(&self.layers_dir, index);
+        let started_ns = now_ns();
+        let walked_ns = std::cell::Cell::new(started_ns);
         // 1+2. Decide what to (re-)read in each tree while workers hash (and store) every
         // file that needs it, as soon as the walk finds it.
         let (tx, rx) = mpsc::channel::<HashJob>();
@@ -683,6 +696,7 @@ impl Store {
             };
             let decided = decide(req, parent, &mut loader, &submit);
             trace.mark("trees examined");
+            walked_ns.set(now_ns());
             drop(tx);
             if decided.is_err() {
                 abort.store(true, Ordering::Relaxed);
@@ -701,6 +715,7 @@ impl Store {
             results[ti].insert(rel, h);
         }
         trace.mark("files hashed");
+        let hashed_ns = now_ns();
         // The layer's content frames are written: start flushing them to the disk while
         // the chunks are built, so the commit's fdatasync waits only for the rest.
         let early_flush = session
@@ -712,6 +727,7 @@ impl Store {
             .map(|(f, _)| std::thread::spawn(move || f.sync_data()));
         let apply = |r: &mut Record, h: &crate::scan::Hashed| {
             r.content = Some(h.content);
+            r.chunked = h.chunked;
             r.mode = h.mode;
             r.size = h.size;
             r.mtime_ns = h.mtime_ns;
@@ -877,7 +893,11 @@ impl Store {
                         for (blob, enc) in part {
                             fb.add(&session.sink, *blob, BlobKind::Chunk, enc, true)?;
                         }
-                        fb.flush(&session.sink)
+                        let flushed = fb.flush(&session.sink);
+                        session
+                            .compress_ns
+                            .fetch_add(fb.compress_ns, Ordering::Relaxed);
+                        flushed
                     })
                 })
                 .collect();
@@ -886,13 +906,30 @@ impl Store {
                 for built in trees_out.iter_mut().flatten() {
                     let mut new = Vec::new();
                     if let Some(records) = &built.records {
-                        for c in std::iter::once(&built.chunk.blob)
-                            .chain(records.iter().filter_map(|r| r.content.as_ref()))
-                        {
+                        let mut named: Vec<BlobId> = vec![built.chunk.blob];
+                        for r in records {
+                            let Some(c) = r.content else { continue };
+                            named.push(c);
+                            if r.chunked {
+                                // A chunked file names its map and the map's chunks.
+                                let known = session.maps.lock().expect("poisoned").get(&c).cloned();
+                                match known {
+                                    Some(parts) => named.extend(parts),
+                                    None => named.extend(
+                                        loader
+                                            .read_map(&c, r.size)?
+                                            .chunks
+                                            .iter()
+                                            .map(|(id, _)| *id),
+                                    ),
+                                }
+                            }
+                        }
+                        for (i, c) in named.iter().enumerate() {
                             if written.contains(c) {
                                 new.push(*c);
                             } else {
-                                built.layers.insert(locate(c, c == &built.chunk.blob)?);
+                                built.layers.insert(locate(c, i == 0)?);
                             }
                         }
                     }
@@ -921,6 +958,7 @@ impl Store {
             .chain(sealed.as_ref().map(|s| s.index.clone()))
             .collect();
         trace.mark("layers sealed");
+        let sealed_ns = now_ns();
         let new_locations: HashMap<BlobId, BlobId> = finished
             .iter()
             .flat_map(|l| l.entries.iter().map(|e| (e.blob, l.layer)))
@@ -963,6 +1001,7 @@ impl Store {
                 chunks,
             });
         }
+        let ms = |ns: i64| (ns.max(0) / 1_000_000) as u64;
         let last_ms = self
             .manifest_ids()?
             .last()
@@ -985,6 +1024,12 @@ impl Store {
                 hashed_files: session.hashed_files.load(Ordering::Relaxed),
                 written_bytes,
                 new_layers: finished.len() as u64,
+                phase_ms: Some(crate::manifest::PhaseMs {
+                    detect: ms(walked_ns.get() - started_ns),
+                    hash: ms(hashed_ns - walked_ns.get()),
+                    compress: session.compress_ns.load(Ordering::Relaxed) / 1_000_000,
+                    fsync: None,
+                }),
             },
             checksum: String::new(),
         };
@@ -1021,6 +1066,10 @@ impl Store {
         fs::rename(&tmp, &dest).io("commit manifest", &dest)?;
         sync_dir(&self.manifests_dir)?;
         trace.mark("manifest committed");
+        // The returned value also says how long the commit took (the file cannot).
+        if let Some(p) = &mut manifest.stats.phase_ms {
+            p.fsync = Some(ms(now_ns() - sealed_ns));
+        }
         self.remember_layers(&finished);
         self.refresh_index_cache();
         trace.mark("index cache refreshed");

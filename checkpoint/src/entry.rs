@@ -95,6 +95,8 @@ pub struct Record {
     /// keep the same stat; the next scan must re-hash it.
     pub racy: bool,
     pub content: Option<BlobId>,
+    /// Files only: `content` names a chunk map (`filemap.rs`), not the content itself.
+    pub chunked: bool,
     pub link: Vec<u8>,
 }
 
@@ -129,15 +131,29 @@ impl Record {
         buf.extend_from_slice(&self.content.map(|c| c.0).unwrap_or([0; 32]));
         put_varint(buf, self.link.len() as u64);
         buf.extend_from_slice(&self.link);
+        if self.chunked {
+            // Only chunked files add a byte: whole files digest as in format 1.
+            buf.push(1);
+        }
     }
 }
 
-const CHUNK_FORMAT: u8 = 1;
+/// Format 1: files name their content blob. Format 2 (store version 2) adds, after each
+/// file's content id, a byte saying what it names (0 the content, 1 a chunk map). A chunk
+/// without chunked files is written in format 1, so the encoding stays a pure function of
+/// the records and such chunks are the same blobs as before.
+const CHUNK_FORMAT_WHOLE: u8 = 1;
+const CHUNK_FORMAT_MAPS: u8 = 2;
 
 /// Encodes sorted records as one entry chunk (docs/formats/checkpoint.md, "Entry chunks").
 pub fn encode_chunk(records: &[Record]) -> Vec<u8> {
     let mut out = Vec::with_capacity(records.len() * 80 + 8);
-    out.push(CHUNK_FORMAT);
+    let format = if records.iter().any(|r| r.chunked) {
+        CHUNK_FORMAT_MAPS
+    } else {
+        CHUNK_FORMAT_WHOLE
+    };
+    out.push(format);
     put_varint(&mut out, records.len() as u64);
     let mut prev: &[u8] = &[];
     for r in records {
@@ -154,6 +170,9 @@ pub fn encode_chunk(records: &[Record]) -> Vec<u8> {
         out.push(u8::from(r.racy));
         if r.kind == RawKind::File {
             out.extend_from_slice(&r.content.map(|c| c.0).unwrap_or([0; 32]));
+            if format == CHUNK_FORMAT_MAPS {
+                out.push(u8::from(r.chunked));
+            }
         }
         if r.kind.has_link() {
             put_varint(&mut out, r.link.len() as u64);
@@ -168,7 +187,7 @@ pub fn encode_chunk(records: &[Record]) -> Vec<u8> {
 pub fn decode_chunk(data: &[u8]) -> Result<Vec<Record>> {
     let mut c = Cursor::new(data, "entry chunk");
     let format = c.u8()?;
-    if format != CHUNK_FORMAT {
+    if format != CHUNK_FORMAT_WHOLE && format != CHUNK_FORMAT_MAPS {
         return Err(CheckpointError::corrupt(format!(
             "unsupported entry chunk format {format}"
         )));
@@ -198,6 +217,17 @@ pub fn decode_chunk(data: &[u8]) -> Result<Vec<Record>> {
         let content = (kind == RawKind::File)
             .then(|| c.array::<32>().map(BlobId))
             .transpose()?;
+        let chunked = kind == RawKind::File
+            && format == CHUNK_FORMAT_MAPS
+            && match c.u8()? {
+                0 => false,
+                1 => true,
+                b => {
+                    return Err(CheckpointError::corrupt(format!(
+                        "entry chunk has an unknown content form {b}"
+                    )));
+                }
+            };
         let link = if kind.has_link() {
             c.len_prefixed()?.to_vec()
         } else {
@@ -213,6 +243,7 @@ pub fn decode_chunk(data: &[u8]) -> Result<Vec<Record>> {
             ino,
             racy,
             content,
+            chunked,
             link,
         });
     }
@@ -404,6 +435,7 @@ mod tests {
             ino: 42,
             racy: true,
             content: (kind == RawKind::File).then(|| BlobId::of(b"abc")),
+            chunked: false,
             link: if kind == RawKind::Symlink {
                 b"../x".to_vec()
             } else {
@@ -420,6 +452,27 @@ mod tests {
             rec("a/c", RawKind::Symlink),
         ];
         assert_eq!(decode_chunk(&encode_chunk(&rs)).unwrap(), rs);
+    }
+
+    #[test]
+    fn chunks_with_chunked_files_use_format_2_and_others_stay_format_1() {
+        let whole = vec![rec("a", RawKind::Dir), rec("a/b", RawKind::File)];
+        let enc = encode_chunk(&whole);
+        assert_eq!(enc[0], 1);
+        let mut mapped = whole.clone();
+        mapped[1].chunked = true;
+        let enc2 = encode_chunk(&mapped);
+        assert_eq!(enc2[0], 2);
+        assert_eq!(decode_chunk(&enc2).unwrap(), mapped);
+        // The digest tells a chunked file from a whole one naming the same blob.
+        assert_ne!(content_digest(&whole), content_digest(&mapped));
+        // The content form byte is the last byte of this chunk: 2 is unknown.
+        let mut bad = enc2.clone();
+        *bad.last_mut().unwrap() = 2;
+        assert_eq!(decode_chunk(&bad).unwrap_err().code(), "E620");
+        for n in 0..enc2.len() {
+            assert_eq!(decode_chunk(&enc2[..n]).unwrap_err().code(), "E620");
+        }
     }
 
     #[test]

@@ -40,10 +40,19 @@ pub fn parse_manifest_body(body: &[u8]) -> bool {
 }
 
 /// An entry chunk (tree records): decode, validate as a tree, and apply the limits
-/// checks a restore applies.
+/// checks a restore applies. The same bytes are also decoded as a chunk map (store
+/// version 2) of a file of every size its lengths could sum to, and of a few others.
 pub fn parse_tree_records(data: &[u8]) -> bool {
+    for size in [0, 1, data.len() as u64, u64::MAX] {
+        let _ = crate::filemap::decode_map(data, size);
+    }
+    // The size its lengths claim, if they are well formed: the accepting path.
+    let map_ok = sum_of_map_lengths(data)
+        .and_then(|total| crate::filemap::decode_map(data, total))
+        .map(|m| m.encode() == data)
+        .unwrap_or(false);
     let Ok(records) = decode_chunk(data) else {
-        return false;
+        return map_ok;
     };
     let limits = Limits::default();
     for r in &records {
@@ -51,7 +60,7 @@ pub fn parse_tree_records(data: &[u8]) -> bool {
         let _ = crate::limits::check_path_len(&limits, &r.path, "path");
         let _ = crate::limits::check_components(&r.path);
     }
-    validate_tree(&records).is_ok()
+    validate_tree(&records).is_ok() || map_ok
 }
 
 /// A layer index body (everything before its checksum; the checksum is appended), parsed
@@ -138,4 +147,17 @@ fn read_layer_file(dir: &Path, id: &BlobId) -> bool {
     let deadline = Deadline::new(std::time::Duration::from_secs(10));
     let _ = crate::verify::verify_contents(&blobs, dir, 1, deadline);
     any
+}
+
+/// The sum of the lengths a chunk map's bytes list (an error when they are not well formed).
+fn sum_of_map_lengths(data: &[u8]) -> crate::error::Result<u64> {
+    let mut c = crate::codec::Cursor::new(data, "chunk map");
+    c.u8()?;
+    let n = c.varint()?;
+    let mut total = 0u64;
+    for _ in 0..n.min(data.len() as u64) {
+        total = total.saturating_add(c.varint()?);
+        c.array::<32>()?;
+    }
+    Ok(total)
 }

@@ -469,12 +469,23 @@ impl Store {
             let records = self.tree_records(t, &mut loader)?;
             crate::entry::validate_tree(&records)?;
             self.check_record_limits(t, &records)?;
+            let mut maps_seen = std::collections::HashSet::new();
             for r in &records {
                 let Some(c) = &r.content else { continue };
-                let ok = map
-                    .get_all(c)
-                    .iter()
-                    .any(|(_, e)| e.kind == BlobKind::Content && e.len == r.size);
+                let indexed = |blob: &BlobId, len: u64| {
+                    map.get_all(blob)
+                        .iter()
+                        .any(|(_, e)| e.kind == BlobKind::Content && e.len == len)
+                };
+                let ok = if r.chunked {
+                    // The map (read and hashed) and every chunk it lists, of its length.
+                    !maps_seen.insert(*c) || {
+                        let m = loader.read_map(c, r.size)?;
+                        m.chunks.iter().all(|(id, len)| indexed(id, *len))
+                    }
+                } else {
+                    indexed(c, r.size)
+                };
                 if !ok {
                     return Err(CheckpointError::corrupt(format!(
                         "content of {:?} is missing from the store",

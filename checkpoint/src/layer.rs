@@ -743,6 +743,8 @@ pub struct FrameBuilder {
     pub compressor: zstd::bulk::Compressor<'static>,
     /// For entry chunks' own frames (`CHUNK_ZSTD_LEVEL`), made on first use.
     chunk_compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// Nanoseconds spent compressing (for `CreateStats::phase_ms`).
+    pub compress_ns: u64,
 }
 
 fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
@@ -760,6 +762,7 @@ impl FrameBuilder {
             blobs: Vec::new(),
             compressor: compressor(ZSTD_LEVEL)?,
             chunk_compressor: None,
+            compress_ns: 0,
         })
     }
 
@@ -771,11 +774,14 @@ impl FrameBuilder {
                 slot => slot.insert(compressor(CHUNK_ZSTD_LEVEL)?),
             },
         };
-        c.compress(data).map_err(|e| CheckpointError::Io {
+        let t0 = std::time::Instant::now();
+        let out = c.compress(data).map_err(|e| CheckpointError::Io {
             op: "compress",
             path: PathBuf::new(),
             source: e,
-        })
+        });
+        self.compress_ns += t0.elapsed().as_nanos() as u64;
+        out
     }
 
     /// Adds a blob held in memory. `own_frame` puts it in frames of its own (entry chunks,

@@ -27,6 +27,7 @@ pub mod durable;
 mod entry;
 mod error;
 mod exclude;
+mod filemap;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
@@ -55,7 +56,7 @@ pub use error::CheckpointError;
 pub use health::{CheckDepth, CheckpointState, DamagedFile, Listed, StoreHealth};
 pub use limits::Limits;
 pub use lock_holder::flock_holders;
-pub use manifest::{CheckpointId, ChunkRef, CreateStats, Manifest, TreeManifest};
+pub use manifest::{CheckpointId, ChunkRef, CreateStats, Manifest, PhaseMs, TreeManifest};
 pub use prune::{PruneStats, Retention};
 pub use repair::{RepairAction, RepairOptions, RepairReport, RepairSource, Unrepairable};
 pub use restore::{OnRestoreProgress, RestoreProgress, RestoreStats};

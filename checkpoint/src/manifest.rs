@@ -105,6 +105,26 @@ pub struct CreateStats {
     pub written_bytes: u64,
     /// Layers this checkpoint wrote.
     pub new_layers: u64,
+    /// Wall milliseconds by phase (absent in manifests written before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_ms: Option<PhaseMs>,
+}
+
+/// Where a checkpoint's time went, in wall milliseconds (docs/formats/checkpoint.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseMs {
+    /// Walking the trees (or applying the change hint) to decide what changed.
+    pub detect: u64,
+    /// Hashing and storing the changed files, after the walk (it overlaps the walk).
+    pub hash: u64,
+    /// zstd compression, summed over the threads that compressed (inside `hash` and the
+    /// storing of entry chunks).
+    pub compress: u64,
+    /// Making it durable: the layers' and the manifest's fdatasync, renames, directory
+    /// fsyncs. Only in the value `create` returns: the manifest file is written before its
+    /// own commit, so it cannot hold this (`None` in a loaded manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<u64>,
 }
 
 /// A checkpoint's manifest.

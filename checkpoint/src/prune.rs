@@ -103,6 +103,8 @@ impl Store {
         // Blobs each checkpoint needs (chunk blobs and file contents), decoded once per chunk.
         let mut loader = ChunkLoader::new(&self.layers_dir, &index);
         let mut chunk_contents: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
+        // A chunked file needs its map and every chunk the map lists.
+        let mut map_chunks: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
         let mut needs: Vec<HashSet<BlobId>> = Vec::with_capacity(n);
         for m in &manifests {
             let mut set = HashSet::new();
@@ -111,7 +113,21 @@ impl Store {
                     if let std::collections::hash_map::Entry::Vacant(v) =
                         chunk_contents.entry(c.blob)
                     {
-                        v.insert(loader.load(c)?.iter().filter_map(|r| r.content).collect());
+                        let mut blobs = Vec::new();
+                        for r in loader.load(c)? {
+                            let Some(content) = r.content else { continue };
+                            blobs.push(content);
+                            if r.chunked {
+                                if let std::collections::hash_map::Entry::Vacant(v) =
+                                    map_chunks.entry(content)
+                                {
+                                    let m = loader.read_map(&content, r.size)?;
+                                    v.insert(m.chunks.iter().map(|(id, _)| *id).collect());
+                                }
+                                blobs.extend(map_chunks[&content].iter().copied());
+                            }
+                        }
+                        v.insert(blobs);
                     }
                     set.insert(c.blob);
                     set.extend(chunk_contents[&c.blob].iter().copied());

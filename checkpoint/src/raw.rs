@@ -73,6 +73,10 @@ pub struct RawOptions {
     pub sizes: Vec<(usize, u64)>,
     /// The tree's excludes.
     pub excludes: Vec<String>,
+    /// Entries stored as chunked files: (entry index, chunk blobs to store). The entry's
+    /// `content` is then its chunk map's bytes (its size defaults to their length: set the
+    /// file's size with `sizes`).
+    pub chunked: Vec<(usize, Vec<Vec<u8>>)>,
 }
 
 /// `write_checkpoint` with departures (`RawOptions`), then `tweak` applied to the manifest
@@ -91,7 +95,16 @@ pub fn write_checkpoint_with(
     let mut fb = FrameBuilder::new()?;
     let mut seen = BTreeSet::new();
     let mut records = Vec::new();
-    for e in entries {
+    for (i, e) in entries.iter().enumerate() {
+        let chunked = opts.chunked.iter().find(|(j, _)| *j == i);
+        if let Some((_, chunks)) = chunked {
+            for c in chunks {
+                let id = BlobId::of(c);
+                if seen.insert(id) {
+                    fb.add(&sink, id, BlobKind::Content, c, false)?;
+                }
+            }
+        }
         let kind = match e.kind {
             0 => RawKind::File,
             1 => RawKind::Dir,
@@ -123,6 +136,7 @@ pub fn write_checkpoint_with(
             ino: 0,
             racy: true,
             content,
+            chunked: chunked.is_some(),
             link: e.link.clone(),
         });
     }

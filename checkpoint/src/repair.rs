@@ -32,6 +32,7 @@ use serde::Serialize;
 use crate::codec::BlobId;
 use crate::entry::decode_chunk;
 use crate::error::{CheckpointError, IoContext, Result};
+use crate::filemap::decode_map;
 use crate::health::{
     CheckDepth, DamagedFile, LayerCheck, QUARANTINE_DIR, REPAIR_FORMAT, REPAIR_RECORD,
     RepairRecord, layer_rel, manifest_rel, open_nofollow,
@@ -130,7 +131,12 @@ struct Gatherer<'a> {
     sources: Vec<SourceStore>,
     workspaces: Vec<PathBuf>,
     /// Workspace files by content (filled on first need).
-    workspace_files: Option<HashMap<BlobId, PathBuf>>,
+    /// Workspace files by content, or (a chunk of a chunked file) by the range of a
+    /// workspace file that held it: (path, offset); filled on first need.
+    workspace_files: Option<HashMap<BlobId, (PathBuf, u64)>>,
+    /// Sizes of the chunked files whose chunks are wanted: workspace files of these sizes
+    /// are cut into chunks too when the workspaces are scanned.
+    chunked_sizes: BTreeSet<u64>,
     deadline: Deadline,
 }
 
@@ -144,10 +150,12 @@ impl Gatherer<'_> {
         len: Option<u64>,
         out: &mut Out,
     ) -> Result<Option<String>> {
+        // What is read into memory (entry chunks, chunk maps) is bounded before it is read.
+        let in_memory = matches!(out, Out::Memory(_));
         let fits = |e: &IndexEntry| {
             e.kind == kind
                 && len.is_none_or(|l| l == e.len)
-                && (kind != BlobKind::Chunk || e.len <= CHUNK_BLOB_MAX)
+                && ((kind != BlobKind::Chunk && !in_memory) || e.len <= CHUNK_BLOB_MAX)
         };
         let mut tries: Vec<(PathBuf, BlobId, IndexEntry, String)> = Vec::new();
         for (l, e) in self.local.get_all(blob) {
@@ -204,12 +212,12 @@ impl Gatherer<'_> {
             return Ok(None);
         }
         let Some(len) = len else { return Ok(None) };
-        let Some(path) = self.workspace_file(blob, len)? else {
+        let Some((path, offset)) = self.workspace_file(blob, len)? else {
             return Ok(None);
         };
         // Read again while copying: the file may have changed since it was hashed.
         let mut w = out.writer()?;
-        let ok = copy_if_hash(&path, blob, len, &mut w);
+        let ok = copy_if_hash(&path, offset, blob, len, &mut w);
         let flushed = w.flush();
         drop(w);
         if ok {
@@ -221,7 +229,7 @@ impl Gatherer<'_> {
 
     /// A workspace file whose content is `blob` (hashing only files of the right size,
     /// the first time for all wanted sizes at once: see `scan_workspaces`).
-    fn workspace_file(&mut self, blob: &BlobId, _len: u64) -> Result<Option<PathBuf>> {
+    fn workspace_file(&mut self, blob: &BlobId, _len: u64) -> Result<Option<(PathBuf, u64)>> {
         Ok(self
             .workspace_files
             .as_ref()
@@ -244,6 +252,21 @@ impl Gatherer<'_> {
                     continue;
                 }
                 let Ok(meta) = e.metadata() else { continue };
+                if self.chunked_sizes.contains(&meta.len())
+                    && let Some(f) = open_nofollow(e.path())
+                {
+                    // The chunks of a file of a wanted chunked file's size.
+                    for c in crate::filemap::chunker(f) {
+                        self.deadline.check("repairing")?;
+                        let Ok(c) = c else { break };
+                        let id = BlobId(*blake3::hash(&c.data).as_bytes());
+                        if wanted.contains_key(&id) {
+                            found
+                                .entry(id)
+                                .or_insert_with(|| (e.path().to_path_buf(), c.offset));
+                        }
+                    }
+                }
                 if !sizes.contains(&meta.len()) {
                     continue;
                 }
@@ -251,7 +274,9 @@ impl Gatherer<'_> {
                 if let Some(id) = hash_file(e.path())
                     && wanted.contains_key(&id)
                 {
-                    found.entry(id).or_insert_with(|| e.path().to_path_buf());
+                    found
+                        .entry(id)
+                        .or_insert_with(|| (e.path().to_path_buf(), 0));
                 }
             }
         }
@@ -268,15 +293,23 @@ fn hash_file(path: &Path) -> Option<BlobId> {
     Some(BlobId(*h.finalize().as_bytes()))
 }
 
-/// Copies `path` into `out` if it is exactly `len` bytes hashing to `blob`.
-fn copy_if_hash(path: &Path, blob: &BlobId, len: u64, out: &mut dyn Write) -> bool {
-    let Some(f) = open_nofollow(path) else {
+/// Copies `len` bytes of `path` from `offset` into `out` if they hash to `blob` (a whole
+/// file from offset 0, or a chunk of one).
+fn copy_if_hash(path: &Path, offset: u64, blob: &BlobId, len: u64, out: &mut dyn Write) -> bool {
+    let Some(mut f) = open_nofollow(path) else {
         return false;
     };
+    if f.seek(io::SeekFrom::Start(offset)).is_err() {
+        return false;
+    }
+    copy_exact_if_hash(f.take(len), blob, len, out)
+}
+
+/// Copies everything `r` gives into `out` if it is exactly `len` bytes hashing to `blob`.
+fn copy_exact_if_hash(mut r: impl Read, blob: &BlobId, len: u64, out: &mut dyn Write) -> bool {
     let mut h = blake3::Hasher::new();
     let mut n = 0u64;
     let mut buf = vec![0u8; 256 << 10];
-    let mut r = f.take(len + 1);
     loop {
         let got = match r.read(&mut buf) {
             Ok(0) => break,
@@ -477,6 +510,7 @@ impl Store {
             sources: store_roots.iter().filter_map(|r| open_source(r)).collect(),
             workspaces,
             workspace_files: None,
+            chunked_sizes: BTreeSet::new(),
             deadline,
         };
         let affected: Vec<&Manifest> = manifests
@@ -793,10 +827,41 @@ impl Store {
                     }
                 };
                 for r in records {
-                    if let Some(content) = r.content
-                        && !has(&content, BlobKind::Content, Some(r.size))
+                    let Some(content) = r.content else { continue };
+                    if !r.chunked {
+                        if !has(&content, BlobKind::Content, Some(r.size)) {
+                            need.insert(content, (BlobKind::Content, Some(r.size)));
+                        }
+                        continue;
+                    }
+                    // A chunked file: its map (of unknown length) and the chunks it lists.
+                    if !has(&content, BlobKind::Content, None) {
+                        need.insert(content, (BlobKind::Content, None));
+                    }
+                    let mut out = Out::Memory(Vec::new());
+                    if g.fetch(&content, BlobKind::Content, None, &mut out)?
+                        .is_none()
                     {
-                        need.insert(content, (BlobKind::Content, Some(r.size)));
+                        return Ok(Err(format!(
+                            "the chunk map of {:?} (tree {:?}) has no intact copy, so its chunks are unknown",
+                            String::from_utf8_lossy(&r.path),
+                            t.name
+                        )));
+                    }
+                    let Out::Memory(data) = out else {
+                        unreachable!("memory")
+                    };
+                    let map = match decode_map(&data, r.size) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            return Ok(Err(format!("chunk map {content} does not decode: {e}")));
+                        }
+                    };
+                    for (id, len) in map.chunks {
+                        if !has(&id, BlobKind::Content, Some(len)) {
+                            need.insert(id, (BlobKind::Content, Some(len)));
+                            g.chunked_sizes.insert(r.size);
+                        }
                     }
                 }
             }

@@ -28,6 +28,7 @@ use crate::codec::BlobId;
 use crate::entry::{RawKind, Record, bytes_path};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::exclude::Excludes;
+use crate::filemap::FileMap;
 use crate::layer::{
     FRAME_TARGET, FrameScratch, IndexEntry, LayerReader, WHOLE_FRAME_MAX, check_member_header,
 };
@@ -35,7 +36,7 @@ use crate::limits::now_ns;
 use crate::limits::{Deadline, PATH_MAX};
 use crate::manifest::CheckpointId;
 use crate::mindex::BlobMap;
-use crate::store::Store;
+use crate::store::{FileMaps, Store};
 use crate::verify::{Located, parallel_map};
 
 /// What a restore did.
@@ -244,7 +245,7 @@ impl Store {
         // phase below is bounded by the byte and entry caps and is never cut short, so a
         // time cap cannot leave a half-restored target.
         let deadline = Deadline::new(self.limits.max_time);
-        let (records, map, located) = self.prepare_tree_traced(&m, t, &trace, deadline)?;
+        let (records, map, located, maps) = self.prepare_tree_traced(&m, t, &trace, deadline)?;
         deadline.check("verifying the checkpoint before restoring it")?;
         // Paths the kernel would refuse (target + path over PATH_MAX) would fail mid-way.
         let longest = records.iter().map(|r| r.path.len()).max().unwrap_or(0);
@@ -281,7 +282,7 @@ impl Store {
         restore_records(
             target,
             &records,
-            (&map, &located, &self.layers_dir),
+            (&map, &located, &maps, &self.layers_dir),
             &excludes,
             self.threads,
             &trace,
@@ -293,7 +294,7 @@ impl Store {
 fn restore_records(
     target: &Path,
     records: &[Record],
-    (map, located, layers_dir): (&BlobMap, &Located, &Path),
+    (map, located, maps, layers_dir): (&BlobMap, &Located, &FileMaps, &Path),
     excludes: &Excludes,
     threads: usize,
     trace: &crate::store::PhaseTrace,
@@ -502,9 +503,14 @@ fn restore_records(
             .custom_flags(libc::O_NOFOLLOW)
             .open(&abs)
             .io("open", &abs)?;
+        let content = r.content.expect("file");
+        if r.chunked {
+            let m = maps.get(&content).ok_or_else(|| missing_map(&content))?;
+            return differs_from_map(&mut f, m).io("read", &abs);
+        }
         let mut h = blake3::Hasher::new();
         io::copy(&mut f, &mut h).io("read", &abs)?;
-        Ok(h.finalize().as_bytes() != &r.content.expect("file").0)
+        Ok(h.finalize().as_bytes() != &content.0)
     })?;
     for (r, d) in compares.iter().zip(differ) {
         if d {
@@ -538,8 +544,14 @@ fn restore_records(
             bytes_total,
         },
     );
-    let (written, bytes) = write_files(
-        target, &writes, map, located, layers_dir, threads, &progress,
+    let (chunked, whole): (Vec<FileJob<'_>>, Vec<FileJob<'_>>) =
+        writes.into_iter().partition(|j| j.record.chunked);
+    let (written, bytes) =
+        write_files(target, &whole, map, located, layers_dir, threads, &progress)?;
+    stats.files_written += written;
+    stats.bytes_written += bytes;
+    let (written, bytes) = write_chunked_files(
+        target, &chunked, maps, located, layers_dir, threads, &progress,
     )?;
     stats.files_written += written;
     stats.bytes_written += bytes;
@@ -726,6 +738,108 @@ fn write_files(
         }
         progress.add(group.0, group.1);
         states.lock().expect("poisoned").push((cache, scratch));
+        Ok(())
+    })?;
+    Ok((files.into_inner(), bytes.into_inner()))
+}
+
+fn missing_map(content: &BlobId) -> CheckpointError {
+    CheckpointError::corrupt(format!("chunk map {content} was not verified"))
+}
+
+/// Whether a file's bytes differ from what its chunk map describes (read once, hashed chunk
+/// by chunk at the map's boundaries).
+fn differs_from_map(f: &mut File, m: &FileMap) -> io::Result<bool> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 256 << 10];
+    for (id, len) in &m.chunks {
+        let mut h = blake3::Hasher::new();
+        let n = io::copy(&mut (&mut *f).take(*len), &mut h)?;
+        if n != *len || h.finalize().as_bytes() != &id.0 {
+            return Ok(true);
+        }
+    }
+    // Anything after the last chunk is a difference too.
+    Ok(f.read(&mut buf[..1])? != 0)
+}
+
+/// Writes chunked files, one file per task, each chunk from its checked copy (a frame
+/// holding several consecutive chunks is decompressed once per file), every chunk hashed
+/// again as it is written.
+fn write_chunked_files(
+    target: &Path,
+    jobs: &[FileJob<'_>],
+    maps: &FileMaps,
+    located: &Located,
+    layers_dir: &Path,
+    threads: usize,
+    progress: &ProgressCounter<'_>,
+) -> Result<(u64, u64)> {
+    if jobs.is_empty() {
+        return Ok((0, 0));
+    }
+    let files = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    parallel_map(jobs, threads, |j| -> Result<()> {
+        let content = j.record.content.expect("file");
+        let m = maps.get(&content).ok_or_else(|| missing_map(&content))?;
+        let abs = target.join(bytes_path(&j.record.path));
+        let (mut f, tmp) = open_dest(&abs, j.replace)?;
+        let written = (|| -> Result<()> {
+            let mut readers: HashMap<BlobId, LayerReader> = HashMap::new();
+            let mut scratch = FrameScratch::default();
+            // The (layer, frame) now in `scratch.frame`.
+            let mut held: Option<(BlobId, u64)> = None;
+            for (id, len) in &m.chunks {
+                let (layer, e) = *located
+                    .get(id)
+                    .ok_or_else(|| CheckpointError::corrupt(format!("content {id} is missing")))?;
+                if e.len != *len {
+                    return Err(CheckpointError::corrupt(format!(
+                        "chunk {id} does not match its chunk map"
+                    )));
+                }
+                let reader = match readers.entry(layer) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(LayerReader::open(layers_dir, &layer)?)
+                    }
+                };
+                let end = e.end()?;
+                let whole = end <= WHOLE_FRAME_MAX
+                    && (held == Some((layer, e.frame_offset))
+                        || reader.read_frame(e.frame_offset, end, &mut scratch)?)
+                    && scratch.frame.len() as u64 >= end;
+                if whole {
+                    held = Some((layer, e.frame_offset));
+                    let at = e.header_offset as usize;
+                    let header: &[u8; 512] =
+                        scratch.frame[at..at + 512].try_into().expect("512 bytes");
+                    check_member_header(header, &e)?;
+                    let data = &scratch.frame[at + 512..end as usize];
+                    if blake3::hash(data).as_bytes() != &id.0 {
+                        return Err(CheckpointError::corrupt(format!(
+                            "blob {id} content does not match its hash"
+                        )));
+                    }
+                    f.write_all(data).io("write", &abs)?;
+                } else {
+                    held = None;
+                    reader
+                        .frames_at(e.frame_offset, 256 << 10)?
+                        .read_member(&e, &mut f)?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(err) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(err);
+        }
+        finish_dest(f, &tmp, &abs, j.record, j.replace)?;
+        files.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(j.record.size, Ordering::Relaxed);
+        progress.add(1, j.record.size);
         Ok(())
     })?;
     Ok((files.into_inner(), bytes.into_inner()))

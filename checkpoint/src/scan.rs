@@ -22,6 +22,7 @@ use crate::codec::BlobId;
 use crate::entry::{RawKind, Record, bytes_path};
 use crate::error::{CheckpointError, IoContext, Result};
 use crate::exclude::Excludes;
+use crate::filemap::{CHUNKED_MIN, FileMap, chunk_slices, chunker};
 use crate::layer::{BlobKind, FrameBuilder, IN_MEMORY_BLOB_MAX, LayerReader, LayerSink};
 use crate::mindex::BlobMap;
 
@@ -63,6 +64,7 @@ pub fn record_from_meta(rel: &[u8], m: &fs::Metadata, abs: &Path) -> Result<Opti
         ino: 0,
         racy: false,
         content: None,
+        chunked: false,
         link: Vec::new(),
     };
     if ft.is_dir() {
@@ -220,6 +222,13 @@ pub struct StoreSession<'a> {
     /// Blobs already in the store whose copies were checked: the layer of a copy whose
     /// bytes hash to the id, or `None` if no copy does.
     pub checked: Mutex<HashMap<BlobId, Option<BlobId>>>,
+    /// The parent checkpoint's layers: a copy in one of them is trusted without re-reading
+    /// it (the parent already relies on it; `verify` and `restore` check it).
+    pub trusted_layers: HashSet<BlobId>,
+    /// The chunks of every chunk map hashed by this checkpoint, by map id.
+    pub maps: Mutex<HashMap<BlobId, Vec<BlobId>>>,
+    /// Nanoseconds spent compressing, summed over threads.
+    pub compress_ns: AtomicU64,
 }
 
 impl StoreSession<'_> {
@@ -228,7 +237,9 @@ impl StoreSession<'_> {
     /// hashed: a layer planted with someone else's blob id must not make a later
     /// checkpoint reference bytes that are not its content.
     pub fn claim(&self, blob: &BlobId, kind: BlobKind) -> bool {
-        if self.index.contains(blob) && self.good_copy(blob, kind).is_some() {
+        if self.index.contains(blob)
+            && (self.trusted_copy(blob, kind) || self.good_copy(blob, kind).is_some())
+        {
             return false;
         }
         self.claimed.lock().expect("poisoned").insert(*blob)
@@ -258,6 +269,29 @@ impl StoreSession<'_> {
         found
     }
 
+    /// Whether a copy of `blob` is in one of the parent's layers (then remembered as checked).
+    fn trusted_copy(&self, blob: &BlobId, kind: BlobKind) -> bool {
+        if self.trusted_layers.is_empty() {
+            return false;
+        }
+        let found = self
+            .index
+            .get_all(blob)
+            .into_iter()
+            .find(|(layer, e)| e.kind == kind && self.trusted_layers.contains(layer));
+        match found {
+            Some((layer, _)) => {
+                self.checked
+                    .lock()
+                    .expect("poisoned")
+                    .entry(*blob)
+                    .or_insert(Some(layer));
+                true
+            }
+            None => false,
+        }
+    }
+
     fn unclaim(&self, blob: &BlobId) {
         self.claimed.lock().expect("poisoned").remove(blob);
     }
@@ -265,7 +299,9 @@ impl StoreSession<'_> {
 
 /// The outcome of hashing one file.
 pub struct Hashed {
+    /// The content blob, or for a chunked file its chunk map.
     pub content: BlobId,
+    pub chunked: bool,
     pub mode: u32,
     pub size: u64,
     pub mtime_ns: i64,
@@ -316,7 +352,61 @@ fn hash_one(
             file.seek(SeekFrom::Start(0)).io("seek", path)?;
         }
         let stable_last_try = attempt == 3;
-        let (content, after) = if before.len() <= IN_MEMORY_BLOB_MAX {
+        let chunked = before.len() >= CHUNKED_MIN;
+        let (content, after) = if chunked {
+            let mut map = FileMap::default();
+            let mut len = 0u64;
+            let mut take = |data: &[u8]| -> Result<()> {
+                let id = BlobId(*blake3::hash(data).as_bytes());
+                if s.claim(&id, BlobKind::Content) {
+                    fb.add(&s.sink, id, BlobKind::Content, data, false)?;
+                    s.new_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                len += data.len() as u64;
+                map.chunks.push((id, data.len() as u64));
+                Ok(())
+            };
+            if before.len() <= IN_MEMORY_BLOB_MAX {
+                // Cut in place: the same cut points as the streaming chunker, no copies.
+                buf.clear();
+                file.read_to_end(buf).io("read", path)?;
+                for c in chunk_slices(buf) {
+                    take(&buf[c.offset..c.offset + c.length])?;
+                }
+            } else {
+                for c in chunker(&mut file) {
+                    let c = c.map_err(|e| CheckpointError::Io {
+                        op: "read",
+                        path: path.to_path_buf(),
+                        source: e.into(),
+                    })?;
+                    take(&c.data)?;
+                }
+            }
+            let after = file.metadata().io("stat", path)?;
+            if !same_stat(&before, &after) || len != after.len() {
+                if stable_last_try {
+                    return Err(CheckpointError::Io {
+                        op: "read",
+                        path: path.to_path_buf(),
+                        source: io::Error::other("the file keeps changing while it is read"),
+                    });
+                }
+                continue;
+            }
+            let encoded = map.encode();
+            let content = BlobId::of(&encoded);
+            if s.claim(&content, BlobKind::Content) {
+                fb.add(&s.sink, content, BlobKind::Content, &encoded, false)?;
+                s.new_bytes
+                    .fetch_add(encoded.len() as u64, Ordering::Relaxed);
+            }
+            s.maps
+                .lock()
+                .expect("poisoned")
+                .insert(content, map.chunks.iter().map(|(id, _)| *id).collect());
+            (content, after)
+        } else if before.len() <= IN_MEMORY_BLOB_MAX {
             buf.clear();
             file.read_to_end(buf).io("read", path)?;
             let after = file.metadata().io("stat", path)?;
@@ -370,6 +460,7 @@ fn hash_one(
         let mtime = mtime_ns(&after);
         return Ok(Some(Hashed {
             content,
+            chunked,
             mode: after.mode() & 0o7777,
             size: after.len(),
             mtime_ns: mtime,
@@ -430,5 +521,6 @@ pub fn hash_worker(
     fb.flush(&s.sink)?;
     s.hashed_files
         .fetch_add(out.len() as u64, Ordering::Relaxed);
+    s.compress_ns.fetch_add(fb.compress_ns, Ordering::Relaxed);
     Ok(out)
 }

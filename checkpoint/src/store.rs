@@ -23,6 +23,7 @@ use crate::codec::{BlobId, unescape_path};
 use crate::entry::RawKind;
 use crate::entry::{Record, bytes_path, decode_chunk, rel_bytes};
 use crate::error::{CheckpointError, IoContext, Result};
+use crate::filemap::{FileMap, decode_map};
 use crate::layer::{
     BlobKind, FrameScratch, IndexEntry, LayerIndex, LayerReader, RawIndex, WHOLE_FRAME_MAX,
     read_index,
@@ -35,7 +36,9 @@ use crate::mindex::{BlobMap, CachedLayer, LayerStat, MergedIndex};
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 const STORE_FORMAT: &str = "parhelia-checkpoint-store";
-const STORE_VERSION: u32 = 1;
+/// 2: files of at least 256 KiB may be stored in chunks (chunk maps, entry chunk format 2).
+/// Version 1 stores are read as they are and marked 2 by their next `create`.
+const STORE_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct StoreMarker {
@@ -748,7 +751,7 @@ impl Store {
         t: &TreeManifest,
         trace: &PhaseTrace,
         deadline: Deadline,
-    ) -> Result<(Vec<Record>, BlobMap, crate::verify::Located)> {
+    ) -> Result<Prepared> {
         self.check_entry_count(t)?;
         let layers = Self::tree_layers(m, t);
         let map = self.blob_map_for(&layers)?;
@@ -786,35 +789,57 @@ impl Store {
         // lookup order; `verify_contents` keeps the first that hashes right.
         let mut seen = std::collections::HashSet::new();
         let mut contents: Vec<(BlobId, Vec<(BlobId, IndexEntry)>)> = Vec::new();
+        let mut maps: FileMaps = HashMap::new();
         for r in &records {
             let Some(c) = &r.content else { continue };
-            if !seen.insert(*c) {
-                continue;
+            let shown = || String::from_utf8_lossy(&r.path).into_owned();
+            // (blob, length) of every blob this file's restore reads.
+            let mut parts: Vec<(BlobId, u64)> = Vec::new();
+            if r.chunked {
+                if !maps.contains_key(c) {
+                    // The map is read and hashed here; its chunks are checked below.
+                    let m = loader.read_map(c, r.size).map_err(|e| match e {
+                        CheckpointError::Corrupt { what } => {
+                            CheckpointError::corrupt(format!("{what} (file {:?})", shown()))
+                        }
+                        e => e,
+                    })?;
+                    deadline.check("verifying")?;
+                    parts.extend(m.chunks.iter().copied());
+                    maps.insert(*c, m);
+                }
+            } else {
+                parts.push((*c, r.size));
             }
-            let all = map.get_all(c);
-            if all.is_empty() {
-                return Err(CheckpointError::corrupt(format!(
-                    "content of {:?} is missing from the store",
-                    String::from_utf8_lossy(&r.path)
-                )));
+            for (blob, len) in parts {
+                if !seen.insert(blob) {
+                    continue;
+                }
+                let all = map.get_all(&blob);
+                if all.is_empty() {
+                    return Err(CheckpointError::corrupt(format!(
+                        "content of {:?} is missing from the store",
+                        shown()
+                    )));
+                }
+                let cands: Vec<(BlobId, IndexEntry)> = all
+                    .into_iter()
+                    .filter(|(_, e)| e.kind == BlobKind::Content && e.len == len)
+                    .collect();
+                if cands.is_empty() {
+                    return Err(CheckpointError::corrupt(format!(
+                        "content of {:?} does not match its index entry",
+                        shown()
+                    )));
+                }
+                contents.push((blob, cands));
             }
-            let cands: Vec<(BlobId, IndexEntry)> = all
-                .into_iter()
-                .filter(|(_, e)| e.kind == BlobKind::Content && e.len == r.size)
-                .collect();
-            if cands.is_empty() {
-                return Err(CheckpointError::corrupt(format!(
-                    "content of {:?} does not match its index entry",
-                    String::from_utf8_lossy(&r.path)
-                )));
-            }
-            contents.push((*c, cands));
         }
         contents.sort_unstable_by_key(|(b, _)| *b);
         let located =
             crate::verify::verify_contents(&contents, &self.layers_dir, self.threads, deadline)?;
         trace.mark("contents verified");
-        Ok((records, map, located))
+        Ok((records, map, located, maps))
     }
 
     /// The content of one file (or a symlink's target) in a checkpoint.
@@ -866,11 +891,11 @@ impl Store {
             .ok_or_else(not_found)?;
         let shown = || bytes_path(&rel).display().to_string();
         match (r.kind, &r.content) {
-            (RawKind::File, Some(c)) => {
+            (RawKind::File, Some(_)) => {
                 if r.size > max {
                     return Ok(FileRead::TooLarge(r.size));
                 }
-                let data = loader.read_content(c)?;
+                let data = loader.read_file_content(r)?;
                 if data.len() as u64 != r.size {
                     return Err(CheckpointError::corrupt(format!(
                         "content of {} does not match its entry",
@@ -895,6 +920,13 @@ impl Store {
         }
     }
 }
+
+/// The chunk maps of a tree's chunked files, by map id.
+pub(crate) type FileMaps = HashMap<BlobId, FileMap>;
+
+/// A tree checked end to end: its records, blob map, the checked copy of every content
+/// blob (chunks included), and its chunk maps.
+pub(crate) type Prepared = (Vec<Record>, BlobMap, crate::verify::Located, FileMaps);
 
 /// What `read_file_limited` found.
 pub(crate) enum FileRead {
@@ -979,7 +1011,7 @@ impl<'a> ChunkLoader<'a> {
         // anything is allocated or decompressed.
         if chunk && entry.len > CHUNK_BLOB_MAX {
             return Err(CheckpointError::corrupt(format!(
-                "{what} {blob} claims {} bytes (entry chunks are at most {CHUNK_BLOB_MAX})",
+                "{what} {blob} claims {} bytes (at most {CHUNK_BLOB_MAX} are read)",
                 entry.len
             )));
         }
@@ -1033,5 +1065,61 @@ impl<'a> ChunkLoader<'a> {
 
     pub fn read_content(&mut self, blob: &BlobId) -> Result<Vec<u8>> {
         self.read_blob(blob, "file content", false)
+    }
+
+    /// The chunk map of a chunked file of `size` bytes (E620 if it is missing, damaged,
+    /// longer than `MAP_BLOB_MAX` or does not describe exactly `size` bytes).
+    pub fn read_map(&mut self, blob: &BlobId, size: u64) -> Result<FileMap> {
+        let data = self.read_blob(blob, "chunk map", true)?;
+        decode_map(&data, size)
+    }
+
+    /// A file's content, whole or chunked, into memory (the caller bounds `r.size`; every
+    /// chunk is checked against its hash and the map's lengths).
+    pub fn read_file_content(&mut self, r: &Record) -> Result<Vec<u8>> {
+        let c = r
+            .content
+            .ok_or_else(|| CheckpointError::corrupt("a file has no content"))?;
+        if !r.chunked {
+            return self.read_content(&c);
+        }
+        let map = self.read_map(&c, r.size)?;
+        let mut out = Vec::with_capacity(r.size.min(self.max_content) as usize);
+        for (id, len) in &map.chunks {
+            let part = self.read_content(id)?;
+            if part.len() as u64 != *len {
+                return Err(CheckpointError::corrupt(format!(
+                    "chunk {id} does not match its chunk map"
+                )));
+            }
+            out.extend_from_slice(&part);
+        }
+        Ok(out)
+    }
+}
+
+impl Store {
+    /// Marks a store written by an older engine with this engine's version, before a
+    /// `create` (under the exclusive lock) writes anything an older reader would misread;
+    /// older engines then refuse the store (E620, "not supported") instead of misreading it.
+    pub(crate) fn upgrade_marker(&self) -> Result<()> {
+        let marker_path = self.root.join("store.json");
+        let data = crate::layer::read_small_store_file(&marker_path, "store.json", 64 << 10)?;
+        let marker: StoreMarker = serde_json::from_slice(&data)
+            .map_err(|e| CheckpointError::corrupt(format!("store.json is unreadable: {e}")))?;
+        if marker.version >= STORE_VERSION {
+            return Ok(());
+        }
+        let marker = StoreMarker {
+            format: STORE_FORMAT.into(),
+            version: STORE_VERSION,
+        };
+        let tmp = self.tmp_dir.join("store.json.tmp");
+        crate::layer::write_file_synced(
+            &tmp,
+            &serde_json::to_vec_pretty(&marker).expect("serializes"),
+        )?;
+        fs::rename(&tmp, &marker_path).io("rename", &marker_path)?;
+        crate::layer::sync_dir(&self.root)
     }
 }

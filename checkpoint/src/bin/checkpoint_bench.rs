@@ -6,7 +6,17 @@
 //! checkpoint-bench gen DIR [--files 100000] [--bytes 1000000000] [--seed 1]
 //! checkpoint-bench create STORE TREE_ROOT [--hints FILE]     (one checkpoint, prints JSON)
 //! checkpoint-bench restore STORE latest|ID TARGET
+//! checkpoint-bench growth [--tmp DIR] [--tools "ours restic borg"] [--turns 200]
+//!                         [--edit-checkpoints 8] [--edit-mib 256]
 //! ```
+//!
+//! `growth` (issue 19) measures the cost of files that grow or are edited in place, one
+//! JSON line per scenario on stdout: `append` — a Claude-Code-like JSONL transcript of
+//! ~1 MB growing ~50 KB per turn, one checkpoint of its directory per turn (the engine in
+//! process with the watcher's one-path hint, restic `backup`, borg `create -C zstd,3`), and
+//! `inplace` — a file of `--edit-mib` MiB (incompressible) with 1 MiB rewritten at a random
+//! offset before each checkpoint. Store sizes are the bytes of all files in the store or
+//! repository.
 //!
 //! `--runs N` (default 5): the short incremental operations of the engine and tar are
 //! repeated N times from the same state and the median is reported. `--big-runs N`
@@ -46,6 +56,7 @@ fn main() -> ExitCode {
         Some("create") if args.len() >= 4 => op_create(&args[2..]),
         Some("restore") if args.len() >= 5 => op_restore(&args[2..]),
         Some("run") if args.len() >= 3 => run(&args[2..]),
+        Some("growth") => growth(&args[2..]),
         _ => Err("usage: checkpoint-bench run WORKSPACE [--tmp DIR] [--tools LIST] [--runs N] [--big-runs N] [--markdown FILE] [--keep] | gen DIR [--files N] [--bytes B] [--seed S] | create STORE ROOT [--hints FILE] | restore STORE latest|ID TARGET".into()),
     };
     match r {
@@ -1162,5 +1173,364 @@ fn run(args: &[String]) -> R {
             .stdin(Stdio::null())
             .status();
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- growth (issue 19)
+
+/// Claude-Code-like JSONL lines (uuids, timestamps, text, tool calls) of about `bytes`.
+fn jsonl_lines(rng: &mut Rng, bytes: usize, turn: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut body = Vec::new();
+    while out.len() - start < bytes {
+        let uuid = format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            rng.next() as u32,
+            rng.below(1 << 16),
+            rng.below(1 << 12),
+            rng.below(1 << 12),
+            rng.next() & 0xffff_ffff_ffff
+        );
+        let kind = rng.below(4);
+        let n = 200 + rng.below(1800) as usize;
+        text(rng, n, &mut body);
+        let t = String::from_utf8_lossy(&body)
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let line = match kind {
+            0 => format!(
+                r#"{{"parentUuid":"{uuid}","isSidechain":false,"userType":"external","cwd":"/workspace","sessionId":"5f0c2a9e-1d7b-4c1e-9a51-3b8f2f6f7d10","version":"2.0.0","type":"user","message":{{"role":"user","content":"{t}"}},"uuid":"{uuid}","timestamp":"2026-12-07T20:{:02}:{:02}.{:03}Z"}}"#,
+                turn % 60,
+                rng.below(60),
+                rng.below(1000)
+            ),
+            1 => format!(
+                r#"{{"parentUuid":"{uuid}","type":"assistant","message":{{"id":"msg_{:024x}","role":"assistant","model":"claude-sonnet-4","content":[{{"type":"tool_use","id":"toolu_{:020x}","name":"Edit","input":{{"file_path":"/workspace/src/lib_{}.rs","old_string":"{t}","new_string":"{t} // changed"}}}}],"usage":{{"input_tokens":{},"output_tokens":{}}}}},"uuid":"{uuid}","timestamp":"2026-12-07T20:{:02}:{:02}.{:03}Z"}}"#,
+                rng.next() as u128 * 31,
+                rng.next() as u128,
+                rng.below(100),
+                rng.below(50_000),
+                rng.below(4_000),
+                turn % 60,
+                rng.below(60),
+                rng.below(1000)
+            ),
+            _ => format!(
+                r#"{{"parentUuid":"{uuid}","type":"assistant","message":{{"role":"assistant","content":[{{"type":"text","text":"{t}"}}]}},"uuid":"{uuid}","timestamp":"2026-12-07T20:{:02}:{:02}.{:03}Z"}}"#,
+                turn % 60,
+                rng.below(60),
+                rng.below(1000)
+            ),
+        };
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+fn median_u64(v: &mut [u64]) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn zstd_len(data: &[u8]) -> u64 {
+    zstd::bulk::compress(data, 3).map_or(0, |c| c.len() as u64)
+}
+
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display())
+}
+
+/// One tool's store over the scenario: (bytes after each checkpoint).
+struct Side {
+    sizes: Vec<u64>,
+}
+
+struct GrowthTools {
+    restic: Option<(String, PathBuf)>,
+    borg: Option<(String, PathBuf)>,
+}
+
+impl GrowthTools {
+    fn new(t: &Path, tools: &str, name: &str) -> R<GrowthTools> {
+        let env = format!(
+            "RESTIC_PASSWORD=bench RESTIC_CACHE_DIR={} BORG_BASE_DIR={} BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_PASSPHRASE=",
+            q(&t.join(format!("{name}-restic-cache"))),
+            q(&t.join(format!("{name}-borg-base")))
+        );
+        let restic = if tools.contains("restic") {
+            let r = t.join(format!("{name}-restic"));
+            sh(&format!("{env} restic -q -r {} init >/dev/null", q(&r)))?;
+            Some((env.clone(), r))
+        } else {
+            None
+        };
+        let borg = if tools.contains("borg") {
+            let b = t.join(format!("{name}-borg"));
+            sh(&format!("{env} borg init -e none {}", q(&b)))?;
+            Some((env, b))
+        } else {
+            None
+        };
+        Ok(GrowthTools { restic, borg })
+    }
+
+    /// One backup of `dir` by each tool; their repository sizes.
+    fn backup(&self, dir: &Path, n: usize) -> R<(Option<u64>, Option<u64>)> {
+        let mut out = (None, None);
+        if let Some((env, r)) = &self.restic {
+            sh(&format!(
+                "cd {} && {env} restic -q -r {} backup . >/dev/null",
+                q(dir),
+                q(r)
+            ))?;
+            out.0 = Some(du(r));
+        }
+        if let Some((env, b)) = &self.borg {
+            sh(&format!(
+                "cd {} && {env} borg create -C zstd,3 {}::s{n} .",
+                q(dir),
+                q(b)
+            ))?;
+            out.1 = Some(du(b));
+        }
+        Ok(out)
+    }
+}
+
+fn create_hinted(store: &Store, root: &Path, rel: &str) -> R<(u64, f64)> {
+    let req = CreateRequest {
+        trees: vec![(
+            TreeSpec {
+                name: "conversation".into(),
+                root: root.to_path_buf(),
+                excludes: vec![],
+            },
+            ChangeHint::Paths([PathBuf::from(rel)].into_iter().collect()),
+        )],
+        parent: None,
+        trigger: "turn_end".into(),
+        message: None,
+        metadata: serde_json::json!({}),
+        skip_if_unchanged: false,
+    };
+    let t0 = Instant::now();
+    let out = store
+        .create(&req)
+        .map_err(|e| format!("{} {e}", e.code()))?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    match out {
+        // What this checkpoint added to the store: its layers and its manifest.
+        CreateOutcome::Created(m) => {
+            let manifest = store
+                .root()
+                .join("manifests")
+                .join(format!("{}.manifest", m.id));
+            let len = fs::metadata(&manifest).map_err(|e| e.to_string())?.len();
+            Ok((m.stats.written_bytes + len, ms))
+        }
+        CreateOutcome::Unchanged(_) => Ok((0, ms)),
+    }
+}
+
+fn growth(args: &[String]) -> R {
+    let tmp = PathBuf::from(flag(args, "--tmp").unwrap_or("/tmp"));
+    let tools = flag(args, "--tools")
+        .unwrap_or("ours restic borg")
+        .to_string();
+    let turns: usize = flag(args, "--turns")
+        .unwrap_or("200")
+        .parse()
+        .map_err(|e| format!("--turns: {e}"))?;
+    let edits: usize = flag(args, "--edit-checkpoints")
+        .unwrap_or("8")
+        .parse()
+        .map_err(|e| format!("--edit-checkpoints: {e}"))?;
+    let edit_mib: usize = flag(args, "--edit-mib")
+        .unwrap_or("256")
+        .parse()
+        .map_err(|e| format!("--edit-mib: {e}"))?;
+    let t = tmp.join(format!("parhelia-growth-{}", std::process::id()));
+    fs::create_dir_all(&t).map_err(|e| e.to_string())?;
+    let result = (|| -> R {
+        growth_append(&t, &tools, turns)?;
+        if edits > 0 {
+            growth_inplace(&t, &tools, edits, edit_mib)?;
+        }
+        Ok(())
+    })();
+    if !args.iter().any(|a| a == "--keep") {
+        let _ = fs::remove_dir_all(&t);
+    }
+    result
+}
+
+fn growth_append(t: &Path, tools: &str, turns: usize) -> R {
+    let conv = t.join("append-conv");
+    fs::create_dir_all(&conv).map_err(|e| e.to_string())?;
+    let file = conv.join("5f0c2a9e-1d7b-4c1e-9a51-3b8f2f6f7d10.jsonl");
+    let rel = "5f0c2a9e-1d7b-4c1e-9a51-3b8f2f6f7d10.jsonl";
+    let mut rng = Rng(0x19c);
+    let mut data = Vec::new();
+    jsonl_lines(&mut rng, 1_000_000, 0, &mut data);
+    fs::write(&file, &data).map_err(|e| e.to_string())?;
+    let store_dir = t.join("append-store");
+    let store = Store::open(&store_dir).map_err(|e| e.to_string())?;
+    let others = GrowthTools::new(t, tools, "append")?;
+    let (_, ms0) = create_hinted(&store, &conv, rel)?;
+    let (r0, b0) = others.backup(&conv, 0)?;
+    eprintln!(
+        "growth append: turn 0: file {} bytes, ours {} ({ms0:.1} ms), restic {r0:?}, borg {b0:?}",
+        data.len(),
+        du(&store_dir)
+    );
+    let mut ours = Side {
+        sizes: vec![du(&store_dir)],
+    };
+    let mut restic = Side {
+        sizes: vec![r0.unwrap_or(0)],
+    };
+    let mut borg = Side {
+        sizes: vec![b0.unwrap_or(0)],
+    };
+    let (mut ms, mut new_bytes, mut appended_z) = (Vec::new(), Vec::new(), Vec::new());
+    let mut committed = Vec::new();
+    // Per turn: how far the store's growth exceeds 2x the compressed appended bytes.
+    let mut worst_excess: i64 = i64::MIN;
+    let mut appended_total = 0u64;
+    for turn in 1..=turns {
+        let mut more = Vec::new();
+        jsonl_lines(&mut rng, 50_000, turn, &mut more);
+        {
+            use std::io::Write as _;
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .map_err(|e| e.to_string())?;
+            f.write_all(&more).map_err(|e| e.to_string())?;
+        }
+        appended_total += more.len() as u64;
+        let z = zstd_len(&more);
+        appended_z.push(z);
+        let before = *ours.sizes.last().expect("turn 0");
+        let (nb, m) = create_hinted(&store, &conv, rel)?;
+        let after = du(&store_dir);
+        ms.push((m * 1000.0) as u64);
+        new_bytes.push(after - before);
+        committed.push(nb);
+        worst_excess = worst_excess.max(nb as i64 - 2 * z as i64);
+        ours.sizes.push(after);
+        let (r, b) = others.backup(&conv, turn)?;
+        restic.sizes.push(r.unwrap_or(0));
+        borg.sizes.push(b.unwrap_or(0));
+        if turn % 25 == 0 || turn == turns || std::env::var_os("GROWTH_VERBOSE").is_some() {
+            eprintln!(
+                "growth append: turn {turn}: ours {after} (+{} store, {nb} layers+manifest, appended {z} zstd; {m:.1} ms), restic {r:?}, borg {b:?}",
+                after - before
+            );
+        }
+    }
+    let final_len = fs::metadata(&file).map_err(|e| e.to_string())?.len();
+    let final_z = zstd_len(&fs::read(&file).map_err(|e| e.to_string())?);
+    let curve: Vec<serde_json::Value> = (0..=turns)
+        .filter(|i| i % 25 == 0 || *i == turns)
+        .map(|i| serde_json::json!([i, ours.sizes[i], restic.sizes[i], borg.sizes[i]]))
+        .collect();
+    let best_other = [restic.sizes[turns], borg.sizes[turns]]
+        .into_iter()
+        .filter(|s| *s > 0)
+        .min();
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "append",
+            "turns": turns,
+            "store_bytes": ours.sizes[turns],
+            "restic_bytes": others.restic.as_ref().map(|_| restic.sizes[turns]),
+            "borg_bytes": others.borg.as_ref().map(|_| borg.sizes[turns]),
+            "appended_bytes": appended_total,
+            "median_incremental_ms": median_u64(&mut ms.clone()) as f64 / 1000.0,
+            "ratio_to_best_other": best_other.map(|b| ours.sizes[turns] as f64 / b as f64),
+            "final_file_bytes": final_len,
+            "final_file_zstd_bytes": final_z,
+            "median_incremental_store_bytes": median_u64(&mut new_bytes.clone()),
+            "max_incremental_store_bytes": new_bytes.iter().max(),
+            "median_appended_zstd_bytes": median_u64(&mut appended_z.clone()),
+            "median_incremental_new_bytes": median_u64(&mut committed.clone()),
+            "max_incremental_new_bytes": committed.iter().max(),
+            "max_excess_over_2x_appended_zstd": worst_excess,
+            "curve_turn_ours_restic_borg": curve,
+        })
+    );
+    Ok(())
+}
+
+fn growth_inplace(t: &Path, tools: &str, checkpoints: usize, mib: usize) -> R {
+    let dir = t.join("inplace-data");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let rel = "model.bin";
+    let file = dir.join(rel);
+    let mut rng = Rng(0x256);
+    {
+        use std::io::Write as _;
+        let mut f = std::io::BufWriter::new(fs::File::create(&file).map_err(|e| e.to_string())?);
+        for _ in 0..(mib << 17) {
+            f.write_all(&rng.next().to_le_bytes())
+                .map_err(|e| e.to_string())?;
+        }
+        f.flush().map_err(|e| e.to_string())?;
+    }
+    let store_dir = t.join("inplace-store");
+    let store = Store::open(&store_dir).map_err(|e| e.to_string())?;
+    let others = GrowthTools::new(t, tools, "inplace")?;
+    create_hinted(&store, &dir, rel)?;
+    others.backup(&dir, 0)?;
+    let (mut ours_prev, mut sizes) = (du(&store_dir), (0, 0));
+    eprintln!("growth inplace: first checkpoint {ours_prev} bytes");
+    let (mut ms, mut new_bytes) = (Vec::new(), Vec::new());
+    for k in 1..=checkpoints {
+        use std::io::{Seek, SeekFrom, Write as _};
+        let at = rng.below(((mib as u64) << 20) - (1 << 20));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+        let block: Vec<u8> = (0..(1 << 17))
+            .flat_map(|_| rng.next().to_le_bytes())
+            .collect();
+        f.write_all(&block).map_err(|e| e.to_string())?;
+        drop(f);
+        let (nb, m) = create_hinted(&store, &dir, rel)?;
+        let now = du(&store_dir);
+        ms.push((m * 1000.0) as u64);
+        new_bytes.push(nb);
+        eprintln!(
+            "growth inplace: checkpoint {k}: +{} store bytes ({nb} layers+manifest), {m:.1} ms",
+            now - ours_prev
+        );
+        ours_prev = now;
+        let (r, b) = others.backup(&dir, k)?;
+        sizes = (r.unwrap_or(0), b.unwrap_or(0));
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "inplace",
+            "turns": checkpoints,
+            "file_bytes": (mib as u64) << 20,
+            "store_bytes": ours_prev,
+            "restic_bytes": others.restic.as_ref().map(|_| sizes.0),
+            "borg_bytes": others.borg.as_ref().map(|_| sizes.1),
+            "appended_bytes": 0,
+            "rewritten_bytes_per_checkpoint": 1 << 20,
+            "median_incremental_ms": median_u64(&mut ms.clone()) as f64 / 1000.0,
+            "median_incremental_new_bytes": median_u64(&mut new_bytes.clone()),
+            "max_incremental_new_bytes": new_bytes.iter().max(),
+        })
+    );
     Ok(())
 }

@@ -128,7 +128,8 @@ fn unchanged_files_cost_nothing_and_reverted_content_is_not_stored_again() {
     sample_tree(&ws);
     let store = Store::open(&t.path().join("store")).unwrap();
     let m1 = created(store.create(&unknown("w", &ws)).unwrap());
-    assert!(m1.stats.new_bytes > 3_000_000);
+    // big.bin (3 MB) is stored in chunks, and it repeats itself: its repeats cost nothing.
+    assert!(m1.stats.new_bytes > 100_000, "{}", m1.stats.new_bytes);
 
     let m2 = created(store.create(&unknown("w", &ws)).unwrap());
     assert_eq!(m2.stats.new_bytes, 0);

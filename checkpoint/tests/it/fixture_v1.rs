@@ -12,11 +12,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::common::*;
 use parhelia_checkpoint::Store;
 
-fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn set_mtime(p: &Path, secs: u64) {
+pub(crate) fn set_mtime(p: &Path, secs: u64) {
     fs::File::options()
         .write(true)
         .open(p)
@@ -26,7 +26,7 @@ fn set_mtime(p: &Path, secs: u64) {
 }
 
 /// The two trees the fixture captured (deterministic, including file mtimes).
-fn fixture_tree(root: &Path, round: u32) {
+pub(crate) fn fixture_tree(root: &Path, round: u32) {
     write(root, "README.md", b"# fixture\n");
     write(
         root,
@@ -49,7 +49,7 @@ fn fixture_tree(root: &Path, round: u32) {
     }
 }
 
-fn with_mtimes(root: &Path) -> BTreeMap<String, String> {
+pub(crate) fn with_mtimes(root: &Path) -> BTreeMap<String, String> {
     let mut l = listing(root);
     for (k, v) in l.iter_mut() {
         if v.starts_with('F') {
@@ -63,7 +63,7 @@ fn with_mtimes(root: &Path) -> BTreeMap<String, String> {
     l
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     for e in walkdir::WalkDir::new(from) {
         let e = e.unwrap();
         let dest = to.join(e.path().strip_prefix(from).unwrap());
