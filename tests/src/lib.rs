@@ -11,3 +11,21 @@ pub mod procs;
 pub mod session_user;
 
 pub use model_stand_in::{Script, StandIn, StandInOptions, ToolCall, Turn};
+
+/// `git -C DIR ARGS` with an identity for commits, asserting success; returns stdout,
+/// trimmed. (The end-to-end modules' one git helper.)
+pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@localhost"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}

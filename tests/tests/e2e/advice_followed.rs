@@ -18,6 +18,7 @@
 use std::path::Path;
 use std::process::Output;
 
+use parhelia_testkit::git;
 use parhelia_testkit::harness::Harness;
 use parhelia_testkit::{Script, ToolCall, Turn};
 
@@ -54,23 +55,6 @@ fn workspace(h: &Harness, session_id: &str) -> std::path::PathBuf {
         .join("sessions")
         .join(session_id)
         .join("workspace")
-}
-
-/// `git -C DIR ARGS` with an identity for commits, asserting success; returns stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@localhost"])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 #[test]

@@ -7,10 +7,10 @@
 //! the work then succeeds. `docs/dev/advice-coverage.md` lists which test follows which
 //! code.
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use parhelia_testkit::git;
 use parhelia_testkit::harness::Harness;
 use parhelia_testkit::model_stand_in::WhenExhausted;
 use parhelia_testkit::{Script, ToolCall, Turn};
@@ -42,23 +42,6 @@ fn hint(stderr: &str) -> &str {
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("hint: "))
         .unwrap_or_else(|| panic!("no hint under the error:\n{stderr}"))
-}
-
-/// `git -C DIR ARGS` with an identity for commits, asserting success; returns stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@localhost"])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn finished(h: &Harness, task_id: &str) -> serde_json::Value {

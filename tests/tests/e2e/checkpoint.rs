@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use parhelia_testkit::git;
 use parhelia_testkit::harness::Harness;
 use parhelia_testkit::model_stand_in::RequestKind;
 use parhelia_testkit::{Script, ToolCall, Turn};
@@ -865,22 +866,6 @@ fn a_checkpoint_after_reads_hashes_only_what_was_written() {
             .any(|p| p == "new.txt"),
         "{shown:#}"
     );
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@localhost"])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// `session pull --progress json` counts the restore of the checkpoint's workspace:
