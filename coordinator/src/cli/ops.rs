@@ -635,7 +635,17 @@ pub async fn config(ctx: &Ctx, command: ConfigCommand) -> Result<i32> {
     };
     let state = ctx.state()?;
     // With a coordinator running, its configuration is the one in effect.
-    let effective = ctx.effective_config(&state, false).await;
+    let mut effective = ctx.effective_config(&state, false).await;
+    // A live coordinator holds the state directory while its control plane restarts
+    // (a reload of config.toml): wait for it a little, rather than read the files.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while matches!(&effective, Ok(e) if e.coordinator.is_none())
+        && coordinator_client::lock_holder(&state).is_some_and(|h| !h.stopped)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        effective = ctx.effective_config(&state, false).await;
+    }
     if let Ok(super::EffectiveConfig {
         coordinator: Some((pid, reply)),
         ..
