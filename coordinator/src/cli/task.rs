@@ -51,6 +51,15 @@ pub enum TaskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A task's spend over time: each ledger row with the running totals
+    /// (compute, model, storage), and its ceiling; the last row's total is
+    /// its cost as `task show` prints it
+    Spend {
+        task_id: String,
+        /// Print one JSON object (`points`: at most 2,000, evenly thinned)
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a task's events as they happen, until it ends; the exit status
     /// is the task's outcome
     Watch {
@@ -262,6 +271,7 @@ pub async fn run(ctx: &Ctx, command: TaskCommand) -> Result<i32> {
         TaskCommand::Create(args) => create(ctx, *args).await,
         TaskCommand::List { status, json } => list(ctx, status.as_deref(), json),
         TaskCommand::Show { task_id, json } => show(ctx, &task_id, json),
+        TaskCommand::Spend { task_id, json } => spend(ctx, &task_id, json),
         TaskCommand::Watch { task_id, json } => watch(ctx, &task_id, json).await,
         TaskCommand::Dispatch {
             task_ids,
@@ -833,6 +843,67 @@ pub(crate) fn show_task(ctx: &Ctx, task_id: &str) -> Result<ShownTask> {
         limits,
         over_quota,
     })
+}
+
+/// `task spend`'s series (the MCP tool and the dashboard's chart read the same).
+pub(crate) fn spend_series(ctx: &Ctx, task_id: &str) -> Result<crate::spend_series::SpendSeries> {
+    let opened = ctx.open()?;
+    let (limits, _) = opened
+        .db
+        .task_limits(task_id)?
+        .ok_or_else(|| task_not_found(task_id))?;
+    let entries = opened.db.task_ledger_entries(task_id)?;
+    Ok(crate::spend_series::series(
+        task_id,
+        limits.max_cost_usd,
+        &entries,
+    ))
+}
+
+fn spend(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+    use crate::budget::usd;
+    let series = spend_series(ctx, task_id)?;
+    if json {
+        print_json(&serde_json::to_value(&series)?)?;
+        return Ok(0);
+    }
+    let ceiling = series
+        .ceiling_usd
+        .map_or_else(|| "none (no --max-cost)".to_string(), usd);
+    outln!("{}", labelled("task", task_id));
+    outln!("{}", labelled("ceiling", &ceiling));
+    if series.points.is_empty() {
+        outln!("no spend recorded yet");
+        return Ok(0);
+    }
+    if series.thinned {
+        outln!(
+            "{} ledger rows; {} of them shown, evenly spaced, with the last",
+            series.rows,
+            series.points.len()
+        );
+    }
+    let mut table = crate::table::Table::new(2)
+        .whole("AT", 24)
+        .whole("KIND", 7)
+        .number("AMOUNT", 8)
+        .number("COMPUTE", 8)
+        .number("MODEL", 8)
+        .number("STORAGE", 8)
+        .number("TOTAL", 8);
+    for p in &series.points {
+        table.row(vec![
+            p.at.as_str().into(),
+            p.kind.as_str().into(),
+            usd(p.amount_usd).into(),
+            usd(p.compute_usd).into(),
+            usd(p.model_usd).into(),
+            usd(p.storage_usd).into(),
+            usd(p.total_usd).into(),
+        ]);
+    }
+    out!("{}", table.render_as(crate::output_look::stdout_look()));
+    Ok(0)
 }
 
 /// What `task show` shows: the task, its limits, and whether its session's store is
