@@ -85,10 +85,10 @@ pub async fn run(ctx: &Ctx, args: UiArgs) -> Result<i32> {
             ),
         ));
     }
-    let state = ctx.state()?;
-    std::fs::create_dir_all(state.root())
-        .with_context(|| format!("creating {}", state.root().display()))?;
-    let token = load_or_make_token(&state.root().join("ui.token"))?;
+    // The state directory as every command opens it (made private if new).
+    let opened = ctx.open()?;
+    let token = load_or_make_token(&opened.state.root().join("ui.token"))?;
+    drop(opened);
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("listening on {}", args.addr))?;
@@ -187,15 +187,30 @@ fn load_or_make_token(path: &Path) -> Result<String> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let bytes: [u8; 32] = rand::random();
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            // Written whole under a temporary name, then linked into place: a
+            // `parhelia ui` starting at the same moment reads one token or the
+            // other, never half of one, and both then agree on the one linked.
+            let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path)
-                .with_context(|| format!("creating {}", path.display()))?;
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
             file.write_all(format!("{token}\n").as_bytes())?;
             file.sync_all()?;
-            Ok(token)
+            drop(file);
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(token),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_make_token(path)
+                }
+                Err(err) => {
+                    Err(anyhow::Error::new(err).context(format!("creating {}", path.display())))
+                }
+            }
         }
         Err(err) => Err(anyhow::Error::new(err).context(format!("reading {}", path.display()))),
     }
