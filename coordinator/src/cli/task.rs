@@ -667,24 +667,31 @@ async fn submit_following_the_copy(
         }
         Err(status) => return Err(coordinator_error(status)),
     };
-    let mut copying = false;
+    // The step each transfer shows, begun at its first figures.
+    let mut current: Option<&'static str> = None;
     while let Some(message) = stream.message().await.map_err(coordinator_error)? {
-        match message.event {
-            Some(Event::WorkspaceCopy(copied)) => {
-                if !copying {
-                    copying = true;
-                    progress.step("copying the workspace into the session");
-                }
-                progress.transfer(crate::progress::Transfer {
-                    files_done: copied.files_done,
-                    files_total: copied.files_total,
-                    bytes_done: copied.bytes_done,
-                    bytes_total: copied.bytes_total,
-                });
+        let (step, figures) = match message.event {
+            Some(Event::WorkspaceCopy(f)) => ("copying the workspace into the session", f),
+            Some(Event::WorkspaceCheckpoint(f)) => (
+                "checkpointing the workspace (the Modal session's starting point)",
+                f,
+            ),
+            Some(Event::WorkspaceUpload(f)) => {
+                ("uploading the workspace checkpoint to the Modal volume", f)
             }
             Some(Event::Submitted(response)) => return Ok(response),
-            None => {}
+            None => continue,
+        };
+        if current != Some(step) {
+            current = Some(step);
+            progress.step(step);
         }
+        progress.transfer(crate::progress::Transfer {
+            files_done: figures.files_done,
+            files_total: figures.files_total,
+            bytes_done: figures.bytes_done,
+            bytes_total: figures.bytes_total,
+        });
     }
     Err(anyhow::anyhow!(
         "the coordinator ended the submit without a reply"
