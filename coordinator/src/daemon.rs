@@ -27,6 +27,7 @@ use parhelia_proto::{
     SubmitTaskProgress, SubmitTaskRequest, SubmitTaskResponse, TerminateContainerRequest,
     TerminateContainerResponse, TransferProgress, submit_task_progress,
 };
+use parhelia_proto::{DispatchTasksProgress, TaskTransferProgress, dispatch_tasks_progress};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
@@ -249,6 +250,90 @@ impl Coordinator for CoordinatorService {
             .await
             .map(Response::new)
             .map_err(to_status)
+    }
+
+    type DispatchTasksWithProgressStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<DispatchTasksProgress, Status>> + Send>,
+    >;
+
+    async fn dispatch_tasks_with_progress(
+        &self,
+        request: Request<DispatchTasksRequest>,
+    ) -> Result<Response<Self::DispatchTasksWithProgressStream>, Status> {
+        use crate::backend::workspace_copy::{CopyProgress, WorkspaceStage};
+        let r = request.into_inner();
+        // As SubmitBudgetedTaskWithProgress: the transfers only replace the latest
+        // figures of each (task, stage); this task sends the changed ones in order.
+        type Latest = std::collections::BTreeMap<(String, WorkspaceStage), CopyProgress>;
+        let (latest_tx, mut latest_rx) = tokio::sync::watch::channel(Latest::new());
+        let transfers: crate::service::TaskTransfers = Arc::new(
+            move |task_id: &str, stage: WorkspaceStage, p: CopyProgress| {
+                latest_tx.send_modify(|latest| {
+                    latest.insert((task_id.to_string(), stage), p);
+                });
+            },
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let dispatch = service.dispatch_tasks_reporting(
+                &r.task_ids,
+                r.all,
+                r.dry_run,
+                &r.env,
+                Some(transfers),
+            );
+            tokio::pin!(dispatch);
+            let mut sent = Latest::new();
+            let unsent = |latest: &Latest, sent: &mut Latest| {
+                let mut out = Vec::new();
+                for (key, p) in latest {
+                    if sent.get(key) != Some(p) {
+                        sent.insert(key.clone(), *p);
+                        out.push(DispatchTasksProgress {
+                            event: Some(dispatch_tasks_progress::Event::Workspace(
+                                TaskTransferProgress {
+                                    task_id: key.0.clone(),
+                                    stage: key.1.as_str().to_string(),
+                                    figures: Some(TransferProgress {
+                                        files_done: p.files_done,
+                                        files_total: p.files_total,
+                                        bytes_done: p.bytes_done,
+                                        bytes_total: p.bytes_total,
+                                    }),
+                                },
+                            )),
+                        });
+                    }
+                }
+                out
+            };
+            let result = loop {
+                tokio::select! {
+                    result = &mut dispatch => break result,
+                    Ok(()) = latest_rx.changed() => {
+                        let latest = latest_rx.borrow_and_update().clone();
+                        for m in unsent(&latest, &mut sent) {
+                            let _ = tx.send(Ok(m)).await;
+                        }
+                    }
+                }
+            };
+            let latest = latest_rx.borrow_and_update().clone();
+            for m in unsent(&latest, &mut sent) {
+                let _ = tx.send(Ok(m)).await;
+            }
+            let last = match result {
+                Ok(response) => Ok(DispatchTasksProgress {
+                    event: Some(dispatch_tasks_progress::Event::Dispatched(response)),
+                }),
+                Err(err) => Err(to_status(err)),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn cancel_task(

@@ -103,6 +103,24 @@ pub enum WorkspaceStage {
 impl WorkspaceStage {
     /// Every stage, in the order a launch goes through them.
     pub const ALL: [WorkspaceStage; 3] = [Self::Copy, Self::Checkpoint, Self::Upload];
+
+    /// Its name in `TaskTransferProgress.stage` (`coordinator.proto`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Copy => "copy",
+            Self::Checkpoint => "checkpoint",
+            Self::Upload => "upload",
+        }
+    }
+
+    /// What a person is shown while it runs.
+    pub fn step(self) -> &'static str {
+        match self {
+            Self::Copy => "copying the workspace into the session",
+            Self::Checkpoint => "checkpointing the workspace (the Modal session's starting point)",
+            Self::Upload => "uploading the workspace checkpoint to the Modal volume",
+        }
+    }
 }
 
 /// Told how far the transfers of a launch's workspace have got (the service hands

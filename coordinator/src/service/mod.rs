@@ -34,6 +34,7 @@ pub mod stores;
 mod tasks;
 
 pub use resume::RESUME_CONTINUE_MESSAGE;
+pub use tasks::TaskTransfers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
