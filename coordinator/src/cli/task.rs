@@ -677,24 +677,27 @@ async fn submit_following_the_copy(
         }
         Err(status) => return Err(coordinator_error(status)),
     };
-    let mut copying = false;
+    // The step each transfer shows, begun at its first figures.
+    let mut current: Option<&'static str> = None;
     while let Some(message) = stream.message().await.map_err(coordinator_error)? {
-        match message.event {
-            Some(Event::WorkspaceCopy(copied)) => {
-                if !copying {
-                    copying = true;
-                    progress.step("copying the workspace into the session");
-                }
-                progress.transfer(crate::progress::Transfer {
-                    files_done: copied.files_done,
-                    files_total: copied.files_total,
-                    bytes_done: copied.bytes_done,
-                    bytes_total: copied.bytes_total,
-                });
-            }
+        use crate::backend::workspace_copy::WorkspaceStage;
+        let (step, figures) = match message.event {
+            Some(Event::WorkspaceCopy(f)) => (WorkspaceStage::Copy.step(), f),
+            Some(Event::WorkspaceCheckpoint(f)) => (WorkspaceStage::Checkpoint.step(), f),
+            Some(Event::WorkspaceUpload(f)) => (WorkspaceStage::Upload.step(), f),
             Some(Event::Submitted(response)) => return Ok(response),
-            None => {}
+            None => continue,
+        };
+        if current != Some(step) {
+            current = Some(step);
+            progress.step(step);
         }
+        progress.transfer(crate::progress::Transfer {
+            files_done: figures.files_done,
+            files_total: figures.files_total,
+            bytes_done: figures.bytes_done,
+            bytes_total: figures.bytes_total,
+        });
     }
     Err(anyhow::anyhow!(
         "the coordinator ended the submit without a reply"
@@ -1076,6 +1079,92 @@ pub(crate) fn dispatch_failure(
     })
 }
 
+/// [`dispatch_call`] over `DispatchTasksWithProgress`: the workspace transfers of the
+/// tasks it launches shown as progress (op `task_dispatch`, begun at the first
+/// transfer: a dispatch that moves no workspace shows none). A coordinator from
+/// before that RPC gets `DispatchTasks`.
+async fn dispatch_following_the_transfers(
+    ctx: &Ctx,
+    task_ids: Vec<String>,
+    all: bool,
+    dry_run: bool,
+) -> Result<parhelia_proto::DispatchTasksResponse> {
+    use parhelia_proto::dispatch_tasks_progress::Event;
+    if dry_run {
+        return dispatch_call(ctx, task_ids, all, dry_run).await;
+    }
+    let all = all || task_ids.is_empty();
+    let opened = ctx.open()?;
+    let mut env = launch_env()?;
+    let pending = opened.db.list_tasks(Some(TaskStatus::Pending))?;
+    env.extend(secret_env_for(
+        pending.iter().filter(|t| all || task_ids.contains(&t.id)),
+    ));
+    let request = DispatchTasksRequest {
+        task_ids,
+        all,
+        dry_run,
+        env,
+    };
+    let mut client = ctx.client(&opened.state).await?;
+    let mut stream = match client.dispatch_tasks_with_progress(request.clone()).await {
+        Ok(stream) => stream.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            return Ok(client
+                .dispatch_tasks(request)
+                .await
+                .map_err(coordinator_error)?
+                .into_inner());
+        }
+        Err(status) => return Err(coordinator_error(status)),
+    };
+    let mut progress: Option<crate::progress::Progress> = None;
+    let mut current: Option<(String, String)> = None;
+    let result = async {
+        while let Some(message) = stream.message().await.map_err(coordinator_error)? {
+            match message.event {
+                Some(Event::Workspace(t)) => {
+                    let stage = crate::backend::workspace_copy::WorkspaceStage::ALL
+                        .into_iter()
+                        .find(|s| s.as_str() == t.stage);
+                    let (Some(stage), Some(figures)) = (stage, t.figures) else {
+                        continue;
+                    };
+                    let step = format!("task {}: {}", t.task_id, stage.step());
+                    let key = (t.task_id.clone(), t.stage.clone());
+                    match &progress {
+                        None => {
+                            progress =
+                                Some(crate::progress::Progress::start("task_dispatch", &step))
+                        }
+                        Some(p) if current.as_ref() != Some(&key) => p.step(&step),
+                        Some(_) => {}
+                    }
+                    current = Some(key);
+                    if let Some(p) = &progress {
+                        p.transfer(crate::progress::Transfer {
+                            files_done: figures.files_done,
+                            files_total: figures.files_total,
+                            bytes_done: figures.bytes_done,
+                            bytes_total: figures.bytes_total,
+                        });
+                    }
+                }
+                Some(Event::Dispatched(response)) => return Ok(response),
+                None => {}
+            }
+        }
+        Err(anyhow::anyhow!(
+            "the coordinator ended the dispatch without a reply"
+        ))
+    }
+    .await;
+    if let Some(p) = progress {
+        p.finish(result.is_ok());
+    }
+    result
+}
+
 async fn dispatch(
     ctx: &Ctx,
     task_ids: Vec<String>,
@@ -1083,7 +1172,8 @@ async fn dispatch(
     dry_run: bool,
     json: bool,
 ) -> Result<i32> {
-    let response = dispatch_call(ctx, task_ids, all, dry_run).await?;
+    let response = dispatch_following_the_transfers(ctx, task_ids, all, dry_run).await?;
+
     if json {
         print_json(&dispatch_json(dry_run, &response))?;
     } else {
