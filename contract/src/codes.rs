@@ -412,7 +412,7 @@ error_codes! {
     }
     ATTACH_CONNECTION_LOST = "E599" "ATTACH_CONNECTION_LOST" {
         what: "An attach lost its connection to the session's agent and could not get it back.",
-        why: "The network between this machine and the agent (a Modal tunnel, a proxy, a VPN) dropped the connection, or stopped carrying it (keepalive pings unanswered for 10 s), and eight reconnect tries, over at least 20 s, failed too; the message quotes the last try's error. The database still listed the session as running when the attach gave up, and a dropped attach does not stop it.",
+        why: "The network between this machine and the agent (a Modal tunnel, a proxy, a VPN) dropped the connection, or stopped carrying it (keepalive pings unanswered for 10 s), and eight reconnect tries, over about 20 s, failed too; the message quotes the last try's error. The database still listed the session as running when the attach gave up, and a dropped attach does not stop it.",
         recover: "Attach again once the network is back: `parhelia session attach SESSION_ID` (`parhelia session logs SESSION_ID` shows its screen without a terminal). `parhelia task show TASK_ID` says whether the session still runs; one that was lost meanwhile keeps its work up to its latest checkpoint: `parhelia session recover SESSION_ID`.",
     }
 
