@@ -17,7 +17,7 @@
 //!   client redraws the whole screen at the terminal's size then. Keys typed while
 //!   disconnected go nowhere, except Ctrl-c and Ctrl-b d, which leave. It stops trying,
 //!   saying why, when the session is no longer running, the agent refuses the secret or
-//!   the attach, or the last try failed (E599).
+//!   the attach, or the last try failed (E597).
 //! - tmux's detach key (Ctrl-b d) ends the attach and leaves the session running; with
 //!   `--read-only` (where no keystroke is ever sent) the CLI recognises the same key,
 //!   and Ctrl-c, itself.
@@ -455,7 +455,7 @@ async fn follow_rendered(
 }
 
 /// How many times an attach whose connection dropped tries to get it back before it
-/// gives up (E599). With [`reconnect_delay`] that is about 20 s of pauses (19.75 s)
+/// gives up (E597). With [`reconnect_delay`] that is about 20 s of pauses (19.75 s)
 /// plus the tries themselves.
 pub(crate) const RECONNECT_TRIES: u32 = 8;
 
@@ -987,7 +987,7 @@ mod tests {
         let total: u128 = delays.iter().sum();
         assert!(
             (19_000..=21_000).contains(&total),
-            "E599's text says about 20 s: {total}"
+            "E597's text says about 20 s: {total}"
         );
     }
 
