@@ -209,6 +209,10 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let mut server_shutdown = shutdown_receiver.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            // Pings every connection, so one whose client vanished without a word (a
+            // dropped tunnel) is closed within 10 s and its attach ends.
+            .http2_keepalive_interval(Some(parhelia_proto::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(parhelia_proto::KEEPALIVE_TIMEOUT))
             .add_service(service)
             .serve_with_incoming_shutdown(
                 // No Nagle delay: an attached terminal sends a few bytes at a time.

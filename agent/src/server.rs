@@ -181,7 +181,7 @@ impl Agent for AgentService {
         } else {
             start.term.clone()
         };
-        let (terminal, output) = AttachedTerminal::spawn(
+        let terminal = AttachedTerminal::spawn(
             &grant.tmux,
             TMUX_SESSION_NAME,
             start.read_only,
@@ -198,7 +198,6 @@ impl Agent for AgentService {
         let (responses, stream) = mpsc::channel(64);
         tokio::spawn(bridge_attach(
             terminal,
-            output,
             inbound,
             start.read_only,
             grant,
@@ -359,11 +358,14 @@ fn check_attachable(grant: &TerminalGrant) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Keystrokes the terminal has not taken yet beyond which the bridge stops reading
+/// the client's stream (gRPC flow control then holds the client back).
+const MAX_PENDING_INPUT: usize = 64 * 1024;
+
 /// Copies screen bytes out and keystrokes in until the client or the tmux client ends.
-#[allow(clippy::too_many_arguments)]
+/// One task does it all on the non-blocking terminal: no thread, no blocking write.
 async fn bridge_attach(
     mut terminal: AttachedTerminal,
-    mut output: mpsc::Receiver<Vec<u8>>,
     mut inbound: tonic::Streaming<AttachRequest>,
     read_only: bool,
     grant: TerminalGrant,
@@ -374,18 +376,24 @@ async fn bridge_attach(
     use parhelia_proto::attach_request::Item;
     use parhelia_proto::attach_response;
     let mut client_open = true;
+    // Keystrokes received and not yet written (the terminal's input queue was full).
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
     let reason = loop {
         tokio::select! {
-            chunk = output.recv() => match chunk {
-                Some(bytes) => {
-                    let response = AttachResponse { item: Some(attach_response::Item::Output(bytes)) };
+            read = terminal.output.read(&mut buffer) => match read {
+                Ok(n) if n > 0 => {
+                    let response = AttachResponse { item: Some(attach_response::Item::Output(buffer[..n].to_vec())) };
                     if responses.send(Ok(response)).await.is_err() {
                         client_open = false;
                         break AttachEndReason::Detached;
                     }
                 }
                 // The tmux client exited: detached, or the session is gone.
-                None => {
+                other => {
+                    if let Err(e) = other {
+                        tracing::warn!(error = %e, "failed to read the attached terminal");
+                    }
                     break if grant.tmux.has_session(TMUX_SESSION_NAME).await {
                         AttachEndReason::Detached
                     } else {
@@ -393,10 +401,19 @@ async fn bridge_attach(
                     };
                 }
             },
-            message = inbound.message(), if client_open => match message {
+            written = terminal.input.write(&pending), if !pending.is_empty() => match written {
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "failed to pass keystrokes to tmux");
+                    pending.clear();
+                }
+            },
+            message = inbound.message(), if client_open && pending.len() < MAX_PENDING_INPUT => match message {
                 Ok(Some(AttachRequest { item: Some(Item::Input(bytes)) })) => {
-                    if !read_only && let Err(e) = terminal.write_input(&bytes) {
-                        tracing::warn!(error = %e, "failed to pass keystrokes to tmux");
+                    if !read_only {
+                        pending.extend_from_slice(&bytes);
                     }
                 }
                 Ok(Some(AttachRequest { item: Some(Item::Resize(size)) })) => {
@@ -405,7 +422,8 @@ async fn bridge_attach(
                     }
                 }
                 Ok(Some(_)) => {}
-                // The client hung up: leave the session running.
+                // The client hung up, or its connection broke (reset, or keepalive
+                // pings unanswered): leave the session running.
                 Ok(None) | Err(_) => {
                     client_open = false;
                     break AttachEndReason::Detached;

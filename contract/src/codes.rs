@@ -415,6 +415,11 @@ error_codes! {
         why: "The reconciler found processes of a local session still running after its agent died (a killed agent's tmux server, Claude Code or its tools), checkpointed the workspace and signalled every one of them (SIGKILL), but some are still alive: they are stuck in the kernel (uninterruptible I/O), or belong to another user.",
         recover: "`parhelia events list --type session_processes_ended` names the pids; look at them (`ps -o pid,stat,cmd -p PID`) and end them yourself, then `parhelia cleanup`.",
     }
+    ATTACH_CONNECTION_LOST = "E597" "ATTACH_CONNECTION_LOST" {
+        what: "An attach lost its connection to the session's agent and could not get it back.",
+        why: "The network between this machine and the agent (a Modal tunnel, a proxy, a VPN) dropped the connection, or stopped carrying it (keepalive pings unanswered for 10 s), and eight reconnect tries, over about 20 s, failed too; the message quotes the last try's error. The database still listed the session as running when the attach gave up, and a dropped attach does not stop it.",
+        recover: "Attach again once the network is back: `parhelia session attach SESSION_ID` (`parhelia session logs SESSION_ID` shows its screen without a terminal). `parhelia task show TASK_ID` says whether the session still runs; one that was lost meanwhile keeps its work up to its latest checkpoint: `parhelia session recover SESSION_ID`.",
+    }
 
     CHECKPOINT_IO_FAILED = "E520" "CHECKPOINT_IO_FAILED" {
         what: "A checkpoint could not be read or written.",
@@ -543,7 +548,7 @@ mod tests {
             ("E201", 3),
             ("E300", 4),
             ("E401", 5),
-            ("E599", 6),
+            ("E597", 6),
             ("E600", 7),
             ("E7", 1),
             ("X101", 1),

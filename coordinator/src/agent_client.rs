@@ -82,6 +82,11 @@ pub async fn connect_agent_with_roots(
     let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
+        // While a call is open (an attach, a followed event stream), a connection that
+        // stopped answering (a dead tunnel) fails it within 10 s instead of never.
+        .http2_keep_alive_interval(parhelia_proto::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(parhelia_proto::KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(false)
         .connect()
         .await
         .with_context(|| format!("connecting to the agent at {uri}"))?;

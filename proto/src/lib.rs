@@ -21,6 +21,16 @@ pub fn bearer(secret: &str) -> String {
     format!("Bearer {secret}")
 }
 
+/// HTTP/2 keepalive on agent connections, both ends: a PING after this long without
+/// a frame from the peer (idle or not)…
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// …and the connection is closed when the PING is not answered within this long. So a
+/// dead path (a tunnel that stopped forwarding, a peer that froze, a vanished NAT
+/// mapping) is noticed within [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`] = 10 s: an
+/// attached CLI then reconnects, and the agent ends the tmux client the connection fed.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Stable snake_case names for event kinds, used as the `type` column in the
 /// coordinator's database and in `--type` filters. A new kind's name goes
 /// into [`EVENT_TYPE_NAMES`] too.

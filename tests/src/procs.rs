@@ -84,3 +84,52 @@ pub fn reap_when_killed(root: &Path) {
     // Not waited for: it outlives the test by design (and is reaped by init).
     drop(spawned);
 }
+
+/// Resets every established TCP connection process `pid` holds, as a network that drops
+/// them would (a NAT forgetting its mapping, a tunnel restarting): `ss -K`, which
+/// destroys the socket so both ends see the connection broken. Returns the
+/// connections reset as (local port, peer port). Needs CAP_NET_ADMIN (the test says so
+/// when it is missing, rather than passing without having dropped anything).
+pub fn reset_tcp_connections_of(pid: u32) -> Vec<(u16, u16)> {
+    let out = Command::new("ss")
+        .args(["-tnpH", "state", "established"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ss (iproute2)");
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let owner = format!("pid={pid},");
+    let port = |address: &str| -> u16 {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {address}"))
+    };
+    let mut reset = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.contains(&owner) {
+            continue;
+        }
+        // Recv-Q Send-Q Local:Port Peer:Port Process
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, peer) = (port(fields[2]), port(fields[3]));
+        let killed = Command::new("ss")
+            .args(["-K", "-tnH", "state", "established"])
+            .arg(format!("( sport = :{local} and dport = :{peer} )"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ss -K");
+        assert!(
+            killed.status.success() && !killed.stdout.is_empty(),
+            "ss -K could not reset {local}->{peer} (it needs CAP_NET_ADMIN and a kernel with \
+             INET_DIAG_DESTROY): {}",
+            String::from_utf8_lossy(&killed.stderr)
+        );
+        reset.push((local, peer));
+    }
+    reset
+}

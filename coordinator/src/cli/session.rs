@@ -10,6 +10,14 @@
 //!   by a guard (on every return path, errors and panics included) and on SIGINT,
 //!   SIGTERM, SIGHUP and SIGQUIT, which end the attach.
 //! - Window-size changes (SIGWINCH) are sent to the agent.
+//! - A dropped connection (reset, or silent: the channel's keepalive pings go
+//!   unanswered for 10 s) does not end the attach: the terminal stays raw, a line says
+//!   what happened, and it reconnects with backoff ([`RECONNECT_TRIES`] tries,
+//!   [`reconnect_delay`] apart), resolving the endpoint again; the agent's new tmux
+//!   client redraws the whole screen at the terminal's size then. Keys typed while
+//!   disconnected go nowhere, except Ctrl-c and Ctrl-b d, which leave. It stops trying,
+//!   saying why, when the session is no longer running, the agent refuses the secret or
+//!   the attach, or the last try failed (E597).
 //! - tmux's detach key (Ctrl-b d) ends the attach and leaves the session running; with
 //!   `--read-only` (where no keystroke is ever sent) the CLI recognises the same key,
 //!   and Ctrl-c, itself.
@@ -446,7 +454,24 @@ async fn follow_rendered(
     }
 }
 
-/// `session attach`.
+/// How many times an attach whose connection dropped tries to get it back before it
+/// gives up (E597). With [`reconnect_delay`] that is about 20 s of pauses (19.75 s)
+/// plus the tries themselves.
+pub(crate) const RECONNECT_TRIES: u32 = 8;
+
+/// How long one reconnect try may take (a path that accepts TCP but never answers).
+const RECONNECT_TRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pause before reconnect try `attempt` (1-based): 250 ms, doubling, at most 4 s.
+pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(4);
+    Duration::from_millis(250 << doublings)
+}
+
+/// `session attach`: raw terminal, keystrokes to the agent, screen bytes back. A
+/// connection that drops (reset, or silent: keepalive pings unanswered within 10 s)
+/// is re-established with backoff while the terminal stays raw; the new tmux client
+/// redraws the whole screen at the terminal's current size.
 pub async fn attach(ctx: &Ctx, session_id: &str, read_only: bool) -> Result<i32> {
     let mut live = connect_live(ctx, session_id).await?;
     if live.session.mode != "interactive" {
@@ -456,27 +481,24 @@ pub async fn attach(ctx: &Ctx, session_id: &str, read_only: bool) -> Result<i32>
         follow_rendered(&mut live.client, session_id, 1, false).await?;
         return Ok(0);
     }
-    let (requests, request_stream) = mpsc::channel(64);
-    let size = terminal_size();
-    requests
-        .send(AttachRequest {
-            item: Some(attach_request::Item::Start(AttachStart {
-                read_only,
-                size: size.map(|(cols, rows)| WindowSize { cols, rows }),
-                term: std::env::var("TERM").unwrap_or_default(),
-            })),
-        })
+    let mut connection = open_attach(&mut live, read_only)
         .await
-        .expect("the receiver is alive");
-    let mut responses = live
-        .client
-        .attach(tokio_stream::wrappers::ReceiverStream::new(request_stream))
-        .await
-        .map_err(|status| agent_refusal(session_id, &status))?
-        .into_inner();
+        .map_err(|status| agent_refusal(session_id, &status))?;
 
     let guard = RawTerminal::enter()?;
-    let ended = pump_attach(&mut responses, &requests, read_only).await;
+    let mut local = LocalInput::new()?;
+    let ended = loop {
+        match pump_attach(&mut connection, read_only, &mut local).await {
+            Ok(AttachEnd::Lost(why)) => {
+                match reconnect(ctx, session_id, read_only, &mut local, &why).await {
+                    Ok(Reconnected::Attached(again)) => connection = *again,
+                    Ok(Reconnected::Left(end)) => break Ok(end),
+                    Err(err) => break Err(err),
+                }
+            }
+            other => break other,
+        }
+    };
     let clean = matches!(
         ended,
         Ok(AttachEnd::Agent(
@@ -507,44 +529,272 @@ pub async fn attach(ctx: &Ctx, session_id: &str, read_only: bool) -> Result<i32>
     Ok(0)
 }
 
+/// One attach stream: where keystrokes go, where the screen comes from.
+struct AttachConnection {
+    requests: mpsc::Sender<AttachRequest>,
+    responses: tonic::Streaming<parhelia_proto::AttachResponse>,
+}
+
+/// Opens an attach stream on the live session's agent, sized to the terminal now.
+async fn open_attach(
+    live: &mut LiveSession,
+    read_only: bool,
+) -> std::result::Result<AttachConnection, tonic::Status> {
+    let (requests, request_stream) = mpsc::channel(64);
+    let size = terminal_size();
+    requests
+        .send(AttachRequest {
+            item: Some(attach_request::Item::Start(AttachStart {
+                read_only,
+                size: size.map(|(cols, rows)| WindowSize { cols, rows }),
+                term: std::env::var("TERM").unwrap_or_default(),
+            })),
+        })
+        .await
+        .expect("the receiver is alive");
+    let responses = live
+        .client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(request_stream))
+        .await?
+        .into_inner();
+    Ok(AttachConnection {
+        requests,
+        responses,
+    })
+}
+
+enum Reconnected {
+    Attached(Box<AttachConnection>),
+    /// The user left while it was trying (Ctrl-c or Ctrl-b d, or a signal).
+    Left(AttachEnd),
+}
+
+/// Whether a reconnect try's failure can pass (the network, a restarting coordinator,
+/// a tunnel not yet forwarding) or says the attach is over (the session is not
+/// running, the secret is refused, the agent refuses the attach).
+enum TryFailed {
+    Again(anyhow::Error),
+    Over(anyhow::Error),
+}
+
+/// Whether an agent's answer to a reconnect's `Attach` can change by trying again.
+pub(crate) fn status_may_pass(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Internal
+            | Code::ResourceExhausted
+            | Code::Aborted
+    )
+}
+
+/// One reconnect try: the session must still be running (the database says so), the
+/// coordinator resolves the endpoint again (a Modal tunnel may have moved), and the
+/// agent takes a new attach.
+async fn reconnect_once(
+    ctx: &Ctx,
+    session_id: &str,
+    read_only: bool,
+) -> std::result::Result<AttachConnection, TryFailed> {
+    let mut live = match connect_live(ctx, session_id).await {
+        Ok(live) => live,
+        Err(err) => {
+            let over = crate::error::find_coded(&err).is_some_and(|coded| {
+                coded.code.code == error_codes::SESSION_NOT_FOUND.code
+                    || (coded.code.code == error_codes::AGENT_UNREACHABLE.code
+                        && session_stopped(ctx, session_id))
+            });
+            return Err(if over {
+                TryFailed::Over(err)
+            } else {
+                TryFailed::Again(err)
+            });
+        }
+    };
+    open_attach(&mut live, read_only).await.map_err(|status| {
+        let err = agent_refusal(session_id, &status);
+        if status_may_pass(status.code()) {
+            TryFailed::Again(err)
+        } else {
+            TryFailed::Over(err)
+        }
+    })
+}
+
+/// Whether the database says the session's container is no longer running.
+fn session_stopped(ctx: &Ctx, session_id: &str) -> bool {
+    find_session(ctx, session_id).is_ok_and(|(_, session)| {
+        !matches!(
+            (&session.container_id, session.container_state),
+            (Some(_), Some(state)) if state.is_active()
+        )
+    })
+}
+
+/// Writes a line of our own on the raw terminal (the next redraw replaces it).
+fn say(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = write!(stdout, "\r\n[parhelia] {line}\r\n");
+    let _ = stdout.flush();
+}
+
+/// Gets a dropped attach back: up to [`RECONNECT_TRIES`] tries, [`reconnect_delay`]
+/// apart, saying on the terminal what it does. Keystrokes meanwhile go nowhere, except
+/// Ctrl-c and Ctrl-b d, which leave (the session keeps running).
+async fn reconnect(
+    ctx: &Ctx,
+    session_id: &str,
+    read_only: bool,
+    local: &mut LocalInput,
+    why: &str,
+) -> Result<Reconnected> {
+    let started = std::time::Instant::now();
+    say(&format!(
+        "the connection to session {session_id} dropped ({}); reconnecting (Ctrl-c leaves; the session keeps running)",
+        crate::term::escape_untrusted(why)
+    ));
+    let mut last = why.to_string();
+    let mut leave = LeaveKeys::default();
+    for attempt in 1..=RECONNECT_TRIES {
+        let pause = tokio::time::sleep(reconnect_delay(attempt));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                keys = local.keystrokes.recv(), if local.keystrokes.open() => {
+                    if keys.is_some_and(|keys| leave.feed(&keys)) {
+                        return Ok(Reconnected::Left(AttachEnd::Local));
+                    }
+                }
+                _ = local.winch.recv() => {}
+                _ = local.stop.recv() => return Ok(Reconnected::Left(AttachEnd::Signal)),
+            }
+        }
+        let tried = tokio::select! {
+            tried = tokio::time::timeout(RECONNECT_TRY_TIMEOUT, reconnect_once(ctx, session_id, read_only)) => {
+                tried.unwrap_or_else(|_| Err(TryFailed::Again(anyhow::anyhow!(
+                    "no answer within {} s", RECONNECT_TRY_TIMEOUT.as_secs()
+                ))))
+            }
+            _ = local.stop.recv() => return Ok(Reconnected::Left(AttachEnd::Signal)),
+        };
+        match tried {
+            Ok(connection) => {
+                tracing::info!(attempt, "attach reconnected");
+                // Keys typed while disconnected went nowhere: they are not replayed.
+                local.keystrokes.discard_pending();
+                return Ok(Reconnected::Attached(Box::new(connection)));
+            }
+            Err(TryFailed::Over(err)) => return Err(err),
+            Err(TryFailed::Again(err)) => {
+                last = format!("{err:#}");
+                say(&format!(
+                    "try {attempt} of {RECONNECT_TRIES} failed: {}",
+                    crate::term::escape_untrusted(&last)
+                ));
+            }
+        }
+    }
+    // The session may have ended meanwhile: say so rather than that the network failed.
+    if session_stopped(ctx, session_id)
+        && let Err(err) = connect_live(ctx, session_id).await
+    {
+        return Err(err);
+    }
+    Err(coded(
+        error_codes::ATTACH_CONNECTION_LOST,
+        format!(
+            "lost the connection to session {session_id} and could not get it back: {RECONNECT_TRIES} tries over {:.0} s failed (the last: {})",
+            started.elapsed().as_secs_f64(),
+            crate::term::escape_untrusted(&last)
+        ),
+    ))
+}
+
+/// Recognises the keys that leave an attach on the CLI's side (a read-only attach,
+/// or while reconnecting): Ctrl-c, and tmux's detach key Ctrl-b d (across reads).
+#[derive(Default)]
+pub(crate) struct LeaveKeys {
+    prefix_pending: bool,
+}
+
+impl LeaveKeys {
+    /// Feeds the next keystrokes; whether they ask to leave.
+    pub(crate) fn feed(&mut self, keys: &[u8]) -> bool {
+        for byte in keys {
+            if *byte == 0x03 || (self.prefix_pending && *byte == b'd') {
+                return true;
+            }
+            self.prefix_pending = *byte == TMUX_PREFIX;
+        }
+        false
+    }
+}
+
 enum AttachEnd {
     Agent(AttachEndReason),
     /// The local user left (read-only detach key, or a signal).
     Local,
     Signal,
+    /// The connection broke (why): reconnect.
+    Lost(String),
+}
+
+/// What outlives one attach connection: keystrokes from the terminal, its resizes and
+/// the signals that end the attach.
+struct LocalInput {
+    keystrokes: Keystrokes,
+    winch: tokio::signal::unix::Signal,
+    stop: mpsc::Receiver<()>,
+}
+
+impl LocalInput {
+    fn new() -> Result<LocalInput> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let winch = signal(SignalKind::window_change()).context("watching SIGWINCH")?;
+        let mut stops = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+            SignalKind::quit(),
+        ]
+        .map(|kind| signal(kind).context("installing signal handlers"))
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+        let (stop_sender, stop) = mpsc::channel::<()>(1);
+        for mut signal in stops.drain(..) {
+            let stop_sender = stop_sender.clone();
+            tokio::spawn(async move {
+                signal.recv().await;
+                let _ = stop_sender.send(()).await;
+            });
+        }
+        Ok(LocalInput {
+            keystrokes: Keystrokes::new(),
+            winch,
+            stop,
+        })
+    }
 }
 
 async fn pump_attach(
-    responses: &mut tonic::Streaming<parhelia_proto::AttachResponse>,
-    requests: &mpsc::Sender<AttachRequest>,
+    connection: &mut AttachConnection,
     read_only: bool,
+    local: &mut LocalInput,
 ) -> Result<AttachEnd> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut winch = signal(SignalKind::window_change()).context("watching SIGWINCH")?;
-    let mut stops = [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-    ]
-    .map(|kind| signal(kind).context("installing signal handlers"))
-    .into_iter()
-    .collect::<Result<Vec<_>>>()?;
-    let (stop_sender, mut stop) = mpsc::channel::<()>(1);
-    for mut signal in stops.drain(..) {
-        let stop_sender = stop_sender.clone();
-        tokio::spawn(async move {
-            signal.recv().await;
-            let _ = stop_sender.send(()).await;
-        });
-    }
-    let mut keystrokes = spawn_stdin_reader();
     let mut stdout = std::io::stdout();
-    let mut prefix_pending = false;
+    let mut leave = LeaveKeys::default();
     loop {
         tokio::select! {
-            response = responses.message() => {
-                let response = response.context("the attach stream broke (is the agent still running?)")?;
+            response = connection.responses.message() => {
+                let response = match response {
+                    Ok(response) => response,
+                    Err(status) => return Ok(AttachEnd::Lost(status.message().to_string())),
+                };
                 match response.and_then(|r| r.item) {
                     Some(attach_response::Item::Output(bytes)) => {
                         stdout.write_all(&bytes)?;
@@ -555,36 +805,111 @@ async fn pump_attach(
                             AttachEndReason::try_from(ended.reason).unwrap_or(AttachEndReason::Unspecified),
                         ));
                     }
-                    None => anyhow::bail!("the agent ended the attach without saying why"),
+                    None => return Ok(AttachEnd::Lost("the stream ended without saying why".into())),
                 }
             }
-            keys = keystrokes.recv() => {
+            keys = local.keystrokes.recv(), if local.keystrokes.open() => {
                 let Some(keys) = keys else { continue };
                 if read_only {
-                    for byte in &keys {
-                        if *byte == 0x03 || (prefix_pending && *byte == b'd') {
-                            return Ok(AttachEnd::Local);
-                        }
-                        prefix_pending = *byte == TMUX_PREFIX;
+                    if leave.feed(&keys) {
+                        return Ok(AttachEnd::Local);
                     }
-                } else if requests
+                } else if connection
+                    .requests
                     .send(AttachRequest { item: Some(attach_request::Item::Input(keys)) })
                     .await
                     .is_err()
                 {
-                    anyhow::bail!("the attach stream closed");
+                    return Ok(AttachEnd::Lost("the stream closed".into()));
                 }
             }
-            _ = winch.recv() => {
+            _ = local.winch.recv() => {
                 if let Some((cols, rows)) = terminal_size() {
-                    let _ = requests
+                    let _ = connection
+                        .requests
                         .send(AttachRequest { item: Some(attach_request::Item::Resize(WindowSize { cols, rows })) })
                         .await;
                 }
             }
-            _ = stop.recv() => return Ok(AttachEnd::Signal),
+            _ = local.stop.recv() => return Ok(AttachEnd::Signal),
         }
     }
+}
+
+/// Keystrokes from the terminal. When stdin is a terminal it is opened again (a file
+/// description of our own, so making it non-blocking leaves the shell's alone) and read
+/// on the runtime's reactor, in the task that forwards the keys: no thread and no
+/// handoff per keystroke. Otherwise (a pipe) a thread does blocking reads.
+enum Keystrokes {
+    Reactor(tokio::net::unix::pipe::Receiver),
+    Thread(mpsc::Receiver<Vec<u8>>),
+    /// Stdin ended: nothing more will come.
+    Closed,
+}
+
+impl Keystrokes {
+    fn new() -> Keystrokes {
+        use std::io::IsTerminal;
+        if std::io::stdin().is_terminal()
+            && let Ok(tty) = reopen_stdin_nonblocking()
+        {
+            return Keystrokes::Reactor(tty);
+        }
+        Keystrokes::Thread(spawn_stdin_reader())
+    }
+
+    fn open(&self) -> bool {
+        !matches!(self, Keystrokes::Closed)
+    }
+
+    /// The next keys; `None` once stdin has ended (then [`Self::open`] is false).
+    /// Cancel-safe.
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        let keys = match self {
+            Keystrokes::Reactor(tty) => {
+                use tokio::io::AsyncReadExt;
+                let mut buffer = [0u8; 4096];
+                loop {
+                    match tty.read(&mut buffer).await {
+                        Ok(0) => break None,
+                        Ok(n) => break Some(buffer[..n].to_vec()),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break None,
+                    }
+                }
+            }
+            Keystrokes::Thread(keys) => keys.recv().await,
+            Keystrokes::Closed => None,
+        };
+        if keys.is_none() {
+            *self = Keystrokes::Closed;
+        }
+        keys
+    }
+
+    /// Drops whatever was typed and not read yet.
+    fn discard_pending(&mut self) {
+        match self {
+            Keystrokes::Reactor(tty) => {
+                let mut buffer = [0u8; 4096];
+                while matches!(tty.try_read(&mut buffer), Ok(n) if n > 0) {}
+            }
+            Keystrokes::Thread(keys) => while keys.try_recv().is_ok() {},
+            Keystrokes::Closed => {}
+        }
+    }
+}
+
+/// Stdin's terminal opened anew, non-blocking, on the reactor. (tokio's `pipe` reader
+/// assumes nothing of the fd but that it is non-blocking and pollable, which a
+/// terminal is; its constructor, unlike `AsyncFd`'s, is safe.)
+fn reopen_stdin_nonblocking() -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open("/proc/self/fd/0")?;
+    tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(tty.into())
 }
 
 /// Keystrokes from stdin, read on a thread of their own (a blocking read).
@@ -608,21 +933,13 @@ fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
     received
 }
 
-/// The local terminal's size (columns, rows), from `stty size` on it: the safe way
-/// (the ioctl would need unsafe code).
+/// The local terminal's size (columns, rows): the `TIOCGWINSZ` ioctl on stdin, else
+/// stdout (rustix's safe wrapper; no process).
 fn terminal_size() -> Option<(u32, u32)> {
-    let tty = std::fs::File::open("/dev/tty").ok()?;
-    let output = std::process::Command::new("stty")
-        .arg("size")
-        .stdin(tty)
-        .stderr(std::process::Stdio::null())
-        .output()
+    let size = rustix::termios::tcgetwinsize(std::io::stdin())
+        .or_else(|_| rustix::termios::tcgetwinsize(std::io::stdout()))
         .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut parts = text.split_whitespace().map(|n| n.parse::<u32>().ok());
-    let rows = parts.next()??;
-    let cols = parts.next()??;
-    Some((cols, rows))
+    (size.ws_col > 0 && size.ws_row > 0).then(|| (u32::from(size.ws_col), u32::from(size.ws_row)))
 }
 
 /// The local terminal in raw mode until dropped, which restores it exactly.
@@ -692,4 +1009,83 @@ pub(crate) async fn attach_stream(
         .await
         .map_err(|status| agent_refusal(session_id, &status))?
         .into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn reconnects_back_off_from_a_quarter_second_to_four() {
+        let delays: Vec<u128> = (1..=RECONNECT_TRIES)
+            .map(|attempt| reconnect_delay(attempt).as_millis())
+            .collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 4000, 4000, 4000]);
+        let total: u128 = delays.iter().sum();
+        assert!(
+            (19_000..=21_000).contains(&total),
+            "E597's text says about 20 s: {total}"
+        );
+    }
+
+    #[test]
+    fn only_answers_that_can_change_are_retried() {
+        use tonic::Code;
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+        ] {
+            assert!(status_may_pass(code), "{code:?}");
+        }
+        // A refused secret, a session that is not running or headless, a bad request.
+        for code in [
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::InvalidArgument,
+            Code::NotFound,
+        ] {
+            assert!(!status_may_pass(code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn leave_keys_are_ctrl_c_and_the_detach_key_only() {
+        let leaves = |keys: &[u8]| LeaveKeys::default().feed(keys);
+        assert!(leaves(b"\x03"));
+        assert!(leaves(b"abc\x02d"));
+        assert!(!leaves(b"d"));
+        assert!(!leaves(b"\x02x d"));
+        assert!(!leaves(b"plain typing"));
+        let mut split = LeaveKeys::default();
+        assert!(!split.feed(b"\x02"));
+        assert!(split.feed(b"d"), "the detach key across two reads");
+    }
+
+    proptest! {
+        /// However the terminal splits what is typed into reads, the verdict is the same.
+        #[test]
+        fn leave_keys_do_not_depend_on_how_reads_split(
+            keys in proptest::collection::vec(prop_oneof![Just(0x02u8), Just(b'd'), Just(0x03), any::<u8>()], 0..40),
+            cuts in proptest::collection::vec(0usize..40, 0..6),
+        ) {
+            let whole = LeaveKeys::default().feed(&keys);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(keys.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = LeaveKeys::default();
+            let mut from = 0;
+            let mut split = false;
+            for cut in cuts.into_iter().chain([keys.len()]) {
+                split |= pieces.feed(&keys[from..cut]);
+                if split {
+                    break;
+                }
+                from = cut;
+            }
+            prop_assert_eq!(whole, split);
+        }
+    }
 }

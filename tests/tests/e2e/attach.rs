@@ -130,6 +130,40 @@ impl Terminal {
             .unwrap();
     }
 
+    /// The `parhelia` process (`setsid` execs it in place).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn is_raw(&self, cooked: (u64, u64, u64)) -> bool {
+        modes(&self.termios()) != cooked
+    }
+
+    pub(crate) fn cooked(&self) -> (u64, u64, u64) {
+        modes(&self.termios())
+    }
+
+    /// Resets the attach's connection under it (`ss -K`), waits for the CLI to say the
+    /// connection dropped (the `n`th time), then for it to be attached again: a new
+    /// tmux client redrew the screen (entered the alternate screen anew) after the
+    /// notice.
+    pub(crate) fn wait_reattached(&self, n: usize, what: &str) {
+        const NOTICE: &str = "[parhelia] the connection to session";
+        let after_notice = || {
+            let text = self.output_text();
+            text.match_indices(NOTICE)
+                .nth(n - 1)
+                .map(|(at, _)| text[at..].to_string())
+        };
+        wait_until(&format!("the drop noticed ({what})"), || {
+            after_notice().is_some()
+        });
+        wait_until(
+            &format!("the screen redrawn after the drop ({what})"),
+            || after_notice().is_some_and(|rest| rest.contains("\x1b[?1049h")),
+        );
+    }
+
     pub(crate) fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + HANG_GUARD;
         loop {
@@ -290,4 +324,109 @@ fn logs_show_screen_and_history_and_kill_ends_the_session_so_attach_is_refused()
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("error[E503]"), "{stderr}");
     assert!(stderr.contains("parhelia resume"), "{stderr}");
+}
+
+/// Issue 18: an attach survives its connection dropping. Reset under it (what a NAT or a
+/// restarting tunnel does), the CLI says so, reconnects and the new tmux client redraws the
+/// screen; the terminal stays raw throughout, and what is typed afterwards reaches the pane
+/// (and starts a turn). A connection that goes silent instead (the agent frozen: nothing
+/// answers, nothing is reset) is noticed by the keepalive pings, and the attach comes back
+/// once the agent answers again. Detaching afterwards still restores the terminal.
+#[test]
+fn attach_reconnects_after_the_connection_is_reset_or_goes_silent() {
+    let h = Harness::new(Script::new([
+        Turn::text("ready when you are"),
+        Turn::text_then_tool_use("Writing it.", [ToolCall::write("after.txt", "after\n")]),
+        Turn::text("wrote after.txt"),
+    ]));
+    let created: serde_json::Value =
+        serde_json::from_str(&h.ok(&["task", "create", "Get ready", "--interactive", "--json"]))
+            .unwrap();
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let session_id = created["session_id"].as_str().unwrap().to_string();
+    let container_id = created["container_id"].as_str().unwrap().to_string();
+    h.wait_for("the first turn", || {
+        (!h.task_events(&task_id, "turn_result").is_empty()).then_some(())
+    });
+    let (agent_pid, socket) = h.agent_pid_and_tmux(&container_id);
+    let clients = || {
+        tmux(&socket, &["list-clients", "-t", "claude"])
+            .lines()
+            .count()
+    };
+
+    let mut terminal = Terminal::attach(&h, &session_id, &[]);
+    let cooked = terminal.cooked();
+    wait_until("the screen", || {
+        terminal.output_len() > 0 && terminal.is_raw(cooked) && clients() == 1
+    });
+
+    // Reset: both ends see the connection broken at once.
+    let reset = parhelia_testkit::procs::reset_tcp_connections_of(terminal.pid());
+    assert!(
+        !reset.is_empty(),
+        "the attach holds a TCP connection to the agent"
+    );
+    terminal.wait_reattached(1, "reset");
+    assert!(terminal.is_raw(cooked), "the terminal stayed raw");
+    wait_until("one tmux client again", || clients() == 1);
+    terminal.type_bytes(b"Write after.txt");
+    wait_until(
+        "the prompt typed after the reconnection in the pane",
+        || tmux(&socket, &["capture-pane", "-p", "-t", "claude"]).contains("Write after.txt"),
+    );
+    terminal.type_bytes(b"\r");
+    let workspace = h
+        .state()
+        .join("sessions")
+        .join(&session_id)
+        .join("workspace");
+    wait_until("after.txt", || workspace.join("after.txt").exists());
+    wait_until("the turn's end", || {
+        h.task_events(&task_id, "turn_result").len() >= 2
+    });
+
+    // Silent: the agent frozen, the connection open but unanswered. Only the keepalive
+    // pings can tell (within 10 s); the attach then retries until the agent answers.
+    let agent = nix::unistd::Pid::from_raw(agent_pid);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let frozen = Instant::now();
+    let noticed = || {
+        terminal
+            .output_text()
+            .matches("[parhelia] the connection to session")
+            .count()
+            >= 2
+    };
+    let wait_noticed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until("the silent connection noticed", noticed)
+    }));
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT).unwrap();
+    if let Err(panic) = wait_noticed {
+        std::panic::resume_unwind(panic);
+    }
+    eprintln!("a frozen agent was noticed after {:?}", frozen.elapsed());
+    terminal.wait_reattached(2, "silent");
+    assert!(terminal.is_raw(cooked), "the terminal stayed raw");
+    wait_until("one tmux client after the freeze", || clients() == 1);
+    terminal.type_bytes(b"Typed after the freeze");
+    wait_until(
+        "keys typed after the second reconnection in the pane",
+        || {
+            tmux(&socket, &["capture-pane", "-p", "-t", "claude"])
+                .contains("Typed after the freeze")
+        },
+    );
+
+    terminal.type_bytes(b"\x02d");
+    let status = terminal.wait_exit();
+    assert!(status.success(), "{status}: {}", terminal.output_text());
+    assert_eq!(terminal.cooked(), cooked, "the terminal is restored");
+    let task = h.json(&["task", "show", &task_id, "--json"]);
+    assert_eq!(
+        task["status"], "running",
+        "a dropped attach leaves the session running: {task:#}"
+    );
+    h.ok(&["session", "kill", &session_id]);
+    h.wait_task(&task_id, |t| t["status"] == "cancelled");
 }

@@ -880,7 +880,19 @@ fn a_preempted_sandbox_is_interrupted_and_resumes_with_its_work() {
         .unwrap()
         .to_string();
 
-    // Resume (on Modal again) restores the work done after the last turn.
+    // `session recover` names that checkpoint and the resume to run (on Modal as
+    // locally); the resume (on Modal again) restores the work done after the last turn.
+    let recover = h.json(&["session", "recover", &session_id, "--json"]);
+    assert_eq!(recover["resumable"], true, "{recover:#}");
+    let shown = h.ok(&["session", "recover", &session_id]);
+    assert!(
+        shown.contains(&sigterm_id),
+        "recover names {sigterm_id}:\n{shown}"
+    );
+    assert!(
+        shown.contains(&format!("parhelia resume {session_id}")),
+        "{shown}"
+    );
     let resumed = h.json(&["resume", &session_id, "--json"]);
     assert_eq!(resumed["checkpoint_id"], sigterm_id.as_str());
     let new_container = resumed["container_id"].as_str().unwrap().to_string();
@@ -1151,9 +1163,12 @@ fn an_ended_modal_task_the_rollback_lost_is_rebuilt_from_the_volume() {
 /// Issue 18: every session command works on a Modal session as on a local one. The
 /// CLI asks the coordinator where the agent answers (`AgentEndpoint`: for Modal, the
 /// sandbox's tunnel; it used to look for a local `agent.json` no sandbox writes and say
-/// the session was not running): `session send` reaches Claude Code, `session logs`
-/// shows its screen, a read-only `session attach` shows it and ignores keys, `session
-/// kill` ends it, and attach is then refused with the resume to run.
+/// the session was not running): `session logs -f` follows the session live from the
+/// start, `session send` reaches Claude Code, `session logs` shows its screen, a
+/// read-only `session attach` shows it and ignores keys, an attach whose tunnel
+/// connection is reset under it reconnects and what is typed afterwards reaches the
+/// pane, `session kill` ends it (and the follower with it), and attach is then refused
+/// with the resume to run.
 #[test]
 fn send_logs_attach_and_kill_work_on_a_modal_session() {
     use crate::attach::{Terminal, wait_until};
@@ -1169,6 +1184,19 @@ fn send_logs_attach_and_kill_work_on_a_modal_session() {
         (!h.task_events(&task_id, "turn_result").is_empty()).then_some(())
     });
 
+    // `session logs -f`, started before the message: it prints the turn as it happens.
+    let followed = h.root().join("logs-f.out");
+    let mut follower = h
+        .command(&["session", "logs", &session_id, "-f"])
+        .stdout(std::fs::File::create(&followed).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read_followed = || std::fs::read_to_string(&followed).unwrap_or_default();
+    wait_until("the follower's history", || {
+        read_followed().contains("hello from the sandbox")
+    });
+
     h.ok(&["session", "send", &session_id, "And one more thing"]);
     h.wait_for("the second turn", || {
         (h.task_events(&task_id, "turn_result").len() >= 2).then_some(())
@@ -1179,6 +1207,14 @@ fn send_logs_attach_and_kill_work_on_a_modal_session() {
             .iter()
             .any(|r| r.last_user_text.as_deref() == Some("And one more thing")),
         "the message reached the model"
+    );
+    wait_until("the follow-up followed live", || {
+        read_followed().contains("got the follow-up")
+    });
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "logs -f keeps following a running session: {}",
+        read_followed()
     );
 
     let logs = h.ok(&["session", "logs", &session_id, "-n", "50"]);
@@ -1197,9 +1233,54 @@ fn send_logs_attach_and_kill_work_on_a_modal_session() {
     let logs = h.ok(&["session", "logs", &session_id, "-n", "50"]);
     assert!(!logs.contains("READONLY"), "{logs}");
 
+    // Attach over the tunnel; the connection is reset under it (a tunnel restarting);
+    // it comes back and keys typed then reach the pane.
+    let mut terminal = Terminal::attach(&h, &session_id, &[]);
+    let cooked = terminal.cooked();
+    wait_until("the screen over the tunnel", || {
+        terminal.output_text().contains("follow-up") && terminal.is_raw(cooked)
+    });
+    let reset = parhelia_testkit::procs::reset_tcp_connections_of(terminal.pid());
+    assert!(
+        !reset.is_empty(),
+        "the attach holds a TCP connection to the tunnel"
+    );
+    terminal.wait_reattached(1, "reset tunnel connection");
+    assert!(terminal.is_raw(cooked), "the terminal stayed raw");
+    // The new client's first screen (the old one is gone, so keys go to the new one).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    terminal.type_bytes(b"TYPEDAFTERRESET");
+    wait_until("keys typed after the reconnection in the pane", || {
+        h.ok(&["session", "logs", &session_id, "-n", "50"])
+            .contains("TYPEDAFTERRESET")
+    });
+    terminal.type_bytes(b"\x02d");
+    let status = terminal.wait_exit();
+    assert!(status.success(), "{status}: {}", terminal.output_text());
+    assert_eq!(terminal.cooked(), cooked, "the terminal is restored");
+    drop(terminal);
+
     h.ok(&["session", "kill", &session_id]);
     let task = finished(&h, &task_id);
     assert_eq!(task["status"], "cancelled", "{task:#}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ended = loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs -f did not end with the session: {}",
+            read_followed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(ended.success(), "{ended}: {}", read_followed());
+    assert!(
+        read_followed().contains("finished"),
+        "the follower printed the end: {}",
+        read_followed()
+    );
     let refused = h.run(&["session", "attach", &session_id]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
