@@ -391,22 +391,29 @@ class Bridge:
         return cached
 
     def image(self, args, force=False):
-        """The session image for an IMAGE description (`app.py`'s `session_image`)."""
+        """The session image for an IMAGE description (`app.py`'s `session_image`) and its
+        tag: (cache key, image, tag)."""
         spec = arg(args, "image", dict)
         agent_bin = arg(spec, "agent_bin", str)
         version = arg(spec, "claude_code_version", str)
+        agent_version = arg(spec, "agent_version", str)
         if not os.path.isabs(agent_bin) or not os.path.isfile(agent_bin):
             raise BridgeError("invalid", f"agent_bin {agent_bin!r} is not an existing file (absolute path)")
+        try:
+            build_args = self.recipe().build_args(version, agent_version)
+            tag = self.recipe().image_tag(build_args)
+        except (ValueError, OSError) as e:
+            raise BridgeError("invalid", str(e))
         stat = os.stat(agent_bin)
-        key = (agent_bin, version, stat.st_size, stat.st_mtime_ns)
+        key = (agent_bin, version, agent_version, stat.st_size, stat.st_mtime_ns)
         with self._cache_lock:
             cached = None if force else self._images.get(key)
         if cached is None:
-            cached = self.recipe().session_image(agent_bin, version, force_build=force)
+            cached = self.recipe().session_image(agent_bin, version, agent_version, force_build=force)
             with self._cache_lock:
                 # A forced image replaces the cached one once it has built (op_image_build).
                 cached = cached if force else self._images.setdefault(key, cached)
-        return key, cached
+        return key, cached, tag
 
     def recipe(self):
         """app.py (beside this file), loaded once."""
@@ -477,11 +484,11 @@ class Bridge:
 
     def op_image_build(self, args, deadline):
         app = self.app(arg(args, "app", str))
-        key, image = self.image(args, force=arg(args, "force", bool, False))
+        key, image, tag = self.image(args, force=arg(args, "force", bool, False))
         image.build(app)
         with self._cache_lock:
             self._images[key] = image  # built: later sandboxes use exactly this image
-        return {"image_id": image.object_id}
+        return {"image_id": image.object_id, "tag": tag}
 
     def create_kwargs(self, args):
         """Sandbox.create's keywords shared by sandbox.create and sandbox.run."""
