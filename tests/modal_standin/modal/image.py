@@ -85,10 +85,15 @@ class Image:
 
     @property
     def object_id(self):
+        """Named by content, as Modal's cache is: the recipe with what the Dockerfile
+        steps read, but not where the build context was on this machine, nor whether the
+        build was forced."""
         try:
             recipe = self._resolved()
         except (OSError, ValueError):
             recipe = self._steps
+        recipe = [[kind, args, {k: v for k, v in kwargs.items() if k not in ("context_dir", "force_build")},
+                   *rest] for kind, args, kwargs, *rest in recipe]
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
         return "im-" + digest[:22]
 
