@@ -253,9 +253,7 @@ pub fn newest_glibc(bytes: &[u8]) -> Result<Option<(u32, u32)>, String> {
     let Some((mut needs, link)) = sections.gnu_verneed(endian, bytes).map_err(unreadable)? else {
         return Ok(None);
     };
-    let strings = sections
-        .strings(endian, bytes, link)
-        .map_err(unreadable)?;
+    let strings = sections.strings(endian, bytes, link).map_err(unreadable)?;
     let mut newest = None;
     while let Some((_, mut versions)) = needs.next().map_err(unreadable)? {
         while let Some(version) = versions.next().map_err(unreadable)? {
@@ -490,7 +488,10 @@ mod tests {
         // Nothing built: E502 with the build command.
         let err = modal_agent_bin(None, Some(&exe)).unwrap_err();
         assert_eq!(err.code.code, "E502");
-        assert!(err.message.contains("cargo build --release -p parhelia-agent"));
+        assert!(
+            err.message
+                .contains("cargo build --release -p parhelia-agent")
+        );
         let beside = executable(&debug, AGENT_BIN_NAME);
         assert_eq!(modal_agent_bin(None, Some(&exe)).unwrap(), beside);
         let built = executable(&release, AGENT_BIN_NAME);
@@ -571,7 +572,13 @@ mod tests {
     fn glibc_version_names() {
         assert_eq!(glibc_version(b"GLIBC_2.34"), Some((2, 34)));
         assert_eq!(glibc_version(b"GLIBC_2.2.5"), Some((2, 2)));
-        for other in [&b"GLIBC_PRIVATE"[..], b"GCC_3.0", b"GLIBC_2", b"", b"GLIBC_x.y"] {
+        for other in [
+            &b"GLIBC_PRIVATE"[..],
+            b"GCC_3.0",
+            b"GLIBC_2",
+            b"",
+            b"GLIBC_x.y",
+        ] {
             assert_eq!(glibc_version(other), None);
         }
     }
@@ -593,7 +600,10 @@ mod tests {
         };
         let debug = script(tmp.path(), "debug", &answer("debug", "parhelia-agent"));
         let info = build_info(&debug).unwrap();
-        assert_eq!((info.version.as_str(), info.profile.as_str()), ("0.1.0", "debug"));
+        assert_eq!(
+            (info.version.as_str(), info.profile.as_str()),
+            ("0.1.0", "debug")
+        );
         let shipped = |info: BuildInfo| ShippedAgent {
             path: PathBuf::from("/t/target/debug/parhelia-agent"),
             bytes: 76 << 20,
@@ -617,7 +627,11 @@ mod tests {
         );
         // Something else, an old agent without build-info, a hung one: E599.
         let other = script(tmp.path(), "other", &answer("release", "not-the-agent"));
-        let old = script(tmp.path(), "old", "echo 'unrecognized subcommand' >&2; exit 2");
+        let old = script(
+            tmp.path(),
+            "old",
+            "echo 'unrecognized subcommand' >&2; exit 2",
+        );
         for path in [other, old] {
             let err = build_info(&path).unwrap_err();
             assert_eq!(err.code.code, "E599", "{}", err.message);
@@ -640,10 +654,7 @@ mod tests {
             other => panic!("the glibc of {other} is not known here"),
         };
         assert_eq!(glibc, IMAGE_GLIBC);
-        assert!(dockerfile.contains(&format!(
-            "glibc {}.{}",
-            IMAGE_GLIBC.0, IMAGE_GLIBC.1
-        )));
+        assert!(dockerfile.contains(&format!("glibc {}.{}", IMAGE_GLIBC.0, IMAGE_GLIBC.1)));
         let shipped = crate::backend::modal::bridge::BRIDGE_FILES
             .iter()
             .find(|(name, _)| *name == "Dockerfile")

@@ -158,7 +158,10 @@ pub async fn setup(
         return Err(fail(steps, "secret", e));
     }
     steps.push(step("secret", true, cfg.secret_name.clone()));
-    on_step(&format!("creating or finding the volume {}", cfg.volume_name));
+    on_step(&format!(
+        "creating or finding the volume {}",
+        cfg.volume_name
+    ));
     let volume = match modal
         .call(
             "volume.ensure",

@@ -100,7 +100,10 @@ fn modal_setup_builds_the_dockerfile_with_progress_and_force_build_rebuilds_it()
     assert!(!out.status.success());
     let steps = steps_then_finish(&progress_lines(&out), false);
     assert!(
-        steps.last().unwrap().starts_with("checking the Modal secret"),
+        steps
+            .last()
+            .unwrap()
+            .starts_with("checking the Modal secret"),
         "{steps:?}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("E405"));
@@ -121,13 +124,12 @@ fn modal_setup_builds_the_dockerfile_with_progress_and_force_build_rebuilds_it()
         ["sdk", "token", "app", "secret", "volume", "agent", "image"]
     );
     let steps = steps_then_finish(&progress_lines(&out), true);
-    let starts: Vec<&str> = steps
-        .iter()
-        .map(|s| s.split(' ').next().unwrap())
-        .collect();
+    let starts: Vec<&str> = steps.iter().map(|s| s.split(' ').next().unwrap()).collect();
     assert_eq!(
         starts,
-        ["asking", "starting", "checking", "checking", "creating", "checking", "building"],
+        [
+            "asking", "starting", "checking", "checking", "creating", "checking", "building"
+        ],
         "{steps:#?}"
     );
     assert!(
@@ -146,7 +148,10 @@ fn modal_setup_builds_the_dockerfile_with_progress_and_force_build_rebuilds_it()
 
     // The image: the Dockerfile, as read at the build, tagged with both versions.
     let image_step = step_detail(&report, "image");
-    assert!(image_step.starts_with(&format!("{tag} (im-")), "{image_step}");
+    assert!(
+        image_step.starts_with(&format!("{tag} (im-")),
+        "{image_step}"
+    );
     let built = builds(&standin);
     assert_eq!(built.len(), 1, "{built:#?}");
     assert_eq!(
@@ -186,7 +191,10 @@ fn modal_setup_builds_the_dockerfile_with_progress_and_force_build_rebuilds_it()
     let report = setup_report(&out);
     let steps = steps_then_finish(&progress_lines(&out), true);
     assert!(
-        steps.last().unwrap().starts_with("rebuilding the session image"),
+        steps
+            .last()
+            .unwrap()
+            .starts_with("rebuilding the session image"),
         "{steps:?}"
     );
     assert!(step_detail(&report, "image").ends_with(", rebuilt)"));
