@@ -105,46 +105,62 @@ _contexts_lock = threading.Lock()
 
 
 def _remove_contexts():
-    for path in _contexts.values():
-        shutil.rmtree(path, ignore_errors=True)
+    for (*_, under), path in _contexts.items():
+        if under is None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 atexit.register(_remove_contexts)
 
 
-def build_context(agent_bin: str) -> str:
+def build_context(agent_bin: str, under: str = None) -> str:
     """A directory holding only the agent, as `CONTEXT_AGENT`: the Dockerfile's build
     context (Modal uploads what its COPY names from there; a symlink out of the context
     would be dropped, so the file is hard-linked, or copied across filesystems). One per
-    binary version (path, size, mtime) for the life of this process. A missing
-    `agent_bin` gives its own directory, so the build fails naming it."""
+    version of the binary (inode, size, mtime). `under` (the bridge's own directory):
+    there, and the contexts of other versions are removed, so an old binary is not kept
+    alive by its link; without it (`modal run`), a temporary directory removed when this
+    process exits. A missing `agent_bin` gives its own directory, so the build fails
+    naming it."""
     try:
         stat = os.stat(agent_bin)
     except OSError:
         return os.path.dirname(os.path.abspath(agent_bin))
-    key = (os.path.abspath(agent_bin), stat.st_size, stat.st_mtime_ns)
+    key = (os.path.abspath(agent_bin), stat.st_ino, stat.st_size, stat.st_mtime_ns, under)
     with _contexts_lock:
-        if key not in _contexts:
+        if key in _contexts and os.path.isfile(os.path.join(_contexts[key], CONTEXT_AGENT)):
+            return _contexts[key]
+        if under is None:
             context = tempfile.mkdtemp(prefix="parhelia-image-")
-            target = os.path.join(context, CONTEXT_AGENT)
-            try:
-                os.link(agent_bin, target)
-            except OSError:
-                shutil.copy2(agent_bin, target)
-            _contexts[key] = context
-        return _contexts[key]
+        else:
+            name = f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}"
+            os.makedirs(under, exist_ok=True)
+            for other in os.listdir(under):
+                if other != name:
+                    shutil.rmtree(os.path.join(under, other), ignore_errors=True)
+            context = os.path.join(under, name)
+            shutil.rmtree(context, ignore_errors=True)
+            os.makedirs(context)
+        target = os.path.join(context, CONTEXT_AGENT)
+        try:
+            os.link(agent_bin, target)
+        except OSError:
+            shutil.copy2(agent_bin, target)
+        _contexts[key] = context
+        return context
 
 
 def session_image(agent_bin: str, claude_code_version: str, agent_version: str, *,
-                  force_build: bool = False) -> "modal.Image":
+                  force_build: bool = False, context_root: str = None) -> "modal.Image":
     """The session image: `images/Dockerfile` (Debian bookworm-slim with Claude Code
     pinned, tmux, git, the user `parhelia`, the `/vol` mount point and the agent at
     /usr/local/bin/parhelia-agent), plus the Python Modal Functions need. Lazy: Modal
     reads the Dockerfile and uploads the agent when the image is built. `force_build`
-    rebuilds every layer."""
+    rebuilds every layer; `context_root` is where the build context is made (see
+    `build_context`)."""
     return modal.Image.from_dockerfile(
         dockerfile_path(),
-        context_dir=build_context(agent_bin),
+        context_dir=build_context(agent_bin, context_root),
         build_args=build_args(claude_code_version, agent_version),
         # The context holds only the agent: no .dockerignore to look for.
         ignore=[],

@@ -225,6 +225,9 @@ class Bridge:
         self._cache_lock = threading.Lock()
         self._apps, self._volumes, self._images = {}, {}, {}
         self._recipe = None
+        # Where image build contexts are made (app.py's build_context); None: a
+        # temporary directory. main() sets the bridge's own directory.
+        self.context_root = None
         self._secrets = set()  # strings never to print
         for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
             if len(os.environ.get(name, "")) >= 4:
@@ -409,7 +412,8 @@ class Bridge:
         with self._cache_lock:
             cached = None if force else self._images.get(key)
         if cached is None:
-            cached = self.recipe().session_image(agent_bin, version, agent_version, force_build=force)
+            cached = self.recipe().session_image(agent_bin, version, agent_version, force_build=force,
+                                                 context_root=self.context_root)
             with self._cache_lock:
                 # A forced image replaces the cached one once it has built (op_image_build).
                 cached = cached if force else self._images.setdefault(key, cached)
@@ -711,6 +715,10 @@ def main():
         sys.stderr.flush()
         os._exit(3)
     bridge = Bridge(modal, write_line)
+    # The coordinator starts the bridge in its own directory (state/modal/bridge): the
+    # build context of the image lives there, not in /tmp (this process leaves by
+    # os._exit, so nothing it made in /tmp would be removed).
+    bridge.context_root = os.path.join(os.getcwd(), "image-context")
     bridge.write({"id": 0, "ok": True, "result": bridge.greeting()})
     for raw in sys.stdin.buffer:
         line = raw.decode("utf-8", errors="replace").strip()

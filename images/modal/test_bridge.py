@@ -677,6 +677,26 @@ class AppAndSecretAndVolumeTests(BridgeTestCase):
         self.assertEqual(self.error("image.build", {"app": "parhelia", "image": no_version})["kind"], "invalid")
 
 
+class BuildContextTests(BridgeTestCase):
+    def test_the_context_lives_in_the_bridges_directory_one_version_at_a_time(self):
+        root = os.path.join(self.tmp.name, "bridge", "image-context")
+        self.bridge.context_root = root
+        self.ok("image.build", {"app": "parhelia", "image": self.image})
+        [first] = os.listdir(root)
+        self.assertEqual(os.listdir(os.path.join(root, first)), ["parhelia-agent"])
+        self.assertEqual(os.stat(os.path.join(root, first, "parhelia-agent")).st_ino, os.stat(self.agent_bin).st_ino)
+        # A new build of the agent (a new file at the same path): its own context, and
+        # the old one goes, so the old binary is not kept alive by the link.
+        os.remove(self.agent_bin)
+        with open(self.agent_bin, "wb") as f:
+            f.write(b"\x7fELF another agent")
+        self.ok("image.build", {"app": "parhelia", "image": self.image})
+        [second] = os.listdir(root)
+        self.assertNotEqual(first, second)
+        with open(os.path.join(root, second, "parhelia-agent"), "rb") as f:
+            self.assertEqual(f.read(), b"\x7fELF another agent")
+
+
 class OneRecipeTests(unittest.TestCase):
     """The Dockerfile is the only recipe: app.py builds nothing itself, and every build
     argument it passes is one the Dockerfile declares (and uses)."""

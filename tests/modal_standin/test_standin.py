@@ -49,9 +49,11 @@ TAGS = {"parhelia": "1", "parhelia.coordinator": "co-1", "parhelia.task": "t-1",
 class BridgeProcess:
     """One bridge subprocess; `call` sends a request and waits for its answer."""
 
-    def __init__(self, env):
+    def __init__(self, env, cwd):
+        # Run where the coordinator runs it: a directory of its own (the image's build
+        # context is made there), not the source tree.
         self.proc = subprocess.Popen([sys.executable, "-u", BRIDGE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env, text=True, cwd=os.path.dirname(BRIDGE))
+                                     stderr=subprocess.PIPE, env=env, text=True, cwd=cwd)
         self.greeting = json.loads(self.proc.stdout.readline())
         self.answers, self.cond, self.next_id = {}, threading.Condition(), 1
         self.stderr = []
@@ -133,7 +135,9 @@ class StandinTestCase(unittest.TestCase):
         return {k: v for k, v in env.items() if v is not None}
 
     def bridge(self, **env_changes):
-        bridge = BridgeProcess(self.env(**env_changes))
+        cwd = os.path.join(self.tmp, "bridge")
+        os.makedirs(cwd, exist_ok=True)
+        bridge = BridgeProcess(self.env(**env_changes), cwd)
         self.bridges.append(bridge)
         self.assertTrue(bridge.greeting["ok"], bridge.greeting)
         return bridge

@@ -178,6 +178,16 @@ fn modal_setup_builds_the_dockerfile_with_progress_and_force_build_rebuilds_it()
     );
     let context: Vec<&String> = step[3]["context"].as_object().unwrap().keys().collect();
     assert_eq!(context, ["parhelia-agent"]);
+    // The build context is made in the bridge's own directory, one for this agent.
+    let contexts: Vec<_> = std::fs::read_dir(h.state().join("modal/bridge/image-context"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(contexts.len(), 1, "{contexts:?}");
+    assert_eq!(
+        std::fs::read(contexts[0].join("parhelia-agent")).unwrap(),
+        std::fs::read(&agent).unwrap()
+    );
 
     // --force-build: built again, forced, whatever the cache holds.
     let out = h.run(&[
