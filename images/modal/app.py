@@ -242,7 +242,12 @@ def INIT_VOLUME_ARGV(volume_mount: str) -> list:
 
 # What `modal run` uses. A missing PARHELIA_AGENT_BIN fails the image build naming
 # "/PARHELIA_AGENT_BIN-is-not-set".
-_AGENT_BIN = os.environ.get("PARHELIA_AGENT_BIN") or "/PARHELIA_AGENT_BIN-is-not-set/parhelia-agent"
+# The bridge loads this file for its functions, not to `modal run` it: it sets
+# `_LOADED_BY_BRIDGE` first, and then PARHELIA_AGENT_BIN (which the coordinator's own
+# environment may hold, for local sessions) is not read, nothing is staged and no agent
+# is run at import.
+_AGENT_BIN = (None if globals().get("_LOADED_BY_BRIDGE") else os.environ.get("PARHELIA_AGENT_BIN")) \
+    or "/PARHELIA_AGENT_BIN-is-not-set/parhelia-agent"
 _CLAUDE_CODE_VERSION = os.environ.get("PARHELIA_CLAUDE_CODE_VERSION") or DEFAULT_CLAUDE_CODE_VERSION
 _VOLUME_NAME = os.environ.get("PARHELIA_MODAL_VOLUME_NAME") or "parhelia-data"
 _SECRET_NAME = os.environ.get("PARHELIA_MODAL_SECRET_NAME") or "anthropic-api-key"

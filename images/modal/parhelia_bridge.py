@@ -425,6 +425,7 @@ class Bridge:
             if self._recipe is None:
                 spec = importlib.util.spec_from_file_location("parhelia_modal_app", os.path.join(HERE, "app.py"))
                 module = importlib.util.module_from_spec(spec)
+                module._LOADED_BY_BRIDGE = True  # app.py then stages nothing for `modal run`
                 spec.loader.exec_module(module)
                 self._recipe = module
             return self._recipe

@@ -697,6 +697,18 @@ class BuildContextTests(BridgeTestCase):
             self.assertEqual(f.read(), b"\x7fELF another agent")
 
 
+class RecipeImportTests(BridgeTestCase):
+    def test_the_bridge_loads_app_py_without_staging_or_running_an_agent(self):
+        # The coordinator's environment may name its local agent; the bridge's app.py
+        # must not stage it into /tmp or run it (that is for `modal run` only). This
+        # agent is not even executable: running it would raise.
+        with mock.patch.dict(os.environ, {"PARHELIA_AGENT_BIN": self.agent_bin}):
+            bridge = parhelia_bridge.Bridge(FAKE, self.lines.append)
+            recipe = bridge.recipe()
+        self.assertEqual(recipe._contexts, {})
+        self.assertEqual(recipe._AGENT_BIN, "/PARHELIA_AGENT_BIN-is-not-set/parhelia-agent")
+
+
 class OneRecipeTests(unittest.TestCase):
     """The Dockerfile is the only recipe: app.py builds nothing itself, and every build
     argument it passes is one the Dockerfile declares (and uses)."""
