@@ -596,6 +596,26 @@ fn decide<'p>(
 impl Store {
     /// Creates a checkpoint of the request's trees (see the module docs for the protocol).
     pub fn create(&self, req: &CreateRequest) -> Result<CreateOutcome> {
+        self.create_with(req, None)
+    }
+
+    /// [`Store::create`], telling `on_file` the size of each regular file it reads
+    /// (hashes, and stores when new) as soon as that file is done, from any of the
+    /// hashing threads. Files the checkpoint takes from its parent without reading
+    /// them are not reported, nor are files that vanished before they were read.
+    pub fn create_reporting(
+        &self,
+        req: &CreateRequest,
+        on_file: &(dyn Fn(u64) + Sync),
+    ) -> Result<CreateOutcome> {
+        self.create_with(req, Some(on_file))
+    }
+
+    fn create_with(
+        &self,
+        req: &CreateRequest,
+        on_file: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<CreateOutcome> {
         let mut names = HashSet::new();
         for (t, _) in &req.trees {
             if t.name.is_empty() || !names.insert(t.name.as_str()) {
@@ -646,6 +666,7 @@ impl Store {
                 .unwrap_or_default(),
             maps: Mutex::new(HashMap::new()),
             compress_ns: AtomicU64::new(0),
+            on_file,
         };
         let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace);
         if result.is_err() {

@@ -229,6 +229,9 @@ pub struct StoreSession<'a> {
     pub maps: Mutex<HashMap<BlobId, Vec<BlobId>>>,
     /// Nanoseconds spent compressing, summed over threads.
     pub compress_ns: AtomicU64,
+    /// Told the size of each file read (hashed, and stored when new) as soon as it is
+    /// done ([`Store::create_reporting`](crate::Store::create_reporting)).
+    pub on_file: Option<&'a (dyn Fn(u64) + Sync)>,
 }
 
 impl StoreSession<'_> {
@@ -511,7 +514,12 @@ pub fn hash_worker(
         let Ok((tree, rel, abs)) = job else { break };
         s.taken.fetch_add(1, Ordering::Relaxed);
         match hash_one(&abs, &mut fb, &mut buf, s) {
-            Ok(h) => out.push((tree, rel, h)),
+            Ok(h) => {
+                if let (Some(on_file), Some(h)) = (s.on_file, &h) {
+                    on_file(h.size);
+                }
+                out.push((tree, rel, h))
+            }
             Err(e) => {
                 abort.store(true, Ordering::Relaxed);
                 return Err(e);

@@ -317,6 +317,11 @@ error_codes! {
         why: "`parhelia mcp-server --http ADDR` serves every Parhelia operation (tasks, checkpoints, budget) to whoever can reach ADDR; on a non-loopback address it requires a bearer token (`PARHELIA_MCP_TOKEN`) that every request must carry, and none was set. Requests without the token are refused with HTTP 401 and this code.",
         recover: "Set `PARHELIA_MCP_TOKEN` to a long random secret (e.g. `openssl rand -hex 32`) and send it as `Authorization: Bearer TOKEN`, or listen on 127.0.0.1.",
     }
+    UI_ACCESS_DENIED = "E411" "UI_ACCESS_DENIED" {
+        what: "The dashboard refused a request, or would not start.",
+        why: "`parhelia ui` serves only loopback, and only to its own page: a request needs the per-user token (the URL `parhelia ui` prints, traded for a cookie), a `Host` naming the server on loopback (not a DNS-rebound name), and, to change anything or open a terminal, an `Origin` of the dashboard itself. It refused a request that lacked one of these, or a non-loopback address, or a token file (`ui.token` in the state directory) that is a link or readable by others.",
+        recover: "Open the exact URL `parhelia ui` printed (it carries the token) in a browser on this machine; from another machine, use an SSH tunnel (`ssh -L 8780:127.0.0.1:8780 HOST`) and open it there. For a token file it refused, remove `ui.token` and run `parhelia ui` again.",
+    }
 
     // E5xx: infrastructure.
     INFRASTRUCTURE_ERROR = "E500" "INFRASTRUCTURE_ERROR" {

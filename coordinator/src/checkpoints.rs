@@ -221,11 +221,14 @@ pub const WORKSPACE_TRIGGER: &str = "workspace";
 
 /// Checkpoints `source` (everything, `.git` included, minus the state
 /// directory if it lies inside) as a session's starting point in the store
-/// at `store_root`, with an empty conversation. Returns its id.
+/// at `store_root`, with an empty conversation. Returns its id. `on_file` is told
+/// the size of each regular file read into it as soon as that file is done (from
+/// the store's hashing threads).
 pub fn seed_checkpoint(
     store_root: &Path,
     source: &Path,
     state_root: &Path,
+    on_file: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<String> {
     use parhelia_checkpoint::{ChangeHint, CreateOutcome, CreateRequest, TreeSpec};
     let store = Store::open(store_root).map_err(|e| coded(&e))?;
@@ -269,7 +272,10 @@ pub fn seed_checkpoint(
         .to_stored(),
         skip_if_unchanged: false,
     };
-    match store.create(&request).map_err(|e| coded(&e))? {
+    match store
+        .create_reporting(&request, on_file)
+        .map_err(|e| coded(&e))?
+    {
         CreateOutcome::Created(manifest) => Ok(manifest.id.to_string()),
         CreateOutcome::Unchanged(id) => Ok(id.to_string()),
     }

@@ -27,6 +27,7 @@ use parhelia_proto::{
     SubmitTaskProgress, SubmitTaskRequest, SubmitTaskResponse, TerminateContainerRequest,
     TerminateContainerResponse, TransferProgress, submit_task_progress,
 };
+use parhelia_proto::{DispatchTasksProgress, TaskTransferProgress, dispatch_tasks_progress};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
@@ -251,6 +252,90 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)
     }
 
+    type DispatchTasksWithProgressStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<DispatchTasksProgress, Status>> + Send>,
+    >;
+
+    async fn dispatch_tasks_with_progress(
+        &self,
+        request: Request<DispatchTasksRequest>,
+    ) -> Result<Response<Self::DispatchTasksWithProgressStream>, Status> {
+        use crate::backend::workspace_copy::{CopyProgress, WorkspaceStage};
+        let r = request.into_inner();
+        // As SubmitBudgetedTaskWithProgress: the transfers only replace the latest
+        // figures of each (task, stage); this task sends the changed ones in order.
+        type Latest = std::collections::BTreeMap<(String, WorkspaceStage), CopyProgress>;
+        let (latest_tx, mut latest_rx) = tokio::sync::watch::channel(Latest::new());
+        let transfers: crate::service::TaskTransfers = Arc::new(
+            move |task_id: &str, stage: WorkspaceStage, p: CopyProgress| {
+                latest_tx.send_modify(|latest| {
+                    latest.insert((task_id.to_string(), stage), p);
+                });
+            },
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let dispatch = service.dispatch_tasks_reporting(
+                &r.task_ids,
+                r.all,
+                r.dry_run,
+                &r.env,
+                Some(transfers),
+            );
+            tokio::pin!(dispatch);
+            let mut sent = Latest::new();
+            let unsent = |latest: &Latest, sent: &mut Latest| {
+                let mut out = Vec::new();
+                for (key, p) in latest {
+                    if sent.get(key) != Some(p) {
+                        sent.insert(key.clone(), *p);
+                        out.push(DispatchTasksProgress {
+                            event: Some(dispatch_tasks_progress::Event::Workspace(
+                                TaskTransferProgress {
+                                    task_id: key.0.clone(),
+                                    stage: key.1.as_str().to_string(),
+                                    figures: Some(TransferProgress {
+                                        files_done: p.files_done,
+                                        files_total: p.files_total,
+                                        bytes_done: p.bytes_done,
+                                        bytes_total: p.bytes_total,
+                                    }),
+                                },
+                            )),
+                        });
+                    }
+                }
+                out
+            };
+            let result = loop {
+                tokio::select! {
+                    result = &mut dispatch => break result,
+                    Ok(()) = latest_rx.changed() => {
+                        let latest = latest_rx.borrow_and_update().clone();
+                        for m in unsent(&latest, &mut sent) {
+                            let _ = tx.send(Ok(m)).await;
+                        }
+                    }
+                }
+            };
+            let latest = latest_rx.borrow_and_update().clone();
+            for m in unsent(&latest, &mut sent) {
+                let _ = tx.send(Ok(m)).await;
+            }
+            let last = match result {
+                Ok(response) => Ok(DispatchTasksProgress {
+                    event: Some(dispatch_tasks_progress::Event::Dispatched(response)),
+                }),
+                Err(err) => Err(to_status(err)),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn cancel_task(
         &self,
         request: Request<CancelTaskRequest>,
@@ -428,13 +513,17 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let limits = task_limits(r.limits.unwrap_or_default());
         let task = r.task.unwrap_or_default();
-        // The copy (a blocking thread) only replaces the latest figures; this
-        // task sends each new value it finds, so a slow reader never holds the
-        // copy up and never gets a backlog.
-        let (copied_tx, mut copied_rx) = tokio::sync::watch::channel(None);
+        // The transfers (blocking threads) only replace the latest figures of
+        // their stage; this task sends each stage's new values, in stage order,
+        // so a slow reader never holds a transfer up and never gets a backlog,
+        // yet always gets a stage's last figures (its completion) before the
+        // next stage's.
+        use crate::backend::workspace_copy::{CopyProgress, WorkspaceStage};
+        type Latest = [Option<CopyProgress>; WorkspaceStage::ALL.len()];
+        let (copied_tx, mut copied_rx) = tokio::sync::watch::channel::<Latest>(Latest::default());
         let progress = crate::backend::workspace_copy::WorkspaceProgress(Arc::new(
-            move |p: crate::backend::workspace_copy::CopyProgress| {
-                copied_tx.send_replace(Some(p));
+            move |stage: WorkspaceStage, p: CopyProgress| {
+                copied_tx.send_modify(|latest| latest[stage as usize] = Some(p));
             },
         ));
         let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -442,36 +531,56 @@ impl Coordinator for CoordinatorService {
         tokio::spawn(async move {
             let submit = service.submit_reporting(task, limits, Some(progress));
             tokio::pin!(submit);
-            let message = |p: crate::backend::workspace_copy::CopyProgress| SubmitTaskProgress {
-                event: Some(submit_task_progress::Event::WorkspaceCopy(
-                    TransferProgress {
-                        files_done: p.files_done,
-                        files_total: p.files_total,
-                        bytes_done: p.bytes_done,
-                        bytes_total: p.bytes_total,
-                    },
-                )),
+            let message = |stage: WorkspaceStage, p: CopyProgress| {
+                let figures = TransferProgress {
+                    files_done: p.files_done,
+                    files_total: p.files_total,
+                    bytes_done: p.bytes_done,
+                    bytes_total: p.bytes_total,
+                };
+                SubmitTaskProgress {
+                    event: Some(match stage {
+                        WorkspaceStage::Copy => submit_task_progress::Event::WorkspaceCopy(figures),
+                        WorkspaceStage::Checkpoint => {
+                            submit_task_progress::Event::WorkspaceCheckpoint(figures)
+                        }
+                        WorkspaceStage::Upload => {
+                            submit_task_progress::Event::WorkspaceUpload(figures)
+                        }
+                    }),
+                }
+            };
+            let mut sent = Latest::default();
+            // The figures of each stage that changed since they were last sent.
+            let unsent = |latest: &Latest, sent: &mut Latest| {
+                let mut out = Vec::new();
+                for stage in WorkspaceStage::ALL {
+                    let i = stage as usize;
+                    if let Some(p) = latest[i]
+                        && sent[i] != Some(p)
+                    {
+                        sent[i] = Some(p);
+                        out.push(message(stage, p));
+                    }
+                }
+                out
             };
             let result = loop {
                 tokio::select! {
                     result = &mut submit => break result,
                     Ok(()) = copied_rx.changed() => {
                         let latest = *copied_rx.borrow_and_update();
-                        if let Some(p) = latest {
+                        for m in unsent(&latest, &mut sent) {
                             // A reader that went away does not stop the submit.
-                            let _ = tx.send(Ok(message(p))).await;
+                            let _ = tx.send(Ok(m)).await;
                         }
                     }
                 }
             };
-            // The copy's last figures, if the submit ended before they were sent.
-            let unsent = if copied_rx.has_changed().unwrap_or(true) {
-                *copied_rx.borrow_and_update()
-            } else {
-                None
-            };
-            if let Some(p) = unsent {
-                let _ = tx.send(Ok(message(p))).await;
+            // The transfers' last figures, if the submit ended before they were sent.
+            let latest = *copied_rx.borrow_and_update();
+            for m in unsent(&latest, &mut sent) {
+                let _ = tx.send(Ok(m)).await;
             }
             let last = match result {
                 Ok(response) => Ok(SubmitTaskProgress {

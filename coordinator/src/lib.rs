@@ -52,6 +52,7 @@ pub mod recovery;
 pub mod render;
 pub mod service;
 pub mod spec;
+pub mod spend_series;
 pub mod state_dir;
 pub mod storage;
 pub mod store_health;

@@ -1,9 +1,11 @@
 //! Progress of the CLI's long operations (workspace upload, image build,
 //! `session pull`, rollback/resume), on stderr. Where the code counts files
 //! and bytes against known totals ([`Progress::transfer`]: the restore of a
-//! pull, the coordinator's workspace copy streamed back to `task create`, the
-//! restore a resume's or rollback's new agent runs, followed over its
-//! `WatchRestore`), the spinner becomes a bar and JSON lines say `advance`.
+//! pull; the coordinator's transfers of a `task create` (or `task dispatch`)
+//! workspace streamed back to the CLI — the local copy, or on Modal the seed
+//! checkpoint and its upload to the volume, one step each; the restore a resume's or rollback's
+//! new agent runs, followed over its `WatchRestore`), the spinner becomes a
+//! bar and JSON lines say `advance`.
 //!
 //! `--progress auto` (the default) draws an indicatif spinner, or a bar
 //! where the operation knows its total, when stderr is a terminal, and
@@ -51,8 +53,8 @@ pub struct Line<'a> {
     /// Always `"progress"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// The operation: `task_create`, `image_build`, `session_pull`,
-    /// `rollback`, `resume`.
+    /// The operation: `task_create`, `task_dispatch`, `image_build`,
+    /// `session_pull`, `rollback`, `resume`.
     pub op: &'a str,
     /// `step` (a new step began), `advance` (`done` of `total` units),
     /// or `finish` (the operation ended; `ok` says how).

@@ -12,6 +12,7 @@ tests run this file against a recording fake SDK (test_bridge.py) and a local st
 (tests/modal_standin/); test_sdk_signatures.py checks `SDK_CALLS` against the real SDK.
 """
 
+import collections
 import dataclasses
 import datetime
 import decimal
@@ -34,6 +35,8 @@ PINNED_SDK_VERSION = "1.6.4"
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DEADLINE_MS = 60_000
 WORKERS = 64
+# Sandboxes whose tags a bridge remembers (the oldest are forgotten first).
+TAG_CACHE_MAX = 4096
 
 # Modal's GPU names. A trailing "!" (`H100!`) forbids Modal a free upgrade to a better GPU;
 # `B200+` lets Modal run a B200 request on a B300 (billed as a B200); the SDK passes both on.
@@ -224,6 +227,11 @@ class Bridge:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bridge")
         self._cache_lock = threading.Lock()
         self._apps, self._volumes, self._images = {}, {}, {}
+        # Tags by sandbox id, of sandboxes this process created or looked up: `Sandbox.list`
+        # in modal 1.6.4 yields sandboxes without their tags (the list response's `tags`
+        # field is not exposed by the SDK), so each would otherwise cost a `get_tags` call
+        # per listing. Sandbox ids are never reused and our tags are set once at create.
+        self._tags = collections.OrderedDict()
         self._recipe = None
         # Where image build contexts are made (app.py's build_context); None: a
         # temporary directory. main() sets the bridge's own directory.
@@ -466,6 +474,27 @@ class Bridge:
                 raise BridgeError("invalid", f"mount path {mount!r} is not absolute")
         return {mount: self.volume(name) for mount, name in mounts.items()}
 
+    def remember_tags(self, sandbox_id, tags):
+        with self._cache_lock:
+            self._tags[sandbox_id] = dict(tags)
+            self._tags.move_to_end(sandbox_id)
+            while len(self._tags) > TAG_CACHE_MAX:
+                self._tags.popitem(last=False)
+
+    def forget_tags(self, sandbox_id):
+        with self._cache_lock:
+            self._tags.pop(sandbox_id, None)
+
+    def tags_of(self, sb):
+        """A sandbox's tags: remembered, else looked up once (`get_tags`) and remembered."""
+        with self._cache_lock:
+            known = self._tags.get(sb.object_id)
+        if known is not None:
+            return dict(known)
+        tags = sb.get_tags()
+        self.remember_tags(sb.object_id, tags)
+        return dict(tags)
+
     def sandbox(self, sandbox_id):
         return self.modal.Sandbox.from_id(sandbox_id)
 
@@ -535,6 +564,7 @@ class Bridge:
                 time.sleep(1.0)  # a namesake that is just ending
             try:
                 sb = self.modal.Sandbox.create(*argv, **kwargs)
+                self.remember_tags(sb.object_id, tags)
                 return {"sandbox_id": sb.object_id, "name": name, "existed": False}
             except self.errors.AlreadyExistsError:
                 pass
@@ -545,20 +575,32 @@ class Bridge:
             existing = sb.get_tags()
             if not existing and tags:
                 sb.set_tags(tags)  # created by a bridge that died before tagging it
+                existing = tags
             elif any(existing.get(k) != v for k, v in tags.items()):
                 raise BridgeError("conflict", f"a running sandbox named {name!r} carries other tags",
                                   "it belongs to someone else: choose another name")
+            self.remember_tags(sb.object_id, existing)
             return {"sandbox_id": sb.object_id, "name": name, "existed": True}
         raise BridgeError("conflict", f"sandbox {name!r} kept appearing and vanishing")
 
     def op_sandbox_list(self, args, deadline):
         app = self.app(arg(args, "app", str))
         found = []
-        for sb in self.modal.Sandbox.list(app_id=app.app_id, tags=str_map(args, "tags") or None):
+        wanted = str_map(args, "tags")
+        for sb in self.modal.Sandbox.list(app_id=app.app_id, tags=wanted or None):
+            # Modal filtered by `wanted` itself; the tags are only read for the ids they carry.
             try:
-                tags = sb.get_tags()
+                tags = self.tags_of(sb)
             except self.errors.NotFoundError:
                 continue
+            if any(tags.get(k) != v for k, v in wanted.items()):
+                # Remembered tags that no longer match what Modal filtered on (changed
+                # by someone since): look them up again.
+                self.forget_tags(sb.object_id)
+                try:
+                    tags = self.tags_of(sb)
+                except self.errors.NotFoundError:
+                    continue
             found.append({"sandbox_id": sb.object_id, "tags": tags})
         return {"sandboxes": found}
 
@@ -577,9 +619,10 @@ class Bridge:
         required = str_map(args, "require_tags")
         try:
             sb = self.sandbox(arg(args, "sandbox_id", str))
-            tags = sb.get_tags()
+            tags = sb.get_tags()  # looked up afresh: nothing is stopped on remembered tags
         except self.errors.NotFoundError:
             return {"terminated": False}
+        self.remember_tags(sb.object_id, tags)
         differing = sorted(k for k, v in required.items() if tags.get(k) != v)
         if differing:
             raise BridgeError("invalid", f"refusing to terminate: tag(s) {', '.join(differing)} differ",

@@ -836,6 +836,32 @@ class SandboxTests(BridgeTestCase):
         self.assertEqual(result, {"sandboxes": [{"sandbox_id": mine, "tags": TAGS}]})
         self.assertEqual(calls("Sandbox.list"), [((), {"app_id": "ap-parhelia", "tags": {"parhelia.coordinator": "co-1"}})])
 
+    def test_list_looks_each_sandbox_up_once(self):
+        # A sandbox this bridge created: its tags are known, no lookup.
+        created = self.ok("sandbox.create", self.create_args())["sandbox_id"]
+        mine = {"parhelia.coordinator": "co-1"}
+        self.assertEqual(self.ok("sandbox.list", {"app": "parhelia", "tags": mine}),
+                         {"sandboxes": [{"sandbox_id": created, "tags": TAGS}]})
+        self.assertEqual(calls("Sandbox.get_tags"), [])
+        # Two it did not create (another bridge's, before a restart): one lookup each, once.
+        other_tags = dict(TAGS, **{"parhelia.container": "ctr-2"})
+        second = WORLD.add_sandbox(name="b", tags=other_tags)
+        third = WORLD.add_sandbox(name="c", tags=dict(TAGS, **{"parhelia.container": "ctr-3"}))
+        for _ in range(3):
+            listed = self.ok("sandbox.list", {"app": "parhelia", "tags": mine})["sandboxes"]
+            self.assertEqual(sorted(s["sandbox_id"] for s in listed), sorted([created, second, third]))
+        self.assertEqual(len(calls("Sandbox.get_tags")), 2)
+        # Tags changed behind our back so that Modal's filter no longer matches what is
+        # remembered: looked up again rather than answered wrongly.
+        WORLD.sandboxes[second]["tags"] = dict(other_tags, **{"parhelia.task": "t-9"})
+        listed = self.ok("sandbox.list", {"app": "parhelia", "tags": {"parhelia.task": "t-9"}})
+        self.assertEqual(listed["sandboxes"], [{"sandbox_id": second,
+                                                "tags": dict(other_tags, **{"parhelia.task": "t-9"})}])
+        self.assertEqual(len(calls("Sandbox.get_tags")), 3)
+        # Termination always checks the tags afresh.
+        self.ok("sandbox.terminate", {"sandbox_id": created, "require_tags": mine})
+        self.assertEqual(len(calls("Sandbox.get_tags")), 4)
+
     def test_tunnels(self):
         sandbox_id = WORLD.add_sandbox(name="a", tags=TAGS)
         result = self.ok("sandbox.tunnels", {"sandbox_id": sandbox_id, "timeout_s": 30})

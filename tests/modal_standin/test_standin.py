@@ -175,6 +175,10 @@ class StandinTestCase(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, f"{path} never appeared")
             time.sleep(0.1)
 
+    def get_tags_calls(self):
+        counts = _local.read_json(os.path.join(self.root, "sdk-calls.json"), {}) or {}
+        return counts.get("Sandbox.get_tags", 0)
+
     def poll_until_done(self, bridge, sandbox_id, timeout=20):
         deadline = time.monotonic() + timeout
         while True:
@@ -224,6 +228,8 @@ class SandboxLifecycleTests(StandinTestCase):
         mine = {"parhelia.coordinator": "co-1"}
         listed = self.ok(bridge, "sandbox.list", {"app": "parhelia", "tags": mine})["sandboxes"]
         self.assertEqual(listed, [{"sandbox_id": sandbox_id, "tags": TAGS}])
+        # The bridge that created it knows its tags: listing looks nothing up.
+        self.assertEqual(self.get_tags_calls(), 0)
         self.assertEqual(self.ok(bridge, "sandbox.list", {"app": "parhelia", "tags": {"parhelia.coordinator": "co-2"}}),
                          {"sandboxes": []})
         self.assertEqual(self.ok(bridge, "sandbox.create", self.create_args()),
@@ -237,8 +243,13 @@ class SandboxLifecycleTests(StandinTestCase):
         # A new bridge (the coordinator restarted) sees and controls the same sandbox.
         bridge.close()
         second = self.bridge()
-        listed = self.ok(second, "sandbox.list", {"app": "parhelia", "tags": mine})["sandboxes"]
-        self.assertEqual([s["sandbox_id"] for s in listed], [sandbox_id])
+        before = self.get_tags_calls()
+        for _ in range(3):
+            listed = self.ok(second, "sandbox.list", {"app": "parhelia", "tags": mine})["sandboxes"]
+            self.assertEqual([s["sandbox_id"] for s in listed], [sandbox_id])
+            self.assertEqual(listed[0]["tags"], TAGS)
+        # One lookup for a sandbox it had not seen, then none.
+        self.assertEqual(self.get_tags_calls() - before, 1)
         self.assertEqual(self.ok(second, "sandbox.poll", {"sandbox_id": sandbox_id}), {"running": True, "exit_code": None})
         tunnels = self.ok(second, "sandbox.tunnels", {"sandbox_id": sandbox_id, "timeout_s": 5})["tunnels"]
         self.assertEqual(tunnels["50051"]["port"], port)

@@ -361,3 +361,50 @@ fn unknown_ids_and_trees_are_e203() {
     assert_eq!(store.create(&bad_hint).unwrap_err().code(), "E100");
     let _ = ChangeHint::Unknown;
 }
+
+/// `create_reporting` tells each regular file it reads, once, with its size: a first
+/// checkpoint reads them all (the tree's file count and bytes, on one thread or many);
+/// a hinted one after it reads only the changed file.
+#[test]
+fn create_reporting_tells_each_file_read_with_its_size() {
+    for threads in [1, 4] {
+        let t = tempfile::tempdir().unwrap();
+        let ws = t.path().join("ws");
+        sample_tree(&ws);
+        let store = Store::open(&t.path().join("store"))
+            .unwrap()
+            .with_threads(threads);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let m = created(
+            store
+                .create_reporting(&unknown("workspace", &ws), &|size| {
+                    seen.lock().unwrap().push(size)
+                })
+                .unwrap(),
+        );
+        let tree = m.tree("workspace").unwrap();
+        let mut seen = std::mem::take(&mut *seen.lock().unwrap());
+        assert_eq!(seen.len() as u64, tree.file_count, "threads {threads}");
+        assert_eq!(
+            seen.iter().sum::<u64>(),
+            tree.total_bytes,
+            "threads {threads}"
+        );
+        seen.sort_unstable();
+        assert_eq!(seen.last(), Some(&3_000_000), "threads {threads}: {seen:?}");
+
+        let edited = b"fn main() { println!(\"hi\"); }\n";
+        write(&ws, "src/main.rs", edited);
+        let again = std::sync::Mutex::new(Vec::new());
+        store
+            .create_reporting(&paths("workspace", &ws, &["src/main.rs"]), &|size| {
+                again.lock().unwrap().push(size)
+            })
+            .unwrap();
+        assert_eq!(
+            *again.lock().unwrap(),
+            [edited.len() as u64],
+            "threads {threads}"
+        );
+    }
+}

@@ -688,7 +688,10 @@ impl Backend for LocalBackend {
                 let stats = tokio::task::spawn_blocking(move || {
                     copy_tree_reporting(&source, &target, &exclude, limits, &|copied| {
                         if let Some(progress) = &progress {
-                            (progress.0)(copied);
+                            (progress.0)(
+                                crate::backend::workspace_copy::WorkspaceStage::Copy,
+                                copied,
+                            );
                         }
                     })
                 })

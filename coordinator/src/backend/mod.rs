@@ -55,9 +55,9 @@ pub struct LaunchRequest {
     pub workspace_source: Option<PathBuf>,
     /// Size limits the copy of `workspace_source` must stay within (E112).
     pub copy_limits: workspace_copy::CopyLimits,
-    /// Told how far the copy of `workspace_source` has got (the local backend's
-    /// copy; the Modal backend ships the workspace as a checkpoint and reports
-    /// nothing). `None`: nobody follows it.
+    /// Told how far the transfers of `workspace_source` have got: the local
+    /// backend's copy; the Modal backend's checkpoint of it and that checkpoint's
+    /// upload to the volume. `None`: nobody follows them.
     pub workspace_progress: Option<workspace_copy::WorkspaceProgress>,
     /// Absolute path of the `claude` binary.
     pub claude_bin: PathBuf,

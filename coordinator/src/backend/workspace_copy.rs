@@ -87,10 +87,48 @@ pub struct CopyProgress {
     pub bytes_total: u64,
 }
 
-/// Told how far the copy of a launch's workspace has got (the service hands the
-/// submitting CLI's follower one, see `LaunchRequest::workspace_progress`).
+/// Which transfer of a launch's workspace a [`CopyProgress`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WorkspaceStage {
+    /// The local backend's copy into the session directory.
+    Copy,
+    /// The Modal backend's checkpoint of the workspace (the seed) in the local
+    /// mirror: regular files read into it, of the preflight's totals.
+    Checkpoint,
+    /// The Modal backend's upload of the seed's store files the volume lacks:
+    /// files (and bytes) whose upload batch the volume committed, of those it lacked.
+    Upload,
+}
+
+impl WorkspaceStage {
+    /// Every stage, in the order a launch goes through them.
+    pub const ALL: [WorkspaceStage; 3] = [Self::Copy, Self::Checkpoint, Self::Upload];
+
+    /// Its name in `TaskTransferProgress.stage` (`coordinator.proto`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Copy => "copy",
+            Self::Checkpoint => "checkpoint",
+            Self::Upload => "upload",
+        }
+    }
+
+    /// What a person is shown while it runs.
+    pub fn step(self) -> &'static str {
+        match self {
+            Self::Copy => "copying the workspace into the session",
+            Self::Checkpoint => "checkpointing the workspace (the Modal session's starting point)",
+            Self::Upload => "uploading the workspace checkpoint to the Modal volume",
+        }
+    }
+}
+
+/// Told how far the transfers of a launch's workspace have got (the service hands
+/// the submitting CLI's follower one, see `LaunchRequest::workspace_progress`).
 #[derive(Clone)]
-pub struct WorkspaceProgress(pub std::sync::Arc<dyn Fn(CopyProgress) + Send + Sync>);
+pub struct WorkspaceProgress(
+    pub std::sync::Arc<dyn Fn(WorkspaceStage, CopyProgress) + Send + Sync>,
+);
 
 impl std::fmt::Debug for WorkspaceProgress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

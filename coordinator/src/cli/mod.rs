@@ -58,6 +58,7 @@ mod session;
 mod shortcuts;
 mod store_health;
 mod task;
+mod ui;
 
 pub use events::FilterArgs;
 
@@ -158,6 +159,10 @@ pub enum Command {
     /// with `--http ADDR`), for Claude Code or any MCP client; see docs/mcp.md
     #[command(name = "mcp-server")]
     McpServer(mcp::McpServerArgs),
+    /// A local web dashboard: every session at a glance, its spend over
+    /// time, its checkpoints, a live terminal; loopback only, behind the
+    /// token in the URL it prints (see docs/ui.md)
+    Ui(ui::UiArgs),
     /// Install Parhelia into another tool's setup: `integrate claude-code`
     /// (slash commands, skills and the MCP server)
     #[command(subcommand)]
@@ -216,7 +221,8 @@ pub fn main() -> i32 {
         cli.command,
         Command::Coordinator(ops::CoordinatorCommand::Run { .. })
     );
-    let multi_thread = is_coordinator || matches!(cli.command, Command::McpServer(_));
+    let multi_thread =
+        is_coordinator || matches!(cli.command, Command::McpServer(_) | Command::Ui(_));
     if let Command::Coordinator(ops::CoordinatorCommand::Run { detached: true }) = cli.command {
         crate::daemon::detach_from_terminal();
     }
@@ -224,11 +230,13 @@ pub fn main() -> i32 {
     crate::output_look::init(cli.color);
     // The MCP server's stdout is its transport and its tools call the CLI's
     // functions directly: it reports progress as MCP notifications, never here.
-    crate::progress::init(if matches!(cli.command, Command::McpServer(_)) {
-        crate::progress::ProgressMode::Never
-    } else {
-        cli.progress
-    });
+    crate::progress::init(
+        if matches!(cli.command, Command::McpServer(_) | Command::Ui(_)) {
+            crate::progress::ProgressMode::Never
+        } else {
+            cli.progress
+        },
+    );
 
     let runtime = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()
@@ -564,6 +572,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Submit(args) => task::run(&ctx, task::TaskCommand::Create(args)).await,
         Command::Attach(args) => shortcuts::attach(&ctx, args).await,
         Command::McpServer(args) => mcp::run(&ctx, args).await,
+        Command::Ui(args) => ui::run(&ctx, args).await,
         Command::Integrate(command) => integrate::run(&ctx, command),
         Command::Help { topic } => help(&topic),
         Command::Examples { topic } => guide::examples(topic.as_deref()),

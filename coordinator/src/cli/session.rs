@@ -655,3 +655,41 @@ impl Drop for RawTerminal {
         }
     }
 }
+
+/// A session's attach stream for another front (the dashboard's terminal,
+/// `parhelia ui`): the same RPC `session attach` makes, started read-only or
+/// not at `size` (cols, rows), then fed from `requests`. A headless session
+/// has no terminal: E100.
+pub(crate) async fn attach_stream(
+    ctx: &Ctx,
+    session_id: &str,
+    read_only: bool,
+    size: Option<(u32, u32)>,
+    requests: mpsc::Receiver<AttachRequest>,
+) -> Result<tonic::Streaming<parhelia_proto::AttachResponse>> {
+    use tokio_stream::StreamExt as _;
+    let mut live = connect_live(ctx, session_id).await?;
+    if live.session.mode != "interactive" {
+        return Err(coded(
+            error_codes::INVALID_INPUT,
+            format!(
+                "session {session_id} is headless: it has no terminal to attach to (its events show what it does)"
+            ),
+        ));
+    }
+    let start = AttachRequest {
+        item: Some(attach_request::Item::Start(AttachStart {
+            read_only,
+            size: size.map(|(cols, rows)| WindowSize { cols, rows }),
+            term: "xterm-256color".into(),
+        })),
+    };
+    let stream =
+        tokio_stream::once(start).chain(tokio_stream::wrappers::ReceiverStream::new(requests));
+    Ok(live
+        .client
+        .attach(stream)
+        .await
+        .map_err(|status| agent_refusal(session_id, &status))?
+        .into_inner())
+}

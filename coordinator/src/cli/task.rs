@@ -51,6 +51,15 @@ pub enum TaskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A task's spend over time: each ledger row with the running totals
+    /// (compute, model, storage), and its ceiling; the last row's total is
+    /// its cost as `task show` prints it
+    Spend {
+        task_id: String,
+        /// Print one JSON object (`points`: at most 2,000, evenly thinned)
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a task's events as they happen, until it ends; the exit status
     /// is the task's outcome
     Watch {
@@ -262,6 +271,7 @@ pub async fn run(ctx: &Ctx, command: TaskCommand) -> Result<i32> {
         TaskCommand::Create(args) => create(ctx, *args).await,
         TaskCommand::List { status, json } => list(ctx, status.as_deref(), json),
         TaskCommand::Show { task_id, json } => show(ctx, &task_id, json),
+        TaskCommand::Spend { task_id, json } => spend(ctx, &task_id, json),
         TaskCommand::Watch { task_id, json } => watch(ctx, &task_id, json).await,
         TaskCommand::Dispatch {
             task_ids,
@@ -667,24 +677,27 @@ async fn submit_following_the_copy(
         }
         Err(status) => return Err(coordinator_error(status)),
     };
-    let mut copying = false;
+    // The step each transfer shows, begun at its first figures.
+    let mut current: Option<&'static str> = None;
     while let Some(message) = stream.message().await.map_err(coordinator_error)? {
-        match message.event {
-            Some(Event::WorkspaceCopy(copied)) => {
-                if !copying {
-                    copying = true;
-                    progress.step("copying the workspace into the session");
-                }
-                progress.transfer(crate::progress::Transfer {
-                    files_done: copied.files_done,
-                    files_total: copied.files_total,
-                    bytes_done: copied.bytes_done,
-                    bytes_total: copied.bytes_total,
-                });
-            }
+        use crate::backend::workspace_copy::WorkspaceStage;
+        let (step, figures) = match message.event {
+            Some(Event::WorkspaceCopy(f)) => (WorkspaceStage::Copy.step(), f),
+            Some(Event::WorkspaceCheckpoint(f)) => (WorkspaceStage::Checkpoint.step(), f),
+            Some(Event::WorkspaceUpload(f)) => (WorkspaceStage::Upload.step(), f),
             Some(Event::Submitted(response)) => return Ok(response),
-            None => {}
+            None => continue,
+        };
+        if current != Some(step) {
+            current = Some(step);
+            progress.step(step);
         }
+        progress.transfer(crate::progress::Transfer {
+            files_done: figures.files_done,
+            files_total: figures.files_total,
+            bytes_done: figures.bytes_done,
+            bytes_total: figures.bytes_total,
+        });
     }
     Err(anyhow::anyhow!(
         "the coordinator ended the submit without a reply"
@@ -833,6 +846,67 @@ pub(crate) fn show_task(ctx: &Ctx, task_id: &str) -> Result<ShownTask> {
         limits,
         over_quota,
     })
+}
+
+/// `task spend`'s series (the MCP tool and the dashboard's chart read the same).
+pub(crate) fn spend_series(ctx: &Ctx, task_id: &str) -> Result<crate::spend_series::SpendSeries> {
+    let opened = ctx.open()?;
+    let (limits, _) = opened
+        .db
+        .task_limits(task_id)?
+        .ok_or_else(|| task_not_found(task_id))?;
+    let entries = opened.db.task_ledger_entries(task_id)?;
+    Ok(crate::spend_series::series(
+        task_id,
+        limits.max_cost_usd,
+        &entries,
+    ))
+}
+
+fn spend(ctx: &Ctx, task_id: &str, json: bool) -> Result<i32> {
+    use crate::budget::usd;
+    let series = spend_series(ctx, task_id)?;
+    if json {
+        print_json(&serde_json::to_value(&series)?)?;
+        return Ok(0);
+    }
+    let ceiling = series
+        .ceiling_usd
+        .map_or_else(|| "none (no --max-cost)".to_string(), usd);
+    outln!("{}", labelled("task", task_id));
+    outln!("{}", labelled("ceiling", &ceiling));
+    if series.points.is_empty() {
+        outln!("no spend recorded yet");
+        return Ok(0);
+    }
+    if series.thinned {
+        outln!(
+            "{} ledger rows; {} of them shown, evenly spaced, with the last",
+            series.rows,
+            series.points.len()
+        );
+    }
+    let mut table = crate::table::Table::new(2)
+        .whole("AT", 24)
+        .whole("KIND", 7)
+        .number("AMOUNT", 8)
+        .number("COMPUTE", 8)
+        .number("MODEL", 8)
+        .number("STORAGE", 8)
+        .number("TOTAL", 8);
+    for p in &series.points {
+        table.row(vec![
+            p.at.as_str().into(),
+            p.kind.as_str().into(),
+            usd(p.amount_usd).into(),
+            usd(p.compute_usd).into(),
+            usd(p.model_usd).into(),
+            usd(p.storage_usd).into(),
+            usd(p.total_usd).into(),
+        ]);
+    }
+    out!("{}", table.render_as(crate::output_look::stdout_look()));
+    Ok(0)
 }
 
 /// What `task show` shows: the task, its limits, and whether its session's store is
@@ -1005,6 +1079,92 @@ pub(crate) fn dispatch_failure(
     })
 }
 
+/// [`dispatch_call`] over `DispatchTasksWithProgress`: the workspace transfers of the
+/// tasks it launches shown as progress (op `task_dispatch`, begun at the first
+/// transfer: a dispatch that moves no workspace shows none). A coordinator from
+/// before that RPC gets `DispatchTasks`.
+async fn dispatch_following_the_transfers(
+    ctx: &Ctx,
+    task_ids: Vec<String>,
+    all: bool,
+    dry_run: bool,
+) -> Result<parhelia_proto::DispatchTasksResponse> {
+    use parhelia_proto::dispatch_tasks_progress::Event;
+    if dry_run {
+        return dispatch_call(ctx, task_ids, all, dry_run).await;
+    }
+    let all = all || task_ids.is_empty();
+    let opened = ctx.open()?;
+    let mut env = launch_env()?;
+    let pending = opened.db.list_tasks(Some(TaskStatus::Pending))?;
+    env.extend(secret_env_for(
+        pending.iter().filter(|t| all || task_ids.contains(&t.id)),
+    ));
+    let request = DispatchTasksRequest {
+        task_ids,
+        all,
+        dry_run,
+        env,
+    };
+    let mut client = ctx.client(&opened.state).await?;
+    let mut stream = match client.dispatch_tasks_with_progress(request.clone()).await {
+        Ok(stream) => stream.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            return Ok(client
+                .dispatch_tasks(request)
+                .await
+                .map_err(coordinator_error)?
+                .into_inner());
+        }
+        Err(status) => return Err(coordinator_error(status)),
+    };
+    let mut progress: Option<crate::progress::Progress> = None;
+    let mut current: Option<(String, String)> = None;
+    let result = async {
+        while let Some(message) = stream.message().await.map_err(coordinator_error)? {
+            match message.event {
+                Some(Event::Workspace(t)) => {
+                    let stage = crate::backend::workspace_copy::WorkspaceStage::ALL
+                        .into_iter()
+                        .find(|s| s.as_str() == t.stage);
+                    let (Some(stage), Some(figures)) = (stage, t.figures) else {
+                        continue;
+                    };
+                    let step = format!("task {}: {}", t.task_id, stage.step());
+                    let key = (t.task_id.clone(), t.stage.clone());
+                    match &progress {
+                        None => {
+                            progress =
+                                Some(crate::progress::Progress::start("task_dispatch", &step))
+                        }
+                        Some(p) if current.as_ref() != Some(&key) => p.step(&step),
+                        Some(_) => {}
+                    }
+                    current = Some(key);
+                    if let Some(p) = &progress {
+                        p.transfer(crate::progress::Transfer {
+                            files_done: figures.files_done,
+                            files_total: figures.files_total,
+                            bytes_done: figures.bytes_done,
+                            bytes_total: figures.bytes_total,
+                        });
+                    }
+                }
+                Some(Event::Dispatched(response)) => return Ok(response),
+                None => {}
+            }
+        }
+        Err(anyhow::anyhow!(
+            "the coordinator ended the dispatch without a reply"
+        ))
+    }
+    .await;
+    if let Some(p) = progress {
+        p.finish(result.is_ok());
+    }
+    result
+}
+
 async fn dispatch(
     ctx: &Ctx,
     task_ids: Vec<String>,
@@ -1012,7 +1172,8 @@ async fn dispatch(
     dry_run: bool,
     json: bool,
 ) -> Result<i32> {
-    let response = dispatch_call(ctx, task_ids, all, dry_run).await?;
+    let response = dispatch_following_the_transfers(ctx, task_ids, all, dry_run).await?;
+
     if json {
         print_json(&dispatch_json(dry_run, &response))?;
     } else {

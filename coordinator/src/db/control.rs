@@ -48,6 +48,24 @@ pub struct LostContainer<'a> {
     pub error_message: String,
 }
 
+/// Where one stored event is: its id, and what identifies it beside the id
+/// (ids can be given again once the newest events are deleted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventMark {
+    pub id: i64,
+    pub container_id: String,
+    pub seq: i64,
+}
+
+/// A `checkpoint_created` event the durability pass reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnouncedCheckpoint {
+    pub mark: EventMark,
+    pub session_id: String,
+    /// `None`: the payload names no checkpoint (or does not parse).
+    pub checkpoint_id: Option<String>,
+}
+
 impl Db {
     /// Queues held pending tasks for dispatch (those already queued keep
     /// their place). Returns the ids that were held.
@@ -424,43 +442,75 @@ impl Db {
         Ok(None)
     }
 
-    /// Checkpoints announced by agents on a remote backend (`checkpoint_created`
-    /// events of sessions whose task runs there) that are not yet known durable:
-    /// `(session_id, checkpoint_id)`, oldest first.
-    pub fn checkpoints_awaiting_durability(&self, backend: &str) -> Result<Vec<(String, String)>> {
+    /// `checkpoint_created` events of sessions whose task runs on `backend`, with
+    /// an id above `after` (and of `session` only, when given), oldest first, at
+    /// most `limit`: what the durability pass reads ([`crate::service::stores::DurabilityQueue`]).
+    /// An event whose payload names no checkpoint comes with `checkpoint_id: None`
+    /// (it still moves the reader past it).
+    pub fn announced_checkpoints(
+        &self,
+        backend: &str,
+        after: i64,
+        session: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AnnouncedCheckpoint>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT e.session_id, e.payload FROM events e
+        let mut stmt = conn.prepare_cached(
+            "SELECT e.id, e.container_id, e.seq, e.session_id, e.payload FROM events e
                JOIN sessions s ON s.id = e.session_id
                JOIN tasks t ON t.id = s.task_id
-              WHERE e.type = 'checkpoint_created' AND t.backend = ?1
-              ORDER BY e.id",
+              WHERE e.type = 'checkpoint_created' AND t.backend = ?1 AND e.id > ?2
+                AND (?3 IS NULL OR e.session_id = ?3)
+              ORDER BY e.id LIMIT ?4",
         )?;
-        let rows = stmt.query_map([backend], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![backend, after, session, limit], |r| {
+            Ok((
+                EventMark {
+                    id: r.get(0)?,
+                    container_id: r.get(1)?,
+                    seq: r.get(2)?,
+                },
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (session_id, payload) = row?;
-            let Ok(event) = serde_json::from_str::<parhelia_proto::Event>(&payload) else {
-                continue;
-            };
-            if let Some(parhelia_proto::event::Kind::CheckpointCreated(c)) = event.kind
-                && !c.checkpoint_id.is_empty()
-            {
-                let known: Option<i64> = conn
-                    .query_row(
-                        "SELECT 1 FROM durable_checkpoints WHERE checkpoint_id = ?1",
-                        [&c.checkpoint_id],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if known.is_none() {
-                    out.push((session_id, c.checkpoint_id));
-                }
-            }
+            let (mark, session_id, payload) = row?;
+            let checkpoint_id = serde_json::from_str::<parhelia_proto::Event>(&payload)
+                .ok()
+                .and_then(|event| match event.kind {
+                    Some(parhelia_proto::event::Kind::CheckpointCreated(c))
+                        if !c.checkpoint_id.is_empty() =>
+                    {
+                        Some(c.checkpoint_id)
+                    }
+                    _ => None,
+                });
+            out.push(AnnouncedCheckpoint {
+                mark,
+                session_id,
+                checkpoint_id,
+            });
         }
         Ok(out)
+    }
+
+    /// Whether the event `mark` names is still stored as it was read (same id,
+    /// container and sequence number). While it is, every event stored later has
+    /// a higher id; once it is gone (its task deleted, the database rebuilt), a
+    /// later event may have been given a lower one.
+    pub fn event_still_stored(&self, mark: &EventMark) -> Result<bool> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM events WHERE id = ?1 AND container_id = ?2 AND seq = ?3",
+                params![mark.id, mark.container_id, mark.seq],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .is_some())
     }
 
     /// Records that a checkpoint was read back from its volume and verified.

@@ -586,14 +586,24 @@ impl Db {
 
     /// Ledger rows from `since_ms` on, in order.
     pub fn ledger_entries(&self, since_ms: i64) -> Result<Vec<LedgerEntry>> {
+        self.entries_where("ts_ms >= ?1", since_ms.into())
+    }
+
+    /// A task's ledger rows (every attempt, every kind), in the order
+    /// [`spend_in`] folds them: what `task spend` draws over time.
+    pub fn task_ledger_entries(&self, task_id: &str) -> Result<Vec<LedgerEntry>> {
+        self.entries_where("task_id = ?1", task_id.to_string().into())
+    }
+
+    fn entries_where(&self, filter: &str, key: rusqlite::types::Value) -> Result<Vec<LedgerEntry>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT id, ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds,
                     input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
                     {UNKNOWN_REQUEST_SQL}
-             FROM ledger WHERE ts_ms >= ?1 ORDER BY id"
+             FROM ledger WHERE {filter} ORDER BY id"
         ))?;
-        let rows = stmt.query_map([since_ms], |r| {
+        let rows = stmt.query_map([key], |r| {
             Ok(LedgerEntry {
                 id: r.get(0)?,
                 ts_ms: r.get(1)?,

@@ -34,6 +34,7 @@ pub mod stores;
 mod tasks;
 
 pub use resume::RESUME_CONTINUE_MESSAGE;
+pub use tasks::TaskTransfers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -99,6 +100,8 @@ pub(crate) struct Inner {
     /// `SubmitBudgetedTaskWithProgress` stream), until its submit returns.
     pending_workspace_progress:
         Mutex<HashMap<String, crate::backend::workspace_copy::WorkspaceProgress>>,
+    /// The durability pass's cursor and retries ([`stores::DurabilityQueue`]).
+    pub(crate) durability: Mutex<stores::DurabilityQueue>,
     /// The database's disk is full (`disk_guard`): nothing new is launched.
     pub(crate) disk_full: std::sync::atomic::AtomicBool,
 }
@@ -187,6 +190,7 @@ impl CoordinatorService {
                 reconcile_lock: tokio::sync::Mutex::default(),
                 pending_env: Mutex::default(),
                 pending_workspace_progress: Mutex::default(),
+                durability: Mutex::default(),
                 disk_full: std::sync::atomic::AtomicBool::new(false),
             }),
         }

@@ -214,20 +214,32 @@ impl CoordinatorService {
 
     /// One durability pass: checkpoints that agents on remote backends
     /// announced are read back from their volume and verified (a volume
-    /// commits in the background, so a checkpoint may need a few passes).
+    /// commits in the background, so a checkpoint may need a few passes). Only
+    /// the events stored since the last pass are read; the checkpoints not yet
+    /// durable are kept and retried ([`super::stores::DurabilityQueue`]).
     pub async fn verify_durability(&self) -> Result<usize> {
-        let pending = self.inner.db.checkpoints_awaiting_durability("modal")?;
-        let mut by_session: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (session_id, checkpoint_id) in pending {
-            by_session
-                .entry(session_id)
-                .or_default()
-                .insert(checkpoint_id);
-        }
+        let backend = plan::BackendKind::Modal;
+        let pending = {
+            let mut queue = lock(&self.inner.durability);
+            queue.refresh(&self.inner.db, backend.as_str())?;
+            queue.pending().clone()
+        };
         let mut total = 0;
-        for (session_id, wanted) in by_session {
-            let Some(session) = self.inner.db.get_session(&session_id)? else {
-                continue;
+        for (session_id, wanted) in pending {
+            let on_backend = |s: &crate::db::SessionRecord| -> Result<bool> {
+                Ok(self
+                    .inner
+                    .db
+                    .get_task(&s.task_id)?
+                    .is_some_and(|t| t.backend == backend.as_str()))
+            };
+            let session = match self.inner.db.get_session(&session_id)? {
+                Some(session) if on_backend(&session)? => session,
+                // Deleted, or moved to another backend: nothing to read back.
+                _ => {
+                    lock(&self.inner.durability).forget_session(&session_id);
+                    continue;
+                }
             };
             let dir = match self
                 .inner
@@ -243,6 +255,8 @@ impl CoordinatorService {
                 }
             };
             total += self.mark_durable(&session_id, &dir, Some(&wanted)).await?;
+            let durable = self.inner.db.durable_checkpoints(&session_id)?;
+            lock(&self.inner.durability).settled(&session_id, &durable);
         }
         Ok(total)
     }
@@ -375,6 +389,10 @@ impl CoordinatorService {
             Some(self.inner.config.agent.heartbeat_interval_ms as i64),
             moved.as_ref(),
         )?;
+        if moved.is_some() {
+            // Its checkpoints announced before the move are now the new backend's.
+            lock(&self.inner.durability).rescan_session(&session.id);
+        }
         self.attend(&container_id);
         let mut response = ResumeSessionResponse {
             task_id: task.id.clone(),

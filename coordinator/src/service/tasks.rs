@@ -4,6 +4,16 @@
 use super::sessions::SessionStop;
 use super::*;
 
+/// Told how far a task's workspace transfers have got (task id, stage, figures).
+pub type TaskTransfers = Arc<
+    dyn Fn(
+            &str,
+            crate::backend::workspace_copy::WorkspaceStage,
+            crate::backend::workspace_copy::CopyProgress,
+        ) + Send
+        + Sync,
+>;
+
 impl CoordinatorService {
     /// Records a task and (unless held) dispatches it if a worker slot is
     /// free. The one path every front end uses to create tasks.
@@ -231,6 +241,21 @@ impl CoordinatorService {
         dry_run: bool,
         env: &HashMap<String, String>,
     ) -> Result<DispatchTasksResponse> {
+        self.dispatch_tasks_reporting(task_ids, all, dry_run, env, None)
+            .await
+    }
+
+    /// [`Self::dispatch_tasks`], telling `transfers` how far the workspace transfers
+    /// of the tasks this call's pass launches have got, by task id (a task another
+    /// pass launches reports nothing).
+    pub async fn dispatch_tasks_reporting(
+        &self,
+        task_ids: &[String],
+        all: bool,
+        dry_run: bool,
+        env: &HashMap<String, String>,
+        transfers: Option<TaskTransfers>,
+    ) -> Result<DispatchTasksResponse> {
         let db = &self.inner.db;
         let mut wanted: Vec<String> = task_ids.to_vec();
         if all {
@@ -293,7 +318,26 @@ impl CoordinatorService {
             }
         }
         db.request_dispatch(&wanted)?;
-        let outcome = self.dispatch_pending().await?;
+        if let Some(transfers) = &transfers {
+            let mut followed = lock(&self.inner.pending_workspace_progress);
+            for id in &wanted {
+                let (transfers, task_id) = (transfers.clone(), id.clone());
+                followed.insert(
+                    id.clone(),
+                    crate::backend::workspace_copy::WorkspaceProgress(Arc::new(move |stage, p| {
+                        transfers(&task_id, stage, p)
+                    })),
+                );
+            }
+        }
+        let outcome = self.dispatch_pending().await;
+        if transfers.is_some() {
+            let mut followed = lock(&self.inner.pending_workspace_progress);
+            for id in &wanted {
+                followed.remove(id);
+            }
+        }
+        let outcome = outcome?;
         let running = db.count_tasks_in(TaskStatus::Running)? as u32;
         Ok(DispatchTasksResponse {
             dispatched: outcome.dispatched,

@@ -122,6 +122,16 @@ def crash_if_asked(call):
     os._exit(70)
 
 
+def count_call(name):
+    """Stand-in only: counts SDK calls a test wants to bound (`$ROOT/sdk-calls.json`,
+    {name: count}), across every process using the root."""
+    with locked():
+        file = path("sdk-calls.json")
+        counts = read_json(file, {}) or {}
+        counts[name] = counts.get(name, 0) + 1
+        write_json(file, counts)
+
+
 def path(*parts):
     return os.path.join(root(), *parts)
 

@@ -396,6 +396,7 @@ class Sandbox:
         return 255, "lost"
 
     def get_tags(self):
+        _local.count_call("Sandbox.get_tags")
         return dict(self._meta()["tags"])
 
     def set_tags(self, tags, *, client=None):

@@ -4,6 +4,7 @@ Handles are lazy like the real ones (`from_name` touches nothing; the first use 
 NotFoundError, `read_file`/`remove_file` of a missing path FileNotFoundError, an upload
 over an existing file without `force` FileExistsError."""
 
+import json
 import os
 import shutil
 
@@ -169,6 +170,14 @@ class _BatchUpload:
             if not recursive:
                 break
 
+    def _record(self, files):
+        """Stand-in only: each committed batch, one JSON line in `$ROOT/volume-uploads.jsonl`
+        ({"volume", "files": [[path, size], ...]}), for tests that count what was uploaded."""
+        line = json.dumps({"volume": self._volume.name, "files": files})
+        with _local.locked():
+            with open(_local.path("volume-uploads.jsonl"), "a") as out:
+                out.write(line + "\n")
+
     def _commit(self):
         staged = []
         try:
@@ -189,6 +198,8 @@ class _BatchUpload:
                 staged.append((tmp, full))
             for tmp, full in staged:
                 os.replace(tmp, full)
+            self._record([(os.path.relpath(full, self._volume.storage_dir()), os.path.getsize(full))
+                          for _, full in staged])
         finally:
             for tmp, _ in staged:
                 if os.path.exists(tmp):

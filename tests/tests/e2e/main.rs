@@ -40,4 +40,5 @@ mod store_damage;
 mod task;
 mod task_set;
 mod tidy;
+mod ui;
 mod user_setup;

@@ -280,6 +280,213 @@ fn the_workspace_ships_with_its_uncommitted_work_and_comes_back_as_a_branch() {
     }
 }
 
+/// A workspace with a few dozen files of different sizes: (its root, its regular
+/// files, their bytes), counted here from the directory.
+fn counted_workspace(h: &Harness) -> (PathBuf, u64, u64) {
+    let repo = user_repo(h.root());
+    std::fs::create_dir_all(repo.join("data")).unwrap();
+    for i in 0..30 {
+        std::fs::write(
+            repo.join(format!("data/f{i}")),
+            vec![b'x' + (i % 7) as u8; 997 * (i + 1)],
+        )
+        .unwrap();
+    }
+    fn count(dir: &Path, files: &mut u64, bytes: &mut u64) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                count(&entry.path(), files, bytes);
+            } else if kind.is_file() {
+                *files += 1;
+                *bytes += entry.metadata().unwrap().len();
+            }
+        }
+    }
+    let (mut files, mut bytes) = (0u64, 0u64);
+    count(&repo, &mut files, &mut bytes);
+    (repo, files, bytes)
+}
+
+/// Checks the progress lines of `op` on `stderr` for shipping a workspace of `files`
+/// regular files and `bytes` bytes to session `session_id`: a checkpoint step whose
+/// last `advance` is the workspace's files and bytes, then an upload step whose last
+/// `advance` is the files and bytes the stand-in's volume committed under the
+/// session's store (`volume-uploads.jsonl`), then `finish` with `ok`.
+fn check_shipping_progress(
+    standin: &Path,
+    stderr: &str,
+    op: &str,
+    session_id: &str,
+    files: u64,
+    bytes: u64,
+) {
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["type"] == "progress")
+        .collect();
+    assert!(lines.iter().all(|l| l["op"] == op), "{stderr}");
+    assert_eq!(lines.last().unwrap()["event"], "finish", "{stderr}");
+    assert_eq!(lines.last().unwrap()["ok"], true, "{stderr}");
+    // The advance lines of each step, by the step's text.
+    let mut steps: Vec<(String, Vec<&serde_json::Value>)> = Vec::new();
+    for l in &lines {
+        match l["event"].as_str() {
+            Some("step") => steps.push((l["step"].as_str().unwrap().to_string(), Vec::new())),
+            Some("advance") => steps.last_mut().unwrap().1.push(l),
+            _ => {}
+        }
+    }
+    let advances = |needle: &str| -> Vec<&serde_json::Value> {
+        let (_, advances) = steps
+            .iter()
+            .find(|(step, _)| step.contains(needle))
+            .unwrap_or_else(|| panic!("no step {needle:?}: {stderr}"));
+        assert!(!advances.is_empty(), "no advance in {needle:?}: {stderr}");
+        for pair in advances.windows(2) {
+            assert!(
+                pair[1]["done"].as_u64() >= pair[0]["done"].as_u64(),
+                "{stderr}"
+            );
+            assert_eq!(pair[1]["total"], pair[0]["total"], "{stderr}");
+        }
+        advances.clone()
+    };
+    let checkpoint = advances("checkpointing the workspace");
+    let last = checkpoint.last().unwrap();
+    assert_eq!(
+        (
+            &last["files_done"],
+            &last["files_total"],
+            &last["done"],
+            &last["total"]
+        ),
+        (&files.into(), &files.into(), &bytes.into(), &bytes.into()),
+        "{stderr}"
+    );
+    // What the stand-in's volume committed under the session's store: the upload.
+    let store = format!("sessions/{session_id}/checkpoints/");
+    let uploads = std::fs::read_to_string(standin.join("volume-uploads.jsonl")).unwrap();
+    let (mut up_files, mut up_bytes, mut batches) = (0u64, 0u64, 0u64);
+    for line in uploads.lines() {
+        let batch: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut ours = false;
+        for file in batch["files"].as_array().unwrap() {
+            if file[0].as_str().unwrap().starts_with(&store) {
+                ours = true;
+                up_files += 1;
+                up_bytes += file[1].as_u64().unwrap();
+            }
+        }
+        batches += u64::from(ours);
+    }
+    // store.json, at least one layer, the seed's manifest; layers before the manifest.
+    assert!(up_files >= 3 && batches >= 2, "{uploads}");
+    let upload = advances("uploading the workspace checkpoint");
+    let last = upload.last().unwrap();
+    assert_eq!(
+        (
+            &last["files_done"],
+            &last["files_total"],
+            &last["done"],
+            &last["total"]
+        ),
+        (
+            &up_files.into(),
+            &up_files.into(),
+            &up_bytes.into(),
+            &up_bytes.into()
+        ),
+        "{stderr}\n{uploads}"
+    );
+    // The checkpoint came before its upload.
+    let position = |needle: &str| steps.iter().position(|(s, _)| s.contains(needle)).unwrap();
+    assert!(
+        position("checkpointing") < position("uploading"),
+        "{stderr}"
+    );
+}
+
+/// `task create --backend modal --workspace … --progress json`: the two transfers
+/// that ship the workspace reach the CLI as steps with counted `advance` lines: the
+/// seed checkpoint's files read, ending at the workspace's regular files and their
+/// bytes (counted here from the directory), then its upload, ending at the files and
+/// bytes the stand-in's volume committed under the session's store.
+#[test]
+fn task_create_on_modal_reports_the_workspace_checkpoint_and_its_upload() {
+    let mut h = Harness::new(Script::new([Turn::text("Nothing to do.")]));
+    let standin = modal_ready(&mut h);
+    let (repo, files, bytes) = counted_workspace(&h);
+    let out = h.run(&[
+        "task",
+        "create",
+        "Look around",
+        "--backend",
+        "modal",
+        "--workspace",
+        repo.to_str().unwrap(),
+        "--progress",
+        "json",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let session_id = created["session_id"].as_str().unwrap();
+    check_shipping_progress(&standin, &stderr, "task_create", session_id, files, bytes);
+    let task = finished(&h, created["task_id"].as_str().unwrap());
+    assert_eq!(task["status"], "completed", "{task:#}");
+}
+
+/// `task dispatch` of a held Modal task with a workspace reports the same two
+/// transfers (op `task_dispatch`, each step naming the task); a dispatch that
+/// moves no workspace prints no progress at all.
+#[test]
+fn task_dispatch_on_modal_reports_the_workspace_checkpoint_and_its_upload() {
+    let mut h = Harness::new(Script::new([Turn::text("Nothing to do.")]));
+    let standin = modal_ready(&mut h);
+    let (repo, files, bytes) = counted_workspace(&h);
+    let held = create(
+        &h,
+        "Look around",
+        &[
+            "--backend",
+            "modal",
+            "--workspace",
+            repo.to_str().unwrap(),
+            "--no-dispatch",
+        ],
+    );
+    let task_id = held["task_id"].as_str().unwrap();
+    let out = h.run(&["task", "dispatch", task_id, "--progress", "json", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let dispatched: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        dispatched["dispatched"][0]["task_id"], task_id,
+        "{dispatched:#}"
+    );
+    let task = h.json(&["task", "show", task_id, "--json"]);
+    let session_id = task["session_id"].as_str().unwrap();
+    check_shipping_progress(&standin, &stderr, "task_dispatch", session_id, files, bytes);
+    assert!(
+        stderr.contains(&format!("task {task_id}: checkpointing")),
+        "{stderr}"
+    );
+    let task = finished(&h, task_id);
+    assert_eq!(task["status"], "completed", "{task:#}");
+    // Nothing to dispatch: no progress lines.
+    let out = h.run(&["task", "dispatch", "--progress", "json"]);
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("\"type\":\"progress\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_local_session_resumes_on_modal_with_its_conversation() {
     let mut h = Harness::new(Script::new([

@@ -452,6 +452,21 @@ impl ModalBackend {
     /// store on the volume lacks (layers first, manifests last, so a
     /// manifest never names a layer that is not there yet).
     pub async fn push_store(&self, session_id: &str, local_store: &Path) -> Result<()> {
+        self.push_store_reporting(session_id, local_store, &|_| {})
+            .await
+    }
+
+    /// [`Self::push_store`], telling `on_progress` the files (and bytes) the
+    /// volume has committed of those it lacked: once with the totals before the
+    /// first upload, then after each upload batch (at most
+    /// [`UPLOAD_BATCH_BYTES`] or [`UPLOAD_BATCH_FILES`] each, a manifest never
+    /// in a batch with the layers it names).
+    pub async fn push_store_reporting(
+        &self,
+        session_id: &str,
+        local_store: &Path,
+        on_progress: &(dyn Fn(crate::backend::workspace_copy::CopyProgress) + Sync),
+    ) -> Result<()> {
         let prefix = self.store_prefix(session_id);
         let remote = self.list_volume(&prefix).await?;
         let local = parhelia_checkpoint::durable::durable_files(local_store)?;
@@ -461,15 +476,31 @@ impl ModalBackend {
             if remote.get(rel) == Some(size) {
                 continue;
             }
-            let item = (local_store.join(rel), format!("{prefix}/{rel}"));
+            let item = ((local_store.join(rel), format!("{prefix}/{rel}")), *size);
             if durable::is_commit_point(rel) {
                 manifests.push(item);
             } else {
                 data.push(item);
             }
         }
-        self.put_files(&data).await?;
-        self.put_files(&manifests).await?;
+        let mut progress = crate::backend::workspace_copy::CopyProgress {
+            files_total: (data.len() + manifests.len()) as u64,
+            bytes_total: data
+                .iter()
+                .chain(&manifests)
+                .fold(0u64, |sum, (_, size)| sum.saturating_add(*size)),
+            ..Default::default()
+        };
+        on_progress(progress);
+        for batch in upload_batches(&data).chain(upload_batches(&manifests)) {
+            let files: Vec<(PathBuf, String)> = batch.iter().map(|(f, _)| f.clone()).collect();
+            self.put_files(&files).await?;
+            progress.files_done += batch.len() as u64;
+            progress.bytes_done = batch.iter().fold(progress.bytes_done, |sum, (_, size)| {
+                sum.saturating_add(*size)
+            });
+            on_progress(progress);
+        }
         Ok(())
     }
 
@@ -626,26 +657,88 @@ impl ModalBackend {
         session_id: &str,
         source: &Path,
         limits: crate::backend::workspace_copy::CopyLimits,
+        progress: Option<&crate::backend::workspace_copy::WorkspaceProgress>,
     ) -> Result<String> {
+        use crate::backend::workspace_copy::{CopyProgress, WorkspaceStage};
         let mirror = self.mirror_dir(session_id);
         let source = source.to_path_buf();
         let exclude_state = self.state_root.clone();
         let mirror_for_task = mirror.clone();
+        let tell = |stage: WorkspaceStage, p: CopyProgress| {
+            if let Some(progress) = progress {
+                (progress.0)(stage, p);
+            }
+        };
+        let on_checkpoint = progress.cloned();
         let id = tokio::task::spawn_blocking(move || -> Result<String> {
             // The same refusals as a local copy (special files, E112) before
-            // anything is stored.
-            crate::backend::workspace_copy::preflight(
+            // anything is stored; its counts are the checkpoint's totals.
+            let counted = crate::backend::workspace_copy::preflight(
                 &source,
                 std::slice::from_ref(&exclude_state),
                 limits,
             )?;
-            crate::checkpoints::seed_checkpoint(&mirror_for_task, &source, &exclude_state)
+            let done = std::sync::Mutex::new(CopyProgress {
+                files_total: counted.files,
+                bytes_total: counted.bytes,
+                ..CopyProgress::default()
+            });
+            let tell = |p: CopyProgress| {
+                if let Some(progress) = &on_checkpoint {
+                    (progress.0)(WorkspaceStage::Checkpoint, p);
+                }
+            };
+            tell(*done.lock().unwrap_or_else(|e| e.into_inner()));
+            crate::checkpoints::seed_checkpoint(
+                &mirror_for_task,
+                &source,
+                &exclude_state,
+                &|size| {
+                    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+                    done.files_done += 1;
+                    done.bytes_done = done.bytes_done.saturating_add(size);
+                    tell(*done);
+                },
+            )
         })
         .await
         .context("the workspace checkpoint panicked")??;
-        self.push_store(session_id, &mirror).await?;
+        self.push_store_reporting(session_id, &mirror, &|p| tell(WorkspaceStage::Upload, p))
+            .await?;
         Ok(id)
     }
+}
+
+/// The most bytes one upload batch of [`ModalBackend::push_store_reporting`]
+/// carries (one file larger than this goes alone): the volume commits a batch
+/// as a whole, so progress advances per batch.
+pub const UPLOAD_BATCH_BYTES: u64 = 32 << 20;
+/// The most files one upload batch carries.
+pub const UPLOAD_BATCH_FILES: usize = 64;
+
+/// `items` (upload pairs with their sizes) cut into consecutive batches of at
+/// most [`UPLOAD_BATCH_FILES`] files and [`UPLOAD_BATCH_BYTES`] bytes (a larger
+/// file alone), in order.
+fn upload_batches<T>(items: &[(T, u64)]) -> impl Iterator<Item = &[(T, u64)]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0u64;
+        let mut n = 0;
+        while n < rest.len() && n < UPLOAD_BATCH_FILES {
+            let next = bytes.saturating_add(rest[n].1);
+            if n > 0 && next > UPLOAD_BATCH_BYTES {
+                break;
+            }
+            bytes = next;
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
 }
 
 /// A `sandbox.stats` answer.
@@ -718,7 +811,12 @@ impl Backend for ModalBackend {
         let mut session = request.session.clone();
         if let Some(source) = &request.workspace_source {
             let seed = self
-                .ship_workspace(&ids.session_id, source, request.copy_limits)
+                .ship_workspace(
+                    &ids.session_id,
+                    source,
+                    request.copy_limits,
+                    request.workspace_progress.as_ref(),
+                )
                 .await?;
             tracing::info!(container_id = %ids.container_id, checkpoint = %seed, "workspace shipped to the volume");
             if session.restore_checkpoint.is_none() {
@@ -1007,6 +1105,28 @@ impl crate::storage::VolumeSizes for ModalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Batches keep the order, never exceed the file count, and exceed the byte
+    /// bound only for a file that is larger alone.
+    #[test]
+    fn upload_batches_keep_order_and_bounds() {
+        let mb = 1 << 20;
+        let items: Vec<(u32, u64)> = vec![
+            (0, 10 * mb),
+            (1, 20 * mb),
+            (2, 5 * mb),
+            (3, 100 * mb),
+            (4, 1),
+        ];
+        let batches: Vec<Vec<u32>> = upload_batches(&items)
+            .map(|b| b.iter().map(|(i, _)| *i).collect())
+            .collect();
+        assert_eq!(batches, [vec![0, 1], vec![2], vec![3], vec![4]]);
+        let many: Vec<(u32, u64)> = (0..130).map(|i| (i, 1)).collect();
+        let sizes: Vec<usize> = upload_batches(&many).map(<[_]>::len).collect();
+        assert_eq!(sizes, [64, 64, 2]);
+        assert_eq!(upload_batches::<u32>(&[]).count(), 0);
+    }
 
     #[test]
     fn sandbox_stats_cost_is_read_only_when_available() {

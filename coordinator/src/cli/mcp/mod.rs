@@ -325,7 +325,7 @@ impl ParheliaMcp {
 /// its own, sending each new matching event (its `--json` form) to a
 /// channel; ends on cancellation, when the channel closes, or (with
 /// `until_task_ends`) once that task has ended and its last events are sent.
-struct Follower {
+pub(crate) struct Follower {
     ctx: Ctx,
     filters: EventFilterArgs,
     history: bool,
@@ -334,7 +334,23 @@ struct Follower {
 }
 
 impl Follower {
-    fn spawn(
+    pub(crate) fn new(
+        ctx: Ctx,
+        filters: EventFilterArgs,
+        history: bool,
+        until_task_ends: Option<String>,
+        ct: CancellationToken,
+    ) -> Self {
+        Self {
+            ctx,
+            filters,
+            history,
+            until_task_ends,
+            ct,
+        }
+    }
+
+    pub(crate) fn spawn(
         self,
         tx: mpsc::UnboundedSender<Value>,
     ) -> Result<std::thread::JoinHandle<Result<()>>> {
@@ -419,10 +435,10 @@ async fn notify_event(
 /// What a [`Direct`] call gave: the command's `--json` value, the key a list
 /// goes under (MCP's structured content is an object), and the coded error
 /// the command ends with after printing it (a dispatch whose launch failed).
-struct DirectResult {
-    value: Value,
-    wrap: Option<&'static str>,
-    failure: Option<anyhow::Error>,
+pub(crate) struct DirectResult {
+    pub(crate) value: Value,
+    pub(crate) wrap: Option<&'static str>,
+    pub(crate) failure: Option<anyhow::Error>,
 }
 
 impl DirectResult {
@@ -453,6 +469,7 @@ impl Direct {
             Direct::TaskCreate(_) => "parhelia task create",
             Direct::TaskList { .. } => "parhelia task list",
             Direct::TaskShow { .. } => "parhelia task show",
+            Direct::TaskSpend { .. } => "parhelia task spend",
             Direct::TaskDispatch { .. } => "parhelia task dispatch",
             Direct::TaskCancel { .. } => "parhelia task cancel",
             Direct::TaskRetry { .. } => "parhelia task retry",
@@ -487,7 +504,7 @@ impl Direct {
 
 /// Carries out a [`Direct`] call with the functions the CLI's commands call
 /// (the coordinator's RPCs through its client, or the reads they share).
-async fn direct(ctx: &Ctx, call: Direct) -> Result<DirectResult> {
+pub(crate) async fn direct(ctx: &Ctx, call: Direct) -> Result<DirectResult> {
     use crate::cli::{budget, checkpoint, container, events, ops, session, task};
     Ok(match call {
         Direct::TaskCreate(args) => {
@@ -517,6 +534,9 @@ async fn direct(ctx: &Ctx, call: Direct) -> Result<DirectResult> {
         Direct::TaskShow { task_id } => {
             let shown = task::show_task(ctx, &task_id)?;
             DirectResult::ok(task::show_json(&shown)?)
+        }
+        Direct::TaskSpend { task_id } => {
+            DirectResult::ok(serde_json::to_value(task::spend_series(ctx, &task_id)?)?)
         }
         Direct::TaskDispatch { task_ids, dry_run } => {
             let response = task::dispatch_call(ctx, task_ids, false, dry_run).await?;
@@ -744,7 +764,7 @@ fn error_result(err: &anyhow::Error, output: Option<Value>) -> CallToolResult {
     result
 }
 
-fn coded_value(err: &CodedError) -> Value {
+pub(crate) fn coded_value(err: &CodedError) -> Value {
     json!({
         "code": err.code.code,
         "name": err.code.name,

@@ -27,6 +27,9 @@ pub enum Direct {
     TaskShow {
         task_id: String,
     },
+    TaskSpend {
+        task_id: String,
+    },
     TaskDispatch {
         task_ids: Vec<String>,
         dry_run: bool,
@@ -207,6 +210,8 @@ tools! {
         "List tasks, newest first (as `parhelia task list --json`, under `tasks`)." }
     "parhelia_task_show" TaskIdArgs { title: "Show a task", ro: true, destructive: false, idempotent: true,
         "One task: status, session, container, cost, outcome (as `parhelia task show --json`)." }
+    "parhelia_task_spend" TaskIdArgs { title: "A task's spend over time", ro: true, destructive: false, idempotent: true,
+        "A task's spend over time: each ledger row with the running compute, model and storage totals (at most 2,000 points, evenly thinned, always the last), and the task's ceiling; the last point's `total_usd` is its cost (as `parhelia task spend --json`)." }
     "parhelia_task_dispatch" TaskDispatchArgs { title: "Dispatch pending tasks", ro: false, destructive: false, idempotent: true,
         "Dispatch pending tasks (held or queued) as far as `max_concurrent_workers` allows; without ids, every pending task (as `parhelia task dispatch --json`)." }
     "parhelia_task_cancel" TaskCancelArgs { title: "Cancel a task", ro: false, destructive: true, idempotent: true,
@@ -758,6 +763,10 @@ pub fn plan(tool: &str, args: Value) -> Result<Plan, CodedError> {
             let a: TaskIdArgs = parse(tool, args)?;
             Plan::Direct(Direct::TaskShow { task_id: a.task_id })
         }
+        "parhelia_task_spend" => {
+            let a: TaskIdArgs = parse(tool, args)?;
+            Plan::Direct(Direct::TaskSpend { task_id: a.task_id })
+        }
         "parhelia_task_dispatch" => {
             let a: TaskDispatchArgs = parse(tool, args)?;
             Plan::Direct(Direct::TaskDispatch {
@@ -1058,6 +1067,7 @@ mod tests {
             ),
             ("parhelia_task_list", serde_json::json!({})),
             ("parhelia_task_show", serde_json::json!({"task_id": "t"})),
+            ("parhelia_task_spend", serde_json::json!({"task_id": "t"})),
             ("parhelia_task_dispatch", serde_json::json!({})),
             (
                 "parhelia_task_cancel",
