@@ -93,12 +93,29 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Print what this binary is, as one JSON object: `name`, `version`, `profile`
+    /// (`debug` or `release`: whether it was built with debug assertions, as `cargo
+    /// build` without `--release` does), `arch`, `os`. Read by the coordinator before it
+    /// ships this binary to the Modal image (`coordinator/src/binaries.rs`).
+    #[command(hide = true)]
+    BuildInfo,
     /// Forward a Claude Code hook payload (stdin) to the agent. Used by Claude Code.
     Hook {
         /// The agent's hook socket.
         #[arg(long)]
         socket: PathBuf,
     },
+}
+
+/// `build-info`'s object.
+fn build_info() -> serde_json::Value {
+    serde_json::json!({
+        "name": env!("CARGO_PKG_NAME"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "arch": std::env::consts::ARCH,
+        "os": std::env::consts::OS,
+    })
 }
 
 /// The first line of `input`, at most 4 KiB, trimmed; empty when there is none.
@@ -127,6 +144,10 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
+        Command::BuildInfo => {
+            println!("{}", build_info());
+            ExitCode::SUCCESS
+        }
         Command::GitState { workspace } => {
             let state = crate::git_state::capture(&workspace);
             println!(
@@ -257,6 +278,17 @@ pub fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the coordinator reads before shipping the binary: a test build has debug
+    /// assertions, so it says `debug`.
+    #[test]
+    fn build_info_names_the_version_and_the_profile() {
+        let info = build_info();
+        assert_eq!(info["name"], "parhelia-agent");
+        assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(info["profile"], "debug");
+        assert_eq!(info["os"], std::env::consts::OS);
+    }
 
     #[test]
     fn labels_are_key_value_pairs() {

@@ -426,6 +426,16 @@ error_codes! {
         why: "The session's volume failed for a reason other than a full disk (E516) or damage (E620): it is read-only or failing, a file is unreadable, or permissions changed. The message names the file and the system's error.",
         recover: "Fix what the message names (remount the volume read-write, restore the permissions), then try again: `parhelia checkpoint create SESSION_ID`, or the session's next checkpoint. Earlier checkpoints are untouched.",
     }
+    AGENT_DEBUG_BUILD = "E598" "AGENT_DEBUG_BUILD" {
+        what: "The agent shipped to the Modal image is a debug build.",
+        why: "The `parhelia-agent` baked into the Modal session image was built without `--release` (debug assertions, no optimisation): it works, but it is several times larger to upload and slower at checkpoints. A warning: the image is built with it.",
+        recover: "Build the release agent with `cargo build --release -p parhelia-agent` (beside a target/debug `parhelia`, target/release/parhelia-agent is then taken by itself) or point `modal.agent_bin` at a release build, then `parhelia modal setup`.",
+    }
+    AGENT_BINARY_UNFIT = "E599" "AGENT_BINARY_UNFIT" {
+        what: "The agent binary cannot run in the Modal session image.",
+        why: "The local `parhelia-agent` baked into the Modal image (Debian bookworm, glibc 2.36) is not an x86-64 Linux ELF, needs a newer glibc than the image has (its `.gnu.version_r` names the versions it needs), or does not answer `build-info` as a `parhelia-agent`; the message says which.",
+        recover: "Build the agent for the image: `cargo build --release -p parhelia-agent` on Debian bookworm (or `--target x86_64-unknown-linux-musl` for a static build), point `modal.agent_bin` at it, then `parhelia modal setup`.",
+    }
 
     // E6xx: operations.
     CLAUDE_CODE_ERROR_RESULT = "E600" "CLAUDE_CODE_ERROR_RESULT" {

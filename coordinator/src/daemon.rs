@@ -423,6 +423,42 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)
     }
 
+    type ModalSetupWithProgressStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<parhelia_proto::ModalSetupProgress, Status>>
+                + Send,
+        >,
+    >;
+
+    async fn modal_setup_with_progress(
+        &self,
+        request: Request<parhelia_proto::ModalSetupRequest>,
+    ) -> Result<Response<Self::ModalSetupWithProgressStream>, Status> {
+        use parhelia_proto::modal_setup_progress::Event;
+        let force_build = request.into_inner().force_build;
+        let modal = self.modal_backend().map_err(to_status)?;
+        // A few messages per setup: unbounded, so a step is never held up by the reader.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let started = tx.clone();
+            let on_step = move |step: &str| {
+                let _ = started.send(Ok(parhelia_proto::ModalSetupProgress {
+                    event: Some(Event::StepStarted(step.to_string())),
+                }));
+            };
+            let last = match crate::modal_ops::setup(&modal, force_build, &on_step).await {
+                Ok(report) => Ok(parhelia_proto::ModalSetupProgress {
+                    event: Some(Event::Report(report)),
+                }),
+                Err(err) => Err(to_status(err)),
+            };
+            let _ = tx.send(last);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+
     async fn retry_task(
         &self,
         request: Request<RetryTaskRequest>,

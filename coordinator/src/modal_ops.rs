@@ -46,7 +46,7 @@ pub async fn run(service: &CoordinatorService, request: ModalOpRequest) -> Resul
     })?;
     let modal = service.modal_backend()?;
     let report = match op {
-        Op::Setup(r) => Report::Setup(setup(&modal, r.force_build).await?),
+        Op::Setup(r) => Report::Setup(setup(&modal, r.force_build, &|_| {}).await?),
         Op::HealthCheck(_) => Report::HealthCheck(health_check(&modal).await?),
         Op::InitVolume(_) => Report::InitVolume(init_volume(&modal).await?),
         Op::ConfigSync(r) => Report::ConfigSync(config_sync(&modal, &r).await?),
@@ -90,13 +90,19 @@ pub fn render_steps(steps: &[ModalSetupStep]) -> String {
 }
 
 /// `modal setup`: the SDK and credentials, the app, the secret, the volume,
-/// the image. Stops at the first failure (later steps need the earlier).
-/// It runs on a new bridge process, so what the user fixed since the running
-/// one started (`modal token new`, `pip install`) counts, here and for every
-/// later call.
-pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<ModalSetupReport> {
+/// the agent binary, the image. Stops at the first failure (later steps need
+/// the earlier). It runs on a new bridge process, so what the user fixed
+/// since the running one started (`modal token new`, `pip install`) counts,
+/// here and for every later call. `on_step` is told each step as it begins
+/// (`ModalSetupWithProgress`, the CLI's `image_build` progress).
+pub async fn setup(
+    modal: &ModalBackend,
+    force_build: bool,
+    on_step: &(dyn Fn(&str) + Send + Sync),
+) -> Result<ModalSetupReport> {
     let cfg = modal.config().clone();
     let mut steps = Vec::new();
+    on_step("starting the Modal bridge (the Python SDK)");
     let greeting = match modal.bridge().restart().await {
         Ok(g) => g,
         Err(e) => return Err(fail(steps, "sdk", e)),
@@ -119,6 +125,10 @@ pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<ModalSetup
             ),
         ));
     }
+    on_step(&format!(
+        "checking the Modal token (from {}) on the app {}",
+        greeting.credentials, cfg.app_name
+    ));
     let app = match modal.call("app.lookup", json!({"app": cfg.app_name})).await {
         Ok(v) => v,
         Err(e) => return Err(fail(steps, "token", e)),
@@ -137,6 +147,7 @@ pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<ModalSetup
             app["app_id"].as_str().unwrap_or("?")
         ),
     ));
+    on_step(&format!("checking the Modal secret {}", cfg.secret_name));
     if let Err(e) = modal
         .call(
             "secret.check",
@@ -147,6 +158,10 @@ pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<ModalSetup
         return Err(fail(steps, "secret", e));
     }
     steps.push(step("secret", true, cfg.secret_name.clone()));
+    on_step(&format!(
+        "creating or finding the volume {}",
+        cfg.volume_name
+    ));
     let volume = match modal
         .call(
             "volume.ensure",
@@ -166,10 +181,30 @@ pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<ModalSetup
             volume["version"].as_u64().unwrap_or(2)
         ),
     ));
+    on_step("checking the agent binary for the image");
+    let agent = match modal.shipped_agent() {
+        Ok(a) => a,
+        Err(e) => return Err(fail(steps, "agent", e)),
+    };
+    let mut detail = agent.describe();
+    if let Some(warning) = agent.warning() {
+        detail.push_str(&format!("\n     warning {warning}"));
+    }
+    steps.push(step("agent", true, detail));
     let image = match modal.image_args() {
         Ok(i) => i,
         Err(e) => return Err(fail(steps, "image", e)),
     };
+    on_step(&format!(
+        "{} the session image (images/Dockerfile: Claude Code {}, agent {}) with Modal's image builder",
+        if force_build {
+            "rebuilding"
+        } else {
+            "building (or finding cached)"
+        },
+        cfg.claude_code_version,
+        agent.info.version
+    ));
     let built = modal
         .bridge()
         .call(
@@ -183,10 +218,10 @@ pub async fn setup(modal: &ModalBackend, force_build: bool) -> Result<ModalSetup
             "image",
             true,
             format!(
-                "{} (Claude Code {}, agent {})",
+                "{} ({}{})",
+                v["tag"].as_str().unwrap_or("?"),
                 v["image_id"].as_str().unwrap_or("?"),
-                cfg.claude_code_version,
-                image["agent_bin"].as_str().unwrap_or("?")
+                if force_build { ", rebuilt" } else { "" }
             ),
         )),
         Err(e) => return Err(fail(steps, "image", e)),

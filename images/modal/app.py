@@ -1,15 +1,19 @@
-"""The Modal app of Parhelia: the session image recipe and two maintenance functions.
+"""The Modal app of Parhelia: the session image and two maintenance functions.
 
-This file is the Modal counterpart of `images/Dockerfile` (same packages, same user, same
-agent path). Three things use it:
+The session image is `images/Dockerfile`, built by Modal's image builder
+(`modal.Image.from_dockerfile`): there is no second recipe here. Three things use this file:
 
 - The bridge (`parhelia_bridge.py`, beside this file) imports `session_image()` to build
-  the image of every session sandbox. The coordinator ships this file with the bridge.
+  the image of every session sandbox. The coordinator ships this file, the bridge and the
+  Dockerfile together (all three beside each other; in the repository the Dockerfile is
+  one directory up, `images/Dockerfile`).
 - `modal run images/modal/app.py::health_check` and
   `modal run images/modal/app.py::init_volume_structure`, by hand. Both read
   `PARHELIA_AGENT_BIN` (the local `parhelia-agent` binary to bake in, required to build the
-  image) and optionally `PARHELIA_CLAUDE_CODE_VERSION`, `PARHELIA_MODAL_VOLUME_NAME`
-  (default `parhelia-data`) and `PARHELIA_MODAL_SECRET_NAME` (default `anthropic-api-key`).
+  image; build it with `cargo build --release -p parhelia-agent`), `PARHELIA_AGENT_VERSION`
+  (its version; read from the binary's `--version` when unset) and optionally
+  `PARHELIA_CLAUDE_CODE_VERSION`, `PARHELIA_MODAL_VOLUME_NAME` (default `parhelia-data`) and
+  `PARHELIA_MODAL_SECRET_NAME` (default `anthropic-api-key`).
 - The coordinator, which runs the same checks through the bridge's `sandbox.run` with the
   argv these functions return (so the checks need no Python in the sandbox):
 
@@ -26,61 +30,142 @@ agent path). Three things use it:
   `parhelia modal init-volume`, see `VOLUME_DIRS`), then prints
   `{"status": "ok", "volume": "<mount>", "dirs": ["sessions", "config", "images"]}`.
 
-Importing this module has no side effects beyond building lazy SDK objects: no network, no
-file reads, so the bridge can load it before credentials are known.
+Importing this module has no side effects beyond building lazy SDK objects (no network;
+for `modal run`, the agent named by PARHELIA_AGENT_BIN is staged into a build context and
+asked its version), so the bridge can load it before credentials are known.
 """
 
+import atexit
 import os
 import re
+import shutil
+import subprocess
+import tempfile
+import threading
 
 import modal
 
 APP_NAME = "parhelia"
 AGENT_PATH = "/usr/local/bin/parhelia-agent"
 VOLUME_MOUNT = "/vol"
-HOME_DIR = "/home/parhelia"
 DEFAULT_CLAUDE_CODE_VERSION = "2.1.330"
-BASE_IMAGE = "debian:bookworm-slim"
 # Modal Functions (the two below) need a Python in the image; sandboxes do not use it.
 # Fixed rather than the local version, so the bridge and `modal run` share one cached image.
 IMAGE_PYTHON = "3.11"
-APT_PACKAGES = ("ca-certificates", "git", "tmux", "nodejs", "npm", "procps")
+# The file the Dockerfile's `COPY` takes the agent from, in the build context.
+CONTEXT_AGENT = "parhelia-agent"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Every SDK call this file makes: (callable under `modal.`, bound method?, positional
 # arguments (-1: any number, through *args), keywords). `test_sdk_signatures.py` binds
 # each against the pinned SDK's real signatures.
 SDK_CALLS = (
-    ("Image.from_registry", False, 1, ("add_python", "force_build")),
-    ("Image.apt_install", True, -1, ()),
-    ("Image.run_commands", True, -1, ()),
-    ("Image.add_local_file", True, 2, ("copy",)),
+    ("Image.from_dockerfile", False, 1, ("context_dir", "build_args", "ignore", "add_python", "force_build")),
     ("App", False, 1, ()),
     ("App.function", True, 0, ("image", "volumes", "secrets", "timeout")),
     ("Volume.from_name", False, 1, ("create_if_missing", "version")),
     ("Volume.commit", True, 0, ()),
-    ("Secret.from_name", False, 1, ()),
+    ("Secret.from_name", False, 1, ("required_keys",)),
 )
 
 _VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]*$")
+_TAG_LABEL = re.compile(r'^LABEL\s+parhelia\.image\.tag="([^"]*)"\s*$')
+_ARG_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def session_image(agent_bin: str, claude_code_version: str, *, force_build: bool = False) -> "modal.Image":
-    """The session image: Debian bookworm-slim with Claude Code (pinned), tmux, git, a
-    non-root user `parhelia` (uid 1000, home /home/parhelia), the `/vol` mount point and
-    the agent binary at /usr/local/bin/parhelia-agent. Lazy: nothing is read or built
-    until the image is used. `force_build` rebuilds every layer."""
-    if not _VERSION_PATTERN.match(claude_code_version or ""):
-        raise ValueError(f"not a Claude Code version: {claude_code_version!r}")
-    return (
-        modal.Image.from_registry(BASE_IMAGE, add_python=IMAGE_PYTHON, force_build=force_build)
-        .apt_install(*APT_PACKAGES)
-        .run_commands(
-            f"npm install -g @anthropic-ai/claude-code@{claude_code_version} && npm cache clean --force",
-            f"useradd --create-home --home-dir {HOME_DIR} --uid 1000 --shell /bin/bash parhelia",
-            f"mkdir -p {VOLUME_MOUNT} && chown parhelia:parhelia {HOME_DIR}",
-        )
-        .add_local_file(agent_bin, AGENT_PATH, copy=True)
-        .run_commands(f"chmod 755 {AGENT_PATH}")
+def dockerfile_path() -> str:
+    """The session image's Dockerfile: beside this file as the coordinator ships it, else
+    the repository's `images/Dockerfile`."""
+    beside = os.path.join(HERE, "Dockerfile")
+    return beside if os.path.isfile(beside) else os.path.join(os.path.dirname(HERE), "Dockerfile")
+
+
+def build_args(claude_code_version: str, agent_version: str) -> dict:
+    """The Dockerfile's build arguments for these versions (each checked: they reach a
+    shell in the build)."""
+    for what, version in (("Claude Code", claude_code_version), ("agent", agent_version)):
+        if not _VERSION_PATTERN.match(version or ""):
+            raise ValueError(f"not a {what} version: {version!r}")
+    return {"CLAUDE_CODE_VERSION": claude_code_version, "PARHELIA_AGENT_VERSION": agent_version}
+
+
+def image_tag(args: dict, dockerfile: str = None) -> str:
+    """The image's tag as the Dockerfile's `LABEL parhelia.image.tag` spells it, with the
+    build arguments put in (`cc2.1.330-agent0.1.0`)."""
+    with open(dockerfile or dockerfile_path(), encoding="utf-8") as f:
+        for line in f:
+            found = _TAG_LABEL.match(line.strip())
+            if found:
+                return _ARG_REF.sub(lambda m: args.get(m.group(1), ""), found.group(1))
+    raise ValueError("the Dockerfile has no LABEL parhelia.image.tag")
+
+
+_contexts = {}
+_contexts_lock = threading.Lock()
+
+
+def _remove_contexts():
+    for (*_, under), path in _contexts.items():
+        if under is None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+atexit.register(_remove_contexts)
+
+
+def build_context(agent_bin: str, under: str = None) -> str:
+    """A directory holding only the agent, as `CONTEXT_AGENT`: the Dockerfile's build
+    context (Modal uploads what its COPY names from there; a symlink out of the context
+    would be dropped, so the file is hard-linked, or copied across filesystems). One per
+    version of the binary (inode, size, mtime). `under` (the bridge's own directory):
+    there, and the contexts of other versions are removed, so an old binary is not kept
+    alive by its link; without it (`modal run`), a temporary directory removed when this
+    process exits. A missing `agent_bin` gives its own directory, so the build fails
+    naming it."""
+    try:
+        stat = os.stat(agent_bin)
+    except OSError:
+        return os.path.dirname(os.path.abspath(agent_bin))
+    key = (os.path.abspath(agent_bin), stat.st_ino, stat.st_size, stat.st_mtime_ns, under)
+    with _contexts_lock:
+        if key in _contexts and os.path.isfile(os.path.join(_contexts[key], CONTEXT_AGENT)):
+            return _contexts[key]
+        if under is None:
+            context = tempfile.mkdtemp(prefix="parhelia-image-")
+        else:
+            name = f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}"
+            os.makedirs(under, exist_ok=True)
+            for other in os.listdir(under):
+                if other != name:
+                    shutil.rmtree(os.path.join(under, other), ignore_errors=True)
+            context = os.path.join(under, name)
+            shutil.rmtree(context, ignore_errors=True)
+            os.makedirs(context)
+        target = os.path.join(context, CONTEXT_AGENT)
+        try:
+            os.link(agent_bin, target)
+        except OSError:
+            shutil.copy2(agent_bin, target)
+        _contexts[key] = context
+        return context
+
+
+def session_image(agent_bin: str, claude_code_version: str, agent_version: str, *,
+                  force_build: bool = False, context_root: str = None) -> "modal.Image":
+    """The session image: `images/Dockerfile` (Debian bookworm-slim with Claude Code
+    pinned, tmux, git, the user `parhelia`, the `/vol` mount point and the agent at
+    /usr/local/bin/parhelia-agent), plus the Python Modal Functions need. Lazy: Modal
+    reads the Dockerfile and uploads the agent when the image is built. `force_build`
+    rebuilds every layer; `context_root` is where the build context is made (see
+    `build_context`)."""
+    return modal.Image.from_dockerfile(
+        dockerfile_path(),
+        context_dir=build_context(agent_bin, context_root),
+        build_args=build_args(claude_code_version, agent_version),
+        # The context holds only the agent: no .dockerignore to look for.
+        ignore=[],
+        add_python=IMAGE_PYTHON,
+        force_build=force_build,
     )
 
 
@@ -155,13 +240,33 @@ def INIT_VOLUME_ARGV(volume_mount: str) -> list:
     return ["sh", "-c", _INIT_VOLUME_SCRIPT, "parhelia-init-volume", volume_mount, *pairs]
 
 
-# What `modal run` uses. A missing PARHELIA_AGENT_BIN fails the image build with
-# "local file /PARHELIA_AGENT_BIN-is-not-set/parhelia-agent does not exist".
-_AGENT_BIN = os.environ.get("PARHELIA_AGENT_BIN") or "/PARHELIA_AGENT_BIN-is-not-set/parhelia-agent"
+# What `modal run` uses. A missing PARHELIA_AGENT_BIN fails the image build naming
+# "/PARHELIA_AGENT_BIN-is-not-set".
+# The bridge loads this file for its functions, not to `modal run` it: it sets
+# `_LOADED_BY_BRIDGE` first, and then PARHELIA_AGENT_BIN (which the coordinator's own
+# environment may hold, for local sessions) is not read, nothing is staged and no agent
+# is run at import.
+_AGENT_BIN = (None if globals().get("_LOADED_BY_BRIDGE") else os.environ.get("PARHELIA_AGENT_BIN")) \
+    or "/PARHELIA_AGENT_BIN-is-not-set/parhelia-agent"
 _CLAUDE_CODE_VERSION = os.environ.get("PARHELIA_CLAUDE_CODE_VERSION") or DEFAULT_CLAUDE_CODE_VERSION
 _VOLUME_NAME = os.environ.get("PARHELIA_MODAL_VOLUME_NAME") or "parhelia-data"
 _SECRET_NAME = os.environ.get("PARHELIA_MODAL_SECRET_NAME") or "anthropic-api-key"
 
+
+def _agent_version(agent_bin: str) -> str:
+    """PARHELIA_AGENT_VERSION, else what the local agent answers to `--version`
+    ("parhelia-agent 0.1.0"); "0" when there is no agent here (inside a Modal container,
+    where the image is already built)."""
+    given = os.environ.get("PARHELIA_AGENT_VERSION")
+    if given:
+        return given
+    if not os.path.isfile(agent_bin):
+        return "0"
+    out = subprocess.run([agent_bin, "--version"], capture_output=True, text=True, timeout=30).stdout
+    return out.strip().rpartition(" ")[2]
+
+
+_IMAGE = session_image(_AGENT_BIN, _CLAUDE_CODE_VERSION, _agent_version(_AGENT_BIN))
 app = modal.App(APP_NAME)
 _volume = modal.Volume.from_name(_VOLUME_NAME, create_if_missing=True, version=2)
 
@@ -179,9 +284,9 @@ def _run_json(argv: list) -> dict:
 
 
 @app.function(
-    image=session_image(_AGENT_BIN, _CLAUDE_CODE_VERSION),
+    image=_IMAGE,
     volumes={VOLUME_MOUNT: _volume},
-    secrets=[modal.Secret.from_name(_SECRET_NAME)],
+    secrets=[modal.Secret.from_name(_SECRET_NAME, required_keys=["ANTHROPIC_API_KEY"])],
     timeout=300,
 )
 def health_check() -> dict:
@@ -190,7 +295,7 @@ def health_check() -> dict:
 
 
 @app.function(
-    image=session_image(_AGENT_BIN, _CLAUDE_CODE_VERSION),
+    image=_IMAGE,
     volumes={VOLUME_MOUNT: _volume},
     timeout=300,
 )

@@ -233,6 +233,9 @@ class Bridge:
         # per listing. Sandbox ids are never reused and our tags are set once at create.
         self._tags = collections.OrderedDict()
         self._recipe = None
+        # Where image build contexts are made (app.py's build_context); None: a
+        # temporary directory. main() sets the bridge's own directory.
+        self.context_root = None
         self._secrets = set()  # strings never to print
         for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
             if len(os.environ.get(name, "")) >= 4:
@@ -399,22 +402,30 @@ class Bridge:
         return cached
 
     def image(self, args, force=False):
-        """The session image for an IMAGE description (`app.py`'s `session_image`)."""
+        """The session image for an IMAGE description (`app.py`'s `session_image`) and its
+        tag: (cache key, image, tag)."""
         spec = arg(args, "image", dict)
         agent_bin = arg(spec, "agent_bin", str)
         version = arg(spec, "claude_code_version", str)
+        agent_version = arg(spec, "agent_version", str)
         if not os.path.isabs(agent_bin) or not os.path.isfile(agent_bin):
             raise BridgeError("invalid", f"agent_bin {agent_bin!r} is not an existing file (absolute path)")
+        try:
+            build_args = self.recipe().build_args(version, agent_version)
+            tag = self.recipe().image_tag(build_args)
+        except (ValueError, OSError) as e:
+            raise BridgeError("invalid", str(e))
         stat = os.stat(agent_bin)
-        key = (agent_bin, version, stat.st_size, stat.st_mtime_ns)
+        key = (agent_bin, version, agent_version, stat.st_size, stat.st_mtime_ns)
         with self._cache_lock:
             cached = None if force else self._images.get(key)
         if cached is None:
-            cached = self.recipe().session_image(agent_bin, version, force_build=force)
+            cached = self.recipe().session_image(agent_bin, version, agent_version, force_build=force,
+                                                 context_root=self.context_root)
             with self._cache_lock:
                 # A forced image replaces the cached one once it has built (op_image_build).
                 cached = cached if force else self._images.setdefault(key, cached)
-        return key, cached
+        return key, cached, tag
 
     def recipe(self):
         """app.py (beside this file), loaded once."""
@@ -422,6 +433,7 @@ class Bridge:
             if self._recipe is None:
                 spec = importlib.util.spec_from_file_location("parhelia_modal_app", os.path.join(HERE, "app.py"))
                 module = importlib.util.module_from_spec(spec)
+                module._LOADED_BY_BRIDGE = True  # app.py then stages nothing for `modal run`
                 spec.loader.exec_module(module)
                 self._recipe = module
             return self._recipe
@@ -506,11 +518,11 @@ class Bridge:
 
     def op_image_build(self, args, deadline):
         app = self.app(arg(args, "app", str))
-        key, image = self.image(args, force=arg(args, "force", bool, False))
+        key, image, tag = self.image(args, force=arg(args, "force", bool, False))
         image.build(app)
         with self._cache_lock:
             self._images[key] = image  # built: later sandboxes use exactly this image
-        return {"image_id": image.object_id}
+        return {"image_id": image.object_id, "tag": tag}
 
     def create_kwargs(self, args):
         """Sandbox.create's keywords shared by sandbox.create and sandbox.run."""
@@ -747,6 +759,10 @@ def main():
         sys.stderr.flush()
         os._exit(3)
     bridge = Bridge(modal, write_line)
+    # The coordinator starts the bridge in its own directory (state/modal/bridge): the
+    # build context of the image lives there, not in /tmp (this process leaves by
+    # os._exit, so nothing it made in /tmp would be removed).
+    bridge.context_root = os.path.join(os.getcwd(), "image-context")
     bridge.write({"id": 0, "ok": True, "result": bridge.greeting()})
     for raw in sys.stdin.buffer:
         line = raw.decode("utf-8", errors="replace").strip()

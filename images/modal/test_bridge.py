@@ -13,6 +13,7 @@ import datetime
 import decimal
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -212,22 +213,13 @@ def make_fake_modal(version="1.6.4"):
             self.object_id = "im-" + str(abs(hash(repr(steps))) % 10 ** 8)
 
         @staticmethod
-        def from_registry(tag, **kwargs):
-            record("Image.from_registry", tag, **kwargs)
-            return Image([("from_registry", (tag,), kwargs)])
+        def from_dockerfile(path, **kwargs):
+            record("Image.from_dockerfile", path, **kwargs)
+            return Image([("from_dockerfile", (path,), kwargs)])
 
         def _step(self, name, args, kwargs):
             record(f"Image.{name}", *args, **kwargs)
             return Image(self.steps + [(name, args, kwargs)])
-
-        def apt_install(self, *packages):
-            return self._step("apt_install", packages, {})
-
-        def run_commands(self, *commands):
-            return self._step("run_commands", commands, {})
-
-        def add_local_file(self, local_path, remote_path, *, copy=False):
-            return self._step("add_local_file", (local_path, remote_path), {"copy": copy})
 
         def build(self, app):
             record("Image.build", app)
@@ -423,7 +415,7 @@ class BridgeTestCase(unittest.TestCase):
         self.agent_bin = os.path.join(self.tmp.name, "parhelia-agent")
         with open(self.agent_bin, "wb") as f:
             f.write(b"\x7fELF fake agent")
-        self.image = {"agent_bin": self.agent_bin, "claude_code_version": "2.1.330"}
+        self.image = {"agent_bin": self.agent_bin, "claude_code_version": "2.1.330", "agent_version": "0.1.0"}
 
     def tearDown(self):
         with CALLS_LOCK:
@@ -655,30 +647,92 @@ class AppAndSecretAndVolumeTests(BridgeTestCase):
     def test_image_build_uses_the_recipe(self):
         result = self.ok("image.build", {"app": "parhelia", "image": self.image, "force": False})
         self.assertTrue(result["image_id"].startswith("im-"))
-        self.assertEqual(calls("Image.from_registry"),
-                         [(("debian:bookworm-slim",), {"add_python": "3.11", "force_build": False})])
-        self.assertEqual(calls("Image.apt_install"),
-                         [(("ca-certificates", "git", "tmux", "nodejs", "npm", "procps"), {})])
-        commands = [c for args, _ in calls("Image.run_commands") for c in args]
-        self.assertIn("npm install -g @anthropic-ai/claude-code@2.1.330 && npm cache clean --force", commands)
-        self.assertTrue(any(c.startswith("useradd --create-home --home-dir /home/parhelia --uid 1000") for c in commands))
-        self.assertIn("chmod 755 /usr/local/bin/parhelia-agent", commands)
-        self.assertEqual(calls("Image.add_local_file"),
-                         [((self.agent_bin, "/usr/local/bin/parhelia-agent"), {"copy": True})])
+        # The tag as the Dockerfile's LABEL spells it.
+        self.assertEqual(result["tag"], "cc2.1.330-agent0.1.0")
+        # The one recipe: images/Dockerfile, with the versions as build arguments and a
+        # context holding only the agent (hard-linked: the same bytes).
+        [((path,), kwargs)] = calls("Image.from_dockerfile")
+        self.assertEqual(os.path.realpath(path), os.path.realpath(os.path.join(HERE, "..", "Dockerfile")))
+        self.assertEqual(kwargs["build_args"], {"CLAUDE_CODE_VERSION": "2.1.330", "PARHELIA_AGENT_VERSION": "0.1.0"})
+        self.assertEqual((kwargs["add_python"], kwargs["force_build"], kwargs["ignore"]), ("3.11", False, []))
+        self.assertEqual(os.listdir(kwargs["context_dir"]), ["parhelia-agent"])
+        with open(os.path.join(kwargs["context_dir"], "parhelia-agent"), "rb") as f:
+            self.assertEqual(f.read(), b"\x7fELF fake agent")
         self.assertEqual(len(calls("Image.build")), 1)
         # Cached per binary: a second build reuses the image; force makes a new one.
         self.ok("image.build", {"app": "parhelia", "image": self.image})
-        self.assertEqual(len(calls("Image.from_registry")), 1)
+        self.assertEqual(len(calls("Image.from_dockerfile")), 1)
         forced = self.ok("image.build", {"app": "parhelia", "image": self.image, "force": True})
-        self.assertEqual(calls("Image.from_registry")[-1][1]["force_build"], True)
+        self.assertEqual(calls("Image.from_dockerfile")[-1][1]["force_build"], True)
         # Sandboxes created afterwards get the image that was just rebuilt.
         self.ok("sandbox.create", self.create_args(name="after-force"))
         self.assertEqual(calls("Sandbox.create")[-1][1]["image"].object_id, forced["image_id"])
-        self.assertEqual(len(calls("Image.from_registry")), 2)
-        missing = {"agent_bin": "/nonexistent/agent", "claude_code_version": "2.1.330"}
+        self.assertEqual(len(calls("Image.from_dockerfile")), 2)
+        missing = dict(self.image, agent_bin="/nonexistent/agent")
         self.assertEqual(self.error("image.build", {"app": "parhelia", "image": missing})["kind"], "invalid")
-        bad_version = {"agent_bin": self.agent_bin, "claude_code_version": "1; rm -rf /"}
-        self.assertEqual(self.error("image.build", {"app": "parhelia", "image": bad_version})["kind"], "invalid")
+        for bad in ({"claude_code_version": "1; rm -rf /"}, {"agent_version": "$(id)"}, {"agent_version": ""}):
+            self.assertEqual(self.error("image.build", {"app": "parhelia", "image": dict(self.image, **bad)})["kind"],
+                             "invalid", bad)
+        no_version = {k: v for k, v in self.image.items() if k != "agent_version"}
+        self.assertEqual(self.error("image.build", {"app": "parhelia", "image": no_version})["kind"], "invalid")
+
+
+class BuildContextTests(BridgeTestCase):
+    def test_the_context_lives_in_the_bridges_directory_one_version_at_a_time(self):
+        root = os.path.join(self.tmp.name, "bridge", "image-context")
+        self.bridge.context_root = root
+        self.ok("image.build", {"app": "parhelia", "image": self.image})
+        [first] = os.listdir(root)
+        self.assertEqual(os.listdir(os.path.join(root, first)), ["parhelia-agent"])
+        self.assertEqual(os.stat(os.path.join(root, first, "parhelia-agent")).st_ino, os.stat(self.agent_bin).st_ino)
+        # A new build of the agent (a new file at the same path): its own context, and
+        # the old one goes, so the old binary is not kept alive by the link.
+        os.remove(self.agent_bin)
+        with open(self.agent_bin, "wb") as f:
+            f.write(b"\x7fELF another agent")
+        self.ok("image.build", {"app": "parhelia", "image": self.image})
+        [second] = os.listdir(root)
+        self.assertNotEqual(first, second)
+        with open(os.path.join(root, second, "parhelia-agent"), "rb") as f:
+            self.assertEqual(f.read(), b"\x7fELF another agent")
+
+
+class RecipeImportTests(BridgeTestCase):
+    def test_the_bridge_loads_app_py_without_staging_or_running_an_agent(self):
+        # The coordinator's environment may name its local agent; the bridge's app.py
+        # must not stage it into /tmp or run it (that is for `modal run` only). This
+        # agent is not even executable: running it would raise.
+        with mock.patch.dict(os.environ, {"PARHELIA_AGENT_BIN": self.agent_bin}):
+            bridge = parhelia_bridge.Bridge(FAKE, self.lines.append)
+            recipe = bridge.recipe()
+        self.assertEqual(recipe._contexts, {})
+        self.assertEqual(recipe._AGENT_BIN, "/PARHELIA_AGENT_BIN-is-not-set/parhelia-agent")
+
+
+class OneRecipeTests(unittest.TestCase):
+    """The Dockerfile is the only recipe: app.py builds nothing itself, and every build
+    argument it passes is one the Dockerfile declares (and uses)."""
+
+    def test_app_py_only_builds_the_dockerfile(self):
+        image_calls = [c[0] for c in app_recipe.SDK_CALLS if c[0].startswith("Image.")]
+        self.assertEqual(image_calls, ["Image.from_dockerfile"])
+
+    def test_the_build_arguments_are_the_dockerfiles(self):
+        with open(os.path.join(HERE, "..", "Dockerfile"), encoding="utf-8") as f:
+            text = f.read()
+        declared = set(re.findall(r"^ARG ([A-Z_]+)", text, re.MULTILINE))
+        passed = set(app_recipe.build_args("2.1.330", "0.1.0"))
+        self.assertEqual(passed, declared)
+        for name in passed:
+            self.assertIn("${" + name + "}", text, name)
+        # The Claude Code pin's default there is app.py's default.
+        self.assertIn(f"ARG CLAUDE_CODE_VERSION={app_recipe.DEFAULT_CLAUDE_CODE_VERSION}\n", text)
+        # The COPY takes the file the build context holds.
+        self.assertRegex(text, rf"(?m)^COPY {app_recipe.CONTEXT_AGENT} {app_recipe.AGENT_PATH}$")
+
+    def test_the_tag_names_both_versions(self):
+        self.assertEqual(app_recipe.image_tag({"CLAUDE_CODE_VERSION": "9.9.9", "PARHELIA_AGENT_VERSION": "1.2.3"}),
+                         "cc9.9.9-agent1.2.3")
 
 
 class SandboxTests(BridgeTestCase):
@@ -704,7 +758,7 @@ class SandboxTests(BridgeTestCase):
         self.assertEqual(kwargs["workdir"], "/home/parhelia")
         self.assertEqual(kwargs["h2_ports"], [50051])
         self.assertIsInstance(kwargs["cpu"], float)
-        self.assertEqual(kwargs["image"].steps[-2][0], "add_local_file")
+        self.assertEqual(kwargs["image"].steps[0][0], "from_dockerfile")
         self.assertEqual(calls("App.lookup"), [(("parhelia",), {"create_if_missing": True})])
         self.assertEqual(sorted(kwargs), ["app", "cpu", "env", "gpu", "h2_ports", "idle_timeout", "image", "memory",
                                           "name", "secrets", "tags", "timeout", "volumes", "workdir"])

@@ -5,6 +5,7 @@
 Sandboxes here are real local processes; every test kills what it started.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -48,9 +49,11 @@ TAGS = {"parhelia": "1", "parhelia.coordinator": "co-1", "parhelia.task": "t-1",
 class BridgeProcess:
     """One bridge subprocess; `call` sends a request and waits for its answer."""
 
-    def __init__(self, env):
+    def __init__(self, env, cwd):
+        # Run where the coordinator runs it: a directory of its own (the image's build
+        # context is made there), not the source tree.
         self.proc = subprocess.Popen([sys.executable, "-u", BRIDGE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env, text=True, cwd=os.path.dirname(BRIDGE))
+                                     stderr=subprocess.PIPE, env=env, text=True, cwd=cwd)
         self.greeting = json.loads(self.proc.stdout.readline())
         self.answers, self.cond, self.next_id = {}, threading.Condition(), 1
         self.stderr = []
@@ -132,7 +135,9 @@ class StandinTestCase(unittest.TestCase):
         return {k: v for k, v in env.items() if v is not None}
 
     def bridge(self, **env_changes):
-        bridge = BridgeProcess(self.env(**env_changes))
+        cwd = os.path.join(self.tmp, "bridge")
+        os.makedirs(cwd, exist_ok=True)
+        bridge = BridgeProcess(self.env(**env_changes), cwd)
         self.bridges.append(bridge)
         self.assertTrue(bridge.greeting["ok"], bridge.greeting)
         return bridge
@@ -149,7 +154,7 @@ class StandinTestCase(unittest.TestCase):
 
     def create_args(self, **changes):
         args = {"app": "parhelia", "name": "ctr-1",
-                "image": {"agent_bin": self.agent_bin, "claude_code_version": "2.1.330"},
+                "image": {"agent_bin": self.agent_bin, "claude_code_version": "2.1.330", "agent_version": "0.1.0"},
                 "argv": [sys.executable, "-c", SERVER, os.path.join(self.mount, "out", "ctr-1.json"), "0"],
                 "env": {"ANTHROPIC_BASE_URL": "http://proxy.invalid", "HOME": self.home},
                 "secrets": ["anthropic-api-key"], "inline_secret": {"PARHELIA_SESSION_SECRET": "session-secret"},
@@ -304,7 +309,7 @@ class SandboxLifecycleTests(StandinTestCase):
     def test_run_and_the_app_scripts(self):
         bridge = self.bridge()
         self.ok(bridge, "volume.ensure", {"volume": "parhelia-data", "create": True})
-        image = {"agent_bin": self.agent_bin, "claude_code_version": "2.1.330"}
+        image = {"agent_bin": self.agent_bin, "claude_code_version": "2.1.330", "agent_version": "0.1.0"}
         ran = self.ok(bridge, "sandbox.run", {"app": "parhelia", "image": image,
                                               "argv": ["sh", "-c", "echo out; echo err >&2; exit 3"]})
         self.assertEqual(ran, {"exit_code": 3, "stdout": "out\n", "stderr": "err\n"})
@@ -334,12 +339,53 @@ class SandboxLifecycleTests(StandinTestCase):
 
     def test_image_build(self):
         bridge = self.bridge()
-        image = {"agent_bin": self.agent_bin, "claude_code_version": "2.1.330"}
+        image = {"agent_bin": self.agent_bin, "claude_code_version": "2.1.330", "agent_version": "0.1.0"}
         built = self.ok(bridge, "image.build", {"app": "parhelia", "image": image, "force": False})
         self.assertTrue(built["image_id"].startswith("im-"))
         self.assertTrue(os.path.isfile(os.path.join(self.root, "images", built["image_id"] + ".json")))
+        self.assertEqual(built["tag"], "cc2.1.330-agent0.1.0")
         missing = dict(image, agent_bin=os.path.join(self.tmp, "no-agent"))
         self.assertEqual(self.error(bridge, "image.build", {"app": "parhelia", "image": missing})["kind"], "invalid")
+        # The recipe holds the Dockerfile as read and the agent's bytes (by digest).
+        with open(os.path.join(self.root, "images", built["image_id"] + ".json")) as f:
+            [step] = json.load(f)["steps"]
+        self.assertEqual(step[0], "from_dockerfile")
+        with open(os.path.join(REPO, "images", "Dockerfile")) as f:
+            self.assertEqual(step[3]["dockerfile"], f.read().split("\n"))
+        with open(self.agent_bin, "rb") as f:
+            self.assertEqual(step[3]["context"], {"parhelia-agent": hashlib.sha256(f.read()).hexdigest()})
+        # Built again: Modal's cache has it; forced: rebuilt, the same recipe.
+        self.ok(bridge, "image.build", {"app": "parhelia", "image": image})
+        forced = self.ok(bridge, "image.build", {"app": "parhelia", "image": image, "force": True})
+        with open(os.path.join(self.root, "images", "builds.jsonl")) as f:
+            builds = [json.loads(line) for line in f]
+        self.assertEqual([(b["image_id"], b["force_build"], b["cached"]) for b in builds],
+                         [(built["image_id"], False, False), (built["image_id"], False, True),
+                          (forced["image_id"], True, False)])
+        # Another agent (other bytes, same path): another image.
+        with open(self.agent_bin, "ab") as f:
+            f.write(b"\n# rebuilt\n")
+        os.utime(self.agent_bin, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        other = self.ok(bridge, "image.build", {"app": "parhelia", "image": image})
+        self.assertNotEqual(other["image_id"], built["image_id"])
+
+    def test_a_dockerfile_whose_copy_source_is_not_in_the_context_fails_to_build(self):
+        import modal
+        from unittest import mock
+        mock.patch.dict(os.environ, {"MODAL_TOKEN_ID": "ak-t", "MODAL_TOKEN_SECRET": "as-t",
+                                     "PARHELIA_MODAL_STANDIN_ROOT": self.root}).start()
+        self.addCleanup(mock.patch.stopall)
+        context = os.path.join(self.tmp, "ctx")
+        os.makedirs(context)
+        dockerfile = os.path.join(self.tmp, "Dockerfile")
+        with open(dockerfile, "w") as f:
+            f.write("FROM debian:bookworm-slim\nCOPY parhelia-agent \\\n  /usr/local/bin/parhelia-agent\n")
+        with self.assertRaises(FileNotFoundError):
+            modal.Image.from_dockerfile(dockerfile, context_dir=context).build()
+        with open(dockerfile, "w") as f:
+            f.write("FROM debian:bookworm-slim\nCOPY ../escape /x\n")
+        with self.assertRaises(ValueError):
+            modal.Image.from_dockerfile(dockerfile, context_dir=context).build()
 
 
 class VolumeTests(StandinTestCase):

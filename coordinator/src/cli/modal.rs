@@ -82,22 +82,48 @@ fn not_the_report_asked_for() -> crate::error::CodedError {
     )
 }
 
+/// `ModalSetupWithProgress`: each step of the setup shown as the coordinator
+/// begins it, then its report. A coordinator from before that RPC (still
+/// running across an upgrade) gets `ModalOp`.
+async fn setup_following_the_steps(
+    ctx: &Ctx,
+    force_build: bool,
+    progress: &crate::progress::Progress,
+) -> Result<parhelia_proto::ModalSetupReport> {
+    use parhelia_proto::modal_setup_progress::Event;
+    let opened = ctx.open()?;
+    let mut client = ctx.client(&opened.state).await?;
+    let request = ModalSetupRequest { force_build };
+    let mut stream = match client.modal_setup_with_progress(request).await {
+        Ok(stream) => stream.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            let Report::Setup(report) = modal_op(ctx, Op::Setup(request)).await? else {
+                return Err(not_the_report_asked_for().into());
+            };
+            return Ok(report);
+        }
+        Err(status) => return Err(coordinator_error(status)),
+    };
+    while let Some(message) = stream.message().await.map_err(coordinator_error)? {
+        match message.event {
+            Some(Event::StepStarted(step)) => progress.step(&step),
+            Some(Event::Report(report)) => return Ok(report),
+            None => {}
+        }
+    }
+    Err(anyhow::anyhow!(
+        "the coordinator ended the Modal setup without a report"
+    ))
+}
+
 pub async fn run(ctx: &Ctx, command: ModalCommand) -> Result<i32> {
     match command {
         ModalCommand::Setup { force_build, json } => {
             let progress = crate::progress::Progress::start(
                 "image_build",
-                if force_build {
-                    "checking Modal and rebuilding the session image"
-                } else {
-                    "checking Modal and building the session image (cached when unchanged)"
-                },
+                "asking the coordinator to set Modal up",
             );
-            let Report::Setup(report) =
-                modal_op(ctx, Op::Setup(ModalSetupRequest { force_build })).await?
-            else {
-                return Err(not_the_report_asked_for().into());
-            };
+            let report = setup_following_the_steps(ctx, force_build, &progress).await?;
             progress.finish(true);
             if json {
                 print_json(&report)?;

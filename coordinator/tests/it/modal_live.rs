@@ -53,7 +53,9 @@ impl Live {
             .env_remove("PARHELIA_HOME")
             // The sandbox reads the key from the Modal secret, never from here.
             .env_remove("ANTHROPIC_BASE_URL")
-            .env("PARHELIA_MODAL_AGENT_BIN", bin_dir().join("parhelia-agent"))
+            // The product's default agent: beside this target/debug/parhelia, the release
+            // build scripts/test-modal-live makes (target/release/parhelia-agent).
+            .env_remove("PARHELIA_MODAL_AGENT_BIN")
             .output()
             .expect("run parhelia")
     }

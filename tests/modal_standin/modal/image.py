@@ -1,10 +1,18 @@
 """The stand-in's `modal.Image`: builder methods return new images that record their
 recipe; `build()` checks that the local files it would upload exist (as the real build
-does) and records the recipe under `$ROOT/images/`. Nothing is run."""
+does) and records the recipe under `$ROOT/images/<image id>.json`, and the build itself,
+one JSON line each, in `$ROOT/images/builds.jsonl`. Nothing is run.
+
+`from_dockerfile` is read as the real SDK reads it when the image is built: the
+Dockerfile's lines, and the files its `COPY` lines name, taken from `context_dir` (which
+must hold them, and which they must not leave). Both go into the recipe, so the image id
+changes with the Dockerfile and with the agent's bytes, as Modal's cache does."""
 
 import hashlib
 import json
 import os
+import re
+import shlex
 import time
 
 from . import _local
@@ -24,7 +32,10 @@ class Image:
     @staticmethod
     def from_dockerfile(path, *, force_build=False, context_dir=None, ignore=(), build_args={}, registry_secret=None,
                         secrets=None, env=None, gpu=None, add_python=None):
-        return Image([("from_dockerfile", [str(path)], {"add_python": repr(add_python)})])
+        context = os.path.abspath(str(context_dir)) if context_dir is not None else os.getcwd()
+        return Image([("from_dockerfile", [os.path.abspath(str(path))],
+                       {"add_python": repr(add_python), "force_build": repr(force_build),
+                        "context_dir": context, "build_args": repr(dict(sorted(build_args.items())))})])
 
     @staticmethod
     def debian_slim(python_version=None, force_build=False):
@@ -60,9 +71,30 @@ class Image:
     def cmd(self, cmd):
         return self._then("cmd", *cmd)
 
+    def _resolved(self):
+        """The recipe with what each `from_dockerfile` step reads: its lines and the
+        sha256 of each file its COPY lines take from the context."""
+        steps = []
+        for kind, args, kwargs in self._steps:
+            step = [kind, args, kwargs]
+            if kind == "from_dockerfile":
+                lines, copied = _read_dockerfile(args[0], kwargs["context_dir"])
+                step.append({"dockerfile": lines, "context": copied})
+            steps.append(step)
+        return steps
+
     @property
     def object_id(self):
-        digest = hashlib.sha256(json.dumps(self._steps, sort_keys=True).encode()).hexdigest()
+        """Named by content, as Modal's cache is: the recipe with what the Dockerfile
+        steps read, but not where the build context was on this machine, nor whether the
+        build was forced."""
+        try:
+            recipe = self._resolved()
+        except (OSError, ValueError):
+            recipe = self._steps
+        recipe = [[kind, args, {k: v for k, v in kwargs.items() if k not in ("context_dir", "force_build")},
+                   *rest] for kind, args, kwargs, *rest in recipe]
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
         return "im-" + digest[:22]
 
     def check_local_files(self):
@@ -76,7 +108,53 @@ class Image:
     def build(self, app=None):
         root = _local.client()
         self.check_local_files()
-        _local.write_json(os.path.join(root, "images", f"{self.object_id}.json"),
-                          {"image_id": self.object_id, "steps": self._steps, "built_at": time.time(),
-                           "app_id": getattr(app, "app_id", None)})
+        recipe = self._resolved()
+        image_id = self.object_id
+        record = os.path.join(root, "images", f"{image_id}.json")
+        forced = any(kwargs.get("force_build") == "True" for _, _, kwargs in self._steps)
+        # What Modal's builder would do: nothing for a recipe it has, unless forced.
+        cached = os.path.exists(record) and not forced
+        _local.write_json(record, {"image_id": image_id, "steps": recipe, "built_at": time.time(),
+                                   "app_id": getattr(app, "app_id", None)})
+        os.makedirs(os.path.join(root, "images"), exist_ok=True)
+        with open(os.path.join(root, "images", "builds.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"image_id": image_id, "force_build": forced, "cached": cached,
+                                "at": time.time()}) + "\n")
         return self
+
+
+_COPY = re.compile(r"^\s*COPY\s+(.+)$", re.IGNORECASE)
+
+
+def _read_dockerfile(path, context_dir):
+    """(lines, {source: sha256}) of a Dockerfile and the context files its COPY lines
+    name, joined over line continuations as the SDK's `extract_copy_command_patterns`
+    does; `--from=` copies need no context. A source missing from the context, or
+    outside it, raises as the real build fails."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    copied, command = {}, ""
+    context = os.path.realpath(context_dir)
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        command = (command + " " if command else "") + line.rstrip("\\").strip()
+        if line.endswith("\\"):
+            continue
+        found, command = _COPY.match(command), ""
+        if not found:
+            continue
+        words = shlex.split(found.group(1))
+        if any(w.startswith("--from=") for w in words):
+            continue
+        parts = [w for w in words if not w.startswith("--")]
+        for source in parts[:-1]:
+            local = os.path.realpath(os.path.join(context, source.lstrip("/")))
+            if os.path.commonpath([local, context]) != context:
+                raise ValueError(f"COPY source {source!r} is outside the build context directory ({context_dir!r}).")
+            if not os.path.isfile(local):
+                raise FileNotFoundError(f"COPY source {source!r} does not exist in the build context {context_dir}")
+            with open(local, "rb") as f:
+                copied[source] = hashlib.sha256(f.read()).hexdigest()
+    return lines, copied

@@ -27,6 +27,7 @@ mod journal_db;
 mod mcp;
 mod messages;
 mod modal;
+mod modal_image;
 mod outcome;
 mod procs;
 mod readme;

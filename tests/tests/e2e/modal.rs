@@ -786,7 +786,10 @@ fn modal_setup_health_check_and_init_volume_report_what_they_find() {
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    assert_eq!(steps, ["sdk", "token", "app", "secret", "volume", "image"]);
+    assert_eq!(
+        steps,
+        ["sdk", "token", "app", "secret", "volume", "agent", "image"]
+    );
 
     let init = h.json(&["modal", "init-volume", "--json"]);
     assert_eq!(init["volume"], "parhelia-data", "{init:#}");

@@ -23,13 +23,15 @@ use tokio::sync::oneshot;
 use crate::error::CodedError;
 use crate::error_codes::{self, ErrorCode};
 
-/// The bridge's files, as shipped in `images/modal/`.
+/// The bridge's files, as shipped in `images/` (the Dockerfile beside app.py,
+/// which builds the session image from it).
 pub const BRIDGE_FILES: &[(&str, &str)] = &[
     (
         "parhelia_bridge.py",
         include_str!("../../../../images/modal/parhelia_bridge.py"),
     ),
     ("app.py", include_str!("../../../../images/modal/app.py")),
+    ("Dockerfile", include_str!("../../../../images/Dockerfile")),
 ];
 
 /// The protocol version this coordinator speaks.

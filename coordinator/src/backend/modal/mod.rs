@@ -171,32 +171,23 @@ impl ModalBackend {
         self.bridge.call(op, args, self.call_deadline()).await
     }
 
-    /// The image description the bridge builds from (`images/modal/app.py`).
+    /// The image description the bridge builds from (`images/modal/app.py`,
+    /// `images/Dockerfile`): the agent to bake in, checked
+    /// (`binaries::inspect_agent`), and the versions the image's tag names.
     pub fn image_args(&self) -> Result<Value, CodedError> {
-        let agent_bin = match &self.agent_bin {
-            Some(path) => path.clone(),
-            None => {
-                let exe = std::env::current_exe().ok();
-                let beside = exe
-                    .as_deref()
-                    .and_then(Path::parent)
-                    .map(|d| d.join(crate::binaries::AGENT_BIN_NAME));
-                match beside {
-                    Some(p) if p.is_file() => p,
-                    _ => {
-                        return Err(CodedError::new(
-                            error_codes::AGENT_FAILED_TO_START,
-                            "no parhelia-agent to bake into the Modal image: build it (`cargo build --release -p parhelia-agent`) or set modal.agent_bin",
-                        ));
-                    }
-                }
-            }
-        };
-        check_agent_binary(&agent_bin)?;
+        let agent = self.shipped_agent()?;
         Ok(json!({
-            "agent_bin": agent_bin,
+            "agent_bin": agent.path,
             "claude_code_version": self.config.claude_code_version,
+            "agent_version": agent.info.version,
         }))
+    }
+
+    /// The local agent binary baked into the image, checked for it.
+    pub fn shipped_agent(&self) -> Result<crate::binaries::ShippedAgent, CodedError> {
+        let exe = std::env::current_exe().ok();
+        let path = crate::binaries::modal_agent_bin(self.agent_bin.as_deref(), exe.as_deref())?;
+        crate::binaries::inspect_agent(&path)
     }
 
     /// A container path on the volume, relative to the volume's root.
@@ -803,73 +794,6 @@ pub fn volume_files(listed: &Value, prefix: &str) -> BTreeMap<String, u64> {
     files
 }
 
-/// The newest glibc the session image has (Debian bookworm).
-pub const IMAGE_GLIBC: (u32, u32) = (2, 36);
-
-/// The agent baked into the image must run there: an x86-64 Linux ELF
-/// needing no newer glibc than the image's (or static). Checked before a
-/// build or a launch, so a binary built on a newer distribution is refused
-/// here with what to do, not found dead in a sandbox.
-// A header check and a `GLIBC_2.N` scan rather than `object`'s `.gnu.version_r` walk: the
-// scan can only over-estimate, and its tests need a few bytes, not a real ELF (ARCHITECTURE.md).
-pub fn check_agent_binary(path: &Path) -> Result<(), CodedError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        CodedError::new(
-            error_codes::AGENT_FAILED_TO_START,
-            format!("cannot read the agent binary {}: {e}", path.display()),
-        )
-    })?;
-    let refuse = |why: String| {
-        CodedError::new(
-            error_codes::AGENT_FAILED_TO_START,
-            format!(
-                "{} cannot run in the Modal image: {why}; build it for the image (`cargo build --release -p parhelia-agent` on Debian bookworm, or `--target x86_64-unknown-linux-musl`) and set modal.agent_bin",
-                path.display()
-            ),
-        )
-    };
-    // ELF, 64-bit, little-endian, e_machine EM_X86_64 (62).
-    if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
-        return Err(refuse("it is not a 64-bit little-endian ELF file".into()));
-    }
-    if u16::from_le_bytes([bytes[18], bytes[19]]) != 62 {
-        return Err(refuse("it is not built for x86-64".into()));
-    }
-    if let Some(needed) = newest_glibc(&bytes)
-        && needed > IMAGE_GLIBC
-    {
-        return Err(refuse(format!(
-            "it needs glibc {}.{}, the image has {}.{}",
-            needed.0, needed.1, IMAGE_GLIBC.0, IMAGE_GLIBC.1
-        )));
-    }
-    Ok(())
-}
-
-/// The newest `GLIBC_2.N[.M]` symbol version an ELF file names (`None`:
-/// static, or not linked against glibc).
-pub fn newest_glibc(bytes: &[u8]) -> Option<(u32, u32)> {
-    let needle = b"GLIBC_2.";
-    let mut newest = None;
-    let mut i = 0;
-    while let Some(pos) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
-        let start = i + pos + needle.len();
-        let digits: String = bytes[start..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .map(|b| *b as char)
-            .collect();
-        if let Ok(minor) = digits.parse::<u32>() {
-            let v = (2, minor);
-            if newest.is_none_or(|n| v > n) {
-                newest = Some(v);
-            }
-        }
-        i = start;
-    }
-    newest
-}
-
 #[async_trait]
 impl Backend for ModalBackend {
     fn name(&self) -> &'static str {
@@ -1216,56 +1140,6 @@ mod tests {
         );
         assert_eq!((s.available, s.cost_usd), (false, None));
         assert_eq!(s.reason.as_deref(), Some("NotImplementedError: no"));
-    }
-
-    #[test]
-    fn the_newest_glibc_an_elf_names_is_found() {
-        let mut fake = b"\0GLIBC_2.2.5\0GLIBC_2.34\0GLIBC_2.17\0GLIBC_PRIVATE\0".to_vec();
-        assert_eq!(newest_glibc(&fake), Some((2, 34)));
-        fake.extend_from_slice(b"GLIBC_2.39\0");
-        assert_eq!(newest_glibc(&fake), Some((2, 39)));
-        assert_eq!(newest_glibc(b"static"), None);
-    }
-
-    #[test]
-    fn the_agent_built_here_runs_in_the_image_and_others_are_refused() {
-        // The agent this workspace builds (Debian bookworm, like the image).
-        let agent = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .join(crate::binaries::AGENT_BIN_NAME);
-        if agent.is_file() {
-            check_agent_binary(&agent).unwrap();
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("not-elf");
-        std::fs::write(&script, "#!/bin/sh\n").unwrap();
-        assert_eq!(check_agent_binary(&script).unwrap_err().code.code, "E502");
-        let mut elf = vec![0u8; 64];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        elf[5] = 1;
-        elf[18] = 183; // EM_AARCH64
-        let arm = dir.path().join("arm");
-        std::fs::write(&arm, &elf).unwrap();
-        assert!(
-            check_agent_binary(&arm)
-                .unwrap_err()
-                .message
-                .contains("x86-64")
-        );
-        elf[18] = 62;
-        elf.extend_from_slice(b"GLIBC_2.39\0");
-        let newer = dir.path().join("newer");
-        std::fs::write(&newer, &elf).unwrap();
-        assert!(
-            check_agent_binary(&newer)
-                .unwrap_err()
-                .message
-                .contains("2.39")
-        );
     }
 
     /// The agent starts as root and is told the session's user: no wrapper

@@ -1,7 +1,7 @@
 # One-time setup, with Modal's own CLI (credentials, and the API key as a Modal secret):
 #   modal token set
 #   modal secret create anthropic-api-key ANTHROPIC_API_KEY=sk-ant-...
-# then Parhelia's checks: credentials, SDK, secret, volume, image; and a sandbox's view
+# then Parhelia's checks: credentials, SDK, secret, volume, agent, image; and a sandbox's view
 # $ parhelia modal setup
 # $ parhelia modal init-volume
 # $ parhelia modal health-check
