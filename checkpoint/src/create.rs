@@ -596,6 +596,16 @@ fn decide<'p>(
 impl Store {
     /// Creates a checkpoint of the request's trees (see the module docs for the protocol).
     pub fn create(&self, req: &CreateRequest) -> Result<CreateOutcome> {
+        self.create_with_git_ms(req, None)
+    }
+
+    /// [`Store::create`] for a caller that captured the tree's git state for the
+    /// metadata first and timed it: the manifest's `stats.phase_ms.git` records `git_ms`.
+    pub fn create_with_git_ms(
+        &self,
+        req: &CreateRequest,
+        git_ms: Option<u64>,
+    ) -> Result<CreateOutcome> {
         let mut names = HashSet::new();
         for (t, _) in &req.trees {
             if t.name.is_empty() || !names.insert(t.name.as_str()) {
@@ -647,7 +657,7 @@ impl Store {
             maps: Mutex::new(HashMap::new()),
             compress_ns: AtomicU64::new(0),
         };
-        let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace);
+        let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace, git_ms);
         if result.is_err() {
             session.sink.lock().expect("poisoned").abandon();
         }
@@ -669,6 +679,7 @@ impl Store {
         index: &BlobMap,
         session: &StoreSession<'_>,
         trace: &crate::store::PhaseTrace,
+        git_ms: Option<u64>,
     ) -> Result<CreateOutcome> {
         let mut loader = ChunkLoader::new(&self.layers_dir, index);
         let started_ns = now_ns();
@@ -1029,6 +1040,7 @@ impl Store {
                     hash: ms(hashed_ns - walked_ns.get()),
                     compress: session.compress_ns.load(Ordering::Relaxed) / 1_000_000,
                     fsync: None,
+                    git: git_ms,
                 }),
             },
             checksum: String::new(),
