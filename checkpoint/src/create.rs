@@ -27,7 +27,7 @@ use crate::manifest::{
 };
 use crate::mindex::BlobMap;
 use crate::scan::{
-    HashJob, HashResult, StoreSession, hash_worker, lstat_record, scan_subtree, scan_subtree_with,
+    HashJob, HashResult, StoreSession, hash_worker, lstat_record, scan_subtree, scan_tree_parallel,
     stat_unchanged,
 };
 use crate::store::{ChunkLoader, Store};
@@ -532,6 +532,7 @@ fn decide<'p>(
     parent: Option<&'p Manifest>,
     loader: &mut ChunkLoader<'_>,
     submit: &dyn Fn(HashJob),
+    walkers: usize,
 ) -> Result<Decided<'p>> {
     let mut works = Vec::new();
     let mut views = Vec::new();
@@ -565,26 +566,38 @@ fn decide<'p>(
                 works.push(TreeWork::Edited(cx.edits));
             }
             (_, ptree) => {
-                let mut prev = Vec::new();
-                if let Some(pt) = ptree {
-                    // Capacity from a file: a hint, bounded (each chunk is checked on load).
-                    prev.reserve(pt.entry_count.min(1 << 20) as usize);
-                    for c in &pt.chunks {
-                        prev.extend(loader.load(c)?);
-                    }
-                }
-                let records = scan_subtree_with(&spec.root, b"", &excludes, &mut |r| {
-                    if r.kind == RawKind::File {
-                        match prev.binary_search_by(|p| p.path.as_slice().cmp(&r.path)) {
-                            Ok(j) if stat_unchanged(&prev[j], r) => {
-                                r.content = prev[j].content;
-                                r.chunked = prev[j].chunked;
-                            }
-                            _ => send(&r.path),
+                // The walkers start at once; the parent's records load meanwhile on this
+                // thread, which then takes the walkers' batches: the stat fast path, and
+                // every file that needs it sent to the hash workers as soon as it is found.
+                let load_parent = || -> Result<Vec<Record>> {
+                    let mut prev = Vec::new();
+                    if let Some(pt) = ptree {
+                        // Capacity from a file: a hint, bounded (each chunk is checked on load).
+                        prev.reserve(pt.entry_count.min(1 << 20) as usize);
+                        for c in &pt.chunks {
+                            prev.extend(loader.load(c)?);
                         }
                     }
-                    Ok(())
-                })?;
+                    Ok(prev)
+                };
+                let (_, records) = scan_tree_parallel(
+                    &spec.root,
+                    &excludes,
+                    walkers,
+                    load_parent,
+                    &mut |prev: &Vec<Record>, batch: &mut [Record]| {
+                        for r in batch.iter_mut().filter(|r| r.kind == RawKind::File) {
+                            match prev.binary_search_by(|p| p.path.as_slice().cmp(&r.path)) {
+                                Ok(j) if stat_unchanged(&prev[j], r) => {
+                                    r.content = prev[j].content;
+                                    r.chunked = prev[j].chunked;
+                                }
+                                _ => send(&r.path),
+                            }
+                        }
+                        Ok(())
+                    },
+                )?;
                 views.push(None);
                 works.push(TreeWork::Full(records));
             }
@@ -705,7 +718,7 @@ impl Store {
                     w.push(scope.spawn(|| hash_worker(&rx, &abort, session)));
                 }
             };
-            let decided = decide(req, parent, &mut loader, &submit);
+            let decided = decide(req, parent, &mut loader, &submit, self.threads.clamp(1, 8));
             trace.mark("trees examined");
             walked_ns.set(now_ns());
             drop(tx);
