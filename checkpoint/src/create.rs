@@ -831,6 +831,29 @@ impl Store {
                     .collect()
             })
             .collect();
+        // A re-encoded chunk that came out byte for byte as one of the parent's (every
+        // chunk of a scan of an unchanged region) names exactly the blobs that chunk names,
+        // which the parent's layers hold: take its layers and store and locate nothing.
+        if let Some(p) = parent {
+            let known: HashMap<BlobId, &[u32]> = p
+                .trees
+                .iter()
+                .flat_map(|t| t.chunks.iter().map(|c| (c.blob, c.layers.as_slice())))
+                .collect();
+            for built in trees_out.iter_mut().flatten() {
+                if built.records.is_some()
+                    && let Some(layers) = known.get(&built.chunk.blob)
+                    && let Some(ids) = layers
+                        .iter()
+                        .map(|l| p.layers.get(*l as usize).copied())
+                        .collect::<Option<BTreeSet<BlobId>>>()
+                {
+                    built.layers = ids;
+                    built.records = None;
+                    built.encoded = None;
+                }
+            }
+        }
 
         trace.mark("chunked");
         trace.note(|| {
