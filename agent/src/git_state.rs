@@ -281,7 +281,7 @@ fn status_options() -> git2::StatusOptions {
 /// The dirty summary of a status.
 fn summarize(statuses: &Statuses) -> DirtySummary {
     let mut d = DirtySummary::default();
-    for s in statuses.values().copied() {
+    for &s in statuses.values() {
         if s.is_conflicted() {
             d.conflicted += 1;
             continue;
