@@ -30,6 +30,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".parhelia.v1.ToolResult.parent_tool_use_id",
             "#[serde(skip_serializing_if = \"String::is_empty\")]",
         )
+        // Added to checkpoint_created later: absent (not null) when unknown.
+        .field_attribute(
+            ".parhelia.v1.CheckpointCreated.git_ms",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
+        .field_attribute(
+            ".parhelia.v1.CheckpointCreated.fsync_ms",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
+        .field_attribute(
+            ".parhelia.v1.CheckpointCreated.hook_wait_ms",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
+        .field_attribute(
+            ".parhelia.v1.CheckpointCreated.duration_us",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
         .enum_attribute(
             ".",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]",

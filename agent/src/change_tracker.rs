@@ -40,14 +40,9 @@ impl Shared {
         if relative.as_os_str().is_empty() {
             return;
         }
+        // Only the event's own path: `take` adds the parents for the engine.
         if let Pending::Paths(paths) = &mut self.pending {
             paths.insert(relative.to_path_buf());
-            // The parent's entry list changed too (a create, delete or rename).
-            if let Some(parent) = relative.parent()
-                && !parent.as_os_str().is_empty()
-            {
-                paths.insert(parent.to_path_buf());
-            }
         }
     }
 
@@ -72,6 +67,9 @@ impl Shared {
 
 pub struct ChangeTracker {
     shared: Arc<Mutex<Shared>>,
+    /// The previous checkpoint's git capture, which the next builds on with the events
+    /// this tracker hands out (kept here: every `take` must reach it, or it goes stale).
+    git: Mutex<crate::git_state::GitCache>,
     // Dropping the watcher stops it; kept for the tracker's lifetime.
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -136,8 +134,14 @@ impl ChangeTracker {
         };
         ChangeTracker {
             shared,
+            git: Mutex::new(crate::git_state::GitCache::default()),
             _watcher: watcher,
         }
+    }
+
+    /// The previous git capture (see the field).
+    pub fn git_cache(&self) -> std::sync::MutexGuard<'_, crate::git_state::GitCache> {
+        self.git.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the watcher is running (otherwise every hint is Unknown).
@@ -145,8 +149,18 @@ impl ChangeTracker {
         self._watcher.is_some()
     }
 
-    /// The changes since the previous `take`, resetting the record.
+    /// The changes since the previous `take`, resetting the record: the paths events
+    /// named and their parent directories (whose entry lists changed with a create, delete
+    /// or rename).
     pub fn take(&self) -> ChangeHint {
+        self.take_with_events().0
+    }
+
+    /// [`Self::take`], and the paths the events named themselves (without the parents
+    /// added for the engine; `None` when the hint is Unknown): every path created,
+    /// modified, deleted or renamed, where a directory renamed away stands for what it
+    /// held (`git_state::capture_incremental` asks git about these).
+    pub fn take_with_events(&self) -> (ChangeHint, Option<BTreeSet<PathBuf>>) {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         let next = if self._watcher.is_some() {
             Pending::Paths(BTreeSet::new())
@@ -154,8 +168,18 @@ impl ChangeTracker {
             Pending::Unknown
         };
         match std::mem::replace(&mut shared.pending, next) {
-            Pending::Paths(paths) => ChangeHint::Paths(paths),
-            Pending::Unknown => ChangeHint::Unknown,
+            Pending::Paths(events) => {
+                let mut paths = events.clone();
+                for path in &events {
+                    if let Some(parent) = path.parent()
+                        && !parent.as_os_str().is_empty()
+                    {
+                        paths.insert(parent.to_path_buf());
+                    }
+                }
+                (ChangeHint::Paths(paths), Some(events))
+            }
+            Pending::Unknown => (ChangeHint::Unknown, None),
         }
     }
 

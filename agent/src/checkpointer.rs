@@ -91,6 +91,8 @@ pub struct CheckpointJob {
     pub hook_ack: Option<oneshot::Sender<()>>,
     /// The session's final checkpoint (see [`CheckpointDone::is_final`]).
     pub is_final: bool,
+    /// When it was queued.
+    pub queued_at: Instant,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -101,7 +103,14 @@ pub struct CheckpointSummary {
     pub total_bytes: u64,
     pub new_bytes: u64,
     pub duration_ms: u64,
+    /// `duration_ms` in microseconds.
+    pub duration_us: u64,
     pub full_scan: bool,
+    /// Capturing the git state (`None`: not captured, a skipped checkpoint's is).
+    pub git_ms: Option<u64>,
+    /// The engine's commit (fdatasyncs, renames, directory fsyncs); the manifest cannot
+    /// hold it (docs/formats/checkpoint.md), the journal's `checkpoint_created` does.
+    pub fsync_ms: Option<u64>,
     /// After this checkpoint and the prune that followed it, the store was
     /// still over its quota: `(store_bytes, quota_bytes)` (E623).
     pub over_quota: Option<(u64, u64)>,
@@ -137,6 +146,8 @@ pub struct CheckpointDone {
     pub hook_ack: Option<oneshot::Sender<()>>,
     /// The session's final checkpoint: `SessionFinished` follows it.
     pub is_final: bool,
+    /// When the job was queued (a hook's wait runs from then until its ack).
+    pub queued_at: Instant,
 }
 
 /// Where a manual checkpoint's result goes.
@@ -183,7 +194,9 @@ impl CheckpointPaths {
 }
 
 /// Takes one checkpoint now (blocking). `hint` says what changed in the
-/// workspace; it is given back to `tracker` if the checkpoint fails.
+/// workspace; it is given back to `tracker` if the checkpoint fails. With a tracker the
+/// git state is captured incrementally from what it saw
+/// (`git_state::capture_incremental`, with the tracker's cache of the previous capture).
 pub fn take_checkpoint(
     store: &Store,
     paths: &CheckpointPaths,
@@ -194,7 +207,8 @@ pub fn take_checkpoint(
     facts: &SessionFacts,
 ) -> Result<CheckpointSummary, CheckpointFailure> {
     let started = Instant::now();
-    let hint = tracker.map_or(ChangeHint::Unknown, ChangeTracker::take);
+    let (hint, events) =
+        tracker.map_or((ChangeHint::Unknown, None), ChangeTracker::take_with_events);
     let full_scan = matches!(hint, ChangeHint::Unknown);
     let io_failure = |what: &str, e: std::io::Error| CheckpointFailure {
         code: if crate::disk::is_no_space(&e) {
@@ -221,11 +235,18 @@ pub fn take_checkpoint(
             } else {
                 carry_over_conversation(store, &paths.conversation_staging)
             };
-        let metadata = checkpoint_metadata(
-            facts,
-            git_state::capture_as(&paths.workspace, &paths.git_reader),
-            conversation_carried_from,
-        );
+        let git_started = Instant::now();
+        let git = match (tracker, &paths.git_reader) {
+            // Under uid separation the session user's reader runs as a process of its
+            // own for each capture, so there is no previous result to build on.
+            (Some(tracker), git_state::Reader::Agent) => {
+                let mut cache = tracker.git_cache();
+                git_state::capture_incremental(&paths.workspace, &mut cache, events.as_ref()).0
+            }
+            _ => git_state::capture_as(&paths.workspace, &paths.git_reader),
+        };
+        let git_ms = git_started.elapsed().as_millis() as u64;
+        let metadata = checkpoint_metadata(facts, git, conversation_carried_from);
         let request = CreateRequest {
             trees: vec![
                 (
@@ -252,7 +273,7 @@ pub fn take_checkpoint(
             skip_if_unchanged,
         };
         let outcome = store
-            .create(&request)
+            .create_with_git_ms(&request, Some(git_ms))
             .map_err(|e| CheckpointFailure::from(&e))?;
         let summary = match outcome {
             CreateOutcome::Created(manifest) => CheckpointSummary {
@@ -262,7 +283,10 @@ pub fn take_checkpoint(
                 total_bytes: manifest.total_bytes(),
                 new_bytes: manifest.stats.new_bytes,
                 duration_ms: 0,
+                duration_us: 0,
                 full_scan,
+                git_ms: Some(git_ms),
+                fsync_ms: manifest.stats.phase_ms.and_then(|p| p.fsync),
                 over_quota: None,
             },
             CreateOutcome::Unchanged(id) => CheckpointSummary {
@@ -272,7 +296,10 @@ pub fn take_checkpoint(
                 total_bytes: 0,
                 new_bytes: 0,
                 duration_ms: 0,
+                duration_us: 0,
                 full_scan,
+                git_ms: Some(git_ms),
+                fsync_ms: None,
                 over_quota: None,
             },
         };
@@ -305,7 +332,9 @@ pub fn take_checkpoint(
     })();
     match result {
         Ok(mut summary) => {
-            summary.duration_ms = started.elapsed().as_millis() as u64;
+            let elapsed = started.elapsed();
+            summary.duration_ms = elapsed.as_millis() as u64;
+            summary.duration_us = elapsed.as_micros() as u64;
             Ok(summary)
         }
         Err(failure) => {
@@ -598,6 +627,7 @@ impl Checkpointer {
                 reply: job.reply,
                 hook_ack: job.hook_ack,
                 is_final: job.is_final,
+                queued_at: job.queued_at,
             };
             if done.send(report.into()).await.is_err() {
                 return;

@@ -688,7 +688,7 @@ impl Supervisor {
             .await
             .unwrap_or_else(|e| Err(panicked(e)));
             let failure = safety.as_ref().err().cloned();
-            self.journal_checkpoint_result("pre_restore", "", &safety)
+            self.journal_checkpoint_result("pre_restore", "", &safety, None)
                 .await?;
             if let Some(failure) = failure {
                 // Never overwrite a workspace whose state could not be saved first. A
@@ -805,7 +805,8 @@ impl Supervisor {
         })
         .await
         .unwrap_or_else(|e| Err(panicked(e)));
-        self.journal_checkpoint_result("start", "", &taken).await?;
+        self.journal_checkpoint_result("start", "", &taken, None)
+            .await?;
         Ok(())
     }
 
@@ -870,6 +871,7 @@ impl Supervisor {
             reply,
             hook_ack,
             is_final,
+            queued_at: std::time::Instant::now(),
         };
         match self.context.checkpoint_jobs.send(job) {
             Ok(()) => true,
@@ -888,6 +890,7 @@ impl Supervisor {
         trigger: &str,
         message: &str,
         result: &Result<CheckpointSummary, CheckpointFailure>,
+        hook_wait_ms: Option<u64>,
     ) -> Result<u64, JournalError> {
         match result {
             Ok(summary) => {
@@ -902,6 +905,10 @@ impl Supervisor {
                         new_bytes: summary.new_bytes,
                         duration_ms: summary.duration_ms,
                         full_scan: summary.full_scan,
+                        git_ms: summary.git_ms,
+                        fsync_ms: summary.fsync_ms,
+                        hook_wait_ms,
+                        duration_us: Some(summary.duration_us),
                     }))
                     .await?;
                 if let Some((store_bytes, quota_bytes)) = summary.over_quota {
@@ -931,8 +938,14 @@ impl Supervisor {
         if done.trigger == "interval" {
             self.interval_checkpoint_in_flight = false;
         }
+        // A hook (Stop, PreToolUse) has waited since the job was queued: the turn's flush
+        // wait, any job before it, and the checkpoint.
+        let hook_wait_ms = done
+            .hook_ack
+            .is_some()
+            .then(|| done.queued_at.elapsed().as_millis() as u64);
         let seq = self
-            .journal_checkpoint_result(&done.trigger, &done.message, &done.result)
+            .journal_checkpoint_result(&done.trigger, &done.message, &done.result, hook_wait_ms)
             .await?;
         if let Err(failure) = &done.result
             && failure.code == codes::DISK_FULL

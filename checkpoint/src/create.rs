@@ -27,7 +27,7 @@ use crate::manifest::{
 };
 use crate::mindex::BlobMap;
 use crate::scan::{
-    HashJob, HashResult, StoreSession, hash_worker, lstat_record, scan_subtree, scan_subtree_with,
+    HashJob, HashResult, StoreSession, hash_worker, lstat_record, scan_subtree, scan_tree_parallel,
     stat_unchanged,
 };
 use crate::store::{ChunkLoader, Store};
@@ -532,6 +532,7 @@ fn decide<'p>(
     parent: Option<&'p Manifest>,
     loader: &mut ChunkLoader<'_>,
     submit: &dyn Fn(HashJob),
+    walkers: usize,
 ) -> Result<Decided<'p>> {
     let mut works = Vec::new();
     let mut views = Vec::new();
@@ -565,26 +566,38 @@ fn decide<'p>(
                 works.push(TreeWork::Edited(cx.edits));
             }
             (_, ptree) => {
-                let mut prev = Vec::new();
-                if let Some(pt) = ptree {
-                    // Capacity from a file: a hint, bounded (each chunk is checked on load).
-                    prev.reserve(pt.entry_count.min(1 << 20) as usize);
-                    for c in &pt.chunks {
-                        prev.extend(loader.load(c)?);
-                    }
-                }
-                let records = scan_subtree_with(&spec.root, b"", &excludes, &mut |r| {
-                    if r.kind == RawKind::File {
-                        match prev.binary_search_by(|p| p.path.as_slice().cmp(&r.path)) {
-                            Ok(j) if stat_unchanged(&prev[j], r) => {
-                                r.content = prev[j].content;
-                                r.chunked = prev[j].chunked;
-                            }
-                            _ => send(&r.path),
+                // The walkers start at once; the parent's records load meanwhile on this
+                // thread, which then takes the walkers' batches: the stat fast path, and
+                // every file that needs it sent to the hash workers as soon as it is found.
+                let load_parent = || -> Result<Vec<Record>> {
+                    let mut prev = Vec::new();
+                    if let Some(pt) = ptree {
+                        // Capacity from a file: a hint, bounded (each chunk is checked on load).
+                        prev.reserve(pt.entry_count.min(1 << 20) as usize);
+                        for c in &pt.chunks {
+                            prev.extend(loader.load(c)?);
                         }
                     }
-                    Ok(())
-                })?;
+                    Ok(prev)
+                };
+                let (_, records) = scan_tree_parallel(
+                    &spec.root,
+                    &excludes,
+                    walkers,
+                    load_parent,
+                    &mut |prev: &Vec<Record>, batch: &mut [Record]| {
+                        for r in batch.iter_mut().filter(|r| r.kind == RawKind::File) {
+                            match prev.binary_search_by(|p| p.path.as_slice().cmp(&r.path)) {
+                                Ok(j) if stat_unchanged(&prev[j], r) => {
+                                    r.content = prev[j].content;
+                                    r.chunked = prev[j].chunked;
+                                }
+                                _ => send(&r.path),
+                            }
+                        }
+                        Ok(())
+                    },
+                )?;
                 views.push(None);
                 works.push(TreeWork::Full(records));
             }
@@ -596,7 +609,17 @@ fn decide<'p>(
 impl Store {
     /// Creates a checkpoint of the request's trees (see the module docs for the protocol).
     pub fn create(&self, req: &CreateRequest) -> Result<CreateOutcome> {
-        self.create_with(req, None)
+        self.create_with(req, None, None)
+    }
+
+    /// [`Store::create`] for a caller that captured the tree's git state for the
+    /// metadata first and timed it: the manifest's `stats.phase_ms.git` records `git_ms`.
+    pub fn create_with_git_ms(
+        &self,
+        req: &CreateRequest,
+        git_ms: Option<u64>,
+    ) -> Result<CreateOutcome> {
+        self.create_with(req, git_ms, None)
     }
 
     /// [`Store::create`], telling `on_file` the size of each regular file it reads
@@ -608,12 +631,13 @@ impl Store {
         req: &CreateRequest,
         on_file: &(dyn Fn(u64) + Sync),
     ) -> Result<CreateOutcome> {
-        self.create_with(req, Some(on_file))
+        self.create_with(req, None, Some(on_file))
     }
 
     fn create_with(
         &self,
         req: &CreateRequest,
+        git_ms: Option<u64>,
         on_file: Option<&(dyn Fn(u64) + Sync)>,
     ) -> Result<CreateOutcome> {
         let mut names = HashSet::new();
@@ -668,7 +692,7 @@ impl Store {
             compress_ns: AtomicU64::new(0),
             on_file,
         };
-        let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace);
+        let result = self.create_inner(req, parent.as_ref(), &index, &session, &trace, git_ms);
         if result.is_err() {
             session.sink.lock().expect("poisoned").abandon();
         }
@@ -690,6 +714,7 @@ impl Store {
         index: &BlobMap,
         session: &StoreSession<'_>,
         trace: &crate::store::PhaseTrace,
+        git_ms: Option<u64>,
     ) -> Result<CreateOutcome> {
         let mut loader = ChunkLoader::new(&self.layers_dir, index);
         let started_ns = now_ns();
@@ -715,7 +740,7 @@ impl Store {
                     w.push(scope.spawn(|| hash_worker(&rx, &abort, session)));
                 }
             };
-            let decided = decide(req, parent, &mut loader, &submit);
+            let decided = decide(req, parent, &mut loader, &submit, self.threads.clamp(1, 8));
             trace.mark("trees examined");
             walked_ns.set(now_ns());
             drop(tx);
@@ -828,6 +853,29 @@ impl Store {
                     .collect()
             })
             .collect();
+        // A re-encoded chunk that came out byte for byte as one of the parent's (every
+        // chunk of a scan of an unchanged region) names exactly the blobs that chunk names,
+        // which the parent's layers hold: take its layers and store and locate nothing.
+        if let Some(p) = parent {
+            let known: HashMap<BlobId, &[u32]> = p
+                .trees
+                .iter()
+                .flat_map(|t| t.chunks.iter().map(|c| (c.blob, c.layers.as_slice())))
+                .collect();
+            for built in trees_out.iter_mut().flatten() {
+                if built.records.is_some()
+                    && let Some(layers) = known.get(&built.chunk.blob)
+                    && let Some(ids) = layers
+                        .iter()
+                        .map(|l| p.layers.get(*l as usize).copied())
+                        .collect::<Option<BTreeSet<BlobId>>>()
+                {
+                    built.layers = ids;
+                    built.records = None;
+                    built.encoded = None;
+                }
+            }
+        }
 
         trace.mark("chunked");
         trace.note(|| {
@@ -1050,6 +1098,7 @@ impl Store {
                     hash: ms(hashed_ns - walked_ns.get()),
                     compress: session.compress_ns.load(Ordering::Relaxed) / 1_000_000,
                     fsync: None,
+                    git: git_ms,
                 }),
             },
             checksum: String::new(),

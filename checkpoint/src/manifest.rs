@@ -125,6 +125,10 @@ pub struct PhaseMs {
     /// own commit, so it cannot hold this (`None` in a loaded manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsync: Option<u64>,
+    /// Capturing the workspace's git state, measured by the caller before `create` (the
+    /// agent: `Store::create_with_git_ms`); absent when the caller did not capture it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<u64>,
 }
 
 /// A checkpoint's manifest.

@@ -1,6 +1,7 @@
 //! Checkpoints as the coordinator sees them: read from each session's store
 //! on its volume (`<volume_dir>/checkpoints/`, format in
-//! `docs/formats/checkpoint.md`), never from the database, so what the CLI
+//! `docs/formats/checkpoint.md`), never from the database (but for the commit time
+//! in `stats`, which only the journal holds), so what the CLI
 //! shows is what a restore would use.
 //!
 //! Pure helpers (views, text rendering, the conversation between two
@@ -49,6 +50,16 @@ pub struct CheckpointView {
 }
 
 impl CheckpointView {
+    /// Adds the commit's time (`stats.phase_ms.fsync`) from what the agent journaled
+    /// (`fsync_ms` by checkpoint id): the manifest is written before its own commit and
+    /// cannot hold it. Left absent when the journal has none or the manifest records no
+    /// phases.
+    pub fn add_fsync_ms(&mut self, fsync_ms: &std::collections::HashMap<String, u64>) {
+        if let (Some(phases), Some(ms)) = (&mut self.stats.phase_ms, fsync_ms.get(&self.id)) {
+            phases.fsync = Some(*ms);
+        }
+    }
+
     pub fn of(session_id: &str, s: &Summary) -> Self {
         let metadata = CheckpointMetadata::from_stored(&s.metadata);
         CheckpointView {

@@ -411,4 +411,14 @@ fn a_checkpoint_records_where_its_time_went() {
         loaded.fsync, None,
         "the file cannot hold its own commit's time"
     );
+    assert_eq!(loaded.git, None, "no git state was captured");
+    // A caller that captured the git state first has its time recorded in the file.
+    write(&ws, "t.jsonl", &jsonl(1 << 20, 13));
+    let m = created(
+        store
+            .create_with_git_ms(&unknown("d", &ws), Some(7))
+            .unwrap(),
+    );
+    let loaded = store.load(&m.id).unwrap().stats.phase_ms.unwrap();
+    assert_eq!(loaded.git, Some(7));
 }

@@ -252,6 +252,7 @@ async fn list_views(
     for s in &sessions {
         if let Some(store) = super::modal::session_store(ctx, opened, s).await? {
             let durable = super::modal::durable_set(opened, s)?;
+            let fsync_ms = opened.db.checkpoint_fsync_ms(&s.id)?;
             // Damaged manifests are listed as damaged, never left out.
             let unrepairable = store.unrepairable();
             for listed in store.list_all().map_err(|e| checkpoints::coded(&e))? {
@@ -267,6 +268,7 @@ async fn list_views(
                     }
                 };
                 let mut view = CheckpointView::of(&s.id, &summary);
+                view.add_fsync_ms(&fsync_ms);
                 if let Some(set) = &durable {
                     view.durable = set.contains(&view.id);
                 }
@@ -301,7 +303,8 @@ async fn show_views(ctx: &Ctx, opened: &Opened, checkpoint_id: &str) -> Result<S
         .into_iter()
         .find(|x| x.id == id)
         .ok_or_else(|| not_found(checkpoint_id))?;
-    let view = CheckpointView::of(&s.id, &summary);
+    let mut view = CheckpointView::of(&s.id, &summary);
+    view.add_fsync_ms(&opened.db.checkpoint_fsync_ms(&s.id)?);
     let paths: Vec<String> = store
         .entries(&id, WORKSPACE_TREE)
         .map_err(damage)?

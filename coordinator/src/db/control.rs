@@ -413,6 +413,34 @@ impl Db {
         })
     }
 
+    /// The commit times (`fsync_ms`) the session's agent journaled with its
+    /// `checkpoint_created` events, by checkpoint id: the one phase a manifest cannot hold
+    /// (docs/formats/checkpoint.md). Checkpoints of agents that predate it have none.
+    pub fn checkpoint_fsync_ms(
+        &self,
+        session_id: &str,
+    ) -> Result<std::collections::HashMap<String, u64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT payload FROM events WHERE session_id = ?1 AND type = 'checkpoint_created'",
+        )?;
+        let mut rows = stmt.query([session_id])?;
+        let mut out = std::collections::HashMap::new();
+        while let Some(row) = rows.next()? {
+            let payload: String = row.get(0)?;
+            let Ok(event) = serde_json::from_str::<parhelia_proto::Event>(&payload) else {
+                continue;
+            };
+            if let Some(parhelia_proto::event::Kind::CheckpointCreated(c)) = event.kind
+                && !c.skipped
+                && let Some(ms) = c.fsync_ms
+            {
+                out.insert(c.checkpoint_id, ms);
+            }
+        }
+        Ok(out)
+    }
+
     /// The session's store is over its quota (E623) when its latest
     /// `store_over_quota` event is newer than every checkpoint committed after
     /// it (a skipped checkpoint prunes nothing, so it changes nothing).

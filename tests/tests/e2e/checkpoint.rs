@@ -88,6 +88,28 @@ fn a_killed_session_resumes_from_its_checkpoint_with_its_conversation() {
         listed.iter().any(|c| c["id"] == checkpoint_id.as_str()),
         "{listed:#?}"
     );
+    // Its stats carry every phase as measured: the git capture (from the manifest) and
+    // the commit (journaled by the agent: the manifest cannot hold it), and the event
+    // says how long the PreToolUse hook waited for it.
+    let created = &checkpoint["kind"]["checkpoint_created"];
+    let row = listed
+        .iter()
+        .find(|c| c["id"] == checkpoint_id.as_str())
+        .unwrap();
+    let phases = &row["stats"]["phase_ms"];
+    assert_eq!(phases["git"], created["git_ms"], "{row:#}\n{created:#}");
+    assert_eq!(phases["fsync"], created["fsync_ms"], "{row:#}\n{created:#}");
+    assert!(
+        phases["git"].is_u64() && phases["fsync"].is_u64(),
+        "{row:#}"
+    );
+    let waited = created["hook_wait_ms"].as_u64().expect("a hook waited");
+    assert!(
+        waited >= created["duration_ms"].as_u64().unwrap(),
+        "the hook waited for the whole checkpoint: {created:#}"
+    );
+    let shown = h.json(&["checkpoint", "show", &checkpoint_id, "--json"]);
+    assert_eq!(shown["checkpoint"]["stats"], row["stats"], "{shown:#}");
     let shown = h.ok(&["checkpoint", "show", &checkpoint_id]);
     assert!(
         shown.contains("written.txt") || shown.contains("files"),
