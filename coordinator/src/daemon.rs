@@ -428,7 +428,41 @@ impl Coordinator for CoordinatorService {
                     }
                 }
             };
-            // The copy's last figures, if the submit ended before they were sent.
+            let submitted = match result {
+                Ok(submitted) => submitted,
+                Err(err) => {
+                    let _ = tx.send(Err(to_status(err))).await;
+                    return;
+                }
+            };
+            // The reply goes as soon as the task is recorded and placed; a reader
+            // that stays (`task create --sync`) then sees the copy until the launch
+            // ends, when the stream ends. The launch runs on whether anyone reads.
+            let reply = SubmitTaskProgress {
+                event: Some(submit_task_progress::Event::Submitted(submitted.response)),
+            };
+            if tx.send(Ok(reply)).await.is_err() {
+                return;
+            }
+            let Some(launch) = submitted.launch else {
+                return;
+            };
+            let ended = launch.result();
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    _ = &mut ended => break,
+                    Ok(()) = copied_rx.changed() => {
+                        let latest = *copied_rx.borrow_and_update();
+                        if let Some(p) = latest
+                            && tx.send(Ok(message(p))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            // The copy's last figures, if the launch ended before they were sent.
             let unsent = if copied_rx.has_changed().unwrap_or(true) {
                 *copied_rx.borrow_and_update()
             } else {
@@ -437,13 +471,6 @@ impl Coordinator for CoordinatorService {
             if let Some(p) = unsent {
                 let _ = tx.send(Ok(message(p))).await;
             }
-            let last = match result {
-                Ok(response) => Ok(SubmitTaskProgress {
-                    event: Some(submit_task_progress::Event::Submitted(response)),
-                }),
-                Err(err) => Err(to_status(err)),
-            };
-            let _ = tx.send(last).await;
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -32,6 +32,7 @@ pub use sessions::session_not_running;
 pub mod spend;
 pub mod stores;
 mod tasks;
+pub use tasks::{Launching, Submitted};
 
 pub use resume::RESUME_CONTINUE_MESSAGE;
 
@@ -91,7 +92,12 @@ pub(crate) struct Inner {
     followers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
     /// Containers being launched or followed right now.
     attended: Mutex<BTreeSet<String>>,
+    /// Held while a dispatch pass decides and claims (never during a launch).
     dispatch_lock: tokio::sync::Mutex<()>,
+    /// Launches in flight (outside the dispatch lock).
+    launches: Mutex<tokio::task::JoinSet<()>>,
+    /// Woken whenever a follower's agent stream ends (`wait_until_gone` looks again).
+    follower_ended: tokio::sync::Notify,
     pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
     /// Environment of tasks not launched yet (memory only).
     pending_env: Mutex<HashMap<String, HashMap<String, String>>>,
@@ -184,6 +190,8 @@ impl CoordinatorService {
                 followers: tokio::sync::Mutex::default(),
                 attended: Mutex::default(),
                 dispatch_lock: tokio::sync::Mutex::default(),
+                launches: Mutex::default(),
+                follower_ended: tokio::sync::Notify::new(),
                 reconcile_lock: tokio::sync::Mutex::default(),
                 pending_env: Mutex::default(),
                 pending_workspace_progress: Mutex::default(),
@@ -455,6 +463,11 @@ pub(super) mod testing {
     }
 
     pub(crate) fn fixture() -> Fixture {
+        fixture_with(Config::defaults())
+    }
+
+    /// [`fixture`] with a configuration of the test's own.
+    pub(crate) fn fixture_with(config: Config) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let db = Arc::new(Db::open(&root.join("parhelia.db")).unwrap());
@@ -466,7 +479,7 @@ pub(super) mod testing {
         ));
         let state = StateDir::new(root, StateDirSource::Explicit);
         Fixture {
-            service: CoordinatorService::new(state, db, backend),
+            service: CoordinatorService::with_config(state, db, backend, config),
             _dir: dir,
         }
     }
