@@ -486,10 +486,11 @@ fn session_logs_follow_shows_new_events() {
     assert!(after.contains("released"), "{after}");
 }
 
-/// `task create --workspace … --progress json`: the coordinator's copy of the
-/// workspace into the session reaches the CLI (`SubmitBudgetedTaskWithProgress`)
-/// as `advance` lines on stderr that end at the workspace's regular files and their
-/// bytes, counted here from the directory the test made.
+/// `task create --workspace … --sync --progress json`: the coordinator's copy of the
+/// workspace into the session reaches the CLI (`SubmitBudgetedTaskWithProgress`, after
+/// its reply, until the launch ends) as `advance` lines on stderr that end at the
+/// workspace's regular files and their bytes, counted here from the directory the test
+/// made. (An async create returns with the reply, before the copy.)
 #[test]
 fn task_create_reports_the_workspace_copy() {
     let h = Harness::new(Script::new([Turn::text("Nothing to do.")]));
@@ -518,13 +519,14 @@ fn task_create_reports_the_workspace_copy() {
         "Look around",
         "--workspace",
         repo.to_str().unwrap(),
+        "--sync",
         "--progress",
         "json",
         "--json",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finished: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let lines: Vec<serde_json::Value> = stderr
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -541,8 +543,7 @@ fn task_create_reports_the_workspace_copy() {
     assert_eq!(last["total"], bytes, "{stderr}");
     assert_eq!(last["done"], bytes, "{stderr}");
     assert_eq!(lines.last().unwrap()["event"], "finish", "{stderr}");
-    let task_id = created["task_id"].as_str().unwrap();
-    h.wait_task(task_id, |t| t["status"] == "completed");
+    assert_eq!(finished["status"], "completed", "{finished:#}");
 }
 
 /// Issue 17: launches run outside the dispatch lock and outside the submit. A Modal GPU
@@ -582,10 +583,11 @@ fn a_hanging_launch_holds_up_no_other_dispatch() {
     let slow_id = slow["task_id"].as_str().unwrap().to_string();
     let slow_container = slow["container_id"].as_str().unwrap().to_string();
     assert_eq!(h100_sandboxes(), 0, "the submit did not wait for the sandbox");
+    // Claimed (a container record, `created`), not yet started by its backend.
     let starting = |h: &Harness| {
         h.json(&["container", "show", &slow_container, "--json"])["state"].clone()
     };
-    assert_eq!(starting(&h), "starting");
+    assert_eq!(starting(&h), "created");
     assert_eq!(h.json(&["task", "show", &slow_id, "--json"])["status"], "running");
 
     // A local task created meanwhile launches and runs to its end.
@@ -601,7 +603,7 @@ fn a_hanging_launch_holds_up_no_other_dispatch() {
     assert_eq!(done["status"], "completed", "{done:#}");
     // …while the GPU sandbox was still being scheduled.
     assert_eq!(h100_sandboxes(), 0);
-    assert_eq!(starting(&h), "starting");
+    assert_eq!(starting(&h), "created");
 
     // The launching task can be cancelled; its launch, when it ends, stops what it made.
     h.ok(&["task", "cancel", &slow_id]);
