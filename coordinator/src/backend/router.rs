@@ -191,7 +191,10 @@ impl Backend for Backends {
     }
 
     async fn exit_signal(&self, container_id: &str) -> Option<super::ExitSignal> {
-        self.owner(container_id).ok()?.exit_signal(container_id).await
+        self.owner(container_id)
+            .ok()?
+            .exit_signal(container_id)
+            .await
     }
 
     /// Units are local (a Modal sandbox ends with its agent).

@@ -429,12 +429,7 @@ impl<'scope> FileCopiers<'scope> {
 
     /// Hands a file to a worker; first takes in what has finished (its bytes to
     /// `copied`), failing at the first copy that failed.
-    fn copy(
-        &mut self,
-        path: PathBuf,
-        target: PathBuf,
-        copied: &mut dyn FnMut(u64),
-    ) -> Result<()> {
+    fn copy(&mut self, path: PathBuf, target: PathBuf, copied: &mut dyn FnMut(u64)) -> Result<()> {
         self.collect(copied, false)?;
         self.handed_out += 1;
         self.jobs

@@ -163,9 +163,7 @@ impl CoordinatorService {
         };
         // This call's own launch, if its pass claimed the task (the launch drops
         // the copy's reader when it ends); the others' are not waited for.
-        let launch = launches
-            .into_iter()
-            .find(|l| l.placed.task_id == task_id);
+        let launch = launches.into_iter().find(|l| l.placed.task_id == task_id);
         if launch.is_none() {
             lock(&self.inner.pending_workspace_progress).remove(&task_id);
         }
@@ -1087,7 +1085,11 @@ mod tests {
             ..DispatchOutcome::default()
         };
         let waited = CoordinatorService::settled(outcome(), all(), |_| true).await;
-        let dispatched: Vec<&str> = waited.dispatched.iter().map(|d| d.task_id.as_str()).collect();
+        let dispatched: Vec<&str> = waited
+            .dispatched
+            .iter()
+            .map(|d| d.task_id.as_str())
+            .collect();
         assert_eq!(dispatched, ["ok"]);
         let failed: Vec<(&str, &str)> = waited
             .failed

@@ -577,18 +577,31 @@ fn a_hanging_launch_holds_up_no_other_dispatch() {
             .unwrap_or(0)
     };
     let slow = h.json(&[
-        "task", "create", "Train", "--backend", "modal", "--gpu", "H100", "--json",
+        "task",
+        "create",
+        "Train",
+        "--backend",
+        "modal",
+        "--gpu",
+        "H100",
+        "--json",
     ]);
     assert_eq!(slow["launching"], true, "{slow:#}");
     let slow_id = slow["task_id"].as_str().unwrap().to_string();
     let slow_container = slow["container_id"].as_str().unwrap().to_string();
-    assert_eq!(h100_sandboxes(), 0, "the submit did not wait for the sandbox");
+    assert_eq!(
+        h100_sandboxes(),
+        0,
+        "the submit did not wait for the sandbox"
+    );
     // Claimed (a container record, `created`), not yet started by its backend.
-    let starting = |h: &Harness| {
-        h.json(&["container", "show", &slow_container, "--json"])["state"].clone()
-    };
+    let starting =
+        |h: &Harness| h.json(&["container", "show", &slow_container, "--json"])["state"].clone();
     assert_eq!(starting(&h), "created");
-    assert_eq!(h.json(&["task", "show", &slow_id, "--json"])["status"], "running");
+    assert_eq!(
+        h.json(&["task", "show", &slow_id, "--json"])["status"],
+        "running"
+    );
 
     // A local task created meanwhile launches and runs to its end.
     let fast = h.json(&["task", "create", "Say hello", "--json"]);

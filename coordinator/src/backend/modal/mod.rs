@@ -720,6 +720,29 @@ pub const IMAGE_GLIBC: (u32, u32) = (2, 36);
 // A header check and a `GLIBC_2.N` scan rather than `object`'s `.gnu.version_r` walk: the
 // scan can only over-estimate, and its tests need a few bytes, not a real ELF (ARCHITECTURE.md).
 pub fn check_agent_binary(path: &Path) -> Result<(), CodedError> {
+    // Read and scanned once per binary (path, length, mtime), not per launch: the scan
+    // of a 100 MB agent runs on the launching task's thread, and launches run at once
+    // (a hundred of them held every tokio worker of the coordinator, which stopped
+    // answering: scripts/bench-dispatch's create_under_load).
+    type Seen = Option<((PathBuf, u64, Option<std::time::SystemTime>), Result<(), CodedError>)>;
+    static CHECKED: std::sync::Mutex<Seen> = std::sync::Mutex::new(None);
+    let key = std::fs::metadata(path)
+        .ok()
+        .map(|m| (path.to_path_buf(), m.len(), m.modified().ok()));
+    if let Some(key) = &key
+        && let Some((seen, verdict)) = CHECKED.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        && seen == key
+    {
+        return verdict.clone();
+    }
+    let verdict = check_agent_binary_now(path);
+    if let Some(key) = key {
+        *CHECKED.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, verdict.clone()));
+    }
+    verdict
+}
+
+fn check_agent_binary_now(path: &Path) -> Result<(), CodedError> {
     let bytes = std::fs::read(path).map_err(|e| {
         CodedError::new(
             error_codes::AGENT_FAILED_TO_START,
