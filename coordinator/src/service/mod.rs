@@ -506,8 +506,8 @@ pub(super) mod testing {
         .unwrap();
     }
 
-    /// A task claimed by a dispatch (running, with a session and a container in
-    /// `starting`), as `launch_task` records it; returns its ids.
+    /// A task claimed by a dispatch (running, with a session and a container record
+    /// not started yet), as a dispatch pass claims it (`claim_task`); returns its ids.
     pub(crate) fn running_task(db: &Db, task_id: &str) -> LaunchIds {
         held_task(db, task_id, TaskLimits::default());
         db.request_dispatch(&[task_id.to_string()]).unwrap();
