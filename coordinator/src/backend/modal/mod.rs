@@ -724,7 +724,10 @@ pub fn check_agent_binary(path: &Path) -> Result<(), CodedError> {
     // of a 100 MB agent runs on the launching task's thread, and launches run at once
     // (a hundred of them held every tokio worker of the coordinator, which stopped
     // answering: scripts/bench-dispatch's create_under_load).
-    type Seen = Option<((PathBuf, u64, Option<std::time::SystemTime>), Result<(), CodedError>)>;
+    type Seen = Option<(
+        (PathBuf, u64, Option<std::time::SystemTime>),
+        Result<(), CodedError>,
+    )>;
     static CHECKED: std::sync::Mutex<Seen> = std::sync::Mutex::new(None);
     let key = std::fs::metadata(path)
         .ok()
