@@ -577,18 +577,54 @@ impl Coordinator for CoordinatorService {
                     }
                 }
             };
-            // The transfers' last figures, if the submit ended before they were sent.
+            let submitted = match result {
+                Ok(submitted) => submitted,
+                Err(err) => {
+                    let latest = *copied_rx.borrow_and_update();
+                    for m in unsent(&latest, &mut sent) {
+                        let _ = tx.send(Ok(m)).await;
+                    }
+                    let _ = tx.send(Err(to_status(err))).await;
+                    return;
+                }
+            };
+            // The transfers' figures so far, then the reply as soon as the task is
+            // recorded and placed; a reader that stays (`task create --sync`) then
+            // sees the transfers until the launch ends, when the stream ends. The
+            // launch runs on whether anyone reads.
             let latest = *copied_rx.borrow_and_update();
             for m in unsent(&latest, &mut sent) {
                 let _ = tx.send(Ok(m)).await;
             }
-            let last = match result {
-                Ok(response) => Ok(SubmitTaskProgress {
-                    event: Some(submit_task_progress::Event::Submitted(response)),
-                }),
-                Err(err) => Err(to_status(err)),
+            let reply = SubmitTaskProgress {
+                event: Some(submit_task_progress::Event::Submitted(submitted.response)),
             };
-            let _ = tx.send(last).await;
+            if tx.send(Ok(reply)).await.is_err() {
+                return;
+            }
+            let Some(launch) = submitted.launch else {
+                return;
+            };
+            let ended = launch.result();
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    _ = &mut ended => break,
+                    Ok(()) = copied_rx.changed() => {
+                        let latest = *copied_rx.borrow_and_update();
+                        for m in unsent(&latest, &mut sent) {
+                            if tx.send(Ok(m)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            // The transfers' last figures, if the launch ended before they were sent.
+            let latest = *copied_rx.borrow_and_update();
+            for m in unsent(&latest, &mut sent) {
+                let _ = tx.send(Ok(m)).await;
+            }
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -57,6 +57,9 @@ pub struct LocalBackend {
     timing: plan::AgentSettings,
     /// Exit statuses of agents this process started and saw exit.
     exited: Arc<Mutex<HashMap<String, String>>>,
+    /// Whether each agent this process started has exited (its reaper says so):
+    /// what [`Backend::exit_signal`] waits on for them.
+    exits: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
     /// Containers this process is launching (`None`) or launched at (`Some`): their
     /// unit exists before their agent joins it (after the workspace copy, in the
     /// detached helper), so the left-over scan must not take the empty unit for a
@@ -79,6 +82,7 @@ impl LocalBackend {
             endpoint_timeout: Duration::from_secs(30),
             timing: plan::AgentSettings::default(),
             exited: Arc::default(),
+            exits: Arc::default(),
             launching: Arc::default(),
             private_dirs: Vec::new(),
             read_only: false,
@@ -896,6 +900,11 @@ impl Backend for LocalBackend {
         // `endpoint()` can fail fast instead of waiting out its deadline.
         let exited = Arc::clone(&self.exited);
         let container_id = ids.container_id.clone();
+        let (exit_tx, exit_rx) = tokio::sync::watch::channel(false);
+        self.exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(container_id.clone(), exit_rx);
         tokio::spawn(async move {
             let status = match child.wait().await {
                 Ok(status) => status.to_string(),
@@ -909,6 +918,7 @@ impl Backend for LocalBackend {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(container_id, status);
+            exit_tx.send_replace(true);
         });
 
         Ok(ContainerHandle {
@@ -1100,6 +1110,68 @@ impl Backend for LocalBackend {
         tokio::task::spawn_blocking(move || read_journal_file(&path, from_seq))
             .await
             .context("reading the journal panicked")?
+    }
+
+    /// The agent's exit: its reaper's word for an agent this process started, else a
+    /// pidfd on the agent's process (from `agent.json`, checked to be our agent after
+    /// the pidfd is open, so a reused pid is never waited on). `None` when neither
+    /// can be had (no `agent.json` yet, no pidfd on this kernel).
+    async fn exit_signal(&self, container_id: &str) -> Option<super::ExitSignal> {
+        let own = self
+            .exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(container_id)
+            .cloned();
+        if let Some(mut exited) = own {
+            return Some(Box::pin(async move {
+                // The reaper gone without a word is an exit too.
+                let _ = exited.wait_for(|gone| *gone).await;
+            }));
+        }
+        let info = self.read_runtime_info(container_id)?;
+        if info.container_id != container_id && !info.container_id.is_empty() {
+            return None;
+        }
+        let pid = rustix::process::Pid::from_raw(i32::try_from(info.pid).ok()?)?;
+        let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
+            Ok(fd) => fd,
+            // No such process: it has exited.
+            Err(rustix::io::Errno::SRCH) => return Some(Box::pin(std::future::ready(()))),
+            Err(_) => return None,
+        };
+        if !self.is_our_agent(info.pid) {
+            // Not (or no longer) our agent: nothing of ours to wait for.
+            return Some(Box::pin(std::future::ready(())));
+        }
+        // A pidfd becomes readable when its process exits. Waited for on a blocking
+        // thread in one-second polls, so a waiter that gives up frees it soon.
+        let given_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct GiveUp(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for GiveUp {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let give_up = GiveUp(Arc::clone(&given_up));
+        let waited = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsFd;
+            while !given_up.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut fds = [nix::poll::PollFd::new(
+                    fd.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)) {
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                    // Readable (exited), or the pidfd cannot be polled: look again by listing.
+                    _ => return,
+                }
+            }
+        });
+        Some(Box::pin(async move {
+            let _give_up = give_up;
+            let _ = waited.await;
+        }))
     }
 
     async fn endpoint(&self, container_id: &str) -> Result<Endpoint> {

@@ -25,6 +25,9 @@ pub mod workspace_copy;
 
 pub use modal::Resources;
 
+/// Resolves once a container's agent process has exited (see [`Backend::exit_signal`]).
+pub type ExitSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// What a launch tells about its GPU as it goes (a `--gpu` list is tried in
 /// order on capacity errors): each type Modal refused, then the one it got.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +213,13 @@ pub trait Backend: Send + Sync {
     /// Waits (with a deadline) until the container's agent announces where
     /// it listens.
     async fn endpoint(&self, container_id: &str) -> anyhow::Result<Endpoint>;
+
+    /// When this backend can tell without listing that the container's agent has
+    /// exited, a future that resolves then (at once if it is not running); `None`
+    /// when it cannot, and whoever waits polls [`Backend::list`] with a backoff.
+    async fn exit_signal(&self, _container_id: &str) -> Option<ExitSignal> {
+        None
+    }
 
     /// Where a session and its container live, as the container sees them
     /// (recorded before launch). `None`: the local layout in the state

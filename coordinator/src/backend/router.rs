@@ -190,6 +190,13 @@ impl Backend for Backends {
         self.owner(container_id)?.terminate(container_id).await
     }
 
+    async fn exit_signal(&self, container_id: &str) -> Option<super::ExitSignal> {
+        self.owner(container_id)
+            .ok()?
+            .exit_signal(container_id)
+            .await
+    }
+
     /// Units are local (a Modal sandbox ends with its agent).
     async fn leftover_units(&self) -> Result<Vec<super::LeftoverUnit>> {
         self.local.leftover_units().await

@@ -17,6 +17,11 @@
 //! [`copy_tree`] runs the preflight itself, opens every file without
 //! following symlinks and without blocking, copies only what is still a
 //! regular file, and removes its partial copy when anything fails.
+//!
+//! The walk (directories and symlinks, in order) is one thread; regular files
+//! are copied by [`COPY_THREADS`] workers it hands them to, each file whole by
+//! `copy_file_range` (in the kernel; a reflink where the file system offers
+//! one). A directory is created before any file inside it is handed out.
 
 use std::fs;
 use std::io;
@@ -412,10 +417,87 @@ fn copy_file(path: &Path, target: &Path) -> Result<u64> {
         .with_context(|| format!("creating {}", target.display()))?;
     let copied = io::copy(&mut source, &mut out)
         .with_context(|| format!("copying {} to {}", path.display(), target.display()))?;
-    // The source's permission bits, as `fs::copy` would carry them over.
-    fs::set_permissions(target, fs::Permissions::from_mode(mode))
+    // The source's permission bits, as `fs::copy` would carry them over (on the open
+    // file: no second lookup of the path).
+    out.set_permissions(fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", target.display()))?;
     Ok(copied)
+}
+
+/// Workers that copy regular files while the walk goes on.
+pub const COPY_THREADS: usize = 4;
+
+/// The file copies of one tree: jobs in, each copy's bytes (or its error) out.
+struct FileCopiers<'scope> {
+    jobs: Option<std::sync::mpsc::SyncSender<(PathBuf, PathBuf)>>,
+    done: std::sync::mpsc::Receiver<Result<u64>>,
+    handed_out: u64,
+    finished: u64,
+    _workers: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
+}
+
+impl<'scope> FileCopiers<'scope> {
+    fn start<'env>(scope: &'scope std::thread::Scope<'scope, 'env>) -> Self {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<(PathBuf, PathBuf)>(256);
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let workers = (0..COPY_THREADS)
+            .map(|_| {
+                let queue = std::sync::Arc::clone(&queue);
+                let done_tx = done_tx.clone();
+                scope.spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((path, target)) = job else { return };
+                        if done_tx.send(copy_file(&path, &target)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        FileCopiers {
+            jobs: Some(jobs),
+            done,
+            handed_out: 0,
+            finished: 0,
+            _workers: workers,
+        }
+    }
+
+    /// Hands a file to a worker; first takes in what has finished (its bytes to
+    /// `copied`), failing at the first copy that failed.
+    fn copy(&mut self, path: PathBuf, target: PathBuf, copied: &mut dyn FnMut(u64)) -> Result<()> {
+        self.collect(copied, false)?;
+        self.handed_out += 1;
+        self.jobs
+            .as_ref()
+            .context("the file copiers have stopped")?
+            .send((path, target))
+            .map_err(|_| anyhow::anyhow!("the file copiers have stopped"))
+    }
+
+    /// Takes in finished copies: those done so far, or (`all`) every one handed out.
+    fn collect(&mut self, copied: &mut dyn FnMut(u64), all: bool) -> Result<()> {
+        if all {
+            self.jobs = None;
+        }
+        while self.finished < self.handed_out {
+            let result = if all {
+                self.done
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("a file copier stopped"))?
+            } else {
+                match self.done.try_recv() {
+                    Ok(result) => result,
+                    Err(_) => return Ok(()),
+                }
+            };
+            self.finished += 1;
+            copied(result?);
+        }
+        Ok(())
+    }
 }
 
 fn copy_checked(
@@ -424,7 +506,38 @@ fn copy_checked(
     exclude: &[PathBuf],
     copied: &mut dyn FnMut(u64),
 ) -> Result<CopyStats> {
-    let mut stats = CopyStats::default();
+    std::thread::scope(|scope| {
+        let mut files = FileCopiers::start(scope);
+        let mut stats = CopyStats::default();
+        let mut counted = |bytes: u64| {
+            stats.bytes += bytes;
+            stats.files += 1;
+            copied(bytes);
+        };
+        let walked = walk_and_copy(src, dst, exclude, &mut files, &mut counted);
+        // Every file handed out is waited for, whatever the walk's outcome: a failed
+        // copy is removed only once nothing writes into it any more.
+        let finished = files.collect(&mut counted, true);
+        let (dirs, symlinks, skipped) = walked?;
+        finished?;
+        stats.dirs = dirs;
+        stats.symlinks = symlinks;
+        stats.skipped = skipped;
+        Ok(stats)
+    })
+}
+
+/// The walk: directories and symlinks made in order, regular files handed to
+/// `files`; directory modes applied once every file is in. Returns the
+/// directories, symlinks and excluded entries.
+fn walk_and_copy(
+    src: &Path,
+    dst: &Path,
+    exclude: &[PathBuf],
+    files: &mut FileCopiers<'_>,
+    copied: &mut dyn FnMut(u64),
+) -> Result<(u64, u64, u64)> {
+    let (mut dirs, mut symlinks, mut skipped) = (0, 0, 0);
     fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
     // Directory modes are applied last, so a read-only directory can still
     // be filled.
@@ -446,7 +559,7 @@ fn copy_checked(
             if entry.file_type().is_dir() {
                 walker.skip_current_dir();
             }
-            stats.skipped += 1;
+            skipped += 1;
             continue;
         }
         let relative = path
@@ -459,7 +572,7 @@ fn copy_checked(
                 fs::read_link(path).with_context(|| format!("reading link {}", path.display()))?;
             std::os::unix::fs::symlink(&link, &target)
                 .with_context(|| format!("creating link {}", target.display()))?;
-            stats.symlinks += 1;
+            symlinks += 1;
         } else if file_type.is_dir() {
             fs::create_dir(&target).or_else(|e| match e.kind() {
                 io::ErrorKind::AlreadyExists => Ok(()),
@@ -467,23 +580,21 @@ fn copy_checked(
             })?;
             let mode = entry.metadata()?.permissions().mode();
             dir_modes.push((target, mode));
-            stats.dirs += 1;
+            dirs += 1;
         } else if file_type.is_file() {
-            let bytes = copy_file(path, &target)?;
-            stats.bytes += bytes;
-            stats.files += 1;
-            copied(bytes);
+            files.copy(path.to_path_buf(), target, copied)?;
         } else {
             // The preflight refused these; one that appeared since is too.
             let kind = special_kind(&file_type).unwrap_or("special file");
             return Err(special_file_error(path, kind).into());
         }
     }
+    files.collect(copied, true)?;
     for (dir, mode) in dir_modes.into_iter().rev() {
         fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
             .with_context(|| format!("setting the mode of {}", dir.display()))?;
     }
-    Ok(stats)
+    Ok((dirs, symlinks, skipped))
 }
 
 #[cfg(test)]
@@ -740,6 +851,75 @@ mod tests {
         );
         assert_eq!((stats.files, stats.bytes), (3, 60));
         assert!(seen.windows(2).all(|w| w[1].bytes_done > w[0].bytes_done));
+    }
+
+    /// Many files through the copy workers: every one arrives whole with its mode,
+    /// under read-only directories too, and each is counted once.
+    #[test]
+    fn many_files_are_copied_whole_by_the_workers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let mut expected = Vec::new();
+        for d in 0..12 {
+            let dir = src.join(format!("d{d}/inner"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..40 {
+                let path = dir.join(format!("f{f}"));
+                let body = format!("{d}/{f}\n").repeat(f + 1);
+                fs::write(&path, &body).unwrap();
+                let mode = if f % 3 == 0 { 0o755 } else { 0o640 };
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+                expected.push((format!("d{d}/inner/f{f}"), body, mode));
+            }
+        }
+        fs::set_permissions(src.join("d3/inner"), fs::Permissions::from_mode(0o555)).unwrap();
+        let dst = tmp.path().join("dst");
+        let stats = copy_tree(&src, &dst, &[]).unwrap();
+        assert_eq!(stats.files, expected.len() as u64);
+        assert_eq!(
+            stats.bytes,
+            expected.iter().map(|(_, b, _)| b.len() as u64).sum::<u64>()
+        );
+        for (path, body, mode) in &expected {
+            assert_eq!(&fs::read_to_string(dst.join(path)).unwrap(), body, "{path}");
+            let got = fs::metadata(dst.join(path)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, *mode, "{path}");
+        }
+        for dir in [&src, &dst] {
+            fs::set_permissions(dir.join("d3/inner"), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    /// A file that cannot be read, met by a worker in the middle of the copy: the
+    /// copy fails and what the other workers had written is removed with it.
+    #[test]
+    fn a_copy_that_fails_in_a_worker_leaves_nothing_behind() {
+        if nix::unistd::geteuid().is_root() {
+            // Root reads a mode-000 file: another way to fail a worker is needed.
+            let tmp = tempfile::tempdir().unwrap();
+            let src = tmp.path().join("src");
+            fs::create_dir_all(src.join("a")).unwrap();
+            for f in 0..50 {
+                fs::write(src.join(format!("a/f{f}")), "x").unwrap();
+            }
+            // Occupied target: creating it fails (create_new).
+            let dst = tmp.path().join("dst");
+            fs::create_dir_all(dst.join("a")).unwrap();
+            fs::write(dst.join("a/f25"), "already here").unwrap();
+            assert!(copy_tree(&src, &dst, &[]).is_err());
+            assert_eq!(fs::read_dir(&dst).unwrap().count(), 0, "emptied");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("a")).unwrap();
+        for f in 0..50 {
+            fs::write(src.join(format!("a/f{f}")), "x").unwrap();
+        }
+        fs::set_permissions(src.join("a/f25"), fs::Permissions::from_mode(0o000)).unwrap();
+        let dst = tmp.path().join("dst");
+        assert!(copy_tree(&src, &dst, &[]).is_err());
+        assert!(!dst.exists());
     }
 
     #[test]

@@ -390,6 +390,9 @@ pub(crate) fn submitted_json(submitted: &parhelia_proto::SubmitTaskResponse) -> 
         "queued": submitted.queued,
         "queue_position": Some(submitted.queue_position).filter(|_| submitted.queued),
         "held": submitted.held,
+        // Placed: its launch runs on in the coordinator; how it went is the task's
+        // status and events (`task watch`), never this reply.
+        "launching": !submitted.session_id.is_empty(),
     })
 }
 
@@ -444,7 +447,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
                 );
             } else {
                 outln!("  session    {}", submitted.session_id);
-                outln!("  container  {}", submitted.container_id);
+                outln!("  container  {} (launching)", submitted.container_id);
             }
             outln!("  watch      parhelia task watch {}", submitted.task_id);
         }
@@ -646,7 +649,9 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
             timeout_seconds: limits.timeout_seconds.unwrap_or(0),
         }),
     };
-    let submitted = submit_following_the_copy(&mut client, request, &progress).await?;
+    // Async, the command returns once the task is recorded and placed (its launch
+    // goes on in the coordinator); `--sync` follows the copy until the launch ends.
+    let submitted = submit_following_the_copy(&mut client, request, &progress, args.sync).await?;
     progress.finish(true);
     Ok(Created::Submitted {
         submitted,
@@ -654,13 +659,16 @@ pub(crate) async fn create_call(ctx: &Ctx, args: CreateArgs) -> Result<Created> 
     })
 }
 
-/// `SubmitBudgetedTaskWithProgress`: the copy of the workspace into the session shown
-/// as `progress` while the coordinator does it, then its reply. A coordinator from
-/// before that RPC (still running across an upgrade) gets `SubmitBudgetedTask`.
+/// `SubmitBudgetedTaskWithProgress`: the coordinator's reply once the task is
+/// recorded and placed; with `until_launched`, then the copy of the workspace into
+/// the session shown as `progress` while the coordinator does it, until the launch
+/// has ended (the stream's end). A coordinator from before that RPC (still running
+/// across an upgrade) gets `SubmitBudgetedTask`.
 async fn submit_following_the_copy(
     client: &mut crate::coordinator_client::Client,
     request: SubmitBudgetedTaskRequest,
     progress: &crate::progress::Progress,
+    until_launched: bool,
 ) -> Result<parhelia_proto::SubmitTaskResponse> {
     use parhelia_proto::submit_task_progress::Event;
     let mut stream = match client
@@ -679,13 +687,18 @@ async fn submit_following_the_copy(
     };
     // The step each transfer shows, begun at its first figures.
     let mut current: Option<&'static str> = None;
+    let mut submitted = None;
     while let Some(message) = stream.message().await.map_err(coordinator_error)? {
         use crate::backend::workspace_copy::WorkspaceStage;
         let (step, figures) = match message.event {
             Some(Event::WorkspaceCopy(f)) => (WorkspaceStage::Copy.step(), f),
             Some(Event::WorkspaceCheckpoint(f)) => (WorkspaceStage::Checkpoint.step(), f),
             Some(Event::WorkspaceUpload(f)) => (WorkspaceStage::Upload.step(), f),
-            Some(Event::Submitted(response)) => return Ok(response),
+            Some(Event::Submitted(response)) if !until_launched => return Ok(response),
+            Some(Event::Submitted(response)) => {
+                submitted = Some(response);
+                continue;
+            }
             None => continue,
         };
         if current != Some(step) {
@@ -699,9 +712,7 @@ async fn submit_following_the_copy(
             bytes_total: figures.bytes_total,
         });
     }
-    Err(anyhow::anyhow!(
-        "the coordinator ended the submit without a reply"
-    ))
+    submitted.ok_or_else(|| anyhow::anyhow!("the coordinator ended the submit without a reply"))
 }
 
 /// `Ok` when the watched task completed, else its coded error with advice

@@ -29,6 +29,8 @@ impl CoordinatorService {
             let container_id = target.container_id.clone();
             follow_container(ctx, target).await;
             service.unattend(&container_id);
+            // Its agent stream ended: whoever waits for a container to go looks again.
+            service.inner.follower_ended.notify_waiters();
         });
     }
 
@@ -48,8 +50,18 @@ impl CoordinatorService {
         Ok(n)
     }
 
-    /// Stops the followers (agents keep running).
+    /// Stops the followers (agents keep running), once the launches in flight
+    /// have ended (up to 5 s: a launch cut short is the reconciler's to judge).
     pub async fn stop_followers(&self) {
+        let mut launches = std::mem::take(&mut *lock(&self.inner.launches));
+        let wait = async { while launches.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("launches in flight did not end in time");
+            launches.detach_all();
+        }
         self.request_shutdown();
         let mut followers = self.inner.followers.lock().await;
         let wait = async { while followers.join_next().await.is_some() {} };
@@ -66,11 +78,15 @@ impl CoordinatorService {
         Duration::from_millis(self.inner.config.policy("").stop_timeout_ms as u64)
     }
 
-    /// Polls the backend until the container is no longer listed.
+    /// Waits until the container is no longer listed by the backend that runs it
+    /// (a local wait never lists Modal, and the reverse), or `timeout`.
     ///
-    /// Asks only the backend that runs the container (a local wait never lists
-    /// Modal, and the reverse): a local list reads this machine, every 50 ms; a
-    /// Modal list is a remote call, so its polls back off from 50 ms to 1 s.
+    /// Between two lists it sleeps, woken early by what says the container may be
+    /// gone: its agent's exit ([`Backend::exit_signal`]: locally the agent this
+    /// coordinator started, or a pidfd on it) and the end of a follower's agent
+    /// stream. When the exit will wake it the lists only confirm: their sleeps go
+    /// from 1 s to 4 s. Else they back off from 50 ms to 500 ms locally (a list
+    /// reads this machine's process table) and to 1 s on Modal (a remote call).
     pub(super) async fn wait_until_gone(&self, container_id: &str, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         let kind = self.inner.backends.kind_of(container_id);
@@ -78,12 +94,21 @@ impl CoordinatorService {
             Ok(backend) => backend,
             Err(_) => Arc::clone(&self.inner.backend),
         };
-        let longest = match kind {
-            crate::plan::BackendKind::Local => Duration::from_millis(50),
+        let mut exit = backend.exit_signal(container_id).await;
+        let polling = match kind {
+            crate::plan::BackendKind::Local => Duration::from_millis(500),
             _ => Duration::from_secs(1),
         };
-        let mut pause = Duration::from_millis(50);
+        let first = Duration::from_millis(50);
+        let mut pause = if exit.is_some() {
+            Duration::from_secs(1)
+        } else {
+            first
+        };
         loop {
+            let follower_ended = self.inner.follower_ended.notified();
+            tokio::pin!(follower_ended);
+            follower_ended.as_mut().enable();
             match backend.list().await {
                 Ok(list) if !list.iter().any(|c| c.container_id == container_id) => return true,
                 Ok(_) => {}
@@ -93,8 +118,28 @@ impl CoordinatorService {
             if now >= deadline {
                 return false;
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(longest);
+            let longest = if exit.is_some() {
+                Duration::from_secs(4)
+            } else {
+                polling
+            };
+            let nap = tokio::time::sleep(pause.min(deadline - now));
+            let exited = async {
+                match exit.as_mut() {
+                    Some(signal) => signal.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = nap => pause = (pause * 2).min(longest),
+                _ = exited => {
+                    // Gone, or about to be (a wrapper such as bwrap ends just after):
+                    // confirmed by the next list, then polled from the start.
+                    exit = None;
+                    pause = first;
+                }
+                _ = follower_ended => {}
+            }
         }
     }
 
@@ -190,6 +235,133 @@ mod tests {
         assert!(
             f.service
                 .wait_until_gone(&ids.container_id, Duration::from_secs(5))
+                .await
+        );
+    }
+
+    /// A backend whose one container is a real child process (`sleep`), listed while
+    /// it runs; it counts its lists, and says when the child exits if told to.
+    struct ChildBackend {
+        alive: tokio::sync::watch::Receiver<bool>,
+        lists: std::sync::atomic::AtomicUsize,
+        signals_exit: bool,
+    }
+
+    const CHILD: &str = "ctr-child";
+
+    impl ChildBackend {
+        fn start(seconds: &str, signals_exit: bool) -> Arc<Self> {
+            let mut child = tokio::process::Command::new("sleep")
+                .arg(seconds)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let (tx, alive) = tokio::sync::watch::channel(true);
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+                tx.send_replace(false);
+            });
+            Arc::new(Self {
+                alive,
+                lists: std::sync::atomic::AtomicUsize::new(0),
+                signals_exit,
+            })
+        }
+
+        fn lists(&self) -> usize {
+            self.lists.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for ChildBackend {
+        fn name(&self) -> &'static str {
+            "local"
+        }
+        async fn launch(&self, _: &LaunchRequest) -> Result<crate::backend::ContainerHandle> {
+            anyhow::bail!("nothing is launched here")
+        }
+        async fn list(&self) -> Result<Vec<crate::reconcile::ObservedContainer>> {
+            self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(if *self.alive.borrow() {
+                vec![crate::reconcile::ObservedContainer {
+                    container_id: CHILD.into(),
+                    session_id: String::new(),
+                    pid: None,
+                    endpoint: None,
+                    coordinator_label: String::new(),
+                }]
+            } else {
+                Vec::new()
+            })
+        }
+        async fn terminate(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn read_journal(
+            &self,
+            _: &str,
+            _: &str,
+            _: u64,
+        ) -> Result<Vec<parhelia_proto::Event>> {
+            Ok(Vec::new())
+        }
+        async fn endpoint(&self, _: &str) -> Result<crate::backend::Endpoint> {
+            anyhow::bail!("no agent here")
+        }
+        async fn exit_signal(&self, _: &str) -> Option<crate::backend::ExitSignal> {
+            let mut alive = self.alive.clone();
+            self.signals_exit.then(|| -> crate::backend::ExitSignal {
+                Box::pin(async move {
+                    let _ = alive.wait_for(|a| !*a).await;
+                })
+            })
+        }
+    }
+
+    fn service_over(backend: Arc<ChildBackend>) -> (CoordinatorService, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("parhelia.db")).unwrap());
+        let state = StateDir::new(
+            dir.path().to_path_buf(),
+            crate::state_dir::StateDirSource::Explicit,
+        );
+        (CoordinatorService::new(state, db, backend), dir)
+    }
+
+    /// Waiting for a container to go is woken by its agent's exit: one list
+    /// before, one to confirm (not a list every 50 ms: about 20 in that second).
+    #[tokio::test]
+    async fn waiting_for_a_container_wakes_on_its_exit_and_lists_it_a_bounded_number_of_times() {
+        let backend = ChildBackend::start("1", true);
+        let (service, _dir) = service_over(Arc::clone(&backend));
+        assert!(
+            service
+                .wait_until_gone(CHILD, Duration::from_secs(30))
+                .await
+        );
+        assert!(backend.lists() <= 3, "{} lists", backend.lists());
+    }
+
+    /// Without an exit signal the polls back off: a handful of lists in the child's
+    /// second, and a container that outlives the wait is reported as still there.
+    #[tokio::test]
+    async fn without_an_exit_signal_the_polls_back_off() {
+        let backend = ChildBackend::start("1", false);
+        let (service, _dir) = service_over(Arc::clone(&backend));
+        assert!(
+            service
+                .wait_until_gone(CHILD, Duration::from_secs(30))
+                .await
+        );
+        let lists = backend.lists();
+        assert!((2..=8).contains(&lists), "{lists} lists");
+
+        let backend = ChildBackend::start("30", true);
+        let (service, _dir) = service_over(Arc::clone(&backend));
+        assert!(
+            !service
+                .wait_until_gone(CHILD, Duration::from_millis(300))
                 .await
         );
     }

@@ -32,6 +32,7 @@ pub use sessions::session_not_running;
 pub mod spend;
 pub mod stores;
 mod tasks;
+pub use tasks::{Launching, Submitted};
 
 pub use resume::RESUME_CONTINUE_MESSAGE;
 pub use tasks::TaskTransfers;
@@ -92,7 +93,12 @@ pub(crate) struct Inner {
     followers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
     /// Containers being launched or followed right now.
     attended: Mutex<BTreeSet<String>>,
+    /// Held while a dispatch pass decides and claims (never during a launch).
     dispatch_lock: tokio::sync::Mutex<()>,
+    /// Launches in flight (outside the dispatch lock).
+    launches: Mutex<tokio::task::JoinSet<()>>,
+    /// Woken whenever a follower's agent stream ends (`wait_until_gone` looks again).
+    follower_ended: tokio::sync::Notify,
     pub(crate) reconcile_lock: tokio::sync::Mutex<()>,
     /// Environment of tasks not launched yet (memory only).
     pending_env: Mutex<HashMap<String, HashMap<String, String>>>,
@@ -187,6 +193,8 @@ impl CoordinatorService {
                 followers: tokio::sync::Mutex::default(),
                 attended: Mutex::default(),
                 dispatch_lock: tokio::sync::Mutex::default(),
+                launches: Mutex::default(),
+                follower_ended: tokio::sync::Notify::new(),
                 reconcile_lock: tokio::sync::Mutex::default(),
                 pending_env: Mutex::default(),
                 pending_workspace_progress: Mutex::default(),
@@ -459,6 +467,11 @@ pub(super) mod testing {
     }
 
     pub(crate) fn fixture() -> Fixture {
+        fixture_with(Config::defaults())
+    }
+
+    /// [`fixture`] with a configuration of the test's own.
+    pub(crate) fn fixture_with(config: Config) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let db = Arc::new(Db::open(&root.join("parhelia.db")).unwrap());
@@ -470,7 +483,7 @@ pub(super) mod testing {
         ));
         let state = StateDir::new(root, StateDirSource::Explicit);
         Fixture {
-            service: CoordinatorService::new(state, db, backend),
+            service: CoordinatorService::with_config(state, db, backend, config),
             _dir: dir,
         }
     }
@@ -497,8 +510,8 @@ pub(super) mod testing {
         .unwrap();
     }
 
-    /// A task claimed by a dispatch (running, with a session and a container in
-    /// `starting`), as `launch_task` records it; returns its ids.
+    /// A task claimed by a dispatch (running, with a session and a container record
+    /// not started yet), as a dispatch pass claims it (`claim_task`); returns its ids.
     pub(crate) fn running_task(db: &Db, task_id: &str) -> LaunchIds {
         held_task(db, task_id, TaskLimits::default());
         db.request_dispatch(&[task_id.to_string()]).unwrap();

@@ -30,18 +30,23 @@ impl CoordinatorService {
         request: SubmitTaskRequest,
         limits: TaskLimits,
     ) -> Result<SubmitTaskResponse> {
-        self.submit_reporting(request, limits, None).await
+        Ok(self.submit_reporting(request, limits, None).await?.response)
     }
 
     /// [`Self::submit_with_limits`], telling `workspace_progress` how far the copy of
     /// the task's workspace has got when this submit's dispatch pass launches it (a
     /// queued task launched later by another pass reports nothing).
+    ///
+    /// Returns once the task is recorded and placed (claimed for a launch, queued or
+    /// held): the launch itself runs outside the dispatch lock and outside this call
+    /// ([`Submitted::launch`] says when it ends); its failure is the task's state
+    /// and a `launch_failed` event, never this call's success.
     pub async fn submit_reporting(
         &self,
         request: SubmitTaskRequest,
         limits: TaskLimits,
         workspace_progress: Option<crate::backend::workspace_copy::WorkspaceProgress>,
-    ) -> Result<SubmitTaskResponse> {
+    ) -> Result<Submitted> {
         plan::validate_prompt(&request.prompt)?;
         validate_limits(&limits, self.config())?;
         // The task's own `--set` values: parsed as `--set` is, per-task keys only (E119).
@@ -150,14 +155,28 @@ impl CoordinatorService {
         };
         if request.no_dispatch {
             response.held = true;
-            return Ok(response);
+            return Ok(Submitted {
+                response,
+                launch: None,
+            });
         }
         if let Some(progress) = workspace_progress {
             lock(&self.inner.pending_workspace_progress).insert(task_id.clone(), progress);
         }
-        let outcome = self.dispatch_pending().await;
-        lock(&self.inner.pending_workspace_progress).remove(&task_id);
-        let outcome = outcome?;
+        let pass = self.dispatch_pass().await;
+        let (outcome, launches) = match pass {
+            Ok(pass) => pass,
+            Err(err) => {
+                lock(&self.inner.pending_workspace_progress).remove(&task_id);
+                return Err(err);
+            }
+        };
+        // This call's own launch, if its pass claimed the task (the launch drops
+        // the copy's reader when it ends); the others' are not waited for.
+        let launch = launches.into_iter().find(|l| l.placed.task_id == task_id);
+        if launch.is_none() {
+            lock(&self.inner.pending_workspace_progress).remove(&task_id);
+        }
         self.fill_placement(
             &task_id,
             &outcome,
@@ -168,7 +187,7 @@ impl CoordinatorService {
                 response.queue_position = position;
             },
         )?;
-        Ok(response)
+        Ok(Submitted { response, launch })
     }
 
     /// Where a dispatch pass left `task_id`; its launch error if it failed.
@@ -330,7 +349,13 @@ impl CoordinatorService {
                 );
             }
         }
-        let outcome = self.dispatch_pending().await;
+        // `task dispatch` reports how each launch of its pass went (outside the
+        // lock), its transfers followed until those launches end.
+        let passed = self.dispatch_pass().await;
+        let outcome = match passed {
+            Ok((outcome, launches)) => Ok(Self::settled(outcome, launches, |_| true).await),
+            Err(err) => Err(err),
+        };
         if transfers.is_some() {
             let mut followed = lock(&self.inner.pending_workspace_progress);
             for id in &wanted {
@@ -360,10 +385,44 @@ impl CoordinatorService {
         })
     }
 
-    /// One dispatch pass: queued tasks, oldest request first, while fewer
-    /// than `max_concurrent_workers` tasks run. Passes never overlap.
+    /// One dispatch pass, for the daemon's dispatch loop: queued tasks, oldest
+    /// request first, while fewer than `max_concurrent_workers` tasks run. The
+    /// tasks it places are launching when it returns (not waited for).
     pub async fn dispatch_pending(&self) -> Result<DispatchOutcome> {
+        Ok(self.dispatch_pass().await?.0)
+    }
+
+    /// A dispatch pass: the placement decisions (capacity, each task's budget,
+    /// queue order) and the claims that record them are made under the dispatch
+    /// lock, so passes never place a task twice nor more tasks than there are
+    /// slots (a claimed task is `running`: it holds its slot from the claim on).
+    /// The launches run outside the lock, each on its own tokio task, so one slow
+    /// launch (a Modal GPU sandbox) holds up no other dispatch. The outcome lists
+    /// the claimed tasks as dispatched; [`Self::settled`] waits for launches.
+    pub(super) async fn dispatch_pass(&self) -> Result<(DispatchOutcome, Vec<Launching>)> {
+        let claims = self.claim_locked().await?;
+        let mut outcome = DispatchOutcome {
+            waiting: claims.waiting,
+            failed: claims.failed,
+            ..DispatchOutcome::default()
+        };
+        let launches: Vec<Launching> = claims
+            .claimed
+            .into_iter()
+            .map(|claimed| self.spawn_launch(claimed))
+            .collect();
+        outcome.dispatched = launches.iter().map(|l| l.placed.clone()).collect();
+        Ok((outcome, launches))
+    }
+
+    /// The decisions of a pass and their claims, under the dispatch lock.
+    async fn claim_locked(&self) -> Result<Claims> {
         let _guard = self.inner.dispatch_lock.lock().await;
+        self.claim_pass()
+    }
+
+    /// The decisions of a pass and their claims (the caller holds the dispatch lock).
+    fn claim_pass(&self) -> Result<Claims> {
         let db = &self.inner.db;
         let running = db.count_tasks_in(TaskStatus::Running)?;
         let queued = db.queued_tasks()?;
@@ -372,23 +431,50 @@ impl CoordinatorService {
             running,
             self.inner.config.orchestrator.max_concurrent_workers,
         );
-        let mut outcome = DispatchOutcome {
+        let mut claims = Claims {
+            claimed: Vec::new(),
             waiting: plan.waiting,
-            ..DispatchOutcome::default()
+            failed: Vec::new(),
         };
         for task_id in plan.dispatch_now {
-            match self.launch_task(&task_id).await {
-                Ok(Some(dispatched)) => outcome.dispatched.push(dispatched),
+            match self.claim_task(&task_id) {
+                Ok(Some(claimed)) => claims.claimed.push(claimed),
                 Ok(None) => {}
-                Err(err) => outcome.failed.push((task_id, as_coded(&err))),
+                Err(err) => claims.failed.push((task_id, as_coded(&err))),
             }
         }
-        Ok(outcome)
+        Ok(claims)
     }
 
-    /// Claims a queued task and launches it. `Ok(None)` when the task was
-    /// no longer pending (cancelled meanwhile).
-    pub(super) async fn launch_task(&self, task_id: &str) -> Result<Option<DispatchedTask>> {
+    /// The pass's outcome once the launches of the tasks `wait_for` names have
+    /// ended: each is dispatched, gone (cancelled while launching) or failed with
+    /// its launch's coded error. The others stay listed as dispatched (launching).
+    pub(super) async fn settled(
+        mut outcome: DispatchOutcome,
+        launches: Vec<Launching>,
+        wait_for: impl Fn(&str) -> bool,
+    ) -> DispatchOutcome {
+        for launch in launches {
+            let task_id = launch.placed.task_id.clone();
+            if !wait_for(&task_id) {
+                continue;
+            }
+            let result = launch.result().await;
+            outcome.dispatched.retain(|d| d.task_id != task_id);
+            match result {
+                Ok(Some(dispatched)) => outcome.dispatched.push(dispatched),
+                Ok(None) => {}
+                Err(err) => outcome.failed.push((task_id, err)),
+            }
+        }
+        outcome
+    }
+
+    /// Claims a queued task for a launch: a new attempt (session and container
+    /// ids, its secret) recorded with the task running. `Ok(None)` when the task
+    /// is no longer pending (cancelled meanwhile); a task its budget refuses
+    /// fails here (E300), before anything is claimed.
+    fn claim_task(&self, task_id: &str) -> Result<Option<Claimed>> {
         let db = &self.inner.db;
         let Some(task) = db.get_task(task_id)? else {
             return Ok(None);
@@ -418,9 +504,6 @@ impl CoordinatorService {
             self.inner.signals.task_ended.notify_one();
             return Err(coded_err.into());
         }
-        let env = lock(&self.inner.pending_env)
-            .remove(task_id)
-            .unwrap_or_default();
         let ids = LaunchIds {
             task_id: task_id.to_string(),
             session_id: ids::new_session_id(),
@@ -446,7 +529,58 @@ impl CoordinatorService {
                 heartbeat_interval_ms: Some(self.inner.config.agent.heartbeat_interval_ms as i64),
             },
         )?;
+        // Attended from the claim on: the reconciler leaves a container being
+        // launched alone.
         self.attend(&ids.container_id);
+        let env = lock(&self.inner.pending_env)
+            .remove(task_id)
+            .unwrap_or_default();
+        Ok(Some(Claimed {
+            task,
+            ids,
+            env,
+            secret,
+        }))
+    }
+
+    /// Starts a claimed task's launch on its own tokio task (tracked, so a
+    /// stopping coordinator lets launches in flight finish first).
+    fn spawn_launch(&self, claimed: Claimed) -> Launching {
+        let placed = DispatchedTask {
+            task_id: claimed.ids.task_id.clone(),
+            session_id: claimed.ids.session_id.clone(),
+            container_id: claimed.ids.container_id.clone(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let service = self.clone();
+        let launch = async move {
+            let task_id = claimed.ids.task_id.clone();
+            let result = service
+                .launch_claimed(claimed)
+                .await
+                .map_err(|err| as_coded(&err));
+            lock(&service.inner.pending_workspace_progress).remove(&task_id);
+            // Nobody may be waiting (an async submit, the daemon's pass).
+            let _ = tx.send(result);
+        };
+        let mut launches = lock(&self.inner.launches);
+        while launches.try_join_next().is_some() {}
+        launches.spawn(launch);
+        Launching { placed, done: rx }
+    }
+
+    /// Launches a claimed task. `Ok(None)` when the task ended (cancelled) while
+    /// it was launching: what was started is stopped. A failed launch fails the
+    /// task (its coded error, a `launch_failed` event) and is returned.
+    pub(super) async fn launch_claimed(&self, claimed: Claimed) -> Result<Option<DispatchedTask>> {
+        let Claimed {
+            task,
+            ids,
+            env,
+            secret,
+        } = claimed;
+        let db = &self.inner.db;
+        let task_id = ids.task_id.as_str();
         let target = ContainerRef {
             container_id: ids.container_id.clone(),
             session_id: ids.session_id.clone(),
@@ -493,13 +627,30 @@ impl CoordinatorService {
                 self.unattend(&ids.container_id);
                 tracing::warn!(%task_id, "launch failed: {err:#}");
                 let coded_err = as_coded(&err);
+                db.set_container_state(&ids.container_id, ContainerState::Failed)?;
+                // Cancelled while it was launching: the task's end is the cancel's.
+                if db.get_task(task_id)?.map(|t| t.status) != Some(TaskStatus::Running) {
+                    db.note(
+                        NewCoordinatorEvent::new(
+                            "launch_failed",
+                            "warning",
+                            format!(
+                                "{task_id}: the launch of a task that ended meanwhile failed [{}] {}",
+                                coded_err.code.code, coded_err.message
+                            ),
+                        )
+                        .task(task_id)
+                        .session(&ids.session_id)
+                        .container(&ids.container_id),
+                    );
+                    return Ok(None);
+                }
                 let update = TaskUpdate {
                     error_code: Some(coded_err.code.code.to_string()),
                     error_message: Some(coded_err.message.clone()),
                     ..TaskUpdate::default()
                 };
                 db.transition_task(task_id, TaskStatus::Failed, &update)?;
-                db.set_container_state(&ids.container_id, ContainerState::Failed)?;
                 db.note(
                     NewCoordinatorEvent::new(
                         "launch_failed",
@@ -731,7 +882,10 @@ impl CoordinatorService {
             )
             .task(task_id),
         );
-        let outcome = self.dispatch_pending().await?;
+        // The new attempt's own launch is waited for (outside the dispatch lock),
+        // so a retry that fails to launch says so; others of the pass are not.
+        let (outcome, launches) = self.dispatch_pass().await?;
+        let outcome = Self::settled(outcome, launches, |id| id == task_id).await;
         let mut response = RetryTaskResponse {
             task_id: task_id.to_string(),
             attempt: task.attempt + 1,
@@ -830,6 +984,54 @@ impl CoordinatorService {
     }
 }
 
+/// What a submit did: the reply (the task recorded and placed), and the task's
+/// own launch when this submit's pass claimed it (still running: wait on it to
+/// know when the launch ended, e.g. to report the workspace copy until then).
+pub struct Submitted {
+    pub response: SubmitTaskResponse,
+    pub launch: Option<Launching>,
+}
+
+/// A task a dispatch pass claimed under the dispatch lock (recorded running with
+/// its new attempt), to be launched outside it.
+pub(super) struct Claimed {
+    task: crate::db::TaskRecord,
+    ids: LaunchIds,
+    env: HashMap<String, String>,
+    secret: SessionSecret,
+}
+
+/// What a pass decided under the dispatch lock.
+struct Claims {
+    claimed: Vec<Claimed>,
+    waiting: Vec<(String, u32)>,
+    failed: Vec<(String, CodedError)>,
+}
+
+/// A launch running outside the dispatch lock.
+pub struct Launching {
+    /// Where the task was placed (its new attempt's ids).
+    pub placed: DispatchedTask,
+    done: tokio::sync::oneshot::Receiver<Result<Option<DispatchedTask>, CodedError>>,
+}
+
+impl Launching {
+    /// Waits for the launch to end: dispatched, `None` when the task ended while it
+    /// launched, or the launch's coded error (the task failed with it).
+    pub async fn result(self) -> Result<Option<DispatchedTask>, CodedError> {
+        self.done.await.unwrap_or_else(|_| {
+            // Only a coordinator stopping drops a launch before it ends.
+            Err(CodedError::new(
+                error_codes::INFRASTRUCTURE_ERROR,
+                format!(
+                    "the launch of task {} was cut short: the coordinator stopped (its reconciler decides what became of it)",
+                    self.placed.task_id
+                ),
+            ))
+        })
+    }
+}
+
 /// Budget and resource flags must make sense before anything is recorded.
 pub(super) fn validate_limits(limits: &TaskLimits, config: &Config) -> Result<(), CodedError> {
     let invalid = |message: String| CodedError::new(error_codes::INVALID_INPUT, message);
@@ -862,8 +1064,98 @@ pub(super) fn validate_limits(limits: &TaskLimits, config: &Config) -> Result<()
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{code_of, fixture, held_task, running_task};
+    use super::super::testing::{code_of, fixture, fixture_with, held_task, running_task};
     use super::*;
+
+    /// Passes that run at once (submits, `task dispatch`, the daemon's loop) decide
+    /// and claim one at a time: never a task twice, never more than the free slots,
+    /// oldest request first; the rest stay queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_passes_claim_each_task_once_and_only_the_free_slots() {
+        let mut config = Config::defaults();
+        config.orchestrator.max_concurrent_workers = 3;
+        let f = fixture_with(config);
+        let ids: Vec<String> = (0..10).map(|i| format!("task-q{i:02}")).collect();
+        for id in &ids {
+            held_task(f.db(), id, TaskLimits::default());
+        }
+        f.db().request_dispatch(&ids).unwrap();
+        let expected = queue::plan_dispatch(&f.db().queued_tasks().unwrap(), 0, 3).dispatch_now;
+        let mut passes = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let service = f.service.clone();
+            passes.spawn(async move { service.claim_locked().await.unwrap() });
+        }
+        let mut claimed = Vec::new();
+        while let Some(claims) = passes.join_next().await {
+            let claims = claims.unwrap();
+            assert!(claims.failed.is_empty());
+            claimed.extend(claims.claimed.into_iter().map(|c| c.ids.task_id));
+        }
+        claimed.sort();
+        assert_eq!(claimed, expected, "the three oldest, once each");
+        assert_eq!(f.db().count_tasks_in(TaskStatus::Running).unwrap(), 3);
+        assert_eq!(f.db().queued_tasks().unwrap().len(), 7);
+        // A claimed container is attended from its claim on (the reconciler waits).
+        assert_eq!(f.service.attended().len(), 3);
+    }
+
+    /// A launch that has not ended is never reported as dispatched by those who
+    /// wait for it: its failure (or a launch cut short) is the caller's error.
+    #[tokio::test]
+    async fn waiting_for_launches_reports_each_outcome_and_never_a_cut_launch_as_success() {
+        let placed = |id: &str| DispatchedTask {
+            task_id: id.into(),
+            session_id: format!("sess-{id}"),
+            container_id: format!("ctr-{id}"),
+        };
+        let launching = |id: &str, result: Option<Result<Option<DispatchedTask>, CodedError>>| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if let Some(result) = result {
+                tx.send(result).unwrap();
+            }
+            Launching {
+                placed: placed(id),
+                done: rx,
+            }
+        };
+        let failure = CodedError::new(error_codes::AGENT_FAILED_TO_START, "no agent");
+        let all = || {
+            vec![
+                launching("ok", Some(Ok(Some(placed("ok"))))),
+                launching("gone", Some(Ok(None))),
+                launching("bad", Some(Err(failure.clone()))),
+                launching("cut", None),
+            ]
+        };
+        let outcome = || DispatchOutcome {
+            dispatched: ["ok", "gone", "bad", "cut"].map(placed).to_vec(),
+            ..DispatchOutcome::default()
+        };
+        let waited = CoordinatorService::settled(outcome(), all(), |_| true).await;
+        let dispatched: Vec<&str> = waited
+            .dispatched
+            .iter()
+            .map(|d| d.task_id.as_str())
+            .collect();
+        assert_eq!(dispatched, ["ok"]);
+        let failed: Vec<(&str, &str)> = waited
+            .failed
+            .iter()
+            .map(|(id, e)| (id.as_str(), e.code.code))
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                ("bad", error_codes::AGENT_FAILED_TO_START.code),
+                ("cut", error_codes::INFRASTRUCTURE_ERROR.code)
+            ]
+        );
+        // Not waited for: still listed where they were placed (launching).
+        let unwaited = CoordinatorService::settled(outcome(), all(), |id| id == "ok").await;
+        assert_eq!(unwaited.dispatched.len(), 4);
+        assert!(unwaited.failed.is_empty());
+    }
 
     #[tokio::test]
     async fn a_dry_run_dispatch_plans_without_launching() {

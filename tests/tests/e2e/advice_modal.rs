@@ -41,6 +41,20 @@ fn refused(h: &Harness, args: &[&str], code: &str) -> String {
     stderr
 }
 
+/// `parhelia task create ARGS --json`, which returns once the task is recorded and
+/// placed (`launching`), whose launch then fails with `code`: `task watch` ends with
+/// it (and its advice). The task's id and the watch's stderr.
+fn launch_refused(h: &Harness, args: &[&str], code: &str) -> (String, String) {
+    let mut all = vec!["task", "create"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let created = h.json(&all);
+    assert_eq!(created["launching"], true, "{created:#}");
+    let task_id = created["task_id"].as_str().unwrap().to_string();
+    let stderr = refused(h, &["task", "watch", &task_id], code);
+    (task_id, stderr)
+}
+
 /// The advice printed under the error (its `hint:` line).
 fn hint(stderr: &str) -> &str {
     stderr
@@ -68,16 +82,6 @@ fn finished(h: &Harness, task_id: &str) -> serde_json::Value {
             Some("completed" | "failed" | "cancelled" | "interrupted")
         )
     })
-}
-
-/// The task id in `task X failed to launch: …`.
-fn failed_task(stderr: &str) -> String {
-    stderr
-        .split_whitespace()
-        .find(|w| w.starts_with("task-"))
-        .unwrap_or_else(|| panic!("no task id in:\n{stderr}"))
-        .trim_end_matches(':')
-        .to_string()
 }
 
 /// `parhelia task retry TASK_ID`, then the task completes on a new container.
@@ -182,20 +186,11 @@ fn e513_no_capacity_for_a_gpu_then_another_type_or_later() {
     h.ok(&["modal", "setup"]);
     h.ok(&["budget", "set", "10000"]);
     faults(&standin, serde_json::json!({"no_capacity": ["H100"]}));
-    let stderr = refused(
+    let (task_id, stderr) = launch_refused(
         &h,
-        &[
-            "task",
-            "create",
-            "Train",
-            "--backend",
-            "modal",
-            "--gpu",
-            "H100",
-        ],
+        &["Train", "--backend", "modal", "--gpu", "H100"],
         "E513",
     );
-    let task_id = failed_task(&stderr);
     let advice = hint(&stderr);
     assert!(
         advice.contains("`--gpu`") && advice.contains("`L40S` instead of `H100`"),
@@ -257,8 +252,7 @@ fn e404_a_refused_token_then_a_new_one_and_setup() {
     without_exported_token(&mut h);
     // A token Modal refuses (revoked): the stand-in refuses the id `rejected`.
     modal_token_new(&h, "rejected");
-    let stderr = refused(&h, &["task", "create", "x", "--backend", "modal"], "E404");
-    let task_id = failed_task(&stderr);
+    let (task_id, stderr) = launch_refused(&h, &["x", "--backend", "modal"], "E404");
     let advice = hint(&stderr);
     assert!(advice.contains("`parhelia task retry TASK_ID`"), "{advice}");
     assert!(
@@ -277,8 +271,7 @@ fn e404_a_refused_exported_token_then_a_new_one_exported_as_advised() {
     h.use_modal_stand_in();
     // The refused token is exported: it wins over whatever `~/.modal.toml` holds.
     h.set_env("MODAL_TOKEN_ID", "rejected");
-    let stderr = refused(&h, &["task", "create", "x", "--backend", "modal"], "E404");
-    let task_id = failed_task(&stderr);
+    let (task_id, stderr) = launch_refused(&h, &["x", "--backend", "modal"], "E404");
     let advice = hint(&stderr);
     assert!(
         advice.contains("export the new one instead, then `parhelia coordinator stop`"),
@@ -300,8 +293,7 @@ fn e405_the_secret_gone_then_created_and_setup() {
     // The secret was deleted on Modal since.
     let secret = standin.join("secrets/anthropic-api-key.json");
     std::fs::remove_file(&secret).unwrap();
-    let stderr = refused(&h, &["task", "create", "x", "--backend", "modal"], "E405");
-    let task_id = failed_task(&stderr);
+    let (task_id, stderr) = launch_refused(&h, &["x", "--backend", "modal"], "E405");
     let advice = hint(&stderr);
     assert!(advice.contains("`parhelia task retry TASK_ID`"), "{advice}");
     assert!(
@@ -321,8 +313,7 @@ fn e206_no_volume_yet_then_modal_setup() {
     let mut h = Harness::new(done());
     h.use_modal_stand_in();
     // `modal setup` never ran: no volume.
-    let stderr = refused(&h, &["task", "create", "x", "--backend", "modal"], "E206");
-    let task_id = failed_task(&stderr);
+    let (task_id, stderr) = launch_refused(&h, &["x", "--backend", "modal"], "E206");
     assert!(stderr.contains("parhelia-data"), "{stderr}");
     let advice = hint(&stderr);
     assert!(advice.contains("`parhelia task retry TASK_ID`"), "{advice}");
@@ -404,8 +395,7 @@ fn e511_the_bridge_dies_then_setup_and_a_retry() {
         &standin,
         serde_json::json!({"crash": {"Sandbox.create": 1}}),
     );
-    let stderr = refused(&h, &["task", "create", "x", "--backend", "modal"], "E511");
-    let task_id = failed_task(&stderr);
+    let (task_id, stderr) = launch_refused(&h, &["x", "--backend", "modal"], "E511");
     let advice = hint(&stderr);
     assert!(advice.contains("`parhelia task retry TASK_ID`"), "{advice}");
     assert!(
@@ -440,17 +430,9 @@ fn e512_a_gpu_slower_than_the_deadline_then_another_type_and_the_late_sandbox_en
         &standin,
         serde_json::json!({"schedule_seconds": {"H100": 15}}),
     );
-    let stderr = refused(
+    let (_, stderr) = launch_refused(
         &h,
-        &[
-            "task",
-            "create",
-            "Train",
-            "--backend",
-            "modal",
-            "--gpu",
-            "H100",
-        ],
+        &["Train", "--backend", "modal", "--gpu", "H100"],
         "E512",
     );
     let advice = hint(&stderr);

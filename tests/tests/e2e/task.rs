@@ -486,10 +486,11 @@ fn session_logs_follow_shows_new_events() {
     assert!(after.contains("released"), "{after}");
 }
 
-/// `task create --workspace … --progress json`: the coordinator's copy of the
-/// workspace into the session reaches the CLI (`SubmitBudgetedTaskWithProgress`)
-/// as `advance` lines on stderr that end at the workspace's regular files and their
-/// bytes, counted here from the directory the test made.
+/// `task create --workspace … --sync --progress json`: the coordinator's copy of the
+/// workspace into the session reaches the CLI (`SubmitBudgetedTaskWithProgress`, after
+/// its reply, until the launch ends) as `advance` lines on stderr that end at the
+/// workspace's regular files and their bytes, counted here from the directory the test
+/// made. (An async create returns with the reply, before the copy.)
 #[test]
 fn task_create_reports_the_workspace_copy() {
     let h = Harness::new(Script::new([Turn::text("Nothing to do.")]));
@@ -518,13 +519,14 @@ fn task_create_reports_the_workspace_copy() {
         "Look around",
         "--workspace",
         repo.to_str().unwrap(),
+        "--sync",
         "--progress",
         "json",
         "--json",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finished: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let lines: Vec<serde_json::Value> = stderr
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -541,6 +543,83 @@ fn task_create_reports_the_workspace_copy() {
     assert_eq!(last["total"], bytes, "{stderr}");
     assert_eq!(last["done"], bytes, "{stderr}");
     assert_eq!(lines.last().unwrap()["event"], "finish", "{stderr}");
-    let task_id = created["task_id"].as_str().unwrap();
-    h.wait_task(task_id, |t| t["status"] == "completed");
+    assert_eq!(finished["status"], "completed", "{finished:#}");
+}
+
+/// Issue 17: launches run outside the dispatch lock and outside the submit. A Modal GPU
+/// sandbox that takes long to schedule (the stand-in's `schedule_seconds`) holds up its
+/// own task and nothing else: `task create` of it returns once the task is placed (no
+/// sandbox exists yet), and a local task created meanwhile launches and completes while
+/// the first is still launching; cancelling the launching task then ends it.
+#[test]
+fn a_hanging_launch_holds_up_no_other_dispatch() {
+    use parhelia_testkit::model_stand_in::WhenExhausted;
+    let mut h =
+        Harness::new(Script::new([]).when_exhausted(WhenExhausted::Default(Turn::text("Done."))));
+    let standin = h.use_modal_stand_in();
+    h.ok(&["modal", "setup"]);
+    h.ok(&["budget", "set", "10000"]);
+    // Longer than the whole test: only its cancel ends the task.
+    std::fs::write(
+        standin.join("faults.json"),
+        serde_json::json!({"schedule_seconds": {"H100": 90}}).to_string(),
+    )
+    .unwrap();
+    let h100_sandboxes = || {
+        std::fs::read_dir(standin.join("sandboxes"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path().join("sandbox.json")).ok())
+                    .filter(|text| text.contains("H100"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let slow = h.json(&[
+        "task",
+        "create",
+        "Train",
+        "--backend",
+        "modal",
+        "--gpu",
+        "H100",
+        "--json",
+    ]);
+    assert_eq!(slow["launching"], true, "{slow:#}");
+    let slow_id = slow["task_id"].as_str().unwrap().to_string();
+    let slow_container = slow["container_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        h100_sandboxes(),
+        0,
+        "the submit did not wait for the sandbox"
+    );
+    // Claimed (a container record, `created`), not yet started by its backend.
+    let starting =
+        |h: &Harness| h.json(&["container", "show", &slow_container, "--json"])["state"].clone();
+    assert_eq!(starting(&h), "created");
+    assert_eq!(
+        h.json(&["task", "show", &slow_id, "--json"])["status"],
+        "running"
+    );
+
+    // A local task created meanwhile launches and runs to its end.
+    let fast = h.json(&["task", "create", "Say hello", "--json"]);
+    assert_eq!(fast["launching"], true, "{fast:#}");
+    let fast_id = fast["task_id"].as_str().unwrap();
+    let done = h.wait_task(fast_id, |t| {
+        matches!(
+            t["status"].as_str(),
+            Some("completed" | "failed" | "cancelled" | "interrupted")
+        )
+    });
+    assert_eq!(done["status"], "completed", "{done:#}");
+    // …while the GPU sandbox was still being scheduled.
+    assert_eq!(h100_sandboxes(), 0);
+    assert_eq!(starting(&h), "created");
+
+    // The launching task can be cancelled; its launch, when it ends, stops what it made.
+    h.ok(&["task", "cancel", &slow_id]);
+    let cancelled = h.json(&["task", "show", &slow_id, "--json"]);
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled:#}");
 }
