@@ -759,8 +759,23 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<RunEnd>
             ))
         })
     };
+    // Load tests only (issue 17): local sessions as simulated agents in a host process.
+    let backend: Arc<dyn crate::backend::Backend> = match crate::backend::sim::SimBackend::from_env(
+        state.root().to_path_buf(),
+        coordinator_id.clone(),
+        config.agent.heartbeat_interval_ms,
+    ) {
+        Some(sim) => {
+            tracing::warn!(
+                "{} is set: local sessions run as simulated agents (a load test)",
+                crate::backend::sim::SIM_AGENTS_SOCKET_ENV
+            );
+            Arc::new(sim)
+        }
+        None => Arc::new(backend),
+    };
     let backends = crate::backend::router::Backends::new(
-        Arc::new(backend),
+        backend,
         Some(modal_factory),
         Arc::clone(&db),
     );
