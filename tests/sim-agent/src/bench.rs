@@ -87,6 +87,8 @@ pub struct BenchReport {
     pub drain_s: f64,
     /// Heartbeat rows stored (thinned by the coordinator's retention).
     pub heartbeats_stored: u64,
+    /// Tasks the coordinator recorded as completed (every session ends by itself).
+    pub sessions_finished: u64,
     /// /proc/loadavg's 1-minute figure at the start and the end.
     pub load_before: f64,
     pub load_after: f64,
@@ -119,6 +121,7 @@ fn start_coordinator(options: &BenchOptions, host: &SimHost, incarnation: u32) -
         // Resolved at every launch though nothing runs it: any executable will do.
         .env("PARHELIA_CLAUDE_BIN", "/bin/true")
         .env("RUST_LOG", "warn")
+        .env("HOME", &options.state_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -507,6 +510,11 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     report.events_stored = count("events")?;
     report.journal_gaps = count("journal_gaps")?;
     report.heartbeats_stored = count("heartbeats")?;
+    report.sessions_finished = db.query_row(
+        "SELECT count(*) FROM tasks WHERE status = 'completed'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? as u64;
 
     let observed = std::mem::take(&mut *observed.lock().unwrap_or_else(|p| p.into_inner()));
     let in_restart = |ts: i64| restart_windows.iter().any(|&(a, b)| ts >= a && ts <= b);

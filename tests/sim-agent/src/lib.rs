@@ -27,7 +27,7 @@ use parhelia_agent::server::{AgentService, SessionAuth};
 use parhelia_agent::supervisor::SupervisorMessage;
 use parhelia_proto::event::Kind;
 use parhelia_proto::{
-    AgentInfo, AssistantText, ClaudeExited, Heartbeat, ModelSpend, SessionFinished,
+    AgentInfo, AssistantText, CheckpointCreated, ClaudeExited, Heartbeat, ModelSpend, SessionFinished,
     SessionMode, SessionOutcome, SessionStarted, SessionStatus, StatusChanged, StopRequested,
     ToolCall, ToolResult, TurnResult, Usage,
 };
@@ -38,8 +38,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 /// The default is one turn of a real headless session as the agent journals it (see
 /// `docs/benchmarks/coordinator.md`, "The event mix"): the prompt's status change, text,
 /// a tool call and its result, a metered response, more text, a second metered
-/// response, the turn's result and the idle status change: 9 events a turn, two of
-/// which (`ModelSpend`, `TurnResult`) move the ledger and wake the budget watchdog.
+/// response, the turn's result, its `turn_end` checkpoint and the idle status change:
+/// [`TURN_EVENTS`] events a turn, three of which (`ModelSpend`, `TurnResult`) move the
+/// ledger and wake the budget watchdog.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventMix {
     /// Events each agent journals per second, on average (jittered ±50%).
@@ -49,7 +50,7 @@ pub struct EventMix {
 }
 
 /// The measured rate of a real session (`docs/benchmarks/coordinator.md`).
-pub const DEFAULT_EVENTS_PER_SECOND: f64 = 0.5;
+pub const DEFAULT_EVENTS_PER_SECOND: f64 = 3.9;
 
 impl Default for EventMix {
     fn default() -> Self {
@@ -60,13 +61,16 @@ impl Default for EventMix {
     }
 }
 
+/// Events in one simulated turn.
+pub const TURN_EVENTS: u64 = 10;
+
 /// The cost of one metered response in the mix (so ledgers and budgets move).
 const RESPONSE_USD: f64 = 0.001;
 
 /// The `step`th event of a session following the mix (`step` from 0), and the
 /// session's cost after it.
 pub fn mix_event(mix: &EventMix, step: u64, cost_before: f64) -> (Kind, f64) {
-    let turn = step / 9;
+    let turn = step / TURN_EVENTS;
     let text = |what: &str| {
         let mut s = format!("{what} {turn}: ");
         while s.len() < mix.text_bytes {
@@ -90,7 +94,7 @@ pub fn mix_event(mix: &EventMix, step: u64, cost_before: f64) -> (Kind, f64) {
             priced: true,
         })
     };
-    match step % 9 {
+    match step % TURN_EVENTS {
         0 => (
             Kind::StatusChanged(StatusChanged {
                 status: SessionStatus::Busy as i32,
@@ -101,7 +105,7 @@ pub fn mix_event(mix: &EventMix, step: u64, cost_before: f64) -> (Kind, f64) {
         ),
         1 | 5 => (
             Kind::AssistantText(AssistantText {
-                message_id: format!("msg-{turn}-{}", step % 9),
+                message_id: format!("msg-{turn}-{}", step % TURN_EVENTS),
                 text: text("text"),
                 ..AssistantText::default()
             }),
@@ -127,7 +131,7 @@ pub fn mix_event(mix: &EventMix, step: u64, cost_before: f64) -> (Kind, f64) {
         ),
         4 | 6 => {
             let cost = cost_before + RESPONSE_USD;
-            (spend(step % 9, cost), cost)
+            (spend(step % TURN_EVENTS, cost), cost)
         }
         7 => (
             Kind::TurnResult(TurnResult {
@@ -136,6 +140,18 @@ pub fn mix_event(mix: &EventMix, step: u64, cost_before: f64) -> (Kind, f64) {
                 num_turns: turn as u32 + 1,
                 session_cost_usd: cost_before,
                 ..TurnResult::default()
+            }),
+            cost_before,
+        ),
+        8 => (
+            Kind::CheckpointCreated(CheckpointCreated {
+                checkpoint_id: format!("cp-sim-{turn}"),
+                trigger: "turn_end".into(),
+                file_count: 29,
+                total_bytes: 160_000,
+                new_bytes: 4_000,
+                duration_ms: 30,
+                ..CheckpointCreated::default()
             }),
             cost_before,
         ),
@@ -512,7 +528,7 @@ mod tests {
         let mix = EventMix::default();
         let mut cost = 0.0;
         let mut kinds = Vec::new();
-        for step in 0..18 {
+        for step in 0..2 * TURN_EVENTS {
             let (kind, after) = mix_event(&mix, step, cost);
             assert!(after >= cost);
             if after > cost {
@@ -521,7 +537,7 @@ mod tests {
             cost = after;
             kinds.push(parhelia_proto::event_type_name(&kind));
         }
-        assert_eq!(kinds[..9], kinds[9..]);
+        assert_eq!(kinds[..TURN_EVENTS as usize], kinds[TURN_EVENTS as usize..]);
         assert!((cost - 4.0 * RESPONSE_USD).abs() < 1e-12);
     }
 }
