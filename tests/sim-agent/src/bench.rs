@@ -217,6 +217,7 @@ fn spawn_reader(
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut last_id = 0i64;
+        let reading_since = now_ms();
         while !stop.load(Ordering::SeqCst) {
             let rows: Result<Vec<(i64, i64)>, _> = conn
                 .prepare_cached("SELECT id, ts_ms FROM events WHERE id > ?1 ORDER BY id")
@@ -231,9 +232,11 @@ fn spawn_reader(
                 last_id = id;
                 stored.store(id, Ordering::SeqCst);
                 let mut observed = observed.lock().unwrap_or_else(|p| p.into_inner());
-                observed
-                    .latencies
-                    .extend(rows.iter().map(|&(_, ts)| (ts, seen - ts)));
+                observed.latencies.extend(
+                    rows.iter()
+                        .filter(|&&(_, ts)| ts >= reading_since)
+                        .map(|&(_, ts)| (ts, seen - ts)),
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -321,6 +324,16 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     let idle_rss_kb = proc_rss_kb(coordinator.child.id()).unwrap_or(0);
     report.coordinator_idle_rss_mb = idle_rss_kb as f64 / 1024.0;
 
+    // The reader runs from before the first launch, so no row is first seen late.
+    let stop_reader = Arc::new(AtomicBool::new(false));
+    let stored = Arc::new(AtomicI64::new(0));
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let reader = spawn_reader(
+        options.state_dir.join("parhelia.db"),
+        Arc::clone(&stop_reader),
+        Arc::clone(&stored),
+        Arc::clone(&observed),
+    );
     // Submit and launch every agent (each submit dispatches at once: the workers
     // allow them all).
     let launch_started = Instant::now();
@@ -357,15 +370,6 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     }
     report.launch_s = launch_started.elapsed().as_secs_f64();
 
-    let stop_reader = Arc::new(AtomicBool::new(false));
-    let stored = Arc::new(AtomicI64::new(0));
-    let observed = Arc::new(Mutex::new(Observed::default()));
-    let reader = spawn_reader(
-        options.state_dir.join("parhelia.db"),
-        Arc::clone(&stop_reader),
-        Arc::clone(&stored),
-        Arc::clone(&observed),
-    );
     let journaled = |host: &SimHost| -> u64 {
         host.all_agents()
             .iter()
