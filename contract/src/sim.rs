@@ -84,7 +84,10 @@ mod tests {
             },
         };
         let line = serde_json::to_string(&request).unwrap();
-        assert_eq!(line, r#"{"version":1,"op":"terminate","container_id":"ctr-1"}"#);
+        assert_eq!(
+            line,
+            r#"{"version":1,"op":"terminate","container_id":"ctr-1"}"#
+        );
         assert_eq!(serde_json::from_str::<SimRequest>(&line).unwrap(), request);
     }
 }

@@ -706,7 +706,10 @@ impl LedgerTotals {
         }
         self.last_id = row.id;
         self.global_usd += row.amount_usd;
-        *self.by_day.entry(row.ts_ms.div_euclid(DAY_MS)).or_insert(0.0) += row.amount_usd;
+        *self
+            .by_day
+            .entry(row.ts_ms.div_euclid(DAY_MS))
+            .or_insert(0.0) += row.amount_usd;
         *self.by_task.entry(row.task_id.clone()).or_insert(0.0) += row.amount_usd;
     }
 

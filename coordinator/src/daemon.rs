@@ -774,11 +774,8 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<RunEnd>
         }
         None => Arc::new(backend),
     };
-    let backends = crate::backend::router::Backends::new(
-        backend,
-        Some(modal_factory),
-        Arc::clone(&db),
-    );
+    let backends =
+        crate::backend::router::Backends::new(backend, Some(modal_factory), Arc::clone(&db));
     let service = CoordinatorService::with_backends(state.clone(), db, Arc::new(backends), config);
     let reattached = service.reattach().await?;
     // Ended Modal work the rollback lost is on the volume, not under the state dir:

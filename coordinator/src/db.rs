@@ -2571,7 +2571,10 @@ mod tests {
         for answer in futures::future::join_all(writes).await {
             assert!(answer.unwrap()[0].inserted);
         }
-        assert_eq!(db.container_seqs(&target.container_id).unwrap(), (1..40).collect::<Vec<_>>());
+        assert_eq!(
+            db.container_seqs(&target.container_id).unwrap(),
+            (1..40).collect::<Vec<_>>()
+        );
         // A heartbeat is stored and charged at the configured rate (none locally by default).
         let config = std::sync::Arc::new(crate::config::Config::defaults());
         let beat = |ts_ms: i64| Heartbeat {
@@ -2579,10 +2582,19 @@ mod tests {
             uptime_ms: 1000,
             ..Heartbeat::default()
         };
-        let first = writer.heartbeat(&target, beat(5_000), config.clone()).await.unwrap();
+        let first = writer
+            .heartbeat(&target, beat(5_000), config.clone())
+            .await
+            .unwrap();
         assert_eq!(first.charged_usd, 0.0);
-        writer.heartbeat(&target, beat(6_000), config).await.unwrap();
+        writer
+            .heartbeat(&target, beat(6_000), config)
+            .await
+            .unwrap();
         assert_eq!(db.heartbeat_count(&target.container_id).unwrap(), 2);
-        assert_eq!(db.last_heartbeat_ts(&target.container_id).unwrap(), Some(6_000));
+        assert_eq!(
+            db.last_heartbeat_ts(&target.container_id).unwrap(),
+            Some(6_000)
+        );
     }
 }

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use parhelia_contract::sim::{SIM_PROTOCOL_VERSION, SimOp, SimReply, SimRequest};
 pub use parhelia_contract::sim::SIM_AGENTS_SOCKET_ENV;
+use parhelia_contract::sim::{SIM_PROTOCOL_VERSION, SimOp, SimReply, SimRequest};
 use parhelia_proto::Event;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 

@@ -807,10 +807,7 @@ impl Db {
     /// The ledger's running totals ([`LedgerTotals`]) with every row committed so far
     /// folded in (built from the whole ledger on first use after a start).
     pub fn ledger_totals(&self) -> Result<std::sync::MutexGuard<'_, LedgerTotals>> {
-        let mut totals = self
-            .ledger_totals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut totals = self.ledger_totals.lock().unwrap_or_else(|p| p.into_inner());
         let conn = self.conn();
         fold_ledger_in(&conn, &mut totals)?;
         Ok(totals)

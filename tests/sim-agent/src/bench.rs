@@ -134,7 +134,10 @@ fn start_coordinator(options: &BenchOptions, host: &SimHost, incarnation: u32) -
 struct ControlToken(MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for ControlToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         request
             .metadata_mut()
             .insert("x-parhelia-control-token", self.0.clone());
@@ -169,7 +172,11 @@ async fn connect(state_dir: &Path, deadline: Duration) -> Result<Client> {
             if let Ok(channel) = channel {
                 let mut client =
                     CoordinatorClient::with_interceptor(channel, ControlToken(token.parse()?));
-                if client.ping(parhelia_proto::PingRequest::default()).await.is_ok() {
+                if client
+                    .ping(parhelia_proto::PingRequest::default())
+                    .await
+                    .is_ok()
+                {
                     return Ok(client);
                 }
             }
@@ -370,12 +377,8 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     }
     report.launch_s = launch_started.elapsed().as_secs_f64();
 
-    let journaled = |host: &SimHost| -> u64 {
-        host.all_agents()
-            .iter()
-            .map(|a| a.journal.last_seq())
-            .sum()
-    };
+    let journaled =
+        |host: &SimHost| -> u64 { host.all_agents().iter().map(|a| a.journal.last_seq()).sum() };
 
     // The run, with its kills evenly spaced.
     let run_started = Instant::now();
@@ -383,7 +386,11 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     let mut max_rss_kb = 0u64;
     let mut restart_windows: Vec<(i64, i64)> = Vec::new();
     let kill_at: Vec<Duration> = (1..=options.kills)
-        .map(|i| options.duration.mul_f64(i as f64 / (options.kills + 1) as f64))
+        .map(|i| {
+            options
+                .duration
+                .mul_f64(i as f64 / (options.kills + 1) as f64)
+        })
         .collect();
     let mut kills_done = 0usize;
     let mut incarnation = 0u32;

@@ -27,9 +27,9 @@ use parhelia_agent::server::{AgentService, SessionAuth};
 use parhelia_agent::supervisor::SupervisorMessage;
 use parhelia_proto::event::Kind;
 use parhelia_proto::{
-    AgentInfo, AssistantText, CheckpointCreated, ClaudeExited, Heartbeat, ModelSpend, SessionFinished,
-    SessionMode, SessionOutcome, SessionStarted, SessionStatus, StatusChanged, StopRequested,
-    ToolCall, ToolResult, TurnResult, Usage,
+    AgentInfo, AssistantText, CheckpointCreated, ClaudeExited, Heartbeat, ModelSpend,
+    SessionFinished, SessionMode, SessionOutcome, SessionStarted, SessionStatus, StatusChanged,
+    StopRequested, ToolCall, ToolResult, TurnResult, Usage,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 

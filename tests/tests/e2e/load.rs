@@ -17,7 +17,10 @@ async fn fifty_simulated_agents_across_a_coordinator_restart_lose_and_duplicate_
         parhelia.exists(),
         "parhelia is not built: run `cargo build --workspace --bins` first (scripts/test does)"
     );
-    let dir = tempfile::Builder::new().prefix("load").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("load")
+        .tempdir_in("/tmp")
+        .unwrap();
     parhelia_testkit::procs::reap_when_killed(dir.path());
     let report = run(BenchOptions {
         agents: 50,
@@ -42,7 +45,11 @@ async fn fifty_simulated_agents_across_a_coordinator_restart_lose_and_duplicate_
         "only {} events journaled",
         report.events_sent
     );
-    assert_eq!(report.catch_up_s.len(), 1, "the coordinator was restarted once");
+    assert_eq!(
+        report.catch_up_s.len(),
+        1,
+        "the coordinator was restarted once"
+    );
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!(report.duplicated, 0, "{report:?}");
     assert_eq!(report.journal_gaps, 0, "{report:?}");
