@@ -302,7 +302,9 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
     std::fs::write(
         options.state_dir.join("config.toml"),
         format!(
-            "[orchestrator]\nmax_concurrent_workers = {}\n\n[agent]\nheartbeat_interval_ms = {}\n\n[local]\nisolation = \"none\"\n",
+            // The global ceiling far above what the mix spends ($0.002 a turn per agent):
+            // the default $50 stops every session of a long 1,000-agent run (E300).
+            "[orchestrator]\nmax_concurrent_workers = {}\n\n[agent]\nheartbeat_interval_ms = {}\n\n[local]\nisolation = \"none\"\n\n[budget]\ndefault_ceiling_usd = 1000000.0\n",
             options.agents.clamp(1, 10_000),
             options.heartbeat_interval.as_millis()
         ),
