@@ -5,4 +5,5 @@
 
 pub mod checkpoint;
 pub mod codes;
+pub mod sim;
 pub mod spec;

@@ -669,6 +669,65 @@ pub fn day_start_ms(ts_ms: i64) -> i64 {
     ts_ms.div_euclid(DAY_MS) * DAY_MS
 }
 
+/// One ledger row as the running totals see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LedgerRow {
+    pub id: i64,
+    pub task_id: String,
+    pub ts_ms: i64,
+    pub amount_usd: f64,
+}
+
+/// Running totals of the ledger, for the budget watchdog (issue 17): the whole
+/// ledger, per task and per UTC day, folded row by row in id order from the rows
+/// after [`LedgerTotals::last_id`], so a check costs the rows added since the last
+/// one instead of a scan of the whole ledger. The ledger is append-only (no row is
+/// updated or deleted, and a row becomes visible only with every lower id: SQLite has
+/// one writer at a time), so folding the new rows keeps the totals equal to a full
+/// scan; a restarted coordinator rebuilds them from the ledger (`last_id` 0).
+///
+/// Sums are in id order, the order every view's [`crate::records::Spend`] folds in;
+/// SQLite's `sum()` of the same rows may differ in the last bits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LedgerTotals {
+    /// The highest row id folded in.
+    pub last_id: i64,
+    pub global_usd: f64,
+    /// By day number (`ts_ms.div_euclid(DAY_MS)`: UTC days since the epoch).
+    pub by_day: BTreeMap<i64, f64>,
+    pub by_task: std::collections::HashMap<String, f64>,
+}
+
+impl LedgerTotals {
+    /// Folds one row in; a row at or below [`Self::last_id`] is already counted.
+    pub fn add(&mut self, row: &LedgerRow) {
+        if row.id <= self.last_id {
+            return;
+        }
+        self.last_id = row.id;
+        self.global_usd += row.amount_usd;
+        *self
+            .by_day
+            .entry(row.ts_ms.div_euclid(DAY_MS))
+            .or_insert(0.0) += row.amount_usd;
+        *self.by_task.entry(row.task_id.clone()).or_insert(0.0) += row.amount_usd;
+    }
+
+    /// What the ledger holds for a task.
+    pub fn task_usd(&self, task_id: &str) -> f64 {
+        self.by_task.get(task_id).copied().unwrap_or(0.0)
+    }
+
+    /// What the ledger holds dated at or after `since_ms`'s day (rows dated in later
+    /// days included, as `ts_ms >= day_start_ms(now)` counts them).
+    pub fn since_day_usd(&self, since_ms: i64) -> f64 {
+        self.by_day
+            .range(since_ms.div_euclid(DAY_MS)..)
+            .map(|(_, usd)| usd)
+            .sum()
+    }
+}
+
 /// Sums rows by key, keeping first-seen order.
 pub fn group_sum<K: Ord + Clone>(rows: impl IntoIterator<Item = (K, f64)>) -> BTreeMap<K, f64> {
     let mut out = BTreeMap::new();
@@ -969,5 +1028,63 @@ mod tests {
         assert_eq!(day_of(1_700_000_000_000), "2023-11-14");
         assert_eq!(day_of(951_782_400_000), "2000-02-29");
         assert_eq!(day_start_ms(DAY_MS + 5), DAY_MS);
+    }
+
+    /// A ledger row from proptest's choices: a few tasks, days around the epoch's
+    /// 20,000th, amounts from refunds to charges.
+    fn ledger_rows(picks: &[(u8, i64, f64)]) -> Vec<LedgerRow> {
+        picks
+            .iter()
+            .enumerate()
+            .map(|(i, &(task, ts_offset, amount_usd))| LedgerRow {
+                id: i as i64 + 1,
+                task_id: format!("task-{}", task % 4),
+                ts_ms: 20_000 * DAY_MS + ts_offset,
+                amount_usd,
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// The running totals equal a full scan of the ledger after any sequence of
+        /// rows, however the checks split it (each check folds the rows since the last,
+        /// and rows already folded are ignored).
+        #[test]
+        fn running_totals_equal_a_full_scan(
+            picks in proptest::collection::vec(
+                (0u8..8, -3 * DAY_MS..3 * DAY_MS, -5.0f64..50.0),
+                0..200,
+            ),
+            splits in proptest::collection::vec(0usize..200, 0..10),
+            now_offset in -3 * DAY_MS..3 * DAY_MS,
+        ) {
+            let rows = ledger_rows(&picks);
+            let mut totals = LedgerTotals::default();
+            let mut cuts: Vec<usize> = splits.into_iter().map(|c| c.min(rows.len())).collect();
+            cuts.push(rows.len());
+            cuts.sort_unstable();
+            let mut from = 0usize;
+            for cut in cuts {
+                // A check folds what is new, and may see an older row again.
+                for row in &rows[from.saturating_sub(1)..cut] {
+                    totals.add(row);
+                }
+                from = cut;
+            }
+            // The full scan, as the views fold it: in id order.
+            let scan = |keep: &dyn Fn(&LedgerRow) -> bool| {
+                rows.iter().filter(|r| keep(r)).fold(0.0, |sum, r| sum + r.amount_usd)
+            };
+            proptest::prop_assert_eq!(totals.global_usd, scan(&|_| true));
+            for task in 0..4 {
+                let id = format!("task-{task}");
+                proptest::prop_assert_eq!(totals.task_usd(&id), scan(&|r| r.task_id == id));
+            }
+            let since = day_start_ms(20_000 * DAY_MS + now_offset);
+            let day = scan(&|r| r.ts_ms >= since);
+            // Summed per day, then over the days: the same rows, another order.
+            proptest::prop_assert!((totals.since_day_usd(since) - day).abs() <= 1e-9 * (1.0 + day.abs()));
+            proptest::prop_assert_eq!(totals.last_id, rows.len() as i64);
+        }
     }
 }

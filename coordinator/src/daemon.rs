@@ -940,11 +940,23 @@ pub async fn run(mut state: StateDir, config_flags: &[String]) -> Result<RunEnd>
             ))
         })
     };
-    let backends = crate::backend::router::Backends::new(
-        Arc::new(backend),
-        Some(modal_factory),
-        Arc::clone(&db),
-    );
+    // Load tests only (issue 17): local sessions as simulated agents in a host process.
+    let backend: Arc<dyn crate::backend::Backend> = match crate::backend::sim::SimBackend::from_env(
+        state.root().to_path_buf(),
+        coordinator_id.clone(),
+        config.agent.heartbeat_interval_ms,
+    ) {
+        Some(sim) => {
+            tracing::warn!(
+                "{} is set: local sessions run as simulated agents (a load test)",
+                crate::backend::sim::SIM_AGENTS_SOCKET_ENV
+            );
+            Arc::new(sim)
+        }
+        None => Arc::new(backend),
+    };
+    let backends =
+        crate::backend::router::Backends::new(backend, Some(modal_factory), Arc::clone(&db));
     let service = CoordinatorService::with_backends(state.clone(), db, Arc::new(backends), config);
     let reattached = service.reattach().await?;
     // Ended Modal work the rollback lost is on the volume, not under the state dir:

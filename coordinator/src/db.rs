@@ -351,6 +351,7 @@ mod event_log;
 pub mod generation;
 mod ledger;
 mod rebuild;
+pub mod writer;
 
 pub use crate::records::{
     ContainerRecord, HeartbeatRecord, OrphanRecord, RunningSession, SessionRecord, Spend,
@@ -596,6 +597,10 @@ pub struct Db {
     conn: Mutex<Connection>,
     /// Serializes writing the generation record beside the database.
     generation_lock: Mutex<()>,
+    /// The ledger's running totals for the budget watchdog ([`Db::ledger_totals`]).
+    ledger_totals: Mutex<crate::budget::LedgerTotals>,
+    /// The ingest writer's thread, started on first use ([`Db::ingest`]).
+    ingest: std::sync::OnceLock<writer::IngestWriter>,
 }
 
 /// Heartbeats kept whole per container (the newest); older ones are thinned to one
@@ -657,6 +662,8 @@ impl Db {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             generation_lock: Mutex::new(()),
+            ledger_totals: Mutex::default(),
+            ingest: std::sync::OnceLock::new(),
         })
     }
 
@@ -1113,38 +1120,11 @@ impl Db {
 
     /// Stores one event (ignoring a (container, seq) already stored) and
     /// applies what it means to the session and task, in one transaction.
+    /// (Event ingestion goes through [`Db::ingest`]'s writer instead.)
     pub fn record_event(&self, target: &ContainerRef, event: &Event) -> Result<RecordedEvent> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (event_type, level) = match &event.kind {
-            Some(kind) => (
-                parhelia_proto::event_type_name(kind),
-                parhelia_proto::event_level(kind),
-            ),
-            None => ("unknown", "info"),
-        };
-        let payload = serde_json::to_string(event)?;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO events (container_id, session_id, task_id, seq, ts_ms, type, level, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                target.container_id,
-                target.session_id,
-                target.task_id,
-                event.seq as i64,
-                event.ts_ms,
-                event_type,
-                level,
-                payload
-            ],
-        )? == 1;
-        let mut recorded = RecordedEvent {
-            inserted,
-            task_finished: None,
-        };
-        if inserted {
-            recorded.task_finished = apply_event_effects(&tx, target, event)?;
-        }
+        let recorded = record_event_in(&tx, target, event)?;
         tx.commit()?;
         drop(conn);
         if recorded.task_finished.is_some() {
@@ -1156,34 +1136,21 @@ impl Db {
     pub fn record_heartbeat(&self, container_id: &str, heartbeat: &Heartbeat) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO heartbeats (container_id, ts_ms, cpu_percent, memory_bytes, workspace_disk_bytes, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                container_id,
-                heartbeat.ts_ms,
-                heartbeat.cpu_percent,
-                heartbeat.memory_bytes as i64,
-                heartbeat.workspace_disk_bytes as i64,
-                session_status_name(heartbeat.status)
-            ],
-        )?;
-        let inserted = tx.last_insert_rowid();
-        tx.execute(
-            "UPDATE containers SET last_heartbeat_ms = max(coalesce(last_heartbeat_ms, 0), ?2),
-                                   agent_last_seq = max(coalesce(agent_last_seq, 0), ?3)
-             WHERE id = ?1",
-            params![
-                container_id,
-                heartbeat.ts_ms,
-                heartbeat.last_seq.min(i64::MAX as u64) as i64
-            ],
-        )?;
-        if inserted % HEARTBEAT_PRUNE_EVERY == 0 {
-            thin_heartbeats(&tx, container_id)?;
-        }
+        record_heartbeat_in(&tx, container_id, heartbeat)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The ingest writer (started on first use): event ingestion's writes, batched
+    /// into transactions on a thread of their own ([`writer`]).
+    pub fn ingest(&self) -> Result<&writer::IngestWriter> {
+        if let Some(writer) = self.ingest.get() {
+            return Ok(writer);
+        }
+        let started = writer::IngestWriter::start(&self.path)?;
+        // Another caller may have started one meanwhile: theirs is kept, ours ends
+        // when dropped here.
+        Ok(self.ingest.get_or_init(|| started))
     }
 
     /// A task's events stored after `after_rowid`, in storage order.
@@ -1300,6 +1267,81 @@ const TASK_COLUMNS: &str =
      container_id, result, error_code, error_message, created_at_ms, started_at_ms, finished_at_ms,
      mode, dispatch_requested_at_ms, attempt, auto_resumes, allow_large_workspace,
      no_user_config, config_set, secrets, region, gpu_chosen";
+
+/// [`Db::record_event`]'s work in a transaction.
+pub(crate) fn record_event_in(
+    tx: &rusqlite::Transaction<'_>,
+    target: &ContainerRef,
+    event: &Event,
+) -> Result<RecordedEvent> {
+    let (event_type, level) = match &event.kind {
+        Some(kind) => (
+            parhelia_proto::event_type_name(kind),
+            parhelia_proto::event_level(kind),
+        ),
+        None => ("unknown", "info"),
+    };
+    let payload = serde_json::to_string(event)?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO events (container_id, session_id, task_id, seq, ts_ms, type, level, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            target.container_id,
+            target.session_id,
+            target.task_id,
+            event.seq as i64,
+            event.ts_ms,
+            event_type,
+            level,
+            payload
+        ])?
+        == 1;
+    let mut recorded = RecordedEvent {
+        inserted,
+        task_finished: None,
+    };
+    if inserted {
+        recorded.task_finished = apply_event_effects(tx, target, event)?;
+    }
+    Ok(recorded)
+}
+
+/// [`Db::record_heartbeat`]'s work in a transaction.
+pub(crate) fn record_heartbeat_in(
+    tx: &rusqlite::Transaction<'_>,
+    container_id: &str,
+    heartbeat: &Heartbeat,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO heartbeats (container_id, ts_ms, cpu_percent, memory_bytes, workspace_disk_bytes, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        container_id,
+        heartbeat.ts_ms,
+        heartbeat.cpu_percent,
+        heartbeat.memory_bytes as i64,
+        heartbeat.workspace_disk_bytes as i64,
+        session_status_name(heartbeat.status)
+    ])?;
+    let inserted = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "UPDATE containers SET last_heartbeat_ms = max(coalesce(last_heartbeat_ms, 0), ?2),
+                               agent_last_seq = max(coalesce(agent_last_seq, 0), ?3)
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        container_id,
+        heartbeat.ts_ms,
+        heartbeat.last_seq.min(i64::MAX as u64) as i64
+    ])?;
+    if inserted % HEARTBEAT_PRUNE_EVERY == 0 {
+        thin_heartbeats(tx, container_id)?;
+    }
+    Ok(())
+}
 
 /// A task with its cost from the ledger ([`spend_in`]).
 fn with_task_spend(conn: &Connection, mut t: TaskRecord) -> rusqlite::Result<TaskRecord> {
@@ -2460,5 +2502,99 @@ mod tests {
             let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", file.display());
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+        /// The watchdog's standing (running totals) equals a full scan of the ledger
+        /// after any sequence of charges, checked at any points between them, and again
+        /// after the database is closed and opened (the totals are rebuilt from it).
+        #[test]
+        fn the_budget_standing_equals_a_ledger_scan_and_survives_a_restart(
+            charges in proptest::collection::vec((0u32..3, 0u8..3, 0.0f64..2.0, proptest::bool::ANY), 1..40),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("p.db");
+            let config = crate::config::Config::defaults().budget;
+            let now = now_ms();
+            let check = |db: &Db| -> std::result::Result<(), proptest::test_runner::TestCaseError> {
+                for n in 0..3 {
+                    let task = format!("task-0000000{n}");
+                    let standing = db.standing(Some(&task), &config, now).unwrap();
+                    proptest::prop_assert_eq!(standing.task_spent_usd, db.task_spent_usd(&task).unwrap());
+                    proptest::prop_assert_eq!(standing.global_spent_usd, db.spent_since_usd(i64::MIN).unwrap());
+                    let day = db.spent_since_usd(crate::budget::day_start_ms(now)).unwrap();
+                    proptest::prop_assert!((standing.day_spent_usd - day).abs() <= 1e-9 * (1.0 + day));
+                }
+                Ok(())
+            };
+            {
+                let db = Db::open(&path).unwrap();
+                let targets: Vec<ContainerRef> = (0..3).map(|n| launch(&db, n)).collect();
+                let mut session_cost = [0.0f64; 3];
+                for (i, &(task, day_back, amount, check_now)) in charges.iter().enumerate() {
+                    let target = &targets[task as usize];
+                    let ts = now - day_back as i64 * crate::budget::DAY_MS;
+                    if i % 2 == 0 {
+                        db.charge_compute(target, ts, amount, 1.0, serde_json::json!({})).unwrap();
+                    } else {
+                        session_cost[task as usize] += amount;
+                        db.charge_model(target, ts, session_cost[task as usize], None).unwrap();
+                    }
+                    if check_now {
+                        check(&db)?;
+                    }
+                }
+                check(&db)?;
+            }
+            let reopened = Db::open(&path).unwrap();
+            check(&reopened)?;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ingest_writer_stores_events_once_and_charges_heartbeats() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("p.db")).unwrap();
+        let target = launch(&db, 1);
+        let writer = db.ingest().unwrap();
+        let stored = writer
+            .events(&target, vec![text_event(1), text_event(2), text_event(2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.iter().map(|r| r.inserted).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        // Many followers at once: each answered once its batch is committed.
+        let writes = (3..40).map(|seq| writer.events(&target, vec![text_event(seq)]));
+        for answer in futures::future::join_all(writes).await {
+            assert!(answer.unwrap()[0].inserted);
+        }
+        assert_eq!(
+            db.container_seqs(&target.container_id).unwrap(),
+            (1..40).collect::<Vec<_>>()
+        );
+        // A heartbeat is stored and charged at the configured rate (none locally by default).
+        let config = std::sync::Arc::new(crate::config::Config::defaults());
+        let beat = |ts_ms: i64| Heartbeat {
+            ts_ms,
+            uptime_ms: 1000,
+            ..Heartbeat::default()
+        };
+        let first = writer
+            .heartbeat(&target, beat(5_000), config.clone())
+            .await
+            .unwrap();
+        assert_eq!(first.charged_usd, 0.0);
+        writer
+            .heartbeat(&target, beat(6_000), config)
+            .await
+            .unwrap();
+        assert_eq!(db.heartbeat_count(&target.container_id).unwrap(), 2);
+        assert_eq!(
+            db.last_heartbeat_ts(&target.container_id).unwrap(),
+            Some(6_000)
+        );
     }
 }

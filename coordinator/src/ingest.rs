@@ -22,7 +22,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use anyhow::Result;
-use parhelia_proto::{StopRequest, StreamEventsRequest, event::Kind, stream_events_response::Item};
+use parhelia_proto::{
+    Event, StopRequest, StreamEventsRequest, event::Kind, stream_events_response::Item,
+};
 use tokio::sync::watch;
 
 use crate::agent_client::{AuthedAgentClient, connect_agent, refusal};
@@ -172,11 +174,16 @@ pub async fn catch_up_from_journal(
     events.dedup_by_key(|e| e.seq);
     let mut caught = CatchUp::default();
     let mut expected = from_seq;
-    for event in &events {
+    // Stored in batches through the ingest writer; a batch is stored before a gap
+    // after it is recorded, since the stream resumes after the highest of either.
+    let mut batch: Vec<Event> = Vec::new();
+    let journal_was_empty = events.is_empty();
+    for event in events {
         if event.seq < expected {
             continue;
         }
         if event.seq > expected {
+            store_caught_up(db, target, std::mem::take(&mut batch), &mut caught).await?;
             // Lines the journal on the volume no longer holds (cut out,
             // damaged): named, never silently skipped.
             caught.gaps += 1;
@@ -189,13 +196,15 @@ pub async fn catch_up_from_journal(
             )?;
         }
         expected = event.seq + 1;
-        if db.record_event(target, event)?.inserted {
-            caught.ingested += 1;
-        }
         if matches!(event.kind, Some(Kind::SessionFinished(_))) {
             caught.finished = true;
         }
+        batch.push(event);
+        if batch.len() >= CATCH_UP_BATCH {
+            store_caught_up(db, target, std::mem::take(&mut batch), &mut caught).await?;
+        }
     }
+    store_caught_up(db, target, batch, &mut caught).await?;
     // The agent announced more than the volume holds (its last heartbeat
     // said so): the journal was deleted or cut short.
     if let Some(announced) = db.last_announced_seq(&target.container_id)?
@@ -208,7 +217,7 @@ pub async fn catch_up_from_journal(
             expected,
             announced,
             "volume",
-            if events.is_empty() {
+            if journal_was_empty {
                 "the journal on the session's volume is missing or holds nothing new"
             } else {
                 "the journal on the session's volume ends before what the agent announced"
@@ -223,6 +232,26 @@ pub async fn catch_up_from_journal(
         );
     }
     Ok(caught)
+}
+
+/// Events of a journal's tail stored in one write of the ingest writer.
+const CATCH_UP_BATCH: usize = 256;
+
+async fn store_caught_up(
+    db: &Db,
+    target: &ContainerRef,
+    batch: Vec<Event>,
+    caught: &mut CatchUp,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let recorded = db.ingest()?.events(target, batch).await?;
+    caught.ingested += recorded.iter().filter(|r| r.inserted).count() as u64;
+    if recorded.iter().any(|r| r.task_finished.is_some()) {
+        db.advance_generation();
+    }
+    Ok(())
 }
 
 async fn follow(ctx: &IngestContext, target: &ContainerRef) -> Result<FollowOutcome> {
@@ -371,19 +400,29 @@ async fn stream_once(
         };
         match message.item {
             Some(Item::Event(event)) => {
-                let recorded = ctx.db.record_event(target, &event)?;
+                let moves_spend =
+                    matches!(event.kind, Some(Kind::TurnResult(_) | Kind::ModelSpend(_)));
+                let finishes = matches!(event.kind, Some(Kind::SessionFinished(_)));
+                // Stored by the ingest writer's thread, batched with other
+                // followers' writes; answered once committed.
+                let recorded = ctx
+                    .db
+                    .ingest()?
+                    .events(target, vec![event])
+                    .await?
+                    .pop()
+                    .unwrap_or_default();
                 if let Some(status) = recorded.task_finished {
+                    ctx.db.advance_generation();
                     tracing::info!(task_id = %target.task_id, %status, "task ended");
                 }
                 // Spend moves with every metered response (`ModelSpend`) and
                 // turn result: the watchdog looks at once, so a ceiling stops
                 // a session within about one response (interactive ones too).
-                if recorded.inserted
-                    && matches!(event.kind, Some(Kind::TurnResult(_) | Kind::ModelSpend(_)))
-                {
+                if recorded.inserted && moves_spend {
                     watch_budget(ctx, target);
                 }
-                if matches!(event.kind, Some(Kind::SessionFinished(_))) {
+                if finishes {
                     return Ok(StreamEnd::Finished(Box::new(client)));
                 }
             }
@@ -403,9 +442,11 @@ async fn stream_once(
                 }
             }
             Some(Item::Heartbeat(heartbeat)) => {
-                let previous = ctx.db.last_heartbeat_ts(&target.container_id)?;
-                ctx.db.record_heartbeat(&target.container_id, &heartbeat)?;
-                charge_heartbeat(ctx, target, &heartbeat, previous)?;
+                // Stored, with the compute it charges, by the ingest writer.
+                ctx.db
+                    .ingest()?
+                    .heartbeat(target, heartbeat, Arc::clone(&ctx.config))
+                    .await?;
                 watch_budget(ctx, target);
             }
             None => {}
@@ -440,55 +481,6 @@ fn fail_task(
         tracing::warn!(container_id = %target.container_id, "cannot record the container's end: {e:#}");
     }
     ctx.signals.task_ended.notify_one();
-}
-
-/// Accrues a heartbeat's compute charge: the time since the container's
-/// previous heartbeat (its agent's uptime for the first) at the rate of the
-/// task's resources and the heartbeat's usage. A replayed or out-of-order
-/// heartbeat covers no new time and is not charged; a zero charge (the local
-/// backend's default rate) is not stored.
-fn charge_heartbeat(
-    ctx: &IngestContext,
-    target: &ContainerRef,
-    heartbeat: &parhelia_proto::Heartbeat,
-    previous_ts_ms: Option<i64>,
-) -> Result<()> {
-    let elapsed_ms = match previous_ts_ms {
-        Some(previous) => heartbeat.ts_ms - previous,
-        None => heartbeat.uptime_ms as i64,
-    };
-    if elapsed_ms <= 0 {
-        return Ok(());
-    }
-    let Some((mut limits, backend)) = ctx.db.task_limits(&target.task_id)? else {
-        return Ok(());
-    };
-    // Of a `--gpu` list, the type the launch got is what runs (and is billed).
-    if let Some(chosen) = ctx.db.gpu_chosen(&target.task_id)? {
-        limits.gpu = Some(chosen);
-    }
-    let resources = budget::requested_resources(&limits, &backend, &ctx.config);
-    let amount = budget::heartbeat_charge_usd(
-        &resources,
-        elapsed_ms,
-        heartbeat.cpu_percent,
-        heartbeat.memory_bytes,
-        &ctx.config.rates,
-    );
-    if amount <= 0.0 {
-        return Ok(());
-    }
-    ctx.db.charge_compute(
-        target,
-        heartbeat.ts_ms,
-        amount,
-        elapsed_ms as f64 / 1000.0,
-        serde_json::json!({
-            "cpu_percent": heartbeat.cpu_percent,
-            "memory_bytes": heartbeat.memory_bytes,
-            "interval_ms": heartbeat.interval_ms,
-        }),
-    )
 }
 
 /// The budget watchdog, run each time the ledger may have grown (every

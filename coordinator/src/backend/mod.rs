@@ -20,6 +20,7 @@ pub mod local;
 pub mod local_home;
 pub mod modal;
 pub mod router;
+pub mod sim;
 pub mod unit;
 pub mod workspace_copy;
 

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::{ContainerRef, Db};
-use crate::budget::{History, TaskLimits};
+use crate::budget::{History, LedgerRow, LedgerTotals, TaskLimits};
 use crate::config::BudgetConfig;
 use crate::ids::now_ms;
 use crate::records::Spend;
@@ -99,6 +99,97 @@ pub fn spend_in(conn: &rusqlite::Connection, scope: SpendScope<'_>) -> rusqlite:
         }
     }
     Ok(spend)
+}
+
+/// [`Db::last_heartbeat_ts`] on a connection (or in a transaction).
+pub(crate) fn last_heartbeat_ts_in(
+    conn: &rusqlite::Connection,
+    container_id: &str,
+) -> Result<Option<i64>> {
+    Ok(conn.query_row(
+        "SELECT max(ts_ms) FROM heartbeats WHERE container_id = ?1",
+        [container_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// [`Db::task_limits`] on a connection (or in a transaction).
+pub(crate) fn task_limits_in(
+    conn: &rusqlite::Connection,
+    task_id: &str,
+) -> Result<Option<(TaskLimits, String)>> {
+    Ok(conn
+        .query_row(
+            "SELECT max_cost_usd, gpu, cpu, memory_mb, timeout_seconds, backend FROM tasks WHERE id = ?1",
+            [task_id],
+            |r| {
+                Ok((
+                    TaskLimits {
+                        max_cost_usd: r.get(0)?,
+                        gpu: r.get(1)?,
+                        cpu: r.get(2)?,
+                        memory_mb: r.get::<_, Option<i64>>(3)?.map(|m| m as u64),
+                        timeout_seconds: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                    },
+                    r.get(5)?,
+                ))
+            },
+        )
+        .optional()?)
+}
+
+/// [`Db::gpu_chosen`] on a connection (or in a transaction).
+pub(crate) fn gpu_chosen_in(conn: &rusqlite::Connection, task_id: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT gpu_chosen FROM tasks WHERE id = ?1",
+            [task_id],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// [`Db::charge_compute`] on a connection (or in a transaction).
+pub(crate) fn charge_compute_in(
+    conn: &rusqlite::Connection,
+    target: &ContainerRef,
+    ts_ms: i64,
+    amount_usd: f64,
+    seconds: f64,
+    details: &serde_json::Value,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO ledger (ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds, details)
+         VALUES (?1, 'compute', ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            ts_ms,
+            target.task_id,
+            target.session_id,
+            target.container_id,
+            amount_usd,
+            seconds,
+            details.to_string()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Folds the ledger rows after `totals.last_id` into `totals`, in id order.
+pub fn fold_ledger_in(conn: &rusqlite::Connection, totals: &mut LedgerTotals) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, task_id, ts_ms, amount_usd FROM ledger WHERE id > ?1 ORDER BY id",
+    )?;
+    let mut rows = stmt.query([totals.last_id])?;
+    while let Some(r) = rows.next()? {
+        totals.add(&LedgerRow {
+            id: r.get(0)?,
+            task_id: r.get(1)?,
+            ts_ms: r.get(2)?,
+            amount_usd: r.get(3)?,
+        });
+    }
+    Ok(())
 }
 
 /// An ended remote container whose compute cost has not been reconciled
@@ -306,21 +397,7 @@ impl Db {
         seconds: f64,
         details: serde_json::Value,
     ) -> Result<()> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO ledger (ts_ms, kind, task_id, session_id, container_id, amount_usd, seconds, details)
-             VALUES (?1, 'compute', ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                ts_ms,
-                target.task_id,
-                target.session_id,
-                target.container_id,
-                amount_usd,
-                seconds,
-                details.to_string()
-            ],
-        )?;
-        Ok(())
+        charge_compute_in(&self.conn(), target, ts_ms, amount_usd, seconds, &details)
     }
 
     /// Records the provider's id of a launched container (`None`: a local
@@ -441,12 +518,7 @@ impl Db {
 
     /// The time of a container's latest stored heartbeat.
     pub fn last_heartbeat_ts(&self, container_id: &str) -> Result<Option<i64>> {
-        let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT max(ts_ms) FROM heartbeats WHERE container_id = ?1",
-            [container_id],
-            |r| r.get(0),
-        )?)
+        last_heartbeat_ts_in(&self.conn(), container_id)
     }
 
     /// Sets (or with `None` removes) a task's own ceiling, its `--max-cost`.
@@ -462,38 +534,12 @@ impl Db {
 
     /// A task's budget and resources, and its backend.
     pub fn task_limits(&self, task_id: &str) -> Result<Option<(TaskLimits, String)>> {
-        let conn = self.conn();
-        Ok(conn
-            .query_row(
-                "SELECT max_cost_usd, gpu, cpu, memory_mb, timeout_seconds, backend FROM tasks WHERE id = ?1",
-                [task_id],
-                |r| {
-                    Ok((
-                        TaskLimits {
-                            max_cost_usd: r.get(0)?,
-                            gpu: r.get(1)?,
-                            cpu: r.get(2)?,
-                            memory_mb: r.get::<_, Option<i64>>(3)?.map(|m| m as u64),
-                            timeout_seconds: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
-                        },
-                        r.get(5)?,
-                    ))
-                },
-            )
-            .optional()?)
+        task_limits_in(&self.conn(), task_id)
     }
 
     /// The GPU type the task's latest launch got (of its `--gpu` list).
     pub fn gpu_chosen(&self, task_id: &str) -> Result<Option<String>> {
-        let conn = self.conn();
-        Ok(conn
-            .query_row(
-                "SELECT gpu_chosen FROM tasks WHERE id = ?1",
-                [task_id],
-                |r| r.get::<_, Option<String>>(0),
-            )
-            .optional()?
-            .flatten())
+        gpu_chosen_in(&self.conn(), task_id)
     }
 
     /// Records the GPU type a launch of the task got.
@@ -563,18 +609,6 @@ impl Db {
         Ok(conn.query_row(
             "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE session_id = ?1 AND kind = 'model'",
             [session_id],
-            |r| r.get(0),
-        )?)
-    }
-
-    /// The watchdog's global and daily figure, checked on every charge: the
-    /// same rows as [`Db::spent_since_usd`] summed by SQLite (no row-by-row
-    /// fold of the whole ledger per heartbeat; it may differ from the views'
-    /// figure in the last bits, never by a charge).
-    fn ledger_sum_since(&self, since_ms: i64) -> Result<f64> {
-        Ok(self.conn().query_row(
-            "SELECT coalesce(sum(amount_usd), 0) FROM ledger WHERE ts_ms >= ?1",
-            [since_ms],
             |r| r.get(0),
         )?)
     }
@@ -763,21 +797,30 @@ impl Db {
         now_ms: i64,
     ) -> Result<crate::budget::Standing> {
         let ceilings = self.ceilings(config)?;
-        let (task_spent_usd, task_ceiling_usd) = match task_id {
-            Some(id) => (
-                self.task_spent_usd(id)?,
-                self.task_limits(id)?.and_then(|(l, _)| l.max_cost_usd),
-            ),
-            None => (0.0, None),
+        let task_ceiling_usd = match task_id {
+            Some(id) => self.task_limits(id)?.and_then(|(l, _)| l.max_cost_usd),
+            None => None,
         };
+        // The running totals, brought up to the ledger's newest row: what a scan of
+        // the whole ledger would sum, for the rows added since the last check only.
+        let totals = self.ledger_totals()?;
         Ok(crate::budget::Standing {
-            task_spent_usd,
+            task_spent_usd: task_id.map_or(0.0, |id| totals.task_usd(id)),
             task_ceiling_usd,
-            global_spent_usd: self.ledger_sum_since(i64::MIN)?,
+            global_spent_usd: totals.global_usd,
             global_ceiling_usd: ceilings.global_usd,
-            day_spent_usd: self.ledger_sum_since(crate::budget::day_start_ms(now_ms))?,
+            day_spent_usd: totals.since_day_usd(crate::budget::day_start_ms(now_ms)),
             day_ceiling_usd: ceilings.daily_usd,
         })
+    }
+
+    /// The ledger's running totals ([`LedgerTotals`]) with every row committed so far
+    /// folded in (built from the whole ledger on first use after a start).
+    pub fn ledger_totals(&self) -> Result<std::sync::MutexGuard<'_, LedgerTotals>> {
+        let mut totals = self.ledger_totals.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.conn();
+        fold_ledger_in(&conn, &mut totals)?;
+        Ok(totals)
     }
 
     /// The task's latest ledger charge.

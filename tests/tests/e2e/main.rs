@@ -24,6 +24,7 @@ mod fixtures;
 mod hostile_store;
 mod isolation;
 mod journal_db;
+mod load;
 mod mcp;
 mod messages;
 mod modal;
