@@ -409,11 +409,13 @@ fn check_shipping_progress(
     );
 }
 
-/// `task create --backend modal --workspace … --progress json`: the two transfers
-/// that ship the workspace reach the CLI as steps with counted `advance` lines: the
-/// seed checkpoint's files read, ending at the workspace's regular files and their
-/// bytes (counted here from the directory), then its upload, ending at the files and
-/// bytes the stand-in's volume committed under the session's store.
+/// `task create --sync --backend modal --workspace … --progress json`: the two
+/// transfers that ship the workspace reach the CLI as steps with counted `advance`
+/// lines: the seed checkpoint's files read, ending at the workspace's regular files
+/// and their bytes (counted here from the directory), then its upload, ending at the
+/// files and bytes the stand-in's volume committed under the session's store. (An
+/// async create returns once the task is recorded and placed, before its launch ships
+/// anything: only `--sync` follows the launch.)
 #[test]
 fn task_create_on_modal_reports_the_workspace_checkpoint_and_its_upload() {
     let mut h = Harness::new(Script::new([Turn::text("Nothing to do.")]));
@@ -423,6 +425,7 @@ fn task_create_on_modal_reports_the_workspace_checkpoint_and_its_upload() {
         "task",
         "create",
         "Look around",
+        "--sync",
         "--backend",
         "modal",
         "--workspace",
@@ -433,10 +436,10 @@ fn task_create_on_modal_reports_the_workspace_checkpoint_and_its_upload() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let session_id = created["session_id"].as_str().unwrap();
+    // `--sync --json` prints the ended task.
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let session_id = task["session_id"].as_str().unwrap();
     check_shipping_progress(&standin, &stderr, "task_create", session_id, files, bytes);
-    let task = finished(&h, created["task_id"].as_str().unwrap());
     assert_eq!(task["status"], "completed", "{task:#}");
 }
 
