@@ -166,7 +166,10 @@ def steps(page):
         file_diff = page.locator(".file-diff")
         file_diff.wait_for(timeout=30_000)
         paths = [p.get_attribute("data-path") for p in file_diff.locator("li[data-path]").all()]
-        out("checkpoint_diff", checkpoints=n, paths=paths)
+        # Each checkpoint after the first says how many files changed since its parent.
+        expect(page.locator("[data-changed-of]").last).to_contain_text("files changed", timeout=30_000)
+        changed = [c.inner_text() for c in page.locator("[data-changed-of]").all()]
+        out("checkpoint_diff", checkpoints=n, paths=paths, changed=changed)
         page.screenshot(path=os.path.join(OUT, "session.png"), full_page=True)
 
         # An interactive session's terminal: its screen, read-only, then typing.
@@ -194,7 +197,17 @@ def steps(page):
         cli("resume", session_a)
         page.goto(f"{BASE}/#/")
         row = page.locator(f'tr[data-task="{task_a}"]')
-        expect(row).to_have_attribute("data-status", "needs_input", timeout=60_000)
+        try:
+            expect(row).to_have_attribute("data-status", "needs_input", timeout=60_000)
+        except AssertionError:
+            # What the session and its agent say, for the failure's report.
+            shown = cli_json("task", "show", task_a)
+            print("task A at the failure: " + json.dumps(shown), file=sys.stderr)
+            print(cli("events", "list", "--task", task_a), file=sys.stderr)
+            log = os.path.join(".parhelia", "containers", shown.get("container_id") or "-", "runtime", "agent.log")
+            if os.path.exists(log):
+                print("agent.log:\n" + open(log, errors="replace").read()[-6000:], file=sys.stderr)
+            raise
         out("needs_input", task_id=task_a)
         page.screenshot(path=os.path.join(OUT, "board.png"), full_page=True)
 

@@ -156,6 +156,18 @@ fn the_dashboard_shows_sessions_spend_checkpoints_and_a_live_terminal_in_chromiu
         .filter_map(Value::as_str)
         .collect();
     assert!(paths.contains(&"second.txt"), "{diff}");
+    // The timeline says what each checkpoint changed since its parent.
+    let changed: Vec<&str> = diff["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(changed.first(), Some(&"· first"), "{diff}");
+    assert!(
+        changed[1..].iter().all(|c| c.ends_with("files changed")),
+        "{diff}"
+    );
 
     // The terminal: read-only keys never reached the pane; allowed ones did.
     let terminal = &steps["terminal"];

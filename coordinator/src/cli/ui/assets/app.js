@@ -414,6 +414,7 @@ async function taskPage(taskId) {
             el("code", {}, c.id),
             el("span", { class: "badge" }, c.trigger),
             el("span", { class: "muted" }, `${c.created_at.slice(11, 19)} · ${c.file_count} files · ${bytes(c.total_bytes)} · +${bytes(c.new_bytes)} new`),
+            el("span", { class: "changed muted", "data-changed-of": c.id }, changedText(c)),
             c.damaged ? el("span", { class: "error" }, `damaged: ${c.damaged}`) : null,
             act(
               "Roll back",
@@ -426,6 +427,32 @@ async function taskPage(taskId) {
         }),
       ),
     );
+    fillChanged(list);
+  }
+
+  // Files changed since each checkpoint's parent (`checkpoint diff PARENT ID`), for
+  // the newest CHANGED_SHOWN checkpoints, asked one at a time and kept (a stored
+  // checkpoint never changes).
+  const CHANGED_SHOWN = 30;
+  const changedCache = new Map();
+  function changedText(c) {
+    const n = changedCache.get(c.id);
+    if (n === undefined) return c.parent ? "" : "· first";
+    return typeof n === "number" ? `· ${n} files changed` : `· ${n}`;
+  }
+  async function fillChanged(list) {
+    const ids = new Set(list.map((c) => c.id));
+    for (const c of list.slice(-CHANGED_SHOWN).reverse()) {
+      if (!c.parent || changedCache.has(c.id) || !ids.has(c.parent)) continue;
+      try {
+        const d = await api("parhelia_checkpoint_diff", { a: c.parent, b: c.id });
+        changedCache.set(c.id, ["added", "modified", "removed"].reduce((n, k) => n + (Array.isArray(d[k]) ? d[k].length : 0), 0));
+      } catch (err) {
+        changedCache.set(c.id, err.code ? `changes unknown (${err.code})` : "changes unknown");
+      }
+      const span = timeline.querySelector(`[data-changed-of="${CSS.escape(c.id)}"]`);
+      if (span) span.textContent = changedText(c);
+    }
   }
 
   async function showDiff(list) {
