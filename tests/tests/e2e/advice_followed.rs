@@ -722,7 +722,8 @@ fn e115_an_unreadable_setup_is_refused_and_each_advised_way_runs() {
     ]));
     let claude_dir = h.home().join(".claude");
     std::fs::write(&claude_dir, "not a directory\n").unwrap();
-    let out = h.run(&["task", "create", "Say hi", "--json"]);
+    // Refused at the launch: --sync follows it (an async create returns first).
+    let out = h.run(&["task", "create", "Say hi", "--sync", "--json"]);
     let stderr = stderr_of(&out);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.starts_with("error[E115]: "), "{stderr}");

@@ -157,6 +157,7 @@ fn e106_too_many_gpus_then_a_count_modal_accepts() {
             "task",
             "create",
             "Train",
+            "--sync",
             "--backend",
             "modal",
             "--gpu",

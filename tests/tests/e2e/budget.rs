@@ -177,8 +177,12 @@ fn a_task_over_its_max_cost_is_stopped_with_a_checkpoint_and_fails_e300() {
         .join("containers")
         .join(created["container_id"].as_str().unwrap())
         .join("spec.json");
-    let spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(spec_path).unwrap()).unwrap();
+    // Written by the launch, which an async create does not wait for.
+    let spec: serde_json::Value = h.wait_for("the launch's spec.json", || {
+        std::fs::read_to_string(&spec_path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+    });
     assert!(
         close(spec["max_budget_usd"].as_f64().unwrap(), 0.10),
         "{spec:#}"

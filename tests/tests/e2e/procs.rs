@@ -21,7 +21,12 @@ fn unit_record(h: &Harness, container_id: &str) -> serde_json::Value {
         .join("containers")
         .join(container_id)
         .join("unit.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    // Written by the launch, which an async create does not wait for.
+    h.wait_for("the launch's unit.json", || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+    })
 }
 
 /// Live (not zombie) processes whose command line contains `needle`.

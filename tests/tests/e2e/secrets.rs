@@ -312,18 +312,22 @@ fn a_relaunch_takes_the_secret_from_the_shell_that_runs_it() {
     );
 }
 
-/// The stand-in's record of the sandbox a container ran in.
-fn sandbox_of(standin: &Path, container_id: &str) -> serde_json::Value {
+/// The stand-in's record of the sandbox a container ran in, if it has one yet.
+fn find_sandbox(standin: &Path, container_id: &str) -> Option<serde_json::Value> {
     let mut files = Vec::new();
     files_under(&standin.join("sandboxes"), &mut files);
     files
         .iter()
         .filter(|f| f.file_name().is_some_and(|n| n == "sandbox.json"))
-        .map(|f| {
-            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(f).unwrap()).unwrap()
+        .filter_map(|f| {
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(f).ok()?).ok()
         })
         .find(|s| s["tags"]["parhelia.container"] == container_id)
-        .unwrap_or_else(|| panic!("no sandbox for {container_id}"))
+}
+
+/// The stand-in's record of the sandbox a container ran in.
+fn sandbox_of(standin: &Path, container_id: &str) -> serde_json::Value {
+    find_sandbox(standin, container_id).unwrap_or_else(|| panic!("no sandbox for {container_id}"))
 }
 
 /// On Modal, `--secret github` attaches the Modal secret `github` after the
@@ -414,6 +418,8 @@ fn on_modal_a_secret_is_a_named_modal_secret_and_the_region_reaches_the_sandbox(
         "task",
         "create",
         "x",
+        // Refused at the launch: --sync follows it (an async create returns first).
+        "--sync",
         "--backend",
         "modal",
         "--secret",
@@ -430,7 +436,11 @@ fn on_modal_a_secret_is_a_named_modal_secret_and_the_region_reaches_the_sandbox(
     h.set_env("PARHELIA_MODAL_REGION", "eu-west");
     h.ok(&["coordinator", "stop"]);
     let created = h.json(&["task", "create", "x", "--backend", "modal", "--json"]);
-    let sb = sandbox_of(&standin, created["container_id"].as_str().unwrap());
+    // An async create returns before its launch makes the sandbox.
+    let container_id = created["container_id"].as_str().unwrap();
+    let sb = h.wait_for("the task's sandbox", || {
+        find_sandbox(&standin, container_id)
+    });
     assert_eq!(sb["region"], "eu-west", "{sb:#}");
     assert_eq!(
         sb["secret_names"],
@@ -522,6 +532,7 @@ fn a_gpu_list_falls_back_across_two_capacity_refusals() {
         "task",
         "create",
         "Train",
+        "--sync",
         "--backend",
         "modal",
         "--gpu",
