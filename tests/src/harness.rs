@@ -223,6 +223,73 @@ impl Harness {
         std::fs::read_to_string(self.state().join("coordinator.log")).unwrap_or_default()
     }
 
+    /// What a failed wait prints: the coordinator's log, the model requests the stand-in
+    /// answered, the stored events by container, and the end of each agent's log and
+    /// tmux pane — so a failure seen once in CI says what the session was doing.
+    pub fn diagnostics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!("coordinator log:\n{}", self.coordinator_log());
+        let _ = writeln!(out, "model requests (seq kind turn reply tools):");
+        for r in self.stand_in.requests() {
+            let _ = writeln!(
+                out,
+                "  {} {:?} {:?} {} tools={}",
+                r.seq, r.kind, r.turn_index, r.reply, r.has_tools
+            );
+        }
+        if let Ok(db) = rusqlite::Connection::open_with_flags(
+            self.state().join("parhelia.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) && let Ok(mut stmt) = db.prepare(
+            "SELECT container_id, group_concat(type, ' ') FROM \
+             (SELECT container_id, type FROM events ORDER BY container_id, seq) \
+             GROUP BY container_id",
+        ) && let Ok(rows) =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        {
+            let _ = writeln!(out, "stored events:");
+            for (container, types) in rows.flatten() {
+                let _ = writeln!(out, "  {container}: {types}");
+            }
+        }
+        let containers = std::fs::read_dir(self.state().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for entry in containers {
+            let runtime = entry.path().join("runtime");
+            let log = std::fs::read_to_string(runtime.join("agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let _ = writeln!(
+                out,
+                "agent log of {} (last {} lines):",
+                entry.file_name().to_string_lossy(),
+                tail.len()
+            );
+            for line in tail.into_iter().rev() {
+                let _ = writeln!(out, "  {line}");
+            }
+            let socket = std::fs::read_to_string(runtime.join("agent.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["tmux_socket"].as_str().map(PathBuf::from));
+            if let Some(socket) = socket
+                && let Ok(pane) = Command::new("tmux")
+                    .arg("-S")
+                    .arg(&socket)
+                    .args(["capture-pane", "-p", "-t", "claude"])
+                    .output()
+            {
+                let _ = writeln!(
+                    out,
+                    "its tmux pane:\n{}",
+                    String::from_utf8_lossy(&pane.stdout).trim_end()
+                );
+            }
+        }
+        out
+    }
+
     /// Waits (bounded) until `parhelia task show ID --json` satisfies `done`.
     pub fn wait_task(
         &self,
@@ -237,8 +304,8 @@ impl Harness {
             }
             assert!(
                 Instant::now() < deadline,
-                "task {task_id} never reached the expected state; last: {task:#}\ncoordinator log:\n{}",
-                self.coordinator_log()
+                "task {task_id} never reached the expected state; last: {task:#}\n{}",
+                self.diagnostics()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -319,8 +386,8 @@ impl Harness {
             }
             assert!(
                 Instant::now() < deadline,
-                "never saw {what}\ncoordinator log:\n{}",
-                self.coordinator_log()
+                "never saw {what}\n{}",
+                self.diagnostics()
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -99,6 +99,10 @@ def refusals():
 
 
 def terminal_text(page):
+    # In view, as a person reading it has it: xterm.js paints nothing while its
+    # element is off screen (an IntersectionObserver pauses it), so rows written
+    # then read blank in the page until it scrolls into view (seen under load).
+    page.locator(".term").scroll_into_view_if_needed()
     return page.locator(".xterm-rows").inner_text()
 
 
@@ -179,7 +183,13 @@ def steps(page):
         wait_for("task B's first answer", lambda: cli_json("session", "show", session_b)["status"] == "idle", timeout=120)
         page.goto(f"{BASE}/#/task/{task_b}")
         page.get_by_role("button", name="Connect the terminal").click()
-        wait_for("the screen in the browser", lambda: "Ready when you are" in terminal_text(page), timeout=60)
+        try:
+            wait_for("the screen in the browser", lambda: "Ready when you are" in terminal_text(page), timeout=60)
+        except AssertionError:
+            # The session's own pane, as the CLI reads it, beside what the browser shows.
+            print("the pane by `session logs`:\n" + cli("session", "logs", session_b), file=sys.stderr)
+            print("the browser's terminal:\n" + terminal_text(page), file=sys.stderr)
+            raise
         page.locator(".term").click()
         page.keyboard.type("zzqq")
         time.sleep(1.5)

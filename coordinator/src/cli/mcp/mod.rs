@@ -367,23 +367,31 @@ impl Follower {
                 ));
             }
         }
+        // Where following starts is fixed now, before the caller answers: a
+        // reader that takes a snapshot once it has the answer (the dashboard
+        // reloads its board when its event stream opens) then misses nothing
+        // recorded between the two.
+        let cursor = if self.history {
+            Default::default()
+        } else {
+            self.ctx.open()?.db.event_cursor()?
+        };
         Ok(std::thread::Builder::new()
             .name("mcp-events".into())
-            .spawn(move || self.run(tx))?)
+            .spawn(move || self.run(cursor, tx))?)
     }
 
-    fn run(self, tx: mpsc::UnboundedSender<Value>) -> Result<()> {
+    fn run(
+        self,
+        mut cursor: crate::db::EventCursor,
+        tx: mpsc::UnboundedSender<Value>,
+    ) -> Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         runtime.block_on(async move {
             let opened = self.ctx.open()?;
             let filter = self.filters.cli_filter().filter(crate::ids::now_ms())?;
-            let mut cursor = if self.history {
-                Default::default()
-            } else {
-                opened.db.event_cursor()?
-            };
             let mut ended_passes = 0;
             loop {
                 for row in opened.db.events_after(&filter, cursor, None)? {

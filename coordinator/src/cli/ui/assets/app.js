@@ -117,10 +117,15 @@ function onLeave(fn) {
   teardown.push(fn);
 }
 
-function follow(params, onEvent) {
+// `onOpen` runs each time the stream (re)opens: the server fixes where it
+// follows from before it answers, so a snapshot read then misses no event.
+function follow(params, onEvent, onOpen) {
   const es = new EventSource(`/api/events?${new URLSearchParams(params)}`);
   es.addEventListener("event", (e) => onEvent(JSON.parse(e.data)));
-  es.onopen = () => (streamState.textContent = "live");
+  es.onopen = () => {
+    streamState.textContent = "live";
+    if (onOpen) onOpen();
+  };
   es.onerror = () => (streamState.textContent = "reconnecting…");
   onLeave(() => es.close());
   return es;
@@ -224,7 +229,10 @@ async function boardPage() {
       problem.replaceChildren(errorBox(err));
     }
   }
-  follow({}, debounce(refresh, 100));
+  // Reloaded when the stream opens too: events recorded between the first
+  // read and the stream's start (or while it reconnected) are then not lost.
+  const later = debounce(refresh, 100);
+  follow({}, later, later);
   await refresh();
 }
 
