@@ -50,7 +50,10 @@ pub const EXTRA_CA_ENV: &str = "PARHELIA_TLS_CA_FILE";
 /// Connects to an agent at `uri` (e.g. `http://127.0.0.1:40123`, or a Modal
 /// tunnel `https://….modal.host`).
 pub async fn connect_agent(uri: &str, secret: &SessionSecret) -> Result<AuthedAgentClient> {
-    let extra = match std::env::var_os(EXTRA_CA_ENV).filter(|v| !v.is_empty()) {
+    // Read only for TLS endpoints: a local agent (`http://127.0.0.1:…`) is reached
+    // whatever the variable names.
+    let tls = uri.starts_with("https://");
+    let extra = match std::env::var_os(EXTRA_CA_ENV).filter(|v| tls && !v.is_empty()) {
         Some(path) => Some(
             std::fs::read(&path)
                 .with_context(|| format!("reading {EXTRA_CA_ENV}={}", path.to_string_lossy()))?,

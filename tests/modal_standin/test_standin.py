@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -152,6 +153,17 @@ class StandinTestCase(unittest.TestCase):
         self.assertFalse(answer["ok"], f"{op}: {answer}")
         return answer["error"]
 
+    def through_tunnel(self, port, cafile="default"):
+        """The first line the sandbox's server sends, read through its TLS tunnel."""
+        if cafile == "default":
+            cafile = os.path.join(self.root, "tls", "ca.pem")
+        context = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
+        context.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+                self.assertEqual(conn.selected_alpn_protocol(), "h2")
+                return conn.makefile().readline()
+
     def create_args(self, **changes):
         args = {"app": "parhelia", "name": "ctr-1",
                 "image": {"agent_bin": self.agent_bin, "claude_code_version": "2.1.330", "agent_version": "0.1.0"},
@@ -204,17 +216,28 @@ class SandboxLifecycleTests(StandinTestCase):
         sandbox_id = created["sandbox_id"]
         self.assertTrue(sandbox_id.startswith("sb-"))
 
-        # The tunnel is the port the server picked, and it answers.
+        # The tunnel fronts the port the server picked with TLS (ALPN h2, a certificate
+        # the stand-in's CA issued for 127.0.0.1), and it answers through it.
         tunnels = self.ok(bridge, "sandbox.tunnels", {"sandbox_id": sandbox_id, "timeout_s": 20})["tunnels"]
         self.assertEqual(list(tunnels), ["50051"])
         port = tunnels["50051"]["port"]
-        self.assertEqual(tunnels["50051"], {"host": "127.0.0.1", "port": port, "url": f"http://127.0.0.1:{port}"})
+        self.assertEqual(tunnels["50051"], {"host": "127.0.0.1", "port": port, "url": f"https://127.0.0.1:{port}"})
+        self.assertEqual(self.through_tunnel(port), "hello from the sandbox\n")
+        # Not in the clear, and not to a client that does not trust the stand-in's CA.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-            self.assertEqual(conn.makefile().readline(), "hello from the sandbox\n")
+            try:
+                conn.sendall(b"PRI * HTTP/2.0\r\n\r\n")
+                clear = conn.recv(100)
+            except OSError:
+                clear = b""
+            self.assertNotIn(b"hello", clear)
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            self.through_tunnel(port, cafile=None)
 
         # What the process saw: the volume at its mount, its workdir, env + secrets, nothing else.
         report = self.wait_for_file(bridge, "out/ctr-1.json", os.path.join(self.tmp, "report.json"))
-        self.assertEqual(report["port"], port)
+        # The tunnel's port is its TLS front's, not the sandbox's own.
+        self.assertNotEqual(report["port"], port)
         self.assertEqual(report["cwd"], os.path.join(self.tmp, "work"))
         env = report["env"]
         self.assertEqual(env["ANTHROPIC_API_KEY"], "sk-ant-test")
@@ -268,8 +291,15 @@ class SandboxLifecycleTests(StandinTestCase):
         for key in ("duration", "cost", "cost_by_resource", "billed_cpu_core_seconds"):
             self.assertEqual(later["stats"][key], final["stats"][key], key)
         self.assertAlmostEqual(final["stats"]["cost"], final["stats"]["duration"] * 0.001)
-        with self.assertRaises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # The tunnel ends with the sandbox (its proxy looks twice a second).
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            except OSError:
+                break
+            self.assertLess(time.monotonic(), deadline, "the tunnel outlived its sandbox")
+            time.sleep(0.1)
         self.assertEqual(self.ok(second, "sandbox.terminate", {"sandbox_id": sandbox_id, "require_tags": required}),
                          {"terminated": False})
         self.assertEqual(self.ok(second, "sandbox.list", {"app": "parhelia", "tags": mine}), {"sandboxes": []})
@@ -292,7 +322,9 @@ class SandboxLifecycleTests(StandinTestCase):
         argv = [sys.executable, "-c", SERVER, os.path.join(self.mount, "out", "fixed.json"), str(free)]
         created = self.ok(bridge, "sandbox.create", self.create_args(name="fixed", argv=argv, h2_ports=[free]))
         tunnels = self.ok(bridge, "sandbox.tunnels", {"sandbox_id": created["sandbox_id"], "timeout_s": 20})
-        self.assertEqual(tunnels["tunnels"][str(free)]["port"], free)
+        self.assertEqual(self.through_tunnel(tunnels["tunnels"][str(free)]["port"]), "hello from the sandbox\n")
+        report = self.wait_for_file(bridge, "out/fixed.json", os.path.join(self.tmp, "fixed.json"))
+        self.assertEqual(report["port"], free)
 
     def test_tunnels_time_out_when_nothing_listens(self):
         bridge = self.bridge()

@@ -341,6 +341,12 @@ impl Harness {
         let agent = bin_dir().join("parhelia-agent");
         for (key, value) in [
             ("PARHELIA_MODAL_STANDIN_ROOT", standin.display().to_string()),
+            // The stand-in's tunnels are TLS under a CA of its own, made at its first
+            // tunnel: the coordinator trusts it as a user behind an inspecting proxy would.
+            (
+                "PARHELIA_TLS_CA_FILE",
+                standin.join("tls/ca.pem").display().to_string(),
+            ),
             ("MODAL_TOKEN_ID", "ak-standin".to_string()),
             ("MODAL_TOKEN_SECRET", "as-standin".to_string()),
             (

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parhelia::agent_client::connect_agent;
+use parhelia::agent_client::{AuthedAgentClient, connect_agent_with_roots};
 use parhelia::backend::isolation::Isolation;
 use parhelia::backend::local::LocalBackend;
 use parhelia::backend::modal::ModalBackend;
@@ -198,6 +198,18 @@ fn request(
     }
 }
 
+/// Connects to an agent as the coordinator does, trusting the stand-in's CA (under
+/// the world's root, once a Modal tunnel made it) as `PARHELIA_TLS_CA_FILE` makes the
+/// coordinator trust it in the e2e tests.
+async fn connect(
+    root: &Path,
+    uri: &str,
+    secret: &SessionSecret,
+) -> anyhow::Result<AuthedAgentClient> {
+    let ca = std::fs::read(root.join("modal-standin/tls/ca.pem")).ok();
+    connect_agent_with_roots(uri, secret, ca.as_deref()).await
+}
+
 async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
@@ -299,10 +311,21 @@ async fn contract(kind: BackendKind) {
         .endpoint(&first.container_id)
         .await
         .expect("endpoint");
+    if kind == BackendKind::Modal {
+        // A Modal tunnel is TLS, and its certificate is checked: without the stand-in's
+        // CA among the roots, the connection is refused.
+        assert!(endpoint.uri.starts_with("https://"), "{}", endpoint.uri);
+        let untrusted = connect_agent_with_roots(&endpoint.uri, &secret, None).await;
+        assert!(
+            untrusted.is_err(),
+            "a tunnel whose certificate nobody vouches for was trusted"
+        );
+    }
     let info = wait_for("the agent answering", Duration::from_secs(60), || {
         let (uri, secret) = (endpoint.uri.clone(), secret.clone());
+        let root = world.root().to_path_buf();
         async move {
-            let mut client = connect_agent(&uri, &secret).await.ok()?;
+            let mut client = connect(&root, &uri, &secret).await.ok()?;
             client
                 .get_info(GetInfoRequest {})
                 .await
@@ -314,7 +337,9 @@ async fn contract(kind: BackendKind) {
     assert_eq!(info.session_id, session_id);
     assert_eq!(info.container_id, first.container_id);
     let wrong = SessionSecret::generate();
-    let mut intruder = connect_agent(&endpoint.uri, &wrong).await.expect("connect");
+    let mut intruder = connect(world.root(), &endpoint.uri, &wrong)
+        .await
+        .expect("connect");
     assert!(
         intruder.get_info(GetInfoRequest {}).await.is_err(),
         "the agent answered a wrong secret"

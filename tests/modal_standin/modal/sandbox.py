@@ -11,9 +11,11 @@ terminate sandboxes it did not start. A sandbox is running while its supervisor 
 and not a zombie; the start time from /proc guards against a reused pid.
 
 Volumes are mounted by making the mount path a symlink to the volume's directory, and a
-tunnel is the loopback port the sandbox's processes listen on: the declared port when
-something listens on it, else the listening ports in ascending order. Unlike Modal's, a
-stand-in tunnel's `url` is plain `http://127.0.0.1:<port>`.
+tunnel fronts the loopback port the sandbox's processes listen on (the declared port when
+something listens on it, else the listening ports in ascending order) with TLS, as Modal's
+does: its `url` is `https://127.0.0.1:<port>`, the port a proxy's (`_tls_tunnel`) whose
+certificate the stand-in's own CA (`$ROOT/tls/ca.pem`) issued; `unencrypted_port` is the
+sandbox's port itself.
 """
 
 import os
@@ -27,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Optional
 
-from . import _local
+from . import _local, _tls_tunnel
 from .exception import (AlreadyExistsError, InvalidError, NotFoundError, ResourceExhaustedError,
                         SandboxTerminatedError, SandboxTimeoutError)
 
@@ -154,7 +156,7 @@ class Tunnel:
 
     @property
     def url(self):
-        return f"http://{self.host}:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def tls_socket(self):
@@ -470,7 +472,11 @@ class Sandbox:
                 elif spare:
                     found[port] = spare.pop(0)
             if len(found) == len(declared):
-                return {port: Tunnel(host="127.0.0.1", port=actual) for port, actual in found.items()}
+                # Each behind a TLS front of its own, as Modal's tunnels are.
+                return {port: Tunnel(host="127.0.0.1",
+                                     port=_tls_tunnel.ensure(self._dir, meta["pid"], meta["start"], actual),
+                                     unencrypted_host="127.0.0.1", unencrypted_port=actual)
+                        for port, actual in found.items()}
             if time.monotonic() >= deadline:
                 raise SandboxTimeoutError(f"no process of sandbox {self._id} listened within {timeout} s")
             time.sleep(0.1)

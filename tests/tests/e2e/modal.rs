@@ -1227,6 +1227,18 @@ fn send_logs_attach_and_kill_work_on_a_modal_session() {
     assert!(logs.contains("──── screen ────"), "{logs}");
     assert!(logs.contains("got the follow-up"), "{logs}");
 
+    // The agent is reached through the sandbox's tunnel, which is TLS (the stand-in's
+    // tunnels are, under a CA of their own the harness makes the coordinator trust).
+    let endpoint: String = h
+        .db()
+        .query_row(
+            "SELECT endpoint FROM containers WHERE task_id = ?1 AND endpoint IS NOT NULL",
+            [&task_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+
     let mut watcher = Terminal::attach(&h, &session_id, &["--read-only"]);
     // The pane as tmux draws it (words are separated by cursor moves).
     wait_until("the read-only screen", || {
