@@ -37,7 +37,7 @@ pub const CHUNK_ZSTD_LEVEL: i32 = 1;
 
 const INDEX_MAGIC: &[u8; 8] = b"PHCKIDX\n";
 const INDEX_VERSION: u32 = 1;
-const INDEX_ENTRY_LEN: usize = 32 + 1 + 8 + 4 + 8;
+pub(crate) const INDEX_ENTRY_LEN: usize = 32 + 1 + 8 + 4 + 8;
 
 /// What a blob holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -36,6 +36,28 @@ const BUCKET_SUM_LEN: usize = 16;
 /// Average entries per bucket the writer aims for.
 const BUCKET_TARGET: u64 = 64;
 const MAX_BITS: u32 = 20;
+/// A bucket of more than this many times the average (or `BUCKET_MIN_CAP` entries,
+/// whichever is more) is refused before it is read: the writer spreads entries by hash, so
+/// only a forged file comes near it, and it bounds what one lookup allocates.
+const BUCKET_CAP_FACTOR: u64 = 64;
+const BUCKET_MIN_CAP: u64 = 4096;
+/// A cache naming more layers than are present by more than this is stale enough to
+/// rebuild; it also bounds the header a forged file can make `open` read.
+const STALE_LAYER_SLACK: u64 = 1024;
+
+/// The bucket bits the writer chooses for `count` entries; `open` accepts no other.
+fn bits_for(count: u64) -> u32 {
+    let mut bits = 0;
+    while bits < MAX_BITS && (count >> bits) > BUCKET_TARGET {
+        bits += 1;
+    }
+    bits
+}
+
+/// The most entries a bucket may hold in a cache of `count` entries in `1 << bits` buckets.
+fn bucket_cap(count: u64, bits: u32) -> u64 {
+    ((count >> bits).max(1) * BUCKET_CAP_FACTOR).max(BUCKET_MIN_CAP)
+}
 
 /// Layer states in the cache's layer table.
 const STATE_INDEXED: u8 = 0;
@@ -120,7 +142,22 @@ impl MergedIndex {
         let bits = u32_at(&fixed, 12);
         let nlayers = u64_at(&fixed, 16);
         let count = u64_at(&fixed, 24);
-        if bits > MAX_BITS || nlayers > (1 << 24) || count > u64::from(u32::MAX) {
+        // Only what the writer makes, and nothing a forged (sparse) file could inflate:
+        // the bits the writer picks for the count, and a layer table about the size of
+        // `layers/`.
+        // Each entry names a blob in a present layer, whose own index spends
+        // `INDEX_ENTRY_LEN` bytes of the layer file on it: more entries than the layers
+        // could index is a forgery (or a cache of layers since removed: rebuilt either way).
+        let indexable = present
+            .values()
+            .map(|(size, _)| size / crate::layer::INDEX_ENTRY_LEN as u64)
+            .fold(0u64, u64::saturating_add);
+        if bits > MAX_BITS
+            || count > u64::from(u32::MAX)
+            || count > indexable
+            || bits != bits_for(count)
+            || nlayers > present.len() as u64 + STALE_LAYER_SLACK
+        {
             return None;
         }
         let hlen = header_len(nlayers as usize, bits);
@@ -213,6 +250,9 @@ impl MergedIndex {
 
     fn read_bucket(&self, b: usize) -> Option<Box<[u8]>> {
         let (s, e) = (self.starts[b] as usize, self.starts[b + 1] as usize);
+        if (e - s) as u64 > bucket_cap(self.count, self.bits) {
+            return None;
+        }
         let mut buf = vec![0u8; (e - s) * ENTRY_LEN];
         self.file
             .read_exact_at(&mut buf, self.entries_at + (s * ENTRY_LEN) as u64)
@@ -411,10 +451,7 @@ pub fn write_cache(
     rows.sort_unstable_by(|a, b| a.1.blob.cmp(&b.1.blob).then(a.0.cmp(&b.0)));
     rows.dedup_by(|a, b| a.0 == b.0 && a.1.blob == b.1.blob);
     let count = rows.len() as u64;
-    let mut bits = 0;
-    while bits < MAX_BITS && (count >> bits) > BUCKET_TARGET {
-        bits += 1;
-    }
+    let bits = bits_for(count);
     let buckets = 1usize << bits;
     let hlen = header_len(layers.len(), bits);
     let mut out = Vec::with_capacity(hlen + rows.len() * (ENTRY_LEN + LOC_LEN));

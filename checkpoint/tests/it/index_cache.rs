@@ -254,3 +254,56 @@ fn a_layer_changed_on_disk_is_not_deduplicated_against() {
     s.verify(&o.id).unwrap();
     assert_eq!(s.verify(&m.id).unwrap_err().code(), "E620");
 }
+
+/// A cache a session forged (it can write its store): well formed and checksummed, sparse,
+/// and claiming 2^32 - 1 entries all in one bucket. Reading that bucket would allocate
+/// ~245 GB (the process aborts); the reader refuses a count no present layer could index,
+/// bucket bits the writer would not choose and a bucket far above the average before
+/// allocating anything, and `create` falls back to the layers' own indexes.
+#[test]
+fn a_forged_sparse_cache_is_refused_before_anything_is_allocated() {
+    let f = fixture();
+    let good = fs::read(cache(&f.store)).unwrap();
+    let u32_at = |d: &[u8], o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap());
+    let u64_at = |d: &[u8], o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap());
+    let layers = u64_at(&good, 16) as usize;
+    let table = 32 + layers * 64;
+    // (bits, count) forgeries: the writer's bits for the count, and bits it would not pick.
+    for (bits, count) in [
+        (20u32, u64::from(u32::MAX)),
+        (0, u64::from(u32::MAX)),
+        (20, 64),
+    ] {
+        let buckets = 1usize << bits;
+        let hlen = table + (buckets + 1) * 4 + buckets * 16 + 64;
+        let mut h = good[..table].to_vec();
+        h[12..16].copy_from_slice(&bits.to_le_bytes());
+        h[24..32].copy_from_slice(&count.to_le_bytes());
+        // Every entry in bucket 0.
+        h.extend_from_slice(&0u32.to_le_bytes());
+        for _ in 0..buckets {
+            h.extend_from_slice(&(count as u32).to_le_bytes());
+        }
+        h.resize(hlen - 32, 0);
+        let sum = parhelia_checkpoint::BlobId::of(&h);
+        h.extend_from_slice(&sum.0);
+        assert_eq!(h.len(), hlen);
+        assert_eq!(u32_at(&h, 12), bits);
+        let file = fs::File::create(cache(&f.store)).unwrap();
+        use std::io::Write as _;
+        (&file).write_all(&h).unwrap();
+        // Sparse: the size `open` checks, with nothing behind it.
+        file.set_len(hlen as u64 + count * (57 + 12)).unwrap();
+        drop(file);
+        let fresh = format!("fresh{bits}-{count}.bin");
+        write(&f.ws, &fresh, &blob(bits.wrapping_add(count as u32), 2345));
+        write(&f.ws, "copy-again.bin", &blob(5, 3005)); // d0/f5.bin's content
+        let m = created(
+            reopen(&f.store)
+                .create(&paths("w", &f.ws, &[&fresh, "copy-again.bin"]))
+                .unwrap(),
+        );
+        assert_eq!(m.stats.new_bytes, 2345, "bits {bits}, count {count}");
+        check_restores(&f.store, &m, &f.ws, &f.out);
+    }
+}
