@@ -338,6 +338,53 @@ ALTER TABLE tasks ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE tasks ADD COLUMN region TEXT;
 ALTER TABLE tasks ADD COLUMN gpu_chosen TEXT;
 "#,
+    // 10 -> 11: event ids are never reused. Followers (`events watch`, the MCP
+    // subscriptions, the dashboard) resume after the largest id they have seen;
+    // with a plain INTEGER PRIMARY KEY, `task delete` removing the newest events
+    // let the next ones take those ids again, below every follower's cursor, and
+    // they were never shown. AUTOINCREMENT keeps ids above every id ever used;
+    // the rows keep theirs.
+    r#"
+CREATE TABLE events_v11 (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    container_id TEXT NOT NULL REFERENCES containers (id),
+    session_id   TEXT NOT NULL,
+    task_id      TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    ts_ms        INTEGER NOT NULL,
+    type         TEXT NOT NULL,
+    level        TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    UNIQUE (container_id, seq)
+) STRICT;
+INSERT INTO events_v11 (id, container_id, session_id, task_id, seq, ts_ms, type, level, payload)
+    SELECT id, container_id, session_id, task_id, seq, ts_ms, type, level, payload FROM events;
+DROP TABLE events;
+ALTER TABLE events_v11 RENAME TO events;
+CREATE INDEX events_by_task ON events (task_id, id);
+CREATE INDEX events_by_ts ON events (ts_ms);
+
+CREATE TABLE coordinator_events_v11 (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms        INTEGER NOT NULL,
+    type         TEXT NOT NULL,
+    level        TEXT NOT NULL CHECK (level IN ('info', 'warning', 'error')),
+    container_id TEXT,
+    session_id   TEXT,
+    task_id      TEXT,
+    message      TEXT NOT NULL,
+    details      TEXT NOT NULL DEFAULT '{}'
+) STRICT;
+INSERT INTO coordinator_events_v11 (id, ts_ms, type, level, container_id, session_id, task_id,
+                                    message, details)
+    SELECT id, ts_ms, type, level, container_id, session_id, task_id, message, details
+    FROM coordinator_events;
+DROP TABLE coordinator_events;
+ALTER TABLE coordinator_events_v11 RENAME TO coordinator_events;
+CREATE INDEX coordinator_events_by_ts ON coordinator_events (ts_ms);
+CREATE INDEX coordinator_events_by_container ON coordinator_events (container_id, id);
+CREATE INDEX coordinator_events_by_task ON coordinator_events (task_id, id);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -1889,6 +1936,60 @@ mod tests {
             // Opening again is a no-op.
             Db::open(&path).unwrap();
         }
+    }
+
+    /// Version 11 makes event ids AUTOINCREMENT: rows of version 10 keep their ids, and
+    /// once the newest events are deleted (`task delete`) the next ones still get ids
+    /// above every id a follower may have seen — before, they took the deleted ids and
+    /// a follower resuming after its cursor never showed them.
+    #[test]
+    fn event_ids_are_never_reused_after_a_delete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v10.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            migrate_to(&mut conn, 10).unwrap();
+            conn.execute_batch(
+                "INSERT INTO tasks (id, prompt, task_type, backend, status, created_at_ms, updated_at_ms)
+                     VALUES ('task-1', 'p', 'generic', 'local', 'running', 1, 1);
+                 INSERT INTO sessions (id, task_id, claude_session_id, mode, secret, status, workspace_dir,
+                                       volume_dir, created_at_ms)
+                     VALUES ('sess-1', 'task-1', 'c', 'headless', 's', 'running', '/w', '/v', 1);
+                 INSERT INTO containers (id, session_id, task_id, backend, state, created_at_ms, state_changed_at_ms)
+                     VALUES ('ctr-1', 'sess-1', 'task-1', 'local', 'running', 1, 1);
+                 INSERT INTO events (id, container_id, session_id, task_id, seq, ts_ms, type, level, payload)
+                     VALUES (5, 'ctr-1', 'sess-1', 'task-1', 1, 10, 'session_started', 'info', '{}'),
+                            (8, 'ctr-1', 'sess-1', 'task-1', 2, 11, 'assistant_text', 'info', '{}');
+                 INSERT INTO coordinator_events (id, ts_ms, type, level, task_id, message)
+                     VALUES (3, 10, 'task_created', 'info', 'task-1', 'created'),
+                            (4, 11, 'task_dispatched', 'info', 'task-1', 'dispatched');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let cursor = db.event_cursor().unwrap();
+        assert_eq!((cursor.agent, cursor.coordinator), (8, 4), "ids kept");
+        let conn = db.conn();
+        conn.execute_batch(
+            "DELETE FROM events WHERE id = 8; DELETE FROM coordinator_events WHERE id = 4;
+             INSERT INTO events (container_id, session_id, task_id, seq, ts_ms, type, level, payload)
+                 VALUES ('ctr-1', 'sess-1', 'task-1', 3, 12, 'turn_result', 'info', '{}');
+             INSERT INTO coordinator_events (ts_ms, type, level, task_id, message)
+                 VALUES (12, 'task_cancelled', 'info', 'task-1', 'cancelled');",
+        )
+        .unwrap();
+        let agent: i64 = conn
+            .query_row("SELECT id FROM events WHERE seq = 3", [], |r| r.get(0))
+            .unwrap();
+        let coordinator: i64 = conn
+            .query_row(
+                "SELECT id FROM coordinator_events WHERE type = 'task_cancelled'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(agent > cursor.agent, "{agent}");
+        assert!(coordinator > cursor.coordinator, "{coordinator}");
     }
 
     /// Version 7 rebuilds the ledger to admit `storage` rows: every row of

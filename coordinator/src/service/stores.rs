@@ -92,10 +92,10 @@ const ANNOUNCED_PAGE: usize = 1000;
 /// that one read per start at the cost of a migration and of persisting the retry
 /// set with it (else a restart would drop the failed ones behind the cursor).
 ///
-/// Event ids are SQLite rowids, which are given again once the newest rows are
-/// deleted (`task delete`, a database rebuild): each refresh first checks that the
-/// event under the cursor is still stored as it was read, and reads everything
-/// again when it is not.
+/// Event ids are never given again (AUTOINCREMENT, schema version 11), but the
+/// event under the cursor can still go: `task delete`, or a database put back from
+/// a copy that ends before it. Each refresh first checks that the event under the
+/// cursor is still stored as it was read, and reads everything again when it is not.
 #[derive(Debug, Default)]
 pub struct DurabilityQueue {
     cursor: Option<EventMark>,
@@ -353,9 +353,9 @@ mod tests {
         assert!(!pending(&q).iter().any(|(s, _)| s == "sess-0000000c"));
     }
 
-    /// Deleting the newest events lets SQLite give their ids again: the queue sees
-    /// that the event under its cursor is gone and reads everything again, so an
-    /// event stored under a reused id is not skipped.
+    /// The event under the cursor deleted: the queue sees it is gone and reads
+    /// everything again, so nothing stored since is skipped (ids are no longer
+    /// reused since schema version 11; a database put back from a copy still can).
     #[test]
     fn the_durability_queue_reads_again_when_its_last_event_is_deleted() {
         let tmp = tempfile::tempdir().unwrap();
