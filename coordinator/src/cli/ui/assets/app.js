@@ -362,8 +362,14 @@ async function taskPage(taskId) {
     );
   }
 
-  // Events: the stored ones, then new ones as they are recorded.
+  // Events: the stored ones, then new ones as they are recorded. A stream that
+  // reopens (the dashboard's server restarted) sends the history again: each
+  // event is shown once, by its source and id (ids are never reused).
+  const shown = new Set();
   follow({ task: taskId, history: "1" }, (ev) => {
+    const key = `${ev.source}:${ev.id}`;
+    if (shown.has(key)) return;
+    shown.add(key);
     const li = el(
       "li",
       { class: `ev-${ev.level}`, "data-type": ev.type },
