@@ -531,6 +531,15 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport> {
 
     let observed = std::mem::take(&mut *observed.lock().unwrap_or_else(|p| p.into_inner()));
     let in_restart = |ts: i64| restart_windows.iter().any(|&(a, b)| ts >= a && ts <= b);
+    // Every (journal time ms, ingest ms) pair, for a look at when the tail happens.
+    if let Some(path) = std::env::var_os("BENCH_LATENCIES_FILE") {
+        let lines: String = observed
+            .latencies
+            .iter()
+            .map(|(ts, l)| format!("{ts} {l}\n"))
+            .collect();
+        std::fs::write(path, lines)?;
+    }
     let mut all: Vec<i64> = observed.latencies.iter().map(|&(_, l)| l).collect();
     let mut steady: Vec<i64> = observed
         .latencies
