@@ -592,7 +592,9 @@ mod tests {
     fn layer(n: u8, data_size: u64) -> CachedLayer {
         CachedLayer {
             id: BlobId([n; 32]),
-            file_size: 1000 + u64::from(n),
+            // Large enough to hold the index entries the tests put in it, as a real
+            // layer file does (`open` refuses more entries than its layers could index).
+            file_size: 1_000_000 + u64::from(n),
             mtime_ns: 7 * i64::from(n),
             data_size,
             unreadable: false,
